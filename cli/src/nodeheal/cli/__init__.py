@@ -1,0 +1,1 @@
+"""The `nodeheal` command line."""

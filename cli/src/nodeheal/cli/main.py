@@ -1,0 +1,30 @@
+"""`nodeheal`: one entry point, subcommands, `--help` everywhere.
+
+Subcommands live in their own modules and are registered here; this module only wires them.
+"""
+
+from __future__ import annotations
+
+import click
+
+from nodeheal.cli.streams import streams
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nodeheal")
+def cli() -> None:
+    """nodeheal keeps a Kubernetes fleet of bare-metal cloud machines healthy by itself.
+
+    Find a broken node within 1 minute, know why within 5, repair it within 10.
+    """
+
+
+cli.add_command(streams)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Opening a nats-py connection the same way everywhere (reconnect forever, named, optional auth)."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from nodeheal.runtime.settings import NatsSettings
+
+
+def connect_options(settings: NatsSettings, *, name: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "servers": settings.servers,
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+        "allow_reconnect": True,
+    }
+    if settings.creds_file:
+        options["user_credentials"] = settings.creds_file
+    if settings.user:
+        options["user"] = settings.user
+        options["password"] = settings.password or ""
+    if settings.tls_ca_file:
+        ctx = ssl.create_default_context(cafile=settings.tls_ca_file)
+        options["tls"] = ctx
+    return options
+
+
+async def connect(settings: NatsSettings, *, name: str, **overrides: Any) -> Client:
+    options = connect_options(settings, name=name)
+    options.update(overrides)
+    return await nats.connect(**options)

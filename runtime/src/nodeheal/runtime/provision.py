@@ -1,0 +1,160 @@
+"""Idempotent provisioning of the streams and key-value buckets (`nodeheal streams apply`).
+
+The one place that writes stream configuration: services bind to streams with `declare=False`
+(faststream's default re-declaration silently rewrites limits). Running `apply` twice changes
+nothing the second time, and every change is reported field by field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from nodeheal.schemas.streams import BucketSpec, StreamSpec, Topology
+
+ChangeAction = Literal["created", "updated", "unchanged"]
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: Literal["stream", "bucket"]
+    name: str
+    action: ChangeAction
+    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.action == "updated":
+            diffs = ", ".join(f"{k}: {old!r} → {new!r}" for k, old, new in self._rows())
+            return f"{self.kind} {self.name}: updated ({diffs})"
+        return f"{self.kind} {self.name}: {self.action}"
+
+    def _rows(self) -> list[tuple[str, Any, Any]]:
+        return [(k, v[0], v[1]) for k, v in sorted(self.fields.items())]
+
+
+def _ns_equal(a: float | None, b: float | None) -> bool:
+    return round((a or 0) * 1e9) == round((b or 0) * 1e9)
+
+
+def stream_config(spec: StreamSpec, *, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=spec.max_age_s,
+        max_bytes=spec.max_bytes,
+        max_msg_size=spec.max_msg_size,
+        duplicate_window=spec.duplicate_window_s,
+        num_replicas=replicas,
+        deny_delete=spec.deny_delete,
+        deny_purge=spec.deny_purge,
+        allow_direct=True,
+    )
+
+
+_COMPARED = (
+    "description",
+    "subjects",
+    "retention",
+    "storage",
+    "discard",
+    "max_bytes",
+    "max_msg_size",
+    "num_replicas",
+    "deny_delete",
+    "deny_purge",
+    "allow_direct",
+)
+_DURATIONS = ("max_age", "duplicate_window")
+
+
+def _diff(current: StreamConfig, wanted: StreamConfig) -> dict[str, tuple[Any, Any]]:
+    diffs: dict[str, tuple[Any, Any]] = {}
+    for name in _COMPARED:
+        old, new = getattr(current, name), getattr(wanted, name)
+        if name == "subjects":
+            old, new = sorted(old or []), sorted(new or [])
+        if isinstance(new, bool):
+            # the server omits false booleans, nats-py then reads None
+            old = bool(old)
+        if old != new:
+            diffs[name] = (old, new)
+    for name in _DURATIONS:
+        old, new = getattr(current, name), getattr(wanted, name)
+        if not _ns_equal(old, new):
+            diffs[name] = (old, new)
+    return diffs
+
+
+async def apply_stream(js: JetStreamContext, spec: StreamSpec, *, replicas: int = 1) -> Change:
+    wanted = stream_config(spec, replicas=replicas)
+    try:
+        info = await js.stream_info(spec.name)
+    except NotFoundError:
+        await js.add_stream(config=wanted)
+        return Change("stream", spec.name, "created")
+    diffs = _diff(info.config, wanted)
+    if not diffs:
+        return Change("stream", spec.name, "unchanged")
+    merged = dataclasses.replace(info.config, **{k: getattr(wanted, k) for k in diffs})
+    await js.update_stream(config=merged)
+    return Change("stream", spec.name, "updated", diffs)
+
+
+async def apply_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int = 1) -> Change:
+    try:
+        await js.key_value(spec.name)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            config=KeyValueConfig(
+                bucket=spec.name,
+                description=spec.description,
+                history=spec.history,
+                ttl=spec.ttl_s,
+                max_value_size=spec.max_value_size,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
+        )
+        return Change("bucket", spec.name, "created")
+    stream_name = f"KV_{spec.name}"
+    info = await js.stream_info(stream_name)
+    current = info.config
+    diffs: dict[str, tuple[Any, Any]] = {}
+    if not _ns_equal(current.max_age, spec.ttl_s):
+        diffs["ttl"] = (current.max_age, spec.ttl_s)
+    if current.max_msgs_per_subject != spec.history:
+        diffs["history"] = (current.max_msgs_per_subject, spec.history)
+    if current.num_replicas != replicas:
+        diffs["replicas"] = (current.num_replicas, replicas)
+    if (current.description or "") != spec.description:
+        diffs["description"] = (current.description, spec.description)
+    if not diffs:
+        return Change("bucket", spec.name, "unchanged")
+    merged = dataclasses.replace(
+        current,
+        max_age=spec.ttl_s or 0,
+        max_msgs_per_subject=spec.history,
+        num_replicas=replicas,
+        description=spec.description,
+    )
+    await js.update_stream(config=merged)
+    return Change("bucket", spec.name, "updated", diffs)
+
+
+async def apply_topology(js: JetStreamContext, topo: Topology, *, replicas: int = 1) -> list[Change]:
+    """Create or update every stream and bucket of `topo`; return what happened to each."""
+    if replicas not in (1, 3, 5):
+        msg = f"--replicas {replicas}: use 1 (single server), 3 or 5 (JetStream cluster)"
+        raise ValueError(msg)
+    changes = [await apply_stream(js, spec, replicas=replicas) for spec in topo.streams]
+    changes += [await apply_bucket(js, spec, replicas=replicas) for spec in topo.buckets]
+    return changes

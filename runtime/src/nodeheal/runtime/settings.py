@@ -1,0 +1,27 @@
+"""Settings every service shares (each service nests these in its own pydantic-settings class)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from nodeheal.schemas.streams import Topology, topology
+from nodeheal.schemas.subjects import DEFAULT_PREFIX
+
+
+class NatsSettings(BaseModel):
+    url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma separated")
+    prefix: str = Field(default=DEFAULT_PREFIX, description="subject prefix")
+    stream_prefix: str = Field(default="", description="prefix of stream names (for side-by-side installs)")
+    bucket_prefix: str = Field(default="nodeheal", description="prefix of key-value bucket names")
+    creds_file: str | None = Field(default=None, description="NATS credentials file (.creds)")
+    user: str | None = None
+    password: str | None = None
+    tls_ca_file: str | None = None
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+
+    def topology(self) -> Topology:
+        return topology(prefix=self.prefix, stream_prefix=self.stream_prefix, bucket_prefix=self.bucket_prefix)
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.url.split(",") if s.strip()]

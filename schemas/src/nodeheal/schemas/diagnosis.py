@@ -1,0 +1,83 @@
+"""`Diagnosis`: why a node is unhealthy, how sure we are, and the ordered ladder of repairs."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from pydantic import Field
+
+from nodeheal.schemas.anomaly import Evidence
+from nodeheal.schemas.base import Frozen, Message, UtcDatetime
+from nodeheal.schemas.kernel import Category
+
+DIAGNOSIS_SCHEMA: Final = "nodeheal.diagnosis/v1"
+
+ActionName = Literal[
+    "none",
+    "restart_service",
+    "clean_disk",
+    "cordon",
+    "taint",
+    "drain",
+    "reboot",
+    "redeploy",
+    "accept_cloud_event",
+    "wait_for_cloud_event",
+    "uncordon",
+    "escalate",
+]
+
+DISRUPTIVE_ACTIONS: frozenset[str] = frozenset({"drain", "reboot", "redeploy", "accept_cloud_event"})
+
+
+class RecommendedAction(Frozen):
+    action: ActionName
+    reason: str
+    target: str | None = Field(default=None, description="service name, disk path, cloud event id, ...")
+    timeout_s: float | None = Field(default=None, gt=0, description="how long before the next rung")
+
+
+class CrashSignature(Frozen):
+    """A crash bucket: same kind + RIP function + top reliable frames → same bucket key."""
+
+    kind: str
+    bucket: str
+    panic_string: str | None = None
+    rip_func: str | None = None
+    module: str | None = None
+    top_frames: tuple[str, ...] = ()
+    bug_at: str | None = None
+    taint: str | None = None
+    kernel_release: str | None = None
+
+
+class FleetCorrelation(Frozen):
+    """This node belongs to a group failing far above the fleet rate."""
+
+    finding_id: str
+    dimension: str = Field(description="zone, rack, machine_model, cpu_model, os, kernel, node_pool")
+    value: str
+    group_rate: float
+    fleet_rate: float
+    ratio: float
+    p_value: float
+    affected_nodes: int
+    signature_bucket: str | None = None
+
+
+class Diagnosis(Message):
+    schema_: Literal["nodeheal.diagnosis/v1"] = Field(default=DIAGNOSIS_SCHEMA, alias="schema")
+    anomaly_ids: tuple[str, ...] = Field(min_length=1)
+    anomaly_kinds: tuple[str, ...] = ()
+    category: Category
+    cause: str = Field(description="a specific name, e.g. kubelet_crashloop, host_redeploy, rack_partition")
+    confidence: float = Field(ge=0, le=1)
+    evidence: tuple[Evidence, ...] = ()
+    kernel_classes: tuple[str, ...] = ()
+    crash_signature: CrashSignature | None = None
+    fleet_correlation: FleetCorrelation | None = None
+    recommended: tuple[RecommendedAction, ...] = ()
+    fault_onset: UtcDatetime | None = None
+    identified_at: UtcDatetime
+    resolved: bool = Field(default=False, description="the anomalies behind it have all resolved")
+    replay: bool = Field(default=False, description="produced by a replay sandbox; never acted upon")

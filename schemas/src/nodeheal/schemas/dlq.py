@@ -1,0 +1,49 @@
+"""`DeadLetter`: input a service could not accept, with the reason and the raw bytes."""
+
+from __future__ import annotations
+
+import base64
+from typing import Final, Literal
+
+from pydantic import Field
+
+from nodeheal.schemas.base import Frozen, UtcDatetime, utcnow
+from nodeheal.schemas.ids import new_id
+
+DLQ_SCHEMA: Final = "nodeheal.dlq/v1"
+
+
+class DeadLetter(Frozen):
+    schema_: Literal["nodeheal.dlq/v1"] = Field(default=DLQ_SCHEMA, alias="schema")
+    id: str = Field(default_factory=new_id)
+    time: UtcDatetime = Field(default_factory=utcnow)
+    service: str
+    reason: str
+    subject: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    raw_b64: str = Field(description="the rejected bytes, base64")
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        service: str,
+        reason: str,
+        raw: bytes,
+        subject: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> DeadLetter:
+        return cls(
+            service=service,
+            reason=reason,
+            subject=subject,
+            headers=headers or {},
+            raw_b64=base64.b64encode(raw).decode(),
+        )
+
+    @property
+    def raw(self) -> bytes:
+        return base64.b64decode(self.raw_b64)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()

@@ -1,0 +1,31 @@
+"""What nodeheal knows about a node (kept in the `nodeheal-inventory` bucket)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from nodeheal.schemas.base import Frozen, UtcDatetime
+
+
+class NodeInventory(Frozen):
+    cluster: str
+    node: str
+    instance_id: str | None = None
+    provider_id: str | None = None
+    cloud: str | None = None
+    region: str | None = None
+    zone: str | None = None
+    rack: str | None = None
+    node_pool: str | None = None
+    machine_model: str | None = None
+    cpu_model: str | None = None
+    os_image: str | None = None
+    kernel: str | None = None
+    addresses: tuple[str, ...] = ()
+    labels: dict[str, str] = Field(default_factory=dict)
+    ready: bool | None = None
+    unschedulable: bool = False
+    updated_at: UtcDatetime | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()

@@ -1,0 +1,90 @@
+"""Subject names. `<cluster>` and `<node>` tokens are escaped: any character outside
+`[A-Za-z0-9-]` becomes `_XX` (its UTF-8 bytes in hex), so `cn-hangzhou.192.168.0.1` is one token
+and the escaping is reversible. This module must never depend on the transport."""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_PREFIX = "nodeheal"
+
+_SAFE = re.compile(r"[A-Za-z0-9-]")
+_ESCAPED = re.compile(r"((?:_[0-9A-F]{2})+)")
+_TOKEN_OK = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def escape_token(value: str) -> str:
+    """Make one subject token out of a cluster or node name."""
+    if not value:
+        msg = "a cluster or node name must not be empty"
+        raise ValueError(msg)
+    if _TOKEN_OK.fullmatch(value) and "_" not in value:
+        return value
+    out: list[str] = []
+    for ch in value:
+        if _SAFE.fullmatch(ch):
+            out.append(ch)
+        else:
+            out.extend(f"_{b:02X}" for b in ch.encode())
+    return "".join(out)
+
+
+def unescape_token(token: str) -> str:
+    def _decode(match: re.Match[str]) -> str:
+        hexes = match.group(1).split("_")[1:]
+        return bytes(int(h, 16) for h in hexes).decode()
+
+    return _ESCAPED.sub(_decode, token)
+
+
+def _subject(kind: str, cluster: str, node: str, prefix: str) -> str:
+    return f"{prefix}.{kind}.{escape_token(cluster)}.{escape_token(node)}"
+
+
+def probe_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    return _subject("probe", cluster, node, prefix)
+
+
+def cloud_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    return _subject("cloud", cluster, node, prefix)
+
+
+def anomaly_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    return _subject("anomaly", cluster, node, prefix)
+
+
+def diagnosis_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    return _subject("diagnosis", cluster, node, prefix)
+
+
+def audit_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    return _subject("audit", cluster, node, prefix)
+
+
+def cmd_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    return _subject("cmd", cluster, node, prefix)
+
+
+def dlq_subject(service: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    return f"{prefix}.dlq.{escape_token(service)}"
+
+
+def finding_subject(*, prefix: str = DEFAULT_PREFIX) -> str:
+    """Fleet-level findings (systematic risks) of the diagnoser; kept in the DIAGNOSES stream."""
+    return f"{prefix}.finding.fleet"
+
+
+def wildcard(kind: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    """All clusters and nodes of one kind, e.g. `nodeheal.probe.*.*`."""
+    return f"{prefix}.{kind}.*.*"
+
+
+def parse_subject(subject: str, *, prefix: str = DEFAULT_PREFIX) -> tuple[str, str, str]:
+    """`nodeheal.<kind>.<cluster>.<node>` → (kind, cluster, node), unescaped."""
+    parts = subject.split(".")
+    pre = prefix.split(".")
+    if parts[: len(pre)] != pre or len(parts) != len(pre) + 3:
+        msg = f"subject {subject!r} is not of the form {prefix}.<kind>.<cluster>.<node>"
+        raise ValueError(msg)
+    kind, cluster, node = parts[len(pre) :]
+    return kind, unescape_token(cluster), unescape_token(node)

@@ -1,0 +1,1 @@
+"""nodeheal cloud_events service."""

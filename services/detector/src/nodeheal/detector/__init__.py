@@ -1,0 +1,1 @@
+"""nodeheal detector service."""

