@@ -29,3 +29,17 @@ class NodeInventory(Frozen):
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+def inventory_key(cluster: str, node: str) -> str:
+    """Key of a node's record in `nodeheal-inventory`: `node.<cluster>.<node>` (tokens escaped)."""
+    from nodeheal.schemas.subjects import escape_token
+
+    return f"node.{escape_token(cluster)}.{escape_token(node)}"
+
+
+def instance_key(instance_id: str) -> str:
+    """Key of the instance id → node index in `nodeheal-inventory`: `instance.<instance_id>`."""
+    from nodeheal.schemas.subjects import escape_token
+
+    return f"instance.{escape_token(instance_id)}"

@@ -1,0 +1,111 @@
+"""What every nodeheal service process shares: base settings, the faststream broker, and the HTTP
+side (`/healthz`, `/readyz`, `/metrics`) served with uvicorn next to the broker.
+
+`/healthz` answers while the event loop runs (never restart a pod because NATS is away: nats-py
+reconnects by itself); `/readyz` checks the broker connection and every readiness check the service
+registered (e.g. its consumer exists).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+import prometheus_client
+import uvicorn
+from faststream.asgi import AsgiFastStream, AsgiResponse, Request, get
+from faststream.nats import NatsBroker
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nodeheal.runtime.connect import connect_options
+from nodeheal.runtime.settings import NatsSettings
+
+ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class ServiceSettings(BaseSettings):
+    """Base for each service's settings class (which sets its own `env_prefix`).
+
+    Nested values use `__`: `NODEHEAL_DETECTOR_NATS__URL=nats://nats:4222`. `NATS_URL` is honoured
+    as a fallback for the URL.
+    """
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    cluster: str = Field(default="default", description="Kubernetes cluster name used in subjects")
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    log_format: Literal["json", "text", "auto"] = "auto"
+    log_level: str = "INFO"
+    instance: str = Field(default_factory=socket.gethostname, description="replica identity (pod name)")
+
+    def model_post_init(self, __context: Any) -> None:
+        import os
+
+        env_url = os.environ.get("NATS_URL")
+        if env_url and "url" not in self.nats.model_fields_set:
+            object.__setattr__(self, "nats", self.nats.model_copy(update={"url": env_url}))
+
+
+def make_broker(settings: NatsSettings, *, name: str, **kwargs: Any) -> NatsBroker:
+    options = connect_options(settings, name=name)
+    servers = options.pop("servers")
+    options.pop("user_credentials", None)
+    options.pop("tls", None)
+    return NatsBroker(servers, graceful_timeout=10.0, **options, **kwargs)
+
+
+def build_asgi(
+    broker: NatsBroker,
+    *,
+    readiness: Sequence[ReadinessCheck] = (),
+    registry: prometheus_client.CollectorRegistry | None = None,
+    on_startup: Sequence[Callable[..., Any]] = (),
+    after_startup: Sequence[Callable[..., Any]] = (),
+    on_shutdown: Sequence[Callable[..., Any]] = (),
+    asyncapi: Any = None,
+) -> AsgiFastStream:
+    registry = registry or prometheus_client.REGISTRY
+
+    @get
+    async def healthz(request: Request) -> AsgiResponse:
+        return AsgiResponse(b"ok", status_code=200)
+
+    @get
+    async def readyz(request: Request) -> AsgiResponse:
+        problems: list[str] = []
+        if not await broker.ping(timeout=2.0):
+            problems.append("broker: not connected to NATS")
+        for check in readiness:
+            try:
+                ok, detail = await check()
+            except Exception as exc:
+                ok, detail = False, f"{check.__name__}: {exc}"
+            if not ok:
+                problems.append(detail)
+        if problems:
+            return AsgiResponse("\n".join(problems).encode(), status_code=503)
+        return AsgiResponse(b"ready", status_code=200)
+
+    return AsgiFastStream(
+        broker,
+        asgi_routes=[
+            ("/healthz", healthz),
+            ("/readyz", readyz),
+            ("/metrics", prometheus_client.make_asgi_app(registry)),
+        ],
+        on_startup=on_startup,
+        after_startup=after_startup,
+        on_shutdown=on_shutdown,
+        specification=asyncapi,
+        asyncapi_path="/docs/asyncapi" if asyncapi is not None else None,
+    )
+
+
+async def serve(app: AsgiFastStream, *, host: str, port: int) -> None:
+    """Run the ASGI app (broker + HTTP) until SIGTERM/SIGINT."""
+    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning", access_log=False)
+    await uvicorn.Server(config).serve()
