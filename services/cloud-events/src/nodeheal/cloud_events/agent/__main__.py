@@ -1,0 +1,3 @@
+from nodeheal.cloud_events.agent.main import main
+
+main()

@@ -1,0 +1,261 @@
+"""The node agent process: publishes a `NodeProbe` every interval to PROBES and answers node-local
+commands on `<prefix>.cmd.<cluster>.<node>` (core NATS request/reply, this node's subject only).
+
+It never dies because NATS is away (probes wait in a bounded outbox) or because a request is bad
+(an error reply and a DLQ entry)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import prometheus_client
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.client import JetStreamContext
+from pydantic import ValidationError
+
+from nodeheal.cloud_events.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.cloud_events.agent.host import HostReader, StatVfs
+from nodeheal.cloud_events.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
+from nodeheal.cloud_events.agent.probe import Outbox, ProbeCollector, SequenceCounter, probe_msg_id
+from nodeheal.cloud_events.agent.settings import AgentSettings
+from nodeheal.cloud_events.agent.systemd import SystemctlClient, Systemd
+from nodeheal.runtime.connect import connect
+from nodeheal.runtime.jetstream import dead_letter, publish_model
+from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.subjects import cmd_subject, probe_subject
+
+log = logging.getLogger("nodeheal.cloud_events.agent")
+
+PROBES_PUBLISHED = prometheus_client.Counter("nodeheal_agent_probes_published", "Probes acknowledged by PROBES")
+PROBES_DROPPED = prometheus_client.Counter(
+    "nodeheal_agent_probes_dropped", "Probes dropped because the outbox was full"
+)
+PUBLISH_FAILURES = prometheus_client.Counter("nodeheal_agent_publish_failures", "Failed probe publishes (retried)")
+COMMANDS = prometheus_client.Counter("nodeheal_agent_commands", "Commands answered", ["command", "ok"])
+REJECTED = prometheus_client.Counter("nodeheal_agent_commands_rejected", "Malformed command requests (DLQ)")
+OUTBOX = prometheus_client.Gauge("nodeheal_agent_outbox", "Probes waiting to be published")
+
+
+class NodeAgent:
+    def __init__(
+        self, settings: AgentSettings, *, systemd: Systemd | None = None, statvfs: StatVfs | None = None
+    ) -> None:
+        self.settings = settings
+        self.prefix = settings.nats.prefix
+        self.systemd = systemd or SystemctlClient(command=settings.systemctl_command)
+        state_dir = settings.state_dir
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        self.host = HostReader(
+            root=settings.host_root,
+            mounts_file=settings.mounts_file,
+            mount_points=tuple(settings.mount_points),
+            fs_types=tuple(settings.fs_types),
+            excluded_prefixes=tuple(settings.excluded_mount_prefixes),
+        )
+        if statvfs is not None:
+            self.host.statvfs = statvfs
+        services = tuple(settings.services)
+        self.collector = ProbeCollector(
+            cluster=settings.cluster,
+            node=settings.node_name,
+            host=self.host,
+            systemd=self.systemd,
+            services=services,
+            kernel_log=self._kernel_log(state_dir),
+            max_kernel_lines=settings.max_kernel_lines,
+            sequence=SequenceCounter(state_file=state_dir / "probe-seq.json" if state_dir else None),
+        )
+        self.executor = CommandExecutor(
+            node=settings.node_name,
+            cluster=settings.cluster,
+            host_root=settings.host_root,
+            services=services,
+            systemd=self.systemd,
+            clean=CleanPolicy(
+                allowed_dirs=tuple(settings.clean.allowed_dirs),
+                max_age_days=settings.clean.max_age_days,
+                image_prune_command=tuple(settings.clean.image_prune_command),
+                image_fs_path=settings.clean.image_fs_path,
+                command_timeout_s=settings.clean.command_timeout_s,
+            ),
+            statvfs=self.host.statvfs,
+            remember=settings.command_remember,
+        )
+        self.outbox = Outbox(capacity=settings.outbox_max)
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self.probes_sent = 0
+
+    def _kernel_log(self, state_dir: Path | None) -> KernelLogSource | None:
+        s = self.settings
+        if s.kernel_log == "off":
+            return None
+        if s.kernel_log == "journal":
+            return JournalKernelLog(
+                command=s.journalctl_command, state_file=state_dir / "journal-cursor" if state_dir else None
+            )
+        return KmsgReader(
+            path=self.host.path(s.kmsg_path),
+            state_file=state_dir / "kmsg-position.json" if state_dir else None,
+            boot_id=self.host.boot_id(),
+        )
+
+    @property
+    def probe_subject(self) -> str:
+        return probe_subject(self.settings.cluster, self.settings.node_name, prefix=self.prefix)
+
+    @property
+    def cmd_subject(self) -> str:
+        return cmd_subject(self.settings.cluster, self.settings.node_name, prefix=self.prefix)
+
+    async def start(self) -> None:
+        self.nc = await connect(self.settings.nats, name=f"nodeheal-agent-{self.settings.node_name}")
+        self.js = self.nc.jetstream()
+        self._sub = await self.nc.subscribe(self.cmd_subject, cb=self._on_command)
+        log.info("agent started", extra={"node": self.settings.node_name, "commands": self.cmd_subject})
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, timeout=5)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.collector.kernel_log is not None:
+            self.collector.kernel_log.close()
+
+    async def ready(self) -> tuple[bool, str]:
+        if self.nc is None or not self.nc.is_connected:
+            return False, "agent: not connected to NATS"
+        return True, "ok"
+
+    # -- probes ------------------------------------------------------------------------------
+
+    async def probe_once(self) -> None:
+        """Collect one probe and try to publish everything in the outbox."""
+        probe = await self.collector.collect()
+        msg_id = probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
+        before = self.outbox.dropped
+        self.outbox.add(msg_id, probe)
+        if self.outbox.dropped > before:
+            PROBES_DROPPED.inc(self.outbox.dropped - before)
+            log.warning(
+                "outbox full, dropped the oldest probe", extra={"node": probe.node, "dropped": self.outbox.dropped}
+            )
+        await self.flush()
+
+    async def flush(self) -> None:
+        assert self.js is not None
+        while self.outbox.pending:
+            msg_id, probe = self.outbox.pending[0]
+            try:
+                await publish_model(
+                    self.js, self.probe_subject, probe, msg_id=msg_id, timeout_s=self.settings.nats.publish_timeout_s
+                )
+            except Exception as exc:
+                PUBLISH_FAILURES.inc()
+                log.warning(
+                    "probe not published, kept for later",
+                    extra={"node": probe.node, "seq": probe.seq, "waiting": len(self.outbox), "error": repr(exc)},
+                )
+                break
+            self.outbox.pending.popleft()
+            self.probes_sent += 1
+            PROBES_PUBLISHED.inc()
+        OUTBOX.set(len(self.outbox))
+
+    async def run_probes(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not self._stopping.is_set():
+            try:
+                await self.probe_once()
+            except Exception:
+                log.exception("probe round failed", extra={"node": self.settings.node_name})
+            next_at += self.settings.interval_s
+            delay = next_at - loop.time()
+            if delay < 0:  # we fell behind: do not burst to catch up
+                next_at, delay = loop.time(), 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def _on_command(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        try:
+            command = NodeCommand.model_validate_json(msg.data)
+        except ValidationError as exc:
+            await self._reject(msg, reason=_validation_reason(exc))
+            return
+        log.info(
+            "command received",
+            extra={"node": self.settings.node_name, "action_id": command.action_id, "command": command.command},
+        )
+        result = await self.executor.execute(command)
+        COMMANDS.labels(command=command.command, ok=str(result.ok).lower()).inc()
+        log.info(
+            "command answered",
+            extra={
+                "node": self.settings.node_name,
+                "action_id": command.action_id,
+                "ok": result.ok,
+                "detail": result.detail,
+            },
+        )
+        if msg.reply:
+            await msg.respond(result.to_json())
+
+    async def _reject(self, msg: Msg, *, reason: str) -> None:
+        REJECTED.inc()
+        action_id = ""
+        with contextlib.suppress(Exception):
+            raw = json.loads(msg.data)
+            if isinstance(raw, dict) and isinstance(raw.get("action_id"), str):
+                action_id = raw["action_id"]
+        detail = f"malformed command: {reason}; send a nodeheal.cmd/v1 NodeCommand"
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(
+                    NodeCommandResult(
+                        action_id=action_id, node=self.settings.node_name, ok=False, detail=detail
+                    ).to_json()
+                )
+        if self.js is not None:
+            try:
+                await dead_letter(
+                    self.js,
+                    service=self.settings.dlq_service,
+                    reason=detail,
+                    raw=msg.data,
+                    subject=msg.subject,
+                    prefix=self.prefix,
+                )
+            except Exception as exc:
+                log.error("could not dead-letter a malformed command", extra={"error": repr(exc)})
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "(body)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,37 @@
+"""`python -m nodeheal.cloud_events agent`: the node agent process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from nodeheal.cloud_events.agent.app import NodeAgent
+from nodeheal.cloud_events.agent.opsserver import OpsServer
+from nodeheal.cloud_events.agent.settings import AgentSettings
+from nodeheal.runtime.logs import configure_logging
+
+
+async def run(settings: AgentSettings) -> None:
+    agent = NodeAgent(settings)
+    ops = OpsServer(host=settings.http_host, port=settings.http_port, readiness=[agent.ready])
+    await ops.start()
+    await agent.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    probes = asyncio.create_task(agent.run_probes())
+    await stop.wait()
+    await agent.stop()
+    probes.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await probes
+    await ops.stop()
+
+
+def main() -> None:
+    settings = AgentSettings()
+    configure_logging("node-agent", fmt=settings.log_format, level=settings.log_level)
+    asyncio.run(run(settings))

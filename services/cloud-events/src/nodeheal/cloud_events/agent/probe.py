@@ -1,0 +1,121 @@
+"""Turning one look at the host into a `NodeProbe`, and the bounded outbox that keeps probes while
+NATS is away. No NATS here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodeheal.cloud_events.agent.host import HostReader
+from nodeheal.cloud_events.agent.kmsg import KernelLogSource
+from nodeheal.cloud_events.agent.systemd import Systemd
+from nodeheal.schemas.ids import MessageId, deterministic_id
+from nodeheal.schemas.probe import NodeProbe, Reachability, ServiceState
+
+log = logging.getLogger("nodeheal.cloud_events.agent.probe")
+
+
+def probe_msg_id(*, cluster: str, node: str, boot_id: str | None, seq: int) -> MessageId:
+    """`Nats-Msg-Id` of an agent probe: the same (node, boot, seq) is stored once however often it is sent."""
+    return deterministic_id("agent-probe", cluster, node, boot_id or "-", seq, prefix="ap-")
+
+
+class SequenceCounter:
+    """Monotonic probe sequence across restarts: continues from the state file when there is one,
+    otherwise starts at the current Unix second (greater than any earlier run at ≤ 1 probe/s)."""
+
+    def __init__(self, *, state_file: Path | None) -> None:
+        self.state_file = state_file
+        start = int(time.time())
+        if state_file is not None:
+            try:
+                start = int(json.loads(state_file.read_text())["seq"]) + 1
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        self._next = start
+
+    def take(self) -> int:
+        seq = self._next
+        self._next += 1
+        if self.state_file is not None:
+            try:
+                self.state_file.write_text(json.dumps({"seq": seq}))
+            except OSError as exc:
+                log.warning("cannot save probe sequence", extra={"error": str(exc)})
+        return seq
+
+
+@dataclass
+class ProbeCollector:
+    cluster: str
+    node: str
+    host: HostReader
+    systemd: Systemd
+    services: tuple[str, ...]
+    kernel_log: KernelLogSource | None
+    max_kernel_lines: int
+    sequence: SequenceCounter
+
+    async def collect(self) -> NodeProbe:
+        self.host.problems.clear()
+        boot_id = self.host.boot_id()
+        services: tuple[ServiceState, ...] = ()
+        if self.services:
+            try:
+                statuses = await self.systemd.status(self.services)
+                services = tuple(ServiceState(name=s.unit, state=s.state, restarts=s.restarts) for s in statuses)
+            except Exception as exc:
+                self.host.problems.append(f"service states: {exc}")
+                services = tuple(ServiceState(name=s, state="unknown") for s in self.services)
+        kernel_lines: tuple[str, ...] = ()
+        dropped = 0
+        if self.kernel_log is not None:
+            try:
+                batch = await self.kernel_log.read_new(max_lines=self.max_kernel_lines)
+                kernel_lines, dropped = batch.lines, batch.dropped
+            except Exception as exc:
+                self.host.problems.append(f"kernel log: {exc}")
+        probe = NodeProbe(
+            cluster=self.cluster,
+            node=self.node,
+            source="agent",
+            seq=self.sequence.take(),
+            boot_id=boot_id,
+            uptime_s=self.host.uptime_s(),
+            reachability=(Reachability(check="agent", target=self.node, ok=True),),
+            load=self.host.load(),
+            cpu_count=self.host.cpu_count(),
+            filesystems=self.host.filesystems(),
+            file_handles=self.host.file_handles(),
+            services=services,
+            kernel_log=kernel_lines,
+            kernel_log_dropped=dropped,
+            kernel_release=self.host.kernel_release(),
+            os_image=self.host.os_image(),
+        )
+        if self.host.problems:
+            log.warning("probe incomplete", extra={"node": self.node, "problems": list(self.host.problems)})
+        return probe
+
+
+@dataclass
+class Outbox:
+    """Probes waiting for the stream's acknowledgement, oldest first. When full, the oldest probe is
+    dropped and counted: a fresh probe is worth more to the detector than a stale one."""
+
+    capacity: int
+    pending: deque[tuple[str, NodeProbe]] = field(default_factory=deque)
+    dropped: int = 0
+
+    def add(self, msg_id: str, probe: NodeProbe) -> None:
+        self.pending.append((msg_id, probe))
+        while len(self.pending) > self.capacity:
+            self.pending.popleft()
+            self.dropped += 1
+
+    def __len__(self) -> int:
+        return len(self.pending)

@@ -1,0 +1,58 @@
+"""Configuration of the node agent (env prefix `NODEHEAL_AGENT_`, nested with `__`)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+from nodeheal.cloud_events.agent.host import DEFAULT_EXCLUDED_PREFIXES, DEFAULT_FS_TYPES
+from nodeheal.runtime.service import ServiceSettings
+from nodeheal.schemas.probe import MAX_KERNEL_LINES
+
+
+class CleanSettings(BaseModel):
+    allowed_dirs: list[str] = Field(
+        default_factory=lambda: ["/var/log/pods", "/var/crash", "/var/lib/systemd/coredump"],
+        description="host directories clean_disk may delete old files in ('/' is never allowed)",
+    )
+    max_age_days: float = Field(default=7.0, gt=0, description="only files older than this are deleted")
+    image_prune_command: list[str] = Field(
+        default_factory=lambda: ["crictl", "rmi", "--prune"],
+        description="what clean_disk target 'container-images' runs",
+    )
+    image_fs_path: str = Field(
+        default="/var/lib/containerd", description="host path whose free space shows what the prune freed"
+    )
+    command_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class AgentSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NODEHEAL_AGENT_", env_nested_delimiter="__", extra="ignore")
+
+    node_name: str = Field(default_factory=socket.gethostname, description="Kubernetes node name (downward API)")
+    interval_s: float = Field(default=10.0, gt=0, description="seconds between probes")
+    host_root: Path = Field(default=Path("/"), description="where the node's / is visible (/host in the DaemonSet)")
+    mounts_file: str = Field(default="/proc/1/mounts", description="host path of the mount table (PID 1 = the host's)")
+    mount_points: list[str] = Field(default_factory=list, description="mount points to report; empty = by fs_types")
+    fs_types: list[str] = Field(default_factory=lambda: list(DEFAULT_FS_TYPES))
+    excluded_mount_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDED_PREFIXES))
+    services: list[str] = Field(
+        default_factory=lambda: ["kubelet", "containerd"],
+        description="systemd units to report and the only ones restart_service may restart",
+    )
+    systemctl_command: list[str] = Field(default_factory=lambda: ["systemctl"])
+    kernel_log: Literal["kmsg", "journal", "off"] = "kmsg"
+    kmsg_path: str = Field(default="/dev/kmsg", description="host path (under host_root) of the kernel log device")
+    journalctl_command: list[str] = Field(default_factory=lambda: ["journalctl"])
+    max_kernel_lines: int = Field(default=MAX_KERNEL_LINES, ge=0, le=MAX_KERNEL_LINES)
+    state_dir: Path | None = Field(
+        default=None, description="writable directory for the kmsg position and the probe sequence (survives restarts)"
+    )
+    outbox_max: int = Field(default=360, ge=1, description="probes kept while NATS is away; older ones are dropped")
+    clean: CleanSettings = Field(default_factory=CleanSettings)
+    command_remember: int = Field(default=10_000, ge=1, description="action ids remembered for idempotent replies")
+    dlq_service: str = "node-agent"

@@ -1,0 +1,110 @@
+"""The agent's only way to see and restart systemd units.
+
+`Systemd` is the interface; `SystemctlClient` implements it by running `systemctl` (or whatever
+`command` says, e.g. `nsenter --target 1 --mount -- systemctl` in a pod with hostPID) as a real
+subprocess: `systemctl show -p Id,ActiveState,NRestarts <units...>` and `systemctl restart <unit>`.
+Tests point `command` at a small script in a temporary directory. This module must never talk to NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, cast, get_args
+
+from nodeheal.schemas.probe import ServiceActiveState
+
+_STATES: frozenset[str] = frozenset(get_args(ServiceActiveState))
+
+
+@dataclass(frozen=True, slots=True)
+class UnitStatus:
+    unit: str
+    state: ServiceActiveState
+    restarts: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    ok: bool
+    detail: str
+
+
+class Systemd(Protocol):
+    async def status(self, units: Sequence[str]) -> list[UnitStatus]: ...
+
+    async def restart(self, unit: str) -> CommandOutcome: ...
+
+
+def unit_name(service: str) -> str:
+    return service if "." in service else f"{service}.service"
+
+
+def parse_show(output: str, units: Sequence[str]) -> list[UnitStatus]:
+    """Parse `systemctl show -p Id,ActiveState,NRestarts u1 u2`: one block per unit, blank-line separated,
+    in the order asked."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in output.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current = {}
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            current[key.strip()] = value.strip()
+    if current:
+        blocks.append(current)
+    result: list[UnitStatus] = []
+    for index, unit in enumerate(units):
+        block = blocks[index] if index < len(blocks) else {}
+        raw_state = block.get("ActiveState", "unknown")
+        state = cast(ServiceActiveState, raw_state if raw_state in _STATES else "unknown")
+        restarts_raw = block.get("NRestarts", "")
+        restarts = int(restarts_raw) if restarts_raw.isdigit() else None
+        result.append(UnitStatus(unit=unit, state=state, restarts=restarts))
+    return result
+
+
+class SystemctlClient:
+    def __init__(
+        self, *, command: Sequence[str] = ("systemctl",), timeout_s: float = 10.0, restart_timeout_s: float = 120.0
+    ) -> None:
+        self.command = list(command)
+        self.timeout_s = timeout_s
+        self.restart_timeout_s = restart_timeout_s
+
+    async def _run(self, args: Sequence[str], *, timeout_s: float) -> tuple[int, str, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as exc:
+            return 127, "", f"cannot run {self.command[0]!r}: {exc.strerror or exc}"
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return 124, "", f"{' '.join([*self.command, *args])} did not finish within {timeout_s}s"
+        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+    async def status(self, units: Sequence[str]) -> list[UnitStatus]:
+        if not units:
+            return []
+        names = [unit_name(u) for u in units]
+        code, out, err = await self._run(["show", "-p", "Id,ActiveState,NRestarts", *names], timeout_s=self.timeout_s)
+        if code != 0:
+            msg = f"systemctl show failed (exit {code}): {err.strip()[:300]}"
+            raise RuntimeError(msg)
+        return parse_show(out, units)
+
+    async def restart(self, unit: str) -> CommandOutcome:
+        code, _out, err = await self._run(["restart", unit_name(unit)], timeout_s=self.restart_timeout_s)
+        if code == 0:
+            return CommandOutcome(ok=True, detail=f"restarted {unit_name(unit)}")
+        return CommandOutcome(
+            ok=False, detail=f"systemctl restart {unit_name(unit)} exited {code}: {err.strip()[:300]}"
+        )

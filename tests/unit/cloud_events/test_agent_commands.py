@@ -1,0 +1,129 @@
+"""Node-local commands: allow-lists, symlink escapes, dry run, idempotency — with a real `systemctl`
+executable (a script in a temp dir) run as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from nodeheal.cloud_events.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.cloud_events.agent.systemd import SystemctlClient
+from nodeheal.schemas.commands import NodeCommand
+from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
+
+
+def _executor(node: FakeNode, *, allowed: tuple[str, ...] = ("/var/log/pods",)) -> CommandExecutor:
+    return CommandExecutor(
+        node="node-1",
+        cluster="c1",
+        host_root=node.root,
+        services=("kubelet", "containerd"),
+        systemd=SystemctlClient(command=[node.systemctl]),
+        clean=CleanPolicy(allowed_dirs=allowed, max_age_days=7, image_prune_command=()),
+    )
+
+
+def _cmd(command: str, target: str | None, action_id: str, *, dry_run: bool = False) -> NodeCommand:
+    return NodeCommand(cluster="c1", node="node-1", command=command, target=target, action_id=action_id, dry_run=dry_run)  # type: ignore[arg-type]
+
+
+def _old_file(path: Path, size: int, *, age_days: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    then = time.time() - age_days * 86_400
+    os.utime(path, (then, then))
+
+
+async def test_systemctl_show_reads_states(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    node.set_unit("kubelet.service", "failed", restarts=4)
+    node.set_unit("containerd.service", "active")
+    statuses = await SystemctlClient(command=[node.systemctl]).status(["kubelet", "containerd"])
+    assert [(s.unit, s.state, s.restarts) for s in statuses] == [("kubelet", "failed", 4), ("containerd", "active", 0)]
+
+
+async def test_restart_listed_service_once_per_action_id(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    executor = _executor(node)
+    first = await executor.execute(_cmd("restart_service", "kubelet", "a1"))
+    again = await executor.execute(_cmd("restart_service", "kubelet", "a1"))
+    assert first.ok and first == again
+    assert node.restarts_logged() == ["kubelet.service"]
+
+
+async def test_restart_of_unlisted_service_is_refused(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    result = await _executor(node).execute(_cmd("restart_service", "sshd", "a2"))
+    assert not result.ok
+    assert "sshd" in result.detail and "not in the agent's service list" in result.detail
+    assert node.restarts_logged() == []
+
+
+async def test_failed_restart_reports_systemctl_error(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    (node.state / "kubelet.service.fail").write_text("")
+    result = await _executor(node).execute(_cmd("restart_service", "kubelet", "a3"))
+    assert not result.ok and "Job for kubelet.service failed" in result.detail
+
+
+async def test_dry_run_restart_does_nothing(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    result = await _executor(node).execute(_cmd("restart_service", "kubelet", "a4", dry_run=True))
+    assert result.ok and "dry run" in result.detail
+    assert node.restarts_logged() == []
+
+
+async def test_clean_disk_deletes_only_old_files_in_allowed_dir(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    pods = node.root / "var/log/pods"
+    _old_file(pods / "ns_pod_uid/app/0.log", 10_000, age_days=30)
+    _old_file(pods / "ns_pod_uid/app/1.log", 5_000, age_days=1)
+    outside = node.root / "etc/important.conf"
+    _old_file(outside, 100, age_days=30)
+    os.symlink(outside, pods / "link-to-etc")
+    executor = _executor(node)
+
+    dry = await executor.execute(_cmd("clean_disk", "/var/log/pods", "c1", dry_run=True))
+    assert dry.ok and dry.freed_bytes and dry.freed_bytes >= 10_000
+    assert (pods / "ns_pod_uid/app/0.log").exists()
+
+    result = await executor.execute(_cmd("clean_disk", "/var/log/pods", "c1"))
+    assert result.ok and result.freed_bytes is not None and result.freed_bytes >= 10_000
+    assert "deleted 1 files" in result.detail
+    assert not (pods / "ns_pod_uid/app/0.log").exists()
+    assert (pods / "ns_pod_uid/app/1.log").exists()
+    assert outside.exists() and (pods / "link-to-etc").is_symlink()
+
+
+async def test_clean_disk_refuses_root_outside_and_symlink_escapes(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    (node.root / "var/log/pods").mkdir(parents=True)
+    (node.root / "etc").mkdir(exist_ok=True)
+    os.symlink(node.root / "etc", node.root / "var/log/pods/escape")
+    executor = _executor(node)
+    cases = {
+        "/": "never allowed",
+        "/etc": "outside the allow-list",
+        "/var/log/pods/../../../etc": "outside the allow-list",
+        "/var/log/pods/escape": "symlink",
+        "var/log/pods": "absolute",
+        None: "needs a target",
+    }
+    for index, (target, reason) in enumerate(cases.items()):
+        result = await executor.execute(_cmd("clean_disk", target, f"r{index}"))
+        assert not result.ok, target
+        assert reason in result.detail, (target, result.detail)
+
+
+async def test_allow_list_entry_of_root_allows_nothing(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    result = await _executor(node, allowed=("/",)).execute(_cmd("clean_disk", "/etc", "x1"))
+    assert not result.ok and "outside the allow-list" in result.detail
+
+
+async def test_command_for_another_node_is_refused(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    other = NodeCommand(cluster="c1", node="node-2", command="ping", action_id="p1")
+    result = await _executor(node).execute(other)
+    assert not result.ok and "node-2" in result.detail
