@@ -1,0 +1,188 @@
+"""Azure Scheduled Events documents → `CloudSystemEvent` (reference §3, §6.1, §6.2, §6.4).
+
+Azure has only `Scheduled` and `Started`; a finished event, and a canceled one, simply disappear
+from the next document. `AzureDocumentTracker` diffs consecutive documents and synthesises the
+end: gone after `Started` → `completed`, gone while `Scheduled` → `canceled` (inferred, reference
+§6.2). One Azure event covers every VM in `Resources`; each VM gets its own event whose
+`provider_event_id` is `<eventid>#<vm>` (lower-case GUID), so two nodes reporting one Azure event do
+not dedup each other away. `extended["EventId"]` keeps the id `StartRequests` needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from nodeheal.cloud_events.normalize.common import Json, JsonObject, NormalizeContext, build_event
+from nodeheal.schemas.cloud import AckOption, CloudAction, CloudCause, CloudPhase, CloudSystemEvent
+
+SOURCE = "azure-imds"
+
+ACTIONS: dict[str, CloudAction] = {
+    "reboot": "reboot",
+    "redeploy": "redeploy",
+    "freeze": "freeze",
+    "preempt": "terminate",
+    "terminate": "terminate",
+}
+_PHASES: dict[str, CloudPhase] = {"scheduled": "scheduled", "started": "in_progress"}
+
+
+@dataclass(slots=True)
+class _Seen:
+    last: CloudSystemEvent
+    first_status: str
+    started_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class AzureDocumentTracker:
+    """Feeds documents in order; remembers which events were present to synthesise their end.
+
+    `resource`: the VM name this tracker speaks for (the node's poller); events whose `Resources`
+    do not contain it are not ours (Azure broadcasts to the whole availability set). None: every
+    resource in the document.
+    """
+
+    resource: str | None = None
+    incarnation: int | None = None
+    seen: dict[str, _Seen] = field(default_factory=dict)
+
+    def feed(self, document: object, ctx: NormalizeContext) -> list[CloudSystemEvent]:
+        j = Json(SOURCE)
+        doc = j.obj(document, "$")
+        if "StartRequests" in doc and "Events" not in doc:
+            raise j.fail(
+                "this is a StartRequests approval body (what is POSTed to approve an event), "
+                "not a Scheduled Events document",
+                "$",
+            )
+        incarnation = j.opt_int(doc, "DocumentIncarnation", "$")
+        if incarnation is None:
+            raise j.fail("missing DocumentIncarnation: not a Scheduled Events document", "$")
+        events = j.arr(doc.get("Events", []), "$.Events")
+        current = [
+            self._event(j, j.obj(item, f"$.Events[{i}]"), f"$.Events[{i}]", ctx, doc) for i, item in enumerate(events)
+        ]
+        if self.incarnation is not None and incarnation < self.incarnation:
+            # An older document arriving late (a retry, a second reader): nothing has disappeared.
+            return [e for group in current for e in group]
+        self.incarnation = incarnation
+        out: list[CloudSystemEvent] = []
+        present: set[str] = set()
+        for group in current:
+            for event in group:
+                present.add(event.provider_event_id)
+                out.append(event)
+        for key in list(self.seen):
+            if key not in present:
+                out.append(self._ended(self.seen.pop(key), ctx))
+        return out
+
+    def _event(
+        self, j: Json, item: JsonObject, where: str, ctx: NormalizeContext, doc: JsonObject
+    ) -> list[CloudSystemEvent]:
+        event_id = j.req_str(item, "EventId", where)
+        etype = j.req_str(item, "EventType", where)
+        status = j.req_str(item, "EventStatus", where)
+        resources_raw = item.get("Resources") or []
+        resources = [r for r in j.arr(resources_raw, f"{where}.Resources") if isinstance(r, str) and r.strip()]
+        if self.resource is not None:
+            resources = [r for r in resources if r.lower() == self.resource.lower()]
+            if not resources:
+                return []
+        elif not resources:
+            fallback = ctx.instance_id or ctx.node
+            if not fallback:
+                raise j.fail("event has no Resources and no VM name was given (--instance-id)", f"{where}.Resources")
+            resources = [fallback]
+        phase = _PHASES.get(status.lower(), "unknown")
+        not_before = j.time(item, "NotBefore", where)
+        duration = j.opt_int(item, "DurationInSeconds", where)
+        initiator = (j.opt_str(item, "EventSource", where) or "").lower() or None
+        description = j.opt_str(item, "Description", where)
+        out: list[CloudSystemEvent] = []
+        for vm in dict.fromkeys(resources):
+            key = f"{event_id.lower()}#{vm}"
+            previous = self.seen.get(key)
+            first_status = previous.first_status if previous else status
+            action = ACTIONS.get(etype.lower(), "unknown")
+            cause = _cause(etype=etype, initiator=initiator, first_status=first_status, action=action)
+            started_at = previous.started_at if previous and previous.started_at else None
+            if phase == "in_progress" and started_at is None:
+                started_at = ctx.observed_at
+            event = build_event(
+                ctx=ctx,
+                cloud="azure",
+                channel="imds",
+                provider_event_id=key,
+                provider_event_type=etype,
+                provider_status=status,
+                action=action,
+                cause=cause,
+                phase=phase,
+                instance_id=vm,
+                raw=doc,
+                resource_ref=vm,
+                not_before=not_before,
+                started_at=started_at,
+                expected_duration_s=duration if duration is not None and duration >= 0 else None,
+                description=description,
+                source_initiator=initiator,
+                ack=[AckOption(method="azure.StartRequests", valid_until=not_before)] if phase == "scheduled" else [],
+                local_data_loss=etype.lower() in ("redeploy", "preempt"),
+                extended={
+                    "EventId": event_id,
+                    "Resources": resources_raw,
+                    "DocumentIncarnation": doc.get("DocumentIncarnation"),
+                },
+            )
+            self.seen[key] = _Seen(last=event, first_status=first_status, started_at=started_at)
+            out.append(event)
+        return out
+
+    def _ended(self, seen: _Seen, ctx: NormalizeContext) -> CloudSystemEvent:
+        last = seen.last
+        phase: CloudPhase = "completed" if last.phase == "in_progress" else "canceled"
+        why = "after Started" if phase == "completed" else "while Scheduled"
+        return build_event(
+            ctx=ctx,
+            cloud="azure",
+            channel="imds",
+            provider_event_id=last.provider_event_id,
+            provider_event_type=last.provider_event_type,
+            provider_status=None,
+            action=last.action,
+            cause=last.cause,
+            phase=phase,
+            instance_id=last.instance_id,
+            raw=None,
+            resource_ref=last.resource_ref,
+            not_before=last.not_before,
+            started_at=seen.started_at,
+            finished_at=ctx.observed_at,
+            expected_duration_s=last.expected_duration_s,
+            description=f"synthesised: the event disappeared from the Scheduled Events document {why}",
+            source_initiator=last.source_initiator,
+            local_data_loss=last.local_data_loss,
+            extended={**last.extended, "synthesized": True},
+        )
+
+
+def _cause(*, etype: str, initiator: str | None, first_status: str, action: CloudAction) -> CloudCause:
+    if initiator == "user":
+        return "user"
+    if etype.lower() == "preempt":
+        return "spot"
+    if action == "unknown":
+        return "unknown"
+    if first_status.lower() == "started":
+        return "host_failure"  # straight to Started with no Scheduled: a hardware failure (reference §3)
+    return "planned_maintenance"
+
+
+def normalize_document(
+    document: object, ctx: NormalizeContext, *, resource: str | None = None
+) -> list[CloudSystemEvent]:
+    """One document on its own (no history: nothing can be synthesised)."""
+    return AzureDocumentTracker(resource=resource).feed(document, ctx)

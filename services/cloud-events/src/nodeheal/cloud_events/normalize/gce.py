@@ -1,0 +1,109 @@
+"""GCE `instance/maintenance-event` metadata values → `CloudSystemEvent` (reference §4, §6).
+
+The value is plain text: `NONE`, `MIGRATE_ON_HOST_MAINTENANCE` or `TERMINATE_ON_HOST_MAINTENANCE`,
+about 60 s before the event, back to `NONE` when done. There is no event id: the synthetic id is
+`<instance>:<value>:<first seen, floored to 10 minutes>`, so a poller restarted during the event
+produces the same id (the stream dedups it) and the return to `NONE` closes the same event.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from nodeheal.cloud_events.normalize.common import NormalizeContext, build_event
+from nodeheal.cloud_events.normalize.errors import PayloadError
+from nodeheal.schemas.cloud import CloudAction, CloudCause, CloudSystemEvent
+
+SOURCE = "gce-metadata"
+NONE = "NONE"
+VALUES: dict[str, tuple[CloudAction, CloudCause]] = {
+    "MIGRATE_ON_HOST_MAINTENANCE": ("live_migrate", "planned_maintenance"),
+    "TERMINATE_ON_HOST_MAINTENANCE": ("terminate", "planned_maintenance"),
+}
+_VALUE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+ID_BUCKET = timedelta(minutes=10)
+
+
+def parse_value(text: str, *, where: str = "$") -> str:
+    value = text.strip()
+    if not _VALUE.fullmatch(value):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise PayloadError(
+            f"{shown!r} is not a maintenance-event value (NONE, MIGRATE_ON_HOST_MAINTENANCE, "
+            "TERMINATE_ON_HOST_MAINTENANCE)",
+            source=SOURCE,
+            where=where,
+        )
+    return value
+
+
+def _floor(moment: datetime) -> datetime:
+    step = int(ID_BUCKET.total_seconds())
+    epoch = int(moment.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % step, tz=moment.tzinfo)
+
+
+@dataclass(slots=True)
+class GceMaintenanceTracker:
+    """Feeds values in order; a change to NONE completes the event that was running."""
+
+    current: CloudSystemEvent | None = None
+
+    def feed(self, text: str, ctx: NormalizeContext, *, where: str = "$") -> list[CloudSystemEvent]:
+        value = parse_value(text, where=where)
+        out: list[CloudSystemEvent] = []
+        if self.current is not None and self.current.provider_event_type != value:
+            out.append(self._completed(self.current, ctx))
+            self.current = None
+        if value == NONE or self.current is not None:
+            return out
+        instance = ctx.instance_id or ctx.node
+        if not instance:
+            raise PayloadError(
+                "the value names no instance; give the instance id (--instance-id)", source=SOURCE, where=where
+            )
+        action, cause = VALUES.get(value, ("unknown", "unknown"))
+        stamp = _floor(ctx.observed_at).strftime("%Y%m%dT%H%MZ")
+        self.current = build_event(
+            ctx=ctx,
+            cloud="gcp",
+            channel="metadata",
+            provider_event_id=f"{instance}:{value}:{stamp}",
+            provider_event_type=value,
+            provider_status=value,
+            action=action,
+            cause=cause,
+            phase="in_progress",
+            instance_id=instance,
+            raw=value,
+            started_at=ctx.observed_at,
+            local_data_loss=action == "terminate",
+            description="host maintenance announced by the metadata server (about 60 s notice)",
+        )
+        out.append(self.current)
+        return out
+
+    def _completed(self, current: CloudSystemEvent, ctx: NormalizeContext) -> CloudSystemEvent:
+        return build_event(
+            ctx=ctx,
+            cloud="gcp",
+            channel="metadata",
+            provider_event_id=current.provider_event_id,
+            provider_event_type=current.provider_event_type,
+            provider_status=NONE,
+            action=current.action,
+            cause=current.cause,
+            phase="completed",
+            instance_id=current.instance_id,
+            raw=NONE,
+            started_at=current.started_at,
+            finished_at=ctx.observed_at,
+            local_data_loss=current.local_data_loss,
+            description="maintenance-event returned to NONE",
+        )
+
+
+def normalize_value(text: str, ctx: NormalizeContext) -> list[CloudSystemEvent]:
+    return GceMaintenanceTracker().feed(text, ctx)
