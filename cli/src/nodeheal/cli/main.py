@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from nodeheal.cli.normalize import normalize
 from nodeheal.cli.streams import streams
 
 
@@ -20,6 +21,7 @@ def cli() -> None:
 
 
 cli.add_command(streams)
+cli.add_command(normalize)
 
 
 def main() -> None:
