@@ -25,7 +25,9 @@ def _executor(node: FakeNode, *, allowed: tuple[str, ...] = ("/var/log/pods",)) 
 
 
 def _cmd(command: str, target: str | None, action_id: str, *, dry_run: bool = False) -> NodeCommand:
-    return NodeCommand(cluster="c1", node="node-1", command=command, target=target, action_id=action_id, dry_run=dry_run)  # type: ignore[arg-type]
+    return NodeCommand(
+        cluster="c1", node="node-1", command=command, target=target, action_id=action_id, dry_run=dry_run
+    )  # type: ignore[arg-type]
 
 
 def _old_file(path: Path, size: int, *, age_days: float) -> None:
