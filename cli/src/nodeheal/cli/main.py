@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import click
 
+from nodeheal.cli.demo import demo
+from nodeheal.cli.audit import audit
+from nodeheal.cli.diagnose_log import diagnose_log
 from nodeheal.cli.normalize import normalize
 from nodeheal.cli.streams import streams
 
@@ -20,8 +23,11 @@ def cli() -> None:
     """
 
 
+cli.add_command(demo)
 cli.add_command(streams)
 cli.add_command(normalize)
+cli.add_command(diagnose_log)
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from nodeheal.schemas.diagnosis import (
     RecommendedAction,
 )
 from nodeheal.schemas.dlq import DeadLetter
+from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.ids import (
     ActionId,
     ClusterName,
@@ -81,6 +82,7 @@ __all__ = [
     "FileHandles",
     "FileSystem",
     "FleetCorrelation",
+    "FleetFinding",
     "InstanceId",
     "KernelLogClass",
     "LoadAverage",

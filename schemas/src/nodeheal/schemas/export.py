@@ -17,6 +17,7 @@ from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.dlq import DeadLetter
+from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import NodeProbe
 
@@ -30,6 +31,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "node-command-result": NodeCommandResult,
     "dead-letter": DeadLetter,
     "node-inventory": NodeInventory,
+    "fleet-finding": FleetFinding,
 }
 
 
