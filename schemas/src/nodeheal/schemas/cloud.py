@@ -100,6 +100,11 @@ class CloudSystemEvent(Message):
     extended: dict[str, Any] = Field(default_factory=dict)
     observed_at: UtcDatetime
     raw: dict[str, Any] | list[Any] | str | None = None
+    node_mapped: bool | None = Field(
+        default=None,
+        description="True: `node` came from the inventory or a node-local poller; False: the instance was not "
+        "in the inventory and `node` is the instance id; None: not mapped yet (offline normalization)",
+    )
 
     @model_validator(mode="after")
     def _terminal_matches_phase(self) -> CloudSystemEvent:
