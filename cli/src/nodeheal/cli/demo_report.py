@@ -1,0 +1,468 @@
+"""The demo's 1-5-10 report: what was recorded in the streams (via the shared timeline, so
+`nodeheal replay` of the same window gives the same time-to-detect / identify / repair), held
+against the simulator's ground truth (detected? right cause? repaired?), the referee's policy books
+(budgets, reboots inside the partition) and fleet health. JSON for machines, HTML with plots for
+people, a table for the terminal."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from rich.console import Console
+from rich.table import Table
+
+from nodeheal.cli.timeline import Incident, build_timeline, distribution
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas import Anomaly, CloudSystemEvent, Diagnosis, RemediationRecord
+from nodeheal.sim.faults import InjectedFault
+
+MATCH_BEFORE_S = 2.0
+"""An incident belongs to a fault if its onset is at most this much before the injection (clock skew)."""
+MATCH_AFTER_S = 180.0
+"""... and at most this much after it (cloud events are seen when the poller sees them)."""
+
+CRASH_CLASSES = frozenset({"power_loss", "bad_kernel_crash"})
+
+
+@dataclass
+class RunRecord:
+    nodes: int
+    duration_s: float
+    probe_interval_s: float
+    reboot_s: float
+    run_start: datetime
+    run_end: datetime
+    truth: list[InjectedFault]
+    health: list[dict[str, float]]
+    world: dict[str, Any]
+    sim_stats: dict[str, int]
+    nats_url: str
+    bad_kernel: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Message = CloudSystemEvent | Anomaly | Diagnosis | RemediationRecord
+
+
+async def read_stream(
+    js: JetStreamContext, *, stream: str, subject: str, since: datetime, until: datetime
+) -> list[bytes]:
+    """Every message of `subject` stored between `since` and `until` (ephemeral consumer, no acks)."""
+    info = await js.stream_info(stream)
+    if info.state.messages == 0:
+        return []
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=since,
+        ack_policy=AckPolicy.NONE,
+        filter_subject=subject,
+        inactive_threshold=30.0,
+    )
+    psub = await js.pull_subscribe(subject, stream=stream, config=config)
+    out: list[bytes] = []
+    try:
+        while True:
+            cinfo = await psub.consumer_info()
+            pending = cinfo.num_pending or 0
+            if pending == 0:
+                break
+            msgs = await psub.fetch(min(1000, pending), timeout=5)
+            for msg in msgs:
+                stamp = msg.metadata.timestamp
+                if stamp is not None and stamp > until:
+                    return out
+                out.append(msg.data)
+    finally:
+        await psub.unsubscribe()
+    return out
+
+
+async def collect_window(
+    js: JetStreamContext, *, settings: NatsSettings, since: datetime, until: datetime
+) -> tuple[list[Message], list[dict[str, Any]]]:
+    topo = settings.topology()
+    p = settings.prefix
+    sp = settings.stream_prefix
+    messages: list[Message] = []
+    sources: list[tuple[str, str, type[Message]]] = [
+        (f"{sp}CLOUD", f"{p}.cloud.*.*", CloudSystemEvent),
+        (f"{sp}ANOMALIES", f"{p}.anomaly.*.*", Anomaly),
+        (f"{sp}DIAGNOSES", f"{p}.diagnosis.*.*", Diagnosis),
+        (f"{sp}AUDIT", f"{p}.audit.*.*", RemediationRecord),
+    ]
+    assert all(topo.stream(s[0]) for s in sources)
+    for stream, subject, model in sources:
+        for raw in await read_stream(js, stream=stream, subject=subject, since=since, until=until):
+            messages.append(model.model_validate_json(raw))
+    findings = [
+        json.loads(raw)
+        for raw in await read_stream(
+            js, stream=f"{sp}DIAGNOSES", subject=f"{p}.finding.fleet", since=since, until=until
+        )
+    ]
+    return messages, findings
+
+
+def _match(truth: list[InjectedFault], incidents: tuple[Incident, ...]) -> dict[str, Incident]:
+    """Fault id → the incident that shows it (same node, onset near the injection), each used once."""
+    by_node: dict[str, list[Incident]] = defaultdict(list)
+    for inc in incidents:
+        by_node[inc.node].append(inc)
+    used: set[str] = set()
+    out: dict[str, Incident] = {}
+    for fault in sorted(truth, key=lambda f: f.injected_at):
+        for inc in sorted(by_node.get(fault.node, []), key=lambda i: i.onset):
+            delta = inc.onset.timestamp() - fault.injected_at
+            if inc.incident_id not in used and -MATCH_BEFORE_S <= delta <= MATCH_AFTER_S:
+                out[fault.fault_id] = inc
+                used.add(inc.incident_id)
+                break
+    return out
+
+
+def _final_cause(inc: Incident) -> str | None:
+    live = [d for d in inc.diagnoses if not d.resolved]
+    return live[-1].cause if live else None
+
+
+def _first_cause(inc: Incident) -> str | None:
+    live = [d for d in inc.diagnoses if not d.resolved]
+    return live[0].cause if live else None
+
+
+def _dist(values: list[float]) -> dict[str, float | None]:
+    d = distribution(values)
+    return {"p50": d.p50, "p95": d.p95, "max": d.max}
+
+
+def build_report(record: RunRecord, *, messages: list[Message], findings: list[dict[str, Any]]) -> dict[str, Any]:
+    truth = record.truth
+    pre = build_timeline(messages)
+    matched = _match(truth, pre.incidents)
+    class_by_incident = {inc.incident_id: f for f, inc in matched.items()}
+    fault_by_id = {f.fault_id: f for f in truth}
+
+    def class_of(inc: Incident) -> str:
+        fid = class_by_incident.get(inc.incident_id)
+        return fault_by_id[fid].fault_class if fid else "unplanned"
+
+    timeline = build_timeline(messages, class_of=class_of)
+    summary = timeline.summary
+
+    rows = []
+    per_class: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"ttd": [], "tti": [], "ttr": []})
+    correct = first_correct = detected = repaired = 0
+    for fault in truth:
+        inc = matched.get(fault.fault_id)
+        final = _final_cause(inc) if inc else None
+        first = _first_cause(inc) if inc else None
+        ok = final in fault.expected
+        detected += inc is not None
+        correct += ok
+        first_correct += first in fault.expected
+        repaired += bool(inc and inc.repaired_at is not None)
+        if inc is not None:
+            pc = per_class[fault.fault_class]
+            pc["ttd"].append(inc.ttd_s)
+            if inc.tti_s is not None:
+                pc["tti"].append(inc.tti_s)
+            if inc.ttr_s is not None:
+                pc["ttr"].append(inc.ttr_s)
+        rows.append(
+            {
+                **fault.as_json(),
+                "detected": inc is not None,
+                "incident_id": inc.incident_id if inc else None,
+                "onset_lag_s": round(inc.onset.timestamp() - fault.injected_at, 3) if inc else None,
+                "ttd_s": inc.ttd_s if inc else None,
+                "tti_s": inc.tti_s if inc else None,
+                "ttr_s": inc.ttr_s if inc else None,
+                "ttd_from_injection_s": round(inc.detected_at.timestamp() - fault.injected_at, 3) if inc else None,
+                "cause": final,
+                "first_cause": first,
+                "category": inc.category if inc else None,
+                "diagnosed_correctly": ok,
+                "repaired": bool(inc and inc.repaired_at is not None),
+                "actions": [a.action for a in inc.actions] if inc else [],
+            }
+        )
+    audit = [m for m in messages if isinstance(m, RemediationRecord)]
+    phases = Counter(r.phase for r in audit)
+    actions_taken = Counter(r.action for r in audit if r.phase == "started" and not r.dry_run)
+    blocked = [r for r in audit if r.phase == "blocked"]
+    blocked_by = Counter(c.name for r in blocked for c in r.checks if not c.passed)
+    crashes = sum(
+        1
+        for f in truth
+        if f.fault_class in CRASH_CLASSES
+        or (
+            f.fault_class == "kernel_fault"
+            and f.kernel_class
+            in {"kernel_panic", "mce_fatal_panic", "kernel_bug", "hard_lockup", "vmcore_crash_sys_summary"}
+        )
+    )
+    run_hours = (record.run_end - record.run_start).total_seconds() / 3600
+    online = [h["online"] for h in record.health] or [1.0]
+    risks = []
+    for f in findings:
+        risks.append(
+            {
+                "dimension": f.get("dimension"),
+                "value": f.get("value"),
+                "ratio": f.get("ratio"),
+                "p_value": f.get("p_value"),
+                "affected_nodes": f.get("affected_nodes"),
+                "kind": f.get("kind", f.get("finding_kind")),
+                "summary": f.get("summary") or f.get("description"),
+                "is_injected_bad_kernel": f.get("dimension") == "kernel" and f.get("value") == record.bad_kernel,
+            }
+        )
+    by_class_out = {
+        klass: {
+            "count": sum(1 for f in truth if f.fault_class == klass),
+            "ttd_s": _dist(v["ttd"]),
+            "tti_s": _dist(v["tti"]),
+            "ttr_s": _dist(v["ttr"]),
+        }
+        for klass, v in sorted(per_class.items())
+    }
+    for klass in sorted({f.fault_class for f in truth} - set(by_class_out)):
+        by_class_out[klass] = {
+            "count": sum(1 for f in truth if f.fault_class == klass),
+            "ttd_s": _dist([]),
+            "tti_s": _dist([]),
+            "ttr_s": _dist([]),
+        }
+    accuracy_by_class = {}
+    for klass in sorted({f.fault_class for f in truth}):
+        sel = [r for r in rows if r["fault_class"] == klass]
+        accuracy_by_class[klass] = {
+            "injected": len(sel),
+            "detected": sum(1 for r in sel if r["detected"]),
+            "diagnosed_correctly": sum(1 for r in sel if r["diagnosed_correctly"]),
+            "repaired": sum(1 for r in sel if r["repaired"]),
+        }
+    report: dict[str, Any] = {
+        "faults": {
+            "injected": len(truth),
+            "detected": detected,
+            "diagnosed_correctly": correct,
+            "diagnosed_correctly_first": first_correct,
+            "repaired": repaired,
+            "accuracy": round(correct / len(truth), 4) if truth else None,
+        },
+        "ttd_s": summary.ttd_s.model_dump(),
+        "tti_s": summary.tti_s.model_dump(),
+        "ttr_s": summary.ttr_s.model_dump(),
+        "budgets_s": {"detect": 60.0, "identify": 300.0, "repair": 600.0},
+        "by_class": by_class_out,
+        "accuracy_by_class": accuracy_by_class,
+        "policy": {
+            "budget_violations": record.world.get("budget_violations", 0),
+            "reboots_in_partition": record.world.get("reboots_in_partition", 0),
+            "blocked": len(blocked),
+            "blocked_by_check": dict(sorted(blocked_by.items())),
+            "budgets": record.world.get("budgets"),
+            "max_disrupted_by_domain": record.world.get("max_disrupted_by_domain"),
+        },
+        "actions": {
+            "taken": dict(sorted(actions_taken.items())),
+            "audit_phases": dict(sorted(phases.items())),
+            "cloud_api_calls": record.world.get("cloud_api_calls"),
+            "evictions": record.world.get("evictions"),
+        },
+        "fleet": {
+            "nodes": record.nodes,
+            "crashes": crashes,
+            "crash_rate": round(crashes / record.nodes, 6),
+            "crash_rate_per_node_day": round(crashes / (record.nodes * run_hours / 24), 4) if run_hours else None,
+            "schedulable_rate": round(record.world.get("schedulable_rate", 0.0), 4),
+            "online_rate": round(sum(online) / len(online), 4),
+        },
+        "systematic_risks": risks,
+        "bad_kernel_injected": record.bad_kernel,
+        "bad_kernel_found": any(r["is_injected_bad_kernel"] for r in risks),
+        "incidents": {
+            "total": summary.counts.incidents,
+            "unplanned": sum(1 for i in timeline.incidents if class_of(i) == "unplanned"),
+            "met_1_5_10": summary.counts.met_1_5_10,
+        },
+        "timeline_by_class": {k: v.model_dump() for k, v in summary.by_class.items()},
+        "fault_rows": rows,
+        "run": {
+            "nodes": record.nodes,
+            "duration_s": record.duration_s,
+            "probe_interval_s": record.probe_interval_s,
+            "reboot_s": record.reboot_s,
+            "start": record.run_start.isoformat(),
+            "end": record.run_end.isoformat(),
+            "nats_url": record.nats_url,
+            "simulator": record.sim_stats,
+            "partition": record.world.get("partition"),
+            "partition_actions": record.world.get("partition_actions"),
+            "note": (
+                "time-to-x figures are measured from the first bad observation (Anomaly.fault_onset), as "
+                "`nodeheal replay` computes them; ttd_from_injection_s per fault row measures from the "
+                "simulator's injection time. Reboots take reboot_s seconds in the simulation."
+            ),
+        },
+        "health": record.health[:: max(1, len(record.health) // 400)],
+    }
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def print_summary(report: dict[str, Any], *, console: Console) -> None:
+    f = report["faults"]
+    table = Table(title="nodeheal 1-5-10 report")
+    table.add_column("fault class")
+    table.add_column("n", justify="right")
+    table.add_column("detected", justify="right")
+    table.add_column("right cause", justify="right")
+    table.add_column("repaired", justify="right")
+    table.add_column("TTD p50/p95 s", justify="right")
+    table.add_column("TTI p50/p95 s", justify="right")
+    table.add_column("TTR p50/p95 s", justify="right")
+
+    def pp(d: dict[str, float | None]) -> str:
+        return "/".join("-" if d[k] is None else f"{d[k]:.1f}" for k in ("p50", "p95"))
+
+    for klass, acc in report["accuracy_by_class"].items():
+        bc = report["by_class"][klass]
+        table.add_row(
+            klass,
+            str(acc["injected"]),
+            str(acc["detected"]),
+            str(acc["diagnosed_correctly"]),
+            str(acc["repaired"]),
+            pp(bc["ttd_s"]),
+            pp(bc["tti_s"]),
+            pp(bc["ttr_s"]),
+        )
+    table.add_row(
+        "all",
+        str(f["injected"]),
+        str(f["detected"]),
+        str(f["diagnosed_correctly"]),
+        str(f["repaired"]),
+        pp(report["ttd_s"]),
+        pp(report["tti_s"]),
+        pp(report["ttr_s"]),
+        style="bold",
+    )
+    console.print(table)
+    pol = report["policy"]
+    console.print(
+        f"policy: budget violations {pol['budget_violations']}, reboots in partition {pol['reboots_in_partition']}, "
+        f"blocked {pol['blocked']} {pol['blocked_by_check']}",
+        highlight=False,
+    )
+    fl = report["fleet"]
+    console.print(
+        f"fleet: crash rate {fl['crash_rate']:.4f}, schedulable {fl['schedulable_rate']:.1%}, "
+        f"online {fl['online_rate']:.1%}; systematic risks: "
+        + ("; ".join(f"{r['dimension']}={r['value']} x{r['ratio']}" for r in report["systematic_risks"]) or "none"),
+        highlight=False,
+    )
+
+
+def write_html(report: dict[str, Any], path: Path) -> None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    classes = list(report["by_class"])
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        subplot_titles=(
+            "Time to detect / identify / repair per fault class (p95, seconds; lines: 60 / 300 / 600 s budgets)",
+            "Faults over time: injected → detected → identified → repaired",
+            "Fleet health",
+        ),
+        vertical_spacing=0.09,
+        row_heights=[0.36, 0.38, 0.26],
+    )
+    for key, name in (("ttd_s", "detect"), ("tti_s", "identify"), ("ttr_s", "repair")):
+        fig.add_trace(
+            go.Bar(x=classes, y=[report["by_class"][c][key]["p95"] for c in classes], name=f"{name} p95"), row=1, col=1
+        )
+    for budget in (60, 300, 600):
+        fig.add_hline(y=budget, line_dash="dot", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=1)
+    start = datetime.fromisoformat(report["run"]["start"])
+    rows = report["fault_rows"]
+    marks: tuple[tuple[str, str | None, str], ...] = (
+        ("injected", None, "circle-open"),
+        ("detected", "ttd_from_injection_s", "circle"),
+    )
+    for label, mark_key, symbol in marks:
+        xs, ys, texts = [], [], []
+        for r in rows:
+            at = r["injected_at"] + (r[mark_key] or 0 if mark_key else 0)
+            if mark_key and r[mark_key] is None:
+                continue
+            xs.append(datetime.fromtimestamp(at, tz=start.tzinfo))
+            ys.append(r["fault_class"])
+            texts.append(f"{r['node']} {r['kernel_class'] or ''} cause={r['cause']}")
+        fig.add_trace(
+            go.Scatter(x=xs, y=ys, mode="markers", name=label, marker_symbol=symbol, text=texts), row=2, col=1
+        )
+    for label, key in (("identified", "tti_s"), ("repaired", "ttr_s")):
+        xs, ys = [], []
+        for r in rows:
+            if r[key] is None or r["onset_lag_s"] is None:
+                continue
+            xs.append(datetime.fromtimestamp(r["injected_at"] + r["onset_lag_s"] + r[key], tz=start.tzinfo))
+            ys.append(r["fault_class"])
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=label), row=2, col=1)
+    health = report["health"]
+    hx = [datetime.fromtimestamp(h["t"], tz=start.tzinfo) for h in health]
+    fig.add_trace(go.Scatter(x=hx, y=[h["online"] for h in health], name="online"), row=3, col=1)
+    fig.add_trace(go.Scatter(x=hx, y=[h["healthy"] for h in health], name="healthy"), row=3, col=1)
+    fig.update_layout(height=1250, title="nodeheal demo — the 1-5-10 report", barmode="group")
+    f = report["faults"]
+    pol = report["policy"]
+    fl = report["fleet"]
+    risks = (
+        "".join(
+            f"<li>{html.escape(str(r['dimension']))} = {html.escape(str(r['value']))}: ×{r['ratio']} "
+            f"(p={r['p_value']}), {r['affected_nodes']} nodes</li>"
+            for r in report["systematic_risks"]
+        )
+        or "<li>none</li>"
+    )
+    acc_rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v['injected']}</td><td>{v['detected']}</td>"
+        f"<td>{v['diagnosed_correctly']}</td><td>{v['repaired']}</td></tr>"
+        for k, v in report["accuracy_by_class"].items()
+    )
+    head = f"""<h1>nodeheal demo — 1-5-10 report</h1>
+<p>{report["run"]["nodes"]} nodes, {report["run"]["duration_s"]:.0f}s of faults, probe interval
+{report["run"]["probe_interval_s"]}s, simulated reboot {report["run"]["reboot_s"]}s.
+{html.escape(report["run"]["note"])}</p>
+<h2>Faults</h2><p>injected {f["injected"]}, detected {f["detected"]}, diagnosed correctly {f["diagnosed_correctly"]}
+({f["accuracy"]}), repaired {f["repaired"]}.</p>
+<table border=1 cellpadding=4><tr><th>class</th><th>injected</th><th>detected</th><th>right cause</th>
+<th>repaired</th></tr>{acc_rows}</table>
+<h2>Policy</h2><p>budget violations {pol["budget_violations"]}, reboots inside the partition
+{pol["reboots_in_partition"]}, actions blocked by policy {pol["blocked"]}
+{html.escape(str(pol["blocked_by_check"]))}</p>
+<h2>Fleet</h2><p>crash rate {fl["crash_rate"]}, schedulable {fl["schedulable_rate"]:.1%},
+online {fl["online_rate"]:.1%}</p>
+<h2>Systematic risks found</h2><ul>{risks}</ul>"""
+    body = fig.to_html(full_html=False, include_plotlyjs="inline")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>nodeheal report</title></head>"
+        f"<body style='font-family:sans-serif'>{head}{body}</body></html>"
+    )

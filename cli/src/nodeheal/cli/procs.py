@@ -1,0 +1,96 @@
+"""Running the nodeheal services as separate processes (the way they deploy), with managed
+lifetime: started with their own environment, logs to files, readiness awaited over HTTP, stopped
+with SIGTERM (then SIGKILL) and never left behind (PR_SET_PDEATHSIG)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    http_port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [sys.executable, *self.args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, *, timeout_s: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+async def wait_ready(services: list[ServiceProcess], *, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = list(services)
+    while pending:
+        for svc in list(pending):
+            if not svc.alive:
+                msg = f"service {svc.name} exited during start-up; last log lines ({svc.log_path}):\n{svc.tail()}"
+                raise RuntimeError(msg)
+            if await asyncio.to_thread(svc.ready):
+                pending.remove(svc)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(s.name for s in pending)
+            msg = f"services not ready after {timeout_s:.0f}s: {names}; see their logs: " + ", ".join(
+                str(s.log_path) for s in pending
+            )
+            raise RuntimeError(msg)
+        if pending:
+            await asyncio.sleep(0.3)

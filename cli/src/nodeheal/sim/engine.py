@@ -1,0 +1,424 @@
+"""The fleet simulator's engine: publishes every node's probes (as the agent and as the active
+prober would), answers node-local commands like the node agent, injects faults with ground truth,
+and lets the outside world (the cloud API emulator, the Kubernetes emulator) act on the nodes.
+
+This is the only part of the simulator that talks to NATS. It never publishes anything a real
+component would not (probes, inventory, command replies); cloud events reach nodeheal the real way,
+through the cloud API emulator and the cloud-events poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
+
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
+from nodeheal.schemas.inventory import instance_key, inventory_key
+from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject
+from nodeheal.sim.faults import (
+    FATAL_KERNEL_CLASSES,
+    InjectedFault,
+    PlannedFault,
+    expected_category,
+    expected_causes,
+    kernel_samples,
+)
+from nodeheal.sim.fleet import SERVICES, FleetSpec, SimNode, build_inventory
+
+log = logging.getLogger("nodeheal.sim")
+
+
+class CloudHooks(Protocol):
+    """What the simulator asks of the cloud emulator."""
+
+    def schedule_maintenance(self, *, instance_id: str, event_type: str, not_before: datetime) -> str: ...
+
+
+@dataclass
+class SimTimings:
+    probe_interval_s: float = 5.0
+    reboot_s: float = 20.0  # the machine's own reboot time in the simulation
+    redeploy_s: float = 35.0
+    auto_reboot_s: float = 25.0  # kernel.panic=N after a crash
+    maintenance_notice_s: float = 40.0  # NotBefore - publish (24-48 h in reality)
+    partition_s: float = 45.0
+    disk_fill_to_full_s: float = 12.0
+
+
+@dataclass
+class SimStats:
+    probes_published: int = 0
+    commands_answered: int = 0
+    reboots: int = 0
+    redeploys: int = 0
+    publish_errors: int = 0
+    samples: list[dict[str, float]] = field(default_factory=list)
+
+
+class FleetSimulator:
+    def __init__(
+        self,
+        *,
+        spec: FleetSpec,
+        settings: NatsSettings,
+        timings: SimTimings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.timings = timings or SimTimings()
+        self.clock = clock
+        self.rng = random.Random(spec.seed)
+        self.inventory = build_inventory(spec)
+        self.nodes: dict[str, SimNode] = {
+            inv.node: SimNode(inv=inv, index=i, booted_at=clock() - 86_400 * (1 + i % 30))
+            for i, inv in enumerate(self.inventory)
+        }
+        self.by_instance: dict[str, SimNode] = {n.inv.instance_id or "": n for n in self.nodes.values()}
+        self.racks: dict[str, list[SimNode]] = {}
+        for node in self.nodes.values():
+            self.racks.setdefault(node.inv.rack or "", []).append(node)
+        self.truth: list[InjectedFault] = []
+        self.open_faults: dict[str, InjectedFault] = {}  # node → its open fault
+        self.partition: tuple[str, float, float] | None = None  # rack, start, end
+        self.partition_log: tuple[str, float, float] | None = None
+        self.cloud: CloudHooks | None = None
+        self.stats = SimStats()
+        self._subjects = {name: probe_subject(spec.cluster, name, prefix=settings.prefix) for name in self.nodes}
+        self._seen_actions: dict[str, bytes] = {}
+        self._nc: Client | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._sub: Any = None
+
+    # ------------------------------------------------------------------ setup
+
+    async def publish_inventory(self, kv: KeyValue) -> None:
+        """Fill `nodeheal-inventory` the way the inventory watcher would (node and instance keys)."""
+        sem = asyncio.Semaphore(256)
+
+        async def put(inv: NodeInventory) -> None:
+            async with sem:
+                body = inv.model_copy(update={"updated_at": datetime.now(tz=UTC)}).to_json()
+                await kv.put(inventory_key(inv.cluster, inv.node), body)
+                if inv.instance_id:
+                    await kv.put(instance_key(inv.instance_id), body)
+
+        await asyncio.gather(*(put(inv) for inv in self.inventory))
+
+    async def start(self, nc: Client) -> None:
+        self._nc = nc
+        cmd_wildcard = cmd_subject(self.spec.cluster, "x", prefix=self.settings.prefix).rsplit(".", 1)[0] + ".*"
+        self._sub = await nc.subscribe(cmd_wildcard, cb=self._on_command)
+        self._tasks.append(asyncio.create_task(self._probe_loop(), name="sim-probes"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    # ------------------------------------------------------------------ probes
+
+    async def _probe_loop(self) -> None:
+        assert self._nc is not None
+        js = self._nc.jetstream()
+        nodes = list(self.nodes.values())
+        n = len(nodes)
+        interval = self.timings.probe_interval_s
+        tick = 0.1
+        start = self.clock()
+        cursor = 0  # index of the next node due, in phase order
+        cycle = 0
+        while True:
+            now = self.clock()
+            self.advance(now)
+            due_total = int((now - start) / interval * n)
+            iso = datetime.fromtimestamp(now, tz=UTC).isoformat()
+            futures = []
+            while cycle * n + cursor < due_total:
+                node = nodes[cursor]
+                futures.extend(self._publish_node(js, node, now=now, iso=iso))
+                cursor += 1
+                if cursor == n:
+                    cursor = 0
+                    cycle += 1
+            if futures:
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                errors = sum(1 for r in results if isinstance(r, BaseException))
+                self.stats.publish_errors += errors
+                self.stats.probes_published += len(results) - errors
+            await asyncio.sleep(max(0.0, tick - (self.clock() - now)))
+
+    def _publish_node(self, js: Any, node: SimNode, *, now: float, iso: str) -> list[Any]:
+        subject = self._subjects[node.name]
+        out = []
+        noise = self.rng.uniform(-0.1, 0.1)
+        if node.agent_alive and not node.partitioned:
+            body = node.agent_probe(now=now, time_iso=iso, noise=noise)
+            out.append(js.publish(subject, orjson.dumps(body), headers={"Nats-Msg-Id": body["id"]}, timeout=10))
+        body = node.prober_probe(time_iso=iso)
+        out.append(js.publish(subject, orjson.dumps(body), headers={"Nats-Msg-Id": body["id"]}, timeout=10))
+        return out
+
+    # ------------------------------------------------------------------ world clock
+
+    def advance(self, now: float) -> None:
+        """Move every timed process forward: reboots finishing, auto-reboots, partitions ending."""
+        for node in self.nodes.values():
+            if node.back_at is not None and now >= node.back_at:
+                node.boot(now)
+                self._close_fault(node, now, fixed_by="reboot")
+            elif node.auto_reboot_at is not None and now >= node.auto_reboot_at:
+                node.power_off()
+                node.auto_reboot_at = None
+                node.back_at = now + self.timings.reboot_s
+        if self.partition is not None:
+            rack, _start, end = self.partition
+            if now >= end:
+                for node in self.racks[rack]:
+                    node.partitioned = False
+                    self._close_fault(node, now, fixed_by="partition_healed")
+                self.partition = None
+        for name, fault in list(self.open_faults.items()):
+            node = self.nodes[name]
+            if fault.fault_class == "rack_partition":
+                continue
+            if node.healthy() and node.back_at is None and node.auto_reboot_at is None and node.powered:
+                if fault.fault_class in ("cloud_reboot", "cloud_redeploy") and fault.fixed_by is None:
+                    continue  # the maintenance has not happened yet
+                self._close_fault(node, now, fixed_by=fault.fixed_by or "recovered")
+
+    def _close_fault(self, node: SimNode, now: float, *, fixed_by: str) -> None:
+        fault = self.open_faults.get(node.name)
+        if fault is None:
+            return
+        if fault.fault_class in ("cloud_reboot", "cloud_redeploy") and fixed_by != "reboot":
+            return
+        if fixed_by == "reboot" and fault.fault_class in ("cloud_reboot", "cloud_redeploy"):
+            fault.fixed_by = "maintenance_executed"
+        if node.healthy() or fixed_by in ("reboot", "partition_healed"):
+            fault.ended_at = now
+            fault.fixed_by = fault.fixed_by or fixed_by
+            del self.open_faults[node.name]
+
+    # ------------------------------------------------------------------ cloud / kubernetes side effects
+
+    def on_rebooted(self, node: SimNode, now: float) -> None:
+        """The cloud brought the instance back (after a reboot, redeploy or executed maintenance)."""
+        self.stats.reboots += 1
+        self._close_fault(node, now, fixed_by="reboot")
+
+    def on_node_drained(self, node_name: str) -> None:
+        node = self.nodes.get(node_name)
+        if node is not None:
+            node.drained = True
+            node.storm = False  # the runaway workload was evicted
+
+    # ------------------------------------------------------------------ node agent commands
+
+    async def _on_command(self, msg: Msg) -> None:
+        try:
+            command = NodeCommand.model_validate_json(msg.data)
+        except Exception as exc:
+            await msg.respond(orjson.dumps({"ok": False, "detail": f"malformed command: {exc}"}))
+            return
+        node = self.nodes.get(command.node)
+        if node is None or not node.agent_alive or node.partitioned:
+            return  # nobody answers: the requester times out, as with a dead agent
+        if command.action_id in self._seen_actions:
+            await msg.respond(self._seen_actions[command.action_id])
+            return
+        ok, detail, freed = True, "", None
+        if command.command == "restart_service":
+            if command.target not in SERVICES:
+                ok, detail = False, f"service {command.target!r} is not in the allow-list {list(SERVICES)}"
+            elif not command.dry_run:
+                node.services[command.target] = "active"
+                detail = f"restarted {command.target}"
+                if command.target == "ops-agent":
+                    node.fd_allocated = 6000  # the leaking process was the ops agent
+        elif command.command == "clean_disk" and not command.dry_run:
+            freed = int((node.disk_used - 50.0) * 1e9) if node.disk_used > 50 else 0
+            node.disk_used = min(node.disk_used, 50.0)
+            node.disk_fill_per_s = 0.0
+            detail = "cleaned image cache and rotated logs"
+        result = NodeCommandResult(action_id=command.action_id, node=node.name, ok=ok, detail=detail, freed_bytes=freed)
+        body = result.to_json()
+        self._seen_actions[command.action_id] = body
+        self.stats.commands_answered += 1
+        await msg.respond(body)
+
+    # ------------------------------------------------------------------ faults
+
+    def _pick_node(self, *, avoid_rack: str | None = None, kernel: str | None = None) -> SimNode | None:
+        candidates = [
+            n
+            for n in self.nodes.values()
+            if n.name not in self.open_faults
+            and n.healthy()
+            and n.back_at is None
+            and (avoid_rack is None or n.inv.rack != avoid_rack)
+            and (kernel is None or n.inv.kernel == kernel)
+        ]
+        return self.rng.choice(candidates) if candidates else None
+
+    def inject(self, planned: PlannedFault) -> list[InjectedFault]:
+        now = self.clock()
+        if planned.fault_class == "rack_partition":
+            return self._inject_partition(now)
+        busy_rack = self.partition[0] if self.partition else None
+        kernel = self.spec.bad_kernel if planned.fault_class == "bad_kernel_crash" else None
+        node = self._pick_node(avoid_rack=busy_rack, kernel=kernel)
+        if node is None:
+            return []
+        fault = InjectedFault(
+            fault_id=f"f{len(self.truth) + 1:04d}",
+            fault_class=planned.fault_class,
+            node=node.name,
+            injected_at=now,
+            kernel_class=planned.kernel_class,
+            rack=node.inv.rack,
+            zone=node.inv.zone,
+            expected=expected_causes(planned.fault_class, planned.kernel_class),
+            category=expected_category(planned.fault_class, planned.kernel_class),
+        )
+        self._apply(node, fault, now)
+        self.truth.append(fault)
+        self.open_faults[node.name] = fault
+        return [fault]
+
+    def _apply(self, node: SimNode, fault: InjectedFault, now: float) -> None:
+        t = self.timings
+        samples = kernel_samples()
+        match fault.fault_class:
+            case "power_loss":
+                node.power_off()
+            case "hang":
+                node.hung = True
+            case "load_storm":
+                node.storm = True
+            case "disk_fill":
+                node.disk_fill_per_s = (99.0 - node.disk_used) / max(1.0, t.disk_fill_to_full_s / t.probe_interval_s)
+            case "fd_leak":
+                node.fd_allocated = int(node.fd_max * 0.97)
+            case "kubelet_crash":
+                node.services["kubelet"] = "failed"
+            case "runtime_crash":
+                node.services["containerd"] = "failed"
+            case "ops_agent_crash":
+                node.services["ops-agent"] = "failed"
+            case "disk_failure":
+                node.pending_kernel.extend(self.rng.choice(samples["nvme_disk_io_error"]))
+                node.pending_kernel.extend(self.rng.choice(samples["ext4_readonly_remount"]))
+                node.readonly = True
+            case "bad_kernel_crash":
+                node.pending_kernel.extend(samples["kernel_panic"][0])
+                node.auto_reboot_at = now + t.probe_interval_s * 1.5
+            case "cloud_reboot" | "cloud_redeploy":
+                event_type = (
+                    "SystemMaintenance.Reboot"
+                    if fault.fault_class == "cloud_reboot"
+                    else ("SystemMaintenance.Redeploy")
+                )
+                if self.cloud is not None and node.inv.instance_id:
+                    self.cloud.schedule_maintenance(
+                        instance_id=node.inv.instance_id,
+                        event_type=event_type,
+                        not_before=datetime.fromtimestamp(now + t.maintenance_notice_s, tz=UTC),
+                    )
+            case "kernel_fault":
+                klass = fault.kernel_class or "soft_lockup"
+                node.pending_kernel.extend(self.rng.choice(samples[klass]))
+                self._kernel_side_effects(node, klass, now)
+            case _:
+                msg = f"unknown fault class {fault.fault_class!r}"
+                raise ValueError(msg)
+
+    def _kernel_side_effects(self, node: SimNode, klass: str, now: float) -> None:
+        """Keep the world consistent with the log lines a class emits."""
+        if klass in FATAL_KERNEL_CLASSES:
+            # the lines go out with the last probe (netconsole / pstore); then the node is dead
+            node.auto_reboot_at = None
+            node.hung = False
+            self._later_power_off(node, now)
+        elif klass in ("kubelet_down", "kubelet_unhealthy_pleg"):
+            node.services["kubelet"] = "failed"
+        elif klass == "container_runtime_down":
+            node.services["containerd"] = "failed"
+        elif klass in ("ext4_readonly_remount", "xfs_error"):
+            node.readonly = True
+        elif klass == "too_many_open_files":
+            node.fd_allocated = int(node.fd_max * 0.97)
+        elif klass == "disk_full_eviction":
+            node.disk_used = 97.0
+        elif klass == "planned_shutdown_reboot":
+            node.auto_reboot_at = now + self.timings.probe_interval_s * 1.2
+        elif klass in ("soft_lockup", "hung_task", "rcu_stall"):
+            node.load_factor = 0.2
+
+    def _later_power_off(self, node: SimNode, now: float) -> None:
+        # one more probe carries the lines, then the node stops (needs a reboot from outside)
+        async def off() -> None:
+            await asyncio.sleep(self.timings.probe_interval_s * 1.5)
+            node.power_off()
+
+        self._tasks.append(asyncio.create_task(off()))
+
+    def _inject_partition(self, now: float) -> list[InjectedFault]:
+        healthy_racks = [
+            rack
+            for rack, members in sorted(self.racks.items())
+            if len(members) >= 8 and all(m.name not in self.open_faults and m.healthy() for m in members)
+        ]
+        if not healthy_racks:
+            return []
+        rack = self.rng.choice(healthy_racks)
+        self.partition = (rack, now, now + self.timings.partition_s)
+        self.partition_log = self.partition
+        out = []
+        for node in self.racks[rack]:
+            node.partitioned = True
+            fault = InjectedFault(
+                fault_id=f"f{len(self.truth) + 1:04d}",
+                fault_class="rack_partition",
+                node=node.name,
+                injected_at=now,
+                rack=rack,
+                zone=node.inv.zone,
+                expected=expected_causes("rack_partition", None),
+                category="network",
+            )
+            self.truth.append(fault)
+            self.open_faults[node.name] = fault
+            out.append(fault)
+        return out
+
+    # ------------------------------------------------------------------ health figures
+
+    def sample_health(self) -> dict[str, float]:
+        n = len(self.nodes)
+        online = sum(1 for x in self.nodes.values() if x.powered and not x.partitioned)
+        healthy = sum(1 for x in self.nodes.values() if x.healthy())
+        sample = {"t": self.clock(), "online": online / n, "healthy": healthy / n}
+        self.stats.samples.append(sample)
+        return sample
+
+    def escaped(self, node: str) -> str:
+        return escape_token(node)

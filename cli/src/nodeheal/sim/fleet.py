@@ -1,0 +1,215 @@
+"""The simulated fleet: inventory across failure domains, per-node state, and the probes a node's
+agent and the active prober would send. Pure: no NATS, no clock of its own (callers pass `now`).
+
+Node names follow Alibaba ACK's style (`<region>.<ip>`) so the subject escaping is exercised.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeheal.schemas import NodeInventory
+
+SERVICES = ("kubelet", "containerd", "ops-agent")
+MACHINE_MODELS = ("ecs.ebmg7.32xlarge", "ecs.ebmc7.32xlarge", "ecs.ebmr7.32xlarge", "ecs.ebmgn7e.32xlarge")
+CPU_MODELS = ("Intel Xeon Platinum 8369B", "Intel Xeon Platinum 8269CY", "AMD EPYC 7T83")
+KERNELS = ("5.10.134-16.al8.x86_64", "5.10.134-17.al8.x86_64", "5.10.134-18.al8.x86_64", "4.19.91-27.al7.x86_64")
+OS_IMAGES = ("Alibaba Cloud Linux 3.2104 LTS", "Alibaba Cloud Linux 2.1903 LTS")
+POOLS = ("general", "memory", "gpu")
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    nodes: int = 2000
+    cluster: str = "demo"
+    region: str = "cn-hangzhou"
+    zones: int = 3
+    rack_size: int = 40
+    bad_kernel: str = "5.10.134-18.al8.x86_64"
+    bad_kernel_share: float = 0.2
+    seed: int = 7
+
+
+def _ip(i: int) -> str:
+    return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+
+
+def build_inventory(spec: FleetSpec) -> list[NodeInventory]:
+    rng = random.Random(spec.seed)
+    zones = [f"{spec.region}-{chr(ord('h') + z)}" for z in range(spec.zones)]
+    out: list[NodeInventory] = []
+    for i in range(spec.nodes):
+        zone = zones[i % spec.zones]
+        rack = f"{zone}-r{(i // spec.zones) // spec.rack_size:03d}"
+        ip = _ip(i + 256)
+        name = f"{spec.region}.{ip}"
+        kernel = spec.bad_kernel if rng.random() < spec.bad_kernel_share else rng.choice(KERNELS[:2] + KERNELS[3:])
+        pool = POOLS[i % len(POOLS)]
+        model = MACHINE_MODELS[(i // 7) % len(MACHINE_MODELS)]
+        out.append(
+            NodeInventory(
+                cluster=spec.cluster,
+                node=name,
+                instance_id=f"i-sim{i:07d}",
+                provider_id=f"{spec.region}.i-sim{i:07d}",
+                cloud="alibaba",
+                region=spec.region,
+                zone=zone,
+                rack=rack,
+                node_pool=pool,
+                machine_model=model,
+                cpu_model=CPU_MODELS[i % len(CPU_MODELS)],
+                os_image=OS_IMAGES[0] if kernel.startswith("5.") else OS_IMAGES[1],
+                kernel=kernel,
+                addresses=(ip,),
+                labels={"nodeheal.io/pool": pool, "topology.kubernetes.io/zone": zone},
+                ready=True,
+            )
+        )
+    return out
+
+
+@dataclass(slots=True)
+class SimNode:
+    """One machine of the simulated fleet: what is true about it right now."""
+
+    inv: NodeInventory
+    index: int
+    cpu_count: int = 64
+    boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    booted_at: float = 0.0
+    seq: int = 0
+    prober_seq: int = 0
+    powered: bool = True  # off: crash / power loss / rebooting
+    hung: bool = False
+    partitioned: bool = False
+    back_at: float | None = None  # when a reboot / redeploy in progress completes
+    auto_reboot_at: float | None = None  # kernel.panic=N: the node reboots by itself
+    load_factor: float = 0.2
+    storm: bool = False
+    disk_used: float = 55.0
+    disk_fill_per_s: float = 0.0
+    fd_allocated: int = 6000
+    fd_max: int = 1_048_576
+    services: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SERVICES, "active"))
+    pending_kernel: list[str] = field(default_factory=list)
+    readonly: bool = False
+    drained: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.inv.node
+
+    @property
+    def agent_alive(self) -> bool:
+        return self.powered and not self.hung
+
+    def healthy(self) -> bool:
+        return (
+            self.powered
+            and not self.hung
+            and not self.partitioned
+            and not self.storm
+            and self.disk_used < 85
+            and self.fd_allocated < 0.8 * self.fd_max
+            and all(s == "active" for s in self.services.values())
+            and not self.readonly
+        )
+
+    def clear_faults(self) -> None:
+        """What a reboot fixes: everything that lives in the running system."""
+        self.hung = False
+        self.storm = False
+        self.disk_fill_per_s = 0.0
+        self.fd_allocated = 6000
+        self.services = dict.fromkeys(SERVICES, "active")
+        self.pending_kernel.clear()
+        self.readonly = False
+        self.auto_reboot_at = None
+        # a full disk stays full across a reboot unless it is cleaned; files are on disk
+        if self.disk_used >= 85:
+            self.disk_used = 84.0
+
+    def power_off(self) -> None:
+        self.powered = False
+
+    def boot(self, now: float) -> None:
+        self.powered = True
+        self.boot_id = str(uuid.uuid4())
+        self.booted_at = now
+        self.back_at = None
+        self.clear_faults()
+
+    def agent_probe(self, *, now: float, time_iso: str, noise: float) -> dict[str, Any]:
+        """The JSON body of the agent's `NodeProbe` (built as a dict: this is the simulator's hot path)."""
+        self.seq += 1
+        if self.disk_fill_per_s:
+            self.disk_used = min(99.5, self.disk_used + self.disk_fill_per_s)
+        load1 = self.cpu_count * (3.5 if self.storm else self.load_factor) * (1 + noise)
+        lines = self.pending_kernel[:200]
+        dropped = max(0, len(self.pending_kernel) - 200)
+        self.pending_kernel.clear()
+        inv = self.inv
+        return {
+            "schema": "nodeheal.probe/v1",
+            "id": f"{inv.node}:{self.boot_id[:8]}:{self.seq}",
+            "time": time_iso,
+            "cluster": inv.cluster,
+            "node": inv.node,
+            "source": "simulator",
+            "seq": self.seq,
+            "boot_id": self.boot_id,
+            "uptime_s": round(max(0.0, now - self.booted_at), 1),
+            "load": {"load1": round(load1, 2), "load5": round(load1 * 0.9, 2), "load15": round(load1 * 0.8, 2)},
+            "cpu_count": self.cpu_count,
+            "filesystems": [
+                {
+                    "mount": "/",
+                    "device": "/dev/nvme0n1p1",
+                    "used_pct": round(self.disk_used, 1),
+                    "inodes_used_pct": 4.0,
+                    "readonly": self.readonly,
+                },
+            ],
+            "file_handles": {"allocated": self.fd_allocated, "max": self.fd_max},
+            "services": [{"name": n, "state": s} for n, s in self.services.items()],
+            "kernel_log": lines,
+            "kernel_log_dropped": dropped,
+            "kernel_release": inv.kernel,
+            "os_image": inv.os_image,
+            "ready": self.services["kubelet"] == "active" and self.services["containerd"] == "active",
+        }
+
+    def prober_probe(self, *, time_iso: str) -> dict[str, Any]:
+        """What the active prober sees of this node from outside."""
+        self.prober_seq += 1
+        reachable = self.powered and not self.partitioned
+        ip = self.inv.addresses[0]
+        icmp_ok = reachable
+        tcp_ok = reachable
+        ssh_ok = reachable and not self.hung
+        kubelet_ok = reachable and not self.hung and self.services["kubelet"] == "active"
+        err = None if reachable else "timeout"
+        return {
+            "schema": "nodeheal.probe/v1",
+            "id": f"{self.inv.node}:prober:{self.prober_seq}",
+            "time": time_iso,
+            "cluster": self.inv.cluster,
+            "node": self.inv.node,
+            "source": "prober",
+            "seq": self.prober_seq,
+            "reachability": [
+                {"check": "icmp", "target": ip, "ok": icmp_ok, "error": err},
+                {"check": "tcp", "target": f"{ip}:22", "ok": tcp_ok, "error": err},
+                {"check": "ssh_banner", "target": f"{ip}:22", "ok": ssh_ok, "error": None if ssh_ok else "no banner"},
+                {
+                    "check": "kubelet_healthz",
+                    "target": f"http://{ip}:10248/healthz",
+                    "ok": kubelet_ok,
+                    "error": None if kubelet_ok else "unhealthy",
+                },
+            ],
+        }
