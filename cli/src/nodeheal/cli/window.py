@@ -1,0 +1,193 @@
+"""Reading a time window of a stream, for `nodeheal replay` and `nodeheal audit tail`.
+
+Read-only: this module creates ephemeral ordered consumers (or, when asked, one named durable) and
+never publishes. It knows when a bounded read is done from the server's own counters (the consumer's
+`num_pending` when it is created, then each message's `num_pending`), so an empty stream or an empty
+window ends at once instead of after a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+
+STALL_TIMEOUT_S = 30.0
+"""A bounded read that receives nothing for this long while the server says messages are pending fails
+(with what to check) instead of hanging."""
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_time(value: str, *, now: datetime) -> datetime:
+    """`2026-03-01T12:00:00Z`, `2026-03-01 12:00` (UTC assumed), or a duration back from now: `90s`, `15m`,
+    `2h`, `7d`, `1w`; `now` is now."""
+    text = value.strip()
+    if text == "now":
+        return now
+    match = _RELATIVE.match(text)
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        msg = (
+            f"cannot read the time {value!r}: give an ISO time like 2026-03-01T12:00:00Z "
+            "or a duration back from now like 15m, 2h, 7d"
+        )
+        raise ValueError(msg) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message as the stream stored it."""
+
+    stream: str
+    seq: int
+    stored_at: datetime
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None
+
+
+def _config(*, subjects: list[str], since: datetime | None) -> ConsumerConfig:
+    config = ConsumerConfig()
+    if since is not None:
+        config.deliver_policy = DeliverPolicy.BY_START_TIME
+        config.opt_start_time = since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    else:
+        config.deliver_policy = DeliverPolicy.ALL
+    if len(subjects) > 1:
+        config.filter_subjects = subjects
+    return config
+
+
+def _stored(stream: str, msg: object) -> tuple[StoredMessage, int]:
+    from nats.aio.msg import Msg
+
+    assert isinstance(msg, Msg)
+    meta = msg.metadata
+    stored = StoredMessage(
+        stream=stream,
+        seq=meta.sequence.stream,
+        stored_at=meta.timestamp.astimezone(UTC),
+        subject=msg.subject,
+        data=msg.data,
+        headers=dict(msg.headers) if msg.headers else None,
+    )
+    return stored, meta.num_pending
+
+
+async def read_stream(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    subjects: list[str],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    follow: bool = False,
+    on_total: Callable[[int], None] | None = None,
+) -> AsyncIterator[StoredMessage]:
+    """Yield the stored messages of `subjects` from `since` (stream time) on, in stream order.
+
+    Without `follow` it ends at `until` (stream time) or at the end of the stream as it was when the
+    read began, whichever comes first. `on_total` is told how many messages the window may hold (for a
+    progress bar). An ephemeral ordered consumer: no acks, no state left on the server.
+    """
+    if not subjects:
+        return
+    info = await js.stream_info(stream)
+    if not follow and info.state.messages == 0:
+        if on_total:
+            on_total(0)
+        return
+    sub = await js.subscribe(
+        subjects[0],
+        stream=stream,
+        ordered_consumer=True,
+        idle_heartbeat=5.0,
+        config=_config(subjects=subjects, since=since),
+    )
+    try:
+        cinfo = await sub.consumer_info()
+        delivered = cinfo.delivered.consumer_seq if cinfo.delivered else 0
+        total = (cinfo.num_pending or 0) + delivered
+        if on_total:
+            on_total(total)
+        if not follow and total == 0:
+            return
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=None if follow else STALL_TIMEOUT_S)
+            except NatsTimeoutError:
+                msg_ = (
+                    f"stream {stream} stopped delivering for {STALL_TIMEOUT_S:.0f} s while messages were pending; "
+                    "check the server (nats stream info) and retry"
+                )
+                raise RuntimeError(msg_) from None
+            stored, pending = _stored(stream, msg)
+            if until is not None and not follow and stored.stored_at > until:
+                return
+            yield stored
+            if not follow and pending == 0:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def read_durable(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    durable: str,
+    subjects: list[str],
+    since: datetime | None = None,
+    follow: bool = False,
+    batch: int = 256,
+) -> AsyncIterator[StoredMessage]:
+    """Like `read_stream`, through a named durable pull consumer that remembers what was acknowledged:
+    the next run starts after the last message this one yielded. `since` only applies when the durable
+    is created."""
+    try:
+        await js.consumer_info(stream, durable)
+    except NotFoundError:
+        config = _config(subjects=subjects, since=since)
+        config.durable_name = durable
+        config.ack_policy = AckPolicy.EXPLICIT
+        if len(subjects) == 1:
+            config.filter_subject = subjects[0]
+        await js.add_consumer(stream, config=config)
+    psub = await js.pull_subscribe_bind(durable, stream)
+    try:
+        while True:
+            cinfo = await js.consumer_info(stream, durable)
+            if not follow and (cinfo.num_pending or 0) == 0:
+                return
+            try:
+                msgs = await psub.fetch(batch, timeout=5.0 if follow else STALL_TIMEOUT_S)
+            except (TimeoutError, NatsTimeoutError):
+                if follow:
+                    continue
+                raise RuntimeError(
+                    f"durable {durable} on {stream} delivered nothing for {STALL_TIMEOUT_S:.0f} s while "
+                    "messages were pending; check `nats consumer info` and retry"
+                ) from None
+            for m in msgs:
+                stored, _pending = _stored(stream, m)
+                yield stored
+                await m.ack()
+    finally:
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()

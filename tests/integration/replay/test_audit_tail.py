@@ -1,0 +1,142 @@
+"""`nodeheal audit tail` against a real nats-server, under the test's unique names."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner, Result
+from nats.js.client import JetStreamContext
+
+from nodeheal.cli.main import cli
+from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.subjects import audit_subject
+from tests.unit.replay.factories import record
+
+pytestmark = pytest.mark.nats
+
+
+def _args(settings: NatsSettings, *extra: str) -> list[str]:
+    return [
+        "audit",
+        "tail",
+        "--nats-url",
+        settings.url,
+        "--prefix",
+        settings.prefix,
+        "--stream-prefix",
+        settings.stream_prefix,
+        "--bucket-prefix",
+        settings.bucket_prefix,
+        *extra,
+    ]
+
+
+async def _invoke(settings: NatsSettings, *extra: str) -> Result:
+    result = await asyncio.to_thread(CliRunner().invoke, cli, _args(settings, *extra), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+async def _publish(js: JetStreamContext, settings: NatsSettings, records: list[RemediationRecord]) -> int:
+    seq = 0
+    for r in records:
+        ack = await publish_model(js, audit_subject(r.cluster, r.node, prefix=settings.prefix), r, msg_id=r.id)
+        seq = ack.seq
+    return seq
+
+
+def _records() -> list[RemediationRecord]:
+    return [
+        record("node-a", t=1, phase="intent", action_id="act-a"),
+        record("node-b", t=2, phase="intent", action="restart_service", action_id="act-b", dry_run=True),
+        record("node-a", t=3, phase="started", action_id="act-a"),
+        record("node.with.dots", t=4, phase="blocked", action="drain", action_id="act-c"),
+    ]
+
+
+async def test_tail_prints_every_record_in_order_and_stops_at_the_end(
+    topology_ready: NatsSettings, js: JetStreamContext
+) -> None:
+    await _publish(js, topology_ready, _records())
+    result = await _invoke(topology_ready)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    assert "prod-1/node-a  reboot  intent  act-a" in lines[0]
+    assert "restart_service  intent DRY-RUN  act-b" in lines[1]
+    assert "node.with.dots  drain  blocked" in lines[3]
+
+
+async def test_tail_of_an_empty_stream_ends_with_nothing(topology_ready: NatsSettings) -> None:
+    result = await _invoke(topology_ready, "--json")
+    assert result.stdout == ""
+
+
+async def test_node_filter_and_json_lines(topology_ready: NatsSettings, js: JetStreamContext) -> None:
+    await _publish(js, topology_ready, _records())
+    result = await _invoke(topology_ready, "--node", "node-a", "--json")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["node"], r["phase"], r["action_id"]) for r in rows] == [
+        ("node-a", "intent", "act-a"),
+        ("node-a", "started", "act-a"),
+    ]
+    assert rows[0]["schema"] == "nodeheal.audit/v1" and rows[0]["_stream_seq"] == 1
+    dotted = await _invoke(topology_ready, "--node", "node.with.dots", "--json")
+    assert [json.loads(line)["action_id"] for line in dotted.stdout.splitlines()] == ["act-c"]
+
+
+async def test_since_starts_at_the_given_stream_time(topology_ready: NatsSettings, js: JetStreamContext) -> None:
+    records = _records()
+    await _publish(js, topology_ready, records[:2])
+    first_new = await _publish(js, topology_ready, records[2:])
+    stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}AUDIT").name
+    stored = await js.get_msg(stream, first_new - 1)  # the first of the second batch
+    assert stored.time is not None
+    since = stored.time.isoformat().replace("+00:00", "Z")
+    result = await _invoke(topology_ready, "--since", since, "--json")
+    assert [json.loads(line)["action_id"] for line in result.stdout.splitlines()] == ["act-a", "act-c"]
+    assert (await _invoke(topology_ready, "--since", "1h", "--json")).stdout.count("\n") == 4
+
+
+async def test_bad_since_is_a_usage_error(topology_ready: NatsSettings) -> None:
+    result = await asyncio.to_thread(CliRunner().invoke, cli, _args(topology_ready, "--since", "yesterday-ish"))
+    assert result.exit_code == 2
+    assert "cannot read the time 'yesterday-ish'" in result.output
+
+
+async def test_durable_resumes_after_what_it_printed(topology_ready: NatsSettings, js: JetStreamContext) -> None:
+    records = _records()
+    await _publish(js, topology_ready, records[:3])
+    first = await _invoke(topology_ready, "--durable", "ops-tail", "--json")
+    assert len(first.stdout.splitlines()) == 3
+    await _publish(js, topology_ready, records[3:])
+    second = await _invoke(topology_ready, "--durable", "ops-tail", "--json")
+    assert [json.loads(line)["action_id"] for line in second.stdout.splitlines()] == ["act-c"]
+
+
+async def test_follow_prints_records_published_later(topology_ready: NatsSettings, js: JetStreamContext) -> None:
+    records = _records()
+    await _publish(js, topology_ready, records[:1])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodeheal.cli.main",
+        *_args(topology_ready, "--follow", "--json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        assert json.loads(first)["action_id"] == "act-a"
+        await _publish(js, topology_ready, records[3:])
+        later = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        assert json.loads(later)["action_id"] == "act-c"
+        assert proc.returncode is None  # still following
+    finally:
+        proc.terminate()
+        await proc.wait()
