@@ -1,0 +1,431 @@
+"""The detector's transport side: the probe hot path on raw nats-py, the low-volume CLOUD / AUDIT
+consumers, anomaly publishing, the DLQ, and the rebuild of state at start. Thin: every decision is
+in `rules.Detector`.
+
+Hot path per chunk of pulled probes: decode each with msgspec (bad ones are set aside for the DLQ),
+feed the rules, run due timers, publish what the rules emitted (waiting for the stream's PubAcks),
+dead-letter the bad ones, then one `+ACK` for the last message (the consumer has AckPolicy.ALL).
+An anomaly that could not be published is retried before anything more is acknowledged, so a crash
+re-delivers the probes and the deterministic message ids dedupe the re-emission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import prometheus_client
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from nodeheal.detector.fastpath import probe_decoder
+from nodeheal.detector.puller import BatchPuller
+from nodeheal.detector.rules import Detector
+from nodeheal.detector.settings import SERVICE, DetectorSettings
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
+from nodeheal.schemas.anomaly import Anomaly
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.subjects import anomaly_subject, wildcard
+
+log = logging.getLogger("nodeheal.detector")
+
+
+class Metrics:
+    def __init__(self, registry: prometheus_client.CollectorRegistry | None) -> None:
+        reg = registry or prometheus_client.CollectorRegistry()
+        self.probes = prometheus_client.Counter("nodeheal_detector_probes", "Probes processed", registry=reg)
+        self.dead = prometheus_client.Counter(
+            "nodeheal_detector_dead_lettered", "Inputs sent to the DLQ", ["stream"], registry=reg
+        )
+        self.anomalies = prometheus_client.Counter(
+            "nodeheal_detector_anomalies", "Anomalies published", ["kind", "status"], registry=reg
+        )
+        self.nodes = prometheus_client.Gauge("nodeheal_detector_nodes", "Nodes tracked", registry=reg)
+        self.chunk = prometheus_client.Histogram(
+            "nodeheal_detector_chunk_size",
+            "Probes per processed chunk",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=reg,
+        )
+        self.publish_failures = prometheus_client.Counter(
+            "nodeheal_detector_publish_failures", "Anomaly publishes that failed (retried)", registry=reg
+        )
+
+
+class DetectorRuntime:
+    """Owns the detector's consumers for one process (one replica)."""
+
+    def __init__(
+        self,
+        *,
+        settings: DetectorSettings,
+        nc: Client,
+        registry: prometheus_client.CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        on_published: Callable[[Anomaly, float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.clock = clock
+        self.topology = settings.nats.topology()
+        self.detector = Detector(config=settings.rules, started_at=clock(), adopt_unknown=not settings.partitions)
+        self.metrics = Metrics(registry)
+        self.on_published = on_published
+        self._unpublished: list[Anomaly] = []
+        self._stopping = asyncio.Event()
+        self._ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._probe_puller: BatchPuller | None = None
+        self.probes_stream = self.topology.stream(f"{settings.nats.stream_prefix}PROBES").name
+        self.cloud_stream = self.topology.stream(f"{settings.nats.stream_prefix}CLOUD").name
+        self.audit_stream = self.topology.stream(f"{settings.nats.stream_prefix}AUDIT").name
+        self.anomalies_stream = self.topology.stream(f"{settings.nats.stream_prefix}ANOMALIES").name
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def ensure_consumers(self, *, probe_deliver: DeliverPolicy = DeliverPolicy.NEW) -> None:
+        s = self.settings
+        await ensure_pull_consumer(
+            self.js,
+            stream=self.probes_stream,
+            durable=s.probe_durable,
+            filter_subjects=s.probe_filters(),
+            ack_wait_s=s.ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=s.max_ack_pending,
+            ack_policy=AckPolicy.ALL,
+            deliver_policy=probe_deliver,
+        )
+        for stream, kind in ((self.cloud_stream, "cloud"), (self.audit_stream, "audit")):
+            await ensure_pull_consumer(
+                self.js,
+                stream=stream,
+                durable=s.side_durable,
+                filter_subjects=[wildcard(kind, prefix=s.nats.prefix)],
+                ack_wait_s=30.0,
+                max_deliver=10,
+                max_ack_pending=1000,
+                deliver_policy=DeliverPolicy.NEW,
+            )
+
+    async def start(self, *, rebuild: bool = True, probe_deliver: DeliverPolicy = DeliverPolicy.NEW) -> None:
+        await self.ensure_consumers(probe_deliver=probe_deliver)
+        if rebuild:
+            await self.rebuild()
+        self._probe_puller = BatchPuller(
+            self.nc,
+            stream=self.probes_stream,
+            consumer=self.settings.probe_durable,
+            batch=self.settings.batch_size,
+            expires_s=self.settings.fetch_expires_s,
+        )
+        await self._probe_puller.start()
+        self._tasks = [
+            asyncio.create_task(self._run_probes(), name="detector-probes"),
+            asyncio.create_task(self._run_side(self.cloud_stream, self._on_cloud), name="detector-cloud"),
+            asyncio.create_task(self._run_side(self.audit_stream, self._on_audit), name="detector-audit"),
+        ]
+        self._ready = True
+        log.info(
+            "detector started",
+            extra={
+                "durable": self.settings.probe_durable,
+                "filters": self.settings.probe_filters(),
+                "nodes_known": len(self.detector.nodes),
+            },
+        )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._probe_puller is not None:
+            await self._probe_puller.stop()
+
+    async def readiness(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, "detector: rebuilding state / consumers not bound yet"
+        for stream, durable in (
+            (self.probes_stream, self.settings.probe_durable),
+            (self.cloud_stream, self.settings.side_durable),
+            (self.audit_stream, self.settings.side_durable),
+        ):
+            try:
+                await self.js.consumer_info(stream, durable)
+            except NotFoundError:
+                return False, f"detector: consumer {durable!r} on stream {stream!r} is missing; run the service again"
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        if dead:
+            return False, f"detector: loops stopped: {', '.join(dead)}"
+        return True, "ok"
+
+    # ------------------------------------------------------------------ rebuild after a restart
+
+    async def _replay(
+        self,
+        stream: str,
+        filters: list[str],
+        *,
+        deliver: DeliverPolicy,
+        since: datetime | None,
+        on_msg: Callable[[Msg], None],
+    ) -> int:
+        """Read a stream once through an ephemeral consumer (no acks) until what was there is read."""
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=deliver,
+            opt_start_time=since,
+            filter_subjects=filters,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
+        info = await self.js.add_consumer(stream, config=config)
+        total = info.num_pending or 0
+        if total == 0:
+            await self.js.delete_consumer(stream, info.name)
+            return 0
+        puller = BatchPuller(self.nc, stream=stream, consumer=info.name, batch=2000, expires_s=2.0)
+        await puller.start()
+        seen = 0
+        idle = 0
+        try:
+            while seen < total and idle < 5:
+                chunk = await puller.next_chunk(wait_s=1.0)
+                if not chunk:
+                    idle += 1
+                    continue
+                idle = 0
+                for msg in chunk:
+                    on_msg(msg)
+                seen += len(chunk)
+        finally:
+            await puller.stop()
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(stream, info.name)
+        return seen
+
+    async def rebuild(self) -> None:
+        """Know the fleet and what was firing before the first live probe: seed nodes (and boot ids)
+        from the last probe per node, rebuild cloud-event and remediation windows (state only), then
+        replay ANOMALIES so exactly what was firing is firing again. Nothing is published here."""
+        s = self.settings
+        det = self.detector
+        now = self.clock()
+        since = datetime.fromtimestamp(now, tz=UTC) - timedelta(seconds=s.restore_lookback_s)
+        counts: dict[str, int] = {}
+        if s.seed_from_last_probes:
+
+            def seed(msg: Msg) -> None:
+                try:
+                    det.seed_last_probe(probe_decoder.decode(msg.data), now=now)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    pass
+
+            counts["probes"] = await self._replay(
+                self.probes_stream, s.probe_filters(), deliver=DeliverPolicy.LAST_PER_SUBJECT, since=None, on_msg=seed
+            )
+
+        def cloud(msg: Msg) -> None:
+            try:
+                det.observe_cloud(CloudSystemEvent.model_validate_json(msg.data), now=now)
+            except ValidationError:
+                pass
+
+        counts["cloud"] = await self._replay(
+            self.cloud_stream,
+            [wildcard("cloud", prefix=s.nats.prefix)],
+            deliver=DeliverPolicy.BY_START_TIME,
+            since=since,
+            on_msg=cloud,
+        )
+
+        def audit(msg: Msg) -> None:
+            try:
+                det.observe_remediation(RemediationRecord.model_validate_json(msg.data), now=now)
+            except ValidationError:
+                pass
+
+        counts["audit"] = await self._replay(
+            self.audit_stream,
+            [wildcard("audit", prefix=s.nats.prefix)],
+            deliver=DeliverPolicy.BY_START_TIME,
+            since=since,
+            on_msg=audit,
+        )
+        det.outbox.clear()  # state only: what the replays would have emitted was published before
+
+        def restore(msg: Msg) -> None:
+            try:
+                anomaly = Anomaly.model_validate_json(msg.data)
+            except ValidationError:
+                return
+            if not anomaly.replay:
+                det.restore(anomaly, now=now)
+
+        counts["anomalies"] = await self._replay(
+            self.anomalies_stream,
+            [wildcard("anomaly", prefix=s.nats.prefix)],
+            deliver=DeliverPolicy.BY_START_TIME,
+            since=since,
+            on_msg=restore,
+        )
+        det.outbox.clear()
+        log.info("state rebuilt", extra={"read": counts, "nodes": len(det.nodes), "firing": len(det.firing())})
+
+    # ------------------------------------------------------------------ the probe hot path
+
+    async def _run_probes(self) -> None:
+        puller = self._probe_puller
+        assert puller is not None
+        det = self.detector
+        decode = probe_decoder.decode
+        observe = det.observe_probe
+        tick_s = self.settings.tick_s
+        last_tick = 0.0
+        while not self._stopping.is_set():
+            try:
+                chunk = await puller.next_chunk(wait_s=tick_s)
+            except Exception:
+                log.exception("pulling probes failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            now = self.clock()
+            bad: list[tuple[Msg, str]] = []
+            for msg in chunk:
+                try:
+                    probe = decode(msg.data)
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    bad.append((msg, str(exc)))
+                    continue
+                observe(probe, now=now)
+            if now - last_tick >= tick_s or det.outbox:
+                det.tick(now=now)
+                last_tick = now
+            try:
+                await self._flush(now)
+                if bad:
+                    await self._dead_letter_probes(bad)
+                if chunk:
+                    await puller.ack_all_through(chunk[-1])
+            except Exception:
+                # Not acknowledged: the probes come back after ack_wait; anomaly ids are deterministic.
+                log.exception("publishing anomalies or dead letters failed; will retry before acking more")
+                await asyncio.sleep(0.5)
+            if chunk:
+                self.metrics.probes.inc(len(chunk))
+                self.metrics.chunk.observe(len(chunk))
+                self.metrics.nodes.set(len(det.nodes))
+
+    async def _flush(self, now: float) -> None:
+        det = self.detector
+        if det.outbox:
+            self._unpublished.extend(det.outbox)
+            det.outbox.clear()
+        if not self._unpublished:
+            return
+        pending, self._unpublished = self._unpublished, []
+        prefix = self.settings.nats.prefix
+        timeout = self.settings.nats.publish_timeout_s
+        results = await asyncio.gather(
+            *(
+                self.js.publish(
+                    anomaly_subject(a.cluster, a.node, prefix=prefix),
+                    a.to_json(),
+                    headers={"Nats-Msg-Id": a.id},
+                    timeout=timeout,
+                )
+                for a in pending
+            ),
+            return_exceptions=True,
+        )
+        published_at = self.clock()
+        failed: list[Anomaly] = []
+        for anomaly, result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append(anomaly)
+                self.metrics.publish_failures.inc()
+                continue
+            self.metrics.anomalies.labels(anomaly.kind, anomaly.status).inc()
+            log.info(
+                "anomaly %s",
+                anomaly.status,
+                extra={"node": anomaly.node, "kind": anomaly.kind, "subject": anomaly.subject, "id": anomaly.id},
+            )
+            if self.on_published is not None:
+                self.on_published(anomaly, published_at)
+        if failed:
+            # Keep the order: an anomaly's resolution must never overtake its firing.
+            self._unpublished = failed + self._unpublished
+            msg = f"{len(failed)} anomalies could not be published to {self.anomalies_stream}"
+            raise RuntimeError(msg)
+
+    async def _dead_letter_probes(self, bad: list[tuple[Msg, str]]) -> None:
+        for msg, reason in bad:
+            await dead_letter(
+                self.js,
+                service=SERVICE,
+                reason=f"probe rejected: {reason}; fix the sender (schema nodeheal.probe/v1)",
+                raw=msg.data,
+                subject=msg.subject,
+                headers=dict(msg.headers) if msg.headers else None,
+                prefix=self.settings.nats.prefix,
+            )
+            self.metrics.dead.labels("probes").inc()
+
+    # ------------------------------------------------------------------ CLOUD and AUDIT (low volume)
+
+    def _on_cloud(self, raw: bytes, now: float) -> None:
+        self.detector.observe_cloud(CloudSystemEvent.model_validate_json(raw), now=now)
+
+    def _on_audit(self, raw: bytes, now: float) -> None:
+        self.detector.observe_remediation(RemediationRecord.model_validate_json(raw), now=now)
+
+    async def _run_side(self, stream: str, apply: Callable[[bytes, float], None]) -> None:
+        sub = await self.js.pull_subscribe_bind(self.settings.side_durable, stream=stream)
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(100, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception:
+                log.exception("fetching from %s failed; retrying", stream)
+                await asyncio.sleep(1.0)
+                continue
+            now = self.clock()
+            for msg in msgs:
+                try:
+                    apply(msg.data, now)
+                except ValidationError as exc:
+                    await dead_letter(
+                        self.js,
+                        service=SERVICE,
+                        reason=f"{stream} message rejected: {exc.errors(include_url=False)}",
+                        raw=msg.data,
+                        subject=msg.subject,
+                        prefix=self.settings.nats.prefix,
+                    )
+                    self.metrics.dead.labels(stream).inc()
+            try:
+                await self._flush(now)
+            except Exception:
+                log.exception("publishing anomalies failed; %s messages will be redelivered", stream)
+                for msg in msgs:
+                    await msg.nak(delay=1.0)
+                continue
+            for msg in msgs:
+                await msg.ack()

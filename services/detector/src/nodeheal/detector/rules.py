@@ -1,0 +1,791 @@
+"""The detection rules: probes, cloud events and remediation records in, `Anomaly` (firing / resolved)
+out. Pure and synchronous: the caller passes the clock (`now`, float seconds since the epoch, UTC) and
+drains `Detector.outbox`; nothing here awaits or talks to NATS, so replay and tests drive it directly.
+
+Guarantees: a (node, kind, subject) fires once and resolves once per fault episode (hysteresis: a
+fire threshold, a lower clear threshold, and consecutive-probe counts for both); `fault_onset` is the
+first bad observation; message ids are deterministic from (anomaly_key, status, fault_onset) so a
+re-emission after a crash is deduplicated by the stream. Conditions never go stale: a measurement
+that disappears from the agent's probes counts as clear, and event-like anomalies (reboot, kernel
+fault, flapping) resolve after a quiet period.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+from pydantic import BaseModel, Field
+
+from nodeheal.detector.fastpath import FastProbe
+from nodeheal.detector.kernel import classify_lines
+from nodeheal.detector.state import (
+    PING_MASK,
+    REACH_BITS,
+    SERVICE_MASK,
+    CloudEventState,
+    Condition,
+    NodeState,
+)
+from nodeheal.schemas.anomaly import Anomaly, Evidence
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.ids import deterministic_id
+
+SEP: Final = "\x1f"
+MAINTENANCE_ACTIONS: Final = frozenset({"reboot", "redeploy", "stop"})
+ACTIVE_PHASES: Final = frozenset({"pending_approval", "scheduled", "in_progress"})
+DISRUPTIVE_REMEDIATIONS: Final = frozenset({"reboot", "redeploy", "accept_cloud_event"})
+SILENCE_KINDS: Final = frozenset({"node_down", "node_hang", "service_down"})
+# Kinds measured on every agent probe: when the measurement disappears, it counts as clear.
+MEASURED_KINDS: Final = frozenset(
+    {"high_load", "disk_full", "inode_exhaustion", "readonly_fs", "fd_exhaustion", "service_down", "node_not_ready"}
+)
+AGENT_SERVICE: Final = "nodeheal-agent"
+MAX_PROBE_IDS = 5
+MAX_KERNEL_EVIDENCE_LINES = 20
+
+
+class RuleConfig(BaseModel):
+    """Thresholds, windows and hysteresis. Every default is documented in docs/detector.md."""
+
+    probe_interval_s: float = Field(default=10.0, gt=0, description="the agent's probe interval")
+    down_after_missed: float = Field(
+        default=2.5, gt=0, description="silence of this many probe intervals makes a node down / hung"
+    )
+    warmup_s: float | None = Field(
+        default=None, ge=0, description="after start, no silence anomaly (default: the silence timeout)"
+    )
+    high_load_ratio: float = Field(default=2.0, gt=0, description="load1 / cpu_count that is bad")
+    high_load_clear_ratio: float = Field(default=1.5, gt=0)
+    high_load_probes: int = Field(default=2, ge=1, description="consecutive bad probes before high_load fires")
+    disk_full_pct: float = Field(default=95.0, gt=0, le=100)
+    disk_clear_pct: float = Field(default=90.0, gt=0, le=100)
+    inode_full_pct: float = Field(default=95.0, gt=0, le=100)
+    inode_clear_pct: float = Field(default=90.0, gt=0, le=100)
+    fd_ratio: float = Field(default=0.90, gt=0, le=1)
+    fd_clear_ratio: float = Field(default=0.80, gt=0, le=1)
+    threshold_probes: int = Field(default=1, ge=1, description="consecutive bad probes for disk/inode/fd/ro/ready")
+    clear_probes: int = Field(default=2, ge=1, description="consecutive clear probes before a threshold resolves")
+    readonly_ignore_mounts: tuple[str, ...] = Field(
+        default=("/sys", "/proc", "/sys/fs/cgroup", "/usr", "/boot/efi"), description="read-only by design"
+    )
+    services: tuple[str, ...] = Field(
+        default=("kubelet", "containerd", "docker", "cri-o", "ops-agent"),
+        description="watched services (empty: every service the probe reports)",
+    )
+    service_down_probes: int = Field(default=1, ge=1)
+    not_ready_probes: int = Field(default=1, ge=1)
+    event_hold_s: float = Field(
+        default=120.0, gt=0, description="unexpected_reboot / kernel_fault resolve after this long without recurrence"
+    )
+    expected_grace_s: float = Field(
+        default=900.0, gt=0, description="how long a cloud event or our own reboot explains downtime / a new boot id"
+    )
+    flap_count: int = Field(default=3, ge=2, description="fire/resolve cycles of one anomaly that make it flapping")
+    flap_window_s: float = Field(default=3600.0, gt=0)
+    silence_recheck_s: float = Field(default=5.0, gt=0)
+
+    @property
+    def down_timeout_s(self) -> float:
+        return self.probe_interval_s * self.down_after_missed
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def anomaly_key(cluster: str, node: str, kind: str, subject: str | None) -> str:
+    return f"{cluster}/{node}/{kind}/{subject or '-'}"
+
+
+def anomaly_msg_id(key: str, status: str, fault_onset: datetime) -> str:
+    """The Nats-Msg-Id of an anomaly: the same episode always gets the same id."""
+    return deterministic_id(key, status, fault_onset.isoformat(), prefix="anomaly-")
+
+
+class Counters:
+    __slots__ = ("explained_reboots", "fired", "probes", "resolved")
+
+    def __init__(self) -> None:
+        self.probes = 0
+        self.fired = 0
+        self.resolved = 0
+        self.explained_reboots = 0
+
+
+class Detector:
+    """All nodes of one replica. Call `observe_*` and `tick`, then take `outbox`."""
+
+    def __init__(self, *, config: RuleConfig, started_at: float, adopt_unknown: bool = True) -> None:
+        self.config = config
+        self.started_at = started_at
+        self.adopt_unknown = adopt_unknown
+        self.nodes: dict[str, NodeState] = {}
+        self.outbox: list[Anomaly] = []
+        self.counters = Counters()
+        self.last_input = 0.0
+        self._wheel: dict[int, list[NodeState]] = {}
+        self._wheel_cursor = int(started_at)
+        self._pending_cloud: dict[str, list[CloudSystemEvent]] = {}
+        self._watched = frozenset(config.services)
+        self._ro_ignore = frozenset(config.readonly_ignore_mounts)
+        self._down_timeout = config.down_timeout_s
+        self._warmup_until = started_at + (config.warmup_s if config.warmup_s is not None else self._down_timeout)
+
+    # ------------------------------------------------------------------ nodes and the timer wheel
+
+    def _node(self, cluster: str, node: str, now: float) -> NodeState:
+        key = cluster + "/" + node
+        state = self.nodes.get(key)
+        if state is None:
+            state = NodeState(key=key, cluster=cluster, node=node, now=now)
+            self.nodes[key] = state
+            self._schedule(state, now + self._down_timeout)
+            pending = self._pending_cloud.pop(key, None)
+            if pending:
+                for event in pending:
+                    self._apply_cloud(state, event, now)
+        return state
+
+    def _schedule(self, node: NodeState, due: float) -> None:
+        # Lazy: a node is in the wheel at most once per earlier due time; when it pops, the sweep
+        # recomputes the next due time. A node that keeps probing costs one reschedule per timeout.
+        if node.due and node.due <= due:
+            return
+        node.due = due
+        self._wheel.setdefault(int(due) + 1, []).append(node)
+
+    # ------------------------------------------------------------------ probes (the hot path)
+
+    def observe_probes(self, probes: list[FastProbe], *, now: float) -> None:
+        for probe in probes:
+            self.observe_probe(probe, now=now)
+
+    def observe_probe(self, p: FastProbe, *, now: float) -> None:
+        self.counters.probes += 1
+        self.last_input = now
+        node = self.nodes.get(p.cluster + "/" + p.node)
+        if node is None:
+            node = self._node(p.cluster, p.node, now)
+        if p.reachability:
+            self._observe_reachability(node, p, now)
+        if p.source != "prober":
+            self._observe_agent(node, p, now)
+
+    def _observe_reachability(self, node: NodeState, p: FastProbe, now: float) -> None:
+        ok = seen = 0
+        for r in p.reachability:
+            bit = REACH_BITS[r.check]
+            seen |= bit
+            if r.ok:
+                ok |= bit
+        node.reach_ok = ok
+        node.reach_seen = seen
+        node.last_prober = now
+        if node.silence is not None:
+            self._classify_silence(node, now, probe_id=p.id)
+
+    def _observe_agent(self, node: NodeState, p: FastProbe, now: float) -> None:
+        cfg = self.config
+        node.last_agent = now
+        node.agent_seq += 1
+        node.last_probe_id = p.id
+        if node.silence is not None:
+            self._resolve_key(node, node.silence, now)
+            node.silence = None
+        t = p.time.timestamp() if p.time is not None else now
+        conds = node.conds
+
+        boot_id = p.boot_id
+        if boot_id is not None:
+            if node.boot_id is not None and boot_id != node.boot_id:
+                self._reboot(node, old=node.boot_id, new=boot_id, t=t, now=now, probe_id=p.id)
+            node.boot_id = boot_id
+
+        load = p.load
+        if load is not None and p.cpu_count:
+            ratio = load.load1 / p.cpu_count
+            if ratio >= cfg.high_load_ratio or (conds and "high_load" + SEP in conds):
+                self._level(
+                    node,
+                    "high_load",
+                    None,
+                    bad=ratio >= cfg.high_load_ratio,
+                    clear=ratio < cfg.high_load_clear_ratio,
+                    value=round(ratio, 3),
+                    threshold=cfg.high_load_ratio,
+                    t=t,
+                    now=now,
+                    probe_id=p.id,
+                    fire_after=cfg.high_load_probes,
+                    severity="minor",
+                )
+
+        for fs in p.filesystems:
+            used = fs.used_pct
+            if used >= cfg.disk_full_pct or (conds and "disk_full" + SEP + fs.mount in conds):
+                self._level(
+                    node,
+                    "disk_full",
+                    fs.mount,
+                    bad=used >= cfg.disk_full_pct,
+                    clear=used < cfg.disk_clear_pct,
+                    value=used,
+                    threshold=cfg.disk_full_pct,
+                    t=t,
+                    now=now,
+                    probe_id=p.id,
+                    fire_after=cfg.threshold_probes,
+                    severity="major",
+                )
+            inodes = fs.inodes_used_pct
+            if inodes >= cfg.inode_full_pct or (conds and "inode_exhaustion" + SEP + fs.mount in conds):
+                self._level(
+                    node,
+                    "inode_exhaustion",
+                    fs.mount,
+                    bad=inodes >= cfg.inode_full_pct,
+                    clear=inodes < cfg.inode_clear_pct,
+                    value=inodes,
+                    threshold=cfg.inode_full_pct,
+                    t=t,
+                    now=now,
+                    probe_id=p.id,
+                    fire_after=cfg.threshold_probes,
+                    severity="major",
+                )
+            if (fs.readonly and fs.mount not in self._ro_ignore) or (conds and "readonly_fs" + SEP + fs.mount in conds):
+                ro = fs.readonly and fs.mount not in self._ro_ignore
+                self._level(
+                    node,
+                    "readonly_fs",
+                    fs.mount,
+                    bad=ro,
+                    clear=not ro,
+                    value=fs.readonly,
+                    threshold=None,
+                    t=t,
+                    now=now,
+                    probe_id=p.id,
+                    fire_after=cfg.threshold_probes,
+                    severity="critical",
+                )
+
+        fh = p.file_handles
+        if fh is not None:
+            fd = fh.allocated / fh.max
+            if fd >= cfg.fd_ratio or (conds and "fd_exhaustion" + SEP in conds):
+                self._level(
+                    node,
+                    "fd_exhaustion",
+                    None,
+                    bad=fd >= cfg.fd_ratio,
+                    clear=fd < cfg.fd_clear_ratio,
+                    value=round(fd, 4),
+                    threshold=cfg.fd_ratio,
+                    t=t,
+                    now=now,
+                    probe_id=p.id,
+                    fire_after=cfg.threshold_probes,
+                    severity="major",
+                )
+
+        watched = self._watched
+        for svc in p.services:
+            down = svc.state == "failed" or svc.state == "inactive" or svc.healthy is False
+            if (down or (conds and "service_down" + SEP + svc.name in conds)) and (not watched or svc.name in watched):
+                self._level(
+                    node,
+                    "service_down",
+                    svc.name,
+                    bad=down,
+                    clear=not down,
+                    value=svc.state if svc.healthy is not False else f"{svc.state} (health check failed)",
+                    threshold=None,
+                    t=t,
+                    now=now,
+                    probe_id=p.id,
+                    fire_after=cfg.service_down_probes,
+                    severity="major",
+                )
+
+        if p.kernel_log:
+            self._kernel(node, list(p.kernel_log), t=t, now=now, probe_id=p.id)
+
+        ready = p.ready
+        if ready is False or (conds and "node_not_ready" + SEP in conds):
+            self._level(
+                node,
+                "node_not_ready",
+                None,
+                bad=ready is False,
+                clear=ready is True,
+                value=ready,
+                threshold=None,
+                t=t,
+                now=now,
+                probe_id=p.id,
+                fire_after=cfg.not_ready_probes,
+                severity="major",
+            )
+
+        if node.conds:
+            self._after_agent_probe(node, now)
+
+    def _after_agent_probe(self, node: NodeState, now: float) -> None:
+        """Measurements that vanished count as clear (no stale condition); cloud events may resolve."""
+        assert node.conds is not None
+        for key, cond in list(node.conds.items()):
+            if cond.kind in MEASURED_KINDS and cond.stamp != node.agent_seq and key != node.silence:
+                if cond.firing:
+                    cond.good += 1
+                    cond.bad = 0
+                    if cond.good >= self.config.clear_probes:
+                        self._resolve_key(node, key, now)
+                else:
+                    del node.conds[key]
+            elif cond.kind == "cloud_maintenance" and cond.firing:
+                self._maybe_resolve_cloud(node, key, cond, now)
+        if not node.conds:
+            node.conds = None
+
+    # ------------------------------------------------------------------ condition helpers
+
+    def _level(
+        self,
+        node: NodeState,
+        kind: str,
+        subject: str | None,
+        *,
+        bad: bool,
+        clear: bool,
+        value: float | str | bool | None,
+        threshold: float | None,
+        t: float,
+        now: float,
+        probe_id: str,
+        fire_after: int,
+        severity: str,
+    ) -> None:
+        key = kind + SEP + (subject or "")
+        conds = node.conds
+        cond = conds.get(key) if conds else None
+        if bad:
+            if cond is None:
+                cond = Condition(kind=kind, subject=subject, onset=t, severity=severity)
+                if conds is None:
+                    conds = node.conds = {}
+                conds[key] = cond
+            cond.stamp = node.agent_seq
+            cond.good = 0
+            cond.bad += 1
+            if not cond.firing:
+                cond.value = value
+                cond.threshold = threshold
+                if probe_id and len(cond.probe_ids) < MAX_PROBE_IDS:
+                    cond.probe_ids.append(probe_id)
+                if cond.bad >= fire_after:
+                    cond.expected = kind == "node_not_ready" and self._expected_downtime(node, now)
+                    self._fire(node, cond, now)
+            return
+        if cond is None:
+            return
+        cond.stamp = node.agent_seq
+        if cond.firing:
+            if clear:
+                cond.good += 1
+                cond.bad = 0
+                if cond.good >= self.config.clear_probes:
+                    self._resolve_key(node, key, now)
+            else:
+                cond.good = 0
+        else:
+            assert conds is not None
+            del conds[key]
+
+    def _event(
+        self,
+        node: NodeState,
+        kind: str,
+        subject: str | None,
+        *,
+        t: float,
+        now: float,
+        probe_id: str,
+        value: float | str | bool | None,
+        hold_s: float,
+        severity: str,
+        detail: dict[str, object] | None = None,
+    ) -> None:
+        """An event-like anomaly: fires at once, resolves after `hold_s` without recurrence."""
+        key = kind + SEP + (subject or "")
+        conds = node.conds
+        if conds is None:
+            conds = node.conds = {}
+        cond = conds.get(key)
+        if cond is not None and cond.firing:
+            cond.hold_until = now + hold_s
+            self._schedule(node, cond.hold_until)
+            return
+        cond = Condition(kind=kind, subject=subject, onset=t, severity=severity)
+        cond.value = value
+        cond.detail = detail
+        if probe_id:
+            cond.probe_ids.append(probe_id)
+        cond.hold_until = now + hold_s
+        conds[key] = cond
+        self._fire(node, cond, now)
+        self._schedule(node, cond.hold_until)
+
+    def _fire(self, node: NodeState, cond: Condition, now: float) -> None:
+        cond.firing = True
+        self.counters.fired += 1
+        self.outbox.append(self._anomaly(node, cond, status="firing", now=now))
+
+    def _resolve_key(self, node: NodeState, key: str, now: float) -> None:
+        conds = node.conds
+        if not conds:
+            return
+        cond = conds.pop(key, None)
+        if not conds:
+            node.conds = None
+        if cond is None or not cond.firing:
+            return
+        self.counters.resolved += 1
+        self.outbox.append(self._anomaly(node, cond, status="resolved", now=now))
+        if cond.kind != "flapping":
+            self._record_flap(node, key, cond, now)
+
+    def _record_flap(self, node: NodeState, key: str, cond: Condition, now: float) -> None:
+        cfg = self.config
+        if node.flaps is None:
+            node.flaps = {}
+        history = node.flaps.setdefault(key, [])
+        history.append(now)
+        horizon = now - cfg.flap_window_s
+        while history and history[0] < horizon:
+            history.pop(0)
+        if len(history) >= cfg.flap_count:
+            subject = cond.kind + (":" + cond.subject if cond.subject else "")
+            self._event(
+                node,
+                "flapping",
+                subject,
+                t=history[0],
+                now=now,
+                probe_id="",
+                value=len(history),
+                hold_s=cfg.flap_window_s,
+                severity="major",
+                detail={"cycles_in_window": len(history), "window_s": cfg.flap_window_s},
+            )
+
+    def _anomaly(self, node: NodeState, cond: Condition, *, status: str, now: float) -> Anomaly:
+        key = anomaly_key(node.cluster, node.node, cond.kind, cond.subject)
+        onset = _dt(cond.onset)
+        detected = _dt(now)
+        evidence = Evidence(
+            kind="kernel_log" if cond.kind == "kernel_fault" else "probe",
+            summary=self._summary(cond, status),
+            value=cond.value,
+            threshold=cond.threshold,
+            ref=cond.probe_ids[-1] if cond.probe_ids else None,
+            observed_at=onset,
+            details=dict(cond.detail) if cond.detail else {},
+        )
+        msg_id = anomaly_msg_id(key, status, onset)
+        return Anomaly(
+            id=msg_id,
+            time=detected,
+            cluster=node.cluster,
+            node=node.node,
+            anomaly_key=key,
+            kind=cond.kind,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
+            severity=cond.severity,  # type: ignore[arg-type]
+            subject=cond.subject,
+            fault_onset=onset,
+            detected_at=detected,
+            resolved_at=detected if status == "resolved" else None,
+            expected=cond.expected,
+            evidence=(evidence,),
+            probe_ids=tuple(cond.probe_ids),
+        )
+
+    @staticmethod
+    def _summary(cond: Condition, status: str) -> str:
+        what = cond.kind + (f" ({cond.subject})" if cond.subject else "")
+        if status == "resolved":
+            return f"{what} cleared"
+        if cond.threshold is not None:
+            return f"{what}: {cond.value} >= {cond.threshold}"
+        return f"{what}: {cond.value}"
+
+    # ------------------------------------------------------------------ reboots and kernel lines
+
+    def _reboot(self, node: NodeState, *, old: str, new: str, t: float, now: float, probe_id: str) -> None:
+        if self._expected_downtime(node, now):
+            self.counters.explained_reboots += 1
+            return
+        self._event(
+            node,
+            "unexpected_reboot",
+            None,
+            t=t,
+            now=now,
+            probe_id=probe_id,
+            value=new,
+            hold_s=self.config.event_hold_s,
+            severity="major",
+            detail={"previous_boot_id": old, "boot_id": new},
+        )
+
+    def _kernel(self, node: NodeState, lines: list[str], *, t: float, now: float, probe_id: str) -> None:
+        for cls, matched in classify_lines(lines).items():
+            self._event(
+                node,
+                "kernel_fault",
+                cls,
+                t=t,
+                now=now,
+                probe_id=probe_id,
+                value=matched[0][:500],
+                hold_s=self.config.event_hold_s,
+                severity="major",
+                detail={"lines": matched[:MAX_KERNEL_EVIDENCE_LINES], "matched_lines": len(matched)},
+            )
+
+    # ------------------------------------------------------------------ silence: down, hang, agent
+
+    def _classify_silence(self, node: NodeState, now: float, *, probe_id: str = "") -> None:
+        prober_fresh = now - node.last_prober <= self._down_timeout
+        ok = node.reach_ok if prober_fresh else 0
+        seen = node.reach_seen if prober_fresh else 0
+        if ok & PING_MASK:
+            failing_services = (seen & SERVICE_MASK) & ~ok
+            if failing_services:
+                kind, subject = "node_hang", None
+            else:
+                kind, subject = "service_down", AGENT_SERVICE
+        else:
+            kind, subject = "node_down", None
+        key = kind + SEP + (subject or "")
+        if node.silence == key:
+            return
+        if node.silence is not None:
+            self._resolve_key(node, node.silence, now)
+        cond = Condition(
+            kind=kind,
+            subject=subject,
+            onset=node.last_agent + self.config.probe_interval_s,
+            severity="critical" if kind != "service_down" else "major",
+        )
+        cond.expected = self._expected_downtime(node, now)
+        silent_for = round(now - node.last_agent, 3)
+        cond.value = silent_for
+        cond.threshold = self._down_timeout
+        cond.detail = {
+            "agent_silent_s": silent_for,
+            "prober_fresh": prober_fresh,
+            "reachable": sorted(c for c, bit in REACH_BITS.items() if ok & bit),
+            "unreachable": sorted(c for c, bit in REACH_BITS.items() if (seen & bit) and not ok & bit),
+        }
+        if node.last_probe_id:
+            cond.probe_ids.append(node.last_probe_id)
+        if probe_id:
+            cond.probe_ids.append(probe_id)
+        if node.conds is None:
+            node.conds = {}
+        node.conds[key] = cond
+        node.silence = key
+        self._fire(node, cond, now)
+
+    # ------------------------------------------------------------------ the periodic sweep
+
+    def tick(self, *, now: float) -> int:
+        """Run the timers that are due; returns how many nodes were looked at (O(due), not O(fleet))."""
+        target = int(now)
+        looked = 0
+        # When the whole input is silent, the problem is our feed, not the fleet: no silence anomaly.
+        input_alive = now - self.last_input <= self._down_timeout
+        in_warmup = now < self._warmup_until
+        while self._wheel_cursor <= target:
+            bucket = self._wheel.pop(self._wheel_cursor, None)
+            self._wheel_cursor += 1
+            if not bucket:
+                continue
+            for node in bucket:
+                if node.due > now or self.nodes.get(node.key) is not node:
+                    continue
+                looked += 1
+                node.due = 0.0
+                self._tick_node(node, now, check_silence=input_alive and not in_warmup)
+        return looked
+
+    def _tick_node(self, node: NodeState, now: float, *, check_silence: bool) -> None:
+        next_due = node.last_agent + self._down_timeout
+        if node.silence is not None or now >= next_due:
+            if check_silence:
+                self._classify_silence(node, now)
+            next_due = now + self.config.silence_recheck_s
+        if node.conds:
+            for key, cond in list(node.conds.items()):
+                if cond.hold_until:
+                    if now >= cond.hold_until:
+                        self._resolve_key(node, key, now)
+                    else:
+                        next_due = min(next_due, cond.hold_until)
+        self._schedule(node, next_due)
+
+    # ------------------------------------------------------------------ cloud events and remediation
+
+    def observe_cloud(self, event: CloudSystemEvent, *, now: float) -> None:
+        key = event.cluster + "/" + event.node
+        node = self.nodes.get(key)
+        if node is None:
+            if not self.adopt_unknown:
+                self._pending_cloud.setdefault(key, []).append(event)
+                return
+            node = self._node(event.cluster, event.node, now)
+        self._apply_cloud(node, event, now)
+
+    def _apply_cloud(self, node: NodeState, event: CloudSystemEvent, now: float) -> None:
+        if node.cloud is None:
+            node.cloud = {}
+        state = node.cloud.get(event.provider_event_id)
+        if state is not None and state.terminal and not event.is_terminal:
+            return  # a terminal phase is never overwritten by a late non-terminal one
+        not_before = event.not_before.timestamp() if event.not_before else None
+        if state is None:
+            state = CloudEventState(
+                event_id=event.provider_event_id,
+                action=event.action,
+                phase=event.phase,
+                terminal=event.is_terminal,
+                not_before=not_before,
+            )
+            node.cloud[event.provider_event_id] = state
+        state.phase = event.phase
+        state.terminal = event.is_terminal
+        state.not_before = not_before or state.not_before
+        if event.is_terminal and not state.terminal_at:
+            state.terminal_at = now
+        if event.action not in MAINTENANCE_ACTIONS:
+            return
+        subject = f"{event.action}:{event.provider_event_id}"
+        key = "cloud_maintenance" + SEP + subject
+        cond = node.conds.get(key) if node.conds else None
+        if event.phase in ACTIVE_PHASES and (cond is None or not cond.firing):
+            onset = event.published_at or event.observed_at
+            cond = Condition(kind="cloud_maintenance", subject=subject, onset=onset.timestamp(), severity="minor")
+            cond.expected = True
+            cond.value = event.phase
+            cond.detail = {
+                "provider_event_type": event.provider_event_type,
+                "cloud": event.cloud,
+                "not_before": event.not_before.isoformat() if event.not_before else None,
+                "local_data_loss": event.local_data_loss,
+            }
+            cond.probe_ids.append(event.id)
+            if node.conds is None:
+                node.conds = {}
+            node.conds[key] = cond
+            self._fire(node, cond, now)
+        elif event.is_terminal and cond is not None and cond.firing:
+            self._maybe_resolve_cloud(node, key, cond, now)
+
+    def _maybe_resolve_cloud(self, node: NodeState, key: str, cond: Condition, now: float) -> None:
+        """A maintenance anomaly resolves when its event is terminal and the node is healthy again:
+        no silence anomaly and an agent probe newer than the terminal phase."""
+        assert cond.subject is not None
+        event_id = cond.subject.split(":", 1)[1]
+        state = node.cloud.get(event_id) if node.cloud else None
+        if state is None or not state.terminal:
+            return
+        if node.silence is None and node.last_agent >= state.terminal_at:
+            self._resolve_key(node, key, now)
+
+    def observe_remediation(self, record: RemediationRecord, *, now: float) -> None:
+        node = self.nodes.get(record.cluster + "/" + record.node)
+        if node is None or record.action not in DISRUPTIVE_REMEDIATIONS:
+            return
+        if record.phase in ("intent", "started", "succeeded"):
+            node.remediation_until = max(node.remediation_until, now + self.config.expected_grace_s)
+        elif record.phase in ("skipped", "blocked"):
+            node.remediation_until = 0.0
+
+    def _expected_downtime(self, node: NodeState, now: float) -> bool:
+        if node.remediation_until > now:
+            return True
+        if not node.cloud:
+            return False
+        grace = self.config.expected_grace_s
+        for state in node.cloud.values():
+            if state.action not in MAINTENANCE_ACTIONS:
+                continue
+            if state.terminal:
+                if now - state.terminal_at <= grace and state.phase == "completed":
+                    return True
+            elif state.phase == "in_progress" or state.not_before is None or state.not_before <= now + grace:
+                return True
+        return False
+
+    # ------------------------------------------------------------------ restart: rebuild without a burst
+
+    def seed_last_probe(self, p: FastProbe, *, now: float) -> None:
+        """Know a node (and its boot id) from the stream's last probe, without evaluating rules."""
+        node = self._node(p.cluster, p.node, now)
+        if p.source != "prober" and p.boot_id is not None:
+            node.boot_id = p.boot_id
+
+    def restore(self, anomaly: Anomaly, *, now: float) -> None:
+        """Replay ANOMALIES in order: what was firing at the crash is firing again, without a publish."""
+        key_cluster, key_node = anomaly.cluster, anomaly.node
+        node = self.nodes.get(key_cluster + "/" + key_node)
+        if node is None:
+            if not self.adopt_unknown:
+                return
+            node = self._node(key_cluster, key_node, now)
+        key = anomaly.kind + SEP + (anomaly.subject or "")
+        if anomaly.status == "resolved":
+            if node.conds:
+                node.conds.pop(key, None)
+                if not node.conds:
+                    node.conds = None
+            if node.silence == key:
+                node.silence = None
+            return
+        cond = Condition(
+            kind=anomaly.kind, subject=anomaly.subject, onset=anomaly.fault_onset.timestamp(), severity=anomaly.severity
+        )
+        cond.firing = True
+        cond.expected = anomaly.expected
+        cond.probe_ids = list(anomaly.probe_ids)[:MAX_PROBE_IDS]
+        if anomaly.evidence:
+            cond.value = anomaly.evidence[0].value
+            cond.threshold = anomaly.evidence[0].threshold
+        if anomaly.kind in ("unexpected_reboot", "kernel_fault"):
+            cond.hold_until = now + self.config.event_hold_s
+            self._schedule(node, cond.hold_until)
+        elif anomaly.kind == "flapping":
+            cond.hold_until = now + self.config.flap_window_s
+            self._schedule(node, cond.hold_until)
+        if node.conds is None:
+            node.conds = {}
+        node.conds[key] = cond
+        if anomaly.kind in SILENCE_KINDS and (anomaly.kind != "service_down" or anomaly.subject == AGENT_SERVICE):
+            node.silence = key
+            cond.stamp = -1
+
+    def firing(self) -> list[tuple[str, str, str | None]]:
+        """(node key, kind, subject) of every firing anomaly, for tests and /metrics."""
+        out: list[tuple[str, str, str | None]] = []
+        for node in self.nodes.values():
+            if node.conds:
+                out.extend((node.key, c.kind, c.subject) for c in node.conds.values() if c.firing)
+        return out

@@ -1,0 +1,332 @@
+"""Each anomaly kind: it fires once, its hysteresis holds, it resolves once. Fake clock, no broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nodeheal.detector.rules import Detector, RuleConfig, anomaly_msg_id
+from nodeheal.schemas import Anomaly, CloudSystemEvent, RemediationRecord
+from tests.unit.detector.helpers import T0, agent_probe, prober_probe
+
+INTERVAL = 10.0
+
+
+def make(**overrides: object) -> Detector:
+    return Detector(config=RuleConfig(**overrides), started_at=T0)  # type: ignore[arg-type]
+
+
+def drain(det: Detector) -> list[tuple[str, str, str | None]]:
+    out = [(a.kind, a.status, a.subject) for a in det.outbox]
+    det.outbox.clear()
+    return out
+
+
+def feed(det: Detector, steps: int, start: float = T0, **kw: object) -> float:
+    t = start
+    for _ in range(steps):
+        det.observe_probe(agent_probe(t=t, seq=int(t), **kw), now=t)  # type: ignore[arg-type]
+        det.tick(now=t)
+        t += INTERVAL
+    return t
+
+
+def test_healthy_node_emits_nothing_and_keeps_no_conditions() -> None:
+    det = make()
+    feed(det, 20)
+    assert drain(det) == []
+    assert det.nodes["c1/n1"].conds is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "subject", "bad", "band", "good"),
+    [
+        ("disk_full", "/", {"used": 97.0}, {"used": 92.0}, {"used": 50.0}),
+        ("inode_exhaustion", "/", {"inodes": 99.0}, {"inodes": 93.0}, {"inodes": 10.0}),
+        ("fd_exhaustion", None, {"fd": 95_000}, {"fd": 85_000}, {"fd": 1000}),
+        ("high_load", None, {"load1": 20.0}, {"load1": 14.0}, {"load1": 1.0}),
+        ("readonly_fs", "/", {"readonly": True}, {"readonly": True}, {"readonly": False}),
+        ("service_down", "kubelet", {"kubelet": "failed"}, {"kubelet": "failed"}, {"kubelet": "active"}),
+        ("node_not_ready", None, {"ready": False}, {"ready": None}, {"ready": True}),
+    ],
+)
+def test_threshold_kind_fires_once_holds_in_band_and_resolves_once(
+    kind: str, subject: str | None, bad: dict[str, object], band: dict[str, object], good: dict[str, object]
+) -> None:
+    det = make()
+    t = feed(det, 3)
+    assert drain(det) == []
+    t = feed(det, 4, start=t, **bad)
+    assert drain(det) == [(kind, "firing", subject)]
+    # Inside the hysteresis band (or still bad): still firing, nothing re-emitted.
+    t = feed(det, 4, start=t, **band)
+    assert drain(det) == []
+    t = feed(det, 1, start=t, **good)
+    assert drain(det) == []  # one clear probe is not enough (clear_probes=2)
+    t = feed(det, 5, start=t, **good)
+    assert drain(det) == [(kind, "resolved", subject)]
+
+
+def test_high_load_needs_consecutive_bad_probes_and_fault_onset_is_the_first() -> None:
+    det = make()
+    t = feed(det, 2)
+    first_bad = t
+    det.observe_probe(agent_probe(t=t, load1=30.0), now=t)
+    assert drain(det) == []  # one probe is a spike, not sustained load
+    det.observe_probe(agent_probe(t=t + INTERVAL, load1=30.0), now=t + INTERVAL + 0.2)
+    fired = det.outbox[0]
+    assert (fired.kind, fired.status) == ("high_load", "firing")
+    assert fired.fault_onset.timestamp() == first_bad
+    assert fired.detected_at.timestamp() == pytest.approx(t + INTERVAL + 0.2)
+    assert fired.evidence[0].value == pytest.approx(30.0 / 8, rel=1e-3)
+
+
+def test_a_spike_that_clears_before_the_count_never_fires() -> None:
+    det = make()
+    t = feed(det, 2)
+    t = feed(det, 1, start=t, load1=30.0)
+    feed(det, 5, start=t)
+    assert drain(det) == []
+
+
+def test_firing_and_resolved_share_the_key_and_ids_are_deterministic() -> None:
+    det = make()
+    t = feed(det, 2, used=99.0)
+    feed(det, 3, start=t)
+    fired, resolved = det.outbox
+    assert fired.anomaly_key == resolved.anomaly_key == "c1/n1/disk_full//"
+    assert fired.id == anomaly_msg_id(fired.anomaly_key, "firing", fired.fault_onset)
+    assert resolved.id == anomaly_msg_id(fired.anomaly_key, "resolved", fired.fault_onset)
+    assert fired.id != resolved.id
+    assert resolved.resolved_at is not None
+
+
+def test_each_mount_is_its_own_anomaly_and_a_vanished_mount_does_not_stay_firing() -> None:
+    det = make()
+    t = feed(det, 2, used=99.0, mounts=("/", "/var/lib/kubelet"))
+    assert sorted(drain(det)) == [("disk_full", "firing", "/"), ("disk_full", "firing", "/var/lib/kubelet")]
+    # /var/lib/kubelet disappears from the probes (unmounted): it clears instead of going stale.
+    feed(det, 3, start=t, used=50.0, mounts=("/",))
+    assert sorted(drain(det)) == [("disk_full", "resolved", "/"), ("disk_full", "resolved", "/var/lib/kubelet")]
+
+
+def test_unwatched_service_is_ignored() -> None:
+    det = make(services=("containerd",))
+    feed(det, 3, kubelet="failed")
+    assert drain(det) == []
+
+
+def test_readonly_by_design_mounts_are_ignored() -> None:
+    det = make()
+    feed(det, 3, readonly=True, mounts=("/usr",))
+    assert drain(det) == []
+
+
+def _silence(det: Detector, start: float, seconds: float, **reach: bool) -> float:
+    t = start
+    end = start + seconds
+    while t <= end:
+        if reach:
+            det.observe_probe(prober_probe(t=t, seq=int(t), **reach), now=t)
+        det.tick(now=t)
+        t += 1.0
+    return t
+
+
+def test_node_down_after_missed_intervals_when_unreachable_then_resolves_when_back() -> None:
+    det = make()
+    t = feed(det, 3)
+    last_agent = t - INTERVAL
+    t = _silence(det, t, 14, icmp=False, tcp=False)
+    assert drain(det) == []  # 2.5 intervals = 25 s of silence not reached yet
+    t = _silence(det, t, 20, icmp=False, tcp=False)
+    out = det.outbox[:]
+    assert [(a.kind, a.status) for a in out] == [("node_down", "firing")]
+    assert out[0].fault_onset.timestamp() == last_agent + INTERVAL
+    assert out[0].expected is False
+    drain(det)
+    t = _silence(det, t, 30, icmp=False, tcp=False)
+    assert drain(det) == []  # fires once
+    feed(det, 1, start=t)
+    assert drain(det) == [("node_down", "resolved", None)]
+
+
+def test_node_hang_when_pingable_but_ssh_and_kubelet_silent() -> None:
+    det = make()
+    t = feed(det, 3)
+    _silence(det, t, 40, icmp=True, tcp=True, ssh_banner=False, kubelet_healthz=False)
+    assert drain(det) == [("node_hang", "firing", None)]
+
+
+def test_agent_silent_but_node_fine_is_the_agent_service_down() -> None:
+    det = make()
+    t = feed(det, 3)
+    _silence(det, t, 40, icmp=True, tcp=True, ssh_banner=True, kubelet_healthz=True)
+    assert drain(det) == [("service_down", "firing", "nodeheal-agent")]
+
+
+def test_hang_that_stops_answering_ping_becomes_down() -> None:
+    det = make()
+    t = feed(det, 3)
+    t = _silence(det, t, 40, icmp=True, tcp=True, ssh_banner=False)
+    t = _silence(det, t, 5, icmp=False, tcp=False, ssh_banner=False)
+    assert drain(det) == [("node_hang", "firing", None), ("node_hang", "resolved", None), ("node_down", "firing", None)]
+
+
+def test_no_node_down_during_warmup_or_when_the_whole_input_is_silent() -> None:
+    det = make()
+    feed(det, 1)
+    # No probe at all reaches the detector for 5 minutes: our feed is broken, not the fleet.
+    for s in range(300):
+        det.tick(now=T0 + s)
+    assert drain(det) == []
+
+
+def test_cloud_reboot_makes_downtime_expected_and_new_boot_id_not_unexpected() -> None:
+    det = make()
+    t = feed(det, 3)
+    event = _cloud(phase="in_progress", t=t)
+    det.observe_cloud(event, now=t)
+    assert drain(det) == [("cloud_maintenance", "firing", "reboot:e-1")]
+    t = _silence(det, t, 40, icmp=False, tcp=False)
+    down = det.outbox[0]
+    assert (down.kind, down.expected) == ("node_down", True)
+    drain(det)
+    det.observe_cloud(_cloud(phase="completed", t=t), now=t)
+    assert drain(det) == []  # terminal, but the node is not back yet
+    feed(det, 2, start=t + 1, boot_id="boot-2")
+    assert drain(det) == [("node_down", "resolved", None), ("cloud_maintenance", "resolved", "reboot:e-1")]
+    assert det.counters.explained_reboots == 1
+
+
+def test_late_non_terminal_phase_never_reopens_a_terminal_event() -> None:
+    det = make()
+    t = feed(det, 2)
+    det.observe_cloud(_cloud(phase="scheduled", t=t), now=t)
+    det.observe_cloud(_cloud(phase="completed", t=t), now=t)
+    t = feed(det, 1, start=t + 1)
+    det.observe_cloud(_cloud(phase="in_progress", t=t), now=t)
+    feed(det, 1, start=t)
+    assert drain(det) == [
+        ("cloud_maintenance", "firing", "reboot:e-1"),
+        ("cloud_maintenance", "resolved", "reboot:e-1"),
+    ]
+
+
+def test_unexpected_reboot_fires_once_and_resolves_after_the_hold() -> None:
+    det = make(event_hold_s=60)
+    t = feed(det, 2, boot_id="boot-1")
+    t = feed(det, 3, start=t, boot_id="boot-2")
+    out = det.outbox[:]
+    assert [(a.kind, a.status) for a in out] == [("unexpected_reboot", "firing")]
+    assert out[0].evidence[0].details["previous_boot_id"] == "boot-1"
+    drain(det)
+    feed(det, 5, start=t, boot_id="boot-2")
+    assert drain(det) == [("unexpected_reboot", "resolved", None)]
+
+
+def test_our_own_reboot_is_not_unexpected() -> None:
+    det = make()
+    t = feed(det, 2, boot_id="boot-1")
+    det.observe_remediation(_record(t), now=t)
+    feed(det, 2, start=t, boot_id="boot-2")
+    assert drain(det) == []
+
+
+def test_kernel_fault_carries_the_raw_lines_and_one_anomaly_per_class() -> None:
+    det = make(event_hold_s=30)
+    lines = (
+        "[12032.818764] NMI watchdog: BUG: soft lockup - CPU#6 stuck for 22s! [kubelet:1663]",
+        "nothing to see",
+        "EXT4-fs error (device sda1): ext4_lookup:1607: inode #525615: deleted inode referenced",
+    )
+    t = feed(det, 1, kernel=lines)
+    t = feed(det, 1, start=t, kernel=lines[:1])  # recurrence while firing: no second firing
+    firing = {a.subject: a for a in det.outbox}
+    assert sorted(firing) == ["filesystem", "lockup"]
+    assert firing["lockup"].evidence[0].details["lines"] == [lines[0]]
+    drain(det)
+    feed(det, 6, start=t)
+    assert sorted(drain(det)) == [("kernel_fault", "resolved", "filesystem"), ("kernel_fault", "resolved", "lockup")]
+
+
+def test_flapping_after_k_cycles_in_the_window() -> None:
+    det = make(flap_count=3, clear_probes=1, flap_window_s=600)
+    t = T0
+    for _ in range(3):
+        t = feed(det, 1, start=t, used=99.0)
+        t = feed(det, 1, start=t, used=10.0)
+    kinds = drain(det)
+    assert kinds.count(("disk_full", "firing", "/")) == 3
+    assert kinds[-1] == ("flapping", "firing", "disk_full:/")
+    feed(det, 70, start=t)
+    assert drain(det) == [("flapping", "resolved", "disk_full:/")]
+
+
+def test_restore_after_restart_does_not_refire_and_resolves_once() -> None:
+    det = make()
+    t = feed(det, 2, used=99.0)
+    t = _silence(det, t, 40, icmp=False, tcp=False)
+    published = det.outbox[:]
+    assert [(a.kind, a.status) for a in published] == [("disk_full", "firing"), ("node_down", "firing")]
+    det.outbox.clear()
+
+    # A new process: rebuilt from the stream of anomalies, warm-up grace, then the node stays silent.
+    again = Detector(config=RuleConfig(), started_at=t)
+    for anomaly in published:
+        again.restore(Anomaly.model_validate_json(anomaly.to_json()), now=t)
+    _silence(again, t, 60, icmp=False, tcp=False)
+    assert drain(again) == []  # no burst: both were already firing
+    feed(again, 3, start=t + 61, used=50.0)
+    assert sorted(drain(again)) == [("disk_full", "resolved", "/"), ("node_down", "resolved", None)]
+
+
+def test_fresh_detector_gives_known_nodes_a_warmup_grace() -> None:
+    det = make()
+    for i in range(100):
+        det.seed_last_probe(agent_probe(t=T0 - 3600, node=f"n{i}"), now=T0)
+    for s in range(20):
+        det.tick(now=T0 + s)
+    assert drain(det) == []  # within the warm-up nobody is declared down
+
+
+def test_sweep_looks_only_at_due_nodes() -> None:
+    det = make()
+    for i in range(1000):
+        det.observe_probe(agent_probe(t=T0, node=f"n{i}"), now=T0)
+    looked = sum(det.tick(now=T0 + s * 0.5) for s in range(20))  # 10 s: nobody due yet
+    assert looked == 0
+
+
+def _cloud(*, phase: str, t: float) -> CloudSystemEvent:
+    terminal = phase in ("completed", "canceled", "failed", "avoided")
+    at = datetime.fromtimestamp(t, tz=UTC)
+    return CloudSystemEvent(
+        cluster="c1",
+        node="n1",
+        cloud="alibaba",
+        channel="simulator",
+        provider_event_id="e-1",
+        provider_event_type="SystemMaintenance.Reboot",
+        action="reboot",
+        cause="planned_maintenance",
+        phase=phase,  # type: ignore[arg-type]
+        is_terminal=terminal,
+        instance_id="i-1",
+        published_at=at - timedelta(minutes=5),
+        observed_at=at,
+    )
+
+
+def _record(t: float) -> RemediationRecord:
+    return RemediationRecord(
+        cluster="c1",
+        node="n1",
+        action_id="a-1",
+        action="reboot",
+        phase="started",
+        reason="test",
+        actor="remediator-0",
+        time=datetime.fromtimestamp(t, tz=UTC),
+    )
