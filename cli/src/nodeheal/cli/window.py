@@ -65,7 +65,7 @@ def _config(*, subjects: list[str], since: datetime | None) -> ConsumerConfig:
     config = ConsumerConfig()
     if since is not None:
         config.deliver_policy = DeliverPolicy.BY_START_TIME
-        config.opt_start_time = since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        config.opt_start_time = since.astimezone(UTC)
     else:
         config.deliver_policy = DeliverPolicy.ALL
     if len(subjects) > 1:
