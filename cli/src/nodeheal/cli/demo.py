@@ -27,9 +27,9 @@ from rich.live import Live
 from rich.table import Table
 
 from nodeheal.cli.demo_report import RunRecord, build_report, collect_window, write_html
-from nodeheal.cli.procs import ServiceProcess, wait_ready
+from nodeheal.cli.procs import ServiceProcess, service_processes, wait_ready
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.embedded import EmbeddedNats, free_port
+from nodeheal.runtime.embedded import EmbeddedNats
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.engine import FleetSimulator, SimTimings
@@ -59,69 +59,38 @@ class DemoConfig:
 def _service_table(
     *, settings: NatsSettings, cfg: DemoConfig, world: DemoWorld, run_dir: Path, cluster: str
 ) -> list[ServiceProcess]:
-    """The four services, configured only through their environment, as in Kubernetes."""
-
-    def common(prefix: str, port: int) -> dict[str, str]:
-        return {
-            f"{prefix}NATS__URL": settings.url,
-            f"{prefix}NATS__PREFIX": settings.prefix,
-            f"{prefix}NATS__STREAM_PREFIX": settings.stream_prefix,
-            f"{prefix}NATS__BUCKET_PREFIX": settings.bucket_prefix,
-            f"{prefix}CLUSTER": cluster,
-            f"{prefix}HTTP_HOST": "127.0.0.1",
-            f"{prefix}HTTP_PORT": str(port),
-            f"{prefix}LOG_FORMAT": "json",
-            f"{prefix}INSTANCE": f"{prefix.lower().split('_')[1]}-0",
-        }
-
-    interval = cfg.probe_interval_s
-    out: list[ServiceProcess] = []
-
-    port = free_port()
-    env = common("NODEHEAL_DETECTOR_", port)
-    env |= {
-        "NODEHEAL_DETECTOR_PROBE_INTERVAL_S": str(interval),
-        "NODEHEAL_DETECTOR_SERVICES": '["kubelet","containerd","ops-agent"]',
+    """The four services, pointed at the simulated world's endpoints through their environment."""
+    extra: dict[str, dict[str, str]] = {
+        "detector": {
+            "NODEHEAL_DETECTOR_PROBE_INTERVAL_S": str(cfg.probe_interval_s),
+        },
+        "remediator": {
+            "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.kube_url,
+            "NODEHEAL_REMEDIATOR_KUBE__VERIFY_TLS": "false",
+            "NODEHEAL_REMEDIATOR_KUBE__DRAIN_TIMEOUT_S": "30",
+            "NODEHEAL_REMEDIATOR_CLOUD__PROVIDER": "alibaba",
+            "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ENDPOINT": world.ecs_endpoint,
+            "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_PROTOCOL": "http",
+            "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_ID": "demo-ak",
+            "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_SECRET": "demo-secret",
+            "NODEHEAL_REMEDIATOR_VERIFY_TIMEOUT_S": str(max(60.0, world.reboot_s * 3)),
+            "NODEHEAL_REMEDIATOR_POLICY__DRY_RUN": "true" if cfg.dry_run else "false",
+            "NODEHEAL_REMEDIATOR_POLICY__APPROVAL_REQUIRED": "[]",
+            "NODEHEAL_REMEDIATOR_POLICY__HOST_REBOOT_GUARD_S": str(world.maintenance_notice_s * 2),
+        },
+        "ingest": {
+            "NODEHEAL_INGEST_ALIBABA__ENABLED": "true",
+            "NODEHEAL_INGEST_ALIBABA__ENDPOINT": world.ecs_endpoint,
+            "NODEHEAL_INGEST_ALIBABA__PROTOCOL": "http",
+            "NODEHEAL_INGEST_ALIBABA__REGION": world.region,
+            "NODEHEAL_INGEST_ALIBABA__ACCESS_KEY_ID": "demo-ak",
+            "NODEHEAL_INGEST_ALIBABA__ACCESS_KEY_SECRET": "demo-secret",
+            "NODEHEAL_INGEST_ALIBABA__INTERVAL_S": "2",
+        },
     }
-    out.append(ServiceProcess("detector", ["-m", "nodeheal.detector"], env, port, run_dir / "detector.log"))
-
-    port = free_port()
-    env = common("NODEHEAL_DIAGNOSER_", port)
-    out.append(ServiceProcess("diagnoser", ["-m", "nodeheal.diagnoser"], env, port, run_dir / "diagnoser.log"))
-
-    port = free_port()
-    env = common("NODEHEAL_REMEDIATOR_", port)
-    env |= {
-        "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.kube_url,
-        "NODEHEAL_REMEDIATOR_KUBE__VERIFY_TLS": "false",
-        "NODEHEAL_REMEDIATOR_KUBE__DRAIN_TIMEOUT_S": "30",
-        "NODEHEAL_REMEDIATOR_CLOUD__PROVIDER": "alibaba",
-        "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ENDPOINT": world.ecs_endpoint,
-        "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_PROTOCOL": "http",
-        "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_ID": "demo-ak",
-        "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_SECRET": "demo-secret",
-        "NODEHEAL_REMEDIATOR_VERIFY_TIMEOUT_S": str(max(60.0, world.reboot_s * 3)),
-        "NODEHEAL_REMEDIATOR_POLICY__DRY_RUN": "true" if cfg.dry_run else "false",
-        "NODEHEAL_REMEDIATOR_POLICY__APPROVAL_REQUIRED": "[]",
-        "NODEHEAL_REMEDIATOR_POLICY__HOST_REBOOT_GUARD_S": str(world.maintenance_notice_s * 2),
-    }
-    out.append(ServiceProcess("remediator", ["-m", "nodeheal.remediator"], env, port, run_dir / "remediator.log"))
-
-    port = free_port()
-    env = common("NODEHEAL_INGEST_", port)
-    env |= {
-        "NODEHEAL_INGEST_ALIBABA__ENABLED": "true",
-        "NODEHEAL_INGEST_ALIBABA__ENDPOINT": world.ecs_endpoint,
-        "NODEHEAL_INGEST_ALIBABA__PROTOCOL": "http",
-        "NODEHEAL_INGEST_ALIBABA__REGION": world.region,
-        "NODEHEAL_INGEST_ALIBABA__ACCESS_KEY_ID": "demo-ak",
-        "NODEHEAL_INGEST_ALIBABA__ACCESS_KEY_SECRET": "demo-secret",
-        "NODEHEAL_INGEST_ALIBABA__INTERVAL_S": "2",
-    }
-    out.append(ServiceProcess("ingest", ["-m", "nodeheal.cloud_events", "ingest"], env, port, run_dir / "ingest.log"))
-    for svc in out:
-        svc.env |= cfg.extra_env
-    return out
+    for env in extra.values():
+        env |= cfg.extra_env
+    return service_processes(settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra)
 
 
 def _progress_table(

@@ -12,6 +12,7 @@ from nodeheal.cli.audit import audit
 from nodeheal.cli.diagnose_log import diagnose_log
 from nodeheal.cli.normalize import normalize
 from nodeheal.cli.streams import streams
+from nodeheal.cli.up import up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +26,7 @@ def cli() -> None:
 
 cli.add_command(demo)
 cli.add_command(streams)
+cli.add_command(up)
 cli.add_command(normalize)
 cli.add_command(diagnose_log)
 cli.add_command(audit)

@@ -16,6 +16,17 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodeheal.runtime.embedded import free_port
+from nodeheal.runtime.settings import NatsSettings
+
+SERVICES: dict[str, tuple[str, list[str]]] = {
+    # name: (env prefix, python -m arguments)
+    "ingest": ("NODEHEAL_INGEST_", ["-m", "nodeheal.cloud_events", "ingest"]),
+    "detector": ("NODEHEAL_DETECTOR_", ["-m", "nodeheal.detector"]),
+    "diagnoser": ("NODEHEAL_DIAGNOSER_", ["-m", "nodeheal.diagnoser"]),
+    "remediator": ("NODEHEAL_REMEDIATOR_", ["-m", "nodeheal.remediator"]),
+}
+
 
 def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
@@ -94,3 +105,33 @@ async def wait_ready(services: list[ServiceProcess], *, timeout_s: float = 90.0)
             raise RuntimeError(msg)
         if pending:
             await asyncio.sleep(0.3)
+
+
+def service_processes(
+    *,
+    settings: NatsSettings,
+    cluster: str,
+    run_dir: Path,
+    names: list[str] | None = None,
+    extra_env: dict[str, dict[str, str]] | None = None,
+    log_format: str = "json",
+) -> list[ServiceProcess]:
+    """One process per service, configured only through its environment (as in Kubernetes)."""
+    out: list[ServiceProcess] = []
+    for name in names or list(SERVICES):
+        prefix, args = SERVICES[name]
+        port = free_port()
+        env = {
+            f"{prefix}NATS__URL": settings.url,
+            f"{prefix}NATS__PREFIX": settings.prefix,
+            f"{prefix}NATS__STREAM_PREFIX": settings.stream_prefix,
+            f"{prefix}NATS__BUCKET_PREFIX": settings.bucket_prefix,
+            f"{prefix}CLUSTER": cluster,
+            f"{prefix}HTTP_HOST": "127.0.0.1",
+            f"{prefix}HTTP_PORT": str(port),
+            f"{prefix}LOG_FORMAT": log_format,
+            f"{prefix}INSTANCE": f"{name}-0",
+        }
+        env |= (extra_env or {}).get(name, {})
+        out.append(ServiceProcess(name, list(args), env, port, run_dir / f"{name}.log"))
+    return out
