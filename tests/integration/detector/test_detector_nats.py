@@ -1,0 +1,180 @@
+"""The detector against a real nats-server: probes into the PROBES stream, anomalies out of ANOMALIES."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from nodeheal.detector.handlers import DetectorRuntime
+from nodeheal.detector.rules import RuleConfig
+from nodeheal.detector.settings import DetectorSettings
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas import Anomaly, DeadLetter, FileSystem, LoadAverage, NodeProbe
+from nodeheal.schemas.subjects import dlq_subject, probe_subject, wildcard
+
+pytestmark = pytest.mark.nats
+
+
+def probe(*, node: str, seq: int, used: float, boot: str = "b1") -> NodeProbe:
+    return NodeProbe(
+        id=f"{node}-{seq}",
+        time=datetime.now(tz=UTC),
+        cluster="c1",
+        node=node,
+        source="agent",
+        seq=seq,
+        boot_id=boot,
+        load=LoadAverage(load1=0.5, load5=0.5, load15=0.5),
+        cpu_count=4,
+        filesystems=(FileSystem(mount="/", used_pct=used, inodes_used_pct=1.0),),
+        ready=True,
+    )
+
+
+async def publish(nc: Client, settings: NatsSettings, p: NodeProbe) -> None:
+    await nc.jetstream().publish(
+        probe_subject(p.cluster, p.node, prefix=settings.prefix), p.to_json(), headers={"Nats-Msg-Id": p.id}
+    )
+
+
+async def read_all(nc: Client, stream: str, subject: str) -> list[bytes]:
+    js = nc.jetstream()
+    info = await js.add_consumer(
+        stream,
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, filter_subject=subject),
+    )
+    total = info.num_pending or 0
+    if not total:
+        return []
+    sub = await js.pull_subscribe_bind(info.name, stream=stream)
+    out: list[bytes] = []
+    while len(out) < total:
+        out += [m.data for m in await sub.fetch(total - len(out), timeout=5)]
+    await sub.unsubscribe()
+    return out
+
+
+async def anomalies(nc: Client, settings: NatsSettings) -> list[Anomaly]:
+    stream = settings.topology().stream(f"{settings.stream_prefix}ANOMALIES").name
+    return [
+        Anomaly.model_validate_json(d) for d in await read_all(nc, stream, wildcard("anomaly", prefix=settings.prefix))
+    ]
+
+
+async def eventually(check: Callable[[], object], *, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached within the timeout")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def runtime(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DetectorRuntime]:
+    settings = DetectorSettings(nats=topology_ready, batch_size=100, tick_s=0.1, rules=RuleConfig(clear_probes=1))
+    rt = DetectorRuntime(settings=settings, nc=nc)
+    await rt.start()
+    yield rt
+    await rt.stop()
+
+
+async def test_disk_full_fires_and_resolves_exactly_once_despite_duplicate_probes(
+    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    s = topology_ready
+    await publish(nc, s, probe(node="n1", seq=1, used=40.0))
+    for seq in (2, 3):
+        await publish(nc, s, probe(node="n1", seq=seq, used=99.0))
+        await publish(nc, s, probe(node="n1", seq=seq, used=99.0))  # same Nats-Msg-Id: deduplicated
+    # A re-sent probe with a fresh id (a retrying agent) does not duplicate the anomaly either.
+    p = probe(node="n1", seq=3, used=99.0)
+    await publish(nc, s, p.model_copy(update={"id": "n1-3-retry"}))
+    await eventually(lambda: runtime.detector.counters.fired == 1)
+    await publish(nc, s, probe(node="n1", seq=4, used=10.0))
+    await eventually(lambda: runtime.detector.counters.resolved == 1)
+
+    async def two() -> bool:
+        return len(await anomalies(nc, s)) >= 2
+
+    await eventually(two)
+    got = await anomalies(nc, s)
+    assert [(a.kind, a.status, a.subject, a.node) for a in got] == [
+        ("disk_full", "firing", "/", "n1"),
+        ("disk_full", "resolved", "/", "n1"),
+    ]
+    assert got[0].anomaly_key == got[1].anomaly_key
+    assert got[0].probe_ids[0] == "n1-2"
+
+
+async def test_malformed_probe_goes_to_dlq_and_the_next_good_probe_is_processed(
+    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    s = topology_ready
+    js = nc.jetstream()
+    subject = probe_subject("c1", "n2", prefix=s.prefix)
+    bad = json.dumps({"schema": "nodeheal.probe/v1", "cluster": "c1", "node": "n2", "source": "agent"}).encode()
+    await js.publish(subject, bad)
+    await js.publish(subject, b"\xff not json")
+    await publish(nc, s, probe(node="n2", seq=1, used=99.5))
+    await eventually(lambda: runtime.detector.counters.fired == 1)
+    dlq_stream = s.topology().stream(f"{s.stream_prefix}DLQ").name
+
+    async def two_letters() -> bool:
+        return len(await read_all(nc, dlq_stream, dlq_subject("detector", prefix=s.prefix))) == 2
+
+    await eventually(two_letters)
+    letters = [
+        DeadLetter.model_validate_json(d)
+        for d in await read_all(nc, dlq_stream, dlq_subject("detector", prefix=s.prefix))
+    ]
+    assert letters[0].raw == bad
+    assert "seq" in letters[0].reason
+    assert letters[1].raw == b"\xff not json"
+    assert all(letter.subject == subject for letter in letters)
+    got = await anomalies(nc, s)
+    assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "n2")]
+
+
+async def test_restart_rebuilds_state_without_a_burst_and_resolves_once(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    s = topology_ready
+    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=RuleConfig(clear_probes=1))
+    first = DetectorRuntime(settings=settings, nc=nc)
+    await first.start()
+    for node in ("a", "b", "c"):
+        await publish(nc, s, probe(node=node, seq=1, used=99.0 if node == "a" else 30.0))
+    await eventually(lambda: first.detector.counters.fired == 1)
+    await first.stop()
+
+    second = DetectorRuntime(settings=settings, nc=nc)
+    await second.start()
+    try:
+        assert sorted(second.detector.nodes) == ["c1/a", "c1/b", "c1/c"]  # seeded from the last probes
+        assert second.detector.firing() == [("c1/a", "disk_full", "/")]  # restored from ANOMALIES
+        await publish(nc, s, probe(node="a", seq=2, used=99.0))  # still bad: no second firing
+        await publish(nc, s, probe(node="b", seq=2, used=30.0))
+        await eventually(lambda: second.detector.counters.probes >= 2)
+        await publish(nc, s, probe(node="a", seq=3, used=20.0))
+        await eventually(lambda: second.detector.counters.resolved == 1)
+        assert second.detector.counters.fired == 0
+    finally:
+        await second.stop()
+
+    async def two() -> bool:
+        return len(await anomalies(nc, s)) >= 2
+
+    await eventually(two)
+    assert [(a.node, a.status) for a in await anomalies(nc, s)] == [("a", "firing"), ("a", "resolved")]
