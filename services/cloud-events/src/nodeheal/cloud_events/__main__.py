@@ -1,0 +1,35 @@
+"""`python -m nodeheal.cloud_events ingest|agent|prober|inventory`: one entry point, four processes.
+
+Each part lives in `nodeheal.cloud_events.<part>.main` with a `main()` that reads its own settings
+from the environment (`NODEHEAL_<PART>_...`) and runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+PARTS = ("ingest", "agent", "prober", "inventory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help") or args[0] not in PARTS:
+        shown = repr(args[0]) if args and args[0] not in ("-h", "--help") else "nothing"
+        print(  # noqa: T201 - this is the usage text
+            f"usage: python -m nodeheal.cloud_events {{{'|'.join(PARTS)}}}  (got {shown})\n"
+            "  ingest     cloud system events: HTTP endpoints and pollers → CLOUD stream\n"
+            "  agent      the node agent (DaemonSet): probes and node-local commands\n"
+            "  prober     checks every node's reachability from outside\n"
+            "  inventory  keeps nodeheal-inventory from the Kubernetes Nodes\n"
+            "Each part is configured by environment variables; see docs/cloud-events.md.",
+            file=sys.stderr,
+        )
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    module = importlib.import_module(f"nodeheal.cloud_events.{args[0]}.main")
+    result = module.main()
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Builds the ingest process: the aiohttp application (event endpoints, /healthz, /readyz,
+/metrics), the NATS connection, the ledger seeded from CLOUD, and the configured pollers.
+
+aiohttp rather than the faststream ASGI kit: this service consumes nothing, it only publishes
+(raw nats-py `publish_model`), and it needs streaming body limits and per-request status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import prometheus_client
+from aiohttp import web
+from nats.aio.client import Client
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from nodeheal.cloud_events.ingest.handlers import EventEndpoint
+from nodeheal.cloud_events.ingest.pollers import (
+    AlibabaHistoryPoller,
+    AwsScheduledEventsPoller,
+    AzureScheduledEventsPoller,
+    GceMaintenancePoller,
+    Poller,
+)
+from nodeheal.cloud_events.ingest.settings import IngestSettings
+from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver, seed_ledger
+from nodeheal.cloud_events.normalize import TransitionLedger
+from nodeheal.runtime.connect import connect
+
+log = logging.getLogger("nodeheal.cloud_events.ingest")
+
+
+@dataclass
+class IngestRuntime:
+    """What runs while the app is up (tests reach into it to drive pollers and read state)."""
+
+    settings: IngestSettings
+    nc: Client | None = None
+    sink: CloudEventSink | None = None
+    pollers: list[Poller] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    seeded: int = 0
+
+
+def build_pollers(settings: IngestSettings, sink: CloudEventSink) -> list[Poller]:
+    pollers: list[Poller] = []
+    if settings.alibaba.enabled:
+        pollers.append(AlibabaHistoryPoller(sink=sink, cluster=settings.cluster, settings=settings.alibaba))
+    if settings.azure.enabled:
+        pollers.append(AzureScheduledEventsPoller(sink=sink, cluster=settings.cluster, settings=settings.azure))
+    if settings.aws.enabled:
+        pollers.append(AwsScheduledEventsPoller(sink=sink, cluster=settings.cluster, settings=settings.aws))
+    if settings.gce.enabled:
+        pollers.append(GceMaintenancePoller(sink=sink, cluster=settings.cluster, settings=settings.gce))
+    return pollers
+
+
+def build_app(settings: IngestSettings, *, start_pollers: bool = True) -> web.Application:
+    problem = settings.auth_problem()
+    if problem:
+        raise ValueError(problem)
+    runtime = IngestRuntime(settings=settings)
+    # The body limit is enforced by EventEndpoint (413 + DLQ); aiohttp's own limit sits above it.
+    app = web.Application(client_max_size=settings.max_body_bytes * 4)
+    app["runtime"] = runtime
+    endpoint = EventEndpoint(settings=settings, sink=lambda: runtime.sink)
+    app.router.add_post("/v1/events/{source}", endpoint.handle)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await _start(runtime, start_pollers=start_pollers)
+        yield
+        await _stop(runtime)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _start(runtime: IngestRuntime, *, start_pollers: bool) -> None:
+    s = runtime.settings
+    runtime.nc = await connect(s.nats, name=f"{s.service_name}:{s.instance}")
+    js = runtime.nc.jetstream()
+    topo = s.nats.topology()
+    kv: KeyValue | None
+    try:
+        kv = await js.key_value(topo.bucket(f"{s.nats.bucket_prefix}-inventory").name)
+    except BucketNotFoundError:
+        log.warning("inventory bucket missing: every event is published under its instance id (run streams apply)")
+        kv = None
+    ledger = TransitionLedger(max_entities=s.ledger_max_entities)
+    stream = topo.stream(f"{s.nats.stream_prefix}CLOUD").name
+    runtime.seeded = await seed_ledger(
+        js, stream=stream, prefix=s.nats.prefix, ledger=ledger, lookback=timedelta(seconds=s.ledger_seed_lookback_s)
+    )
+    runtime.sink = CloudEventSink(
+        js=js,
+        prefix=s.nats.prefix,
+        cluster=s.cluster,
+        service=s.service_name,
+        inventory=InventoryResolver(kv, ttl_s=s.inventory_cache_ttl_s),
+        ledger=ledger,
+        publish_timeout_s=s.nats.publish_timeout_s,
+    )
+    runtime.pollers = build_pollers(s, runtime.sink)
+    if start_pollers:
+        runtime.tasks = [asyncio.create_task(p.run(runtime.stop), name=f"poller-{p.name}") for p in runtime.pollers]
+    log.info(
+        "ingest started",
+        extra={"seeded_transitions": runtime.seeded, "pollers": [p.name for p in runtime.pollers], "stream": stream},
+    )
+
+
+async def _stop(runtime: IngestRuntime) -> None:
+    runtime.stop.set()
+    for task in runtime.tasks:
+        task.cancel()
+    for task in runtime.tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    for poller in runtime.pollers:
+        close = getattr(poller, "close", None)
+        if close is not None:
+            await close()
+    if runtime.nc is not None:
+        with contextlib.suppress(Exception):
+            await runtime.nc.drain()
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    runtime: IngestRuntime = request.app["runtime"]
+    problems = []
+    if runtime.nc is None or not runtime.nc.is_connected:
+        problems.append("not connected to NATS")
+    if runtime.sink is None:
+        problems.append("ledger not seeded yet")
+    for poller in runtime.pollers:
+        if poller.last_error:
+            problems.append(f"poller {poller.name}: {poller.last_error}")
+    if problems:
+        return web.Response(text="\n".join(problems), status=503)
+    return web.Response(text="ready")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = prometheus_client.generate_latest(prometheus_client.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})

@@ -1,0 +1,282 @@
+"""Pollers for the pull channels. Each turns what it reads into events with the pure normalizers and
+hands them to the sink; a payload the normalizer refuses goes to the DLQ with the raw bytes and the
+poller carries on; a transport failure is logged, counted and retried at the next interval.
+
+- Alibaba: `DescribeInstanceHistoryEvents` with `InstanceEventCycleStatus` Inquiring / Scheduled /
+  Executing (the default returns only finished events: reference §0.4), then a reconciliation: every
+  event the ledger knows as open that is no longer active is queried by `EventId.N` to see it close.
+- Azure / AWS / GCE metadata: run on the node and speak for it (`node`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import prometheus_client
+
+from nodeheal.cloud_events.ingest.settings import (
+    AlibabaPollerSettings,
+    AzurePollerSettings,
+    GcePollerSettings,
+    MetadataPollerSettings,
+)
+from nodeheal.cloud_events.ingest.sink import CloudEventSink
+from nodeheal.cloud_events.normalize import AzureDocumentTracker, GceMaintenanceTracker, NormalizeContext, PayloadError
+from nodeheal.cloud_events.normalize import alibaba as alibaba_norm
+from nodeheal.cloud_events.normalize import aws as aws_norm
+from nodeheal.schemas.cloud import CloudSystemEvent
+
+log = logging.getLogger("nodeheal.cloud_events.ingest.pollers")
+
+POLLS = prometheus_client.Counter("nodeheal_ingest_polls_total", "Poller rounds", ["poller", "outcome"])
+ACTIVE_STATUSES = ["Inquiring", "Scheduled", "Executing"]
+MAX_EVENT_IDS = 100
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+class Poller(ABC):
+    name: str
+
+    def __init__(self, *, sink: CloudEventSink, cluster: str, interval_s: float, clock: Clock = _utcnow) -> None:
+        self.sink = sink
+        self.cluster = cluster
+        self.interval_s = interval_s
+        self.clock = clock
+        self.rounds = 0
+        self.last_error: str | None = None
+
+    @abstractmethod
+    async def poll_once(self) -> list[CloudSystemEvent]:
+        """One round: read, normalize, submit. Returns the events it saw."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.poll_once()
+                POLLS.labels(self.name, "ok").inc()
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                POLLS.labels(self.name, "error").inc()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "poll failed; retrying next interval", extra={"poller": self.name, "error": self.last_error}
+                )
+            self.rounds += 1
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
+            except TimeoutError:
+                pass
+
+    async def _refuse(self, exc: PayloadError, raw: bytes, where: str) -> None:
+        log.warning("provider sent a payload we cannot read", extra={"poller": self.name, "error": str(exc)})
+        await self.sink.reject(reason=f"payload: {exc}", raw=raw, where=where)
+
+
+class AlibabaHistoryPoller(Poller):
+    name = "alibaba"
+
+    def __init__(
+        self, *, sink: CloudEventSink, cluster: str, settings: AlibabaPollerSettings, clock: Clock = _utcnow
+    ) -> None:
+        super().__init__(sink=sink, cluster=cluster, interval_s=settings.interval_s, clock=clock)
+        self.settings = settings
+        self._clients: dict[str, Any] = {}
+
+    def _client(self, region_id: str) -> Any:
+        client = self._clients.get(region_id)
+        if client is None:
+            from alibabacloud_ecs20140526.client import Client
+            from alibabacloud_tea_openapi.models import Config
+
+            s = self.settings
+            config = Config(
+                access_key_id=s.access_key_id.get_secret_value() if s.access_key_id else None,
+                access_key_secret=s.access_key_secret.get_secret_value() if s.access_key_secret else None,
+                endpoint=s.endpoint,
+                protocol=s.protocol,
+                region_id=region_id,
+                read_timeout=int(s.timeout_s * 1000),
+                connect_timeout=int(s.timeout_s * 1000),
+            )
+            client = self._clients[region_id] = Client(config)
+        return client
+
+    async def _describe(self, region_id: str, **filters: Any) -> list[dict[str, Any]]:
+        """Every page of DescribeInstanceHistoryEvents as response bodies (SDK `to_map()` = the API's JSON)."""
+        from alibabacloud_ecs20140526 import models as ecs_models
+
+        client = self._client(region_id)
+        pages: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            request = ecs_models.DescribeInstanceHistoryEventsRequest(
+                region_id=region_id, page_number=page, page_size=self.settings.page_size, **filters
+            )
+            response = await client.describe_instance_history_events_async(request)
+            body = response.body.to_map()
+            pages.append(body)
+            total = int(body.get("TotalCount") or 0)
+            if page * self.settings.page_size >= total:
+                return pages
+            page += 1
+
+    async def _normalize_pages(self, pages: list[dict[str, Any]], region_id: str) -> list[CloudSystemEvent]:
+        ctx = NormalizeContext(observed_at=self.clock(), cluster=self.cluster, region=region_id)
+        events: list[CloudSystemEvent] = []
+        for body in pages:
+            try:
+                events.extend(alibaba_norm.normalize_api(body, ctx))
+            except PayloadError as exc:
+                await self._refuse(exc, json.dumps(body).encode(), f"poll alibaba {region_id}")
+        return events
+
+    async def poll_once(self) -> list[CloudSystemEvent]:
+        seen: list[CloudSystemEvent] = []
+        for region_id in self.settings.region_ids:
+            active = await self._normalize_pages(
+                await self._describe(region_id, instance_event_cycle_status=ACTIVE_STATUSES), region_id
+            )
+            await self.sink.submit(active)
+            seen.extend(active)
+            active_ids = {e.provider_event_id for e in active}
+            open_ids = [
+                eid for eid in self.sink.ledger.open_events("alibaba") if eid.startswith("e-") and eid not in active_ids
+            ]
+            for start in range(0, len(open_ids), MAX_EVENT_IDS):
+                chunk = open_ids[start : start + MAX_EVENT_IDS]
+                # By EventId with the default status filter: the finished states (reference §6.4).
+                closed = await self._normalize_pages(await self._describe(region_id, event_id=chunk), region_id)
+                await self.sink.submit(closed)
+                seen.extend(closed)
+        return seen
+
+
+class _MetadataPoller(Poller):
+    def __init__(
+        self, *, sink: CloudEventSink, cluster: str, settings: MetadataPollerSettings, clock: Clock = _utcnow
+    ) -> None:
+        super().__init__(sink=sink, cluster=cluster, interval_s=settings.interval_s, clock=clock)
+        if not settings.node:
+            env = f"NODEHEAL_INGEST_{self.name.upper()}__NODE"
+            msg = f"the {self.name} metadata poller needs the node it speaks for: set {env}"
+            raise ValueError(msg)
+        self.node: str = settings.node
+        self.settings = settings
+        self.instance_id: str | None = settings.instance_id
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _get(self, path: str, headers: dict[str, str]) -> bytes:
+        session = await self._http()
+        url = self.settings.endpoint.rstrip("/") + path
+        async with session.get(url, headers=headers) as response:
+            body = await response.read()
+            if response.status != 200:
+                msg = f"GET {url} answered {response.status}: {body[:200]!r}"
+                raise RuntimeError(msg)
+            return body
+
+    def _ctx(self) -> NormalizeContext:
+        return NormalizeContext(
+            observed_at=self.clock(), cluster=self.cluster, node=self.node, instance_id=self.instance_id or self.node
+        )
+
+    async def _submit(self, events: list[CloudSystemEvent]) -> None:
+        await self.sink.submit(events, node=self.node)
+
+
+class AzureScheduledEventsPoller(_MetadataPoller):
+    name = "azure"
+
+    def __init__(
+        self, *, sink: CloudEventSink, cluster: str, settings: AzurePollerSettings, clock: Clock = _utcnow
+    ) -> None:
+        super().__init__(sink=sink, cluster=cluster, settings=settings, clock=clock)
+        self.azure = settings
+        self.tracker = AzureDocumentTracker(resource=settings.vm_name or settings.instance_id or self.node)
+
+    async def poll_once(self) -> list[CloudSystemEvent]:
+        raw = await self._get(f"/metadata/scheduledevents?api-version={self.azure.api_version}", {"Metadata": "true"})
+        try:
+            document = json.loads(raw)
+            events = self.tracker.feed(document, self._ctx())
+        except ValueError as exc:
+            error = exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}", source="azure-imds")
+            await self._refuse(error, raw, f"poll azure {self.node}")
+            return []
+        await self._submit(events)
+        return events
+
+
+class AwsScheduledEventsPoller(_MetadataPoller):
+    name = "aws"
+    TOKEN_TTL_S = 21_600
+
+    async def _token(self) -> str:
+        session = await self._http()
+        url = self.settings.endpoint.rstrip("/") + "/latest/api/token"
+        async with session.put(url, headers={"X-aws-ec2-metadata-token-ttl-seconds": str(self.TOKEN_TTL_S)}) as resp:
+            body = await resp.text()
+            if resp.status != 200:
+                msg = f"PUT {url} (IMDSv2 token) answered {resp.status}: {body[:200]!r}"
+                raise RuntimeError(msg)
+            return body.strip()
+
+    async def poll_once(self) -> list[CloudSystemEvent]:
+        headers = {"X-aws-ec2-metadata-token": await self._token()}
+        if self.instance_id is None:
+            self.instance_id = (await self._get("/latest/meta-data/instance-id", headers)).decode().strip()
+        raw = await self._get("/latest/meta-data/events/maintenance/scheduled", headers)
+        try:
+            events = aws_norm.normalize_imds(json.loads(raw) if raw.strip() else [], self._ctx())
+        except ValueError as exc:
+            error = exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}", source="aws-imds")
+            await self._refuse(error, raw, f"poll aws {self.node}")
+            return []
+        await self._submit(events)
+        return events
+
+
+class GceMaintenancePoller(_MetadataPoller):
+    name = "gce"
+
+    def __init__(
+        self, *, sink: CloudEventSink, cluster: str, settings: GcePollerSettings, clock: Clock = _utcnow
+    ) -> None:
+        super().__init__(sink=sink, cluster=cluster, settings=settings, clock=clock)
+        self.tracker = GceMaintenanceTracker()
+
+    async def poll_once(self) -> list[CloudSystemEvent]:
+        headers = {"Metadata-Flavor": "Google"}
+        if self.instance_id is None:
+            self.instance_id = (await self._get("/computeMetadata/v1/instance/id", headers)).decode().strip()
+        raw = await self._get("/computeMetadata/v1/instance/maintenance-event", headers)
+        try:
+            events = self.tracker.feed(raw.decode("utf-8", errors="replace"), self._ctx())
+        except PayloadError as exc:
+            await self._refuse(exc, raw, f"poll gce {self.node}")
+            return []
+        await self._submit(events)
+        return events

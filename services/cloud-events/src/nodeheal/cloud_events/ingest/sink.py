@@ -1,0 +1,228 @@
+"""Where normalized events go: instance → node through `nodeheal-inventory`, the transition ledger,
+publish to CLOUD with `Nats-Msg-Id` = the deterministic id; rejected input to the DLQ.
+
+An instance that is not in the inventory is never dropped: its event is published on the subject of
+a node named after the instance id, with `node_mapped=False` and the header `Nodeheal-Node-Mapped:
+false`, and counted in `nodeheal_ingest_unmapped_total`, so an operator sees it and can fix the
+inventory (docs/cloud-events.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import prometheus_client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from nodeheal.cloud_events.normalize import TransitionLedger
+from nodeheal.runtime.jetstream import dead_letter, publish_model
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.inventory import NodeInventory, instance_key
+from nodeheal.schemas.subjects import cloud_subject, wildcard
+
+log = logging.getLogger("nodeheal.cloud_events.ingest")
+
+PUBLISHED = prometheus_client.Counter(
+    "nodeheal_ingest_events_total", "Cloud events handled by the ingest", ["channel", "outcome"]
+)
+UNMAPPED = prometheus_client.Counter(
+    "nodeheal_ingest_unmapped_total", "Events whose instance was not in the inventory", ["cloud"]
+)
+REJECTED = prometheus_client.Counter("nodeheal_ingest_rejected_total", "Input sent to the DLQ", ["reason"])
+
+Outcome = Literal["published", "duplicate", "stale"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    event_id: str
+    provider_event_id: str
+    phase: str
+    subject: str
+    node: str
+    node_mapped: bool
+    outcome: Outcome
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.event_id,
+            "provider_event_id": self.provider_event_id,
+            "phase": self.phase,
+            "subject": self.subject,
+            "node": self.node,
+            "node_mapped": self.node_mapped,
+            "outcome": self.outcome,
+        }
+
+
+class InventoryResolver:
+    """instance id → `NodeInventory`, cached (hits for `ttl_s`, misses for at most 5 s)."""
+
+    def __init__(self, kv: KeyValue | None, *, ttl_s: float) -> None:
+        self.kv = kv
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, NodeInventory | None]] = {}
+
+    async def resolve(self, instance_id: str) -> NodeInventory | None:
+        now = time.monotonic()
+        hit = self._cache.get(instance_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found: NodeInventory | None = None
+        if self.kv is not None:
+            try:
+                entry = await self.kv.get(instance_key(instance_id))
+            except KeyNotFoundError:
+                entry = None
+            if entry is not None and entry.value:
+                try:
+                    found = NodeInventory.model_validate_json(entry.value)
+                except ValueError:
+                    log.warning("inventory entry is not a NodeInventory", extra={"instance_id": instance_id})
+        ttl = self.ttl_s if found is not None else min(self.ttl_s, 5.0)
+        if ttl > 0:
+            self._cache[instance_id] = (now + ttl, found)
+        return found
+
+
+class CloudEventSink:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        prefix: str,
+        cluster: str,
+        service: str,
+        inventory: InventoryResolver,
+        ledger: TransitionLedger,
+        publish_timeout_s: float = 5.0,
+    ) -> None:
+        self.js = js
+        self.prefix = prefix
+        self.cluster = cluster
+        self.service = service
+        self.inventory = inventory
+        self.ledger = ledger
+        self.publish_timeout_s = publish_timeout_s
+
+    async def submit(self, events: list[CloudSystemEvent], *, node: str | None = None) -> list[Delivery]:
+        """Publish each new transition. `node`: the node a node-local poller speaks for (no lookup).
+        Raises on a NATS failure (the caller answers 503 or retries); nothing is recorded then."""
+        out: list[Delivery] = []
+        for event in events:
+            mapped_event = await self._map(event, node=node)
+            subject = cloud_subject(mapped_event.cluster, mapped_event.node, prefix=self.prefix)
+            verdict = self.ledger.verdict(
+                cloud=event.cloud, provider_event_id=event.provider_event_id, phase=event.phase
+            )
+            if verdict == "new":
+                headers = {"Nodeheal-Node-Mapped": "true" if mapped_event.node_mapped else "false"}
+                await publish_model(
+                    self.js,
+                    subject,
+                    mapped_event,
+                    msg_id=event.id,
+                    headers=headers,
+                    timeout_s=self.publish_timeout_s,
+                )
+                self.ledger.admit(event)
+            outcome: Outcome = "published" if verdict == "new" else verdict
+            PUBLISHED.labels(event.channel, outcome).inc()
+            if verdict == "stale":
+                log.info(
+                    "late non-terminal report of a finished event not published",
+                    extra={
+                        "node": mapped_event.node,
+                        "provider_event_id": event.provider_event_id,
+                        "phase": event.phase,
+                    },
+                )
+            out.append(
+                Delivery(
+                    event_id=event.id,
+                    provider_event_id=event.provider_event_id,
+                    phase=event.phase,
+                    subject=subject,
+                    node=mapped_event.node,
+                    node_mapped=bool(mapped_event.node_mapped),
+                    outcome=outcome,
+                )
+            )
+        return out
+
+    async def _map(self, event: CloudSystemEvent, *, node: str | None) -> CloudSystemEvent:
+        if node is not None:
+            return event.model_copy(update={"node": node, "cluster": self.cluster, "node_mapped": True})
+        record = await self.inventory.resolve(event.instance_id)
+        if record is not None:
+            return event.model_copy(update={"node": record.node, "cluster": record.cluster, "node_mapped": True})
+        UNMAPPED.labels(event.cloud).inc()
+        log.warning(
+            "instance not in the inventory; published under its instance id",
+            extra={"instance_id": event.instance_id, "provider_event_id": event.provider_event_id},
+        )
+        return event.model_copy(update={"node": event.instance_id, "cluster": self.cluster, "node_mapped": False})
+
+    async def reject(self, *, reason: str, raw: bytes, where: str, headers: dict[str, str] | None = None) -> None:
+        REJECTED.labels(reason.split(":", 1)[0][:40]).inc()
+        await dead_letter(
+            self.js,
+            service=self.service,
+            reason=reason,
+            raw=raw,
+            subject=where,
+            headers=headers,
+            prefix=self.prefix,
+            timeout_s=self.publish_timeout_s,
+        )
+
+
+async def seed_ledger(
+    js: JetStreamContext, *, stream: str, prefix: str, ledger: TransitionLedger, lookback: timedelta
+) -> int:
+    """Rebuild the ledger from what CLOUD already holds, so a restart neither re-publishes
+    transitions nor forgets which events are still open (reconciliation needs them)."""
+    if lookback <= timedelta(0):
+        return 0
+    info = await js.stream_info(stream)
+    if info.state.messages == 0:
+        return 0
+    start = datetime.now(tz=UTC) - lookback
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        ack_policy=AckPolicy.NONE,
+        opt_start_time=start,
+        inactive_threshold=60.0,
+    )
+    sub = await js.pull_subscribe(wildcard("cloud", prefix=prefix), durable=None, stream=stream, config=config)
+    count = 0
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(500, timeout=1.0)
+            except TimeoutError:
+                break
+            for msg in batch:
+                try:
+                    body = json.loads(msg.data)
+                    ledger.record(
+                        cloud=str(body["cloud"]),
+                        provider_event_id=str(body["provider_event_id"]),
+                        phase=str(body["phase"]),
+                    )
+                    count += 1
+                except (ValueError, KeyError, TypeError):
+                    pass
+            if batch and batch[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return count
