@@ -1,0 +1,3 @@
+from nodeheal.cloud_events.prober.main import main
+
+main()

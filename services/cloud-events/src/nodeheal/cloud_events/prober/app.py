@@ -1,0 +1,243 @@
+"""The active prober process: keeps a local copy of this cluster's inventory (a KV watch on
+`node.<cluster>.*`, so a round never reads 50,000 keys), checks the nodes of its shard with bounded
+concurrency every interval, and publishes one `NodeProbe` (source "prober") per node per round with
+asynchronous JetStream publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import prometheus_client
+from nats.aio.client import Client
+from nats.js.api import PubAck
+from nats.js.client import JetStreamContext
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import ValidationError
+
+from nodeheal.cloud_events.prober.checks import CheckPlan, check_node
+from nodeheal.cloud_events.prober.settings import ProberSettings
+from nodeheal.cloud_events.prober.sharding import owns
+from nodeheal.runtime.connect import connect
+from nodeheal.schemas.ids import deterministic_id
+from nodeheal.schemas.inventory import NodeInventory
+from nodeheal.schemas.probe import NodeProbe, Reachability
+from nodeheal.schemas.subjects import escape_token, probe_subject
+
+log = logging.getLogger("nodeheal.cloud_events.prober")
+
+ROUNDS = prometheus_client.Counter("nodeheal_prober_rounds", "Probe rounds finished")
+ROUND_SECONDS = prometheus_client.Histogram(
+    "nodeheal_prober_round_seconds", "Duration of one round", buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+)
+NODES_UNREACHABLE = prometheus_client.Gauge("nodeheal_prober_nodes_unreachable", "Nodes with every check failing")
+PUBLISH_FAILURES = prometheus_client.Counter("nodeheal_prober_publish_failures", "Probes not acknowledged")
+
+CheckFn = Callable[[str, CheckPlan], Awaitable[tuple[Reachability, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    nodes: int
+    unreachable: int
+    published: int
+    failed_publishes: int
+    seconds: float
+
+
+def prober_msg_id(*, cluster: str, node: str, seq: int) -> str:
+    return deterministic_id("prober-probe", cluster, node, seq, prefix="pp-")
+
+
+class InventoryCache:
+    """This cluster's `NodeInventory` records, kept current by a KV watch."""
+
+    def __init__(self, kv: KeyValue, *, cluster: str) -> None:
+        self.kv = kv
+        self.cluster = cluster
+        self.nodes: dict[str, NodeInventory] = {}
+        self.initial = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        watcher = await self.kv.watch(f"node.{escape_token(self.cluster)}.*")
+        self._task = asyncio.create_task(self._follow(watcher))
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:  # the initial values have all been delivered
+                self.initial.set()
+                continue
+            if entry.operation in (KV_DEL, KV_PURGE):
+                self.nodes.pop(entry.key, None)
+            else:
+                self._store(entry.key, entry.value or b"")
+            if entry.delta == 0:
+                self.initial.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _store(self, key: str, value: bytes) -> None:
+        try:
+            self.nodes[key] = NodeInventory.model_validate_json(value)
+        except ValidationError as exc:
+            log.warning(
+                "ignoring an inventory record that is not a NodeInventory", extra={"key": key, "error": str(exc)}
+            )
+
+    async def changed(self, timeout_s: float = 5.0) -> None:
+        """Wait until the next change of the inventory arrives (or `timeout_s` passes)."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=timeout_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class Prober:
+    def __init__(self, settings: ProberSettings, *, check: CheckFn = check_node) -> None:
+        self.settings = settings
+        self.plan = CheckPlan(
+            tcp_ports=tuple(settings.tcp_ports),
+            ssh_port=settings.ssh_port,
+            healthz_url=settings.healthz_url,
+            timeout_s=settings.timeout_s,
+        )
+        self.shard_index = settings.resolved_shard_index()
+        self.check = check
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.inventory: InventoryCache | None = None
+        self._seq = int(time.time())
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self.nc = await connect(self.settings.nats, name=f"nodeheal-prober-{self.settings.instance}")
+        self.js = self.nc.jetstream(publish_async_max_pending=self.settings.max_pending_publishes)
+        bucket = self.settings.nats.topology().bucket(f"{self.settings.nats.bucket_prefix}-inventory").name
+        kv = await self.js.key_value(bucket)
+        self.inventory = InventoryCache(kv, cluster=self.settings.cluster)
+        await self.inventory.start()
+        log.info(
+            "prober started",
+            extra={"shard": self.shard_index, "shards": self.settings.shard_count, "bucket": bucket},
+        )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.inventory is not None:
+            await self.inventory.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def ready(self) -> tuple[bool, str]:
+        if self.nc is None or not self.nc.is_connected:
+            return False, "prober: not connected to NATS"
+        if self.inventory is None or not self.inventory.initial.is_set():
+            return False, "prober: inventory not loaded yet"
+        return True, "ok"
+
+    def my_nodes(self) -> list[NodeInventory]:
+        assert self.inventory is not None
+        return [
+            inv
+            for inv in self.inventory.nodes.values()
+            if owns(inv.node, shard_index=self.shard_index, shard_count=self.settings.shard_count)
+        ]
+
+    async def run_round(self) -> RoundResult:
+        assert self.js is not None
+        started = time.perf_counter()
+        self._seq += 1
+        seq = self._seq
+        nodes = self.my_nodes()
+        semaphore = asyncio.Semaphore(self.settings.concurrency)
+        acks: list[asyncio.Future[PubAck]] = []
+        unreachable = 0
+        failed = 0
+        prefix = self.settings.nats.prefix
+
+        async def one(inv: NodeInventory) -> None:
+            nonlocal unreachable, failed
+            async with semaphore:
+                if inv.addresses:
+                    results = await self.check(inv.addresses[0], self.plan)
+                else:
+                    results = (Reachability(check="tcp", target=inv.node, ok=False, error="no address in inventory"),)
+            if not any(r.ok for r in results):
+                unreachable += 1
+            probe = NodeProbe(
+                cluster=inv.cluster, node=inv.node, source="prober", seq=seq, reachability=results, ready=inv.ready
+            )
+            try:
+                ack = await self.js.publish_async(  # type: ignore[union-attr]
+                    probe_subject(inv.cluster, inv.node, prefix=prefix),
+                    probe.to_json(),
+                    headers={"Nats-Msg-Id": prober_msg_id(cluster=inv.cluster, node=inv.node, seq=seq)},
+                    wait_stall=self.settings.nats.publish_timeout_s,
+                )
+                acks.append(ack)
+            except Exception as exc:
+                failed += 1
+                log.warning("probe not published", extra={"node": inv.node, "error": repr(exc)})
+
+        await asyncio.gather(*(one(inv) for inv in nodes))
+        published = 0
+        if acks:
+            done, pending = await asyncio.wait(acks, timeout=self.settings.nats.publish_timeout_s)
+            for future in pending:
+                future.cancel()
+            for future in done:
+                if future.exception() is None:
+                    published += 1
+            failed += len(acks) - published
+        seconds = time.perf_counter() - started
+        if failed:
+            PUBLISH_FAILURES.inc(failed)
+        ROUNDS.inc()
+        ROUND_SECONDS.observe(seconds)
+        NODES_UNREACHABLE.set(unreachable)
+        if seconds > self.settings.interval_s:
+            log.warning(
+                "probe round took longer than the interval: add prober replicas (shard_count) or raise concurrency",
+                extra={"seconds": round(seconds, 2), "nodes": len(nodes), "interval_s": self.settings.interval_s},
+            )
+        return RoundResult(
+            nodes=len(nodes), unreachable=unreachable, published=published, failed_publishes=failed, seconds=seconds
+        )
+
+    async def run(self) -> None:
+        assert self.inventory is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.inventory.initial.wait(), timeout=30)
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while not self._stopping.is_set():
+            try:
+                result = await self.run_round()
+                log.info(
+                    "probe round",
+                    extra={
+                        "nodes": result.nodes,
+                        "unreachable": result.unreachable,
+                        "seconds": round(result.seconds, 3),
+                    },
+                )
+            except Exception:
+                log.exception("probe round failed")
+            next_at += self.settings.interval_s
+            delay = next_at - loop.time()
+            if delay < 0:
+                next_at, delay = loop.time(), 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)

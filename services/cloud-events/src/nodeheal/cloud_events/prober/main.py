@@ -1,0 +1,37 @@
+"""`python -m nodeheal.cloud_events prober`: the active prober process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from nodeheal.cloud_events.agent.opsserver import OpsServer
+from nodeheal.cloud_events.prober.app import Prober
+from nodeheal.cloud_events.prober.settings import ProberSettings
+from nodeheal.runtime.logs import configure_logging
+
+
+async def run(settings: ProberSettings) -> None:
+    prober = Prober(settings)
+    ops = OpsServer(host=settings.http_host, port=settings.http_port, readiness=[prober.ready])
+    await ops.start()
+    await prober.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    rounds = asyncio.create_task(prober.run())
+    await stop.wait()
+    await prober.stop()
+    rounds.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await rounds
+    await ops.stop()
+
+
+def main() -> None:
+    settings = ProberSettings()
+    configure_logging("prober", fmt=settings.log_format, level=settings.log_level)
+    asyncio.run(run(settings))
