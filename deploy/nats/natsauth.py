@@ -352,16 +352,16 @@ class AuthBundle:
         )
 
     def user_creds(self, role: str, *, cluster: str | None = None, node: str | None = None) -> str:
-        return mint_user(
-            role=role, role_key=self.role_keys[role], account=self.account, cluster=cluster, node=node
-        )
+        return mint_user(role=role, role_key=self.role_keys[role], account=self.account, cluster=cluster, node=node)
 
 
 def _escape(value: str) -> str:
     # the same escaping as nodeheal.schemas.subjects.escape_token (kept here so this file stays standalone)
     if _TOKEN_OK.fullmatch(value) and "_" not in value:
         return value
-    return "".join(ch if re.fullmatch(r"[A-Za-z0-9-]", ch) else "".join(f"_{b:02X}" for b in ch.encode()) for ch in value)
+    return "".join(
+        ch if re.fullmatch(r"[A-Za-z0-9-]", ch) else "".join(f"_{b:02X}" for b in ch.encode()) for ch in value
+    )
 
 
 def mint_user(
@@ -405,7 +405,12 @@ def build(layout: Layout | None = None) -> AuthBundle:
     account = NKey.create("account")
     role_keys = {role: NKey.create("account") for role in ROLES}
     signing_keys = [
-        {"kind": "user_scope", "key": role_keys[role].public_key, "role": role, "template": role_permissions(role, lo).to_jwt()}
+        {
+            "kind": "user_scope",
+            "key": role_keys[role].public_key,
+            "role": role,
+            "template": role_permissions(role, lo).to_jwt(),
+        }
         for role in ROLES
     ]
     account_jwt = encode_jwt(
@@ -491,14 +496,20 @@ def main(argv: list[str] | None = None) -> int:
         account = (args.keys / "account.pub").read_text().strip()
         sys.stdout.write(
             mint_user(
-                role="agent", role_key=role_key, account=account, cluster=args.cluster, node=args.node,
+                role="agent",
+                role_key=role_key,
+                account=account,
+                cluster=args.cluster,
+                node=args.node,
                 expires_s=args.expires_s,
             )
         )
         return 0
     layout = Layout(prefix=args.prefix, stream_prefix=args.stream_prefix, bucket_prefix=args.bucket_prefix)
     if args.command == "show":
-        matrix = {role: role_permissions(role, layout).to_jwt() | {"inbox_prefix": inbox_prefix(role)} for role in ROLES}
+        matrix = {
+            role: role_permissions(role, layout).to_jwt() | {"inbox_prefix": inbox_prefix(role)} for role in ROLES
+        }
         json.dump(matrix, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0

@@ -1,0 +1,322 @@
+"""The NATS permission matrix of deploy/nats/natsauth.py, proved on a real nats-server started with
+the generated decentralized-auth configuration (operator, account, one scoped signing key per role,
+the agent's permissions templated on its node).
+
+Every "may" is shown by doing it (a PubAck from the right stream, a fetched and acknowledged
+message, a KV write, a command answered); every "must not" by the server refusing it *and* the
+target stream not having grown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.js.client import JetStreamContext
+
+from nodeheal.runtime.embedded import EmbeddedNats
+from nodeheal.runtime.jetstream import ensure_pull_consumer
+from nodeheal.runtime.provision import apply_topology
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.streams import Topology
+from nodeheal.schemas.subjects import (
+    anomaly_subject,
+    audit_subject,
+    cloud_subject,
+    cmd_subject,
+    diagnosis_subject,
+    escape_token,
+    finding_subject,
+    probe_subject,
+)
+from tests.integration.deploy.natsauth_loader import load_natsauth
+
+pytestmark = pytest.mark.nats
+
+CLUSTER = "prod-eu"
+NODE_A = "ip-10-0-1-5.ec2.internal"  # dots: the escaped token carries `_2E`, the template must keep its case
+NODE_B = "worker-b"
+REFUSAL_TIMEOUT_S = 1.0
+
+
+@dataclass
+class Secured:
+    url: str
+    natsauth: ModuleType
+    bundle: Any
+    workdir: Path
+    settings: NatsSettings
+
+    @property
+    def topo(self) -> Topology:
+        return self.settings.topology()
+
+
+@dataclass
+class Session:
+    role: str
+    nc: Client
+    js: JetStreamContext
+    errors: list[str] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def refused(self, subject: str, *, kind: str = "publish") -> str:
+        """Wait until the server reports a permissions violation of `kind` for `subject`."""
+        needle = f'permissions violation for {"subscription" if kind == "subscribe" else "publish"} to "{subject}"'
+
+        async def seen() -> str:
+            while True:
+                for err in self.errors:
+                    if needle.lower() in err.lower():
+                        return err
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(seen(), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    natsauth = load_natsauth()
+    settings = NatsSettings()  # the production names: this server belongs to this module alone
+    layout = natsauth.Layout(
+        prefix=settings.prefix, stream_prefix=settings.stream_prefix, bucket_prefix=settings.bucket_prefix
+    )
+    bundle = natsauth.build(layout)
+    workdir = tmp_path_factory.mktemp("natsauth")
+    conf = workdir / "auth.conf"
+    conf.write_text(bundle.server_config())
+    with EmbeddedNats(config_file=str(conf), log_file=str(workdir / "nats.log")) as server:
+        yield Secured(
+            url=server.url,
+            natsauth=natsauth,
+            bundle=bundle,
+            workdir=workdir,
+            settings=settings.model_copy(update={"url": server.url}),
+        )
+
+
+async def login(secured: Secured, role: str, *, node: str | None = None, creds: str | None = None) -> Session:
+    if creds is None:
+        creds = secured.bundle.user_creds(role, cluster=CLUSTER if node else None, node=node)
+    path = secured.workdir / f"{role}-{node or 'svc'}.creds"
+    path.write_text(creds)
+    node_token = f"{escape_token(CLUSTER)}.{escape_token(node)}" if node else None
+    errors: list[str] = []
+    changed = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+        changed.set()
+
+    nc = await nats.connect(
+        secured.url,
+        user_credentials=str(path),
+        inbox_prefix=secured.natsauth.inbox_prefix(role, node_token=node_token),
+        error_cb=on_error,
+        allow_reconnect=False,
+        name=f"pytest-{role}",
+    )
+    return Session(role=role, nc=nc, js=nc.jetstream(timeout=REFUSAL_TIMEOUT_S), errors=errors, _changed=changed)
+
+
+@pytest.fixture(scope="module")
+async def sessions(secured: Secured) -> AsyncIterator[dict[str, Session]]:
+    out: dict[str, Session] = {}
+    out["admin"] = await login(secured, "admin")
+    await apply_topology(out["admin"].nc.jetstream(), secured.topo)
+    for role in ("ingest", "prober", "inventory", "detector", "diagnoser", "remediator"):
+        out[role] = await login(secured, role)
+    out["agent-a"] = await login(secured, "agent", node=NODE_A)
+    out["agent-b"] = await login(secured, "agent", node=NODE_B)
+    yield out
+    for session in out.values():
+        with contextlib.suppress(Exception):
+            await session.nc.close()
+
+
+async def stored(sessions: dict[str, Session], stream: str) -> int:
+    info = await sessions["admin"].nc.jetstream().stream_info(stream)
+    return int(info.state.messages)
+
+
+P = NatsSettings().prefix
+WRITES = [
+    ("ingest", cloud_subject(CLUSTER, NODE_B, prefix=P), "CLOUD"),
+    ("prober", probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
+    ("agent-a", probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
+    ("agent-b", probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
+    ("detector", anomaly_subject(CLUSTER, NODE_A, prefix=P), "ANOMALIES"),
+    ("diagnoser", diagnosis_subject(CLUSTER, NODE_A, prefix=P), "DIAGNOSES"),
+    ("diagnoser", finding_subject(prefix=P), "DIAGNOSES"),
+    ("remediator", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    ("detector", f"{P}.dlq.detector", "DLQ"),
+]
+
+
+@pytest.mark.parametrize(("who", "subject", "stream"), WRITES)
+async def test_each_writer_gets_a_puback_from_its_own_stream(
+    secured: Secured, sessions: dict[str, Session], who: str, subject: str, stream: str
+) -> None:
+    before = len(sessions[who].errors)
+    ack = await sessions[who].js.publish(subject, b"{}", timeout=5)
+    assert ack.stream == secured.topo.stream(stream).name
+    assert sessions[who].errors[before:] == []
+
+
+REFUSED = [
+    # only the remediator writes AUDIT: not the other services, not a node, not even the admin
+    ("detector", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    ("diagnoser", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    ("ingest", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    ("prober", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    ("inventory", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    ("agent-a", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    ("admin", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    # each service writes only its own kind of message
+    ("ingest", anomaly_subject(CLUSTER, NODE_A, prefix=P), "ANOMALIES"),
+    ("detector", probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
+    ("detector", diagnosis_subject(CLUSTER, NODE_A, prefix=P), "DIAGNOSES"),
+    ("diagnoser", anomaly_subject(CLUSTER, NODE_A, prefix=P), "ANOMALIES"),
+    ("remediator", diagnosis_subject(CLUSTER, NODE_A, prefix=P), "DIAGNOSES"),
+    ("prober", cloud_subject(CLUSTER, NODE_A, prefix=P), "CLOUD"),
+    # a node speaks only for itself
+    ("agent-a", probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
+    ("agent-a", probe_subject("other-cluster", NODE_A, prefix=P), "PROBES"),
+    ("agent-a", cloud_subject(CLUSTER, NODE_A, prefix=P), "CLOUD"),
+]
+
+
+@pytest.mark.parametrize(("who", "subject", "stream"), REFUSED)
+async def test_refused_publishes_never_reach_a_stream(
+    secured: Secured, sessions: dict[str, Session], who: str, subject: str, stream: str
+) -> None:
+    name = secured.topo.stream(stream).name
+    before = await stored(sessions, name)
+    with pytest.raises(TimeoutError):
+        await sessions[who].js.publish(subject, b"{}", timeout=REFUSAL_TIMEOUT_S)
+    await sessions[who].refused(subject)
+    assert await stored(sessions, name) == before
+
+
+async def test_detector_consumes_its_inputs_and_nothing_else(secured: Secured, sessions: dict[str, Session]) -> None:
+    detector, prober = sessions["detector"], sessions["prober"]
+    errors_before = len(detector.errors)
+    probes = secured.topo.stream("PROBES").name
+    await ensure_pull_consumer(detector.js, stream=probes, durable="detector-perm", filter_subjects=[f"{P}.probe.*.*"])
+    ack = await prober.js.publish(probe_subject(CLUSTER, "n-consume", prefix=P), b'{"probe": 1}', timeout=5)
+
+    sub = await detector.js.pull_subscribe_bind("detector-perm", stream=probes)
+    seen: list[int] = []
+    while ack.seq not in seen:
+        for msg in await sub.fetch(50, timeout=5):
+            seen.append(msg.metadata.sequence.stream)
+            await msg.ack_sync(timeout=5)
+    info = await detector.js.consumer_info(probes, "detector-perm")
+    assert info.ack_floor.stream_seq >= ack.seq
+    assert detector.errors[errors_before:] == []
+
+    audit = secured.topo.stream("AUDIT").name
+    with pytest.raises(TimeoutError):
+        await ensure_pull_consumer(detector.js, stream=audit, durable="detector-snoop")
+    await detector.refused(f"$JS.API.CONSUMER.INFO.{audit}.detector-snoop")
+
+
+async def test_remediator_consumes_diagnoses(secured: Secured, sessions: dict[str, Session]) -> None:
+    remediator, diagnoser = sessions["remediator"], sessions["diagnoser"]
+    errors_before = len(remediator.errors)
+    diagnoses = secured.topo.stream("DIAGNOSES").name
+    await ensure_pull_consumer(remediator.js, stream=diagnoses, durable="remediator-perm")
+    ack = await diagnoser.js.publish(diagnosis_subject(CLUSTER, "n-diag", prefix=P), b"{}", timeout=5)
+    sub = await remediator.js.pull_subscribe_bind("remediator-perm", stream=diagnoses)
+    seen: list[int] = []
+    while ack.seq not in seen:
+        for msg in await sub.fetch(50, timeout=5):
+            seen.append(msg.metadata.sequence.stream)
+            await msg.ack_sync(timeout=5)
+    assert remediator.errors[errors_before:] == []
+
+
+async def test_key_value_buckets_follow_the_roles(secured: Secured, sessions: dict[str, Session]) -> None:
+    bucket = secured.settings.bucket_prefix
+    inventory_kv = await sessions["inventory"].js.key_value(f"{bucket}-inventory")
+    await inventory_kv.put("node.n-kv", b'{"zone": "eu-1a"}')
+
+    prober_kv = await sessions["prober"].js.key_value(f"{bucket}-inventory")
+    entry = await prober_kv.get("node.n-kv")
+    assert entry.value == b'{"zone": "eu-1a"}'
+    with pytest.raises(TimeoutError):
+        await prober_kv.put("node.n-kv", b"forged")
+    await sessions["prober"].refused(f"$KV.{bucket}-inventory.node.n-kv")
+
+    leases = await sessions["remediator"].js.key_value(f"{bucket}-leases")
+    revision = await leases.create("n-kv", b"remediator-0")
+    assert await leases.update("n-kv", b"remediator-0", last=revision) > revision
+
+    with pytest.raises(TimeoutError):
+        await sessions["detector"].js.key_value(f"{bucket}-leases")
+    await sessions["detector"].refused(f"$JS.API.STREAM.INFO.KV_{bucket}-leases")
+
+    control = await sessions["remediator"].js.key_value(f"{bucket}-control")
+    with pytest.raises(TimeoutError):
+        await control.put("pause", b"true")  # the pause switch is for people (admin), not for the remediator
+    await sessions["remediator"].refused(f"$KV.{bucket}-control.pause")
+
+
+async def test_an_agent_answers_only_its_own_node(secured: Secured, sessions: dict[str, Session]) -> None:
+    agent_a, remediator = sessions["agent-a"], sessions["remediator"]
+    own = cmd_subject(CLUSTER, NODE_A, prefix=P)
+    other = cmd_subject(CLUSTER, NODE_B, prefix=P)
+
+    async def answer(msg: Any) -> None:
+        await msg.respond(b"done by " + NODE_A.encode())
+
+    await agent_a.nc.subscribe(own, cb=answer)
+    await agent_a.nc.subscribe(other, cb=answer)  # the server refuses this one
+    await agent_a.refused(other, kind="subscribe")
+
+    reply = await remediator.nc.request(own, b'{"action": "restart_service"}', timeout=5)
+    assert reply.data == b"done by " + NODE_A.encode()
+    with pytest.raises(NoRespondersError):
+        await remediator.nc.request(other, b'{"action": "reboot"}', timeout=2)
+
+    # nor can a node forge replies into the remediator's inbox or listen to it
+    await agent_a.nc.publish("_INBOX.remediator.forged", b"done")
+    await agent_a.refused("_INBOX.remediator.forged")
+    await agent_a.nc.subscribe("_INBOX.remediator.>")
+    await agent_a.refused("_INBOX.remediator.>", kind="subscribe")
+    # and only the remediator sends commands
+    await sessions["detector"].nc.publish(own, b'{"action": "reboot"}')
+    await sessions["detector"].refused(own)
+
+
+async def test_operator_workflow_init_then_mint_an_agent(secured: Secured, tmp_path: Path) -> None:
+    """`init` writes keys and creds; `mint-agent` later makes a node's creds from the agent role key,
+    and those work against a server configured by *that* init."""
+    natsauth = secured.natsauth
+    out = tmp_path / "auth"
+    assert natsauth.main(["init", "--out", str(out)]) == 0
+    assert natsauth.main(["init", "--out", str(out)]) == 2  # never overwrites keys
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert natsauth.main(["mint-agent", "--keys", str(out / "keys"), "--cluster", CLUSTER, "--node", "n-1"]) == 0
+    with EmbeddedNats(config_file=str(out / "auth.conf")) as server:
+        own = Secured(url=server.url, natsauth=natsauth, bundle=None, workdir=tmp_path, settings=secured.settings)
+        agent = await login(own, "agent", node="n-1", creds=buf.getvalue())
+        admin = await login(own, "admin", creds=(out / "admin.creds").read_text())
+        try:
+            await apply_topology(admin.nc.jetstream(), own.topo)
+            ack = await agent.js.publish(probe_subject(CLUSTER, "n-1", prefix=P), b"{}", timeout=5)
+            assert ack.stream == own.topo.stream("PROBES").name
+        finally:
+            await agent.nc.close()
+            await admin.nc.close()
