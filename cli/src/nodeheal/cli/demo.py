@@ -62,7 +62,7 @@ def _service_table(
     """The four services, pointed at the simulated world's endpoints through their environment."""
     extra: dict[str, dict[str, str]] = {
         "detector": {
-            "NODEHEAL_DETECTOR_PROBE_INTERVAL_S": str(cfg.probe_interval_s),
+            "NODEHEAL_DETECTOR_RULES__PROBE_INTERVAL_S": str(cfg.probe_interval_s),
         },
         "remediator": {
             "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.kube_url,

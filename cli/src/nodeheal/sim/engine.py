@@ -93,6 +93,7 @@ class FleetSimulator:
             self.racks.setdefault(node.inv.rack or "", []).append(node)
         self.truth: list[InjectedFault] = []
         self.open_faults: dict[str, InjectedFault] = {}  # node → its open fault
+        self.timed: set[SimNode] = set()  # nodes with a reboot or an auto-reboot pending
         self.partition: tuple[str, float, float] | None = None  # rack, start, end
         self.partition_log: tuple[str, float, float] | None = None
         self.cloud: CloudHooks | None = None
@@ -181,8 +182,10 @@ class FleetSimulator:
 
     def advance(self, now: float) -> None:
         """Move every timed process forward: reboots finishing, auto-reboots, partitions ending."""
-        for node in self.nodes.values():
-            if node.back_at is not None and now >= node.back_at:
+        for node in list(self.timed):
+            if node.back_at is None and node.auto_reboot_at is None:
+                self.timed.discard(node)
+            elif node.back_at is not None and now >= node.back_at:
                 node.boot(now)
                 self._close_fault(node, now, fixed_by="reboot")
             elif node.auto_reboot_at is not None and now >= node.auto_reboot_at:
@@ -331,6 +334,7 @@ class FleetSimulator:
             case "bad_kernel_crash":
                 node.pending_kernel.extend(samples["kernel_panic"][0])
                 node.auto_reboot_at = now + t.probe_interval_s * 1.5
+                self.timed.add(node)
             case "cloud_reboot" | "cloud_redeploy":
                 event_type = (
                     "SystemMaintenance.Reboot"
@@ -370,6 +374,7 @@ class FleetSimulator:
             node.disk_used = 97.0
         elif klass == "planned_shutdown_reboot":
             node.auto_reboot_at = now + self.timings.probe_interval_s * 1.2
+            self.timed.add(node)
         elif klass in ("soft_lockup", "hung_task", "rcu_stall"):
             node.load_factor = 0.2
 

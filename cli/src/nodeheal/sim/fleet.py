@@ -72,7 +72,7 @@ def build_inventory(spec: FleetSpec) -> list[NodeInventory]:
     return out
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class SimNode:
     """One machine of the simulated fleet: what is true about it right now."""
 
