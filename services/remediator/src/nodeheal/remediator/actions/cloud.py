@@ -1,0 +1,207 @@
+"""Cloud actions behind one interface: reboot, redeploy, accept a scheduled event early.
+
+`CloudProvider` is what the remediator calls; `AlibabaEcs` speaks the ECS OpenAPI through the official
+SDK (`alibabacloud_ecs20140526`, endpoint configurable), `AzureScheduledEvents` approves a Scheduled
+Event with `POST StartRequests` to the instance metadata endpoint. AWS and GCE fit the same interface
+(`RebootInstances`, `ModifyInstanceEventStartTime`, ...); they are not implemented yet and answer with a
+clear "not supported", which fails the rung and moves the ladder on.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import aiohttp
+
+from nodeheal.remediator.actions import ActionOutcome
+from nodeheal.remediator.settings import CloudSettings
+from nodeheal.schemas.cloud import CloudSystemEvent
+
+
+class CloudProvider(Protocol):
+    name: str
+
+    async def reboot(self, *, instance_id: str) -> ActionOutcome: ...
+
+    async def redeploy(self, *, instance_id: str) -> ActionOutcome: ...
+
+    async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome: ...
+
+    async def close(self) -> None: ...
+
+
+class Unsupported:
+    """A cloud nodeheal cannot act on (yet): every call fails with the reason."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _no(self, what: str) -> ActionOutcome:
+        return ActionOutcome(
+            ok=False,
+            detail=f"{what} is not supported for cloud {self.name!r}; configure "
+            "NODEHEAL_REMEDIATOR_CLOUD__PROVIDER or act by hand",
+        )
+
+    async def reboot(self, *, instance_id: str) -> ActionOutcome:
+        return self._no("reboot")
+
+    async def redeploy(self, *, instance_id: str) -> ActionOutcome:
+        return self._no("redeploy")
+
+    async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
+        return self._no(f"accepting event {event.provider_event_id}")
+
+    async def close(self) -> None:
+        return None
+
+
+class AlibabaEcs:
+    name = "alibaba"
+
+    def __init__(self, settings: CloudSettings) -> None:
+        from alibabacloud_ecs20140526.client import Client
+        from alibabacloud_tea_openapi.models import Config
+
+        if not settings.alibaba_access_key_id or not settings.alibaba_access_key_secret:
+            msg = (
+                "Alibaba cloud actions need credentials: set NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_ID and "
+                "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_SECRET (a RAM user limited to ecs:RebootInstance, "
+                "ecs:RedeployInstance, ecs:AcceptInquiredSystemEvent)"
+            )
+            raise ValueError(msg)
+        endpoint = settings.alibaba_endpoint or f"ecs.{settings.alibaba_region}.aliyuncs.com"
+        timeout_ms = int(settings.request_timeout_s * 1000)
+        self.settings = settings
+        self.client = Client(
+            Config(
+                access_key_id=settings.alibaba_access_key_id,
+                access_key_secret=settings.alibaba_access_key_secret,
+                endpoint=endpoint.removeprefix("http://").removeprefix("https://"),
+                protocol=settings.alibaba_protocol,
+                region_id=settings.alibaba_region,
+                read_timeout=timeout_ms,
+                connect_timeout=timeout_ms,
+            )
+        )
+
+    @staticmethod
+    def _error(what: str, exc: Exception) -> ActionOutcome:
+        code = getattr(exc, "code", None) or type(exc).__name__
+        message = getattr(exc, "message", None) or str(exc)
+        return ActionOutcome(ok=False, detail=f"Alibaba {what} failed: {code}: {message}")
+
+    async def reboot(self, *, instance_id: str) -> ActionOutcome:
+        from alibabacloud_ecs20140526 import models
+
+        request = models.RebootInstanceRequest(instance_id=instance_id, force_stop=self.settings.alibaba_force_stop)
+        try:
+            response = await self.client.reboot_instance_async(request)
+        except Exception as exc:
+            return self._error(f"RebootInstance {instance_id}", exc)
+        return ActionOutcome(
+            ok=True, detail=f"RebootInstance {instance_id} accepted (request {response.body.request_id})"
+        )
+
+    async def redeploy(self, *, instance_id: str) -> ActionOutcome:
+        from alibabacloud_ecs20140526 import models
+
+        request = models.RedeployInstanceRequest(instance_id=instance_id, force_stop=True)
+        try:
+            response = await self.client.redeploy_instance_async(request)
+        except Exception as exc:
+            return self._error(f"RedeployInstance {instance_id}", exc)
+        return ActionOutcome(
+            ok=True, detail=f"RedeployInstance {instance_id} accepted (request {response.body.request_id})"
+        )
+
+    async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
+        from alibabacloud_ecs20140526 import models
+
+        methods = {a.method for a in event.ack}
+        if "alibaba.AcceptInquiredSystemEvent" in methods or not methods:
+            request = models.AcceptInquiredSystemEventRequest(
+                event_id=event.provider_event_id, region_id=event.region or self.settings.alibaba_region
+            )
+            try:
+                response = await self.client.accept_inquired_system_event_async(request)
+            except Exception as exc:
+                return self._error(f"AcceptInquiredSystemEvent {event.provider_event_id}", exc)
+            return ActionOutcome(
+                ok=True,
+                detail=f"AcceptInquiredSystemEvent {event.provider_event_id} accepted "
+                f"(request {response.body.request_id})",
+            )
+        # A scheduled SystemMaintenance.Reboot/Redeploy is run early by rebooting/redeploying ourselves.
+        if "alibaba.RedeployInstance" in methods:
+            return await self.redeploy(instance_id=event.instance_id)
+        return await self.reboot(instance_id=event.instance_id)
+
+    async def close(self) -> None:
+        return None
+
+
+class AzureScheduledEvents:
+    """Approves Scheduled Events through IMDS. IMDS answers only on the VM itself, so in production
+    `azure_imds_url` points to the node agent's IMDS relay for that node; one URL per call here."""
+
+    name = "azure"
+
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.request_timeout_s))
+
+    async def reboot(self, *, instance_id: str) -> ActionOutcome:
+        return ActionOutcome(
+            ok=False, detail="Azure reboot goes through ARM (not implemented); approve the event instead"
+        )
+
+    async def redeploy(self, *, instance_id: str) -> ActionOutcome:
+        return ActionOutcome(
+            ok=False, detail="Azure redeploy goes through ARM (not implemented); approve the event instead"
+        )
+
+    async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
+        url = f"{self.settings.azure_imds_url.rstrip('/')}/metadata/scheduledevents?api-version=2020-07-01"
+        body = {"StartRequests": [{"EventId": event.provider_event_id}]}
+        try:
+            async with self.session.post(url, json=body, headers={"Metadata": "true"}) as response:
+                text = await response.text()
+                if response.status >= 300:
+                    return ActionOutcome(
+                        ok=False,
+                        detail=f"Azure StartRequests for {event.provider_event_id}: "
+                        f"HTTP {response.status}: {text[:200]}",
+                    )
+        except aiohttp.ClientError as exc:
+            return ActionOutcome(ok=False, detail=f"Azure IMDS at {url} unreachable: {exc}")
+        return ActionOutcome(ok=True, detail=f"Azure StartRequests for {event.provider_event_id} accepted")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class Clouds:
+    """One provider per cloud name, built lazily from the settings."""
+
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self._providers: dict[str, CloudProvider] = {}
+
+    def for_cloud(self, cloud: str | None) -> CloudProvider:
+        name = cloud if self.settings.provider == "auto" else self.settings.provider
+        name = name or "none"
+        if name not in self._providers:
+            provider: CloudProvider
+            if name == "alibaba":
+                provider = AlibabaEcs(self.settings)
+            elif name == "azure":
+                provider = AzureScheduledEvents(self.settings)
+            else:
+                provider = Unsupported(name)
+            self._providers[name] = provider
+        return self._providers[name]
+
+    async def close(self) -> None:
+        for provider in self._providers.values():
+            await provider.close()

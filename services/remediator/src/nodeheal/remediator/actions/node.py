@@ -1,0 +1,64 @@
+"""Node-local repairs by request/reply to the node agent on `cmd_subject(cluster, node)`.
+
+The command carries the action id (the agent deduplicates on it) and the lease revision (the fencing
+token: an agent may refuse a command older than one it already executed)."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from pydantic import ValidationError
+
+from nodeheal.remediator.actions import ActionOutcome
+from nodeheal.schemas.commands import CommandName, NodeCommand, NodeCommandResult
+from nodeheal.schemas.subjects import cmd_subject
+
+
+class NodeAgent:
+    def __init__(self, nc: Client, *, prefix: str, timeout_s: float) -> None:
+        self.nc = nc
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+
+    async def run(
+        self,
+        *,
+        cluster: str,
+        node: str,
+        command: CommandName,
+        target: str | None,
+        action_id: str,
+        lease_revision: int | None,
+        dry_run: bool = False,
+    ) -> ActionOutcome:
+        cmd = NodeCommand(
+            cluster=cluster,
+            node=node,
+            command=command,
+            target=target,
+            action_id=action_id,
+            lease_revision=lease_revision,
+            dry_run=dry_run,
+        )
+        subject = cmd_subject(cluster, node, prefix=self.prefix)
+        try:
+            reply = await self.nc.request(subject, cmd.to_json(), timeout=self.timeout_s)
+        except NoRespondersError:
+            return ActionOutcome(
+                ok=False, detail=f"no node agent answers on {subject}; is the DaemonSet running on {node}?"
+            )
+        except NatsTimeout:
+            return ActionOutcome(
+                ok=False, detail=f"node agent on {node} did not answer {command} within {self.timeout_s}s"
+            )
+        try:
+            result = NodeCommandResult.model_validate_json(reply.data)
+        except ValidationError as exc:
+            return ActionOutcome(
+                ok=False, detail=f"unreadable reply from the agent on {node}: {exc.errors()[0]['msg']}"
+            )
+        detail = result.detail or ("ok" if result.ok else "failed")
+        if result.freed_bytes is not None:
+            detail += f" (freed {result.freed_bytes} bytes)"
+        return ActionOutcome(ok=result.ok, detail=f"{command} {target or ''} on {node}: {detail}".replace("  ", " "))

@@ -1,0 +1,35 @@
+"""Builds the remediator process: the service (NATS consumer, views, runner) and the HTTP side
+(/healthz /readyz /metrics) through the runtime's service kit. Nothing else lives here."""
+
+from __future__ import annotations
+
+from faststream.asgi import AsgiFastStream
+
+from nodeheal.remediator.handlers import RemediatorService
+from nodeheal.remediator.settings import RemediatorSettings
+from nodeheal.runtime.logs import configure_logging
+from nodeheal.runtime.service import build_asgi, make_broker
+
+
+def build_app(settings: RemediatorSettings | None = None) -> tuple[AsgiFastStream, RemediatorService]:
+    settings = settings or RemediatorSettings()
+    service = RemediatorService(settings)
+    broker = make_broker(settings.nats, name=f"nodeheal-remediator-{settings.instance}")
+    app = build_asgi(
+        broker,
+        readiness=[service.readiness],
+        after_startup=[service.start],
+        on_shutdown=[service.stop],
+    )
+    return app, service
+
+
+def main() -> None:
+    from nodeheal.runtime.service import serve
+
+    settings = RemediatorSettings()
+    configure_logging("remediator", fmt=settings.log_format, level=settings.log_level)
+    app, _ = build_app(settings)
+    import asyncio
+
+    asyncio.run(serve(app, host=settings.http_host, port=settings.http_port))

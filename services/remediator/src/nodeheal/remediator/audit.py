@@ -1,0 +1,86 @@
+"""The audit stream: every decision as a `RemediationRecord`, the intent acknowledged before acting.
+
+`record()` returns only when the AUDIT stream acknowledged the record (PubAck); if it cannot, it raises
+`AuditUnavailableError` and the caller does not act: no audit, no action. The Nats-Msg-Id is
+`<action_id>:<phase>`, so a retried or redelivered step never writes its record twice within the
+duplicate window, and `history()` lets a replica see what was already done before acting (after the
+window too).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from nodeheal.runtime.jetstream import publish_model
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.subjects import audit_subject
+
+log = logging.getLogger("nodeheal.remediator.audit")
+
+
+class AuditUnavailableError(RuntimeError):
+    """The audit stream did not acknowledge the record; the action must not start."""
+
+
+class AuditLog:
+    def __init__(self, js: JetStreamContext, *, stream: str, prefix: str, timeout_s: float = 5.0) -> None:
+        self.js = js
+        self.stream = stream
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+
+    async def record(self, rec: RemediationRecord) -> int:
+        subject = audit_subject(rec.cluster, rec.node, prefix=self.prefix)
+        try:
+            ack = await publish_model(
+                self.js,
+                subject,
+                rec,
+                msg_id=f"{rec.action_id}:{rec.phase}",
+                headers={"Nats-Expected-Stream": self.stream},
+                timeout_s=self.timeout_s,
+            )
+        except Exception as exc:
+            msg = f"audit stream {self.stream} did not acknowledge {rec.phase} of {rec.action_id}: {exc}"
+            raise AuditUnavailableError(msg) from exc
+        log.info(
+            "audit",
+            extra={"node": rec.node, "action_id": rec.action_id, "action": rec.action, "phase": rec.phase},
+        )
+        return ack.seq
+
+    async def history(self, *, cluster: str, node: str, since: datetime) -> list[RemediationRecord]:
+        """The node's audit records since `since`, oldest first (read once with an ordered consumer)."""
+        subject = audit_subject(cluster, node, prefix=self.prefix)
+        try:
+            last = await self.js.get_last_msg(self.stream, subject)
+        except NotFoundError:
+            return []
+        out: list[RemediationRecord] = []
+        sub = await self.js.subscribe(
+            subject,
+            stream=self.stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=2.0)
+                except TimeoutError:
+                    break
+                try:
+                    out.append(RemediationRecord.model_validate_json(msg.data))
+                except ValidationError:
+                    log.warning("unreadable audit record skipped", extra={"node": node, "subject": subject})
+                if msg.metadata.sequence.stream >= (last.seq or 0):
+                    break
+        finally:
+            await sub.unsubscribe()
+        return out

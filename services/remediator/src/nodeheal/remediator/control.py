@@ -1,0 +1,66 @@
+"""Keys and values of the `nodeheal-control` bucket: the pause switch and approvals.
+
+Written by people through the CLI (`nodeheal pause`, `nodeheal resume`, `nodeheal approve ACTION_ID`)
+and read by the remediator before every step. Plain JSON so `nats kv get` shows it readably.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+PAUSE_KEY = "pause"
+STORM_KEY_PREFIX = "storm."
+
+
+def approval_key(action_id: str) -> str:
+    return f"approval.{action_id}"
+
+
+def storm_key(kind: str, value: str) -> str:
+    from nodeheal.schemas.subjects import escape_token
+
+    return f"{STORM_KEY_PREFIX}{kind}.{escape_token(value)}"
+
+
+@dataclass(frozen=True, slots=True)
+class PauseState:
+    paused: bool
+    reason: str = ""
+    by: str = ""
+
+
+async def read_pause(kv: KeyValue) -> PauseState:
+    try:
+        entry = await kv.get(PAUSE_KEY)
+    except KeyNotFoundError:
+        return PauseState(paused=False)
+    if not entry.value:
+        return PauseState(paused=False)
+    data = json.loads(entry.value)
+    return PauseState(paused=bool(data.get("paused")), reason=str(data.get("reason", "")), by=str(data.get("by", "")))
+
+
+async def write_pause(kv: KeyValue, *, paused: bool, reason: str, by: str) -> int:
+    value = {"paused": paused, "reason": reason, "by": by, "at": datetime.now(tz=UTC).isoformat()}
+    return await kv.put(PAUSE_KEY, json.dumps(value).encode())
+
+
+async def is_approved(kv: KeyValue, action_id: str) -> str | None:
+    """Who approved the action, or None."""
+    try:
+        entry = await kv.get(approval_key(action_id))
+    except KeyNotFoundError:
+        return None
+    if not entry.value:
+        return None
+    return str(json.loads(entry.value).get("by", "unknown"))
+
+
+async def write_approval(kv: KeyValue, *, action_id: str, by: str, note: str = "") -> int:
+    value = {"by": by, "note": note, "at": datetime.now(tz=UTC).isoformat()}
+    return await kv.put(approval_key(action_id), json.dumps(value).encode())

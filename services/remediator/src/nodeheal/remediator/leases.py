@@ -1,0 +1,97 @@
+"""Per-node leases in `nodeheal-leases`: ownership is decided only by create / compare-and-set.
+
+`kv.create` succeeds for one replica only; renewals are `kv.update(last=rev)`, so a replica that lost
+its lease (a pause longer than the bucket TTL, after which another replica created the key anew) fails
+its next renewal and stops. The current revision is the fencing token: it travels in every
+`NodeCommand.lease_revision` and every audit record. Reads (`get`) never decide ownership: they may be
+served by a follower. A crashed holder's key ages out with the bucket TTL (kured #137: a lock held by a
+dead node must not block the fleet forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from nodeheal.schemas.inventory import inventory_key
+
+log = logging.getLogger("nodeheal.remediator.leases")
+
+
+class LeaseLostError(RuntimeError):
+    """Our lease was taken or expired: stop acting on the node at once."""
+
+
+@dataclass(slots=True)
+class Lease:
+    key: str
+    node: str
+    holder: str
+    revision: int
+    lost: bool = False
+
+
+class Leases:
+    def __init__(self, kv: KeyValue, *, holder: str, ttl_s: float) -> None:
+        self.kv = kv
+        self.holder = holder
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def key(cluster: str, node: str) -> str:
+        return inventory_key(cluster, node)
+
+    def _value(self, *, node: str, action: str) -> bytes:
+        now = datetime.now(tz=UTC).isoformat()
+        return json.dumps({"holder": self.holder, "node": node, "action": action, "renewed_at": now}).encode()
+
+    async def acquire(self, *, cluster: str, node: str, action: str) -> Lease | None:
+        key = self.key(cluster, node)
+        try:
+            revision = await self.kv.create(key, self._value(node=node, action=action))
+        except KeyWrongLastSequenceError:
+            return None
+        return Lease(key=key, node=node, holder=self.holder, revision=revision)
+
+    async def renew(self, lease: Lease, *, action: str = "") -> None:
+        if lease.lost:
+            raise LeaseLostError(f"lease on {lease.node} already lost")
+        try:
+            lease.revision = await self.kv.update(
+                lease.key, self._value(node=lease.node, action=action), last=lease.revision
+            )
+        except KeyWrongLastSequenceError as exc:
+            lease.lost = True
+            msg = f"lease on node {lease.node} (revision {lease.revision}) was taken or expired; stopping"
+            raise LeaseLostError(msg) from exc
+
+    async def release(self, lease: Lease) -> None:
+        if lease.lost:
+            return
+        try:
+            await self.kv.delete(lease.key, last=lease.revision)
+        except Exception as exc:  # an expired lease needs no release
+            log.info("lease release skipped", extra={"node": lease.node, "error": str(exc)})
+
+    async def keep(self, lease: Lease, *, stop: asyncio.Event) -> None:
+        """Renew every ttl/3 until `stop` is set; on loss mark the lease lost and return."""
+        interval = max(self.ttl_s / 3, 0.05)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.renew(lease)
+            except LeaseLostError:
+                log.error("lease lost", extra={"node": lease.node})
+                return
+            except Exception as exc:  # NATS briefly away: keep trying until the TTL decides
+                log.warning("lease renewal failed", extra={"node": lease.node, "error": str(exc)})

@@ -1,0 +1,110 @@
+"""The shared disruption ledger: which nodes hold a blast-radius slot, and recent disruptive starts.
+
+One key (`ledger.disruptions`) in `nodeheal-control`, changed only by compare-and-set, so two replicas
+can never both take the last slot of a budget: the policy is computed on what was read, and the write
+with `last=revision` decides. A slot of a crashed holder expires at its `until` (conservative: the
+budget stays used a little longer, never shorter).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from nodeheal.remediator.policy import Slot
+from nodeheal.schemas.audit import PolicyCheck
+
+LEDGER_KEY = "ledger.disruptions"
+
+
+def _dump(slots: list[Slot], starts: list[datetime]) -> bytes:
+    return json.dumps(
+        {
+            "slots": [
+                {
+                    "node": s.node,
+                    "zone": s.zone,
+                    "rack": s.rack,
+                    "node_pool": s.node_pool,
+                    "action_id": s.action_id,
+                    "holder": s.holder,
+                    "until": s.until.isoformat(),
+                }
+                for s in slots
+            ],
+            "starts": [t.isoformat() for t in starts],
+        }
+    ).encode()
+
+
+def _load(raw: bytes | None) -> tuple[list[Slot], list[datetime]]:
+    if not raw:
+        return [], []
+    data = json.loads(raw)
+    slots = [
+        Slot(
+            node=s["node"],
+            zone=s.get("zone"),
+            rack=s.get("rack"),
+            node_pool=s.get("node_pool"),
+            action_id=s["action_id"],
+            holder=s["holder"],
+            until=datetime.fromisoformat(s["until"]),
+        )
+        for s in data.get("slots", [])
+    ]
+    return slots, [datetime.fromisoformat(t) for t in data.get("starts", [])]
+
+
+Decide = Callable[[list[Slot], list[datetime]], tuple[list[PolicyCheck], list[Slot], list[datetime]] | None]
+
+
+class Ledger:
+    def __init__(self, kv: KeyValue, *, attempts: int = 20) -> None:
+        self.kv = kv
+        self.attempts = attempts
+
+    async def read(self) -> tuple[list[Slot], list[datetime], int]:
+        try:
+            entry = await self.kv.get(LEDGER_KEY)
+        except KeyNotFoundError:
+            return [], [], 0
+        slots, starts = _load(entry.value)
+        return slots, starts, entry.revision or 0
+
+    async def transact(self, decide: Decide) -> list[PolicyCheck]:
+        """Read, let `decide` compute the new state (or None: nothing to write), write with CAS; retry on conflict."""
+        last_checks: list[PolicyCheck] = []
+        for _ in range(self.attempts):
+            slots, starts, revision = await self.read()
+            result = decide(slots, starts)
+            if result is None:
+                return last_checks
+            checks, new_slots, new_starts = result
+            last_checks = checks
+            if not all(c.passed for c in checks):
+                return checks
+            try:
+                if revision == 0:
+                    await self.kv.create(LEDGER_KEY, _dump(new_slots, new_starts))
+                else:
+                    await self.kv.update(LEDGER_KEY, _dump(new_slots, new_starts), last=revision)
+                return checks
+            except KeyWrongLastSequenceError:
+                continue
+        return [PolicyCheck(name="ledger", passed=False, detail=f"ledger contended: {self.attempts} CAS conflicts")]
+
+    async def release(self, *, node: str, now: datetime) -> None:
+        def decide(
+            slots: list[Slot], starts: list[datetime]
+        ) -> tuple[list[PolicyCheck], list[Slot], list[datetime]] | None:
+            if not any(s.node == node for s in slots):
+                return None
+            keep = [s for s in slots if s.node != node and s.until > now]
+            return [], keep, [t for t in starts if now - t < timedelta(seconds=60)]
+
+        await self.transact(decide)
