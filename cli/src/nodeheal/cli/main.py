@@ -9,6 +9,7 @@ import click
 
 from nodeheal.cli.demo import demo
 from nodeheal.cli.audit import audit
+from nodeheal.cli.bench import bench
 from nodeheal.cli.diagnose_log import diagnose_log
 from nodeheal.cli.normalize import normalize
 from nodeheal.cli.streams import streams
@@ -30,6 +31,7 @@ cli.add_command(up)
 cli.add_command(normalize)
 cli.add_command(diagnose_log)
 cli.add_command(audit)
+cli.add_command(bench)
 
 
 def main() -> None:

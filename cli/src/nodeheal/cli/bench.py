@@ -1,0 +1,60 @@
+"""`nodeheal bench`: the benchmarks of docs/BENCHMARKS.md, each printing one JSON object.
+
+A click group: each benchmark is a subcommand (`nodeheal bench detector`, more to come).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from nodeheal.cli.common import nats_endpoint, run
+
+
+@click.group()
+def bench() -> None:
+    """Measure nodeheal on this machine (numbers go to docs/BENCHMARKS.md)."""
+
+
+@bench.command("detector")
+@click.option("--nats-url", default=None, help="Use this NATS server (default: start an embedded one).")
+@click.option("--nodes", type=click.IntRange(1, 1_000_000), default=20_000, show_default=True, help="Fleet size.")
+@click.option(
+    "--seconds", type=click.FloatRange(1, 3600), default=10.0, show_default=True, help="Length of the latency run."
+)
+@click.option(
+    "--rounds", type=click.IntRange(1, 1000), default=10, show_default=True, help="Probes per node in the backlog."
+)
+@click.option(
+    "--rate", type=click.FloatRange(10, 1_000_000), default=5000, show_default=True, help="Probes/s of the latency run."
+)
+@click.option(
+    "--batch", type=click.IntRange(10, 10_000), default=1000, show_default=True, help="Probes per pull request."
+)
+@click.option("--raw-count", type=click.IntRange(1000, 10_000_000), default=200_000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def detector(
+    nats_url: str | None,
+    nodes: int,
+    seconds: float,
+    rounds: int,
+    rate: float,
+    batch: int,
+    raw_count: int,
+    as_json: bool,
+) -> None:
+    """Detector throughput (probes/s), probe→anomaly latency (p50/p99), bytes per node, raw nats-py ceiling."""
+    from nodeheal.detector.bench import run_bench
+
+    with nats_endpoint(nats_url, embedded=nats_url is None) as url:
+        if not as_json:
+            click.echo(f"benchmarking the detector against {url}: {nodes} nodes x {rounds} rounds ...", err=True)
+        result = run(
+            lambda: run_bench(
+                url=url, nodes=nodes, seconds=seconds, rounds=rounds, rate=rate, batch=batch, raw_count=raw_count
+            )
+        )
+    json.dump(result, sys.stdout, indent=None if as_json else 2)
+    sys.stdout.write("\n")
