@@ -279,7 +279,7 @@ def _cms_one(j: Json, body: JsonObject, ctx: NormalizeContext, where: str) -> li
     account = j.opt_str(body, "userId", where)
     severity = _SEVERITY.get((j.opt_str(body, "level", where) or "").upper())
     event_time = j.time(body, "eventTime", where)
-    stamp = j.opt_str(body, "eventTime", where) or j.req_str(body, "id", where)
+    stamp = j.opt_str(body, "eventTime", where) or j.opt_str(body, "id", where) or ""
     parts = name.split(":")
     status_in_name = parts[2] if len(parts) >= 3 else None
     common: dict[str, Any] = {
@@ -296,6 +296,8 @@ def _cms_one(j: Json, body: JsonObject, ctx: NormalizeContext, where: str) -> li
     }
     if "eventId" in content:
         return [_system_event(**common, status_fallback=status_in_name)]
+    if not stamp:
+        raise j.fail(f"notification {name!r} has no eventId, eventTime or id to tell it apart", where)
     if name == "Instance:StateChange":
         return [_state_change(**common, stamp=stamp, published_at=event_time)]
     if name == "Instance:PreemptibleInstanceInterruption":

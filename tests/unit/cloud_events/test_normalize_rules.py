@@ -1,0 +1,231 @@
+"""Time formats, Azure disappearance synthesis, GCE returns to NONE, the transition ledger, unknown codes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nodeheal.cloud_events.normalize import (
+    AzureDocumentTracker,
+    GceMaintenanceTracker,
+    NormalizeContext,
+    PayloadError,
+    TransitionLedger,
+    normalize,
+    normalize_stream,
+)
+from nodeheal.cloud_events.normalize.times import parse_time
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2019-04-12T01:01:01Z", datetime(2019, 4, 12, 1, 1, 1, tzinfo=UTC)),
+        ("20190409T121826.922+0800", datetime(2019, 4, 9, 4, 18, 26, 922000, tzinfo=UTC)),
+        ("2020-11-19T21:04:41+08:00", datetime(2020, 11, 19, 13, 4, 41, tzinfo=UTC)),
+        ("2020-11-19T21:04:42.179PRC", datetime(2020, 11, 19, 13, 4, 42, 179000, tzinfo=UTC)),
+        ("2020-11-19T21:04:42Z", datetime(2020, 11, 19, 21, 4, 42, tzinfo=UTC)),
+        ("1552199984000", datetime(2019, 3, 10, 6, 39, 44, tzinfo=UTC)),
+        (1552199984000, datetime(2019, 3, 10, 6, 39, 44, tzinfo=UTC)),
+        ("21 Jan 2019 09:00:43 GMT", datetime(2019, 1, 21, 9, 0, 43, tzinfo=UTC)),
+        ("2019-03-14T20:00:00.000Z", datetime(2019, 3, 14, 20, 0, tzinfo=UTC)),
+        ("Sat, 05 Jun 2016 15:10:09 GMT", datetime(2016, 6, 5, 15, 10, 9, tzinfo=UTC)),
+        ("Mon, 19 Sep 2016 18:29:47 GMT", datetime(2016, 9, 19, 18, 29, 47, tzinfo=UTC)),
+        # a real Azure sample with the wrong weekday (11 Apr 2026 is a Saturday): the date wins
+        ("Mon, 11 Apr 2026 22:26:58 GMT", datetime(2026, 4, 11, 22, 26, 58, tzinfo=UTC)),
+        ("2026-05-01T10:00:00.123456+00:00", datetime(2026, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_every_time_format_parses(text: object, expected: datetime | None) -> None:
+    assert parse_time(text, source="test", where="$.t") == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["2019-04-12T01:01:01", "yesterday", "32 Jan 2019 09:00:43 GMT", "99999999999999", True]
+)
+def test_bad_time_is_a_payload_error_naming_the_place(text: object) -> None:
+    with pytest.raises(PayloadError) as info:
+        parse_time(text, source="alibaba-cms", where="$.content.notBefore")
+    assert info.value.where == "$.content.notBefore"
+    assert "alibaba-cms payload at $.content.notBefore" in str(info.value)
+
+
+def _doc(incarnation: int, *events: tuple[str, str, str]) -> dict[str, object]:
+    return {
+        "DocumentIncarnation": incarnation,
+        "Events": [
+            {
+                "EventId": eid,
+                "EventType": etype,
+                "ResourceType": "VirtualMachine",
+                "Resources": ["vm-a", "vm-b"],
+                "EventStatus": status,
+                "NotBefore": "Mon, 19 Sep 2016 18:29:47 GMT" if status == "Scheduled" else "",
+                "EventSource": "Platform",
+                "DurationInSeconds": -1,
+            }
+            for eid, etype, status in events
+        ],
+    }
+
+
+def test_azure_event_that_disappears_after_started_is_completed() -> None:
+    tracker = AzureDocumentTracker(resource="vm-a")
+    first = tracker.feed(_doc(1, ("E1", "Reboot", "Scheduled")), NormalizeContext(observed_at=T0, node="n1"))
+    second = tracker.feed(
+        _doc(2, ("E1", "Reboot", "Started")), NormalizeContext(observed_at=T0 + timedelta(minutes=15), node="n1")
+    )
+    third = tracker.feed(_doc(3), NormalizeContext(observed_at=T0 + timedelta(minutes=20), node="n1"))
+    assert [(e.phase, e.instance_id) for e in first] == [("scheduled", "vm-a")]
+    assert [e.phase for e in second] == ["in_progress"]
+    assert second[0].cause == "planned_maintenance"
+    assert [(e.phase, e.action, e.provider_event_id) for e in third] == [("completed", "reboot", "e1#vm-a")]
+    assert third[0].finished_at == T0 + timedelta(minutes=20)
+    assert third[0].started_at == T0 + timedelta(minutes=15)
+    assert third[0].extended["synthesized"] is True
+    assert third[0].is_terminal
+
+
+def test_azure_event_that_disappears_while_scheduled_is_canceled() -> None:
+    tracker = AzureDocumentTracker()
+    tracker.feed(_doc(5, ("E2", "Redeploy", "Scheduled")), NormalizeContext(observed_at=T0))
+    gone = tracker.feed(_doc(6), NormalizeContext(observed_at=T0 + timedelta(hours=1)))
+    assert sorted((e.instance_id, e.phase, e.action) for e in gone) == [
+        ("vm-a", "canceled", "redeploy"),
+        ("vm-b", "canceled", "redeploy"),
+    ]
+    assert all(e.local_data_loss for e in gone)
+
+
+def test_azure_started_without_scheduled_is_a_host_failure_and_old_documents_synthesise_nothing() -> None:
+    tracker = AzureDocumentTracker(resource="vm-b")
+    started = tracker.feed(_doc(7, ("E3", "Reboot", "Started")), NormalizeContext(observed_at=T0))
+    assert [(e.phase, e.cause) for e in started] == [("in_progress", "host_failure")]
+    assert tracker.feed(_doc(6), NormalizeContext(observed_at=T0)) == []  # late, older incarnation
+
+
+def test_azure_other_vms_events_are_not_ours() -> None:
+    tracker = AzureDocumentTracker(resource="vm-z")
+    assert tracker.feed(_doc(1, ("E4", "Freeze", "Scheduled")), NormalizeContext(observed_at=T0)) == []
+
+
+def test_azure_documents_in_one_file_are_diffed(tmp_path: object) -> None:
+    lines = "\n".join(
+        json.dumps(d) for d in [_doc(1, ("E5", "Reboot", "Scheduled")), _doc(2, ("E5", "Reboot", "Started")), _doc(3)]
+    )
+    events = normalize_stream("azure-imds", lines.encode(), NormalizeContext(observed_at=T0))
+    assert [(e.instance_id, e.phase) for e in events] == [
+        ("vm-a", "scheduled"),
+        ("vm-b", "scheduled"),
+        ("vm-a", "in_progress"),
+        ("vm-b", "in_progress"),
+        ("vm-a", "completed"),
+        ("vm-b", "completed"),
+    ]
+    as_array = json.dumps([_doc(1, ("E5", "Reboot", "Scheduled")), _doc(2)]).encode()
+    assert [e.phase for e in normalize_stream("auto", as_array, NormalizeContext(observed_at=T0))] == [
+        "scheduled"
+    ] * 2 + ["canceled"] * 2
+
+
+def test_gce_value_back_to_none_completes_the_same_event() -> None:
+    tracker = GceMaintenanceTracker()
+    ctx = NormalizeContext(observed_at=T0, instance_id="123")
+    start = tracker.feed("MIGRATE_ON_HOST_MAINTENANCE\n", ctx)
+    again = tracker.feed(
+        "MIGRATE_ON_HOST_MAINTENANCE", NormalizeContext(observed_at=T0 + timedelta(seconds=5), instance_id="123")
+    )
+    done = tracker.feed("NONE", NormalizeContext(observed_at=T0 + timedelta(seconds=90), instance_id="123"))
+    assert [(e.phase, e.action) for e in start] == [("in_progress", "live_migrate")]
+    assert again == []
+    assert [(e.phase, e.provider_event_id) for e in done] == [("completed", start[0].provider_event_id)]
+    assert done[0].finished_at == T0 + timedelta(seconds=90)
+
+
+def test_ledger_terminal_is_never_overwritten_by_a_late_non_terminal() -> None:
+    ledger = TransitionLedger()
+    assert ledger.record(cloud="alibaba", provider_event_id="e-1", phase="scheduled") == "new"
+    assert ledger.record(cloud="alibaba", provider_event_id="e-1", phase="scheduled") == "duplicate"
+    assert ledger.open_events("alibaba") == ["e-1"]
+    assert ledger.record(cloud="alibaba", provider_event_id="e-1", phase="completed") == "new"
+    assert ledger.record(cloud="alibaba", provider_event_id="e-1", phase="in_progress") == "stale"
+    assert ledger.record(cloud="alibaba", provider_event_id="e-1", phase="scheduled") == "duplicate"
+    assert ledger.record(cloud="alibaba", provider_event_id="e-1", phase="completed") == "duplicate"
+    assert ledger.open_events("alibaba") == []
+    # the same id in another cloud is another entity
+    assert ledger.record(cloud="aws", provider_event_id="e-1", phase="in_progress") == "new"
+
+
+def test_ledger_is_bounded() -> None:
+    ledger = TransitionLedger(max_entities=100)
+    for n in range(250):
+        ledger.record(cloud="aws", provider_event_id=f"x{n}", phase="scheduled")
+    assert len(ledger) == 100
+    assert ledger.verdict(cloud="aws", provider_event_id="x249", phase="scheduled") == "duplicate"
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "action", "cause", "phase"),
+    [
+        ("SystemMaintenance.Reboot", "Inquiring", "reboot", "planned_maintenance", "pending_approval"),
+        ("SystemFailure.Redeploy", "Executed", "redeploy", "host_failure", "completed"),
+        ("InstanceFailure.Reboot", "Failed", "reboot", "guest_failure", "failed"),
+        ("SystemFailure.Delete", "Canceled", "terminate", "host_failure", "canceled"),
+        (
+            "SystemMaintenance.RebootAndReInitErrorDisk",
+            "Inquiring",
+            "disk_repair",
+            "planned_maintenance",
+            "pending_approval",
+        ),
+        ("AccountUnbalanced.Delete", "Scheduled", "terminate", "billing", "scheduled"),
+        ("SomethingNew.Teleport", "Pondering", "unknown", "unknown", "unknown"),
+    ],
+)
+def test_alibaba_codes_and_unknowns(code: str, status: str, action: str, cause: str, phase: str) -> None:
+    payload = {
+        "name": f"Instance:{code}:{status}",
+        "content": {"eventId": "e-x", "eventType": code, "eventStatus": status, "instanceId": "i-1"},
+    }
+    (event,) = normalize("alibaba-cms", payload, NormalizeContext(observed_at=T0))
+    assert (event.action, event.cause, event.phase) == (action, cause, phase)
+
+
+def test_status_from_content_not_from_name() -> None:
+    # the documentation's own Avoided sample still says ":Scheduled" in name
+    payload = {
+        "name": "Instance:SystemMaintenance.Reboot:Scheduled",
+        "content": {
+            "eventId": "e-y",
+            "eventType": "SystemMaintenance.Reboot",
+            "eventStatus": "Avoided",
+            "instanceId": "i-1",
+        },
+    }
+    (event,) = normalize("alibaba-cms", payload, NormalizeContext(observed_at=T0))
+    assert event.phase == "avoided"
+
+
+def test_aws_imds_phase_depends_on_not_before_and_state() -> None:
+    item = {
+        "NotBefore": "21 Jan 2019 09:00:43 GMT",
+        "Code": "instance-reboot",
+        "EventId": "instance-event-1",
+        "State": "active",
+    }
+    before = NormalizeContext(observed_at=datetime(2019, 1, 20, tzinfo=UTC), instance_id="i-9")
+    assert normalize("aws-imds", [item], before)[0].phase == "scheduled"
+    assert [a.method for a in normalize("aws-imds", [item], before)[0].ack] == ["aws.RebootInstances"]
+    assert normalize("aws-imds", [{**item, "State": "completed"}], before)[0].phase == "completed"
+    assert normalize("aws-imds", [{**item, "State": "canceled"}], before)[0].phase == "canceled"
+
+
+def test_auto_cannot_tell_says_so() -> None:
+    with pytest.raises(PayloadError, match="pass --source"):
+        normalize("auto", {"hello": "world"}, NormalizeContext(observed_at=T0))
