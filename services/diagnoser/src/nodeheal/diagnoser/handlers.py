@@ -1,0 +1,313 @@
+"""The diagnoser's transport side: durable pull consumers on ANOMALIES, CLOUD and AUDIT (raw nats-py,
+batches), a watch on the inventory bucket, and publishing of diagnoses and fleet findings with
+deterministic `Nats-Msg-Id`s. Thin: every decision is made by `reasoning.Diagnoser`.
+
+Bad input is dead-lettered with the reason and the raw bytes and acknowledged; a failed publish naks
+the batch's remaining messages with a delay (the handlers are idempotent, so a redelivery is harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import prometheus_client
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.errors import FetchTimeoutError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ValidationError
+
+from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
+from nodeheal.diagnoser.reasoning import Diagnoser
+from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, publish_model
+from nodeheal.schemas.anomaly import Anomaly
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.diagnosis import Diagnosis
+from nodeheal.schemas.finding import FleetFinding
+from nodeheal.schemas.inventory import NodeInventory
+from nodeheal.schemas.subjects import diagnosis_subject, finding_subject, wildcard
+
+log = logging.getLogger("nodeheal.diagnoser")
+
+
+def _now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+class DiagnoserRuntime:
+    def __init__(
+        self,
+        *,
+        settings: DiagnoserSettings,
+        nc: Client,
+        registry: prometheus_client.CollectorRegistry | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.clock = clock
+        self.diagnoser = Diagnoser(
+            matcher=Matcher(load_knowledge_base(settings.rules_file)), config=settings.diagnoser_config()
+        )
+        self.topology = settings.nats.topology()
+        self.prefix = settings.nats.prefix
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._held: dict[str, datetime] = {}
+        self._ready = False
+        self._last_correlation = datetime.min.replace(tzinfo=UTC)
+        registry = registry or prometheus_client.CollectorRegistry()
+        self.m_in = prometheus_client.Counter(
+            "nodeheal_diagnoser_messages_total", "Input messages by stream and outcome", ["stream", "outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self.m_out = prometheus_client.Counter(
+            "nodeheal_diagnoser_diagnoses_total", "Diagnoses published by cause", ["cause", "resolved"],
+            registry=registry,
+        )  # fmt: skip
+        self.m_findings = prometheus_client.Counter(
+            "nodeheal_diagnoser_findings_total", "Fleet findings published by kind", ["kind"], registry=registry
+        )
+        self.m_tti = prometheus_client.Histogram(
+            "nodeheal_diagnoser_time_to_identify_seconds",
+            "From the anomaly's detection to the first diagnosis of the episode",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60),
+            registry=registry,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        consumers: list[tuple[str, str, type[BaseModel]]] = [
+            ("ANOMALIES", "anomaly", Anomaly),
+            ("CLOUD", "cloud", CloudSystemEvent),
+            ("AUDIT", "audit", RemediationRecord),
+        ]
+        kv = await self._inventory_bucket()
+        if kv is not None:
+            await self._load_inventory(kv)
+            self._tasks.append(asyncio.create_task(self._watch_inventory(kv), name="diagnoser-inventory"))
+        for base, kind, model in consumers:
+            stream = self.topology.stream(f"{self.settings.nats.stream_prefix}{base}").name
+            await ensure_pull_consumer(
+                self.js,
+                stream=stream,
+                durable=self.settings.durable,
+                filter_subjects=[wildcard(kind, prefix=self.prefix)],
+                ack_wait_s=self.settings.ack_wait_s,
+                max_deliver=self.settings.max_deliver,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            sub = await self.js.pull_subscribe_bind(durable=self.settings.durable, stream=stream)
+            self._tasks.append(asyncio.create_task(self._consume(sub, base, model), name=f"diagnoser-{kind}"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name="diagnoser-tick"))
+        self._ready = True
+        log.info("diagnoser started", extra={"prefix": self.prefix, "durable": self.settings.durable})
+
+    async def stop(self) -> None:
+        self._ready = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    async def readiness(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, "diagnoser: consumers not bound yet"
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        if dead:
+            return False, f"diagnoser: tasks stopped: {', '.join(dead)}"
+        return True, "ok"
+
+    # ------------------------------------------------------------------ inventory
+
+    async def _inventory_bucket(self) -> KeyValue | None:
+        name = self.topology.bucket(f"{self.settings.nats.bucket_prefix}-inventory").name
+        try:
+            return await self.js.key_value(name)
+        except Exception as exc:  # the bucket is provisioned by `nodeheal streams apply`
+            log.warning(
+                "inventory bucket unavailable; peers and fleet groups unknown",
+                extra={"bucket": name, "error": str(exc)},
+            )
+            return None
+
+    def _apply_inventory(self, key: str, value: bytes | None, op: str | None) -> None:
+        if not key.startswith("node."):
+            return
+        if op in {"DEL", "PURGE"} or not value:
+            _, _, rest = key.partition(".")
+            cluster, _, node = rest.partition(".")
+            from nodeheal.schemas.subjects import unescape_token
+
+            self.diagnoser.forget_inventory(unescape_token(cluster), unescape_token(node))
+            return
+        try:
+            self.diagnoser.on_inventory(NodeInventory.model_validate_json(value))
+        except ValidationError as exc:
+            log.warning("bad inventory record ignored", extra={"key": key, "error": str(exc)[:300]})
+
+    async def _load_inventory(self, kv: KeyValue) -> None:
+        try:
+            keys = await kv.keys()
+        except Exception:
+            return  # empty bucket
+        for key in keys:
+            with contextlib.suppress(Exception):
+                entry = await kv.get(key)
+                self._apply_inventory(key, entry.value, None)
+
+    async def _watch_inventory(self, kv: KeyValue) -> None:
+        watcher = await kv.watchall(include_history=False)
+        async for entry in watcher:
+            if entry is None:
+                continue
+            async with self._lock:
+                self._apply_inventory(entry.key, entry.value, entry.operation)
+
+    # ------------------------------------------------------------------ consumption
+
+    async def _consume(self, sub: Any, base: str, model: type[BaseModel]) -> None:
+        while True:
+            try:
+                msgs: list[Msg] = await sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout_s)
+            except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fetch failed; retrying", extra={"stream": base, "error": str(exc)})
+                await asyncio.sleep(1.0)
+                continue
+            await self._process(msgs, base, model)
+
+    async def _process(self, msgs: list[Msg], base: str, model: type[BaseModel]) -> None:
+        async with self._lock:
+            touched: set[str] = set()
+            good: list[Msg] = []
+            for msg in msgs:
+                try:
+                    item = model.model_validate_json(msg.data)
+                except ValidationError as exc:
+                    await self._reject(msg, base, f"not a valid {model.__name__}: {exc.errors()[:3]}")
+                    continue
+                if isinstance(item, Anomaly):
+                    touched |= self.diagnoser.on_anomaly(item)
+                elif isinstance(item, CloudSystemEvent):
+                    touched |= self.diagnoser.on_cloud_event(item)
+                elif isinstance(item, RemediationRecord):
+                    touched |= self.diagnoser.on_audit(item)
+                good.append(msg)
+            try:
+                await self._evaluate(touched)
+            except Exception as exc:
+                log.warning("publish failed; input will be redelivered", extra={"stream": base, "error": str(exc)})
+                for msg in good:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=self.settings.nak_delay_s)
+                self.m_in.labels(base, "nak").inc(len(good))
+                return
+            for msg in good:
+                with contextlib.suppress(Exception):
+                    await msg.ack()
+            self.m_in.labels(base, "ok").inc(len(good))
+
+    async def _reject(self, msg: Msg, base: str, reason: str) -> None:
+        await dead_letter(
+            self.js,
+            service=SERVICE,
+            reason=reason,
+            raw=msg.data,
+            subject=msg.subject,
+            headers=dict(msg.headers or {}),
+            prefix=self.prefix,
+        )
+        await msg.ack()
+        self.m_in.labels(base, "dead_letter").inc()
+
+    async def _evaluate(self, keys: set[str]) -> None:
+        now = self.clock()
+        for key in sorted(keys):
+            outcome = self.diagnoser.evaluate(key, now=now)
+            if outcome.hold_until is not None:
+                self._held[key] = outcome.hold_until
+                continue
+            self._held.pop(key, None)
+            if outcome.diagnosis is not None:
+                await self._publish(outcome.diagnosis)
+
+    async def _publish(self, diagnosis: Diagnosis) -> None:
+        subject = diagnosis_subject(diagnosis.cluster, diagnosis.node, prefix=self.prefix)
+        await publish_model(
+            self.js, subject, diagnosis, msg_id=diagnosis.id, timeout_s=self.settings.nats.publish_timeout_s
+        )
+        self.m_out.labels(diagnosis.cause, str(diagnosis.resolved).lower()).inc()
+        if not diagnosis.resolved and diagnosis.anomaly_ids:
+            ctx = self.diagnoser.fleet.nodes.get(f"{diagnosis.cluster}/{diagnosis.node}")
+            first = next((a for a in (ctx.anomalies if ctx else ()) if a.id == diagnosis.anomaly_ids[0]), None)
+            if first is not None:
+                self.m_tti.observe(max(0.0, (diagnosis.identified_at - first.detected_at).total_seconds()))
+        log.info(
+            "diagnosis",
+            extra={
+                "node": diagnosis.node,
+                "cause": diagnosis.cause,
+                "category": diagnosis.category,
+                "confidence": diagnosis.confidence,
+                "resolved": diagnosis.resolved,
+                "diagnosis_id": diagnosis.id,
+            },
+        )
+
+    async def _publish_finding(self, finding: FleetFinding) -> None:
+        await publish_model(
+            self.js,
+            finding_subject(prefix=self.prefix),
+            finding,
+            msg_id=finding.id,
+            timeout_s=self.settings.nats.publish_timeout_s,
+        )
+        self.m_findings.labels(finding.kind).inc()
+        log.warning(
+            "fleet finding",
+            extra={"finding_id": finding.finding_id, "message": finding.message, "cleared": finding.cleared},
+        )
+
+    # ------------------------------------------------------------------ timers
+
+    async def tick(self) -> None:
+        """Revisit held node_down decisions and run fleet correlation when it is due."""
+        now = self.clock()
+        async with self._lock:
+            due = {k for k, t in self._held.items() if t <= now}
+            if (now - self._last_correlation).total_seconds() >= self.settings.correlation_interval_s:
+                self._last_correlation = now
+                findings, touched = self.diagnoser.correlate(now=now, cluster=self.settings.cluster)
+                for finding in findings:
+                    await self._publish_finding(finding)
+                due |= touched
+            if due:
+                await self._evaluate(due)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("tick failed; retrying next tick", extra={"error": str(exc)})

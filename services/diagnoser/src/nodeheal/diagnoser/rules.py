@@ -1,0 +1,763 @@
+"""The cause decision: from a node's context and its peers to (cause, category, confidence, evidence,
+ladder). Pure and deterministic: the same context and `now` give the same decision — the service,
+replay and the simulator all call `decide`. The decision table is documented in docs/diagnoser.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from nodeheal.diagnoser.kb.matcher import IO_ERROR_CLASSES, same_disk
+from nodeheal.diagnoser.state import FleetState, KernelEvidence, NodeContext
+from nodeheal.schemas.anomaly import Anomaly, Evidence
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.causes import category_of
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.diagnosis import CrashSignature, RecommendedAction
+from nodeheal.schemas.kernel import LOOKBACK_CLASSES, Category
+
+SILENT_KINDS = frozenset({"node_down", "node_hang"})
+CLOUD_EXPLAINS = frozenset(
+    {"node_down", "node_hang", "node_not_ready", "unexpected_reboot", "cloud_maintenance", "flapping", "service_down"}
+)
+FATAL_HARDWARE = frozenset({"mce_fatal_panic"})
+# warnings: they name a cause only when nothing else explains the anomalies
+WEAK_CLASSES = frozenset(
+    {"oom_killer", "page_allocation_failure", "mce_hardware_error", "edac_memory_ce", "ghes_cper_hardware_error"}
+)
+CRASH_CLASSES = frozenset(
+    {
+        "kernel_panic",
+        "kernel_bug",
+        "kernel_oops_null_deref",
+        "kernel_oops_gpf",
+        "kernel_oops_divide_error",
+        "hard_lockup",
+        "soft_lockup",
+        "hung_task",
+        "rcu_stall",
+        "vmcore_crash_sys_summary",
+        "mce_fatal_panic",
+    }
+)
+SERVICE_CAUSES = {
+    "kubelet": "kubelet_down",
+    "containerd": "container_runtime_down",
+    "docker": "container_runtime_down",
+    "crio": "container_runtime_down",
+    "cri-o": "container_runtime_down",
+}
+CLOUD_ACTION_CAUSES = {
+    "reboot": "host_maintenance_reboot",
+    "redeploy": "host_maintenance_redeploy",
+    "stop": "host_maintenance_stop",
+    "terminate": "host_maintenance_stop",
+    "live_migrate": "host_live_migration",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionConfig:
+    kernel_lookback: timedelta = timedelta(minutes=30)
+    io_lookback: timedelta = timedelta(minutes=30)
+    crash_window: timedelta = timedelta(days=7)
+    cloud_recent: timedelta = timedelta(minutes=30)
+    cloud_imminent: timedelta = timedelta(minutes=30)
+    burst_window: timedelta = timedelta(seconds=120)
+    rack_min_down: int = 3
+    rack_min_fraction: float = 0.5
+    zone_min_down: int = 6
+    zone_min_fraction: float = 0.3
+    kernel_fleet_hosts: int = 3
+    repeat_window: timedelta = timedelta(hours=24)
+    repeat_limit: int = 3
+    agent_services: tuple[str, ...] = ("nodeheal-agent", "agent", "ops-agent", "ops_agent")
+
+
+@dataclass
+class Decision:
+    cause: str
+    category: Category
+    confidence: float
+    evidence: list[Evidence] = field(default_factory=list)
+    kernel_classes: tuple[str, ...] = ()
+    crash_signature: CrashSignature | None = None
+    recommended: tuple[RecommendedAction, ...] = ()
+    fault_onset: datetime | None = None
+
+
+def _act(action: str, reason: str, *, target: str | None = None, timeout_s: float | None = None) -> RecommendedAction:
+    return RecommendedAction.model_validate(
+        {"action": action, "reason": reason, "target": target, "timeout_s": timeout_s}
+    )
+
+
+# ------------------------------------------------------------------------------------------ signals
+
+
+def recent_kernel(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> list[KernelEvidence]:
+    horizon = now - config.kernel_lookback
+    return [k for k in ctx.kernel if k.observed_at >= horizon]
+
+
+def io_errors_before(ctx: NodeContext, fs: KernelEvidence, *, config: DecisionConfig) -> list[KernelEvidence]:
+    """Device I/O errors on the same disk at or before a filesystem error (same probe counts)."""
+    horizon = fs.observed_at - config.io_lookback
+    return [
+        k
+        for k in ctx.kernel
+        if k.finding.cls in IO_ERROR_CLASSES
+        and horizon <= k.observed_at <= fs.observed_at
+        and same_disk(fs.finding.device, k.finding.device)
+    ]
+
+
+def relevant_cloud_event(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> CloudSystemEvent | None:
+    """The cloud event that matters now: in progress, else the soonest pending / scheduled, else one
+    that completed (or failed) in the last `cloud_recent`. Canceled / avoided events are ignored."""
+    active = [e for e in ctx.cloud.values() if not e.is_terminal]
+    if active:
+        in_progress = [e for e in active if e.phase == "in_progress"]
+        if in_progress:
+            return in_progress[0]
+        return min(active, key=lambda e: e.not_before or e.deadline or e.observed_at)
+    done = [
+        e
+        for e in ctx.cloud.values()
+        if e.phase in {"completed", "failed"} and (e.finished_at or e.observed_at) >= now - config.cloud_recent
+    ]
+    return max(done, key=lambda e: e.finished_at or e.observed_at) if done else None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    dimension: str
+    value: str
+    down: tuple[str, ...]
+    members: int
+
+    @property
+    def fraction(self) -> float:
+        return len(self.down) / self.members if self.members else 0.0
+
+
+def peer_view(
+    fleet: FleetState, ctx: NodeContext, dimension: str, *, now: datetime, config: DecisionConfig
+) -> PeerView | None:
+    record = fleet.inventory.get(ctx.key)
+    value = getattr(record, dimension, None) if record is not None else None
+    if not value:
+        return None
+    members = fleet.peers(ctx.key, dimension)
+    horizon = now - config.burst_window
+    down = tuple(
+        sorted(k for k in members if k in fleet.down_since and fleet.down_since[k] >= horizon - config.burst_window)
+    )
+    return PeerView(dimension=dimension, value=str(value), down=down, members=len(members))
+
+
+def repeated_repairs(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> int:
+    horizon = now - config.repeat_window
+    return sum(
+        1
+        for r in ctx.remediation
+        if r.action in {"reboot", "redeploy"} and r.phase in {"succeeded", "verified"} and r.time >= horizon
+    )
+
+
+# ------------------------------------------------------------------------------------------ ladders
+
+
+def ladder_for(
+    cause: str, category: Category, *, target: str | None = None, repeated: int = 0, limit: int = 3
+) -> tuple[RecommendedAction, ...]:
+    escalate = _act("escalate", "the ladder is exhausted; a person must look at the node")
+    if repeated >= limit:
+        return (
+            _act("cordon", f"{repeated} reboots/redeploys in the repeat window: keep workloads off"),
+            _act(
+                "escalate",
+                f"repeated failure ({repeated} repairs) — quarantine and open a ticket instead of repairing again",
+            ),
+        )
+    if cause in {"rack_partition", "zone_partition", "node_network_down"}:
+        return (
+            _act(
+                "escalate",
+                "network failure domain: rebooting or draining nodes cannot fix it and would add load;"
+                " page the network on-call",
+            ),
+        )
+    if cause in {"kubelet_down", "container_runtime_down", "ops_agent_down", "service_down"}:
+        return (
+            _act(
+                "restart_service",
+                "a local restart is the cheapest fix for a crashed or hung service",
+                target=target,
+                timeout_s=120,
+            ),
+            _act("cordon", "the service did not recover after a restart", timeout_s=30),
+            _act("drain", "move workloads away before a disruptive step", timeout_s=600),
+            _act("reboot", "restart the node to clear the service's kernel / runtime state", timeout_s=900),
+            escalate,
+        )
+    if cause in {"disk_full", "disk_full_eviction", "inode_exhaustion"}:
+        return (
+            _act(
+                "clean_disk",
+                "image / container / log garbage collection frees space without disruption",
+                target=target,
+                timeout_s=300,
+            ),
+            _act("cordon", "space did not come back after cleaning", timeout_s=30),
+            _act("drain", "move workloads away from the full node", timeout_s=600),
+            escalate,
+        )
+    if cause in {"fd_exhaustion", "too_many_open_files"}:
+        return (
+            _act(
+                "restart_service",
+                "restarting the service holding the descriptors releases them",
+                target=target or "kubelet",
+                timeout_s=120,
+            ),
+            _act("cordon", "descriptors still exhausted after the restart", timeout_s=30),
+            _act("drain", "move workloads away before rebooting", timeout_s=600),
+            _act("reboot", "a reboot resets the file table", timeout_s=900),
+            escalate,
+        )
+    if cause in {
+        "high_load",
+        "conntrack_full",
+        "oom_killer",
+        "page_allocation_failure",
+        "kubelet_unhealthy_pleg",
+        "node_not_ready",
+    }:
+        return (
+            _act("cordon", "stop new pods landing on the struggling node", timeout_s=30),
+            _act("drain", "shed load by moving pods away", timeout_s=600),
+            _act("reboot", "the node did not recover after draining", timeout_s=900),
+            escalate,
+        )
+    if category == "hardware":
+        return (
+            _act("cordon", "hardware fault: keep new workloads off", timeout_s=30),
+            _act("drain", "move workloads before the host is replaced", timeout_s=600),
+            _act(
+                "redeploy",
+                "move the instance to healthy hardware (cloud redeploy); local disks are lost",
+                timeout_s=1800,
+            ),
+            escalate,
+        )
+    if cause == "node_crash" or cause == "unexplained_reboot":
+        return (
+            _act("cordon", "the node went dark without a planned event", timeout_s=30),
+            _act("drain", "reschedule its pods (the eviction may time out while it is dark)", timeout_s=300),
+            _act("reboot", "power-cycle through the cloud API", timeout_s=900),
+            _act("redeploy", "the node did not come back after a reboot: move it to another host", timeout_s=1800),
+            escalate,
+        )
+    if cause == "flapping_node":
+        return (
+            _act("cordon", "the node keeps failing and recovering: keep workloads off", timeout_s=30),
+            _act("drain", "move workloads to stable nodes", timeout_s=600),
+            escalate,
+        )
+    # kernel defects, hangs, filesystem corruption, anything else
+    return (
+        _act("cordon", "keep new workloads off the faulty node", timeout_s=30),
+        _act("drain", "move workloads away before rebooting", timeout_s=600),
+        _act("reboot", "a reboot clears the kernel state (and runs fsck where configured)", timeout_s=900),
+        _act("redeploy", "the fault came back after a reboot: move to another host", timeout_s=1800),
+        escalate,
+    )
+
+
+def cloud_ladder(event: CloudSystemEvent, *, now: datetime, config: DecisionConfig) -> tuple[RecommendedAction, ...]:
+    ref = event.provider_event_id
+    eta = event.not_before or event.deadline
+    expected = float(event.expected_duration_s or 1800)
+    if event.action in {"stop", "terminate"}:
+        return (
+            _act("cordon", f"the cloud will {event.action} the instance ({ref})", target=ref, timeout_s=30),
+            _act("drain", "move workloads before the instance goes away", target=ref, timeout_s=600),
+            _act("escalate", "the instance will not come back by itself; replace it", target=ref),
+        )
+    if event.phase == "in_progress":
+        return (
+            _act(
+                "wait_for_cloud_event",
+                f"{event.provider_event_type} is executing; rebooting now would fight it",
+                target=ref,
+                timeout_s=expected,
+            ),
+            _act("escalate", "the cloud event did not finish in its expected time", target=ref),
+        )
+    if event.phase in {"completed", "failed"}:
+        return (
+            _act(
+                "wait_for_cloud_event",
+                f"{event.provider_event_type} {event.phase}; give the node time to rejoin",
+                target=ref,
+                timeout_s=600,
+            ),
+            _act("reboot", "the node did not come back after the cloud event", timeout_s=900),
+            _act("escalate", "still unhealthy after the event and a reboot", target=ref),
+        )
+    steps: list[RecommendedAction] = [
+        _act(
+            "cordon",
+            f"{event.provider_event_type} is {event.phase} for this instance ({ref})",
+            target=ref,
+            timeout_s=30,
+        ),
+        _act(
+            "drain",
+            "drain ahead of the cloud event" + (" (redeploy wipes local disks)" if event.action == "redeploy" else ""),
+            target=ref,
+            timeout_s=600,
+        ),
+    ]
+    if event.phase == "pending_approval":
+        steps.append(
+            _act(
+                "accept_cloud_event",
+                "the event waits for our approval; accept it once drained",
+                target=ref,
+                timeout_s=expected,
+            )
+        )
+    elif eta is not None and eta - now <= config.cloud_imminent:
+        steps.append(
+            _act(
+                "wait_for_cloud_event",
+                f"the host {event.action} starts within {config.cloud_imminent}; do not reboot on top of it",
+                target=ref,
+                timeout_s=max(60.0, (eta - now).total_seconds()) + expected,
+            )
+        )
+    elif event.ack:
+        steps.append(
+            _act(
+                "accept_cloud_event",
+                "do the maintenance now, on our schedule, after draining",
+                target=ref,
+                timeout_s=expected,
+            )
+        )
+    else:
+        steps.append(
+            _act(
+                "wait_for_cloud_event",
+                "nothing to run early; wait for the scheduled window",
+                target=ref,
+                timeout_s=expected,
+            )
+        )
+    steps.append(_act("escalate", "the cloud event did not complete", target=ref))
+    return tuple(steps)
+
+
+def adjust_for_cloud(
+    ladder: tuple[RecommendedAction, ...], event: CloudSystemEvent | None, *, now: datetime, config: DecisionConfig
+) -> tuple[RecommendedAction, ...]:
+    """A scheduled host reboot / redeploy changes any plan: never reboot or redeploy on top of it."""
+    if event is None or event.is_terminal or event.action not in {"reboot", "redeploy"}:
+        return ladder
+    eta = event.not_before or event.deadline
+    if event.phase != "in_progress" and (eta is None or eta - now > config.cloud_imminent):
+        return ladder
+    out: list[RecommendedAction] = []
+    for step in ladder:
+        if step.action in {"reboot", "redeploy"}:
+            out.append(
+                _act(
+                    "wait_for_cloud_event",
+                    f"host {event.action} {event.provider_event_id} is imminent; it replaces our {step.action}",
+                    target=event.provider_event_id,
+                    timeout_s=float(event.expected_duration_s or 1800),
+                )
+            )
+        else:
+            out.append(step)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------ decision
+
+
+def _ev(
+    kind: str,
+    summary: str,
+    *,
+    value: float | str | bool | None = None,
+    ref: str | None = None,
+    at: datetime | None = None,
+    **details: object,
+) -> Evidence:
+    return Evidence(kind=kind, summary=summary, value=value, ref=ref, observed_at=at, details=dict(details))
+
+
+def _kernel_decision(
+    ctx: NodeContext,
+    fleet: FleetState,
+    kernel: list[KernelEvidence],
+    *,
+    now: datetime,
+    config: DecisionConfig,
+    rank: dict[str, int],
+) -> Decision | None:
+    if not kernel:
+        return None
+    classes = tuple(sorted({k.finding.cls for k in kernel}, key=lambda c: -rank.get(c, 0)))
+    evidence = [
+        _ev(
+            "kernel_log",
+            f"{k.finding.cls}: {k.finding.line.strip()[:300]}",
+            value=k.finding.cls,
+            ref=k.anomaly_id,
+            at=k.observed_at,
+            rule=k.finding.rule_id,
+        )
+        for k in sorted(kernel, key=lambda k: (-rank.get(k.finding.cls, 0), k.observed_at))[:8]
+    ]
+    onset = min(k.observed_at for k in kernel)
+    signature = next(
+        (k.signature for k in sorted(kernel, key=lambda k: k.observed_at, reverse=True) if k.signature), None
+    )
+
+    # 1. fatal hardware
+    fatal = [
+        k
+        for k in kernel
+        if k.finding.cls in FATAL_HARDWARE
+        or (k.finding.cls == "ghes_cper_hardware_error" and k.finding.fields.get("severity") == "fatal")
+        or (k.finding.cls == "edac_memory_ce" and k.finding.fields.get("severity") == "UE")
+    ]
+    if fatal:
+        return Decision(
+            cause=fatal[0].finding.cls,
+            category="hardware",
+            confidence=0.9,
+            evidence=evidence,
+            kernel_classes=classes,
+            crash_signature=signature,
+            fault_onset=onset,
+        )
+
+    # 2. different crash signatures on this host (Intel rule 1)
+    horizon = now - config.crash_window
+    buckets = {s.bucket: s for t, s in ctx.crashes if t >= horizon}
+    if len(buckets) >= 2:
+        evidence.insert(
+            0,
+            _ev(
+                "history",
+                f"{len(buckets)} different crash signatures on this host within {config.crash_window}",
+                value=len(buckets),
+                buckets=sorted(buckets),
+            ),
+        )
+        return Decision(
+            cause="heterogeneous_crashes",
+            category="hardware",
+            confidence=0.75,
+            evidence=evidence,
+            kernel_classes=classes,
+            crash_signature=signature,
+            fault_onset=onset,
+        )
+
+    # 3. storage: filesystem errors with / without device I/O errors before them
+    fs = [k for k in kernel if k.finding.cls in LOOKBACK_CLASSES]
+    io = [k for k in kernel if k.finding.cls in IO_ERROR_CLASSES]
+    crashes = [k for k in kernel if k.finding.cls in CRASH_CLASSES]
+    if fs and not crashes:
+        before = [e for f in fs for e in io_errors_before(ctx, f, config=config)]
+        if before:
+            evidence.insert(
+                0,
+                _ev(
+                    "kernel_log",
+                    f"device I/O errors on {before[0].finding.device or 'the disk'} came before the filesystem errors",
+                    value="io_before_fs",
+                ),
+            )
+            return Decision(
+                cause="disk_failure",
+                category="hardware",
+                confidence=0.9,
+                evidence=evidence,
+                kernel_classes=classes,
+                fault_onset=onset,
+            )
+        evidence.insert(
+            0, _ev("kernel_log", "filesystem errors with no device I/O errors before them", value="fs_without_io")
+        )
+        return Decision(
+            cause="filesystem_corruption",
+            category="kernel",
+            confidence=0.75,
+            evidence=evidence,
+            kernel_classes=classes,
+            fault_onset=onset,
+        )
+    if io and not crashes:
+        return Decision(
+            cause="disk_failure",
+            category="hardware",
+            confidence=0.8,
+            evidence=evidence,
+            kernel_classes=classes,
+            fault_onset=onset,
+        )
+
+    # 4. the most decisive non-weak class names the cause
+    strong = [k for k in kernel if k.finding.cls not in WEAK_CLASSES]
+    pool = strong or kernel
+    top = max(pool, key=lambda k: (rank.get(k.finding.cls, 0), k.observed_at))
+    cls = top.finding.cls
+    category: Category = top.finding.category
+    confidence = 0.8 if strong else 0.6
+    if signature is not None and cls in CRASH_CLASSES:
+        hosts = fleet.bucket_hosts.get(signature.bucket, {})
+        recent_hosts = [h for h, t in hosts.items() if t >= horizon]
+        if len(recent_hosts) >= config.kernel_fleet_hosts:
+            evidence.insert(
+                0,
+                _ev(
+                    "fleet",
+                    f"the same crash signature on {len(recent_hosts)} hosts: a kernel defect, not this host's hardware",
+                    value=len(recent_hosts),
+                    bucket=signature.bucket,
+                ),
+            )
+            category = "kernel" if category != "hardware" or cls not in FATAL_HARDWARE else category
+            confidence = 0.9
+        if signature.taint and "M" in signature.taint:
+            category, confidence = "hardware", 0.85
+            evidence.insert(
+                0, _ev("kernel_log", "taint M: a machine check happened before the crash", value=signature.taint)
+            )
+    return Decision(
+        cause=cls,
+        category=category,
+        confidence=confidence,
+        evidence=evidence,
+        kernel_classes=classes,
+        crash_signature=signature if cls in CRASH_CLASSES else None,
+        fault_onset=onset,
+    )
+
+
+def _service_target(anomalies: list[Anomaly]) -> str | None:
+    for a in anomalies:
+        if a.kind == "service_down" and a.subject:
+            return a.subject
+    return None
+
+
+def decide(
+    *, ctx: NodeContext, fleet: FleetState, now: datetime, config: DecisionConfig, rank: dict[str, int]
+) -> Decision | None:
+    """Why the node's firing anomalies happen, or None when nothing fires any more."""
+    firing = sorted(ctx.firing.values(), key=lambda a: a.fault_onset)
+    if not firing:
+        return None
+    kinds: set[str] = {a.kind for a in firing}
+    onset = firing[0].fault_onset
+    anomaly_ev = [
+        _ev(
+            "anomaly",
+            f"{a.kind}{'/' + a.subject if a.subject else ''} firing since {a.fault_onset.isoformat()}",
+            value=a.kind,
+            ref=a.id,
+            at=a.fault_onset,
+        )
+        for a in firing
+    ]
+    repeated = repeated_repairs(ctx, now=now, config=config)
+    event = relevant_cloud_event(ctx, now=now, config=config)
+    kernel = recent_kernel(ctx, now=now, config=config)
+
+    # A. a cloud event explains downtime / NotReady / reboots (executing or just done), or announces one
+    if event is not None and _cloud_explains(event, firing, kinds, config=config):
+        cause = (
+            "host_failure"
+            if event.cause == "host_failure"
+            else CLOUD_ACTION_CAUSES.get(event.action, "host_maintenance_reboot")
+        )
+        confidence = 0.95 if event.phase in {"in_progress", "completed"} else 0.85
+        evidence = [
+            _ev(
+                "cloud_event",
+                f"{event.cloud} {event.provider_event_type} ({event.phase}) for instance {event.instance_id}",
+                value=event.phase,
+                ref=event.id,
+                at=event.observed_at,
+                provider_event_id=event.provider_event_id,
+                action=event.action,
+                not_before=event.not_before.isoformat() if event.not_before else None,
+            ),
+            *anomaly_ev,
+        ]
+        ladder = cloud_ladder(event, now=now, config=config)
+        return Decision(
+            cause=cause,
+            category=category_of(cause),
+            confidence=confidence,
+            evidence=evidence,
+            recommended=ladder,
+            fault_onset=onset,
+        )
+
+    # A'. our own remediation took the node down
+    own = own_remediation(ctx, now=now, config=config)
+    if own is not None and kinds <= OWN_DOWNTIME:
+        evidence = [
+            _ev(
+                "history",
+                f"remediator ran {own.action} ({own.phase}) at {own.time.isoformat()}",
+                value=own.action,
+                ref=own.action_id,
+                at=own.time,
+            ),
+            *anomaly_ev,
+        ]
+        return Decision(
+            cause="planned_reboot",
+            category="ops",
+            confidence=0.8,
+            evidence=evidence,
+            recommended=(_act("none", f"downtime caused by our own {own.action}; the remediator verifies it"),),
+            fault_onset=onset,
+        )
+
+    # B. many nodes of one rack / zone dark at once: the network, not the nodes
+    if kinds & SILENT_KINDS and not any(a.expected for a in firing if a.kind in SILENT_KINDS):
+        for dimension, cause, min_down, min_fraction in (
+            ("rack", "rack_partition", config.rack_min_down, config.rack_min_fraction),
+            ("zone", "zone_partition", config.zone_min_down, config.zone_min_fraction),
+        ):
+            view = peer_view(fleet, ctx, dimension, now=now, config=config)
+            if view is not None and len(view.down) >= min_down and view.fraction >= min_fraction:
+                evidence = [
+                    _ev(
+                        "peer",
+                        f"{len(view.down)} of {view.members} nodes of {dimension} {view.value}"
+                        f" went dark within {config.burst_window}",
+                        value=view.fraction,
+                        dimension=dimension,
+                        group=view.value,
+                        down=list(view.down[:50]),
+                    ),
+                    *anomaly_ev,
+                ]
+                return Decision(
+                    cause=cause,
+                    category="network",
+                    confidence=min(0.95, 0.6 + view.fraction / 2),
+                    evidence=evidence,
+                    recommended=ladder_for(cause, "network"),
+                    fault_onset=onset,
+                )
+
+    # C. kernel / journal evidence
+    decision = _kernel_decision(ctx, fleet, kernel, now=now, config=config, rank=rank)
+    weak = decision is not None and decision.confidence < 0.7 and not kinds <= {"kernel_fault"}
+    if decision is not None and not weak:
+        if "unexpected_reboot" in kinds and decision.cause == "planned_shutdown_reboot":
+            decision.cause, decision.category = "planned_reboot", "ops"
+        decision.evidence.extend(anomaly_ev)
+        target = _service_target(firing)
+        decision.recommended = adjust_for_cloud(
+            ladder_for(
+                decision.cause,
+                decision.category,
+                target=target,
+                repeated=repeated if decision.category == "hardware" else 0,
+                limit=config.repeat_limit,
+            ),
+            event,
+            now=now,
+            config=config,
+        )
+        return decision
+
+    # D. the anomalies themselves
+    cause, category, confidence, target = _anomaly_cause(firing, ctx, config=config)
+    evidence = list(anomaly_ev)
+    if decision is not None:
+        evidence.extend(decision.evidence[:3])
+    ladder = adjust_for_cloud(
+        ladder_for(cause, category, target=target, repeated=repeated, limit=config.repeat_limit),
+        event,
+        now=now,
+        config=config,
+    )
+    return Decision(
+        cause=cause,
+        category=category,
+        confidence=confidence,
+        evidence=evidence,
+        kernel_classes=decision.kernel_classes if decision else (),
+        recommended=ladder,
+        fault_onset=onset,
+    )
+
+
+OWN_DOWNTIME = frozenset({"node_down", "node_not_ready", "unexpected_reboot", "node_hang", "service_down", "flapping"})
+
+
+def own_remediation(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> RemediationRecord | None:
+    horizon = now - config.cloud_recent
+    for record in reversed(ctx.remediation):
+        if (
+            record.action in {"reboot", "redeploy", "accept_cloud_event"}
+            and record.phase in {"started", "succeeded"}
+            and record.time >= horizon
+        ):
+            return record
+    return None
+
+
+def _cloud_explains(event: CloudSystemEvent, firing: list[Anomaly], kinds: set[str], *, config: DecisionConfig) -> bool:
+    if "cloud_maintenance" in kinds:
+        return True
+    if event.phase in {"in_progress", "completed", "failed"}:
+        return bool(kinds & CLOUD_EXPLAINS)
+    # announced, not executing: it explains nothing yet (the ladder still takes it into account)
+    return False
+
+
+def _anomaly_cause(
+    firing: list[Anomaly], ctx: NodeContext, *, config: DecisionConfig
+) -> tuple[str, Category, float, str | None]:
+    kinds = {a.kind for a in firing}
+    by_kind = {a.kind: a for a in firing}
+    services = [a for a in firing if a.kind == "service_down"]
+    if services:
+        svc = services[0].subject or ""
+        cause = "ops_agent_down" if svc in config.agent_services else SERVICE_CAUSES.get(svc, "service_down")
+        return cause, category_of(cause), 0.85, svc or None
+    table: tuple[tuple[str, str, float], ...] = (
+        ("disk_full", "disk_full", 0.9),
+        ("inode_exhaustion", "inode_exhaustion", 0.9),
+        ("fd_exhaustion", "fd_exhaustion", 0.9),
+        ("readonly_fs", "readonly_filesystem", 0.7),
+        ("high_load", "high_load", 0.8),
+        ("node_hang", "node_hang", 0.7),
+        ("flapping", "flapping_node", 0.7),
+        ("node_down", "node_crash", 0.6),
+        ("unexpected_reboot", "unexplained_reboot", 0.6),
+        ("cloud_maintenance", "host_maintenance_reboot", 0.5),
+        ("node_not_ready", "node_not_ready", 0.6),
+    )
+    for kind, cause, confidence in table:
+        if kind in kinds:
+            subject = by_kind[kind].subject
+            return cause, category_of(cause), confidence, subject
+    return "unknown", "unknown", 0.3, None

@@ -1,0 +1,78 @@
+"""Configuration of the diagnoser service (env prefix `NODEHEAL_DIAGNOSER_`, nested with `__`, e.g.
+`NODEHEAL_DIAGNOSER_NODE_DOWN_HOLD_S=3`, `NODEHEAL_DIAGNOSER_NATS__URL=nats://nats:4222`)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from nodeheal.diagnoser.correlation import CorrelationConfig
+from nodeheal.diagnoser.reasoning import DiagnoserConfig
+from nodeheal.diagnoser.rules import DecisionConfig
+from nodeheal.runtime.service import ServiceSettings
+
+SERVICE = "diagnoser"
+
+
+class DiagnoserSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NODEHEAL_DIAGNOSER_", env_nested_delimiter="__", extra="ignore")
+
+    durable: str = Field(default="diagnoser", description="durable consumer name on ANOMALIES, CLOUD and AUDIT")
+    batch_size: int = Field(default=256, ge=10, le=10_000, description="messages per fetch")
+    fetch_timeout_s: float = Field(default=1.0, gt=0)
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=10, ge=1)
+    nak_delay_s: float = Field(default=2.0, ge=0, description="redelivery delay after a transient failure")
+    tick_s: float = Field(default=0.5, gt=0, description="how often held node_down decisions are revisited")
+    rules_file: str | None = Field(default=None, description="a knowledge-base rules file instead of the shipped one")
+
+    node_down_hold_s: float = Field(
+        default=3.0, ge=0, description="wait this long for peers before a node_down verdict"
+    )
+    kernel_lookback_s: float = Field(default=1800.0, gt=0)
+    crash_window_s: float = Field(
+        default=7 * 86_400.0, gt=0, description="different crash signatures within → hardware"
+    )
+    burst_window_s: float = Field(default=120.0, gt=0, description="peers down within this window form a burst")
+    rack_min_down: int = Field(default=3, ge=2)
+    rack_min_fraction: float = Field(default=0.5, gt=0, le=1)
+    zone_min_down: int = Field(default=6, ge=2)
+    zone_min_fraction: float = Field(default=0.3, gt=0, le=1)
+    kernel_fleet_hosts: int = Field(default=3, ge=2, description="same crash bucket on this many hosts → kernel")
+    cloud_imminent_s: float = Field(default=1800.0, ge=0, description="a host event closer than this replaces reboots")
+    repeat_limit: int = Field(default=3, ge=1, description="reboots/redeploys in 24 h before hardware escalates")
+
+    correlation_interval_s: float = Field(default=5.0, gt=0)
+    correlation_window_s: float = Field(default=86_400.0, gt=0)
+    correlation_alpha: float = Field(default=1e-3, gt=0, lt=1)
+    correlation_min_ratio: float = Field(default=3.0, ge=1)
+    correlation_min_nodes: int = Field(default=3, ge=1)
+    spike_fraction: float = Field(default=0.3, gt=0, le=1)
+    spike_min_nodes: int = Field(default=3, ge=1)
+
+    def diagnoser_config(self) -> DiagnoserConfig:
+        return DiagnoserConfig(
+            decision=DecisionConfig(
+                kernel_lookback=timedelta(seconds=self.kernel_lookback_s),
+                crash_window=timedelta(seconds=self.crash_window_s),
+                burst_window=timedelta(seconds=self.burst_window_s),
+                rack_min_down=self.rack_min_down,
+                rack_min_fraction=self.rack_min_fraction,
+                zone_min_down=self.zone_min_down,
+                zone_min_fraction=self.zone_min_fraction,
+                kernel_fleet_hosts=self.kernel_fleet_hosts,
+                cloud_imminent=timedelta(seconds=self.cloud_imminent_s),
+                repeat_limit=self.repeat_limit,
+            ),
+            correlation=CorrelationConfig(
+                alpha=self.correlation_alpha,
+                min_ratio=self.correlation_min_ratio,
+                min_nodes=self.correlation_min_nodes,
+                spike_fraction=self.spike_fraction,
+                spike_min_nodes=self.spike_min_nodes,
+            ),
+            node_down_hold=timedelta(seconds=self.node_down_hold_s),
+            correlation_window=timedelta(seconds=self.correlation_window_s),
+        )
