@@ -185,9 +185,16 @@ class Layout:
 
 
 def _consume(stream: str) -> list[str]:
-    """What a durable pull consumer needs on `stream`: look it up, create/update/inspect consumers on
-    that stream only, fetch, and acknowledge (ack/nak/term/in-progress all publish to $JS.ACK)."""
+    """What reading `stream` needs: look it up, create/update/inspect consumers on that stream only
+    (durable pull consumers and the ordered consumers of replay/restore), fetch, acknowledge
+    (ack/nak/term/in-progress all publish to $JS.ACK), flow control, and direct gets of the last
+    message per subject (state seeding)."""
     return [
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
@@ -236,12 +243,14 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
     own_inbox = [f"{inbox}.>"]
     if role == "ingest":
         return Permissions(
-            pub_allow=(f"{p}.cloud.*.*", dlq, *js_base, *_kv_read(inv)), sub_allow=tuple(own_inbox), inbox=inbox
+            pub_allow=(f"{p}.cloud.*.*", dlq, *js_base, *_kv_read(inv), *_consume(lo.stream("CLOUD"))),
+            sub_allow=tuple(own_inbox),
+            inbox=inbox,
         )
     if role == "agent":
         node = "{{tag(cluster)}}.{{tag(node)}}"
         return Permissions(
-            pub_allow=(f"{p}.probe.{node}", f"{p}.dlq.agent"),
+            pub_allow=(f"{p}.probe.{node}", f"{p}.dlq.node-agent"),
             sub_allow=(f"{p}.cmd.{node}", *own_inbox),
             allow_responses=True,
             inbox=inbox,
@@ -260,6 +269,8 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
                 *js_base,
                 *_consume(lo.stream("PROBES")),
                 *_consume(lo.stream("CLOUD")),
+                *_consume(lo.stream("ANOMALIES")),  # what was firing is restored from ANOMALIES at start
+                *_kv_read(inv),
             ),
             sub_allow=tuple(own_inbox),
             inbox=inbox,
@@ -273,6 +284,8 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
                 *js_base,
                 *_consume(lo.stream("ANOMALIES")),
                 *_consume(lo.stream("CLOUD")),
+                *_consume(lo.stream("AUDIT")),  # remediation history of a node is part of its diagnosis
+                *_consume(lo.stream("DIAGNOSES")),  # its own last diagnoses and findings, at restart
                 *_kv_read(inv),
             ),
             sub_allow=tuple(own_inbox),
@@ -287,6 +300,8 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
                 *js_base,
                 *_consume(lo.stream("DIAGNOSES")),
                 *_consume(lo.stream("CLOUD")),
+                *_consume(lo.stream("AUDIT")),  # idempotence: a recorded action id is never executed twice
+                *_consume(lo.stream("PROBES")),  # verification after acting: fresh probes of the node
                 *_kv_write(lo.bucket("leases")),
                 *_kv_read(lo.bucket("control")),
                 *_kv_read(inv),

@@ -160,6 +160,7 @@ WRITES = [
     ("diagnoser", finding_subject(prefix=P), "DIAGNOSES"),
     ("remediator", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
     ("detector", f"{P}.dlq.detector", "DLQ"),
+    ("agent-a", f"{P}.dlq.node-agent", "DLQ"),
 ]
 
 
@@ -193,6 +194,7 @@ REFUSED = [
     ("agent-a", probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
     ("agent-a", probe_subject("other-cluster", NODE_A, prefix=P), "PROBES"),
     ("agent-a", cloud_subject(CLUSTER, NODE_A, prefix=P), "CLOUD"),
+    ("agent-a", f"{P}.dlq.detector", "DLQ"),
 ]
 
 
