@@ -396,3 +396,25 @@ async def test_wall_clock_world_finishes_reboots_without_api_traffic() -> None:
         await client.reboot_instance_async(ecs.RebootInstanceRequest(instance_id="i-live"))
         await asyncio.wait_for(came_up.wait(), timeout=10)
     assert world.instances["i-live"].status == "Running"
+
+
+async def test_full_status_pages_through_a_large_region() -> None:
+    big = EcsWorld(clock=ManualClock(START))
+    for n in range(250):
+        big.add_instance(f"i-fleet{n:04d}", region_id=REGION)
+    big.publish_event("i-fleet0123", "SystemMaintenance.Redeploy", not_before=START + timedelta(hours=24))
+    async with EcsEmulator(big) as emulator:
+        fleet_client = Client(emulator.sdk_config(region_id=REGION))
+        seen: list[str] = []
+        for page in (1, 2, 3):
+            response = await fleet_client.describe_instances_full_status_async(
+                ecs.DescribeInstancesFullStatusRequest(region_id=REGION, page_size=100, page_number=page)
+            )
+            assert response.body.total_count == 250
+            seen += [r.instance_id for r in response.body.instance_full_status_set.instance_full_status_type]
+        assert seen == sorted(f"i-fleet{n:04d}" for n in range(250))
+        only_events = await fleet_client.describe_instances_full_status_async(
+            ecs.DescribeInstancesFullStatusRequest(region_id=REGION, event_type="SystemMaintenance.Redeploy")
+        )
+        rows = only_events.body.instance_full_status_set.instance_full_status_type
+        assert [r.instance_id for r in rows] == ["i-fleet0123"]

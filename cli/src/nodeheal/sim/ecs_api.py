@@ -66,6 +66,7 @@ from nodeheal.sim.ecs_world import (
     EcsInstance,
     EcsWorld,
     EventStatus,
+    InstanceId,
     RecordedCall,
     SystemEvent,
     WorldChange,
@@ -387,32 +388,48 @@ def describe_instances_full_status(world: EcsWorld, params: _Params) -> dict[str
     page_size = params.integer("PageSize", default=10, low=1, high=MAX_PAGE_SIZE)
     page_number = params.integer("PageNumber", default=1, low=1, high=2**31 - 1)
 
-    rows: list[dict[str, Any]] = []
-    for instance in sorted(world.instances.values(), key=lambda i: i.instance_id):
-        if instance.region_id != region_id or (instance_ids and instance.instance_id not in instance_ids):
-            continue
-        health = world.health_status(instance)
-        if (status_filter and instance.status != status_filter) or (health_filter and health != health_filter):
-            continue
-        scheduled = [
+    if instance_ids:
+        found = (world.instances.get(InstanceId(i)) for i in sorted(instance_ids))
+        candidates = [i for i in found if i is not None and i.region_id == region_id]
+    else:
+        candidates = world.instances_in(region_id)
+    start = (page_number - 1) * page_size
+
+    def scheduled_events(instance: EcsInstance) -> list[SystemEvent]:
+        return [
             e
-            for e in world.events.values()
-            if e.instance_id == instance.instance_id
-            and e.status == "Scheduled"  # the real API shows Scheduled events only (reference §0.4)
+            for e in world.events_of(instance.instance_id)
+            if e.status == "Scheduled"  # the real API shows Scheduled events only (reference §0.4)
             and (not event_ids or e.event_id in event_ids)
             and (not types or e.event_type in types)
             and _in_window(e.not_before, nb_start, nb_end)
             and _in_window(e.publish_time, pub_start, pub_end)
         ]
-        if event_filtered and not scheduled:
-            continue
-        rows.append(_render_full_status(world, instance, health, scheduled))
-    start = (page_number - 1) * page_size
+
+    if not (status_filter or health_filter or event_filtered):
+        # fast path for paging through a big fleet: render only the requested page
+        page = candidates[start : start + page_size]
+        rows = [_render_full_status(world, i, world.health_status(i), scheduled_events(i)) for i in page]
+        total = len(candidates)
+    else:
+        matched: list[dict[str, Any]] = []
+        for instance in candidates:
+            if status_filter and instance.status != status_filter:
+                continue
+            health = world.health_status(instance)
+            if health_filter and health != health_filter:
+                continue
+            scheduled = scheduled_events(instance)
+            if event_filtered and not scheduled:
+                continue
+            matched.append(_render_full_status(world, instance, health, scheduled))
+        rows = matched[start : start + page_size]
+        total = len(matched)
     return {
-        "TotalCount": len(rows),
+        "TotalCount": total,
         "PageNumber": page_number,
         "PageSize": page_size,
-        "InstanceFullStatusSet": {"InstanceFullStatusType": rows[start : start + page_size]},
+        "InstanceFullStatusSet": {"InstanceFullStatusType": rows},
     }
 
 

@@ -132,7 +132,9 @@ class SystemEvent:
 
 
 @dataclass
-class _Operation:
+class Operation:
+    """A running RebootInstance / RedeployInstance / platform action on one instance (``task_id`` = TaskId)."""
+
     task_id: TaskId
     kind: OperationKind
     initiator: Initiator
@@ -199,9 +201,14 @@ class EcsWorld:
         self.stop_duration = stop_duration
         self.instances: dict[InstanceId, EcsInstance] = {}
         self.events: dict[EventId, SystemEvent] = {}
-        self.operations: dict[TaskId, _Operation] = {}
-        self.finished_operations: dict[TaskId, _Operation] = {}
+        self.operations: dict[TaskId, Operation] = {}
+        self.finished_operations: dict[TaskId, Operation] = {}
         self.changes: list[WorldChange] = []
+        # indexes so that a 50,000-instance world stays O(open events) per tick
+        self._open: dict[EventId, SystemEvent] = {}
+        self._events_by_instance: dict[InstanceId, list[SystemEvent]] = {}
+        self._op_by_instance: dict[InstanceId, TaskId] = {}
+        self._sorted_by_region: dict[str, list[EcsInstance]] = {}
         self.calls: list[RecordedCall] = []
         self._rng = random.Random(seed)  # ids only; deterministic per seed
         self._change_listeners: list[ChangeListener] = []
@@ -250,7 +257,7 @@ class EcsWorld:
                 consider(op.midpoint, partial(self._op_midpoint, op))
             else:
                 consider(op.finishes_at, partial(self._op_finish, op))
-        for event in self.events.values():
+        for event in self._open.values():
             if event.answered_by is not None:
                 continue
             if event.status == "Scheduled" and event.not_before is not None:
@@ -333,7 +340,18 @@ class EcsWorld:
             has_local_disks=has_local_disks,
         )
         self.instances[iid] = instance
+        self._sorted_by_region.pop(region_id, None)
         return instance
+
+    def instances_in(self, region_id: str) -> list[EcsInstance]:
+        """The region's instances ordered by id (cached; the API pages through it)."""
+        cached = self._sorted_by_region.get(region_id)
+        if cached is None:
+            cached = sorted(
+                (i for i in self.instances.values() if i.region_id == region_id), key=lambda i: i.instance_id
+            )
+            self._sorted_by_region[region_id] = cached
+        return cached
 
     def instance(self, instance_id: str, *, region_id: str | None = None) -> EcsInstance:
         instance = self.instances.get(InstanceId(instance_id))
@@ -353,8 +371,13 @@ class EcsWorld:
             )
         return event
 
-    def operation_for(self, instance_id: str) -> _Operation | None:
-        return next((op for op in self.operations.values() if op.instance_id == instance_id), None)
+    def operation_for(self, instance_id: str) -> Operation | None:
+        task_id = self._op_by_instance.get(InstanceId(instance_id))
+        return self.operations[task_id] if task_id is not None else None
+
+    def events_of(self, instance_id: str) -> list[SystemEvent]:
+        """Every event ever published for the instance, oldest first."""
+        return list(self._events_by_instance.get(InstanceId(instance_id), ()))
 
     # ------------------------------------------------------------------ platform side (what Alibaba does)
 
@@ -403,6 +426,8 @@ class EcsWorld:
             execution_duration=execution_duration if execution_duration is not None else timedelta(minutes=2),
         )
         self.events[eid] = event
+        self._open[eid] = event
+        self._events_by_instance.setdefault(instance.instance_id, []).append(event)
         self._emit(
             WorldChange(
                 kind="event_status",
@@ -561,7 +586,7 @@ class EcsWorld:
         ]
 
     def _open_events(self, instance_id: InstanceId) -> list[SystemEvent]:
-        return [e for e in self.events.values() if e.instance_id == instance_id and e.is_open]
+        return [e for e in self._events_by_instance.get(instance_id, ()) if e.is_open]
 
     # ------------------------------------------------------------------ mechanics
 
@@ -590,7 +615,7 @@ class EcsWorld:
             kind
         ]
         task_id = TaskId(f"t-{instance.region_id[:2]}{self._token(18)}")
-        op = _Operation(
+        op = Operation(
             task_id=task_id,
             kind=kind,
             initiator=initiator,
@@ -603,6 +628,7 @@ class EcsWorld:
             events_to_execute=list(execute or []),
         )
         self.operations[task_id] = op
+        self._op_by_instance[instance.instance_id] = task_id
         for event_id in op.events_to_avoid:
             self.events[event_id].answered_by = task_id
         was_running = instance.status == "Running"
@@ -622,7 +648,7 @@ class EcsWorld:
         )
         return task_id
 
-    def _op_midpoint(self, op: _Operation) -> None:
+    def _op_midpoint(self, op: Operation) -> None:
         op.reached_midpoint = True
         instance = self.instances[op.instance_id]
         if op.kind == "stop":
@@ -632,10 +658,11 @@ class EcsWorld:
         if op.kind == "redeploy":
             instance.host_id = op.target_host
 
-    def _op_finish(self, op: _Operation) -> None:
+    def _op_finish(self, op: Operation) -> None:
         at = op.finishes_at if op.kind != "stop" else op.midpoint
         instance = self.instances[op.instance_id]
         del self.operations[op.task_id]
+        self._op_by_instance.pop(op.instance_id, None)
         self.finished_operations[op.task_id] = op
         for event_id in op.events_to_avoid:
             event = self.events[event_id]
@@ -710,6 +737,7 @@ class EcsWorld:
             return
         event.status = status
         if status in TERMINAL_STATUSES:
+            self._open.pop(event.event_id, None)
             event.finish_time = at
             event.answered_by = None
         self._emit(
