@@ -1,0 +1,191 @@
+"""A remediator under test: real nats-server (the conftest's), KubeWorld over HTTP, the real ECS SDK
+against the local emulator, and a node agent answered by a real NATS responder."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from nodeheal.remediator.handlers import RemediatorService
+from nodeheal.remediator.settings import CloudSettings, KubeSettings, PolicySettings, RemediatorSettings
+from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
+from nodeheal.schemas.ids import deterministic_id
+from nodeheal.schemas.inventory import NodeInventory, inventory_key
+from nodeheal.schemas.probe import NodeProbe, ServiceState
+from nodeheal.schemas.subjects import cmd_subject, diagnosis_subject, probe_subject, wildcard
+
+CLUSTER = "c1"
+
+
+def make_settings(
+    nats: NatsSettings, *, kube_url: str | None, ecs_endpoint: str | None = None, instance: str = "r1", **policy: Any
+) -> RemediatorSettings:
+    return RemediatorSettings(
+        nats=nats,
+        cluster=CLUSTER,
+        instance=instance,
+        durable="remediator",
+        ack_wait_s=3.0,
+        retry_delay_s=0.5,
+        verify_timeout_s=4.0,
+        verify_poll_s=0.2,
+        control_poll_s=0.2,
+        node_command_timeout_s=5.0,
+        policy=PolicySettings(**policy),
+        kube=KubeSettings(
+            enabled=kube_url is not None,
+            api_url=kube_url,
+            drain_timeout_s=3.0,
+            eviction_backoff_initial_s=0.1,
+            eviction_backoff_max_s=0.5,
+        ),
+        cloud=CloudSettings(
+            provider="alibaba",
+            alibaba_endpoint=ecs_endpoint,
+            alibaba_protocol="http",
+            alibaba_access_key_id="sim-access-key-id",
+            alibaba_access_key_secret="sim-secret",
+        ),
+    )
+
+
+def diagnosis(
+    node: str, ladder: list[ActionName | tuple[ActionName, str]], *, age_s: float = 0.0, **kw: Any
+) -> Diagnosis:
+    steps = [
+        RecommendedAction(action=a, reason="test")
+        if isinstance(a, str)
+        else RecommendedAction(action=a[0], target=a[1], reason="test")
+        for a in ladder
+    ]
+    return Diagnosis(
+        cluster=CLUSTER,
+        node=node,
+        anomaly_ids=("a1",),
+        category="software",
+        cause="kubelet_down",
+        confidence=0.9,
+        recommended=tuple(steps),
+        identified_at=datetime.now(tz=UTC) - timedelta(seconds=age_s),
+        **kw,
+    )
+
+
+async def publish_diagnosis(
+    nc: Client, nats: NatsSettings, d: Diagnosis, headers: dict[str, str] | None = None
+) -> None:
+    await publish_model(
+        nc.jetstream(),
+        diagnosis_subject(d.cluster, d.node, prefix=nats.prefix),
+        d,
+        msg_id=deterministic_id(d.id, prefix="diag-"),
+        headers=headers,
+    )
+
+
+async def add_inventory(nc: Client, nats: NatsSettings, node: str, **kw: Any) -> None:
+    kv = await nc.jetstream().key_value(f"{nats.bucket_prefix}-inventory")
+    await kv.put(inventory_key(CLUSTER, node), NodeInventory(cluster=CLUSTER, node=node, **kw).to_json())
+
+
+async def publish_probe(nc: Client, nats: NatsSettings, node: str, *, healthy: bool = True) -> None:
+    probe = NodeProbe(
+        cluster=CLUSTER,
+        node=node,
+        source="simulator",
+        seq=int(time.time() * 1000),
+        ready=healthy,
+        services=(ServiceState(name="kubelet", state="active" if healthy else "failed"),),
+    )
+    await nc.publish(probe_subject(CLUSTER, node, prefix=nats.prefix), probe.to_json())
+
+
+async def audit_records(nc: Client, nats: NatsSettings) -> list[RemediationRecord]:
+    js = nc.jetstream()
+    stream = f"{nats.stream_prefix}AUDIT"
+    info = await js.stream_info(stream)
+    if not info.state.messages:
+        return []
+    sub = await js.subscribe(
+        wildcard("audit", prefix=nats.prefix),
+        stream=stream,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    out = []
+    try:
+        while len(out) < info.state.messages:
+            msg = await sub.next_msg(timeout=5)
+            out.append(RemediationRecord.model_validate_json(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def wait_for_record(nc: Client, nats: NatsSettings, *, timeout: float = 20.0, **match: Any) -> RemediationRecord:
+    found: list[RemediationRecord] = []
+
+    async def check() -> bool:
+        found[:] = [r for r in await audit_records(nc, nats) if all(getattr(r, k) == v for k, v in match.items())]
+        return bool(found)
+
+    await wait_for(check, timeout=timeout, what=f"audit record {match}")
+    return found[0]
+
+
+@dataclass
+class Agent:
+    """A node agent stand-in: a real NATS responder on the node's command subject."""
+
+    ok: bool = True
+    delay_s: float = 0.0
+    commands: list[NodeCommand] = field(default_factory=list)
+    active: int = 0
+    max_active: int = 0
+    on_command: Callable[[NodeCommand], Awaitable[None]] | None = None
+
+    async def serve(self, nc: Client, nats: NatsSettings, node: str) -> None:
+        async def handler(msg: Msg) -> None:
+            cmd = NodeCommand.model_validate_json(msg.data)
+            self.commands.append(cmd)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            try:
+                if self.on_command is not None:
+                    await self.on_command(cmd)
+                await asyncio.sleep(self.delay_s)
+            finally:
+                self.active -= 1
+            result = NodeCommandResult(
+                action_id=cmd.action_id, node=node, ok=self.ok, detail="done" if self.ok else "unit failed again"
+            )
+            await msg.respond(result.to_json())
+
+        await nc.subscribe(cmd_subject(CLUSTER, node, prefix=nats.prefix), cb=handler)
+
+
+async def start_service(settings: RemediatorSettings) -> RemediatorService:
+    service = RemediatorService(settings)
+    await service.start()
+    return service

@@ -1,0 +1,206 @@
+"""The remediator end to end: real nats-server, KubeWorld over HTTP, ECS emulator through the real SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from nats.aio.client import Client
+
+from nodeheal.remediator.control import write_approval, write_pause
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.clock import ManualClock
+from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from nodeheal.sim.kube import KubeWorld
+from tests.integration.remediator.harness import (
+    Agent,
+    add_inventory,
+    audit_records,
+    diagnosis,
+    make_settings,
+    publish_diagnosis,
+    publish_probe,
+    start_service,
+    wait_for,
+    wait_for_record,
+)
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[KubeWorld]:
+    async with KubeWorld() as w:
+        for i in range(1, 5):
+            w.add_node(f"n{i}", zone="z1")
+        yield w
+
+
+@pytest.fixture
+async def ecs() -> AsyncIterator[EcsEmulator]:
+    ecs_world = EcsWorld(clock=ManualClock(), reboot_duration=timedelta(seconds=1))
+    for i in range(1, 5):
+        ecs_world.add_instance(f"i-n{i}", region_id="cn-hangzhou")
+    async with EcsEmulator(ecs_world) as emu:
+        yield emu
+
+
+async def _keep_healthy(nc: Client, nats: NatsSettings, node: str, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await publish_probe(nc, nats, node)
+        await asyncio.sleep(0.2)
+
+
+async def test_restart_service_verified_with_event_and_fencing(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    agent = Agent()
+    await agent.serve(nc, topology_ready, "n1")
+    await add_inventory(nc, topology_ready, "n1", zone="z1", cloud="alibaba", instance_id="i-n1")
+    service = await start_service(make_settings(topology_ready, kube_url=world.url))
+    stop = asyncio.Event()
+    prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n1", stop))
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet"), "reboot"]))
+        verified = await wait_for_record(nc, topology_ready, phase="verified")
+    finally:
+        stop.set()
+        await prober
+        await service.stop()
+    records = [r for r in await audit_records(nc, topology_ready) if r.action_id == verified.action_id]
+    assert [r.phase for r in records] == ["intent", "started", "succeeded", "verified"]
+    assert [c.target for c in agent.commands] == ["kubelet"]
+    assert agent.commands[0].action_id == verified.action_id
+    assert agent.commands[0].lease_revision is not None
+    assert records[0].lease_revision is not None
+    assert any(e["reason"] == "NodehealRestartService" for e in world.events_for("n1"))
+    assert not world.is_cordoned("n1")
+
+
+async def test_ladder_escalates_to_cloud_reboot_through_the_sdk(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    agent = Agent(ok=False)
+    await agent.serve(nc, topology_ready, "n2")
+    await add_inventory(nc, topology_ready, "n2", zone="z1", cloud="alibaba", instance_id="i-n2")
+    service = await start_service(make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint))
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n2", [("restart_service", "kubelet"), "reboot"]))
+        call = await asyncio.wait_for(ecs.wait_for_call("RebootInstance"), timeout=20)
+        await publish_probe(nc, topology_ready, "n2")  # the machine came back
+        stop = asyncio.Event()
+        prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n2", stop))
+        verified = await wait_for_record(nc, topology_ready, phase="verified")
+        stop.set()
+        await prober
+    finally:
+        await service.stop()
+    assert call.params["InstanceId"] == "i-n2"
+    assert verified.action == "reboot"
+    phases = [(r.action, r.phase) for r in await audit_records(nc, topology_ready)]
+    assert ("restart_service", "failed") in phases
+    assert phases.index(("restart_service", "failed")) < phases.index(("reboot", "intent"))
+    assert [c.action for c in ecs.calls] == ["RebootInstance"]
+
+
+async def test_dry_run_writes_the_same_trail_and_touches_nothing(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    agent = Agent()
+    await agent.serve(nc, topology_ready, "n3")
+    await add_inventory(nc, topology_ready, "n3", zone="z1", cloud="alibaba", instance_id="i-n3")
+    service = await start_service(
+        make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, dry_run=True)
+    )
+    stop = asyncio.Event()
+    prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n3", stop))
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n3", ["cordon", "drain", "reboot"]))
+        await wait_for_record(nc, topology_ready, action="uncordon", phase="succeeded")
+    finally:
+        stop.set()
+        await prober
+        await service.stop()
+    trail = [(r.action, r.phase) for r in await audit_records(nc, topology_ready)]
+    assert trail == [
+        ("cordon", "intent"),
+        ("cordon", "started"),
+        ("cordon", "succeeded"),
+        ("drain", "intent"),
+        ("drain", "started"),
+        ("drain", "succeeded"),
+        ("reboot", "intent"),
+        ("reboot", "started"),
+        ("reboot", "succeeded"),
+        ("reboot", "verified"),
+        ("uncordon", "intent"),
+        ("uncordon", "started"),
+        ("uncordon", "succeeded"),
+    ]
+    assert all(r.dry_run for r in await audit_records(nc, topology_ready))
+    assert ecs.calls == []
+    assert agent.commands == []
+    assert world.cordoned_nodes() == []
+    assert world.events_for("n3") == []
+
+
+async def test_stale_and_replayed_diagnoses_are_refused(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    agent = Agent()
+    await agent.serve(nc, topology_ready, "n1")
+    service = await start_service(make_settings(topology_ready, kube_url=world.url, max_diagnosis_age_s=60))
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet")], replay=True))
+        await publish_diagnosis(
+            nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet")]), headers={"Nodeheal-Replay": "true"}
+        )
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet")], age_s=600))
+        refused = await wait_for_record(nc, topology_ready, phase="skipped")
+    finally:
+        await service.stop()
+    assert any(c.name == "stale_diagnosis" and not c.passed for c in refused.checks)
+    assert agent.commands == []
+    assert [r.phase for r in await audit_records(nc, topology_ready)] == ["skipped"]
+
+
+async def test_pause_blocks_and_resume_continues(topology_ready: NatsSettings, nc: Client, world: KubeWorld) -> None:
+    agent = Agent()
+    await agent.serve(nc, topology_ready, "n1")
+    control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
+    await write_pause(control, paused=True, reason="incident 42", by="alice")
+    service = await start_service(make_settings(topology_ready, kube_url=world.url, verify_timeout_s=1))
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet")]))
+        blocked = await wait_for_record(nc, topology_ready, phase="blocked")
+        assert "incident 42" in blocked.reason
+        assert agent.commands == []
+        await write_pause(control, paused=False, reason="", by="alice")
+        await wait_for_record(nc, topology_ready, action="restart_service", phase="succeeded")
+    finally:
+        await service.stop()
+    assert len(agent.commands) == 1
+
+
+async def test_redeploy_waits_for_approval(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    await add_inventory(nc, topology_ready, "n4", zone="z1", cloud="alibaba", instance_id="i-n4")
+    service = await start_service(
+        make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, verify_timeout_s=1)
+    )
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n4", ["redeploy"]))
+        waiting = await wait_for_record(nc, topology_ready, phase="awaiting_approval")
+        assert f"nodeheal approve {waiting.action_id}" in waiting.reason
+        assert ecs.calls == []
+        control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
+        await write_approval(control, action_id=waiting.action_id, by="bob")
+        call = await asyncio.wait_for(ecs.wait_for_call("RedeployInstance"), timeout=20)
+        started = await wait_for_record(nc, topology_ready, action="redeploy", phase="intent")
+    finally:
+        await service.stop()
+    assert call.params["InstanceId"] == "i-n4"
+    assert any(c.name == "approval" and "bob" in c.detail for c in started.checks)
