@@ -49,6 +49,9 @@ class IngestRuntime:
     seeded: int = 0
 
 
+RUNTIME: web.AppKey[IngestRuntime] = web.AppKey("runtime", IngestRuntime)
+
+
 def build_pollers(settings: IngestSettings, sink: CloudEventSink) -> list[Poller]:
     pollers: list[Poller] = []
     if settings.alibaba.enabled:
@@ -69,7 +72,7 @@ def build_app(settings: IngestSettings, *, start_pollers: bool = True) -> web.Ap
     runtime = IngestRuntime(settings=settings)
     # The body limit is enforced by EventEndpoint (413 + DLQ); aiohttp's own limit sits above it.
     app = web.Application(client_max_size=settings.max_body_bytes * 4)
-    app["runtime"] = runtime
+    app[RUNTIME] = runtime
     endpoint = EventEndpoint(settings=settings, sink=lambda: runtime.sink)
     app.router.add_post("/v1/events/{source}", endpoint.handle)
     app.router.add_get("/healthz", _healthz)
@@ -140,7 +143,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    runtime: IngestRuntime = request.app["runtime"]
+    runtime = request.app[RUNTIME]
     problems = []
     if runtime.nc is None or not runtime.nc.is_connected:
         problems.append("not connected to NATS")

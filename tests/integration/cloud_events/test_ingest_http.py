@@ -1,0 +1,266 @@
+"""The ingest HTTP endpoint against a real nats-server: POST → CLOUD with the right subject and
+Nats-Msg-Id; duplicates stored once; bad auth / oversize / garbage → 4xx and a DLQ entry with the
+raw bytes; fuzzed bodies always end as 2xx-and-published or 4xx-and-DLQ."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nats.js.client import JetStreamContext
+
+from nodeheal.cloud_events.ingest.app import build_app
+from nodeheal.cloud_events.ingest.auth import sign
+from nodeheal.cloud_events.ingest.settings import IngestSettings
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas import CloudSystemEvent, DeadLetter, NodeInventory, cloud_event_message_id
+from nodeheal.schemas.inventory import instance_key
+from nodeheal.schemas.subjects import cloud_subject, dlq_subject
+
+pytestmark = pytest.mark.nats
+
+DATA = Path("/work/shared/data/cloud-events")
+TOKEN = "t0ken-for-tests"
+SECRET = "hmac-secret-for-tests"
+REBOOT = (DATA / "alibaba-cms-systemmaintenance-reboot-scheduled-1.json").read_bytes()
+INSTANCE = "i-bp1ecr********5go2go"
+
+
+def make_settings(nats: NatsSettings, **overrides: Any) -> IngestSettings:
+    values: dict[str, Any] = {
+        "nats": nats,
+        "cluster": "prod-1",
+        "auth_token": TOKEN,
+        "hmac_secret": SECRET,
+        "max_body_bytes": 4096,
+        "dlq_keep_bytes": 1024,
+        "inventory_cache_ttl_s": 0,
+    }
+    values.update(overrides)
+    return IngestSettings(**values)
+
+
+@pytest.fixture
+async def client(topology_ready: NatsSettings) -> AsyncIterator[TestClient[Any, Any]]:
+    app = build_app(make_settings(topology_ready))
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+async def put_inventory(js: JetStreamContext, nats: NatsSettings, *, instance: str, node: str) -> None:
+    kv = await js.key_value(f"{nats.bucket_prefix}-inventory")
+    record = NodeInventory(cluster="prod-1", node=node, instance_id=instance)
+    await kv.put(instance_key(instance), record.to_json())
+
+
+async def stream_count(js: JetStreamContext, nats: NatsSettings, name: str) -> int:
+    info = await js.stream_info(f"{nats.stream_prefix}{name}")
+    return int(info.state.messages)
+
+
+async def last_dlq(js: JetStreamContext, nats: NatsSettings) -> DeadLetter:
+    msg = await js.get_last_msg(f"{nats.stream_prefix}DLQ", dlq_subject("cloud-events-ingest", prefix=nats.prefix))
+    return DeadLetter.model_validate_json(msg.data)
+
+
+BEARER = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+async def test_post_publishes_to_the_mapped_node_with_the_deterministic_msg_id(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    await put_inventory(js, topology_ready, instance=INSTANCE, node="cn-hangzhou.10.0.0.7")
+    response = await client.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    expected_id = cloud_event_message_id("alibaba", "e-bp11trd********pqum2", "scheduled")
+    subject = cloud_subject("prod-1", "cn-hangzhou.10.0.0.7", prefix=topology_ready.prefix)
+    assert answer["events"] == [
+        {
+            "id": expected_id,
+            "provider_event_id": "e-bp11trd********pqum2",
+            "phase": "scheduled",
+            "subject": subject,
+            "node": "cn-hangzhou.10.0.0.7",
+            "node_mapped": True,
+            "outcome": "published",
+        }
+    ]
+    stored = await js.get_last_msg(f"{topology_ready.stream_prefix}CLOUD", subject)
+    assert stored.headers is not None and stored.headers["Nats-Msg-Id"] == expected_id
+    event = CloudSystemEvent.model_validate_json(stored.data)
+    assert (event.node, event.cluster, event.action, event.phase, event.node_mapped) == (
+        "cn-hangzhou.10.0.0.7",
+        "prod-1",
+        "reboot",
+        "scheduled",
+        True,
+    )
+
+
+async def test_duplicate_post_is_stored_once_even_across_a_restart(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    for _ in range(3):
+        response = await client.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
+        assert response.status == 200
+    assert [e["outcome"] for e in (await response.json())["events"]] == ["duplicate"]
+    # a second replica with an empty ledger: the stream's Nats-Msg-Id dedup keeps it at one
+    fresh = build_app(make_settings(topology_ready, ledger_seed_lookback_s=0))
+    async with TestClient(TestServer(fresh)) as other:
+        again = await other.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
+        assert again.status == 200
+        assert [e["outcome"] for e in (await again.json())["events"]] == ["published"]
+    # a restarted replica seeds its ledger from CLOUD and does not even try
+    seeded = build_app(make_settings(topology_ready))
+    async with TestClient(TestServer(seeded)) as restarted:
+        third = await restarted.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
+        assert [e["outcome"] for e in (await third.json())["events"]] == ["duplicate"]
+    assert await stream_count(js, topology_ready, "CLOUD") == 1
+
+
+async def test_late_non_terminal_after_terminal_is_not_published(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    body = json.loads(REBOOT)
+    executed = {**body, "content": {**body["content"], "eventStatus": "Executed"}}
+    executing = {**body, "content": {**body["content"], "eventStatus": "Executing"}}
+    first = await client.post("/v1/events/alibaba-cms", data=json.dumps(executed), headers=BEARER)
+    late = await client.post("/v1/events/alibaba-cms", data=json.dumps(executing), headers=BEARER)
+    assert [e["outcome"] for e in (await first.json())["events"]] == ["published"]
+    assert [e["outcome"] for e in (await late.json())["events"]] == ["stale"]
+    assert await stream_count(js, topology_ready, "CLOUD") == 1
+
+
+async def test_unknown_instance_is_published_under_its_instance_id(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    response = await client.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
+    (delivery,) = (await response.json())["events"]
+    assert (delivery["node"], delivery["node_mapped"]) == (INSTANCE, False)
+    stored = await js.get_last_msg(f"{topology_ready.stream_prefix}CLOUD", delivery["subject"])
+    assert stored.headers is not None and stored.headers["Nodeheal-Node-Mapped"] == "false"
+    assert CloudSystemEvent.model_validate_json(stored.data).node_mapped is False
+
+
+async def test_hmac_signature_is_accepted(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    raw = (DATA / "aws-eventbridge-health-scheduledchange-1.json").read_bytes()
+    headers = {"X-Nodeheal-Signature": sign(raw, SECRET), "Content-Type": "application/json"}
+    response = await client.post("/v1/events/aws-eventbridge", data=raw, headers=headers)
+    assert response.status == 200, await response.text()
+    assert await stream_count(js, topology_ready, "CLOUD") == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "words"),
+    [
+        ("/v1/events/alibaba-cms", REBOOT, {"Content-Type": "application/json"}, 401, "not authenticated"),
+        (
+            "/v1/events/alibaba-cms",
+            REBOOT,
+            {"Authorization": "Bearer wrong", "Content-Type": "application/json"},
+            401,
+            "not authenticated",
+        ),
+        (
+            "/v1/events/alibaba-cms",
+            REBOOT,
+            {"X-Nodeheal-Signature": "sha256=00", "Content-Type": "application/json"},
+            401,
+            "signature does not match",
+        ),
+        ("/v1/events/alibaba-cms", b"{" + b" " * 5000 + b"}", BEARER, 413, "body too large"),
+        ("/v1/events/alibaba-cms", b"\x00\xffgarbage", BEARER, 400, "not UTF-8"),
+        ("/v1/events/alibaba-cms", b'{"name": "Instance:X:Scheduled"}', BEARER, 400, "content"),
+        (
+            "/v1/events/alibaba-cms",
+            REBOOT,
+            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/xml"},
+            415,
+            "content type",
+        ),
+        ("/v1/events/teleport", REBOOT, BEARER, 404, "no endpoint for source"),
+    ],
+    ids=[
+        "no-auth",
+        "wrong-token",
+        "bad-signature",
+        "oversize",
+        "garbage",
+        "wrong-shape",
+        "content-type",
+        "unknown-source",
+    ],
+)
+async def test_refused_input_is_4xx_and_kept_in_the_dlq(
+    client: TestClient[Any, Any],
+    js: JetStreamContext,
+    topology_ready: NatsSettings,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    words: str,
+) -> None:
+    response = await client.post(path, data=body, headers=headers)
+    assert response.status == status
+    assert words in (await response.json())["error"]
+    letter = await last_dlq(js, topology_ready)
+    assert words in letter.reason
+    assert letter.subject == f"POST {path}"
+    assert letter.raw == body[:1024]
+    assert "Authorization" not in letter.headers
+    assert await stream_count(js, topology_ready, "CLOUD") == 0
+    assert (await client.get("/healthz")).status == 200
+
+
+SAMPLES = [p.read_bytes() for p in sorted(DATA.glob("*.json"))]
+bodies = st.one_of(
+    st.binary(max_size=200),
+    st.sampled_from(SAMPLES),
+    st.sampled_from(SAMPLES).map(lambda raw: raw.replace(b'"', b"'", 1)),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20)),
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+        max_leaves=10,
+    ).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    source=st.sampled_from(["alibaba-cms", "alibaba-eventbridge", "aws-eventbridge", "alibaba-api", "aws-api", "auto"]),
+    body=bodies,
+)
+async def test_fuzzed_bodies_end_published_or_in_the_dlq(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings, source: str, body: bytes
+) -> None:
+    cloud_before = await stream_count(js, topology_ready, "CLOUD")
+    dlq_before = await stream_count(js, topology_ready, "DLQ")
+    response = await client.post(f"/v1/events/{source}", data=body, headers=BEARER)
+    answer = await response.json()
+    if 200 <= response.status < 300:
+        published = [e for e in answer["events"] if e["outcome"] == "published"]
+        assert await stream_count(js, topology_ready, "CLOUD") == cloud_before + len(published)
+        for delivery in published:
+            stored = await js.get_last_msg(f"{topology_ready.stream_prefix}CLOUD", delivery["subject"])
+            assert stored.headers is not None
+        assert await stream_count(js, topology_ready, "DLQ") == dlq_before
+    else:
+        assert 400 <= response.status < 500, answer
+        assert answer["error"]
+        assert await stream_count(js, topology_ready, "DLQ") == dlq_before + 1
+        letter = await last_dlq(js, topology_ready)
+        assert base64.b64decode(letter.raw_b64) == body
+    assert (await client.get("/healthz")).status == 200
