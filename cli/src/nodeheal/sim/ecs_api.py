@@ -596,8 +596,8 @@ def build_app(world: EcsWorld, *, access_key_ids: Collection[str] | None = None)
         request_id = world.new_request_id()
         recorded = {k: v for k, v in raw.items() if k not in _PROTOCOL_PARAMS}
         access_key_id: str | None = None
-        world.tick()
         try:
+            world.tick()
             access_key_id = _access_key_id(request, params)
             if access_key_ids is not None and access_key_id not in access_key_ids:
                 raise EcsApiError(
