@@ -1,0 +1,61 @@
+"""The Azure Scheduled Events poller against the IMDS emulator (real wire format), publishing to CLOUD:
+an event that starts and then disappears ends as a synthesised `completed`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from nats.js.client import JetStreamContext
+
+from nodeheal.cloud_events.ingest.pollers import AzureScheduledEventsPoller
+from nodeheal.cloud_events.ingest.settings import AzurePollerSettings
+from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver
+from nodeheal.cloud_events.normalize import TransitionLedger
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas import CloudSystemEvent
+from nodeheal.schemas.subjects import cloud_subject
+from nodeheal.sim.azure_imds import AzureImdsEmulator, AzureScheduledEvents
+from nodeheal.sim.clock import ManualClock
+
+pytestmark = pytest.mark.nats
+
+
+async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topology_ready: NatsSettings) -> None:
+    events = AzureScheduledEvents(clock=ManualClock())
+    scheduled = events.schedule("Reboot", resources=["vm-1", "vm-2"], duration_s=60)
+    events.schedule("Freeze", resources=["vm-2"])  # another VM's event: not ours
+    sink = CloudEventSink(
+        js=js,
+        prefix=topology_ready.prefix,
+        cluster="prod-1",
+        service="cloud-events-ingest",
+        inventory=InventoryResolver(None, ttl_s=0),
+        ledger=TransitionLedger(),
+    )
+    async with AzureImdsEmulator(events) as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
+        try:
+            assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
+            events.advance(timedelta(minutes=16))  # NotBefore passed: Started
+            assert [e.phase for e in await poller.poll_once()] == ["in_progress"]
+            events.advance(timedelta(minutes=5))  # duration over: the event disappears
+            assert [e.phase for e in await poller.poll_once()] == ["completed"]
+        finally:
+            await poller.close()
+
+    stream = f"{topology_ready.stream_prefix}CLOUD"
+    info = await js.stream_info(stream)
+    stored = [
+        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
+        for s in range(1, info.state.last_seq + 1)
+    ]
+    subject = cloud_subject("prod-1", "node-1", prefix=topology_ready.prefix)
+    assert [(e.phase, e.action, e.instance_id, e.node) for e in stored] == [
+        ("scheduled", "reboot", "vm-1", "node-1"),
+        ("in_progress", "reboot", "vm-1", "node-1"),
+        ("completed", "reboot", "vm-1", "node-1"),
+    ]
+    assert {e.extended["EventId"] for e in stored} == {scheduled.event_id}
+    assert (await js.get_last_msg(stream, subject)).headers["Nats-Msg-Id"] == stored[-1].id  # type: ignore[index]
