@@ -23,7 +23,6 @@ from tests.integration.remediator.harness import (
     publish_diagnosis,
     publish_probe,
     start_service,
-    wait_for,
     wait_for_record,
 )
 

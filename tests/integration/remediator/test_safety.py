@@ -1,0 +1,226 @@
+"""Budgets, storm guard, leases and a killed replica: the promises an operator relies on most."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
+
+from nodeheal.remediator.actions.kube import KubeActions, build_api_client
+from nodeheal.remediator.settings import KubeSettings
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.commands import NodeCommand
+from nodeheal.sim.kube import KubeWorld
+from tests.integration.remediator.harness import (
+    Agent,
+    add_inventory,
+    audit_records,
+    diagnosis,
+    make_settings,
+    publish_diagnosis,
+    publish_probe,
+    start_service,
+    wait_for,
+    wait_for_record,
+)
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[KubeWorld]:
+    async with KubeWorld() as w:
+        yield w
+
+
+async def test_drain_honours_a_pdb_that_blocks_then_allows(world: KubeWorld) -> None:
+    world.add_node("a")
+    world.add_node("b")
+    world.add_pod("web-1", node="a", labels={"app": "web"})
+    world.add_pod("agent-ds", node="a", owner_kind="DaemonSet")
+    world.add_pod("static", node="a", mirror=True)
+    world.add_pdb("web", selector={"app": "web"}, min_available=1)
+    settings = KubeSettings(api_url=world.url, drain_timeout_s=1.0, eviction_backoff_initial_s=0.1)
+    kube = KubeActions(await build_api_client(settings), settings=settings)
+    try:
+        assert (await kube.cordon("a")).ok
+        assert world.is_cordoned("a")
+        blocked = await kube.drain("a", timeout_s=1.0)
+        assert not blocked.ok
+        assert "no pod was force-deleted" in blocked.detail
+        assert world.pods_on("a") == ["agent-ds", "static", "web-1"]
+        assert world.evictions.count(429) >= 2  # retried with backoff, bounded by the timeout
+        world.add_pod("web-2", node="b", labels={"app": "web"})  # a second replica makes room
+        drained = await kube.drain("a", timeout_s=5.0)
+        assert drained.ok, drained.detail
+        assert world.pods_on("a") == ["agent-ds", "static"]  # DaemonSet and mirror pods stay
+        assert ("default", "agent-ds", 201) not in world.evictions.calls
+    finally:
+        await kube.close()
+
+
+async def test_cluster_budget_holds_under_a_burst(topology_ready: NatsSettings, nc: Client, world: KubeWorld) -> None:
+    nodes = [f"n{i}" for i in range(8)]
+    for node in nodes:
+        world.add_node(node)
+        await add_inventory(nc, topology_ready, node, zone="z1", rack=f"r{node}", node_pool="p")
+    # Budget: 2 nodes cluster-wide; storm guard out of the way for this test.
+    settings = make_settings(
+        topology_ready,
+        kube_url=world.url,
+        verify_timeout_s=30,
+        storm_threshold_pct=100,
+        storm_min_unhealthy=100,
+        cluster_budget={"max_count": 2},
+        zone_budget={"max_count": 8},
+        rack_budget={"max_count": 8},
+        pool_budget={"max_count": 8},
+    )
+    service = await start_service(settings)
+    max_cordoned = 0
+    try:
+        for node in nodes:
+            await publish_diagnosis(nc, topology_ready, diagnosis(node, ["cordon", "reboot"]))
+
+        async def enough_blocked() -> bool:
+            nonlocal max_cordoned
+            max_cordoned = max(max_cordoned, len(world.cordoned_nodes()))
+            records = await audit_records(nc, topology_ready)
+            return len({r.node for r in records if r.phase == "blocked"}) >= len(nodes) - 2
+
+        await wait_for(enough_blocked, what="the other nodes blocked by the budget")
+    finally:
+        await service.stop()
+    records = await audit_records(nc, topology_ready)
+    started = {r.node for r in records if r.phase == "started" and r.action == "cordon"}
+    assert len(started) == 2
+    assert max_cordoned == 2
+    blocked = [r for r in records if r.phase == "blocked"]
+    assert all(any(c.name == "budget.cluster" and not c.passed for c in r.checks) for r in blocked)
+
+
+async def test_storm_guard_stops_disruption_in_a_sick_zone(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    nodes = [f"s{i}" for i in range(10)]
+    for node in nodes:
+        world.add_node(node, zone="z1")
+        await add_inventory(nc, topology_ready, node, zone="z1", node_pool="p")
+    settings = make_settings(topology_ready, kube_url=world.url, storm_threshold_pct=30, storm_min_unhealthy=3)
+    service = await start_service(settings)
+    try:
+        for node in nodes[:5]:  # half the zone falls ill at once: a partition, not five broken machines
+            await publish_diagnosis(nc, topology_ready, diagnosis(node, ["cordon", "drain", "reboot"]))
+        await wait_for_record(nc, topology_ready, action="escalate", phase="succeeded")
+
+        async def all_blocked() -> bool:
+            records = await audit_records(nc, topology_ready)
+            return len({r.node for r in records if r.phase == "blocked"}) >= 3
+
+        await wait_for(all_blocked, what="storm blocks")
+    finally:
+        await service.stop()
+    records = await audit_records(nc, topology_ready)
+    escalations = [r for r in records if r.action == "escalate" and "storm" in r.reason]
+    assert len({r.reason.split(":")[0] for r in escalations}) == len(escalations)  # once per storm domain
+    blocked = [r for r in records if r.phase == "blocked"]
+    assert all(any(c.name == "storm_guard" and not c.passed for c in r.checks) for r in blocked)
+    # Fewer than the storm threshold can have started before the storm was visible, never all of them.
+    assert len({r.node for r in records if r.phase == "started"}) < 3
+    assert len(world.cordoned_nodes()) < 3
+
+
+async def test_two_replicas_never_act_on_one_node_at_once(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    world.add_node("n1")
+    agent = Agent(ok=False, delay_s=0.5)
+    await agent.serve(nc, topology_ready, "n1")
+    r1 = await start_service(make_settings(topology_ready, kube_url=world.url, instance="r1", verify_timeout_s=1))
+    r2 = await start_service(make_settings(topology_ready, kube_url=world.url, instance="r2", verify_timeout_s=1))
+    try:
+        for _ in range(4):  # four diagnoses of the same node, spread over both replicas
+            await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet")]))
+
+        async def all_done() -> bool:
+            records = await audit_records(nc, topology_ready)
+            return sum(1 for r in records if r.action == "escalate") >= 4
+
+        await wait_for(all_done, timeout=40, what="four ladders finished")
+    finally:
+        await r1.stop()
+        await r2.stop()
+    assert len(agent.commands) == 4
+    assert agent.max_active == 1  # one lease, one action at a time on the node
+    revisions = [c.lease_revision for c in agent.commands]
+    assert all(r is not None for r in revisions)
+    assert revisions == sorted(revisions)  # fencing tokens only grow
+
+
+async def test_killed_replica_work_is_picked_up_once(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    js = nc.jetstream()
+    leases = f"{topology_ready.bucket_prefix}-leases"
+    await js.delete_key_value(leases)
+    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=2.0, history=1))
+    world.add_node("n1")
+    await add_inventory(nc, topology_ready, "n1")
+    first_command = asyncio.Event()
+    agent = Agent(ok=True)
+
+    async def hang_first(cmd: NodeCommand) -> None:
+        if len(agent.commands) == 1:
+            first_command.set()
+            await asyncio.sleep(3600)  # replica A is killed while the agent works; it never answers A
+
+    agent.on_command = hang_first
+    await agent.serve(nc, topology_ready, "n1")
+    env = {
+        **os.environ,
+        "NODEHEAL_REMEDIATOR_NATS__URL": topology_ready.url,
+        "NODEHEAL_REMEDIATOR_NATS__PREFIX": topology_ready.prefix,
+        "NODEHEAL_REMEDIATOR_NATS__STREAM_PREFIX": topology_ready.stream_prefix,
+        "NODEHEAL_REMEDIATOR_NATS__BUCKET_PREFIX": topology_ready.bucket_prefix,
+        "NODEHEAL_REMEDIATOR_CLUSTER": "c1",
+        "NODEHEAL_REMEDIATOR_INSTANCE": "replica-a",
+        "NODEHEAL_REMEDIATOR_HTTP_PORT": "0",
+        "NODEHEAL_REMEDIATOR_ACK_WAIT_S": "3",
+        "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.url,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "nodeheal.remediator"], env=env)
+    survivor = None
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet"), "escalate"]))
+        await asyncio.wait_for(first_command.wait(), timeout=30)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        survivor = await start_service(make_settings(topology_ready, kube_url=world.url, instance="replica-b"))
+        stop = asyncio.Event()
+
+        async def healthy() -> None:
+            while not stop.is_set():
+                await publish_probe(nc, topology_ready, "n1")
+                await asyncio.sleep(0.2)
+
+        prober = asyncio.create_task(healthy())
+        verified = await wait_for_record(nc, topology_ready, phase="verified", timeout=40)
+        stop.set()
+        await prober
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if survivor is not None:
+            await survivor.stop()
+    assert len(agent.commands) == 1  # picked up once, not twice: the started action was not repeated
+    assert verified.actor == "replica-b"
+    records = await audit_records(nc, topology_ready)
+    assert [r.phase for r in records if r.action == "restart_service"] == ["intent", "started", "verified"]
+    assert {r.actor for r in records if r.phase == "started"} == {"replica-a"}
