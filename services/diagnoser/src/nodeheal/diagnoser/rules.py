@@ -241,6 +241,14 @@ def ladder_for(
             _act("reboot", "the node did not recover after draining", timeout_s=900),
             escalate,
         )
+    if cause in {"node_crash", "unexplained_reboot"}:
+        return (
+            _act("cordon", "the node went dark without a planned event", timeout_s=30),
+            _act("drain", "reschedule its pods (the eviction may time out while it is dark)", timeout_s=300),
+            _act("reboot", "power-cycle through the cloud API", timeout_s=900),
+            _act("redeploy", "the node did not come back after a reboot: move it to another host", timeout_s=1800),
+            escalate,
+        )
     if category == "hardware":
         return (
             _act("cordon", "hardware fault: keep new workloads off", timeout_s=30),
@@ -250,14 +258,6 @@ def ladder_for(
                 "move the instance to healthy hardware (cloud redeploy); local disks are lost",
                 timeout_s=1800,
             ),
-            escalate,
-        )
-    if cause == "node_crash" or cause == "unexplained_reboot":
-        return (
-            _act("cordon", "the node went dark without a planned event", timeout_s=30),
-            _act("drain", "reschedule its pods (the eviction may time out while it is dark)", timeout_s=300),
-            _act("reboot", "power-cycle through the cloud API", timeout_s=900),
-            _act("redeploy", "the node did not come back after a reboot: move it to another host", timeout_s=1800),
             escalate,
         )
     if cause == "flapping_node":

@@ -1,0 +1,166 @@
+"""The decision table on scenario sequences (pure Diagnoser, no broker)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from nodeheal.diagnoser.kb import default_matcher
+from nodeheal.diagnoser.reasoning import Diagnoser
+from nodeheal.schemas import Diagnosis, RemediationRecord
+from tests.unit.diagnoser.scenarios import CLUSTER, OOPS_A, OOPS_B, anomaly, cloud_event, inventory, later, sample_lines
+
+
+def make(nodes: int = 10, racks: int = 2) -> Diagnoser:
+    diag = Diagnoser(matcher=default_matcher())
+    for i in range(nodes):
+        diag.on_inventory(inventory(f"n{i}", rack=f"r{i % racks}", zone="z1"))
+    return diag
+
+
+def run(diag: Diagnoser, node: str, now_s: float) -> Diagnosis:
+    out = diag.evaluate(f"{CLUSTER}/{node}", now=later(now_s))
+    assert out.diagnosis is not None, out
+    return out.diagnosis
+
+
+def actions(d: Diagnosis) -> list[str]:
+    return [r.action for r in d.recommended]
+
+
+def test_not_ready_during_a_host_redeploy_is_ops() -> None:
+    diag = make()
+    diag.on_cloud_event(cloud_event("n1", action="redeploy", phase="in_progress"))
+    diag.on_anomaly(anomaly("n1", "node_not_ready", at=later(5)))
+    d = run(diag, "n1", 6)
+    assert (d.cause, d.category) == ("host_maintenance_redeploy", "ops")
+    assert actions(d)[0] == "wait_for_cloud_event" and "reboot" not in actions(d)
+
+
+def test_kubelet_crash_loop_is_software_with_restart_first() -> None:
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "service_down", subject="kubelet"))
+    diag.on_anomaly(anomaly("n1", "node_not_ready", at=later(2)))
+    d = run(diag, "n1", 3)
+    assert (d.cause, d.category) == ("kubelet_down", "software")
+    assert actions(d)[:3] == ["restart_service", "cordon", "drain"]
+    assert d.recommended[0].target == "kubelet"
+
+
+def test_rack_dropping_off_the_network_is_a_partition_with_no_reboot() -> None:
+    diag = make(nodes=12, racks=2)  # rack r0: n0 n2 n4 n6 n8 n10
+    for i, node in enumerate(["n0", "n2", "n4", "n6"]):
+        diag.on_anomaly(anomaly(node, "node_down", at=later(i * 0.2)))
+    assert diag.evaluate(f"{CLUSTER}/n0", now=later(1)).hold_until is not None  # the hold sees peers first
+    d = run(diag, "n0", 4)
+    assert (d.cause, d.category) == ("rack_partition", "network")
+    assert actions(d) == ["escalate"]
+
+
+def test_single_node_down_with_healthy_peers_is_a_node_crash_after_the_hold() -> None:
+    diag = make()
+    diag.on_anomaly(anomaly("n3", "node_down"))
+    assert diag.evaluate(f"{CLUSTER}/n3", now=later(1)).diagnosis is None
+    d = run(diag, "n3", 3.5)
+    assert d.cause == "node_crash" and "reboot" in actions(d)
+
+
+def test_node_down_diagnosis_is_updated_when_the_rack_burst_shows_up_later() -> None:
+    diag = make(nodes=12, racks=2)
+    diag.on_anomaly(anomaly("n0", "node_down"))
+    assert run(diag, "n0", 3.5).cause == "node_crash"
+    touched: set[str] = set()
+    for i, node in enumerate(["n2", "n4", "n6"]):
+        touched |= diag.on_anomaly(anomaly(node, "node_down", at=later(5 + i)))
+    assert f"{CLUSTER}/n0" in touched
+    assert run(diag, "n0", 9).cause == "rack_partition"
+
+
+def test_ext4_errors_after_nvme_io_errors_are_a_disk_failure() -> None:
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="hardware", lines=sample_lines("nvme_disk_io_error", 0)))
+    fs = ["EXT4-fs error (device nvme2n1p1): ext4_find_entry:1455: inode #2: comm ls: reading directory lblock 0"]
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="filesystem", lines=fs, at=later(3)))
+    d = run(diag, "n1", 4)
+    assert (d.cause, d.category) == ("disk_failure", "hardware")
+    assert "redeploy" in actions(d) and "reboot" not in actions(d)
+
+
+def test_ext4_errors_without_io_errors_are_filesystem_corruption() -> None:
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="filesystem", lines=sample_lines("ext4_error", 1)))
+    d = run(diag, "n1", 1)
+    assert (d.cause, d.category) == ("filesystem_corruption", "kernel")
+
+
+def test_different_crash_signatures_on_one_host_point_at_hardware() -> None:
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="crash", lines=OOPS_A))
+    assert run(diag, "n1", 1).category == "kernel"
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="crash", status="resolved"))
+    diag.evaluate(f"{CLUSTER}/n1", now=later(200))
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="crash", lines=OOPS_B, at=later(3600)))
+    d = run(diag, "n1", 3601)
+    assert (d.cause, d.category) == ("heterogeneous_crashes", "hardware")
+
+
+def test_one_signature_on_many_hosts_is_a_kernel_defect() -> None:
+    diag = make()
+    for i in range(4):
+        diag.on_anomaly(anomaly(f"n{i}", "kernel_fault", subject="crash", lines=OOPS_A, at=later(i)))
+    d = run(diag, "n3", 5)
+    assert (d.cause, d.category) == ("kernel_oops_null_deref", "kernel")
+    assert d.crash_signature is not None and d.crash_signature.rip_func == "tcp_v4_rcv"
+    assert any(e.kind == "fleet" for e in d.evidence)
+
+
+def test_pending_approval_event_is_drained_then_accepted() -> None:
+    diag = make()
+    diag.on_cloud_event(cloud_event("n1", phase="pending_approval", not_before=later(86400)))
+    diag.on_anomaly(anomaly("n1", "cloud_maintenance", subject="e-1"))
+    d = run(diag, "n1", 1)
+    assert actions(d)[:3] == ["cordon", "drain", "accept_cloud_event"]
+
+
+def test_imminent_host_reboot_replaces_our_reboot_with_waiting() -> None:
+    diag = make()
+    diag.on_cloud_event(cloud_event("n1", action="reboot", phase="scheduled", not_before=later(600)))
+    diag.on_anomaly(anomaly("n1", "node_hang"))
+    d = run(diag, "n1", 4)
+    assert d.cause == "node_hang"
+    assert "reboot" not in actions(d) and "wait_for_cloud_event" in actions(d)
+
+
+def test_repeated_hardware_failures_escalate() -> None:
+    diag = make()
+    for i in range(3):
+        diag.on_audit(
+            RemediationRecord(
+                cluster=CLUSTER, node="n1", action_id=f"a{i}", action="reboot", phase="succeeded", reason="x",
+                actor="r", time=later(-3600 + i * 60),
+            )
+        )  # fmt: skip
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="hardware", lines=sample_lines("mce_fatal_panic")))
+    d = run(diag, "n1", 1)
+    assert d.category == "hardware"
+    assert actions(d) == ["cordon", "escalate"]
+
+
+def test_resolution_publishes_a_resolved_update_once() -> None:
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "disk_full", subject="/"))
+    first = run(diag, "n1", 1)
+    assert first.cause == "disk_full" and actions(first)[0] == "clean_disk"
+    assert diag.evaluate(f"{CLUSTER}/n1", now=later(2)).diagnosis is None  # unchanged → nothing new
+    diag.on_anomaly(anomaly("n1", "disk_full", subject="/", status="resolved", at=later(30), onset=later(0)))
+    resolved = run(diag, "n1", 31)
+    assert resolved.resolved and resolved.cause == "disk_full"
+    assert diag.evaluate(f"{CLUSTER}/n1", now=later(32)).diagnosis is None
+
+
+def test_redelivered_anomaly_changes_nothing_and_ids_are_deterministic() -> None:
+    a, b = make(), make()
+    for diag in (a, b):
+        diag.on_anomaly(anomaly("n1", "service_down", subject="containerd"))
+    da, db = run(a, "n1", 1), run(b, "n1", 1 + timedelta(seconds=0).total_seconds())
+    assert da.id == db.id and da.cause == "container_runtime_down"
+    assert a.on_anomaly(anomaly("n1", "service_down", subject="containerd")) == set()

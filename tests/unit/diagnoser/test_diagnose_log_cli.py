@@ -1,0 +1,66 @@
+"""`nodeheal diagnose-log` as a person runs it: a subprocess, a file or stdin, JSON lines out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.unit.diagnoser.scenarios import sample_lines
+
+CMD = [sys.executable, "-m", "nodeheal.cli.main", "diagnose-log"]
+
+
+def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CMD, *args], input=stdin, capture_output=True, timeout=120, check=False)
+
+
+def test_journal_file_with_ext4_after_nvme_errors(tmp_path: Path) -> None:
+    log = tmp_path / "kern.log"
+    lines = [
+        *sample_lines("nvme_disk_io_error", 0),
+        "Sep 26 17:11:51 host kernel: EXT4-fs error (device nvme2n1p1): ext4_lookup:1580: inode #1: comm x: bad",
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    proc = run(str(log))
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert {"class", "category", "line"} <= set(rows[0])
+    assert rows[-1]["class"] == "ext4_error" and rows[-1]["category"] == "hardware"
+    assert rows[-1]["line_no"] == len(lines)
+
+
+def test_dmesg_oops_on_stdin_carries_the_signature() -> None:
+    proc = run("-", stdin="\n".join(sample_lines("kernel_oops_divide_error")).encode())
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert rows[0]["class"] == "kernel_oops_divide_error"
+    assert rows[0]["signature"]["rip_func"] == "pool_io_hints"
+    assert rows[0]["signature"]["module"] == "dm_thin_pool"
+
+
+def test_crash_sys_output(tmp_path: Path) -> None:
+    log = tmp_path / "sys.txt"
+    log.write_text("\n".join(sample_lines("vmcore_crash_sys_summary")))
+    rows = [json.loads(x) for x in run(str(log), "--summary").stdout.decode().splitlines()]
+    assert rows[-1]["primary_class"] == "vmcore_crash_sys_summary"
+    assert any(r.get("signature", {}).get("panic_string") == "hung_task: blocked tasks" for r in rows[:-1])
+
+
+def test_unreadable_input_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    missing = run(str(tmp_path / "nope.log"))
+    assert missing.returncode == 2
+    assert b"no such file" in missing.stderr
+    binary = tmp_path / "core"
+    binary.write_bytes(b"\x7fELF\x00\x00\x01")
+    proc = run(str(binary))
+    assert proc.returncode == 2 and b"binary" in proc.stderr
+    assert run(str(tmp_path)).returncode == 2
+
+
+def test_nothing_found_is_empty_output(tmp_path: Path) -> None:
+    log = tmp_path / "quiet.log"
+    log.write_text("systemd[1]: Started Session 1 of user root.\n")
+    proc = run(str(log))
+    assert proc.returncode == 0 and proc.stdout == b""

@@ -1,0 +1,103 @@
+"""Crash signatures (reference/diagnosis-kb.md §3) on the real oops / panic samples and on synthetic
+reports that differ only in what must not change the bucket."""
+
+from __future__ import annotations
+
+from nodeheal.diagnoser.kb import extract_reports
+from tests.unit.diagnoser.scenarios import OOPS_A, OOPS_B, sample_lines
+
+
+def only(lines: list[str]):  # type: ignore[no-untyped-def]
+    reports = extract_reports(lines)
+    assert len(reports) == 1, reports
+    return reports[0].signature()
+
+
+def test_gpf_sample_rip_taint_release() -> None:
+    sig = only(sample_lines("kernel_oops_gpf"))
+    assert (sig.kind, sig.rip_func, sig.taint, sig.kernel_release) == ("gpf", "__dec_node_state", "GO", "4.19.81")
+
+
+def test_divide_error_sample_module_from_rip() -> None:
+    sig = only(sample_lines("kernel_oops_divide_error"))
+    assert (sig.kind, sig.rip_func, sig.module) == ("divide_error", "pool_io_hints", "dm_thin_pool")
+    assert sig.kernel_release == "3.16.0-4-amd64"
+
+
+def test_bug_at_sample() -> None:
+    sig = only(sample_lines("kernel_bug"))
+    assert sig.kind == "invalid_opcode_BUG_at"
+    assert sig.bug_at == "mm/percpu.c:694"
+
+
+def test_null_deref_sample_ip_line() -> None:
+    sig = only(sample_lines("kernel_oops_null_deref"))
+    assert (sig.kind, sig.rip_func) == ("oops_null_deref", "flush_unmaps_timeout")
+
+
+def test_hard_lockup_panic_strips_the_nmi_preamble() -> None:
+    sig = only(sample_lines("hard_lockup", 1))
+    assert sig.kind == "hard_lockup"
+    assert sig.panic_string == "Hard LOCKUP"
+    assert sig.top_frames == ()  # every frame of that trace is NMI / panic plumbing
+    assert sig.taint == "GWOEK"
+    assert sig.kernel_release == "3.10.0-862.mt20190308.130.el7.x86_64"
+
+
+def test_fatal_mce_sample_has_taint_m() -> None:
+    sig = only(sample_lines("mce_fatal_panic"))
+    assert sig.kind == "mce_fatal"
+    assert sig.taint is not None and "M" in sig.taint
+    assert sig.panic_string == "Fatal Machine check"
+
+
+def test_vmcore_sys_summary() -> None:
+    sig = only(sample_lines("vmcore_crash_sys_summary"))
+    assert (sig.kind, sig.panic_string, sig.kernel_release) == (
+        "hung_task",
+        "hung_task: blocked tasks",
+        "5.15.0-53-generic",
+    )
+
+
+def test_panic_only_sample() -> None:
+    sig = only(sample_lines("kernel_panic"))
+    assert (sig.kind, sig.panic_string) == ("panic", "Oops: Fatal exception")
+
+
+def test_hung_task_frames_skip_generic_scheduler_frames() -> None:
+    sig = only(sample_lines("hung_task", 2))
+    assert sig.top_frames[0] == "ovl_sync_fs"
+    assert "schedule" not in sig.top_frames and "rwsem_down_read_slowpath" not in sig.top_frames
+
+
+def test_frames_are_reliable_normalised_and_generic_free() -> None:
+    sig = only(OOPS_A)
+    assert sig.rip_func == "tcp_v4_rcv"
+    assert sig.top_frames == (
+        "ip_protocol_deliver_rcu",
+        "ip_local_deliver_finish",  # .isra.0 stripped
+        "ip_local_deliver",
+        "__netif_receive_skb_one_core",
+    )  # '? ktime_get' is unreliable, process_one_work is generic
+    assert sig.panic_string == "Fatal exception in interrupt"
+
+
+def test_same_crash_on_another_host_and_release_has_the_same_bucket() -> None:
+    other = [
+        line.replace("[ 100.", "[ 9999.").replace("5.10.134-16", "5.10.200-1").replace("0x3a/0x9c0", "0x4b/0x9d0")
+        for line in OOPS_A
+    ]
+    other[0] = "[ 9999.1] BUG: unable to handle kernel NULL pointer dereference at 0000000000000ff8"
+    a, b = only(OOPS_A), only(other)
+    assert a.bucket == b.bucket
+    assert a.kernel_release != b.kernel_release
+
+
+def test_different_crashes_have_different_buckets() -> None:
+    assert only(OOPS_A).bucket != only(OOPS_B).bucket
+
+
+def test_two_reports_in_one_log() -> None:
+    reports = extract_reports([*OOPS_A, *OOPS_B])
+    assert [r.kind for r in reports] == ["oops_null_deref", "gpf"]
