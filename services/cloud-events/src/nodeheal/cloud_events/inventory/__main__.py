@@ -1,0 +1,3 @@
+from nodeheal.cloud_events.inventory.main import main
+
+main()

@@ -1,0 +1,110 @@
+"""The inventory watcher process: Kubernetes Node events → `nodeheal-inventory`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import prometheus_client
+from nats.aio.client import Client
+
+from nodeheal.cloud_events.inventory.mapping import node_to_inventory
+from nodeheal.cloud_events.inventory.settings import InventorySettings
+from nodeheal.cloud_events.inventory.store import InventoryStore
+from nodeheal.cloud_events.inventory.watcher import NodeEvent, NodeWatcher, build_api_client, run_in_thread
+from nodeheal.runtime.connect import connect
+from nodeheal.schemas.base import utcnow
+
+log = logging.getLogger("nodeheal.cloud_events.inventory")
+
+NODE_EVENTS = prometheus_client.Counter("nodeheal_inventory_node_events", "Node events applied", ["type"])
+NODES = prometheus_client.Gauge("nodeheal_inventory_nodes", "Nodes in this cluster's inventory")
+
+
+class InventoryWatcher:
+    def __init__(self, settings: InventorySettings, *, watcher: NodeWatcher | None = None) -> None:
+        self.settings = settings
+        self.labels = settings.label_config()
+        self.watcher = watcher or NodeWatcher(
+            build_api_client(
+                mode=settings.kube_mode,
+                kubeconfig=settings.kubeconfig,
+                context=settings.kube_context,
+                api_url=settings.api_url,
+                api_token=settings.api_token,
+                verify_tls=settings.api_verify_tls,
+            ),
+            watch_timeout_s=settings.watch_timeout_s,
+            read_timeout_s=settings.read_timeout_s,
+            retry_backoff_s=settings.retry_backoff_s,
+        )
+        self.nc: Client | None = None
+        self.store: InventoryStore | None = None
+        self.queue: asyncio.Queue[NodeEvent] = asyncio.Queue(maxsize=10_000)
+        self.nodes: dict[str, str | None] = {}  # node → instance id
+        self.synced = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.nc = await connect(self.settings.nats, name=f"nodeheal-inventory-{self.settings.instance}")
+        bucket = f"{self.settings.nats.bucket_prefix}-inventory"
+        kv = await self.nc.jetstream().key_value(bucket)
+        self.store = InventoryStore(kv, cluster=self.settings.cluster)
+        self._tasks = [
+            asyncio.create_task(run_in_thread(self.watcher, self.queue)),
+            asyncio.create_task(self._apply_forever()),
+        ]
+        log.info("inventory watcher started", extra={"bucket": bucket, "cluster": self.settings.cluster})
+
+    async def stop(self) -> None:
+        self.watcher.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, timeout=self.settings.read_timeout_s + 5)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def ready(self) -> tuple[bool, str]:
+        if self.nc is None or not self.nc.is_connected:
+            return False, "inventory: not connected to NATS"
+        if not self.synced.is_set():
+            return False, "inventory: the first list of Nodes has not finished"
+        return True, "ok"
+
+    async def _apply_forever(self) -> None:
+        while True:
+            event = await self.queue.get()
+            while True:
+                try:
+                    await self.apply(event)
+                    break
+                except Exception:  # NATS away: keep the event and try again, nothing is skipped
+                    log.exception("could not apply a node event; retrying")
+                    await asyncio.sleep(self.settings.retry_backoff_s)
+
+    async def apply(self, event: NodeEvent) -> None:
+        assert self.store is not None
+        NODE_EVENTS.labels(type=event.type.lower()).inc()
+        if event.type == "RELISTED":
+            await self.store.remove_absent(event.names)
+            for gone in set(self.nodes) - set(event.names):
+                self.nodes.pop(gone, None)
+            self.synced.set()
+        elif event.node is not None:
+            name = str((event.node.get("metadata") or {}).get("name") or "")
+            if not name:
+                log.warning("ignoring a Node event without a name", extra={"type": event.type})
+                return
+            record = node_to_inventory(
+                event.node, cluster=self.settings.cluster, labels_config=self.labels, now=utcnow()
+            )
+            if event.type == "DELETED":
+                await self.store.remove(name, instance_id=record.instance_id)
+                self.nodes.pop(name, None)
+            else:
+                await self.store.upsert(record)
+                self.nodes[name] = record.instance_id
+        NODES.set(len(self.nodes))

@@ -1,0 +1,33 @@
+"""`python -m nodeheal.cloud_events inventory`: the inventory watcher process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from nodeheal.cloud_events.agent.opsserver import OpsServer
+from nodeheal.cloud_events.inventory.app import InventoryWatcher
+from nodeheal.cloud_events.inventory.settings import InventorySettings
+from nodeheal.runtime.logs import configure_logging
+
+
+async def run(settings: InventorySettings) -> None:
+    watcher = InventoryWatcher(settings)
+    ops = OpsServer(host=settings.http_host, port=settings.http_port, readiness=[watcher.ready])
+    await ops.start()
+    await watcher.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await watcher.stop()
+    await ops.stop()
+
+
+def main() -> None:
+    settings = InventorySettings()
+    configure_logging("inventory", fmt=settings.log_format, level=settings.log_level)
+    asyncio.run(run(settings))
