@@ -77,7 +77,7 @@ async def eventually(check: Callable[[], object], *, timeout_s: float = 20.0) ->
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the timeout")
+            raise AssertionError(f"condition not reached within the timeout: {check}")
         await asyncio.sleep(0.1)
 
 

@@ -37,6 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nodeheal.detector.fastpath import probe_decoder
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.puller import BatchPuller
+from nodeheal.detector.rawconn import RawPuller
 from nodeheal.detector.rules import Detector, RuleConfig
 from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.provision import apply_topology
@@ -214,9 +215,11 @@ async def prefill(url: str, settings: NatsSettings, *, nodes: int, rounds: int) 
     return stored, len(items[0][1])
 
 
-async def drain_detector(url: str, settings: NatsSettings, *, total: int, batch: int) -> dict[str, Any]:
+async def drain_detector(
+    url: str, settings: NatsSettings, *, total: int, batch: int, raw: bool = True, durable: str = "detector"
+) -> dict[str, Any]:
     nc = await nats.connect(url, name="bench-detector", pending_size=64 * 1024 * 1024)
-    ds = DetectorSettings(nats=settings, batch_size=batch, tick_s=0.5)
+    ds = DetectorSettings(nats=settings, batch_size=batch, tick_s=0.5, raw_probe_connection=raw, durable=durable)
     runtime = DetectorRuntime(settings=ds, nc=nc)
     await runtime.ensure_consumers(probe_deliver=DeliverPolicy.ALL)
     start = time.perf_counter()
@@ -279,6 +282,34 @@ async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, bat
     elapsed = time.perf_counter() - start
     await puller.stop()
     await nc.close()
+    return seen / elapsed
+
+
+async def drain_raw_puller_only(url: str, settings: NatsSettings, *, total: int, batch: int) -> float:
+    """The detector's own minimal connection alone (no decode, no rules)."""
+    nc = await nats.connect(url, name="bench-raw-setup")
+    js = nc.jetstream()
+    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
+    durable = "bench-raw-puller"
+    await js.add_consumer(
+        stream,
+        config=ConsumerConfig(
+            durable_name=durable, ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1
+        ),
+    )
+    await nc.close()
+    puller = RawPuller(servers=[url], stream=stream, consumer=durable, batch=batch)
+    await puller.start()
+    seen = 0
+    start = time.perf_counter()
+    while seen < total:
+        chunk = await puller.next_chunk(wait_s=5)
+        if not chunk:
+            break
+        seen += len(chunk)
+        await puller.ack_all_through(chunk[-1])
+    elapsed = time.perf_counter() - start
+    await puller.stop()
     return seen / elapsed
 
 
@@ -427,8 +458,12 @@ async def run_bench(
         stored, probe_bytes = await prefill(url, settings, nodes=nodes, rounds=rounds)
         total = nodes * rounds
         detector = await drain_detector(url, settings, total=stored, batch=batch)
+        detector_nats_py = await drain_detector(
+            url, settings, total=stored, batch=batch, raw=False, durable="detector-nats-py"
+        )
         fetch_rate = await drain_nats_py_fetch(url, settings, total=stored, batch=batch)
         puller_rate = await drain_puller_only(url, settings, total=stored, batch=batch)
+        raw_puller_rate = await drain_raw_puller_only(url, settings, total=stored, batch=batch)
     finally:
         await _drop(url, settings)
 
@@ -457,8 +492,10 @@ async def run_bench(
         "drain": detector,
         "latency": latency,
         "breakdown": {
+            "detector_with_nats_py_batch_puller_per_s": round(detector_nats_py["per_s"], 1),
             "drain_nats_py_fetch_no_rules_per_s": round(fetch_rate, 1),
-            "drain_batch_puller_no_rules_per_s": round(puller_rate, 1),
+            "drain_nats_py_batch_puller_no_rules_per_s": round(puller_rate, 1),
+            "drain_raw_connection_no_rules_per_s": round(raw_puller_rate, 1),
             "rules_us_per_probe": round(rules_us, 2),
             **costs,
         },

@@ -28,7 +28,8 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from nodeheal.detector.fastpath import probe_decoder
-from nodeheal.detector.puller import BatchPuller
+from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller
+from nodeheal.detector.rawconn import RawPuller
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
@@ -86,7 +87,7 @@ class DetectorRuntime:
         self._stopping = asyncio.Event()
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._probe_puller: BatchPuller | None = None
+        self._probe_puller: Puller | None = None
         self.probes_stream = self.topology.stream(f"{settings.nats.stream_prefix}PROBES").name
         self.cloud_stream = self.topology.stream(f"{settings.nats.stream_prefix}CLOUD").name
         self.audit_stream = self.topology.stream(f"{settings.nats.stream_prefix}AUDIT").name
@@ -123,13 +124,7 @@ class DetectorRuntime:
         await self.ensure_consumers(probe_deliver=probe_deliver)
         if rebuild:
             await self.rebuild()
-        self._probe_puller = BatchPuller(
-            self.nc,
-            stream=self.probes_stream,
-            consumer=self.settings.probe_durable,
-            batch=self.settings.batch_size,
-            expires_s=self.settings.fetch_expires_s,
-        )
+        self._probe_puller = self._make_probe_puller()
         await self._probe_puller.start()
         self._tasks = [
             asyncio.create_task(self._run_probes(), name="detector-probes"),
@@ -146,14 +141,42 @@ class DetectorRuntime:
             },
         )
 
-    async def stop(self) -> None:
+    def _make_probe_puller(self) -> Puller:
+        s = self.settings
+        if s.raw_probe_connection and not s.nats.creds_file and not s.nats.tls_ca_file:
+            return RawPuller(
+                servers=s.nats.servers,
+                stream=self.probes_stream,
+                consumer=s.probe_durable,
+                batch=s.batch_size,
+                expires_s=s.fetch_expires_s,
+                user=s.nats.user,
+                password=s.nats.password,
+                name=f"nodeheal-detector-probes-{s.instance}",
+            )
+        return BatchPuller(
+            self.nc,
+            stream=self.probes_stream,
+            consumer=s.probe_durable,
+            batch=s.batch_size,
+            expires_s=s.fetch_expires_s,
+        )
+
+    async def stop(self, *, grace_s: float = 5.0) -> None:
+        """Let the loops finish their current chunk (publish, then ack), flush, and close."""
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self._tasks = []
+        try:
+            await self._flush(self.clock())
+        except Exception:
+            log.exception("anomalies left unpublished at shutdown; the probes were not acknowledged")
         if self._probe_puller is not None:
             await self._probe_puller.stop()
 
@@ -305,7 +328,7 @@ class DetectorRuntime:
                 await asyncio.sleep(1.0)
                 continue
             now = self.clock()
-            bad: list[tuple[Msg, str]] = []
+            bad: list[tuple[PulledMsg, str]] = []
             for msg in chunk:
                 try:
                     probe = decode(msg.data)
@@ -374,7 +397,7 @@ class DetectorRuntime:
             msg = f"{len(failed)} anomalies could not be published to {self.anomalies_stream}"
             raise RuntimeError(msg)
 
-    async def _dead_letter_probes(self, bad: list[tuple[Msg, str]]) -> None:
+    async def _dead_letter_probes(self, bad: list[tuple[PulledMsg, str]]) -> None:
         for msg, reason in bad:
             await dead_letter(
                 self.js,

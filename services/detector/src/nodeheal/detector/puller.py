@@ -14,12 +14,36 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 STATUS_HDR = "Status"
+
+
+class PulledMsg(Protocol):
+    @property
+    def subject(self) -> str: ...
+    @property
+    def reply(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+
+
+class Puller(Protocol):
+    """What the probe loop needs from a puller (nats-py based or the raw connection)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def next_chunk(self, *, wait_s: float) -> Sequence[PulledMsg]: ...
+    async def ack_all_through(self, msg: Any) -> None: ...
+
+
 PENDING_HDR = "Nats-Pending-Messages"
 
 
