@@ -241,7 +241,8 @@ class RawPuller:
             self._outstanding = 0
 
     def _request(self) -> None:
-        assert self._proto is not None and self._proto.transport is not None
+        assert self._proto is not None
+        assert self._proto.transport is not None
         body = json.dumps({"batch": self.batch, "expires": int(self.expires_s * 1e9)}).encode()
         self._proto.transport.write(
             b"PUB " + self._next + b" " + self._inbox + b" " + str(len(body)).encode() + _CRLF + body + _CRLF
