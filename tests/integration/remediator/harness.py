@@ -124,7 +124,7 @@ async def audit_records(nc: Client, nats: NatsSettings) -> list[RemediationRecor
         ordered_consumer=True,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
     )
-    out = []
+    out: list[RemediationRecord] = []
     try:
         while len(out) < info.state.messages:
             msg = await sub.next_msg(timeout=5)
@@ -134,7 +134,7 @@ async def audit_records(nc: Client, nats: NatsSettings) -> list[RemediationRecor
     return out
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition") -> None:
+async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await check():
@@ -143,7 +143,7 @@ async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float = 20.
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def wait_for_record(nc: Client, nats: NatsSettings, *, timeout: float = 20.0, **match: Any) -> RemediationRecord:
+async def wait_for_record(nc: Client, nats: NatsSettings, *, timeout: float = 20.0, **match: Any) -> RemediationRecord:  # noqa: ASYNC109
     found: list[RemediationRecord] = []
 
     async def check() -> bool:

@@ -1,0 +1,156 @@
+"""The remediator's pure decisions: planning with cloud events, budgets, storms, flap quarantine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from nodeheal.remediator import planner, policy
+from nodeheal.remediator.settings import Budget, PolicySettings
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.cloud import AckOption, CloudAction, CloudPhase, CloudSystemEvent
+from nodeheal.schemas.diagnosis import Diagnosis, RecommendedAction
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+def _diag(*actions: str, diag_id: str = "d1") -> Diagnosis:
+    return Diagnosis(
+        id=diag_id,
+        cluster="c",
+        node="n1",
+        anomaly_ids=("a",),
+        category="hardware",
+        cause="mce",
+        confidence=0.9,
+        recommended=tuple(RecommendedAction(action=a, reason="kb") for a in actions),  # type: ignore[arg-type]
+        identified_at=NOW,
+    )
+
+
+def _cloud(
+    action: CloudAction, *, starts_in_s: float, ack: bool = True, phase: CloudPhase = "scheduled"
+) -> CloudSystemEvent:
+    return CloudSystemEvent(
+        cluster="c",
+        node="n1",
+        cloud="alibaba",
+        channel="api_history",
+        provider_event_id="e-1",
+        provider_event_type=f"SystemMaintenance.{action.title()}",
+        action=action,
+        cause="planned_maintenance",
+        phase=phase,
+        is_terminal=phase in ("completed", "avoided", "canceled", "failed"),
+        instance_id="i-1",
+        not_before=NOW + timedelta(seconds=starts_in_s),
+        ack=(AckOption(method="alibaba.AcceptInquiredSystemEvent"),) if ack else (),
+        observed_at=NOW,
+    )
+
+
+def test_action_ids_are_deterministic_and_the_ladder_ends_in_escalation() -> None:
+    a = planner.plan(diagnosis=_diag("restart_service", "reboot"), cloud_events=[], policy=PolicySettings(), now=NOW)
+    b = planner.plan(diagnosis=_diag("restart_service", "reboot"), cloud_events=[], policy=PolicySettings(), now=NOW)
+    assert [s.action for s in a.steps] == ["restart_service", "reboot", "escalate"]
+    assert [s.action_id for s in a.steps] == [s.action_id for s in b.steps]
+    other = planner.plan(
+        diagnosis=_diag("restart_service", diag_id="d2"), cloud_events=[], policy=PolicySettings(), now=NOW
+    )
+    assert other.steps[0].action_id != a.steps[0].action_id
+
+
+def test_no_reboot_of_our_own_when_the_host_reboot_is_minutes_away() -> None:
+    p = planner.plan(
+        diagnosis=_diag("reboot"), cloud_events=[_cloud("reboot", starts_in_s=300)], policy=PolicySettings(), now=NOW
+    )
+    assert [s.action for s in p.steps] == ["accept_cloud_event", "escalate"]
+    far = planner.plan(
+        diagnosis=_diag("reboot"), cloud_events=[_cloud("reboot", starts_in_s=86_400)], policy=PolicySettings(), now=NOW
+    )
+    assert [s.action for s in far.steps] == ["reboot", "escalate"]
+
+
+def test_drain_ahead_of_a_scheduled_redeploy_and_wait_when_it_cannot_be_accepted() -> None:
+    p = planner.plan(
+        diagnosis=_diag("restart_service", "reboot"),
+        cloud_events=[_cloud("redeploy", starts_in_s=86_400, ack=False)],
+        policy=PolicySettings(),
+        now=NOW,
+    )
+    assert [s.action for s in p.steps] == ["cordon", "drain", "restart_service", "wait_for_cloud_event", "escalate"]
+
+
+def test_a_terminal_cloud_event_is_not_overwritten_by_a_late_one() -> None:
+    done = _cloud("reboot", starts_in_s=60, phase="completed")
+    late = _cloud("reboot", starts_in_s=60).model_copy(update={"observed_at": NOW + timedelta(seconds=5)})
+    assert planner.pending_cloud_events([done, late]) == []
+
+
+def test_budget_percent_never_rounds_to_zero_and_the_smaller_limit_wins() -> None:
+    assert policy.budget_limit(Budget(max_pct=10), 5) == 1
+    assert policy.budget_limit(Budget(max_count=3, max_pct=50), 100) == 3
+    assert policy.budget_limit(Budget(), 100) is None
+
+
+def test_layered_budgets_count_live_slots_only() -> None:
+    pol = PolicySettings(rack_budget=Budget(max_count=1))
+    sizes = policy.DomainSizes.of([policy.Placement(node=f"n{i}", zone="z", rack="r1") for i in range(10)])
+    busy = policy.Slot(
+        node="n9", zone="z", rack="r1", node_pool=None, action_id="x", holder="h", until=NOW + timedelta(minutes=5)
+    )
+    expired = policy.Slot(
+        node="n8", zone="z", rack="r1", node_pool=None, action_id="y", holder="h", until=NOW - timedelta(minutes=1)
+    )
+    me = policy.Placement(node="n1", zone="z", rack="r1")
+    checks = {c.name: c for c in policy.check_budgets(placement=me, slots=[busy], sizes=sizes, policy=pol, now=NOW)}
+    assert not checks["budget.rack"].passed
+    checks = {c.name: c for c in policy.check_budgets(placement=me, slots=[expired], sizes=sizes, policy=pol, now=NOW)}
+    assert checks["budget.rack"].passed
+
+
+def test_storm_starts_above_threshold_and_ends_below_resume_share() -> None:
+    pol = PolicySettings(storm_threshold_pct=30, storm_min_unhealthy=3, storm_resume_pct=10)
+    placements = [policy.Placement(node=f"n{i}", zone="z1") for i in range(10)]
+    sizes = policy.DomainSizes.of(placements)
+    sick = {p.node: p for p in placements[:4]}
+    verdicts = policy.evaluate_storms(unhealthy=sick, sizes=sizes, previously=frozenset(), policy=pol)
+    assert verdicts[("zone", "z1")].in_storm
+    assert not policy.check_storm(placement=placements[0], verdicts=verdicts).passed
+    still = policy.evaluate_storms(
+        unhealthy=dict(list(sick.items())[:2]), sizes=sizes, previously=frozenset({("zone", "z1")}), policy=pol
+    )
+    assert still[("zone", "z1")].in_storm  # 20 % is above the resume share: hysteresis
+    over = policy.evaluate_storms(unhealthy={}, sizes=sizes, previously=frozenset({("zone", "z1")}), policy=pol)
+    assert not over[("zone", "z1")].in_storm
+
+
+def test_three_reboots_in_a_day_quarantine_the_node() -> None:
+    history = [
+        RemediationRecord(
+            cluster="c",
+            node="n1",
+            action_id=f"a{i}",
+            action="reboot",
+            phase="started",
+            reason="r",
+            actor="x",
+            time=NOW - timedelta(hours=i + 1),
+        )
+        for i in range(3)
+    ]
+    checks = policy.check_node_history(action="reboot", history=history, policy=PolicySettings(), now=NOW)
+    assert not next(c for c in checks if c.name == "flap_quarantine").passed
+    checks = policy.check_node_history(action="reboot", history=history[:2], policy=PolicySettings(), now=NOW)
+    assert all(c.passed for c in checks)
+
+
+def test_stale_or_recovered_diagnoses_fail_freshness() -> None:
+    d = _diag("reboot")
+    ok = policy.check_fresh(diagnosis=d, policy=PolicySettings(), now=NOW + timedelta(seconds=10), recovered_at=None)
+    assert all(c.passed for c in ok)
+    stale = policy.check_fresh(diagnosis=d, policy=PolicySettings(), now=NOW + timedelta(hours=1), recovered_at=None)
+    assert policy.failed(stale)[0].name == "stale_diagnosis"
+    recovered = policy.check_fresh(
+        diagnosis=d, policy=PolicySettings(), now=NOW, recovered_at=NOW + timedelta(seconds=1)
+    )
+    assert policy.failed(recovered)[0].name == "node_recovered"
