@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from nodeheal.cli.demo import demo
+from nodeheal.cli.approve import approve, pause, resume
 from nodeheal.cli.audit import audit
 from nodeheal.cli.bench import bench
 from nodeheal.cli.diagnose_log import diagnose_log
@@ -32,6 +33,9 @@ cli.add_command(normalize)
 cli.add_command(diagnose_log)
 cli.add_command(audit)
 cli.add_command(bench)
+cli.add_command(approve)
+cli.add_command(pause)
+cli.add_command(resume)
 
 
 def main() -> None:
