@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 import click
 
@@ -38,7 +39,7 @@ UNKNOWN_INSTANCE = "unknown"
 @click.option("--no-raw", is_flag=True, default=False, help="Leave the raw payload out of the output.")
 @click.argument("file", type=click.File("rb"))
 def normalize(
-    source: str, cluster: str, instance_id: str | None, observed_at: str | None, no_raw: bool, file: click.utils.LazyFile
+    source: str, cluster: str, instance_id: str | None, observed_at: str | None, no_raw: bool, file: BinaryIO
 ) -> None:
     """Print the events FILE (or `-` for stdin) becomes, one JSON object per line.
 
@@ -47,8 +48,7 @@ def normalize(
     GCE values returning to NONE show as completions.
     """
     raw = file.read()
-    if isinstance(raw, str):
-        raw = raw.encode()
+    name = getattr(file, "name", "-")
     when = datetime.now(tz=UTC)
     if observed_at:
         try:
@@ -61,13 +61,15 @@ def normalize(
     try:
         events = normalize_stream(source, raw, ctx)
     except PayloadError as exc:
-        click.echo(f"nodeheal normalize: {file.name}: {exc}", err=True)
+        click.echo(f"nodeheal normalize: {name}: {exc}", err=True)
         click.echo("check the payload and --source (see docs/cloud-events.md)", err=True)
         sys.exit(2)
     exclude = {"raw"} if no_raw else None
     for event in events:
         click.echo(event.model_dump_json(by_alias=True, exclude=exclude))
     if not events:
-        click.echo(f"nodeheal normalize: {file.name}: a valid payload with no instance system events in it", err=True)
+        click.echo(f"nodeheal normalize: {name}: a valid payload with no instance system events in it", err=True)
     elif instance_id is None and any(e.instance_id == UNKNOWN_INSTANCE for e in events):
-        click.echo("nodeheal normalize: the payload names no instance; shown as 'unknown' (use --instance-id)", err=True)
+        click.echo(
+            "nodeheal normalize: the payload names no instance; shown as 'unknown' (use --instance-id)", err=True
+        )
