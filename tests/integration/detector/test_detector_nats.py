@@ -178,3 +178,42 @@ async def test_restart_rebuilds_state_without_a_burst_and_resolves_once(
 
     await eventually(two)
     assert [(a.node, a.status) for a in await anomalies(nc, s)] == [("a", "firing"), ("a", "resolved")]
+
+
+async def test_two_replicas_split_a_partitioned_fleet_without_sharing_a_node(nc: Client, nats_url: str) -> None:
+    from nodeheal.runtime.provision import apply_topology
+    from tests.support.broker import unique_settings
+
+    s = unique_settings(nats_url).model_copy(update={"probe_partitions": 4})
+    js = nc.jetstream()
+    await apply_topology(js, s.topology())
+    again = await apply_topology(js, s.topology())
+    assert {c.action for c in again} == {"unchanged"}, [c.describe() for c in again]
+    replicas = [
+        DetectorRuntime(settings=DetectorSettings(nats=s, batch_size=100, tick_s=0.1, replicas=2, replica=i), nc=nc)
+        for i in range(2)
+    ]
+    try:
+        for rt in replicas:
+            await rt.start()
+        nodes = [f"n{i}" for i in range(24)]
+        for node in nodes:
+            await publish(nc, s, probe(node=node, seq=1, used=99.0))
+        await eventually(lambda: sum(rt.detector.counters.probes for rt in replicas) == len(nodes))
+        owned = [set(rt.detector.nodes) for rt in replicas]
+        assert owned[0] and owned[1], "each replica owns part of the fleet"
+        assert not owned[0] & owned[1], "no node is owned by two replicas"
+        assert owned[0] | owned[1] == {f"c1/{n}" for n in nodes}
+
+        async def all_fired() -> bool:
+            return len(await anomalies(nc, s)) == len(nodes)
+
+        await eventually(all_fired)
+        assert sorted(a.node for a in await anomalies(nc, s)) == sorted(nodes)
+    finally:
+        for rt in replicas:
+            await rt.stop()
+        for spec in s.topology().streams:
+            await js.delete_stream(spec.name)
+        for bucket in s.topology().buckets:
+            await js.delete_key_value(bucket.name)

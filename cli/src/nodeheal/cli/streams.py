@@ -28,15 +28,34 @@ def streams() -> None:
 @click.option("--prefix", default="nodeheal", show_default=True, help="Subject prefix.")
 @click.option("--stream-prefix", default="", help="Prefix for stream names (side-by-side installs).")
 @click.option("--bucket-prefix", default="nodeheal", show_default=True, help="Prefix for bucket names.")
+@click.option(
+    "--probe-partitions",
+    type=click.IntRange(0, 1024),
+    default=0,
+    show_default=True,
+    help="Partition PROBES into N (subject transform) so detector replicas split the fleet; 0 = off.",
+)
 def apply(
-    nats_url: str | None, embedded: bool, replicas: int, prefix: str, stream_prefix: str, bucket_prefix: str
+    nats_url: str | None,
+    embedded: bool,
+    replicas: int,
+    prefix: str,
+    stream_prefix: str,
+    bucket_prefix: str,
+    probe_partitions: int,
 ) -> None:
     """Create or update every stream and bucket; print what was created or changed.
 
     Running it twice changes nothing the second time.
     """
     with nats_endpoint(nats_url, embedded=embedded) as url:
-        settings = NatsSettings(url=url, prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix)
+        settings = NatsSettings(
+            url=url,
+            prefix=prefix,
+            stream_prefix=stream_prefix,
+            bucket_prefix=bucket_prefix,
+            probe_partitions=probe_partitions,
+        )
 
         async def body() -> list[Change]:
             nc = await connect(settings, name="nodeheal-streams-apply")

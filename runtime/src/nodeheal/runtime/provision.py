@@ -11,7 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    SubjectTransform,
+)
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
@@ -57,6 +64,11 @@ def stream_config(spec: StreamSpec, *, replicas: int) -> StreamConfig:
         deny_delete=spec.deny_delete,
         deny_purge=spec.deny_purge,
         allow_direct=True,
+        subject_transform=(
+            SubjectTransform(src=spec.subject_transform[0], dest=spec.subject_transform[1])
+            if spec.subject_transform
+            else None
+        ),
     )
 
 
@@ -91,7 +103,14 @@ def _diff(current: StreamConfig, wanted: StreamConfig) -> dict[str, tuple[Any, A
         old, new = getattr(current, name), getattr(wanted, name)
         if not _ns_equal(old, new):
             diffs[name] = (old, new)
+    old_t, new_t = _transform(current.subject_transform), _transform(wanted.subject_transform)
+    if old_t != new_t:
+        diffs["subject_transform"] = (old_t, new_t)
     return diffs
+
+
+def _transform(value: SubjectTransform | None) -> tuple[str, str] | None:
+    return (value.src, value.dest) if value is not None and value.src else None
 
 
 async def apply_stream(js: JetStreamContext, spec: StreamSpec, *, replicas: int = 1) -> Change:

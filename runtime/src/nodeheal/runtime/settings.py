@@ -18,9 +18,17 @@ class NatsSettings(BaseModel):
     password: str | None = None
     tls_ca_file: str | None = None
     publish_timeout_s: float = Field(default=5.0, gt=0)
+    probe_partitions: int = Field(
+        default=0, ge=0, le=1024, description="0: PROBES unpartitioned; N: stored subjects get a partition token"
+    )
 
     def topology(self) -> Topology:
-        return topology(prefix=self.prefix, stream_prefix=self.stream_prefix, bucket_prefix=self.bucket_prefix)
+        return topology(
+            prefix=self.prefix,
+            stream_prefix=self.stream_prefix,
+            bucket_prefix=self.bucket_prefix,
+            probe_partitions=self.probe_partitions,
+        )
 
     @property
     def servers(self) -> list[str]:

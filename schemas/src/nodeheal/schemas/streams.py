@@ -25,6 +25,8 @@ class StreamSpec:
     deny_delete: bool = False
     deny_purge: bool = False
     max_msg_size: int = -1
+    subject_transform: tuple[str, str] | None = None
+    """(source, destination) applied by the server to every stored subject; used to partition PROBES."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,16 @@ class Topology:
 LEASE_TTL_S = 30.0
 
 
+def probe_partition_transform(prefix: str, partitions: int) -> tuple[str, str] | None:
+    """With N > 0 partitions, PROBES stores `<prefix>.probe.<cluster>.<node>` as
+    `<prefix>.probe.<cluster>.<node>.<p>`, p = the server's deterministic hash of (cluster, node) mod N,
+    so detector replicas can split the fleet with consumer filters. Publishers are unchanged."""
+    if partitions <= 0:
+        return None
+    src = f"{prefix}.probe.*.*"
+    return src, f"{prefix}.probe.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1,2)}}}}"
+
+
 def topology(
     *,
     prefix: str = DEFAULT_PREFIX,
@@ -66,6 +78,7 @@ def topology(
     bucket_prefix: str = "nodeheal",
     probes_max_bytes: int = 20 * GIB,
     lease_ttl_s: float = LEASE_TTL_S,
+    probe_partitions: int = 0,
 ) -> Topology:
     """The streams and buckets for one subject prefix.
 
@@ -82,6 +95,7 @@ def topology(
                 max_age_s=3 * DAY_S,
                 max_bytes=probes_max_bytes,
                 duplicate_window_s=60.0,
+                subject_transform=probe_partition_transform(prefix, probe_partitions),
             ),
             StreamSpec(
                 name=f"{sp}CLOUD",

@@ -28,13 +28,6 @@ class DetectorSettings(ServiceSettings):
         " ignored (nats-py is used) with a creds file or TLS",
     )
     tick_s: float = Field(default=0.5, gt=0, description="how often the timer sweep runs when probes are idle")
-    partitions: int = Field(
-        default=0,
-        ge=0,
-        le=1024,
-        description="0: PROBES is not partitioned (one consumer for all replicas' input);"
-        " N: PROBES is provisioned with N partitions (subject transform) and replicas split them",
-    )
     replicas: int = Field(default=1, ge=1, description="how many detector replicas split the partitions")
     replica: int = Field(default=0, ge=0, description="this replica's index, 0 .. replicas-1 (StatefulSet ordinal)")
     restore_lookback_s: float = Field(
@@ -51,6 +44,12 @@ class DetectorSettings(ServiceSettings):
             msg = f"partitions={self.partitions} < replicas={self.replicas}: some replicas would own nothing"
             raise ValueError(msg)
         return self
+
+    @property
+    def partitions(self) -> int:
+        """How many partitions PROBES is provisioned with (`nats.probe_partitions`, the same setting
+        `nodeheal streams apply --probe-partitions` uses); 0 = unpartitioned."""
+        return self.nats.probe_partitions
 
     @property
     def owned_partitions(self) -> list[int]:
