@@ -283,7 +283,7 @@ class DiagnoserRuntime:
         self.m_findings.labels(finding.kind).inc()
         log.warning(
             "fleet finding",
-            extra={"finding_id": finding.finding_id, "message": finding.message, "cleared": finding.cleared},
+            extra={"finding_id": finding.finding_id, "finding": finding.message, "cleared": finding.cleared},
         )
 
     # ------------------------------------------------------------------ timers
@@ -296,9 +296,12 @@ class DiagnoserRuntime:
             if (now - self._last_correlation).total_seconds() >= self.settings.correlation_interval_s:
                 self._last_correlation = now
                 findings, touched = self.diagnoser.correlate(now=now, cluster=self.settings.cluster)
+                # remembered first: if a publish below fails, the next tick still revisits these nodes
+                for key in touched:
+                    self._held[key] = now
+                due |= touched
                 for finding in findings:
                     await self._publish_finding(finding)
-                due |= touched
             if due:
                 await self._evaluate(due)
 
@@ -310,4 +313,4 @@ class DiagnoserRuntime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("tick failed; retrying next tick", extra={"error": str(exc)})
+                log.exception("tick failed; retrying next tick", extra={"error": str(exc)})
