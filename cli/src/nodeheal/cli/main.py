@@ -13,6 +13,7 @@ from nodeheal.cli.audit import audit
 from nodeheal.cli.bench import bench
 from nodeheal.cli.diagnose_log import diagnose_log
 from nodeheal.cli.normalize import normalize
+from nodeheal.cli.replay import replay
 from nodeheal.cli.streams import streams
 from nodeheal.cli.up import up
 
@@ -32,6 +33,7 @@ cli.add_command(up)
 cli.add_command(normalize)
 cli.add_command(diagnose_log)
 cli.add_command(audit)
+cli.add_command(replay)
 cli.add_command(bench)
 cli.add_command(approve)
 cli.add_command(pause)

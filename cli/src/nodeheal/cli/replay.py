@@ -1,0 +1,392 @@
+"""`nodeheal replay`: read a time window of the streams and rebuild the incident timelines.
+
+Read-only: ephemeral ordered consumers starting at `--since` (stream time), nothing published, no
+state left on the server. The timelines and the ttd/tti/ttr figures come from `nodeheal.cli.timeline`,
+the same function the demo report uses. `--what-if` hands the recorded inputs to the in-process
+sandbox of `nodeheal.cli.whatif`, which never publishes either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import click
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from nodeheal.cli.common import nats_url_option, run
+from nodeheal.cli.timeline import Distribution, Timeline, TimelineMessage, build_timeline
+from nodeheal.cli.window import parse_time, read_stream
+from nodeheal.runtime.connect import connect
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.anomaly import Anomaly
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.diagnosis import Diagnosis
+from nodeheal.schemas.inventory import NodeInventory
+from nodeheal.schemas.probe import NodeProbe
+from nodeheal.schemas.subjects import DEFAULT_PREFIX, escape_token
+
+MAX_FILTER_SUBJECTS: Final = 256
+"""Above this many nodes a zone is read with one wildcard filter per stream and narrowed here."""
+
+SOURCES: Final[tuple[tuple[str, str, type[BaseModel]], ...]] = (
+    ("PROBES", "probe", NodeProbe),
+    ("CLOUD", "cloud", CloudSystemEvent),
+    ("ANOMALIES", "anomaly", Anomaly),
+    ("DIAGNOSES", "diagnosis", Diagnosis),
+    ("AUDIT", "audit", RemediationRecord),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which nodes a replay covers: all, some (cluster, node) pairs, or one node name in any cluster."""
+
+    label: str
+    nodes: frozenset[tuple[str | None, str]] | None = None  # None: every node
+    cluster: str | None = None
+
+    def subjects(self, *, prefix: str, kind: str) -> list[str]:
+        c = escape_token(self.cluster) if self.cluster else "*"
+        if self.nodes is None or len(self.nodes) > MAX_FILTER_SUBJECTS:
+            return [f"{prefix}.{kind}.{c}.*"]
+        return sorted(
+            f"{prefix}.{kind}.{escape_token(cl) if cl else c}.{escape_token(node)}" for cl, node in self.nodes
+        )
+
+    def keeps(self, message: TimelineMessage) -> bool:
+        if self.cluster and message.cluster != self.cluster:
+            return False
+        if self.nodes is None:
+            return True
+        return (message.cluster, message.node) in self.nodes or (None, message.node) in self.nodes
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    stream: str
+    seq: int
+    subject: str
+    reason: str
+
+
+@dataclass
+class Recording:
+    """What a window of the streams holds, decoded, in stream order per stream."""
+
+    since: datetime
+    until: datetime
+    scope: Scope
+    messages: list[TimelineMessage] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def inputs(self) -> list[NodeProbe | CloudSystemEvent]:
+        """The recorded inputs (probes and cloud events) in time order, for the what-if sandbox."""
+        picked = [m for m in self.messages if isinstance(m, NodeProbe | CloudSystemEvent)]
+        return sorted(picked, key=lambda m: (m.time, m.node, m.id))
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def zone_nodes(js: JetStreamContext, *, bucket: str, zone: str) -> frozenset[tuple[str | None, str]]:
+    """The (cluster, node) pairs of one zone, from the inventory bucket."""
+    try:
+        kv = await js.key_value(bucket)
+    except BucketNotFoundError as exc:
+        msg = f"inventory bucket {bucket} not found: run `nodeheal streams apply` or pass --bucket-prefix"
+        raise click.ClickException(msg) from exc
+    # one watcher over the bucket (values included) instead of a round trip per key
+    watcher = await kv.watchall(ignore_deletes=True)
+    nodes: set[tuple[str | None, str]] = set()
+    seen = 0
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break  # the watcher's marker: everything stored so far was delivered
+            if not entry.key.startswith("node.") or not entry.value:
+                continue
+            seen += 1
+            try:
+                inv = NodeInventory.model_validate_json(entry.value)
+            except ValidationError:
+                continue
+            if inv.zone == zone:
+                nodes.add((inv.cluster, inv.node))
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    if not nodes:
+        msg = f"no node of zone {zone!r} in the inventory bucket {bucket} ({seen} nodes there); check the name"
+        raise click.ClickException(msg)
+    return frozenset(nodes)
+
+
+async def record_window(
+    js: JetStreamContext,
+    *,
+    settings: NatsSettings,
+    since: datetime,
+    until: datetime,
+    scope: Scope,
+    progress: Progress | None = None,
+    streams: Sequence[str] = ("PROBES", "CLOUD", "ANOMALIES", "DIAGNOSES", "AUDIT"),
+) -> Recording:
+    """Read PROBES, CLOUD, ANOMALIES, DIAGNOSES and AUDIT between `since` and `until` (stream time)."""
+    topo = settings.topology()
+    recording = Recording(since=since, until=until, scope=scope)
+    for base, kind, model in SOURCES:
+        if base not in streams:
+            continue
+        stream = topo.stream(f"{settings.stream_prefix}{base}").name
+        task = progress.add_task(stream, total=None) if progress is not None else None
+
+        def on_total(total: int, task: Any = task) -> None:
+            if progress is not None and task is not None:
+                progress.update(task, total=total)
+
+        async for stored in read_stream(
+            js,
+            stream=stream,
+            subjects=scope.subjects(prefix=settings.prefix, kind=kind),
+            since=since,
+            until=until,
+            on_total=on_total,
+        ):
+            if progress is not None and task is not None:
+                progress.advance(task)
+            try:
+                message = model.model_validate_json(stored.data)
+            except ValidationError as exc:
+                reason = f"not a {model.__name__}: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}"
+                recording.skipped.append(Skipped(stream, stored.seq, stored.subject, reason))
+                continue
+            assert isinstance(message, NodeProbe | CloudSystemEvent | Anomaly | Diagnosis | RemediationRecord)
+            if scope.keeps(message):
+                recording.messages.append(message)
+        if progress is not None and task is not None:
+            info = progress.tasks[task]
+            progress.update(task, total=info.completed, completed=info.completed)
+    return recording
+
+
+def build_report(recording: Recording, timeline: Timeline) -> dict[str, Any]:
+    """The replay report: the timeline summary (same keys as the demo), the window, and what was skipped."""
+    report = timeline.to_report()
+    report["window"] = {
+        "since": _ts(recording.since),
+        "until": _ts(recording.until),
+        "scope": recording.scope.label,
+    }
+    report["skipped"] = [
+        {"stream": s.stream, "seq": s.seq, "subject": s.subject, "reason": s.reason} for s in recording.skipped
+    ]
+    return report
+
+
+def report_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def print_summary(timeline: Timeline, *, console: Console, scope: str, max_rows: int = 50) -> None:
+    s = timeline.summary
+    c = s.counts
+    console.print(
+        f"[bold]replay[/bold] {scope}: {c.incidents} incidents on {c.nodes_with_incidents} of {c.nodes_seen} nodes "
+        f"({c.expected} expected, {c.open} still open); {c.probes} probes, {c.cloud_events} cloud events, "
+        f"{c.anomalies} anomalies, {c.diagnoses} diagnoses, {c.audit_records} audit records"
+    )
+    table = Table(title="1-5-10 (seconds from the first bad observation; nearest-rank percentiles)")
+    for col in ("", "p50", "p95", "max", "budget", "within budget"):
+        table.add_column(col, justify="right" if col else "left")
+    rows: list[tuple[str, Distribution, float, int, int]] = [
+        ("detect (ttd_s)", s.ttd_s, s.budgets_s["detect"], c.met_detect, c.incidents),
+        ("identify (tti_s)", s.tti_s, s.budgets_s["identify"], c.met_identify, c.identified),
+        ("repair (ttr_s)", s.ttr_s, s.budgets_s["repair"], c.met_repair, c.repaired),
+    ]
+    for name, dist, budget, met, n in rows:
+        table.add_row(name, _fmt(dist.p50), _fmt(dist.p95), _fmt(dist.max), f"{budget:.0f}", f"{met}/{n}")
+    console.print(table)
+    if s.by_class:
+        by_class = Table(title="by class")
+        for col in ("class", "incidents", "ttd p95", "tti p95", "ttr p95", "1-5-10 met"):
+            by_class.add_column(col, justify="left" if col == "class" else "right")
+        for name, cs in s.by_class.items():
+            by_class.add_row(
+                name, str(cs.count), _fmt(cs.ttd_s.p95), _fmt(cs.tti_s.p95), _fmt(cs.ttr_s.p95), str(cs.met_1_5_10)
+            )
+        console.print(by_class)
+    if timeline.incidents:
+        inc_table = Table(title=f"incidents (first {min(max_rows, len(timeline.incidents))})")
+        for col in ("onset", "node", "class", "ttd", "tti", "ttr", "actions", "flags"):
+            inc_table.add_column(col)
+        for inc in timeline.incidents[:max_rows]:
+            flags = ",".join(f for f, on in (("expected", inc.expected), ("open", inc.open)) if on)
+            actions = ",".join(a.action + ("(dry)" if a.dry_run else "") for a in inc.actions)
+            inc_table.add_row(
+                _ts(inc.onset) or "",
+                f"{inc.cluster}/{inc.node}",
+                inc.klass,
+                _fmt(inc.ttd_s),
+                _fmt(inc.tti_s),
+                _fmt(inc.ttr_s),
+                actions,
+                flags,
+            )
+        console.print(inc_table)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@click.command("replay")
+@nats_url_option
+@click.option("--since", required=True, help="Window start (stream time): ISO time, or a duration back (2h, 7d).")
+@click.option("--until", default=None, help="Window end (stream time): ISO time or duration back. Default: now.")
+@click.option("--node", default=None, help="Only this node.")
+@click.option("--zone", default=None, help="Only the nodes of this zone (from the inventory bucket).")
+@click.option("--all", "all_nodes", is_flag=True, default=False, help="The whole fleet.")
+@click.option("--cluster", default=None, help="Only this cluster (combines with --node / --zone / --all).")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print the JSON report on stdout.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the HTML report here.",
+)
+@click.option(
+    "--what-if",
+    "what_if",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Re-run detection, diagnosis and planning on the recorded inputs with the rules in this YAML file "
+    "(in-process sandbox: nothing is published, nothing acts) and list the decisions that differ.",
+)
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Subject prefix.")
+@click.option("--stream-prefix", default="", help="Prefix of stream names (side-by-side installs).")
+@click.option("--bucket-prefix", default="nodeheal", show_default=True, help="Prefix of bucket names.")
+def replay(
+    nats_url: str | None,
+    since: str,
+    until: str | None,
+    node: str | None,
+    zone: str | None,
+    all_nodes: bool,
+    cluster: str | None,
+    as_json: bool,
+    html_path: Path | None,
+    what_if: Path | None,
+    prefix: str,
+    stream_prefix: str,
+    bucket_prefix: str,
+) -> None:
+    """Rebuild the incident timelines of a time window: first bad observation, anomaly, diagnosis with its
+    evidence, each audit phase, recovery; time to detect / identify / repair against the 1-5-10 budgets.
+
+    Use absolute --since/--until for a report that is byte-for-byte the same on every run.
+    """
+    chosen = [name for name, on in (("--node", node), ("--zone", zone), ("--all", all_nodes)) if on]
+    if len(chosen) != 1:
+        raise click.UsageError(f"choose exactly one of --node NODE, --zone ZONE or --all (got {chosen or 'none'})")
+    if not nats_url:
+        raise click.UsageError("no NATS server: pass --nats-url nats://HOST:4222 or set NATS_URL")
+    now = datetime.now(tz=UTC)
+    try:
+        start = parse_time(since, now=now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    try:
+        end = parse_time(until, now=now) if until else now
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--until") from exc
+    if end <= start:
+        raise click.BadParameter(f"--until {_ts(end)} is not after --since {_ts(start)}", param_hint="--until")
+    settings = NatsSettings(url=nats_url, prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix)
+    err = Console(stderr=True)
+    out = Console(stderr=as_json)
+    rules = None
+    if what_if is not None:
+        from nodeheal.cli.whatif import load_rules
+
+        try:
+            rules = load_rules(what_if)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--what-if") from exc
+
+    async def body() -> Recording:
+        nc = await connect(settings, name="nodeheal-replay")
+        try:
+            js = nc.jetstream()
+            if zone:
+                bucket = settings.topology().bucket(f"{bucket_prefix}-inventory").name
+                scope = Scope(
+                    label=f"zone {zone}", nodes=await zone_nodes(js, bucket=bucket, zone=zone), cluster=cluster
+                )
+            elif node:
+                scope = Scope(label=f"node {node}", nodes=frozenset({(cluster, node)}), cluster=cluster)
+            else:
+                scope = Scope(label=f"all nodes of {cluster}" if cluster else "all nodes", cluster=cluster)
+            with _progress(err) as progress:
+                return await record_window(
+                    js, settings=settings, since=start, until=end, scope=scope, progress=progress
+                )
+        finally:
+            await nc.close()
+
+    try:
+        recording = run(body)
+    except click.ClickException:
+        raise
+    except NotFoundError as exc:
+        raise click.ClickException(
+            f"a stream is missing on {nats_url} ({exc}): run `nodeheal streams apply` with the same prefixes"
+        ) from exc
+    except Exception as exc:
+        raise click.ClickException(f"replay against {nats_url} failed: {exc}") from exc
+
+    timeline = build_timeline(recording.messages)
+    report = build_report(recording, timeline)
+    if rules is not None:
+        from nodeheal.cli.whatif import render_differences, run_what_if
+
+        outcome = run_what_if(recording=recording, recorded=timeline, rules=rules)
+        report["what_if"] = outcome.to_dict()
+        render_differences(outcome, console=out)
+    if html_path is not None:
+        from nodeheal.cli.report_html import write_replay_html
+
+        write_replay_html(
+            timeline, path=html_path, title=f"nodeheal replay — {recording.scope.label}", window=report["window"]
+        )
+        err.print(f"HTML report written to {html_path}")
+    if recording.skipped:
+        err.print(
+            f"[yellow]{len(recording.skipped)} stored messages could not be read and were skipped"
+            " (see 'skipped' in the JSON)[/yellow]"
+        )
+    print_summary(timeline, console=out, scope=recording.scope.label)
+    if as_json:
+        click.echo(report_json(report))
