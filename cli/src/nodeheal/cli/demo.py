@@ -54,6 +54,7 @@ class DemoConfig:
     partition: bool = True
     quiet: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    services: list[str] | None = None  # all four unless a test narrows it
 
 
 def _service_table(
@@ -82,7 +83,8 @@ def _service_table(
             "NODEHEAL_INGEST_ALIBABA__ENABLED": "true",
             "NODEHEAL_INGEST_ALIBABA__ENDPOINT": world.ecs_endpoint,
             "NODEHEAL_INGEST_ALIBABA__PROTOCOL": "http",
-            "NODEHEAL_INGEST_ALIBABA__REGION": world.region,
+            "NODEHEAL_INGEST_ALIBABA__REGION_IDS": json.dumps([world.region]),
+            "NODEHEAL_INGEST_AUTH_TOKEN": "demo-webhook-token",
             "NODEHEAL_INGEST_ALIBABA__ACCESS_KEY_ID": "demo-ak",
             "NODEHEAL_INGEST_ALIBABA__ACCESS_KEY_SECRET": "demo-secret",
             "NODEHEAL_INGEST_ALIBABA__INTERVAL_S": "2",
@@ -90,7 +92,9 @@ def _service_table(
     }
     for env in extra.values():
         env |= cfg.extra_env
-    return service_processes(settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra)
+    return service_processes(
+        settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra, names=cfg.services
+    )
 
 
 def _progress_table(

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import click
 
-from nodeheal.cli.demo import demo
 from nodeheal.cli.approve import approve, pause, resume
 from nodeheal.cli.audit import audit
 from nodeheal.cli.bench import bench
+from nodeheal.cli.demo import demo
 from nodeheal.cli.diagnose_log import diagnose_log
 from nodeheal.cli.normalize import normalize
 from nodeheal.cli.replay import replay
