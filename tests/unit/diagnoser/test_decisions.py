@@ -164,3 +164,13 @@ def test_redelivered_anomaly_changes_nothing_and_ids_are_deterministic() -> None
     da, db = run(a, "n1", 1), run(b, "n1", 1 + timedelta(seconds=0).total_seconds())
     assert da.id == db.id and da.cause == "container_runtime_down"
     assert a.on_anomaly(anomaly("n1", "service_down", subject="containerd")) == set()
+
+
+def test_a_long_partition_still_reads_as_a_partition_when_re_evaluated_late() -> None:
+    diag = make(nodes=12, racks=2)
+    for i, node in enumerate(["n0", "n2", "n4", "n6"]):
+        diag.on_anomaly(anomaly(node, "node_down", at=later(i * 0.2)))
+    assert run(diag, "n0", 4).cause == "rack_partition"
+    diag.on_anomaly(anomaly("n0", "flapping", at=later(3600)))  # an hour later, something new fires
+    d = diag.evaluate(f"{CLUSTER}/n0", now=later(3601)).diagnosis
+    assert d is None or d.cause == "rack_partition"

@@ -150,9 +150,16 @@ def peer_view(
     if not value:
         return None
     members = fleet.peers(ctx.key, dimension)
-    horizon = now - config.burst_window
+    # a burst: peers that went dark within `burst_window` of this node (not of "now", so a partition
+    # that lasts an hour still reads as a partition when the node is re-evaluated late)
+    mine = fleet.down_since.get(ctx.key, now)
     down = tuple(
-        sorted(k for k in members if k in fleet.down_since and fleet.down_since[k] >= horizon - config.burst_window)
+        sorted(
+            k
+            for k in members
+            if k in fleet.down_since
+            and abs((fleet.down_since[k] - mine).total_seconds()) <= config.burst_window.total_seconds()
+        )
     )
     return PeerView(dimension=dimension, value=str(value), down=down, members=len(members))
 
