@@ -37,7 +37,8 @@ class Matcher:
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
         literals = sorted({c.lower() for r in kb.rules for c in r.contains}, key=len, reverse=True)
-        self._any_literal = re.compile("|".join(re.escape(lit) for lit in literals), re.IGNORECASE)
+        # matched against the lower-cased line: a case-sensitive alternation is ~5x faster than IGNORECASE
+        self._any_literal = re.compile("|".join(re.escape(lit) for lit in literals))
         self._specific = tuple(r for r in kb.rules if not r.fallback)
         self._fallback = tuple(r for r in kb.rules if r.fallback)
 
@@ -55,9 +56,9 @@ class Matcher:
 
     def match_line(self, line: str, *, index: int = 0) -> Finding | None:
         """The most decisive rule that matches the line (specific rules before fallbacks), or None."""
-        if not self._any_literal.search(line):
-            return None
         lowered = line.lower()
+        if not self._any_literal.search(lowered):
+            return None
         hit = self._first(self._specific, line, lowered) or self._first(self._fallback, line, lowered)
         if hit is None:
             return None
