@@ -44,6 +44,7 @@ MEASURED_KINDS: Final = frozenset(
 AGENT_SERVICE: Final = "nodeheal-agent"
 MAX_PROBE_IDS = 5
 MAX_KERNEL_EVIDENCE_LINES = 20
+MAX_PARKED_NODES = 100_000
 
 
 class RuleConfig(BaseModel):
@@ -649,6 +650,9 @@ class Detector:
         node = self.nodes.get(key)
         if node is None:
             if not self.adopt_unknown:
+                # Probably another replica's node: park it (bounded) in case its first probe comes here.
+                if key not in self._pending_cloud and len(self._pending_cloud) >= MAX_PARKED_NODES:
+                    self._pending_cloud.pop(next(iter(self._pending_cloud)))
                 self._pending_cloud.setdefault(key, []).append(event)
                 return
             node = self._node(event.cluster, event.node, now)
