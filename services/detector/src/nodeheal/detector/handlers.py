@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import prometheus_client
@@ -179,6 +180,7 @@ class DetectorRuntime:
             log.exception("anomalies left unpublished at shutdown; the probes were not acknowledged")
         if self._probe_puller is not None:
             await self._probe_puller.stop()
+        log.info("detector stopped", extra={"nodes": len(self.detector.nodes)})
 
     async def readiness(self) -> tuple[bool, str]:
         if not self._ready:
@@ -420,6 +422,15 @@ class DetectorRuntime:
 
     async def _run_side(self, stream: str, apply: Callable[[bytes, float], None]) -> None:
         sub = await self.js.pull_subscribe_bind(self.settings.side_durable, stream=stream)
+        try:
+            await self._side_loop(sub, stream, apply)
+        finally:
+            # Unsubscribe here: a pull subscription left on the shared connection makes its drain at
+            # shutdown wait for nats-py's drain timeout.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _side_loop(self, sub: Any, stream: str, apply: Callable[[bytes, float], None]) -> None:
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(100, timeout=1.0)
