@@ -1,0 +1,52 @@
+"""After a `nodeheal demo` run against a server, `nodeheal replay` of the run's window gives the same
+time-to-detect / identify / repair as the demo report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.nats
+
+
+async def _run(*args: str, limit_s: float) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nodeheal.cli.main", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=limit_s)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out.decode()
+
+
+async def test_replay_of_a_demo_run_agrees_with_the_demo_report(nats_url: str, tmp_path: Path) -> None:
+    demo_out = await _run(
+        "demo",
+        "--nats-url",
+        nats_url,
+        "--nodes",
+        "30",
+        "--duration",
+        "30",
+        "--settle",
+        "45",
+        "--no-partition",
+        "--report",
+        str(tmp_path / "demo.html"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--json",
+        limit_s=600,
+    )
+    demo = json.loads(demo_out)
+    since, until = demo["run"]["start"], demo["run"]["end"]
+    replay_out = await _run(
+        "replay", "--nats-url", nats_url, "--since", since, "--until", until, "--all", "--json", limit_s=300
+    )
+    replay = json.loads(replay_out)
+    assert replay["incidents"], "the demo injected faults; the replay must see incidents"
+    for key in ("ttd_s", "tti_s", "ttr_s"):
+        assert replay[key] == demo[key], key
