@@ -217,3 +217,52 @@ async def test_two_replicas_split_a_partitioned_fleet_without_sharing_a_node(nc:
             await js.delete_stream(spec.name)
         for bucket in s.topology().buckets:
             await js.delete_key_value(bucket.name)
+
+
+async def test_cloud_reboot_event_fires_maintenance_and_resolves_when_terminal_and_back(
+    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    from nodeheal.schemas import CloudSystemEvent
+    from nodeheal.schemas.subjects import cloud_subject
+
+    s = topology_ready
+    js = nc.jetstream()
+    await publish(nc, s, probe(node="n5", seq=1, used=10.0))
+    await eventually(lambda: "c1/n5" in runtime.detector.nodes)
+
+    def event(phase: str) -> CloudSystemEvent:
+        return CloudSystemEvent(
+            cluster="c1",
+            node="n5",
+            cloud="alibaba",
+            channel="simulator",
+            provider_event_id="e-77",
+            provider_event_type="SystemMaintenance.Reboot",
+            action="reboot",
+            cause="planned_maintenance",
+            phase=phase,  # type: ignore[arg-type]
+            is_terminal=phase == "completed",
+            instance_id="i-77",
+            observed_at=datetime.now(tz=UTC),
+        )
+
+    subject = cloud_subject("c1", "n5", prefix=s.prefix)
+    await js.publish(subject, event("in_progress").to_json(), headers={"Nats-Msg-Id": event("in_progress").dedup_id})
+    await js.publish(subject, b"{not a cloud event")
+    await eventually(lambda: runtime.detector.counters.fired == 1)
+    await js.publish(subject, event("completed").to_json(), headers={"Nats-Msg-Id": event("completed").dedup_id})
+    node = runtime.detector.nodes["c1/n5"]
+    await eventually(lambda: node.cloud is not None and node.cloud["e-77"].terminal)
+    await publish(nc, s, probe(node="n5", seq=2, used=10.0, boot="b2"))  # back, after the event's reboot
+    await eventually(lambda: runtime.detector.counters.resolved == 1)
+
+    async def two() -> bool:
+        return len(await anomalies(nc, s)) >= 2
+
+    await eventually(two)
+    got = await anomalies(nc, s)
+    assert [(a.kind, a.status, a.subject, a.expected) for a in got] == [
+        ("cloud_maintenance", "firing", "reboot:e-77", True),
+        ("cloud_maintenance", "resolved", "reboot:e-77", True),
+    ]
+    assert runtime.detector.counters.explained_reboots == 1
