@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from nodeheal.detector.rules import Detector, RuleConfig, anomaly_msg_id
-from nodeheal.schemas import Anomaly, CloudSystemEvent, RemediationRecord
+from nodeheal.detector.state import PING_MASK
+from nodeheal.schemas import Anomaly, CloudSystemEvent, Reachability, RemediationRecord
 from tests.unit.detector.helpers import T0, agent_probe, prober_probe
 
 INTERVAL = 10.0
@@ -150,6 +151,17 @@ def test_node_down_after_missed_intervals_when_unreachable_then_resolves_when_ba
     assert drain(det) == []  # fires once
     feed(det, 1, start=t)
     assert drain(det) == [("node_down", "resolved", None)]
+
+
+def test_the_agents_own_reachability_entry_is_not_the_probers_verdict() -> None:
+    det = make()
+    t = feed(det, 1)
+    det.observe_probe(prober_probe(t=t, icmp=True, tcp=True, ssh_banner=True, kubelet_healthz=True), now=t)
+    # The agent reports its own `agent` check on every probe; the prober's verdict must survive it.
+    t = feed(det, 2, start=t + 1, reachability=(Reachability(check="agent", target="127.0.0.1:9100", ok=True),))
+    node = det.nodes["c1/n1"]
+    assert node.reach_ok & PING_MASK == PING_MASK
+    assert node.last_prober == T0 + INTERVAL
 
 
 def test_node_hang_when_pingable_but_ssh_and_kubelet_silent() -> None:

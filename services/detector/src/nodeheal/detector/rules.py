@@ -173,7 +173,9 @@ class Detector:
         node = self.nodes.get(p.cluster + "/" + p.node)
         if node is None:
             node = self._node(p.cluster, p.node, now)
-        if p.reachability:
+        # The agent's own probe carries one `agent` reachability entry (itself): that is not the
+        # prober's verdict from outside and must not overwrite it.
+        if p.reachability and p.source != "agent":
             self._observe_reachability(node, p, now)
         if p.source != "prober":
             self._observe_agent(node, p, now)
