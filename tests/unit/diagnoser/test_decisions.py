@@ -174,3 +174,35 @@ def test_a_long_partition_still_reads_as_a_partition_when_re_evaluated_late() ->
     diag.on_anomaly(anomaly("n0", "flapping", at=later(3600)))  # an hour later, something new fires
     d = diag.evaluate(f"{CLUSTER}/n0", now=later(3601)).diagnosis
     assert d is None or d.cause == "rack_partition"
+
+
+def test_downtime_after_our_own_reboot_is_planned_even_while_the_original_fault_still_fires() -> None:
+    """An OOM led to our reboot; the node_down that follows is ours, not a new crash (found in the demo)."""
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="software", lines=sample_lines("oom_killer")))
+    first = run(diag, "n1", 1)
+    assert first.cause == "oom_killer"
+    diag.on_audit(
+        RemediationRecord(
+            cluster=CLUSTER, node="n1", action_id="a1", action="reboot", phase="started", reason="x",
+            actor="r", time=later(20),
+        )
+    )  # fmt: skip
+    diag.on_anomaly(anomaly("n1", "node_down", at=later(30)))
+    d = run(diag, "n1", 35)
+    assert (d.cause, d.category) == ("planned_reboot", "ops")
+    assert actions(d) == ["none"]
+
+
+def test_a_node_down_before_our_action_is_not_excused_by_it() -> None:
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="software", lines=sample_lines("oom_killer"), at=later(0)))
+    diag.on_anomaly(anomaly("n1", "node_down", at=later(5)))
+    diag.on_audit(
+        RemediationRecord(
+            cluster=CLUSTER, node="n1", action_id="a1", action="reboot", phase="started", reason="x",
+            actor="r", time=later(20),
+        )
+    )  # fmt: skip
+    d = run(diag, "n1", 25)
+    assert d.cause != "planned_reboot"

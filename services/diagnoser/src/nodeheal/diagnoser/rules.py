@@ -623,7 +623,14 @@ def decide(
 
     # A'. our own remediation took the node down
     own = own_remediation(ctx, now=now, config=config)
-    if own is not None and kinds <= OWN_DOWNTIME:
+    downtime = [a for a in firing if a.kind in OWN_DOWNTIME]
+    # the original fault's anomalies (e.g. the kernel_fault that led to the reboot) may still be
+    # firing: downtime that began after our own action is still ours, whatever else fires
+    ours = own is not None and (
+        kinds <= OWN_DOWNTIME
+        or (bool(downtime) and all(a.fault_onset >= own.time - OWN_ACTION_SLACK for a in downtime))
+    )
+    if own is not None and ours:
         evidence = [
             _ev(
                 "history",
@@ -716,6 +723,7 @@ def decide(
     )
 
 
+OWN_ACTION_SLACK = timedelta(seconds=5)
 OWN_DOWNTIME = frozenset({"node_down", "node_not_ready", "unexpected_reboot", "node_hang", "service_down", "flapping"})
 
 
