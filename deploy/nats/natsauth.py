@@ -215,6 +215,7 @@ def _kv_read(bucket: str) -> list[str]:
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
         f"$JS.API.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
@@ -270,6 +271,7 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
                 *_consume(lo.stream("PROBES")),
                 *_consume(lo.stream("CLOUD")),
                 *_consume(lo.stream("ANOMALIES")),  # what was firing is restored from ANOMALIES at start
+                *_consume(lo.stream("AUDIT")),  # a node being remediated (cordoned, rebooting) is expected to look sick
                 *_kv_read(inv),
             ),
             sub_allow=tuple(own_inbox),

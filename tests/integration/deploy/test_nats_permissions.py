@@ -227,10 +227,10 @@ async def test_detector_consumes_its_inputs_and_nothing_else(secured: Secured, s
     assert info.ack_floor.stream_seq >= ack.seq
     assert detector.errors[errors_before:] == []
 
-    audit = secured.topo.stream("AUDIT").name
+    diagnoses = secured.topo.stream("DIAGNOSES").name  # not an input of the detector
     with pytest.raises(TimeoutError):
-        await ensure_pull_consumer(detector.js, stream=audit, durable="detector-snoop")
-    await detector.refused(f"$JS.API.CONSUMER.INFO.{audit}.detector-snoop")
+        await ensure_pull_consumer(detector.js, stream=diagnoses, durable="detector-snoop")
+    await detector.refused(f"$JS.API.CONSUMER.INFO.{diagnoses}.detector-snoop")
 
 
 async def test_remediator_consumes_diagnoses(secured: Secured, sessions: dict[str, Session]) -> None:
