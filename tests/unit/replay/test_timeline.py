@@ -215,3 +215,20 @@ def test_an_audit_record_naming_nothing_known_is_kept_on_the_node() -> None:
     timeline = build_timeline(msgs)
     assert timeline.incidents == ()
     assert timeline.nodes[0].unattached_actions[0].action_id == "lonely"
+
+
+def test_escalation_alone_is_not_an_action_taken_so_recovery_repairs() -> None:
+    """A rack partition is escalated, never acted on; it is repaired when the node comes back."""
+    fire = firing("n", kind="node_down", onset=0, detected=10)
+    esc = record("n", t=15, phase="succeeded", action="escalate", action_id="esc-1")
+    incident = build_timeline([fire, resolved(fire, t=50), esc]).incidents[0]
+    assert incident.action_taken is False
+    assert incident.ttr_s == 50.0
+
+
+def test_a_real_action_still_needs_verification() -> None:
+    fire = firing("n", kind="node_down", onset=0, detected=10)
+    reboot = record("n", t=15, phase="started", action="reboot")
+    incident = build_timeline([fire, resolved(fire, t=50), reboot]).incidents[0]
+    assert incident.action_taken is True
+    assert incident.ttr_s is None

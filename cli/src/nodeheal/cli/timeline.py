@@ -26,7 +26,8 @@ Definitions (documented for operators in docs/replay.md):
 - `ttd_s` = first `detected_at` − onset.
 - `tti_s` = `identified_at` of the first diagnosis that is not a `resolved=True` update − onset.
 - `ttr_s` = `repaired_at` − onset, where `repaired_at` is the last audit `verified` time when an
-  action was really taken (a non-dry-run record in phase started / succeeded / failed / verified),
+  action was really taken (a non-dry-run record in phase started / succeeded / failed / verified
+  of an action that changes the node: not `none`, `escalate` or `wait_for_cloud_event`),
   else the time the last of its anomalies resolved. An action taken but never verified leaves the
   incident unrepaired (`ttr_s` None): nobody proved the node healthy.
 - 1-5-10 is cumulative from onset: detected within 60 s, identified within 300 s, repaired within 600 s.
@@ -68,6 +69,8 @@ CLOUD_LOOKBACK_S: Final = 3600.0
 """Cloud events up to this long before the onset are shown with the incident (scheduled maintenance)."""
 
 ACTION_TAKEN_PHASES: Final = frozenset({"started", "succeeded", "failed", "verified"})
+NON_REPAIR_ACTIONS: Final = frozenset({"none", "escalate", "wait_for_cloud_event"})
+"""Decisions that leave the node as it is: an incident with only these recovers on its own (or by the cloud)."""
 
 _ROUND = 3  # milliseconds: durations are rounded so float noise never changes the JSON
 
@@ -472,7 +475,10 @@ def _finish(draft: _Draft, class_of: Callable[[Incident], str]) -> Incident:
     identified_at = first.identified_at if first else None
     recovered_at = draft.end
     actions = _actions(draft.records)
-    action_taken = any(not a.dry_run and any(p.phase in ACTION_TAKEN_PHASES for p in a.phases) for a in actions)
+    action_taken = any(
+        not a.dry_run and a.action not in NON_REPAIR_ACTIONS and any(p.phase in ACTION_TAKEN_PHASES for p in a.phases)
+        for a in actions
+    )
     verified = [p.at for a in actions if not a.dry_run for p in a.phases if p.phase == "verified"]
     repaired_at = (max(verified) if verified else None) if action_taken else recovered_at
     ttd_s = _seconds(detected_at - onset)
