@@ -64,6 +64,9 @@ def _service_table(
     extra: dict[str, dict[str, str]] = {
         "detector": {
             "NODEHEAL_DETECTOR_RULES__PROBE_INTERVAL_S": str(cfg.probe_interval_s),
+            # event-like anomalies (a kernel fault line) resolve after a quiet period: 120 s in
+            # production, scaled like the rest of the simulated time
+            "NODEHEAL_DETECTOR_RULES__EVENT_HOLD_S": str(max(20.0, cfg.probe_interval_s * 6)),
         },
         "remediator": {
             "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.kube_url,
@@ -92,9 +95,7 @@ def _service_table(
     }
     for env in extra.values():
         env |= cfg.extra_env
-    return service_processes(
-        settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra, names=cfg.services
-    )
+    return service_processes(settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra, names=cfg.services)
 
 
 def _progress_table(

@@ -14,12 +14,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from rich.console import Console
 from rich.table import Table
 
 from nodeheal.cli.timeline import Incident, build_timeline, distribution
+from nodeheal.cli.window import read_stream
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, CloudSystemEvent, Diagnosis, RemediationRecord
 from nodeheal.sim.faults import InjectedFault
@@ -52,39 +52,6 @@ class RunRecord:
 Message = CloudSystemEvent | Anomaly | Diagnosis | RemediationRecord
 
 
-async def read_stream(
-    js: JetStreamContext, *, stream: str, subject: str, since: datetime, until: datetime
-) -> list[bytes]:
-    """Every message of `subject` stored between `since` and `until` (ephemeral consumer, no acks)."""
-    info = await js.stream_info(stream)
-    if info.state.messages == 0:
-        return []
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_TIME,
-        opt_start_time=since,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=subject,
-        inactive_threshold=30.0,
-    )
-    psub = await js.pull_subscribe(subject, stream=stream, config=config)
-    out: list[bytes] = []
-    try:
-        while True:
-            cinfo = await psub.consumer_info()
-            pending = cinfo.num_pending or 0
-            if pending == 0:
-                break
-            msgs = await psub.fetch(min(1000, pending), timeout=5)
-            for msg in msgs:
-                stamp = msg.metadata.timestamp
-                if stamp is not None and stamp > until:
-                    return out
-                out.append(msg.data)
-    finally:
-        await psub.unsubscribe()
-    return out
-
-
 async def collect_window(
     js: JetStreamContext, *, settings: NatsSettings, since: datetime, until: datetime
 ) -> tuple[list[Message], list[dict[str, Any]]]:
@@ -100,12 +67,12 @@ async def collect_window(
     ]
     assert all(topo.stream(s[0]) for s in sources)
     for stream, subject, model in sources:
-        for raw in await read_stream(js, stream=stream, subject=subject, since=since, until=until):
-            messages.append(model.model_validate_json(raw))
+        async for stored in read_stream(js, stream=stream, subjects=[subject], since=since, until=until):
+            messages.append(model.model_validate_json(stored.data))
     findings = [
-        json.loads(raw)
-        for raw in await read_stream(
-            js, stream=f"{sp}DIAGNOSES", subject=f"{p}.finding.fleet", since=since, until=until
+        json.loads(stored.data)
+        async for stored in read_stream(
+            js, stream=f"{sp}DIAGNOSES", subjects=[f"{p}.finding.fleet"], since=since, until=until
         )
     ]
     return messages, findings
@@ -159,15 +126,17 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
 
     rows = []
     per_class: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"ttd": [], "tti": [], "ttr": []})
-    correct = first_correct = detected = repaired = 0
+    correct = final_correct = detected = repaired = 0
     for fault in truth:
         inc = matched.get(fault.fault_id)
         final = _final_cause(inc) if inc else None
         first = _first_cause(inc) if inc else None
-        ok = final in fault.expected
+        # the verdict is the diagnosis that identified the fault (the one time-to-identify measures
+        # and the remediator acted on); later updates describe what followed, e.g. our own reboot
+        ok = first in fault.expected
         detected += inc is not None
         correct += ok
-        first_correct += first in fault.expected
+        final_correct += final in fault.expected
         repaired += bool(inc and inc.repaired_at is not None)
         if inc is not None:
             pc = per_class[fault.fault_class]
@@ -186,8 +155,8 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
                 "tti_s": inc.tti_s if inc else None,
                 "ttr_s": inc.ttr_s if inc else None,
                 "ttd_from_injection_s": round(inc.detected_at.timestamp() - fault.injected_at, 3) if inc else None,
-                "cause": final,
-                "first_cause": first,
+                "cause": first,
+                "final_cause": final,
                 "category": inc.category if inc else None,
                 "diagnosed_correctly": ok,
                 "repaired": bool(inc and inc.repaired_at is not None),
@@ -219,7 +188,9 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
                 "value": f.get("value"),
                 "ratio": f.get("ratio"),
                 "p_value": f.get("p_value"),
-                "affected_nodes": f.get("affected_nodes"),
+                "affected_nodes": (
+                    len(f["affected_nodes"]) if isinstance(f.get("affected_nodes"), list) else f.get("affected_nodes")
+                ),
                 "kind": f.get("kind", f.get("finding_kind")),
                 "summary": f.get("summary") or f.get("description"),
                 "is_injected_bad_kernel": f.get("dimension") == "kernel" and f.get("value") == record.bad_kernel,
@@ -255,7 +226,7 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
             "injected": len(truth),
             "detected": detected,
             "diagnosed_correctly": correct,
-            "diagnosed_correctly_first": first_correct,
+            "final_diagnosis_correct": final_correct,
             "repaired": repaired,
             "accuracy": round(correct / len(truth), 4) if truth else None,
         },

@@ -271,6 +271,9 @@ class FleetSimulator:
     # ------------------------------------------------------------------ faults
 
     def _pick_node(self, *, avoid_rack: str | None = None, kernel: str | None = None) -> SimNode | None:
+        # nodes that had no fault in this run first: two unrelated faults on one host look like
+        # failing hardware to the diagnoser, and rightly so
+        struck = {f.node for f in self.truth}
         candidates = [
             n
             for n in self.nodes.values()
@@ -280,7 +283,9 @@ class FleetSimulator:
             and (avoid_rack is None or n.inv.rack != avoid_rack)
             and (kernel is None or n.inv.kernel == kernel)
         ]
-        return self.rng.choice(candidates) if candidates else None
+        fresh = [n for n in candidates if n.name not in struck]
+        pool = fresh or candidates
+        return self.rng.choice(pool) if pool else None
 
     def inject(self, planned: PlannedFault) -> list[InjectedFault]:
         now = self.clock()

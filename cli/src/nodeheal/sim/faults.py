@@ -74,6 +74,8 @@ def expected_causes(fault_class: str, kernel_class: str | None) -> frozenset[str
             extra |= {"fd_exhaustion"}
         if kernel_class == "disk_full_eviction":
             extra |= {"disk_full"}
+        if kernel_class == "nvme_disk_io_error":
+            extra |= {"disk_failure"}
         return frozenset(extra)
     return EXPECTED_CAUSES[fault_class]
 
@@ -159,6 +161,8 @@ def plan_faults(
     rng.shuffle(kernel_cycle)
     n_kernel = max(len(kernel_cycle), round(total * BASE_WEIGHTS["kernel_fault"] / sum(BASE_WEIGHTS.values())))
     chosen += [("kernel_fault", kernel_cycle[i % len(kernel_cycle)]) for i in range(n_kernel)]
+    # a kernel with a raised crash rate must crash often enough to be a finding (>= 3 nodes)
+    chosen += [("bad_kernel_crash", None)] * 3
     weights = [BASE_WEIGHTS[c] for c in classes]
     while len(chosen) < total:
         chosen.append((rng.choices(classes, weights)[0], None))
