@@ -225,11 +225,12 @@ def _kv_write(bucket: str) -> list[str]:
     return [*_kv_read(bucket), f"$KV.{bucket}.>"]
 
 
-def inbox_prefix(role: str, *, node_token: str | None = None) -> str:
-    """Each principal gets replies on its own inbox subtree (pass it as nats-py `inbox_prefix`), so
-    one service cannot read another's request replies or PubAcks."""
-    if role == "agent":
-        return f"_INBOX.agent.{node_token or '{{tag(cluster)}}.{{tag(node)}}'}"
+def inbox_prefix(role: str) -> str:
+    """Each role gets replies on its own inbox subtree (`NatsSettings.inbox_prefix`, passed to nats-py as
+    `inbox_prefix`), so one service cannot read another's request replies or PubAcks. All agents share
+    `_INBOX.agent`: an agent could read another agent's probe PubAcks (worthless), never the
+    remediator's command replies; a per-node inbox would need the agent to compute its escaped node
+    token, which a Kubernetes env var cannot."""
     return f"_INBOX.{role}"
 
 

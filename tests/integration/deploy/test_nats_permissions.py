@@ -34,7 +34,6 @@ from nodeheal.schemas.subjects import (
     cloud_subject,
     cmd_subject,
     diagnosis_subject,
-    escape_token,
     finding_subject,
     probe_subject,
 )
@@ -110,7 +109,6 @@ async def login(secured: Secured, role: str, *, node: str | None = None, creds: 
         creds = secured.bundle.user_creds(role, cluster=CLUSTER if node else None, node=node)
     path = secured.workdir / f"{role}-{node or 'svc'}.creds"
     path.write_text(creds)
-    node_token = f"{escape_token(CLUSTER)}.{escape_token(node)}" if node else None
     errors: list[str] = []
     changed = asyncio.Event()
 
@@ -121,7 +119,7 @@ async def login(secured: Secured, role: str, *, node: str | None = None, creds: 
     nc = await nats.connect(
         secured.url,
         user_credentials=str(path),
-        inbox_prefix=secured.natsauth.inbox_prefix(role, node_token=node_token),
+        inbox_prefix=secured.natsauth.inbox_prefix(role),
         error_cb=on_error,
         allow_reconnect=False,
         name=f"pytest-{role}",

@@ -81,9 +81,7 @@ async def test_every_service_runs_as_its_own_nats_user(tmp_path: Path) -> None:
                     {
                         f"{prefix}NATS__URL": server.url,
                         f"{prefix}NATS__CREDS_FILE": str(creds),
-                        f"{prefix}NATS__INBOX_PREFIX": natsauth.inbox_prefix(
-                            name, node_token=f"c1.{node}" if is_agent else None
-                        ),
+                        f"{prefix}NATS__INBOX_PREFIX": natsauth.inbox_prefix(name),
                         f"{prefix}HTTP_PORT": str(port),
                         f"{prefix}CLUSTER": "c1",
                         f"{prefix}LOG_FORMAT": "json",
