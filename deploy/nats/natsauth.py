@@ -307,6 +307,10 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
                 *_consume(lo.stream("PROBES")),  # verification after acting: fresh probes of the node
                 *_kv_write(lo.bucket("leases")),
                 *_kv_read(lo.bucket("control")),
+                # its own bookkeeping in the control bucket (disruption ledger, storm markers); the
+                # pause switch and approvals stay with people (admin)
+                f"$KV.{lo.bucket('control')}.ledger.>",
+                f"$KV.{lo.bucket('control')}.storm.>",
                 *_kv_read(inv),
             ),
             sub_allow=tuple(own_inbox),

@@ -267,9 +267,18 @@ async def test_key_value_buckets_follow_the_roles(secured: Secured, sessions: di
     await sessions["detector"].refused(f"$JS.API.STREAM.INFO.KV_{bucket}-leases")
 
     control = await sessions["remediator"].js.key_value(f"{bucket}-control")
+    await control.create("storm.zone.eu-1a", b"7/20")  # its own bookkeeping: ledger and storm markers
+    await control.put("ledger.disruptions", b"{}")
+    await control.delete("storm.zone.eu-1a")
+    # the pause switch and approvals are for people (admin), never for the remediator itself
     with pytest.raises(TimeoutError):
-        await control.put("pause", b"true")  # the pause switch is for people (admin), not for the remediator
+        await control.put("pause", b"false")
     await sessions["remediator"].refused(f"$KV.{bucket}-control.pause")
+    with pytest.raises(TimeoutError):
+        await control.put("approval.a-1", b"{}")
+    await sessions["remediator"].refused(f"$KV.{bucket}-control.approval.a-1")
+    admin_control = await sessions["admin"].js.key_value(f"{bucket}-control")
+    await admin_control.put("pause", b'{"paused": true}')
 
 
 async def test_an_agent_answers_only_its_own_node(secured: Secured, sessions: dict[str, Session]) -> None:
