@@ -234,3 +234,13 @@ def test_dev_is_small_and_single() -> None:
 def test_the_remediator_starts_in_dry_run(overlay: str) -> None:
     remediator = objects(overlay, "Deployment")["nodeheal-remediator"]
     assert env_of(remediator)["NODEHEAL_REMEDIATOR_POLICY__DRY_RUN"] == "true"
+
+
+def test_nats_url_is_tls_in_production_and_plain_in_dev() -> None:
+    production = objects("production", "ConfigMap")["nodeheal-common"]["data"]
+    dev = objects("dev", "ConfigMap")["nodeheal-common"]["data"]
+    assert production["NATS_URL"].startswith("tls://") and dev["NATS_URL"].startswith("nats://")
+    assert dev["CLUSTER_NAME"] == "dev" and production["CLUSTER_NAME"] != "default"
+    for workload in workloads("production"):
+        tls = [v for k, v in env_of(workload).items() if k.endswith("NATS__TLS_CA_FILE")]
+        assert tls == ["/etc/nodeheal/nats-ca/ca.crt"], workload["metadata"]["name"]
