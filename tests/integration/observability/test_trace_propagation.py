@@ -198,3 +198,36 @@ def test_spans_are_exported_over_otlp_http(otlp_collector: tuple[str, list[tuple
     attributes = {a.key: a.value.string_value for a in request.resource_spans[0].resource.attributes}
     assert attributes["service.name"] == "nodeheal-remediator"
     tp.shutdown()
+
+
+async def test_faststream_handlers_and_raw_nats_py_share_one_trace(nc: Client, nats_settings: NatsSettings) -> None:
+    """raw nats-py publish → faststream subscriber (telemetry_middleware) → broker.publish → raw consumer."""
+    from faststream.nats import NatsBroker
+
+    from nodeheal.runtime.telemetry import telemetry_middleware
+
+    origin_tp, _ = provider(1.0)
+    handler_tp, handler_spans = provider(0.0)
+    inbound = f"{nats_settings.prefix}.fs.in"
+    outbound = f"{nats_settings.prefix}.fs.out"
+    broker = NatsBroker(nats_settings.url, middlewares=[telemetry_middleware(handler_tp)])
+    seen_in_handler: list[str | None] = []
+
+    @broker.subscriber(inbound)
+    async def handle(body: dict[str, str]) -> None:
+        seen_in_handler.append(current_trace_id())
+        await broker.publish({"done": body["id"]}, outbound)
+
+    future, sub = await next_message(nc, outbound)
+    async with broker:
+        await broker.start()
+        with start_incident(origin_tp.get_tracer("o"), name="incident") as root:
+            origin = f"{root.get_span_context().trace_id:032x}"
+            with publish_span(origin_tp.get_tracer("o"), subject=inbound) as headers:
+                await nc.publish(inbound, b'{"id": "x"}', headers=headers)
+        msg = await asyncio.wait_for(future, timeout=10)
+    assert seen_in_handler == [origin]
+    assert trace_id_from_headers(msg.headers) == origin
+    handler_tp.force_flush()
+    assert {f"{s.context.trace_id:032x}" for s in handler_spans.get_finished_spans()} == {origin}
+    await sub.unsubscribe()  # type: ignore[attr-defined]
