@@ -208,7 +208,7 @@ def test_the_streams_job_arguments_parse_with_the_real_cli(overlay: str) -> None
 
 def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() -> None:
     deployments = {o["metadata"]["name"]: o for o in workloads("production")}
-    for name in ("nodeheal-ingest", "nodeheal-remediator", "nodeheal-prober", "nodeheal-inventory"):
+    for name in ("nodeheal-ingest", "nodeheal-remediator", "nodeheal-prober", "nodeheal-inventory", "nodeheal-detector"):
         spec = deployments[name]["spec"]
         assert spec["replicas"] >= 2, name
         constraints = spec["template"]["spec"]["topologySpreadConstraints"]
@@ -217,7 +217,16 @@ def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() ->
     prober = deployments["nodeheal-prober"]
     assert env_of(prober)["NODEHEAL_PROBER_SHARD_COUNT"] == str(prober["spec"]["replicas"])
     detector = deployments["nodeheal-detector"]
+    assert detector["kind"] == "StatefulSet"  # the pod index is the replica index
     assert env_of(detector)["NODEHEAL_DETECTOR_REPLICAS"] == str(detector["spec"]["replicas"])
+    assert env_of(detector)["NODEHEAL_DETECTOR_REPLICA"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    }
+    # the detector's partition count is the one the Job provisions PROBES with, and covers every replica
+    args = _streams_args("production")
+    partitions = int(args[args.index("--probe-partitions") + 1])
+    assert env_of(detector)["NODEHEAL_DETECTOR_NATS__PROBE_PARTITIONS"] == str(partitions)
+    assert partitions >= detector["spec"]["replicas"]
     assert objects("production", "PriorityClass")["nodeheal-critical"]["value"] > 0
 
 
