@@ -2,8 +2,8 @@
 a real nats-server running that authorization, and the server logs no permission violation: the
 permission matrix is what the services really do (consumers, KV watches, restores), not a guess.
 
-It needs the service kit to pass NATS credentials and a per-user inbox prefix to the broker
-(`NatsSettings.inbox_prefix`, creds in `make_broker`); until then it is skipped with that reason."""
+The service kit passes the credentials and the per-role inbox prefix (`NatsSettings.inbox_prefix`) to
+both the faststream broker (`make_broker`) and raw nats-py connections (`connect`)."""
 
 from __future__ import annotations
 
@@ -23,14 +23,7 @@ from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from tests.integration.deploy.natsauth_loader import load_natsauth
 
-pytestmark = [
-    pytest.mark.nats,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        "inbox_prefix" not in NatsSettings.model_fields,
-        reason="NatsSettings has no inbox_prefix yet (and make_broker drops creds): services cannot run under auth",
-    ),
-]
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 SERVICES = {
     "detector": (["-m", "nodeheal.detector"], "NODEHEAL_DETECTOR_", {}),

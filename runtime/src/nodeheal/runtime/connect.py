@@ -19,6 +19,7 @@ def connect_options(settings: NatsSettings, *, name: str) -> dict[str, Any]:
         "reconnect_time_wait": 0.5,
         "connect_timeout": 5,
         "allow_reconnect": True,
+        "inbox_prefix": settings.inbox_prefix,
     }
     if settings.creds_file:
         options["user_credentials"] = settings.creds_file
@@ -26,9 +27,22 @@ def connect_options(settings: NatsSettings, *, name: str) -> dict[str, Any]:
         options["user"] = settings.user
         options["password"] = settings.password or ""
     if settings.tls_ca_file:
-        ctx = ssl.create_default_context(cafile=settings.tls_ca_file)
-        options["tls"] = ctx
+        options["tls"] = tls_context(settings)
     return options
+
+
+def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """A client TLS context verifying the server against `tls_ca_file` (None without one)."""
+    if not settings.tls_ca_file:
+        return None
+    try:
+        return ssl.create_default_context(cafile=settings.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        msg = (
+            f"NATS CA file {settings.tls_ca_file!r} cannot be loaded ({exc}):"
+            " point tls_ca_file (NATS_CA for the CLI) at the PEM bundle that signed the server's certificate"
+        )
+        raise ValueError(msg) from exc
 
 
 async def connect(settings: NatsSettings, *, name: str, **overrides: Any) -> Client:

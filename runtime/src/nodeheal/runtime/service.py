@@ -16,10 +16,12 @@ import prometheus_client
 import uvicorn
 from faststream.asgi import AsgiFastStream, AsgiResponse, Request, get
 from faststream.nats import NatsBroker
+from faststream.nats.security import NatsCredentials, NatsUserPassword
+from faststream.security import BaseSecurity
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nodeheal.runtime.connect import connect_options
+from nodeheal.runtime.connect import connect_options, tls_context
 from nodeheal.runtime.settings import NatsSettings
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
@@ -50,12 +52,27 @@ class ServiceSettings(BaseSettings):
             object.__setattr__(self, "nats", self.nats.model_copy(update={"url": env_url}))
 
 
+def broker_security(settings: NatsSettings) -> BaseSecurity | None:
+    """faststream's form of the connection's authentication and TLS: a `.creds` file (JWT + NKey), or
+    user/password, or TLS alone; each with the CA of `tls_ca_file` when set."""
+    ctx = tls_context(settings)
+    if settings.creds_file:
+        return NatsCredentials(settings.creds_file, ssl_context=ctx)
+    if settings.user:
+        return NatsUserPassword(settings.user, settings.password or "", ssl_context=ctx)
+    if ctx is not None:
+        return BaseSecurity(ssl_context=ctx)
+    return None
+
+
 def make_broker(settings: NatsSettings, *, name: str, **kwargs: Any) -> NatsBroker:
+    """The service's faststream broker with the same connection options as `connect()` (reconnect
+    forever, inbox prefix, credentials, TLS)."""
     options = connect_options(settings, name=name)
     servers = options.pop("servers")
-    options.pop("user_credentials", None)
-    options.pop("tls", None)
-    return NatsBroker(servers, graceful_timeout=10.0, **options, **kwargs)
+    for key in ("user_credentials", "user", "password", "tls"):
+        options.pop(key, None)
+    return NatsBroker(servers, graceful_timeout=10.0, security=broker_security(settings), **options, **kwargs)
 
 
 def build_asgi(

@@ -16,7 +16,13 @@ class NatsSettings(BaseModel):
     creds_file: str | None = Field(default=None, description="NATS credentials file (.creds)")
     user: str | None = None
     password: str | None = None
-    tls_ca_file: str | None = None
+    tls_ca_file: str | None = Field(default=None, description="CA bundle (PEM) to verify the server's TLS certificate")
+    inbox_prefix: str = Field(
+        default="_INBOX",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="prefix of reply inboxes; under per-service permissions each user may only subscribe to its own"
+        " (deploy/nats/natsauth.py gives each role `_INBOX.<role>`)",
+    )
     publish_timeout_s: float = Field(default=5.0, gt=0)
     probe_partitions: int = Field(
         default=0, ge=0, le=1024, description="0: PROBES unpartitioned; N: stored subjects get a partition token"

@@ -144,7 +144,12 @@ class DetectorRuntime:
 
     def _make_probe_puller(self) -> Puller:
         s = self.settings
-        if s.raw_probe_connection and not s.nats.creds_file and not s.nats.tls_ca_file:
+        # The minimal connection speaks plain TCP with user/password or a token only: a creds file, a CA
+        # or a tls:// URL means nats-py (on the service's own connection, with its inbox prefix).
+        plain = (
+            not s.nats.creds_file and not s.nats.tls_ca_file and not any(u.startswith("tls://") for u in s.nats.servers)
+        )
+        if s.raw_probe_connection and plain:
             return RawPuller(
                 servers=s.nats.servers,
                 stream=self.probes_stream,
@@ -154,6 +159,7 @@ class DetectorRuntime:
                 user=s.nats.user,
                 password=s.nats.password,
                 name=f"nodeheal-detector-probes-{s.instance}",
+                inbox_prefix=s.nats.inbox_prefix,
             )
         return BatchPuller(
             self.nc,

@@ -143,6 +143,7 @@ class RawPuller:
         password: str | None = None,
         name: str = "nodeheal-detector-probes",
         api_prefix: str = "$JS.API",
+        inbox_prefix: str = "_INBOX",
     ) -> None:
         self.servers = servers
         self.stream = stream
@@ -153,7 +154,8 @@ class RawPuller:
         self.password = password
         self.name = name
         self._next = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}".encode()
-        self._inbox = f"_INBOX.detector.{id(self):x}.{int(time.time() * 1000)}".encode()
+        # Under per-service permissions the user may subscribe only below its own inbox prefix.
+        self._inbox = f"{inbox_prefix}.detector-probes.{id(self):x}.{int(time.time() * 1000)}".encode()
         self._proto: _Protocol | None = None
         self._ready: list[RawMsg] = []
         self._wake = asyncio.Event()
