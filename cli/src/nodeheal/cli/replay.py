@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nodeheal.cli.common import nats_url_option, run
+from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
 from nodeheal.cli.timeline import Distribution, Timeline, TimelineMessage, build_timeline
 from nodeheal.cli.window import parse_time, read_stream
 from nodeheal.runtime.connect import connect
@@ -263,6 +263,7 @@ def _progress(console: Console) -> Progress:
 
 @click.command("replay")
 @nats_url_option
+@nats_auth_options
 @click.option("--since", required=True, help="Window start (stream time): ISO time, or a duration back (2h, 7d).")
 @click.option("--until", default=None, help="Window end (stream time): ISO time or duration back. Default: now.")
 @click.option("--node", default=None, help="Only this node.")
@@ -290,6 +291,7 @@ def _progress(console: Console) -> Progress:
 @click.option("--bucket-prefix", default="nodeheal", show_default=True, help="Prefix of bucket names.")
 def replay(
     nats_url: str | None,
+    nats_auth: NatsAuth,
     since: str,
     until: str | None,
     node: str | None,
@@ -324,7 +326,7 @@ def replay(
         raise click.BadParameter(str(exc), param_hint="--until") from exc
     if end <= start:
         raise click.BadParameter(f"--until {_ts(end)} is not after --since {_ts(start)}", param_hint="--until")
-    settings = NatsSettings(url=nats_url, prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix)
+    settings = nats_auth.settings(url=nats_url, prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix)
     err = Console(stderr=True)
     out = Console(stderr=as_json)
     rules = None

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from nodeheal.cli.common import embedded_option, nats_endpoint, nats_url_option, run
+from nodeheal.cli.common import NatsAuth, embedded_option, nats_auth_options, nats_endpoint, nats_url_option, run
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import Change, apply_topology
-from nodeheal.runtime.settings import NatsSettings
 
 
 @click.group()
@@ -17,6 +16,7 @@ def streams() -> None:
 
 @streams.command("apply")
 @nats_url_option
+@nats_auth_options
 @embedded_option
 @click.option(
     "--replicas",
@@ -37,6 +37,7 @@ def streams() -> None:
 )
 def apply(
     nats_url: str | None,
+    nats_auth: NatsAuth,
     embedded: bool,
     replicas: int,
     prefix: str,
@@ -49,8 +50,9 @@ def apply(
     Running it twice changes nothing the second time.
     """
     with nats_endpoint(nats_url, embedded=embedded) as url:
-        settings = NatsSettings(
+        settings = nats_auth.settings(
             url=url,
+            embedded=embedded,
             prefix=prefix,
             stream_prefix=stream_prefix,
             bucket_prefix=bucket_prefix,
