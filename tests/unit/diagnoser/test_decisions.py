@@ -206,3 +206,16 @@ def test_a_node_down_before_our_action_is_not_excused_by_it() -> None:
     )  # fmt: skip
     d = run(diag, "n1", 25)
     assert d.cause != "planned_reboot"
+
+
+def test_a_partition_first_read_as_crashes_does_not_become_a_crash_rate_finding() -> None:
+    diag = make(nodes=12, racks=2)  # rack r0: n0 n2 n4 n6 n8 n10
+    diag.on_anomaly(anomaly("n0", "node_down", at=later(0)))
+    assert run(diag, "n0", 5).cause == "node_crash"  # alone after the hold
+    for i, node in enumerate(["n2", "n4", "n6"]):
+        diag.on_anomaly(anomaly(node, "node_down", at=later(6 + i * 0.2)))
+    for node in ["n0", "n2", "n4", "n6"]:
+        diag.evaluate(f"{CLUSTER}/{node}", now=later(12))
+    assert all(not k.endswith("|category:hardware") for k in diag.fleet.fault_events)
+    findings, _ = diag.correlate(now=later(13), cluster=CLUSTER)
+    assert not [f for f in findings if f.kind == "rate_outlier"]

@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from nodeheal.cli.demo_report import RunRecord, build_report, collect_window, write_html
-from nodeheal.cli.procs import ServiceProcess, service_processes, wait_ready
+from nodeheal.cli.procs import ServiceProcess, service_processes, stop_all, wait_ready
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.embedded import EmbeddedNats
 from nodeheal.runtime.provision import apply_topology
@@ -41,8 +41,8 @@ from nodeheal.sim.world import DemoWorld
 @dataclass
 class DemoConfig:
     nodes: int = 2000
-    duration_s: float = 75.0
-    settle_s: float = 75.0
+    duration_s: float = 60.0
+    settle_s: float = 45.0
     probe_interval_s: float = 5.0
     faults_per_minute: float = 24.0
     seed: int = 7
@@ -146,9 +146,9 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         run_start = datetime.now(tz=UTC)
 
         services = _service_table(settings=settings, cfg=cfg, world=world, run_dir=run_dir, cluster=spec.cluster)
+        stack.callback(stop_all, services)
         for svc in services:
             svc.start()
-            stack.callback(svc.stop)
         await wait_ready(services)
         counts: dict[str, int] = {}
 
@@ -233,8 +233,8 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
 
 @click.command("demo")
 @click.option("--nodes", type=click.IntRange(10, 50_000), default=2000, show_default=True, help="Fleet size.")
-@click.option("--duration", type=float, default=75.0, show_default=True, help="Seconds of fault injection.")
-@click.option("--settle", type=float, default=75.0, show_default=True, help="Most seconds to wait for repairs after.")
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of fault injection.")
+@click.option("--settle", type=float, default=45.0, show_default=True, help="Most seconds to wait for repairs after.")
 @click.option("--probe-interval", type=float, default=5.0, show_default=True, help="Seconds between a node's probes.")
 @click.option("--faults-per-minute", type=float, default=24.0, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)

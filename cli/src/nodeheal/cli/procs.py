@@ -87,6 +87,21 @@ class ServiceProcess:
             self.proc.wait(timeout=5)
 
 
+def stop_all(services: list[ServiceProcess], *, timeout_s: float = 15.0) -> None:
+    """SIGTERM every service at once, then wait: shutdown takes one grace period, not one per service."""
+    for svc in services:
+        if svc.proc is not None and svc.proc.poll() is None:
+            svc.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for svc in services:
+        if svc.proc is None:
+            continue
+        try:
+            svc.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            svc.kill()
+
+
 async def wait_ready(services: list[ServiceProcess], *, timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     pending = list(services)

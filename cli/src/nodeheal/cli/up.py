@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from nodeheal.cli.common import nats_url_option
-from nodeheal.cli.procs import SERVICES, service_processes, wait_ready
+from nodeheal.cli.procs import SERVICES, service_processes, stop_all, wait_ready
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.embedded import EmbeddedNats
 from nodeheal.runtime.provision import apply_topology
@@ -48,9 +48,9 @@ def up(nats_url: str | None, cluster: str, names: tuple[str, ...], run_dir: Path
                 await apply_topology(nc.jetstream(), settings.topology())
                 await nc.close()
             procs = service_processes(settings=settings, cluster=cluster, run_dir=logs, names=list(names) or None)
+            stack.callback(stop_all, procs)
             for proc in procs:
                 proc.start()
-                stack.callback(proc.stop)
             await wait_ready(procs)
             click.echo(f"NATS {url}")
             for proc in procs:

@@ -161,8 +161,9 @@ def plan_faults(
     rng.shuffle(kernel_cycle)
     n_kernel = max(len(kernel_cycle), round(total * BASE_WEIGHTS["kernel_fault"] / sum(BASE_WEIGHTS.values())))
     chosen += [("kernel_fault", kernel_cycle[i % len(kernel_cycle)]) for i in range(n_kernel)]
-    # a kernel with a raised crash rate must crash often enough to be a finding (>= 3 nodes)
-    chosen += [("bad_kernel_crash", None)] * 3
+    # the kernel with a raised crash rate (x10-100, diagnosis-kb §6.1) crashes often enough in a
+    # short run to pass the diagnoser's test (one-sided binomial, Bonferroni over every group)
+    chosen += [("bad_kernel_crash", None)] * 9
     weights = [BASE_WEIGHTS[c] for c in classes]
     while len(chosen) < total:
         chosen.append((rng.choices(classes, weights)[0], None))

@@ -19,10 +19,11 @@ It must never be imported by a service: it is a simulator.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -110,6 +111,10 @@ class KubeWorld:
         self.events_created = 0
         self._server: kmock.Server | None = None
         self._pods_by_node: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        # (namespace, label key, label value) → pod names: PDB status is computed from this index,
+        # so adding or evicting a pod costs O(matching pods), not O(pods x PDBs)
+        self._pods_by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        self._defer_refresh = False
         self._counter = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -192,7 +197,10 @@ class KubeWorld:
         }
         self.emulator.objects[_PODS, namespace, name] = pod
         self._pods_by_node[node].add((namespace, name))
-        self._refresh_pdbs()
+        for key, value in meta["labels"].items():
+            self._pods_by_label[namespace, key, value].add(name)
+        if not self._defer_refresh:
+            self._refresh_pdbs(namespace=namespace, labels=meta["labels"])
 
     def add_pdb(
         self,
@@ -215,7 +223,18 @@ class KubeWorld:
             "spec": spec,
             "status": {},
         }
-        self._refresh_pdbs()
+        if not self._defer_refresh:
+            self._refresh_pdbs()
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Build a large world quickly: PDB statuses are computed once, at the end."""
+        self._defer_refresh = True
+        try:
+            yield
+        finally:
+            self._defer_refresh = False
+            self._refresh_pdbs()
 
     def set_ready(self, node: str, ready: bool) -> None:
         obj = self.emulator.objects[_NODES, None, node]
@@ -262,10 +281,14 @@ class KubeWorld:
 
     def _reindex_pods(self) -> None:
         index: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)
         for (resource, ns, name), obj in self.emulator.objects.items():
             if resource == _PODS and not obj.deleted:
                 index[obj.get("spec", {}).get("nodeName", "")].add((ns or "default", name))
+                for key, value in (obj.get("metadata", {}).get("labels") or {}).items():
+                    by_label[ns or "default", key, value].add(name)
         self._pods_by_node = index
+        self._pods_by_label = by_label
         self._refresh_pdbs()
 
     def _live_pods(self) -> list[dict[str, Any]]:
@@ -307,15 +330,25 @@ class KubeWorld:
             return int(-(-pct // 1)) if round_up else int(pct)
         return int(value)
 
-    def _disruptions_allowed(self, pdb: Any, pods: list[dict[str, Any]]) -> tuple[int, int, int, int]:
+    def _matching_pods(self, pdb: Any) -> list[dict[str, Any]]:
+        selector = pdb.get("spec", {}).get("selector", {}).get("matchLabels", {})
+        ns = pdb.get("metadata", {}).get("namespace") or "default"
+        if not selector:
+            return [p for p in self._live_pods() if p["metadata"].get("namespace") == ns]
+        names: set[str] | None = None
+        for key, value in selector.items():
+            members = self._pods_by_label.get((ns, key, value), set())
+            names = set(members) if names is None else names & members
+        out = []
+        for name in sorted(names or ()):
+            key = (_PODS, ns, name)
+            if key in self.emulator.objects and not self.emulator.objects[key].deleted:
+                out.append(self.emulator.objects[key].raw)
+        return out
+
+    def _disruptions_allowed(self, pdb: Any) -> tuple[int, int, int, int]:
         spec = pdb.get("spec", {})
-        selector = spec.get("selector", {}).get("matchLabels", {})
-        ns = pdb.get("metadata", {}).get("namespace")
-        matching = [
-            p
-            for p in pods
-            if p["metadata"].get("namespace") == ns and _selector_matches(selector, p["metadata"].get("labels", {}))
-        ]
+        matching = self._matching_pods(pdb)
         healthy = sum(1 for p in matching if p.get("status", {}).get("phase") == "Running")
         expected = len(matching)
         if "minAvailable" in spec:
@@ -326,10 +359,15 @@ class KubeWorld:
             desired = 0
         return max(0, healthy - desired), healthy, desired, expected
 
-    def _refresh_pdbs(self) -> None:
-        pods = self._live_pods()
+    def _refresh_pdbs(self, *, namespace: str | None = None, labels: Mapping[str, str] | None = None) -> None:
+        """Recompute PDB statuses: all of them, or only those selecting a pod with `labels` in `namespace`."""
         for _key, obj in self._pdbs():
-            allowed, healthy, desired, expected = self._disruptions_allowed(obj, pods)
+            if labels is not None:
+                if obj.get("metadata", {}).get("namespace") != namespace:
+                    continue
+                if not _selector_matches(obj.get("spec", {}).get("selector", {}).get("matchLabels", {}), labels):
+                    continue
+            allowed, healthy, desired, expected = self._disruptions_allowed(obj)
             obj["status"] = {
                 "disruptionsAllowed": allowed,
                 "currentHealthy": healthy,
@@ -344,13 +382,12 @@ class KubeWorld:
             return _status(404, "NotFound", f'pods "{name}" not found')
         pod = self.emulator.objects[key]
         labels = pod.get("metadata", {}).get("labels", {})
-        pods = self._live_pods()
         for (_pns, pname), pdb in self._pdbs():
             if pdb.get("metadata", {}).get("namespace") != namespace:
                 continue
             if not _selector_matches(pdb.get("spec", {}).get("selector", {}).get("matchLabels", {}), labels):
                 continue
-            allowed, _, _, _ = self._disruptions_allowed(pdb, pods)
+            allowed, _, _, _ = self._disruptions_allowed(pdb)
             if allowed <= 0:
                 self.evictions.calls.append((namespace, name, 429))
                 return _status(
@@ -362,6 +399,8 @@ class KubeWorld:
         node = raw.get("spec", {}).get("nodeName", "")
         pod.delete()
         self._pods_by_node[node].discard((namespace, name))
+        for key, value in labels.items():
+            self._pods_by_label[namespace, key, value].discard(name)
         await self.emulator._buses[_PODS].put({"type": "DELETED", "object": raw})
         self.evictions.calls.append((namespace, name, 201))
         owners = raw.get("metadata", {}).get("ownerReferences") or []
@@ -370,7 +409,7 @@ class KubeWorld:
             if target is not None:
                 replacement = f"{name.rsplit('-r', 1)[0]}-r{next(self._counter)}"
                 self.add_pod(replacement, node=target, namespace=namespace, labels=labels, owner_kind="ReplicaSet")
-        self._refresh_pdbs()
+        self._refresh_pdbs(namespace=namespace, labels=labels)
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
         return aiohttp.web.Response(body=json.dumps(body), status=201, content_type="application/json")
 

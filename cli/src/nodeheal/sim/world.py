@@ -94,16 +94,17 @@ class DemoWorld:
         self._emulator = EcsEmulator(self.ecs)
         await self._emulator.__aenter__()
         await self.kube.__aenter__()
-        for i, node in enumerate(self.sim.nodes.values()):
-            inv = node.inv
-            self.kube.add_node(
-                inv.node, zone=inv.zone, rack=inv.rack, node_pool=inv.node_pool, provider_id=inv.provider_id
-            )
-            self.kube.add_pod(f"ds-agent-{i}", node=inv.node, owner_kind="DaemonSet", labels={"app": "agent"})
-            app = f"app-{i % APPS}"
-            self.kube.add_pod(f"{app}-{i}", node=inv.node, labels={"app": app})
-        for a in range(APPS):
-            self.kube.add_pdb(f"app-{a}", selector={"app": f"app-{a}"}, max_unavailable="10%")
+        with self.kube.bulk():
+            for i, node in enumerate(self.sim.nodes.values()):
+                inv = node.inv
+                self.kube.add_node(
+                    inv.node, zone=inv.zone, rack=inv.rack, node_pool=inv.node_pool, provider_id=inv.provider_id
+                )
+                self.kube.add_pod(f"ds-agent-{i}", node=inv.node, owner_kind="DaemonSet", labels={"app": "agent"})
+                app = f"app-{i % APPS}"
+                self.kube.add_pod(f"{app}-{i}", node=inv.node, labels={"app": app})
+            for a in range(APPS):
+                self.kube.add_pdb(f"app-{a}", selector={"app": f"app-{a}"}, max_unavailable="10%")
         return self
 
     async def __aexit__(
