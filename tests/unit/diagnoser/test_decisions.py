@@ -219,3 +219,12 @@ def test_a_partition_first_read_as_crashes_does_not_become_a_crash_rate_finding(
     assert all(not k.endswith("|category:hardware") for k in diag.fleet.fault_events)
     findings, _ = diag.correlate(now=later(13), cluster=CLUSTER)
     assert not [f for f in findings if f.kind == "rate_outlier"]
+
+
+def test_one_burst_with_several_reports_is_one_crash_not_failing_hardware() -> None:
+    """The hard-lockup sample carries a hard lockup and the other CPUs' soft lockups: one crash."""
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "kernel_fault", subject="kernel", lines=sample_lines("hard_lockup")))
+    d = run(diag, "n1", 1)
+    assert d.cause == "hard_lockup"
+    assert d.category == "kernel"

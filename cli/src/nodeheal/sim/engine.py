@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,28 @@ from nodeheal.sim.faults import (
 from nodeheal.sim.fleet import SERVICES, FleetSpec, SimNode, build_inventory
 
 log = logging.getLogger("nodeheal.sim")
+
+
+def disk_failure_lines(samples: dict[str, list[list[str]]]) -> tuple[list[str], list[str]]:
+    """A dying disk: real I/O-error lines, then real ext4 lines, on the same disk.
+
+    The two excerpts come from different machines, so the ext4 excerpt's device is renamed to the
+    partition of the disk the I/O errors name (the only edit the simulator makes to a sample)."""
+    disk_re = re.compile(r"\bdev (sd[a-z]+)\b|\[(sd[a-z]+)\]")
+    for io_lines in samples["nvme_disk_io_error"]:
+        found = next((m for m in (disk_re.search(line) for line in io_lines) if m), None)
+        if found is None:
+            continue
+        disk = found.group(1) or found.group(2)
+        for fs_lines in samples["ext4_readonly_remount"]:
+            fs_dev = next(
+                (m.group(1) for m in (re.search(r"\((?:device )?(sd[a-z]+\d*)\)", x) for x in fs_lines) if m), None
+            )
+            if fs_dev is None:
+                continue
+            part = re.sub(r"^sd[a-z]+", disk, fs_dev)
+            return list(io_lines), [line.replace(fs_dev, part) for line in fs_lines]
+    return samples["nvme_disk_io_error"][0], samples["ext4_readonly_remount"][0]
 
 
 class CloudHooks(Protocol):
@@ -333,8 +356,9 @@ class FleetSimulator:
             case "ops_agent_crash":
                 node.services["ops-agent"] = "failed"
             case "disk_failure":
-                node.pending_kernel.extend(self.rng.choice(samples["nvme_disk_io_error"]))
-                node.pending_kernel.extend(self.rng.choice(samples["ext4_readonly_remount"]))
+                io_lines, fs_lines = disk_failure_lines(samples)
+                node.pending_kernel.extend(io_lines)
+                node.pending_kernel.extend(fs_lines)
                 node.readonly = True
             case "bad_kernel_crash":
                 node.pending_kernel.extend(samples["kernel_panic"][0])

@@ -5,6 +5,7 @@ replay and the simulator all call `decide`. The decision table is documented in 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -62,6 +63,9 @@ class DecisionConfig:
     kernel_lookback: timedelta = timedelta(minutes=30)
     io_lookback: timedelta = timedelta(minutes=30)
     crash_window: timedelta = timedelta(days=7)
+    crash_separation: timedelta = timedelta(minutes=5)
+    """Reports closer than this are one crash: a hard lockup is followed by the other CPUs' soft
+    lockups, a panic by its oops; only separate crashes with different signatures point at hardware."""
     cloud_recent: timedelta = timedelta(minutes=30)
     cloud_imminent: timedelta = timedelta(minutes=30)
     burst_window: timedelta = timedelta(seconds=120)
@@ -457,7 +461,7 @@ def _kernel_decision(
 
     # 2. different crash signatures on this host (Intel rule 1)
     horizon = now - config.crash_window
-    buckets = {s.bucket: s for t, s in ctx.crashes if t >= horizon}
+    buckets = crash_events(ctx.crashes, since=horizon, separation=config.crash_separation)
     if len(buckets) >= 2:
         evidence.insert(
             0,
@@ -776,3 +780,18 @@ def _anomaly_cause(
             subject = by_kind[kind].subject
             return cause, category_of(cause), confidence, subject
     return "unknown", "unknown", 0.3, None
+
+
+def crash_events(
+    crashes: Iterable[tuple[datetime, CrashSignature]], *, since: datetime, separation: timedelta
+) -> dict[str, CrashSignature]:
+    """Distinct signatures of the separate crashes since `since`: reports within `separation` of the
+    first report of a crash belong to it, and the crash is named by that first report."""
+    out: dict[str, CrashSignature] = {}
+    start: datetime | None = None
+    for at, signature in sorted(((t, s) for t, s in crashes if t >= since), key=lambda x: x[0]):
+        if start is not None and at - start < separation:
+            continue
+        start = at
+        out.setdefault(signature.bucket, signature)
+    return out
