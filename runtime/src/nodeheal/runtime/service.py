@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nodeheal.runtime.connect import connect_options, tls_context
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.runtime.telemetry import TelemetrySettings
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
@@ -37,6 +38,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     cluster: str = Field(default="default", description="Kubernetes cluster name used in subjects")
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=8080, ge=0, le=65535)

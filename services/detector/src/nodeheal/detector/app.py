@@ -17,6 +17,7 @@ from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.service import build_asgi, make_broker, serve
+from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
 
 
 def build_app(settings: DetectorSettings) -> tuple[AsgiFastStream, list[DetectorRuntime]]:
@@ -51,5 +52,7 @@ def build_app(settings: DetectorSettings) -> tuple[AsgiFastStream, list[Detector
 def main() -> None:
     settings = DetectorSettings()
     configure_logging(SERVICE, fmt=settings.log_format, level=settings.log_level)
+    setup_tracing(service=SERVICE, settings=settings.telemetry)
+    install_log_correlation()
     app, _ = build_app(settings)
     asyncio.run(serve(app, host=settings.http_host, port=settings.http_port))

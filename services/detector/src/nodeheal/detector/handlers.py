@@ -26,6 +26,8 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
 from nodeheal.detector.fastpath import probe_decoder
@@ -34,6 +36,8 @@ from nodeheal.detector.rawconn import RawPuller
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
+from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
+from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -42,9 +46,25 @@ from nodeheal.schemas.subjects import anomaly_subject, wildcard
 log = logging.getLogger("nodeheal.detector")
 
 
+_TRACE_KEYS = (TRACEPARENT, "tracestate")
+_MAX_TRACKED_TRACES = 200_000  # firing anomalies / recent cloud events whose trace context is kept
+
+
+def _trace_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    if not headers or TRACEPARENT not in headers:
+        return None
+    return {k: headers[k] for k in _TRACE_KEYS if k in headers}
+
+
+def _remember(store: dict[str, dict[str, str]], key: str, value: dict[str, str]) -> None:
+    store[key] = value
+    if len(store) > _MAX_TRACKED_TRACES:
+        del store[next(iter(store))]  # the oldest: a trace context lost costs a new trace, nothing else
+
+
 class Metrics:
-    def __init__(self, registry: prometheus_client.CollectorRegistry | None) -> None:
-        reg = registry or prometheus_client.CollectorRegistry()
+    def __init__(self, registry: prometheus_client.CollectorRegistry) -> None:
+        reg = registry
         self.probes = prometheus_client.Counter("nodeheal_detector_probes", "Probes processed", registry=reg)
         self.dead = prometheus_client.Counter(
             "nodeheal_detector_dead_lettered", "Inputs sent to the DLQ", ["stream"], registry=reg
@@ -75,6 +95,7 @@ class DetectorRuntime:
         registry: prometheus_client.CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         on_published: Callable[[Anomaly, float], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.nc = nc
@@ -82,7 +103,13 @@ class DetectorRuntime:
         self.clock = clock
         self.topology = settings.nats.topology()
         self.detector = Detector(config=settings.rules, started_at=clock(), adopt_unknown=not settings.partitions)
-        self.metrics = Metrics(registry)
+        reg = registry if registry is not None else prometheus_client.CollectorRegistry()
+        self.metrics = Metrics(reg)
+        self.pipeline = PipelineMetrics(reg)
+        # Traces start when an anomaly fires (never per probe); its resolution continues the same trace.
+        self.tracer = tracer or trace.get_tracer("nodeheal.detector")
+        self._incident_traces: dict[str, dict[str, str]] = {}  # anomaly_key -> trace headers of the firing
+        self._cloud_traces: dict[str, dict[str, str]] = {}  # CLOUD message id -> its trace headers (ingest's)
         self.on_published = on_published
         self._unpublished: list[Anomaly] = []
         self._stopping = asyncio.Event()
@@ -131,6 +158,7 @@ class DetectorRuntime:
             asyncio.create_task(self._run_probes(), name="detector-probes"),
             asyncio.create_task(self._run_side(self.cloud_stream, self._on_cloud), name="detector-cloud"),
             asyncio.create_task(self._run_side(self.audit_stream, self._on_audit), name="detector-audit"),
+            asyncio.create_task(self._report_lag(), name="detector-lag"),
         ]
         self._ready = True
         log.info(
@@ -187,6 +215,23 @@ class DetectorRuntime:
         if self._probe_puller is not None:
             await self._probe_puller.stop()
         log.info("detector stopped", extra={"nodes": len(self.detector.nodes)})
+
+    async def _report_lag(self, every_s: float = 15.0) -> None:
+        """Consumer lag into `nodeheal_consumer_pending_messages` (a server round trip per consumer, off
+        the probe path)."""
+        consumers = (
+            (self.probes_stream, self.settings.probe_durable),
+            (self.cloud_stream, self.settings.side_durable),
+            (self.audit_stream, self.settings.side_durable),
+        )
+        while not self._stopping.is_set():
+            for stream, durable in consumers:
+                try:
+                    await self.pipeline.report_consumer_lag(self.js, stream=stream, consumer=durable)
+                except Exception as exc:
+                    log.debug("consumer lag not read", extra={"stream": stream, "error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=every_s)
 
     async def readiness(self) -> tuple[bool, str]:
         if not self._ready:
@@ -307,6 +352,11 @@ class DetectorRuntime:
                 return
             if not anomaly.replay:
                 det.restore(anomaly, now=now)
+                context = _trace_headers(msg.headers)
+                if anomaly.status == "firing" and context is not None:
+                    _remember(self._incident_traces, anomaly.anomaly_key, context)
+                elif anomaly.status == "resolved":
+                    self._incident_traces.pop(anomaly.anomaly_key, None)
 
         counts["anomalies"] = await self._replay(
             self.anomalies_stream,
@@ -372,15 +422,11 @@ class DetectorRuntime:
         pending, self._unpublished = self._unpublished, []
         prefix = self.settings.nats.prefix
         timeout = self.settings.nats.publish_timeout_s
+        subjects = [anomaly_subject(a.cluster, a.node, prefix=prefix) for a in pending]
         results = await asyncio.gather(
             *(
-                self.js.publish(
-                    anomaly_subject(a.cluster, a.node, prefix=prefix),
-                    a.to_json(),
-                    headers={"Nats-Msg-Id": a.id},
-                    timeout=timeout,
-                )
-                for a in pending
+                self.js.publish(subject, a.to_json(), headers=self._headers(a, subject), timeout=timeout)
+                for a, subject in zip(pending, subjects, strict=True)
             ),
             return_exceptions=True,
         )
@@ -392,6 +438,17 @@ class DetectorRuntime:
                 self.metrics.publish_failures.inc()
                 continue
             self.metrics.anomalies.labels(anomaly.kind, anomaly.status).inc()
+            self.pipeline.anomalies.labels(anomaly.kind, anomaly.status).inc()
+            self.pipeline.messages_published.labels(self.anomalies_stream).inc()
+            if anomaly.status == "firing":
+                observe_stage(
+                    self.pipeline.time_to_detect,
+                    fault_class=anomaly.kind,
+                    onset=anomaly.fault_onset,
+                    at=anomaly.detected_at,
+                )
+            elif anomaly.status == "resolved":
+                self._incident_traces.pop(anomaly.anomaly_key, None)
             log.info(
                 "anomaly %s",
                 anomaly.status,
@@ -404,6 +461,42 @@ class DetectorRuntime:
             self._unpublished = failed + self._unpublished
             msg = f"{len(failed)} anomalies could not be published to {self.anomalies_stream}"
             raise RuntimeError(msg)
+
+    def _headers(self, anomaly: Anomaly, subject: str) -> dict[str, str]:
+        """`Nats-Msg-Id` plus the incident's trace context: a firing anomaly starts the incident's trace
+        (or continues the cloud event's that explains it); its resolution continues the firing's trace.
+        A re-publish after a failure reuses the context kept for the anomaly key."""
+        headers = {"Nats-Msg-Id": anomaly.id}
+        key = anomaly.anomaly_key
+        parent = self._incident_traces.get(key)
+        attributes = {
+            "nodeheal.node": anomaly.node,
+            "nodeheal.cluster": anomaly.cluster,
+            "nodeheal.anomaly.kind": anomaly.kind,
+            "nodeheal.anomaly.status": anomaly.status,
+            "nodeheal.anomaly.id": anomaly.id,
+        }
+        if parent is None and anomaly.kind == "cloud_maintenance":
+            parent = next((self._cloud_traces[r] for r in anomaly.probe_ids if r in self._cloud_traces), None)
+        if parent is None:
+            if anomaly.status != "firing":
+                return headers  # a resolution whose firing was never traced here (e.g. before an upgrade)
+            with (
+                start_incident(self.tracer, name="anomaly fired", attributes=attributes),
+                publish_span(self.tracer, subject=subject, headers=headers) as out,
+            ):
+                pass
+        else:
+            with (
+                consume_span(self.tracer, subject=subject, headers=parent, name=f"anomaly {anomaly.status}"),
+                publish_span(self.tracer, subject=subject, headers=headers, attributes=attributes) as out,
+            ):
+                pass
+        if anomaly.status == "firing":
+            context = _trace_headers(out)
+            if context is not None:
+                _remember(self._incident_traces, key, context)
+        return out
 
     async def _dead_letter_probes(self, bad: list[tuple[PulledMsg, str]]) -> None:
         for msg, reason in bad:
@@ -420,13 +513,17 @@ class DetectorRuntime:
 
     # ------------------------------------------------------------------ CLOUD and AUDIT (low volume)
 
-    def _on_cloud(self, raw: bytes, now: float) -> None:
-        self.detector.observe_cloud(CloudSystemEvent.model_validate_json(raw), now=now)
+    def _on_cloud(self, raw: bytes, headers: dict[str, str] | None, now: float) -> None:
+        event = CloudSystemEvent.model_validate_json(raw)
+        context = _trace_headers(headers)
+        if context is not None:  # a maintenance anomaly it causes continues ingest's trace
+            _remember(self._cloud_traces, event.id, context)
+        self.detector.observe_cloud(event, now=now)
 
-    def _on_audit(self, raw: bytes, now: float) -> None:
+    def _on_audit(self, raw: bytes, headers: dict[str, str] | None, now: float) -> None:
         self.detector.observe_remediation(RemediationRecord.model_validate_json(raw), now=now)
 
-    async def _run_side(self, stream: str, apply: Callable[[bytes, float], None]) -> None:
+    async def _run_side(self, stream: str, apply: Callable[[bytes, dict[str, str] | None, float], None]) -> None:
         sub = await self.js.pull_subscribe_bind(self.settings.side_durable, stream=stream)
         try:
             await self._side_loop(sub, stream, apply)
@@ -436,7 +533,9 @@ class DetectorRuntime:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _side_loop(self, sub: Any, stream: str, apply: Callable[[bytes, float], None]) -> None:
+    async def _side_loop(
+        self, sub: Any, stream: str, apply: Callable[[bytes, dict[str, str] | None, float], None]
+    ) -> None:
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(100, timeout=1.0)
@@ -449,7 +548,7 @@ class DetectorRuntime:
             now = self.clock()
             for msg in msgs:
                 try:
-                    apply(msg.data, now)
+                    apply(msg.data, msg.headers, now)
                 except ValidationError as exc:
                     await dead_letter(
                         self.js,

@@ -16,6 +16,7 @@ from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.service import build_asgi, make_broker, serve
+from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
 
 
 def build_app(settings: DiagnoserSettings) -> tuple[AsgiFastStream, list[DiagnoserRuntime]]:
@@ -50,5 +51,7 @@ def build_app(settings: DiagnoserSettings) -> tuple[AsgiFastStream, list[Diagnos
 def main() -> None:
     settings = DiagnoserSettings()
     configure_logging(SERVICE, fmt=settings.log_format, level=settings.log_level)
+    setup_tracing(service=SERVICE, settings=settings.telemetry)
+    install_log_correlation()
     app, _ = build_app(settings)
     asyncio.run(serve(app, host=settings.http_host, port=settings.http_port))

@@ -23,12 +23,16 @@ from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import FetchTimeoutError
 from nats.js.kv import KeyValue
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
 from pydantic import BaseModel, ValidationError
 
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, publish_model
+from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
+from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -38,6 +42,9 @@ from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.subjects import diagnosis_subject, finding_subject, wildcard
 
 log = logging.getLogger("nodeheal.diagnoser")
+
+_TRACE_KEYS = (TRACEPARENT, "tracestate")
+_MAX_TRACKED = 200_000  # anomaly ids whose trace context / first identification is remembered
 
 
 def _now() -> datetime:
@@ -52,6 +59,7 @@ class DiagnoserRuntime:
         nc: Client,
         registry: prometheus_client.CollectorRegistry | None = None,
         clock: Callable[[], datetime] = _now,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.nc = nc
@@ -68,6 +76,15 @@ class DiagnoserRuntime:
         self._ready = False
         self._last_correlation = datetime.min.replace(tzinfo=UTC)
         registry = registry or prometheus_client.CollectorRegistry()
+        self.pipeline = PipelineMetrics(registry)
+        # A diagnosis continues the trace of the (first traced) anomaly it explains.
+        self.tracer = tracer or trace.get_tracer("nodeheal.diagnoser")
+        self._anomaly_traces: dict[str, dict[str, str]] = {}  # anomaly id -> trace headers it carried
+        self._identified: dict[str, None] = {}  # first anomaly ids of episodes already in time_to_identify
+        self._streams = {
+            base: self.topology.stream(f"{settings.nats.stream_prefix}{base}").name
+            for base in ("ANOMALIES", "CLOUD", "AUDIT", "DIAGNOSES")
+        }
         self.m_in = prometheus_client.Counter(
             "nodeheal_diagnoser_messages_total", "Input messages by stream and outcome", ["stream", "outcome"],
             registry=registry,
@@ -112,6 +129,7 @@ class DiagnoserRuntime:
             sub = await self.js.pull_subscribe_bind(durable=self.settings.durable, stream=stream)
             self._tasks.append(asyncio.create_task(self._consume(sub, base, model), name=f"diagnoser-{kind}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="diagnoser-tick"))
+        self._tasks.append(asyncio.create_task(self._report_lag(), name="diagnoser-lag"))
         self._ready = True
         log.info("diagnoser started", extra={"prefix": self.prefix, "durable": self.settings.durable})
 
@@ -205,6 +223,7 @@ class DiagnoserRuntime:
                     await self._reject(msg, base, f"not a valid {model.__name__}: {exc.errors()[:3]}")
                     continue
                 if isinstance(item, Anomaly):
+                    self._keep_trace(item.id, msg.headers)
                     touched |= self.diagnoser.on_anomaly(item)
                 elif isinstance(item, CloudSystemEvent):
                     touched |= self.diagnoser.on_cloud_event(item)
@@ -219,11 +238,13 @@ class DiagnoserRuntime:
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=self.settings.nak_delay_s)
                 self.m_in.labels(base, "nak").inc(len(good))
+                self.pipeline.messages_consumed.labels(self._streams[base]).inc(len(good))
                 return
             for msg in good:
                 with contextlib.suppress(Exception):
                     await msg.ack()
             self.m_in.labels(base, "ok").inc(len(good))
+            self.pipeline.messages_consumed.labels(self._streams[base]).inc(len(good))
 
     async def _reject(self, msg: Msg, base: str, reason: str) -> None:
         await dead_letter(
@@ -237,6 +258,8 @@ class DiagnoserRuntime:
         )
         await msg.ack()
         self.m_in.labels(base, "dead_letter").inc()
+        self.pipeline.messages_dead_lettered.labels(SERVICE).inc()
+        self.pipeline.messages_consumed.labels(self._streams[base]).inc()
 
     async def _evaluate(self, keys: set[str]) -> None:
         now = self.clock()
@@ -249,12 +272,66 @@ class DiagnoserRuntime:
             if outcome.diagnosis is not None:
                 await self._publish(outcome.diagnosis)
 
+    def _keep_trace(self, anomaly_id: str, headers: dict[str, str] | None) -> None:
+        if not headers or TRACEPARENT not in headers:
+            return
+        self._anomaly_traces[anomaly_id] = {k: headers[k] for k in _TRACE_KEYS if k in headers}
+        if len(self._anomaly_traces) > _MAX_TRACKED:
+            del self._anomaly_traces[next(iter(self._anomaly_traces))]
+
+    def _trace_headers(self, diagnosis: Diagnosis, subject: str) -> dict[str, str]:
+        """The headers of a diagnosis: the incident's trace continued from the first of its anomalies
+        that carried one (a new trace if none did, so the remediator's ladder still has one)."""
+        attributes = {
+            "nodeheal.node": diagnosis.node,
+            "nodeheal.cluster": diagnosis.cluster,
+            "nodeheal.diagnosis.cause": diagnosis.cause,
+            "nodeheal.diagnosis.id": diagnosis.id,
+        }
+        parent = next((self._anomaly_traces[a] for a in diagnosis.anomaly_ids if a in self._anomaly_traces), None)
+        if parent is None:
+            with (
+                start_incident(self.tracer, name="diagnosis without traced anomaly", attributes=attributes),
+                publish_span(self.tracer, subject=subject) as headers,
+            ):
+                return headers
+        with (
+            consume_span(self.tracer, subject=subject, headers=parent, name="diagnose", attributes=attributes),
+            publish_span(self.tracer, subject=subject) as headers,
+        ):
+            return headers
+
+    def _observe_identified(self, diagnosis: Diagnosis) -> None:
+        """time_to_identify once per episode (the first unresolved diagnosis of its first anomaly)."""
+        first_id = diagnosis.anomaly_ids[0]
+        if diagnosis.resolved or first_id in self._identified:
+            return
+        ctx = self.diagnoser.fleet.nodes.get(f"{diagnosis.cluster}/{diagnosis.node}")
+        first = next((a for a in (ctx.anomalies if ctx else ()) if a.id == first_id), None)
+        onset = diagnosis.fault_onset or (first.fault_onset if first is not None else None)
+        if onset is None:
+            return
+        self._identified[first_id] = None
+        if len(self._identified) > _MAX_TRACKED:
+            del self._identified[next(iter(self._identified))]
+        observe_stage(
+            self.pipeline.time_to_identify, fault_class=diagnosis.category, onset=onset, at=diagnosis.identified_at
+        )
+
     async def _publish(self, diagnosis: Diagnosis) -> None:
         subject = diagnosis_subject(diagnosis.cluster, diagnosis.node, prefix=self.prefix)
         await publish_model(
-            self.js, subject, diagnosis, msg_id=diagnosis.id, timeout_s=self.settings.nats.publish_timeout_s
+            self.js,
+            subject,
+            diagnosis,
+            msg_id=diagnosis.id,
+            headers=self._trace_headers(diagnosis, subject),
+            timeout_s=self.settings.nats.publish_timeout_s,
         )
         self.m_out.labels(diagnosis.cause, str(diagnosis.resolved).lower()).inc()
+        self.pipeline.diagnoses.labels(diagnosis.category, diagnosis.cause).inc()
+        self.pipeline.messages_published.labels(self._streams["DIAGNOSES"]).inc()
+        self._observe_identified(diagnosis)
         if not diagnosis.resolved and diagnosis.anomaly_ids:
             ctx = self.diagnoser.fleet.nodes.get(f"{diagnosis.cluster}/{diagnosis.node}")
             first = next((a for a in (ctx.anomalies if ctx else ()) if a.id == diagnosis.anomaly_ids[0]), None)
@@ -304,6 +381,20 @@ class DiagnoserRuntime:
                     await self._publish_finding(finding)
             if due:
                 await self._evaluate(due)
+
+    async def _report_lag(self, every_s: float = 15.0) -> None:
+        """Consumer lag of the three inputs into `nodeheal_consumer_pending_messages`."""
+        while True:
+            for base in ("ANOMALIES", "CLOUD", "AUDIT"):
+                try:
+                    await self.pipeline.report_consumer_lag(
+                        self.js, stream=self._streams[base], consumer=self.settings.durable
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.debug("consumer lag not read", extra={"stream": base, "error": str(exc)})
+            await asyncio.sleep(every_s)
 
     async def _ticker(self) -> None:
         while True:

@@ -9,6 +9,7 @@ from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.service import build_asgi, make_broker
+from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
 
 
 def build_app(settings: RemediatorSettings | None = None) -> tuple[AsgiFastStream, RemediatorService]:
@@ -29,6 +30,8 @@ def main() -> None:
 
     settings = RemediatorSettings()
     configure_logging("remediator", fmt=settings.log_format, level=settings.log_level)
+    setup_tracing(service="remediator", settings=settings.telemetry)
+    install_log_correlation()
     app, _ = build_app(settings)
     import asyncio
 

@@ -18,6 +18,7 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.telemetry import inject_headers
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import audit_subject
 
@@ -43,7 +44,8 @@ class AuditLog:
                 subject,
                 rec,
                 msg_id=f"{rec.action_id}:{rec.phase}",
-                headers={"Nats-Expected-Stream": self.stream},
+                # traceparent of the current span: whoever reads AUDIT continues the incident's trace
+                headers=inject_headers({"Nats-Expected-Stream": self.stream}),
                 timeout_s=self.timeout_s,
             )
         except Exception as exc:

@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from nodeheal.remediator.actions.cloud import Clouds
@@ -32,6 +33,8 @@ from nodeheal.remediator.verify import Verifier
 from nodeheal.remediator.views import FleetView
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
+from nodeheal.runtime.metrics import pipeline_metrics
+from nodeheal.runtime.telemetry import consume_span
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import NodeInventory
@@ -55,6 +58,8 @@ class RemediatorService:
         self._inflight: set[asyncio.Task[None]] = set()
         self._sem = asyncio.Semaphore(settings.max_concurrent)
         self.ready = asyncio.Event()
+        self.tracer = trace.get_tracer("nodeheal.remediator")
+        self.metrics = pipeline_metrics()
 
     async def start(self) -> None:
         s = self.settings
@@ -101,6 +106,7 @@ class RemediatorService:
         self._tasks.append(asyncio.create_task(self._follow(diagnoses, "diagnosis", s.policy.unhealthy_window_s)))
         self._tasks.append(asyncio.create_task(self._follow(f"{s.nats.stream_prefix}CLOUD", "cloud", 3 * 86_400.0)))
         self._tasks.append(asyncio.create_task(self._consume(diagnoses)))
+        self._tasks.append(asyncio.create_task(self._report_lag(diagnoses)))
         self.ready.set()
 
     async def stop(self) -> None:
@@ -113,6 +119,18 @@ class RemediatorService:
         await self.clouds.close()
         if self.nc is not None:
             await self.nc.drain()
+
+    async def _report_lag(self, stream: str, every_s: float = 15.0) -> None:
+        """Lag of the shared DIAGNOSES consumer into `nodeheal_consumer_pending_messages`."""
+        assert self.js is not None
+        while True:
+            try:
+                await self.metrics.report_consumer_lag(self.js, stream=stream, consumer=self.settings.durable)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("consumer lag not read", extra={"error": str(exc)})
+            await asyncio.sleep(every_s)
 
     async def readiness(self) -> tuple[bool, str]:
         return self.ready.is_set(), "remediator: consumer not started"
@@ -209,8 +227,17 @@ class RemediatorService:
             )
             await msg.ack()
             return
+        self.metrics.messages_consumed.labels(msg.metadata.stream).inc()
         try:
-            disposition = await self.remediator.handle(diagnosis, heartbeat=msg.in_progress)
+            # The ladder runs inside the diagnosis's trace: every audit record carries its trace id.
+            with consume_span(
+                self.tracer,
+                subject=msg.subject,
+                headers=msg.headers,
+                name="remediate",
+                attributes={"nodeheal.node": diagnosis.node, "nodeheal.diagnosis.id": diagnosis.id},
+            ):
+                disposition = await self.remediator.handle(diagnosis, heartbeat=msg.in_progress)
         except Exception:
             log.exception("ladder crashed; will be redelivered", extra={"node": diagnosis.node})
             disposition = "retry"

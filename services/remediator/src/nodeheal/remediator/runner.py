@@ -32,6 +32,8 @@ from nodeheal.remediator.policy import Slot
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.remediator.verify import Verifier
 from nodeheal.remediator.views import FleetView
+from nodeheal.runtime.metrics import PipelineMetrics, observe_stage, pipeline_metrics
+from nodeheal.runtime.telemetry import current_trace_id
 from nodeheal.schemas.audit import PolicyCheck, RemediationPhase, RemediationRecord
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis
 from nodeheal.schemas.ids import ActionId
@@ -74,6 +76,7 @@ class Remediator:
         kube: KubeActions | None,
         clouds: Clouds,
         verifier: Verifier,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.policy = settings.policy
@@ -87,6 +90,7 @@ class Remediator:
         self.clouds = clouds
         self.verifier = verifier
         self.actor = settings.instance
+        self.metrics = metrics or pipeline_metrics()
         self.storms: frozenset[tuple[policy.DomainKind, str]] = frozenset()
         self.counters: dict[str, int] = {}
 
@@ -121,6 +125,8 @@ class Remediator:
             diagnosis_id=diagnosis.id,
             cause=diagnosis.cause,
             rung=rung,
+            # the incident's trace, continued from the diagnosis message by the consumer (handlers.py)
+            trace_id=current_trace_id(),
             started_at=started_at,
             finished_at=utcnow() if phase in _TERMINAL else None,
             error=error,
@@ -129,7 +135,23 @@ class Remediator:
         if run is not None:
             run.history.append(rec)
         self.counters[phase] = self.counters.get(phase, 0) + 1
+        self._observe(rec, diagnosis)
         return rec
+
+    def _observe(self, rec: RemediationRecord, diagnosis: Diagnosis) -> None:
+        m = self.metrics
+        m.remediation_actions.labels(action=rec.action, outcome=rec.phase).inc()
+        if rec.phase == "blocked":
+            for check in rec.checks:
+                if not check.passed:
+                    m.policy_blocks.labels(check=check.name).inc()
+        if rec.phase == "verified" and diagnosis.fault_onset is not None and not rec.dry_run:
+            observe_stage(
+                m.time_to_repair,
+                fault_class=diagnosis.category,
+                onset=diagnosis.fault_onset,
+                at=rec.finished_at or rec.time,
+            )
 
     async def _srec(
         self,

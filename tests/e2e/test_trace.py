@@ -1,0 +1,296 @@
+"""One injected fault followed through the pipeline by its trace: the detector, the diagnoser and the
+remediator run as real processes (`python -m nodeheal.<service>`, configured only by env vars, as the
+demo and Kubernetes run them) on a real nats-server; the test is the fleet (probes saying kubelet
+failed on one node) and that node's agent (a NATS responder answering `restart_service`).
+
+The anomaly's `traceparent`, the diagnosis's `traceparent` and the `trace_id` of every audit record
+of that incident must name one and the same trace. The services export their spans to a local
+OTLP/HTTP endpoint in this test, and every service's spans must be in that trace too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from nodeheal.cli.procs import ServiceProcess, service_processes
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.runtime.telemetry import trace_id_from_headers
+from nodeheal.schemas.anomaly import Anomaly
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.diagnosis import Diagnosis
+from nodeheal.schemas.inventory import NodeInventory, inventory_key
+from nodeheal.schemas.probe import NodeProbe, ServiceState
+from nodeheal.schemas.subjects import cmd_subject, probe_subject, wildcard
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+CLUSTER = "c1"
+NODE = "trace-n1"
+PEERS = ("trace-n2", "trace-n3")
+
+
+class Collector:
+    """A local OTLP/HTTP trace endpoint (`POST /v1/traces`, protobuf): trace id (hex) -> service names."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                with collector._lock:
+                    for rs in request.resource_spans:
+                        service = next(
+                            (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "?"
+                        )
+                        for ss in rs.scope_spans:
+                            for span in ss.spans:
+                                collector.spans.setdefault(span.trace_id.hex(), set()).add(service)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def services_in(self, trace_id: str) -> set[str]:
+        with self._lock:
+            return set(self.spans.get(trace_id, set()))
+
+    def __enter__(self) -> Collector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    with Collector() as c:
+        yield c
+
+
+def _probe(node: str, *, kubelet_ok: bool, seq: int) -> NodeProbe:
+    return NodeProbe(
+        cluster=CLUSTER,
+        node=node,
+        source="simulator",
+        seq=seq,
+        ready=True,
+        services=(ServiceState(name="kubelet", state="active" if kubelet_ok else "failed"),),
+    )
+
+
+async def _stored(nc: Client, stream: str, subject: str) -> list[tuple[bytes, dict[str, str]]]:
+    """Everything a stream holds on `subject` (data, headers), read once."""
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    if not info.state.messages:
+        return []
+    sub = await js.subscribe(
+        subject, stream=stream, ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    )
+    out: list[tuple[bytes, dict[str, str]]] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except TimeoutError:
+                break
+            out.append((msg.data, dict(msg.headers or {})))
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def _wait(what: str, check: object, *, procs: list[ServiceProcess], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():  # type: ignore[operator]
+            return
+        for p in procs:
+            assert p.alive, f"{p.name} exited:\n{p.tail(40)}"
+        await asyncio.sleep(0.25)
+    logs = "\n\n".join(f"--- {p.name}\n{p.tail(25)}" for p in procs)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+@pytest.fixture
+async def pipeline(
+    topology_ready: NatsSettings, tmp_path: Path, collector: Collector
+) -> AsyncIterator[list[ServiceProcess]]:
+    common = {
+        "TELEMETRY__OTLP_ENDPOINT": collector.url,
+        "TELEMETRY__SAMPLE_RATIO": "1.0",
+    }
+    extra = {
+        "detector": {
+            "RULES__PROBE_INTERVAL_S": "1",
+            "RULES__WARMUP_S": "0",
+            "TICK_S": "0.2",
+            "RAW_PROBE_CONNECTION": "false",
+        },
+        "diagnoser": {"TICK_S": "0.2"},
+        "remediator": {
+            "KUBE__ENABLED": "false",
+            "CLOUD__PROVIDER": "none",
+            "VERIFY_TIMEOUT_S": "30",
+            "VERIFY_POLL_S": "0.2",
+            "NODE_COMMAND_TIMEOUT_S": "5",
+            "POLICY__APPROVAL_REQUIRED": "[]",
+        },
+    }
+    prefixes = {
+        "detector": "NODEHEAL_DETECTOR_",
+        "diagnoser": "NODEHEAL_DIAGNOSER_",
+        "remediator": "NODEHEAL_REMEDIATOR_",
+    }
+    env = {name: {prefixes[name] + k: v for k, v in {**common, **extra[name]}.items()} for name in prefixes}
+    for name in prefixes:
+        env[name]["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # export spans quickly (ms)
+    procs = service_processes(
+        settings=topology_ready,
+        cluster=CLUSTER,
+        run_dir=tmp_path,
+        names=list(prefixes),
+        extra_env=env,
+    )
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 90
+        waiting = list(procs)
+        while waiting and time.monotonic() < deadline:
+            for p in list(waiting):
+                assert p.alive, f"{p.name} exited:\n{p.tail(40)}"
+                if p.ready():
+                    waiting.remove(p)
+            await asyncio.sleep(0.2)
+        assert not waiting, {p.name: p.tail(30) for p in waiting}
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+async def test_one_fault_one_trace_from_anomaly_to_audit(
+    topology_ready: NatsSettings, nc: Client, pipeline: list[ServiceProcess], collector: Collector
+) -> None:
+    nats = topology_ready
+    topo = nats.topology()
+    js = nc.jetstream()
+    kv = await js.key_value(f"{nats.bucket_prefix}-inventory")
+    for node in (NODE, *PEERS):
+        await kv.put(
+            inventory_key(CLUSTER, node),
+            NodeInventory(cluster=CLUSTER, node=node, zone="z1", cloud="alibaba", instance_id=f"i-{node}").to_json(),
+        )
+
+    # the node's agent: answers the restart, after which kubelet is healthy again
+    restarted = asyncio.Event()
+    commands: list[NodeCommand] = []
+
+    async def agent(msg: object) -> None:
+        cmd = NodeCommand.model_validate_json(msg.data)  # type: ignore[attr-defined]
+        commands.append(cmd)
+        restarted.set()
+        result = NodeCommandResult(action_id=cmd.action_id, node=NODE, ok=True, detail="kubelet restarted")
+        await msg.respond(result.to_json())  # type: ignore[attr-defined]
+
+    await nc.subscribe(cmd_subject(CLUSTER, NODE, prefix=nats.prefix), cb=agent)
+
+    stop = asyncio.Event()
+
+    async def fleet() -> None:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            for node in (NODE, *PEERS):
+                ok = node != NODE or (restarted.is_set() or seq <= 3)
+                probe = _probe(node, kubelet_ok=ok, seq=seq)
+                await js.publish(
+                    probe_subject(CLUSTER, node, prefix=nats.prefix),
+                    probe.to_json(),
+                    headers={"Nats-Msg-Id": f"{node}-{seq}-{id(stop)}"},
+                )
+            await asyncio.sleep(0.5)
+
+    prober = asyncio.create_task(fleet())
+    audit_stream = topo.stream(f"{nats.stream_prefix}AUDIT").name
+    audit_subject = wildcard("audit", prefix=nats.prefix)
+
+    async def verified() -> bool:
+        records = [RemediationRecord.model_validate_json(d) for d, _ in await _stored(nc, audit_stream, audit_subject)]
+        return any(r.phase == "verified" and r.node == NODE for r in records)
+
+    try:
+        await _wait("the restart to be verified in AUDIT", verified, procs=pipeline)
+    finally:
+        stop.set()
+        await prober
+
+    anomalies = [
+        (Anomaly.model_validate_json(d), h)
+        for d, h in await _stored(
+            nc, topo.stream(f"{nats.stream_prefix}ANOMALIES").name, wildcard("anomaly", prefix=nats.prefix)
+        )
+    ]
+    firing = [(a, h) for a, h in anomalies if a.node == NODE and a.status == "firing" and a.subject == "kubelet"]
+    assert len(firing) == 1, [a for a, _ in anomalies]
+    anomaly, anomaly_headers = firing[0]
+    trace_id = trace_id_from_headers(anomaly_headers)
+    assert trace_id is not None, anomaly_headers
+
+    diagnoses = [
+        (Diagnosis.model_validate_json(d), h)
+        for d, h in await _stored(
+            nc, topo.stream(f"{nats.stream_prefix}DIAGNOSES").name, wildcard("diagnosis", prefix=nats.prefix)
+        )
+    ]
+    explaining = [(d, h) for d, h in diagnoses if anomaly.id in d.anomaly_ids and not d.resolved]
+    assert explaining, [d for d, _ in diagnoses]
+    for diagnosis, headers in explaining:
+        assert trace_id_from_headers(headers) == trace_id, (diagnosis.cause, headers)
+
+    diagnosis_ids = {d.id for d, _ in explaining}
+    stored_audit = await _stored(nc, audit_stream, audit_subject)
+    records = [
+        (r, h)
+        for r, h in ((RemediationRecord.model_validate_json(d), h) for d, h in stored_audit)
+        if r.diagnosis_id in diagnosis_ids
+    ]
+    assert records, "no audit record of the incident"
+    assert {r.phase for r, _ in records} >= {"intent", "started", "succeeded", "verified"}
+    assert [c.target for c in commands] == ["kubelet"]
+    for record, headers in records:
+        assert record.trace_id == trace_id, (record.phase, record.action, record.trace_id)
+        assert trace_id_from_headers(headers) == trace_id, (record.phase, headers)
+
+    # and every service exported its spans of this incident into that one trace
+    async def exported() -> bool:
+        return collector.services_in(trace_id) >= {"nodeheal-detector", "nodeheal-diagnoser", "nodeheal-remediator"}
+
+    await _wait(f"spans of trace {trace_id} from the three services", exported, procs=pipeline, timeout_s=30)
