@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -83,6 +84,11 @@ class Collector:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 @pytest.fixture
@@ -294,3 +300,16 @@ async def test_one_fault_one_trace_from_anomaly_to_audit(
         return collector.services_in(trace_id) >= {"nodeheal-detector", "nodeheal-diagnoser", "nodeheal-remediator"}
 
     await _wait(f"spans of trace {trace_id} from the three services", exported, procs=pipeline, timeout_s=30)
+
+    # the 1-5-10 histograms of the dashboard saw this incident, each in its own service
+    expected = {
+        "detector": 'nodeheal_time_to_detect_seconds_count{fault_class="service_down"}',
+        "diagnoser": "nodeheal_time_to_identify_seconds_count{",
+        "remediator": "nodeheal_time_to_repair_seconds_count{",
+    }
+    for proc in pipeline:
+        text = _metrics(proc.http_port)
+        lines = [line for line in text.splitlines() if line.startswith(expected[proc.name])]
+        assert lines and all(float(line.rsplit(" ", 1)[1]) >= 1 for line in lines), (proc.name, lines)
+    remediator = _metrics(next(p for p in pipeline if p.name == "remediator").http_port)
+    assert 'nodeheal_remediation_actions_total{action="restart_service",outcome="verified"} 1.0' in remediator
