@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from nodeheal.cloud_events.ingest.app import build_app
 from nodeheal.cloud_events.ingest.settings import IngestSettings
 from nodeheal.runtime.logs import configure_logging
+from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
 
 
 def main() -> int:
@@ -19,6 +20,8 @@ def main() -> int:
         print(f"nodeheal ingest: bad configuration (NODEHEAL_INGEST_*):\n{exc}", file=sys.stderr)  # noqa: T201
         return 2
     configure_logging("cloud-events-ingest", fmt=settings.log_format, level=settings.log_level)
+    setup_tracing(service="ingest", settings=settings.telemetry)
+    install_log_correlation()
     try:
         app = build_app(settings)
     except ValueError as exc:

@@ -21,13 +21,16 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry import trace
 
 from nodeheal.cloud_events.normalize import TransitionLedger
 from nodeheal.runtime.jetstream import dead_letter, publish_model
+from nodeheal.runtime.telemetry import publish_span, start_incident
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.inventory import NodeInventory, instance_key
 from nodeheal.schemas.subjects import cloud_subject, wildcard
 
+_TRACER = trace.get_tracer("nodeheal.ingest")
 log = logging.getLogger("nodeheal.cloud_events.ingest")
 
 PUBLISHED = prometheus_client.Counter(
@@ -124,7 +127,25 @@ class CloudEventSink:
                 cloud=event.cloud, provider_event_id=event.provider_event_id, phase=event.phase
             )
             if verdict == "new":
-                headers = {"Nodeheal-Node-Mapped": "true" if mapped_event.node_mapped else "false"}
+                # A cloud event starts an incident's trace; the detector continues it in the
+                # cloud_maintenance anomaly the event causes (traceparent in the CLOUD message).
+                with (
+                    start_incident(
+                        _TRACER,
+                        name="cloud event",
+                        attributes={
+                            "nodeheal.node": mapped_event.node,
+                            "nodeheal.cloud.event_id": event.provider_event_id,
+                            "nodeheal.cloud.phase": event.phase,
+                        },
+                    ),
+                    publish_span(
+                        _TRACER,
+                        subject=subject,
+                        headers={"Nodeheal-Node-Mapped": "true" if mapped_event.node_mapped else "false"},
+                    ) as headers,
+                ):
+                    pass
                 await publish_model(
                     self.js,
                     subject,
