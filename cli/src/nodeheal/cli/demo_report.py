@@ -180,8 +180,13 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
     )
     run_hours = (record.run_end - record.run_start).total_seconds() / 3600
     online = [h["online"] for h in record.health] or [1.0]
+    latest: dict[str, dict[str, Any]] = {}
+    for f in findings:  # a finding is re-published when it changes: keep its latest state
+        latest[str(f.get("finding_id") or f.get("id"))] = f
     risks = []
-    for f in findings:
+    for f in sorted(latest.values(), key=lambda x: (str(x.get("kind")), str(x.get("dimension")), str(x.get("value")))):
+        if f.get("cleared"):
+            continue
         risks.append(
             {
                 "dimension": f.get("dimension"),
@@ -342,7 +347,13 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
     console.print(
         f"fleet: crash rate {fl['crash_rate']:.4f}, schedulable {fl['schedulable_rate']:.1%}, "
         f"online {fl['online_rate']:.1%}; systematic risks: "
-        + ("; ".join(f"{r['dimension']}={r['value']} x{r['ratio']}" for r in report["systematic_risks"]) or "none"),
+        + (
+            "; ".join(
+                f"{r['kind']} {r['dimension']}={r['value']} x{r['ratio']:.1f} ({r['affected_nodes']} nodes)"
+                for r in report["systematic_risks"]
+            )
+            or "none"
+        ),
         highlight=False,
     )
 

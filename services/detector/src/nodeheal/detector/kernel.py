@@ -22,7 +22,8 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     ("lockup", r"soft lockup|hard LOCKUP|rcu_\w+ (?:self-)?detected stall|blocked for more than \d+ seconds"),
     (
         "crash",
-        r"Kernel panic|kernel BUG at|BUG: unable to handle|general protection fault|divide error:|\bOops\b"
+        r"Kernel panic|kernel BUG at|BUG: unable to handle|BUG: kernel NULL pointer dereference"
+        r"|general protection fault|divide error:|\bOops\b"
         r"|unregister_netdevice: waiting|Call Trace:",
     ),
     (
@@ -37,6 +38,12 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"PLEG is not healthy|kubelet\.service: (?:Main process exited|Failed)|cannot connect to (?:the )?Docker"
         r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*reclaim"
         r"|EvictionThresholdMet|NodeHasDiskPressure",
+    ),
+    # an orderly shutdown or reboot: the diagnoser needs these lines to tell a planned power-off from a crash
+    (
+        "planned",
+        r"systemd-logind\[\d+\]: (?:Power key pressed|Powering Off|System is (?:powering down|rebooting|halting))"
+        r"|reboot: (?:Restarting system|Power down)",
     ),
 )
 

@@ -1,0 +1,88 @@
+"""A small `nodeheal demo` end to end: the four real services as processes, the simulated fleet and
+world, and the report held against the simulator's ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from nodeheal.cli.demo import DemoConfig, run_demo
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+CHEAP_FIXES = ("kubelet_crash", "runtime_crash", "ops_agent_crash", "disk_fill")
+
+
+@pytest.fixture(scope="module")
+async def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(
+        nodes=400,
+        duration_s=45.0,
+        settle_s=60.0,
+        probe_interval_s=2.0,
+        faults_per_minute=30.0,
+        seed=11,
+        report_path=out / "report.html",
+        run_dir=out / "run",
+        quiet=True,
+    )
+    return await run_demo(cfg, console=Console(stderr=True, quiet=True))
+
+
+def test_every_injected_fault_is_detected(report: dict[str, Any]) -> None:
+    faults = report["faults"]
+    assert faults["injected"] >= 40  # every class, every kernel class, the bad kernel, a rack
+    missed = [r for r in report["fault_rows"] if not r["detected"]]
+    assert not missed, missed
+
+
+def test_causes_are_right_on_at_least_95_percent(report: dict[str, Any]) -> None:
+    wrong = [
+        (r["fault_class"], r["kernel_class"], r["cause"], r["expected_causes"])
+        for r in report["fault_rows"]
+        if not r["diagnosed_correctly"]
+    ]
+    assert report["faults"]["diagnosed_correctly"] / report["faults"]["injected"] >= 0.95, wrong
+
+
+def test_no_budget_exceeded_and_no_reboot_inside_the_partition(report: dict[str, Any]) -> None:
+    policy = report["policy"]
+    assert policy["budget_violations"] == 0
+    assert policy["reboots_in_partition"] == 0
+    partition = [r for r in report["fault_rows"] if r["fault_class"] == "rack_partition"]
+    assert partition, "the storm scenario ran"
+    assert all(r["cause"] == "rack_partition" for r in partition)
+
+
+def test_cheap_local_faults_are_repaired_in_place(report: dict[str, Any]) -> None:
+    for klass in CHEAP_FIXES:
+        rows = [r for r in report["fault_rows"] if r["fault_class"] == klass]
+        assert rows, klass
+        assert all(r["repaired"] for r in rows), rows
+        assert all(set(r["actions"]) & {"restart_service", "clean_disk"} for r in rows), rows
+
+
+def test_report_has_the_documented_shape(report: dict[str, Any]) -> None:
+    for key in ("ttd_s", "tti_s", "ttr_s"):
+        assert set(report[key]) >= {"p50", "p95", "max"}
+        assert report[key]["p95"] is not None
+    assert set(report["faults"]) >= {"injected", "detected", "diagnosed_correctly", "repaired"}
+    assert set(report["policy"]) >= {"budget_violations", "reboots_in_partition", "blocked"}
+    assert set(report["fleet"]) >= {"crash_rate", "schedulable_rate", "online_rate"}
+    assert isinstance(report["systematic_risks"], list)
+    for klass, figures in report["by_class"].items():
+        assert set(figures) >= {"ttd_s", "tti_s", "ttr_s"}, klass
+
+
+def test_the_bad_kernel_is_found_as_a_systematic_risk(report: dict[str, Any]) -> None:
+    assert report["bad_kernel_found"], report["systematic_risks"]
+
+
+def test_the_html_report_has_its_plots(report: dict[str, Any]) -> None:
+    html = Path(report["run_dir"]).parent.joinpath("report.html").read_text()
+    assert "plotly" in html
+    assert "1-5-10" in html
