@@ -11,7 +11,7 @@ from nats.js.client import JetStreamContext
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from tests.support.broker import session_nats_url, unique_settings
+from tests.support.broker import remove_topology, session_nats_url, unique_settings
 
 
 @pytest.fixture(scope="session")
@@ -45,13 +45,11 @@ async def topology_ready(nats_settings: NatsSettings, nc: Client) -> AsyncIterat
     topo = nats_settings.topology()
     await apply_topology(js, topo)
     yield nats_settings
-    for spec in topo.streams:
-        try:
-            await js.delete_stream(spec.name)
-        except Exception:
-            pass
-    for bucket in topo.buckets:
-        try:
-            await js.delete_key_value(bucket.name)
-        except Exception:
-            pass
+    await remove_topology(js, nats_settings)
+
+
+@pytest.fixture
+async def cleanup(js: JetStreamContext, nats_settings: NatsSettings) -> AsyncIterator[None]:
+    """Remove whatever a test provisioned under its unique names (it provisions them itself)."""
+    yield
+    await remove_topology(js, nats_settings)

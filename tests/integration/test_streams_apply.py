@@ -17,22 +17,6 @@ from nodeheal.schemas.streams import DAY_S
 pytestmark = pytest.mark.nats
 
 
-@pytest.fixture
-async def cleanup(js: JetStreamContext, nats_settings: NatsSettings):  # type: ignore[no-untyped-def]
-    yield
-    topo = nats_settings.topology()
-    for spec in topo.streams:
-        try:
-            await js.delete_stream(spec.name)
-        except Exception:
-            pass
-    for bucket in topo.buckets:
-        try:
-            await js.delete_key_value(bucket.name)
-        except Exception:
-            pass
-
-
 async def test_apply_creates_every_stream_and_bucket_with_design_limits(
     js: JetStreamContext, nats_settings: NatsSettings, cleanup: None
 ) -> None:

@@ -15,6 +15,8 @@ import os
 import uuid
 from collections.abc import Iterator
 
+from nats.js.client import JetStreamContext
+
 from nodeheal.runtime.embedded import EmbeddedNats
 from nodeheal.runtime.settings import NatsSettings
 
@@ -55,3 +57,14 @@ def unique_settings(url: str) -> NatsSettings:
         stream_prefix=f"T{tag}_",
         bucket_prefix=f"t{tag}",
     )
+
+
+async def remove_topology(js: JetStreamContext, settings: NatsSettings) -> None:
+    """Best-effort removal of a test's streams and buckets (they may never have been created)."""
+    topo = settings.topology()
+    for spec in topo.streams:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(spec.name)
+    for bucket in topo.buckets:
+        with contextlib.suppress(Exception):
+            await js.delete_key_value(bucket.name)
