@@ -313,3 +313,68 @@ async def test_one_fault_one_trace_from_anomaly_to_audit(
         assert lines and all(float(line.rsplit(" ", 1)[1]) >= 1 for line in lines), (proc.name, lines)
     remediator = _metrics(next(p for p in pipeline if p.name == "remediator").http_port)
     assert 'nodeheal_remediation_actions_total{action="restart_service",outcome="verified"} 1.0' in remediator
+
+
+async def test_cloud_maintenance_anomaly_continues_the_cloud_events_trace(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """The ingest starts a trace with each CLOUD message; the maintenance anomaly it causes carries on."""
+    from datetime import UTC, datetime
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from nodeheal.detector.handlers import DetectorRuntime
+    from nodeheal.detector.settings import DetectorSettings
+    from nodeheal.runtime.telemetry import make_sampler, publish_span, start_incident
+    from nodeheal.schemas.cloud import CloudSystemEvent
+    from nodeheal.schemas.subjects import cloud_subject
+
+    s = topology_ready
+    provider = TracerProvider(sampler=make_sampler(1.0))
+    tracer = provider.get_tracer("test")
+    runtime = DetectorRuntime(settings=DetectorSettings(nats=s, batch_size=100, tick_s=0.1), nc=nc, tracer=tracer)
+    await runtime.start()
+    try:
+        js = nc.jetstream()
+        await js.publish(
+            probe_subject(CLUSTER, "cm-1", prefix=s.prefix), _probe("cm-1", kubelet_ok=True, seq=1).to_json()
+        )
+
+        async def known() -> bool:
+            return f"{CLUSTER}/cm-1" in runtime.detector.nodes
+
+        await _wait("the detector to learn the node", known, procs=[], timeout_s=20)
+        event = CloudSystemEvent(
+            cluster=CLUSTER,
+            node="cm-1",
+            cloud="alibaba",
+            channel="simulator",
+            provider_event_id="e-trace",
+            provider_event_type="SystemMaintenance.Reboot",
+            action="reboot",
+            cause="planned_maintenance",
+            phase="in_progress",
+            instance_id="i-cm-1",
+            observed_at=datetime.now(tz=UTC),
+        )
+        subject = cloud_subject(CLUSTER, "cm-1", prefix=s.prefix)
+        with start_incident(tracer, name="cloud event"), publish_span(tracer, subject=subject) as headers:
+            pass
+        await js.publish(subject, event.to_json(), headers={**headers, "Nats-Msg-Id": event.dedup_id})
+        stream = s.topology().stream(f"{s.stream_prefix}ANOMALIES").name
+        found: list[tuple[Anomaly, dict[str, str]]] = []
+        deadline = time.monotonic() + 20
+        while not found and time.monotonic() < deadline:
+            found = [
+                (a, h)
+                for a, h in (
+                    (Anomaly.model_validate_json(d), h)
+                    for d, h in await _stored(nc, stream, wildcard("anomaly", prefix=s.prefix))
+                )
+                if a.kind == "cloud_maintenance" and a.node == "cm-1"
+            ]
+            await asyncio.sleep(0.1)
+        assert found, "no cloud_maintenance anomaly"
+        assert trace_id_from_headers(found[0][1]) == trace_id_from_headers(headers) is not None
+    finally:
+        await runtime.stop()
