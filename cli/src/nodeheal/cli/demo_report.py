@@ -180,13 +180,18 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
     )
     run_hours = (record.run_end - record.run_start).total_seconds() / 3600
     online = [h["online"] for h in record.health] or [1.0]
-    latest: dict[str, dict[str, Any]] = {}
-    for f in findings:  # a finding is re-published when it changes: keep its latest state
-        latest[str(f.get("finding_id") or f.get("id"))] = f
-    risks = []
-    for f in sorted(latest.values(), key=lambda x: (str(x.get("kind")), str(x.get("dimension")), str(x.get("value")))):
+    raised: dict[str, dict[str, Any]] = {}
+    cleared: set[str] = set()
+    for f in findings:  # a finding is published when raised, when it changes and when it clears
+        fid = str(f.get("finding_id") or f.get("id"))
         if f.get("cleared"):
-            continue
+            cleared.add(fid)
+        else:
+            raised.setdefault(fid, f)
+    risks = []
+    for fid, f in sorted(
+        raised.items(), key=lambda x: (str(x[1].get("kind")), str(x[1].get("dimension")), str(x[1].get("value")))
+    ):
         risks.append(
             {
                 "dimension": f.get("dimension"),
@@ -199,6 +204,7 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
                 "kind": f.get("kind", f.get("finding_kind")),
                 "summary": f.get("summary") or f.get("description"),
                 "is_injected_bad_kernel": f.get("dimension") == "kernel" and f.get("value") == record.bad_kernel,
+                "cleared_during_run": fid in cleared,
             }
         )
     by_class_out = {

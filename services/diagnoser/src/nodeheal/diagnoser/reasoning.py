@@ -226,14 +226,17 @@ class Diagnoser:
     def _record_fault(self, ctx: NodeContext, decision: Decision, *, now: datetime) -> None:
         """Crashes and kernel / hardware faults count towards the fleet rates (one per node episode).
 
-        A diagnosis that changes its mind (a lone node_down first read as a crash, then as part of a
-        rack partition) takes the episode's events back, so a partition never becomes a crash-rate finding.
+        A diagnosis that changes its mind to the network (a lone node_down first read as a crash, then
+        as part of a rack partition) takes the episode's events back, so a partition never becomes a
+        crash-rate finding.
         """
         episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
-        if decision.category not in {"kernel", "hardware"}:
+        if decision.category == "network":
             for key in [k for k in self.fleet.fault_events if k.startswith(f"{episode}|")]:
                 del self.fleet.fault_events[key]
             return
+        if decision.category not in {"kernel", "hardware"}:
+            return  # e.g. the downtime of our own reboot after the crash: the crash still counts
         at = decision.fault_onset or now
         scopes = ["any", f"category:{decision.category}"]
         if decision.crash_signature is not None:
