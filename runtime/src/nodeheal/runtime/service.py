@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import prometheus_client
 import uvicorn
@@ -128,3 +128,54 @@ async def serve(app: AsgiFastStream, *, host: str, port: int) -> None:
     """Run the ASGI app (broker + HTTP) until SIGTERM/SIGINT."""
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning", access_log=False)
     await uvicorn.Server(config).serve()
+
+
+class RawRuntime(Protocol):
+    """A service whose consumers run on the broker's raw nats-py connection (detector, diagnoser)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def readiness(self) -> tuple[bool, str]: ...
+
+
+RuntimeT = TypeVar("RuntimeT", bound=RawRuntime)
+
+
+def build_runtime_app(
+    *,
+    service: str,
+    nats: NatsSettings,
+    instance: str,
+    factory: Callable[[Any, prometheus_client.CollectorRegistry], RuntimeT],
+) -> tuple[AsgiFastStream, list[RuntimeT]]:
+    """The process shell for a raw-consumer service: the kit's broker (connection, /healthz /readyz
+    /metrics) and the service runtime, started once the connection is up and stopped before it closes.
+    The returned list holds the runtime once it has started (tests reach it there)."""
+    broker = make_broker(nats, name=f"nodeheal-{service}-{instance}")
+    registry = prometheus_client.CollectorRegistry()
+    holder: list[RuntimeT] = []
+
+    async def started() -> None:
+        runtime = factory(broker.connection, registry)
+        holder.append(runtime)
+        await runtime.start()
+
+    async def stopping() -> None:
+        for runtime in holder:
+            await runtime.stop()
+
+    async def consumers_bound() -> tuple[bool, str]:
+        if not holder:
+            return False, f"{service}: not started yet"
+        return await holder[0].readiness()
+
+    app = build_asgi(
+        broker,
+        readiness=[consumers_bound],
+        registry=registry,
+        after_startup=[started],
+        on_shutdown=[stopping],
+    )
+    return app, holder

@@ -10,43 +10,22 @@ from __future__ import annotations
 
 import asyncio
 
-import prometheus_client
 from faststream.asgi import AsgiFastStream
 
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.logs import configure_logging
-from nodeheal.runtime.service import build_asgi, make_broker, serve
+from nodeheal.runtime.service import build_runtime_app, serve
 from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
 
 
 def build_app(settings: DetectorSettings) -> tuple[AsgiFastStream, list[DetectorRuntime]]:
-    broker = make_broker(settings.nats, name=f"nodeheal-{SERVICE}-{settings.instance}")
-    registry = prometheus_client.CollectorRegistry()
-    holder: list[DetectorRuntime] = []
-
-    async def started() -> None:
-        runtime = DetectorRuntime(settings=settings, nc=broker.connection, registry=registry)
-        holder.append(runtime)
-        await runtime.start()
-
-    async def stopping() -> None:
-        for runtime in holder:
-            await runtime.stop()
-
-    async def consumers_bound() -> tuple[bool, str]:
-        if not holder:
-            return False, "detector: not started yet"
-        return await holder[0].readiness()
-
-    app = build_asgi(
-        broker,
-        readiness=[consumers_bound],
-        registry=registry,
-        after_startup=[started],
-        on_shutdown=[stopping],
+    return build_runtime_app(
+        service=SERVICE,
+        nats=settings.nats,
+        instance=settings.instance,
+        factory=lambda nc, registry: DetectorRuntime(settings=settings, nc=nc, registry=registry),
     )
-    return app, holder
 
 
 def main() -> None:

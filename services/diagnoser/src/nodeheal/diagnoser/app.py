@@ -9,43 +9,22 @@ from __future__ import annotations
 
 import asyncio
 
-import prometheus_client
 from faststream.asgi import AsgiFastStream
 
 from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
 from nodeheal.runtime.logs import configure_logging
-from nodeheal.runtime.service import build_asgi, make_broker, serve
+from nodeheal.runtime.service import build_runtime_app, serve
 from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
 
 
 def build_app(settings: DiagnoserSettings) -> tuple[AsgiFastStream, list[DiagnoserRuntime]]:
-    broker = make_broker(settings.nats, name=f"nodeheal-{SERVICE}-{settings.instance}")
-    registry = prometheus_client.CollectorRegistry()
-    holder: list[DiagnoserRuntime] = []
-
-    async def started() -> None:
-        runtime = DiagnoserRuntime(settings=settings, nc=broker.connection, registry=registry)
-        holder.append(runtime)
-        await runtime.start()
-
-    async def stopping() -> None:
-        for runtime in holder:
-            await runtime.stop()
-
-    async def consumers_bound() -> tuple[bool, str]:
-        if not holder:
-            return False, "diagnoser: not started yet"
-        return await holder[0].readiness()
-
-    app = build_asgi(
-        broker,
-        readiness=[consumers_bound],
-        registry=registry,
-        after_startup=[started],
-        on_shutdown=[stopping],
+    return build_runtime_app(
+        service=SERVICE,
+        nats=settings.nats,
+        instance=settings.instance,
+        factory=lambda nc, registry: DiagnoserRuntime(settings=settings, nc=nc, registry=registry),
     )
-    return app, holder
 
 
 def main() -> None:
