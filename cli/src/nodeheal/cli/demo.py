@@ -149,7 +149,8 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         stack.callback(stop_all, services)
         for svc in services:
             svc.start()
-        await wait_ready(services)
+        # services read the whole inventory before they are ready: ~70 s at 50,000 nodes on 2 cores
+        await wait_ready(services, timeout_s=90.0 + cfg.nodes / 250)
         counts: dict[str, int] = {}
 
         async def count(kind: str) -> None:
