@@ -93,6 +93,8 @@ class _Emulator(kmock.KubernetesEmulator):
         response: aiohttp.web.StreamResponse = await super()._handle(request)
         if request.resource == _PODS and request.action in (kmock.action.CREATE, kmock.action.DELETE):
             world._reindex_pods()
+        if request.resource == _NODES and request.name and request.action != kmock.action.FETCH:
+            world._note_cordon(request.name)
         if request.action == kmock.action.CREATE and request.resource == _EVENTS:
             world.events_created += 1
         return response
@@ -115,6 +117,7 @@ class KubeWorld:
         # so adding or evicting a pod costs O(matching pods), not O(pods x PDBs)
         self._pods_by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)
         self._defer_refresh = False
+        self._cordoned: set[str] = set()
         self._counter = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -262,11 +265,16 @@ class KubeWorld:
         return out
 
     def cordoned_nodes(self) -> list[str]:
-        return sorted(
-            name
-            for (resource, _ns, name), obj in self.emulator.objects.items()
-            if resource == _NODES and not obj.deleted and obj.get("spec", {}).get("unschedulable")
-        )
+        """Nodes with spec.unschedulable, from an index kept on every node write (no fleet scan)."""
+        return sorted(self._cordoned)
+
+    def _note_cordon(self, name: str) -> None:
+        key = (_NODES, None, name)
+        live = key in self.emulator.objects and not self.emulator.objects[key].deleted
+        if live and self.emulator.objects[key].get("spec", {}).get("unschedulable"):
+            self._cordoned.add(name)
+        else:
+            self._cordoned.discard(name)
 
     # -- internals -------------------------------------------------------------------------------
     @staticmethod

@@ -146,6 +146,7 @@ class DemoWorld:
         node = self.sim.by_instance.get(change.instance_id)
         if node is None:
             return
+        self.sim.touched.add(node)
         now = change.at.timestamp()
         if change.kind == "instance_down":
             node.power_off()
@@ -178,9 +179,9 @@ class DemoWorld:
     def sample(self) -> None:
         """Called about twice a second by the demo: sync Kubernetes, check budgets, record health."""
         self.ecs.tick()
-        for node in self.sim.nodes.values():
+        for node in self.sim.touched:  # every other node is as it started: Ready
             ready = node.powered and not node.partitioned and not node.hung and node.services["kubelet"] == "active"
-            if self._ready_state.get(node.name) != ready:
+            if self._ready_state.get(node.name, True) != ready:
                 self._ready_state[node.name] = ready
                 self.kube.set_ready(node.name, ready)
         cordoned = set(self.kube.cordoned_nodes())
@@ -217,8 +218,8 @@ class DemoWorld:
                     self.violations[kind] += 1
         self._violating = over
         total = len(self.sim.nodes)
-        schedulable = sum(1 for name, ready in self._ready_state.items() if ready and name not in cordoned)
-        self.schedulable_samples.append(schedulable / total)
+        not_ready = {name for name, ready in self._ready_state.items() if not ready}
+        self.schedulable_samples.append((total - len(not_ready | cordoned)) / total)
         self.sim.sample_health()
 
     def summary(self) -> dict[str, Any]:
