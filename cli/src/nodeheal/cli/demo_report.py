@@ -249,6 +249,8 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
         "accuracy_by_class": accuracy_by_class,
         "policy": {
             "budget_violations": record.world.get("budget_violations", 0),
+            "budget_violations_by_domain": record.world.get("budget_violations_by_domain", {}),
+            "violation_samples": record.world.get("violation_samples", []),
             "reboots_in_partition": record.world.get("reboots_in_partition", 0),
             "blocked": len(blocked),
             "blocked_by_check": dict(sorted(blocked_by.items())),

@@ -64,6 +64,7 @@ class DemoWorld:
         self._emulator: Any = None
         self._ticker: asyncio.Task[None] | None = None
         self.violations: Counter[str] = Counter()
+        self.violation_samples: list[dict[str, Any]] = []
         self._violating: set[str] = set()
         self.max_disrupted: dict[str, int] = {}
         self.partition_actions: list[dict[str, Any]] = []
@@ -216,6 +217,15 @@ class DemoWorld:
                 over.add(domain)
                 if domain not in self._violating:
                     self.violations[kind] += 1
+                    members = set(self.domains[kind][key])
+                    self.violation_samples.append(
+                        {
+                            "domain": domain,
+                            "at": datetime.now(tz=UTC).isoformat(),
+                            "cordoned": sorted(members & cordoned),
+                            "rebooting_by_api": sorted(members & busy),
+                        }
+                    )
         self._violating = over
         total = len(self.sim.nodes)
         not_ready = {name for name, ready in self._ready_state.items() if not ready}
@@ -227,6 +237,7 @@ class DemoWorld:
         return {
             "budget_violations": sum(self.violations.values()),
             "budget_violations_by_domain": dict(self.violations),
+            "violation_samples": self.violation_samples[:20],
             "max_disrupted_by_domain": dict(self.max_disrupted),
             "budgets": {k: {"max_count": c, "max_pct": p} for k, (c, p) in self.budgets.items()},
             "reboots_in_partition": len(self.partition_actions),
