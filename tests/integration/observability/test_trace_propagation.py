@@ -219,8 +219,11 @@ async def test_faststream_handlers_and_raw_nats_py_share_one_trace(nc: Client, n
         await broker.publish({"done": body["id"]}, outbound)
 
     future, sub = await next_message(nc, outbound)
+    await nc.flush()
     async with broker:
         await broker.start()
+        # core NATS keeps nothing: the server must have the broker's SUB before we publish
+        await broker.connection.flush()
         with start_incident(origin_tp.get_tracer("o"), name="incident") as root:
             origin = f"{root.get_span_context().trace_id:032x}"
             with publish_span(origin_tp.get_tracer("o"), subject=inbound) as headers:
