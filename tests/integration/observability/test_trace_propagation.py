@@ -218,12 +218,29 @@ async def test_faststream_handlers_and_raw_nats_py_share_one_trace(nc: Client, n
         seen_in_handler.append(current_trace_id())
         await broker.publish({"done": body["id"]}, outbound)
 
-    future, sub = await next_message(nc, outbound)
+    replies: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_reply(msg: Msg) -> None:
+        await replies.put(msg)
+
+    sub = await nc.subscribe(outbound, cb=on_reply)
     await nc.flush()
     async with broker:
         await broker.start()
-        # core NATS keeps nothing: the server must have the broker's SUB before we publish
-        await broker.connection.flush()
+        # core NATS keeps nothing and faststream subscribes in the background after start():
+        # warm up until the handler answers, so the traced message cannot be published into the void
+        for _ in range(50):
+            await nc.publish(inbound, b'{"id": "warm-up"}')
+            try:
+                await asyncio.wait_for(replies.get(), timeout=0.2)
+                break
+            except TimeoutError:
+                continue
+        await asyncio.sleep(0.3)
+        while not replies.empty():
+            replies.get_nowait()
+        seen_in_handler.clear()
+        future: asyncio.Future[Msg] = asyncio.ensure_future(replies.get())
         with start_incident(origin_tp.get_tracer("o"), name="incident") as root:
             origin = f"{root.get_span_context().trace_id:032x}"
             with publish_span(origin_tp.get_tracer("o"), subject=inbound) as headers:
