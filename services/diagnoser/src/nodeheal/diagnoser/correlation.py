@@ -112,10 +112,13 @@ def group_stats(
                 members.setdefault((dimension, value), []).append(name)
     # a group equal to the whole fleet cannot differ from "the rest"
     tested = {k: v for k, v in members.items() if config.min_group_size <= len(v) < fleet_nodes}
-    tests = max(1, len(tested))
     by_node: dict[str, int] = {}
     for event in counted:
         by_node[event.node] = by_node.get(event.node, 0) + 1
+    # Bonferroni over the groups that *can* be flagged: a group with fewer affected nodes than the
+    # minimum support is never flagged, so it spends no alpha (Tarone's argument for discrete tests).
+    # Counting every group instead (1,250 racks at 50,000 nodes) hid a 10-crash bad kernel there.
+    tests = max(1, sum(1 for v in tested.values() if sum(1 for n in v if by_node.get(n)) >= config.min_nodes))
     out: list[GroupStat] = []
     for (dimension, value), nodes in sorted(tested.items()):
         n_g = len(nodes)
