@@ -74,6 +74,7 @@ class DiagnoserRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._held: dict[str, datetime] = {}
         self._ready = False
+        self._stopping = False
         self._last_correlation = datetime.min.replace(tzinfo=UTC)
         registry = registry or prometheus_client.CollectorRegistry()
         self.pipeline = PipelineMetrics(registry)
@@ -135,11 +136,20 @@ class DiagnoserRuntime:
 
     async def stop(self) -> None:
         self._ready = False
+        self._stopping = True
+        # nats-py can turn the cancellation of a pending fetch into its own timeout, which the loops
+        # treat as "nothing yet": the flag ends them, and the bounded waits make sure stop() returns
+        for _ in range(3):
+            pending = [t for t in self._tasks if not t.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5.0)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
         self._tasks.clear()
 
     async def readiness(self) -> tuple[bool, str]:
@@ -199,7 +209,7 @@ class DiagnoserRuntime:
     # ------------------------------------------------------------------ consumption
 
     async def _consume(self, sub: Any, base: str, model: type[BaseModel]) -> None:
-        while True:
+        while not self._stopping:
             try:
                 msgs: list[Msg] = await sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout_s)
             except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
