@@ -79,18 +79,30 @@ async def collect_window(
 
 
 def _match(truth: list[InjectedFault], incidents: tuple[Incident, ...]) -> dict[str, Incident]:
-    """Fault id → the incident that shows it (same node, onset near the injection), each used once."""
+    """Fault id → the incident that shows it: same node, and an anomaly of the incident whose first bad
+    observation is near the injection. Matching on the anomaly, not the incident's onset, keeps a
+    fault that lands on a node still recovering from an earlier one (its anomalies join that
+    incident) from counting as undetected; each anomaly episode serves one fault."""
     by_node: dict[str, list[Incident]] = defaultdict(list)
     for inc in incidents:
         by_node[inc.node].append(inc)
-    used: set[str] = set()
+    used: set[tuple[str, str, str]] = set()
     out: dict[str, Incident] = {}
     for fault in sorted(truth, key=lambda f: f.injected_at):
-        for inc in sorted(by_node.get(fault.node, []), key=lambda i: i.onset):
-            delta = inc.onset.timestamp() - fault.injected_at
-            if inc.incident_id not in used and -MATCH_BEFORE_S <= delta <= MATCH_AFTER_S:
+        candidates = sorted(
+            (
+                (ep.fault_onset.timestamp(), inc.incident_id, ep.anomaly_key, inc)
+                for inc in by_node.get(fault.node, [])
+                for ep in inc.anomalies
+                if -MATCH_BEFORE_S <= ep.fault_onset.timestamp() - fault.injected_at <= MATCH_AFTER_S
+            ),
+            key=lambda c: (c[0], c[1], c[2]),
+        )
+        for onset, incident_id, key, inc in candidates:
+            mark = (incident_id, key, str(onset))
+            if mark not in used:
+                used.add(mark)
                 out[fault.fault_id] = inc
-                used.add(inc.incident_id)
                 break
     return out
 
@@ -114,7 +126,9 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
     truth = record.truth
     pre = build_timeline(messages)
     matched = _match(truth, pre.incidents)
-    class_by_incident = {inc.incident_id: f for f, inc in matched.items()}
+    class_by_incident: dict[str, str] = {}
+    for fid, shown in sorted(matched.items()):
+        class_by_incident.setdefault(shown.incident_id, fid)
     fault_by_id = {f.fault_id: f for f in truth}
 
     def class_of(inc: Incident) -> str:
@@ -151,6 +165,7 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
                 "detected": inc is not None,
                 "incident_id": inc.incident_id if inc else None,
                 "onset_lag_s": round(inc.onset.timestamp() - fault.injected_at, 3) if inc else None,
+                "shared_incident": bool(inc and class_by_incident.get(inc.incident_id) != fault.fault_id),
                 "ttd_s": inc.ttd_s if inc else None,
                 "tti_s": inc.tti_s if inc else None,
                 "ttr_s": inc.ttr_s if inc else None,

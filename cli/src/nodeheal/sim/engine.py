@@ -425,11 +425,16 @@ class FleetSimulator:
         self._tasks.append(asyncio.create_task(off()))
 
     def _inject_partition(self, now: float) -> list[InjectedFault]:
+        struck = {f.node for f in self.truth}
         healthy_racks = [
             rack
             for rack, members in sorted(self.racks.items())
             if len(members) >= 8 and all(m.name not in self.open_faults and m.healthy() for m in members)
         ]
+        # a rack none of whose nodes had a fault yet, when there is one: a node still settling from an
+        # earlier fault would blur the storm scenario's ground truth
+        untouched = [rack for rack in healthy_racks if not any(m.name in struck for m in self.racks[rack])]
+        healthy_racks = untouched or healthy_racks
         if not healthy_racks:
             return []
         rack = self.rng.choice(healthy_racks)
