@@ -3,7 +3,7 @@
 # `uv sync --package nodeheal-cloud-events` resolves from the one lock file (its workspace dependencies included,
 # not editable), into /venv. Build from the repository root:
 #   docker build -f deploy/images/nodeheal-cloud-events.Dockerfile -t ghcr.io/nodeheal/nodeheal-cloud-events:0.1.0 .
-# One image, four processes: `python -m nodeheal.cloud_events ingest|agent|prober|inventory`
+# One image, three processes: `python -m nodeheal.cloud_events ingest|prober|inventory`
 # (the manifests pass the part as an argument).
 FROM python:3.11-slim-bookworm AS build
 COPY --from=ghcr.io/astral-sh/uv:0.9 /uv /usr/local/bin/uv
@@ -14,15 +14,11 @@ COPY schemas schemas
 COPY runtime runtime
 COPY services services
 COPY cli cli
+COPY sim sim
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev --no-editable --package nodeheal-cloud-events
 
 FROM python:3.11-slim-bookworm
-# systemctl and journalctl for the node agent (restart_service, kernel lines from the journal);
-# the other parts (ingest, prober, inventory) never call them.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends systemd \
-    && rm -rf /var/lib/apt/lists/*
 COPY --from=build /venv /venv
 ENV PATH=/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # the manifests run every container with a read-only root file system and this user

@@ -13,6 +13,7 @@ COPY schemas schemas
 COPY runtime runtime
 COPY services services
 COPY cli cli
+COPY sim sim
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev --no-editable --package nodeheal-diagnoser
 

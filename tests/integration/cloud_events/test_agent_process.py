@@ -14,10 +14,10 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from nodeheal.runtime.embedded import free_port
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.probe import NodeProbe
 from nodeheal.schemas.subjects import probe_subject
+from nodeheal.sim.embedded import free_port
 from tests.unit.cloud_events.agent_fakenode import make_fake_node
 
 pytestmark = pytest.mark.nats

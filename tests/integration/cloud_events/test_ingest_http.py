@@ -26,7 +26,7 @@ from nodeheal.schemas.subjects import cloud_subject, dlq_subject
 
 pytestmark = pytest.mark.nats
 
-DATA = Path("/work/shared/data/cloud-events")
+DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 TOKEN = "t0ken-for-tests"
 SECRET = "hmac-secret-for-tests"
 REBOOT = (DATA / "alibaba-cms-systemmaintenance-reboot-scheduled-1.json").read_bytes()

@@ -23,7 +23,6 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
 
-from nodeheal.runtime.embedded import EmbeddedNats
 from nodeheal.runtime.jetstream import ensure_pull_consumer
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
@@ -37,6 +36,7 @@ from nodeheal.schemas.subjects import (
     finding_subject,
     probe_subject,
 )
+from nodeheal.sim.embedded import EmbeddedNats
 from tests.integration.deploy.natsauth_loader import load_natsauth
 
 pytestmark = pytest.mark.nats

@@ -18,9 +18,9 @@ from pathlib import Path
 import nats
 import pytest
 
-from nodeheal.runtime.embedded import EmbeddedNats, free_port
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.embedded import EmbeddedNats, free_port
 from tests.integration.deploy.natsauth_loader import load_natsauth
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from nodeheal.cli.main import cli
-from nodeheal.runtime.embedded import EmbeddedNats, free_port
+from nodeheal.sim.embedded import EmbeddedNats, free_port
 from tests.integration.deploy.natsauth_loader import load_natsauth
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]

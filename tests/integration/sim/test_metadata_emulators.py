@@ -17,7 +17,7 @@ from nodeheal.sim.clock import ManualClock
 from nodeheal.sim.gce_metadata import GceMetadata, GceMetadataEmulator
 
 START = datetime(2025, 3, 1, 8, 0, 0, tzinfo=UTC)
-SAMPLES = Path("/work/shared/data/cloud-events")
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 META = {"Metadata": "true"}
 
 

@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from nodeheal.runtime.embedded import free_port
+from nodeheal.sim.embedded import free_port
 
 
 @dataclass

@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from nodeheal.cloud_events.agent.commands import CleanPolicy, CommandExecutor
-from nodeheal.cloud_events.agent.systemd import SystemctlClient
+from nodeheal.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.agent.systemd import SystemctlClient
 from nodeheal.schemas.commands import NodeCommand
 from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
 

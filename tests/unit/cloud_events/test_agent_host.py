@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nodeheal.cloud_events.agent.host import HostReader, fs_usage, parse_cpu_list, parse_mounts
-from nodeheal.cloud_events.agent.kmsg import KmsgReader, parse_record
+from nodeheal.agent.host import HostReader, fs_usage, parse_cpu_list, parse_mounts
+from nodeheal.agent.kmsg import KmsgReader, parse_record
 from tests.unit.cloud_events.agent_fakenode import make_fake_node, statvfs_with
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DATA = Path("/work/shared/data/cloud-events")
+DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

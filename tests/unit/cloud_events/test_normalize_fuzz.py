@@ -19,7 +19,7 @@ from nodeheal.cloud_events.normalize import (
     normalize_stream,
 )
 
-DATA = Path("/work/shared/data/cloud-events")
+DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 CTX = NormalizeContext(observed_at=datetime(2026, 1, 1, tzinfo=UTC), instance_id="i-fuzz")
 SAMPLES = [json.loads(p.read_text()) for p in sorted(DATA.glob("*.json"))]
 

@@ -11,7 +11,7 @@ import pytest
 
 from nodeheal.cloud_events.normalize import NormalizeContext, PayloadError, normalize_stream
 
-DATA = Path("/work/shared/data/cloud-events")
+DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 OBSERVED = datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)
 
 

@@ -57,6 +57,7 @@ def runnable(module: str) -> bool:
 def test_one_build_file_per_deployable_distribution() -> None:
     assert set(dockerfiles()) == {
         "nodeheal",
+        "nodeheal-agent",
         "nodeheal-cloud-events",
         "nodeheal-detector",
         "nodeheal-diagnoser",
@@ -118,7 +119,7 @@ def test_every_manifest_runs_a_built_image_and_a_module_it_contains(overlay: str
 
 _SETTINGS = {
     "ingest": "nodeheal.cloud_events.ingest.settings:IngestSettings",
-    "agent": "nodeheal.cloud_events.agent.settings:AgentSettings",
+    "agent": "nodeheal.agent.settings:AgentSettings",
     "prober": "nodeheal.cloud_events.prober.settings:ProberSettings",
     "inventory": "nodeheal.cloud_events.inventory.settings:InventorySettings",
     "detector": "nodeheal.detector.settings:DetectorSettings",

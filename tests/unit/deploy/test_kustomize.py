@@ -208,7 +208,13 @@ def test_the_streams_job_arguments_parse_with_the_real_cli(overlay: str) -> None
 
 def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() -> None:
     deployments = {o["metadata"]["name"]: o for o in workloads("production")}
-    for name in ("nodeheal-ingest", "nodeheal-remediator", "nodeheal-prober", "nodeheal-inventory", "nodeheal-detector"):
+    for name in (
+        "nodeheal-ingest",
+        "nodeheal-remediator",
+        "nodeheal-prober",
+        "nodeheal-inventory",
+        "nodeheal-detector",
+    ):
         spec = deployments[name]["spec"]
         assert spec["replicas"] >= 2, name
         constraints = spec["template"]["spec"]["topologySpreadConstraints"]

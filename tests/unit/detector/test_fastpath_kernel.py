@@ -14,7 +14,7 @@ from nodeheal.detector.kernel import KERNEL_CLASSES, classify_line, classify_lin
 from nodeheal.schemas import NodeProbe
 from tests.support.samples import all_samples
 
-SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "kernel-log-samples.jsonl"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "kernel-log-samples.jsonl"
 
 
 def test_full_probe_sample_decodes_with_the_same_values() -> None:
@@ -56,7 +56,6 @@ def test_unknown_fields_are_ignored() -> None:
     assert probe_decoder.decode(json.dumps(raw).encode()).node == probe.node
 
 
-@pytest.mark.skipif(not SAMPLES.exists(), reason="shared/data not beside the repository")
 def test_every_sample_is_caught_including_a_planned_shutdown() -> None:
     missed = []
     for line in SAMPLES.read_text().splitlines():

@@ -46,7 +46,7 @@ def detector(
     as_json: bool,
 ) -> None:
     """Detector throughput (probes/s), probe→anomaly latency (p50/p99), bytes per node, raw nats-py ceiling."""
-    from nodeheal.detector.bench import run_bench
+    from nodeheal.sim.bench.detector import run_bench
 
     with nats_endpoint(nats_url, embedded=nats_url is None) as url:
         if not as_json:

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 import click
 
-from nodeheal.runtime.embedded import EmbeddedNats
 from nodeheal.runtime.settings import NatsSettings
 
 T = TypeVar("T")
@@ -77,6 +76,9 @@ def nats_auth_options(func: F) -> F:
 def nats_endpoint(nats_url: str | None, *, embedded: bool) -> Iterator[str]:
     """Yield the URL to use: the given one, or an embedded server's for the command's lifetime."""
     if embedded:
+        require_sim("--embedded")
+        from nodeheal.sim.embedded import EmbeddedNats
+
         with EmbeddedNats() as server:
             click.echo(
                 f"embedded nats-server on {server.url} (pid {server.pid}), stops when this command ends", err=True
@@ -88,6 +90,21 @@ def nats_endpoint(nats_url: str | None, *, embedded: bool) -> Iterator[str]:
         msg = "no NATS server: pass --nats-url nats://HOST:4222, set NATS_URL, or use --embedded"
         raise click.UsageError(msg)
     yield url
+
+
+SIM_MISSING = (
+    "{what} needs the nodeheal-sim distribution (fleet simulator, emulators, embedded nats-server), "
+    "which this install does not have. In the repository: `uv sync` (it installs every distribution); "
+    "elsewhere: `pip install nodeheal-sim`. Against a real cluster, pass --nats-url instead."
+)
+
+
+def require_sim(what: str) -> None:
+    """Fail with a usage error that says how to install the simulator when it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("nodeheal.sim") is None:
+        raise click.UsageError(SIM_MISSING.format(what=what))
 
 
 def run(body: Callable[[], Awaitable[T]]) -> T:

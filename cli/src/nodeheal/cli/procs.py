@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeheal.runtime.embedded import free_port
 from nodeheal.runtime.settings import NatsSettings
 
 SERVICES: dict[str, tuple[str, list[str]]] = {
@@ -31,6 +31,13 @@ SERVICES: dict[str, tuple[str, list[str]]] = {
 def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass

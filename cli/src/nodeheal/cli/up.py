@@ -12,10 +12,9 @@ from pathlib import Path
 
 import click
 
-from nodeheal.cli.common import nats_url_option
+from nodeheal.cli.common import nats_url_option, require_sim
 from nodeheal.cli.procs import SERVICES, service_processes, stop_all, wait_ready
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.embedded import EmbeddedNats
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 
@@ -40,6 +39,9 @@ def up(nats_url: str | None, cluster: str, names: tuple[str, ...], run_dir: Path
         async with contextlib.AsyncExitStack() as stack:
             url = nats_url
             if not url:
+                require_sim("nodeheal up without --nats-url")
+                from nodeheal.sim.embedded import EmbeddedNats
+
                 server = stack.enter_context(EmbeddedNats(log_file=str(logs / "nats-server.log")))
                 url = server.url
             settings = NatsSettings(url=url)

@@ -1,4 +1,6 @@
-"""`python -m nodeheal.cloud_events ingest|agent|prober|inventory`: one entry point, four processes.
+"""`python -m nodeheal.cloud_events ingest|prober|inventory`: one entry point, three processes.
+
+The node agent is its own distribution and image (`python -m nodeheal.agent`).
 
 Each part lives in `nodeheal.cloud_events.<part>.main` with a `main()` that reads its own settings
 from the environment (`NODEHEAL_<PART>_...`) and runs until SIGTERM.
@@ -9,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-PARTS = ("ingest", "agent", "prober", "inventory")
+PARTS = ("ingest", "prober", "inventory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +21,6 @@ def main(argv: list[str] | None = None) -> int:
         print(  # noqa: T201 - this is the usage text
             f"usage: python -m nodeheal.cloud_events {{{'|'.join(PARTS)}}}  (got {shown})\n"
             "  ingest     cloud system events: HTTP endpoints and pollers → CLOUD stream\n"
-            "  agent      the node agent (DaemonSet): probes and node-local commands\n"
             "  prober     checks every node's reachability from outside\n"
             "  inventory  keeps nodeheal-inventory from the Kubernetes Nodes\n"
             "Each part is configured by environment variables; see docs/cloud-events.md.",

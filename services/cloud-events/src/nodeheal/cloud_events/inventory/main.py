@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import signal
 
-from nodeheal.cloud_events.agent.opsserver import OpsServer
 from nodeheal.cloud_events.inventory.app import InventoryWatcher
 from nodeheal.cloud_events.inventory.settings import InventorySettings
 from nodeheal.runtime.logs import configure_logging
+from nodeheal.runtime.ops import OpsServer
 
 
 async def run(settings: InventorySettings) -> None:

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import signal
 
-from nodeheal.cloud_events.agent.app import NodeAgent
-from nodeheal.cloud_events.agent.opsserver import OpsServer
-from nodeheal.cloud_events.agent.settings import AgentSettings
+from nodeheal.agent.app import NodeAgent
+from nodeheal.agent.settings import AgentSettings
 from nodeheal.runtime.logs import configure_logging
+from nodeheal.runtime.ops import OpsServer
 
 
 async def run(settings: AgentSettings) -> None:

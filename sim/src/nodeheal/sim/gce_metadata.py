@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> None:
         async with GceMetadataEmulator(clock=SystemClock(), host=args.host, port=args.port) as gce:
-            print(f"GCE metadata emulator: {gce.maintenance_event_url}", flush=True)  # noqa: T201
+            print(f"GCE metadata emulator: {gce.maintenance_event_url}", flush=True)
             await asyncio.Event().wait()
 
     asyncio.run(run())

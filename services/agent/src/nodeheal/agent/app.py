@@ -19,18 +19,18 @@ from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
-from nodeheal.cloud_events.agent.commands import CleanPolicy, CommandExecutor
-from nodeheal.cloud_events.agent.host import HostReader, StatVfs
-from nodeheal.cloud_events.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
-from nodeheal.cloud_events.agent.probe import Outbox, ProbeCollector, SequenceCounter, probe_msg_id
-from nodeheal.cloud_events.agent.settings import AgentSettings
-from nodeheal.cloud_events.agent.systemd import SystemctlClient, Systemd
+from nodeheal.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.agent.host import HostReader, StatVfs
+from nodeheal.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
+from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter, probe_msg_id
+from nodeheal.agent.settings import AgentSettings
+from nodeheal.agent.systemd import SystemctlClient, Systemd
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import dead_letter, publish_model
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.subjects import cmd_subject, probe_subject
 
-log = logging.getLogger("nodeheal.cloud_events.agent")
+log = logging.getLogger("nodeheal.agent")
 
 PROBES_PUBLISHED = prometheus_client.Counter("nodeheal_agent_probes_published", "Probes acknowledged by PROBES")
 PROBES_DROPPED = prometheus_client.Counter(

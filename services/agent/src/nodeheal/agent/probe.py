@@ -10,13 +10,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeheal.cloud_events.agent.host import HostReader
-from nodeheal.cloud_events.agent.kmsg import KernelLogSource
-from nodeheal.cloud_events.agent.systemd import Systemd
+from nodeheal.agent.host import HostReader
+from nodeheal.agent.kmsg import KernelLogSource
+from nodeheal.agent.systemd import Systemd
 from nodeheal.schemas.ids import MessageId, deterministic_id
 from nodeheal.schemas.probe import NodeProbe, Reachability, ServiceState
 
-log = logging.getLogger("nodeheal.cloud_events.agent.probe")
+log = logging.getLogger("nodeheal.agent.probe")
 
 
 def probe_msg_id(*, cluster: str, node: str, boot_id: str | None, seq: int) -> MessageId:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-log = logging.getLogger("nodeheal.cloud_events.agent.kmsg")
+log = logging.getLogger("nodeheal.agent.kmsg")
 
 _READ_SIZE = 16_384  # /dev/kmsg returns one record per read and EINVAL when the buffer is too small
 

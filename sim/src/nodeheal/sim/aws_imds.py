@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     async def run() -> None:
         events = AwsMaintenanceEvents(instance_id=args.instance_id, clock=SystemClock())
         async with AwsImdsEmulator(events, host=args.host, port=args.port) as imds:
-            print(f"AWS IMDS emulator: {imds.url}", flush=True)  # noqa: T201
+            print(f"AWS IMDS emulator: {imds.url}", flush=True)
             await asyncio.Event().wait()
 
     asyncio.run(run())

@@ -1,4 +1,4 @@
-"""Measure what one prober round costs: `python -m nodeheal.cloud_events.prober.bench --nodes 5000`.
+"""Measure what one prober round costs: `python -m nodeheal.sim.bench.prober --nodes 5000`.
 
 Starts an embedded nats-server, provisions the layout under a unique prefix, writes N inventory
 records that all point at 127.0.0.1, serves an SSH banner port, a kubelet port and a healthz port
@@ -21,10 +21,10 @@ import uuid
 from nodeheal.cloud_events.prober.app import Prober
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.embedded import EmbeddedNats, free_port
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
+from nodeheal.sim.embedded import EmbeddedNats, free_port
 
 
 async def _serve(ports: list[int]) -> None:
@@ -48,14 +48,14 @@ async def _serve(ports: list[int]) -> None:
         await asyncio.start_server(handler, "127.0.0.1", port, backlog=4096)
         for handler, port in zip((ssh, accept, healthz), ports, strict=True)
     ]
-    print("ready", flush=True)  # noqa: T201
+    print("ready", flush=True)
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
 async def _bench(*, nodes: int, rounds: int, concurrency: int) -> dict[str, object]:
     ports = [free_port(), free_port(), free_port()]
     targets = subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
-        [sys.executable, "-m", "nodeheal.cloud_events.prober.bench", "--serve", *map(str, ports)],
+        [sys.executable, "-m", "nodeheal.sim.bench.prober", "--serve", *map(str, ports)],
         stdout=subprocess.PIPE,
     )
     assert targets.stdout is not None
@@ -131,7 +131,7 @@ def main() -> None:
         asyncio.run(_serve(args.serve))
         return
     report = asyncio.run(_bench(nodes=args.nodes, rounds=args.rounds, concurrency=args.concurrency))
-    print(json.dumps(report, indent=2))  # noqa: T201
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

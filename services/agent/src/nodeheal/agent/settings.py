@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from nodeheal.cloud_events.agent.host import DEFAULT_EXCLUDED_PREFIXES, DEFAULT_FS_TYPES
+from nodeheal.agent.host import DEFAULT_EXCLUDED_PREFIXES, DEFAULT_FS_TYPES
 from nodeheal.runtime.service import ServiceSettings
 from nodeheal.schemas.probe import MAX_KERNEL_LINES
 

@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         async with AzureImdsEmulator(
             AzureScheduledEvents(clock=SystemClock()), vm_name=args.vm_name, host=args.host, port=args.port
         ) as imds:
-            print(f"Azure IMDS emulator: {imds.scheduled_events_url}", flush=True)  # noqa: T201
+            print(f"Azure IMDS emulator: {imds.scheduled_events_url}", flush=True)
             await asyncio.Event().wait()
 
     asyncio.run(run())

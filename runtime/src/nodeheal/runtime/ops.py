@@ -16,7 +16,7 @@ from aiohttp import web
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
-log = logging.getLogger("nodeheal.cloud_events.ops")
+log = logging.getLogger("nodeheal.runtime.ops")
 
 
 class OpsServer:

@@ -27,11 +27,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeheal.cloud_events.agent.host import StatVfs
-from nodeheal.cloud_events.agent.systemd import Systemd, unit_name
+from nodeheal.agent.host import StatVfs
+from nodeheal.agent.systemd import Systemd, unit_name
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 
-log = logging.getLogger("nodeheal.cloud_events.agent.commands")
+log = logging.getLogger("nodeheal.agent.commands")
 
 IMAGES_TARGET = "container-images"
 

@@ -1,0 +1,3 @@
+from nodeheal.agent.main import main
+
+main()

@@ -1,3 +1,0 @@
-from nodeheal.cloud_events.agent.main import main
-
-main()
