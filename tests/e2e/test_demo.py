@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from nodeheal.cli.demo import DemoConfig, run_demo
+from nodeheal.sim.demo import DemoConfig, run_demo
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
