@@ -41,3 +41,10 @@ class RemediationRecord(Message):
     started_at: UtcDatetime | None = None
     finished_at: UtcDatetime | None = None
     error: str | None = None
+    episode_id: str | None = Field(
+        default=None, description="the fault episode (Diagnosis.episode) or `cloud:<cloud>:<event id>`"
+    )
+    boot_id: str | None = Field(
+        default=None,
+        description="the node's boot id the record relies on: before the action (intent), after it (verified)",
+    )

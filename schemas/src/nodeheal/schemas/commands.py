@@ -13,11 +13,23 @@ COMMAND_RESULT_SCHEMA: Final = "nodeheal.cmd-result/v1"
 
 CommandName = Literal["restart_service", "clean_disk", "ping"]
 
+FD_HOLDER_TARGET: Final = "fd-holder"
+"""`restart_service` target: the systemd unit of the process holding the most file descriptors, if the agent
+may restart it (else refused with the process named)."""
+IMAGES_TARGET: Final = "container-images"
+"""`clean_disk` target: the container runtime's own image prune."""
+JOURNAL_TARGET: Final = "journal"
+"""`clean_disk` target: `journalctl --vacuum-…` (the agent's configured command)."""
+CLEAN_DISK_DEFAULT: Final = f"{IMAGES_TARGET},/var/log/pods,{JOURNAL_TARGET}"
+"""What a disk-full diagnosis asks to clean: comma-separated targets the agent's allow-list accepts."""
+
 
 class NodeCommand(Message):
     schema_: Literal["nodeheal.cmd/v1"] = Field(default=COMMAND_SCHEMA, alias="schema")
     command: CommandName
-    target: str | None = Field(default=None, description="service name or disk path")
+    target: str | None = Field(
+        default=None, description="service name (or fd-holder); clean_disk: comma-separated targets"
+    )
     action_id: str
     lease_revision: int | None = Field(default=None, description="fencing token of the sender's lease")
     dry_run: bool = False

@@ -81,3 +81,13 @@ class Diagnosis(Message):
     identified_at: UtcDatetime
     resolved: bool = Field(default=False, description="the anomalies behind it have all resolved")
     replay: bool = Field(default=False, description="produced by a replay sandbox; never acted upon")
+    episode_id: str | None = Field(
+        default=None,
+        description="the fault episode this diagnosis belongs to (the id of its first anomaly); updates of a "
+        "diagnosis for the same fault keep it, so the remediator continues one ladder per episode",
+    )
+
+    @property
+    def episode(self) -> str:
+        """The episode key: `episode_id`, else the first anomaly id (which is how the diagnoser names it)."""
+        return self.episode_id or self.anomaly_ids[0]

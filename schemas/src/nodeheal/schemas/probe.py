@@ -49,6 +49,15 @@ class FileHandles(Frozen):
     max: int = Field(ge=1)
 
 
+class FdHolder(Frozen):
+    """A process holding many open file descriptors (the agent reports the top ones when handles run high)."""
+
+    pid: int = Field(ge=1)
+    name: str = Field(description="/proc/PID/comm")
+    fds: int = Field(ge=0, description="entries in /proc/PID/fd")
+    unit: str | None = Field(default=None, description="systemd unit from /proc/PID/cgroup, when it is one")
+
+
 ServiceActiveState = Literal["active", "inactive", "failed", "activating", "deactivating", "reloading", "unknown"]
 
 
@@ -78,3 +87,6 @@ class NodeProbe(Message):
     kernel_release: str | None = None
     os_image: str | None = None
     ready: bool | None = Field(default=None, description="Kubernetes NodeReady as the agent or prober saw it")
+    fd_holders: tuple[FdHolder, ...] = Field(
+        default=(), max_length=10, description="top file-descriptor holders, sent when file handles run high"
+    )

@@ -84,9 +84,14 @@ class NodeAgent:
                 image_prune_command=tuple(settings.clean.image_prune_command),
                 image_fs_path=settings.clean.image_fs_path,
                 command_timeout_s=settings.clean.command_timeout_s,
+                journal_vacuum_command=tuple(settings.clean.journal_vacuum_command),
+                journal_path=settings.clean.journal_path,
+                keep_newest_in=tuple(settings.clean.keep_newest_in),
             ),
             statvfs=self.host.statvfs,
             remember=settings.command_remember,
+            # the lease fence survives an agent restart when there is a state directory
+            fence_file=state_dir / "lease-fence.json" if state_dir else None,
         )
         self.outbox = Outbox(capacity=settings.outbox_max)
         self.nc: Client | None = None

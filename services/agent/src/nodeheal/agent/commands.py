@@ -6,10 +6,16 @@ Safety first, because these act on a production node:
   resolved inside the host root; `/`, the host root itself, anything whose resolved path leaves the
   allow-list (`..`, symlinks) and symlinked targets are refused with the reason. Inside an allowed
   directory only regular files older than `max_age_days` are deleted; symlinks are never followed or
-  deleted. The special target `container-images` runs the configured image-prune command
-  (`crictl rmi --prune` by default) and reports the space it freed on the image file system.
+  deleted; the newest entry of a crash-dump directory (`/var/crash`, ...) is always kept (evidence).
+  The special target `container-images` runs the configured image-prune command (`crictl rmi --prune`
+  by default) and `journal` the journal vacuum command; both report the space they freed. A target may
+  list several (`container-images,/var/log/pods,journal`); the command fails when nothing was freed.
+- `restart_service` target `fd-holder` restarts the systemd unit of the process holding the most file
+  descriptors when that unit is in the service list; otherwise it is refused with the process named.
 - Every command is idempotent per (action id, dry run): a repeated request returns the first result
   without acting again, also while the first is still running.
+- Fencing: a command whose `lease_revision` is lower than the highest one this agent already executed is
+  refused (the revision is persisted in the state directory, so a restart keeps the fence).
 - `dry_run` reports what would be done and changes nothing.
 
 This module must never talk to NATS; `app` feeds it decoded `NodeCommand`s.
@@ -18,6 +24,7 @@ This module must never talk to NATS; `app` feeds it decoded `NodeCommand`s.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import stat
@@ -27,13 +34,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeheal.agent.host import StatVfs
+from nodeheal.agent.host import StatVfs, top_fd_holders
 from nodeheal.agent.systemd import Systemd, unit_name
-from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.commands import FD_HOLDER_TARGET, IMAGES_TARGET, JOURNAL_TARGET, NodeCommand, NodeCommandResult
 
 log = logging.getLogger("nodeheal.agent.commands")
-
-IMAGES_TARGET = "container-images"
 
 
 class RefusedError(Exception):
@@ -47,6 +52,9 @@ class CleanPolicy:
     image_prune_command: tuple[str, ...] = ("crictl", "rmi", "--prune")
     image_fs_path: str = "/var/lib/containerd"
     command_timeout_s: float = 300.0
+    journal_vacuum_command: tuple[str, ...] = ("journalctl", "--vacuum-time=2d")
+    journal_path: str = "/var/log/journal"
+    keep_newest_in: tuple[str, ...] = ("/var/crash", "/var/lib/systemd/coredump")
 
 
 @dataclass
@@ -60,10 +68,43 @@ class CommandExecutor:
     statvfs: StatVfs = os.statvfs
     remember: int = 10_000
     clock: Callable[[], float] = time.time
+    fence_file: Path | None = None
 
     def __post_init__(self) -> None:
         self._results: OrderedDict[tuple[str, bool], asyncio.Future[NodeCommandResult]] = OrderedDict()
         self.executed = 0  # commands that really ran (not replays of a known action id)
+        self.fenced = 0  # commands refused for an old lease revision
+        self.last_revision = self._load_fence()
+
+    def _load_fence(self) -> int:
+        if self.fence_file is None:
+            return 0
+        try:
+            return int(json.loads(self.fence_file.read_text())["lease_revision"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _fence(self, command: NodeCommand) -> str | None:
+        """Refusal reason when the command's lease revision is older than one already executed, else None
+        (and the revision is remembered, on disk when there is a state directory, before acting)."""
+        rev = command.lease_revision
+        if rev is None or command.command == "ping" or command.dry_run:
+            return None
+        if rev < self.last_revision:
+            return (
+                f"refused: lease revision {rev} is older than revision {self.last_revision} this agent already "
+                "executed (a stale remediator lost its lease)"
+            )
+        if rev > self.last_revision:
+            self.last_revision = rev
+            if self.fence_file is not None:
+                try:
+                    tmp = self.fence_file.with_suffix(".tmp")
+                    tmp.write_text(json.dumps({"lease_revision": rev}))
+                    os.replace(tmp, self.fence_file)
+                except OSError as exc:
+                    log.warning("cannot save the lease fence", extra={"error": str(exc)})
+        return None
 
     async def execute(self, command: NodeCommand) -> NodeCommandResult:
         key = (command.action_id, command.dry_run)
@@ -71,6 +112,11 @@ class CommandExecutor:
         if known is not None:
             self._results.move_to_end(key)
             return await asyncio.shield(known)
+        if command.node == self.node and command.cluster == self.cluster:
+            refusal = self._fence(command)
+            if refusal is not None:
+                self.fenced += 1
+                return self._result(command, ok=False, detail=refusal)
         future: asyncio.Future[NodeCommandResult] = asyncio.get_running_loop().create_future()
         self._results[key] = future
         while len(self._results) > self.remember:
@@ -101,9 +147,14 @@ class CommandExecutor:
             return await self._restart(command)
         return await self._clean(command)
 
+    def _allowed_service(self, service: str) -> bool:
+        return service in self.services or unit_name(service) in {unit_name(s) for s in self.services}
+
     async def _restart(self, command: NodeCommand) -> NodeCommandResult:
         service = command.target or ""
-        if service not in self.services and unit_name(service) not in {unit_name(s) for s in self.services}:
+        if service == FD_HOLDER_TARGET:
+            return await self._restart_fd_holder(command)
+        if not self._allowed_service(service):
             allowed = ", ".join(self.services) or "(none configured)"
             return self._result(
                 command,
@@ -115,6 +166,28 @@ class CommandExecutor:
             return self._result(command, ok=True, detail=f"dry run: would restart {unit_name(service)}")
         outcome = await self.systemd.restart(service)
         return self._result(command, ok=outcome.ok, detail=outcome.detail)
+
+    async def _restart_fd_holder(self, command: NodeCommand) -> NodeCommandResult:
+        holders = await asyncio.to_thread(top_fd_holders, self.host_root, limit=1)
+        if not holders:
+            return self._result(command, ok=False, detail="no process with open file descriptors could be read")
+        top = holders[0]
+        who = f"pid {top.pid} ({top.name}) holds {top.fds} file descriptors"
+        if top.unit is None:
+            return self._result(
+                command, ok=False, detail=f"refused: {who} and is not a systemd service; not restartable here"
+            )
+        if not self._allowed_service(top.unit):
+            allowed = ", ".join(self.services) or "(none configured)"
+            return self._result(
+                command,
+                ok=False,
+                detail=f"refused: {who} in {top.unit}, which is not in the agent's service list ({allowed})",
+            )
+        if command.dry_run:
+            return self._result(command, ok=True, detail=f"dry run: {who}; would restart {top.unit}")
+        outcome = await self.systemd.restart(top.unit)
+        return self._result(command, ok=outcome.ok, detail=f"{who}; {outcome.detail}")
 
     # -- clean_disk --------------------------------------------------------------------------
 
@@ -153,34 +226,68 @@ class CommandExecutor:
         raise RefusedError(msg)
 
     async def _clean(self, command: NodeCommand) -> NodeCommandResult:
-        if command.target == IMAGES_TARGET:
-            return await self._prune_images(command)
+        targets = [t.strip() for t in (command.target or "").split(",") if t.strip()]
+        if not targets:
+            targets = [""]
+        freed_total = 0
+        parts: list[str] = []
+        for target in targets:
+            freed, detail = await self._clean_one(target, dry_run=command.dry_run)
+            freed_total += freed or 0
+            parts.append(detail)
+        detail = "; ".join(parts)
+        if command.dry_run:
+            return self._result(command, ok=True, detail=detail, freed=freed_total)
+        if freed_total <= 0:
+            return self._result(command, ok=False, detail=f"nothing was freed: {detail}", freed=0)
+        return self._result(command, ok=True, detail=detail, freed=freed_total)
+
+    async def _clean_one(self, target: str, *, dry_run: bool) -> tuple[int | None, str]:
+        """(bytes freed or None, what happened) for one clean_disk target."""
+        if target == IMAGES_TARGET:
+            return await self._run_freeing(
+                list(self.clean.image_prune_command), self.clean.image_fs_path, dry_run=dry_run, what="image prune"
+            )
+        if target == JOURNAL_TARGET:
+            return await self._run_freeing(
+                list(self.clean.journal_vacuum_command), self.clean.journal_path, dry_run=dry_run, what="journal vacuum"
+            )
         try:
-            directory = self.resolve_clean_target(command.target)
+            directory = self.resolve_clean_target(target)
         except RefusedError as exc:
-            return self._result(command, ok=False, detail=str(exc))
+            return None, str(exc)
         if not directory.is_dir():
-            return self._result(command, ok=False, detail=f"clean_disk target {command.target!r} is not a directory")
+            return None, f"clean_disk target {target!r} is not a directory"
         cutoff = self.clock() - self.clean.max_age_days * 86_400
+        keep_newest = self._is_crash_dir(directory)
         removed, freed, errors = await asyncio.to_thread(
-            _remove_old_files, directory, cutoff=cutoff, dry_run=command.dry_run
+            _remove_old_files, directory, cutoff=cutoff, dry_run=dry_run, keep_newest=keep_newest
         )
-        verb = "would delete" if command.dry_run else "deleted"
+        verb = "would delete" if dry_run else "deleted"
         detail = (
-            f"{'dry run: ' if command.dry_run else ''}{verb} {removed} files older than "
-            f"{self.clean.max_age_days:g} days under {command.target} ({freed} bytes)"
+            f"{'dry run: ' if dry_run else ''}{verb} {removed} files older than "
+            f"{self.clean.max_age_days:g} days under {target} ({freed} bytes)"
         )
         if errors:
             detail += f"; {len(errors)} could not be removed, first: {errors[0]}"
-        return self._result(command, ok=not errors or removed > 0, detail=detail, freed=freed)
+        return freed, detail
 
-    async def _prune_images(self, command: NodeCommand) -> NodeCommandResult:
-        cmd = list(self.clean.image_prune_command)
+    def _is_crash_dir(self, directory: Path) -> bool:
+        for k in self.clean.keep_newest_in:
+            real = os.path.realpath(self._host(k))
+            if str(directory) == real or str(directory).startswith(real + os.sep):
+                return True
+        return False
+
+    async def _run_freeing(
+        self, cmd: list[str], fs_host_path: str, *, dry_run: bool, what: str
+    ) -> tuple[int | None, str]:
+        """Run a configured cleanup command; the gain of free space on `fs_host_path` is what it freed."""
         if not cmd:
-            return self._result(command, ok=False, detail="refused: no image prune command configured")
-        if command.dry_run:
-            return self._result(command, ok=True, detail=f"dry run: would run {' '.join(cmd)}")
-        fs_path = str(self._host(self.clean.image_fs_path))
+            return None, f"refused: no {what} command configured"
+        if dry_run:
+            return None, f"dry run: would run {' '.join(cmd)}"
+        fs_path = str(self._host(fs_host_path))
         before = _free_bytes(self.statvfs, fs_path)
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -190,20 +297,12 @@ class CommandExecutor:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            return self._result(
-                command, ok=False, detail=f"{' '.join(cmd)} did not finish in {self.clean.command_timeout_s}s"
-            )
+            return None, f"{' '.join(cmd)} did not finish in {self.clean.command_timeout_s}s"
         after = _free_bytes(self.statvfs, fs_path)
         freed = max(after - before, 0) if before is not None and after is not None else None
         if proc.returncode != 0:
-            return self._result(
-                command,
-                ok=False,
-                detail=f"{' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[:300]}",
-            )
-        return self._result(
-            command, ok=True, detail=f"ran {' '.join(cmd)}: {out.decode(errors='replace')[:300]}", freed=freed
-        )
+            return None, f"{' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[:300]}"
+        return freed, f"ran {' '.join(cmd)} ({freed or 0} bytes freed): {out.decode(errors='replace').strip()[:200]}"
 
 
 def _free_bytes(statvfs: StatVfs, path: str) -> int | None:
@@ -214,16 +313,39 @@ def _free_bytes(statvfs: StatVfs, path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def _remove_old_files(directory: Path, *, cutoff: float, dry_run: bool) -> tuple[int, int, list[str]]:
+def _newest_entry(directory: Path) -> str | None:
+    newest: tuple[float, str] | None = None
+    try:
+        for entry in os.scandir(directory):
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if newest is None or mtime > newest[0]:
+                newest = (mtime, entry.path)
+    except OSError:
+        return None
+    return newest[1] if newest else None
+
+
+def _remove_old_files(
+    directory: Path, *, cutoff: float, dry_run: bool, keep_newest: bool = False
+) -> tuple[int, int, list[str]]:
     """Delete regular files with mtime before `cutoff` under `directory`, never following symlinks and
-    never leaving the directory's file system."""
+    never leaving the directory's file system. `keep_newest`: the newest top-level entry (file or
+    directory: the latest crash dump) is left alone, whatever its age."""
     removed = freed = 0
     errors: list[str] = []
     root_dev = directory.stat().st_dev
+    kept = _newest_entry(directory) if keep_newest else None
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
-        # do not descend into other file systems mounted below the allowed directory
-        dirnames[:] = [d for d in dirnames if _same_dev(os.path.join(dirpath, d), root_dev)]
+        # do not descend into other file systems mounted below the allowed directory, nor into the kept dump
+        dirnames[:] = [
+            d for d in dirnames if _same_dev(os.path.join(dirpath, d), root_dev) and os.path.join(dirpath, d) != kept
+        ]
         for name in filenames:
+            if os.path.join(dirpath, name) == kept:
+                continue
             path = os.path.join(dirpath, name)
             try:
                 st = os.lstat(path)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage
+from nodeheal.schemas.probe import FdHolder, FileHandles, FileSystem, LoadAverage
 
 _T = TypeVar("_T")
 
@@ -217,3 +217,48 @@ class HostReader:
                 )
             )
         return tuple(result)
+
+
+def unit_of_cgroup(text: str) -> str | None:
+    """The systemd service of a process from its /proc/PID/cgroup (`0::/system.slice/kubelet.service` →
+    `kubelet.service`); None for pods, scopes, sessions and anything else that is not a service."""
+    for line in text.splitlines():
+        path = line.rsplit(":", 1)[-1]
+        for part in reversed(path.strip("/").split("/")):
+            if part.endswith(".service"):
+                return part
+            if part.endswith((".scope", ".slice")):
+                break
+    return None
+
+
+def top_fd_holders(root: Path, *, limit: int = 3) -> list[FdHolder]:
+    """The processes with the most entries in /proc/PID/fd under `root`, largest first (unreadable ones skipped)."""
+    proc = root / "proc"
+    counts: list[tuple[int, int]] = []
+    try:
+        entries = list(os.scandir(proc))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            n = sum(1 for _ in os.scandir(os.path.join(entry.path, "fd")))
+        except OSError:
+            continue
+        counts.append((n, int(entry.name)))
+    counts.sort(reverse=True)
+    out: list[FdHolder] = []
+    for n, pid in counts[:limit]:
+        base = proc / str(pid)
+        try:
+            name = (base / "comm").read_text(encoding="utf-8", errors="replace").strip() or "?"
+        except OSError:
+            name = "?"
+        try:
+            unit = unit_of_cgroup((base / "cgroup").read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            unit = None
+        out.append(FdHolder(pid=pid, name=name, fds=n, unit=unit))
+    return out

@@ -3,6 +3,7 @@ NATS is away. No NATS here."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -10,11 +11,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeheal.agent.host import HostReader
+from nodeheal.agent.host import HostReader, top_fd_holders
 from nodeheal.agent.kmsg import KernelLogSource
 from nodeheal.agent.systemd import Systemd
+from nodeheal.schemas.health import FD_CLEAR_RATIO
 from nodeheal.schemas.ids import MessageId, deterministic_id
-from nodeheal.schemas.probe import NodeProbe, Reachability, ServiceState
+from nodeheal.schemas.probe import FdHolder, NodeProbe, Reachability, ServiceState
 
 log = logging.getLogger("nodeheal.agent.probe")
 
@@ -59,6 +61,7 @@ class ProbeCollector:
     kernel_log: KernelLogSource | None
     max_kernel_lines: int
     sequence: SequenceCounter
+    fd_holders_at: float = FD_CLEAR_RATIO
 
     async def collect(self) -> NodeProbe:
         self.host.problems.clear()
@@ -79,6 +82,11 @@ class ProbeCollector:
                 kernel_lines, dropped = batch.lines, batch.dropped
             except Exception as exc:
                 self.host.problems.append(f"kernel log: {exc}")
+        file_handles = self.host.file_handles()
+        holders: tuple[FdHolder, ...] = ()
+        if file_handles is not None and file_handles.allocated >= self.fd_holders_at * file_handles.max:
+            # who holds the handles, so a repair restarts that service and not a guess
+            holders = tuple(await asyncio.to_thread(top_fd_holders, self.host.root, limit=3))
         probe = NodeProbe(
             cluster=self.cluster,
             node=self.node,
@@ -90,7 +98,8 @@ class ProbeCollector:
             load=self.host.load(),
             cpu_count=self.host.cpu_count(),
             filesystems=self.host.filesystems(),
-            file_handles=self.host.file_handles(),
+            file_handles=file_handles,
+            fd_holders=holders,
             services=services,
             kernel_log=kernel_lines,
             kernel_log_dropped=dropped,

@@ -28,6 +28,14 @@ class CleanSettings(BaseModel):
         default="/var/lib/containerd", description="host path whose free space shows what the prune freed"
     )
     command_timeout_s: float = Field(default=300.0, gt=0)
+    journal_vacuum_command: list[str] = Field(
+        default_factory=lambda: ["journalctl", "--vacuum-time=2d"], description="what clean_disk target 'journal' runs"
+    )
+    journal_path: str = Field(default="/var/log/journal", description="host path whose free space shows the gain")
+    keep_newest_in: list[str] = Field(
+        default_factory=lambda: ["/var/crash", "/var/lib/systemd/coredump"],
+        description="crash-dump directories whose newest entry clean_disk never deletes",
+    )
 
 
 class AgentSettings(ServiceSettings):

@@ -27,6 +27,7 @@ from nodeheal.detector.state import (
     Condition,
     NodeState,
 )
+from nodeheal.schemas import health
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -57,22 +58,22 @@ class RuleConfig(BaseModel):
     warmup_s: float | None = Field(
         default=None, ge=0, description="after start, no silence anomaly (default: the silence timeout)"
     )
-    high_load_ratio: float = Field(default=2.0, gt=0, description="load1 / cpu_count that is bad")
-    high_load_clear_ratio: float = Field(default=1.5, gt=0)
+    high_load_ratio: float = Field(default=health.HIGH_LOAD_RATIO, gt=0, description="load1 / cpu_count that is bad")
+    high_load_clear_ratio: float = Field(default=health.HIGH_LOAD_CLEAR_RATIO, gt=0)
     high_load_probes: int = Field(default=2, ge=1, description="consecutive bad probes before high_load fires")
-    disk_full_pct: float = Field(default=95.0, gt=0, le=100)
-    disk_clear_pct: float = Field(default=90.0, gt=0, le=100)
-    inode_full_pct: float = Field(default=95.0, gt=0, le=100)
-    inode_clear_pct: float = Field(default=90.0, gt=0, le=100)
-    fd_ratio: float = Field(default=0.90, gt=0, le=1)
-    fd_clear_ratio: float = Field(default=0.80, gt=0, le=1)
+    disk_full_pct: float = Field(default=health.DISK_FULL_PCT, gt=0, le=100)
+    disk_clear_pct: float = Field(default=health.DISK_CLEAR_PCT, gt=0, le=100)
+    inode_full_pct: float = Field(default=health.INODE_FULL_PCT, gt=0, le=100)
+    inode_clear_pct: float = Field(default=health.INODE_CLEAR_PCT, gt=0, le=100)
+    fd_ratio: float = Field(default=health.FD_RATIO, gt=0, le=1)
+    fd_clear_ratio: float = Field(default=health.FD_CLEAR_RATIO, gt=0, le=1)
     threshold_probes: int = Field(default=1, ge=1, description="consecutive bad probes for disk/inode/fd/ro/ready")
     clear_probes: int = Field(default=2, ge=1, description="consecutive clear probes before a threshold resolves")
     readonly_ignore_mounts: tuple[str, ...] = Field(
-        default=("/sys", "/proc", "/sys/fs/cgroup", "/usr", "/boot/efi"), description="read-only by design"
+        default=health.READONLY_IGNORE_MOUNTS, description="read-only by design"
     )
     services: tuple[str, ...] = Field(
-        default=("kubelet", "containerd", "docker", "cri-o", "ops-agent"),
+        default=health.WATCHED_SERVICES,
         description="watched services (empty: every service the probe reports)",
     )
     service_down_probes: int = Field(default=1, ge=1)
@@ -300,7 +301,7 @@ class Detector:
 
         watched = self._watched
         for svc in p.services:
-            down = svc.state == "failed" or svc.state == "inactive" or svc.healthy is False
+            down = health.service_down(svc.state, svc.healthy)
             if (down or (conds and "service_down" + SEP + svc.name in conds)) and (not watched or svc.name in watched):
                 self._level(
                     node,

@@ -219,6 +219,7 @@ class Diagnoser:
             fault_onset=decision.fault_onset or min(a.fault_onset for a in ctx.firing.values()),
             identified_at=now,
             replay=self.config.replay,
+            episode_id=episode,
         )
 
     # ------------------------------------------------------------------ fleet correlation

@@ -15,6 +15,7 @@ from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.causes import category_of
 from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.commands import CLEAN_DISK_DEFAULT, FD_HOLDER_TARGET
 from nodeheal.schemas.diagnosis import CrashSignature, RecommendedAction
 from nodeheal.schemas.kernel import LOOKBACK_CLASSES, Category
 
@@ -217,8 +218,10 @@ def ladder_for(
         return (
             _act(
                 "clean_disk",
-                "image / container / log garbage collection frees space without disruption",
-                target=target,
+                f"image / pod log / journal garbage collection frees space on {target or 'the node'} "
+                "without disruption",
+                # what to clean, in the node agent's allow-list terms (not the full mount point)
+                target=CLEAN_DISK_DEFAULT,
                 timeout_s=300,
             ),
             _act("cordon", "space did not come back after cleaning", timeout_s=30),
@@ -229,14 +232,11 @@ def ladder_for(
         return (
             _act(
                 "restart_service",
-                "restarting the service holding the descriptors releases them",
-                target=target or "kubelet",
+                "restart the systemd unit of the process holding the most descriptors (the agent names it)",
+                target=FD_HOLDER_TARGET,
                 timeout_s=120,
             ),
-            _act("cordon", "descriptors still exhausted after the restart", timeout_s=30),
-            _act("drain", "move workloads away before rebooting", timeout_s=600),
-            _act("reboot", "a reboot resets the file table", timeout_s=900),
-            escalate,
+            _act("escalate", "the descriptor holder is not a restartable service, or the restart did not help"),
         )
     if cause in {
         "high_load",
