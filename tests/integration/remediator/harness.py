@@ -23,7 +23,7 @@ from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
-from nodeheal.schemas.probe import NodeProbe, ServiceState
+from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodeProbe, ServiceState
 from nodeheal.schemas.subjects import cmd_subject, diagnosis_subject, probe_subject, wildcard
 
 CLUSTER = "c1"
@@ -100,16 +100,36 @@ async def add_inventory(nc: Client, nats: NatsSettings, node: str, **kw: Any) ->
     await kv.put(inventory_key(CLUSTER, node), NodeInventory(cluster=CLUSTER, node=node, **kw).to_json())
 
 
-async def publish_probe(nc: Client, nats: NatsSettings, node: str, *, healthy: bool = True) -> None:
-    probe = NodeProbe(
+def agent_probe(
+    node: str,
+    *,
+    healthy: bool = True,
+    boot_id: str = "boot-1",
+    disk_pct: float = 50.0,
+    fd: int = 1000,
+    load1: float = 0.5,
+    kubelet: str | None = None,
+) -> NodeProbe:
+    """What the real node agent sends (source agent, every measurement present)."""
+    return NodeProbe(
         cluster=CLUSTER,
         node=node,
-        source="simulator",
+        source="agent",
         seq=int(time.time() * 1000),
-        ready=healthy,
-        services=(ServiceState(name="kubelet", state="active" if healthy else "failed"),),
+        boot_id=boot_id,
+        load=LoadAverage(load1=load1, load5=load1, load15=load1),
+        cpu_count=4,
+        filesystems=(FileSystem(mount="/", used_pct=disk_pct, inodes_used_pct=10.0),),
+        file_handles=FileHandles(allocated=fd, max=100_000),
+        services=(ServiceState(name="kubelet", state=kubelet or ("active" if healthy else "failed")),),
     )
-    await nc.publish(probe_subject(CLUSTER, node, prefix=nats.prefix), probe.to_json())
+
+
+async def publish_probe(
+    nc: Client, nats: NatsSettings, node: str, *, healthy: bool = True, boot_id: str = "boot-1", **kw: Any
+) -> None:
+    probe = agent_probe(node, healthy=healthy, boot_id=boot_id, **kw)
+    await nc.jetstream().publish(probe_subject(CLUSTER, node, prefix=nats.prefix), probe.to_json())
 
 
 async def audit_records(nc: Client, nats: NatsSettings) -> list[RemediationRecord]:

@@ -46,9 +46,11 @@ async def ecs() -> AsyncIterator[EcsEmulator]:
         yield emu
 
 
-async def _keep_healthy(nc: Client, nats: NatsSettings, node: str, stop: asyncio.Event) -> None:
+async def _keep_healthy(
+    nc: Client, nats: NatsSettings, node: str, stop: asyncio.Event, boot_id: str = "boot-1"
+) -> None:
     while not stop.is_set():
-        await publish_probe(nc, nats, node)
+        await publish_probe(nc, nats, node, boot_id=boot_id)
         await asyncio.sleep(0.2)
 
 
@@ -88,12 +90,14 @@ async def test_ladder_escalates_to_cloud_reboot_through_the_sdk(
     try:
         await publish_diagnosis(nc, topology_ready, diagnosis("n2", [("restart_service", "kubelet"), "reboot"]))
         call = await asyncio.wait_for(ecs.wait_for_call("RebootInstance"), timeout=20)
-        await publish_probe(nc, topology_ready, "n2")  # the machine came back
         stop = asyncio.Event()
-        prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n2", stop))
-        verified = await wait_for_record(nc, topology_ready, phase="verified")
-        stop.set()
-        await prober
+        # the machine came back: a new boot id (the same boot id would never verify a reboot)
+        prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n2", stop, boot_id="boot-2"))
+        try:
+            verified = await wait_for_record(nc, topology_ready, phase="verified")
+        finally:
+            stop.set()
+            await prober
     finally:
         await service.stop()
     assert call.params["InstanceId"] == "i-n2"

@@ -27,6 +27,28 @@ def storm_key(kind: str, value: str) -> str:
     return f"{STORM_KEY_PREFIX}{kind}.{escape_token(value)}"
 
 
+def storm_value(kind: str, value: str, *, unhealthy: int, size: int) -> bytes:
+    return json.dumps({"kind": kind, "value": value, "unhealthy": unhealthy, "size": size}).encode()
+
+
+async def read_storms(kv: KeyValue) -> list[tuple[str, str]]:
+    """The storms in force (kind, value) as the replicas recorded them: the hysteresis survives a restart."""
+    out: list[tuple[str, str]] = []
+    watcher = await kv.watch(f"{STORM_KEY_PREFIX}>", ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break  # the current values are all delivered
+            try:
+                data = json.loads(entry.value or b"{}")
+                out.append((str(data["kind"]), str(data["value"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class PauseState:
     paused: bool

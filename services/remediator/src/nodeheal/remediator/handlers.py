@@ -26,6 +26,7 @@ from nodeheal.remediator.actions.kube import KubeActions, build_api_client
 from nodeheal.remediator.actions.node import NodeAgent
 from nodeheal.remediator.audit import AuditLog
 from nodeheal.remediator.leases import Leases
+from nodeheal.remediator.maintenance import MaintenanceLoop
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.runner import Remediator
 from nodeheal.remediator.settings import RemediatorSettings
@@ -52,6 +53,7 @@ class RemediatorService:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.remediator: Remediator | None = None
+        self.maintenance: MaintenanceLoop | None = None
         self.kube: KubeActions | None = None
         self.clouds = Clouds(settings.cloud)
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,9 +90,18 @@ class RemediatorService:
             kube=self.kube,
             clouds=self.clouds,
             verifier=Verifier(
-                self.nc, prefix=s.nats.prefix, kube=self.kube, timeout_s=s.verify_timeout_s, poll_s=s.verify_poll_s
+                js,
+                stream=topo.stream(f"{s.nats.stream_prefix}PROBES").name,
+                prefix=s.nats.prefix,
+                partitions=s.nats.probe_partitions,
+                kube=self.kube,
+                thresholds=s.health,
+                timeout_s=s.verify_timeout_s,
+                poll_s=s.verify_poll_s,
             ),
         )
+        await self.remediator.restore()
+        self.maintenance = MaintenanceLoop(self.remediator, interval_s=s.maintenance_interval_s)
         diagnoses = f"{s.nats.stream_prefix}DIAGNOSES"
         await ensure_pull_consumer(
             js,
@@ -106,6 +117,7 @@ class RemediatorService:
         self._tasks.append(asyncio.create_task(self._follow(diagnoses, "diagnosis", s.policy.unhealthy_window_s)))
         self._tasks.append(asyncio.create_task(self._follow(f"{s.nats.stream_prefix}CLOUD", "cloud", 3 * 86_400.0)))
         self._tasks.append(asyncio.create_task(self._consume(diagnoses)))
+        self._tasks.append(asyncio.create_task(self.maintenance.run()))
         self._tasks.append(asyncio.create_task(self._report_lag(diagnoses)))
         self.ready.set()
 
@@ -114,6 +126,8 @@ class RemediatorService:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._inflight, return_exceptions=True)
         self._tasks.clear()
+        if self.maintenance is not None:
+            await self.maintenance.stop()
         if self.kube is not None:
             await self.kube.close()
         await self.clouds.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -33,6 +34,7 @@ def _dump(slots: list[Slot], starts: list[datetime]) -> bytes:
                     "action_id": s.action_id,
                     "holder": s.holder,
                     "until": s.until.isoformat(),
+                    "episode": s.episode,
                 }
                 for s in slots
             ],
@@ -54,6 +56,7 @@ def _load(raw: bytes | None) -> tuple[list[Slot], list[datetime]]:
             action_id=s["action_id"],
             holder=s["holder"],
             until=datetime.fromisoformat(s["until"]),
+            episode=s.get("episode"),
         )
         for s in data.get("slots", [])
     ]
@@ -97,6 +100,24 @@ class Ledger:
             except KeyWrongLastSequenceError:
                 continue
         return [PolicyCheck(name="ledger", passed=False, detail=f"ledger contended: {self.attempts} CAS conflicts")]
+
+    async def slot_of(self, node: str) -> Slot | None:
+        slots, _, _ = await self.read()
+        return next((s for s in slots if s.node == node), None)
+
+    async def retag(self, *, node: str, episode: str, until: datetime) -> None:
+        """The node's slot now belongs to `episode` (a hand-over to the cloud maintenance), held until `until`."""
+
+        def decide(
+            slots: list[Slot], starts: list[datetime]
+        ) -> tuple[list[PolicyCheck], list[Slot], list[datetime]] | None:
+            mine = next((s for s in slots if s.node == node), None)
+            if mine is None or (mine.episode == episode and mine.until >= until):
+                return None
+            new = replace(mine, episode=episode, until=max(until, mine.until))
+            return [], [new if s.node == node else s for s in slots], starts
+
+        await self.transact(decide)
 
     async def release(self, *, node: str, now: datetime) -> None:
         def decide(

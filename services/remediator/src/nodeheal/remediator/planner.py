@@ -1,21 +1,26 @@
 """From a diagnosis, the policy and the node's cloud events to a plan: the ordered ladder of steps.
 
 Pure: no NATS, no Kubernetes. The diagnoser recommends a ladder; the planner keeps its order, gives
-every step a deterministic action id, marks which steps need approval, and rewrites the ladder when the
-cloud already has plans for the machine:
+every step an action id that is deterministic per *episode* (`act-<sha256(episode, action, target)>`:
+an updated diagnosis of the same fault maps its steps onto the same ids, so a cordon, drain or reboot
+already done for the episode is continued, never repeated), marks which steps need approval, and hands
+the node to the cloud when the cloud already has plans for the machine:
 
-- a scheduled Redeploy / Stop / Terminate: cordon and drain first, then let the cloud do it (accept it
-  early when the provider allows, else wait for it) instead of a reboot or redeploy of our own;
-- a host Reboot minutes away (`host_reboot_guard_s`): no reboot of our own; accept the event early
-  when possible, else wait for it, and verify after it executed;
-- an event in progress: wait for it, then verify.
+- a pending host Reboot / Redeploy / Stop / Terminate that starts within `host_reboot_guard_s` (or is in
+  progress): our own `reboot` / `redeploy` becomes `wait_for_cloud_event` (the hand-over to the
+  maintenance loop, `maintenance.py`, which drains within `cloud_drain_lead_s` of `not_before`, accepts
+  early with the matching API, waits for CLOUD to show the event finished, verifies and uncordons);
+- steps the diagnoser aimed at a pending host event (cordon / drain / accept / wait with the event id as
+  target) collapse into that one hand-over: the timing is the maintenance loop's.
+
+`maintenance_steps` is the maintenance loop's own plan for one host event (episode `cloud:<cloud>:<id>`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from nodeheal.remediator.policy import CAPACITY, DISRUPTIVE, FIXES
 from nodeheal.remediator.settings import PolicySettings
@@ -23,7 +28,8 @@ from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import ActionId, deterministic_id
 
-_HOST_DISRUPTING = frozenset({"redeploy", "stop", "terminate"})
+HOST_ACTIONS = frozenset({"reboot", "redeploy", "stop", "terminate"})
+_AIMED = frozenset({"cordon", "drain", "accept_cloud_event", "wait_for_cloud_event"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,24 +64,50 @@ class Plan:
     notes: tuple[str, ...] = ()
 
 
-def action_id(*, diagnosis_id: str, rung: int, action: str, target: str | None) -> ActionId:
-    """Same diagnosis, rung and action → same id: a redelivered diagnosis never acts twice."""
-    return ActionId(deterministic_id(diagnosis_id, rung, action, target or "", prefix="act-"))
+def action_id(*, diagnosis_id: str, rung: int = 0, action: str, target: str | None) -> ActionId:
+    """Same episode, action and target → same id: a redelivered or updated diagnosis never acts twice.
+
+    `diagnosis_id` is the key the id is made for: the episode (`Diagnosis.episode`) for ladder steps; the
+    rung is not part of it, so an amended ladder with the steps in other places continues the same ones."""
+    del rung
+    return ActionId(deterministic_id(diagnosis_id, action, target or "", prefix="act-"))
 
 
-def pending_cloud_events(events: Sequence[CloudSystemEvent]) -> list[CloudSystemEvent]:
-    """The latest state of each provider event, keeping those not finished yet."""
+def cloud_episode(event: CloudSystemEvent) -> str:
+    return f"cloud:{event.cloud}:{event.provider_event_id}"
+
+
+def latest_cloud_events(events: Sequence[CloudSystemEvent]) -> list[CloudSystemEvent]:
+    """The latest state of each provider event (a terminal phase is never overwritten by a late non-terminal one)."""
     latest: dict[tuple[str, str], CloudSystemEvent] = {}
     for ev in sorted(events, key=lambda e: e.observed_at):
         key = (ev.cloud, ev.provider_event_id)
         if key in latest and latest[key].is_terminal:
-            continue  # a terminal phase is never overwritten by a late non-terminal one
+            continue
         latest[key] = ev
-    return [e for e in latest.values() if not e.is_terminal]
+    return list(latest.values())
+
+
+def pending_cloud_events(events: Sequence[CloudSystemEvent]) -> list[CloudSystemEvent]:
+    """The latest state of each provider event, keeping those not finished yet."""
+    return [e for e in latest_cloud_events(events) if not e.is_terminal]
 
 
 def _starts_at(ev: CloudSystemEvent) -> datetime | None:
     return ev.not_before or ev.started_at or ev.deadline
+
+
+def host_events(events: Sequence[CloudSystemEvent]) -> list[CloudSystemEvent]:
+    """Pending events that take the machine away (reboot, redeploy, stop, terminate), soonest first."""
+    pending = [e for e in pending_cloud_events(events) if e.action in HOST_ACTIONS]
+    far = datetime.max.replace(tzinfo=UTC)
+    return sorted(pending, key=lambda e: (e.phase != "in_progress", _starts_at(e) or far))
+
+
+def within(ev: CloudSystemEvent, *, seconds: float, now: datetime) -> bool:
+    """Is the event in progress, without a start time, or starting within `seconds`?"""
+    start = _starts_at(ev)
+    return ev.phase == "in_progress" or start is None or start - now <= timedelta(seconds=seconds)
 
 
 def plan(
@@ -87,56 +119,51 @@ def plan(
 ) -> Plan:
     ladder: list[RecommendedAction] = [r for r in diagnosis.recommended if r.action != "none"]
     notes: list[str] = []
-    pending = pending_cloud_events(cloud_events)
-    host_disrupting = [e for e in pending if e.action in _HOST_DISRUPTING]
-    host_reboots = [
-        e
-        for e in pending
-        if e.action == "reboot"
-        and (
-            e.phase == "in_progress"
-            or (s := _starts_at(e)) is None
-            or s - now <= timedelta(seconds=policy.host_reboot_guard_s)
+    pending = host_events(cloud_events)
+    pending_ids = {e.provider_event_id for e in pending}
+    near = [e for e in pending if within(e, seconds=policy.host_reboot_guard_s, now=now)]
+    handover: CloudSystemEvent | None = None
+    rewritten: list[RecommendedAction] = []
+    for rec in ladder:
+        aimed = rec.target in pending_ids and rec.action in (
+            "cordon",
+            "drain",
+            "accept_cloud_event",
+            "wait_for_cloud_event",
         )
-    ]
-    cloud_step: tuple[ActionName, CloudSystemEvent] | None = None
-    candidates = host_disrupting or host_reboots
-    event = candidates[0] if candidates else None
-    if event is not None:
-        can_ack = bool(event.ack) and event.phase in ("scheduled", "pending_approval")
-        cloud_action: ActionName = "accept_cloud_event" if can_ack else "wait_for_cloud_event"
-        cloud_step = (cloud_action, event)
-        cloud_rec = RecommendedAction(action=cloud_action, reason=f"cloud {event.action} {event.provider_event_id}")
-        rewritten: list[RecommendedAction] = []
-        for rec in ladder:
-            if rec.action in ("reboot", "redeploy"):
-                if cloud_rec not in rewritten:
-                    rewritten.append(cloud_rec)  # the cloud event takes the place of our own reboot
-                continue
-            if rec.action == "escalate" and cloud_rec not in rewritten:
-                rewritten.append(cloud_rec)
-            rewritten.append(rec)
-        if cloud_rec not in rewritten:
-            rewritten.append(cloud_rec)
-        ladder = rewritten
-        if event in host_disrupting:
-            notes.append(f"cloud {event.action} {event.provider_event_id} scheduled: drain ahead, then let it run")
-            present = {r.action for r in ladder}
-            prep: list[ActionName] = [a for a in ("cordon", "drain") if a not in present]
-            ladder = [RecommendedAction(action=a, reason=f"ahead of cloud {event.action}") for a in prep] + ladder
-        else:
-            notes.append(f"host reboot {event.provider_event_id} is near: no reboot of our own")
-    if not ladder or ladder[-1].action != "escalate":
+        ours = rec.action in ("reboot", "redeploy") and near
+        if aimed or ours:
+            event = next(e for e in pending if e.provider_event_id == rec.target) if aimed else near[0]
+            if handover is None:
+                handover = event
+                rewritten.append(
+                    RecommendedAction(
+                        action="wait_for_cloud_event",
+                        target=event.provider_event_id,
+                        reason=f"cloud {event.action} {event.provider_event_id} is scheduled: the maintenance loop "
+                        "drains ahead of it, lets it run and verifies afterwards",
+                    )
+                )
+            continue
+        rewritten.append(rec)
+    ladder = rewritten
+    if handover is not None:
+        notes.append(f"handed to cloud {handover.action} {handover.provider_event_id}")
+        # the hand-over ends the ladder: what comes after it is the cloud's (and then verification's)
+        cut = next(i for i, r in enumerate(ladder) if r.action == "wait_for_cloud_event")
+        ladder = ladder[: cut + 1]
+    elif not ladder or ladder[-1].action != "escalate":
         ladder.append(RecommendedAction(action="escalate", reason="the ladder is exhausted"))
+    key = diagnosis.episode
     steps: list[Step] = []
     for rung, rec in enumerate(ladder):
-        cloud_event = cloud_step[1] if cloud_step is not None and rec.action == cloud_step[0] else None
+        cloud_event = handover if handover is not None and rec.action == "wait_for_cloud_event" else None
         target = cloud_event.provider_event_id if cloud_event is not None else rec.target
         steps.append(
             Step(
                 rung=rung,
                 action=rec.action,
-                action_id=action_id(diagnosis_id=diagnosis.id, rung=rung, action=rec.action, target=target),
+                action_id=action_id(diagnosis_id=key, action=rec.action, target=target),
                 reason=rec.reason,
                 target=target,
                 timeout_s=rec.timeout_s,
@@ -145,3 +172,49 @@ def plan(
             )
         )
     return Plan(diagnosis_id=diagnosis.id, node=diagnosis.node, steps=tuple(steps), notes=tuple(notes))
+
+
+ACCEPT_METHODS: dict[str, frozenset[str]] = {
+    # the API that runs *this* event early: never RedeployInstance for a Reboot event
+    "reboot": frozenset({"alibaba.RebootInstance", "alibaba.AcceptInquiredSystemEvent", "azure.StartRequests"}),
+    "redeploy": frozenset({"alibaba.RedeployInstance", "alibaba.AcceptInquiredSystemEvent", "azure.StartRequests"}),
+}
+
+
+def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings) -> tuple[Step, ...]:
+    """What the maintenance loop does for one host event: cordon, drain, and (when allowed) accept it early."""
+    key = cloud_episode(event)
+    ref = event.provider_event_id
+    steps = [
+        Step(
+            rung=0,
+            action="cordon",
+            action_id=action_id(diagnosis_id=key, action="cordon", target=ref),
+            reason=f"cloud {event.action} {ref} starts at {event.not_before}: keep new pods off",
+            target=ref,
+            cloud_event=event,
+        ),
+        Step(
+            rung=1,
+            action="drain",
+            action_id=action_id(diagnosis_id=key, action="drain", target=ref),
+            reason=f"move workloads away before cloud {event.action} {ref}",
+            target=ref,
+            cloud_event=event,
+        ),
+    ]
+    methods = {a.method for a in event.ack} & ACCEPT_METHODS.get(event.action, frozenset())
+    if policy.accept_cloud_events_early and methods and event.phase in ("scheduled", "pending_approval"):
+        steps.append(
+            Step(
+                rung=2,
+                action="accept_cloud_event",
+                action_id=action_id(diagnosis_id=key, action="accept_cloud_event", target=ref),
+                reason=f"drained: run cloud {event.action} {ref} now rather than at {event.not_before}",
+                target=ref,
+                # a redeploy wipes local disks: a person approves it (whatever the approval list says)
+                needs_approval=event.action == "redeploy" or "accept_cloud_event" in policy.approval_required,
+                cloud_event=event,
+            )
+        )
+    return tuple(steps)

@@ -63,6 +63,7 @@ class Slot:
     action_id: str
     holder: str
     until: datetime
+    episode: str | None = None
 
     def in_domain(self, kind: DomainKind, value: str) -> bool:
         if kind == "cluster":

@@ -1,10 +1,18 @@
-"""One diagnosis → one ladder, within policy, under the node's lease, audit first.
+"""One fault episode → one ladder, within policy, under the node's lease, audit first.
 
-For each step: policy checks (pause, node history, storm guard, budgets, rate, approval), then the
-intent record (acknowledged by the stream, else no action), started, the action, succeeded / failed,
-a Kubernetes Event on the node, and after a fix the verification (verified, or the next rung).
-A step already recorded for its deterministic action id is never executed twice: a `started` without a
-result (the previous holder died mid-action) is not repeated; the node is verified instead.
+For each step: node history (repair budget, flap quarantine), approval (a wait), then at the moment of
+acting every gate (pause, storm guard, budgets, disruption rate for every capacity step), the intent
+record (acknowledged by the stream, else no action), the lease re-checked by a compare-and-set renewal
+(the fence; its revision goes to the node agent), started, the action, succeeded / failed, a Kubernetes
+Event on the node, and after a fix the verification (verified, or the next rung).
+
+Action ids are per episode (`Diagnosis.episode`): an updated diagnosis of the same fault continues the
+ladder where the audit trail says it is; a step recorded for its id is never executed twice (a
+`started` without a result — the previous holder died mid-action — is not repeated; the node is
+verified instead); an episode verified healthy is never acted on again. The budget slot is held while
+the node is disrupted (cordoned or rebooting) and given back only when it is uncordoned or handed to a
+person (escalation); a refused (stale, recovered) or resolved diagnosis whose node still holds a slot is
+re-evaluated: verified and uncordoned, or escalated.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import Literal
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from nodeheal.remediator import control, planner, policy
+from nodeheal.remediator import control, planner, policy, testhooks
 from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.remediator.actions.cloud import Clouds
 from nodeheal.remediator.actions.kube import KubeActions
@@ -35,14 +43,18 @@ from nodeheal.remediator.views import FleetView
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage, pipeline_metrics
 from nodeheal.runtime.telemetry import current_trace_id
 from nodeheal.schemas.audit import PolicyCheck, RemediationPhase, RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis
-from nodeheal.schemas.ids import ActionId
+from nodeheal.schemas.ids import ActionId, deterministic_id
 
 log = logging.getLogger("nodeheal.remediator.runner")
 
 Disposition = Literal["ack", "retry"]
 StepResult = Literal["next", "done", "retry"]
 _TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "verified"})
+REBOOTS: frozenset[str] = frozenset({"reboot", "redeploy", "accept_cloud_event"})
+"""Actions after which the node must come back with a new boot id."""
+_DISRUPT: frozenset[str] = policy.CAPACITY
 
 
 def utcnow() -> datetime:
@@ -54,12 +66,53 @@ class _Run:
     diagnosis: Diagnosis
     lease: Lease
     history: list[RemediationRecord]
-    cordoned_by_us: bool = False
-    slot_held: bool = False
+    episode: str = ""
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.episode:
+            self.episode = self.diagnosis.episode
 
     def phases(self, action_id: str) -> set[str]:
         return {r.phase for r in self.history if r.action_id == action_id}
+
+    def records(self) -> list[RemediationRecord]:
+        """This episode's records (older records without an episode id count by their diagnosis id)."""
+        return [
+            r
+            for r in self.history
+            if r.episode_id == self.episode or (r.episode_id is None and r.diagnosis_id == self.diagnosis.id)
+        ]
+
+    def verified_at(self) -> datetime | None:
+        times = [r.time for r in self.records() if r.phase == "verified"]
+        return max(times) if times else None
+
+    def escalated(self) -> bool:
+        return any(r.action == "escalate" and r.phase == "succeeded" for r in self.records())
+
+    def disrupted(self) -> bool:
+        """Did this episode take the node out (cordon, drain, reboot ...) and not give it back yet?"""
+        last_take = max(
+            (r.time for r in self.records() if r.action in _DISRUPT and r.phase in ("started", "succeeded")),
+            default=None,
+        )
+        if last_take is None:
+            return False
+        last_back = max(
+            (r.time for r in self.records() if r.action == "uncordon" and r.phase == "succeeded"), default=None
+        )
+        return last_back is None or last_back < last_take
+
+    def boot_before(self, action_id: str | None = None) -> str | None:
+        """The boot id recorded before the action (its intent), or the episode's first recorded one."""
+        for r in self.records():
+            if r.phase == "intent" and r.boot_id and (action_id is None or r.action_id == action_id):
+                return r.boot_id
+        return None
+
+    def rebooted(self) -> bool:
+        return any(r.action in REBOOTS and r.phase == "started" for r in self.records())
 
 
 class Remediator:
@@ -94,6 +147,21 @@ class Remediator:
         self.storms: frozenset[tuple[policy.DomainKind, str]] = frozenset()
         self.counters: dict[str, int] = {}
 
+    async def restore(self) -> None:
+        """After a restart: the storms in force come back from `nodeheal-control` (hysteresis kept); ladders
+        in flight come back by redelivery of their un-acked diagnoses and continue from AUDIT; held budget
+        slots are in the ledger; host-event maintenance is re-derived from CLOUD + ledger + AUDIT."""
+        storms = await control.read_storms(self.control_kv)
+        kinds: dict[str, policy.DomainKind] = {
+            "cluster": "cluster",
+            "zone": "zone",
+            "rack": "rack",
+            "node_pool": "node_pool",
+        }
+        self.storms = frozenset((kinds[kind], value) for kind, value in storms if kind in kinds)
+        if self.storms:
+            log.info("storms restored", extra={"storms": sorted(self.storms)})
+
     # -- records ---------------------------------------------------------------------------------
     async def _record(
         self,
@@ -109,6 +177,7 @@ class Remediator:
         target: str | None = None,
         error: str | None = None,
         started_at: datetime | None = None,
+        boot_id: str | None = None,
     ) -> RemediationRecord:
         rec = RemediationRecord(
             cluster=diagnosis.cluster,
@@ -130,6 +199,8 @@ class Remediator:
             started_at=started_at,
             finished_at=utcnow() if phase in _TERMINAL else None,
             error=error,
+            episode_id=run.episode if run is not None else diagnosis.episode,
+            boot_id=boot_id,
         )
         await self.audit.record(rec)
         if run is not None:
@@ -163,6 +234,7 @@ class Remediator:
         checks: list[PolicyCheck] | None = None,
         error: str | None = None,
         started_at: datetime | None = None,
+        boot_id: str | None = None,
     ) -> RemediationRecord:
         return await self._record(
             run,
@@ -176,6 +248,7 @@ class Remediator:
             checks=checks,
             error=error,
             started_at=started_at,
+            boot_id=boot_id,
         )
 
     # -- entry point -----------------------------------------------------------------------------
@@ -185,57 +258,164 @@ class Remediator:
         if diagnosis.replay:
             return "ack"
         if diagnosis.resolved:
-            return "ack"  # an ongoing ladder sees the recovery through the view before its next step
+            # an ongoing ladder sees the recovery through the view; a node left disrupted is settled here
+            return await self._settle(diagnosis, why="the diagnosis resolved", heartbeat=heartbeat)
+        newer = self.view.newer_in_episode(diagnosis)
+        if newer is not None:
+            return "ack"  # a later diagnosis of the same episode carries the ladder on
         checks = policy.check_fresh(
             diagnosis=diagnosis, policy=self.policy, now=now, recovered_at=self.view.recovered_at.get(diagnosis.node)
         )
         if policy.failed(checks):
-            refused = planner.action_id(diagnosis_id=diagnosis.id, rung=0, action="none", target="refused")
+            reason = "diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks))
+            refused = planner.action_id(diagnosis_id=diagnosis.id, action="none", target="refused")
             await self._record(
                 None,
                 diagnosis=diagnosis,
                 action_id=refused,
                 action="none",
                 phase="skipped",
-                reason="diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks)),
+                reason=reason,
                 checks=checks,
             )
-            return "ack"
+            return await self._settle(diagnosis, why=reason, heartbeat=heartbeat)
         lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action=diagnosis.id)
         if lease is None:
             return "retry"  # another replica acts on this node; try again after its ladder (or its TTL)
+        return await self._under_lease(lease, diagnosis, heartbeat, self._ladder)
+
+    async def _under_lease(
+        self,
+        lease: Lease,
+        diagnosis: Diagnosis,
+        heartbeat: Callable[[], Awaitable[None]] | None,
+        body: Callable[[_Run], Awaitable[Disposition]],
+        *,
+        episode: str = "",
+    ) -> Disposition:
         stop = asyncio.Event()
         keeper = asyncio.create_task(self.leases.keep(lease, stop=stop))
-        beat = asyncio.create_task(self._heartbeat(heartbeat, stop))
-        run: _Run | None = None
+        beat = asyncio.create_task(self._heartbeat(heartbeat, stop)) if heartbeat is not None else None
         try:
-            since = now - timedelta(seconds=max(self.policy.node_repair_window_s, self.policy.flap_window_s))
+            since = utcnow() - timedelta(seconds=max(self.policy.node_repair_window_s, self.policy.flap_window_s))
             history = await self.audit.history(cluster=diagnosis.cluster, node=diagnosis.node, since=since)
-            run = _Run(diagnosis=diagnosis, lease=lease, history=history)
-            the_plan = planner.plan(
-                diagnosis=diagnosis, cloud_events=self.view.cloud_events(diagnosis.node), policy=self.policy, now=now
-            )
-            for step in the_plan.steps:
-                if lease.lost:
-                    raise LeaseLostError(f"lease on {diagnosis.node} lost")
-                result = await self._step(run, step)
-                if result == "done":
-                    return "ack"
-                if result == "retry":
-                    return "retry"
-            return "ack"
+            run = _Run(diagnosis=diagnosis, lease=lease, history=history, episode=episode)
+            return await body(run)
         except AuditUnavailableError as exc:
             log.error("no audit, no action", extra={"node": diagnosis.node, "error": str(exc)})
             return "retry"
         except LeaseLostError as exc:
-            log.error("lease lost mid-ladder; stopped", extra={"node": diagnosis.node, "error": str(exc)})
+            log.error("lease lost; stopped before acting", extra={"node": diagnosis.node, "error": str(exc)})
             return "retry"
         finally:
             stop.set()
-            await asyncio.gather(keeper, beat, return_exceptions=True)
-            if run is not None and run.slot_held and not run.cordoned_by_us:
-                await self.ledger.release(node=diagnosis.node, now=utcnow())
+            await asyncio.gather(keeper, *([beat] if beat else []), return_exceptions=True)
+            # the budget slot is NOT given back here: it is held while the node is disrupted and released
+            # only by an uncordon (_finish) or a hand-over to a person (_escalate)
             await self.leases.release(lease)
+
+    async def _ladder(self, run: _Run) -> Disposition:
+        d = run.diagnosis
+        verified_at = run.verified_at()
+        if verified_at is not None:
+            return await self._already_verified(run, verified_at)
+        if run.escalated():
+            return "ack"  # handed to a person for this episode
+        the_plan = planner.plan(
+            diagnosis=d, cloud_events=self.view.cloud_events(d.node), policy=self.policy, now=utcnow()
+        )
+        for step in the_plan.steps:
+            if run.lease.lost:
+                raise LeaseLostError(f"lease on {d.node} lost")
+            newer = self.view.newer_in_episode(d)
+            if newer is not None:
+                await self._record(
+                    run,
+                    diagnosis=d,
+                    action_id=planner.action_id(diagnosis_id=d.id, action="none", target="superseded"),
+                    action="none",
+                    phase="skipped",
+                    reason=f"superseded by diagnosis {newer} of the same episode; it continues this ladder",
+                )
+                return "ack"
+            result = await self._step(run, step)
+            if result == "done":
+                return "ack"
+            if result == "retry":
+                return "retry"
+        return "ack"
+
+    async def _already_verified(self, run: _Run, verified_at: datetime) -> Disposition:
+        """The episode was verified healthy: never act on it again. Still diagnosed long after → a person."""
+        d = run.diagnosis
+        if d.identified_at - verified_at > timedelta(seconds=self.policy.reverify_grace_s):
+            await self._escalate(
+                run,
+                reason=f"the fault is still diagnosed ({d.cause}, {d.id}) {self.policy.reverify_grace_s:.0f}s after "
+                f"the repair was verified at {verified_at.isoformat()}; not repeating the repair",
+                rung=0,
+                action_id=planner.action_id(diagnosis_id=run.episode, action="escalate", target="after-verified"),
+            )
+            return "ack"
+        await self._record(
+            run,
+            diagnosis=d,
+            action_id=planner.action_id(diagnosis_id=d.id, action="none", target="already-verified"),
+            action="none",
+            phase="skipped",
+            reason=f"episode {run.episode} was verified healthy at {verified_at.isoformat()}; not acting again",
+        )
+        return "ack"
+
+    async def _settle(
+        self, diagnosis: Diagnosis, *, why: str, heartbeat: Callable[[], Awaitable[None]] | None
+    ) -> Disposition:
+        """A diagnosis that will not run a ladder (refused, resolved): if the node still holds a budget slot
+        of ours (cordoned, maybe drained or rebooted), verify it now and uncordon it, or hand it to a person."""
+        slot = await self.ledger.slot_of(diagnosis.node)
+        if slot is None:
+            return "ack"
+        if slot.episode is not None and slot.episode.startswith("cloud:"):
+            return "ack"  # a host event holds the node: the maintenance loop gives it back
+        episode = slot.episode or diagnosis.episode
+        if episode != diagnosis.episode and self.view.latest_episode(diagnosis.node) == episode:
+            return "ack"  # the slot belongs to a newer episode's ladder
+        lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action=f"settle:{why}")
+        if lease is None:
+            return "retry"
+
+        async def body(run: _Run) -> Disposition:
+            if not run.disrupted():
+                if await self._pending_host_event(run) is None:
+                    await self.ledger.release(node=diagnosis.node, now=utcnow())
+                return "ack"
+            sid = planner.action_id(diagnosis_id=run.episode, action="none", target=f"settle:{diagnosis.id}")
+            old_boot = run.boot_before()
+            outcome = await self.verifier.verify(
+                cluster=diagnosis.cluster,
+                node=diagnosis.node,
+                since=utcnow() - timedelta(seconds=self.settings.verify_poll_s * 5),
+                old_boot_id=old_boot,
+                need_new_boot=run.rebooted(),
+            )
+            if outcome.ok:
+                await self._record(
+                    run,
+                    diagnosis=diagnosis,
+                    action_id=sid,
+                    action="none",
+                    phase="verified",
+                    reason=f"{why}; re-evaluated: {outcome.detail}",
+                    boot_id=outcome.boot_id,
+                )
+                await self._finish(run)
+            else:
+                await self._escalate(
+                    run, reason=f"{why}, and the node we disrupted is not healthy: {outcome.detail}", rung=0
+                )
+            return "ack"
+
+        return await self._under_lease(lease, diagnosis, heartbeat, body, episode=episode)
 
     async def _heartbeat(self, beat: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
         interval = max(self.settings.ack_wait_s / 3, 0.2)
@@ -248,45 +428,44 @@ class Remediator:
                 except Exception as exc:
                     log.warning("in-progress heartbeat failed", extra={"error": str(exc)})
 
+    async def _fence(self, run: _Run) -> PolicyCheck:
+        """Re-check the lease right before a side effect: a compare-and-set renewal (raises LeaseLostError)."""
+        await self.leases.renew(run.lease, action=run.diagnosis.id)
+        return PolicyCheck(name="lease", passed=True, detail=f"revision {run.lease.revision} (renewed before acting)")
+
+    async def _pending_host_event(self, run: _Run, *, lead_only: bool = True) -> CloudSystemEvent | None:
+        events = planner.host_events(self.view.cloud_events(run.diagnosis.node))
+        now = utcnow()
+        for ev in events:
+            if not lead_only or planner.within(ev, seconds=self.policy.cloud_drain_lead_s, now=now):
+                return ev
+        return None
+
     # -- one rung --------------------------------------------------------------------------------
-    async def _step(self, run: _Run, step: planner.Step) -> StepResult:
+    async def _step(self, run: _Run, step: planner.Step, *, verify_after: bool = True) -> StepResult:
         d = run.diagnosis
         phases = run.phases(step.action_id)
         if "verified" in phases or (step.action == "escalate" and "succeeded" in phases):
             return "done"
+        if step.action == "wait_for_cloud_event" and verify_after:
+            return await self._handover(run, step)
         if phases & {"failed", "skipped"}:
             return "next"
         if "succeeded" in phases or ("started" in phases and step.is_fix):
-            if not step.is_fix:
+            if not step.is_fix or not verify_after:
                 return "next"
             # Done before (or died mid-action: never repeated); verify instead.
-            return await self._verify(
-                run, step, since=max(r.time for r in run.history if r.action_id == step.action_id)
-            )
+            started = [r.time for r in run.history if r.action_id == step.action_id and r.phase == "started"]
+            since = min(started) if started else max(r.time for r in run.history if r.action_id == step.action_id)
+            return await self._verify(run, step, since=since)
         recovered = self.view.recovered_at.get(d.node)
         if recovered is not None and recovered > d.identified_at:
             await self._srec(
                 run, step, phase="skipped", reason=f"node recovered at {recovered.isoformat()}; ladder stopped"
             )
-            await self._finish(run)
+            await self._settle_run(run, why=f"node recovered at {recovered.isoformat()}")
             return "done"
         checks: list[PolicyCheck] = []
-        pause = await control.read_pause(self.control_kv)
-        checks.append(
-            PolicyCheck(
-                name="pause", passed=not pause.paused, detail=pause.reason or ("paused" if pause.paused else "running")
-            )
-        )
-        if pause.paused:
-            if "blocked" not in phases:
-                await self._srec(
-                    run,
-                    step,
-                    phase="blocked",
-                    reason=f"remediation paused by {pause.by or 'someone'}: {pause.reason}",
-                    checks=checks,
-                )
-            return "retry"
         now = utcnow()
         history_checks = policy.check_node_history(action=step.action, history=run.history, policy=self.policy, now=now)
         checks += history_checks
@@ -295,10 +474,6 @@ class Remediator:
             await self._srec(run, step, phase="blocked", reason=f"node quarantined: {detail}", checks=checks)
             await self._escalate(run, reason=f"quarantine of {d.node}: {detail}", rung=step.rung)
             return "done"
-        if step.capacity and not run.slot_held:
-            verdict = await self._gate_capacity(run, step, checks)
-            if verdict is not None:
-                return verdict
         if step.needs_approval:
             approver = await control.is_approved(self.control_kv, step.action_id)
             if approver is None:
@@ -321,16 +496,45 @@ class Remediator:
                     )
                     await self._escalate(run, reason=f"{step.action} on {d.node} was not approved", rung=step.rung)
                     return "done"
+                await self._fence(run)  # the wait may have been long: is the node still ours?
             checks.append(PolicyCheck(name="approval", passed=True, detail=f"approved by {approver}"))
+        # every gate, at the moment of acting (after any wait)
+        pause = await control.read_pause(self.control_kv)
+        checks.append(
+            PolicyCheck(
+                name="pause", passed=not pause.paused, detail=pause.reason or ("paused" if pause.paused else "running")
+            )
+        )
+        if pause.paused:
+            if "blocked" not in phases:
+                await self._srec(
+                    run,
+                    step,
+                    phase="blocked",
+                    reason=f"remediation paused by {pause.by or 'someone'}: {pause.reason}",
+                    checks=checks,
+                )
+            return "retry"
+        if step.capacity:
+            verdict = await self._gate_capacity(run, step, checks)
+            if verdict is not None:
+                return verdict
         checks.append(PolicyCheck(name="dry_run", passed=True, detail=str(self.policy.dry_run).lower()))
         checks.append(PolicyCheck(name="lease", passed=not run.lease.lost, detail=f"revision {run.lease.revision}"))
         if step.action == "escalate":
             await self._escalate(run, reason=step.reason, rung=step.rung, action_id=step.action_id, checks=checks)
             return "done"
-        await self._srec(run, step, phase="intent", reason=step.reason, checks=checks)
+        boot_before: str | None = None
+        if step.action in REBOOTS:
+            probe = await self.verifier.latest_agent_probe(cluster=d.cluster, node=d.node)
+            boot_before = probe.boot_id if probe is not None else None
+        await self._srec(run, step, phase="intent", reason=step.reason, checks=checks, boot_id=boot_before)
+        testhooks.kill_at("between_intent_and_action")
+        fence = await self._fence(run)
         started_at = utcnow()
-        await self._srec(run, step, phase="started", reason=step.reason, started_at=started_at)
+        await self._srec(run, step, phase="started", reason=step.reason, started_at=started_at, checks=[fence])
         outcome = await self._execute(run, step)
+        testhooks.kill_at("between_action_and_result")
         await self._srec(
             run,
             step,
@@ -345,9 +549,34 @@ class Remediator:
             message=f"{step.action_id}: {outcome.detail}",
             warning=not outcome.ok,
         )
-        if not outcome.ok or not step.is_fix:
+        if not outcome.ok or not step.is_fix or not verify_after:
             return "next"
         return await self._verify(run, step, since=started_at)
+
+    async def _handover(self, run: _Run, step: planner.Step) -> StepResult:
+        """Our reboot / redeploy gives way to a scheduled host event: the maintenance loop drains ahead of it,
+        lets it run, verifies and uncordons; the node keeps its slot under the event's episode meanwhile."""
+        ev = step.cloud_event
+        if ev is None:
+            return "next"
+        if "succeeded" not in run.phases(step.action_id):
+            await self._srec(
+                run,
+                step,
+                phase="succeeded",
+                reason=f"handed to cloud {ev.action} {ev.provider_event_id} (not before {ev.not_before}): "
+                "drain ahead of it, let it run, verify after it",
+            )
+        if run.disrupted():
+            await self._hold_for(run, ev)
+        return "done"
+
+    async def _hold_for(self, run: _Run, ev: CloudSystemEvent) -> None:
+        start = ev.not_before or utcnow()
+        until = max(utcnow() + timedelta(seconds=self.policy.slot_hold_s), start) + timedelta(
+            seconds=self.policy.cloud_event_wait_s
+        )
+        await self.ledger.retag(node=run.diagnosis.node, episode=planner.cloud_episode(ev), until=until)
 
     async def _gate_capacity(self, run: _Run, step: planner.Step, checks: list[PolicyCheck]) -> StepResult | None:
         d = run.diagnosis
@@ -361,13 +590,17 @@ class Remediator:
         )
         self.storms = frozenset(k for k, v in verdicts.items() if v.in_storm)
         await self._storm_escalations(verdicts, run)
-        storm = policy.check_storm(placement=placement, verdicts=verdicts)
-        checks.append(storm)
-        if not storm.passed:
-            await self._srec(run, step, phase="blocked", reason=storm.detail, checks=checks)
-            return "retry"
-        until = now + timedelta(seconds=self.policy.slot_hold_s)
-        budget_checks: list[PolicyCheck] = []
+        if step.disruptive or step.action in ("cordon", "taint"):
+            storm = policy.check_storm(placement=placement, verdicts=verdicts)
+            checks.append(storm)
+            if not storm.passed:
+                if "blocked" not in run.phases(step.action_id):
+                    await self._srec(run, step, phase="blocked", reason=storm.detail, checks=checks)
+                return "retry"
+        hold = self.policy.slot_hold_s
+        if step.cloud_event is not None and step.cloud_event.not_before is not None:
+            hold = max(hold, (step.cloud_event.not_before - now).total_seconds() + self.policy.cloud_event_wait_s)
+        until = now + timedelta(seconds=hold)
 
         def decide(slots: list[Slot], starts: list[datetime]) -> tuple[list[PolicyCheck], list[Slot], list[datetime]]:
             live = [s for s in slots if s.until > now]
@@ -386,6 +619,7 @@ class Remediator:
                 action_id=step.action_id,
                 holder=self.actor,
                 until=until,
+                episode=run.episode,
             )
             return found, [s for s in live if s.node != d.node] + [mine], recent
 
@@ -393,9 +627,9 @@ class Remediator:
         checks += budget_checks
         if policy.failed(budget_checks):
             reason = "; ".join(f"{c.name}: {c.detail}" for c in policy.failed(budget_checks))
-            await self._srec(run, step, phase="blocked", reason=f"over budget: {reason}", checks=checks)
+            if "blocked" not in run.phases(step.action_id):
+                await self._srec(run, step, phase="blocked", reason=f"over budget: {reason}", checks=checks)
             return "retry"
-        run.slot_held = True
         return None
 
     async def _storm_escalations(
@@ -406,12 +640,13 @@ class Remediator:
             key = control.storm_key(kind, value)
             if verdict.in_storm:
                 try:
-                    await self.control_kv.create(key, f"{verdict.unhealthy}/{verdict.size}".encode())
+                    await self.control_kv.create(
+                        key, control.storm_value(kind, value, unhealthy=verdict.unhealthy, size=verdict.size)
+                    )
                 except KeyWrongLastSequenceError:
                     continue  # another replica (or an earlier pass) escalated this storm already
                 sid = planner.action_id(
                     diagnosis_id=f"storm:{kind}:{value}",
-                    rung=0,
                     action="escalate",
                     target=utcnow().strftime("%Y%m%d%H%M"),
                 )
@@ -440,34 +675,66 @@ class Remediator:
     async def _verify(self, run: _Run, step: planner.Step, *, since: datetime) -> StepResult:
         d = run.diagnosis
         timeout = self.settings.verify_timeout_s
-        if step.action in ("wait_for_cloud_event", "accept_cloud_event"):
-            timeout = max(timeout, self.policy.cloud_event_wait_s if step.action == "wait_for_cloud_event" else timeout)
-        outcome = await self.verifier.verify(cluster=d.cluster, node=d.node, since=since, timeout_s=timeout)
+        need_new_boot = step.action in REBOOTS
+        outcome = await self.verifier.verify(
+            cluster=d.cluster,
+            node=d.node,
+            since=since,
+            timeout_s=timeout,
+            old_boot_id=run.boot_before(step.action_id),
+            need_new_boot=need_new_boot,
+        )
         if not outcome.ok:
             if "failed" not in run.phases(step.action_id):
                 await self._srec(
                     run, step, phase="failed", reason=f"verification failed: {outcome.detail}", error=outcome.detail
                 )
             return "next"
-        await self._srec(run, step, phase="verified", reason=outcome.detail)
+        await self._srec(run, step, phase="verified", reason=outcome.detail, boot_id=outcome.boot_id)
         await self._event(d.node, reason="NodehealVerified", message=f"{step.action_id}: {outcome.detail}")
         await self._finish(run)
         return "done"
 
+    async def _settle_run(self, run: _Run, *, why: str) -> None:
+        """The node recovered by itself mid-ladder: give back what this episode took (verified first)."""
+        if not run.disrupted():
+            await self._finish(run)
+            return
+        outcome = await self.verifier.verify(
+            cluster=run.diagnosis.cluster,
+            node=run.diagnosis.node,
+            since=utcnow() - timedelta(seconds=self.settings.verify_poll_s * 5),
+            old_boot_id=run.boot_before(),
+            need_new_boot=run.rebooted(),
+        )
+        if outcome.ok:
+            await self._finish(run)
+        else:
+            await self._escalate(run, reason=f"{why}, but the node is not healthy: {outcome.detail}", rung=0)
+
     async def _finish(self, run: _Run) -> None:
-        """The node is healthy (or recovered by itself): uncordon what we cordoned, give the slot back."""
+        """The node is healthy: uncordon what this episode took, give the slot back — unless a host event is
+        about to run (within the drain lead time): then the node stays cordoned for it."""
         d = run.diagnosis
-        cordon_ids = {
-            r.action_id
-            for r in run.history
-            if r.action in ("cordon", "drain", "taint") and r.phase == "succeeded" and r.diagnosis_id == d.id
-        }
-        if cordon_ids:
-            uid = planner.action_id(diagnosis_id=d.id, rung=999, action="uncordon", target=None)
+        ev = await self._pending_host_event(run)
+        if ev is not None and not run.episode.startswith("cloud:"):
+            await self._hold_for(run, ev)
+            await self._record(
+                run,
+                diagnosis=d,
+                action_id=planner.action_id(diagnosis_id=run.episode, action="uncordon", target="held"),
+                action="uncordon",
+                phase="skipped",
+                reason=f"kept cordoned: cloud {ev.action} {ev.provider_event_id} is due at {ev.not_before}",
+            )
+            return
+        if run.disrupted():
+            uid = planner.action_id(diagnosis_id=run.episode, action="uncordon", target=None)
             if "succeeded" not in run.phases(uid):
                 await self._record(
                     run, diagnosis=d, action_id=uid, action="uncordon", phase="intent", reason="verified healthy"
                 )
+                fence = await self._fence(run)
                 started = utcnow()
                 await self._record(
                     run,
@@ -477,6 +744,7 @@ class Remediator:
                     phase="started",
                     reason="verified healthy",
                     started_at=started,
+                    checks=[fence],
                 )
                 outcome = await self._execute_uncordon(d.node)
                 await self._record(
@@ -490,10 +758,12 @@ class Remediator:
                     error=None if outcome.ok else outcome.detail,
                 )
                 await self._event(d.node, reason="NodehealUncordon", message=outcome.detail, warning=not outcome.ok)
-        run.cordoned_by_us = False
-        if run.slot_held:
-            await self.ledger.release(node=d.node, now=utcnow())
-            run.slot_held = False
+        await self._release_slot(run)
+
+    async def _release_slot(self, run: _Run) -> None:
+        slot = await self.ledger.slot_of(run.diagnosis.node)
+        if slot is not None and (slot.episode is None or slot.episode == run.episode):
+            await self.ledger.release(node=run.diagnosis.node, now=utcnow())
 
     async def _escalate(
         self,
@@ -505,7 +775,7 @@ class Remediator:
         checks: list[PolicyCheck] | None = None,
     ) -> None:
         d = run.diagnosis
-        aid = action_id or planner.action_id(diagnosis_id=d.id, rung=rung, action="escalate", target="policy")
+        aid = action_id or planner.action_id(diagnosis_id=run.episode, action="escalate", target="policy")
         await self._record(
             run,
             diagnosis=d,
@@ -517,9 +787,103 @@ class Remediator:
             checks=checks,
         )
         await self._event(d.node, reason="NodehealEscalated", message=reason, warning=True)
-        # A node left cordoned for a person keeps its slot until `slot_hold_s` runs out.
-        if any(r.action == "cordon" and r.phase == "succeeded" and r.diagnosis_id == d.id for r in run.history):
-            run.cordoned_by_us = True
+        # handed to a person: a node left cordoned is theirs now, and so is its budget slot
+        await self._release_slot(run)
+
+    # -- host events (maintenance loop) ------------------------------------------------------------
+    def maintenance_diagnosis(self, ev: CloudSystemEvent) -> Diagnosis:
+        episode = planner.cloud_episode(ev)
+        return Diagnosis(
+            id=deterministic_id(episode, prefix="diag-cloud-"),
+            cluster=ev.cluster,
+            node=ev.node,
+            anomaly_ids=(episode,),
+            episode_id=episode,
+            category="ops",
+            cause=f"cloud_{ev.action}",
+            confidence=1.0,
+            identified_at=ev.observed_at,
+        )
+
+    async def prepare_for_host_event(self, ev: CloudSystemEvent) -> Disposition:
+        """Within the lead time of a host event: cordon, drain, and accept it early when allowed (once)."""
+        d = self.maintenance_diagnosis(ev)
+        lease = await self.leases.acquire(cluster=d.cluster, node=d.node, action=d.episode)
+        if lease is None:
+            return "retry"
+
+        async def body(run: _Run) -> Disposition:
+            if run.escalated():
+                return "ack"
+            for step in planner.maintenance_steps(ev, policy=self.policy):
+                phases = run.phases(step.action_id)
+                if step.action == "accept_cloud_event":
+                    drain = next(s for s in planner.maintenance_steps(ev, policy=self.policy) if s.action == "drain")
+                    if "succeeded" not in run.phases(drain.action_id):
+                        return "ack"  # never run the event early on a node that was not drained
+                    if phases & {"started", "succeeded", "failed"}:
+                        return "ack"  # one accept per event
+                    if step.needs_approval and await control.is_approved(self.control_kv, step.action_id) is None:
+                        if "awaiting_approval" not in phases:
+                            await self._srec(
+                                run,
+                                step,
+                                phase="awaiting_approval",
+                                reason=f"running cloud {ev.action} {ev.provider_event_id} early wipes local disks: "
+                                f"nodeheal approve {step.action_id} (else it runs at {ev.not_before})",
+                            )
+                        return "retry"
+                result = await self._step(run, step, verify_after=False)
+                if result != "next":
+                    return "retry" if result == "retry" else "ack"
+            return "ack"
+
+        return await self._under_lease(lease, d, None, body, episode=d.episode)
+
+    async def finish_host_event(self, ev: CloudSystemEvent) -> Disposition:
+        """CLOUD shows the event finished: verify (a new boot id when it ran) and uncordon, or escalate."""
+        d = self.maintenance_diagnosis(ev)
+        lease = await self.leases.acquire(cluster=d.cluster, node=d.node, action=d.episode)
+        if lease is None:
+            return "retry"
+
+        async def body(run: _Run) -> Disposition:
+            ref = ev.provider_event_id
+            step = planner.Step(
+                rung=3,
+                action="wait_for_cloud_event",
+                action_id=planner.action_id(diagnosis_id=run.episode, action="wait_for_cloud_event", target=ref),
+                reason=f"cloud {ev.action} {ref} {ev.phase}",
+                target=ref,
+                cloud_event=ev,
+            )
+            if "verified" in run.phases(step.action_id) or run.escalated():
+                await self._release_slot(run)
+                return "ack"
+            if ev.phase == "failed":
+                await self._escalate(run, reason=f"cloud {ev.action} {ref} failed", rung=step.rung)
+                return "ack"
+            ran = ev.phase == "completed" or run.rebooted()
+            outcome = await self.verifier.verify(
+                cluster=d.cluster,
+                node=d.node,
+                since=min((r.time for r in run.records()), default=ev.observed_at),
+                timeout_s=max(self.settings.verify_timeout_s, 1.0),
+                old_boot_id=run.boot_before(),
+                need_new_boot=ran,
+            )
+            if not outcome.ok:
+                await self._srec(
+                    run, step, phase="failed", reason=f"verification failed: {outcome.detail}", error=outcome.detail
+                )
+                await self._escalate(run, reason=f"after cloud {ev.action} {ref}: {outcome.detail}", rung=step.rung)
+                return "ack"
+            await self._srec(run, step, phase="verified", reason=outcome.detail, boot_id=outcome.boot_id)
+            await self._event(d.node, reason="NodehealVerified", message=f"after cloud {ev.action} {ref}")
+            await self._finish(run)
+            return "ack"
+
+        return await self._under_lease(lease, d, None, body, episode=d.episode)
 
     # -- side effects ----------------------------------------------------------------------------
     async def _event(self, node: str, *, reason: str, message: str, warning: bool = False) -> None:
@@ -577,8 +941,6 @@ class Remediator:
             return await provider.redeploy(instance_id=instance_id)
         if step.action == "accept_cloud_event" and step.cloud_event is not None:
             return await self.clouds.for_cloud(step.cloud_event.cloud).accept_event(event=step.cloud_event)
-        if step.action == "wait_for_cloud_event":
-            return ActionOutcome(ok=True, detail=f"waiting for cloud event {step.target} to execute")
         if step.action == "uncordon":
             return await self._execute_uncordon(d.node)
         return ActionOutcome(ok=False, detail=f"action {step.action!r} is not something the remediator can do")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from nodeheal.runtime.service import ServiceSettings
+from nodeheal.schemas.health import HealthThresholds
 
 
 class Budget(BaseModel):
@@ -47,6 +48,17 @@ class PolicySettings(BaseModel):
     )
     cloud_event_wait_s: float = Field(default=1800.0, gt=0, description="how long to wait for a cloud event")
     slot_hold_s: float = Field(default=3600.0, gt=0, description="a budget slot of a crashed holder expires after")
+    cloud_drain_lead_s: float = Field(
+        default=900.0, ge=0, description="cordon and drain this long before a host event's not_before, not earlier"
+    )
+    accept_cloud_events_early: bool = Field(
+        default=True, description="once drained, run a host event early with its own API (a redeploy needs approval)"
+    )
+    reverify_grace_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="an episode verified healthy that is still diagnosed this long after: escalate, never act again",
+    )
 
 
 class KubeSettings(BaseModel):
@@ -90,6 +102,10 @@ class RemediatorSettings(ServiceSettings):
     verify_poll_s: float = Field(default=2.0, gt=0)
     control_poll_s: float = Field(default=2.0, gt=0)
     lease_ttl_s: float | None = Field(default=None, description="default: the bucket's TTL")
+    maintenance_interval_s: float = Field(default=5.0, gt=0, description="how often host events are looked at")
+    health: HealthThresholds = Field(
+        default_factory=HealthThresholds, description="verified = healthy by these (the detector's clear thresholds)"
+    )
     http_port: int = Field(default=8084, ge=0, le=65535)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     kube: KubeSettings = Field(default_factory=KubeSettings)

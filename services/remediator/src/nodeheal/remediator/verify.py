@@ -1,85 +1,156 @@
-"""Verification after a fix: fresh healthy probes from the node and Node Ready from the API server.
+"""Verification after a fix: a fresh *agent* probe that is healthy by the detector's own rules
+(`nodeheal.schemas.health`: disk, inodes, file handles, load, services, read-only mounts), Node Ready from
+the API server, and after a reboot / redeploy / host event a boot id different from the one before.
 
-Only the probes of the node being verified are read (a core subscription on its probe subject, for
-the duration of the check): cheap at fleet scale, and fresh by construction."""
+The probes are read from the PROBES stream (an ordered consumer filtered to the node's subject, starting
+at the action), which is what the remediator's NATS role allows (`_consume(PROBES)` in
+deploy/nats/natsauth.py): no core subscription on probe subjects is needed. Prober and simulator probes
+are skipped: they carry no disk, file-handle or service data.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
-from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.remediator.actions.kube import KubeActions
+from nodeheal.schemas.health import HealthThresholds, probe_problems, summary
 from nodeheal.schemas.probe import NodeProbe
 from nodeheal.schemas.subjects import probe_subject
 
+JsSub = JetStreamContext.PushSubscription
 
-def probe_healthy(probe: NodeProbe, *, max_fs_used_pct: float = 95.0) -> tuple[bool, str]:
-    """Is this probe a healthy node? (ready, services active, reachable, writable, room on disk)."""
-    if probe.ready is False:
-        return False, "node reports NotReady"
-    bad_services = [s.name for s in probe.services if s.state != "active" or s.healthy is False]
-    if bad_services:
-        return False, f"services not active: {', '.join(bad_services)}"
-    unreachable = [r.check for r in probe.reachability if not r.ok]
-    if unreachable:
-        return False, f"unreachable by {', '.join(unreachable)}"
-    for fs in probe.filesystems:
-        if fs.readonly:
-            return False, f"{fs.mount} is read-only"
-        if fs.used_pct >= max_fs_used_pct or fs.inodes_used_pct >= max_fs_used_pct:
-            return False, f"{fs.mount} is {max(fs.used_pct, fs.inodes_used_pct):.0f}% full"
-    if probe.file_handles and probe.file_handles.allocated >= 0.95 * probe.file_handles.max:
-        return False, "file handles nearly exhausted"
-    return True, "healthy"
+
+@dataclass(frozen=True, slots=True)
+class VerifyOutcome:
+    ok: bool
+    detail: str
+    boot_id: str | None = None
 
 
 class Verifier:
-    def __init__(self, nc: Client, *, prefix: str, kube: KubeActions | None, timeout_s: float, poll_s: float) -> None:
-        self.nc = nc
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        prefix: str,
+        partitions: int,
+        kube: KubeActions | None,
+        thresholds: HealthThresholds,
+        timeout_s: float,
+        poll_s: float,
+    ) -> None:
+        self.js = js
+        self.stream = stream
         self.prefix = prefix
+        self.partitions = partitions
         self.kube = kube
+        self.thresholds = thresholds
         self.timeout_s = timeout_s
         self.poll_s = poll_s
 
+    def _filter(self, cluster: str, node: str) -> str:
+        subject = probe_subject(cluster, node, prefix=self.prefix)
+        return f"{subject}.*" if self.partitions > 0 else subject
+
+    async def _probes(self, cluster: str, node: str, since: datetime) -> JsSub:
+        sub = await self.js.subscribe(
+            self._filter(cluster, node),
+            stream=self.stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since),
+        )
+        return sub
+
+    @staticmethod
+    async def _next_agent_probe(sub: JsSub, timeout: float) -> NodeProbe | None:  # noqa: ASYNC109
+        """The next agent probe within `timeout` (None when none came)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                msg = await sub.next_msg(timeout=max(left, 0.01))
+            except (TimeoutError, NatsTimeoutError):
+                return None
+            with contextlib.suppress(ValidationError, ValueError):
+                probe = NodeProbe.model_validate_json(msg.data)
+                if probe.source == "agent":
+                    return probe
+
+    async def latest_agent_probe(
+        self, *, cluster: str, node: str, lookback_s: float = 120.0, wait_s: float = 1.0
+    ) -> NodeProbe | None:
+        """The newest agent probe of the node stored in the last `lookback_s` (for the boot id before an action)."""
+        since = datetime.now(tz=UTC) - timedelta(seconds=lookback_s)
+        sub = await self._probes(cluster, node, since)
+        latest: NodeProbe | None = None
+        try:
+            wait = wait_s
+            while True:
+                probe = await self._next_agent_probe(sub, wait)
+                if probe is None:
+                    break
+                if latest is None or probe.time >= latest.time:
+                    latest = probe
+                wait = 0.2  # caught up quickly: stored probes come back to back
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return latest
+
     async def verify(
-        self, *, cluster: str, node: str, since: datetime, timeout_s: float | None = None
-    ) -> ActionOutcome:
-        """Healthy probe newer than `since` and Node Ready, within the timeout."""
-        sub = await self.nc.subscribe(probe_subject(cluster, node, prefix=self.prefix))
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        last_probe = "no probe since the action"
-        probe_ok = False
+        self,
+        *,
+        cluster: str,
+        node: str,
+        since: datetime,
+        timeout_s: float | None = None,
+        old_boot_id: str | None = None,
+        need_new_boot: bool = False,
+    ) -> VerifyOutcome:
+        """A healthy agent probe taken after `since` (with a new boot id when asked) and Node Ready."""
+        limit = timeout_s or self.timeout_s
+        deadline = time.monotonic() + limit
+        last = "no agent probe since the action"
         ready_detail = "Node Ready not checked"
+        sub = await self._probes(cluster, node, since)
         try:
             while time.monotonic() < deadline:
-                try:
-                    msg = await sub.next_msg(timeout=self.poll_s)
-                except TimeoutError:
-                    msg = None
-                if msg is not None:
-                    try:
-                        probe = NodeProbe.model_validate_json(msg.data)
-                    except ValidationError:
-                        continue
-                    if probe.time >= since:
-                        probe_ok, last_probe = probe_healthy(probe)
-                if not probe_ok:
+                probe = await self._next_agent_probe(sub, max(min(self.poll_s, deadline - time.monotonic()), 0.01))
+                if probe is None:
                     continue
+                if probe.time < since:
+                    continue
+                if need_new_boot and (probe.boot_id is None or probe.boot_id == old_boot_id):
+                    last = f"boot id still {probe.boot_id or 'unknown'}: the node has not rebooted since the action"
+                    continue
+                problems = probe_problems(probe, self.thresholds)
+                if problems:
+                    last = summary(problems)
+                    continue
+                boot = f", new boot id {probe.boot_id}" if need_new_boot else ""
                 if self.kube is None:
-                    return ActionOutcome(ok=True, detail=f"fresh healthy probe from {node}")
+                    return VerifyOutcome(True, f"fresh healthy agent probe from {node}{boot}", probe.boot_id)
                 try:
                     if await self.kube.node_ready(node):
-                        return ActionOutcome(ok=True, detail=f"fresh healthy probe from {node} and Node Ready")
+                        return VerifyOutcome(
+                            True, f"fresh healthy agent probe from {node}{boot} and Node Ready", probe.boot_id
+                        )
                     ready_detail = "Node not Ready"
                 except Exception as exc:
                     ready_detail = f"Node Ready unknown: {exc}"
+                last = "healthy probe but " + ready_detail
         finally:
-            await sub.unsubscribe()
-        return ActionOutcome(
-            ok=False,
-            detail=f"{node} not healthy within {timeout_s or self.timeout_s:.0f}s: {last_probe}; {ready_detail}",
-        )
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return VerifyOutcome(False, f"{node} not verified healthy within {limit:.0f}s: {last}; {ready_detail}")

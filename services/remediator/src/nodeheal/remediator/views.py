@@ -20,6 +20,8 @@ class FleetView:
     sick_since: dict[str, datetime] = field(default_factory=dict)
     recovered_at: dict[str, datetime] = field(default_factory=dict)
     cloud: dict[str, dict[tuple[str, str], CloudSystemEvent]] = field(default_factory=dict)
+    latest: dict[str, tuple[str, datetime, str]] = field(default_factory=dict)
+    """node → (episode, identified_at, id) of the newest firing diagnosis seen"""
     _sizes: DomainSizes | None = None
 
     def on_inventory(self, inv: NodeInventory) -> None:
@@ -46,6 +48,23 @@ class FleetView:
                 self.recovered_at[node] = diagnosis.identified_at
         else:
             self.sick_since[node] = diagnosis.identified_at
+            current = self.latest.get(node)
+            if current is None or diagnosis.identified_at > current[1]:
+                self.latest[node] = (diagnosis.episode, diagnosis.identified_at, diagnosis.id)
+
+    def newer_in_episode(self, diagnosis: Diagnosis) -> str | None:
+        """The id of a later diagnosis of the same episode of this node, if one was seen."""
+        current = self.latest.get(diagnosis.node)
+        if current is None:
+            return None
+        episode, at, did = current
+        if episode == diagnosis.episode and did != diagnosis.id and at > diagnosis.identified_at:
+            return did
+        return None
+
+    def latest_episode(self, node: str) -> str | None:
+        current = self.latest.get(node)
+        return current[0] if current else None
 
     def unhealthy(self, *, now: datetime, window_s: float) -> dict[str, Placement]:
         horizon = now - timedelta(seconds=window_s)

@@ -116,10 +116,14 @@ class AlibabaEcs:
         )
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
+        """Run a scheduled event early with the API that matches it: an Inquiring event is accepted
+        (AcceptInquiredSystemEvent); a scheduled SystemMaintenance.Reboot is answered by RebootInstance
+        (the platform marks the event Avoided); a Redeploy by RedeployInstance (the caller made sure it was
+        approved: local disks are lost). Never RedeployInstance for a reboot event."""
         from alibabacloud_ecs20140526 import models
 
         methods = {a.method for a in event.ack}
-        if "alibaba.AcceptInquiredSystemEvent" in methods or not methods:
+        if event.phase == "pending_approval" and "alibaba.AcceptInquiredSystemEvent" in methods:
             request = models.AcceptInquiredSystemEventRequest(
                 event_id=event.provider_event_id, region_id=event.region or self.settings.alibaba_region
             )
@@ -132,10 +136,17 @@ class AlibabaEcs:
                 detail=f"AcceptInquiredSystemEvent {event.provider_event_id} accepted "
                 f"(request {response.body.request_id})",
             )
-        # A scheduled SystemMaintenance.Reboot/Redeploy is run early by rebooting/redeploying ourselves.
-        if "alibaba.RedeployInstance" in methods:
-            return await self.redeploy(instance_id=event.instance_id)
-        return await self.reboot(instance_id=event.instance_id)
+        if event.action == "reboot" and "alibaba.RebootInstance" in methods:
+            outcome = await self.reboot(instance_id=event.instance_id)
+            return ActionOutcome(outcome.ok, f"{outcome.detail} for reboot event {event.provider_event_id}")
+        if event.action == "redeploy" and "alibaba.RedeployInstance" in methods:
+            outcome = await self.redeploy(instance_id=event.instance_id)
+            return ActionOutcome(outcome.ok, f"{outcome.detail} for redeploy event {event.provider_event_id}")
+        return ActionOutcome(
+            ok=False,
+            detail=f"{event.provider_event_type} {event.provider_event_id} ({event.phase}) cannot be run early "
+            f"(offered: {', '.join(sorted(methods)) or 'nothing'}); waiting for the platform",
+        )
 
     async def close(self) -> None:
         return None
@@ -163,19 +174,20 @@ class AzureScheduledEvents:
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
         url = f"{self.settings.azure_imds_url.rstrip('/')}/metadata/scheduledevents?api-version=2020-07-01"
-        body = {"StartRequests": [{"EventId": event.provider_event_id}]}
+        # the provider event id is `<EventId>#<vm>` (one per VM); StartRequests wants Azure's own EventId
+        azure_id = str(event.extended.get("EventId") or event.provider_event_id.split("#", 1)[0])
+        body = {"StartRequests": [{"EventId": azure_id}]}
         try:
             async with self.session.post(url, json=body, headers={"Metadata": "true"}) as response:
                 text = await response.text()
                 if response.status >= 300:
                     return ActionOutcome(
                         ok=False,
-                        detail=f"Azure StartRequests for {event.provider_event_id}: "
-                        f"HTTP {response.status}: {text[:200]}",
+                        detail=f"Azure StartRequests for {azure_id}: HTTP {response.status}: {text[:200]}",
                     )
         except aiohttp.ClientError as exc:
             return ActionOutcome(ok=False, detail=f"Azure IMDS at {url} unreachable: {exc}")
-        return ActionOutcome(ok=True, detail=f"Azure StartRequests for {event.provider_event_id} accepted")
+        return ActionOutcome(ok=True, detail=f"Azure StartRequests for {azure_id} accepted")
 
     async def close(self) -> None:
         await self.session.close()

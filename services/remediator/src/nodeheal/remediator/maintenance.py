@@ -1,0 +1,85 @@
+"""The maintenance loop: host events (a cloud Reboot / Redeploy / Stop / Terminate of the machine) are
+obeyed, not undone.
+
+Every `maintenance_interval_s` each replica looks at the CLOUD view and the disruption ledger:
+
+- a pending host event whose `not_before` is within `cloud_drain_lead_s` (or that is in progress): the
+  node is cordoned and drained (every gate applies) and, when allowed, the event is accepted early with
+  the API that matches it (RebootInstance / AcceptInquiredSystemEvent / Azure StartRequests; never a
+  RedeployInstance for a reboot; a redeploy only after `nodeheal approve`), once per event. The budget
+  slot is held under the episode `cloud:<cloud>:<event id>`.
+- an event CLOUD shows finished (completed, avoided, canceled, failed) whose episode holds the node's
+  slot: verified (a new boot id when it ran) and uncordoned, or escalated.
+
+No uncordon happens while such an event is pending within the lead time (`Remediator._finish`). The state
+is CLOUD + the ledger + AUDIT, so a restarted replica picks up where the last one stopped; the node's
+lease keeps two replicas from working on one node at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from nodeheal.remediator import planner
+from nodeheal.remediator.runner import Remediator
+
+log = logging.getLogger("nodeheal.remediator.maintenance")
+
+
+class MaintenanceLoop:
+    def __init__(self, remediator: Remediator, *, interval_s: float) -> None:
+        self.remediator = remediator
+        self.interval_s = interval_s
+        self._busy: dict[str, asyncio.Task[None]] = {}
+        self._prepared: set[str] = set()  # episodes whose preparation is complete (cache; AUDIT is the truth)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("maintenance tick failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def stop(self) -> None:
+        for task in self._busy.values():
+            task.cancel()
+        await asyncio.gather(*self._busy.values(), return_exceptions=True)
+
+    async def tick(self, now: datetime | None = None) -> None:
+        r = self.remediator
+        now = now or datetime.now(tz=UTC)
+        slots = {s.node: s for s in (await r.ledger.read())[0]}
+        lead = r.policy.cloud_drain_lead_s
+        for node, events in list(r.view.cloud.items()):
+            if node in self._busy:
+                continue
+            for ev in planner.latest_cloud_events(list(events.values())):
+                if ev.action not in planner.HOST_ACTIONS:
+                    continue
+                episode = planner.cloud_episode(ev)
+                slot = slots.get(node)
+                if ev.is_terminal:
+                    if slot is not None and slot.episode == episode:
+                        self._spawn(node, r.finish_host_event(ev), episode=None)
+                        break
+                elif planner.within(ev, seconds=lead, now=now) and episode not in self._prepared:
+                    self._spawn(node, r.prepare_for_host_event(ev), episode=episode)
+                    break
+
+    def _spawn(self, node: str, work: object, *, episode: str | None) -> None:
+        async def run() -> None:
+            try:
+                result = await work  # type: ignore[misc]
+                if result == "ack" and episode is not None:
+                    self._prepared.add(episode)
+            except Exception:
+                log.exception("maintenance step failed", extra={"node": node})
+            finally:
+                self._busy.pop(node, None)
+
+        self._busy[node] = asyncio.create_task(run())
