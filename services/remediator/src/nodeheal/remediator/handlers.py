@@ -26,8 +26,8 @@ from nodeheal.remediator.actions.kube import KubeActions, build_api_client
 from nodeheal.remediator.actions.node import NodeAgent
 from nodeheal.remediator.audit import AuditLog
 from nodeheal.remediator.leases import Leases
-from nodeheal.remediator.maintenance import MaintenanceLoop
 from nodeheal.remediator.ledger import Ledger
+from nodeheal.remediator.maintenance import MaintenanceLoop
 from nodeheal.remediator.runner import Remediator
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.remediator.verify import Verifier
