@@ -129,3 +129,68 @@ async def test_command_for_another_node_is_refused(tmp_path: Path) -> None:
     other = NodeCommand(cluster="c1", node="node-2", command="ping", action_id="p1")
     result = await _executor(node).execute(other)
     assert not result.ok and "node-2" in result.detail
+
+
+async def test_clean_disk_keeps_the_newest_crash_dump_and_fails_when_nothing_was_freed(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    crash = node.root / "var/crash"
+    _old_file(crash / "202601010000/vmcore", 20_000, age_days=40)
+    _old_file(crash / "202601020000/vmcore", 30_000, age_days=30)  # the newest dump: evidence, kept
+    executor = _executor(node, allowed=("/var/log/pods", "/var/crash"))
+    result = await executor.execute(_cmd("clean_disk", "/var/crash,/var/log/pods", "k1"))
+    assert result.ok and result.freed_bytes is not None and result.freed_bytes >= 20_000
+    assert not (crash / "202601010000/vmcore").exists()
+    assert (crash / "202601020000/vmcore").exists()
+    # nothing old is left anywhere: the command fails (the ladder moves on) instead of claiming success
+    again = await executor.execute(_cmd("clean_disk", "/var/crash,/var/log/pods", "k2"))
+    assert not again.ok and again.freed_bytes == 0 and "nothing was freed" in again.detail
+    assert (crash / "202601020000/vmcore").exists()
+    # the mount point the detector named is not something the agent cleans
+    mount = await executor.execute(_cmd("clean_disk", "/", "k3"))
+    assert not mount.ok and "never allowed" in mount.detail
+
+
+async def test_lease_fence_refuses_an_older_revision_and_survives_a_restart(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    fence = tmp_path / "lease-fence.json"
+
+    def executor() -> CommandExecutor:
+        ex = _executor(node)
+        ex.fence_file = fence
+        ex.last_revision = ex._load_fence()
+        return ex
+
+    first = executor()
+    newer = _cmd("restart_service", "kubelet", "f1").model_copy(update={"lease_revision": 42})
+    assert (await first.execute(newer)).ok
+    restarted = executor()  # a new agent process: the fence comes back from the state directory
+    stale = _cmd("restart_service", "kubelet", "f2").model_copy(update={"lease_revision": 41})
+    refused = await restarted.execute(stale)
+    assert not refused.ok and "older than revision 42" in refused.detail
+    assert node.restarts_logged() == ["kubelet.service"]  # the stale holder's restart never ran
+    assert (
+        await restarted.execute(_cmd("restart_service", "kubelet", "f3").model_copy(update={"lease_revision": 43}))
+    ).ok
+
+
+async def test_fd_holder_restart_names_the_process_and_refuses_what_is_not_a_listed_service(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+
+    def proc(pid: int, comm: str, fds: int, cgroup: str) -> None:
+        base = node.root / "proc" / str(pid)
+        (base / "fd").mkdir(parents=True)
+        for i in range(fds):
+            (base / "fd" / str(i)).write_text("")
+        (base / "comm").write_text(comm + "\n")
+        (base / "cgroup").write_text(cgroup + "\n")
+
+    proc(100, "kubelet", 3, "0::/system.slice/kubelet.service")
+    proc(200, "leaky-java", 40, "0::/system.slice/leaky.service")
+    result = await _executor(node).execute(_cmd("restart_service", "fd-holder", "h1"))
+    assert not result.ok
+    assert "pid 200 (leaky-java) holds 40" in result.detail and "leaky.service" in result.detail
+    assert node.restarts_logged() == []  # never a guessed kubelet restart
+    proc(300, "containerd", 90, "0::/system.slice/containerd.service")
+    result = await _executor(node).execute(_cmd("restart_service", "fd-holder", "h2"))
+    assert result.ok and "pid 300 (containerd)" in result.detail
+    assert node.restarts_logged() == ["containerd.service"]

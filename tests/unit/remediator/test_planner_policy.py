@@ -13,12 +13,12 @@ from nodeheal.schemas.diagnosis import Diagnosis, RecommendedAction
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 
-def _diag(*actions: str, diag_id: str = "d1") -> Diagnosis:
+def _diag(*actions: str, diag_id: str = "d1", episode: str = "a") -> Diagnosis:
     return Diagnosis(
         id=diag_id,
         cluster="c",
         node="n1",
-        anomaly_ids=("a",),
+        anomaly_ids=(episode,),
         category="hardware",
         cause="mce",
         confidence=0.9,
@@ -48,36 +48,49 @@ def _cloud(
     )
 
 
-def test_action_ids_are_deterministic_and_the_ladder_ends_in_escalation() -> None:
+def test_action_ids_are_per_episode_and_the_ladder_ends_in_escalation() -> None:
     a = planner.plan(diagnosis=_diag("restart_service", "reboot"), cloud_events=[], policy=PolicySettings(), now=NOW)
-    b = planner.plan(diagnosis=_diag("restart_service", "reboot"), cloud_events=[], policy=PolicySettings(), now=NOW)
     assert [s.action for s in a.steps] == ["restart_service", "reboot", "escalate"]
-    assert [s.action_id for s in a.steps] == [s.action_id for s in b.steps]
+    # an updated diagnosis of the same episode (new id, amended ladder) continues the same steps
+    update = planner.plan(
+        diagnosis=_diag("cordon", "reboot", diag_id="d2"), cloud_events=[], policy=PolicySettings(), now=NOW
+    )
+    assert update.steps[1].action_id == a.steps[1].action_id
     other = planner.plan(
-        diagnosis=_diag("restart_service", diag_id="d2"), cloud_events=[], policy=PolicySettings(), now=NOW
+        diagnosis=_diag("restart_service", diag_id="d3", episode="b"), cloud_events=[], policy=PolicySettings(), now=NOW
     )
     assert other.steps[0].action_id != a.steps[0].action_id
 
 
-def test_no_reboot_of_our_own_when_the_host_reboot_is_minutes_away() -> None:
+def test_no_reboot_of_our_own_when_the_host_reboot_is_near_the_node_is_handed_over() -> None:
     p = planner.plan(
-        diagnosis=_diag("reboot"), cloud_events=[_cloud("reboot", starts_in_s=300)], policy=PolicySettings(), now=NOW
+        diagnosis=_diag("cordon", "reboot"),
+        cloud_events=[_cloud("reboot", starts_in_s=300)],
+        policy=PolicySettings(),
+        now=NOW,
     )
-    assert [s.action for s in p.steps] == ["accept_cloud_event", "escalate"]
+    assert [s.action for s in p.steps] == ["cordon", "wait_for_cloud_event"]
+    assert p.steps[-1].cloud_event is not None and p.steps[-1].target == "e-1"
     far = planner.plan(
         diagnosis=_diag("reboot"), cloud_events=[_cloud("reboot", starts_in_s=86_400)], policy=PolicySettings(), now=NOW
     )
     assert [s.action for s in far.steps] == ["reboot", "escalate"]
 
 
-def test_drain_ahead_of_a_scheduled_redeploy_and_wait_when_it_cannot_be_accepted() -> None:
-    p = planner.plan(
-        diagnosis=_diag("restart_service", "reboot"),
-        cloud_events=[_cloud("redeploy", starts_in_s=86_400, ack=False)],
-        policy=PolicySettings(),
-        now=NOW,
+def test_maintenance_accepts_a_reboot_event_with_reboot_api_and_a_redeploy_only_with_approval() -> None:
+    reboot = _cloud("reboot", starts_in_s=3600).model_copy(
+        update={"ack": (AckOption(method="alibaba.RebootInstance"), AckOption(method="alibaba.RedeployInstance"))}
     )
-    assert [s.action for s in p.steps] == ["cordon", "drain", "restart_service", "wait_for_cloud_event", "escalate"]
+    steps = planner.maintenance_steps(reboot, policy=PolicySettings())
+    assert [s.action for s in steps] == ["cordon", "drain", "accept_cloud_event"]
+    assert not steps[-1].needs_approval
+    redeploy = _cloud("redeploy", starts_in_s=3600).model_copy(
+        update={"ack": (AckOption(method="alibaba.RedeployInstance"),)}
+    )
+    assert planner.maintenance_steps(redeploy, policy=PolicySettings())[-1].needs_approval
+    # a reboot event that only offers RedeployInstance is never accepted early
+    only_redeploy = reboot.model_copy(update={"ack": (AckOption(method="alibaba.RedeployInstance"),)})
+    assert [s.action for s in planner.maintenance_steps(only_redeploy, policy=PolicySettings())] == ["cordon", "drain"]
 
 
 def test_a_terminal_cloud_event_is_not_overwritten_by_a_late_one() -> None:

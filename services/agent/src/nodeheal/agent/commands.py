@@ -24,6 +24,7 @@ This module must never talk to NATS; `app` feeds it decoded `NodeCommand`s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -314,17 +315,28 @@ def _free_bytes(statvfs: StatVfs, path: str) -> int | None:
 
 
 def _newest_entry(directory: Path) -> str | None:
+    """The top-level entry (a dump file, or a dump directory) holding the most recent file. Judged by the
+    files' own times: a directory's mtime changes whenever something in it is deleted."""
     newest: tuple[float, str] | None = None
     try:
-        for entry in os.scandir(directory):
-            try:
-                mtime = entry.stat(follow_symlinks=False).st_mtime
-            except OSError:
-                continue
-            if newest is None or mtime > newest[0]:
-                newest = (mtime, entry.path)
+        entries = list(os.scandir(directory))
     except OSError:
         return None
+    for entry in entries:
+        latest: float | None = None
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                for dirpath, _dirs, files in os.walk(entry.path, followlinks=False):
+                    for name in files:
+                        with contextlib.suppress(OSError):
+                            t = os.lstat(os.path.join(dirpath, name)).st_mtime
+                            latest = t if latest is None else max(latest, t)
+            else:
+                latest = entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if latest is not None and (newest is None or latest > newest[0]):
+            newest = (latest, entry.path)
     return newest[1] if newest else None
 
 
