@@ -21,7 +21,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
-from nodeheal.schemas.ids import deterministic_id
+from nodeheal.schemas.ids import deterministic_id, new_id
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodeProbe, ServiceState
 from nodeheal.schemas.subjects import cmd_subject, diagnosis_subject, probe_subject, wildcard
@@ -62,8 +62,14 @@ def make_settings(
 
 
 def diagnosis(
-    node: str, ladder: list[ActionName | tuple[ActionName, str]], *, age_s: float = 0.0, **kw: Any
+    node: str,
+    ladder: list[ActionName | tuple[ActionName, str]],
+    *,
+    age_s: float = 0.0,
+    episode: str | None = None,
+    **kw: Any,
 ) -> Diagnosis:
+    """A diagnosis of a fault episode of its own (or of `episode`: an update of the same fault)."""
     steps = [
         RecommendedAction(action=a, reason="test")
         if isinstance(a, str)
@@ -73,7 +79,7 @@ def diagnosis(
     return Diagnosis(
         cluster=CLUSTER,
         node=node,
-        anomaly_ids=("a1",),
+        anomaly_ids=(episode or f"anomaly-{new_id()}",),
         category="software",
         cause="kubelet_down",
         confidence=0.9,

@@ -1,0 +1,177 @@
+"""Issue 13 regressions on a real nats-server through the real remediator service: one ladder per fault
+episode, verification by the detector's rules with a new boot id, every gate at every step, the lease
+re-checked after a wait. Side effects are counted at the emulators (ECS API calls, Kubernetes patches)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from nats.aio.client import Client
+
+from nodeheal.remediator.control import write_approval
+from nodeheal.remediator.ledger import Ledger
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.inventory import inventory_key
+from nodeheal.sim.clock import ManualClock
+from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from nodeheal.sim.kube import KubeWorld
+from tests.integration.remediator.harness import (
+    CLUSTER,
+    add_inventory,
+    audit_records,
+    diagnosis,
+    make_settings,
+    publish_diagnosis,
+    publish_probe,
+    start_service,
+    wait_for,
+    wait_for_record,
+)
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[KubeWorld]:
+    async with KubeWorld() as w:
+        for i in range(1, 7):
+            w.add_node(f"n{i}", zone="z1")
+        yield w
+
+
+@pytest.fixture
+async def ecs() -> AsyncIterator[EcsEmulator]:
+    ecs_world = EcsWorld(clock=ManualClock(), reboot_duration=timedelta(seconds=1))
+    for i in range(1, 7):
+        ecs_world.add_instance(f"i-n{i}", region_id="cn-hangzhou")
+    async with EcsEmulator(ecs_world) as emu:
+        yield emu
+
+
+class Probes:
+    """The node's agent probes (what the real agent sends) with a boot id the test controls."""
+
+    def __init__(self, nc: Client, nats: NatsSettings, node: str, **kw: object) -> None:
+        self.nc, self.nats, self.node, self.kw = nc, nats, node, dict(kw)
+        self.boot_id = "boot-1"
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Probes:
+        async def loop() -> None:
+            while not self.stop.is_set():
+                await publish_probe(self.nc, self.nats, self.node, boot_id=self.boot_id, **self.kw)  # type: ignore[arg-type]
+                await asyncio.sleep(0.2)
+
+        self.task = asyncio.create_task(loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+
+
+def reboots(ecs: EcsEmulator, instance: str) -> int:
+    return sum(1 for c in ecs.calls if c.action in ("RebootInstance", "RedeployInstance") and c.params.get("InstanceId") == instance)
+
+
+async def test_an_updated_diagnosis_never_reboots_a_node_twice_and_a_reboot_needs_a_new_boot_id(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    for node in ("n1", "n2"):
+        await add_inventory(nc, topology_ready, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
+    service = await start_service(make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint))
+    try:
+        async with Probes(nc, topology_ready, "n1") as n1, Probes(nc, topology_ready, "n2"):
+            first = diagnosis("n1", ["cordon", "reboot"], episode="ep-n1")
+            await publish_diagnosis(nc, topology_ready, first)
+            await asyncio.wait_for(ecs.wait_for_call("RebootInstance", where=lambda c: c.params.get("InstanceId") == "i-n1"), timeout=20)
+            n1.boot_id = "boot-2"  # the machine came back
+            verified = await wait_for_record(nc, topology_ready, phase="verified", node="n1")
+            assert verified.boot_id == "boot-2" and "new boot id boot-2" in verified.reason
+            await wait_for_record(nc, topology_ready, action="uncordon", phase="succeeded", node="n1")
+            # a fleet finding gives the open diagnosis a new id: same episode, amended ladder
+            update = diagnosis("n1", ["cordon", "drain", "reboot", "redeploy"], episode="ep-n1")
+            await publish_diagnosis(nc, topology_ready, update)
+            skipped = await wait_for_record(nc, topology_ready, diagnosis_id=update.id, phase="skipped")
+            assert "verified healthy" in skipped.reason
+
+            # n2: healthy probes, but the boot id never changes after the reboot: never verified
+            await publish_diagnosis(nc, topology_ready, diagnosis("n2", ["reboot"], episode="ep-n2"))
+            failed = await wait_for_record(nc, topology_ready, node="n2", action="reboot", phase="failed")
+            assert "boot id still boot-1" in failed.reason
+            await wait_for_record(nc, topology_ready, node="n2", action="escalate", phase="succeeded")
+    finally:
+        await service.stop()
+    assert reboots(ecs, "i-n1") == 1  # one fault, one reboot (counted at the ECS emulator)
+    assert not world.is_cordoned("n1")
+    records = await audit_records(nc, topology_ready)
+    assert not [r for r in records if r.diagnosis_id == update.id and r.phase in ("intent", "started")]
+    assert not [r for r in records if r.node == "n2" and r.phase == "verified"]
+
+
+async def test_every_disruptive_step_passes_the_rate_gate_and_a_stale_blocked_node_is_escalated(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    await add_inventory(nc, topology_ready, "n3", zone="z1", cloud="alibaba", instance_id="i-n3")
+    settings = make_settings(
+        topology_ready,
+        kube_url=world.url,
+        ecs_endpoint=ecs.endpoint,
+        disruptive_per_minute=1,  # the drain uses the minute's only disruptive start
+        max_diagnosis_age_s=4.0,
+    )
+    service = await start_service(settings)
+    try:
+        async with Probes(nc, topology_ready, "n3", kubelet="failed"):
+            d = diagnosis("n3", ["cordon", "drain", "reboot"])
+            await publish_diagnosis(nc, topology_ready, d)
+            blocked = await wait_for_record(nc, topology_ready, node="n3", action="reboot", phase="blocked")
+            assert any(c.name == "rate" and not c.passed for c in blocked.checks)
+            assert world.is_cordoned("n3")
+            ledger = Ledger(await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control"))
+            assert (await ledger.slot_of("n3")) is not None  # held while the node is cordoned
+            # the diagnosis goes stale while blocked: the node is re-evaluated (still sick) and handed to a person
+            escalated = await wait_for_record(
+                nc, topology_ready, node="n3", action="escalate", phase="succeeded", timeout=30
+            )
+            assert "not healthy" in escalated.reason
+            await wait_for(lambda: _no_slot(ledger, "n3"), what="slot handed over with the node")
+    finally:
+        await service.stop()
+    assert reboots(ecs, "i-n3") == 0
+    records = await audit_records(nc, topology_ready)
+    assert not [r for r in records if r.node == "n3" and r.action == "reboot" and r.phase == "intent"]
+
+
+async def _no_slot(ledger: Ledger, node: str) -> bool:
+    return await ledger.slot_of(node) is None
+
+
+async def test_the_lease_is_checked_again_after_the_approval_wait(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    await add_inventory(nc, topology_ready, "n4", zone="z1", cloud="alibaba", instance_id="i-n4")
+    service = await start_service(make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint))
+    js = nc.jetstream()
+    try:
+        d = diagnosis("n4", ["redeploy"])
+        await publish_diagnosis(nc, topology_ready, d)
+        waiting = await wait_for_record(nc, topology_ready, node="n4", phase="awaiting_approval")
+        leases = await js.key_value(f"{topology_ready.bucket_prefix}-leases")
+        key = inventory_key(CLUSTER, "n4")
+        # another holder takes the node while the approval is pending (our lease expired meanwhile)
+        await leases.delete(key)
+        await leases.create(key, b'{"holder": "intruder"}')
+        control = await js.key_value(f"{topology_ready.bucket_prefix}-control")
+        await write_approval(control, action_id=waiting.action_id, by="alice")
+        await asyncio.sleep(2.0)  # give a wrong remediator time to act (the assertion is that it did not)
+    finally:
+        await service.stop()
+    assert reboots(ecs, "i-n4") == 0  # fenced: approval arrived, but the node was no longer ours
+    records = await audit_records(nc, topology_ready)
+    assert not [r for r in records if r.node == "n4" and r.phase in ("intent", "started")]
