@@ -76,7 +76,11 @@ class Probes:
 
 
 def reboots(ecs: EcsEmulator, instance: str) -> int:
-    return sum(1 for c in ecs.calls if c.action in ("RebootInstance", "RedeployInstance") and c.params.get("InstanceId") == instance)
+    return sum(
+        1
+        for c in ecs.calls
+        if c.action in ("RebootInstance", "RedeployInstance") and c.params.get("InstanceId") == instance
+    )
 
 
 async def test_an_updated_diagnosis_never_reboots_a_node_twice_and_a_reboot_needs_a_new_boot_id(
@@ -89,7 +93,9 @@ async def test_an_updated_diagnosis_never_reboots_a_node_twice_and_a_reboot_need
         async with Probes(nc, topology_ready, "n1") as n1, Probes(nc, topology_ready, "n2"):
             first = diagnosis("n1", ["cordon", "reboot"], episode="ep-n1")
             await publish_diagnosis(nc, topology_ready, first)
-            await asyncio.wait_for(ecs.wait_for_call("RebootInstance", where=lambda c: c.params.get("InstanceId") == "i-n1"), timeout=20)
+            await asyncio.wait_for(
+                ecs.wait_for_call("RebootInstance", where=lambda c: c.params.get("InstanceId") == "i-n1"), timeout=20
+            )
             n1.boot_id = "boot-2"  # the machine came back
             verified = await wait_for_record(nc, topology_ready, phase="verified", node="n1")
             assert verified.boot_id == "boot-2" and "new boot id boot-2" in verified.reason

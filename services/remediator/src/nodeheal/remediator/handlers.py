@@ -54,6 +54,7 @@ class RemediatorService:
         self.js: JetStreamContext | None = None
         self.remediator: Remediator | None = None
         self.maintenance: MaintenanceLoop | None = None
+        self._psub: JetStreamContext.PullSubscription | None = None
         self.kube: KubeActions | None = None
         self.clouds = Clouds(settings.cloud)
         self._tasks: list[asyncio.Task[None]] = []
@@ -128,6 +129,9 @@ class RemediatorService:
         self._tasks.clear()
         if self.maintenance is not None:
             await self.maintenance.stop()
+        if self._psub is not None:
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()  # a cancelled fetch left it pending: nc.drain() would wait 30 s
         if self.kube is not None:
             await self.kube.close()
         await self.clouds.close()
@@ -200,7 +204,7 @@ class RemediatorService:
     # -- work -------------------------------------------------------------------------------------
     async def _consume(self, stream: str) -> None:
         assert self.js is not None
-        psub = await self.js.pull_subscribe_bind(self.settings.durable, stream)
+        psub = self._psub = await self.js.pull_subscribe_bind(self.settings.durable, stream)
         while True:
             free = self.settings.max_concurrent - len(self._inflight)
             if free <= 0:

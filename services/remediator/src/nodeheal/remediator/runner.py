@@ -823,6 +823,9 @@ class Remediator:
                         return "ack"  # never run the event early on a node that was not drained
                     if phases & {"started", "succeeded", "failed"}:
                         return "ack"  # one accept per event
+                    start = ev.not_before
+                    if start is not None and start - utcnow() < timedelta(seconds=self.policy.cloud_accept_margin_s):
+                        return "ack"  # too close to its own start: accepting now would race the platform
                     if step.needs_approval and await control.is_approved(self.control_kv, step.action_id) is None:
                         if "awaiting_approval" not in phases:
                             await self._srec(

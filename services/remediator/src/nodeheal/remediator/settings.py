@@ -51,6 +51,9 @@ class PolicySettings(BaseModel):
     cloud_drain_lead_s: float = Field(
         default=900.0, ge=0, description="cordon and drain this long before a host event's not_before, not earlier"
     )
+    cloud_accept_margin_s: float = Field(
+        default=120.0, ge=0, description="no early acceptance this close to not_before: the event runs by itself"
+    )
     accept_cloud_events_early: bool = Field(
         default=True, description="once drained, run a host event early with its own API (a redeploy needs approval)"
     )

@@ -13,6 +13,12 @@ from typing import Protocol
 
 import aiohttp
 
+# Imported at start-up, not at the first action: the SDK's import takes seconds and would block the
+# event loop (heartbeats, lease renewals) in the middle of a ladder, right when an action is due.
+from alibabacloud_ecs20140526 import models
+from alibabacloud_ecs20140526.client import Client
+from alibabacloud_tea_openapi.models import Config
+
 from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.remediator.settings import CloudSettings
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -60,9 +66,6 @@ class AlibabaEcs:
     name = "alibaba"
 
     def __init__(self, settings: CloudSettings) -> None:
-        from alibabacloud_ecs20140526.client import Client
-        from alibabacloud_tea_openapi.models import Config
-
         if not settings.alibaba_access_key_id or not settings.alibaba_access_key_secret:
             msg = (
                 "Alibaba cloud actions need credentials: set NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_ID and "
@@ -92,8 +95,6 @@ class AlibabaEcs:
         return ActionOutcome(ok=False, detail=f"Alibaba {what} failed: {code}: {message}")
 
     async def reboot(self, *, instance_id: str) -> ActionOutcome:
-        from alibabacloud_ecs20140526 import models
-
         request = models.RebootInstanceRequest(instance_id=instance_id, force_stop=self.settings.alibaba_force_stop)
         try:
             response = await self.client.reboot_instance_async(request)
@@ -104,8 +105,6 @@ class AlibabaEcs:
         )
 
     async def redeploy(self, *, instance_id: str) -> ActionOutcome:
-        from alibabacloud_ecs20140526 import models
-
         request = models.RedeployInstanceRequest(instance_id=instance_id, force_stop=True)
         try:
             response = await self.client.redeploy_instance_async(request)
@@ -120,8 +119,6 @@ class AlibabaEcs:
         (AcceptInquiredSystemEvent); a scheduled SystemMaintenance.Reboot is answered by RebootInstance
         (the platform marks the event Avoided); a Redeploy by RedeployInstance (the caller made sure it was
         approved: local disks are lost). Never RedeployInstance for a reboot event."""
-        from alibabacloud_ecs20140526 import models
-
         methods = {a.method for a in event.ack}
         if event.phase == "pending_approval" and "alibaba.AcceptInquiredSystemEvent" in methods:
             request = models.AcceptInquiredSystemEventRequest(
