@@ -675,7 +675,7 @@ class Remediator:
     async def _verify(self, run: _Run, step: planner.Step, *, since: datetime) -> StepResult:
         d = run.diagnosis
         timeout = self.settings.verify_timeout_s
-        need_new_boot = step.action in REBOOTS
+        need_new_boot = step.action in REBOOTS and not self.policy.dry_run  # a dry run rebooted nothing
         outcome = await self.verifier.verify(
             cluster=d.cluster,
             node=d.node,
