@@ -28,6 +28,9 @@ HIGH_LOAD_RATIO: Final = 2.0
 HIGH_LOAD_CLEAR_RATIO: Final = 1.5
 READONLY_IGNORE_MOUNTS: Final = ("/sys", "/proc", "/sys/fs/cgroup", "/usr", "/boot/efi")
 WATCHED_SERVICES: Final = ("kubelet", "containerd", "docker", "cri-o", "ops-agent")
+AGENT_SOURCES: Final = frozenset({"agent", "simulator"})
+"""Probe sources that measure the node from inside (the simulator's stand-in agent sends the same fields);
+prober probes only see reachability."""
 
 
 def service_down(state: str, healthy: bool | None) -> bool:
@@ -55,7 +58,7 @@ def probe_problems(probe: NodeProbe, thresholds: HealthThresholds | None = None)
     load and CPU count); a missing one is a problem, never a pass."""
     t = thresholds or HealthThresholds()
     problems: list[str] = []
-    if probe.source != "agent":
+    if probe.source not in AGENT_SOURCES:
         return [f"a {probe.source} probe carries no disk, file-handle or service data"]
     if probe.ready is False:
         problems.append("node reports NotReady")

@@ -27,6 +27,7 @@ from nats.js.kv import KeyValue
 
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
+from nodeheal.schemas.commands import FD_HOLDER_TARGET
 from nodeheal.schemas.inventory import instance_key, inventory_key
 from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject
 from nodeheal.sim.faults import (
@@ -280,7 +281,12 @@ class FleetSimulator:
             await msg.respond(self._seen_actions[command.action_id])
             return
         ok, detail, freed = True, "", None
-        if command.command == "restart_service":
+        if command.command == "restart_service" and command.target == FD_HOLDER_TARGET and not command.dry_run:
+            # the simulated fd leak is in the ops agent: that is the top descriptor holder the agent finds
+            node.services["ops-agent"] = "active"
+            node.fd_allocated = 6000
+            detail = "pid 4242 (ops-agent) holds the most file descriptors; restarted ops-agent.service"
+        elif command.command == "restart_service":
             if command.target not in SERVICES:
                 ok, detail = False, f"service {command.target!r} is not in the allow-list {list(SERVICES)}"
             elif not command.dry_run:

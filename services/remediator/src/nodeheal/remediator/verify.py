@@ -21,7 +21,7 @@ from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from nodeheal.remediator.actions.kube import KubeActions
-from nodeheal.schemas.health import HealthThresholds, probe_problems, summary
+from nodeheal.schemas.health import AGENT_SOURCES, HealthThresholds, probe_problems, summary
 from nodeheal.schemas.probe import NodeProbe
 from nodeheal.schemas.subjects import probe_subject
 
@@ -84,7 +84,7 @@ class Verifier:
                 return None
             with contextlib.suppress(ValidationError, ValueError):
                 probe = NodeProbe.model_validate_json(msg.data)
-                if probe.source == "agent":
+                if probe.source in AGENT_SOURCES:
                     return probe
 
     async def latest_agent_probe(
