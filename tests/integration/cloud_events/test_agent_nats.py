@@ -171,6 +171,39 @@ async def test_commands_over_request_reply(
     assert not refused.ok and "outside the allow-list" in refused.detail
 
 
+async def test_a_stale_lease_revision_is_refused_also_after_an_agent_restart(
+    agent_env: tuple[FakeNode, NodeAgent], nc: Client, topology_ready: NatsSettings, tmp_path: Path
+) -> None:
+    node, agent = agent_env
+    subject = cmd_subject("prod-1", "cn-hangzhou.10.0.0.7", prefix=topology_ready.prefix)
+
+    def command(action_id: str, revision: int) -> bytes:
+        return NodeCommand(
+            cluster="prod-1",
+            node="cn-hangzhou.10.0.0.7",
+            command="restart_service",
+            target="kubelet",
+            action_id=action_id,
+            lease_revision=revision,
+        ).to_json()
+
+    assert (await _request(nc, subject, command("fence-1", 42))).ok
+    await agent.stop()
+    # a new agent process on the same node (same state directory): the fence is still there
+    restarted = NodeAgent(_settings(topology_ready, node, tmp_path))
+    await restarted.start()
+    assert restarted.nc is not None
+    await restarted.nc.flush()  # its command subscription is registered before the request
+    try:
+        stale = await _request(nc, subject, command("fence-2", 41))
+        newer = await _request(nc, subject, command("fence-3", 43))
+    finally:
+        await restarted.stop()
+    assert not stale.ok and "older than revision 42" in stale.detail
+    assert newer.ok
+    assert node.restarts_logged() == ["kubelet.service", "kubelet.service"]  # the stale command never ran
+
+
 async def test_malformed_command_gets_an_error_reply_and_a_dlq_entry(
     agent_env: tuple[FakeNode, NodeAgent], nc: Client, topology_ready: NatsSettings
 ) -> None:
