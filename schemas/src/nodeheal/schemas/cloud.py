@@ -1,6 +1,6 @@
 """`CloudSystemEvent`: one message per (provider event, observed status).
 
-Field names and mappings follow `reference/cloud-events.md` §6. The message id is deterministic from
+Field names and mappings: `docs/cloud-events.md` and `docs/design.md`. The message id is deterministic from
 (cloud, provider_event_id, phase) so every channel that reports the same transition dedups to one
 message. The raw payload is kept for audits and postmortems.
 """

@@ -2,7 +2,7 @@
 
 ``EcsWorld`` is what the ECS OpenAPI emulator (``nodeheal.sim.ecs_api``) serves over HTTP, and what the fleet
 simulator drives in-process: it holds instances (status, host, local disks) and system events with the real
-lifecycle (``reference/cloud-events.md`` §1.3)::
+lifecycle (Alibaba ECS "System events" docs; ``docs/cloud-events.md``)::
 
     Inquiring ──AcceptInquiredSystemEvent──► Executing ──► Executed
     Scheduled ──NotBefore reached──────────► Executing ──► Executed | Failed
