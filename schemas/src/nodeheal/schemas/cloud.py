@@ -114,10 +114,5 @@ class CloudSystemEvent(Message):
         return self
 
     @property
-    def transition_key(self) -> tuple[str, str, str]:
-        """(cloud, provider_event_id, phase): one transition, whatever channel reported it."""
-        return (self.cloud, self.provider_event_id, self.phase)
-
-    @property
     def dedup_id(self) -> str:
         return cloud_event_message_id(self.cloud, self.provider_event_id, self.phase)

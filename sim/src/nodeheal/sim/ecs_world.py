@@ -239,11 +239,6 @@ class EcsWorld:
                 return
             due[1]()
 
-    def next_transition_at(self) -> datetime | None:
-        """When the next time-driven transition happens (for a driver that wants to sleep until then)."""
-        due = self._next_due()
-        return due[0] if due is not None else None
-
     def _next_due(self) -> tuple[datetime, Callable[[], None]] | None:
         best: tuple[datetime, Callable[[], None]] | None = None
 

@@ -133,7 +133,3 @@ class BatchPuller:
         """AckPolicy.ALL: acknowledging this message acknowledges everything delivered before it."""
         if msg.reply:
             await self._nc.publish(msg.reply, b"+ACK")
-
-    async def ack_one(self, msg: Msg) -> None:
-        if msg.reply:
-            await self._nc.publish(msg.reply, b"+ACK")

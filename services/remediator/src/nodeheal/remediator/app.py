@@ -16,10 +16,15 @@ def build_app(settings: RemediatorSettings | None = None) -> tuple[AsgiFastStrea
     settings = settings or RemediatorSettings()
     service = RemediatorService(settings)
     broker = make_broker(settings.nats, name=f"nodeheal-remediator-{settings.instance}")
+
+    async def started() -> None:
+        # one connection per process: the service runs on the broker's (which /readyz pings)
+        await service.start(broker.connection)
+
     app = build_asgi(
         broker,
         readiness=[service.readiness],
-        after_startup=[service.start],
+        after_startup=[started],
         on_shutdown=[service.stop],
     )
     return app, service
