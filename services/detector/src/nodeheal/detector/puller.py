@@ -36,7 +36,7 @@ class PulledMsg(Protocol):
 
 
 class Puller(Protocol):
-    """What the probe loop needs from a puller (nats-py based or the raw connection)."""
+    """What the probe loop needs from a puller."""
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...

@@ -10,7 +10,8 @@ nats-server next to raw nats-py on the same payload, in the same run.
   a separate publisher process sends probes at a fixed rate with disk-full faults injected into ~1 % of
   them; the probe's own `time` is its publish time and becomes the anomaly's `fault_onset`.
 - `bytes_per_node`: tracemalloc growth per tracked healthy node.
-- `raw_nats_msgs_per_s`: plain nats-py core publish → subscribe of the same payload (the ceiling).
+- `raw_nats_msgs_per_s`: nats-py core publish → subscribe of the same payload (the ceiling), over the
+  same kind of connection as everything else in the run (`config`: TLS and per-role credentials by default).
 - `breakdown`: the same drain through nats-py's own `fetch()` (what a straightforward consumer does)
   and through the batch puller without rules, plus decode costs (msgspec vs pydantic) and the rules
   alone, so each optimisation is measured against its alternative in the same run.
@@ -30,14 +31,12 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from nodeheal.detector.fastpath import probe_decoder
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.puller import BatchPuller
-from nodeheal.detector.rawconn import RawPuller
 from nodeheal.detector.rules import Detector, RuleConfig
 from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.provision import apply_topology
@@ -233,11 +232,10 @@ async def drain_detector(
     total: int,
     batch: int,
     auth: BenchAuth,
-    raw: bool = True,
     durable: str = "detector",
 ) -> dict[str, Any]:
     nc = await auth.connect(url, "detector", name="bench-detector", pending_size=64 * 1024 * 1024)
-    ds = DetectorSettings(nats=settings, batch_size=batch, tick_s=0.5, raw_probe_connection=raw, durable=durable)
+    ds = DetectorSettings(nats=settings, batch_size=batch, tick_s=0.5, durable=durable)
     runtime = DetectorRuntime(settings=ds, nc=nc)
     await runtime.ensure_consumers(probe_deliver=DeliverPolicy.ALL)
     start = time.perf_counter()
@@ -300,34 +298,6 @@ async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, bat
     elapsed = time.perf_counter() - start
     await puller.stop()
     await nc.close()
-    return seen / elapsed
-
-
-async def drain_raw_puller_only(url: str, settings: NatsSettings, *, total: int, batch: int) -> float:
-    """The detector's own minimal connection alone (no decode, no rules)."""
-    nc = await nats.connect(url, name="bench-raw-setup")
-    js = nc.jetstream()
-    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
-    durable = "bench-raw-puller"
-    await js.add_consumer(
-        stream,
-        config=ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1
-        ),
-    )
-    await nc.close()
-    puller = RawPuller(servers=[url], stream=stream, consumer=durable, batch=batch)
-    await puller.start()
-    seen = 0
-    start = time.perf_counter()
-    while seen < total:
-        chunk = await puller.next_chunk(wait_s=5)
-        if not chunk:
-            break
-        seen += len(chunk)
-        await puller.ack_all_through(chunk[-1])
-    elapsed = time.perf_counter() - start
-    await puller.stop()
     return seen / elapsed
 
 
@@ -500,17 +470,10 @@ async def run_bench(
     raw = await raw_nats_msgs_per_s(url, payload, count=raw_count, auth=auth)
 
     settings = await _provision(url, auth)
-    detector_nats_py: dict[str, Any] | None = None
-    raw_puller_rate: float | None = None
     try:
         stored, probe_bytes = await prefill(url, settings, nodes=nodes, rounds=rounds, auth=auth)
         total = nodes * rounds
         detector = await drain_detector(url, settings, total=stored, batch=batch, auth=auth)
-        if not auth.creds:  # the minimal connection speaks neither TLS nor creds: only on a plain server
-            detector_nats_py = await drain_detector(
-                url, settings, total=stored, batch=batch, auth=auth, raw=False, durable="detector-nats-py"
-            )
-            raw_puller_rate = await drain_raw_puller_only(url, settings, total=stored, batch=batch)
         fetch_rate = await drain_nats_py_fetch(url, settings, total=stored, batch=batch, auth=auth)
         puller_rate = await drain_puller_only(url, settings, total=stored, batch=batch, auth=auth)
     finally:
@@ -543,12 +506,8 @@ async def run_bench(
         "drain": detector,
         "latency": latency,
         "breakdown": {
-            "detector_with_nats_py_batch_puller_per_s": (
-                round(detector_nats_py["per_s"], 1) if detector_nats_py else round(detector["per_s"], 1)
-            ),
             "drain_nats_py_fetch_no_rules_per_s": round(fetch_rate, 1),
             "drain_nats_py_batch_puller_no_rules_per_s": round(puller_rate, 1),
-            "drain_raw_connection_no_rules_per_s": round(raw_puller_rate, 1) if raw_puller_rate else None,
             "rules_us_per_probe": round(rules_us, 2),
             **costs,
         },
