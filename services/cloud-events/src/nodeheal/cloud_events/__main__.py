@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0 if args and args[0] in ("-h", "--help") else 2
     part = args[0]
+    # the process's whole import graph first: `PART --help` is a dry start that proves the install
+    module = importlib.import_module(f"nodeheal.cloud_events.{part}.main")
     settings = importlib.import_module(f"nodeheal.cloud_events.{part}.settings")
     exit_on_args(
         args[1:],
@@ -40,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         summary=SUMMARIES[part],
         settings=getattr(settings, f"{part.capitalize()}Settings"),
     )
-    module = importlib.import_module(f"nodeheal.cloud_events.{part}.main")
     result = module.main()
     return int(result or 0)
 
