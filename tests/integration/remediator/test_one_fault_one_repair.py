@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from nats.aio.client import Client
 
-from nodeheal.remediator.control import write_approval
+from nodeheal.remediator.control import storm_key, storm_value, write_approval
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import inventory_key
@@ -181,3 +181,21 @@ async def test_the_lease_is_checked_again_after_the_approval_wait(
     assert reboots(ecs, "i-n4") == 0  # fenced: approval arrived, but the node was no longer ours
     records = await audit_records(nc, topology_ready)
     assert not [r for r in records if r.node == "n4" and r.phase in ("intent", "started")]
+
+
+async def test_a_restarted_remediator_keeps_the_storm_in_force(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
+    key = storm_key("zone", "z-storm")
+    # what a replica recorded when the storm began (before it was killed)
+    await control.put(key, storm_value("zone", "z-storm", unhealthy=4, size=10))
+    try:
+        service = await start_service(make_settings(topology_ready, kube_url=world.url))
+        try:
+            # the hysteresis survives: the storm ends only below the resume share, not because memory is empty
+            assert ("zone", "z-storm") in service.remediator.storms  # type: ignore[union-attr]
+        finally:
+            await service.stop()
+    finally:
+        await control.delete(key)

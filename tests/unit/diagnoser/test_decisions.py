@@ -150,6 +150,9 @@ def test_resolution_publishes_a_resolved_update_once() -> None:
     diag.on_anomaly(anomaly("n1", "disk_full", subject="/"))
     first = run(diag, "n1", 1)
     assert first.cause == "disk_full" and actions(first)[0] == "clean_disk"
+    # what to clean, in the agent's allow-list terms, not the full mount point ("/" is always refused)
+    assert first.recommended[0].target == "container-images,/var/log/pods,journal"
+    assert first.episode_id == first.anomaly_ids[0]
     assert diag.evaluate(f"{CLUSTER}/n1", now=later(2)).diagnosis is None  # unchanged → nothing new
     diag.on_anomaly(anomaly("n1", "disk_full", subject="/", status="resolved", at=later(30), onset=later(0)))
     resolved = run(diag, "n1", 31)
@@ -228,3 +231,11 @@ def test_one_burst_with_several_reports_is_one_crash_not_failing_hardware() -> N
     d = run(diag, "n1", 1)
     assert d.cause == "hard_lockup"
     assert d.category == "kernel"
+
+
+def test_fd_exhaustion_restarts_the_descriptor_holder_never_a_guessed_kubelet() -> None:
+    diag = make()
+    diag.on_anomaly(anomaly("n1", "fd_exhaustion"))
+    d = run(diag, "n1", 1)
+    assert d.cause == "fd_exhaustion"
+    assert [(r.action, r.target) for r in d.recommended] == [("restart_service", "fd-holder"), ("escalate", None)]
