@@ -104,6 +104,23 @@ class _Run:
         )
         return last_back is None or last_back < last_take
 
+    def cordoned(self) -> bool:
+        """Did this episode cordon / taint / drain the node and not uncordon it yet?"""
+        last_take = max(
+            (
+                r.time
+                for r in self.records()
+                if r.action in ("cordon", "taint", "drain") and r.phase in ("started", "succeeded")
+            ),
+            default=None,
+        )
+        if last_take is None:
+            return False
+        last_back = max(
+            (r.time for r in self.records() if r.action == "uncordon" and r.phase == "succeeded"), default=None
+        )
+        return last_back is None or last_back < last_take
+
     def boot_before(self, action_id: str | None = None) -> str | None:
         """The boot id recorded before the action (its intent), or the episode's first recorded one."""
         for r in self.records():
@@ -728,7 +745,10 @@ class Remediator:
                 reason=f"kept cordoned: cloud {ev.action} {ev.provider_event_id} is due at {ev.not_before}",
             )
             return
-        if run.disrupted():
+        slot = await self.ledger.slot_of(d.node)
+        # a host event's episode also gives back a node a diagnosis ladder cordoned and handed over to it
+        handed_over = run.episode.startswith("cloud:") and slot is not None and slot.episode == run.episode
+        if run.cordoned() or handed_over:
             uid = planner.action_id(diagnosis_id=run.episode, action="uncordon", target=None)
             if "succeeded" not in run.phases(uid):
                 await self._record(
