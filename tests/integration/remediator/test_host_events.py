@@ -28,9 +28,12 @@ from tests.integration.remediator.harness import (
     CLUSTER,
     add_inventory,
     audit_records,
+    diagnosis,
     make_settings,
+    publish_diagnosis,
     publish_probe,
     start_service,
+    wait_for,
     wait_for_record,
 )
 
@@ -182,3 +185,48 @@ async def test_azure_reboot_is_started_early_with_start_requests_after_the_drain
         drained = next(r for r in records if r.action == "drain" and r.phase == "succeeded")
         assert len(accept) == 1 and accept[0].time >= drained.time
         assert not world.is_cordoned("vm1")
+
+
+async def test_a_diagnosis_after_the_host_reboot_ran_verifies_instead_of_rebooting_again(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
+    ecs_world.add_instance("i-m2", region_id="cn-hangzhou")
+    async with KubeWorld() as world, EcsEmulator(ecs_world) as ecs:
+        world.add_node("m2", zone="z1")
+        await add_inventory(nc, topology_ready, "m2", zone="z1", cloud="alibaba", instance_id="i-m2")
+        event = ecs_world.publish_event(
+            "i-m2", "SystemMaintenance.Reboot", not_before=datetime.now(tz=UTC) + timedelta(seconds=1)
+        )
+
+        def shown() -> list[CloudSystemEvent]:
+            body = {"InstanceSystemEventSet": {"InstanceSystemEventType": [render_event(ecs_world, event)]}}
+            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="m2")
+            return normalize_api(body, ctx)
+
+        async def executed() -> bool:
+            return event.status == "Executed"
+
+        await wait_for(executed, what="the host reboot ran (the emulator's platform did it)")
+        service = await start_service(make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint))
+        stop = asyncio.Event()
+
+        async def body() -> None:
+            await asyncio.sleep(0.5)  # the mirror published the completed event
+            # the diagnoser's ladder for a completed host event: give the node time, then our own reboot
+            d = diagnosis("m2", [("wait_for_cloud_event", event.event_id), "reboot"])
+            await publish_diagnosis(nc, topology_ready, d)
+            await wait_for_record(nc, topology_ready, node="m2", action="wait_for_cloud_event", phase="verified")
+
+        try:
+            await _run(
+                [
+                    _mirror(nc, topology_ready, shown, stop),
+                    _agent(nc, topology_ready, "m2", lambda: "boot-after", stop),
+                ],
+                stop,
+                body,
+            )
+        finally:
+            await service.stop()
+        assert [c.action for c in ecs.calls if c.action in ("RebootInstance", "RedeployInstance")] == []

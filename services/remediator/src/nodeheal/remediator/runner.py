@@ -575,7 +575,21 @@ class Remediator:
         lets it run, verifies and uncordons; the node keeps its slot under the event's episode meanwhile."""
         ev = step.cloud_event
         if ev is None:
-            return "next"
+            # the event this step waits for is no longer pending (it ran, or it is unknown): the cloud did the
+            # fix; verify the node instead of moving on to a reboot of our own on top of the host's
+            if "failed" in run.phases(step.action_id):
+                return "next"
+            done = next(
+                (
+                    e
+                    for e in planner.latest_cloud_events(self.view.cloud_events(run.diagnosis.node))
+                    if e.provider_event_id == step.target
+                ),
+                None,
+            )
+            since = (done.started_at or done.observed_at) if done is not None else None
+            since = since or utcnow() - timedelta(seconds=self.settings.verify_poll_s * 5)
+            return await self._verify(run, step, since=since)
         if "succeeded" not in run.phases(step.action_id):
             await self._srec(
                 run,
