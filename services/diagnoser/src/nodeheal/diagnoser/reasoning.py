@@ -27,7 +27,14 @@ from nodeheal.schemas.inventory import NodeInventory
 class DiagnoserConfig:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     correlation: CorrelationConfig = field(default_factory=CorrelationConfig)
-    node_down_hold: timedelta = timedelta(seconds=3)
+    node_down_hold: timedelta = timedelta(seconds=5)
+    """a lone dark node's verdict waits this long after its anomaly was detected"""
+    domain_quiet: timedelta = timedelta(seconds=15)
+    """a rack / zone is still going dark while its dark nodes arrive less than this apart"""
+    domain_hold_max: timedelta = timedelta(seconds=240)
+    """the longest a node_down verdict waits for its rack / zone to stop going dark"""
+    domain_hold_min_dark: tuple[tuple[str, int], ...] = (("rack", 2), ("zone", 3))
+    """how many dark nodes, arriving less than `domain_quiet` apart, make a domain hold its verdicts"""
     correlation_window: timedelta = timedelta(hours=24)
     replay: bool = False
 
@@ -63,9 +70,11 @@ class Diagnoser:
 
     def on_inventory(self, record: NodeInventory) -> None:
         self.fleet.inventory[node_key(record.cluster, record.node)] = record
+        self.fleet.invalidate_domains()
 
     def forget_inventory(self, cluster: str, node: str) -> None:
         self.fleet.inventory.pop(node_key(cluster, node), None)
+        self.fleet.invalidate_domains()
 
     def on_cloud_event(self, event: CloudSystemEvent) -> set[str]:
         ctx = self.fleet.context(event.cluster, event.node)
@@ -88,13 +97,35 @@ class Diagnoser:
             self._add_kernel(ctx, anomaly)
         if anomaly.kind in SILENT_KINDS:
             if anomaly.status == "firing" and not anomaly.expected:
-                self.fleet.down_since.setdefault(ctx.key, anomaly.fault_onset)
+                self.fleet.mark_dark(ctx.key, onset=anomaly.fault_onset, detected_at=anomaly.detected_at)
                 # peers already down may now be part of a rack / zone burst
+                domains = self.fleet.dark_domains()
                 for dimension in ("rack", "zone"):
-                    touched |= {k for k in self.fleet.peers(ctx.key, dimension) if k in self.fleet.down_since}
+                    value = self.fleet.domain_of(ctx.key, dimension)
+                    if value is not None:
+                        touched |= {k for _, k in domains.get((dimension, value), ())}
             elif anomaly.status == "resolved" and not any(a.kind in SILENT_KINDS for a in ctx.firing.values()):
-                self.fleet.down_since.pop(ctx.key, None)
+                self.fleet.clear_dark(ctx.key)
         return touched
+
+    def hold_until(self, ctx: NodeContext, silent: list[Anomaly]) -> datetime:
+        """When a node_down / node_hang verdict may be given. A lone dark node waits `node_down_hold`.
+        While its rack or zone keeps going dark (dark nodes arriving less than `domain_quiet` apart, at
+        least `domain_hold_min_dark` of them) it waits until the domain has been quiet for
+        `domain_quiet`, so the whole set is judged together — at most `domain_hold_max` after it went
+        dark. Times are the anomalies' `detected_at`, so a restarted diagnoser computes the same hold."""
+        config = self.config
+        first_seen = self.fleet.dark_at.get(ctx.key) or min(a.detected_at for a in silent)
+        until = first_seen + config.node_down_hold
+        domains = self.fleet.dark_domains()
+        for dimension, min_dark in config.domain_hold_min_dark:
+            value = self.fleet.domain_of(ctx.key, dimension)
+            if value is None:
+                continue
+            run = _run_around(domains.get((dimension, value), []), first_seen, gap=config.domain_quiet)
+            if len(run) >= min_dark:
+                until = max(until, run[-1] + config.domain_quiet)
+        return min(until, first_seen + config.domain_hold_max)
 
     def _add_kernel(self, ctx: NodeContext, anomaly: Anomaly) -> None:
         for at, lines in kernel_lines(anomaly):
@@ -127,8 +158,7 @@ class Diagnoser:
         silent = [a for a in ctx.firing.values() if a.kind in SILENT_KINDS and not a.expected]
         if silent and ctx.published is None:
             # the node_down hold: give the peers of a rack / zone burst a moment to arrive
-            first_seen = min(a.detected_at for a in silent)
-            hold_until = first_seen + self.config.node_down_hold
+            hold_until = self.hold_until(ctx, silent)
             if now < hold_until:
                 return Outcome(hold_until=hold_until)
         decision = decide(ctx=ctx, fleet=self.fleet, now=now, config=self.config.decision, rank=self._rank)
@@ -375,6 +405,20 @@ class Diagnoser:
                 **fields,
             }
         )
+
+
+def _run_around(members: list[tuple[datetime, str]], at: datetime, *, gap: timedelta) -> list[datetime]:
+    """The times of the maximal run of sorted `members` that contains `at`, consecutive times at most
+    `gap` apart (empty when `at` is not among them)."""
+    times = [t for t, _ in members]
+    if at not in times:
+        return []
+    i = j = times.index(at)
+    while i > 0 and times[i] - times[i - 1] <= gap:
+        i -= 1
+    while j + 1 < len(times) and times[j + 1] - times[j] <= gap:
+        j += 1
+    return times[i : j + 1]
 
 
 def _fleet_evidence(correlation: FleetCorrelation) -> Evidence:

@@ -76,7 +76,10 @@ class DecisionConfig:
     kernel_fleet_hosts: int = 3
     repeat_window: timedelta = timedelta(hours=24)
     repeat_limit: int = 3
-    agent_services: tuple[str, ...] = ("nodeheal-agent", "agent", "ops-agent", "ops_agent")
+    agent_services: tuple[str, ...] = ("agent", "ops-agent", "ops_agent")
+    node_agent_services: tuple[str, ...] = ("nodeheal-agent",)
+    """our own agent (the detector's `service_down` subject when the agent is silent on a node the
+    prober reaches and whose kubelet answers): `agent_down`, fixed by restarting the agent's pod"""
 
 
 @dataclass
@@ -149,23 +152,26 @@ class PeerView:
 def peer_view(
     fleet: FleetState, ctx: NodeContext, dimension: str, *, now: datetime, config: DecisionConfig
 ) -> PeerView | None:
-    record = fleet.inventory.get(ctx.key)
-    value = getattr(record, dimension, None) if record is not None else None
-    if not value:
+    value = fleet.domain_of(ctx.key, dimension)
+    if value is None:
         return None
     members = fleet.peers(ctx.key, dimension)
-    # a burst: peers that went dark within `burst_window` of this node (not of "now", so a partition
-    # that lasts an hour still reads as a partition when the node is re-evaluated late)
+    # a burst: the dark peers chained to this node by onsets at most `burst_window` apart — a rack that
+    # goes dark over minutes is one burst; measured from this node, not from "now", so a partition
+    # that lasts an hour still reads as a partition when the node is re-evaluated late
     mine = fleet.down_since.get(ctx.key, now)
-    down = tuple(
-        sorted(
-            k
-            for k in members
-            if k in fleet.down_since
-            and abs((fleet.down_since[k] - mine).total_seconds()) <= config.burst_window.total_seconds()
-        )
-    )
-    return PeerView(dimension=dimension, value=str(value), down=down, members=len(members))
+    dark = sorted((fleet.down_since[k], k) for k in members if k in fleet.down_since)
+    times = [t for t, _ in dark]
+    lo = hi = next((i for i, t in enumerate(times) if t >= mine), len(times))
+    if hi == len(times) or times[hi] != mine:
+        dark.insert(hi, (mine, ctx.key))  # this node is not (or no longer) counted as dark
+        times.insert(hi, mine)
+    while lo > 0 and times[lo] - times[lo - 1] <= config.burst_window:
+        lo -= 1
+    while hi + 1 < len(times) and times[hi + 1] - times[hi] <= config.burst_window:
+        hi += 1
+    down = tuple(sorted(k for _, k in dark[lo : hi + 1] if k in fleet.down_since))
+    return PeerView(dimension=dimension, value=value, down=down, members=len(members))
 
 
 def repeated_repairs(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> int:
@@ -199,6 +205,17 @@ def ladder_for(
                 "network failure domain: rebooting or draining nodes cannot fix it and would add load;"
                 " page the network on-call",
             ),
+        )
+    if cause == "agent_down":
+        return (
+            _act(
+                "restart_agent",
+                "the node answers and its kubelet is up; only our agent is silent: delete its pod so the"
+                " DaemonSet recreates it (never a reason to drain or reboot the node)",
+                target=target or "nodeheal-agent",
+                timeout_s=120,
+            ),
+            _act("escalate", "the agent did not come back after its pod was recreated"),
         )
     if cause in {"kubelet_down", "container_runtime_down", "ops_agent_down", "service_down"}:
         return (
@@ -654,6 +671,18 @@ def decide(
             fault_onset=onset,
         )
 
+    # A''. only our own agent is silent on a node that answers (kubelet up): restart the agent's pod
+    agent = [a for a in firing if a.kind == "service_down" and a.subject in config.node_agent_services]
+    if agent and len(agent) == len(firing):
+        return Decision(
+            cause="agent_down",
+            category=category_of("agent_down"),
+            confidence=0.85,
+            evidence=anomaly_ev,
+            recommended=ladder_for("agent_down", "software", target=agent[0].subject),
+            fault_onset=onset,
+        )
+
     # B. many nodes of one rack / zone dark at once: the network, not the nodes
     if kinds & SILENT_KINDS and not any(a.expected for a in firing if a.kind in SILENT_KINDS):
         for dimension, cause, min_down, min_fraction in (
@@ -666,7 +695,7 @@ def decide(
                     _ev(
                         "peer",
                         f"{len(view.down)} of {view.members} nodes of {dimension} {view.value}"
-                        f" went dark within {config.burst_window}",
+                        f" went dark together (onsets at most {config.burst_window} apart)",
                         value=view.fraction,
                         dimension=dimension,
                         group=view.value,
@@ -760,7 +789,12 @@ def _anomaly_cause(
     services = [a for a in firing if a.kind == "service_down"]
     if services:
         svc = services[0].subject or ""
-        cause = "ops_agent_down" if svc in config.agent_services else SERVICE_CAUSES.get(svc, "service_down")
+        if svc in config.node_agent_services:
+            cause = "agent_down"
+        elif svc in config.agent_services:
+            cause = "ops_agent_down"
+        else:
+            cause = SERVICE_CAUSES.get(svc, "service_down")
         return cause, category_of(cause), 0.85, svc or None
     table: tuple[tuple[str, str, float], ...] = (
         ("disk_full", "disk_full", 0.9),

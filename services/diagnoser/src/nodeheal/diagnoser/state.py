@@ -115,6 +115,42 @@ class FleetState:
     bucket_hosts: dict[str, dict[str, datetime]] = field(default_factory=dict)  # bucket → node key → last seen
     fault_events: dict[str, tuple[str, str, datetime]] = field(default_factory=dict)  # episode id → (node, scope, t)
     findings: dict[tuple[str, str, str, str], FleetFinding] = field(default_factory=dict)  # active findings
+    dark_at: dict[str, datetime] = field(default_factory=dict)  # node key → detected_at of its node_down / hang
+    _domains: dict[tuple[str, str], list[tuple[datetime, str]]] | None = None  # cache of `dark_domains`
+
+    def mark_dark(self, key: str, *, onset: datetime, detected_at: datetime) -> None:
+        self.down_since.setdefault(key, onset)
+        if key not in self.dark_at:
+            self.dark_at[key] = detected_at
+            self._domains = None
+
+    def clear_dark(self, key: str) -> None:
+        self.down_since.pop(key, None)
+        if self.dark_at.pop(key, None) is not None:
+            self._domains = None
+
+    def domain_of(self, key: str, dimension: str) -> str | None:
+        record = self.inventory.get(key)
+        value = getattr(record, dimension, None) if record is not None else None
+        return str(value) if value else None
+
+    def dark_domains(self) -> dict[tuple[str, str], list[tuple[datetime, str]]]:
+        """(dimension, value) → the dark nodes of that rack / zone as sorted (detected_at, node key);
+        cached until a node goes dark or comes back (O(dark nodes) to rebuild, not O(fleet))."""
+        if self._domains is None:
+            domains: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
+            for key, at in self.dark_at.items():
+                for dimension in ("rack", "zone"):
+                    value = self.domain_of(key, dimension)
+                    if value is not None:
+                        domains.setdefault((dimension, value), []).append((at, key))
+            for members in domains.values():
+                members.sort()
+            self._domains = domains
+        return self._domains
+
+    def invalidate_domains(self) -> None:
+        self._domains = None
 
     def context(self, cluster: str, node: str) -> NodeContext:
         key = node_key(cluster, node)
