@@ -69,38 +69,40 @@ async def test_agent_outage_on_a_stock_node_is_agent_down_and_a_hung_node_is_a_h
         settings=DiagnoserSettings(nats=s, cluster=CLUSTER, tick_s=0.1, node_down_hold_s=0.5, fetch_timeout_s=0.3),
         nc=nc,
     )
-    async with stock_kubelet(tmp_path, address=nodes["agent-gone"]) as kubelet:
-        async with hung_listener(nodes["hung"], kubelet.port):
-            # the prober as shipped, except the port (a free one instead of 10250) and a fast round
-            defaults = ProberSettings()
-            assert (defaults.tcp_ports, defaults.ssh_port) == ([10250], None)
-            assert defaults.healthz_url == "https://{address}:10250/healthz"
-            prober = Prober(
-                ProberSettings(
-                    nats=s,
-                    cluster=CLUSTER,
-                    tcp_ports=[kubelet.port],
-                    healthz_url=f"https://{{address}}:{kubelet.port}/healthz",
-                    interval_s=0.5,
-                    timeout_s=0.5,
-                )
+    async with (
+        stock_kubelet(tmp_path, address=nodes["agent-gone"]) as kubelet,
+        hung_listener(nodes["hung"], kubelet.port),
+    ):
+        # the prober as shipped, except the port (a free one instead of 10250) and a fast round
+        defaults = ProberSettings()
+        assert (defaults.tcp_ports, defaults.ssh_port) == ([10250], None)
+        assert defaults.healthz_url == "https://{address}:10250/healthz"
+        prober = Prober(
+            ProberSettings(
+                nats=s,
+                cluster=CLUSTER,
+                tcp_ports=[kubelet.port],
+                healthz_url=f"https://{{address}}:{kubelet.port}/healthz",
+                interval_s=0.5,
+                timeout_s=0.5,
             )
-            await detector.start()
-            await diagnoser.start()
-            await prober.start()
-            rounds = asyncio.create_task(prober.run())
-            try:
-                for node in nodes:  # the agents report once, then fall silent
-                    await agent_probe(nc, s, node, 1)
-                gone = await wait_for_diagnosis(nc, s, "agent-gone", lambda d: not d.resolved, timeout_s=30)
-                hung = await wait_for_diagnosis(nc, s, "hung", lambda d: not d.resolved, timeout_s=30)
-            finally:
-                await prober.stop()
-                rounds.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await rounds
-                await diagnoser.stop()
-                await detector.stop()
+        )
+        await detector.start()
+        await diagnoser.start()
+        await prober.start()
+        rounds = asyncio.create_task(prober.run())
+        try:
+            for node in nodes:  # the agents report once, then fall silent
+                await agent_probe(nc, s, node, 1)
+            gone = await wait_for_diagnosis(nc, s, "agent-gone", lambda d: not d.resolved, timeout_s=30)
+            hung = await wait_for_diagnosis(nc, s, "hung", lambda d: not d.resolved, timeout_s=30)
+        finally:
+            await prober.stop()
+            rounds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rounds
+            await diagnoser.stop()
+            await detector.stop()
 
     assert (gone.cause, gone.category, gone.anomaly_kinds) == ("agent_down", "software", ("service_down",))
     assert [(r.action, r.target) for r in gone.recommended] == [("restart_agent", "nodeheal-agent"), ("escalate", None)]
