@@ -6,6 +6,7 @@ produce a second, different message.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from nodeheal.diagnoser.state import FleetState, KernelEvidence, NodeContext, Pu
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
-from nodeheal.schemas.diagnosis import Diagnosis, FleetCorrelation
+from nodeheal.schemas.diagnosis import CrashSignature, Diagnosis, FleetCorrelation
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
@@ -65,6 +66,7 @@ class Diagnoser:
         self.config = config or DiagnoserConfig()
         self.fleet = FleetState()
         self._rank = {name: info.rank for name, info in matcher.kb.classes.items()}
+        self.crash_dirty: set[str] = set()  # nodes whose crash history must be saved (durable.py)
 
     # ------------------------------------------------------------------ inputs
 
@@ -142,8 +144,85 @@ class Diagnoser:
                 if signature.bucket in seen:
                     continue
                 seen.add(signature.bucket)
-                ctx.crashes.append((at, signature))
-                self.fleet.bucket_hosts.setdefault(signature.bucket, {})[ctx.key] = at
+                self._add_crash(ctx, at, signature)
+
+    def _add_crash(self, ctx: NodeContext, at: datetime, signature: CrashSignature) -> None:
+        if any(t == at and s.bucket == signature.bucket for t, s in ctx.crashes):
+            return  # the same report, from the crash bucket and from the replayed anomaly
+        ctx.crashes.append((at, signature))
+        if len(ctx.crashes) > 1 and ctx.crashes[-2][0] > at:
+            ordered = sorted(ctx.crashes, key=lambda x: x[0])
+            ctx.crashes.clear()
+            ctx.crashes.extend(ordered)
+        hosts = self.fleet.bucket_hosts.setdefault(signature.bucket, {})
+        hosts[ctx.key] = max(at, hosts.get(ctx.key, at))
+        self.crash_dirty.add(ctx.key)
+
+    # ------------------------------------------------------------------ restart (durable.py)
+
+    def restore_crashes(self, cluster: str, node: str, history: list[tuple[datetime, CrashSignature]]) -> None:
+        ctx = self.fleet.context(cluster, node)
+        for at, signature in history:
+            self._add_crash(ctx, at, signature)
+
+    def restore_anomaly(self, anomaly: Anomaly) -> None:
+        """An anomaly read back from the stream: state only. An episode ends where the live service
+        would have ended it (every anomaly of the node resolved)."""
+        self.on_anomaly(anomaly)
+        ctx = self.fleet.nodes.get(node_key(anomaly.cluster, anomaly.node))
+        if ctx is not None and not ctx.firing:
+            ctx.episode_ids = []
+
+    def restore_published(self, key: str, last: Diagnosis) -> None:
+        """The last diagnosis we published for a node: the episode keeps its id, an unchanged verdict is
+        not published again."""
+        ctx = self.fleet.nodes.get(key) or self.fleet.context(last.cluster, last.node)
+        fingerprint = _fingerprint(last)
+        ctx.published = Published(
+            diagnosis_id=last.id,
+            cause=last.cause,
+            category=last.category,
+            anomaly_ids=last.anomaly_ids,
+            resolved=last.resolved,
+            fingerprint=fingerprint + "|resolved" if last.resolved else fingerprint,
+        )
+        if not last.resolved:
+            known = {a.id for a in ctx.anomalies}
+            if known.isdisjoint(last.anomaly_ids):
+                # the episode began before the look-back: nothing to judge it on; leave it as said
+                ctx.published = dataclasses.replace(ctx.published, stale=True)
+                return
+            ids = list(last.anomaly_ids)
+            ids += [i for i in ctx.episode_ids if i not in ids]
+            ctx.episode_ids = ids
+
+    def restore_fault_event(self, diagnosis: Diagnosis) -> None:
+        """A published diagnosis counted towards the fleet rates exactly as when it was published."""
+        if diagnosis.resolved or not diagnosis.anomaly_ids:
+            return
+        ctx = self.fleet.context(diagnosis.cluster, diagnosis.node)
+        self._count_fault(
+            ctx.key,
+            episode=diagnosis.anomaly_ids[0],
+            category=diagnosis.category,
+            bucket=diagnosis.crash_signature.bucket if diagnosis.crash_signature else None,
+            at=diagnosis.fault_onset or diagnosis.identified_at,
+        )
+
+    def restore_finding(self, finding: FleetFinding) -> None:
+        key = (finding.kind, finding.dimension, finding.value, finding.scope)
+        if finding.cleared:
+            self.fleet.findings.pop(key, None)
+        else:
+            self.fleet.findings[key] = finding
+
+    def open_nodes(self) -> set[str]:
+        """Nodes to evaluate after a rebuild: something fires, or an episode we spoke about is open."""
+        return {
+            key
+            for key, ctx in self.fleet.nodes.items()
+            if ctx.firing or (ctx.published is not None and not ctx.published.resolved and not ctx.published.stale)
+        }
 
     # ------------------------------------------------------------------ decisions
 
@@ -261,18 +340,23 @@ class Diagnoser:
         crash-rate finding.
         """
         episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
-        if decision.category == "network":
-            for key in [k for k in self.fleet.fault_events if k.startswith(f"{episode}|")]:
-                del self.fleet.fault_events[key]
+        bucket = decision.crash_signature.bucket if decision.crash_signature is not None else None
+        self._count_fault(
+            ctx.key, episode=episode, category=decision.category, bucket=bucket, at=decision.fault_onset or now
+        )
+
+    def _count_fault(self, key: str, *, episode: str, category: str, bucket: str | None, at: datetime) -> None:
+        if category == "network":
+            for event in [k for k in self.fleet.fault_events if k.startswith(f"{episode}|")]:
+                del self.fleet.fault_events[event]
             return
-        if decision.category not in {"kernel", "hardware"}:
+        if category not in {"kernel", "hardware"}:
             return  # e.g. the downtime of our own reboot after the crash: the crash still counts
-        at = decision.fault_onset or now
-        scopes = ["any", f"category:{decision.category}"]
-        if decision.crash_signature is not None:
-            scopes.append(f"bucket:{decision.crash_signature.bucket}")
+        scopes = ["any", f"category:{category}"]
+        if bucket is not None:
+            scopes.append(f"bucket:{bucket}")
         for scope in scopes:
-            self.fleet.fault_events[f"{episode}|{scope}"] = (ctx.key, scope, at)
+            self.fleet.fault_events[f"{episode}|{scope}"] = (key, scope, at)
 
     def _correlation_for(self, ctx: NodeContext, decision: Decision) -> FleetCorrelation | None:
         best: FleetFinding | None = None

@@ -52,6 +52,7 @@ class Published:
     anomaly_ids: tuple[str, ...]
     resolved: bool
     fingerprint: str
+    stale: bool = False  # restored from an episode older than the rebuild look-back: not re-judged on start
 
 
 @dataclass
