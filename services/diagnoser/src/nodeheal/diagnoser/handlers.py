@@ -402,8 +402,7 @@ class DiagnoserRuntime:
         now = self.clock()
         async with self._lock:
             due = {k for k, t in self._held.items() if t <= now}
-            if len(due) < len(self._held):
-                await kill_point("in_node_down_hold", self.nc)  # a verdict is held, its anomalies acked
+            holding = len(due) < len(self._held)
             if (now - self._last_correlation).total_seconds() >= self.settings.correlation_interval_s:
                 self._last_correlation = now
                 findings, touched = self.diagnoser.correlate(now=now, cluster=self.settings.cluster)
@@ -413,6 +412,8 @@ class DiagnoserRuntime:
                 due |= touched
                 for finding in findings:
                     await self._publish_finding(finding)
+            if holding:
+                await kill_point("in_node_down_hold", self.nc)  # verdicts held, their anomalies acked
             if due:
                 await self._evaluate(due)
 
