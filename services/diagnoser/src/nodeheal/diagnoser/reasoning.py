@@ -100,12 +100,13 @@ class Diagnoser:
         if anomaly.kind in SILENT_KINDS:
             if anomaly.status == "firing" and not anomaly.expected:
                 self.fleet.mark_dark(ctx.key, onset=anomaly.fault_onset, detected_at=anomaly.detected_at)
-                # peers already down may now be part of a rack / zone burst
-                domains = self.fleet.dark_domains()
+                # peers already judged may now be part of a rack / zone burst; peers still held are
+                # revisited when their hold ends (which then sees this node): not touched here, so a
+                # zone of thousands going dark costs O(n), not O(n^2), evaluations
                 for dimension in ("rack", "zone"):
                     value = self.fleet.domain_of(ctx.key, dimension)
                     if value is not None:
-                        touched |= {k for _, k in domains.get((dimension, value), ())}
+                        touched |= {k for k in self.fleet.judged_dark if self.fleet.domain_of(k, dimension) == value}
             elif anomaly.status == "resolved" and not any(a.kind in SILENT_KINDS for a in ctx.firing.values()):
                 self.fleet.clear_dark(ctx.key)
         return touched
@@ -119,14 +120,10 @@ class Diagnoser:
         config = self.config
         first_seen = self.fleet.dark_at.get(ctx.key) or min(a.detected_at for a in silent)
         until = first_seen + config.node_down_hold
-        domains = self.fleet.dark_domains()
         for dimension, min_dark in config.domain_hold_min_dark:
-            value = self.fleet.domain_of(ctx.key, dimension)
-            if value is None:
-                continue
-            run = _run_around(domains.get((dimension, value), []), first_seen, gap=config.domain_quiet)
-            if len(run) >= min_dark:
-                until = max(until, run[-1] + config.domain_quiet)
+            run = self.fleet.dark_run(ctx.key, dimension, gap=config.domain_quiet)
+            if run is not None and run[0] >= min_dark:
+                until = max(until, run[1] + config.domain_quiet)
         return min(until, first_seen + config.domain_hold_max)
 
     def _add_kernel(self, ctx: NodeContext, anomaly: Anomaly) -> None:
@@ -178,6 +175,8 @@ class Diagnoser:
         not published again."""
         ctx = self.fleet.nodes.get(key) or self.fleet.context(last.cluster, last.node)
         fingerprint = _fingerprint(last)
+        if not last.resolved and key in self.fleet.dark_at:
+            self.fleet.judged_dark.add(key)
         ctx.published = Published(
             diagnosis_id=last.id,
             cause=last.cause,
@@ -257,6 +256,8 @@ class Diagnoser:
             fingerprint=fingerprint,
         )
         self._record_fault(ctx, decision, now=now)
+        if ctx.key in self.fleet.dark_at:
+            self.fleet.judged_dark.add(ctx.key)
         return Outcome(diagnosis=diagnosis)
 
     def _resolved(self, ctx: NodeContext, *, now: datetime) -> Diagnosis | None:
@@ -489,20 +490,6 @@ class Diagnoser:
                 **fields,
             }
         )
-
-
-def _run_around(members: list[tuple[datetime, str]], at: datetime, *, gap: timedelta) -> list[datetime]:
-    """The times of the maximal run of sorted `members` that contains `at`, consecutive times at most
-    `gap` apart (empty when `at` is not among them)."""
-    times = [t for t, _ in members]
-    if at not in times:
-        return []
-    i = j = times.index(at)
-    while i > 0 and times[i] - times[i - 1] <= gap:
-        i -= 1
-    while j + 1 < len(times) and times[j + 1] - times[j] <= gap:
-        j += 1
-    return times[i : j + 1]
 
 
 def _fleet_evidence(correlation: FleetCorrelation) -> Evidence:

@@ -159,18 +159,7 @@ def peer_view(
     # a burst: the dark peers chained to this node by onsets at most `burst_window` apart — a rack that
     # goes dark over minutes is one burst; measured from this node, not from "now", so a partition
     # that lasts an hour still reads as a partition when the node is re-evaluated late
-    mine = fleet.down_since.get(ctx.key, now)
-    dark = sorted((fleet.down_since[k], k) for k in members if k in fleet.down_since)
-    times = [t for t, _ in dark]
-    lo = hi = next((i for i, t in enumerate(times) if t >= mine), len(times))
-    if hi == len(times) or times[hi] != mine:
-        dark.insert(hi, (mine, ctx.key))  # this node is not (or no longer) counted as dark
-        times.insert(hi, mine)
-    while lo > 0 and times[lo] - times[lo - 1] <= config.burst_window:
-        lo -= 1
-    while hi + 1 < len(times) and times[hi + 1] - times[hi] <= config.burst_window:
-        hi += 1
-    down = tuple(sorted(k for _, k in dark[lo : hi + 1] if k in fleet.down_since))
+    down = fleet.burst(ctx.key, dimension, gap=config.burst_window)
     return PeerView(dimension=dimension, value=value, down=down, members=len(members))
 
 
