@@ -110,6 +110,7 @@ class DurableState:
         bucket: KeyValue | None,
         lookback: timedelta,
         cloud_lookback: timedelta,
+        keep_trace: Callable[[str, dict[str, str] | None], None] | None = None,
     ) -> None:
         self.js = js
         self.diagnoser = diagnoser
@@ -118,7 +119,7 @@ class DurableState:
         self.bucket = bucket
         self.lookback = lookback
         self.cloud_lookback = cloud_lookback
-        self._saved: dict[str, int] = {}  # node key -> crash reports already written
+        self.keep_trace = keep_trace  # an incident's trace continues across the restart
 
     # ------------------------------------------------------------------ crash history (KV)
 
@@ -177,6 +178,8 @@ class DurableState:
             item = Anomaly.model_validate_json(msg.data)
             if not item.replay:
                 diag.restore_anomaly(item)
+                if self.keep_trace is not None:
+                    self.keep_trace(item.id, msg.headers)
 
         said: dict[str, Diagnosis] = {}
 

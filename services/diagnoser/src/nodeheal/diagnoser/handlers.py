@@ -127,8 +127,12 @@ class DiagnoserRuntime:
             bucket=await self._bucket("diagnoser"),
             lookback=timedelta(seconds=self.settings.rebuild_lookback_s),
             cloud_lookback=timedelta(seconds=self.settings.rebuild_cloud_lookback_s),
+            keep_trace=self._keep_trace,
         )
         report = await self.durable.rebuild(now=self.clock())
+        for ctx in self.diagnoser.fleet.nodes.values():  # episodes already identified before the restart
+            if ctx.published is not None and not ctx.published.resolved and ctx.published.anomaly_ids:
+                self._identified[ctx.published.anomaly_ids[0]] = None
         async with self._lock:
             await self._evaluate(report.open_nodes)
         for base, kind, model in consumers:
