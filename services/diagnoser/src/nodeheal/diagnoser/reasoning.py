@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, outliers
 from nodeheal.diagnoser.kb import Matcher, analyse
-from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide
+from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide, partition_view
 from nodeheal.diagnoser.state import FleetState, KernelEvidence, NodeContext, Published, node_key
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
@@ -175,7 +175,7 @@ class Diagnoser:
         not published again."""
         ctx = self.fleet.nodes.get(key) or self.fleet.context(last.cluster, last.node)
         fingerprint = _fingerprint(last)
-        if not last.resolved and key in self.fleet.dark_at:
+        if not last.resolved and key in self.fleet.dark_at and last.category != "network":
             self.fleet.judged_dark.add(key)
         ctx.published = Published(
             diagnosis_id=last.id,
@@ -237,7 +237,9 @@ class Diagnoser:
         if silent and ctx.published is None:
             # the node_down hold: give the peers of a rack / zone burst a moment to arrive
             hold_until = self.hold_until(ctx, silent)
-            if now < hold_until:
+            # once its rack / zone burst is a partition already, waiting cannot change the verdict
+            # (the burst only grows): judged now, later arrivals join it as they come
+            if now < hold_until and partition_view(self.fleet, ctx, now=now, config=self.config.decision) is None:
                 return Outcome(hold_until=hold_until)
         decision = decide(ctx=ctx, fleet=self.fleet, now=now, config=self.config.decision, rank=self._rank)
         if decision is None:
@@ -256,8 +258,11 @@ class Diagnoser:
             fingerprint=fingerprint,
         )
         self._record_fault(ctx, decision, now=now)
-        if ctx.key in self.fleet.dark_at:
+        # a dark node judged as anything but the network may yet turn out to be part of a burst
+        if ctx.key in self.fleet.dark_at and decision.category != "network":
             self.fleet.judged_dark.add(ctx.key)
+        else:
+            self.fleet.judged_dark.discard(ctx.key)
         return Outcome(diagnosis=diagnosis)
 
     def _resolved(self, ctx: NodeContext, *, now: datetime) -> Diagnosis | None:

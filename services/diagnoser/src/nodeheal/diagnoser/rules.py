@@ -163,6 +163,20 @@ def peer_view(
     return PeerView(dimension=dimension, value=value, down=down, members=len(members))
 
 
+def partition_view(
+    fleet: FleetState, ctx: NodeContext, *, now: datetime, config: DecisionConfig
+) -> tuple[str, PeerView] | None:
+    """The rack / zone burst this dark node belongs to, when it is large enough to be a partition."""
+    for dimension, cause, min_down, min_fraction in (
+        ("rack", "rack_partition", config.rack_min_down, config.rack_min_fraction),
+        ("zone", "zone_partition", config.zone_min_down, config.zone_min_fraction),
+    ):
+        view = peer_view(fleet, ctx, dimension, now=now, config=config)
+        if view is not None and len(view.down) >= min_down and view.fraction >= min_fraction:
+            return cause, view
+    return None
+
+
 def repeated_repairs(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> int:
     horizon = now - config.repeat_window
     return sum(
@@ -674,32 +688,30 @@ def decide(
 
     # B. many nodes of one rack / zone dark at once: the network, not the nodes
     if kinds & SILENT_KINDS and not any(a.expected for a in firing if a.kind in SILENT_KINDS):
-        for dimension, cause, min_down, min_fraction in (
-            ("rack", "rack_partition", config.rack_min_down, config.rack_min_fraction),
-            ("zone", "zone_partition", config.zone_min_down, config.zone_min_fraction),
-        ):
-            view = peer_view(fleet, ctx, dimension, now=now, config=config)
-            if view is not None and len(view.down) >= min_down and view.fraction >= min_fraction:
-                evidence = [
-                    _ev(
-                        "peer",
-                        f"{len(view.down)} of {view.members} nodes of {dimension} {view.value}"
-                        f" went dark together (onsets at most {config.burst_window} apart)",
-                        value=view.fraction,
-                        dimension=dimension,
-                        group=view.value,
-                        down=list(view.down[:50]),
-                    ),
-                    *anomaly_ev,
-                ]
-                return Decision(
-                    cause=cause,
-                    category="network",
-                    confidence=min(0.95, 0.6 + view.fraction / 2),
-                    evidence=evidence,
-                    recommended=ladder_for(cause, "network"),
-                    fault_onset=onset,
-                )
+        found = partition_view(fleet, ctx, now=now, config=config)
+        if found is not None:
+            cause, view = found
+            dimension = view.dimension
+            evidence = [
+                _ev(
+                    "peer",
+                    f"{len(view.down)} of {view.members} nodes of {dimension} {view.value}"
+                    f" went dark together (onsets at most {config.burst_window} apart)",
+                    value=view.fraction,
+                    dimension=dimension,
+                    group=view.value,
+                    down=list(view.down[:50]),
+                ),
+                *anomaly_ev,
+            ]
+            return Decision(
+                cause=cause,
+                category="network",
+                confidence=min(0.95, 0.6 + view.fraction / 2),
+                evidence=evidence,
+                recommended=ladder_for(cause, "network"),
+                fault_onset=onset,
+            )
 
     # C. kernel / journal evidence
     decision = _kernel_decision(ctx, fleet, kernel, now=now, config=config, rank=rank)

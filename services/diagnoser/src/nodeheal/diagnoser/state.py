@@ -122,7 +122,7 @@ class FleetState:
     # indexes, kept up to date per change (a zone of thousands going dark must cost O(n log n), not
     # O(n^2)): members per rack / zone; dark nodes per domain sorted by detected_at and by onset; and
     # per domain the runs / bursts derived from them, recomputed only for the domain that changed
-    judged_dark: set[str] = field(default_factory=set)  # dark nodes whose verdict is out (not held)
+    judged_dark: set[str] = field(default_factory=set)  # dark nodes judged, not (yet) as the network
     _members: dict[tuple[str, str], list[str]] | None = None
     _dark: dict[tuple[str, str], list[tuple[datetime, str]]] | None = None
     _down: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
