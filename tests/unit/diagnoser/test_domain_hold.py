@@ -128,3 +128,13 @@ def test_agent_outage_on_a_reachable_node_is_agent_down_never_a_reboot() -> None
     d = out.diagnosis
     assert (d.cause, d.category) == ("agent_down", "software")
     assert [(r.action, r.target) for r in d.recommended] == [("restart_agent", "nodeheal-agent"), ("escalate", None)]
+
+
+def test_a_rack_that_goes_dark_at_once_is_named_without_waiting_for_quiet() -> None:
+    diag = fleet()
+    rack = [f"r1-n{i}" for i in range(RACK)]
+    arrivals = spread(rack, over_s=2.0, seed=3)
+    published = drive(diag, arrivals, until_s=60)
+    assert {d.cause for d in published} == {"rack_partition"} and len(published) == RACK
+    # the arrival that makes it a partition releases the held verdicts: no 15 s wait for quiet
+    assert max(d.identified_at for d in published) <= later(max(t for t, _ in arrivals) + 1.0)

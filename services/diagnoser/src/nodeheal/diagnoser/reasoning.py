@@ -107,6 +107,12 @@ class Diagnoser:
                     value = self.fleet.domain_of(ctx.key, dimension)
                     if value is not None:
                         touched |= {k for k in self.fleet.judged_dark if self.fleet.domain_of(k, dimension) == value}
+                # the arrival that makes the burst a partition releases every verdict held in it (once)
+                found = partition_view(self.fleet, ctx, now=anomaly.detected_at, config=self.config.decision)
+                if found is not None and (found[1].dimension, found[1].value) not in self.fleet.released:
+                    self.fleet.released.add((found[1].dimension, found[1].value))
+                    nodes = self.fleet.nodes
+                    touched |= {k for k in found[1].down if k in nodes and nodes[k].published is None}
             elif anomaly.status == "resolved" and not any(a.kind in SILENT_KINDS for a in ctx.firing.values()):
                 self.fleet.clear_dark(ctx.key)
         return touched

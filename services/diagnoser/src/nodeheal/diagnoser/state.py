@@ -123,6 +123,7 @@ class FleetState:
     # O(n^2)): members per rack / zone; dark nodes per domain sorted by detected_at and by onset; and
     # per domain the runs / bursts derived from them, recomputed only for the domain that changed
     judged_dark: set[str] = field(default_factory=set)  # dark nodes judged, not (yet) as the network
+    released: set[tuple[str, str]] = field(default_factory=set)  # domains whose burst became a partition
     _members: dict[tuple[str, str], list[str]] | None = None
     _dark: dict[tuple[str, str], list[tuple[datetime, str]]] | None = None
     _down: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
@@ -150,6 +151,8 @@ class FleetState:
                     members = index.get(domain, [])
                     with contextlib.suppress(ValueError):
                         members.remove(item)  # type: ignore[arg-type]
+                if not self._dark.get(domain):
+                    self.released.discard(domain)  # the domain is back: a new burst is judged anew
                 self._forget(domain)
 
     def _forget(self, domain: tuple[str, str]) -> None:
