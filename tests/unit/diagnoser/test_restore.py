@@ -82,7 +82,8 @@ def test_fleet_findings_are_not_raised_again_after_a_restart() -> None:
     assert again == []  # still flagged, already said
     for i in range(4):
         second.on_anomaly(anomaly(f"n{i}", "node_down", status="resolved", at=later(i * 0.1)))
-    cleared, _ = second.correlate(now=later(3), cluster=CLUSTER)
+    assert second.correlate(now=later(3), cluster=CLUSTER)[0] == []  # hysteresis: absent, not yet cleared
+    cleared, _ = second.correlate(now=later(3 + 601), cluster=CLUSTER)
     assert sorted((f.value, f.cleared, f.finding_id) for f in cleared) == sorted(
         (f.value, True, f.finding_id) for f in findings
     )

@@ -10,8 +10,9 @@ Every hold and verdict that spans messages is kept where a new process finds it:
   the anomalies' `detected_at`, so it ends when it would have) or judged at once;
 - **what was already said** — the last diagnosis per node (so an unchanged verdict is not said
   again and an open episode keeps its diagnosis id), the fleet-rate events of published kernel /
-  hardware diagnoses, and the active fleet findings (their hysteresis: a finding is raised once and
-  cleared once) — is read back from DIAGNOSES over the same look-back;
+  hardware diagnoses (the rate and sudden-rise tests and the crash KPI), and the active fleet
+  findings (a finding is raised once and cleared once) — is read back from DIAGNOSES, over the
+  look-back or the sudden-rise test's horizon (7 days + 1 bin), whichever is longer;
 - **crash history** (crash signatures per host for `crash_window_s`, 7 days — longer than the
   look-back) is written to the `<bucket_prefix>-diagnoser` KV bucket (`crash.<cluster>.<node>`)
   before the input that added it is acknowledged, and loaded first on start.
@@ -88,6 +89,7 @@ async def kill_point(name: str, nc: Client | None = None) -> None:
 class RebuildReport:
     since: datetime
     cloud_since: datetime
+    history_since: datetime
     read: dict[str, int] = field(default_factory=dict)
     crash_histories: int = 0
     open_nodes: set[str] = field(default_factory=set)
@@ -110,6 +112,7 @@ class DurableState:
         bucket: KeyValue | None,
         lookback: timedelta,
         cloud_lookback: timedelta,
+        history_lookback: timedelta | None = None,
         keep_trace: Callable[[str, dict[str, str] | None], None] | None = None,
     ) -> None:
         self.js = js
@@ -119,6 +122,8 @@ class DurableState:
         self.bucket = bucket
         self.lookback = lookback
         self.cloud_lookback = cloud_lookback
+        # what was said is read back further: the fleet's own-history test needs its whole horizon
+        self.history_lookback = max(lookback, history_lookback or lookback)
         self.keep_trace = keep_trace  # an incident's trace continues across the restart
 
     # ------------------------------------------------------------------ crash history (KV)
@@ -165,7 +170,11 @@ class DurableState:
 
     async def rebuild(self, *, now: datetime) -> RebuildReport:
         diag = self.diagnoser
-        report = RebuildReport(since=now - self.lookback, cloud_since=now - self.cloud_lookback)
+        report = RebuildReport(
+            since=now - self.lookback,
+            cloud_since=now - self.cloud_lookback,
+            history_since=now - self.history_lookback,
+        )
         report.crash_histories = await self._load_crashes()
 
         def cloud(msg: Msg) -> None:
@@ -199,7 +208,7 @@ class DurableState:
         report.read["audit"] = await self._read("AUDIT", [wildcard("audit", prefix=p)], report.since, audit)
         report.read["anomalies"] = await self._read("ANOMALIES", [wildcard("anomaly", prefix=p)], report.since, anomaly)
         report.read["diagnoses"] = await self._read(
-            "DIAGNOSES", [wildcard("diagnosis", prefix=p), finding_subject(prefix=p)], report.since, diagnosis
+            "DIAGNOSES", [wildcard("diagnosis", prefix=p), finding_subject(prefix=p)], report.history_since, diagnosis
         )
         for key, last in said.items():
             diag.restore_published(key, last)
@@ -211,6 +220,7 @@ class DurableState:
                 "since": report.since.isoformat(),
                 "lookback_s": self.lookback.total_seconds(),
                 "cloud_since": report.cloud_since.isoformat(),
+                "diagnoses_since": report.history_since.isoformat(),
                 "read": report.read,
                 "crash_histories": report.crash_histories,
                 "open_nodes": len(report.open_nodes),

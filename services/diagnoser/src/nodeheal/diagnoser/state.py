@@ -118,6 +118,9 @@ class FleetState:
     bucket_hosts: dict[str, dict[str, datetime]] = field(default_factory=dict)  # bucket → node key → last seen
     fault_events: dict[str, tuple[str, str, datetime]] = field(default_factory=dict)  # episode id → (node, scope, t)
     findings: dict[tuple[str, str, str, str], FleetFinding] = field(default_factory=dict)  # active findings
+    # a finding whose test stopped passing: since when (cleared after DiagnoserConfig.finding_clear_after)
+    crash_episodes: dict[str, datetime] = field(default_factory=dict)  # episode id → crash onset (fleet KPIs)
+    finding_absent_since: dict[tuple[str, str, str, str], datetime] = field(default_factory=dict)
     dark_at: dict[str, datetime] = field(default_factory=dict)  # node key → detected_at of its node_down / hang
     # indexes, kept up to date per change (a zone of thousands going dark must cost O(n log n), not
     # O(n^2)): members per rack / zone; dark nodes per domain sorted by detected_at and by onset; and
