@@ -36,7 +36,7 @@ from tests.integration.deploy.natsauth_loader import load_natsauth
 from tests.integration.diagnoser.test_diagnoser_service import read_stream
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory
 
-pytestmark = [pytest.mark.nats]
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 
 @dataclass
