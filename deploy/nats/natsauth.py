@@ -252,7 +252,7 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
     if role == "agent":
         node = "{{tag(cluster)}}.{{tag(node)}}"
         return Permissions(
-            pub_allow=(f"{p}.probe.{node}", f"{p}.dlq.node-agent"),
+            pub_allow=(f"{p}.probe.{node}", f"{p}.crash.{node}", f"{p}.dlq.node-agent"),
             sub_allow=(f"{p}.cmd.{node}", *own_inbox),
             allow_responses=True,
             inbox=inbox,
@@ -289,6 +289,8 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
                 *_consume(lo.stream("CLOUD")),
                 *_consume(lo.stream("AUDIT")),  # remediation history of a node is part of its diagnosis
                 *_consume(lo.stream("DIAGNOSES")),  # its own last diagnoses and findings, at restart
+                *_consume(lo.stream("CRASHES")),  # the agents' crash reports
+                *_kv_write(lo.bucket("crash-buckets")),  # one fleet record per crash bucket
                 *_kv_read(inv),
             ),
             sub_allow=tuple(own_inbox),

@@ -126,6 +126,15 @@ def topology(
                 deny_purge=True,
             ),
             StreamSpec(
+                name=f"{sp}CRASHES",
+                subjects=(f"{prefix}.crash.*.*",),
+                description="Crash reports of the node agent: the previous boot's pstore, kdump and journal evidence",
+                max_age_s=365 * DAY_S,
+                max_bytes=10 * GIB,
+                duplicate_window_s=DAY_S,  # one report per boot id, even when an agent retries much later
+                max_msg_size=1024 * 1024,
+            ),
+            StreamSpec(
                 name=f"{sp}DLQ",
                 subjects=(f"{prefix}.dlq.*",),
                 description="Rejected input with the reason and the raw bytes",
@@ -141,6 +150,10 @@ def topology(
             BucketSpec(
                 name=f"{bucket_prefix}-inventory",
                 description="Node metadata and instance id → node",
+            ),
+            BucketSpec(
+                name=f"{bucket_prefix}-crash-buckets",
+                description="One fleet record per crash bucket: count, nodes, kernels, first and last seen",
             ),
             BucketSpec(
                 name=f"{bucket_prefix}-control",

@@ -65,6 +65,11 @@ def cmd_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str
     return _subject("cmd", cluster, node, prefix)
 
 
+def crash_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    """The node agent's crash report of one boot (`CrashReport`), kept in the CRASHES stream."""
+    return _subject("crash", cluster, node, prefix)
+
+
 def dlq_subject(service: str, *, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}.dlq.{escape_token(service)}"
 

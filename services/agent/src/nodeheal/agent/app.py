@@ -20,6 +20,7 @@ from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from nodeheal.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.agent.crash import CrashCollector, crash_msg_id
 from nodeheal.agent.host import HostReader, StatVfs
 from nodeheal.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
 from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter, probe_msg_id
@@ -28,7 +29,8 @@ from nodeheal.agent.systemd import SystemctlClient, Systemd
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import dead_letter, publish_model
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
-from nodeheal.schemas.subjects import cmd_subject, probe_subject
+from nodeheal.schemas.probe import NodeProbe
+from nodeheal.schemas.subjects import cmd_subject, crash_subject, probe_subject
 
 log = logging.getLogger("nodeheal.agent")
 
@@ -40,6 +42,7 @@ PUBLISH_FAILURES = prometheus_client.Counter("nodeheal_agent_publish_failures", 
 COMMANDS = prometheus_client.Counter("nodeheal_agent_commands", "Commands answered", ["command", "ok"])
 REJECTED = prometheus_client.Counter("nodeheal_agent_commands_rejected", "Malformed command requests (DLQ)")
 OUTBOX = prometheus_client.Gauge("nodeheal_agent_outbox", "Probes waiting to be published")
+CRASH_REPORTS = prometheus_client.Counter("nodeheal_agent_crash_reports", "Crash reports acknowledged by CRASHES")
 
 
 class NodeAgent:
@@ -88,6 +91,7 @@ class NodeAgent:
             statvfs=self.host.statvfs,
             remember=settings.command_remember,
         )
+        self.crash = self._crash_collector(state_dir)
         self.outbox = Outbox(capacity=settings.outbox_max)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -110,6 +114,23 @@ class NodeAgent:
             boot_id=self.host.boot_id(),
         )
 
+    def _crash_collector(self, state_dir: Path | None) -> CrashCollector | None:
+        c = self.settings.crash
+        if not c.enabled:
+            return None
+        return CrashCollector(
+            cluster=self.settings.cluster,
+            node=self.settings.node_name,
+            root=self.settings.host_root,
+            state_file=state_dir / "crash-state.json" if state_dir else None,
+            pstore_dirs=c.pstore_dirs,
+            kdump_dirs=c.kdump_dirs,
+            journal_command=self.settings.journalctl_command if c.journal else None,
+            max_lines=c.max_lines,
+            max_bytes=c.max_bytes,
+            lookback_s=c.lookback_days * 86_400.0,
+        )
+
     @property
     def probe_subject(self) -> str:
         return probe_subject(self.settings.cluster, self.settings.node_name, prefix=self.prefix)
@@ -126,6 +147,8 @@ class NodeAgent:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.crash is not None:
+            self.crash.mark_orderly()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -157,6 +180,46 @@ class NodeAgent:
                 "outbox full, dropped the oldest probe", extra={"node": probe.node, "dropped": self.outbox.dropped}
             )
         await self.flush()
+        if self.crash is not None:
+            await self.report_crash(probe)
+
+    async def report_crash(self, probe: NodeProbe) -> None:
+        """On the first probe of a boot that follows a crash: the previous boot's evidence, once."""
+        assert self.crash is not None
+        assert self.js is not None
+        report = await self.crash.check(
+            boot_id=probe.boot_id, kernel_release=probe.kernel_release, os_image=probe.os_image, uptime_s=probe.uptime_s
+        )
+        if self.crash.problems:
+            log.warning("crash evidence incomplete", extra={"node": probe.node, "problems": list(self.crash.problems)})
+        if report is None:
+            return
+        subject = crash_subject(report.cluster, report.node, prefix=self.prefix)
+        try:
+            await publish_model(
+                self.js,
+                subject,
+                report,
+                msg_id=crash_msg_id(cluster=report.cluster, node=report.node, boot_id=report.boot_id),
+                timeout_s=self.settings.nats.publish_timeout_s,
+            )
+        except Exception as exc:
+            PUBLISH_FAILURES.inc()
+            log.warning(
+                "crash report not published, retried next probe", extra={"node": probe.node, "error": repr(exc)}
+            )
+            return
+        self.crash.reported(report)
+        CRASH_REPORTS.inc()
+        log.warning(
+            "crash report sent",
+            extra={
+                "node": probe.node,
+                "previous_boot_id": report.previous_boot_id,
+                "unexpected": report.unexpected,
+                "sources": [e.path for e in report.evidence],
+            },
+        )
 
     async def flush(self) -> None:
         assert self.js is not None

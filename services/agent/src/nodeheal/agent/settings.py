@@ -9,8 +9,10 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from nodeheal.agent.crash import DEFAULT_KDUMP_DIRS, DEFAULT_PSTORE_DIRS
 from nodeheal.agent.host import DEFAULT_EXCLUDED_PREFIXES, DEFAULT_FS_TYPES
 from nodeheal.runtime.service import ServiceSettings
+from nodeheal.schemas.crash import MAX_CRASH_LINES, MAX_CRASH_REPORT_BYTES
 from nodeheal.schemas.probe import MAX_KERNEL_LINES
 
 
@@ -28,6 +30,16 @@ class CleanSettings(BaseModel):
         default="/var/lib/containerd", description="host path whose free space shows what the prune freed"
     )
     command_timeout_s: float = Field(default=300.0, gt=0)
+
+
+class CrashSettings(BaseModel):
+    enabled: bool = Field(default=True, description="report the previous boot's crash evidence once per boot")
+    pstore_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_PSTORE_DIRS))
+    kdump_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_KDUMP_DIRS))
+    journal: bool = Field(default=True, description="add `journalctl -k -b <previous boot>` after an unexpected reboot")
+    max_lines: int = Field(default=MAX_CRASH_LINES, ge=1, le=MAX_CRASH_LINES, description="lines kept per source")
+    max_bytes: int = Field(default=MAX_CRASH_REPORT_BYTES, ge=4096, le=1024 * 1024)
+    lookback_days: float = Field(default=7.0, gt=0, description="older pstore / kdump files are not reported")
 
 
 class AgentSettings(ServiceSettings):
@@ -54,5 +66,6 @@ class AgentSettings(ServiceSettings):
     )
     outbox_max: int = Field(default=360, ge=1, description="probes kept while NATS is away; older ones are dropped")
     clean: CleanSettings = Field(default_factory=CleanSettings)
+    crash: CrashSettings = Field(default_factory=CrashSettings)
     command_remember: int = Field(default=10_000, ge=1, description="action ids remembered for idempotent replies")
     dlq_service: str = "node-agent"

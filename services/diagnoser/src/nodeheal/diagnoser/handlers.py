@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel, ValidationError
 
+from nodeheal.diagnoser.crash import CrashIntake
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
@@ -103,6 +104,17 @@ class DiagnoserRuntime:
             buckets=(0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60),
             registry=registry,
         )
+        self.crashes = CrashIntake(  # crash reports of the agents → class, bucket, the bucket's fleet record
+            js=self.js,
+            matcher=self.diagnoser.matcher,
+            stream=self.topology.stream(f"{settings.nats.stream_prefix}CRASHES").name,
+            bucket=self.topology.bucket(f"{settings.nats.bucket_prefix}-crash-buckets").name,
+            durable=settings.durable,
+            prefix=self.prefix,
+            service=SERVICE,
+            stopping=lambda: self._stopping,
+            registry=registry,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,6 +142,7 @@ class DiagnoserRuntime:
             sub = await self.js.pull_subscribe_bind(durable=self.settings.durable, stream=stream)
             self._tasks.append(asyncio.create_task(self._consume(sub, base, model), name=f"diagnoser-{kind}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="diagnoser-tick"))
+        self._tasks.append(asyncio.create_task(self.crashes.run(), name="diagnoser-crash"))
         self._tasks.append(asyncio.create_task(self._report_lag(), name="diagnoser-lag"))
         self._ready = True
         log.info("diagnoser started", extra={"prefix": self.prefix, "durable": self.settings.durable})

@@ -1,0 +1,65 @@
+#!/bin/busybox sh
+# nodeheal kernel test tier: PID 1 of the guest.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo 1 > /proc/sys/kernel/printk
+arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p"; }
+say() { echo "=====NODEHEAL $*"; }
+dump() {  # $1 = label, $2 = file: gzip + base64 between markers on the serial console
+	say BEGIN "$1" "$(wc -c < "$2")"
+	gzip -c "$2" | base64
+	say END "$1"
+}
+
+if [ -e /proc/vmcore ]; then  # the kdump capture kernel
+	vmcore-dmesg /proc/vmcore > /vmcore-dmesg.txt
+	say VMCORE-DMESG "rc=$?"
+	dump vmcore-dmesg.txt /vmcore-dmesg.txt
+	reboot -f   # warm reset: the first kernel boots again and finds pstore
+fi
+
+STEP_ADDR=0xE100000; MAGIC=0x4E480000
+insmod /lib/modules/reed_solomon.ko
+insmod /lib/modules/ramoops.ko mem_address=0xE000000 mem_size=0x100000 record_size=0x20000 ecc=0
+mount -t pstore pstore /sys/fs/pstore
+word=$(devmem $STEP_ADDR 32)
+step=0
+[ $((word & 0xFFFF0000)) -eq $((MAGIC)) ] && step=$((word & 0xFFFF))
+say BOOT "$(cat /proc/sys/kernel/random/boot_id)" step=$step
+n=0
+for f in /sys/fs/pstore/*; do
+	[ -f "$f" ] || continue
+	dump "pstore/${f##*/}" "$f"
+	rm "$f"
+	n=$((n+1))
+done
+if [ "$n" -gt 0 ]; then
+	say REPORTED "$n"
+	step=$((step + 1))
+fi
+plan=$(arg nodeheal.plan)
+crash=$(echo "$plan" | cut -d, -f$((step + 1)))
+if [ -z "$crash" ]; then
+	say DONE
+	poweroff -f
+fi
+devmem $STEP_ADDR 32 $((MAGIC + step))
+case "$crash" in *+kdump)
+	crash=${crash%+kdump}
+	kexec_crash_load /boot/vmlinuz /boot/capture.cpio "console=ttyS0 quiet reset_devices nr_cpus=1 panic=1 irqpoll" \
+		&& say KDUMP-LOADED "$(cat /sys/kernel/kexec_crash_loaded)"
+esac
+say CRASH "$crash" step=$step
+echo 1 > /proc/sys/kernel/hung_task_timeout_secs
+echo 1 > /proc/sys/kernel/watchdog_thresh
+insmod /lib/modules/nodeheal_crash.ko
+case "$crash" in
+	hung) echo hung > /proc/nodeheal_crash & ;;
+	*) echo "$crash" > /proc/nodeheal_crash ;;
+esac
+sleep 60
+say SURVIVED
+poweroff -f
