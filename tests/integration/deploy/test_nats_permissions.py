@@ -32,6 +32,7 @@ from nodeheal.schemas.subjects import (
     audit_subject,
     cloud_subject,
     cmd_subject,
+    crash_subject,
     diagnosis_subject,
     finding_subject,
     probe_subject,
@@ -159,6 +160,7 @@ WRITES = [
     ("remediator", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
     ("detector", f"{P}.dlq.detector", "DLQ"),
     ("agent-a", f"{P}.dlq.node-agent", "DLQ"),
+    ("agent-a", crash_subject(CLUSTER, NODE_A, prefix=P), "CRASHES"),
 ]
 
 
@@ -193,6 +195,8 @@ REFUSED = [
     ("agent-a", probe_subject("other-cluster", NODE_A, prefix=P), "PROBES"),
     ("agent-a", cloud_subject(CLUSTER, NODE_A, prefix=P), "CLOUD"),
     ("agent-a", f"{P}.dlq.detector", "DLQ"),
+    ("agent-a", crash_subject(CLUSTER, NODE_B, prefix=P), "CRASHES"),
+    ("detector", crash_subject(CLUSTER, NODE_A, prefix=P), "CRASHES"),
 ]
 
 

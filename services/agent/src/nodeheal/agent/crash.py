@@ -243,6 +243,7 @@ class CrashCollector:
         uptime_s: float | None = None,
     ) -> CrashReport | None:
         """The crash report this boot owes, or None. Returns the same report until `reported()`."""
+        self.problems.clear()
         if boot_id is None:
             return None
         state = self._state
@@ -310,7 +311,6 @@ class CrashCollector:
     # -- sources ---------------------------------------------------------------------------------
 
     def _gather(self, seen: set[str]) -> list[_Found]:
-        self.problems.clear()
         cutoff = time.time() - self.lookback_s
         found = self._pstore(seen, cutoff) + self._kdump(seen, cutoff)
         return found
