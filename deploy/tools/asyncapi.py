@@ -28,6 +28,7 @@ from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.finding import FleetFinding
@@ -95,6 +96,14 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
                 "One probe per interval of this node (source=agent).",
                 "PROBES",
             ),
+            Writes(
+                "crash reports",
+                f"{P}.crash.{NODE}",
+                CrashReport,
+                "Once per boot after a crash: the previous boot's pstore, kdump and journal evidence, bounded; "
+                "Nats-Msg-Id from the boot id.",
+                "CRASHES",
+            ),
             Reads(
                 "commands",
                 f"{P}.cmd.{NODE}",
@@ -145,6 +154,13 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
             ),
             Reads("cloud events", f"{P}.cloud.*.*", "CLOUD", CloudSystemEvent, "Joined with the node's anomalies."),
             Reads("audit", f"{P}.audit.*.*", "AUDIT", RemediationRecord, "Remediation history of a node."),
+            Reads(
+                "crash reports",
+                f"{P}.crash.*.*",
+                "CRASHES",
+                CrashReport,
+                "Classified with the knowledge base and counted in the crash bucket's fleet record (crash-buckets KV).",
+            ),
             Writes(
                 "diagnoses",
                 f"{P}.diagnosis.{NODE}",
