@@ -54,7 +54,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NODEHEAL_KERNEL_CACHE", Path.home() / ".cache" / "nodeheal-kernel"))
 
 
-def _run(args: list[str], *, timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+def _run(
+    args: list[str],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    failure: type[Exception] = KernelTierUnavailableError,
+) -> str:
+    """Run a bounded command; a failure raises `failure` (a skip for setup, an error for our own build)."""
     try:
         proc = subprocess.run(
             ["timeout", "-k", "5", str(int(timeout)), *args],
@@ -69,7 +77,7 @@ def _run(args: list[str], *, timeout: float, cwd: Path | None = None, env: dict[
         raise KernelTierUnavailableError(msg) from exc
     if proc.returncode != 0:
         msg = f"{' '.join(args)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-600:]}"
-        raise KernelTierUnavailableError(msg)
+        raise failure(msg)
     return proc.stdout
 
 
@@ -205,9 +213,12 @@ def build_initramfs(kernel: Kernel) -> Path:
     _run(
         ["make", "-C", str(kernel.headers), "-f", str(kernel.common_headers / "Makefile"), f"M={build}", "modules"],
         timeout=300,
+        failure=RuntimeError,  # our module not building against the current kernel is a failure, not a skip
     )
     _run(
-        ["gcc", "-O2", "-static", "-o", str(build / "kexec_crash_load"), str(build / "kexec_crash_load.c")], timeout=120
+        ["gcc", "-O2", "-static", "-o", str(build / "kexec_crash_load"), str(build / "kexec_crash_load.c")],
+        timeout=120,
+        failure=RuntimeError,
     )
 
     def tree(root: Path) -> None:

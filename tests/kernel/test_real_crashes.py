@@ -31,7 +31,7 @@ from nodeheal.schemas.crash import CrashReport
 from tests.kernel import guest
 from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
 
-pytestmark = [pytest.mark.nats, pytest.mark.slow]
+pytestmark = [pytest.mark.nats, pytest.mark.slow, pytest.mark.timeout(1200)]  # the guests boot under TCG
 
 CLUSTER = "kernel-lab"
 
