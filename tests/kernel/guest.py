@@ -287,7 +287,8 @@ class PlanResult:
 def cmdline(plan: str) -> str:
     return " ".join(
         [
-            "console=ttyS0 quiet panic=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0",
+            "console=ttyS0 quiet panic=-1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0",
+            "cryptomgr.notests",  # the crypto self-tests are ~10 % of a boot under TCG
             f"memmap=2M${RAMOOPS_ADDR:#x}",  # ramoops (1 MiB) + the step counter page, kept out of the RAM map
             "crashkernel=160M crash_kexec_post_notifiers",  # kdump after pstore has written its record
             f"nodeheal.plan={plan}",
