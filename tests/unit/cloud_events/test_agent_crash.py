@@ -251,3 +251,24 @@ def test_a_bucket_record_counts_each_boot_once() -> None:
         2,
         ["6.1.0-57-cloud-amd64", "6.1.0-58-cloud-amd64"],
     )
+
+
+async def test_an_efi_dump_in_parts_is_one_evidence_and_reported_once(node: tuple[Path, Path]) -> None:
+    root, state = node
+    await booted(root, state, OLD_BOOT)
+    lines = real("softlockup/pstore/dmesg-ramoops-0").decode().splitlines()[1:]
+    head, tail = lines[: len(lines) // 2], lines[len(lines) // 2 :]
+    lay_out(
+        root,
+        {
+            "/sys/fs/pstore/dmesg-efi-171234567801001": "\n".join(["Panic#1 Part1", *tail]).encode(),
+            "/sys/fs/pstore/dmesg-efi-171234567802001": "\n".join(["Panic#1 Part2", *head]).encode(),
+        },
+    )
+    agent, report = await booted(root, state, NEW_BOOT, max_lines=MAX_CRASH_LINES)
+    assert report is not None
+    assert [(e.backend, e.record) for e in report.evidence] == [("efi", "Panic#1 Part1")]
+    assert list(report.evidence[0].lines) == lines[-MAX_CRASH_LINES:]
+    agent.reported(report)
+    _, later = await booted(root, state, "5b0e2f7d-9a41-4c3e-8d6f-1e2a3b4c5d6e")  # crashed again, no new dump
+    assert later is not None and later.evidence == ()  # the old parts are remembered, file by file

@@ -57,7 +57,7 @@ MAX_SEEN = 512  # evidence fingerprints remembered
 _MAX_READ_BYTES = 4 * 1024 * 1024  # a vmcore-dmesg.txt is the whole ring buffer: read at most its tail
 
 _PSTORE_HEADER = re.compile(r"^(?P<reason>[A-Za-z ]+?)#(?P<count>\d+) Part(?P<part>\d+)\s*$")
-_PSTORE_NAME = re.compile(r"^(?P<kind>dmesg|console)-(?P<backend>[a-z0-9_]+)-(?P<id>\d+)$")
+_PSTORE_NAME = re.compile(r"^(?P<kind>dmesg|console)-(?P<backend>[a-z0-9_]+)-(?P<id>[\w.-]+)$")
 _KDUMP_FILES: tuple[tuple[str, str], ...] = (
     ("vmcore-dmesg.txt", "kdumpctl"),
     ("vmcore-dmesg-incomplete.txt", "kdumpctl"),
@@ -145,7 +145,7 @@ def bound_report(report: CrashReport, *, max_bytes: int = MAX_CRASH_REPORT_BYTES
 @dataclass(slots=True)
 class _Found:
     evidence: CrashEvidence
-    fingerprint: str
+    fingerprints: list[str]  # one per file read
 
 
 @dataclass
@@ -287,7 +287,7 @@ class CrashCollector:
             evidence_dropped=max(0, len(evidence) - MAX_CRASH_EVIDENCE),
         )
         report = bound_report(report, max_bytes=self.max_bytes)
-        self._pending = (report, [f.fingerprint for f in found])
+        self._pending = (report, [fp for f in found for fp in f.fingerprints])
         return report
 
     def reported(self, report: CrashReport) -> None:
@@ -315,6 +315,15 @@ class CrashCollector:
         found = self._pstore(seen, cutoff) + self._kdump(seen, cutoff)
         return found
 
+    def _list(self, directory: Path) -> list[Path]:
+        if not directory.is_dir():
+            return []
+        try:
+            return list(directory.iterdir())
+        except OSError as exc:
+            self.problems.append(f"cannot list {directory}: {exc.strerror or exc}")
+            return []
+
     def _stat_ok(self, path: Path, cutoff: float) -> tuple[int, float] | None:
         try:
             st = path.stat()
@@ -340,13 +349,12 @@ class CrashCollector:
         records: list[tuple[PstoreRecord, str, str, float, int]] = []  # record, host path, fingerprint, mtime, size
         for host_dir in self.pstore_dirs:
             base = self.path(host_dir)
-            if not base.is_dir():
-                continue
-            candidates = sorted(p for p in base.iterdir() if p.is_file())
+            entries = self._list(base)
+            candidates = sorted(p for p in entries if p.is_file())
             # systemd-pstore keeps efi dumps as <dir>/dmesg.txt (already reassembled)
-            candidates += sorted(p / "dmesg.txt" for p in base.iterdir() if p.is_dir() and (p / "dmesg.txt").is_file())
+            candidates += sorted(p / "dmesg.txt" for p in entries if p.is_dir() and (p / "dmesg.txt").is_file())
             for path in candidates:
-                name = path.name if path.name != "dmesg.txt" else f"dmesg-{path.parent.name}"
+                name = path.name if path.name != "dmesg.txt" else f"dmesg-systemd_pstore-{path.parent.name}"
                 if not name.startswith(("dmesg-", "console-")) or name.endswith(".enc.z"):
                     continue
                 stat = self._stat_ok(path, cutoff)
@@ -382,7 +390,7 @@ class CrashCollector:
                         lines=bounded,
                         lines_dropped=dropped,
                     ),
-                    fingerprint=",".join(by_name[r.name][2] for r in group),
+                    fingerprints=[by_name[r.name][2] for r in group],
                 )
             )
         # a panic record says more than the oops before it; console logs come last
@@ -393,9 +401,7 @@ class CrashCollector:
         found: list[tuple[float, _Found]] = []
         for host_dir in self.kdump_dirs:
             base = self.path(host_dir)
-            if not base.is_dir():
-                continue
-            for directory in sorted(p for p in base.iterdir() if p.is_dir()):
+            for directory in sorted(p for p in self._list(base) if p.is_dir()):
                 for pattern, layout in _KDUMP_FILES:
                     for path in sorted(directory.glob(pattern)):
                         stat = self._stat_ok(path, cutoff)
@@ -418,7 +424,7 @@ class CrashCollector:
                             lines=bounded,
                             lines_dropped=dropped,
                         )
-                        found.append((stat[1], _Found(evidence=evidence, fingerprint=fingerprint)))
+                        found.append((stat[1], _Found(evidence=evidence, fingerprints=[fingerprint])))
         found.sort(key=lambda item: -item[0])  # newest dump first
         return [f for _, f in found]
 
@@ -454,7 +460,7 @@ class CrashCollector:
             lines=bounded,
             lines_dropped=dropped,
         )
-        return _Found(evidence=evidence, fingerprint=f"journal:{boot}")
+        return _Found(evidence=evidence, fingerprints=[f"journal:{boot}"])
 
 
 def _fingerprint(host_path: str, stat: tuple[int, float]) -> str:
