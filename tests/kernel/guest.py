@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import json
 import os
 import re
 import shutil
@@ -151,21 +152,33 @@ class Kernel:
 
 def ensure_kernel() -> Kernel:
     """The current linux-image-cloud-amd64 and what building a module against it needs, unpacked."""
-    if _candidate("linux-image-cloud-amd64") is None:
-        _apt_update_once()
-    depends = _run(["apt-cache", "depends", "linux-image-cloud-amd64"], timeout=60)
-    match = re.search(r"Depends: linux-image-(?P<release>\d[\w.-]*-cloud-amd64)", depends)
+
+    def show() -> re.Match[str] | None:
+        try:  # one apt-cache call (each costs seconds on a busy machine): the candidate and what it depends on
+            out = _run(["apt-cache", "show", "--no-all-versions", "linux-image-cloud-amd64"], timeout=120)
+        except KernelTierUnavailableError:
+            return None
+        return re.search(r"Depends: linux-image-(?P<release>\d[\w.-]*-cloud-amd64) \(= (?P<version>[^)\s]+)\)", out)
+
+    resolved = cache_dir() / "resolved.json"  # apt's answer, kept for a day
+    try:
+        known = json.loads(resolved.read_text())
+        if time.time() - resolved.stat().st_mtime < 86_400 and (cache_dir() / known["dir"] / ".unpacked").exists():
+            return Kernel(release=known["release"], version=known["version"], root=cache_dir() / known["dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    match = show()
     if match is None:
-        msg = "linux-image-cloud-amd64 does not name a versioned image package"
+        _apt_update_once()
+        match = show()
+    if match is None:
+        msg = "linux-image-cloud-amd64 is not known to apt (or does not name a versioned image package)"
         raise KernelTierUnavailableError(msg)
-    release = match.group("release")
-    version = _candidate(f"linux-image-{release}")
-    if version is None:
-        msg = f"no candidate for linux-image-{release}"
-        raise KernelTierUnavailableError(msg)
+    release, version = match.group("release"), match.group("version")
     root = cache_dir() / f"{release}_{version}"
     done = root / ".unpacked"
     if done.exists():
+        resolved.write_text(json.dumps({"release": release, "version": version, "dir": root.name}))
         return Kernel(release=release, version=version, root=root)
     major = ".".join(release.split(".")[:2])
     abi = release.rsplit("-", 2)[0]  # 6.1.0-57
@@ -183,6 +196,7 @@ def ensure_kernel() -> Kernel:
         _run(["dpkg-deb", "-x", str(deb), str(root)], timeout=APT_TIMEOUT_S)
         deb.unlink()
     done.write_text(" ".join(packages) + "\n")
+    resolved.write_text(json.dumps({"release": release, "version": version, "dir": root.name}))
     return Kernel(release=release, version=version, root=root)
 
 
