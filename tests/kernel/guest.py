@@ -356,18 +356,31 @@ def run_plan(kernel: Kernel, initrd: Path, plan: str, *, workdir: Path, timeout_
         "-serial", f"file:{serial}", "-monitor", "none",
         "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", cmdline(plan),
     ]  # fmt: skip
+    steps = [step for step in plan.split(",") if step]
+    most_panics = len(steps) + 1  # one per step; more means the guest is crashing in a loop
     started = time.monotonic()
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # its own process group: `timeout` and qemu are killed together, by the group id of what we started
+    proc = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    looping = False
     try:
-        out, _ = proc.communicate(timeout=timeout_s + 15)
+        while proc.poll() is None and time.monotonic() - started < timeout_s + 15:
+            time.sleep(0.5)
+            panics = serial.read_bytes().count(b"Kernel panic - not syncing") if serial.exists() else 0
+            if panics > most_panics:  # e.g. a crash before ramoops was loaded: it would reboot until the timeout
+                looping = True
+                break
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out = proc.stdout.read() if proc.stdout else b""
     seconds = time.monotonic() - started
     text = serial.read_text(encoding="latin-1") if serial.exists() else ""
-    if proc.returncode != 0 or "=====NODEHEAL DONE" not in text:
-        msg = f"guest run {plan!r} ended {proc.returncode} after {seconds:.0f}s without DONE: {out[-400:]!r}\n{text[-3000:]}"
+    if looping or proc.returncode != 0 or "=====NODEHEAL DONE" not in text:
+        why = f"panicked more than {most_panics} times" if looping else f"ended {proc.returncode}"
+        msg = f"guest run {plan!r} {why} after {seconds:.0f}s without DONE: {out[-400:]!r}\n{text[-3000:]}"
         raise AssertionError(msg)
     return PlanResult(plan=plan, captures=parse_serial(text, plan), serial=text, seconds=seconds)
