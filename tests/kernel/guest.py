@@ -196,6 +196,12 @@ def ensure_kernel() -> Kernel:
     for deb in sorted(downloads.glob("*.deb")):
         _run(["dpkg-deb", "-x", str(deb), str(root)], timeout=APT_TIMEOUT_S)
         deb.unlink()
+    # keep only the two modules the guest loads (the rest of lib/modules is ~90 MB)
+    kernel = Kernel(release=release, version=version, root=root)
+    keep = {kernel.modules / "lib/reed_solomon/reed_solomon.ko", kernel.modules / "fs/pstore/ramoops.ko"}
+    for module in kernel.modules.rglob("*.ko"):
+        if module not in keep:
+            module.unlink()
     done.write_text(" ".join(packages) + "\n")
     resolved.write_text(json.dumps({"release": release, "version": version, "dir": root.name}))
     return Kernel(release=release, version=version, root=root)
@@ -220,8 +226,8 @@ def build_initramfs(kernel: Kernel) -> Path:
     out = kernel.root / "guest" / digest.hexdigest()[:12]
     if (out / "initrd.cpio").exists():
         return out / "initrd.cpio"
-    if out.exists():
-        shutil.rmtree(out)
+    for old in out.parent.glob("*") if out.parent.exists() else []:
+        shutil.rmtree(old, ignore_errors=True)  # builds of earlier guest/ sources
     build = out / "build"
     shutil.copytree(GUEST_SRC, build)
     # Debian's header Makefile includes /usr/src/...-common by absolute path: name the unpacked one
@@ -276,7 +282,8 @@ def build_initramfs(kernel: Kernel) -> Path:
     cpio(capture, main / "boot" / "capture.cpio")
     cpio(main, out / "initrd.cpio.tmp")
     (out / "initrd.cpio.tmp").replace(out / "initrd.cpio")
-    shutil.rmtree(build)
+    for tree_dir in (build, capture, main):
+        shutil.rmtree(tree_dir)
     return out / "initrd.cpio"
 
 
