@@ -67,6 +67,8 @@ def _start() -> Future[tuple[str, list[guest.PlanResult]]]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
     if _enabled() and any("tests/kernel/" in item.nodeid for item in session.items):
         _start()
 
