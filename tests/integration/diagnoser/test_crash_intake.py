@@ -19,9 +19,13 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.crash import CrashEvidence, CrashReport
 from nodeheal.schemas.dlq import DeadLetter
+from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import crash_subject, dlq_subject
+from tests.unit.diagnoser.scenarios import CLUSTER, inventory
 
 pytestmark = pytest.mark.nats
+
+MODELS = {"n1": "ecs.ebmg7.32xlarge", "n2": "ecs.ebmc7.32xlarge"}
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "kernel"
 
@@ -29,7 +33,7 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "kernel"
 def report(node: str, boot: str, case: str) -> CrashReport:
     lines = (DATA / case / "pstore" / "dmesg-ramoops-0").read_text().splitlines()
     return CrashReport(
-        cluster="c1",
+        cluster=CLUSTER,
         node=node,
         boot_id=boot,
         previous_boot_id=f"{boot}-before",
@@ -49,8 +53,11 @@ def report(node: str, boot: str, case: str) -> CrashReport:
 
 @pytest.fixture
 async def service(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DiagnoserRuntime]:
+    kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
+    for node, model in MODELS.items():
+        await kv.put(inventory_key(CLUSTER, node), inventory(node, model=model).to_json())
     runtime = DiagnoserRuntime(
-        settings=DiagnoserSettings(nats=topology_ready, cluster="c1", fetch_timeout_s=0.3), nc=nc
+        settings=DiagnoserSettings(nats=topology_ready, cluster=CLUSTER, fetch_timeout_s=0.3), nc=nc
     )
     await runtime.start()
     yield runtime
@@ -80,7 +87,7 @@ async def test_crash_reports_are_bucketed_once_per_boot_and_bad_ones_dead_letter
     js = nc.jetstream()
     prefix = topology_ready.prefix
     garbage = b'{"schema": "nodeheal.crash/v1", "node": "n1"}'
-    await js.publish(crash_subject("c1", "n1", prefix=prefix), garbage)
+    await js.publish(crash_subject(CLUSTER, "n1", prefix=prefix), garbage)
     sent = [
         report("n1", "boot-1", "softlockup"),
         report("n2", "boot-7", "softlockup"),
@@ -91,7 +98,7 @@ async def test_crash_reports_are_bucketed_once_per_boot_and_bad_ones_dead_letter
         await publish_model(js, subject, item, msg_id=f"m-{item.boot_id}")
     # the same boot's report again under another message id (e.g. after the duplicate window): counted once
     again = report("n1", "boot-1", "softlockup")
-    await publish_model(js, crash_subject("c1", "n1", prefix=prefix), again, msg_id="m-boot-1-late")
+    await publish_model(js, crash_subject(CLUSTER, "n1", prefix=prefix), again, msg_id="m-boot-1-late")
 
     records = await _bucket_records(nc, topology_ready, total=3)
     by_cls = {r["cls"]: r for r in records.values()}
@@ -100,6 +107,7 @@ async def test_crash_reports_are_bucketed_once_per_boot_and_bad_ones_dead_letter
     assert by_cls["soft_lockup"]["rip_func"] == "nodeheal_spin_forever"
     assert by_cls["hung_task"]["count"] == 1
     assert by_cls["soft_lockup"]["kernels"] == ["6.1.0-57-cloud-amd64"]
+    assert sorted(by_cls["soft_lockup"]["machine_models"]) == sorted(MODELS.values())  # from the inventory
 
     dlq_stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}DLQ").name
     msg = await js.get_last_msg(dlq_stream, dlq_subject("diagnoser", prefix=prefix))

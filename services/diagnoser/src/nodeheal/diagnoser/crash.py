@@ -106,7 +106,12 @@ def bucket_key(verdict: CrashVerdict) -> str:
 
 
 def update_record(
-    record: dict[str, Any] | None, verdict: CrashVerdict, *, kernel: str | None, at: datetime
+    record: dict[str, Any] | None,
+    verdict: CrashVerdict,
+    *,
+    kernel: str | None,
+    at: datetime,
+    machine_model: str | None = None,
 ) -> dict[str, Any] | None:
     """The bucket's fleet record with this crash counted; None when this (node, boot) was counted already."""
     boot = f"{verdict.cluster}/{verdict.node}/{verdict.boot_id}"
@@ -122,6 +127,9 @@ def update_record(
     kernels: list[str] = list(rec.get("kernels", []))
     if kernel and kernel not in kernels:
         kernels.append(kernel)
+    models: list[str] = list(rec.get("machine_models", []))
+    if machine_model and machine_model not in models:
+        models.append(machine_model)
     rec.update(
         {
             "bucket": bucket_key(verdict),
@@ -136,6 +144,7 @@ def update_record(
             "nodes": nodes[-MAX_RECORD_NODES:],
             "node_count": int(rec.get("node_count", 0)) + (0 if node in rec.get("nodes", []) else 1),
             "kernels": kernels[-50:],
+            "machine_models": models[-50:],
             "boots": [*boots, boot][-MAX_RECORD_BOOTS:],
             "first_seen": rec.get("first_seen") or at.isoformat(),
             "last_seen": at.isoformat(),
@@ -167,6 +176,7 @@ class CrashIntake:
         max_deliver: int = 10,
         stopping: Callable[[], bool] = lambda: False,
         on_verdict: VerdictHook | None = None,
+        machine_model: Callable[[str, str], str | None] = lambda cluster, node: None,
         registry: prometheus_client.CollectorRegistry | None = None,
     ) -> None:
         self.js = js
@@ -182,6 +192,7 @@ class CrashIntake:
         self.max_deliver = max_deliver
         self.stopping = stopping
         self.on_verdict = on_verdict
+        self.machine_model = machine_model
         self._kv: KeyValue | None = None
         self.m_crashes = prometheus_client.Counter(
             "nodeheal_diagnoser_crash_reports_total",
@@ -252,7 +263,8 @@ class CrashIntake:
             return
         verdict = classify(report, self.matcher)
         try:
-            record = await self._count(verdict, kernel=_kernel_of(verdict, report))
+            model = self.machine_model(report.cluster, report.node)
+            record = await self._count(verdict, kernel=_kernel_of(verdict, report), machine_model=model)
             if self.on_verdict is not None:
                 await self.on_verdict(verdict, record)
         except Exception as exc:
@@ -274,7 +286,7 @@ class CrashIntake:
             },
         )
 
-    async def _count(self, verdict: CrashVerdict, *, kernel: str | None) -> dict[str, Any]:
+    async def _count(self, verdict: CrashVerdict, *, kernel: str | None, machine_model: str | None) -> dict[str, Any]:
         assert self._kv is not None
         key = f"bucket.{bucket_key(verdict)}"
         for _ in range(20):
@@ -284,7 +296,9 @@ class CrashIntake:
                 revision: int | None = entry.revision
             except KeyNotFoundError:
                 current, revision = None, None
-            updated = update_record(current, verdict, kernel=kernel, at=datetime.now(tz=UTC))
+            updated = update_record(
+                current, verdict, kernel=kernel, at=datetime.now(tz=UTC), machine_model=machine_model
+            )
             if updated is None:
                 return current or {}
             data = json.dumps(updated, sort_keys=True).encode()

@@ -120,6 +120,9 @@ class DiagnoserRuntime:
             prefix=self.prefix,
             service=SERVICE,
             stopping=lambda: self._stopping,
+            machine_model=lambda cluster, node: getattr(
+                self.diagnoser.fleet.inventory.get(f"{cluster}/{node}"), "machine_model", None
+            ),
             registry=registry,
         )
 
