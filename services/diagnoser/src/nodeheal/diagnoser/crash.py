@@ -245,23 +245,31 @@ class CrashIntake:
             return None
         return sub
 
+    async def _reject(self, msg: Any, reason: str) -> None:
+        await dead_letter(
+            self.js,
+            service=self.service,
+            reason=reason,
+            raw=msg.data,
+            subject=msg.subject,
+            headers=dict(msg.headers or {}),
+            prefix=self.prefix,
+        )
+        await msg.ack()
+        self.m_crashes.labels("dead_letter", "").inc()
+
     async def handle(self, msg: Any) -> None:
         try:
             report = CrashReport.model_validate_json(msg.data)
         except ValidationError as exc:
-            await dead_letter(
-                self.js,
-                service=self.service,
-                reason=f"not a valid CrashReport: {exc.errors()[:3]}",
-                raw=msg.data,
-                subject=msg.subject,
-                headers=dict(msg.headers or {}),
-                prefix=self.prefix,
-            )
-            await msg.ack()
-            self.m_crashes.labels("dead_letter", "").inc()
+            await self._reject(msg, f"not a valid CrashReport: {exc.errors()[:3]}")
             return
-        verdict = classify(report, self.matcher)
+        try:
+            verdict = classify(report, self.matcher)
+        except Exception as exc:  # a knowledge-base defect must not stop the consumer
+            log.exception("crash report not classified", extra={"node": report.node})
+            await self._reject(msg, f"crash report could not be classified: {exc!r}"[:500])
+            return
         try:
             model = self.machine_model(report.cluster, report.node)
             record = await self._count(verdict, kernel=_kernel_of(verdict, report), machine_model=model)
