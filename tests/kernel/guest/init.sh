@@ -1,5 +1,10 @@
 #!/bin/busybox sh
-# nodeheal kernel test tier: PID 1 of the guest.
+# nodeheal kernel test tier: PID 1 of the guest (see tests/kernel/guest.py).
+#
+# Every boot: load ramoops into the reserved RAM, print what pstore holds (gzip + base64 between
+# =====NODEHEAL markers on the serial console), erase it, then run the next step of nodeheal.plan
+# (`null`, `softlockup`, `hung`, optionally `+kdump`), or power off when the plan is done. The step
+# counter lives in the reserved page after the ramoops region (devmem), which a warm reset keeps.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -49,10 +54,11 @@ fi
 devmem $STEP_ADDR 32 $((MAGIC + step))
 case "$crash" in *+kdump)
 	crash=${crash%+kdump}
-	kexec_crash_load /boot/vmlinuz /boot/capture.cpio "console=ttyS0 quiet reset_devices nr_cpus=1 panic=1 irqpoll" \
+	kexec_crash_load /boot/vmlinuz /boot/capture.cpio "console=ttyS0 quiet reset_devices nr_cpus=1 panic=1 irqpoll cryptomgr.notests" \
 		&& say KDUMP-LOADED "$(cat /sys/kernel/kexec_crash_loaded)"
 esac
 say CRASH "$crash" step=$step
+# only now: kexec_file_load hashes ~18 MB with generic sha256, which under TCG is itself a soft lockup at 1 s
 echo 1 > /proc/sys/kernel/hung_task_timeout_secs
 echo 1 > /proc/sys/kernel/watchdog_thresh
 insmod /lib/modules/nodeheal_crash.ko
