@@ -39,7 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GUEST_SRC = Path(__file__).resolve().parent / "guest"
-TOOLS = ("qemu-system-x86", "busybox-static", "cpio")
+TOOLS = {  # binary → the Debian package that brings it
+    "qemu-system-x86_64": "qemu-system-x86",
+    "busybox": "busybox-static",
+    "cpio": "cpio",
+    "gcc": "gcc",
+    "make": "make",
+}
 RAMOOPS_ADDR = 0xE000000  # the init script uses the same addresses: 1 MiB ramoops, then the step counter
 APT_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 420
@@ -100,13 +106,11 @@ def _apt_update_once() -> None:
 
 
 def ensure_tools() -> None:
-    """qemu, busybox and cpio on the host (installed from the Debian registry when missing)."""
-    missing = [
-        pkg
-        for pkg, binary in zip(TOOLS, ("qemu-system-x86_64", "busybox", "cpio"), strict=True)
-        if shutil.which(binary) is None
-    ]
-    for binary in ("gcc", "make", "dpkg-deb", "apt-get", "timeout"):
+    """qemu, busybox, cpio and a compiler on the host (installed from the Debian registry when missing)."""
+    missing = [pkg for binary, pkg in TOOLS.items() if shutil.which(binary) is None]
+    if "gcc" in missing:
+        missing.append("libc6-dev")  # the static libc of the kexec loader
+    for binary in ("dpkg-deb", "apt-get", "apt-cache", "timeout"):
         if shutil.which(binary) is None:
             msg = f"{binary} is not installed"
             raise KernelTierUnavailableError(msg)
