@@ -19,14 +19,20 @@ dump() {  # $1 = label, $2 = file: gzip + base64 between markers on the serial c
 	say END "$1"
 }
 
+STEP_ADDR=0xE100000; MAGIC=0x4E480000
 if [ -e /proc/vmcore ]; then  # the kdump capture kernel
 	vmcore-dmesg /proc/vmcore > /vmcore-dmesg.txt
 	say VMCORE-DMESG "rc=$?"
 	dump vmcore-dmesg.txt /vmcore-dmesg.txt
+	if [ "$(arg nodeheal.advance)" = 1 ]; then  # kdump only: pstore stays empty, so the step ends here
+		word=$(devmem $STEP_ADDR 32)
+		say BOOT "$(cat /proc/sys/kernel/random/boot_id)" step=$((word & 0xFFFF))
+		say REPORTED 0
+		devmem $STEP_ADDR 32 $((word + 1))
+	fi
 	reboot -f   # warm reset: the first kernel boots again and finds pstore
 fi
 
-STEP_ADDR=0xE100000; MAGIC=0x4E480000
 insmod /lib/modules/reed_solomon.ko
 insmod /lib/modules/ramoops.ko mem_address=0xE000000 mem_size=0x100000 record_size=0x20000 ecc=0
 mount -t pstore pstore /sys/fs/pstore
@@ -52,10 +58,17 @@ if [ -z "$crash" ]; then
 	poweroff -f
 fi
 devmem $STEP_ADDR 32 $((MAGIC + step))
-case "$crash" in *+kdump)
+capture="console=ttyS0 quiet reset_devices nr_cpus=1 panic=1 irqpoll cryptomgr.notests"
+case "$crash" in
+*+kdump)  # pstore first (crash_kexec_post_notifiers on the command line), then kdump
 	crash=${crash%+kdump}
-	kexec_crash_load /boot/vmlinuz /boot/capture.cpio "console=ttyS0 quiet reset_devices nr_cpus=1 panic=1 irqpoll cryptomgr.notests" \
-		&& say KDUMP-LOADED "$(cat /sys/kernel/kexec_crash_loaded)"
+	kexec_crash_load /boot/vmlinuz /boot/capture.cpio "$capture" \
+		&& say KDUMP-LOADED "$(cat /sys/kernel/kexec_crash_loaded)" ;;
+*+kdumponly)  # kdump's default: an oops goes straight to the capture kernel, pstore gets nothing
+	crash=${crash%+kdumponly}
+	echo N > /sys/module/kernel/parameters/crash_kexec_post_notifiers
+	kexec_crash_load /boot/vmlinuz /boot/capture.cpio "$capture nodeheal.advance=1" \
+		&& say KDUMP-LOADED "$(cat /sys/kernel/kexec_crash_loaded)" ;;
 esac
 say CRASH "$crash" step=$step
 # only now: kexec_file_load hashes ~18 MB with generic sha256, which under TCG is itself a soft lockup at 1 s

@@ -272,3 +272,22 @@ async def test_an_efi_dump_in_parts_is_one_evidence_and_reported_once(node: tupl
     agent.reported(report)
     _, later = await booted(root, state, "5b0e2f7d-9a41-4c3e-8d6f-1e2a3b4c5d6e")  # crashed again, no new dump
     assert later is not None and later.evidence == ()  # the old parts are remembered, file by file
+
+
+async def test_a_default_kdump_without_panic_line_buckets_with_the_pstore_oops(tmp_path: Path) -> None:
+    """kdump's default (no crash_kexec_post_notifiers): the oops goes straight to the capture kernel,
+    vmcore-dmesg.txt ends at the oops with no panic line and pstore stays empty."""
+    root, state = tmp_path / "root", tmp_path / "state"
+    root.mkdir()
+    state.mkdir()
+    await booted(root, state, OLD_BOOT)
+    text = real("null-kdump-default/vmcore-dmesg.txt")
+    assert b"Kernel panic" not in text
+    lay_out(root, {"/var/crash/127.0.0.1-2026-12-01-17:55:02/vmcore-dmesg.txt": text})
+    _, report = await booted(root, state, NEW_BOOT)
+    assert report is not None and [e.source for e in report.evidence] == ["kdump"]
+    matcher = default_matcher()
+    verdict = classify(report, matcher)
+    assert verdict.cls == "kernel_oops_null_deref"
+    pstore = classify(await _report_of(tmp_path / "p", "null", NEW_BOOT), matcher)
+    assert bucket_key(verdict) == bucket_key(pstore)
