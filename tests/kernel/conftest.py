@@ -89,6 +89,8 @@ def real_crashes() -> list[guest.PlanResult]:
     runs = _start()
     _control.hurry()
     try:
+        while not runs.done():  # short waits: an interrupt (Ctrl-C, pytest-timeout) gets through
+            time.sleep(0.5)
         note, results = runs.result()
     except guest.KernelTierUnavailableError as exc:
         pytest.skip(f"real-kernel tier unavailable here: {exc}")
