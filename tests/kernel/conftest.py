@@ -46,7 +46,7 @@ def _prepare_and_run(workdir: Path) -> tuple[str, list[guest.PlanResult]]:
         results = list(
             pool.map(
                 lambda plan: guest.run_plan(
-                    kernel, initrd, plan, workdir=workdir, nice=BACKGROUND_NICE, control=_control, timeout_s=900
+                    kernel, initrd, plan, workdir=workdir, nice=BACKGROUND_NICE, control=_control, timeout_s=1500
                 ),
                 PLANS,
             )
