@@ -292,6 +292,8 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
                 *_consume(lo.stream("CRASHES")),  # the agents' crash reports
                 *_kv_write(lo.bucket("crash-buckets")),  # one fleet record per crash bucket
                 *_kv_read(inv),
+                # its durable memory (crash history per host), written before acking (issue 14 item 2)
+                *_kv_write(lo.bucket("diagnoser")),
             ),
             sub_allow=tuple(own_inbox),
             inbox=inbox,
