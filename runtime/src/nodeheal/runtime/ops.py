@@ -1,8 +1,9 @@
 """`/healthz`, `/readyz` and `/metrics` for the edge processes that speak raw nats-py (agent, prober,
 inventory watcher) rather than through a faststream broker.
 
-`/healthz` answers while the event loop runs (NATS being away is not a reason to restart a pod:
-nats-py reconnects by itself); `/readyz` runs the registered checks and answers 503 with the
+`/healthz` answers while the event loop runs and every registered liveness check passes (a loop
+that died answers 503, so Kubernetes restarts the pod; NATS being away is not a reason: nats-py
+reconnects by itself); `/readyz` runs the registered checks and answers 503 with the
 problems, one per line.
 """
 
@@ -15,6 +16,7 @@ import prometheus_client
 from aiohttp import web
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+LivenessCheck = Callable[[], tuple[bool, str]]
 
 log = logging.getLogger("nodeheal.runtime.ops")
 
@@ -26,16 +28,21 @@ class OpsServer:
         host: str,
         port: int,
         readiness: Sequence[ReadinessCheck] = (),
+        liveness: Sequence[LivenessCheck] = (),
         registry: prometheus_client.CollectorRegistry | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.readiness = list(readiness)
+        self.liveness = list(liveness)
         self.registry = registry or prometheus_client.REGISTRY
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        problems = [detail for ok, detail in (check() for check in self.liveness) if not ok]
+        if problems:
+            return web.Response(text="\n".join(problems), status=503)
         return web.Response(text="ok")
 
     async def _readyz(self, request: web.Request) -> web.Response:
