@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -289,6 +289,8 @@ class ConsumerRuntime:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lag: list[tuple[str, str]] = []
         self._outbound: list[Outbound] = []
+        self._consumed: list[tuple[Inbound[Any], Handler[Any]]] = []
+        self._documented: list[Inbound[Any]] = []
         self._started = False
         self._stopping = False
 
@@ -297,49 +299,20 @@ class ConsumerRuntime:
     def consume(self, spec: Inbound[M], handler: Handler[M]) -> None:
         """Declare a consumer: faststream pull subscriber on `spec.stream` bound to the durable."""
         self._specs[(spec.stream, spec.durable)] = spec
-        model = spec.model
-
-        async def decode(msg: Any, original: Any) -> Any:
-            return model.model_validate_json(msg.body)
-
-        async def on_message(body: Any, message: Any) -> None:
-            try:
-                await handler(body, Delivery(message.raw_message))
-            except Exception as exc:
-                raise HandlerFailed(exc) from exc
-
-        on_message.__annotations__ = {"body": model, "message": NatsMessage, "return": None}
-        on_message.__name__ = f"{self.service}_{spec.title.replace(' ', '_')}"
-        on_message.__doc__ = spec.description or None
-        subscriber = self.broker.subscriber(
-            spec.subject,
-            stream=JStream(spec.stream, declare=False),
-            durable=spec.durable,
-            config=ConsumerConfig(
-                ack_wait=spec.ack_wait_s, max_deliver=spec.max_deliver, max_ack_pending=spec.max_ack_pending
-            ),
-            pull_sub=PullSub(batch_size=spec.batch_size, timeout=spec.fetch_timeout_s),
-            ack_policy=AckPolicy.MANUAL,
-            max_workers=spec.max_workers if spec.max_workers > 1 else None,
-            decoder=decode,
-            title=spec.title,
-            description=spec.description or None,
-        )
-        subscriber(on_message)
+        subscriber = _declare(self.broker, spec, handler, service=self.service)
         self._subscribers.append((spec, subscriber))
+        self._consumed.append((spec, handler))
+        self._lag.append((spec.stream, spec.durable))
+
+    def documents(self, spec: Inbound[Any]) -> None:
+        """A consumer the service runs outside this runtime (the detector's probe path): in the AsyncAPI
+        document and in the lag report, never started here."""
+        self._documented.append(spec)
         self._lag.append((spec.stream, spec.durable))
 
     def publishes(self, *outbound: Outbound) -> None:
         """Document what the service publishes (AsyncAPI `send` operations)."""
-        for item in outbound:
-            self._outbound.append(item)
-            self.broker.publisher(
-                item.subject,
-                schema=item.model,
-                title=item.title,
-                description=item.description,
-                stream=JStream(item.stream, declare=False) if item.stream else None,
-            )
+        self._outbound.extend(outbound)
 
     def loop(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """A background loop the process cannot live without: if it ends, `/healthz` fails."""
@@ -361,8 +334,23 @@ class ConsumerRuntime:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
-    def document(self, *, title: str, version: str, description: str) -> AsyncAPI:
-        return AsyncAPI(self.broker, title=title, version=version, description=description)
+    def document(self, *, title: str, version: str, description: str, server: str) -> AsyncAPI:
+        """The AsyncAPI document: the declared consumers, through the same `_declare` as the process's
+        subscribers, on a broker that never connects; plus what the service publishes."""
+        broker = NatsBroker(server)
+        for spec, handler in self._consumed:
+            _declare(broker, spec, handler, service=self.service)
+        for spec in self._documented:
+            _declare(broker, spec, _never, service=self.service)
+        for item in self._outbound:
+            broker.publisher(
+                item.subject,
+                schema=item.model,
+                title=item.title,
+                description=item.description,
+                stream=JStream(item.stream, declare=False) if item.stream else None,
+            )
+        return AsyncAPI(broker, title=title, version=version, description=description)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -487,5 +475,41 @@ class ConsumerRuntime:
         self.metrics.messages_dead_lettered.labels(self.service).inc()
 
 
-def inbound_names(specs: Sequence[Inbound[Any]]) -> list[str]:
-    return [f"{s.stream}/{s.durable}" for s in specs]
+async def _never(body: Any, delivery: Delivery) -> None:
+    return None
+
+
+def _declare(broker: NatsBroker, spec: Inbound[M], handler: Handler[M], *, service: str) -> LogicSubscriber[Any]:
+    """The faststream subscriber of one consumer: a pull subscriber bound to the durable, batch pulls,
+    MANUAL acks (the settle middleware acks), the model decoded by our decoder so that any exception
+    of decoding is caught by the settle middleware."""
+    model = spec.model
+
+    async def decode(msg: Any, original: Any) -> Any:
+        return model.model_validate_json(msg.body)
+
+    async def on_message(body: Any, message: Any) -> None:
+        try:
+            await handler(body, Delivery(message.raw_message))
+        except Exception as exc:
+            raise HandlerFailed(exc) from exc
+
+    on_message.__annotations__ = {"body": model, "message": NatsMessage, "return": None}
+    on_message.__name__ = f"{service}_{spec.title.replace(' ', '_')}"
+    on_message.__doc__ = spec.description or None
+    subscriber = broker.subscriber(
+        spec.subject,
+        stream=JStream(spec.stream, declare=False),
+        durable=spec.durable,
+        config=ConsumerConfig(
+            ack_wait=spec.ack_wait_s, max_deliver=spec.max_deliver, max_ack_pending=spec.max_ack_pending
+        ),
+        pull_sub=PullSub(batch_size=spec.batch_size, timeout=spec.fetch_timeout_s),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=spec.max_workers if spec.max_workers > 1 else None,
+        decoder=decode,
+        title=spec.title,
+        description=spec.description or None,
+    )
+    subscriber(on_message)
+    return subscriber

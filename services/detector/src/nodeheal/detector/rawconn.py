@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from urllib.parse import urlparse
 
 log = logging.getLogger("nodeheal.detector.rawconn")
@@ -277,3 +278,12 @@ class RawPuller:
         proto = self._proto
         if msg.reply and proto is not None and proto.transport is not None:
             proto.transport.write(b"PUB " + msg.reply.encode() + b" 4\r\n+ACK\r\n")
+
+    async def ack_each(self, msgs: Sequence[RawMsg]) -> None:
+        """AckPolicy.EXPLICIT: one `+ACK` per message, written to the socket in one call."""
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return  # lost connection: the server redelivers after ack_wait, the anomaly ids dedupe
+        frames = [b"PUB " + m.reply.encode() + b" 4\r\n+ACK\r\n" for m in msgs if m.reply]
+        if frames:
+            proto.transport.write(b"".join(frames))
