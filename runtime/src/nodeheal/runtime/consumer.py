@@ -37,6 +37,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -293,6 +294,7 @@ class ConsumerRuntime:
         self._documented: list[Inbound[Any]] = []
         self._started = False
         self._stopping = False
+        self.skipped = 0
 
     # ------------------------------------------------------------------ declaration
 
@@ -319,6 +321,43 @@ class ConsumerRuntime:
         self._loops[name] = factory
         if self._started:
             self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=f"{self.service}-{name}")
+
+    def follow(
+        self,
+        name: str,
+        *,
+        stream: str,
+        subject: str,
+        model: type[M],
+        since_s: float,
+        handler: Callable[[M], None],
+    ) -> None:
+        """Every replica reads every message of `subject` from `since_s` ago on (an ordered consumer of
+        its own, no acks): views such as "which nodes are unhealthy". A message that does not validate
+        (any exception) or that the handler fails on is skipped and counted; the work consumer of the
+        same stream is the one that dead-letters it."""
+
+        async def run() -> None:
+            start = datetime.now(tz=UTC) - timedelta(seconds=since_s)
+            js = self.broker.connection.jetstream()
+            sub = await js.subscribe(
+                subject,
+                stream=stream,
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
+            )
+            try:
+                async for msg in sub.messages:
+                    try:
+                        handler(model.model_validate_json(msg.data))
+                    except Exception as exc:
+                        self.skipped += 1
+                        log.debug("follower skipped a message", extra={"stream": stream, "error": describe(exc)})
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+        self.loop(f"follow-{name}", run)
 
     def report_lag_of(self, stream: str, durable: str) -> None:
         """Another durable (e.g. one consumed outside this runtime) whose lag is reported."""
