@@ -19,6 +19,7 @@ def build_app(settings: RemediatorSettings | None = None) -> tuple[AsgiFastStrea
     app = build_asgi(
         broker,
         readiness=[service.readiness],
+        liveness=[service.liveness],
         after_startup=[service.start],
         on_shutdown=[service.stop],
     )
