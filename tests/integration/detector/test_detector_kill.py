@@ -44,18 +44,22 @@ def status(url: str) -> int:
 
 
 def start(settings: NatsSettings, port: int, **extra: str) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "NODEHEAL_DETECTOR_NATS__URL": settings.url,
-        "NODEHEAL_DETECTOR_NATS__PREFIX": settings.prefix,
-        "NODEHEAL_DETECTOR_NATS__STREAM_PREFIX": settings.stream_prefix,
-        "NODEHEAL_DETECTOR_NATS__BUCKET_PREFIX": settings.bucket_prefix,
-        "NODEHEAL_DETECTOR_CLUSTER": "c1",
-        "NODEHEAL_DETECTOR_HTTP_PORT": str(port),
-        "NODEHEAL_DETECTOR_HTTP_HOST": "127.0.0.1",
-        "NODEHEAL_DETECTOR_ACK_WAIT_S": "20",
-        "NODEHEAL_DETECTOR_TICK_S": "0.2",
-        "NODEHEAL_DETECTOR_LOG_FORMAT": "json",
-    } | extra
+    env = (
+        os.environ
+        | {
+            "NODEHEAL_DETECTOR_NATS__URL": settings.url,
+            "NODEHEAL_DETECTOR_NATS__PREFIX": settings.prefix,
+            "NODEHEAL_DETECTOR_NATS__STREAM_PREFIX": settings.stream_prefix,
+            "NODEHEAL_DETECTOR_NATS__BUCKET_PREFIX": settings.bucket_prefix,
+            "NODEHEAL_DETECTOR_CLUSTER": "c1",
+            "NODEHEAL_DETECTOR_HTTP_PORT": str(port),
+            "NODEHEAL_DETECTOR_HTTP_HOST": "127.0.0.1",
+            "NODEHEAL_DETECTOR_ACK_WAIT_S": "20",
+            "NODEHEAL_DETECTOR_TICK_S": "0.2",
+            "NODEHEAL_DETECTOR_LOG_FORMAT": "json",
+        }
+        | extra
+    )
     env.pop("NODEHEAL_TEST_KILL_AT", None)
     env.update(extra)
     return subprocess.Popen([sys.executable, "-m", "nodeheal.detector"], env=env, stderr=subprocess.DEVNULL)
