@@ -221,6 +221,7 @@ class TracingMiddleware(_Base):
         if spec is None or spec.span is None:
             return await call_next(msg)
         raw = self.msg
+        assert isinstance(raw, Msg)
         with consume_span(self.runtime.tracer, subject=raw.subject, headers=raw.headers, name=spec.span):
             return await call_next(msg)
 

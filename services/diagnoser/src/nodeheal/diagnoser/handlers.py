@@ -63,7 +63,10 @@ def inbound(settings: DiagnoserSettings) -> list[Inbound[Any]]:
         "deliver_policy": DeliverPolicy.ALL,
         "nak_delay_s": settings.nak_delay_s,
     }
-    stream = lambda base: topo.stream(f"{settings.nats.stream_prefix}{base}").name  # noqa: E731
+
+    def stream(base: str) -> str:
+        return topo.stream(f"{settings.nats.stream_prefix}{base}").name
+
     return [
         Inbound(
             title="anomalies",
