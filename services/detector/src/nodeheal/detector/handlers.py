@@ -465,6 +465,9 @@ class DetectorRuntime:
             for msg in chunk:
                 try:
                     probe = decode(msg.data)
+                    t = probe.time
+                    if t is not None and t.utcoffset():
+                        t.astimezone(UTC)  # as the schema does: the UTC instant must exist (OverflowError)
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                     bad.append((msg, str(exc)))
                     continue
