@@ -167,3 +167,31 @@ async def test_a_dead_loop_fails_healthz(topology_ready: NatsSettings, runtime: 
 
     await eventually(unhealthy, within_s=5.0)
     assert "broken" in (await asgi_get(app, "/healthz"))[1]
+
+
+async def test_ops_server_healthz_fails_when_a_watched_loop_ends() -> None:
+    import aiohttp
+
+    from nodeheal.runtime.ops import OpsServer
+
+    ops = OpsServer(host="127.0.0.1", port=0)
+    done = asyncio.Event()
+
+    async def probes() -> None:
+        await done.wait()
+
+    task = asyncio.create_task(probes())
+    ops.watch("probes", task)
+    await ops.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{ops.bound_port}/healthz"
+            async with http.get(url) as response:
+                assert response.status == 200
+            done.set()
+            await task
+            async with http.get(url) as response:
+                assert response.status == 503
+                assert "probes" in await response.text()
+    finally:
+        await ops.stop()

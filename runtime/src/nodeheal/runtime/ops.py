@@ -9,8 +9,10 @@ problems, one per line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
@@ -35,9 +37,20 @@ class OpsServer:
         self.port = port
         self.readiness = list(readiness)
         self.liveness = list(liveness)
+        self._stopping = False
         self.registry = registry or prometheus_client.REGISTRY
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
+
+    def watch(self, name: str, task: asyncio.Task[Any]) -> None:
+        """A loop the process cannot live without: once it ends, `/healthz` answers 503."""
+
+        def alive() -> tuple[bool, str]:
+            if task.done() and not self._stopping:
+                return False, f"loop {name!r} stopped"
+            return True, "ok"
+
+        self.liveness.append(alive)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         problems = [detail for ok, detail in (check() for check in self.liveness) if not ok]
@@ -76,6 +89,7 @@ class OpsServer:
         log.info("serving /healthz /readyz /metrics", extra={"port": self.bound_port})
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
