@@ -283,7 +283,15 @@ class ConsumerRuntime:
             functools.partial(cls, runtime=self)
             for cls in (OrderingMiddleware, MetricsMiddleware, SettleMiddleware, TracingMiddleware)
         ]
-        self.broker = make_broker(nats, name=name or f"nodeheal-{service}-consumers", middlewares=middlewares)
+        # faststream's own access log ("Received", "Processed" per message) goes through our logging at
+        # DEBUG: per-message INFO lines would be most of a busy service's log.
+        self.broker = make_broker(
+            nats,
+            name=name or f"nodeheal-{service}-consumers",
+            middlewares=middlewares,
+            logger=logging.getLogger(f"nodeheal.{service}.consumers"),
+            log_level=logging.DEBUG,
+        )
         self._specs: dict[tuple[str, str], Inbound[Any]] = {}
         self._subscribers: list[tuple[Inbound[Any], LogicSubscriber[Any]]] = []
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
