@@ -285,16 +285,23 @@ async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, bat
     return seen / elapsed
 
 
-async def drain_raw_puller_only(url: str, settings: NatsSettings, *, total: int, batch: int) -> float:
-    """The detector's own minimal connection alone (no decode, no rules)."""
+async def drain_raw_puller_only(
+    url: str, settings: NatsSettings, *, total: int, batch: int, explicit: bool = False
+) -> float:
+    """The detector's own minimal connection alone (no decode, no rules): one cumulative `+ACK` per
+    chunk (AckPolicy.ALL, the detector before per-probe acks) or, with `explicit`, one `+ACK` per probe
+    (AckPolicy.EXPLICIT, what the detector does now): the cost of acknowledging only what is done."""
     nc = await nats.connect(url, name="bench-raw-setup")
     js = nc.jetstream()
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
-    durable = "bench-raw-puller"
+    durable = "bench-raw-puller-explicit" if explicit else "bench-raw-puller"
     await js.add_consumer(
         stream,
         config=ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT if explicit else AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=-1,
         ),
     )
     await nc.close()
@@ -307,7 +314,10 @@ async def drain_raw_puller_only(url: str, settings: NatsSettings, *, total: int,
         if not chunk:
             break
         seen += len(chunk)
-        await puller.ack_all_through(chunk[-1])
+        if explicit:
+            await puller.ack_each(chunk)
+        else:
+            await puller.ack_all_through(chunk[-1])
     elapsed = time.perf_counter() - start
     await puller.stop()
     return seen / elapsed
@@ -470,6 +480,7 @@ async def run_bench(
         fetch_rate = await drain_nats_py_fetch(url, settings, total=stored, batch=batch)
         puller_rate = await drain_puller_only(url, settings, total=stored, batch=batch)
         raw_puller_rate = await drain_raw_puller_only(url, settings, total=stored, batch=batch)
+        raw_explicit_rate = await drain_raw_puller_only(url, settings, total=stored, batch=batch, explicit=True)
     finally:
         await _drop(url, settings)
 
@@ -502,6 +513,7 @@ async def run_bench(
             "drain_nats_py_fetch_no_rules_per_s": round(fetch_rate, 1),
             "drain_nats_py_batch_puller_no_rules_per_s": round(puller_rate, 1),
             "drain_raw_connection_no_rules_per_s": round(raw_puller_rate, 1),
+            "drain_raw_connection_no_rules_explicit_acks_per_s": round(raw_explicit_rate, 1),
             "rules_us_per_probe": round(rules_us, 2),
             **costs,
         },
