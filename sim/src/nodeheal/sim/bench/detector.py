@@ -2,8 +2,8 @@
 nats-server next to raw nats-py on the same payload, in the same run.
 
 - `probes_per_s`: the real consumer path (`DetectorRuntime`: durable pull consumer with
-  AckPolicy.EXPLICIT, one +ACK per probe, the batch puller, msgspec decoding, the rules, timers, anomaly publishing, acks) draining a backlog
-  of nodes x rounds probes that was stored in PROBES beforehand. A Python publisher cannot publish
+  AckPolicy.EXPLICIT, one +ACK per probe, the batch puller, msgspec decoding, the rules, timers,
+  anomaly publishing, acks) draining a backlog of nodes x rounds probes that was stored in PROBES beforehand. A Python publisher cannot publish
   50k/s to JetStream with acks, so the backlog is pre-filled (core publishes into the stream) and the
   drain is timed: first pull to last probe processed.
 - `p50_ms` / `p99_ms`: probe published → anomaly published (PubAck received), from an open-loop run:
