@@ -3,9 +3,10 @@ nats-server next to raw nats-py on the same payload, in the same run.
 
 - `probes_per_s`: the real consumer path (`DetectorRuntime`: durable pull consumer with
   AckPolicy.EXPLICIT, one +ACK per probe, the batch puller, msgspec decoding, the rules, timers,
-  anomaly publishing, acks) draining a backlog of nodes x rounds probes that was stored in PROBES beforehand. A Python publisher cannot publish
-  50k/s to JetStream with acks, so the backlog is pre-filled (core publishes into the stream) and the
-  drain is timed: first pull to last probe processed.
+  anomaly publishing, acks) draining a backlog of nodes x rounds probes that was stored in PROBES
+  beforehand. A Python publisher cannot publish 50k/s to JetStream with acks, so the backlog is
+  pre-filled (core publishes into the stream) and the drain is timed: first pull to last probe
+  processed.
 - `p50_ms` / `p99_ms`: probe published → anomaly published (PubAck received), from an open-loop run:
   a separate publisher process sends probes at a fixed rate with disk-full faults injected into ~1 % of
   them; the probe's own `time` is its publish time and becomes the anomaly's `fault_onset`.
