@@ -310,7 +310,9 @@ class ConsumerRuntime:
     def consume(self, spec: Inbound[M], handler: Handler[M]) -> None:
         """Declare a consumer: faststream pull subscriber on `spec.stream` bound to the durable."""
         self._specs[(spec.stream, spec.durable)] = spec
-        subscriber = _declare(self.broker, spec, handler, service=self.service)
+        subscriber = _declare(
+            self.broker, spec, handler, service=self.service, inbox_prefix=f"{self.nats.inbox_prefix}.".encode()
+        )
         self._subscribers.append((spec, subscriber))
         self._consumed.append((spec, handler))
         self._lag.append((spec.stream, spec.durable))
@@ -527,7 +529,9 @@ async def _never(body: Any, delivery: Delivery) -> None:
     return None
 
 
-def _declare(broker: NatsBroker, spec: Inbound[M], handler: Handler[M], *, service: str) -> LogicSubscriber[Any]:
+def _declare(
+    broker: NatsBroker, spec: Inbound[M], handler: Handler[M], *, service: str, inbox_prefix: bytes = b"_INBOX."
+) -> LogicSubscriber[Any]:
     """The faststream subscriber of one consumer: a pull subscriber bound to the durable, batch pulls,
     MANUAL acks (the settle middleware acks), the model decoded by our decoder so that any exception
     of decoding is caught by the settle middleware."""
@@ -556,6 +560,7 @@ def _declare(broker: NatsBroker, spec: Inbound[M], handler: Handler[M], *, servi
         ack_policy=AckPolicy.MANUAL,
         max_workers=spec.max_workers if spec.max_workers > 1 else None,
         decoder=decode,
+        inbox_prefix=inbox_prefix,  # under per-role permissions each user may only subscribe to its own inboxes
         title=spec.title,
         description=spec.description or None,
     )
