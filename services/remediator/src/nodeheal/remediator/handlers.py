@@ -55,7 +55,9 @@ def inbound(settings: RemediatorSettings) -> Inbound[Diagnosis]:
         durable=s.durable,
         model=Diagnosis,
         description="The remediator's durable consumer: a diagnosis is acked when its ladder ended.",
-        batch_size=s.batch_size,
+        # never fetch more than can run: a diagnosis waiting in memory behind long ladders would outlive
+        # its ack_wait and be redelivered to another replica
+        batch_size=max(1, min(s.batch_size, s.max_concurrent)),
         fetch_timeout_s=1.0,
         ack_wait_s=s.ack_wait_s,
         max_deliver=s.max_deliver,
