@@ -195,3 +195,30 @@ async def test_ops_server_healthz_fails_when_a_watched_loop_ends() -> None:
                 assert "probes" in await response.text()
     finally:
         await ops.stop()
+
+
+async def test_upgrading_a_durable_to_explicit_acks_keeps_its_place(topology_ready: NatsSettings, nc: Client) -> None:
+    """A durable created with AckPolicy.ALL (older detectors) is recreated with EXPLICIT where its ack
+    floor ended: nothing acknowledged comes back, nothing unacknowledged is skipped."""
+    from nats.js.api import AckPolicy
+
+    from nodeheal.runtime.jetstream import ensure_pull_consumer
+
+    js = nc.jetstream()
+    stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}PROBES").name
+    subject = f"{topology_ready.prefix}.probe.c1.n1"
+    filters = [f"{topology_ready.prefix}.probe.*.*"]
+    await ensure_pull_consumer(js, stream=stream, durable="old", filter_subjects=filters, ack_policy=AckPolicy.ALL)
+    for i in range(5):
+        await js.publish(subject, f"m{i}".encode())
+    sub = await js.pull_subscribe_bind("old", stream)
+    first = await sub.fetch(2, timeout=2)
+    await first[-1].ack_sync()  # cumulative: m0 and m1
+    await sub.unsubscribe()
+    await ensure_pull_consumer(js, stream=stream, durable="old", filter_subjects=filters, ack_policy=AckPolicy.EXPLICIT)
+    info = await js.consumer_info(stream, "old")
+    assert info.config.ack_policy == AckPolicy.EXPLICIT
+    sub = await js.pull_subscribe_bind("old", stream)
+    rest = await sub.fetch(10, timeout=2)
+    assert [m.data for m in rest] == [b"m2", b"m3", b"m4"]
+    await sub.unsubscribe()
