@@ -222,3 +222,25 @@ async def test_upgrading_a_durable_to_explicit_acks_keeps_its_place(topology_rea
     rest = await sub.fetch(10, timeout=2)
     assert [m.data for m in rest] == [b"m2", b"m3", b"m4"]
     await sub.unsubscribe()
+
+
+async def test_a_message_cancelled_at_shutdown_is_neither_acked_nor_dead_lettered(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    js = nc.jetstream()
+    runtime = ConsumerRuntime(service="fuzzed", nats=topology_ready, graceful_timeout_s=0.5)
+    entered = asyncio.Event()
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        entered.set()
+        await asyncio.sleep(3600)
+
+    runtime.consume(spec(topology_ready, ack_wait_s=60.0), handle)
+    await runtime.start()
+    item = anomaly("n4", "node_down")
+    await js.publish(f"{topology_ready.prefix}.anomaly.c1.n4", item.to_json(), headers={"Nats-Msg-Id": item.id})
+    await asyncio.wait_for(entered.wait(), timeout=20)
+    await runtime.stop()
+    info = await js.consumer_info(spec(topology_ready).stream, "fuzzed")
+    assert info.num_ack_pending == 1
+    assert await dead_letters(js, topology_ready, "fuzzed") == []

@@ -239,6 +239,8 @@ class SettleMiddleware(_Base):
         spec = self._spec()
         if spec is None or not isinstance(raw, Msg):
             return False
+        if exc_val is not None and not isinstance(exc_val, Exception):
+            return False  # cancelled (shutdown): neither acked nor dead-lettered, redelivered after ack_wait
         try:
             await self.runtime.settle(spec, raw, exc_val)
         except Exception as exc:
@@ -273,6 +275,7 @@ class ConsumerRuntime:
         tracer: Tracer | None = None,
         name: str | None = None,
         lag_every_s: float = 15.0,
+        graceful_timeout_s: float = 10.0,
     ) -> None:
         self.service = service
         self.nats = nats
@@ -291,6 +294,7 @@ class ConsumerRuntime:
             middlewares=middlewares,
             logger=logging.getLogger(f"nodeheal.{service}.consumers"),
             log_level=logging.DEBUG,
+            graceful_timeout=graceful_timeout_s,
         )
         self._specs: dict[tuple[str, str], Inbound[Any]] = {}
         self._subscribers: list[tuple[Inbound[Any], LogicSubscriber[Any]]] = []

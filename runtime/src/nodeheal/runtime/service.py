@@ -76,7 +76,8 @@ def make_broker(settings: NatsSettings, *, name: str, **kwargs: Any) -> NatsBrok
     servers = options.pop("servers")
     for key in ("user_credentials", "user", "password", "tls"):
         options.pop(key, None)
-    return NatsBroker(servers, graceful_timeout=10.0, security=broker_security(settings), **options, **kwargs)
+    kwargs.setdefault("graceful_timeout", 10.0)
+    return NatsBroker(servers, security=broker_security(settings), **options, **kwargs)
 
 
 def build_asgi(
