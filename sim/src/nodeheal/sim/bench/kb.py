@@ -166,13 +166,15 @@ def pairwise(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float 
 
 
 def bucketing(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
-    reports = labelled_reports(excerpts)
+    every = labelled_reports(excerpts)
+    reports = [r for r in every if r.report.identified()]
     truth = [r.truth for r in reports]
     exact = [r.report.signature().bucket for r in reports]
     clusters = cluster_reports([r.report for r in reports])
     groups = Counter(truth)
     return {
         "reports": len(reports),
+        "reports_without_identity": len(every) - len(reports),
         "bugs_with_several_reports": sum(1 for n in groups.values() if n > 1),
         "declared_groups": sorted({e.group for e in excerpts if e.group}),
         "exact_key": pairwise(truth, exact),

@@ -163,6 +163,13 @@ class CrashReport:
         frames = self.top_frames()
         return (self.rip_func, *frames) if self.rip_func else frames
 
+    def identified(self) -> bool:
+        """Does this copy carry anything that identifies the bug (functions, BUG-at, a specific panic
+        string)? A bare watchdog line does not, nor a stuck task's name alone: its bucket is its kind
+        (+ task), which groups occurrences on one node but cannot tell two bugs apart."""
+        specific_panic = bool(self.panic_string) and not _GENERIC_PANICS.match(normalise(self.panic_string or ""))
+        return bool(self.functions() or self.bug_at or specific_panic)
+
     def bucket(self) -> str:
         """Level 1, the exact key (ABRT's duphash idea): kind + the top reliable frames; the RIP function
         only when the trace is missing, so a copy without its RIP line keeps the bucket of the full copy."""
@@ -289,7 +296,12 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
     return reports
 
 
-_GENERIC_PANICS = re.compile(r"^(?:Fatal exception|Oops|Attempted to kill|Kernel panic)", re.IGNORECASE)
+# panic strings that name only the kind of crash, not the bug (the watchdog and oops panics)
+_GENERIC_PANICS = re.compile(
+    r"^(?:Fatal exception|Oops|Attempted to kill|Kernel panic|(?:Watchdog detected )?hard LOCKUP|softlockup: hung"
+    r"|hung_task: blocked|Fatal machine check|Fatal Machine check)",
+    re.IGNORECASE,
+)
 
 
 def _family(kind: str) -> str:
