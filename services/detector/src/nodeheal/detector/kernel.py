@@ -17,33 +17,47 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         "hardware",
         r"\[Hardware Error\]|Machine Check|mcelog|\bEDAC\b"
         r"|nvme\d*: I/O \d+ QID|nvme\w*: .*(?:timeout|not ready)"
-        r"|critical medium error|Medium Error|I/O error, dev|blk_update_request: .*error",
+        r"|critical medium error|Medium Error|I/O error, dev|blk_update_request: .*error|Buffer I/O error on dev"
+        r"|HANDLING MCE MEMORY ERROR|CPU context corrupt",
     ),
-    ("lockup", r"soft lockup|hard LOCKUP|rcu_\w+ (?:self-)?detected stall|blocked for more than \d+ seconds"),
+    (
+        "lockup",
+        r"soft lockup|lockup - CPU#\d+ stuck|hard LOCKUP|rcu_\w+ (?:self-)?detected (?:expedited )?stall"
+        r"|blocked for more than \d+ seconds",
+    ),
     (
         "crash",
         r"Kernel panic|kernel BUG at|BUG: unable to handle|BUG: kernel NULL pointer dereference"
-        r"|general protection fault|divide error:|\bOops\b"
+        r"|general protection fault|divide error:|\bOops\b|Unable to handle kernel|exc_divide_error\+"
+        r"|invalid opcode: 0000"
         r"|unregister_netdevice: waiting|Call Trace:",
     ),
     (
         "filesystem",
         r"EXT4-fs error|Remounting filesystem read-only|Aborting journal"
-        r"|XFS \([^)]*\): .*(?:error|Corruption|shutdown)",
+        r"|XFS \([^)]*\): .*(?:error|[Cc]orruption|shutdown)|XFS: Internal error|aborted journal|Journal has aborted",
     ),
-    ("memory", r"Out of memory|out of memory|invoked oom-killer|oom_reaper|Killed process \d+|page allocation failure"),
-    ("resource", r"[Tt]oo many open files|file-max limit \d+ reached|nf_conntrack: .*table full"),
+    (
+        "memory",
+        r"Out of memory|out of memory|invoked oom-killer|oom_reaper|Killed process \d+|page allocation failure"
+        r"|killed as a result of limit of|OOMController|\b(?:out_of_memory|oom_kill_process)\+0x",
+    ),
+    ("resource", r"[Tt]oo many open files|file-max limit \d+ reached|(?:nf|ip)_conntrack: .*table full"),
     (
         "runtime",
         r"PLEG is not healthy|kubelet\.service: (?:Main process exited|Failed)|cannot connect to (?:the )?Docker"
         r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*reclaim"
-        r"|EvictionThresholdMet|NodeHasDiskPressure",
+        r"|EvictionThresholdMet|NodeHasDiskPressure|low on resource: ephemeral-storage"
+        r"|kubelet\.service: main process exited|Unit kubelet\.service entered failed state"
+        r"|ExecStart=\S*/kubelet\b.*code="
+        r"|dial unix \S*\.sock: connect|container runtime is not running|runtime API version: rpc error"
+        r"|from runtime service failed",
     ),
     # an orderly shutdown or reboot: the diagnoser needs these lines to tell a planned power-off from a crash
     (
         "planned",
-        r"systemd-logind\[\d+\]: (?:Power key pressed|Powering Off|System is (?:powering down|rebooting|halting))"
-        r"|reboot: (?:Restarting system|Power down)",
+        r"systemd-logind\[\d*\]: (?:Power key pressed|Powering Off|System is (?:powering down|rebooting|halting))"
+        r"|reboot: (?:Restarting system|Power down)|MESSAGE_ID=98268866d1d54a499c4e98921d93bc40",
     ),
 )
 
