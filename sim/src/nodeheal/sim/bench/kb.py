@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -183,6 +184,56 @@ def bucketing(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
     }
 
 
+_RIP_LINE = re.compile(r"RIP: |\bIP: |\bpc : |PC is at |EIP: ")
+_CPU_LINE = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: |Pid: \d+, comm: ")
+_TRACE_LINE = re.compile(r"Call Trace|Call trace|\+0x[0-9a-f]+/0x[0-9a-f]+")
+
+
+def partial_copies(lines: Sequence[str]) -> dict[str, list[str]]:
+    """What copies of one report typically lack (mail quotes, pastes, pstore fragments): the RIP line,
+    the header line, the call trace, the `CPU: … Comm:` line."""
+    reports = extract_reports(list(lines))
+    header = reports[0].start if reports else 0
+    return {
+        "no_rip_line": [line for line in lines if not _RIP_LINE.search(line)],
+        "no_header_line": [line for i, line in enumerate(lines) if i != header],
+        "no_call_trace": [line for line in lines if not _TRACE_LINE.search(line) or _RIP_LINE.search(line)],
+        "no_cpu_line": [line for line in lines if not _CPU_LINE.search(line)],
+    }
+
+
+def partial_copy_robustness(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
+    """Derived from the real reports: each identified single-report excerpt plus its partial copies is one
+    bug; every other report is another. Pairwise scores of both levels over all of them."""
+    truth: list[str] = []
+    reports: list[CrashReport] = []
+    lost: Counter[str] = Counter()
+    for excerpt in excerpts:
+        found = [r for r in extract_reports(list(excerpt.lines)) if r.identified()]
+        if len(found) != 1:
+            continue
+        bug = excerpt.group or excerpt.id
+        truth.append(bug)
+        reports.append(found[0])
+        for name, copy in partial_copies(excerpt.lines).items():
+            if list(copy) == list(excerpt.lines):
+                continue
+            copies = [r for r in extract_reports(copy) if r.identified()]
+            if len(copies) != 1:
+                lost[name] += 1  # the copy no longer holds an identifiable report
+                continue
+            truth.append(bug)
+            reports.append(copies[0])
+    clusters = cluster_reports(reports)
+    return {
+        "reports": len(reports),
+        "bugs": len(set(truth)),
+        "copies_without_identity": dict(lost),
+        "exact_key": pairwise(truth, [r.bucket() for r in reports]),
+        "similarity": pairwise(truth, [str(c) for c in clusters]),
+    }
+
+
 def _rate(fn: Any, lines: Sequence[str], seconds: float) -> float:
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -223,5 +274,6 @@ def run_bench(corpus_dir: Path, *, seconds: float = 2.0) -> dict[str, Any]:
         },
         "classification": classification(excerpts),
         "bucketing": bucketing(excerpts),
+        "partial_copies": partial_copy_robustness(excerpts),
         "speed": speed(excerpts, benign, seconds),
     }
