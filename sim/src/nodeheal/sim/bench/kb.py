@@ -177,7 +177,7 @@ def bucketing(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
         "reports": len(reports),
         "reports_without_identity": len(every) - len(reports),
         "bugs_with_several_reports": sum(1 for n in groups.values() if n > 1),
-        "declared_groups": sorted({e.group for e in excerpts if e.group}),
+        "declared_groups": sorted(g for g, n in Counter(e.group for e in excerpts if e.group).items() if n > 1),
         "exact_key": pairwise(truth, exact),
         "similarity": pairwise(truth, [str(c) for c in clusters]),
         "buckets": len(set(clusters)),
