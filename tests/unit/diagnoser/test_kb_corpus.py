@@ -86,6 +86,7 @@ def test_benign_line_is_not_a_finding(line: str) -> None:
         ("kb-147", "lockup - CPU#4", "soft_lockup"),  # a soft-lockup line wrapped after 'BUG: soft'
         ("kb-113", "Detected aborted journal", "ext4_readonly_remount"),  # 'Detected aborted journal'
         ("kb-049", "XFS: Internal error", "xfs_error"),  # 2.6.32 'XFS: Internal error'
+        ("kb-172", "handle kernel NULL", "kernel_oops_null_deref"),  # a BUG line wrapped in an e-mail quote
     ],
 )
 def test_each_new_rule_on_the_real_line_that_motivated_it(excerpt: str, needle: str, cls: str) -> None:

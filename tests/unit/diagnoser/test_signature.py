@@ -133,3 +133,8 @@ def test_the_same_bug_on_two_kernel_builds_shares_a_level_two_bucket() -> None:
     other = extract_reports(corpus("kb-083"))  # xfrm_lookup NULL deref
     clusters = cluster_reports([a[0], b[0], other[0]])
     assert clusters[0] == clusters[1] != clusters[2]
+
+
+def test_the_old_rip_trailer_names_the_crashing_function() -> None:
+    sig = only(corpus("kb-171"))  # ESOS 3.14: 'IP:' printed before the BUG line, 'RIP  [<…>] func' after it
+    assert (sig.kind, sig.rip_func) == ("oops_null_deref", "sock_sendmsg")

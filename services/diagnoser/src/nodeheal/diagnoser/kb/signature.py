@@ -47,7 +47,7 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
         "oops_null_deref",
         re.compile(
             r"BUG: (?:unable to handle kernel NULL pointer|kernel NULL pointer dereference)"
-            r"|Unable to handle kernel NULL pointer dereference"
+            r"|Unable to handle kernel NULL pointer dereference|BUG: unable to handle kernel NULL\s*$"
         ),
     ),
     (
@@ -83,6 +83,7 @@ _PANIC_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 _RIP = re.compile(
     r"(?:RIP: 00(?P<cs>[0-9a-f]{2}):(?:\[<[0-9a-f]+>\]\s+\[<[0-9a-f]+>\]\s+)?|\bIP: (?:\[<[0-9a-f]+>\]\s+)?|"
+    r"\bRIP  \[<[0-9a-f]+>\]\s+|"  # the old oops trailer: 'RIP  [<ffffffff817ee088>] sock_sendmsg+0x45/0x7a'
     r"\bpc : |PC is at |EIP: (?:\[<[0-9a-f]+>\]\s+)?)"
     r"(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
 )
