@@ -87,6 +87,15 @@ def test_benign_line_is_not_a_finding(line: str) -> None:
         ("kb-113", "Detected aborted journal", "ext4_readonly_remount"),  # 'Detected aborted journal'
         ("kb-049", "XFS: Internal error", "xfs_error"),  # 2.6.32 'XFS: Internal error'
         ("kb-172", "handle kernel NULL", "kernel_oops_null_deref"),  # a BUG line wrapped in an e-mail quote
+        ("kb-009", "soft lockup. - CPU#7", "soft_lockup"),  # 'soft lockup.' punctuation, '-[comm:pid]'
+        ("kb-150", "expedited stalls", "rcu_stall"),  # expedited RCU stall without 'INFO:'
+        ("kb-146", "Oops: Oops:", "kernel_oops_null_deref"),  # 6.9+ doubled 'Oops:' with no BUG line
+        ("kb-116", "Journal has aborted", "ext4_readonly_remount"),  # aborted journal, 'in func:line' form
+        ("kb-051", "log mount/recovery failed", "xfs_error"),  # XFS log recovery failure (Talos)
+        ("kb-138", "UID 1000, total-vm", "oom_killer"),  # 'Killed process N (x), UID N,'
+        ("kb-017", "OOMController", "oom_killer"),  # Talos' user-space OOM controller
+        ("kb-122", "sbridge: HANDLING", "edac_memory_ce"),  # sbridge without the EDAC prefix
+        ("kb-095", "from runtime service failed", "container_runtime_down"),  # microk8s: CRI unavailable
     ],
 )
 def test_each_new_rule_on_the_real_line_that_motivated_it(excerpt: str, needle: str, cls: str) -> None:
