@@ -2,9 +2,11 @@
 
 A report starts at a crash header (oops, GPF, divide error, BUG at, soft/hard lockup, hung task, RCU
 stall, fatal MCE, panic, crash(8) `sys` summary) and collects the panic string, the RIP line, the
-`CPU: … Tainted: … <release>` line and the reliable frames of its call trace. The bucket key is a hash
-of (kind, RIP function, top frames) — release, taint and hardware stay outside the key so fleet
-correlation can find one bucket concentrated in one kernel or model (§3.7, §3.8). Pure.
+`CPU: … Tainted: … <release>` line and the reliable frames of its call trace. Two bucket levels, as
+ABRT/FAF and SysOM do: `bucket()` is the exact key (kind + top frames, or the RIP function without a
+trace), and `similarity()` / `cluster_reports()` group reports of one bug across kernel builds and partial
+copies. Release, taint and hardware stay outside the key so fleet correlation can find one bucket
+concentrated in one kernel or model (§3.7, §3.8). Pure.
 """
 
 from __future__ import annotations
@@ -102,7 +104,6 @@ _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 _CPU_COMM = re.compile(r"(?:CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: |Pid: \d+, comm: )(?P<comm>\S+)")
-_HEADER_TEXT = re.compile(r"^(?:<\d>)?(?:\[[^\]]*\]\s*)*")
 SIMILARITY_THRESHOLD = 0.5  # level 2: reports at least this similar share a cluster (FAF cuts at distance 0.3)
 # kinds that are one family for level-2 merging (syzbot "alt titles": bad access, hangs, stalls)
 _FAMILY = {
