@@ -138,3 +138,15 @@ def test_the_same_bug_on_two_kernel_builds_shares_a_level_two_bucket() -> None:
 def test_the_old_rip_trailer_names_the_crashing_function() -> None:
     sig = only(corpus("kb-171"))  # ESOS 3.14: 'IP:' printed before the BUG line, 'RIP  [<…>] func' after it
     assert (sig.kind, sig.rip_func) == ("oops_null_deref", "sock_sendmsg")
+
+
+def test_a_copy_without_its_header_still_identifies_the_bug() -> None:
+    from nodeheal.diagnoser.kb.signature import cluster_reports
+
+    zfs = extract_reports(corpus("kb-105"))  # pasted from the register dump on: no 'divide error' line
+    assert [(r.kind, r.rip_func, r.module) for r in zfs] == [("oops", "spa_taskq_dispatch_ent", "zfs")]
+    full = corpus("kb-141")
+    headless = [line for line in full if "divide error" not in line]
+    a, b = extract_reports(full), extract_reports(headless)
+    assert (a[0].kind, b[0].kind) == ("divide_error", "oops")
+    assert cluster_reports([a[0], b[0], zfs[0]]) == [0, 0, 2]

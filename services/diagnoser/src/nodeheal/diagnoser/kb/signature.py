@@ -265,7 +265,13 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             current.line_indices.append(index)
             continue
         if current is None:
-            continue
+            # a copy that lost its header (a pstore part, a paste that starts mid-oops): a kernel RIP line
+            # opens a report of unknown kind, so its function and frames still identify it
+            rip = _RIP.search(message)
+            if rip is None or rip.group("cs") == "33" or not rip.group("cs"):
+                continue
+            current = CrashReport(kind="oops", start=index)
+            reports.append(current)
         cpu_comm = _CPU_COMM.search(message)
         if cpu_comm and current.cpu_comm is None:
             current.cpu_comm = cpu_comm.group("comm")
