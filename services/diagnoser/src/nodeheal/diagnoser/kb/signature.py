@@ -1,4 +1,4 @@
-"""Crash signatures (reference/diagnosis-kb.md §3): cut a log into crash reports and bucket them.
+"""Crash signatures (docs/diagnoser.md): cut a log into crash reports and bucket them.
 
 A report starts at a crash header (oops, GPF, divide error, BUG at, soft/hard lockup, hung task, RCU
 stall, fatal MCE, panic, crash(8) `sys` summary) and collects the panic string, the RIP line, the
@@ -6,7 +6,7 @@ stall, fatal MCE, panic, crash(8) `sys` summary) and collects the panic string, 
 ABRT/FAF and SysOM do: `bucket()` is the exact key (kind + top frames, or the RIP function without a
 trace), and `similarity()` / `cluster_reports()` group reports of one bug across kernel builds and partial
 copies. Release, taint and hardware stay outside the key so fleet correlation can find one bucket
-concentrated in one kernel or model (§3.7, §3.8). Pure.
+concentrated in one kernel or model. Pure.
 """
 
 from __future__ import annotations
