@@ -168,13 +168,7 @@ class DiagnoserRuntime:
         self.m_findings = prometheus_client.Counter(
             "nodeheal_diagnoser_findings_total", "Fleet findings published by kind", ["kind"], registry=registry
         )
-        self.m_fleet = prometheus_client.Gauge(
-            "nodeheal_fleet_rate",
-            "Fleet KPIs as the diagnoser sees them: crash (episodes per node per day, last 24 h), "
-            "schedulable and online (share of the inventory's nodes)",
-            ["kpi"],
-            registry=registry,
-        )
+        self.m_fleet = self.pipeline.fleet_rate  # one of the shared families (the dashboard reads it)
         self.m_tti = prometheus_client.Histogram(
             "nodeheal_diagnoser_time_to_identify_seconds",
             "From the anomaly's detection to the first diagnosis of the episode",
