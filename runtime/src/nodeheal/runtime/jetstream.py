@@ -5,8 +5,11 @@ service's durable pull consumer exists with the configuration we want."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Protocol
 
+import prometheus_client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -15,6 +18,50 @@ from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
 
 log = logging.getLogger("nodeheal.runtime.jetstream")
+
+DLQ_DROPPED = prometheus_client.Counter(
+    "nodeheal_dlq_rate_limited",
+    "Dead letters not stored because their source sent more than the DLQ rate limit",
+    ["service"],
+)
+
+
+class DeadLetterLimiter:
+    """A token bucket per source (a node's subject, a webhook channel): a source may dead-letter `burst`
+    messages at once and `rate_per_s` after that; the rest are counted and logged, not stored. Bounds
+    what one hostile or broken sender can put into the DLQ, on top of the stream's own caps."""
+
+    def __init__(
+        self,
+        *,
+        rate_per_s: float = 5.0,
+        burst: float = 100.0,
+        max_sources: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_sources = max_sources
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+        self.dropped: dict[str, int] = {}
+
+    def allow(self, source: str) -> bool:
+        now = self.clock()
+        tokens, at = self._buckets.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
+        if len(self._buckets) >= self.max_sources and source not in self._buckets:
+            self._buckets.clear()  # a flood of distinct sources: forget, the stream's caps still hold
+        if tokens < 1.0:
+            self._buckets[source] = (tokens, now)
+            self.dropped[source] = self.dropped.get(source, 0) + 1
+            return False
+        self._buckets[source] = (tokens - 1.0, now)
+        return True
+
+
+DEFAULT_DLQ_LIMITER = DeadLetterLimiter()
+"""Shared by every `dead_letter` call of a process unless a caller passes its own."""
 
 
 class WireModel(Protocol):
@@ -47,8 +94,22 @@ async def dead_letter(
     headers: dict[str, str] | None = None,
     prefix: str = DEFAULT_PREFIX,
     timeout_s: float = 5.0,
-) -> PubAck:
-    """Keep rejected input: the reason, where it came from and the raw bytes, on `<prefix>.dlq.<service>`."""
+    source: str | None = None,
+    limiter: DeadLetterLimiter | None = DEFAULT_DLQ_LIMITER,
+) -> PubAck | None:
+    """Keep rejected input: the reason, where it came from and the raw bytes (at most
+    `MAX_RAW_BYTES`), on `<prefix>.dlq.<service>`. Rate limited per `source` (default: the subject
+    it came from): over the limit nothing is stored, the drop is counted and logged, None is returned."""
+    key = f"{service}|{source or subject or '-'}"
+    if limiter is not None and not limiter.allow(key):
+        DLQ_DROPPED.labels(service).inc()
+        dropped = limiter.dropped.get(key, 0)
+        if dropped == 1 or dropped % 1000 == 0:
+            log.warning(
+                "dead letters of one source over the rate limit are dropped",
+                extra={"service": service, "source": source or subject, "dropped": dropped, "reason": reason},
+            )
+        return None
     letter = DeadLetter.of(service=service, reason=reason, raw=raw, subject=subject, headers=headers)
     log.warning("dead-lettered input", extra={"service": service, "reason": reason, "subject": subject})
     return await js.publish(

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodeheal.schemas.subjects import DEFAULT_PREFIX
+from nodeheal.schemas.subjects import DEFAULT_PREFIX, PROBE_KIND, PROBER_KIND
 
 DAY_S = 86_400.0
+MIB = 1024**2
 GIB = 1024**3
 
 
@@ -25,6 +26,8 @@ class StreamSpec:
     deny_delete: bool = False
     deny_purge: bool = False
     max_msg_size: int = -1
+    max_msgs: int = -1
+    max_msgs_per_subject: int = -1
     subject_transform: tuple[str, str] | None = None
     """(source, destination) applied by the server to every stored subject; used to partition PROBES."""
 
@@ -36,6 +39,8 @@ class BucketSpec:
     ttl_s: float | None = None
     history: int = 1
     max_value_size: int = -1
+    max_bytes: int = 256 * MIB
+    """Every bucket has its own cap (the account refuses a stream or bucket without one, see STORE_BUDGET)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +67,25 @@ LEASE_TTL_S = 30.0
 
 
 def probe_partition_transform(prefix: str, partitions: int) -> tuple[str, str] | None:
-    """With N > 0 partitions, PROBES stores `<prefix>.probe.<cluster>.<node>` as
-    `<prefix>.probe.<cluster>.<node>.<p>`, p = the server's deterministic hash of (cluster, node) mod N,
-    so detector replicas can split the fleet with consumer filters. Publishers are unchanged."""
+    """With N > 0 partitions, PROBES stores `<prefix>.<kind>.<cluster>.<node>` (kind `probe` or `prober`)
+    as `<prefix>.<kind>.<cluster>.<node>.<p>`, p = the server's deterministic hash of (cluster, node) mod N,
+    so detector replicas can split the fleet with consumer filters and a node's agent and prober probes
+    land in the same partition. Publishers are unchanged. (A stream has one transform; its source may be
+    wider than the stream's subjects, only what the stream stores is transformed.)"""
     if partitions <= 0:
         return None
-    src = f"{prefix}.probe.*.*"
-    return src, f"{prefix}.probe.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1,2)}}}}"
+    src = f"{prefix}.*.*.*"
+    dest = f"{prefix}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}.{{{{partition({partitions},2,3)}}}}"
+    return src, dest
+
+
+DLQ_MAX_BYTES = 1 * GIB
+DLQ_MAX_MSGS = 200_000
+DLQ_MAX_MSGS_PER_SUBJECT = 50_000
+"""One DLQ subject per service (`<prefix>.dlq.<service>`): a flood from one input keeps at most this many of
+its own dead letters (the oldest go first) and never evicts another service's."""
+DLQ_MAX_MSG_SIZE = 256 * 1024
+"""A dead letter keeps at most `schemas.dlq.MAX_RAW_BYTES` of the rejected input, so it fits."""
 
 
 def topology(
@@ -77,6 +94,8 @@ def topology(
     stream_prefix: str = "",
     bucket_prefix: str = "nodeheal",
     probes_max_bytes: int = 20 * GIB,
+    audit_max_bytes: int = 10 * GIB,
+    dlq_max_bytes: int = DLQ_MAX_BYTES,
     lease_ttl_s: float = LEASE_TTL_S,
     probe_partitions: int = 0,
 ) -> Topology:
@@ -84,14 +103,19 @@ def topology(
 
     `stream_prefix` / `bucket_prefix` exist so tests (and side-by-side installs) can create
     an isolated copy of the whole layout on one server.
+
+    Every stream and bucket has its own byte cap and discards its oldest messages at the cap (never
+    refuses new ones): a flood into one stream (the DLQ from a hostile edge, PROBES from a storm) costs
+    that stream its history and never another stream its writes, as long as the caps together fit the
+    server's store (`store_bytes`; 44.5 GiB with the defaults).
     """
     sp = stream_prefix
     return Topology(
         streams=(
             StreamSpec(
                 name=f"{sp}PROBES",
-                subjects=(f"{prefix}.probe.*.*",),
-                description="Node probes from the agent, the prober and the simulator",
+                subjects=(f"{prefix}.{PROBE_KIND}.*.*", f"{prefix}.{PROBER_KIND}.*.*"),
+                description="Node probes: from the node agent (probe.*.*) and the active prober (prober.*.*)",
                 max_age_s=3 * DAY_S,
                 max_bytes=probes_max_bytes,
                 duplicate_window_s=60.0,
@@ -102,6 +126,7 @@ def topology(
                 subjects=(f"{prefix}.cloud.*.*",),
                 description="Normalised cloud instance system events",
                 max_age_s=30 * DAY_S,
+                max_bytes=2 * GIB,
                 duplicate_window_s=600.0,
             ),
             StreamSpec(
@@ -109,18 +134,21 @@ def topology(
                 subjects=(f"{prefix}.anomaly.*.*",),
                 description="Anomalies (firing and resolved) from the detector",
                 max_age_s=30 * DAY_S,
+                max_bytes=5 * GIB,
             ),
             StreamSpec(
                 name=f"{sp}DIAGNOSES",
                 subjects=(f"{prefix}.diagnosis.*.*", f"{prefix}.finding.fleet"),
                 description="Diagnoses and fleet findings from the diagnoser",
                 max_age_s=30 * DAY_S,
+                max_bytes=5 * GIB,
             ),
             StreamSpec(
                 name=f"{sp}AUDIT",
                 subjects=(f"{prefix}.audit.*.*",),
                 description="Remediation audit records; never deleted or purged",
                 max_age_s=365 * DAY_S,
+                max_bytes=audit_max_bytes,
                 duplicate_window_s=600.0,
                 deny_delete=True,
                 deny_purge=True,
@@ -128,8 +156,12 @@ def topology(
             StreamSpec(
                 name=f"{sp}DLQ",
                 subjects=(f"{prefix}.dlq.*",),
-                description="Rejected input with the reason and the raw bytes",
+                description="Rejected input with the reason and the raw bytes (bounded)",
                 max_age_s=14 * DAY_S,
+                max_bytes=dlq_max_bytes,
+                max_msgs=DLQ_MAX_MSGS,
+                max_msgs_per_subject=DLQ_MAX_MSGS_PER_SUBJECT,
+                max_msg_size=DLQ_MAX_MSG_SIZE,
             ),
         ),
         buckets=(
@@ -141,6 +173,7 @@ def topology(
             BucketSpec(
                 name=f"{bucket_prefix}-inventory",
                 description="Node metadata and instance id → node",
+                max_bytes=1 * GIB,
             ),
             BucketSpec(
                 name=f"{bucket_prefix}-control",
@@ -149,3 +182,9 @@ def topology(
             ),
         ),
     )
+
+
+def store_bytes(topo: Topology) -> int:
+    """What the streams and buckets of `topo` may hold at most, together (per replica): size the
+    server's JetStream store (`max_file_store`, the PVC) above this and no stream can starve another."""
+    return sum(s.max_bytes for s in topo.streams) + sum(b.max_bytes for b in topo.buckets)

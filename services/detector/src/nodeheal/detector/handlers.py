@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
-from nodeheal.detector.fastpath import probe_decoder
+from nodeheal.detector.fastpath import ProbeIdentity, probe_decoder
 from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller
 from nodeheal.detector.rawconn import RawPuller
 from nodeheal.detector.rules import Detector
@@ -116,6 +117,7 @@ class DetectorRuntime:
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_puller: Puller | None = None
+        self.identity = ProbeIdentity(prefix=settings.nats.prefix)
         self.probes_stream = self.topology.stream(f"{settings.nats.stream_prefix}PROBES").name
         self.cloud_stream = self.topology.stream(f"{settings.nats.stream_prefix}CLOUD").name
         self.audit_stream = self.topology.stream(f"{settings.nats.stream_prefix}AUDIT").name
@@ -263,6 +265,9 @@ class DetectorRuntime:
     ) -> int:
         """Read a stream once through an ephemeral consumer (no acks) until what was there is read."""
         config = ConsumerConfig(
+            # named (never the legacy server-named create, which the permission matrix refuses: it
+            # could rewrite another service's durable); a random suffix nobody can guess
+            name=f"{self.settings.durable}-replay-{secrets.token_hex(8)}",
             ack_policy=AckPolicy.NONE,
             deliver_policy=deliver,
             opt_start_time=since,
@@ -308,9 +313,11 @@ class DetectorRuntime:
 
             def seed(msg: Msg) -> None:
                 try:
-                    det.seed_last_probe(probe_decoder.decode(msg.data), now=now)
+                    probe = probe_decoder.decode(msg.data)
                 except (msgspec.ValidationError, msgspec.DecodeError):
-                    pass
+                    return
+                if self.identity.mismatch(msg.subject, probe) is None:
+                    det.seed_last_probe(probe, now=now)
 
             counts["probes"] = await self._replay(
                 self.probes_stream, s.probe_filters(), deliver=DeliverPolicy.LAST_PER_SUBJECT, since=None, on_msg=seed
@@ -375,6 +382,7 @@ class DetectorRuntime:
         assert puller is not None
         det = self.detector
         decode = probe_decoder.decode
+        mismatch = self.identity.mismatch
         observe = det.observe_probe
         tick_s = self.settings.tick_s
         last_tick = 0.0
@@ -391,7 +399,11 @@ class DetectorRuntime:
                 try:
                     probe = decode(msg.data)
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    bad.append((msg, str(exc)))
+                    bad.append((msg, f"probe rejected: {exc}; fix the sender (schema nodeheal.probe/v1)"))
+                    continue
+                wrong = mismatch(msg.subject, probe)
+                if wrong is not None:
+                    bad.append((msg, f"{wrong}; a node speaks only for itself (the subject is what NATS authorised)"))
                     continue
                 observe(probe, now=now)
             if now - last_tick >= tick_s or det.outbox:
@@ -503,7 +515,7 @@ class DetectorRuntime:
             await dead_letter(
                 self.js,
                 service=SERVICE,
-                reason=f"probe rejected: {reason}; fix the sender (schema nodeheal.probe/v1)",
+                reason=reason,
                 raw=msg.data,
                 subject=msg.subject,
                 headers=dict(msg.headers) if msg.headers else None,
