@@ -146,6 +146,19 @@ ROLES = ("ingest", "agent", "prober", "inventory", "detector", "diagnoser", "rem
 
 _TOKEN_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
+DLQ_SERVICE = {
+    "ingest": "cloud-events-ingest",  # IngestSettings.service_name
+    "agent": "node-agent",  # AgentSettings.dlq_service
+    "prober": "prober",
+    "inventory": "inventory",
+    "detector": "detector",
+    "diagnoser": "diagnoser",
+    "remediator": "remediator",
+}
+"""The DLQ subject token each role writes (`<prefix>.dlq.<token>`, the `service` of `dead_letter`): one
+subject per role, so the DLQ's per-subject cap bounds each role's share and no role can write letters
+in another's name."""
+
 
 @dataclass(frozen=True)
 class Permissions:
@@ -337,7 +350,7 @@ def _base_permissions(role: str, lo: Layout) -> Permissions:
     """What each role may publish and subscribe to, before `_guard_durables`."""
     p = lo.prefix
     js_base = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]
-    dlq = f"{p}.dlq.*"  # the DLQ subject token is the service name the code chooses; DLQ is write-only for them
+    dlq = f"{p}.dlq.{DLQ_SERVICE.get(role, role)}"  # write-only, and only under its own name
     inv = lo.bucket("inventory")
     inbox = inbox_prefix(role)
     own_inbox = [f"{inbox}.>"]
@@ -352,7 +365,7 @@ def _base_permissions(role: str, lo: Layout) -> Permissions:
         # only to the requester of a command it received (allow_responses); its inbox is its own
         node = "{{tag(cluster)}}.{{tag(node)}}"
         return Permissions(
-            pub_allow=(f"{p}.probe.{node}", f"{p}.dlq.node-agent"),
+            pub_allow=(f"{p}.probe.{node}", dlq),
             sub_allow=(f"{p}.cmd.{node}", f"{inbox}.{node}.>"),
             allow_responses=True,
             inbox=inbox,

@@ -119,7 +119,8 @@ class NodeAgent:
         return cmd_subject(self.settings.cluster, self.settings.node_name, prefix=self.prefix)
 
     async def start(self) -> None:
-        self.nc = await connect(self.settings.nats, name=f"nodeheal-agent-{self.settings.node_name}")
+        nats_settings = self.settings.nats.model_copy(update={"inbox_prefix": self.settings.nats_inbox_prefix()})
+        self.nc = await connect(nats_settings, name=f"nodeheal-agent-{self.settings.node_name}")
         self.js = self.nc.jetstream()
         self._sub = await self.nc.subscribe(self.cmd_subject, cb=self._on_command)
         log.info("agent started", extra={"node": self.settings.node_name, "commands": self.cmd_subject})

@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from nodeheal.agent.host import DEFAULT_EXCLUDED_PREFIXES, DEFAULT_FS_TYPES
 from nodeheal.runtime.service import ServiceSettings
 from nodeheal.schemas.probe import MAX_KERNEL_LINES
+from nodeheal.schemas.subjects import escape_token
 
 
 class CleanSettings(BaseModel):
@@ -56,3 +57,15 @@ class AgentSettings(ServiceSettings):
     clean: CleanSettings = Field(default_factory=CleanSettings)
     command_remember: int = Field(default=10_000, ge=1, description="action ids remembered for idempotent replies")
     dlq_service: str = "node-agent"
+    inbox_per_node: bool = Field(
+        default=True,
+        description="append the escaped cluster and node tokens to nats.inbox_prefix, so replies to this agent"
+        " (its PubAcks) arrive on `<inbox_prefix>.<cluster>.<node>.…`, the only inbox NATS lets this node read"
+        " under deploy/nats/natsauth.py",
+    )
+
+    def nats_inbox_prefix(self) -> str:
+        """The inbox prefix this agent connects with."""
+        if not self.inbox_per_node:
+            return self.nats.inbox_prefix
+        return f"{self.nats.inbox_prefix}.{escape_token(self.cluster)}.{escape_token(self.node_name)}"
