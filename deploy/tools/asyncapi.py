@@ -107,7 +107,16 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
     ),
     "prober": (
         "The active prober: reachability of every node from outside.",
-        [Writes("probes", f"{P}.probe.{NODE}", NodeProbe, "Reachability results (source=prober).", "PROBES")],
+        [
+            Writes(
+                "probes",
+                f"{P}.prober.{NODE}",
+                NodeProbe,
+                "Reachability results (source=prober), on the prober's own subject kind: agents cannot publish"
+                " there and the prober cannot publish on an agent's `probe.*.*`.",
+                "PROBES",
+            )
+        ],
     ),
     "detector": (
         "Per-node state: probes and cloud events in, anomalies (firing / resolved) out.",
@@ -117,7 +126,16 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
                 f"{P}.probe.*.*",
                 "PROBES",
                 NodeProbe,
-                "Batch-pulled by the detector's durable consumer.",
+                "Batch-pulled by the detector's durable consumer. A body whose cluster/node differ from the"
+                " subject's, or whose source is not agent/simulator, goes to the DLQ as 'node mismatch'.",
+                "detector",
+            ),
+            Reads(
+                "prober probes",
+                f"{P}.prober.*.*",
+                "PROBES",
+                NodeProbe,
+                "The same consumer; only source=prober is accepted here.",
                 "detector",
             ),
             Reads(
