@@ -58,6 +58,7 @@ class NodeAgent:
             mount_points=tuple(settings.mount_points),
             fs_types=tuple(settings.fs_types),
             excluded_prefixes=tuple(settings.excluded_mount_prefixes),
+            fs_markers=dict(settings.fs_markers),
         )
         if statvfs is not None:
             self.host.statvfs = statvfs
@@ -86,6 +87,7 @@ class NodeAgent:
                 command_timeout_s=settings.clean.command_timeout_s,
             ),
             statvfs=self.host.statvfs,
+            statfs_path=self.host.statfs_path,
             remember=settings.command_remember,
         )
         self.outbox = Outbox(capacity=settings.outbox_max)

@@ -38,7 +38,14 @@ class AgentSettings(ServiceSettings):
     interval_s: float = Field(default=10.0, gt=0, description="seconds between probes")
     host_root: Path = Field(default=Path("/"), description="where the node's / is visible (/host in the DaemonSet)")
     mounts_file: str = Field(default="/proc/1/mounts", description="host path of the mount table (PID 1 = the host's)")
-    mount_points: list[str] = Field(default_factory=list, description="mount points to report; empty = by fs_types")
+    mount_points: list[str] = Field(
+        default_factory=list, description="mount points to report; empty = the fs_markers' ones, else by fs_types"
+    )
+    fs_markers: dict[str, str] = Field(
+        default_factory=dict,
+        description="host mount point → a directory in this container on that file system (statvfs reads its"
+        " usage there instead of under host_root; the DaemonSet mounts one empty marker per file system)",
+    )
     fs_types: list[str] = Field(default_factory=lambda: list(DEFAULT_FS_TYPES))
     excluded_mount_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDED_PREFIXES))
     services: list[str] = Field(
