@@ -299,6 +299,8 @@ def test_the_streams_job_arguments_parse_with_the_real_cli(overlay: str) -> None
     ctx = apply.make_context("apply", args)  # raises on an unknown option or a bad value
     assert ctx.params["replicas"] == (3 if overlay == "production" else 1)
     assert ctx.params["nats_url"] == "nats://nats:4222"
+    # the stream caps fit the NATS volume of deploy/nats/values*.yaml (100 GiB PVC, 90 GiB max_file_store; dev 5 GiB)
+    assert ctx.params["store_gib"] == (64 if overlay == "production" else 2)
 
 
 def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() -> None:
