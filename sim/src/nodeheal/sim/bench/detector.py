@@ -151,7 +151,14 @@ async def raw_nats_msgs_per_s(url: str, payload: bytes, *, count: int) -> float:
 
 async def _provision(url: str) -> NatsSettings:
     tag = uuid.uuid4().hex[:8]
-    settings = NatsSettings(url=url, prefix=f"bench{tag}", stream_prefix=f"BENCH{tag}_", bucket_prefix=f"bench{tag}")
+    # 4 GiB of stream caps (PROBES 1.6 GiB): the backlog of a large --nodes × --rounds run must fit
+    settings = NatsSettings(
+        url=url,
+        prefix=f"bench{tag}",
+        stream_prefix=f"BENCH{tag}_",
+        bucket_prefix=f"bench{tag}",
+        store_bytes=4 * 1024**3,
+    )
     nc = await nats.connect(url)
     await apply_topology(nc.jetstream(), settings.topology())
     await nc.close()
