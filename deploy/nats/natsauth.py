@@ -283,15 +283,12 @@ DURABLES: tuple[tuple[str, str, str], ...] = (
     ("remediator", "DIAGNOSES", "remediator"),
 )
 
-LEGACY_CREATE: tuple[tuple[str, str], ...] = (
-    # (role, stream base name): roles whose code still uses nats-py ordered consumers on that stream.
-    # Known gap: on CLOUD and AUDIT this lets the remediator rewrite the detector's and the diagnoser's
-    # durables there (docs/security.md); the fix is a named pull reader in place of `_follow` and
-    # `AuditLog.history`.
-    ("remediator", "DIAGNOSES"),
-    ("remediator", "CLOUD"),
-    ("remediator", "AUDIT"),
-)
+LEGACY_CREATE: tuple[tuple[str, str], ...] = ()
+"""(role, stream base name) pairs allowed the legacy server-named consumer create (nats-py's ordered
+consumers use it). None: it takes the consumer name from the request body, so it could rewrite any
+durable of the stream; services read with named ephemerals instead (`runtime.jetstream.follow_stream`,
+`read_stream`, nats-py `pull_subscribe(durable=None)`). KV watches keep it on the KV_ streams only,
+where no service keeps a durable."""
 
 
 def durables(layout: Layout | None = None) -> list[tuple[str, str, str]]:

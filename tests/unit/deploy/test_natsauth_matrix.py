@@ -9,8 +9,10 @@ from pathlib import Path
 
 from nodeheal.agent.settings import AgentSettings
 from nodeheal.cloud_events.ingest.settings import IngestSettings
-from nodeheal.detector.settings import SERVICE as DETECTOR, DetectorSettings
-from nodeheal.diagnoser.settings import SERVICE as DIAGNOSER, DiagnoserSettings
+from nodeheal.detector.settings import SERVICE as DETECTOR
+from nodeheal.detector.settings import DetectorSettings
+from nodeheal.diagnoser.settings import SERVICE as DIAGNOSER
+from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.remediator.handlers import SERVICE as REMEDIATOR
 from nodeheal.remediator.settings import RemediatorSettings
 from tests.integration.deploy.natsauth_loader import load_natsauth
@@ -49,13 +51,10 @@ def test_each_role_may_write_the_dlq_under_the_name_its_code_uses() -> None:
         assert dlq == [f"nodeheal.dlq.{token}"], role
 
 
-def test_no_role_but_admin_may_use_the_legacy_server_named_consumer_create_where_others_keep_durables() -> None:
+def test_no_role_but_admin_may_use_the_legacy_server_named_consumer_create_on_a_stream() -> None:
     """`$JS.API.CONSUMER.CREATE.<stream>` takes the consumer name from the request body: whoever may
-    publish it on a stream can rewrite every durable there. Only the documented gap (LEGACY_CREATE)."""
+    publish it on a stream can rewrite every durable there. No role has it on a stream with durables."""
     natsauth = load_natsauth()
-    owners: dict[str, set[str]] = {}
-    for role, stream, _ in natsauth.durables():
-        owners.setdefault(stream, set()).add(role)
     found = set()
     for role in natsauth.ROLES:
         if role == "admin":
@@ -64,10 +63,9 @@ def test_no_role_but_admin_may_use_the_legacy_server_named_consumer_create_where
             head = "$JS.API.CONSUMER.CREATE."
             if subject.startswith(head) and "." not in subject[len(head) :]:
                 stream = subject[len(head) :]
-                if owners.get(stream, set()) - {role}:
+                if not stream.startswith("KV_"):
                     found.add((role, stream))
-    assert found == {("remediator", "CLOUD"), ("remediator", "AUDIT")}
-    assert found <= set(natsauth.LEGACY_CREATE)
+    assert found == set()
 
 
 def test_security_md_shows_the_current_generated_matrix() -> None:

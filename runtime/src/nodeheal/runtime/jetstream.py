@@ -4,12 +4,15 @@ service's durable pull consumer exists with the configuration we want."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
 import prometheus_client
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -156,3 +159,89 @@ async def ensure_pull_consumer(
         config.deliver_policy = current.deliver_policy
         config.ack_policy = current.ack_policy
         await js.add_consumer(stream, config=config)
+
+
+def _reader_config(start: datetime | None, next_seq: int) -> ConsumerConfig:
+    """An ephemeral, unacknowledged reader from a time or a sequence. nats-py names it (a random name)
+    when `pull_subscribe` gets no durable, so it is created through the named subject: the permission
+    matrix refuses the legacy server-named create, which could rewrite another service's durable."""
+    if next_seq > 0:
+        return ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=next_seq,
+            inactive_threshold=120.0,
+            mem_storage=True,
+        )
+    return ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_TIME if start is not None else DeliverPolicy.ALL,
+        opt_start_time=start,
+        inactive_threshold=120.0,
+        mem_storage=True,
+    )
+
+
+async def follow_stream(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    subject: str,
+    start: datetime | None,
+    on_msg: Callable[[Msg], None],
+    batch: int = 256,
+    wait_s: float = 5.0,
+) -> None:
+    """Read `subject` of `stream` from `start` on, in order, forever (until cancelled): what nats-py's
+    ordered consumer does, through named ephemeral pull consumers. A lost consumer (server restart,
+    inactivity) is recreated from the next sequence, so nothing is skipped or read twice."""
+    next_seq = 0
+    while True:
+        try:
+            sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=_reader_config(start, next_seq))
+        except Exception as exc:
+            log.warning("stream reader not created; retrying", extra={"stream": stream, "error": repr(exc)})
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=wait_s)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    next_seq = msg.metadata.sequence.stream + 1
+                    on_msg(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("stream reader lost; recreating", extra={"stream": stream, "error": repr(exc)})
+            await asyncio.sleep(1.0)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may be closing; the consumer expires by itself
+                log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})
+
+
+async def read_stream(
+    js: JetStreamContext, *, stream: str, subject: str, start: datetime | None, through_seq: int, wait_s: float = 2.0
+) -> list[Msg]:
+    """The messages of `subject` from `start` through stream sequence `through_seq` (or until nothing more
+    comes within `wait_s`), in order, through one named ephemeral pull consumer."""
+    sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=_reader_config(start, 0))
+    out: list[Msg] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=wait_s)
+            except TimeoutError:
+                return out
+            out.extend(msgs)
+            if msgs and msgs[-1].metadata.sequence.stream >= through_seq:
+                return out
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:
+            log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})

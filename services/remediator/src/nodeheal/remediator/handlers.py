@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from opentelemetry import trace
 from pydantic import ValidationError
@@ -32,7 +31,7 @@ from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.remediator.verify import Verifier
 from nodeheal.remediator.views import FleetView
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, follow_stream
 from nodeheal.runtime.metrics import pipeline_metrics
 from nodeheal.runtime.telemetry import consume_span
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -165,23 +164,23 @@ class RemediatorService:
                 self._on_inventory(entry.value)
 
     async def _follow(self, stream: str, kind: str, window_s: float) -> None:
-        """Every replica sees every diagnosis / cloud event (an ordered consumer of its own)."""
+        """Every replica sees every diagnosis / cloud event (an ordered reader of its own; named
+        ephemerals, never the legacy consumer create the permission matrix refuses)."""
         assert self.js is not None
         start = datetime.now(tz=UTC) - timedelta(seconds=window_s)
-        sub = await self.js.subscribe(
-            wildcard(kind, prefix=self.settings.nats.prefix),
-            stream=stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
-        )
-        async for msg in sub.messages:
+
+        def apply(msg: Msg) -> None:
             try:
                 if kind == "diagnosis":
                     self.view.on_diagnosis(Diagnosis.model_validate_json(msg.data))
                 else:
                     self.view.on_cloud(CloudSystemEvent.model_validate_json(msg.data))
             except ValidationError:
-                continue  # the work consumer dead-letters bad diagnoses; the view just skips them
+                return  # the work consumer dead-letters bad diagnoses; the view just skips them
+
+        await follow_stream(
+            self.js, stream=stream, subject=wildcard(kind, prefix=self.settings.nats.prefix), start=start, on_msg=apply
+        )
 
     # -- work -------------------------------------------------------------------------------------
     async def _consume(self, stream: str) -> None:
