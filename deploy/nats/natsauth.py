@@ -685,6 +685,13 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--prefix", default="nodeheal")
         cmd.add_argument("--stream-prefix", default="")
         cmd.add_argument("--bucket-prefix", default="nodeheal")
+        cmd.add_argument(
+            "--detector-replicas",
+            type=int,
+            action="append",
+            default=[],
+            help="replica count of a partitioned detector (its durables detector-<r>-of-<n> are protected)",
+        )
         if name == "init":
             cmd.add_argument("--out", required=True, type=Path)
     mint = sub.add_parser("mint-agent")
@@ -707,7 +714,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
-    layout = Layout(prefix=args.prefix, stream_prefix=args.stream_prefix, bucket_prefix=args.bucket_prefix)
+    layout = Layout(
+        prefix=args.prefix,
+        stream_prefix=args.stream_prefix,
+        bucket_prefix=args.bucket_prefix,
+        detector_replicas=tuple(args.detector_replicas),
+    )
     if args.command == "table":
         sys.stdout.write(matrix_markdown(layout))
         return 0
