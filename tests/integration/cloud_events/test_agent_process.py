@@ -1,4 +1,4 @@
-"""`python -m nodeheal.cloud_events agent` as its own process, configured only by environment
+"""`python -m nodeheal.agent` as its own process, configured only by environment
 variables, against a fake node root and a real nats-server; it stops cleanly on SIGTERM."""
 
 from __future__ import annotations

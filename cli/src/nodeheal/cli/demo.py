@@ -34,6 +34,18 @@ from nodeheal.cli.common import require_sim
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Where service logs go.")
 @click.option("--dry-run", is_flag=True, help="Run the remediator in dry-run mode (audit only, no action).")
 @click.option("--no-partition", is_flag=True, help="Skip the rack-partition storm scenario.")
+@click.option(
+    "--chaos",
+    is_flag=True,
+    help="SIGKILL each service and the nats-server at seeded moments during the run, then restart them.",
+)
+@click.option(
+    "--nats-cluster",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="3: run three nats-servers on loopback as one JetStream cluster (streams at R3).",
+)
 def demo(
     nodes: int,
     duration: float,
@@ -47,9 +59,15 @@ def demo(
     run_dir: Path | None,
     dry_run: bool,
     no_partition: bool,
+    chaos: bool,
+    nats_cluster: int,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
     require_sim("nodeheal demo")
+    if nats_cluster == 2:
+        raise click.BadParameter("a JetStream cluster needs 3 or more servers (2 cannot keep a quorum)")
+    if nats_cluster >= 3 and nats_url:
+        raise click.BadParameter("--nats-cluster starts its own servers; leave out --nats-url")
     from nodeheal.sim.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
@@ -64,6 +82,8 @@ def demo(
         run_dir=run_dir,
         dry_run=dry_run,
         partition=not no_partition,
+        chaos=chaos,
+        nats_cluster=nats_cluster,
         quiet=json_out,
     )
     console = Console(stderr=True)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,8 @@ from nodeheal.cli.procs import ServiceProcess, service_processes, stop_all, wait
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.chaos import Chaos, plan_chaos
+from nodeheal.sim.cluster import EmbeddedCluster
 from nodeheal.sim.demo_report import RunRecord, build_report, collect_window, write_html
 from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
@@ -53,6 +56,8 @@ class DemoConfig:
     quiet: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     services: list[str] | None = None  # all four unless a test narrows it
+    chaos: bool = False  # SIGKILL every service (and a nats-server) at seeded moments, then restart it
+    nats_cluster: int = 1  # 3: three nats-servers on loopback as one JetStream cluster, streams at R3
 
 
 def _service_table(
@@ -119,22 +124,43 @@ def _progress_table(
     return table
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
 async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
     run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix="nodeheal-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
+        kill_server: Callable[[int], None] | None = None
+        restart_server: Callable[[int], None] | None = None
+        replicas = 1
         if cfg.nats_url:
             url = cfg.nats_url
+        elif cfg.nats_cluster >= 3:
+            cluster = stack.enter_context(EmbeddedCluster(cfg.nats_cluster, log_dir=str(run_dir)))
+            url, replicas = cluster.url, 3
+            kill_server, restart_server = cluster.kill, cluster.restart
         else:
             server = stack.enter_context(EmbeddedNats(log_file=str(run_dir / "nats-server.log")))
             url = server.url
+
+            def kill_one(_index: int) -> None:
+                server.kill()
+
+            def restart_one(_index: int) -> None:
+                server.start()  # same port, same store
+
+            kill_server, restart_server = kill_one, restart_one
         console.print(f"[bold]nodeheal demo[/]: NATS {url}; logs in {run_dir}", highlight=False)
         # 4 GiB of stream caps (PROBES 1.6 GiB, ~1.5 M probes): the default 1 GiB is sized for tests
         settings = NatsSettings(url=url, store_bytes=4 * 1024**3)
         nc = await connect(settings, name="nodeheal-demo")
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
-        await apply_topology(js, settings.topology())
+        await apply_topology(js, settings.topology(), replicas=replicas)
         spec = FleetSpec(nodes=cfg.nodes, seed=cfg.seed)
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
         sim = FleetSimulator(spec=spec, settings=settings, timings=timings)
@@ -174,6 +200,21 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         t0 = time.time()
         fault_start = t0 + warmup_s
         fault_end = fault_start + cfg.duration_s
+        chaos: Chaos | None = None
+        if cfg.chaos:
+            chaos = Chaos(
+                plan=plan_chaos(
+                    seed=cfg.seed,
+                    duration_s=cfg.duration_s,
+                    services=[svc.name for svc in services],
+                    servers=cfg.nats_cluster if cfg.nats_cluster >= 3 else (0 if cfg.nats_url else 1),
+                ),
+                services={svc.name: svc for svc in services},
+                kill_server=kill_server,
+                restart_server=restart_server,
+            )
+            chaos_task = asyncio.create_task(chaos.run(start=fault_start))
+            stack.push_async_callback(_cancel, chaos_task)
         next_fault = 0
         live = Live(console=console, refresh_per_second=2, transient=False) if not cfg.quiet else None
         if live is not None:
@@ -188,6 +229,8 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
                         next_fault += 1
                 phase = "warm-up" if now < fault_start else ("faults" if now < fault_end else "settling")
                 for svc in services:
+                    if chaos is not None and svc.name in chaos.busy:
+                        continue  # killed on purpose; chaos starts it again
                     if not svc.alive:
                         msg = f"service {svc.name} died; last log lines ({svc.log_path}):\n{svc.tail()}"
                         raise RuntimeError(msg)
@@ -226,6 +269,9 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
             bad_kernel=spec.bad_kernel,
         )
         report = build_report(record, messages=messages, findings=findings)
+        if chaos is not None:
+            report["chaos"] = chaos.summary()
+        report["nats"] = {"servers": len(url.split(",")), "stream_replicas": replicas}
         report["run_dir"] = str(run_dir)
         write_html(report, cfg.report_path)
         return report
