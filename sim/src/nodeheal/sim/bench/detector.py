@@ -34,7 +34,7 @@ import nats
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from nodeheal.detector.fastpath import probe_decoder
+from nodeheal.detector.fastpath import ProbeIdentity, probe_decoder
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.puller import BatchPuller
 from nodeheal.detector.rawconn import RawPuller
@@ -51,7 +51,7 @@ from nodeheal.schemas import (
     Reachability,
     ServiceState,
 )
-from nodeheal.schemas.subjects import probe_subject
+from nodeheal.schemas.subjects import DEFAULT_PREFIX, probe_subject
 
 CLUSTER = "bench"
 
@@ -332,7 +332,21 @@ def decode_costs(payload: bytes, *, n: int = 20_000) -> dict[str, float]:
     for _ in range(n // 4):
         NodeProbe.model_validate_json(payload)
     pydantic_us = (time.perf_counter() - start) / (n // 4) * 1e6
-    return {"decode_us_msgspec": round(msgspec_us, 2), "decode_us_pydantic": round(pydantic_us, 2)}
+    # the subject identity check every probe gets after decoding (subject already seen: steady state)
+    identity = ProbeIdentity(prefix=DEFAULT_PREFIX)
+    probe = probe_decoder.decode(payload)
+    subject = probe_subject(probe.cluster, probe.node)
+    check = identity.mismatch
+    assert check(subject, probe) is None
+    start = time.perf_counter()
+    for _ in range(n):
+        check(subject, probe)
+    identity_us = (time.perf_counter() - start) / n * 1e6
+    return {
+        "decode_us_msgspec": round(msgspec_us, 2),
+        "decode_us_pydantic": round(pydantic_us, 2),
+        "identity_check_us": round(identity_us, 2),
+    }
 
 
 def rules_cost(*, nodes: int, rounds: int = 3) -> float:
