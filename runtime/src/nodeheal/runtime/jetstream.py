@@ -17,7 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from nodeheal.schemas.dlq import DeadLetter
+from nodeheal.schemas.dlq import MAX_RAW_BYTES, DeadLetter
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
 
 log = logging.getLogger("nodeheal.runtime.jetstream")
@@ -66,6 +66,9 @@ class DeadLetterLimiter:
 DEFAULT_DLQ_LIMITER = DeadLetterLimiter()
 """Shared by every `dead_letter` call of a process unless a caller passes its own."""
 
+MAX_DEAD_RAW = MAX_RAW_BYTES
+"""At most this much of a rejected input is kept (`DeadLetter.of` cuts it and records `raw_size`)."""
+
 
 class WireModel(Protocol):
     def to_json(self) -> bytes: ...
@@ -100,9 +103,13 @@ async def dead_letter(
     source: str | None = None,
     limiter: DeadLetterLimiter | None = DEFAULT_DLQ_LIMITER,
 ) -> PubAck | None:
-    """Keep rejected input: the reason, where it came from and the raw bytes (at most
-    `MAX_RAW_BYTES`), on `<prefix>.dlq.<service>`. Rate limited per `source` (default: the subject
-    it came from): over the limit nothing is stored, the drop is counted and logged, None is returned."""
+    """Keep rejected input: the reason, where it came from and the raw bytes, on `<prefix>.dlq.<service>`.
+
+    Bounded: at most `MAX_DEAD_RAW` bytes of the input (`raw_size` keeps its length, the reason says it
+    was cut), 2,000 characters of reason and 4,000 of headers, so a huge input still fits a NATS message.
+    Rate limited per `source` (default: the subject it came from): over the limit nothing is stored, the
+    drop is counted (`nodeheal_dlq_rate_limited_total`) and logged, None is returned.
+    """
     key = f"{service}|{source or subject or '-'}"
     if limiter is not None and not limiter.allow(key):
         DLQ_DROPPED.labels(service).inc()
@@ -113,6 +120,12 @@ async def dead_letter(
                 extra={"service": service, "source": source or subject, "dropped": dropped, "reason": reason},
             )
         return None
+    if len(raw) > MAX_DEAD_RAW:
+        reason = f"{reason} [input of {len(raw)} bytes, first {MAX_DEAD_RAW} kept]"
+    if len(reason) > 2000:
+        reason = reason[:2000] + "..."
+    if headers and sum(len(k) + len(v) for k, v in headers.items()) > 4000:
+        headers = {k[:100]: v[:200] for k, v in list(headers.items())[:20]}
     letter = DeadLetter.of(service=service, reason=reason, raw=raw, subject=subject, headers=headers)
     log.warning("dead-lettered input", extra={"service": service, "reason": reason, "subject": subject})
     return await js.publish(
@@ -149,6 +162,19 @@ async def ensure_pull_consumer(
         await js.add_consumer(stream, config=config)
         return
     current = info.config
+    if current.ack_policy != ack_policy:
+        # Not editable: recreate the durable where the old one's acknowledged floor ended, so nothing
+        # unacknowledged is skipped (an upgrade from AckPolicy.ALL to EXPLICIT, for instance).
+        floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+        log.warning(
+            "recreating consumer with a new ack policy",
+            extra={"stream": stream, "durable": durable, "from_seq": floor + 1, "ack_policy": str(ack_policy)},
+        )
+        await js.delete_consumer(stream, durable)
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor + 1
+        await js.add_consumer(stream, config=config)
+        return
     if (
         round((current.ack_wait or 0) * 1e3) != round(ack_wait_s * 1e3)
         or current.max_deliver != max_deliver

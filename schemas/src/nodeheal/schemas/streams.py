@@ -203,6 +203,11 @@ def topology(
                 history=5,
                 max_bytes=cap("control"),
             ),
+            BucketSpec(
+                name=f"{bucket_prefix}-diagnoser",
+                description="The diagnoser's durable memory: crash signatures per host (crash.<cluster>.<node>)",
+                ttl_s=8 * DAY_S,  # longer than the 7-day crash window; every new crash rewrites the key
+            ),
         ),
     )
 
