@@ -22,7 +22,7 @@ async def test_apply_creates_every_stream_and_bucket_with_design_limits(
 ) -> None:
     topo = nats_settings.topology()
     changes = await apply_topology(js, topo)
-    assert [c.action for c in changes] == ["created"] * 10
+    assert [c.action for c in changes] == ["created"] * 12
 
     sp = nats_settings.stream_prefix
     probes = (await js.stream_info(f"{sp}PROBES")).config
@@ -70,7 +70,7 @@ async def test_second_apply_changes_nothing(js: JetStreamContext, nats_settings:
     topo = nats_settings.topology()
     await apply_topology(js, topo)
     again = await apply_topology(js, topo)
-    assert [c.action for c in again] == ["unchanged"] * 10
+    assert [c.action for c in again] == ["unchanged"] * 12
 
 
 async def test_apply_repairs_a_drifted_stream_and_says_what_changed(
@@ -127,10 +127,10 @@ def test_cli_apply_twice_prints_created_then_nothing(nats_settings: NatsSettings
     first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert first.returncode == 0, first.stderr
     assert f"stream {nats_settings.stream_prefix}AUDIT: created" in first.stdout
-    assert "10 of 10 streams and buckets created or changed" in first.stdout
+    assert "12 of 12 streams and buckets created or changed" in first.stdout
     second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert second.returncode == 0, second.stderr
-    assert "0 of 10 streams and buckets created or changed" in second.stdout
+    assert "0 of 12 streams and buckets created or changed" in second.stdout
     assert "created" not in second.stdout.replace("created or changed", "")
 
 

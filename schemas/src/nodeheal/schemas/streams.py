@@ -85,18 +85,19 @@ enough for a laptop, the demo and a test server holding several installs side by
 from the NATS volume (`nodeheal streams apply --store-gib`, deploy/nats/values.yaml)."""
 
 SHARES: dict[str, float] = {
-    "PROBES": 0.40,
+    "PROBES": 0.375,  # 2.5 % went to CRASHES and crash-buckets
     "AUDIT": 0.20,
     "ANOMALIES": 0.10,
     "DIAGNOSES": 0.10,
     "CLOUD": 0.05,
     "DLQ": 0.03,
-    "CRASHES": 0.04,
+    "CRASHES": 0.02,
+    "crash-buckets": 0.005,
     "inventory": 0.03,
     "leases": 0.01,
     "control": 0.01,
 }
-"""Each stream's and bucket's share of `store_bytes`; the remaining 3 % is headroom for buckets added later
+"""Each stream's and bucket's share of `store_bytes`; the remaining 7 % is headroom for buckets added later
 (`BucketSpec.max_bytes`, 64 MiB each by default)."""
 
 DLQ_MAX_MSGS = 200_000
@@ -210,6 +211,7 @@ def topology(
             BucketSpec(
                 name=f"{bucket_prefix}-crash-buckets",
                 description="One fleet record per crash bucket: count, nodes, kernels, first and last seen",
+                max_bytes=cap("crash-buckets"),
             ),
             BucketSpec(
                 name=f"{bucket_prefix}-control",
