@@ -12,7 +12,7 @@ from nats.js.client import JetStreamContext
 
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas.streams import DAY_S
+from nodeheal.schemas.streams import DAY_S, DLQ_MAX_MSGS, DLQ_MAX_MSGS_PER_SUBJECT, SHARES, reserved_bytes
 
 pytestmark = pytest.mark.nats
 
@@ -22,13 +22,23 @@ async def test_apply_creates_every_stream_and_bucket_with_design_limits(
 ) -> None:
     topo = nats_settings.topology()
     changes = await apply_topology(js, topo)
-    assert [c.action for c in changes] == ["created"] * 10
+    assert [c.action for c in changes] == ["created"] * 12
 
     sp = nats_settings.stream_prefix
     probes = (await js.stream_info(f"{sp}PROBES")).config
-    assert probes.subjects == [f"{nats_settings.prefix}.probe.*.*"]
+    assert probes.subjects == [f"{nats_settings.prefix}.probe.*.*", f"{nats_settings.prefix}.prober.*.*"]
     assert probes.max_age == pytest.approx(3 * DAY_S)
-    assert probes.max_bytes == 20 * 1024**3
+    assert probes.max_bytes == int(nats_settings.store_bytes * SHARES["PROBES"])
+    dlq = (await js.stream_info(f"{sp}DLQ")).config
+    assert dlq.max_bytes == int(nats_settings.store_bytes * SHARES["DLQ"])
+    assert (dlq.max_msgs, dlq.max_msgs_per_subject) == (DLQ_MAX_MSGS, DLQ_MAX_MSGS_PER_SUBJECT)
+    assert dlq.discard == "old"  # a full DLQ drops its oldest letters, it never refuses new ones
+    # every stream and bucket has its own cap, and together they fit the store they were sized for
+    for spec in topo.streams:
+        assert (await js.stream_info(spec.name)).config.max_bytes == spec.max_bytes > 0
+    for bucket in topo.buckets:
+        assert (await js.stream_info(f"KV_{bucket.name}")).config.max_bytes == bucket.max_bytes > 0
+    assert reserved_bytes(topo) <= nats_settings.store_bytes
     audit = (await js.stream_info(f"{sp}AUDIT")).config
     assert audit.max_age == pytest.approx(365 * DAY_S)
     assert audit.deny_delete is True and audit.deny_purge is True
@@ -60,7 +70,7 @@ async def test_second_apply_changes_nothing(js: JetStreamContext, nats_settings:
     topo = nats_settings.topology()
     await apply_topology(js, topo)
     again = await apply_topology(js, topo)
-    assert [c.action for c in again] == ["unchanged"] * 10
+    assert [c.action for c in again] == ["unchanged"] * 12
 
 
 async def test_apply_repairs_a_drifted_stream_and_says_what_changed(
@@ -117,10 +127,10 @@ def test_cli_apply_twice_prints_created_then_nothing(nats_settings: NatsSettings
     first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert first.returncode == 0, first.stderr
     assert f"stream {nats_settings.stream_prefix}AUDIT: created" in first.stdout
-    assert "10 of 10 streams and buckets created or changed" in first.stdout
+    assert "12 of 12 streams and buckets created or changed" in first.stdout
     second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert second.returncode == 0, second.stderr
-    assert "0 of 10 streams and buckets created or changed" in second.stdout
+    assert "0 of 12 streams and buckets created or changed" in second.stdout
     assert "created" not in second.stdout.replace("created or changed", "")
 
 

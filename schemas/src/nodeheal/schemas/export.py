@@ -15,6 +15,7 @@ from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.finding import FleetFinding
@@ -32,6 +33,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "dead-letter": DeadLetter,
     "node-inventory": NodeInventory,
     "fleet-finding": FleetFinding,
+    "crash-report": CrashReport,
 }
 
 

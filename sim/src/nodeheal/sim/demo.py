@@ -155,7 +155,8 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
 
             kill_server, restart_server = kill_one, restart_one
         console.print(f"[bold]nodeheal demo[/]: NATS {url}; logs in {run_dir}", highlight=False)
-        settings = NatsSettings(url=url)
+        # 4 GiB of stream caps (PROBES 1.6 GiB, ~1.5 M probes): the default 1 GiB is sized for tests
+        settings = NatsSettings(url=url, store_bytes=4 * 1024**3)
         nc = await connect(settings, name="nodeheal-demo")
         stack.push_async_callback(nc.close)
         js = nc.jetstream()

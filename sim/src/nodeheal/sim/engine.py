@@ -29,7 +29,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
 from nodeheal.schemas.commands import FD_HOLDER_TARGET
 from nodeheal.schemas.inventory import instance_key, inventory_key
-from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject
+from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject, prober_probe_subject
 from nodeheal.sim.faults import (
     FATAL_KERNEL_CLASSES,
     InjectedFault,
@@ -126,6 +126,9 @@ class FleetSimulator:
         self.cloud: CloudHooks | None = None
         self.stats = SimStats()
         self._subjects = {name: probe_subject(spec.cluster, name, prefix=settings.prefix) for name in self.nodes}
+        self._prober_subjects = {
+            name: prober_probe_subject(spec.cluster, name, prefix=settings.prefix) for name in self.nodes
+        }
         self._seen_actions: dict[str, bytes] = {}
         self._nc: Client | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -207,7 +210,8 @@ class FleetSimulator:
             body = node.agent_probe(now=now, time_iso=iso, noise=noise)
             out.append(self._nc.publish(subject, orjson.dumps(body), headers={"Nats-Msg-Id": body["id"]}))
         body = node.prober_probe(time_iso=iso)
-        out.append(self._nc.publish(subject, orjson.dumps(body), headers={"Nats-Msg-Id": body["id"]}))
+        prober_subject = self._prober_subjects[node.name]
+        out.append(self._nc.publish(prober_subject, orjson.dumps(body), headers={"Nats-Msg-Id": body["id"]}))
         return out
 
     # ------------------------------------------------------------------ world clock

@@ -20,6 +20,7 @@ from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
 from nodeheal.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.agent.crash import CrashCollector, crash_msg_id
 from nodeheal.agent.host import HostReader, StatVfs
 from nodeheal.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
 from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter, probe_msg_id
@@ -28,7 +29,8 @@ from nodeheal.agent.systemd import SystemctlClient, Systemd
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import dead_letter, publish_model
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
-from nodeheal.schemas.subjects import cmd_subject, probe_subject
+from nodeheal.schemas.probe import NodeProbe
+from nodeheal.schemas.subjects import cmd_subject, crash_subject, probe_subject
 
 log = logging.getLogger("nodeheal.agent")
 
@@ -40,6 +42,7 @@ PUBLISH_FAILURES = prometheus_client.Counter("nodeheal_agent_publish_failures", 
 COMMANDS = prometheus_client.Counter("nodeheal_agent_commands", "Commands answered", ["command", "ok"])
 REJECTED = prometheus_client.Counter("nodeheal_agent_commands_rejected", "Malformed command requests (DLQ)")
 OUTBOX = prometheus_client.Gauge("nodeheal_agent_outbox", "Probes waiting to be published")
+CRASH_REPORTS = prometheus_client.Counter("nodeheal_agent_crash_reports", "Crash reports acknowledged by CRASHES")
 
 
 class NodeAgent:
@@ -58,6 +61,7 @@ class NodeAgent:
             mount_points=tuple(settings.mount_points),
             fs_types=tuple(settings.fs_types),
             excluded_prefixes=tuple(settings.excluded_mount_prefixes),
+            fs_markers=dict(settings.fs_markers),
         )
         if statvfs is not None:
             self.host.statvfs = statvfs
@@ -89,10 +93,12 @@ class NodeAgent:
                 keep_newest_in=tuple(settings.clean.keep_newest_in),
             ),
             statvfs=self.host.statvfs,
+            statfs_path=self.host.statfs_path,
             remember=settings.command_remember,
             # the lease fence survives an agent restart when there is a state directory
             fence_file=state_dir / "lease-fence.json" if state_dir else None,
         )
+        self.crash = self._crash_collector(state_dir)
         self.outbox = Outbox(capacity=settings.outbox_max)
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
@@ -115,6 +121,23 @@ class NodeAgent:
             boot_id=self.host.boot_id(),
         )
 
+    def _crash_collector(self, state_dir: Path | None) -> CrashCollector | None:
+        c = self.settings.crash
+        if not c.enabled:
+            return None
+        return CrashCollector(
+            cluster=self.settings.cluster,
+            node=self.settings.node_name,
+            root=self.settings.host_root,
+            state_file=state_dir / "crash-state.json" if state_dir else None,
+            pstore_dirs=c.pstore_dirs,
+            kdump_dirs=c.kdump_dirs,
+            journal_command=self.settings.journalctl_command if c.journal else None,
+            max_lines=c.max_lines,
+            max_bytes=c.max_bytes,
+            lookback_s=c.lookback_days * 86_400.0,
+        )
+
     @property
     def probe_subject(self) -> str:
         return probe_subject(self.settings.cluster, self.settings.node_name, prefix=self.prefix)
@@ -124,13 +147,16 @@ class NodeAgent:
         return cmd_subject(self.settings.cluster, self.settings.node_name, prefix=self.prefix)
 
     async def start(self) -> None:
-        self.nc = await connect(self.settings.nats, name=f"nodeheal-agent-{self.settings.node_name}")
+        nats_settings = self.settings.nats.model_copy(update={"inbox_prefix": self.settings.nats_inbox_prefix()})
+        self.nc = await connect(nats_settings, name=f"nodeheal-agent-{self.settings.node_name}")
         self.js = self.nc.jetstream()
         self._sub = await self.nc.subscribe(self.cmd_subject, cb=self._on_command)
         log.info("agent started", extra={"node": self.settings.node_name, "commands": self.cmd_subject})
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.crash is not None:
+            self.crash.mark_orderly()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -162,6 +188,46 @@ class NodeAgent:
                 "outbox full, dropped the oldest probe", extra={"node": probe.node, "dropped": self.outbox.dropped}
             )
         await self.flush()
+        if self.crash is not None:
+            await self.report_crash(probe)
+
+    async def report_crash(self, probe: NodeProbe) -> None:
+        """On the first probe of a boot that follows a crash: the previous boot's evidence, once."""
+        assert self.crash is not None
+        assert self.js is not None
+        report = await self.crash.check(
+            boot_id=probe.boot_id, kernel_release=probe.kernel_release, os_image=probe.os_image, uptime_s=probe.uptime_s
+        )
+        if self.crash.problems:
+            log.warning("crash evidence incomplete", extra={"node": probe.node, "problems": list(self.crash.problems)})
+        if report is None:
+            return
+        subject = crash_subject(report.cluster, report.node, prefix=self.prefix)
+        try:
+            await publish_model(
+                self.js,
+                subject,
+                report,
+                msg_id=crash_msg_id(cluster=report.cluster, node=report.node, boot_id=report.boot_id),
+                timeout_s=self.settings.nats.publish_timeout_s,
+            )
+        except Exception as exc:
+            PUBLISH_FAILURES.inc()
+            log.warning(
+                "crash report not published, retried next probe", extra={"node": probe.node, "error": repr(exc)}
+            )
+            return
+        self.crash.reported(report)
+        CRASH_REPORTS.inc()
+        log.warning(
+            "crash report sent",
+            extra={
+                "node": probe.node,
+                "previous_boot_id": report.previous_boot_id,
+                "unexpected": report.unexpected,
+                "sources": [e.path for e in report.evidence],
+            },
+        )
 
     async def flush(self) -> None:
         assert self.js is not None

@@ -67,6 +67,8 @@ class CommandExecutor:
     systemd: Systemd
     clean: CleanPolicy
     statvfs: StatVfs = os.statvfs
+    statfs_path: Callable[[str], str] | None = None
+    """Where to measure a host path's file system (`HostReader.statfs_path`); default: under host_root."""
     remember: int = 10_000
     clock: Callable[[], float] = time.time
     fence_file: Path | None = None
@@ -288,7 +290,7 @@ class CommandExecutor:
             return None, f"refused: no {what} command configured"
         if dry_run:
             return None, f"dry run: would run {' '.join(cmd)}"
-        fs_path = str(self._host(fs_host_path))
+        fs_path = self.statfs_path(fs_host_path) if self.statfs_path else str(self._host(fs_host_path))
         before = _free_bytes(self.statvfs, fs_path)
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE

@@ -9,9 +9,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from nodeheal.agent.crash import DEFAULT_KDUMP_DIRS, DEFAULT_PSTORE_DIRS
 from nodeheal.agent.host import DEFAULT_EXCLUDED_PREFIXES, DEFAULT_FS_TYPES
 from nodeheal.runtime.service import ServiceSettings
+from nodeheal.schemas.crash import MAX_CRASH_LINES, MAX_CRASH_REPORT_BYTES
 from nodeheal.schemas.probe import MAX_KERNEL_LINES
+from nodeheal.schemas.subjects import escape_token
 
 
 class CleanSettings(BaseModel):
@@ -38,6 +41,16 @@ class CleanSettings(BaseModel):
     )
 
 
+class CrashSettings(BaseModel):
+    enabled: bool = Field(default=True, description="report the previous boot's crash evidence once per boot")
+    pstore_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_PSTORE_DIRS))
+    kdump_dirs: list[str] = Field(default_factory=lambda: list(DEFAULT_KDUMP_DIRS))
+    journal: bool = Field(default=True, description="add `journalctl -k -b <previous boot>` after an unexpected reboot")
+    max_lines: int = Field(default=MAX_CRASH_LINES, ge=1, le=MAX_CRASH_LINES, description="lines kept per source")
+    max_bytes: int = Field(default=MAX_CRASH_REPORT_BYTES, ge=4096, le=1024 * 1024)
+    lookback_days: float = Field(default=7.0, gt=0, description="older pstore / kdump files are not reported")
+
+
 class AgentSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NODEHEAL_AGENT_", env_nested_delimiter="__", extra="ignore")
 
@@ -45,7 +58,14 @@ class AgentSettings(ServiceSettings):
     interval_s: float = Field(default=10.0, gt=0, description="seconds between probes")
     host_root: Path = Field(default=Path("/"), description="where the node's / is visible (/host in the DaemonSet)")
     mounts_file: str = Field(default="/proc/1/mounts", description="host path of the mount table (PID 1 = the host's)")
-    mount_points: list[str] = Field(default_factory=list, description="mount points to report; empty = by fs_types")
+    mount_points: list[str] = Field(
+        default_factory=list, description="mount points to report; empty = the fs_markers' ones, else by fs_types"
+    )
+    fs_markers: dict[str, str] = Field(
+        default_factory=dict,
+        description="host mount point → a directory in this container on that file system (statvfs reads its"
+        " usage there instead of under host_root; the DaemonSet mounts one empty marker per file system)",
+    )
     fs_types: list[str] = Field(default_factory=lambda: list(DEFAULT_FS_TYPES))
     excluded_mount_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDED_PREFIXES))
     services: list[str] = Field(
@@ -62,5 +82,18 @@ class AgentSettings(ServiceSettings):
     )
     outbox_max: int = Field(default=360, ge=1, description="probes kept while NATS is away; older ones are dropped")
     clean: CleanSettings = Field(default_factory=CleanSettings)
+    crash: CrashSettings = Field(default_factory=CrashSettings)
     command_remember: int = Field(default=10_000, ge=1, description="action ids remembered for idempotent replies")
     dlq_service: str = "node-agent"
+    inbox_per_node: bool = Field(
+        default=True,
+        description="append the escaped cluster and node tokens to nats.inbox_prefix, so replies to this agent"
+        " (its PubAcks) arrive on `<inbox_prefix>.<cluster>.<node>.…`, the only inbox NATS lets this node read"
+        " under deploy/nats/natsauth.py",
+    )
+
+    def nats_inbox_prefix(self) -> str:
+        """The inbox prefix this agent connects with."""
+        if not self.inbox_per_node:
+            return self.nats.inbox_prefix
+        return f"{self.nats.inbox_prefix}.{escape_token(self.cluster)}.{escape_token(self.node_name)}"

@@ -1,11 +1,12 @@
 """`nodeheal bench detector`: the detector's throughput, latency and memory, measured on a real
 nats-server next to raw nats-py on the same payload, in the same run.
 
-- `probes_per_s`: the real consumer path (`DetectorRuntime`: durable pull consumer with AckPolicy.ALL,
-  the batch puller, msgspec decoding, the rules, timers, anomaly publishing, acks) draining a backlog
-  of nodes x rounds probes that was stored in PROBES beforehand. A Python publisher cannot publish
-  50k/s to JetStream with acks, so the backlog is pre-filled (core publishes into the stream) and the
-  drain is timed: first pull to last probe processed.
+- `probes_per_s`: the real consumer path (`DetectorRuntime`: durable pull consumer with
+  AckPolicy.EXPLICIT, one +ACK per probe, the batch puller, msgspec decoding, the rules, timers,
+  anomaly publishing, acks) draining a backlog of nodes x rounds probes that was stored in PROBES
+  beforehand. A Python publisher cannot publish 50k/s to JetStream with acks, so the backlog is
+  pre-filled (core publishes into the stream) and the drain is timed: first pull to last probe
+  processed.
 - `p50_ms` / `p99_ms`: probe published → anomaly published (PubAck received), from an open-loop run:
   a separate publisher process sends probes at a fixed rate with disk-full faults injected into ~1 % of
   them; the probe's own `time` is its publish time and becomes the anomaly's `fault_onset`.
@@ -34,7 +35,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from nodeheal.detector.fastpath import probe_decoder
+from nodeheal.detector.fastpath import ProbeIdentity, probe_decoder
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.puller import BatchPuller
 from nodeheal.detector.rules import Detector, RuleConfig
@@ -50,7 +51,7 @@ from nodeheal.schemas import (
     Reachability,
     ServiceState,
 )
-from nodeheal.schemas.subjects import probe_subject
+from nodeheal.schemas.subjects import DEFAULT_PREFIX, probe_subject
 from nodeheal.sim.bench.secure import BenchAuth
 
 CLUSTER = "bench"
@@ -153,12 +154,14 @@ async def _provision(url: str, auth: BenchAuth) -> NatsSettings:
     """The layout of one phase, as the detector's settings. Under per-role credentials the layout is the
     one the permissions are written for (the bench's own server, dropped between phases); on a plain
     server each phase gets its own prefixes."""
+    # 4 GiB of stream caps (PROBES 1.6 GiB): the backlog of a large --nodes × --rounds run must fit
+    store = 4 * 1024**3
     if auth.creds:
-        settings = auth.settings("detector", url=url)
+        settings = auth.settings("detector", url=url, store_bytes=store)
     else:
         tag = uuid.uuid4().hex[:8]
         settings = NatsSettings(
-            url=url, prefix=f"bench{tag}", stream_prefix=f"BENCH{tag}_", bucket_prefix=f"bench{tag}"
+            url=url, prefix=f"bench{tag}", stream_prefix=f"BENCH{tag}_", bucket_prefix=f"bench{tag}", store_bytes=store
         )
     nc = await auth.connect(url, "admin")
     await apply_topology(nc.jetstream(), settings.topology())
@@ -200,9 +203,11 @@ def _payloads(nodes: int, rounds: int) -> list[tuple[str, bytes, str]]:
 
 
 async def prefill(url: str, settings: NatsSettings, *, nodes: int, rounds: int, auth: BenchAuth) -> tuple[int, int]:
-    """Store nodes x rounds probes in PROBES (core publishes as the prober role: the stream stores them
-    without a PubAck round trip); returns (stored, payload bytes)."""
-    nc = await auth.connect(url, "prober", name="bench-prefill", pending_size=64 * 1024 * 1024)
+    """Store nodes x rounds probes in PROBES (core publishes: the stream stores them without a PubAck round
+    trip); returns (stored, payload bytes). They are agent probes of 20,000 nodes: no single real role
+    may publish those (an agent speaks for its own node only, the prober only on `prober.*.*`), so the
+    synthetic fleet publishes as admin."""
+    nc = await auth.connect(url, "admin", name="bench-prefill", pending_size=64 * 1024 * 1024)
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
     items = _payloads(nodes, rounds)
     subjects = {node: probe_subject(CLUSTER, node, prefix=settings.prefix) for node in {n for _, _, n in items}}
@@ -273,16 +278,24 @@ async def drain_nats_py_fetch(url: str, settings: NatsSettings, *, total: int, b
     return seen / elapsed
 
 
-async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, batch: int, auth: BenchAuth) -> float:
-    """The batch puller alone (transport ceiling of the detector's path: no decode, no rules)."""
+async def drain_puller_only(
+    url: str, settings: NatsSettings, *, total: int, batch: int, auth: BenchAuth, explicit: bool = False
+) -> float:
+    """The batch puller alone (transport ceiling of the detector's path: no decode, no rules): one
+    cumulative `+ACK` per chunk (AckPolicy.ALL, the detector before per-probe acks) or, with `explicit`,
+    one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does now): the cost of acknowledging
+    only what is done, measured in the same run."""
     nc = await auth.connect(url, "detector", name="bench-puller", pending_size=64 * 1024 * 1024)
     js = nc.jetstream()
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
-    durable = "bench-puller"
+    durable = "bench-puller-explicit" if explicit else "bench-puller"
     await js.add_consumer(
         stream,
         config=ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT if explicit else AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=-1,
         ),
     )
     puller = BatchPuller(nc, stream=stream, consumer=durable, batch=batch)
@@ -294,7 +307,10 @@ async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, bat
         if not chunk:
             break
         seen += len(chunk)
-        await puller.ack_all_through(chunk[-1])
+        if explicit:
+            await puller.ack_each(chunk)
+        else:
+            await puller.ack_all_through(chunk[-1])
     elapsed = time.perf_counter() - start
     await puller.stop()
     await nc.close()
@@ -313,7 +329,21 @@ def decode_costs(payload: bytes, *, n: int = 20_000) -> dict[str, float]:
     for _ in range(n // 4):
         NodeProbe.model_validate_json(payload)
     pydantic_us = (time.perf_counter() - start) / (n // 4) * 1e6
-    return {"decode_us_msgspec": round(msgspec_us, 2), "decode_us_pydantic": round(pydantic_us, 2)}
+    # the subject identity check every probe gets after decoding (subject already seen: steady state)
+    identity = ProbeIdentity(prefix=DEFAULT_PREFIX)
+    probe = probe_decoder.decode(payload)
+    subject = probe_subject(probe.cluster, probe.node)
+    check = identity.mismatch
+    assert check(subject, probe) is None
+    start = time.perf_counter()
+    for _ in range(n):
+        check(subject, probe)
+    identity_us = (time.perf_counter() - start) / n * 1e6
+    return {
+        "decode_us_msgspec": round(msgspec_us, 2),
+        "decode_us_pydantic": round(pydantic_us, 2),
+        "identity_check_us": round(identity_us, 2),
+    }
 
 
 def rules_cost(*, nodes: int, rounds: int = 3) -> float:
@@ -353,7 +383,8 @@ def _publisher_process(
 async def _publish_open_loop(
     url: str, prefix: str, nodes: int, rate: float, seconds: float, fault_every: int, auth: BenchAuth
 ) -> None:
-    nc = await auth.connect(url, "prober", name="bench-open-loop", pending_size=64 * 1024 * 1024)
+    # agent probes of many nodes: admin (see prefill)
+    nc = await auth.connect(url, "admin", name="bench-open-loop", pending_size=64 * 1024 * 1024)
     names = [_node(i) for i in range(nodes)]
     subjects = [probe_subject(CLUSTER, n, prefix=prefix) for n in names]
     placeholder = datetime(2000, 1, 1, tzinfo=UTC)
@@ -476,6 +507,7 @@ async def run_bench(
         detector = await drain_detector(url, settings, total=stored, batch=batch, auth=auth)
         fetch_rate = await drain_nats_py_fetch(url, settings, total=stored, batch=batch, auth=auth)
         puller_rate = await drain_puller_only(url, settings, total=stored, batch=batch, auth=auth)
+        explicit_rate = await drain_puller_only(url, settings, total=stored, batch=batch, auth=auth, explicit=True)
     finally:
         await _drop(url, settings, auth)
 
@@ -508,6 +540,7 @@ async def run_bench(
         "breakdown": {
             "drain_nats_py_fetch_no_rules_per_s": round(fetch_rate, 1),
             "drain_nats_py_batch_puller_no_rules_per_s": round(puller_rate, 1),
+            "drain_nats_py_batch_puller_no_rules_explicit_acks_per_s": round(explicit_rate, 1),
             "rules_us_per_probe": round(rules_us, 2),
             **costs,
         },
@@ -518,7 +551,7 @@ async def run_bench(
             "p50/p99: open loop at rate_per_s from a separate publisher process, ~1% of probes disk-full, "
             "probe time (= publish time = fault_onset) to the anomaly's PubAck. raw_nats_msgs_per_s: core "
             "publish -> subscribe callback of the same payload. config: tls and creds = the bench's own "
-            "nats-server with TLS and deploy/nats/natsauth.py's per-role users (admin provisions, prober "
-            "publishes probes, detector consumes), every client of the run connected that way."
+            "nats-server with TLS and deploy/nats/natsauth.py's per-role users (admin provisions and "
+            "publishes the synthetic agents' probes, detector consumes), every client of the run connected that way."
         ),
     }

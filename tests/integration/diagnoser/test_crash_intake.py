@@ -1,0 +1,116 @@
+"""The diagnoser's CRASHES consumer on a real nats-server: crash reports made of real kernel bytes
+(tests/data/kernel) are classified and counted once per boot in the bucket's fleet record; a
+malformed report goes to the DLQ with the reason and its raw bytes and the consumer keeps going."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from nodeheal.diagnoser.handlers import DiagnoserRuntime
+from nodeheal.diagnoser.settings import DiagnoserSettings
+from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.crash import CrashEvidence, CrashReport
+from nodeheal.schemas.dlq import DeadLetter
+from nodeheal.schemas.inventory import inventory_key
+from nodeheal.schemas.subjects import crash_subject, dlq_subject
+from tests.unit.diagnoser.scenarios import CLUSTER, inventory
+
+pytestmark = pytest.mark.nats
+
+MODELS = {"n1": "ecs.ebmg7.32xlarge", "n2": "ecs.ebmc7.32xlarge"}
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "kernel"
+
+
+def report(node: str, boot: str, case: str) -> CrashReport:
+    lines = (DATA / case / "pstore" / "dmesg-ramoops-0").read_text().splitlines()
+    return CrashReport(
+        cluster=CLUSTER,
+        node=node,
+        boot_id=boot,
+        previous_boot_id=f"{boot}-before",
+        unexpected=True,
+        kernel_release="6.1.0-57-cloud-amd64",
+        evidence=(
+            CrashEvidence(
+                source="pstore",
+                path="/sys/fs/pstore/dmesg-ramoops-0",
+                backend="ramoops",
+                record=lines[0],
+                lines=tuple(lines[1:][-400:]),
+            ),
+        ),
+    )
+
+
+@pytest.fixture
+async def service(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DiagnoserRuntime]:
+    kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
+    for node, model in MODELS.items():
+        await kv.put(inventory_key(CLUSTER, node), inventory(node, model=model).to_json())
+    runtime = DiagnoserRuntime(
+        settings=DiagnoserSettings(nats=topology_ready, cluster=CLUSTER, fetch_timeout_s=0.3), nc=nc
+    )
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+async def _bucket_records(nc: Client, settings: NatsSettings, *, total: int) -> dict[str, dict[str, Any]]:
+    kv = await nc.jetstream().key_value(f"{settings.bucket_prefix}-crash-buckets")
+    for _ in range(200):
+        records: dict[str, dict[str, Any]] = {}
+        try:
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                records[key] = json.loads(entry.value or b"{}")
+        except Exception:
+            records = {}
+        if sum(r.get("count", 0) for r in records.values()) >= total:
+            return records
+        await asyncio.sleep(0.1)
+    msg = f"fewer than {total} crashes counted"
+    raise AssertionError(msg)
+
+
+async def test_crash_reports_are_bucketed_once_per_boot_and_bad_ones_dead_lettered(
+    service: DiagnoserRuntime, topology_ready: NatsSettings, nc: Client
+) -> None:
+    js = nc.jetstream()
+    prefix = topology_ready.prefix
+    garbage = b'{"schema": "nodeheal.crash/v1", "node": "n1"}'
+    await js.publish(crash_subject(CLUSTER, "n1", prefix=prefix), garbage)
+    sent = [
+        report("n1", "boot-1", "softlockup"),
+        report("n2", "boot-7", "softlockup"),
+        report("n3", "boot-3", "hung"),
+    ]
+    for item in sent:
+        subject = crash_subject(item.cluster, item.node, prefix=prefix)
+        await publish_model(js, subject, item, msg_id=f"m-{item.boot_id}")
+    # the same boot's report again under another message id (e.g. after the duplicate window): counted once
+    again = report("n1", "boot-1", "softlockup")
+    await publish_model(js, crash_subject(CLUSTER, "n1", prefix=prefix), again, msg_id="m-boot-1-late")
+
+    records = await _bucket_records(nc, topology_ready, total=3)
+    by_cls = {r["cls"]: r for r in records.values()}
+    assert set(by_cls) == {"soft_lockup", "hung_task"}
+    assert (by_cls["soft_lockup"]["count"], by_cls["soft_lockup"]["node_count"]) == (2, 2)
+    assert by_cls["soft_lockup"]["rip_func"] == "nodeheal_spin_forever"
+    assert by_cls["hung_task"]["count"] == 1
+    assert by_cls["soft_lockup"]["kernels"] == ["6.1.0-57-cloud-amd64"]
+    assert sorted(by_cls["soft_lockup"]["machine_models"]) == sorted(MODELS.values())  # from the inventory
+
+    dlq_stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}DLQ").name
+    msg = await js.get_last_msg(dlq_stream, dlq_subject("diagnoser", prefix=prefix))
+    letter = DeadLetter.model_validate_json(msg.data or b"")
+    assert "not a valid CrashReport" in letter.reason
+    assert letter.raw == garbage
