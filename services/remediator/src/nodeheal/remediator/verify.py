@@ -2,8 +2,8 @@
 (`nodeheal.schemas.health`: disk, inodes, file handles, load, services, read-only mounts), Node Ready from
 the API server, and after a reboot / redeploy / host event a boot id different from the one before.
 
-The probes are read from the PROBES stream (an ordered consumer filtered to the node's subject, starting
-at the action), which is what the remediator's NATS role allows (`_consume(PROBES)` in
+The probes are read from the PROBES stream (a named ephemeral pull consumer filtered to the node's
+subject, starting at the action), which is what the remediator's NATS role allows (`_consume(PROBES)` in
 deploy/nats/natsauth.py): no core subscription on probe subjects is needed. Prober and simulator probes
 are skipped: they carry no disk, file-handle or service data.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
@@ -25,7 +25,7 @@ from nodeheal.schemas.health import AGENT_SOURCES, HealthThresholds, probe_probl
 from nodeheal.schemas.probe import NodeProbe
 from nodeheal.schemas.subjects import probe_subject
 
-JsSub = JetStreamContext.PushSubscription
+JsSub = JetStreamContext.PullSubscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +62,19 @@ class Verifier:
         return f"{subject}.*" if self.partitions > 0 else subject
 
     async def _probes(self, cluster: str, node: str, since: datetime) -> JsSub:
-        sub = await self.js.subscribe(
+        """A named ephemeral pull consumer on the node's probes from `since` (the form the remediator's role
+        allows: `$JS.API.CONSUMER.CREATE.<PROBES>.<name>.<filter>`; it goes away when unsubscribed or idle)."""
+        return await self.js.pull_subscribe(
             self._filter(cluster, node),
+            durable=None,
             stream=self.stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since),
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=since,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,
+            ),
         )
-        return sub
 
     @staticmethod
     async def _next_agent_probe(sub: JsSub, timeout: float) -> NodeProbe | None:  # noqa: ASYNC109
@@ -79,13 +85,14 @@ class Verifier:
             if left <= 0:
                 return None
             try:
-                msg = await sub.next_msg(timeout=max(left, 0.01))
+                msgs = await sub.fetch(1, timeout=max(left, 0.05))
             except (TimeoutError, NatsTimeoutError):
                 return None
-            with contextlib.suppress(ValidationError, ValueError):
-                probe = NodeProbe.model_validate_json(msg.data)
-                if probe.source in AGENT_SOURCES:
-                    return probe
+            for msg in msgs:
+                with contextlib.suppress(ValidationError, ValueError):
+                    probe = NodeProbe.model_validate_json(msg.data)
+                    if probe.source in AGENT_SOURCES:
+                        return probe
 
     async def latest_agent_probe(
         self, *, cluster: str, node: str, lookback_s: float = 120.0, wait_s: float = 1.0
