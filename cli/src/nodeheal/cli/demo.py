@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from nodeheal.cli.common import require_sim
+from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
 
 
 @click.command("demo")
@@ -34,6 +34,19 @@ from nodeheal.cli.common import require_sim
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Where service logs go.")
 @click.option("--dry-run", is_flag=True, help="Run the remediator in dry-run mode (audit only, no action).")
 @click.option("--no-partition", is_flag=True, help="Skip the rack-partition storm scenario.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Run the embedded nats-server without authorization (default: per-role credentials from deploy/nats).",
+)
+@click.option(
+    "--agents-per-connection",
+    type=click.IntRange(1, 5000),
+    default=500,
+    show_default=True,
+    help="Simulated node agents sharing one NATS connection (its user carries one node tag per agent).",
+)
+@nats_auth_options
 def demo(
     nodes: int,
     duration: float,
@@ -47,6 +60,9 @@ def demo(
     run_dir: Path | None,
     dry_run: bool,
     no_partition: bool,
+    insecure: bool,
+    agents_per_connection: int,
+    nats_auth: NatsAuth,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
     require_sim("nodeheal demo")
@@ -65,6 +81,9 @@ def demo(
         dry_run=dry_run,
         partition=not no_partition,
         quiet=json_out,
+        insecure=insecure,
+        agents_per_connection=agents_per_connection,
+        nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )
     console = Console(stderr=True)
     try:

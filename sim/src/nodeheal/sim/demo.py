@@ -24,15 +24,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nodeheal.cli.procs import ServiceProcess, service_processes, stop_all, wait_ready
+from nodeheal.cli.procs import SERVICES, ServiceProcess, service_processes, stop_all, wait_ready
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas import RemediationRecord
+from nodeheal.sim.auth import DemoAuth
 from nodeheal.sim.demo_report import RunRecord, build_report, collect_window, write_html
 from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import plan_faults
 from nodeheal.sim.fleet import FleetSpec
+from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, security_section
 from nodeheal.sim.world import DemoWorld
 
 
@@ -53,10 +56,13 @@ class DemoConfig:
     quiet: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     services: list[str] | None = None  # all four unless a test narrows it
+    insecure: bool = False  # no NATS authorization on the embedded server
+    nats_base: NatsSettings | None = None  # with nats_url: the access the caller gives (creds, TLS CA)
+    agents_per_connection: int = 500
 
 
 def _service_table(
-    *, settings: NatsSettings, cfg: DemoConfig, world: DemoWorld, run_dir: Path, cluster: str
+    *, settings: NatsSettings, cfg: DemoConfig, world: DemoWorld, run_dir: Path, cluster: str, auth: DemoAuth
 ) -> list[ServiceProcess]:
     """The four services, pointed at the simulated world's endpoints through their environment."""
     extra: dict[str, dict[str, str]] = {
@@ -66,6 +72,7 @@ def _service_table(
             # production, scaled like the rest of the simulated time
             "NODEHEAL_DETECTOR_RULES__EVENT_HOLD_S": str(max(20.0, cfg.probe_interval_s * 6)),
         },
+        "diagnoser": {},
         "remediator": {
             "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.kube_url,
             "NODEHEAL_REMEDIATOR_KUBE__VERIFY_TLS": "false",
@@ -91,7 +98,10 @@ def _service_table(
             "NODEHEAL_INGEST_ALIBABA__INTERVAL_S": "2",
         },
     }
-    for env in extra.values():
+    for name, env in extra.items():
+        env |= auth.service_env(name, prefix=SERVICES[name][0], url=settings.url)
+        if settings.tls_ca_file:
+            env[f"{SERVICES[name][0]}NATS__TLS_CA_FILE"] = settings.tls_ca_file
         env |= cfg.extra_env
     return service_processes(settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra, names=cfg.services)
 
@@ -123,27 +133,51 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
     run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix="nodeheal-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
+        base = cfg.nats_base or NatsSettings()
+        server: EmbeddedNats | None = None
         if cfg.nats_url:
+            auth = DemoAuth(mode="external", directory=run_dir, base=base)
             url = cfg.nats_url
         else:
-            server = stack.enter_context(EmbeddedNats(log_file=str(run_dir / "nats-server.log")))
+            auth = (
+                DemoAuth(mode="insecure", directory=run_dir, base=base)
+                if cfg.insecure
+                else DemoAuth.per_role(run_dir / "nats-auth", base=base)
+            )
+            auth.agents_per_connection = cfg.agents_per_connection
+            config = auth.server_config()
+            server = stack.enter_context(
+                EmbeddedNats(log_file=str(run_dir / "nats-server.log"), config_file=str(config) if config else None)
+            )
             url = server.url
-        console.print(f"[bold]nodeheal demo[/]: NATS {url}; logs in {run_dir}", highlight=False)
-        settings = NatsSettings(url=url)
-        nc = await connect(settings, name="nodeheal-demo")
+        console.print(f"[bold]nodeheal demo[/]: NATS {url} ({auth.mode}); logs in {run_dir}", highlight=False)
+        violations = ViolationCounter()
+        settings = auth.settings("admin", url=url)
+        nc = await connect(settings, name="nodeheal-demo", error_cb=violations.callback("demo (admin)"))
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
         await apply_topology(js, settings.topology())
         spec = FleetSpec(nodes=cfg.nodes, seed=cfg.seed)
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
-        sim = FleetSimulator(spec=spec, settings=settings, timings=timings)
+        sim = FleetSimulator(spec=spec, settings=settings, timings=timings, work_dir=run_dir / "nodes")
         world = DemoWorld(sim=sim, timings=timings, region=spec.region)
         await stack.enter_async_context(world)
-        kv = await js.key_value(settings.topology().bucket(f"{settings.bucket_prefix}-inventory").name)
-        await sim.publish_inventory(kv)
+        # the inventory as the inventory watcher writes it, as its role
+        inventory_nc = await connect(
+            auth.settings("inventory", url=url),
+            name="nodeheal-demo-inventory",
+            error_cb=violations.callback("inventory"),
+        )
+        inv_kv = await inventory_nc.jetstream().key_value(
+            settings.topology().bucket(f"{settings.bucket_prefix}-inventory").name
+        )
+        await sim.publish_inventory(inv_kv)
+        await inventory_nc.close()
         run_start = datetime.now(tz=UTC)
 
-        services = _service_table(settings=settings, cfg=cfg, world=world, run_dir=run_dir, cluster=spec.cluster)
+        services = _service_table(
+            settings=settings, cfg=cfg, world=world, run_dir=run_dir, cluster=spec.cluster, auth=auth
+        )
         stack.callback(stop_all, services)
         for svc in services:
             svc.start()
@@ -159,7 +193,25 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
 
         for kind in ("cloud", "anomaly", "diagnosis", "audit"):
             await count(kind)
-        await sim.start(nc)
+        prober_nc = await connect(
+            auth.settings("prober", url=url), name="nodeheal-sim-prober", error_cb=violations.callback("prober")
+        )
+        stack.push_async_callback(prober_nc.close)
+        agent_nc: dict[str, Any] = {}
+        names = list(sim.nodes)
+        step = max(1, cfg.agents_per_connection)
+        agent_conns = 0
+        for index, start in enumerate(range(0, len(names), step)):
+            chunk = names[start : start + step]
+            conn = await connect(
+                auth.agent_settings(url=url, cluster=spec.cluster, nodes=chunk, index=index),
+                name=f"nodeheal-sim-agents-{index}",
+                error_cb=violations.callback("agents"),
+            )
+            stack.push_async_callback(conn.close)
+            agent_nc.update(dict.fromkeys(chunk, conn))
+            agent_conns += 1
+        await sim.start(prober_nc=prober_nc, agent_nc=agent_nc)
         stack.push_async_callback(sim.stop)
 
         warmup_s = cfg.probe_interval_s * 3
@@ -220,9 +272,38 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
                 "commands_answered": sim.stats.commands_answered,
                 "reboots": sim.stats.reboots,
                 "redeploys": sim.stats.redeploys,
+                "agent_probes_collected": sim.stats.collected,
+                # the real ProbeCollector over the simulated host, plus encoding the probe
+                "agent_collect_us_per_probe": round(1e6 * sim.stats.collect_s / max(1, sim.stats.collected), 1),
+                "max_lag_behind_interval_s": round(sim.stats.lag_s_max, 3),
+                "agent_connections": agent_conns,
             },
             nats_url=url,
             bad_kernel=spec.bad_kernel,
+        )
+        world_log = WorldLog(
+            ecs_calls=list(world.ecs.calls),
+            ecs_changes=list(world.ecs_changes),
+            ecs_events=list(world.ecs.events.values()),
+            instance_node={iid: inst.instance_name for iid, inst in world.ecs.instances.items()},
+            kube_effects=list(world.kube.effects),
+            node_commands=sim.executed_commands(),
+            boots=list(sim.boots),
+            dark=dict(sim.dark_spans),
+            budget_exceedances=sum(world.violations.values()),
+            budget_exceedances_by_domain=dict(world.violations),
+        )
+        record.extra["safety"] = judge(
+            audit=[m for m in messages if isinstance(m, RemediationRecord)],
+            world=world_log,
+            truth=list(sim.truth),
+            run_end=run_end.timestamp(),
+        )
+        record.extra["security"] = security_section(
+            mode=auth.mode,
+            describe=auth.describe() | {"agent_connections": agent_conns},
+            server_log=run_dir / "nats-server.log" if server is not None else None,
+            callbacks=violations,
         )
         report = build_report(record, messages=messages, findings=findings)
         report["run_dir"] = str(run_dir)

@@ -43,7 +43,7 @@ class RunRecord:
     truth: list[InjectedFault]
     health: list[dict[str, float]]
     world: dict[str, Any]
-    sim_stats: dict[str, int]
+    sim_stats: dict[str, Any]
     nats_url: str
     bad_kernel: str
     extra: dict[str, Any] = field(default_factory=dict)
@@ -266,7 +266,7 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
             "budget_violations": record.world.get("budget_violations", 0),
             "budget_violations_by_domain": record.world.get("budget_violations_by_domain", {}),
             "violation_samples": record.world.get("violation_samples", []),
-            "reboots_in_partition": record.world.get("reboots_in_partition", 0),
+            "reboots_in_partition": (record.extra.get("safety") or record.world).get("reboots_in_partition", 0),
             "blocked": len(blocked),
             "blocked_by_check": dict(sorted(blocked_by.items())),
             "budgets": record.world.get("budgets"),
@@ -286,6 +286,8 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
             "schedulable_rate": round(record.world.get("schedulable_rate", 0.0), 4),
             "online_rate": round(sum(online) / len(online), 4),
         },
+        "safety": record.extra.get("safety"),
+        "security": record.extra.get("security"),
         "systematic_risks": risks,
         "bad_kernel_injected": record.bad_kernel,
         "bad_kernel_found": any(r["is_injected_bad_kernel"] for r in risks),
@@ -366,6 +368,16 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         f"blocked {pol['blocked']} {pol['blocked_by_check']}",
         highlight=False,
     )
+    safety = report.get("safety") or {}
+    if safety:
+        figures = ", ".join(f"{k} {v}" for k, v in safety.items() if isinstance(v, int) and not isinstance(v, bool))
+        console.print(f"safety (independent referee): {figures}", highlight=False)
+    security = report.get("security") or {}
+    if security:
+        console.print(
+            f"security: NATS auth {security['auth_mode']}, permission violations {security['permission_violations']}",
+            highlight=False,
+        )
     fl = report["fleet"]
     console.print(
         f"fleet: crash rate {fl['crash_rate']:.4f}, schedulable {fl['schedulable_rate']:.1%}, "
