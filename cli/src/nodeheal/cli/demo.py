@@ -101,5 +101,9 @@ def demo(
 
         print_summary(report, console=Console())
     console.print(f"report: {report_path} and {json_path}", highlight=False)
-    if os.environ.get("NODEHEAL_DEMO_STRICT") == "1" and report["policy"]["budget_violations"]:
-        raise SystemExit(1)
+    if os.environ.get("NODEHEAL_DEMO_STRICT") == "1":
+        unsafe = not (report.get("safety") or {}).get("all_zero", True)
+        violations = (report.get("security") or {}).get("permission_violations", 0)
+        if unsafe or violations or report["policy"]["budget_violations"]:
+            console.print("demo strict: the safety or security section is not all zeros", highlight=False)
+            raise SystemExit(1)

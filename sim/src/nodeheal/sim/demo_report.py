@@ -368,16 +368,10 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         f"blocked {pol['blocked']} {pol['blocked_by_check']}",
         highlight=False,
     )
-    safety = report.get("safety") or {}
-    if safety:
-        figures = ", ".join(f"{k} {v}" for k, v in safety.items() if isinstance(v, int) and not isinstance(v, bool))
-        console.print(f"safety (independent referee): {figures}", highlight=False)
-    security = report.get("security") or {}
-    if security:
-        console.print(
-            f"security: NATS auth {security['auth_mode']}, permission violations {security['permission_violations']}",
-            highlight=False,
-        )
+    if report.get("safety"):
+        console.print(f"safety (independent referee): {_safety_line(report)}", highlight=False)
+    if report.get("security"):
+        console.print(f"security: {_security_line(report)}", highlight=False)
     fl = report["fleet"]
     console.print(
         f"fleet: crash rate {fl['crash_rate']:.4f}, schedulable {fl['schedulable_rate']:.1%}, "
@@ -391,6 +385,18 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         ),
         highlight=False,
     )
+
+
+def _safety_line(report: dict[str, Any]) -> str:
+    safety = report.get("safety") or {}
+    return ", ".join(f"{k} {v}" for k, v in safety.items() if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _security_line(report: dict[str, Any]) -> str:
+    security = report.get("security") or {}
+    if not security:
+        return ""
+    return f"NATS auth {security['auth_mode']}, permission violations {security['permission_violations']}"
 
 
 def write_html(report: dict[str, Any], path: Path) -> None:
@@ -474,6 +480,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
 <h2>Policy</h2><p>budget violations {pol["budget_violations"]}, reboots inside the partition
 {pol["reboots_in_partition"]}, actions blocked by policy {pol["blocked"]}
 {html.escape(str(pol["blocked_by_check"]))}</p>
+<h2>Safety (independent referee)</h2><p>{html.escape(_safety_line(report))}</p>
+<h2>Security</h2><p>{html.escape(_security_line(report))}</p>
 <h2>Fleet</h2><p>crash rate {fl["crash_rate"]}, schedulable {fl["schedulable_rate"]:.1%},
 online {fl["online_rate"]:.1%}</p>
 <h2>Systematic risks found</h2><ul>{risks}</ul>"""
