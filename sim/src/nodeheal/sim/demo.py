@@ -256,6 +256,20 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         # let the last verifications and resolutions land
         await asyncio.sleep(cfg.probe_interval_s * 2)
         run_end = datetime.now(tz=UTC) + timedelta(seconds=1)
+        # the side effects up to the end of the window the streams are read for (the services keep running
+        # while the report is built; what they do after run_end has its intent after the window too)
+        world_log = WorldLog(
+            ecs_calls=list(world.ecs.calls),
+            ecs_changes=list(world.ecs_changes),
+            ecs_events=list(world.ecs.events.values()),
+            instance_node={iid: inst.instance_name for iid, inst in world.ecs.instances.items()},
+            kube_effects=list(world.kube.effects),
+            node_commands=sim.executed_commands(),
+            boots=list(sim.boots),
+            dark=dict(sim.dark_spans),
+            budget_exceedances=sum(world.violations.values()),
+            budget_exceedances_by_domain=dict(world.violations),
+        )
         messages, findings = await collect_window(js, settings=settings, since=run_start, until=run_end)
         record = RunRecord(
             nodes=cfg.nodes,
@@ -277,22 +291,13 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
                 # the real ProbeCollector over the simulated host, plus encoding the probe
                 "agent_collect_cpu_us_per_probe": round(1e6 * sim.stats.collect_s / max(1, sim.stats.collected), 1),
                 "max_lag_behind_interval_s": round(sim.stats.lag_s_max, 3),
+                # a probe later than one interval behind its schedule: this machine could not keep the
+                # requested interval (the run still counts; the figures say how far behind it was)
+                "kept_interval": sim.stats.lag_s_max < cfg.probe_interval_s,
                 "agent_connections": agent_conns,
             },
             nats_url=url,
             bad_kernel=spec.bad_kernel,
-        )
-        world_log = WorldLog(
-            ecs_calls=list(world.ecs.calls),
-            ecs_changes=list(world.ecs_changes),
-            ecs_events=list(world.ecs.events.values()),
-            instance_node={iid: inst.instance_name for iid, inst in world.ecs.instances.items()},
-            kube_effects=list(world.kube.effects),
-            node_commands=sim.executed_commands(),
-            boots=list(sim.boots),
-            dark=dict(sim.dark_spans),
-            budget_exceedances=sum(world.violations.values()),
-            budget_exceedances_by_domain=dict(world.violations),
         )
         record.extra["safety"] = judge(
             audit=[m for m in messages if isinstance(m, RemediationRecord)],

@@ -368,6 +368,14 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         f"blocked {pol['blocked']} {pol['blocked_by_check']}",
         highlight=False,
     )
+    simulator = report["run"]["simulator"]
+    if simulator.get("kept_interval") is False:
+        console.print(
+            f"[bold]simulator fell behind[/]: probes up to {simulator['max_lag_behind_interval_s']:.1f}s late against "
+            f"a {report['run']['probe_interval_s']:g}s interval (the real agent code costs "
+            f"{simulator.get('agent_collect_cpu_us_per_probe')} µs CPU per probe here)",
+            highlight=False,
+        )
     if report.get("safety"):
         console.print(f"safety (independent referee): {_safety_line(report)}", highlight=False)
     if report.get("security"):
