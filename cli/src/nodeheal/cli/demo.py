@@ -66,7 +66,7 @@ def demo(
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
     require_sim("nodeheal demo")
-    from nodeheal.sim.demo import DemoConfig, run_demo
+    from nodeheal.sim.demo import DemoConfig, DemoFailedError, run_demo
 
     cfg = DemoConfig(
         nodes=nodes,
@@ -90,6 +90,11 @@ def demo(
         report = asyncio.run(run_demo(cfg, console=console))
     except KeyboardInterrupt:
         raise click.Abort from None
+    except DemoFailedError as exc:
+        console.print(
+            f"Error: demo failed: {exc.reason} (what it measured: {exc.partial})", highlight=False, soft_wrap=True
+        )
+        raise SystemExit(1) from None
     except Exception as exc:
         raise click.ClickException(f"demo failed: {exc}") from exc
     json_path = report_path.with_suffix(".json")

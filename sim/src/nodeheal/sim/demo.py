@@ -129,9 +129,65 @@ def _progress_table(
     return table
 
 
+class DemoFailedError(RuntimeError):
+    """The demo could not finish: `reason` is one line; what was measured is in the JSON file `partial`."""
+
+    def __init__(self, reason: str, *, partial: Path) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.partial = partial
+
+
+@dataclass
+class _Progress:
+    """What a run has measured so far, for the report of a run that cannot finish."""
+
+    stage: str = "starting"
+    sim: FleetSimulator | None = None
+    world: DemoWorld | None = None
+    run_dir: Path | None = None
+
+    def partial(self, reason: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"failed": reason, "stage": self.stage, "run_dir": str(self.run_dir)}
+        if self.sim is not None:
+            stats = self.sim.stats
+            out["simulator"] = {
+                "nodes": len(self.sim.nodes),
+                "probes_published": stats.probes_published,
+                "publish_errors": stats.publish_errors,
+                "agent_probes_collected": stats.collected,
+                "agent_collect_cpu_us_per_probe": round(1e6 * stats.collect_s / max(1, stats.collected), 1),
+                "max_lag_behind_interval_s": round(stats.lag_s_max, 3),
+                "faults_injected": len(self.sim.truth),
+                "faults_open": len(self.sim.open_faults),
+            }
+        if self.world is not None:
+            with contextlib.suppress(Exception):
+                out["world"] = self.world.summary()
+        return out
+
+
 async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
+    """Run the demo; if it cannot finish, raise `DemoFailedError` (one-line reason) after writing what it
+    measured to the report's JSON path."""
     run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix="nodeheal-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(run_dir=run_dir)
+    try:
+        return await _run(cfg, console=console, run_dir=run_dir, progress=progress)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = f"{progress.stage}: {type(exc).__name__}: {first}"
+        partial = cfg.report_path.with_suffix(".json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(progress.partial(reason), indent=2, sort_keys=True, default=str))
+        (run_dir / "failure.txt").write_text(f"{reason}\n\n{exc}\n")
+        raise DemoFailedError(reason, partial=partial) from exc
+
+
+async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _Progress) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         base = cfg.nats_base or NatsSettings()
         server: EmbeddedNats | None = None
@@ -151,9 +207,16 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
             )
             url = server.url
         console.print(f"[bold]nodeheal demo[/]: NATS {url} ({auth.mode}); logs in {run_dir}", highlight=False)
+        progress.stage = "connecting to NATS"
         violations = ViolationCounter()
         settings = auth.settings("admin", url=url)
-        nc = await connect(settings, name="nodeheal-demo", error_cb=violations.callback("demo (admin)"))
+        try:  # nats-py retries a first connect forever; the demo says why it cannot start instead
+            nc = await asyncio.wait_for(
+                connect(settings, name="nodeheal-demo", error_cb=violations.callback("demo (admin)")), timeout=30
+            )
+        except TimeoutError:
+            msg = f"no NATS server answered at {url} within 30 s"
+            raise RuntimeError(msg) from None
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
         await apply_topology(js, settings.topology())
@@ -161,6 +224,7 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
         sim = FleetSimulator(spec=spec, settings=settings, timings=timings, work_dir=run_dir / "nodes")
         world = DemoWorld(sim=sim, timings=timings, region=spec.region)
+        progress.sim, progress.world, progress.stage = sim, world, "starting the emulators"
         await stack.enter_async_context(world)
         # the inventory as the inventory watcher writes it, as its role
         inventory_nc = await connect(
@@ -179,6 +243,7 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
             settings=settings, cfg=cfg, world=world, run_dir=run_dir, cluster=spec.cluster, auth=auth
         )
         stack.callback(stop_all, services)
+        progress.stage = "starting the services"
         for svc in services:
             svc.start()
         # services read the whole inventory before they are ready: ~70 s at 50,000 nodes on 2 cores
@@ -239,6 +304,7 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
                         sim.inject(plan[next_fault])
                         next_fault += 1
                 phase = "warm-up" if now < fault_start else ("faults" if now < fault_end else "settling")
+                progress.stage = f"running ({phase})"
                 for svc in services:
                     if not svc.alive:
                         msg = f"service {svc.name} died; last log lines ({svc.log_path}):\n{svc.tail()}"
@@ -256,6 +322,7 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         # let the last verifications and resolutions land
         await asyncio.sleep(cfg.probe_interval_s * 2)
         run_end = datetime.now(tz=UTC) + timedelta(seconds=1)
+        progress.stage = "reading the streams for the report"
         # the side effects up to the end of the window the streams are read for (the services keep running
         # while the report is built; what they do after run_end has its intent after the window too)
         world_log = WorldLog(

@@ -231,6 +231,11 @@ def judge(
             "kubernetes": dict(Counter(e.split(":", 1)[0] for _, _, e in world.kube_effects)),
             "node_commands": dict(Counter(c["command"] for c in world.node_commands)),
             "node_commands_refused": sum(1 for c in world.node_commands if str(c["detail"]).startswith("refused")),
+            "node_commands_refused_examples": [
+                {"node": c["node"], "command": c["command"], "target": c["target"], "detail": c["detail"]}
+                for c in world.node_commands
+                if str(c["detail"]).startswith("refused")
+            ][:10],
             "boots": len(world.boots),
         },
         "examples": dict(examples),
