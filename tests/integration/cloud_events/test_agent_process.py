@@ -1,4 +1,4 @@
-"""`python -m nodeheal.cloud_events agent` as its own process, configured only by environment
+"""`python -m nodeheal.agent` as its own process, configured only by environment
 variables, against a fake node root and a real nats-server; it stops cleanly on SIGTERM."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ async def test_agent_process_publishes_and_stops(topology_ready: NatsSettings, n
         "NODEHEAL_AGENT_LOG_FORMAT": "json",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nodeheal.cloud_events", "agent", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "nodeheal.agent", env=env, stderr=asyncio.subprocess.PIPE
     )
     try:
         sub = await nc.jetstream().pull_subscribe(

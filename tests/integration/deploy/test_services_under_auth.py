@@ -35,7 +35,7 @@ SERVICES = {
     ),
     "ingest": (["-m", "nodeheal.cloud_events", "ingest"], "NODEHEAL_INGEST_", {"ALLOW_UNAUTHENTICATED": "true"}),
     "prober": (["-m", "nodeheal.cloud_events", "prober"], "NODEHEAL_PROBER_", {}),
-    "agent": (["-m", "nodeheal.cloud_events", "agent"], "NODEHEAL_AGENT_", {"KERNEL_LOG": "off", "SERVICES": "[]"}),
+    "agent": (["-m", "nodeheal.agent"], "NODEHEAL_AGENT_", {"KERNEL_LOG": "off", "SERVICES": "[]"}),
 }
 
 

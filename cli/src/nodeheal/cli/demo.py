@@ -35,6 +35,18 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
 @click.option("--dry-run", is_flag=True, help="Run the remediator in dry-run mode (audit only, no action).")
 @click.option("--no-partition", is_flag=True, help="Skip the rack-partition storm scenario.")
 @click.option(
+    "--chaos",
+    is_flag=True,
+    help="SIGKILL each service and the nats-server at seeded moments during the run, then restart them.",
+)
+@click.option(
+    "--nats-cluster",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="3: run three nats-servers on loopback as one JetStream cluster (streams at R3).",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Run the embedded nats-server without authorization (default: per-role credentials from deploy/nats).",
@@ -60,12 +72,18 @@ def demo(
     run_dir: Path | None,
     dry_run: bool,
     no_partition: bool,
+    chaos: bool,
+    nats_cluster: int,
     insecure: bool,
     agents_per_connection: int,
     nats_auth: NatsAuth,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
     require_sim("nodeheal demo")
+    if nats_cluster == 2:
+        raise click.BadParameter("a JetStream cluster needs 3 or more servers (2 cannot keep a quorum)")
+    if nats_cluster >= 3 and nats_url:
+        raise click.BadParameter("--nats-cluster starts its own servers; leave out --nats-url")
     from nodeheal.sim.demo import DemoConfig, DemoFailedError, run_demo
 
     cfg = DemoConfig(
@@ -80,6 +98,8 @@ def demo(
         run_dir=run_dir,
         dry_run=dry_run,
         partition=not no_partition,
+        chaos=chaos,
+        nats_cluster=nats_cluster,
         quiet=json_out,
         insecure=insecure,
         agents_per_connection=agents_per_connection,

@@ -12,6 +12,7 @@ from nodeheal.cli.audit import audit
 from nodeheal.cli.bench import bench
 from nodeheal.cli.demo import demo
 from nodeheal.cli.diagnose_log import diagnose_log
+from nodeheal.cli.fleet import fleet
 from nodeheal.cli.normalize import normalize
 from nodeheal.cli.replay import replay
 from nodeheal.cli.streams import streams
@@ -34,6 +35,7 @@ cli.add_command(normalize)
 cli.add_command(diagnose_log)
 cli.add_command(audit)
 cli.add_command(replay)
+cli.add_command(fleet)
 cli.add_command(bench)
 cli.add_command(approve)
 cli.add_command(pause)

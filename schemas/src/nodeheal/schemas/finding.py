@@ -2,8 +2,9 @@
 
 Two kinds: `rate_outlier` (a group — zone, rack, machine model, CPU model, OS, kernel, node pool — has
 crashes / faults far above the rest of the fleet, with a one-sided test and minimum support) and
-`down_spike` (the share of down nodes in a failure domain jumped). Raised once per episode; a later
-message with `cleared=True` ends the episode. `node` is `"fleet"`: a finding concerns a group.
+`down_spike` (the share of down nodes in a failure domain jumped) and `sudden_rise` (a group — or the whole
+fleet, `dimension="fleet"` — has far more crashes / faults now than in its own recent history).
+Raised once per episode; a later message with `cleared=True` ends the episode. `node` is `"fleet"`: a finding concerns a group.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from nodeheal.schemas.base import Message, UtcDatetime
 FINDING_SCHEMA: Final = "nodeheal.finding/v1"
 FLEET_NODE: Final = "fleet"
 
-FindingKind = Literal["rate_outlier", "down_spike"]
+FindingKind = Literal["rate_outlier", "down_spike", "sudden_rise"]
 
 
 class FleetFinding(Message):

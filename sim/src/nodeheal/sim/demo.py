@@ -15,6 +15,7 @@ import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,8 @@ from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import RemediationRecord
 from nodeheal.sim.auth import DemoAuth
+from nodeheal.sim.chaos import Chaos, plan_chaos
+from nodeheal.sim.cluster import EmbeddedCluster
 from nodeheal.sim.demo_report import RunRecord, build_report, collect_window, write_html
 from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
@@ -56,7 +59,9 @@ class DemoConfig:
     quiet: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     services: list[str] | None = None  # all four unless a test narrows it
-    insecure: bool = False  # no NATS authorization on the embedded server
+    chaos: bool = False  # SIGKILL every service (and a nats-server) at seeded moments, then restart it
+    nats_cluster: int = 1  # 3: three nats-servers on loopback as one JetStream cluster, streams at R3
+    insecure: bool = False  # no NATS authorization on the embedded server(s)
     nats_base: NatsSettings | None = None  # with nats_url: the access the caller gives (creds, TLS CA)
     agents_per_connection: int = 500
 
@@ -129,6 +134,12 @@ def _progress_table(
     return table
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
 class DemoFailedError(RuntimeError):
     """The demo could not finish: `reason` is one line; what was measured is in the JSON file `partial`."""
 
@@ -190,7 +201,10 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
 async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _Progress) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         base = cfg.nats_base or NatsSettings()
-        server: EmbeddedNats | None = None
+        server_logs: list[Path] = []
+        kill_server: Callable[[int], None] | None = None
+        restart_server: Callable[[int], None] | None = None
+        replicas = 1
         if cfg.nats_url:
             auth = DemoAuth(mode="external", directory=run_dir, base=base)
             url = cfg.nats_url
@@ -202,10 +216,29 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             )
             auth.agents_per_connection = cfg.agents_per_connection
             config = auth.server_config()
-            server = stack.enter_context(
-                EmbeddedNats(log_file=str(run_dir / "nats-server.log"), config_file=str(config) if config else None)
-            )
-            url = server.url
+            if cfg.nats_cluster >= 3:
+                cluster = stack.enter_context(
+                    EmbeddedCluster(
+                        cfg.nats_cluster, log_dir=str(run_dir), extra_config=config.read_text() if config else ""
+                    )
+                )
+                url, replicas = cluster.url, 3
+                kill_server, restart_server = cluster.kill, cluster.restart
+                server_logs = [run_dir / f"nats-server-{i}.log" for i in range(cfg.nats_cluster)]
+            else:
+                server = stack.enter_context(
+                    EmbeddedNats(log_file=str(run_dir / "nats-server.log"), config_file=str(config) if config else None)
+                )
+                url = server.url
+                server_logs = [run_dir / "nats-server.log"]
+
+                def kill_one(_index: int) -> None:
+                    server.kill()
+
+                def restart_one(_index: int) -> None:
+                    server.start()  # same port, same store
+
+                kill_server, restart_server = kill_one, restart_one
         console.print(f"[bold]nodeheal demo[/]: NATS {url} ({auth.mode}); logs in {run_dir}", highlight=False)
         progress.stage = "connecting to NATS"
         violations = ViolationCounter()
@@ -219,7 +252,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             raise RuntimeError(msg) from None
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
-        await apply_topology(js, settings.topology())
+        await apply_topology(js, settings.topology(), replicas=replicas)
         spec = FleetSpec(nodes=cfg.nodes, seed=cfg.seed)
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
         sim = FleetSimulator(spec=spec, settings=settings, timings=timings, work_dir=run_dir / "nodes")
@@ -291,6 +324,21 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         t0 = time.time()
         fault_start = t0 + warmup_s
         fault_end = fault_start + cfg.duration_s
+        chaos: Chaos | None = None
+        if cfg.chaos:
+            chaos = Chaos(
+                plan=plan_chaos(
+                    seed=cfg.seed,
+                    duration_s=cfg.duration_s,
+                    services=[svc.name for svc in services],
+                    servers=cfg.nats_cluster if cfg.nats_cluster >= 3 else (0 if cfg.nats_url else 1),
+                ),
+                services={svc.name: svc for svc in services},
+                kill_server=kill_server,
+                restart_server=restart_server,
+            )
+            chaos_task = asyncio.create_task(chaos.run(start=fault_start))
+            stack.push_async_callback(_cancel, chaos_task)
         next_fault = 0
         live = Live(console=console, refresh_per_second=2, transient=False) if not cfg.quiet else None
         if live is not None:
@@ -306,6 +354,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                 phase = "warm-up" if now < fault_start else ("faults" if now < fault_end else "settling")
                 progress.stage = f"running ({phase})"
                 for svc in services:
+                    if chaos is not None and svc.name in chaos.busy:
+                        continue  # killed on purpose; chaos starts it again
                     if not svc.alive:
                         msg = f"service {svc.name} died; last log lines ({svc.log_path}):\n{svc.tail()}"
                         raise RuntimeError(msg)
@@ -375,10 +425,13 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         record.extra["security"] = security_section(
             mode=auth.mode,
             describe=auth.describe() | {"agent_connections": agent_conns},
-            server_log=run_dir / "nats-server.log" if server is not None else None,
+            server_logs=server_logs,
             callbacks=violations,
         )
         report = build_report(record, messages=messages, findings=findings)
+        if chaos is not None:
+            report["chaos"] = chaos.summary()
+        report["nats"] = {"servers": len(url.split(",")), "stream_replicas": replicas}
         report["run_dir"] = str(run_dir)
         write_html(report, cfg.report_path)
         cfg.report_path.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))

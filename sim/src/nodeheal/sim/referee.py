@@ -63,11 +63,15 @@ class ViolationCounter:
         return on_error
 
 
-def server_log_violations(path: Path | None) -> tuple[int, list[str]]:
-    """'Permissions Violation' lines (publish, subscription) in a nats-server log."""
-    if path is None or not path.exists():
-        return 0, []
-    lines = [line for line in path.read_text(errors="replace").splitlines() if "Violation" in line]
+def server_log_violations(paths: list[Path]) -> tuple[int, list[str]]:
+    """'Permissions Violation' lines (publish, subscription) in nats-server logs."""
+    lines = [
+        line
+        for path in paths
+        if path.exists()
+        for line in path.read_text(errors="replace").splitlines()
+        if "Violation" in line
+    ]
     return len(lines), lines[:10]
 
 
@@ -244,19 +248,20 @@ def judge(
 
 
 def security_section(
-    *, mode: str, describe: dict[str, Any], server_log: Path | None, callbacks: ViolationCounter
+    *, mode: str, describe: dict[str, Any], server_logs: list[Path], callbacks: ViolationCounter
 ) -> dict[str, Any]:
-    logged, log_samples = server_log_violations(server_log)
+    """`server_logs`: the logs of the servers the demo runs (none with --nats-url)."""
+    logged, log_samples = server_log_violations(server_logs)
     return {
         "auth_mode": mode,
         "auth": describe,
-        "permission_violations": logged + sum(callbacks.by_connection.values()) if server_log is None else logged,
-        "server_log_violations": logged if server_log is not None else None,
+        "permission_violations": logged if server_logs else sum(callbacks.by_connection.values()),
+        "server_log_violations": logged if server_logs else None,
         "client_error_callbacks": dict(callbacks.by_connection),
         "samples": log_samples or callbacks.samples,
         "method": (
             "'Violation' lines of the nats-server log (every connection: services, simulator, demo)"
-            if server_log is not None
+            if server_logs
             else "permission errors reported to the demo's own connections (the server's log is not the demo's)"
         ),
     }

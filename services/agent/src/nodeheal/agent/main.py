@@ -1,4 +1,4 @@
-"""`python -m nodeheal.cloud_events agent`: the node agent process."""
+"""`python -m nodeheal.agent`: the node agent process."""
 
 from __future__ import annotations
 

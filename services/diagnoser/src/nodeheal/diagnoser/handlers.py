@@ -97,6 +97,13 @@ class DiagnoserRuntime:
         self.m_findings = prometheus_client.Counter(
             "nodeheal_diagnoser_findings_total", "Fleet findings published by kind", ["kind"], registry=registry
         )
+        self.m_fleet = prometheus_client.Gauge(
+            "nodeheal_fleet_rate",
+            "Fleet KPIs as the diagnoser sees them: crash (episodes per node per day, last 24 h), "
+            "schedulable and online (share of the inventory's nodes)",
+            ["kpi"],
+            registry=registry,
+        )
         self.m_tti = prometheus_client.Histogram(
             "nodeheal_diagnoser_time_to_identify_seconds",
             "From the anomaly's detection to the first diagnosis of the episode",
@@ -389,6 +396,10 @@ class DiagnoserRuntime:
                 due |= touched
                 for finding in findings:
                     await self._publish_finding(finding)
+                kpis = self.diagnoser.kpis(now=now)
+                self.m_fleet.labels("crash").set(kpis.crash_rate)
+                self.m_fleet.labels("schedulable").set(kpis.schedulable_rate)
+                self.m_fleet.labels("online").set(kpis.online_rate)
             if due:
                 await self._evaluate(due)
 

@@ -10,10 +10,12 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, outliers
+from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, group_value, outliers
 from nodeheal.diagnoser.kb import Matcher, analyse
+from nodeheal.diagnoser.kpi import FleetKpis, fleet_kpis, is_crash
 from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide
 from nodeheal.diagnoser.state import FleetState, KernelEvidence, NodeContext, Published, node_key
+from nodeheal.diagnoser.trend import FLEET_GROUP, TimedEvent, TrendConfig, sudden_rises
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -29,6 +31,9 @@ class DiagnoserConfig:
     correlation: CorrelationConfig = field(default_factory=CorrelationConfig)
     node_down_hold: timedelta = timedelta(seconds=3)
     correlation_window: timedelta = timedelta(hours=24)
+    trend: TrendConfig = field(default_factory=TrendConfig)
+    # hysteresis: a finding whose test no longer passes is cleared only after it stayed absent this long
+    finding_clear_after: timedelta = timedelta(minutes=10)
     replay: bool = False
 
 
@@ -148,7 +153,23 @@ class Diagnoser:
             fingerprint=fingerprint,
         )
         self._record_fault(ctx, decision, now=now)
+        if is_crash(diagnosis):
+            episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
+            self.fleet.crash_episodes.setdefault(episode, decision.fault_onset or now)
         return Outcome(diagnosis=diagnosis)
+
+    def kpis(self, *, now: datetime, window: timedelta = timedelta(days=1)) -> FleetKpis:
+        """Crash, schedulable and online rate of the fleet as the diagnoser sees it now."""
+        horizon = now - max(window, self.config.correlation_window)
+        for episode in [e for e, t in self.fleet.crash_episodes.items() if t < horizon]:
+            del self.fleet.crash_episodes[episode]
+        return fleet_kpis(
+            inventory=self.fleet.inventory,
+            down=self.fleet.down_since.keys(),
+            crash_times=self.fleet.crash_episodes.values(),
+            now=now,
+            window=window,
+        )
 
     def _resolved(self, ctx: NodeContext, *, now: datetime) -> Diagnosis | None:
         last = ctx.published
@@ -272,10 +293,12 @@ class Diagnoser:
     def correlate(self, *, now: datetime, cluster: str) -> tuple[list[FleetFinding], set[str]]:
         """New or cleared fleet findings, and the node keys whose diagnosis should carry them."""
         window = self.config.correlation_window
-        horizon = now - window
+        horizon = now - max(window, self.config.trend.horizon)
         for event_key in [k for k, (_, _, t) in self.fleet.fault_events.items() if t < horizon]:
             del self.fleet.fault_events[event_key]
-        events = [FleetEvent(node=n, scope=s) for n, s, _ in self.fleet.fault_events.values()]
+        events = [FleetEvent(node=n, scope=s) for n, s, t in self.fleet.fault_events.values() if t >= now - window]
+        timed = [TimedEvent(node=n, scope=s, at=t) for n, s, t in self.fleet.fault_events.values()]
+        rises = sudden_rises(events=timed, inventory=self.fleet.inventory, now=now, config=self.config.trend)
         flagged = outliers(events=events, inventory=self.fleet.inventory, config=self.config.correlation)
         spikes = down_spikes(
             down=self.fleet.down_since.keys(), inventory=self.fleet.inventory, config=self.config.correlation
@@ -327,8 +350,38 @@ class Diagnoser:
                     f" are down ({spike.fraction:.0%})"
                 ),
             )
+        trend = self.config.trend
+        for rise in rises:
+            key = ("sudden_rise", rise.dimension, rise.value, rise.scope)
+            bucket = rise.scope.removeprefix("bucket:") if rise.scope.startswith("bucket:") else None
+            current[key] = self._finding(
+                key,
+                now=now,
+                cluster=cluster,
+                group_events=rise.current_events,
+                group_nodes=sum(1 for r in self.fleet.inventory.values() if _member(r, rise.dimension, rise.value)),
+                fleet_events=rise.history_events,
+                fleet_nodes=len(self.fleet.inventory),
+                group_rate=rise.current_events / trend.current_bins,
+                rest_rate=rise.expected / trend.current_bins,
+                ratio=rise.ratio,
+                p_value=rise.p_value,
+                test=(
+                    f"poisson one-sided against its own last {trend.history_bins} bins of {trend.bin_s:g} s,"
+                    f" Bonferroni over {rise.tests} groups, alpha={trend.alpha}"
+                ),
+                affected_nodes=rise.affected_nodes,
+                signature_bucket=bucket,
+                message=(
+                    f"sudden rise: {rise.dimension}={rise.value}: {rise.current_events} {rise.scope} faults in the"
+                    f" last {trend.bin_s * trend.current_bins:g} s, {rise.ratio:.1f}x its own recent rate"
+                    f" (expected {rise.expected:.2g}, p={rise.p_value:.2g})"
+                ),
+            )
         out: list[FleetFinding] = []
         touched: set[str] = set()
+        for key in current:
+            self.fleet.finding_absent_since.pop(key, None)
         for key, finding in current.items():
             if key not in self.fleet.findings:
                 self.fleet.findings[key] = finding
@@ -343,6 +396,10 @@ class Diagnoser:
                     self.fleet.findings[key] = old.model_copy(update={"affected_nodes": finding.affected_nodes})
                     touched |= grown
         for key in [k for k in self.fleet.findings if k not in current]:
+            absent_since = self.fleet.finding_absent_since.setdefault(key, now)
+            if now - absent_since < self.config.finding_clear_after:
+                continue  # hysteresis: one quiet run does not end a risk
+            self.fleet.finding_absent_since.pop(key, None)
             old = self.fleet.findings.pop(key)
             cleared = old.model_copy(
                 update={"cleared": True, "id": deterministic_id(old.finding_id, "cleared", prefix="finding-")}
@@ -375,6 +432,12 @@ class Diagnoser:
                 **fields,
             }
         )
+
+
+def _member(record: NodeInventory, dimension: str, value: str) -> bool:
+    if (dimension, value) == FLEET_GROUP:
+        return True
+    return group_value(record, dimension) == value
 
 
 def _fleet_evidence(correlation: FleetCorrelation) -> Evidence:

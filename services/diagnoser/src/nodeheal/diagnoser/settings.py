@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from nodeheal.diagnoser.correlation import CorrelationConfig
 from nodeheal.diagnoser.reasoning import DiagnoserConfig
 from nodeheal.diagnoser.rules import DecisionConfig
+from nodeheal.diagnoser.trend import TrendConfig
 from nodeheal.runtime.service import ServiceSettings
 
 SERVICE = "diagnoser"
@@ -51,6 +52,14 @@ class DiagnoserSettings(ServiceSettings):
     correlation_min_nodes: int = Field(default=3, ge=1)
     spike_fraction: float = Field(default=0.3, gt=0, le=1)
     spike_min_nodes: int = Field(default=3, ge=1)
+    trend_bin_s: float = Field(default=3600.0, gt=0, description="sudden-rise test: size of one count bin")
+    trend_history_bins: int = Field(default=168, ge=1, description="sudden-rise test: bins of history compared")
+    trend_alpha: float = Field(default=1e-3, gt=0, lt=1)
+    trend_min_events: int = Field(default=5, ge=1)
+    trend_min_ratio: float = Field(default=3.0, ge=1)
+    finding_clear_after_s: float = Field(
+        default=600.0, ge=0, description="a finding clears only after its test failed for this long (hysteresis)"
+    )
 
     def diagnoser_config(self) -> DiagnoserConfig:
         return DiagnoserConfig(
@@ -75,4 +84,12 @@ class DiagnoserSettings(ServiceSettings):
             ),
             node_down_hold=timedelta(seconds=self.node_down_hold_s),
             correlation_window=timedelta(seconds=self.correlation_window_s),
+            trend=TrendConfig(
+                bin_s=self.trend_bin_s,
+                history_bins=self.trend_history_bins,
+                alpha=self.trend_alpha,
+                min_events=self.trend_min_events,
+                min_ratio=self.trend_min_ratio,
+            ),
+            finding_clear_after=timedelta(seconds=self.finding_clear_after_s),
         )

@@ -115,6 +115,9 @@ class FleetState:
     bucket_hosts: dict[str, dict[str, datetime]] = field(default_factory=dict)  # bucket → node key → last seen
     fault_events: dict[str, tuple[str, str, datetime]] = field(default_factory=dict)  # episode id → (node, scope, t)
     findings: dict[tuple[str, str, str, str], FleetFinding] = field(default_factory=dict)  # active findings
+    # a finding whose test stopped passing: since when (cleared after DiagnoserConfig.finding_clear_after)
+    crash_episodes: dict[str, datetime] = field(default_factory=dict)  # episode id → crash onset (fleet KPIs)
+    finding_absent_since: dict[tuple[str, str, str, str], datetime] = field(default_factory=dict)
 
     def context(self, cluster: str, node: str) -> NodeContext:
         key = node_key(cluster, node)
