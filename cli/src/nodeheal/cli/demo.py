@@ -58,6 +58,13 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
     show_default=True,
     help="Simulated node agents sharing one NATS connection (its user carries one node tag per agent).",
 )
+@click.option(
+    "--sim-processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes that publish the simulated fleet's probes (sharded by node); 1: the demo process itself.",
+)
 @nats_auth_options
 def demo(
     nodes: int,
@@ -76,6 +83,7 @@ def demo(
     nats_cluster: int,
     insecure: bool,
     agents_per_connection: int,
+    sim_processes: int,
     nats_auth: NatsAuth,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
@@ -103,6 +111,7 @@ def demo(
         quiet=json_out,
         insecure=insecure,
         agents_per_connection=agents_per_connection,
+        sim_processes=sim_processes,
         nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )
     console = Console(stderr=True)

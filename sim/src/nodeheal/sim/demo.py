@@ -39,6 +39,7 @@ from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import plan_faults
 from nodeheal.sim.fleet import FleetSpec
 from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, security_section
+from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
 from nodeheal.sim.world import DemoWorld
 
 
@@ -64,6 +65,7 @@ class DemoConfig:
     insecure: bool = False  # no NATS authorization on the embedded server(s)
     nats_base: NatsSettings | None = None  # with nats_url: the access the caller gives (creds, TLS CA)
     agents_per_connection: int = 500
+    sim_processes: int = 1  # >1: the probes are published by this many shard processes (nodeheal.sim.shard)
 
 
 def _service_table(
@@ -176,6 +178,16 @@ class _Progress:
             with contextlib.suppress(Exception):
                 out["world"] = self.world.summary()
         return out
+
+
+def _stop_shards(shards: ProbeShards, sim: FleetSimulator) -> None:
+    """Stop the probe shards and add their counters to the simulator's."""
+    for counters in shards.stop():
+        sim.stats.probes_published += counters["probes_published"]
+        sim.stats.publish_errors += counters["publish_errors"]
+        sim.stats.collected += counters["collected"]
+        sim.stats.collect_s += counters["collect_s"]
+        sim.stats.lag_s_max = max(sim.stats.lag_s_max, counters["lag_s_max"])
 
 
 async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
@@ -298,19 +310,44 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         stack.push_async_callback(prober_nc.close)
         agent_nc: dict[str, Any] = {}
         names = list(sim.nodes)
-        step = max(1, cfg.agents_per_connection)
+        shards_n = max(1, cfg.sim_processes)
+        step = max(1, min(cfg.agents_per_connection, -(-len(names) // shards_n)))
         agent_conns = 0
+        chunks: list[tuple[NatsSettings, list[str]]] = []
         for index, start in enumerate(range(0, len(names), step)):
             chunk = names[start : start + step]
+            agent_settings = auth.agent_settings(url=url, cluster=spec.cluster, nodes=chunk, index=index)
+            chunks.append((agent_settings, chunk))
             conn = await connect(
-                auth.agent_settings(url=url, cluster=spec.cluster, nodes=chunk, index=index),
-                name=f"nodeheal-sim-agents-{index}",
-                error_cb=violations.callback("agents"),
+                agent_settings, name=f"nodeheal-sim-agents-{index}", error_cb=violations.callback("agents")
             )
             stack.push_async_callback(conn.close)
             agent_nc.update(dict.fromkeys(chunk, conn))
             agent_conns += 1
-        await sim.start(prober_nc=prober_nc, agent_nc=agent_nc)
+        shards: ProbeShards | None = None
+        if shards_n > 1:
+            # the probes of the nodes of every shards_n-th agent connection are published by one shard
+            # process; this process keeps the world, the faults and the commands
+            prober_settings = auth.settings("prober", url=url).model_dump()
+            plans = [
+                ShardPlan(
+                    index=k,
+                    spec=spec,
+                    nodes={
+                        n: node_state(sim.nodes[n]) for i, (_, c) in enumerate(chunks) if i % shards_n == k for n in c
+                    },
+                    interval_s=cfg.probe_interval_s,
+                    settings=settings.model_dump(),
+                    prober=prober_settings,
+                    agents=[(a.model_dump(), c) for i, (a, c) in enumerate(chunks) if i % shards_n == k],
+                )
+                for k in range(min(shards_n, len(chunks)))
+            ]
+            shards = ProbeShards(plans)
+            stack.callback(shards.stop, timeout_s=2.0)
+            progress.stage = "starting the probe shards"
+            await asyncio.to_thread(shards.wait_ready, timeout_s=180.0)
+        await sim.start(prober_nc=prober_nc, agent_nc=agent_nc, shards=shards)
         stack.push_async_callback(sim.stop)
 
         warmup_s = cfg.probe_interval_s * 3
@@ -353,6 +390,9 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                         next_fault += 1
                 phase = "warm-up" if now < fault_start else ("faults" if now < fault_end else "settling")
                 progress.stage = f"running ({phase})"
+                if shards is not None and shards.dead():
+                    msg = f"probe shard(s) {shards.dead()} exited; the fleet's probes stopped"
+                    raise RuntimeError(msg)
                 for svc in services:
                     if chaos is not None and svc.name in chaos.busy:
                         continue  # killed on purpose; chaos starts it again
@@ -372,6 +412,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         # let the last verifications and resolutions land
         await asyncio.sleep(cfg.probe_interval_s * 2)
         run_end = datetime.now(tz=UTC) + timedelta(seconds=1)
+        if shards is not None:
+            await asyncio.to_thread(_stop_shards, shards, sim)
         progress.stage = "reading the streams for the report"
         # the side effects up to the end of the window the streams are read for (the services keep running
         # while the report is built; what they do after run_end has its intent after the window too)

@@ -116,8 +116,11 @@ class FleetSimulator:
         clock: Callable[[], float] = time.time,
         work_dir: Path | None = None,
         agent_profile: AgentProfile | None = None,
+        probes_only: bool = False,
     ) -> None:
         self.spec = spec
+        # a probe shard (nodeheal.sim.shard): only probes; the main process owns the world and commands
+        self.probes_only = probes_only
         self.work_dir = work_dir
         self.agent_profile = agent_profile or AgentProfile()
         self.agents: dict[str, SimAgent] = {}
@@ -178,15 +181,28 @@ class FleetSimulator:
             self.agents[node.name] = agent = fresh
         return agent
 
-    async def start(self, *, prober_nc: Client, agent_nc: dict[str, Client]) -> None:
+    async def start(self, *, prober_nc: Client | None, agent_nc: dict[str, Client], shards: Any = None) -> None:
         """`agent_nc`: the connection each node's agent speaks through (its user may publish that node's
-        probes and subscribe to that node's commands); `prober_nc`: the active prober's."""
+        probes and subscribe to that node's commands); `prober_nc`: the active prober's. With `shards`
+        (`nodeheal.sim.shard.ProbeShards`) the probes are published by the shard processes and this
+        process keeps the world moving and tells them what changed."""
         self._prober_nc = prober_nc
         self._agent_nc = agent_nc
-        for name in self.nodes:
-            subject = cmd_subject(self.spec.cluster, name, prefix=self.settings.prefix)
-            self._subs.append(await agent_nc[name].subscribe(subject, cb=self._on_command))
-        self._tasks.append(asyncio.create_task(self._probe_loop(), name="sim-probes"))
+        if not self.probes_only:
+            for name in self.nodes:
+                subject = cmd_subject(self.spec.cluster, name, prefix=self.settings.prefix)
+                self._subs.append(await agent_nc[name].subscribe(subject, cb=self._on_command))
+        if shards is None:
+            self._tasks.append(asyncio.create_task(self._probe_loop(), name="sim-probes"))
+        else:
+            self._tasks.append(asyncio.create_task(self._world_loop(shards), name="sim-world"))
+
+    async def _world_loop(self, shards: Any) -> None:
+        while True:
+            now = self.clock()
+            self.advance(now)
+            shards.sync(list(self.touched), interval_s=self.timings.probe_interval_s)
+            await asyncio.sleep(max(0.0, 0.1 - (self.clock() - now)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -210,7 +226,8 @@ class FleetSimulator:
         cycle = 0
         while True:
             now = self.clock()
-            self.advance(now)
+            if not self.probes_only:
+                self.advance(now)
             due_total = int((now - start) / interval * n)
             iso = datetime.fromtimestamp(now, tz=UTC).isoformat()
             behind = due_total - (cycle * n + cursor)
@@ -240,7 +257,8 @@ class FleetSimulator:
         noise = self.rng.uniform(-0.1, 0.1)
         if node.agent_alive and not node.partitioned:
             agent = self.agent(node)
-            node.before_probe()
+            if not self.probes_only:
+                node.before_probe()
             for line in node.pending_kernel:
                 agent.kmsg.log(line, now=now)
             node.pending_kernel.clear()
