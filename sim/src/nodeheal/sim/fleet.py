@@ -177,16 +177,39 @@ class SimNode:
         if self.disk_fill_per_s and self.disk_used < 99.5:
             self.fill_disk(min(self.disk_fill_per_s, 99.5 - self.disk_used))
 
-    def prober_probe(self, *, time_iso: str) -> dict[str, Any]:
-        """What the active prober sees of this node from outside."""
+    def prober_probe(self, *, time_iso: str, plan: ProberPlan | None = None) -> dict[str, Any]:
+        """What the active prober (its configured checks, `ProberPlan`) sees of this node from outside,
+        as a stock node answers: the kernel completes TCP handshakes even on a hung node, sshd's banner
+        needs a live userland, the kubelet listens on 10250 on every address but serves /healthz on
+        10248 on 127.0.0.1 only, so a healthz check on the node's address is refused."""
+        plan = plan or DEFAULT_PROBER_PLAN
         self.prober_seq += 1
         reachable = self.powered and not self.partitioned
         ip = self.inv.addresses[0]
-        icmp_ok = reachable
-        tcp_ok = reachable
-        ssh_ok = reachable and not self.hung
-        kubelet_ok = reachable and not self.hung and self.services["kubelet"] == "active"
-        err = None if reachable else "timeout"
+        dark = f"timeout after {plan.timeout_s:g}s"
+        checks: list[dict[str, Any]] = []
+        for port in plan.tcp_ports:
+            target = f"{ip}:{port}"
+            listening = port != 10250 or self.services["kubelet"] == "active"
+            ok = reachable and listening
+            checks.append(
+                {
+                    "check": "tcp",
+                    "target": target,
+                    "ok": ok,
+                    "error": None if ok else (dark if not reachable else "connection refused"),
+                }
+            )
+            if port == plan.ssh_port:
+                banner = reachable and not self.hung
+                error = None if banner else ("no connection" if not reachable else dark)
+                checks.append({"check": "ssh_banner", "target": target, "ok": banner, "error": error})
+        if plan.healthz_url:
+            url = plan.healthz_url.format(address=ip)
+            local_only = "{address}" in plan.healthz_url  # the node's address, where a stock kubelet refuses
+            ok = reachable and not local_only and not self.hung and self.services["kubelet"] == "active"
+            error = None if ok else (dark if not reachable else ("connection refused" if local_only else "HTTP 500"))
+            checks.append({"check": "kubelet_healthz", "target": url, "ok": ok, "error": error})
         return {
             "schema": "nodeheal.probe/v1",
             "id": f"{self.inv.node}:prober:{self.prober_seq}",
@@ -195,15 +218,30 @@ class SimNode:
             "node": self.inv.node,
             "source": "prober",
             "seq": self.prober_seq,
-            "reachability": [
-                {"check": "icmp", "target": ip, "ok": icmp_ok, "error": err},
-                {"check": "tcp", "target": f"{ip}:22", "ok": tcp_ok, "error": err},
-                {"check": "ssh_banner", "target": f"{ip}:22", "ok": ssh_ok, "error": None if ssh_ok else "no banner"},
-                {
-                    "check": "kubelet_healthz",
-                    "target": f"http://{ip}:10248/healthz",
-                    "ok": kubelet_ok,
-                    "error": None if kubelet_ok else "unhealthy",
-                },
-            ],
+            "reachability": checks,
         }
+
+
+@dataclass(frozen=True)
+class ProberPlan:
+    """The active prober's checks (its settings' defaults: `nodeheal.cloud_events.prober.settings`)."""
+
+    tcp_ports: tuple[int, ...]
+    ssh_port: int | None
+    healthz_url: str | None
+    timeout_s: float
+
+
+def _prober_plan() -> ProberPlan:
+    from nodeheal.cloud_events.prober.settings import ProberSettings
+
+    fields = ProberSettings.model_fields
+    return ProberPlan(
+        tcp_ports=tuple(fields["tcp_ports"].get_default(call_default_factory=True)),
+        ssh_port=fields["ssh_port"].get_default(),
+        healthz_url=fields["healthz_url"].get_default(),
+        timeout_s=fields["timeout_s"].get_default(),
+    )
+
+
+DEFAULT_PROBER_PLAN = _prober_plan()
