@@ -54,9 +54,9 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
 @click.option(
     "--agents-per-connection",
     type=click.IntRange(1, 5000),
-    default=500,
-    show_default=True,
-    help="Simulated node agents sharing one NATS connection (its user carries one node tag per agent).",
+    default=None,
+    help="Simulated node agents sharing one NATS connection (its user carries one node tag per agent); "
+    "default: 1 (a user per node, as in production) up to 1,000 nodes, else 500.",
 )
 @click.option(
     "--sim-processes",
@@ -82,7 +82,7 @@ def demo(
     chaos: bool,
     nats_cluster: int,
     insecure: bool,
-    agents_per_connection: int,
+    agents_per_connection: int | None,
     sim_processes: int,
     nats_auth: NatsAuth,
 ) -> None:

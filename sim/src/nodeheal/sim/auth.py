@@ -8,7 +8,9 @@ simulated active prober as `prober`, and the simulated node agents as `agent` us
 agent role's signing key — so the server applies the agent permission *template*
 (`<prefix>.probe.{{tag(cluster)}}.{{tag(node)}}`, `<prefix>.cmd.{{tag(cluster)}}.{{tag(node)}}`).
 
-Agents share connections: one connection per `agents_per_connection` nodes, its user carrying one
+With `agents_per_connection` 1 (the demo's choice up to 1,000 nodes) every simulated agent is its own
+user on its own connection, minted exactly as `natsauth.py mint-agent` mints a real node's. Above
+that, agents share connections: one per `agents_per_connection` nodes, its user carrying one
 `node:` tag per node. The server expands the template for every tag value, so the connection may do
 what those nodes' agents may do, and nothing for any other node. (A real agent's user carries one
 node tag; a simulator process cannot hold 50,000 connections.) Such a user JWT is large, so the demo's
@@ -62,6 +64,7 @@ class DemoAuth:
     directory: Path
     base: NatsSettings = field(default_factory=NatsSettings)
     agents_per_connection: int = 500
+    """1: one user and connection per node, as in production (the demo's choice up to 1,000 nodes)."""
     _natsauth: ModuleType | None = None
     _bundle: Any = None
 
@@ -114,6 +117,11 @@ class DemoAuth:
             return base
         na = self._natsauth
         assert na is not None
+        creds = self.directory / f"agents-{index}.creds"
+        if len(nodes) == 1:  # exactly what `natsauth.py mint-agent` gives a real node
+            creds.write_text(self._bundle.user_creds("agent", cluster=cluster, node=nodes[0]))
+            creds.chmod(0o600)
+            return base.model_copy(update={"creds_file": str(creds), "inbox_prefix": self._natsauth_inbox("agent")})
         user = na.NKey.create("user")
         tags = [f"cluster:{na._escape(cluster)}", *(f"node:{na._escape(n)}" for n in nodes)]
         jwt = na.encode_jwt(
@@ -122,7 +130,6 @@ class DemoAuth:
             name=f"sim-agents-{index}",
             nats={"issuer_account": self._bundle.account.public_key, "type": "user", "version": 2, "tags": tags},
         )
-        creds = self.directory / f"agents-{index}.creds"
         creds.write_text(na.creds_file(jwt=jwt, seed=user.seed))
         creds.chmod(0o600)
         return base.model_copy(update={"creds_file": str(creds), "inbox_prefix": self._natsauth_inbox("agent")})
@@ -144,7 +151,9 @@ class DemoAuth:
                 "demo_reader": "admin",
                 "prober": "prober",
                 "agents": (
-                    "agent role's scoped signing key and permission template; one connection per "
+                    "one NATS user and connection per simulated node, minted as `natsauth.py mint-agent` does"
+                    if self.agents_per_connection == 1
+                    else "agent role's scoped signing key and permission template; one connection per "
                     f"{self.agents_per_connection} simulated nodes, one node tag per node"
                 ),
             }

@@ -64,7 +64,7 @@ class DemoConfig:
     nats_cluster: int = 1  # 3: three nats-servers on loopback as one JetStream cluster, streams at R3
     insecure: bool = False  # no NATS authorization on the embedded server(s)
     nats_base: NatsSettings | None = None  # with nats_url: the access the caller gives (creds, TLS CA)
-    agents_per_connection: int = 500
+    agents_per_connection: int | None = None  # None: 1 (per-node users) up to 1,000 nodes, else 500
     sim_processes: int = 1  # >1: the probes are published by this many shard processes (nodeheal.sim.shard)
 
 
@@ -180,6 +180,11 @@ class _Progress:
         return out
 
 
+PER_NODE_USERS_UP_TO = 1000
+"""Up to this fleet size every simulated agent connects as its own per-node user (a connection costs
+≈ 4 ms of CPU to open and ≈ 16 KB here); above it agents share connections (docs/demo.md)."""
+
+
 def _stop_shards(shards: ProbeShards, sim: FleetSimulator) -> None:
     """Stop the probe shards and add their counters to the simulator's."""
     for counters in shards.stop():
@@ -213,6 +218,7 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
 async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _Progress) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
         base = cfg.nats_base or NatsSettings()
+        per_connection = cfg.agents_per_connection or (1 if cfg.nodes <= PER_NODE_USERS_UP_TO else 500)
         server_logs: list[Path] = []
         kill_server: Callable[[int], None] | None = None
         restart_server: Callable[[int], None] | None = None
@@ -226,7 +232,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                 if cfg.insecure
                 else DemoAuth.per_role(run_dir / "nats-auth", base=base)
             )
-            auth.agents_per_connection = cfg.agents_per_connection
+            auth.agents_per_connection = per_connection
             config = auth.server_config()
             if cfg.nats_cluster >= 3:
                 cluster = stack.enter_context(
@@ -311,7 +317,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         agent_nc: dict[str, Any] = {}
         names = list(sim.nodes)
         shards_n = max(1, cfg.sim_processes)
-        step = max(1, min(cfg.agents_per_connection, -(-len(names) // shards_n)))
+        step = max(1, min(per_connection, -(-len(names) // shards_n)))
         agent_conns = 0
         chunks: list[tuple[NatsSettings, list[str]]] = []
         for index, start in enumerate(range(0, len(names), step)):
