@@ -118,10 +118,12 @@ class DemoAuth:
         na = self._natsauth
         assert na is not None
         creds = self.directory / f"agents-{index}.creds"
+        # the inbox a real agent of the (first) node uses: `<agent inbox>.<cluster>.<node>`
+        inbox = f"{self._natsauth_inbox('agent')}.{na._escape(cluster)}.{na._escape(nodes[0])}"
         if len(nodes) == 1:  # exactly what `natsauth.py mint-agent` gives a real node
             creds.write_text(self._bundle.user_creds("agent", cluster=cluster, node=nodes[0]))
             creds.chmod(0o600)
-            return base.model_copy(update={"creds_file": str(creds), "inbox_prefix": self._natsauth_inbox("agent")})
+            return base.model_copy(update={"creds_file": str(creds), "inbox_prefix": inbox})
         user = na.NKey.create("user")
         tags = [f"cluster:{na._escape(cluster)}", *(f"node:{na._escape(n)}" for n in nodes)]
         jwt = na.encode_jwt(
@@ -132,7 +134,7 @@ class DemoAuth:
         )
         creds.write_text(na.creds_file(jwt=jwt, seed=user.seed))
         creds.chmod(0o600)
-        return base.model_copy(update={"creds_file": str(creds), "inbox_prefix": self._natsauth_inbox("agent")})
+        return base.model_copy(update={"creds_file": str(creds), "inbox_prefix": inbox})
 
     def service_env(self, service: str, *, prefix: str, url: str) -> dict[str, str]:
         """The environment a service process gets for its NATS access."""
