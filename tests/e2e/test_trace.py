@@ -157,7 +157,6 @@ async def pipeline(
             "RULES__PROBE_INTERVAL_S": "1",
             "RULES__WARMUP_S": "0",
             "TICK_S": "0.2",
-            "RAW_PROBE_CONNECTION": "false",
         },
         "diagnoser": {"TICK_S": "0.2"},
         "remediator": {

@@ -1,4 +1,4 @@
-"""Every file in shared/data/cloud-events/ normalizes as reference/cloud-events.md says.
+"""Every file in tests/data/cloud-events/ normalizes as the providers' documentation says (docs/cloud-events.md).
 
 Expected values are written out per file (not computed by the code under test)."""
 

@@ -12,7 +12,7 @@ from nodeheal.schemas.ids import deterministic_id
 
 T0 = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 CLUSTER = "prod-1"
-# the labelled real samples of reference/diagnosis-kb.md §8, as shipped in the repository
+# the labelled real samples (tests/data/README.md names their public sources)
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "kernel-log-samples.jsonl"
 
 

@@ -1,4 +1,4 @@
-"""Crash signatures (reference/diagnosis-kb.md §3) on the real oops / panic samples and on synthetic
+"""Crash signatures on the real oops / panic samples and on synthetic
 reports that differ only in what must not change the bucket."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from nodeheal.cli.common import nats_endpoint, run
+from nodeheal.cli.common import nats_endpoint, require_sim, run
 
 
 @click.group()
@@ -34,6 +34,13 @@ def bench() -> None:
     "--batch", type=click.IntRange(10, 10_000), default=1000, show_default=True, help="Probes per pull request."
 )
 @click.option("--raw-count", type=click.IntRange(1000, 10_000_000), default=200_000, show_default=True)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Plain TCP without credentials (default: the production configuration, TLS and per-role credentials, "
+    "on a nats-server the bench starts).",
+)
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
 def detector(
     nats_url: str | None,
@@ -43,19 +50,50 @@ def detector(
     rate: float,
     batch: int,
     raw_count: int,
+    insecure: bool,
     as_json: bool,
 ) -> None:
     """Detector throughput (probes/s), probe→anomaly latency (p50/p99), bytes per node, raw nats-py ceiling."""
+    require_sim("nodeheal bench")
     from nodeheal.sim.bench.detector import run_bench
+    from nodeheal.sim.bench.secure import BenchAuth, production_server
 
-    with nats_endpoint(nats_url, embedded=nats_url is None) as url:
+    if nats_url and not insecure:
+        msg = (
+            "--nats-url measures that server as it is: add --insecure (plain, no credentials);"
+            " the production configuration (TLS + per-role credentials) runs on the bench's own server"
+        )
+        raise click.UsageError(msg)
+
+    def measure(url: str, auth: BenchAuth) -> dict[str, object]:
         if not as_json:
-            click.echo(f"benchmarking the detector against {url}: {nodes} nodes x {rounds} rounds ...", err=True)
-        result = run(
+            click.echo(
+                f"benchmarking the detector against {url} ({auth.config}): {nodes} nodes x {rounds} rounds ...",
+                err=True,
+            )
+        return run(
             lambda: run_bench(
-                url=url, nodes=nodes, seconds=seconds, rounds=rounds, rate=rate, batch=batch, raw_count=raw_count
+                url=url,
+                nodes=nodes,
+                seconds=seconds,
+                rounds=rounds,
+                rate=rate,
+                batch=batch,
+                raw_count=raw_count,
+                auth=auth,
             )
         )
+
+    if insecure:
+        with nats_endpoint(nats_url, embedded=nats_url is None) as url:
+            result = measure(url, BenchAuth())
+    else:
+        try:
+            server = production_server()
+            with server as (url, auth):
+                result = measure(url, auth)
+        except FileNotFoundError as exc:
+            raise click.UsageError(str(exc)) from exc
     json.dump(result, sys.stdout, indent=None if as_json else 2)
     sys.stdout.write("\n")
 

@@ -5,17 +5,6 @@ identify / repair with this one function, so the figures always agree. It must n
 transport, read the clock or depend on the order the messages arrive in: the same messages give a
 byte-identical report.
 
-Example::
-
-    from nodeheal.cli.timeline import build_timeline
-
-    timeline = build_timeline(messages)  # probes, cloud events, anomalies, diagnoses, audit records
-    for incident in timeline.incidents:
-        print(incident.node, incident.cause, incident.ttd_s, incident.tti_s, incident.ttr_s)
-    print(timeline.summary.ttd_s.p95)  # nearest-rank percentile over all incidents, in seconds
-    report = timeline.to_report()  # {"ttd_s": {"p50","p95","max"}, "tti_s", "ttr_s", "by_class", "counts", "incidents"}
-    json_text = timeline.to_json()  # deterministic: same messages (any order) → same bytes
-
 Definitions (documented for operators in docs/replay.md):
 
 - An *anomaly episode* is one firing of an `anomaly_key` and, when it came, its resolution.

@@ -1,36 +1,7 @@
 """The Prometheus metrics of nodeheal, defined once so every service names them the same way and
-the Grafana 1-5-10 dashboard (deploy/grafana/nodeheal-1-5-10.json) can rely on them.
-
-    metrics = PipelineMetrics(registry=my_registry)     # or pipeline_metrics() for the default registry
-    metrics.time_to_detect.labels(fault_class=anomaly.kind).observe(...)   # or observe_stage(...)
-
-Register them in the registry your `/metrics` serves (`build_asgi(..., registry=...)`). Every family
-is registered even if a service never touches it: an empty family is harmless and keeps dashboards
-from breaking on a missing series.
-
-- `nodeheal_messages_consumed_total{stream}` (counter): every consumer, per message handled
-  (acked, nacked or dead-lettered): throughput.
-- `nodeheal_messages_published_total{stream}` (counter): every publisher, per PubAck received.
-- `nodeheal_messages_dead_lettered_total{service}` (counter): whoever calls `dead_letter`.
-- `nodeheal_probes_published_total{source}` (counter): agent (`agent`), prober (`prober`), simulator.
-- `nodeheal_consumer_pending_messages{stream,consumer}` (gauge): consumer lag, messages not yet
-  delivered; set by `report_consumer_lag`.
-- `nodeheal_consumer_ack_pending_messages{stream,consumer}` (gauge): delivered, not yet acked.
-- `nodeheal_anomalies_total{kind,status}` (counter): detector.
-- `nodeheal_diagnoses_total{category,cause}` (counter): diagnoser.
-- `nodeheal_time_to_detect_seconds{fault_class}` (histogram): detector, `Anomaly.detected_at -
-  Anomaly.fault_onset`; fault_class = the anomaly kind.
-- `nodeheal_time_to_identify_seconds{fault_class}` (histogram): diagnoser, `Diagnosis.identified_at -
-  fault_onset` of the anomalies it explains; fault_class = the diagnosis category.
-- `nodeheal_time_to_repair_seconds{fault_class}` (histogram): remediator, time of the `verified`
-  audit record - fault_onset; fault_class = the diagnosis category.
-- `nodeheal_remediation_actions_total{action,outcome}` (counter): remediator, per audit record
-  (outcome = the record's phase: intent, started, succeeded, failed, skipped, blocked, verified, ...).
-- `nodeheal_policy_blocks_total{check}` (counter): remediator, per policy check that refused an action.
-
-All three "time to" histograms start at the fault's onset (the first bad observation), so they
-measure what the 1-5-10 budgets (60 s / 300 s / 600 s) are about: how long a node was broken before
-nodeheal knew, knew why, and had it fixed.
+the Grafana 1-5-10 dashboard (deploy/grafana/nodeheal-1-5-10.json) can rely on them. Every family is
+registered even if a service never touches it (an empty family keeps dashboards from breaking).
+The families, who records them and how the "time to" histograms are measured: docs/observability.md.
 """
 
 from __future__ import annotations

@@ -1,34 +1,9 @@
 """OpenTelemetry for nodeheal: one trace per incident, carried in NATS headers (W3C `traceparent`),
-from where the incident starts (ingest for a cloud event, the detector for a fired anomaly) through
-the diagnoser and the remediator to the `trace_id` of the audit record.
+from where the incident starts through the diagnoser and the remediator to the audit record's `trace_id`.
 
-How a service uses it (once, at start; `settings.telemetry` is a `TelemetrySettings`):
-
-    provider = setup_tracing(service="detector", settings=settings.telemetry)
-    tracer = provider.get_tracer("nodeheal.detector")
-
-faststream handlers: pass `telemetry_middleware(provider)` in `NatsBroker(..., middlewares=[...])`;
-it extracts the incoming `traceparent`, makes the handler's span current, and every publish from the
-handler (decorator or `broker.publish`) continues the trace. Inside the handler, `current_trace_id()`
-is what goes into `RemediationRecord.trace_id` and into log lines (`install_log_correlation()`).
-
-raw nats-py (batch pullers, the agent):
-
-    with consume_span(tracer, subject=msg.subject, headers=msg.headers) as span:   # continue a trace
-        ...
-        with publish_span(tracer, subject=out_subject) as headers:                  # propagate it
-            await publish_model(js, out_subject, model, msg_id=..., headers=headers)
-
-    with start_incident(tracer, name="anomaly fired", attributes={...}):            # start one
-        ...
-
-Probes are not traced one by one (50,000/s would cost more than the detection itself): a trace
-starts when an anomaly fires or a cloud event arrives. The sampling decision is taken there once
-(`ParentBased(TraceIdRatioBased(sample_ratio))`) and every later service follows the parent's
-decision, so an incident is traced through all four services or not at all.
-
-Nothing here talks to NATS; exporting never blocks a handler (BatchSpanProcessor) and a missing
-collector costs dropped spans, not errors.
+Spans are made around raw nats-py work (`consume_span`, `publish_span`, `start_incident`); probes are
+not traced. How the services use it, and the sampling rules: docs/observability.md. Nothing here talks
+to NATS; export never blocks a handler (BatchSpanProcessor).
 """
 
 from __future__ import annotations
@@ -39,7 +14,6 @@ import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
-from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -137,11 +111,6 @@ def setup_tracing(
         extra={"sample_ratio": ratio, "exporter": type(exporter).__name__ if exporter else None},
     )
     return provider
-
-
-def telemetry_middleware(provider: TracerProvider) -> NatsTelemetryMiddleware:
-    """faststream's NATS middleware on our provider: spans per consume/publish, `traceparent` in headers."""
-    return NatsTelemetryMiddleware(tracer_provider=provider)
 
 
 # -- propagation through NATS headers ------------------------------------------------------------

@@ -40,7 +40,7 @@ KNOWN_CAUSES: dict[str, Category] = {
     "disk_failure": "hardware",  # filesystem errors preceded by device I/O errors
     "filesystem_corruption": "kernel",  # filesystem errors without device I/O errors
     "readonly_filesystem": "kernel",
-    # crash patterns (reference/diagnosis-kb.md §3.5, Intel rule 1)
+    # crash patterns (Intel's fleet crash triage, Linux Journal #222, 2012: different signatures on one host → hardware)
     "heterogeneous_crashes": "hardware",  # >= 2 different crash signatures on one host within the window
     "unknown": "unknown",
 }

@@ -1,6 +1,6 @@
 """`CloudSystemEvent`: one message per (provider event, observed status).
 
-Field names and mappings follow `reference/cloud-events.md` §6. The message id is deterministic from
+Field names and mappings: `docs/cloud-events.md` and `docs/design.md`. The message id is deterministic from
 (cloud, provider_event_id, phase) so every channel that reports the same transition dedups to one
 message. The raw payload is kept for audits and postmortems.
 """
@@ -112,11 +112,6 @@ class CloudSystemEvent(Message):
             msg = f"is_terminal={self.is_terminal} contradicts phase={self.phase!r}"
             raise ValueError(msg)
         return self
-
-    @property
-    def transition_key(self) -> tuple[str, str, str]:
-        """(cloud, provider_event_id, phase): one transition, whatever channel reported it."""
-        return (self.cloud, self.provider_event_id, self.phase)
 
     @property
     def dedup_id(self) -> str:

@@ -4,7 +4,8 @@ Two kinds: `rate_outlier` (a group — zone, rack, machine model, CPU model, OS,
 crashes / faults far above the rest of the fleet, with a one-sided test and minimum support) and
 `down_spike` (the share of down nodes in a failure domain jumped) and `sudden_rise` (a group — or the whole
 fleet, `dimension="fleet"` — has far more crashes / faults now than in its own recent history).
-Raised once per episode; a later message with `cleared=True` ends the episode. `node` is `"fleet"`: a finding concerns a group.
+Raised once per episode; a later message with `cleared=True` ends the episode. `node` is `"fleet"`: a finding
+concerns a group.
 """
 
 from __future__ import annotations

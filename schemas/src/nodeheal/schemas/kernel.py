@@ -1,6 +1,6 @@
 """The kernel / journal log classes the diagnoser names, with their default root-cause category.
 
-From DESIGN.md "Kernel-log classes" (`reference/diagnosis-kb.md` §2). The ext4/xfs classes are
+The class list of `docs/design.md` ("Kernel-log classes"). The ext4/xfs classes are
 "hardware or kernel": the diagnoser looks back for I/O errors before them; their default here is
 `kernel`, and `LOOKBACK_CLASSES` marks them.
 """

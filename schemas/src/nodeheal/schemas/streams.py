@@ -1,4 +1,4 @@
-"""The JetStream layout of DESIGN.md as data: streams and key-value buckets with their defaults.
+"""The JetStream layout of docs/design.md as data: streams and key-value buckets with their defaults.
 
 Provisioning (`nodeheal streams apply`) turns these into server configuration; services only bind
 to what exists. Nothing here talks to a server.

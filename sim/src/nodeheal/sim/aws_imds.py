@@ -1,7 +1,7 @@
 """AWS EC2 instance metadata (IMDSv2) emulator: scheduled maintenance events, real wire format.
 
-What an instance sees at ``http://169.254.169.254`` (``reference/cloud-events.md`` §2, sample
-``data/cloud-events/aws-imds-scheduled-system-reboot-1.json``):
+What an instance sees at ``http://169.254.169.254`` (the EC2 user guide's scheduled-events page; sample
+``tests/data/cloud-events/aws-imds-scheduled-system-reboot-1.json``):
 
 * ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds: 1..21600`` → a token (text).
   Missing/invalid TTL → 400; a proxied request (``X-Forwarded-For``) → 403.

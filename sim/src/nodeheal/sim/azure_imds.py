@@ -1,7 +1,7 @@
 """Azure Instance Metadata Service emulator: Scheduled Events (``/metadata/scheduledevents``), real wire format.
 
 What a VM sees at ``http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01``
-(``reference/cloud-events.md`` §3, samples ``data/cloud-events/azure-imds-*.json``):
+(Azure's Scheduled Events doc, samples ``tests/data/cloud-events/azure-imds-*.json``):
 
 * ``GET`` with header ``Metadata: true`` → ``{"DocumentIncarnation": int, "Events": [...]}``; each event has
   ``EventId, EventType, ResourceType, Resources, EventStatus, NotBefore, Description, EventSource,

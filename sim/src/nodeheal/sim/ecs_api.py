@@ -13,32 +13,8 @@ Actions: ``DescribeInstanceHistoryEvents``, ``DescribeInstancesFullStatus``, ``R
 ``CancelSimulatedSystemEvents``. Anything else is ``InvalidAction.NotFound`` (404). State lives in an
 ``EcsWorld`` (``nodeheal.sim.ecs_world``), which the fleet simulator can also drive in-process.
 
-Usage (a test, or the demo)::
-
-    from alibabacloud_ecs20140526 import models as ecs_models
-    from alibabacloud_ecs20140526.client import Client
-    from nodeheal.sim.clock import ManualClock
-    from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
-
-    world = EcsWorld(clock=ManualClock(), reboot_duration=timedelta(seconds=60))
-    world.add_instance("i-node1", region_id="cn-hangzhou")
-    event = world.publish_event("i-node1", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24))
-    world.on_change(lambda change: print(change.kind, change.instance_id))  # instance_down / instance_up / ...
-
-    async with EcsEmulator(world) as emu:
-        client = Client(emu.sdk_config())          # endpoint=emu.endpoint ("127.0.0.1:PORT"), protocol="http"
-        await client.reboot_instance_async(ecs_models.RebootInstanceRequest(instance_id="i-node1"))
-        call = await emu.wait_for_call("RebootInstance")   # call.params == {"InstanceId": "i-node1"}
-        world.advance(timedelta(seconds=60))       # reboot done; the event is now Avoided
-        resp = await client.describe_instance_history_events_async(
-            ecs_models.DescribeInstanceHistoryEventsRequest(region_id="cn-hangzhou", instance_id="i-node1")
-        )
-
-Standalone (wall clock, for a demo run as separate processes)::
-
-    python -m nodeheal.sim.ecs_api --port 18080 --instances i-node1,i-node2 --region cn-hangzhou
-
-plus a small control surface under ``/_sim/`` (not part of the real API) to publish events and read state.
+Usage (in-process and standalone): docs/emulators.md. A small control surface under ``/_sim/`` (not part
+of the real API) publishes events and reads state.
 This module must never forward anything to a real cloud; it binds 127.0.0.1 by default.
 """
 

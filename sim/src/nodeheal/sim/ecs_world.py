@@ -2,7 +2,7 @@
 
 ``EcsWorld`` is what the ECS OpenAPI emulator (``nodeheal.sim.ecs_api``) serves over HTTP, and what the fleet
 simulator drives in-process: it holds instances (status, host, local disks) and system events with the real
-lifecycle (``reference/cloud-events.md`` §1.3)::
+lifecycle (Alibaba ECS "System events" docs; ``docs/cloud-events.md``)::
 
     Inquiring ──AcceptInquiredSystemEvent──► Executing ──► Executed
     Scheduled ──NotBefore reached──────────► Executing ──► Executed | Failed
@@ -238,11 +238,6 @@ class EcsWorld:
             if due is None or due[0] > now:
                 return
             due[1]()
-
-    def next_transition_at(self) -> datetime | None:
-        """When the next time-driven transition happens (for a driver that wants to sleep until then)."""
-        due = self._next_due()
-        return due[0] if due is not None else None
 
     def _next_due(self) -> tuple[datetime, Callable[[], None]] | None:
         best: tuple[datetime, Callable[[], None]] | None = None

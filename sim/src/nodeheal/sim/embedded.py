@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -163,13 +162,6 @@ class EmbeddedNats:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def embedded_nats(**kwargs: object) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(**kwargs)  # type: ignore[arg-type]
-    with server:
-        yield server
 
 
 @atexit.register

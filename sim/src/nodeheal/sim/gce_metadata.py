@@ -1,7 +1,7 @@
 """GCE metadata server emulator: ``instance/maintenance-event`` and friends, with hanging GETs.
 
-What a VM sees at ``http://metadata.google.internal/computeMetadata/v1/`` (``reference/cloud-events.md`` §4,
-samples ``data/cloud-events/gce-maintenance-event-*.txt``):
+What a VM sees at ``http://metadata.google.internal/computeMetadata/v1/`` (GCE metadata server docs,
+samples ``tests/data/cloud-events/gce-maintenance-event-*.txt``):
 
 * ``GET /computeMetadata/v1/instance/maintenance-event`` with ``Metadata-Flavor: Google`` → text
   ``NONE`` | ``MIGRATE_ON_HOST_MAINTENANCE`` | ``TERMINATE_ON_HOST_MAINTENANCE``, with ``ETag`` and

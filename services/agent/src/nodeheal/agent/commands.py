@@ -23,7 +23,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,7 +249,3 @@ def _same_dev(path: str, dev: int) -> bool:
     except OSError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_dev == dev
-
-
-def parse_services(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(v.strip() for v in values if v.strip())

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 
 from nodeheal.agent.app import NodeAgent
 from nodeheal.agent.settings import AgentSettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.ops import OpsServer
+from nodeheal.runtime.usage import exit_on_args
 
 
 async def run(settings: AgentSettings) -> None:
@@ -32,6 +34,12 @@ async def run(settings: AgentSettings) -> None:
 
 
 def main() -> None:
+    exit_on_args(
+        sys.argv[1:],
+        prog="python -m nodeheal.agent",
+        summary="The node agent: probes this node, reads its kernel log, runs node-local repair commands.",
+        settings=AgentSettings,
+    )
     settings = AgentSettings()
     configure_logging("node-agent", fmt=settings.log_format, level=settings.log_level)
     asyncio.run(run(settings))

@@ -11,7 +11,14 @@ from __future__ import annotations
 import importlib
 import sys
 
+from nodeheal.runtime.usage import exit_on_args
+
 PARTS = ("ingest", "prober", "inventory")
+SUMMARIES = {
+    "ingest": "cloud system events: HTTP endpoints and pollers → CLOUD stream",
+    "prober": "checks every node's reachability from outside",
+    "inventory": "keeps nodeheal-inventory from the Kubernetes Nodes",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,14 +27,21 @@ def main(argv: list[str] | None = None) -> int:
         shown = repr(args[0]) if args and args[0] not in ("-h", "--help") else "nothing"
         print(  # noqa: T201 - this is the usage text
             f"usage: python -m nodeheal.cloud_events {{{'|'.join(PARTS)}}}  (got {shown})\n"
-            "  ingest     cloud system events: HTTP endpoints and pollers → CLOUD stream\n"
-            "  prober     checks every node's reachability from outside\n"
-            "  inventory  keeps nodeheal-inventory from the Kubernetes Nodes\n"
-            "Each part is configured by environment variables; see docs/cloud-events.md.",
+            + "".join(f"  {part:<10} {text}\n" for part, text in SUMMARIES.items())
+            + "Each part is configured by environment variables (`PART --help` lists them); see docs/cloud-events.md.",
             file=sys.stderr,
         )
         return 0 if args and args[0] in ("-h", "--help") else 2
-    module = importlib.import_module(f"nodeheal.cloud_events.{args[0]}.main")
+    part = args[0]
+    # the process's whole import graph first: `PART --help` is a dry start that proves the install
+    module = importlib.import_module(f"nodeheal.cloud_events.{part}.main")
+    settings = importlib.import_module(f"nodeheal.cloud_events.{part}.settings")
+    exit_on_args(
+        args[1:],
+        prog=f"python -m nodeheal.cloud_events {part}",
+        summary=SUMMARIES[part],
+        settings=getattr(settings, f"{part.capitalize()}Settings"),
+    )
     result = module.main()
     return int(result or 0)
 

@@ -9,6 +9,7 @@ process shell (lifecycle, ASGI health and metrics routes).
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from faststream.asgi import AsgiFastStream
 
@@ -17,6 +18,7 @@ from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.service import build_runtime_app, serve
 from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
+from nodeheal.runtime.usage import exit_on_args
 
 
 def build_app(settings: DetectorSettings) -> tuple[AsgiFastStream, list[DetectorRuntime]]:
@@ -29,6 +31,12 @@ def build_app(settings: DetectorSettings) -> tuple[AsgiFastStream, list[Detector
 
 
 def main() -> None:
+    exit_on_args(
+        sys.argv[1:],
+        prog="python -m nodeheal.detector",
+        summary="The detector: per-node state from PROBES and CLOUD → anomalies on ANOMALIES.",
+        settings=DetectorSettings,
+    )
     settings = DetectorSettings()
     configure_logging(SERVICE, fmt=settings.log_format, level=settings.log_level)
     setup_tracing(service=SERVICE, settings=settings.telemetry)

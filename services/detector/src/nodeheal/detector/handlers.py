@@ -32,7 +32,6 @@ from pydantic import ValidationError
 
 from nodeheal.detector.fastpath import probe_decoder
 from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller
-from nodeheal.detector.rawconn import RawPuller
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
@@ -172,23 +171,6 @@ class DetectorRuntime:
 
     def _make_probe_puller(self) -> Puller:
         s = self.settings
-        # The minimal connection speaks plain TCP with user/password or a token only: a creds file, a CA
-        # or a tls:// URL means nats-py (on the service's own connection, with its inbox prefix).
-        plain = (
-            not s.nats.creds_file and not s.nats.tls_ca_file and not any(u.startswith("tls://") for u in s.nats.servers)
-        )
-        if s.raw_probe_connection and plain:
-            return RawPuller(
-                servers=s.nats.servers,
-                stream=self.probes_stream,
-                consumer=s.probe_durable,
-                batch=s.batch_size,
-                expires_s=s.fetch_expires_s,
-                user=s.nats.user,
-                password=s.nats.password,
-                name=f"nodeheal-detector-probes-{s.instance}",
-                inbox_prefix=s.nats.inbox_prefix,
-            )
         return BatchPuller(
             self.nc,
             stream=self.probes_stream,

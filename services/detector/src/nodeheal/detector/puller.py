@@ -36,7 +36,7 @@ class PulledMsg(Protocol):
 
 
 class Puller(Protocol):
-    """What the probe loop needs from a puller (nats-py based or the raw connection)."""
+    """What the probe loop needs from a puller."""
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -131,9 +131,5 @@ class BatchPuller:
 
     async def ack_all_through(self, msg: Msg) -> None:
         """AckPolicy.ALL: acknowledging this message acknowledges everything delivered before it."""
-        if msg.reply:
-            await self._nc.publish(msg.reply, b"+ACK")
-
-    async def ack_one(self, msg: Msg) -> None:
         if msg.reply:
             await self._nc.publish(msg.reply, b"+ACK")

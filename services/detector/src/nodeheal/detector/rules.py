@@ -163,10 +163,6 @@ class Detector:
 
     # ------------------------------------------------------------------ probes (the hot path)
 
-    def observe_probes(self, probes: list[FastProbe], *, now: float) -> None:
-        for probe in probes:
-            self.observe_probe(probe, now=now)
-
     def observe_probe(self, p: FastProbe, *, now: float) -> None:
         self.counters.probes += 1
         self.last_input = now

@@ -22,11 +22,6 @@ class DetectorSettings(ServiceSettings):
     fetch_expires_s: float = Field(default=5.0, gt=0)
     ack_wait_s: float = Field(default=60.0, gt=0)
     max_ack_pending: int = Field(default=20_000, ge=100)
-    raw_probe_connection: bool = Field(
-        default=True,
-        description="pull probes over the detector's minimal NATS connection (rawconn.py) instead of nats-py;"
-        " ignored (nats-py is used) with a creds file or TLS",
-    )
     tick_s: float = Field(default=0.5, gt=0, description="how often the timer sweep runs when probes are idle")
     replicas: int = Field(default=1, ge=1, description="how many detector replicas split the partitions")
     replica: int = Field(default=0, ge=0, description="this replica's index, 0 .. replicas-1 (StatefulSet ordinal)")

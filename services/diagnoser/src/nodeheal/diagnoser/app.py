@@ -8,6 +8,7 @@ the three input streams and the ticker shares one lock with them; faststream giv
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from faststream.asgi import AsgiFastStream
 
@@ -16,6 +17,7 @@ from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.service import build_runtime_app, serve
 from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
+from nodeheal.runtime.usage import exit_on_args
 
 
 def build_app(settings: DiagnoserSettings) -> tuple[AsgiFastStream, list[DiagnoserRuntime]]:
@@ -28,6 +30,12 @@ def build_app(settings: DiagnoserSettings) -> tuple[AsgiFastStream, list[Diagnos
 
 
 def main() -> None:
+    exit_on_args(
+        sys.argv[1:],
+        prog="python -m nodeheal.diagnoser",
+        summary="The diagnoser: anomalies, cloud events and kernel logs → diagnoses on DIAGNOSES.",
+        settings=DiagnoserSettings,
+    )
     settings = DiagnoserSettings()
     configure_logging(SERVICE, fmt=settings.log_format, level=settings.log_level)
     setup_tracing(service=SERVICE, settings=settings.telemetry)

@@ -1,4 +1,4 @@
-"""Fleet correlation (reference/diagnosis-kb.md §4): is one group failing far above the rest of the fleet?
+"""Fleet correlation (docs/diagnoser.md): is one group failing far above the rest of the fleet?
 
 For every grouping dimension (zone, rack, machine model, CPU model, OS, kernel, node pool) and every
 value of it, the events of a window (crashes / kernel and hardware faults, one per node episode) are

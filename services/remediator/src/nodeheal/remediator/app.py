@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from faststream.asgi import AsgiFastStream
 
 from nodeheal.remediator.handlers import RemediatorService
@@ -10,22 +12,34 @@ from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.service import build_asgi, make_broker
 from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
+from nodeheal.runtime.usage import exit_on_args
 
 
 def build_app(settings: RemediatorSettings | None = None) -> tuple[AsgiFastStream, RemediatorService]:
     settings = settings or RemediatorSettings()
     service = RemediatorService(settings)
     broker = make_broker(settings.nats, name=f"nodeheal-remediator-{settings.instance}")
+
+    async def started() -> None:
+        # one connection per process: the service runs on the broker's (which /readyz pings)
+        await service.start(broker.connection)
+
     app = build_asgi(
         broker,
         readiness=[service.readiness],
-        after_startup=[service.start],
+        after_startup=[started],
         on_shutdown=[service.stop],
     )
     return app, service
 
 
 def main() -> None:
+    exit_on_args(
+        sys.argv[1:],
+        prog="python -m nodeheal.remediator",
+        summary="One remediator replica: diagnoses → policy-checked, audited actions.",
+        settings=RemediatorSettings,
+    )
     from nodeheal.runtime.service import serve
 
     settings = RemediatorSettings()

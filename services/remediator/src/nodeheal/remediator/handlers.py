@@ -50,6 +50,7 @@ class RemediatorService:
         self.settings = settings
         self.view = FleetView()
         self.nc: Client | None = None
+        self._owns_nc = False
         self.js: JetStreamContext | None = None
         self.remediator: Remediator | None = None
         self.kube: KubeActions | None = None
@@ -61,9 +62,11 @@ class RemediatorService:
         self.tracer = trace.get_tracer("nodeheal.remediator")
         self.metrics = pipeline_metrics()
 
-    async def start(self) -> None:
+    async def start(self, nc: Client | None = None) -> None:
+        """Run on `nc` (the process's broker connection; its owner closes it) or on a connection of our own."""
         s = self.settings
-        self.nc = await connect(s.nats, name=f"nodeheal-remediator-{s.instance}")
+        self._owns_nc = nc is None
+        self.nc = nc if nc is not None else await connect(s.nats, name=f"nodeheal-remediator-{s.instance}")
         js = self.js = self.nc.jetstream(timeout=s.nats.publish_timeout_s)
         topo = s.nats.topology()
         bp = s.nats.bucket_prefix
@@ -117,7 +120,7 @@ class RemediatorService:
         if self.kube is not None:
             await self.kube.close()
         await self.clouds.close()
-        if self.nc is not None:
+        if self.nc is not None and self._owns_nc:
             await self.nc.drain()
 
     async def _report_lag(self, stream: str, every_s: float = 15.0) -> None:

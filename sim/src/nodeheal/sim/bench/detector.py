@@ -10,7 +10,8 @@ nats-server next to raw nats-py on the same payload, in the same run.
   a separate publisher process sends probes at a fixed rate with disk-full faults injected into ~1 % of
   them; the probe's own `time` is its publish time and becomes the anomaly's `fault_onset`.
 - `bytes_per_node`: tracemalloc growth per tracked healthy node.
-- `raw_nats_msgs_per_s`: plain nats-py core publish → subscribe of the same payload (the ceiling).
+- `raw_nats_msgs_per_s`: nats-py core publish → subscribe of the same payload (the ceiling), over the
+  same kind of connection as everything else in the run (`config`: TLS and per-role credentials by default).
 - `breakdown`: the same drain through nats-py's own `fetch()` (what a straightforward consumer does)
   and through the batch puller without rules, plus decode costs (msgspec vs pydantic) and the rules
   alone, so each optimisation is measured against its alternative in the same run.
@@ -30,14 +31,12 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from nodeheal.detector.fastpath import probe_decoder
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.puller import BatchPuller
-from nodeheal.detector.rawconn import RawPuller
 from nodeheal.detector.rules import Detector, RuleConfig
 from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.provision import apply_topology
@@ -52,6 +51,7 @@ from nodeheal.schemas import (
     ServiceState,
 )
 from nodeheal.schemas.subjects import probe_subject
+from nodeheal.sim.bench.secure import BenchAuth
 
 CLUSTER = "bench"
 
@@ -120,9 +120,9 @@ async def _server_version(nc: Client) -> str:
 # ---------------------------------------------------------------------- raw nats-py ceiling
 
 
-async def raw_nats_msgs_per_s(url: str, payload: bytes, *, count: int) -> float:
-    pub = await nats.connect(url, name="bench-raw-pub")
-    sub_nc = await nats.connect(url, name="bench-raw-sub")
+async def raw_nats_msgs_per_s(url: str, payload: bytes, *, count: int, auth: BenchAuth) -> float:
+    pub = await auth.connect(url, "admin", name="bench-raw-pub")
+    sub_nc = await auth.connect(url, "admin", name="bench-raw-sub")
     subject = f"bench.raw.{uuid.uuid4().hex[:8]}"
     done = asyncio.Event()
     seen = 0
@@ -149,17 +149,25 @@ async def raw_nats_msgs_per_s(url: str, payload: bytes, *, count: int) -> float:
 # ---------------------------------------------------------------------- backlog and drains
 
 
-async def _provision(url: str) -> NatsSettings:
-    tag = uuid.uuid4().hex[:8]
-    settings = NatsSettings(url=url, prefix=f"bench{tag}", stream_prefix=f"BENCH{tag}_", bucket_prefix=f"bench{tag}")
-    nc = await nats.connect(url)
+async def _provision(url: str, auth: BenchAuth) -> NatsSettings:
+    """The layout of one phase, as the detector's settings. Under per-role credentials the layout is the
+    one the permissions are written for (the bench's own server, dropped between phases); on a plain
+    server each phase gets its own prefixes."""
+    if auth.creds:
+        settings = auth.settings("detector", url=url)
+    else:
+        tag = uuid.uuid4().hex[:8]
+        settings = NatsSettings(
+            url=url, prefix=f"bench{tag}", stream_prefix=f"BENCH{tag}_", bucket_prefix=f"bench{tag}"
+        )
+    nc = await auth.connect(url, "admin")
     await apply_topology(nc.jetstream(), settings.topology())
     await nc.close()
     return settings
 
 
-async def _drop(url: str, settings: NatsSettings) -> None:
-    nc = await nats.connect(url)
+async def _drop(url: str, settings: NatsSettings, auth: BenchAuth) -> None:
+    nc = await auth.connect(url, "admin")
     js = nc.jetstream()
     for spec in settings.topology().streams:
         try:
@@ -191,10 +199,10 @@ def _payloads(nodes: int, rounds: int) -> list[tuple[str, bytes, str]]:
     return out
 
 
-async def prefill(url: str, settings: NatsSettings, *, nodes: int, rounds: int) -> tuple[int, int]:
-    """Store nodes x rounds probes in PROBES (core publishes: the stream stores them without a PubAck
-    round trip); returns (stored, payload bytes)."""
-    nc = await nats.connect(url, name="bench-prefill", pending_size=64 * 1024 * 1024)
+async def prefill(url: str, settings: NatsSettings, *, nodes: int, rounds: int, auth: BenchAuth) -> tuple[int, int]:
+    """Store nodes x rounds probes in PROBES (core publishes as the prober role: the stream stores them
+    without a PubAck round trip); returns (stored, payload bytes)."""
+    nc = await auth.connect(url, "prober", name="bench-prefill", pending_size=64 * 1024 * 1024)
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
     items = _payloads(nodes, rounds)
     subjects = {node: probe_subject(CLUSTER, node, prefix=settings.prefix) for node in {n for _, _, n in items}}
@@ -203,6 +211,8 @@ async def prefill(url: str, settings: NatsSettings, *, nodes: int, rounds: int) 
         if i % 5000 == 0:
             await nc.flush()
     await nc.flush()
+    await nc.close()
+    nc = await auth.connect(url, "admin", name="bench-prefill-check")
     js = nc.jetstream()
     deadline = time.monotonic() + 60
     stored = 0
@@ -216,10 +226,16 @@ async def prefill(url: str, settings: NatsSettings, *, nodes: int, rounds: int) 
 
 
 async def drain_detector(
-    url: str, settings: NatsSettings, *, total: int, batch: int, raw: bool = True, durable: str = "detector"
+    url: str,
+    settings: NatsSettings,
+    *,
+    total: int,
+    batch: int,
+    auth: BenchAuth,
+    durable: str = "detector",
 ) -> dict[str, Any]:
-    nc = await nats.connect(url, name="bench-detector", pending_size=64 * 1024 * 1024)
-    ds = DetectorSettings(nats=settings, batch_size=batch, tick_s=0.5, raw_probe_connection=raw, durable=durable)
+    nc = await auth.connect(url, "detector", name="bench-detector", pending_size=64 * 1024 * 1024)
+    ds = DetectorSettings(nats=settings, batch_size=batch, tick_s=0.5, durable=durable)
     runtime = DetectorRuntime(settings=ds, nc=nc)
     await runtime.ensure_consumers(probe_deliver=DeliverPolicy.ALL)
     start = time.perf_counter()
@@ -235,9 +251,9 @@ async def drain_detector(
     return {"probes": processed, "seconds": round(elapsed, 3), "per_s": processed / elapsed, "nodes": nodes}
 
 
-async def drain_nats_py_fetch(url: str, settings: NatsSettings, *, total: int, batch: int) -> float:
+async def drain_nats_py_fetch(url: str, settings: NatsSettings, *, total: int, batch: int, auth: BenchAuth) -> float:
     """The straightforward consumer: nats-py `fetch(batch)` + ack of the last (no rules, no decode)."""
-    nc = await nats.connect(url, name="bench-fetch")
+    nc = await auth.connect(url, "detector", name="bench-fetch")
     js = nc.jetstream()
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
     durable = "bench-fetch"
@@ -257,9 +273,9 @@ async def drain_nats_py_fetch(url: str, settings: NatsSettings, *, total: int, b
     return seen / elapsed
 
 
-async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, batch: int) -> float:
+async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, batch: int, auth: BenchAuth) -> float:
     """The batch puller alone (transport ceiling of the detector's path: no decode, no rules)."""
-    nc = await nats.connect(url, name="bench-puller", pending_size=64 * 1024 * 1024)
+    nc = await auth.connect(url, "detector", name="bench-puller", pending_size=64 * 1024 * 1024)
     js = nc.jetstream()
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
     durable = "bench-puller"
@@ -282,34 +298,6 @@ async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, bat
     elapsed = time.perf_counter() - start
     await puller.stop()
     await nc.close()
-    return seen / elapsed
-
-
-async def drain_raw_puller_only(url: str, settings: NatsSettings, *, total: int, batch: int) -> float:
-    """The detector's own minimal connection alone (no decode, no rules)."""
-    nc = await nats.connect(url, name="bench-raw-setup")
-    js = nc.jetstream()
-    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
-    durable = "bench-raw-puller"
-    await js.add_consumer(
-        stream,
-        config=ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1
-        ),
-    )
-    await nc.close()
-    puller = RawPuller(servers=[url], stream=stream, consumer=durable, batch=batch)
-    await puller.start()
-    seen = 0
-    start = time.perf_counter()
-    while seen < total:
-        chunk = await puller.next_chunk(wait_s=5)
-        if not chunk:
-            break
-        seen += len(chunk)
-        await puller.ack_all_through(chunk[-1])
-    elapsed = time.perf_counter() - start
-    await puller.stop()
     return seen / elapsed
 
 
@@ -356,12 +344,16 @@ def bytes_per_node(*, nodes: int) -> float:
 # ---------------------------------------------------------------------- open-loop latency
 
 
-def _publisher_process(url: str, prefix: str, nodes: int, rate: float, seconds: float, fault_every: int) -> None:
-    asyncio.run(_publish_open_loop(url, prefix, nodes, rate, seconds, fault_every))
+def _publisher_process(
+    url: str, prefix: str, nodes: int, rate: float, seconds: float, fault_every: int, auth: BenchAuth
+) -> None:
+    asyncio.run(_publish_open_loop(url, prefix, nodes, rate, seconds, fault_every, auth))
 
 
-async def _publish_open_loop(url: str, prefix: str, nodes: int, rate: float, seconds: float, fault_every: int) -> None:
-    nc = await nats.connect(url, name="bench-open-loop", pending_size=64 * 1024 * 1024)
+async def _publish_open_loop(
+    url: str, prefix: str, nodes: int, rate: float, seconds: float, fault_every: int, auth: BenchAuth
+) -> None:
+    nc = await auth.connect(url, "prober", name="bench-open-loop", pending_size=64 * 1024 * 1024)
     names = [_node(i) for i in range(nodes)]
     subjects = [probe_subject(CLUSTER, n, prefix=prefix) for n in names]
     placeholder = datetime(2000, 1, 1, tzinfo=UTC)
@@ -392,9 +384,16 @@ async def _publish_open_loop(url: str, prefix: str, nodes: int, rate: float, sec
 
 
 async def open_loop_latency(
-    url: str, settings: NatsSettings, *, nodes: int, rate: float, seconds: float, fault_every: int = 100
+    url: str,
+    settings: NatsSettings,
+    *,
+    nodes: int,
+    rate: float,
+    seconds: float,
+    auth: BenchAuth,
+    fault_every: int = 100,
 ) -> dict[str, Any]:
-    nc = await nats.connect(url, name="bench-latency")
+    nc = await auth.connect(url, "detector", name="bench-latency")
     latencies: list[float] = []
 
     def on_published(anomaly: Anomaly, published_at: float) -> None:
@@ -408,7 +407,7 @@ async def open_loop_latency(
     await runtime.start(rebuild=False)
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(
-        target=_publisher_process, args=(url, settings.prefix, nodes, rate, seconds, fault_every), daemon=True
+        target=_publisher_process, args=(url, settings.prefix, nodes, rate, seconds, fault_every, auth), daemon=True
     )
     start = time.perf_counter()
     proc.start()
@@ -450,34 +449,41 @@ async def open_loop_latency(
 
 
 async def run_bench(
-    *, url: str, nodes: int, seconds: float, rounds: int, rate: float, batch: int, raw_count: int
+    *,
+    url: str,
+    nodes: int,
+    seconds: float,
+    rounds: int,
+    rate: float,
+    batch: int,
+    raw_count: int,
+    auth: BenchAuth | None = None,
 ) -> dict[str, Any]:
+    """One run. `auth` is how every client connects (per-role creds + TLS in the production
+    configuration); the raw ceiling, the drains and the latency run all use it."""
+    auth = auth or BenchAuth()
     payload = sample_probe(_node(0)).to_json()
-    nc = await nats.connect(url)
+    nc = await auth.connect(url, "admin")
     server_version = await _server_version(nc)
     await nc.close()
 
-    raw = await raw_nats_msgs_per_s(url, payload, count=raw_count)
+    raw = await raw_nats_msgs_per_s(url, payload, count=raw_count, auth=auth)
 
-    settings = await _provision(url)
+    settings = await _provision(url, auth)
     try:
-        stored, probe_bytes = await prefill(url, settings, nodes=nodes, rounds=rounds)
+        stored, probe_bytes = await prefill(url, settings, nodes=nodes, rounds=rounds, auth=auth)
         total = nodes * rounds
-        detector = await drain_detector(url, settings, total=stored, batch=batch)
-        detector_nats_py = await drain_detector(
-            url, settings, total=stored, batch=batch, raw=False, durable="detector-nats-py"
-        )
-        fetch_rate = await drain_nats_py_fetch(url, settings, total=stored, batch=batch)
-        puller_rate = await drain_puller_only(url, settings, total=stored, batch=batch)
-        raw_puller_rate = await drain_raw_puller_only(url, settings, total=stored, batch=batch)
+        detector = await drain_detector(url, settings, total=stored, batch=batch, auth=auth)
+        fetch_rate = await drain_nats_py_fetch(url, settings, total=stored, batch=batch, auth=auth)
+        puller_rate = await drain_puller_only(url, settings, total=stored, batch=batch, auth=auth)
     finally:
-        await _drop(url, settings)
+        await _drop(url, settings, auth)
 
-    lat_settings = await _provision(url)
+    lat_settings = await _provision(url, auth)
     try:
-        latency = await open_loop_latency(url, lat_settings, nodes=nodes, rate=rate, seconds=seconds)
+        latency = await open_loop_latency(url, lat_settings, nodes=nodes, rate=rate, seconds=seconds, auth=auth)
     finally:
-        await _drop(url, lat_settings)
+        await _drop(url, lat_settings, auth)
 
     costs = decode_costs(payload)
     rules_us = rules_cost(nodes=min(nodes, 20_000))
@@ -489,6 +495,8 @@ async def run_bench(
         "p99_ms": latency["p99_ms"],
         "bytes_per_node": round(per_node, 1),
         "raw_nats_msgs_per_s": round(raw, 1),
+        "share_of_raw": round(detector["per_s"] / raw, 3),
+        "config": auth.config,
         "target_probes_per_s": 50_000,
         "nodes": nodes,
         "backlog_probes": total,
@@ -498,10 +506,8 @@ async def run_bench(
         "drain": detector,
         "latency": latency,
         "breakdown": {
-            "detector_with_nats_py_batch_puller_per_s": round(detector_nats_py["per_s"], 1),
             "drain_nats_py_fetch_no_rules_per_s": round(fetch_rate, 1),
             "drain_nats_py_batch_puller_no_rules_per_s": round(puller_rate, 1),
-            "drain_raw_connection_no_rules_per_s": round(raw_puller_rate, 1),
             "rules_us_per_probe": round(rules_us, 2),
             **costs,
         },
@@ -511,6 +517,8 @@ async def run_bench(
             "publish 50k/s to JetStream with acks); nats-server, detector and bench share this machine. "
             "p50/p99: open loop at rate_per_s from a separate publisher process, ~1% of probes disk-full, "
             "probe time (= publish time = fault_onset) to the anomaly's PubAck. raw_nats_msgs_per_s: core "
-            "publish -> subscribe callback of the same payload."
+            "publish -> subscribe callback of the same payload. config: tls and creds = the bench's own "
+            "nats-server with TLS and deploy/nats/natsauth.py's per-role users (admin provisions, prober "
+            "publishes probes, detector consumes), every client of the run connected that way."
         ),
     }

@@ -1,4 +1,4 @@
-"""Every time format the providers send (reference/cloud-events.md §6.3), parsed to aware UTC.
+"""Every time format the providers send (the samples in tests/data/cloud-events/), parsed to aware UTC.
 
 | example | where |
 |---|---|

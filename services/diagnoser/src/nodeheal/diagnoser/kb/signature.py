@@ -1,10 +1,10 @@
-"""Crash signatures (reference/diagnosis-kb.md §3): cut a log into crash reports and bucket them.
+"""Crash signatures (docs/diagnoser.md): cut a log into crash reports and bucket them.
 
 A report starts at a crash header (oops, GPF, divide error, BUG at, soft/hard lockup, hung task, RCU
 stall, fatal MCE, panic, crash(8) `sys` summary) and collects the panic string, the RIP line, the
 `CPU: … Tainted: … <release>` line and the reliable frames of its call trace. The bucket key is a hash
 of (kind, RIP function, top frames) — release, taint and hardware stay outside the key so fleet
-correlation can find one bucket concentrated in one kernel or model (§3.7, §3.8). Pure.
+correlation can find one bucket concentrated in one kernel or model. Pure.
 """
 
 from __future__ import annotations
