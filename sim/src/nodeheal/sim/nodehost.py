@@ -182,7 +182,8 @@ class SimAgent:
         self.systemctl = SimSystemctl(node)
         self.systemd = SystemctlClient(runner=self.systemctl)
         self.kmsg = SimKmsg(boot_time=node.booted_at)
-        host = HostReader(root=Path("/"), files=self.files)
+        # a root that does not exist: code that bypassed `files` would fail to read, never read this machine
+        host = HostReader(root=Path("/nonexistent-simulated-node") / escape_token(node.name), files=self.files)
         self.collector = ProbeCollector(
             cluster=cluster,
             node=node.name,
