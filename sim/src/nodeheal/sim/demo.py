@@ -65,6 +65,7 @@ class DemoConfig:
     insecure: bool = False  # no NATS authorization on the embedded server(s)
     nats_base: NatsSettings | None = None  # with nats_url: the access the caller gives (creds, TLS CA)
     agents_per_connection: int | None = None  # None: 1 (per-node users) up to 1,000 nodes, else 500
+    connect_timeout_s: float = 30.0  # the first connection to NATS; then the demo fails with the reason
     sim_processes: int = 1  # >1: the probes are published by this many shard processes (nodeheal.sim.shard)
 
 
@@ -263,10 +264,11 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         settings = auth.settings("admin", url=url)
         try:  # nats-py retries a first connect forever; the demo says why it cannot start instead
             nc = await asyncio.wait_for(
-                connect(settings, name="nodeheal-demo", error_cb=violations.callback("demo (admin)")), timeout=30
+                connect(settings, name="nodeheal-demo", error_cb=violations.callback("demo (admin)")),
+                timeout=cfg.connect_timeout_s,
             )
         except TimeoutError:
-            msg = f"no NATS server answered at {url} within 30 s"
+            msg = f"no NATS server answered at {url} within {cfg.connect_timeout_s:g} s"
             raise RuntimeError(msg) from None
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
