@@ -290,6 +290,8 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
                 *_consume(lo.stream("AUDIT")),  # remediation history of a node is part of its diagnosis
                 *_consume(lo.stream("DIAGNOSES")),  # its own last diagnoses and findings, at restart
                 *_kv_read(inv),
+                # its durable memory (crash history per host), written before acking (issue 14 item 2)
+                *_kv_write(lo.bucket("diagnoser")),
             ),
             sub_allow=tuple(own_inbox),
             inbox=inbox,

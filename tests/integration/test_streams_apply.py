@@ -22,7 +22,7 @@ async def test_apply_creates_every_stream_and_bucket_with_design_limits(
 ) -> None:
     topo = nats_settings.topology()
     changes = await apply_topology(js, topo)
-    assert [c.action for c in changes] == ["created"] * 9
+    assert [c.action for c in changes] == ["created"] * 10
 
     sp = nats_settings.stream_prefix
     probes = (await js.stream_info(f"{sp}PROBES")).config
@@ -39,6 +39,8 @@ async def test_apply_creates_every_stream_and_bucket_with_design_limits(
     leases = (await js.stream_info(f"KV_{nats_settings.bucket_prefix}-leases")).config
     assert leases.max_age == pytest.approx(30.0)
     assert leases.max_msgs_per_subject == 1
+    diagnoser = (await js.stream_info(f"KV_{nats_settings.bucket_prefix}-diagnoser")).config
+    assert diagnoser.max_age == pytest.approx(8 * DAY_S)  # outlives the 7-day crash window
 
 
 async def test_audit_refuses_purge_and_message_delete(
@@ -58,7 +60,7 @@ async def test_second_apply_changes_nothing(js: JetStreamContext, nats_settings:
     topo = nats_settings.topology()
     await apply_topology(js, topo)
     again = await apply_topology(js, topo)
-    assert [c.action for c in again] == ["unchanged"] * 9
+    assert [c.action for c in again] == ["unchanged"] * 10
 
 
 async def test_apply_repairs_a_drifted_stream_and_says_what_changed(
@@ -115,10 +117,10 @@ def test_cli_apply_twice_prints_created_then_nothing(nats_settings: NatsSettings
     first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert first.returncode == 0, first.stderr
     assert f"stream {nats_settings.stream_prefix}AUDIT: created" in first.stdout
-    assert "9 of 9 streams and buckets created or changed" in first.stdout
+    assert "10 of 10 streams and buckets created or changed" in first.stdout
     second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
     assert second.returncode == 0, second.stderr
-    assert "0 of 9 streams and buckets created or changed" in second.stdout
+    assert "0 of 10 streams and buckets created or changed" in second.stdout
     assert "created" not in second.stdout.replace("created or changed", "")
 
 

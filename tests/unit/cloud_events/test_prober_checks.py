@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nodeheal.cloud_events.prober.checks import CheckPlan, check_healthz, check_node, check_tcp
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.cloud_events.prober.sharding import ordinal_from_instance, owns, shard_of
-from tests.unit.cloud_events.prober_targets import local_node
+from nodeheal.sim.embedded import free_port
+from tests.unit.cloud_events.prober_targets import hung_listener, local_node, stock_kubelet
 
 
 async def test_open_ssh_port_with_banner() -> None:
@@ -73,3 +76,43 @@ def test_shard_index_from_pod_name_and_bad_index() -> None:
     assert ProberSettings(instance="nodeheal-prober-2", shard_count=3).resolved_shard_index() == 2
     with pytest.raises(ValueError, match="NODEHEAL_PROBER_SHARD_COUNT"):
         ProberSettings(shard_index=5, shard_count=3).resolved_shard_index()
+
+
+async def test_stock_kubelet_answers_on_its_tls_port_while_its_plain_healthz_is_local_only(tmp_path: Path) -> None:
+    async with stock_kubelet(tmp_path, address="127.0.0.2") as kubelet:
+        new = await check_node(
+            "127.0.0.2",
+            CheckPlan(tcp_ports=(kubelet.port,), healthz_url=f"https://{{address}}:{kubelet.port}/healthz"),
+        )
+        old = await check_node(
+            "127.0.0.2",
+            CheckPlan(
+                tcp_ports=(kubelet.port,),
+                healthz_url=f"http://{{address}}:{kubelet.localhost_healthz_port}/healthz",
+                timeout_s=1,
+            ),
+        )
+    assert [(r.check, r.ok) for r in new] == [("tcp", True), ("kubelet_healthz", True)]  # 401 = the kubelet answers
+    # the old default (plain healthz on the node's address) fails on every stock node
+    assert [(r.check, r.ok, r.error) for r in old][-1] == ("kubelet_healthz", False, "connection refused")
+
+
+async def test_a_port_that_accepts_but_never_answers_tls_is_not_a_kubelet() -> None:
+    port = free_port()
+    async with hung_listener("127.0.0.3", port):
+        results = await check_node(
+            "127.0.0.3", CheckPlan(tcp_ports=(port,), healthz_url=f"https://{{address}}:{port}/healthz", timeout_s=0.5)
+        )
+    assert [(r.check, r.ok, r.error) for r in results] == [
+        ("tcp", True, None),
+        ("kubelet_healthz", False, "timeout after 0.5s"),
+    ]
+
+
+async def test_401_counts_only_on_https() -> None:
+    async with local_node() as node:
+        bad = await check_healthz(f"http://127.0.0.1:{node.healthz_port}/healthz", timeout_s=2)
+        node.healthz_status = "401 Unauthorized"
+        plain_401 = await check_healthz(f"http://127.0.0.1:{node.healthz_port}/healthz", timeout_s=2)
+    assert bad.ok
+    assert not plain_401.ok  # only on the authenticated (https) port does 401 mean "answering"

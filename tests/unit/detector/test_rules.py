@@ -178,6 +178,21 @@ def test_agent_silent_but_node_fine_is_the_agent_service_down() -> None:
     assert drain(det) == [("service_down", "firing", "nodeheal-agent")]
 
 
+def test_a_filtered_ssh_port_does_not_turn_an_agent_outage_into_a_hang() -> None:
+    # stock node: the prober reaches the kubelet (TLS on 10250 answers) but port 22 is filtered
+    det = make()
+    t = feed(det, 3)
+    _silence(det, t, 40, tcp=True, ssh_banner=False, kubelet_healthz=True)
+    assert drain(det) == [("service_down", "firing", "nodeheal-agent")]
+
+
+def test_without_a_kubelet_check_a_failing_ssh_banner_still_means_hang() -> None:
+    det = make()
+    t = feed(det, 3)
+    _silence(det, t, 40, tcp=True, ssh_banner=False)
+    assert drain(det) == [("node_hang", "firing", None)]
+
+
 def test_hang_that_stops_answering_ping_becomes_down() -> None:
     det = make()
     t = feed(det, 3)

@@ -48,10 +48,14 @@ def test_kubelet_crash_loop_is_software_with_restart_first() -> None:
 
 def test_rack_dropping_off_the_network_is_a_partition_with_no_reboot() -> None:
     diag = make(nodes=12, racks=2)  # rack r0: n0 n2 n4 n6 n8 n10
-    for i, node in enumerate(["n0", "n2", "n4", "n6"]):
+    for i, node in enumerate(["n0", "n2"]):
         diag.on_anomaly(anomaly(node, "node_down", at=later(i * 0.2)))
-    assert diag.evaluate(f"{CLUSTER}/n0", now=later(1)).hold_until is not None  # the hold sees peers first
-    d = run(diag, "n0", 4)
+    # two dark nodes: the rack may be going dark, the verdict waits for it to be quiet for 15 s
+    assert diag.evaluate(f"{CLUSTER}/n0", now=later(0.3)).hold_until == later(0.2 + 15)
+    # four of six: a partition already, which no later arrival can change — judged at once
+    for i, node in enumerate(["n4", "n6"], start=2):
+        diag.on_anomaly(anomaly(node, "node_down", at=later(i * 0.2)))
+    d = run(diag, "n0", 0.7)
     assert (d.cause, d.category) == ("rack_partition", "network")
     assert actions(d) == ["escalate"]
 
@@ -60,17 +64,17 @@ def test_single_node_down_with_healthy_peers_is_a_node_crash_after_the_hold() ->
     diag = make()
     diag.on_anomaly(anomaly("n3", "node_down"))
     assert diag.evaluate(f"{CLUSTER}/n3", now=later(1)).diagnosis is None
-    d = run(diag, "n3", 3.5)
+    d = run(diag, "n3", 5.5)
     assert d.cause == "node_crash" and "reboot" in actions(d)
 
 
 def test_node_down_diagnosis_is_updated_when_the_rack_burst_shows_up_later() -> None:
     diag = make(nodes=12, racks=2)
     diag.on_anomaly(anomaly("n0", "node_down"))
-    assert run(diag, "n0", 3.5).cause == "node_crash"
+    assert run(diag, "n0", 5.5).cause == "node_crash"
     touched: set[str] = set()
     for i, node in enumerate(["n2", "n4", "n6"]):
-        touched |= diag.on_anomaly(anomaly(node, "node_down", at=later(5 + i)))
+        touched |= diag.on_anomaly(anomaly(node, "node_down", at=later(6 + i)))
     assert f"{CLUSTER}/n0" in touched
     assert run(diag, "n0", 9).cause == "rack_partition"
 
@@ -125,7 +129,7 @@ def test_imminent_host_reboot_replaces_our_reboot_with_waiting() -> None:
     diag = make()
     diag.on_cloud_event(cloud_event("n1", action="reboot", phase="scheduled", not_before=later(600)))
     diag.on_anomaly(anomaly("n1", "node_hang"))
-    d = run(diag, "n1", 4)
+    d = run(diag, "n1", 5)
     assert d.cause == "node_hang"
     assert "reboot" not in actions(d) and "wait_for_cloud_event" in actions(d)
 
@@ -170,7 +174,7 @@ def test_a_long_partition_still_reads_as_a_partition_when_re_evaluated_late() ->
     diag = make(nodes=12, racks=2)
     for i, node in enumerate(["n0", "n2", "n4", "n6"]):
         diag.on_anomaly(anomaly(node, "node_down", at=later(i * 0.2)))
-    assert run(diag, "n0", 4).cause == "rack_partition"
+    assert run(diag, "n0", 16).cause == "rack_partition"
     diag.on_anomaly(anomaly("n0", "flapping", at=later(3600)))  # an hour later, something new fires
     d = diag.evaluate(f"{CLUSTER}/n0", now=later(3601)).diagnosis
     assert d is None or d.cause == "rack_partition"

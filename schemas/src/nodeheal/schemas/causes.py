@@ -34,6 +34,7 @@ KNOWN_CAUSES: dict[str, Category] = {
     "kubelet_down": "software",
     "container_runtime_down": "software",
     "ops_agent_down": "software",
+    "agent_down": "software",  # our node agent is silent on a reachable node whose kubelet answers
     "service_down": "software",
     "node_not_ready": "software",
     # storage

@@ -15,6 +15,7 @@ DIAGNOSIS_SCHEMA: Final = "nodeheal.diagnosis/v1"
 ActionName = Literal[
     "none",
     "restart_service",
+    "restart_agent",  # delete the node agent's pod; its DaemonSet recreates it
     "clean_disk",
     "cordon",
     "taint",

@@ -147,5 +147,10 @@ def topology(
                 description="Pause switch, approvals and per-class overrides",
                 history=5,
             ),
+            BucketSpec(
+                name=f"{bucket_prefix}-diagnoser",
+                description="The diagnoser's durable memory: crash signatures per host (crash.<cluster>.<node>)",
+                ttl_s=8 * DAY_S,  # longer than the 7-day crash window; every new crash rewrites the key
+            ),
         ),
     )

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from nodeheal.detector.fastpath import FastProbe
 from nodeheal.detector.kernel import classify_lines
 from nodeheal.detector.state import (
+    KUBELET_BIT,
     PING_MASK,
     REACH_BITS,
     SERVICE_MASK,
@@ -566,8 +567,11 @@ class Detector:
         ok = node.reach_ok if prober_fresh else 0
         seen = node.reach_seen if prober_fresh else 0
         if ok & PING_MASK:
-            failing_services = (seen & SERVICE_MASK) & ~ok
-            if failing_services:
+            # The kubelet's answer decides (docs/detector.md): it answering means the node's userspace
+            # runs, so only our agent is gone. SSH is consulted only when the prober does not check the
+            # kubelet (a filtered port 22 on a stock node must not turn an agent outage into a hang).
+            decisive = KUBELET_BIT if seen & KUBELET_BIT else seen & SERVICE_MASK
+            if decisive & ~ok:
                 kind, subject = "node_hang", None
             else:
                 kind, subject = "service_down", AGENT_SERVICE

@@ -14,6 +14,7 @@ from typing import Final
 REACH_BITS: Final[dict[str, int]] = {"icmp": 1, "tcp": 2, "ssh_banner": 4, "kubelet_healthz": 8, "agent": 16}
 PING_MASK: Final = 1 | 2
 SERVICE_MASK: Final = 4 | 8
+KUBELET_BIT: Final = 8
 
 
 class Condition:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel, ValidationError
 
+from nodeheal.diagnoser.durable import DurableState, kill_point
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
@@ -73,6 +74,7 @@ class DiagnoserRuntime:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._held: dict[str, datetime] = {}
+        self.durable: DurableState | None = None
         self._ready = False
         self._stopping = False
         self._last_correlation = datetime.min.replace(tzinfo=UTC)
@@ -123,6 +125,24 @@ class DiagnoserRuntime:
         if kv is not None:
             await self._load_inventory(kv)
             self._tasks.append(asyncio.create_task(self._watch_inventory(kv), name="diagnoser-inventory"))
+        # state that survives a restart (durable.py): read back before the first live message
+        self.durable = DurableState(
+            js=self.js,
+            diagnoser=self.diagnoser,
+            streams=self._streams,
+            prefix=self.prefix,
+            bucket=await self._bucket("diagnoser"),
+            lookback=timedelta(seconds=self.settings.rebuild_lookback_s),
+            cloud_lookback=timedelta(seconds=self.settings.rebuild_cloud_lookback_s),
+            history_lookback=self.diagnoser.config.trend.horizon,
+            keep_trace=self._keep_trace,
+        )
+        report = await self.durable.rebuild(now=self.clock())
+        for ctx in self.diagnoser.fleet.nodes.values():  # episodes already identified before the restart
+            if ctx.published is not None and not ctx.published.resolved and ctx.published.anomaly_ids:
+                self._identified[ctx.published.anomaly_ids[0]] = None
+        async with self._lock:
+            await self._evaluate(report.open_nodes)
         for base, kind, model in consumers:
             stream = self.topology.stream(f"{self.settings.nats.stream_prefix}{base}").name
             await ensure_pull_consumer(
@@ -170,12 +190,16 @@ class DiagnoserRuntime:
     # ------------------------------------------------------------------ inventory
 
     async def _inventory_bucket(self) -> KeyValue | None:
-        name = self.topology.bucket(f"{self.settings.nats.bucket_prefix}-inventory").name
+        return await self._bucket("inventory")
+
+    async def _bucket(self, what: str) -> KeyValue | None:
+        name = self.topology.bucket(f"{self.settings.nats.bucket_prefix}-{what}").name
         try:
             return await self.js.key_value(name)
-        except Exception as exc:  # the bucket is provisioned by `nodeheal streams apply`
+        except Exception as exc:  # the buckets are provisioned by `nodeheal streams apply`
             log.warning(
-                "inventory bucket unavailable; peers and fleet groups unknown",
+                "bucket unavailable"
+                + ("; peers and fleet groups unknown" if what == "inventory" else "; crash history not kept"),
                 extra={"bucket": name, "error": str(exc)},
             )
             return None
@@ -288,6 +312,8 @@ class DiagnoserRuntime:
             self._held.pop(key, None)
             if outcome.diagnosis is not None:
                 await self._publish(outcome.diagnosis)
+        if self.durable is not None:
+            await self.durable.save()  # crash history, before the input that added it is acknowledged
 
     def _keep_trace(self, anomaly_id: str, headers: dict[str, str] | None) -> None:
         if not headers or TRACEPARENT not in headers:
@@ -348,6 +374,7 @@ class DiagnoserRuntime:
         self.m_out.labels(diagnosis.cause, str(diagnosis.resolved).lower()).inc()
         self.pipeline.diagnoses.labels(diagnosis.category, diagnosis.cause).inc()
         self.pipeline.messages_published.labels(self._streams["DIAGNOSES"]).inc()
+        await kill_point("after_publish_diagnosis", self.nc)
         self._observe_identified(diagnosis)
         if not diagnosis.resolved and diagnosis.anomaly_ids:
             ctx = self.diagnoser.fleet.nodes.get(f"{diagnosis.cluster}/{diagnosis.node}")
@@ -387,6 +414,7 @@ class DiagnoserRuntime:
         now = self.clock()
         async with self._lock:
             due = {k for k, t in self._held.items() if t <= now}
+            holding = len(due) < len(self._held)
             if (now - self._last_correlation).total_seconds() >= self.settings.correlation_interval_s:
                 self._last_correlation = now
                 findings, touched = self.diagnoser.correlate(now=now, cluster=self.settings.cluster)
@@ -400,6 +428,8 @@ class DiagnoserRuntime:
                 self.m_fleet.labels("crash").set(kpis.crash_rate)
                 self.m_fleet.labels("schedulable").set(kpis.schedulable_rate)
                 self.m_fleet.labels("online").set(kpis.online_rate)
+            if holding:
+                await kill_point("in_node_down_hold", self.nc)  # verdicts held, their anomalies acked
             if due:
                 await self._evaluate(due)
 

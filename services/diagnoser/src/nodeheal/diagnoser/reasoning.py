@@ -6,6 +6,7 @@ produce a second, different message.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,13 +14,13 @@ from datetime import datetime, timedelta
 from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, group_value, outliers
 from nodeheal.diagnoser.kb import Matcher, analyse
 from nodeheal.diagnoser.kpi import FleetKpis, fleet_kpis, is_crash
-from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide
+from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide, partition_view
 from nodeheal.diagnoser.state import FleetState, KernelEvidence, NodeContext, Published, node_key
 from nodeheal.diagnoser.trend import FLEET_GROUP, TimedEvent, TrendConfig, sudden_rises
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
-from nodeheal.schemas.diagnosis import Diagnosis, FleetCorrelation
+from nodeheal.schemas.diagnosis import CrashSignature, Diagnosis, FleetCorrelation
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
@@ -29,7 +30,14 @@ from nodeheal.schemas.inventory import NodeInventory
 class DiagnoserConfig:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     correlation: CorrelationConfig = field(default_factory=CorrelationConfig)
-    node_down_hold: timedelta = timedelta(seconds=3)
+    node_down_hold: timedelta = timedelta(seconds=5)
+    """a lone dark node's verdict waits this long after its anomaly was detected"""
+    domain_quiet: timedelta = timedelta(seconds=15)
+    """a rack / zone is still going dark while its dark nodes arrive less than this apart"""
+    domain_hold_max: timedelta = timedelta(seconds=240)
+    """the longest a node_down verdict waits for its rack / zone to stop going dark"""
+    domain_hold_min_dark: tuple[tuple[str, int], ...] = (("rack", 2), ("zone", 3))
+    """how many dark nodes, arriving less than `domain_quiet` apart, make a domain hold its verdicts"""
     correlation_window: timedelta = timedelta(hours=24)
     trend: TrendConfig = field(default_factory=TrendConfig)
     # hysteresis: a finding whose test no longer passes is cleared only after it stayed absent this long
@@ -63,14 +71,17 @@ class Diagnoser:
         self.config = config or DiagnoserConfig()
         self.fleet = FleetState()
         self._rank = {name: info.rank for name, info in matcher.kb.classes.items()}
+        self.crash_dirty: set[str] = set()  # nodes whose crash history must be saved (durable.py)
 
     # ------------------------------------------------------------------ inputs
 
     def on_inventory(self, record: NodeInventory) -> None:
         self.fleet.inventory[node_key(record.cluster, record.node)] = record
+        self.fleet.invalidate_domains()
 
     def forget_inventory(self, cluster: str, node: str) -> None:
         self.fleet.inventory.pop(node_key(cluster, node), None)
+        self.fleet.invalidate_domains()
 
     def on_cloud_event(self, event: CloudSystemEvent) -> set[str]:
         ctx = self.fleet.context(event.cluster, event.node)
@@ -93,13 +104,38 @@ class Diagnoser:
             self._add_kernel(ctx, anomaly)
         if anomaly.kind in SILENT_KINDS:
             if anomaly.status == "firing" and not anomaly.expected:
-                self.fleet.down_since.setdefault(ctx.key, anomaly.fault_onset)
-                # peers already down may now be part of a rack / zone burst
+                self.fleet.mark_dark(ctx.key, onset=anomaly.fault_onset, detected_at=anomaly.detected_at)
+                # peers already judged may now be part of a rack / zone burst; peers still held are
+                # revisited when their hold ends (which then sees this node): not touched here, so a
+                # zone of thousands going dark costs O(n), not O(n^2), evaluations
                 for dimension in ("rack", "zone"):
-                    touched |= {k for k in self.fleet.peers(ctx.key, dimension) if k in self.fleet.down_since}
+                    value = self.fleet.domain_of(ctx.key, dimension)
+                    if value is not None:
+                        touched |= {k for k in self.fleet.judged_dark if self.fleet.domain_of(k, dimension) == value}
+                # the arrival that makes the burst a partition releases every verdict held in it (once)
+                found = partition_view(self.fleet, ctx, now=anomaly.detected_at, config=self.config.decision)
+                if found is not None and (found[1].dimension, found[1].value) not in self.fleet.released:
+                    self.fleet.released.add((found[1].dimension, found[1].value))
+                    nodes = self.fleet.nodes
+                    touched |= {k for k in found[1].down if k in nodes and nodes[k].published is None}
             elif anomaly.status == "resolved" and not any(a.kind in SILENT_KINDS for a in ctx.firing.values()):
-                self.fleet.down_since.pop(ctx.key, None)
+                self.fleet.clear_dark(ctx.key)
         return touched
+
+    def hold_until(self, ctx: NodeContext, silent: list[Anomaly]) -> datetime:
+        """When a node_down / node_hang verdict may be given. A lone dark node waits `node_down_hold`.
+        While its rack or zone keeps going dark (dark nodes arriving less than `domain_quiet` apart, at
+        least `domain_hold_min_dark` of them) it waits until the domain has been quiet for
+        `domain_quiet`, so the whole set is judged together — at most `domain_hold_max` after it went
+        dark. Times are the anomalies' `detected_at`, so a restarted diagnoser computes the same hold."""
+        config = self.config
+        first_seen = self.fleet.dark_at.get(ctx.key) or min(a.detected_at for a in silent)
+        until = first_seen + config.node_down_hold
+        for dimension, min_dark in config.domain_hold_min_dark:
+            run = self.fleet.dark_run(ctx.key, dimension, gap=config.domain_quiet)
+            if run is not None and run[0] >= min_dark:
+                until = max(until, run[1] + config.domain_quiet)
+        return min(until, first_seen + config.domain_hold_max)
 
     def _add_kernel(self, ctx: NodeContext, anomaly: Anomaly) -> None:
         for at, lines in kernel_lines(anomaly):
@@ -116,8 +152,91 @@ class Diagnoser:
                 if signature.bucket in seen:
                     continue
                 seen.add(signature.bucket)
-                ctx.crashes.append((at, signature))
-                self.fleet.bucket_hosts.setdefault(signature.bucket, {})[ctx.key] = at
+                self._add_crash(ctx, at, signature)
+
+    def _add_crash(self, ctx: NodeContext, at: datetime, signature: CrashSignature) -> None:
+        if any(t == at and s.bucket == signature.bucket for t, s in ctx.crashes):
+            return  # the same report, from the crash bucket and from the replayed anomaly
+        ctx.crashes.append((at, signature))
+        if len(ctx.crashes) > 1 and ctx.crashes[-2][0] > at:
+            ordered = sorted(ctx.crashes, key=lambda x: x[0])
+            ctx.crashes.clear()
+            ctx.crashes.extend(ordered)
+        hosts = self.fleet.bucket_hosts.setdefault(signature.bucket, {})
+        hosts[ctx.key] = max(at, hosts.get(ctx.key, at))
+        self.crash_dirty.add(ctx.key)
+
+    # ------------------------------------------------------------------ restart (durable.py)
+
+    def restore_crashes(self, cluster: str, node: str, history: list[tuple[datetime, CrashSignature]]) -> None:
+        ctx = self.fleet.context(cluster, node)
+        for at, signature in history:
+            self._add_crash(ctx, at, signature)
+
+    def restore_anomaly(self, anomaly: Anomaly) -> None:
+        """An anomaly read back from the stream: state only. An episode ends where the live service
+        would have ended it (every anomaly of the node resolved)."""
+        self.on_anomaly(anomaly)
+        ctx = self.fleet.nodes.get(node_key(anomaly.cluster, anomaly.node))
+        if ctx is not None and not ctx.firing:
+            ctx.episode_ids = []
+
+    def restore_published(self, key: str, last: Diagnosis) -> None:
+        """The last diagnosis we published for a node: the episode keeps its id, an unchanged verdict is
+        not published again."""
+        ctx = self.fleet.nodes.get(key) or self.fleet.context(last.cluster, last.node)
+        fingerprint = _fingerprint(last)
+        if not last.resolved and key in self.fleet.dark_at and last.category != "network":
+            self.fleet.judged_dark.add(key)
+        ctx.published = Published(
+            diagnosis_id=last.id,
+            cause=last.cause,
+            category=last.category,
+            anomaly_ids=last.anomaly_ids,
+            resolved=last.resolved,
+            fingerprint=fingerprint + "|resolved" if last.resolved else fingerprint,
+        )
+        if not last.resolved:
+            known = {a.id for a in ctx.anomalies}
+            if known.isdisjoint(last.anomaly_ids):
+                # the episode began before the look-back: nothing to judge it on; leave it as said
+                ctx.published = dataclasses.replace(ctx.published, stale=True)
+                return
+            ids = list(last.anomaly_ids)
+            ids += [i for i in ctx.episode_ids if i not in ids]
+            ctx.episode_ids = ids
+
+    def restore_fault_event(self, diagnosis: Diagnosis) -> None:
+        """A published diagnosis counted towards the fleet rates exactly as when it was published."""
+        if diagnosis.resolved or not diagnosis.anomaly_ids:
+            return
+        ctx = self.fleet.context(diagnosis.cluster, diagnosis.node)
+        if is_crash(diagnosis):  # the fleet crash rate (KPIs)
+            self.fleet.crash_episodes.setdefault(
+                diagnosis.anomaly_ids[0], diagnosis.fault_onset or diagnosis.identified_at
+            )
+        self._count_fault(
+            ctx.key,
+            episode=diagnosis.anomaly_ids[0],
+            category=diagnosis.category,
+            bucket=diagnosis.crash_signature.bucket if diagnosis.crash_signature else None,
+            at=diagnosis.fault_onset or diagnosis.identified_at,
+        )
+
+    def restore_finding(self, finding: FleetFinding) -> None:
+        key = (finding.kind, finding.dimension, finding.value, finding.scope)
+        if finding.cleared:
+            self.fleet.findings.pop(key, None)
+        else:
+            self.fleet.findings[key] = finding
+
+    def open_nodes(self) -> set[str]:
+        """Nodes to evaluate after a rebuild: something fires, or an episode we spoke about is open."""
+        return {
+            key
+            for key, ctx in self.fleet.nodes.items()
+            if ctx.firing or (ctx.published is not None and not ctx.published.resolved and not ctx.published.stale)
+        }
 
     # ------------------------------------------------------------------ decisions
 
@@ -132,9 +251,10 @@ class Diagnoser:
         silent = [a for a in ctx.firing.values() if a.kind in SILENT_KINDS and not a.expected]
         if silent and ctx.published is None:
             # the node_down hold: give the peers of a rack / zone burst a moment to arrive
-            first_seen = min(a.detected_at for a in silent)
-            hold_until = first_seen + self.config.node_down_hold
-            if now < hold_until:
+            hold_until = self.hold_until(ctx, silent)
+            # once its rack / zone burst is a partition already, waiting cannot change the verdict
+            # (the burst only grows): judged now, later arrivals join it as they come
+            if now < hold_until and partition_view(self.fleet, ctx, now=now, config=self.config.decision) is None:
                 return Outcome(hold_until=hold_until)
         decision = decide(ctx=ctx, fleet=self.fleet, now=now, config=self.config.decision, rank=self._rank)
         if decision is None:
@@ -153,6 +273,11 @@ class Diagnoser:
             fingerprint=fingerprint,
         )
         self._record_fault(ctx, decision, now=now)
+        # a dark node judged as anything but the network may yet turn out to be part of a burst
+        if ctx.key in self.fleet.dark_at and decision.category != "network":
+            self.fleet.judged_dark.add(ctx.key)
+        else:
+            self.fleet.judged_dark.discard(ctx.key)
         if is_crash(diagnosis):
             episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
             self.fleet.crash_episodes.setdefault(episode, decision.fault_onset or now)
@@ -252,18 +377,23 @@ class Diagnoser:
         crash-rate finding.
         """
         episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
-        if decision.category == "network":
-            for key in [k for k in self.fleet.fault_events if k.startswith(f"{episode}|")]:
-                del self.fleet.fault_events[key]
+        bucket = decision.crash_signature.bucket if decision.crash_signature is not None else None
+        self._count_fault(
+            ctx.key, episode=episode, category=decision.category, bucket=bucket, at=decision.fault_onset or now
+        )
+
+    def _count_fault(self, key: str, *, episode: str, category: str, bucket: str | None, at: datetime) -> None:
+        if category == "network":
+            for event in [k for k in self.fleet.fault_events if k.startswith(f"{episode}|")]:
+                del self.fleet.fault_events[event]
             return
-        if decision.category not in {"kernel", "hardware"}:
+        if category not in {"kernel", "hardware"}:
             return  # e.g. the downtime of our own reboot after the crash: the crash still counts
-        at = decision.fault_onset or now
-        scopes = ["any", f"category:{decision.category}"]
-        if decision.crash_signature is not None:
-            scopes.append(f"bucket:{decision.crash_signature.bucket}")
+        scopes = ["any", f"category:{category}"]
+        if bucket is not None:
+            scopes.append(f"bucket:{bucket}")
         for scope in scopes:
-            self.fleet.fault_events[f"{episode}|{scope}"] = (ctx.key, scope, at)
+            self.fleet.fault_events[f"{episode}|{scope}"] = (key, scope, at)
 
     def _correlation_for(self, ctx: NodeContext, decision: Decision) -> FleetCorrelation | None:
         best: FleetFinding | None = None

@@ -76,7 +76,10 @@ class DecisionConfig:
     kernel_fleet_hosts: int = 3
     repeat_window: timedelta = timedelta(hours=24)
     repeat_limit: int = 3
-    agent_services: tuple[str, ...] = ("nodeheal-agent", "agent", "ops-agent", "ops_agent")
+    agent_services: tuple[str, ...] = ("agent", "ops-agent", "ops_agent")
+    node_agent_services: tuple[str, ...] = ("nodeheal-agent",)
+    """our own agent (the detector's `service_down` subject when the agent is silent on a node the
+    prober reaches and whose kubelet answers): `agent_down`, fixed by restarting the agent's pod"""
 
 
 @dataclass
@@ -149,23 +152,29 @@ class PeerView:
 def peer_view(
     fleet: FleetState, ctx: NodeContext, dimension: str, *, now: datetime, config: DecisionConfig
 ) -> PeerView | None:
-    record = fleet.inventory.get(ctx.key)
-    value = getattr(record, dimension, None) if record is not None else None
-    if not value:
+    value = fleet.domain_of(ctx.key, dimension)
+    if value is None:
         return None
     members = fleet.peers(ctx.key, dimension)
-    # a burst: peers that went dark within `burst_window` of this node (not of "now", so a partition
-    # that lasts an hour still reads as a partition when the node is re-evaluated late)
-    mine = fleet.down_since.get(ctx.key, now)
-    down = tuple(
-        sorted(
-            k
-            for k in members
-            if k in fleet.down_since
-            and abs((fleet.down_since[k] - mine).total_seconds()) <= config.burst_window.total_seconds()
-        )
-    )
-    return PeerView(dimension=dimension, value=str(value), down=down, members=len(members))
+    # a burst: the dark peers chained to this node by onsets at most `burst_window` apart — a rack that
+    # goes dark over minutes is one burst; measured from this node, not from "now", so a partition
+    # that lasts an hour still reads as a partition when the node is re-evaluated late
+    down = fleet.burst(ctx.key, dimension, gap=config.burst_window)
+    return PeerView(dimension=dimension, value=value, down=down, members=len(members))
+
+
+def partition_view(
+    fleet: FleetState, ctx: NodeContext, *, now: datetime, config: DecisionConfig
+) -> tuple[str, PeerView] | None:
+    """The rack / zone burst this dark node belongs to, when it is large enough to be a partition."""
+    for dimension, cause, min_down, min_fraction in (
+        ("rack", "rack_partition", config.rack_min_down, config.rack_min_fraction),
+        ("zone", "zone_partition", config.zone_min_down, config.zone_min_fraction),
+    ):
+        view = peer_view(fleet, ctx, dimension, now=now, config=config)
+        if view is not None and len(view.down) >= min_down and view.fraction >= min_fraction:
+            return cause, view
+    return None
 
 
 def repeated_repairs(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> int:
@@ -199,6 +208,17 @@ def ladder_for(
                 "network failure domain: rebooting or draining nodes cannot fix it and would add load;"
                 " page the network on-call",
             ),
+        )
+    if cause == "agent_down":
+        return (
+            _act(
+                "restart_agent",
+                "the node answers and its kubelet is up; only our agent is silent: delete its pod so the"
+                " DaemonSet recreates it (never a reason to drain or reboot the node)",
+                target=target or "nodeheal-agent",
+                timeout_s=120,
+            ),
+            _act("escalate", "the agent did not come back after its pod was recreated"),
         )
     if cause in {"kubelet_down", "container_runtime_down", "ops_agent_down", "service_down"}:
         return (
@@ -654,34 +674,44 @@ def decide(
             fault_onset=onset,
         )
 
+    # A''. only our own agent is silent on a node that answers (kubelet up): restart the agent's pod
+    agent = [a for a in firing if a.kind == "service_down" and a.subject in config.node_agent_services]
+    if agent and len(agent) == len(firing):
+        return Decision(
+            cause="agent_down",
+            category=category_of("agent_down"),
+            confidence=0.85,
+            evidence=anomaly_ev,
+            recommended=ladder_for("agent_down", "software", target=agent[0].subject),
+            fault_onset=onset,
+        )
+
     # B. many nodes of one rack / zone dark at once: the network, not the nodes
     if kinds & SILENT_KINDS and not any(a.expected for a in firing if a.kind in SILENT_KINDS):
-        for dimension, cause, min_down, min_fraction in (
-            ("rack", "rack_partition", config.rack_min_down, config.rack_min_fraction),
-            ("zone", "zone_partition", config.zone_min_down, config.zone_min_fraction),
-        ):
-            view = peer_view(fleet, ctx, dimension, now=now, config=config)
-            if view is not None and len(view.down) >= min_down and view.fraction >= min_fraction:
-                evidence = [
-                    _ev(
-                        "peer",
-                        f"{len(view.down)} of {view.members} nodes of {dimension} {view.value}"
-                        f" went dark within {config.burst_window}",
-                        value=view.fraction,
-                        dimension=dimension,
-                        group=view.value,
-                        down=list(view.down[:50]),
-                    ),
-                    *anomaly_ev,
-                ]
-                return Decision(
-                    cause=cause,
-                    category="network",
-                    confidence=min(0.95, 0.6 + view.fraction / 2),
-                    evidence=evidence,
-                    recommended=ladder_for(cause, "network"),
-                    fault_onset=onset,
-                )
+        found = partition_view(fleet, ctx, now=now, config=config)
+        if found is not None:
+            cause, view = found
+            dimension = view.dimension
+            evidence = [
+                _ev(
+                    "peer",
+                    f"{len(view.down)} of {view.members} nodes of {dimension} {view.value}"
+                    f" went dark together (onsets at most {config.burst_window} apart)",
+                    value=view.fraction,
+                    dimension=dimension,
+                    group=view.value,
+                    down=list(view.down[:50]),
+                ),
+                *anomaly_ev,
+            ]
+            return Decision(
+                cause=cause,
+                category="network",
+                confidence=min(0.95, 0.6 + view.fraction / 2),
+                evidence=evidence,
+                recommended=ladder_for(cause, "network"),
+                fault_onset=onset,
+            )
 
     # C. kernel / journal evidence
     decision = _kernel_decision(ctx, fleet, kernel, now=now, config=config, rank=rank)
@@ -760,7 +790,12 @@ def _anomaly_cause(
     services = [a for a in firing if a.kind == "service_down"]
     if services:
         svc = services[0].subject or ""
-        cause = "ops_agent_down" if svc in config.agent_services else SERVICE_CAUSES.get(svc, "service_down")
+        if svc in config.node_agent_services:
+            cause = "agent_down"
+        elif svc in config.agent_services:
+            cause = "ops_agent_down"
+        else:
+            cause = SERVICE_CAUSES.get(svc, "service_down")
         return cause, category_of(cause), 0.85, svc or None
     table: tuple[tuple[str, str, float], ...] = (
         ("disk_full", "disk_full", 0.9),

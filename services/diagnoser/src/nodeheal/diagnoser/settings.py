@@ -30,7 +30,19 @@ class DiagnoserSettings(ServiceSettings):
     rules_file: str | None = Field(default=None, description="a knowledge-base rules file instead of the shipped one")
 
     node_down_hold_s: float = Field(
-        default=3.0, ge=0, description="wait this long for peers before a node_down verdict"
+        default=5.0, ge=0, description="a lone dark node's verdict waits this long for its rack / zone peers"
+    )
+    domain_quiet_s: float = Field(
+        default=15.0, gt=0, description="a rack / zone is still going dark while dark nodes arrive closer than this"
+    )
+    domain_hold_max_s: float = Field(
+        default=240.0, gt=0, description="the longest a node_down verdict waits for its rack / zone to stop going dark"
+    )
+    rebuild_lookback_s: float = Field(
+        default=86_400.0, gt=0, description="on start, ANOMALIES / AUDIT / DIAGNOSES are read back this far"
+    )
+    rebuild_cloud_lookback_s: float = Field(
+        default=7 * 86_400.0, gt=0, description="on start, CLOUD is read back this far (notices come days ahead)"
     )
     kernel_lookback_s: float = Field(default=1800.0, gt=0)
     crash_window_s: float = Field(
@@ -83,6 +95,8 @@ class DiagnoserSettings(ServiceSettings):
                 spike_min_nodes=self.spike_min_nodes,
             ),
             node_down_hold=timedelta(seconds=self.node_down_hold_s),
+            domain_quiet=timedelta(seconds=self.domain_quiet_s),
+            domain_hold_max=timedelta(seconds=self.domain_hold_max_s),
             correlation_window=timedelta(seconds=self.correlation_window_s),
             trend=TrendConfig(
                 bin_s=self.trend_bin_s,

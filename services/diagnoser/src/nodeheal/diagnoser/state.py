@@ -5,6 +5,8 @@ buckets per host, fleet findings). Plain data, bounded, rebuilt from the streams
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,6 +54,7 @@ class Published:
     anomaly_ids: tuple[str, ...]
     resolved: bool
     fingerprint: str
+    stale: bool = False  # restored from an episode older than the rebuild look-back: not re-judged on start
 
 
 @dataclass
@@ -118,6 +121,127 @@ class FleetState:
     # a finding whose test stopped passing: since when (cleared after DiagnoserConfig.finding_clear_after)
     crash_episodes: dict[str, datetime] = field(default_factory=dict)  # episode id → crash onset (fleet KPIs)
     finding_absent_since: dict[tuple[str, str, str, str], datetime] = field(default_factory=dict)
+    dark_at: dict[str, datetime] = field(default_factory=dict)  # node key → detected_at of its node_down / hang
+    # indexes, kept up to date per change (a zone of thousands going dark must cost O(n log n), not
+    # O(n^2)): members per rack / zone; dark nodes per domain sorted by detected_at and by onset; and
+    # per domain the runs / bursts derived from them, recomputed only for the domain that changed
+    judged_dark: set[str] = field(default_factory=set)  # dark nodes judged, not (yet) as the network
+    released: set[tuple[str, str]] = field(default_factory=set)  # domains whose burst became a partition
+    _members: dict[tuple[str, str], list[str]] | None = None
+    _dark: dict[tuple[str, str], list[tuple[datetime, str]]] | None = None
+    _down: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
+    _runs: dict[tuple[str, str, timedelta], dict[str, tuple[int, datetime]]] = field(default_factory=dict)
+    _bursts: dict[tuple[str, str, timedelta], dict[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def mark_dark(self, key: str, *, onset: datetime, detected_at: datetime) -> None:
+        if key in self.dark_at:
+            return
+        self.down_since.setdefault(key, onset)
+        self.dark_at[key] = detected_at
+        if self._dark is not None:
+            for domain in self._domains_of(key):
+                bisect.insort(self._dark.setdefault(domain, []), (detected_at, key))
+                bisect.insort(self._down.setdefault(domain, []), (self.down_since[key], key))
+                self._forget(domain)
+
+    def clear_dark(self, key: str) -> None:
+        onset = self.down_since.pop(key, None)
+        at = self.dark_at.pop(key, None)
+        self.judged_dark.discard(key)
+        if self._dark is not None and (onset is not None or at is not None):
+            for domain in self._domains_of(key):
+                for index, item in ((self._dark, (at, key)), (self._down, (onset, key))):
+                    members = index.get(domain, [])
+                    with contextlib.suppress(ValueError):
+                        members.remove(item)  # type: ignore[arg-type]
+                if not self._dark.get(domain):
+                    self.released.discard(domain)  # the domain is back: a new burst is judged anew
+                self._forget(domain)
+
+    def _forget(self, domain: tuple[str, str]) -> None:
+        for cache in (self._runs, self._bursts):
+            for k in [k for k in cache if k[:2] == domain]:
+                del cache[k]
+
+    def invalidate_domains(self) -> None:
+        """The inventory changed: rack / zone membership may have; every index is rebuilt lazily."""
+        self._members = None
+        self._dark = None
+        self._down = {}
+        self._runs.clear()
+        self._bursts.clear()
+
+    def _domains_of(self, key: str) -> list[tuple[str, str]]:
+        out = []
+        for dimension in ("rack", "zone"):
+            value = self.domain_of(key, dimension)
+            if value is not None:
+                out.append((dimension, value))
+        return out
+
+    def domain_of(self, key: str, dimension: str) -> str | None:
+        record = self.inventory.get(key)
+        value = getattr(record, dimension, None) if record is not None else None
+        return str(value) if value else None
+
+    def members(self, dimension: str, value: str) -> list[str]:
+        if self._members is None:
+            members: dict[tuple[str, str], list[str]] = {}
+            for key in self.inventory:
+                for domain in self._domains_of(key):
+                    members.setdefault(domain, []).append(key)
+            self._members = members
+        return self._members.get((dimension, value), [])
+
+    def dark_domains(self) -> dict[tuple[str, str], list[tuple[datetime, str]]]:
+        """(dimension, value) → the dark nodes of that rack / zone as sorted (detected_at, node key)."""
+        if self._dark is None:
+            dark: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
+            down: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
+            for key, at in self.dark_at.items():
+                for domain in self._domains_of(key):
+                    dark.setdefault(domain, []).append((at, key))
+                    if key in self.down_since:
+                        down.setdefault(domain, []).append((self.down_since[key], key))
+            for index in (dark, down):
+                for members in index.values():
+                    members.sort()
+            self._dark, self._down = dark, down
+        return self._dark
+
+    def dark_run(self, key: str, dimension: str, *, gap: timedelta) -> tuple[int, datetime] | None:
+        """How many dark nodes of this node's rack / zone arrived in its run (consecutive `detected_at`
+        at most `gap` apart), and the last arrival of that run; None when the node is not dark."""
+        value = self.domain_of(key, dimension)
+        if value is None:
+            return None
+        cache_key = (dimension, value, gap)
+        runs = self._runs.get(cache_key)
+        if runs is None:
+            runs = {}
+            for group in _chains(self.dark_domains().get((dimension, value), []), gap):
+                for _, k in group:
+                    runs[k] = (len(group), group[-1][0])
+            self._runs[cache_key] = runs
+        return runs.get(key)
+
+    def burst(self, key: str, dimension: str, *, gap: timedelta) -> tuple[str, ...]:
+        """The down nodes of this node's rack / zone whose onsets (`down_since`) chain to its own at
+        most `gap` apart (itself included); empty when it is not down."""
+        value = self.domain_of(key, dimension)
+        if value is None:
+            return ()
+        cache_key = (dimension, value, gap)
+        bursts = self._bursts.get(cache_key)
+        if bursts is None:
+            self.dark_domains()  # builds `_down` too
+            bursts = {}
+            for group in _chains(self._down.get((dimension, value), []), gap):
+                names = tuple(sorted(k for _, k in group))
+                for _, k in group:
+                    bursts[k] = names
+            self._bursts[cache_key] = bursts
+        return bursts.get(key, ())
 
     def context(self, cluster: str, node: str) -> NodeContext:
         key = node_key(cluster, node)
@@ -128,8 +252,18 @@ class FleetState:
 
     def peers(self, key: str, dimension: str) -> list[str]:
         """Node keys that share `dimension` (rack, zone) with `key`, itself included."""
-        record = self.inventory.get(key)
-        value = getattr(record, dimension, None) if record is not None else None
-        if not value:
+        value = self.domain_of(key, dimension)
+        if value is None:
             return [key]
-        return [k for k, r in self.inventory.items() if getattr(r, dimension, None) == value]
+        return self.members(dimension, value)
+
+
+def _chains(items: list[tuple[datetime, str]], gap: timedelta) -> list[list[tuple[datetime, str]]]:
+    """Sorted (time, key) items cut where consecutive times are more than `gap` apart."""
+    out: list[list[tuple[datetime, str]]] = []
+    for item in items:
+        if out and item[0] - out[-1][-1][0] <= gap:
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out

@@ -12,10 +12,13 @@ class ProberSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NODEHEAL_PROBER_", env_nested_delimiter="__", extra="ignore")
 
     interval_s: float = Field(default=10.0, gt=0, description="seconds between rounds")
-    tcp_ports: list[int] = Field(default_factory=lambda: [22, 10250], description="TCP ports connected to")
-    ssh_port: int | None = Field(default=22, description="the port whose banner must start with SSH-")
+    tcp_ports: list[int] = Field(default_factory=lambda: [10250], description="TCP ports connected to")
+    ssh_port: int | None = Field(
+        default=None, description="the port whose banner must start with SSH- (add it to tcp_ports; opt-in)"
+    )
     healthz_url: str | None = Field(
-        default="http://{address}:10248/healthz", description="kubelet healthz; {address} is the node's address"
+        default="https://{address}:10250/healthz",
+        description="the kubelet's answer; {address} is the node's address; on https 401/403 count as answering",
     )
     timeout_s: float = Field(default=2.0, gt=0, description="per check")
     concurrency: int = Field(default=2000, ge=1, description="nodes checked at the same time")
