@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Generate the AsyncAPI 3.0 documents of nodeheal's services into docs/asyncapi/<service>.json.
 
-The services consume with raw nats-py (faststream's ~200 µs per message is too much on the probe
-path), so `faststream docs gen` on their apps finds no channels. This script declares each
-service's real contract on a throwaway faststream broker — the subjects of `nodeheal.schemas.subjects`,
-the streams of `nodeheal.schemas.streams`, the pydantic models the services validate — and lets
-faststream's `AsyncAPI` produce the documents. A test regenerates them and fails on drift.
+The detector, diagnoser and remediator consume through `nodeheal.runtime.consumer`: their documents
+come from the consumers their runtimes declare (the same `Inbound` declarations and the same
+faststream subscriber factory the processes start), plus what they declare they publish. The edge
+processes (ingest, agent, prober) speak raw nats-py and have no consumer runtime: their contracts
+are declared here on a throwaway faststream broker. A test regenerates all of them and fails on drift.
 
     uv run python deploy/tools/asyncapi.py            # writes docs/asyncapi/*.json
     uv run python deploy/tools/asyncapi.py --check    # exit 1 if a committed document is stale
@@ -24,16 +24,12 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel
 
-from nodeheal.schemas.anomaly import Anomaly
-from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
-from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.dlq import DeadLetter
-from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.probe import NodeProbe
 from nodeheal.schemas.streams import topology
-from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject, finding_subject
+from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi"
 VERSION = "1"
@@ -68,6 +64,41 @@ def _dlq(service: str) -> Writes:
         DeadLetter,
         "Input this service rejected: the reason, where it came from, the raw bytes (acknowledged, never retried).",
         "DLQ",
+    )
+
+
+DESCRIPTIONS = {
+    "detector": "Per-node state: probes and cloud events in, anomalies (firing / resolved) out.",
+    "diagnoser": "Why: kernel-log knowledge base, cloud events, peer reachability, fleet correlation.",
+    "remediator": "Acts within policy, audit first: records every decision in AUDIT before acting.",
+}
+
+
+def runtime_document(service: str) -> AsyncAPI:
+    """The document of a service on the shared consumer runtime, from its runtime object (never connected)."""
+    from nats.aio.client import Client
+
+    from nodeheal.runtime.settings import NatsSettings
+
+    nats = NatsSettings()
+    consumers: Any
+    if service == "detector":
+        from nodeheal.detector.handlers import DetectorRuntime
+        from nodeheal.detector.settings import DetectorSettings
+
+        consumers = DetectorRuntime(settings=DetectorSettings(nats=nats, instance="doc"), nc=Client()).consumers
+    elif service == "diagnoser":
+        from nodeheal.diagnoser.handlers import DiagnoserRuntime
+        from nodeheal.diagnoser.settings import DiagnoserSettings
+
+        consumers = DiagnoserRuntime(settings=DiagnoserSettings(nats=nats, instance="doc"), nc=Client()).consumers
+    else:
+        from nodeheal.remediator.handlers import RemediatorService
+        from nodeheal.remediator.settings import RemediatorSettings
+
+        consumers = RemediatorService(RemediatorSettings(nats=nats, instance="doc")).consumers
+    return consumers.document(  # type: ignore[no-any-return]
+        title=f"nodeheal {service}", version=VERSION, description=DESCRIPTIONS[service], server=SERVER
     )
 
 
@@ -109,90 +140,20 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
         "The active prober: reachability of every node from outside.",
         [Writes("probes", f"{P}.probe.{NODE}", NodeProbe, "Reachability results (source=prober).", "PROBES")],
     ),
-    "detector": (
-        "Per-node state: probes and cloud events in, anomalies (firing / resolved) out.",
-        [
-            Reads(
-                "probes",
-                f"{P}.probe.*.*",
-                "PROBES",
-                NodeProbe,
-                "Batch-pulled by the detector's durable consumer.",
-                "detector",
-            ),
-            Reads(
-                "cloud events",
-                f"{P}.cloud.*.*",
-                "CLOUD",
-                CloudSystemEvent,
-                "Cloud maintenance becomes an anomaly of its own.",
-            ),
-            Writes(
-                "anomalies",
-                f"{P}.anomaly.{NODE}",
-                Anomaly,
-                "Firing and resolved; deterministic Nats-Msg-Id; carries traceparent (an incident's trace starts).",
-                "ANOMALIES",
-            ),
-            _dlq("detector"),
-        ],
-    ),
-    "diagnoser": (
-        "Why: kernel-log knowledge base, cloud events, peer reachability, fleet correlation.",
-        [
-            Reads(
-                "anomalies", f"{P}.anomaly.*.*", "ANOMALIES", Anomaly, "The diagnoser's durable consumer.", "diagnoser"
-            ),
-            Reads("cloud events", f"{P}.cloud.*.*", "CLOUD", CloudSystemEvent, "Joined with the node's anomalies."),
-            Reads("audit", f"{P}.audit.*.*", "AUDIT", RemediationRecord, "Remediation history of a node."),
-            Writes(
-                "diagnoses",
-                f"{P}.diagnosis.{NODE}",
-                Diagnosis,
-                "Cause, category, confidence, evidence, the recommended action ladder.",
-                "DIAGNOSES",
-            ),
-            Writes(
-                "fleet findings",
-                finding_subject(),
-                FleetFinding,
-                "A group failing far above the fleet rate.",
-                "DIAGNOSES",
-            ),
-            _dlq("diagnoser"),
-        ],
-    ),
-    "remediator": (
-        "Acts within policy, audit first: records every decision in AUDIT before acting.",
-        [
-            Reads(
-                "diagnoses",
-                f"{P}.diagnosis.*.*",
-                "DIAGNOSES",
-                Diagnosis,
-                "The remediator's durable consumer.",
-                "remediator",
-            ),
-            Writes(
-                "audit",
-                f"{P}.audit.{NODE}",
-                RemediationRecord,
-                "Intent before the action, then started / succeeded / failed / verified; trace_id of the incident.",
-                "AUDIT",
-            ),
-            Writes(
-                "node commands",
-                f"{P}.cmd.{NODE}",
-                NodeCommand,
-                "Request/reply to the node's agent; the reply is a NodeCommandResult.",
-            ),
-            _dlq("remediator"),
-        ],
-    ),
 }
 
 
 def build(service: str) -> dict[str, Any]:
+    spec = runtime_document(service) if service in DESCRIPTIONS else declared_document(service)
+    document: dict[str, Any] = json.loads(spec.to_specification().to_json())
+    if service in ("agent", "remediator"):
+        document.setdefault("components", {}).setdefault("schemas", {})["NodeCommandResult"] = (
+            NodeCommandResult.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+    return document
+
+
+def declared_document(service: str) -> AsyncAPI:
     description, items = CONTRACTS[service]
     broker = NatsBroker(SERVER)
     streams = {s.name for s in topology().streams}
@@ -229,13 +190,7 @@ def build(service: str) -> dict[str, Any]:
                 description=item.description,
                 stream=JStream(item.stream, declare=False) if item.stream else None,
             )
-    spec = AsyncAPI(broker, title=f"nodeheal {service}", version=VERSION, description=description)
-    document: dict[str, Any] = json.loads(spec.to_specification().to_json())
-    if service in ("agent", "remediator"):
-        document.setdefault("components", {}).setdefault("schemas", {})["NodeCommandResult"] = (
-            NodeCommandResult.model_json_schema(ref_template="#/components/schemas/{model}")
-        )
-    return document
+    return AsyncAPI(broker, title=f"nodeheal {service}", version=VERSION, description=description)
 
 
 def _handler(model: type[BaseModel]) -> Any:
@@ -256,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     OUT.mkdir(parents=True, exist_ok=True)
-    for service in CONTRACTS:
+    for service in [*CONTRACTS, *DESCRIPTIONS]:
         path = OUT / f"{service}.json"
         text = render(service)
         if args.check:

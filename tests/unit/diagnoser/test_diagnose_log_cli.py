@@ -64,3 +64,50 @@ def test_nothing_found_is_empty_output(tmp_path: Path) -> None:
     log.write_text("systemd[1]: Started Session 1 of user root.\n")
     proc = run(str(log))
     assert proc.returncode == 0 and proc.stdout == b""
+
+
+def corpus_lines(excerpt: str) -> list[str]:
+    path = Path(__file__).resolve().parents[2] / "data" / "kb" / "corpus.jsonl"
+    return next(r["lines"] for r in map(json.loads, path.read_text().splitlines()) if r["id"] == excerpt)
+
+
+def test_buckets_list_the_members_of_a_bug_seen_twice(tmp_path: Path) -> None:
+    """The same CachyOS divide error on two kernel builds (two call paths) and an unrelated GPF."""
+    log = tmp_path / "kern.log"
+    first, second, other = corpus_lines("kb-141"), corpus_lines("kb-136"), corpus_lines("kb-070")
+    log.write_text("\n".join([*first, *other, *second]) + "\n")
+    proc = run(str(log), "--buckets")
+    assert proc.returncode == 0, proc.stderr
+    buckets = [row for row in map(json.loads, proc.stdout.decode().splitlines()) if "members" in row]
+    by_kind = {b["kind"]: b for b in buckets}
+    divide = by_kind["divide_error"]
+    assert [m["line_no"] for m in divide["members"]] == [1, len(first) + len(other) + 1]
+    assert len(divide["exact_buckets"]) == 2  # level 1 splits the two call paths, level 2 joins them
+    assert [m["line_no"] for m in by_kind["gpf"]["members"]] == [len(first) + 1]
+
+
+def test_bench_kb_prints_the_corpus_scores() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nodeheal.cli.main", "bench", "kb", "--json", "--seconds", "0.05"],
+        capture_output=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    accuracy = result["classification"]["accuracy"]
+    assert accuracy["corpus"]["excerpts"] >= 150
+    assert accuracy["train"]["right"] == accuracy["train"]["excerpts"]
+    assert result["speed"]["benign_lines_matched"] == 0
+    assert result["partial_copies"]["similarity"]["recall"] > 0
+
+
+def test_bench_kb_without_a_corpus_says_where_to_point_it(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nodeheal.cli.main", "bench", "kb", "--corpus", str(tmp_path)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0 and b"--corpus" in proc.stderr

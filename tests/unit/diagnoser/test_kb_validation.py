@@ -97,3 +97,15 @@ def test_unreadable_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("rules: [unclosed\n")
     with pytest.raises(KnowledgeBaseError, match="not valid YAML"):
         load_knowledge_base(bad)
+
+
+def test_the_prefix_tree_prefilter_finds_exactly_the_lines_holding_a_literal() -> None:
+    import re
+
+    from nodeheal.diagnoser.kb.matcher import literal_trie_pattern
+
+    literals = ["kernel: /", "kernel bug at", "kubelet.service", "kube", "oops: ", "oom"]
+    trie = re.compile(literal_trie_pattern(literals))
+    lines = ["kernel: [1.0] oops: 0000", "Kernel: x", "the kube way", "kubelet.service: main", "zoom", "nothing"]
+    for line in lines:
+        assert bool(trie.search(line.lower())) == any(lit in line.lower() for lit in literals), line

@@ -101,3 +101,52 @@ def test_different_crashes_have_different_buckets() -> None:
 def test_two_reports_in_one_log() -> None:
     reports = extract_reports([*OOPS_A, *OOPS_B])
     assert [r.kind for r in reports] == ["oops_null_deref", "gpf"]
+
+
+# ---- partial copies of real reports (tests/data/kb/corpus.jsonl)
+def corpus(excerpt: str) -> list[str]:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "data" / "kb" / "corpus.jsonl"
+    return next(r["lines"] for r in map(json.loads, path.read_text().splitlines()) if r["id"] == excerpt)
+
+
+def test_a_copy_without_the_rip_line_keeps_the_bucket() -> None:
+    lines = corpus("kb-136")  # CachyOS 7.2 divide error in enqueue_task_fair
+    without_rip = [line for line in lines if not line.startswith("RIP:")]
+    assert only(without_rip).bucket == only(lines).bucket
+
+
+def test_a_copy_without_the_watchdog_header_keeps_the_bucket_through_the_cpu_comm_line() -> None:
+    lines = corpus("kb-014")  # SONiC soft lockup: header [kworker/2:1:...], panic, `CPU: … Comm: kworker/2:1`
+    full, headless = extract_reports(lines), extract_reports(lines[1:])
+    assert [r.kind for r in full] == [r.kind for r in headless] == ["soft_lockup"]
+    assert full[0].bucket() == headless[0].bucket()
+
+
+def test_the_same_bug_on_two_kernel_builds_shares_a_level_two_bucket() -> None:
+    from nodeheal.diagnoser.kb.signature import cluster_reports
+
+    a, b = extract_reports(corpus("kb-136")), extract_reports(corpus("kb-141"))  # one CachyOS issue, two paths
+    assert a[0].bucket() != b[0].bucket()  # different call paths: level 1 splits them
+    other = extract_reports(corpus("kb-083"))  # xfrm_lookup NULL deref
+    clusters = cluster_reports([a[0], b[0], other[0]])
+    assert clusters[0] == clusters[1] != clusters[2]
+
+
+def test_the_old_rip_trailer_names_the_crashing_function() -> None:
+    sig = only(corpus("kb-171"))  # ESOS 3.14: 'IP:' printed before the BUG line, 'RIP  [<…>] func' after it
+    assert (sig.kind, sig.rip_func) == ("oops_null_deref", "sock_sendmsg")
+
+
+def test_a_copy_without_its_header_still_identifies_the_bug() -> None:
+    from nodeheal.diagnoser.kb.signature import cluster_reports
+
+    zfs = extract_reports(corpus("kb-105"))  # pasted from the register dump on: no 'divide error' line
+    assert [(r.kind, r.rip_func, r.module) for r in zfs] == [("oops", "spa_taskq_dispatch_ent", "zfs")]
+    full = corpus("kb-141")
+    headless = [line for line in full if "divide error" not in line]
+    a, b = extract_reports(full), extract_reports(headless)
+    assert (a[0].kind, b[0].kind) == ("divide_error", "oops")
+    assert cluster_reports([a[0], b[0], zfs[0]]) == [0, 0, 2]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -109,4 +110,31 @@ def agent(probes: int, nodes: int, fleet: int, interval: float) -> None:
 
     result = run_bench(nodes=nodes, probes=probes, fleet=fleet, interval_s=interval)
     json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+@bench.command("kb")
+@click.option(
+    "--corpus",
+    "corpus_dir",
+    default="tests/data/kb",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory with corpus.jsonl and benign.txt (the repository's tests/data/kb).",
+)
+@click.option(
+    "--seconds", type=click.FloatRange(0.05, 60), default=2.0, show_default=True, help="Duration of each speed run."
+)
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def kb(corpus_dir: Path, seconds: float, as_json: bool) -> None:
+    """The knowledge base on the real corpus: per-class precision/recall, confusion, buckets, filter speed."""
+    from nodeheal.sim.bench.kb import CorpusError, run_bench
+
+    if not as_json:
+        click.echo(f"benchmarking the knowledge base on {corpus_dir} ...", err=True)
+    try:
+        result = run_bench(corpus_dir, seconds=seconds)
+    except CorpusError as exc:
+        raise click.ClickException(str(exc)) from exc
+    json.dump(result, sys.stdout, indent=None if as_json else 2, ensure_ascii=False)
     sys.stdout.write("\n")

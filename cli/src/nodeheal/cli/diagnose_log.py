@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from nodeheal.diagnoser.kb import KnowledgeBaseError, Matcher, analyse, load_knowledge_base
+from nodeheal.diagnoser.kb.signature import cluster_reports
 
 
 def _read(file: str) -> list[str]:
@@ -44,7 +45,13 @@ def _read(file: str) -> list[str]:
 @click.argument("file", metavar="FILE")
 @click.option("--rules", "rules_path", default=None, help="A rules file to use instead of the shipped knowledge base.")
 @click.option("--summary", is_flag=True, default=False, help="Also print the primary class of the whole excerpt.")
-def diagnose_log(file: str, rules_path: str | None, summary: bool) -> None:
+@click.option(
+    "--buckets",
+    is_flag=True,
+    default=False,
+    help="Also print each crash bucket with its members (the reports of this log that share it).",
+)
+def diagnose_log(file: str, rules_path: str | None, summary: bool, buckets: bool) -> None:
     """Print what the knowledge base finds in a kernel / journal log FILE ('-' for stdin).
 
     One JSON object per finding: class, category, line, line_no, rule, fields and, for lines of a
@@ -76,6 +83,25 @@ def diagnose_log(file: str, rules_path: str | None, summary: bool) -> None:
         if signature is not None:
             entry["signature"] = signature.model_dump(mode="json", exclude_none=True)
         click.echo(json.dumps(entry, ensure_ascii=False))
+    if buckets and result.reports:
+        clusters = cluster_reports(result.reports)
+        by_cluster: dict[int, list[int]] = {}
+        for position, cluster in enumerate(clusters):
+            by_cluster.setdefault(cluster, []).append(position)
+        for positions in by_cluster.values():
+            members = [result.reports[p] for p in positions]
+            first = members[0].signature()
+            click.echo(
+                json.dumps(
+                    {
+                        "bucket": first.bucket,
+                        "kind": first.kind,
+                        "exact_buckets": sorted({m.bucket() for m in members}),
+                        "members": [{"line_no": m.start + 1, "bucket": m.bucket()} for m in members],
+                        "identified": any(m.identified() for m in members),
+                    }
+                )
+            )
     if summary and result.primary is not None:
         primary = result.primary
         click.echo(

@@ -16,6 +16,8 @@ from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
 
 log = logging.getLogger("nodeheal.runtime.jetstream")
 
+MAX_DEAD_RAW = 64 * 1024
+
 
 class WireModel(Protocol):
     def to_json(self) -> bytes: ...
@@ -48,7 +50,18 @@ async def dead_letter(
     prefix: str = DEFAULT_PREFIX,
     timeout_s: float = 5.0,
 ) -> PubAck:
-    """Keep rejected input: the reason, where it came from and the raw bytes, on `<prefix>.dlq.<service>`."""
+    """Keep rejected input: the reason, where it came from and the raw bytes, on `<prefix>.dlq.<service>`.
+
+    Bounded: at most `MAX_DEAD_RAW` bytes of the input, 2,000 characters of reason and 4,000 of
+    headers are kept (the reason says when the input was cut), so a huge input still fits a NATS message.
+    """
+    if len(raw) > MAX_DEAD_RAW:
+        reason = f"{reason} [input of {len(raw)} bytes, first {MAX_DEAD_RAW} kept]"
+        raw = raw[:MAX_DEAD_RAW]
+    if len(reason) > 2000:
+        reason = reason[:2000] + "..."
+    if headers and sum(len(k) + len(v) for k, v in headers.items()) > 4000:
+        headers = {k[:100]: v[:200] for k, v in list(headers.items())[:20]}
     letter = DeadLetter.of(service=service, reason=reason, raw=raw, subject=subject, headers=headers)
     log.warning("dead-lettered input", extra={"service": service, "reason": reason, "subject": subject})
     return await js.publish(
@@ -85,6 +98,19 @@ async def ensure_pull_consumer(
         await js.add_consumer(stream, config=config)
         return
     current = info.config
+    if current.ack_policy != ack_policy:
+        # Not editable: recreate the durable where the old one's acknowledged floor ended, so nothing
+        # unacknowledged is skipped (an upgrade from AckPolicy.ALL to EXPLICIT, for instance).
+        floor = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+        log.warning(
+            "recreating consumer with a new ack policy",
+            extra={"stream": stream, "durable": durable, "from_seq": floor + 1, "ack_policy": str(ack_policy)},
+        )
+        await js.delete_consumer(stream, durable)
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor + 1
+        await js.add_consumer(stream, config=config)
+        return
     if (
         round((current.ack_wait or 0) * 1e3) != round(ack_wait_s * 1e3)
         or current.max_deliver != max_deliver

@@ -51,6 +51,13 @@ class PipelineMetrics:
             ["stream", "consumer"],
             registry=reg,
         )
+        self.fleet_rate = Gauge(
+            "nodeheal_fleet_rate",
+            "Fleet KPIs as the diagnoser sees them: crash (episodes per node per day, last 24 h), "
+            "schedulable and online (share of the inventory's nodes)",
+            ["kpi"],
+            registry=reg,
+        )
         self.anomalies = Counter(
             "nodeheal_anomalies", "Anomalies published by the detector", ["kind", "status"], registry=reg
         )

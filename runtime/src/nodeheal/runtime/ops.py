@@ -1,20 +1,24 @@
 """`/healthz`, `/readyz` and `/metrics` for the edge processes that speak raw nats-py (agent, prober,
 inventory watcher) rather than through a faststream broker.
 
-`/healthz` answers while the event loop runs (NATS being away is not a reason to restart a pod:
-nats-py reconnects by itself); `/readyz` runs the registered checks and answers 503 with the
+`/healthz` answers while the event loop runs and every registered liveness check passes (a loop
+that died answers 503, so Kubernetes restarts the pod; NATS being away is not a reason: nats-py
+reconnects by itself); `/readyz` runs the registered checks and answers 503 with the
 problems, one per line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+LivenessCheck = Callable[[], tuple[bool, str]]
 
 log = logging.getLogger("nodeheal.runtime.ops")
 
@@ -26,16 +30,32 @@ class OpsServer:
         host: str,
         port: int,
         readiness: Sequence[ReadinessCheck] = (),
+        liveness: Sequence[LivenessCheck] = (),
         registry: prometheus_client.CollectorRegistry | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.readiness = list(readiness)
+        self.liveness = list(liveness)
+        self._stopping = False
         self.registry = registry or prometheus_client.REGISTRY
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
+    def watch(self, name: str, task: asyncio.Task[Any]) -> None:
+        """A loop the process cannot live without: once it ends, `/healthz` answers 503."""
+
+        def alive() -> tuple[bool, str]:
+            if task.done() and not self._stopping:
+                return False, f"loop {name!r} stopped"
+            return True, "ok"
+
+        self.liveness.append(alive)
+
     async def _healthz(self, request: web.Request) -> web.Response:
+        problems = [detail for ok, detail in (check() for check in self.liveness) if not ok]
+        if problems:
+            return web.Response(text="\n".join(problems), status=503)
         return web.Response(text="ok")
 
     async def _readyz(self, request: web.Request) -> web.Response:
@@ -69,6 +89,7 @@ class OpsServer:
         log.info("serving /healthz /readyz /metrics", extra={"port": self.bound_port})
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -1,7 +1,8 @@
 """What every nodeheal service process shares: base settings, the faststream broker, and the HTTP
 side (`/healthz`, `/readyz`, `/metrics`) served with uvicorn next to the broker.
 
-`/healthz` answers while the event loop runs (never restart a pod because NATS is away: nats-py
+`/healthz` answers 200 while the event loop runs and every consumer loop of the service is alive (a
+loop that died answers 503 so Kubernetes restarts the pod; NATS being away is never a reason: nats-py
 reconnects by itself); `/readyz` checks the broker connection and every readiness check the service
 registered (e.g. its consumer exists).
 """
@@ -26,6 +27,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.runtime.telemetry import TelemetrySettings
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+LivenessCheck = Callable[[], tuple[bool, str]]
 
 
 class ServiceSettings(BaseSettings):
@@ -74,13 +76,15 @@ def make_broker(settings: NatsSettings, *, name: str, **kwargs: Any) -> NatsBrok
     servers = options.pop("servers")
     for key in ("user_credentials", "user", "password", "tls"):
         options.pop(key, None)
-    return NatsBroker(servers, graceful_timeout=10.0, security=broker_security(settings), **options, **kwargs)
+    kwargs.setdefault("graceful_timeout", 10.0)
+    return NatsBroker(servers, security=broker_security(settings), **options, **kwargs)
 
 
 def build_asgi(
     broker: NatsBroker,
     *,
     readiness: Sequence[ReadinessCheck] = (),
+    liveness: Sequence[LivenessCheck] = (),
     registry: prometheus_client.CollectorRegistry | None = None,
     on_startup: Sequence[Callable[..., Any]] = (),
     after_startup: Sequence[Callable[..., Any]] = (),
@@ -91,6 +95,9 @@ def build_asgi(
 
     @get
     async def healthz(request: Request) -> AsgiResponse:
+        problems = [detail for ok, detail in (check() for check in liveness) if not ok]
+        if problems:
+            return AsgiResponse("\n".join(problems).encode(), status_code=503)
         return AsgiResponse(b"ok", status_code=200)
 
     @get
@@ -139,6 +146,8 @@ class RawRuntime(Protocol):
 
     async def readiness(self) -> tuple[bool, str]: ...
 
+    def liveness(self) -> tuple[bool, str]: ...
+
 
 RuntimeT = TypeVar("RuntimeT", bound=RawRuntime)
 
@@ -171,9 +180,13 @@ def build_runtime_app(
             return False, f"{service}: not started yet"
         return await holder[0].readiness()
 
+    def loops_alive() -> tuple[bool, str]:
+        return holder[0].liveness() if holder else (True, "ok")
+
     app = build_asgi(
         broker,
         readiness=[consumers_bound],
+        liveness=[loops_alive],
         registry=registry,
         after_startup=[started],
         on_shutdown=[stopping],

@@ -25,6 +25,7 @@ async def run(settings: AgentSettings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     probes = asyncio.create_task(agent.run_probes())
+    ops.watch("probes", probes)
     await stop.wait()
     await agent.stop()
     probes.cancel()

@@ -1,9 +1,9 @@
 """Builds the detector process: the service kit's broker (connection, /healthz /readyz /metrics) and
 the detector runtime on the broker's raw nats-py connection. Nothing else.
 
-faststream carries no subscriber here: its ~200 µs per message is 10x the probe path's budget, so
-the probe, CLOUD and AUDIT consumers are raw nats-py (see docs/detector.md); faststream gives the
-process shell (lifecycle, ASGI health and metrics routes).
+CLOUD and AUDIT are consumed through the shared consumer runtime (faststream pull subscribers, its own
+connection); the probe path keeps its own batch puller, because faststream's ~200 µs per message is
+10x its budget (see docs/detector.md). `/healthz` fails when any of these loops stopped.
 """
 
 from __future__ import annotations

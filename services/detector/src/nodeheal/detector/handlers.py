@@ -2,11 +2,18 @@
 consumers, anomaly publishing, the DLQ, and the rebuild of state at start. Thin: every decision is
 in `rules.Detector`.
 
-Hot path per chunk of pulled probes: decode each with msgspec (bad ones are set aside for the DLQ),
-feed the rules, run due timers, publish what the rules emitted (waiting for the stream's PubAcks),
-dead-letter the bad ones, then one `+ACK` for the last message (the consumer has AckPolicy.ALL).
-An anomaly that could not be published is retried before anything more is acknowledged, so a crash
-re-delivers the probes and the deterministic message ids dedupe the re-emission.
+Hot path per chunk of pulled probes (the one consumer that steps around the shared faststream
+runtime, see docs/detector.md): decode each with msgspec and feed the rules (a probe that fails
+either way, for any exception, is set aside for the DLQ), run due timers, publish what the rules
+emitted (waiting for the stream's PubAcks), dead-letter the bad ones, then acknowledge exactly the
+probes of this chunk, each one (AckPolicy.EXPLICIT, the acks written in one batch). Nothing is
+acknowledged cumulatively: a probe delivered to a replica that died is redelivered, never covered
+by a later ack. An anomaly that could not be published is retried before anything more is
+acknowledged, so a crash re-delivers the probes and the deterministic message ids dedupe the
+re-emission.
+
+CLOUD and AUDIT are consumed through `nodeheal.runtime.consumer` (faststream pull subscribers):
+each message is acked after the anomalies it caused are PubAck'ed.
 """
 
 from __future__ import annotations
@@ -34,13 +41,17 @@ from nodeheal.detector.fastpath import probe_decoder
 from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
+from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
+from nodeheal.runtime.testhooks import kill_point
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
-from nodeheal.schemas.subjects import anomaly_subject, wildcard
+from nodeheal.schemas.dlq import DeadLetter
+from nodeheal.schemas.probe import NodeProbe
+from nodeheal.schemas.subjects import anomaly_subject, dlq_subject, wildcard
 
 log = logging.getLogger("nodeheal.detector")
 
@@ -59,6 +70,77 @@ def _remember(store: dict[str, dict[str, str]], key: str, value: dict[str, str])
     store[key] = value
     if len(store) > _MAX_TRACKED_TRACES:
         del store[next(iter(store))]  # the oldest: a trace context lost costs a new trace, nothing else
+
+
+def inbound(settings: DetectorSettings) -> list[Inbound[Any]]:
+    """The detector's consumers on the shared runtime (the probe path is separate: `probe_contract`)."""
+    topo = settings.nats.topology()
+    prefix = settings.nats.prefix
+    common: dict[str, Any] = {
+        "durable": settings.side_durable,
+        "batch_size": 100,
+        "fetch_timeout_s": 1.0,
+        "ack_wait_s": 30.0,
+        "max_deliver": 10,
+        "max_ack_pending": 1000,
+        "deliver_policy": DeliverPolicy.NEW,
+        "nak_delay_s": 1.0,
+    }
+    return [
+        Inbound(
+            title="cloud events",
+            stream=topo.stream(f"{settings.nats.stream_prefix}CLOUD").name,
+            subject=wildcard("cloud", prefix=prefix),
+            model=CloudSystemEvent,
+            description="Cloud maintenance becomes an anomaly of its own.",
+            **common,
+        ),
+        Inbound(
+            title="audit",
+            stream=topo.stream(f"{settings.nats.stream_prefix}AUDIT").name,
+            subject=wildcard("audit", prefix=prefix),
+            model=RemediationRecord,
+            description="Remediation in progress on a node: its expected downtime is no anomaly.",
+            **common,
+        ),
+    ]
+
+
+def probe_contract(settings: DetectorSettings) -> Inbound[NodeProbe]:
+    """The probe consumer as documented; it runs on the detector's own batch puller (`_run_probes`)."""
+    return Inbound(
+        title="probes",
+        stream=settings.nats.topology().stream(f"{settings.nats.stream_prefix}PROBES").name,
+        subject=settings.probe_filters()[0],
+        durable=settings.probe_durable,
+        model=NodeProbe,
+        description="Batch-pulled by the detector's durable consumer (its own batch puller with explicit per-probe"
+        " acks, not a faststream subscriber: the one documented exception, docs/detector.md).",
+        batch_size=settings.batch_size,
+        ack_wait_s=settings.ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=settings.max_ack_pending,
+    )
+
+
+def outbound(settings: DetectorSettings) -> list[Outbound]:
+    prefix = settings.nats.prefix
+    return [
+        Outbound(
+            "anomalies",
+            f"{prefix}.anomaly.{{cluster}}.{{node}}",
+            Anomaly,
+            "Firing and resolved; deterministic Nats-Msg-Id; carries traceparent (an incident's trace starts).",
+            settings.nats.topology().stream(f"{settings.nats.stream_prefix}ANOMALIES").name,
+        ),
+        Outbound(
+            "dead letters",
+            dlq_subject(SERVICE, prefix=prefix),
+            DeadLetter,
+            "Input this service rejected: the reason, where it came from, the raw bytes (acknowledged, never retried).",
+            settings.nats.topology().stream(f"{settings.nats.stream_prefix}DLQ").name,
+        ),
+    ]
 
 
 class Metrics:
@@ -119,6 +201,18 @@ class DetectorRuntime:
         self.cloud_stream = self.topology.stream(f"{settings.nats.stream_prefix}CLOUD").name
         self.audit_stream = self.topology.stream(f"{settings.nats.stream_prefix}AUDIT").name
         self.anomalies_stream = self.topology.stream(f"{settings.nats.stream_prefix}ANOMALIES").name
+        self.consumers = ConsumerRuntime(
+            service=SERVICE,
+            nats=settings.nats,
+            metrics=self.pipeline,
+            tracer=self.tracer,
+            name=f"nodeheal-detector-consumers-{settings.instance}",
+        )
+        side = inbound(settings)
+        self.consumers.consume(side[0], self._cloud_message)
+        self.consumers.consume(side[1], self._audit_message)
+        self.consumers.documents(probe_contract(settings))
+        self.consumers.publishes(*outbound(settings))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -132,20 +226,10 @@ class DetectorRuntime:
             ack_wait_s=s.ack_wait_s,
             max_deliver=-1,
             max_ack_pending=s.max_ack_pending,
-            ack_policy=AckPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=probe_deliver,
         )
-        for stream, kind in ((self.cloud_stream, "cloud"), (self.audit_stream, "audit")):
-            await ensure_pull_consumer(
-                self.js,
-                stream=stream,
-                durable=s.side_durable,
-                filter_subjects=[wildcard(kind, prefix=s.nats.prefix)],
-                ack_wait_s=30.0,
-                max_deliver=10,
-                max_ack_pending=1000,
-                deliver_policy=DeliverPolicy.NEW,
-            )
+        await self.consumers.ensure()
 
     async def start(self, *, rebuild: bool = True, probe_deliver: DeliverPolicy = DeliverPolicy.NEW) -> None:
         await self.ensure_consumers(probe_deliver=probe_deliver)
@@ -153,12 +237,8 @@ class DetectorRuntime:
             await self.rebuild()
         self._probe_puller = self._make_probe_puller()
         await self._probe_puller.start()
-        self._tasks = [
-            asyncio.create_task(self._run_probes(), name="detector-probes"),
-            asyncio.create_task(self._run_side(self.cloud_stream, self._on_cloud), name="detector-cloud"),
-            asyncio.create_task(self._run_side(self.audit_stream, self._on_audit), name="detector-audit"),
-            asyncio.create_task(self._report_lag(), name="detector-lag"),
-        ]
+        self._tasks = [asyncio.create_task(self._run_probes(), name="detector-probes")]
+        await self.consumers.start()
         self._ready = True
         log.info(
             "detector started",
@@ -190,6 +270,7 @@ class DetectorRuntime:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._tasks = []
+        await self.consumers.stop()
         try:
             await self._flush(self.clock())
         except Exception:
@@ -197,23 +278,6 @@ class DetectorRuntime:
         if self._probe_puller is not None:
             await self._probe_puller.stop()
         log.info("detector stopped", extra={"nodes": len(self.detector.nodes)})
-
-    async def _report_lag(self, every_s: float = 15.0) -> None:
-        """Consumer lag into `nodeheal_consumer_pending_messages` (a server round trip per consumer, off
-        the probe path)."""
-        consumers = (
-            (self.probes_stream, self.settings.probe_durable),
-            (self.cloud_stream, self.settings.side_durable),
-            (self.audit_stream, self.settings.side_durable),
-        )
-        while not self._stopping.is_set():
-            for stream, durable in consumers:
-                try:
-                    await self.pipeline.report_consumer_lag(self.js, stream=stream, consumer=durable)
-                except Exception as exc:
-                    log.debug("consumer lag not read", extra={"stream": stream, "error": str(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=every_s)
 
     async def readiness(self) -> tuple[bool, str]:
         if not self._ready:
@@ -230,7 +294,16 @@ class DetectorRuntime:
         dead = [t.get_name() for t in self._tasks if t.done()]
         if dead:
             return False, f"detector: loops stopped: {', '.join(dead)}"
-        return True, "ok"
+        return await self.consumers.readiness()
+
+    def liveness(self) -> tuple[bool, str]:
+        """False once the probe loop or a consumer of the runtime died: /healthz fails, the pod restarts."""
+        if not self._ready or self._stopping.is_set():
+            return True, "ok"
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        if dead:
+            return False, f"detector: loops stopped: {', '.join(dead)}"
+        return self.consumers.liveness()
 
     # ------------------------------------------------------------------ rebuild after a restart
 
@@ -367,15 +440,26 @@ class DetectorRuntime:
                 log.exception("pulling probes failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
+            if chunk:
+                kill_point("detector.fetched")
             now = self.clock()
             bad: list[tuple[PulledMsg, str]] = []
             for msg in chunk:
                 try:
                     probe = decode(msg.data)
+                    t = probe.time
+                    if t is not None and t.utcoffset():
+                        t.astimezone(UTC)  # as the schema does: the UTC instant must exist (OverflowError)
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                     bad.append((msg, str(exc)))
                     continue
-                observe(probe, now=now)
+                except Exception as exc:  # anything else a hostile payload can raise (RecursionError...)
+                    bad.append((msg, f"{type(exc).__name__}: {exc}"))
+                    continue
+                try:
+                    observe(probe, now=now)
+                except Exception as exc:  # e.g. OverflowError of a time at the end of the calendar
+                    bad.append((msg, f"cannot be evaluated: {type(exc).__name__}: {exc}"))
             if now - last_tick >= tick_s or det.outbox:
                 det.tick(now=now)
                 last_tick = now
@@ -384,7 +468,8 @@ class DetectorRuntime:
                 if bad:
                     await self._dead_letter_probes(bad)
                 if chunk:
-                    await puller.ack_all_through(chunk[-1])
+                    kill_point("detector.published")
+                    await puller.ack_each(chunk)
             except Exception:
                 # Not acknowledged: the probes come back after ack_wait; anomaly ids are deterministic.
                 log.exception("publishing anomalies or dead letters failed; will retry before acking more")
@@ -485,7 +570,7 @@ class DetectorRuntime:
             await dead_letter(
                 self.js,
                 service=SERVICE,
-                reason=f"probe rejected: {reason}; fix the sender (schema nodeheal.probe/v1)",
+                reason=f"probe rejected: {reason[:1000]}; fix the sender (schema nodeheal.probe/v1)",
                 raw=msg.data,
                 subject=msg.subject,
                 headers=dict(msg.headers) if msg.headers else None,
@@ -505,48 +590,10 @@ class DetectorRuntime:
     def _on_audit(self, raw: bytes, headers: dict[str, str] | None, now: float) -> None:
         self.detector.observe_remediation(RemediationRecord.model_validate_json(raw), now=now)
 
-    async def _run_side(self, stream: str, apply: Callable[[bytes, dict[str, str] | None, float], None]) -> None:
-        sub = await self.js.pull_subscribe_bind(self.settings.side_durable, stream=stream)
-        try:
-            await self._side_loop(sub, stream, apply)
-        finally:
-            # Unsubscribe here: a pull subscription left on the shared connection makes its drain at
-            # shutdown wait for nats-py's drain timeout.
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    async def _cloud_message(self, event: CloudSystemEvent, delivery: Delivery) -> None:
+        self._on_cloud(delivery.data, delivery.headers, self.clock())
+        await self._flush(self.clock())
 
-    async def _side_loop(
-        self, sub: Any, stream: str, apply: Callable[[bytes, dict[str, str] | None, float], None]
-    ) -> None:
-        while not self._stopping.is_set():
-            try:
-                msgs = await sub.fetch(100, timeout=1.0)
-            except TimeoutError:
-                continue
-            except Exception:
-                log.exception("fetching from %s failed; retrying", stream)
-                await asyncio.sleep(1.0)
-                continue
-            now = self.clock()
-            for msg in msgs:
-                try:
-                    apply(msg.data, msg.headers, now)
-                except ValidationError as exc:
-                    await dead_letter(
-                        self.js,
-                        service=SERVICE,
-                        reason=f"{stream} message rejected: {exc.errors(include_url=False)}",
-                        raw=msg.data,
-                        subject=msg.subject,
-                        prefix=self.settings.nats.prefix,
-                    )
-                    self.metrics.dead.labels(stream).inc()
-            try:
-                await self._flush(now)
-            except Exception:
-                log.exception("publishing anomalies failed; %s messages will be redelivered", stream)
-                for msg in msgs:
-                    await msg.nak(delay=1.0)
-                continue
-            for msg in msgs:
-                await msg.ack()
+    async def _audit_message(self, record: RemediationRecord, delivery: Delivery) -> None:
+        self._on_audit(delivery.data, delivery.headers, self.clock())
+        await self._flush(self.clock())

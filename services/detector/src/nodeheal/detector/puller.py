@@ -42,6 +42,7 @@ class Puller(Protocol):
     async def stop(self) -> None: ...
     async def next_chunk(self, *, wait_s: float) -> Sequence[PulledMsg]: ...
     async def ack_all_through(self, msg: Any) -> None: ...
+    async def ack_each(self, msgs: Sequence[Any]) -> None: ...
 
 
 PENDING_HDR = "Nats-Pending-Messages"
@@ -133,3 +134,10 @@ class BatchPuller:
         """AckPolicy.ALL: acknowledging this message acknowledges everything delivered before it."""
         if msg.reply:
             await self._nc.publish(msg.reply, b"+ACK")
+
+    async def ack_each(self, msgs: Sequence[Msg]) -> None:
+        """AckPolicy.EXPLICIT: one `+ACK` per message, exactly the ones given."""
+        publish = self._nc.publish
+        for msg in msgs:
+            if msg.reply:
+                await publish(msg.reply, b"+ACK")

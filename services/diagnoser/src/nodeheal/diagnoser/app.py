@@ -1,8 +1,8 @@
 """Builds the diagnoser process: the service kit's broker (connection, /healthz /readyz /metrics) and
 the diagnoser runtime on the broker's raw nats-py connection. Nothing else.
 
-The consumers are raw nats-py pull subscriptions (batches, explicit acks) so the same code path serves
-the three input streams and the ticker shares one lock with them; faststream gives the process shell.
+The three consumers run on the shared consumer runtime (faststream pull subscribers, batches,
+explicit acks, one message at a time per stream); the ticker shares one lock with them.
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
-"""The diagnoser's transport side: durable pull consumers on ANOMALIES, CLOUD and AUDIT (raw nats-py,
-batches), a watch on the inventory bucket, and publishing of diagnoses and fleet findings with
+"""The diagnoser's transport side: durable pull consumers on ANOMALIES, CLOUD and AUDIT (the shared
+consumer runtime, `nodeheal.runtime.consumer`: faststream pull subscribers, batch pulls, one message
+at a time in stream order), the inventory feed, and publishing of diagnoses and fleet findings with
 deterministic `Nats-Msg-Id`s. Thin: every decision is made by `reasoning.Diagnoser`.
 
-Bad input is dead-lettered with the reason and the raw bytes and acknowledged; a failed publish naks
-the batch's remaining messages with a delay (the handlers are idempotent, so a redelivery is harmless).
+A message is acked once the diagnoses it caused are PubAck'ed; bad input (any exception while
+decoding or validating) is dead-lettered with the reason and the raw bytes; a failed publish naks it
+with a delay (the handlers are idempotent, so a redelivery is harmless).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,30 +18,28 @@ from typing import Any
 
 import prometheus_client
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import FetchTimeoutError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
-from pydantic import BaseModel, ValidationError
 
 from nodeheal.diagnoser.durable import DurableState, kill_point
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, publish_model
+from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
+from nodeheal.runtime.inventory import InventoryFeed
+from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import Diagnosis
+from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.finding import FleetFinding
-from nodeheal.schemas.inventory import NodeInventory
-from nodeheal.schemas.subjects import diagnosis_subject, finding_subject, wildcard
+from nodeheal.schemas.subjects import diagnosis_subject, dlq_subject, finding_subject, wildcard
 
 log = logging.getLogger("nodeheal.diagnoser")
 
@@ -50,6 +49,81 @@ _MAX_TRACKED = 200_000  # anomaly ids whose trace context / first identification
 
 def _now() -> datetime:
     return datetime.now(tz=UTC)
+
+
+def inbound(settings: DiagnoserSettings) -> list[Inbound[Any]]:
+    """The diagnoser's three consumers (one durable name, one consumer per stream)."""
+    topo = settings.nats.topology()
+    prefix = settings.nats.prefix
+    common: dict[str, Any] = {
+        "durable": settings.durable,
+        "batch_size": settings.batch_size,
+        "fetch_timeout_s": settings.fetch_timeout_s,
+        "ack_wait_s": settings.ack_wait_s,
+        "max_deliver": settings.max_deliver,
+        "max_ack_pending": 10_000,
+        "deliver_policy": DeliverPolicy.ALL,
+        "nak_delay_s": settings.nak_delay_s,
+    }
+
+    def stream(base: str) -> str:
+        return topo.stream(f"{settings.nats.stream_prefix}{base}").name
+
+    return [
+        Inbound(
+            title="anomalies",
+            stream=stream("ANOMALIES"),
+            subject=wildcard("anomaly", prefix=prefix),
+            model=Anomaly,
+            description="The diagnoser's durable consumer.",
+            **common,
+        ),
+        Inbound(
+            title="cloud events",
+            stream=stream("CLOUD"),
+            subject=wildcard("cloud", prefix=prefix),
+            model=CloudSystemEvent,
+            description="Joined with the node's anomalies.",
+            **common,
+        ),
+        Inbound(
+            title="audit",
+            stream=stream("AUDIT"),
+            subject=wildcard("audit", prefix=prefix),
+            model=RemediationRecord,
+            description="Remediation history of a node.",
+            **common,
+        ),
+    ]
+
+
+def outbound(settings: DiagnoserSettings) -> list[Outbound]:
+    topo = settings.nats.topology()
+    prefix = settings.nats.prefix
+    diagnoses = topo.stream(f"{settings.nats.stream_prefix}DIAGNOSES").name
+    return [
+        Outbound(
+            "diagnoses",
+            f"{prefix}.diagnosis.{{cluster}}.{{node}}",
+            Diagnosis,
+            "Cause, category, confidence, evidence, the recommended action ladder.",
+            diagnoses,
+        ),
+        Outbound(
+            "fleet findings",
+            finding_subject(prefix=prefix),
+            FleetFinding,
+            "A group failing far above the fleet rate.",
+            diagnoses,
+        ),
+        Outbound(
+            "dead letters",
+            dlq_subject(SERVICE, prefix=prefix),
+            DeadLetter,
+            "Input this service rejected: the reason, where it came from, the raw bytes (acknowledged, never retried).",
+            topo.stream(f"{settings.nats.stream_prefix}DLQ").name,
+        ),
+    ]
 
 
 class DiagnoserRuntime:
@@ -72,7 +146,6 @@ class DiagnoserRuntime:
         self.topology = settings.nats.topology()
         self.prefix = settings.nats.prefix
         self._lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[None]] = []
         self._held: dict[str, datetime] = {}
         self.durable: DurableState | None = None
         self._ready = False
@@ -88,10 +161,6 @@ class DiagnoserRuntime:
             base: self.topology.stream(f"{settings.nats.stream_prefix}{base}").name
             for base in ("ANOMALIES", "CLOUD", "AUDIT", "DIAGNOSES")
         }
-        self.m_in = prometheus_client.Counter(
-            "nodeheal_diagnoser_messages_total", "Input messages by stream and outcome", ["stream", "outcome"],
-            registry=registry,
-        )  # fmt: skip
         self.m_out = prometheus_client.Counter(
             "nodeheal_diagnoser_diagnoses_total", "Diagnoses published by cause", ["cause", "resolved"],
             registry=registry,
@@ -99,32 +168,35 @@ class DiagnoserRuntime:
         self.m_findings = prometheus_client.Counter(
             "nodeheal_diagnoser_findings_total", "Fleet findings published by kind", ["kind"], registry=registry
         )
-        self.m_fleet = prometheus_client.Gauge(
-            "nodeheal_fleet_rate",
-            "Fleet KPIs as the diagnoser sees them: crash (episodes per node per day, last 24 h), "
-            "schedulable and online (share of the inventory's nodes)",
-            ["kpi"],
-            registry=registry,
-        )
+        self.m_fleet = self.pipeline.fleet_rate  # one of the shared families (the dashboard reads it)
         self.m_tti = prometheus_client.Histogram(
             "nodeheal_diagnoser_time_to_identify_seconds",
             "From the anomaly's detection to the first diagnosis of the episode",
             buckets=(0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60),
             registry=registry,
         )
+        self.consumers = ConsumerRuntime(
+            service=SERVICE,
+            nats=settings.nats,
+            metrics=self.pipeline,
+            tracer=self.tracer,
+            name=f"nodeheal-diagnoser-consumers-{settings.instance}",
+        )
+        for spec in inbound(settings):
+            self.consumers.consume(spec, self._message)
+        self.consumers.publishes(*outbound(settings))
+        self.inventory = InventoryFeed(
+            self.topology.bucket(f"{settings.nats.bucket_prefix}-inventory").name,
+            on_put=self.diagnoser.on_inventory,
+            on_delete=self.diagnoser.forget_inventory,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        consumers: list[tuple[str, str, type[BaseModel]]] = [
-            ("ANOMALIES", "anomaly", Anomaly),
-            ("CLOUD", "cloud", CloudSystemEvent),
-            ("AUDIT", "audit", RemediationRecord),
-        ]
-        kv = await self._inventory_bucket()
-        if kv is not None:
-            await self._load_inventory(kv)
-            self._tasks.append(asyncio.create_task(self._watch_inventory(kv), name="diagnoser-inventory"))
+        if await self.inventory.open(self.js):
+            await self.inventory.load()
+            self.consumers.loop("inventory", self.inventory.watch)
         # state that survives a restart (durable.py): read back before the first live message
         self.durable = DurableState(
             js=self.js,
@@ -143,164 +215,54 @@ class DiagnoserRuntime:
                 self._identified[ctx.published.anomaly_ids[0]] = None
         async with self._lock:
             await self._evaluate(report.open_nodes)
-        for base, kind, model in consumers:
-            stream = self.topology.stream(f"{self.settings.nats.stream_prefix}{base}").name
-            await ensure_pull_consumer(
-                self.js,
-                stream=stream,
-                durable=self.settings.durable,
-                filter_subjects=[wildcard(kind, prefix=self.prefix)],
-                ack_wait_s=self.settings.ack_wait_s,
-                max_deliver=self.settings.max_deliver,
-                deliver_policy=DeliverPolicy.ALL,
-            )
-            sub = await self.js.pull_subscribe_bind(durable=self.settings.durable, stream=stream)
-            self._tasks.append(asyncio.create_task(self._consume(sub, base, model), name=f"diagnoser-{kind}"))
-        self._tasks.append(asyncio.create_task(self._ticker(), name="diagnoser-tick"))
-        self._tasks.append(asyncio.create_task(self._report_lag(), name="diagnoser-lag"))
+        self.consumers.loop("tick", self._ticker)
+        await self.consumers.start()
         self._ready = True
         log.info("diagnoser started", extra={"prefix": self.prefix, "durable": self.settings.durable})
 
     async def stop(self) -> None:
         self._ready = False
         self._stopping = True
-        # nats-py can turn the cancellation of a pending fetch into its own timeout, which the loops
-        # treat as "nothing yet": the flag ends them, and the bounded waits make sure stop() returns
-        for _ in range(3):
-            pending = [t for t in self._tasks if not t.done()]
-            if not pending:
-                break
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending, timeout=5.0)
-        for task in self._tasks:
-            if task.done() and not task.cancelled():
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    task.result()
-        self._tasks.clear()
+        await self.consumers.stop()
 
     async def readiness(self) -> tuple[bool, str]:
         if not self._ready:
             return False, "diagnoser: consumers not bound yet"
-        dead = [t.get_name() for t in self._tasks if t.done()]
-        if dead:
-            return False, f"diagnoser: tasks stopped: {', '.join(dead)}"
-        return True, "ok"
+        ok, detail = self.consumers.liveness()
+        if not ok:
+            return ok, detail
+        return await self.consumers.readiness()
 
-    # ------------------------------------------------------------------ inventory
-
-    async def _inventory_bucket(self) -> KeyValue | None:
-        return await self._bucket("inventory")
+    def liveness(self) -> tuple[bool, str]:
+        return self.consumers.liveness()
 
     async def _bucket(self, what: str) -> KeyValue | None:
         name = self.topology.bucket(f"{self.settings.nats.bucket_prefix}-{what}").name
         try:
             return await self.js.key_value(name)
         except Exception as exc:  # the buckets are provisioned by `nodeheal streams apply`
-            log.warning(
-                "bucket unavailable"
-                + ("; peers and fleet groups unknown" if what == "inventory" else "; crash history not kept"),
-                extra={"bucket": name, "error": str(exc)},
-            )
+            log.warning("bucket unavailable; crash history not kept", extra={"bucket": name, "error": str(exc)})
             return None
-
-    def _apply_inventory(self, key: str, value: bytes | None, op: str | None) -> None:
-        if not key.startswith("node."):
-            return
-        if op in {"DEL", "PURGE"} or not value:
-            _, _, rest = key.partition(".")
-            cluster, _, node = rest.partition(".")
-            from nodeheal.schemas.subjects import unescape_token
-
-            self.diagnoser.forget_inventory(unescape_token(cluster), unescape_token(node))
-            return
-        try:
-            self.diagnoser.on_inventory(NodeInventory.model_validate_json(value))
-        except ValidationError as exc:
-            log.warning("bad inventory record ignored", extra={"key": key, "error": str(exc)[:300]})
-
-    async def _load_inventory(self, kv: KeyValue) -> None:
-        try:
-            keys = await kv.keys()
-        except Exception:
-            return  # empty bucket
-        for key in keys:
-            with contextlib.suppress(Exception):
-                entry = await kv.get(key)
-                self._apply_inventory(key, entry.value, None)
-
-    async def _watch_inventory(self, kv: KeyValue) -> None:
-        watcher = await kv.watchall(include_history=False)
-        async for entry in watcher:
-            if entry is None:
-                continue
-            async with self._lock:
-                self._apply_inventory(entry.key, entry.value, entry.operation)
 
     # ------------------------------------------------------------------ consumption
 
-    async def _consume(self, sub: Any, base: str, model: type[BaseModel]) -> None:
-        while not self._stopping:
-            try:
-                msgs: list[Msg] = await sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout_s)
-            except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("fetch failed; retrying", extra={"stream": base, "error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            await self._process(msgs, base, model)
+    async def _message(self, item: Anomaly | CloudSystemEvent | RemediationRecord, delivery: Delivery) -> None:
+        """One input message (in stream order per stream); returns once its diagnoses are PubAck'ed."""
+        await self._on_message(item, delivery.headers)
 
-    async def _process(self, msgs: list[Msg], base: str, model: type[BaseModel]) -> None:
+    async def _on_message(
+        self, item: Anomaly | CloudSystemEvent | RemediationRecord, headers: dict[str, str] | None
+    ) -> None:
         async with self._lock:
             touched: set[str] = set()
-            good: list[Msg] = []
-            for msg in msgs:
-                try:
-                    item = model.model_validate_json(msg.data)
-                except ValidationError as exc:
-                    await self._reject(msg, base, f"not a valid {model.__name__}: {exc.errors()[:3]}")
-                    continue
-                if isinstance(item, Anomaly):
-                    self._keep_trace(item.id, msg.headers)
-                    touched |= self.diagnoser.on_anomaly(item)
-                elif isinstance(item, CloudSystemEvent):
-                    touched |= self.diagnoser.on_cloud_event(item)
-                elif isinstance(item, RemediationRecord):
-                    touched |= self.diagnoser.on_audit(item)
-                good.append(msg)
-            try:
-                await self._evaluate(touched)
-            except Exception as exc:
-                log.warning("publish failed; input will be redelivered", extra={"stream": base, "error": str(exc)})
-                for msg in good:
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=self.settings.nak_delay_s)
-                self.m_in.labels(base, "nak").inc(len(good))
-                self.pipeline.messages_consumed.labels(self._streams[base]).inc(len(good))
-                return
-            for msg in good:
-                with contextlib.suppress(Exception):
-                    await msg.ack()
-            self.m_in.labels(base, "ok").inc(len(good))
-            self.pipeline.messages_consumed.labels(self._streams[base]).inc(len(good))
-
-    async def _reject(self, msg: Msg, base: str, reason: str) -> None:
-        await dead_letter(
-            self.js,
-            service=SERVICE,
-            reason=reason,
-            raw=msg.data,
-            subject=msg.subject,
-            headers=dict(msg.headers or {}),
-            prefix=self.prefix,
-        )
-        await msg.ack()
-        self.m_in.labels(base, "dead_letter").inc()
-        self.pipeline.messages_dead_lettered.labels(SERVICE).inc()
-        self.pipeline.messages_consumed.labels(self._streams[base]).inc()
+            if isinstance(item, Anomaly):
+                self._keep_trace(item.id, headers)
+                touched |= self.diagnoser.on_anomaly(item)
+            elif isinstance(item, CloudSystemEvent):
+                touched |= self.diagnoser.on_cloud_event(item)
+            elif isinstance(item, RemediationRecord):
+                touched |= self.diagnoser.on_audit(item)
+            await self._evaluate(touched)
 
     async def _evaluate(self, keys: set[str]) -> None:
         now = self.clock()
@@ -433,22 +395,8 @@ class DiagnoserRuntime:
             if due:
                 await self._evaluate(due)
 
-    async def _report_lag(self, every_s: float = 15.0) -> None:
-        """Consumer lag of the three inputs into `nodeheal_consumer_pending_messages`."""
-        while True:
-            for base in ("ANOMALIES", "CLOUD", "AUDIT"):
-                try:
-                    await self.pipeline.report_consumer_lag(
-                        self.js, stream=self._streams[base], consumer=self.settings.durable
-                    )
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.debug("consumer lag not read", extra={"stream": base, "error": str(exc)})
-            await asyncio.sleep(every_s)
-
     async def _ticker(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.tick_s)
             try:
                 await self.tick()

@@ -27,6 +27,7 @@ def build_app(settings: RemediatorSettings | None = None) -> tuple[AsgiFastStrea
     app = build_asgi(
         broker,
         readiness=[service.readiness],
+        liveness=[service.liveness],
         after_startup=[started],
         on_shutdown=[service.stop],
     )

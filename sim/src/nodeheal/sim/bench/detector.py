@@ -1,11 +1,12 @@
 """`nodeheal bench detector`: the detector's throughput, latency and memory, measured on a real
 nats-server next to raw nats-py on the same payload, in the same run.
 
-- `probes_per_s`: the real consumer path (`DetectorRuntime`: durable pull consumer with AckPolicy.ALL,
-  the batch puller, msgspec decoding, the rules, timers, anomaly publishing, acks) draining a backlog
-  of nodes x rounds probes that was stored in PROBES beforehand. A Python publisher cannot publish
-  50k/s to JetStream with acks, so the backlog is pre-filled (core publishes into the stream) and the
-  drain is timed: first pull to last probe processed.
+- `probes_per_s`: the real consumer path (`DetectorRuntime`: durable pull consumer with
+  AckPolicy.EXPLICIT, one +ACK per probe, the batch puller, msgspec decoding, the rules, timers,
+  anomaly publishing, acks) draining a backlog of nodes x rounds probes that was stored in PROBES
+  beforehand. A Python publisher cannot publish 50k/s to JetStream with acks, so the backlog is
+  pre-filled (core publishes into the stream) and the drain is timed: first pull to last probe
+  processed.
 - `p50_ms` / `p99_ms`: probe published → anomaly published (PubAck received), from an open-loop run:
   a separate publisher process sends probes at a fixed rate with disk-full faults injected into ~1 % of
   them; the probe's own `time` is its publish time and becomes the anomaly's `fault_onset`.
@@ -273,16 +274,24 @@ async def drain_nats_py_fetch(url: str, settings: NatsSettings, *, total: int, b
     return seen / elapsed
 
 
-async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, batch: int, auth: BenchAuth) -> float:
-    """The batch puller alone (transport ceiling of the detector's path: no decode, no rules)."""
+async def drain_puller_only(
+    url: str, settings: NatsSettings, *, total: int, batch: int, auth: BenchAuth, explicit: bool = False
+) -> float:
+    """The batch puller alone (transport ceiling of the detector's path: no decode, no rules): one
+    cumulative `+ACK` per chunk (AckPolicy.ALL, the detector before per-probe acks) or, with `explicit`,
+    one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does now): the cost of acknowledging
+    only what is done, measured in the same run."""
     nc = await auth.connect(url, "detector", name="bench-puller", pending_size=64 * 1024 * 1024)
     js = nc.jetstream()
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
-    durable = "bench-puller"
+    durable = "bench-puller-explicit" if explicit else "bench-puller"
     await js.add_consumer(
         stream,
         config=ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT if explicit else AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=-1,
         ),
     )
     puller = BatchPuller(nc, stream=stream, consumer=durable, batch=batch)
@@ -294,7 +303,10 @@ async def drain_puller_only(url: str, settings: NatsSettings, *, total: int, bat
         if not chunk:
             break
         seen += len(chunk)
-        await puller.ack_all_through(chunk[-1])
+        if explicit:
+            await puller.ack_each(chunk)
+        else:
+            await puller.ack_all_through(chunk[-1])
     elapsed = time.perf_counter() - start
     await puller.stop()
     await nc.close()
@@ -476,6 +488,7 @@ async def run_bench(
         detector = await drain_detector(url, settings, total=stored, batch=batch, auth=auth)
         fetch_rate = await drain_nats_py_fetch(url, settings, total=stored, batch=batch, auth=auth)
         puller_rate = await drain_puller_only(url, settings, total=stored, batch=batch, auth=auth)
+        explicit_rate = await drain_puller_only(url, settings, total=stored, batch=batch, auth=auth, explicit=True)
     finally:
         await _drop(url, settings, auth)
 
@@ -508,6 +521,7 @@ async def run_bench(
         "breakdown": {
             "drain_nats_py_fetch_no_rules_per_s": round(fetch_rate, 1),
             "drain_nats_py_batch_puller_no_rules_per_s": round(puller_rate, 1),
+            "drain_nats_py_batch_puller_no_rules_explicit_acks_per_s": round(explicit_rate, 1),
             "rules_us_per_probe": round(rules_us, 2),
             **costs,
         },

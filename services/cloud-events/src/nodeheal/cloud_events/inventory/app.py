@@ -57,6 +57,10 @@ class InventoryWatcher:
         ]
         log.info("inventory watcher started", extra={"bucket": bucket, "cluster": self.settings.cluster})
 
+    def loops(self) -> list[asyncio.Task[None]]:
+        """The Kubernetes watch and the KV writer: if either ends, the process must be restarted."""
+        return list(self._tasks)
+
     async def stop(self) -> None:
         self.watcher.stop()
         for task in self._tasks:

@@ -17,6 +17,8 @@ async def run(settings: InventorySettings) -> None:
     ops = OpsServer(host=settings.http_host, port=settings.http_port, readiness=[watcher.ready])
     await ops.start()
     await watcher.start()
+    for i, task in enumerate(watcher.loops()):
+        ops.watch(f"inventory-{i}", task)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

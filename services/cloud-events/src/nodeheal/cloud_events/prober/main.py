@@ -23,6 +23,7 @@ async def run(settings: ProberSettings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     rounds = asyncio.create_task(prober.run())
+    ops.watch("rounds", rounds)
     await stop.wait()
     await prober.stop()
     rounds.cancel()

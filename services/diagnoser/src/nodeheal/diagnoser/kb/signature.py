@@ -2,9 +2,11 @@
 
 A report starts at a crash header (oops, GPF, divide error, BUG at, soft/hard lockup, hung task, RCU
 stall, fatal MCE, panic, crash(8) `sys` summary) and collects the panic string, the RIP line, the
-`CPU: … Tainted: … <release>` line and the reliable frames of its call trace. The bucket key is a hash
-of (kind, RIP function, top frames) — release, taint and hardware stay outside the key so fleet
-correlation can find one bucket concentrated in one kernel or model. Pure.
+`CPU: … Tainted: … <release>` line and the reliable frames of its call trace. Two bucket levels, as
+ABRT/FAF and SysOM do: `bucket()` is the exact key (kind + top frames, or the RIP function without a
+trace), and `similarity()` / `cluster_reports()` group reports of one bug across kernel builds and partial
+copies. Release, taint and hardware stay outside the key so fleet correlation can find one bucket
+concentrated in one kernel or model. Pure.
 """
 
 from __future__ import annotations
@@ -43,8 +45,19 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
 )  # fmt: skip
 
 _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("oops_null_deref", re.compile(r"BUG: (?:unable to handle kernel NULL pointer|kernel NULL pointer dereference)")),
-    ("paging_request", re.compile(r"BUG: unable to handle (?:kernel paging request|page fault for address)")),
+    (
+        "oops_null_deref",
+        re.compile(
+            r"BUG: (?:unable to handle kernel NULL pointer|kernel NULL pointer dereference)"
+            r"|Unable to handle kernel NULL pointer dereference|BUG: unable to handle kernel NULL\s*$"
+        ),
+    ),
+    (
+        "paging_request",
+        re.compile(
+            r"BUG: unable to handle (?:kernel paging request|page fault for address)|Unable to handle kernel paging"
+        ),
+    ),
     ("gpf", re.compile(r"general protection fault")),
     ("divide_error", re.compile(r"divide error: 0000")),
     ("invalid_opcode_BUG_at", re.compile(r"kernel BUG at |invalid opcode: 0000")),
@@ -55,7 +68,11 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("rcu_stall", re.compile(r"rcu_\w+ (?:self-)?detected stalls?|rcu_\w+ kthread starved")),
     ("mce_fatal", re.compile(r"Machine check: Processor context corrupt|Machine Check Exception")),
     ("sysrq", re.compile(r"sysrq triggered crash|SysRq : Trigger a crash")),
+    # an oops line with no BUG/GPF header before it (arm64 "Internal error: Oops:", 6.9+ "Oops: Oops: 0000 [#1]")
+    ("oops", re.compile(r"Internal error: Oops|^Oops: (?:Oops: )?\d{4} \[#\d+\]")),
 )
+# headers that go on an open report instead of starting one (one oops prints several header lines)
+_CONTINUING = frozenset({"invalid_opcode_BUG_at", "mce_fatal", "oops_null_deref", "gpf", "oops"})
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<panic>.*?)\s*(?:\]---)?\s*$")
 _VMCORE_KEY = re.compile(r"^\s*(?P<key>KERNEL|DUMPFILE|RELEASE|VERSION|PANIC|NODENAME|MACHINE|CPUS):\s+(?P<value>.*)$")
 _PANIC_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -68,6 +85,7 @@ _PANIC_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 _RIP = re.compile(
     r"(?:RIP: 00(?P<cs>[0-9a-f]{2}):(?:\[<[0-9a-f]+>\]\s+\[<[0-9a-f]+>\]\s+)?|\bIP: (?:\[<[0-9a-f]+>\]\s+)?|"
+    r"\bRIP  \[<[0-9a-f]+>\]\s+|"  # the old oops trailer: 'RIP  [<ffffffff817ee088>] sock_sendmsg+0x45/0x7a'
     r"\bpc : |PC is at |EIP: (?:\[<[0-9a-f]+>\]\s+)?)"
     r"(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
 )
@@ -85,6 +103,17 @@ _BUG_AT = re.compile(r"kernel BUG at (?P<path>\S+?):(?P<line>\d+)!")
 _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
+_CPU_COMM = re.compile(r"(?:CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: |Pid: \d+, comm: )(?P<comm>\S+)")
+SIMILARITY_THRESHOLD = 0.5  # level 2: reports at least this similar share a cluster (FAF cuts at distance 0.3)
+# kinds that are one family for level-2 merging (syzbot "alt titles": bad access, hangs, stalls)
+_FAMILY = {
+    "oops_null_deref": "bad_access",
+    "paging_request": "bad_access",
+    "gpf": "bad_access",
+    "soft_lockup": "stall",
+    "hard_lockup": "stall",
+    "rcu_stall": "stall",
+}
 
 
 def normalise(text: str) -> str:
@@ -110,6 +139,7 @@ class CrashReport:
     taint: str | None = None
     kernel_release: str | None = None
     comm: str | None = None
+    cpu_comm: str | None = None  # from the `CPU: … Comm:` line, which every copy of an oops carries
     in_trace: bool = False
     vmcore: bool = False
 
@@ -125,11 +155,31 @@ class CrashReport:
                 break
         return tuple(out)
 
-    def bucket(self) -> str:
+    def task(self) -> str | None:
+        """The stuck / hung task: from the watchdog header, else from the `CPU: … Comm:` line."""
+        comm = self.comm or (self.cpu_comm if self.kind in {"soft_lockup", "hard_lockup"} else None)
+        return normalise(comm) if comm else None
+
+    def functions(self) -> tuple[str, ...]:
+        """The crashing function and the top reliable frames: what a copy of the report carries."""
         frames = self.top_frames()
-        comm = normalise(self.comm) if self.comm and self.kind in {"hung_task", "soft_lockup"} else ""
+        return (self.rip_func, *frames) if self.rip_func else frames
+
+    def identified(self) -> bool:
+        """Does this copy carry anything that identifies the bug (functions, BUG-at, a specific panic
+        string)? A bare watchdog line does not, nor a stuck task's name alone: its bucket is its kind
+        (+ task), which groups occurrences on one node but cannot tell two bugs apart."""
+        specific_panic = bool(self.panic_string) and not _GENERIC_PANICS.match(normalise(self.panic_string or ""))
+        return bool(self.functions() or self.bug_at or specific_panic)
+
+    def bucket(self) -> str:
+        """Level 1, the exact key (ABRT's duphash idea): kind + the top reliable frames; the RIP function
+        only when the trace is missing, so a copy without its RIP line keeps the bucket of the full copy."""
+        frames = self.top_frames()
+        anchor = "" if frames else (self.rip_func or "")
+        task = (self.task() or "") if self.kind in {"hung_task", "soft_lockup"} and not frames else ""
         panic = normalise(self.panic_string) if self.panic_string and not frames and not self.rip_func else ""
-        key = "|".join([self.kind, self.rip_func or "", *frames, comm, panic])
+        key = "|".join([self.kind, anchor, *frames, task, panic, self.bug_at or ""])
         return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
 
     def signature(self) -> CrashSignature:
@@ -186,8 +236,8 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             # one oops prints several header lines (BUG at → invalid opcode; MCE per CPU → context corrupt)
             continues = (
                 current is not None
-                and current.kind == header
-                and header in {"invalid_opcode_BUG_at", "mce_fatal", "oops_null_deref", "gpf"}
+                and (current.kind == header or header == "oops")
+                and header in _CONTINUING
                 and not current.frames
                 and current.panic_string is None
                 and index - current.start <= 12
@@ -215,7 +265,16 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             current.line_indices.append(index)
             continue
         if current is None:
-            continue
+            # a copy that lost its header (a pstore part, a paste that starts mid-oops): a kernel RIP line
+            # opens a report of unknown kind, so its function and frames still identify it
+            rip = _RIP.search(message)
+            if rip is None or rip.group("cs") == "33" or not rip.group("cs"):
+                continue
+            current = CrashReport(kind="oops", start=index)
+            reports.append(current)
+        cpu_comm = _CPU_COMM.search(message)
+        if cpu_comm and current.cpu_comm is None:
+            current.cpu_comm = cpu_comm.group("comm")
         taint = _TAINT.search(message)
         if taint:
             if current.kernel_release is None:
@@ -243,3 +302,64 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             module = frame.groupdict().get("mod")
             current.frames.append((strip_suffix(frame.group("func")), module.split("@", 1)[0] if module else None))
     return reports
+
+
+# panic strings that name only the kind of crash, not the bug (the watchdog and oops panics)
+_GENERIC_PANICS = re.compile(
+    r"^(?:Fatal exception|Oops|Attempted to kill|Kernel panic|(?:Watchdog detected )?hard LOCKUP|softlockup: hung"
+    r"|hung_task: blocked|Fatal machine check|Fatal Machine check)",
+    re.IGNORECASE,
+)
+
+
+def _family(kind: str) -> str:
+    return _FAMILY.get(kind, kind)
+
+
+def similarity(a: CrashReport, b: CrashReport) -> float:
+    """Level 2 (ABRT/FAF, SysOM): how alike two reports are across kernel builds, in [0, 1].
+
+    Same exact key → 1. Otherwise only reports of one family compare (syzbot's alt titles: NULL deref /
+    paging / GPF are one "bad access"; soft / hard lockup and RCU stall one "stall"); a bare panic line
+    compares with any kind. Then: the same `BUG at` file:line; the same crashing function; else the
+    Jaccard similarity of the crashing function + top frames; with no functions, the same specific panic
+    string or the same stuck task.
+    """
+    if a.bucket() == b.bucket():
+        return 1.0
+    if _family(a.kind) != _family(b.kind) and "panic" not in (a.kind, b.kind) and "oops" not in (a.kind, b.kind):
+        return 0.0
+    if a.bug_at and b.bug_at:
+        return 1.0 if a.bug_at == b.bug_at else 0.0
+    fa, fb = a.functions(), b.functions()
+    if fa and fb:
+        if a.rip_func and a.rip_func == b.rip_func:
+            return 1.0
+        sa, sb = set(fa), set(fb)
+        return len(sa & sb) / len(sa | sb)
+    pa = normalise(a.panic_string) if a.panic_string else None
+    pb = normalise(b.panic_string) if b.panic_string else None
+    if pa and pa == pb and not _GENERIC_PANICS.match(pa):
+        return 0.9
+    ta, tb = a.task(), b.task()
+    if ta and ta == tb and not fa and not fb and _family(a.kind) == _family(b.kind):
+        return 0.6
+    return 0.0
+
+
+def cluster_reports(reports: Sequence[CrashReport], *, threshold: float = SIMILARITY_THRESHOLD) -> list[int]:
+    """Level 2 buckets: single-linkage clusters of reports at least `threshold` similar (index of each
+    report's cluster, numbered by first member). Quadratic; meant for one fleet's open reports."""
+    parent = list(range(len(reports)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(reports)):
+        for j in range(i + 1, len(reports)):
+            if root(i) != root(j) and similarity(reports[i], reports[j]) >= threshold:
+                parent[root(j)] = root(i)
+    return [root(i) for i in range(len(reports))]

@@ -1,0 +1,572 @@
+"""The one consumer runtime of nodeheal: faststream JetStream pull subscribers (batch pulls, explicit
+acks) with the same semantics in every service.
+
+    runtime = ConsumerRuntime(service="diagnoser", nats=settings.nats)
+    runtime.consume(Inbound(title="anomalies", stream="ANOMALIES", subject="nodeheal.anomaly.*.*",
+                            durable="diagnoser", model=Anomaly), on_anomaly)
+    runtime.loop("tick", ticker)              # a background loop whose death fails /healthz
+    await runtime.start()                     # durables ensured, subscribers started, lag reported
+    ok, detail = runtime.liveness()           # -> /healthz
+
+What every consumer does, in this order (the middlewares below, outermost first):
+
+- `OrderingMiddleware`: a consumer marked `ordered` handles one message at a time in stream order
+  (faststream runs a pulled batch concurrently; the lock is taken in delivery order).
+- `TracingMiddleware`: the handler runs inside a CONSUMER span that continues the message's
+  `traceparent` (only for consumers with `span=`; the others see the headers on the `Delivery`).
+- `SettleMiddleware` (the dead-letter middleware and the ack policy): a message is acked only
+  after its handler returned, i.e. after its effects were published and PubAck'ed; *any* exception
+  while decoding or validating (ValidationError, OverflowError, UnicodeDecodeError, RecursionError,
+  ...) sends the raw bytes and the reason to `<prefix>.dlq.<service>` and acks; a transient failure
+  (NATS timeout, no responders, a lost connection, a handler raising `Transient`) is nak'ed with the
+  consumer's delay; any other handler failure is nak'ed too, and dead-lettered with its reason on the
+  consumer's last delivery (`max_deliver`) so nothing vanishes silently.
+- `MetricsMiddleware`: `nodeheal_messages_consumed_total{stream}` per message settled, and
+  `nodeheal_messages_dead_lettered_total{service}`.
+
+The runtime owns its broker (its own NATS connection, with the service's credentials), so the same
+`Inbound` declarations serve the process and the AsyncAPI documents (`document()`): what the
+documents describe is what the subscribers are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import nats.errors
+import prometheus_client
+from faststream import AckPolicy, BaseMiddleware
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.subscriber.usecases.basic import LogicSubscriber
+from faststream.specification import AsyncAPI
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+from pydantic import BaseModel
+
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
+from nodeheal.runtime.metrics import PipelineMetrics
+from nodeheal.runtime.service import make_broker
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.runtime.telemetry import consume_span
+
+log = logging.getLogger("nodeheal.runtime.consumer")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Transient(Exception):  # noqa: N818 - a category, not an error of this module
+    """Raised by a handler for a failure that a later try can fix: the message is nak'ed with a delay."""
+
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    Transient,
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    ServiceUnavailableError,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+class HandlerFailed(Exception):  # noqa: N818
+    """Wraps what a handler raised, so the settle step tells it apart from a decoding failure."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class Inbound(Generic[M]):
+    """One durable pull consumer: what it reads, how it is configured, how it is documented."""
+
+    title: str
+    stream: str
+    subject: str
+    durable: str
+    model: type[M]
+    description: str = ""
+    batch_size: int = 100
+    fetch_timeout_s: float = 1.0
+    ack_wait_s: float = 30.0
+    max_deliver: int = 10
+    max_ack_pending: int = 1000
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+    nak_delay_s: float = 2.0
+    ordered: bool = True
+    max_workers: int = 1
+    span: str | None = None
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """A subject the service publishes (documentation only: publishing goes through `publish_model`)."""
+
+    title: str
+    subject: str
+    model: type[BaseModel]
+    description: str
+    stream: str | None = None
+
+
+class Delivery:
+    """What a handler may know about the message besides its decoded body."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        self.msg = msg
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
+
+    @property
+    def data(self) -> bytes:
+        return self.msg.data
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return self.msg.headers
+
+    @property
+    def stream(self) -> str:
+        return self.msg.metadata.stream
+
+    @property
+    def num_delivered(self) -> int:
+        return int(self.msg.metadata.num_delivered or 1)
+
+    async def in_progress(self) -> None:
+        """Tell the server the handler is still working (resets `ack_wait`)."""
+        await self.msg.in_progress()
+
+
+Handler = Callable[[M, Delivery], Awaitable[None]]
+
+
+def bounded(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+def describe(exc: BaseException) -> str:
+    """A reason for the DLQ: the exception's type and a bounded message (a pydantic error lists its fields)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        with contextlib.suppress(Exception):
+            parts = [
+                f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}"
+                for e in errors(include_url=False, include_input=False)[:5]
+            ]
+            return bounded(f"{type(exc).__name__}: {'; '.join(parts)}")
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose str() fails is still a reason
+        text = repr(type(exc))
+    return bounded(f"{type(exc).__name__}: {text}")
+
+
+class _Base(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: Any, runtime: ConsumerRuntime) -> None:
+        super().__init__(msg, context=context)
+        self.runtime = runtime
+
+    def _spec(self) -> Inbound[Any] | None:
+        raw = self.msg
+        if not isinstance(raw, Msg) or not raw.reply:
+            return None
+        try:
+            meta = raw.metadata
+        except Exception:
+            return None
+        return self.runtime.spec_of(meta.stream, meta.consumer)
+
+
+class OrderingMiddleware(_Base):
+    _lock: asyncio.Lock | None = None
+
+    async def on_receive(self) -> None:
+        spec = self._spec()
+        if spec is not None and spec.ordered:
+            self._lock = self.runtime.order_lock(spec)
+            await self._lock.acquire()
+
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool | None:
+        if self._lock is not None:
+            self._lock.release()
+        return False
+
+
+class TracingMiddleware(_Base):
+    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
+        spec = self._spec()
+        if spec is None or spec.span is None:
+            return await call_next(msg)
+        raw = self.msg
+        assert isinstance(raw, Msg)
+        with consume_span(self.runtime.tracer, subject=raw.subject, headers=raw.headers, name=spec.span):
+            return await call_next(msg)
+
+
+class SettleMiddleware(_Base):
+    """Ack, nak or dead-letter each message once its handler is done (AckPolicy.MANUAL underneath)."""
+
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool | None:
+        raw = self.msg
+        spec = self._spec()
+        if spec is None or not isinstance(raw, Msg):
+            return False
+        if exc_val is not None and not isinstance(exc_val, Exception):
+            return False  # cancelled (shutdown): neither acked nor dead-lettered, redelivered after ack_wait
+        try:
+            await self.runtime.settle(spec, raw, exc_val)
+        except Exception as exc:
+            # The DLQ itself failed: leave the message unacked (redelivered after ack_wait).
+            log.warning("could not settle a message; it will be redelivered", extra={"error": describe(exc)})
+        return True  # nothing escapes into faststream's loop
+
+
+class MetricsMiddleware(_Base):
+    async def after_processed(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_val: BaseException | None = None,
+        exc_tb: TracebackType | None = None,
+    ) -> bool | None:
+        raw = self.msg
+        if isinstance(raw, Msg) and raw.reply:
+            with contextlib.suppress(Exception):
+                self.runtime.metrics.messages_consumed.labels(raw.metadata.stream).inc()
+        return False
+
+
+class ConsumerRuntime:
+    """The consumers, background loops and consumer-lag reporting of one service process."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        nats: NatsSettings,
+        metrics: PipelineMetrics | None = None,
+        tracer: Tracer | None = None,
+        name: str | None = None,
+        lag_every_s: float = 15.0,
+        graceful_timeout_s: float = 10.0,
+    ) -> None:
+        self.service = service
+        self.nats = nats
+        self.metrics = metrics or PipelineMetrics(prometheus_client.CollectorRegistry())
+        self.tracer = tracer or trace.get_tracer(f"nodeheal.{service}")
+        self.lag_every_s = lag_every_s
+        middlewares = [
+            functools.partial(cls, runtime=self)
+            for cls in (OrderingMiddleware, MetricsMiddleware, SettleMiddleware, TracingMiddleware)
+        ]
+        # faststream's own access log ("Received", "Processed" per message) goes through our logging at
+        # DEBUG: per-message INFO lines would be most of a busy service's log.
+        self.broker = make_broker(
+            nats,
+            name=name or f"nodeheal-{service}-consumers",
+            middlewares=middlewares,
+            logger=logging.getLogger(f"nodeheal.{service}.consumers"),
+            log_level=logging.DEBUG,
+            graceful_timeout=graceful_timeout_s,
+        )
+        self._specs: dict[tuple[str, str], Inbound[Any]] = {}
+        self._subscribers: list[tuple[Inbound[Any], LogicSubscriber[Any]]] = []
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._loops: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lag: list[tuple[str, str]] = []
+        self._outbound: list[Outbound] = []
+        self._consumed: list[tuple[Inbound[Any], Handler[Any]]] = []
+        self._documented: list[Inbound[Any]] = []
+        self._started = False
+        self._stopping = False
+        self.skipped = 0
+
+    # ------------------------------------------------------------------ declaration
+
+    def consume(self, spec: Inbound[M], handler: Handler[M]) -> None:
+        """Declare a consumer: faststream pull subscriber on `spec.stream` bound to the durable."""
+        self._specs[(spec.stream, spec.durable)] = spec
+        subscriber = _declare(
+            self.broker, spec, handler, service=self.service, inbox_prefix=f"{self.nats.inbox_prefix}.".encode()
+        )
+        self._subscribers.append((spec, subscriber))
+        self._consumed.append((spec, handler))
+        self._lag.append((spec.stream, spec.durable))
+
+    def documents(self, spec: Inbound[Any]) -> None:
+        """A consumer the service runs outside this runtime (the detector's probe path): in the AsyncAPI
+        document and in the lag report, never started here."""
+        self._documented.append(spec)
+        self._lag.append((spec.stream, spec.durable))
+
+    def publishes(self, *outbound: Outbound) -> None:
+        """Document what the service publishes (AsyncAPI `send` operations)."""
+        self._outbound.extend(outbound)
+
+    def loop(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """A background loop the process cannot live without: if it ends, `/healthz` fails."""
+        self._loops[name] = factory
+        if self._started:
+            self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=f"{self.service}-{name}")
+
+    def follow(
+        self,
+        name: str,
+        *,
+        stream: str,
+        subject: str,
+        model: type[M],
+        since_s: float,
+        handler: Callable[[M], None],
+    ) -> None:
+        """Every replica reads every message of `subject` from `since_s` ago on (an ordered consumer of
+        its own, no acks): views such as "which nodes are unhealthy". A message that does not validate
+        (any exception) or that the handler fails on is skipped and counted; the work consumer of the
+        same stream is the one that dead-letters it."""
+
+        async def run() -> None:
+            start = datetime.now(tz=UTC) - timedelta(seconds=since_s)
+            js = self.broker.connection.jetstream()
+            sub = await js.subscribe(
+                subject,
+                stream=stream,
+                ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
+            )
+            try:
+                async for msg in sub.messages:
+                    try:
+                        handler(model.model_validate_json(msg.data))
+                    except Exception as exc:
+                        self.skipped += 1
+                        log.debug("follower skipped a message", extra={"stream": stream, "error": describe(exc)})
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+        self.loop(f"follow-{name}", run)
+
+    def report_lag_of(self, stream: str, durable: str) -> None:
+        """Another durable (e.g. one consumed outside this runtime) whose lag is reported."""
+        self._lag.append((stream, durable))
+
+    def spec_of(self, stream: str, durable: str) -> Inbound[Any] | None:
+        return self._specs.get((stream, durable))
+
+    def order_lock(self, spec: Inbound[Any]) -> asyncio.Lock:
+        key = (spec.stream, spec.durable)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def document(self, *, title: str, version: str, description: str, server: str) -> AsyncAPI:
+        """The AsyncAPI document: the declared consumers, through the same `_declare` as the process's
+        subscribers, on a broker that never connects; plus what the service publishes."""
+        broker = NatsBroker(server)
+        for spec, handler in self._consumed:
+            _declare(broker, spec, handler, service=self.service)
+        for spec in self._documented:
+            _declare(broker, spec, _never, service=self.service)
+        for item in self._outbound:
+            broker.publisher(
+                item.subject,
+                schema=item.model,
+                title=item.title,
+                description=item.description,
+                stream=JStream(item.stream, declare=False) if item.stream else None,
+            )
+        return AsyncAPI(broker, title=title, version=version, description=description)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def ensure(self) -> None:
+        """Create / update every declared durable with its configuration (before anything binds)."""
+        await self.broker.connect()
+        js = self.broker.connection.jetstream()
+        for spec in self._specs.values():
+            await ensure_pull_consumer(
+                js,
+                stream=spec.stream,
+                durable=spec.durable,
+                filter_subjects=[spec.subject],
+                ack_wait_s=spec.ack_wait_s,
+                max_deliver=spec.max_deliver,
+                max_ack_pending=spec.max_ack_pending,
+                deliver_policy=spec.deliver_policy,
+            )
+
+    async def start(self) -> None:
+        await self.ensure()
+        await self.broker.start()
+        self._started = True
+        for name, factory in self._loops.items():
+            self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=f"{self.service}-{name}")
+        self._tasks["lag"] = asyncio.create_task(self._report_lag(), name=f"{self.service}-lag")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks.values():
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=5.0)
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.broker.stop(), timeout=15.0)
+
+    async def _guard(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await factory()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("loop %s died; /healthz fails so the pod is restarted", name)
+            raise
+        if not self._stopping:
+            log.error("loop %s ended; /healthz fails so the pod is restarted", name)
+
+    async def _report_lag(self) -> None:
+        """Consumer lag of every declared durable into `nodeheal_consumer_pending_messages` (one loop
+        per process, a server round trip per consumer)."""
+        js = self.broker.connection.jetstream()
+        while True:
+            for stream, durable in self._lag:
+                try:
+                    await self.metrics.report_consumer_lag(js, stream=stream, consumer=durable)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.debug("consumer lag not read", extra={"stream": stream, "error": describe(exc)})
+            await asyncio.sleep(self.lag_every_s)
+
+    def liveness(self) -> tuple[bool, str]:
+        """False when a subscriber's pull loop or a background loop is gone (the pod must restart)."""
+        if not self._started or self._stopping:
+            return True, "ok"
+        dead = [name for name, task in self._tasks.items() if task.done()]
+        for spec, sub in self._subscribers:
+            tasks = getattr(sub, "tasks", [])
+            if not sub.running or (tasks and all(t.done() for t in tasks)):
+                dead.append(f"consumer {spec.title!r} ({spec.stream}/{spec.durable})")
+        if dead:
+            return False, f"{self.service}: stopped: {', '.join(dead)}"
+        return True, "ok"
+
+    async def readiness(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, f"{self.service}: consumers not started"
+        if not self.broker.connection or not self.broker.connection.is_connected:
+            return False, f"{self.service}: consumer connection to NATS is down"
+        return True, "ok"
+
+    # ------------------------------------------------------------------ settling one message
+
+    async def settle(self, spec: Inbound[Any], msg: Msg, exc: BaseException | None) -> None:
+        if exc is None:
+            await msg.ack()
+            return
+        if isinstance(exc, HandlerFailed):
+            cause = exc.cause
+            delivered = int(msg.metadata.num_delivered or 1)
+            if isinstance(cause, TRANSIENT):
+                log.info("transient failure; nak with delay", extra={"error": describe(cause), "stream": spec.stream})
+                await msg.nak(delay=spec.nak_delay_s)
+                return
+            if spec.max_deliver > 0 and delivered >= spec.max_deliver:
+                await self._dead_letter(spec, msg, f"handler failed on delivery {delivered}: {describe(cause)}")
+                await msg.ack()
+                return
+            log.warning(
+                "handler failed; nak with delay",
+                exc_info=cause,
+                extra={"error": describe(cause), "stream": spec.stream, "delivered": delivered},
+            )
+            await msg.nak(delay=spec.nak_delay_s)
+            return
+        # Anything else was raised before the handler ran: the input is bad. Keep it, with the reason.
+        await self._dead_letter(spec, msg, f"not a valid {spec.model.__name__}: {describe(exc)}")
+        await msg.ack()
+
+    async def _dead_letter(self, spec: Inbound[Any], msg: Msg, reason: str) -> None:
+        await dead_letter(
+            self.broker.connection.jetstream(),
+            service=self.service,
+            reason=f"{spec.stream} message rejected: {reason}",
+            raw=msg.data,
+            subject=msg.subject,
+            headers=dict(msg.headers) if msg.headers else None,
+            prefix=self.nats.prefix,
+            timeout_s=self.nats.publish_timeout_s,
+        )
+        self.metrics.messages_dead_lettered.labels(self.service).inc()
+
+
+async def _never(body: Any, delivery: Delivery) -> None:
+    return None
+
+
+def _declare(
+    broker: NatsBroker, spec: Inbound[M], handler: Handler[M], *, service: str, inbox_prefix: bytes = b"_INBOX."
+) -> LogicSubscriber[Any]:
+    """The faststream subscriber of one consumer: a pull subscriber bound to the durable, batch pulls,
+    MANUAL acks (the settle middleware acks), the model decoded by our decoder so that any exception
+    of decoding is caught by the settle middleware."""
+    model = spec.model
+
+    async def decode(msg: Any, original: Any) -> Any:
+        return model.model_validate_json(msg.body)
+
+    async def on_message(body: Any, message: Any) -> None:
+        try:
+            await handler(body, Delivery(message.raw_message))
+        except Exception as exc:
+            raise HandlerFailed(exc) from exc
+
+    on_message.__annotations__ = {"body": model, "message": NatsMessage, "return": None}
+    on_message.__name__ = f"{service}_{spec.title.replace(' ', '_')}"
+    on_message.__doc__ = spec.description or None
+    subscriber = broker.subscriber(
+        spec.subject,
+        stream=JStream(spec.stream, declare=False),
+        durable=spec.durable,
+        config=ConsumerConfig(
+            ack_wait=spec.ack_wait_s, max_deliver=spec.max_deliver, max_ack_pending=spec.max_ack_pending
+        ),
+        pull_sub=PullSub(batch_size=spec.batch_size, timeout=spec.fetch_timeout_s),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=spec.max_workers if spec.max_workers > 1 else None,
+        decoder=decode,
+        inbox_prefix=inbox_prefix,  # under per-role permissions each user may only subscribe to its own inboxes
+        title=spec.title,
+        description=spec.description or None,
+    )
+    subscriber(on_message)
+    return subscriber

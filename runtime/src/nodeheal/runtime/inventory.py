@@ -1,0 +1,94 @@
+"""The inventory bucket (`<bucket_prefix>-inventory`, written by the inventory watcher), read the same
+way by every service that needs node placements: load every `node.<cluster>.<node>` key once, then
+watch for changes. A record that does not validate is logged and skipped (a KV holds no DLQ: the
+watcher that writes it validates it first)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from nodeheal.schemas.inventory import NodeInventory
+from nodeheal.schemas.subjects import unescape_token
+
+log = logging.getLogger("nodeheal.runtime.inventory")
+
+OnPut = Callable[[NodeInventory], None]
+OnDelete = Callable[[str, str], None]
+
+
+class InventoryFeed:
+    def __init__(self, bucket: str, *, on_put: OnPut, on_delete: OnDelete | None = None) -> None:
+        self.bucket = bucket
+        self.on_put = on_put
+        self.on_delete = on_delete
+        self.kv: KeyValue | None = None
+        self.loaded = 0
+
+    async def open(self, js: JetStreamContext) -> bool:
+        """Bind the bucket; False (with a warning) when it is not provisioned (`nodeheal streams apply`)."""
+        try:
+            self.kv = await js.key_value(self.bucket)
+        except Exception as exc:
+            log.warning(
+                "inventory bucket unavailable; node placements unknown",
+                extra={"bucket": self.bucket, "error": str(exc)},
+            )
+            return False
+        return True
+
+    def apply(self, key: str, value: bytes | None, op: str | None) -> None:
+        """One entry of the bucket (a put, or a delete/purge)."""
+        if not key.startswith("node."):
+            return
+        if op in {"DEL", "PURGE"} or not value:
+            if self.on_delete is not None:
+                _, _, rest = key.partition(".")
+                cluster, _, node = rest.partition(".")
+                self.on_delete(unescape_token(cluster), unescape_token(node))
+            return
+        try:
+            record = NodeInventory.model_validate_json(value)
+        except Exception as exc:
+            log.warning("bad inventory record ignored", extra={"key": key, "error": str(exc)[:300]})
+            return
+        self.on_put(record)
+
+    async def load(self) -> int:
+        """Every record in the bucket now; returns how many keys were read."""
+        if self.kv is None:
+            return 0
+        try:
+            keys = await self.kv.keys()
+        except Exception:
+            return 0  # an empty bucket raises NoKeysError
+        for key in keys:
+            with contextlib.suppress(Exception):
+                entry = await self.kv.get(key)
+                self.apply(key, entry.value, None)
+                self.loaded += 1
+        return self.loaded
+
+    async def watch(self) -> None:
+        """Follow changes until cancelled (register it with `ConsumerRuntime.loop`: if it ends, /healthz fails)."""
+        if self.kv is None:
+            return await _forever()
+        watcher = await self.kv.watch("node.>", include_history=False)
+        async for entry in watcher:
+            if entry is None:
+                continue
+            try:
+                self.apply(entry.key, entry.value, entry.operation)
+            except Exception:
+                log.exception("inventory update not applied", extra={"key": entry.key})
+        return None
+
+
+async def _forever() -> None:
+    import asyncio
+
+    await asyncio.Event().wait()

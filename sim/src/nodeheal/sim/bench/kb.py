@@ -1,0 +1,279 @@
+"""`nodeheal bench kb`: the knowledge base on the real corpus (tests/data/kb), measured.
+
+- classification: every excerpt of `corpus.jsonl` (and of the older `kernel-log-samples.jsonl`) goes
+  through `analyse()`; its primary class is compared with the label. Per-class precision / recall / F1,
+  a confusion table (true → predicted, `none` when nothing matched), accuracy overall and split into
+  `train` (excerpts whose misses were allowed to motivate rules) and `test` (held out: only judged).
+- buckets: every crash report cut from the excerpts; two reports are "the same bug" when their source
+  says so (the excerpt's `group`, or several reports of one problem pasted in one excerpt). Pairwise
+  precision / recall / F1 of the exact key (level 1) and of the similarity clusters (level 2).
+- speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
+  and the detector's coarse pre-filter on the same lines, lines per second.
+Pure CPU; no NATS.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from nodeheal.detector.kernel import classify_line
+from nodeheal.diagnoser.kb import analyse, default_matcher
+from nodeheal.diagnoser.kb.signature import CrashReport, cluster_reports, extract_reports
+from nodeheal.schemas.kernel import KERNEL_LOG_CLASSES
+
+NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Excerpt:
+    id: str
+    cls: str
+    lines: tuple[str, ...]
+    source: str
+    split: str
+    group: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class CorpusError(ValueError):
+    """The corpus directory is missing or a row is malformed; the message says which."""
+
+
+def load_corpus(directory: Path) -> tuple[list[Excerpt], list[str]]:
+    """Excerpts of `corpus.jsonl` (+ `../kernel-log-samples.jsonl` as split `samples`) and benign lines."""
+    corpus = directory / "corpus.jsonl"
+    if not corpus.is_file():
+        raise CorpusError(f"no corpus at {corpus}; pass --corpus DIR (the repository's tests/data/kb)")
+    excerpts: list[Excerpt] = []
+    for number, text in enumerate(corpus.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+            excerpts.append(
+                Excerpt(
+                    id=str(row["id"]),
+                    cls=str(row["class"]),
+                    lines=tuple(row["lines"]),
+                    source=str(row["source"]),
+                    split=str(row["split"]),
+                    group=row.get("group"),
+                    meta={k: row.get(k) for k in ("distro", "kernel", "locale")},
+                )
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorpusError(f"{corpus}:{number}: {exc}") from exc
+    samples = directory.parent / "kernel-log-samples.jsonl"
+    if samples.is_file():
+        for number, text in enumerate(samples.read_text(encoding="utf-8").splitlines(), 1):
+            if text.strip():
+                row = json.loads(text)
+                excerpts.append(
+                    Excerpt(f"sample-{number:03d}", row["class"], tuple(row["lines"]), row["source"], "samples")
+                )
+    benign_file = directory / "benign.txt"
+    benign = [
+        line for line in benign_file.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")
+    ]
+    return excerpts, benign
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
+
+
+def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
+    predicted: dict[str, str] = {}
+    for excerpt in excerpts:
+        primary = analyse(list(excerpt.lines)).primary
+        predicted[excerpt.id] = primary.cls if primary is not None else NONE
+    confusion: dict[str, Counter[str]] = defaultdict(Counter)
+    for excerpt in excerpts:
+        confusion[excerpt.cls][predicted[excerpt.id]] += 1
+    per_class: dict[str, dict[str, float | int]] = {}
+    for cls in KERNEL_LOG_CLASSES:
+        tp = confusion[cls][cls]
+        fn = sum(confusion[cls].values()) - tp
+        fp = sum(row[cls] for true, row in confusion.items() if true != cls)
+        per_class[cls] = {"support": tp + fn, **_prf(tp, fp, fn)}
+
+    def accuracy(split: str | None) -> dict[str, float | int]:
+        chosen = [e for e in excerpts if split is None or e.split == split]
+        right = sum(predicted[e.id] == e.cls for e in chosen)
+        return {"excerpts": len(chosen), "right": right, "accuracy": round(right / len(chosen), 4) if chosen else 1.0}
+
+    misses = [
+        {"id": e.id, "split": e.split, "label": e.cls, "predicted": predicted[e.id], "source": e.source}
+        for e in excerpts
+        if predicted[e.id] != e.cls
+    ]
+    return {
+        "accuracy": {
+            "all": accuracy(None),
+            "corpus": {
+                "excerpts": sum(e.split != "samples" for e in excerpts),
+                "right": sum(predicted[e.id] == e.cls for e in excerpts if e.split != "samples"),
+            },
+            "train": accuracy("train"),
+            "test": accuracy("test"),
+            "samples": accuracy("samples"),
+        },
+        "per_class": per_class,
+        "lowest_recall_class": min(
+            (c for c in per_class if per_class[c]["support"]), key=lambda c: per_class[c]["recall"]
+        ),
+        "confusion": {true: dict(row) for true, row in sorted(confusion.items())},
+        "misses": misses,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledReport:
+    excerpt: str
+    truth: str  # same value = same bug, per the source
+    report: CrashReport
+
+
+def labelled_reports(excerpts: Iterable[Excerpt]) -> list[LabelledReport]:
+    """Crash reports of the excerpts; the truth is the declared group, else the excerpt itself (one
+    problem pasted several times in one excerpt is one bug, per its reporter)."""
+    out: list[LabelledReport] = []
+    for excerpt in excerpts:
+        for report in extract_reports(list(excerpt.lines)):
+            out.append(LabelledReport(excerpt.id, excerpt.group or f"excerpt:{excerpt.id}", report))
+    return out
+
+
+def pairwise(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float | int]:
+    tp = fp = fn = 0
+    for i, j in combinations(range(len(truth)), 2):
+        same_truth, same_pred = truth[i] == truth[j], predicted[i] == predicted[j]
+        tp += same_truth and same_pred
+        fp += same_pred and not same_truth
+        fn += same_truth and not same_pred
+    return {"true_pairs": tp + fn, "tp": tp, "fp": fp, "fn": fn, **_prf(tp, fp, fn)}
+
+
+def bucketing(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
+    every = labelled_reports(excerpts)
+    reports = [r for r in every if r.report.identified()]
+    truth = [r.truth for r in reports]
+    exact = [r.report.signature().bucket for r in reports]
+    clusters = cluster_reports([r.report for r in reports])
+    groups = Counter(truth)
+    return {
+        "reports": len(reports),
+        "reports_without_identity": len(every) - len(reports),
+        "bugs_with_several_reports": sum(1 for n in groups.values() if n > 1),
+        "declared_groups": sorted(g for g, n in Counter(e.group for e in excerpts if e.group).items() if n > 1),
+        "exact_key": pairwise(truth, exact),
+        "similarity": pairwise(truth, [str(c) for c in clusters]),
+        "buckets": len(set(clusters)),
+    }
+
+
+_RIP_LINE = re.compile(r"RIP: |\bIP: |\bpc : |PC is at |EIP: ")
+_CPU_LINE = re.compile(r"CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: |Pid: \d+, comm: ")
+_TRACE_LINE = re.compile(r"Call Trace|Call trace|\+0x[0-9a-f]+/0x[0-9a-f]+")
+
+
+def partial_copies(lines: Sequence[str]) -> dict[str, list[str]]:
+    """What copies of one report typically lack (mail quotes, pastes, pstore fragments): the RIP line,
+    the header line, the call trace, the `CPU: … Comm:` line."""
+    reports = extract_reports(list(lines))
+    header = reports[0].start if reports else 0
+    return {
+        "no_rip_line": [line for line in lines if not _RIP_LINE.search(line)],
+        "no_header_line": [line for i, line in enumerate(lines) if i != header],
+        "no_call_trace": [line for line in lines if not _TRACE_LINE.search(line) or _RIP_LINE.search(line)],
+        "no_cpu_line": [line for line in lines if not _CPU_LINE.search(line)],
+    }
+
+
+def partial_copy_robustness(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
+    """Derived from the real reports: each identified single-report excerpt plus its partial copies is one
+    bug; every other report is another. Pairwise scores of both levels over all of them."""
+    truth: list[str] = []
+    reports: list[CrashReport] = []
+    lost: Counter[str] = Counter()
+    for excerpt in excerpts:
+        found = [r for r in extract_reports(list(excerpt.lines)) if r.identified()]
+        if len(found) != 1:
+            continue
+        bug = excerpt.group or excerpt.id
+        truth.append(bug)
+        reports.append(found[0])
+        for name, copy in partial_copies(excerpt.lines).items():
+            if list(copy) == list(excerpt.lines):
+                continue
+            copies = [r for r in extract_reports(copy) if r.identified()]
+            if len(copies) != 1:
+                lost[name] += 1  # the copy no longer holds an identifiable report
+                continue
+            truth.append(bug)
+            reports.append(copies[0])
+    clusters = cluster_reports(reports)
+    return {
+        "reports": len(reports),
+        "bugs": len(set(truth)),
+        "copies_without_identity": dict(lost),
+        "exact_key": pairwise(truth, [r.bucket() for r in reports]),
+        "similarity": pairwise(truth, [str(c) for c in clusters]),
+    }
+
+
+def _rate(fn: Any, lines: Sequence[str], seconds: float) -> float:
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for line in lines:
+            fn(line)
+        count += len(lines)
+    return count / (time.perf_counter() - start)
+
+
+def speed(excerpts: Sequence[Excerpt], benign: Sequence[str], seconds: float) -> dict[str, Any]:
+    matcher = default_matcher()
+    quiet = list(benign)
+    for excerpt in excerpts:
+        quiet.extend(line for line in excerpt.lines if matcher.match_line(line) is None)
+    every = [line for e in excerpts for line in e.lines]
+    return {
+        "benign_lines": len(quiet),
+        "matcher_benign_lines_per_s": round(_rate(matcher.match_line, quiet, seconds)),
+        "matcher_all_corpus_lines_per_s": round(_rate(matcher.match_line, every, seconds)),
+        "detector_prefilter_benign_lines_per_s": round(_rate(classify_line, quiet, seconds)),
+        "benign_lines_matched": sum(matcher.match_line(line) is not None for line in benign),
+        "detector_prefilter_benign_hits": sum(classify_line(line) is not None for line in benign),
+    }
+
+
+def run_bench(corpus_dir: Path, *, seconds: float = 2.0) -> dict[str, Any]:
+    excerpts, benign = load_corpus(corpus_dir)
+    corpus = [e for e in excerpts if e.split != "samples"]
+    return {
+        "bench": "kb",
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "corpus": {
+            "excerpts": len(corpus),
+            "samples": len(excerpts) - len(corpus),
+            "sources": len({e.source for e in corpus}),
+            "locales": dict(Counter(str(e.meta.get("locale")) for e in corpus)),
+            "benign_lines": len(benign),
+        },
+        "classification": classification(excerpts),
+        "bucketing": bucketing(excerpts),
+        "partial_copies": partial_copy_robustness(excerpts),
+        "speed": speed(excerpts, benign, seconds),
+    }

@@ -1,0 +1,127 @@
+"""SIGKILL the detector process between fetching a probe with a kernel-panic line and publishing its
+anomaly (the deterministic hook `NODEHEAL_TEST_KILL_AT=detector.fetched`), restart it as Kubernetes
+would, keep the fleet's probes flowing: the kernel-fault anomaly still arrives, exactly once (the
+probe is redelivered after ack_wait; its anomaly's Nats-Msg-Id is deterministic).
+
+With cumulative acks (AckPolicy.ALL, before) the restarted process's first ack covered the killed
+process's unprocessed probe and the panic was never seen."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+
+import pytest
+from nats.aio.client import Client
+
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas import NodeProbe
+from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish
+
+pytestmark = pytest.mark.nats
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except OSError:
+        return 0
+
+
+def start(settings: NatsSettings, port: int, **extra: str) -> subprocess.Popen[bytes]:
+    env = (
+        os.environ
+        | {
+            "NODEHEAL_DETECTOR_NATS__URL": settings.url,
+            "NODEHEAL_DETECTOR_NATS__PREFIX": settings.prefix,
+            "NODEHEAL_DETECTOR_NATS__STREAM_PREFIX": settings.stream_prefix,
+            "NODEHEAL_DETECTOR_NATS__BUCKET_PREFIX": settings.bucket_prefix,
+            "NODEHEAL_DETECTOR_CLUSTER": "c1",
+            "NODEHEAL_DETECTOR_HTTP_PORT": str(port),
+            "NODEHEAL_DETECTOR_HTTP_HOST": "127.0.0.1",
+            "NODEHEAL_DETECTOR_ACK_WAIT_S": "20",
+            "NODEHEAL_DETECTOR_TICK_S": "0.2",
+            "NODEHEAL_DETECTOR_LOG_FORMAT": "json",
+        }
+        | extra
+    )
+    env.pop("NODEHEAL_TEST_KILL_AT", None)
+    env.update(extra)
+    return subprocess.Popen([sys.executable, "-m", "nodeheal.detector"], env=env, stderr=subprocess.DEVNULL)
+
+
+async def ready(proc: subprocess.Popen[bytes], port: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while status(f"http://127.0.0.1:{port}/readyz") != 200:
+        assert proc.poll() is None, f"detector exited with {proc.returncode}"
+        assert loop.time() < deadline, "detector never became ready"
+        await asyncio.sleep(0.2)
+
+
+def panic_probe() -> NodeProbe:
+    healthy = probe(node="k1", seq=1, used=10.0)
+    return healthy.model_copy(
+        update={
+            "id": "k1-panic",
+            "time": datetime.now(tz=UTC),
+            "kernel_log": ("Kernel panic - not syncing: Fatal exception in interrupt",),
+        }
+    )
+
+
+async def test_sigkill_between_fetch_and_publish_loses_no_kernel_line(topology_ready: NatsSettings, nc: Client) -> None:
+    port = free_port()
+    first = start(topology_ready, port, NODEHEAL_TEST_KILL_AT="detector.fetched")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await ready(first, port)
+        await publish(nc, topology_ready, panic_probe())
+        returncode = await asyncio.to_thread(first.wait, 30)
+        assert returncode == -9, "the hook point was not reached"
+
+        second = start(topology_ready, port)
+        await ready(second, port)
+        for seq in range(1, 6):  # later probes of the fleet: the restarted detector acks them
+            await publish(nc, topology_ready, probe(node="k2", seq=seq, used=10.0))
+            await asyncio.sleep(0.2)
+
+        def kernel_faults() -> object:
+            async def read() -> list[str]:
+                return [
+                    a.id
+                    for a in await anomalies(nc, topology_ready)
+                    if a.node == "k1" and a.kind == "kernel_fault" and a.status == "firing"
+                ]
+
+            return read()
+
+        # ack_wait (20 s) is longer than the restart, so the restarted detector acks the later probes
+        # before the server would redeliver the unprocessed one
+        await eventually(kernel_faults, timeout_s=60)
+        await asyncio.sleep(1.0)
+        assert len(await kernel_faults()) == 1  # type: ignore[misc]
+        assert status(f"http://127.0.0.1:{port}/healthz") == 200
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()

@@ -1,0 +1,246 @@
+"""The shared consumer runtime on a real nats-server: bad input of any kind goes to the DLQ with a
+reason and the loop goes on; a transient failure is redelivered; a dead loop fails /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Transient
+from nodeheal.runtime.jetstream import MAX_DEAD_RAW
+from nodeheal.runtime.service import build_asgi, make_broker
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.anomaly import Anomaly
+from nodeheal.schemas.dlq import DeadLetter
+from nodeheal.schemas.subjects import dlq_subject, wildcard
+from tests.support.asgi import asgi_get
+from tests.support.fuzz import draw, hostile
+from tests.unit.diagnoser.scenarios import anomaly
+
+pytestmark = pytest.mark.nats
+
+
+async def dead_letters(js: JetStreamContext, settings: NatsSettings, service: str) -> list[DeadLetter]:
+    """Everything in the DLQ for `service` (read with an ephemeral consumer)."""
+    stream = settings.topology().stream(f"{settings.stream_prefix}DLQ").name
+    sub = await js.pull_subscribe(
+        dlq_subject(service, prefix=settings.prefix),
+        stream=stream,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=10.0),
+    )
+    out: list[DeadLetter] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(500, timeout=0.5)
+            except TimeoutError:
+                return out
+            out += [DeadLetter.model_validate_json(m.data) for m in msgs]
+    finally:
+        await sub.unsubscribe()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not await check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+def rejects(raw: bytes) -> bool:
+    try:
+        Anomaly.model_validate_json(raw)
+    except Exception:
+        return True
+    return False
+
+
+def spec(settings: NatsSettings, **overrides: object) -> Inbound[Anomaly]:
+    stream = settings.topology().stream(f"{settings.stream_prefix}ANOMALIES").name
+    values: dict[str, object] = {
+        "title": "anomalies",
+        "stream": stream,
+        "subject": wildcard("anomaly", prefix=settings.prefix),
+        "durable": "fuzzed",
+        "model": Anomaly,
+        "batch_size": 50,
+        "fetch_timeout_s": 0.2,
+        "nak_delay_s": 0.2,
+    }
+    values.update(overrides)
+    return Inbound(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def runtime(topology_ready: NatsSettings) -> AsyncIterator[ConsumerRuntime]:
+    rt = ConsumerRuntime(service="fuzzed", nats=topology_ready)
+    yield rt
+    await rt.stop()
+
+
+async def test_hostile_input_goes_to_the_dlq_and_the_loop_goes_on(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
+) -> None:
+    settings = topology_ready
+    js = nc.jetstream()
+    valid = json.loads(anomaly("n1", "node_down").to_json())
+    inputs = [
+        raw for raw in draw(hostile(valid, time_fields=["detected_at", "fault_onset", "time"]), 60) if rejects(raw)
+    ]
+    assert len(inputs) >= 30
+    handled: list[str] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        handled.append(item.id)
+
+    runtime.consume(spec(settings), handle)
+    await runtime.start()
+    subject = f"{settings.prefix}.anomaly.c1.n1"
+    for i, raw in enumerate(inputs):
+        await js.publish(subject, raw, headers={"Nats-Msg-Id": f"bad-{i}"})
+    good = anomaly("n2", "node_down")
+    await js.publish(f"{settings.prefix}.anomaly.c1.n2", good.to_json(), headers={"Nats-Msg-Id": good.id})
+
+    async def all_settled() -> bool:
+        return good.id in handled and len(await dead_letters(js, settings, "fuzzed")) >= len(inputs)
+
+    await eventually(all_settled)
+    letters = await dead_letters(js, settings, "fuzzed")
+    assert sorted(letter.raw for letter in letters) == sorted(raw[:MAX_DEAD_RAW] for raw in inputs)
+    assert len(letters) == len(inputs)
+    assert all(letter.reason and "rejected" in letter.reason for letter in letters)
+    assert handled == [good.id]
+    assert runtime.liveness() == (True, "ok")
+    info = await js.consumer_info(spec(settings).stream, "fuzzed")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_transient_failure_is_redelivered_then_acked(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
+) -> None:
+    js = nc.jetstream()
+    calls: list[int] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        calls.append(delivery.num_delivered)
+        if len(calls) < 3:
+            raise Transient("downstream not there yet")
+
+    runtime.consume(spec(topology_ready), handle)
+    await runtime.start()
+    item = anomaly("n3", "node_down")
+    await js.publish(f"{topology_ready.prefix}.anomaly.c1.n3", item.to_json(), headers={"Nats-Msg-Id": item.id})
+
+    async def acked() -> bool:
+        info = await js.consumer_info(spec(topology_ready).stream, "fuzzed")
+        return len(calls) >= 3 and info.num_ack_pending == 0
+
+    await eventually(acked)
+    assert calls == [1, 2, 3]
+    assert await dead_letters(js, topology_ready, "fuzzed") == []
+
+
+async def test_a_dead_loop_fails_healthz(topology_ready: NatsSettings, runtime: ConsumerRuntime) -> None:
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        return None
+
+    async def broken() -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("a bug in a background loop")
+
+    runtime.consume(spec(topology_ready), handle)
+    runtime.loop("broken", broken)
+    await runtime.start()
+    shell = make_broker(topology_ready, name="pytest-shell")
+    app = build_asgi(shell, liveness=[runtime.liveness])
+    assert (await asgi_get(app, "/healthz"))[0] == 200
+
+    async def unhealthy() -> bool:
+        return (await asgi_get(app, "/healthz"))[0] == 503
+
+    await eventually(unhealthy, within_s=5.0)
+    assert "broken" in (await asgi_get(app, "/healthz"))[1]
+
+
+async def test_ops_server_healthz_fails_when_a_watched_loop_ends() -> None:
+    import aiohttp
+
+    from nodeheal.runtime.ops import OpsServer
+
+    ops = OpsServer(host="127.0.0.1", port=0)
+    done = asyncio.Event()
+
+    async def probes() -> None:
+        await done.wait()
+
+    task = asyncio.create_task(probes())
+    ops.watch("probes", task)
+    await ops.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{ops.bound_port}/healthz"
+            async with http.get(url) as response:
+                assert response.status == 200
+            done.set()
+            await task
+            async with http.get(url) as response:
+                assert response.status == 503
+                assert "probes" in await response.text()
+    finally:
+        await ops.stop()
+
+
+async def test_upgrading_a_durable_to_explicit_acks_keeps_its_place(topology_ready: NatsSettings, nc: Client) -> None:
+    """A durable created with AckPolicy.ALL (older detectors) is recreated with EXPLICIT where its ack
+    floor ended: nothing acknowledged comes back, nothing unacknowledged is skipped."""
+    from nats.js.api import AckPolicy
+
+    from nodeheal.runtime.jetstream import ensure_pull_consumer
+
+    js = nc.jetstream()
+    stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}PROBES").name
+    subject = f"{topology_ready.prefix}.probe.c1.n1"
+    filters = [f"{topology_ready.prefix}.probe.*.*"]
+    await ensure_pull_consumer(js, stream=stream, durable="old", filter_subjects=filters, ack_policy=AckPolicy.ALL)
+    for i in range(5):
+        await js.publish(subject, f"m{i}".encode())
+    sub = await js.pull_subscribe_bind("old", stream)
+    first = await sub.fetch(2, timeout=2)
+    await first[-1].ack_sync()  # cumulative: m0 and m1
+    await sub.unsubscribe()
+    await ensure_pull_consumer(js, stream=stream, durable="old", filter_subjects=filters, ack_policy=AckPolicy.EXPLICIT)
+    info = await js.consumer_info(stream, "old")
+    assert info.config.ack_policy == AckPolicy.EXPLICIT
+    sub = await js.pull_subscribe_bind("old", stream)
+    rest = await sub.fetch(10, timeout=2)
+    assert [m.data for m in rest] == [b"m2", b"m3", b"m4"]
+    await sub.unsubscribe()
+
+
+async def test_a_message_cancelled_at_shutdown_is_neither_acked_nor_dead_lettered(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    js = nc.jetstream()
+    runtime = ConsumerRuntime(service="fuzzed", nats=topology_ready, graceful_timeout_s=0.5)
+    entered = asyncio.Event()
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        entered.set()
+        await asyncio.sleep(3600)
+
+    runtime.consume(spec(topology_ready, ack_wait_s=60.0), handle)
+    await runtime.start()
+    item = anomaly("n4", "node_down")
+    await js.publish(f"{topology_ready.prefix}.anomaly.c1.n4", item.to_json(), headers={"Nats-Msg-Id": item.id})
+    await asyncio.wait_for(entered.wait(), timeout=20)
+    await runtime.stop()
+    info = await js.consumer_info(spec(topology_ready).stream, "fuzzed")
+    assert info.num_ack_pending == 1
+    assert await dead_letters(js, topology_ready, "fuzzed") == []
