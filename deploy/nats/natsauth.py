@@ -19,6 +19,7 @@ workstation, the permission-matrix test imports it. It produces what `nsc` would
     python deploy/nats/natsauth.py init --out DIR [--prefix nodeheal] [--bucket-prefix nodeheal]
     python deploy/nats/natsauth.py mint-agent --keys DIR --cluster C --node N > node.creds
     python deploy/nats/natsauth.py show [--prefix nodeheal]        # the permission matrix as JSON
+    python deploy/nats/natsauth.py table                          # the same as a Markdown table
 
 It never talks to a server and never prints a seed except into the files it writes.
 """
@@ -34,7 +35,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,19 @@ ROLES = ("ingest", "agent", "prober", "inventory", "detector", "diagnoser", "rem
 
 _TOKEN_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
+DLQ_SERVICE = {
+    "ingest": "cloud-events-ingest",  # IngestSettings.service_name
+    "agent": "node-agent",  # AgentSettings.dlq_service
+    "prober": "prober",
+    "inventory": "inventory",
+    "detector": "detector",
+    "diagnoser": "diagnoser",
+    "remediator": "remediator",
+}
+"""The DLQ subject token each role writes (`<prefix>.dlq.<token>`, the `service` of `dead_letter`): one
+subject per role, so the DLQ's per-subject cap bounds each role's share and no role can write letters
+in another's name."""
+
 
 @dataclass(frozen=True)
 class Permissions:
@@ -175,7 +189,9 @@ class Layout:
     prefix: str = "nodeheal"
     stream_prefix: str = ""
     bucket_prefix: str = "nodeheal"
-    durables: dict[str, str] = field(default_factory=dict)
+    detector_replicas: tuple[int, ...] = ()
+    """Replica counts of a partitioned detector (`DetectorSettings.replicas`), whose durables are named
+    `detector-<r>-of-<n>`; empty: one unpartitioned detector."""
 
     def stream(self, name: str) -> str:
         return f"{self.stream_prefix}{name}"
@@ -185,24 +201,35 @@ class Layout:
 
 
 def _consume(stream: str) -> list[str]:
-    """What reading `stream` needs: look it up, create/update/inspect consumers on that stream only
-    (durable pull consumers and the ordered consumers of replay/restore), fetch, acknowledge
-    (ack/nak/term/in-progress all publish to $JS.ACK), flow control, and direct gets of the last
-    message per subject (state seeding)."""
+    """What reading `stream` needs: look it up, create/update/inspect *named* consumers on that stream
+    only (durable pull consumers, and ephemerals named by the client: nats-py's `pull_subscribe` with
+    no durable, the detector's replay), fetch, acknowledge (ack/nak/term/in-progress all publish to
+    $JS.ACK), flow control, and direct gets of the last message per subject (state seeding).
+
+    Never the legacy server-named create `$JS.API.CONSUMER.CREATE.<stream>`: the server takes the
+    consumer's name from the request *body* there, so it can rewrite any durable of the stream (tested).
+    Other roles' durables on the stream are then refused by `_guard_durables` (deny beats allow)."""
     return [
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
-        f"$JS.FC.{stream}.>",
         f"$JS.API.STREAM.INFO.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.INFO.{stream}.>",
-        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}.*",
+        f"$JS.API.CONSUMER.CREATE.{stream}.*.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.*",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
         f"$JS.ACK.{stream}.>",
     ]
+
+
+def _ordered(stream: str) -> list[str]:
+    """nats-py's ordered push consumers (`js.subscribe(ordered_consumer=True)`) create through the legacy
+    server-named subject. Only for streams where that role is the only owner of durables, see
+    `LEGACY_CREATE`."""
+    return [f"$JS.API.CONSUMER.CREATE.{stream}"]
 
 
 def _kv_read(bucket: str) -> list[str]:
@@ -227,19 +254,100 @@ def _kv_write(bucket: str) -> list[str]:
 
 def inbox_prefix(role: str) -> str:
     """Each role gets replies on its own inbox subtree (`NatsSettings.inbox_prefix`, passed to nats-py as
-    `inbox_prefix`), so one service cannot read another's request replies or PubAcks. All agents share
-    `_INBOX.agent`: an agent could read another agent's probe PubAcks (worthless), never the
-    remediator's command replies; a per-node inbox would need the agent to compute its escaped node
-    token, which a Kubernetes env var cannot."""
+    `inbox_prefix`), so one service cannot read another's request replies or PubAcks. For the agent this
+    is the base: the agent appends its escaped cluster and node tokens itself
+    (`AgentSettings.inbox_per_node`, see `agent_inbox_prefix`), and the server lets each agent subscribe
+    only below its own node's prefix."""
     return f"_INBOX.{role}"
 
 
-def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
-    """The allow lists of one role. Everything not listed is refused by the server."""
+def agent_inbox_prefix(cluster: str, node: str) -> str:
+    """The inbox prefix of one node's agent: `_INBOX.agent.<cluster>.<node>` (escaped tokens)."""
+    return f"{inbox_prefix('agent')}.{_escape(cluster)}.{_escape(node)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Who owns which durable consumer. One row per durable a service keeps (its name comes from the
+# service's settings: `DetectorSettings.durable`, `DiagnoserSettings.durable`, ...). No other role may
+# create, update, delete, fetch from or acknowledge on it (`_guard_durables`). Add a row when a service
+# gets a new durable; tests/unit/deploy/test_natsauth_matrix.py checks the services' defaults are here.
+
+DURABLES: tuple[tuple[str, str, str], ...] = (
+    # (role, stream base name, durable name)
+    ("detector", "PROBES", "detector"),
+    ("detector", "CLOUD", "detector"),
+    ("detector", "AUDIT", "detector"),
+    ("diagnoser", "ANOMALIES", "diagnoser"),
+    ("diagnoser", "CLOUD", "diagnoser"),
+    ("diagnoser", "AUDIT", "diagnoser"),
+    ("remediator", "DIAGNOSES", "remediator"),
+)
+
+LEGACY_CREATE: tuple[tuple[str, str], ...] = ()
+"""(role, stream base name) pairs allowed the legacy server-named consumer create (nats-py's ordered
+consumers use it). None: it takes the consumer name from the request body, so it could rewrite any
+durable of the stream; services read with named ephemerals instead (`runtime.jetstream.follow_stream`,
+`read_stream`, nats-py `pull_subscribe(durable=None)`). KV watches keep it on the KV_ streams only,
+where no service keeps a durable."""
+
+
+def durables(layout: Layout | None = None) -> list[tuple[str, str, str]]:
+    """`DURABLES` with the layout's stream names; partitioned detector replicas own
+    `detector-<r>-of-<n>` (`DetectorSettings.probe_durable`) for every replica count in
+    `layout.detector_replicas`."""
     lo = layout or Layout()
+    out: list[tuple[str, str, str]] = []
+    for role, stream, name in DURABLES:
+        out.append((role, lo.stream(stream), name))
+        if role == "detector":
+            for n in lo.detector_replicas:
+                out.extend((role, lo.stream(stream), f"{name}-{r}-of-{n}") for r in range(n))
+    return out
+
+
+def _consumed_streams(pub_allow: tuple[str, ...]) -> list[str]:
+    head, tail = "$JS.API.CONSUMER.MSG.NEXT.", ".*"
+    return [a[len(head) : -len(tail)] for a in pub_allow if a.startswith(head) and a.endswith(tail)]
+
+
+def _guard_durables(role: str, perms: Permissions, layout: Layout) -> Permissions:
+    """Deny `role` every consumer operation on the durables other roles own on the streams it reads."""
+    consumed = set(_consumed_streams(perms.pub_allow))
+    deny: list[str] = []
+    for owner, stream, name in durables(layout):
+        if owner == role or stream not in consumed:
+            continue
+        deny += [
+            f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{name}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}",
+            f"$JS.API.CONSUMER.DELETE.{stream}.{name}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+            f"$JS.ACK.{stream}.{name}.>",
+        ]
+    legacy = [s for r, s in LEGACY_CREATE if r == role]
+    extra = tuple(a for s in legacy for a in _ordered(layout.stream(s)))
+    return Permissions(
+        pub_allow=perms.pub_allow + extra,
+        sub_allow=perms.sub_allow,
+        pub_deny=perms.pub_deny + tuple(deny),
+        sub_deny=perms.sub_deny,
+        allow_responses=perms.allow_responses,
+        inbox=perms.inbox,
+    )
+
+
+def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
+    """The allow and deny lists of one role. Everything not allowed is refused by the server."""
+    lo = layout or Layout()
+    return _guard_durables(role, _base_permissions(role, lo), lo)
+
+
+def _base_permissions(role: str, lo: Layout) -> Permissions:
+    """What each role may publish and subscribe to, before `_guard_durables`."""
     p = lo.prefix
     js_base = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]
-    dlq = f"{p}.dlq.*"  # the DLQ subject token is the service name the code chooses; DLQ is write-only for them
+    dlq = f"{p}.dlq.{DLQ_SERVICE.get(role, role)}"  # write-only, and only under its own name
     inv = lo.bucket("inventory")
     inbox = inbox_prefix(role)
     own_inbox = [f"{inbox}.>"]
@@ -250,16 +358,22 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
             inbox=inbox,
         )
     if role == "agent":
+        # a node publishes probes about itself only, reads commands for itself only, and replies
+        # only to the requester of a command it received (allow_responses); its inbox is its own
         node = "{{tag(cluster)}}.{{tag(node)}}"
         return Permissions(
-            pub_allow=(f"{p}.probe.{node}", f"{p}.dlq.node-agent"),
-            sub_allow=(f"{p}.cmd.{node}", *own_inbox),
+            pub_allow=(f"{p}.probe.{node}", dlq),
+            sub_allow=(f"{p}.cmd.{node}", f"{inbox}.{node}.>"),
             allow_responses=True,
             inbox=inbox,
         )
     if role == "prober":
         return Permissions(
-            pub_allow=(f"{p}.probe.*.*", dlq, *js_base, *_kv_read(inv)), sub_allow=tuple(own_inbox), inbox=inbox
+            # its own subject kind: the detector accepts only `source: prober` there, and the prober
+            # cannot publish where agents speak for themselves
+            pub_allow=(f"{p}.prober.*.*", dlq, *js_base, *_kv_read(inv)),
+            sub_allow=tuple(own_inbox),
+            inbox=inbox,
         )
     if role == "inventory":
         return Permissions(pub_allow=(dlq, *js_base, *_kv_write(inv)), sub_allow=tuple(own_inbox), inbox=inbox)
@@ -331,6 +445,63 @@ def role_permissions(role: str, layout: Layout | None = None) -> Permissions:
     raise ValueError(msg)
 
 
+def _summarise(subjects: tuple[str, ...], layout: Layout) -> tuple[list[str], list[str], list[str]]:
+    """(plain subjects, consumed streams, buckets) of an allow list, for people."""
+    plain: list[str] = []
+    streams: list[str] = []
+    buckets: list[str] = []
+    for subject in subjects:
+        if subject.startswith("$JS.API.CONSUMER.MSG.NEXT."):
+            stream = subject.removeprefix("$JS.API.CONSUMER.MSG.NEXT.").removesuffix(".*")
+            if not stream.startswith("KV_"):
+                streams.append(stream)
+        elif subject.startswith("$JS.API.STREAM.INFO.KV_"):
+            buckets.append(subject.removeprefix("$JS.API.STREAM.INFO.KV_"))
+        elif subject.startswith("$KV.") or not subject.startswith(("$JS.", "_INBOX")):
+            plain.append(subject)
+    return plain, streams, buckets
+
+
+def matrix_markdown(layout: Layout | None = None) -> str:
+    """The permission matrix as a Markdown table (docs/security.md embeds it; a test checks it is current)."""
+    lo = layout or Layout()
+    owned: dict[str, list[str]] = {}
+    for role, stream, name in durables(lo):
+        owned.setdefault(role, []).append(f"{stream}/{name}")
+    rows = [
+        "| role | publishes | reads (consumers on) | key-value | owns durables | subscribes | inbox |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(items: list[str]) -> str:
+        return "<br>".join(f"`{i}`" for i in items) or "—"
+
+    for role in ROLES:
+        perms = role_permissions(role, lo)
+        if role == "admin":
+            rows.append(
+                f"| admin | everything but {cell(list(perms.pub_deny))} | every stream | every bucket | — | everything"
+                " | `_INBOX` |"
+            )
+            continue
+        plain, streams, buckets = _summarise(perms.pub_allow, lo)
+        writes = [b.removeprefix("$KV.") for b in plain if b.startswith("$KV.")]
+        kv = [f"{b} (read)" for b in buckets if not any(w.startswith(f"{b}.") for w in writes)]
+        kv += [
+            f"{b} (write {', '.join(w.removeprefix(b + '.') for w in writes if w.startswith(b + '.'))})"
+            for b in buckets
+            if any(w.startswith(f"{b}.") for w in writes)
+        ]
+        subs = [x for x in perms.sub_allow if not x.startswith("_INBOX")]
+        inbox = next((x for x in perms.sub_allow if x.startswith("_INBOX")), "")
+        rows.append(
+            f"| {role} | {cell([x for x in plain if not x.startswith('$KV.')])} | {cell(streams)} | {cell(kv)}"
+            f" | {cell(owned.get(role, []))} | {cell(subs)}{' + replies to requests' if perms.allow_responses else ''}"
+            f" | `{inbox}` |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # Operator, accounts, scoped signing keys, users.
 
@@ -344,7 +515,16 @@ _UNLIMITED = {
     "conn": -1,
     "leaf": -1,
 }
-_JETSTREAM = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+_JETSTREAM = {
+    "mem_storage": -1,
+    "disk_storage": -1,
+    "streams": -1,
+    "consumer": -1,
+    # every stream and bucket must carry its own byte cap (StreamSpec / BucketSpec.max_bytes): the
+    # server reserves the caps against its store (`max_file_store`), so one stream can never fill the
+    # store that AUDIT and PROBES write to
+    "max_bytes_required": True,
+}
 
 
 @dataclass
@@ -502,11 +682,18 @@ def write_bundle(bundle: AuthBundle, out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="natsauth", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("init", "show"):
+    for name in ("init", "show", "table"):
         cmd = sub.add_parser(name)
         cmd.add_argument("--prefix", default="nodeheal")
         cmd.add_argument("--stream-prefix", default="")
         cmd.add_argument("--bucket-prefix", default="nodeheal")
+        cmd.add_argument(
+            "--detector-replicas",
+            type=int,
+            action="append",
+            default=[],
+            help="replica count of a partitioned detector (its durables detector-<r>-of-<n> are protected)",
+        )
         if name == "init":
             cmd.add_argument("--out", required=True, type=Path)
     mint = sub.add_parser("mint-agent")
@@ -529,7 +716,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
-    layout = Layout(prefix=args.prefix, stream_prefix=args.stream_prefix, bucket_prefix=args.bucket_prefix)
+    layout = Layout(
+        prefix=args.prefix,
+        stream_prefix=args.stream_prefix,
+        bucket_prefix=args.bucket_prefix,
+        detector_replicas=tuple(args.detector_replicas),
+    )
+    if args.command == "table":
+        sys.stdout.write(matrix_markdown(layout))
+        return 0
     if args.command == "show":
         matrix = {
             role: role_permissions(role, layout).to_jwt() | {"inbox_prefix": inbox_prefix(role)} for role in ROLES

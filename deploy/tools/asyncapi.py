@@ -138,7 +138,16 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
     ),
     "prober": (
         "The active prober: reachability of every node from outside.",
-        [Writes("probes", f"{P}.probe.{NODE}", NodeProbe, "Reachability results (source=prober).", "PROBES")],
+        [
+            Writes(
+                "probes",
+                f"{P}.prober.{NODE}",
+                NodeProbe,
+                "Reachability results (source=prober), on the prober's own subject kind: agents cannot publish"
+                " there and the prober cannot publish on an agent's `probe.*.*`.",
+                "PROBES",
+            )
+        ],
     ),
 }
 

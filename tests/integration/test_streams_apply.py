@@ -12,7 +12,7 @@ from nats.js.client import JetStreamContext
 
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas.streams import DAY_S
+from nodeheal.schemas.streams import DAY_S, DLQ_MAX_MSGS, DLQ_MAX_MSGS_PER_SUBJECT, SHARES, reserved_bytes
 
 pytestmark = pytest.mark.nats
 
@@ -26,9 +26,19 @@ async def test_apply_creates_every_stream_and_bucket_with_design_limits(
 
     sp = nats_settings.stream_prefix
     probes = (await js.stream_info(f"{sp}PROBES")).config
-    assert probes.subjects == [f"{nats_settings.prefix}.probe.*.*"]
+    assert probes.subjects == [f"{nats_settings.prefix}.probe.*.*", f"{nats_settings.prefix}.prober.*.*"]
     assert probes.max_age == pytest.approx(3 * DAY_S)
-    assert probes.max_bytes == 20 * 1024**3
+    assert probes.max_bytes == int(nats_settings.store_bytes * SHARES["PROBES"])
+    dlq = (await js.stream_info(f"{sp}DLQ")).config
+    assert dlq.max_bytes == int(nats_settings.store_bytes * SHARES["DLQ"])
+    assert (dlq.max_msgs, dlq.max_msgs_per_subject) == (DLQ_MAX_MSGS, DLQ_MAX_MSGS_PER_SUBJECT)
+    assert dlq.discard == "old"  # a full DLQ drops its oldest letters, it never refuses new ones
+    # every stream and bucket has its own cap, and together they fit the store they were sized for
+    for spec in topo.streams:
+        assert (await js.stream_info(spec.name)).config.max_bytes == spec.max_bytes > 0
+    for bucket in topo.buckets:
+        assert (await js.stream_info(f"KV_{bucket.name}")).config.max_bytes == bucket.max_bytes > 0
+    assert reserved_bytes(topo) <= nats_settings.store_bytes
     audit = (await js.stream_info(f"{sp}AUDIT")).config
     assert audit.max_age == pytest.approx(365 * DAY_S)
     assert audit.deny_delete is True and audit.deny_purge is True

@@ -12,7 +12,7 @@ from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.probe import NodeProbe
-from nodeheal.schemas.subjects import wildcard
+from nodeheal.schemas.subjects import PROBER_KIND, wildcard
 from tests.unit.cloud_events.prober_targets import local_node
 
 pytestmark = pytest.mark.nats
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.nats
 async def _probes(nc: Client, settings: NatsSettings, count: int) -> list[NodeProbe]:
     js = nc.jetstream()
     sub = await js.pull_subscribe(
-        wildcard("probe", prefix=settings.prefix),
+        wildcard(PROBER_KIND, prefix=settings.prefix),  # the prober has its own subject kind
         durable=None,
         stream=f"{settings.stream_prefix}PROBES",
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),

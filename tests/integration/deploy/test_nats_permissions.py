@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -35,6 +37,7 @@ from nodeheal.schemas.subjects import (
     diagnosis_subject,
     finding_subject,
     probe_subject,
+    prober_probe_subject,
 )
 from nodeheal.sim.embedded import EmbeddedNats
 from tests.integration.deploy.natsauth_loader import load_natsauth
@@ -119,7 +122,11 @@ async def login(secured: Secured, role: str, *, node: str | None = None, creds: 
     nc = await nats.connect(
         secured.url,
         user_credentials=str(path),
-        inbox_prefix=secured.natsauth.inbox_prefix(role),
+        inbox_prefix=(
+            secured.natsauth.agent_inbox_prefix(CLUSTER, node)
+            if role == "agent"
+            else secured.natsauth.inbox_prefix(role)
+        ),
         error_cb=on_error,
         allow_reconnect=False,
         name=f"pytest-{role}",
@@ -150,7 +157,7 @@ async def stored(sessions: dict[str, Session], stream: str) -> int:
 P = NatsSettings().prefix
 WRITES = [
     ("ingest", cloud_subject(CLUSTER, NODE_B, prefix=P), "CLOUD"),
-    ("prober", probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
+    ("prober", prober_probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
     ("agent-a", probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
     ("agent-b", probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
     ("detector", anomaly_subject(CLUSTER, NODE_A, prefix=P), "ANOMALIES"),
@@ -159,6 +166,7 @@ WRITES = [
     ("remediator", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
     ("detector", f"{P}.dlq.detector", "DLQ"),
     ("agent-a", f"{P}.dlq.node-agent", "DLQ"),
+    ("ingest", f"{P}.dlq.cloud-events-ingest", "DLQ"),
 ]
 
 
@@ -188,6 +196,12 @@ REFUSED = [
     ("diagnoser", anomaly_subject(CLUSTER, NODE_A, prefix=P), "ANOMALIES"),
     ("remediator", diagnosis_subject(CLUSTER, NODE_A, prefix=P), "DIAGNOSES"),
     ("prober", cloud_subject(CLUSTER, NODE_A, prefix=P), "CLOUD"),
+    # the prober cannot speak as an agent (agent-kind probe subject), nor an agent as the prober
+    ("prober", probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
+    ("agent-a", prober_probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
+    # each role dead-letters under its own name only (the DLQ's per-subject cap is per role)
+    ("ingest", f"{P}.dlq.detector", "DLQ"),
+    ("detector", f"{P}.dlq.cloud-events-ingest", "DLQ"),
     # a node speaks only for itself
     ("agent-a", probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
     ("agent-a", probe_subject("other-cluster", NODE_A, prefix=P), "PROBES"),
@@ -212,8 +226,8 @@ async def test_detector_consumes_its_inputs_and_nothing_else(secured: Secured, s
     detector, prober = sessions["detector"], sessions["prober"]
     errors_before = len(detector.errors)
     probes = secured.topo.stream("PROBES").name
-    await ensure_pull_consumer(detector.js, stream=probes, durable="detector-perm", filter_subjects=[f"{P}.probe.*.*"])
-    ack = await prober.js.publish(probe_subject(CLUSTER, "n-consume", prefix=P), b'{"probe": 1}', timeout=5)
+    await ensure_pull_consumer(detector.js, stream=probes, durable="detector-perm", filter_subjects=[f"{P}.prober.*.*"])
+    ack = await prober.js.publish(prober_probe_subject(CLUSTER, "n-consume", prefix=P), b'{"probe": 1}', timeout=5)
 
     sub = await detector.js.pull_subscribe_bind("detector-perm", stream=probes)
     seen: list[int] = []
@@ -329,3 +343,72 @@ async def test_operator_workflow_init_then_mint_an_agent(secured: Secured, tmp_p
         finally:
             await agent.nc.close()
             await admin.nc.close()
+
+
+async def test_a_service_cannot_create_update_delete_or_read_another_services_durable(
+    secured: Secured, sessions: dict[str, Session]
+) -> None:
+    """The detector reads ANOMALIES (to restore what was firing) but must not touch the diagnoser's durable
+    there: not delete it (a recreated durable replays 30 days as new), not rewrite its filter, not fetch
+    its messages, not acknowledge them. Its own named consumers on the same stream work."""
+    detector, diagnoser, admin = sessions["detector"], sessions["diagnoser"], sessions["admin"]
+    anomalies = secured.topo.stream("ANOMALIES").name
+    mine = f"{P}.anomaly.*.*"
+    await ensure_pull_consumer(diagnoser.js, stream=anomalies, durable="diagnoser", filter_subjects=[mine])
+    before = await admin.js.consumer_info(anomalies, "diagnoser")
+
+    with pytest.raises(TimeoutError):  # nats-py's own call, as a compromised detector would make it
+        await detector.js.delete_consumer(anomalies, "diagnoser")
+    await detector.refused(f"$JS.API.CONSUMER.DELETE.{anomalies}.diagnoser")
+    with pytest.raises(TimeoutError):
+        await detector.js.add_consumer(anomalies, durable_name="diagnoser", filter_subject=f"{P}.anomaly.x.y")
+    await detector.refused(f"$JS.API.CONSUMER.DURABLE.CREATE.{anomalies}.diagnoser")
+    forged = {"stream_name": anomalies, "config": {"name": "diagnoser", "filter_subject": f"{P}.anomaly.x.y"}}
+    for subject in (
+        f"$JS.API.CONSUMER.CREATE.{anomalies}.diagnoser.{P}.anomaly.x.y",  # the named create
+        f"$JS.API.CONSUMER.CREATE.{anomalies}",  # the legacy create: takes the name from the body
+        f"$JS.API.CONSUMER.MSG.NEXT.{anomalies}.diagnoser",  # steal its messages
+        f"$JS.ACK.{anomalies}.diagnoser.1.1.1.0.0",  # acknowledge them unseen
+    ):
+        await detector.nc.publish(subject, json.dumps(forged).encode(), reply=detector.nc.new_inbox())
+        await detector.refused(subject)
+
+    after = await admin.js.consumer_info(anomalies, "diagnoser")
+    assert after.config.filter_subjects == before.config.filter_subjects == [mine] or (
+        after.config.filter_subject == before.config.filter_subject == mine
+    )
+    assert after.created == before.created
+
+    # its own consumers on the same stream: a durable and a named ephemeral (the replay at start)
+    await ensure_pull_consumer(detector.js, stream=anomalies, durable="detector-restore-perm", filter_subjects=[mine])
+    info = await detector.js.add_consumer(anomalies, name="detector-replay-perm", inactive_threshold=30.0)
+    assert await detector.js.delete_consumer(anomalies, info.name)
+    assert await detector.js.delete_consumer(anomalies, "detector-restore-perm")
+
+
+async def test_every_agent_has_its_own_inbox(secured: Secured, sessions: dict[str, Session]) -> None:
+    """Agents get PubAcks on `_INBOX.agent.<cluster>.<node>`: one node can neither read another's replies
+    nor forge them (a forged PubAck would make the other agent drop a probe it believes stored)."""
+    agent_a, agent_b = sessions["agent-a"], sessions["agent-b"]
+    natsauth = secured.natsauth
+    b_inbox = natsauth.agent_inbox_prefix(CLUSTER, NODE_B)
+    assert agent_b.nc._inbox_prefix.decode() == b_inbox  # what the agent connected with
+    await agent_a.nc.subscribe(f"{b_inbox}.>")
+    await agent_a.refused(f"{b_inbox}.>", kind="subscribe")
+    await agent_a.nc.subscribe("_INBOX.agent.>")
+    await agent_a.refused("_INBOX.agent.>", kind="subscribe")
+    await agent_a.nc.publish(f"{b_inbox}.forged.1", b'{"stream": "PROBES", "seq": 1}')
+    await agent_a.refused(f"{b_inbox}.forged.1")
+    # and each still gets its own PubAcks
+    ack = await agent_b.js.publish(probe_subject(CLUSTER, NODE_B, prefix=P), b"{}", timeout=5)
+    assert ack.stream == secured.topo.stream("PROBES").name
+
+
+async def test_no_stream_without_its_own_byte_cap(secured: Secured, sessions: dict[str, Session]) -> None:
+    """The account refuses a stream without max_bytes, even from the admin: every stream's share of the
+    store is fixed when it is created (the caps of the production topology are all set)."""
+    admin = sessions["admin"].nc.jetstream()
+    with pytest.raises(nats.js.errors.BadRequestError, match="max bytes"):
+        await admin.add_stream(name="UNCAPPED", subjects=["uncapped.>"])
+    assert all(spec.max_bytes > 0 for spec in secured.topo.streams)
+    assert all(spec.max_bytes > 0 for spec in secured.topo.buckets)

@@ -17,7 +17,7 @@ from nodeheal.detector.rules import RuleConfig
 from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, DeadLetter, FileSystem, LoadAverage, NodeProbe
-from nodeheal.schemas.subjects import dlq_subject, probe_subject, wildcard
+from nodeheal.schemas.subjects import dlq_subject, probe_subject, prober_probe_subject, wildcard
 
 pytestmark = pytest.mark.nats
 
@@ -145,6 +145,47 @@ async def test_malformed_probe_goes_to_dlq_and_the_next_good_probe_is_processed(
     assert all(letter.subject == subject for letter in letters)
     got = await anomalies(nc, s)
     assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "n2")]
+
+
+async def test_a_probe_speaks_only_for_the_node_and_source_of_its_subject(
+    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    """The issue's forgery: node `na`, on its own permitted subject, says it is `nb` with a full disk; and a
+    prober-source body on an agent subject, an agent-source body on the prober's subject. All three go to
+    the DLQ as "node mismatch"; nothing fires for `nb`; `na`'s own honest probe still fires."""
+    s = topology_ready
+    js = nc.jetstream()
+    forged = probe(node="nb", seq=1, used=99.9)
+    own_subject = probe_subject("c1", "na", prefix=s.prefix)
+    await js.publish(own_subject, forged.to_json())
+    as_prober = probe(node="nc", seq=1, used=99.9).model_copy(update={"source": "prober"})
+    await js.publish(probe_subject("c1", "nc", prefix=s.prefix), as_prober.to_json())
+    as_agent_on_prober = probe(node="nd", seq=1, used=99.9)
+    prober_subject = prober_probe_subject("c1", "nd", prefix=s.prefix)
+    await js.publish(prober_subject, as_agent_on_prober.to_json())
+    await publish(nc, s, probe(node="na", seq=1, used=99.5))
+    await eventually(lambda: runtime.detector.counters.fired == 1)
+    dlq_stream = s.topology().stream(f"{s.stream_prefix}DLQ").name
+
+    async def three_letters() -> bool:
+        return len(await read_all(nc, dlq_stream, dlq_subject("detector", prefix=s.prefix))) == 3
+
+    await eventually(three_letters)
+    letters = [
+        DeadLetter.model_validate_json(d)
+        for d in await read_all(nc, dlq_stream, dlq_subject("detector", prefix=s.prefix))
+    ]
+    assert all(letter.reason.startswith("node mismatch") for letter in letters)
+    assert [letter.subject for letter in letters] == [
+        own_subject,
+        probe_subject("c1", "nc", prefix=s.prefix),
+        prober_subject,
+    ]
+    assert "'nb'" in letters[0].reason
+    assert letters[0].raw == forged.to_json()
+    got = await anomalies(nc, s)
+    assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "na")]
+    assert set(runtime.detector.nodes) == {"c1/na"}  # the forged, mislabelled probes made no node known
 
 
 async def test_restart_rebuilds_state_without_a_burst_and_resolves_once(

@@ -55,6 +55,28 @@ def test_configured_mount_points_win_over_types(tmp_path: Path) -> None:
     assert [fs.mount for fs in host.filesystems()] == ["/run"]
 
 
+def test_file_system_markers_are_measured_instead_of_the_host_root(tmp_path: Path) -> None:
+    """The DaemonSet does not mount the host's /: each reported file system is measured on an empty
+    marker directory of that file system. Only marked points that are real mounts are reported."""
+    node = make_fake_node(tmp_path)
+    markers = {"/": tmp_path / "fs-root", "/var/lib/containerd": tmp_path / "fs-containerd"}
+    markers_and_a_non_mount = {**{k: str(v) for k, v in markers.items()}, "/var/lib/kubelet": str(tmp_path / "x")}
+    for marker in markers.values():
+        marker.mkdir()
+    seen: list[str] = []
+
+    def statvfs(path: str) -> os.statvfs_result:
+        seen.append(path)
+        return os.statvfs(path)
+
+    host = HostReader(root=node.root, statvfs=statvfs, fs_markers=markers_and_a_non_mount)
+    by_mount = {fs.mount: fs for fs in host.filesystems()}
+    assert set(by_mount) == {"/", "/var/lib/containerd"}  # /var/lib/kubelet is not a mount on this node
+    assert by_mount["/var/lib/containerd"].device == "/dev/nvme0n1"
+    assert sorted(seen) == sorted(str(m) for m in markers.values())
+    assert host.problems == []
+
+
 def test_usage_of_a_real_directory_matches_statvfs(tmp_path: Path) -> None:
     st = os.statvfs(tmp_path)
     used, inodes = fs_usage(st)

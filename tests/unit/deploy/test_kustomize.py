@@ -5,6 +5,7 @@ agent that runs on broken nodes, R3 streams in production."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
+from nodeheal.agent.host import HostReader
+from nodeheal.agent.settings import AgentSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 OVERLAYS = ("dev", "production")
@@ -130,8 +134,99 @@ def test_the_agent_runs_on_broken_nodes_with_limited_host_access(overlay: str) -
     writable = {host[name] for name, m in mounts.items() if name in host and not m.get("readOnly")}
     # the only host paths it may write: the directories clean_disk works in, and its own state
     assert writable == {"/var/log/pods", "/var/crash", "/var/lib/systemd/coredump", "/var/lib/nodeheal-agent"}
-    assert mounts["host-root"]["readOnly"] is True
     assert env_of(agent)["NODEHEAL_AGENT_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+# Where a node keeps what must never be readable from the agent's container: the kubelet's client
+# certificate and key, the cluster's credentials, every pod's mounted secrets and tokens, root's and
+# users' keys, the password database, and the containers' file systems.
+SECRET_HOST_PATHS = (
+    "/var/lib/kubelet/pki",
+    "/var/lib/kubelet/kubeconfig",
+    "/etc/kubernetes",
+    "/var/lib/kubelet/pods",
+    "/root",
+    "/home",
+    "/etc/shadow",
+    "/etc/ssh",
+    "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs",
+    "/run/containerd/io.containerd.runtime.v2.task",
+)
+
+
+def _exposes(host_path: str, secret: str) -> bool:
+    """Mounting `host_path` shows `secret` if it is the same path or an ancestor of it (or inside it)."""
+    a, b = host_path.rstrip("/") or "/", secret.rstrip("/")
+    return a == "/" or a == b or b.startswith(a + "/") or a.startswith(b + "/")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_agent_mounts_only_what_it_reads_and_no_credentials(overlay: str) -> None:
+    agent = objects(overlay, "DaemonSet")["nodeheal-agent"]
+    pod = agent["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    at = {m["mountPath"]: m for m in container["volumeMounts"]}
+    host_at = {m["mountPath"]: host[m["name"]] for m in container["volumeMounts"] if m["name"] in host}
+
+    assert "/" not in host.values()
+    leaks = {(p, s) for p in host.values() for s in SECRET_HOST_PATHS if _exposes(p, s)}
+    assert leaks == set(), "a host path that shows kubelet credentials or pod secrets"
+
+    # exactly these host paths, each for a reason written in deploy/base/agent.yaml
+    assert set(host.values()) == {
+        "/proc",
+        "/sys/devices/system/cpu",
+        "/etc/os-release",
+        "/etc/machine-id",
+        "/var/log/journal",
+        "/run/log/journal",
+        "/run/systemd",
+        "/run/containerd/containerd.sock",
+        "/.nodeheal-fs",
+        "/var/lib/kubelet/.nodeheal-fs",
+        "/var/lib/containerd/.nodeheal-fs",
+        "/var/log/pods",
+        "/var/crash",
+        "/var/lib/systemd/coredump",
+        "/var/lib/nodeheal-agent",
+    } | ({"/etc/nodeheal/agent.creds"} if overlay == "production" else set())
+
+    # fewest privileges: nothing added back after dropping every capability
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+
+    # the agent's own settings point at what is mounted, the way host.py and commands.py resolve them
+    env = env_of(agent)
+    settings = AgentSettings(
+        host_root=env["NODEHEAL_AGENT_HOST_ROOT"],
+        mounts_file=env["NODEHEAL_AGENT_MOUNTS_FILE"],
+        fs_markers=json.loads(env["NODEHEAL_AGENT_FS_MARKERS"]),
+        kernel_log=env["NODEHEAL_AGENT_KERNEL_LOG"],
+        state_dir=env["NODEHEAL_AGENT_STATE_DIR"],
+    )
+    reader = HostReader(root=settings.host_root, mounts_file=settings.mounts_file, fs_markers=settings.fs_markers)
+    inside = str(reader.path(settings.mounts_file))
+    assert inside.startswith("/host/proc/") and host_at["/host/proc"] == "/proc"
+    assert set(settings.fs_markers) == {"/", "/var/lib/kubelet", "/var/lib/containerd"}  # nodefs and imagefs
+    for point in settings.fs_markers:  # statvfs lands on a marker directory of that very file system
+        assert host_at[reader.statfs_path(point)] == point.rstrip("/") + "/.nodeheal-fs"
+        assert at[reader.statfs_path(point)]["readOnly"] is True
+    for clean in settings.clean.allowed_dirs:  # clean_disk deletes in <host_root><dir>: that very host dir
+        assert host_at[str(reader.path(clean))] == clean
+        assert not at[str(reader.path(clean))].get("readOnly")
+    assert host_at[str(settings.state_dir)] == "/var/lib/nodeheal-agent"
+    assert settings.kernel_log == "journal"  # no /dev/kmsg (it needs a privileged container)
+    assert host_at["/var/log/journal"] == "/var/log/journal" and host_at["/run/systemd"] == "/run/systemd"
+    assert host_at["/run/containerd/containerd.sock"] == "/run/containerd/containerd.sock"
+    assert env["CONTAINER_RUNTIME_ENDPOINT"] == "unix:///run/containerd/containerd.sock"
+    assert host_at[reader.statfs_path(settings.clean.image_fs_path)] == "/var/lib/containerd/.nodeheal-fs"
+    # no mount nests under a read-only host mount (the runtime could not create its mount point there)
+    read_only = [p for p, m in at.items() if m.get("readOnly") and p in host_at]
+    assert not [(p, q) for p in read_only for q in at if q.startswith(p.rstrip("/") + "/")]
 
 
 def _rules(overlay: str, role: str) -> set[tuple[str, str, str]]:
@@ -204,6 +299,8 @@ def test_the_streams_job_arguments_parse_with_the_real_cli(overlay: str) -> None
     ctx = apply.make_context("apply", args)  # raises on an unknown option or a bad value
     assert ctx.params["replicas"] == (3 if overlay == "production" else 1)
     assert ctx.params["nats_url"] == "nats://nats:4222"
+    # the stream caps fit the NATS volume of deploy/nats/values*.yaml (100 GiB PVC, 90 GiB max_file_store; dev 5 GiB)
+    assert ctx.params["store_gib"] == (64 if overlay == "production" else 2)
 
 
 def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() -> None:

@@ -41,6 +41,7 @@ MAX_FILTER_SUBJECTS: Final = 256
 
 SOURCES: Final[tuple[tuple[str, str, type[BaseModel]], ...]] = (
     ("PROBES", "probe", NodeProbe),
+    ("PROBES", "prober", NodeProbe),  # the active prober's probes have their own subject kind
     ("CLOUD", "cloud", CloudSystemEvent),
     ("ANOMALIES", "anomaly", Anomaly),
     ("DIAGNOSES", "diagnosis", Diagnosis),

@@ -7,6 +7,7 @@ import click
 from nodeheal.cli.common import NatsAuth, embedded_option, nats_auth_options, nats_endpoint, nats_url_option, run
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import Change, apply_topology
+from nodeheal.schemas.streams import DEFAULT_STORE_BYTES
 
 
 @click.group()
@@ -35,6 +36,14 @@ def streams() -> None:
     show_default=True,
     help="Partition PROBES into N (subject transform) so detector replicas split the fleet; 0 = off.",
 )
+@click.option(
+    "--store-gib",
+    type=click.FloatRange(0.0625, 1_000_000),
+    default=DEFAULT_STORE_BYTES / 1024**3,
+    show_default=True,
+    help="GiB the streams and buckets may hold together, per replica; each gets its fixed share as its own cap"
+    " (size the NATS volume and max_file_store above it).",
+)
 def apply(
     nats_url: str | None,
     nats_auth: NatsAuth,
@@ -44,6 +53,7 @@ def apply(
     stream_prefix: str,
     bucket_prefix: str,
     probe_partitions: int,
+    store_gib: float,
 ) -> None:
     """Create or update every stream and bucket; print what was created or changed.
 
@@ -57,6 +67,7 @@ def apply(
             stream_prefix=stream_prefix,
             bucket_prefix=bucket_prefix,
             probe_partitions=probe_partitions,
+            store_bytes=int(store_gib * 1024**3),
         )
 
         async def body() -> list[Change]:

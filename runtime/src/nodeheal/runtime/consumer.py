@@ -54,7 +54,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, follow_stream
 from nodeheal.runtime.metrics import PipelineMetrics
 from nodeheal.runtime.service import make_broker
 from nodeheal.runtime.settings import NatsSettings
@@ -355,22 +355,17 @@ class ConsumerRuntime:
         async def run() -> None:
             start = datetime.now(tz=UTC) - timedelta(seconds=since_s)
             js = self.broker.connection.jetstream()
-            sub = await js.subscribe(
-                subject,
-                stream=stream,
-                ordered_consumer=True,
-                config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
-            )
-            try:
-                async for msg in sub.messages:
-                    try:
-                        handler(model.model_validate_json(msg.data))
-                    except Exception as exc:
-                        self.skipped += 1
-                        log.debug("follower skipped a message", extra={"stream": stream, "error": describe(exc)})
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+
+            def apply(msg: Msg) -> None:
+                try:
+                    handler(model.model_validate_json(msg.data))
+                except Exception as exc:
+                    self.skipped += 1
+                    log.debug("follower skipped a message", extra={"stream": stream, "error": describe(exc)})
+
+            # named ephemeral pull readers, not nats-py's ordered consumer: its legacy server-named create
+            # is refused by the permission matrix (it could rewrite another service's durable)
+            await follow_stream(js, stream=stream, subject=subject, start=start, on_msg=apply)
 
         self.loop(f"follow-{name}", run)
 

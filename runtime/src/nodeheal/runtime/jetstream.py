@@ -4,19 +4,70 @@ service's durable pull consumer exists with the configuration we want."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
+import prometheus_client
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from nodeheal.schemas.dlq import DeadLetter
+from nodeheal.schemas.dlq import MAX_RAW_BYTES, DeadLetter
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
 
 log = logging.getLogger("nodeheal.runtime.jetstream")
 
-MAX_DEAD_RAW = 64 * 1024
+DLQ_DROPPED = prometheus_client.Counter(
+    "nodeheal_dlq_rate_limited",
+    "Dead letters not stored because their source sent more than the DLQ rate limit",
+    ["service"],
+)
+
+
+class DeadLetterLimiter:
+    """A token bucket per source (a node's subject, a webhook channel): a source may dead-letter `burst`
+    messages at once and `rate_per_s` after that; the rest are counted and logged, not stored. Bounds
+    what one hostile or broken sender can put into the DLQ, on top of the stream's own caps."""
+
+    def __init__(
+        self,
+        *,
+        rate_per_s: float = 5.0,
+        burst: float = 100.0,
+        max_sources: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.max_sources = max_sources
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+        self.dropped: dict[str, int] = {}
+
+    def allow(self, source: str) -> bool:
+        now = self.clock()
+        tokens, at = self._buckets.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate_per_s)
+        if len(self._buckets) >= self.max_sources and source not in self._buckets:
+            self._buckets.clear()  # a flood of distinct sources: forget, the stream's caps still hold
+        if tokens < 1.0:
+            self._buckets[source] = (tokens, now)
+            self.dropped[source] = self.dropped.get(source, 0) + 1
+            return False
+        self._buckets[source] = (tokens - 1.0, now)
+        return True
+
+
+DEFAULT_DLQ_LIMITER = DeadLetterLimiter()
+"""Shared by every `dead_letter` call of a process unless a caller passes its own."""
+
+MAX_DEAD_RAW = MAX_RAW_BYTES
+"""At most this much of a rejected input is kept (`DeadLetter.of` cuts it and records `raw_size`)."""
 
 
 class WireModel(Protocol):
@@ -49,15 +100,28 @@ async def dead_letter(
     headers: dict[str, str] | None = None,
     prefix: str = DEFAULT_PREFIX,
     timeout_s: float = 5.0,
-) -> PubAck:
+    source: str | None = None,
+    limiter: DeadLetterLimiter | None = DEFAULT_DLQ_LIMITER,
+) -> PubAck | None:
     """Keep rejected input: the reason, where it came from and the raw bytes, on `<prefix>.dlq.<service>`.
 
-    Bounded: at most `MAX_DEAD_RAW` bytes of the input, 2,000 characters of reason and 4,000 of
-    headers are kept (the reason says when the input was cut), so a huge input still fits a NATS message.
+    Bounded: at most `MAX_DEAD_RAW` bytes of the input (`raw_size` keeps its length, the reason says it
+    was cut), 2,000 characters of reason and 4,000 of headers, so a huge input still fits a NATS message.
+    Rate limited per `source` (default: the subject it came from): over the limit nothing is stored, the
+    drop is counted (`nodeheal_dlq_rate_limited_total`) and logged, None is returned.
     """
+    key = f"{service}|{source or subject or '-'}"
+    if limiter is not None and not limiter.allow(key):
+        DLQ_DROPPED.labels(service).inc()
+        dropped = limiter.dropped.get(key, 0)
+        if dropped == 1 or dropped % 1000 == 0:
+            log.warning(
+                "dead letters of one source over the rate limit are dropped",
+                extra={"service": service, "source": source or subject, "dropped": dropped, "reason": reason},
+            )
+        return None
     if len(raw) > MAX_DEAD_RAW:
         reason = f"{reason} [input of {len(raw)} bytes, first {MAX_DEAD_RAW} kept]"
-        raw = raw[:MAX_DEAD_RAW]
     if len(reason) > 2000:
         reason = reason[:2000] + "..."
     if headers and sum(len(k) + len(v) for k, v in headers.items()) > 4000:
@@ -121,3 +185,89 @@ async def ensure_pull_consumer(
         config.deliver_policy = current.deliver_policy
         config.ack_policy = current.ack_policy
         await js.add_consumer(stream, config=config)
+
+
+def _reader_config(start: datetime | None, next_seq: int) -> ConsumerConfig:
+    """An ephemeral, unacknowledged reader from a time or a sequence. nats-py names it (a random name)
+    when `pull_subscribe` gets no durable, so it is created through the named subject: the permission
+    matrix refuses the legacy server-named create, which could rewrite another service's durable."""
+    if next_seq > 0:
+        return ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=next_seq,
+            inactive_threshold=120.0,
+            mem_storage=True,
+        )
+    return ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.BY_START_TIME if start is not None else DeliverPolicy.ALL,
+        opt_start_time=start,
+        inactive_threshold=120.0,
+        mem_storage=True,
+    )
+
+
+async def follow_stream(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    subject: str,
+    start: datetime | None,
+    on_msg: Callable[[Msg], None],
+    batch: int = 256,
+    wait_s: float = 5.0,
+) -> None:
+    """Read `subject` of `stream` from `start` on, in order, forever (until cancelled): what nats-py's
+    ordered consumer does, through named ephemeral pull consumers. A lost consumer (server restart,
+    inactivity) is recreated from the next sequence, so nothing is skipped or read twice."""
+    next_seq = 0
+    while True:
+        try:
+            sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=_reader_config(start, next_seq))
+        except Exception as exc:
+            log.warning("stream reader not created; retrying", extra={"stream": stream, "error": repr(exc)})
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=wait_s)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    next_seq = msg.metadata.sequence.stream + 1
+                    on_msg(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("stream reader lost; recreating", extra={"stream": stream, "error": repr(exc)})
+            await asyncio.sleep(1.0)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may be closing; the consumer expires by itself
+                log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})
+
+
+async def read_stream(
+    js: JetStreamContext, *, stream: str, subject: str, start: datetime | None, through_seq: int, wait_s: float = 2.0
+) -> list[Msg]:
+    """The messages of `subject` from `start` through stream sequence `through_seq` (or until nothing more
+    comes within `wait_s`), in order, through one named ephemeral pull consumer."""
+    sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=_reader_config(start, 0))
+    out: list[Msg] = []
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(256, timeout=wait_s)
+            except TimeoutError:
+                return out
+            out.extend(msgs)
+            if msgs and msgs[-1].metadata.sequence.stream >= through_seq:
+                return out
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:
+            log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})

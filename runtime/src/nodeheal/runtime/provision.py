@@ -59,6 +59,8 @@ def stream_config(spec: StreamSpec, *, replicas: int) -> StreamConfig:
         max_age=spec.max_age_s,
         max_bytes=spec.max_bytes,
         max_msg_size=spec.max_msg_size,
+        max_msgs=spec.max_msgs,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
         duplicate_window=spec.duplicate_window_s,
         num_replicas=replicas,
         deny_delete=spec.deny_delete,
@@ -80,6 +82,8 @@ _COMPARED = (
     "discard",
     "max_bytes",
     "max_msg_size",
+    "max_msgs",
+    "max_msgs_per_subject",
     "num_replicas",
     "deny_delete",
     "deny_purge",
@@ -139,6 +143,7 @@ async def apply_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int 
                 history=spec.history,
                 ttl=spec.ttl_s,
                 max_value_size=spec.max_value_size,
+                max_bytes=spec.max_bytes,
                 storage=StorageType.FILE,
                 replicas=replicas,
             )
@@ -156,6 +161,8 @@ async def apply_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int 
         diffs["replicas"] = (current.num_replicas, replicas)
     if (current.description or "") != spec.description:
         diffs["description"] = (current.description, spec.description)
+    if current.max_bytes != spec.max_bytes:
+        diffs["max_bytes"] = (current.max_bytes, spec.max_bytes)
     if not diffs:
         return Change("bucket", spec.name, "unchanged")
     merged = dataclasses.replace(
@@ -164,6 +171,7 @@ async def apply_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int 
         max_msgs_per_subject=spec.history,
         num_replicas=replicas,
         description=spec.description,
+        max_bytes=spec.max_bytes,
     )
     await js.update_stream(config=merged)
     return Change("bucket", spec.name, "updated", diffs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from nodeheal.schemas.streams import Topology, topology
+from nodeheal.schemas.streams import DEFAULT_STORE_BYTES, Topology, topology
 from nodeheal.schemas.subjects import DEFAULT_PREFIX
 
 
@@ -28,8 +28,15 @@ class NatsSettings(BaseModel):
         default=0, ge=0, le=1024, description="0: PROBES unpartitioned; N: stored subjects get a partition token"
     )
 
+    store_bytes: int = Field(
+        default=DEFAULT_STORE_BYTES,
+        ge=64 * 1024**2,
+        description="bytes the streams and buckets may hold together (per replica); each gets its share as its cap",
+    )
+
     def topology(self) -> Topology:
         return topology(
+            store_bytes=self.store_bytes,
             prefix=self.prefix,
             stream_prefix=self.stream_prefix,
             bucket_prefix=self.bucket_prefix,

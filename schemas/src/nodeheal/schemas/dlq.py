@@ -11,6 +11,8 @@ from nodeheal.schemas.base import Frozen, UtcDatetime, utcnow
 from nodeheal.schemas.ids import new_id
 
 DLQ_SCHEMA: Final = "nodeheal.dlq/v1"
+MAX_RAW_BYTES: Final = 128 * 1024
+"""A dead letter keeps at most this much of the rejected input (the DLQ's max message size holds it)."""
 
 
 class DeadLetter(Frozen):
@@ -21,7 +23,8 @@ class DeadLetter(Frozen):
     reason: str
     subject: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    raw_b64: str = Field(description="the rejected bytes, base64")
+    raw_b64: str = Field(description="the rejected bytes, base64 (at most the first MAX_RAW_BYTES of them)")
+    raw_size: int | None = Field(default=None, ge=0, description="length of the rejected input, when it was cut")
 
     @classmethod
     def of(
@@ -38,7 +41,8 @@ class DeadLetter(Frozen):
             reason=reason,
             subject=subject,
             headers=headers or {},
-            raw_b64=base64.b64encode(raw).decode(),
+            raw_b64=base64.b64encode(raw[:MAX_RAW_BYTES]).decode(),
+            raw_size=len(raw) if len(raw) > MAX_RAW_BYTES else None,
         )
 
     @property

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodeheal.schemas.subjects import DEFAULT_PREFIX
+from nodeheal.schemas.subjects import DEFAULT_PREFIX, PROBE_KIND, PROBER_KIND
 
 DAY_S = 86_400.0
+MIB = 1024**2
 GIB = 1024**3
 
 
@@ -25,6 +26,8 @@ class StreamSpec:
     deny_delete: bool = False
     deny_purge: bool = False
     max_msg_size: int = -1
+    max_msgs: int = -1
+    max_msgs_per_subject: int = -1
     subject_transform: tuple[str, str] | None = None
     """(source, destination) applied by the server to every stored subject; used to partition PROBES."""
 
@@ -36,6 +39,8 @@ class BucketSpec:
     ttl_s: float | None = None
     history: int = 1
     max_value_size: int = -1
+    max_bytes: int = 64 * MIB
+    """Every bucket has its own cap (deploy/nats/natsauth.py's account refuses a stream or bucket without one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +67,43 @@ LEASE_TTL_S = 30.0
 
 
 def probe_partition_transform(prefix: str, partitions: int) -> tuple[str, str] | None:
-    """With N > 0 partitions, PROBES stores `<prefix>.probe.<cluster>.<node>` as
-    `<prefix>.probe.<cluster>.<node>.<p>`, p = the server's deterministic hash of (cluster, node) mod N,
-    so detector replicas can split the fleet with consumer filters. Publishers are unchanged."""
+    """With N > 0 partitions, PROBES stores `<prefix>.<kind>.<cluster>.<node>` (kind `probe` or `prober`)
+    as `<prefix>.<kind>.<cluster>.<node>.<p>`, p = the server's deterministic hash of (cluster, node) mod N,
+    so detector replicas can split the fleet with consumer filters and a node's agent and prober probes
+    land in the same partition. Publishers are unchanged. (A stream has one transform; its source may be
+    wider than the stream's subjects, only what the stream stores is transformed.)"""
     if partitions <= 0:
         return None
-    src = f"{prefix}.probe.*.*"
-    return src, f"{prefix}.probe.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1,2)}}}}"
+    src = f"{prefix}.*.*.*"
+    dest = f"{prefix}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}.{{{{partition({partitions},2,3)}}}}"
+    return src, dest
+
+
+DEFAULT_STORE_BYTES = 1 * GIB
+"""What one install's streams and buckets may hold together by default (`NatsSettings.store_bytes`): small
+enough for a laptop, the demo and a test server holding several installs side by side. Production sets it
+from the NATS volume (`nodeheal streams apply --store-gib`, deploy/nats/values.yaml)."""
+
+SHARES: dict[str, float] = {
+    "PROBES": 0.40,
+    "AUDIT": 0.20,
+    "ANOMALIES": 0.10,
+    "DIAGNOSES": 0.10,
+    "CLOUD": 0.05,
+    "DLQ": 0.03,
+    "inventory": 0.03,
+    "leases": 0.01,
+    "control": 0.01,
+}
+"""Each stream's and bucket's share of `store_bytes`; the remaining 7 % is headroom for buckets added later
+(`BucketSpec.max_bytes`, 64 MiB each by default)."""
+
+DLQ_MAX_MSGS = 200_000
+DLQ_MAX_MSGS_PER_SUBJECT = 50_000
+"""One DLQ subject per service (`<prefix>.dlq.<service>`): a flood from one input keeps at most this many of
+its own dead letters (the oldest go first) and never evicts another service's."""
+DLQ_MAX_MSG_SIZE = 256 * 1024
+"""A dead letter keeps at most `schemas.dlq.MAX_RAW_BYTES` of the rejected input, so it fits."""
 
 
 def topology(
@@ -76,7 +111,7 @@ def topology(
     prefix: str = DEFAULT_PREFIX,
     stream_prefix: str = "",
     bucket_prefix: str = "nodeheal",
-    probes_max_bytes: int = 20 * GIB,
+    store_bytes: int = DEFAULT_STORE_BYTES,
     lease_ttl_s: float = LEASE_TTL_S,
     probe_partitions: int = 0,
 ) -> Topology:
@@ -84,16 +119,26 @@ def topology(
 
     `stream_prefix` / `bucket_prefix` exist so tests (and side-by-side installs) can create
     an isolated copy of the whole layout on one server.
+
+    Every stream and bucket has its own byte cap and discards its oldest messages at the cap (never
+    refuses new ones): a flood into one stream (the DLQ from a hostile edge, PROBES from a storm) costs
+    that stream its history and never another stream its writes, as long as the caps together fit the
+    server's store: the server reserves every cap when the stream is created and refuses one that does not
+    fit. `store_bytes` is split by `SHARES`; `reserved_bytes(topology)` is what it takes.
     """
     sp = stream_prefix
+
+    def cap(name: str) -> int:
+        return max(MIB, int(store_bytes * SHARES[name]))
+
     return Topology(
         streams=(
             StreamSpec(
                 name=f"{sp}PROBES",
-                subjects=(f"{prefix}.probe.*.*",),
-                description="Node probes from the agent, the prober and the simulator",
+                subjects=(f"{prefix}.{PROBE_KIND}.*.*", f"{prefix}.{PROBER_KIND}.*.*"),
+                description="Node probes: from the node agent (probe.*.*) and the active prober (prober.*.*)",
                 max_age_s=3 * DAY_S,
-                max_bytes=probes_max_bytes,
+                max_bytes=cap("PROBES"),
                 duplicate_window_s=60.0,
                 subject_transform=probe_partition_transform(prefix, probe_partitions),
             ),
@@ -102,6 +147,7 @@ def topology(
                 subjects=(f"{prefix}.cloud.*.*",),
                 description="Normalised cloud instance system events",
                 max_age_s=30 * DAY_S,
+                max_bytes=cap("CLOUD"),
                 duplicate_window_s=600.0,
             ),
             StreamSpec(
@@ -109,18 +155,21 @@ def topology(
                 subjects=(f"{prefix}.anomaly.*.*",),
                 description="Anomalies (firing and resolved) from the detector",
                 max_age_s=30 * DAY_S,
+                max_bytes=cap("ANOMALIES"),
             ),
             StreamSpec(
                 name=f"{sp}DIAGNOSES",
                 subjects=(f"{prefix}.diagnosis.*.*", f"{prefix}.finding.fleet"),
                 description="Diagnoses and fleet findings from the diagnoser",
                 max_age_s=30 * DAY_S,
+                max_bytes=cap("DIAGNOSES"),
             ),
             StreamSpec(
                 name=f"{sp}AUDIT",
                 subjects=(f"{prefix}.audit.*.*",),
                 description="Remediation audit records; never deleted or purged",
                 max_age_s=365 * DAY_S,
+                max_bytes=cap("AUDIT"),
                 duplicate_window_s=600.0,
                 deny_delete=True,
                 deny_purge=True,
@@ -128,8 +177,12 @@ def topology(
             StreamSpec(
                 name=f"{sp}DLQ",
                 subjects=(f"{prefix}.dlq.*",),
-                description="Rejected input with the reason and the raw bytes",
+                description="Rejected input with the reason and the raw bytes (bounded)",
                 max_age_s=14 * DAY_S,
+                max_bytes=cap("DLQ"),
+                max_msgs=DLQ_MAX_MSGS,
+                max_msgs_per_subject=DLQ_MAX_MSGS_PER_SUBJECT,
+                max_msg_size=DLQ_MAX_MSG_SIZE,
             ),
         ),
         buckets=(
@@ -137,15 +190,18 @@ def topology(
                 name=f"{bucket_prefix}-leases",
                 description="One remediation at a time per node (create / compare-and-set only)",
                 ttl_s=lease_ttl_s,
+                max_bytes=cap("leases"),
             ),
             BucketSpec(
                 name=f"{bucket_prefix}-inventory",
                 description="Node metadata and instance id → node",
+                max_bytes=cap("inventory"),
             ),
             BucketSpec(
                 name=f"{bucket_prefix}-control",
                 description="Pause switch, approvals and per-class overrides",
                 history=5,
+                max_bytes=cap("control"),
             ),
             BucketSpec(
                 name=f"{bucket_prefix}-diagnoser",
@@ -154,3 +210,9 @@ def topology(
             ),
         ),
     )
+
+
+def reserved_bytes(topo: Topology) -> int:
+    """What the streams and buckets of `topo` may hold at most, together (per replica): size the
+    server's JetStream store (`max_file_store`, the PVC) above this and no stream can starve another."""
+    return sum(s.max_bytes for s in topo.streams) + sum(b.max_bytes for b in topo.buckets)

@@ -41,8 +41,25 @@ def _subject(kind: str, cluster: str, node: str, prefix: str) -> str:
     return f"{prefix}.{kind}.{escape_token(cluster)}.{escape_token(node)}"
 
 
+PROBE_KIND = "probe"
+"""Probes a node sends about itself (the node agent; the simulator stands in for agents)."""
+PROBER_KIND = "prober"
+"""Probes the active prober sends about a node it checked from outside. A separate subject token, so
+the server's permissions tell the two apart: an agent may publish only `probe.<its cluster>.<its node>`,
+the prober only `prober.*.*`, and the detector trusts the `source` of a probe only as far as its
+subject (`PROBE_SOURCES`)."""
+PROBE_SOURCES: dict[str, tuple[str, ...]] = {PROBE_KIND: ("agent", "simulator"), PROBER_KIND: ("prober",)}
+"""Which `NodeProbe.source` values each probe subject kind may carry."""
+
+
 def probe_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
-    return _subject("probe", cluster, node, prefix)
+    """Where a node agent publishes its own probes."""
+    return _subject(PROBE_KIND, cluster, node, prefix)
+
+
+def prober_probe_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
+    """Where the active prober publishes what it saw of a node from outside."""
+    return _subject(PROBER_KIND, cluster, node, prefix)
 
 
 def cloud_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:

@@ -218,7 +218,8 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
 
 async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _Progress) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
-        base = cfg.nats_base or NatsSettings()
+        # 4 GiB of stream caps (PROBES 1.6 GiB, ~1.5 M probes): the default 1 GiB is sized for tests
+        base = (cfg.nats_base or NatsSettings()).model_copy(update={"store_bytes": 4 * 1024**3})
         per_connection = cfg.agents_per_connection or (1 if cfg.nodes <= PER_NODE_USERS_UP_TO else 500)
         server_logs: list[Path] = []
         kill_server: Callable[[int], None] | None = None

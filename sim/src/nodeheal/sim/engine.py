@@ -32,7 +32,7 @@ from nodeheal.agent.probe import probe_msg_id
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
 from nodeheal.schemas.inventory import instance_key, inventory_key
-from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject, unescape_token
+from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject, prober_probe_subject, unescape_token
 from nodeheal.sim.faults import (
     FATAL_KERNEL_CLASSES,
     InjectedFault,
@@ -151,6 +151,10 @@ class FleetSimulator:
         self.cloud: CloudHooks | None = None
         self.stats = SimStats()
         self._subjects = {name: probe_subject(spec.cluster, name, prefix=settings.prefix) for name in self.nodes}
+        # the active prober speaks on its own subject kind (the detector tells the sources apart by subject)
+        self._prober_subjects = {
+            name: prober_probe_subject(spec.cluster, name, prefix=settings.prefix) for name in self.nodes
+        }
         self._prober_nc: Client | None = None
         self._agent_nc: dict[str, Client] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -271,7 +275,8 @@ class FleetSimulator:
             await self._agent_nc[node.name].publish(subject, body, headers={"Nats-Msg-Id": msg_id})
             self.stats.probes_published += 1
         body_dict = node.prober_probe(time_iso=iso)
-        await self._prober_nc.publish(subject, orjson.dumps(body_dict), headers={"Nats-Msg-Id": body_dict["id"]})
+        prober_subject = self._prober_subjects[node.name]
+        await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict), headers={"Nats-Msg-Id": body_dict["id"]})
         self.stats.probes_published += 1
 
     # ------------------------------------------------------------------ world clock

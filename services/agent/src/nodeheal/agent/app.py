@@ -58,6 +58,7 @@ class NodeAgent:
             mount_points=tuple(settings.mount_points),
             fs_types=tuple(settings.fs_types),
             excluded_prefixes=tuple(settings.excluded_mount_prefixes),
+            fs_markers=dict(settings.fs_markers),
         )
         if statvfs is not None:
             self.host.statvfs = statvfs
@@ -86,6 +87,7 @@ class NodeAgent:
                 command_timeout_s=settings.clean.command_timeout_s,
             ),
             statvfs=self.host.statvfs,
+            statfs_path=self.host.statfs_path,
             remember=settings.command_remember,
         )
         self.outbox = Outbox(capacity=settings.outbox_max)
@@ -119,7 +121,8 @@ class NodeAgent:
         return cmd_subject(self.settings.cluster, self.settings.node_name, prefix=self.prefix)
 
     async def start(self) -> None:
-        self.nc = await connect(self.settings.nats, name=f"nodeheal-agent-{self.settings.node_name}")
+        nats_settings = self.settings.nats.model_copy(update={"inbox_prefix": self.settings.nats_inbox_prefix()})
+        self.nc = await connect(nats_settings, name=f"nodeheal-agent-{self.settings.node_name}")
         self.js = self.nc.jetstream()
         self._sub = await self.nc.subscribe(self.cmd_subject, cb=self._on_command)
         log.info("agent started", extra={"node": self.settings.node_name, "commands": self.cmd_subject})

@@ -58,6 +58,8 @@ class CommandExecutor:
     systemd: Systemd
     clean: CleanPolicy
     statvfs: StatVfs = os.statvfs
+    statfs_path: Callable[[str], str] | None = None
+    """Where to measure a host path's file system (`HostReader.statfs_path`); default: under host_root."""
     remember: int = 10_000
     clock: Callable[[], float] = time.time
 
@@ -180,7 +182,8 @@ class CommandExecutor:
             return self._result(command, ok=False, detail="refused: no image prune command configured")
         if command.dry_run:
             return self._result(command, ok=True, detail=f"dry run: would run {' '.join(cmd)}")
-        fs_path = str(self._host(self.clean.image_fs_path))
+        image_fs = self.clean.image_fs_path
+        fs_path = self.statfs_path(image_fs) if self.statfs_path else str(self._host(image_fs))
         before = _free_bytes(self.statvfs, fs_path)
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE

@@ -15,7 +15,7 @@ This module must never talk to NATS or change anything on the host.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -171,9 +171,17 @@ class HostReader:
     fs_types: Sequence[str] = DEFAULT_FS_TYPES
     excluded_prefixes: Sequence[str] = DEFAULT_EXCLUDED_PREFIXES
     statvfs: StatVfs = os.statvfs
+    fs_markers: Mapping[str, str] = field(default_factory=dict)
+    """Host mount point → a directory in this process on that file system, measured instead of
+    `<root><mount point>` (the DaemonSet mounts an empty marker per file system, never the host's /).
+    With markers and no `mount_points`, exactly the marked mount points are reported."""
     problems: list[str] = field(default_factory=list)
     files: HostFiles | None = None
     """Where the node is read; `None`: the local file system under `root` (with `statvfs`)."""
+
+    def statfs_path(self, host_path: str) -> str:
+        """Where to statvfs the file system of `host_path`: its marker, else the path under `root`."""
+        return self.fs_markers.get(host_path) or str(self.path(host_path))
 
     def path(self, host_path: str) -> Path:
         """The path inside this process of `host_path` on the node (`/var/log` → `<root>/var/log`)."""
@@ -233,7 +241,7 @@ class HostReader:
         text = self._read(self.mounts_file)
         if text is None:
             return []
-        wanted_points = set(self.mount_points)
+        wanted_points = set(self.mount_points) or set(self.fs_markers)
         wanted_types = set(self.fs_types)
         chosen: dict[str, Mount] = {}
         for mount in parse_mounts(text):
@@ -251,7 +259,10 @@ class HostReader:
         view = self.view
         for mount in self.mounts():
             try:
-                st = view.statvfs(mount.mount_point)
+                if self.files is not None:  # a simulated node: its own answer for the mount point
+                    st = view.statvfs(mount.mount_point)
+                else:  # the real node: the marker directory of that file system, else the path under root
+                    st = self.statvfs(self.statfs_path(mount.mount_point))
             except OSError as exc:
                 self.problems.append(f"statvfs {mount.mount_point}: {exc.strerror or exc}")
                 continue

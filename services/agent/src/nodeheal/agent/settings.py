@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from nodeheal.agent.host import DEFAULT_EXCLUDED_PREFIXES, DEFAULT_FS_TYPES
 from nodeheal.runtime.service import ServiceSettings
 from nodeheal.schemas.probe import MAX_KERNEL_LINES
+from nodeheal.schemas.subjects import escape_token
 
 
 class CleanSettings(BaseModel):
@@ -37,7 +38,14 @@ class AgentSettings(ServiceSettings):
     interval_s: float = Field(default=10.0, gt=0, description="seconds between probes")
     host_root: Path = Field(default=Path("/"), description="where the node's / is visible (/host in the DaemonSet)")
     mounts_file: str = Field(default="/proc/1/mounts", description="host path of the mount table (PID 1 = the host's)")
-    mount_points: list[str] = Field(default_factory=list, description="mount points to report; empty = by fs_types")
+    mount_points: list[str] = Field(
+        default_factory=list, description="mount points to report; empty = the fs_markers' ones, else by fs_types"
+    )
+    fs_markers: dict[str, str] = Field(
+        default_factory=dict,
+        description="host mount point → a directory in this container on that file system (statvfs reads its"
+        " usage there instead of under host_root; the DaemonSet mounts one empty marker per file system)",
+    )
     fs_types: list[str] = Field(default_factory=lambda: list(DEFAULT_FS_TYPES))
     excluded_mount_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDED_PREFIXES))
     services: list[str] = Field(
@@ -56,3 +64,15 @@ class AgentSettings(ServiceSettings):
     clean: CleanSettings = Field(default_factory=CleanSettings)
     command_remember: int = Field(default=10_000, ge=1, description="action ids remembered for idempotent replies")
     dlq_service: str = "node-agent"
+    inbox_per_node: bool = Field(
+        default=True,
+        description="append the escaped cluster and node tokens to nats.inbox_prefix, so replies to this agent"
+        " (its PubAcks) arrive on `<inbox_prefix>.<cluster>.<node>.…`, the only inbox NATS lets this node read"
+        " under deploy/nats/natsauth.py",
+    )
+
+    def nats_inbox_prefix(self) -> str:
+        """The inbox prefix this agent connects with."""
+        if not self.inbox_per_node:
+            return self.nats.inbox_prefix
+        return f"{self.nats.inbox_prefix}.{escape_token(self.cluster)}.{escape_token(self.node_name)}"

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from nodeheal.schemas.subjects import PROBE_SOURCES, escape_token, unescape_token
+
 Pct = Annotated[float, msgspec.Meta(ge=0, le=100)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -70,3 +72,60 @@ class FastProbe(msgspec.Struct, frozen=True, gc=False, rename={"schema_": "schem
 
 probe_decoder: msgspec.json.Decoder[FastProbe] = msgspec.json.Decoder(FastProbe)
 """`probe_decoder.decode(raw)` → FastProbe; raises msgspec.ValidationError / DecodeError on bad input."""
+
+
+_UNSEEN: tuple[str, str, tuple[str, ...]] = ("", "", ())
+
+
+class ProbeIdentity:
+    """The server authorised the subject, not the body: a probe counts only if its body names the
+    cluster and node of its subject (`<prefix>.<kind>.<cluster>.<node>[.<partition>]`) and a `source`
+    its subject kind may carry (`PROBE_SOURCES`: an agent's `probe.*.*` never carries a prober's view,
+    the prober's `prober.*.*` never an agent's).
+
+    Hot path: one dict lookup per probe (subject → expected names, parsed once per subject) and three
+    string comparisons; the subject tokens are checked to be the canonical escaping of the names they
+    decode to, so two spellings of one node cannot exist."""
+
+    def __init__(self, *, prefix: str, max_subjects: int = 500_000) -> None:
+        self._skip = len(prefix.split("."))
+        self._prefix = prefix
+        self._max = max_subjects
+        self._expected: dict[str, tuple[str, str, tuple[str, ...]] | None] = {}
+
+    def mismatch(self, subject: str, probe: FastProbe) -> str | None:
+        """None if the probe may speak for the node of its subject, else the reason (for the DLQ)."""
+        expected = self._expected.get(subject, _UNSEEN)
+        if expected is _UNSEEN:
+            expected = self._learn(subject)
+        if expected is not None and probe.node == expected[1] and probe.cluster == expected[0]:
+            if probe.source in expected[2]:
+                return None
+            return (
+                f"node mismatch: source {probe.source!r} may not publish on {subject!r}"
+                f" (that subject carries {', '.join(expected[2])} probes)"
+            )
+        if expected is None:
+            return f"node mismatch: {subject!r} is not of the form {self._prefix}.<kind>.<cluster>.<node>"
+        return (
+            f"node mismatch: the subject is cluster {expected[0]!r} node {expected[1]!r},"
+            f" the body says cluster {probe.cluster!r} node {probe.node!r}"
+        )
+
+    def _learn(self, subject: str) -> tuple[str, str, tuple[str, ...]] | None:
+        if len(self._expected) >= self._max:
+            self._expected.clear()  # more subjects than nodes × kinds × partitions: start over
+        parts = subject.split(".")
+        expected: tuple[str, str, tuple[str, ...]] | None = None
+        if len(parts) in (self._skip + 3, self._skip + 4):
+            kind, cluster_token, node_token = parts[self._skip : self._skip + 3]
+            sources = PROBE_SOURCES.get(kind)
+            try:
+                cluster, node = unescape_token(cluster_token), unescape_token(node_token)
+                canonical = escape_token(cluster) == cluster_token and escape_token(node) == node_token
+            except (ValueError, UnicodeDecodeError):
+                canonical = False
+            if sources is not None and canonical:
+                expected = (cluster, node, sources)
+        self._expected[subject] = expected
+        return expected

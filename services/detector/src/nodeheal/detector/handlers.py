@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
-from nodeheal.detector.fastpath import probe_decoder
+from nodeheal.detector.fastpath import ProbeIdentity, probe_decoder
 from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
@@ -64,6 +65,10 @@ def _trace_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
     if not headers or TRACEPARENT not in headers:
         return None
     return {k: headers[k] for k in _TRACE_KEYS if k in headers}
+
+
+def _rejected(why: str) -> str:
+    return f"probe rejected: {why[:1000]}; fix the sender (schema nodeheal.probe/v1)"
 
 
 def _remember(store: dict[str, dict[str, str]], key: str, value: dict[str, str]) -> None:
@@ -197,6 +202,7 @@ class DetectorRuntime:
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_puller: Puller | None = None
+        self.identity = ProbeIdentity(prefix=settings.nats.prefix)
         self.probes_stream = self.topology.stream(f"{settings.nats.stream_prefix}PROBES").name
         self.cloud_stream = self.topology.stream(f"{settings.nats.stream_prefix}CLOUD").name
         self.audit_stream = self.topology.stream(f"{settings.nats.stream_prefix}AUDIT").name
@@ -318,6 +324,9 @@ class DetectorRuntime:
     ) -> int:
         """Read a stream once through an ephemeral consumer (no acks) until what was there is read."""
         config = ConsumerConfig(
+            # named (never the legacy server-named create, which the permission matrix refuses: it
+            # could rewrite another service's durable); a random suffix nobody can guess
+            name=f"{self.settings.durable}-replay-{secrets.token_hex(8)}",
             ack_policy=AckPolicy.NONE,
             deliver_policy=deliver,
             opt_start_time=since,
@@ -363,9 +372,11 @@ class DetectorRuntime:
 
             def seed(msg: Msg) -> None:
                 try:
-                    det.seed_last_probe(probe_decoder.decode(msg.data), now=now)
+                    probe = probe_decoder.decode(msg.data)
                 except (msgspec.ValidationError, msgspec.DecodeError):
-                    pass
+                    return
+                if self.identity.mismatch(msg.subject, probe) is None:
+                    det.seed_last_probe(probe, now=now)
 
             counts["probes"] = await self._replay(
                 self.probes_stream, s.probe_filters(), deliver=DeliverPolicy.LAST_PER_SUBJECT, since=None, on_msg=seed
@@ -430,6 +441,7 @@ class DetectorRuntime:
         assert puller is not None
         det = self.detector
         decode = probe_decoder.decode
+        mismatch = self.identity.mismatch
         observe = det.observe_probe
         tick_s = self.settings.tick_s
         last_tick = 0.0
@@ -451,15 +463,19 @@ class DetectorRuntime:
                     if t is not None and t.utcoffset():
                         t.astimezone(UTC)  # as the schema does: the UTC instant must exist (OverflowError)
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    bad.append((msg, str(exc)))
+                    bad.append((msg, _rejected(str(exc))))
                     continue
                 except Exception as exc:  # anything else a hostile payload can raise (RecursionError...)
-                    bad.append((msg, f"{type(exc).__name__}: {exc}"))
+                    bad.append((msg, _rejected(f"{type(exc).__name__}: {exc}")))
+                    continue
+                wrong = mismatch(msg.subject, probe)
+                if wrong is not None:
+                    bad.append((msg, f"{wrong}; a node speaks only for itself (the subject is what NATS authorised)"))
                     continue
                 try:
                     observe(probe, now=now)
                 except Exception as exc:  # e.g. OverflowError of a time at the end of the calendar
-                    bad.append((msg, f"cannot be evaluated: {type(exc).__name__}: {exc}"))
+                    bad.append((msg, _rejected(f"cannot be evaluated: {type(exc).__name__}: {exc}")))
             if now - last_tick >= tick_s or det.outbox:
                 det.tick(now=now)
                 last_tick = now
@@ -570,7 +586,7 @@ class DetectorRuntime:
             await dead_letter(
                 self.js,
                 service=SERVICE,
-                reason=f"probe rejected: {reason[:1000]}; fix the sender (schema nodeheal.probe/v1)",
+                reason=reason,
                 raw=msg.data,
                 subject=msg.subject,
                 headers=dict(msg.headers) if msg.headers else None,

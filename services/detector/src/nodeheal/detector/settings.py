@@ -8,7 +8,7 @@ from pydantic_settings import SettingsConfigDict
 
 from nodeheal.detector.rules import RuleConfig
 from nodeheal.runtime.service import ServiceSettings
-from nodeheal.schemas.subjects import wildcard
+from nodeheal.schemas.subjects import PROBE_KIND, PROBER_KIND, wildcard
 
 SERVICE = "detector"
 
@@ -51,10 +51,10 @@ class DetectorSettings(ServiceSettings):
         return [p for p in range(self.partitions) if p % self.replicas == self.replica]
 
     def probe_filters(self) -> list[str]:
-        base = wildcard("probe", prefix=self.nats.prefix)
+        bases = [wildcard(kind, prefix=self.nats.prefix) for kind in (PROBE_KIND, PROBER_KIND)]
         if not self.partitions:
-            return [base]
-        return [f"{base}.{p}" for p in self.owned_partitions]
+            return bases
+        return [f"{base}.{p}" for p in self.owned_partitions for base in bases]
 
     @property
     def probe_durable(self) -> str:

@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -234,6 +235,8 @@ class DurableState:
         A message that does not validate is skipped (the live consumer dead-letters it)."""
         stream = self.streams[base]
         config = ConsumerConfig(
+            # named: the permission matrix refuses the legacy server-named create (deploy/nats/natsauth.py)
+            name=f"diagnoser-read-{secrets.token_hex(8)}",
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_TIME,
             opt_start_time=since,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.jetstream import publish_model, read_stream
 from nodeheal.runtime.telemetry import inject_headers
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import audit_subject
@@ -65,24 +64,10 @@ class AuditLog:
         except NotFoundError:
             return []
         out: list[RemediationRecord] = []
-        sub = await self.js.subscribe(
-            subject,
-            stream=self.stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since),
-        )
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=2.0)
-                except TimeoutError:
-                    break
-                try:
-                    out.append(RemediationRecord.model_validate_json(msg.data))
-                except ValidationError:
-                    log.warning("unreadable audit record skipped", extra={"node": node, "subject": subject})
-                if msg.metadata.sequence.stream >= (last.seq or 0):
-                    break
-        finally:
-            await sub.unsubscribe()
+        msgs = await read_stream(self.js, stream=self.stream, subject=subject, start=since, through_seq=last.seq or 0)
+        for msg in msgs:
+            try:
+                out.append(RemediationRecord.model_validate_json(msg.data))
+            except ValidationError:
+                log.warning("unreadable audit record skipped", extra={"node": node, "subject": subject})
         return out

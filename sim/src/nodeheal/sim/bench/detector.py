@@ -35,7 +35,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from nodeheal.detector.fastpath import probe_decoder
+from nodeheal.detector.fastpath import ProbeIdentity, probe_decoder
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.puller import BatchPuller
 from nodeheal.detector.rules import Detector, RuleConfig
@@ -51,7 +51,7 @@ from nodeheal.schemas import (
     Reachability,
     ServiceState,
 )
-from nodeheal.schemas.subjects import probe_subject
+from nodeheal.schemas.subjects import DEFAULT_PREFIX, probe_subject
 from nodeheal.sim.bench.secure import BenchAuth
 
 CLUSTER = "bench"
@@ -154,12 +154,14 @@ async def _provision(url: str, auth: BenchAuth) -> NatsSettings:
     """The layout of one phase, as the detector's settings. Under per-role credentials the layout is the
     one the permissions are written for (the bench's own server, dropped between phases); on a plain
     server each phase gets its own prefixes."""
+    # 4 GiB of stream caps (PROBES 1.6 GiB): the backlog of a large --nodes × --rounds run must fit
+    store = 4 * 1024**3
     if auth.creds:
-        settings = auth.settings("detector", url=url)
+        settings = auth.settings("detector", url=url, store_bytes=store)
     else:
         tag = uuid.uuid4().hex[:8]
         settings = NatsSettings(
-            url=url, prefix=f"bench{tag}", stream_prefix=f"BENCH{tag}_", bucket_prefix=f"bench{tag}"
+            url=url, prefix=f"bench{tag}", stream_prefix=f"BENCH{tag}_", bucket_prefix=f"bench{tag}", store_bytes=store
         )
     nc = await auth.connect(url, "admin")
     await apply_topology(nc.jetstream(), settings.topology())
@@ -201,9 +203,11 @@ def _payloads(nodes: int, rounds: int) -> list[tuple[str, bytes, str]]:
 
 
 async def prefill(url: str, settings: NatsSettings, *, nodes: int, rounds: int, auth: BenchAuth) -> tuple[int, int]:
-    """Store nodes x rounds probes in PROBES (core publishes as the prober role: the stream stores them
-    without a PubAck round trip); returns (stored, payload bytes)."""
-    nc = await auth.connect(url, "prober", name="bench-prefill", pending_size=64 * 1024 * 1024)
+    """Store nodes x rounds probes in PROBES (core publishes: the stream stores them without a PubAck round
+    trip); returns (stored, payload bytes). They are agent probes of 20,000 nodes: no single real role
+    may publish those (an agent speaks for its own node only, the prober only on `prober.*.*`), so the
+    synthetic fleet publishes as admin."""
+    nc = await auth.connect(url, "admin", name="bench-prefill", pending_size=64 * 1024 * 1024)
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
     items = _payloads(nodes, rounds)
     subjects = {node: probe_subject(CLUSTER, node, prefix=settings.prefix) for node in {n for _, _, n in items}}
@@ -325,7 +329,21 @@ def decode_costs(payload: bytes, *, n: int = 20_000) -> dict[str, float]:
     for _ in range(n // 4):
         NodeProbe.model_validate_json(payload)
     pydantic_us = (time.perf_counter() - start) / (n // 4) * 1e6
-    return {"decode_us_msgspec": round(msgspec_us, 2), "decode_us_pydantic": round(pydantic_us, 2)}
+    # the subject identity check every probe gets after decoding (subject already seen: steady state)
+    identity = ProbeIdentity(prefix=DEFAULT_PREFIX)
+    probe = probe_decoder.decode(payload)
+    subject = probe_subject(probe.cluster, probe.node)
+    check = identity.mismatch
+    assert check(subject, probe) is None
+    start = time.perf_counter()
+    for _ in range(n):
+        check(subject, probe)
+    identity_us = (time.perf_counter() - start) / n * 1e6
+    return {
+        "decode_us_msgspec": round(msgspec_us, 2),
+        "decode_us_pydantic": round(pydantic_us, 2),
+        "identity_check_us": round(identity_us, 2),
+    }
 
 
 def rules_cost(*, nodes: int, rounds: int = 3) -> float:
@@ -365,7 +383,8 @@ def _publisher_process(
 async def _publish_open_loop(
     url: str, prefix: str, nodes: int, rate: float, seconds: float, fault_every: int, auth: BenchAuth
 ) -> None:
-    nc = await auth.connect(url, "prober", name="bench-open-loop", pending_size=64 * 1024 * 1024)
+    # agent probes of many nodes: admin (see prefill)
+    nc = await auth.connect(url, "admin", name="bench-open-loop", pending_size=64 * 1024 * 1024)
     names = [_node(i) for i in range(nodes)]
     subjects = [probe_subject(CLUSTER, n, prefix=prefix) for n in names]
     placeholder = datetime(2000, 1, 1, tzinfo=UTC)
@@ -532,7 +551,7 @@ async def run_bench(
             "p50/p99: open loop at rate_per_s from a separate publisher process, ~1% of probes disk-full, "
             "probe time (= publish time = fault_onset) to the anomaly's PubAck. raw_nats_msgs_per_s: core "
             "publish -> subscribe callback of the same payload. config: tls and creds = the bench's own "
-            "nats-server with TLS and deploy/nats/natsauth.py's per-role users (admin provisions, prober "
-            "publishes probes, detector consumes), every client of the run connected that way."
+            "nats-server with TLS and deploy/nats/natsauth.py's per-role users (admin provisions and "
+            "publishes the synthetic agents' probes, detector consumes), every client of the run connected that way."
         ),
     }

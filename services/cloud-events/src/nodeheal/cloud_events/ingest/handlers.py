@@ -1,17 +1,22 @@
 """HTTP handlers for the push channels: `POST /v1/events/<source>`. Thin: read the body within the
 limit, authenticate, check the content type, normalize, hand to the sink.
 
-Every refusal answers a 4xx whose JSON body says why, and the raw bytes go to the DLQ with the same
-reason. A NATS failure answers 503 so the sender retries (CloudMonitor retries 3 times, EventBridge
-longer). The answer to an accepted body lists each event's id, subject and outcome.
+Every refusal answers a 4xx whose JSON body says why. What an *unauthenticated* or oversized request
+sent (401, 413) is never stored: it is counted (`nodeheal_ingest_http_refused_total`) and logged
+(throttled), so whoever can reach the endpoint cannot write into NATS. An authenticated sender's bad
+payload (400, 404, 415, 422) goes to the DLQ with the same reason, rate limited per channel. A NATS
+failure answers 503 so the sender retries (CloudMonitor retries 3 times, EventBridge longer). The
+answer to an accepted body lists each event's id, subject and outcome.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+import prometheus_client
 from aiohttp import web
 
 from nodeheal.cloud_events.ingest import auth
@@ -28,6 +33,34 @@ _SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 Clock = Callable[[], datetime]
 
+REFUSED = prometheus_client.Counter(
+    "nodeheal_ingest_http_refused",
+    "Webhook requests refused before authentication or over the size limit (not stored)",
+    ["status", "source"],
+)
+
+
+class _ThrottledLog:
+    """One log line per status and `every_s`, with the count since the last line: a flood of refused
+    requests must not become a flood of log lines either."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[int, float] = {}
+        self._count: dict[int, int] = {}
+
+    def refused(self, status: int, reason: str, *, source: str, peer: str | None) -> None:
+        self._count[status] = self._count.get(status, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(status, -1e9) < self.every_s:
+            return
+        self._last[status] = now
+        count, self._count[status] = self._count[status], 0
+        log.warning(
+            "webhook request refused (not stored)",
+            extra={"status": status, "reason": reason, "source": source, "peer": peer, "refused_since_last": count},
+        )
+
 
 def _utcnow() -> datetime:
     return datetime.now(tz=UTC)
@@ -40,14 +73,14 @@ class EventEndpoint:
         self.settings = settings
         self.sink = sink
         self.clock = clock
+        self._log = _ThrottledLog()
 
     async def _read(self, request: web.Request) -> tuple[bytes, int | None]:
-        """The body, or its first `dlq_keep_bytes` and the size seen when it is over the limit."""
+        """The body, or nothing and the size seen when it is over the limit (reading stops there)."""
         limit = self.settings.max_body_bytes
         declared = request.content_length
         if declared is not None and declared > limit:
-            kept = await request.content.read(self.settings.dlq_keep_bytes) if self.settings.dlq_keep_bytes else b""
-            return kept, declared
+            return b"", declared
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -56,10 +89,16 @@ class EventEndpoint:
                 break
             size += len(chunk)
             if size > limit:
-                data = b"".join(chunks) + chunk
-                return data[: self.settings.dlq_keep_bytes], size
+                return b"", size
             chunks.append(chunk)
         return b"".join(chunks), None
+
+    def _refused(self, request: web.Request, status: int, reason: str) -> web.Response:
+        source = request.match_info.get("source", "?")
+        known = source if source in self.settings.http_sources else "other"
+        REFUSED.labels(str(status), known).inc()
+        self._log.refused(status, reason, source=source, peer=request.remote)
+        return _answer(status, error=reason)
 
     async def handle(self, request: web.Request) -> web.Response:
         sink = self.sink()
@@ -79,10 +118,8 @@ class EventEndpoint:
             return _answer(status, error=reason)
 
         if oversize is not None:
-            return await refuse(
-                413,
-                f"body too large: {oversize} bytes, the limit is {self.settings.max_body_bytes} "
-                f"(first {len(body)} bytes kept in the DLQ)",
+            return self._refused(
+                request, 413, f"body too large: {oversize} bytes, the limit is {self.settings.max_body_bytes}"
             )
         s = self.settings
         problem = auth.check(
@@ -96,7 +133,7 @@ class EventEndpoint:
             allow_unauthenticated=s.allow_unauthenticated,
         )
         if problem is not None:
-            return await refuse(401, problem)
+            return self._refused(request, 401, problem)
         if source not in s.http_sources:
             return await refuse(404, f"no endpoint for source {source!r}; enabled: {', '.join(s.http_sources)}")
         content_type = request.content_type.lower()

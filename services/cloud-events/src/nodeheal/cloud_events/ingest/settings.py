@@ -56,7 +56,6 @@ class IngestSettings(ServiceSettings):
     allow_query_token: bool = Field(default=False, description="also accept ?token= (CloudMonitor webhooks)")
     allow_unauthenticated: bool = Field(default=False, description="development only")
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
-    dlq_keep_bytes: int = Field(default=64 * 1024, ge=0, description="bytes of an oversize body kept in the DLQ")
     http_sources: list[str] = Field(default_factory=lambda: list(PUSH_SOURCES))
     inventory_cache_ttl_s: float = Field(default=30.0, ge=0)
     ledger_max_entities: int = Field(default=200_000, ge=100)

@@ -203,6 +203,7 @@ class CloudEventSink:
             headers=headers,
             prefix=self.prefix,
             timeout_s=self.publish_timeout_s,
+            source=f"webhook {where}",  # the rate limit of the DLQ is per channel
         )
 
 

@@ -26,7 +26,7 @@ from nodeheal.runtime.connect import connect
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import NodeProbe, Reachability
-from nodeheal.schemas.subjects import escape_token, probe_subject
+from nodeheal.schemas.subjects import escape_token, prober_probe_subject
 
 log = logging.getLogger("nodeheal.cloud_events.prober")
 
@@ -181,7 +181,7 @@ class Prober:
             )
             try:
                 ack = await self.js.publish_async(  # type: ignore[union-attr]
-                    probe_subject(inv.cluster, inv.node, prefix=prefix),
+                    prober_probe_subject(inv.cluster, inv.node, prefix=prefix),
                     probe.to_json(),
                     headers={"Nats-Msg-Id": prober_msg_id(cluster=inv.cluster, node=inv.node, seq=seq)},
                     wait_stall=self.settings.nats.publish_timeout_s,

@@ -58,6 +58,14 @@ class NodeAgent:
             return ActionOutcome(
                 ok=False, detail=f"unreadable reply from the agent on {node}: {exc.errors()[0]['msg']}"
             )
+        if result.node != node or result.action_id != action_id:
+            # only this node's agent may subscribe to its command subject (the server enforces it); a
+            # reply naming another node or action is a broken or lying agent, never a success
+            return ActionOutcome(
+                ok=False,
+                detail=f"node mismatch: asked {node} for {action_id}, the reply is from"
+                f" {result.node} for {result.action_id}",
+            )
         detail = result.detail or ("ok" if result.ok else "failed")
         if result.freed_bytes is not None:
             detail += f" (freed {result.freed_bytes} bytes)"

@@ -1,0 +1,75 @@
+"""The permission matrix of deploy/nats/natsauth.py stays true to the code: every durable a service
+creates by default is registered to its role (so no other role may touch it), every role's DLQ token
+is the one its code writes, and docs/security.md carries the current generated table. What the
+server does with the matrix is tested in tests/integration/deploy/test_nats_permissions.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nodeheal.agent.settings import AgentSettings
+from nodeheal.cloud_events.ingest.settings import IngestSettings
+from nodeheal.detector.settings import SERVICE as DETECTOR
+from nodeheal.detector.settings import DetectorSettings
+from nodeheal.diagnoser.settings import SERVICE as DIAGNOSER
+from nodeheal.diagnoser.settings import DiagnoserSettings
+from nodeheal.remediator.handlers import SERVICE as REMEDIATOR
+from nodeheal.remediator.settings import RemediatorSettings
+from tests.integration.deploy.natsauth_loader import load_natsauth
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_services_default_durables_are_owned_by_their_roles() -> None:
+    natsauth = load_natsauth()
+    owned = {(stream, name): role for role, stream, name in natsauth.durables()}
+    detector = DetectorSettings()
+    for stream in ("PROBES", "CLOUD", "AUDIT"):
+        assert owned[(stream, detector.probe_durable)] == "detector"
+    diagnoser = DiagnoserSettings()
+    for stream in ("ANOMALIES", "CLOUD", "AUDIT"):
+        assert owned[(stream, diagnoser.durable)] == "diagnoser"
+    assert owned[("DIAGNOSES", RemediatorSettings().durable)] == "remediator"
+    # partitioned detector replicas own their names too, when the layout says how many there are
+    layout = natsauth.Layout(detector_replicas=(3,))
+    partitioned = {(s, n) for r, s, n in natsauth.durables(layout) if r == "detector"}
+    assert ("PROBES", "detector-2-of-3") in partitioned
+
+
+def test_each_role_may_write_the_dlq_under_the_name_its_code_uses() -> None:
+    natsauth = load_natsauth()
+    expected = {
+        "ingest": IngestSettings(allow_unauthenticated=True).service_name,
+        "agent": AgentSettings().dlq_service,
+        "detector": DETECTOR,
+        "diagnoser": DIAGNOSER,
+        "remediator": REMEDIATOR,
+    }
+    for role, token in expected.items():
+        perms = natsauth.role_permissions(role)
+        dlq = [s for s in perms.pub_allow if ".dlq." in s]
+        assert dlq == [f"nodeheal.dlq.{token}"], role
+
+
+def test_no_role_but_admin_may_use_the_legacy_server_named_consumer_create_on_a_stream() -> None:
+    """`$JS.API.CONSUMER.CREATE.<stream>` takes the consumer name from the request body: whoever may
+    publish it on a stream can rewrite every durable there. No role has it on a stream with durables."""
+    natsauth = load_natsauth()
+    found = set()
+    for role in natsauth.ROLES:
+        if role == "admin":
+            continue
+        for subject in natsauth.role_permissions(role).pub_allow:
+            head = "$JS.API.CONSUMER.CREATE."
+            if subject.startswith(head) and "." not in subject[len(head) :]:
+                stream = subject[len(head) :]
+                if not stream.startswith("KV_"):
+                    found.add((role, stream))
+    assert found == set()
+
+
+def test_security_md_shows_the_current_generated_matrix() -> None:
+    table = load_natsauth().matrix_markdown()
+    assert table in (ROOT / "docs" / "security.md").read_text(), (
+        "docs/security.md is stale: paste `uv run python deploy/nats/natsauth.py table`"
+    )
