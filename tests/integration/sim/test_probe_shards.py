@@ -45,7 +45,8 @@ async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_setting
     async def keep(msg: Any) -> None:
         seen.append(orjson.loads(msg.data))
 
-    await reader.subscribe(f"{settings.prefix}.probe.>", cb=keep)
+    await reader.subscribe(f"{settings.prefix}.probe.>", cb=keep)  # the agents'
+    await reader.subscribe(f"{settings.prefix}.prober.>", cb=keep)  # the active prober's own subject kind
     await reader.flush()
     main_nc = await connect(settings, name="pytest-shards-main")
     shards = ProbeShards(plans)
