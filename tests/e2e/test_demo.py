@@ -1,5 +1,6 @@
-"""A small `nodeheal demo` end to end: the four real services as processes, the simulated fleet and
-world, and the report held against the simulator's ground truth."""
+"""A small `nodeheal demo` end to end, in the production configuration: the four real services as
+processes under their per-role NATS credentials, the real node agent code on every simulated node, and
+the report held against the simulator's ground truth and an independent referee of side effects."""
 
 from __future__ import annotations
 
@@ -56,6 +57,31 @@ def test_no_budget_exceeded_and_no_reboot_inside_the_partition(report: dict[str,
     partition = [r for r in report["fault_rows"] if r["fault_class"] == "rack_partition"]
     assert partition, "the storm scenario ran"
     assert all(r["cause"] == "rack_partition" for r in partition)
+
+
+SAFETY = (
+    "actions_without_intent",
+    "disrupted_twice_for_one_fault",
+    "reboots_verified_without_new_boot",
+    "uncordons_while_host_event_pending",
+    "redeploys_for_reboot_events",
+    "budget_exceedances",
+    "reboots_in_partition",
+)
+
+
+def test_the_independent_referee_finds_no_unsafe_action(report: dict[str, Any]) -> None:
+    safety = report["safety"]
+    assert {k: safety[k] for k in SAFETY} == dict.fromkeys(SAFETY, 0), safety["examples"]
+    seen = safety["side_effects_seen"]
+    assert seen["cloud_api_calls"].get("RebootInstance", 0) > 0, seen  # the referee had something to judge
+    assert seen["node_commands"], seen
+
+
+def test_every_process_ran_as_its_role_without_a_permission_violation(report: dict[str, Any]) -> None:
+    security = report["security"]
+    assert security["auth_mode"] == "per-role"
+    assert security["permission_violations"] == 0, security["samples"]
 
 
 def test_cheap_local_faults_are_repaired_in_place(report: dict[str, Any]) -> None:

@@ -99,6 +99,20 @@ def detector(
     sys.stdout.write("\n")
 
 
+@bench.command("agent")
+@click.option("--probes", type=click.IntRange(100, 10_000_000), default=20_000, show_default=True)
+@click.option("--nodes", type=click.IntRange(1, 100_000), default=1000, show_default=True, help="Distinct nodes.")
+@click.option("--fleet", type=click.IntRange(1, 1_000_000), default=50_000, show_default=True)
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True)
+def agent(probes: int, nodes: int, fleet: int, interval: float) -> None:
+    """CPU per probe of the real node agent's collector inside the simulator, and the cores a fleet needs."""
+    from nodeheal.sim.bench.agent import run_bench
+
+    result = run_bench(nodes=nodes, probes=probes, fleet=fleet, interval_s=interval)
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
 @bench.command("kb")
 @click.option(
     "--corpus",

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from nodeheal.cli.common import require_sim
+from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
 
 
 @click.command("demo")
@@ -46,6 +46,26 @@ from nodeheal.cli.common import require_sim
     show_default=True,
     help="3: run three nats-servers on loopback as one JetStream cluster (streams at R3).",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Run the embedded nats-server without authorization (default: per-role credentials from deploy/nats).",
+)
+@click.option(
+    "--agents-per-connection",
+    type=click.IntRange(1, 5000),
+    default=None,
+    help="Simulated node agents sharing one NATS connection (its user carries one node tag per agent); "
+    "default: 1 (a user per node, as in production) up to 1,000 nodes, else 500.",
+)
+@click.option(
+    "--sim-processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes that publish the simulated fleet's probes (sharded by node); 1: the demo process itself.",
+)
+@nats_auth_options
 def demo(
     nodes: int,
     duration: float,
@@ -61,6 +81,10 @@ def demo(
     no_partition: bool,
     chaos: bool,
     nats_cluster: int,
+    insecure: bool,
+    agents_per_connection: int | None,
+    sim_processes: int,
+    nats_auth: NatsAuth,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
     require_sim("nodeheal demo")
@@ -68,7 +92,7 @@ def demo(
         raise click.BadParameter("a JetStream cluster needs 3 or more servers (2 cannot keep a quorum)")
     if nats_cluster >= 3 and nats_url:
         raise click.BadParameter("--nats-cluster starts its own servers; leave out --nats-url")
-    from nodeheal.sim.demo import DemoConfig, run_demo
+    from nodeheal.sim.demo import DemoConfig, DemoFailedError, run_demo
 
     cfg = DemoConfig(
         nodes=nodes,
@@ -85,12 +109,21 @@ def demo(
         chaos=chaos,
         nats_cluster=nats_cluster,
         quiet=json_out,
+        insecure=insecure,
+        agents_per_connection=agents_per_connection,
+        sim_processes=sim_processes,
+        nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )
     console = Console(stderr=True)
     try:
         report = asyncio.run(run_demo(cfg, console=console))
     except KeyboardInterrupt:
         raise click.Abort from None
+    except DemoFailedError as exc:
+        console.print(
+            f"Error: demo failed: {exc.reason} (what it measured: {exc.partial})", highlight=False, soft_wrap=True
+        )
+        raise SystemExit(1) from None
     except Exception as exc:
         raise click.ClickException(f"demo failed: {exc}") from exc
     json_path = report_path.with_suffix(".json")
@@ -102,5 +135,9 @@ def demo(
 
         print_summary(report, console=Console())
     console.print(f"report: {report_path} and {json_path}", highlight=False)
-    if os.environ.get("NODEHEAL_DEMO_STRICT") == "1" and report["policy"]["budget_violations"]:
-        raise SystemExit(1)
+    if os.environ.get("NODEHEAL_DEMO_STRICT") == "1":
+        unsafe = not (report.get("safety") or {}).get("all_zero", True)
+        violations = (report.get("security") or {}).get("permission_violations", 0)
+        if unsafe or violations or report["policy"]["budget_violations"]:
+            console.print("demo strict: the safety or security section is not all zeros", highlight=False)
+            raise SystemExit(1)

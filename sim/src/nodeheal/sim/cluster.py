@@ -21,7 +21,10 @@ from nodeheal.sim.embedded import EmbeddedNats, free_port
 class EmbeddedCluster:
     """`with EmbeddedCluster(3) as cluster: cluster.url` — the comma-joined client URLs of every server."""
 
-    def __init__(self, size: int = 3, *, log_dir: str | None = None, name: str = "nodeheal-demo") -> None:
+    def __init__(
+        self, size: int = 3, *, log_dir: str | None = None, name: str = "nodeheal-demo", extra_config: str = ""
+    ) -> None:
+        """`extra_config`: more server configuration for every server (the demo's NATS authorization)."""
         if size < 3:
             msg = "a JetStream cluster needs at least 3 servers (a quorum survives the loss of one)"
             raise ValueError(msg)
@@ -39,6 +42,7 @@ class EmbeddedCluster:
             conf.write_text(
                 f'server_name: "{name}-{i}"\n'
                 f"cluster {{\n  name: {name}\n  listen: 127.0.0.1:{self.route_ports[i]}\n  routes: [{routes}]\n}}\n"
+                + extra_config
             )
             self.servers.append(
                 EmbeddedNats(

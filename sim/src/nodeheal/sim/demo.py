@@ -25,10 +25,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nodeheal.cli.procs import ServiceProcess, service_processes, stop_all, wait_ready
+from nodeheal.cli.procs import SERVICES, ServiceProcess, service_processes, stop_all, wait_ready
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas import RemediationRecord
+from nodeheal.sim.auth import DemoAuth
 from nodeheal.sim.chaos import Chaos, plan_chaos
 from nodeheal.sim.cluster import EmbeddedCluster
 from nodeheal.sim.demo_report import RunRecord, build_report, collect_window, write_html
@@ -36,6 +38,8 @@ from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import plan_faults
 from nodeheal.sim.fleet import FleetSpec
+from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, security_section
+from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
 from nodeheal.sim.world import DemoWorld
 
 
@@ -58,10 +62,15 @@ class DemoConfig:
     services: list[str] | None = None  # all four unless a test narrows it
     chaos: bool = False  # SIGKILL every service (and a nats-server) at seeded moments, then restart it
     nats_cluster: int = 1  # 3: three nats-servers on loopback as one JetStream cluster, streams at R3
+    insecure: bool = False  # no NATS authorization on the embedded server(s)
+    nats_base: NatsSettings | None = None  # with nats_url: the access the caller gives (creds, TLS CA)
+    agents_per_connection: int | None = None  # None: 1 (per-node users) up to 1,000 nodes, else 500
+    connect_timeout_s: float = 30.0  # the first connection to NATS; then the demo fails with the reason
+    sim_processes: int = 1  # >1: the probes are published by this many shard processes (nodeheal.sim.shard)
 
 
 def _service_table(
-    *, settings: NatsSettings, cfg: DemoConfig, world: DemoWorld, run_dir: Path, cluster: str
+    *, settings: NatsSettings, cfg: DemoConfig, world: DemoWorld, run_dir: Path, cluster: str, auth: DemoAuth
 ) -> list[ServiceProcess]:
     """The four services, pointed at the simulated world's endpoints through their environment."""
     extra: dict[str, dict[str, str]] = {
@@ -71,6 +80,7 @@ def _service_table(
             # production, scaled like the rest of the simulated time
             "NODEHEAL_DETECTOR_RULES__EVENT_HOLD_S": str(max(20.0, cfg.probe_interval_s * 6)),
         },
+        "diagnoser": {},
         "remediator": {
             "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.kube_url,
             "NODEHEAL_REMEDIATOR_KUBE__VERIFY_TLS": "false",
@@ -96,7 +106,10 @@ def _service_table(
             "NODEHEAL_INGEST_ALIBABA__INTERVAL_S": "2",
         },
     }
-    for env in extra.values():
+    for name, env in extra.items():
+        env |= auth.service_env(name, prefix=SERVICES[name][0], url=settings.url)
+        if settings.tls_ca_file:
+            env[f"{SERVICES[name][0]}NATS__TLS_CA_FILE"] = settings.tls_ca_file
         env |= cfg.extra_env
     return service_processes(settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra, names=cfg.services)
 
@@ -130,52 +143,166 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+class DemoFailedError(RuntimeError):
+    """The demo could not finish: `reason` is one line; what was measured is in the JSON file `partial`."""
+
+    def __init__(self, reason: str, *, partial: Path) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.partial = partial
+
+
+@dataclass
+class _Progress:
+    """What a run has measured so far, for the report of a run that cannot finish."""
+
+    stage: str = "starting"
+    sim: FleetSimulator | None = None
+    world: DemoWorld | None = None
+    run_dir: Path | None = None
+
+    def partial(self, reason: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"failed": reason, "stage": self.stage, "run_dir": str(self.run_dir)}
+        if self.sim is not None:
+            stats = self.sim.stats
+            out["simulator"] = {
+                "nodes": len(self.sim.nodes),
+                "probes_published": stats.probes_published,
+                "publish_errors": stats.publish_errors,
+                "agent_probes_collected": stats.collected,
+                "agent_collect_cpu_us_per_probe": round(1e6 * stats.collect_s / max(1, stats.collected), 1),
+                "max_lag_behind_interval_s": round(stats.lag_s_max, 3),
+                "faults_injected": len(self.sim.truth),
+                "faults_open": len(self.sim.open_faults),
+            }
+        if self.world is not None:
+            with contextlib.suppress(Exception):
+                out["world"] = self.world.summary()
+        return out
+
+
+PER_NODE_USERS_UP_TO = 1000
+"""Up to this fleet size every simulated agent connects as its own per-node user (a connection costs
+≈ 4 ms of CPU to open and ≈ 16 KB here); above it agents share connections (docs/demo.md)."""
+
+
+def _stop_shards(shards: ProbeShards, sim: FleetSimulator) -> None:
+    """Stop the probe shards and add their counters to the simulator's."""
+    for counters in shards.stop():
+        sim.stats.probes_published += counters["probes_published"]
+        sim.stats.publish_errors += counters["publish_errors"]
+        sim.stats.collected += counters["collected"]
+        sim.stats.collect_s += counters["collect_s"]
+        sim.stats.lag_s_max = max(sim.stats.lag_s_max, counters["lag_s_max"])
+
+
 async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
+    """Run the demo; if it cannot finish, raise `DemoFailedError` (one-line reason) after writing what it
+    measured to the report's JSON path."""
     run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix="nodeheal-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(run_dir=run_dir)
+    try:
+        return await _run(cfg, console=console, run_dir=run_dir, progress=progress)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = f"{progress.stage}: {type(exc).__name__}: {first}"
+        partial = cfg.report_path.with_suffix(".json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(progress.partial(reason), indent=2, sort_keys=True, default=str))
+        (run_dir / "failure.txt").write_text(f"{reason}\n\n{exc}\n")
+        raise DemoFailedError(reason, partial=partial) from exc
+
+
+async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _Progress) -> dict[str, Any]:
     async with contextlib.AsyncExitStack() as stack:
+        # 4 GiB of stream caps (PROBES 1.6 GiB, ~1.5 M probes): the default 1 GiB is sized for tests
+        base = (cfg.nats_base or NatsSettings()).model_copy(update={"store_bytes": 4 * 1024**3})
+        per_connection = cfg.agents_per_connection or (1 if cfg.nodes <= PER_NODE_USERS_UP_TO else 500)
+        server_logs: list[Path] = []
         kill_server: Callable[[int], None] | None = None
         restart_server: Callable[[int], None] | None = None
         replicas = 1
         if cfg.nats_url:
+            auth = DemoAuth(mode="external", directory=run_dir, base=base)
             url = cfg.nats_url
-        elif cfg.nats_cluster >= 3:
-            cluster = stack.enter_context(EmbeddedCluster(cfg.nats_cluster, log_dir=str(run_dir)))
-            url, replicas = cluster.url, 3
-            kill_server, restart_server = cluster.kill, cluster.restart
         else:
-            server = stack.enter_context(EmbeddedNats(log_file=str(run_dir / "nats-server.log")))
-            url = server.url
+            auth = (
+                DemoAuth(mode="insecure", directory=run_dir, base=base)
+                if cfg.insecure
+                else DemoAuth.per_role(run_dir / "nats-auth", base=base)
+            )
+            auth.agents_per_connection = per_connection
+            config = auth.server_config()
+            if cfg.nats_cluster >= 3:
+                cluster = stack.enter_context(
+                    EmbeddedCluster(
+                        cfg.nats_cluster, log_dir=str(run_dir), extra_config=config.read_text() if config else ""
+                    )
+                )
+                url, replicas = cluster.url, 3
+                kill_server, restart_server = cluster.kill, cluster.restart
+                server_logs = [run_dir / f"nats-server-{i}.log" for i in range(cfg.nats_cluster)]
+            else:
+                server = stack.enter_context(
+                    EmbeddedNats(log_file=str(run_dir / "nats-server.log"), config_file=str(config) if config else None)
+                )
+                url = server.url
+                server_logs = [run_dir / "nats-server.log"]
 
-            def kill_one(_index: int) -> None:
-                server.kill()
+                def kill_one(_index: int) -> None:
+                    server.kill()
 
-            def restart_one(_index: int) -> None:
-                server.start()  # same port, same store
+                def restart_one(_index: int) -> None:
+                    server.start()  # same port, same store
 
-            kill_server, restart_server = kill_one, restart_one
-        console.print(f"[bold]nodeheal demo[/]: NATS {url}; logs in {run_dir}", highlight=False)
-        # 4 GiB of stream caps (PROBES 1.6 GiB, ~1.5 M probes): the default 1 GiB is sized for tests
-        settings = NatsSettings(url=url, store_bytes=4 * 1024**3)
-        nc = await connect(settings, name="nodeheal-demo")
+                kill_server, restart_server = kill_one, restart_one
+        console.print(f"[bold]nodeheal demo[/]: NATS {url} ({auth.mode}); logs in {run_dir}", highlight=False)
+        progress.stage = "connecting to NATS"
+        violations = ViolationCounter()
+        settings = auth.settings("admin", url=url)
+        try:  # nats-py retries a first connect forever; the demo says why it cannot start instead
+            nc = await asyncio.wait_for(
+                connect(settings, name="nodeheal-demo", error_cb=violations.callback("demo (admin)")),
+                timeout=cfg.connect_timeout_s,
+            )
+        except TimeoutError:
+            msg = f"no NATS server answered at {url} within {cfg.connect_timeout_s:g} s"
+            raise RuntimeError(msg) from None
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
         await apply_topology(js, settings.topology(), replicas=replicas)
         spec = FleetSpec(nodes=cfg.nodes, seed=cfg.seed)
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
-        sim = FleetSimulator(spec=spec, settings=settings, timings=timings)
+        sim = FleetSimulator(spec=spec, settings=settings, timings=timings, work_dir=run_dir / "nodes")
         world = DemoWorld(sim=sim, timings=timings, region=spec.region)
+        progress.sim, progress.world, progress.stage = sim, world, "starting the emulators"
         await stack.enter_async_context(world)
-        kv = await js.key_value(settings.topology().bucket(f"{settings.bucket_prefix}-inventory").name)
-        await sim.publish_inventory(kv)
+        # the inventory as the inventory watcher writes it, as its role
+        inventory_nc = await connect(
+            auth.settings("inventory", url=url),
+            name="nodeheal-demo-inventory",
+            error_cb=violations.callback("inventory"),
+        )
+        inv_kv = await inventory_nc.jetstream().key_value(
+            settings.topology().bucket(f"{settings.bucket_prefix}-inventory").name
+        )
+        await sim.publish_inventory(inv_kv)
+        await inventory_nc.close()
         run_start = datetime.now(tz=UTC)
 
-        services = _service_table(settings=settings, cfg=cfg, world=world, run_dir=run_dir, cluster=spec.cluster)
+        services = _service_table(
+            settings=settings, cfg=cfg, world=world, run_dir=run_dir, cluster=spec.cluster, auth=auth
+        )
         stack.callback(stop_all, services)
+        progress.stage = "starting the services"
         for svc in services:
             svc.start()
         # services read the whole inventory before they are ready: ~70 s at 50,000 nodes on 2 cores
-        await wait_ready(services, timeout_s=90.0 + cfg.nodes / 250)
+        # (and a loaded machine can take a minute just to import them)
+        await wait_ready(services, timeout_s=240.0 + cfg.nodes / 250)
         counts: dict[str, int] = {}
 
         async def count(kind: str) -> None:
@@ -186,7 +313,50 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
 
         for kind in ("cloud", "anomaly", "diagnosis", "audit"):
             await count(kind)
-        await sim.start(nc)
+        prober_nc = await connect(
+            auth.settings("prober", url=url), name="nodeheal-sim-prober", error_cb=violations.callback("prober")
+        )
+        stack.push_async_callback(prober_nc.close)
+        agent_nc: dict[str, Any] = {}
+        names = list(sim.nodes)
+        shards_n = max(1, cfg.sim_processes)
+        step = max(1, min(per_connection, -(-len(names) // shards_n)))
+        agent_conns = 0
+        chunks: list[tuple[NatsSettings, list[str]]] = []
+        for index, start in enumerate(range(0, len(names), step)):
+            chunk = names[start : start + step]
+            agent_settings = auth.agent_settings(url=url, cluster=spec.cluster, nodes=chunk, index=index)
+            chunks.append((agent_settings, chunk))
+            conn = await connect(
+                agent_settings, name=f"nodeheal-sim-agents-{index}", error_cb=violations.callback("agents")
+            )
+            stack.push_async_callback(conn.close)
+            agent_nc.update(dict.fromkeys(chunk, conn))
+            agent_conns += 1
+        shards: ProbeShards | None = None
+        if shards_n > 1:
+            # the probes of the nodes of every shards_n-th agent connection are published by one shard
+            # process; this process keeps the world, the faults and the commands
+            prober_settings = auth.settings("prober", url=url).model_dump()
+            plans = [
+                ShardPlan(
+                    index=k,
+                    spec=spec,
+                    nodes={
+                        n: node_state(sim.nodes[n]) for i, (_, c) in enumerate(chunks) if i % shards_n == k for n in c
+                    },
+                    interval_s=cfg.probe_interval_s,
+                    settings=settings.model_dump(),
+                    prober=prober_settings,
+                    agents=[(a.model_dump(), c) for i, (a, c) in enumerate(chunks) if i % shards_n == k],
+                )
+                for k in range(min(shards_n, len(chunks)))
+            ]
+            shards = ProbeShards(plans)
+            stack.callback(shards.stop, timeout_s=2.0)
+            progress.stage = "starting the probe shards"
+            await asyncio.to_thread(shards.wait_ready, timeout_s=180.0)
+        await sim.start(prober_nc=prober_nc, agent_nc=agent_nc, shards=shards)
         stack.push_async_callback(sim.stop)
 
         warmup_s = cfg.probe_interval_s * 3
@@ -228,6 +398,10 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
                         sim.inject(plan[next_fault])
                         next_fault += 1
                 phase = "warm-up" if now < fault_start else ("faults" if now < fault_end else "settling")
+                progress.stage = f"running ({phase})"
+                if shards is not None and shards.dead():
+                    msg = f"probe shard(s) {shards.dead()} exited; the fleet's probes stopped"
+                    raise RuntimeError(msg)
                 for svc in services:
                     if chaos is not None and svc.name in chaos.busy:
                         continue  # killed on purpose; chaos starts it again
@@ -247,6 +421,23 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         # let the last verifications and resolutions land
         await asyncio.sleep(cfg.probe_interval_s * 2)
         run_end = datetime.now(tz=UTC) + timedelta(seconds=1)
+        if shards is not None:
+            await asyncio.to_thread(_stop_shards, shards, sim)
+        progress.stage = "reading the streams for the report"
+        # the side effects up to the end of the window the streams are read for (the services keep running
+        # while the report is built; what they do after run_end has its intent after the window too)
+        world_log = WorldLog(
+            ecs_calls=list(world.ecs.calls),
+            ecs_changes=list(world.ecs_changes),
+            ecs_events=list(world.ecs.events.values()),
+            instance_node={iid: inst.instance_name for iid, inst in world.ecs.instances.items()},
+            kube_effects=list(world.kube.effects),
+            node_commands=sim.executed_commands(),
+            boots=list(sim.boots),
+            dark=dict(sim.dark_spans),
+            budget_exceedances=sum(world.violations.values()),
+            budget_exceedances_by_domain=dict(world.violations),
+        )
         messages, findings = await collect_window(js, settings=settings, since=run_start, until=run_end)
         record = RunRecord(
             nodes=cfg.nodes,
@@ -264,9 +455,29 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
                 "commands_answered": sim.stats.commands_answered,
                 "reboots": sim.stats.reboots,
                 "redeploys": sim.stats.redeploys,
+                "agent_probes_collected": sim.stats.collected,
+                # the real ProbeCollector over the simulated host, plus encoding the probe
+                "agent_collect_cpu_us_per_probe": round(1e6 * sim.stats.collect_s / max(1, sim.stats.collected), 1),
+                "max_lag_behind_interval_s": round(sim.stats.lag_s_max, 3),
+                # a probe later than one interval behind its schedule: this machine could not keep the
+                # requested interval (the run still counts; the figures say how far behind it was)
+                "kept_interval": sim.stats.lag_s_max < cfg.probe_interval_s,
+                "agent_connections": agent_conns,
             },
             nats_url=url,
             bad_kernel=spec.bad_kernel,
+        )
+        record.extra["safety"] = judge(
+            audit=[m for m in messages if isinstance(m, RemediationRecord)],
+            world=world_log,
+            truth=list(sim.truth),
+            run_end=run_end.timestamp(),
+        )
+        record.extra["security"] = security_section(
+            mode=auth.mode,
+            describe=auth.describe() | {"agent_connections": agent_conns},
+            server_logs=server_logs,
+            callbacks=violations,
         )
         report = build_report(record, messages=messages, findings=findings)
         if chaos is not None:
@@ -274,4 +485,5 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         report["nats"] = {"servers": len(url.split(",")), "stream_replicas": replicas}
         report["run_dir"] = str(run_dir)
         write_html(report, cfg.report_path)
+        cfg.report_path.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))
         return report

@@ -43,7 +43,7 @@ class RunRecord:
     truth: list[InjectedFault]
     health: list[dict[str, float]]
     world: dict[str, Any]
-    sim_stats: dict[str, int]
+    sim_stats: dict[str, Any]
     nats_url: str
     bad_kernel: str
     extra: dict[str, Any] = field(default_factory=dict)
@@ -266,7 +266,7 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
             "budget_violations": record.world.get("budget_violations", 0),
             "budget_violations_by_domain": record.world.get("budget_violations_by_domain", {}),
             "violation_samples": record.world.get("violation_samples", []),
-            "reboots_in_partition": record.world.get("reboots_in_partition", 0),
+            "reboots_in_partition": (record.extra.get("safety") or record.world).get("reboots_in_partition", 0),
             "blocked": len(blocked),
             "blocked_by_check": dict(sorted(blocked_by.items())),
             "budgets": record.world.get("budgets"),
@@ -286,6 +286,8 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
             "schedulable_rate": round(record.world.get("schedulable_rate", 0.0), 4),
             "online_rate": round(sum(online) / len(online), 4),
         },
+        "safety": record.extra.get("safety"),
+        "security": record.extra.get("security"),
         "systematic_risks": risks,
         "bad_kernel_injected": record.bad_kernel,
         "bad_kernel_found": any(r["is_injected_bad_kernel"] for r in risks),
@@ -366,6 +368,18 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         f"blocked {pol['blocked']} {pol['blocked_by_check']}",
         highlight=False,
     )
+    simulator = report["run"]["simulator"]
+    if simulator.get("kept_interval") is False:
+        console.print(
+            f"[bold]simulator fell behind[/]: probes up to {simulator['max_lag_behind_interval_s']:.1f}s late against "
+            f"a {report['run']['probe_interval_s']:g}s interval (the real agent code costs "
+            f"{simulator.get('agent_collect_cpu_us_per_probe')} µs CPU per probe here)",
+            highlight=False,
+        )
+    if report.get("safety"):
+        console.print(f"safety (independent referee): {_safety_line(report)}", highlight=False)
+    if report.get("security"):
+        console.print(f"security: {_security_line(report)}", highlight=False)
     fl = report["fleet"]
     console.print(
         f"fleet: crash rate {fl['crash_rate']:.4f}, schedulable {fl['schedulable_rate']:.1%}, "
@@ -379,6 +393,18 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         ),
         highlight=False,
     )
+
+
+def _safety_line(report: dict[str, Any]) -> str:
+    safety = report.get("safety") or {}
+    return ", ".join(f"{k} {v}" for k, v in safety.items() if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _security_line(report: dict[str, Any]) -> str:
+    security = report.get("security") or {}
+    if not security:
+        return ""
+    return f"NATS auth {security['auth_mode']}, permission violations {security['permission_violations']}"
 
 
 def write_html(report: dict[str, Any], path: Path) -> None:
@@ -462,6 +488,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
 <h2>Policy</h2><p>budget violations {pol["budget_violations"]}, reboots inside the partition
 {pol["reboots_in_partition"]}, actions blocked by policy {pol["blocked"]}
 {html.escape(str(pol["blocked_by_check"]))}</p>
+<h2>Safety (independent referee)</h2><p>{html.escape(_safety_line(report))}</p>
+<h2>Security</h2><p>{html.escape(_security_line(report))}</p>
 <h2>Fleet</h2><p>crash rate {fl["crash_rate"]}, schedulable {fl["schedulable_rate"]:.1%},
 online {fl["online_rate"]:.1%}</p>
 <h2>Systematic risks found</h2><ul>{risks}</ul>"""

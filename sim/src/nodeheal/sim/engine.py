@@ -14,22 +14,25 @@ import contextlib
 import logging
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
+from nodeheal.agent.probe import probe_msg_id
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
-from nodeheal.schemas.commands import FD_HOLDER_TARGET
 from nodeheal.schemas.inventory import instance_key, inventory_key
-from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject, prober_probe_subject
+from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject, prober_probe_subject, unescape_token
 from nodeheal.sim.faults import (
     FATAL_KERNEL_CLASSES,
     InjectedFault,
@@ -38,7 +41,8 @@ from nodeheal.sim.faults import (
     expected_causes,
     kernel_samples,
 )
-from nodeheal.sim.fleet import SERVICES, FleetSpec, SimNode, build_inventory
+from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
+from nodeheal.sim.nodehost import AgentProfile, SimAgent
 
 log = logging.getLogger("nodeheal.sim")
 
@@ -71,14 +75,21 @@ class CloudHooks(Protocol):
     def schedule_maintenance(self, *, instance_id: str, event_type: str, not_before: datetime) -> str: ...
 
 
+NOTICE_TIME_SCALE = 1440
+"""Cloud maintenance notices run 1,440 times faster than in reality (a day per minute)."""
+
+
 @dataclass
 class SimTimings:
     probe_interval_s: float = 5.0
     reboot_s: float = 20.0  # the machine's own reboot time in the simulation
     redeploy_s: float = 35.0
     auto_reboot_s: float = 25.0  # kernel.panic=N after a crash
-    maintenance_notice_s: float = 40.0  # NotBefore - publish (24-48 h in reality)
-    partition_s: float = 45.0
+    # NotBefore - publish of a scheduled SystemMaintenance.Reboot / Redeploy: 24-48 h in reality (Alibaba),
+    # compressed by `NOTICE_TIME_SCALE` (one simulated day per minute): 60-120 s
+    maintenance_notice_s: tuple[float, float] = (24 * 3600 / 1440, 48 * 3600 / 1440)
+    partition_s: float = 45.0  # from the first node of the rack going dark until the rack is back
+    partition_spread_s: float = 20.0  # the rack's nodes go dark one by one over this long (10-60 s in reality)
     disk_fill_to_full_s: float = 12.0
 
 
@@ -89,6 +100,9 @@ class SimStats:
     reboots: int = 0
     redeploys: int = 0
     publish_errors: int = 0
+    collect_s: float = 0.0  # CPU time spent in the real agent collector (and encoding its probes)
+    collected: int = 0
+    lag_s_max: float = 0.0  # how far behind the probe schedule the simulator fell
     samples: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -100,8 +114,16 @@ class FleetSimulator:
         settings: NatsSettings,
         timings: SimTimings | None = None,
         clock: Callable[[], float] = time.time,
+        work_dir: Path | None = None,
+        agent_profile: AgentProfile | None = None,
+        probes_only: bool = False,
     ) -> None:
         self.spec = spec
+        # a probe shard (nodeheal.sim.shard): only probes; the main process owns the world and commands
+        self.probes_only = probes_only
+        self.work_dir = work_dir
+        self.agent_profile = agent_profile or AgentProfile()
+        self.agents: dict[str, SimAgent] = {}
         self.settings = settings
         self.timings = timings or SimTimings()
         self.clock = clock
@@ -123,16 +145,20 @@ class FleetSimulator:
         self.touched: set[SimNode] = set()
         self.partition: tuple[str, float, float] | None = None  # rack, start, end
         self.partition_log: tuple[str, float, float] | None = None
+        self.going_dark: dict[SimNode, float] = {}  # partition nodes not yet dark → when they go
+        self.dark_spans: dict[str, tuple[float, float]] = {}  # node → (dark from, back at)
+        self.boots: list[tuple[float, str]] = []  # (time, node) of every boot with a new boot id
         self.cloud: CloudHooks | None = None
         self.stats = SimStats()
         self._subjects = {name: probe_subject(spec.cluster, name, prefix=settings.prefix) for name in self.nodes}
+        # the active prober speaks on its own subject kind (the detector tells the sources apart by subject)
         self._prober_subjects = {
             name: prober_probe_subject(spec.cluster, name, prefix=settings.prefix) for name in self.nodes
         }
-        self._seen_actions: dict[str, bytes] = {}
-        self._nc: Client | None = None
+        self._prober_nc: Client | None = None
+        self._agent_nc: dict[str, Client] = {}
         self._tasks: list[asyncio.Task[Any]] = []
-        self._sub: Any = None
+        self._subs: list[Any] = []
 
     # ------------------------------------------------------------------ setup
 
@@ -149,11 +175,38 @@ class FleetSimulator:
 
         await asyncio.gather(*(put(inv) for inv in self.inventory))
 
-    async def start(self, nc: Client) -> None:
-        self._nc = nc
-        cmd_wildcard = cmd_subject(self.spec.cluster, "x", prefix=self.settings.prefix).rsplit(".", 1)[0] + ".*"
-        self._sub = await nc.subscribe(cmd_wildcard, cb=self._on_command)
-        self._tasks.append(asyncio.create_task(self._probe_loop(), name="sim-probes"))
+    def agent(self, node: SimNode) -> SimAgent:
+        """The node agent of this node's current boot (a reboot starts a new agent process)."""
+        agent = self.agents.get(node.name)
+        if agent is None or agent.collector.host.boot_id() != node.boot_id:
+            fresh = SimAgent(node, cluster=self.spec.cluster, profile=self.agent_profile, work_dir=self.work_dir)
+            if agent is not None:
+                fresh.executed = agent.executed
+            self.agents[node.name] = agent = fresh
+        return agent
+
+    async def start(self, *, prober_nc: Client | None, agent_nc: dict[str, Client], shards: Any = None) -> None:
+        """`agent_nc`: the connection each node's agent speaks through (its user may publish that node's
+        probes and subscribe to that node's commands); `prober_nc`: the active prober's. With `shards`
+        (`nodeheal.sim.shard.ProbeShards`) the probes are published by the shard processes and this
+        process keeps the world moving and tells them what changed."""
+        self._prober_nc = prober_nc
+        self._agent_nc = agent_nc
+        if not self.probes_only:
+            for name in self.nodes:
+                subject = cmd_subject(self.spec.cluster, name, prefix=self.settings.prefix)
+                self._subs.append(await agent_nc[name].subscribe(subject, cb=self._on_command))
+        if shards is None:
+            self._tasks.append(asyncio.create_task(self._probe_loop(), name="sim-probes"))
+        else:
+            self._tasks.append(asyncio.create_task(self._world_loop(shards), name="sim-world"))
+
+    async def _world_loop(self, shards: Any) -> None:
+        while True:
+            now = self.clock()
+            self.advance(now)
+            shards.sync(list(self.touched), interval_s=self.timings.probe_interval_s)
+            await asyncio.sleep(max(0.0, 0.1 - (self.clock() - now)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -161,15 +214,13 @@ class FleetSimulator:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
 
     # ------------------------------------------------------------------ probes
 
     async def _probe_loop(self) -> None:
-        assert self._nc is not None
-        js = self._nc.jetstream()
         nodes = list(self.nodes.values())
         n = len(nodes)
         interval = self.timings.probe_interval_s
@@ -179,40 +230,54 @@ class FleetSimulator:
         cycle = 0
         while True:
             now = self.clock()
-            self.advance(now)
+            if not self.probes_only:
+                self.advance(now)
             due_total = int((now - start) / interval * n)
             iso = datetime.fromtimestamp(now, tz=UTC).isoformat()
-            futures = []
+            behind = due_total - (cycle * n + cursor)
+            if behind > 0:
+                # how late the oldest due probe is: the measured lag behind the requested interval
+                self.stats.lag_s_max = max(self.stats.lag_s_max, behind / n * interval - tick)
             while cycle * n + cursor < due_total:
                 node = nodes[cursor]
-                futures.extend(self._publish_node(js, node, now=now, iso=iso))
+                try:
+                    await self._publish_node(node, now=now, iso=iso)
+                except Exception:
+                    self.stats.publish_errors += 1
+                    log.exception("probe of %s failed", node.name)
                 cursor += 1
                 if cursor == n:
                     cursor = 0
                     cycle += 1
-            if futures:
-                results = await asyncio.gather(*futures, return_exceptions=True)
-                errors = sum(1 for r in results if isinstance(r, BaseException))
-                self.stats.publish_errors += errors
-                self.stats.probes_published += len(results) - errors
             await asyncio.sleep(max(0.0, tick - (self.clock() - now)))
 
-    def _publish_node(self, js: Any, node: SimNode, *, now: float, iso: str) -> list[Any]:
-        """Core publishes into the stream's subjects: JetStream stores them (and dedups on
-        `Nats-Msg-Id`) without a PubAck round trip per probe, which a Python simulator of 50,000
-        nodes cannot afford. The real agent publishes with acks and an outbox."""
-        del js
-        assert self._nc is not None
+    async def _publish_node(self, node: SimNode, *, now: float, iso: str) -> None:
+        """The node's agent probe (the real `ProbeCollector` over the simulated host) and the active
+        prober's view of the node. Both are core publishes into the stream's subjects: JetStream stores
+        them (and deduplicates on `Nats-Msg-Id`) without a PubAck round trip per probe, which a Python
+        simulator of 50,000 nodes cannot afford. The real agent publishes with acks and an outbox."""
+        assert self._prober_nc is not None
         subject = self._subjects[node.name]
-        out = []
         noise = self.rng.uniform(-0.1, 0.1)
         if node.agent_alive and not node.partitioned:
-            body = node.agent_probe(now=now, time_iso=iso, noise=noise)
-            out.append(self._nc.publish(subject, orjson.dumps(body), headers={"Nats-Msg-Id": body["id"]}))
-        body = node.prober_probe(time_iso=iso)
+            agent = self.agent(node)
+            if not self.probes_only:
+                node.before_probe()
+            for line in node.pending_kernel:
+                agent.kmsg.log(line, now=now)
+            node.pending_kernel.clear()
+            started = time.thread_time()  # CPU, not wall: the machine is shared
+            probe = await agent.collect(now=now, noise=noise)
+            body = probe.to_json()
+            self.stats.collect_s += time.thread_time() - started
+            self.stats.collected += 1
+            msg_id = probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
+            await self._agent_nc[node.name].publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+            self.stats.probes_published += 1
+        body_dict = node.prober_probe(time_iso=iso)
         prober_subject = self._prober_subjects[node.name]
-        out.append(self._nc.publish(prober_subject, orjson.dumps(body), headers={"Nats-Msg-Id": body["id"]}))
-        return out
+        await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict), headers={"Nats-Msg-Id": body_dict["id"]})
+        self.stats.probes_published += 1
 
     # ------------------------------------------------------------------ world clock
 
@@ -223,14 +288,20 @@ class FleetSimulator:
                 self.timed.discard(node)
             elif node.back_at is not None and now >= node.back_at:
                 node.boot(now)
+                self.boots.append((now, node.name))
                 self._close_fault(node, now, fixed_by="reboot")
             elif node.auto_reboot_at is not None and now >= node.auto_reboot_at:
                 node.power_off()
                 node.auto_reboot_at = None
                 node.back_at = now + self.timings.reboot_s
+        for node, at in list(self.going_dark.items()):
+            if now >= at:
+                node.partitioned = True
+                del self.going_dark[node]
         if self.partition is not None:
             rack, _start, end = self.partition
             if now >= end:
+                self.going_dark.clear()
                 for node in self.racks[rack]:
                     node.partitioned = False
                     self._close_fault(node, now, fixed_by="partition_healed")
@@ -262,7 +333,15 @@ class FleetSimulator:
     def on_rebooted(self, node: SimNode, now: float) -> None:
         """The cloud brought the instance back (after a reboot, redeploy or executed maintenance)."""
         self.stats.reboots += 1
+        self.boots.append((now, node.name))
         self._close_fault(node, now, fixed_by="reboot")
+
+    def wipe_local_disk(self, node: SimNode) -> None:
+        """A redeploy re-initialised the local disks: no garbage, a fresh system."""
+        node.base_used_pct, node.old_logs_bytes, node.unused_image_bytes, node.garbage_on_disk = 30.0, 0, 0, 0
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir / escape_token(node.name), ignore_errors=True)
+        self.agents.pop(node.name, None)
 
     def on_node_drained(self, node_name: str) -> None:
         node = self.nodes.get(node_name)
@@ -273,41 +352,42 @@ class FleetSimulator:
     # ------------------------------------------------------------------ node agent commands
 
     async def _on_command(self, msg: Msg) -> None:
+        """What the agent's command subscription does (`nodeheal.agent.app`): decode, run the real
+        `CommandExecutor` (allow-lists, idempotence per action id), reply. A dead, hung or cut-off
+        node does not answer: the requester times out, as with a real one."""
+        node = self.nodes.get(unescape_token(msg.subject.rsplit(".", 1)[-1]))
+        if node is None or not node.agent_alive or node.partitioned:
+            return
         try:
             command = NodeCommand.model_validate_json(msg.data)
-        except Exception as exc:
-            await msg.respond(orjson.dumps({"ok": False, "detail": f"malformed command: {exc}"}))
+        except ValidationError as exc:
+            detail = f"malformed command: {exc.errors()[:1]}; send a nodeheal.cmd/v1 NodeCommand"
+            result = NodeCommandResult(action_id="", node=node.name, ok=False, detail=detail)
+            await msg.respond(result.to_json())
             return
-        node = self.nodes.get(command.node)
-        if node is None or not node.agent_alive or node.partitioned:
-            return  # nobody answers: the requester times out, as with a dead agent
-        if command.action_id in self._seen_actions:
-            await msg.respond(self._seen_actions[command.action_id])
-            return
-        ok, detail, freed = True, "", None
-        if command.command == "restart_service" and command.target == FD_HOLDER_TARGET and not command.dry_run:
-            # the simulated fd leak is in the ops agent: that is the top descriptor holder the agent finds
-            node.services["ops-agent"] = "active"
-            node.fd_allocated = 6000
-            detail = "pid 4242 (ops-agent) holds the most file descriptors; restarted ops-agent.service"
-        elif command.command == "restart_service":
-            if command.target not in SERVICES:
-                ok, detail = False, f"service {command.target!r} is not in the allow-list {list(SERVICES)}"
-            elif not command.dry_run:
-                node.services[command.target] = "active"
-                detail = f"restarted {command.target}"
-                if command.target == "ops-agent":
-                    node.fd_allocated = 6000  # the leaking process was the ops agent
-        elif command.command == "clean_disk" and not command.dry_run:
-            freed = int((node.disk_used - 50.0) * 1e9) if node.disk_used > 50 else 0
-            node.disk_used = min(node.disk_used, 50.0)
-            node.disk_fill_per_s = 0.0
-            detail = "cleaned image cache and rotated logs"
-        result = NodeCommandResult(action_id=command.action_id, node=node.name, ok=ok, detail=detail, freed_bytes=freed)
-        body = result.to_json()
-        self._seen_actions[command.action_id] = body
+        result = await self.agent(node).execute(command)
         self.stats.commands_answered += 1
-        await msg.respond(body)
+        if msg.reply:
+            await msg.respond(result.to_json())
+
+    def executed_commands(self) -> list[dict[str, Any]]:
+        """Every command the agents ran (the side-effect log the referee reads), oldest first."""
+        out = [
+            {
+                "at": at,
+                "node": command.node,
+                "action_id": command.action_id,
+                "command": command.command,
+                "target": command.target,
+                "dry_run": command.dry_run,
+                "ok": result.ok,
+                "detail": result.detail,
+                "freed_bytes": result.freed_bytes,
+            }
+            for agent in self.agents.values()
+            for at, command, result in agent.executed
+        ]
+        return sorted(out, key=lambda c: float(c["at"]))
 
     # ------------------------------------------------------------------ faults
 
@@ -393,7 +473,7 @@ class FleetSimulator:
                     self.cloud.schedule_maintenance(
                         instance_id=node.inv.instance_id,
                         event_type=event_type,
-                        not_before=datetime.fromtimestamp(now + t.maintenance_notice_s, tz=UTC),
+                        not_before=datetime.fromtimestamp(now + self.rng.uniform(*t.maintenance_notice_s), tz=UTC),
                     )
             case "kernel_fault":
                 klass = fault.kernel_class or "soft_lockup"
@@ -419,7 +499,7 @@ class FleetSimulator:
         elif klass == "too_many_open_files":
             node.fd_allocated = int(node.fd_max * 0.97)
         elif klass == "disk_full_eviction":
-            node.disk_used = 97.0
+            node.fill_disk(97.0 - node.disk_used)
         elif klass == "planned_shutdown_reboot":
             node.auto_reboot_at = now + self.timings.probe_interval_s * 1.2
             self.timed.add(node)
@@ -448,17 +528,24 @@ class FleetSimulator:
         if not healthy_racks:
             return []
         rack = self.rng.choice(healthy_racks)
-        self.partition = (rack, now, now + self.timings.partition_s)
+        end = now + self.timings.partition_s
+        self.partition = (rack, now, end)
         self.partition_log = self.partition
         out = []
-        for node in self.racks[rack]:
+        members = list(self.racks[rack])
+        self.rng.shuffle(members)
+        spread = min(self.timings.partition_spread_s, self.timings.partition_s / 2)
+        for i, node in enumerate(members):
             self.touched.add(node)
-            node.partitioned = True
+            # one switch port after another: the rack goes dark over `spread` seconds, not at once
+            dark_at = now + spread * i / max(1, len(members) - 1)
+            self.going_dark[node] = dark_at
+            self.dark_spans[node.name] = (dark_at, end)
             fault = InjectedFault(
                 fault_id=f"f{len(self.truth) + 1:04d}",
                 fault_class="rack_partition",
                 node=node.name,
-                injected_at=now,
+                injected_at=dark_at,
                 rack=rack,
                 zone=node.inv.zone,
                 expected=expected_causes("rack_partition", None),

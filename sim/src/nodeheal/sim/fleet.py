@@ -14,6 +14,8 @@ from typing import Any
 from nodeheal.schemas import NodeInventory
 
 SERVICES = ("kubelet", "containerd", "ops-agent")
+DISK_BYTES = 200 * 1024**3
+"""Size of every simulated root file system."""
 MACHINE_MODELS = ("ecs.ebmg7.32xlarge", "ecs.ebmc7.32xlarge", "ecs.ebmr7.32xlarge", "ecs.ebmgn7e.32xlarge")
 CPU_MODELS = ("Intel Xeon Platinum 8369B", "Intel Xeon Platinum 8269CY", "AMD EPYC 7T83")
 KERNELS = ("5.10.134-16.al8.x86_64", "5.10.134-17.al8.x86_64", "5.10.134-18.al8.x86_64", "4.19.91-27.al7.x86_64")
@@ -90,11 +92,15 @@ class SimNode:
     auto_reboot_at: float | None = None  # kernel.panic=N: the node reboots by itself
     load_factor: float = 0.2
     storm: bool = False
-    disk_used: float = 55.0
-    disk_fill_per_s: float = 0.0
+    base_used_pct: float = 55.0  # what no cleaning frees
+    old_logs_bytes: int = 0  # rotated pod logs older than the agent's age limit (not yet written as files)
+    unused_image_bytes: int = 0  # container images no pod uses (not yet written as files)
+    garbage_on_disk: int = 0  # reclaimable bytes written as files for the real clean_disk (nodehost)
+    disk_fill_per_s: float = 0.0  # percent per probe while a disk fill runs
     fd_allocated: int = 6000
     fd_max: int = 1_048_576
     services: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SERVICES, "active"))
+    restarts: dict[str, int] = field(default_factory=dict)
     pending_kernel: list[str] = field(default_factory=list)
     readonly: bool = False
     drained: bool = False
@@ -102,6 +108,25 @@ class SimNode:
     @property
     def name(self) -> str:
         return self.inv.node
+
+    def disk_used_with(self, garbage_on_disk: int) -> float:
+        garbage = self.old_logs_bytes + self.unused_image_bytes + garbage_on_disk
+        return min(100.0, self.base_used_pct + 100.0 * garbage / DISK_BYTES)
+
+    @property
+    def disk_used(self) -> float:
+        """Root file system used %: the fixed part plus every reclaimable byte."""
+        return self.disk_used_with(self.garbage_on_disk)
+
+    def fill_disk(self, pct: float) -> None:
+        """Add reclaimable garbage worth `pct` percent: 60 % unused images, 40 % old rotated pod logs."""
+        added = int(DISK_BYTES * max(0.0, pct) / 100)
+        images = int(added * 0.6)
+        self.unused_image_bytes += images
+        self.old_logs_bytes += added - images
+
+    def load1(self, noise: float) -> float:
+        return self.cpu_count * (3.5 if self.storm else self.load_factor) * (1 + noise)
 
     @property
     def agent_alive(self) -> bool:
@@ -129,9 +154,13 @@ class SimNode:
         self.pending_kernel.clear()
         self.readonly = False
         self.auto_reboot_at = None
-        # a full disk stays full across a reboot unless it is cleaned; files are on disk
+        # a full disk stays full across a reboot unless it is cleaned (files are on disk); what the
+        # boot clears (tmp files, the journal's runtime part) brings it just under the alarm
         if self.disk_used >= 85:
-            self.disk_used = 84.0
+            excess = int((self.disk_used - 84.0) / 100 * DISK_BYTES)
+            take = min(excess, self.unused_image_bytes)
+            self.unused_image_bytes -= take
+            self.old_logs_bytes = max(0, self.old_logs_bytes - (excess - take))
 
     def power_off(self) -> None:
         self.powered = False
@@ -143,56 +172,44 @@ class SimNode:
         self.back_at = None
         self.clear_faults()
 
-    def agent_probe(self, *, now: float, time_iso: str, noise: float) -> dict[str, Any]:
-        """The JSON body of the agent's `NodeProbe` (built as a dict: this is the simulator's hot path)."""
-        self.seq += 1
-        if self.disk_fill_per_s:
-            self.disk_used = min(99.5, self.disk_used + self.disk_fill_per_s)
-        load1 = self.cpu_count * (3.5 if self.storm else self.load_factor) * (1 + noise)
-        lines = self.pending_kernel[:200]
-        dropped = max(0, len(self.pending_kernel) - 200)
-        self.pending_kernel.clear()
-        inv = self.inv
-        return {
-            "schema": "nodeheal.probe/v1",
-            "id": f"{inv.node}:{self.boot_id[:8]}:{self.seq}",
-            "time": time_iso,
-            "cluster": inv.cluster,
-            "node": inv.node,
-            "source": "simulator",
-            "seq": self.seq,
-            "boot_id": self.boot_id,
-            "uptime_s": round(max(0.0, now - self.booted_at), 1),
-            "load": {"load1": round(load1, 2), "load5": round(load1 * 0.9, 2), "load15": round(load1 * 0.8, 2)},
-            "cpu_count": self.cpu_count,
-            "filesystems": [
-                {
-                    "mount": "/",
-                    "device": "/dev/nvme0n1p1",
-                    "used_pct": round(self.disk_used, 1),
-                    "inodes_used_pct": 4.0,
-                    "readonly": self.readonly,
-                },
-            ],
-            "file_handles": {"allocated": self.fd_allocated, "max": self.fd_max},
-            "services": [{"name": n, "state": s} for n, s in self.services.items()],
-            "kernel_log": lines,
-            "kernel_log_dropped": dropped,
-            "kernel_release": inv.kernel,
-            "os_image": inv.os_image,
-            "ready": self.services["kubelet"] == "active" and self.services["containerd"] == "active",
-        }
+    def before_probe(self) -> None:
+        """What happens on the node between two probes of its agent: a running disk fill grows."""
+        if self.disk_fill_per_s and self.disk_used < 99.5:
+            self.fill_disk(min(self.disk_fill_per_s, 99.5 - self.disk_used))
 
-    def prober_probe(self, *, time_iso: str) -> dict[str, Any]:
-        """What the active prober sees of this node from outside."""
+    def prober_probe(self, *, time_iso: str, plan: ProberPlan | None = None) -> dict[str, Any]:
+        """What the active prober (its configured checks, `ProberPlan`) sees of this node from outside,
+        as a stock node answers: the kernel completes TCP handshakes even on a hung node, sshd's banner
+        needs a live userland, the kubelet listens on 10250 on every address but serves /healthz on
+        10248 on 127.0.0.1 only, so a healthz check on the node's address is refused."""
+        plan = plan or DEFAULT_PROBER_PLAN
         self.prober_seq += 1
         reachable = self.powered and not self.partitioned
         ip = self.inv.addresses[0]
-        icmp_ok = reachable
-        tcp_ok = reachable
-        ssh_ok = reachable and not self.hung
-        kubelet_ok = reachable and not self.hung and self.services["kubelet"] == "active"
-        err = None if reachable else "timeout"
+        dark = f"timeout after {plan.timeout_s:g}s"
+        checks: list[dict[str, Any]] = []
+        for port in plan.tcp_ports:
+            target = f"{ip}:{port}"
+            listening = port != 10250 or self.services["kubelet"] == "active"
+            ok = reachable and listening
+            checks.append(
+                {
+                    "check": "tcp",
+                    "target": target,
+                    "ok": ok,
+                    "error": None if ok else (dark if not reachable else "connection refused"),
+                }
+            )
+            if port == plan.ssh_port:
+                banner = reachable and not self.hung
+                error = None if banner else ("no connection" if not reachable else dark)
+                checks.append({"check": "ssh_banner", "target": target, "ok": banner, "error": error})
+        if plan.healthz_url:
+            url = plan.healthz_url.format(address=ip)
+            local_only = "{address}" in plan.healthz_url  # the node's address, where a stock kubelet refuses
+            ok = reachable and not local_only and not self.hung and self.services["kubelet"] == "active"
+            error = None if ok else (dark if not reachable else ("connection refused" if local_only else "HTTP 500"))
+            checks.append({"check": "kubelet_healthz", "target": url, "ok": ok, "error": error})
         return {
             "schema": "nodeheal.probe/v1",
             "id": f"{self.inv.node}:prober:{self.prober_seq}",
@@ -201,15 +218,30 @@ class SimNode:
             "node": self.inv.node,
             "source": "prober",
             "seq": self.prober_seq,
-            "reachability": [
-                {"check": "icmp", "target": ip, "ok": icmp_ok, "error": err},
-                {"check": "tcp", "target": f"{ip}:22", "ok": tcp_ok, "error": err},
-                {"check": "ssh_banner", "target": f"{ip}:22", "ok": ssh_ok, "error": None if ssh_ok else "no banner"},
-                {
-                    "check": "kubelet_healthz",
-                    "target": f"http://{ip}:10248/healthz",
-                    "ok": kubelet_ok,
-                    "error": None if kubelet_ok else "unhealthy",
-                },
-            ],
+            "reachability": checks,
         }
+
+
+@dataclass(frozen=True)
+class ProberPlan:
+    """The active prober's checks (its settings' defaults: `nodeheal.cloud_events.prober.settings`)."""
+
+    tcp_ports: tuple[int, ...]
+    ssh_port: int | None
+    healthz_url: str | None
+    timeout_s: float
+
+
+def _prober_plan() -> ProberPlan:
+    from nodeheal.cloud_events.prober.settings import ProberSettings
+
+    fields = ProberSettings.model_fields
+    return ProberPlan(
+        tcp_ports=tuple(fields["tcp_ports"].get_default(call_default_factory=True)),
+        ssh_port=fields["ssh_port"].get_default(),
+        healthz_url=fields["healthz_url"].get_default(),
+        timeout_s=fields["timeout_s"].get_default(),
+    )
+
+
+DEFAULT_PROBER_PLAN = _prober_plan()

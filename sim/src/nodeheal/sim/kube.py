@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -150,6 +151,8 @@ class KubeWorld:
         self._pods_by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)
         self._defer_refresh = False
         self._cordoned: set[str] = set()
+        # side-effect log for the referee: (unix time, node, "cordon" | "uncordon" | "evict:<ns>/<pod>")
+        self.effects: list[tuple[float, str, str]] = []
         self._events: list[dict[str, Any]] = []
         self._counter = itertools.count(1)
 
@@ -310,8 +313,12 @@ class KubeWorld:
         key = (_NODES, None, name)
         live = key in self.emulator.objects and not self.emulator.objects[key].deleted
         if live and self.emulator.objects[key].get("spec", {}).get("unschedulable"):
+            if name not in self._cordoned:
+                self.effects.append((time.time(), name, "cordon"))
             self._cordoned.add(name)
         else:
+            if name in self._cordoned:
+                self.effects.append((time.time(), name, "uncordon"))
             self._cordoned.discard(name)
 
     # -- internals -------------------------------------------------------------------------------
@@ -449,6 +456,7 @@ class KubeWorld:
             self._pods_by_label[namespace, key, value].discard(name)
         await self.emulator._buses[_PODS].put({"type": "DELETED", "object": raw})
         self.evictions.calls.append((namespace, name, 201))
+        self.effects.append((time.time(), node, f"evict:{namespace}/{name}"))
         owners = raw.get("metadata", {}).get("ownerReferences") or []
         if self.reschedule and any(o.get("kind") == "ReplicaSet" for o in owners):
             target = self._schedulable_node(exclude=node)

@@ -68,6 +68,7 @@ class DemoWorld:
         self._violating: set[str] = set()
         self.max_disrupted: dict[str, int] = {}
         self.partition_actions: list[dict[str, Any]] = []
+        self.ecs_changes: list[WorldChange] = []
         self.api_reboots = 0
         self.api_redeploys = 0
         self.platform_reboots = 0
@@ -135,7 +136,8 @@ class DemoWorld:
 
     @property
     def maintenance_notice_s(self) -> float:
-        return self.timings.maintenance_notice_s
+        """The longest notice the simulator gives."""
+        return max(self.timings.maintenance_notice_s)
 
     # ------------------------------------------------------------------ cloud side
 
@@ -148,6 +150,7 @@ class DemoWorld:
         if node is None:
             return
         self.sim.touched.add(node)
+        self.ecs_changes.append(change)
         now = change.at.timestamp()
         if change.kind == "instance_down":
             node.power_off()
@@ -162,7 +165,7 @@ class DemoWorld:
                 self._note_partition_action(node.name, change)
         elif change.kind == "instance_up":
             if change.local_disks_wiped:
-                node.disk_used = 30.0
+                self.sim.wipe_local_disk(node)
             node.boot(now)
             self.sim.on_rebooted(node, now)
 

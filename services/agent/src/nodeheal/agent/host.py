@@ -4,6 +4,11 @@
 a DaemonSet (the host's `/` mounted read-only at `/host`) and how tests run it against a temporary
 directory that looks like a node. Every reader returns `None` (or an empty tuple) when its file is
 missing or unreadable and records why in `problems`, so one broken source never hides the others.
+
+Everything the reader looks at goes through `HostFiles`, a three-call interface (read a text file,
+does a path exist, statvfs of a path; host paths, not local ones). `LocalHostFiles` implements it with
+the real file system under `root`; the fleet simulator implements it with each simulated node's state,
+so the demo runs this very code for every node without touching a disk.
 This module must never talk to NATS or change anything on the host.
 """
 
@@ -13,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from nodeheal.schemas.probe import FdHolder, FileHandles, FileSystem, LoadAverage
 
@@ -21,6 +26,41 @@ _T = TypeVar("_T")
 
 StatVfs = Callable[[str], os.statvfs_result]
 """`os.statvfs` or a stand-in with the same signature (tests: a file system of a chosen fill level)."""
+
+
+class HostFiles(Protocol):
+    """The node as the probe collector sees it. Paths are host paths (`/proc/loadavg`)."""
+
+    def read_text(self, host_path: str) -> str:
+        """The file's text; `OSError` when it is missing or unreadable."""
+        ...
+
+    def exists(self, host_path: str) -> bool: ...
+
+    def statvfs(self, host_path: str) -> os.statvfs_result:
+        """`statvfs(2)` of the file system holding the path; `OSError` when it cannot be had."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalHostFiles:
+    """`HostFiles` on the real file system: host path `/x` is `<root>/x` in this process."""
+
+    root: Path
+    stat: StatVfs = os.statvfs
+
+    def path(self, host_path: str) -> Path:
+        return self.root / host_path.lstrip("/")
+
+    def read_text(self, host_path: str) -> str:
+        return self.path(host_path).read_text(encoding="utf-8", errors="replace")
+
+    def exists(self, host_path: str) -> bool:
+        return self.path(host_path).exists()
+
+    def statvfs(self, host_path: str) -> os.statvfs_result:
+        return self.stat(str(self.path(host_path)))
+
 
 DEFAULT_FS_TYPES: tuple[str, ...] = ("ext4", "xfs", "btrfs", "ext3", "ext2", "zfs")
 """Disk-backed file systems; overlay/tmpfs mounts of containers are not the node's disks."""
@@ -136,6 +176,8 @@ class HostReader:
     `<root><mount point>` (the DaemonSet mounts an empty marker per file system, never the host's /).
     With markers and no `mount_points`, exactly the marked mount points are reported."""
     problems: list[str] = field(default_factory=list)
+    files: HostFiles | None = None
+    """Where the node is read; `None`: the local file system under `root` (with `statvfs`)."""
 
     def statfs_path(self, host_path: str) -> str:
         """Where to statvfs the file system of `host_path`: its marker, else the path under `root`."""
@@ -145,9 +187,14 @@ class HostReader:
         """The path inside this process of `host_path` on the node (`/var/log` → `<root>/var/log`)."""
         return self.root / host_path.lstrip("/")
 
+    @property
+    def view(self) -> HostFiles:
+        # built on each use: `statvfs` may be replaced after construction (the agent's tests do)
+        return self.files if self.files is not None else LocalHostFiles(self.root, self.statvfs)
+
     def _read(self, host_path: str) -> str | None:
         try:
-            return self.path(host_path).read_text(encoding="utf-8", errors="replace")
+            return self.view.read_text(host_path)
         except OSError as exc:
             self.problems.append(f"cannot read {self.path(host_path)}: {exc.strerror or exc}")
             return None
@@ -178,14 +225,15 @@ class HostReader:
         return self._parse("/proc/sys/kernel/osrelease", lambda t: t.strip() or None)
 
     def os_image(self) -> str | None:
+        view = self.view
         for candidate in ("/etc/os-release", "/usr/lib/os-release"):
-            if self.path(candidate).exists():
+            if view.exists(candidate):
                 return self._parse(candidate, parse_os_release)
         self.problems.append(f"no os-release under {self.root}")
         return None
 
     def cpu_count(self) -> int | None:
-        if self.path("/sys/devices/system/cpu/online").exists():
+        if self.view.exists("/sys/devices/system/cpu/online"):
             return self._parse("/sys/devices/system/cpu/online", parse_cpu_list)
         return os.cpu_count()
 
@@ -208,9 +256,13 @@ class HostReader:
 
     def filesystems(self) -> tuple[FileSystem, ...]:
         result: list[FileSystem] = []
+        view = self.view
         for mount in self.mounts():
             try:
-                st = self.statvfs(self.statfs_path(mount.mount_point))
+                if self.files is not None:  # a simulated node: its own answer for the mount point
+                    st = view.statvfs(mount.mount_point)
+                else:  # the real node: the marker directory of that file system, else the path under root
+                    st = self.statvfs(self.statfs_path(mount.mount_point))
             except OSError as exc:
                 self.problems.append(f"statvfs {mount.mount_point}: {exc.strerror or exc}")
                 continue

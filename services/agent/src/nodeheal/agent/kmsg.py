@@ -40,6 +40,14 @@ class KernelLogBatch:
     dropped: int
 
 
+class KmsgDevice(Protocol):
+    """Where `/dev/kmsg` records come from: every record available now, oldest first, as text in the
+    device's format. `KmsgReader` reads the real device (or a file) itself when it is given none; the
+    fleet simulator gives each node's reader its own ring of records."""
+
+    def read_records(self) -> list[str]: ...
+
+
 class KernelLogSource(Protocol):
     async def read_new(self, *, max_lines: int) -> KernelLogBatch: ...
 
@@ -66,8 +74,11 @@ def parse_record(record: str) -> tuple[int, str] | None:
 class KmsgReader:
     """Reads `/dev/kmsg` (or a file in its format) without blocking, tracking the sequence number."""
 
-    def __init__(self, *, path: Path, state_file: Path | None, boot_id: str | None) -> None:
+    def __init__(
+        self, *, path: Path, state_file: Path | None, boot_id: str | None, device: KmsgDevice | None = None
+    ) -> None:
         self.path = path
+        self.device = device
         self.state_file = state_file
         self.boot_id = boot_id
         self._fd: int | None = None
@@ -109,6 +120,8 @@ class KmsgReader:
 
     def _read_records(self) -> list[str]:
         """Every record available now."""
+        if self.device is not None:
+            return self.device.read_records()
         fd = self._open()
         records: list[str] = []
         while True:
@@ -131,6 +144,8 @@ class KmsgReader:
         return records
 
     async def read_new(self, *, max_lines: int) -> KernelLogBatch:
+        if self.device is not None:  # in memory: no thread needed
+            return self.select(self.device.read_records(), max_lines=max_lines)
         records = await asyncio.to_thread(self._read_records)
         return self.select(records, max_lines=max_lines)
 

@@ -3,7 +3,9 @@
 `Systemd` is the interface; `SystemctlClient` implements it by running `systemctl` (or whatever
 `command` says, e.g. `nsenter --target 1 --mount -- systemctl` in a pod with hostPID) as a real
 subprocess: `systemctl show -p Id,ActiveState,NRestarts <units...>` and `systemctl restart <unit>`.
-Tests point `command` at a small script in a temporary directory. This module must never talk to NATS.
+Tests point `command` at a small script in a temporary directory; the fleet simulator passes a
+`runner` that answers those two command lines from a simulated node's state, so the same argument
+building and output parsing run. This module must never talk to NATS.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class UnitStatus:
 class CommandOutcome:
     ok: bool
     detail: str
+
+
+class CommandRunner(Protocol):
+    """Runs one command line: (exit code, stdout, stderr)."""
+
+    async def __call__(self, argv: Sequence[str], *, timeout_s: float) -> tuple[int, str, str]: ...
 
 
 class Systemd(Protocol):
@@ -70,13 +78,21 @@ def parse_show(output: str, units: Sequence[str]) -> list[UnitStatus]:
 
 class SystemctlClient:
     def __init__(
-        self, *, command: Sequence[str] = ("systemctl",), timeout_s: float = 10.0, restart_timeout_s: float = 120.0
+        self,
+        *,
+        command: Sequence[str] = ("systemctl",),
+        timeout_s: float = 10.0,
+        restart_timeout_s: float = 120.0,
+        runner: CommandRunner | None = None,
     ) -> None:
         self.command = list(command)
         self.timeout_s = timeout_s
         self.restart_timeout_s = restart_timeout_s
+        self.runner = runner
 
     async def _run(self, args: Sequence[str], *, timeout_s: float) -> tuple[int, str, str]:
+        if self.runner is not None:
+            return await self.runner([*self.command, *args], timeout_s=timeout_s)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.command, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE

@@ -1,0 +1,280 @@
+"""The real node agent on a simulated node.
+
+The node agent reads a node through three narrow interfaces (`nodeheal.agent.host.HostFiles`: text
+files under /proc, /sys and /etc plus statvfs; `nodeheal.agent.systemd.CommandRunner`: the two
+`systemctl` command lines it runs; `nodeheal.agent.kmsg.KmsgDevice`: /dev/kmsg records). This module
+implements them from a `SimNode`'s state, in memory, so the simulator runs the agent's own
+`ProbeCollector` (parsers, filters, bounds, sequence and message ids) for every node and probe
+without touching a disk.
+
+Commands run through the agent's own `CommandExecutor` (allow-lists, idempotence, dry run, the real
+`os.walk`/`unlink` of `clean_disk`). Deleting files is what `clean_disk` does, so a node that receives
+a command gets a small real directory tree (`<run dir>/nodes/<node>/`) holding its reclaimable files
+as sparse files of the simulated sizes (rotated pod logs older than the agent's age limit, unused
+container images); after the command the node's disk usage is recomputed from what is left. Image
+pruning runs `python -m nodeheal.sim.crictl` (a stand-in for `crictl rmi --prune`) as the real
+subprocess the executor starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nodeheal.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.agent.host import HostReader
+from nodeheal.agent.kmsg import KmsgReader
+from nodeheal.agent.probe import ProbeCollector, SequenceCounter
+from nodeheal.agent.systemd import SystemctlClient
+from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.probe import NodeProbe
+from nodeheal.schemas.subjects import escape_token
+from nodeheal.sim.fleet import DISK_BYTES
+
+if TYPE_CHECKING:
+    from nodeheal.sim.fleet import SimNode
+
+BLOCK = 4096
+IMAGES_DIR = "/var/lib/containerd/io.containerd.content.v1.content/blobs/unused"
+"""Where the simulated node keeps unused image blobs (what `crictl rmi --prune` removes)."""
+POD_LOGS_DIR = "/var/log/pods"
+OLD = 30 * 86_400  # rotated logs are a month old: older than the agent's clean age limit
+KMSG_RING = 512  # records the simulated kernel ring keeps
+
+
+@dataclass
+class SimKmsg:
+    """One boot's kernel ring buffer: records in /dev/kmsg's format, read once per reader."""
+
+    boot_time: float
+    seq: int = 0
+    ring: deque[str] = field(default_factory=lambda: deque(maxlen=KMSG_RING))
+    unread: int = 0
+
+    def log(self, message: str, *, now: float, level: int = 4) -> None:
+        usec = int(max(0.0, now - self.boot_time) * 1e6)
+        self.ring.append(f"{level},{self.seq},{usec},-;{message}")
+        self.seq += 1
+        self.unread = min(self.unread + 1, KMSG_RING)
+
+    def read_records(self) -> list[str]:
+        if not self.unread:
+            return []
+        out = list(self.ring)[-self.unread :]
+        self.unread = 0
+        return out
+
+
+class SimHostFiles:
+    """`HostFiles` answered from a simulated node's state (no file IO)."""
+
+    def __init__(self, node: SimNode, *, clock: float | None = None) -> None:
+        self.node = node
+        self.now = clock or time.time()
+        self.noise = 0.0
+
+    def read_text(self, host_path: str) -> str:
+        n = self.node
+        if not host_path.startswith("/"):
+            host_path = "/" + host_path
+        if host_path == "/proc/loadavg":
+            load1 = n.load1(self.noise)
+            return f"{load1:.2f} {load1 * 0.9:.2f} {load1 * 0.8:.2f} 3/1843 {4000 + n.seq % 30000}\n"
+        if host_path == "/proc/sys/fs/file-nr":
+            return f"{n.fd_allocated}\t0\t{n.fd_max}\n"
+        if host_path == "/proc/sys/kernel/random/boot_id":
+            return n.boot_id + "\n"
+        if host_path == "/proc/uptime":
+            up = max(0.0, self.now - n.booted_at)
+            return f"{up:.2f} {up * n.cpu_count * 0.8:.2f}\n"
+        if host_path == "/proc/sys/kernel/osrelease":
+            return f"{n.inv.kernel}\n"
+        if host_path == "/etc/os-release":
+            return f'NAME="Alibaba Cloud Linux"\nPRETTY_NAME="{n.inv.os_image}"\n'
+        if host_path == "/sys/devices/system/cpu/online":
+            return f"0-{n.cpu_count - 1}\n"
+        if host_path == "/proc/1/mounts":
+            opts = "ro,relatime" if n.readonly else "rw,relatime"
+            return (
+                f"/dev/nvme0n1p1 / ext4 {opts} 0 0\n"
+                "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
+                "tmpfs /run tmpfs rw,nosuid,nodev,size=13148548k,mode=755 0 0\n"
+                "overlay /run/containerd/io.containerd.runtime.v2.task/k8s.io/1f3a/rootfs overlay rw 0 0\n"
+                f"/dev/nvme0n1p1 /var/lib/kubelet/pods/5c1e/volumes ext4 {opts} 0 0\n"
+            )
+        raise FileNotFoundError(2, "No such file or directory", host_path)
+
+    def exists(self, host_path: str) -> bool:
+        return host_path in ("/etc/os-release", "/sys/devices/system/cpu/online")
+
+    def statvfs(self, host_path: str) -> os.statvfs_result:
+        del host_path  # one file system
+        return disk_statvfs(self.node.disk_used, inodes_pct=4.0)
+
+
+def disk_statvfs(used_pct: float, *, inodes_pct: float) -> os.statvfs_result:
+    blocks = DISK_BYTES // BLOCK
+    used = int(blocks * min(max(used_pct, 0.0), 100.0) / 100)
+    files = 13_107_200
+    ffree = int(files * (1 - inodes_pct / 100))
+    # (bsize, frsize, blocks, bfree, bavail, files, ffree, favail, flag, namemax); no reserved blocks
+    return os.statvfs_result((BLOCK, BLOCK, blocks, blocks - used, blocks - used, files, ffree, ffree, 0, 255))
+
+
+class SimSystemctl:
+    """`systemctl show -p Id,ActiveState,NRestarts <units>` and `systemctl restart <unit>` on a simulated node."""
+
+    def __init__(self, node: SimNode) -> None:
+        self.node = node
+
+    async def __call__(self, argv: Sequence[str], *, timeout_s: float) -> tuple[int, str, str]:
+        del timeout_s
+        args = list(argv[1:])
+        n = self.node
+        if args[:1] == ["show"]:
+            units = args[3:]
+            blocks = []
+            for unit in units:
+                short = unit.removesuffix(".service")
+                state = n.services.get(short)
+                if state is None:
+                    blocks.append(f"Id={unit}\nActiveState=inactive\nNRestarts=0\n")
+                else:
+                    blocks.append(f"Id={unit}\nActiveState={state}\nNRestarts={n.restarts.get(short, 0)}\n")
+            return 0, "\n".join(blocks), ""
+        if args[:1] == ["restart"] and len(args) == 2:
+            short = args[1].removesuffix(".service")
+            if short not in n.services:
+                return 5, "", f"Failed to restart {args[1]}: Unit {args[1]} not found.\n"
+            n.services[short] = "active"
+            n.restarts[short] = n.restarts.get(short, 0) + 1
+            if short == "ops-agent":
+                n.fd_allocated = 6000  # the ops agent was the process leaking descriptors
+            return 0, "", ""
+        return 1, "", f"unknown command line {' '.join(argv)}\n"
+
+
+@dataclass
+class AgentProfile:
+    """The agent's configuration on every simulated node (the DaemonSet's environment)."""
+
+    services: tuple[str, ...] = ("kubelet", "containerd", "ops-agent")
+    max_kernel_lines: int = 200
+    clean: CleanPolicy = field(
+        default_factory=lambda: CleanPolicy(allowed_dirs=("/var/log/pods", "/var/crash", "/var/lib/systemd/coredump"))
+    )
+
+
+class SimAgent:
+    """The node agent's collector and command handler for one simulated node (one boot)."""
+
+    def __init__(self, node: SimNode, *, cluster: str, profile: AgentProfile, work_dir: Path | None) -> None:
+        self.node = node
+        self.profile = profile
+        self.work_dir = work_dir
+        self.files = SimHostFiles(node)
+        self.systemctl = SimSystemctl(node)
+        self.systemd = SystemctlClient(runner=self.systemctl)
+        self.kmsg = SimKmsg(boot_time=node.booted_at)
+        # a root that does not exist: code that bypassed `files` would fail to read, never read this machine
+        host = HostReader(root=Path("/nonexistent-simulated-node") / escape_token(node.name), files=self.files)
+        self.collector = ProbeCollector(
+            cluster=cluster,
+            node=node.name,
+            host=host,
+            systemd=self.systemd,
+            services=profile.services,
+            kernel_log=KmsgReader(path=Path("/dev/kmsg"), state_file=None, boot_id=node.boot_id, device=self.kmsg),
+            max_kernel_lines=profile.max_kernel_lines,
+            sequence=SequenceCounter(state_file=None),
+        )
+        self.cluster = cluster
+        self._executor: CommandExecutor | None = None
+        self.executed: list[tuple[float, NodeCommand, NodeCommandResult]] = []
+
+    async def collect(self, *, now: float, noise: float) -> NodeProbe:
+        self.files.now = now
+        self.files.noise = noise
+        return await self.collector.collect()
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        assert self.work_dir is not None
+        return self.work_dir / escape_token(self.node.name)
+
+    def _materialize(self) -> None:
+        """Write the node's reclaimable bytes as sparse files the real executor can delete."""
+        root = self.root
+        for sub in (*self.profile.clean.allowed_dirs, IMAGES_DIR, "/var/lib/containerd"):
+            (root / sub.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        n = self.node
+        logs = root / POD_LOGS_DIR.lstrip("/") / f"default_app-{n.index}_{n.index:08x}" / "app"
+        logs.mkdir(parents=True, exist_ok=True)
+        old = time.time() - OLD
+        self._write_sparse(logs, "0.log.20261101-000000", n.old_logs_bytes, mtime=old)
+        images = root / IMAGES_DIR.lstrip("/")
+        self._write_sparse(images, f"sha256-{n.index:064x}"[:71], n.unused_image_bytes, mtime=old)
+        n.old_logs_bytes = n.unused_image_bytes = 0  # the files hold them now
+
+    @staticmethod
+    def _write_sparse(directory: Path, name: str, size: int, *, mtime: float) -> None:
+        if size <= 0:
+            return
+        path = directory / name
+        with open(path, "ab") as f:
+            f.truncate(path.stat().st_size + size)
+        os.utime(path, (mtime, mtime))
+
+    def _files_bytes(self) -> int:
+        total = 0
+        for dirpath, _dirs, names in os.walk(self.root):
+            for name in names:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    continue
+        return total
+
+    def _statvfs(self, path: str) -> os.statvfs_result:
+        del path
+        return disk_statvfs(self.node.disk_used_with(self._files_bytes()), inodes_pct=4.0)
+
+    def executor(self) -> CommandExecutor:
+        if self._executor is None:
+            assert self.work_dir is not None, "commands need a work directory"
+            self._materialize()
+            clean = self.profile.clean
+            prune = (sys.executable, "-m", "nodeheal.sim.crictl", "--root", str(self.root), "rmi", "--prune")
+            policy = CleanPolicy(
+                allowed_dirs=clean.allowed_dirs,
+                max_age_days=clean.max_age_days,
+                image_prune_command=prune,
+                image_fs_path="/var/lib/containerd",
+                command_timeout_s=clean.command_timeout_s,
+            )
+            self._executor = CommandExecutor(
+                node=self.node.name,
+                cluster=self.cluster,
+                host_root=self.root,
+                services=self.profile.services,
+                systemd=self.systemd,
+                clean=policy,
+                statvfs=self._statvfs,
+            )
+        return self._executor
+
+    async def execute(self, command: NodeCommand) -> NodeCommandResult:
+        executor = self.executor()
+        self._materialize()  # garbage that grew since the last command
+        result = await executor.execute(command)
+        self.node.garbage_on_disk = self._files_bytes()
+        self.executed.append((time.time(), command, result))
+        return result

@@ -1,0 +1,267 @@
+"""The demo's independent referee: was nodeheal *safe*? Computed only from what a run left behind in the
+streams (the AUDIT records nodeheal stored) and from the side-effect logs of the outside world — the
+ECS emulator's API call log and its instance/event changes, the Kubernetes emulator's cordons,
+uncordons and evictions, the commands the node agents executed — never from nodeheal's own counters.
+
+Every figure of the `safety` section should be 0:
+
+- `actions_without_intent`: a side effect (cloud reboot/redeploy/accept, cordon, uncordon, eviction,
+  node command) with no AUDIT `intent` record of that action for that node before it;
+- `disrupted_twice_for_one_fault`: injected faults during which the node went down (reboot, redeploy,
+  executed maintenance) more than once — from the fault's injection until the next fault on that node
+  or the end of the run;
+- `reboots_verified_without_new_boot`: AUDIT `verified` records of a reboot / redeploy / accepted host
+  event with no boot of the node between the action's start and the verification;
+- `uncordons_while_host_event_pending`: an uncordon while the node's instance had a scheduled
+  SystemMaintenance.Reboot / Redeploy that had not completed, been avoided or been canceled;
+- `redeploys_for_reboot_events`: RedeployInstance on an instance whose open host event was a Reboot;
+- `budget_exceedances`: the number of disrupted nodes (cordoned at the Kubernetes emulator, or in an
+  API-initiated reboot/redeploy at the ECS emulator) above the remediator's budget in a failure domain;
+- `reboots_in_partition`: API-initiated reboots / redeploys of a node while its rack was dark.
+
+The `security` section counts NATS permission violations: the server's log lines (when the demo runs
+the server) and the error callbacks of the demo's own connections.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nodeheal.schemas import RemediationRecord
+from nodeheal.sim.ecs_world import RecordedCall, SystemEvent, WorldChange
+from nodeheal.sim.faults import InjectedFault
+
+SKEW_S = 1.0
+"""Clock slack between a record's time and an emulator's log (the same machine, different processes)."""
+DISRUPTIVE_CALLS = {"RebootInstance": "reboot", "RedeployInstance": "redeploy"}
+HOST_EVENT_TYPES = {"SystemMaintenance.Reboot", "SystemMaintenance.Redeploy"}
+
+
+def _ts(value: datetime | float) -> float:
+    return value.timestamp() if isinstance(value, datetime) else float(value)
+
+
+@dataclass
+class ViolationCounter:
+    """Counts 'permissions violation' errors on the demo's own connections (nats-py error callbacks)."""
+
+    by_connection: Counter[str] = field(default_factory=Counter)
+    samples: list[str] = field(default_factory=list)
+
+    def callback(self, label: str) -> Callable[[Exception], Any]:
+        async def on_error(exc: Exception) -> None:
+            if "permissions violation" in str(exc).lower():
+                self.by_connection[label] += 1
+                if len(self.samples) < 10:
+                    self.samples.append(f"{label}: {exc}")
+
+        return on_error
+
+
+def server_log_violations(paths: list[Path]) -> tuple[int, list[str]]:
+    """'Permissions Violation' lines (publish, subscription) in nats-server logs."""
+    lines = [
+        line
+        for path in paths
+        if path.exists()
+        for line in path.read_text(errors="replace").splitlines()
+        if "Violation" in line
+    ]
+    return len(lines), lines[:10]
+
+
+@dataclass
+class WorldLog:
+    """What the emulators and the simulated nodes logged: the referee's evidence besides the streams."""
+
+    ecs_calls: list[RecordedCall]
+    ecs_changes: list[WorldChange]
+    ecs_events: list[SystemEvent]
+    instance_node: dict[str, str]  # instance id → node name
+    kube_effects: list[tuple[float, str, str]]  # (time, node, cordon | uncordon | evict:ns/pod)
+    node_commands: list[dict[str, Any]]  # what the agents executed
+    boots: list[tuple[float, str]]  # (time, node): a node came up with a new boot id
+    dark: dict[str, tuple[float, float]]  # node → (went dark, came back) during the partition
+    budget_exceedances: int
+    budget_exceedances_by_domain: dict[str, int]
+
+
+def _intents(audit: Iterable[RemediationRecord]) -> dict[tuple[str, str], list[float]]:
+    out: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for rec in audit:
+        if rec.phase == "intent" and not rec.dry_run:
+            out[rec.node, rec.action].append(rec.time.timestamp())
+    return out
+
+
+def _has_intent(intents: dict[tuple[str, str], list[float]], node: str, actions: Iterable[str], at: float) -> bool:
+    return any(t <= at + SKEW_S for action in actions for t in intents.get((node, action), ()))
+
+
+def judge(
+    *, audit: list[RemediationRecord], world: WorldLog, truth: list[InjectedFault], run_end: float
+) -> dict[str, Any]:
+    intents = _intents(audit)
+    intent_ids = {r.action_id for r in audit if r.phase == "intent" and not r.dry_run}
+    examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def note(kind: str, item: dict[str, Any]) -> None:
+        if len(examples[kind]) < 10:
+            examples[kind].append(item)
+
+    # -- side effects without a stored intent
+    without_intent = 0
+    for call in world.ecs_calls:
+        if call.http_status != 200:
+            continue
+        action = {**DISRUPTIVE_CALLS, "AcceptInquiredSystemEvent": "accept_cloud_event"}.get(call.action)
+        if action is None:
+            continue
+        node = world.instance_node.get(call.params.get("InstanceId", ""), "")
+        if not node and call.action == "AcceptInquiredSystemEvent":
+            event = next((e for e in world.ecs_events if e.event_id == call.params.get("EventId")), None)
+            node = world.instance_node.get(event.instance_id, "") if event else ""
+        actions: tuple[str, ...] = (action, "accept_cloud_event") if action in ("reboot", "redeploy") else (action,)
+        if not _has_intent(intents, node, actions, _ts(call.at)):
+            without_intent += 1
+            note("actions_without_intent", {"node": node, "call": call.action, "at": call.at.isoformat()})
+    for at, node, effect in world.kube_effects:
+        kube_actions = {"cordon": ("cordon", "drain", "taint"), "uncordon": ("uncordon",)}.get(effect, ("drain",))
+        if not _has_intent(intents, node, kube_actions, at):
+            without_intent += 1
+            note("actions_without_intent", {"node": node, "effect": effect, "at": at})
+    for command in world.node_commands:
+        if not command["dry_run"] and command["action_id"] not in intent_ids:
+            without_intent += 1
+            note("actions_without_intent", {"node": command["node"], "command": command["command"]})
+
+    # -- disruptions per fault
+    downs: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for change in world.ecs_changes:
+        if change.kind == "instance_down":
+            node = world.instance_node.get(change.instance_id, "")
+            downs[node].append((_ts(change.at), f"{change.initiator}:{change.reason}"))
+    by_node: dict[str, list[InjectedFault]] = defaultdict(list)
+    for fault in truth:
+        by_node[fault.node].append(fault)
+    twice = 0
+    for node, faults in by_node.items():
+        faults.sort(key=lambda f: f.injected_at)
+        for i, fault in enumerate(faults):
+            until = faults[i + 1].injected_at if i + 1 < len(faults) else run_end
+            hits = [d for d in downs.get(node, []) if fault.injected_at <= d[0] < until]
+            if len(hits) > 1:
+                twice += 1
+                note("disrupted_twice_for_one_fault", {"fault": fault.fault_id, "node": node, "downs": hits})
+
+    # -- verification without a new boot
+    boots: dict[str, list[float]] = defaultdict(list)
+    for at, node in world.boots:
+        boots[node].append(at)
+    started: dict[str, float] = {}
+    for rec in audit:
+        if rec.phase == "started" and rec.started_at is not None:
+            started.setdefault(rec.action_id, rec.started_at.timestamp())
+        elif rec.phase == "started":
+            started.setdefault(rec.action_id, rec.time.timestamp())
+    unverified_boot = 0
+    for rec in audit:
+        if rec.phase != "verified" or rec.dry_run or rec.action not in ("reboot", "redeploy", "accept_cloud_event"):
+            continue
+        since = started.get(rec.action_id)
+        at = rec.time.timestamp()
+        if since is None or not any(since - SKEW_S <= b <= at + SKEW_S for b in boots.get(rec.node, [])):
+            unverified_boot += 1
+            note("reboots_verified_without_new_boot", {"node": rec.node, "action": rec.action, "at": at})
+
+    # -- uncordon while a host event is pending; redeploy for a reboot event
+    events_by_instance: dict[str, list[SystemEvent]] = defaultdict(list)
+    for event in world.ecs_events:
+        if event.event_type in HOST_EVENT_TYPES:
+            events_by_instance[event.instance_id].append(event)
+    node_instance = {node: iid for iid, node in world.instance_node.items()}
+
+    def pending(instance_id: str, at: float) -> list[SystemEvent]:
+        return [
+            e
+            for e in events_by_instance.get(instance_id, [])
+            if _ts(e.publish_time) <= at and (e.finish_time is None or _ts(e.finish_time) > at)
+        ]
+
+    uncordon_pending = 0
+    for at, node, effect in world.kube_effects:
+        if effect == "uncordon" and pending(node_instance.get(node, ""), at):
+            uncordon_pending += 1
+            note("uncordons_while_host_event_pending", {"node": node, "at": at})
+    redeploy_for_reboot = 0
+    for call in world.ecs_calls:
+        if call.action == "RedeployInstance" and call.http_status == 200:
+            open_types = {e.event_type for e in pending(call.params.get("InstanceId", ""), _ts(call.at))}
+            if "SystemMaintenance.Reboot" in open_types and "SystemMaintenance.Redeploy" not in open_types:
+                redeploy_for_reboot += 1
+                note("redeploys_for_reboot_events", {"instance": call.params.get("InstanceId"), "at": call.at})
+
+    # -- reboots while the node's rack was dark
+    in_partition = 0
+    for change in world.ecs_changes:
+        if change.kind != "instance_down" or change.initiator == "platform":
+            continue
+        node = world.instance_node.get(change.instance_id, "")
+        span = world.dark.get(node)
+        if span is not None and span[0] <= _ts(change.at) <= span[1]:
+            in_partition += 1
+            note("reboots_in_partition", {"node": node, "at": change.at.isoformat(), "reason": change.reason})
+
+    safety = {
+        "actions_without_intent": without_intent,
+        "disrupted_twice_for_one_fault": twice,
+        "reboots_verified_without_new_boot": unverified_boot,
+        "uncordons_while_host_event_pending": uncordon_pending,
+        "redeploys_for_reboot_events": redeploy_for_reboot,
+        "budget_exceedances": world.budget_exceedances,
+        "reboots_in_partition": in_partition,
+    }
+    return {
+        **safety,
+        "all_zero": not any(safety.values()),
+        "budget_exceedances_by_domain": world.budget_exceedances_by_domain,
+        "side_effects_seen": {
+            "cloud_api_calls": dict(Counter(c.action for c in world.ecs_calls if c.http_status == 200)),
+            "kubernetes": dict(Counter(e.split(":", 1)[0] for _, _, e in world.kube_effects)),
+            "node_commands": dict(Counter(c["command"] for c in world.node_commands)),
+            "node_commands_refused": sum(1 for c in world.node_commands if str(c["detail"]).startswith("refused")),
+            "node_commands_refused_examples": [
+                {"node": c["node"], "command": c["command"], "target": c["target"], "detail": c["detail"]}
+                for c in world.node_commands
+                if str(c["detail"]).startswith("refused")
+            ][:10],
+            "boots": len(world.boots),
+        },
+        "examples": dict(examples),
+        "method": "independent: reads AUDIT and the emulators' side-effect logs only (sim/referee.py)",
+    }
+
+
+def security_section(
+    *, mode: str, describe: dict[str, Any], server_logs: list[Path], callbacks: ViolationCounter
+) -> dict[str, Any]:
+    """`server_logs`: the logs of the servers the demo runs (none with --nats-url)."""
+    logged, log_samples = server_log_violations(server_logs)
+    return {
+        "auth_mode": mode,
+        "auth": describe,
+        "permission_violations": logged if server_logs else sum(callbacks.by_connection.values()),
+        "server_log_violations": logged if server_logs else None,
+        "client_error_callbacks": dict(callbacks.by_connection),
+        "samples": log_samples or callbacks.samples,
+        "method": (
+            "'Violation' lines of the nats-server log (every connection: services, simulator, demo)"
+            if server_logs
+            else "permission errors reported to the demo's own connections (the server's log is not the demo's)"
+        ),
+    }

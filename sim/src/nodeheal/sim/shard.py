@@ -1,0 +1,169 @@
+"""Probe shards: the simulator's probe work spread over processes, sharded by node.
+
+The main simulator process stays the one authority on the world (faults, the emulators, reboots,
+node commands). A shard process owns the *probing* of its nodes: it runs the real agent collector for
+each of them on schedule and publishes their agent and prober probes over its own NATS connections
+(the same per-role users as the main process). The main process sends a shard the state of a node
+whenever it changes (every 0.1 s, only for nodes whose state ever changed) and the kernel lines
+written since; the shard sends back its counters at the end.
+
+Started with `multiprocessing` (spawn): nothing but plain data crosses the process boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import multiprocessing
+import multiprocessing.connection
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nodeheal.runtime.connect import connect
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.fleet import FleetSpec, SimNode
+
+SYNCED = tuple(
+    f.name for f in dataclasses.fields(SimNode) if f.name not in ("inv", "index", "seq", "prober_seq", "pending_kernel")
+)
+"""The fields of a node's state a shard needs (the main process is their owner)."""
+
+
+def node_state(node: SimNode) -> dict[str, Any]:
+    return {name: getattr(node, name) for name in SYNCED}
+
+
+@dataclass
+class ShardPlan:
+    index: int
+    spec: FleetSpec
+    nodes: dict[str, dict[str, Any]]  # node → initial state
+    interval_s: float
+    settings: dict[str, Any]  # NatsSettings of the simulator (prefix ...)
+    prober: dict[str, Any]  # NatsSettings of the prober user
+    agents: list[tuple[dict[str, Any], list[str]]]  # (NatsSettings of an agent user, its nodes of this shard)
+
+
+def run_shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> None:
+    """The shard process's entry point."""
+    asyncio.run(_shard(plan, inbox))
+
+
+async def _shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> None:
+    from nodeheal.sim.engine import FleetSimulator, SimTimings
+
+    settings = NatsSettings.model_validate(plan.settings)
+    sim = FleetSimulator(
+        spec=plan.spec, settings=settings, timings=SimTimings(probe_interval_s=plan.interval_s), probes_only=True
+    )
+    sim.nodes = {name: sim.nodes[name] for name in plan.nodes}
+    for name, state in plan.nodes.items():
+        for key, value in state.items():
+            setattr(sim.nodes[name], key, value)
+    prober_nc = await connect(NatsSettings.model_validate(plan.prober), name=f"nodeheal-sim-shard{plan.index}-prober")
+    agent_nc = {}
+    for index, (agent_settings, names) in enumerate(plan.agents):
+        conn = await connect(
+            NatsSettings.model_validate(agent_settings), name=f"nodeheal-sim-shard{plan.index}-agents-{index}"
+        )
+        agent_nc.update(dict.fromkeys(names, conn))
+    await sim.start(prober_nc=prober_nc, agent_nc=agent_nc)
+    inbox.send("ready")
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            ready = await loop.run_in_executor(None, inbox.poll, 0.2)
+            if not ready:
+                continue
+            message = inbox.recv()
+            if message == "stop":
+                break
+            for name, state, lines in message:
+                node = sim.nodes[name]
+                for key, value in state.items():
+                    setattr(node, key, value)
+                node.pending_kernel.extend(lines)
+    finally:
+        await sim.stop()
+        stats = sim.stats
+        inbox.send(
+            {
+                "probes_published": stats.probes_published,
+                "publish_errors": stats.publish_errors,
+                "collected": stats.collected,
+                "collect_s": stats.collect_s,
+                "lag_s_max": stats.lag_s_max,
+            }
+        )
+        for conn in {prober_nc, *agent_nc.values()}:
+            with contextlib.suppress(Exception):
+                await conn.drain()
+
+
+class ProbeShards:
+    """The main process's side: start the shards, keep them told, collect their counters."""
+
+    def __init__(self, plans: list[ShardPlan]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.owner = {name: plan.index for plan in plans for name in plan.nodes}
+        self.pipes: list[multiprocessing.connection.Connection] = []
+        self.procs: list[Any] = []
+        for plan in plans:
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=run_shard, args=(plan, theirs), name=f"nodeheal-sim-shard-{plan.index}")
+            proc.daemon = True
+            proc.start()
+            self.pipes.append(mine)
+            self.procs.append(proc)
+        self._sent: dict[str, dict[str, Any]] = {}
+        self._filled_at: dict[str, float] = {}
+
+    def dead(self) -> list[int]:
+        return [i for i, proc in enumerate(self.procs) if not proc.is_alive()]
+
+    def wait_ready(self, *, timeout_s: float) -> None:
+        """Block until every shard is connected and probing (spawning and importing take a while)."""
+        deadline = time.monotonic() + timeout_s
+        for index, pipe in enumerate(self.pipes):
+            left = max(0.0, deadline - time.monotonic())
+            if not pipe.poll(left) or pipe.recv() != "ready":
+                msg = f"probe shard {index} did not start within {timeout_s:.0f}s"
+                raise RuntimeError(msg)
+
+    def sync(self, nodes: list[SimNode], *, interval_s: float) -> None:
+        """Send each shard the changed state of its nodes (and their new kernel lines)."""
+        batches: dict[int, list[tuple[str, dict[str, Any], list[str]]]] = {}
+        now = time.time()
+        for node in nodes:
+            if node.disk_fill_per_s and now - self._filled_at.get(node.name, 0.0) >= interval_s:
+                node.before_probe()  # the fill grows once per probe interval, here where the state lives
+                self._filled_at[node.name] = now
+            state = node_state(node)
+            lines = list(node.pending_kernel)
+            if state == self._sent.get(node.name) and not lines:
+                continue
+            node.pending_kernel.clear()
+            self._sent[node.name] = {**state, "services": dict(node.services), "restarts": dict(node.restarts)}
+            batches.setdefault(self.owner[node.name], []).append((node.name, state, lines))
+        for index, batch in batches.items():
+            self.pipes[index].send(batch)
+
+    def stop(self, *, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+        """Stop every shard; their final counters (once: a second call returns nothing)."""
+        out: list[dict[str, Any]] = []
+        if not self.procs:
+            return out
+        for pipe in self.pipes:
+            with contextlib.suppress(Exception):
+                pipe.send("stop")
+        for pipe, proc in zip(self.pipes, self.procs, strict=True):
+            with contextlib.suppress(Exception):
+                if pipe.poll(timeout_s):
+                    out.append(pipe.recv())
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        self.procs, self.pipes = [], []
+        return out

@@ -1,0 +1,90 @@
+"""`nodeheal demo --sim-processes 2`: the fleet's probes come from two shard processes on a real
+nats-server, built by the real agent collector, and follow the state the main process owns (a failed
+unit, a kernel line reported once)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+from nats.aio.client import Client
+
+from nodeheal.runtime.connect import connect
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.engine import FleetSimulator, SimTimings
+from nodeheal.sim.fleet import FleetSpec
+from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+
+async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_settings: NatsSettings) -> None:
+    settings = nats_settings.model_copy(update={"prefix": f"shardtest{int(time.time() * 1000) % 100000}"})
+    spec = FleetSpec(nodes=12, seed=3)
+    sim = FleetSimulator(spec=spec, settings=settings, timings=SimTimings(probe_interval_s=0.5))
+    names = list(sim.nodes)
+    chunks = [names[:6], names[6:]]
+    plans = [
+        ShardPlan(
+            index=k,
+            spec=spec,
+            nodes={n: node_state(sim.nodes[n]) for n in chunk},
+            interval_s=0.5,
+            settings=settings.model_dump(),
+            prober=settings.model_dump(),
+            agents=[(settings.model_dump(), chunk)],
+        )
+        for k, chunk in enumerate(chunks)
+    ]
+    seen: list[dict[str, Any]] = []
+    reader: Client = await connect(settings, name="pytest-shards")
+
+    async def keep(msg: Any) -> None:
+        seen.append(orjson.loads(msg.data))
+
+    await reader.subscribe(f"{settings.prefix}.probe.>", cb=keep)  # the agents'
+    await reader.subscribe(f"{settings.prefix}.prober.>", cb=keep)  # the active prober's own subject kind
+    await reader.flush()
+    main_nc = await connect(settings, name="pytest-shards-main")
+    shards = ProbeShards(plans)
+    try:
+        await asyncio.to_thread(shards.wait_ready, timeout_s=120)
+        await sim.start(prober_nc=None, agent_nc=dict.fromkeys(names, main_nc), shards=shards)
+        await _until(lambda: {p["node"] for p in seen if p["source"] == "agent"} == set(names))
+        assert {p["node"] for p in seen if p["source"] == "prober"} == set(names)
+
+        node = sim.nodes[names[7]]
+        sim.touched.add(node)
+        node.services["kubelet"] = "failed"
+        node.pending_kernel.append("kubelet[1234]: fatal: simulated line")
+        mark = len(seen)
+
+        def kubelet_failed() -> bool:
+            return any(
+                p["node"] == node.name
+                and p["source"] == "agent"
+                and {s["name"]: s["state"] for s in p["services"]}["kubelet"] == "failed"
+                for p in seen[mark:]
+            )
+
+        await _until(kubelet_failed)
+        await asyncio.sleep(1.5)  # a few more probes of that node
+        lines = [line for p in seen if p["node"] == node.name for line in p.get("kernel_log", [])]
+        assert lines == ["kubelet[1234]: fatal: simulated line"]
+    finally:
+        await sim.stop()
+        counters = await asyncio.to_thread(shards.stop)
+        await main_nc.close()
+        await reader.close()
+    assert len(counters) == 2
+    assert all(c["collected"] > 0 and c["publish_errors"] == 0 for c in counters)
+
+
+async def _until(check: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)

@@ -1,0 +1,99 @@
+"""The demo's referee counts unsafe side effects from the emulators' logs and the AUDIT records alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nodeheal.schemas import RemediationRecord
+from nodeheal.sim.ecs_world import EventId, InstanceId, RecordedCall, SystemEvent, TaskId, WorldChange
+from nodeheal.sim.faults import InjectedFault
+from nodeheal.sim.referee import WorldLog, judge
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+NODE, IID = "n1", InstanceId("i-1")
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def rec(action: str, phase: str, s: float, action_id: str = "a1") -> RemediationRecord:
+    return RemediationRecord(
+        cluster="c", node=NODE, time=at(s), action_id=action_id, action=action, phase=phase, reason="r", actor="x"
+    )  # type: ignore[arg-type]
+
+
+def call(action: str, s: float, **params: str) -> RecordedCall:
+    return RecordedCall(
+        action=action,
+        params={"InstanceId": IID, **params},
+        at=at(s),
+        http_status=200,
+        error_code=None,
+        request_id="r",
+        access_key_id="ak",
+    )
+
+
+def change(kind: str, s: float, initiator: str = "api") -> WorldChange:
+    return WorldChange(kind=kind, at=at(s), instance_id=IID, reason="reboot", initiator=initiator, task_id=TaskId("t"))  # type: ignore[arg-type]
+
+
+def world(**over: Any) -> WorldLog:
+    base: dict[str, Any] = {
+        "ecs_calls": [],
+        "ecs_changes": [],
+        "ecs_events": [],
+        "instance_node": {IID: NODE},
+        "kube_effects": [],
+        "node_commands": [],
+        "boots": [],
+        "dark": {},
+        "budget_exceedances": 0,
+        "budget_exceedances_by_domain": {},
+    }
+    return WorldLog(**(base | over))
+
+
+FAULT = InjectedFault(fault_id="f1", fault_class="power_loss", node=NODE, injected_at=at(0).timestamp())
+END = at(600).timestamp()
+
+
+def test_a_clean_reboot_is_safe() -> None:
+    audit = [rec("reboot", "intent", 10), rec("reboot", "started", 10.1), rec("reboot", "verified", 40)]
+    log = world(
+        ecs_calls=[call("RebootInstance", 10.2)],
+        ecs_changes=[change("instance_down", 10.2), change("instance_up", 30.2)],
+        boots=[(at(30.2).timestamp(), NODE)],
+    )
+    safety = judge(audit=audit, world=log, truth=[FAULT], run_end=END)
+    assert safety["all_zero"], safety
+
+
+def test_unsafe_side_effects_are_counted() -> None:
+    pending = SystemEvent(
+        event_id=EventId("e1"),
+        instance_id=IID,
+        event_type="SystemMaintenance.Reboot",
+        status="Scheduled",
+        publish_time=at(1),
+        not_before=at(100),
+    )
+    audit = [rec("reboot", "started", 10.1), rec("reboot", "verified", 12), rec("uncordon", "intent", 13, "u1")]
+    log = world(
+        ecs_calls=[call("RebootInstance", 10.2), call("RedeployInstance", 50)],
+        ecs_changes=[change("instance_down", 10.2), change("instance_down", 50)],
+        ecs_events=[pending],
+        kube_effects=[(at(14).timestamp(), NODE, "uncordon")],
+        node_commands=[{"node": NODE, "action_id": "zz", "command": "clean_disk", "dry_run": False, "detail": "ok"}],
+        dark={NODE: (at(45).timestamp(), at(90).timestamp())},
+    )
+    safety = judge(audit=audit, world=log, truth=[FAULT], run_end=END)
+    assert safety["actions_without_intent"] == 3  # both cloud calls and the command; the uncordon had one
+    assert safety["disrupted_twice_for_one_fault"] == 1
+    assert safety["reboots_verified_without_new_boot"] == 1
+    assert safety["uncordons_while_host_event_pending"] == 1
+    assert safety["redeploys_for_reboot_events"] == 1
+    assert safety["reboots_in_partition"] == 1
+    assert not safety["all_zero"]

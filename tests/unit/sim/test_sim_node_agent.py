@@ -1,0 +1,66 @@
+"""The real node agent code on a simulated node: the collector reads the node through the simulator's
+host interface, and commands run through the agent's own executor and allow-lists."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from nodeheal.schemas.commands import NodeCommand
+from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
+from nodeheal.sim.nodehost import AgentProfile, SimAgent
+
+
+def _node() -> SimNode:
+    inv = build_inventory(FleetSpec(nodes=3))[1]
+    return SimNode(inv=inv, index=1, booted_at=time.time() - 600)
+
+
+def _command(node: SimNode, command: str, target: str | None, action_id: str) -> NodeCommand:
+    return NodeCommand(cluster=node.inv.cluster, node=node.name, command=command, target=target, action_id=action_id)
+
+
+async def test_the_agents_collector_reports_what_the_simulated_node_is() -> None:
+    node = _node()
+    agent = SimAgent(node, cluster=node.inv.cluster, profile=AgentProfile(), work_dir=None)
+    node.fill_disk(40.0)
+    node.services["kubelet"] = "failed"
+    node.readonly = True
+    agent.kmsg.log("EXT4-fs error (device nvme0n1p1): remounting filesystem read-only", now=time.time())
+    probe = await agent.collect(now=time.time(), noise=0.0)
+    assert agent.collector.host.problems == []
+    assert probe.source == "agent" and probe.node == node.name and probe.boot_id == node.boot_id
+    # only the node's disk: the container and pod-volume mounts of the mount table are filtered out
+    assert [(fs.mount, fs.used_pct, fs.readonly) for fs in probe.filesystems] == [("/", 95.0, True)]
+    assert {s.name: s.state for s in probe.services}["kubelet"] == "failed"
+    assert probe.kernel_log == ("EXT4-fs error (device nvme0n1p1): remounting filesystem read-only",)
+    assert probe.kernel_release == node.inv.kernel and probe.cpu_count == node.cpu_count
+    second = await agent.collect(now=time.time(), noise=0.0)
+    assert second.kernel_log == ()  # each kernel line once
+    assert second.seq == probe.seq + 1
+
+
+async def test_commands_run_through_the_agents_allow_lists(tmp_path: Path) -> None:
+    node = _node()
+    agent = SimAgent(node, cluster=node.inv.cluster, profile=AgentProfile(), work_dir=tmp_path)
+    node.fill_disk(40.0)
+    refused = await agent.execute(_command(node, "clean_disk", "/", "a1"))
+    assert not refused.ok and "never allowed" in refused.detail
+    assert node.disk_used == 95.0
+
+    pruned = await agent.execute(_command(node, "clean_disk", "container-images", "a2"))
+    assert pruned.ok, pruned.detail
+    assert pruned.freed_bytes and pruned.freed_bytes > 0
+    logs = await agent.execute(_command(node, "clean_disk", "/var/log/pods", "a3"))
+    assert logs.ok and "deleted 1 files" in logs.detail
+    assert node.disk_used == 55.0
+
+    sshd = await agent.execute(_command(node, "restart_service", "sshd", "a4"))
+    assert not sshd.ok and sshd.detail.startswith("refused")
+    node.services["ops-agent"] = "failed"
+    node.fd_allocated = int(node.fd_max * 0.97)
+    restarted = await agent.execute(_command(node, "restart_service", "ops-agent", "a5"))
+    assert restarted.ok
+    assert node.services["ops-agent"] == "active" and node.fd_allocated < node.fd_max * 0.5
+    again = await agent.execute(_command(node, "restart_service", "ops-agent", "a5"))
+    assert again == restarted and node.restarts["ops-agent"] == 1  # idempotent per action id
