@@ -259,6 +259,8 @@ class SimAgent:
                 image_prune_command=prune,
                 image_fs_path="/var/lib/containerd",
                 command_timeout_s=clean.command_timeout_s,
+                # a simulated node has no journal: never run this machine's journalctl --vacuum
+                journal_vacuum_command=(),
             )
             self._executor = CommandExecutor(
                 node=self.node.name,
