@@ -251,7 +251,23 @@ def test_rbac_grants_exactly_what_each_component_needs(overlay: str) -> None:
         ("", "events", "create"),
     }
     assert set(objects(overlay, "ClusterRole")) == {"nodeheal-inventory", "nodeheal-remediator"}
-    assert not objects(overlay, "Role") and not objects(overlay, "RoleBinding")
+    # pod delete only in nodeheal's own namespace, for restart_agent (the agent's DaemonSet recreates it)
+    roles = objects(overlay, "Role")
+    assert set(roles) == {"nodeheal-remediator-agent-restart"}
+    role = roles["nodeheal-remediator-agent-restart"]
+    assert role["metadata"]["namespace"] == "nodeheal"
+    assert {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    } == {
+        ("", "pods", "list"),
+        ("", "pods", "delete"),
+    }
+    role_bound = {b["metadata"]["name"]: b["subjects"] for b in objects(overlay, "RoleBinding").values()}
+    assert role_bound == {
+        "nodeheal-remediator-agent-restart": [
+            {"kind": "ServiceAccount", "name": "nodeheal-remediator", "namespace": "nodeheal"}
+        ]
+    }
     bound = {b["metadata"]["name"]: b["subjects"] for b in objects(overlay, "ClusterRoleBinding").values()}
     assert bound == {
         "nodeheal-inventory": [{"kind": "ServiceAccount", "name": "nodeheal-inventory", "namespace": "nodeheal"}],

@@ -25,7 +25,15 @@ DISRUPTIVE: frozenset[str] = frozenset({"drain", "reboot", "redeploy", "accept_c
 CAPACITY: frozenset[str] = DISRUPTIVE | frozenset({"cordon", "taint"})
 """Actions that take a node out of capacity: each needs a blast-radius slot (draino cordoned 75 %)."""
 FIXES: frozenset[str] = frozenset(
-    {"restart_service", "clean_disk", "reboot", "redeploy", "accept_cloud_event", "wait_for_cloud_event"}
+    {
+        "restart_service",
+        "restart_agent",
+        "clean_disk",
+        "reboot",
+        "redeploy",
+        "accept_cloud_event",
+        "wait_for_cloud_event",
+    }
 )
 """Rungs after which the node is verified; the others (cordon, taint, drain) prepare the next fix."""
 REPAIRS: frozenset[str] = FIXES - {"wait_for_cloud_event"}

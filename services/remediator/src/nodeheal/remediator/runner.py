@@ -956,6 +956,10 @@ class Remediator:
                 action_id=step.action_id,
                 lease_revision=run.lease.revision,
             )
+        if step.action == "restart_agent":
+            if self.kube is None:
+                return ActionOutcome(ok=False, detail="Kubernetes access is disabled")
+            return await self.kube.restart_agent(d.node)
         if step.action in ("cordon", "taint", "drain"):
             if self.kube is None:
                 return ActionOutcome(ok=False, detail="Kubernetes access is disabled")

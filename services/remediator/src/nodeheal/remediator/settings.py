@@ -72,6 +72,11 @@ class KubeSettings(BaseModel):
     token: str | None = None
     event_namespace: str = "default"
     taint_key: str = "nodeheal.io/remediation"
+    agent_namespace: str = Field(default="nodeheal", description="where the node agent's DaemonSet runs")
+    agent_selector: str = Field(
+        default="app.kubernetes.io/name=nodeheal,app.kubernetes.io/component=agent",
+        description="label selector of the node agent's pods (restart_agent deletes the one on the node)",
+    )
     drain_timeout_s: float = Field(default=300.0, gt=0, description="then the next rung; never force deletion")
     eviction_backoff_initial_s: float = Field(default=1.0, gt=0)
     eviction_backoff_max_s: float = Field(default=15.0, gt=0)

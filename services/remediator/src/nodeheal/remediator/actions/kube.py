@@ -83,6 +83,29 @@ class KubeActions:
             ok=True, detail=f"taint {self.settings.taint_key} {'removed from' if remove else 'set on'} {node}"
         )
 
+    async def restart_agent(self, node: str) -> ActionOutcome:
+        """Delete the node agent's pod on `node` (its DaemonSet starts a new one). Only pods matching the
+        agent selector in the agent's namespace: the RBAC allows nothing else."""
+        pods = await self.core.list_namespaced_pod(
+            self.settings.agent_namespace,
+            label_selector=self.settings.agent_selector,
+            field_selector=f"spec.nodeName={node}",
+            _request_timeout=self.settings.request_timeout_s,
+        )
+        names = [p.metadata.name for p in pods.items if p.metadata is not None and p.metadata.name]
+        if not names:
+            return ActionOutcome(
+                ok=False,
+                detail=f"no agent pod ({self.settings.agent_selector}) on {node} in {self.settings.agent_namespace}",
+            )
+        for name in names:
+            await self.core.delete_namespaced_pod(
+                name, self.settings.agent_namespace, _request_timeout=self.settings.request_timeout_s
+            )
+        return ActionOutcome(
+            ok=True, detail=f"agent pod {', '.join(names)} on {node} deleted; its DaemonSet recreates it"
+        )
+
     async def pods_to_evict(self, node: str) -> list[client.V1Pod]:
         pods = await self.core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={node}", _request_timeout=self.settings.request_timeout_s
