@@ -31,7 +31,7 @@ from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
-from nodeheal.schemas.probe import NodeProbe, ServiceState
+from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodeProbe, ServiceState
 from nodeheal.schemas.subjects import cmd_subject, probe_subject, wildcard
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
@@ -98,12 +98,18 @@ def collector() -> Iterator[Collector]:
 
 
 def _probe(node: str, *, kubelet_ok: bool, seq: int) -> NodeProbe:
+    """What a node's agent sends: every measurement the remediator's verification needs is present."""
     return NodeProbe(
         cluster=CLUSTER,
         node=node,
         source="simulator",
         seq=seq,
         ready=True,
+        boot_id="boot-1",
+        load=LoadAverage(load1=0.5, load5=0.5, load15=0.5),
+        cpu_count=4,
+        filesystems=(FileSystem(mount="/", used_pct=40.0, inodes_used_pct=10.0),),
+        file_handles=FileHandles(allocated=1000, max=100_000),
         services=(ServiceState(name="kubelet", state="active" if kubelet_ok else "failed"),),
     )
 
