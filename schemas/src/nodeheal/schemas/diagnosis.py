@@ -24,11 +24,13 @@ ActionName = Literal[
     "redeploy",
     "accept_cloud_event",
     "wait_for_cloud_event",
+    "retire",  # take the machine out of the fleet: label and taint it for replacement (after cordon + drain)
+    "replace",  # release the retired instance and recreate it from its node pool's launch template (approval)
     "uncordon",
     "escalate",
 ]
 
-DISRUPTIVE_ACTIONS: frozenset[str] = frozenset({"drain", "reboot", "redeploy", "accept_cloud_event"})
+DISRUPTIVE_ACTIONS: frozenset[str] = frozenset({"drain", "reboot", "redeploy", "accept_cloud_event", "retire", "replace"})
 
 
 class RecommendedAction(Frozen):
