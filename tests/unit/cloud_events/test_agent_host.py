@@ -132,3 +132,33 @@ async def test_kmsg_first_start_skips_history(tmp_path: Path) -> None:
     node.kmsg("new")
     assert (await reader.read_new(max_lines=10)).lines == ("new",)
     reader.close()
+
+
+async def test_a_new_boot_reports_its_kernel_and_a_remount_shows_at_once(tmp_path: Path) -> None:
+    """The collector reads kernel release, OS image and CPUs once per boot and parses the mount table
+    only when it changed: a kernel upgrade shows with the new boot, a read-only remount in the next probe."""
+    from nodeheal.agent.probe import ProbeCollector, SequenceCounter
+    from nodeheal.agent.systemd import SystemctlClient
+
+    node = make_fake_node(tmp_path)
+    collector = ProbeCollector(
+        cluster="c",
+        node="n1",
+        host=HostReader(root=node.root, statvfs=statvfs_with({})),  # type: ignore[arg-type]
+        systemd=SystemctlClient(command=(node.systemctl,)),
+        services=(),
+        kernel_log=None,
+        max_kernel_lines=10,
+        sequence=SequenceCounter(state_file=None),
+    )
+    first = await collector.collect()
+    assert first.kernel_release == "5.10.134-16.al8.x86_64"
+    mounts = node.root / "proc/1/mounts"
+    mounts.write_text(mounts.read_text().replace("/dev/vda1 / ext4 rw", "/dev/vda1 / ext4 ro"))
+    remounted = await collector.collect()
+    assert {fs.mount: fs.readonly for fs in remounted.filesystems}["/"] is True
+    node.write("/proc/sys/kernel/osrelease", "5.10.134-17.al8.x86_64\n")
+    node.write("/proc/sys/kernel/random/boot_id", "99999999-1111-2222-3333-444455556666\n")
+    rebooted = await collector.collect()
+    assert rebooted.boot_id == "99999999-1111-2222-3333-444455556666"
+    assert rebooted.kernel_release == "5.10.134-17.al8.x86_64"

@@ -71,43 +71,66 @@ class SimKmsg:
         return out
 
 
+_MOUNTS = (
+    "/dev/nvme0n1p1 / ext4 {opts} 0 0\n"
+    "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
+    "tmpfs /run tmpfs rw,nosuid,nodev,size=13148548k,mode=755 0 0\n"
+    "overlay /run/containerd/io.containerd.runtime.v2.task/k8s.io/1f3a/rootfs overlay rw 0 0\n"
+    "/dev/nvme0n1p1 /var/lib/kubelet/pods/5c1e/volumes ext4 {opts} 0 0\n"
+)
+MOUNTS_TEXT = {ro: _MOUNTS.format(opts="ro,relatime" if ro else "rw,relatime") for ro in (False, True)}
+"""/proc/1/mounts of a simulated node, read-write and after a read-only remount (the same two strings for
+every node: the agent's parser sees the text it saw last time and does not parse it again)."""
+
+
 class SimHostFiles:
-    """`HostFiles` answered from a simulated node's state (no file IO)."""
+    """`HostFiles` answered from a simulated node's state (no file IO).
+
+    A file's text is rendered from the state it shows, and again only when that state changed (the
+    static files once per boot); load average and uptime change with every probe and are rendered each
+    time."""
 
     def __init__(self, node: SimNode, *, clock: float | None = None) -> None:
         self.node = node
         self.now = clock or time.time()
         self.noise = 0.0
+        self._static: dict[str, str] = {}
+        self._static_boot: str | None = None
+        self._file_nr: tuple[int, int, str] | None = None
+        self._statvfs: tuple[float, os.statvfs_result] | None = None
+
+    def _static_files(self) -> dict[str, str]:
+        n = self.node
+        if self._static_boot != n.boot_id:
+            self._static = {
+                "/proc/sys/kernel/random/boot_id": n.boot_id + "\n",
+                "/proc/sys/kernel/osrelease": f"{n.inv.kernel}\n",
+                "/etc/os-release": f'NAME="Alibaba Cloud Linux"\nPRETTY_NAME="{n.inv.os_image}"\n',
+                "/sys/devices/system/cpu/online": f"0-{n.cpu_count - 1}\n",
+            }
+            self._static_boot = n.boot_id
+        return self._static
 
     def read_text(self, host_path: str) -> str:
         n = self.node
         if not host_path.startswith("/"):
             host_path = "/" + host_path
+        static = self._static_files().get(host_path)
+        if static is not None:
+            return static
         if host_path == "/proc/loadavg":
             load1 = n.load1(self.noise)
             return f"{load1:.2f} {load1 * 0.9:.2f} {load1 * 0.8:.2f} 3/1843 {4000 + n.seq % 30000}\n"
+        if host_path == "/proc/1/mounts":
+            return MOUNTS_TEXT[bool(n.readonly)]
         if host_path == "/proc/sys/fs/file-nr":
-            return f"{n.fd_allocated}\t0\t{n.fd_max}\n"
-        if host_path == "/proc/sys/kernel/random/boot_id":
-            return n.boot_id + "\n"
+            cached = self._file_nr
+            if cached is None or cached[0] != n.fd_allocated or cached[1] != n.fd_max:
+                cached = self._file_nr = (n.fd_allocated, n.fd_max, f"{n.fd_allocated}\t0\t{n.fd_max}\n")
+            return cached[2]
         if host_path == "/proc/uptime":
             up = max(0.0, self.now - n.booted_at)
             return f"{up:.2f} {up * n.cpu_count * 0.8:.2f}\n"
-        if host_path == "/proc/sys/kernel/osrelease":
-            return f"{n.inv.kernel}\n"
-        if host_path == "/etc/os-release":
-            return f'NAME="Alibaba Cloud Linux"\nPRETTY_NAME="{n.inv.os_image}"\n'
-        if host_path == "/sys/devices/system/cpu/online":
-            return f"0-{n.cpu_count - 1}\n"
-        if host_path == "/proc/1/mounts":
-            opts = "ro,relatime" if n.readonly else "rw,relatime"
-            return (
-                f"/dev/nvme0n1p1 / ext4 {opts} 0 0\n"
-                "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
-                "tmpfs /run tmpfs rw,nosuid,nodev,size=13148548k,mode=755 0 0\n"
-                "overlay /run/containerd/io.containerd.runtime.v2.task/k8s.io/1f3a/rootfs overlay rw 0 0\n"
-                f"/dev/nvme0n1p1 /var/lib/kubelet/pods/5c1e/volumes ext4 {opts} 0 0\n"
-            )
         raise FileNotFoundError(2, "No such file or directory", host_path)
 
     def exists(self, host_path: str) -> bool:
@@ -115,7 +138,11 @@ class SimHostFiles:
 
     def statvfs(self, host_path: str) -> os.statvfs_result:
         del host_path  # one file system
-        return disk_statvfs(self.node.disk_used, inodes_pct=4.0)
+        used = self.node.disk_used
+        cached = self._statvfs
+        if cached is None or cached[0] != used:
+            cached = self._statvfs = (used, disk_statvfs(used, inodes_pct=4.0))
+        return cached[1]
 
 
 def disk_statvfs(used_pct: float, *, inodes_pct: float) -> os.statvfs_result:

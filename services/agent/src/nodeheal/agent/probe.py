@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nodeheal.agent.host import HostReader, top_fd_holders
 from nodeheal.agent.kmsg import KernelLogSource
-from nodeheal.agent.systemd import Systemd
+from nodeheal.agent.systemd import Systemd, UnitStatus
 from nodeheal.schemas.health import FD_CLEAR_RATIO
 from nodeheal.schemas.ids import MessageId, deterministic_id
 from nodeheal.schemas.probe import FdHolder, NodeProbe, Reachability, ServiceState
@@ -62,15 +62,47 @@ class ProbeCollector:
     max_kernel_lines: int
     sequence: SequenceCounter
     fd_holders_at: float = FD_CLEAR_RATIO
+    _boot_facts: tuple[str, str | None, str | None, int | None] | None = field(default=None, init=False, repr=False)
+    """(boot id, kernel release, OS image, online CPUs) as read at the first probe of this boot."""
+    _beat: tuple[Reachability, ...] | None = field(default=None, init=False, repr=False)
+    _last_services: tuple[tuple[UnitStatus, ...], tuple[ServiceState, ...]] | None = field(
+        default=None, init=False, repr=False
+    )
+
+    def boot_facts(self, boot_id: str | None) -> tuple[str | None, str | None, int | None]:
+        """Kernel release, OS image and online CPUs: read once per boot (a new boot id reads them again;
+        a fact that could not be read is tried again at the next probe)."""
+        cached = self._boot_facts
+        if cached is not None and boot_id is not None and cached[0] == boot_id:
+            return cached[1], cached[2], cached[3]
+        facts = (self.host.kernel_release(), self.host.os_image(), self.host.cpu_count())
+        if boot_id is not None and None not in facts:
+            self._boot_facts = (boot_id, *facts)
+        return facts
+
+    @property
+    def _heartbeat(self) -> tuple[Reachability, ...]:
+        beat = self._beat
+        if beat is None or beat[0].target != self.node:
+            beat = self._beat = (Reachability(check="agent", target=self.node, ok=True),)
+        return beat
 
     async def collect(self) -> NodeProbe:
         self.host.problems.clear()
         boot_id = self.host.boot_id()
+        kernel_release, os_image, cpu_count = self.boot_facts(boot_id)
         services: tuple[ServiceState, ...] = ()
         if self.services:
             try:
-                statuses = await self.systemd.status(self.services)
-                services = tuple(ServiceState(name=s.unit, state=s.state, restarts=s.restarts) for s in statuses)
+                statuses = tuple(await self.systemd.status(self.services))
+                last = self._last_services
+                if last is not None and last[0] == statuses:
+                    services = last[1]  # unchanged since the last probe: the same (immutable) values
+                else:
+                    services = tuple(
+                        ServiceState(name=s.unit, state=s.state, restarts=s.restarts) for s in statuses
+                    )
+                    self._last_services = (statuses, services)
             except Exception as exc:
                 self.host.problems.append(f"service states: {exc}")
                 services = tuple(ServiceState(name=s, state="unknown") for s in self.services)
@@ -94,17 +126,17 @@ class ProbeCollector:
             seq=self.sequence.take(),
             boot_id=boot_id,
             uptime_s=self.host.uptime_s(),
-            reachability=(Reachability(check="agent", target=self.node, ok=True),),
+            reachability=self._heartbeat,
             load=self.host.load(),
-            cpu_count=self.host.cpu_count(),
+            cpu_count=cpu_count,
             filesystems=self.host.filesystems(),
             file_handles=file_handles,
             fd_holders=holders,
             services=services,
             kernel_log=kernel_lines,
             kernel_log_dropped=dropped,
-            kernel_release=self.host.kernel_release(),
-            os_image=self.host.os_image(),
+            kernel_release=kernel_release,
+            os_image=os_image,
         )
         if self.host.problems:
             log.warning("probe incomplete", extra={"node": self.node, "problems": list(self.host.problems)})

@@ -55,14 +55,12 @@ def parse_show(output: str, units: Sequence[str]) -> list[UnitStatus]:
     blocks: list[dict[str, str]] = []
     current: dict[str, str] = {}
     for line in output.splitlines():
-        if not line.strip():
-            if current:
-                blocks.append(current)
-                current = {}
-            continue
         key, sep, value = line.partition("=")
         if sep:
             current[key.strip()] = value.strip()
+        elif current and not line.strip():
+            blocks.append(current)
+            current = {}
     if current:
         blocks.append(current)
     result: list[UnitStatus] = []
