@@ -60,10 +60,11 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
 )
 @click.option(
     "--sim-processes",
-    type=click.IntRange(1, 64),
-    default=1,
+    type=click.IntRange(0, 64),
+    default=0,
     show_default=True,
-    help="Processes that publish the simulated fleet's probes (sharded by node); 1: the demo process itself.",
+    help="Processes that publish the simulated fleet's probes (sharded by node); 1: the demo process itself; "
+    "0: chosen from the fleet's probe rate and this machine's cores.",
 )
 @nats_auth_options
 def demo(
@@ -120,6 +121,8 @@ def demo(
     except KeyboardInterrupt:
         raise click.Abort from None
     except DemoFailedError as exc:
+        if exc.report is not None and json_out:  # the run finished but could not keep up: its report
+            click.echo(json.dumps(exc.report, indent=2, sort_keys=True, default=str))
         console.print(
             f"Error: demo failed: {exc.reason} (what it measured: {exc.partial})", highlight=False, soft_wrap=True
         )

@@ -65,6 +65,9 @@ class DemoAuth:
     base: NatsSettings = field(default_factory=NatsSettings)
     agents_per_connection: int = 500
     """1: one user and connection per node, as in production (the demo's choice up to 1,000 nodes)."""
+    server_tls: tuple[Path, Path] | None = None
+    """(certificate, key) of the embedded server: TLS required, as deploy/ runs it (`base.tls_ca_file` is
+    the CA every client verifies it with)."""
     _natsauth: ModuleType | None = None
     _bundle: Any = None
 
@@ -91,6 +94,11 @@ class DemoAuth:
             self._bundle.server_config()
             + f"# the simulator's agent connections carry one node tag per simulated node\n"
             f"max_control_line: {MAX_CONTROL_LINE}\n"
+            + (
+                f'tls {{\n  cert_file: "{self.server_tls[0]}"\n  key_file: "{self.server_tls[1]}"\n}}\n'
+                if self.server_tls
+                else ""
+            )
         )
         return path
 
@@ -148,6 +156,7 @@ class DemoAuth:
         if self.mode == "per-role":
             return {
                 "mode": "per-role",
+                "tls": self.base.tls_ca_file is not None,
                 "source": "deploy/nats/natsauth.py (operator, account, one scoped signing key per role)",
                 "services": {name: role for name, role in SERVICE_ROLES.items()},
                 "demo_reader": "admin",

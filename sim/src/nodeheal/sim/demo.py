@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import RemediationRecord
 from nodeheal.sim.auth import DemoAuth
+from nodeheal.sim.bench.secure import self_signed_tls
 from nodeheal.sim.chaos import Chaos, plan_chaos
 from nodeheal.sim.cluster import EmbeddedCluster
 from nodeheal.sim.demo_report import RunRecord, build_report, collect_window, write_html
@@ -39,6 +41,7 @@ from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import plan_faults
 from nodeheal.sim.fleet import FleetSpec
 from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, security_section
+from nodeheal.sim.scale import ProcessMeter, StreamMeter, auto_sim_processes, fell_behind, rates
 from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
 from nodeheal.sim.world import DemoWorld
 
@@ -66,7 +69,10 @@ class DemoConfig:
     nats_base: NatsSettings | None = None  # with nats_url: the access the caller gives (creds, TLS CA)
     agents_per_connection: int | None = None  # None: 1 (per-node users) up to 1,000 nodes, else 500
     connect_timeout_s: float = 30.0  # the first connection to NATS; then the demo fails with the reason
-    sim_processes: int = 1  # >1: the probes are published by this many shard processes (nodeheal.sim.shard)
+    sim_processes: int = 0  # >1: this many probe shard processes (nodeheal.sim.shard); 0: by fleet size and cores
+    tls: bool = True  # the embedded server requires TLS (a throwaway CA in the run directory), as deploy/ runs
+    fail_if_behind: bool = True  # a run that could not keep up exits non-zero (after writing its report)
+    memory_limit_mb: float = 4096.0  # a process of the run above this is "fell behind" (issue 19)
 
 
 def _service_table(
@@ -115,7 +121,13 @@ def _service_table(
 
 
 def _progress_table(
-    *, phase: str, elapsed: float, sim: FleetSimulator, counts: dict[str, int], services: list[ServiceProcess]
+    *,
+    phase: str,
+    elapsed: float,
+    sim: FleetSimulator,
+    counts: dict[str, int],
+    services: list[ServiceProcess],
+    live: dict[str, float],
 ) -> Table:
     table = Table(title=f"nodeheal demo — {phase} — {elapsed:5.0f}s", show_header=True, expand=False)
     table.add_column("fleet")
@@ -125,7 +137,8 @@ def _progress_table(
     health = sim.stats.samples[-1] if sim.stats.samples else {"online": 1.0, "healthy": 1.0}
     fleet = (
         f"{len(sim.nodes)} nodes\nonline {health['online']:.1%}\nhealthy {health['healthy']:.1%}\n"
-        f"probes {sim.stats.probes_published:,}"
+        f"probes {sim.stats.probes_published + int(live.get('probes_published', 0)):,}\n"
+        f"lag {max(sim.stats.lag_s_last, live.get('lag_s_last', 0.0)):.1f}s"
     )
     faults = f"injected {len(sim.truth)}\nopen {len(sim.open_faults)}\nreboots {sim.stats.reboots}"
     pipeline = (
@@ -144,12 +157,14 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 class DemoFailedError(RuntimeError):
-    """The demo could not finish: `reason` is one line; what was measured is in the JSON file `partial`."""
+    """The demo could not finish, or could not keep up: `reason` is one line; what was measured is in the
+    JSON file `partial` (the whole report, in `report`, when the run finished but fell behind)."""
 
-    def __init__(self, reason: str, *, partial: Path) -> None:
+    def __init__(self, reason: str, *, partial: Path, report: dict[str, Any] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.partial = partial
+        self.report = report
 
 
 @dataclass
@@ -160,9 +175,19 @@ class _Progress:
     sim: FleetSimulator | None = None
     world: DemoWorld | None = None
     run_dir: Path | None = None
+    meter: ProcessMeter | None = None
+    shards: ProbeShards | None = None
+    memory_limit_mb: float = 4096.0
 
     def partial(self, reason: str) -> dict[str, Any]:
         out: dict[str, Any] = {"failed": reason, "stage": self.stage, "run_dir": str(self.run_dir)}
+        if self.meter is not None:
+            with contextlib.suppress(Exception):
+                self.meter.sample()
+                out["processes"] = self.meter.section(limit_mb=self.memory_limit_mb)
+        if self.sim is not None and self.shards is not None:
+            with contextlib.suppress(Exception):
+                _fold_progress(self.shards, self.sim)
         if self.sim is not None:
             stats = self.sim.stats
             out["simulator"] = {
@@ -186,14 +211,59 @@ PER_NODE_USERS_UP_TO = 1000
 ≈ 4 ms of CPU to open and ≈ 16 KB here); above it agents share connections (docs/demo.md)."""
 
 
+def _add_counters(sim: FleetSimulator, counters: dict[str, Any]) -> None:
+    stats = sim.stats
+    stats.probes_published += int(counters["probes_published"])
+    stats.publish_errors += int(counters["publish_errors"])
+    stats.collected += int(counters["collected"])
+    stats.collect_s += counters["collect_s"]
+    stats.lag_s_max = max(stats.lag_s_max, counters["lag_s_max"])
+    stats.lag_s_last = max(stats.lag_s_last, counters.get("lag_s_last", 0.0))
+    stats.flush_wait_s += counters.get("flush_wait_s", 0.0)
+    stats.flush_wait_s_max = max(stats.flush_wait_s_max, counters.get("flush_wait_s_max", 0.0))
+    stats.flush_timeouts += int(counters.get("flush_timeouts", 0))
+
+
 def _stop_shards(shards: ProbeShards, sim: FleetSimulator) -> None:
     """Stop the probe shards and add their counters to the simulator's."""
     for counters in shards.stop():
-        sim.stats.probes_published += counters["probes_published"]
-        sim.stats.publish_errors += counters["publish_errors"]
-        sim.stats.collected += counters["collected"]
-        sim.stats.collect_s += counters["collect_s"]
-        sim.stats.lag_s_max = max(sim.stats.lag_s_max, counters["lag_s_max"])
+        _add_counters(sim, counters)
+
+
+def _fold_progress(shards: ProbeShards, sim: FleetSimulator) -> None:
+    """For a run that fails: add the shards' latest counters (they may never send their final ones)."""
+    shards.poll_progress()
+    for counters in shards.progress.values():
+        _add_counters(sim, counters)
+    shards.progress.clear()
+
+
+def _sim_section(sim: FleetSimulator, *, interval_s: float, live: dict[str, float] | None = None) -> dict[str, Any]:
+    """The simulator's counters (with `live`: the shards' latest, added to this process's own)."""
+    stats = sim.stats
+    live = live or {}
+    collected = stats.collected + live.get("collected", 0)
+    lag = max(stats.lag_s_max, live.get("lag_s_max", 0.0))
+    return {
+        "probes_published": stats.probes_published + int(live.get("probes_published", 0)),
+        "publish_errors": stats.publish_errors + int(live.get("publish_errors", 0)),
+        "commands_answered": stats.commands_answered,
+        "reboots": stats.reboots,
+        "redeploys": stats.redeploys,
+        "agent_probes_collected": collected,
+        # the real ProbeCollector over the simulated host, plus encoding the probe
+        "agent_collect_cpu_us_per_probe": round(
+            1e6 * (stats.collect_s + live.get("collect_s", 0.0)) / max(1, collected), 1
+        ),
+        "max_lag_behind_interval_s": round(lag, 3),
+        # a probe later than one interval behind its schedule: this machine could not keep the
+        # requested interval (the figures say how far behind it was)
+        "kept_interval": lag < interval_s,
+        # back-pressure: time the publishers waited for the server to read what they sent
+        "publish_flush_wait_s": round(stats.flush_wait_s + live.get("flush_wait_s", 0.0), 1),
+        "publish_flush_wait_s_max": round(max(stats.flush_wait_s_max, live.get("flush_wait_s_max", 0.0)), 3),
+        "publish_flush_timeouts": stats.flush_timeouts + int(live.get("flush_timeouts", 0)),
+    }
 
 
 async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
@@ -201,9 +271,9 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
     measured to the report's JSON path."""
     run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix="nodeheal-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress = _Progress(run_dir=run_dir)
+    progress = _Progress(run_dir=run_dir, memory_limit_mb=cfg.memory_limit_mb)
     try:
-        return await _run(cfg, console=console, run_dir=run_dir, progress=progress)
+        report = await _run(cfg, console=console, run_dir=run_dir, progress=progress)
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except Exception as exc:
@@ -214,6 +284,10 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         partial.write_text(json.dumps(progress.partial(reason), indent=2, sort_keys=True, default=str))
         (run_dir / "failure.txt").write_text(f"{reason}\n\n{exc}\n")
         raise DemoFailedError(reason, partial=partial) from exc
+    behind = (report.get("scale") or {}).get("fell_behind")
+    if behind and cfg.fail_if_behind:
+        raise DemoFailedError(f"fell behind: {behind}", partial=cfg.report_path.with_suffix(".json"), report=report)
+    return report
 
 
 async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _Progress) -> dict[str, Any]:
@@ -222,6 +296,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         base = (cfg.nats_base or NatsSettings()).model_copy(update={"store_bytes": 4 * 1024**3})
         per_connection = cfg.agents_per_connection or (1 if cfg.nodes <= PER_NODE_USERS_UP_TO else 500)
         server_logs: list[Path] = []
+        server_pids: Callable[[], dict[str, int | None]] = dict
         kill_server: Callable[[int], None] | None = None
         restart_server: Callable[[int], None] | None = None
         replicas = 1
@@ -235,6 +310,13 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                 else DemoAuth.per_role(run_dir / "nats-auth", base=base)
             )
             auth.agents_per_connection = per_connection
+            if cfg.tls and not cfg.insecure and cfg.nats_cluster < 3:
+                # TLS as deploy/ runs the server (a throwaway CA and certificate in the run directory)
+                tls_dir = run_dir / "nats-tls"
+                tls_dir.mkdir(parents=True, exist_ok=True)
+                ca, cert, key = self_signed_tls(tls_dir)
+                auth.base = auth.base.model_copy(update={"tls_ca_file": str(ca)})
+                auth.server_tls = (cert, key)
             config = auth.server_config()
             if cfg.nats_cluster >= 3:
                 cluster = stack.enter_context(
@@ -244,6 +326,11 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                 )
                 url, replicas = cluster.url, 3
                 kill_server, restart_server = cluster.kill, cluster.restart
+
+                def cluster_pids() -> dict[str, int | None]:
+                    return {f"nats-server-{i}": srv.pid for i, srv in enumerate(cluster.servers)}
+
+                server_pids = cluster_pids
                 server_logs = [run_dir / f"nats-server-{i}.log" for i in range(cfg.nats_cluster)]
             else:
                 server = stack.enter_context(
@@ -251,6 +338,11 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                 )
                 url = server.url
                 server_logs = [run_dir / "nats-server.log"]
+
+                def one_pid() -> dict[str, int | None]:
+                    return {"nats-server": server.pid}
+
+                server_pids = one_pid
 
                 def kill_one(_index: int) -> None:
                     server.kill()
@@ -300,26 +392,53 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         progress.stage = "starting the services"
         for svc in services:
             svc.start()
+        shards: ProbeShards | None = None
+
+        def all_pids() -> dict[str, int | None]:
+            pids: dict[str, int | None] = {"demo": os.getpid(), **server_pids()}
+            pids |= {svc.name: (svc.proc.pid if svc.proc is not None and svc.alive else None) for svc in services}
+            if shards is not None:
+                pids |= shards.pids()
+            return pids
+
+        meter = ProcessMeter(all_pids)
+        progress.meter = meter
+
+        async def sample_processes() -> None:
+            while True:
+                meter.sample()
+                await asyncio.sleep(2.0)
+
+        sampler = asyncio.create_task(sample_processes(), name="demo-process-meter")
+        stack.push_async_callback(_cancel, sampler)
         # services read the whole inventory before they are ready: ~70 s at 50,000 nodes on 2 cores
         # (and a loaded machine can take a minute just to import them)
         await wait_ready(services, timeout_s=240.0 + cfg.nodes / 250)
+        # progress counts from the streams' positions: the demo's own connection subscribes to nothing
+        # the fleet produces, so it can never be the slow consumer of a 50,000-node run
+        topo = settings.topology()
+        stream_meter = StreamMeter(js, [spec_.name for spec_ in topo.streams])
+        counted = {
+            "cloud": f"{settings.stream_prefix}CLOUD",
+            "anomaly": f"{settings.stream_prefix}ANOMALIES",
+            "diagnosis": f"{settings.stream_prefix}DIAGNOSES",
+            "audit": f"{settings.stream_prefix}AUDIT",
+        }
         counts: dict[str, int] = {}
+        at_start = await stream_meter.mark()
 
-        async def count(kind: str) -> None:
-            async def cb(_msg: Any) -> None:
-                counts[kind] = counts.get(kind, 0) + 1
+        def update_counts(mark: Any) -> None:
+            for kind, stream in counted.items():
+                first = at_start.streams.get(stream, {}).get("last_seq", 0)
+                counts[kind] = mark.streams.get(stream, {}).get("last_seq", first) - first
 
-            await nc.subscribe(f"{settings.prefix}.{kind}.*.*", cb=cb)
-
-        for kind in ("cloud", "anomaly", "diagnosis", "audit"):
-            await count(kind)
         prober_nc = await connect(
             auth.settings("prober", url=url), name="nodeheal-sim-prober", error_cb=violations.callback("prober")
         )
         stack.push_async_callback(prober_nc.close)
         agent_nc: dict[str, Any] = {}
         names = list(sim.nodes)
-        shards_n = max(1, cfg.sim_processes)
+        shards_n = cfg.sim_processes or auto_sim_processes(nodes=cfg.nodes, interval_s=cfg.probe_interval_s)
         step = max(1, min(per_connection, -(-len(names) // shards_n)))
         agent_conns = 0
         chunks: list[tuple[NatsSettings, list[str]]] = []
@@ -333,7 +452,6 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             stack.push_async_callback(conn.close)
             agent_nc.update(dict.fromkeys(chunk, conn))
             agent_conns += 1
-        shards: ProbeShards | None = None
         if shards_n > 1:
             # the probes of the nodes of every shards_n-th agent connection are published by one shard
             # process; this process keeps the world, the faults and the commands
@@ -353,6 +471,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                 for k in range(min(shards_n, len(chunks)))
             ]
             shards = ProbeShards(plans)
+            progress.shards = shards
             stack.callback(shards.stop, timeout_s=2.0)
             progress.stage = "starting the probe shards"
             await asyncio.to_thread(shards.wait_ready, timeout_s=180.0)
@@ -386,6 +505,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             chaos_task = asyncio.create_task(chaos.run(start=fault_start))
             stack.push_async_callback(_cancel, chaos_task)
         next_fault = 0
+        flow_start: Any = None
+        next_count = 0.0
         live = Live(console=console, refresh_per_second=2, transient=False) if not cfg.quiet else None
         if live is not None:
             live.start()
@@ -399,6 +520,15 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                         next_fault += 1
                 phase = "warm-up" if now < fault_start else ("faults" if now < fault_end else "settling")
                 progress.stage = f"running ({phase})"
+                if now >= next_count:
+                    next_count = now + 2.0
+                    if flow_start is None and now >= fault_start:
+                        flow_start = await stream_meter.mark()
+                        update_counts(flow_start)
+                    else:
+                        update_counts(await stream_meter.mark(consumers=False))
+                    if shards is not None:
+                        shards.poll_progress()
                 if shards is not None and shards.dead():
                     msg = f"probe shard(s) {shards.dead()} exited; the fleet's probes stopped"
                     raise RuntimeError(msg)
@@ -410,7 +540,14 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                         raise RuntimeError(msg)
                 if live is not None:
                     live.update(
-                        _progress_table(phase=phase, elapsed=now - t0, sim=sim, counts=counts, services=services)
+                        _progress_table(
+                            phase=phase,
+                            elapsed=now - t0,
+                            sim=sim,
+                            counts=counts,
+                            services=services,
+                            live=shards.totals() if shards is not None else {},
+                        )
                     )
                 if now >= fault_end and (not sim.open_faults or now >= fault_end + cfg.settle_s):
                     break
@@ -421,6 +558,10 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         # let the last verifications and resolutions land
         await asyncio.sleep(cfg.probe_interval_s * 2)
         run_end = datetime.now(tz=UTC) + timedelta(seconds=1)
+        flow_end = await stream_meter.mark()
+        if flow_start is None:
+            flow_start = at_start
+        meter.sample()
         if shards is not None:
             await asyncio.to_thread(_stop_shards, shards, sim)
         progress.stage = "reading the streams for the report"
@@ -449,21 +590,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             truth=list(sim.truth),
             health=list(sim.stats.samples),
             world=world.summary(),
-            sim_stats={
-                "probes_published": sim.stats.probes_published,
-                "publish_errors": sim.stats.publish_errors,
-                "commands_answered": sim.stats.commands_answered,
-                "reboots": sim.stats.reboots,
-                "redeploys": sim.stats.redeploys,
-                "agent_probes_collected": sim.stats.collected,
-                # the real ProbeCollector over the simulated host, plus encoding the probe
-                "agent_collect_cpu_us_per_probe": round(1e6 * sim.stats.collect_s / max(1, sim.stats.collected), 1),
-                "max_lag_behind_interval_s": round(sim.stats.lag_s_max, 3),
-                # a probe later than one interval behind its schedule: this machine could not keep the
-                # requested interval (the run still counts; the figures say how far behind it was)
-                "kept_interval": sim.stats.lag_s_max < cfg.probe_interval_s,
-                "agent_connections": agent_conns,
-            },
+            sim_stats=_sim_section(sim, interval_s=cfg.probe_interval_s)
+            | {"agent_connections": agent_conns, "sim_processes": shards_n},
             nats_url=url,
             bad_kernel=spec.bad_kernel,
         )
@@ -483,6 +611,22 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         if chaos is not None:
             report["chaos"] = chaos.summary()
         report["nats"] = {"servers": len(url.split(",")), "stream_replicas": replicas}
+        processes = meter.section(limit_mb=cfg.memory_limit_mb)
+        flow = rates(flow_start, flow_end)
+        sim_section = report["run"]["simulator"]
+        report["processes"] = processes
+        report["scale"] = {
+            "nodes": cfg.nodes,
+            "probe_interval_s": cfg.probe_interval_s,
+            "requested_nodes_per_s": round(cfg.nodes / cfg.probe_interval_s, 1),
+            "sim_processes": shards_n,
+            "cpus": os.cpu_count(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "flow": flow,
+            "fell_behind": fell_behind(
+                interval_s=cfg.probe_interval_s, sim=sim_section, flow=flow, processes=processes
+            ),
+        }
         report["run_dir"] = str(run_dir)
         write_html(report, cfg.report_path)
         cfg.report_path.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str))

@@ -75,6 +75,11 @@ class CloudHooks(Protocol):
     def schedule_maintenance(self, *, instance_id: str, event_type: str, not_before: datetime) -> str: ...
 
 
+PUBLISH_BATCH = 250
+"""Nodes probed between two flushes of the connections used: what one connection may have in flight
+(≈ 250 agent probes of ~1 KB plus 250 prober probes), the bound on the simulator's publish buffers."""
+FLUSH_TIMEOUT_S = 10
+
 NOTICE_TIME_SCALE = 1440
 """Cloud maintenance notices run 1,440 times faster than in reality (a day per minute)."""
 
@@ -103,6 +108,10 @@ class SimStats:
     collect_s: float = 0.0  # CPU time spent in the real agent collector (and encoding its probes)
     collected: int = 0
     lag_s_max: float = 0.0  # how far behind the probe schedule the simulator fell
+    lag_s_last: float = 0.0  # how far behind it was at its latest tick
+    flush_wait_s: float = 0.0  # time spent waiting for the server to read what was published
+    flush_wait_s_max: float = 0.0
+    flush_timeouts: int = 0
     samples: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -159,6 +168,7 @@ class FleetSimulator:
         self._agent_nc: dict[str, Client] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._subs: list[Any] = []
+        self._used: set[Client] = set()  # connections published on since their last flush
 
     # ------------------------------------------------------------------ setup
 
@@ -221,6 +231,12 @@ class FleetSimulator:
     # ------------------------------------------------------------------ probes
 
     async def _probe_loop(self) -> None:
+        """Every node probed once per interval, in a fixed phase order, in ticks of 0.1 s.
+
+        Publishing is bounded: after every `PUBLISH_BATCH` nodes the connections used are flushed (a
+        PING answered once the server has read everything before it), so at most one batch per
+        connection waits in this process; when the server or the network is slower than the schedule,
+        the loop waits for it and falls behind instead of buffering, and the lag is measured."""
         nodes = list(self.nodes.values())
         n = len(nodes)
         interval = self.timings.probe_interval_s
@@ -238,6 +254,8 @@ class FleetSimulator:
             if behind > 0:
                 # how late the oldest due probe is: the measured lag behind the requested interval
                 self.stats.lag_s_max = max(self.stats.lag_s_max, behind / n * interval - tick)
+                self.stats.lag_s_last = behind / n * interval
+            batch = 0
             while cycle * n + cursor < due_total:
                 node = nodes[cursor]
                 try:
@@ -249,7 +267,24 @@ class FleetSimulator:
                 if cursor == n:
                     cursor = 0
                     cycle += 1
+                batch += 1
+                if batch >= PUBLISH_BATCH:
+                    batch = 0
+                    await self._flush_used()
+            await self._flush_used()
             await asyncio.sleep(max(0.0, tick - (self.clock() - now)))
+
+    async def _flush_used(self) -> None:
+        """Wait until the server has read what the connections used since the last call sent."""
+        used, self._used = self._used, set()
+        if not used:
+            return
+        started = time.monotonic()
+        results = await asyncio.gather(*(conn.flush(timeout=FLUSH_TIMEOUT_S) for conn in used), return_exceptions=True)
+        waited = time.monotonic() - started
+        self.stats.flush_wait_s += waited
+        self.stats.flush_wait_s_max = max(self.stats.flush_wait_s_max, waited)
+        self.stats.flush_timeouts += sum(1 for r in results if isinstance(r, Exception))
 
     async def _publish_node(self, node: SimNode, *, now: float, iso: str) -> None:
         """The node's agent probe (the real `ProbeCollector` over the simulated host) and the active
@@ -272,11 +307,14 @@ class FleetSimulator:
             self.stats.collect_s += time.thread_time() - started
             self.stats.collected += 1
             msg_id = probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
-            await self._agent_nc[node.name].publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+            conn = self._agent_nc[node.name]
+            await conn.publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+            self._used.add(conn)
             self.stats.probes_published += 1
         body_dict = node.prober_probe(time_iso=iso)
         prober_subject = self._prober_subjects[node.name]
         await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict), headers={"Nats-Msg-Id": body_dict["id"]})
+        self._used.add(self._prober_nc)
         self.stats.probes_published += 1
 
     # ------------------------------------------------------------------ world clock

@@ -46,6 +46,24 @@ class ShardPlan:
     agents: list[tuple[dict[str, Any], list[str]]]  # (NatsSettings of an agent user, its nodes of this shard)
 
 
+REPORT_EVERY_S = 1.0
+
+
+def _counters(sim: Any) -> dict[str, Any]:
+    stats = sim.stats
+    return {
+        "probes_published": stats.probes_published,
+        "publish_errors": stats.publish_errors,
+        "collected": stats.collected,
+        "collect_s": stats.collect_s,
+        "lag_s_max": stats.lag_s_max,
+        "lag_s_last": stats.lag_s_last,
+        "flush_wait_s": stats.flush_wait_s,
+        "flush_wait_s_max": stats.flush_wait_s_max,
+        "flush_timeouts": stats.flush_timeouts,
+    }
+
+
 def run_shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> None:
     """The shard process's entry point."""
     asyncio.run(_shard(plan, inbox))
@@ -72,9 +90,13 @@ async def _shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) 
     await sim.start(prober_nc=prober_nc, agent_nc=agent_nc)
     inbox.send("ready")
     loop = asyncio.get_running_loop()
+    reported = time.monotonic()
     try:
         while True:
             ready = await loop.run_in_executor(None, inbox.poll, 0.2)
+            if time.monotonic() - reported >= REPORT_EVERY_S:
+                inbox.send({"progress": _counters(sim)})  # the main process shows and judges the lag live
+                reported = time.monotonic()
             if not ready:
                 continue
             message = inbox.recv()
@@ -87,16 +109,7 @@ async def _shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) 
                 node.pending_kernel.extend(lines)
     finally:
         await sim.stop()
-        stats = sim.stats
-        inbox.send(
-            {
-                "probes_published": stats.probes_published,
-                "publish_errors": stats.publish_errors,
-                "collected": stats.collected,
-                "collect_s": stats.collect_s,
-                "lag_s_max": stats.lag_s_max,
-            }
-        )
+        inbox.send({"final": _counters(sim)})
         for conn in {prober_nc, *agent_nc.values()}:
             with contextlib.suppress(Exception):
                 await conn.drain()
@@ -119,6 +132,31 @@ class ProbeShards:
             self.procs.append(proc)
         self._sent: dict[str, dict[str, Any]] = {}
         self._filled_at: dict[str, float] = {}
+        self.progress: dict[int, dict[str, Any]] = {}  # shard → its latest counters
+
+    def pids(self) -> dict[str, int | None]:
+        return {f"sim-shard-{i}": proc.pid for i, proc in enumerate(self.procs)}
+
+    def poll_progress(self) -> None:
+        """Read the counters the shards sent since the last call (never blocks)."""
+        for index, pipe in enumerate(self.pipes):
+            with contextlib.suppress(EOFError, OSError):
+                while pipe.poll(0):
+                    message = pipe.recv()
+                    if isinstance(message, dict) and "progress" in message:
+                        self.progress[index] = message["progress"]
+
+    def totals(self) -> dict[str, float]:
+        """The shards' latest counters added up (lags: the largest)."""
+        out: dict[str, float] = {}
+        for counters in self.progress.values():
+            for key, value in counters.items():
+                out[key] = (
+                    max(out.get(key, 0), value)
+                    if key.startswith(("lag_", "flush_wait_s_max"))
+                    else (out.get(key, 0) + value)
+                )
+        return out
 
     def dead(self) -> list[int]:
         return [i for i, proc in enumerate(self.procs) if not proc.is_alive()]
@@ -149,6 +187,7 @@ class ProbeShards:
             batches.setdefault(self.owner[node.name], []).append((node.name, state, lines))
         for index, batch in batches.items():
             self.pipes[index].send(batch)
+        self.poll_progress()
 
     def stop(self, *, timeout_s: float = 20.0) -> list[dict[str, Any]]:
         """Stop every shard; their final counters (once: a second call returns nothing)."""
@@ -159,9 +198,13 @@ class ProbeShards:
             with contextlib.suppress(Exception):
                 pipe.send("stop")
         for pipe, proc in zip(self.pipes, self.procs, strict=True):
+            deadline = time.monotonic() + timeout_s
             with contextlib.suppress(Exception):
-                if pipe.poll(timeout_s):
-                    out.append(pipe.recv())
+                while pipe.poll(max(0.0, deadline - time.monotonic())):
+                    message = pipe.recv()
+                    if isinstance(message, dict) and "final" in message:
+                        out.append(message["final"])
+                        break
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()

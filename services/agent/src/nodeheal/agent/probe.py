@@ -99,9 +99,7 @@ class ProbeCollector:
                 if last is not None and last[0] == statuses:
                     services = last[1]  # unchanged since the last probe: the same (immutable) values
                 else:
-                    services = tuple(
-                        ServiceState(name=s.unit, state=s.state, restarts=s.restarts) for s in statuses
-                    )
+                    services = tuple(ServiceState(name=s.unit, state=s.state, restarts=s.restarts) for s in statuses)
                     self._last_services = (statuses, services)
             except Exception as exc:
                 self.host.problems.append(f"service states: {exc}")
