@@ -113,6 +113,7 @@ def demo(
         insecure=insecure,
         agents_per_connection=agents_per_connection,
         sim_processes=sim_processes,
+        fail_if_behind=True,
         nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )
     console = Console(stderr=True)

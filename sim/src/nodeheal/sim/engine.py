@@ -251,10 +251,9 @@ class FleetSimulator:
             due_total = int((now - start) / interval * n)
             iso = datetime.fromtimestamp(now, tz=UTC).isoformat()
             behind = due_total - (cycle * n + cursor)
-            if behind > 0:
-                # how late the oldest due probe is: the measured lag behind the requested interval
-                self.stats.lag_s_max = max(self.stats.lag_s_max, behind / n * interval - tick)
-                self.stats.lag_s_last = behind / n * interval
+            # how late the oldest due probe is: the measured lag behind the requested interval
+            self.stats.lag_s_last = max(0.0, behind / n * interval - tick)
+            self.stats.lag_s_max = max(self.stats.lag_s_max, self.stats.lag_s_last)
             batch = 0
             while cycle * n + cursor < due_total:
                 node = nodes[cursor]

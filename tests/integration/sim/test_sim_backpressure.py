@@ -1,0 +1,67 @@
+"""The simulator's publishing is bounded: when the nats-server stops reading (SIGSTOP, a few seconds),
+the probe loop waits for it instead of buffering probes, says how far behind its interval it fell,
+and catches up when the server reads again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from nodeheal.runtime.connect import connect
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.embedded import EmbeddedNats
+from nodeheal.sim.engine import FleetSimulator, SimTimings
+from nodeheal.sim.fleet import FleetSpec
+
+pytestmark = [pytest.mark.nats]
+
+PAUSE_S = 3.0
+
+
+async def test_a_server_that_stops_reading_slows_the_simulator_and_buffers_stay_bounded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with EmbeddedNats(log_file=str(tmp_path / "nats.log")) as server:
+        settings = NatsSettings(url=server.url)
+        sim = FleetSimulator(spec=FleetSpec(nodes=500, seed=5), settings=settings, timings=SimTimings(1.0))
+        nc = await connect(settings, name="pytest-sim-backpressure")
+        pending: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                pending.append(nc.pending_data_size)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await sim.start(prober_nc=nc, agent_nc=dict.fromkeys(sim.nodes, nc))
+            await asyncio.sleep(2.0)
+            assert server.pid is not None
+            published_before = sim.stats.probes_published
+            os.kill(server.pid, signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            try:
+                await asyncio.sleep(PAUSE_S)
+                during = sim.stats.probes_published - published_before
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            resumed_after = time.monotonic() - stopped_at
+            await asyncio.sleep(3.0)
+        finally:
+            watcher.cancel()
+            await sim.stop()
+            await nc.close()
+
+    # the simulator stopped publishing within one batch of nodes (and their prober probes) of the pause
+    assert during <= 2 * 2 * 250, during
+    # what waited in this process stayed small: never more than a few batches of probes
+    assert max(pending) < 2 * 1024 * 1024, max(pending)
+    # the report says it fell behind its 1 s interval, by about as long as the server did not read
+    assert sim.stats.lag_s_max >= PAUSE_S - 1.0
+    assert sim.stats.flush_wait_s_max >= PAUSE_S - 1.0
+    assert sim.stats.lag_s_max <= resumed_after + 2.0
+    # and it caught up afterwards
+    assert sim.stats.lag_s_last < 1.0
+    assert sim.stats.publish_errors == 0

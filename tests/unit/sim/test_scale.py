@@ -1,0 +1,75 @@
+"""What the demo says about its own pace and size: how many probe shards it starts, and the one line a
+run that could not keep up ends with."""
+
+from __future__ import annotations
+
+import os
+
+from nodeheal.sim.scale import Mark, ProcessMeter, auto_sim_processes, fell_behind, rates
+
+
+def test_small_fleets_probe_in_the_demo_process_and_large_ones_in_shards() -> None:
+    assert auto_sim_processes(nodes=5000, interval_s=5.0, cpus=2) == 1
+    assert auto_sim_processes(nodes=50_000, interval_s=5.0, cpus=2) == 2
+    assert auto_sim_processes(nodes=50_000, interval_s=5.0, cpus=16) == 4
+    assert auto_sim_processes(nodes=50_000, interval_s=5.0, cpus=1) == 2  # never one shard: that is no shard
+
+
+def _marks(*, detector_acked: int, pending: int) -> tuple[Mark, Mark]:
+    first = Mark(
+        at=0.0,
+        streams={"PROBES": {"last_seq": 0, "messages": 0, "bytes": 0}},
+        consumers={"PROBES/detector": {"delivered": 0, "acked": 0, "pending": 0, "ack_pending": 0}},
+    )
+    last = Mark(
+        at=10.0,
+        streams={"PROBES": {"last_seq": 200_000, "messages": 200_000, "bytes": 1}},
+        consumers={
+            "PROBES/detector": {
+                "delivered": detector_acked,
+                "acked": detector_acked,
+                "pending": pending,
+                "ack_pending": 0,
+            }
+        },
+    )
+    return first, last
+
+
+def test_a_run_that_kept_up_says_nothing() -> None:
+    flow = rates(*_marks(detector_acked=200_000, pending=0))
+    assert flow["streams"]["PROBES"]["in_per_s"] == 20_000
+    assert flow["consumers"]["PROBES/detector"]["through_per_s"] == 20_000
+    sim = {"max_lag_behind_interval_s": 0.4}
+    assert fell_behind(interval_s=5.0, sim=sim, flow=flow, processes={"over_limit": []}) is None
+
+
+def test_what_fell_behind_is_named_with_how_far_in_one_line() -> None:
+    flow = rates(*_marks(detector_acked=140_000, pending=60_000))
+    processes = {
+        "over_limit": ["nats-server"],
+        "per_process": {"nats-server": {"peak_rss_mb": 5000.0}},
+        "limit_mb": 4096,
+    }
+    line = fell_behind(interval_s=5.0, sim={"max_lag_behind_interval_s": 7.5}, flow=flow, processes=processes)
+    assert line is not None
+    assert "\n" not in line
+    assert "simulator fell 7.5 s behind its 5 s probe interval" in line
+    assert "PROBES/detector ended 60,000 probes (3 s) behind" not in line  # 3 s < two intervals: kept up
+    assert "nats-server peaked at 5,000 MB" in line
+    slower = rates(*_marks(detector_acked=0, pending=300_000))
+    line = fell_behind(interval_s=5.0, sim={}, flow=slower, processes={"over_limit": []})
+    assert line == "consumer PROBES/detector ended 300,000 probes (15 s) behind"
+
+
+def test_every_process_is_measured_by_its_peak_resident_set() -> None:
+    meter = ProcessMeter(lambda: {"demo": os.getpid(), "gone": None})
+    ballast = bytearray(64 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    meter.sample()
+    del ballast
+    meter.sample()
+    section = meter.section(limit_mb=32.0)
+    assert set(section["per_process"]) == {"demo"}
+    assert section["per_process"]["demo"]["peak_rss_mb"] >= 64
+    assert section["over_limit"] == ["demo"]
