@@ -611,6 +611,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         if chaos is not None:
             report["chaos"] = chaos.summary()
         report["nats"] = {"servers": len(url.split(",")), "stream_replicas": replicas}
+        meter.sample()  # the demo's own peak includes reading the streams and building the report
         processes = meter.section(limit_mb=cfg.memory_limit_mb)
         flow = rates(flow_start, flow_end)
         sim_section = report["run"]["simulator"]

@@ -79,6 +79,7 @@ PUBLISH_BATCH = 250
 """Nodes probed between two flushes of the connections used: what one connection may have in flight
 (≈ 250 agent probes of ~1 KB plus 250 prober probes), the bound on the simulator's publish buffers."""
 FLUSH_TIMEOUT_S = 10
+TICK_NODES = 4 * PUBLISH_BATCH
 
 NOTICE_TIME_SCALE = 1440
 """Cloud maintenance notices run 1,440 times faster than in reality (a day per minute)."""
@@ -169,6 +170,7 @@ class FleetSimulator:
         self._tasks: list[asyncio.Task[Any]] = []
         self._subs: list[Any] = []
         self._used: set[Client] = set()  # connections published on since their last flush
+        self._stopping = False
 
     # ------------------------------------------------------------------ setup
 
@@ -212,13 +214,19 @@ class FleetSimulator:
             self._tasks.append(asyncio.create_task(self._world_loop(shards), name="sim-world"))
 
     async def _world_loop(self, shards: Any) -> None:
-        while True:
+        while not self._stopping:
             now = self.clock()
             self.advance(now)
             shards.sync(list(self.touched), interval_s=self.timings.probe_interval_s)
             await asyncio.sleep(max(0.0, 0.1 - (self.clock() - now)))
 
     async def stop(self) -> None:
+        # the probe loop ends at its next tick by itself: cancelled inside a flush, nats-py would later
+        # complete a cancelled PING future and log an error
+        self._stopping = True
+        loops = [t for t in self._tasks if t.get_name() in ("sim-probes", "sim-world")]
+        if loops:
+            await asyncio.wait(loops, timeout=FLUSH_TIMEOUT_S + 1)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -244,7 +252,7 @@ class FleetSimulator:
         start = self.clock()
         cursor = 0  # index of the next node due, in phase order
         cycle = 0
-        while True:
+        while not self._stopping:
             now = self.clock()
             if not self.probes_only:
                 self.advance(now)
@@ -254,8 +262,10 @@ class FleetSimulator:
             # how late the oldest due probe is: the measured lag behind the requested interval
             self.stats.lag_s_last = max(0.0, behind / n * interval - tick)
             self.stats.lag_s_max = max(self.stats.lag_s_max, self.stats.lag_s_last)
-            batch = 0
-            while cycle * n + cursor < due_total:
+            batch = done = 0
+            # at most `TICK_NODES` before the clock is read again (a loop far behind catches up in steps,
+            # with fresh timestamps and the world moving on)
+            while cycle * n + cursor < due_total and done < TICK_NODES and not self._stopping:
                 node = nodes[cursor]
                 try:
                     await self._publish_node(node, now=now, iso=iso)
@@ -267,6 +277,7 @@ class FleetSimulator:
                     cursor = 0
                     cycle += 1
                 batch += 1
+                done += 1
                 if batch >= PUBLISH_BATCH:
                     batch = 0
                     await self._flush_used()

@@ -184,6 +184,11 @@ class HostReader:
     """Where the node is read; `None`: the local file system under `root` (with `statvfs`)."""
     _mounts_seen: tuple[str, list[Mount]] | None = field(default=None, repr=False, init=False)
     """The mount table's last text and what was chosen from it: parsed again only when it changed."""
+    _handles_seen: tuple[str, FileHandles] | None = field(default=None, repr=False, init=False)
+    _fs_seen: dict[tuple[str, str, float, float, bool], FileSystem] = field(
+        default_factory=dict, repr=False, init=False
+    )
+    """File system values already built (immutable), by what they say: unchanged usage is not rebuilt."""
 
     def statfs_path(self, host_path: str) -> str:
         """Where to statvfs the file system of `host_path`: its marker, else the path under `root`."""
@@ -219,7 +224,19 @@ class HostReader:
         return self._parse("/proc/loadavg", parse_loadavg)
 
     def file_handles(self) -> FileHandles | None:
-        return self._parse("/proc/sys/fs/file-nr", parse_file_nr)
+        text = self._read("/proc/sys/fs/file-nr")
+        if text is None:
+            return None
+        seen = self._handles_seen
+        if seen is not None and seen[0] == text:
+            return seen[1]
+        try:
+            handles = parse_file_nr(text)
+        except (ValueError, IndexError) as exc:
+            self.problems.append(f"cannot parse {self.path('/proc/sys/fs/file-nr')}: {exc}")
+            return None
+        self._handles_seen = (text, handles)
+        return handles
 
     def boot_id(self) -> str | None:
         return self._parse("/proc/sys/kernel/random/boot_id", lambda t: t.strip() or None)
@@ -278,15 +295,19 @@ class HostReader:
                 self.problems.append(f"statvfs {mount.mount_point}: {exc.strerror or exc}")
                 continue
             used_pct, inodes_pct = fs_usage(st)
-            result.append(
-                FileSystem(
+            key = (mount.mount_point, mount.device, used_pct, inodes_pct, mount.readonly)
+            fs = self._fs_seen.get(key)
+            if fs is None:
+                if len(self._fs_seen) >= 64:
+                    self._fs_seen.clear()
+                fs = self._fs_seen[key] = FileSystem(
                     mount=mount.mount_point,
                     device=mount.device,
                     used_pct=used_pct,
                     inodes_used_pct=inodes_pct,
                     readonly=mount.readonly,
                 )
-            )
+            result.append(fs)
         return tuple(result)
 
 
