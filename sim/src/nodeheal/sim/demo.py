@@ -73,6 +73,7 @@ class DemoConfig:
     tls: bool = True  # the embedded server requires TLS (a throwaway CA in the run directory), as deploy/ runs
     fail_if_behind: bool = False  # `nodeheal demo`: True: a run that could not keep up raises after its report
     memory_limit_mb: float = 4096.0  # a process of the run above this is "fell behind" (issue 19)
+    shard_nice: int = 5  # probe shards run at this nice value: short of CPU, the simulator falls behind first
 
 
 def _service_table(
@@ -467,6 +468,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                     settings=settings.model_dump(),
                     prober=prober_settings,
                     agents=[(a.model_dump(), c) for i, (a, c) in enumerate(chunks) if i % shards_n == k],
+                    nice=cfg.shard_nice,
                 )
                 for k in range(min(shards_n, len(chunks)))
             ]
@@ -621,6 +623,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             "probe_interval_s": cfg.probe_interval_s,
             "requested_nodes_per_s": round(cfg.nodes / cfg.probe_interval_s, 1),
             "sim_processes": shards_n,
+            "shard_nice": cfg.shard_nice if shards_n > 1 else None,
             "cpus": os.cpu_count(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "flow": flow,

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class ShardPlan:
     settings: dict[str, Any]  # NatsSettings of the simulator (prefix ...)
     prober: dict[str, Any]  # NatsSettings of the prober user
     agents: list[tuple[dict[str, Any], list[str]]]  # (NatsSettings of an agent user, its nodes of this shard)
+    nice: int = 0  # added to the shard process's nice value: the services under test come first
 
 
 REPORT_EVERY_S = 1.0
@@ -66,6 +68,9 @@ def _counters(sim: Any) -> dict[str, Any]:
 
 def run_shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> None:
     """The shard process's entry point."""
+    if plan.nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(plan.nice)
     asyncio.run(_shard(plan, inbox))
 
 
