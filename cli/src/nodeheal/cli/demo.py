@@ -122,8 +122,13 @@ def demo(
     except KeyboardInterrupt:
         raise click.Abort from None
     except DemoFailedError as exc:
-        if exc.report is not None and json_out:  # the run finished but could not keep up: its report
-            click.echo(json.dumps(exc.report, indent=2, sort_keys=True, default=str))
+        if exc.report is not None:  # the run finished but could not keep up: its report first
+            if json_out:
+                click.echo(json.dumps(exc.report, indent=2, sort_keys=True, default=str))
+            else:
+                from nodeheal.sim.demo_report import print_summary
+
+                print_summary(exc.report, console=Console())
         console.print(
             f"Error: demo failed: {exc.reason} (what it measured: {exc.partial})", highlight=False, soft_wrap=True
         )

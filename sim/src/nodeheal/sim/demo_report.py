@@ -23,6 +23,7 @@ from nodeheal.cli.window import read_stream
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, CloudSystemEvent, Diagnosis, RemediationRecord
 from nodeheal.sim.faults import InjectedFault
+from nodeheal.sim.scale import summary_line
 
 MATCH_BEFORE_S = 2.0
 """An incident belongs to a fault if its onset is at most this much before the injection (clock skew)."""
@@ -380,6 +381,8 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         console.print(f"safety (independent referee): {_safety_line(report)}", highlight=False)
     if report.get("security"):
         console.print(f"security: {_security_line(report)}", highlight=False)
+    if scale_line := summary_line(report):
+        console.print(f"processes and scale: {scale_line}", highlight=False)
     fl = report["fleet"]
     console.print(
         f"fleet: crash rate {fl['crash_rate']:.4f}, schedulable {fl['schedulable_rate']:.1%}, "

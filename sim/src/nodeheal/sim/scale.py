@@ -217,3 +217,24 @@ def fell_behind(
         mb = processes["per_process"][name]["peak_rss_mb"]
         problems.append(f"{name} peaked at {mb:,.0f} MB (limit {processes['limit_mb']:,.0f} MB)")
     return "; ".join(problems) or None
+
+
+def summary_line(report: dict[str, Any]) -> str | None:
+    """The terminal summary's line for the `processes` and `scale` sections."""
+    processes, scale = report.get("processes") or {}, report.get("scale") or {}
+    if not processes and not scale:
+        return None
+    per = processes.get("per_process") or {}
+    largest = processes.get("largest")
+    flow = (scale.get("flow") or {}).get("consumers") or {}
+    detector = next((c for key, c in flow.items() if key.endswith("/detector") and "PROBES" in key), None)
+    parts = []
+    if largest:
+        parts.append(f"largest process {largest} {per[largest]['peak_rss_mb']:,.0f} MB peak")
+        parts.append(f"all {processes.get('total_peak_rss_mb', 0):,.0f} MB")
+    if detector is not None:
+        parts.append(f"detector {detector['through_per_s']:,.0f} probes/s, {detector['backlog']:,} behind at the end")
+    parts.append(f"probe shards {scale.get('sim_processes', 1)}")
+    if scale.get("fell_behind"):
+        parts.append(f"[bold]fell behind[/]: {scale['fell_behind']}")
+    return "; ".join(parts)
