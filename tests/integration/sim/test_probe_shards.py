@@ -72,6 +72,12 @@ async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_setting
 
         await _until(kubelet_failed)
         await asyncio.sleep(1.5)  # a few more probes of that node
+        # every shard tells the main process how it is doing while it runs (the live view, a failed
+        # run's partial report): probes published and how far behind its interval it is
+        shards.poll_progress()
+        assert set(shards.progress) == {0, 1}
+        assert all(p["probes_published"] > 0 and p["lag_s_last"] < 5.0 for p in shards.progress.values())
+        assert shards.totals()["probes_published"] == sum(p["probes_published"] for p in shards.progress.values())
         lines = [line for p in seen if p["node"] == node.name for line in p.get("kernel_log", [])]
         assert lines == ["kubelet[1234]: fatal: simulated line"]
     finally:
