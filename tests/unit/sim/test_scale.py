@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from nodeheal.sim.scale import Mark, ProcessMeter, auto_sim_processes, fell_behind, rates
+from nodeheal.sim.scale import Mark, ProcessMeter, auto_detector_replicas, auto_sim_processes, fell_behind, rates
 
 
 def test_small_fleets_probe_in_the_demo_process_and_large_ones_in_shards() -> None:
@@ -13,6 +13,13 @@ def test_small_fleets_probe_in_the_demo_process_and_large_ones_in_shards() -> No
     assert auto_sim_processes(nodes=50_000, interval_s=5.0, cpus=2) == 2
     assert auto_sim_processes(nodes=50_000, interval_s=5.0, cpus=16) == 4
     assert auto_sim_processes(nodes=50_000, interval_s=5.0, cpus=1) == 2  # never one shard: that is no shard
+
+
+def test_a_fleet_above_one_detectors_ceiling_gets_detector_replicas() -> None:
+    assert auto_detector_replicas(nodes=5000, interval_s=5.0, cpus=2) == 1  # 2,000 probes/s
+    assert auto_detector_replicas(nodes=50_000, interval_s=5.0, cpus=2) == 2  # 20,000 probes/s
+    assert auto_detector_replicas(nodes=50_000, interval_s=5.0, cpus=8) == 2
+    assert auto_detector_replicas(nodes=50_000, interval_s=2.0, cpus=2) == 2  # never more than the CPUs
 
 
 def _marks(*, detector_acked: int, pending: int) -> tuple[Mark, Mark]:

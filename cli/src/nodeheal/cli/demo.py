@@ -66,6 +66,14 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
     help="Processes that publish the simulated fleet's probes (sharded by node); 1: the demo process itself; "
     "0: chosen from the fleet's probe rate and this machine's cores.",
 )
+@click.option(
+    "--detector-replicas",
+    type=click.IntRange(0, 16),
+    default=0,
+    show_default=True,
+    help="Detector processes, each owning its share of a partitioned PROBES stream (docs/detector.md); "
+    "0: one per 10,000 probes/s of the fleet, at most the CPUs.",
+)
 @nats_auth_options
 def demo(
     nodes: int,
@@ -85,6 +93,7 @@ def demo(
     insecure: bool,
     agents_per_connection: int | None,
     sim_processes: int,
+    detector_replicas: int,
     nats_auth: NatsAuth,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
@@ -114,6 +123,7 @@ def demo(
         agents_per_connection=agents_per_connection,
         sim_processes=sim_processes,
         fail_if_behind=True,
+        detector_replicas=detector_replicas,
         nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )
     console = Console(stderr=True)

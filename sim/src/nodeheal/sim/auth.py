@@ -72,12 +72,14 @@ class DemoAuth:
     _bundle: Any = None
 
     @classmethod
-    def per_role(cls, directory: Path, *, base: NatsSettings | None = None) -> DemoAuth:
+    def per_role(cls, directory: Path, *, base: NatsSettings | None = None, detector_replicas: int = 1) -> DemoAuth:
         natsauth = load_natsauth()
         layout = natsauth.Layout(
             prefix=(base or NatsSettings()).prefix,
             stream_prefix=(base or NatsSettings()).stream_prefix,
             bucket_prefix=(base or NatsSettings()).bucket_prefix,
+            # a partitioned detector's durables (detector-<r>-of-<n>) are protected like the single one
+            detector_replicas=(detector_replicas,) if detector_replicas > 1 else (),
         )
         directory.mkdir(parents=True, exist_ok=True)
         auth = cls(mode="per-role", directory=directory, base=base or NatsSettings())

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nodeheal.cli.procs import SERVICES, ServiceProcess, service_processes, stop_all, wait_ready
+from nodeheal.cli.procs import SERVICES, ServiceProcess, free_port, service_processes, stop_all, wait_ready
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
@@ -41,7 +41,15 @@ from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import plan_faults
 from nodeheal.sim.fleet import FleetSpec
 from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, security_section
-from nodeheal.sim.scale import ProcessMeter, StreamMeter, auto_sim_processes, fell_behind, rates
+from nodeheal.sim.scale import (
+    PROBE_PARTITIONS,
+    ProcessMeter,
+    StreamMeter,
+    auto_detector_replicas,
+    auto_sim_processes,
+    fell_behind,
+    rates,
+)
 from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
 from nodeheal.sim.world import DemoWorld
 
@@ -73,11 +81,19 @@ class DemoConfig:
     tls: bool = True  # the embedded server requires TLS (a throwaway CA in the run directory), as deploy/ runs
     fail_if_behind: bool = False  # `nodeheal demo`: True: a run that could not keep up raises after its report
     memory_limit_mb: float = 4096.0  # a process of the run above this is "fell behind" (issue 19)
+    detector_replicas: int = 0  # detector processes over a partitioned PROBES; 0: by the fleet's probe rate
     shard_nice: int = 5  # probe shards run at this nice value: short of CPU, the simulator falls behind first
 
 
 def _service_table(
-    *, settings: NatsSettings, cfg: DemoConfig, world: DemoWorld, run_dir: Path, cluster: str, auth: DemoAuth
+    *,
+    settings: NatsSettings,
+    cfg: DemoConfig,
+    world: DemoWorld,
+    run_dir: Path,
+    cluster: str,
+    auth: DemoAuth,
+    replicas: int = 1,
 ) -> list[ServiceProcess]:
     """The four services, pointed at the simulated world's endpoints through their environment."""
     extra: dict[str, dict[str, str]] = {
@@ -117,8 +133,38 @@ def _service_table(
         env |= auth.service_env(name, prefix=SERVICES[name][0], url=settings.url)
         if settings.tls_ca_file:
             env[f"{SERVICES[name][0]}NATS__TLS_CA_FILE"] = settings.tls_ca_file
+        if settings.probe_partitions:
+            env[f"{SERVICES[name][0]}NATS__PROBE_PARTITIONS"] = str(settings.probe_partitions)
         env |= cfg.extra_env
-    return service_processes(settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra, names=cfg.services)
+    services = service_processes(
+        settings=settings, cluster=cluster, run_dir=run_dir, extra_env=extra, names=cfg.services
+    )
+    return _replicate_detector(services, replicas=replicas)
+
+
+def _replicate_detector(services: list[ServiceProcess], *, replicas: int) -> list[ServiceProcess]:
+    """`replicas` detector processes (`detector-<i>`), each owning its share of PROBES' partitions, as
+    the detector's StatefulSet runs them (docs/detector.md, "Horizontal scale")."""
+    if replicas <= 1:
+        return services
+    prefix = SERVICES["detector"][0]
+    out: list[ServiceProcess] = []
+    for svc in services:
+        if svc.name != "detector":
+            out.append(svc)
+            continue
+        for i in range(replicas):
+            port = free_port()
+            env = svc.env | {
+                f"{prefix}REPLICAS": str(replicas),
+                f"{prefix}REPLICA": str(i),
+                f"{prefix}HTTP_PORT": str(port),
+                f"{prefix}INSTANCE": f"detector-{i}",
+            }
+            out.append(
+                ServiceProcess(f"detector-{i}", list(svc.args), env, port, svc.log_path.with_name(f"detector-{i}.log"))
+            )
+    return out
 
 
 def _progress_table(
@@ -295,6 +341,12 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
     async with contextlib.AsyncExitStack() as stack:
         # 4 GiB of stream caps (PROBES 1.6 GiB, ~1.5 M probes): the default 1 GiB is sized for tests
         base = (cfg.nats_base or NatsSettings()).model_copy(update={"store_bytes": 4 * 1024**3})
+        detectors = cfg.detector_replicas or auto_detector_replicas(nodes=cfg.nodes, interval_s=cfg.probe_interval_s)
+        if cfg.nats_url:
+            detectors = 1  # a server the demo does not manage keeps its own PROBES layout
+        elif detectors > 1:
+            # the production answer above one detector's ceiling: PROBES partitioned by node, a replica each
+            base = base.model_copy(update={"probe_partitions": max(PROBE_PARTITIONS, detectors)})
         per_connection = cfg.agents_per_connection or (1 if cfg.nodes <= PER_NODE_USERS_UP_TO else 500)
         server_logs: list[Path] = []
         server_pids: Callable[[], dict[str, int | None]] = dict
@@ -308,7 +360,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             auth = (
                 DemoAuth(mode="insecure", directory=run_dir, base=base)
                 if cfg.insecure
-                else DemoAuth.per_role(run_dir / "nats-auth", base=base)
+                else DemoAuth.per_role(run_dir / "nats-auth", base=base, detector_replicas=detectors)
             )
             auth.agents_per_connection = per_connection
             if cfg.tls and not cfg.insecure and cfg.nats_cluster < 3:
@@ -387,7 +439,13 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         run_start = datetime.now(tz=UTC)
 
         services = _service_table(
-            settings=settings, cfg=cfg, world=world, run_dir=run_dir, cluster=spec.cluster, auth=auth
+            settings=settings,
+            cfg=cfg,
+            world=world,
+            run_dir=run_dir,
+            cluster=spec.cluster,
+            auth=auth,
+            replicas=detectors,
         )
         stack.callback(stop_all, services)
         progress.stage = "starting the services"
@@ -624,6 +682,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             "requested_nodes_per_s": round(cfg.nodes / cfg.probe_interval_s, 1),
             "sim_processes": shards_n,
             "shard_nice": cfg.shard_nice if shards_n > 1 else None,
+            "detector_replicas": detectors,
+            "probe_partitions": settings.probe_partitions,
             "cpus": os.cpu_count(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "flow": flow,

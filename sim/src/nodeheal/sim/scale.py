@@ -42,6 +42,24 @@ def auto_sim_processes(*, nodes: int, interval_s: float, cpus: int | None = None
     return max(2, min(cores, math.ceil(rate / RATE_PER_SHARD)))
 
 
+PROBES_PER_DETECTOR = 10_000.0
+"""Probes per second one detector replica is given by `auto_detector_replicas`: two thirds of the 15,305/s
+`nodeheal bench detector` measured in the production configuration (docs/BENCHMARKS.md) — one
+detector is one Python thread, so above that the probe path needs partitions and replicas."""
+PROBE_PARTITIONS = 8
+"""PROBES partitions when the demo runs detector replicas (well above the replica count, docs/detector.md)."""
+
+
+def auto_detector_replicas(*, nodes: int, interval_s: float, cpus: int | None = None) -> int:
+    """Detector replicas for the fleet's probe rate (an agent and a prober probe per node and interval):
+    1 up to `PROBES_PER_DETECTOR`, else one per `PROBES_PER_DETECTOR`, at most the CPUs."""
+    rate = 2 * nodes / max(interval_s, 0.001)
+    if rate <= PROBES_PER_DETECTOR:
+        return 1
+    cores = cpus or os.cpu_count() or 1
+    return max(1, min(cores, math.ceil(rate / PROBES_PER_DETECTOR)))
+
+
 def _status_kb(pid: int) -> dict[str, int]:
     out: dict[str, int] = {}
     try:
@@ -160,8 +178,10 @@ class StreamMeter:
                     ephemeral += 1  # short-lived readers (a repair's verification): counted, not listed
                     continue
                 found[f"{name}/{ci.name}"] = {
-                    "delivered": int(ci.delivered.stream_seq or 0) if ci.delivered else 0,
-                    "acked": int(ci.ack_floor.stream_seq or 0) if ci.ack_floor else 0,
+                    # consumer sequences: this consumer's own messages (a filtered or partitioned
+                    # consumer's stream sequence also moves over messages that are not its own)
+                    "delivered": int(ci.delivered.consumer_seq or 0) if ci.delivered else 0,
+                    "acked": int(ci.ack_floor.consumer_seq or 0) if ci.ack_floor else 0,
                     "pending": int(ci.num_pending or 0),
                     "ack_pending": int(ci.num_ack_pending or 0),
                 }
@@ -227,14 +247,19 @@ def summary_line(report: dict[str, Any]) -> str | None:
     per = processes.get("per_process") or {}
     largest = processes.get("largest")
     flow = (scale.get("flow") or {}).get("consumers") or {}
-    detector = next((c for key, c in flow.items() if key.endswith("/detector") and "PROBES" in key), None)
+    readers = [c for key, c in flow.items() if key.startswith("PROBES") and key.split("/", 1)[1].startswith("detector")]
+    detector = (
+        {"through_per_s": sum(c["through_per_s"] for c in readers), "backlog": sum(c["backlog"] for c in readers)}
+        if readers
+        else None
+    )
     parts = []
     if largest:
         parts.append(f"largest process {largest} {per[largest]['peak_rss_mb']:,.0f} MB peak")
         parts.append(f"all {processes.get('total_peak_rss_mb', 0):,.0f} MB")
     if detector is not None:
         parts.append(f"detector {detector['through_per_s']:,.0f} probes/s, {detector['backlog']:,} behind at the end")
-    parts.append(f"probe shards {scale.get('sim_processes', 1)}")
+    parts.append(f"probe shards {scale.get('sim_processes', 1)}, detector replicas {scale.get('detector_replicas', 1)}")
     if scale.get("fell_behind"):
         parts.append(f"[bold]fell behind[/]: {scale['fell_behind']}")
     return "; ".join(parts)
