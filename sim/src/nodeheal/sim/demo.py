@@ -82,7 +82,7 @@ class DemoConfig:
     fail_if_behind: bool = False  # `nodeheal demo`: True: a run that could not keep up raises after its report
     memory_limit_mb: float = 4096.0  # a process of the run above this is "fell behind" (issue 19)
     detector_replicas: int = 0  # detector processes over a partitioned PROBES; 0: by the fleet's probe rate
-    shard_nice: int = 5  # probe shards run at this nice value: short of CPU, the simulator falls behind first
+    shard_nice: int = 0  # >0: probe shards run at this nice value (docs/demo.md: tried +5, starved on a shared machine)
 
 
 def _service_table(

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +71,9 @@ def _counters(sim: Any) -> dict[str, Any]:
 
 def run_shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> None:
     """The shard process's entry point."""
+    if sys.platform == "linux":  # a shard never outlives the demo process, however that ends
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if plan.nice > 0:
         with contextlib.suppress(OSError):
             os.nice(plan.nice)
