@@ -22,6 +22,7 @@ from nodeheal.cli.timeline import Incident, build_timeline, distribution
 from nodeheal.cli.window import read_stream
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, CloudSystemEvent, Diagnosis, RemediationRecord
+from nodeheal.schemas.subjects import escape_token
 from nodeheal.sim.faults import InjectedFault
 from nodeheal.sim.scale import summary_line
 
@@ -54,21 +55,33 @@ Message = CloudSystemEvent | Anomaly | Diagnosis | RemediationRecord
 
 
 async def collect_window(
-    js: JetStreamContext, *, settings: NatsSettings, since: datetime, until: datetime
+    js: JetStreamContext,
+    *,
+    settings: NatsSettings,
+    since: datetime,
+    until: datetime,
+    anomaly_nodes: list[str] | None = None,
 ) -> tuple[list[Message], list[dict[str, Any]]]:
+    """The run's messages. `anomaly_nodes`: read only these nodes' anomalies (the demo's bound on its own
+    memory after an anomaly storm, `scale.report_anomalies`)."""
     topo = settings.topology()
     p = settings.prefix
     sp = settings.stream_prefix
     messages: list[Message] = []
-    sources: list[tuple[str, str, type[Message]]] = [
-        (f"{sp}CLOUD", f"{p}.cloud.*.*", CloudSystemEvent),
-        (f"{sp}ANOMALIES", f"{p}.anomaly.*.*", Anomaly),
-        (f"{sp}DIAGNOSES", f"{p}.diagnosis.*.*", Diagnosis),
-        (f"{sp}AUDIT", f"{p}.audit.*.*", RemediationRecord),
+    anomalies = (
+        [f"{p}.anomaly.*.{escape_token(node)}" for node in anomaly_nodes]
+        if anomaly_nodes is not None
+        else [f"{p}.anomaly.*.*"]
+    )
+    sources: list[tuple[str, list[str], type[Message]]] = [
+        (f"{sp}CLOUD", [f"{p}.cloud.*.*"], CloudSystemEvent),
+        (f"{sp}ANOMALIES", anomalies, Anomaly),
+        (f"{sp}DIAGNOSES", [f"{p}.diagnosis.*.*"], Diagnosis),
+        (f"{sp}AUDIT", [f"{p}.audit.*.*"], RemediationRecord),
     ]
     assert all(topo.stream(s[0]) for s in sources)
-    for stream, subject, model in sources:
-        async for stored in read_stream(js, stream=stream, subjects=[subject], since=since, until=until):
+    for stream, subjects, model in sources:
+        async for stored in read_stream(js, stream=stream, subjects=subjects, since=since, until=until):
             messages.append(model.model_validate_json(stored.data))
     findings = [
         json.loads(stored.data)
