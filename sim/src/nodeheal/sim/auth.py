@@ -70,6 +70,7 @@ class DemoAuth:
     the CA every client verifies it with)."""
     _natsauth: ModuleType | None = None
     _bundle: Any = None
+    _written: set[str] = field(default_factory=set)
 
     @classmethod
     def per_role(cls, directory: Path, *, base: NatsSettings | None = None, detector_replicas: int = 1) -> DemoAuth:
@@ -111,9 +112,10 @@ class DemoAuth:
             return base
         role = SERVICE_ROLES.get(role, role)
         creds = self.directory / f"{role}.creds"
-        if not creds.exists():
+        if role not in self._written:  # this run's operator: never a file left by an earlier run in the directory
             creds.write_text(self._bundle.user_creds(role))
             creds.chmod(0o600)
+            self._written.add(role)
         return base.model_copy(update={"creds_file": str(creds), "inbox_prefix": self._natsauth_inbox(role)})
 
     def _natsauth_inbox(self, role: str) -> str:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from nats.js.errors import BadRequestError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -257,6 +258,33 @@ class _Progress:
             with contextlib.suppress(Exception):
                 out["world"] = self.world.summary()
         return out
+
+
+CONSUMER_LIMIT_ERR = 10026  # JetStream: maximum consumers limit reached
+CONSUMER_LIMIT_WAIT_S = 180.0
+"""How long the report waits for the server's consumer limit to free up (the services' ephemeral readers
+expire after 120 s of inactivity) before the run fails."""
+
+
+async def _collect_with_retries(
+    js: Any, *, settings: NatsSettings, since: datetime, until: datetime, anomaly_nodes: list[str] | None
+) -> tuple[list[Any], list[dict[str, Any]], int]:
+    """`collect_window`, waiting while the server refuses a new consumer ("maximum consumers limit
+    reached": after a storm the services' short-lived readers can hold the limit for a while)."""
+    deadline = time.monotonic() + CONSUMER_LIMIT_WAIT_S
+    retries = 0
+    while True:
+        try:
+            messages, findings = await collect_window(
+                js, settings=settings, since=since, until=until, anomaly_nodes=anomaly_nodes
+            )
+        except BadRequestError as exc:
+            if exc.err_code != CONSUMER_LIMIT_ERR or time.monotonic() > deadline:
+                raise
+            retries += 1
+            await asyncio.sleep(10.0)
+            continue
+        return messages, findings, retries
 
 
 PER_NODE_USERS_UP_TO = 1000
@@ -653,7 +681,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         ).get("last_seq", 0)
         storm = anomalies_in_window > cfg.report_anomalies_limit
         anomaly_nodes = sorted({fault.node for fault in sim.truth}) if storm else None
-        messages, findings = await collect_window(
+        messages, findings, read_retries = await _collect_with_retries(
             js, settings=settings, since=run_start, until=run_end, anomaly_nodes=anomaly_nodes
         )
         meter.sample()
@@ -704,6 +732,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                 "in_window": anomalies_in_window,
                 "limit": cfg.report_anomalies_limit,
                 "read": "all" if not storm else f"only the {len(anomaly_nodes or [])} nodes with injected faults",
+                "retries_at_consumer_limit": read_retries,
             },
             "probe_partitions": settings.probe_partitions,
             "cpus": os.cpu_count(),
