@@ -118,7 +118,9 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
         await service.stop()
     deletes = ecs.world.calls_to("DeleteInstance")
     runs = ecs.world.calls_to("RunInstances")
-    assert [(c.params["InstanceId"], c.params["Force"].lower(), c.http_status) for c in deletes] == [("i-r2", "true", 200)]
+    assert [(c.params["InstanceId"], c.params["Force"].lower(), c.http_status) for c in deletes] == [
+        ("i-r2", "true", 200)
+    ]
     assert [(c.params["LaunchTemplateId"], c.params["LaunchTemplateVersion"]) for c in runs] == [("lt-p1", "2")]
     assert "i-r2" not in ecs.world.instances and "i-r2" in ecs.world.released
     (created,) = ecs.world.created
