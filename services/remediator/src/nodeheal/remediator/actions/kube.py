@@ -90,6 +90,20 @@ class KubeActions:
             ok=True, detail=f"taint {self.settings.taint_key} {'removed from' if remove else 'set on'} {node}"
         )
 
+    async def list_nodes(self, label_selector: str, *, page: int = 500) -> list[str]:
+        """Names of the nodes a label selector matches (paged, `nodeheal batch`)."""
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page}
+            if token:
+                kwargs["_continue"] = token
+            listing = await self.core.list_node(_request_timeout=self.settings.request_timeout_s, **kwargs)
+            names += [n.metadata.name for n in listing.items if n.metadata is not None and n.metadata.name]
+            token = listing.metadata._continue if listing.metadata is not None else None
+            if not token:
+                return sorted(set(names))
+
     async def retire(self, node: str, *, reason: str) -> ActionOutcome:
         """Mark a drained node for replacement: cordoned, label and NoSchedule taint `retired_key` = why.
 
