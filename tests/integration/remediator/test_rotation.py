@@ -5,6 +5,7 @@ real ECS SDK at the emulator (counted there), and a node that spent its repair b
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -129,6 +130,13 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
     replace = [r for r in await audit_records(nc, topology_ready) if r.action == "replace"]
     assert [r.phase for r in replace] == ["awaiting_approval", "intent", "started", "succeeded"]
     assert any(c.name == "approval" and "alice" in c.detail for c in replace[1].checks)
+    # the fleet report counts the rotated machine
+    args = ["fleet", "--json", "--since", "1h", "--nats-url", topology_ready.url, "--prefix", topology_ready.prefix]
+    args += ["--stream-prefix", topology_ready.stream_prefix, "--bucket-prefix", topology_ready.bucket_prefix]
+    result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["rotated"], report["retired"], report["replaced"]) == (1, 1, 1)
 
 
 async def test_a_node_that_spent_its_repair_budget_is_retired(
