@@ -146,11 +146,11 @@ async def collect_fleet(
         js, stream=f"{stream_prefix}AUDIT", subjects=[wildcard("audit", prefix=prefix)], since=since
     ):
         try:
-            record = RemediationRecord.model_validate_json(stored.data)
+            audit = RemediationRecord.model_validate_json(stored.data)
         except ValidationError:
             continue
-        if record.phase == "succeeded" and not record.dry_run and record.action in ("retire", "replace"):
-            (retired if record.action == "retire" else replaced).add(_key(record.cluster, record.node))
+        if audit.phase == "succeeded" and not audit.dry_run and audit.action in ("retire", "replace"):
+            (retired if audit.action == "retire" else replaced).add(_key(audit.cluster, audit.node))
     kpis = fleet_kpis(
         inventory=inventory, down=firing.values(), crash_times=crash_onsets.values(), now=now, window=now - since
     )
