@@ -163,8 +163,8 @@ async def test_an_interrupted_batch_resumes_and_reboots_every_node_once(
         stderr=subprocess.PIPE,
     )
     try:
-        await asyncio.wait_for(
-            fleet.ecs.wait_for_call("RebootInstance", where=lambda c: c.params["InstanceId"] == "i-p1-n2"), 60
+        await fleet.ecs.wait_for_call(
+            "RebootInstance", where=lambda c: c.params["InstanceId"] == "i-p1-n2", timeout_s=60
         )
     finally:
         proc.send_signal(signal.SIGINT)
