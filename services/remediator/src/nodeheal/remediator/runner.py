@@ -521,7 +521,9 @@ class Remediator:
         checks += history_checks
         if policy.failed(history_checks):
             detail = "; ".join(c.detail for c in policy.failed(history_checks))
-            if self.policy.rotate_exhausted and d.cause != OPERATOR_REQUEST:
+            # rotation is a diagnosis ladder's answer; a host event's maintenance step (episode cloud:…) and an
+            # operator's request stay blocked + escalated
+            if self.policy.rotate_exhausted and d.cause != OPERATOR_REQUEST and not run.episode.startswith("cloud:"):
                 if "blocked" not in phases:
                     await self._srec(
                         run, step, phase="blocked", reason=f"node quarantined: {detail}; retiring it", checks=checks
