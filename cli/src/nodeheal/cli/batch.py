@@ -115,7 +115,12 @@ def node_status(action: str, state: NodeState) -> tuple[Status, str]:
     records = state.records
     if not records:
         return ("submitted" if state.submitted else "pending"), ""
-    escalated = [r for r in records if r.action == "escalate" and r.phase == "succeeded"]
+    # the node's own page (a storm's escalation is recorded under the episode that met the storm: not ours)
+    escalated = [
+        r
+        for r in records
+        if r.action == "escalate" and r.phase == "succeeded" and r.reason.startswith("escalated to a person")
+    ]
     if escalated:
         return "failed", escalated[-1].reason
     final = LADDERS[action][-1]
