@@ -123,6 +123,9 @@ def node_status(action: str, state: NodeState) -> tuple[Status, str]:
     ]
     if escalated:
         return "failed", escalated[-1].reason
+    handed = [r for r in records if r.action == "wait_for_cloud_event" and r.phase in ("succeeded", "verified")]
+    if handed:  # a host event of the cloud reboots the node: the remediator's maintenance loop takes it from here
+        return "done", handed[-1].reason
     final = LADDERS[action][-1]
     if action == "reboot":
         verified = any(r.action == "reboot" and r.phase == "verified" for r in records)
