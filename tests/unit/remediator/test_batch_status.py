@@ -48,3 +48,11 @@ def test_batch_ids_carry_their_start_time() -> None:
     assert before <= batch_started(new_batch_id()) <= datetime.now(tz=UTC)
     with pytest.raises(ValueError, match="not a batch id"):
         batch_started("act-123")
+
+
+def test_a_request_refused_after_waiting_for_a_budget_is_skipped() -> None:
+    refused = ("none", "skipped", "diagnosis refused: identified 301s ago, bound 300s")
+    assert _status("reboot", ("cordon", "blocked"), refused) == "skipped"
+    # a reboot whose uncordon waits for a due host event is still done
+    kept = ("uncordon", "skipped", "kept cordoned: cloud reboot e-1 is due")
+    assert _status("reboot", ("reboot", "succeeded"), ("reboot", "verified"), kept) == "done"

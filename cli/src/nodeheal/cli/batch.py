@@ -137,8 +137,11 @@ def node_status(action: str, state: NodeState) -> tuple[Status, str]:
         if finished:
             return "done", finished[-1].reason
     last = records[-1]
-    if all(r.action == "none" for r in records) and last.phase == "skipped":
-        return "skipped", last.reason
+    # refused (e.g. stale after waiting for a budget), or stopped: the remediator acked the request, so
+    # nothing more comes for it (an uncordon skipped because a host event is due belongs to a reboot's end)
+    stopped = [r for r in records if r.phase == "skipped" and r.action != "uncordon"]
+    if stopped:
+        return "skipped", stopped[-1].reason
     if last.phase == "awaiting_approval":
         return "waiting_approval", last.reason
     if last.phase == "blocked":
@@ -236,7 +239,9 @@ async def run_batch(
     try:
         info = await js.stream_info(f"{stream_prefix}AUDIT")
         if info.state.messages:
-            await asyncio.wait([asyncio.ensure_future(caught_up.wait()), follower], return_when="FIRST_COMPLETED")
+            ready = asyncio.ensure_future(caught_up.wait())
+            await asyncio.wait([ready, follower], return_when="FIRST_COMPLETED")
+            ready.cancel()
         if follower.done():
             follower.result()  # the read failed: say why
         queue = [n for n in sorted(batch.nodes) if not batch.nodes[n].records]

@@ -282,7 +282,7 @@ class Remediator:
         if newer is not None:
             return "ack"  # a later diagnosis of the same episode carries the ladder on
         checks = policy.check_fresh(
-            diagnosis=diagnosis, policy=self.policy, now=now, recovered_at=self.view.recovered_at.get(diagnosis.node)
+            diagnosis=diagnosis, policy=self.policy, now=now, recovered_at=self._recovered_at(diagnosis)
         )
         if policy.failed(checks):
             reason = "diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks))
@@ -467,6 +467,13 @@ class Remediator:
 
         return await self._under_lease(lease, diagnosis, heartbeat, body, episode=episode)
 
+    def _recovered_at(self, diagnosis: Diagnosis) -> datetime | None:
+        """When the node last recovered from a fault; an operator's request is no fault and does not stop
+        because some other episode of the node resolved."""
+        if diagnosis.cause == OPERATOR_REQUEST:
+            return None
+        return self.view.recovered_at.get(diagnosis.node)
+
     async def _heartbeat(self, beat: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
         interval = max(self.settings.ack_wait_s / 3, 0.2)
         while not stop.is_set():
@@ -508,7 +515,7 @@ class Remediator:
             started = [r.time for r in run.history if r.action_id == step.action_id and r.phase == "started"]
             since = min(started) if started else max(r.time for r in run.history if r.action_id == step.action_id)
             return await self._verify(run, step, since=since)
-        recovered = self.view.recovered_at.get(d.node)
+        recovered = self._recovered_at(d)
         if recovered is not None and recovered > d.identified_at:
             await self._srec(
                 run, step, phase="skipped", reason=f"node recovered at {recovered.isoformat()}; ladder stopped"
