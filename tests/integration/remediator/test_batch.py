@@ -185,11 +185,12 @@ async def test_an_interrupted_batch_resumes_and_reboots_every_node_once(
     assert len(episodes) == 6 and all(e and e.startswith(f"batch:{match.group(1)}:reboot:") for e in episodes)
 
 
-async def test_dry_run_lists_the_nodes_and_submits_nothing(
-    topology_ready: NatsSettings, nc: Client, fleet: Fleet
-) -> None:
-    args = _args(topology_ready, fleet.world, "retire", "--selector", "nodeheal.io/node-pool=p2", "--dry-run")
-    result = await asyncio.to_thread(CliRunner().invoke, cli, [*args, "--json"])
+async def test_dry_run_lists_the_nodes_and_submits_nothing(topology_ready: NatsSettings, nc: Client) -> None:
+    async with KubeWorld() as world:
+        for node in POOL + OTHERS:
+            world.add_node(node, zone="z1", node_pool=node.split("-")[0])
+        args = _args(topology_ready, world, "retire", "--selector", "nodeheal.io/node-pool=p2", "--dry-run")
+        result = await asyncio.to_thread(CliRunner().invoke, cli, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "action": "retire",
