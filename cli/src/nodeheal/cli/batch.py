@@ -368,6 +368,7 @@ def batch(
     else:
         batch_id = new_batch_id()
         since = datetime.now(tz=UTC) - timedelta(seconds=5)
+    url = None if dry_run else _url(nats_url)  # say what is missing before touching anything
     nodes = run(lambda: _list_nodes(selector, kube_url=kube_url, kubeconfig=kubeconfig))
     err = Console(stderr=True)
     if dry_run:
@@ -383,7 +384,7 @@ def batch(
 
     async def body() -> Batch:
         nc = await connect(
-            nats_auth.settings(url=_url(nats_url), prefix=prefix, stream_prefix=stream_prefix), name="nodeheal-batch"
+            nats_auth.settings(url=url or "", prefix=prefix, stream_prefix=stream_prefix), name="nodeheal-batch"
         )
         try:
             with Progress(
