@@ -83,7 +83,10 @@ async def test_retire_drains_labels_and_taints_the_node(
     try:
         await publish_diagnosis(nc, topology_ready, _crash("r1", ["cordon", "drain", "retire"]))
         await wait_for_record(nc, topology_ready, action="retire", phase="succeeded")
-        await asyncio.sleep(0.5)  # whatever the ladder would do next has time to show
+        # a later fault of the retired machine is not repaired again
+        await publish_diagnosis(nc, topology_ready, _crash("r1", ["reboot"]))
+        again = await wait_for_record(nc, topology_ready, action="none", phase="skipped")
+        await asyncio.sleep(0.5)  # whatever the ladders would do next has time to show
     finally:
         await service.stop()
     node = await _read_node(world.url, "r1")
@@ -93,8 +96,9 @@ async def test_retire_drains_labels_and_taints_the_node(
     assert [(t.effect, t.value) for t in retired] == [("NoSchedule", "mce_fatal_panic")]
     assert world.pods_on("r1") == []  # drained first, through the Eviction API
     trail = [(r.action, r.phase) for r in await audit_records(nc, topology_ready)]
-    assert trail[-3:] == [("retire", "intent"), ("retire", "started"), ("retire", "succeeded")]
+    assert trail[-4:] == [("retire", "intent"), ("retire", "started"), ("retire", "succeeded"), ("none", "skipped")]
     assert ("escalate", "succeeded") not in trail  # retired is the end of the ladder, not a page
+    assert "was retired" in again.reason and not [a for a, _ in trail if a == "reboot"]
 
 
 async def test_replace_waits_for_approval_then_releases_and_recreates(

@@ -343,6 +343,18 @@ class Remediator:
             diagnosis=d, cloud_events=self.view.cloud_events(d.node), policy=self.policy, now=utcnow()
         )
         operator = d.cause == OPERATOR_REQUEST
+        retired = self._retired_at(run)
+        if retired is not None and not operator and not any(s.action in policy.ROTATION for s in the_plan.steps):
+            await self._record(
+                run,
+                diagnosis=d,
+                action_id=planner.action_id(diagnosis_id=d.id, action="none", target="retired"),
+                action="none",
+                phase="skipped",
+                reason=f"{d.node} was retired at {retired.isoformat()}: it is not repaired again ({d.cause}); "
+                "replace it, or remove the retired label and taint and uncordon it by hand",
+            )
+            return "ack"
         for i, step in enumerate(the_plan.steps):
             if run.lease.lost:
                 raise LeaseLostError(f"lease on {d.node} lost")
@@ -379,6 +391,22 @@ class Remediator:
             # done as asked (a cordon, a drain): the node is the operator's now, and so is its budget slot
             await self._release_slot(run)
         return "ack"
+
+    @staticmethod
+    def _retired_at(run: _Run) -> datetime | None:
+        """When another episode retired the node (within the history read), unless it was uncordoned since."""
+        retired = max(
+            (
+                r.time
+                for r in run.history
+                if r.action == "retire" and r.phase == "succeeded" and not r.dry_run and r.episode_id != run.episode
+            ),
+            default=None,
+        )
+        if retired is None:
+            return None
+        back = any(r.action == "uncordon" and r.phase == "succeeded" and r.time > retired for r in run.history)
+        return None if back else retired
 
     async def _rotate(self, run: _Run, *, why: str, rung: int) -> StepResult:
         """Machine rotation of a node that spent its repair budget: cordon, drain, retire, replace (approval)."""
