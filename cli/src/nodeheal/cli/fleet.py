@@ -274,7 +274,8 @@ def write_fleet_html(report: dict[str, Any], path: Path) -> None:
         "<!doctype html><html><head><meta charset='utf-8'><title>nodeheal fleet</title>"
         f"<script>{get_plotlyjs()}</script></head><body style='font-family:sans-serif'>"
         f"<h1>nodeheal fleet</h1><p>{html.escape(report['since'])} → {html.escape(report['until'])},"
-        f" {report['nodes']} nodes</p>{body}</body></html>"
+        f" {report['nodes']} nodes, {report['rotated']} rotated ({report['retired']} retired,"
+        f" {report['replaced']} replaced)</p>{body}</body></html>"
     )
     path.write_text(page, encoding="utf-8")
 
