@@ -234,6 +234,64 @@ def partial_copy_robustness(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class SyzbotCrash:
+    id: str
+    group: str  # the syzbot bug: crashes joined by a shared title or alt title (syzbot's own merge rule)
+    split: str
+    lines: tuple[str, ...]
+
+
+def load_syzbot(directory: Path) -> list[SyzbotCrash]:
+    """`syzbot_same_bug.jsonl`: real syzbot crash reports with the bug syzbot filed each under (README)."""
+    path = directory / "syzbot_same_bug.jsonl"
+    if not path.is_file():
+        return []
+    out: list[SyzbotCrash] = []
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+            out.append(SyzbotCrash(str(row["id"]), str(row["group"]), str(row["split"]), tuple(row["lines"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorpusError(f"{path}:{number}: {exc}") from exc
+    return out
+
+
+def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
+    """Both bucket levels on syzbot's own grouping: the first identified report of each crash log, pairwise
+    over every crash of the set, for all crashes and per split (`train` groups were looked at while the
+    frame lists were written; `test` groups, split by a hash of the group before that, were only judged)."""
+
+    def score(chosen: Sequence[SyzbotCrash]) -> dict[str, Any]:
+        truth: list[str] = []
+        reports: list[CrashReport] = []
+        lost = 0
+        for crash in chosen:
+            found = [r for r in extract_reports(list(crash.lines)) if r.identified()]
+            if not found:
+                lost += 1
+                continue
+            truth.append(crash.group)
+            reports.append(found[0])
+        sizes = Counter(truth)
+        return {
+            "crashes": len(chosen),
+            "without_identity": lost,
+            "bugs": len(sizes),
+            "bugs_with_several_crashes": sum(1 for n in sizes.values() if n > 1),
+            "exact_key": pairwise(truth, [r.bucket() for r in reports]),
+            "similarity": pairwise(truth, [str(c) for c in cluster_reports(reports)]),
+        }
+
+    return {
+        "all": score(crashes),
+        "train": score([c for c in crashes if c.split == "train"]),
+        "test": score([c for c in crashes if c.split == "test"]),
+    }
+
+
 def _rate(fn: Any, lines: Sequence[str], seconds: float) -> float:
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -275,5 +333,6 @@ def run_bench(corpus_dir: Path, *, seconds: float = 2.0) -> dict[str, Any]:
         "classification": classification(excerpts),
         "bucketing": bucketing(excerpts),
         "partial_copies": partial_copy_robustness(excerpts),
+        "syzbot_same_bug": syzbot_bucketing(load_syzbot(corpus_dir)),
         "speed": speed(excerpts, benign, seconds),
     }
