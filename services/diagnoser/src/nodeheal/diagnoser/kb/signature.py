@@ -78,7 +78,8 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
     do_int80_syscall_32 syscall_return_slowpath exit_to_usermode_loop exit_to_user_mode_prepare
     syscall_exit_to_user_mode do_signal get_signal do_group_exit task_work_run __fput ____fput fput el0_svc
     el0_svc_common el0t_64_sync el0t_64_sync_handler invoke_syscall do_el0_svc
-    kernel_init kernel_init_freeable prepare_namespace mount_block_root mount_root do_mount_root start_kernel
+    kernel_init kernel_init_freeable prepare_namespace mount_block_root mount_root_generic mount_root do_mount_root
+    start_kernel
     x86_64_start_kernel x86_64_start_reservations rest_init secondary_startup_64 cpu_startup_entry do_idle
     cpuidle_enter cpuidle_enter_state
     context_switch reschedule_interrupt mark_lock debug_show_all_locks __save_stack_trace save_stack_trace
