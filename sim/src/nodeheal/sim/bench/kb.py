@@ -7,8 +7,11 @@
 - buckets: every crash report cut from the excerpts; two reports are "the same bug" when their source
   says so (the excerpt's `group`, or several reports of one problem pasted in one excerpt). Pairwise
   precision / recall / F1 of the exact key (level 1) and of the similarity clusters (level 2).
+- syzbot_same_bug: both bucket levels on real syzbot crash reports grouped by the bug syzbot filed them
+  under (`syzbot_same_bug.jsonl`), pairwise, overall and per split.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
-  and the detector's coarse pre-filter on the same lines, lines per second.
+  and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
+  both rule sets timed in the same process.
 Pure CPU; no NATS.
 """
 
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeheal.detector.kernel import classify_line
-from nodeheal.diagnoser.kb import analyse, default_matcher
+from nodeheal.diagnoser.kb import Matcher, analyse, default_matcher, load_knowledge_base
 from nodeheal.diagnoser.kb.signature import CrashReport, cluster_reports, extract_reports
 from nodeheal.schemas.kernel import KERNEL_LOG_CLASSES
 
@@ -301,13 +304,23 @@ def _rate(fn: Any, lines: Sequence[str], seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def speed(excerpts: Sequence[Excerpt], benign: Sequence[str], seconds: float) -> dict[str, Any]:
+def speed(
+    excerpts: Sequence[Excerpt], benign: Sequence[str], seconds: float, *, baseline_rules: Path | None = None
+) -> dict[str, Any]:
+    """Benign lines/s of the matcher (and of the detector's pre-filter). With `baseline_rules`, that rules file
+    (e.g. the one of an earlier commit) is timed in the same process on the same lines, the two interleaved
+    over five rounds, median of each: the only comparison the machine's load does not distort."""
     matcher = default_matcher()
+    baseline = Matcher(load_knowledge_base(baseline_rules)) if baseline_rules is not None else None
     quiet = list(benign)
     for excerpt in excerpts:
-        quiet.extend(line for line in excerpt.lines if matcher.match_line(line) is None)
+        quiet.extend(
+            line
+            for line in excerpt.lines
+            if matcher.match_line(line) is None and (baseline is None or baseline.match_line(line) is None)
+        )
     every = [line for e in excerpts for line in e.lines]
-    return {
+    out: dict[str, Any] = {
         "benign_lines": len(quiet),
         "matcher_benign_lines_per_s": round(_rate(matcher.match_line, quiet, seconds)),
         "matcher_all_corpus_lines_per_s": round(_rate(matcher.match_line, every, seconds)),
@@ -315,9 +328,25 @@ def speed(excerpts: Sequence[Excerpt], benign: Sequence[str], seconds: float) ->
         "benign_lines_matched": sum(matcher.match_line(line) is not None for line in benign),
         "detector_prefilter_benign_hits": sum(classify_line(line) is not None for line in benign),
     }
+    if baseline is not None:
+        rounds: dict[str, list[float]] = {"baseline": [], "current": []}
+        for _ in range(5):
+            rounds["baseline"].append(_rate(baseline.match_line, quiet, seconds / 5))
+            rounds["current"].append(_rate(matcher.match_line, quiet, seconds / 5))
+        median = {k: sorted(v)[len(v) // 2] for k, v in rounds.items()}
+        out["same_run"] = {
+            "baseline_rules": baseline_rules.name if baseline_rules is not None else None,
+            "baseline_rules_count": len(baseline.kb.rules),
+            "current_rules_count": len(matcher.kb.rules),
+            "baseline_benign_lines_per_s": round(median["baseline"]),
+            "current_benign_lines_per_s": round(median["current"]),
+            "ratio": round(median["current"] / median["baseline"], 3),
+            "baseline_benign_lines_matched": sum(baseline.match_line(line) is not None for line in benign),
+        }
+    return out
 
 
-def run_bench(corpus_dir: Path, *, seconds: float = 2.0) -> dict[str, Any]:
+def run_bench(corpus_dir: Path, *, seconds: float = 2.0, baseline_rules: Path | None = None) -> dict[str, Any]:
     excerpts, benign = load_corpus(corpus_dir)
     corpus = [e for e in excerpts if e.split != "samples"]
     return {
@@ -334,5 +363,5 @@ def run_bench(corpus_dir: Path, *, seconds: float = 2.0) -> dict[str, Any]:
         "bucketing": bucketing(excerpts),
         "partial_copies": partial_copy_robustness(excerpts),
         "syzbot_same_bug": syzbot_bucketing(load_syzbot(corpus_dir)),
-        "speed": speed(excerpts, benign, seconds),
+        "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }
