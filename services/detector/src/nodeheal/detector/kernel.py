@@ -33,7 +33,8 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     ),
     (
         "filesystem",
-        r"EXT4-fs error|Remounting filesystem read-only|Aborting journal"
+        r"EXT4-fs error|Remounting filesystem read-only|Aborting journal|error count since last fsck"
+        r"|error reading directory block"
         r"|XFS \([^)]*\): .*(?:error|Error|[Cc]orruption|shutdown|Shutting down)|XFS: Internal error|aborted journal"
         r"|Journal has aborted",
     ),
