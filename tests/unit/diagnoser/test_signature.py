@@ -201,3 +201,14 @@ def test_root_fs_panics_carry_no_bug_identity() -> None:
     for excerpt in ("kb-117", "kb-118", "kb-120"):
         reports = [r for r in extract_reports(corpus(excerpt)) if "Unable to mount root fs" in (r.panic_string or "")]
         assert reports and not any(r.identified() for r in reports), excerpt
+
+
+def test_stalls_caught_at_different_depths_of_one_loop_share_a_level_two_bucket() -> None:
+    from nodeheal.diagnoser.kb.signature import cluster_reports
+
+    # 'rcu detected stall in kvm_vcpu_ioctl': each crash caught the vCPU loop at another function
+    kvm = [syzbot(c) for c in ("syz-0268", "syz-0273", "syz-0279", "syz-0282")]
+    assert len({r.guilty() for r in kvm}) == 4
+    other = syzbot("syz-0271")  # 'rcu detected stall in fuse_dev_release'
+    clusters = cluster_reports([*kvm, other])
+    assert len(set(clusters[:4])) == 1 and clusters[4] != clusters[0]

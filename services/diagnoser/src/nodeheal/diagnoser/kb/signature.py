@@ -39,7 +39,8 @@ def _words(text: str) -> list[str]:
 #   - found on the train half of the syzbot set: scheduler internals, unwinders, skb/fortify panics
 #   - library helpers: a fault or warning inside them is the caller's bug (syzbot titles the caller)
 #   - (second round, written looking at pairs of the whole syzbot set, held-out half included) context
-#     switch / irq return paths, traced timer entry, lockdep class registration, USB URB submission checks
+#     switch / irq return paths, traced timer entry, lockdep class registration, USB URB submission checks;
+#     (third round, likewise) the end of a KASAN report, driver-core device add/del, RCU lockdep checks
 GENERIC_FRAMES: frozenset[str] = frozenset(
     _words("""
     do_softirq do_vfs_ioctl dump_stack dump_stack_lvl flush_kthread_worker gs_change irq_exit
@@ -95,6 +96,7 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
     memdup_user_nul kmemdup kstrdup folio_unlock unlock_page put_page __put_page folio_put
         __switch_to preempt_schedule_irq retint_kernel smp_trace_apic_timer_interrupt trace_apic_timer_interrupt
     smp_trace_apic_timer_interrupt_entry_after_kaiser_bti register_lock_class usb_submit_urb get_device_parent
+    end_report device_add device_del rcu_is_watching rcu_read_lock_held rcu_read_lock_held_common
 """)
 )
 # name prefixes of the same kinds: lock primitives, lockdep, sanitizers and coverage hooks, stack walkers,
@@ -118,7 +120,7 @@ _INTERRUPT_ENTRY: frozenset[str] = frozenset(
         smp_trace_apic_timer_interrupt trace_apic_timer_interrupt smp_trace_apic_timer_interrupt_entry_after_kaiser_bti
 """)
 )
-# the syscall / VFS / socket / driver-core layers many bugs are reached through: shared by unrelated reports,
+# the syscall / VFS / socket / netlink / driver-core layers many bugs are reached through: shared by unrelated reports,
 # they do not count as common ground at level 2 (they stay in the exact key and in the listed frames)
 _PLUMBING: tuple[str, ...] = tuple(
     _words("""
@@ -126,7 +128,8 @@ _PLUMBING: tuple[str, ...] = tuple(
     __sys_ do_sys_ ksys_ kernel_write kernel_read __x64_ do_syscall ____sys_ security_ sock_sendmsg sock_recvmsg
     device_release_driver driver_detach __device_release_driver bus_remove_device usb_unbind_interface
     usb_disable_device usb_disconnect hub_event hub_port_connect device_del device_unregister
-    """)
+        netlink_rcv_skb netlink_unicast netlink_sendmsg nfnetlink_rcv
+""")
 )
 _STALL_KINDS = frozenset({"rcu_stall", "soft_lockup", "hard_lockup"})
 _SYSCALL = re.compile(
@@ -209,6 +212,7 @@ _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 _CPU_COMM = re.compile(r"(?:CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: |Pid: \d+, comm: )(?P<comm>\S+)")
 SIMILAR_FRAMES = 8  # level 2 compares the blamed function + this many significant frames
+STALL_FRAMES = 12  # stall reports: this many significant frames, at least 3 shared
 SIMILARITY_THRESHOLD = 0.5  # level 2: reports at least this similar share a cluster (FAF cuts at distance 0.3)
 # kinds that are one family for level-2 merging (syzbot "alt titles": bad access, hangs, stalls)
 _FAMILY = {
@@ -472,9 +476,15 @@ def similarity(a: CrashReport, b: CrashReport) -> float:
         sa = {f for f in fa[:SIMILAR_FRAMES] if not f.startswith(_PLUMBING)}
         sb = {f for f in fb[:SIMILAR_FRAMES] if not f.startswith(_PLUMBING)}
         shared = sa & sb
-        if len(shared) < 2:
-            return 0.0  # two blamed functions, neither on the other's stack: two bugs on a shared path
-        return len(shared) / len(sa | sb)
+        if len(shared) >= 2:
+            return len(shared) / len(sa | sb)
+        if _family(a.kind) == _family(b.kind) == "stall":
+            # a stalled CPU is caught at a different depth of the same loop each time: compare deeper
+            da = {f for f in a.significant_frames()[:STALL_FRAMES] if not f.startswith(_PLUMBING)}
+            db = {f for f in b.significant_frames()[:STALL_FRAMES] if not f.startswith(_PLUMBING)}
+            if len(da & db) >= 4:
+                return len(da & db) / min(len(da), len(db))
+        return 0.0
     pa = normalise(a.panic_string) if a.panic_string else None
     pb = normalise(b.panic_string) if b.panic_string else None
     if pa and pa == pb and not _GENERIC_PANICS.match(pa):
