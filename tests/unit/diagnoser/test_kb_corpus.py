@@ -105,6 +105,8 @@ def test_benign_line_is_not_a_finding(line: str) -> None:
         ("kb-191", "Failed to create kubelet", "container_runtime_down"),  # kubelet start-up, docker.sock refused
         ("kb-199", "ExecStart=/usr/bin/dockerd-current", "container_runtime_down"),  # `systemctl status`, cut line
         ("kb-210", "error count since last fsck", "ext4_error"),  # ext4's periodic superblock error report
+        ("kb-214", "page allocation failure. order:2", "page_allocation_failure"),  # 2.6.32 'failure. order:'
+        ("kb-216", "page allocation failure. order:9", "page_allocation_failure"),  # RHEL 5 era, same period
     ],
 )
 def test_each_new_rule_on_the_real_line_that_motivated_it(excerpt: str, needle: str, cls: str) -> None:
