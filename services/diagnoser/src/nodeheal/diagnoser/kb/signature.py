@@ -211,7 +211,7 @@ _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 _CPU_COMM = re.compile(r"(?:CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: |Pid: \d+, comm: )(?P<comm>\S+)")
-SIMILAR_FRAMES = 8  # level 2 compares the blamed function + this many significant frames
+SIMILAR_FRAMES = 8  # level 2 compares up to this many of the blamed function + top frames (top_frames keeps 6)
 STALL_FRAMES = 12  # stall reports: this many significant frames, at least 3 shared
 SIMILARITY_THRESHOLD = 0.5  # level 2: reports at least this similar share a cluster (FAF cuts at distance 0.3)
 # kinds that are one family for level-2 merging (syzbot "alt titles": bad access, hangs, stalls)
@@ -455,10 +455,11 @@ def similarity(a: CrashReport, b: CrashReport) -> float:
     """Level 2 (ABRT/FAF, SysOM): how alike two reports are across kernel builds, in [0, 1].
 
     Same exact key → 1. Otherwise only reports of one family compare (syzbot's alt titles: NULL deref /
-    paging / GPF are one "bad access"; soft / hard lockup and RCU stall one "stall"); a bare panic line
-    compares with any kind. Then: the same `BUG at` file:line; the same crashing function; else the
-    Jaccard similarity of the crashing function + top frames; with no functions, the same specific panic
-    string or the same stuck task.
+    paging / GPF are one "bad access"; soft / hard lockup and RCU stall one "stall"); a bare panic line or
+    a header-less oops compares with any kind. Then: `BUG at` in two files → 0, the same `BUG at` → 1
+    unless the blamed functions differ; the same blamed function → 1; else at least two shared frames
+    (plumbing not counted) and their Jaccard similarity, or for two stalls at least 4 shared among the
+    first STALL_FRAMES; with no functions, the same specific panic string or the same stuck task.
     """
     if a.bucket() == b.bucket():
         return 1.0
