@@ -10,12 +10,14 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, group_value, outliers
+from nodeheal.diagnoser.crash import CrashVerdict, bucket_key
 from nodeheal.diagnoser.kb import Matcher, analyse
 from nodeheal.diagnoser.kpi import FleetKpis, fleet_kpis, is_crash
 from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide, partition_view
-from nodeheal.diagnoser.state import FleetState, KernelEvidence, NodeContext, Published, node_key
+from nodeheal.diagnoser.state import CrashFact, FleetState, KernelEvidence, NodeContext, Published, node_key
 from nodeheal.diagnoser.trend import FLEET_GROUP, TimedEvent, TrendConfig, sudden_rises
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
@@ -24,6 +26,9 @@ from nodeheal.schemas.diagnosis import CrashSignature, Diagnosis, FleetCorrelati
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
+
+CRASH_EVIDENCE_MAX_AGE = timedelta(minutes=10)
+"""A crash report's evidence counts as this old at most when it is found (kernel look-back: 30 min)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,53 @@ class Diagnoser:
                 seen.add(signature.bucket)
                 self._add_crash(ctx, at, signature)
 
+    def on_crash(self, verdict: CrashVerdict, record: dict[str, Any]) -> set[str]:
+        """A node's crash report, classified and counted in its bucket's fleet record: its findings join
+        the node's kernel evidence (so the episode that fires on the node — the unexpected reboot, the
+        node that went dark — is explained by it), its signature the node's crash history, and the
+        report itself, with its bucket's record, decides the ladder (rules.crash_bucket_decision).
+        Returns the node keys to evaluate."""
+        ctx = self.fleet.context(verdict.cluster, verdict.node)
+        if any(c.report_id == verdict.report_id for c in ctx.crash_reports):
+            return set()  # redelivered
+        reported = verdict.reported_at or verdict.at
+        at = verdict.at or reported
+        if at is None:
+            return set()
+        if reported is not None:
+            # a node that stayed dark a long time reports an old crash: it still explains this boot's episode
+            at = max(at, reported - CRASH_EVIDENCE_MAX_AGE)
+        if verdict.cls is not None:
+            ctx.crash_reports.append(
+                CrashFact(
+                    at=at,
+                    report_id=verdict.report_id,
+                    cls=verdict.cls,
+                    hardware=verdict.hardware is not None,
+                    bucket=str(record.get("bucket") or bucket_key(verdict)),
+                    signature=verdict.signature,
+                    count=int(record.get("count", 1)),
+                    node_count=int(record.get("node_count", 1)),
+                    kernels=tuple(record.get("kernels", ())),
+                    machine_models=tuple(record.get("machine_models", ())),
+                    first_seen=record.get("first_seen"),
+                    last_seen=record.get("last_seen"),
+                    evidence_path=verdict.evidence_path,
+                )
+            )
+        for finding in (verdict.hardware, verdict.finding):
+            if finding is not None and all(
+                not (k.anomaly_id == verdict.report_id and k.finding == finding) for k in ctx.kernel
+            ):
+                ctx.kernel.append(
+                    KernelEvidence(
+                        observed_at=at, finding=finding, signature=verdict.signature, anomaly_id=verdict.report_id
+                    )
+                )
+        if verdict.signature is not None:
+            self._add_crash(ctx, at, verdict.signature)
+        return {ctx.key}
+
     def _add_crash(self, ctx: NodeContext, at: datetime, signature: CrashSignature) -> None:
         if any(t == at and s.bucket == signature.bucket for t, s in ctx.crashes):
             return  # the same report, from the crash bucket and from the replayed anomaly
@@ -224,6 +276,8 @@ class Diagnoser:
         )
 
     def restore_finding(self, finding: FleetFinding) -> None:
+        if finding.kind == "new_crash_bucket":
+            return  # a notice, not a risk: nothing to clear (its "once" is in the bucket's KV record)
         key = (finding.kind, finding.dimension, finding.value, finding.scope)
         if finding.cleared:
             self.fleet.findings.pop(key, None)
