@@ -4,7 +4,8 @@ A node reboots unexpectedly (the detector's `unexpected_reboot` anomaly) and its
 report of the previous boot (real kernel bytes: Debian 6.1 crashes from tests/data/kernel, a fatal
 machine check from the knowledge-base corpus). What the user sees on DIAGNOSES:
 
-- a hardware class → the machine is taken out: cordon, drain, retire, replace;
+- a hardware class → the machine is taken out: cordon, drain, retire, replace; the episode stays
+  open when the machine is back, until our retirement is in the audit trail;
 - a kernel bucket already seen on another node → reboot, and the bucket's fleet record grows;
 - a new kernel bucket → reboot, and exactly one `new_crash_bucket` notice for the kernel team, also
   after the diagnoser was restarted and the bucket crashed again elsewhere.
@@ -27,11 +28,12 @@ from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.crash import CrashEvidence, CrashReport
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.inventory import inventory_key
-from nodeheal.schemas.subjects import crash_subject, finding_subject
+from nodeheal.schemas.subjects import audit_subject, crash_subject, diagnosis_subject, finding_subject
 from tests.integration.diagnoser.test_diagnoser_service import actions, read_stream, send, wait_for_diagnosis
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory
 
@@ -79,14 +81,17 @@ def crash_report(node: str, boot: str, header: str, lines: list[str], *, at: dat
     )
 
 
-async def crashed(nc: Client, settings: NatsSettings, node: str, boot: str, lines: list[str], *, header: str) -> None:
+async def crashed(
+    nc: Client, settings: NatsSettings, node: str, boot: str, lines: list[str], *, header: str
+) -> datetime:
     """What a crashed node sends on its first probe after the reboot: the detector's unexpected_reboot
-    and the agent's crash report."""
+    and the agent's crash report. Returns the anomaly's onset."""
     t = now()
     await send(nc, settings, anomaly(node, "unexpected_reboot", at=t))
     report = crash_report(node, boot, header, lines, at=t)
     subject = crash_subject(CLUSTER, node, prefix=settings.prefix)
     await publish_model(nc.jetstream(), subject, report, msg_id=f"cr-{node}-{boot}")
+    return t
 
 
 def runtime_for(settings: NatsSettings, nc: Client) -> tuple[DiagnoserRuntime, prometheus_client.CollectorRegistry]:
@@ -139,7 +144,7 @@ async def test_a_fatal_machine_check_takes_the_machine_out(
     service: DiagnoserRuntime, nc: Client, settings: NatsSettings
 ) -> None:
     mce = [f"<0>[  84.97717{i}] {line}" for i, line in enumerate(corpus_lines("kb-151"))]
-    await crashed(nc, settings, "n1", "boot-mce", mce, header="Panic#1 Part1")
+    onset = await crashed(nc, settings, "n1", "boot-mce", mce, header="Panic#1 Part1")
 
     d = await wait_for_diagnosis(nc, settings, "n1", lambda d: d.category == "hardware")
     assert d.cause == "mce_fatal_panic"
@@ -149,6 +154,33 @@ async def test_a_fatal_machine_check_takes_the_machine_out(
     # the machine's fault is not the kernel team's: no notice
     await asyncio.sleep(0.5)
     assert await notices(nc, settings) == []
+
+    # the machine is back and its reboot anomaly clears: the episode stays open (it is not fixed) ...
+    await send(nc, settings, anomaly("n1", "unexpected_reboot", at=now(), status="resolved", onset=onset))
+    await asyncio.sleep(1.5)
+    stream = f"{settings.stream_prefix}DIAGNOSES"
+    said = [
+        Diagnosis.model_validate_json(b)
+        for b in await read_stream(nc, stream, diagnosis_subject(CLUSTER, "n1", prefix=settings.prefix))
+    ]
+    assert said and not any(x.resolved for x in said)
+    # ... until the remediator retired it
+    retired = RemediationRecord(
+        cluster=CLUSTER,
+        node="n1",
+        action_id="act-retire-n1",
+        action="retire",
+        phase="succeeded",
+        reason="machine rotation",
+        actor="remediator-0",
+        diagnosis_id=d.id,
+        episode_id=d.episode,
+    )
+    await publish_model(
+        nc.jetstream(), audit_subject(CLUSTER, "n1", prefix=settings.prefix), retired, msg_id=retired.id
+    )
+    done = await wait_for_diagnosis(nc, settings, "n1", lambda x: x.resolved)
+    assert done.anomaly_ids == d.anomaly_ids
 
 
 async def test_a_known_bucket_reboots_and_its_fleet_record_grows(

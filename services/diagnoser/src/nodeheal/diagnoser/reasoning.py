@@ -301,6 +301,8 @@ class Diagnoser:
             return Outcome()
         ctx.prune(now=now, keep=max(self.config.decision.crash_window, self.config.correlation_window))
         if not ctx.firing:
+            if self.machine_out_pending(ctx, now=now):
+                return Outcome()  # the machine came back, but it crashed on hardware: not over until retired
             return Outcome(diagnosis=self._resolved(ctx, now=now))
         silent = [a for a in ctx.firing.values() if a.kind in SILENT_KINDS and not a.expected]
         if silent and ctx.published is None:
@@ -336,6 +338,23 @@ class Diagnoser:
             episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
             self.fleet.crash_episodes.setdefault(episode, decision.fault_onset or now)
         return Outcome(diagnosis=diagnosis)
+
+    def machine_out_pending(self, ctx: NodeContext, *, now: datetime) -> bool:
+        """The node's open episode is a crash on a hardware class (its diagnosis says take the machine
+        out) and no `retire` / `replace` of ours has succeeded since: the episode stays open when the
+        reboot's anomalies resolve, so the remediator's rotation ladder is not ended by the machine
+        coming back. Ends with the retirement (the audit record) or after the crash window."""
+        last = ctx.published
+        if last is None or last.resolved or last.category != "hardware":
+            return False
+        horizon = now - self.config.decision.crash_window
+        crash = max((c.at for c in ctx.crash_reports if c.hardware and c.at >= horizon), default=None)
+        if crash is None:
+            return False
+        return not any(
+            r.action in {"retire", "replace"} and r.phase in {"succeeded", "verified"} and r.time >= crash
+            for r in ctx.remediation
+        )
 
     def kpis(self, *, now: datetime, window: timedelta = timedelta(days=1)) -> FleetKpis:
         """Crash, schedulable and online rate of the fleet as the diagnoser sees it now."""
