@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -204,7 +205,25 @@ class Diagnoser:
                 )
         if verdict.signature is not None:
             self._add_crash(ctx, at, verdict.signature)
+        if verdict.cls is not None:
+            # every crash counts towards the fleet rates once: here, until a diagnosis of the episode it
+            # explains counts it instead (`_record_fault`); alone when no episode is open (our own reboot
+            # brought the node back, so nothing fires)
+            self._count_fault(
+                ctx.key,
+                episode=f"crash:{verdict.report_id}",
+                category="hardware" if verdict.hardware is not None else verdict.category,
+                bucket=verdict.signature.bucket if verdict.signature is not None else None,
+                at=at,
+            )
         return {ctx.key}
+
+    def _crash_counted_by(self, evidence: Iterable[Evidence]) -> None:
+        """A diagnosis explained by a crash report counts that crash: its stand-alone count goes."""
+        for item in evidence:
+            if item.kind == "crash_report" and item.ref:
+                for key in [k for k in self.fleet.fault_events if k.startswith(f"crash:{item.ref}|")]:
+                    del self.fleet.fault_events[key]
 
     def _add_crash(self, ctx: NodeContext, at: datetime, signature: CrashSignature) -> None:
         if any(t == at and s.bucket == signature.bucket for t, s in ctx.crashes):
@@ -263,6 +282,8 @@ class Diagnoser:
         if diagnosis.resolved or not diagnosis.anomaly_ids:
             return
         ctx = self.fleet.context(diagnosis.cluster, diagnosis.node)
+        if diagnosis.category in {"kernel", "hardware"}:
+            self._crash_counted_by(diagnosis.evidence)
         if is_crash(diagnosis):  # the fleet crash rate (KPIs)
             self.fleet.crash_episodes.setdefault(
                 diagnosis.anomaly_ids[0], diagnosis.fault_onset or diagnosis.identified_at
@@ -452,6 +473,8 @@ class Diagnoser:
         """
         episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
         bucket = decision.crash_signature.bucket if decision.crash_signature is not None else None
+        if decision.category in {"kernel", "hardware"}:
+            self._crash_counted_by(decision.evidence)
         self._count_fault(
             ctx.key, episode=episode, category=decision.category, bucket=bucket, at=decision.fault_onset or now
         )
