@@ -28,6 +28,8 @@ from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
 
+CRASH_EPISODE_KEY = "crash_report"
+"""anomaly_key part of the episode a hardware crash report opens when nothing fires on its node"""
 CRASH_EVIDENCE_MAX_AGE = timedelta(minutes=10)
 """A crash report's evidence counts as this old at most when it is found (kernel look-back: 30 min)."""
 
@@ -205,6 +207,8 @@ class Diagnoser:
                 )
         if verdict.signature is not None:
             self._add_crash(ctx, at, verdict.signature)
+        if verdict.hardware is not None and verdict.cls is not None and not ctx.firing:
+            self._open_crash_episode(ctx, verdict, at=at, reported=reported or at)
         if verdict.cls is not None:
             # every crash counts towards the fleet rates once: here, until a diagnosis of the episode it
             # explains counts it instead (`_record_fault`); alone when no episode is open (our own reboot
@@ -217,6 +221,56 @@ class Diagnoser:
                 at=at,
             )
         return {ctx.key}
+
+    def _open_crash_episode(self, ctx: NodeContext, verdict: CrashVerdict, *, at: datetime, reported: datetime) -> None:
+        """A machine that crashed on hardware came back with nothing firing (our own reboot of the dark
+        node brought it back, so the detector raised no unexpected_reboot): the crash report opens the
+        episode itself — a firing `kernel_fault` of the class, keyed `<node>/crash_report/<boot>` — so
+        the machine is still taken out. It ends with our retire / replace (`_close_crash_episode`)."""
+        ctx.add_anomaly(
+            Anomaly.model_validate(
+                {
+                    "id": deterministic_id("crash-report", verdict.report_id, prefix="anomaly-"),
+                    "time": reported,
+                    "cluster": ctx.cluster,
+                    "node": ctx.node,
+                    "anomaly_key": f"{ctx.key}/{CRASH_EPISODE_KEY}/{verdict.boot_id}",
+                    "kind": "kernel_fault",
+                    "status": "firing",
+                    "severity": "critical",
+                    "subject": verdict.cls,
+                    "fault_onset": at,
+                    "detected_at": reported,
+                    "evidence": (
+                        Evidence(
+                            kind="crash_report",
+                            summary=f"crash report {verdict.report_id}: {verdict.cls} (hardware) after the reboot",
+                            value=verdict.cls,
+                            ref=verdict.report_id,
+                            observed_at=at,
+                        ),
+                    ),
+                }
+            )
+        )
+
+    def _close_crash_episode(self, ctx: NodeContext, *, now: datetime) -> None:
+        """The crash report's own episode ends once the machine was retired (or the crash left the window)."""
+        keys = [k for k in ctx.firing if f"/{CRASH_EPISODE_KEY}/" in k]
+        if keys and not self._hardware_crash_open(ctx, now=now):
+            for key in keys:
+                del ctx.firing[key]
+
+    def _hardware_crash_open(self, ctx: NodeContext, *, now: datetime) -> bool:
+        """A hardware crash of the node in the crash window, and no retire / replace of ours since."""
+        horizon = now - self.config.decision.crash_window
+        crash = max((c.at for c in ctx.crash_reports if c.hardware and c.at >= horizon), default=None)
+        if crash is None:
+            return False
+        return not any(
+            r.action in {"retire", "replace"} and r.phase in {"succeeded", "verified"} and r.time >= crash
+            for r in ctx.remediation
+        )
 
     def _crash_counted_by(self, evidence: Iterable[Evidence]) -> None:
         """A diagnosis explained by a crash report counts that crash: its stand-alone count goes."""
@@ -321,6 +375,7 @@ class Diagnoser:
         if ctx is None:
             return Outcome()
         ctx.prune(now=now, keep=max(self.config.decision.crash_window, self.config.correlation_window))
+        self._close_crash_episode(ctx, now=now)
         if not ctx.firing:
             if self.machine_out_pending(ctx, now=now):
                 return Outcome()  # the machine came back, but it crashed on hardware: not over until retired
@@ -368,14 +423,7 @@ class Diagnoser:
         last = ctx.published
         if last is None or last.resolved or last.category != "hardware":
             return False
-        horizon = now - self.config.decision.crash_window
-        crash = max((c.at for c in ctx.crash_reports if c.hardware and c.at >= horizon), default=None)
-        if crash is None:
-            return False
-        return not any(
-            r.action in {"retire", "replace"} and r.phase in {"succeeded", "verified"} and r.time >= crash
-            for r in ctx.remediation
-        )
+        return self._hardware_crash_open(ctx, now=now)
 
     def kpis(self, *, now: datetime, window: timedelta = timedelta(days=1)) -> FleetKpis:
         """Crash, schedulable and online rate of the fleet as the diagnoser sees it now."""

@@ -338,10 +338,13 @@ def rotation_ladder(cause: str) -> tuple[RecommendedAction, ...]:
     )
 
 
-def latest_crash(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> CrashFact | None:
-    """The node's most recent crash report within the kernel look-back, if any."""
+def latest_crash(
+    ctx: NodeContext, *, now: datetime, config: DecisionConfig, opened: set[str] | frozenset[str] = frozenset()
+) -> CrashFact | None:
+    """The node's most recent crash report within the kernel look-back (or one that opened the
+    episode: `opened`, report ids), if any."""
     horizon = now - config.kernel_lookback
-    recent = [c for c in ctx.crash_reports if c.at >= horizon]
+    recent = [c for c in ctx.crash_reports if c.at >= horizon or c.report_id in opened]
     return max(recent, key=lambda c: c.at) if recent else None
 
 
@@ -702,6 +705,12 @@ def decide(
     repeated = repeated_repairs(ctx, now=now, config=config)
     event = relevant_cloud_event(ctx, now=now, config=config)
     kernel = recent_kernel(ctx, now=now, config=config)
+    # a crash report that opened the episode itself (reasoning._open_crash_episode) explains it as long
+    # as it lasts, however old: its findings are not subject to the kernel look-back
+    opened = {
+        e.ref for a in firing if a.kind == "kernel_fault" for e in a.evidence if e.kind == "crash_report" and e.ref
+    }
+    kernel += [k for k in ctx.kernel if k.anomaly_id in opened and k not in kernel]
 
     # A. a cloud event explains downtime / NotReady / reboots (executing or just done), or announces one
     if event is not None and _cloud_explains(event, firing, kinds, config=config):
@@ -808,7 +817,7 @@ def decide(
     if decision is not None and not weak:
         if "unexpected_reboot" in kinds and decision.cause == "planned_shutdown_reboot":
             decision.cause, decision.category = "planned_reboot", "ops"
-        crash = latest_crash(ctx, now=now, config=config)
+        crash = latest_crash(ctx, now=now, config=config, opened=opened)
         rotate = crash is not None and crash_bucket_decision(decision, crash)
         decision.evidence.extend(anomaly_ev)
         target = _service_target(firing)
