@@ -140,9 +140,19 @@ def crash_evidence(d: Diagnosis) -> Any:
     return next(e for e in d.evidence if e.kind == "crash_report")
 
 
-async def test_a_fatal_machine_check_takes_the_machine_out(
-    service: DiagnoserRuntime, nc: Client, settings: NatsSettings
-) -> None:
+async def test_a_fatal_machine_check_takes_the_machine_out(nc: Client, settings: NatsSettings) -> None:
+    running: list[DiagnoserRuntime] = []
+    try:
+        await _fatal_machine_check(running, nc, settings)
+    finally:
+        for service in running:
+            await service.stop()
+
+
+async def _fatal_machine_check(running: list[DiagnoserRuntime], nc: Client, settings: NatsSettings) -> None:
+    service, _ = runtime_for(settings, nc)
+    running.append(service)
+    await service.start()
     mce = [f"<0>[  84.97717{i}] {line}" for i, line in enumerate(corpus_lines("kb-151"))]
     onset = await crashed(nc, settings, "n1", "boot-mce", mce, header="Panic#1 Part1")
 
@@ -164,6 +174,17 @@ async def test_a_fatal_machine_check_takes_the_machine_out(
         for b in await read_stream(nc, stream, diagnosis_subject(CLUSTER, "n1", prefix=settings.prefix))
     ]
     assert said and not any(x.resolved for x in said)
+    # ... also for a new diagnoser process, which neither ends it nor opens another one ...
+    await running.pop().stop()
+    service, _ = runtime_for(settings, nc)
+    running.append(service)
+    await service.start()
+    await asyncio.sleep(1.5)
+    again = [
+        Diagnosis.model_validate_json(b)
+        for b in await read_stream(nc, stream, diagnosis_subject(CLUSTER, "n1", prefix=settings.prefix))
+    ]
+    assert [x.id for x in again] == [x.id for x in said]
     # ... until the remediator retired it
     retired = RemediationRecord(
         cluster=CLUSTER,

@@ -224,16 +224,18 @@ class DurableState:
 
         if "CRASHES" in self.streams:
             report.read["crashes"] = await self._read("CRASHES", [wildcard("crash", prefix=p)], report.since, crash)
-        for item in reports.values():  # crash reports decide the episodes they explain, as when they came
-            with contextlib.suppress(Exception):
-                verdict = classify(item, diag.matcher)
-                record = await self.crash_buckets.get(bucket_key(verdict)) if self.crash_buckets else {}
-                diag.on_crash(verdict, record)
         report.read["diagnoses"] = await self._read(
             "DIAGNOSES", [wildcard("diagnosis", prefix=p), finding_subject(prefix=p)], report.history_since, diagnosis
         )
         for key, last in said.items():
             diag.restore_published(key, last)
+        # crash reports last: what was said about their nodes is known (an open episode is not opened
+        # again, a crash a diagnosis counted is not counted alone); their findings and facts are back
+        for item in reports.values():
+            with contextlib.suppress(Exception):
+                verdict = classify(item, diag.matcher)
+                record = await self.crash_buckets.get(bucket_key(verdict)) if self.crash_buckets else {}
+                diag.on_crash(verdict, record)
         report.open_nodes = diag.open_nodes()
         diag.crash_dirty.clear()  # what was loaded or replayed is already where it belongs
         log.info(

@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, group_value, outliers
@@ -207,9 +207,10 @@ class Diagnoser:
                 )
         if verdict.signature is not None:
             self._add_crash(ctx, at, verdict.signature)
-        if verdict.hardware is not None and verdict.cls is not None and not ctx.firing:
+        said = ctx.published is not None and not ctx.published.resolved  # an open episode already took it
+        if verdict.hardware is not None and verdict.cls is not None and not ctx.firing and not said:
             self._open_crash_episode(ctx, verdict, at=at, reported=reported or at)
-        if verdict.cls is not None:
+        if verdict.cls is not None and verdict.report_id not in self.fleet.crash_counted:
             # every crash counts towards the fleet rates once: here, until a diagnosis of the episode it
             # explains counts it instead (`_record_fault`); alone when no episode is open (our own reboot
             # brought the node back, so nothing fires)
@@ -276,6 +277,7 @@ class Diagnoser:
         """A diagnosis explained by a crash report counts that crash: its stand-alone count goes."""
         for item in evidence:
             if item.kind == "crash_report" and item.ref:
+                self.fleet.crash_counted[item.ref] = item.observed_at or datetime.now(tz=UTC)
                 for key in [k for k in self.fleet.fault_events if k.startswith(f"crash:{item.ref}|")]:
                     del self.fleet.fault_events[key]
 
@@ -571,6 +573,8 @@ class Diagnoser:
         horizon = now - max(window, self.config.trend.horizon)
         for event_key in [k for k, (_, _, t) in self.fleet.fault_events.items() if t < horizon]:
             del self.fleet.fault_events[event_key]
+        for report_id in [r for r, t in self.fleet.crash_counted.items() if t < horizon]:
+            del self.fleet.crash_counted[report_id]
         events = [FleetEvent(node=n, scope=s) for n, s, t in self.fleet.fault_events.values() if t >= now - window]
         timed = [TimedEvent(node=n, scope=s, at=t) for n, s, t in self.fleet.fault_events.values()]
         rises = sudden_rises(events=timed, inventory=self.fleet.inventory, now=now, config=self.config.trend)

@@ -150,6 +150,7 @@ class FleetState:
     findings: dict[tuple[str, str, str, str], FleetFinding] = field(default_factory=dict)  # active findings
     # a finding whose test stopped passing: since when (cleared after DiagnoserConfig.finding_clear_after)
     crash_episodes: dict[str, datetime] = field(default_factory=dict)  # episode id → crash onset (fleet KPIs)
+    crash_counted: dict[str, datetime] = field(default_factory=dict)  # crash report id → counted by a diagnosis
     finding_absent_since: dict[tuple[str, str, str, str], datetime] = field(default_factory=dict)
     dark_at: dict[str, datetime] = field(default_factory=dict)  # node key → detected_at of its node_down / hang
     # indexes, kept up to date per change (a zone of thousands going dark must cost O(n log n), not
