@@ -8,10 +8,12 @@ Event on the node, and after a fix the verification (verified, or the next rung)
 
 Action ids are per episode (`Diagnosis.episode`): an updated diagnosis of the same fault continues the
 ladder where the audit trail says it is; a step recorded for its id is never executed twice (a
-`started` without a result — the previous holder died mid-action — is not repeated; the node is
-verified instead); an episode verified healthy is never acted on again. The budget slot is held while
-the node is disrupted (cordoned or rebooting) and given back only when it is uncordoned or handed to a
-person (escalation); a refused (stale, recovered) or resolved diagnosis whose node still holds a slot is
+`started` without a result — the previous holder died mid-action — is not repeated for cloud and
+Kubernetes actions, the node is verified instead; a node command is re-sent with the same action id,
+which the agent answers from its stored result without running it again); an episode verified
+healthy is never acted on again. The budget slot is held while the node is disrupted (cordoned or
+rebooting) and given back only when it is uncordoned or handed to a person (escalation); a refused
+(stale, recovered) or resolved diagnosis whose node still holds a slot is
 re-evaluated: verified and uncordoned, or escalated.
 """
 
@@ -52,6 +54,8 @@ log = logging.getLogger("nodeheal.remediator.runner")
 Disposition = Literal["ack", "retry"]
 StepResult = Literal["next", "done", "retry"]
 _TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "verified"})
+NODE_COMMANDS: frozenset[str] = frozenset({"restart_service", "clean_disk"})
+"""Actions run by the node agent, which remembers action ids (also across its restarts): safe to re-send."""
 REBOOTS: frozenset[str] = frozenset({"reboot", "redeploy", "accept_cloud_event"})
 """Actions after which the node must come back with a new boot id."""
 _DISRUPT: frozenset[str] = policy.CAPACITY
@@ -468,6 +472,10 @@ class Remediator:
             return await self._handover(run, step)
         if phases & {"failed", "skipped"}:
             return "next"
+        if "started" in phases and "succeeded" not in phases and step.action in NODE_COMMANDS:
+            # the previous holder died between sending the command and recording its answer: ask again
+            # with the same action id; the agent answers a known id from its stored result, never twice
+            return await self._resend(run, step, verify_after=verify_after)
         if "succeeded" in phases or ("started" in phases and step.is_fix):
             if not step.is_fix or not verify_after:
                 return "next"
@@ -559,6 +567,34 @@ class Remediator:
             reason=outcome.detail,
             started_at=started_at,
             error=None if outcome.ok else outcome.detail,
+        )
+        await self._event(
+            d.node,
+            reason=f"Nodeheal{step.action.title().replace('_', '')}",
+            message=f"{step.action_id}: {outcome.detail}",
+            warning=not outcome.ok,
+        )
+        if not outcome.ok or not step.is_fix or not verify_after:
+            return "next"
+        return await self._verify(run, step, since=started_at)
+
+    async def _resend(self, run: _Run, step: planner.Step, *, verify_after: bool) -> StepResult:
+        """A node command with a `started` record and no result: re-sent under a re-checked lease with its
+        action id; the agent's answer (its stored result when it ran it) is the result."""
+        d = run.diagnosis
+        if (await control.read_pause(self.control_kv)).paused:
+            return "retry"  # the command may never have reached the agent: not sent while paused
+        fence = await self._fence(run)
+        started_at = min(r.time for r in run.history if r.action_id == step.action_id and r.phase == "started")
+        outcome = await self._execute(run, step)
+        await self._srec(
+            run,
+            step,
+            phase="succeeded" if outcome.ok else "failed",
+            reason=f"re-sent with the same action id after a restart: {outcome.detail}",
+            started_at=started_at,
+            error=None if outcome.ok else outcome.detail,
+            checks=[fence],
         )
         await self._event(
             d.node,
