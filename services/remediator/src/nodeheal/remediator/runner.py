@@ -580,29 +580,35 @@ class Remediator:
 
     async def _resend(self, run: _Run, step: planner.Step, *, verify_after: bool) -> StepResult:
         """A node command with a `started` record and no result: re-sent under a re-checked lease with its
-        action id; the agent's answer (its stored result when it ran it) is the result."""
+        action id; the agent's answer (its stored result when it ran it) is the result. No answer (the
+        first may still be running: the agent answers both when it ends) or a failure: verified as
+        before, which decides whether the next rung is needed."""
         d = run.diagnosis
         if (await control.read_pause(self.control_kv)).paused:
             return "retry"  # the command may never have reached the agent: not sent while paused
         fence = await self._fence(run)
         started_at = min(r.time for r in run.history if r.action_id == step.action_id and r.phase == "started")
         outcome = await self._execute(run, step)
+        if not outcome.ok:
+            log.warning(
+                "re-sent node command not confirmed; verifying the node",
+                extra={"node": d.node, "action_id": step.action_id, "detail": outcome.detail},
+            )
+            return await self._verify(run, step, since=started_at) if verify_after else "next"
         await self._srec(
             run,
             step,
-            phase="succeeded" if outcome.ok else "failed",
+            phase="succeeded",
             reason=f"re-sent with the same action id after a restart: {outcome.detail}",
             started_at=started_at,
-            error=None if outcome.ok else outcome.detail,
             checks=[fence],
         )
         await self._event(
             d.node,
             reason=f"Nodeheal{step.action.title().replace('_', '')}",
             message=f"{step.action_id}: {outcome.detail}",
-            warning=not outcome.ok,
         )
-        if not outcome.ok or not step.is_fix or not verify_after:
+        if not step.is_fix or not verify_after:
             return "next"
         return await self._verify(run, step, since=started_at)
 
