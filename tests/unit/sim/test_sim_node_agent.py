@@ -80,3 +80,15 @@ async def test_a_descriptor_leak_names_its_process_and_the_agent_restarts_that_u
     assert result.ok, result.detail
     assert "(ops-agent)" in result.detail
     assert node.restarts == {"ops-agent": 1} and node.fd_allocated < node.fd_max * 0.5
+
+
+async def test_the_next_boots_agent_answers_a_resent_command_from_the_stored_result(tmp_path: Path) -> None:
+    node = _node()
+    node.services["kubelet"] = "failed"
+    first = SimAgent(node, cluster=node.inv.cluster, profile=AgentProfile(), work_dir=tmp_path)
+    done = await first.execute(_command(node, "restart_service", "kubelet", "k1"))
+    assert done.ok and node.restarts["kubelet"] == 1
+    node.boot(time.time())  # the node rebooted: a new agent process, the same state directory on its disk
+    second = SimAgent(node, cluster=node.inv.cluster, profile=AgentProfile(), work_dir=tmp_path)
+    again = await second.execute(_command(node, "restart_service", "kubelet", "k1"))
+    assert again == done and node.restarts["kubelet"] == 1 and second.executor().replayed == 1

@@ -294,6 +294,13 @@ class SimAgent:
         del path
         return disk_statvfs(self.node.disk_used_with(self._files_bytes()), inodes_pct=4.0)
 
+    def _state_dir(self) -> Path:
+        """The agent's STATE_DIR (a hostPath): beside the node's file tree, so its bytes are not disk usage."""
+        assert self.work_dir is not None
+        state = self.work_dir / f"{escape_token(self.node.name)}.agent-state"
+        state.mkdir(parents=True, exist_ok=True)
+        return state
+
     def executor(self) -> CommandExecutor:
         if self._executor is None:
             assert self.work_dir is not None, "commands need a work directory"
@@ -318,6 +325,9 @@ class SimAgent:
                 clean=policy,
                 statvfs=self._statvfs,
                 files=self.files,  # the fd holder is read from the simulated node's /proc
+                # the agent's state directory: a re-sent command is answered, not re-run, also by the agent
+                # of the node's next boot
+                results_file=self._state_dir() / "command-results.jsonl",
             )
         return self._executor
 
