@@ -550,8 +550,8 @@ class Remediator:
             await self._escalate(run, reason=step.reason, rung=step.rung, action_id=step.action_id, checks=checks)
             return "done"
         boot_before: str | None = None
-        if step.action in REBOOTS or step.cloud_event is not None:
-            # a host event's cordon / drain too: the reboot the platform runs is verified by a new boot id
+        if step.action in REBOOTS or (step.cloud_event is not None and run.boot_before() is None):
+            # a host event's first step too: the reboot the platform runs is verified by a new boot id
             probe = await self.verifier.latest_agent_probe(cluster=d.cluster, node=d.node)
             boot_before = probe.boot_id if probe is not None else None
         await self._srec(run, step, phase="intent", reason=step.reason, checks=checks, boot_id=boot_before)
