@@ -18,6 +18,7 @@ from nodeheal.cloud_events.normalize.aws import normalize_imds
 from nodeheal.cloud_events.normalize.azure import AzureDocumentTracker
 from nodeheal.cloud_events.normalize.common import NormalizeContext
 from nodeheal.cloud_events.normalize.gce import GceMaintenanceTracker
+from nodeheal.remediator.actions.cloud import AlibabaEcs
 from nodeheal.remediator.settings import CloudSettings
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
@@ -322,6 +323,9 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
             )
         finally:
             await service.stop()
+        # and were the ECS provider ever handed the AWS event, it would refuse it without a call
+        refused = await AlibabaEcs(settings.cloud).accept_event(event=next(e for e in aws_shown))
+        assert not refused.ok and "not ECS's" in refused.detail
         records = [r for r in await audit_records(nc, topology_ready) if r.node in ("aws1", "gce1")]
         assert [r for r in records if r.action in ("accept_cloud_event", "reboot", "redeploy")] == []
         assert ecs.calls == []  # no cloud call of any kind
