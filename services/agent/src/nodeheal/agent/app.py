@@ -98,6 +98,8 @@ class NodeAgent:
             remember=settings.command_remember,
             # the lease fence survives an agent restart when there is a state directory
             fence_file=state_dir / "lease-fence.json" if state_dir else None,
+            # so do the executed commands' results: a command re-sent after a restart is answered, not re-run
+            results_file=state_dir / "command-results.jsonl" if state_dir else None,
         )
         self.crash = self._crash_collector(state_dir)
         self.outbox = Outbox(capacity=settings.outbox_max)
