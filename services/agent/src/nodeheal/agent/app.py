@@ -154,6 +154,9 @@ class NodeAgent:
         self.nc = await connect(nats_settings, name=f"nodeheal-agent-{self.settings.node_name}")
         self.js = self.nc.jetstream()
         self._sub = await self.nc.subscribe(self.cmd_subject, cb=self._on_command)
+        # started means answering: the server has registered the command subscription before start returns
+        # (a request sent right after would otherwise meet "no responders")
+        await self.nc.flush(timeout=10)
         log.info("agent started", extra={"node": self.settings.node_name, "commands": self.cmd_subject})
 
     async def stop(self) -> None:
