@@ -14,7 +14,7 @@ from nodeheal.sim.demo import DemoConfig, run_demo
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
-CHEAP_FIXES = ("kubelet_crash", "runtime_crash", "ops_agent_crash", "disk_fill")
+CHEAP_FIXES = ("kubelet_crash", "runtime_crash", "ops_agent_crash", "disk_fill", "fd_leak")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,7 @@ SAFETY = (
     "redeploys_for_reboot_events",
     "budget_exceedances",
     "reboots_in_partition",
+    "replacements_without_approval",
 )
 
 

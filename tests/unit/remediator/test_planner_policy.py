@@ -93,6 +93,21 @@ def test_maintenance_accepts_a_reboot_event_with_reboot_api_and_a_redeploy_only_
     assert [s.action for s in planner.maintenance_steps(only_redeploy, policy=PolicySettings())] == ["cordon", "drain"]
 
 
+def test_aws_and_gce_host_events_are_waited_for_whatever_their_notice_offers() -> None:
+    # no SDK in the lock file runs them early with their own API: drained, never accepted with another call
+    for cloud, action, methods in (
+        ("aws", "reboot", ("aws.RebootInstances", "aws.ModifyInstanceEventStartTime")),
+        ("aws", "stop", ("aws.StopStartInstances",)),
+        ("gcp", "terminate", ()),
+        ("gcp", "reboot", ("alibaba.RebootInstance",)),  # even a method of another cloud's vocabulary
+    ):
+        event = _cloud(action, starts_in_s=3600).model_copy(
+            update={"cloud": cloud, "ack": tuple(AckOption(method=m) for m in methods)}
+        )
+        steps = planner.maintenance_steps(event, policy=PolicySettings())
+        assert [s.action for s in steps] == ["cordon", "drain"], (cloud, action)
+
+
 def test_a_terminal_cloud_event_is_not_overwritten_by_a_late_one() -> None:
     done = _cloud("reboot", starts_in_s=60, phase="completed")
     late = _cloud("reboot", starts_in_s=60).model_copy(update={"observed_at": NOW + timedelta(seconds=5)})
@@ -167,3 +182,22 @@ def test_stale_or_recovered_diagnoses_fail_freshness() -> None:
         diagnosis=d, policy=PolicySettings(), now=NOW, recovered_at=NOW + timedelta(seconds=1)
     )
     assert policy.failed(recovered)[0].name == "node_recovered"
+
+
+def test_rotation_ladders_end_with_the_machine_and_replace_always_needs_approval() -> None:
+    no_approvals = PolicySettings(approval_required=())
+    rotation = planner.plan(
+        diagnosis=_diag("cordon", "drain", "retire", "replace"), cloud_events=[], policy=no_approvals, now=NOW
+    )
+    assert [s.action for s in rotation.steps] == ["cordon", "drain", "retire", "replace"]  # no "exhausted" page
+    assert [s.needs_approval for s in rotation.steps] == [False, False, False, True]
+    assert {s.action for s in rotation.steps if s.disruptive} == {"drain", "retire", "replace"}
+    # the rotation of a spent repair budget continues the episode's own steps (same ids), never repeats them
+    rotate = planner.rotation_steps(_diag("reboot"), policy=no_approvals, why="budget spent", rung=1)
+    assert [s.action_id for s in rotate] == [s.action_id for s in rotation.steps]
+
+
+def test_an_operator_request_is_not_paged_when_it_succeeds() -> None:
+    request = _diag("cordon").model_copy(update={"cause": "operator_request"})
+    plan = planner.plan(diagnosis=request, cloud_events=[], policy=PolicySettings(), now=NOW)
+    assert [s.action for s in plan.steps] == ["cordon"]

@@ -3,8 +3,10 @@
 `CloudProvider` is what the remediator calls; `AlibabaEcs` speaks the ECS OpenAPI through the official
 SDK (`alibabacloud_ecs20140526`, endpoint configurable), `AzureScheduledEvents` approves a Scheduled
 Event with `POST StartRequests` to the instance metadata endpoint. AWS and GCE fit the same interface
-(`RebootInstances`, `ModifyInstanceEventStartTime`, ...); they are not implemented yet and answer with a
-clear "not supported", which fails the rung and moves the ladder on.
+(`RebootInstances`, `ModifyInstanceEventStartTime`, `instances.performMaintenance`, ...) but their SDKs
+(boto3, the Compute client) are not in the lock file: they answer with a clear "not supported", which
+fails the rung and moves the ladder on; their host events are never accepted early (the planner plans no
+accept step for them) — the node is drained within the lead and the event runs at its own time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class CloudProvider(Protocol):
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome: ...
 
+    async def replace(self, *, instance_id: str, node_pool: str | None, token: str) -> ActionOutcome: ...
+
     async def close(self) -> None: ...
 
 
@@ -57,6 +61,9 @@ class Unsupported:
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
         return self._no(f"accepting event {event.provider_event_id}")
+
+    async def replace(self, *, instance_id: str, node_pool: str | None, token: str) -> ActionOutcome:
+        return self._no("replacing an instance")
 
     async def close(self) -> None:
         return None
@@ -120,6 +127,10 @@ class AlibabaEcs:
         (the platform marks the event Avoided); a Redeploy by RedeployInstance (the caller made sure it was
         approved: local disks are lost). Never RedeployInstance for a reboot event."""
         methods = {a.method for a in event.ack}
+        if event.cloud != "alibaba":  # with PROVIDER=alibaba every cloud name lands here: never another's event
+            return ActionOutcome(
+                ok=False, detail=f"{event.cloud} event {event.provider_event_id} is not ECS's: waiting for the platform"
+            )
         if event.phase == "pending_approval" and "alibaba.AcceptInquiredSystemEvent" in methods:
             request = models.AcceptInquiredSystemEventRequest(
                 event_id=event.provider_event_id, region_id=event.region or self.settings.alibaba_region
@@ -145,6 +156,46 @@ class AlibabaEcs:
             f"(offered: {', '.join(sorted(methods)) or 'nothing'}); waiting for the platform",
         )
 
+    async def replace(self, *, instance_id: str, node_pool: str | None, token: str) -> ActionOutcome:
+        """Release the instance (DeleteInstance, Force) and recreate one from the node pool's launch template
+        (RunInstances with LaunchTemplateId / LaunchTemplateVersion, Amount 1). Idempotent: an instance
+        already released is not an error, and RunInstances carries `token` as its ClientToken, so a repeated
+        call (a replica died between the two) returns the instance the first call created."""
+        template = self.settings.alibaba_launch_templates.get(node_pool or "")
+        if not template:
+            return ActionOutcome(
+                ok=False,
+                detail=f"no launch template for node pool {node_pool!r}: set NODEHEAL_REMEDIATOR_CLOUD__"
+                "ALIBABA_LAUNCH_TEMPLATES (node pool → lt-id[:version]); nothing was released",
+            )
+        template_id, _, version = template.partition(":")
+        released = f"released {instance_id} (DeleteInstance, Force)"
+        try:
+            await self.client.delete_instance_async(models.DeleteInstanceRequest(instance_id=instance_id, force=True))
+        except Exception as exc:
+            if getattr(exc, "code", None) != "InvalidInstanceId.NotFound":
+                return self._error(f"DeleteInstance {instance_id}", exc)
+            released = f"{instance_id} was already released"
+        request = models.RunInstancesRequest(
+            region_id=self.settings.alibaba_region,
+            launch_template_id=template_id,
+            launch_template_version=int(version) if version else None,
+            amount=1,
+            client_token=token[:64],
+        )
+        try:
+            response = await self.client.run_instances_async(request)
+        except Exception as exc:
+            outcome = self._error(f"RunInstances from {template_id}", exc)
+            return ActionOutcome(ok=False, detail=f"{released}; {outcome.detail}")
+        sets = response.body.instance_id_sets
+        created = ", ".join((sets.instance_id_set if sets else None) or []) or "?"
+        return ActionOutcome(
+            ok=True,
+            detail=f"{released}; created {created} from launch template {template_id} "
+            f"version {version or 'default'} of node pool {node_pool} (RunInstances)",
+        )
+
     async def close(self) -> None:
         return None
 
@@ -168,6 +219,9 @@ class AzureScheduledEvents:
         return ActionOutcome(
             ok=False, detail="Azure redeploy goes through ARM (not implemented); approve the event instead"
         )
+
+    async def replace(self, *, instance_id: str, node_pool: str | None, token: str) -> ActionOutcome:
+        return ActionOutcome(ok=False, detail="Azure instance replacement goes through ARM (not implemented)")
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
         url = f"{self.settings.azure_imds_url.rstrip('/')}/metadata/scheduledevents?api-version=2020-07-01"
