@@ -341,6 +341,8 @@ def _sim_section(sim: FleetSimulator, *, interval_s: float, live: dict[str, floa
             1e6 * (stats.collect_s + live.get("collect_s", 0.0)) / max(1, collected), 1
         ),
         "max_lag_behind_interval_s": round(lag, 3),
+        # the lag at the last tick (the shards' last report): did it catch up?
+        "lag_behind_interval_s_at_end": round(max(stats.lag_s_last, live.get("lag_s_last", 0.0)), 3),
         # a probe later than one interval behind its schedule: this machine could not keep the
         # requested interval (the figures say how far behind it was)
         "kept_interval": lag < interval_s,
