@@ -383,9 +383,10 @@ class FleetSimulator:
                 "ok": result.ok,
                 "detail": result.detail,
                 "freed_bytes": result.freed_bytes,
+                "ran": ran,
             }
             for agent in self.agents.values()
-            for at, command, result in agent.executed
+            for at, command, result, ran in agent.executed
         ]
         return sorted(out, key=lambda c: float(c["at"]))
 
