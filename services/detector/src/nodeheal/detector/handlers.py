@@ -379,11 +379,16 @@ class DetectorRuntime:
                 except (msgspec.ValidationError, msgspec.DecodeError):
                     return
                 if self.identity.mismatch(msg.subject, probe) is None:
-                    det.seed_last_probe(probe, now=now)
+                    try:
+                        stored_at: float | None = msg.metadata.timestamp.timestamp()
+                    except Exception:
+                        stored_at = None
+                    det.seed_last_probe(probe, now=now, stored_at=stored_at)
 
             counts["probes"] = await self._replay(
                 self.probes_stream, s.probe_filters(), deliver=DeliverPolicy.LAST_PER_SUBJECT, since=None, on_msg=seed
             )
+            det.seeded(now=now)
 
         def cloud(msg: Msg) -> None:
             try:
