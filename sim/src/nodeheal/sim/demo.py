@@ -484,7 +484,12 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         report["chaos"] = {
             "enabled": chaos is not None,
             **(chaos.summary() if chaos is not None else {"kills": 0, "restarted": 0, "events": []}),
-            **lost_and_repeated(fault_rows=report["fault_rows"], world=world_log, truth=list(sim.truth)),
+            **lost_and_repeated(
+                fault_rows=report["fault_rows"],
+                world=world_log,
+                truth=list(sim.truth),
+                audit=[m for m in messages if isinstance(m, RemediationRecord)],
+            ),
         }
         report["nats"] = {"servers": len(url.split(",")), "stream_replicas": replicas}
         report["run_dir"] = str(run_dir)

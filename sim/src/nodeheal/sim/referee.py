@@ -259,10 +259,18 @@ def judge(
 
 
 def lost_and_repeated(
-    *, fault_rows: list[dict[str, Any]], world: WorldLog, truth: list[InjectedFault]
+    *,
+    fault_rows: list[dict[str, Any]],
+    world: WorldLog,
+    truth: list[InjectedFault],
+    audit: list[RemediationRecord] | None = None,
 ) -> dict[str, Any]:
     """Lost faults (from the report's fault rows: the streams against the ground truth) and repeated side
-    effects (from the emulators' logs), with examples."""
+    effects (from the emulators' logs), with examples; a lost fault's example carries the last AUDIT record
+    of its node after the injection (where its remediation stopped)."""
+    last_audit: dict[str, list[RemediationRecord]] = defaultdict(list)
+    for rec in audit or ():
+        last_audit[rec.node].append(rec)
     lost: list[dict[str, Any]] = []
     for row in fault_rows:
         missing = [
@@ -275,6 +283,8 @@ def lost_and_repeated(
             if not ok
         ]
         if missing:
+            after = [r for r in last_audit.get(row["node"], ()) if r.time.timestamp() >= row["injected_at"] - SKEW_S]
+            final = max(after, key=lambda r: r.time) if after else None
             lost.append(
                 {
                     "fault": row["fault_id"],
@@ -282,6 +292,9 @@ def lost_and_repeated(
                     "node": row["node"],
                     "injected_at": row["injected_at"],
                     "missing": missing,
+                    "last_audit": (
+                        {"action": final.action, "phase": final.phase, "reason": final.reason[:300]} if final else None
+                    ),
                 }
             )
     by_node: dict[str, list[InjectedFault]] = defaultdict(list)
