@@ -137,7 +137,7 @@ async def test_services_ride_out_an_outside_restart_of_their_nats_server(tmp_pat
 async def test_the_demo_rides_out_an_outside_restart_of_its_nats_server(tmp_path: Path) -> None:
     server = EmbeddedNats(store_dir=str(tmp_path / "store"), log_file=str(tmp_path / "nats.log")).start()
     cfg = DemoConfig(
-        nodes=30,
+        nodes=100,  # the plan injects every class (43 faults here): room for one fault per node
         duration_s=20.0,
         settle_s=30.0,
         probe_interval_s=2.0,
