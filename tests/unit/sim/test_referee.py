@@ -156,6 +156,7 @@ def test_lost_faults_and_repeated_side_effects_are_counted() -> None:
     ]
     judged = lost_and_repeated(fault_rows=rows, world=log, truth=[FAULT, undiagnosed, unresolved, unseen])
     assert judged["lost_faults"] == 3
+    assert judged["lost_by_reason"] == {"not_diagnosed": 1, "no_remediation": 1, "not_detected": 1}
     assert {e["fault"]: e["missing"] for e in judged["lost_examples"]} == {
         "f2": ["diagnosed"],
         "f3": ["resolved"],

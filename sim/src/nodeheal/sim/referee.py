@@ -343,8 +343,24 @@ def lost_and_repeated(
         for (fault, kind, what), n in sorted(effects.items())
         if n > 1
     ]
+
+    def why(item: dict[str, Any]) -> str:
+        if "detected" in item["missing"]:
+            return "not_detected"
+        if "diagnosed" in item["missing"]:
+            return "not_diagnosed"
+        final = item["last_audit"]
+        if final is None:
+            return "no_remediation"
+        if final["phase"] == "blocked":
+            return "held_by_policy"  # still waiting for a budget slot, the rate limit or a storm to end
+        if final["action"] == "escalate":
+            return "escalated"
+        return "unresolved"
+
     return {
         "lost_faults": len(lost),
+        "lost_by_reason": dict(Counter(why(item) for item in lost)),
         "repeated_side_effects": sum(n - 1 for n in effects.values() if n > 1),
         "lost_examples": lost[:10],
         "repeated_examples": repeated[:10],
