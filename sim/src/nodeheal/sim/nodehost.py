@@ -14,6 +14,12 @@ as sparse files of the simulated sizes (rotated pod logs older than the agent's 
 container images); after the command the node's disk usage is recomputed from what is left. Image
 pruning runs `python -m nodeheal.sim.crictl` (a stand-in for `crictl rmi --prune`) as the real
 subprocess the executor starts.
+
+A kernel crash leaves its story where a real one does (`leave_crash_evidence`): a pstore ramoops
+record (`/sys/fs/pstore/dmesg-ramoops-N`) and, when kdump is configured, a kdumpctl directory with
+`vmcore-dmesg.txt` under `/var/crash`, written in the node's directory tree with the crash's time,
+plus the crash state the agent of the crashed boot had saved. After the reboot the agent's own
+`CrashCollector` (`crash_collector`) finds them, exactly as on a real node.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodeheal.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.agent.crash import CrashCollector, CrashState
 from nodeheal.agent.host import HostReader
 from nodeheal.agent.kmsg import KmsgReader
 from nodeheal.agent.probe import ProbeCollector, SequenceCounter
@@ -46,6 +53,47 @@ IMAGES_DIR = "/var/lib/containerd/io.containerd.content.v1.content/blobs/unused"
 POD_LOGS_DIR = "/var/log/pods"
 OLD = 30 * 86_400  # rotated logs are a month old: older than the agent's clean age limit
 KMSG_RING = 512  # records the simulated kernel ring keeps
+CRASH_STATE = "/var/lib/nodeheal-agent/crash-state.json"
+"""Where the simulated node's agent keeps its crash state (the agent's state directory on the host)."""
+
+
+def leave_crash_evidence(root: Path, *, boot_id: str, lines: Sequence[str], at: float, kdump: bool) -> list[str]:
+    """What a crashing kernel leaves behind on the node under `root`; the host paths written.
+
+    First the state the running agent had saved for this boot (it saw the boot, nothing orderly
+    happened since), so the next boot's agent knows the reboot was unexpected; then the panic as a
+    ramoops record (`Panic#1 Part1` header, the log after it) and, with kdump, as a kdumpctl
+    `vmcore-dmesg.txt`. Files carry the crash's time."""
+    state_file = root / CRASH_STATE.lstrip("/")
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state = CrashState.load(state_file) or CrashState()
+    if state.boot_id != boot_id:
+        state = CrashState(boot_id=boot_id, previous_boot_id=state.boot_id, handled=True, seen=state.seen)
+    state.orderly = False
+    state.save(state_file)
+    text = "\n".join(lines) + "\n"
+    written: list[tuple[Path, str]] = []
+    pstore = root / "sys/fs/pstore"
+    pstore.mkdir(parents=True, exist_ok=True)
+    ramoops = pstore / f"dmesg-ramoops-{len(list(pstore.glob('dmesg-ramoops-*')))}"
+    written.append((ramoops, "Panic#1 Part1\n" + text))
+    if kdump:
+        stamp = time.strftime("%Y-%m-%d-%H:%M:%S", time.gmtime(at))
+        written.append((root / "var/crash" / f"127.0.0.1-{stamp}" / "vmcore-dmesg.txt", text))
+    out = []
+    for path, body in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+        os.utime(path, (at, at))
+        out.append("/" + str(path.relative_to(root)))
+    return out
+
+
+def crash_collector(root: Path, *, cluster: str, node: str) -> CrashCollector:
+    """The agent's crash capture over the simulated node's files (no journal on a simulated node)."""
+    return CrashCollector(
+        cluster=cluster, node=node, root=root, state_file=root / CRASH_STATE.lstrip("/"), journal_command=None
+    )
 
 
 @dataclass

@@ -91,6 +91,7 @@ class NodeAgent:
                 journal_vacuum_command=tuple(settings.clean.journal_vacuum_command),
                 journal_path=settings.clean.journal_path,
                 keep_newest_in=tuple(settings.clean.keep_newest_in),
+                protected_dirs=tuple(settings.clean.protected_dirs),
             ),
             statvfs=self.host.statvfs,
             statfs_path=self.host.statfs_path,

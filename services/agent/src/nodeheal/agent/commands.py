@@ -6,7 +6,10 @@ Safety first, because these act on a production node:
   resolved inside the host root; `/`, the host root itself, anything whose resolved path leaves the
   allow-list (`..`, symlinks) and symlinked targets are refused with the reason. Inside an allowed
   directory only regular files older than `max_age_days` are deleted; symlinks are never followed or
-  deleted; the newest entry of a crash-dump directory (`/var/crash`, ...) is always kept (evidence).
+  deleted; the newest entry of a core-dump directory (`/var/lib/systemd/coredump`) is always kept.
+  Kernel crash evidence is never deleted: a target in a protected directory (`/var/crash` of kdump,
+  `/var/lib/systemd/pstore`) is refused, and a walk never enters one (`CleanPolicy.protected_dirs`):
+  the diagnoser may have found a new crash bucket there, and the kernel team needs the dump.
   The special target `container-images` runs the configured image-prune command (`crictl rmi --prune`
   by default) and `journal` the journal vacuum command; both report the space they freed. A target may
   list several (`container-images,/var/log/pods,journal`); the command fails when nothing was freed.
@@ -55,7 +58,9 @@ class CleanPolicy:
     command_timeout_s: float = 300.0
     journal_vacuum_command: tuple[str, ...] = ("journalctl", "--vacuum-time=2d")
     journal_path: str = "/var/log/journal"
-    keep_newest_in: tuple[str, ...] = ("/var/crash", "/var/lib/systemd/coredump")
+    keep_newest_in: tuple[str, ...] = ("/var/lib/systemd/coredump",)
+    protected_dirs: tuple[str, ...] = ("/var/crash", "/var/lib/systemd/pstore")
+    """kernel crash evidence (kdump, pstore): never deleted, whatever the allow-list says"""
 
 
 @dataclass
@@ -216,6 +221,13 @@ class CommandExecutor:
             msg = f"refused: clean_disk target {target!r} is a symlink; give the real directory"
             raise RefusedError(msg)
         real = os.path.realpath(local)
+        for protected in self._protected():
+            if real == protected or real.startswith(protected + os.sep):
+                msg = (
+                    f"refused: clean_disk target {target!r} holds kernel crash evidence (kdump / pstore),"
+                    " which is never deleted; the kernel team reads it"
+                )
+                raise RefusedError(msg)
         for allowed_dir in self.clean.allowed_dirs:
             allowed_real = os.path.realpath(self._host(os.path.normpath(allowed_dir)))
             if allowed_real == root_real:
@@ -264,7 +276,12 @@ class CommandExecutor:
         cutoff = self.clock() - self.clean.max_age_days * 86_400
         keep_newest = self._is_crash_dir(directory)
         removed, freed, errors = await asyncio.to_thread(
-            _remove_old_files, directory, cutoff=cutoff, dry_run=dry_run, keep_newest=keep_newest
+            _remove_old_files,
+            directory,
+            cutoff=cutoff,
+            dry_run=dry_run,
+            keep_newest=keep_newest,
+            protected=self._protected(),
         )
         verb = "would delete" if dry_run else "deleted"
         detail = (
@@ -274,6 +291,10 @@ class CommandExecutor:
         if errors:
             detail += f"; {len(errors)} could not be removed, first: {errors[0]}"
         return freed, detail
+
+    def _protected(self) -> tuple[str, ...]:
+        """Real paths of the crash-evidence directories (never deleted, never entered)."""
+        return tuple(os.path.realpath(self._host(os.path.normpath(p))) for p in self.clean.protected_dirs)
 
     def _is_crash_dir(self, directory: Path) -> bool:
         for k in self.clean.keep_newest_in:
@@ -343,11 +364,12 @@ def _newest_entry(directory: Path) -> str | None:
 
 
 def _remove_old_files(
-    directory: Path, *, cutoff: float, dry_run: bool, keep_newest: bool = False
+    directory: Path, *, cutoff: float, dry_run: bool, keep_newest: bool = False, protected: tuple[str, ...] = ()
 ) -> tuple[int, int, list[str]]:
     """Delete regular files with mtime before `cutoff` under `directory`, never following symlinks and
     never leaving the directory's file system. `keep_newest`: the newest top-level entry (file or
-    directory: the latest crash dump) is left alone, whatever its age."""
+    directory: the latest dump) is left alone, whatever its age. `protected` directories (kernel crash
+    evidence) are never entered."""
     removed = freed = 0
     errors: list[str] = []
     root_dev = directory.stat().st_dev
@@ -355,7 +377,11 @@ def _remove_old_files(
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
         # do not descend into other file systems mounted below the allowed directory, nor into the kept dump
         dirnames[:] = [
-            d for d in dirnames if _same_dev(os.path.join(dirpath, d), root_dev) and os.path.join(dirpath, d) != kept
+            d
+            for d in dirnames
+            if _same_dev(os.path.join(dirpath, d), root_dev)
+            and os.path.join(dirpath, d) != kept
+            and os.path.realpath(os.path.join(dirpath, d)) not in protected
         ]
         for name in filenames:
             if os.path.join(dirpath, name) == kept:

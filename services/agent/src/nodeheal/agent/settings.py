@@ -19,7 +19,7 @@ from nodeheal.schemas.subjects import escape_token
 
 class CleanSettings(BaseModel):
     allowed_dirs: list[str] = Field(
-        default_factory=lambda: ["/var/log/pods", "/var/crash", "/var/lib/systemd/coredump"],
+        default_factory=lambda: ["/var/log/pods", "/var/lib/systemd/coredump"],
         description="host directories clean_disk may delete old files in ('/' is never allowed)",
     )
     max_age_days: float = Field(default=7.0, gt=0, description="only files older than this are deleted")
@@ -36,8 +36,12 @@ class CleanSettings(BaseModel):
     )
     journal_path: str = Field(default="/var/log/journal", description="host path whose free space shows the gain")
     keep_newest_in: list[str] = Field(
-        default_factory=lambda: ["/var/crash", "/var/lib/systemd/coredump"],
-        description="crash-dump directories whose newest entry clean_disk never deletes",
+        default_factory=lambda: ["/var/lib/systemd/coredump"],
+        description="core-dump directories whose newest entry clean_disk never deletes",
+    )
+    protected_dirs: list[str] = Field(
+        default_factory=lambda: ["/var/crash", "/var/lib/systemd/pstore"],
+        description="kernel crash evidence (kdump, pstore): clean_disk never deletes in them, whatever the allow-list",
     )
 
 

@@ -2,8 +2,9 @@
 the diagnoser runtime on that broker (its consumers) and its raw nats-py connection: one NATS connection.
 Nothing else.
 
-The three consumers run on the shared consumer runtime (faststream pull subscribers, batches,
-explicit acks, one message at a time per stream); the ticker shares one lock with them.
+The four consumers (anomalies, cloud events, audit, crash reports) run on the shared consumer
+runtime (faststream pull subscribers, batches, explicit acks, one message at a time per stream); the
+ticker shares one lock with them.
 """
 
 from __future__ import annotations
