@@ -217,3 +217,37 @@ async def test_fd_holder_restart_names_the_process_and_refuses_what_is_not_a_lis
     result = await _executor(node).execute(_cmd("restart_service", "fd-holder", "h2"))
     assert result.ok and "pid 300 (containerd)" in result.detail
     assert node.restarts_logged() == ["containerd.service"]
+
+
+async def test_results_survive_a_restart_so_a_resent_command_never_runs_twice(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    results = tmp_path / "state" / "command-results.jsonl"
+    results.parent.mkdir()
+
+    def executor(remember: int = 10_000) -> CommandExecutor:
+        ex = _executor(node)
+        ex.remember = remember
+        ex.results_file = results
+        ex.__post_init__()  # load what an earlier run stored
+        return ex
+
+    first = await executor().execute(_cmd("restart_service", "kubelet", "r1"))
+    assert first.ok and node.restarts_logged() == ["kubelet.service"]
+    restarted = executor()  # the agent process restarted
+    again = await restarted.execute(_cmd("restart_service", "kubelet", "r1"))
+    assert again == first and restarted.replayed == 1
+    assert node.restarts_logged() == ["kubelet.service"]  # answered from the stored result, not run again
+    dry = await restarted.execute(_cmd("restart_service", "kubelet", "r1", dry_run=True))
+    assert dry.ok and "dry run" in dry.detail  # a dry run of the same id is its own command
+    # bounded: compacted to the newest `remember` results; a torn last line (a crash mid-write) is ignored
+    small = executor(remember=2)
+    for i in range(6):
+        await small.execute(_cmd("ping", None, f"p{i}"))
+    with results.open("a") as f:
+        f.write('{"action_id": "p9", "dry_')
+    reloaded = executor(remember=2)
+    assert len(results.read_text().splitlines()) <= 5
+    assert (await reloaded.execute(_cmd("ping", None, "p5"))).ok and reloaded.replayed == 1
+    assert reloaded.executed == 0
+    await reloaded.execute(_cmd("ping", None, "p0"))  # forgotten (older than the bound): runs again
+    assert reloaded.executed == 1

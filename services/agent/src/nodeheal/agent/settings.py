@@ -82,12 +82,18 @@ class AgentSettings(ServiceSettings):
     journalctl_command: list[str] = Field(default_factory=lambda: ["journalctl"])
     max_kernel_lines: int = Field(default=MAX_KERNEL_LINES, ge=0, le=MAX_KERNEL_LINES)
     state_dir: Path | None = Field(
-        default=None, description="writable directory for the kmsg position and the probe sequence (survives restarts)"
+        default=None,
+        description="writable directory for the kmsg position, the probe sequence, the lease fence and the"
+        " executed commands' results (survive restarts)",
     )
     outbox_max: int = Field(default=360, ge=1, description="probes kept while NATS is away; older ones are dropped")
     clean: CleanSettings = Field(default_factory=CleanSettings)
     crash: CrashSettings = Field(default_factory=CrashSettings)
-    command_remember: int = Field(default=10_000, ge=1, description="action ids remembered for idempotent replies")
+    command_remember: int = Field(
+        default=10_000,
+        ge=1,
+        description="action ids (and results) remembered for idempotent replies, also on disk with state_dir",
+    )
     dlq_service: str = "node-agent"
     inbox_per_node: bool = Field(
         default=True,

@@ -38,8 +38,10 @@ CRASH_EVIDENCE_MAX_AGE = timedelta(minutes=10)
 class DiagnoserConfig:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     correlation: CorrelationConfig = field(default_factory=CorrelationConfig)
-    node_down_hold: timedelta = timedelta(seconds=5)
-    """a lone dark node's verdict waits this long after its anomaly was detected"""
+    node_down_hold: timedelta = timedelta(seconds=60)
+    """a lone dark node's verdict waits this long after its anomaly was detected: longer than the gap
+    between the first two dark nodes of a rack that goes dark port by port (tens of seconds), well
+    inside the 5-minute "know why" budget"""
     domain_quiet: timedelta = timedelta(seconds=15)
     """a rack / zone is still going dark while its dark nodes arrive less than this apart"""
     domain_hold_max: timedelta = timedelta(seconds=240)
@@ -132,15 +134,18 @@ class Diagnoser:
 
     def hold_until(self, ctx: NodeContext, silent: list[Anomaly]) -> datetime:
         """When a node_down / node_hang verdict may be given. A lone dark node waits `node_down_hold`.
-        While its rack or zone keeps going dark (dark nodes arriving less than `domain_quiet` apart, at
-        least `domain_hold_min_dark` of them) it waits until the domain has been quiet for
-        `domain_quiet`, so the whole set is judged together — at most `domain_hold_max` after it went
-        dark. Times are the anomalies' `detected_at`, so a restarted diagnoser computes the same hold."""
+        While its rack or zone keeps going dark (at least `domain_hold_min_dark` dark nodes, each
+        arriving less than the domain's gap after the one before: `node_down_hold` in a rack, whose
+        ports may go one by one tens of seconds apart, `domain_quiet` in a zone) it waits until the
+        domain has been quiet for `domain_quiet`, so the whole set is judged together — at most
+        `domain_hold_max` after it went dark. Times are the anomalies' `detected_at`, so a restarted
+        diagnoser computes the same hold."""
         config = self.config
         first_seen = self.fleet.dark_at.get(ctx.key) or min(a.detected_at for a in silent)
         until = first_seen + config.node_down_hold
         for dimension, min_dark in config.domain_hold_min_dark:
-            run = self.fleet.dark_run(ctx.key, dimension, gap=config.domain_quiet)
+            gap = max(config.domain_quiet, config.node_down_hold) if dimension == "rack" else config.domain_quiet
+            run = self.fleet.dark_run(ctx.key, dimension, gap=gap)
             if run is not None and run[0] >= min_dark:
                 until = max(until, run[1] + config.domain_quiet)
         return min(until, first_seen + config.domain_hold_max)
