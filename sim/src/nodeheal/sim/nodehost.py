@@ -95,6 +95,7 @@ def crash_collector(root: Path, *, cluster: str, node: str) -> CrashCollector:
         cluster=cluster, node=node, root=root, state_file=root / CRASH_STATE.lstrip("/"), journal_command=None
     )
 
+
 PROCESSES: dict[int, tuple[str, str, int]] = {
     1: ("systemd", "0::/init.scope", 180),
     812: ("containerd", "0::/system.slice/containerd.service", 1400),
