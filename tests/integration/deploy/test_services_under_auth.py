@@ -1,12 +1,14 @@
 """Every service process starts and becomes ready as its own NATS user of deploy/nats/natsauth.py on
 a real nats-server running that authorization, and the server logs no permission violation: the
-permission matrix is what the services really do (consumers, KV watches, restores), not a guess.
+permission matrix is what the services really do (consumers, KV watches, restores), not a guess. Each
+process holds exactly one NATS connection (the server's /connz).
 
 The service kit passes the credentials and the per-role inbox prefix (`NatsSettings.inbox_prefix`) to
 both the faststream broker (`make_broker`) and raw nats-py connections (`connect`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -36,6 +38,16 @@ SERVICES = {
     "ingest": (["-m", "nodeheal.cloud_events", "ingest"], "NODEHEAL_INGEST_", {"ALLOW_UNAUTHENTICATED": "true"}),
     "prober": (["-m", "nodeheal.cloud_events", "prober"], "NODEHEAL_PROBER_", {}),
     "agent": (["-m", "nodeheal.agent"], "NODEHEAL_AGENT_", {"KERNEL_LOG": "off", "SERVICES": "[]"}),
+}
+
+
+CONNECTION_NAMES = {  # how each process names its NATS connection(s)
+    "detector": "nodeheal-detector-",
+    "diagnoser": "nodeheal-diagnoser-",
+    "remediator": "nodeheal-remediator-",
+    "ingest": "cloud-events-ingest:",
+    "prober": "nodeheal-prober-",
+    "agent": "nodeheal-agent-",
 }
 
 
@@ -101,6 +113,12 @@ async def test_every_service_runs_as_its_own_nats_user(tmp_path: Path) -> None:
                         waiting.discard(name)
                 time.sleep(0.2)
             assert not waiting, {n: (tmp_path / f"{n}.log").read_text()[-1500:] for n in waiting}
+            # one NATS connection per service process: its consumers run on the process's broker
+            url = f"http://127.0.0.1:{server.monitor_port}/connz?limit=1000"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                names = [c.get("name", "") for c in json.load(response)["connections"]]
+            per_service = {name: sum(1 for n in names if n.startswith(CONNECTION_NAMES[name])) for name in SERVICES}
+            assert per_service == dict.fromkeys(SERVICES, 1), names
         finally:
             for proc, _ in procs.values():
                 proc.terminate()

@@ -319,7 +319,9 @@ class SimAgent:
         )
         self.cluster = cluster
         self._executor: CommandExecutor | None = None
-        self.executed: list[tuple[float, NodeCommand, NodeCommandResult]] = []
+        # every command answered: (time, command, result, ran) — `ran` is False for a replay of a known
+        # action id the executor answered from its memory (no side effect)
+        self.executed: list[tuple[float, NodeCommand, NodeCommandResult, bool]] = []
 
     async def collect(self, *, now: float, noise: float) -> NodeProbe:
         self.files.now = now
@@ -410,7 +412,8 @@ class SimAgent:
     async def execute(self, command: NodeCommand) -> NodeCommandResult:
         executor = self.executor()
         self._materialize()  # garbage that grew since the last command
+        before = executor.executed
         result = await executor.execute(command)
         self.node.garbage_on_disk = self._files_bytes()
-        self.executed.append((time.time(), command, result))
+        self.executed.append((time.time(), command, result, executor.executed > before))
         return result
