@@ -69,6 +69,7 @@ SAFETY = (
     "redeploys_for_reboot_events",
     "budget_exceedances",
     "reboots_in_partition",
+    "replacements_without_approval",
 )
 
 

@@ -368,7 +368,7 @@ async def test_requests_without_credentials_or_signature_are_rejected(emu: EcsEm
     assert status == 200 and body["TotalCount"] == 2
 
     status, body = await asyncio.to_thread(
-        _raw_post, emu.url, query="Action=RunInstances&Version=2014-05-26&AccessKeyId=AK&Signature=x", headers={}
+        _raw_post, emu.url, query="Action=CreateInstance&Version=2014-05-26&AccessKeyId=AK&Signature=x", headers={}
     )
     assert (status, body["Code"]) == (404, "InvalidAction.NotFound")
 
@@ -418,3 +418,31 @@ async def test_full_status_pages_through_a_large_region() -> None:
         )
         rows = only_events.body.instance_full_status_set.instance_full_status_type
         assert [r.instance_id for r in rows] == ["i-fleet0123"]
+
+
+async def test_release_and_recreate_from_a_launch_template_through_the_sdk(world: EcsWorld, client: Client) -> None:
+    template = world.add_launch_template("lt-pool", node_pool="pool-a", region_id="cn-hangzhou", versions=(1, 3))
+    running = next(iter(world.instances))
+    with pytest.raises(ClientException) as refused:  # a Running instance is released only with Force
+        await client.delete_instance_async(ecs.DeleteInstanceRequest(instance_id=running))
+    assert refused.value.code == "IncorrectInstanceStatus"
+    await client.delete_instance_async(ecs.DeleteInstanceRequest(instance_id=running, force=True))
+    assert running not in world.instances and [r.instance_id for r in world.releases] == [running]
+    with pytest.raises(ClientException) as gone:
+        await client.delete_instance_async(ecs.DeleteInstanceRequest(instance_id=running, force=True))
+    assert gone.value.code == "InvalidInstanceId.NotFound"
+
+    request = ecs.RunInstancesRequest(
+        region_id="cn-hangzhou", launch_template_id=template.template_id, launch_template_version=3, amount=1,
+        client_token="act-1",
+    )  # fmt: skip
+    first = await client.run_instances_async(request)
+    again = await client.run_instances_async(request)  # the same ClientToken: nothing new
+    (new,) = first.body.instance_id_sets.instance_id_set
+    assert again.body.instance_id_sets.instance_id_set == [new]
+    assert world.instances[new].status == "Running" and len(world.created) == 1 and world.created[0].version == 3
+    with pytest.raises(ClientException) as no_version:
+        await client.run_instances_async(
+            ecs.RunInstancesRequest(region_id="cn-hangzhou", launch_template_id="lt-pool", launch_template_version=2)
+        )
+    assert no_version.value.code == "InvalidLaunchTemplateVersion.NotFound"

@@ -35,5 +35,9 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     rows = [json.loads(r) for r in (DATA / "kb" / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if r]
     missed = sorted(r["id"] for r in rows if not any(classify_line(line) for line in r["lines"]))
     # not log lines: `systemctl status` / `kubectl describe` output, a Talos controller, a journal
-    # export, a Go runtime crash printed by containerd itself (see docs/BENCHMARKS.md)
-    assert len(missed) <= 10, missed
+    # export; and two held-out runtime excerpts no pattern knows (a Go runtime crash printed by
+    # containerd itself, a `docker.socket` unit failure): see docs/BENCHMARKS.md
+    not_log_lines = {"kb-007", "kb-008", "kb-017", "kb-099", "kb-101", "kb-102", "kb-103", "kb-104", "kb-125"}
+    not_log_lines |= {"kb-187", "kb-188", "kb-199"}
+    unknown_wordings = {"kb-179", "kb-201"}
+    assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)

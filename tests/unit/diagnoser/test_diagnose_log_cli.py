@@ -87,8 +87,20 @@ def test_buckets_list_the_members_of_a_bug_seen_twice(tmp_path: Path) -> None:
 
 
 def test_bench_kb_prints_the_corpus_scores() -> None:
+    rules = "services/diagnoser/src/nodeheal/diagnoser/kb/rules.yaml"  # timed against itself: a same-run baseline
     proc = subprocess.run(
-        [sys.executable, "-m", "nodeheal.cli.main", "bench", "kb", "--json", "--seconds", "0.05"],
+        [
+            sys.executable,
+            "-m",
+            "nodeheal.cli.main",
+            "bench",
+            "kb",
+            "--json",
+            "--seconds",
+            "0.05",
+            "--baseline-rules",
+            rules,
+        ],
         capture_output=True,
         timeout=300,
         check=False,
@@ -101,6 +113,11 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
     assert accuracy["train"]["right"] == accuracy["train"]["excerpts"]
     assert result["speed"]["benign_lines_matched"] == 0
     assert result["partial_copies"]["similarity"]["recall"] > 0
+    syzbot = result["syzbot_same_bug"]["all"]
+    assert syzbot["bugs_with_several_crashes"] >= 20 and syzbot["similarity"]["true_pairs"] >= 100
+    same_run = result["speed"]["same_run"]
+    assert same_run["baseline_rules_count"] == same_run["current_rules_count"]
+    assert same_run["baseline_benign_lines_matched"] == 0
 
 
 def test_bench_kb_without_a_corpus_says_where_to_point_it(tmp_path: Path) -> None:

@@ -96,6 +96,17 @@ def test_benign_line_is_not_a_finding(line: str) -> None:
         ("kb-017", "OOMController", "oom_killer"),  # Talos' user-space OOM controller
         ("kb-122", "sbridge: HANDLING", "edac_memory_ce"),  # sbridge without the EDAC prefix
         ("kb-095", "from runtime service failed", "container_runtime_down"),  # microk8s: CRI unavailable
+        ("kb-185", "main process exited", "container_runtime_down"),  # CentOS 7 systemd 219, zh_CN journal
+        ("kb-186", "entered failed state", "container_runtime_down"),  # systemd 219: 'Unit docker.service entered…'
+        ("kb-186", "docker.service failed.", "container_runtime_down"),  # systemd 219: 'docker.service failed.'
+        ("kb-188", "Cannot connect to the Docker daemon", "container_runtime_down"),  # kubelet event, dead dockerd
+        ("kb-189", "Cannot connect to the Docker daemon", "container_runtime_down"),  # kubelet ImageStatus, dockerd
+        ("kb-190", "Info() call to the Docker client", "container_runtime_down"),  # old Go dial error, no 'connect:'
+        ("kb-191", "Failed to create kubelet", "container_runtime_down"),  # kubelet start-up, docker.sock refused
+        ("kb-199", "ExecStart=/usr/bin/dockerd-current", "container_runtime_down"),  # `systemctl status`, cut line
+        ("kb-210", "error count since last fsck", "ext4_error"),  # ext4's periodic superblock error report
+        ("kb-214", "page allocation failure. order:2", "page_allocation_failure"),  # 2.6.32 'failure. order:'
+        ("kb-216", "page allocation failure. order:9", "page_allocation_failure"),  # RHEL 5 era, same period
     ],
 )
 def test_each_new_rule_on_the_real_line_that_motivated_it(excerpt: str, needle: str, cls: str) -> None:

@@ -150,3 +150,65 @@ def test_a_copy_without_its_header_still_identifies_the_bug() -> None:
     a, b = extract_reports(full), extract_reports(headless)
     assert (a[0].kind, b[0].kind) == ("divide_error", "oops")
     assert cluster_reports([a[0], b[0], zfs[0]]) == [0, 0, 2]
+
+
+# ---- real syzbot crashes (tests/data/kb/syzbot_same_bug.jsonl): the bug syzbot filed each one under
+def syzbot(crash: str):  # type: ignore[no-untyped-def]
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "data" / "kb" / "syzbot_same_bug.jsonl"
+    lines = next(r["lines"] for r in map(json.loads, path.read_text().splitlines()) if r["id"] == crash)
+    return next(r for r in extract_reports(lines) if r.identified())
+
+
+def test_warnings_raised_by_a_shared_helper_are_blamed_on_their_callers() -> None:
+    from nodeheal.diagnoser.kb.signature import is_generic_frame, similarity
+
+    # ODEBUG warnings: every RIP is in the debug-objects helper, the bugs are the callers syzbot names
+    netdev = [syzbot("syz-0415"), syzbot("syz-0525")]  # 'ODEBUG bug in netdev_freemem', two kernel builds
+    psock, xt = syzbot("syz-0173"), syzbot("syz-0210")
+    assert all(r.rip_func and is_generic_frame(r.rip_func) for r in (*netdev, psock, xt))
+    assert (psock.guilty(), xt.guilty()) == ("unreserve_psock", "xt_free_table_info")
+    assert similarity(netdev[0], netdev[1]) >= 0.5
+    assert similarity(netdev[0], psock) < 0.5 and similarity(psock, xt) < 0.5
+
+
+def test_a_stall_report_is_keyed_by_the_stalled_code_not_by_the_timer_interrupt_that_reported_it() -> None:
+    from nodeheal.diagnoser.kb.signature import cluster_reports
+
+    stalls = [syzbot(c) for c in ("syz-0275", "syz-0292", "syz-0300")]  # 'rcu detected stall in smp_call_function'
+    other = syzbot("syz-0271")  # 'rcu detected stall in fuse_dev_release'
+    for report in (*stalls, other):
+        frames = report.significant_frames()
+        assert "rcu_check_callbacks" not in frames and "update_process_times" not in frames
+    assert {r.guilty() for r in stalls} == {"smp_call_function_single"}
+    clusters = cluster_reports([*stalls, other])
+    assert clusters[0] == clusters[1] == clusters[2] != clusters[3]
+
+
+def test_syscall_frames_have_one_name_across_kernel_builds() -> None:
+    from nodeheal.diagnoser.kb.signature import canonical_frame
+
+    names = {canonical_frame(f) for f in ("SyS_ioctl", "__x64_sys_ioctl", "__do_sys_ioctl", "ksys_ioctl", "sys_ioctl")}
+    assert names == {"sys_ioctl"}
+    assert canonical_frame("nmi_handle.isra.0") == "nmi_handle"
+    assert canonical_frame("sysfs_remove_group") == "sysfs_remove_group"
+
+
+def test_root_fs_panics_carry_no_bug_identity() -> None:
+    # three different users' 'VFS: Unable to mount root fs' panics: boot-path frames and a generic string
+    for excerpt in ("kb-117", "kb-118", "kb-120"):
+        reports = [r for r in extract_reports(corpus(excerpt)) if "Unable to mount root fs" in (r.panic_string or "")]
+        assert reports and not any(r.identified() for r in reports), excerpt
+
+
+def test_stalls_caught_at_different_depths_of_one_loop_share_a_level_two_bucket() -> None:
+    from nodeheal.diagnoser.kb.signature import cluster_reports
+
+    # 'rcu detected stall in kvm_vcpu_ioctl': each crash caught the vCPU loop at another function
+    kvm = [syzbot(c) for c in ("syz-0268", "syz-0273", "syz-0279", "syz-0282")]
+    assert len({r.guilty() for r in kvm}) == 4
+    other = syzbot("syz-0271")  # 'rcu detected stall in fuse_dev_release'
+    clusters = cluster_reports([*kvm, other])
+    assert len(set(clusters[:4])) == 1 and clusters[4] != clusters[0]

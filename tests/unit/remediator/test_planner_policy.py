@@ -167,3 +167,22 @@ def test_stale_or_recovered_diagnoses_fail_freshness() -> None:
         diagnosis=d, policy=PolicySettings(), now=NOW, recovered_at=NOW + timedelta(seconds=1)
     )
     assert policy.failed(recovered)[0].name == "node_recovered"
+
+
+def test_rotation_ladders_end_with_the_machine_and_replace_always_needs_approval() -> None:
+    no_approvals = PolicySettings(approval_required=())
+    rotation = planner.plan(
+        diagnosis=_diag("cordon", "drain", "retire", "replace"), cloud_events=[], policy=no_approvals, now=NOW
+    )
+    assert [s.action for s in rotation.steps] == ["cordon", "drain", "retire", "replace"]  # no "exhausted" page
+    assert [s.needs_approval for s in rotation.steps] == [False, False, False, True]
+    assert {s.action for s in rotation.steps if s.disruptive} == {"drain", "retire", "replace"}
+    # the rotation of a spent repair budget continues the episode's own steps (same ids), never repeats them
+    rotate = planner.rotation_steps(_diag("reboot"), policy=no_approvals, why="budget spent", rung=1)
+    assert [s.action_id for s in rotate] == [s.action_id for s in rotation.steps]
+
+
+def test_an_operator_request_is_not_paged_when_it_succeeds() -> None:
+    request = _diag("cordon").model_copy(update={"cause": "operator_request"})
+    plan = planner.plan(diagnosis=request, cloud_events=[], policy=PolicySettings(), now=NOW)
+    assert [s.action for s in plan.steps] == ["cordon"]

@@ -97,3 +97,23 @@ def test_unsafe_side_effects_are_counted() -> None:
     assert safety["redeploys_for_reboot_events"] == 1
     assert safety["reboots_in_partition"] == 1
     assert not safety["all_zero"]
+
+
+def test_a_replacement_needs_an_approved_intent_and_is_counted_as_rotation() -> None:
+    from nodeheal.schemas.audit import PolicyCheck
+
+    approved = RemediationRecord(
+        cluster="c", node=NODE, time=at(10), action_id="act-r", action="replace", phase="intent", reason="r",
+        actor="x", checks=(PolicyCheck(name="approval", passed=True, detail="approved by alice"),),
+    )  # fmt: skip
+    calls = [call("DeleteInstance", 11, Force="true"), call("RunInstances", 12, ClientToken="act-r")]
+    ok = judge(audit=[approved, rec("replace", "succeeded", 13, "act-r")], world=world(ecs_calls=calls), truth=[],
+               run_end=END)  # fmt: skip
+    assert ok["all_zero"], ok
+    assert ok["rotation"]["instances_released"] == 1 and ok["rotation"]["nodes_replaced_in_audit"] == 1
+    # the same calls with an intent that carries no approval, and a RunInstances nobody intended
+    unapproved = rec("replace", "intent", 10, "act-r")
+    bad = judge(audit=[unapproved], world=world(ecs_calls=[*calls, call("RunInstances", 20, ClientToken="x")]),
+                truth=[], run_end=END)  # fmt: skip
+    assert bad["replacements_without_approval"] == 1
+    assert bad["actions_without_intent"] == 1

@@ -125,16 +125,23 @@ def agent(probes: int, nodes: int, fleet: int, interval: float) -> None:
 @click.option(
     "--seconds", type=click.FloatRange(0.05, 60), default=2.0, show_default=True, help="Duration of each speed run."
 )
+@click.option(
+    "--baseline-rules",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Another rules.yaml (e.g. an earlier commit's) to time against the current one in the same run.",
+)
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
-def kb(corpus_dir: Path, seconds: float, as_json: bool) -> None:
+def kb(corpus_dir: Path, seconds: float, baseline_rules: Path | None, as_json: bool) -> None:
     """The knowledge base on the real corpus: per-class precision/recall, confusion, buckets, filter speed."""
+    from nodeheal.diagnoser.kb import KnowledgeBaseError
     from nodeheal.sim.bench.kb import CorpusError, run_bench
 
     if not as_json:
         click.echo(f"benchmarking the knowledge base on {corpus_dir} ...", err=True)
     try:
-        result = run_bench(corpus_dir, seconds=seconds)
-    except CorpusError as exc:
+        result = run_bench(corpus_dir, seconds=seconds, baseline_rules=baseline_rules)
+    except (CorpusError, KnowledgeBaseError) as exc:
         raise click.ClickException(str(exc)) from exc
     json.dump(result, sys.stdout, indent=None if as_json else 2, ensure_ascii=False)
     sys.stdout.write("\n")

@@ -1,6 +1,6 @@
-"""`nodeheal fleet`: the fleet's crash, schedulable and online rate, its systematic risks and its top crash
-buckets, read from the streams and the inventory bucket (read-only: ephemeral ordered consumers and a KV
-watch, nothing left on the server).
+"""`nodeheal fleet`: the fleet's crash, schedulable and online rate, its systematic risks, its top crash
+buckets and the machines rotated out (AUDIT: nodes retired, instances replaced), read from the streams and
+the inventory bucket (read-only: ephemeral ordered consumers and a KV watch, nothing left on the server).
 
 The numbers use the same functions as the diagnoser's `nodeheal_fleet_rate` gauges
 (`nodeheal.diagnoser.kpi`): a crash is a diagnosis episode with a crash signature or a crash cause; a node
@@ -30,6 +30,7 @@ from nodeheal.diagnoser.kpi import fleet_kpis, is_crash
 from nodeheal.diagnoser.rules import SILENT_KINDS
 from nodeheal.runtime.connect import connect
 from nodeheal.schemas.anomaly import Anomaly
+from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.inventory import NodeInventory
@@ -139,6 +140,17 @@ async def collect_fleet(
         b.first_seen = min(b.first_seen or at, at)
         b.last_seen = max(b.last_seen or at, at)
         b.example = b.example or (sig.panic_string or sig.rip_func or sig.bug_at or "")
+    retired: set[str] = set()
+    replaced: set[str] = set()
+    async for stored in read_stream(
+        js, stream=f"{stream_prefix}AUDIT", subjects=[wildcard("audit", prefix=prefix)], since=since
+    ):
+        try:
+            audit = RemediationRecord.model_validate_json(stored.data)
+        except ValidationError:
+            continue
+        if audit.phase == "succeeded" and not audit.dry_run and audit.action in ("retire", "replace"):
+            (retired if audit.action == "retire" else replaced).add(_key(audit.cluster, audit.node))
     kpis = fleet_kpis(
         inventory=inventory, down=firing.values(), crash_times=crash_onsets.values(), now=now, window=now - since
     )
@@ -180,6 +192,9 @@ async def collect_fleet(
         **kpis.as_dict(),
         "systematic_risks": risks,
         "top_crash_buckets": top_buckets,
+        "rotated": len(retired | replaced),
+        "retired": len(retired),
+        "replaced": len(replaced),
     }
 
 
@@ -188,7 +203,8 @@ def print_fleet(report: dict[str, Any], *, console: Console) -> None:
         f"[bold]fleet[/] {report['nodes']} nodes, {report['since']} → {report['until']}\n"
         f"  crash rate       {report['crash_rate']:.5f} per node per day ({report['crashes']} crashes)\n"
         f"  schedulable rate {report['schedulable_rate']:.2%} ({report['schedulable']} nodes)\n"
-        f"  online rate      {report['online_rate']:.2%} ({report['online']} nodes)",
+        f"  online rate      {report['online_rate']:.2%} ({report['online']} nodes)\n"
+        f"  rotated          {report['rotated']} nodes ({report['retired']} retired, {report['replaced']} replaced)",
         highlight=False,
     )
     risks = Table(title="systematic risks (active findings)")
@@ -258,7 +274,8 @@ def write_fleet_html(report: dict[str, Any], path: Path) -> None:
         "<!doctype html><html><head><meta charset='utf-8'><title>nodeheal fleet</title>"
         f"<script>{get_plotlyjs()}</script></head><body style='font-family:sans-serif'>"
         f"<h1>nodeheal fleet</h1><p>{html.escape(report['since'])} → {html.escape(report['until'])},"
-        f" {report['nodes']} nodes</p>{body}</body></html>"
+        f" {report['nodes']} nodes, {report['rotated']} rotated ({report['retired']} retired,"
+        f" {report['replaced']} replaced)</p>{body}</body></html>"
     )
     path.write_text(page, encoding="utf-8")
 

@@ -9,6 +9,7 @@ import click
 
 from nodeheal.cli.approve import approve, pause, resume
 from nodeheal.cli.audit import audit
+from nodeheal.cli.batch import batch
 from nodeheal.cli.bench import bench
 from nodeheal.cli.demo import demo
 from nodeheal.cli.diagnose_log import diagnose_log
@@ -36,6 +37,7 @@ cli.add_command(diagnose_log)
 cli.add_command(audit)
 cli.add_command(replay)
 cli.add_command(fleet)
+cli.add_command(batch)
 cli.add_command(bench)
 cli.add_command(approve)
 cli.add_command(pause)

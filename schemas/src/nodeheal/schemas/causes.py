@@ -26,6 +26,7 @@ KNOWN_CAUSES: dict[str, Category] = {
     "host_live_migration": "ops",
     "host_failure": "hardware",  # cloud-announced SystemFailure.* / unscheduled events
     "planned_reboot": "ops",
+    "operator_request": "ops",  # `nodeheal batch`: a person asked for the ladder (cordon, drain, reboot, retire ...)
     # resources and software
     "high_load": "software",
     "disk_full": "software",
@@ -53,3 +54,9 @@ for _cls, _cat in DEFAULT_CATEGORY.items():
 def category_of(cause: str) -> Category:
     """The default category of a cause; `unknown` for a name not in the table."""
     return KNOWN_CAUSES.get(cause, "unknown")
+
+
+OPERATOR_REQUEST = "operator_request"
+"""The cause of a diagnosis published by `nodeheal batch`: not a fault, a person's request. The remediator
+runs its ladder through every gate like any other, does not count the node as unhealthy for the storm
+guard, and ends the ladder when the last step succeeded (no escalation unless a step failed)."""

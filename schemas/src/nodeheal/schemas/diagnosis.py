@@ -30,7 +30,9 @@ ActionName = Literal[
     "escalate",
 ]
 
-DISRUPTIVE_ACTIONS: frozenset[str] = frozenset({"drain", "reboot", "redeploy", "accept_cloud_event", "retire", "replace"})
+DISRUPTIVE_ACTIONS: frozenset[str] = frozenset(
+    {"drain", "reboot", "redeploy", "accept_cloud_event", "retire", "replace"}
+)
 
 
 class RecommendedAction(Frozen):

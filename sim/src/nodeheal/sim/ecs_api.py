@@ -9,8 +9,10 @@ as query or form parameters) is accepted too. Responses are JSON in the real sha
 ``alibabacloud_tea_openapi.exceptions.ClientException`` (``e.code``, ``e.status_code``).
 
 Actions: ``DescribeInstanceHistoryEvents``, ``DescribeInstancesFullStatus``, ``RebootInstance``,
-``RedeployInstance``, ``AcceptInquiredSystemEvent``, ``CreateSimulatedSystemEvents``,
-``CancelSimulatedSystemEvents``. Anything else is ``InvalidAction.NotFound`` (404). State lives in an
+``RedeployInstance``, ``AcceptInquiredSystemEvent``, ``DeleteInstance`` (``Force`` for a Running instance),
+``RunInstances`` (from a launch template: ``LaunchTemplateId`` / ``LaunchTemplateVersion``, ``Amount``,
+idempotent on ``ClientToken``), ``CreateSimulatedSystemEvents``, ``CancelSimulatedSystemEvents``.
+Anything else is ``InvalidAction.NotFound`` (404). State lives in an
 ``EcsWorld`` (``nodeheal.sim.ecs_world``), which the fleet simulator can also drive in-process.
 
 Usage (in-process and standalone): docs/emulators.md. A small control surface under ``/_sim/`` (not part
@@ -229,7 +231,7 @@ def _in_window(when: datetime | None, start: datetime | None, end: datetime | No
 
 def render_event(world: EcsWorld, event: SystemEvent, *, with_instance: bool = True) -> dict[str, Any]:
     """One system event in the ``InstanceSystemEventType`` / ``ScheduledSystemEventType`` shape."""
-    instance = world.instances[event.instance_id]
+    instance = world.any_instance(event.instance_id)
     extended: dict[str, Any] = {"HostId": instance.host_id}
     if event.status == "Inquiring":
         extended["CanAccept"] = "true"
@@ -294,7 +296,7 @@ def describe_instance_history_events(world: EcsWorld, params: _Params) -> dict[s
     matching = [
         e
         for e in world.visible_events()
-        if world.instances[e.instance_id].region_id == region_id
+        if world.any_instance(e.instance_id).region_id == region_id
         and resource_type == "instance"
         and (not instance_ids or e.instance_id in instance_ids)
         and (not event_ids or e.event_id in event_ids)
@@ -441,6 +443,31 @@ def redeploy_instance(world: EcsWorld, params: _Params) -> dict[str, Any]:
     return {"TaskId": task_id}
 
 
+def delete_instance(world: EcsWorld, params: _Params) -> dict[str, Any]:
+    instance_id = params.required("InstanceId")
+    if params.boolean("DryRun"):
+        world.instance(instance_id)
+        raise EcsApiError(
+            code="DryRunOperation", message="Request validation has been passed with DryRun flag set.", http_status=400
+        )
+    world.delete_instance(instance_id, force=params.boolean("Force"))
+    return {}
+
+
+def run_instances(world: EcsWorld, params: _Params) -> dict[str, Any]:
+    region_id = _region(world, params)
+    version = params.get("LaunchTemplateVersion")
+    ids = world.run_instances(
+        region_id=region_id,
+        template_id=params.get("LaunchTemplateId"),
+        version=params.integer("LaunchTemplateVersion", default=1, low=1, high=2**31 - 1) if version else None,
+        amount=params.integer("Amount", default=1, low=1, high=100),
+        client_token=params.get("ClientToken"),
+    )
+    return {"OrderId": f"2{world.new_request_id()[:14].replace('-', '')}", "TradePrice": 0.0,
+            "InstanceIdSets": {"InstanceIdSet": list(ids)}}  # fmt: skip
+
+
 def accept_inquired_system_event(world: EcsWorld, params: _Params) -> dict[str, Any]:
     region_id = _region(world, params)
     event_id = params.required("EventId")
@@ -485,6 +512,8 @@ ACTIONS: Final[Mapping[str, ActionHandler]] = {
     "RebootInstance": reboot_instance,
     "RedeployInstance": redeploy_instance,
     "AcceptInquiredSystemEvent": accept_inquired_system_event,
+    "DeleteInstance": delete_instance,
+    "RunInstances": run_instances,
     "CreateSimulatedSystemEvents": create_simulated_system_events,
     "CancelSimulatedSystemEvents": cancel_simulated_system_events,
 }

@@ -166,6 +166,39 @@ class WorldChange:
     local_disks_wiped: bool = False
 
 
+@dataclass
+class LaunchTemplate:
+    """A launch template (``lt-…``): what ``RunInstances`` recreates a node pool's machine from."""
+
+    template_id: str
+    name: str
+    region_id: str
+    zone_id: str
+    node_pool: str | None = None
+    versions: tuple[int, ...] = (1,)
+    default_version: int = 1
+
+
+@dataclass(frozen=True)
+class Released:
+    """One ``DeleteInstance``: the instance that left and when."""
+
+    instance_id: InstanceId
+    at: datetime
+    forced: bool
+
+
+@dataclass(frozen=True)
+class Created:
+    """One instance ``RunInstances`` made: from which template (and version), for which ClientToken."""
+
+    instance_id: InstanceId
+    at: datetime
+    template_id: str | None
+    version: int | None
+    client_token: str | None
+
+
 @dataclass(frozen=True)
 class RecordedCall:
     """One API call as it reached the endpoint, with the outcome."""
@@ -214,6 +247,11 @@ class EcsWorld:
         self._change_listeners: list[ChangeListener] = []
         self._call_listeners: list[CallListener] = []
         self._host_counter = 0
+        self.launch_templates: dict[str, LaunchTemplate] = {}
+        self.released: dict[InstanceId, EcsInstance] = {}
+        self.releases: list[Released] = []
+        self.created: list[Created] = []
+        self._by_client_token: dict[str, list[InstanceId]] = {}
 
     # ------------------------------------------------------------------ time
 
@@ -337,6 +375,35 @@ class EcsWorld:
         self.instances[iid] = instance
         self._sorted_by_region.pop(region_id, None)
         return instance
+
+    def add_launch_template(
+        self,
+        template_id: str | None = None,
+        *,
+        node_pool: str | None = None,
+        region_id: str = "cn-hangzhou",
+        zone_id: str | None = None,
+        name: str | None = None,
+        versions: tuple[int, ...] = (1,),
+    ) -> LaunchTemplate:
+        """A launch template of a node pool (the fleet's machines are recreated from it by ``RunInstances``)."""
+        tid = template_id or f"lt-{region_id[:2]}{self._token(18)}"
+        template = LaunchTemplate(
+            template_id=tid,
+            name=name or (f"{node_pool}-template" if node_pool else tid),
+            region_id=region_id,
+            zone_id=zone_id if zone_id is not None else f"{region_id}-h",
+            node_pool=node_pool,
+            versions=versions,
+            default_version=versions[0],
+        )
+        self.launch_templates[tid] = template
+        return template
+
+    def any_instance(self, instance_id: str) -> EcsInstance:
+        """A live or released instance (events of a released instance stay visible, as in the real API)."""
+        iid = InstanceId(instance_id)
+        return self.instances.get(iid) or self.released[iid]
 
     def instances_in(self, region_id: str) -> list[EcsInstance]:
         """The region's instances ordered by id (cached; the API pages through it)."""
@@ -508,7 +575,7 @@ class EcsWorld:
     def accept_inquired_system_event(self, event_id: str, *, region_id: str | None = None) -> SystemEvent:
         """``AcceptInquiredSystemEvent``: an ``Inquiring`` event starts executing its default action now."""
         event = self.events.get(EventId(event_id))
-        if event is None or (region_id is not None and self.instances[event.instance_id].region_id != region_id):
+        if event is None or (region_id is not None and self.any_instance(event.instance_id).region_id != region_id):
             raise EcsApiError(
                 code="InvalidEventId.NotFound", message="The specified EventId does not exist.", http_status=404
             )
@@ -527,6 +594,82 @@ class EcsWorld:
             )
         self._start_execution(event, at=self.now(), initiator="accept")
         return event
+
+    def delete_instance(self, instance_id: str, *, force: bool = False) -> None:
+        """``DeleteInstance``: the instance is released (a Running one only with ``Force``; never mid-operation)."""
+        instance = self.instance(instance_id)
+        if self.operation_for(instance.instance_id) is not None or (instance.status != "Stopped" and not force):
+            raise EcsApiError(
+                code="IncorrectInstanceStatus",
+                message=(
+                    f"The current status of the resource does not support this operation. "
+                    f"(instance {instance.instance_id} is {instance.status}; a running instance needs Force=true)"
+                ),
+                http_status=403,
+            )
+        now = self.now()
+        was_running = instance.status == "Running"
+        del self.instances[instance.instance_id]
+        self.released[instance.instance_id] = instance
+        self._sorted_by_region.pop(instance.region_id, None)
+        self.releases.append(Released(instance_id=instance.instance_id, at=now, forced=force))
+        for event in self._open_events(instance.instance_id):
+            self._set_status(event, "Canceled", at=now)
+        if was_running:
+            self._emit(
+                WorldChange(
+                    kind="instance_down",
+                    at=now,
+                    instance_id=instance.instance_id,
+                    reason="release",
+                    initiator="api",
+                    host_id=instance.host_id,
+                )
+            )
+
+    def run_instances(
+        self,
+        *,
+        region_id: str,
+        template_id: str | None,
+        version: int | None = None,
+        amount: int = 1,
+        client_token: str | None = None,
+    ) -> list[InstanceId]:
+        """``RunInstances`` from a launch template: ``amount`` new Running instances; the same ClientToken
+        returns the instances of the first call and creates nothing (the API's idempotency)."""
+        if client_token and client_token in self._by_client_token:
+            return list(self._by_client_token[client_token])
+        if template_id is None:
+            raise EcsApiError(
+                code="MissingParameter", message="LaunchTemplateId (or the instance settings) is required."
+            )
+        template = self.launch_templates.get(template_id)
+        if template is None or template.region_id != region_id:
+            raise EcsApiError(
+                code="InvalidLaunchTemplate.NotFound",
+                message=f"The specified launch template {template_id} does not exist.",
+                http_status=404,
+            )
+        chosen = version if version is not None else template.default_version
+        if chosen not in template.versions:
+            raise EcsApiError(
+                code="InvalidLaunchTemplateVersion.NotFound",
+                message=f"The specified version {chosen} of launch template {template_id} does not exist.",
+                http_status=404,
+            )
+        now = self.now()
+        ids: list[InstanceId] = []
+        for _ in range(amount):
+            iid = InstanceId(f"i-{region_id[:2]}{self._token(18)}")
+            self.add_instance(iid, region_id=region_id, zone_id=template.zone_id, instance_name=template.name)
+            self.created.append(
+                Created(instance_id=iid, at=now, template_id=template_id, version=chosen, client_token=client_token)
+            )
+            ids.append(iid)
+        if client_token:
+            self._by_client_token[client_token] = ids
+        return ids
 
     def create_simulated_system_events(
         self, *, instance_ids: Iterable[str], event_type: str, not_before: datetime, region_id: str | None = None
@@ -547,7 +690,7 @@ class EcsWorld:
     def cancel_simulated_system_events(self, event_ids: Iterable[str], *, region_id: str | None = None) -> None:
         for event_id in event_ids:
             event = self.event(event_id)
-            if region_id is not None and self.instances[event.instance_id].region_id != region_id:
+            if region_id is not None and self.any_instance(event.instance_id).region_id != region_id:
                 raise EcsApiError(
                     code="InvalidEventId.NotFound", message="The specified EventId does not exist.", http_status=404
                 )

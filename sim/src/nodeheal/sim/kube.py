@@ -104,6 +104,13 @@ class _Emulator(kmock.KubernetesEmulator):
                 return aiohttp.web.json_response(self._objects[key].raw)
         if request.action == kmock.action.LIST and request.resource == _PODS:
             return aiohttp.web.json_response(world._list_pods(request.params, request.namespace))
+        if (
+            request.action == kmock.action.LIST
+            and request.resource == _NODES
+            and request.params.get("labelSelector")
+            and request.params.get("watch") not in ("true", "1")
+        ):
+            return aiohttp.web.json_response(world._list_nodes(request.params))
         # kmock's generic handler matches every stored object against its filters on each request;
         # at 50,000 nodes that is seconds per cordon or event, so the two writes nodeheal makes are
         # served here directly
@@ -368,6 +375,20 @@ class KubeWorld:
         if selector := _parse_label_selector(params.get("labelSelector", "")):
             pods = [p for p in pods if _selector_matches(selector, p["metadata"].get("labels", {}))]
         return {"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": pods}
+
+    def _list_nodes(self, params: Mapping[str, str]) -> dict[str, Any]:
+        """Nodes matching an equality label selector (`k=v,k2=v2`), in name order, one page."""
+        selector = _parse_label_selector(params.get("labelSelector", ""))
+        nodes = sorted(
+            (
+                obj.raw
+                for (resource, _, _), obj in self.emulator.objects.items()
+                if resource == _NODES and not obj.deleted
+            ),
+            key=lambda n: n["metadata"]["name"],
+        )
+        items = [n for n in nodes if _selector_matches(selector, n["metadata"].get("labels", {}))]
+        return {"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "1"}, "items": items}
 
     def _pdbs(self) -> list[tuple[tuple[str | None, str], Any]]:
         return [

@@ -17,7 +17,13 @@ Every figure of the `safety` section should be 0:
 - `redeploys_for_reboot_events`: RedeployInstance on an instance whose open host event was a Reboot;
 - `budget_exceedances`: the number of disrupted nodes (cordoned at the Kubernetes emulator, or in an
   API-initiated reboot/redeploy at the ECS emulator) above the remediator's budget in a failure domain;
-- `reboots_in_partition`: API-initiated reboots / redeploys of a node while its rack was dark.
+- `reboots_in_partition`: API-initiated reboots / redeploys of a node while its rack was dark;
+- `replacements_without_approval`: an instance released (DeleteInstance) with no AUDIT `intent` of a
+  `replace` of that node carrying a passed `approval` check before it (a replacement is always approved).
+
+Machine rotation is counted under `rotation`: instances released (DeleteInstance) and created
+(RunInstances) at the ECS emulator, and the AUDIT records of retired / replaced nodes. A RunInstances call
+is matched to its intent by its ClientToken, which the remediator sets to the action id.
 
 The `security` section counts NATS permission violations: the server's log lines (when the demo runs
 the server) and the error callbacks of the demo's own connections.
@@ -38,7 +44,7 @@ from nodeheal.sim.faults import InjectedFault
 
 SKEW_S = 1.0
 """Clock slack between a record's time and an emulator's log (the same machine, different processes)."""
-DISRUPTIVE_CALLS = {"RebootInstance": "reboot", "RedeployInstance": "redeploy"}
+DISRUPTIVE_CALLS = {"RebootInstance": "reboot", "RedeployInstance": "redeploy", "DeleteInstance": "replace"}
 HOST_EVENT_TYPES = {"SystemMaintenance.Reboot", "SystemMaintenance.Redeploy"}
 
 
@@ -119,6 +125,11 @@ def judge(
     for call in world.ecs_calls:
         if call.http_status != 200:
             continue
+        if call.action == "RunInstances":
+            if call.params.get("ClientToken") not in intent_ids:
+                without_intent += 1
+                note("actions_without_intent", {"call": call.action, "at": call.at.isoformat()})
+            continue
         action = {**DISRUPTIVE_CALLS, "AcceptInquiredSystemEvent": "accept_cloud_event"}.get(call.action)
         if action is None:
             continue
@@ -131,7 +142,9 @@ def judge(
             without_intent += 1
             note("actions_without_intent", {"node": node, "call": call.action, "at": call.at.isoformat()})
     for at, node, effect in world.kube_effects:
-        kube_actions = {"cordon": ("cordon", "drain", "taint"), "uncordon": ("uncordon",)}.get(effect, ("drain",))
+        kube_actions = {"cordon": ("cordon", "drain", "taint", "retire"), "uncordon": ("uncordon",)}.get(
+            effect, ("drain",)
+        )
         if not _has_intent(intents, node, kube_actions, at):
             without_intent += 1
             note("actions_without_intent", {"node": node, "effect": effect, "at": at})
@@ -217,6 +230,30 @@ def judge(
             in_partition += 1
             note("reboots_in_partition", {"node": node, "at": change.at.isoformat(), "reason": change.reason})
 
+    # -- replacements (release + recreate) without a person's approval
+    approved: dict[str, list[float]] = defaultdict(list)
+    for rec in audit:
+        approval = any(c.name == "approval" and c.passed for c in rec.checks)
+        if rec.action == "replace" and rec.phase == "intent" and not rec.dry_run and approval:
+            approved[rec.node].append(rec.time.timestamp())
+    unapproved = 0
+    for call in world.ecs_calls:
+        if call.action == "DeleteInstance" and call.http_status == 200:
+            node = world.instance_node.get(call.params.get("InstanceId", ""), "")
+            if not any(t <= _ts(call.at) + SKEW_S for t in approved.get(node, [])):
+                unapproved += 1
+                note("replacements_without_approval", {"node": node, "at": call.at.isoformat()})
+    rotation = {
+        "instances_released": sum(1 for c in world.ecs_calls if c.action == "DeleteInstance" and c.http_status == 200),
+        "instances_created": sum(1 for c in world.ecs_calls if c.action == "RunInstances" and c.http_status == 200),
+        "nodes_retired_in_audit": len(
+            {r.node for r in audit if r.action == "retire" and r.phase == "succeeded" and not r.dry_run}
+        ),
+        "nodes_replaced_in_audit": len(
+            {r.node for r in audit if r.action == "replace" and r.phase == "succeeded" and not r.dry_run}
+        ),
+    }
+
     safety = {
         "actions_without_intent": without_intent,
         "disrupted_twice_for_one_fault": twice,
@@ -225,11 +262,13 @@ def judge(
         "redeploys_for_reboot_events": redeploy_for_reboot,
         "budget_exceedances": world.budget_exceedances,
         "reboots_in_partition": in_partition,
+        "replacements_without_approval": unapproved,
     }
     return {
         **safety,
         "all_zero": not any(safety.values()),
         "budget_exceedances_by_domain": world.budget_exceedances_by_domain,
+        "rotation": rotation,
         "side_effects_seen": {
             "cloud_api_calls": dict(Counter(c.action for c in world.ecs_calls if c.http_status == 200)),
             "kubernetes": dict(Counter(e.split(":", 1)[0] for _, _, e in world.kube_effects)),

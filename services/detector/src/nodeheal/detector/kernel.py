@@ -33,8 +33,10 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     ),
     (
         "filesystem",
-        r"EXT4-fs error|Remounting filesystem read-only|Aborting journal"
-        r"|XFS \([^)]*\): .*(?:error|[Cc]orruption|shutdown)|XFS: Internal error|aborted journal|Journal has aborted",
+        r"EXT4-fs error|Remounting filesystem read-only|Aborting journal|error count since last fsck"
+        r"|error reading directory block"
+        r"|XFS \([^)]*\): .*(?:error|Error|[Cc]orruption|shutdown|Shutting down)|XFS: Internal error|aborted journal"
+        r"|Journal has aborted",
     ),
     (
         "memory",
@@ -52,7 +54,11 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*reclaim"
         r"|EvictionThresholdMet|NodeHasDiskPressure|kubelet\.service: main process exited"
         r"|Unit kubelet\.service entered failed state|dial unix \S*\.sock: connect|runtime API version: rpc error"
-        r"|from runtime service failed",
+        r"|from runtime service failed|Cannot connect to the Docker daemon at unix"
+        r"|dial unix \S*docker\.sock: (?:no such file|connection refused|resource temporarily)"
+        r"|containerd\.service(?:: main process exited| holdoff time over| failed\.)"
+        r"|docker\.service(?:: (?:[Mm]ain process exited|Failed|Unit entered failed)| failed\.| holdoff time over"
+        r"| stop-sigterm timed out)|Unit (?:containerd|docker|crio)\.service entered failed state",
     ),
     # an orderly shutdown or reboot: the diagnoser needs these lines to tell a planned power-off from a crash
     (

@@ -37,7 +37,7 @@ from nodeheal.schemas.ids import deterministic_id
 SEP: Final = "\x1f"
 MAINTENANCE_ACTIONS: Final = frozenset({"reboot", "redeploy", "stop"})
 ACTIVE_PHASES: Final = frozenset({"pending_approval", "scheduled", "in_progress"})
-DISRUPTIVE_REMEDIATIONS: Final = frozenset({"reboot", "redeploy", "accept_cloud_event"})
+DISRUPTIVE_REMEDIATIONS: Final = frozenset({"reboot", "redeploy", "accept_cloud_event", "replace"})
 SILENCE_KINDS: Final = frozenset({"node_down", "node_hang", "service_down"})
 # Kinds measured on every agent probe: when the measurement disappears, it counts as clear.
 MEASURED_KINDS: Final = frozenset(

@@ -54,6 +54,7 @@ from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.state import node_key
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import CrashSignature, Diagnosis
 from nodeheal.schemas.finding import FleetFinding
@@ -199,8 +200,8 @@ class DurableState:
                 diag.restore_finding(FleetFinding.model_validate(data))
                 return
             item = Diagnosis.model_validate(data)
-            if item.replay:
-                return
+            if item.replay or item.cause == OPERATOR_REQUEST:
+                return  # not ours: `nodeheal batch` requests are no faults (rates) and no verdict of ours
             diag.restore_fault_event(item)
             said[node_key(item.cluster, item.node)] = item
 

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from nodeheal.remediator.policy import CAPACITY, DISRUPTIVE, FIXES
+from nodeheal.remediator.policy import CAPACITY, DISRUPTIVE, FIXES, ROTATION
 from nodeheal.remediator.settings import PolicySettings
+from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import ActionId, deterministic_id
@@ -152,6 +153,8 @@ def plan(
         # the hand-over ends the ladder: what comes after it is the cloud's (and then verification's)
         cut = next(i for i, r in enumerate(ladder) if r.action == "wait_for_cloud_event")
         ladder = ladder[: cut + 1]
+    elif diagnosis.cause == OPERATOR_REQUEST or any(r.action in ROTATION for r in ladder):
+        pass  # an operator's request, a rotation: the runner escalates only when a step did not succeed
     elif not ladder or ladder[-1].action != "escalate":
         ladder.append(RecommendedAction(action="escalate", reason="the ladder is exhausted"))
     key = diagnosis.episode
@@ -167,11 +170,37 @@ def plan(
                 reason=rec.reason,
                 target=target,
                 timeout_s=rec.timeout_s,
-                needs_approval=rec.action in policy.approval_required,
+                needs_approval=needs_approval(rec.action, policy),
                 cloud_event=cloud_event,
             )
         )
     return Plan(diagnosis_id=diagnosis.id, node=diagnosis.node, steps=tuple(steps), notes=tuple(notes))
+
+
+def needs_approval(action: str, policy: PolicySettings) -> bool:
+    """`replace` releases the machine for good: a person approves it, whatever the approval list says."""
+    return action == "replace" or action in policy.approval_required
+
+
+def rotation_steps(diagnosis: Diagnosis, *, policy: PolicySettings, why: str, rung: int) -> tuple[Step, ...]:
+    """Machine rotation of a node that exhausted its repair budget: cordon, drain, retire, replace (approval).
+    The ids are the episode's own (target none), so the steps a ladder already ran are continued, not repeated."""
+    reasons: tuple[tuple[ActionName, str], ...] = (
+        ("cordon", "rotation: keep new pods off"),
+        ("drain", "rotation: move the workloads away"),
+        ("retire", f"rotation: {why}"),
+        ("replace", f"rotation: release and recreate the machine from its node pool's launch template ({why})"),
+    )
+    return tuple(
+        Step(
+            rung=rung + i,
+            action=action,
+            action_id=action_id(diagnosis_id=diagnosis.episode, action=action, target=None),
+            reason=reason,
+            needs_approval=needs_approval(action, policy),
+        )
+        for i, (action, reason) in enumerate(reasons)
+    )
 
 
 ACCEPT_METHODS: dict[str, frozenset[str]] = {

@@ -20,8 +20,10 @@ from nodeheal.schemas.diagnosis import Diagnosis
 
 DomainKind = Literal["cluster", "zone", "rack", "node_pool"]
 
-DISRUPTIVE: frozenset[str] = frozenset({"drain", "reboot", "redeploy", "accept_cloud_event"})
+DISRUPTIVE: frozenset[str] = frozenset({"drain", "reboot", "redeploy", "accept_cloud_event", "retire", "replace"})
 """Actions that take workloads or the machine away: rate-limited, stopped by the storm guard."""
+ROTATION: frozenset[str] = frozenset({"retire", "replace"})
+"""Actions that take the machine out of the fleet for good (machine rotation): the ladder ends after them."""
 CAPACITY: frozenset[str] = DISRUPTIVE | frozenset({"cordon", "taint"})
 """Actions that take a node out of capacity: each needs a blast-radius slot (draino cordoned 75 %)."""
 FIXES: frozenset[str] = frozenset(

@@ -43,6 +43,7 @@ from nodeheal.remediator.views import FleetView
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage, pipeline_metrics
 from nodeheal.runtime.telemetry import current_trace_id
 from nodeheal.schemas.audit import PolicyCheck, RemediationPhase, RemediationRecord
+from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis
 from nodeheal.schemas.ids import ActionId, deterministic_id
@@ -281,7 +282,7 @@ class Remediator:
         if newer is not None:
             return "ack"  # a later diagnosis of the same episode carries the ladder on
         checks = policy.check_fresh(
-            diagnosis=diagnosis, policy=self.policy, now=now, recovered_at=self.view.recovered_at.get(diagnosis.node)
+            diagnosis=diagnosis, policy=self.policy, now=now, recovered_at=self._recovered_at(diagnosis)
         )
         if policy.failed(checks):
             reason = "diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks))
@@ -341,7 +342,20 @@ class Remediator:
         the_plan = planner.plan(
             diagnosis=d, cloud_events=self.view.cloud_events(d.node), policy=self.policy, now=utcnow()
         )
-        for step in the_plan.steps:
+        operator = d.cause == OPERATOR_REQUEST
+        retired = self._retired_at(run)
+        if retired is not None and not operator and not any(s.action in policy.ROTATION for s in the_plan.steps):
+            await self._record(
+                run,
+                diagnosis=d,
+                action_id=planner.action_id(diagnosis_id=d.id, action="none", target="retired"),
+                action="none",
+                phase="skipped",
+                reason=f"{d.node} was retired at {retired.isoformat()}: it is not repaired again ({d.cause}); "
+                "replace it, or remove the retired label and taint and uncordon it by hand",
+            )
+            return "ack"
+        for i, step in enumerate(the_plan.steps):
             if run.lease.lost:
                 raise LeaseLostError(f"lease on {d.node} lost")
             newer = self.view.newer_in_episode(d)
@@ -360,7 +374,54 @@ class Remediator:
                 return "ack"
             if result == "retry":
                 return "retry"
+            phases = run.phases(step.action_id)
+            ok = "failed" not in phases and bool(phases & {"succeeded", "verified"})
+            later = the_plan.steps[i + 1 :]
+            if step.action == "retire" and ok and not any(s.action == "replace" for s in later):
+                return "ack"  # the machine is out of the fleet, labelled for replacement: nothing more to do
+            if (
+                not ok
+                and (operator or step.action in policy.ROTATION)
+                and not any(s.action == "escalate" for s in later)
+            ):
+                what = "the operator's request" if operator else "the rotation"
+                await self._escalate(run, reason=f"{what} stopped at {step.action} on {d.node}", rung=step.rung)
+                return "ack"
+        if operator:
+            # done as asked (a cordon, a drain): the node is the operator's now, and so is its budget slot
+            await self._release_slot(run)
         return "ack"
+
+    @staticmethod
+    def _retired_at(run: _Run) -> datetime | None:
+        """When another episode retired the node (within the history read), unless it was uncordoned since."""
+        retired = max(
+            (
+                r.time
+                for r in run.history
+                if r.action == "retire" and r.phase == "succeeded" and not r.dry_run and r.episode_id != run.episode
+            ),
+            default=None,
+        )
+        if retired is None:
+            return None
+        back = any(r.action == "uncordon" and r.phase == "succeeded" and r.time > retired for r in run.history)
+        return None if back else retired
+
+    async def _rotate(self, run: _Run, *, why: str, rung: int) -> StepResult:
+        """Machine rotation of a node that spent its repair budget: cordon, drain, retire, replace (approval)."""
+        d = run.diagnosis
+        for step in planner.rotation_steps(d, policy=self.policy, why=why, rung=rung):
+            result = await self._step(run, step)
+            if result != "next":
+                return result
+            phases = run.phases(step.action_id)
+            if "failed" in phases or not phases & {"succeeded", "verified"}:
+                await self._escalate(
+                    run, reason=f"rotation of {d.node} stopped at {step.action} ({why})", rung=step.rung
+                )
+                return "done"
+        return "done"
 
     async def _already_verified(self, run: _Run, verified_at: datetime) -> Disposition:
         """The episode was verified healthy: never act on it again. Still diagnosed long after → a person."""
@@ -434,6 +495,13 @@ class Remediator:
 
         return await self._under_lease(lease, diagnosis, heartbeat, body, episode=episode)
 
+    def _recovered_at(self, diagnosis: Diagnosis) -> datetime | None:
+        """When the node last recovered from a fault; an operator's request is no fault and does not stop
+        because some other episode of the node resolved."""
+        if diagnosis.cause == OPERATOR_REQUEST:
+            return None
+        return self.view.recovered_at.get(diagnosis.node)
+
     async def _heartbeat(self, beat: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
         interval = max(self.settings.ack_wait_s / 3, 0.2)
         while not stop.is_set():
@@ -475,7 +543,7 @@ class Remediator:
             started = [r.time for r in run.history if r.action_id == step.action_id and r.phase == "started"]
             since = min(started) if started else max(r.time for r in run.history if r.action_id == step.action_id)
             return await self._verify(run, step, since=since)
-        recovered = self.view.recovered_at.get(d.node)
+        recovered = self._recovered_at(d)
         if recovered is not None and recovered > d.identified_at:
             await self._srec(
                 run, step, phase="skipped", reason=f"node recovered at {recovered.isoformat()}; ladder stopped"
@@ -488,6 +556,14 @@ class Remediator:
         checks += history_checks
         if policy.failed(history_checks):
             detail = "; ".join(c.detail for c in policy.failed(history_checks))
+            # rotation is a diagnosis ladder's answer; a host event's maintenance step (episode cloud:…) and an
+            # operator's request stay blocked + escalated
+            if self.policy.rotate_exhausted and d.cause != OPERATOR_REQUEST and not run.episode.startswith("cloud:"):
+                if "blocked" not in phases:
+                    await self._srec(
+                        run, step, phase="blocked", reason=f"node quarantined: {detail}; retiring it", checks=checks
+                    )
+                return await self._rotate(run, why=f"repair budget spent: {detail}", rung=step.rung)
             await self._srec(run, step, phase="blocked", reason=f"node quarantined: {detail}", checks=checks)
             await self._escalate(run, reason=f"quarantine of {d.node}: {detail}", rung=step.rung)
             return "done"
@@ -566,6 +642,10 @@ class Remediator:
             message=f"{step.action_id}: {outcome.detail}",
             warning=not outcome.ok,
         )
+        if outcome.ok and step.action in policy.ROTATION:
+            # the machine has left the fleet (retired, or released and recreated): its budget slot goes back
+            await self._release_slot(run)
+            return "done" if step.action == "replace" else "next"
         if not outcome.ok or not step.is_fix or not verify_after:
             return "next"
         return await self._verify(run, step, since=started_at)
@@ -980,6 +1060,17 @@ class Remediator:
             if step.action == "reboot":
                 return await provider.reboot(instance_id=instance_id)
             return await provider.redeploy(instance_id=instance_id)
+        if step.action == "retire":
+            if self.kube is None:
+                return ActionOutcome(ok=False, detail="Kubernetes access is disabled")
+            return await self.kube.retire(d.node, reason=d.cause)
+        if step.action == "replace":
+            cloud, instance_id = self.view.instance.get(d.node, (None, None))
+            if not instance_id:
+                return ActionOutcome(ok=False, detail=f"no instance id for {d.node} in the inventory; cannot replace")
+            return await self.clouds.for_cloud(cloud).replace(
+                instance_id=instance_id, node_pool=self.view.placement(d.node).node_pool, token=step.action_id
+            )
         if step.action == "accept_cloud_event" and step.cloud_event is not None:
             return await self.clouds.for_cloud(step.cloud_event.cloud).accept_event(event=step.cloud_event)
         if step.action == "uncordon":

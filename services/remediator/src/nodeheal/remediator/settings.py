@@ -57,6 +57,11 @@ class PolicySettings(BaseModel):
     accept_cloud_events_early: bool = Field(
         default=True, description="once drained, run a host event early with its own API (a redeploy needs approval)"
     )
+    rotate_exhausted: bool = Field(
+        default=True,
+        description="a node that spent its repair budget (or is quarantined for flapping) is retired "
+        "(cordon, drain, retire, then replace behind approval) instead of only escalated",
+    )
     reverify_grace_s: float = Field(
         default=600.0,
         gt=0,
@@ -72,6 +77,9 @@ class KubeSettings(BaseModel):
     token: str | None = None
     event_namespace: str = "default"
     taint_key: str = "nodeheal.io/remediation"
+    retired_key: str = Field(
+        default="nodeheal.io/retired", description="label and NoSchedule taint key of a retired node (value: why)"
+    )
     agent_namespace: str = Field(default="nodeheal", description="where the node agent's DaemonSet runs")
     agent_selector: str = Field(
         default="app.kubernetes.io/name=nodeheal,app.kubernetes.io/component=agent",
@@ -92,6 +100,10 @@ class CloudSettings(BaseModel):
     alibaba_access_key_secret: str | None = None
     alibaba_protocol: Literal["https", "http"] = "https"
     alibaba_force_stop: bool = False
+    alibaba_launch_templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="node pool → launch template a replaced instance is recreated from: 'lt-id' or 'lt-id:version'",
+    )
     azure_imds_url: str = "http://169.254.169.254"
     request_timeout_s: float = Field(default=15.0, gt=0)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from nodeheal.remediator.policy import DomainSizes, Placement
+from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import NodeInventory
@@ -47,7 +48,8 @@ class FleetView:
             if previous is None or diagnosis.identified_at > previous:
                 self.recovered_at[node] = diagnosis.identified_at
         else:
-            self.sick_since[node] = diagnosis.identified_at
+            if diagnosis.cause != OPERATOR_REQUEST:  # a person's batch request is not a sick node (storm guard)
+                self.sick_since[node] = diagnosis.identified_at
             current = self.latest.get(node)
             if current is None or diagnosis.identified_at > current[1]:
                 self.latest[node] = (diagnosis.episode, diagnosis.identified_at, diagnosis.id)

@@ -7,8 +7,11 @@
 - buckets: every crash report cut from the excerpts; two reports are "the same bug" when their source
   says so (the excerpt's `group`, or several reports of one problem pasted in one excerpt). Pairwise
   precision / recall / F1 of the exact key (level 1) and of the similarity clusters (level 2).
+- syzbot_same_bug: both bucket levels on real syzbot crash reports grouped by the bug syzbot filed them
+  under (`syzbot_same_bug.jsonl`), pairwise, overall and per split.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
-  and the detector's coarse pre-filter on the same lines, lines per second.
+  and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
+  both rule sets timed in the same process.
 Pure CPU; no NATS.
 """
 
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeheal.detector.kernel import classify_line
-from nodeheal.diagnoser.kb import analyse, default_matcher
+from nodeheal.diagnoser.kb import Matcher, analyse, default_matcher, load_knowledge_base
 from nodeheal.diagnoser.kb.signature import CrashReport, cluster_reports, extract_reports
 from nodeheal.schemas.kernel import KERNEL_LOG_CLASSES
 
@@ -234,6 +237,64 @@ def partial_copy_robustness(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class SyzbotCrash:
+    id: str
+    group: str  # the syzbot bug: crashes joined by a shared title or alt title (syzbot's own merge rule)
+    split: str
+    lines: tuple[str, ...]
+
+
+def load_syzbot(directory: Path) -> list[SyzbotCrash]:
+    """`syzbot_same_bug.jsonl`: real syzbot crash reports with the bug syzbot filed each under (README)."""
+    path = directory / "syzbot_same_bug.jsonl"
+    if not path.is_file():
+        return []
+    out: list[SyzbotCrash] = []
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+            out.append(SyzbotCrash(str(row["id"]), str(row["group"]), str(row["split"]), tuple(row["lines"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorpusError(f"{path}:{number}: {exc}") from exc
+    return out
+
+
+def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
+    """Both bucket levels on syzbot's own grouping: the first identified report of each crash log, pairwise
+    over every crash of the set, for all crashes and per split (`train` groups were looked at while the
+    frame lists were written; `test` groups, split by a hash of the group before that, were only judged)."""
+
+    def score(chosen: Sequence[SyzbotCrash]) -> dict[str, Any]:
+        truth: list[str] = []
+        reports: list[CrashReport] = []
+        lost = 0
+        for crash in chosen:
+            found = [r for r in extract_reports(list(crash.lines)) if r.identified()]
+            if not found:
+                lost += 1
+                continue
+            truth.append(crash.group)
+            reports.append(found[0])
+        sizes = Counter(truth)
+        return {
+            "crashes": len(chosen),
+            "without_identity": lost,
+            "bugs": len(sizes),
+            "bugs_with_several_crashes": sum(1 for n in sizes.values() if n > 1),
+            "exact_key": pairwise(truth, [r.bucket() for r in reports]),
+            "similarity": pairwise(truth, [str(c) for c in cluster_reports(reports)]),
+        }
+
+    return {
+        "all": score(crashes),
+        "train": score([c for c in crashes if c.split == "train"]),
+        "test": score([c for c in crashes if c.split == "test"]),
+    }
+
+
 def _rate(fn: Any, lines: Sequence[str], seconds: float) -> float:
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -243,13 +304,23 @@ def _rate(fn: Any, lines: Sequence[str], seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def speed(excerpts: Sequence[Excerpt], benign: Sequence[str], seconds: float) -> dict[str, Any]:
+def speed(
+    excerpts: Sequence[Excerpt], benign: Sequence[str], seconds: float, *, baseline_rules: Path | None = None
+) -> dict[str, Any]:
+    """Benign lines/s of the matcher (and of the detector's pre-filter). With `baseline_rules`, that rules file
+    (e.g. the one of an earlier commit) is timed in the same process on the same lines, the two interleaved
+    over five rounds, median of each: the only comparison the machine's load does not distort."""
     matcher = default_matcher()
+    baseline = Matcher(load_knowledge_base(baseline_rules)) if baseline_rules is not None else None
     quiet = list(benign)
     for excerpt in excerpts:
-        quiet.extend(line for line in excerpt.lines if matcher.match_line(line) is None)
+        quiet.extend(
+            line
+            for line in excerpt.lines
+            if matcher.match_line(line) is None and (baseline is None or baseline.match_line(line) is None)
+        )
     every = [line for e in excerpts for line in e.lines]
-    return {
+    out: dict[str, Any] = {
         "benign_lines": len(quiet),
         "matcher_benign_lines_per_s": round(_rate(matcher.match_line, quiet, seconds)),
         "matcher_all_corpus_lines_per_s": round(_rate(matcher.match_line, every, seconds)),
@@ -257,9 +328,25 @@ def speed(excerpts: Sequence[Excerpt], benign: Sequence[str], seconds: float) ->
         "benign_lines_matched": sum(matcher.match_line(line) is not None for line in benign),
         "detector_prefilter_benign_hits": sum(classify_line(line) is not None for line in benign),
     }
+    if baseline is not None:
+        rounds: dict[str, list[float]] = {"baseline": [], "current": []}
+        for _ in range(5):
+            rounds["baseline"].append(_rate(baseline.match_line, quiet, seconds / 5))
+            rounds["current"].append(_rate(matcher.match_line, quiet, seconds / 5))
+        median = {k: sorted(v)[len(v) // 2] for k, v in rounds.items()}
+        out["same_run"] = {
+            "baseline_rules": baseline_rules.name if baseline_rules is not None else None,
+            "baseline_rules_count": len(baseline.kb.rules),
+            "current_rules_count": len(matcher.kb.rules),
+            "baseline_benign_lines_per_s": round(median["baseline"]),
+            "current_benign_lines_per_s": round(median["current"]),
+            "ratio": round(median["current"] / median["baseline"], 3),
+            "baseline_benign_lines_matched": sum(baseline.match_line(line) is not None for line in benign),
+        }
+    return out
 
 
-def run_bench(corpus_dir: Path, *, seconds: float = 2.0) -> dict[str, Any]:
+def run_bench(corpus_dir: Path, *, seconds: float = 2.0, baseline_rules: Path | None = None) -> dict[str, Any]:
     excerpts, benign = load_corpus(corpus_dir)
     corpus = [e for e in excerpts if e.split != "samples"]
     return {
@@ -275,5 +362,6 @@ def run_bench(corpus_dir: Path, *, seconds: float = 2.0) -> dict[str, Any]:
         "classification": classification(excerpts),
         "bucketing": bucketing(excerpts),
         "partial_copies": partial_copy_robustness(excerpts),
-        "speed": speed(excerpts, benign, seconds),
+        "syzbot_same_bug": syzbot_bucketing(load_syzbot(corpus_dir)),
+        "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }

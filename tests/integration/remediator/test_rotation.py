@@ -1,0 +1,167 @@
+"""Machine rotation (issue 16): retire labels and taints a drained node (read back through the official
+client), replace waits for `nodeheal approve` and then releases and recreates the instance through the
+real ECS SDK at the emulator (counted there), and a node that spent its repair budget is retired."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+from kubernetes.aio import client
+from nats.aio.client import Client
+
+from nodeheal.cli.main import cli
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
+from nodeheal.schemas.ids import new_id
+from nodeheal.sim.clock import ManualClock
+from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from nodeheal.sim.kube import KubeWorld
+from tests.integration.remediator.harness import (
+    CLUSTER,
+    Agent,
+    add_inventory,
+    audit_records,
+    make_settings,
+    publish_diagnosis,
+    start_service,
+    wait_for_record,
+)
+
+pytestmark = pytest.mark.nats
+
+
+def _crash(node: str, ladder: list[ActionName]) -> Diagnosis:
+    return Diagnosis(
+        cluster=CLUSTER,
+        node=node,
+        anomaly_ids=(f"anomaly-{new_id()}",),
+        category="hardware",
+        cause="mce_fatal_panic",
+        confidence=0.95,
+        recommended=tuple(RecommendedAction(action=a, reason="hardware crash bucket") for a in ladder),
+        identified_at=datetime.now(tz=UTC),
+    )
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[KubeWorld]:
+    async with KubeWorld() as w:
+        for name in ("r1", "r2", "r3", "spare"):
+            w.add_node(name, zone="z1", node_pool="p1")
+        w.add_pod("web-1", node="r1", labels={"app": "web"}, owner_kind="ReplicaSet")
+        yield w
+
+
+@pytest.fixture
+async def ecs() -> AsyncIterator[EcsEmulator]:
+    ecs_world = EcsWorld(clock=ManualClock(), reboot_duration=timedelta(seconds=1))
+    for name in ("r1", "r2", "r3"):
+        ecs_world.add_instance(f"i-{name}", region_id="cn-hangzhou")
+    ecs_world.add_launch_template("lt-p1", node_pool="p1", region_id="cn-hangzhou", versions=(1, 2))
+    async with EcsEmulator(ecs_world) as emu:
+        yield emu
+
+
+async def _read_node(url: str, name: str) -> client.V1Node:
+    api = client.ApiClient(client.Configuration(host=url))
+    try:
+        return await client.CoreV1Api(api).read_node(name)
+    finally:
+        await api.close()  # type: ignore[no-untyped-call]
+
+
+async def test_retire_drains_labels_and_taints_the_node(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    await add_inventory(nc, topology_ready, "r1", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r1")
+    service = await start_service(make_settings(topology_ready, kube_url=world.url))
+    try:
+        await publish_diagnosis(nc, topology_ready, _crash("r1", ["cordon", "drain", "retire"]))
+        await wait_for_record(nc, topology_ready, action="retire", phase="succeeded")
+        # a later fault of the retired machine is not repaired again
+        await publish_diagnosis(nc, topology_ready, _crash("r1", ["reboot"]))
+        again = await wait_for_record(nc, topology_ready, action="none", phase="skipped")
+        await asyncio.sleep(0.5)  # whatever the ladders would do next has time to show
+    finally:
+        await service.stop()
+    node = await _read_node(world.url, "r1")
+    assert node.metadata.labels["nodeheal.io/retired"] == "mce_fatal_panic"
+    assert node.spec.unschedulable is True
+    retired = [t for t in node.spec.taints or [] if t.key == "nodeheal.io/retired"]
+    assert [(t.effect, t.value) for t in retired] == [("NoSchedule", "mce_fatal_panic")]
+    assert world.pods_on("r1") == []  # drained first, through the Eviction API
+    trail = [(r.action, r.phase) for r in await audit_records(nc, topology_ready)]
+    assert trail[-4:] == [("retire", "intent"), ("retire", "started"), ("retire", "succeeded"), ("none", "skipped")]
+    assert ("escalate", "succeeded") not in trail  # retired is the end of the ladder, not a page
+    assert "was retired" in again.reason and not [a for a, _ in trail if a == "reboot"]
+
+
+async def test_replace_waits_for_approval_then_releases_and_recreates(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    await add_inventory(nc, topology_ready, "r2", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r2")
+    settings = make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint)
+    settings.cloud.alibaba_launch_templates = {"p1": "lt-p1:2"}
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, _crash("r2", ["cordon", "drain", "retire", "replace"]))
+        waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval")
+        await asyncio.sleep(1.0)
+        assert ecs.world.calls_to("DeleteInstance") == [] and ecs.world.calls_to("RunInstances") == []
+        assert "i-r2" in ecs.world.instances
+        args = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+        args += ["--bucket-prefix", topology_ready.bucket_prefix]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        done = await wait_for_record(nc, topology_ready, action="replace", phase="succeeded")
+    finally:
+        await service.stop()
+    deletes = ecs.world.calls_to("DeleteInstance")
+    runs = ecs.world.calls_to("RunInstances")
+    assert [(c.params["InstanceId"], c.params["Force"].lower(), c.http_status) for c in deletes] == [
+        ("i-r2", "true", 200)
+    ]
+    assert [(c.params["LaunchTemplateId"], c.params["LaunchTemplateVersion"]) for c in runs] == [("lt-p1", "2")]
+    assert "i-r2" not in ecs.world.instances and "i-r2" in ecs.world.released
+    (created,) = ecs.world.created
+    assert created.instance_id in ecs.world.instances and created.template_id == "lt-p1" and created.version == 2
+    assert created.instance_id in done.reason and "i-r2" in done.reason
+    replace = [r for r in await audit_records(nc, topology_ready) if r.action == "replace"]
+    assert [r.phase for r in replace] == ["awaiting_approval", "intent", "started", "succeeded"]
+    assert any(c.name == "approval" and "alice" in c.detail for c in replace[1].checks)
+    # the fleet report counts the rotated machine
+    args = ["fleet", "--json", "--since", "1h", "--nats-url", topology_ready.url, "--prefix", topology_ready.prefix]
+    args += ["--stream-prefix", topology_ready.stream_prefix, "--bucket-prefix", topology_ready.bucket_prefix]
+    result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["rotated"], report["retired"], report["replaced"]) == (1, 1, 1)
+
+
+async def test_a_node_that_spent_its_repair_budget_is_retired(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    agent = Agent()
+    await agent.serve(nc, topology_ready, "r3")
+    await add_inventory(nc, topology_ready, "r3", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r3")
+    settings = make_settings(
+        topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, node_repair_budget=0, approval_timeout_s=1.0
+    )
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, _crash("r3", ["reboot"]))
+        await wait_for_record(nc, topology_ready, action="escalate", phase="succeeded")
+    finally:
+        await service.stop()
+    trail = [(r.action, r.phase) for r in await audit_records(nc, topology_ready)]
+    assert trail[0] == ("reboot", "blocked")
+    assert ("retire", "succeeded") in trail
+    assert ("replace", "awaiting_approval") in trail and ("replace", "started") not in trail
+    node = await _read_node(world.url, "r3")
+    assert "nodeheal.io/retired" in node.metadata.labels
+    assert ecs.world.calls == []  # no reboot beyond the budget, no replacement without approval
