@@ -25,8 +25,9 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-NICE = ("nice", "-n", "10")
-"""Prefix of a background job's commands."""
+NICE = ("nice", "-n", "19")
+"""Prefix of a background job's commands: the lowest priority, so the foreground tests (and their service
+processes) keep the CPU they ask for."""
 
 _pool: ThreadPoolExecutor | None = None
 _jobs: dict[Path, list[Job[Any]]] = {}
