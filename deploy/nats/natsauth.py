@@ -280,6 +280,7 @@ DURABLES: tuple[tuple[str, str, str], ...] = (
     ("diagnoser", "ANOMALIES", "diagnoser"),
     ("diagnoser", "CLOUD", "diagnoser"),
     ("diagnoser", "AUDIT", "diagnoser"),
+    ("diagnoser", "CRASHES", "diagnoser"),
     ("remediator", "DIAGNOSES", "remediator"),
 )
 

@@ -14,7 +14,7 @@ from nodeheal.sim.demo import DemoConfig, run_demo
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
-CHEAP_FIXES = ("kubelet_crash", "runtime_crash", "ops_agent_crash", "disk_fill")
+CHEAP_FIXES = ("kubelet_crash", "runtime_crash", "ops_agent_crash", "disk_fill", "fd_leak")
 
 
 @pytest.fixture(scope="module")

@@ -78,3 +78,65 @@ async def test_a_rack_going_dark_over_a_minute_is_one_partition(topology_ready: 
     assert [d for d in in_rack if d.cause == "node_crash" or any(r.action == "reboot" for r in d.recommended)] == []
     assert {d.cause for d in in_rack} == {"rack_partition"} and len(in_rack) == 40  # judged once, together
     assert [(d.node, d.cause) for d in seen if d.node == "rb3"] == [("rb3", "node_crash")]
+
+
+async def test_a_rack_whose_second_node_goes_dark_30_s_later_gets_no_crash_across_a_restart(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """Issue 13: the first dark node of a rack waits (the production hold of 60 s, scaled like the rest)
+    for a peer that goes dark 30 s later; the diagnoser is restarted while that verdict is held, and the
+    rebuilt service holds it just the same. A lone dark node in another rack is one node_crash."""
+    js = nc.jetstream()
+    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
+    for rack_name in ("ra", "rb", "rc", "rd"):
+        for i in range(10):
+            node = f"{rack_name}{i}"
+            await kv.put(inventory_key(CLUSTER, node), inventory(node, rack=rack_name, zone="z1").to_json())
+    settings = DiagnoserSettings(
+        nats=topology_ready,
+        cluster=CLUSTER,
+        tick_s=0.1,
+        fetch_timeout_s=0.3,
+        node_down_hold_s=60 * SCALE,
+        domain_quiet_s=15 * SCALE,
+        domain_hold_max_s=240 * SCALE,
+    )
+    rack = [f"ra{i}" for i in range(10)]
+
+    async def dark(node: str) -> None:
+        now = datetime.now(tz=UTC)
+        await send(nc, topology_ready, anomaly(node, "node_down", at=now, onset=now - timedelta(seconds=25 * SCALE)))
+
+    async def diagnoses() -> list[Diagnosis]:
+        raw = await read_stream(
+            nc, f"{topology_ready.stream_prefix}DIAGNOSES", wildcard("diagnosis", prefix=topology_ready.prefix)
+        )
+        return [Diagnosis.model_validate_json(b) for b in raw]
+
+    runtime = DiagnoserRuntime(settings=settings, nc=nc)
+    await runtime.start()
+    try:
+        await dark("rb3")  # a lone crash elsewhere in the zone
+        await dark(rack[0])
+        await asyncio.sleep(15 * SCALE)
+        await runtime.stop()  # restarted while both verdicts are held
+        assert await diagnoses() == []
+        runtime = DiagnoserRuntime(settings=settings, nc=nc)
+        await runtime.start()
+        await asyncio.sleep(15 * SCALE)
+        for node in rack[1:]:  # the second node 30 s after the first, then the rest of the switch
+            await dark(node)
+            await asyncio.sleep(2 * SCALE)
+        seen: list[Diagnosis] = []
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            seen = await diagnoses()
+            if {d.node for d in seen} >= {*rack, "rb3"}:
+                break
+            await asyncio.sleep(0.3)
+    finally:
+        await runtime.stop()
+    in_rack = [d for d in seen if d.node in rack]
+    assert [d.node for d in in_rack if d.cause == "node_crash"] == []
+    assert {d.cause for d in in_rack} == {"rack_partition"} and len(in_rack) == len(rack)
+    assert [(d.node, d.cause) for d in seen if d.node == "rb3"] == [("rb3", "node_crash")]

@@ -10,20 +10,26 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 from nats.aio.client import Client
 
 from nodeheal.cloud_events.normalize.alibaba import normalize_api
+from nodeheal.cloud_events.normalize.aws import normalize_imds
 from nodeheal.cloud_events.normalize.azure import AzureDocumentTracker
 from nodeheal.cloud_events.normalize.common import NormalizeContext
+from nodeheal.cloud_events.normalize.gce import GceMaintenanceTracker
+from nodeheal.remediator.actions.cloud import AlibabaEcs
 from nodeheal.remediator.settings import CloudSettings
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.subjects import cloud_subject
+from nodeheal.sim.aws_imds import AwsImdsEmulator, AwsMaintenanceEvents
 from nodeheal.sim.azure_imds import AzureImdsEmulator, AzureScheduledEvents
 from nodeheal.sim.clock import SystemClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld, render_event
+from nodeheal.sim.gce_metadata import GceMetadata
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     CLUSTER,
@@ -202,3 +208,102 @@ async def test_a_diagnosis_after_the_host_reboot_ran_verifies_instead_of_rebooti
         finally:
             await service.stop()
         assert [c.action for c in ecs.calls if c.action in ("RebootInstance", "RedeployInstance")] == []
+
+
+async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_another_call(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """No SDK of the lock file can run an AWS or GCE host event early (EC2's own calls need boto3, GCE's
+    performMaintenance the Compute client): the node is drained within the lead, the event runs by itself,
+    then the node is verified and uncordoned. Even an AWS instance-reboot whose notice offers
+    RebootInstances is not "accepted" — not with that call, and never with another cloud's: the remediator
+    is pointed at the ECS emulator, where any reboot or redeploy would be counted."""
+    aws = AwsMaintenanceEvents(instance_id="i-0aws", clock=SystemClock())
+    gce = GceMetadata(instance_name="gke-1", instance_id="4242")
+    gce_tracker = GceMaintenanceTracker()
+    boots = {"aws1": 1, "gce1": 1}
+    ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
+    async with KubeWorld() as world, AwsImdsEmulator(aws) as imds, EcsEmulator(ecs_world) as ecs:
+        for node, cloud, instance in (("aws1", "aws", "i-0aws"), ("gce1", "gcp", "4242")):
+            world.add_node(node, zone="z1")
+            world.add_pod(f"web-{node}", node=node)
+            await add_inventory(nc, topology_ready, node, zone="z1", cloud=cloud, instance_id=instance)
+        not_before = datetime.now(tz=UTC) + timedelta(seconds=NOTICE_S)
+        event = aws.add("instance-reboot", not_before=not_before, description="scheduled reboot")
+
+        async def imds_document() -> object:
+            async with aiohttp.ClientSession() as http:
+                put = await http.put(
+                    f"{imds.url}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+                )
+                token = await put.text()
+                got = await http.get(
+                    f"{imds.url}/latest/meta-data/events/maintenance/scheduled",
+                    headers={"X-aws-ec2-metadata-token": token},
+                )
+                return await got.json(content_type=None)
+
+        aws_shown: list[CloudSystemEvent] = []
+        gce_shown: list[CloudSystemEvent] = []
+
+        def shown() -> list[CloudSystemEvent]:
+            return [*aws_shown, *gce_shown]
+
+        async def poll_imds(stop: asyncio.Event) -> None:  # what the cloud-events metadata poller reads
+            while not stop.is_set():
+                ctx = NormalizeContext(
+                    observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="aws1", instance_id="i-0aws"
+                )
+                aws_shown[:] = normalize_imds(await imds_document(), ctx)
+                await asyncio.sleep(0.2)
+
+        def gce_feed() -> None:
+            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="gce1", instance_id="4242")
+            gce_shown.extend(gce_tracker.feed(gce.values["instance/maintenance-event"], ctx))
+
+        settings = make_settings(
+            topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, cloud_drain_lead_s=LEAD_S
+        ).model_copy(update={"maintenance_interval_s": 0.3})
+        assert settings.policy.accept_cloud_events_early  # allowed, and still not done: there is no right call
+        service = await start_service(settings)
+        stop = asyncio.Event()
+
+        async def body() -> None:
+            gce.set_maintenance_event("TERMINATE_ON_HOST_MAINTENANCE")  # GCE: about 60 s notice, running now
+            gce_feed()
+            await wait_for_record(nc, topology_ready, node="gce1", action="drain", phase="succeeded", timeout=30)
+            boots["gce1"] += 1
+            gce.set_maintenance_event("NONE")
+            gce_feed()
+            await wait_for_record(nc, topology_ready, node="aws1", action="drain", phase="succeeded", timeout=30)
+            await asyncio.sleep(max(0.0, (not_before - datetime.now(tz=UTC)).total_seconds()))
+            boots["aws1"] += 1  # the platform ran the reboot at its time
+            aws.complete(event.event_id)
+            for node in ("aws1", "gce1"):
+                await wait_for_record(nc, topology_ready, node=node, action="uncordon", phase="succeeded", timeout=30)
+
+        try:
+            await _run(
+                [
+                    poll_imds(stop),
+                    _mirror(nc, topology_ready, shown, stop),
+                    _agent(nc, topology_ready, "aws1", lambda: f"boot-{boots['aws1']}", stop),
+                    _agent(nc, topology_ready, "gce1", lambda: f"boot-{boots['gce1']}", stop),
+                ],
+                stop,
+                body,
+            )
+        finally:
+            await service.stop()
+        # and were the ECS provider ever handed the AWS event, it would refuse it without a call
+        refused = await AlibabaEcs(settings.cloud).accept_event(event=next(e for e in aws_shown))
+        assert not refused.ok and "not ECS's" in refused.detail
+        records = [r for r in await audit_records(nc, topology_ready) if r.node in ("aws1", "gce1")]
+        assert [r for r in records if r.action in ("accept_cloud_event", "reboot", "redeploy")] == []
+        assert ecs.calls == []  # no cloud call of any kind
+        aws_cordon = next(r for r in records if r.node == "aws1" and r.action == "cordon" and r.phase == "started")
+        assert aws_cordon.time >= not_before - timedelta(seconds=LEAD_S + 1)  # drained within the lead only
+        for node in ("aws1", "gce1"):
+            verified = next(r for r in records if r.node == node and r.phase == "verified")
+            assert verified.boot_id == f"boot-{boots[node]}"  # after the event ran: a new boot
+            assert not world.is_cordoned(node)

@@ -131,23 +131,46 @@ async def test_command_for_another_node_is_refused(tmp_path: Path) -> None:
     assert not result.ok and "node-2" in result.detail
 
 
-async def test_clean_disk_keeps_the_newest_crash_dump_and_fails_when_nothing_was_freed(tmp_path: Path) -> None:
+async def test_clean_disk_keeps_the_newest_core_dump_and_fails_when_nothing_was_freed(tmp_path: Path) -> None:
     node = make_fake_node(tmp_path)
-    crash = node.root / "var/crash"
-    _old_file(crash / "202601010000/vmcore", 20_000, age_days=40)
-    _old_file(crash / "202601020000/vmcore", 30_000, age_days=30)  # the newest dump: evidence, kept
-    executor = _executor(node, allowed=("/var/log/pods", "/var/crash"))
-    result = await executor.execute(_cmd("clean_disk", "/var/crash,/var/log/pods", "k1"))
+    cores = node.root / "var/lib/systemd/coredump"
+    _old_file(cores / "core.app.1000.aaaa.1.zst", 20_000, age_days=40)
+    _old_file(cores / "core.app.1000.bbbb.2.zst", 30_000, age_days=30)  # the newest dump: kept
+    executor = _executor(node, allowed=("/var/log/pods", "/var/lib/systemd/coredump"))
+    result = await executor.execute(_cmd("clean_disk", "/var/lib/systemd/coredump,/var/log/pods", "k1"))
     assert result.ok and result.freed_bytes is not None and result.freed_bytes >= 20_000
-    assert not (crash / "202601010000/vmcore").exists()
-    assert (crash / "202601020000/vmcore").exists()
+    assert not (cores / "core.app.1000.aaaa.1.zst").exists()
+    assert (cores / "core.app.1000.bbbb.2.zst").exists()
     # nothing old is left anywhere: the command fails (the ladder moves on) instead of claiming success
-    again = await executor.execute(_cmd("clean_disk", "/var/crash,/var/log/pods", "k2"))
+    again = await executor.execute(_cmd("clean_disk", "/var/lib/systemd/coredump,/var/log/pods", "k2"))
     assert not again.ok and again.freed_bytes == 0 and "nothing was freed" in again.detail
-    assert (crash / "202601020000/vmcore").exists()
+    assert (cores / "core.app.1000.bbbb.2.zst").exists()
     # the mount point the detector named is not something the agent cleans
     mount = await executor.execute(_cmd("clean_disk", "/", "k3"))
     assert not mount.ok and "never allowed" in mount.detail
+
+
+async def test_clean_disk_never_deletes_kernel_crash_evidence(tmp_path: Path) -> None:
+    """kdump dumps and pstore records of any age survive clean_disk, even when an operator put /var or
+    /var/crash itself in the allow-list: a new crash bucket's evidence is what the kernel team reads."""
+    node = make_fake_node(tmp_path)
+    kdump = [node.root / f"var/crash/127.0.0.1-2026-0{m}-01-00:00:00/vmcore-dmesg.txt" for m in (1, 2, 3)]
+    for path in kdump:
+        _old_file(path, 50_000, age_days=90)
+    pstore = node.root / "var/lib/systemd/pstore/dmesg-ramoops-0"
+    _old_file(pstore, 8_000, age_days=90)
+    garbage = node.root / "var/tmp/old.bin"
+    _old_file(garbage, 4_000, age_days=90)
+    executor = _executor(node, allowed=("/var", "/var/crash"))
+
+    direct = await executor.execute(_cmd("clean_disk", "/var/crash", "e1"))
+    assert not direct.ok and "crash evidence" in direct.detail
+    inside = await executor.execute(_cmd("clean_disk", "/var/crash/127.0.0.1-2026-01-01-00:00:00", "e2"))
+    assert not inside.ok and "crash evidence" in inside.detail
+    parent = await executor.execute(_cmd("clean_disk", "/var", "e3"))
+    assert parent.ok and "deleted 1 files" in parent.detail  # only the unrelated old file
+    assert not garbage.exists()
+    assert all(path.exists() for path in kdump) and pstore.exists()
 
 
 async def test_lease_fence_refuses_an_older_revision_and_survives_a_restart(tmp_path: Path) -> None:
@@ -194,3 +217,37 @@ async def test_fd_holder_restart_names_the_process_and_refuses_what_is_not_a_lis
     result = await _executor(node).execute(_cmd("restart_service", "fd-holder", "h2"))
     assert result.ok and "pid 300 (containerd)" in result.detail
     assert node.restarts_logged() == ["containerd.service"]
+
+
+async def test_results_survive_a_restart_so_a_resent_command_never_runs_twice(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    results = tmp_path / "state" / "command-results.jsonl"
+    results.parent.mkdir()
+
+    def executor(remember: int = 10_000) -> CommandExecutor:
+        ex = _executor(node)
+        ex.remember = remember
+        ex.results_file = results
+        ex.__post_init__()  # load what an earlier run stored
+        return ex
+
+    first = await executor().execute(_cmd("restart_service", "kubelet", "r1"))
+    assert first.ok and node.restarts_logged() == ["kubelet.service"]
+    restarted = executor()  # the agent process restarted
+    again = await restarted.execute(_cmd("restart_service", "kubelet", "r1"))
+    assert again == first and restarted.replayed == 1
+    assert node.restarts_logged() == ["kubelet.service"]  # answered from the stored result, not run again
+    dry = await restarted.execute(_cmd("restart_service", "kubelet", "r1", dry_run=True))
+    assert dry.ok and "dry run" in dry.detail  # a dry run of the same id is its own command
+    # bounded: compacted to the newest `remember` results; a torn last line (a crash mid-write) is ignored
+    small = executor(remember=2)
+    for i in range(6):
+        await small.execute(_cmd("ping", None, f"p{i}"))
+    with results.open("a") as f:
+        f.write('{"action_id": "p9", "dry_')
+    reloaded = executor(remember=2)
+    assert len(results.read_text().splitlines()) <= 5
+    assert (await reloaded.execute(_cmd("ping", None, "p5"))).ok and reloaded.replayed == 1
+    assert reloaded.executed == 0
+    await reloaded.execute(_cmd("ping", None, "p0"))  # forgotten (older than the bound): runs again
+    assert reloaded.executed == 1

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from nodeheal.diagnoser.kb import default_matcher
-from nodeheal.diagnoser.reasoning import Diagnoser
+from nodeheal.diagnoser.reasoning import Diagnoser, DiagnoserConfig
 from nodeheal.schemas import Diagnosis, RemediationRecord
 from tests.unit.diagnoser.scenarios import CLUSTER, OOPS_A, OOPS_B, anomaly, cloud_event, inventory, later, sample_lines
 
 
 def make(nodes: int = 10, racks: int = 2) -> Diagnoser:
-    diag = Diagnoser(matcher=default_matcher())
+    # a 5 s lone hold: these tests are about the verdicts; the default hold is test_domain_hold.py's
+    diag = Diagnoser(matcher=default_matcher(), config=DiagnoserConfig(node_down_hold=timedelta(seconds=5)))
     for i in range(nodes):
         diag.on_inventory(inventory(f"n{i}", rack=f"r{i % racks}", zone="z1"))
     return diag

@@ -49,7 +49,7 @@ def test_a_restarted_core_continues_where_the_first_stopped() -> None:
         if outcome.diagnosis is not None:
             said.append(outcome.diagnosis)
     assert [d.node for d in said if isinstance(d, Diagnosis)] == ["n0", "n1"]
-    assert first.evaluate(f"{CLUSTER}/n5", now=later(11)).hold_until == later(15)
+    assert first.evaluate(f"{CLUSTER}/n5", now=later(11)).hold_until == later(70)
 
     # the containerd fault clears while the core is down
     resolved = anomaly("n1", "service_down", subject="containerd", status="resolved", at=later(12))
@@ -58,11 +58,11 @@ def test_a_restarted_core_continues_where_the_first_stopped() -> None:
     assert second.evaluate(f"{CLUSTER}/n0", now=later(13)).diagnosis is None  # unchanged: not said again
     end = second.evaluate(f"{CLUSTER}/n1", now=later(13)).diagnosis
     assert end is not None and end.resolved and end.anomaly_ids == said[1].anomaly_ids  # type: ignore[union-attr]
-    assert second.evaluate(f"{CLUSTER}/n5", now=later(13)).hold_until == later(15)  # still held, same end
-    crash = second.evaluate(f"{CLUSTER}/n5", now=later(15)).diagnosis
+    assert second.evaluate(f"{CLUSTER}/n5", now=later(13)).hold_until == later(70)  # still held, same end
+    crash = second.evaluate(f"{CLUSTER}/n5", now=later(70)).diagnosis
     assert crash is not None and crash.cause == "node_crash"
     # the same verdict the first core would have given, with the same id
-    assert first.evaluate(f"{CLUSTER}/n5", now=later(15)).diagnosis == crash
+    assert first.evaluate(f"{CLUSTER}/n5", now=later(70)).diagnosis == crash
     # the crash counted towards the fleet rates exactly once
     assert sorted(k.split("|")[1] for k in second.fleet.fault_events if k.startswith(said[0].anomaly_ids[0])) == [  # type: ignore[union-attr]
         "any",

@@ -93,6 +93,21 @@ def test_maintenance_accepts_a_reboot_event_with_reboot_api_and_a_redeploy_only_
     assert [s.action for s in planner.maintenance_steps(only_redeploy, policy=PolicySettings())] == ["cordon", "drain"]
 
 
+def test_aws_and_gce_host_events_are_waited_for_whatever_their_notice_offers() -> None:
+    # no SDK in the lock file runs them early with their own API: drained, never accepted with another call
+    for cloud, action, methods in (
+        ("aws", "reboot", ("aws.RebootInstances", "aws.ModifyInstanceEventStartTime")),
+        ("aws", "stop", ("aws.StopStartInstances",)),
+        ("gcp", "terminate", ()),
+        ("gcp", "reboot", ("alibaba.RebootInstance",)),  # even a method of another cloud's vocabulary
+    ):
+        event = _cloud(action, starts_in_s=3600).model_copy(
+            update={"cloud": cloud, "ack": tuple(AckOption(method=m) for m in methods)}
+        )
+        steps = planner.maintenance_steps(event, policy=PolicySettings())
+        assert [s.action for s in steps] == ["cordon", "drain"], (cloud, action)
+
+
 def test_a_terminal_cloud_event_is_not_overwritten_by_a_late_one() -> None:
     done = _cloud("reboot", starts_in_s=60, phase="completed")
     late = _cloud("reboot", starts_in_s=60).model_copy(update={"observed_at": NOW + timedelta(seconds=5)})

@@ -64,3 +64,31 @@ async def test_commands_run_through_the_agents_allow_lists(tmp_path: Path) -> No
     assert node.services["ops-agent"] == "active" and node.fd_allocated < node.fd_max * 0.5
     again = await agent.execute(_command(node, "restart_service", "ops-agent", "a5"))
     assert again == restarted and node.restarts["ops-agent"] == 1  # idempotent per action id
+
+
+async def test_a_descriptor_leak_names_its_process_and_the_agent_restarts_that_unit(tmp_path: Path) -> None:
+    node = _node()
+    agent = SimAgent(node, cluster=node.inv.cluster, profile=AgentProfile(), work_dir=tmp_path)
+    healthy = await agent.collect(now=time.time(), noise=0.0)
+    assert healthy.fd_holders == ()  # looked up only when file handles run high
+    node.fd_allocated = int(node.fd_max * 0.97)
+    probe = await agent.collect(now=time.time(), noise=0.0)
+    assert agent.collector.host.problems == []
+    top = probe.fd_holders[0]
+    assert (top.name, top.unit) == ("ops-agent", "ops-agent.service") and top.fds > node.fd_max * 0.9
+    result = await agent.execute(_command(node, "restart_service", "fd-holder", "fd1"))
+    assert result.ok, result.detail
+    assert "(ops-agent)" in result.detail
+    assert node.restarts == {"ops-agent": 1} and node.fd_allocated < node.fd_max * 0.5
+
+
+async def test_the_next_boots_agent_answers_a_resent_command_from_the_stored_result(tmp_path: Path) -> None:
+    node = _node()
+    node.services["kubelet"] = "failed"
+    first = SimAgent(node, cluster=node.inv.cluster, profile=AgentProfile(), work_dir=tmp_path)
+    done = await first.execute(_command(node, "restart_service", "kubelet", "k1"))
+    assert done.ok and node.restarts["kubelet"] == 1
+    node.boot(time.time())  # the node rebooted: a new agent process, the same state directory on its disk
+    second = SimAgent(node, cluster=node.inv.cluster, profile=AgentProfile(), work_dir=tmp_path)
+    again = await second.execute(_command(node, "restart_service", "kubelet", "k1"))
+    assert again == done and node.restarts["kubelet"] == 1 and second.executor().replayed == 1

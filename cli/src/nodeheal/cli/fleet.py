@@ -170,7 +170,7 @@ async def collect_fleet(
             "test": f.test,
         }
         for f in sorted(findings.values(), key=lambda f: f.detected_at)
-        if not f.cleared
+        if not f.cleared and f.kind != "new_crash_bucket"  # a notice to the kernel team, not a risk
     ]
     top_buckets = [
         {

@@ -6,6 +6,12 @@ crashes / faults far above the rest of the fleet, with a one-sided test and mini
 fleet, `dimension="fleet"` — has far more crashes / faults now than in its own recent history).
 Raised once per episode; a later message with `cleared=True` ends the episode. `node` is `"fleet"`: a finding
 concerns a group.
+
+`new_crash_bucket` is a notice to the kernel team, not a risk: the first crash of a crash signature the
+fleet never had (`dimension="crash_bucket"`, `value` and `signature_bucket` the bucket), sent once per bucket
+(the bucket's record in the `nodeheal-crash-buckets` KV remembers it), never cleared; it carries the
+bucket's count (`group_events`), nodes (`group_nodes`, `affected_nodes`), `kernels`, `machine_models`,
+`first_seen` and `last_seen`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from nodeheal.schemas.base import Message, UtcDatetime
 FINDING_SCHEMA: Final = "nodeheal.finding/v1"
 FLEET_NODE: Final = "fleet"
 
-FindingKind = Literal["rate_outlier", "down_spike", "sudden_rise"]
+FindingKind = Literal["rate_outlier", "down_spike", "sudden_rise", "new_crash_bucket"]
 
 
 class FleetFinding(Message):
@@ -45,3 +51,8 @@ class FleetFinding(Message):
     detected_at: UtcDatetime
     cleared: bool = False
     message: str = ""
+    crash_class: str | None = Field(default=None, description="new_crash_bucket: the kernel-log class of the crash")
+    kernels: tuple[str, ...] = Field(default=(), description="new_crash_bucket: kernel releases of its crashes")
+    machine_models: tuple[str, ...] = Field(default=(), description="new_crash_bucket: machine models that crashed")
+    first_seen: UtcDatetime | None = Field(default=None, description="new_crash_bucket: first crash of the bucket")
+    last_seen: UtcDatetime | None = Field(default=None, description="new_crash_bucket: last crash of the bucket")

@@ -80,7 +80,11 @@ def _service_table(
             # production, scaled like the rest of the simulated time
             "NODEHEAL_DETECTOR_RULES__EVENT_HOLD_S": str(max(20.0, cfg.probe_interval_s * 6)),
         },
-        "diagnoser": {},
+        "diagnoser": {
+            # a lone dark node waits 60 s in production; the simulated racks go dark within
+            # `partition_spread_s` (20 s), so the demo holds that long and its crashes are known sooner
+            "NODEHEAL_DIAGNOSER_NODE_DOWN_HOLD_S": str(SimTimings().partition_spread_s),
+        },
         "remediator": {
             "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.kube_url,
             "NODEHEAL_REMEDIATOR_KUBE__VERIFY_TLS": "false",

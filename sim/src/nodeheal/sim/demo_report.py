@@ -198,6 +198,8 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
     raised: dict[str, dict[str, Any]] = {}
     cleared: set[str] = set()
     for f in findings:  # a finding is published when raised, when it changes and when it clears
+        if f.get("kind") == "new_crash_bucket":
+            continue  # the kernel team's notice of a new crash bucket: not a systematic risk
         fid = str(f.get("finding_id") or f.get("id"))
         if f.get("cleared"):
             cleared.add(fid)

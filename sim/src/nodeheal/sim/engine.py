@@ -28,11 +28,19 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from nodeheal.agent.crash import crash_msg_id
 from nodeheal.agent.probe import probe_msg_id
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
 from nodeheal.schemas.inventory import instance_key, inventory_key
-from nodeheal.schemas.subjects import cmd_subject, escape_token, probe_subject, prober_probe_subject, unescape_token
+from nodeheal.schemas.subjects import (
+    cmd_subject,
+    crash_subject,
+    escape_token,
+    probe_subject,
+    prober_probe_subject,
+    unescape_token,
+)
 from nodeheal.sim.faults import (
     FATAL_KERNEL_CLASSES,
     InjectedFault,
@@ -42,7 +50,7 @@ from nodeheal.sim.faults import (
     kernel_samples,
 )
 from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
-from nodeheal.sim.nodehost import AgentProfile, SimAgent
+from nodeheal.sim.nodehost import AgentProfile, SimAgent, crash_collector, leave_crash_evidence
 
 log = logging.getLogger("nodeheal.sim")
 
@@ -97,6 +105,7 @@ class SimTimings:
 class SimStats:
     probes_published: int = 0
     commands_answered: int = 0
+    crash_reports: int = 0  # crash reports the nodes' agents sent after a crash (pstore / kdump files)
     reboots: int = 0
     redeploys: int = 0
     publish_errors: int = 0
@@ -140,6 +149,7 @@ class FleetSimulator:
         self.truth: list[InjectedFault] = []
         self.open_faults: dict[str, InjectedFault] = {}  # node → its open fault
         self.timed: set[SimNode] = set()  # nodes with a reboot or an auto-reboot pending
+        self.crashed: set[str] = set()  # nodes whose crash evidence their agent has not reported yet
         # every node whose state ever left "healthy": the only ones the health figures and the
         # Kubernetes sync need to look at (at 50,000 nodes a full scan twice a second is too slow)
         self.touched: set[SimNode] = set()
@@ -205,6 +215,8 @@ class FleetSimulator:
         while True:
             now = self.clock()
             self.advance(now)
+            if self.crashed:
+                await self._report_crashes(now)
             shards.sync(list(self.touched), interval_s=self.timings.probe_interval_s)
             await asyncio.sleep(max(0.0, 0.1 - (self.clock() - now)))
 
@@ -232,6 +244,8 @@ class FleetSimulator:
             now = self.clock()
             if not self.probes_only:
                 self.advance(now)
+                if self.crashed:
+                    await self._report_crashes(now)
             due_total = int((now - start) / interval * n)
             iso = datetime.fromtimestamp(now, tz=UTC).isoformat()
             behind = due_total - (cycle * n + cursor)
@@ -342,6 +356,7 @@ class FleetSimulator:
         if self.work_dir is not None:
             shutil.rmtree(self.work_dir / escape_token(node.name), ignore_errors=True)
         self.agents.pop(node.name, None)
+        self.crashed.discard(node.name)  # the crash evidence was on the wiped disks
 
     def on_node_drained(self, node_name: str) -> None:
         node = self.nodes.get(node_name)
@@ -460,9 +475,7 @@ class FleetSimulator:
                 node.pending_kernel.extend(fs_lines)
                 node.readonly = True
             case "bad_kernel_crash":
-                node.pending_kernel.extend(samples["kernel_panic"][0])
-                node.auto_reboot_at = now + t.probe_interval_s * 1.5
-                self.timed.add(node)
+                self._crash(node, samples["kernel_panic"][0], now)
             case "cloud_reboot" | "cloud_redeploy":
                 event_type = (
                     "SystemMaintenance.Reboot"
@@ -477,20 +490,66 @@ class FleetSimulator:
                     )
             case "kernel_fault":
                 klass = fault.kernel_class or "soft_lockup"
-                node.pending_kernel.extend(self.rng.choice(samples[klass]))
-                self._kernel_side_effects(node, klass, now)
+                lines = self.rng.choice(samples[klass])
+                if klass in FATAL_KERNEL_CLASSES:
+                    self._crash(node, lines, now)
+                else:
+                    node.pending_kernel.extend(lines)
+                    self._kernel_side_effects(node, klass, now)
             case _:
                 msg = f"unknown fault class {fault.fault_class!r}"
                 raise ValueError(msg)
 
+    def _crash(self, node: SimNode, lines: list[str], now: float) -> None:
+        """The kernel dies: its last words go to pstore (and, on half of the nodes, kdump's
+        vmcore-dmesg.txt), never to a probe; the machine goes dark at once and reboots by itself
+        (kernel.panic=N / kdump's reboot after the dump). The agent of the next boot reads the files
+        and sends the crash report (`_report_crashes`)."""
+        if self.work_dir is not None:
+            leave_crash_evidence(
+                self.work_dir / escape_token(node.name),
+                boot_id=node.boot_id,
+                lines=lines,
+                at=now,
+                kdump=self.rng.random() < 0.5,
+            )
+            self.crashed.add(node.name)
+        node.hung = False
+        node.auto_reboot_at = now  # dark from the next world step, back `reboot_s` later
+        self.timed.add(node)
+
+    async def _report_crashes(self, now: float) -> None:
+        """The first thing the agent of a rebooted node does after its probe: the previous boot's
+        crash evidence, read by the agent's own `CrashCollector`, published on CRASHES with the
+        agent's `Nats-Msg-Id` (once per boot)."""
+        assert self.work_dir is not None
+        for name in sorted(self.crashed):
+            node = self.nodes[name]
+            if not node.agent_alive or node.partitioned or node.back_at is not None or name not in self._agent_nc:
+                continue
+            collector = crash_collector(self.work_dir / escape_token(name), cluster=self.spec.cluster, node=name)
+            report = await collector.check(
+                boot_id=node.boot_id,
+                kernel_release=node.inv.kernel,
+                os_image=node.inv.os_image,
+                uptime_s=max(0.0, now - node.booted_at),
+            )
+            if report is None:
+                continue  # still the boot that crashed
+            subject = crash_subject(self.spec.cluster, name, prefix=self.settings.prefix)
+            msg_id = crash_msg_id(cluster=self.spec.cluster, node=name, boot_id=report.boot_id)
+            try:
+                await self._agent_nc[name].publish(subject, report.to_json(), headers={"Nats-Msg-Id": msg_id})
+            except Exception:
+                log.exception("crash report of %s not sent; retried", name)
+                continue
+            collector.reported(report)
+            self.crashed.discard(name)
+            self.stats.crash_reports += 1
+
     def _kernel_side_effects(self, node: SimNode, klass: str, now: float) -> None:
-        """Keep the world consistent with the log lines a class emits."""
-        if klass in FATAL_KERNEL_CLASSES:
-            # the lines go out with the last probe (netconsole / pstore); then the node is dead
-            node.auto_reboot_at = None
-            node.hung = False
-            self._later_power_off(node, now)
-        elif klass in ("kubelet_down", "kubelet_unhealthy_pleg"):
+        """Keep the world consistent with the log lines a class emits (fatal classes: `_crash`)."""
+        if klass in ("kubelet_down", "kubelet_unhealthy_pleg"):
             node.services["kubelet"] = "failed"
         elif klass == "container_runtime_down":
             node.services["containerd"] = "failed"
@@ -505,14 +564,6 @@ class FleetSimulator:
             self.timed.add(node)
         elif klass in ("soft_lockup", "hung_task", "rcu_stall"):
             node.load_factor = 0.2
-
-    def _later_power_off(self, node: SimNode, now: float) -> None:
-        # one more probe carries the lines, then the node stops (needs a reboot from outside)
-        async def off() -> None:
-            await asyncio.sleep(self.timings.probe_interval_s * 1.5)
-            node.power_off()
-
-        self._tasks.append(asyncio.create_task(off()))
 
     def _inject_partition(self, now: float) -> list[InjectedFault]:
         struck = {f.node for f in self.truth}

@@ -1,11 +1,11 @@
 """The real node agent on a simulated node.
 
 The node agent reads a node through three narrow interfaces (`nodeheal.agent.host.HostFiles`: text
-files under /proc, /sys and /etc plus statvfs; `nodeheal.agent.systemd.CommandRunner`: the two
-`systemctl` command lines it runs; `nodeheal.agent.kmsg.KmsgDevice`: /dev/kmsg records). This module
-implements them from a `SimNode`'s state, in memory, so the simulator runs the agent's own
-`ProbeCollector` (parsers, filters, bounds, sequence and message ids) for every node and probe
-without touching a disk.
+files under /proc, /sys and /etc, listings of /proc and /proc/PID/fd, statvfs;
+`nodeheal.agent.systemd.CommandRunner`: the two `systemctl` command lines it runs;
+`nodeheal.agent.kmsg.KmsgDevice`: /dev/kmsg records). This module implements them from a `SimNode`'s
+state, in memory, so the simulator runs the agent's own `ProbeCollector` (parsers, filters, bounds,
+sequence and message ids) for every node and probe without touching a disk.
 
 Commands run through the agent's own `CommandExecutor` (allow-lists, idempotence, dry run, the real
 `os.walk`/`unlink` of `clean_disk`). Deleting files is what `clean_disk` does, so a node that receives
@@ -14,6 +14,12 @@ as sparse files of the simulated sizes (rotated pod logs older than the agent's 
 container images); after the command the node's disk usage is recomputed from what is left. Image
 pruning runs `python -m nodeheal.sim.crictl` (a stand-in for `crictl rmi --prune`) as the real
 subprocess the executor starts.
+
+A kernel crash leaves its story where a real one does (`leave_crash_evidence`): a pstore ramoops
+record (`/sys/fs/pstore/dmesg-ramoops-N`) and, when kdump is configured, a kdumpctl directory with
+`vmcore-dmesg.txt` under `/var/crash`, written in the node's directory tree with the crash's time,
+plus the crash state the agent of the crashed boot had saved. After the reboot the agent's own
+`CrashCollector` (`crash_collector`) finds them, exactly as on a real node.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from nodeheal.agent.commands import CleanPolicy, CommandExecutor
+from nodeheal.agent.crash import CrashCollector, CrashState
 from nodeheal.agent.host import HostReader
 from nodeheal.agent.kmsg import KmsgReader
 from nodeheal.agent.probe import ProbeCollector, SequenceCounter
@@ -46,6 +53,77 @@ IMAGES_DIR = "/var/lib/containerd/io.containerd.content.v1.content/blobs/unused"
 POD_LOGS_DIR = "/var/log/pods"
 OLD = 30 * 86_400  # rotated logs are a month old: older than the agent's clean age limit
 KMSG_RING = 512  # records the simulated kernel ring keeps
+CRASH_STATE = "/var/lib/nodeheal-agent/crash-state.json"
+"""Where the simulated node's agent keeps its crash state (the agent's state directory on the host)."""
+
+
+def leave_crash_evidence(root: Path, *, boot_id: str, lines: Sequence[str], at: float, kdump: bool) -> list[str]:
+    """What a crashing kernel leaves behind on the node under `root`; the host paths written.
+
+    First the state the running agent had saved for this boot (it saw the boot, nothing orderly
+    happened since), so the next boot's agent knows the reboot was unexpected; then the panic as a
+    ramoops record (`Panic#1 Part1` header, the log after it) and, with kdump, as a kdumpctl
+    `vmcore-dmesg.txt`. Files carry the crash's time."""
+    state_file = root / CRASH_STATE.lstrip("/")
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state = CrashState.load(state_file) or CrashState()
+    if state.boot_id != boot_id:
+        state = CrashState(boot_id=boot_id, previous_boot_id=state.boot_id, handled=True, seen=state.seen)
+    state.orderly = False
+    state.save(state_file)
+    text = "\n".join(lines) + "\n"
+    written: list[tuple[Path, str]] = []
+    pstore = root / "sys/fs/pstore"
+    pstore.mkdir(parents=True, exist_ok=True)
+    ramoops = pstore / f"dmesg-ramoops-{len(list(pstore.glob('dmesg-ramoops-*')))}"
+    written.append((ramoops, "Panic#1 Part1\n" + text))
+    if kdump:
+        stamp = time.strftime("%Y-%m-%d-%H:%M:%S", time.gmtime(at))
+        written.append((root / "var/crash" / f"127.0.0.1-{stamp}" / "vmcore-dmesg.txt", text))
+    out = []
+    for path, body in written:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+        os.utime(path, (at, at))
+        out.append("/" + str(path.relative_to(root)))
+    return out
+
+
+def crash_collector(root: Path, *, cluster: str, node: str) -> CrashCollector:
+    """The agent's crash capture over the simulated node's files (no journal on a simulated node)."""
+    return CrashCollector(
+        cluster=cluster, node=node, root=root, state_file=root / CRASH_STATE.lstrip("/"), journal_command=None
+    )
+
+PROCESSES: dict[int, tuple[str, str, int]] = {
+    1: ("systemd", "0::/init.scope", 180),
+    812: ("containerd", "0::/system.slice/containerd.service", 1400),
+    845: ("kubelet", "0::/system.slice/kubelet.service", 2600),
+    903: ("ops-agent", "0::/system.slice/ops-agent.service", 900),
+}
+"""The simulated node's processes in /proc: pid → (comm, cgroup, open descriptors when healthy)."""
+LEAKER = 903
+"""The process that holds every descriptor above the healthy count (a leak is the ops agent's: its
+restart, in `SimSystemctl`, gives them back)."""
+
+
+class FdTable(Sequence[str]):
+    """/proc/PID/fd of a simulated process: `n` entries named 0..n-1, without building them."""
+
+    def __init__(self, n: int) -> None:
+        self.n = max(0, n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [str(i) for i in range(self.n)[index]]
+        return str(range(self.n)[index])
 
 
 @dataclass
@@ -108,6 +186,23 @@ class SimHostFiles:
                 "overlay /run/containerd/io.containerd.runtime.v2.task/k8s.io/1f3a/rootfs overlay rw 0 0\n"
                 f"/dev/nvme0n1p1 /var/lib/kubelet/pods/5c1e/volumes ext4 {opts} 0 0\n"
             )
+        if host_path.startswith("/proc/") and host_path.endswith(("/comm", "/cgroup")):
+            pid, _, leaf = host_path.removeprefix("/proc/").partition("/")
+            proc = PROCESSES.get(int(pid)) if pid.isdigit() else None
+            if proc is not None:
+                return (proc[0] if leaf == "comm" else proc[1]) + "\n"
+        raise FileNotFoundError(2, "No such file or directory", host_path)
+
+    def list_dir(self, host_path: str) -> Sequence[str]:
+        """/proc (the processes) and /proc/PID/fd: the leaking process holds what the node has above normal."""
+        if host_path.rstrip("/") == "/proc":
+            return [*map(str, PROCESSES), "self", "sys"]
+        pid, _, leaf = host_path.removeprefix("/proc/").partition("/")
+        if leaf.rstrip("/") == "fd" and pid.isdigit() and int(pid) in PROCESSES:
+            fds = PROCESSES[int(pid)][2]
+            if int(pid) == LEAKER:
+                fds += max(0, self.node.fd_allocated - sum(p[2] for p in PROCESSES.values()))
+            return FdTable(fds)
         raise FileNotFoundError(2, "No such file or directory", host_path)
 
     def exists(self, host_path: str) -> bool:
@@ -247,6 +342,13 @@ class SimAgent:
         del path
         return disk_statvfs(self.node.disk_used_with(self._files_bytes()), inodes_pct=4.0)
 
+    def _state_dir(self) -> Path:
+        """The agent's STATE_DIR (a hostPath): beside the node's file tree, so its bytes are not disk usage."""
+        assert self.work_dir is not None
+        state = self.work_dir / f"{escape_token(self.node.name)}.agent-state"
+        state.mkdir(parents=True, exist_ok=True)
+        return state
+
     def executor(self) -> CommandExecutor:
         if self._executor is None:
             assert self.work_dir is not None, "commands need a work directory"
@@ -270,6 +372,10 @@ class SimAgent:
                 systemd=self.systemd,
                 clean=policy,
                 statvfs=self._statvfs,
+                files=self.files,  # the fd holder is read from the simulated node's /proc
+                # the agent's state directory: a re-sent command is answered, not re-run, also by the agent
+                # of the node's next boot
+                results_file=self._state_dir() / "command-results.jsonl",
             )
         return self._executor
 

@@ -91,12 +91,15 @@ class NodeAgent:
                 journal_vacuum_command=tuple(settings.clean.journal_vacuum_command),
                 journal_path=settings.clean.journal_path,
                 keep_newest_in=tuple(settings.clean.keep_newest_in),
+                protected_dirs=tuple(settings.clean.protected_dirs),
             ),
             statvfs=self.host.statvfs,
             statfs_path=self.host.statfs_path,
             remember=settings.command_remember,
             # the lease fence survives an agent restart when there is a state directory
             fence_file=state_dir / "lease-fence.json" if state_dir else None,
+            # so do the executed commands' results: a command re-sent after a restart is answered, not re-run
+            results_file=state_dir / "command-results.jsonl" if state_dir else None,
         )
         self.crash = self._crash_collector(state_dir)
         self.outbox = Outbox(capacity=settings.outbox_max)
@@ -151,6 +154,9 @@ class NodeAgent:
         self.nc = await connect(nats_settings, name=f"nodeheal-agent-{self.settings.node_name}")
         self.js = self.nc.jetstream()
         self._sub = await self.nc.subscribe(self.cmd_subject, cb=self._on_command)
+        # started means answering: the server has registered the command subscription before start returns
+        # (a request sent right after would otherwise meet "no responders")
+        await self.nc.flush(timeout=10)
         log.info("agent started", extra={"node": self.settings.node_name, "commands": self.cmd_subject})
 
     async def stop(self) -> None:

@@ -6,14 +6,20 @@ Safety first, because these act on a production node:
   resolved inside the host root; `/`, the host root itself, anything whose resolved path leaves the
   allow-list (`..`, symlinks) and symlinked targets are refused with the reason. Inside an allowed
   directory only regular files older than `max_age_days` are deleted; symlinks are never followed or
-  deleted; the newest entry of a crash-dump directory (`/var/crash`, ...) is always kept (evidence).
+  deleted; the newest entry of a core-dump directory (`/var/lib/systemd/coredump`) is always kept.
+  Kernel crash evidence is never deleted: a target in a protected directory (`/var/crash` of kdump,
+  `/var/lib/systemd/pstore`) is refused, and a walk never enters one (`CleanPolicy.protected_dirs`):
+  the diagnoser may have found a new crash bucket there, and the kernel team needs the dump.
   The special target `container-images` runs the configured image-prune command (`crictl rmi --prune`
   by default) and `journal` the journal vacuum command; both report the space they freed. A target may
   list several (`container-images,/var/log/pods,journal`); the command fails when nothing was freed.
 - `restart_service` target `fd-holder` restarts the systemd unit of the process holding the most file
   descriptors when that unit is in the service list; otherwise it is refused with the process named.
 - Every command is idempotent per (action id, dry run): a repeated request returns the first result
-  without acting again, also while the first is still running.
+  without acting again, also while the first is still running. With a state directory the results are
+  also kept on disk (the last `remember`, one JSON line each, written before the reply), so a command
+  re-sent after an agent restart — a remediator that died between sending it and recording its result
+  asks again with the same action id — gets the stored result and nothing runs twice.
 - Fencing: a command whose `lease_revision` is lower than the highest one this agent already executed is
   refused (the revision is persisted in the state directory, so a restart keeps the fence).
 - `dry_run` reports what would be done and changes nothing.
@@ -35,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodeheal.agent.host import StatVfs, top_fd_holders
+from nodeheal.agent.host import HostFiles, LocalHostFiles, StatVfs, top_fd_holders
 from nodeheal.agent.systemd import Systemd, unit_name
 from nodeheal.schemas.commands import FD_HOLDER_TARGET, IMAGES_TARGET, JOURNAL_TARGET, NodeCommand, NodeCommandResult
 
@@ -55,7 +61,9 @@ class CleanPolicy:
     command_timeout_s: float = 300.0
     journal_vacuum_command: tuple[str, ...] = ("journalctl", "--vacuum-time=2d")
     journal_path: str = "/var/log/journal"
-    keep_newest_in: tuple[str, ...] = ("/var/crash", "/var/lib/systemd/coredump")
+    keep_newest_in: tuple[str, ...] = ("/var/lib/systemd/coredump",)
+    protected_dirs: tuple[str, ...] = ("/var/crash", "/var/lib/systemd/pstore")
+    """kernel crash evidence (kdump, pstore): never deleted, whatever the allow-list says"""
 
 
 @dataclass
@@ -72,12 +80,77 @@ class CommandExecutor:
     remember: int = 10_000
     clock: Callable[[], float] = time.time
     fence_file: Path | None = None
+    results_file: Path | None = None
+    """Where executed commands' results are kept across restarts (JSON lines); `None`: memory only."""
+    files: HostFiles | None = None
+    """How the node's /proc is read (the fd holder); `None`: the local file system under host_root."""
 
     def __post_init__(self) -> None:
         self._results: OrderedDict[tuple[str, bool], asyncio.Future[NodeCommandResult]] = OrderedDict()
+        self._stored: OrderedDict[tuple[str, bool], NodeCommandResult] = OrderedDict()
+        self._lines = 0  # lines in results_file (compacted when it reaches twice `remember`)
         self.executed = 0  # commands that really ran (not replays of a known action id)
         self.fenced = 0  # commands refused for an old lease revision
+        self.replayed = 0  # commands answered from the results an earlier run stored
         self.last_revision = self._load_fence()
+        self._load_results()
+
+    def _load_results(self) -> None:
+        """The results an earlier run of this agent stored: answered again, never re-run."""
+        if self.results_file is None:
+            return
+        try:
+            lines = self.results_file.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return
+        known: list[tuple[tuple[str, bool], NodeCommandResult]] = []
+        for line in lines:
+            try:
+                raw = json.loads(line)
+                key = (str(raw["action_id"]), bool(raw["dry_run"]))
+                result = NodeCommandResult.model_validate(raw["result"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line of a crash: that command is not known
+            known.append((key, result))
+        for key, result in known[-self.remember :]:
+            self._stored[key] = result
+            self._stored.move_to_end(key)
+        self._lines = len(lines)
+        if len(lines) > 2 * self.remember:
+            self._rewrite_results()
+
+    def _rewrite_results(self) -> None:
+        assert self.results_file is not None
+        try:
+            tmp = self.results_file.with_suffix(".tmp")
+            tmp.write_text(
+                "".join(_result_line(k, r) for k, r in self._stored.items()),
+                encoding="utf-8",
+            )
+            os.replace(tmp, self.results_file)
+            self._lines = len(self._stored)
+        except OSError as exc:
+            log.warning("cannot compact the command results", extra={"error": str(exc)})
+
+    def _store(self, key: tuple[str, bool], result: NodeCommandResult) -> None:
+        """Keep a result on disk before it is answered (bounded: compacted at twice `remember` lines)."""
+        self._stored[key] = result
+        self._stored.move_to_end(key)
+        while len(self._stored) > self.remember:
+            self._stored.popitem(last=False)
+        if self.results_file is None:
+            return
+        if self._lines >= 2 * self.remember:
+            self._rewrite_results()
+            return
+        try:
+            with self.results_file.open("a", encoding="utf-8") as f:
+                f.write(_result_line(key, result))
+                f.flush()
+                os.fsync(f.fileno())
+            self._lines += 1
+        except OSError as exc:
+            log.warning("cannot save a command result", extra={"error": str(exc)})
 
     def _load_fence(self) -> int:
         if self.fence_file is None:
@@ -115,6 +188,10 @@ class CommandExecutor:
         if known is not None:
             self._results.move_to_end(key)
             return await asyncio.shield(known)
+        stored = self._stored.get(key)
+        if stored is not None:  # executed by an earlier run of this agent: its result, nothing runs again
+            self.replayed += 1
+            return stored
         if command.node == self.node and command.cluster == self.cluster:
             refusal = self._fence(command)
             if refusal is not None:
@@ -129,6 +206,7 @@ class CommandExecutor:
         except Exception as exc:  # an unexpected failure is still an answer, never a dead agent
             log.exception("command failed", extra={"node": self.node, "action_id": command.action_id})
             result = self._result(command, ok=False, detail=f"{command.command} failed: {exc}")
+        self._store(key, result)
         future.set_result(result)
         return result
 
@@ -171,7 +249,8 @@ class CommandExecutor:
         return self._result(command, ok=outcome.ok, detail=outcome.detail)
 
     async def _restart_fd_holder(self, command: NodeCommand) -> NodeCommandResult:
-        holders = await asyncio.to_thread(top_fd_holders, self.host_root, limit=1)
+        files = self.files if self.files is not None else LocalHostFiles(self.host_root)
+        holders = await asyncio.to_thread(top_fd_holders, files, limit=1)
         if not holders:
             return self._result(command, ok=False, detail="no process with open file descriptors could be read")
         top = holders[0]
@@ -216,6 +295,13 @@ class CommandExecutor:
             msg = f"refused: clean_disk target {target!r} is a symlink; give the real directory"
             raise RefusedError(msg)
         real = os.path.realpath(local)
+        for protected in self._protected():
+            if real == protected or real.startswith(protected + os.sep):
+                msg = (
+                    f"refused: clean_disk target {target!r} holds kernel crash evidence (kdump / pstore),"
+                    " which is never deleted; the kernel team reads it"
+                )
+                raise RefusedError(msg)
         for allowed_dir in self.clean.allowed_dirs:
             allowed_real = os.path.realpath(self._host(os.path.normpath(allowed_dir)))
             if allowed_real == root_real:
@@ -264,7 +350,12 @@ class CommandExecutor:
         cutoff = self.clock() - self.clean.max_age_days * 86_400
         keep_newest = self._is_crash_dir(directory)
         removed, freed, errors = await asyncio.to_thread(
-            _remove_old_files, directory, cutoff=cutoff, dry_run=dry_run, keep_newest=keep_newest
+            _remove_old_files,
+            directory,
+            cutoff=cutoff,
+            dry_run=dry_run,
+            keep_newest=keep_newest,
+            protected=self._protected(),
         )
         verb = "would delete" if dry_run else "deleted"
         detail = (
@@ -274,6 +365,10 @@ class CommandExecutor:
         if errors:
             detail += f"; {len(errors)} could not be removed, first: {errors[0]}"
         return freed, detail
+
+    def _protected(self) -> tuple[str, ...]:
+        """Real paths of the crash-evidence directories (never deleted, never entered)."""
+        return tuple(os.path.realpath(self._host(os.path.normpath(p))) for p in self.clean.protected_dirs)
 
     def _is_crash_dir(self, directory: Path) -> bool:
         for k in self.clean.keep_newest_in:
@@ -306,6 +401,11 @@ class CommandExecutor:
         if proc.returncode != 0:
             return None, f"{' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[:300]}"
         return freed, f"ran {' '.join(cmd)} ({freed or 0} bytes freed): {out.decode(errors='replace').strip()[:200]}"
+
+
+def _result_line(key: tuple[str, bool], result: NodeCommandResult) -> str:
+    body = {"action_id": key[0], "dry_run": key[1], "result": result.model_dump(mode="json")}
+    return json.dumps(body, separators=(",", ":")) + "\n"
 
 
 def _free_bytes(statvfs: StatVfs, path: str) -> int | None:
@@ -343,11 +443,12 @@ def _newest_entry(directory: Path) -> str | None:
 
 
 def _remove_old_files(
-    directory: Path, *, cutoff: float, dry_run: bool, keep_newest: bool = False
+    directory: Path, *, cutoff: float, dry_run: bool, keep_newest: bool = False, protected: tuple[str, ...] = ()
 ) -> tuple[int, int, list[str]]:
     """Delete regular files with mtime before `cutoff` under `directory`, never following symlinks and
     never leaving the directory's file system. `keep_newest`: the newest top-level entry (file or
-    directory: the latest crash dump) is left alone, whatever its age."""
+    directory: the latest dump) is left alone, whatever its age. `protected` directories (kernel crash
+    evidence) are never entered."""
     removed = freed = 0
     errors: list[str] = []
     root_dev = directory.stat().st_dev
@@ -355,7 +456,11 @@ def _remove_old_files(
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
         # do not descend into other file systems mounted below the allowed directory, nor into the kept dump
         dirnames[:] = [
-            d for d in dirnames if _same_dev(os.path.join(dirpath, d), root_dev) and os.path.join(dirpath, d) != kept
+            d
+            for d in dirnames
+            if _same_dev(os.path.join(dirpath, d), root_dev)
+            and os.path.join(dirpath, d) != kept
+            and os.path.realpath(os.path.join(dirpath, d)) not in protected
         ]
         for name in filenames:
             if os.path.join(dirpath, name) == kept:

@@ -5,8 +5,8 @@ a DaemonSet (the host's `/` mounted read-only at `/host`) and how tests run it a
 directory that looks like a node. Every reader returns `None` (or an empty tuple) when its file is
 missing or unreadable and records why in `problems`, so one broken source never hides the others.
 
-Everything the reader looks at goes through `HostFiles`, a three-call interface (read a text file,
-does a path exist, statvfs of a path; host paths, not local ones). `LocalHostFiles` implements it with
+Everything the reader looks at goes through `HostFiles`, a four-call interface (read a text file,
+does a path exist, list a directory, statvfs of a path; host paths, not local ones). `LocalHostFiles` implements it with
 the real file system under `root`; the fleet simulator implements it with each simulated node's state,
 so the demo runs this very code for every node without touching a disk.
 This module must never talk to NATS or change anything on the host.
@@ -37,6 +37,10 @@ class HostFiles(Protocol):
 
     def exists(self, host_path: str) -> bool: ...
 
+    def list_dir(self, host_path: str) -> Sequence[str]:
+        """The names in a directory (`/proc`, `/proc/PID/fd`); `OSError` when it cannot be listed."""
+        ...
+
     def statvfs(self, host_path: str) -> os.statvfs_result:
         """`statvfs(2)` of the file system holding the path; `OSError` when it cannot be had."""
         ...
@@ -57,6 +61,9 @@ class LocalHostFiles:
 
     def exists(self, host_path: str) -> bool:
         return self.path(host_path).exists()
+
+    def list_dir(self, host_path: str) -> Sequence[str]:
+        return os.listdir(self.path(host_path))
 
     def statvfs(self, host_path: str) -> os.statvfs_result:
         return self.stat(str(self.path(host_path)))
@@ -292,32 +299,31 @@ def unit_of_cgroup(text: str) -> str | None:
     return None
 
 
-def top_fd_holders(root: Path, *, limit: int = 3) -> list[FdHolder]:
-    """The processes with the most entries in /proc/PID/fd under `root`, largest first (unreadable ones skipped)."""
-    proc = root / "proc"
+def top_fd_holders(files: HostFiles, *, limit: int = 3) -> list[FdHolder]:
+    """The processes with the most entries in /proc/PID/fd, largest first (unreadable ones skipped), read
+    through the host interface: the real node's /proc under the agent's root, or a simulated node's."""
     counts: list[tuple[int, int]] = []
     try:
-        entries = list(os.scandir(proc))
+        entries = list(files.list_dir("/proc"))
     except OSError:
         return []
-    for entry in entries:
-        if not entry.name.isdigit():
+    for name in entries:
+        if not name.isdigit():
             continue
         try:
-            n = sum(1 for _ in os.scandir(os.path.join(entry.path, "fd")))
+            n = len(files.list_dir(f"/proc/{name}/fd"))
         except OSError:
             continue
-        counts.append((n, int(entry.name)))
+        counts.append((n, int(name)))
     counts.sort(reverse=True)
     out: list[FdHolder] = []
     for n, pid in counts[:limit]:
-        base = proc / str(pid)
         try:
-            name = (base / "comm").read_text(encoding="utf-8", errors="replace").strip() or "?"
+            name = files.read_text(f"/proc/{pid}/comm").strip() or "?"
         except OSError:
             name = "?"
         try:
-            unit = unit_of_cgroup((base / "cgroup").read_text(encoding="utf-8", errors="replace"))
+            unit = unit_of_cgroup(files.read_text(f"/proc/{pid}/cgroup"))
         except OSError:
             unit = None
         out.append(FdHolder(pid=pid, name=name, fds=n, unit=unit))

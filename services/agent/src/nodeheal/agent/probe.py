@@ -86,7 +86,7 @@ class ProbeCollector:
         holders: tuple[FdHolder, ...] = ()
         if file_handles is not None and file_handles.allocated >= self.fd_holders_at * file_handles.max:
             # who holds the handles, so a repair restarts that service and not a guess
-            holders = tuple(await asyncio.to_thread(top_fd_holders, self.host.root, limit=3))
+            holders = tuple(await asyncio.to_thread(top_fd_holders, self.host.view, limit=3))
         probe = NodeProbe(
             cluster=self.cluster,
             node=self.node,

@@ -19,7 +19,7 @@ from nodeheal.schemas.subjects import escape_token
 
 class CleanSettings(BaseModel):
     allowed_dirs: list[str] = Field(
-        default_factory=lambda: ["/var/log/pods", "/var/crash", "/var/lib/systemd/coredump"],
+        default_factory=lambda: ["/var/log/pods", "/var/lib/systemd/coredump"],
         description="host directories clean_disk may delete old files in ('/' is never allowed)",
     )
     max_age_days: float = Field(default=7.0, gt=0, description="only files older than this are deleted")
@@ -36,8 +36,12 @@ class CleanSettings(BaseModel):
     )
     journal_path: str = Field(default="/var/log/journal", description="host path whose free space shows the gain")
     keep_newest_in: list[str] = Field(
-        default_factory=lambda: ["/var/crash", "/var/lib/systemd/coredump"],
-        description="crash-dump directories whose newest entry clean_disk never deletes",
+        default_factory=lambda: ["/var/lib/systemd/coredump"],
+        description="core-dump directories whose newest entry clean_disk never deletes",
+    )
+    protected_dirs: list[str] = Field(
+        default_factory=lambda: ["/var/crash", "/var/lib/systemd/pstore"],
+        description="kernel crash evidence (kdump, pstore): clean_disk never deletes in them, whatever the allow-list",
     )
 
 
@@ -78,12 +82,18 @@ class AgentSettings(ServiceSettings):
     journalctl_command: list[str] = Field(default_factory=lambda: ["journalctl"])
     max_kernel_lines: int = Field(default=MAX_KERNEL_LINES, ge=0, le=MAX_KERNEL_LINES)
     state_dir: Path | None = Field(
-        default=None, description="writable directory for the kmsg position and the probe sequence (survives restarts)"
+        default=None,
+        description="writable directory for the kmsg position, the probe sequence, the lease fence and the"
+        " executed commands' results (survive restarts)",
     )
     outbox_max: int = Field(default=360, ge=1, description="probes kept while NATS is away; older ones are dropped")
     clean: CleanSettings = Field(default_factory=CleanSettings)
     crash: CrashSettings = Field(default_factory=CrashSettings)
-    command_remember: int = Field(default=10_000, ge=1, description="action ids remembered for idempotent replies")
+    command_remember: int = Field(
+        default=10_000,
+        ge=1,
+        description="action ids (and results) remembered for idempotent replies, also on disk with state_dir",
+    )
     dlq_service: str = "node-agent"
     inbox_per_node: bool = Field(
         default=True,

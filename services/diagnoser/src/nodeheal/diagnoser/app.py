@@ -1,8 +1,9 @@
 """Builds the diagnoser process: the service kit's broker (connection, /healthz /readyz /metrics) and
 the diagnoser runtime on the broker's raw nats-py connection. Nothing else.
 
-The three consumers run on the shared consumer runtime (faststream pull subscribers, batches,
-explicit acks, one message at a time per stream); the ticker shares one lock with them.
+The four consumers (anomalies, cloud events, audit, crash reports) run on the shared consumer
+runtime (faststream pull subscribers, batches, explicit acks, one message at a time per stream); the
+ticker shares one lock with them.
 """
 
 from __future__ import annotations

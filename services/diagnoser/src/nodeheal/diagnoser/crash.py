@@ -4,39 +4,36 @@ crash signatures, and counted in one fleet record per bucket.
 `classify()` is pure: every evidence of a report (pstore record, kdump vmcore-dmesg, journal tail)
 goes through `kb.analyse`; the verdict is the most decisive class found (the KB's rank), with the
 crash signature of the report that holds it (kdump and pstore hold the same crash; the first with a
-signature wins on equal rank). `CrashIntake` is the transport side: a durable pull consumer on
-CRASHES, bad input dead-lettered (reason + raw bytes) and acknowledged, and the bucket's fleet record
-in the `<bucket_prefix>-crash-buckets` key-value bucket (`bucket.<key>`) updated with
-compare-and-set — count, nodes, kernels, first and last seen, and the (node, boot) pairs already
-counted, so a redelivered report is not counted twice. What the diagnosis makes of a verdict (a
-bucket seen on other nodes → reboot; hardware classes → take the machine out) belongs to reasoning:
-`on_verdict` hands each verdict over.
+signature wins on equal rank). `CrashBuckets` keeps the bucket's fleet record in the
+`<bucket_prefix>-crash-buckets` key-value bucket (`bucket.<key>`), updated with compare-and-set —
+count, nodes, kernels, machine models, first and last seen, the (node, boot) pairs already counted
+(so a redelivered report is not counted twice) and, once the kernel team was told about the bucket,
+`noticed_at` (so it is told once, across restarts and replicas). `bucket_notice()` is that notice (a
+`new_crash_bucket` finding). The consumer itself is the diagnoser's CRASHES consumer on the shared
+consumer runtime (handlers.py); what the diagnosis makes of a verdict (hardware → take the machine
+out; a kernel bucket → reboot) is decided in rules.py (`crash_bucket_decision`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import prometheus_client
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import DeliverPolicy
-from nats.js.client import JetStreamContext
-from nats.js.errors import FetchTimeoutError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pydantic import ValidationError
 
-from nodeheal.diagnoser.kb import Matcher, analyse
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
+from nodeheal.diagnoser.kb import Finding, Matcher, analyse
+from nodeheal.diagnoser.rules import fatal_hardware
 from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import CrashSignature
+from nodeheal.schemas.finding import FleetFinding
+from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.kernel import Category
-from nodeheal.schemas.subjects import wildcard
 
 log = logging.getLogger("nodeheal.diagnoser.crash")
 
@@ -56,13 +53,20 @@ class CrashVerdict:
     signature: CrashSignature | None
     evidence_path: str | None
     line: str | None  # the line that decided the class
+    finding: Finding | None = None  # the knowledge-base finding of that line
+    hardware: Finding | None = None  # a fatal hardware finding anywhere in the report (MCE, GHES, EDAC UE)
+    at: datetime | None = None  # when the crash was written down (the evidence's time), else reported
+    reported_at: datetime | None = None  # when the agent found it (the report's time)
 
 
 def classify(report: CrashReport, matcher: Matcher) -> CrashVerdict:
     """The most decisive class in the report's evidence and the crash bucket that goes with it."""
     best: tuple[tuple[int, int, int], CrashVerdict] | None = None
+    hardware: Finding | None = None
     for evidence in report.evidence:
         analysis = analyse(evidence.lines, matcher=matcher)
+        if hardware is None:
+            hardware = next((f for f in analysis.findings if fatal_hardware(f)), None)
         primary = analysis.primary
         if primary is None:
             continue
@@ -79,12 +83,15 @@ def classify(report: CrashReport, matcher: Matcher) -> CrashVerdict:
             signature=signature,
             evidence_path=evidence.path,
             line=primary.line,
+            finding=primary,
+            at=evidence.written_at or report.time,
+            reported_at=report.time,
         )
         score = (matcher.kb.rank(primary.cls), 1 if signature else 0, -_SOURCE_ORDER.get(evidence.source, 9))
         if best is None or score > best[0]:
             best = (score, verdict)
     if best is not None:
-        return best[1]
+        return dataclasses.replace(best[1], hardware=hardware)
     return CrashVerdict(
         report_id=report.id,
         cluster=report.cluster,
@@ -95,6 +102,8 @@ def classify(report: CrashReport, matcher: Matcher) -> CrashVerdict:
         signature=None,
         evidence_path=None,
         line=None,
+        at=report.time,
+        reported_at=report.time,
     )
 
 
@@ -154,179 +163,136 @@ def update_record(
     return rec
 
 
-VerdictHook = Callable[[CrashVerdict, dict[str, Any]], Awaitable[None]]
+def is_hardware(verdict: CrashVerdict) -> bool:
+    """The crash was the machine's: a fatal machine check, a fatal GHES record, an uncorrectable EDAC
+    error, or any other non-warning class the knowledge base files under hardware."""
+    return verdict.hardware is not None
 
 
-class CrashIntake:
-    """The CRASHES consumer of the diagnoser (see the module text)."""
+def is_kernel_bucket(verdict: CrashVerdict) -> bool:
+    """A crash with a signature that is not the hardware's: something the kernel team can fix."""
+    return verdict.signature is not None and not is_hardware(verdict)
 
-    def __init__(
-        self,
-        *,
-        js: JetStreamContext,
-        matcher: Matcher,
-        stream: str,
-        bucket: str,
-        durable: str,
-        prefix: str,
-        service: str,
-        batch_size: int = 64,
-        fetch_timeout_s: float = 1.0,
-        ack_wait_s: float = 30.0,
-        max_deliver: int = 10,
-        stopping: Callable[[], bool] = lambda: False,
-        on_verdict: VerdictHook | None = None,
-        machine_model: Callable[[str, str], str | None] = lambda cluster, node: None,
-        registry: prometheus_client.CollectorRegistry | None = None,
-    ) -> None:
-        self.js = js
-        self.matcher = matcher
-        self.stream = stream
-        self.bucket = bucket
-        self.durable = durable
-        self.prefix = prefix
-        self.service = service
-        self.batch_size = batch_size
-        self.fetch_timeout_s = fetch_timeout_s
-        self.ack_wait_s = ack_wait_s
-        self.max_deliver = max_deliver
-        self.stopping = stopping
-        self.on_verdict = on_verdict
-        self.machine_model = machine_model
-        self._kv: KeyValue | None = None
-        self.m_crashes = prometheus_client.Counter(
-            "nodeheal_diagnoser_crash_reports_total",
-            "Crash reports by outcome and class",
-            ["outcome", "cls"],
-            registry=registry or prometheus_client.CollectorRegistry(),
+
+def notice_due(verdict: CrashVerdict, record: dict[str, Any]) -> bool:
+    """The kernel team has not been told about this bucket yet (the record in KV says so)."""
+    return is_kernel_bucket(verdict) and bool(record) and not record.get("noticed_at")
+
+
+def bucket_notice(record: dict[str, Any], *, cluster: str, now: datetime, window_s: float) -> FleetFinding:
+    """The once-per-bucket notice to the kernel team: a `new_crash_bucket` finding on the findings
+    subject. Its id depends on the bucket only, so a retry is deduplicated by the stream."""
+    bucket = str(record["bucket"])
+    finding_id = deterministic_id("new_crash_bucket", bucket, prefix="finding-")
+    kernels = tuple(str(k) for k in record.get("kernels", []))
+    models = tuple(str(m) for m in record.get("machine_models", []))
+    first = datetime.fromisoformat(record["first_seen"]) if record.get("first_seen") else now
+    last = datetime.fromisoformat(record["last_seen"]) if record.get("last_seen") else now
+    where = record.get("rip_func") or record.get("panic_string") or record.get("cls") or "?"
+    count, nodes = int(record.get("count", 0)), int(record.get("node_count", 0))
+    return FleetFinding.model_validate(
+        {
+            "id": finding_id,
+            "finding_id": finding_id,
+            "cluster": cluster,
+            "time": now,
+            "kind": "new_crash_bucket",
+            "dimension": "crash_bucket",
+            "value": bucket,
+            "scope": f"bucket:{bucket}",
+            "group_events": count,
+            "group_nodes": nodes,
+            "fleet_events": count,
+            "fleet_nodes": nodes,
+            "group_rate": 0.0,
+            "rest_rate": 0.0,
+            "ratio": 0.0,
+            "test": "first crash of a signature never seen before in the fleet record",
+            "affected_nodes": tuple(record.get("nodes", []))[-MAX_RECORD_NODES:],
+            "signature_bucket": bucket,
+            "window_s": window_s,
+            "detected_at": now,
+            "crash_class": record.get("cls"),
+            "kernels": kernels,
+            "machine_models": models,
+            "first_seen": first,
+            "last_seen": last,
+            "message": (
+                f"new crash bucket {bucket} ({record.get('kind') or record.get('cls')} in {where}):"
+                f" {count} crash(es) on {nodes} node(s), kernels {', '.join(kernels) or '?'},"
+                f" machine models {', '.join(models) or '?'}, first seen {first.isoformat()},"
+                f" last seen {last.isoformat()}; evidence kept on the nodes (clean_disk never deletes it)"
+            ),
+        }
+    )
+
+
+class CrashBuckets:
+    """The fleet record of every crash bucket in the `<bucket_prefix>-crash-buckets` KV bucket
+    (`bucket.<key>`), updated with compare-and-set (see the module text)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, key: str) -> dict[str, Any]:
+        try:
+            entry = await self.kv.get(f"bucket.{key}")
+        except KeyNotFoundError:
+            return {}
+        data = json.loads(entry.value or b"{}")
+        return data if isinstance(data, dict) else {}
+
+    async def count(
+        self, verdict: CrashVerdict, *, kernel: str | None, machine_model: str | None, at: datetime
+    ) -> dict[str, Any]:
+        """The record with this crash counted (unchanged when this boot was counted already)."""
+        return await self._update(
+            bucket_key(verdict),
+            lambda current: update_record(current, verdict, kernel=kernel, at=at, machine_model=machine_model),
         )
 
-    async def run(self, *, retry_s: float = 30.0) -> None:
-        """Bind (retrying while the stream or bucket is not provisioned yet), then consume until stopped."""
-        sub = None
-        while sub is None and not self.stopping():
-            sub = await self._bind()
-            if sub is None:
-                await asyncio.sleep(retry_s)
-        while sub is not None and not self.stopping():
-            try:
-                msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout_s)
-            except (TimeoutError, FetchTimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("crash fetch failed; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                await self.handle(msg)
+    async def mark_noticed(self, key: str, *, notice_id: str, at: datetime) -> dict[str, Any]:
+        """Remember that the kernel team was told about this bucket (once, across restarts and replicas)."""
 
-    async def _bind(self) -> Any:
-        try:
-            await ensure_pull_consumer(
-                self.js,
-                stream=self.stream,
-                durable=self.durable,
-                filter_subjects=[wildcard("crash", prefix=self.prefix)],
-                ack_wait_s=self.ack_wait_s,
-                max_deliver=self.max_deliver,
-                deliver_policy=DeliverPolicy.ALL,
-            )
-            sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-            self._kv = await self.js.key_value(self.bucket)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # provisioned by `nodeheal streams apply`; older layouts lack them
-            log.warning(
-                "crash reports not consumed yet: stream or bucket missing",
-                extra={"stream": self.stream, "bucket": self.bucket, "error": str(exc)},
-            )
-            return None
-        return sub
+        def mark(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            if not current or current.get("noticed_at"):
+                return None
+            return {**current, "noticed_at": at.isoformat(), "notice_id": notice_id}
 
-    async def _reject(self, msg: Any, reason: str) -> None:
-        await dead_letter(
-            self.js,
-            service=self.service,
-            reason=reason,
-            raw=msg.data,
-            subject=msg.subject,
-            headers=dict(msg.headers or {}),
-            prefix=self.prefix,
-        )
-        await msg.ack()
-        self.m_crashes.labels("dead_letter", "").inc()
+        return await self._update(key, mark)
 
-    async def handle(self, msg: Any) -> None:
-        try:
-            report = CrashReport.model_validate_json(msg.data)
-        except ValidationError as exc:
-            await self._reject(msg, f"not a valid CrashReport: {exc.errors()[:3]}")
-            return
-        try:
-            verdict = classify(report, self.matcher)
-        except Exception as exc:  # a knowledge-base defect must not stop the consumer
-            log.exception("crash report not classified", extra={"node": report.node})
-            await self._reject(msg, f"crash report could not be classified: {exc!r}"[:500])
-            return
-        try:
-            model = self.machine_model(report.cluster, report.node)
-            record = await self._count(verdict, kernel=_kernel_of(verdict, report), machine_model=model)
-            if self.on_verdict is not None:
-                await self.on_verdict(verdict, record)
-        except Exception as exc:
-            log.warning("crash record not updated; redelivered", extra={"node": report.node, "error": str(exc)})
-            await msg.nak(delay=5.0)
-            self.m_crashes.labels("nak", verdict.cls or "").inc()
-            return
-        await msg.ack()
-        self.m_crashes.labels("ok", verdict.cls or "").inc()
-        log.warning(
-            "crash classified",
-            extra={
-                "node": report.node,
-                "boot_id": report.boot_id,
-                "cls": verdict.cls,
-                "bucket": record.get("bucket"),
-                "bucket_count": record.get("count"),
-                "new_bucket": record.get("count") == 1,
-            },
-        )
-
-    async def _count(self, verdict: CrashVerdict, *, kernel: str | None, machine_model: str | None) -> dict[str, Any]:
-        assert self._kv is not None
-        key = f"bucket.{bucket_key(verdict)}"
+    async def _update(
+        self, key: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> dict[str, Any]:
+        kv_key = f"bucket.{key}"
         for _ in range(20):
             try:
-                entry = await self._kv.get(key)
+                entry = await self.kv.get(kv_key)
                 current: dict[str, Any] | None = json.loads(entry.value or b"{}")
                 revision: int | None = entry.revision
             except KeyNotFoundError:
                 current, revision = None, None
-            updated = update_record(
-                current, verdict, kernel=kernel, at=datetime.now(tz=UTC), machine_model=machine_model
-            )
+            updated = change(current)
             if updated is None:
                 return current or {}
             data = json.dumps(updated, sort_keys=True).encode()
             try:
                 if revision is None:
-                    await self._kv.create(key, data)
+                    await self.kv.create(kv_key, data)
                 else:
-                    await self._kv.update(key, data, last=revision)
+                    await self.kv.update(kv_key, data, last=revision)
             except KeyWrongLastSequenceError:
-                continue  # another diagnoser replica counted in between: read again
+                continue  # another diagnoser replica wrote in between: read again
             except Exception as exc:
-                if "wrong last sequence" in str(exc).lower():
+                if "wrong last sequence" in str(exc).lower() or "key exists" in str(exc).lower():
                     continue
                 raise
             return updated
-        msg = f"crash bucket {key}: too many concurrent updates"
+        msg = f"crash bucket {kv_key}: too many concurrent updates"
         raise RuntimeError(msg)
 
 
-def _kernel_of(verdict: CrashVerdict, report: CrashReport) -> str | None:
+def kernel_of(verdict: CrashVerdict, report: CrashReport) -> str | None:
     if verdict.signature is not None and verdict.signature.kernel_release:
         return verdict.signature.kernel_release
     return report.kernel_release

@@ -13,6 +13,10 @@ Every hold and verdict that spans messages is kept where a new process finds it:
   hardware diagnoses (the rate and sudden-rise tests and the crash KPI), and the active fleet
   findings (a finding is raised once and cleared once) — is read back from DIAGNOSES, over the
   look-back or the sudden-rise test's horizon (7 days + 1 bin), whichever is longer;
+- **crash reports** are the CRASHES stream: read again over the look-back, classified again (pure)
+  and joined with their bucket's fleet record from the `<bucket_prefix>-crash-buckets` KV bucket, so
+  an episode a crash report decided is decided the same way after the restart (whether the kernel
+  team was told about a bucket is in that record too: `noticed_at`);
 - **crash history** (crash signatures per host for `crash_window_s`, 7 days — longer than the
   look-back) is written to the `<bucket_prefix>-diagnoser` KV bucket (`crash.<cluster>.<node>`)
   before the input that added it is acknowledged, and loaded first on start.
@@ -50,12 +54,14 @@ from nats.js.errors import FetchTimeoutError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from nodeheal.diagnoser.crash import CrashBuckets, bucket_key, classify
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.state import node_key
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import CrashSignature, Diagnosis
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.subjects import escape_token, finding_subject, unescape_token, wildcard
@@ -116,6 +122,7 @@ class DurableState:
         cloud_lookback: timedelta,
         history_lookback: timedelta | None = None,
         keep_trace: Callable[[str, dict[str, str] | None], None] | None = None,
+        crash_buckets: CrashBuckets | None = None,
     ) -> None:
         self.js = js
         self.diagnoser = diagnoser
@@ -127,6 +134,7 @@ class DurableState:
         # what was said is read back further: the fleet's own-history test needs its whole horizon
         self.history_lookback = max(lookback, history_lookback or lookback)
         self.keep_trace = keep_trace  # an incident's trace continues across the restart
+        self.crash_buckets = crash_buckets
 
     # ------------------------------------------------------------------ crash history (KV)
 
@@ -209,11 +217,26 @@ class DurableState:
         report.read["cloud"] = await self._read("CLOUD", [wildcard("cloud", prefix=p)], report.cloud_since, cloud)
         report.read["audit"] = await self._read("AUDIT", [wildcard("audit", prefix=p)], report.since, audit)
         report.read["anomalies"] = await self._read("ANOMALIES", [wildcard("anomaly", prefix=p)], report.since, anomaly)
+        reports: dict[str, CrashReport] = {}
+
+        def crash(msg: Msg) -> None:
+            item = CrashReport.model_validate_json(msg.data)
+            reports[item.id] = item
+
+        if "CRASHES" in self.streams:
+            report.read["crashes"] = await self._read("CRASHES", [wildcard("crash", prefix=p)], report.since, crash)
         report.read["diagnoses"] = await self._read(
             "DIAGNOSES", [wildcard("diagnosis", prefix=p), finding_subject(prefix=p)], report.history_since, diagnosis
         )
         for key, last in said.items():
             diag.restore_published(key, last)
+        # crash reports last: what was said about their nodes is known (an open episode is not opened
+        # again, a crash a diagnosis counted is not counted alone); their findings and facts are back
+        for item in reports.values():
+            with contextlib.suppress(Exception):
+                verdict = classify(item, diag.matcher)
+                record = await self.crash_buckets.get(bucket_key(verdict)) if self.crash_buckets else {}
+                diag.on_crash(verdict, record)
         report.open_nodes = diag.open_nodes()
         diag.crash_dirty.clear()  # what was loaded or replayed is already where it belongs
         log.info(

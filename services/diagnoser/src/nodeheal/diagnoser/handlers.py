@@ -24,12 +24,12 @@ from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from nodeheal.diagnoser.crash import CrashIntake
+from nodeheal.diagnoser.crash import CrashBuckets, bucket_notice, classify, is_hardware, kernel_of, notice_due
 from nodeheal.diagnoser.durable import DurableState, kill_point
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
-from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
+from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound, Transient
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
@@ -37,6 +37,7 @@ from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, 
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.finding import FleetFinding
@@ -53,7 +54,7 @@ def _now() -> datetime:
 
 
 def inbound(settings: DiagnoserSettings) -> list[Inbound[Any]]:
-    """The diagnoser's three consumers (one durable name, one consumer per stream)."""
+    """The diagnoser's four consumers (one durable name, one consumer per stream)."""
     topo = settings.nats.topology()
     prefix = settings.nats.prefix
     common: dict[str, Any] = {
@@ -95,6 +96,17 @@ def inbound(settings: DiagnoserSettings) -> list[Inbound[Any]]:
             description="Remediation history of a node.",
             **common,
         ),
+        Inbound(
+            title="crash reports",
+            stream=stream("CRASHES"),
+            subject=wildcard("crash", prefix=prefix),
+            model=CrashReport,
+            description=(
+                "The agents' crash reports (the previous boot's pstore / kdump / journal evidence): classified,"
+                " counted in the bucket's fleet record, and the bucket decides the node's episode."
+            ),
+            **{**common, "batch_size": 16, "max_ack_pending": 1000},
+        ),
     ]
 
 
@@ -114,7 +126,8 @@ def outbound(settings: DiagnoserSettings) -> list[Outbound]:
             "fleet findings",
             finding_subject(prefix=prefix),
             FleetFinding,
-            "A group failing far above the fleet rate.",
+            "A group failing far above the fleet rate or its own history; and, once per crash bucket, the"
+            " kernel team's notice of a new crash bucket (kind new_crash_bucket).",
             diagnoses,
         ),
         Outbound(
@@ -160,7 +173,7 @@ class DiagnoserRuntime:
         self._identified: dict[str, None] = {}  # first anomaly ids of episodes already in time_to_identify
         self._streams = {
             base: self.topology.stream(f"{settings.nats.stream_prefix}{base}").name
-            for base in ("ANOMALIES", "CLOUD", "AUDIT", "DIAGNOSES")
+            for base in ("ANOMALIES", "CLOUD", "AUDIT", "DIAGNOSES", "CRASHES")
         }
         self.m_out = prometheus_client.Counter(
             "nodeheal_diagnoser_diagnoses_total", "Diagnoses published by cause", ["cause", "resolved"],
@@ -184,27 +197,23 @@ class DiagnoserRuntime:
             name=f"nodeheal-diagnoser-consumers-{settings.instance}",
         )
         for spec in inbound(settings):
-            self.consumers.consume(spec, self._message)
+            if spec.model is CrashReport:
+                self.consumers.consume(spec, self._crash)
+            else:
+                self.consumers.consume(spec, self._message)
         self.consumers.publishes(*outbound(settings))
         self.inventory = InventoryFeed(
             self.topology.bucket(f"{settings.nats.bucket_prefix}-inventory").name,
             on_put=self.diagnoser.on_inventory,
             on_delete=self.diagnoser.forget_inventory,
         )
-        self.crashes = CrashIntake(  # crash reports of the agents → class, bucket, the bucket's fleet record
-            js=self.js,
-            matcher=self.diagnoser.matcher,
-            stream=self.topology.stream(f"{settings.nats.stream_prefix}CRASHES").name,
-            bucket=self.topology.bucket(f"{settings.nats.bucket_prefix}-crash-buckets").name,
-            durable=settings.durable,
-            prefix=self.prefix,
-            service=SERVICE,
-            stopping=lambda: self._stopping,
-            machine_model=lambda cluster, node: getattr(
-                self.diagnoser.fleet.inventory.get(f"{cluster}/{node}"), "machine_model", None
-            ),
+        self.m_crashes = prometheus_client.Counter(
+            "nodeheal_diagnoser_crash_reports_total",
+            "Crash reports classified, by verdict (hardware, known_bucket, new_bucket, unexplained) and class",
+            ["outcome", "cls"],
             registry=registry,
         )
+        self.crash_buckets: CrashBuckets | None = None  # the per-bucket fleet records (bound on start)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,6 +222,8 @@ class DiagnoserRuntime:
             await self.inventory.load()
             self.consumers.loop("inventory", self.inventory.watch)
         # state that survives a restart (durable.py): read back before the first live message
+        crash_kv = await self._bucket("crash-buckets")
+        self.crash_buckets = CrashBuckets(crash_kv) if crash_kv is not None else None
         self.durable = DurableState(
             js=self.js,
             diagnoser=self.diagnoser,
@@ -223,6 +234,7 @@ class DiagnoserRuntime:
             cloud_lookback=timedelta(seconds=self.settings.rebuild_cloud_lookback_s),
             history_lookback=self.diagnoser.config.trend.horizon,
             keep_trace=self._keep_trace,
+            crash_buckets=self.crash_buckets,
         )
         report = await self.durable.rebuild(now=self.clock())
         for ctx in self.diagnoser.fleet.nodes.values():  # episodes already identified before the restart
@@ -231,7 +243,6 @@ class DiagnoserRuntime:
         async with self._lock:
             await self._evaluate(report.open_nodes)
         self.consumers.loop("tick", self._ticker)
-        self.consumers.loop("crash", self.crashes.run)  # the agents' crash reports (crash.py, its own consumer)
         await self.consumers.start()
         self._ready = True
         log.info("diagnoser started", extra={"prefix": self.prefix, "durable": self.settings.durable})
@@ -257,7 +268,7 @@ class DiagnoserRuntime:
         try:
             return await self.js.key_value(name)
         except Exception as exc:  # the buckets are provisioned by `nodeheal streams apply`
-            log.warning("bucket unavailable; crash history not kept", extra={"bucket": name, "error": str(exc)})
+            log.warning("bucket unavailable", extra={"bucket": name, "error": str(exc)})
             return None
 
     # ------------------------------------------------------------------ consumption
@@ -265,6 +276,61 @@ class DiagnoserRuntime:
     async def _message(self, item: Anomaly | CloudSystemEvent | RemediationRecord, delivery: Delivery) -> None:
         """One input message (in stream order per stream); returns once its diagnoses are PubAck'ed."""
         await self._on_message(item, delivery.headers)
+
+    async def _crash(self, report: CrashReport, delivery: Delivery) -> None:
+        """One crash report: classified, counted once per boot in its bucket's fleet record, handed to the
+        node's episode (diagnoses PubAck'ed), and — the first time a kernel bucket is seen — the kernel
+        team's notice, published before the record remembers it was sent (a retry is deduplicated by
+        its `Nats-Msg-Id`). Returns once all of it is stored; then the report is acked."""
+        if self.crash_buckets is None:
+            kv = await self._bucket("crash-buckets")
+            if kv is None:
+                msg = "the crash-buckets KV bucket is missing (nodeheal streams apply)"
+                raise Transient(msg)
+            self.crash_buckets = CrashBuckets(kv)
+        verdict = classify(report, self.diagnoser.matcher)
+        inventory = self.diagnoser.fleet.inventory.get(f"{report.cluster}/{report.node}")
+        record = await self.crash_buckets.count(
+            verdict,
+            kernel=kernel_of(verdict, report),
+            machine_model=getattr(inventory, "machine_model", None),
+            at=self.clock(),
+        )
+        async with self._lock:
+            touched = self.diagnoser.on_crash(verdict, record)
+            await self._evaluate(touched)
+        noticed = False
+        if notice_due(verdict, record):
+            notice = bucket_notice(
+                record,
+                cluster=self.settings.cluster,
+                now=self.clock(),
+                window_s=self.diagnoser.config.decision.crash_window.total_seconds(),
+            )
+            await self._publish_finding(notice)
+            record = await self.crash_buckets.mark_noticed(str(record["bucket"]), notice_id=notice.id, at=self.clock())
+            noticed = True
+        if verdict.cls is None:
+            outcome = "unexplained"
+        elif is_hardware(verdict):
+            outcome = "hardware"
+        else:
+            outcome = "known_bucket" if int(record.get("node_count", 1)) > 1 else "new_bucket"
+        self.m_crashes.labels(outcome, verdict.cls or "").inc()
+        log.warning(
+            "crash classified",
+            extra={
+                "node": report.node,
+                "boot_id": report.boot_id,
+                "cls": verdict.cls,
+                "hardware": is_hardware(verdict),
+                "bucket": record.get("bucket"),
+                "bucket_count": record.get("count"),
+                "bucket_nodes": record.get("node_count"),
+                "new_bucket": record.get("count") == 1,
+                "kernel_team_told": noticed,
+            },
+        )
 
     async def _on_message(
         self, item: Anomaly | CloudSystemEvent | RemediationRecord, headers: dict[str, str] | None

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, group_value, outliers
+from nodeheal.diagnoser.crash import CrashVerdict, bucket_key
 from nodeheal.diagnoser.kb import Matcher, analyse
 from nodeheal.diagnoser.kpi import FleetKpis, fleet_kpis, is_crash
 from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide, partition_view
-from nodeheal.diagnoser.state import FleetState, KernelEvidence, NodeContext, Published, node_key
+from nodeheal.diagnoser.state import CrashFact, FleetState, KernelEvidence, NodeContext, Published, node_key
 from nodeheal.diagnoser.trend import FLEET_GROUP, TimedEvent, TrendConfig, sudden_rises
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
@@ -25,13 +28,20 @@ from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
 
+CRASH_EPISODE_KEY = "crash_report"
+"""anomaly_key part of the episode a hardware crash report opens when nothing fires on its node"""
+CRASH_EVIDENCE_MAX_AGE = timedelta(minutes=10)
+"""A crash report's evidence counts as this old at most when it is found (kernel look-back: 30 min)."""
+
 
 @dataclass(frozen=True, slots=True)
 class DiagnoserConfig:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     correlation: CorrelationConfig = field(default_factory=CorrelationConfig)
-    node_down_hold: timedelta = timedelta(seconds=5)
-    """a lone dark node's verdict waits this long after its anomaly was detected"""
+    node_down_hold: timedelta = timedelta(seconds=60)
+    """a lone dark node's verdict waits this long after its anomaly was detected: longer than the gap
+    between the first two dark nodes of a rack that goes dark port by port (tens of seconds), well
+    inside the 5-minute "know why" budget"""
     domain_quiet: timedelta = timedelta(seconds=15)
     """a rack / zone is still going dark while its dark nodes arrive less than this apart"""
     domain_hold_max: timedelta = timedelta(seconds=240)
@@ -124,15 +134,18 @@ class Diagnoser:
 
     def hold_until(self, ctx: NodeContext, silent: list[Anomaly]) -> datetime:
         """When a node_down / node_hang verdict may be given. A lone dark node waits `node_down_hold`.
-        While its rack or zone keeps going dark (dark nodes arriving less than `domain_quiet` apart, at
-        least `domain_hold_min_dark` of them) it waits until the domain has been quiet for
-        `domain_quiet`, so the whole set is judged together — at most `domain_hold_max` after it went
-        dark. Times are the anomalies' `detected_at`, so a restarted diagnoser computes the same hold."""
+        While its rack or zone keeps going dark (at least `domain_hold_min_dark` dark nodes, each
+        arriving less than the domain's gap after the one before: `node_down_hold` in a rack, whose
+        ports may go one by one tens of seconds apart, `domain_quiet` in a zone) it waits until the
+        domain has been quiet for `domain_quiet`, so the whole set is judged together — at most
+        `domain_hold_max` after it went dark. Times are the anomalies' `detected_at`, so a restarted
+        diagnoser computes the same hold."""
         config = self.config
         first_seen = self.fleet.dark_at.get(ctx.key) or min(a.detected_at for a in silent)
         until = first_seen + config.node_down_hold
         for dimension, min_dark in config.domain_hold_min_dark:
-            run = self.fleet.dark_run(ctx.key, dimension, gap=config.domain_quiet)
+            gap = max(config.domain_quiet, config.node_down_hold) if dimension == "rack" else config.domain_quiet
+            run = self.fleet.dark_run(ctx.key, dimension, gap=gap)
             if run is not None and run[0] >= min_dark:
                 until = max(until, run[1] + config.domain_quiet)
         return min(until, first_seen + config.domain_hold_max)
@@ -153,6 +166,125 @@ class Diagnoser:
                     continue
                 seen.add(signature.bucket)
                 self._add_crash(ctx, at, signature)
+
+    def on_crash(self, verdict: CrashVerdict, record: dict[str, Any]) -> set[str]:
+        """A node's crash report, classified and counted in its bucket's fleet record: its findings join
+        the node's kernel evidence (so the episode that fires on the node — the unexpected reboot, the
+        node that went dark — is explained by it), its signature the node's crash history, and the
+        report itself, with its bucket's record, decides the ladder (rules.crash_bucket_decision).
+        Returns the node keys to evaluate."""
+        ctx = self.fleet.context(verdict.cluster, verdict.node)
+        if any(c.report_id == verdict.report_id for c in ctx.crash_reports):
+            return set()  # redelivered
+        reported = verdict.reported_at or verdict.at
+        at = verdict.at or reported
+        if at is None:
+            return set()
+        if reported is not None:
+            # a node that stayed dark a long time reports an old crash: it still explains this boot's episode
+            at = max(at, reported - CRASH_EVIDENCE_MAX_AGE)
+        if verdict.cls is not None:
+            ctx.crash_reports.append(
+                CrashFact(
+                    at=at,
+                    report_id=verdict.report_id,
+                    cls=verdict.cls,
+                    hardware=verdict.hardware is not None,
+                    bucket=str(record.get("bucket") or bucket_key(verdict)),
+                    signature=verdict.signature,
+                    count=int(record.get("count", 1)),
+                    node_count=int(record.get("node_count", 1)),
+                    kernels=tuple(record.get("kernels", ())),
+                    machine_models=tuple(record.get("machine_models", ())),
+                    first_seen=record.get("first_seen"),
+                    last_seen=record.get("last_seen"),
+                    evidence_path=verdict.evidence_path,
+                )
+            )
+        for finding in (verdict.hardware, verdict.finding):
+            if finding is not None and all(
+                not (k.anomaly_id == verdict.report_id and k.finding == finding) for k in ctx.kernel
+            ):
+                ctx.kernel.append(
+                    KernelEvidence(
+                        observed_at=at, finding=finding, signature=verdict.signature, anomaly_id=verdict.report_id
+                    )
+                )
+        if verdict.signature is not None:
+            self._add_crash(ctx, at, verdict.signature)
+        said = ctx.published is not None and not ctx.published.resolved  # an open episode already took it
+        if verdict.hardware is not None and verdict.cls is not None and not ctx.firing and not said:
+            self._open_crash_episode(ctx, verdict, at=at, reported=reported or at)
+        if verdict.cls is not None and verdict.report_id not in self.fleet.crash_counted:
+            # every crash counts towards the fleet rates once: here, until a diagnosis of the episode it
+            # explains counts it instead (`_record_fault`); alone when no episode is open (our own reboot
+            # brought the node back, so nothing fires)
+            self._count_fault(
+                ctx.key,
+                episode=f"crash:{verdict.report_id}",
+                category="hardware" if verdict.hardware is not None else verdict.category,
+                bucket=verdict.signature.bucket if verdict.signature is not None else None,
+                at=at,
+            )
+        return {ctx.key}
+
+    def _open_crash_episode(self, ctx: NodeContext, verdict: CrashVerdict, *, at: datetime, reported: datetime) -> None:
+        """A machine that crashed on hardware came back with nothing firing (our own reboot of the dark
+        node brought it back, so the detector raised no unexpected_reboot): the crash report opens the
+        episode itself — a firing `kernel_fault` of the class, keyed `<node>/crash_report/<boot>` — so
+        the machine is still taken out. It ends with our retire / replace (`_close_crash_episode`)."""
+        ctx.add_anomaly(
+            Anomaly.model_validate(
+                {
+                    "id": deterministic_id("crash-report", verdict.report_id, prefix="anomaly-"),
+                    "time": reported,
+                    "cluster": ctx.cluster,
+                    "node": ctx.node,
+                    "anomaly_key": f"{ctx.key}/{CRASH_EPISODE_KEY}/{verdict.boot_id}",
+                    "kind": "kernel_fault",
+                    "status": "firing",
+                    "severity": "critical",
+                    "subject": verdict.cls,
+                    "fault_onset": at,
+                    "detected_at": reported,
+                    "evidence": (
+                        Evidence(
+                            kind="crash_report",
+                            summary=f"crash report {verdict.report_id}: {verdict.cls} (hardware) after the reboot",
+                            value=verdict.cls,
+                            ref=verdict.report_id,
+                            observed_at=at,
+                        ),
+                    ),
+                }
+            )
+        )
+
+    def _close_crash_episode(self, ctx: NodeContext, *, now: datetime) -> None:
+        """The crash report's own episode ends once the machine was retired (or the crash left the window)."""
+        keys = [k for k in ctx.firing if f"/{CRASH_EPISODE_KEY}/" in k]
+        if keys and not self._hardware_crash_open(ctx, now=now):
+            for key in keys:
+                del ctx.firing[key]
+
+    def _hardware_crash_open(self, ctx: NodeContext, *, now: datetime) -> bool:
+        """A hardware crash of the node in the crash window, and no retire / replace of ours since."""
+        horizon = now - self.config.decision.crash_window
+        crash = max((c.at for c in ctx.crash_reports if c.hardware and c.at >= horizon), default=None)
+        if crash is None:
+            return False
+        return not any(
+            r.action in {"retire", "replace"} and r.phase in {"succeeded", "verified"} and r.time >= crash
+            for r in ctx.remediation
+        )
+
+    def _crash_counted_by(self, evidence: Iterable[Evidence]) -> None:
+        """A diagnosis explained by a crash report counts that crash: its stand-alone count goes."""
+        for item in evidence:
+            if item.kind == "crash_report" and item.ref:
+                self.fleet.crash_counted[item.ref] = item.observed_at or datetime.now(tz=UTC)
+                for key in [k for k in self.fleet.fault_events if k.startswith(f"crash:{item.ref}|")]:
+                    del self.fleet.fault_events[key]
 
     def _add_crash(self, ctx: NodeContext, at: datetime, signature: CrashSignature) -> None:
         if any(t == at and s.bucket == signature.bucket for t, s in ctx.crashes):
@@ -211,6 +343,8 @@ class Diagnoser:
         if diagnosis.resolved or not diagnosis.anomaly_ids:
             return
         ctx = self.fleet.context(diagnosis.cluster, diagnosis.node)
+        if diagnosis.category in {"kernel", "hardware"}:
+            self._crash_counted_by(diagnosis.evidence)
         if is_crash(diagnosis):  # the fleet crash rate (KPIs)
             self.fleet.crash_episodes.setdefault(
                 diagnosis.anomaly_ids[0], diagnosis.fault_onset or diagnosis.identified_at
@@ -224,6 +358,8 @@ class Diagnoser:
         )
 
     def restore_finding(self, finding: FleetFinding) -> None:
+        if finding.kind == "new_crash_bucket":
+            return  # a notice, not a risk: nothing to clear (its "once" is in the bucket's KV record)
         key = (finding.kind, finding.dimension, finding.value, finding.scope)
         if finding.cleared:
             self.fleet.findings.pop(key, None)
@@ -246,7 +382,10 @@ class Diagnoser:
         if ctx is None:
             return Outcome()
         ctx.prune(now=now, keep=max(self.config.decision.crash_window, self.config.correlation_window))
+        self._close_crash_episode(ctx, now=now)
         if not ctx.firing:
+            if self.machine_out_pending(ctx, now=now):
+                return Outcome()  # the machine came back, but it crashed on hardware: not over until retired
             return Outcome(diagnosis=self._resolved(ctx, now=now))
         silent = [a for a in ctx.firing.values() if a.kind in SILENT_KINDS and not a.expected]
         if silent and ctx.published is None:
@@ -282,6 +421,16 @@ class Diagnoser:
             episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
             self.fleet.crash_episodes.setdefault(episode, decision.fault_onset or now)
         return Outcome(diagnosis=diagnosis)
+
+    def machine_out_pending(self, ctx: NodeContext, *, now: datetime) -> bool:
+        """The node's open episode is a crash on a hardware class (its diagnosis says take the machine
+        out) and no `retire` / `replace` of ours has succeeded since: the episode stays open when the
+        reboot's anomalies resolve, so the remediator's rotation ladder is not ended by the machine
+        coming back. Ends with the retirement (the audit record) or after the crash window."""
+        last = ctx.published
+        if last is None or last.resolved or last.category != "hardware":
+            return False
+        return self._hardware_crash_open(ctx, now=now)
 
     def kpis(self, *, now: datetime, window: timedelta = timedelta(days=1)) -> FleetKpis:
         """Crash, schedulable and online rate of the fleet as the diagnoser sees it now."""
@@ -379,6 +528,8 @@ class Diagnoser:
         """
         episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
         bucket = decision.crash_signature.bucket if decision.crash_signature is not None else None
+        if decision.category in {"kernel", "hardware"}:
+            self._crash_counted_by(decision.evidence)
         self._count_fault(
             ctx.key, episode=episode, category=decision.category, bucket=bucket, at=decision.fault_onset or now
         )
@@ -427,6 +578,8 @@ class Diagnoser:
         horizon = now - max(window, self.config.trend.horizon)
         for event_key in [k for k, (_, _, t) in self.fleet.fault_events.items() if t < horizon]:
             del self.fleet.fault_events[event_key]
+        for report_id in [r for r, t in self.fleet.crash_counted.items() if t < horizon]:
+            del self.fleet.crash_counted[report_id]
         events = [FleetEvent(node=n, scope=s) for n, s, t in self.fleet.fault_events.values() if t >= now - window]
         timed = [TimedEvent(node=n, scope=s, at=t) for n, s, t in self.fleet.fault_events.values()]
         rises = sudden_rises(events=timed, inventory=self.fleet.inventory, now=now, config=self.config.trend)

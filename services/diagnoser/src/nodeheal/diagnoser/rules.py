@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from nodeheal.diagnoser.kb.matcher import IO_ERROR_CLASSES, same_disk
-from nodeheal.diagnoser.state import FleetState, KernelEvidence, NodeContext
+from nodeheal.diagnoser.kb.matcher import IO_ERROR_CLASSES, Finding, same_disk
+from nodeheal.diagnoser.state import CrashFact, FleetState, KernelEvidence, NodeContext
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.causes import category_of
@@ -57,6 +57,15 @@ CLOUD_ACTION_CAUSES = {
     "terminate": "host_maintenance_stop",
     "live_migrate": "host_live_migration",
 }
+
+
+def fatal_hardware(finding: Finding) -> bool:
+    """A hardware error the machine did not survive: fatal MCE, GHES `event severity: fatal`, EDAC `UE`."""
+    return (
+        finding.cls in FATAL_HARDWARE
+        or (finding.cls == "ghes_cper_hardware_error" and finding.fields.get("severity") == "fatal")
+        or (finding.cls == "edac_memory_ce" and finding.fields.get("severity") == "UE")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +316,95 @@ def ladder_for(
     )
 
 
+def rotation_ladder(cause: str) -> tuple[RecommendedAction, ...]:
+    """A machine that crashed on a hardware class leaves the fleet (machine rotation): cordon, drain,
+    retire (labelled and tainted for replacement), replace (through the cloud API; the remediator's
+    policy asks for approval), then a person."""
+    return (
+        _act("cordon", f"the machine crashed on a hardware fault ({cause}): keep new workloads off", timeout_s=30),
+        _act("drain", "move workloads away before the machine leaves the fleet", timeout_s=600),
+        _act(
+            "retire",
+            "take the machine out of the fleet: label and taint it for replacement (a reboot would put"
+            " workloads back on failing hardware)",
+            timeout_s=300,
+        ),
+        _act(
+            "replace",
+            "release the retired instance and recreate it from its node pool's launch template",
+            timeout_s=3600,
+        ),
+        _act("escalate", "the machine could not be rotated out; a person must replace it"),
+    )
+
+
+def latest_crash(
+    ctx: NodeContext, *, now: datetime, config: DecisionConfig, opened: set[str] | frozenset[str] = frozenset()
+) -> CrashFact | None:
+    """The node's most recent crash report within the kernel look-back (or one that opened the
+    episode: `opened`, report ids), if any."""
+    horizon = now - config.kernel_lookback
+    recent = [c for c in ctx.crash_reports if c.at >= horizon or c.report_id in opened]
+    return max(recent, key=lambda c: c.at) if recent else None
+
+
+def crash_bucket_decision(decision: Decision, crash: CrashFact) -> bool:
+    """Let the crash report's bucket decide (in place): a hardware class takes the machine out
+    (returns True: the rotation ladder); a kernel bucket already seen on other nodes, or a new one,
+    is rebooted (the kernel ladder), with the bucket's fleet record as evidence."""
+    summary = (
+        f"crash report: {crash.cls}, bucket {crash.bucket} — {crash.count} crash(es) on {crash.node_count}"
+        f" node(s) in the fleet record (kernels {', '.join(crash.kernels) or '?'},"
+        f" machine models {', '.join(crash.machine_models) or '?'})"
+    )
+    details: dict[str, object] = {
+        "bucket": crash.bucket,
+        "count": crash.count,
+        "node_count": crash.node_count,
+        "kernels": list(crash.kernels),
+        "machine_models": list(crash.machine_models),
+        "first_seen": crash.first_seen,
+        "last_seen": crash.last_seen,
+        "evidence_path": crash.evidence_path,
+    }
+    if crash.hardware:
+        if decision.category != "hardware":
+            return False
+        decision.evidence.insert(
+            0,
+            _ev(
+                "crash_report",
+                f"{summary}: the machine crashed on a hardware fault; take it out of the fleet",
+                value="hardware",
+                ref=crash.report_id,
+                at=crash.at,
+                **details,
+            ),
+        )
+        decision.confidence = max(decision.confidence, 0.9)
+        return True
+    if crash.signature is None or decision.category == "hardware":
+        return False  # nothing to identify the bug, or this host's hardware is suspected (C2, taint M)
+    if decision.cause not in CRASH_CLASSES and decision.cause != crash.cls:
+        return False
+    if crash.other_nodes > 0:
+        verdict = f"a known kernel defect, already seen on {crash.other_nodes} other node(s): reboot"
+        value = "known_bucket"
+        decision.confidence = max(decision.confidence, 0.85)
+    else:
+        verdict = (
+            "a new crash bucket: reboot; the evidence stays on the node (never cleaned) and the kernel team"
+            " is told once"
+        )
+        value = "new_bucket"
+    decision.category = "kernel"
+    decision.crash_signature = decision.crash_signature or crash.signature
+    decision.evidence.insert(
+        0, _ev("crash_report", f"{summary}: {verdict}", value=value, ref=crash.report_id, at=crash.at, **details)
+    )
+    return False
+
+
 def cloud_ladder(event: CloudSystemEvent, *, now: datetime, config: DecisionConfig) -> tuple[RecommendedAction, ...]:
     ref = event.provider_event_id
     eta = event.not_before or event.deadline
@@ -461,13 +559,7 @@ def _kernel_decision(
     )
 
     # 1. fatal hardware
-    fatal = [
-        k
-        for k in kernel
-        if k.finding.cls in FATAL_HARDWARE
-        or (k.finding.cls == "ghes_cper_hardware_error" and k.finding.fields.get("severity") == "fatal")
-        or (k.finding.cls == "edac_memory_ce" and k.finding.fields.get("severity") == "UE")
-    ]
+    fatal = [k for k in kernel if fatal_hardware(k.finding)]
     if fatal:
         return Decision(
             cause=fatal[0].finding.cls,
@@ -613,6 +705,12 @@ def decide(
     repeated = repeated_repairs(ctx, now=now, config=config)
     event = relevant_cloud_event(ctx, now=now, config=config)
     kernel = recent_kernel(ctx, now=now, config=config)
+    # a crash report that opened the episode itself (reasoning._open_crash_episode) explains it as long
+    # as it lasts, however old: its findings are not subject to the kernel look-back
+    opened = {
+        e.ref for a in firing if a.kind == "kernel_fault" for e in a.evidence if e.kind == "crash_report" and e.ref
+    }
+    kernel += [k for k in ctx.kernel if k.anomaly_id in opened and k not in kernel]
 
     # A. a cloud event explains downtime / NotReady / reboots (executing or just done), or announces one
     if event is not None and _cloud_explains(event, firing, kinds, config=config):
@@ -713,26 +811,28 @@ def decide(
                 fault_onset=onset,
             )
 
-    # C. kernel / journal evidence
+    # C. kernel / journal evidence (the node's kernel_fault anomalies and its crash reports)
     decision = _kernel_decision(ctx, fleet, kernel, now=now, config=config, rank=rank)
     weak = decision is not None and decision.confidence < 0.7 and not kinds <= {"kernel_fault"}
     if decision is not None and not weak:
         if "unexpected_reboot" in kinds and decision.cause == "planned_shutdown_reboot":
             decision.cause, decision.category = "planned_reboot", "ops"
+        crash = latest_crash(ctx, now=now, config=config, opened=opened)
+        rotate = crash is not None and crash_bucket_decision(decision, crash)
         decision.evidence.extend(anomaly_ev)
         target = _service_target(firing)
-        decision.recommended = adjust_for_cloud(
-            ladder_for(
+        ladder = (
+            rotation_ladder(decision.cause)
+            if rotate
+            else ladder_for(
                 decision.cause,
                 decision.category,
                 target=target,
                 repeated=repeated if decision.category == "hardware" else 0,
                 limit=config.repeat_limit,
-            ),
-            event,
-            now=now,
-            config=config,
+            )
         )
+        decision.recommended = adjust_for_cloud(ladder, event, now=now, config=config)
         return decision
 
     # D. the anomalies themselves

@@ -1,5 +1,5 @@
 """Configuration of the diagnoser service (env prefix `NODEHEAL_DIAGNOSER_`, nested with `__`, e.g.
-`NODEHEAL_DIAGNOSER_NODE_DOWN_HOLD_S=3`, `NODEHEAL_DIAGNOSER_NATS__URL=nats://nats:4222`)."""
+`NODEHEAL_DIAGNOSER_NODE_DOWN_HOLD_S=30`, `NODEHEAL_DIAGNOSER_NATS__URL=nats://nats:4222`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,11 @@ class DiagnoserSettings(ServiceSettings):
     rules_file: str | None = Field(default=None, description="a knowledge-base rules file instead of the shipped one")
 
     node_down_hold_s: float = Field(
-        default=5.0, ge=0, description="a lone dark node's verdict waits this long for its rack / zone peers"
+        default=60.0,
+        ge=0,
+        le=240,
+        description="a lone dark node's verdict waits this long for its rack / zone peers (and a rack whose dark"
+        " nodes arrive less than this apart is still going dark); at most 240 s, inside the 5-minute know-why budget",
     )
     domain_quiet_s: float = Field(
         default=15.0, gt=0, description="a rack / zone is still going dark while dark nodes arrive closer than this"

@@ -47,6 +47,33 @@ class KernelEvidence:
 
 
 @dataclass(frozen=True, slots=True)
+class CrashFact:
+    """A node's crash report as the diagnoser judged it, with its bucket's fleet record at that time."""
+
+    at: datetime  # when the crash was written down
+    report_id: str
+    cls: str
+    hardware: bool  # the crash was the machine's (fatal MCE, GHES fatal, EDAC UE, ...)
+    bucket: str
+    signature: CrashSignature | None
+    count: int  # crashes of the bucket in the fleet record, this one included
+    node_count: int  # nodes of the bucket in the fleet record, this one included
+    kernels: tuple[str, ...] = ()
+    machine_models: tuple[str, ...] = ()
+    first_seen: str | None = None
+    last_seen: str | None = None
+    evidence_path: str | None = None
+
+    @property
+    def other_nodes(self) -> int:
+        return max(0, self.node_count - 1)
+
+    @property
+    def new_bucket(self) -> bool:
+        return self.count <= 1
+
+
+@dataclass(frozen=True, slots=True)
 class Published:
     diagnosis_id: str
     cause: str
@@ -65,6 +92,7 @@ class NodeContext:
     anomalies: deque[Anomaly] = field(default_factory=lambda: deque(maxlen=MAX_ANOMALIES))
     kernel: deque[KernelEvidence] = field(default_factory=lambda: deque(maxlen=MAX_KERNEL))
     crashes: deque[tuple[datetime, CrashSignature]] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
+    crash_reports: deque[CrashFact] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
     cloud: dict[str, CloudSystemEvent] = field(default_factory=dict)  # provider_event_id → latest transition
     remediation: deque[RemediationRecord] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
     episode_ids: list[str] = field(default_factory=list)  # anomaly ids of the current episode
@@ -104,6 +132,8 @@ class NodeContext:
             self.kernel.popleft()
         while self.crashes and self.crashes[0][0] < horizon:
             self.crashes.popleft()
+        while self.crash_reports and self.crash_reports[0].at < horizon:
+            self.crash_reports.popleft()
         for event_id, event in list(self.cloud.items()):
             seen = event.finished_at or event.observed_at
             if event.is_terminal and seen < horizon:
@@ -120,6 +150,7 @@ class FleetState:
     findings: dict[tuple[str, str, str, str], FleetFinding] = field(default_factory=dict)  # active findings
     # a finding whose test stopped passing: since when (cleared after DiagnoserConfig.finding_clear_after)
     crash_episodes: dict[str, datetime] = field(default_factory=dict)  # episode id → crash onset (fleet KPIs)
+    crash_counted: dict[str, datetime] = field(default_factory=dict)  # crash report id → counted by a diagnosis
     finding_absent_since: dict[tuple[str, str, str, str], datetime] = field(default_factory=dict)
     dark_at: dict[str, datetime] = field(default_factory=dict)  # node key → detected_at of its node_down / hang
     # indexes, kept up to date per change (a zone of thousands going dark must cost O(n log n), not

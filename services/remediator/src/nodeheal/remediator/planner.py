@@ -204,7 +204,9 @@ def rotation_steps(diagnosis: Diagnosis, *, policy: PolicySettings, why: str, ru
 
 
 ACCEPT_METHODS: dict[str, frozenset[str]] = {
-    # the API that runs *this* event early: never RedeployInstance for a Reboot event
+    # the API that runs *this* event early: never RedeployInstance for a Reboot event. AWS (EC2's own
+    # calls need boto3) and GCE (performMaintenance needs the Compute client) have none here: no SDK of
+    # the lock file serves them, so their host events are drained within the lead and waited for
     "reboot": frozenset({"alibaba.RebootInstance", "alibaba.AcceptInquiredSystemEvent", "azure.StartRequests"}),
     "redeploy": frozenset({"alibaba.RedeployInstance", "alibaba.AcceptInquiredSystemEvent", "azure.StartRequests"}),
 }
@@ -232,7 +234,10 @@ def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings) -> tup
             cloud_event=event,
         ),
     ]
-    methods = {a.method for a in event.ack} & ACCEPT_METHODS.get(event.action, frozenset())
+    # only the event's own cloud's API (an offer naming another cloud's call is never taken)
+    methods = {a.method for a in event.ack if a.method.partition(".")[0] == event.cloud} & ACCEPT_METHODS.get(
+        event.action, frozenset()
+    )
     if policy.accept_cloud_events_early and methods and event.phase in ("scheduled", "pending_approval"):
         steps.append(
             Step(

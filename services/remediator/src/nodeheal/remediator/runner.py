@@ -8,10 +8,12 @@ Event on the node, and after a fix the verification (verified, or the next rung)
 
 Action ids are per episode (`Diagnosis.episode`): an updated diagnosis of the same fault continues the
 ladder where the audit trail says it is; a step recorded for its id is never executed twice (a
-`started` without a result — the previous holder died mid-action — is not repeated; the node is
-verified instead); an episode verified healthy is never acted on again. The budget slot is held while
-the node is disrupted (cordoned or rebooting) and given back only when it is uncordoned or handed to a
-person (escalation); a refused (stale, recovered) or resolved diagnosis whose node still holds a slot is
+`started` without a result — the previous holder died mid-action — is not repeated for cloud and
+Kubernetes actions, the node is verified instead; a node command is re-sent with the same action id,
+which the agent answers from its stored result without running it again); an episode verified
+healthy is never acted on again. The budget slot is held while the node is disrupted (cordoned or
+rebooting) and given back only when it is uncordoned or handed to a person (escalation); a refused
+(stale, recovered) or resolved diagnosis whose node still holds a slot is
 re-evaluated: verified and uncordoned, or escalated.
 """
 
@@ -53,6 +55,8 @@ log = logging.getLogger("nodeheal.remediator.runner")
 Disposition = Literal["ack", "retry"]
 StepResult = Literal["next", "done", "retry"]
 _TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "verified"})
+NODE_COMMANDS: frozenset[str] = frozenset({"restart_service", "clean_disk"})
+"""Actions run by the node agent, which remembers action ids (also across its restarts): safe to re-send."""
 REBOOTS: frozenset[str] = frozenset({"reboot", "redeploy", "accept_cloud_event"})
 """Actions after which the node must come back with a new boot id."""
 _DISRUPT: frozenset[str] = policy.CAPACITY
@@ -536,6 +540,10 @@ class Remediator:
             return await self._handover(run, step)
         if phases & {"failed", "skipped"}:
             return "next"
+        if "started" in phases and "succeeded" not in phases and step.action in NODE_COMMANDS:
+            # the previous holder died between sending the command and recording its answer: ask again
+            # with the same action id; the agent answers a known id from its stored result, never twice
+            return await self._resend(run, step, verify_after=verify_after)
         if "succeeded" in phases or ("started" in phases and step.is_fix):
             if not step.is_fix or not verify_after:
                 return "next"
@@ -618,7 +626,8 @@ class Remediator:
             await self._escalate(run, reason=step.reason, rung=step.rung, action_id=step.action_id, checks=checks)
             return "done"
         boot_before: str | None = None
-        if step.action in REBOOTS:
+        if step.action in REBOOTS or (step.cloud_event is not None and run.boot_before() is None):
+            # a host event's first step too: the reboot the platform runs is verified by a new boot id
             probe = await self.verifier.latest_agent_probe(cluster=d.cluster, node=d.node)
             boot_before = probe.boot_id if probe is not None else None
         await self._srec(run, step, phase="intent", reason=step.reason, checks=checks, boot_id=boot_before)
@@ -647,6 +656,40 @@ class Remediator:
             await self._release_slot(run)
             return "done" if step.action == "replace" else "next"
         if not outcome.ok or not step.is_fix or not verify_after:
+            return "next"
+        return await self._verify(run, step, since=started_at)
+
+    async def _resend(self, run: _Run, step: planner.Step, *, verify_after: bool) -> StepResult:
+        """A node command with a `started` record and no result: re-sent under a re-checked lease with its
+        action id; the agent's answer (its stored result when it ran it) is the result. No answer (the
+        first may still be running: the agent answers both when it ends) or a failure: verified as
+        before, which decides whether the next rung is needed."""
+        d = run.diagnosis
+        if (await control.read_pause(self.control_kv)).paused:
+            return "retry"  # the command may never have reached the agent: not sent while paused
+        fence = await self._fence(run)
+        started_at = min(r.time for r in run.history if r.action_id == step.action_id and r.phase == "started")
+        outcome = await self._execute(run, step)
+        if not outcome.ok:
+            log.warning(
+                "re-sent node command not confirmed; verifying the node",
+                extra={"node": d.node, "action_id": step.action_id, "detail": outcome.detail},
+            )
+            return await self._verify(run, step, since=started_at) if verify_after else "next"
+        await self._srec(
+            run,
+            step,
+            phase="succeeded",
+            reason=f"re-sent with the same action id after a restart: {outcome.detail}",
+            started_at=started_at,
+            checks=[fence],
+        )
+        await self._event(
+            d.node,
+            reason=f"Nodeheal{step.action.title().replace('_', '')}",
+            message=f"{step.action_id}: {outcome.detail}",
+        )
+        if not step.is_fix or not verify_after:
             return "next"
         return await self._verify(run, step, since=started_at)
 

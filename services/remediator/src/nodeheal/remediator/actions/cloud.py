@@ -3,8 +3,10 @@
 `CloudProvider` is what the remediator calls; `AlibabaEcs` speaks the ECS OpenAPI through the official
 SDK (`alibabacloud_ecs20140526`, endpoint configurable), `AzureScheduledEvents` approves a Scheduled
 Event with `POST StartRequests` to the instance metadata endpoint. AWS and GCE fit the same interface
-(`RebootInstances`, `ModifyInstanceEventStartTime`, ...); they are not implemented yet and answer with a
-clear "not supported", which fails the rung and moves the ladder on.
+(`RebootInstances`, `ModifyInstanceEventStartTime`, `instances.performMaintenance`, ...) but their SDKs
+(boto3, the Compute client) are not in the lock file: they answer with a clear "not supported", which
+fails the rung and moves the ladder on; their host events are never accepted early (the planner plans no
+accept step for them) — the node is drained within the lead and the event runs at its own time.
 """
 
 from __future__ import annotations
@@ -125,6 +127,10 @@ class AlibabaEcs:
         (the platform marks the event Avoided); a Redeploy by RedeployInstance (the caller made sure it was
         approved: local disks are lost). Never RedeployInstance for a reboot event."""
         methods = {a.method for a in event.ack}
+        if event.cloud != "alibaba":  # with PROVIDER=alibaba every cloud name lands here: never another's event
+            return ActionOutcome(
+                ok=False, detail=f"{event.cloud} event {event.provider_event_id} is not ECS's: waiting for the platform"
+            )
         if event.phase == "pending_approval" and "alibaba.AcceptInquiredSystemEvent" in methods:
             request = models.AcceptInquiredSystemEventRequest(
                 event_id=event.provider_event_id, region_id=event.region or self.settings.alibaba_region

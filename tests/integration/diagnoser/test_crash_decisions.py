@@ -1,0 +1,271 @@
+"""The crash bucket decides the episode, through the real diagnoser on a real nats-server.
+
+A node reboots unexpectedly (the detector's `unexpected_reboot` anomaly) and its agent sends the crash
+report of the previous boot (real kernel bytes: Debian 6.1 crashes from tests/data/kernel, a fatal
+machine check from the knowledge-base corpus). What the user sees on DIAGNOSES:
+
+- a hardware class → the machine is taken out: cordon, drain, retire, replace; the episode stays
+  open when the machine is back, until our retirement is in the audit trail;
+- a kernel bucket already seen on another node → reboot, and the bucket's fleet record grows;
+- a new kernel bucket → reboot, and exactly one `new_crash_bucket` notice for the kernel team, also
+  after the diagnoser was restarted and the bucket crashed again elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import pytest
+from nats.aio.client import Client
+
+from nodeheal.diagnoser.handlers import DiagnoserRuntime
+from nodeheal.diagnoser.settings import DiagnoserSettings
+from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.crash import CrashEvidence, CrashReport
+from nodeheal.schemas.diagnosis import Diagnosis
+from nodeheal.schemas.finding import FleetFinding
+from nodeheal.schemas.inventory import inventory_key
+from nodeheal.schemas.subjects import audit_subject, crash_subject, diagnosis_subject, finding_subject
+from tests.integration.diagnoser.test_diagnoser_service import actions, read_stream, send, wait_for_diagnosis
+from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory
+
+pytestmark = pytest.mark.nats
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+MODELS = {"n1": "ecs.ebmg7.32xlarge", "n2": "ecs.ebmc7.32xlarge", "n3": "ecs.ebmg7.32xlarge"}
+
+
+def now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+def pstore_lines(case: str) -> list[str]:
+    return (DATA / "kernel" / case / "pstore" / "dmesg-ramoops-0").read_text().splitlines()
+
+
+def corpus_lines(sample_id: str) -> list[str]:
+    for text in (DATA / "kb" / "corpus.jsonl").read_text().splitlines():
+        row = json.loads(text)
+        if row["id"] == sample_id:
+            return [str(x) for x in row["lines"]]
+    raise KeyError(sample_id)
+
+
+def crash_report(node: str, boot: str, header: str, lines: list[str], *, at: datetime) -> CrashReport:
+    return CrashReport(
+        cluster=CLUSTER,
+        node=node,
+        time=at,
+        boot_id=boot,
+        previous_boot_id=f"{boot}-before",
+        unexpected=True,
+        kernel_release="6.1.0-57-cloud-amd64",
+        evidence=(
+            CrashEvidence(
+                source="pstore",
+                path="/sys/fs/pstore/dmesg-ramoops-0",
+                backend="ramoops",
+                record=header,
+                written_at=at - timedelta(seconds=40),
+                lines=tuple(lines[-400:]),
+            ),
+        ),
+    )
+
+
+async def crashed(
+    nc: Client, settings: NatsSettings, node: str, boot: str, lines: list[str], *, header: str
+) -> datetime:
+    """What a crashed node sends on its first probe after the reboot: the detector's unexpected_reboot
+    and the agent's crash report. Returns the anomaly's onset."""
+    t = now()
+    await send(nc, settings, anomaly(node, "unexpected_reboot", at=t))
+    report = crash_report(node, boot, header, lines, at=t)
+    subject = crash_subject(CLUSTER, node, prefix=settings.prefix)
+    await publish_model(nc.jetstream(), subject, report, msg_id=f"cr-{node}-{boot}")
+    return t
+
+
+def runtime_for(settings: NatsSettings, nc: Client) -> tuple[DiagnoserRuntime, prometheus_client.CollectorRegistry]:
+    registry = prometheus_client.CollectorRegistry()
+    config = DiagnoserSettings(nats=settings, cluster=CLUSTER, tick_s=0.1, fetch_timeout_s=0.3)
+    return DiagnoserRuntime(settings=config, nc=nc, registry=registry), registry
+
+
+@pytest.fixture
+async def settings(topology_ready: NatsSettings, nc: Client) -> NatsSettings:
+    kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
+    for node, model in MODELS.items():
+        await kv.put(inventory_key(CLUSTER, node), inventory(node, model=model).to_json())
+    return topology_ready
+
+
+@pytest.fixture
+async def service(settings: NatsSettings, nc: Client) -> AsyncIterator[DiagnoserRuntime]:
+    runtime, _ = runtime_for(settings, nc)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+async def bucket_record(nc: Client, settings: NatsSettings, cls: str, *, count: int) -> dict[str, Any]:
+    kv = await nc.jetstream().key_value(f"{settings.bucket_prefix}-crash-buckets")
+    for _ in range(100):
+        for key in await kv.keys():
+            record = json.loads((await kv.get(key)).value or b"{}")
+            if record.get("cls") == cls and record.get("count", 0) >= count:
+                return dict(record)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {cls} bucket with {count} crashes")
+
+
+async def notices(nc: Client, settings: NatsSettings) -> list[FleetFinding]:
+    stream = f"{settings.stream_prefix}DIAGNOSES"
+    found = [
+        FleetFinding.model_validate_json(b)
+        for b in await read_stream(nc, stream, finding_subject(prefix=settings.prefix))
+    ]
+    return [f for f in found if f.kind == "new_crash_bucket"]
+
+
+def crash_evidence(d: Diagnosis) -> Any:
+    return next(e for e in d.evidence if e.kind == "crash_report")
+
+
+async def test_a_fatal_machine_check_takes_the_machine_out(nc: Client, settings: NatsSettings) -> None:
+    running: list[DiagnoserRuntime] = []
+    try:
+        await _fatal_machine_check(running, nc, settings)
+    finally:
+        for service in running:
+            await service.stop()
+
+
+async def _fatal_machine_check(running: list[DiagnoserRuntime], nc: Client, settings: NatsSettings) -> None:
+    service, _ = runtime_for(settings, nc)
+    running.append(service)
+    await service.start()
+    mce = [f"<0>[  84.97717{i}] {line}" for i, line in enumerate(corpus_lines("kb-151"))]
+    onset = await crashed(nc, settings, "n1", "boot-mce", mce, header="Panic#1 Part1")
+
+    d = await wait_for_diagnosis(nc, settings, "n1", lambda d: d.category == "hardware")
+    assert d.cause == "mce_fatal_panic"
+    assert actions(d) == ["cordon", "drain", "retire", "replace", "escalate"]
+    assert "reboot" not in actions(d)
+    assert crash_evidence(d).value == "hardware"
+    # the machine's fault is not the kernel team's: no notice
+    await asyncio.sleep(0.5)
+    assert await notices(nc, settings) == []
+
+    # the machine is back and its reboot anomaly clears: the episode stays open (it is not fixed) ...
+    await send(nc, settings, anomaly("n1", "unexpected_reboot", at=now(), status="resolved", onset=onset))
+    await asyncio.sleep(1.5)
+    stream = f"{settings.stream_prefix}DIAGNOSES"
+    said = [
+        Diagnosis.model_validate_json(b)
+        for b in await read_stream(nc, stream, diagnosis_subject(CLUSTER, "n1", prefix=settings.prefix))
+    ]
+    assert said and not any(x.resolved for x in said)
+    # ... also for a new diagnoser process, which neither ends it nor opens another one ...
+    await running.pop().stop()
+    service, _ = runtime_for(settings, nc)
+    running.append(service)
+    await service.start()
+    await asyncio.sleep(1.5)
+    again = [
+        Diagnosis.model_validate_json(b)
+        for b in await read_stream(nc, stream, diagnosis_subject(CLUSTER, "n1", prefix=settings.prefix))
+    ]
+    assert [x.id for x in again] == [x.id for x in said]
+    # ... until the remediator retired it
+    retired = RemediationRecord(
+        cluster=CLUSTER,
+        node="n1",
+        action_id="act-retire-n1",
+        action="retire",
+        phase="succeeded",
+        reason="machine rotation",
+        actor="remediator-0",
+        diagnosis_id=d.id,
+        episode_id=d.episode,
+    )
+    await publish_model(
+        nc.jetstream(), audit_subject(CLUSTER, "n1", prefix=settings.prefix), retired, msg_id=retired.id
+    )
+    done = await wait_for_diagnosis(nc, settings, "n1", lambda x: x.resolved)
+    assert done.anomaly_ids == d.anomaly_ids
+
+
+async def test_a_known_bucket_reboots_and_its_fleet_record_grows(
+    service: DiagnoserRuntime, nc: Client, settings: NatsSettings
+) -> None:
+    lines = pstore_lines("softlockup")
+    await crashed(nc, settings, "n1", "boot-a", lines[1:], header=lines[0])
+    first = await wait_for_diagnosis(nc, settings, "n1", lambda d: d.cause == "soft_lockup")
+    assert crash_evidence(first).value == "new_bucket"
+    assert "reboot" in actions(first) and "retire" not in actions(first)
+
+    await crashed(nc, settings, "n2", "boot-b", lines[1:], header=lines[0])
+    second = await wait_for_diagnosis(nc, settings, "n2", lambda d: d.cause == "soft_lockup")
+    evidence = crash_evidence(second)
+    assert evidence.value == "known_bucket"
+    assert (evidence.details["count"], evidence.details["node_count"]) == (2, 2)
+    assert actions(second) == ["cordon", "drain", "reboot", "redeploy", "escalate"]
+    assert second.category == "kernel"
+    assert second.crash_signature is not None and first.crash_signature is not None
+    assert second.crash_signature.bucket == first.crash_signature.bucket
+
+    record = await bucket_record(nc, settings, "soft_lockup", count=2)
+    assert (record["count"], record["node_count"]) == (2, 2)
+    assert sorted(record["machine_models"]) == sorted({MODELS["n1"], MODELS["n2"]})
+
+
+async def test_a_new_bucket_is_told_to_the_kernel_team_once_across_a_restart(
+    settings: NatsSettings, nc: Client
+) -> None:
+    lines = pstore_lines("hung")
+    runtime, registry = runtime_for(settings, nc)
+    await runtime.start()
+    try:
+        await crashed(nc, settings, "n1", "boot-1", lines[1:], header=lines[0])
+        d = await wait_for_diagnosis(nc, settings, "n1", lambda d: d.cause == "hung_task")
+        assert crash_evidence(d).value == "new_bucket" and "reboot" in actions(d)
+        for _ in range(50):
+            if await notices(nc, settings):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await runtime.stop()
+    told = await notices(nc, settings)
+    assert len(told) == 1
+    notice = told[0]
+    assert d.crash_signature is not None and notice.signature_bucket == d.crash_signature.bucket
+    assert (notice.group_events, notice.group_nodes) == (1, 1)
+    assert notice.kernels == ("6.1.0-57-cloud-amd64",) and notice.machine_models == (MODELS["n1"],)
+    assert notice.first_seen is not None and notice.last_seen is not None
+
+    # a new process: the bucket crashes again on two other nodes; the kernel team is not told again
+    again, registry = runtime_for(settings, nc)
+    await again.start()
+    try:
+        await crashed(nc, settings, "n2", "boot-2", lines[1:], header=lines[0])
+        await crashed(nc, settings, "n3", "boot-3", lines[1:], header=lines[0])
+        for node in ("n2", "n3"):
+            later = await wait_for_diagnosis(nc, settings, node, lambda d: d.cause == "hung_task")
+            assert crash_evidence(later).value == "known_bucket"
+        record = await bucket_record(nc, settings, "hung_task", count=3)
+        assert record["noticed_at"] and record["notice_id"] == notice.id
+    finally:
+        await again.stop()
+    # nothing was even sent (the stream's duplicate window would have hidden a second send)
+    sent = registry.get_sample_value("nodeheal_diagnoser_findings_total", {"kind": "new_crash_bucket"})
+    assert not sent
+    assert len(await notices(nc, settings)) == 1

@@ -1,0 +1,121 @@
+"""Crash reports in the diagnoser's core. Every crash report counts once towards the fleet rates (the correlator's input): alone while no
+episode of its node is open (our own reboot brought the node back, nothing fires), and through the
+diagnosis of the episode it explains once there is one — never twice. Real pstore bytes of a Debian
+6.1 soft lockup (tests/data/kernel). A machine found crashed on hardware with nothing firing (our
+own reboot brought it back) still gets its rotation: the crash report opens the episode, which ends
+with the retirement (a fatal machine check from the knowledge-base corpus)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from nodeheal.diagnoser.crash import classify, update_record
+from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
+from nodeheal.diagnoser.reasoning import Diagnoser
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.crash import CrashEvidence, CrashReport
+from tests.unit.diagnoser.scenarios import CLUSTER, anomaly
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "kernel"
+
+
+def report(node: str, at: datetime) -> CrashReport:
+    lines = (DATA / "softlockup" / "pstore" / "dmesg-ramoops-0").read_text().splitlines()
+    return CrashReport(
+        cluster=CLUSTER,
+        node=node,
+        time=at,
+        boot_id=f"{node}-boot-2",
+        previous_boot_id=f"{node}-boot-1",
+        unexpected=True,
+        evidence=(
+            CrashEvidence(
+                source="pstore",
+                path="/sys/fs/pstore/dmesg-ramoops-0",
+                record=lines[0],
+                written_at=at - timedelta(seconds=30),
+                lines=tuple(lines[1:][-400:]),
+            ),
+        ),
+    )
+
+
+def counted(diagnoser: Diagnoser, node: str) -> list[str]:
+    return [
+        k for k, (n, scope, _) in diagnoser.fleet.fault_events.items() if n == f"{CLUSTER}/{node}" and scope == "any"
+    ]
+
+
+def test_a_crash_counts_once_alone_or_through_the_episode_it_explains() -> None:
+    diagnoser = Diagnoser(matcher=Matcher(load_knowledge_base()))
+    now = datetime.now(tz=UTC)
+
+    # n1: back after our own reboot, nothing fires: the crash counts alone, no diagnosis
+    alone = classify(report("n1", now), diagnoser.matcher)
+    touched = diagnoser.on_crash(alone, update_record(None, alone, kernel=None, at=now) or {})
+    assert all(diagnoser.evaluate(key, now=now).diagnosis is None for key in touched)
+    assert counted(diagnoser, "n1") == [f"crash:{alone.report_id}|any"]
+
+    # n2: the crash report first, then the detector's unexpected_reboot: one count, the episode's
+    verdict = classify(report("n2", now), diagnoser.matcher)
+    diagnoser.on_crash(verdict, update_record(None, verdict, kernel=None, at=now) or {})
+    reboot = anomaly("n2", "unexpected_reboot", at=now)
+    for key in diagnoser.on_anomaly(reboot):
+        outcome = diagnoser.evaluate(key, now=now)
+    assert outcome.diagnosis is not None and outcome.diagnosis.cause == "soft_lockup"
+    assert counted(diagnoser, "n2") == [f"{reboot.id}|any"]
+    # the same report again (a redelivery): nothing changes
+    diagnoser.on_crash(verdict, update_record(None, verdict, kernel=None, at=now) or {})
+    assert counted(diagnoser, "n2") == [f"{reboot.id}|any"]
+
+
+def mce_report(node: str, at: datetime) -> CrashReport:
+    corpus = Path(__file__).resolve().parents[2] / "data" / "kb" / "corpus.jsonl"
+    row = next(json.loads(t) for t in corpus.read_text().splitlines() if json.loads(t)["id"] == "kb-151")
+    return CrashReport(
+        cluster=CLUSTER,
+        node=node,
+        time=at,
+        boot_id=f"{node}-boot-2",
+        previous_boot_id=f"{node}-boot-1",
+        unexpected=False,  # our own forced reboot brought it back
+        evidence=(CrashEvidence(source="pstore", path="/sys/fs/pstore/dmesg-ramoops-0", lines=tuple(row["lines"])),),
+    )
+
+
+def audit(node: str, action: str, phase: str, at: datetime) -> RemediationRecord:
+    return RemediationRecord(
+        cluster=CLUSTER,
+        node=node,
+        time=at,
+        action_id=f"act-{action}-{node}",
+        action=action,  # type: ignore[arg-type]
+        phase=phase,  # type: ignore[arg-type]
+        reason="test",
+        actor="remediator-0",
+    )
+
+
+def test_a_hardware_crash_found_with_nothing_firing_opens_its_episode_until_the_machine_is_retired() -> None:
+    diagnoser = Diagnoser(matcher=Matcher(load_knowledge_base()))
+    now = datetime.now(tz=UTC)
+    verdict = classify(mce_report("n3", now), diagnoser.matcher)
+    touched = diagnoser.on_crash(verdict, update_record(None, verdict, kernel=None, at=now) or {})
+    [first] = [d for key in touched if (d := diagnoser.evaluate(key, now=now).diagnosis) is not None]
+    assert (first.cause, first.category) == ("mce_fatal_panic", "hardware")
+    assert [r.action for r in first.recommended] == ["cordon", "drain", "retire", "replace", "escalate"]
+
+    # the ladder's audit trail touches the node for longer than the kernel look-back: the verdict holds
+    later = now + timedelta(minutes=45)
+    for key in diagnoser.on_audit(audit("n3", "drain", "succeeded", later)):
+        assert diagnoser.evaluate(key, now=later).diagnosis is None
+    # retired: the episode ends
+    done = now + timedelta(minutes=50)
+    [end] = [
+        d
+        for key in diagnoser.on_audit(audit("n3", "retire", "succeeded", done))
+        if (d := diagnoser.evaluate(key, now=done).diagnosis)
+    ]
+    assert end.resolved and end.anomaly_ids == first.anomaly_ids
