@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -66,16 +66,21 @@ async def _mirror(
 
 
 @contextlib.asynccontextmanager
-async def _mirrored(
-    nc: Client, nats: NatsSettings, source: Callable[[], list[CloudSystemEvent]]
-) -> AsyncIterator[None]:
+async def _running(loop: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[None]:
+    """`loop(stop)` runs for the duration of the block."""
     stop = asyncio.Event()
-    task = asyncio.create_task(_mirror(nc, nats, source, stop))
+    task = asyncio.ensure_future(loop(stop))
     try:
         yield
     finally:
         stop.set()
         await task
+
+
+def _mirrored(
+    nc: Client, nats: NatsSettings, source: Callable[[], list[CloudSystemEvent]]
+) -> contextlib.AbstractAsyncContextManager[None]:
+    return _running(lambda stop: _mirror(nc, nats, source, stop))
 
 
 async def test_alibaba_scheduled_reboot_is_drained_within_the_lead_accepted_with_reboot_and_uncordoned_after(
@@ -266,7 +271,6 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
         ).model_copy(update={"maintenance_interval_s": 0.3})
         assert settings.policy.accept_cloud_events_early  # allowed, and still not done: there is no right call
         service = await start_service(settings)
-        stop = asyncio.Event()
 
         async def body() -> None:
             gce.set_maintenance_event("TERMINATE_ON_HOST_MAINTENANCE")  # GCE: about 60 s notice, running now
@@ -283,16 +287,13 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
                 await wait_for_record(nc, topology_ready, node=node, action="uncordon", phase="succeeded", timeout=30)
 
         try:
-            await _run(
-                [
-                    poll_imds(stop),
-                    _mirror(nc, topology_ready, shown, stop),
-                    _agent(nc, topology_ready, "aws1", lambda: f"boot-{boots['aws1']}", stop),
-                    _agent(nc, topology_ready, "gce1", lambda: f"boot-{boots['gce1']}", stop),
-                ],
-                stop,
-                body,
-            )
+            async with (
+                _running(poll_imds),
+                _mirrored(nc, topology_ready, shown),
+                Probes(nc, topology_ready, "aws1", boot_id=lambda: f"boot-{boots['aws1']}"),
+                Probes(nc, topology_ready, "gce1", boot_id=lambda: f"boot-{boots['gce1']}"),
+            ):
+                await body()
         finally:
             await service.stop()
         # and were the ECS provider ever handed the AWS event, it would refuse it without a call
