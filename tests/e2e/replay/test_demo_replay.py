@@ -30,9 +30,9 @@ async def test_replay_of_a_demo_run_agrees_with_the_demo_report(nats_url: str, t
         "--nodes",
         "30",
         "--duration",
-        "20",
-        "--settle",  # the budgets of 30 nodes keep some reboots waiting past any settle; the replay needs none
-        "20",
+        "30",
+        "--settle",
+        "45",
         "--probe-interval",  # the warm-up (3 intervals) and the closing wait (2) are counted in intervals
         "2",
         "--no-partition",
