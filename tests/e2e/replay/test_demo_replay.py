@@ -33,8 +33,6 @@ async def test_replay_of_a_demo_run_agrees_with_the_demo_report(nats_url: str, t
         "30",
         "--settle",
         "45",
-        "--probe-interval",  # the warm-up (3 intervals) and the closing wait (2) are counted in intervals
-        "2",
         "--no-partition",
         "--report",
         str(tmp_path / "demo.html"),
