@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client
 
 from nodeheal.remediator.control import write_approval, write_pause
+from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.subjects import audit_subject
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
@@ -168,3 +172,43 @@ async def test_redeploy_waits_for_approval(
         await service.stop()
     assert call.params["InstanceId"] == "i-n4"
     assert any(c.name == "approval" and "bob" in c.detail for c in started.checks)
+
+
+async def test_a_fix_done_before_a_restart_is_verified_when_its_diagnosis_resolves(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """A replica restarted the kubelet and died before verifying it; the node recovered before the
+    diagnosis came back, so the new replica gets the resolution: it verifies the restart (a `verified`
+    record for that action) and sends no second command."""
+    agent = Agent()
+    await agent.serve(nc, topology_ready, "n3")
+    await add_inventory(nc, topology_ready, "n3", zone="z1", cloud="alibaba", instance_id="i-n3")
+    first = diagnosis("n3", [("restart_service", "kubelet"), "reboot"])
+    action_id = "act-restart-before-the-kill"
+    for phase in ("intent", "started", "succeeded"):  # what the killed replica left in AUDIT
+        record = RemediationRecord(
+            cluster=first.cluster,
+            node="n3",
+            action_id=action_id,
+            action="restart_service",
+            target="kubelet",
+            phase=phase,
+            reason="test",
+            actor="replica-killed",
+            diagnosis_id=first.id,
+            episode_id=first.episode,
+            rung=0,
+            boot_id="boot-1" if phase == "intent" else None,
+        )
+        subject = audit_subject(first.cluster, "n3", prefix=topology_ready.prefix)
+        await publish_model(nc.jetstream(), subject, record, msg_id=f"{action_id}-{phase}")
+    async with Probes(nc, topology_ready, "n3"):
+        service = await start_service(make_settings(topology_ready, kube_url=world.url))
+        try:
+            resolved = first.model_copy(update={"resolved": True, "identified_at": datetime.now(tz=UTC)})
+            await publish_diagnosis(nc, topology_ready, resolved)
+            verified = await wait_for_record(nc, topology_ready, phase="verified", node="n3")
+        finally:
+            await service.stop()
+    assert verified.action_id == action_id and verified.action == "restart_service"
+    assert agent.commands == []  # verified, not done again

@@ -318,6 +318,28 @@ def test_fresh_detector_gives_known_nodes_a_warmup_grace() -> None:
     assert drain(det) == []  # within the warm-up nobody is declared down
 
 
+def test_a_node_dark_before_a_restart_is_found_down_on_time_after_it() -> None:
+    # a rebuild that read each node's last stored probe: n1 probes on, n2 went dark 30 s before the restart
+    det = make()
+    det.seed_last_probe(agent_probe(t=T0 - 5, node="n1"), now=T0, stored_at=T0 - 5)
+    det.seed_last_probe(agent_probe(t=T0 - 30, node="n2"), now=T0, stored_at=T0 - 30)
+    det.seeded(now=T0)
+    det.observe_probe(agent_probe(t=T0 + 1, node="n1"), now=T0 + 1)
+    det.tick(now=T0 + 1)
+    assert [(a.node, a.kind) for a in det.outbox] == [("n2", "node_down")]  # not a silence timeout later
+    assert det.outbox[0].fault_onset.timestamp() < T0  # it went dark before the restart
+
+
+def test_a_rebuild_after_the_whole_feed_stopped_declares_nobody_down() -> None:
+    det = make()
+    for i in range(100):  # every last stored probe is an hour old: the feed is what stopped
+        det.seed_last_probe(agent_probe(t=T0 - 3600, node=f"n{i}"), now=T0, stored_at=T0 - 3600)
+    det.seeded(now=T0)
+    for s in range(20):
+        det.tick(now=T0 + s)
+    assert drain(det) == []
+
+
 def test_sweep_looks_only_at_due_nodes() -> None:
     det = make()
     for i in range(1000):

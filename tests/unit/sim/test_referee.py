@@ -8,7 +8,7 @@ from typing import Any
 from nodeheal.schemas import RemediationRecord
 from nodeheal.sim.ecs_world import EventId, InstanceId, RecordedCall, SystemEvent, TaskId, WorldChange
 from nodeheal.sim.faults import InjectedFault
-from nodeheal.sim.referee import WorldLog, judge
+from nodeheal.sim.referee import WorldLog, judge, lost_and_repeated
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NODE, IID = "n1", InstanceId("i-1")
@@ -97,6 +97,77 @@ def test_unsafe_side_effects_are_counted() -> None:
     assert safety["redeploys_for_reboot_events"] == 1
     assert safety["reboots_in_partition"] == 1
     assert not safety["all_zero"]
+
+
+def row(
+    fault: InjectedFault, *, detected: bool = True, cause: str | None = "node_crash", repaired: bool = True
+) -> dict[str, Any]:
+    return {**fault.as_json(), "detected": detected, "cause": cause if detected else None, "repaired": repaired}
+
+
+def command(s: float, action_id: str, *, ran: bool = True, target: str = "kubelet") -> dict[str, Any]:
+    return {
+        "at": at(s).timestamp(),
+        "node": NODE,
+        "action_id": action_id,
+        "command": "restart_service",
+        "target": target,
+        "dry_run": False,
+        "ran": ran,
+        "detail": "ok",
+    }
+
+
+def test_a_fault_seen_through_and_each_side_effect_once_is_neither_lost_nor_repeated() -> None:
+    later = InjectedFault(fault_id="f2", fault_class="kubelet_crash", node=NODE, injected_at=at(300).timestamp())
+    log = world(
+        ecs_calls=[call("RebootInstance", 10)],
+        kube_effects=[
+            (at(5).timestamp(), NODE, "evict:default/app-1"),
+            (at(305).timestamp(), NODE, "evict:default/app-1"),
+        ],
+        # the same command for the next fault is a new side effect; a replay the agent answered from memory is none
+        node_commands=[command(20, "a1"), command(21, "a1", ran=False), command(310, "a2")],
+    )
+    judged = lost_and_repeated(fault_rows=[row(FAULT), row(later)], world=log, truth=[FAULT, later])
+    assert (judged["lost_faults"], judged["repeated_side_effects"]) == (0, 0), judged
+    assert judged["side_effects_by_kind"] == {"cloud_api": 1, "eviction": 2, "node_command": 2}
+
+
+def test_lost_faults_and_repeated_side_effects_are_counted() -> None:
+    undiagnosed = InjectedFault(fault_id="f2", fault_class="hang", node="n2", injected_at=at(5).timestamp())
+    unresolved = InjectedFault(fault_id="f3", fault_class="hang", node="n3", injected_at=at(5).timestamp())
+    unseen = InjectedFault(fault_id="f4", fault_class="hang", node="n4", injected_at=at(5).timestamp())
+    log = world(
+        # a restarted remediator rebooting the same instance again, and evicting the same pod again
+        ecs_calls=[call("RebootInstance", 10), call("RebootInstance", 70)],
+        kube_effects=[
+            (at(8).timestamp(), NODE, "evict:default/app-1"),
+            (at(60).timestamp(), NODE, "evict:default/app-1"),
+        ],
+        # the same restart done under two action ids, three times
+        node_commands=[command(20, "a1"), command(40, "a2"), command(50, "a3")],
+    )
+    rows = [
+        row(FAULT),
+        row(undiagnosed, cause=None),
+        row(unresolved, repaired=False),
+        row(unseen, detected=False, repaired=False),
+    ]
+    judged = lost_and_repeated(fault_rows=rows, world=log, truth=[FAULT, undiagnosed, unresolved, unseen])
+    assert judged["lost_faults"] == 3
+    assert judged["lost_by_reason"] == {"not_diagnosed": 1, "no_remediation": 1, "not_detected": 1}
+    assert {e["fault"]: e["missing"] for e in judged["lost_examples"]} == {
+        "f2": ["diagnosed"],
+        "f3": ["resolved"],
+        "f4": ["detected", "diagnosed", "resolved"],
+    }
+    assert judged["repeated_side_effects"] == 1 + 1 + 2
+    assert {(r["kind"], r["times"]) for r in judged["repeated_examples"]} == {
+        ("cloud_api", 2),
+        ("eviction", 2),
+        ("node_command", 3),
+    }
 
 
 def test_a_replacement_needs_an_approved_intent_and_is_counted_as_rotation() -> None:

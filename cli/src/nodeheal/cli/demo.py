@@ -37,7 +37,8 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
 @click.option(
     "--chaos",
     is_flag=True,
-    help="SIGKILL each service and the nats-server at seeded moments during the run, then restart them.",
+    help="SIGKILL each service and the nats-server at seeded moments during the run, then restart them; "
+    "exits 1 when a fault was lost or a side effect repeated.",
 )
 @click.option(
     "--nats-cluster",
@@ -135,6 +136,14 @@ def demo(
 
         print_summary(report, console=Console())
     console.print(f"report: {report_path} and {json_path}", highlight=False)
+    judged = report.get("chaos") or {}
+    if chaos and (judged.get("lost_faults") or judged.get("repeated_side_effects")):
+        console.print(
+            f"demo --chaos: {judged.get('lost_faults')} lost fault(s), "
+            f"{judged.get('repeated_side_effects')} repeated side effect(s) (the report's chaos section)",
+            highlight=False,
+        )
+        raise SystemExit(1)
     if os.environ.get("NODEHEAL_DEMO_STRICT") == "1":
         unsafe = not (report.get("safety") or {}).get("all_zero", True)
         violations = (report.get("security") or {}).get("permission_violations", 0)

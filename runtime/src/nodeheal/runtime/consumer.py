@@ -24,9 +24,10 @@ What every consumer does, in this order (the middlewares below, outermost first)
 - `MetricsMiddleware`: `nodeheal_messages_consumed_total{stream}` per message settled, and
   `nodeheal_messages_dead_lettered_total{service}`.
 
-The runtime owns its broker (its own NATS connection, with the service's credentials), so the same
-`Inbound` declarations serve the process and the AsyncAPI documents (`document()`): what the
-documents describe is what the subscribers are.
+The runtime runs on the process's faststream broker when given one (`broker=`: one NATS connection
+per service process; the detector's probe puller uses the same connection), else on a broker of its
+own (`consumer_broker`, tests). The same `Inbound` declarations serve the process and the AsyncAPI
+documents (`document()`): what the documents describe is what the subscribers are.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from pydantic import BaseModel
 
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, follow_stream
 from nodeheal.runtime.metrics import PipelineMetrics
-from nodeheal.runtime.service import make_broker
+from nodeheal.runtime.service import consumer_broker
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.runtime.telemetry import consume_span
 
@@ -276,6 +277,7 @@ class ConsumerRuntime:
         name: str | None = None,
         lag_every_s: float = 15.0,
         graceful_timeout_s: float = 10.0,
+        broker: NatsBroker | None = None,
     ) -> None:
         self.service = service
         self.nats = nats
@@ -286,16 +288,22 @@ class ConsumerRuntime:
             functools.partial(cls, runtime=self)
             for cls in (OrderingMiddleware, MetricsMiddleware, SettleMiddleware, TracingMiddleware)
         ]
-        # faststream's own access log ("Received", "Processed" per message) goes through our logging at
-        # DEBUG: per-message INFO lines would be most of a busy service's log.
-        self.broker = make_broker(
-            nats,
-            name=name or f"nodeheal-{service}-consumers",
-            middlewares=middlewares,
-            logger=logging.getLogger(f"nodeheal.{service}.consumers"),
-            log_level=logging.DEBUG,
-            graceful_timeout=graceful_timeout_s,
-        )
+        self._shared = broker is not None
+        if broker is not None:
+            # the process's own broker (one NATS connection per service): our middlewares act only on
+            # messages of the consumers declared here (`spec_of` finds no other)
+            for middleware in middlewares:
+                broker.add_middleware(middleware)
+            self.broker = broker
+        else:
+            self.broker = consumer_broker(
+                nats,
+                service=service,
+                name=name or f"nodeheal-{service}-consumers",
+                graceful_timeout_s=graceful_timeout_s,
+            )
+            for middleware in middlewares:
+                self.broker.add_middleware(middleware)
         self._specs: dict[tuple[str, str], Inbound[Any]] = {}
         self._subscribers: list[tuple[Inbound[Any], LogicSubscriber[Any]]] = []
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -312,12 +320,9 @@ class ConsumerRuntime:
     # ------------------------------------------------------------------ declaration
 
     def consume(self, spec: Inbound[M], handler: Handler[M]) -> None:
-        """Declare a consumer: faststream pull subscriber on `spec.stream` bound to the durable."""
+        """Declare a consumer: a faststream pull subscriber on `spec.stream` bound to the durable, added to
+        the broker by `start()` once the durables exist (the broker may already be running)."""
         self._specs[(spec.stream, spec.durable)] = spec
-        subscriber = _declare(
-            self.broker, spec, handler, service=self.service, inbox_prefix=f"{self.nats.inbox_prefix}.".encode()
-        )
-        self._subscribers.append((spec, subscriber))
         self._consumed.append((spec, handler))
         self._lag.append((spec.stream, spec.durable))
 
@@ -421,7 +426,15 @@ class ConsumerRuntime:
 
     async def start(self) -> None:
         await self.ensure()
-        await self.broker.start()
+        inbox_prefix = f"{self.nats.inbox_prefix}.".encode()
+        for spec, handler in self._consumed:
+            subscriber = _declare(self.broker, spec, handler, service=self.service, inbox_prefix=inbox_prefix)
+            self._subscribers.append((spec, subscriber))
+        if self._shared:
+            for _, subscriber in self._subscribers:
+                await subscriber.start()
+        else:
+            await self.broker.start()
         self._started = True
         for name, factory in self._loops.items():
             self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=f"{self.service}-{name}")
@@ -435,7 +448,12 @@ class ConsumerRuntime:
             await asyncio.wait(list(self._tasks.values()), timeout=5.0)
         self._tasks.clear()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.broker.stop(), timeout=15.0)
+            if self._shared:  # the process shell closes its broker (and the connection) after us
+                await asyncio.wait_for(
+                    asyncio.gather(*(subscriber.stop() for _, subscriber in self._subscribers)), timeout=15.0
+                )
+            else:
+                await asyncio.wait_for(self.broker.stop(), timeout=15.0)
 
     async def _guard(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         try:

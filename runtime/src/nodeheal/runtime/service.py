@@ -9,6 +9,7 @@ registered (e.g. its consumer exists).
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, Protocol, TypeVar
@@ -78,6 +79,19 @@ def make_broker(settings: NatsSettings, *, name: str, **kwargs: Any) -> NatsBrok
         options.pop(key, None)
     kwargs.setdefault("graceful_timeout", 10.0)
     return NatsBroker(servers, security=broker_security(settings), **options, **kwargs)
+
+
+def consumer_broker(nats: NatsSettings, *, service: str, name: str, graceful_timeout_s: float = 10.0) -> NatsBroker:
+    """A service's faststream broker for consumers: faststream's own access log ("Received", "Processed"
+    per message) goes through our logging at DEBUG (per-message INFO lines would be most of a busy
+    service's log)."""
+    return make_broker(
+        nats,
+        name=name,
+        logger=logging.getLogger(f"nodeheal.{service}.consumers"),
+        log_level=logging.DEBUG,
+        graceful_timeout=graceful_timeout_s,
+    )
 
 
 def build_asgi(
@@ -157,17 +171,19 @@ def build_runtime_app(
     service: str,
     nats: NatsSettings,
     instance: str,
-    factory: Callable[[Any, prometheus_client.CollectorRegistry], RuntimeT],
+    factory: Callable[[NatsBroker, prometheus_client.CollectorRegistry], RuntimeT],
 ) -> tuple[AsgiFastStream, list[RuntimeT]]:
-    """The process shell for a raw-consumer service: the kit's broker (connection, /healthz /readyz
+    """The process shell for a consumer service: the kit's broker (connection, /healthz /readyz
     /metrics) and the service runtime, started once the connection is up and stopped before it closes.
-    The returned list holds the runtime once it has started (tests reach it there)."""
-    broker = make_broker(nats, name=f"nodeheal-{service}-{instance}")
+    The runtime gets the broker itself: its consumers (nodeheal.runtime.consumer) and its own nats-py
+    work (`broker.connection`) share the process's one NATS connection. The returned list holds the
+    runtime once it has started (tests reach it there)."""
+    broker = consumer_broker(nats, service=service, name=f"nodeheal-{service}-{instance}")
     registry = prometheus_client.CollectorRegistry()
     holder: list[RuntimeT] = []
 
     async def started() -> None:
-        runtime = factory(broker.connection, registry)
+        runtime = factory(broker, registry)
         holder.append(runtime)
         await runtime.start()
 

@@ -38,7 +38,7 @@ from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import plan_faults
 from nodeheal.sim.fleet import FleetSpec
-from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, security_section
+from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, lost_and_repeated, security_section
 from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
 from nodeheal.sim.world import DemoWorld
 
@@ -484,8 +484,17 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             callbacks=violations,
         )
         report = build_report(record, messages=messages, findings=findings)
-        if chaos is not None:
-            report["chaos"] = chaos.summary()
+        # lost faults and repeated side effects: judged in every run, the figures `--chaos` is held to
+        report["chaos"] = {
+            "enabled": chaos is not None,
+            **(chaos.summary() if chaos is not None else {"kills": 0, "restarted": 0, "events": []}),
+            **lost_and_repeated(
+                fault_rows=report["fault_rows"],
+                world=world_log,
+                truth=list(sim.truth),
+                audit=[m for m in messages if isinstance(m, RemediationRecord)],
+            ),
+        }
         report["nats"] = {"servers": len(url.split(",")), "stream_replicas": replicas}
         report["run_dir"] = str(run_dir)
         write_html(report, cfg.report_path)

@@ -382,6 +382,8 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         console.print(f"safety (independent referee): {_safety_line(report)}", highlight=False)
     if report.get("security"):
         console.print(f"security: {_security_line(report)}", highlight=False)
+    if report.get("chaos"):
+        console.print(f"chaos: {_chaos_line(report)}", highlight=False)
     fl = report["fleet"]
     console.print(
         f"fleet: crash rate {fl['crash_rate']:.4f}, schedulable {fl['schedulable_rate']:.1%}, "
@@ -400,6 +402,14 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
 def _safety_line(report: dict[str, Any]) -> str:
     safety = report.get("safety") or {}
     return ", ".join(f"{k} {v}" for k, v in safety.items() if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _chaos_line(report: dict[str, Any]) -> str:
+    chaos = report.get("chaos") or {}
+    if not chaos:
+        return ""
+    kills = f"{chaos.get('kills', 0)} kills, {chaos.get('restarted', 0)} restarted; " if chaos.get("enabled") else ""
+    return f"{kills}lost faults {chaos.get('lost_faults')}, repeated side effects {chaos.get('repeated_side_effects')}"
 
 
 def _security_line(report: dict[str, Any]) -> str:
@@ -492,6 +502,7 @@ def write_html(report: dict[str, Any], path: Path) -> None:
 {html.escape(str(pol["blocked_by_check"]))}</p>
 <h2>Safety (independent referee)</h2><p>{html.escape(_safety_line(report))}</p>
 <h2>Security</h2><p>{html.escape(_security_line(report))}</p>
+<h2>Chaos: lost faults and repeated side effects</h2><p>{html.escape(_chaos_line(report))}</p>
 <h2>Fleet</h2><p>crash rate {fl["crash_rate"]}, schedulable {fl["schedulable_rate"]:.1%},
 online {fl["online_rate"]:.1%}</p>
 <h2>Systematic risks found</h2><ul>{risks}</ul>"""

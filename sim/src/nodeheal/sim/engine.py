@@ -398,9 +398,10 @@ class FleetSimulator:
                 "ok": result.ok,
                 "detail": result.detail,
                 "freed_bytes": result.freed_bytes,
+                "ran": ran,
             }
             for agent in self.agents.values()
-            for at, command, result in agent.executed
+            for at, command, result, ran in agent.executed
         ]
         return sorted(out, key=lambda c: float(c["at"]))
 
@@ -460,7 +461,8 @@ class FleetSimulator:
             case "load_storm":
                 node.storm = True
             case "disk_fill":
-                node.disk_fill_per_s = (99.0 - node.disk_used) / max(1.0, t.disk_fill_to_full_s / t.probe_interval_s)
+                node.disk_fill_left = max(0.0, 99.0 - node.disk_used)
+                node.disk_fill_per_s = node.disk_fill_left / max(1.0, t.disk_fill_to_full_s / t.probe_interval_s)
             case "fd_leak":
                 node.fd_allocated = int(node.fd_max * 0.97)
             case "kubelet_crash":

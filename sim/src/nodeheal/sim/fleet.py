@@ -97,6 +97,7 @@ class SimNode:
     unused_image_bytes: int = 0  # container images no pod uses (not yet written as files)
     garbage_on_disk: int = 0  # reclaimable bytes written as files for the real clean_disk (nodehost)
     disk_fill_per_s: float = 0.0  # percent per probe while a disk fill runs
+    disk_fill_left: float = 0.0  # percent the running fill still writes (a fill is one burst: a clean ends it)
     fd_allocated: int = 6000
     fd_max: int = 1_048_576
     services: dict[str, str] = field(default_factory=lambda: dict.fromkeys(SERVICES, "active"))
@@ -149,6 +150,7 @@ class SimNode:
         self.hung = False
         self.storm = False
         self.disk_fill_per_s = 0.0
+        self.disk_fill_left = 0.0
         self.fd_allocated = 6000
         self.services = dict.fromkeys(SERVICES, "active")
         self.pending_kernel.clear()
@@ -175,7 +177,11 @@ class SimNode:
     def before_probe(self) -> None:
         """What happens on the node between two probes of its agent: a running disk fill grows."""
         if self.disk_fill_per_s and self.disk_used < 99.5:
-            self.fill_disk(min(self.disk_fill_per_s, 99.5 - self.disk_used))
+            step = min(self.disk_fill_per_s, 99.5 - self.disk_used, self.disk_fill_left)
+            self.fill_disk(step)
+            self.disk_fill_left -= step
+            if self.disk_fill_left <= 1e-9:  # the burst is written: a clean now frees the disk for good
+                self.disk_fill_per_s = self.disk_fill_left = 0.0
 
     def prober_probe(self, *, time_iso: str, plan: ProberPlan | None = None) -> dict[str, Any]:
         """What the active prober (its configured checks, `ProberPlan`) sees of this node from outside,

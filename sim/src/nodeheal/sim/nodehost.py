@@ -95,6 +95,7 @@ def crash_collector(root: Path, *, cluster: str, node: str) -> CrashCollector:
         cluster=cluster, node=node, root=root, state_file=root / CRASH_STATE.lstrip("/"), journal_command=None
     )
 
+
 PROCESSES: dict[int, tuple[str, str, int]] = {
     1: ("systemd", "0::/init.scope", 180),
     812: ("containerd", "0::/system.slice/containerd.service", 1400),
@@ -291,7 +292,9 @@ class SimAgent:
         )
         self.cluster = cluster
         self._executor: CommandExecutor | None = None
-        self.executed: list[tuple[float, NodeCommand, NodeCommandResult]] = []
+        # every command answered: (time, command, result, ran) — `ran` is False for a replay of a known
+        # action id the executor answered from its memory (no side effect)
+        self.executed: list[tuple[float, NodeCommand, NodeCommandResult, bool]] = []
 
     async def collect(self, *, now: float, noise: float) -> NodeProbe:
         self.files.now = now
@@ -382,7 +385,8 @@ class SimAgent:
     async def execute(self, command: NodeCommand) -> NodeCommandResult:
         executor = self.executor()
         self._materialize()  # garbage that grew since the last command
+        before = executor.executed
         result = await executor.execute(command)
         self.node.garbage_on_disk = self._files_bytes()
-        self.executed.append((time.time(), command, result))
+        self.executed.append((time.time(), command, result, executor.executed > before))
         return result

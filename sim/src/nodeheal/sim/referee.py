@@ -25,6 +25,17 @@ Machine rotation is counted under `rotation`: instances released (DeleteInstance
 (RunInstances) at the ECS emulator, and the AUDIT records of retired / replaced nodes. A RunInstances call
 is matched to its intent by its ClientToken, which the remediator sets to the action id.
 
+The `chaos` section's two figures (`lost_and_repeated`), both 0 in a good run, with or without `--chaos`:
+
+- `lost_faults`: injected faults (the simulator's ground truth) that the streams never show detected,
+  diagnosed (a live diagnosis) *and* resolved (an action verified or every anomaly resolved);
+- `repeated_side_effects`: the same side effect done more than once for one fault, counted at the
+  emulators' logs: a successful cloud API call (RebootInstance, RedeployInstance, DeleteInstance,
+  AcceptInquiredSystemEvent) on the same instance / event, an eviction of the same pod, a node command
+  (same command and target) the agent really ran (a replay of a known action id answered from the
+  agent's memory is not a side effect). A side effect belongs to the latest fault injected on its node
+  at or before it.
+
 The `security` section counts NATS permission violations: the server's log lines (when the demo runs
 the server) and the error callbacks of the demo's own connections.
 """
@@ -283,6 +294,121 @@ def judge(
         },
         "examples": dict(examples),
         "method": "independent: reads AUDIT and the emulators' side-effect logs only (sim/referee.py)",
+    }
+
+
+def lost_and_repeated(
+    *,
+    fault_rows: list[dict[str, Any]],
+    world: WorldLog,
+    truth: list[InjectedFault],
+    audit: list[RemediationRecord] | None = None,
+) -> dict[str, Any]:
+    """Lost faults (from the report's fault rows: the streams against the ground truth) and repeated side
+    effects (from the emulators' logs), with examples; a lost fault's example carries the last AUDIT record
+    of its node after the injection (where its remediation stopped)."""
+    last_audit: dict[str, list[RemediationRecord]] = defaultdict(list)
+    for rec in audit or ():
+        last_audit[rec.node].append(rec)
+    lost: list[dict[str, Any]] = []
+    for row in fault_rows:
+        missing = [
+            what
+            for what, ok in (
+                ("detected", row["detected"]),
+                ("diagnosed", row["detected"] and row.get("cause") is not None),
+                ("resolved", row["repaired"]),
+            )
+            if not ok
+        ]
+        if missing:
+            after = [r for r in last_audit.get(row["node"], ()) if r.time.timestamp() >= row["injected_at"] - SKEW_S]
+            final = max(after, key=lambda r: r.time) if after else None
+            lost.append(
+                {
+                    "fault": row["fault_id"],
+                    "class": row["fault_class"],
+                    "node": row["node"],
+                    "injected_at": row["injected_at"],
+                    "missing": missing,
+                    "last_audit": (
+                        {"action": final.action, "phase": final.phase, "reason": final.reason[:300]} if final else None
+                    ),
+                }
+            )
+    by_node: dict[str, list[InjectedFault]] = defaultdict(list)
+    for fault in truth:
+        by_node[fault.node].append(fault)
+    for faults in by_node.values():
+        faults.sort(key=lambda f: f.injected_at)
+
+    def fault_of(node: str, at: float) -> str | None:
+        owner = None
+        for fault in by_node.get(node, ()):
+            if fault.injected_at - SKEW_S <= at:
+                owner = fault.fault_id
+        return owner
+
+    effects: Counter[tuple[str, str, str]] = Counter()  # (fault, kind, what) → times done
+    unattributed = 0
+
+    def seen(node: str, at: float, kind: str, what: str) -> None:
+        nonlocal unattributed
+        fault = fault_of(node, at)
+        if fault is None:
+            unattributed += 1
+        else:
+            effects[fault, kind, what] += 1
+
+    events = {e.event_id: e for e in world.ecs_events}
+    for call in world.ecs_calls:
+        if call.http_status != 200 or call.action not in (*DISRUPTIVE_CALLS, "AcceptInquiredSystemEvent"):
+            continue
+        instance = call.params.get("InstanceId", "")
+        if not instance and call.action == "AcceptInquiredSystemEvent":
+            event = events.get(call.params.get("EventId", ""))  # type: ignore[call-overload]
+            instance = event.instance_id if event else ""
+        target = call.params.get("EventId") if call.action == "AcceptInquiredSystemEvent" else instance
+        seen(world.instance_node.get(instance, ""), _ts(call.at), "cloud_api", f"{call.action} {target}")
+    for at, node, effect in world.kube_effects:
+        if effect.startswith("evict:"):
+            seen(node, at, "eviction", effect.removeprefix("evict:"))
+    for command in world.node_commands:
+        if command["dry_run"] or not command.get("ran", True):
+            continue
+        seen(command["node"], float(command["at"]), "node_command", f"{command['command']} {command['target'] or ''}")
+    repeated: list[dict[str, Any]] = [
+        {"fault": fault, "kind": kind, "what": what.strip(), "times": n}
+        for (fault, kind, what), n in sorted(effects.items())
+        if n > 1
+    ]
+
+    def why(item: dict[str, Any]) -> str:
+        if "detected" in item["missing"]:
+            return "not_detected"
+        if "diagnosed" in item["missing"]:
+            return "not_diagnosed"
+        final = item["last_audit"]
+        if final is None:
+            return "no_remediation"
+        if final["phase"] == "blocked":
+            return "held_by_policy"  # still waiting for a budget slot, the rate limit or a storm to end
+        if final["action"] == "escalate":
+            return "escalated"
+        return "unresolved"
+
+    return {
+        "lost_faults": len(lost),
+        "lost_by_reason": dict(Counter(why(item) for item in lost)),
+        "repeated_side_effects": sum(n - 1 for n in effects.values() if n > 1),
+        "lost_examples": lost[:10],
+        "repeated_examples": repeated[:10],
+        "side_effects_by_kind": dict(Counter(kind for _, kind, _ in effects.elements())),
+        "side_effects_without_fault": unattributed,
+        "method": (
+            "lost: fault rows (streams vs the simulator's ground truth) not detected, diagnosed and resolved; "
+            "repeated: the emulators' logs (cloud API calls, evictions, node commands the agents ran) per fault"
+        ),
     }
 
 

@@ -1,9 +1,10 @@
 """Builds the detector process: the service kit's broker (connection, /healthz /readyz /metrics) and
 the detector runtime on the broker's raw nats-py connection. Nothing else.
 
-CLOUD and AUDIT are consumed through the shared consumer runtime (faststream pull subscribers, its own
-connection); the probe path keeps its own batch puller, because faststream's ~200 µs per message is
-10x its budget (see docs/detector.md). `/healthz` fails when any of these loops stopped.
+CLOUD and AUDIT are consumed through the shared consumer runtime (faststream pull subscribers on the
+same broker and connection); the probe path keeps its own batch puller (on that connection too),
+because faststream's ~200 µs per message is 10x its budget (see docs/detector.md). `/healthz` fails
+when any of these loops stopped.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def build_app(settings: DetectorSettings) -> tuple[AsgiFastStream, list[Detector
         service=SERVICE,
         nats=settings.nats,
         instance=settings.instance,
-        factory=lambda nc, registry: DetectorRuntime(settings=settings, nc=nc, registry=registry),
+        factory=lambda broker, registry: DetectorRuntime(
+            settings=settings, nc=broker.connection, registry=registry, broker=broker
+        ),
     )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 import prometheus_client
+from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -179,6 +180,7 @@ class DetectorRuntime:
         settings: DetectorSettings,
         nc: Client,
         registry: prometheus_client.CollectorRegistry | None = None,
+        broker: NatsBroker | None = None,
         clock: Callable[[], float] = time.time,
         on_published: Callable[[Anomaly, float], None] | None = None,
         tracer: Tracer | None = None,
@@ -213,6 +215,7 @@ class DetectorRuntime:
             metrics=self.pipeline,
             tracer=self.tracer,
             name=f"nodeheal-detector-consumers-{settings.instance}",
+            broker=broker,  # the process's broker: one NATS connection (None: a broker of its own)
         )
         side = inbound(settings)
         self.consumers.consume(side[0], self._cloud_message)
@@ -376,11 +379,16 @@ class DetectorRuntime:
                 except (msgspec.ValidationError, msgspec.DecodeError):
                     return
                 if self.identity.mismatch(msg.subject, probe) is None:
-                    det.seed_last_probe(probe, now=now)
+                    try:
+                        stored_at: float | None = msg.metadata.timestamp.timestamp()
+                    except Exception:
+                        stored_at = None
+                    det.seed_last_probe(probe, now=now, stored_at=stored_at)
 
             counts["probes"] = await self._replay(
                 self.probes_stream, s.probe_filters(), deliver=DeliverPolicy.LAST_PER_SUBJECT, since=None, on_msg=seed
             )
+            det.seeded(now=now)
 
         def cloud(msg: Msg) -> None:
             try:

@@ -132,6 +132,7 @@ class Detector:
         self.outbox: list[Anomaly] = []
         self.counters = Counters()
         self.last_input = 0.0
+        self._seeded_input = 0.0  # the newest stored probe a rebuild read (0: none)
         self._wheel: dict[int, list[NodeState]] = {}
         self._wheel_cursor = int(started_at)
         self._pending_cloud: dict[str, list[CloudSystemEvent]] = {}
@@ -744,11 +745,28 @@ class Detector:
 
     # ------------------------------------------------------------------ restart: rebuild without a burst
 
-    def seed_last_probe(self, p: FastProbe, *, now: float) -> None:
-        """Know a node (and its boot id) from the stream's last probe, without evaluating rules."""
+    def seed_last_probe(self, p: FastProbe, *, now: float, stored_at: float | None = None) -> None:
+        """Know a node (and its boot id) from the stream's last probe, without evaluating rules. With
+        `stored_at` (when the stream stored that probe) an agent probe also says since when the node has
+        been silent: a node that went dark before a restart is found down on time, not a whole silence
+        timeout after the restart."""
         node = self._node(p.cluster, p.node, now)
-        if p.source != "prober" and p.boot_id is not None:
-            node.boot_id = p.boot_id
+        if p.source != "prober":
+            if p.boot_id is not None:
+                node.boot_id = p.boot_id
+            if stored_at is not None and stored_at < node.last_agent:
+                node.last_agent = stored_at
+                self._schedule(node, max(stored_at + self._down_timeout, now))  # the wheel runs forward only
+            if stored_at is not None:
+                self._seeded_input = max(self._seeded_input, min(stored_at, now))
+
+    def seeded(self, *, now: float) -> None:
+        """The rebuild read the fleet's last probes: every seeded node knows since when it is silent, so no
+        warm-up is needed; the feed counts as alive since its newest stored probe (a feed that has been
+        dead longer than the silence timeout raises no silence anomaly until probes flow again)."""
+        if self._seeded_input:
+            self._warmup_until = min(self._warmup_until, now)
+            self.last_input = max(self.last_input, self._seeded_input)
 
     def restore(self, anomaly: Anomaly, *, now: float) -> None:
         """Replay ANOMALIES in order: what was firing at the crash is firing again, without a publish."""

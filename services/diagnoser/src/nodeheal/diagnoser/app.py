@@ -1,5 +1,6 @@
 """Builds the diagnoser process: the service kit's broker (connection, /healthz /readyz /metrics) and
-the diagnoser runtime on the broker's raw nats-py connection. Nothing else.
+the diagnoser runtime on that broker (its consumers) and its raw nats-py connection: one NATS connection.
+Nothing else.
 
 The four consumers (anomalies, cloud events, audit, crash reports) run on the shared consumer
 runtime (faststream pull subscribers, batches, explicit acks, one message at a time per stream); the
@@ -26,7 +27,9 @@ def build_app(settings: DiagnoserSettings) -> tuple[AsgiFastStream, list[Diagnos
         service=SERVICE,
         nats=settings.nats,
         instance=settings.instance,
-        factory=lambda nc, registry: DiagnoserRuntime(settings=settings, nc=nc, registry=registry),
+        factory=lambda broker, registry: DiagnoserRuntime(
+            settings=settings, nc=broker.connection, registry=registry, broker=broker
+        ),
     )
 
 

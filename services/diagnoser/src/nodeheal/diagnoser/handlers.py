@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import prometheus_client
+from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -147,6 +148,7 @@ class DiagnoserRuntime:
         settings: DiagnoserSettings,
         nc: Client,
         registry: prometheus_client.CollectorRegistry | None = None,
+        broker: NatsBroker | None = None,
         clock: Callable[[], datetime] = _now,
         tracer: Tracer | None = None,
     ) -> None:
@@ -195,6 +197,7 @@ class DiagnoserRuntime:
             metrics=self.pipeline,
             tracer=self.tracer,
             name=f"nodeheal-diagnoser-consumers-{settings.instance}",
+            broker=broker,  # the process's broker: one NATS connection (None: a broker of its own)
         )
         for spec in inbound(settings):
             if spec.model is CrashReport:

@@ -10,18 +10,18 @@ from faststream.asgi import AsgiFastStream
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.runtime.logs import configure_logging
-from nodeheal.runtime.service import build_asgi, make_broker
+from nodeheal.runtime.service import build_asgi, consumer_broker
 from nodeheal.runtime.telemetry import install_log_correlation, setup_tracing
 from nodeheal.runtime.usage import exit_on_args
 
 
 def build_app(settings: RemediatorSettings | None = None) -> tuple[AsgiFastStream, RemediatorService]:
     settings = settings or RemediatorSettings()
-    service = RemediatorService(settings)
-    broker = make_broker(settings.nats, name=f"nodeheal-remediator-{settings.instance}")
+    broker = consumer_broker(settings.nats, service="remediator", name=f"nodeheal-remediator-{settings.instance}")
+    service = RemediatorService(settings, broker=broker)
 
     async def started() -> None:
-        # one connection per process: the service runs on the broker's (which /readyz pings)
+        # one connection per process: the service and its consumers run on the broker's (which /readyz pings)
         await service.start(broker.connection)
 
     app = build_asgi(

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
+from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from opentelemetry import trace
@@ -99,7 +100,9 @@ def outbound(settings: RemediatorSettings) -> list[Outbound]:
 
 
 class RemediatorService:
-    def __init__(self, settings: RemediatorSettings) -> None:
+    def __init__(self, settings: RemediatorSettings, *, broker: NatsBroker | None = None) -> None:
+        """`broker`: the process's faststream broker; the consumers run on it, so the process holds one NATS
+        connection (without one, the consumers open their own)."""
         self.settings = settings
         self.view = FleetView()
         self.nc: Client | None = None
@@ -118,6 +121,7 @@ class RemediatorService:
             metrics=self.metrics,
             tracer=self.tracer,
             name=f"nodeheal-remediator-consumers-{settings.instance}",
+            broker=broker,
         )
         self.consumers.consume(inbound(settings), self._diagnosis)
         self.consumers.publishes(*outbound(settings))

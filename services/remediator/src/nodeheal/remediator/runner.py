@@ -456,7 +456,7 @@ class Remediator:
         of ours (cordoned, maybe drained or rebooted), verify it now and uncordon it, or hand it to a person."""
         slot = await self.ledger.slot_of(diagnosis.node)
         if slot is None:
-            return "ack"
+            return await self._verify_unfinished_fix(diagnosis, why=why, heartbeat=heartbeat)
         if slot.episode is not None and slot.episode.startswith("cloud:"):
             return "ack"  # a host event holds the node: the maintenance loop gives it back
         episode = slot.episode or diagnosis.episode
@@ -498,6 +498,47 @@ class Remediator:
             return "ack"
 
         return await self._under_lease(lease, diagnosis, heartbeat, body, episode=episode)
+
+    async def _verify_unfinished_fix(
+        self, diagnosis: Diagnosis, *, why: str, heartbeat: Callable[[], Awaitable[None]] | None
+    ) -> Disposition:
+        """A fix of this episode that succeeded but was never verified (the replica died between the action
+        and its verification, and the node recovered before the redelivery): verify it now, so the episode
+        ends with proof (`verified`) instead of an action nobody checked. Nothing is done again."""
+        lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action=f"settle:{why}")
+        if lease is None:
+            return "ack"  # a ladder holds the node: it verifies its own steps
+
+        async def body(run: _Run) -> Disposition:
+            if run.verified_at() is not None or run.escalated():
+                return "ack"
+            done = [r for r in run.records() if r.phase == "succeeded" and r.action in policy.REPAIRS and not r.dry_run]
+            unverified = [r for r in done if "verified" not in run.phases(r.action_id)]
+            if not unverified:
+                return "ack"
+            last = unverified[-1]
+            started = [r.time for r in run.history if r.action_id == last.action_id and r.phase == "started"]
+            outcome = await self.verifier.verify(
+                cluster=diagnosis.cluster,
+                node=diagnosis.node,
+                since=min(started) if started else last.time,
+                old_boot_id=run.boot_before(last.action_id),
+                need_new_boot=last.action in REBOOTS,
+            )
+            if outcome.ok:
+                await self._record(
+                    run,
+                    diagnosis=diagnosis,
+                    action_id=last.action_id,
+                    action=last.action,
+                    phase="verified",
+                    reason=f"{why}; the {last.action} done before a restart verified: {outcome.detail}",
+                    target=last.target,
+                    boot_id=outcome.boot_id,
+                )
+            return "ack"
+
+        return await self._under_lease(lease, diagnosis, heartbeat, body, episode=diagnosis.episode)
 
     def _recovered_at(self, diagnosis: Diagnosis) -> datetime | None:
         """When the node last recovered from a fault; an operator's request is no fault and does not stop

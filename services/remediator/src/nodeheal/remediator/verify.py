@@ -10,6 +10,7 @@ are skipped: they carry no disk, file-handle or service data.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 
 from nodeheal.remediator.actions.kube import KubeActions
@@ -88,6 +90,11 @@ class Verifier:
                 msgs = await sub.fetch(1, timeout=max(left, 0.05))
             except (TimeoutError, NatsTimeoutError):
                 return None
+            except ServiceUnavailableError:
+                # JetStream 503 on a pull: in a cluster, the fresh consumer has no leader yet (seen right
+                # after a redeploy in `nodeheal demo --chaos --nats-cluster 3`); not a verdict, try again
+                await asyncio.sleep(min(0.2, max(left, 0.0)))
+                continue
             for msg in msgs:
                 with contextlib.suppress(ValidationError, ValueError):
                     probe = NodeProbe.model_validate_json(msg.data)
