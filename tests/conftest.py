@@ -1,4 +1,5 @@
-"""Session-wide real nats-server and per-test unique names (see tests/support/broker.py)."""
+"""Session-wide real nats-server and per-test unique names (see tests/support/broker.py); the CPU-bound
+background jobs of a few tests start when collection is done (tests/support/background.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ from nats.js.client import JetStreamContext
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
+from tests.support import background
 from tests.support.broker import remove_topology, session_nats_url, unique_settings
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not session.config.option.collectonly:
+        background.start_jobs(session.items)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    background.stop_jobs()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,10 @@ async def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg = DemoConfig(
         nodes=400,
         duration_s=45.0,
-        settle_s=60.0,
+        # the rate gate keeps some reboots waiting past any settle period, so the demo always waits all of
+        # it; the repairs asserted here take seconds, and a fault of the last seconds is still identified
+        # within it on a loaded machine (an unidentified fault counts as a wrong cause)
+        settle_s=45.0,
         probe_interval_s=2.0,
         faults_per_minute=30.0,
         seed=11,

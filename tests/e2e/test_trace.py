@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from nodeheal.cli.procs import ServiceProcess, service_processes
+from nodeheal.cli.procs import ServiceProcess, service_processes, stop_all
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.runtime.telemetry import trace_id_from_headers
 from nodeheal.schemas.anomaly import Anomaly
@@ -203,8 +203,9 @@ async def pipeline(
         assert not waiting, {p.name: p.tail(30) for p in waiting}
         yield procs
     finally:
-        for p in procs:
-            p.stop()
+        # all at once, with a short grace: the spans and the metrics were read by then, and a service
+        # that does not exit within it is killed (one grace period, not one per service)
+        stop_all(procs, timeout_s=5.0)
 
 
 async def test_one_fault_one_trace_from_anomaly_to_audit(

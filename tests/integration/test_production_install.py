@@ -11,13 +11,18 @@ from the lock file and the uv cache by `python -m uv`.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from tests.support import background
 
 pytestmark = pytest.mark.slow
 
@@ -77,12 +82,10 @@ def uv_command() -> list[str]:
 def sync(env_dir: Path, *args: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
     env["UV_PROJECT_ENVIRONMENT"] = str(env_dir)
-    done = subprocess.run(
+    done = background.run(
         [*uv_command(), "sync", "--locked", "--no-dev", "--python", sys.executable, "--quiet", *args],
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -90,9 +93,7 @@ def sync(env_dir: Path, *args: str) -> None:
 
 def run(env_dir: Path, *cmd: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEHEAL_", "NATS_", "VIRTUAL_ENV"))}
-    return subprocess.run(
-        [str(env_dir / cmd[0]), *cmd[1:]], cwd=env_dir, env=env, capture_output=True, text=True, timeout=60
-    )
+    return background.run([str(env_dir / cmd[0]), *cmd[1:]], cwd=env_dir, env=env, timeout=60)
 
 
 def install_and_check(root: Path, dist: str) -> dict[str, subprocess.CompletedProcess[str]]:
@@ -111,13 +112,23 @@ def install_and_check(root: Path, dist: str) -> dict[str, subprocess.CompletedPr
     return results
 
 
-@pytest.fixture(scope="module")
-def installs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, subprocess.CompletedProcess[str]]]:
-    """Every environment, built and checked concurrently (the checks are mostly imports: CPU-bound)."""
-    root = tmp_path_factory.mktemp("installs")
+def install_all() -> dict[str, dict[str, subprocess.CompletedProcess[str]]]:
+    """Every environment, built and checked concurrently (the checks are mostly imports: CPU-bound), in a
+    temporary directory removed when the session ends."""
+    root = Path(tempfile.mkdtemp(prefix="nodeheal-installs-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     dists = ["all", *sorted(ENTRY_POINTS)]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         return dict(zip(dists, pool.map(lambda d: install_and_check(root, d), dists), strict=True))
+
+
+INSTALLS = background.job(__file__, "production installs", install_all)
+"""CPU- and disk-bound for a minute: built from the start of the session (tests/support/background.py)."""
+
+
+@pytest.fixture(scope="module")
+def installs() -> dict[str, dict[str, subprocess.CompletedProcess[str]]]:
+    return INSTALLS.result()
 
 
 def test_the_workspace_without_dev_dependencies_imports_every_module(

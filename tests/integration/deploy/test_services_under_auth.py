@@ -9,11 +9,7 @@ both the faststream broker (`make_broker`) and raw nats-py connections (`connect
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,24 +18,11 @@ import pytest
 
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.sim.embedded import EmbeddedNats, free_port
+from nodeheal.sim.embedded import EmbeddedNats
 from tests.integration.deploy.natsauth_loader import load_natsauth
+from tests.integration.deploy.role_services import SERVICES, running_as_roles
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
-
-SERVICES = {
-    "detector": (["-m", "nodeheal.detector"], "NODEHEAL_DETECTOR_", {}),
-    "diagnoser": (["-m", "nodeheal.diagnoser"], "NODEHEAL_DIAGNOSER_", {}),
-    "remediator": (
-        ["-m", "nodeheal.remediator"],
-        "NODEHEAL_REMEDIATOR_",
-        {"KUBE__ENABLED": "false", "CLOUD__PROVIDER": "none"},
-    ),
-    "ingest": (["-m", "nodeheal.cloud_events", "ingest"], "NODEHEAL_INGEST_", {"ALLOW_UNAUTHENTICATED": "true"}),
-    "prober": (["-m", "nodeheal.cloud_events", "prober"], "NODEHEAL_PROBER_", {}),
-    "agent": (["-m", "nodeheal.agent"], "NODEHEAL_AGENT_", {"KERNEL_LOG": "off", "SERVICES": "[]"}),
-}
-
 
 CONNECTION_NAMES = {  # how each process names its NATS connection(s)
     "detector": "nodeheal-detector-",
@@ -49,14 +32,6 @@ CONNECTION_NAMES = {  # how each process names its NATS connection(s)
     "prober": "nodeheal-prober-",
     "agent": "nodeheal-agent-",
 }
-
-
-def ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 async def test_every_service_runs_as_its_own_nats_user(tmp_path: Path) -> None:
@@ -72,60 +47,15 @@ async def test_every_service_runs_as_its_own_nats_user(tmp_path: Path) -> None:
         await apply_topology(nc.jetstream(), NatsSettings().topology())
         await nc.close()
 
-        procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-        try:
-            for name, (args, prefix, extra) in SERVICES.items():
-                is_agent = name == "agent"
-                creds = tmp_path / f"{name}.creds"
-                creds.write_text(
-                    bundle.user_creds(name, cluster="c1" if is_agent else None, node=node if is_agent else None)
-                )
-                port = free_port()
-                env = {k: v for k, v in os.environ.items() if not k.startswith("NODEHEAL_") and k != "NATS_URL"}
-                env.update(
-                    {
-                        f"{prefix}NATS__URL": server.url,
-                        f"{prefix}NATS__CREDS_FILE": str(creds),
-                        f"{prefix}NATS__INBOX_PREFIX": natsauth.inbox_prefix(name),
-                        f"{prefix}HTTP_PORT": str(port),
-                        f"{prefix}CLUSTER": "c1",
-                        f"{prefix}LOG_FORMAT": "json",
-                        **(
-                            {f"{prefix}NODE_NAME": node, f"{prefix}STATE_DIR": str(tmp_path / "agent")}
-                            if is_agent
-                            else {}
-                        ),
-                        **{prefix + k: v for k, v in extra.items()},
-                    }
-                )
-                log = (tmp_path / f"{name}.log").open("wb")
-                procs[name] = (
-                    subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT),
-                    port,
-                )
-            waiting = set(procs)
-            deadline = time.monotonic() + 90
-            while waiting and time.monotonic() < deadline:
-                for name in sorted(waiting):
-                    proc, port = procs[name]
-                    assert proc.poll() is None, f"{name} exited: {(tmp_path / f'{name}.log').read_text()[-2000:]}"
-                    if ready(port):
-                        waiting.discard(name)
-                time.sleep(0.2)
-            assert not waiting, {n: (tmp_path / f"{n}.log").read_text()[-1500:] for n in waiting}
-            # one NATS connection per service process: its consumers run on the process's broker
+        with running_as_roles(
+            tuple(SERVICES), url=server.url, natsauth=natsauth, bundle=bundle, directory=tmp_path, node=node
+        ):
+            # every one of them became ready as its own user, and holds one NATS connection: its
+            # consumers run on the process's broker
             url = f"http://127.0.0.1:{server.monitor_port}/connz?limit=1000"
             with urllib.request.urlopen(url, timeout=5) as response:
                 names = [c.get("name", "") for c in json.load(response)["connections"]]
             per_service = {name: sum(1 for n in names if n.startswith(CONNECTION_NAMES[name])) for name in SERVICES}
             assert per_service == dict.fromkeys(SERVICES, 1), names
-        finally:
-            for proc, _ in procs.values():
-                proc.terminate()
-            for proc, _ in procs.values():
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
     violations = [line for line in server_log.read_text().splitlines() if "Violation" in line]
     assert violations == []

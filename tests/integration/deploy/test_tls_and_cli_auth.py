@@ -10,95 +10,20 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
-import os
 import ssl
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import nats
 import pytest
 from click.testing import CliRunner
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from nodeheal.cli.main import cli
-from nodeheal.sim.embedded import EmbeddedNats, free_port
+from nodeheal.sim.bench.secure import self_signed_tls
+from nodeheal.sim.embedded import EmbeddedNats
 from tests.integration.deploy.natsauth_loader import load_natsauth
+from tests.integration.deploy.role_services import running_as_roles
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_certs(out: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 / localhost: (ca, cert, key) PEM paths."""
-    now = dt.datetime.now(tz=dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("nodeheal-test-ca"))
-        .issuer_name(_name("nodeheal-test-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("nats"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = (out / "ca.crt", out / "tls.crt", out / "tls.key")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 async def _connect_without_ca(url: str, creds: Path) -> None:
@@ -116,7 +41,7 @@ def test_cli_and_services_over_tls_with_role_credentials(tmp_path: Path) -> None
     """Synchronous on purpose: the CLI runs its own event loop (asyncio.run)."""
     natsauth = load_natsauth()
     bundle = natsauth.build()
-    ca, cert, key = make_certs(tmp_path)
+    ca, cert, key = self_signed_tls(tmp_path)
     conf = tmp_path / "nats.conf"
     conf.write_text(bundle.server_config() + f'tls {{\n  cert_file: "{cert}"\n  key_file: "{key}"\n}}\n')
     server_log = tmp_path / "nats.log"
@@ -148,54 +73,9 @@ def test_cli_and_services_over_tls_with_role_credentials(tmp_path: Path) -> None
         assert missing.exit_code == 2
         assert "nope.creds" in missing.output
 
-        procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-        services = {
-            "detector": (["-m", "nodeheal.detector"], "NODEHEAL_DETECTOR_", {}),
-            "remediator": (
-                ["-m", "nodeheal.remediator"],
-                "NODEHEAL_REMEDIATOR_",
-                {"KUBE__ENABLED": "false", "CLOUD__PROVIDER": "none"},
-            ),
-        }
-        try:
-            for name, (args, prefix, extra) in services.items():
-                creds = tmp_path / f"{name}.creds"
-                creds.write_text(bundle.user_creds(name))
-                port = free_port()
-                penv = {k: v for k, v in os.environ.items() if not k.startswith(("NODEHEAL_", "NATS_"))}
-                penv.update(
-                    {
-                        f"{prefix}NATS__URL": server.url,
-                        f"{prefix}NATS__CREDS_FILE": str(creds),
-                        f"{prefix}NATS__TLS_CA_FILE": str(ca),
-                        f"{prefix}NATS__INBOX_PREFIX": natsauth.inbox_prefix(name),
-                        f"{prefix}HTTP_PORT": str(port),
-                        f"{prefix}CLUSTER": "c1",
-                        **{prefix + k: v for k, v in extra.items()},
-                    }
-                )
-                log = (tmp_path / f"{name}.log").open("wb")
-                procs[name] = (
-                    subprocess.Popen([sys.executable, *args], env=penv, stdout=log, stderr=subprocess.STDOUT),
-                    port,
-                )
-            waiting = set(procs)
-            deadline = time.monotonic() + 90
-            while waiting and time.monotonic() < deadline:
-                for name in sorted(waiting):
-                    proc, port = procs[name]
-                    assert proc.poll() is None, f"{name} exited: {(tmp_path / f'{name}.log').read_text()[-2000:]}"
-                    if _ready(port):
-                        waiting.discard(name)
-                time.sleep(0.2)
-            assert not waiting, {n: (tmp_path / f"{n}.log").read_text()[-1500:] for n in waiting}
-        finally:
-            for proc, _ in procs.values():
-                proc.terminate()
-            for proc, _ in procs.values():
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        with running_as_roles(
+            ("detector", "remediator"), url=server.url, natsauth=natsauth, bundle=bundle, directory=tmp_path, tls_ca=ca
+        ):
+            pass  # both became ready over TLS as their own users
     # the server's top-level `tls` block makes TLS mandatory for every client connection
     assert [line for line in server_log.read_text().splitlines() if "Violation" in line] == []

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 
 import pytest
@@ -22,25 +19,11 @@ from nats.aio.client import Client
 
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeProbe
+from nodeheal.sim.embedded import free_port
 from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish
+from tests.support.http import status
 
 pytestmark = pytest.mark.nats
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
-    except OSError:
-        return 0
 
 
 def start(settings: NatsSettings, port: int, **extra: str) -> subprocess.Popen[bytes]:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 from nats.aio.client import Client
@@ -18,25 +15,11 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Diagnosis
 from nodeheal.schemas.subjects import anomaly_subject, diagnosis_subject
+from nodeheal.sim.embedded import free_port
+from tests.support.http import status
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly
 
 pytestmark = pytest.mark.nats
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
-    except OSError:
-        return 0
 
 
 async def test_service_process_diagnoses_from_env_configuration(topology_ready: NatsSettings, nc: Client) -> None:

@@ -4,6 +4,7 @@ against the local emulator, and a node agent answered by a real NATS responder."
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -138,6 +139,35 @@ async def publish_probe(
     await nc.jetstream().publish(probe_subject(CLUSTER, node, prefix=nats.prefix), probe.to_json())
 
 
+class Probes:
+    """A node's agent probes (what the real agent sends, `agent_probe`) every 0.2 s while the block runs.
+
+    `boot_id` is the test's to change (the machine came back), or a callable read before each probe."""
+
+    def __init__(
+        self, nc: Client, nats: NatsSettings, node: str, *, boot_id: str | Callable[[], str] = "boot-1", **kw: Any
+    ) -> None:
+        self.nc, self.nats, self.node, self.kw = nc, nats, node, kw
+        self.boot_id = boot_id
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Probes:
+        async def loop() -> None:
+            while not self.stop.is_set():
+                boot = self.boot_id() if callable(self.boot_id) else self.boot_id
+                await publish_probe(self.nc, self.nats, self.node, boot_id=boot, **self.kw)
+                await asyncio.sleep(0.2)
+
+        self.task = asyncio.create_task(loop())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+
+
 async def audit_records(nc: Client, nats: NatsSettings) -> list[RemediationRecord]:
     js = nc.jetstream()
     stream = f"{nats.stream_prefix}AUDIT"
@@ -209,6 +239,25 @@ class Agent:
             await msg.respond(result.to_json())
 
         await nc.subscribe(cmd_subject(CLUSTER, node, prefix=nats.prefix), cb=handler)
+
+
+def remediator_env(nats: NatsSettings, **settings: str) -> dict[str, str]:
+    """The environment of a `python -m nodeheal.remediator` process on the test's names: this environment
+    without its own NODEHEAL_ variables, cluster c1, any free HTTP port, and `settings` as
+    NODEHEAL_REMEDIATOR_<KEY> (e.g. `KUBE__API_URL=...`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NODEHEAL_")}
+    env.update(
+        {
+            "NODEHEAL_REMEDIATOR_NATS__URL": nats.url,
+            "NODEHEAL_REMEDIATOR_NATS__PREFIX": nats.prefix,
+            "NODEHEAL_REMEDIATOR_NATS__STREAM_PREFIX": nats.stream_prefix,
+            "NODEHEAL_REMEDIATOR_NATS__BUCKET_PREFIX": nats.bucket_prefix,
+            "NODEHEAL_REMEDIATOR_CLUSTER": CLUSTER,
+            "NODEHEAL_REMEDIATOR_HTTP_PORT": "0",
+        }
+    )
+    env.update({f"NODEHEAL_REMEDIATOR_{key}": value for key, value in settings.items()})
+    return env
 
 
 async def start_service(settings: RemediatorSettings) -> RemediatorService:

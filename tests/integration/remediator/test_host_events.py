@@ -6,7 +6,8 @@ an Azure Reboot with its 15 min minimum notice → 12 s). Side effects are count
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -32,12 +33,12 @@ from nodeheal.sim.gce_metadata import GceMetadata
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     CLUSTER,
+    Probes,
     add_inventory,
     audit_records,
     diagnosis,
     make_settings,
     publish_diagnosis,
-    publish_probe,
     start_service,
     wait_for,
     wait_for_record,
@@ -64,19 +65,22 @@ async def _mirror(
         await asyncio.sleep(0.2)
 
 
-async def _agent(nc: Client, nats: NatsSettings, node: str, boot: Callable[[], str], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        await publish_probe(nc, nats, node, boot_id=boot())
-        await asyncio.sleep(0.2)
-
-
-async def _run(tasks: list[Awaitable[None]], stop: asyncio.Event, body: Callable[[], Awaitable[None]]) -> None:
-    running = [asyncio.ensure_future(t) for t in tasks]
+@contextlib.asynccontextmanager
+async def _running(loop: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[None]:
+    """`loop(stop)` runs for the duration of the block."""
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(loop(stop))
     try:
-        await body()
+        yield
     finally:
         stop.set()
-        await asyncio.gather(*running, return_exceptions=True)
+        await task
+
+
+def _mirrored(
+    nc: Client, nats: NatsSettings, source: Callable[[], list[CloudSystemEvent]]
+) -> contextlib.AbstractAsyncContextManager[None]:
+    return _running(lambda stop: _mirror(nc, nats, source, stop))
 
 
 async def test_alibaba_scheduled_reboot_is_drained_within_the_lead_accepted_with_reboot_and_uncordoned_after(
@@ -104,23 +108,15 @@ async def test_alibaba_scheduled_reboot_is_drained_within_the_lead_accepted_with
             cloud_accept_margin_s=1.0,
         ).model_copy(update={"maintenance_interval_s": 0.3})
         service = await start_service(settings)
-        stop = asyncio.Event()
-
-        async def body() -> None:
-            uncordon = await wait_for_record(
-                nc, topology_ready, node="m1", action="uncordon", phase="succeeded", timeout=40
-            )
-            assert uncordon.episode_id == f"cloud:alibaba:{event.event_id}"
-
         try:
-            await _run(
-                [
-                    _mirror(nc, topology_ready, shown, stop),
-                    _agent(nc, topology_ready, "m1", lambda: f"boot-{instance.boot_count}", stop),
-                ],
-                stop,
-                body,
-            )
+            async with (
+                _mirrored(nc, topology_ready, shown),
+                Probes(nc, topology_ready, "m1", boot_id=lambda: f"boot-{instance.boot_count}"),
+            ):
+                uncordon = await wait_for_record(
+                    nc, topology_ready, node="m1", action="uncordon", phase="succeeded", timeout=40
+                )
+                assert uncordon.episode_id == f"cloud:alibaba:{event.event_id}"
         finally:
             await service.stop()
         records = [r for r in await audit_records(nc, topology_ready) if r.node == "m1"]
@@ -167,20 +163,12 @@ async def test_azure_reboot_is_started_early_with_start_requests_after_the_drain
             }
         )
         service = await start_service(settings)
-        stop = asyncio.Event()
-
-        async def body() -> None:
-            await wait_for_record(nc, topology_ready, node="vm1", action="uncordon", phase="succeeded", timeout=40)
-
         try:
-            await _run(
-                [
-                    _mirror(nc, topology_ready, shown, stop),
-                    _agent(nc, topology_ready, "vm1", lambda: f"boot-{boots['n']}", stop),
-                ],
-                stop,
-                body,
-            )
+            async with (
+                _mirrored(nc, topology_ready, shown),
+                Probes(nc, topology_ready, "vm1", boot_id=lambda: f"boot-{boots['n']}"),
+            ):
+                await wait_for_record(nc, topology_ready, node="vm1", action="uncordon", phase="succeeded", timeout=40)
         finally:
             await service.stop()
         started = [c for c in events.changes if c.kind == "started"]
@@ -215,24 +203,13 @@ async def test_a_diagnosis_after_the_host_reboot_ran_verifies_instead_of_rebooti
 
         await wait_for(executed, what="the host reboot ran (the emulator's platform did it)")
         service = await start_service(make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint))
-        stop = asyncio.Event()
-
-        async def body() -> None:
-            await asyncio.sleep(0.5)  # the mirror published the completed event
-            # the diagnoser's ladder for a completed host event: give the node time, then our own reboot
-            d = diagnosis("m2", [("wait_for_cloud_event", event.event_id), "reboot"])
-            await publish_diagnosis(nc, topology_ready, d)
-            await wait_for_record(nc, topology_ready, node="m2", action="wait_for_cloud_event", phase="verified")
-
         try:
-            await _run(
-                [
-                    _mirror(nc, topology_ready, shown, stop),
-                    _agent(nc, topology_ready, "m2", lambda: "boot-after", stop),
-                ],
-                stop,
-                body,
-            )
+            async with _mirrored(nc, topology_ready, shown), Probes(nc, topology_ready, "m2", boot_id="boot-after"):
+                await asyncio.sleep(0.5)  # the mirror published the completed event
+                # the diagnoser's ladder for a completed host event: give the node time, then our own reboot
+                d = diagnosis("m2", [("wait_for_cloud_event", event.event_id), "reboot"])
+                await publish_diagnosis(nc, topology_ready, d)
+                await wait_for_record(nc, topology_ready, node="m2", action="wait_for_cloud_event", phase="verified")
         finally:
             await service.stop()
         assert [c.action for c in ecs.calls if c.action in ("RebootInstance", "RedeployInstance")] == []
@@ -294,7 +271,6 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
         ).model_copy(update={"maintenance_interval_s": 0.3})
         assert settings.policy.accept_cloud_events_early  # allowed, and still not done: there is no right call
         service = await start_service(settings)
-        stop = asyncio.Event()
 
         async def body() -> None:
             gce.set_maintenance_event("TERMINATE_ON_HOST_MAINTENANCE")  # GCE: about 60 s notice, running now
@@ -311,16 +287,13 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
                 await wait_for_record(nc, topology_ready, node=node, action="uncordon", phase="succeeded", timeout=30)
 
         try:
-            await _run(
-                [
-                    poll_imds(stop),
-                    _mirror(nc, topology_ready, shown, stop),
-                    _agent(nc, topology_ready, "aws1", lambda: f"boot-{boots['aws1']}", stop),
-                    _agent(nc, topology_ready, "gce1", lambda: f"boot-{boots['gce1']}", stop),
-                ],
-                stop,
-                body,
-            )
+            async with (
+                _running(poll_imds),
+                _mirrored(nc, topology_ready, shown),
+                Probes(nc, topology_ready, "aws1", boot_id=lambda: f"boot-{boots['aws1']}"),
+                Probes(nc, topology_ready, "gce1", boot_id=lambda: f"boot-{boots['gce1']}"),
+            ):
+                await body()
         finally:
             await service.stop()
         # and were the ECS provider ever handed the AWS event, it would refuse it without a call

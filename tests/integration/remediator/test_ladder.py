@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client
@@ -14,47 +13,21 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import audit_subject
-from nodeheal.sim.clock import ManualClock
-from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     Agent,
+    Probes,
     add_inventory,
     audit_records,
     diagnosis,
     make_settings,
     publish_diagnosis,
-    publish_probe,
     start_service,
     wait_for_record,
 )
 
 pytestmark = pytest.mark.nats
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[KubeWorld]:
-    async with KubeWorld() as w:
-        for i in range(1, 5):
-            w.add_node(f"n{i}", zone="z1")
-        yield w
-
-
-@pytest.fixture
-async def ecs() -> AsyncIterator[EcsEmulator]:
-    ecs_world = EcsWorld(clock=ManualClock(), reboot_duration=timedelta(seconds=1))
-    for i in range(1, 5):
-        ecs_world.add_instance(f"i-n{i}", region_id="cn-hangzhou")
-    async with EcsEmulator(ecs_world) as emu:
-        yield emu
-
-
-async def _keep_healthy(
-    nc: Client, nats: NatsSettings, node: str, stop: asyncio.Event, boot_id: str = "boot-1"
-) -> None:
-    while not stop.is_set():
-        await publish_probe(nc, nats, node, boot_id=boot_id)
-        await asyncio.sleep(0.2)
 
 
 async def test_restart_service_verified_with_event_and_fencing(
@@ -64,14 +37,11 @@ async def test_restart_service_verified_with_event_and_fencing(
     await agent.serve(nc, topology_ready, "n1")
     await add_inventory(nc, topology_ready, "n1", zone="z1", cloud="alibaba", instance_id="i-n1")
     service = await start_service(make_settings(topology_ready, kube_url=world.url))
-    stop = asyncio.Event()
-    prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n1", stop))
     try:
-        await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet"), "reboot"]))
-        verified = await wait_for_record(nc, topology_ready, phase="verified")
+        async with Probes(nc, topology_ready, "n1"):
+            await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet"), "reboot"]))
+            verified = await wait_for_record(nc, topology_ready, phase="verified")
     finally:
-        stop.set()
-        await prober
         await service.stop()
     records = [r for r in await audit_records(nc, topology_ready) if r.action_id == verified.action_id]
     assert [r.phase for r in records] == ["intent", "started", "succeeded", "verified"]
@@ -93,14 +63,9 @@ async def test_ladder_escalates_to_cloud_reboot_through_the_sdk(
     try:
         await publish_diagnosis(nc, topology_ready, diagnosis("n2", [("restart_service", "kubelet"), "reboot"]))
         call = await asyncio.wait_for(ecs.wait_for_call("RebootInstance"), timeout=20)
-        stop = asyncio.Event()
         # the machine came back: a new boot id (the same boot id would never verify a reboot)
-        prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n2", stop, boot_id="boot-2"))
-        try:
+        async with Probes(nc, topology_ready, "n2", boot_id="boot-2"):
             verified = await wait_for_record(nc, topology_ready, phase="verified")
-        finally:
-            stop.set()
-            await prober
     finally:
         await service.stop()
     assert call.params["InstanceId"] == "i-n2"
@@ -120,14 +85,11 @@ async def test_dry_run_writes_the_same_trail_and_touches_nothing(
     service = await start_service(
         make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, dry_run=True)
     )
-    stop = asyncio.Event()
-    prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n3", stop))
     try:
-        await publish_diagnosis(nc, topology_ready, diagnosis("n3", ["cordon", "drain", "reboot"]))
-        await wait_for_record(nc, topology_ready, action="uncordon", phase="succeeded")
+        async with Probes(nc, topology_ready, "n3"):
+            await publish_diagnosis(nc, topology_ready, diagnosis("n3", ["cordon", "drain", "reboot"]))
+            await wait_for_record(nc, topology_ready, action="uncordon", phase="succeeded")
     finally:
-        stop.set()
-        await prober
         await service.stop()
     trail = [(r.action, r.phase) for r in await audit_records(nc, topology_ready)]
     assert trail == [
@@ -240,16 +202,13 @@ async def test_a_fix_done_before_a_restart_is_verified_when_its_diagnosis_resolv
         )
         subject = audit_subject(first.cluster, "n3", prefix=topology_ready.prefix)
         await publish_model(nc.jetstream(), subject, record, msg_id=f"{action_id}-{phase}")
-    stop = asyncio.Event()
-    prober = asyncio.create_task(_keep_healthy(nc, topology_ready, "n3", stop))
-    service = await start_service(make_settings(topology_ready, kube_url=world.url))
-    try:
-        resolved = first.model_copy(update={"resolved": True, "identified_at": datetime.now(tz=UTC)})
-        await publish_diagnosis(nc, topology_ready, resolved)
-        verified = await wait_for_record(nc, topology_ready, phase="verified", node="n3")
-    finally:
-        stop.set()
-        await prober
-        await service.stop()
+    async with Probes(nc, topology_ready, "n3"):
+        service = await start_service(make_settings(topology_ready, kube_url=world.url))
+        try:
+            resolved = first.model_copy(update={"resolved": True, "identified_at": datetime.now(tz=UTC)})
+            await publish_diagnosis(nc, topology_ready, resolved)
+            verified = await wait_for_record(nc, topology_ready, phase="verified", node="n3")
+        finally:
+            await service.stop()
     assert verified.action_id == action_id and verified.action == "restart_service"
     assert agent.commands == []  # verified, not done again

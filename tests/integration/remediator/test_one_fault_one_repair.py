@@ -5,8 +5,6 @@ re-checked after a wait. Side effects are counted at the emulators (ECS API call
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import timedelta
 
 import pytest
 from nats.aio.client import Client
@@ -15,64 +13,22 @@ from nodeheal.remediator.control import storm_key, storm_value, write_approval
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import inventory_key
-from nodeheal.sim.clock import ManualClock
-from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     CLUSTER,
+    Probes,
     add_inventory,
     audit_records,
     diagnosis,
     make_settings,
     publish_diagnosis,
-    publish_probe,
     start_service,
     wait_for,
     wait_for_record,
 )
 
 pytestmark = pytest.mark.nats
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[KubeWorld]:
-    async with KubeWorld() as w:
-        for i in range(1, 7):
-            w.add_node(f"n{i}", zone="z1")
-        yield w
-
-
-@pytest.fixture
-async def ecs() -> AsyncIterator[EcsEmulator]:
-    ecs_world = EcsWorld(clock=ManualClock(), reboot_duration=timedelta(seconds=1))
-    for i in range(1, 7):
-        ecs_world.add_instance(f"i-n{i}", region_id="cn-hangzhou")
-    async with EcsEmulator(ecs_world) as emu:
-        yield emu
-
-
-class Probes:
-    """The node's agent probes (what the real agent sends) with a boot id the test controls."""
-
-    def __init__(self, nc: Client, nats: NatsSettings, node: str, **kw: object) -> None:
-        self.nc, self.nats, self.node, self.kw = nc, nats, node, dict(kw)
-        self.boot_id = "boot-1"
-        self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Probes:
-        async def loop() -> None:
-            while not self.stop.is_set():
-                await publish_probe(self.nc, self.nats, self.node, boot_id=self.boot_id, **self.kw)  # type: ignore[arg-type]
-                await asyncio.sleep(0.2)
-
-        self.task = asyncio.create_task(loop())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        if self.task is not None:
-            await self.task
 
 
 def reboots(ecs: EcsEmulator, instance: str) -> int:

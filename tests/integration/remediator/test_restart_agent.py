@@ -3,21 +3,18 @@ new one), nothing else, and verifies on the new agent's probes — no cordon, no
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
 from nats.aio.client import Client
 
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
+    Probes,
     add_inventory,
     audit_records,
     diagnosis,
     make_settings,
     publish_diagnosis,
-    publish_probe,
     start_service,
     wait_for_record,
 )
@@ -28,13 +25,12 @@ AGENT = {"app.kubernetes.io/name": "nodeheal", "app.kubernetes.io/component": "a
 
 
 @pytest.fixture
-async def world() -> AsyncIterator[KubeWorld]:
-    async with KubeWorld() as w:
-        for node in ("n1", "n2"):
-            w.add_node(node, zone="z1")
-            w.add_pod(f"nodeheal-agent-{node}", node=node, namespace="nodeheal", labels=AGENT, owner_kind="DaemonSet")
-            w.add_pod(f"web-{node}", node=node, namespace="default", labels={"app": "web"})
-        yield w
+def agents(world: KubeWorld) -> KubeWorld:
+    """n1 and n2 each run a node agent pod of the DaemonSet and a workload pod."""
+    for node in ("n1", "n2"):
+        world.add_pod(f"nodeheal-agent-{node}", node=node, namespace="nodeheal", labels=AGENT, owner_kind="DaemonSet")
+        world.add_pod(f"web-{node}", node=node, namespace="default", labels={"app": "web"})
+    return world
 
 
 def _pods(world: KubeWorld) -> set[tuple[str, str]]:
@@ -44,25 +40,17 @@ def _pods(world: KubeWorld) -> set[tuple[str, str]]:
 
 
 async def test_restart_agent_deletes_only_that_nodes_agent_pod_and_verifies(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+    topology_ready: NatsSettings, nc: Client, agents: KubeWorld
 ) -> None:
+    world = agents
     await add_inventory(nc, topology_ready, "n1", zone="z1", cloud="alibaba", instance_id="i-n1")
     before = _pods(world)
     service = await start_service(make_settings(topology_ready, kube_url=world.url))
-    stop = asyncio.Event()
-
-    async def new_agent_reports() -> None:
-        while not stop.is_set():
-            await publish_probe(nc, topology_ready, "n1", boot_id="boot-1")
-            await asyncio.sleep(0.2)
-
-    probes = asyncio.create_task(new_agent_reports())
     try:
-        await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["restart_agent", "escalate"]))
-        verified = await wait_for_record(nc, topology_ready, phase="verified")
+        async with Probes(nc, topology_ready, "n1"):  # the new agent reports
+            await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["restart_agent", "escalate"]))
+            verified = await wait_for_record(nc, topology_ready, phase="verified")
     finally:
-        stop.set()
-        await probes
         await service.stop()
     assert verified.action == "restart_agent"
     assert before - _pods(world) == {("nodeheal", "nodeheal-agent-n1")}

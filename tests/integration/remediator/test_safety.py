@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
@@ -20,12 +19,13 @@ from nodeheal.schemas.commands import NodeCommand
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     Agent,
+    Probes,
     add_inventory,
     audit_records,
     diagnosis,
     make_settings,
     publish_diagnosis,
-    publish_probe,
+    remediator_env,
     start_service,
     wait_for,
     wait_for_record,
@@ -35,9 +35,9 @@ pytestmark = pytest.mark.nats
 
 
 @pytest.fixture
-async def world() -> AsyncIterator[KubeWorld]:
-    async with KubeWorld() as w:
-        yield w
+def world(bare_world: KubeWorld) -> KubeWorld:
+    """The tests here add their own nodes."""
+    return bare_world
 
 
 async def test_drain_honours_a_pdb_that_blocks_then_allows(world: KubeWorld) -> None:
@@ -183,18 +183,7 @@ async def test_killed_replica_work_is_picked_up_once(
 
     agent.on_command = hang_first
     await agent.serve(nc, topology_ready, "n1")
-    env = {
-        **os.environ,
-        "NODEHEAL_REMEDIATOR_NATS__URL": topology_ready.url,
-        "NODEHEAL_REMEDIATOR_NATS__PREFIX": topology_ready.prefix,
-        "NODEHEAL_REMEDIATOR_NATS__STREAM_PREFIX": topology_ready.stream_prefix,
-        "NODEHEAL_REMEDIATOR_NATS__BUCKET_PREFIX": topology_ready.bucket_prefix,
-        "NODEHEAL_REMEDIATOR_CLUSTER": "c1",
-        "NODEHEAL_REMEDIATOR_INSTANCE": "replica-a",
-        "NODEHEAL_REMEDIATOR_HTTP_PORT": "0",
-        "NODEHEAL_REMEDIATOR_ACK_WAIT_S": "3",
-        "NODEHEAL_REMEDIATOR_KUBE__API_URL": world.url,
-    }
+    env = remediator_env(topology_ready, INSTANCE="replica-a", ACK_WAIT_S="3", KUBE__API_URL=world.url)
     proc = subprocess.Popen([sys.executable, "-m", "nodeheal.remediator"], env=env)
     survivor = None
     try:
@@ -203,17 +192,8 @@ async def test_killed_replica_work_is_picked_up_once(
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         survivor = await start_service(make_settings(topology_ready, kube_url=world.url, instance="replica-b"))
-        stop = asyncio.Event()
-
-        async def healthy() -> None:
-            while not stop.is_set():
-                await publish_probe(nc, topology_ready, "n1")
-                await asyncio.sleep(0.2)
-
-        prober = asyncio.create_task(healthy())
-        verified = await wait_for_record(nc, topology_ready, phase="verified", timeout=40)
-        stop.set()
-        await prober
+        async with Probes(nc, topology_ready, "n1"):
+            verified = await wait_for_record(nc, topology_ready, phase="verified", timeout=40)
     finally:
         if proc.poll() is None:
             proc.kill()

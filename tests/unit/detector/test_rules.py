@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from nodeheal.detector.handlers import stream_lag
 from nodeheal.detector.rules import Detector, RuleConfig, anomaly_msg_id
 from nodeheal.detector.state import PING_MASK
 from nodeheal.schemas import Anomaly, CloudSystemEvent, Reachability, RemediationRecord
@@ -379,3 +380,37 @@ def _record(t: float) -> RemediationRecord:
         actor="remediator-0",
         time=datetime.fromtimestamp(t, tz=UTC),
     )
+
+
+def test_a_replica_behind_its_stream_does_not_take_its_own_lag_for_silence() -> None:
+    """A replica reading a backlog sees each node's probes a minute apart; that is its lag, not the
+    node's silence (at 50,000 nodes a lagging detector once declared most of the fleet down)."""
+    det = make()
+    t = feed(det, 3)
+
+    def minute(start: float, *, with_agent: bool) -> float:
+        for s in range(60):  # the feed itself is alive: other nodes' probes keep arriving
+            det.observe_probe(agent_probe(t=start + s, node="other", seq=int(start + s)), now=start + s)
+            det.tick(now=start + s)
+        end = start + 60
+        if with_agent:
+            det.observe_probe(agent_probe(t=end, seq=int(end)), now=end)
+        return end
+
+    det.feed_lag = 90.0  # the newest probe read was stored 90 s ago
+    for _ in range(4):
+        t = minute(t, with_agent=True)
+    assert drain(det) == []
+    det.feed_lag = 0.0  # caught up: a minute without the node's probe is silence
+    minute(t, with_agent=False)
+    assert drain(det) == [("node_down", "firing", None)]
+
+
+def test_stream_lag_is_read_from_the_ack_subject() -> None:
+    stored = 1_700_000_000.0
+    v1 = f"$JS.ACK.PROBES.det.1.42.40.{int(stored * 1e9)}.7"
+    v2 = f"$JS.ACK.hub.ACCHASH.PROBES.det.1.42.40.{int(stored * 1e9)}.7.token"
+    assert stream_lag(v1, stored + 12.5) == 12.5
+    assert stream_lag(v2, stored + 3.0) == 3.0
+    assert stream_lag("_INBOX.abc", stored) is None
+    assert stream_lag(v1, stored - 1.0) == 0.0  # clock skew never makes a negative lag

@@ -484,6 +484,10 @@ class DetectorRuntime:
                     observe(probe, now=now)
                 except Exception as exc:  # e.g. OverflowError of a time at the end of the calendar
                     bad.append((msg, _rejected(f"cannot be evaluated: {type(exc).__name__}: {exc}")))
+            if chunk:
+                lag = stream_lag(chunk[-1].reply, time.time())
+                if lag is not None:
+                    det.feed_lag = lag
             if now - last_tick >= tick_s or det.outbox:
                 det.tick(now=now)
                 last_tick = now
@@ -621,3 +625,20 @@ class DetectorRuntime:
     async def _audit_message(self, record: RemediationRecord, delivery: Delivery) -> None:
         self._on_audit(delivery.data, delivery.headers, self.clock())
         await self._flush(self.clock())
+
+
+def stream_lag(reply: str, wall: float) -> float | None:
+    """Seconds between the server storing a JetStream message and now, from its ack subject
+    (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<stored ns>.<pending>`, or the 12-token form
+    with domain and account hash); None when the subject is not a JetStream ack subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        stamp = tokens[7]
+    elif len(tokens) >= 11:
+        stamp = tokens[9]
+    else:
+        return None
+    try:
+        return max(0.0, wall - int(stamp) / 1e9)
+    except ValueError:
+        return None

@@ -132,6 +132,10 @@ class Detector:
         self.outbox: list[Anomaly] = []
         self.counters = Counters()
         self.last_input = 0.0
+        # How far behind its stream this replica reads (seconds between the server storing the newest probe
+        # read and reading it). Silence is judged net of it: a replica that reads each node's probes a
+        # minute late must not take that minute for the node's silence (a whole fleet "down" at once).
+        self.feed_lag = 0.0
         self._seeded_input = 0.0  # the newest stored probe a rebuild read (0: none)
         self._wheel: dict[int, list[NodeState]] = {}
         self._wheel_cursor = int(started_at)
@@ -565,7 +569,7 @@ class Detector:
     # ------------------------------------------------------------------ silence: down, hang, agent
 
     def _classify_silence(self, node: NodeState, now: float, *, probe_id: str = "") -> None:
-        prober_fresh = now - node.last_prober <= self._down_timeout
+        prober_fresh = now - node.last_prober <= self._down_timeout + self.feed_lag
         ok = node.reach_ok if prober_fresh else 0
         seen = node.reach_seen if prober_fresh else 0
         if ok & PING_MASK:
@@ -633,7 +637,7 @@ class Detector:
         return looked
 
     def _tick_node(self, node: NodeState, now: float, *, check_silence: bool) -> None:
-        next_due = node.last_agent + self._down_timeout
+        next_due = node.last_agent + self._down_timeout + self.feed_lag
         if node.silence is not None or now >= next_due:
             if check_silence:
                 self._classify_silence(node, now)
