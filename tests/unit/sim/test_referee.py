@@ -188,3 +188,19 @@ def test_a_replacement_needs_an_approved_intent_and_is_counted_as_rotation() -> 
                 truth=[], run_end=END)  # fmt: skip
     assert bad["replacements_without_approval"] == 1
     assert bad["actions_without_intent"] == 1
+
+
+def test_a_fault_held_at_an_approval_gate_is_handed_to_a_person_not_lost() -> None:
+    mce = InjectedFault(fault_id="f5", fault_class="mce_fatal_panic", node="n5", injected_at=at(5).timestamp())
+    waiting = rec("replace", "awaiting_approval", 60).model_copy(update={"node": "n5"})
+    stopped = rec("reboot", "failed", 60).model_copy(update={"node": NODE})
+    judged = lost_and_repeated(
+        fault_rows=[row(FAULT, repaired=False), row(mce, repaired=False)],
+        world=world(),
+        truth=[FAULT, mce],
+        audit=[waiting, stopped],
+    )
+    assert judged["lost_faults"] == 1  # the failed reboot's fault is still lost
+    assert judged["lost_by_reason"] == {"unresolved": 1}
+    assert judged["awaiting_approval"] == 1
+    assert judged["awaiting_approval_examples"][0]["fault"] == "f5"

@@ -28,7 +28,9 @@ is matched to its intent by its ClientToken, which the remediator sets to the ac
 The `chaos` section's two figures (`lost_and_repeated`), both 0 in a good run, with or without `--chaos`:
 
 - `lost_faults`: injected faults (the simulator's ground truth) that the streams never show detected,
-  diagnosed (a live diagnosis) *and* resolved (an action verified or every anomaly resolved);
+  diagnosed (a live diagnosis) *and* resolved (an action verified or every anomaly resolved); a fault
+  whose node's last AUDIT record is `awaiting_approval` (a replace or redeploy waiting for a person, as
+  policy requires) is not lost: it is counted as `awaiting_approval`, with examples;
 - `repeated_side_effects`: the same side effect done more than once for one fault, counted at the
   emulators' logs: a successful cloud API call (RebootInstance, RedeployInstance, DeleteInstance,
   AcceptInquiredSystemEvent) on the same instance / event, an eviction of the same pod, a node command
@@ -391,15 +393,24 @@ def lost_and_repeated(
         final = item["last_audit"]
         if final is None:
             return "no_remediation"
+        if final["phase"] == "awaiting_approval":
+            return "awaiting_approval"  # detected, diagnosed, held at an approval gate policy requires
         if final["phase"] == "blocked":
             return "held_by_policy"  # still waiting for a budget slot, the rate limit or a storm to end
         if final["action"] == "escalate":
             return "escalated"
         return "unresolved"
 
+    reasons = [why(item) for item in lost]
+    # A fault whose ladder stands at an approval gate (replace, redeploy) was not lost: it is handed to a
+    # person, as policy requires; it is counted on its own, not among the lost.
+    awaiting = [item for item, reason in zip(lost, reasons, strict=True) if reason == "awaiting_approval"]
+    lost = [item for item, reason in zip(lost, reasons, strict=True) if reason != "awaiting_approval"]
     return {
         "lost_faults": len(lost),
-        "lost_by_reason": dict(Counter(why(item) for item in lost)),
+        "lost_by_reason": dict(Counter(reason for reason in reasons if reason != "awaiting_approval")),
+        "awaiting_approval": len(awaiting),
+        "awaiting_approval_examples": awaiting[:10],
         "repeated_side_effects": sum(n - 1 for n in effects.values() if n > 1),
         "lost_examples": lost[:10],
         "repeated_examples": repeated[:10],
