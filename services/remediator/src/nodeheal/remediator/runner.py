@@ -185,6 +185,26 @@ class Remediator:
             log.info("storms restored", extra={"storms": sorted(self.storms)})
 
     # -- records ---------------------------------------------------------------------------------
+    async def _skip(
+        self,
+        run: _Run | None,
+        diagnosis: Diagnosis,
+        *,
+        why: str,
+        reason: str,
+        checks: list[PolicyCheck] | None = None,
+    ) -> None:
+        """Nothing is done for this diagnosis, and the audit trail says why (one record per diagnosis and why)."""
+        await self._record(
+            run,
+            diagnosis=diagnosis,
+            action_id=planner.action_id(diagnosis_id=diagnosis.id, action="none", target=why),
+            action="none",
+            phase="skipped",
+            reason=reason,
+            checks=checks,
+        )
+
     async def _record(
         self,
         run: _Run | None,
@@ -290,16 +310,7 @@ class Remediator:
         )
         if policy.failed(checks):
             reason = "diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks))
-            refused = planner.action_id(diagnosis_id=diagnosis.id, action="none", target="refused")
-            await self._record(
-                None,
-                diagnosis=diagnosis,
-                action_id=refused,
-                action="none",
-                phase="skipped",
-                reason=reason,
-                checks=checks,
-            )
+            await self._skip(None, diagnosis, why="refused", reason=reason, checks=checks)
             return await self._settle(diagnosis, why=reason, heartbeat=heartbeat)
         lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action=diagnosis.id)
         if lease is None:
@@ -349,12 +360,10 @@ class Remediator:
         operator = d.cause == OPERATOR_REQUEST
         retired = self._retired_at(run)
         if retired is not None and not operator and not any(s.action in policy.ROTATION for s in the_plan.steps):
-            await self._record(
+            await self._skip(
                 run,
-                diagnosis=d,
-                action_id=planner.action_id(diagnosis_id=d.id, action="none", target="retired"),
-                action="none",
-                phase="skipped",
+                d,
+                why="retired",
                 reason=f"{d.node} was retired at {retired.isoformat()}: it is not repaired again ({d.cause}); "
                 "replace it, or remove the retired label and taint and uncordon it by hand",
             )
@@ -364,12 +373,10 @@ class Remediator:
                 raise LeaseLostError(f"lease on {d.node} lost")
             newer = self.view.newer_in_episode(d)
             if newer is not None:
-                await self._record(
+                await self._skip(
                     run,
-                    diagnosis=d,
-                    action_id=planner.action_id(diagnosis_id=d.id, action="none", target="superseded"),
-                    action="none",
-                    phase="skipped",
+                    d,
+                    why="superseded",
                     reason=f"superseded by diagnosis {newer} of the same episode; it continues this ladder",
                 )
                 return "ack"
@@ -439,12 +446,10 @@ class Remediator:
                 action_id=planner.action_id(diagnosis_id=run.episode, action="escalate", target="after-verified"),
             )
             return "ack"
-        await self._record(
+        await self._skip(
             run,
-            diagnosis=d,
-            action_id=planner.action_id(diagnosis_id=d.id, action="none", target="already-verified"),
-            action="none",
-            phase="skipped",
+            d,
+            why="already-verified",
             reason=f"episode {run.episode} was verified healthy at {verified_at.isoformat()}; not acting again",
         )
         return "ack"
