@@ -334,6 +334,19 @@ class CrashCollector:
             return None
         return st.st_size, st.st_mtime
 
+    def _unseen(
+        self, path: Path, host_path: str, seen: set[str], cutoff: float
+    ) -> tuple[tuple[int, float], str, str] | None:
+        """(stat, fingerprint, text) of an evidence file recent enough and not reported before; else None."""
+        stat = self._stat_ok(path, cutoff)
+        if stat is None:
+            return None
+        fingerprint = _fingerprint(host_path, stat)
+        if fingerprint in seen:
+            return None
+        text = self._read_tail(path)
+        return None if text is None else (stat, fingerprint, text)
+
     def _read_tail(self, path: Path) -> str | None:
         try:
             with path.open("rb") as fh:
@@ -357,16 +370,11 @@ class CrashCollector:
                 name = path.name if path.name != "dmesg.txt" else f"dmesg-systemd_pstore-{path.parent.name}"
                 if not name.startswith(("dmesg-", "console-")) or name.endswith(".enc.z"):
                     continue
-                stat = self._stat_ok(path, cutoff)
-                if stat is None:
-                    continue
                 host_path = f"{host_dir.rstrip('/')}/{path.relative_to(base)}"
-                fingerprint = _fingerprint(host_path, stat)
-                if fingerprint in seen:
+                unseen = self._unseen(path, host_path, seen, cutoff)
+                if unseen is None:
                     continue
-                text = self._read_tail(path)
-                if text is None:
-                    continue
+                stat, fingerprint, text = unseen
                 records.append((parse_pstore_text(name, text), host_path, fingerprint, stat[1], stat[0]))
         by_name = {r[0].name: r for r in records}
         found: list[_Found] = []
@@ -404,16 +412,11 @@ class CrashCollector:
             for directory in sorted(p for p in self._list(base) if p.is_dir()):
                 for pattern, layout in _KDUMP_FILES:
                     for path in sorted(directory.glob(pattern)):
-                        stat = self._stat_ok(path, cutoff)
-                        if stat is None:
-                            continue
                         host_path = f"{host_dir.rstrip('/')}/{directory.name}/{path.name}"
-                        fingerprint = _fingerprint(host_path, stat)
-                        if fingerprint in seen:
+                        unseen = self._unseen(path, host_path, seen, cutoff)
+                        if unseen is None:
                             continue
-                        text = self._read_tail(path)
-                        if text is None:
-                            continue
+                        stat, fingerprint, text = unseen
                         bounded, dropped = bound_lines(text.splitlines(), max_lines=self.max_lines)
                         evidence = CrashEvidence(
                             source="kdump",
