@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
+
+import nats
+from nats.aio.client import Client
+
+from nodeheal.runtime.provision import apply_topology
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.sim.embedded import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -20,3 +29,27 @@ def load_natsauth() -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.asynccontextmanager
+async def per_role_server(tmp_path: Path, *roles: str) -> AsyncIterator[tuple[EmbeddedNats, Client, NatsSettings]]:
+    """A nats-server with the deployed per-role authorization (log in tmp_path/nats.log), `<role>.creds`
+    written for `admin` and each role, the topology applied with the admin credential; yields the server,
+    an admin connection (closed on exit) and the admin's settings."""
+    bundle = load_natsauth().build()
+    (tmp_path / "auth.conf").write_text(bundle.server_config())
+    with EmbeddedNats(config_file=str(tmp_path / "auth.conf"), log_file=str(tmp_path / "nats.log")) as server:
+        for role in ("admin", *roles):
+            (tmp_path / f"{role}.creds").write_text(bundle.user_creds(role))
+        admin = NatsSettings(url=server.url)
+        nc = await nats.connect(server.url, user_credentials=str(tmp_path / "admin.creds"))
+        try:
+            await apply_topology(nc.jetstream(), admin.topology())
+            yield server, nc, admin
+        finally:
+            await nc.close()
+
+
+def violations(tmp_path: Path) -> list[str]:
+    """The permission violations the server of `per_role_server(tmp_path)` logged."""
+    return [line for line in (tmp_path / "nats.log").read_text().splitlines() if "Violation" in line]

@@ -8,65 +8,50 @@ import asyncio
 import json
 from pathlib import Path
 
-import nats
 import pytest
 from click.testing import CliRunner
 
 from nodeheal.cli.main import cli
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import CloudSettings, KubeSettings, RemediatorSettings
-from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.kube import KubeWorld
-from tests.integration.deploy.natsauth_loader import load_natsauth
+from tests.integration.deploy.natsauth_loader import load_natsauth, per_role_server, violations
 from tests.integration.remediator.harness import add_inventory
 
 pytestmark = pytest.mark.nats
 
 
 async def test_a_batch_cordon_runs_with_the_admin_credential_and_no_violation(tmp_path: Path) -> None:
-    natsauth = load_natsauth()
-    bundle = natsauth.build()
-    (tmp_path / "auth.conf").write_text(bundle.server_config())
-    server_log = tmp_path / "nats.log"
-    with EmbeddedNats(config_file=str(tmp_path / "auth.conf"), log_file=str(server_log)) as server:
-        (tmp_path / "admin.creds").write_text(bundle.user_creds("admin"))
-        (tmp_path / "remediator.creds").write_text(bundle.user_creds("remediator"))
-        admin = NatsSettings(url=server.url)
-        nc = await nats.connect(server.url, user_credentials=str(tmp_path / "admin.creds"))
-        await apply_topology(nc.jetstream(), admin.topology())
-        async with KubeWorld() as world:
-            for node in ("b1", "b2"):
-                world.add_node(node, zone="z1", node_pool="batch-pool")
-                await add_inventory(nc, admin, node, zone="z1", node_pool="batch-pool")
-            service = RemediatorService(
-                RemediatorSettings(
-                    nats=NatsSettings(
-                        url=server.url,
-                        creds_file=str(tmp_path / "remediator.creds"),
-                        inbox_prefix=natsauth.inbox_prefix("remediator"),
-                    ),
-                    cluster="c1",
-                    instance="r-prod",
-                    ack_wait_s=3.0,
-                    retry_delay_s=0.5,
-                    kube=KubeSettings(api_url=world.url),
-                    cloud=CloudSettings(provider="none"),
-                )
+    async with per_role_server(tmp_path, "remediator") as (server, nc, admin), KubeWorld() as world:
+        for node in ("b1", "b2"):
+            world.add_node(node, zone="z1", node_pool="batch-pool")
+            await add_inventory(nc, admin, node, zone="z1", node_pool="batch-pool")
+        service = RemediatorService(
+            RemediatorSettings(
+                nats=NatsSettings(
+                    url=server.url,
+                    creds_file=str(tmp_path / "remediator.creds"),
+                    inbox_prefix=load_natsauth().inbox_prefix("remediator"),
+                ),
+                cluster="c1",
+                instance="r-prod",
+                ack_wait_s=3.0,
+                retry_delay_s=0.5,
+                kube=KubeSettings(api_url=world.url),
+                cloud=CloudSettings(provider="none"),
             )
-            await service.start()
-            try:
-                args = ["batch", "cordon", "--selector", "nodeheal.io/node-pool=batch-pool", "--max-parallel", "2"]
-                args += ["--json", "--cluster", "c1", "--kube-url", world.url, "--nats-url", server.url]
-                args += ["--creds", str(tmp_path / "admin.creds")]
-                result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
-            finally:
-                await service.stop()
-            cordoned = world.cordoned_nodes()
-        await nc.close()
+        )
+        await service.start()
+        try:
+            args = ["batch", "cordon", "--selector", "nodeheal.io/node-pool=batch-pool", "--max-parallel", "2"]
+            args += ["--json", "--cluster", "c1", "--kube-url", world.url, "--nats-url", server.url]
+            args += ["--creds", str(tmp_path / "admin.creds")]
+            result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
+        finally:
+            await service.stop()
+        cordoned = world.cordoned_nodes()
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["summary"] == {"done": 2}
     assert cordoned == ["b1", "b2"]
-    violations = [line for line in server_log.read_text().splitlines() if "Violation" in line]
-    assert violations == []
+    assert violations(tmp_path) == []

@@ -7,15 +7,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import nats
 import pytest
 
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import CloudSettings, KubeSettings, RemediatorSettings
-from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.sim.embedded import EmbeddedNats
-from tests.integration.deploy.natsauth_loader import load_natsauth
+from tests.integration.deploy.natsauth_loader import load_natsauth, per_role_server, violations
 from tests.integration.remediator.harness import (
     Agent,
     add_inventory,
@@ -30,16 +27,7 @@ pytestmark = pytest.mark.nats
 
 
 async def test_verification_works_under_the_remediator_role(tmp_path: Path) -> None:
-    natsauth = load_natsauth()
-    bundle = natsauth.build()
-    (tmp_path / "auth.conf").write_text(bundle.server_config())
-    server_log = tmp_path / "nats.log"
-    with EmbeddedNats(config_file=str(tmp_path / "auth.conf"), log_file=str(server_log)) as server:
-        (tmp_path / "admin.creds").write_text(bundle.user_creds("admin"))
-        (tmp_path / "remediator.creds").write_text(bundle.user_creds("remediator"))
-        admin = NatsSettings(url=server.url)
-        nc = await nats.connect(server.url, user_credentials=str(tmp_path / "admin.creds"))
-        await apply_topology(nc.jetstream(), admin.topology())
+    async with per_role_server(tmp_path, "remediator") as (server, nc, admin):
         agent = Agent()
         await agent.serve(nc, admin, "p1")
         await add_inventory(nc, admin, "p1")
@@ -47,7 +35,7 @@ async def test_verification_works_under_the_remediator_role(tmp_path: Path) -> N
             nats=NatsSettings(
                 url=server.url,
                 creds_file=str(tmp_path / "remediator.creds"),
-                inbox_prefix=natsauth.inbox_prefix("remediator"),
+                inbox_prefix=load_natsauth().inbox_prefix("remediator"),
             ),
             cluster="c1",
             instance="r-prod",
@@ -76,9 +64,7 @@ async def test_verification_works_under_the_remediator_role(tmp_path: Path) -> N
             await task
             await service.stop()
         records = [r for r in await audit_records(nc, admin) if r.node == "p1"]
-        await nc.close()
     assert verified.action == "restart_service" and "healthy agent probe" in verified.reason
     assert not [r for r in records if r.action == "reboot"]  # verification did not "fail" up the ladder
     assert [c.target for c in agent.commands] == ["kubelet"]
-    violations = [line for line in server_log.read_text().splitlines() if "Violation" in line]
-    assert violations == []
+    assert violations(tmp_path) == []
