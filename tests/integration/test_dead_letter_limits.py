@@ -30,43 +30,25 @@ async def test_one_source_over_its_rate_is_dropped_and_counted_others_are_kept(
     now = [0.0]
     limiter = DeadLetterLimiter(rate_per_s=1.0, burst=5.0, clock=lambda: now[0])
     dropped_before = dropped()
-    kept = [
-        await dead_letter(
+
+    async def letter(raw: bytes, subject: str) -> object:
+        return await dead_letter(
             js,
             service="limits-test",
             reason="bad",
-            raw=b"x",
-            subject="flood",
+            raw=raw,
+            subject=subject,
             prefix=topology_ready.prefix,
             limiter=limiter,
         )
-        for _ in range(20)
-    ]
+
+    kept = [await letter(b"x", "flood") for _ in range(20)]
     assert sum(ack is not None for ack in kept) == 5  # the burst
     assert dropped() == dropped_before + 15
-    other = await dead_letter(
-        js,
-        service="limits-test",
-        reason="bad",
-        raw=b"y",
-        subject="quiet",
-        prefix=topology_ready.prefix,
-        limiter=limiter,
-    )
+    other = await letter(b"y", "quiet")
     assert other is not None  # per source: the flood does not silence another sender
     now[0] += 2.0  # two tokens back
-    later = [
-        await dead_letter(
-            js,
-            service="limits-test",
-            reason="bad",
-            raw=b"x",
-            subject="flood",
-            prefix=topology_ready.prefix,
-            limiter=limiter,
-        )
-        for _ in range(3)
-    ]
+    later = [await letter(b"x", "flood") for _ in range(3)]
     assert sum(ack is not None for ack in later) == 2
     assert await stored(js, topology_ready) == 5 + 1 + 2
 
