@@ -143,7 +143,7 @@ def demo(
         console.print(
             f"Error: demo failed: {exc.reason} (what it measured: {exc.partial})", highlight=False, soft_wrap=True
         )
-        raise SystemExit(1) from None
+        raise SystemExit(130 if exc.interrupted else 1) from None
     except Exception as exc:
         raise click.ClickException(f"demo failed: {exc}") from exc
     json_path = report_path.with_suffix(".json")

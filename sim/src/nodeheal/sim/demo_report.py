@@ -387,8 +387,10 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
     simulator = report["run"]["simulator"]
     if simulator.get("kept_interval") is False:
         console.print(
-            f"[bold]simulator fell behind[/]: probes up to {simulator['max_lag_behind_interval_s']:.1f}s late against "
-            f"a {report['run']['probe_interval_s']:g}s interval (the real agent code costs "
+            f"[bold]simulator could not keep the interval[/]: every node probed every "
+            f"{simulator.get('effective_interval_s', 0.0):.1f}s on average (longest gap "
+            f"{simulator.get('effective_interval_max_s', 0.0):.1f}s) against the requested "
+            f"{report['run']['probe_interval_s']:g}s (the real agent code costs "
             f"{simulator.get('agent_collect_cpu_us_per_probe')} µs CPU per probe here)",
             highlight=False,
         )

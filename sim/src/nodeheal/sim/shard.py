@@ -63,6 +63,11 @@ def _counters(sim: Any) -> dict[str, Any]:
         "collect_s": stats.collect_s,
         "lag_s_max": stats.lag_s_max,
         "lag_s_last": stats.lag_s_last,
+        "interval_sum_s": stats.interval_sum_s,
+        "intervals": stats.intervals,
+        "interval_max_s": stats.interval_max_s,
+        "interval_last_s": stats.interval_last_s,
+        "stretched_s": stats.stretched_s,
         "flush_wait_s": stats.flush_wait_s,
         "flush_wait_s_max": stats.flush_wait_s_max,
         "flush_timeouts": stats.flush_timeouts,
@@ -74,6 +79,9 @@ def run_shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> 
     if sys.platform == "linux":  # a shard never outlives the demo process, however that ends
         with contextlib.suppress(Exception):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    # Ctrl-C in a terminal reaches every process of the group: the demo process stops its shards itself
+    # (after taking their counters), and a shard whose demo is gone dies by PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if plan.nice > 0:
         with contextlib.suppress(OSError):
             os.nice(plan.nice)
@@ -144,6 +152,7 @@ class ProbeShards:
         self._sent: dict[str, dict[str, Any]] = {}
         self._filled_at: dict[str, float] = {}
         self.progress: dict[int, dict[str, Any]] = {}  # shard → its latest counters
+        self._stopping = False
 
     def pids(self) -> dict[str, int | None]:
         return {f"sim-shard-{i}": proc.pid for i, proc in enumerate(self.procs)}
@@ -164,7 +173,7 @@ class ProbeShards:
             for key, value in counters.items():
                 out[key] = (
                     max(out.get(key, 0), value)
-                    if key.startswith(("lag_", "flush_wait_s_max"))
+                    if key.startswith(("lag_", "flush_wait_s_max", "interval_max_s", "interval_last_s", "stretched_s"))
                     else (out.get(key, 0) + value)
                 )
         return out
@@ -173,11 +182,17 @@ class ProbeShards:
         return [i for i, proc in enumerate(self.procs) if not proc.is_alive()]
 
     def wait_ready(self, *, timeout_s: float) -> None:
-        """Block until every shard is connected and probing (spawning and importing take a while)."""
+        """Block until every shard is connected and probing (spawning and importing take a while); returns
+        early when `stop` was called meanwhile (a run interrupted during start-up)."""
         deadline = time.monotonic() + timeout_s
         for index, pipe in enumerate(self.pipes):
-            left = max(0.0, deadline - time.monotonic())
-            if not pipe.poll(left) or pipe.recv() != "ready":
+            while not self._stopping and not pipe.poll(0.2):
+                if time.monotonic() > deadline:
+                    msg = f"probe shard {index} did not start within {timeout_s:.0f}s"
+                    raise RuntimeError(msg)
+            if self._stopping:
+                return
+            if pipe.recv() != "ready":
                 msg = f"probe shard {index} did not start within {timeout_s:.0f}s"
                 raise RuntimeError(msg)
 
@@ -201,22 +216,24 @@ class ProbeShards:
         self.poll_progress()
 
     def stop(self, *, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-        """Stop every shard; their final counters (once: a second call returns nothing)."""
+        """Stop every shard within `timeout_s` in all (then they are killed); their final counters (once:
+        a second call returns nothing)."""
+        self._stopping = True
         out: list[dict[str, Any]] = []
         if not self.procs:
             return out
         for pipe in self.pipes:
             with contextlib.suppress(Exception):
                 pipe.send("stop")
+        deadline = time.monotonic() + timeout_s
         for pipe, proc in zip(self.pipes, self.procs, strict=True):
-            deadline = time.monotonic() + timeout_s
             with contextlib.suppress(Exception):
                 while pipe.poll(max(0.0, deadline - time.monotonic())):
                     message = pipe.recv()
                     if isinstance(message, dict) and "final" in message:
                         out.append(message["final"])
                         break
-            proc.join(timeout=5)
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
         self.procs, self.pipes = [], []
