@@ -303,6 +303,7 @@ def _add_counters(sim: FleetSimulator, counters: dict[str, Any]) -> None:
     stats.publish_errors += int(counters["publish_errors"])
     stats.collected += int(counters["collected"])
     stats.collect_s += counters["collect_s"]
+    stats.collect_timed += int(counters.get("collect_timed", 0))
     stats.lag_s_max = max(stats.lag_s_max, counters["lag_s_max"])
     stats.lag_s_last = max(stats.lag_s_last, counters.get("lag_s_last", 0.0))
     stats.flush_wait_s += counters.get("flush_wait_s", 0.0)
@@ -346,7 +347,10 @@ def _sim_section(sim: FleetSimulator, *, interval_s: float, live: dict[str, floa
         "agent_probes_collected": collected,
         # the real ProbeCollector over the simulated host, plus encoding the probe
         "agent_collect_cpu_us_per_probe": round(
-            1e6 * (stats.collect_s + live.get("collect_s", 0.0)) / max(1, collected), 1
+            1e6
+            * (stats.collect_s + live.get("collect_s", 0.0))
+            / max(1, stats.collect_timed + live.get("collect_timed", 0)),
+            1,
         ),
         # what the nodes really got: the measured gap between two probes of a node, averaged over every
         # node and probe (the cadence stretches evenly when the machine cannot keep the requested one)

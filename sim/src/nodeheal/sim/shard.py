@@ -61,6 +61,7 @@ def _counters(sim: Any) -> dict[str, Any]:
         "publish_errors": stats.publish_errors,
         "collected": stats.collected,
         "collect_s": stats.collect_s,
+        "collect_timed": stats.collect_timed,
         "lag_s_max": stats.lag_s_max,
         "lag_s_last": stats.lag_s_last,
         "interval_sum_s": stats.interval_sum_s,
