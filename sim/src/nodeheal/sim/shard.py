@@ -21,6 +21,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -153,19 +154,27 @@ class ProbeShards:
         self._sent: dict[str, dict[str, Any]] = {}
         self._filled_at: dict[str, float] = {}
         self.progress: dict[int, dict[str, Any]] = {}  # shard → its latest counters
+        self.finals: dict[int, dict[str, Any]] = {}  # shard → its final counters (sent when it stopped)
         self._stopping = False
+        # the pipes are read by the event loop (progress) and by `stop` in a worker thread: one at a time
+        self._reading = threading.Lock()
 
     def pids(self) -> dict[str, int | None]:
         return {f"sim-shard-{i}": proc.pid for i, proc in enumerate(self.procs)}
 
     def poll_progress(self) -> None:
         """Read the counters the shards sent since the last call (never blocks)."""
-        for index, pipe in enumerate(self.pipes):
-            with contextlib.suppress(EOFError, OSError):
-                while pipe.poll(0):
-                    message = pipe.recv()
-                    if isinstance(message, dict) and "progress" in message:
-                        self.progress[index] = message["progress"]
+        with self._reading:
+            for index, pipe in enumerate(self.pipes):
+                with contextlib.suppress(EOFError, OSError):
+                    while pipe.poll(0):
+                        self._take(index, pipe.recv())
+
+    def _take(self, index: int, message: Any) -> None:
+        if isinstance(message, dict) and "progress" in message:
+            self.progress[index] = message["progress"]
+        elif isinstance(message, dict) and "final" in message:
+            self.finals[index] = message["final"]
 
     def totals(self) -> dict[str, float]:
         """The shards' latest counters added up (lags: the largest)."""
@@ -199,6 +208,8 @@ class ProbeShards:
 
     def sync(self, nodes: list[SimNode], *, interval_s: float) -> None:
         """Send each shard the changed state of its nodes (and their new kernel lines)."""
+        if self._stopping:
+            return
         batches: dict[int, list[tuple[str, dict[str, Any], list[str]]]] = {}
         now = time.time()
         for node in nodes:
@@ -217,25 +228,23 @@ class ProbeShards:
         self.poll_progress()
 
     def stop(self, *, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-        """Stop every shard within `timeout_s` in all (then they are killed); their final counters (once:
-        a second call returns nothing)."""
+        """Stop every shard within `timeout_s` in all (then they are killed); their final counters — for a
+        shard that did not send them in time, its latest progress counters — once (a second call returns
+        nothing)."""
         self._stopping = True
-        out: list[dict[str, Any]] = []
         if not self.procs:
-            return out
+            return []
         for pipe in self.pipes:
             with contextlib.suppress(Exception):
                 pipe.send("stop")
         deadline = time.monotonic() + timeout_s
-        for pipe, proc in zip(self.pipes, self.procs, strict=True):
-            with contextlib.suppress(Exception):
-                while pipe.poll(max(0.0, deadline - time.monotonic())):
-                    message = pipe.recv()
-                    if isinstance(message, dict) and "final" in message:
-                        out.append(message["final"])
-                        break
+        for index, (pipe, proc) in enumerate(zip(self.pipes, self.procs, strict=True)):
+            with self._reading, contextlib.suppress(Exception):
+                while index not in self.finals and pipe.poll(max(0.0, deadline - time.monotonic())):
+                    self._take(index, pipe.recv())
             proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
+        out = [self.finals.get(i, self.progress.get(i)) for i in range(len(self.procs))]
         self.procs, self.pipes = [], []
-        return out
+        return [counters for counters in out if counters]
