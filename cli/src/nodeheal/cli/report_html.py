@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from nodeheal.cli.timeline import Incident, NodeTimeline, OperatorRequest, Timeline
+from nodeheal.cli.timeline import ActionEntry, Incident, NodeTimeline, OperatorRequest, Timeline
 
 MAX_NODE_PLOTS: Final = 200
 """Nodes drawn one by one; beyond this the report lists the rest (the JSON has them all)."""
@@ -69,6 +69,19 @@ def _mark(
             showlegend=False,
         )
     )
+
+
+def _phases(fig: go.Figure, *, lane: str, action: ActionEntry, who: str = "") -> None:
+    """One mark per audit phase of an action, coloured by phase."""
+    for p in action.phases:
+        _mark(
+            fig,
+            lane=lane,
+            at=p.at,
+            colour=_PHASE_COLOURS.get(p.phase, "#333"),
+            text=f"{who}{action.action} {p.phase}: {html.escape(p.reason)}",
+            label=p.phase,
+        )
 
 
 def node_figure(
@@ -142,16 +155,7 @@ def node_figure(
                 symbol="square",
             )
         for action in inc.actions:
-            name = lane(f"audit {action.action}" + (" (dry run)" if action.dry_run else ""))
-            for p in action.phases:
-                _mark(
-                    fig,
-                    lane=name,
-                    at=p.at,
-                    colour=_PHASE_COLOURS.get(p.phase, "#333"),
-                    text=f"{action.action} {p.phase}: {html.escape(p.reason)}",
-                    label=p.phase,
-                )
+            _phases(fig, lane=lane(f"audit {action.action}" + (" (dry run)" if action.dry_run else "")), action=action)
         if inc.recovered_at:
             _mark(
                 fig,
@@ -186,15 +190,7 @@ def node_figure(
         )
         for action in rq.actions:
             name = lane(f"operator {action.action}" + (" (dry run)" if action.dry_run else ""))
-            for p in action.phases:
-                _mark(
-                    fig,
-                    lane=name,
-                    at=p.at,
-                    colour=_PHASE_COLOURS.get(p.phase, "#333"),
-                    text=f"operator {action.action} {p.phase}: {html.escape(p.reason)}",
-                    label=p.phase,
-                )
+            _phases(fig, lane=name, action=action, who="operator ")
     fig.update_layout(
         title=f"{node.cluster}/{node.node}",
         height=140 + 34 * max(3, len(lanes)),
