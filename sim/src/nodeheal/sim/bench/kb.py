@@ -141,6 +141,8 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             "round3_all": accuracy(None, 3),
             "round3_train": accuracy("train", 3),
             "fresh_test": accuracy("test", 3),
+            # round 4 (kb-293…): all held out, committed after the round-3 rules were final
+            "round4_test": accuracy("test", 4),
             "samples": accuracy("samples"),
         },
         "per_class": per_class,
