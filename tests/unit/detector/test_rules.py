@@ -471,3 +471,22 @@ def test_a_fleet_probing_at_its_configured_interval_keeps_the_configured_silence
         every = min(6 * INTERVAL, every * 1.1)
     assert drain(det) == []
     assert det.cadence_s == 4 * INTERVAL
+
+
+def test_a_fleet_whose_cadence_jumps_past_the_timeout_is_found_silent_once_then_learnt() -> None:
+    """Every node's cadence jumps from 10 s to 30 s at once (a simulator's machine suddenly busy): each node
+    is found silent once, before the new cadence is known; the gaps across those silences teach it, and
+    the storm stops instead of repeating at every round."""
+    det = make()
+    nodes = [f"n{i}" for i in range(1000)]
+    t = T0
+    for _ in range(3):
+        t = _fleet_round(det, t, nodes, every=INTERVAL)
+    for _ in range(3):
+        t = _fleet_round(det, t, nodes, every=3 * INTERVAL)
+    firing = [a for a in drain(det) if a[1] == "firing"]
+    assert 0 < len(firing) <= len(nodes)
+    assert det.cadence_s == pytest.approx(3 * INTERVAL, rel=0.05)
+    for _ in range(5):
+        t = _fleet_round(det, t, nodes, every=3 * INTERVAL)
+    assert [a for a in drain(det) if a[1] == "firing"] == []

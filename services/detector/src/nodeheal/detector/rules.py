@@ -203,7 +203,7 @@ class Detector:
             self._observe_agent(node, p, now)
 
     def _note_gap(self, gap: float) -> None:
-        """One gap between two agent probes of a node (not across a silence). Every `CADENCE_EVERY` gaps
+        """One gap between two agent probes of a node. Every `CADENCE_EVERY` gaps
         the fleet's cadence is the median of the last `CADENCE_SAMPLES` (robust to a rack coming back
         after a partition), and the silence timeout follows it when it is longer than configured: a
         fleet whose agents all probe every 20 s is not "down" after 2.5 × 5 s."""
@@ -245,7 +245,10 @@ class Detector:
         if node.silence is not None:
             self._resolve_key(node, node.silence, now)
             node.silence = None
-        elif node.last_agent_t and t > node.last_agent_t:
+        # every gap counts, also one across a silence: when the whole fleet's cadence jumped past the
+        # timeout, every node is "silent" at each probe and only these gaps can teach the new cadence (a
+        # node really back from the dead is one outlier among the 2,048 the median is taken over)
+        if node.last_agent_t and t > node.last_agent_t:
             self._note_gap(t - node.last_agent_t)
         node.last_agent_t = t
         conds = node.conds
