@@ -279,9 +279,11 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
         "by_class": by_class_out,
         "accuracy_by_class": accuracy_by_class,
         "policy": {
-            "budget_violations": record.world.get("budget_violations", 0),
-            "budget_violations_by_domain": record.world.get("budget_violations_by_domain", {}),
-            "violation_samples": record.world.get("violation_samples", []),
+            # the referee's count (sim/referee.py): nodes nodeheal holds disrupted, handed-over ones apart
+            "budget_violations": (record.extra.get("safety") or {}).get("budget_exceedances", 0),
+            "budget_violations_by_domain": (record.extra.get("safety") or {}).get("budget_exceedances_by_domain", {}),
+            "violation_samples": (record.extra.get("safety") or {}).get("budget_exceedance_samples", []),
+            "handed_to_people": (record.extra.get("safety") or {}).get("handed_to_people"),
             "reboots_in_partition": (record.extra.get("safety") or record.world).get("reboots_in_partition", 0),
             "blocked": len(blocked),
             "blocked_by_check": dict(sorted(blocked_by.items())),
