@@ -396,6 +396,7 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         )
     if report.get("safety"):
         console.print(f"safety (independent referee): {_safety_line(report)}", highlight=False)
+        console.print(f"handed to people, still cordoned: {_handed_line(report)}", highlight=False)
     if report.get("security"):
         console.print(f"security: {_security_line(report)}", highlight=False)
     if report.get("chaos"):
@@ -415,6 +416,15 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         ),
         highlight=False,
     )
+
+
+def _handed_line(report: dict[str, Any]) -> str:
+    """Capacity lost to people's queues (informational): per pool, nodes escalated and still cordoned."""
+    handed = (report.get("safety") or {}).get("handed_to_people") or {}
+    at_end, most = handed.get("by_pool_at_end") or {}, handed.get("by_pool_max") or {}
+    if not most:
+        return "none"
+    return ", ".join(f"pool {pool} {at_end.get(pool, 0)} at the end (at most {n})" for pool, n in sorted(most.items()))
 
 
 def _safety_line(report: dict[str, Any]) -> str:
@@ -519,6 +529,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
 {pol["reboots_in_partition"]}, actions blocked by policy {pol["blocked"]}
 {html.escape(str(pol["blocked_by_check"]))}</p>
 <h2>Safety (independent referee)</h2><p>{html.escape(_safety_line(report))}</p>
+<p>Handed to people, still cordoned (capacity lost to people's queues, not a violation):
+{html.escape(_handed_line(report))}</p>
 <h2>Security</h2><p>{html.escape(_security_line(report))}</p>
 <h2>Chaos: lost faults and repeated side effects</h2><p>{html.escape(_chaos_line(report))}</p>
 <h2>Fleet</h2><p>crash rate {fl["crash_rate"]}, schedulable {fl["schedulable_rate"]:.1%},
