@@ -184,7 +184,7 @@ class DemoWorld:
     # ------------------------------------------------------------------ ticking and refereeing
 
     def sample(self) -> None:
-        """Called about twice a second by the demo: sync Kubernetes, check budgets, record health."""
+        """Called about twice a second by the demo: sync Kubernetes, log disruption changes, record health."""
         self.ecs.tick()
         for node in self.sim.touched:  # every other node is as it started: Ready
             ready = node.powered and not node.partitioned and not node.hung and node.services["kubelet"] == "active"
