@@ -250,3 +250,12 @@ def test_a_third_node_over_the_budget_is_an_exceedance_unless_handed_over() -> N
         judge(audit=[*audit, *again], world=_pool_of_two(THREE_CORDONED), truth=[], run_end=END)["budget_exceedances"]
         == 1
     )
+
+
+def test_side_effects_after_the_window_are_not_judged() -> None:
+    """AUDIT is read up to the run's end; a reboot the remediator does while the demo builds its report has
+    its intent after the window too: not a side effect without intent."""
+    log = world(ecs_calls=[call("RebootInstance", 604)], kube_effects=[(at(603).timestamp(), NODE, "cordon")])
+    assert judge(audit=[], world=log, truth=[FAULT], run_end=END)["all_zero"]
+    # inside the window, the same call without an intent is counted
+    assert judge(audit=[], world=log, truth=[FAULT], run_end=at(700).timestamp())["actions_without_intent"] == 2

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -213,9 +213,26 @@ def _has_intent(intents: dict[tuple[str, str], list[float]], node: str, actions:
     return any(t <= at + SKEW_S for action in actions for t in intents.get((node, action), ()))
 
 
+def _until(world: WorldLog, end: float) -> WorldLog:
+    """The side effects up to `end`, the end of the window AUDIT was read for: the services keep acting while
+    the demo stops the simulator and reads the streams (seconds at 50,000 nodes), and what they do after the
+    window has its intent after it too (a RebootInstance 4 s after the window, its intent 0.1 s before the
+    call, was counted as without intent in a 50,000-node run)."""
+    return replace(
+        world,
+        ecs_calls=[c for c in world.ecs_calls if _ts(c.at) <= end],
+        ecs_changes=[c for c in world.ecs_changes if _ts(c.at) <= end],
+        kube_effects=[e for e in world.kube_effects if e[0] <= end],
+        node_commands=[c for c in world.node_commands if float(c.get("at", 0.0)) <= end],
+        disruptions=[d for d in world.disruptions if d[0] <= end],
+    )
+
+
 def judge(
     *, audit: list[RemediationRecord], world: WorldLog, truth: list[InjectedFault], run_end: float
 ) -> dict[str, Any]:
+    """The `safety` section: every figure of the module docstring, over the side effects up to `run_end`."""
+    world = _until(world, run_end)
     intents = _intents(audit)
     intent_ids = {r.action_id for r in audit if r.phase == "intent" and not r.dry_run}
     examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
