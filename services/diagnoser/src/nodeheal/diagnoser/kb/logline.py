@@ -44,3 +44,51 @@ def split_line(raw: str) -> LogLine:
     else:
         text = _DMESG_DATE.sub("", text, count=1)
     return LogLine(raw=raw, message=text.rstrip(), uptime_s=uptime)
+
+
+MAX_CONTINUATIONS = 4
+_CONTINUES = re.compile(r"^[a-z0-9\[(/]")
+
+
+def _has_prefix(raw: str) -> bool:
+    text = raw.strip()
+    return bool(text) and split_line(raw).message != text
+
+
+def is_continuation(head: str, line: str) -> bool:
+    """Is `line` the rest of `head`, cut off by a mailer, bug tracker or web page that wraps at ~80 columns?
+
+    The cut-off part carries no log prefix of its own (no time stamp, host or program), does not start
+    with white space (an indented line is the kernel's own layout: frames, register dumps, `systemctl status`
+    fields) and starts the way a cut message goes on: lower case, a digit, `[comm:pid]`, `(`, a path. A
+    line starting upper case is a message of its own (`Oops: …` pasted after another report). After an
+    unprefixed head, only when the head did not end a sentence.
+    """
+    if not line.strip() or line[:1].isspace() or not head.strip() or not _CONTINUES.match(line):
+        return False
+    if _has_prefix(line):
+        return False
+    return _has_prefix(head) or not head.rstrip().endswith((".", ":", ";"))
+
+
+def unwrap(lines: list[str] | tuple[str, ...]) -> list[str]:
+    """The lines with every wrapped message rejoined on its first line; same length, same order.
+
+    A head line followed by up to `MAX_CONTINUATIONS` continuation lines (`is_continuation`) becomes the
+    head and its continuations joined with single spaces; the continuation lines stay as they are, so the
+    line indices of the input still hold and nothing that matched before stops matching.
+    """
+    out = list(lines)
+    i = 0
+    while i < len(lines):
+        j = i + 1
+        while (
+            j < len(lines)
+            and j - i <= MAX_CONTINUATIONS
+            and is_continuation(lines[j - 1] if j > i + 1 else lines[i], lines[j])
+        ):
+            j += 1
+        if j > i + 1:
+            out[i] = " ".join([lines[i].rstrip(), *(line.strip() for line in lines[i + 1 : j])])
+        i = j
+    return out

@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nodeheal.diagnoser.kb.logline import split_line
+from nodeheal.diagnoser.kb.logline import split_line, unwrap
 from nodeheal.schemas.diagnosis import CrashSignature
 
 MAX_FRAMES = 6
@@ -335,10 +335,10 @@ def _panic_kind(panic: str) -> str:
 
 
 def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
-    """Every crash report in the input, in order."""
+    """Every crash report in the input, in order (wrapped header lines rejoined, `logline.unwrap`)."""
     reports: list[CrashReport] = []
     current: CrashReport | None = None
-    for index, raw in enumerate(lines):
+    for index, raw in enumerate(unwrap(list(lines))):
         message = split_line(raw).message
         if current is not None and index - current.start > MAX_REPORT_LINES:
             current = None
