@@ -4,7 +4,8 @@
   through `analyse()`; its primary class is compared with the label. Per-class precision / recall / F1,
   a confusion table (true → predicted, `none` when nothing matched), accuracy overall and split into
   `train` (excerpts whose misses were allowed to motivate rules) and `test` (held out: only judged), and
-  for the third round (`round: 3`) separately: `fresh_test` is its held-out half.
+  for the third round (`round: 3`) separately: `fresh_test` is its held-out half; rounds 4 and 5 (all
+  held out) each on their own.
 - buckets: every crash report cut from the excerpts; two reports are "the same bug" when their source
   says so (the excerpt's `group`, or several reports of one problem pasted in one excerpt). Pairwise
   precision / recall / F1 of the exact key (level 1) and of the similarity clusters (level 2).
@@ -143,6 +144,8 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             "fresh_test": accuracy("test", 3),
             # round 4 (kb-293…): all held out, committed after the round-3 rules were final
             "round4_test": accuracy("test", 4),
+            # round 5 (kb-300…): all held out, committed after the unwrapping step and before it was run on them
+            "round5_test": accuracy("test", 5),
             "samples": accuracy("samples"),
         },
         "per_class": per_class,
