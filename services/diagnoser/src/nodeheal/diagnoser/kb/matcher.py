@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nodeheal.diagnoser.kb.loader import KnowledgeBase, Rule
-from nodeheal.diagnoser.kb.logline import unwrap
+from nodeheal.diagnoser.kb.logline import rejoined
 from nodeheal.schemas.kernel import LOOKBACK_CLASSES, Category
 
 IO_ERROR_CLASSES: frozenset[str] = frozenset({"nvme_disk_io_error"})
@@ -98,15 +98,14 @@ class Matcher:
         """Findings in input order, with the look-back categories of ext4/xfs resolved.
 
         A line that matches nothing on its own is tried once more with the lines a mailer or web page
-        wrapped off it rejoined (`logline.unwrap`); its finding then carries the rejoined text.
+        wrapped off it rejoined (`logline.rejoined`); its finding then carries the rejoined text.
         """
         raw = list(lines)
-        joined = unwrap(raw)
         findings: list[Finding] = []
         for i, line in enumerate(raw):
             finding = self.match_line(line, index=i)
-            if finding is None and joined[i] != line:
-                finding = self.match_line(joined[i], index=i)
+            if finding is None and i + 1 < len(raw) and (joined := rejoined(raw, i)) is not None:
+                finding = self.match_line(joined, index=i)
             if finding is not None:
                 findings.append(finding)
         return resolve_lookback(findings)
