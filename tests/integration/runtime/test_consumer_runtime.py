@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -244,3 +245,31 @@ async def test_a_message_cancelled_at_shutdown_is_neither_acked_nor_dead_lettere
     info = await js.consumer_info(spec(topology_ready).stream, "fuzzed")
     assert info.num_ack_pending == 1
     assert await dead_letters(js, topology_ready, "fuzzed") == []
+
+
+async def test_an_idle_consumer_logs_no_error(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty stream's fetches time out: faststream's pull loop ends and starts again, which it used
+    to log as an error with a `TimeoutError` traceback at every service start (an operator reads it as
+    a failure). Nothing failed, so nothing at INFO or above is logged; the loop still consumes."""
+    handled: list[str] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        handled.append(item.id)
+
+    caplog.set_level(logging.INFO)
+    runtime.consume(spec(topology_ready, fetch_timeout_s=0.1), handle)
+    await runtime.start()
+    await asyncio.sleep(1.5)  # several idle fetches
+    noisy = [r for r in caplog.records if r.name == "nodeheal.fuzzed.consumers" and r.levelno >= logging.INFO]
+    assert noisy == [], [r.getMessage()[:120] for r in noisy]
+    assert runtime.liveness() == (True, "ok")
+    item = anomaly("n4", "node_down")
+    subject = f"{topology_ready.prefix}.anomaly.c1.n4"
+    await nc.jetstream().publish(subject, item.to_json(), headers={"Nats-Msg-Id": item.id})
+
+    async def consumed() -> bool:
+        return handled == [item.id]
+
+    await eventually(consumed, within_s=10.0)
