@@ -481,6 +481,7 @@ class Diagnoser:
         anomaly_ids = tuple(ctx.episode_ids) or tuple(a.id for a in ctx.firing.values())
         kinds = tuple(sorted({a.kind for a in ctx.firing.values()}))
         episode = ctx.episode_ids[0] if ctx.episode_ids else anomaly_ids[0]
+        own = {a.id for a in ctx.anomalies if f"/{CRASH_EPISODE_KEY}/" in a.anomaly_key}
         diagnosis_id = deterministic_id(
             ctx.key,
             episode,
@@ -488,6 +489,8 @@ class Diagnoser:
             decision.category,
             ",".join(r.action for r in decision.recommended),
             correlation.finding_id if correlation else "",
+            # said again, under another id, once the first real anomaly joins a crash report's episode
+            *(("report-only",) if set(anomaly_ids) <= own else ()),
             prefix="diag-",
         )
         evidence = list(decision.evidence)
@@ -736,7 +739,21 @@ def _fleet_evidence(correlation: FleetCorrelation) -> Evidence:
     )
 
 
+def _report_only(diagnosis: Diagnosis) -> bool:
+    """Every anomaly the diagnosis names is a crash report's own episode (`_open_crash_episode`): the
+    machine came back before any anomaly of the detector said so (e.g. the detector was restarting)."""
+    own = {
+        deterministic_id("crash-report", e.ref, prefix="anomaly-")
+        for e in diagnosis.evidence
+        if e.kind == "crash_report" and e.ref
+    }
+    return bool(diagnosis.anomaly_ids) and set(diagnosis.anomaly_ids) <= own
+
+
 def _fingerprint(diagnosis: Diagnosis) -> str:
+    """What makes a verdict new. A crash report's own episode joined by its first real anomaly (the
+    detector's unexpected_reboot, late) is said once more, naming it: a reader of the streams sees the
+    reboot diagnosed (same episode, verdict and ladder, so the remediator's ladder continues)."""
     parts = [
         diagnosis.cause,
         diagnosis.category,
@@ -744,4 +761,6 @@ def _fingerprint(diagnosis: Diagnosis) -> str:
         diagnosis.fleet_correlation.finding_id if diagnosis.fleet_correlation else "",
         diagnosis.crash_signature.bucket if diagnosis.crash_signature else "",
     ]
+    if _report_only(diagnosis):
+        parts.append("report-only")
     return hashlib.sha1("|".join(parts).encode(), usedforsecurity=False).hexdigest()
