@@ -29,6 +29,7 @@ from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
 
 CRASH_EPISODE_KEY = "crash_report"
+PLANNED_REBOOT = "planned_reboot"
 """anomaly_key part of the episode a hardware crash report opens when nothing fires on its node"""
 CRASH_EVIDENCE_MAX_AGE = timedelta(minutes=10)
 """A crash report's evidence counts as this old at most when it is found (kernel look-back: 30 min)."""
@@ -397,6 +398,13 @@ class Diagnoser:
                 return Outcome(hold_until=hold_until)
         decision = decide(ctx=ctx, fleet=self.fleet, now=now, config=self.config.decision, rank=self._rank)
         if decision is None:
+            return Outcome()
+        last = ctx.published
+        if decision.cause == PLANNED_REBOOT and last is not None and not last.resolved and last.cause != PLANNED_REBOOT:
+            # the downtime of our own action inside an open episode changes nothing about what is wrong
+            # with the node: the verdict stands (the remediator is verifying its action). Saying
+            # "planned_reboot" would supersede the ladder, and the verdict said again when the node is
+            # back has the first one's id — dropped as a duplicate — so the ladder ended at "none".
             return Outcome()
         correlation = self._correlation_for(ctx, decision)
         diagnosis = self._diagnosis(ctx, decision, correlation, now=now)
