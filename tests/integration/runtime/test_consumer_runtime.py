@@ -4,6 +4,7 @@ reason and the loop goes on; a transient failure is redelivered; a dead loop fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -273,3 +274,37 @@ async def test_an_idle_consumer_logs_no_error(
         return handled == [item.id]
 
     await eventually(consumed, within_s=10.0)
+
+
+async def test_a_service_whose_start_fails_fails_healthz(topology_ready: NatsSettings) -> None:
+    """The chaos demo's silent remediator: its start timed out while the nats-server was being killed,
+    faststream's startup hook failed, and the process went on serving HTTP with no consumers while
+    `/healthz` said 200 — nothing restarts such a pod. A failed start fails `/healthz`."""
+
+    async def start() -> None:
+        raise TimeoutError("nats: timeout")
+
+    shell = make_broker(topology_ready, name="pytest-failing-start")
+    app = build_asgi(shell, after_startup=[start])
+    sent: list[dict[str, object]] = []
+    incoming: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    await incoming.put({"type": "lifespan.startup"})
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, incoming.get, send))
+    try:
+        await eventually(lambda: _async(bool(sent)), within_s=20.0)
+        status, body = await asgi_get(app, "/healthz")
+        assert status == 503 and "start failed" in body
+    finally:
+        lifespan.cancel()
+        with contextlib.suppress(BaseException):
+            await lifespan
+        with contextlib.suppress(Exception):
+            await shell.stop()
+
+
+async def _async(value: bool) -> bool:
+    return value

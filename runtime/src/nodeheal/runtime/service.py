@@ -2,8 +2,8 @@
 side (`/healthz`, `/readyz`, `/metrics`) served with uvicorn next to the broker.
 
 `/healthz` answers 200 while the event loop runs and every consumer loop of the service is alive (a
-loop that died answers 503 so Kubernetes restarts the pod; NATS being away is never a reason: nats-py
-reconnects by itself); `/readyz` checks the broker connection and every readiness check the service
+loop that died, or a start hook that raised, answers 503 so Kubernetes restarts the pod; NATS being
+away is never a reason: nats-py reconnects by itself); `/readyz` checks the broker connection and every readiness check the service
 registered (e.g. its consumer exists).
 """
 
@@ -134,10 +134,22 @@ def build_asgi(
     asyncapi: Any = None,
 ) -> AsgiFastStream:
     registry = registry or prometheus_client.REGISTRY
+    failed: list[str] = []  # a start hook that raised: the process serves HTTP but consumes nothing
+
+    def guarded(hook: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        async def start() -> Any:
+            try:
+                return await hook()
+            except Exception as exc:
+                failed.append(f"start failed ({type(exc).__name__}: {str(exc)[:200]}); the process must be restarted")
+                logging.getLogger("nodeheal.runtime.service").exception("start failed; /healthz fails")
+                raise
+
+        return start
 
     @get
     async def healthz(request: Request) -> AsgiResponse:
-        problems = [detail for ok, detail in (check() for check in liveness) if not ok]
+        problems = [*failed, *(detail for ok, detail in (check() for check in liveness) if not ok)]
         if problems:
             return AsgiResponse("\n".join(problems).encode(), status_code=503)
         return AsgiResponse(b"ok", status_code=200)
@@ -166,7 +178,7 @@ def build_asgi(
             ("/metrics", prometheus_client.make_asgi_app(registry)),
         ],
         on_startup=on_startup,
-        after_startup=after_startup,
+        after_startup=[guarded(hook) for hook in after_startup],
         on_shutdown=on_shutdown,
         specification=asyncapi,
         asyncapi_path="/docs/asyncapi" if asyncapi is not None else None,
