@@ -75,6 +75,13 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
     help="Detector processes, each owning its share of a partitioned PROBES stream (docs/detector.md); "
     "0: one per 10,000 probes/s of the fleet, at most the CPUs.",
 )
+@click.option(
+    "--pool-budget",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Most nodes of a node pool under action at once (the remediator's pool budget; default 5, or 10 percent "
+    "of the pool if less); the referee counts against the same number.",
+)
 @nats_auth_options
 def demo(
     nodes: int,
@@ -95,6 +102,7 @@ def demo(
     agents_per_connection: int | None,
     sim_processes: int,
     detector_replicas: int,
+    pool_budget: int | None,
     nats_auth: NatsAuth,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
@@ -125,6 +133,7 @@ def demo(
         sim_processes=sim_processes,
         fail_if_behind=True,
         detector_replicas=detector_replicas,
+        pool_budget=pool_budget,
         nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )
     console = Console(stderr=True)

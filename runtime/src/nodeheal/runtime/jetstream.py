@@ -210,6 +210,23 @@ def _reader_config(start: datetime | None, next_seq: int) -> ConsumerConfig:
     )
 
 
+async def close_reader(js: JetStreamContext, sub: JetStreamContext.PullSubscription) -> None:
+    """Unsubscribe a reader and delete its ephemeral consumer now. nats-py's `unsubscribe()` leaves the
+    consumer on the server until its inactive threshold: a service that opens short-lived readers under a
+    storm (the remediator's verifications and audit reads) would otherwise pile up thousands of idle
+    consumers and meet the server's "maximum consumers limit reached"."""
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # the connection may be closing; the consumer expires by itself
+        log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})
+    stream, name = getattr(sub, "_stream", None), getattr(sub, "_consumer", None)
+    if stream and name:
+        try:
+            await js.delete_consumer(stream, name)
+        except Exception as exc:  # gone already, or the connection is closing: it expires by itself
+            log.debug("stream reader not deleted", extra={"stream": stream, "error": repr(exc)})
+
+
 async def follow_stream(
     js: JetStreamContext,
     *,
@@ -246,10 +263,7 @@ async def follow_stream(
             log.warning("stream reader lost; recreating", extra={"stream": stream, "error": repr(exc)})
             await asyncio.sleep(1.0)
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection may be closing; the consumer expires by itself
-                log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})
+            await close_reader(js, sub)
 
 
 async def read_stream(
@@ -269,10 +283,7 @@ async def read_stream(
             if msgs and msgs[-1].metadata.sequence.stream >= through_seq:
                 return out
     finally:
-        try:
-            await sub.unsubscribe()
-        except Exception as exc:
-            log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})
+        await close_reader(js, sub)
 
 
 DIRECT_BATCH_MAX = 1000

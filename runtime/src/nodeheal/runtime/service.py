@@ -3,8 +3,8 @@ side (`/healthz`, `/readyz`, `/metrics`) served with uvicorn next to the broker.
 
 `/healthz` answers 200 while the event loop runs and every consumer loop of the service is alive (a
 loop that died, or a start hook that raised, answers 503 so Kubernetes restarts the pod; NATS being
-away is never a reason: nats-py reconnects by itself); `/readyz` checks the broker connection and every readiness check the service
-registered (e.g. its consumer exists).
+away is never a reason: nats-py reconnects by itself); `/readyz` checks the broker connection and
+every readiness check the service registered (e.g. its consumer exists).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from nodeheal.sim.scale import (
     rates,
 )
 from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
-from nodeheal.sim.world import DemoWorld
+from nodeheal.sim.world import DEFAULT_BUDGETS, DemoWorld
 
 REPORT_ANOMALIES_LIMIT = 50_000
 """More anomalies than this in the run's window is a storm (at 1 KB on the wire and ≈ 14 KB once parsed
@@ -89,6 +89,7 @@ class DemoConfig:
     memory_limit_mb: float = 4096.0  # a process of the run above this is "fell behind" (issue 19)
     report_anomalies_limit: int = REPORT_ANOMALIES_LIMIT
     detector_replicas: int = 0  # detector processes over a partitioned PROBES; 0: by the fleet's probe rate
+    pool_budget: int | None = None  # the remediator's pool budget (most nodes of a pool under action); None: 5
     shard_nice: int = 0  # >0: probe shards run at this nice value (docs/demo.md: tried +5, starved on a shared machine)
 
 
@@ -128,6 +129,7 @@ def _service_table(
             "NODEHEAL_REMEDIATOR_POLICY__DRY_RUN": "true" if cfg.dry_run else "false",
             "NODEHEAL_REMEDIATOR_POLICY__APPROVAL_REQUIRED": "[]",
             "NODEHEAL_REMEDIATOR_POLICY__HOST_REBOOT_GUARD_S": str(world.maintenance_notice_s * 2),
+            "NODEHEAL_REMEDIATOR_POLICY__POOL_BUDGET__MAX_COUNT": str(world.budgets["pool"][0]),
         },
         "ingest": {
             "NODEHEAL_INGEST_ALIBABA__ENABLED": "true",
@@ -462,7 +464,10 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         spec = FleetSpec(nodes=cfg.nodes, seed=cfg.seed)
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
         sim = FleetSimulator(spec=spec, settings=settings, timings=timings, work_dir=run_dir / "nodes")
-        world = DemoWorld(sim=sim, timings=timings, region=spec.region)
+        budgets = dict(DEFAULT_BUDGETS)
+        if cfg.pool_budget is not None:  # the referee counts against the budget the remediator is given
+            budgets["pool"] = (cfg.pool_budget, DEFAULT_BUDGETS["pool"][1])
+        world = DemoWorld(sim=sim, timings=timings, region=spec.region, budgets=budgets)
         progress.sim, progress.world, progress.stage = sim, world, "starting the emulators"
         await stack.enter_async_context(world)
         # the inventory as the inventory watcher writes it, as its role
@@ -676,9 +681,9 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             node_commands=sim.executed_commands(),
             boots=list(sim.boots),
             dark=dict(sim.dark_spans),
-            budget_exceedances=sum(world.violations.values()),
-            budget_exceedances_by_domain=dict(world.violations),
+            disruptions=list(world.disruptions),
         )
+        world_log.node_domains, world_log.domain_limits = world.domain_limits({n for _, n, _ in world.disruptions})
         # after an anomaly storm (a machine that could not keep up), reading every anomaly back would make
         # this process the largest of the run: then only the anomalies of the nodes that had faults
         anomalies_stream = f"{settings.stream_prefix}ANOMALIES"

@@ -279,9 +279,11 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
         "by_class": by_class_out,
         "accuracy_by_class": accuracy_by_class,
         "policy": {
-            "budget_violations": record.world.get("budget_violations", 0),
-            "budget_violations_by_domain": record.world.get("budget_violations_by_domain", {}),
-            "violation_samples": record.world.get("violation_samples", []),
+            # the referee's count (sim/referee.py): nodes nodeheal holds disrupted, handed-over ones apart
+            "budget_violations": (record.extra.get("safety") or {}).get("budget_exceedances", 0),
+            "budget_violations_by_domain": (record.extra.get("safety") or {}).get("budget_exceedances_by_domain", {}),
+            "violation_samples": (record.extra.get("safety") or {}).get("budget_exceedance_samples", []),
+            "handed_to_people": (record.extra.get("safety") or {}).get("handed_to_people"),
             "reboots_in_partition": (record.extra.get("safety") or record.world).get("reboots_in_partition", 0),
             "blocked": len(blocked),
             "blocked_by_check": dict(sorted(blocked_by.items())),
@@ -394,6 +396,7 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         )
     if report.get("safety"):
         console.print(f"safety (independent referee): {_safety_line(report)}", highlight=False)
+        console.print(f"handed to people, still cordoned: {_handed_line(report)}", highlight=False)
     if report.get("security"):
         console.print(f"security: {_security_line(report)}", highlight=False)
     if report.get("chaos"):
@@ -413,6 +416,15 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
         ),
         highlight=False,
     )
+
+
+def _handed_line(report: dict[str, Any]) -> str:
+    """Capacity lost to people's queues (informational): per pool, nodes escalated and still cordoned."""
+    handed = (report.get("safety") or {}).get("handed_to_people") or {}
+    at_end, most = handed.get("by_pool_at_end") or {}, handed.get("by_pool_max") or {}
+    if not most:
+        return "none"
+    return ", ".join(f"pool {pool} {at_end.get(pool, 0)} at the end (at most {n})" for pool, n in sorted(most.items()))
 
 
 def _safety_line(report: dict[str, Any]) -> str:
@@ -517,6 +529,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
 {pol["reboots_in_partition"]}, actions blocked by policy {pol["blocked"]}
 {html.escape(str(pol["blocked_by_check"]))}</p>
 <h2>Safety (independent referee)</h2><p>{html.escape(_safety_line(report))}</p>
+<p>Handed to people, still cordoned (capacity lost to people's queues, not a violation):
+{html.escape(_handed_line(report))}</p>
 <h2>Security</h2><p>{html.escape(_security_line(report))}</p>
 <h2>Chaos: lost faults and repeated side effects</h2><p>{html.escape(_chaos_line(report))}</p>
 <h2>Fleet</h2><p>crash rate {fl["crash_rate"]}, schedulable {fl["schedulable_rate"]:.1%},
