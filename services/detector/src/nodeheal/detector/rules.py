@@ -810,6 +810,14 @@ class Detector:
             if stored_at is not None:
                 self._seeded_input = max(self._seeded_input, min(stored_at, now))
 
+    def seed_boot(self, cluster: str, node: str, boot_id: str | None) -> None:
+        """The boot id the node had as of what was processed before a restart (its last probe at or
+        before the probe durable's ack floor; None: no such probe), replacing the one `seed_last_probe`
+        took from a probe not processed yet — which is delivered again and compared with this."""
+        state = self.nodes.get(cluster + "/" + node)
+        if state is not None:
+            state.boot_id = boot_id
+
     def seeded(self, *, now: float) -> None:
         """The rebuild read the fleet's last probes: every seeded node knows since when it is silent, so no
         warm-up is needed; the feed counts as alive since its newest stored probe (a feed that has been

@@ -949,6 +949,18 @@ class Remediator:
             need_new_boot=run.rebooted(),
         )
         if outcome.ok:
+            # the proof is recorded (as `_settle` does): the episode ends verified, not with an action
+            # nobody was seen to check
+            sid = planner.action_id(diagnosis_id=run.episode, action="none", target=f"settle:{run.diagnosis.id}")
+            await self._record(
+                run,
+                diagnosis=run.diagnosis,
+                action_id=sid,
+                action="none",
+                phase="verified",
+                reason=f"{why}; re-evaluated: {outcome.detail}",
+                boot_id=outcome.boot_id,
+            )
             await self._finish(run)
         else:
             await self._escalate(run, reason=f"{why}, but the node is not healthy: {outcome.detail}", rung=0)
