@@ -43,6 +43,7 @@ from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import plan_faults
 from nodeheal.sim.fleet import FleetSpec
+from nodeheal.sim.liveness import Liveness
 from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, lost_and_repeated, security_section
 from nodeheal.sim.scale import (
     KEPT_INTERVAL_SLACK,
@@ -587,6 +588,11 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         # services read the whole inventory before they are ready: ~70 s at 50,000 nodes on 2 cores
         # (and a loaded machine can take a minute just to import them)
         await wait_ready(services, timeout_s=240.0 + cfg.nodes / 250)
+        # from here on a service whose /healthz fails is restarted, as the kubelet does with deploy/'s probes
+        chaos: Chaos | None = None
+        liveness = Liveness(services, paused=lambda: chaos.busy if chaos is not None else set())
+        liveness_task = asyncio.create_task(liveness.run(), name="demo-liveness")
+        stack.push_async_callback(_cancel, liveness_task)
         # progress counts from the streams' positions: the demo's own connection subscribes to nothing
         # the fleet produces, so it can never be the slow consumer of a 50,000-node run
         topo = settings.topology()
@@ -664,7 +670,6 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         t0 = time.time()
         fault_start = t0 + warmup_s
         fault_end = fault_start + cfg.duration_s
-        chaos: Chaos | None = None
         if cfg.chaos:
             chaos = Chaos(
                 plan=plan_chaos(
@@ -708,8 +713,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                     msg = f"probe shard(s) {shards.dead()} exited; the fleet's probes stopped"
                     raise RuntimeError(msg)
                 for svc in services:
-                    if chaos is not None and svc.name in chaos.busy:
-                        continue  # killed on purpose; chaos starts it again
+                    if (chaos is not None and svc.name in chaos.busy) or svc.name in liveness.restarting:
+                        continue  # killed on purpose; chaos (or the liveness probe) starts it again
                     if not svc.alive:
                         msg = f"service {svc.name} died; last log lines ({svc.log_path}):\n{svc.tail()}"
                         raise RuntimeError(msg)
@@ -798,6 +803,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         report["chaos"] = {
             "enabled": chaos is not None,
             **(chaos.summary() if chaos is not None else {"kills": 0, "restarted": 0, "events": []}),
+            **liveness.summary(),
             **lost_and_repeated(
                 fault_rows=report["fault_rows"],
                 world=world_log,

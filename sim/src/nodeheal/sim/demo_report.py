@@ -439,7 +439,12 @@ def _chaos_line(report: dict[str, Any]) -> str:
     if not chaos:
         return ""
     kills = f"{chaos.get('kills', 0)} kills, {chaos.get('restarted', 0)} restarted; " if chaos.get("enabled") else ""
-    return f"{kills}lost faults {chaos.get('lost_faults')}, repeated side effects {chaos.get('repeated_side_effects')}"
+    restarts = chaos.get("liveness_restarts") or 0
+    liveness = f"; {restarts} restarted by the liveness probe" if restarts else ""
+    return (
+        f"{kills}lost faults {chaos.get('lost_faults')}, repeated side effects {chaos.get('repeated_side_effects')}"
+        + liveness
+    )
 
 
 def _security_line(report: dict[str, Any]) -> str:
