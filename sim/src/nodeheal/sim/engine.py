@@ -48,6 +48,7 @@ from nodeheal.sim.faults import (
     expected_category,
     expected_causes,
     kernel_samples,
+    with_kernel_release,
 )
 from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
 from nodeheal.sim.nodehost import AgentProfile, SimAgent, crash_collector, leave_crash_evidence
@@ -559,7 +560,7 @@ class FleetSimulator:
             leave_crash_evidence(
                 self.work_dir / escape_token(node.name),
                 boot_id=node.boot_id,
-                lines=lines,
+                lines=with_kernel_release(lines, node.inv.kernel) if node.inv.kernel else lines,
                 at=now,
                 kdump=self.rng.random() < 0.5,
             )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -102,6 +103,26 @@ def kernel_samples() -> dict[str, list[list[str]]]:
     if missing:
         msg = f"kernel samples missing for classes {sorted(missing)}"
         raise RuntimeError(msg)
+    return out
+
+
+_TAINT_RELEASE = re.compile(
+    r"((?:CPU: \d+ PID: \d+ Comm: |Pid: \d+, comm: ).*?(?:Tainted: [A-Z][A-Z -]*?|Not tainted)\s+)(\d+\.\d+[\w.+~-]*)"
+)
+_SYS_RELEASE = re.compile(r"^(\s*RELEASE:\s+)(\S+)")
+_VMLINUX = re.compile(r"(vmlinux-)(\d+\.\d+[\w.+~-]*)")
+
+
+def with_kernel_release(lines: list[str], release: str) -> list[str]:
+    """A real crash excerpt as the node's own kernel would print it: the release in the `CPU: … Tainted: …
+    <release>` line and in a crash(8) summary's `RELEASE:` / `KERNEL: …vmlinux-<release>` is the node's
+    inventory kernel, not the kernel of the machine the sample came from (the crash bucket and the kernel
+    the diagnoser reads from the text then agree with the inventory). Nothing else in the text changes."""
+    out = []
+    for line in lines:
+        line = _TAINT_RELEASE.sub(lambda m: m.group(1) + release, line)
+        line = _SYS_RELEASE.sub(lambda m: m.group(1) + release, line)
+        out.append(_VMLINUX.sub(lambda m: m.group(1) + release, line))
     return out
 
 
