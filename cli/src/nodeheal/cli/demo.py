@@ -75,6 +75,16 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
     help="Detector processes, each owning its share of a partitioned PROBES stream (docs/detector.md); "
     "0: one per 10,000 probes/s of the fleet, at most the CPUs.",
 )
+@click.option(
+    "--no-zone-spike", is_flag=True, help="Skip the burst of crashes in one zone (for the live correlator to find)."
+)
+@click.option(
+    "--approve-replacements",
+    is_flag=True,
+    help="The demo plays the operator: every machine replacement waiting for `nodeheal approve` is approved "
+    "through the same control bucket, as 'demo-operator' (named in the report). Without it a replace waits "
+    "for a person, as in production.",
+)
 @nats_auth_options
 def demo(
     nodes: int,
@@ -95,6 +105,8 @@ def demo(
     agents_per_connection: int | None,
     sim_processes: int,
     detector_replicas: int,
+    no_zone_spike: bool,
+    approve_replacements: bool,
     nats_auth: NatsAuth,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
@@ -125,6 +137,8 @@ def demo(
         sim_processes=sim_processes,
         fail_if_behind=True,
         detector_replicas=detector_replicas,
+        zone_spike=not no_zone_spike,
+        approve_replacements=approve_replacements,
         nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )
     console = Console(stderr=True)

@@ -58,7 +58,17 @@ EXPECTED_CAUSES: dict[str, frozenset[str]] = {
     "cloud_redeploy": frozenset({"host_maintenance_redeploy"}),
     "bad_kernel_crash": frozenset({"kernel_panic", "kernel_oops_null_deref", "kernel_bug"}),
     "rack_partition": frozenset({"rack_partition"}),
+    "zone_crash": frozenset({"hard_lockup", "kernel_panic"}),
 }
+ZONE_SPIKE_CRASHES = 10
+"""Crashes of the zone spike: enough for the diagnoser's cross-sectional test to single the zone out at its
+false-alarm budget (one zone of three holds a third of the nodes: (1/3)^10 = 1.7e-5, below alpha 1e-3 over
+the ~20 groups that can be flagged), spread over the zone's racks so no rack goes dark as a whole."""
+ZONE_SPIKE_SPACING_S = 7.0
+"""Seconds between two crashes of the spike: with three racks a zone, a rack's next crash comes 21 s after
+its last, after the diagnoser's rack hold (20 s in the demo), so the spike is crashes, not a dark rack."""
+HARDWARE_CRASH_CLASSES = frozenset({"mce_fatal_panic"})
+"""Fatal kernel classes of failing hardware: the machine is rotated out (retire, replace behind approval)."""
 
 
 def expected_causes(fault_class: str, kernel_class: str | None) -> frozenset[str]:
@@ -172,9 +182,16 @@ def plan_faults(
     seed: int,
     kernel_classes: tuple[str, ...] = KERNEL_LOG_CLASSES,
     partition_at_s: float | None = None,
+    hardware_crash_at_s: float | None = None,
+    zone_spike_at_s: float | None = None,
 ) -> list[PlannedFault]:
     """A schedule: every fault class at least once (each kernel class once, round robin), the rest
-    drawn by the published relative rates; one rack partition when `partition_at_s` is set."""
+    drawn by the published relative rates; one rack partition when `partition_at_s` is set.
+
+    `hardware_crash_at_s`: the fatal machine-check crash comes then (early in the run: its rotation needs
+    budget slots and disruption rate the later faults take, and the demo shows it end to end) instead of
+    where the shuffle put it. `zone_spike_at_s`: from then, `ZONE_SPIKE_CRASHES` crashes of one bucket in
+    one zone, `ZONE_SPIKE_SPACING_S` apart (`zone_crash`; the simulator picks the zone and the nodes)."""
     rng = random.Random(seed)
     total = max(1, round(duration_s / 60 * faults_per_minute))
     classes = [c for c in BASE_WEIGHTS if c != "kernel_fault"]
@@ -195,6 +212,18 @@ def plan_faults(
         PlannedFault(at_s=round(step * (i + 1) + rng.uniform(-step / 3, step / 3), 2), fault_class=c, kernel_class=k)
         for i, (c, k) in enumerate(chosen)
     ]
+    if hardware_crash_at_s is not None:
+        planned = [
+            PlannedFault(at_s=hardware_crash_at_s, fault_class=p.fault_class, kernel_class=p.kernel_class)
+            if p.kernel_class in HARDWARE_CRASH_CLASSES
+            else p
+            for p in planned
+        ]
     if partition_at_s is not None:
         planned.append(PlannedFault(at_s=partition_at_s, fault_class="rack_partition"))
+    if zone_spike_at_s is not None:
+        planned += [
+            PlannedFault(at_s=round(zone_spike_at_s + i * ZONE_SPIKE_SPACING_S, 2), fault_class="zone_crash")
+            for i in range(ZONE_SPIKE_CRASHES)
+        ]
     return sorted(planned, key=lambda p: p.at_s)
