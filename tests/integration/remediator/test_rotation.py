@@ -15,6 +15,8 @@ from kubernetes.aio import client
 from nats.aio.client import Client
 
 from nodeheal.cli.main import cli
+from nodeheal.remediator.actions import ActionOutcome
+from nodeheal.remediator.actions.kube import KubeActions
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import new_id
@@ -165,3 +167,45 @@ async def test_a_node_that_spent_its_repair_budget_is_retired(
     node = await _read_node(world.url, "r3")
     assert "nodeheal.io/retired" in node.metadata.labels
     assert ecs.world.calls == []  # no reboot beyond the budget, no replacement without approval
+
+
+async def test_a_retired_machine_that_answers_again_is_still_replaced_and_never_uncordoned(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine that crashed on failing hardware comes back by its own reboot, and the diagnoser ends the
+    episode once it is retired: neither is a recovery that stops the rotation (seen in a 300-node demo:
+    `replace skipped: node recovered` right after the retire, then the retired node uncordoned as "verified
+    healthy")."""
+    await add_inventory(nc, topology_ready, "spare", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-s")
+    crash = _crash("spare", ["cordon", "drain", "retire", "replace"])
+    service = await start_service(make_settings(topology_ready, kube_url=world.url, approval_timeout_s=2.0))
+    real_retire = KubeActions.retire
+
+    async def retire_then_resolved(self: KubeActions, node: str, *, reason: str) -> ActionOutcome:
+        outcome = await real_retire(self, node, reason=reason)
+        # the diagnoser's answer to the retire: the episode resolved (the node answers again)
+        healthy = crash.model_copy(
+            update={"id": f"diag-{new_id()}", "resolved": True, "recommended": (), "identified_at": datetime.now(UTC)}
+        )
+        await publish_diagnosis(nc, topology_ready, healthy)
+        for _ in range(100):  # until the remediator has seen it
+            if service.view.recovered_at.get(node):
+                break
+            await asyncio.sleep(0.05)
+        return outcome
+
+    monkeypatch.setattr(KubeActions, "retire", retire_then_resolved)
+    try:
+        await publish_diagnosis(nc, topology_ready, crash)
+        await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval")
+        await wait_for_record(nc, topology_ready, action="escalate", phase="succeeded")  # nobody approved
+        await asyncio.sleep(1.0)  # the resolved diagnosis is settled now too
+    finally:
+        await service.stop()
+    assert service.view.recovered_at.get("spare") is not None
+    trail = [(r.action, r.phase, r.reason) for r in await audit_records(nc, topology_ready)]
+    assert ("retire", "succeeded") in [(a, p) for a, p, _ in trail]
+    assert not [t for t in trail if t[1] == "skipped" and "recovered" in t[2]], trail
+    assert not [t for t in trail if t[0] == "uncordon"], trail
+    node = await _read_node(world.url, "spare")
+    assert node.spec.unschedulable is True and node.metadata.labels["nodeheal.io/retired"] == "mce_fatal_panic"

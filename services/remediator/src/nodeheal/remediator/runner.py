@@ -136,6 +136,10 @@ class _Run:
     def rebooted(self) -> bool:
         return any(r.action in REBOOTS and r.phase == "started" for r in self.records())
 
+    def retired(self) -> bool:
+        """Did this episode retire the node (take it out of the fleet on purpose)?"""
+        return any(r.action == "retire" and r.phase == "succeeded" and not r.dry_run for r in self.records())
+
 
 class Remediator:
     def __init__(
@@ -598,7 +602,11 @@ class Remediator:
             since = min(started) if started else max(r.time for r in run.history if r.action_id == step.action_id)
             return await self._verify(run, step, since=since)
         recovered = self._recovered_at(d)
-        if recovered is not None and recovered > d.identified_at:
+        # a machine being rotated out is not back because it answers again: a crash on failing hardware
+        # "recovers" by its own reboot (and the diagnoser ends the episode once it is retired), so neither
+        # stops the retire or the replace after it
+        rotating = step.action in policy.ROTATION or run.retired()
+        if recovered is not None and recovered > d.identified_at and not rotating:
             await self._srec(
                 run, step, phase="skipped", reason=f"node recovered at {recovered.isoformat()}; ladder stopped"
             )
@@ -931,7 +939,9 @@ class Remediator:
         slot = await self.ledger.slot_of(d.node)
         # a host event's episode also gives back a node a diagnosis ladder cordoned and handed over to it
         handed_over = run.episode.startswith("cloud:") and slot is not None and slot.episode == run.episode
-        if run.cordoned() or handed_over:
+        # a node this episode retired stays out of the fleet (cordoned, labelled, tainted) until it is
+        # replaced or a person takes it back: never uncordoned by a later "healthy"
+        if (run.cordoned() or handed_over) and not run.retired():
             uid = planner.action_id(diagnosis_id=run.episode, action="uncordon", target=None)
             if "succeeded" not in run.phases(uid):
                 await self._record(
