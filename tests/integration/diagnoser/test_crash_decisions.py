@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import prometheus_client
@@ -29,26 +28,27 @@ from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
-from nodeheal.schemas.crash import CrashEvidence, CrashReport
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.finding import FleetFinding
-from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import audit_subject, crash_subject, diagnosis_subject, finding_subject
+from tests.integration.diagnoser.crashes import (
+    DATA,
+    BucketRecords,
+    bucket_records,
+    pstore_lines,
+    pstore_report,
+    put_inventory,
+)
 from tests.integration.diagnoser.test_diagnoser_service import actions, read_stream, send, wait_for_diagnosis
-from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory
+from tests.unit.diagnoser.scenarios import CLUSTER, anomaly
 
 pytestmark = pytest.mark.nats
 
-DATA = Path(__file__).resolve().parents[2] / "data"
 MODELS = {"n1": "ecs.ebmg7.32xlarge", "n2": "ecs.ebmc7.32xlarge", "n3": "ecs.ebmg7.32xlarge"}
 
 
 def now() -> datetime:
     return datetime.now(tz=UTC)
-
-
-def pstore_lines(case: str) -> list[str]:
-    return (DATA / "kernel" / case / "pstore" / "dmesg-ramoops-0").read_text().splitlines()
 
 
 def corpus_lines(sample_id: str) -> list[str]:
@@ -59,28 +59,6 @@ def corpus_lines(sample_id: str) -> list[str]:
     raise KeyError(sample_id)
 
 
-def crash_report(node: str, boot: str, header: str, lines: list[str], *, at: datetime) -> CrashReport:
-    return CrashReport(
-        cluster=CLUSTER,
-        node=node,
-        time=at,
-        boot_id=boot,
-        previous_boot_id=f"{boot}-before",
-        unexpected=True,
-        kernel_release="6.1.0-57-cloud-amd64",
-        evidence=(
-            CrashEvidence(
-                source="pstore",
-                path="/sys/fs/pstore/dmesg-ramoops-0",
-                backend="ramoops",
-                record=header,
-                written_at=at - timedelta(seconds=40),
-                lines=tuple(lines[-400:]),
-            ),
-        ),
-    )
-
-
 async def crashed(
     nc: Client, settings: NatsSettings, node: str, boot: str, lines: list[str], *, header: str
 ) -> datetime:
@@ -88,7 +66,7 @@ async def crashed(
     and the agent's crash report. Returns the anomaly's onset."""
     t = now()
     await send(nc, settings, anomaly(node, "unexpected_reboot", at=t))
-    report = crash_report(node, boot, header, lines, at=t)
+    report = pstore_report(node, boot, lines, header=header, at=t)
     subject = crash_subject(CLUSTER, node, prefix=settings.prefix)
     await publish_model(nc.jetstream(), subject, report, msg_id=f"cr-{node}-{boot}")
     return t
@@ -102,9 +80,7 @@ def runtime_for(settings: NatsSettings, nc: Client) -> tuple[DiagnoserRuntime, p
 
 @pytest.fixture
 async def settings(topology_ready: NatsSettings, nc: Client) -> NatsSettings:
-    kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
-    for node, model in MODELS.items():
-        await kv.put(inventory_key(CLUSTER, node), inventory(node, model=model).to_json())
+    await put_inventory(nc, topology_ready, MODELS)
     return topology_ready
 
 
@@ -117,14 +93,13 @@ async def service(settings: NatsSettings, nc: Client) -> AsyncIterator[Diagnoser
 
 
 async def bucket_record(nc: Client, settings: NatsSettings, cls: str, *, count: int) -> dict[str, Any]:
-    kv = await nc.jetstream().key_value(f"{settings.bucket_prefix}-crash-buckets")
-    for _ in range(100):
-        for key in await kv.keys():
-            record = json.loads((await kv.get(key)).value or b"{}")
-            if record.get("cls") == cls and record.get("count", 0) >= count:
-                return dict(record)
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no {cls} bucket with {count} crashes")
+    def found(records: BucketRecords) -> list[dict[str, Any]]:
+        return [r for r in records.values() if r.get("cls") == cls and r.get("count", 0) >= count]
+
+    records = await bucket_records(
+        nc, settings, lambda records: bool(found(records)), what=f"no {cls} bucket with {count} crashes"
+    )
+    return found(records)[0]
 
 
 async def notices(nc: Client, settings: NatsSettings) -> list[FleetFinding]:

@@ -4,11 +4,7 @@ malformed report goes to the DLQ with the reason and its raw bytes and the consu
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -17,68 +13,31 @@ from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas.crash import CrashEvidence, CrashReport
+from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.dlq import DeadLetter
-from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import crash_subject, dlq_subject
-from tests.unit.diagnoser.scenarios import CLUSTER, inventory
+from tests.integration.diagnoser.crashes import bucket_records, pstore_lines, pstore_report, put_inventory
+from tests.unit.diagnoser.scenarios import CLUSTER
 
 pytestmark = pytest.mark.nats
 
 MODELS = {"n1": "ecs.ebmg7.32xlarge", "n2": "ecs.ebmc7.32xlarge"}
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "kernel"
-
 
 def report(node: str, boot: str, case: str) -> CrashReport:
-    lines = (DATA / case / "pstore" / "dmesg-ramoops-0").read_text().splitlines()
-    return CrashReport(
-        cluster=CLUSTER,
-        node=node,
-        boot_id=boot,
-        previous_boot_id=f"{boot}-before",
-        unexpected=True,
-        kernel_release="6.1.0-57-cloud-amd64",
-        evidence=(
-            CrashEvidence(
-                source="pstore",
-                path="/sys/fs/pstore/dmesg-ramoops-0",
-                backend="ramoops",
-                record=lines[0],
-                lines=tuple(lines[1:][-400:]),
-            ),
-        ),
-    )
+    lines = pstore_lines(case)
+    return pstore_report(node, boot, lines[1:], header=lines[0])
 
 
 @pytest.fixture
 async def service(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DiagnoserRuntime]:
-    kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
-    for node, model in MODELS.items():
-        await kv.put(inventory_key(CLUSTER, node), inventory(node, model=model).to_json())
+    await put_inventory(nc, topology_ready, MODELS)
     runtime = DiagnoserRuntime(
         settings=DiagnoserSettings(nats=topology_ready, cluster=CLUSTER, fetch_timeout_s=0.3), nc=nc
     )
     await runtime.start()
     yield runtime
     await runtime.stop()
-
-
-async def _bucket_records(nc: Client, settings: NatsSettings, *, total: int) -> dict[str, dict[str, Any]]:
-    kv = await nc.jetstream().key_value(f"{settings.bucket_prefix}-crash-buckets")
-    for _ in range(200):
-        records: dict[str, dict[str, Any]] = {}
-        try:
-            for key in await kv.keys():
-                entry = await kv.get(key)
-                records[key] = json.loads(entry.value or b"{}")
-        except Exception:
-            records = {}
-        if sum(r.get("count", 0) for r in records.values()) >= total:
-            return records
-        await asyncio.sleep(0.1)
-    msg = f"fewer than {total} crashes counted"
-    raise AssertionError(msg)
 
 
 async def test_crash_reports_are_bucketed_once_per_boot_and_bad_ones_dead_lettered(
@@ -100,7 +59,12 @@ async def test_crash_reports_are_bucketed_once_per_boot_and_bad_ones_dead_letter
     again = report("n1", "boot-1", "softlockup")
     await publish_model(js, crash_subject(CLUSTER, "n1", prefix=prefix), again, msg_id="m-boot-1-late")
 
-    records = await _bucket_records(nc, topology_ready, total=3)
+    records = await bucket_records(
+        nc,
+        topology_ready,
+        lambda records: sum(r.get("count", 0) for r in records.values()) >= 3,
+        what="fewer than 3 crashes counted",
+    )
     by_cls = {r["cls"]: r for r in records.values()}
     assert set(by_cls) == {"soft_lockup", "hung_task"}
     assert (by_cls["soft_lockup"]["count"], by_cls["soft_lockup"]["node_count"]) == (2, 2)

@@ -16,16 +16,17 @@ from nodeheal.cli.replay import replay
 from nodeheal.cli.timeline import TimelineMessage
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas import Anomaly, CloudSystemEvent, Diagnosis, NodeProbe, RemediationRecord
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
-from nodeheal.schemas.subjects import (
-    anomaly_subject,
-    audit_subject,
-    cloud_subject,
-    diagnosis_subject,
-    probe_subject,
+from tests.unit.replay.factories import (
+    CLUSTER,
+    cloud_event,
+    diagnosis,
+    firing,
+    probe,
+    record,
+    resolved,
+    subject_of,
 )
-from tests.unit.replay.factories import CLUSTER, cloud_event, diagnosis, firing, probe, record, resolved
 
 pytestmark = pytest.mark.nats
 
@@ -57,24 +58,11 @@ def scenario() -> list[TimelineMessage]:
     ]
 
 
-def _subject(m: TimelineMessage, prefix: str) -> str:
-    if isinstance(m, NodeProbe):
-        return probe_subject(m.cluster, m.node, prefix=prefix)
-    if isinstance(m, CloudSystemEvent):
-        return cloud_subject(m.cluster, m.node, prefix=prefix)
-    if isinstance(m, Anomaly):
-        return anomaly_subject(m.cluster, m.node, prefix=prefix)
-    if isinstance(m, Diagnosis):
-        return diagnosis_subject(m.cluster, m.node, prefix=prefix)
-    assert isinstance(m, RemediationRecord)
-    return audit_subject(m.cluster, m.node, prefix=prefix)
-
-
 async def publish_scenario(js: JetStreamContext, settings: NatsSettings, messages: list[TimelineMessage]) -> None:
     for m in messages:
-        await publish_model(js, _subject(m, settings.prefix), m, msg_id=m.id)
+        await publish_model(js, subject_of(m, settings.prefix), m, msg_id=m.id)
     # a re-publish of the same message (same Nats-Msg-Id) is dropped by the stream's dedup window
-    await publish_model(js, _subject(messages[4], settings.prefix), messages[4], msg_id=messages[4].id)
+    await publish_model(js, subject_of(messages[4], settings.prefix), messages[4], msg_id=messages[4].id)
     kv = await js.key_value(f"{settings.bucket_prefix}-inventory")
     for node, zone in (("node-a", "zone-1"), ("node-b", "zone-1"), ("node-c", "zone-2")):
         inv = NodeInventory(cluster=CLUSTER, node=node, zone=zone)

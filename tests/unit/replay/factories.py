@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from nodeheal.cli.batch import operator_diagnosis
 from nodeheal.schemas.anomaly import Anomaly, AnomalyKind, Evidence
 from nodeheal.schemas.audit import RemediationPhase, RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.probe import NodeProbe, Reachability
+from nodeheal.schemas.subjects import anomaly_subject, audit_subject, cloud_subject, diagnosis_subject, probe_subject
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 CLUSTER = "prod-1"
@@ -93,6 +95,8 @@ def record(
     diag: Diagnosis | None = None,
     action_id: str = "act-1",
     dry_run: bool = False,
+    cause: str | None = None,
+    episode_id: str | None = None,
 ) -> RemediationRecord:
     return RemediationRecord(
         id=deterministic_id("audit", node, action_id, phase),
@@ -106,7 +110,17 @@ def record(
         actor="remediator-0",
         diagnosis_id=diag.id if diag is not None else None,
         dry_run=dry_run,
+        cause=cause if cause is not None else (diag.cause if diag is not None else None),
+        episode_id=episode_id if episode_id is not None else (diag.episode if diag is not None else None),
     )
+
+
+def operator_request(node: str, *, t: float, action: str = "reboot", batch_id: str = "b-test") -> Diagnosis:
+    """What `nodeheal batch ACTION` publishes for one node (the command's own builder), made at `t`."""
+    d = operator_diagnosis(
+        batch_id=batch_id, action=action, node=node, cluster=CLUSTER, reason="kernel update", selector="pool=a"
+    )
+    return d.model_copy(update={"time": at(t), "identified_at": at(t)})
 
 
 def cloud_event(node: str, *, t: float, phase: str = "scheduled") -> CloudSystemEvent:
@@ -127,3 +141,16 @@ def cloud_event(node: str, *, t: float, phase: str = "scheduled") -> CloudSystem
         instance_id=f"i-{node}",
         observed_at=at(t),
     )
+
+
+def subject_of(m: NodeProbe | CloudSystemEvent | Anomaly | Diagnosis | RemediationRecord, prefix: str) -> str:
+    """The subject the service that makes such a message publishes it on."""
+    if isinstance(m, NodeProbe):
+        return probe_subject(m.cluster, m.node, prefix=prefix)
+    if isinstance(m, CloudSystemEvent):
+        return cloud_subject(m.cluster, m.node, prefix=prefix)
+    if isinstance(m, Anomaly):
+        return anomaly_subject(m.cluster, m.node, prefix=prefix)
+    if isinstance(m, Diagnosis):
+        return diagnosis_subject(m.cluster, m.node, prefix=prefix)
+    return audit_subject(m.cluster, m.node, prefix=prefix)

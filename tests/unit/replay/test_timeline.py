@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
+from nodeheal.cli.report_html import write_replay_html
 from nodeheal.cli.timeline import Incident, TimelineMessage, build_timeline, percentile
-from tests.unit.replay.factories import at, cloud_event, diagnosis, firing, probe, record, resolved
+from tests.unit.replay.factories import (
+    at,
+    cloud_event,
+    diagnosis,
+    firing,
+    operator_request,
+    probe,
+    record,
+    resolved,
+)
 
 
 def _repaired_by_reboot() -> list[TimelineMessage]:
@@ -232,3 +243,112 @@ def test_a_real_action_still_needs_verification() -> None:
     incident = build_timeline([fire, resolved(fire, t=50), reboot]).incidents[0]
     assert incident.action_taken is True
     assert incident.ttr_s is None
+
+
+def _operator_reboot_after_an_unrelated_fault() -> list[TimelineMessage]:
+    """node-o: a disk fills at 0 s and clears by itself at 100 s; at 200 s (inside the 15-min grace after
+    that recovery) an operator's batch reboots the node; our own reboot shows as an expected anomaly."""
+    disk = firing("node-o", kind="disk_full", onset=0, detected=3, subject="/var")
+    op = operator_request("node-o", t=200)
+    rebooted = firing("node-o", kind="unexpected_reboot", onset=230, detected=235, expected=True)
+    return [
+        disk,
+        resolved(disk, t=100),
+        op,
+        record("node-o", t=201, phase="intent", diag=op, action="cordon", action_id="op-cordon"),
+        record("node-o", t=202, phase="succeeded", diag=op, action="cordon", action_id="op-cordon"),
+        record("node-o", t=210, phase="started", diag=op, action_id="op-reboot"),
+        rebooted,
+        record("node-o", t=260, phase="verified", action_id="op-reboot"),  # joined by its action id
+        # a record naming neither the diagnosis nor a known action: its episode says whose it is
+        record("node-o", t=261, phase="succeeded", action="uncordon", action_id="op-unc", episode_id=op.episode),
+        # and one that only says its cause
+        record("node-o", t=262, phase="verified", action="uncordon", action_id="op-unc2", cause="operator_request"),
+        resolved(rebooted, t=300),
+    ]
+
+
+def test_an_operator_request_is_its_own_entry_and_never_joins_an_incident() -> None:
+    timeline = build_timeline(_operator_reboot_after_an_unrelated_fault())
+    disk, reboot = timeline.incidents
+    # the disk incident keeps its own figures: no diagnosis, no action, repaired when it cleared
+    assert disk.kinds == ("disk_full",) and disk.klass == "disk_full"
+    assert disk.diagnoses == () and disk.actions == () and not disk.action_taken
+    assert disk.ttr_s == 100.0
+    # our own reboot is an expected incident of its own, repaired when its anomaly resolved
+    assert reboot.expected and reboot.actions == () and reboot.ttr_s == 70.0
+    (request,) = timeline.operator_requests
+    assert request.node == "node-o" and request.requested_at == at(200)
+    assert request.episode_id is not None and request.episode_id.startswith("batch:b-test:reboot:")
+    assert request.request.cause == "operator_request"
+    assert [a.action_id for a in request.actions] == ["op-cordon", "op-reboot", "op-unc", "op-unc2"]
+    assert [p.phase for p in request.actions[1].phases] == ["started", "verified"]
+    node = timeline.nodes[0]
+    assert node.operator_request_ids == (request.request_id,)
+    assert node.unattached_diagnoses == () and node.unattached_actions == ()
+    counts = timeline.summary.counts
+    assert counts.operator_requests == 1 and counts.incidents == 2 and counts.actions_taken == 0
+    assert set(timeline.summary.by_class) == {"disk_full", "unexpected_reboot"}
+    report = json.loads(timeline.to_json())
+    assert [r["request_id"] for r in report["operator_requests"]] == [request.request_id]
+
+
+def test_an_operator_request_on_a_quiet_node_is_no_incident() -> None:
+    op = operator_request("node-q", t=10, action="cordon")
+    timeline = build_timeline([op, record("node-q", t=11, phase="succeeded", diag=op, action="cordon")])
+    assert timeline.incidents == () and timeline.summary.counts.incidents == 0
+    assert len(timeline.operator_requests) == 1 and timeline.operator_requests[0].actions[0].action == "cordon"
+
+
+def test_an_open_incident_is_repaired_when_verified_after_its_still_firing_anomalies() -> None:
+    """A kernel fault the detector holds after the reboot that cured it: still firing at the window end,
+    but the verification came after it fired, so the node was proven healthy."""
+    hang = firing("node-r", kind="node_hang", onset=0, detected=10)
+    kernel = firing("node-r", kind="kernel_fault", onset=2, detected=11)
+    d = diagnosis("node-r", [hang, kernel], t=15, cause="soft_lockup", category="kernel")
+    msgs: list[TimelineMessage] = [
+        hang,
+        kernel,
+        d,
+        record("node-r", t=16, phase="started", diag=d),
+        resolved(hang, t=80),
+        record("node-r", t=90, phase="verified", diag=d),
+    ]
+    inc = build_timeline(msgs).incidents[0]
+    assert inc.open and inc.recovered_at is None
+    assert inc.repaired_at == at(90) and inc.ttr_s == 90.0 and inc.budget.repair
+
+
+def test_an_open_incident_with_an_anomaly_after_the_verification_is_not_repaired() -> None:
+    """A second fault joins the incident after the first was verified and still fires at the window end:
+    nobody proved the node healthy since, so the incident is not repaired (no ttr in replay, and the demo
+    counts its faults unrepaired). Had it resolved inside the window, the verification would stand."""
+    hang = firing("node-s", kind="node_hang", onset=0, detected=10)
+    d = diagnosis("node-s", [hang], t=15, cause="soft_lockup", category="kernel")
+    late = firing("node-s", kind="readonly_fs", onset=75, detected=100, subject="/data")
+    msgs: list[TimelineMessage] = [
+        hang,
+        d,
+        record("node-s", t=16, phase="started", diag=d),
+        late,
+        resolved(hang, t=80),
+        record("node-s", t=90, phase="verified", diag=d),
+    ]
+    inc = build_timeline(msgs).incidents[0]
+    assert inc.open and inc.action_taken and [a.kind for a in inc.anomalies] == ["node_hang", "readonly_fs"]
+    assert inc.repaired_at is None and inc.ttr_s is None and inc.budget.repair is None
+    assert build_timeline(msgs).summary.counts.repaired == 0
+    closed = build_timeline([*msgs, resolved(late, t=130)]).incidents[0]
+    assert not closed.open and closed.repaired_at == at(90) and closed.ttr_s == 90.0
+
+
+def test_the_html_report_draws_operator_requests_in_lanes_of_their_own(tmp_path: Path) -> None:
+    quiet = operator_request("node-p", t=10, action="cordon")
+    msgs = [*_operator_reboot_after_an_unrelated_fault(), quiet]
+    path = tmp_path / "replay.html"
+    write_replay_html(build_timeline(msgs), path=path, title="t", window={"since": None, "until": None})
+    page = path.read_text(encoding="utf-8")
+    # node-p has no incident, only the request: it still gets its timeline
+    assert page.count("class='node-timeline'") == 2 and "data-node='prod-1/node-p'" in page
+    assert "operator request" in page and "operator reboot" in page
+    assert "2 incidents on 1 of 2 nodes (0 still open at the window end), 2 operator requests" in page

@@ -21,7 +21,7 @@ nats_url_option = click.option(
     "--nats-url",
     envvar="NATS_URL",
     default=None,
-    help="NATS server URL (default: $NATS_URL; with --embedded, a private server is started).",
+    help="NATS server URL (default: $NATS_URL).",
 )
 embedded_option = click.option(
     "--embedded",

@@ -208,8 +208,9 @@ def print_summary(timeline: Timeline, *, console: Console, scope: str, max_rows:
     c = s.counts
     console.print(
         f"[bold]replay[/bold] {scope}: {c.incidents} incidents on {c.nodes_with_incidents} of {c.nodes_seen} nodes "
-        f"({c.expected} expected, {c.open} still open); {c.probes} probes, {c.cloud_events} cloud events, "
-        f"{c.anomalies} anomalies, {c.diagnoses} diagnoses, {c.audit_records} audit records"
+        f"({c.expected} expected, {c.open} still open at the window end); {c.operator_requests} operator requests; "
+        f"{c.probes} probes, {c.cloud_events} cloud events, {c.anomalies} anomalies, {c.diagnoses} diagnoses, "
+        f"{c.audit_records} audit records"
     )
     table = Table(title="1-5-10 (seconds from the first bad observation; nearest-rank percentiles)")
     for col in ("", "p50", "p95", "max", "budget", "within budget"):
@@ -249,6 +250,20 @@ def print_summary(timeline: Timeline, *, console: Console, scope: str, max_rows:
                 flags,
             )
         console.print(inc_table)
+    if timeline.operator_requests:
+        op_table = Table(
+            title=f"operator requests, not incidents (first {min(max_rows, len(timeline.operator_requests))})"
+        )
+        for col in ("requested", "node", "request", "actions (last phase)"):
+            op_table.add_column(col)
+        for rq in timeline.operator_requests[:max_rows]:
+            op_table.add_row(
+                _ts(rq.requested_at) or "",
+                f"{rq.cluster}/{rq.node}",
+                rq.episode_id or rq.request_id,
+                ", ".join(f"{a.action}:{a.phases[-1].phase}" for a in rq.actions) or "—",
+            )
+        console.print(op_table)
 
 
 def _progress(console: Console) -> Progress:

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from nodeheal.cli.timeline import Incident, NodeTimeline, Timeline
+from nodeheal.cli.timeline import ActionEntry, Incident, NodeTimeline, OperatorRequest, Timeline
 
 MAX_NODE_PLOTS: Final = 200
 """Nodes drawn one by one; beyond this the report lists the rest (the JSON has them all)."""
@@ -71,8 +71,28 @@ def _mark(
     )
 
 
-def node_figure(node: NodeTimeline, incidents: list[Incident], *, window_end: datetime | None) -> go.Figure:
-    """Swimlanes for one node: probes bad/good per source, anomalies, diagnoses, audit phases, recovery."""
+def _phases(fig: go.Figure, *, lane: str, action: ActionEntry, who: str = "") -> None:
+    """One mark per audit phase of an action, coloured by phase."""
+    for p in action.phases:
+        _mark(
+            fig,
+            lane=lane,
+            at=p.at,
+            colour=_PHASE_COLOURS.get(p.phase, "#333"),
+            text=f"{who}{action.action} {p.phase}: {html.escape(p.reason)}",
+            label=p.phase,
+        )
+
+
+def node_figure(
+    node: NodeTimeline,
+    incidents: list[Incident],
+    *,
+    window_end: datetime | None,
+    requests: list[OperatorRequest] | None = None,
+) -> go.Figure:
+    """Swimlanes for one node: probes bad/good per source, anomalies, diagnoses, audit phases, recovery,
+    and the operator's requests (`nodeheal batch`) in lanes of their own."""
     fig = go.Figure()
     lanes: list[str] = []
 
@@ -135,16 +155,7 @@ def node_figure(node: NodeTimeline, incidents: list[Incident], *, window_end: da
                 symbol="square",
             )
         for action in inc.actions:
-            name = lane(f"audit {action.action}" + (" (dry run)" if action.dry_run else ""))
-            for p in action.phases:
-                _mark(
-                    fig,
-                    lane=name,
-                    at=p.at,
-                    colour=_PHASE_COLOURS.get(p.phase, "#333"),
-                    text=f"{action.action} {p.phase}: {html.escape(p.reason)}",
-                    label=p.phase,
-                )
+            _phases(fig, lane=lane(f"audit {action.action}" + (" (dry run)" if action.dry_run else "")), action=action)
         if inc.recovered_at:
             _mark(
                 fig,
@@ -165,6 +176,21 @@ def node_figure(node: NodeTimeline, incidents: list[Incident], *, window_end: da
                 label="verified",
                 symbol="star",
             )
+    for rq in requests or ():
+        summary = "<br>".join(html.escape(e.summary) for e in rq.request.evidence[:3])
+        _mark(
+            fig,
+            lane=lane("operator request"),
+            at=rq.requested_at,
+            colour="#bcbd22",
+            text=f"operator request {rq.episode_id or rq.request_id}<br>ladder: {', '.join(rq.request.recommended)}"
+            f"<br>{summary}",
+            label="operator",
+            symbol="square",
+        )
+        for action in rq.actions:
+            name = lane(f"operator {action.action}" + (" (dry run)" if action.dry_run else ""))
+            _phases(fig, lane=name, action=action, who="operator ")
     fig.update_layout(
         title=f"{node.cluster}/{node.node}",
         height=140 + 34 * max(3, len(lanes)),
@@ -222,7 +248,16 @@ def write_replay_html(timeline: Timeline, *, path: Path, title: str, window: dic
     incidents_by_node: dict[tuple[str, str], list[Incident]] = {}
     for inc in timeline.incidents:
         incidents_by_node.setdefault((inc.cluster, inc.node), []).append(inc)
-    node_keys = sorted(incidents_by_node, key=lambda k: (incidents_by_node[k][0].onset, k))
+    requests_by_node: dict[tuple[str, str], list[OperatorRequest]] = {}
+    for rq in timeline.operator_requests:
+        requests_by_node.setdefault((rq.cluster, rq.node), []).append(rq)
+
+    def first_seen(k: tuple[str, str]) -> datetime:
+        return min(
+            [i.onset for i in incidents_by_node.get(k, [])] + [r.requested_at for r in requests_by_node.get(k, [])]
+        )
+
+    node_keys = sorted(set(incidents_by_node) | set(requests_by_node), key=lambda k: (first_seen(k), k))
     window_end = datetime.fromisoformat(window["until"].replace("Z", "+00:00")) if window.get("until") else None
 
     def fmt(v: float | None) -> str:
@@ -249,7 +284,8 @@ def write_replay_html(timeline: Timeline, *, path: Path, title: str, window: dic
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>window {html.escape(str(window.get('since')))} → {html.escape(str(window.get('until')))}; "
-        f"{s.counts.incidents} incidents on {s.counts.nodes_with_incidents} of {s.counts.nodes_seen} nodes; "
+        f"{s.counts.incidents} incidents on {s.counts.nodes_with_incidents} of {s.counts.nodes_seen} nodes"
+        f" ({s.counts.open} still open at the window end), {s.counts.operator_requests} operator requests; "
         f"percentiles are nearest-rank, times in seconds from the first bad observation.</p>",
         f"<table><tr><th></th><th>p50</th><th>p95</th><th>max</th><th>budget</th></tr>{rows}</table>",
         "<table><tr><th>class</th><th>incidents</th><th>ttd p95</th><th>tti p95</th><th>ttr p95</th>"
@@ -260,12 +296,17 @@ def write_replay_html(timeline: Timeline, *, path: Path, title: str, window: dic
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fleet-{i}"))
     parts.append("<h2>nodes</h2>")
     for i, key in enumerate(node_keys[:MAX_NODE_PLOTS]):
-        fig = node_figure(by_node[key], incidents_by_node[key], window_end=window_end)
+        fig = node_figure(
+            by_node[key], incidents_by_node.get(key, []), window_end=window_end, requests=requests_by_node.get(key)
+        )
         parts.append(f"<div class='node-timeline' data-node='{html.escape(key[0])}/{html.escape(key[1])}'>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"node-{i}"))
         parts.append("</div>")
     if len(node_keys) > MAX_NODE_PLOTS:
         rest = ", ".join(html.escape(f"{c}/{n}") for c, n in node_keys[MAX_NODE_PLOTS:])
-        parts.append(f"<p>{len(node_keys) - MAX_NODE_PLOTS} more nodes with incidents (in the JSON report): {rest}</p>")
+        parts.append(
+            f"<p>{len(node_keys) - MAX_NODE_PLOTS} more nodes with incidents or operator requests (in the JSON "
+            f"report): {rest}</p>"
+        )
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -19,6 +19,15 @@ Definitions (documented for operators in docs/replay.md):
   of an action that changes the node: not `none`, `escalate` or `wait_for_cloud_event`),
   else the time the last of its anomalies resolved. An action taken but never verified leaves the
   incident unrepaired (`ttr_s` None): nobody proved the node healthy.
+- An incident *open* at the end of the window (an anomaly with no resolution in it) is repaired only
+  when an action was taken and its last verification came after every still-firing anomaly was
+  detected (the verification proved the node healthy; e.g. a `kernel_fault` the detector holds for
+  `event_hold_s` after the reboot that cured it). Without an action, or with an anomaly detected after
+  the last verification that is still firing, it is not repaired: `ttr_s` None. The demo report and
+  `nodeheal replay` read the same window through this one function, so they agree.
+- An *operator request* (a diagnosis with cause `operator_request`, sent by `nodeheal batch`) is no
+  incident: nothing was found broken. It is listed on its own (`operator_requests`, with the audit
+  records of its actions) and never joins, repairs or classifies an incident.
 - 1-5-10 is cumulative from onset: detected within 60 s, identified within 300 s, repaired within 600 s.
 - Percentiles are nearest-rank (the value at rank ⌈p/100 · n⌉ of the sorted sample): always an
   observed value, no interpolation.
@@ -37,6 +46,7 @@ from pydantic import BaseModel, ConfigDict
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.anomaly import Evidence as SchemaEvidence
 from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.ids import deterministic_id
@@ -166,6 +176,21 @@ class Incident(_Model):
         return tuple(sorted({a.kind for a in self.anomalies}))
 
 
+class OperatorRequest(_Model):
+    """A person's request for one node (`nodeheal batch`), with what the remediator did for it.
+
+    Not an incident: nothing on the node was found broken, so it has no ttd / tti / ttr and is not in the
+    1-5-10 figures; the anomalies its own steps cause (our reboot) are incidents of their own (expected)."""
+
+    request_id: str
+    cluster: str
+    node: str
+    episode_id: str | None
+    requested_at: datetime
+    request: DiagnosisEntry
+    actions: tuple[ActionEntry, ...]
+
+
 class ProbeTransition(_Model):
     """A source's probes turned bad or good (a compact lane instead of every probe)."""
 
@@ -185,6 +210,7 @@ class NodeTimeline(_Model):
     probe_transitions: tuple[ProbeTransition, ...]
     cloud_events: tuple[CloudEntry, ...]
     incident_ids: tuple[str, ...]
+    operator_request_ids: tuple[str, ...]
     unattached_actions: tuple[ActionEntry, ...]
     unattached_diagnoses: tuple[DiagnosisEntry, ...]
 
@@ -223,6 +249,7 @@ class Counts(_Model):
     anomalies: int
     diagnoses: int
     audit_records: int
+    operator_requests: int
 
 
 class Summary(_Model):
@@ -239,11 +266,17 @@ class Timeline(_Model):
     incidents: tuple[Incident, ...]
     nodes: tuple[NodeTimeline, ...]
     summary: Summary
+    operator_requests: tuple[OperatorRequest, ...] = ()
 
     def to_report(self) -> dict[str, object]:
-        """The report shape shared with `nodeheal demo`: summary keys at the top, then `incidents`."""
+        """The report shape shared with `nodeheal demo`: summary keys at the top, then `incidents` and
+        `operator_requests`."""
         summary = self.summary.model_dump(mode="json")
-        return {**summary, "incidents": [i.model_dump(mode="json") for i in self.incidents]}
+        return {
+            **summary,
+            "incidents": [i.model_dump(mode="json") for i in self.incidents],
+            "operator_requests": [r.model_dump(mode="json") for r in self.operator_requests],
+        }
 
     def to_json(self, *, indent: int | None = 2) -> str:
         import json
@@ -395,6 +428,34 @@ class _Draft:
         return ids
 
 
+class _Request:
+    """An operator request being assembled: its diagnosis and the audit records of its actions."""
+
+    def __init__(self, diagnosis: Diagnosis) -> None:
+        self.diagnosis = diagnosis
+        self.records: list[RemediationRecord] = []
+
+    def finish(self) -> OperatorRequest:
+        d = self.diagnosis
+        return OperatorRequest(
+            request_id=d.id,
+            cluster=d.cluster,
+            node=d.node,
+            episode_id=d.episode_id,
+            requested_at=d.identified_at,
+            request=_diagnosis_entry(d),
+            actions=_actions(self.records),
+        )
+
+
+def _latest_request(requests: Sequence[_Request], at: datetime) -> _Request | None:
+    """The node's latest operator request made at or before `at` (else its first one)."""
+    before = [rq for rq in requests if rq.diagnosis.identified_at <= at]
+    if before:
+        return before[-1]
+    return requests[0] if requests else None
+
+
 def _latest_covering(drafts: Sequence[_Draft], at: datetime, *, grace_s: float) -> _Draft | None:
     for draft in reversed(drafts):  # drafts are in onset order
         if draft.covers(at, grace_s=grace_s):
@@ -470,6 +531,8 @@ def _finish(draft: _Draft, class_of: Callable[[Incident], str]) -> Incident:
     )
     verified = [p.at for a in actions if not a.dry_run for p in a.phases if p.phase == "verified"]
     repaired_at = (max(verified) if verified else None) if action_taken else recovered_at
+    if repaired_at is not None and any(e.resolved_at is None and e.detected_at > repaired_at for e in episodes):
+        repaired_at = None  # still firing at the window end and never proven healthy after it fired
     ttd_s = _seconds(detected_at - onset)
     tti_s = _seconds(identified_at - onset) if identified_at else None
     ttr_s = _seconds(repaired_at - onset) if repaired_at else None
@@ -556,6 +619,7 @@ def summarize(
         anomalies=mc.get("anomalies", 0),
         diagnoses=mc.get("diagnoses", 0),
         audit_records=mc.get("audit_records", 0),
+        operator_requests=mc.get("operator_requests", 0),
     )
     return Summary(ttd_s=ttd, tti_s=tti, ttr_s=ttr, by_class=by_class, counts=counts, budgets_s=dict(BUDGETS_S))
 
@@ -603,6 +667,7 @@ def build_timeline(
 
     node_keys = sorted(set(probes) | set(clouds) | set(anomalies) | set(diagnoses) | set(records))
     incidents: list[Incident] = []
+    operator_requests: list[OperatorRequest] = []
     nodes: list[NodeTimeline] = []
     for key in node_keys:
         cluster, node = key
@@ -620,9 +685,14 @@ def build_timeline(
             draft.episodes.append(ep)
             drafts.append(draft)
 
-        # diagnoses: by the anomaly ids / keys they name, else by time on the node
+        # operator requests are their own entries; other diagnoses join incidents by the anomaly ids /
+        # keys they name, else by time on the node
+        requests: list[_Request] = []
         unattached_diag: list[DiagnosisEntry] = []
         for d in sorted(diagnoses.get(key, []), key=lambda d: (d.identified_at, d.id)):
+            if d.cause == OPERATOR_REQUEST:
+                requests.append(_Request(d))
+                continue
             named = set(d.anomaly_ids)
             target = next((dr for dr in drafts if dr.ids() & named), None)
             if target is None:
@@ -633,9 +703,13 @@ def build_timeline(
             else:
                 target.diagnoses.append(entry)
 
-        # audit records: by diagnosis id, then by action id (a later phase of the same action), else by time
-        diag_owner = {d.id: dr for dr in drafts for d in dr.diagnoses}
-        action_owner: dict[str, _Draft] = {}
+        # audit records: by diagnosis id, then by action id (a later phase of the same action), else by time;
+        # a record of an operator request (its diagnosis, episode or cause) goes to the request, never to
+        # an incident
+        diag_owner: dict[str, _Draft | _Request] = {d.id: dr for dr in drafts for d in dr.diagnoses}
+        diag_owner.update({rq.diagnosis.id: rq for rq in requests})
+        episode_request = {rq.diagnosis.episode: rq for rq in requests}
+        action_owner: dict[str, _Draft | _Request] = {}
         unattached_rec: list[RemediationRecord] = []
         pending: list[RemediationRecord] = []
         for r in sorted(records.get(key, []), key=lambda r: (r.time, r.id)):
@@ -646,7 +720,11 @@ def build_timeline(
             else:
                 pending.append(r)
         for r in pending:
-            owner = action_owner.get(r.action_id) or _latest_covering(drafts, r.time, grace_s=ATTACH_GRACE_S)
+            owner = action_owner.get(r.action_id)
+            if owner is None and (r.cause == OPERATOR_REQUEST or r.episode_id in episode_request):
+                owner = episode_request.get(r.episode_id or "") or _latest_request(requests, r.time)
+            if owner is None:
+                owner = _latest_covering(drafts, r.time, grace_s=ATTACH_GRACE_S)
             if owner is None:
                 unattached_rec.append(r)
             else:
@@ -664,6 +742,8 @@ def build_timeline(
         if not include_expected:
             finished = [i for i in finished if not i.expected]
         incidents.extend(finished)
+        node_requests = [rq.finish() for rq in requests]
+        operator_requests.extend(node_requests)
 
         node_probes = sorted(probes.get(key, []), key=lambda p: (p.time, p.source, p.seq, p.id))
         evidence_ids = {pid for a in anomalies.get(key, []) for pid in a.probe_ids}
@@ -690,6 +770,7 @@ def build_timeline(
                 probe_transitions=tuple(transitions),
                 cloud_events=tuple(sorted(node_cloud, key=lambda c: (c.at, c.phase, c.id))),
                 incident_ids=tuple(i.incident_id for i in finished),
+                operator_request_ids=tuple(rq.request_id for rq in node_requests),
                 unattached_actions=_actions(unattached_rec),
                 unattached_diagnoses=tuple(unattached_diag),
             )
@@ -702,6 +783,10 @@ def build_timeline(
         "anomalies": sum(map(len, anomalies.values())),
         "diagnoses": sum(map(len, diagnoses.values())),
         "audit_records": sum(map(len, records.values())),
+        "operator_requests": len(operator_requests),
     }
     summary = summarize(incidents, nodes_seen=len(node_keys), message_counts=message_counts)
-    return Timeline(incidents=tuple(incidents), nodes=tuple(nodes), summary=summary)
+    operator_requests.sort(key=lambda rq: (rq.requested_at, rq.cluster, rq.node, rq.request_id))
+    return Timeline(
+        incidents=tuple(incidents), nodes=tuple(nodes), summary=summary, operator_requests=tuple(operator_requests)
+    )
