@@ -275,8 +275,8 @@ class FleetSimulator:
             if membership != self.membership:
                 # a machine joined or left (rotation): the schedule goes on from here over the new fleet
                 membership, nodes = self.membership, list(self.nodes.values())
-                n, cycle = len(nodes), 0
-                cursor = min(cursor, n - 1)
+                n, cycle = max(1, len(nodes)), 0
+                cursor = min(cursor, len(nodes) - 1) if nodes else 0
                 start = now - cursor / n * interval
             if not self.probes_only:
                 self.advance(now)
@@ -562,7 +562,8 @@ class FleetSimulator:
         two storms stay apart), not on the bad kernel, in the zone's rack whose last spike crash is the
         oldest (the crashes go round the racks)."""
         if self.spike_zone is None:
-            dark = self.racks[self.partition_log[0]][0].inv.zone if self.partition_log else None
+            racks = {n.inv.rack: n.inv.zone for n in self.nodes.values()}
+            dark = racks.get(self.partition_log[0]) if self.partition_log else None
             zones = sorted({n.inv.zone or "" for n in self.nodes.values()} - {dark or ""})
             if not zones:
                 return None
