@@ -29,6 +29,7 @@ from nodeheal.sim.rotation import NEW_MACHINE_KERNEL, FleetRotation, add_launch_
 from nodeheal.sim.world import DemoWorld
 from tests.integration.remediator.harness import (
     CLUSTER,
+    audit_records,
     make_settings,
     publish_diagnosis,
     start_service,
@@ -108,12 +109,18 @@ async def test_an_approved_replacement_leaves_and_joins_the_fleet(
                 if rotation.joined and probes.get(rotation.joined[0].node):
                     break
                 await asyncio.sleep(0.1)
+            # the old machine's silence (its agent is gone for good) is diagnosed again: no fault of a machine
+            # that left the fleet — nothing is done to it
+            await publish_diagnosis(nc, nats, _mce(old))
+            ghost = await wait_for_record(nc, nats, action="none", phase="skipped", timeout=30)
+            assert "left the fleet" in ghost.reason
         finally:
             stop.set()
             await ticking
             await sim.stop()
             await service.stop()
 
+        assert [(r.action, r.phase) for r in await audit_records(nc, nats) if r.time > ghost.time] == []
         deletes = world.ecs.calls_to("DeleteInstance")
         runs = world.ecs.calls_to("RunInstances")
         assert [c.params["InstanceId"] for c in deletes] == [old_instance] and len(runs) == 1

@@ -309,6 +309,17 @@ class Remediator:
         newer = self.view.newer_in_episode(diagnosis)
         if newer is not None:
             return "ack"  # a later diagnosis of the same episode carries the ladder on
+        left = self.view.left.get(diagnosis.node)
+        if left is not None:
+            # a machine that left the cluster (released by a replace: its agent is silent for good) is no fault
+            await self._skip(
+                None,
+                diagnosis,
+                why="left",
+                reason=f"{diagnosis.node} left the fleet (its inventory record was deleted at {left.isoformat()}): "
+                f"nothing to repair ({diagnosis.cause})",
+            )
+            return "ack"
         checks = policy.check_fresh(
             diagnosis=diagnosis, policy=self.policy, now=now, recovered_at=self._recovered_at(diagnosis)
         )
