@@ -39,5 +39,10 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     # containerd itself, a `docker.socket` unit failure): see docs/BENCHMARKS.md
     not_log_lines = {"kb-007", "kb-008", "kb-017", "kb-099", "kb-101", "kb-102", "kb-103", "kb-104", "kb-125"}
     not_log_lines |= {"kb-187", "kb-188", "kb-199"}
-    unknown_wordings = {"kb-179", "kb-201"}
+    # round 3: a crash(8) `sys` block and rasdaemon's `ras-mc-ctl --errors` records are not log lines; a
+    # hung-task header wrapped by the mailer (held out) and journalctl's '-- Reboot --' marker are wordings
+    # the KB does not know either
+    not_log_lines |= {"kb-219", "kb-232"}
+    # round 4 (held out): an XFS forced-shutdown line wrapped over four lines
+    unknown_wordings = {"kb-179", "kb-201", "kb-248", "kb-289", "kb-299"}
     assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)

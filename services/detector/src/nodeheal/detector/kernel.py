@@ -18,7 +18,7 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"\[Hardware Error\]|Machine Check|mcelog|\bEDAC\b"
         r"|nvme\d*: I/O \d+ QID|nvme\w*: .*(?:timeout|not ready)"
         r"|critical medium error|Medium Error|I/O error, dev|blk_update_request: .*error|Buffer I/O error on dev"
-        r"|HANDLING MCE MEMORY ERROR|CPU context corrupt",
+        r"|HANDLING MCE MEMORY ERROR|CPU context corrupt|Machine check events logged|This is not a software error",
     ),
     (
         "lockup",
@@ -51,7 +51,8 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
         "runtime",
         r"PLEG is not healthy|kubelet\.service: (?:Main process exited|Failed)|cannot connect to (?:the )?Docker"
-        r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*reclaim"
+        r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*reclaim|Eviction manager: .*reclaim"
+        r"|container runtime is down"
         r"|EvictionThresholdMet|NodeHasDiskPressure|kubelet\.service: main process exited"
         r"|Unit kubelet\.service entered failed state|dial unix \S*\.sock: connect|runtime API version: rpc error"
         r"|from runtime service failed|Cannot connect to the Docker daemon at unix"

@@ -3,12 +3,14 @@
 - classification: every excerpt of `corpus.jsonl` (and of the older `kernel-log-samples.jsonl`) goes
   through `analyse()`; its primary class is compared with the label. Per-class precision / recall / F1,
   a confusion table (true → predicted, `none` when nothing matched), accuracy overall and split into
-  `train` (excerpts whose misses were allowed to motivate rules) and `test` (held out: only judged).
+  `train` (excerpts whose misses were allowed to motivate rules) and `test` (held out: only judged), and
+  for the third round (`round: 3`) separately: `fresh_test` is its held-out half.
 - buckets: every crash report cut from the excerpts; two reports are "the same bug" when their source
   says so (the excerpt's `group`, or several reports of one problem pasted in one excerpt). Pairwise
   precision / recall / F1 of the exact key (level 1) and of the similarity clusters (level 2).
 - syzbot_same_bug: both bucket levels on real syzbot crash reports grouped by the bug syzbot filed them
-  under (`syzbot_same_bug.jsonl`), pairwise, overall and per split.
+  under (`syzbot_same_bug.jsonl`), pairwise, overall and per split; syzbot_mail_same_bug: the same on the
+  fresh set of crash reports syzbot mailed (`syzbot_mail_same_bug.jsonl`), never used for tuning.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
   and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
   both rule sets timed in the same process.
@@ -70,7 +72,7 @@ def load_corpus(directory: Path) -> tuple[list[Excerpt], list[str]]:
                     source=str(row["source"]),
                     split=str(row["split"]),
                     group=row.get("group"),
-                    meta={k: row.get(k) for k in ("distro", "kernel", "locale")},
+                    meta={k: row.get(k) for k in ("distro", "kernel", "locale", "round")},
                 )
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -112,8 +114,12 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
         fp = sum(row[cls] for true, row in confusion.items() if true != cls)
         per_class[cls] = {"support": tp + fn, **_prf(tp, fp, fn)}
 
-    def accuracy(split: str | None) -> dict[str, float | int]:
-        chosen = [e for e in excerpts if split is None or e.split == split]
+    def accuracy(split: str | None, round_: int | None = None) -> dict[str, float | int]:
+        chosen = [
+            e
+            for e in excerpts
+            if (split is None or e.split == split) and (round_ is None or e.meta.get("round") == round_)
+        ]
         right = sum(predicted[e.id] == e.cls for e in chosen)
         return {"excerpts": len(chosen), "right": right, "accuracy": round(right / len(chosen), 4) if chosen else 1.0}
 
@@ -131,6 +137,12 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             },
             "train": accuracy("train"),
             "test": accuracy("test"),
+            # round 3 (kb-219…): committed before any rule saw them; its `test` half is the fresh held-out set
+            "round3_all": accuracy(None, 3),
+            "round3_train": accuracy("train", 3),
+            "fresh_test": accuracy("test", 3),
+            # round 4 (kb-293…): all held out, committed after the round-3 rules were final
+            "round4_test": accuracy("test", 4),
             "samples": accuracy("samples"),
         },
         "per_class": per_class,
@@ -245,9 +257,10 @@ class SyzbotCrash:
     lines: tuple[str, ...]
 
 
-def load_syzbot(directory: Path) -> list[SyzbotCrash]:
-    """`syzbot_same_bug.jsonl`: real syzbot crash reports with the bug syzbot filed each under (README)."""
-    path = directory / "syzbot_same_bug.jsonl"
+def load_syzbot(directory: Path, name: str = "syzbot_same_bug.jsonl") -> list[SyzbotCrash]:
+    """`syzbot_same_bug.jsonl` (crash logs kept by syzkaller) or `syzbot_mail_same_bug.jsonl` (crash reports
+    syzbot mailed, the fresh set): real syzbot crash reports with the bug syzbot filed each under (README)."""
+    path = directory / name
     if not path.is_file():
         return []
     out: list[SyzbotCrash] = []
@@ -288,11 +301,8 @@ def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
             "similarity": pairwise(truth, [str(c) for c in cluster_reports(reports)]),
         }
 
-    return {
-        "all": score(crashes),
-        "train": score([c for c in crashes if c.split == "train"]),
-        "test": score([c for c in crashes if c.split == "test"]),
-    }
+    splits = sorted({c.split for c in crashes})
+    return {"all": score(crashes), **{split: score([c for c in crashes if c.split == split]) for split in splits}}
 
 
 def _rate(fn: Any, lines: Sequence[str], seconds: float) -> float:
@@ -363,5 +373,6 @@ def run_bench(corpus_dir: Path, *, seconds: float = 2.0, baseline_rules: Path | 
         "bucketing": bucketing(excerpts),
         "partial_copies": partial_copy_robustness(excerpts),
         "syzbot_same_bug": syzbot_bucketing(load_syzbot(corpus_dir)),
+        "syzbot_mail_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_mail_same_bug.jsonl")),
         "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }
