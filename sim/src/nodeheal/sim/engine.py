@@ -557,6 +557,10 @@ class FleetSimulator:
         self.open_faults[node.name] = fault
         return [fault]
 
+    def _hardware_zones(self) -> set[str]:
+        """Zones of the machines that crashed on failing hardware (their rotation needs the zone calm)."""
+        return {f.zone or "" for f in self.truth if f.kernel_class in HARDWARE_CRASH_CLASSES}
+
     def _pick_spike_node(self, now: float) -> SimNode | None:
         """A node of the spike's zone (chosen at its first crash: not the partitioned rack's zone, so the
         two storms stay apart), not on the bad kernel, in the zone's rack whose last spike crash is the
@@ -565,6 +569,8 @@ class FleetSimulator:
             racks = {n.inv.rack: n.inv.zone for n in self.nodes.values()}
             dark = racks.get(self.partition_log[0]) if self.partition_log else None
             zones = sorted({n.inv.zone or "" for n in self.nodes.values()} - {dark or ""})
+            # and not the zone of a machine being rotated out (its storm guard would hold the rotation)
+            zones = [z for z in zones if z not in self._hardware_zones()] or zones
             if not zones:
                 return None
             self.spike_zone = self.rng.choice(zones)
@@ -717,6 +723,10 @@ class FleetSimulator:
         # earlier fault would blur the storm scenario's ground truth
         untouched = [rack for rack in healthy_racks if not any(m.name in struck for m in self.racks[rack])]
         healthy_racks = untouched or healthy_racks
+        # not in the zone of a machine being rotated out: a dark rack makes its zone a storm, and the storm
+        # guard would hold the rotation until the zone recovers
+        calm = [r for r in healthy_racks if self.racks[r] and self.racks[r][0].inv.zone not in self._hardware_zones()]
+        healthy_racks = calm or healthy_racks
         if not healthy_racks:
             return []
         rack = self.rng.choice(healthy_racks)
