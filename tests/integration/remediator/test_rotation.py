@@ -209,3 +209,33 @@ async def test_a_retired_machine_that_answers_again_is_still_replaced_and_never_
     assert not [t for t in trail if t[0] == "uncordon"], trail
     node = await _read_node(world.url, "spare")
     assert node.spec.unschedulable is True and node.metadata.labels["nodeheal.io/retired"] == "mce_fatal_panic"
+
+
+async def test_a_rotation_blocked_after_the_retire_is_not_refused_when_redelivered(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """The replace of a retired machine blocked by the disruption rate is retried by redelivery; by then the
+    diagnoser has ended the episode (resolved at the retire): the redelivered diagnosis is not refused as
+    "recovered" (seen in a 300-node demo: the replacement never came)."""
+    await add_inventory(nc, topology_ready, "r2", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r2")
+    crash = _crash("r2", ["retire", "replace"])  # r2 runs no pod: retired without a drain
+    settings = make_settings(topology_ready, kube_url=world.url, disruptive_per_minute=1)
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, crash)
+        waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval", timeout=60)
+        healthy = crash.model_copy(
+            update={"id": f"diag-{new_id()}", "resolved": True, "recommended": (), "identified_at": datetime.now(UTC)}
+        )
+        await publish_diagnosis(nc, topology_ready, healthy)  # the diagnoser's answer to the retire
+        approve = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+        approve += ["--bucket-prefix", topology_ready.bucket_prefix]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        await wait_for_record(nc, topology_ready, action="replace", phase="blocked", timeout=30)  # the rate
+        await asyncio.sleep(3.0)  # several redeliveries (retry delay 0.5 s)
+    finally:
+        await service.stop()
+    trail = [(r.action, r.phase, r.reason) for r in await audit_records(nc, topology_ready)]
+    assert not [t for t in trail if t[1] == "skipped" and "recovered" in t[2]], trail
+    assert not [t for t in trail if t[0] == "uncordon"], trail

@@ -320,8 +320,14 @@ class Remediator:
                 f"nothing to repair ({diagnosis.cause})",
             )
             return "ack"
+        # a machine being rotated out is not back because it answers again (below, `_step`): a rotation
+        # ladder redelivered after a blocked step is not refused for a recovery either
+        rotation = any(r.action in policy.ROTATION for r in diagnosis.recommended)
         checks = policy.check_fresh(
-            diagnosis=diagnosis, policy=self.policy, now=now, recovered_at=self._recovered_at(diagnosis)
+            diagnosis=diagnosis,
+            policy=self.policy,
+            now=now,
+            recovered_at=None if rotation else self._recovered_at(diagnosis),
         )
         if policy.failed(checks):
             reason = "diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks))
@@ -616,7 +622,9 @@ class Remediator:
         # a machine being rotated out is not back because it answers again: a crash on failing hardware
         # "recovers" by its own reboot (and the diagnoser ends the episode once it is retired), so neither
         # stops the retire or the replace after it
-        rotating = step.action in policy.ROTATION or run.retired()
+        rotating = (
+            step.action in policy.ROTATION or run.retired() or any(r.action in policy.ROTATION for r in d.recommended)
+        )
         if recovered is not None and recovered > d.identified_at and not rotating:
             await self._srec(
                 run, step, phase="skipped", reason=f"node recovered at {recovered.isoformat()}; ladder stopped"
