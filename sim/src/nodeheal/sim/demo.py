@@ -40,7 +40,7 @@ from nodeheal.sim.cluster import EmbeddedCluster
 from nodeheal.sim.demo_report import RunRecord, build_report, collect_window, write_html
 from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
-from nodeheal.sim.faults import plan_faults
+from nodeheal.sim.faults import HARDWARE_CRASH_CLASSES, plan_faults
 from nodeheal.sim.fleet import FleetSpec
 from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, lost_and_repeated, security_section
 from nodeheal.sim.rotation import DemoOperator, FleetRotation, add_launch_templates
@@ -697,7 +697,12 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                             live=shards.totals() if shards is not None else {},
                         )
                     )
-                rotating = operator is not None and operator.busy()  # an approved replacement under way
+                # with the demo operator, a machine that crashed on failing hardware and is still in the fleet
+                # (its rotation under way, maybe waiting for the budgets or the rate) keeps the run going
+                rotating = operator is not None and (
+                    operator.busy()
+                    or any(f.node in sim.nodes for f in sim.truth if f.kernel_class in HARDWARE_CRASH_CLASSES)
+                )
                 if now >= fault_end and ((not sim.open_faults and not rotating) or now >= fault_end + cfg.settle_s):
                     break
                 await asyncio.sleep(0.5)
