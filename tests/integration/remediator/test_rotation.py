@@ -115,12 +115,15 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
         waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval")
         await asyncio.sleep(1.0)
         assert ecs.world.calls_to("DeleteInstance") == [] and ecs.world.calls_to("RunInstances") == []
+        # retired and still cordoned while it waits: it keeps its budget slot (the referee counts it out)
+        assert await service.remediator.ledger.slot_of("r2") is not None
         assert "i-r2" in ecs.world.instances
         args = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
         args += ["--bucket-prefix", topology_ready.bucket_prefix]
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         done = await wait_for_record(nc, topology_ready, action="replace", phase="succeeded")
+        assert await service.remediator.ledger.slot_of("r2") is None  # released and recreated: the slot is back
     finally:
         await service.stop()
     deletes = ecs.world.calls_to("DeleteInstance")

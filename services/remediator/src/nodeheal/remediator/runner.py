@@ -73,6 +73,8 @@ class _Run:
     history: list[RemediationRecord]
     episode: str = ""
     notes: list[str] = field(default_factory=list)
+    replacing: bool = False
+    """the ladder goes on from `retire` to `replace`: the retired node keeps its budget slot until replaced"""
 
     def __post_init__(self) -> None:
         if not self.episode:
@@ -389,6 +391,7 @@ class Remediator:
                 "replace it, or remove the retired label and taint and uncordon it by hand",
             )
             return "ack"
+        run.replacing = any(s.action == "replace" for s in the_plan.steps)
         for i, step in enumerate(the_plan.steps):
             if run.lease.lost:
                 raise LeaseLostError(f"lease on {d.node} lost")
@@ -443,6 +446,7 @@ class Remediator:
     async def _rotate(self, run: _Run, *, why: str, rung: int) -> StepResult:
         """Machine rotation of a node that spent its repair budget: cordon, drain, retire, replace (approval)."""
         d = run.diagnosis
+        run.replacing = True
         for step in planner.rotation_steps(d, policy=self.policy, why=why, rung=rung):
             result = await self._step(run, step)
             if result != "next":
@@ -725,8 +729,11 @@ class Remediator:
             warning=not outcome.ok,
         )
         if outcome.ok and step.action in policy.ROTATION:
-            # the machine has left the fleet (retired, or released and recreated): its budget slot goes back
-            await self._release_slot(run)
+            # the machine has left the fleet (released and recreated, or retired for good): its budget slot goes
+            # back. A retired node waiting for its replace (approval, the rate) is still cordoned, out of
+            # capacity: it keeps the slot until the replace, or until a person takes it (escalation)
+            if step.action == "replace" or not run.replacing:
+                await self._release_slot(run)
             return "done" if step.action == "replace" else "next"
         if not outcome.ok or not step.is_fix or not verify_after:
             return "next"
