@@ -108,3 +108,58 @@ async def test_sigkill_between_fetch_and_publish_loses_no_kernel_line(topology_r
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """The chaos demo's lost bad-kernel crash: a node crashed, the detector raised node_down, was
+    SIGKILLed, and the node came back with a new boot id while the detector was away. The restart
+    seeded each node's boot id from the *last* probe in the stream — already the new boot's, stored
+    beyond the durable's ack floor — so when those probes were delivered nothing had changed: no
+    unexpected_reboot, and the diagnoser (holding the lone node_down) saw the node simply come back.
+    The seed must be what the killed process had processed: the boot id as of the ack floor."""
+    port = free_port()
+    first = start(topology_ready, port)
+    second: subprocess.Popen[bytes] | None = None
+    durable_stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}PROBES").name
+    js = nc.jetstream()
+    try:
+        await ready(first, port)
+        for seq in range(1, 4):  # boot b1 of r1, seen and acknowledged
+            await publish(nc, topology_ready, probe(node="r1", seq=seq, used=10.0, boot="b1"))
+            await publish(nc, topology_ready, probe(node="r2", seq=seq, used=10.0, boot="b1"))
+
+        async def all_acked() -> bool:
+            info = await js.consumer_info(durable_stream, "detector")
+            return info.num_ack_pending == 0 and info.num_pending == 0 and info.delivered.stream_seq >= 6
+
+        await eventually(all_acked, timeout_s=30)
+        first.kill()  # SIGKILL, as the chaos run does
+        assert await asyncio.to_thread(first.wait, 30) == -9
+        # while it is away, r1 reboots (a new boot id) and r2 goes on
+        for seq in range(4, 7):
+            await publish(nc, topology_ready, probe(node="r1", seq=seq, used=10.0, boot="b2"))
+            await publish(nc, topology_ready, probe(node="r2", seq=seq, used=10.0, boot="b1"))
+
+        second = start(topology_ready, port)
+        await ready(second, port)
+
+        async def reboots() -> list[str]:
+            return [
+                a.node
+                for a in await anomalies(nc, topology_ready)
+                if a.kind == "unexpected_reboot" and a.status == "firing"
+            ]
+
+        await eventually(reboots, timeout_s=30)
+        await asyncio.sleep(1.0)
+        assert await reboots() == ["r1"]  # once, and only the node that rebooted
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()

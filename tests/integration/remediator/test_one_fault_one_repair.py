@@ -155,3 +155,34 @@ async def test_a_restarted_remediator_keeps_the_storm_in_force(
             await service.stop()
     finally:
         await control.delete(key)
+
+
+async def test_a_node_that_recovers_while_its_ladder_waits_is_verified_before_it_is_uncordoned(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """The chaos demo's "unresolved" transient kernel faults: the node was cordoned, the next step waited
+    for the rate limit, the fault cleared by itself, and the ladder gave the node back — uncordoned
+    without a `verified` record, so the episode ended with an action nobody was seen to check (the
+    referee and `nodeheal replay` count it unrepaired). The ladder verifies it; the proof is recorded.
+    (Which of the remediator's three give-back paths runs here depends on timing — the waiting ladder's
+    `_settle_run`, the refused redelivery's or the resolution's `_settle`; each records `verified`.)"""
+    await add_inventory(nc, topology_ready, "n5", zone="z1", cloud="alibaba", instance_id="i-n5")
+    settings = make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, disruptive_per_minute=1)
+    service = await start_service(settings)
+    try:
+        async with Probes(nc, topology_ready, "n5"):
+            d = diagnosis("n5", ["cordon", "drain", "reboot"], episode="ep-n5")
+            await publish_diagnosis(nc, topology_ready, d)
+            await wait_for_record(nc, topology_ready, node="n5", action="reboot", phase="blocked")
+            assert world.is_cordoned("n5")
+            # the node's recovery reaches the waiting ladder (its view of DIAGNOSES); the resolution names
+            # an earlier episode of the node, so only the ladder acts on it (no settle of its own)
+            resolved = diagnosis("n5", ["none"], episode="ep-n5-before", resolved=True)
+            await publish_diagnosis(nc, topology_ready, resolved)
+            back = await wait_for_record(nc, topology_ready, node="n5", action="uncordon", phase="succeeded")
+    finally:
+        await service.stop()
+    records = await audit_records(nc, topology_ready)
+    verified = [r for r in records if r.node == "n5" and r.phase == "verified"]
+    assert verified and min(r.time for r in verified) <= back.time
+    assert reboots(ecs, "i-n5") == 0 and not world.is_cordoned("n5")

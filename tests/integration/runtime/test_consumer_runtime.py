@@ -4,7 +4,9 @@ reason and the loop goes on; a transient failure is redelivered; a dead loop fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -244,3 +246,65 @@ async def test_a_message_cancelled_at_shutdown_is_neither_acked_nor_dead_lettere
     info = await js.consumer_info(spec(topology_ready).stream, "fuzzed")
     assert info.num_ack_pending == 1
     assert await dead_letters(js, topology_ready, "fuzzed") == []
+
+
+async def test_an_idle_consumer_logs_no_error(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty stream's fetches time out: faststream's pull loop ends and starts again, which it used
+    to log as an error with a `TimeoutError` traceback at every service start (an operator reads it as
+    a failure). Nothing failed, so nothing at INFO or above is logged; the loop still consumes."""
+    handled: list[str] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        handled.append(item.id)
+
+    caplog.set_level(logging.INFO)
+    runtime.consume(spec(topology_ready, fetch_timeout_s=0.1), handle)
+    await runtime.start()
+    await asyncio.sleep(1.5)  # several idle fetches
+    noisy = [r for r in caplog.records if r.name == "nodeheal.fuzzed.consumers" and r.levelno >= logging.INFO]
+    assert noisy == [], [r.getMessage()[:120] for r in noisy]
+    assert runtime.liveness() == (True, "ok")
+    item = anomaly("n4", "node_down")
+    subject = f"{topology_ready.prefix}.anomaly.c1.n4"
+    await nc.jetstream().publish(subject, item.to_json(), headers={"Nats-Msg-Id": item.id})
+
+    async def consumed() -> bool:
+        return handled == [item.id]
+
+    await eventually(consumed, within_s=10.0)
+
+
+async def test_a_service_whose_start_fails_fails_healthz(topology_ready: NatsSettings) -> None:
+    """The chaos demo's silent remediator: its start timed out while the nats-server was being killed,
+    faststream's startup hook failed, and the process went on serving HTTP with no consumers while
+    `/healthz` said 200 — nothing restarts such a pod. A failed start fails `/healthz`."""
+
+    async def start() -> None:
+        raise TimeoutError("nats: timeout")
+
+    shell = make_broker(topology_ready, name="pytest-failing-start")
+    app = build_asgi(shell, after_startup=[start])
+    sent: list[dict[str, object]] = []
+    incoming: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    await incoming.put({"type": "lifespan.startup"})
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    lifespan = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, incoming.get, send))
+    try:
+        await eventually(lambda: _async(bool(sent)), within_s=20.0)
+        status, body = await asgi_get(app, "/healthz")
+        assert status == 503 and "start failed" in body
+    finally:
+        lifespan.cancel()
+        with contextlib.suppress(BaseException):
+            await lifespan
+        with contextlib.suppress(Exception):
+            await shell.stop()
+
+
+async def _async(value: bool) -> bool:
+    return value

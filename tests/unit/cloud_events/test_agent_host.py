@@ -162,3 +162,28 @@ async def test_a_new_boot_reports_its_kernel_and_a_remount_shows_at_once(tmp_pat
     rebooted = await collector.collect()
     assert rebooted.boot_id == "99999999-1111-2222-3333-444455556666"
     assert rebooted.kernel_release == "5.10.134-17.al8.x86_64"
+
+
+async def test_unchanged_service_states_are_reused_and_a_change_shows_at_once() -> None:
+    from nodeheal.agent.systemd import SystemctlClient
+
+    states = {"kubelet": "active", "containerd": "active"}
+    calls: list[list[str]] = []
+
+    async def systemctl(argv: list[str], *, timeout_s: float) -> tuple[int, str, str]:
+        del timeout_s
+        calls.append(list(argv))
+        blocks = [f"Id={u}\nActiveState={states[u.removesuffix('.service')]}\nNRestarts=0\n" for u in argv[4:]]
+        return 0, "\n".join(blocks), ""
+
+    client = SystemctlClient(runner=systemctl)
+    first = await client.status(["kubelet", "containerd"])
+    again = await client.status(["kubelet", "containerd"])
+    assert [s.state for s in again] == ["active", "active"]
+    assert again == first and again[0] is first[0]  # the same text: not parsed again
+    states["kubelet"] = "failed"
+    changed = await client.status(["kubelet", "containerd"])
+    assert [s.state for s in changed] == ["failed", "active"]
+    # other units asked: their own answer
+    assert [s.unit for s in await client.status(["containerd"])] == ["containerd"]
+    assert len(calls) == 4  # systemctl is still asked every time: only the parsing is skipped

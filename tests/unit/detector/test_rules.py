@@ -414,3 +414,79 @@ def test_stream_lag_is_read_from_the_ack_subject() -> None:
     assert stream_lag(v2, stored + 3.0) == 3.0
     assert stream_lag("_INBOX.abc", stored) is None
     assert stream_lag(v1, stored - 1.0) == 0.0  # clock skew never makes a negative lag
+
+
+def _fleet_round(det: Detector, t: float, nodes: list[str], *, every: float) -> float:
+    """Each node's agent probe once, spread over `every` seconds (a fleet probing at that cadence)."""
+    step = every / len(nodes)
+    for i, name in enumerate(nodes):
+        at = t + i * step
+        det.observe_probe(agent_probe(t=at, node=name, seq=int(at * 10)), now=at)
+        det.tick(now=at)
+    return t + every
+
+
+def test_a_fleet_whose_agents_all_probe_slower_is_not_declared_down_and_a_silent_node_still_is() -> None:
+    """The simulator of a fleet too large for its machine stretches every node's cadence evenly, more as
+    the machine gets busier (here from the configured 10 s to 30 s): the detector judges silence against
+    the cadence the agents really have (the median gap between a node's probes), so the fleet is not
+    "down"; a node that stops sending is still found down, after 2.5 of those intervals."""
+    det = make()
+    nodes = [f"n{i}" for i in range(200)]
+    t, every = T0, INTERVAL
+    for _ in range(14):
+        t = _fleet_round(det, t, nodes, every=every)
+        every = min(3 * INTERVAL, every * 1.1)
+    for _ in range(11):  # the median of the last 2,048 gaps: ten rounds of 200 nodes
+        t = _fleet_round(det, t, nodes, every=every)
+    assert drain(det) == []
+    assert det.cadence_s == pytest.approx(3 * INTERVAL, rel=0.05)
+    # n0 goes silent; the rest keep their 30 s cadence
+    last = t - every
+    t = _fleet_round(det, t, nodes[1:], every=every)
+    assert drain(det) == []  # 30 s: one missed probe is not silence
+    for _ in range(3):
+        t = _fleet_round(det, t, nodes[1:], every=every)
+    out = drain(det)
+    assert len(out) == 1 and out[0][0] in ("node_down", "agent_down") and out[0][1] == "firing", out
+    assert det.nodes["c1/n0"].silence is not None
+    assert t - last > 2.5 * 3 * INTERVAL
+
+
+def test_a_fleet_probing_at_its_configured_interval_keeps_the_configured_silence_timeout() -> None:
+    det = make()
+    nodes = [f"n{i}" for i in range(1000)]  # the last 2,048 gaps: about two rounds
+    t = T0
+    for _ in range(5):
+        t = _fleet_round(det, t, nodes, every=INTERVAL)
+    assert det.cadence_s == pytest.approx(INTERVAL)
+    # no slower than configured (probes come faster: the configured timeout still holds) ...
+    for _ in range(5):
+        t = _fleet_round(det, t, nodes, every=INTERVAL / 2)
+    assert det.cadence_s == INTERVAL
+    # ... and never widened beyond `max_cadence_factor` (4×) however slow the agents get
+    every = INTERVAL
+    for _ in range(30):
+        t = _fleet_round(det, t, nodes, every=every)
+        every = min(6 * INTERVAL, every * 1.1)
+    assert drain(det) == []
+    assert det.cadence_s == 4 * INTERVAL
+
+
+def test_a_fleet_whose_cadence_jumps_past_the_timeout_is_found_silent_once_then_learnt() -> None:
+    """Every node's cadence jumps from 10 s to 30 s at once (a simulator's machine suddenly busy): each node
+    is found silent once, before the new cadence is known; the gaps across those silences teach it, and
+    the storm stops instead of repeating at every round."""
+    det = make()
+    nodes = [f"n{i}" for i in range(1000)]
+    t = T0
+    for _ in range(3):
+        t = _fleet_round(det, t, nodes, every=INTERVAL)
+    for _ in range(3):
+        t = _fleet_round(det, t, nodes, every=3 * INTERVAL)
+    firing = [a for a in drain(det) if a[1] == "firing"]
+    assert 0 < len(firing) <= len(nodes)
+    assert det.cadence_s == pytest.approx(3 * INTERVAL, rel=0.05)
+    for _ in range(5):
+        t = _fleet_round(det, t, nodes, every=3 * INTERVAL)
+    assert [a for a in drain(det) if a[1] == "firing"] == []

@@ -119,3 +119,28 @@ def test_a_hardware_crash_found_with_nothing_firing_opens_its_episode_until_the_
         if (d := diagnoser.evaluate(key, now=done).diagnosis)
     ]
     assert end.resolved and end.anomaly_ids == first.anomaly_ids
+
+
+def test_a_reboot_raised_after_the_crash_report_is_named_by_the_episodes_diagnosis() -> None:
+    """The chaos demo's "undiagnosed" machine check: the node came back while the detector was
+    restarting, so its crash report arrived first and opened the episode on its own (a diagnosis naming
+    only the report's episode); the detector's unexpected_reboot came two seconds later. The verdict
+    did not change, so nothing was said again and no diagnosis named the reboot anomaly — a reader of
+    the streams (`nodeheal replay`, the demo's referee) saw an undiagnosed reboot. The first real
+    anomaly joining the episode is said once: same episode, same verdict and ladder, naming it."""
+    diagnoser = Diagnoser(matcher=Matcher(load_knowledge_base()))
+    now = datetime.now(tz=UTC)
+    verdict = classify(mce_report("n5", now), diagnoser.matcher)
+    touched = diagnoser.on_crash(verdict, update_record(None, verdict, kernel=None, at=now) or {})
+    [first] = [d for key in touched if (d := diagnoser.evaluate(key, now=now).diagnosis) is not None]
+    later = now + timedelta(seconds=2)
+    reboot = anomaly("n5", "unexpected_reboot", at=later)
+    [second] = [d for key in diagnoser.on_anomaly(reboot) if (d := diagnoser.evaluate(key, now=later).diagnosis)]
+    assert reboot.id in second.anomaly_ids
+    assert second.id != first.id  # a new message (not dropped as a duplicate of the first)
+    assert (second.episode_id, second.cause, second.category) == (first.episode_id, first.cause, first.category)
+    assert [r.action for r in second.recommended] == [r.action for r in first.recommended]
+    # said once: the next anomaly of the episode changes nothing
+    again = now + timedelta(seconds=4)
+    more = anomaly("n5", "kernel_fault", at=again, subject="hardware")
+    assert all(diagnoser.evaluate(key, now=again).diagnosis is None for key in diagnoser.on_anomaly(more))

@@ -50,8 +50,6 @@ def world(**over: Any) -> WorldLog:
         "node_commands": [],
         "boots": [],
         "dark": {},
-        "budget_exceedances": 0,
-        "budget_exceedances_by_domain": {},
     }
     return WorldLog(**(base | over))
 
@@ -204,3 +202,60 @@ def test_a_fault_held_at_an_approval_gate_is_handed_to_a_person_not_lost() -> No
     assert judged["lost_by_reason"] == {"unresolved": 1}
     assert judged["awaiting_approval"] == 1
     assert judged["awaiting_approval_examples"][0]["fault"] == "f5"
+
+
+def _pool_of_two(disruptions: list[tuple[float, str, bool]]) -> WorldLog:
+    """Three nodes of pool p1, whose budget is 2 nodes at once."""
+    nodes = ("a", "b", "c")
+    return world(
+        disruptions=[(at(t).timestamp(), node, on) for t, node, on in disruptions],
+        node_domains={n: ["cluster:all", "pool:p1"] for n in nodes},
+        domain_limits={"cluster:all": 20, "pool:p1": 2},
+    )
+
+
+def node_rec(node: str, action: str, phase: str, s: float, target: str | None = None) -> RemediationRecord:
+    return rec(action, phase, s, f"{node}-{action}").model_copy(update={"node": node, "target": target})
+
+
+# a and b cordoned (the pool's two slots); a third node c is cordoned at 30 s while both still are
+THREE_CORDONED = [(10, "a", True), (12, "b", True), (30, "c", True), (60, "a", False), (61, "b", False)]
+
+
+def test_an_escalated_node_left_cordoned_is_not_a_budget_exceedance() -> None:
+    # a was handed to a person at 20 s (its slot released), so c could take the slot: no exceedance;
+    # a is reported as capacity lost to people's queues
+    audit = [node_rec(n, "cordon", "intent", t) for n, t in (("a", 9), ("b", 11), ("c", 29))]
+    audit.append(node_rec("a", "escalate", "succeeded", 20))
+    safety = judge(audit=audit, world=_pool_of_two(THREE_CORDONED), truth=[], run_end=END)
+    assert safety["budget_exceedances"] == 0, safety
+    assert safety["handed_to_people"]["by_pool_max"] == {"p1": 1}
+
+
+def test_a_third_node_over_the_budget_is_an_exceedance_unless_handed_over() -> None:
+    audit = [node_rec(n, "cordon", "intent", t) for n, t in (("a", 9), ("b", 11), ("c", 29))]
+    # no hand-over: three nodes nodeheal holds in a pool of budget 2
+    safety = judge(audit=audit, world=_pool_of_two(THREE_CORDONED), truth=[], run_end=END)
+    assert safety["budget_exceedances"] == 1 and safety["budget_exceedances_by_domain"] == {"pool": 1}
+    assert safety["budget_exceedance_samples"][0]["held"] == ["a", "b", "c"]
+    # a storm's escalation recorded on a's trail hands the domain to a person, not a's slot
+    storm = node_rec("a", "escalate", "succeeded", 20, target="storm:node_pool:p1")
+    assert (
+        judge(audit=[*audit, storm], world=_pool_of_two(THREE_CORDONED), truth=[], run_end=END)["budget_exceedances"]
+        == 1
+    )
+    # escalated at 20 s, but nodeheal acts on a again at 25 s (a new reboot): a counts again
+    again = [node_rec("a", "escalate", "succeeded", 20), node_rec("a", "reboot", "intent", 25)]
+    assert (
+        judge(audit=[*audit, *again], world=_pool_of_two(THREE_CORDONED), truth=[], run_end=END)["budget_exceedances"]
+        == 1
+    )
+
+
+def test_side_effects_after_the_window_are_not_judged() -> None:
+    """AUDIT is read up to the run's end; a reboot the remediator does while the demo builds its report has
+    its intent after the window too: not a side effect without intent."""
+    log = world(ecs_calls=[call("RebootInstance", 604)], kube_effects=[(at(603).timestamp(), NODE, "cordon")])
+    assert judge(audit=[], world=log, truth=[FAULT], run_end=END)["all_zero"]
+    # inside the window, the same call without an intent is counted
+    assert judge(audit=[], world=log, truth=[FAULT], run_end=at(700).timestamp())["actions_without_intent"] == 2

@@ -47,7 +47,7 @@ def test_a_run_that_kept_up_says_nothing() -> None:
     flow = rates(*_marks(detector_acked=200_000, pending=0))
     assert flow["streams"]["PROBES"]["in_per_s"] == 20_000
     assert flow["consumers"]["PROBES/detector"]["through_per_s"] == 20_000
-    sim = {"max_lag_behind_interval_s": 0.4}
+    sim = {"effective_interval_s": 5.02, "effective_interval_max_s": 5.4}
     assert fell_behind(interval_s=5.0, sim=sim, flow=flow, processes={"over_limit": []}) is None
 
 
@@ -58,15 +58,22 @@ def test_what_fell_behind_is_named_with_how_far_in_one_line() -> None:
         "per_process": {"nats-server": {"peak_rss_mb": 5000.0}},
         "limit_mb": 4096,
     }
-    line = fell_behind(interval_s=5.0, sim={"max_lag_behind_interval_s": 7.5}, flow=flow, processes=processes)
+    sim = {"effective_interval_s": 8.0, "effective_interval_max_s": 9.1}
+    line = fell_behind(interval_s=5.0, sim=sim, flow=flow, processes=processes)
     assert line is not None
     assert "\n" not in line
-    assert "simulator fell 7.5 s behind its 5 s probe interval" in line
+    # the interval the nodes really got, and what share of the requested rate that is
+    assert "simulator probed every node every 8.0 s on average, not every 5 s (62% of the" in line
+    assert "the longest gap 9.1 s" in line
     assert "PROBES/detector ended 60,000 probes (3 s) behind" not in line  # 3 s < two intervals: kept up
     assert "nats-server peaked at 5,000 MB" in line
     slower = rates(*_marks(detector_acked=0, pending=300_000))
     line = fell_behind(interval_s=5.0, sim={}, flow=slower, processes={"over_limit": []})
     assert line == "consumer PROBES/detector ended 300,000 probes (15 s) behind"
+    # kept the interval on average, but one node waited long enough to look silent
+    starved = {"effective_interval_s": 5.1, "effective_interval_max_s": 13.0}
+    line = fell_behind(interval_s=5.0, sim=starved, flow=flow, processes={"over_limit": []})
+    assert line is not None and line.startswith("simulator left a node 13.0 s between two probes")
 
 
 def test_every_process_is_measured_by_its_peak_resident_set() -> None:

@@ -85,6 +85,13 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
     "through the same control bucket, as 'demo-operator' (named in the report). Without it a replace waits "
     "for a person, as in production.",
 )
+@click.option(
+    "--pool-budget",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Most nodes of a node pool under action at once (the remediator's pool budget; default 5, or 10 percent "
+    "of the pool if less); the referee counts against the same number.",
+)
 @nats_auth_options
 def demo(
     nodes: int,
@@ -107,6 +114,7 @@ def demo(
     detector_replicas: int,
     no_zone_spike: bool,
     approve_replacements: bool,
+    pool_budget: int | None,
     nats_auth: NatsAuth,
 ) -> None:
     """Run nodeheal end to end on this machine against a simulated fleet and print the 1-5-10 report."""
@@ -139,6 +147,7 @@ def demo(
         detector_replicas=detector_replicas,
         zone_spike=not no_zone_spike,
         approve_replacements=approve_replacements,
+        pool_budget=pool_budget,
         nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )
     console = Console(stderr=True)
@@ -157,7 +166,7 @@ def demo(
         console.print(
             f"Error: demo failed: {exc.reason} (what it measured: {exc.partial})", highlight=False, soft_wrap=True
         )
-        raise SystemExit(1) from None
+        raise SystemExit(130 if exc.interrupted else 1) from None
     except Exception as exc:
         raise click.ClickException(f"demo failed: {exc}") from exc
     json_path = report_path.with_suffix(".json")

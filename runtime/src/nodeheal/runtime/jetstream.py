@@ -5,6 +5,7 @@ service's durable pull consumer exists with the configuration we want."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 import prometheus_client
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
@@ -208,6 +210,23 @@ def _reader_config(start: datetime | None, next_seq: int) -> ConsumerConfig:
     )
 
 
+async def close_reader(js: JetStreamContext, sub: JetStreamContext.PullSubscription) -> None:
+    """Unsubscribe a reader and delete its ephemeral consumer now. nats-py's `unsubscribe()` leaves the
+    consumer on the server until its inactive threshold: a service that opens short-lived readers under a
+    storm (the remediator's verifications and audit reads) would otherwise pile up thousands of idle
+    consumers and meet the server's "maximum consumers limit reached"."""
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # the connection may be closing; the consumer expires by itself
+        log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})
+    stream, name = getattr(sub, "_stream", None), getattr(sub, "_consumer", None)
+    if stream and name:
+        try:
+            await js.delete_consumer(stream, name)
+        except Exception as exc:  # gone already, or the connection is closing: it expires by itself
+            log.debug("stream reader not deleted", extra={"stream": stream, "error": repr(exc)})
+
+
 async def follow_stream(
     js: JetStreamContext,
     *,
@@ -244,10 +263,7 @@ async def follow_stream(
             log.warning("stream reader lost; recreating", extra={"stream": stream, "error": repr(exc)})
             await asyncio.sleep(1.0)
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection may be closing; the consumer expires by itself
-                log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})
+            await close_reader(js, sub)
 
 
 async def read_stream(
@@ -267,7 +283,54 @@ async def read_stream(
             if msgs and msgs[-1].metadata.sequence.stream >= through_seq:
                 return out
     finally:
+        await close_reader(js, sub)
+
+
+DIRECT_BATCH_MAX = 1000
+"""Subjects per direct-get request: the server answers at most 1024 messages to one `multi_last`."""
+
+
+async def last_per_subject_up_to(
+    nc: Client,
+    stream: str,
+    subjects: list[str],
+    *,
+    up_to_seq: int,
+    api_prefix: str = "$JS.API",
+    timeout_s: float = 5.0,
+) -> dict[str, Msg]:
+    """The last message of each of `subjects` stored at or before stream sequence `up_to_seq` (a subject
+    with none is absent): JetStream's batched direct get (`multi_last` + `up_to_seq`, nats-server
+    2.11+, the stream needs `allow_direct`), `DIRECT_BATCH_MAX` subjects a request. What a durable
+    consumer had seen when its process died is the stream as of its ack floor, not its last message."""
+    out: dict[str, Msg] = {}
+    if up_to_seq <= 0 or not subjects:
+        return out
+    for start in range(0, len(subjects), DIRECT_BATCH_MAX):
+        page = subjects[start : start + DIRECT_BATCH_MAX]
+        done = asyncio.get_running_loop().create_future()
+        got: list[Msg] = []
+
+        async def collect(msg: Msg, got: list[Msg] = got, done: asyncio.Future[str] = done) -> None:
+            status = (msg.headers or {}).get("Status")
+            if status is None:
+                got.append(msg)
+            elif not done.done():
+                done.set_result(status)  # 204: end of batch; 404: nothing stored up to that sequence
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=collect)
         try:
+            request = {"multi_last": page, "up_to_seq": up_to_seq, "batch": len(page)}
+            await nc.publish(f"{api_prefix}.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+            status = await asyncio.wait_for(done, timeout_s)
+        finally:
             await sub.unsubscribe()
-        except Exception as exc:
-            log.debug("stream reader not unsubscribed", extra={"error": repr(exc)})
+        if status not in ("204", "404"):
+            problem = f"direct get of {len(page)} subjects on {stream} up to {up_to_seq} failed: status {status}"
+            raise RuntimeError(problem)
+        for item in got:
+            subject = (item.headers or {}).get("Nats-Subject")
+            if subject:
+                out[subject] = item
+    return out

@@ -2,9 +2,9 @@
 side (`/healthz`, `/readyz`, `/metrics`) served with uvicorn next to the broker.
 
 `/healthz` answers 200 while the event loop runs and every consumer loop of the service is alive (a
-loop that died answers 503 so Kubernetes restarts the pod; NATS being away is never a reason: nats-py
-reconnects by itself); `/readyz` checks the broker connection and every readiness check the service
-registered (e.g. its consumer exists).
+loop that died, or a start hook that raised, answers 503 so Kubernetes restarts the pod; NATS being
+away is never a reason: nats-py reconnects by itself); `/readyz` checks the broker connection and
+every readiness check the service registered (e.g. its consumer exists).
 """
 
 from __future__ import annotations
@@ -81,14 +81,42 @@ def make_broker(settings: NatsSettings, *, name: str, **kwargs: Any) -> NatsBrok
     return NatsBroker(servers, security=broker_security(settings), **options, **kwargs)
 
 
+class PullLoopNoise(logging.Filter):
+    """faststream's pull loop suppresses `nats.errors.TimeoutError` around `fetch()`, but nats-py raises
+    the builtin `TimeoutError` (its base class) when a fetch finds nothing, so an idle consumer's loop
+    ends with it and faststream's task supervisor logs "raised an exception, retrying" with a traceback
+    (once per process) and starts the loop again — nothing failed, nothing was lost. That record and the
+    supervisor's "callback for Task-N is being executed" (at every loop end) go to DEBUG; a loop ending
+    with any other exception is still logged as the error it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "is being executed..." in message and message.startswith("callback for "):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        elif "raised an exception, retrying" in message and record.exc_info:
+            exc = record.exc_info[1]
+            if isinstance(exc, TimeoutError):
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                record.msg, record.args = "pull loop: an idle fetch timed out; the loop starts again", None
+                record.exc_info, record.exc_text = None, None
+        # a record demoted below the logger's level is dropped here (the level was checked before us)
+        return record.levelno >= logging.getLogger(record.name).getEffectiveLevel()
+
+
+_PULL_LOOP_NOISE = PullLoopNoise()
+
+
 def consumer_broker(nats: NatsSettings, *, service: str, name: str, graceful_timeout_s: float = 10.0) -> NatsBroker:
     """A service's faststream broker for consumers: faststream's own access log ("Received", "Processed"
     per message) goes through our logging at DEBUG (per-message INFO lines would be most of a busy
-    service's log)."""
+    service's log), and so does its pull loop's idle-fetch noise (`PullLoopNoise`)."""
+    logger = logging.getLogger(f"nodeheal.{service}.consumers")
+    if _PULL_LOOP_NOISE not in logger.filters:
+        logger.addFilter(_PULL_LOOP_NOISE)
     return make_broker(
         nats,
         name=name,
-        logger=logging.getLogger(f"nodeheal.{service}.consumers"),
+        logger=logger,
         log_level=logging.DEBUG,
         graceful_timeout=graceful_timeout_s,
     )
@@ -106,10 +134,22 @@ def build_asgi(
     asyncapi: Any = None,
 ) -> AsgiFastStream:
     registry = registry or prometheus_client.REGISTRY
+    failed: list[str] = []  # a start hook that raised: the process serves HTTP but consumes nothing
+
+    def guarded(hook: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        async def start() -> Any:
+            try:
+                return await hook()
+            except Exception as exc:
+                failed.append(f"start failed ({type(exc).__name__}: {str(exc)[:200]}); the process must be restarted")
+                logging.getLogger("nodeheal.runtime.service").exception("start failed; /healthz fails")
+                raise
+
+        return start
 
     @get
     async def healthz(request: Request) -> AsgiResponse:
-        problems = [detail for ok, detail in (check() for check in liveness) if not ok]
+        problems = [*failed, *(detail for ok, detail in (check() for check in liveness) if not ok)]
         if problems:
             return AsgiResponse("\n".join(problems).encode(), status_code=503)
         return AsgiResponse(b"ok", status_code=200)
@@ -138,7 +178,7 @@ def build_asgi(
             ("/metrics", prometheus_client.make_asgi_app(registry)),
         ],
         on_startup=on_startup,
-        after_startup=after_startup,
+        after_startup=[guarded(hook) for hook in after_startup],
         on_shutdown=on_shutdown,
         specification=asyncapi,
         asyncapi_path="/docs/asyncapi" if asyncapi is not None else None,

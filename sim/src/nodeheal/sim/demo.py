@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,9 +44,11 @@ from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import HARDWARE_CRASH_CLASSES, plan_faults
 from nodeheal.sim.fleet import FleetSpec
+from nodeheal.sim.liveness import Liveness
 from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, lost_and_repeated, security_section
 from nodeheal.sim.rotation import DemoOperator, FleetRotation, add_launch_templates
 from nodeheal.sim.scale import (
+    KEPT_INTERVAL_SLACK,
     PROBE_PARTITIONS,
     ProcessMeter,
     StreamMeter,
@@ -54,7 +58,7 @@ from nodeheal.sim.scale import (
     rates,
 )
 from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
-from nodeheal.sim.world import DemoWorld
+from nodeheal.sim.world import DEFAULT_BUDGETS, DemoWorld
 
 REPORT_ANOMALIES_LIMIT = 50_000
 """More anomalies than this in the run's window is a storm (at 1 KB on the wire and ≈ 14 KB once parsed
@@ -91,6 +95,7 @@ class DemoConfig:
     memory_limit_mb: float = 4096.0  # a process of the run above this is "fell behind" (issue 19)
     report_anomalies_limit: int = REPORT_ANOMALIES_LIMIT
     detector_replicas: int = 0  # detector processes over a partitioned PROBES; 0: by the fleet's probe rate
+    pool_budget: int | None = None  # the remediator's pool budget (most nodes of a pool under action); None: 5
     shard_nice: int = 0  # >0: probe shards run at this nice value (docs/demo.md: tried +5, starved on a shared machine)
     zone_spike: bool = True  # a burst of crashes of one bucket in one zone, for the live correlator to find
     approve_replacements: bool = False  # the demo plays the operator: approves each `replace` (sim/rotation.py)
@@ -136,6 +141,7 @@ def _service_table(
             "NODEHEAL_REMEDIATOR_POLICY__DRY_RUN": "true" if cfg.dry_run else "false",
             "NODEHEAL_REMEDIATOR_POLICY__APPROVAL_REQUIRED": "[]",
             "NODEHEAL_REMEDIATOR_POLICY__HOST_REBOOT_GUARD_S": str(world.maintenance_notice_s * 2),
+            "NODEHEAL_REMEDIATOR_POLICY__POOL_BUDGET__MAX_COUNT": str(world.budgets["pool"][0]),
         },
         "ingest": {
             "NODEHEAL_INGEST_ALIBABA__ENABLED": "true",
@@ -204,7 +210,7 @@ def _progress_table(
     fleet = (
         f"{len(sim.nodes)} nodes\nonline {health['online']:.1%}\nhealthy {health['healthy']:.1%}\n"
         f"probes {sim.stats.probes_published + int(live.get('probes_published', 0)):,}\n"
-        f"lag {max(sim.stats.lag_s_last, live.get('lag_s_last', 0.0)):.1f}s"
+        f"interval {max(sim.stats.interval_last_s, live.get('interval_last_s', 0.0)):.1f}s"
     )
     faults = f"injected {len(sim.truth)}\nopen {len(sim.open_faults)}\nreboots {sim.stats.reboots}"
     pipeline = (
@@ -226,11 +232,14 @@ class DemoFailedError(RuntimeError):
     """The demo could not finish, or could not keep up: `reason` is one line; what was measured is in the
     JSON file `partial` (the whole report, in `report`, when the run finished but fell behind)."""
 
-    def __init__(self, reason: str, *, partial: Path, report: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, reason: str, *, partial: Path, report: dict[str, Any] | None = None, interrupted: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.partial = partial
         self.report = report
+        self.interrupted = interrupted  # stopped by SIGINT / SIGTERM
 
 
 @dataclass
@@ -244,6 +253,7 @@ class _Progress:
     meter: ProcessMeter | None = None
     shards: ProbeShards | None = None
     memory_limit_mb: float = 4096.0
+    interrupted: bool = False  # SIGINT / SIGTERM received: stop fast
 
     def partial(self, reason: str) -> dict[str, Any]:
         out: dict[str, Any] = {"failed": reason, "stage": self.stage, "run_dir": str(self.run_dir)}
@@ -255,14 +265,8 @@ class _Progress:
             with contextlib.suppress(Exception):
                 _fold_progress(self.shards, self.sim)
         if self.sim is not None:
-            stats = self.sim.stats
-            out["simulator"] = {
+            out["simulator"] = _sim_section(self.sim, interval_s=self.sim.timings.probe_interval_s) | {
                 "nodes": len(self.sim.nodes),
-                "probes_published": stats.probes_published,
-                "publish_errors": stats.publish_errors,
-                "agent_probes_collected": stats.collected,
-                "agent_collect_cpu_us_per_probe": round(1e6 * stats.collect_s / max(1, stats.collected), 1),
-                "max_lag_behind_interval_s": round(stats.lag_s_max, 3),
                 "faults_injected": len(self.sim.truth),
                 "faults_open": len(self.sim.open_faults),
             }
@@ -310,11 +314,17 @@ def _add_counters(sim: FleetSimulator, counters: dict[str, Any]) -> None:
     stats.publish_errors += int(counters["publish_errors"])
     stats.collected += int(counters["collected"])
     stats.collect_s += counters["collect_s"]
+    stats.collect_timed += int(counters.get("collect_timed", 0))
     stats.lag_s_max = max(stats.lag_s_max, counters["lag_s_max"])
     stats.lag_s_last = max(stats.lag_s_last, counters.get("lag_s_last", 0.0))
     stats.flush_wait_s += counters.get("flush_wait_s", 0.0)
     stats.flush_wait_s_max = max(stats.flush_wait_s_max, counters.get("flush_wait_s_max", 0.0))
     stats.flush_timeouts += int(counters.get("flush_timeouts", 0))
+    stats.interval_sum_s += counters.get("interval_sum_s", 0.0)
+    stats.intervals += int(counters.get("intervals", 0))
+    stats.interval_max_s = max(stats.interval_max_s, counters.get("interval_max_s", 0.0))
+    stats.interval_last_s = max(stats.interval_last_s, counters.get("interval_last_s", 0.0))
+    stats.stretched_s = max(stats.stretched_s, counters.get("stretched_s", 0.0))
 
 
 def _stop_shards(shards: ProbeShards, sim: FleetSimulator) -> None:
@@ -337,6 +347,8 @@ def _sim_section(sim: FleetSimulator, *, interval_s: float, live: dict[str, floa
     live = live or {}
     collected = stats.collected + live.get("collected", 0)
     lag = max(stats.lag_s_max, live.get("lag_s_max", 0.0))
+    gaps = stats.intervals + int(live.get("intervals", 0))
+    effective = (stats.interval_sum_s + live.get("interval_sum_s", 0.0)) / gaps if gaps else 0.0
     return {
         "probes_published": stats.probes_published + int(live.get("probes_published", 0)),
         "publish_errors": stats.publish_errors + int(live.get("publish_errors", 0)),
@@ -346,14 +358,23 @@ def _sim_section(sim: FleetSimulator, *, interval_s: float, live: dict[str, floa
         "agent_probes_collected": collected,
         # the real ProbeCollector over the simulated host, plus encoding the probe
         "agent_collect_cpu_us_per_probe": round(
-            1e6 * (stats.collect_s + live.get("collect_s", 0.0)) / max(1, collected), 1
+            1e6
+            * (stats.collect_s + live.get("collect_s", 0.0))
+            / max(1, stats.collect_timed + live.get("collect_timed", 0)),
+            1,
         ),
+        # what the nodes really got: the measured gap between two probes of a node, averaged over every
+        # node and probe (the cadence stretches evenly when the machine cannot keep the requested one)
+        "requested_interval_s": interval_s,
+        "effective_interval_s": round(effective, 3),
+        "effective_interval_max_s": round(max(stats.interval_max_s, live.get("interval_max_s", 0.0)), 3),
+        "share_of_requested_rate": round(min(1.0, interval_s / effective), 3) if effective else None,
+        "schedule_stretched_s": round(max(stats.stretched_s, live.get("stretched_s", 0.0)), 1),
         "max_lag_behind_interval_s": round(lag, 3),
-        # the lag at the last tick (the shards' last report): did it catch up?
+        # the lag at the last tick (the shards' last report): did it recover?
         "lag_behind_interval_s_at_end": round(max(stats.lag_s_last, live.get("lag_s_last", 0.0)), 3),
-        # a probe later than one interval behind its schedule: this machine could not keep the
-        # requested interval (the figures say how far behind it was)
-        "kept_interval": lag < interval_s,
+        # every node probed at the requested interval (within `KEPT_INTERVAL_SLACK`) on average
+        "kept_interval": (effective or interval_s) <= interval_s * KEPT_INTERVAL_SLACK,
         # back-pressure: time the publishers waited for the server to read what they sent
         "publish_flush_wait_s": round(stats.flush_wait_s + live.get("flush_wait_s", 0.0), 1),
         "publish_flush_wait_s_max": round(max(stats.flush_wait_s_max, live.get("flush_wait_s_max", 0.0)), 3),
@@ -361,27 +382,77 @@ def _sim_section(sim: FleetSimulator, *, interval_s: float, live: dict[str, floa
     }
 
 
+STOP_GRACE_S = 5.0
+"""After Ctrl-C (SIGINT) or SIGTERM: how long the run may take to stop its parts in order before the
+process leaves without them (its children die with it: PR_SET_PDEATHSIG)."""
+
+
 async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
     """Run the demo; if it cannot finish, raise `DemoFailedError` (one-line reason) after writing what it
-    measured to the report's JSON path."""
+    measured to the report's JSON path. SIGINT (Ctrl-C) and SIGTERM stop it within seconds the same way:
+    what was measured so far is written first, then the parts are stopped."""
     run_dir = cfg.run_dir or Path(tempfile.mkdtemp(prefix="nodeheal-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = _Progress(run_dir=run_dir, memory_limit_mb=cfg.memory_limit_mb)
+    partial = cfg.report_path.with_suffix(".json")
+
+    def write_partial(reason: str) -> None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(progress.partial(reason), indent=2, sort_keys=True, default=str))
+
+    loop = asyncio.get_running_loop()
+    run = asyncio.create_task(_run(cfg, console=console, run_dir=run_dir, progress=progress), name="demo-run")
+    signalled = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(name: str) -> None:
+        received.append(name)
+        progress.interrupted = True
+        signalled.set()
+
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread / no Unix
+            loop.add_signal_handler(sig, on_signal, sig.name)
+            handled.append(sig)
+    waiter = asyncio.create_task(signalled.wait(), name="demo-signal")
     try:
-        report = await _run(cfg, console=console, run_dir=run_dir, progress=progress)
-    except (KeyboardInterrupt, asyncio.CancelledError):
+        await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not run.done():
+            reason = f"interrupted by {received[0]} while {progress.stage}"
+            with contextlib.suppress(Exception):
+                write_partial(reason)
+            run.cancel()
+            stopped, _ = await asyncio.wait({run}, timeout=STOP_GRACE_S)
+            if not stopped:
+                # a part that does not stop in time (a blocked thread, a server that does not answer) must not
+                # keep the user waiting: the children die with this process
+                console.print(
+                    f"Error: demo {reason}; not every part stopped within {STOP_GRACE_S:g} s, leaving"
+                    f" (what it measured: {partial})",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
+            raise DemoFailedError(reason, partial=partial, interrupted=True)
+        report = run.result()
+    except (DemoFailedError, KeyboardInterrupt, asyncio.CancelledError):
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = f"{progress.stage}: {type(exc).__name__}: {first}"
-        partial = cfg.report_path.with_suffix(".json")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(progress.partial(reason), indent=2, sort_keys=True, default=str))
+        write_partial(reason)
         (run_dir / "failure.txt").write_text(f"{reason}\n\n{exc}\n")
         raise DemoFailedError(reason, partial=partial) from exc
+    finally:
+        waiter.cancel()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
     behind = (report.get("scale") or {}).get("fell_behind")
     if behind and cfg.fail_if_behind:
-        raise DemoFailedError(f"fell behind: {behind}", partial=cfg.report_path.with_suffix(".json"), report=report)
+        raise DemoFailedError(f"fell behind: {behind}", partial=partial, report=report)
     return report
 
 
@@ -470,7 +541,10 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         spec = FleetSpec(nodes=cfg.nodes, seed=cfg.seed)
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
         sim = FleetSimulator(spec=spec, settings=settings, timings=timings, work_dir=run_dir / "nodes")
-        world = DemoWorld(sim=sim, timings=timings, region=spec.region)
+        budgets = dict(DEFAULT_BUDGETS)
+        if cfg.pool_budget is not None:  # the referee counts against the budget the remediator is given
+            budgets["pool"] = (cfg.pool_budget, DEFAULT_BUDGETS["pool"][1])
+        world = DemoWorld(sim=sim, timings=timings, region=spec.region, budgets=budgets)
         progress.sim, progress.world, progress.stage = sim, world, "starting the emulators"
         await stack.enter_async_context(world)
         add_launch_templates(world.ecs, region=spec.region, zone=sim.inventory[0].zone or f"{spec.region}-h")
@@ -496,7 +570,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             auth=auth,
             replicas=detectors,
         )
-        stack.callback(stop_all, services)
+        # interrupted: the services had SIGTERM (or the terminal's SIGINT) and get a short grace
+        stack.callback(lambda: stop_all(services, timeout_s=2.0 if progress.interrupted else 15.0))
         progress.stage = "starting the services"
         for svc in services:
             svc.start()
@@ -522,6 +597,11 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         # services read the whole inventory before they are ready: ~70 s at 50,000 nodes on 2 cores
         # (and a loaded machine can take a minute just to import them)
         await wait_ready(services, timeout_s=240.0 + cfg.nodes / 250)
+        # from here on a service whose /healthz fails is restarted, as the kubelet does with deploy/'s probes
+        chaos: Chaos | None = None
+        liveness = Liveness(services, paused=lambda: chaos.busy if chaos is not None else set())
+        liveness_task = asyncio.create_task(liveness.run(), name="demo-liveness")
+        stack.push_async_callback(_cancel, liveness_task)
         # progress counts from the streams' positions: the demo's own connection subscribes to nothing
         # the fleet produces, so it can never be the slow consumer of a 50,000-node run
         topo = settings.topology()
@@ -581,7 +661,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             ]
             shards = ProbeShards(plans)
             progress.shards = shards
-            stack.callback(shards.stop, timeout_s=2.0)
+            # interrupted: their latest counters are already in the partial report; do not wait long
+            stack.callback(lambda: shards.stop(timeout_s=1.0 if progress.interrupted else 3.0) if shards else None)
             progress.stage = "starting the probe shards"
             await asyncio.to_thread(shards.wait_ready, timeout_s=180.0)
         await sim.start(prober_nc=prober_nc, agent_nc=agent_nc, shards=shards)
@@ -636,7 +717,6 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         t0 = time.time()
         fault_start = t0 + warmup_s
         fault_end = fault_start + cfg.duration_s
-        chaos: Chaos | None = None
         if cfg.chaos:
             chaos = Chaos(
                 plan=plan_chaos(
@@ -681,8 +761,8 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                     msg = f"probe shard(s) {shards.dead()} exited; the fleet's probes stopped"
                     raise RuntimeError(msg)
                 for svc in services:
-                    if chaos is not None and svc.name in chaos.busy:
-                        continue  # killed on purpose; chaos starts it again
+                    if (chaos is not None and svc.name in chaos.busy) or svc.name in liveness.restarting:
+                        continue  # killed on purpose; chaos (or the liveness probe) starts it again
                     if not svc.alive:
                         msg = f"service {svc.name} died; last log lines ({svc.log_path}):\n{svc.tail()}"
                         raise RuntimeError(msg)
@@ -732,9 +812,9 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             node_commands=sim.executed_commands(),
             boots=list(sim.boots),
             dark=dict(sim.dark_spans),
-            budget_exceedances=sum(world.violations.values()),
-            budget_exceedances_by_domain=dict(world.violations),
+            disruptions=list(world.disruptions),
         )
+        world_log.node_domains, world_log.domain_limits = world.domain_limits({n for _, n, _ in world.disruptions})
         # after an anomaly storm (a machine that could not keep up), reading every anomaly back would make
         # this process the largest of the run: then only the anomalies of the nodes that had faults
         anomalies_stream = f"{settings.stream_prefix}ANOMALIES"
@@ -779,6 +859,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         report["chaos"] = {
             "enabled": chaos is not None,
             **(chaos.summary() if chaos is not None else {"kills": 0, "restarted": 0, "events": []}),
+            **liveness.summary(),
             **lost_and_repeated(
                 fault_rows=report["fault_rows"],
                 world=world_log,

@@ -280,9 +280,11 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
         "by_class": by_class_out,
         "accuracy_by_class": accuracy_by_class,
         "policy": {
-            "budget_violations": record.world.get("budget_violations", 0),
-            "budget_violations_by_domain": record.world.get("budget_violations_by_domain", {}),
-            "violation_samples": record.world.get("violation_samples", []),
+            # the referee's count (sim/referee.py): nodes nodeheal holds disrupted, handed-over ones apart
+            "budget_violations": (record.extra.get("safety") or {}).get("budget_exceedances", 0),
+            "budget_violations_by_domain": (record.extra.get("safety") or {}).get("budget_exceedances_by_domain", {}),
+            "violation_samples": (record.extra.get("safety") or {}).get("budget_exceedance_samples", []),
+            "handed_to_people": (record.extra.get("safety") or {}).get("handed_to_people"),
             "reboots_in_partition": (record.extra.get("safety") or record.world).get("reboots_in_partition", 0),
             "blocked": len(blocked),
             "blocked_by_check": dict(sorted(blocked_by.items())),
@@ -388,13 +390,16 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
     simulator = report["run"]["simulator"]
     if simulator.get("kept_interval") is False:
         console.print(
-            f"[bold]simulator fell behind[/]: probes up to {simulator['max_lag_behind_interval_s']:.1f}s late against "
-            f"a {report['run']['probe_interval_s']:g}s interval (the real agent code costs "
+            f"[bold]simulator could not keep the interval[/]: every node probed every "
+            f"{simulator.get('effective_interval_s', 0.0):.1f}s on average (longest gap "
+            f"{simulator.get('effective_interval_max_s', 0.0):.1f}s) against the requested "
+            f"{report['run']['probe_interval_s']:g}s (the real agent code costs "
             f"{simulator.get('agent_collect_cpu_us_per_probe')} µs CPU per probe here)",
             highlight=False,
         )
     if report.get("safety"):
         console.print(f"safety (independent referee): {_safety_line(report)}", highlight=False)
+        console.print(f"handed to people, still cordoned: {_handed_line(report)}", highlight=False)
     if report.get("security"):
         console.print(f"security: {_security_line(report)}", highlight=False)
     if report.get("chaos"):
@@ -416,6 +421,15 @@ def print_summary(report: dict[str, Any], *, console: Console) -> None:
     )
 
 
+def _handed_line(report: dict[str, Any]) -> str:
+    """Capacity lost to people's queues (informational): per pool, nodes escalated and still cordoned."""
+    handed = (report.get("safety") or {}).get("handed_to_people") or {}
+    at_end, most = handed.get("by_pool_at_end") or {}, handed.get("by_pool_max") or {}
+    if not most:
+        return "none"
+    return ", ".join(f"pool {pool} {at_end.get(pool, 0)} at the end (at most {n})" for pool, n in sorted(most.items()))
+
+
 def _safety_line(report: dict[str, Any]) -> str:
     safety = report.get("safety") or {}
     return ", ".join(f"{k} {v}" for k, v in safety.items() if isinstance(v, int) and not isinstance(v, bool))
@@ -426,7 +440,12 @@ def _chaos_line(report: dict[str, Any]) -> str:
     if not chaos:
         return ""
     kills = f"{chaos.get('kills', 0)} kills, {chaos.get('restarted', 0)} restarted; " if chaos.get("enabled") else ""
-    return f"{kills}lost faults {chaos.get('lost_faults')}, repeated side effects {chaos.get('repeated_side_effects')}"
+    restarts = chaos.get("liveness_restarts") or 0
+    liveness = f"; {restarts} restarted by the liveness probe" if restarts else ""
+    return (
+        f"{kills}lost faults {chaos.get('lost_faults')}, repeated side effects {chaos.get('repeated_side_effects')}"
+        + liveness
+    )
 
 
 def _security_line(report: dict[str, Any]) -> str:
@@ -518,6 +537,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
 {pol["reboots_in_partition"]}, actions blocked by policy {pol["blocked"]}
 {html.escape(str(pol["blocked_by_check"]))}</p>
 <h2>Safety (independent referee)</h2><p>{html.escape(_safety_line(report))}</p>
+<p>Handed to people, still cordoned (capacity lost to people's queues, not a violation):
+{html.escape(_handed_line(report))}</p>
 <h2>Security</h2><p>{html.escape(_security_line(report))}</p>
 <h2>Chaos: lost faults and repeated side effects</h2><p>{html.escape(_chaos_line(report))}</p>
 <h2>Fleet</h2><p>crash rate {fl["crash_rate"]}, schedulable {fl["schedulable_rate"]:.1%},

@@ -90,6 +90,13 @@ PUBLISH_BATCH = 250
 (≈ 250 agent probes of ~1 KB plus 250 prober probes), the bound on the simulator's publish buffers."""
 FLUSH_TIMEOUT_S = 10
 TICK_NODES = 4 * PUBLISH_BATCH
+COLLECT_SAMPLE = 16
+"""The real agent collector's CPU cost is measured on one probe in this many (`SimStats.collect_s`)."""
+CATCH_UP_S = 1.0
+WARM_CYCLES = 2
+"""Rounds over the fleet left out of the effective interval: a node's first probe creates its agent (≈ 4×
+the CPU of a later one), so the first rounds of a large fleet are slower than the steady state."""
+"""Overdue probes (in seconds of the schedule) the probe loop catches up; beyond that the cadence stretches."""
 
 NOTICE_TIME_SCALE = 1440
 """Cloud maintenance notices run 1,440 times faster than in reality (a day per minute)."""
@@ -117,10 +124,18 @@ class SimStats:
     reboots: int = 0
     redeploys: int = 0
     publish_errors: int = 0
-    collect_s: float = 0.0  # CPU time spent in the real agent collector (and encoding its probes)
+    collect_s: float = 0.0  # CPU time spent in the real agent collector (and encoding) in the timed probes
+    collect_timed: int = 0  # probes whose collection was timed (one in `COLLECT_SAMPLE`)
     collected: int = 0
-    lag_s_max: float = 0.0  # how far behind the probe schedule the simulator fell
-    lag_s_last: float = 0.0  # how far behind it was at its latest tick
+    # a node's measured gap between two of its probes (the effective interval: sum / count), the largest
+    # gap any node saw, and the latest one
+    interval_sum_s: float = 0.0
+    intervals: int = 0
+    interval_max_s: float = 0.0
+    interval_last_s: float = 0.0
+    stretched_s: float = 0.0  # how far the schedule was moved later because the machine was slower
+    lag_s_max: float = 0.0  # the most a node's probe came later than one interval after its previous one
+    lag_s_last: float = 0.0  # the same for the latest probe
     flush_wait_s: float = 0.0  # time spent waiting for the server to read what was published
     flush_wait_s_max: float = 0.0
     flush_timeouts: int = 0
@@ -256,12 +271,19 @@ class FleetSimulator:
     # ------------------------------------------------------------------ probes
 
     async def _probe_loop(self) -> None:
-        """Every node probed once per interval, in a fixed phase order, in ticks of 0.1 s.
+        """Every node probed once per interval, in a fixed phase order (round robin), in ticks of 0.1 s.
 
         Publishing is bounded: after every `PUBLISH_BATCH` nodes the connections used are flushed (a
         PING answered once the server has read everything before it), so at most one batch per
         connection waits in this process; when the server or the network is slower than the schedule,
-        the loop waits for it and falls behind instead of buffering, and the lag is measured."""
+        the loop waits for it instead of buffering.
+
+        When this machine cannot keep the requested rate, the cadence stretches evenly instead of the
+        schedule falling behind cumulatively: at most `CATCH_UP_S` of overdue probes are caught up, the
+        rest of the schedule moves later, and the round robin goes on, so every node is probed every
+        interval × shortfall and none is starved (a cumulative backlog would leave whole stretches of
+        the fleet unprobed for longer and longer). Each node's real gap between two probes is measured
+        (`SimStats.interval_*`): the effective interval the report states."""
         nodes = list(self.nodes.values())
         n = len(nodes)
         interval = self.timings.probe_interval_s
@@ -270,34 +292,51 @@ class FleetSimulator:
         cursor = 0  # index of the next node due, in phase order
         cycle = 0
         membership = self.membership
+        last_probe = [0.0] * n  # when each node (phase slot) was last probed; 0: not yet
+        catch_up = max(TICK_NODES, int(n * CATCH_UP_S / interval))
+        stats = self.stats
         while not self._stopping:
             now = self.clock()
             if membership != self.membership:
                 # a machine joined or left (rotation): the schedule goes on from here over the new fleet
                 membership, nodes = self.membership, list(self.nodes.values())
-                n, cycle = max(1, len(nodes)), 0
+                n = max(1, len(nodes))
                 cursor = min(cursor, len(nodes) - 1) if nodes else 0
-                start = now - cursor / n * interval
+                start = now - (cycle * n + cursor) / n * interval
+                last_probe = [0.0] * n  # the phase slots moved: gaps are measured again from the next probe
+                catch_up = max(TICK_NODES, int(n * CATCH_UP_S / interval))
             if not self.probes_only:
                 self.advance(now)
                 if self.crashed:
                     await self._report_crashes(now)
             due_total = int((now - start) / interval * n)
-            iso = datetime.fromtimestamp(now, tz=UTC).isoformat()
             behind = due_total - (cycle * n + cursor)
-            # how late the oldest due probe is: the measured lag behind the requested interval
-            self.stats.lag_s_last = max(0.0, behind / n * interval - tick)
-            self.stats.lag_s_max = max(self.stats.lag_s_max, self.stats.lag_s_last)
+            if behind > catch_up:
+                # the machine gave less than the requested rate: move the schedule, not the backlog
+                start += (behind - catch_up) / n * interval
+                stats.stretched_s += (behind - catch_up) / n * interval
+                due_total = cycle * n + cursor + catch_up
+            iso = datetime.fromtimestamp(now, tz=UTC).isoformat()
             batch = done = 0
-            # at most `TICK_NODES` before the clock is read again (a loop far behind catches up in steps,
+            # at most `TICK_NODES` before the clock is read again (a loop behind catches up in steps,
             # with fresh timestamps and the world moving on)
             while cycle * n + cursor < due_total and done < TICK_NODES and not self._stopping:
                 node = nodes[cursor]
                 try:
                     await self._publish_node(node, now=now, iso=iso)
                 except Exception:
-                    self.stats.publish_errors += 1
+                    stats.publish_errors += 1
                     log.exception("probe of %s failed", node.name)
+                previous, last_probe[cursor] = last_probe[cursor], now
+                if previous:
+                    gap = now - previous
+                    if cycle >= WARM_CYCLES:  # the effective interval of the steady state
+                        stats.interval_sum_s += gap
+                        stats.intervals += 1
+                        stats.interval_max_s = max(stats.interval_max_s, gap)
+                    stats.interval_last_s = gap
+                    stats.lag_s_last = max(0.0, gap - interval - tick)
+                    stats.lag_s_max = max(stats.lag_s_max, stats.lag_s_last)
                 cursor += 1
                 if cursor == n:
                     cursor = 0
@@ -337,10 +376,15 @@ class FleetSimulator:
             for line in node.pending_kernel:
                 agent.kmsg.log(line, now=now)
             node.pending_kernel.clear()
-            started = time.thread_time()  # CPU, not wall: the machine is shared
+            # CPU, not wall (the machine is shared), measured on every `COLLECT_SAMPLE`-th probe: reading the
+            # thread's CPU clock is a system call, under contention a costly one
+            timed = self.stats.collected % COLLECT_SAMPLE == 0
+            started = time.thread_time() if timed else 0.0
             probe = await agent.collect(now=now, noise=noise)
             body = probe.to_json()
-            self.stats.collect_s += time.thread_time() - started
+            if timed:
+                self.stats.collect_s += time.thread_time() - started
+                self.stats.collect_timed += 1
             self.stats.collected += 1
             msg_id = probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
             conn = self._agent_nc[node.name]

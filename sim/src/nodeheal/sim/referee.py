@@ -15,8 +15,17 @@ Every figure of the `safety` section should be 0:
 - `uncordons_while_host_event_pending`: an uncordon while the node's instance had a scheduled
   SystemMaintenance.Reboot / Redeploy that had not completed, been avoided or been canceled;
 - `redeploys_for_reboot_events`: RedeployInstance on an instance whose open host event was a Reboot;
-- `budget_exceedances`: the number of disrupted nodes (cordoned at the Kubernetes emulator, or in an
-  API-initiated reboot/redeploy at the ECS emulator) above the remediator's budget in a failure domain;
+- `budget_exceedances`: how many times a failure domain (cluster, zone, rack, node pool) went over the
+  remediator's budget, counting at each moment the nodes nodeheal holds disrupted there: disrupted at
+  the emulators (cordoned at the Kubernetes emulator, or in an API-initiated reboot/redeploy at the ECS
+  emulator) and not handed to a person. A node is handed to a person from an AUDIT `escalate`
+  `succeeded` record of its own ladder (not a storm's escalation, whose target is `storm:…`) or a
+  `retire` `succeeded` (the machine left the fleet; its replacement needs a person's approval) until
+  nodeheal acts on it again (an `intent` of a capacity action: cordon, taint, drain, reboot, redeploy,
+  accept, retire, replace). That is the remediator's own rule (docs/remediator.md): a budget slot is held
+  while the node is disrupted and released only when it is uncordoned or handed to a person. The
+  handed-over nodes still disrupted are reported apart (`handed_to_people`, informational): the
+  capacity each pool has lost to people's queues;
 - `reboots_in_partition`: API-initiated reboots / redeploys of a node while its rack was dark;
 - `replacements_without_approval`: an instance released (DeleteInstance) with no AUDIT `intent` of a
   `replace` of that node carrying a passed `approval` check before it (a replacement is always approved).
@@ -46,7 +55,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -106,8 +115,90 @@ class WorldLog:
     node_commands: list[dict[str, Any]]  # what the agents executed
     boots: list[tuple[float, str]]  # (time, node): a node came up with a new boot id
     dark: dict[str, tuple[float, float]]  # node → (went dark, came back) during the partition
-    budget_exceedances: int
-    budget_exceedances_by_domain: dict[str, int]
+    # (time, node, disrupted?) each time a node started / stopped being disrupted at the emulators
+    disruptions: list[tuple[float, str, bool]] = field(default_factory=list)
+    node_domains: dict[str, list[str]] = field(default_factory=dict)  # node → its domains, "kind:key"
+    domain_limits: dict[str, int] = field(default_factory=dict)  # "kind:key" → the budget's node limit
+
+
+CAPACITY_ACTIONS = frozenset(
+    {"cordon", "taint", "drain", "reboot", "redeploy", "accept_cloud_event", "retire", "replace"}
+)
+"""The remediator's capacity actions (policy.CAPACITY): an intent of one takes (or keeps) a budget slot."""
+
+
+def _handovers(audit: Iterable[RemediationRecord]) -> dict[str, list[tuple[float, bool]]]:
+    """node → [(time, handed to a person?)]: an escalation of the node's own ladder or a retirement hands it
+    over; an intent of a capacity action takes it back."""
+    out: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    for rec in audit:
+        if rec.dry_run:
+            continue
+        storm = (rec.target or "").startswith("storm:")
+        if rec.phase == "succeeded" and (rec.action == "retire" or (rec.action == "escalate" and not storm)):
+            out[rec.node].append((rec.time.timestamp(), True))
+        elif rec.phase == "intent" and rec.action in CAPACITY_ACTIONS:
+            out[rec.node].append((rec.time.timestamp(), False))
+    return out
+
+
+def budget_exceedances(world: WorldLog, audit: Iterable[RemediationRecord]) -> dict[str, Any]:
+    """Sweep the disruptions and hand-overs in time order; count each time a domain goes over its limit."""
+    changes: list[tuple[float, int, str, str, bool]] = []  # (time, order, node, what, on)
+    for at, node, on in world.disruptions:
+        changes.append((at, 1 if on else 0, node, "disrupted", on))
+    for node, marks in _handovers(audit).items():
+        if node in world.node_domains:
+            for at, on in marks:
+                changes.append((at, 0 if on else 1, node, "handed", on))
+    changes.sort(key=lambda c: (c[0], c[1]))  # at one instant, what frees capacity first
+    disrupted: set[str] = set()
+    handed: set[str] = set()
+    held: Counter[str] = Counter()  # domain → nodes nodeheal holds disrupted there
+    queued: Counter[str] = Counter()  # domain → handed-over nodes still disrupted
+    queued_max: Counter[str] = Counter()
+    violating: set[str] = set()
+    by_kind: Counter[str] = Counter()
+    samples: list[dict[str, Any]] = []
+    for at, _, node, what, on in changes:
+        before = (node in disrupted and node not in handed, node in disrupted and node in handed)
+        group = disrupted if what == "disrupted" else handed
+        if on:
+            group.add(node)
+        else:
+            group.discard(node)
+        after = (node in disrupted and node not in handed, node in disrupted and node in handed)
+        if before == after:
+            continue
+        for domain in world.node_domains.get(node, ()):
+            held[domain] += after[0] - before[0]
+            queued[domain] += after[1] - before[1]
+            queued_max[domain] = max(queued_max[domain], queued[domain])
+            limit = world.domain_limits.get(domain)
+            if limit is None:
+                continue
+            if held[domain] > limit and domain not in violating:
+                violating.add(domain)
+                by_kind[domain.split(":", 1)[0]] += 1
+                if len(samples) < 20:
+                    members = sorted(n for n in disrupted - handed if domain in world.node_domains.get(n, ()))
+                    samples.append({"domain": domain, "at": at, "limit": limit, "held": members})
+            elif held[domain] <= limit:
+                violating.discard(domain)
+    pools = {d for d in queued_max if d.startswith("pool:") and queued_max[d]}
+    return {
+        "budget_exceedances": sum(by_kind.values()),
+        "budget_exceedances_by_domain": dict(by_kind),
+        "budget_exceedance_samples": samples,
+        "handed_to_people": {
+            "method": "nodes disrupted at the emulators whose AUDIT trail shows them handed to a person "
+            "(escalated, or retired for replacement): not counted against the budgets, capacity lost to "
+            "people's queues",
+            "by_pool_at_end": {d.removeprefix("pool:"): queued[d] for d in sorted(pools) if queued[d]},
+            "by_pool_max": {d.removeprefix("pool:"): queued_max[d] for d in sorted(pools)},
+            "nodes_at_end": sorted(disrupted & handed)[:50],
+        },
+    }
 
 
 def _intents(audit: Iterable[RemediationRecord]) -> dict[tuple[str, str], list[float]]:
@@ -122,9 +213,26 @@ def _has_intent(intents: dict[tuple[str, str], list[float]], node: str, actions:
     return any(t <= at + SKEW_S for action in actions for t in intents.get((node, action), ()))
 
 
+def _until(world: WorldLog, end: float) -> WorldLog:
+    """The side effects up to `end`, the end of the window AUDIT was read for: the services keep acting while
+    the demo stops the simulator and reads the streams (seconds at 50,000 nodes), and what they do after the
+    window has its intent after it too (a RebootInstance 4 s after the window, its intent 0.1 s before the
+    call, was counted as without intent in a 50,000-node run)."""
+    return replace(
+        world,
+        ecs_calls=[c for c in world.ecs_calls if _ts(c.at) <= end],
+        ecs_changes=[c for c in world.ecs_changes if _ts(c.at) <= end],
+        kube_effects=[e for e in world.kube_effects if e[0] <= end],
+        node_commands=[c for c in world.node_commands if float(c.get("at", 0.0)) <= end],
+        disruptions=[d for d in world.disruptions if d[0] <= end],
+    )
+
+
 def judge(
     *, audit: list[RemediationRecord], world: WorldLog, truth: list[InjectedFault], run_end: float
 ) -> dict[str, Any]:
+    """The `safety` section: every figure of the module docstring, over the side effects up to `run_end`."""
+    world = _until(world, run_end)
     intents = _intents(audit)
     intent_ids = {r.action_id for r in audit if r.phase == "intent" and not r.dry_run}
     examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -267,20 +375,23 @@ def judge(
         ),
     }
 
+    budgets = budget_exceedances(world, audit)
     safety = {
         "actions_without_intent": without_intent,
         "disrupted_twice_for_one_fault": twice,
         "reboots_verified_without_new_boot": unverified_boot,
         "uncordons_while_host_event_pending": uncordon_pending,
         "redeploys_for_reboot_events": redeploy_for_reboot,
-        "budget_exceedances": world.budget_exceedances,
+        "budget_exceedances": budgets["budget_exceedances"],
         "reboots_in_partition": in_partition,
         "replacements_without_approval": unapproved,
     }
     return {
         **safety,
         "all_zero": not any(safety.values()),
-        "budget_exceedances_by_domain": world.budget_exceedances_by_domain,
+        "budget_exceedances_by_domain": budgets["budget_exceedances_by_domain"],
+        "budget_exceedance_samples": budgets["budget_exceedance_samples"],
+        "handed_to_people": budgets["handed_to_people"],
         "rotation": rotation,
         "side_effects_seen": {
             "cloud_api_calls": dict(Counter(c.action for c in world.ecs_calls if c.http_status == 200)),

@@ -218,18 +218,33 @@ def rates(first: Mark, last: Mark) -> dict[str, Any]:
     return {"seconds": round(span, 1), "streams": streams, "consumers": consumers}
 
 
+KEPT_INTERVAL_SLACK = 1.1
+"""The simulator kept the requested interval when every node was probed, on average, within 10 % of it."""
+SILENCE_INTERVALS = 2.5
+"""The detector's default silence timeout in probe intervals (`RuleConfig.down_after_missed`): a node whose
+probes come further apart than this looks down, however evenly the cadence stretched."""
+
+
 def fell_behind(
     *, interval_s: float, sim: dict[str, Any], flow: dict[str, Any], processes: dict[str, Any]
 ) -> str | None:
     """One line naming what could not keep up (and by how much), or None when everything did.
 
-    Behind means: the simulator's probes ran more than one interval late; a consumer of the probe
-    stream ended the window more than two intervals of probes behind; a process went over the memory
-    limit."""
+    Behind means: the simulator probed the nodes, on average, more than `KEPT_INTERVAL_SLACK` × the
+    requested interval apart (it stretches the cadence evenly: the line says what interval the nodes
+    really got), or some node's probes came `SILENCE_INTERVALS` apart (it looked silent); a consumer of
+    the probe stream ended the window more than two intervals of probes behind; a process went over the
+    memory limit."""
     problems: list[str] = []
-    lag = float(sim.get("max_lag_behind_interval_s", 0.0))
-    if lag >= interval_s:
-        problems.append(f"simulator fell {lag:.1f} s behind its {interval_s:g} s probe interval")
+    effective = float(sim.get("effective_interval_s") or 0.0)
+    worst = float(sim.get("effective_interval_max_s") or 0.0)
+    if effective > interval_s * KEPT_INTERVAL_SLACK:
+        problems.append(
+            f"simulator probed every node every {effective:.1f} s on average, not every {interval_s:g} s"
+            f" ({interval_s / effective:.0%} of the requested probe rate; the longest gap {worst:.1f} s)"
+        )
+    elif worst >= interval_s * SILENCE_INTERVALS:
+        problems.append(f"simulator left a node {worst:.1f} s between two probes (interval {interval_s:g} s)")
     for key, c in sorted(flow.get("consumers", {}).items()):
         if "PROBES" in key.split("/", 1)[0] and c["behind_s"] > 2 * interval_s:
             problems.append(f"consumer {key} ended {c['backlog']:,} probes ({c['behind_s']:.0f} s) behind")

@@ -21,6 +21,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +62,14 @@ def _counters(sim: Any) -> dict[str, Any]:
         "publish_errors": stats.publish_errors,
         "collected": stats.collected,
         "collect_s": stats.collect_s,
+        "collect_timed": stats.collect_timed,
         "lag_s_max": stats.lag_s_max,
         "lag_s_last": stats.lag_s_last,
+        "interval_sum_s": stats.interval_sum_s,
+        "intervals": stats.intervals,
+        "interval_max_s": stats.interval_max_s,
+        "interval_last_s": stats.interval_last_s,
+        "stretched_s": stats.stretched_s,
         "flush_wait_s": stats.flush_wait_s,
         "flush_wait_s_max": stats.flush_wait_s_max,
         "flush_timeouts": stats.flush_timeouts,
@@ -74,6 +81,9 @@ def run_shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> 
     if sys.platform == "linux":  # a shard never outlives the demo process, however that ends
         with contextlib.suppress(Exception):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    # Ctrl-C in a terminal reaches every process of the group: the demo process stops its shards itself
+    # (after taking their counters), and a shard whose demo is gone dies by PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if plan.nice > 0:
         with contextlib.suppress(OSError):
             os.nice(plan.nice)
@@ -144,18 +154,27 @@ class ProbeShards:
         self._sent: dict[str, dict[str, Any]] = {}
         self._filled_at: dict[str, float] = {}
         self.progress: dict[int, dict[str, Any]] = {}  # shard → its latest counters
+        self.finals: dict[int, dict[str, Any]] = {}  # shard → its final counters (sent when it stopped)
+        self._stopping = False
+        # the pipes are read by the event loop (progress) and by `stop` in a worker thread: one at a time
+        self._reading = threading.Lock()
 
     def pids(self) -> dict[str, int | None]:
         return {f"sim-shard-{i}": proc.pid for i, proc in enumerate(self.procs)}
 
     def poll_progress(self) -> None:
         """Read the counters the shards sent since the last call (never blocks)."""
-        for index, pipe in enumerate(self.pipes):
-            with contextlib.suppress(EOFError, OSError):
-                while pipe.poll(0):
-                    message = pipe.recv()
-                    if isinstance(message, dict) and "progress" in message:
-                        self.progress[index] = message["progress"]
+        with self._reading:
+            for index, pipe in enumerate(self.pipes):
+                with contextlib.suppress(EOFError, OSError):
+                    while pipe.poll(0):
+                        self._take(index, pipe.recv())
+
+    def _take(self, index: int, message: Any) -> None:
+        if isinstance(message, dict) and "progress" in message:
+            self.progress[index] = message["progress"]
+        elif isinstance(message, dict) and "final" in message:
+            self.finals[index] = message["final"]
 
     def totals(self) -> dict[str, float]:
         """The shards' latest counters added up (lags: the largest)."""
@@ -164,7 +183,7 @@ class ProbeShards:
             for key, value in counters.items():
                 out[key] = (
                     max(out.get(key, 0), value)
-                    if key.startswith(("lag_", "flush_wait_s_max"))
+                    if key.startswith(("lag_", "flush_wait_s_max", "interval_max_s", "interval_last_s", "stretched_s"))
                     else (out.get(key, 0) + value)
                 )
         return out
@@ -173,16 +192,24 @@ class ProbeShards:
         return [i for i, proc in enumerate(self.procs) if not proc.is_alive()]
 
     def wait_ready(self, *, timeout_s: float) -> None:
-        """Block until every shard is connected and probing (spawning and importing take a while)."""
+        """Block until every shard is connected and probing (spawning and importing take a while); returns
+        early when `stop` was called meanwhile (a run interrupted during start-up)."""
         deadline = time.monotonic() + timeout_s
         for index, pipe in enumerate(self.pipes):
-            left = max(0.0, deadline - time.monotonic())
-            if not pipe.poll(left) or pipe.recv() != "ready":
+            while not self._stopping and not pipe.poll(0.2):
+                if time.monotonic() > deadline:
+                    msg = f"probe shard {index} did not start within {timeout_s:.0f}s"
+                    raise RuntimeError(msg)
+            if self._stopping:
+                return
+            if pipe.recv() != "ready":
                 msg = f"probe shard {index} did not start within {timeout_s:.0f}s"
                 raise RuntimeError(msg)
 
     def sync(self, nodes: list[SimNode], *, interval_s: float) -> None:
         """Send each shard the changed state of its nodes (and their new kernel lines)."""
+        if self._stopping:
+            return
         batches: dict[int, list[tuple[str, dict[str, Any], list[str]]]] = {}
         now = time.time()
         for node in nodes:
@@ -201,23 +228,23 @@ class ProbeShards:
         self.poll_progress()
 
     def stop(self, *, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-        """Stop every shard; their final counters (once: a second call returns nothing)."""
-        out: list[dict[str, Any]] = []
+        """Stop every shard within `timeout_s` in all (then they are killed); their final counters — for a
+        shard that did not send them in time, its latest progress counters — once (a second call returns
+        nothing)."""
+        self._stopping = True
         if not self.procs:
-            return out
+            return []
         for pipe in self.pipes:
             with contextlib.suppress(Exception):
                 pipe.send("stop")
-        for pipe, proc in zip(self.pipes, self.procs, strict=True):
-            deadline = time.monotonic() + timeout_s
-            with contextlib.suppress(Exception):
-                while pipe.poll(max(0.0, deadline - time.monotonic())):
-                    message = pipe.recv()
-                    if isinstance(message, dict) and "final" in message:
-                        out.append(message["final"])
-                        break
-            proc.join(timeout=5)
+        deadline = time.monotonic() + timeout_s
+        for index, (pipe, proc) in enumerate(zip(self.pipes, self.procs, strict=True)):
+            with self._reading, contextlib.suppress(Exception):
+                while index not in self.finals and pipe.poll(max(0.0, deadline - time.monotonic())):
+                    self._take(index, pipe.recv())
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
+        out = [self.finals.get(i, self.progress.get(i)) for i in range(len(self.procs))]
         self.procs, self.pipes = [], []
-        return out
+        return [counters for counters in out if counters]

@@ -4,15 +4,18 @@ wired to the fleet simulator so that what nodeheal does to them happens to the s
 a RebootInstance takes the node down for its reboot time, a drain evicts the runaway workload, a
 scheduled maintenance event executes at NotBefore.
 
-It also keeps the referee's books: concurrent disruption per failure domain against the
-remediator's budgets, and every reboot or redeploy that reached the cloud while a rack was
-partitioned.
+It also keeps the referee's books: when each node became disrupted at the emulators (cordoned at
+the Kubernetes emulator, or in an API-initiated reboot / redeploy at the ECS emulator) and when it
+stopped being so, sampled about twice a second — the referee (referee.py) counts these against the
+remediator's budgets per failure domain, net of the nodes AUDIT shows handed to a person — and every
+reboot or redeploy that reached the cloud while a rack was partitioned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -63,10 +66,10 @@ class DemoWorld:
         self.kube = KubeWorld()
         self._emulator: Any = None
         self._ticker: asyncio.Task[None] | None = None
-        self.violations: Counter[str] = Counter()
-        self.violation_samples: list[dict[str, Any]] = []
-        self._violating: set[str] = set()
         self.max_disrupted: dict[str, int] = {}
+        # (unix time, node, disrupted?) each time a node starts or stops being disrupted at the emulators
+        self.disruptions: list[tuple[float, str, bool]] = []
+        self._disrupted: set[str] = set()
         self.partition_actions: list[dict[str, Any]] = []
         self.ecs_changes: list[WorldChange] = []
         self.api_reboots = 0
@@ -183,7 +186,7 @@ class DemoWorld:
     # ------------------------------------------------------------------ ticking and refereeing
 
     def sample(self) -> None:
-        """Called about twice a second by the demo: sync Kubernetes, check budgets, record health."""
+        """Called about twice a second by the demo: sync Kubernetes, log disruption changes, record health."""
         self.ecs.tick()
         for node in self.sim.touched:  # every other node is as it started: Ready
             ready = node.powered and not node.partitioned and not node.hung and node.services["kubelet"] == "active"
@@ -202,47 +205,52 @@ class DemoWorld:
             if op.initiator != "platform"
         }
         disrupted = cordoned | busy
-        # count per domain from the (few) disrupted nodes, not by scanning the fleet
+        now = time.time()
+        for name in disrupted - self._disrupted:
+            self.disruptions.append((now, name, True))
+        for name in self._disrupted - disrupted:
+            self.disruptions.append((now, name, False))
+        self._disrupted = disrupted
+        # the most nodes disrupted at once per domain kind (raw: handed-over nodes included)
         counts: Counter[tuple[str, str]] = Counter()
         for name in disrupted:
-            member = self.sim.nodes.get(name)
-            if member is None:
-                continue
-            inv = member.inv
-            counts[("cluster", "all")] += 1
-            counts[("zone", inv.zone or "-")] += 1
-            counts[("rack", inv.rack or "-")] += 1
-            counts[("pool", inv.node_pool or "-")] += 1
-        over: set[str] = set()
-        for (kind, key), n in counts.items():
+            for key in self.domains_of(name):
+                counts[key] += 1
+        for (kind, _), n in counts.items():
             self.max_disrupted[kind] = max(self.max_disrupted.get(kind, 0), n)
-            count, pct = self.budgets[kind]
-            if n > _limit(count, pct, len(self.domains[kind][key])):
-                domain = f"{kind}:{key}"
-                over.add(domain)
-                if domain not in self._violating:
-                    self.violations[kind] += 1
-                    members = set(self.domains[kind][key])
-                    self.violation_samples.append(
-                        {
-                            "domain": domain,
-                            "at": datetime.now(tz=UTC).isoformat(),
-                            "cordoned": sorted(members & cordoned),
-                            "rebooting_by_api": sorted(members & busy),
-                        }
-                    )
-        self._violating = over
         total = len(self.sim.nodes)
         not_ready = {name for name, ready in self._ready_state.items() if not ready}
         self.schedulable_samples.append((total - len(not_ready | cordoned)) / total)
         self.sim.sample_health()
 
+    def domains_of(self, name: str) -> list[tuple[str, str]]:
+        """The failure domains (kind, key) of a node, as the budgets count them."""
+        member = self.sim.nodes.get(name)
+        if member is None:
+            return []
+        inv = member.inv
+        return [
+            ("cluster", "all"),
+            ("zone", inv.zone or "-"),
+            ("rack", inv.rack or "-"),
+            ("pool", inv.node_pool or "-"),
+        ]
+
+    def domain_limits(self, nodes: set[str]) -> tuple[dict[str, list[str]], dict[str, int]]:
+        """For the referee: the domains ("kind:key") of `nodes` and each such domain's budget limit."""
+        of: dict[str, list[str]] = {}
+        limits: dict[str, int] = {}
+        for name in nodes:
+            keys = self.domains_of(name)
+            of[name] = [f"{kind}:{key}" for kind, key in keys]
+            for kind, key in keys:
+                count, pct = self.budgets[kind]
+                limits[f"{kind}:{key}"] = _limit(count, pct, len(self.domains[kind][key]))
+        return of, limits
+
     def summary(self) -> dict[str, Any]:
         calls = Counter(call.action for call in self.ecs.calls)
         return {
-            "budget_violations": sum(self.violations.values()),
-            "budget_violations_by_domain": dict(self.violations),
-            "violation_samples": self.violation_samples[:20],
             "max_disrupted_by_domain": dict(self.max_disrupted),
             "budgets": {k: {"max_count": c, "max_pct": p} for k, (c, p) in self.budgets.items()},
             "reboots_in_partition": len(self.partition_actions),

@@ -87,6 +87,9 @@ class SystemctlClient:
         self.timeout_s = timeout_s
         self.restart_timeout_s = restart_timeout_s
         self.runner = runner
+        # the last `systemctl show` output and what it parsed to: the same text is not parsed again (on a
+        # healthy node it is the same every probe)
+        self._last_show: tuple[str, tuple[str, ...], tuple[UnitStatus, ...]] | None = None
 
     async def _run(self, args: Sequence[str], *, timeout_s: float) -> tuple[int, str, str]:
         if self.runner is not None:
@@ -113,7 +116,13 @@ class SystemctlClient:
         if code != 0:
             msg = f"systemctl show failed (exit {code}): {err.strip()[:300]}"
             raise RuntimeError(msg)
-        return parse_show(out, units)
+        asked = tuple(units)
+        last = self._last_show
+        if last is not None and last[0] == out and last[1] == asked:
+            return list(last[2])
+        parsed = parse_show(out, units)
+        self._last_show = (out, asked, tuple(parsed))
+        return parsed
 
     async def restart(self, unit: str) -> CommandOutcome:
         code, _out, err = await self._run(["restart", unit_name(unit)], timeout_s=self.restart_timeout_s)

@@ -44,7 +44,7 @@ from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, last_per_subject_up_to
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
 from nodeheal.runtime.testhooks import kill_point
@@ -362,6 +362,40 @@ class DetectorRuntime:
                 await self.js.delete_consumer(stream, info.name)
         return seen
 
+    async def _ack_floor(self) -> int:
+        """The stream sequence up to which the probe durable has acknowledged everything."""
+        try:
+            info = await self.js.consumer_info(self.probes_stream, self.settings.probe_durable)
+        except Exception as exc:
+            log.warning("probe durable unreadable; boot ids are seeded from the last probes", extra={"error": str(exc)})
+            return 2**63
+        return int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
+
+    async def _seed_boots(self, subjects: dict[str, tuple[str, str]], *, floor: int) -> int:
+        """Re-seed the boot id of every node whose last probe lies beyond the ack floor from its last
+        probe at or before it (none: unknown, the next probe sets it). Returns how many were re-seeded."""
+        if not subjects:
+            return 0
+        try:
+            found = await last_per_subject_up_to(
+                self.nc, self.probes_stream, list(subjects), up_to_seq=floor, api_prefix=self.js._prefix
+            )
+        except Exception as exc:
+            log.warning(
+                "boot ids as of the ack floor unreadable; seeded from the last probes (a reboot while the"
+                " detector was away may go unseen)",
+                extra={"error": str(exc)[:300], "nodes": len(subjects)},
+            )
+            return 0
+        for subject, (cluster, node) in subjects.items():
+            msg = found.get(subject)
+            boot: str | None = None
+            if msg is not None:
+                with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
+                    boot = probe_decoder.decode(msg.data).boot_id
+            self.detector.seed_boot(cluster, node, boot)
+        return len(subjects)
+
     async def rebuild(self) -> None:
         """Know the fleet and what was firing before the first live probe: seed nodes (and boot ids)
         from the last probe per node, rebuild cloud-event and remediation windows (state only), then
@@ -372,6 +406,11 @@ class DetectorRuntime:
         since = datetime.fromtimestamp(now, tz=UTC) - timedelta(seconds=s.restore_lookback_s)
         counts: dict[str, int] = {}
         if s.seed_from_last_probes:
+            # what the killed process had processed ends at its durable's ack floor: probes stored after
+            # it are delivered again, so a node's boot id is seeded as of the floor (a node that rebooted
+            # while we were away is then an unexpected_reboot when its new boot's probes arrive)
+            floor = await self._ack_floor()
+            beyond: dict[str, tuple[str, str]] = {}  # subject -> (cluster, node)
 
             def seed(msg: Msg) -> None:
                 try:
@@ -381,13 +420,17 @@ class DetectorRuntime:
                 if self.identity.mismatch(msg.subject, probe) is None:
                     try:
                         stored_at: float | None = msg.metadata.timestamp.timestamp()
+                        sequence = msg.metadata.sequence.stream
                     except Exception:
-                        stored_at = None
+                        stored_at, sequence = None, 0
                     det.seed_last_probe(probe, now=now, stored_at=stored_at)
+                    if probe.source != "prober" and sequence > floor:
+                        beyond[msg.subject] = (probe.cluster, probe.node)
 
             counts["probes"] = await self._replay(
                 self.probes_stream, s.probe_filters(), deliver=DeliverPolicy.LAST_PER_SUBJECT, since=None, on_msg=seed
             )
+            counts["boots_as_of_ack_floor"] = await self._seed_boots(beyond, floor=floor)
             det.seeded(now=now)
 
         def cloud(msg: Msg) -> None:

@@ -59,6 +59,14 @@ class RuleConfig(BaseModel):
     warmup_s: float | None = Field(
         default=None, ge=0, description="after start, no silence anomaly (default: the silence timeout)"
     )
+    max_cadence_factor: float = Field(
+        default=4.0,
+        ge=1,
+        description=(
+            "silence is judged against the agents' measured probe interval (the median gap between a node's"
+            " agent probes over the fleet) when that is longer than probe_interval_s, up to this many times it"
+        ),
+    )
     high_load_ratio: float = Field(default=health.HIGH_LOAD_RATIO, gt=0, description="load1 / cpu_count that is bad")
     high_load_clear_ratio: float = Field(default=health.HIGH_LOAD_CLEAR_RATIO, gt=0)
     high_load_probes: int = Field(default=2, ge=1, description="consecutive bad probes before high_load fires")
@@ -92,6 +100,11 @@ class RuleConfig(BaseModel):
     @property
     def down_timeout_s(self) -> float:
         return self.probe_interval_s * self.down_after_missed
+
+
+CADENCE_SAMPLES: Final = 2048
+CADENCE_EVERY: Final = 256
+CADENCE_MIN_SAMPLES: Final = 32
 
 
 def _iso(ts: float) -> str:
@@ -143,6 +156,12 @@ class Detector:
         self._watched = frozenset(config.services)
         self._ro_ignore = frozenset(config.readonly_ignore_mounts)
         self._down_timeout = config.down_timeout_s
+        # the agents' real probe interval: the median of recent gaps between two agent probes of a node (by the
+        # probes' own timestamps); silence is judged against it when the fleet probes slower than configured
+        self.cadence_s = config.probe_interval_s
+        self._gaps: list[float] = []
+        self._gap_next = 0
+        self._gaps_seen = 0
         self._warmup_until = started_at + (config.warmup_s if config.warmup_s is not None else self._down_timeout)
 
     # ------------------------------------------------------------------ nodes and the timer wheel
@@ -183,6 +202,27 @@ class Detector:
         if p.source != "prober":
             self._observe_agent(node, p, now)
 
+    def _note_gap(self, gap: float) -> None:
+        """One gap between two agent probes of a node. Every `CADENCE_EVERY` gaps
+        the fleet's cadence is the median of the last `CADENCE_SAMPLES` (robust to a rack coming back
+        after a partition), and the silence timeout follows it when it is longer than configured: a
+        fleet whose agents all probe every 20 s is not "down" after 2.5 × 5 s."""
+        gaps = self._gaps
+        if len(gaps) < CADENCE_SAMPLES:
+            gaps.append(gap)
+        else:
+            gaps[self._gap_next] = gap
+            self._gap_next = (self._gap_next + 1) % CADENCE_SAMPLES
+        self._gaps_seen += 1
+        # every `CADENCE_EVERY` gaps; a small fleet (or the first seconds of a large one) more often
+        if len(gaps) < CADENCE_MIN_SAMPLES or self._gaps_seen % min(CADENCE_EVERY, len(gaps) // 4):
+            return
+        ordered = sorted(gaps)
+        cfg = self.config
+        median = ordered[len(ordered) // 2]
+        self.cadence_s = min(max(median, cfg.probe_interval_s), cfg.probe_interval_s * cfg.max_cadence_factor)
+        self._down_timeout = cfg.down_after_missed * self.cadence_s
+
     def _observe_reachability(self, node: NodeState, p: FastProbe, now: float) -> None:
         ok = seen = 0
         for r in p.reachability:
@@ -201,10 +241,16 @@ class Detector:
         node.last_agent = now
         node.agent_seq += 1
         node.last_probe_id = p.id
+        t = p.time.timestamp() if p.time is not None else now
         if node.silence is not None:
             self._resolve_key(node, node.silence, now)
             node.silence = None
-        t = p.time.timestamp() if p.time is not None else now
+        # every gap counts, also one across a silence: when the whole fleet's cadence jumped past the
+        # timeout, every node is "silent" at each probe and only these gaps can teach the new cadence (a
+        # node really back from the dead is one outlier among the 2,048 the median is taken over)
+        if node.last_agent_t and t > node.last_agent_t:
+            self._note_gap(t - node.last_agent_t)
+        node.last_agent_t = t
         conds = node.conds
 
         boot_id = p.boot_id
@@ -763,6 +809,14 @@ class Detector:
                 self._schedule(node, max(stored_at + self._down_timeout, now))  # the wheel runs forward only
             if stored_at is not None:
                 self._seeded_input = max(self._seeded_input, min(stored_at, now))
+
+    def seed_boot(self, cluster: str, node: str, boot_id: str | None) -> None:
+        """The boot id the node had as of what was processed before a restart (its last probe at or
+        before the probe durable's ack floor; None: no such probe), replacing the one `seed_last_probe`
+        took from a probe not processed yet — which is delivered again and compared with this."""
+        state = self.nodes.get(cluster + "/" + node)
+        if state is not None:
+            state.boot_id = boot_id
 
     def seeded(self, *, now: float) -> None:
         """The rebuild read the fleet's last probes: every seeded node knows since when it is silent, so no

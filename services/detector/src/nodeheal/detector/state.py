@@ -80,6 +80,7 @@ class NodeState:
         "flaps",
         "key",
         "last_agent",
+        "last_agent_t",
         "last_probe_id",
         "last_prober",
         "node",
@@ -96,6 +97,7 @@ class NodeState:
         # Silence is counted from the first sighting: a node that never sent an agent probe is not
         # "down since 1970".
         self.last_agent = now
+        self.last_agent_t = 0.0  # the `time` of its latest agent probe (the agent's clock); 0: none yet
         self.last_prober = 0.0
         self.reach_ok = 0
         self.reach_seen = 0

@@ -29,6 +29,7 @@ from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
 
 CRASH_EPISODE_KEY = "crash_report"
+PLANNED_REBOOT = "planned_reboot"
 """anomaly_key part of the episode a hardware crash report opens when nothing fires on its node"""
 CRASH_EVIDENCE_MAX_AGE = timedelta(minutes=10)
 """A crash report's evidence counts as this old at most when it is found (kernel look-back: 30 min)."""
@@ -398,6 +399,13 @@ class Diagnoser:
         decision = decide(ctx=ctx, fleet=self.fleet, now=now, config=self.config.decision, rank=self._rank)
         if decision is None:
             return Outcome()
+        last = ctx.published
+        if decision.cause == PLANNED_REBOOT and last is not None and not last.resolved and last.cause != PLANNED_REBOOT:
+            # the downtime of our own action inside an open episode changes nothing about what is wrong
+            # with the node: the verdict stands (the remediator is verifying its action). Saying
+            # "planned_reboot" would supersede the ladder, and the verdict said again when the node is
+            # back has the first one's id — dropped as a duplicate — so the ladder ended at "none".
+            return Outcome()
         correlation = self._correlation_for(ctx, decision)
         diagnosis = self._diagnosis(ctx, decision, correlation, now=now)
         fingerprint = _fingerprint(diagnosis)
@@ -481,6 +489,7 @@ class Diagnoser:
         anomaly_ids = tuple(ctx.episode_ids) or tuple(a.id for a in ctx.firing.values())
         kinds = tuple(sorted({a.kind for a in ctx.firing.values()}))
         episode = ctx.episode_ids[0] if ctx.episode_ids else anomaly_ids[0]
+        own = {a.id for a in ctx.anomalies if f"/{CRASH_EPISODE_KEY}/" in a.anomaly_key}
         diagnosis_id = deterministic_id(
             ctx.key,
             episode,
@@ -488,6 +497,8 @@ class Diagnoser:
             decision.category,
             ",".join(r.action for r in decision.recommended),
             correlation.finding_id if correlation else "",
+            # said again, under another id, once the first real anomaly joins a crash report's episode
+            *(("report-only",) if set(anomaly_ids) <= own else ()),
             prefix="diag-",
         )
         evidence = list(decision.evidence)
@@ -736,7 +747,21 @@ def _fleet_evidence(correlation: FleetCorrelation) -> Evidence:
     )
 
 
+def _report_only(diagnosis: Diagnosis) -> bool:
+    """Every anomaly the diagnosis names is a crash report's own episode (`_open_crash_episode`): the
+    machine came back before any anomaly of the detector said so (e.g. the detector was restarting)."""
+    own = {
+        deterministic_id("crash-report", e.ref, prefix="anomaly-")
+        for e in diagnosis.evidence
+        if e.kind == "crash_report" and e.ref
+    }
+    return bool(diagnosis.anomaly_ids) and set(diagnosis.anomaly_ids) <= own
+
+
 def _fingerprint(diagnosis: Diagnosis) -> str:
+    """What makes a verdict new. A crash report's own episode joined by its first real anomaly (the
+    detector's unexpected_reboot, late) is said once more, naming it: a reader of the streams sees the
+    reboot diagnosed (same episode, verdict and ladder, so the remediator's ladder continues)."""
     parts = [
         diagnosis.cause,
         diagnosis.category,
@@ -744,4 +769,6 @@ def _fingerprint(diagnosis: Diagnosis) -> str:
         diagnosis.fleet_correlation.finding_id if diagnosis.fleet_correlation else "",
         diagnosis.crash_signature.bucket if diagnosis.crash_signature else "",
     ]
+    if _report_only(diagnosis):
+        parts.append("report-only")
     return hashlib.sha1("|".join(parts).encode(), usedforsecurity=False).hexdigest()

@@ -9,6 +9,7 @@ window too).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 
@@ -29,8 +30,12 @@ class AuditUnavailableError(RuntimeError):
 
 
 class AuditLog:
-    def __init__(self, js: JetStreamContext, *, stream: str, prefix: str, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, stream: str, prefix: str, timeout_s: float = 5.0, readers: int = 16
+    ) -> None:
+        """`readers`: the most history readers (ephemeral consumers) open at once."""
         self.js = js
+        self.readers = asyncio.Semaphore(readers)
         self.stream = stream
         self.prefix = prefix
         self.timeout_s = timeout_s
@@ -64,7 +69,10 @@ class AuditLog:
         except NotFoundError:
             return []
         out: list[RemediationRecord] = []
-        msgs = await read_stream(self.js, stream=self.stream, subject=subject, start=since, through_seq=last.seq or 0)
+        async with self.readers:
+            msgs = await read_stream(
+                self.js, stream=self.stream, subject=subject, start=since, through_seq=last.seq or 0
+            )
         for msg in msgs:
             try:
                 out.append(RemediationRecord.model_validate_json(msg.data))

@@ -151,6 +151,7 @@ class RemediatorService:
                 stream=topo.stream(f"{s.nats.stream_prefix}AUDIT").name,
                 prefix=s.nats.prefix,
                 timeout_s=s.nats.publish_timeout_s,
+                readers=max(1, s.stream_readers // 4),
             ),
             leases=Leases(leases_kv, holder=s.instance, ttl_s=ttl),
             ledger=Ledger(control_kv),
@@ -168,6 +169,7 @@ class RemediatorService:
                 thresholds=s.health,
                 timeout_s=s.verify_timeout_s,
                 poll_s=s.verify_poll_s,
+                readers=max(1, s.stream_readers - s.stream_readers // 4),
             ),
         )
         await self.remediator.restore()  # the storms in force (hysteresis) come back from nodeheal-control

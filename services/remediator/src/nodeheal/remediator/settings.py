@@ -114,6 +114,12 @@ class RemediatorSettings(ServiceSettings):
     durable: str = "remediator"
     batch_size: int = Field(default=32, ge=2)
     max_concurrent: int = Field(default=64, ge=1, description="ladders in flight per replica")
+    stream_readers: int = Field(
+        default=64,
+        ge=4,
+        description="most short-lived stream readers (ephemeral consumers) open at once per replica: "
+        "3/4 for probe reads (verification, boot id), 1/4 for audit history; each is deleted after use",
+    )
     ack_wait_s: float = Field(default=30.0, gt=0)
     max_deliver: int = Field(default=50, ge=1)
     retry_delay_s: float = Field(default=15.0, gt=0, description="nack delay when blocked, paused or leased")

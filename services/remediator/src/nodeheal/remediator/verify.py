@@ -23,6 +23,7 @@ from nats.js.errors import ServiceUnavailableError
 from pydantic import ValidationError
 
 from nodeheal.remediator.actions.kube import KubeActions
+from nodeheal.runtime.jetstream import close_reader
 from nodeheal.schemas.health import AGENT_SOURCES, HealthThresholds, probe_problems, summary
 from nodeheal.schemas.probe import NodeProbe
 from nodeheal.schemas.subjects import probe_subject
@@ -49,8 +50,12 @@ class Verifier:
         thresholds: HealthThresholds,
         timeout_s: float,
         poll_s: float,
+        readers: int = 48,
     ) -> None:
+        """`readers`: the most probe readers (ephemeral consumers) open at once; a verification waits for
+        one (each ladder holds at most one reader at a time, so the bound cannot deadlock)."""
         self.js = js
+        self.readers = asyncio.Semaphore(readers)
         self.stream = stream
         self.prefix = prefix
         self.partitions = partitions
@@ -105,6 +110,12 @@ class Verifier:
         self, *, cluster: str, node: str, lookback_s: float = 120.0, wait_s: float = 1.0
     ) -> NodeProbe | None:
         """The newest agent probe of the node stored in the last `lookback_s` (for the boot id before an action)."""
+        async with self.readers:
+            return await self._latest_agent_probe(cluster=cluster, node=node, lookback_s=lookback_s, wait_s=wait_s)
+
+    async def _latest_agent_probe(
+        self, *, cluster: str, node: str, lookback_s: float, wait_s: float
+    ) -> NodeProbe | None:
         since = datetime.now(tz=UTC) - timedelta(seconds=lookback_s)
         sub = await self._probes(cluster, node, since)
         latest: NodeProbe | None = None
@@ -118,8 +129,7 @@ class Verifier:
                     latest = probe
                 wait = 0.2  # caught up quickly: stored probes come back to back
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await close_reader(self.js, sub)
         return latest
 
     async def verify(
@@ -133,7 +143,26 @@ class Verifier:
         need_new_boot: bool = False,
     ) -> VerifyOutcome:
         """A healthy agent probe taken after `since` (with a new boot id when asked) and Node Ready."""
-        limit = timeout_s or self.timeout_s
+        async with self.readers:
+            return await self._verify(
+                cluster=cluster,
+                node=node,
+                since=since,
+                limit=timeout_s or self.timeout_s,
+                old_boot_id=old_boot_id,
+                need_new_boot=need_new_boot,
+            )
+
+    async def _verify(
+        self,
+        *,
+        cluster: str,
+        node: str,
+        since: datetime,
+        limit: float,
+        old_boot_id: str | None,
+        need_new_boot: bool,
+    ) -> VerifyOutcome:
         deadline = time.monotonic() + limit
         last = "no agent probe since the action"
         ready_detail = "Node Ready not checked"
@@ -165,6 +194,5 @@ class Verifier:
                     ready_detail = f"Node Ready unknown: {exc}"
                 last = "healthy probe but " + ready_detail
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await close_reader(self.js, sub)
         return VerifyOutcome(False, f"{node} not verified healthy within {limit:.0f}s: {last}; {ready_detail}")

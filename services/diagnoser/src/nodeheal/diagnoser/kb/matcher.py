@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nodeheal.diagnoser.kb.loader import KnowledgeBase, Rule
+from nodeheal.diagnoser.kb.logline import rejoined
 from nodeheal.schemas.kernel import LOOKBACK_CLASSES, Category
 
 IO_ERROR_CLASSES: frozenset[str] = frozenset({"nvme_disk_io_error"})
@@ -94,8 +95,19 @@ class Matcher:
         return Finding(index=index, line=line, cls=rule.cls, category=rule.category, rule_id=rule.id, fields=fields)
 
     def scan(self, lines: Iterable[str]) -> list[Finding]:
-        """Findings in input order, with the look-back categories of ext4/xfs resolved."""
-        findings = [f for i, line in enumerate(lines) if (f := self.match_line(line, index=i)) is not None]
+        """Findings in input order, with the look-back categories of ext4/xfs resolved.
+
+        A line that matches nothing on its own is tried once more with the lines a mailer or web page
+        wrapped off it rejoined (`logline.rejoined`); its finding then carries the rejoined text.
+        """
+        raw = list(lines)
+        findings: list[Finding] = []
+        for i, line in enumerate(raw):
+            finding = self.match_line(line, index=i)
+            if finding is None and i + 1 < len(raw) and (joined := rejoined(raw, i)) is not None:
+                finding = self.match_line(joined, index=i)
+            if finding is not None:
+                findings.append(finding)
         return resolve_lookback(findings)
 
     def primary(self, findings: Sequence[Finding]) -> Finding | None:

