@@ -56,8 +56,8 @@ async def _agents(nc: Client, nats: NatsSettings, ecs: EcsWorld, stop: asyncio.E
     """Every node's agent: healthy probes, a new boot id after each reboot, silent while it is down."""
     while not stop.is_set():
         for node in POOL + OTHERS:
-            instance = ecs.instances[f"i-{node}"]
-            if instance.status == "Running":
+            instance = ecs.instances.get(f"i-{node}")  # a replaced node's instance is released
+            if instance is not None and instance.status == "Running":
                 await publish_probe(nc, nats, node, boot_id=f"boot-{instance.boot_count}")
         await asyncio.sleep(0.2)
 
@@ -65,6 +65,7 @@ async def _agents(nc: Client, nats: NatsSettings, ecs: EcsWorld, stop: asyncio.E
 @pytest.fixture
 async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[Fleet]:
     ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
+    ecs_world.add_launch_template("lt-p2", node_pool="p2", region_id="cn-hangzhou")
     async with KubeWorld() as world, EcsEmulator(ecs_world, tick_interval_s=0.1) as ecs:
         for node in POOL + OTHERS:
             pool = node.split("-")[0]
@@ -82,6 +83,7 @@ async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[Fleet
             cluster_budget=Budget(max_count=20),
             disruptive_per_minute=100,
         )
+        settings.cloud.alibaba_launch_templates = {"p2": "lt-p2"}
         service = await start_service(settings)
         stop = asyncio.Event()
         agents = asyncio.create_task(_agents(nc, topology_ready, ecs_world, stop))
@@ -181,6 +183,42 @@ async def test_an_interrupted_batch_resumes_and_reboots_every_node_once(
     assert rebooted == [f"i-{n}" for n in OTHERS]  # every node exactly once: the one under way was not resubmitted
     episodes = {r.episode_id for r in await audit_records(nc, topology_ready) if r.action == "reboot"}
     assert len(episodes) == 3 and all(e and e.startswith(f"batch:{match.group(1)}:reboot:") for e in episodes)
+
+
+async def test_batch_replace_waits_for_a_persons_approval_of_each_node(
+    topology_ready: NatsSettings, nc: Client, fleet: Fleet
+) -> None:
+    args = _args(topology_ready, fleet.world, "replace", "--selector", "nodeheal.io/node-pool=p2")
+    batch = asyncio.create_task(asyncio.to_thread(CliRunner().invoke, cli, [*args, "--max-parallel", "3", "--json"]))
+    # each node's replace waits for a person; a retired node keeps its pool slot until replaced, so with a pool
+    # budget of 2 the third node's turn comes after an approval: approve them as they come
+    approved: dict[str, str] = {}
+    for _ in range(600):
+        records = await audit_records(nc, topology_ready)
+        waiting = {r.node: r.action_id for r in records if r.action == "replace" and r.phase == "awaiting_approval"}
+        for node, action_id in waiting.items():
+            if node in approved:
+                continue
+            if not approved:  # nothing is released before a person approves
+                assert fleet.ecs.world.calls_to("DeleteInstance") == []
+            approve = ["approve", action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+            approve += ["--bucket-prefix", topology_ready.bucket_prefix]
+            done = await asyncio.to_thread(CliRunner().invoke, cli, approve)
+            assert done.exit_code == 0, done.output
+            approved[node] = action_id
+        if len(approved) == 3:
+            break
+        await asyncio.sleep(0.2)
+    assert sorted(approved) == OTHERS
+    result = await asyncio.wait_for(batch, timeout=60)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"] == {"done": 3}
+    released = sorted(c.params["InstanceId"] for c in fleet.ecs.world.calls_to("DeleteInstance"))
+    assert released == [f"i-{n}" for n in OTHERS]
+    runs = fleet.ecs.world.calls_to("RunInstances")
+    assert len(runs) == 3 and {c.params["LaunchTemplateId"] for c in runs} == {"lt-p2"}
+    assert len({c.params["ClientToken"] for c in runs}) == 3  # one machine per node, never twice
+    assert all("nodeheal.io/retired" in fleet.world.node(n)["metadata"]["labels"] for n in OTHERS)
 
 
 async def test_dry_run_lists_the_nodes_and_submits_nothing(topology_ready: NatsSettings, nc: Client) -> None:

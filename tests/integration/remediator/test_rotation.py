@@ -15,6 +15,8 @@ from kubernetes.aio import client
 from nats.aio.client import Client
 
 from nodeheal.cli.main import cli
+from nodeheal.remediator.actions import ActionOutcome
+from nodeheal.remediator.actions.kube import KubeActions
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import new_id
@@ -113,12 +115,15 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
         waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval")
         await asyncio.sleep(1.0)
         assert ecs.world.calls_to("DeleteInstance") == [] and ecs.world.calls_to("RunInstances") == []
+        # retired and still cordoned while it waits: it keeps its budget slot (the referee counts it out)
+        assert await service.remediator.ledger.slot_of("r2") is not None
         assert "i-r2" in ecs.world.instances
         args = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
         args += ["--bucket-prefix", topology_ready.bucket_prefix]
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         done = await wait_for_record(nc, topology_ready, action="replace", phase="succeeded")
+        assert await service.remediator.ledger.slot_of("r2") is None  # released and recreated: the slot is back
     finally:
         await service.stop()
     deletes = ecs.world.calls_to("DeleteInstance")
@@ -165,3 +170,75 @@ async def test_a_node_that_spent_its_repair_budget_is_retired(
     node = await _read_node(world.url, "r3")
     assert "nodeheal.io/retired" in node.metadata.labels
     assert ecs.world.calls == []  # no reboot beyond the budget, no replacement without approval
+
+
+async def test_a_retired_machine_that_answers_again_is_still_replaced_and_never_uncordoned(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine that crashed on failing hardware comes back by its own reboot, and the diagnoser ends the
+    episode once it is retired: neither is a recovery that stops the rotation (seen in a 300-node demo:
+    `replace skipped: node recovered` right after the retire, then the retired node uncordoned as "verified
+    healthy")."""
+    await add_inventory(nc, topology_ready, "spare", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-s")
+    crash = _crash("spare", ["cordon", "drain", "retire", "replace"])
+    service = await start_service(make_settings(topology_ready, kube_url=world.url, approval_timeout_s=2.0))
+    real_retire = KubeActions.retire
+
+    async def retire_then_resolved(self: KubeActions, node: str, *, reason: str) -> ActionOutcome:
+        outcome = await real_retire(self, node, reason=reason)
+        # the diagnoser's answer to the retire: the episode resolved (the node answers again)
+        healthy = crash.model_copy(
+            update={"id": f"diag-{new_id()}", "resolved": True, "recommended": (), "identified_at": datetime.now(UTC)}
+        )
+        await publish_diagnosis(nc, topology_ready, healthy)
+        for _ in range(100):  # until the remediator has seen it
+            if service.view.recovered_at.get(node):
+                break
+            await asyncio.sleep(0.05)
+        return outcome
+
+    monkeypatch.setattr(KubeActions, "retire", retire_then_resolved)
+    try:
+        await publish_diagnosis(nc, topology_ready, crash)
+        await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval")
+        await wait_for_record(nc, topology_ready, action="escalate", phase="succeeded")  # nobody approved
+        await asyncio.sleep(1.0)  # the resolved diagnosis is settled now too
+    finally:
+        await service.stop()
+    assert service.view.recovered_at.get("spare") is not None
+    trail = [(r.action, r.phase, r.reason) for r in await audit_records(nc, topology_ready)]
+    assert ("retire", "succeeded") in [(a, p) for a, p, _ in trail]
+    assert not [t for t in trail if t[1] == "skipped" and "recovered" in t[2]], trail
+    assert not [t for t in trail if t[0] == "uncordon"], trail
+    node = await _read_node(world.url, "spare")
+    assert node.spec.unschedulable is True and node.metadata.labels["nodeheal.io/retired"] == "mce_fatal_panic"
+
+
+async def test_a_rotation_blocked_after_the_retire_is_not_refused_when_redelivered(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """The replace of a retired machine blocked by the disruption rate is retried by redelivery; by then the
+    diagnoser has ended the episode (resolved at the retire): the redelivered diagnosis is not refused as
+    "recovered" (seen in a 300-node demo: the replacement never came)."""
+    await add_inventory(nc, topology_ready, "r2", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r2")
+    crash = _crash("r2", ["retire", "replace"])  # r2 runs no pod: retired without a drain
+    settings = make_settings(topology_ready, kube_url=world.url, disruptive_per_minute=1)
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, crash)
+        waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval", timeout=60)
+        healthy = crash.model_copy(
+            update={"id": f"diag-{new_id()}", "resolved": True, "recommended": (), "identified_at": datetime.now(UTC)}
+        )
+        await publish_diagnosis(nc, topology_ready, healthy)  # the diagnoser's answer to the retire
+        approve = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+        approve += ["--bucket-prefix", topology_ready.bucket_prefix]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        await wait_for_record(nc, topology_ready, action="replace", phase="blocked", timeout=30)  # the rate
+        await asyncio.sleep(3.0)  # several redeliveries (retry delay 0.5 s)
+    finally:
+        await service.stop()
+    trail = [(r.action, r.phase, r.reason) for r in await audit_records(nc, topology_ready)]
+    assert not [t for t in trail if t[1] == "skipped" and "recovered" in t[2]], trail
+    assert not [t for t in trail if t[0] == "uncordon"], trail

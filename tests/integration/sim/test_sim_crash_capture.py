@@ -72,6 +72,8 @@ async def test_a_simulated_panic_is_reported_from_pstore_after_the_reboot(
 
     verdict = classify(report, Matcher(load_knowledge_base()))
     assert verdict.cls == "kernel_panic"
+    if verdict.signature is not None and verdict.signature.kernel_release:
+        assert verdict.signature.kernel_release == node.inv.kernel
     # the panic never travelled in a probe: the kernel was dead
     assert not [line for p in probes if p["node"] == fault.node for line in p.get("kernel_log", [])]
     # the evidence is still on the node's disk (nothing deletes it)

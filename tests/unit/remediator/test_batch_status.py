@@ -56,3 +56,10 @@ def test_a_request_refused_after_waiting_for_a_budget_is_skipped() -> None:
     # a reboot whose uncordon waits for a due host event is still done
     kept = ("uncordon", "skipped", "kept cordoned: cloud reboot e-1 is due")
     assert _status("reboot", ("reboot", "succeeded"), ("reboot", "verified"), kept) == "done"
+
+
+def test_a_replace_waits_for_each_approval_and_is_done_when_replaced() -> None:
+    steps = [("cordon", "succeeded"), ("drain", "succeeded"), ("retire", "succeeded")]
+    assert _status("replace", *steps) == "running"  # retired is not the end of a replace
+    assert _status("replace", *steps, ("replace", "awaiting_approval")) == "waiting_approval"
+    assert _status("replace", *steps, ("replace", "awaiting_approval"), ("replace", "succeeded")) == "done"

@@ -49,8 +49,10 @@ LADDERS: dict[str, tuple[ActionName, ...]] = {
     "uncordon": ("uncordon",),
     "drain": ("cordon", "drain"),
     "retire": ("cordon", "drain", "retire"),
+    "replace": ("cordon", "drain", "retire", "replace"),
 }
-"""What each batch action asks the remediator for (a reboot is then verified and uncordoned by it)."""
+"""What each batch action asks the remediator for (a reboot is then verified and uncordoned by it; a replace
+waits at the remediator for `nodeheal approve ACTION_ID` of each node, as every replace does)."""
 
 Status = Literal["pending", "submitted", "running", "blocked", "waiting_approval", "done", "failed", "skipped"]
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "skipped"})

@@ -76,6 +76,16 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
     "0: one per 10,000 probes/s of the fleet, at most the CPUs.",
 )
 @click.option(
+    "--no-zone-spike", is_flag=True, help="Skip the burst of crashes in one zone (for the live correlator to find)."
+)
+@click.option(
+    "--approve-replacements",
+    is_flag=True,
+    help="The demo plays the operator: every machine replacement waiting for `nodeheal approve` is approved "
+    "through the same control bucket, as 'demo-operator' (named in the report). Without it a replace waits "
+    "for a person, as in production.",
+)
+@click.option(
     "--pool-budget",
     type=click.IntRange(1, 1000),
     default=None,
@@ -102,6 +112,8 @@ def demo(
     agents_per_connection: int | None,
     sim_processes: int,
     detector_replicas: int,
+    no_zone_spike: bool,
+    approve_replacements: bool,
     pool_budget: int | None,
     nats_auth: NatsAuth,
 ) -> None:
@@ -133,6 +145,8 @@ def demo(
         sim_processes=sim_processes,
         fail_if_behind=True,
         detector_replicas=detector_replicas,
+        zone_spike=not no_zone_spike,
+        approve_replacements=approve_replacements,
         pool_budget=pool_budget,
         nats_base=nats_auth.settings(url=nats_url) if nats_url else None,
     )

@@ -34,6 +34,7 @@ from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import RemediationRecord
+from nodeheal.schemas.subjects import escape_token
 from nodeheal.sim.auth import DemoAuth
 from nodeheal.sim.bench.secure import self_signed_tls
 from nodeheal.sim.chaos import Chaos, plan_chaos
@@ -41,10 +42,11 @@ from nodeheal.sim.cluster import EmbeddedCluster
 from nodeheal.sim.demo_report import RunRecord, build_report, collect_window, write_html
 from nodeheal.sim.embedded import EmbeddedNats
 from nodeheal.sim.engine import FleetSimulator, SimTimings
-from nodeheal.sim.faults import plan_faults
+from nodeheal.sim.faults import HARDWARE_CRASH_CLASSES, plan_faults
 from nodeheal.sim.fleet import FleetSpec
 from nodeheal.sim.liveness import Liveness
 from nodeheal.sim.referee import ViolationCounter, WorldLog, judge, lost_and_repeated, security_section
+from nodeheal.sim.rotation import DemoOperator, FleetRotation, add_launch_templates
 from nodeheal.sim.scale import (
     KEPT_INTERVAL_SLACK,
     PROBE_PARTITIONS,
@@ -95,6 +97,8 @@ class DemoConfig:
     detector_replicas: int = 0  # detector processes over a partitioned PROBES; 0: by the fleet's probe rate
     pool_budget: int | None = None  # the remediator's pool budget (most nodes of a pool under action); None: 5
     shard_nice: int = 0  # >0: probe shards run at this nice value (docs/demo.md: tried +5, starved on a shared machine)
+    zone_spike: bool = True  # a burst of crashes of one bucket in one zone, for the live correlator to find
+    approve_replacements: bool = False  # the demo plays the operator: approves each `replace` (sim/rotation.py)
 
 
 def _service_table(
@@ -129,6 +133,10 @@ def _service_table(
             "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_PROTOCOL": "http",
             "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_ID": "demo-ak",
             "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_ACCESS_KEY_SECRET": "demo-secret",
+            # node pool → launch template a replaced machine is recreated from (sim/rotation.py)
+            "NODEHEAL_REMEDIATOR_CLOUD__ALIBABA_LAUNCH_TEMPLATES": json.dumps(
+                {t.node_pool: t.template_id for t in world.ecs.launch_templates.values() if t.node_pool}
+            ),
             "NODEHEAL_REMEDIATOR_VERIFY_TIMEOUT_S": str(max(60.0, world.reboot_s * 3)),
             "NODEHEAL_REMEDIATOR_POLICY__DRY_RUN": "true" if cfg.dry_run else "false",
             "NODEHEAL_REMEDIATOR_POLICY__APPROVAL_REQUIRED": "[]",
@@ -539,6 +547,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         world = DemoWorld(sim=sim, timings=timings, region=spec.region, budgets=budgets)
         progress.sim, progress.world, progress.stage = sim, world, "starting the emulators"
         await stack.enter_async_context(world)
+        add_launch_templates(world.ecs, region=spec.region, zone=sim.inventory[0].zone or f"{spec.region}-h")
         # the inventory as the inventory watcher writes it, as its role
         inventory_nc = await connect(
             auth.settings("inventory", url=url),
@@ -549,7 +558,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             settings.topology().bucket(f"{settings.bucket_prefix}-inventory").name
         )
         await sim.publish_inventory(inv_kv)
-        await inventory_nc.close()
+        stack.push_async_callback(inventory_nc.close)  # kept: a replaced machine's record is written by it too
         run_start = datetime.now(tz=UTC)
 
         services = _service_table(
@@ -659,6 +668,40 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         await sim.start(prober_nc=prober_nc, agent_nc=agent_nc, shards=shards)
         stack.push_async_callback(sim.stop)
 
+        async def connect_agent(node: str) -> Any:
+            # a new machine's agent: its own user, minted as `natsauth.py mint-agent` mints a real node's
+            index = 1_000_000 + len(rotation.joined)
+            conn = await connect(
+                auth.agent_settings(url=url, cluster=spec.cluster, nodes=[node], index=index),
+                name=f"nodeheal-sim-agent-{index}",
+                error_cb=violations.callback("agents"),
+            )
+            stack.push_async_callback(conn.close)
+            return conn
+
+        # machines released and created at the ECS emulator leave and join the fleet (sim/rotation.py);
+        # with probe shards a joined machine is registered but not probed (the shards own fixed nodes)
+        rotation = FleetRotation(
+            sim=sim,
+            ecs=world.ecs,
+            kube=world.kube,
+            inventory=inv_kv,
+            connect_agent=connect_agent,
+            domains=world.domains,
+        )
+        operator: DemoOperator | None = None
+        if cfg.approve_replacements:
+            control = await js.key_value(settings.topology().bucket(f"{settings.bucket_prefix}-control").name)
+            operator = DemoOperator(
+                js=js,
+                control=control,
+                stream=f"{settings.stream_prefix}AUDIT",
+                subject=f"{settings.prefix}.audit.{escape_token(spec.cluster)}.*",
+                since=run_start,
+            )
+            operator_task = asyncio.create_task(operator.run(), name="demo-operator")
+            stack.push_async_callback(_cancel, operator_task)
+
         warmup_s = cfg.probe_interval_s * 3
         partition_at = cfg.duration_s * 0.35 if cfg.partition else None
         plan = plan_faults(
@@ -666,6 +709,10 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             faults_per_minute=cfg.faults_per_minute,
             seed=cfg.seed,
             partition_at_s=partition_at,
+            # the machine-check crash first, while budgets and the disruption rate are free: its rotation is
+            # shown end to end (later, the crash wave fills the rate and the racks' budgets, rightly)
+            hardware_crash_at_s=cfg.duration_s * 0.03,
+            zone_spike_at_s=cfg.duration_s * 0.45 if cfg.zone_spike else None,
         )
         t0 = time.time()
         fault_start = t0 + warmup_s
@@ -694,6 +741,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             while True:
                 now = time.time()
                 world.sample()
+                await rotation.step()
                 if now >= fault_start:
                     while next_fault < len(plan) and now >= fault_start + plan[next_fault].at_s:
                         sim.inject(plan[next_fault])
@@ -729,7 +777,13 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                             live=shards.totals() if shards is not None else {},
                         )
                     )
-                if now >= fault_end and (not sim.open_faults or now >= fault_end + cfg.settle_s):
+                # with the demo operator, a machine that crashed on failing hardware and is still in the fleet
+                # (its rotation under way, maybe waiting for the budgets or the rate) keeps the run going
+                rotating = operator is not None and (
+                    operator.busy()
+                    or any(f.node in sim.nodes for f in sim.truth if f.kernel_class in HARDWARE_CRASH_CLASSES)
+                )
+                if now >= fault_end and ((not sim.open_faults and not rotating) or now >= fault_end + cfg.settle_s):
                     break
                 await asyncio.sleep(0.5)
         finally:
@@ -751,7 +805,9 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             ecs_calls=list(world.ecs.calls),
             ecs_changes=list(world.ecs_changes),
             ecs_events=list(world.ecs.events.values()),
-            instance_node={iid: inst.instance_name for iid, inst in world.ecs.instances.items()},
+            instance_node={
+                iid: inst.instance_name for iid, inst in {**world.ecs.released, **world.ecs.instances}.items()
+            },
             kube_effects=list(world.kube.effects),
             node_commands=sim.executed_commands(),
             boots=list(sim.boots),
@@ -809,6 +865,26 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                 world=world_log,
                 truth=list(sim.truth),
                 audit=[m for m in messages if isinstance(m, RemediationRecord)],
+            ),
+        }
+        spike = [f for f in sim.truth if f.fault_class == "zone_crash"]
+        found = [r for r in report["systematic_risks"] if r["dimension"] == "zone" and r["value"] == sim.spike_zone]
+        report["zone_spike"] = {
+            "zone": sim.spike_zone,
+            "crashes": len(spike),
+            "nodes": sorted({f.node for f in spike}),
+            "found": bool(found) if spike else None,
+            "found_as": sorted({f"{r['kind']} ({r['scope']})" for r in found}),
+        }
+        report["rotation"] = {
+            **rotation.summary(),
+            "approvals": (
+                operator.summary()
+                if operator is not None
+                else {
+                    "approved_by": None,
+                    "note": "replacements wait for `nodeheal approve` (no --approve-replacements)",
+                }
             ),
         }
         report["nats"] = {"servers": len(url.split(",")), "stream_replicas": replicas}

@@ -31,7 +31,7 @@ MATCH_BEFORE_S = 2.0
 MATCH_AFTER_S = 180.0
 """... and at most this much after it (cloud events are seen when the poller sees them)."""
 
-CRASH_CLASSES = frozenset({"power_loss", "bad_kernel_crash"})
+CRASH_CLASSES = frozenset({"power_loss", "bad_kernel_crash", "zone_crash"})
 
 
 @dataclass
@@ -233,6 +233,7 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
                     len(f["affected_nodes"]) if isinstance(f.get("affected_nodes"), list) else f.get("affected_nodes")
                 ),
                 "kind": f.get("kind", f.get("finding_kind")),
+                "scope": f.get("scope"),
                 "summary": f.get("summary") or f.get("description"),
                 "is_injected_bad_kernel": f.get("dimension") == "kernel" and f.get("value") == record.bad_kernel,
                 "cleared_during_run": fid in cleared,

@@ -43,11 +43,13 @@ from nodeheal.schemas.subjects import (
 )
 from nodeheal.sim.faults import (
     FATAL_KERNEL_CLASSES,
+    HARDWARE_CRASH_CLASSES,
     InjectedFault,
     PlannedFault,
     expected_category,
     expected_causes,
     kernel_samples,
+    with_kernel_release,
 )
 from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
 from nodeheal.sim.nodehost import AgentProfile, SimAgent, crash_collector, leave_crash_evidence
@@ -196,6 +198,9 @@ class FleetSimulator:
         self._subs: list[Any] = []
         self._used: set[Client] = set()  # connections published on since their last flush
         self._stopping = False
+        self.membership = 0  # bumped when a machine joins or leaves the fleet (machine rotation)
+        self.spike_zone: str | None = None  # the zone of the zone crash spike (`zone_crash` faults)
+        self._spike_racks: dict[str, float] = {}  # rack → its latest spike crash
 
     # ------------------------------------------------------------------ setup
 
@@ -295,11 +300,20 @@ class FleetSimulator:
         start = self.clock()
         cursor = 0  # index of the next node due, in phase order
         cycle = 0
+        membership = self.membership
         last_probe = [0.0] * n  # when each node (phase slot) was last probed; 0: not yet
         catch_up = max(TICK_NODES, int(n * CATCH_UP_S / interval))
         stats = self.stats
         while not self._stopping:
             now = self.clock()
+            if membership != self.membership:
+                # a machine joined or left (rotation): the schedule goes on from here over the new fleet
+                membership, nodes = self.membership, list(self.nodes.values())
+                n = max(1, len(nodes))
+                cursor = min(cursor, len(nodes) - 1) if nodes else 0
+                start = now - (cycle * n + cursor) / n * interval
+                last_probe = [0.0] * n  # the phase slots moved: gaps are measured again from the next probe
+                catch_up = max(TICK_NODES, int(n * CATCH_UP_S / interval))
             if not self.probes_only:
                 self.advance(now)
                 if self.crashed:
@@ -463,6 +477,44 @@ class FleetSimulator:
             node.drained = True
             node.storm = False  # the runaway workload was evicted
 
+    # ------------------------------------------------------------------ machines leaving and joining
+
+    def remove_node(self, name: str, now: float) -> SimNode | None:
+        """The machine was released (DeleteInstance): it is no longer probed, nor does it answer; its open
+        fault ends with it."""
+        node = self.nodes.pop(name, None)
+        if node is None:
+            return None
+        fault = self.open_faults.pop(name, None)
+        if fault is not None:
+            fault.ended_at, fault.fixed_by = now, fault.fixed_by or "replaced"
+        self.timed.discard(node)
+        self.touched.discard(node)
+        self.crashed.discard(name)
+        self.going_dark.pop(node, None)
+        rack = self.racks.get(node.inv.rack or "")
+        if rack is not None and node in rack:
+            rack.remove(node)
+        self.membership += 1
+        return node
+
+    async def add_node(self, inv: NodeInventory, *, now: float, conn: Client) -> SimNode:
+        """A new machine (RunInstances) boots and its agent starts: probed from the next tick, with the real
+        agent code, speaking through `conn` (its own agent user)."""
+        node = SimNode(inv=inv, index=max((n.index for n in self.nodes.values()), default=-1) + 1, booted_at=now)
+        self.nodes[inv.node] = node
+        if inv.instance_id:
+            self.by_instance[inv.instance_id] = node
+        self.racks.setdefault(inv.rack or "", []).append(node)
+        self._subjects[inv.node] = probe_subject(self.spec.cluster, inv.node, prefix=self.settings.prefix)
+        self._prober_subjects[inv.node] = prober_probe_subject(self.spec.cluster, inv.node, prefix=self.settings.prefix)
+        self._agent_nc[inv.node] = conn
+        subject = cmd_subject(self.spec.cluster, inv.node, prefix=self.settings.prefix)
+        self._subs.append(await conn.subscribe(subject, cb=self._on_command))
+        self.boots.append((now, inv.node))
+        self.membership += 1
+        return node
+
     # ------------------------------------------------------------------ node agent commands
 
     async def _on_command(self, msg: Msg) -> None:
@@ -506,10 +558,14 @@ class FleetSimulator:
 
     # ------------------------------------------------------------------ faults
 
-    def _pick_node(self, *, avoid_rack: str | None = None, kernel: str | None = None) -> SimNode | None:
+    def _pick_node(
+        self, *, avoid_rack: str | None = None, kernel: str | None = None, quiet_rack: bool = False
+    ) -> SimNode | None:
         # nodes that had no fault in this run first: two unrelated faults on one host look like
         # failing hardware to the diagnoser, and rightly so
         struck = {f.node for f in self.truth}
+        # quiet_rack: a rack with no open fault (its budget slots are free for a rotation)
+        busy = {self.nodes[name].inv.rack for name in self.open_faults if name in self.nodes} if quiet_rack else set()
         candidates = [
             n
             for n in self.nodes.values()
@@ -518,6 +574,7 @@ class FleetSimulator:
             and n.back_at is None
             and (avoid_rack is None or n.inv.rack != avoid_rack)
             and (kernel is None or n.inv.kernel == kernel)
+            and n.inv.rack not in busy
         ]
         fresh = [n for n in candidates if n.name not in struck]
         pool = fresh or candidates
@@ -529,7 +586,11 @@ class FleetSimulator:
             return self._inject_partition(now)
         busy_rack = self.partition[0] if self.partition else None
         kernel = self.spec.bad_kernel if planned.fault_class == "bad_kernel_crash" else None
-        node = self._pick_node(avoid_rack=busy_rack, kernel=kernel)
+        if planned.fault_class == "zone_crash":
+            node = self._pick_spike_node(now)
+        else:
+            hardware = planned.kernel_class in HARDWARE_CRASH_CLASSES
+            node = self._pick_node(avoid_rack=busy_rack, kernel=kernel, quiet_rack=hardware)
         if node is None:
             return []
         fault = InjectedFault(
@@ -548,6 +609,40 @@ class FleetSimulator:
         self.truth.append(fault)
         self.open_faults[node.name] = fault
         return [fault]
+
+    def _hardware_zones(self) -> set[str]:
+        """Zones of the machines that crashed on failing hardware (their rotation needs the zone calm)."""
+        return {f.zone or "" for f in self.truth if f.kernel_class in HARDWARE_CRASH_CLASSES}
+
+    def _pick_spike_node(self, now: float) -> SimNode | None:
+        """A node of the spike's zone (chosen at its first crash: not the partitioned rack's zone, so the
+        two storms stay apart), not on the bad kernel, in the zone's rack whose last spike crash is the
+        oldest (the crashes go round the racks)."""
+        if self.spike_zone is None:
+            racks = {n.inv.rack: n.inv.zone for n in self.nodes.values()}
+            dark = racks.get(self.partition_log[0]) if self.partition_log else None
+            zones = sorted({n.inv.zone or "" for n in self.nodes.values()} - {dark or ""})
+            # and not the zone of a machine being rotated out (its storm guard would hold the rotation)
+            zones = [z for z in zones if z not in self._hardware_zones()] or zones
+            if not zones:
+                return None
+            self.spike_zone = self.rng.choice(zones)
+        struck = {f.node for f in self.truth}
+        candidates = [
+            n
+            for n in self.nodes.values()
+            if n.inv.zone == self.spike_zone
+            and n.name not in self.open_faults
+            and n.name not in struck
+            and n.healthy()
+            and n.back_at is None
+            and n.inv.kernel != self.spec.bad_kernel
+        ]
+        if not candidates:
+            return None
+        rack = min({n.inv.rack or "" for n in candidates}, key=lambda r: (self._spike_racks.get(r, 0.0), r))
+        self._spike_racks[rack] = now
+        return self.rng.choice([n for n in candidates if (n.inv.rack or "") == rack])
 
     def _apply(self, node: SimNode, fault: InjectedFault, now: float) -> None:
         t = self.timings
@@ -577,6 +672,10 @@ class FleetSimulator:
                 node.readonly = True
             case "bad_kernel_crash":
                 self._crash(node, samples["kernel_panic"][0], now)
+            case "zone_crash":
+                # one crash signature across the zone (a hard lockup that panics: the same bucket on every node)
+                lockup = next(x for x in samples["hard_lockup"] if any("Hard LOCKUP" in line for line in x))
+                self._crash(node, lockup, now)
             case "cloud_reboot" | "cloud_redeploy":
                 event_type = (
                     "SystemMaintenance.Reboot"
@@ -610,7 +709,7 @@ class FleetSimulator:
             leave_crash_evidence(
                 self.work_dir / escape_token(node.name),
                 boot_id=node.boot_id,
-                lines=lines,
+                lines=with_kernel_release(lines, node.inv.kernel) if node.inv.kernel else lines,
                 at=now,
                 kdump=self.rng.random() < 0.5,
             )
@@ -677,6 +776,10 @@ class FleetSimulator:
         # earlier fault would blur the storm scenario's ground truth
         untouched = [rack for rack in healthy_racks if not any(m.name in struck for m in self.racks[rack])]
         healthy_racks = untouched or healthy_racks
+        # not in the zone of a machine being rotated out: a dark rack makes its zone a storm, and the storm
+        # guard would hold the rotation until the zone recovers
+        calm = [r for r in healthy_racks if self.racks[r] and self.racks[r][0].inv.zone not in self._hardware_zones()]
+        healthy_racks = calm or healthy_racks
         if not healthy_racks:
             return []
         rack = self.rng.choice(healthy_racks)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -57,7 +58,19 @@ EXPECTED_CAUSES: dict[str, frozenset[str]] = {
     "cloud_redeploy": frozenset({"host_maintenance_redeploy"}),
     "bad_kernel_crash": frozenset({"kernel_panic", "kernel_oops_null_deref", "kernel_bug"}),
     "rack_partition": frozenset({"rack_partition"}),
+    "zone_crash": frozenset({"hard_lockup", "kernel_panic"}),
 }
+ZONE_SPIKE_CRASHES = 12
+"""Crashes of the zone spike: enough for the diagnoser's cross-sectional test to single the zone out at its
+false-alarm budget with margin (one zone of three holds a third of the nodes: (1/3)^12 = 1.9e-6, and still
+(1/3)^10 = 1.7e-5 when two crashes end up in other episodes, below alpha 1e-3 over the ~20 groups that can be
+flagged; with 10 a run that lost two came out at 1.5e-4, only a sudden rise), spread over the zone's racks
+so no rack goes dark as a whole."""
+ZONE_SPIKE_SPACING_S = 7.0
+"""Seconds between two crashes of the spike: with three racks a zone, a rack's next crash comes 21 s after
+its last, after the diagnoser's rack hold (20 s in the demo), so the spike is crashes, not a dark rack."""
+HARDWARE_CRASH_CLASSES = frozenset({"mce_fatal_panic"})
+"""Fatal kernel classes of failing hardware: the machine is rotated out (retire, replace behind approval)."""
 
 
 def expected_causes(fault_class: str, kernel_class: str | None) -> frozenset[str]:
@@ -102,6 +115,26 @@ def kernel_samples() -> dict[str, list[list[str]]]:
     if missing:
         msg = f"kernel samples missing for classes {sorted(missing)}"
         raise RuntimeError(msg)
+    return out
+
+
+_TAINT_RELEASE = re.compile(
+    r"((?:CPU: \d+ PID: \d+ Comm: |Pid: \d+, comm: ).*?(?:Tainted: [A-Z][A-Z -]*?|Not tainted)\s+)(\d+\.\d+[\w.+~-]*)"
+)
+_SYS_RELEASE = re.compile(r"^(\s*RELEASE:\s+)(\S+)")
+_VMLINUX = re.compile(r"(vmlinux-)(\d+\.\d+[\w.+~-]*)")
+
+
+def with_kernel_release(lines: list[str], release: str) -> list[str]:
+    """A real crash excerpt as the node's own kernel would print it: the release in the `CPU: … Tainted: …
+    <release>` line and in a crash(8) summary's `RELEASE:` / `KERNEL: …vmlinux-<release>` is the node's
+    inventory kernel, not the kernel of the machine the sample came from (the crash bucket and the kernel
+    the diagnoser reads from the text then agree with the inventory). Nothing else in the text changes."""
+    out = []
+    for line in lines:
+        line = _TAINT_RELEASE.sub(lambda m: m.group(1) + release, line)
+        line = _SYS_RELEASE.sub(lambda m: m.group(1) + release, line)
+        out.append(_VMLINUX.sub(lambda m: m.group(1) + release, line))
     return out
 
 
@@ -151,9 +184,16 @@ def plan_faults(
     seed: int,
     kernel_classes: tuple[str, ...] = KERNEL_LOG_CLASSES,
     partition_at_s: float | None = None,
+    hardware_crash_at_s: float | None = None,
+    zone_spike_at_s: float | None = None,
 ) -> list[PlannedFault]:
     """A schedule: every fault class at least once (each kernel class once, round robin), the rest
-    drawn by the published relative rates; one rack partition when `partition_at_s` is set."""
+    drawn by the published relative rates; one rack partition when `partition_at_s` is set.
+
+    `hardware_crash_at_s`: the fatal machine-check crash comes then (early in the run: its rotation needs
+    budget slots and disruption rate the later faults take, and the demo shows it end to end) instead of
+    where the shuffle put it. `zone_spike_at_s`: from then, `ZONE_SPIKE_CRASHES` crashes of one bucket in
+    one zone, `ZONE_SPIKE_SPACING_S` apart (`zone_crash`; the simulator picks the zone and the nodes)."""
     rng = random.Random(seed)
     total = max(1, round(duration_s / 60 * faults_per_minute))
     classes = [c for c in BASE_WEIGHTS if c != "kernel_fault"]
@@ -174,6 +214,18 @@ def plan_faults(
         PlannedFault(at_s=round(step * (i + 1) + rng.uniform(-step / 3, step / 3), 2), fault_class=c, kernel_class=k)
         for i, (c, k) in enumerate(chosen)
     ]
+    if hardware_crash_at_s is not None:
+        planned = [
+            PlannedFault(at_s=hardware_crash_at_s, fault_class=p.fault_class, kernel_class=p.kernel_class)
+            if p.kernel_class in HARDWARE_CRASH_CLASSES
+            else p
+            for p in planned
+        ]
     if partition_at_s is not None:
         planned.append(PlannedFault(at_s=partition_at_s, fault_class="rack_partition"))
+    if zone_spike_at_s is not None:
+        planned += [
+            PlannedFault(at_s=round(zone_spike_at_s + i * ZONE_SPIKE_SPACING_S, 2), fault_class="zone_crash")
+            for i in range(ZONE_SPIKE_CRASHES)
+        ]
     return sorted(planned, key=lambda p: p.at_s)

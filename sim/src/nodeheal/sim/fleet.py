@@ -49,7 +49,10 @@ def build_inventory(spec: FleetSpec) -> list[NodeInventory]:
         ip = _ip(i + 256)
         name = f"{spec.region}.{ip}"
         kernel = spec.bad_kernel if rng.random() < spec.bad_kernel_share else rng.choice(KERNELS[:2] + KERNELS[3:])
-        pool = POOLS[i % len(POOLS)]
+        # pools and CPU models cut across zones (in a zone every pool and CPU model occurs): were they aligned
+        # with the zones, a zone's crash spike would be the pool's and the CPU model's too, and no test of
+        # the correlator could tell which one it is
+        pool = POOLS[(i // spec.zones) % len(POOLS)]
         model = MACHINE_MODELS[(i // 7) % len(MACHINE_MODELS)]
         out.append(
             NodeInventory(
@@ -63,7 +66,7 @@ def build_inventory(spec: FleetSpec) -> list[NodeInventory]:
                 rack=rack,
                 node_pool=pool,
                 machine_model=model,
-                cpu_model=CPU_MODELS[i % len(CPU_MODELS)],
+                cpu_model=CPU_MODELS[(i // (spec.zones * len(POOLS))) % len(CPU_MODELS)],
                 os_image=OS_IMAGES[0] if kernel.startswith("5.") else OS_IMAGES[1],
                 kernel=kernel,
                 addresses=(ip,),

@@ -282,6 +282,26 @@ class KubeWorld:
             self._defer_refresh = False
             self._refresh_pdbs()
 
+    def delete_node(self, name: str) -> bool:
+        """The Node object goes away, as the cloud controller manager's node lifecycle controller deletes a
+        Node whose instance the cloud no longer has; the pods still bound to it (a drained node keeps its
+        DaemonSet pods) are garbage-collected with it. Not a side effect of nodeheal's: not in `effects`."""
+        key = (_NODES, None, name)
+        if key not in self.emulator.objects or self.emulator.objects[key].deleted:
+            return False
+        for namespace, pod in sorted(self._pods_by_node.pop(name, set())):
+            pod_key = (_PODS, namespace, pod)
+            if pod_key in self.emulator.objects and not self.emulator.objects[pod_key].deleted:
+                self.emulator.objects[pod_key].delete()
+        self.emulator.objects[key].delete()
+        self._cordoned.discard(name)
+        self._reindex_pods()
+        return True
+
+    def has_node(self, name: str) -> bool:
+        key = (_NODES, None, name)
+        return key in self.emulator.objects and not self.emulator.objects[key].deleted
+
     def set_ready(self, node: str, ready: bool) -> None:
         obj = self.emulator.objects[_NODES, None, node]
         conditions = [c for c in obj["status"].get("conditions", []) if c.get("type") != "Ready"]

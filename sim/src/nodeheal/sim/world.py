@@ -158,6 +158,8 @@ class DemoWorld:
         if change.kind == "instance_down":
             node.power_off()
             node.back_at = None
+            if change.reason == "release":
+                return  # released for good (a replace): it leaves the fleet (sim/rotation.py), not a reboot
             if change.initiator == "platform":
                 self.platform_reboots += 1
             elif "redeploy" in change.reason.lower():

@@ -125,7 +125,11 @@ class RemediatorService:
         )
         self.consumers.consume(inbound(settings), self._diagnosis)
         self.consumers.publishes(*outbound(settings))
-        self.inventory = InventoryFeed(f"{settings.nats.bucket_prefix}-inventory", on_put=self.view.on_inventory)
+        self.inventory = InventoryFeed(
+            f"{settings.nats.bucket_prefix}-inventory",
+            on_put=self.view.on_inventory,
+            on_delete=self.view.on_inventory_delete,
+        )
 
     async def start(self, nc: Client | None = None) -> None:
         """Run on `nc` (the process's broker connection; its owner closes it) or on a connection of our own."""

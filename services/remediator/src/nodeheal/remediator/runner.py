@@ -79,6 +79,8 @@ class _Run:
     history: list[RemediationRecord]
     episode: str = ""
     notes: list[str] = field(default_factory=list)
+    replacing: bool = False
+    """the ladder goes on from `retire` to `replace`: the retired node keeps its budget slot until replaced"""
 
     def __post_init__(self) -> None:
         if not self.episode:
@@ -174,6 +176,10 @@ class _Run:
 
     def rebooted(self) -> bool:
         return any(r.action in REBOOTS and r.phase == "started" for r in self.records())
+
+    def retired(self) -> bool:
+        """Did this episode retire the node (take it out of the fleet on purpose)?"""
+        return any(r.action == "retire" and r.phase == "succeeded" and not r.dry_run for r in self.records())
 
 
 class Remediator:
@@ -344,8 +350,25 @@ class Remediator:
         newer = self.view.newer_in_episode(diagnosis)
         if newer is not None:
             return "ack"  # a later diagnosis of the same episode carries the ladder on
+        left = self.view.left.get(diagnosis.node)
+        if left is not None:
+            # a machine that left the cluster (released by a replace: its agent is silent for good) is no fault
+            await self._skip(
+                None,
+                diagnosis,
+                why="left",
+                reason=f"{diagnosis.node} left the fleet (its inventory record was deleted at {left.isoformat()}): "
+                f"nothing to repair ({diagnosis.cause})",
+            )
+            return "ack"
+        # a machine being rotated out is not back because it answers again (below, `_step`): a rotation
+        # ladder redelivered after a blocked step is not refused for a recovery either
+        rotation = any(r.action in policy.ROTATION for r in diagnosis.recommended)
         checks = policy.check_fresh(
-            diagnosis=diagnosis, policy=self.policy, now=now, recovered_at=self._recovered_at(diagnosis)
+            diagnosis=diagnosis,
+            policy=self.policy,
+            now=now,
+            recovered_at=None if rotation else self._recovered_at(diagnosis),
         )
         if policy.failed(checks):
             reason = "diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks))
@@ -407,6 +430,7 @@ class Remediator:
                 "replace it, or remove the retired label and taint and uncordon it by hand",
             )
             return "ack"
+        run.replacing = any(s.action == "replace" for s in the_plan.steps)
         for i, step in enumerate(the_plan.steps):
             if run.lease.lost:
                 raise LeaseLostError(f"lease on {d.node} lost")
@@ -461,6 +485,7 @@ class Remediator:
     async def _rotate(self, run: _Run, *, why: str, rung: int) -> StepResult:
         """Machine rotation of a node that spent its repair budget: cordon, drain, retire, replace (approval)."""
         d = run.diagnosis
+        run.replacing = True
         for step in planner.rotation_steps(d, policy=self.policy, why=why, rung=rung):
             result = await self._step(run, step)
             if result != "next":
@@ -637,7 +662,13 @@ class Remediator:
             since = min(started) if started else max(r.time for r in run.history if r.action_id == step.action_id)
             return await self._verify(run, step, since=since)
         recovered = self._recovered_at(d)
-        if recovered is not None and recovered > d.identified_at:
+        # a machine being rotated out is not back because it answers again: a crash on failing hardware
+        # "recovers" by its own reboot (and the diagnoser ends the episode once it is retired), so neither
+        # stops the retire or the replace after it
+        rotating = (
+            step.action in policy.ROTATION or run.retired() or any(r.action in policy.ROTATION for r in d.recommended)
+        )
+        if recovered is not None and recovered > d.identified_at and not rotating:
             await self._srec(
                 run, step, phase="skipped", reason=f"node recovered at {recovered.isoformat()}; ladder stopped"
             )
@@ -737,8 +768,11 @@ class Remediator:
             warning=not outcome.ok,
         )
         if outcome.ok and step.action in policy.ROTATION:
-            # the machine has left the fleet (retired, or released and recreated): its budget slot goes back
-            await self._release_slot(run)
+            # the machine has left the fleet (released and recreated, or retired for good): its budget slot goes
+            # back. A retired node waiting for its replace (approval, the rate) is still cordoned, out of
+            # capacity: it keeps the slot until the replace, or until a person takes it (escalation)
+            if step.action == "replace" or not run.replacing:
+                await self._release_slot(run)
             return "done" if step.action == "replace" else "next"
         if not outcome.ok or not step.is_fix or not verify_after:
             return "next"
@@ -999,7 +1033,9 @@ class Remediator:
                 action_id=planner.action_id(diagnosis_id=run.episode, action="escalate", target="still-handed"),
             )
             return
-        if run.cordoned() or handed_over or other is not None:
+        # a node this episode retired stays out of the fleet (cordoned, labelled, tainted) until it is
+        # replaced or a person takes it back: never uncordoned by a later "healthy"
+        if (run.cordoned() or handed_over or other is not None) and not run.retired():
             uid = planner.action_id(diagnosis_id=run.episode, action="uncordon", target=None)
             if "succeeded" not in run.phases(uid):
                 await self._record(

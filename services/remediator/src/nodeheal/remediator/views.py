@@ -5,7 +5,7 @@ only the ones this replica handles), when a node recovered, and each node's clou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from nodeheal.remediator.policy import DomainSizes, Placement
 from nodeheal.schemas.causes import OPERATOR_REQUEST
@@ -23,11 +23,22 @@ class FleetView:
     cloud: dict[str, dict[tuple[str, str], CloudSystemEvent]] = field(default_factory=dict)
     latest: dict[str, tuple[str, datetime, str]] = field(default_factory=dict)
     """node → (episode, identified_at, id) of the newest firing diagnosis seen"""
+    left: dict[str, datetime] = field(default_factory=dict)
+    """node → when its inventory record was deleted (the machine left the cluster: released, replaced)"""
     _sizes: DomainSizes | None = None
 
     def on_inventory(self, inv: NodeInventory) -> None:
         self.placements[inv.node] = Placement(node=inv.node, zone=inv.zone, rack=inv.rack, node_pool=inv.node_pool)
         self.instance[inv.node] = (inv.cloud, inv.instance_id)
+        self.left.pop(inv.node, None)
+        self._sizes = None
+
+    def on_inventory_delete(self, cluster: str, node: str) -> None:
+        """The node's inventory record was deleted: it is no longer part of the fleet (nor of its domains)."""
+        del cluster
+        self.placements.pop(node, None)
+        self.instance.pop(node, None)
+        self.left[node] = datetime.now(tz=UTC)
         self._sizes = None
 
     def placement(self, node: str) -> Placement:
