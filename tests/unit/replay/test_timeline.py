@@ -342,6 +342,30 @@ def test_an_open_incident_with_an_anomaly_after_the_verification_is_not_repaired
     assert not closed.open and closed.repaired_at == at(90) and closed.ttr_s == 90.0
 
 
+def test_a_replaced_machine_is_repaired_at_the_replacement() -> None:
+    """Machine rotation: a fatal MCE, cordon, drain, retire, replace (approved). The released instance's
+    silence still fires at the window end; the incident is repaired when the replacement succeeded."""
+    crash = firing("node-m", kind="unexpected_reboot", onset=0, detected=8)
+    d = diagnosis("node-m", [crash], t=12, cause="hardware_crash", category="hardware")
+    msgs: list[TimelineMessage] = [
+        crash,
+        d,
+        record("node-m", t=13, phase="started", action="cordon", action_id="c", diag=d),
+        record("node-m", t=14, phase="succeeded", action="cordon", action_id="c", diag=d),
+        record("node-m", t=30, phase="succeeded", action="retire", action_id="r", diag=d),
+        record("node-m", t=31, phase="awaiting_approval", action="replace", action_id="x", diag=d),
+        record("node-m", t=120, phase="started", action="replace", action_id="x", diag=d),
+        record("node-m", t=125, phase="succeeded", action="replace", action_id="x", diag=d),
+        firing("node-m", kind="node_down", onset=126, detected=140),  # the released machine is gone
+    ]
+    inc = build_timeline(msgs).incidents[0]
+    assert inc.open and inc.action_taken
+    assert inc.repaired_at == at(125) and inc.ttr_s == 125.0 and inc.budget.repair
+    # before the replacement succeeded, nothing repaired it
+    pending = build_timeline(msgs[:6]).incidents[0]
+    assert pending.repaired_at is None and pending.ttr_s is None
+
+
 def test_the_html_report_draws_operator_requests_in_lanes_of_their_own(tmp_path: Path) -> None:
     quiet = operator_request("node-p", t=10, action="cordon")
     msgs = [*_operator_reboot_after_an_unrelated_fault(), quiet]

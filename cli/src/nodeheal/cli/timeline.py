@@ -25,6 +25,10 @@ Definitions (documented for operators in docs/replay.md):
   `event_hold_s` after the reboot that cured it). Without an action, or with an anomaly detected after
   the last verification that is still firing, it is not repaired: `ttr_s` None. The demo report and
   `nodeheal replay` read the same window through this one function, so they agree.
+- A machine *replaced* through the cloud API (machine rotation: a `replace` action succeeded, the
+  instance released and recreated from its pool's launch template) is repaired when the replacement
+  succeeded: the broken machine left the fleet, nothing of it can be verified healthy, and the silence
+  of the released instance that is still firing afterwards is not a fault of any machine in the fleet.
 - An *operator request* (a diagnosis with cause `operator_request`, sent by `nodeheal batch`) is no
   incident: nothing was found broken. It is listed on its own (`operator_requests`, with the audit
   records of its actions) and never joins, repairs or classifies an incident.
@@ -530,8 +534,18 @@ def _finish(draft: _Draft, class_of: Callable[[Incident], str]) -> Incident:
         for a in actions
     )
     verified = [p.at for a in actions if not a.dry_run for p in a.phases if p.phase == "verified"]
-    repaired_at = (max(verified) if verified else None) if action_taken else recovered_at
-    if repaired_at is not None and any(e.resolved_at is None and e.detected_at > repaired_at for e in episodes):
+    # a machine replaced through the cloud API (rotation) is repaired when the replacement succeeded: the
+    # broken machine left the fleet, so nothing of it can be verified healthy, and what its silence still
+    # raises afterwards is the absence of a machine that no longer exists
+    replaced = [
+        p.at for a in actions if not a.dry_run and a.action == "replace" for p in a.phases if p.phase == "succeeded"
+    ]
+    repaired_at = (max(verified + replaced) if verified or replaced else None) if action_taken else recovered_at
+    if (
+        repaired_at is not None
+        and not replaced
+        and any(e.resolved_at is None and e.detected_at > repaired_at for e in episodes)
+    ):
         repaired_at = None  # still firing at the window end and never proven healthy after it fired
     ttd_s = _seconds(detected_at - onset)
     tti_s = _seconds(identified_at - onset) if identified_at else None
