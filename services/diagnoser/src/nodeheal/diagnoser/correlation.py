@@ -19,19 +19,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from nodeheal.diagnoser.groups import DIMENSIONS as DIMENSIONS
+from nodeheal.diagnoser.groups import GroupIndex as GroupIndex
+from nodeheal.diagnoser.groups import group_value as group_value
 from nodeheal.schemas.inventory import NodeInventory
-
-DIMENSIONS: tuple[str, ...] = ("zone", "rack", "machine_model", "cpu_model", "os", "kernel", "node_pool")
-
-
-def group_value(inventory: NodeInventory, dimension: str) -> str | None:
-    """The node's value for a grouping dimension (None when the inventory does not know it)."""
-    if dimension == "os":
-        return inventory.os_image
-    if dimension == "node_pool":
-        return inventory.node_pool or inventory.labels.get("node_pool") or inventory.labels.get("pool")
-    value = getattr(inventory, dimension, None)
-    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,39 +88,46 @@ def group_stats(
     scope: str,
     dimensions: Sequence[str] = DIMENSIONS,
     config: CorrelationConfig = CorrelationConfig(),
+    groups: GroupIndex | None = None,
 ) -> list[GroupStat]:
-    """The statistic of every group (tested or not) for one scope of events."""
-    counted = [e for e in events if e.scope == scope and e.node in inventory]
-    fleet_nodes = len(inventory)
+    """The statistic of every group (tested or not) for one scope of events. `groups`: the inventory's
+    `GroupIndex` when the caller keeps one (built from `inventory` otherwise)."""
+    index = groups if groups is not None else GroupIndex.of(inventory, dimensions)
+    wanted = set(dimensions)
+    counted = [e for e in events if e.scope == scope and e.node in index.groups_of]
+    fleet_nodes = len(index)
     fleet_events = len(counted)
     if fleet_nodes == 0 or fleet_events == 0:
         return []
-    members: dict[tuple[str, str], list[str]] = {}
-    for name, record in inventory.items():
-        for dimension in dimensions:
-            value = group_value(record, dimension)
-            if value is not None:
-                members.setdefault((dimension, value), []).append(name)
-    # a group equal to the whole fleet cannot differ from "the rest"
-    tested = {k: v for k, v in members.items() if config.min_group_size <= len(v) < fleet_nodes}
     by_node: dict[str, int] = {}
     for event in counted:
         by_node[event.node] = by_node.get(event.node, 0) + 1
+    # per group, from the nodes with events (not from every member of every group)
+    events_in: dict[tuple[str, str], int] = {}
+    hit: dict[tuple[str, str], list[str]] = {}
+    for node, count in by_node.items():
+        for group in index.groups_of[node]:
+            if group[0] in wanted:
+                events_in[group] = events_in.get(group, 0) + count
+                hit.setdefault(group, []).append(node)
+    # a group equal to the whole fleet cannot differ from "the rest"
+    tested = {
+        g: len(m) for g, m in index.members.items() if g[0] in wanted and config.min_group_size <= len(m) < fleet_nodes
+    }
     # Bonferroni over the groups that *can* be flagged: a group with fewer affected nodes than the
     # minimum support is never flagged, so it spends no alpha (Tarone's argument for discrete tests).
     # Counting every group instead (1,250 racks at 50,000 nodes) hid a 10-crash bad kernel there.
-    tests = max(1, sum(1 for v in tested.values() if sum(1 for n in v if by_node.get(n)) >= config.min_nodes))
+    tests = max(1, sum(1 for g in tested if len(hit.get(g, ())) >= config.min_nodes))
     out: list[GroupStat] = []
-    for (dimension, value), nodes in sorted(tested.items()):
-        n_g = len(nodes)
-        x_g = sum(by_node.get(n, 0) for n in nodes)
+    for (dimension, value), n_g in sorted(tested.items()):
+        x_g = events_in.get((dimension, value), 0)
         rest_nodes = fleet_nodes - n_g
         rest_events = fleet_events - x_g
         group_rate = x_g / n_g
         # half an event of pseudo-count: a rest with no events at all still gives a finite ratio
         rest_rate = max(rest_events, 0.5) / rest_nodes
         p_value = binomial_sf(x_g, fleet_events, n_g / fleet_nodes)
-        affected = tuple(sorted(n for n in nodes if by_node.get(n)))
+        affected = tuple(sorted(hit.get((dimension, value), ())))
         out.append(
             GroupStat(
                 dimension=dimension,
@@ -167,15 +165,25 @@ def outliers(
     inventory: Mapping[str, NodeInventory],
     config: CorrelationConfig = CorrelationConfig(),
     dimensions: Sequence[str] = DIMENSIONS,
+    groups: GroupIndex | None = None,
 ) -> list[GroupStat]:
     """Flagged groups over every scope present in the events. A group flagged for a narrower scope
     (one crash bucket) is also reported at that scope, so the finding names the signature."""
     scopes = sorted({e.scope for e in events})
+    if groups is None and scopes:
+        groups = GroupIndex.of(inventory, dimensions)
     found: list[GroupStat] = []
     for scope in scopes:
         found.extend(
             flagged(
-                group_stats(events=events, inventory=inventory, scope=scope, dimensions=dimensions, config=config),
+                group_stats(
+                    events=events,
+                    inventory=inventory,
+                    scope=scope,
+                    dimensions=dimensions,
+                    config=config,
+                    groups=groups,
+                ),
                 config=config,
             )
         )
@@ -198,19 +206,25 @@ def down_spikes(
     inventory: Mapping[str, NodeInventory],
     config: CorrelationConfig = CorrelationConfig(),
     dimensions: Sequence[str] = ("zone", "rack", "node_pool"),
+    groups: GroupIndex | None = None,
 ) -> list[DownSpike]:
-    """Failure domains where at least `spike_fraction` of the nodes (and `spike_min_nodes`) are down now."""
-    down_set = {n for n in down if n in inventory}
-    members: dict[tuple[str, str], list[str]] = {}
-    for name, record in inventory.items():
-        for dimension in dimensions:
-            value = group_value(record, dimension)
-            if value is not None:
-                members.setdefault((dimension, value), []).append(name)
-    total = len(inventory)
+    """Failure domains where at least `spike_fraction` of the nodes (and `spike_min_nodes`) are down now.
+    `groups`: the inventory's `GroupIndex` when the caller keeps one (built from `inventory` otherwise)."""
+    index = groups if groups is not None else GroupIndex.of(inventory, dimensions)
+    wanted = set(dimensions)
+    down_set = {n for n in down if n in index.groups_of}
+    hit: dict[tuple[str, str], list[str]] = {}
+    for name in down_set:
+        for group in index.groups_of[name]:
+            if group[0] in wanted:
+                hit.setdefault(group, []).append(name)
+    total = len(index)
+    # only groups with a down node can reach spike_min_nodes (every group when that is 0)
+    candidates = hit if config.spike_min_nodes > 0 else {g: hit.get(g, []) for g in index.members if g[0] in wanted}
     out: list[DownSpike] = []
-    for (dimension, value), nodes in sorted(members.items()):
-        down_here = tuple(sorted(n for n in nodes if n in down_set))
+    for (dimension, value), down_nodes in sorted(candidates.items()):
+        nodes = index.members[(dimension, value)]
+        down_here = tuple(sorted(down_nodes))
         if len(down_here) < config.spike_min_nodes:
             continue
         fraction = len(down_here) / len(nodes)

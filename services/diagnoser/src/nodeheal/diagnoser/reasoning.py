@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, group_value, outliers
+from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, outliers
 from nodeheal.diagnoser.crash import CrashVerdict, bucket_key
 from nodeheal.diagnoser.kb import Matcher, analyse
 from nodeheal.diagnoser.kpi import FleetKpis, fleet_kpis, is_crash
@@ -87,12 +87,10 @@ class Diagnoser:
     # ------------------------------------------------------------------ inputs
 
     def on_inventory(self, record: NodeInventory) -> None:
-        self.fleet.inventory[node_key(record.cluster, record.node)] = record
-        self.fleet.invalidate_domains()
+        self.fleet.put_inventory(node_key(record.cluster, record.node), record)
 
     def forget_inventory(self, cluster: str, node: str) -> None:
-        self.fleet.inventory.pop(node_key(cluster, node), None)
-        self.fleet.invalidate_domains()
+        self.fleet.drop_inventory(node_key(cluster, node))
 
     def on_cloud_event(self, event: CloudSystemEvent) -> set[str]:
         ctx = self.fleet.context(event.cluster, event.node)
@@ -594,9 +592,14 @@ class Diagnoser:
         events = [FleetEvent(node=n, scope=s) for n, s, t in self.fleet.fault_events.values() if t >= now - window]
         timed = [TimedEvent(node=n, scope=s, at=t) for n, s, t in self.fleet.fault_events.values()]
         rises = sudden_rises(events=timed, inventory=self.fleet.inventory, now=now, config=self.config.trend)
-        flagged = outliers(events=events, inventory=self.fleet.inventory, config=self.config.correlation)
+        flagged = outliers(
+            events=events, inventory=self.fleet.inventory, config=self.config.correlation, groups=self.fleet.groups
+        )
         spikes = down_spikes(
-            down=self.fleet.down_since.keys(), inventory=self.fleet.inventory, config=self.config.correlation
+            down=self.fleet.down_since.keys(),
+            inventory=self.fleet.inventory,
+            config=self.config.correlation,
+            groups=self.fleet.groups,
         )
         current: dict[tuple[str, str, str, str], FleetFinding] = {}
         for stat in flagged:
@@ -654,7 +657,7 @@ class Diagnoser:
                 now=now,
                 cluster=cluster,
                 group_events=rise.current_events,
-                group_nodes=sum(1 for r in self.fleet.inventory.values() if _member(r, rise.dimension, rise.value)),
+                group_nodes=self._group_size(rise.dimension, rise.value),
                 fleet_events=rise.history_events,
                 fleet_nodes=len(self.fleet.inventory),
                 group_rate=rise.current_events / trend.current_bins,
@@ -704,6 +707,11 @@ class Diagnoser:
                 touched |= set(old.affected_nodes)
         return out, {k for k in touched if k in self.fleet.nodes and self.fleet.nodes[k].firing}
 
+    def _group_size(self, dimension: str, value: str) -> int:
+        if (dimension, value) == FLEET_GROUP:
+            return len(self.fleet.inventory)
+        return self.fleet.groups.size(dimension, value)
+
     def _finding(
         self, key: tuple[str, str, str, str], *, now: datetime, cluster: str, **fields: object
     ) -> FleetFinding:
@@ -727,12 +735,6 @@ class Diagnoser:
                 **fields,
             }
         )
-
-
-def _member(record: NodeInventory, dimension: str, value: str) -> bool:
-    if (dimension, value) == FLEET_GROUP:
-        return True
-    return group_value(record, dimension) == value
 
 
 def _fleet_evidence(correlation: FleetCorrelation) -> Evidence:

@@ -165,12 +165,12 @@ def peer_view(
     value = fleet.domain_of(ctx.key, dimension)
     if value is None:
         return None
-    members = fleet.peers(ctx.key, dimension)
+    members = fleet.peer_count(ctx.key, dimension)
     # a burst: the dark peers chained to this node by onsets at most `burst_window` apart — a rack that
     # goes dark over minutes is one burst; measured from this node, not from "now", so a partition
     # that lasts an hour still reads as a partition when the node is re-evaluated late
     down = fleet.burst(ctx.key, dimension, gap=config.burst_window)
-    return PeerView(dimension=dimension, value=value, down=down, members=len(members))
+    return PeerView(dimension=dimension, value=value, down=down, members=members)
 
 
 def partition_view(

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from nodeheal.diagnoser.groups import GroupIndex
 from nodeheal.diagnoser.kb import Finding
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
@@ -153,12 +154,15 @@ class FleetState:
     crash_counted: dict[str, datetime] = field(default_factory=dict)  # crash report id → counted by a diagnosis
     finding_absent_since: dict[tuple[str, str, str, str], datetime] = field(default_factory=dict)
     dark_at: dict[str, datetime] = field(default_factory=dict)  # node key → detected_at of its node_down / hang
+    # the inventory's groups (rack, zone, kernel, ...: members per group), kept up to date per inventory
+    # put / delete (`put_inventory`, `drop_inventory`): an inventory change costs O(dimensions), and
+    # neither an anomaly nor a correlation run re-groups the whole inventory (50,000 nodes)
+    groups: GroupIndex = field(default_factory=GroupIndex)
     # indexes, kept up to date per change (a zone of thousands going dark must cost O(n log n), not
-    # O(n^2)): members per rack / zone; dark nodes per domain sorted by detected_at and by onset; and
+    # O(n^2)): dark nodes per domain sorted by detected_at and by onset; and
     # per domain the runs / bursts derived from them, recomputed only for the domain that changed
     judged_dark: set[str] = field(default_factory=set)  # dark nodes judged, not (yet) as the network
     released: set[tuple[str, str]] = field(default_factory=set)  # domains whose burst became a partition
-    _members: dict[tuple[str, str], list[str]] | None = None
     _dark: dict[tuple[str, str], list[tuple[datetime, str]]] | None = None
     _down: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
     _runs: dict[tuple[str, str, timedelta], dict[str, tuple[int, datetime]]] = field(default_factory=dict)
@@ -194,9 +198,23 @@ class FleetState:
             for k in [k for k in cache if k[:2] == domain]:
                 del cache[k]
 
+    def put_inventory(self, key: str, record: NodeInventory) -> None:
+        """A node's inventory record (new or changed)."""
+        domains = self._domains_of(key)
+        self.inventory[key] = record
+        self.groups.put(key, record)
+        if self._domains_of(key) != domains:
+            self.invalidate_domains()
+
+    def drop_inventory(self, key: str) -> None:
+        domains = self._domains_of(key)
+        self.inventory.pop(key, None)
+        self.groups.remove(key)
+        if domains:
+            self.invalidate_domains()
+
     def invalidate_domains(self) -> None:
-        """The inventory changed: rack / zone membership may have; every index is rebuilt lazily."""
-        self._members = None
+        """A node's rack / zone changed: the dark-node indexes (O(dark nodes)) are rebuilt lazily."""
         self._dark = None
         self._down = {}
         self._runs.clear()
@@ -216,13 +234,7 @@ class FleetState:
         return str(value) if value else None
 
     def members(self, dimension: str, value: str) -> list[str]:
-        if self._members is None:
-            members: dict[tuple[str, str], list[str]] = {}
-            for key in self.inventory:
-                for domain in self._domains_of(key):
-                    members.setdefault(domain, []).append(key)
-            self._members = members
-        return self._members.get((dimension, value), [])
+        return list(self.groups.members.get((dimension, value), ()))
 
     def dark_domains(self) -> dict[tuple[str, str], list[tuple[datetime, str]]]:
         """(dimension, value) → the dark nodes of that rack / zone as sorted (detected_at, node key)."""
@@ -287,6 +299,13 @@ class FleetState:
         if value is None:
             return [key]
         return self.members(dimension, value)
+
+    def peer_count(self, key: str, dimension: str) -> int:
+        """How many nodes share `dimension` with `key` (itself included): `len(peers(...))` in O(1)."""
+        value = self.domain_of(key, dimension)
+        if value is None:
+            return 1
+        return self.groups.size(dimension, value)
 
 
 def _chains(items: list[tuple[datetime, str]], gap: timedelta) -> list[list[tuple[datetime, str]]]:

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from nodeheal.diagnoser.correlation import DIMENSIONS, group_value
+from nodeheal.diagnoser.groups import DIMENSIONS, group_value
 from nodeheal.schemas.inventory import NodeInventory
 
 FLEET_GROUP: tuple[str, str] = ("fleet", "all")

@@ -1,0 +1,134 @@
+"""The inventory's group index is kept up to date per inventory change (put, change, delete) instead of
+re-grouping the whole fleet per anomaly / per correlation run: the index after any sequence of changes
+equals one built from the final inventory, and the fleet tests computed from it equal the plain
+definition (every group's members counted from the inventory)."""
+
+from __future__ import annotations
+
+import random
+
+from nodeheal.diagnoser.correlation import (
+    DIMENSIONS,
+    CorrelationConfig,
+    FleetEvent,
+    GroupIndex,
+    binomial_sf,
+    down_spikes,
+    group_stats,
+    group_value,
+)
+from nodeheal.diagnoser.kb import default_matcher
+from nodeheal.diagnoser.reasoning import Diagnoser
+from nodeheal.schemas import NodeInventory
+from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory, later
+
+
+def _random_inventory(rng: random.Random, name: str) -> NodeInventory:
+    return inventory(
+        name,
+        rack=f"r{rng.randrange(6)}",
+        zone=f"z{rng.randrange(2)}",
+        kernel=rng.choice(["k1", "k2", "k3"]),
+        model=rng.choice(["m1", "m2"]),
+    )
+
+
+def _churn(seed: int) -> tuple[GroupIndex, dict[str, NodeInventory]]:
+    """Puts, moves, identical re-puts and deletes in random order, applied to an index and a dict."""
+    rng = random.Random(seed)
+    index = GroupIndex()
+    inv: dict[str, NodeInventory] = {}
+    for _ in range(600):
+        name = f"n{rng.randrange(80)}"
+        roll = rng.random()
+        if roll < 0.15:
+            index.remove(name)
+            inv.pop(name, None)
+        elif roll < 0.3 and name in inv:
+            index.put(name, inv[name])  # the inventory watch re-delivers an unchanged record
+        else:
+            inv[name] = _random_inventory(rng, name)
+            index.put(name, inv[name])
+    return index, inv
+
+
+def _members(index: GroupIndex) -> dict[tuple[str, str], set[str]]:
+    return {g: set(m) for g, m in index.members.items()}
+
+
+def _plain_group_stats(events: list[FleetEvent], inv: dict[str, NodeInventory], scope: str) -> list[tuple]:
+    """The definition: every group of the inventory, its members counted one by one."""
+    counted = [e for e in events if e.scope == scope and e.node in inv]
+    if not inv or not counted:
+        return []
+    cfg = CorrelationConfig()
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, record in inv.items():
+        for d in DIMENSIONS:
+            v = group_value(record, d)
+            if v is not None:
+                groups.setdefault((d, v), []).append(name)
+    tested = {k: v for k, v in groups.items() if cfg.min_group_size <= len(v) < len(inv)}
+    by_node: dict[str, int] = {}
+    for e in counted:
+        by_node[e.node] = by_node.get(e.node, 0) + 1
+    tests = max(1, sum(1 for v in tested.values() if sum(1 for n in v if n in by_node) >= cfg.min_nodes))
+    out = []
+    for (d, v), nodes in sorted(tested.items()):
+        x = sum(by_node.get(n, 0) for n in nodes)
+        p = binomial_sf(x, len(counted), len(nodes) / len(inv))
+        out.append((d, v, x, len(nodes), p, tests, tuple(sorted(n for n in nodes if n in by_node))))
+    return out
+
+
+def test_index_kept_up_to_date_equals_one_built_from_the_final_inventory() -> None:
+    for seed in range(5):
+        index, inv = _churn(seed)
+        rebuilt = GroupIndex.of(inv)
+        assert _members(index) == _members(rebuilt)
+        assert index.groups_of == rebuilt.groups_of
+        assert len(index) == len(inv)
+        assert all(members for members in index.members.values())  # an emptied group is gone
+
+
+def test_fleet_tests_from_the_kept_index_match_the_definition() -> None:
+    for seed in range(5):
+        index, inv = _churn(seed)
+        rng = random.Random(seed)
+        names = [*sorted(inv), "not-in-inventory"]
+        events = [FleetEvent(node=rng.choice(names), scope=rng.choice(["any", "bucket:b1"])) for _ in range(40)]
+        for scope in ("any", "bucket:b1"):
+            stats = group_stats(events=events, inventory=inv, scope=scope, groups=index)
+            got = [
+                (s.dimension, s.value, s.group_events, s.group_nodes, s.p_value, s.tests, s.affected_nodes)
+                for s in stats
+            ]
+            assert got == _plain_group_stats(events, inv, scope)
+        down = rng.sample(names, 30)
+        cfg = CorrelationConfig(spike_fraction=0.2)
+        assert down_spikes(down=down, inventory=inv, config=cfg, groups=index) == down_spikes(
+            down=down, inventory=inv, config=cfg
+        )
+
+
+def test_a_node_moved_to_another_rack_counts_there_and_its_darkness_moves_with_it() -> None:
+    diag = Diagnoser(matcher=default_matcher())
+    for rack in ("r1", "r2"):
+        for i in range(4):
+            diag.on_inventory(inventory(f"{rack}-n{i}", rack=rack, zone="z1"))
+    key = f"{CLUSTER}/r1-n0"
+    diag.on_anomaly(anomaly("r1-n0", "node_down", at=later(0)))
+    assert diag.fleet.peer_count(key, "rack") == 4
+    assert diag.fleet.burst(key, "rack", gap=diag.config.decision.burst_window) == (key,)
+    diag.on_inventory(inventory("r1-n0", rack="r2", zone="z1"))  # the machine was re-racked
+    assert diag.fleet.peer_count(key, "rack") == 5
+    assert sorted(diag.fleet.peers(key, "rack")) == sorted([key] + [f"{CLUSTER}/r2-n{i}" for i in range(4)])
+    assert diag.fleet.peer_count(f"{CLUSTER}/r1-n1", "rack") == 3
+    assert diag.fleet.dark_domains().get(("rack", "r2")) == [(later(0), key)]
+    assert not diag.fleet.dark_domains().get(("rack", "r1"))
+    # an unchanged record re-delivered by the inventory watch changes nothing
+    diag.on_inventory(inventory("r1-n0", rack="r2", zone="z1"))
+    assert diag.fleet.peer_count(key, "rack") == 5
+    diag.forget_inventory(CLUSTER, "r1-n0")
+    assert diag.fleet.peer_count(f"{CLUSTER}/r2-n1", "rack") == 4
+    assert diag.fleet.peers(key, "rack") == [key]  # no inventory: a domain of its own
