@@ -680,7 +680,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             return conn
 
         # machines released and created at the ECS emulator leave and join the fleet (sim/rotation.py);
-        # with probe shards a joined machine is registered but not probed (the shards own fixed nodes)
+        # with probe shards the shards own fixed nodes: a joined machine is probed by this process's world loop
         rotation = FleetRotation(
             sim=sim,
             ecs=world.ecs,
