@@ -52,7 +52,7 @@ async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_setting
     shards = ProbeShards(plans)
     try:
         await asyncio.to_thread(shards.wait_ready, timeout_s=120)
-        await sim.start(prober_nc=None, agent_nc=dict.fromkeys(names, main_nc), shards=shards)
+        await sim.start(prober_nc=main_nc, agent_nc=dict.fromkeys(names, main_nc), shards=shards)
         await _until(lambda: {p["node"] for p in seen if p["source"] == "agent"} == set(names))
         assert {p["node"] for p in seen if p["source"] == "prober"} == set(names)
 
@@ -80,6 +80,30 @@ async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_setting
         assert shards.totals()["probes_published"] == sum(p["probes_published"] for p in shards.progress.values())
         lines = [line for p in seen if p["node"] == node.name for line in p.get("kernel_log", [])]
         assert lines == ["kubelet[1234]: fatal: simulated line"]
+
+        # a machine that joins after the shards started (a replacement from RunInstances) is probed by the
+        # main process's world loop with the real agent code, and follows its state like any other
+        inv = sim.inventory[0].model_copy(
+            update={"node": f"{spec.region}.10.200.0.1", "instance_id": "i-joined", "addresses": ("10.200.0.1",)}
+        )
+        joined = await sim.add_node(inv, now=time.time(), conn=main_nc)
+        joined.services["kubelet"] = "failed"
+        sim.touched.add(joined)  # a touched joined node is no shard's: it must not reach their sync
+
+        def joined_probed() -> bool:
+            return any(
+                p["node"] == inv.node
+                and p["source"] == "agent"
+                and {s["name"]: s["state"] for s in p["services"]}["kubelet"] == "failed"
+                for p in seen
+            )
+
+        await _until(joined_probed)
+        sim.remove_node(inv.node, time.time())  # released: no longer probed
+        await asyncio.sleep(0.6)
+        gone = len([p for p in seen if p["node"] == inv.node])
+        await asyncio.sleep(1.2)
+        assert len([p for p in seen if p["node"] == inv.node]) == gone
     finally:
         # as the demo does: the shards are stopped while the world loop still runs (and reads their pipes)
         counters = await asyncio.to_thread(shards.stop)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nodeheal.schemas import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.sim.ecs_world import EventId, InstanceId, RecordedCall, SystemEvent, TaskId, WorldChange
 from nodeheal.sim.faults import InjectedFault
 from nodeheal.sim.referee import WorldLog, judge, lost_and_repeated
@@ -259,3 +260,46 @@ def test_side_effects_after_the_window_are_not_judged() -> None:
     assert judge(audit=[], world=log, truth=[FAULT], run_end=END)["all_zero"]
     # inside the window, the same call without an intent is counted
     assert judge(audit=[], world=log, truth=[FAULT], run_end=at(700).timestamp())["actions_without_intent"] == 2
+
+
+def _observed(s: float) -> CloudSystemEvent:
+    return CloudSystemEvent(
+        cloud="alibaba",
+        channel="api_history",
+        provider_event_id="e1",
+        provider_event_type="SystemMaintenance.Reboot",
+        action="reboot",
+        cause="planned_maintenance",
+        phase="scheduled",
+        instance_id=IID,
+        observed_at=at(s),
+        cluster="c",
+        node=NODE,
+        time=at(s),
+    )  # type: ignore[arg-type]
+
+
+def test_an_uncordon_counts_against_a_host_event_from_when_nodeheal_could_know_of_it() -> None:
+    """The cloud publishes a Reboot at 1 s; the ingest's poll brings it to CLOUD at 3 s. An uncordon at 2 s
+    (a repair finished before anybody could know) undoes no plan; one at 4 s does; an event never seen on
+    CLOUD counts from 30 s after it was published (nodeheal's miss, not an excuse)."""
+    event = SystemEvent(
+        event_id=EventId("e1"),
+        instance_id=IID,
+        event_type="SystemMaintenance.Reboot",
+        status="Scheduled",
+        publish_time=at(1),
+        not_before=at(100),
+    )
+
+    def uncordons(s: float, cloud: list[CloudSystemEvent] | None) -> int:
+        log = world(ecs_events=[event], kube_effects=[(at(s).timestamp(), NODE, "uncordon")])
+        audit = [rec("uncordon", "intent", s - 0.1, "u1")]
+        return int(
+            judge(audit=audit, world=log, truth=[], run_end=END, cloud=cloud)["uncordons_while_host_event_pending"]
+        )
+
+    assert uncordons(2, [_observed(3)]) == 0
+    assert uncordons(4, [_observed(3)]) == 1
+    assert uncordons(2, None) == 1  # without the CLOUD records: from the publish time
+    assert uncordons(20, []) == 0 and uncordons(40, []) == 1  # never observed: 30 s after publishing

@@ -34,6 +34,7 @@ from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.subjects import escape_token
 from nodeheal.sim.auth import DemoAuth
 from nodeheal.sim.bench.secure import self_signed_tls
@@ -680,7 +681,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             return conn
 
         # machines released and created at the ECS emulator leave and join the fleet (sim/rotation.py);
-        # with probe shards a joined machine is registered but not probed (the shards own fixed nodes)
+        # with probe shards the shards own fixed nodes: a joined machine is probed by this process's world loop
         rotation = FleetRotation(
             sim=sim,
             ecs=world.ecs,
@@ -847,6 +848,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             world=world_log,
             truth=list(sim.truth),
             run_end=run_end.timestamp(),
+            cloud=[m for m in messages if isinstance(m, CloudSystemEvent)],
         )
         record.extra["security"] = security_section(
             mode=auth.mode,

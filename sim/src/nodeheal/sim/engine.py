@@ -196,6 +196,8 @@ class FleetSimulator:
         self._agent_nc: dict[str, Client] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._subs: list[Any] = []
+        self._sharded = False  # the probe shards publish the fleet's probes; this process keeps the world
+        self._joined: dict[str, float] = {}  # with shards: machines that joined since, and when each is due
         self._used: set[Client] = set()  # connections published on since their last flush
         self._stopping = False
         self.membership = 0  # bumped when a machine joins or leaves the fleet (machine rotation)
@@ -253,12 +255,27 @@ class FleetSimulator:
             self._tasks.append(asyncio.create_task(self._world_loop(shards), name="sim-world"))
 
     async def _world_loop(self, shards: Any) -> None:
+        self._sharded = True
+        interval = self.timings.probe_interval_s
         while not self._stopping:
             now = self.clock()
             self.advance(now)
             if self.crashed:
                 await self._report_crashes(now)
-            shards.sync(list(self.touched), interval_s=self.timings.probe_interval_s)
+            shards.sync([n for n in self.touched if n.name not in self._joined], interval_s=interval)
+            # machines that joined the fleet after the shards started (a replacement from RunInstances) are
+            # probed here, with the real agent code, at the same interval: the shards own fixed nodes
+            due = [name for name, at in self._joined.items() if now >= at and name in self.nodes]
+            if due:
+                iso = datetime.fromtimestamp(now, tz=UTC).isoformat()
+                for name in due:
+                    self._joined[name] = now + interval
+                    try:
+                        await self._publish_node(self.nodes[name], now=now, iso=iso)
+                    except Exception:
+                        self.stats.publish_errors += 1
+                        log.exception("probe of %s failed", name)
+                await self._flush_used()
             await asyncio.sleep(max(0.0, 0.1 - (self.clock() - now)))
 
     async def stop(self) -> None:
@@ -483,6 +500,7 @@ class FleetSimulator:
         """The machine was released (DeleteInstance): it is no longer probed, nor does it answer; its open
         fault ends with it."""
         node = self.nodes.pop(name, None)
+        self._joined.pop(name, None)
         if node is None:
             return None
         fault = self.open_faults.pop(name, None)
@@ -513,6 +531,8 @@ class FleetSimulator:
         self._subs.append(await conn.subscribe(subject, cb=self._on_command))
         self.boots.append((now, inv.node))
         self.membership += 1
+        if self._sharded:
+            self._joined[inv.node] = now  # probed by the world loop (the shards own fixed nodes)
         return node
 
     # ------------------------------------------------------------------ node agent commands

@@ -13,7 +13,10 @@ Every figure of the `safety` section should be 0:
 - `reboots_verified_without_new_boot`: AUDIT `verified` records of a reboot / redeploy / accepted host
   event with no boot of the node between the action's start and the verification;
 - `uncordons_while_host_event_pending`: an uncordon while the node's instance had a scheduled
-  SystemMaintenance.Reboot / Redeploy that had not completed, been avoided or been canceled;
+  SystemMaintenance.Reboot / Redeploy that had not completed, been avoided or been canceled — counted
+  from the moment nodeheal could know of it: its first record on CLOUD (`observed_at`), and at the latest
+  `HOST_EVENT_KNOWN_WITHIN_S` after the cloud published it (an event the ingest never saw is nodeheal's
+  miss, not an excuse); without the CLOUD records, from the cloud's publish time;
 - `redeploys_for_reboot_events`: RedeployInstance on an instance whose open host event was a Reboot;
 - `budget_exceedances`: how many times a failure domain (cluster, zone, rack, node pool) went over the
   remediator's budget, counting at each moment the nodes nodeheal holds disrupted there: disrupted at
@@ -61,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from nodeheal.schemas import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.sim.ecs_world import RecordedCall, SystemEvent, WorldChange
 from nodeheal.sim.faults import InjectedFault
 
@@ -228,8 +232,16 @@ def _until(world: WorldLog, end: float) -> WorldLog:
     )
 
 
+HOST_EVENT_KNOWN_WITHIN_S = 30.0  # the longest a published host event may take to reach CLOUD (demo polls every 2 s)
+
+
 def judge(
-    *, audit: list[RemediationRecord], world: WorldLog, truth: list[InjectedFault], run_end: float
+    *,
+    audit: list[RemediationRecord],
+    world: WorldLog,
+    truth: list[InjectedFault],
+    run_end: float,
+    cloud: list[CloudSystemEvent] | None = None,
 ) -> dict[str, Any]:
     """The `safety` section: every figure of the module docstring, over the side effects up to `run_end`."""
     world = _until(world, run_end)
@@ -320,16 +332,28 @@ def judge(
             events_by_instance[event.instance_id].append(event)
     node_instance = {node: iid for iid, node in world.instance_node.items()}
 
-    def pending(instance_id: str, at: float) -> list[SystemEvent]:
+    observed: dict[str, float] = {}
+    for c in cloud or ():
+        t = c.observed_at.timestamp()
+        observed[c.provider_event_id] = min(t, observed.get(c.provider_event_id, t))
+
+    def known_at(e: SystemEvent) -> float:
+        published = _ts(e.publish_time)
+        if cloud is None:
+            return published
+        return min(observed.get(e.event_id, float("inf")), published + HOST_EVENT_KNOWN_WITHIN_S)
+
+    def pending(instance_id: str, at: float, *, known: bool = False) -> list[SystemEvent]:
         return [
             e
             for e in events_by_instance.get(instance_id, [])
-            if _ts(e.publish_time) <= at and (e.finish_time is None or _ts(e.finish_time) > at)
+            if (known_at(e) if known else _ts(e.publish_time)) <= at
+            and (e.finish_time is None or _ts(e.finish_time) > at)
         ]
 
     uncordon_pending = 0
     for at, node, effect in world.kube_effects:
-        if effect == "uncordon" and pending(node_instance.get(node, ""), at):
+        if effect == "uncordon" and pending(node_instance.get(node, ""), at, known=True):
             uncordon_pending += 1
             note("uncordons_while_host_event_pending", {"node": node, "at": at})
     redeploy_for_reboot = 0
