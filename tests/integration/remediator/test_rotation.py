@@ -242,3 +242,37 @@ async def test_a_rotation_blocked_after_the_retire_is_not_refused_when_redeliver
     trail = [(r.action, r.phase, r.reason) for r in await audit_records(nc, topology_ready)]
     assert not [t for t in trail if t[1] == "skipped" and "recovered" in t[2]], trail
     assert not [t for t in trail if t[0] == "uncordon"], trail
+
+
+async def test_a_resolved_diagnosis_does_not_settle_a_machine_being_rotated_out(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """A cordoned, retired machine waiting for the approval of its replace: the diagnoser's resolved
+    diagnosis (its answer to the retire) must not settle the episode as "verified healthy" and so end the
+    rotation (seen in a 300-node demo: `none verified` between a blocked replace and its redelivery, then the
+    approved replace skipped — never done)."""
+    await add_inventory(nc, topology_ready, "r3", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r3")
+    crash = _crash("r3", ["cordon", "retire", "replace"])
+    settings = make_settings(topology_ready, kube_url=world.url, disruptive_per_minute=1)
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, crash)
+        waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval", timeout=60)
+        approve = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+        approve += ["--bucket-prefix", topology_ready.bucket_prefix]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        # approved, then held by the disruption rate: the ladder gives its lease back until the redelivery
+        await wait_for_record(nc, topology_ready, action="replace", phase="blocked", timeout=30)
+        healthy = crash.model_copy(
+            update={"id": f"diag-{new_id()}", "resolved": True, "recommended": (), "identified_at": datetime.now(UTC)}
+        )
+        await publish_diagnosis(nc, topology_ready, healthy)  # the diagnoser's answer to the retire
+        await asyncio.sleep(3.0)
+    finally:
+        await service.stop()
+    trail = [(r.action, r.phase, r.reason) for r in await audit_records(nc, topology_ready)]
+    assert not [t for t in trail if t[0] == "none" and t[1] == "verified"], trail
+    assert not [t for t in trail if t[0] == "uncordon"], trail
+    node = await _read_node(world.url, "r3")
+    assert node.spec.unschedulable is True and node.metadata.labels["nodeheal.io/retired"]

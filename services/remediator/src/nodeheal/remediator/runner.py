@@ -540,6 +540,10 @@ class Remediator:
                 if await self._pending_host_event(run) is None:
                     await self._release_slot(run, any_episode=True, why=why)
                 return "ack"
+            if run.retired():
+                # a machine being rotated out: its ladder goes on to the replace (or a person takes it); a
+                # "healthy" now would end the rotation with the machine retired and never replaced
+                return "ack"
             sid = planner.action_id(diagnosis_id=run.episode, action="none", target=f"settle:{diagnosis.id}")
             old_boot = run.boot_before()
             outcome = await self.verifier.verify(
