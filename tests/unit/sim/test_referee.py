@@ -59,6 +59,18 @@ FAULT = InjectedFault(fault_id="f1", fault_class="power_loss", node=NODE, inject
 END = at(600).timestamp()
 
 
+def _reboot_event() -> SystemEvent:
+    """A SystemMaintenance.Reboot published at 1 s, due at 100 s, not executed."""
+    return SystemEvent(
+        event_id=EventId("e1"),
+        instance_id=IID,
+        event_type="SystemMaintenance.Reboot",
+        status="Scheduled",
+        publish_time=at(1),
+        not_before=at(100),
+    )
+
+
 def test_a_clean_reboot_is_safe() -> None:
     audit = [rec("reboot", "intent", 10), rec("reboot", "started", 10.1), rec("reboot", "verified", 40)]
     log = world(
@@ -71,14 +83,7 @@ def test_a_clean_reboot_is_safe() -> None:
 
 
 def test_unsafe_side_effects_are_counted() -> None:
-    pending = SystemEvent(
-        event_id=EventId("e1"),
-        instance_id=IID,
-        event_type="SystemMaintenance.Reboot",
-        status="Scheduled",
-        publish_time=at(1),
-        not_before=at(100),
-    )
+    pending = _reboot_event()
     audit = [rec("reboot", "started", 10.1), rec("reboot", "verified", 12), rec("uncordon", "intent", 13, "u1")]
     log = world(
         ecs_calls=[call("RebootInstance", 10.2), call("RedeployInstance", 50)],
@@ -283,14 +288,7 @@ def test_an_uncordon_counts_against_a_host_event_from_when_nodeheal_could_know_o
     """The cloud publishes a Reboot at 1 s; the ingest's poll brings it to CLOUD at 3 s. An uncordon at 2 s
     (a repair finished before anybody could know) undoes no plan; one at 4 s does; an event never seen on
     CLOUD counts from 30 s after it was published (nodeheal's miss, not an excuse)."""
-    event = SystemEvent(
-        event_id=EventId("e1"),
-        instance_id=IID,
-        event_type="SystemMaintenance.Reboot",
-        status="Scheduled",
-        publish_time=at(1),
-        not_before=at(100),
-    )
+    event = _reboot_event()
 
     def uncordons(s: float, cloud: list[CloudSystemEvent] | None) -> int:
         log = world(ecs_events=[event], kube_effects=[(at(s).timestamp(), NODE, "uncordon")])
