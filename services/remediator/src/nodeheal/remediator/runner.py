@@ -544,30 +544,9 @@ class Remediator:
                 # a machine being rotated out: its ladder goes on to the replace (or a person takes it); a
                 # "healthy" now would end the rotation with the machine retired and never replaced
                 return "ack"
-            sid = planner.action_id(diagnosis_id=run.episode, action="none", target=f"settle:{diagnosis.id}")
-            old_boot = run.boot_before()
-            outcome = await self.verifier.verify(
-                cluster=diagnosis.cluster,
-                node=diagnosis.node,
-                since=utcnow() - timedelta(seconds=self.settings.verify_poll_s * 5),
-                old_boot_id=old_boot,
-                need_new_boot=run.rebooted(),
+            await self._verify_and_give_back(
+                run, diagnosis, why=why, unhealthy="and the node we disrupted is not healthy"
             )
-            if outcome.ok:
-                await self._record(
-                    run,
-                    diagnosis=diagnosis,
-                    action_id=sid,
-                    action="none",
-                    phase="verified",
-                    reason=f"{why}; re-evaluated: {outcome.detail}",
-                    boot_id=outcome.boot_id,
-                )
-                await self._finish(run)
-            else:
-                await self._escalate(
-                    run, reason=f"{why}, and the node we disrupted is not healthy: {outcome.detail}", rung=0
-                )
             return "ack"
 
         return await self._under_lease(lease, diagnosis, heartbeat, body, episode=episode)
@@ -979,29 +958,34 @@ class Remediator:
         if not run.disrupted():
             await self._finish(run)
             return
+        await self._verify_and_give_back(run, run.diagnosis, why=why, unhealthy="but the node is not healthy")
+
+    async def _verify_and_give_back(self, run: _Run, diagnosis: Diagnosis, *, why: str, unhealthy: str) -> None:
+        """A node this episode disrupted, re-evaluated outside a ladder step (`_settle`, `_settle_run`): healthy
+        by the detector's rules on fresh probes (a new boot if we rebooted it) → the proof is recorded (`none
+        verified`: the episode ends verified, not with an action nobody was seen to check) and what the
+        episode took is given back; otherwise it is escalated."""
         outcome = await self.verifier.verify(
-            cluster=run.diagnosis.cluster,
-            node=run.diagnosis.node,
+            cluster=diagnosis.cluster,
+            node=diagnosis.node,
             since=utcnow() - timedelta(seconds=self.settings.verify_poll_s * 5),
             old_boot_id=run.boot_before(),
             need_new_boot=run.rebooted(),
         )
-        if outcome.ok:
-            # the proof is recorded (as `_settle` does): the episode ends verified, not with an action
-            # nobody was seen to check
-            sid = planner.action_id(diagnosis_id=run.episode, action="none", target=f"settle:{run.diagnosis.id}")
-            await self._record(
-                run,
-                diagnosis=run.diagnosis,
-                action_id=sid,
-                action="none",
-                phase="verified",
-                reason=f"{why}; re-evaluated: {outcome.detail}",
-                boot_id=outcome.boot_id,
-            )
-            await self._finish(run)
-        else:
-            await self._escalate(run, reason=f"{why}, but the node is not healthy: {outcome.detail}", rung=0)
+        if not outcome.ok:
+            await self._escalate(run, reason=f"{why}, {unhealthy}: {outcome.detail}", rung=0)
+            return
+        sid = planner.action_id(diagnosis_id=run.episode, action="none", target=f"settle:{diagnosis.id}")
+        await self._record(
+            run,
+            diagnosis=diagnosis,
+            action_id=sid,
+            action="none",
+            phase="verified",
+            reason=f"{why}; re-evaluated: {outcome.detail}",
+            boot_id=outcome.boot_id,
+        )
+        await self._finish(run)
 
     async def _finish(self, run: _Run) -> None:
         """The node is healthy: uncordon what this episode took, give the slot back — unless a host event is
