@@ -10,7 +10,7 @@ from nodeheal.diagnoser.correlation import FleetEvent, outliers
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser, DiagnoserConfig
 from nodeheal.diagnoser.state import node_key
-from nodeheal.diagnoser.trend import TimedEvent, TrendConfig, poisson_sf, sudden_rises
+from nodeheal.diagnoser.trend import TimedEvent, TrendConfig, TrendStat, one_per_rise, poisson_sf, sudden_rises
 from nodeheal.schemas.inventory import NodeInventory
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -107,9 +107,9 @@ def test_diagnoser_raises_a_sudden_rise_once_and_clears_it_after_the_hysteresis(
     )
     for record in fleet(400).values():
         diagnoser.on_inventory(record)
-    for i in range(8):
+    for i in range(8):  # spread over zones and racks: the fleet's rise, no group's
         diagnoser.fleet.fault_events[f"ep{i}|any"] = (
-            node_key("c", f"n{i * 4}"),
+            node_key("c", f"n{i * 97 % 400}"),
             "any",
             NOW - timedelta(seconds=10 + i),
         )
@@ -126,3 +126,73 @@ def test_diagnoser_raises_a_sudden_rise_once_and_clears_it_after_the_hysteresis(
         f for f in diagnoser.correlate(now=later + timedelta(minutes=6), cluster="c")[0] if f.dimension == "fleet"
     ]
     assert len(cleared) == 1 and cleared[0].cleared
+
+
+def _diagnoser_with_fleet(nodes: int = 400) -> Diagnoser:
+    trend = TrendConfig(bin_s=60, history_bins=30, min_events=5)
+    diagnoser = Diagnoser(
+        matcher=Matcher(load_knowledge_base()),
+        config=DiagnoserConfig(trend=trend, finding_clear_after=timedelta(minutes=5)),
+    )
+    for record in fleet(nodes).values():
+        diagnoser.on_inventory(record)
+    return diagnoser
+
+
+def _crash(diagnoser: Diagnoser, episode: str, node: str, at: datetime, *, scopes: tuple[str, ...]) -> None:
+    for scope in scopes:  # what `_count_fault` records for one kernel crash of one bucket
+        diagnoser.fleet.fault_events[f"{episode}|{scope}"] = (node_key("c", node), scope, at)
+
+
+def test_one_burst_is_one_sudden_rise_not_one_per_scope_and_group() -> None:
+    """8 kernel crashes of one bucket in rack r0 (all in zone z-a), no history: the rack, its zone and the
+    whole fleet each rise in three scopes (any, category:kernel, the bucket) — nine test results, one rise.
+    One finding names it: the rack (the smallest group), under the bucket (the narrowest scope with all the
+    nodes), and says what else rose. The next run, with one more fault of another kind on the rack, keeps
+    it and raises nothing new."""
+    diagnoser = _diagnoser_with_fleet()
+    crash = ("any", "category:kernel", "bucket:b1")
+    for i in range(8):
+        _crash(diagnoser, f"ep{i}", f"n{i * 4}", NOW - timedelta(seconds=10 + i), scopes=crash)
+    findings, _ = diagnoser.correlate(now=NOW, cluster="c")
+    rises = [f for f in findings if f.kind == "sudden_rise"]
+    assert [(f.dimension, f.value, f.scope) for f in rises] == [("rack", "r0", "bucket:b1")]
+    assert len(rises[0].affected_nodes) == 8 and rises[0].signature_bucket == "b1"
+    assert "also category:kernel, any" in rises[0].message
+    assert "the same nodes as zone=z-a, fleet=all" in rises[0].message
+    # one more fault on the rack, not a crash: `any` now has more nodes than the bucket, the rise is the same
+    _crash(diagnoser, "ep8", "n32", NOW, scopes=("any", "category:hardware"))
+    again, _ = diagnoser.correlate(now=NOW + timedelta(seconds=5), cluster="c")
+    assert [f for f in again if f.kind == "sudden_rise"] == []
+    assert [k for k in diagnoser.fleet.findings if k[0] == "sudden_rise"] == [
+        ("sudden_rise", "rack", "r0", "bucket:b1")
+    ]
+
+
+def _stat(dimension: str, value: str, scope: str, nodes: tuple[str, ...]) -> TrendStat:
+    return TrendStat(dimension, value, scope, len(nodes), 0, 1.0, float(len(nodes)), 1e-6, 3, nodes)
+
+
+def test_one_per_rise_keeps_distinct_node_sets_apart() -> None:
+    """Rises of different nodes stay separate lines, even in the same dimension; a group already reported
+    keeps its scope and stays the one named."""
+    a, b = ("n1", "n2", "n3", "n4", "n5"), ("n6", "n7", "n8", "n9", "n10")
+    stats = [
+        _stat("zone", "z-a", "any", a),
+        _stat("zone", "z-b", "any", b),
+        _stat("fleet", "all", "any", a + b),
+        _stat("rack", "r0", "any", a),
+        _stat("rack", "r0", "category:kernel", a),
+    ]
+    sizes = {("zone", "z-a"): 100, ("zone", "z-b"): 100, ("fleet", "all"): 400, ("rack", "r0"): 40}
+    rises = one_per_rise(stats, group_size=lambda d, v: sizes[(d, v)])
+    named = sorted((r.stat.dimension, r.stat.value, r.scope, r.same_nodes_as) for r in rises)
+    assert named == [
+        ("fleet", "all", "any", ()),
+        ("rack", "r0", "category:kernel", (("zone", "z-a"),)),
+        ("zone", "z-b", "any", ()),
+    ]
+    kept = one_per_rise(stats, group_size=lambda d, v: sizes[(d, v)], reported={("zone", "z-a"): "any"})
+    assert ("zone", "z-a", "any", (("rack", "r0"),)) in [
+        (r.stat.dimension, r.stat.value, r.scope, r.same_nodes_as) for r in kept
+    ]

@@ -19,7 +19,7 @@ from nodeheal.diagnoser.kb import Matcher, analyse
 from nodeheal.diagnoser.kpi import FleetKpis, fleet_kpis, is_crash
 from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide, partition_view
 from nodeheal.diagnoser.state import CrashFact, FleetState, KernelEvidence, NodeContext, Published, node_key
-from nodeheal.diagnoser.trend import FLEET_GROUP, TimedEvent, TrendConfig, sudden_rises
+from nodeheal.diagnoser.trend import FLEET_GROUP, TimedEvent, TrendConfig, one_per_rise, sudden_rises
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -649,9 +649,21 @@ class Diagnoser:
                 ),
             )
         trend = self.config.trend
-        for rise in rises:
-            key = ("sudden_rise", rise.dimension, rise.value, rise.scope)
-            bucket = rise.scope.removeprefix("bucket:") if rise.scope.startswith("bucket:") else None
+        reported = {(k[1], k[2]): k[3] for k in self.fleet.findings if k[0] == "sudden_rise"}
+        for one in one_per_rise(rises, group_size=self._group_size, reported=reported):
+            rise = one.stat
+            key = ("sudden_rise", rise.dimension, rise.value, one.scope)
+            bucket = one.scope.removeprefix("bucket:") if one.scope.startswith("bucket:") else None
+            also = "".join(
+                [
+                    f"; also {', '.join(one.other_scopes)}" if one.other_scopes else "",
+                    (
+                        f"; the same nodes as {', '.join(f'{d}={v}' for d, v in one.same_nodes_as)}"
+                        if one.same_nodes_as
+                        else ""
+                    ),
+                ]
+            )
             current[key] = self._finding(
                 key,
                 now=now,
@@ -673,7 +685,7 @@ class Diagnoser:
                 message=(
                     f"sudden rise: {rise.dimension}={rise.value}: {rise.current_events} {rise.scope} faults in the"
                     f" last {trend.bin_s * trend.current_bins:g} s, {rise.ratio:.1f}x its own recent rate"
-                    f" (expected {rise.expected:.2g}, p={rise.p_value:.2g})"
+                    f" (expected {rise.expected:.2g}, p={rise.p_value:.2g}){also}"
                 ),
             )
         out: list[FleetFinding] = []

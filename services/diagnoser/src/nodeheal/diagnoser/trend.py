@@ -17,6 +17,10 @@ alarm on its first two events). A group is flagged when, together:
 
 The false-alarm budget (`alpha`, per correlation run and for the whole fleet) is measured on quiet
 generated fleets by `tests/unit/diagnoser/test_trend.py` and recorded in docs/diagnoser.md.
+
+One burst of faults passes the test many times over: in every scope it is counted in (`any`,
+`category:kernel`, `bucket:<b>`) and in every group its nodes share (their rack, their zone, the whole
+fleet). `one_per_rise` makes that one rise: one scope per group, and one group per set of risen nodes.
 Pure: no I/O, no transport.
 """
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -140,4 +144,70 @@ def sudden_rises(
                     affected_nodes=tuple(sorted(set(nodes))),
                 )
             )
+    return out
+
+
+def _scope_rank(scope: str) -> int:
+    """Narrowest first: a crash bucket, then a category, then any fault."""
+    if scope.startswith("bucket:"):
+        return 0
+    if scope.startswith("category:"):
+        return 1
+    return 2
+
+
+@dataclass(frozen=True, slots=True)
+class Rise:
+    """One rise: the group and scope that name it, and what else passed the test for the same faults."""
+
+    stat: TrendStat
+    scope: str
+    """The scope the rise is reported under: an already reported scope of the group (so the report of an
+    ongoing rise keeps its identity when the scopes that pass the test change), else `stat.scope`."""
+    other_scopes: tuple[str, ...]
+    """The group's other scopes that rose (e.g. `any` under a `bucket:` rise)."""
+    same_nodes_as: tuple[tuple[str, str], ...]
+    """Other groups (dimension, value) whose rise is exactly these nodes (a rack's burst is its zone's)."""
+
+
+def one_per_rise(
+    stats: Sequence[TrendStat],
+    *,
+    group_size: Callable[[str, str], int],
+    reported: Mapping[tuple[str, str], str] | None = None,
+    dimensions: Sequence[str] = DIMENSIONS,
+) -> list[Rise]:
+    """The rises of `sudden_rises`, one per rise.
+
+    Per group (dimension, value): one scope — the one already reported for that group (`reported`: group →
+    scope), else the one with the most risen nodes, the narrowest on a tie. Then per set of risen nodes
+    (the union over the group's scopes): one group — an already reported one, else the smallest group
+    (a rack before its zone before the fleet), then `dimensions` order, then the value."""
+    reported = reported or {}
+    by_group: dict[tuple[str, str], list[TrendStat]] = {}
+    for stat in stats:
+        by_group.setdefault((stat.dimension, stat.value), []).append(stat)
+    per_group: list[tuple[Rise, frozenset[str]]] = []
+    for group, members in by_group.items():
+        best = min(members, key=lambda s: (-len(s.affected_nodes), _scope_rank(s.scope), s.scope))
+        scope = reported.get(group, best.scope)
+        chosen = next((s for s in members if s.scope == scope), best)
+        nodes = frozenset(n for s in members for n in s.affected_nodes)
+        others = tuple(sorted((s.scope for s in members if s.scope != scope), key=lambda x: (_scope_rank(x), x)))
+        per_group.append((Rise(stat=chosen, scope=scope, other_scopes=others, same_nodes_as=()), nodes))
+    order = {dimension: i for i, dimension in enumerate(dimensions)}
+
+    def rank(item: tuple[Rise, frozenset[str]]) -> tuple[bool, int, int, str]:
+        stat = item[0].stat
+        group = (stat.dimension, stat.value)
+        return (group not in reported, group_size(*group), order.get(stat.dimension, len(order)), stat.value)
+
+    by_nodes: dict[frozenset[str], list[Rise]] = {}
+    for rise, nodes in sorted(per_group, key=rank):
+        by_nodes.setdefault(nodes, []).append(rise)
+    out: list[Rise] = []
+    for rises in by_nodes.values():
+        first, rest = rises[0], rises[1:]
+        same = tuple((r.stat.dimension, r.stat.value) for r in rest)
+        out.append(Rise(stat=first.stat, scope=first.scope, other_scopes=first.other_scopes, same_nodes_as=same))
     return out
