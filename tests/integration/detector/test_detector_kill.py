@@ -48,6 +48,17 @@ def start(settings: NatsSettings, port: int, **extra: str) -> subprocess.Popen[b
     return subprocess.Popen([sys.executable, "-m", "nodeheal.detector"], env=env, stderr=subprocess.DEVNULL)
 
 
+def stop(*procs: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM what still runs, SIGKILL what does not exit within 15 s."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 async def ready(proc: subprocess.Popen[bytes], port: int) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
@@ -101,13 +112,7 @@ async def test_sigkill_between_fetch_and_publish_loses_no_kernel_line(topology_r
         assert len(await kernel_faults()) == 1  # type: ignore[misc]
         assert status(f"http://127.0.0.1:{port}/healthz") == 200
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop(first, second)
 
 
 async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot(
@@ -156,10 +161,4 @@ async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot
         await asyncio.sleep(1.0)
         assert await reboots() == ["r1"]  # once, and only the node that rebooted
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop(first, second)

@@ -68,25 +68,39 @@ def diagnosis(
     *,
     age_s: float = 0.0,
     episode: str | None = None,
+    category: str = "software",
+    cause: str = "kubelet_down",
+    confidence: float = 0.9,
+    reason: str = "test",
     **kw: Any,
 ) -> Diagnosis:
     """A diagnosis of a fault episode of its own (or of `episode`: an update of the same fault)."""
     steps = [
-        RecommendedAction(action=a, reason="test")
+        RecommendedAction(action=a, reason=reason)
         if isinstance(a, str)
-        else RecommendedAction(action=a[0], target=a[1], reason="test")
+        else RecommendedAction(action=a[0], target=a[1], reason=reason)
         for a in ladder
     ]
     return Diagnosis(
         cluster=CLUSTER,
         node=node,
         anomaly_ids=(episode or f"anomaly-{new_id()}",),
-        category="software",
-        cause="kubelet_down",
-        confidence=0.9,
+        category=category,
+        cause=cause,
+        confidence=confidence,
         recommended=tuple(steps),
         identified_at=datetime.now(tz=UTC) - timedelta(seconds=age_s),
         **kw,
+    )
+
+
+ROTATION: list[ActionName | tuple[ActionName, str]] = ["cordon", "drain", "retire", "replace"]
+
+
+def mce_crash(node: str, ladder: list[ActionName | tuple[ActionName, str]] = ROTATION) -> Diagnosis:
+    """A fatal machine check's diagnosis: by default the ladder that takes the machine out of the fleet."""
+    return diagnosis(
+        node, ladder, category="hardware", cause="mce_fatal_panic", confidence=0.95, reason="hardware crash bucket"
     )
 
 

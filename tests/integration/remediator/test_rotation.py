@@ -18,36 +18,22 @@ from nodeheal.cli.main import cli
 from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.remediator.actions.kube import KubeActions
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import new_id
 from nodeheal.sim.clock import ManualClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
-    CLUSTER,
     Agent,
     add_inventory,
     audit_records,
     make_settings,
+    mce_crash,
     publish_diagnosis,
     start_service,
     wait_for_record,
 )
 
 pytestmark = pytest.mark.nats
-
-
-def _crash(node: str, ladder: list[ActionName]) -> Diagnosis:
-    return Diagnosis(
-        cluster=CLUSTER,
-        node=node,
-        anomaly_ids=(f"anomaly-{new_id()}",),
-        category="hardware",
-        cause="mce_fatal_panic",
-        confidence=0.95,
-        recommended=tuple(RecommendedAction(action=a, reason="hardware crash bucket") for a in ladder),
-        identified_at=datetime.now(tz=UTC),
-    )
 
 
 @pytest.fixture
@@ -83,10 +69,10 @@ async def test_retire_drains_labels_and_taints_the_node(
     await add_inventory(nc, topology_ready, "r1", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r1")
     service = await start_service(make_settings(topology_ready, kube_url=world.url))
     try:
-        await publish_diagnosis(nc, topology_ready, _crash("r1", ["cordon", "drain", "retire"]))
+        await publish_diagnosis(nc, topology_ready, mce_crash("r1", ["cordon", "drain", "retire"]))
         await wait_for_record(nc, topology_ready, action="retire", phase="succeeded")
         # a later fault of the retired machine is not repaired again
-        await publish_diagnosis(nc, topology_ready, _crash("r1", ["reboot"]))
+        await publish_diagnosis(nc, topology_ready, mce_crash("r1", ["reboot"]))
         again = await wait_for_record(nc, topology_ready, action="none", phase="skipped")
         await asyncio.sleep(0.5)  # whatever the ladders would do next has time to show
     finally:
@@ -111,7 +97,7 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
     settings.cloud.alibaba_launch_templates = {"p1": "lt-p1:2"}
     service = await start_service(settings)
     try:
-        await publish_diagnosis(nc, topology_ready, _crash("r2", ["cordon", "drain", "retire", "replace"]))
+        await publish_diagnosis(nc, topology_ready, mce_crash("r2", ["cordon", "drain", "retire", "replace"]))
         waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval")
         await asyncio.sleep(1.0)
         assert ecs.world.calls_to("DeleteInstance") == [] and ecs.world.calls_to("RunInstances") == []
@@ -159,7 +145,7 @@ async def test_a_node_that_spent_its_repair_budget_is_retired(
     )
     service = await start_service(settings)
     try:
-        await publish_diagnosis(nc, topology_ready, _crash("r3", ["reboot"]))
+        await publish_diagnosis(nc, topology_ready, mce_crash("r3", ["reboot"]))
         await wait_for_record(nc, topology_ready, action="escalate", phase="succeeded")
     finally:
         await service.stop()
@@ -180,7 +166,7 @@ async def test_a_retired_machine_that_answers_again_is_still_replaced_and_never_
     `replace skipped: node recovered` right after the retire, then the retired node uncordoned as "verified
     healthy")."""
     await add_inventory(nc, topology_ready, "spare", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-s")
-    crash = _crash("spare", ["cordon", "drain", "retire", "replace"])
+    crash = mce_crash("spare", ["cordon", "drain", "retire", "replace"])
     service = await start_service(make_settings(topology_ready, kube_url=world.url, approval_timeout_s=2.0))
     real_retire = KubeActions.retire
 
@@ -221,7 +207,7 @@ async def test_a_rotation_blocked_after_the_retire_is_not_refused_when_redeliver
     diagnoser has ended the episode (resolved at the retire): the redelivered diagnosis is not refused as
     "recovered" (seen in a 300-node demo: the replacement never came)."""
     await add_inventory(nc, topology_ready, "r2", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r2")
-    crash = _crash("r2", ["retire", "replace"])  # r2 runs no pod: retired without a drain
+    crash = mce_crash("r2", ["retire", "replace"])  # r2 runs no pod: retired without a drain
     settings = make_settings(topology_ready, kube_url=world.url, disruptive_per_minute=1)
     service = await start_service(settings)
     try:
@@ -252,7 +238,7 @@ async def test_a_resolved_diagnosis_does_not_settle_a_machine_being_rotated_out(
     rotation (seen in a 300-node demo: `none verified` between a blocked replace and its redelivery, then the
     approved replace skipped — never done)."""
     await add_inventory(nc, topology_ready, "r3", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r3")
-    crash = _crash("r3", ["cordon", "retire", "replace"])
+    crash = mce_crash("r3", ["cordon", "retire", "replace"])
     settings = make_settings(topology_ready, kube_url=world.url, disruptive_per_minute=1)
     service = await start_service(settings)
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from nats.js.errors import KeyNotFoundError
 
 from nodeheal.cli.main import cli
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas.diagnosis import Diagnosis, RecommendedAction
-from nodeheal.schemas.ids import new_id
 from nodeheal.schemas.inventory import inventory_key
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.fleet import FleetSpec
@@ -31,26 +28,13 @@ from tests.integration.remediator.harness import (
     CLUSTER,
     audit_records,
     make_settings,
+    mce_crash,
     publish_diagnosis,
     start_service,
     wait_for_record,
 )
 
 pytestmark = pytest.mark.nats
-
-
-def _mce(node: str) -> Diagnosis:
-    ladder = ("cordon", "drain", "retire", "replace")
-    return Diagnosis(
-        cluster=CLUSTER,
-        node=node,
-        anomaly_ids=(f"anomaly-{new_id()}",),
-        category="hardware",
-        cause="mce_fatal_panic",
-        confidence=0.95,
-        recommended=tuple(RecommendedAction(action=a, reason="hardware crash bucket") for a in ladder),
-        identified_at=datetime.now(tz=UTC),
-    )
 
 
 async def test_an_approved_replacement_leaves_and_joins_the_fleet(
@@ -95,7 +79,7 @@ async def test_an_approved_replacement_leaves_and_joins_the_fleet(
         old = sorted(sim.nodes)[2]
         old_instance = sim.nodes[old].inv.instance_id
         try:
-            await publish_diagnosis(nc, nats, _mce(old))
+            await publish_diagnosis(nc, nats, mce_crash(old))
             waiting = await wait_for_record(nc, nats, action="replace", phase="awaiting_approval", timeout=60)
             await asyncio.sleep(1.0)
             assert world.ecs.calls_to("DeleteInstance") == [] and world.ecs.calls_to("RunInstances") == []
@@ -111,7 +95,7 @@ async def test_an_approved_replacement_leaves_and_joins_the_fleet(
                 await asyncio.sleep(0.1)
             # the old machine's silence (its agent is gone for good) is diagnosed again: no fault of a machine
             # that left the fleet — nothing is done to it
-            await publish_diagnosis(nc, nats, _mce(old))
+            await publish_diagnosis(nc, nats, mce_crash(old))
             ghost = await wait_for_record(nc, nats, action="none", phase="skipped", timeout=30)
             assert "left the fleet" in ghost.reason
         finally:
