@@ -136,6 +136,43 @@ def _dist(values: list[float]) -> dict[str, float | None]:
     return {"p50": d.p50, "p95": d.p95, "max": d.max}
 
 
+def systematic_risks(findings: list[dict[str, Any]], *, bad_kernel: str | None) -> list[dict[str, Any]]:
+    """The fleet findings still raised at the end of the run (and those cleared during it), one entry each.
+
+    `summary` is the finding's own message (FleetFinding.message)."""
+    raised: dict[str, dict[str, Any]] = {}
+    cleared: set[str] = set()
+    for f in findings:  # a finding is published when raised, when it changes and when it clears
+        if f.get("kind") == "new_crash_bucket":
+            continue  # the kernel team's notice of a new crash bucket: not a systematic risk
+        fid = str(f.get("finding_id") or f.get("id"))
+        if f.get("cleared"):
+            cleared.add(fid)
+        else:
+            raised.setdefault(fid, f)
+    risks = []
+    for fid, f in sorted(
+        raised.items(), key=lambda x: (str(x[1].get("kind")), str(x[1].get("dimension")), str(x[1].get("value")))
+    ):
+        risks.append(
+            {
+                "dimension": f.get("dimension"),
+                "value": f.get("value"),
+                "ratio": f.get("ratio"),
+                "p_value": f.get("p_value"),
+                "affected_nodes": (
+                    len(f["affected_nodes"]) if isinstance(f.get("affected_nodes"), list) else f.get("affected_nodes")
+                ),
+                "kind": f.get("kind", f.get("finding_kind")),
+                "scope": f.get("scope"),
+                "summary": f.get("message") or f.get("summary") or f.get("description"),
+                "is_injected_bad_kernel": f.get("dimension") == "kernel" and f.get("value") == bad_kernel,
+                "cleared_during_run": fid in cleared,
+            }
+        )
+    return risks
+
+
 def build_report(record: RunRecord, *, messages: list[Message], findings: list[dict[str, Any]]) -> dict[str, Any]:
     truth = record.truth
     pre = build_timeline(messages)
@@ -209,36 +246,7 @@ def build_report(record: RunRecord, *, messages: list[Message], findings: list[d
     )
     run_hours = (record.run_end - record.run_start).total_seconds() / 3600
     online = [h["online"] for h in record.health] or [1.0]
-    raised: dict[str, dict[str, Any]] = {}
-    cleared: set[str] = set()
-    for f in findings:  # a finding is published when raised, when it changes and when it clears
-        if f.get("kind") == "new_crash_bucket":
-            continue  # the kernel team's notice of a new crash bucket: not a systematic risk
-        fid = str(f.get("finding_id") or f.get("id"))
-        if f.get("cleared"):
-            cleared.add(fid)
-        else:
-            raised.setdefault(fid, f)
-    risks = []
-    for fid, f in sorted(
-        raised.items(), key=lambda x: (str(x[1].get("kind")), str(x[1].get("dimension")), str(x[1].get("value")))
-    ):
-        risks.append(
-            {
-                "dimension": f.get("dimension"),
-                "value": f.get("value"),
-                "ratio": f.get("ratio"),
-                "p_value": f.get("p_value"),
-                "affected_nodes": (
-                    len(f["affected_nodes"]) if isinstance(f.get("affected_nodes"), list) else f.get("affected_nodes")
-                ),
-                "kind": f.get("kind", f.get("finding_kind")),
-                "scope": f.get("scope"),
-                "summary": f.get("summary") or f.get("description"),
-                "is_injected_bad_kernel": f.get("dimension") == "kernel" and f.get("value") == record.bad_kernel,
-                "cleared_during_run": fid in cleared,
-            }
-        )
+    risks = systematic_risks(findings, bad_kernel=record.bad_kernel)
     by_class_out = {
         klass: {
             "count": sum(1 for f in truth if f.fault_class == klass),
@@ -515,7 +523,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
     risks = (
         "".join(
             f"<li>{html.escape(str(r['dimension']))} = {html.escape(str(r['value']))}: ×{r['ratio']} "
-            f"(p={r['p_value']}), {r['affected_nodes']} nodes</li>"
+            f"(p={r['p_value']}), {r['affected_nodes']} nodes"
+            f"{' — ' + html.escape(str(r['summary'])) if r.get('summary') else ''}</li>"
             for r in report["systematic_risks"]
         )
         or "<li>none</li>"
