@@ -26,6 +26,8 @@ from nodeheal.schemas.ids import deterministic_id, new_id
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodeProbe, ServiceState
 from nodeheal.schemas.subjects import cmd_subject, diagnosis_subject, probe_subject, wildcard
+from nodeheal.sim.kube import KubeWorld
+from nodeheal.sim.referee import WorldLog, budget_exceedances
 
 CLUSTER = "c1"
 
@@ -264,3 +266,25 @@ async def start_service(settings: RemediatorSettings) -> RemediatorService:
     service = RemediatorService(settings)
     await service.start()
     return service
+
+
+def judge_budgets(
+    world: KubeWorld, records: list[RemediationRecord], *, pools: dict[str, str], limit: int
+) -> dict[str, Any]:
+    """The demo's referee on a test's evidence: the nodes cordoned at the Kubernetes emulator (its log of
+    effects) minus the nodes AUDIT shows handed to a person, against a pool budget of `limit`.
+    `pools`: node → its node pool."""
+    log = WorldLog(
+        ecs_calls=[],
+        ecs_changes=[],
+        ecs_events=[],
+        instance_node={},
+        kube_effects=[],
+        node_commands=[],
+        boots=[],
+        dark={},
+        disruptions=[(at, node, effect == "cordon") for at, node, effect in world.effects if "cordon" in effect],
+        node_domains={node: [f"pool:{pool}"] for node, pool in pools.items()},
+        domain_limits={f"pool:{pool}": limit for pool in set(pools.values())},
+    )
+    return budget_exceedances(log, records)
