@@ -7,22 +7,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from nats.aio.client import Client
 
+from nodeheal.cloud_events.normalize.alibaba import normalize_api
+from nodeheal.cloud_events.normalize.common import NormalizeContext
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.sim.ecs_api import EcsEmulator
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.inventory import inventory_key
+from nodeheal.sim.clock import SystemClock
+from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld, render_event
+from nodeheal.sim.ecs_world import SystemEvent
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
+    CLUSTER,
     Probes,
     add_inventory,
     audit_records,
     diagnosis,
     judge_budgets,
     make_settings,
+    mirrored,
     publish_diagnosis,
     start_service,
     wait_for,
@@ -76,6 +85,91 @@ async def test_a_node_handed_to_a_person_and_repaired_again_goes_back_to_the_per
     assert back and "handed to a person" in back[0].reason
     # n1 the person's since B's hand-over; n2 since C's ladder ([cordon]) was spent too
     assert judged["handed_to_people"]["by_pool_at_end"] == {"p": 2}
+
+
+async def test_a_host_event_handed_a_node_its_escalated_episode_gives_back_says_so(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """The mechanism of the one budget exceedance of the 2,000-node `--pool-budget 1 --chaos` demo (before the
+    slot invariant), reproduced: a host event's episode of n1 escalated (its early accept was quarantined: n1
+    had just been rebooted), n1 was handed to a person; then a diagnosis ladder cordoned n1 again (nodeheal
+    holds it again) and handed it to the still-pending host event (the slot re-tagged to the event's
+    episode). When the event ended, the maintenance loop gave the slot back because that episode had
+    escalated — without a hand-over after the new cordon, so n2 took the pool's only slot while n1 stayed
+    cordoned: the referee counted two nodes nodeheal held in a pool whose budget is one. Real remediator, ECS
+    emulator through the SDK, events through the real Alibaba normalizer, judged by the demo's referee."""
+    ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
+    n1 = ecs_world.add_instance("i-n1", region_id="cn-hangzhou")
+    ecs_world.add_instance("i-n2", region_id="cn-hangzhou")
+    async with KubeWorld() as world, EcsEmulator(ecs_world, tick_interval_s=0.1) as ecs:
+        for node in ("n1", "n2"):
+            world.add_node(node, zone="z1", node_pool="p")
+            await add_inventory(
+                nc, topology_ready, node, zone="z1", node_pool="p", cloud="alibaba", instance_id=f"i-{node}"
+            )
+        settings = make_settings(
+            topology_ready,
+            kube_url=world.url,
+            ecs_endpoint=ecs.endpoint,
+            verify_timeout_s=20,
+            storm_threshold_pct=100,
+            storm_min_unhealthy=100,
+            pool_budget={"max_count": 1},
+            flap_reboots=1,  # one reboot a day: the host event's early accept right after ours is quarantined
+            cloud_drain_lead_s=7200.0,  # the event an hour away is prepared for at once
+            host_reboot_guard_s=7200.0,  # ... and the ladder's own reboot gives way to it
+        ).model_copy(update={"maintenance_interval_s": 0.2})
+        events: list[SystemEvent] = []
+
+        def shown() -> list[CloudSystemEvent]:
+            rendered = [render_event(ecs_world, ev) for ev in events]
+            body = {"InstanceSystemEventSet": {"InstanceSystemEventType": rendered}}
+            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="n1")
+            return normalize_api(body, ctx) if rendered else []
+
+        service = await start_service(settings)
+        try:
+            async with (
+                mirrored(nc, topology_ready, shown),
+                Probes(nc, topology_ready, "n1", boot_id=lambda: f"boot-{n1.boot_count}"),
+                Probes(nc, topology_ready, "n2"),
+            ):
+                # our own reboot of n1, verified (it comes back with a new boot id)
+                await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["reboot"], episode="ep-0"))
+                await wait_for_record(nc, topology_ready, node="n1", action="reboot", phase="verified")
+                # the platform schedules a host reboot an hour away: cordon, drain, early accept quarantined
+                events.append(
+                    ecs_world.publish_event(
+                        "i-n1", "SystemMaintenance.Reboot", not_before=datetime.now(tz=UTC) + timedelta(hours=1)
+                    )
+                )
+                cloud = f"cloud:alibaba:{events[0].event_id}"
+                await wait_for_record(nc, topology_ready, node="n1", episode_id=cloud, action="escalate")
+                # a new fault of n1: its ladder cordons n1 again and hands it to the pending host event
+                await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "reboot"], episode="ep-d"))
+                await wait_for_record(
+                    nc, topology_ready, node="n1", episode_id="ep-d", action="wait_for_cloud_event", phase="succeeded"
+                )
+                ledger = Ledger(await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control"))
+                held = await ledger.slot_of("n1")
+                assert held is not None and held.episode == cloud  # held for the host event
+                ecs_world.cancel_event(events[0].event_id)  # the platform drops the event
+
+                async def given_back() -> bool:
+                    return await ledger.slot_of("n1") is None
+
+                await wait_for(given_back, what="n1's slot given back when the host event ended")
+                await publish_diagnosis(nc, topology_ready, diagnosis("n2", ["cordon"], episode="ep-n2"))
+                await wait_for_record(nc, topology_ready, node="n2", action="cordon", phase="succeeded")
+        finally:
+            await service.stop()
+        records = await audit_records(nc, topology_ready)
+        assert world.cordoned_nodes() == ["n1", "n2"]  # n1 left cordoned for a person; n2 cordoned by nodeheal
+        assert [c.params["InstanceId"] for c in ecs.calls if c.action == "RebootInstance"] == ["i-n1"]  # ep-0's
+        judged = judge_budgets(world, records, pools={"n1": "p", "n2": "p"}, limit=1)
+    assert judged["budget_exceedances"] == 0, judged
+    back = [r for r in records if r.node == "n1" and r.episode_id == cloud and r.action == "escalate"]
+    assert any("still cordoned" in r.reason and "episode ep-d" in r.reason for r in back), back
 
 
 async def test_a_ladder_out_of_deliveries_hands_its_cordoned_node_to_a_person(
@@ -150,6 +244,38 @@ async def test_a_crashed_holders_expired_slot_is_given_back_with_a_record(
     assert handed.actor == "r2" and "expired" in handed.reason
     assert handed.reason.startswith("escalated to a person") and handed.episode_id == "ep-a"
     assert world.cordoned_nodes() == ["n1"]
+
+
+async def test_a_node_that_leaves_the_fleet_mid_ladder_gives_its_slot_back_with_a_record(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """n1's ladder cordons it and waits (its drain held back by the disruption rate); then n1 leaves the
+    fleet (its inventory record is deleted: released, decommissioned). Its slot goes back at once, with the
+    hand-over on record (n1 is still cordoned) — before, the ladder stopped as "left the fleet" and the slot
+    stayed held until `slot_hold_s`, blocking the pool."""
+    await add_inventory(nc, topology_ready, "n1", zone="z1", node_pool="p")
+    settings = make_settings(
+        topology_ready,
+        kube_url=world.url,
+        storm_threshold_pct=100,
+        storm_min_unhealthy=100,
+        disruptive_per_minute=0,
+    )
+    service = await start_service(settings)
+    ledger = Ledger(await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control"))
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "drain"], episode="ep-a"))
+        await wait_for_record(nc, topology_ready, node="n1", action="drain", phase="blocked")
+        assert await ledger.slot_of("n1") is not None
+        inventory = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
+        await inventory.delete(inventory_key(CLUSTER, "n1"))
+        handed = await wait_for_record(nc, topology_ready, node="n1", action="escalate", phase="succeeded")
+        assert await ledger.slot_of("n1") is None
+    finally:
+        await service.stop()
+    assert "left the fleet" in handed.reason and "still cordoned" in handed.reason
+    records = await audit_records(nc, topology_ready)
+    assert [r.phase for r in records if r.action == "drain"] == ["blocked"]  # never drained after it left
 
 
 async def test_stream_readers_are_deleted_after_use(

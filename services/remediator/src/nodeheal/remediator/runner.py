@@ -360,7 +360,7 @@ class Remediator:
                 reason=f"{diagnosis.node} left the fleet (its inventory record was deleted at {left.isoformat()}): "
                 f"nothing to repair ({diagnosis.cause})",
             )
-            return "ack"
+            return await self._left_fleet(diagnosis, left, heartbeat=heartbeat)
         # a machine being rotated out is not back because it answers again (below, `_step`): a rotation
         # ladder redelivered after a blocked step is not refused for a recovery either
         rotation = any(r.action in policy.ROTATION for r in diagnosis.recommended)
@@ -378,6 +378,28 @@ class Remediator:
         if lease is None:
             return "retry"  # another replica acts on this node; try again after its ladder (or its TTL)
         return await self._under_lease(lease, diagnosis, heartbeat, self._ladder)
+
+    async def _left_fleet(
+        self, diagnosis: Diagnosis, left: datetime, *, heartbeat: Callable[[], Awaitable[None]] | None
+    ) -> Disposition:
+        """The node left the fleet (its inventory record was deleted) while a ladder of ours held its budget
+        slot: the slot goes back, with the hand-over on record when a cordon of ours is still out."""
+        slot = await self.ledger.slot_of(diagnosis.node)
+        if slot is None or (slot.episode or "").startswith("cloud:"):
+            return "ack"  # nothing held (a host event's slot stays with the maintenance loop)
+        lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action="left")
+        if lease is None:
+            return "retry"  # a ladder acts on it now: it stops at its next step (`_ladder`)
+
+        async def body(run: _Run) -> Disposition:
+            await self._release_slot(
+                run,
+                any_episode=True,
+                why=f"{diagnosis.node} left the fleet (its inventory record was deleted at {left.isoformat()})",
+            )
+            return "ack"
+
+        return await self._under_lease(lease, diagnosis, heartbeat, body, episode=slot.episode or "")
 
     async def _under_lease(
         self,
@@ -442,6 +464,19 @@ class Remediator:
                     why="superseded",
                     reason=f"superseded by diagnosis {newer} of the same episode; it continues this ladder",
                 )
+                return "ack"
+            left = self.view.left.get(d.node)
+            if left is not None and step.action != "replace":
+                # the machine left the fleet mid-ladder (released, deleted): nothing to act on; what it held goes
+                # back with a record
+                await self._skip(
+                    run,
+                    d,
+                    why="left",
+                    reason=f"{d.node} left the fleet (its inventory record was deleted at {left.isoformat()}) "
+                    f"before {step.action}: ladder stopped",
+                )
+                await self._release_slot(run, any_episode=True, why=f"{d.node} left the fleet")
                 return "ack"
             result = await self._step(run, step)
             if result == "done":
