@@ -246,8 +246,8 @@ class RemediatorService:
         if self.settings.max_deliver > 0 and delivered >= self.settings.max_deliver:
             # the last delivery: JetStream would not bring it back, so the ladder ends here, with a person told
             # (a failure of this hand-over raises: the runtime dead-letters the diagnosis with the reason)
-            await self.remediator.give_up(
-                diagnosis, why=f"its ladder asked for a retry on delivery {delivered} of {self.settings.max_deliver}"
-            )
+            why = f"its ladder asked for a retry on delivery {delivered} of {self.settings.max_deliver}"
+            if await self.remediator.give_up(diagnosis, why=why) != "ack":
+                raise RuntimeError(f"{why}, and the hand-over to a person could not be recorded")
             return
         raise Transient(f"ladder of {diagnosis.node} asked to be retried")

@@ -1168,16 +1168,17 @@ class Remediator:
         await self._release_slot(run, any_episode=True)
 
     # -- ends nobody else would see -----------------------------------------------------------------
-    async def give_up(self, diagnosis: Diagnosis, *, why: str) -> None:
+    async def give_up(self, diagnosis: Diagnosis, *, why: str) -> Disposition:
         """The diagnosis's last delivery (`max_deliver`) asked for yet another retry: JetStream will not bring
         it back, so its ladder ends here. A node it left disrupted, or a fault it left unrepaired, is handed
         to a person (`escalate`, which gives the slot back with the hand-over on record) — never left
         cordoned until the slot expires with nobody told. Another replica's ladder on the node (its lease
-        held) carries on, and says itself how it ends."""
+        held) carries on, and says itself how it ends. "retry": the hand-over could not be recorded (no
+        audit, lease lost) — the caller dead-letters the diagnosis with the reason."""
         lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action=f"give-up:{why}")
         if lease is None:
             log.warning("giving up a diagnosis while its node is leased", extra={"node": diagnosis.node, "why": why})
-            return
+            return "ack"
 
         async def body(run: _Run) -> Disposition:
             if run.escalated() or run.verified_at() is not None:
@@ -1191,7 +1192,7 @@ class Remediator:
             )
             return "ack"
 
-        await self._under_lease(lease, diagnosis, None, body)
+        return await self._under_lease(lease, diagnosis, None, body)
 
     async def expire_slot(self, slot: Slot) -> Disposition:
         """A budget slot past its `until` (`slot_hold_s`: its holder died and its diagnosis never came back,
