@@ -1183,6 +1183,8 @@ class Remediator:
         async def body(run: _Run) -> Disposition:
             if run.escalated() or run.verified_at() is not None:
                 return "ack"  # handed over or verified already: that episode is over
+            if diagnosis.resolved and not run.disrupted():
+                return "ack"  # the fault is over and nothing of ours is out: nobody needs to be told
             left = " and left it cordoned" if run.cordoned() else ""
             await self._escalate(
                 run,
