@@ -27,6 +27,7 @@ from nodeheal.cli.main import cli
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import Budget
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.sim.clock import SystemClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
 from nodeheal.sim.kube import KubeWorld
@@ -34,9 +35,11 @@ from tests.integration.remediator.harness import (
     CLUSTER,
     add_inventory,
     audit_records,
+    judge_budgets,
     make_settings,
     publish_probe,
     start_service,
+    wait_for,
 )
 
 pytestmark = pytest.mark.nats
@@ -151,6 +154,36 @@ async def test_batch_reboot_of_a_pool_respects_the_pool_budget(topology_ready: N
             out.append((cordoned.pop(node), at))
     assert cordoned == {} and len(out) == 6  # every node given back
     assert _most_at_once(out) == 2  # in parallel, up to the budget and not beyond
+
+
+async def test_batch_cordon_hands_each_node_to_the_operator(
+    topology_ready: NatsSettings, nc: Client, fleet: Fleet
+) -> None:
+    """`nodeheal batch cordon` of a 6-node pool whose budget is 2: every node ends cordoned as asked (the
+    batch does not stall behind its own cordons), and each node's trail says it is the operator's now — the
+    hand-over record every release of a still-cordoned node carries. Before, the slots went back without
+    one, and the demo's referee (cordoned at the emulator, minus handed over) counted 6 nodes nodeheal held
+    in a pool whose budget is 2."""
+    args = _args(topology_ready, fleet.world, "cordon", "--selector", "nodeheal.io/node-pool=p1")
+    result = await asyncio.to_thread(CliRunner().invoke, cli, [*args, "--max-parallel", "6", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"] == {"done": 6}
+    assert fleet.world.cordoned_nodes() == POOL
+    records: list[RemediationRecord] = []
+    handed: dict[str, str] = {}
+
+    async def all_handed() -> bool:  # the batch is done at each cordon; its hand-over is recorded right after
+        records[:] = await audit_records(nc, topology_ready)
+        handed.update({r.node: r.reason for r in records if r.action == "escalate" and r.phase == "succeeded"})
+        return len(handed) == len(POOL)
+
+    await wait_for(all_handed, timeout=10, what="every node's hand-over to the operator")
+    assert all(why.startswith("handed to the operator who asked") for why in handed.values())
+    judged = judge_budgets(fleet.world, records, pools={node: "p1" for node in POOL}, limit=2)
+    assert judged["budget_exceedances"] == 0, judged
+    assert judged["handed_to_people"]["by_pool_at_end"] == {"p1": 6}
+    slots, _, _ = await fleet.service.remediator.ledger.read()  # type: ignore[union-attr]
+    assert slots == []
 
 
 async def test_an_interrupted_batch_resumes_and_reboots_every_node_once(

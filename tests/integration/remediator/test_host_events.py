@@ -6,8 +6,6 @@ an Azure Reboot with its 15 min minimum notice → 12 s). Side effects are count
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -21,10 +19,8 @@ from nodeheal.cloud_events.normalize.common import NormalizeContext
 from nodeheal.cloud_events.normalize.gce import GceMaintenanceTracker
 from nodeheal.remediator.actions.cloud import AlibabaEcs
 from nodeheal.remediator.settings import CloudSettings
-from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.cloud import CloudSystemEvent
-from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.aws_imds import AwsImdsEmulator, AwsMaintenanceEvents
 from nodeheal.sim.azure_imds import AzureImdsEmulator, AzureScheduledEvents
 from nodeheal.sim.clock import SystemClock
@@ -38,7 +34,9 @@ from tests.integration.remediator.harness import (
     audit_records,
     diagnosis,
     make_settings,
+    mirrored,
     publish_diagnosis,
+    running,
     start_service,
     wait_for,
     wait_for_record,
@@ -48,39 +46,6 @@ pytestmark = pytest.mark.nats
 
 NOTICE_S = 12.0
 LEAD_S = 6.0
-
-
-async def _mirror(
-    nc: Client, nats: NatsSettings, source: Callable[[], list[CloudSystemEvent]], stop: asyncio.Event
-) -> None:
-    """What the cloud-events poller does: normalize what the cloud shows, publish each transition once."""
-    seen: set[str] = set()
-    while not stop.is_set():
-        for ev in source():
-            if ev.dedup_id not in seen:
-                seen.add(ev.dedup_id)
-                await publish_model(
-                    nc.jetstream(), cloud_subject(ev.cluster, ev.node, prefix=nats.prefix), ev, msg_id=ev.dedup_id
-                )
-        await asyncio.sleep(0.2)
-
-
-@contextlib.asynccontextmanager
-async def _running(loop: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[None]:
-    """`loop(stop)` runs for the duration of the block."""
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(loop(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-
-
-def _mirrored(
-    nc: Client, nats: NatsSettings, source: Callable[[], list[CloudSystemEvent]]
-) -> contextlib.AbstractAsyncContextManager[None]:
-    return _running(lambda stop: _mirror(nc, nats, source, stop))
 
 
 async def test_alibaba_scheduled_reboot_is_drained_within_the_lead_accepted_with_reboot_and_uncordoned_after(
@@ -110,7 +75,7 @@ async def test_alibaba_scheduled_reboot_is_drained_within_the_lead_accepted_with
         service = await start_service(settings)
         try:
             async with (
-                _mirrored(nc, topology_ready, shown),
+                mirrored(nc, topology_ready, shown),
                 Probes(nc, topology_ready, "m1", boot_id=lambda: f"boot-{instance.boot_count}"),
             ):
                 uncordon = await wait_for_record(
@@ -165,7 +130,7 @@ async def test_azure_reboot_is_started_early_with_start_requests_after_the_drain
         service = await start_service(settings)
         try:
             async with (
-                _mirrored(nc, topology_ready, shown),
+                mirrored(nc, topology_ready, shown),
                 Probes(nc, topology_ready, "vm1", boot_id=lambda: f"boot-{boots['n']}"),
             ):
                 await wait_for_record(nc, topology_ready, node="vm1", action="uncordon", phase="succeeded", timeout=40)
@@ -204,7 +169,7 @@ async def test_a_diagnosis_after_the_host_reboot_ran_verifies_instead_of_rebooti
         await wait_for(executed, what="the host reboot ran (the emulator's platform did it)")
         service = await start_service(make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint))
         try:
-            async with _mirrored(nc, topology_ready, shown), Probes(nc, topology_ready, "m2", boot_id="boot-after"):
+            async with mirrored(nc, topology_ready, shown), Probes(nc, topology_ready, "m2", boot_id="boot-after"):
                 await asyncio.sleep(0.5)  # the mirror published the completed event
                 # the diagnoser's ladder for a completed host event: give the node time, then our own reboot
                 d = diagnosis("m2", [("wait_for_cloud_event", event.event_id), "reboot"])
@@ -288,8 +253,8 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
 
         try:
             async with (
-                _running(poll_imds),
-                _mirrored(nc, topology_ready, shown),
+                running(poll_imds),
+                mirrored(nc, topology_ready, shown),
                 Probes(nc, topology_ready, "aws1", boot_id=lambda: f"boot-{boots['aws1']}"),
                 Probes(nc, topology_ready, "gce1", boot_id=lambda: f"boot-{boots['gce1']}"),
             ):

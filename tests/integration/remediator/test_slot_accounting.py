@@ -7,20 +7,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from nats.aio.client import Client
 
+from nodeheal.cloud_events.normalize.alibaba import normalize_api
+from nodeheal.cloud_events.normalize.common import NormalizeContext
+from nodeheal.remediator.ledger import Ledger
+from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.sim.ecs_api import EcsEmulator
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.inventory import inventory_key
+from nodeheal.sim.clock import SystemClock
+from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld, render_event
+from nodeheal.sim.ecs_world import SystemEvent
 from nodeheal.sim.kube import KubeWorld
-from nodeheal.sim.referee import WorldLog, budget_exceedances
 from tests.integration.remediator.harness import (
+    CLUSTER,
     Probes,
     add_inventory,
     audit_records,
     diagnosis,
+    judge_budgets,
     make_settings,
+    mirrored,
     publish_diagnosis,
     start_service,
     wait_for,
@@ -68,25 +79,203 @@ async def test_a_node_handed_to_a_person_and_repaired_again_goes_back_to_the_per
         await service.stop()
     records = await audit_records(nc, topology_ready)
     assert world.cordoned_nodes() == ["n1", "n2"]  # n1 the person's, n2 nodeheal's
-    log = WorldLog(
-        ecs_calls=[],
-        ecs_changes=[],
-        ecs_events=[],
-        instance_node={},
-        kube_effects=[],
-        node_commands=[],
-        boots=[],
-        dark={},
-        disruptions=[(at, node, effect == "cordon") for at, node, effect in world.effects if "cordon" in effect],
-        node_domains={"n1": ["pool:p"], "n2": ["pool:p"]},
-        domain_limits={"pool:p": 1},
-    )
-    judged = budget_exceedances(log, records)
+    judged = judge_budgets(world, records, pools={"n1": "p", "n2": "p"}, limit=1)
     assert judged["budget_exceedances"] == 0, judged
     back = [r for r in records if r.node == "n1" and r.episode_id == "ep-b" and r.action == "escalate"]
     assert back and "handed to a person" in back[0].reason
     # n1 the person's since B's hand-over; n2 since C's ladder ([cordon]) was spent too
     assert judged["handed_to_people"]["by_pool_at_end"] == {"p": 2}
+
+
+async def test_a_host_event_handed_a_node_its_escalated_episode_gives_back_says_so(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """The mechanism of the one budget exceedance of the 2,000-node `--pool-budget 1 --chaos` demo (before the
+    slot invariant), reproduced: a host event's episode of n1 escalated (its early accept was quarantined: n1
+    had just been rebooted), n1 was handed to a person; then a diagnosis ladder cordoned n1 again (nodeheal
+    holds it again) and handed it to the still-pending host event (the slot re-tagged to the event's
+    episode). When the event ended, the maintenance loop gave the slot back because that episode had
+    escalated — without a hand-over after the new cordon, so n2 took the pool's only slot while n1 stayed
+    cordoned: the referee counted two nodes nodeheal held in a pool whose budget is one. Real remediator, ECS
+    emulator through the SDK, events through the real Alibaba normalizer, judged by the demo's referee."""
+    ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
+    n1 = ecs_world.add_instance("i-n1", region_id="cn-hangzhou")
+    ecs_world.add_instance("i-n2", region_id="cn-hangzhou")
+    async with KubeWorld() as world, EcsEmulator(ecs_world, tick_interval_s=0.1) as ecs:
+        for node in ("n1", "n2"):
+            world.add_node(node, zone="z1", node_pool="p")
+            await add_inventory(
+                nc, topology_ready, node, zone="z1", node_pool="p", cloud="alibaba", instance_id=f"i-{node}"
+            )
+        settings = make_settings(
+            topology_ready,
+            kube_url=world.url,
+            ecs_endpoint=ecs.endpoint,
+            verify_timeout_s=20,
+            storm_threshold_pct=100,
+            storm_min_unhealthy=100,
+            pool_budget={"max_count": 1},
+            flap_reboots=1,  # one reboot a day: the host event's early accept right after ours is quarantined
+            cloud_drain_lead_s=7200.0,  # the event an hour away is prepared for at once
+            host_reboot_guard_s=7200.0,  # ... and the ladder's own reboot gives way to it
+        ).model_copy(update={"maintenance_interval_s": 0.2})
+        events: list[SystemEvent] = []
+
+        def shown() -> list[CloudSystemEvent]:
+            rendered = [render_event(ecs_world, ev) for ev in events]
+            body = {"InstanceSystemEventSet": {"InstanceSystemEventType": rendered}}
+            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="n1")
+            return normalize_api(body, ctx) if rendered else []
+
+        service = await start_service(settings)
+        try:
+            async with (
+                mirrored(nc, topology_ready, shown),
+                Probes(nc, topology_ready, "n1", boot_id=lambda: f"boot-{n1.boot_count}"),
+                Probes(nc, topology_ready, "n2"),
+            ):
+                # our own reboot of n1, verified (it comes back with a new boot id)
+                await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["reboot"], episode="ep-0"))
+                await wait_for_record(nc, topology_ready, node="n1", action="reboot", phase="verified")
+                # the platform schedules a host reboot an hour away: cordon, drain, early accept quarantined
+                events.append(
+                    ecs_world.publish_event(
+                        "i-n1", "SystemMaintenance.Reboot", not_before=datetime.now(tz=UTC) + timedelta(hours=1)
+                    )
+                )
+                cloud = f"cloud:alibaba:{events[0].event_id}"
+                await wait_for_record(nc, topology_ready, node="n1", episode_id=cloud, action="escalate")
+                # a new fault of n1: its ladder cordons n1 again and hands it to the pending host event
+                await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "reboot"], episode="ep-d"))
+                await wait_for_record(
+                    nc, topology_ready, node="n1", episode_id="ep-d", action="wait_for_cloud_event", phase="succeeded"
+                )
+                ledger = Ledger(await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control"))
+                held = await ledger.slot_of("n1")
+                assert held is not None and held.episode == cloud  # held for the host event
+                ecs_world.cancel_event(events[0].event_id)  # the platform drops the event
+
+                async def given_back() -> bool:
+                    return await ledger.slot_of("n1") is None
+
+                await wait_for(given_back, what="n1's slot given back when the host event ended")
+                await publish_diagnosis(nc, topology_ready, diagnosis("n2", ["cordon"], episode="ep-n2"))
+                await wait_for_record(nc, topology_ready, node="n2", action="cordon", phase="succeeded")
+        finally:
+            await service.stop()
+        records = await audit_records(nc, topology_ready)
+        assert world.cordoned_nodes() == ["n1", "n2"]  # n1 left cordoned for a person; n2 cordoned by nodeheal
+        assert [c.params["InstanceId"] for c in ecs.calls if c.action == "RebootInstance"] == ["i-n1"]  # ep-0's
+        judged = judge_budgets(world, records, pools={"n1": "p", "n2": "p"}, limit=1)
+    assert judged["budget_exceedances"] == 0, judged
+    back = [r for r in records if r.node == "n1" and r.episode_id == cloud and r.action == "escalate"]
+    assert any("still cordoned" in r.reason and "episode ep-d" in r.reason for r in back), back
+
+
+async def test_a_ladder_out_of_deliveries_hands_its_cordoned_node_to_a_person(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """n1's ladder cordons it, then its drain is held back by the disruption rate on every delivery. On the
+    last delivery (`max_deliver`) JetStream will not bring the diagnosis back: before, the node stayed
+    cordoned with its slot held until `slot_hold_s` (1 h) expired it, and nobody was told. Now the ladder
+    ends with the node handed to a person (an `escalate` record, the slot given back), which is what the
+    referee needs to stop counting it against the pool."""
+    await add_inventory(nc, topology_ready, "n1", zone="z1", node_pool="p")
+    settings = make_settings(
+        topology_ready,
+        kube_url=world.url,
+        storm_threshold_pct=100,
+        storm_min_unhealthy=100,
+        disruptive_per_minute=0,  # every drain is held back by the rate: the ladder can only ask for retries
+        pool_budget={"max_count": 1},
+    ).model_copy(update={"max_deliver": 3})
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "drain"], episode="ep-a"))
+        handed = await wait_for_record(nc, topology_ready, node="n1", action="escalate", phase="succeeded")
+        assert await service.remediator.ledger.slot_of("n1") is None  # type: ignore[union-attr]
+    finally:
+        await service.stop()
+    assert "gave up" in handed.reason and "delivery 3 of 3" in handed.reason and "left it cordoned" in handed.reason
+    records = await audit_records(nc, topology_ready)
+    assert [r.phase for r in records if r.action == "drain"].count("blocked") == 1  # recorded once, retried 3x
+    assert world.cordoned_nodes() == ["n1"]  # left for the person, not uncordoned unverified
+    judged = judge_budgets(world, records, pools={"n1": "p"}, limit=1)
+    assert judged["handed_to_people"]["by_pool_at_end"] == {"p": 1}
+
+
+async def test_a_crashed_holders_expired_slot_is_given_back_with_a_record(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """Replica r1 cordons n1 and dies with the drain held back; its diagnosis never comes back (gone from the
+    stream). r2's maintenance loop finds the slot past `slot_hold_s` and gives it back — with the hand-over
+    on record, as every release is (before, the slot was dropped from the ledger silently: the node stayed
+    cordoned and the audit trail said nodeheal still held it)."""
+    await add_inventory(nc, topology_ready, "n1", zone="z1", node_pool="p")
+
+    def settings(instance: str) -> RemediatorSettings:
+        return make_settings(
+            topology_ready,
+            kube_url=world.url,
+            instance=instance,
+            storm_threshold_pct=100,
+            storm_min_unhealthy=100,
+            disruptive_per_minute=0,
+            slot_hold_s=2.0,
+        ).model_copy(update={"maintenance_interval_s": 0.2})
+
+    first = await start_service(settings("r1"))
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "drain"], episode="ep-a"))
+        await wait_for_record(nc, topology_ready, node="n1", action="drain", phase="blocked")
+    finally:
+        first.maintenance.interval_s = 3600.0  # type: ignore[union-attr]  # r1 is dying: it expires nothing
+        await first.stop()
+    js = nc.jetstream()
+    await js.purge_stream(f"{topology_ready.stream_prefix}DIAGNOSES")  # it never comes back
+    ledger = Ledger(await js.key_value(f"{topology_ready.bucket_prefix}-control"))
+    assert await ledger.slot_of("n1") is not None
+    second = await start_service(settings("r2"))
+    try:
+        handed = await wait_for_record(nc, topology_ready, node="n1", action="escalate", phase="succeeded")
+        assert await ledger.slot_of("n1") is None
+    finally:
+        await second.stop()
+    assert handed.actor == "r2" and "expired" in handed.reason
+    assert handed.reason.startswith("escalated to a person") and handed.episode_id == "ep-a"
+    assert world.cordoned_nodes() == ["n1"]
+
+
+async def test_a_node_that_leaves_the_fleet_mid_ladder_gives_its_slot_back_with_a_record(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """n1's ladder cordons it and waits (its drain held back by the disruption rate); then n1 leaves the
+    fleet (its inventory record is deleted: released, decommissioned). Its slot goes back at once, with the
+    hand-over on record (n1 is still cordoned) — before, the ladder stopped as "left the fleet" and the slot
+    stayed held until `slot_hold_s`, blocking the pool."""
+    await add_inventory(nc, topology_ready, "n1", zone="z1", node_pool="p")
+    settings = make_settings(
+        topology_ready,
+        kube_url=world.url,
+        storm_threshold_pct=100,
+        storm_min_unhealthy=100,
+        disruptive_per_minute=0,
+    )
+    service = await start_service(settings)
+    ledger = Ledger(await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control"))
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "drain"], episode="ep-a"))
+        await wait_for_record(nc, topology_ready, node="n1", action="drain", phase="blocked")
+        assert await ledger.slot_of("n1") is not None
+        inventory = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
+        await inventory.delete(inventory_key(CLUSTER, "n1"))
+        handed = await wait_for_record(nc, topology_ready, node="n1", action="escalate", phase="succeeded")
+        assert await ledger.slot_of("n1") is None
+    finally:
+        await service.stop()
+    assert "left the fleet" in handed.reason and "still cordoned" in handed.reason
+    records = await audit_records(nc, topology_ready)
+    assert [r.phase for r in records if r.action == "drain"] == ["blocked"]  # never drained after it left
 
 
 async def test_stream_readers_are_deleted_after_use(

@@ -7,7 +7,9 @@ Thin on purpose: decoding, dead-lettering and ack/nak are the runtime's; decisio
 `runner`/`policy`.
 A diagnosis is acknowledged only when its ladder ended; while it runs, `in_progress` keeps it ours;
 if this replica dies, JetStream redelivers it after `ack_wait` to another replica, which waits for the
-lease to expire and continues from the audit trail (never repeating a started action).
+lease to expire and continues from the audit trail (never repeating a started action). A ladder that
+still asks for a retry on the last delivery (`max_deliver`) is given up with a person told
+(`Remediator.give_up`), never dropped silently.
 """
 
 from __future__ import annotations
@@ -238,5 +240,14 @@ class RemediatorService:
         except Exception:
             log.exception("ladder crashed; will be redelivered", extra={"node": diagnosis.node})
             disposition = "retry"
-        if disposition != "ack":
-            raise Transient(f"ladder of {diagnosis.node} asked to be retried")
+        if disposition == "ack":
+            return
+        delivered = delivery.num_delivered
+        if self.settings.max_deliver > 0 and delivered >= self.settings.max_deliver:
+            # the last delivery: JetStream would not bring it back, so the ladder ends here, with a person told
+            # (a failure of this hand-over raises: the runtime dead-letters the diagnosis with the reason)
+            why = f"its ladder asked for a retry on delivery {delivered} of {self.settings.max_deliver}"
+            if await self.remediator.give_up(diagnosis, why=why) != "ack":
+                raise RuntimeError(f"{why}, and the hand-over to a person could not be recorded")
+            return
+        raise Transient(f"ladder of {diagnosis.node} asked to be retried")

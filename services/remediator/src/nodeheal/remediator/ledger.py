@@ -3,7 +3,8 @@
 One key (`ledger.disruptions`) in `nodeheal-control`, changed only by compare-and-set, so two replicas
 can never both take the last slot of a budget: the policy is computed on what was read, and the write
 with `last=revision` decides. A slot of a crashed holder expires at its `until` (conservative: the
-budget stays used a little longer, never shorter).
+budget stays used a little longer, never shorter): it no longer counts, and stays in the ledger until
+the maintenance loop gives it back with an AUDIT record (`Remediator.expire_slot`).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ class Ledger:
         ) -> tuple[list[PolicyCheck], list[Slot], list[datetime]] | None:
             if not any(s.node == node for s in slots):
                 return None
-            keep = [s for s in slots if s.node != node and s.until > now]
+            # other nodes' slots stay, expired ones too: those are given back with a record (`expire_slot`)
+            keep = [s for s in slots if s.node != node]
             return [], keep, [t for t in starts if now - t < timedelta(seconds=60)]
 
         await self.transact(decide)

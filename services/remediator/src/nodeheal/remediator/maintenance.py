@@ -10,6 +10,9 @@ Every `maintenance_interval_s` each replica looks at the CLOUD view and the disr
   slot is held under the episode `cloud:<cloud>:<event id>`.
 - an event CLOUD shows finished (completed, avoided, canceled, failed) whose episode holds the node's
   slot: verified (a new boot id when it ran) and uncordoned, or escalated.
+- a budget slot past its `until` (`slot_hold_s`: its holder died and its diagnosis never came back) is
+  given back with a record (`Remediator.expire_slot`): a cordon of ours still out is handed to a person
+  (`escalate`), else the expiry is recorded (`none` / `skipped`).
 
 No uncordon happens while such an event is pending within the lead time (`Remediator._finish`). The state
 is CLOUD + the ledger + AUDIT, so a restarted replica picks up where the last one stopped; the node's
@@ -54,6 +57,9 @@ class MaintenanceLoop:
         r = self.remediator
         now = now or datetime.now(tz=UTC)
         slots = {s.node: s for s in (await r.ledger.read())[0]}
+        for node, held in slots.items():
+            if held.until <= now and node not in self._busy:
+                self._spawn(node, r.expire_slot(held), episode=None)
         lead = r.policy.cloud_drain_lead_s
         for node, events in list(r.view.cloud.items()):
             if node in self._busy:

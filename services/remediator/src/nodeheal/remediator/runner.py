@@ -360,7 +360,7 @@ class Remediator:
                 reason=f"{diagnosis.node} left the fleet (its inventory record was deleted at {left.isoformat()}): "
                 f"nothing to repair ({diagnosis.cause})",
             )
-            return "ack"
+            return await self._left_fleet(diagnosis, left, heartbeat=heartbeat)
         # a machine being rotated out is not back because it answers again (below, `_step`): a rotation
         # ladder redelivered after a blocked step is not refused for a recovery either
         rotation = any(r.action in policy.ROTATION for r in diagnosis.recommended)
@@ -378,6 +378,28 @@ class Remediator:
         if lease is None:
             return "retry"  # another replica acts on this node; try again after its ladder (or its TTL)
         return await self._under_lease(lease, diagnosis, heartbeat, self._ladder)
+
+    async def _left_fleet(
+        self, diagnosis: Diagnosis, left: datetime, *, heartbeat: Callable[[], Awaitable[None]] | None
+    ) -> Disposition:
+        """The node left the fleet (its inventory record was deleted) while a ladder of ours held its budget
+        slot: the slot goes back, with the hand-over on record when a cordon of ours is still out."""
+        slot = await self.ledger.slot_of(diagnosis.node)
+        if slot is None or (slot.episode or "").startswith("cloud:"):
+            return "ack"  # nothing held (a host event's slot stays with the maintenance loop)
+        lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action="left")
+        if lease is None:
+            return "retry"  # a ladder acts on it now: it stops at its next step (`_ladder`)
+
+        async def body(run: _Run) -> Disposition:
+            await self._release_slot(
+                run,
+                any_episode=True,
+                why=f"{diagnosis.node} left the fleet (its inventory record was deleted at {left.isoformat()})",
+            )
+            return "ack"
+
+        return await self._under_lease(lease, diagnosis, heartbeat, body, episode=slot.episode or "")
 
     async def _under_lease(
         self,
@@ -442,6 +464,19 @@ class Remediator:
                     why="superseded",
                     reason=f"superseded by diagnosis {newer} of the same episode; it continues this ladder",
                 )
+                return "ack"
+            left = self.view.left.get(d.node)
+            if left is not None and step.action != "replace":
+                # the machine left the fleet mid-ladder (released, deleted): nothing to act on; what it held goes
+                # back with a record
+                await self._skip(
+                    run,
+                    d,
+                    why="left",
+                    reason=f"{d.node} left the fleet (its inventory record was deleted at {left.isoformat()}) "
+                    f"before {step.action}: ladder stopped",
+                )
+                await self._release_slot(run, any_episode=True, why=f"{d.node} left the fleet")
                 return "ack"
             result = await self._step(run, step)
             if result == "done":
@@ -877,7 +912,9 @@ class Remediator:
                 until=until,
                 episode=run.episode,
             )
-            return found, [s for s in live if s.node != d.node] + [mine], recent
+            # an expired slot is not counted, but stays in the ledger until the maintenance loop gives it
+            # back with a record (`expire_slot`)
+            return found, [s for s in slots if s.node != d.node] + [mine], recent
 
         budget_checks = await self.ledger.transact(decide)
         checks += budget_checks
@@ -1076,9 +1113,20 @@ class Remediator:
         if not (ours or (any_episode and not slot.episode.startswith("cloud:"))):  # type: ignore[union-attr]
             return
         take = run.held_take()
-        # an operator's own request (`nodeheal batch cordon` / `drain`) leaves the node with the operator who
-        # asked: nothing to hand over
-        if take is not None and run.diagnosis.cause != OPERATOR_REQUEST:
+        if take is not None:
+            held = f"{run.diagnosis.node} is still cordoned ({take.action} {take.action_id}, episode {take.episode_id})"
+            if run.diagnosis.cause == OPERATOR_REQUEST:
+                # an operator's own request (`nodeheal batch cordon` / `drain`) done as asked: the node is the
+                # operator's now, and the trail says so (the same hand-over record, not a page: the batch shows
+                # the node done)
+                reason = f"handed to the operator who asked: {held}, as requested; uncordon it when it is fit"
+                message = f"cordoned as requested ({take.action}), handed to the operator"
+            else:
+                reason = (
+                    f"escalated to a person: {held} and nodeheal is done with it{': ' + why if why else ''}; "
+                    "uncordon it when it is fit"
+                )
+                message = f"still cordoned ({take.action}), handed to a person"
             await self._record(
                 run,
                 diagnosis=run.diagnosis,
@@ -1088,16 +1136,9 @@ class Remediator:
                 action="escalate",
                 phase="succeeded",
                 rung=0,
-                reason=f"escalated to a person: {run.diagnosis.node} is still cordoned ({take.action} "
-                f"{take.action_id}, episode {take.episode_id}) and nodeheal is done with it"
-                f"{': ' + why if why else ''}; uncordon it when it is fit",
+                reason=reason,
             )
-            await self._event(
-                run.diagnosis.node,
-                reason="NodehealEscalated",
-                message=f"still cordoned ({take.action}), handed to a person",
-                warning=True,
-            )
+            await self._event(run.diagnosis.node, reason="NodehealEscalated", message=message, warning=True)
         await self.ledger.release(node=run.diagnosis.node, now=utcnow())
 
     async def _escalate(
@@ -1125,6 +1166,82 @@ class Remediator:
         # handed to a person: a node left cordoned is theirs now, and so is its budget slot (whichever
         # diagnosis episode took it; a host event's stays with the maintenance loop)
         await self._release_slot(run, any_episode=True)
+
+    # -- ends nobody else would see -----------------------------------------------------------------
+    async def give_up(self, diagnosis: Diagnosis, *, why: str) -> Disposition:
+        """The diagnosis's last delivery (`max_deliver`) asked for yet another retry: JetStream will not bring
+        it back, so its ladder ends here. A node it left disrupted, or a fault it left unrepaired, is handed
+        to a person (`escalate`, which gives the slot back with the hand-over on record) — never left
+        cordoned until the slot expires with nobody told. Another replica's ladder on the node (its lease
+        held) carries on, and says itself how it ends. "retry": the hand-over could not be recorded (no
+        audit, lease lost) — the caller dead-letters the diagnosis with the reason."""
+        lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action=f"give-up:{why}")
+        if lease is None:
+            log.warning("giving up a diagnosis while its node is leased", extra={"node": diagnosis.node, "why": why})
+            return "ack"
+
+        async def body(run: _Run) -> Disposition:
+            if run.escalated() or run.verified_at() is not None:
+                return "ack"  # handed over or verified already: that episode is over
+            if diagnosis.resolved and not run.disrupted():
+                return "ack"  # the fault is over and nothing of ours is out: nobody needs to be told
+            left = " and left it cordoned" if run.cordoned() else ""
+            await self._escalate(
+                run,
+                reason=f"nodeheal gave up on {diagnosis.cause} ({diagnosis.id}): {why}{left}",
+                rung=0,
+                action_id=planner.action_id(diagnosis_id=run.episode, action="escalate", target="gave-up"),
+            )
+            return "ack"
+
+        return await self._under_lease(lease, diagnosis, None, body)
+
+    async def expire_slot(self, slot: Slot) -> Disposition:
+        """A budget slot past its `until` (`slot_hold_s`: its holder died and its diagnosis never came back,
+        or a ladder held it that long): it is given back with a record, never silently. A cordon of ours
+        still out is handed to a person (`_release_slot`'s hand-over); else the expiry itself is recorded."""
+        episode = slot.episode or slot.action_id
+        d = Diagnosis(
+            id=deterministic_id(f"{episode}:{slot.action_id}:{slot.until.isoformat()}", prefix="diag-expired-"),
+            cluster=self.settings.cluster,
+            node=slot.node,
+            anomaly_ids=(episode,),
+            episode_id=episode,
+            category="ops",
+            cause="slot_expired",
+            confidence=1.0,
+            identified_at=utcnow(),
+        )
+        lease = await self.leases.acquire(cluster=d.cluster, node=d.node, action=f"expire:{slot.action_id}")
+        if lease is None:
+            return "retry"  # someone acts on the node now; look again at the next tick
+        why = (
+            f"its budget slot ({slot.action_id}, held by {slot.holder}) expired at {slot.until.isoformat()} "
+            f"(slot_hold_s {self.policy.slot_hold_s:.0f}s) without being given back"
+        )
+
+        async def body(run: _Run) -> Disposition:
+            now = utcnow()
+            current = await self.ledger.slot_of(slot.node)
+            if current is None or current.action_id != slot.action_id or current.until > now:
+                return "ack"  # given back or taken again meanwhile
+            if run.held_take() is None:
+                await self._record(
+                    run,
+                    diagnosis=d,
+                    action_id=planner.action_id(
+                        diagnosis_id=episode, action="none", target=f"expired:{slot.action_id}"
+                    ),
+                    action="none",
+                    phase="skipped",
+                    reason=f"{why}; no cordon of ours is out on {slot.node}: given back",
+                )
+                await self.ledger.release(node=slot.node, now=now)
+                return "ack"
+            await self._release_slot(run, any_episode=True, why=why)
+            return "ack"
+
+        return await self._under_lease(lease, d, None, body, episode=episode)
 
     # -- host events (maintenance loop) ------------------------------------------------------------
     def maintenance_diagnosis(self, ev: CloudSystemEvent) -> Diagnosis:
