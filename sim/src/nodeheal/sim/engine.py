@@ -29,7 +29,6 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.agent.crash import crash_msg_id
-from nodeheal.agent.probe import probe_msg_id
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
 from nodeheal.schemas.inventory import instance_key, inventory_key
@@ -390,7 +389,7 @@ class FleetSimulator:
     async def _publish_node(self, node: SimNode, *, now: float, iso: str) -> None:
         """The node's agent probe (the real `ProbeCollector` over the simulated host) and the active
         prober's view of the node. Both are core publishes into the stream's subjects: JetStream stores
-        them (and deduplicates on `Nats-Msg-Id`) without a PubAck round trip per probe, which a Python
+        them without a PubAck round trip per probe, which a Python
         simulator of 50,000 nodes cannot afford. The real agent publishes with acks and an outbox."""
         assert self._prober_nc is not None
         subject = self._subjects[node.name]
@@ -412,14 +411,13 @@ class FleetSimulator:
                 self.stats.collect_s += time.thread_time() - started
                 self.stats.collect_timed += 1
             self.stats.collected += 1
-            msg_id = probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
             conn = self._agent_nc[node.name]
-            await conn.publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+            await conn.publish(subject, body)  # as the agent does: no Nats-Msg-Id (docs/design.md, PROBES)
             self._used.add(conn)
             self.stats.probes_published += 1
         body_dict = node.prober_probe(time_iso=iso)
         prober_subject = self._prober_subjects[node.name]
-        await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict), headers={"Nats-Msg-Id": body_dict["id"]})
+        await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict))
         self._used.add(self._prober_nc)
         self.stats.probes_published += 1
 
