@@ -331,5 +331,12 @@ async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client
         await eventually(lambda: rt.detector.counters.fired == 1)
         got = await anomalies(nc, s)
         assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "n1")]
+
+        # every stored copy is acknowledged (one `+ACK` each, written together): nothing is redelivered
+        async def all_acked() -> bool:
+            info = await js.consumer_info(rt.probes_stream, settings.probe_durable)
+            return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 4
+
+        await eventually(all_acked)
     finally:
         await rt.stop()

@@ -25,4 +25,5 @@ async def test_wire_bench_stores_and_drains_every_probe_of_each_variant() -> Non
         assert variant["drained_explicit_acks"] == 400
         assert variant["drained_ack_all_per_chunk"] == 400
         assert variant["server_us_per_probe_store"] >= 0
+        assert variant["server_rss_mb_after_store"] > 0
     assert server_pid("nats://127.0.0.1:1") is None

@@ -28,6 +28,14 @@ from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
 from nodeheal.sim.nodehost import AgentProfile, SimAgent
 
 
+def server_rss_mb(pid: int) -> float:
+    """Resident set of a process now, in MB (/proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def server_cpu_s(pid: int) -> float:
     """utime + stime of a process, in seconds (/proc/<pid>/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -142,6 +150,7 @@ async def run_bench(*, url: str, pid: int, auth: BenchAuth, nodes: int, count: i
                 "stored": stored,
                 "store_wall_s": round(wall, 2),
                 "server_us_per_probe_store": round(1e6 * store_s / max(stored, 1), 1),
+                "server_rss_mb_after_store": round(server_rss_mb(pid), 1),
             }
             for explicit in (True, False):
                 before = server_cpu_s(pid)
