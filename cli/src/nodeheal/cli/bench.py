@@ -127,7 +127,13 @@ def agent(probes: int, nodes: int, fleet: int, interval: float) -> None:
     default=False,
     help="Plain TCP without credentials (default: the production configuration, TLS and per-role credentials).",
 )
-def wire(nodes: int, probes: int, batch: int, insecure: bool) -> None:
+@click.option(
+    "--only",
+    type=click.Choice(["with_nats_msg_id", "without_nats_msg_id"]),
+    default=None,
+    help="Measure one variant on a fresh server (default: both, one after the other).",
+)
+def wire(nodes: int, probes: int, batch: int, insecure: bool, only: str | None) -> None:
     """nats-server CPU per agent probe: stored with/without Nats-Msg-Id, drained with per-probe or cumulative acks."""
     require_sim("nodeheal bench")
     from nodeheal.sim.bench.secure import BenchAuth, production_server
@@ -138,7 +144,7 @@ def wire(nodes: int, probes: int, batch: int, insecure: bool) -> None:
         pid = server_pid(url)
         assert pid is not None, "the bench's own nats-server"
         click.echo(f"measuring nats-server pid {pid} ({auth.config}): {probes} probes per variant ...", err=True)
-        return run(lambda: run_bench(url=url, pid=pid, auth=auth, nodes=nodes, count=probes, batch=batch))
+        return run(lambda: run_bench(url=url, pid=pid, auth=auth, nodes=nodes, count=probes, batch=batch, only=only))
 
     if insecure:
         with EmbeddedNats() as server:

@@ -132,11 +132,20 @@ async def _drain(url: str, auth: BenchAuth, stream: str, *, total: int, explicit
     return seen
 
 
-async def run_bench(*, url: str, pid: int, auth: BenchAuth, nodes: int, count: int, batch: int) -> dict[str, Any]:
+VARIANTS = {"with_nats_msg_id": True, "without_nats_msg_id": False}
+
+
+async def run_bench(
+    *, url: str, pid: int, auth: BenchAuth, nodes: int, count: int, batch: int, only: str | None = None
+) -> dict[str, Any]:
+    """Both variants on one server, in order, or `only` one of them (`VARIANTS`): on a fresh server its RSS
+    is its own."""
     cluster, probes = await _agent_probes(nodes)
     sizes = sorted(len(body) for _, body in probes)
     variants: dict[str, Any] = {}
-    for name, msg_id in (("with_nats_msg_id", True), ("without_nats_msg_id", False)):
+    for name, msg_id in VARIANTS.items():
+        if only is not None and name != only:
+            continue
         settings = await _provision(url, auth)
         stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
         try:
