@@ -124,7 +124,8 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
                 "probes",
                 f"{P}.probe.{NODE}",
                 NodeProbe,
-                "One probe per interval of this node (source=agent).",
+                "One probe per interval of this node (source=agent). No Nats-Msg-Id: a re-sent probe (same id"
+                " and time) may be stored twice and the detector counts it once.",
                 "PROBES",
             ),
             Writes(
@@ -153,7 +154,8 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
                 f"{P}.prober.{NODE}",
                 NodeProbe,
                 "Reachability results (source=prober), on the prober's own subject kind: agents cannot publish"
-                " there and the prober cannot publish on an agent's `probe.*.*`.",
+                " there and the prober cannot publish on an agent's `probe.*.*`. No Nats-Msg-Id: a copy sets"
+                " the same reachability state.",
                 "PROBES",
             )
         ],

@@ -113,6 +113,21 @@ def test_new_ids_are_unique_and_time_ordered() -> None:
     assert deterministic_id("a", "b") == deterministic_id("a", "b") != deterministic_id("a", "c")
 
 
+@given(st.integers(min_value=0, max_value=2**48 - 1), st.integers(min_value=0, max_value=2**48 - 1))
+def test_new_id_is_crockford_base32_of_the_millisecond_then_80_random_bits(ms: int, other_ms: int) -> None:
+    """The encoding decodes back: 10 characters of milliseconds (the same prefix for ids of the same
+    millisecond, the one cached) and 16 of randomness, Crockford's alphabet only."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    for now in (ms, other_ms, ms):
+        made = new_id(now_ms=now)
+        assert len(made) == 26
+        assert set(made) <= set(alphabet)
+        value = 0
+        for ch in made:
+            value = value * 32 + alphabet.index(ch)
+        assert value >> 80 == now
+
+
 @given(st.text(min_size=1, max_size=80).filter(lambda s: "\x00" not in s))
 def test_subject_token_escaping_is_reversible_and_single_token(name: str) -> None:
     token = escape_token(name)

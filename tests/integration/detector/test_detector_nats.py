@@ -307,3 +307,36 @@ async def test_cloud_reboot_event_fires_maintenance_and_resolves_when_terminal_a
         ("cloud_maintenance", "resolved", "reboot:e-77", True),
     ]
     assert runtime.detector.counters.explained_reboots == 1
+
+
+async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client, topology_ready: NatsSettings) -> None:
+    """Agents publish probes without `Nats-Msg-Id` (the stream keeps no dedupe entry per probe), so a probe
+    re-sent after a lost PubAck is stored twice, back to back. With two bad probes needed to fire, the
+    second copy of one bad probe must not fire disk_full; the next real bad probe does."""
+    s = topology_ready
+    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=RuleConfig(threshold_probes=2))
+    rt = DetectorRuntime(settings=settings, nc=nc)
+    await rt.start()
+    try:
+        js = nc.jetstream()
+        subject = probe_subject("c1", "n1", prefix=s.prefix)
+        await js.publish(subject, probe(node="n1", seq=1, used=40.0).to_json())
+        bad = probe(node="n1", seq=2, used=99.0).to_json()
+        await js.publish(subject, bad)
+        await js.publish(subject, bad)  # the agent's re-send: stored again (no message id)
+        await eventually(lambda: rt.detector.counters.probes == 3)
+        assert rt.detector.counters.fired == 0
+        assert rt.detector.counters.duplicates == 1
+        await js.publish(subject, probe(node="n1", seq=3, used=99.0).to_json())
+        await eventually(lambda: rt.detector.counters.fired == 1)
+        got = await anomalies(nc, s)
+        assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "n1")]
+
+        # every stored copy is acknowledged (one `+ACK` each, written together): nothing is redelivered
+        async def all_acked() -> bool:
+            info = await js.consumer_info(rt.probes_stream, settings.probe_durable)
+            return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 4
+
+        await eventually(all_acked)
+    finally:
+        await rt.stop()

@@ -113,6 +113,52 @@ def agent(probes: int, nodes: int, fleet: int, interval: float) -> None:
     sys.stdout.write("\n")
 
 
+@bench.command("wire")
+@click.option("--nodes", type=click.IntRange(1, 100_000), default=5000, show_default=True, help="Distinct nodes.")
+@click.option(
+    "--probes", type=click.IntRange(1000, 10_000_000), default=30_000, show_default=True, help="Probes per variant."
+)
+@click.option(
+    "--batch", type=click.IntRange(10, 10_000), default=1000, show_default=True, help="Probes per pull request."
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="Plain TCP without credentials (default: the production configuration, TLS and per-role credentials).",
+)
+@click.option(
+    "--only",
+    type=click.Choice(["with_nats_msg_id", "without_nats_msg_id"]),
+    default=None,
+    help="Measure one variant on a fresh server (default: both, one after the other).",
+)
+def wire(nodes: int, probes: int, batch: int, insecure: bool, only: str | None) -> None:
+    """nats-server CPU per agent probe: stored with/without Nats-Msg-Id, drained with per-probe or cumulative acks."""
+    require_sim("nodeheal bench")
+    from nodeheal.sim.bench.secure import BenchAuth, production_server
+    from nodeheal.sim.bench.wire import run_bench
+    from nodeheal.sim.embedded import EmbeddedNats, server_pid
+
+    def measure(url: str, auth: BenchAuth) -> dict[str, object]:
+        pid = server_pid(url)
+        assert pid is not None, "the bench's own nats-server"
+        click.echo(f"measuring nats-server pid {pid} ({auth.config}): {probes} probes per variant ...", err=True)
+        return run(lambda: run_bench(url=url, pid=pid, auth=auth, nodes=nodes, count=probes, batch=batch, only=only))
+
+    if insecure:
+        with EmbeddedNats() as server:
+            result = measure(server.url, BenchAuth())
+    else:
+        try:
+            with production_server(roles=("admin", "detector")) as (url, auth):
+                result = measure(url, auth)
+        except FileNotFoundError as exc:
+            raise click.UsageError(str(exc)) from exc
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
 @bench.command("kb")
 @click.option(
     "--corpus",

@@ -168,3 +168,11 @@ class EmbeddedNats:
 def _stop_all() -> None:
     for server in list(_LIVE):
         server.stop()
+
+
+def server_pid(url: str) -> int | None:
+    """The process id of the embedded nats-server of this process that serves `url` (None: not ours)."""
+    for server in _LIVE:
+        if server.url == url:
+            return server.pid
+    return None

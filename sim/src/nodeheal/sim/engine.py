@@ -29,7 +29,6 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.agent.crash import crash_msg_id
-from nodeheal.agent.probe import probe_msg_id
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
 from nodeheal.schemas.inventory import instance_key, inventory_key
@@ -116,9 +115,14 @@ class SimTimings:
     disk_fill_to_full_s: float = 12.0
 
 
+INVENTORY_PUT_ATTEMPTS = 4
+"""How often the simulator sends one inventory record whose PubAck did not come in time."""
+
+
 @dataclass
 class SimStats:
     probes_published: int = 0
+    inventory_put_retries: int = 0
     commands_answered: int = 0
     crash_reports: int = 0  # crash reports the nodes' agents sent after a crash (pstore / kdump files)
     reboots: int = 0
@@ -207,15 +211,31 @@ class FleetSimulator:
     # ------------------------------------------------------------------ setup
 
     async def publish_inventory(self, kv: KeyValue) -> None:
-        """Fill `nodeheal-inventory` the way the inventory watcher would (node and instance keys)."""
+        """Fill `nodeheal-inventory` the way the inventory watcher would (node and instance keys).
+
+        A put whose PubAck did not come in time is sent again (a put of the same value is idempotent), at
+        most `INVENTORY_PUT_ATTEMPTS` times: at 50,000 nodes (100,000 puts) on a loaded machine one
+        late PubAck used to end the whole demo before it started ("starting the emulators: nats: timeout")."""
         sem = asyncio.Semaphore(256)
+
+        async def put_key(key: str, body: bytes) -> None:
+            for attempt in range(1, INVENTORY_PUT_ATTEMPTS + 1):
+                try:
+                    await kv.put(key, body)
+                    return
+                except TimeoutError:  # nats-py's TimeoutError is one too
+                    if attempt == INVENTORY_PUT_ATTEMPTS:
+                        raise
+                    self.stats.inventory_put_retries += 1
+                    log.warning("inventory put not acknowledged in time, sent again", extra={"key": key})
+                    await asyncio.sleep(0.5 * attempt)
 
         async def put(inv: NodeInventory) -> None:
             async with sem:
                 body = inv.model_copy(update={"updated_at": datetime.now(tz=UTC)}).to_json()
-                await kv.put(inventory_key(inv.cluster, inv.node), body)
+                await put_key(inventory_key(inv.cluster, inv.node), body)
                 if inv.instance_id:
-                    await kv.put(instance_key(inv.instance_id), body)
+                    await put_key(instance_key(inv.instance_id), body)
 
         await asyncio.gather(*(put(inv) for inv in self.inventory))
 
@@ -390,7 +410,7 @@ class FleetSimulator:
     async def _publish_node(self, node: SimNode, *, now: float, iso: str) -> None:
         """The node's agent probe (the real `ProbeCollector` over the simulated host) and the active
         prober's view of the node. Both are core publishes into the stream's subjects: JetStream stores
-        them (and deduplicates on `Nats-Msg-Id`) without a PubAck round trip per probe, which a Python
+        them without a PubAck round trip per probe, which a Python
         simulator of 50,000 nodes cannot afford. The real agent publishes with acks and an outbox."""
         assert self._prober_nc is not None
         subject = self._subjects[node.name]
@@ -412,14 +432,13 @@ class FleetSimulator:
                 self.stats.collect_s += time.thread_time() - started
                 self.stats.collect_timed += 1
             self.stats.collected += 1
-            msg_id = probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
             conn = self._agent_nc[node.name]
-            await conn.publish(subject, body, headers={"Nats-Msg-Id": msg_id})
+            await conn.publish(subject, body)  # as the agent does: no Nats-Msg-Id (docs/design.md, PROBES)
             self._used.add(conn)
             self.stats.probes_published += 1
         body_dict = node.prober_probe(time_iso=iso)
         prober_subject = self._prober_subjects[node.name]
-        await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict), headers={"Nats-Msg-Id": body_dict["id"]})
+        await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict))
         self._used.add(self._prober_nc)
         self.stats.probes_published += 1
 

@@ -23,7 +23,7 @@ from nodeheal.agent.commands import CleanPolicy, CommandExecutor
 from nodeheal.agent.crash import CrashCollector, crash_msg_id
 from nodeheal.agent.host import HostReader, StatVfs
 from nodeheal.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
-from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter, probe_msg_id
+from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter
 from nodeheal.agent.settings import AgentSettings
 from nodeheal.agent.systemd import SystemctlClient, Systemd
 from nodeheal.runtime.connect import connect
@@ -185,9 +185,8 @@ class NodeAgent:
     async def probe_once(self) -> None:
         """Collect one probe and try to publish everything in the outbox."""
         probe = await self.collector.collect()
-        msg_id = probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
         before = self.outbox.dropped
-        self.outbox.add(msg_id, probe)
+        self.outbox.add(probe)
         if self.outbox.dropped > before:
             PROBES_DROPPED.inc(self.outbox.dropped - before)
             log.warning(
@@ -238,11 +237,12 @@ class NodeAgent:
     async def flush(self) -> None:
         assert self.js is not None
         while self.outbox.pending:
-            msg_id, probe = self.outbox.pending[0]
+            probe = self.outbox.pending[0]
             try:
-                await publish_model(
-                    self.js, self.probe_subject, probe, msg_id=msg_id, timeout_s=self.settings.nats.publish_timeout_s
-                )
+                # No `Nats-Msg-Id`: the stream keeps no dedupe entry per probe (tens of thousands a second
+                # at fleet scale). A re-send after an ambiguous timeout may be stored twice, one right after
+                # the other; the detector counts a probe with the id of the node's last one once.
+                await self.js.publish(self.probe_subject, probe.to_json(), timeout=self.settings.nats.publish_timeout_s)
             except Exception as exc:
                 PUBLISH_FAILURES.inc()
                 log.warning(

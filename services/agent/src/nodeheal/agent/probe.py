@@ -15,15 +15,9 @@ from nodeheal.agent.host import HostReader, top_fd_holders
 from nodeheal.agent.kmsg import KernelLogSource
 from nodeheal.agent.systemd import Systemd, UnitStatus
 from nodeheal.schemas.health import FD_CLEAR_RATIO
-from nodeheal.schemas.ids import MessageId, deterministic_id
 from nodeheal.schemas.probe import FdHolder, NodeProbe, Reachability, ServiceState
 
 log = logging.getLogger("nodeheal.agent.probe")
-
-
-def probe_msg_id(*, cluster: str, node: str, boot_id: str | None, seq: int) -> MessageId:
-    """`Nats-Msg-Id` of an agent probe: the same (node, boot, seq) is stored once however often it is sent."""
-    return deterministic_id("agent-probe", cluster, node, boot_id or "-", seq, prefix="ap-")
 
 
 class SequenceCounter:
@@ -144,14 +138,15 @@ class ProbeCollector:
 @dataclass
 class Outbox:
     """Probes waiting for the stream's acknowledgement, oldest first. When full, the oldest probe is
-    dropped and counted: a fresh probe is worth more to the detector than a stale one."""
+    dropped and counted: a fresh probe is worth more to the detector than a stale one. A probe is re-sent
+    as it was (same `id`, same `seq`): the detector counts a probe it has just seen once."""
 
     capacity: int
-    pending: deque[tuple[str, NodeProbe]] = field(default_factory=deque)
+    pending: deque[NodeProbe] = field(default_factory=deque)
     dropped: int = 0
 
-    def add(self, msg_id: str, probe: NodeProbe) -> None:
-        self.pending.append((msg_id, probe))
+    def add(self, probe: NodeProbe) -> None:
+        self.pending.append(probe)
         while len(self.pending) > self.capacity:
             self.pending.popleft()
             self.dropped += 1

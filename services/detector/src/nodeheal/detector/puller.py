@@ -20,8 +20,11 @@ from typing import Any, Protocol
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import ConnectionClosedError
 
 STATUS_HDR = "Status"
+ACK_TAIL = b" 4\r\n+ACK\r\n"
+"""The rest of a `PUB <reply> 4` command carrying a JetStream `+ACK`."""
 
 
 class PulledMsg(Protocol):
@@ -136,8 +139,19 @@ class BatchPuller:
             await self._nc.publish(msg.reply, b"+ACK")
 
     async def ack_each(self, msgs: Sequence[Msg]) -> None:
-        """AckPolicy.EXPLICIT: one `+ACK` per message, exactly the ones given."""
-        publish = self._nc.publish
-        for msg in msgs:
-            if msg.reply:
-                await publish(msg.reply, b"+ACK")
+        """AckPolicy.EXPLICIT: one `+ACK` per message, exactly the ones given.
+
+        The acks of a chunk are one write: the `PUB <reply> 4` commands are built here and handed to the
+        client's outgoing buffer together (what `publish` does per message, without its per-call checks,
+        header handling and flush kick, ~4 µs each: a tenth of the probe path's budget)."""
+        nc = self._nc
+        if nc.is_closed:
+            raise ConnectionClosedError
+        acks = [b"PUB " + msg.reply.encode() + ACK_TAIL for msg in msgs if msg.reply]
+        if not acks:
+            return
+        nc.stats["out_msgs"] += len(acks)
+        nc.stats["out_bytes"] += len(acks) * 4
+        await nc._send_command(b"".join(acks))
+        if nc._flush_queue is not None and nc._flush_queue.empty():
+            await nc._flush_pending()

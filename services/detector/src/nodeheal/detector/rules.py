@@ -125,10 +125,11 @@ def anomaly_msg_id(key: str, status: str, fault_onset: datetime) -> str:
 
 
 class Counters:
-    __slots__ = ("explained_reboots", "fired", "probes", "resolved")
+    __slots__ = ("duplicates", "explained_reboots", "fired", "probes", "resolved")
 
     def __init__(self) -> None:
         self.probes = 0
+        self.duplicates = 0
         self.fired = 0
         self.resolved = 0
         self.explained_reboots = 0
@@ -200,6 +201,12 @@ class Detector:
         if p.reachability and p.source != "agent":
             self._observe_reachability(node, p, now)
         if p.source != "prober":
+            if p.id and p.id == node.last_probe_id and p.time is not None and p.time.timestamp() == node.last_agent_t:
+                # The same agent probe again (same id, same time): an agent re-sends a probe whose PubAck
+                # it did not get, and probes carry no `Nats-Msg-Id`, so the stream may hold both copies,
+                # one after the other. It counts once (a second copy would be one more bad or clear probe).
+                self.counters.duplicates += 1
+                return
             self._observe_agent(node, p, now)
 
     def _note_gap(self, gap: float) -> None:

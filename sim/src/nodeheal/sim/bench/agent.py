@@ -1,8 +1,8 @@
 """`nodeheal bench agent`: what one probe of the real node agent costs inside the simulator.
 
 The simulator runs the agent's own `ProbeCollector` for every node and probe, over `SimHostFiles` (no
-file IO). This measures it on its own: probes collected and encoded (`NodeProbe.to_json`, the
-message id) per second of one process, CPU microseconds per probe, and what that means for a fleet at
+file IO). This measures it on its own: probes collected and encoded (`NodeProbe.to_json`; probes
+carry no message id header) per second of one process, CPU microseconds per probe, and what that means for a fleet at
 a given interval (the CPU the simulator needs just for the agents' code)."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import time
 from typing import Any
 
-from nodeheal.agent.probe import probe_msg_id
 from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
 from nodeheal.sim.nodehost import AgentProfile, SimAgent
 
@@ -22,7 +21,6 @@ async def _collect(agents: list[SimAgent], probes: int) -> tuple[float, float]:
         agent = agents[i % len(agents)]
         probe = await agent.collect(now=time.time(), noise=0.01)
         probe.to_json()
-        probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
     return time.perf_counter() - wall0, time.process_time() - cpu0
 
 
@@ -38,7 +36,10 @@ def run_bench(
     us = 1e6 * cpu / probes
     needed = fleet / interval_s * us / 1e6
     return {
-        "what": "real nodeheal.agent ProbeCollector over the simulator's in-memory host, plus to_json and msg id",
+        "what": (
+            "real nodeheal.agent ProbeCollector over the simulator's in-memory host, plus to_json"
+            " (probes carry no Nats-Msg-Id)"
+        ),
         "probes": probes,
         "nodes": nodes,
         "wall_s": round(wall, 3),

@@ -212,7 +212,7 @@ async def prefill(url: str, settings: NatsSettings, *, nodes: int, rounds: int, 
     items = _payloads(nodes, rounds)
     subjects = {node: probe_subject(CLUSTER, node, prefix=settings.prefix) for node in {n for _, _, n in items}}
     for i, (_, payload, node) in enumerate(items):
-        await nc.publish(subjects[node], payload, headers={"Nats-Msg-Id": f"{node}-{i}"})
+        await nc.publish(subjects[node], payload)  # probes carry no Nats-Msg-Id (docs/design.md)
         if i % 5000 == 0:
             await nc.flush()
     await nc.flush()
@@ -407,7 +407,7 @@ async def _publish_open_loop(
                 .replace(b'"seq":0', f'"seq":{rnd}'.encode(), 1)
                 .replace(f"{names[i]}-00000000".encode(), msg_id.encode(), 1)
             )
-            await nc.publish(subjects[i], payload, headers={"Nats-Msg-Id": msg_id})
+            await nc.publish(subjects[i], payload)  # probes carry no Nats-Msg-Id (docs/design.md)
             sent += 1
         await nc.flush()
         await asyncio.sleep(0.002)

@@ -23,7 +23,6 @@ from nodeheal.cloud_events.prober.checks import CheckPlan, check_node
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.cloud_events.prober.sharding import owns
 from nodeheal.runtime.connect import connect
-from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import NodeProbe, Reachability
 from nodeheal.schemas.subjects import escape_token, prober_probe_subject
@@ -47,10 +46,6 @@ class RoundResult:
     published: int
     failed_publishes: int
     seconds: float
-
-
-def prober_msg_id(*, cluster: str, node: str, seq: int) -> str:
-    return deterministic_id("prober-probe", cluster, node, seq, prefix="pp-")
 
 
 class InventoryCache:
@@ -182,8 +177,7 @@ class Prober:
             try:
                 ack = await self.js.publish_async(  # type: ignore[union-attr]
                     prober_probe_subject(inv.cluster, inv.node, prefix=prefix),
-                    probe.to_json(),
-                    headers={"Nats-Msg-Id": prober_msg_id(cluster=inv.cluster, node=inv.node, seq=seq)},
+                    probe.to_json(),  # no Nats-Msg-Id: a prober probe sets a state, a second copy changes nothing
                     wait_stall=self.settings.nats.publish_timeout_s,
                 )
                 acks.append(ack)

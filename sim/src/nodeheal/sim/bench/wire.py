@@ -1,0 +1,188 @@
+"""`nodeheal bench wire`: what one probe costs the nats-server, measured as the server process's own CPU time.
+
+The probes are the real agent's (`ProbeCollector` over the simulator's host, `NodeProbe.to_json`), one per
+node of a synthetic fleet, published as core publishes into PROBES (as the simulator does) in two forms:
+with a `Nats-Msg-Id` header (the stream keeps a dedupe entry per probe for its window) and without one (the
+probe contract since the probe path was measured). Each stored backlog is then drained by the detector's
+`BatchPuller` twice: with one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does) and with one
+cumulative ack per chunk (AckPolicy.ALL, for comparison). The server's CPU (utime + stime of its process,
+from /proc) is read before and after each phase, so the figures hold only the server's work; the
+publisher and the puller run in this process. Linux only (/proc)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from nodeheal.detector.puller import BatchPuller
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.subjects import probe_subject
+from nodeheal.sim.bench.detector import _drop, _provision
+from nodeheal.sim.bench.secure import BenchAuth
+from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
+from nodeheal.sim.nodehost import AgentProfile, SimAgent
+
+
+def server_rss_mb(pid: int) -> float:
+    """Resident set of a process now, in MB (/proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def server_cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _agent_probes(nodes: int) -> tuple[str, list[tuple[str, bytes]]]:
+    """(cluster, [(node, the real agent's probe JSON)]) for `nodes` simulated nodes."""
+    spec = FleetSpec(nodes=nodes)
+    now = time.time()
+    out: list[tuple[str, bytes]] = []
+    for i, inv in enumerate(build_inventory(spec)):
+        agent = SimAgent(
+            SimNode(inv=inv, index=i, booted_at=now - 3600), cluster=spec.cluster, profile=AgentProfile(), work_dir=None
+        )
+        probe = await agent.collect(now=now, noise=0.01)
+        out.append((inv.node, probe.to_json()))
+    return spec.cluster, out
+
+
+async def _store(
+    url: str,
+    auth: BenchAuth,
+    settings: NatsSettings,
+    cluster: str,
+    probes: list[tuple[str, bytes]],
+    *,
+    count: int,
+    msg_id: bool,
+) -> None:
+    nc = await auth.connect(url, "admin", name="bench-wire-publisher", pending_size=64 * 1024 * 1024)
+    subjects = [probe_subject(cluster, node, prefix=settings.prefix) for node, _ in probes]
+    n = len(probes)
+    for i in range(count):
+        k = i % n
+        if msg_id:
+            await nc.publish(subjects[k], probes[k][1], headers={"Nats-Msg-Id": f"ap-{k}-{i:012d}"})
+        else:
+            await nc.publish(subjects[k], probes[k][1])
+        if i % 1000 == 999:
+            await nc.flush()
+    await nc.flush()
+    await nc.close()
+
+
+async def _wait_stored(url: str, auth: BenchAuth, stream: str, count: int) -> int:
+    nc = await auth.connect(url, "admin", name="bench-wire-check")
+    js = nc.jetstream()
+    deadline = time.monotonic() + 60
+    stored = 0
+    while time.monotonic() < deadline:
+        stored = (await js.stream_info(stream)).state.messages
+        if stored >= count:
+            break
+        await asyncio.sleep(0.1)
+    await nc.close()
+    return stored
+
+
+async def _drain(url: str, auth: BenchAuth, stream: str, *, total: int, explicit: bool, batch: int) -> int:
+    nc = await auth.connect(url, "detector", name="bench-wire-puller", pending_size=64 * 1024 * 1024)
+    js = nc.jetstream()
+    durable = "bench-wire-explicit" if explicit else "bench-wire-all"
+    await js.add_consumer(
+        stream,
+        config=ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT if explicit else AckPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=-1,
+        ),
+    )
+    puller = BatchPuller(nc, stream=stream, consumer=durable, batch=batch)
+    await puller.start()
+    seen = 0
+    while seen < total:
+        chunk = await puller.next_chunk(wait_s=5)
+        if not chunk:
+            break
+        seen += len(chunk)
+        if explicit:
+            await puller.ack_each(chunk)
+        else:
+            await puller.ack_all_through(chunk[-1])
+    await nc.flush()
+    # the last acks reach the server's consumer before its CPU is read
+    for _ in range(50):
+        info = await js.consumer_info(stream, durable)
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    await puller.stop()
+    await nc.close()
+    return seen
+
+
+VARIANTS = {"with_nats_msg_id": True, "without_nats_msg_id": False}
+
+
+async def run_bench(
+    *, url: str, pid: int, auth: BenchAuth, nodes: int, count: int, batch: int, only: str | None = None
+) -> dict[str, Any]:
+    """Both variants on one server, in order, or `only` one of them (`VARIANTS`): on a fresh server its RSS
+    is its own."""
+    cluster, probes = await _agent_probes(nodes)
+    sizes = sorted(len(body) for _, body in probes)
+    variants: dict[str, Any] = {}
+    for name, msg_id in VARIANTS.items():
+        if only is not None and name != only:
+            continue
+        settings = await _provision(url, auth)
+        stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
+        try:
+            before = server_cpu_s(pid)
+            started = time.perf_counter()
+            await _store(url, auth, settings, cluster, probes, count=count, msg_id=msg_id)
+            stored = await _wait_stored(url, auth, stream, count)
+            store_s = server_cpu_s(pid) - before
+            wall = time.perf_counter() - started
+            result: dict[str, Any] = {
+                "stored": stored,
+                "store_wall_s": round(wall, 2),
+                "server_us_per_probe_store": round(1e6 * store_s / max(stored, 1), 1),
+                "server_rss_mb_after_store": round(server_rss_mb(pid), 1),
+            }
+            for explicit in (True, False):
+                before = server_cpu_s(pid)
+                seen = await _drain(url, auth, stream, total=stored, explicit=explicit, batch=batch)
+                used = server_cpu_s(pid) - before
+                key = "explicit_acks" if explicit else "ack_all_per_chunk"
+                result[f"server_us_per_probe_drain_{key}"] = round(1e6 * used / max(seen, 1), 1)
+                result[f"drained_{key}"] = seen
+            variants[name] = result
+        finally:
+            await _drop(url, settings, auth)
+    return {
+        "benchmark": "wire",
+        "what": "nats-server CPU per agent probe: store into PROBES, drain by the detector's batch puller",
+        "config": auth.config,
+        "nodes": nodes,
+        "probes_per_variant": count,
+        "probe_bytes_median": sizes[len(sizes) // 2],
+        "batch": batch,
+        "variants": variants,
+        "method": (
+            "server CPU = utime+stime of the nats-server process before/after each phase; the real agent "
+            "collector's probes (one per simulated node) published as core publishes by the admin user, "
+            "then drained by the detector role with the detector's BatchPuller"
+        ),
+    }
