@@ -18,6 +18,7 @@ from nodeheal.diagnoser.correlation import (
     group_value,
 )
 from nodeheal.diagnoser.kb import default_matcher
+from nodeheal.diagnoser.kpi import fleet_kpis
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.schemas import NodeInventory
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory, later
@@ -132,3 +133,31 @@ def test_a_node_moved_to_another_rack_counts_there_and_its_darkness_moves_with_i
     diag.forget_inventory(CLUSTER, "r1-n0")
     assert diag.fleet.peer_count(f"{CLUSTER}/r2-n1", "rack") == 4
     assert diag.fleet.peers(key, "rack") == [key]  # no inventory: a domain of its own
+
+
+def test_kpis_from_the_kept_schedulable_set_equal_the_whole_inventory_walk() -> None:
+    """The schedulable count is kept per inventory change (Ready / cordoned flips, nodes leaving) and
+    per node going down / coming back: equal to walking the whole inventory, after every change."""
+    rng = random.Random(5)
+    diag = Diagnoser(matcher=default_matcher())
+    names = [f"n{i}" for i in range(40)]
+    for step in range(400):
+        name = rng.choice(names)
+        roll = rng.random()
+        if roll < 0.1:
+            diag.forget_inventory(CLUSTER, name)
+        elif roll < 0.55:
+            record = _random_inventory(rng, name).model_copy(
+                update={"ready": rng.choice([True, False, None]), "unschedulable": rng.random() < 0.3}
+            )
+            diag.on_inventory(record)
+        elif roll < 0.8:
+            diag.on_anomaly(anomaly(name, "node_down", at=later(step)))
+        else:
+            diag.on_anomaly(anomaly(name, "node_down", at=later(step), status="resolved", onset=later(step - 1)))
+        got = diag.kpis(now=later(step))
+        want = fleet_kpis(
+            inventory=diag.fleet.inventory, down=diag.fleet.down_since.keys(), crash_times=(), now=later(step)
+        )
+        assert (got.nodes, got.schedulable, got.online) == (want.nodes, want.schedulable, want.online)
+        assert got.schedulable_rate == want.schedulable_rate

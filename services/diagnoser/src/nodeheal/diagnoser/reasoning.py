@@ -449,6 +449,7 @@ class Diagnoser:
             crash_times=self.fleet.crash_episodes.values(),
             now=now,
             window=window,
+            ready_schedulable=self.fleet.ready_schedulable,
         )
 
     def _resolved(self, ctx: NodeContext, *, now: datetime) -> Diagnosis | None:
