@@ -29,7 +29,9 @@ def _chains(items: list[tuple[datetime, str]], gap: timedelta) -> list[list[tupl
     return out
 
 
-def _domain_items(fleet: FleetState, times: dict[str, datetime], dimension: str, value: str):
+def _domain_items(
+    fleet: FleetState, times: dict[str, datetime], dimension: str, value: str
+) -> list[tuple[datetime, str]]:
     return sorted((t, k) for k, t in times.items() if k in fleet.dark_at and fleet.domain_of(k, dimension) == value)
 
 
@@ -75,7 +77,9 @@ _op = st.tuples(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(_op, max_size=60), ordered=st.booleans())
-def test_runs_and_bursts_equal_the_old_definition_after_any_changes(ops, ordered) -> None:
+def test_runs_and_bursts_equal_the_old_definition_after_any_changes(
+    ops: list[tuple[str, str, int, int, int, int]], ordered: bool
+) -> None:
     fleet = FleetState()
     for i, node in enumerate(NODES):
         fleet.put_inventory(f"{CLUSTER}/{node}", inventory(node, rack=f"r{i % 3}", zone=f"z{i % 2}"))
@@ -103,7 +107,7 @@ def test_runs_and_bursts_equal_the_old_definition_after_any_changes(ops, ordered
     ops=st.lists(st.tuples(st.booleans(), st.integers(0, 20), st.integers(0, 5), st.integers(0, 99)), max_size=80),
     gap=st.integers(0, 6),
 )
-def test_chains_equal_cutting_the_sorted_items(ops, gap) -> None:
+def test_chains_equal_cutting_the_sorted_items(ops: list[tuple[bool, int, int, int]], gap: int) -> None:
     """The structure alone, with many equal times and gaps of exactly `gap`; a removal takes a held item."""
     chains = Chains(timedelta(seconds=gap))
     present: set[tuple[datetime, str]] = set()
