@@ -6,6 +6,7 @@ definition (every group's members counted from the inventory)."""
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 from nodeheal.diagnoser.correlation import (
     DIMENSIONS,
@@ -20,6 +21,7 @@ from nodeheal.diagnoser.correlation import (
 from nodeheal.diagnoser.kb import default_matcher
 from nodeheal.diagnoser.kpi import fleet_kpis
 from nodeheal.diagnoser.reasoning import Diagnoser
+from nodeheal.diagnoser.trend import TimedEvent, TrendConfig, sudden_rises
 from nodeheal.schemas import NodeInventory
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory, later
 
@@ -161,3 +163,25 @@ def test_kpis_from_the_kept_schedulable_set_equal_the_whole_inventory_walk() -> 
         )
         assert (got.nodes, got.schedulable, got.online) == (want.nodes, want.schedulable, want.online)
         assert got.schedulable_rate == want.schedulable_rate
+
+
+def test_sudden_rises_from_the_kept_index_equal_grouping_each_event_from_its_record() -> None:
+    now = later(7 * 24 * 3600)
+    cfg = TrendConfig(min_events=3, min_ratio=2.0)
+    found = 0
+    for seed in range(5):
+        index, inv = _churn(seed)
+        rng = random.Random(seed)
+        names = [*sorted(inv), "not-in-inventory"]
+        events = [
+            TimedEvent(
+                node=rng.choice(names[:8]) if rng.random() < 0.5 else rng.choice(names),
+                scope=rng.choice(["any", "bucket:b1"]),
+                at=now - timedelta(seconds=rng.choice([rng.uniform(0, 3500), rng.uniform(3600, 7 * 24 * 3600)])),
+            )
+            for _ in range(200)
+        ]
+        plain = sudden_rises(events=events, inventory=inv, now=now, config=cfg)
+        assert sudden_rises(events=events, inventory=inv, now=now, config=cfg, groups=index) == plain
+        found += len(plain)
+    assert found  # the comparison covered groups that rise, not only empty answers
