@@ -171,8 +171,8 @@ class FleetState:
     released: set[tuple[str, str]] = field(default_factory=set)  # domains whose burst became a partition
     _dark: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
     _down: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
-    _runs: dict[tuple[str, str, timedelta], Chains] = field(default_factory=dict)
-    _bursts: dict[tuple[str, str, timedelta], Chains] = field(default_factory=dict)
+    _runs: dict[tuple[str, str], dict[timedelta, Chains]] = field(default_factory=dict)  # domain -> gap -> chains
+    _bursts: dict[tuple[str, str], dict[timedelta, Chains]] = field(default_factory=dict)
     _placed: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # dark node -> its domains
 
     def mark_dark(self, key: str, *, onset: datetime, detected_at: datetime) -> None:
@@ -223,8 +223,9 @@ class FleetState:
                     self.released.discard(domain)  # the domain is back: a new burst is judged anew
 
     @staticmethod
-    def _chains_of(cache: dict[tuple[str, str, timedelta], Chains], domain: tuple[str, str]) -> list[Chains]:
-        return [chains for (dimension, value, _), chains in cache.items() if (dimension, value) == domain]
+    def _chains_of(cache: dict[tuple[str, str], dict[timedelta, Chains]], domain: tuple[str, str]) -> Iterable[Chains]:
+        by_gap = cache.get(domain)
+        return by_gap.values() if by_gap else ()
 
     def put_inventory(self, key: str, record: NodeInventory) -> None:
         """A node's inventory record (new or changed)."""
@@ -284,9 +285,10 @@ class FleetState:
         at = self.dark_at.get(key)
         if value is None or at is None or key not in self._placed:
             return None
-        chains = self._runs.get((dimension, value, gap))
+        by_gap = self._runs.setdefault((dimension, value), {})
+        chains = by_gap.get(gap)
         if chains is None:
-            chains = self._runs[(dimension, value, gap)] = Chains(gap, self._dark.get((dimension, value), ()))
+            chains = by_gap[gap] = Chains(gap, self._dark.get((dimension, value), ()))
         return chains.run((at, key))
 
     def burst(self, key: str, dimension: str, *, gap: timedelta) -> tuple[str, ...]:
@@ -296,9 +298,10 @@ class FleetState:
         onset = self.down_since.get(key)
         if value is None or onset is None or key not in self._placed:
             return ()
-        chains = self._bursts.get((dimension, value, gap))
+        by_gap = self._bursts.setdefault((dimension, value), {})
+        chains = by_gap.get(gap)
         if chains is None:
-            chains = self._bursts[(dimension, value, gap)] = Chains(gap, self._down.get((dimension, value), ()))
+            chains = by_gap[gap] = Chains(gap, self._down.get((dimension, value), ()))
         return chains.names((onset, key))
 
     def context(self, cluster: str, node: str) -> NodeContext:
