@@ -75,7 +75,7 @@ _op = st.tuples(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(_op, max_size=60), ordered=st.booleans())
 def test_runs_and_bursts_equal_the_old_definition_after_any_changes(
     ops: list[tuple[str, str, int, int, int, int]], ordered: bool
