@@ -3,9 +3,12 @@ no alarm over many seeds."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nodeheal.diagnoser.correlation import (
     CorrelationConfig,
@@ -160,3 +163,33 @@ def test_a_bad_kernel_is_still_found_in_a_50000_node_fleet_of_1250_racks() -> No
     flagged = {(s.dimension, s.value) for s in outliers(events=crashes, inventory=inv)}
     assert ("kernel", "bad") in flagged
     assert not {f for f in flagged if f[0] == "rack"}
+
+
+def _binomial_sf_every_term(k: int, n: int, p: float) -> float:
+    """The previous definition, every term of the tail summed: the oracle of the truncated sum."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    lg_n1 = math.lgamma(n + 1)
+    terms = [lg_n1 - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    n=st.integers(1, 6000),
+    k_share=st.floats(0, 1),
+    p=st.one_of(st.floats(1e-6, 0.999), st.sampled_from([1 / 50_000, 40 / 50_000, 1 / 3, 0.5])),
+)
+def test_binomial_tail_stopped_early_equals_the_sum_of_every_term(n: int, k_share: float, p: float) -> None:
+    k = round(k_share * n)
+    want = _binomial_sf_every_term(k, n, p)
+    got = binomial_sf(k, n, p)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-300)

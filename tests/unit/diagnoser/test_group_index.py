@@ -6,6 +6,7 @@ definition (every group's members counted from the inventory)."""
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 from nodeheal.diagnoser.correlation import (
     DIMENSIONS,
@@ -18,7 +19,9 @@ from nodeheal.diagnoser.correlation import (
     group_value,
 )
 from nodeheal.diagnoser.kb import default_matcher
+from nodeheal.diagnoser.kpi import fleet_kpis
 from nodeheal.diagnoser.reasoning import Diagnoser
+from nodeheal.diagnoser.trend import TimedEvent, TrendConfig, sudden_rises
 from nodeheal.schemas import NodeInventory
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory, later
 
@@ -132,3 +135,53 @@ def test_a_node_moved_to_another_rack_counts_there_and_its_darkness_moves_with_i
     diag.forget_inventory(CLUSTER, "r1-n0")
     assert diag.fleet.peer_count(f"{CLUSTER}/r2-n1", "rack") == 4
     assert diag.fleet.peers(key, "rack") == [key]  # no inventory: a domain of its own
+
+
+def test_kpis_from_the_kept_schedulable_set_equal_the_whole_inventory_walk() -> None:
+    """The schedulable count is kept per inventory change (Ready / cordoned flips, nodes leaving) and
+    per node going down / coming back: equal to walking the whole inventory, after every change."""
+    rng = random.Random(5)
+    diag = Diagnoser(matcher=default_matcher())
+    names = [f"n{i}" for i in range(40)]
+    for step in range(400):
+        name = rng.choice(names)
+        roll = rng.random()
+        if roll < 0.1:
+            diag.forget_inventory(CLUSTER, name)
+        elif roll < 0.55:
+            record = _random_inventory(rng, name).model_copy(
+                update={"ready": rng.choice([True, False, None]), "unschedulable": rng.random() < 0.3}
+            )
+            diag.on_inventory(record)
+        elif roll < 0.8:
+            diag.on_anomaly(anomaly(name, "node_down", at=later(step)))
+        else:
+            diag.on_anomaly(anomaly(name, "node_down", at=later(step), status="resolved", onset=later(step - 1)))
+        got = diag.kpis(now=later(step))
+        want = fleet_kpis(
+            inventory=diag.fleet.inventory, down=diag.fleet.down_since.keys(), crash_times=(), now=later(step)
+        )
+        assert (got.nodes, got.schedulable, got.online) == (want.nodes, want.schedulable, want.online)
+        assert got.schedulable_rate == want.schedulable_rate
+
+
+def test_sudden_rises_from_the_kept_index_equal_grouping_each_event_from_its_record() -> None:
+    now = later(7 * 24 * 3600)
+    cfg = TrendConfig(min_events=3, min_ratio=2.0)
+    found = 0
+    for seed in range(5):
+        index, inv = _churn(seed)
+        rng = random.Random(seed)
+        names = [*sorted(inv), "not-in-inventory"]
+        events = [
+            TimedEvent(
+                node=rng.choice(names[:8]) if rng.random() < 0.5 else rng.choice(names),
+                scope=rng.choice(["any", "bucket:b1"]),
+                at=now - timedelta(seconds=rng.choice([rng.uniform(0, 3500), rng.uniform(3600, 7 * 24 * 3600)])),
+            )
+            for _ in range(200)
+        ]
+        plain = sudden_rises(events=events, inventory=inv, now=now, config=cfg)
+        assert sudden_rises(events=events, inventory=inv, now=now, config=cfg, groups=index) == plain
+        found += len(plain)
+    assert found  # the comparison covered groups that rise, not only empty answers

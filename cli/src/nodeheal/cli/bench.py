@@ -191,3 +191,46 @@ def kb(corpus_dir: Path, seconds: float, baseline_rules: Path | None, as_json: b
         raise click.ClickException(str(exc)) from exc
     json.dump(result, sys.stdout, indent=None if as_json else 2, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+@bench.command("diagnoser")
+@click.option("--nodes", type=click.IntRange(10, 1_000_000), default=50_000, show_default=True, help="Fleet size.")
+@click.option(
+    "--storm",
+    type=click.IntRange(1, 1_000_000),
+    default=4000,
+    show_default=True,
+    help="node_down anomalies over the nodes of one zone (at most the zone's size).",
+)
+@click.option(
+    "--spacing-ms", type=click.FloatRange(0, 60_000), default=20.0, show_default=True, help="Between arrivals."
+)
+@click.option(
+    "--resolve-every",
+    type=click.IntRange(0, 1_000_000),
+    default=10,
+    show_default=True,
+    help="Every N-th arrival also brings an earlier dark node back (0: none).",
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--profile", is_flag=True, default=False, help="Add the cProfile top functions to the output.")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def diagnoser(
+    nodes: int, storm: int, spacing_ms: float, resolve_every: int, seed: int, profile: bool, as_json: bool
+) -> None:
+    """The diagnoser core under a silence storm: node_down anomalies/s and ms per anomaly (no NATS)."""
+    require_sim("nodeheal bench")
+    from nodeheal.sim.bench.diagnoser import run_storm
+
+    if not as_json:
+        click.echo(f"benchmarking the diagnoser: {storm} node_down over one zone of {nodes} nodes ...", err=True)
+    result = run_storm(
+        nodes=nodes, storm=storm, spacing_ms=spacing_ms, resolve_every=resolve_every, seed=seed, profile=profile
+    )
+    text = result.pop("profile", None)
+    if text and not as_json:
+        click.echo(text, err=True)
+    elif text:
+        result["profile"] = text
+    json.dump(result, sys.stdout, indent=None if as_json else 2)
+    sys.stdout.write("\n")

@@ -44,6 +44,7 @@ from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
+from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, last_per_subject_up_to
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
@@ -217,6 +218,12 @@ class DetectorRuntime:
             name=f"nodeheal-detector-consumers-{settings.instance}",
             broker=broker,  # the process's broker: one NATS connection (None: a broker of its own)
         )
+        # the inventory bucket, for one thing: a node deleted from it left the fleet (no silence anomaly)
+        self.inventory = InventoryFeed(
+            self.topology.bucket(f"{settings.nats.bucket_prefix}-inventory").name,
+            on_put=lambda record: self.detector.rejoin(record.cluster, record.node),
+            on_delete=self._left_fleet,
+        )
         side = inbound(settings)
         self.consumers.consume(side[0], self._cloud_message)
         self.consumers.consume(side[1], self._audit_message)
@@ -244,6 +251,9 @@ class DetectorRuntime:
         await self.ensure_consumers(probe_deliver=probe_deliver)
         if rebuild:
             await self.rebuild()
+        if await self.inventory.open(self.js):
+            # deletes only matter from now on: no initial load (50,000 gets); the watch streams the bucket
+            self.consumers.loop("inventory", self.inventory.watch)
         self._probe_puller = self._make_probe_puller()
         await self._probe_puller.start()
         self._tasks = [asyncio.create_task(self._run_probes(), name="detector-probes")]
@@ -257,6 +267,10 @@ class DetectorRuntime:
                 "nodes_known": len(self.detector.nodes),
             },
         )
+
+    def _left_fleet(self, cluster: str, node: str) -> None:
+        if self.detector.forget(cluster, node):
+            log.info("node left the inventory; its silence is no longer tracked", extra={"node": node})
 
     def _make_probe_puller(self) -> Puller:
         s = self.settings

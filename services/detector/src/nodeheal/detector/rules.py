@@ -154,6 +154,9 @@ class Detector:
         self._wheel: dict[int, list[NodeState]] = {}
         self._wheel_cursor = int(started_at)
         self._pending_cloud: dict[str, list[CloudSystemEvent]] = {}
+        # nodes the inventory says left the fleet (a deleted machine): not tracked, so their silence raises
+        # nothing; a probe still in the backlog does not bring them back, a new inventory record does
+        self.departed: dict[str, None] = {}
         self._watched = frozenset(config.services)
         self._ro_ignore = frozenset(config.readonly_ignore_mounts)
         self._down_timeout = config.down_timeout_s
@@ -180,6 +183,22 @@ class Detector:
                     self._apply_cloud(state, event, now)
         return state
 
+    def forget(self, cluster: str, node: str) -> bool:
+        """The inventory says the node left the fleet: drop its state (its silence is no anomaly: the
+        machine is gone) and ignore its probes until the inventory lists it again (`rejoin`). An anomaly
+        already firing stays as it is. True when the node was tracked."""
+        key = cluster + "/" + node
+        if key not in self.departed and len(self.departed) >= MAX_PARKED_NODES:
+            self.departed.pop(next(iter(self.departed)))
+        self.departed[key] = None
+        self._pending_cloud.pop(key, None)
+        return self.nodes.pop(key, None) is not None  # its timer-wheel entries are skipped (not in `nodes`)
+
+    def rejoin(self, cluster: str, node: str) -> None:
+        """The inventory lists the node (again): its probes count from now on."""
+        if self.departed:
+            self.departed.pop(cluster + "/" + node, None)
+
     def _schedule(self, node: NodeState, due: float) -> None:
         # Lazy: a node is in the wheel at most once per earlier due time; when it pops, the sweep
         # recomputes the next due time. A node that keeps probing costs one reschedule per timeout.
@@ -195,6 +214,8 @@ class Detector:
         self.last_input = now
         node = self.nodes.get(p.cluster + "/" + p.node)
         if node is None:
+            if self.departed and p.cluster + "/" + p.node in self.departed:
+                return
             node = self._node(p.cluster, p.node, now)
         # The agent's own probe carries one `agent` reachability entry (itself): that is not the
         # prober's verdict from outside and must not overwrite it.
@@ -710,6 +731,8 @@ class Detector:
         key = event.cluster + "/" + event.node
         node = self.nodes.get(key)
         if node is None:
+            if key in self.departed:
+                return
             if not self.adopt_unknown:
                 # Probably another replica's node: park it (bounded) in case its first probe comes here.
                 if key not in self._pending_cloud and len(self._pending_cloud) >= MAX_PARKED_NODES:

@@ -65,7 +65,10 @@ class GroupStat:
 
 
 def binomial_sf(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), exact, in log space (stdlib only)."""
+    """P(X >= k) for X ~ Binomial(n, p), in log space (stdlib only). The terms are summed from k up;
+    past the mode each is smaller than the one before by a ratio that keeps falling, so the sum stops
+    once the rest (bounded by a geometric series) is below 1e-17 of it: O(terms that matter), not
+    O(n - k) — a storm's thousands of events cost tens of terms per group, not thousands."""
     if k <= 0:
         return 1.0
     if k > n:
@@ -75,10 +78,24 @@ def binomial_sf(k: int, n: int, p: float) -> float:
     if p >= 1.0:
         return 1.0
     log_p, log_q = math.log(p), math.log1p(-p)
+    odds = p / (1.0 - p)
     lg_n1 = math.lgamma(n + 1)
-    terms = [lg_n1 - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q for i in range(k, n + 1)]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+    lgamma, exp = math.lgamma, math.exp
+
+    def log_term(i: int) -> float:
+        return lg_n1 - lgamma(i + 1) - lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+
+    mode = min(n, int((n + 1) * p))  # the largest term: the sum is scaled by it, as exp(top) * sum(...)
+    top = log_term(max(k, mode))
+    total = 0.0
+    for i in range(k, n + 1):
+        term = exp(log_term(i) - top)
+        total += term
+        if i >= mode:
+            ratio = (n - i) / (i + 1) * odds  # term(i + 1) / term(i)
+            if ratio < 1.0 and term * ratio / (1.0 - ratio) <= total * 1e-17:
+                break
+    return min(1.0, exp(top) * total)
 
 
 def group_stats(

@@ -12,6 +12,7 @@ functions from the streams and the inventory bucket.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,6 +54,11 @@ class FleetKpis:
         }
 
 
+def schedulable(record: NodeInventory) -> bool:
+    """Ready (or not known to be otherwise) and not cordoned: schedulable unless the node is down."""
+    return record.ready is not False and not record.unschedulable
+
+
 def fleet_kpis(
     *,
     inventory: Mapping[str, NodeInventory],
@@ -60,26 +66,27 @@ def fleet_kpis(
     crash_times: Iterable[datetime],
     now: datetime,
     window: timedelta = timedelta(days=1),
+    ready_schedulable: AbstractSet[str] | None = None,
 ) -> FleetKpis:
-    """The three numbers over the inventory's nodes (keys as in `inventory`; `down` uses the same keys)."""
+    """The three numbers over the inventory's nodes (keys as in `inventory`; `down` uses the same keys).
+    `ready_schedulable`: the keys of `inventory` whose record is `schedulable`, when the caller keeps
+    that set up to date per inventory change (the diagnoser): the count then costs O(down), not O(fleet)."""
     nodes = len(inventory)
     down_set = {k for k in down if k in inventory}
     start = now - window
     crashes = sum(1 for t in crash_times if start <= t <= now)
     days = window.total_seconds() / 86_400
-    schedulable = sum(
-        1
-        for key, record in inventory.items()
-        if record.ready is not False and not record.unschedulable and key not in down_set
-    )
+    if ready_schedulable is None:
+        ready_schedulable = {key for key, record in inventory.items() if schedulable(record)}
+    schedulable_now = len(ready_schedulable) - len(down_set.intersection(ready_schedulable))
     online = nodes - len(down_set)
     return FleetKpis(
         nodes=nodes,
         crashes=crashes,
         window_s=window.total_seconds(),
         crash_rate=crashes / (nodes * days) if nodes and days else 0.0,
-        schedulable=schedulable,
-        schedulable_rate=schedulable / nodes if nodes else 0.0,
+        schedulable=schedulable_now,
+        schedulable_rate=schedulable_now / nodes if nodes else 0.0,
         online=online,
         online_rate=online / nodes if nodes else 0.0,
     )

@@ -449,6 +449,7 @@ class Diagnoser:
             crash_times=self.fleet.crash_episodes.values(),
             now=now,
             window=window,
+            ready_schedulable=self.fleet.ready_schedulable,
         )
 
     def _resolved(self, ctx: NodeContext, *, now: datetime) -> Diagnosis | None:
@@ -591,7 +592,9 @@ class Diagnoser:
             del self.fleet.crash_counted[report_id]
         events = [FleetEvent(node=n, scope=s) for n, s, t in self.fleet.fault_events.values() if t >= now - window]
         timed = [TimedEvent(node=n, scope=s, at=t) for n, s, t in self.fleet.fault_events.values()]
-        rises = sudden_rises(events=timed, inventory=self.fleet.inventory, now=now, config=self.config.trend)
+        rises = sudden_rises(
+            events=timed, inventory=self.fleet.inventory, now=now, config=self.config.trend, groups=self.fleet.groups
+        )
         flagged = outliers(
             events=events, inventory=self.fleet.inventory, config=self.config.correlation, groups=self.fleet.groups
         )

@@ -6,13 +6,15 @@ buckets per host, fleet findings). Plain data, bounded, rebuilt from the streams
 from __future__ import annotations
 
 import bisect
-import contextlib
+import heapq
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from nodeheal.diagnoser.groups import GroupIndex
 from nodeheal.diagnoser.kb import Finding
+from nodeheal.diagnoser.kpi import schedulable
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -158,67 +160,103 @@ class FleetState:
     # put / delete (`put_inventory`, `drop_inventory`): an inventory change costs O(dimensions), and
     # neither an anomaly nor a correlation run re-groups the whole inventory (50,000 nodes)
     groups: GroupIndex = field(default_factory=GroupIndex)
-    # indexes, kept up to date per change (a zone of thousands going dark must cost O(n log n), not
-    # O(n^2)): dark nodes per domain sorted by detected_at and by onset; and
-    # per domain the runs / bursts derived from them, recomputed only for the domain that changed
+    # the inventory's nodes that are Ready (or not known otherwise) and not cordoned, kept per inventory
+    # put / delete: the KPIs' schedulable count is this minus the down ones, O(down) instead of O(fleet)
+    ready_schedulable: set[str] = field(default_factory=set)
+    # indexes, kept up to date per change (a zone of thousands going dark must cost O(log n) per
+    # arrival, not O(n)): the dark nodes of every rack / zone sorted by detected_at (`_dark`) and by
+    # onset (`_down`), and per (domain, gap) their `Chains`, created on first use and then updated
+    # per arrival / return / inventory change of a dark node
     judged_dark: set[str] = field(default_factory=set)  # dark nodes judged, not (yet) as the network
     released: set[tuple[str, str]] = field(default_factory=set)  # domains whose burst became a partition
-    _dark: dict[tuple[str, str], list[tuple[datetime, str]]] | None = None
+    _dark: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
     _down: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
-    _runs: dict[tuple[str, str, timedelta], dict[str, tuple[int, datetime]]] = field(default_factory=dict)
-    _bursts: dict[tuple[str, str, timedelta], dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    _runs: dict[tuple[str, str], dict[timedelta, Chains]] = field(default_factory=dict)  # domain -> gap -> chains
+    _bursts: dict[tuple[str, str], dict[timedelta, Chains]] = field(default_factory=dict)
+    _placed: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # dark node -> its domains
 
     def mark_dark(self, key: str, *, onset: datetime, detected_at: datetime) -> None:
         if key in self.dark_at:
             return
         self.down_since.setdefault(key, onset)
         self.dark_at[key] = detected_at
-        if self._dark is not None:
-            for domain in self._domains_of(key):
-                bisect.insort(self._dark.setdefault(domain, []), (detected_at, key))
-                bisect.insort(self._down.setdefault(domain, []), (self.down_since[key], key))
-                self._forget(domain)
+        self._place(key)
 
     def clear_dark(self, key: str) -> None:
-        onset = self.down_since.pop(key, None)
-        at = self.dark_at.pop(key, None)
+        self._unplace(key)
+        self.down_since.pop(key, None)
+        self.dark_at.pop(key, None)
         self.judged_dark.discard(key)
-        if self._dark is not None and (onset is not None or at is not None):
-            for domain in self._domains_of(key):
-                for index, item in ((self._dark, (at, key)), (self._down, (onset, key))):
-                    members = index.get(domain, [])
-                    with contextlib.suppress(ValueError):
-                        members.remove(item)  # type: ignore[arg-type]
-                if not self._dark.get(domain):
-                    self.released.discard(domain)  # the domain is back: a new burst is judged anew
-                self._forget(domain)
 
-    def _forget(self, domain: tuple[str, str]) -> None:
-        for cache in (self._runs, self._bursts):
-            for k in [k for k in cache if k[:2] == domain]:
-                del cache[k]
+    def _place(self, key: str) -> None:
+        """Index a dark node in the rack / zone its inventory names now."""
+        domains = tuple(self._domains_of(key))
+        at, onset = self.dark_at[key], self.down_since.get(key)
+        for domain in domains:
+            _insort(self._dark.setdefault(domain, []), (at, key))
+            for chains in self._chains_of(self._runs, domain):
+                chains.insert((at, key))
+            if onset is not None:
+                _insort(self._down.setdefault(domain, []), (onset, key))
+                for chains in self._chains_of(self._bursts, domain):
+                    chains.insert((onset, key))
+        self._placed[key] = domains
+
+    def _unplace(self, key: str, *, returned: bool = True) -> None:
+        """Take a dark node out of the indexes; `returned`: it came back (a domain left without dark
+        nodes is judged anew on its next burst), not merely moved in the inventory."""
+        domains = self._placed.pop(key, ())
+        at, onset = self.dark_at.get(key), self.down_since.get(key)
+        for domain in domains:
+            if at is not None:
+                _remove(self._dark.get(domain), (at, key))
+                for chains in self._chains_of(self._runs, domain):
+                    chains.remove((at, key))
+            if onset is not None:
+                _remove(self._down.get(domain), (onset, key))
+                for chains in self._chains_of(self._bursts, domain):
+                    chains.remove((onset, key))
+            if not self._dark.get(domain):
+                self._dark.pop(domain, None)
+                self._down.pop(domain, None)
+                if returned:
+                    self.released.discard(domain)  # the domain is back: a new burst is judged anew
+
+    @staticmethod
+    def _chains_of(cache: dict[tuple[str, str], dict[timedelta, Chains]], domain: tuple[str, str]) -> Iterable[Chains]:
+        by_gap = cache.get(domain)
+        return by_gap.values() if by_gap else ()
 
     def put_inventory(self, key: str, record: NodeInventory) -> None:
         """A node's inventory record (new or changed)."""
         domains = self._domains_of(key)
         self.inventory[key] = record
         self.groups.put(key, record)
-        if self._domains_of(key) != domains:
-            self.invalidate_domains()
+        if schedulable(record):
+            self.ready_schedulable.add(key)
+        else:
+            self.ready_schedulable.discard(key)
+        if key in self.dark_at and self._domains_of(key) != domains:
+            self._unplace(key, returned=False)
+            self._place(key)
 
     def drop_inventory(self, key: str) -> None:
-        domains = self._domains_of(key)
         self.inventory.pop(key, None)
         self.groups.remove(key)
-        if domains:
-            self.invalidate_domains()
+        self.ready_schedulable.discard(key)
+        if key in self._placed:
+            self._unplace(key, returned=False)
 
     def invalidate_domains(self) -> None:
-        """A node's rack / zone changed: the dark-node indexes (O(dark nodes)) are rebuilt lazily."""
-        self._dark = None
-        self._down = {}
+        """Rebuild the dark-node indexes from `dark_at` / `down_since` and the inventory (O(dark nodes)):
+        after `dark_at` / `down_since` were changed directly instead of through `mark_dark` / `clear_dark`."""
+        self._dark.clear()
+        self._down.clear()
         self._runs.clear()
         self._bursts.clear()
+        self._placed.clear()
+        for key in self.dark_at:
+            self._place(key)
 
     def _domains_of(self, key: str) -> list[tuple[str, str]]:
         out = []
@@ -238,53 +276,33 @@ class FleetState:
 
     def dark_domains(self) -> dict[tuple[str, str], list[tuple[datetime, str]]]:
         """(dimension, value) → the dark nodes of that rack / zone as sorted (detected_at, node key)."""
-        if self._dark is None:
-            dark: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
-            down: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
-            for key, at in self.dark_at.items():
-                for domain in self._domains_of(key):
-                    dark.setdefault(domain, []).append((at, key))
-                    if key in self.down_since:
-                        down.setdefault(domain, []).append((self.down_since[key], key))
-            for index in (dark, down):
-                for members in index.values():
-                    members.sort()
-            self._dark, self._down = dark, down
         return self._dark
 
     def dark_run(self, key: str, dimension: str, *, gap: timedelta) -> tuple[int, datetime] | None:
         """How many dark nodes of this node's rack / zone arrived in its run (consecutive `detected_at`
         at most `gap` apart), and the last arrival of that run; None when the node is not dark."""
         value = self.domain_of(key, dimension)
-        if value is None:
+        at = self.dark_at.get(key)
+        if value is None or at is None or key not in self._placed:
             return None
-        cache_key = (dimension, value, gap)
-        runs = self._runs.get(cache_key)
-        if runs is None:
-            runs = {}
-            for group in _chains(self.dark_domains().get((dimension, value), []), gap):
-                for _, k in group:
-                    runs[k] = (len(group), group[-1][0])
-            self._runs[cache_key] = runs
-        return runs.get(key)
+        by_gap = self._runs.setdefault((dimension, value), {})
+        chains = by_gap.get(gap)
+        if chains is None:
+            chains = by_gap[gap] = Chains(gap, self._dark.get((dimension, value), ()))
+        return chains.run((at, key))
 
     def burst(self, key: str, dimension: str, *, gap: timedelta) -> tuple[str, ...]:
         """The down nodes of this node's rack / zone whose onsets (`down_since`) chain to its own at
         most `gap` apart (itself included); empty when it is not down."""
         value = self.domain_of(key, dimension)
-        if value is None:
+        onset = self.down_since.get(key)
+        if value is None or onset is None or key not in self._placed:
             return ()
-        cache_key = (dimension, value, gap)
-        bursts = self._bursts.get(cache_key)
-        if bursts is None:
-            self.dark_domains()  # builds `_down` too
-            bursts = {}
-            for group in _chains(self._down.get((dimension, value), []), gap):
-                names = tuple(sorted(k for _, k in group))
-                for _, k in group:
-                    bursts[k] = names
-            self._bursts[cache_key] = bursts
-        return bursts.get(key, ())
+        by_gap = self._bursts.setdefault((dimension, value), {})
+        chains = by_gap.get(gap)
+        if chains is None:
+            chains = by_gap[gap] = Chains(gap, self._down.get((dimension, value), ()))
+        return chains.names((onset, key))
 
     def context(self, cluster: str, node: str) -> NodeContext:
         key = node_key(cluster, node)
@@ -308,12 +326,140 @@ class FleetState:
         return self.groups.size(dimension, value)
 
 
-def _chains(items: list[tuple[datetime, str]], gap: timedelta) -> list[list[tuple[datetime, str]]]:
-    """Sorted (time, key) items cut where consecutive times are more than `gap` apart."""
-    out: list[list[tuple[datetime, str]]] = []
-    for item in items:
-        if out and item[0] - out[-1][-1][0] <= gap:
-            out[-1].append(item)
+def _insort(items: list[tuple[datetime, str]], item: tuple[datetime, str]) -> None:
+    index = bisect.bisect_left(items, item)
+    if index == len(items) or items[index] != item:
+        items.insert(index, item)
+
+
+def _remove(items: list[tuple[datetime, str]] | None, item: tuple[datetime, str]) -> None:
+    if items is not None:
+        index = bisect.bisect_left(items, item)
+        if index < len(items) and items[index] == item:
+            del items[index]
+
+
+Item = tuple[datetime, str]
+
+
+class Chains:
+    """(time, key) items in time order, cut into chains where consecutive times are more than `gap`
+    apart (a rack's run of arrivals, a zone's burst of onsets), kept up to date per insert / remove:
+    an item starts a chain exactly when the item before it is more than `gap` earlier, so an insert
+    or a remove changes that only for itself and the item after it. Per chain: its first item
+    (`starts`, sorted) and its keys sorted by name. A query costs O(log n); an arrival O(log n) plus
+    moving list memory, and O(chain) only when it joins two chains or its removal splits one."""
+
+    __slots__ = ("_names", "_tuples", "gap", "items", "starts")
+
+    def __init__(self, gap: timedelta, items: Iterable[Item] = ()) -> None:
+        self.gap = gap
+        self.items: list[Item] = sorted(items)
+        self.starts: list[Item] = []
+        self._names: dict[Item, list[str]] = {}  # chain start -> the chain's keys, sorted
+        self._tuples: dict[Item, tuple[str, ...]] = {}  # chain start -> `_names` as a tuple (cache)
+        previous: Item | None = None
+        for item in self.items:
+            if previous is None or item[0] - previous[0] > gap:
+                self.starts.append(item)
+                self._names[item] = [item[1]]
+            else:
+                self._names[self.starts[-1]].append(item[1])
+            previous = item
+        for names in self._names.values():
+            names.sort()
+
+    def _start_of(self, item: Item) -> Item:
+        return self.starts[bisect.bisect_right(self.starts, item) - 1]
+
+    def _end(self, start: Item) -> int:
+        """The index after the last item of the chain starting at `start`."""
+        following = bisect.bisect_right(self.starts, start)
+        return (
+            bisect.bisect_left(self.items, self.starts[following]) if following < len(self.starts) else len(self.items)
+        )
+
+    def _changed(self, start: Item) -> None:
+        self._tuples.pop(start, None)
+
+    def _find(self, item: Item) -> int | None:
+        index = bisect.bisect_left(self.items, item)
+        return index if index < len(self.items) and self.items[index] == item else None
+
+    def run(self, item: Item) -> tuple[int, datetime] | None:
+        """(size, last time) of the chain holding `item`; None when it is not held."""
+        if self._find(item) is None:
+            return None
+        start = self._start_of(item)
+        return len(self._names[start]), self.items[self._end(start) - 1][0]
+
+    def names(self, item: Item) -> tuple[str, ...]:
+        """The keys of the chain holding `item`, sorted; empty when it is not held."""
+        if self._find(item) is None:
+            return ()
+        start = self._start_of(item)
+        out = self._tuples.get(start)
+        if out is None:
+            out = self._tuples[start] = tuple(self._names[start])
+        return out
+
+    def insert(self, item: Item) -> None:
+        index = bisect.bisect_left(self.items, item)
+        if index < len(self.items) and self.items[index] == item:
+            return
+        before = self.items[index - 1] if index > 0 else None
+        after = self.items[index] if index < len(self.items) else None
+        after_started = after is not None and (before is None or after[0] - before[0] > self.gap)
+        after_joins = after is not None and after[0] - item[0] <= self.gap
+        self.items.insert(index, item)
+        if before is not None and item[0] - before[0] <= self.gap:
+            start = self._start_of(before)
+            bisect.insort(self._names[start], item[1])
+            self._changed(start)
+            if after is not None and after_started and after_joins:  # the item bridges two chains
+                self._merge(start, after)
+            return
+        bisect.insort(self.starts, item)
+        if after is not None and after_joins:  # `after` started a chain (its gap to `before` is wider)
+            names = self._names.pop(after)
+            self._changed(after)
+            self.starts.pop(bisect.bisect_left(self.starts, after))
+            bisect.insort(names, item[1])
+            self._names[item] = names
         else:
-            out.append([item])
-    return out
+            self._names[item] = [item[1]]
+
+    def remove(self, item: Item) -> None:
+        index = self._find(item)
+        if index is None:
+            return
+        before = self.items[index - 1] if index > 0 else None
+        after = self.items[index + 1] if index + 1 < len(self.items) else None
+        after_in_chain = after is not None and after[0] - item[0] <= self.gap
+        del self.items[index]
+        if before is None or item[0] - before[0] > self.gap:  # the item started its chain
+            names = self._names.pop(item)
+            self._changed(item)
+            self.starts.pop(bisect.bisect_left(self.starts, item))
+            names.pop(bisect.bisect_left(names, item[1]))
+            if after is not None and after_in_chain:  # `after` starts it now (`before` is further away)
+                bisect.insort(self.starts, after)
+                self._names[after] = names
+            return
+        start = self._start_of(before)
+        names = self._names[start]
+        names.pop(bisect.bisect_left(names, item[1]))
+        self._changed(start)
+        if after is not None and after_in_chain and after[0] - before[0] > self.gap:  # it splits before `after`
+            first = bisect.bisect_left(self.items, start)
+            self._names[after] = sorted(key for _, key in self.items[index : self._end(start)])
+            self._names[start] = sorted(key for _, key in self.items[first:index])
+            bisect.insort(self.starts, after)
+
+    def _merge(self, start: Item, other: Item) -> None:
+        """The chain starting at `other` joins the one starting at `start` (before it)."""
+        names = self._names.pop(other)
+        self._changed(other)
+        self.starts.pop(bisect.bisect_left(self.starts, other))
+        self._names[start] = list(heapq.merge(self._names[start], names))
+        self._changed(start)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from nodeheal.diagnoser.groups import DIMENSIONS, group_value
+from nodeheal.diagnoser.groups import DIMENSIONS, GroupIndex, group_value
 from nodeheal.schemas.inventory import NodeInventory
 
 FLEET_GROUP: tuple[str, str] = ("fleet", "all")
@@ -98,8 +98,12 @@ def sudden_rises(
     now: datetime,
     config: TrendConfig = TrendConfig(),
     dimensions: Sequence[str] = DIMENSIONS,
+    groups: GroupIndex | None = None,
 ) -> list[TrendStat]:
-    """The groups (and the whole fleet) whose current window is far above their own history."""
+    """The groups (and the whole fleet) whose current window is far above their own history. `groups`:
+    the inventory's `GroupIndex` when the caller keeps one (a node's groups are then looked up, not
+    computed from its record per event)."""
+    index = groups if groups is not None and groups.dimensions == tuple(dimensions) else None
     current_start = now - timedelta(seconds=config.bin_s * config.current_bins)
     history_start = current_start - timedelta(seconds=config.bin_s * config.history_bins)
     current: dict[tuple[str, str, str], list[str]] = {}
@@ -107,14 +111,15 @@ def sudden_rises(
     for event in events:
         if event.at < history_start or event.at > now:
             continue
-        record = inventory.get(event.node)
-        groups = [FLEET_GROUP]
-        if record is not None:
+        of_node = [FLEET_GROUP]
+        if index is not None:
+            of_node.extend(index.groups_of.get(event.node, ()))
+        elif (record := inventory.get(event.node)) is not None:
             for dimension in dimensions:
                 value = group_value(record, dimension)
                 if value is not None:
-                    groups.append((dimension, value))
-        for dimension, value in groups:
+                    of_node.append((dimension, value))
+        for dimension, value in of_node:
             key = (dimension, value, event.scope)
             if event.at >= current_start:
                 current.setdefault(key, []).append(event.node)
