@@ -12,7 +12,8 @@
 - syzbot_same_bug: both bucket levels on real syzbot crash reports grouped by the bug syzbot filed them
   under (`syzbot_same_bug.jsonl`), pairwise, overall and per split; syzbot_mail_same_bug: the same on the
   set of crash reports syzbot mailed (`syzbot_mail_same_bug.jsonl`; its rows' split is `fresh`, as it was
-  when committed: round 4 of the level-2 rules was tuned on its false pairs, so it is no longer held out).
+  when committed: round 4 of the level-2 rules was tuned on its false pairs, so it is no longer held out);
+  syzbot_fix_same_bug: syzbot bugs grouped by the commit that fixed them (`syzbot_fix_same_bug.jsonl`).
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
   and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
   both rule sets timed in the same process.
@@ -413,5 +414,6 @@ def run_bench(corpus_dir: Path, *, seconds: float = 2.0, baseline_rules: Path | 
         "partial_copies": partial_copy_robustness(excerpts),
         "syzbot_same_bug": syzbot_bucketing(load_syzbot(corpus_dir)),
         "syzbot_mail_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_mail_same_bug.jsonl")),
+        "syzbot_fix_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_fix_same_bug.jsonl")),
         "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }
