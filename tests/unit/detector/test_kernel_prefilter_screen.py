@@ -45,8 +45,10 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     not_log_lines |= {"kb-219", "kb-232"}
     # round 4 (held out): an XFS forced-shutdown line wrapped over four lines
     unknown_wordings = {"kb-179", "kb-201", "kb-248", "kb-289", "kb-299"}
-    # round 5 (held out, first run): logind's bare 'The system will reboot now!' and ppc64's
-    # 'Watchdog CPU:N Hard LOCKUP' (the KB misses both too). Wrapped copies (kb-248, kb-299) stay here: the
-    # pre-filter sees one line at a time; a node's own journal is not wrapped, only mailed / pasted copies are
-    unknown_wordings |= {"kb-306", "kb-309"}
+    # Wrapped copies (kb-248, kb-299) stay here: the pre-filter sees one line at a time; a node's own journal
+    # is not wrapped, only mailed / pasted copies are. (Round 5's kb-306 / kb-309 pass since round 6.)
+    # round 6: crash's own `help sys` example (not log lines), kubelet's 'Failed to admit pod … [DiskPressure]'
+    # (held out, the KB misses it too) and systemd's console going down with no shutdown wording (train)
+    not_log_lines |= {"kb-347"}
+    unknown_wordings |= {"kb-336", "kb-350"}
     assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)

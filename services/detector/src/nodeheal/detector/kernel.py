@@ -18,12 +18,13 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"\[Hardware Error\]|Machine Check|mcelog|\bEDAC\b"
         r"|nvme\d*: I/O \d+ QID|nvme\w*: .*(?:timeout|not ready)"
         r"|critical medium error|Medium Error|I/O error, dev|blk_update_request: .*error|Buffer I/O error on dev"
-        r"|HANDLING MCE MEMORY ERROR|CPU context corrupt|Machine check events logged|This is not a software error",
+        r"|HANDLING MCE MEMORY ERROR|CPU context corrupt|Machine check events logged|This is not a software error"
+        r"|bank Unified Memory Controller",
     ),
     (
         "lockup",
-        r"soft lockup|lockup - CPU#\d+ stuck|hard LOCKUP|rcu_\w+ (?:self-)?detected (?:expedited )?stall"
-        r"|blocked for more than \d+ seconds",
+        r"soft lockup|lockup - CPU#\d+ stuck|hard LOCKUP|Hard LOCKUP|rcu_\w+ (?:self-)?detected (?:expedited )?stall"
+        r"|blocked for more than \d+ seconds|jiffies,? g=-?\d+",
     ),
     (
         "crash",
@@ -41,7 +42,7 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
         "memory",
         r"Out of memory|out of memory|invoked oom-killer|oom_reaper|Killed process \d+|page allocation failure"
-        r"|killed as a result of limit of",
+        r"|killed as a result of limit of|kB, failcnt \d+",
     ),
     (
         "resource",
@@ -65,7 +66,9 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
         "planned",
         r"systemd-logind\[\d*\]: (?:Power key pressed|Powering Off|System is (?:powering down|rebooting|halting))"
-        r"|reboot: (?:Restarting system|Power down)",
+        r"|reboot: (?:Restarting system|Power down)|The system will (?:power off|reboot|halt|soft-reboot|kexec)"
+        r"|System userspace is rebooting|Stopped target (?:(?:multi-user|graphical|getty)\.target - )?"
+        r"(?:Multi-User System|Graphical Interface|Login Prompts)",
     ),
 )
 

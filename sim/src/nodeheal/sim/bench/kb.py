@@ -5,14 +5,16 @@
   a confusion table (true → predicted, `none` when nothing matched), accuracy overall and split into
   `train` (excerpts whose misses were allowed to motivate rules) and `test` (held out: only judged), and
   for the third round (`round: 3`) separately: `fresh_test` is its held-out half; rounds 4 and 5 (all
-  held out) each on their own.
+  held out) each on their own; round 6 whole, and its train / test halves;
+  round 7 (all held out) on its own.
 - buckets: every crash report cut from the excerpts; two reports are "the same bug" when their source
   says so (the excerpt's `group`, or several reports of one problem pasted in one excerpt). Pairwise
   precision / recall / F1 of the exact key (level 1) and of the similarity clusters (level 2).
 - syzbot_same_bug: both bucket levels on real syzbot crash reports grouped by the bug syzbot filed them
   under (`syzbot_same_bug.jsonl`), pairwise, overall and per split; syzbot_mail_same_bug: the same on the
   set of crash reports syzbot mailed (`syzbot_mail_same_bug.jsonl`; its rows' split is `fresh`, as it was
-  when committed: round 4 of the level-2 rules was tuned on its false pairs, so it is no longer held out).
+  when committed: round 4 of the level-2 rules was tuned on its false pairs, so it is no longer held out);
+  syzbot_fix_same_bug: syzbot bugs grouped by the commit that fixed them (`syzbot_fix_same_bug.jsonl`).
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
   and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
   both rule sets timed in the same process.
@@ -147,6 +149,13 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             "round4_test": accuracy("test", 4),
             # round 5 (kb-300…): all held out, committed after the unwrapping step and before it was run on them
             "round5_test": accuracy("test", 5),
+            # round 6 (kb-317…): committed before any code was run on them, split by URL hash like round 3;
+            # `round6_all` measured before any rule is the untouched figure, `round6_test` stays held out
+            "round6_all": accuracy(None, 6),
+            "round6_train": accuracy("train", 6),
+            "round6_test": accuracy("test", 6),
+            # round 7 (kb-351…): all held out, committed after the round-6 rules were final, measured once
+            "round7_test": accuracy("test", 7),
             "samples": accuracy("samples"),
         },
         "per_class": per_class,
@@ -408,5 +417,6 @@ def run_bench(corpus_dir: Path, *, seconds: float = 2.0, baseline_rules: Path | 
         "partial_copies": partial_copy_robustness(excerpts),
         "syzbot_same_bug": syzbot_bucketing(load_syzbot(corpus_dir)),
         "syzbot_mail_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_mail_same_bug.jsonl")),
+        "syzbot_fix_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_fix_same_bug.jsonl")),
         "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }

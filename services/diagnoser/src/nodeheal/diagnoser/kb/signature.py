@@ -1,7 +1,7 @@
 """Crash signatures (docs/diagnoser.md): cut a log into crash reports and bucket them.
 
-A report starts at a crash header (oops, GPF, divide error, BUG at, soft/hard lockup, hung task, RCU
-stall, fatal MCE, panic, crash(8) `sys` summary) and collects the panic string, the RIP line, the
+A report starts at a crash header (oops, GPF, KASAN bad access, divide error, BUG at, soft/hard lockup,
+hung task, RCU stall, fatal MCE, panic, crash(8) `sys` summary) and collects the panic string, the RIP line, the
 `CPU: … Tainted: … <release>` line and the reliable frames of its call trace. Two bucket levels, as
 ABRT/FAF and SysOM do: `bucket()` is the exact key (kind + top frames, or the RIP function without a
 trace), and `similarity()` / `cluster_reports()` group reports of one bug across kernel builds and partial
@@ -91,7 +91,7 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
     is_bpf_text_address kernel_text_address __kernel_text_address skb_panic skb_over_panic skb_under_panic
     skb_put skb_push __fortify_report __fortify_panic fortify_panic check_panic_on_warn print_tainted
     dump_backtrace ret_fast_syscall el1h_64_irq_handler el1h_64_irq el1_irq gic_handle_irq __slab_free
-    ___slab_alloc __slab_alloc slab_free_freelist_hook
+    ___slab_alloc __slab_alloc slab_free_freelist_hook slab_free slab_free_hook
     memcmp strcmp strncmp strlen strnlen strcpy strncpy strscpy strnstr memchr kobject_get kobject_put
     kref_get kref_put vprintk_emit vprintk vprintk_default vprintk_func printk _printk console_unlock
     __cancel_work_timer cancel_work_sync cancel_delayed_work_sync __get_free_pages get_zeroed_page memdup_user
@@ -107,7 +107,7 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
 _GENERIC_PREFIXES: tuple[str, ...] = tuple(
     _words("""
     _raw_ __raw_ do_raw_ queued_ native_queued_ __pv_queued_ lock_acquire lock_release __lock_acquire
-    lock_is_held lockdep_ debug_lockdep __sanitizer_ __asan_ kasan_ __kasan_ kmsan_ __msan_ __ubsan_ ubsan_
+    lock_is_held lockdep_ debug_lockdep __sanitizer_ __asan_ kasan_ __kasan_ ____kasan_ kmsan_ __msan_ __ubsan_ ubsan_
     kcsan_ __tsan_ trace_hardirqs_ refcount_ kobject_ __kmalloc ___kmalloc kmalloc_ __kvmalloc __x86_indirect_thunk
     __alloc_pages __alloc_frozen_pages alloc_pages rb_erase rb_insert __rb_ __list_ list_del list_add unwind_
     __unwind_ arch_stack_walk stack_trace_ save_stack print_ dump_stack show_regs __show_regs asm_exc_
@@ -168,6 +168,8 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
     ("gpf", re.compile(r"general protection fault")),
+    # a sanitizer's bad access (debug kernels): 'BUG: KASAN: use-after-free in f+0x…', one line per inlined frame
+    ("kasan", re.compile(r"BUG: KASAN: [\w-]+ in ")),
     ("divide_error", re.compile(r"divide error: 0000")),
     ("invalid_opcode_BUG_at", re.compile(r"kernel BUG at |invalid opcode: 0000")),
     ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at ")),
@@ -181,7 +183,7 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("oops", re.compile(r"Internal error: Oops|^Oops: (?:Oops: )?\d{4} \[#\d+\]")),
 )
 # headers that go on an open report instead of starting one (one oops prints several header lines)
-_CONTINUING = frozenset({"invalid_opcode_BUG_at", "mce_fatal", "oops_null_deref", "gpf", "oops"})
+_CONTINUING = frozenset({"invalid_opcode_BUG_at", "mce_fatal", "oops_null_deref", "gpf", "oops", "kasan"})
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<panic>.*?)\s*(?:\]---)?\s*$")
 _VMCORE_KEY = re.compile(r"^\s*(?P<key>KERNEL|DUMPFILE|RELEASE|VERSION|PANIC|NODENAME|MACHINE|CPUS):\s+(?P<value>.*)$")
 _PANIC_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -222,6 +224,7 @@ _FAMILY = {
     "oops_null_deref": "bad_access",
     "paging_request": "bad_access",
     "gpf": "bad_access",
+    "kasan": "bad_access",  # syzbot's alt title for a KASAN report is "bad-access in <function>" too
     "soft_lockup": "stall",
     "hard_lockup": "stall",
     "rcu_stall": "stall",

@@ -1,0 +1,52 @@
+"""KASAN reports (tests/data/kb/syzbot_fix_same_bug.jsonl: real syzbot reports grouped by their fixing commit)
+are crash reports of their own kind: one report per crash however many inlined `BUG: KASAN:` lines it has,
+blamed on the first frame past the sanitizer's machinery, and bucketed with the same bug's other copies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nodeheal.diagnoser.kb.signature import extract_reports, similarity
+
+ROWS = {
+    row["id"]: row
+    for row in (
+        json.loads(line)
+        for line in (Path(__file__).resolve().parents[2] / "data" / "kb" / "syzbot_fix_same_bug.jsonl")
+        .read_text(encoding="utf-8")
+        .splitlines()
+        if line
+    )
+}
+
+
+def only_report(excerpt: str):  # type: ignore[no-untyped-def]
+    reports = extract_reports(ROWS[excerpt]["lines"])
+    assert len(reports) == 1, [r.kind for r in reports]
+    return reports[0]
+
+
+def test_a_kasan_report_is_identified_and_blames_the_accessing_function() -> None:
+    report = only_report("fix-001")  # use-after-free in erspan_build_header
+    assert report.kind == "kasan" and report.identified()
+    assert report.guilty() == "erspan_build_header"
+
+
+def test_inlined_header_lines_continue_one_report() -> None:
+    report = only_report("fix-007")  # three 'BUG: KASAN:' lines for two inlined frames and their caller
+    assert report.guilty() == "___neigh_create"
+
+
+def test_two_access_kinds_of_one_bug_share_the_exact_key() -> None:
+    # use-after-free vs slab-out-of-bounds of one erspan bug (two kernel builds, one fixing commit)
+    assert only_report("fix-001").bucket() == only_report("fix-002").bucket()
+
+
+def test_a_kasan_report_and_a_page_fault_of_one_bug_are_similar() -> None:
+    # 'KASAN: vmalloc-out-of-bounds Write in htab_map_alloc' and 'BUG: unable to handle … in htab_map_alloc'
+    assert similarity(only_report("fix-009"), only_report("fix-010")) == 1.0
+
+
+def test_kasan_reports_of_unrelated_functions_are_not_similar() -> None:
+    assert similarity(only_report("fix-001"), only_report("fix-011")) == 0.0
