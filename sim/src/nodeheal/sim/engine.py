@@ -163,7 +163,11 @@ class FleetSimulator:
         self.settings = settings
         self.timings = timings or SimTimings()
         self.clock = clock
+        # fault placement (which node, which rack, which sample) draws from its own generator; the probes'
+        # noise from another: how many probes went out before a fault (timing, load) must not change
+        # where the fault strikes, so one seed is one fault plan
         self.rng = random.Random(spec.seed)
+        self.noise_rng = random.Random(f"{spec.seed}:probe-noise")
         self.inventory = build_inventory(spec)
         self.nodes: dict[str, SimNode] = {
             inv.node: SimNode(inv=inv, index=i, booted_at=clock() - 86_400 * (1 + i % 30))
@@ -387,6 +391,10 @@ class FleetSimulator:
         self.stats.flush_wait_s_max = max(self.stats.flush_wait_s_max, waited)
         self.stats.flush_timeouts += sum(1 for r in results if isinstance(r, Exception))
 
+    def probe_noise(self) -> float:
+        """The jitter of one agent probe's readings (from the noise generator, never the faults' one)."""
+        return self.noise_rng.uniform(-0.1, 0.1)
+
     async def _publish_node(self, node: SimNode, *, now: float, iso: str) -> None:
         """The node's agent probe (the real `ProbeCollector` over the simulated host) and the active
         prober's view of the node. Both are core publishes into the stream's subjects: JetStream stores
@@ -394,7 +402,7 @@ class FleetSimulator:
         simulator of 50,000 nodes cannot afford. The real agent publishes with acks and an outbox."""
         assert self._prober_nc is not None
         subject = self._subjects[node.name]
-        noise = self.rng.uniform(-0.1, 0.1)
+        noise = self.probe_noise()
         if node.agent_alive and not node.partitioned:
             agent = self.agent(node)
             if not self.probes_only:
