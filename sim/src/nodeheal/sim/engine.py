@@ -89,6 +89,8 @@ PUBLISH_BATCH = 250
 """Nodes probed between two flushes of the connections used: what one connection may have in flight
 (≈ 250 agent probes of ~1 KB plus 250 prober probes), the bound on the simulator's publish buffers."""
 FLUSH_TIMEOUT_S = 10
+FLUSH_POLL_S = 0.25
+"""How often a flush in progress checks whether its connection lost its server (then it is not waited for)."""
 TICK_NODES = 4 * PUBLISH_BATCH
 COLLECT_SAMPLE = 16
 """The real agent collector's CPU cost is measured on one probe in this many (`SimStats.collect_s`)."""
@@ -139,6 +141,7 @@ class SimStats:
     flush_wait_s: float = 0.0  # time spent waiting for the server to read what was published
     flush_wait_s_max: float = 0.0
     flush_timeouts: int = 0
+    flush_skipped: int = 0  # flushes not waited for: the connection was reconnecting (its server was away)
     samples: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -202,6 +205,7 @@ class FleetSimulator:
         self._subs: list[Any] = []
         self._sharded = False  # the probe shards publish the fleet's probes; this process keeps the world
         self._joined: dict[str, float] = {}  # with shards: machines that joined since, and when each is due
+        self._orphan_flushes: set[asyncio.Future[None]] = set()  # flushes of connections that lost their server
         self._used: set[Client] = set()  # connections published on since their last flush
         self._stopping = False
         self.membership = 0  # bumped when a machine joins or leaves the fleet (machine rotation)
@@ -380,16 +384,47 @@ class FleetSimulator:
             await asyncio.sleep(max(0.0, tick - (self.clock() - now)))
 
     async def _flush_used(self) -> None:
-        """Wait until the server has read what the connections used since the last call sent."""
+        """Wait until the server has read what the connections used since the last call sent.
+
+        A connection whose server is gone (killed, restarting) is reconnecting: what it was given waits in
+        its buffer and goes out on reconnect, like a real agent's outbox. It is not waited for — neither
+        when it is reconnecting already nor when it loses its server during the flush (nats-py drops the
+        flush's PING when it reconnects, so the flush would end only at `FLUSH_TIMEOUT_S`): waiting for it
+        stalled every node's probes for 10 s when `--nats-cluster 3` killed a server, and a fleet whose
+        probes all stop looks dark rack by rack (the nodes of that one connection are late, not all)."""
         used, self._used = self._used, set()
+        reconnecting = {conn for conn in used if not conn.is_connected}
+        self.stats.flush_skipped += len(reconnecting)
+        used -= reconnecting
         if not used:
             return
         started = time.monotonic()
-        results = await asyncio.gather(*(conn.flush(timeout=FLUSH_TIMEOUT_S) for conn in used), return_exceptions=True)
+        flushes = {asyncio.ensure_future(conn.flush(timeout=FLUSH_TIMEOUT_S)): conn for conn in used}
+        # a connection that reconnected (to another server of the cluster) since the flush began dropped
+        # the flush's PING: nats-py forgets it on reconnect, so the flush would only end at its timeout
+        reconnects = {conn: conn.stats["reconnects"] for conn in used}
+        pending = set(flushes)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=FLUSH_POLL_S)
+            lost = {
+                task
+                for task in pending
+                if not flushes[task].is_connected or flushes[task].stats["reconnects"] != reconnects[flushes[task]]
+            }
+            if lost:
+                # left to end by themselves (nats-py completes or times out its PING future; a cancelled one
+                # it would complete later and log an error)
+                self.stats.flush_skipped += len(lost)
+                pending -= lost
+                for task in lost:
+                    self._orphan_flushes.add(task)
+                    task.add_done_callback(_forget_flush(self._orphan_flushes))
         waited = time.monotonic() - started
         self.stats.flush_wait_s += waited
         self.stats.flush_wait_s_max = max(self.stats.flush_wait_s_max, waited)
-        self.stats.flush_timeouts += sum(1 for r in results if isinstance(r, Exception))
+        self.stats.flush_timeouts += sum(
+            1 for task in flushes if task.done() and not task.cancelled() and task.exception() is not None
+        )
 
     def probe_noise(self) -> float:
         """The jitter of one agent probe's readings (from the noise generator, never the faults' one)."""
@@ -851,3 +886,12 @@ class FleetSimulator:
 
     def escaped(self, node: str) -> str:
         return escape_token(node)
+
+
+def _forget_flush(orphans: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:
+    def done(task: asyncio.Future[None]) -> None:
+        orphans.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a timed-out flush of a lost connection is expected, not an error
+
+    return done
