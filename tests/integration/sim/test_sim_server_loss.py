@@ -57,3 +57,42 @@ async def test_a_connection_moving_to_another_server_does_not_stall_the_other_pr
     # connection's flush until its timeout
     assert during >= 2 * 60, during
     assert sim.stats.flush_timeouts == 0 and sim.stats.flush_wait_s_max < FLUSH_TIMEOUT_S
+
+
+async def test_a_node_whose_server_is_away_holds_its_probes_and_keeps_its_kernel_lines(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Seed 23's chaos run: after the nats-server's restart, 300 agent connections doing their TLS
+    handshakes at once, the simulator kept collecting and buffering every node's probe until each
+    connection's buffer overflowed ("outbound buffer limit exceeded", 8,626 times, a traceback each) —
+    CPU the reconnects needed. A node whose connection is down holds its probe; its kernel lines wait for
+    the next probe."""
+    with (
+        EmbeddedNats(log_file=str(tmp_path / "kept.log")) as kept,
+        EmbeddedNats(log_file=str(tmp_path / "lost.log")) as lost,
+    ):
+        sim = FleetSimulator(
+            spec=FleetSpec(nodes=20, seed=5), settings=NatsSettings(url=kept.url), timings=SimTimings(0.5)
+        )
+        nc = await connect(NatsSettings(url=kept.url), name="pytest-sim-kept")
+        # a small buffer: what a few seconds of a big fleet's probes do to the default 2 MB
+        away = await nats.connect(
+            servers=[lost.url], reconnect_time_wait=0.2, max_reconnect_attempts=-1, pending_size=4096
+        )
+        names = list(sim.nodes)
+        agents = {**dict.fromkeys(names[:10], nc), **dict.fromkeys(names[10:], away)}
+        try:
+            await sim.start(prober_nc=nc, agent_nc=agents)
+            await asyncio.sleep(1.0)
+            lost.kill()
+            await asyncio.sleep(0.5)
+            sim.nodes[names[15]].pending_kernel.append("BUG: soft lockup - CPU#3 stuck for 23s! [kworker/3:1:99]")
+            await asyncio.sleep(3.0)
+        finally:
+            await sim.stop()
+            with contextlib.suppress(Exception):
+                await away.close()
+            await nc.close()
+    assert sim.stats.publish_errors == 0
+    assert sim.stats.probes_held > 0
+    # the line is in the agent's kernel reader, not in a probe that went nowhere
+    assert not sim.nodes[names[15]].pending_kernel
+    assert sim.agent(sim.nodes[names[15]]).kmsg.unread >= 1

@@ -141,6 +141,7 @@ class SimStats:
     flush_wait_s: float = 0.0  # time spent waiting for the server to read what was published
     flush_wait_s_max: float = 0.0
     flush_timeouts: int = 0
+    probes_held: int = 0  # probes not taken while their connection's server was away (sent again once back)
     flush_skipped: int = 0  # flushes not waited for: the connection was reconnecting (its server was away)
     samples: list[dict[str, float]] = field(default_factory=list)
 
@@ -445,6 +446,17 @@ class FleetSimulator:
             for line in node.pending_kernel:
                 agent.kmsg.log(line, now=now)
             node.pending_kernel.clear()
+            conn: Client | None = self._agent_nc[node.name]
+            if conn is not None and not conn.is_connected:
+                # the agent's server is away (restarting, failing over): the agent keeps its kernel lines
+                # (in its kmsg reader, for the next probe) and probes again once connected — collecting and
+                # buffering probes nobody can take would only burn the CPU the reconnects need (300 TLS
+                # handshakes after a restart) and end in "outbound buffer limit exceeded" for every node
+                self.stats.probes_held += 1
+                conn = None
+        else:
+            conn = None
+        if conn is not None:
             # CPU, not wall (the machine is shared), measured on every `COLLECT_SAMPLE`-th probe: reading the
             # thread's CPU clock is a system call, under contention a costly one
             timed = self.stats.collected % COLLECT_SAMPLE == 0
@@ -456,10 +468,12 @@ class FleetSimulator:
                 self.stats.collect_timed += 1
             self.stats.collected += 1
             msg_id = probe_msg_id(cluster=probe.cluster, node=probe.node, boot_id=probe.boot_id, seq=probe.seq)
-            conn = self._agent_nc[node.name]
             await conn.publish(subject, body, headers={"Nats-Msg-Id": msg_id})
             self._used.add(conn)
             self.stats.probes_published += 1
+        if not self._prober_nc.is_connected:
+            self.stats.probes_held += 1  # the prober probes again once connected
+            return
         body_dict = node.prober_probe(time_iso=iso)
         prober_subject = self._prober_subjects[node.name]
         await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict), headers={"Nats-Msg-Id": body_dict["id"]})
