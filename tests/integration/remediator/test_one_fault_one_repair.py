@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
 
 from nodeheal.remediator.control import storm_key, storm_value, write_approval
 from nodeheal.remediator.ledger import Ledger
@@ -186,3 +187,45 @@ async def test_a_node_that_recovers_while_its_ladder_waits_is_verified_before_it
     verified = [r for r in records if r.node == "n5" and r.phase == "verified"]
     assert verified and min(r.time for r in verified) <= back.time
     assert reboots(ecs, "i-n5") == 0 and not world.is_cordoned("n5")
+
+
+async def test_a_node_settled_on_the_next_episodes_diagnosis_is_verified_under_the_episode_that_acted(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """Seed 7's lost `rcu_stall`: the remediator rebooted the node and was stopped before verifying; the
+    fault cleared, our own downtime opened the next episode, and the node was verified and given back on
+    that episode's resolution — under its diagnosis, so the proof joined the next incident and the first
+    ended unverified. The proof and the uncordon are recorded under the diagnosis that acted."""
+    js = nc.jetstream()
+    leases = f"{topology_ready.bucket_prefix}-leases"
+    await js.delete_key_value(leases)
+    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=2.0, history=1))  # a dead holder ages out fast
+    await add_inventory(nc, topology_ready, "n6", zone="z1", cloud="alibaba", instance_id="i-n6")
+    # a long ack wait: the stopped replica's diagnosis comes back only after the next episode is settled
+    settings = make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint).model_copy(
+        update={"ack_wait_s": 60.0, "verify_timeout_s": 60.0}
+    )
+    async with Probes(nc, topology_ready, "n6") as probes:
+        first = await start_service(settings)
+        try:
+            acted = diagnosis("n6", ["cordon", "reboot"], episode="ep-n6-a")
+            await publish_diagnosis(nc, topology_ready, acted)
+            await asyncio.wait_for(
+                ecs.wait_for_call("RebootInstance", where=lambda c: c.params.get("InstanceId") == "i-n6"), timeout=20
+            )
+            await wait_for_record(nc, topology_ready, node="n6", action="reboot", phase="succeeded")
+        finally:
+            await first.stop()  # between the action and its verification
+        probes.boot_id = "boot-2"  # the machine came back
+        # our own downtime was the next episode of the node, which resolved with the node back
+        await publish_diagnosis(nc, topology_ready, diagnosis("n6", ["none"], episode="ep-n6-b"))
+        await publish_diagnosis(nc, topology_ready, diagnosis("n6", ["none"], episode="ep-n6-b", resolved=True))
+        second = await start_service(settings)
+        try:
+            await wait_for_record(nc, topology_ready, node="n6", action="uncordon", phase="succeeded")
+        finally:
+            await second.stop()
+    records = [r for r in await audit_records(nc, topology_ready) if r.node == "n6"]
+    given_back = [r for r in records if r.phase == "verified" or r.action == "uncordon"]
+    assert given_back and {(r.diagnosis_id, r.episode_id) for r in given_back} == {(acted.id, "ep-n6-a")}
+    assert reboots(ecs, "i-n6") == 1 and not world.is_cordoned("n6")

@@ -252,3 +252,30 @@ def test_fd_exhaustion_restarts_the_descriptor_holder_never_a_guessed_kubelet() 
     d = run(diag, "n1", 1)
     assert d.cause == "fd_exhaustion"
     assert [(r.action, r.target) for r in d.recommended] == [("restart_service", "fd-holder"), ("escalate", None)]
+
+
+def _zone_of_three_racks() -> Diagnoser:
+    diag = Diagnoser(matcher=default_matcher(), config=DiagnoserConfig(node_down_hold=timedelta(seconds=5)))
+    for i in range(30):  # racks r0 r1 r2 of ten nodes each, one zone
+        diag.on_inventory(inventory(f"n{i}", rack=f"r{i // 10}", zone="z1"))
+    return diag
+
+
+def test_a_zone_going_dark_across_its_racks_is_a_zone_partition() -> None:
+    diag = _zone_of_three_racks()
+    for i, node in enumerate(["n0", "n1", "n2", "n10", "n11", "n20", "n21", "n22", "n12", "n3"]):
+        diag.on_anomaly(anomaly(node, "node_down", at=later(i * 0.5)))
+    d = run(diag, "n10", 60)
+    assert (d.cause, d.category) == ("zone_partition", "network")
+
+
+def test_a_hang_next_to_a_partitioned_rack_is_not_absorbed_by_its_zone() -> None:
+    # seed 7's lost fault: a whole rack drops off the network (a third of the zone), and a node of the
+    # next rack hangs a few seconds later; its own rack is up, so it is a node fault, not the network
+    diag = _zone_of_three_racks()
+    for i in range(10):
+        diag.on_anomaly(anomaly(f"n{i}", "node_down", at=later(i * 0.3)))
+    assert run(diag, "n0", 40).cause == "rack_partition"
+    diag.on_anomaly(anomaly("n14", "node_hang", at=later(8)))
+    d = run(diag, "n14", 60)
+    assert d.category != "network" and "zone_partition" not in d.cause

@@ -321,6 +321,8 @@ def _add_counters(sim: FleetSimulator, counters: dict[str, Any]) -> None:
     stats.flush_wait_s += counters.get("flush_wait_s", 0.0)
     stats.flush_wait_s_max = max(stats.flush_wait_s_max, counters.get("flush_wait_s_max", 0.0))
     stats.flush_timeouts += int(counters.get("flush_timeouts", 0))
+    stats.flush_skipped += int(counters.get("flush_skipped", 0))
+    stats.probes_held += int(counters.get("probes_held", 0))
     stats.interval_sum_s += counters.get("interval_sum_s", 0.0)
     stats.intervals += int(counters.get("intervals", 0))
     stats.interval_max_s = max(stats.interval_max_s, counters.get("interval_max_s", 0.0))
@@ -380,6 +382,10 @@ def _sim_section(sim: FleetSimulator, *, interval_s: float, live: dict[str, floa
         "publish_flush_wait_s": round(stats.flush_wait_s + live.get("flush_wait_s", 0.0), 1),
         "publish_flush_wait_s_max": round(max(stats.flush_wait_s_max, live.get("flush_wait_s_max", 0.0)), 3),
         "publish_flush_timeouts": stats.flush_timeouts + int(live.get("flush_timeouts", 0)),
+        # flushes not waited for: the connection's server was gone (it publishes again on reconnect)
+        "publish_flush_skipped": stats.flush_skipped + int(live.get("flush_skipped", 0)),
+        # probes not taken while their connection's server was away (the node probes again once connected)
+        "probes_held_reconnecting": stats.probes_held + int(live.get("probes_held", 0)),
     }
 
 

@@ -88,6 +88,8 @@ PUBLISH_BATCH = 250
 """Nodes probed between two flushes of the connections used: what one connection may have in flight
 (≈ 250 agent probes of ~1 KB plus 250 prober probes), the bound on the simulator's publish buffers."""
 FLUSH_TIMEOUT_S = 10
+FLUSH_POLL_S = 0.25
+"""How often a flush in progress checks whether its connection lost its server (then it is not waited for)."""
 TICK_NODES = 4 * PUBLISH_BATCH
 COLLECT_SAMPLE = 16
 """The real agent collector's CPU cost is measured on one probe in this many (`SimStats.collect_s`)."""
@@ -143,6 +145,8 @@ class SimStats:
     flush_wait_s: float = 0.0  # time spent waiting for the server to read what was published
     flush_wait_s_max: float = 0.0
     flush_timeouts: int = 0
+    probes_held: int = 0  # probes not taken while their connection's server was away (sent again once back)
+    flush_skipped: int = 0  # flushes not waited for: the connection was reconnecting (its server was away)
     samples: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -167,7 +171,11 @@ class FleetSimulator:
         self.settings = settings
         self.timings = timings or SimTimings()
         self.clock = clock
+        # fault placement (which node, which rack, which sample) draws from its own generator; the probes'
+        # noise from another: how many probes went out before a fault (timing, load) must not change
+        # where the fault strikes, so one seed is one fault plan
         self.rng = random.Random(spec.seed)
+        self.noise_rng = random.Random(f"{spec.seed}:probe-noise")
         self.inventory = build_inventory(spec)
         self.nodes: dict[str, SimNode] = {
             inv.node: SimNode(inv=inv, index=i, booted_at=clock() - 86_400 * (1 + i % 30))
@@ -202,6 +210,7 @@ class FleetSimulator:
         self._subs: list[Any] = []
         self._sharded = False  # the probe shards publish the fleet's probes; this process keeps the world
         self._joined: dict[str, float] = {}  # with shards: machines that joined since, and when each is due
+        self._orphan_flushes: set[asyncio.Future[None]] = set()  # flushes of connections that lost their server
         self._used: set[Client] = set()  # connections published on since their last flush
         self._stopping = False
         self.membership = 0  # bumped when a machine joins or leaves the fleet (machine rotation)
@@ -396,16 +405,51 @@ class FleetSimulator:
             await asyncio.sleep(max(0.0, tick - (self.clock() - now)))
 
     async def _flush_used(self) -> None:
-        """Wait until the server has read what the connections used since the last call sent."""
+        """Wait until the server has read what the connections used since the last call sent.
+
+        A connection whose server is gone (killed, restarting) is reconnecting: what it was given waits in
+        its buffer and goes out on reconnect, like a real agent's outbox. It is not waited for — neither
+        when it is reconnecting already nor when it loses its server during the flush (nats-py drops the
+        flush's PING when it reconnects, so the flush would end only at `FLUSH_TIMEOUT_S`): waiting for it
+        stalled every node's probes for 10 s when `--nats-cluster 3` killed a server, and a fleet whose
+        probes all stop looks dark rack by rack (the nodes of that one connection are late, not all)."""
         used, self._used = self._used, set()
+        reconnecting = {conn for conn in used if not conn.is_connected}
+        self.stats.flush_skipped += len(reconnecting)
+        used -= reconnecting
         if not used:
             return
         started = time.monotonic()
-        results = await asyncio.gather(*(conn.flush(timeout=FLUSH_TIMEOUT_S) for conn in used), return_exceptions=True)
+        flushes = {asyncio.ensure_future(conn.flush(timeout=FLUSH_TIMEOUT_S)): conn for conn in used}
+        # a connection that reconnected (to another server of the cluster) since the flush began dropped
+        # the flush's PING: nats-py forgets it on reconnect, so the flush would only end at its timeout
+        reconnects = {conn: conn.stats["reconnects"] for conn in used}
+        pending = set(flushes)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=FLUSH_POLL_S)
+            lost = {
+                task
+                for task in pending
+                if not flushes[task].is_connected or flushes[task].stats["reconnects"] != reconnects[flushes[task]]
+            }
+            if lost:
+                # left to end by themselves (nats-py completes or times out its PING future; a cancelled one
+                # it would complete later and log an error)
+                self.stats.flush_skipped += len(lost)
+                pending -= lost
+                for task in lost:
+                    self._orphan_flushes.add(task)
+                    task.add_done_callback(_forget_flush(self._orphan_flushes))
         waited = time.monotonic() - started
         self.stats.flush_wait_s += waited
         self.stats.flush_wait_s_max = max(self.stats.flush_wait_s_max, waited)
-        self.stats.flush_timeouts += sum(1 for r in results if isinstance(r, Exception))
+        self.stats.flush_timeouts += sum(
+            1 for task in flushes if task.done() and not task.cancelled() and task.exception() is not None
+        )
+
+    def probe_noise(self) -> float:
+        """The jitter of one agent probe's readings (from the noise generator, never the faults' one)."""
+        return self.noise_rng.uniform(-0.1, 0.1)
 
     async def _publish_node(self, node: SimNode, *, now: float, iso: str) -> None:
         """The node's agent probe (the real `ProbeCollector` over the simulated host) and the active
@@ -414,7 +458,7 @@ class FleetSimulator:
         simulator of 50,000 nodes cannot afford. The real agent publishes with acks and an outbox."""
         assert self._prober_nc is not None
         subject = self._subjects[node.name]
-        noise = self.rng.uniform(-0.1, 0.1)
+        noise = self.probe_noise()
         if node.agent_alive and not node.partitioned:
             agent = self.agent(node)
             if not self.probes_only:
@@ -422,6 +466,17 @@ class FleetSimulator:
             for line in node.pending_kernel:
                 agent.kmsg.log(line, now=now)
             node.pending_kernel.clear()
+            conn: Client | None = self._agent_nc[node.name]
+            if conn is not None and not conn.is_connected:
+                # the agent's server is away (restarting, failing over): the agent keeps its kernel lines
+                # (in its kmsg reader, for the next probe) and probes again once connected — collecting and
+                # buffering probes nobody can take would only burn the CPU the reconnects need (300 TLS
+                # handshakes after a restart) and end in "outbound buffer limit exceeded" for every node
+                self.stats.probes_held += 1
+                conn = None
+        else:
+            conn = None
+        if conn is not None:
             # CPU, not wall (the machine is shared), measured on every `COLLECT_SAMPLE`-th probe: reading the
             # thread's CPU clock is a system call, under contention a costly one
             timed = self.stats.collected % COLLECT_SAMPLE == 0
@@ -432,10 +487,12 @@ class FleetSimulator:
                 self.stats.collect_s += time.thread_time() - started
                 self.stats.collect_timed += 1
             self.stats.collected += 1
-            conn = self._agent_nc[node.name]
             await conn.publish(subject, body)  # as the agent does: no Nats-Msg-Id (docs/design.md, PROBES)
             self._used.add(conn)
             self.stats.probes_published += 1
+        if not self._prober_nc.is_connected:
+            self.stats.probes_held += 1  # the prober probes again once connected
+            return
         body_dict = node.prober_probe(time_iso=iso)
         prober_subject = self._prober_subjects[node.name]
         await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict))
@@ -862,3 +919,12 @@ class FleetSimulator:
 
     def escaped(self, node: str) -> str:
         return escape_token(node)
+
+
+def _forget_flush(orphans: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:
+    def done(task: asyncio.Future[None]) -> None:
+        orphans.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a timed-out flush of a lost connection is expected, not an error
+
+    return done

@@ -73,6 +73,8 @@ def _counters(sim: Any) -> dict[str, Any]:
         "flush_wait_s": stats.flush_wait_s,
         "flush_wait_s_max": stats.flush_wait_s_max,
         "flush_timeouts": stats.flush_timeouts,
+        "flush_skipped": stats.flush_skipped,
+        "probes_held": stats.probes_held,
     }
 
 

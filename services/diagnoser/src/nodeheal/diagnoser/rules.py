@@ -176,15 +176,20 @@ def peer_view(
 def partition_view(
     fleet: FleetState, ctx: NodeContext, *, now: datetime, config: DecisionConfig
 ) -> tuple[str, PeerView] | None:
-    """The rack / zone burst this dark node belongs to, when it is large enough to be a partition."""
-    for dimension, cause, min_down, min_fraction in (
-        ("rack", "rack_partition", config.rack_min_down, config.rack_min_fraction),
-        ("zone", "zone_partition", config.zone_min_down, config.zone_min_fraction),
-    ):
-        view = peer_view(fleet, ctx, dimension, now=now, config=config)
-        if view is not None and len(view.down) >= min_down and view.fraction >= min_fraction:
-            return cause, view
-    return None
+    """The rack / zone burst this dark node belongs to, when it is large enough to be a partition.
+
+    A zone partition takes the node's own rack down with it: a node whose rack is not dark (at least
+    `zone_min_fraction` of it in the node's burst) is not absorbed by another rack's partition that
+    happens to fill the zone's fraction — it is judged on its own (a hang next to a dark rack)."""
+    rack = peer_view(fleet, ctx, "rack", now=now, config=config)
+    if rack is not None and len(rack.down) >= config.rack_min_down and rack.fraction >= config.rack_min_fraction:
+        return "rack_partition", rack
+    zone = peer_view(fleet, ctx, "zone", now=now, config=config)
+    if zone is None or len(zone.down) < config.zone_min_down or zone.fraction < config.zone_min_fraction:
+        return None
+    if rack is not None and rack.fraction < config.zone_min_fraction:
+        return None
+    return "zone_partition", zone
 
 
 def repeated_repairs(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> int:

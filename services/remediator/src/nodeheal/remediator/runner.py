@@ -97,6 +97,14 @@ class _Run:
             if r.episode_id == self.episode or (r.episode_id is None and r.diagnosis_id == self.diagnosis.id)
         ]
 
+    def own_diagnosis(self) -> tuple[str, str | None] | None:
+        """(diagnosis id, cause) this episode's actions were recorded under (the latest), or None."""
+        own = [(r.time, r.diagnosis_id, r.cause) for r in self.records() if r.diagnosis_id]
+        if not own:
+            return None
+        _, diagnosis_id, cause = max(own, key=lambda t: t[0])
+        return diagnosis_id, cause
+
     def verified_at(self) -> datetime | None:
         times = [r.time for r in self.records() if r.phase == "verified"]
         return max(times) if times else None
@@ -266,6 +274,15 @@ class Remediator:
         started_at: datetime | None = None,
         boot_id: str | None = None,
     ) -> RemediationRecord:
+        diagnosis_id: str = diagnosis.id
+        cause: str | None = diagnosis.cause
+        if run is not None and run.episode != diagnosis.episode:
+            # a node an earlier episode disrupted, settled on a later episode's diagnosis (`_settle`, e.g.
+            # after a restart between the action and its verification): the proof and the give-back belong
+            # to the episode that acted, under the diagnosis its actions were recorded under — not the next
+            own = run.own_diagnosis()
+            if own is not None:
+                diagnosis_id, cause = own
         rec = RemediationRecord(
             cluster=diagnosis.cluster,
             node=diagnosis.node,
@@ -278,8 +295,8 @@ class Remediator:
             dry_run=self.policy.dry_run,
             actor=self.actor,
             lease_revision=run.lease.revision if run else None,
-            diagnosis_id=diagnosis.id,
-            cause=diagnosis.cause,
+            diagnosis_id=diagnosis_id,
+            cause=cause,
             rung=rung,
             # the incident's trace, continued from the diagnosis message by the consumer (handlers.py)
             trace_id=current_trace_id(),

@@ -42,16 +42,25 @@ class NodeAgent:
             dry_run=dry_run,
         )
         subject = cmd_subject(cluster, node, prefix=self.prefix)
-        try:
-            reply = await self.nc.request(subject, cmd.to_json(), timeout=self.timeout_s)
-        except NoRespondersError:
-            return ActionOutcome(
-                ok=False, detail=f"no node agent answers on {subject}; is the DaemonSet running on {node}?"
-            )
-        except NatsTimeout:
-            return ActionOutcome(
-                ok=False, detail=f"node agent on {node} did not answer {command} within {self.timeout_s}s"
-            )
+        for attempt in range(2):
+            reconnects = self.nc.stats["reconnects"]
+            try:
+                reply = await self.nc.request(subject, cmd.to_json(), timeout=self.timeout_s)
+                break
+            except NoRespondersError:
+                return ActionOutcome(
+                    ok=False, detail=f"no node agent answers on {subject}; is the DaemonSet running on {node}?"
+                )
+            except NatsTimeout:
+                if attempt == 0 and self.nc.stats["reconnects"] != reconnects:
+                    # the connection moved to a restarted (or another) server while waiting: the request or its
+                    # answer went down with the old one (a reply to a request the server never saw is refused).
+                    # Asked once more with the same action id: the agent answers a known id from its stored
+                    # result, so nothing runs twice
+                    continue
+                return ActionOutcome(
+                    ok=False, detail=f"node agent on {node} did not answer {command} within {self.timeout_s}s"
+                )
         try:
             result = NodeCommandResult.model_validate_json(reply.data)
         except ValidationError as exc:

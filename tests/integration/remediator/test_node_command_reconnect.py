@@ -1,0 +1,65 @@
+"""A node command whose request or answer went down with a restarted nats-server (issue 14's chaos
+runs: the agent's reply after the restart was refused, the remediator timed out and the step failed).
+The remediator asks once more with the same action id after a reconnect; the agent answers a known id
+from its stored result, so the command runs once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.aio.msg import Msg
+
+from nodeheal.remediator.actions.node import NodeAgent
+from nodeheal.runtime.connect import connect
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.subjects import cmd_subject
+from nodeheal.sim.embedded import EmbeddedNats
+
+pytestmark = [pytest.mark.nats]
+
+
+async def test_a_command_lost_with_a_restarted_server_is_asked_again_and_runs_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    server = EmbeddedNats(store_dir=str(tmp_path / "store"), log_file=str(tmp_path / "a.log")).start()
+    port = server.port
+    settings = NatsSettings(url=server.url)
+    requester = await connect(settings, name="pytest-remediator")
+    agent = await connect(settings, name="pytest-agent")
+    asked: list[str] = []
+    ran: dict[str, NodeCommandResult] = {}
+    first_seen = asyncio.Event()
+
+    async def answer(msg: Msg) -> None:
+        command = NodeCommand.model_validate_json(msg.data)
+        asked.append(command.action_id)
+        if len(asked) == 1:
+            first_seen.set()  # the server dies before this request is answered
+            return
+        result = ran.setdefault(
+            command.action_id, NodeCommandResult(action_id=command.action_id, node=command.node, ok=True, detail="ran")
+        )
+        await msg.respond(result.to_json())
+
+    subject = cmd_subject("c1", "n1", prefix=settings.prefix)
+    await agent.subscribe(subject, cb=answer)
+    await agent.flush()
+    restarted: EmbeddedNats | None = None
+    try:
+        request = asyncio.create_task(
+            NodeAgent(requester, prefix=settings.prefix, timeout_s=6.0).run(
+                cluster="c1", node="n1", command="restart_service", target="kubelet", action_id="a-1", lease_revision=1
+            )
+        )
+        await asyncio.wait_for(first_seen.wait(), timeout=10)
+        server.kill()
+        restarted = EmbeddedNats(port=port, store_dir=str(tmp_path / "store"), log_file=str(tmp_path / "b.log"))
+        restarted.start()
+        outcome = await asyncio.wait_for(request, timeout=30)
+    finally:
+        await requester.close()
+        await agent.close()
+        if restarted is not None:
+            restarted.stop()
+    assert outcome.ok, outcome.detail
+    assert asked == ["a-1", "a-1"] and len(ran) == 1  # asked again with the same action id, ran once
