@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.agent.crash import crash_msg_id
+from nodeheal.agent.reply import answer, connection_epoch
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
 from nodeheal.schemas.inventory import instance_key, inventory_key
@@ -627,9 +628,13 @@ class FleetSimulator:
             result = NodeCommandResult(action_id="", node=node.name, ok=False, detail=detail)
             await msg.respond(result.to_json())
             return
+        conn = self._agent_nc.get(node.name)
+        epoch = connection_epoch(conn) if conn is not None else 0
         result = await self.agent(node).execute(command)
         self.stats.commands_answered += 1
-        if msg.reply:
+        if conn is not None:
+            await answer(msg, result.to_json(), nc=conn, epoch=epoch, node=node.name)
+        elif msg.reply:
             await msg.respond(result.to_json())
 
     def executed_commands(self) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from nodeheal.agent.crash import CrashCollector, crash_msg_id
 from nodeheal.agent.host import HostReader, StatVfs
 from nodeheal.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
 from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter
+from nodeheal.agent.reply import answer, connection_epoch
 from nodeheal.agent.settings import AgentSettings
 from nodeheal.agent.systemd import SystemctlClient, Systemd
 from nodeheal.runtime.connect import connect
@@ -278,6 +279,8 @@ class NodeAgent:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, msg: Msg) -> None:
+        assert self.nc is not None
+        epoch = connection_epoch(self.nc)
         try:
             command = NodeCommand.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -298,8 +301,7 @@ class NodeAgent:
                 "detail": result.detail,
             },
         )
-        if msg.reply:
-            await msg.respond(result.to_json())
+        await answer(msg, result.to_json(), nc=self.nc, epoch=epoch, node=self.settings.node_name)
 
     async def _reject(self, msg: Msg, *, reason: str) -> None:
         REJECTED.inc()

@@ -1,0 +1,40 @@
+"""Answering a command request on the connection that received it.
+
+Under the deployed permissions (deploy/nats/natsauth.py) the agent may publish to a requester's reply
+subject only because the server granted that one reply to the connection the request was delivered on
+(`allow_responses`, one message). A connection that reconnected since — its server restarted, or it moved
+to another server of the cluster — is a new client to the server: the grant is gone, and a reply sent now is
+refused as a permissions violation and lost anyway. The result is not lost: the executor keeps it under the
+command's action id (`CommandExecutor`, on disk with a state directory), and the requester, whose own
+connection went through the same restart, asks again with the same action id and is answered from it
+(`nodeheal.remediator.actions.node`). So the agent does not send such a reply; it logs that it kept it."""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+log = logging.getLogger("nodeheal.agent")
+
+
+def connection_epoch(nc: Client) -> int:
+    """Which connection of `nc` this is: the number of reconnects so far."""
+    return int(nc.stats["reconnects"])
+
+
+async def answer(msg: Msg, payload: bytes, *, nc: Client, epoch: int, node: str) -> bool:
+    """Reply to `msg` if it asked for a reply and `nc` is still the connection (`epoch`) it arrived on;
+    True if a reply was sent."""
+    if not msg.reply:
+        return False
+    if connection_epoch(nc) != epoch:
+        log.info(
+            "command result kept, not sent: the connection that received the command has reconnected since "
+            "(the server would refuse the reply); the requester asks again with the same action id",
+            extra={"node": node, "reply": msg.reply},
+        )
+        return False
+    await msg.respond(payload)
+    return True
