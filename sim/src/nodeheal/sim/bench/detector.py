@@ -278,18 +278,13 @@ async def drain_nats_py_fetch(url: str, settings: NatsSettings, *, total: int, b
     return seen / elapsed
 
 
-async def drain_puller_only(
-    url: str, settings: NatsSettings, *, total: int, batch: int, auth: BenchAuth, explicit: bool = False
-) -> float:
-    """The batch puller alone (transport ceiling of the detector's path: no decode, no rules): one
-    cumulative `+ACK` per chunk (AckPolicy.ALL, the detector before per-probe acks) or, with `explicit`,
-    one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does now): the cost of acknowledging
-    only what is done, measured in the same run."""
-    nc = await auth.connect(url, "detector", name="bench-puller", pending_size=64 * 1024 * 1024)
-    js = nc.jetstream()
-    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
-    durable = "bench-puller-explicit" if explicit else "bench-puller"
-    await js.add_consumer(
+async def open_puller(
+    url: str, auth: BenchAuth, stream: str, *, durable: str, explicit: bool, batch: int
+) -> tuple[Client, BatchPuller]:
+    """A connection as the detector and the detector's batch puller on a new durable of `stream`: one
+    `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does) or, without `explicit`, cumulative."""
+    nc = await auth.connect(url, "detector", name=f"bench-{durable}", pending_size=64 * 1024 * 1024)
+    await nc.jetstream().add_consumer(
         stream,
         config=ConsumerConfig(
             durable_name=durable,
@@ -300,8 +295,12 @@ async def drain_puller_only(
     )
     puller = BatchPuller(nc, stream=stream, consumer=durable, batch=batch)
     await puller.start()
+    return nc, puller
+
+
+async def drain_chunks(puller: BatchPuller, *, total: int, explicit: bool) -> int:
+    """Pull chunks until `total` messages (or a 5 s silence), acknowledging each chunk; returns how many."""
     seen = 0
-    start = time.perf_counter()
     while seen < total:
         chunk = await puller.next_chunk(wait_s=5)
         if not chunk:
@@ -311,6 +310,21 @@ async def drain_puller_only(
             await puller.ack_each(chunk)
         else:
             await puller.ack_all_through(chunk[-1])
+    return seen
+
+
+async def drain_puller_only(
+    url: str, settings: NatsSettings, *, total: int, batch: int, auth: BenchAuth, explicit: bool = False
+) -> float:
+    """The batch puller alone (transport ceiling of the detector's path: no decode, no rules): one
+    cumulative `+ACK` per chunk (AckPolicy.ALL, the detector before per-probe acks) or, with `explicit`,
+    one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does now): the cost of acknowledging
+    only what is done, measured in the same run."""
+    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
+    durable = "bench-puller-explicit" if explicit else "bench-puller"
+    nc, puller = await open_puller(url, auth, stream, durable=durable, explicit=explicit, batch=batch)
+    start = time.perf_counter()
+    seen = await drain_chunks(puller, total=total, explicit=explicit)
     elapsed = time.perf_counter() - start
     await puller.stop()
     await nc.close()

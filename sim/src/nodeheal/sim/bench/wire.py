@@ -17,12 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-from nodeheal.detector.puller import BatchPuller
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.subjects import probe_subject
-from nodeheal.sim.bench.detector import _drop, _provision
+from nodeheal.sim.bench.detector import _drop, _provision, drain_chunks, open_puller
 from nodeheal.sim.bench.secure import BenchAuth
 from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
 from nodeheal.sim.nodehost import AgentProfile, SimAgent
@@ -96,30 +93,10 @@ async def _wait_stored(url: str, auth: BenchAuth, stream: str, count: int) -> in
 
 
 async def _drain(url: str, auth: BenchAuth, stream: str, *, total: int, explicit: bool, batch: int) -> int:
-    nc = await auth.connect(url, "detector", name="bench-wire-puller", pending_size=64 * 1024 * 1024)
-    js = nc.jetstream()
     durable = "bench-wire-explicit" if explicit else "bench-wire-all"
-    await js.add_consumer(
-        stream,
-        config=ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT if explicit else AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.ALL,
-            max_ack_pending=-1,
-        ),
-    )
-    puller = BatchPuller(nc, stream=stream, consumer=durable, batch=batch)
-    await puller.start()
-    seen = 0
-    while seen < total:
-        chunk = await puller.next_chunk(wait_s=5)
-        if not chunk:
-            break
-        seen += len(chunk)
-        if explicit:
-            await puller.ack_each(chunk)
-        else:
-            await puller.ack_all_through(chunk[-1])
+    nc, puller = await open_puller(url, auth, stream, durable=durable, explicit=explicit, batch=batch)
+    js = nc.jetstream()
+    seen = await drain_chunks(puller, total=total, explicit=explicit)
     await nc.flush()
     # the last acks reach the server's consumer before its CPU is read
     for _ in range(50):
