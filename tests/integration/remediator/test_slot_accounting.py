@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -41,6 +42,25 @@ from tests.integration.remediator.harness import (
 pytestmark = pytest.mark.nats
 
 
+async def _one_slot_pool(
+    nc: Client, topology_ready: NatsSettings, *, rack: str | None = None, **over: Any
+) -> RemediatorSettings:
+    """n1 and n2 (Alibaba instances i-n1, i-n2) in pool p of zone z1 (and `rack`), whose budget is one node;
+    the remediator's settings for it (no storm guard in the way)."""
+    for node in ("n1", "n2"):
+        await add_inventory(
+            nc, topology_ready, node, zone="z1", rack=rack, node_pool="p", cloud="alibaba", instance_id=f"i-{node}"
+        )
+    values: dict[str, Any] = {
+        "verify_timeout_s": 20,
+        "storm_threshold_pct": 100,
+        "storm_min_unhealthy": 100,
+        "pool_budget": {"max_count": 1},
+        **over,
+    }
+    return make_settings(topology_ready, **values)
+
+
 async def test_a_node_handed_to_a_person_and_repaired_again_goes_back_to_the_person(
     topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
 ) -> None:
@@ -49,19 +69,7 @@ async def test_a_node_handed_to_a_person_and_repaired_again_goes_back_to_the_per
     but n1 stays cordoned for the person. B must say so (a hand-over record) when it gives the slot back;
     before, it released the slot silently, n2 took it, and the referee counted two nodes nodeheal held in a
     pool whose budget is one. Judged by the demo's referee, from AUDIT and the Kubernetes emulator's log."""
-    for node in ("n1", "n2"):
-        await add_inventory(
-            nc, topology_ready, node, zone="z1", rack="r1", node_pool="p", cloud="alibaba", instance_id=f"i-{node}"
-        )
-    settings = make_settings(
-        topology_ready,
-        kube_url=world.url,
-        ecs_endpoint=ecs.endpoint,
-        verify_timeout_s=20,
-        storm_threshold_pct=100,
-        storm_min_unhealthy=100,
-        pool_budget={"max_count": 1},
-    )
+    settings = await _one_slot_pool(nc, topology_ready, rack="r1", kube_url=world.url, ecs_endpoint=ecs.endpoint)
     service = await start_service(settings)
     try:
         async with Probes(nc, topology_ready, "n1") as n1, Probes(nc, topology_ready, "n2"):
@@ -104,20 +112,16 @@ async def test_a_host_event_handed_a_node_its_escalated_episode_gives_back_says_
     async with KubeWorld() as world, EcsEmulator(ecs_world, tick_interval_s=0.1) as ecs:
         for node in ("n1", "n2"):
             world.add_node(node, zone="z1", node_pool="p")
-            await add_inventory(
-                nc, topology_ready, node, zone="z1", node_pool="p", cloud="alibaba", instance_id=f"i-{node}"
+        settings = (
+            await _one_slot_pool(
+                nc,
+                topology_ready,
+                kube_url=world.url,
+                ecs_endpoint=ecs.endpoint,
+                flap_reboots=1,  # one reboot a day: the host event's early accept right after ours is quarantined
+                cloud_drain_lead_s=7200.0,  # the event an hour away is prepared for at once
+                host_reboot_guard_s=7200.0,  # ... and the ladder's own reboot gives way to it
             )
-        settings = make_settings(
-            topology_ready,
-            kube_url=world.url,
-            ecs_endpoint=ecs.endpoint,
-            verify_timeout_s=20,
-            storm_threshold_pct=100,
-            storm_min_unhealthy=100,
-            pool_budget={"max_count": 1},
-            flap_reboots=1,  # one reboot a day: the host event's early accept right after ours is quarantined
-            cloud_drain_lead_s=7200.0,  # the event an hour away is prepared for at once
-            host_reboot_guard_s=7200.0,  # ... and the ladder's own reboot gives way to it
         ).model_copy(update={"maintenance_interval_s": 0.2})
         events: list[SystemEvent] = []
 
