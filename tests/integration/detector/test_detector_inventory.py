@@ -11,11 +11,10 @@ from nats.aio.client import Client
 
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.rules import RuleConfig
-from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeInventory
 from nodeheal.schemas.inventory import inventory_key
-from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish
+from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish, started_runtime
 
 pytestmark = pytest.mark.nats
 
@@ -23,11 +22,8 @@ pytestmark = pytest.mark.nats
 @pytest.fixture
 async def runtime(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DetectorRuntime]:
     rules = RuleConfig(probe_interval_s=0.5, down_after_missed=2.0, warmup_s=0, silence_recheck_s=0.2)
-    settings = DetectorSettings(nats=topology_ready, batch_size=100, tick_s=0.1, rules=rules)
-    rt = DetectorRuntime(settings=settings, nc=nc)
-    await rt.start()
-    yield rt
-    await rt.stop()
+    async with started_runtime(topology_ready, nc, rules) as rt:
+        yield rt
 
 
 async def test_a_node_deleted_from_the_inventory_raises_no_node_down(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -81,13 +82,21 @@ async def eventually(check: Callable[[], object], *, timeout_s: float = 20.0) ->
         await asyncio.sleep(0.1)
 
 
+@contextlib.asynccontextmanager
+async def started_runtime(nats: NatsSettings, nc: Client, rules: RuleConfig) -> AsyncIterator[DetectorRuntime]:
+    """A detector runtime on `nc` with `rules` (batches of 100, 0.1 s ticks), started and stopped."""
+    rt = DetectorRuntime(settings=DetectorSettings(nats=nats, batch_size=100, tick_s=0.1, rules=rules), nc=nc)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
 @pytest.fixture
 async def runtime(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DetectorRuntime]:
-    settings = DetectorSettings(nats=topology_ready, batch_size=100, tick_s=0.1, rules=RuleConfig(clear_probes=1))
-    rt = DetectorRuntime(settings=settings, nc=nc)
-    await rt.start()
-    yield rt
-    await rt.stop()
+    async with started_runtime(topology_ready, nc, RuleConfig(clear_probes=1)) as rt:
+        yield rt
 
 
 async def test_disk_full_fires_and_resolves_exactly_once_despite_duplicate_probes(
