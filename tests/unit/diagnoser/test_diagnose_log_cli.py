@@ -10,6 +10,7 @@ from pathlib import Path
 from tests.unit.diagnoser.scenarios import sample_lines
 
 CMD = [sys.executable, "-m", "nodeheal.cli.main", "diagnose-log"]
+DATA = Path(__file__).resolve().parents[2] / "data" / "kb"
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -86,6 +87,28 @@ def test_buckets_list_the_members_of_a_bug_seen_twice(tmp_path: Path) -> None:
     assert [m["line_no"] for m in by_kind["gpf"]["members"]] == [len(first) + 1]
 
 
+def test_buckets_keep_two_bugs_of_one_function_apart_and_say_why(tmp_path: Path) -> None:
+    """Three real syzbot reports of htab_map_alloc (tests/data/kb/syzbot_fix_same_bug.jsonl): a KASAN write and
+    a page fault of one bug (one fixing commit), and a KASAN read of another bug (another fixing commit)."""
+    rows = {
+        row["id"]: row["lines"]
+        for row in map(json.loads, (DATA / "syzbot_fix_same_bug.jsonl").read_text(encoding="utf-8").splitlines())
+    }
+    write, fault, read = rows["fix-009"], rows["fix-010"], rows["fix-017"]
+    log = tmp_path / "console.log"
+    log.write_text("\n".join([*write, *read, *fault]) + "\n")
+    proc = run(str(log), "--buckets")
+    assert proc.returncode == 0, proc.stderr
+    buckets = [row for row in map(json.loads, proc.stdout.decode().splitlines()) if "members" in row]
+    # each report's header line (a KASAN report opens after its '====' rule)
+    w, r, f = (1 + next(i for i, line in enumerate(lines) if "BUG:" in line) for lines in (write, read, fault))
+    r, f = r + len(write), f + len(write) + len(read)
+    assert sorted([m["line_no"] for m in b["members"]] for b in buckets) == [[w, f], [r]]
+    listed = {m["line_no"]: m for b in buckets for m in b["members"]}
+    assert listed[w]["kind"] == "kasan" and listed[w]["access"] == "Write 8" and listed[w]["blamed"] == "htab_map_alloc"
+    assert listed[r]["access"] == "Read 8" and listed[f]["kind"] == "paging_request"
+
+
 def test_bench_kb_prints_the_corpus_scores() -> None:
     rules = "services/diagnoser/src/nodeheal/diagnoser/kb/rules.yaml"  # timed against itself: a same-run baseline
     proc = subprocess.run(
@@ -121,6 +144,11 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
     assert mail["bugs_with_several_crashes"] >= 20 and mail["similarity"]["true_pairs"] >= 20
     fix = result["syzbot_fix_same_bug"]["fresh"]  # grouped by fixing commit (round 6)
     assert fix["bugs_with_several_crashes"] >= 7 and fix["similarity"]["true_pairs"] >= 12
+    dup = result["syzbot_dup_same_bug"]["fresh"]  # grouped by fixing commit, committed before round 8 ran on it
+    assert dup["bugs_with_several_crashes"] >= 30 and dup["similarity"]["true_pairs"] >= 40
+    summary = result["buckets"]
+    assert set(summary) >= {"syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_fix_same_bug", "syzbot_dup_same_bug"}
+    assert summary["syzbot_dup_same_bug"]["level2_similarity"]["true_pairs"] == dup["similarity"]["true_pairs"]
     same_run = result["speed"]["same_run"]
     assert same_run["baseline_rules_count"] == same_run["current_rules_count"]
     assert same_run["baseline_benign_lines_matched"] == 0

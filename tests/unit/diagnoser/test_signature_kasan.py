@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodeheal.diagnoser.kb.signature import extract_reports, similarity
+from nodeheal.diagnoser.kb.signature import cluster_reports, extract_reports, similarity
 
 ROWS = {
     row["id"]: row
@@ -50,3 +50,38 @@ def test_a_kasan_report_and_a_page_fault_of_one_bug_are_similar() -> None:
 
 def test_kasan_reports_of_unrelated_functions_are_not_similar() -> None:
     assert similarity(only_report("fix-001"), only_report("fix-011")) == 0.0
+
+
+def test_the_faulting_access_is_cut_from_the_report() -> None:
+    # 'Write of size 8 at addr …' / 'Read of size 8 at addr …' under the 'BUG: KASAN:' header
+    assert only_report("fix-009").access == "Write 8"
+    assert only_report("fix-017").access == "Read 8"
+    assert only_report("fix-009").subkind == "vmalloc-out-of-bounds"
+
+
+def test_two_accesses_in_one_function_are_two_bugs_at_both_levels() -> None:
+    # the hard negative: 'use-after-free Read in htab_map_alloc' (fixed by 8aaeed81) vs 'vmalloc-out-of-bounds
+    # Write in htab_map_alloc' (fixed by e1868b9e): same function, same frames, another instruction
+    write, read = only_report("fix-009"), only_report("fix-017")
+    assert write.bucket() != read.bucket()
+    assert similarity(write, read) == 0.0
+
+
+def test_a_page_fault_does_not_chain_two_conflicting_kasan_reports() -> None:
+    # the page fault in htab_map_alloc (one bug with fix-009) is similar to both KASAN reports; single linkage
+    # alone would join all three, the cannot-link keeps the read apart
+    clusters = cluster_reports([only_report("fix-009"), only_report("fix-010"), only_report("fix-017")])
+    assert clusters[0] == clusters[1] != clusters[2]
+
+
+def test_a_gpf_keeps_its_kasan_hint_as_its_subkind() -> None:
+    # 'KASAN: null-ptr-deref in range [0x…a8-0x…af]' under 'general protection fault, probably for non-canonical …'
+    assert only_report("fix-018").subkind == "null-ptr-deref"
+
+
+def test_a_warning_inside_the_allocator_blames_its_caller() -> None:
+    # 'WARNING … at mm/slub.c … free_large_kmalloc', syzbot's title 'WARNING in tcp_disconnect'
+    report = only_report("fix-016")
+    assert report.rip_func == "free_large_kmalloc"
+    assert report.guilty() == "tcp_disconnect"
+    assert report.subkind == "mm/slub.c"

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from nodeheal.diagnoser.kb import KnowledgeBaseError, Matcher, analyse, load_knowledge_base
-from nodeheal.diagnoser.kb.signature import cluster_reports
+from nodeheal.diagnoser.kb.signature import CrashReport, cluster_reports
 
 
 def _read(file: str) -> list[str]:
@@ -39,6 +39,15 @@ def _read(file: str) -> list[str]:
     except UnicodeDecodeError:
         text = data.decode("latin-1")
     return text.splitlines()
+
+
+def _member(report: CrashReport) -> dict[str, object]:
+    """One report of a bucket: where it starts, its exact key and what the key was cut from."""
+    entry: dict[str, object] = {"line_no": report.start + 1, "bucket": report.bucket(), "kind": report.kind}
+    for name, value in (("subkind", report.subkind), ("access", report.access), ("blamed", report.guilty())):
+        if value:
+            entry[name] = value
+    return entry
 
 
 @click.command("diagnose-log")
@@ -97,7 +106,7 @@ def diagnose_log(file: str, rules_path: str | None, summary: bool, buckets: bool
                         "bucket": first.bucket,
                         "kind": first.kind,
                         "exact_buckets": sorted({m.bucket() for m in members}),
-                        "members": [{"line_no": m.start + 1, "bucket": m.bucket()} for m in members],
+                        "members": [_member(m) for m in members],
                         "identified": any(m.identified() for m in members),
                     }
                 )

@@ -14,7 +14,9 @@
   under (`syzbot_same_bug.jsonl`), pairwise, overall and per split; syzbot_mail_same_bug: the same on the
   set of crash reports syzbot mailed (`syzbot_mail_same_bug.jsonl`; its rows' split is `fresh`, as it was
   when committed: round 4 of the level-2 rules was tuned on its false pairs, so it is no longer held out);
-  syzbot_fix_same_bug: syzbot bugs grouped by the commit that fixed them (`syzbot_fix_same_bug.jsonl`).
+  syzbot_fix_same_bug: syzbot bugs grouped by the commit that fixed them (`syzbot_fix_same_bug.jsonl`);
+  syzbot_dup_same_bug: a second such set, committed before the round-8 bucket work ran on it
+  (`syzbot_dup_same_bug.jsonl`). `buckets` repeats each set's pairwise figures of both levels in one place.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
   and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
   both rule sets timed in the same process.
@@ -399,7 +401,43 @@ def speed(
     return out
 
 
+_SAME_BUG_SETS = ("syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_fix_same_bug", "syzbot_dup_same_bug")
+
+
+def bucket_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Per same-bug set: reports, identified reports and pairwise P / R / F1 of both bucket levels."""
+
+    def prf(scores: dict[str, Any]) -> dict[str, Any]:
+        return {k: scores[k] for k in ("true_pairs", "tp", "fp", "fn", "precision", "recall", "f1")}
+
+    out: dict[str, Any] = {}
+    for name in _SAME_BUG_SETS:
+        every = result[name].get("all")
+        if not every or not every["crashes"]:
+            continue
+        out[name] = {
+            "reports": every["crashes"],
+            "identified": every["crashes"] - every["without_identity"],
+            "bugs": every["bugs"],
+            "level1_exact_key": prf(every["exact_key"]),
+            "level2_similarity": prf(every["similarity"]),
+        }
+    for name in ("bucketing", "partial_copies"):
+        out[name] = {
+            "reports": result[name]["reports"],
+            "level1_exact_key": prf(result[name]["exact_key"]),
+            "level2_similarity": prf(result[name]["similarity"]),
+        }
+    return out
+
+
 def run_bench(corpus_dir: Path, *, seconds: float = 2.0, baseline_rules: Path | None = None) -> dict[str, Any]:
+    result = _run_bench(corpus_dir, seconds=seconds, baseline_rules=baseline_rules)
+    result["buckets"] = bucket_summary(result)
+    return result
+
+
+def _run_bench(corpus_dir: Path, *, seconds: float, baseline_rules: Path | None) -> dict[str, Any]:
     excerpts, benign = load_corpus(corpus_dir)
     corpus = [e for e in excerpts if e.split != "samples"]
     return {
@@ -418,5 +456,6 @@ def run_bench(corpus_dir: Path, *, seconds: float = 2.0, baseline_rules: Path | 
         "syzbot_same_bug": syzbot_bucketing(load_syzbot(corpus_dir)),
         "syzbot_mail_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_mail_same_bug.jsonl")),
         "syzbot_fix_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_fix_same_bug.jsonl")),
+        "syzbot_dup_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_dup_same_bug.jsonl")),
         "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }

@@ -99,7 +99,7 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
         __switch_to preempt_schedule_irq retint_kernel smp_trace_apic_timer_interrupt trace_apic_timer_interrupt
     smp_trace_apic_timer_interrupt_entry_after_kaiser_bti register_lock_class usb_submit_urb get_device_parent
     end_report device_add device_del rcu_is_watching rcu_read_lock_held rcu_read_lock_held_common
-    look_up_lock_class down_write_nested down_read_nested
+    look_up_lock_class down_write_nested down_read_nested free_large_kmalloc __free_pages free_pages kfree_sensitive
 """)
 )
 # name prefixes of the same kinds: lock primitives, lockdep, sanitizers and coverage hooks, stack walkers,
@@ -183,7 +183,8 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("oops", re.compile(r"Internal error: Oops|^Oops: (?:Oops: )?\d{4} \[#\d+\]")),
 )
 # headers that go on an open report instead of starting one (one oops prints several header lines)
-_CONTINUING = frozenset({"invalid_opcode_BUG_at", "mce_fatal", "oops_null_deref", "gpf", "oops", "kasan"})
+# (a symbolized WARNING prints its header once per inlined frame, like KASAN)
+_CONTINUING = frozenset({"invalid_opcode_BUG_at", "mce_fatal", "oops_null_deref", "gpf", "oops", "kasan", "warning"})
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<panic>.*?)\s*(?:\]---)?\s*$")
 _VMCORE_KEY = re.compile(r"^\s*(?P<key>KERNEL|DUMPFILE|RELEASE|VERSION|PANIC|NODENAME|MACHINE|CPUS):\s+(?P<value>.*)$")
 _PANIC_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -211,6 +212,12 @@ _FRAME = re.compile(
 _CRASH_BT = re.compile(r"^\s*#\d+\s+\[[0-9a-f]+\]\s+(?P<func>[A-Za-z_][\w.]*)\s+at\s+[0-9a-f]+")
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
 _WARNING_AT = re.compile(r"WARNING: CPU: \d+ PID: \d+ at \S+ (?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+# the sub-kind of a report (ABRT/FAF and SysOM keep it in the exact key): KASAN's bug type and the faulting
+# access, the KASAN hint under a GPF, a WARNING's source file
+_KASAN_TYPE = re.compile(r"BUG: KASAN: (?P<type>[\w-]+) in ")
+_KASAN_ACCESS = re.compile(r"^\s*(?P<dir>Read|Write) of size (?P<size>\d+) (?:at addr|by task)")
+_GPF_HINT = re.compile(r"KASAN: (?:maybe )?(?P<hint>null-ptr-deref|wild-memory-access|user-memory-access) in range")
+_WARNING_FILE = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ ")
 _BUG_AT = re.compile(r"kernel BUG at (?P<path>\S+?):(?P<line>\d+)!")
 _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
@@ -255,6 +262,8 @@ class CrashReport:
     kernel_release: str | None = None
     comm: str | None = None
     cpu_comm: str | None = None  # from the `CPU: … Comm:` line, which every copy of an oops carries
+    subkind: str | None = None  # KASAN's bug type, a GPF's KASAN hint, a WARNING's source file
+    access: str | None = None  # KASAN's faulting access: `Read 8`, `Write 16` (one instruction, any build)
     in_trace: bool = False
     vmcore: bool = False
 
@@ -316,7 +325,12 @@ class CrashReport:
         anchor = "" if frames else (self.rip_func or "")
         task = (self.task() or "") if self.kind in {"hung_task", "soft_lockup"} and not frames else ""
         panic = normalise(self.panic_string) if self.panic_string and not frames and not self.rip_func else ""
-        key = "|".join([self.kind, anchor, *frames, task, panic, self.bug_at or ""])
+        if not panic and self.panic_string and not _GENERIC_PANICS.match(normalise(self.panic_string)):
+            panic = normalise(self.panic_string)  # a specific panic string names the bug (stack-protector …)
+        # the faulting access, not KASAN's bug type: one bug is seen as use-after-free in one run and
+        # slab-out-of-bounds in the next (the freed memory was reused), at the same access
+        sub = (self.access or "") if self.kind == "kasan" else (self.subkind or "")
+        key = "|".join([self.kind, sub, anchor, *frames, task, panic, self.bug_at or ""])
         return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
 
     def signature(self) -> CrashSignature:
@@ -383,6 +397,12 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 current = CrashReport(kind=header, start=index)
                 reports.append(current)
             current.line_indices.append(index)
+            kasan = _KASAN_TYPE.search(message) if header == "kasan" else None
+            if kasan and current.subkind is None:
+                current.subkind = kasan.group("type")
+            warning_file = _WARNING_FILE.search(message) if header == "warning" else None
+            if warning_file and current.subkind is None:
+                current.subkind = _BUILD_PREFIX.sub("", warning_file.group("path"))
             bug_at = _BUG_AT.search(message)
             if bug_at:
                 current.bug_at = _BUILD_PREFIX.sub("", bug_at.group("path")) + ":" + bug_at.group("line")
@@ -412,6 +432,16 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 continue
             current = CrashReport(kind="oops", start=index)
             reports.append(current)
+        if current.kind == "kasan" and current.access is None and not current.frames:
+            access = _KASAN_ACCESS.match(message)
+            if access:
+                current.access = f"{access.group('dir')} {access.group('size')}"
+                continue
+        if current.kind == "gpf" and current.subkind is None:
+            hint = _GPF_HINT.search(message)
+            if hint:
+                current.subkind = hint.group("hint")
+                continue
         cpu_comm = _CPU_COMM.search(message)
         if cpu_comm and current.cpu_comm is None:
             current.cpu_comm = cpu_comm.group("comm")
@@ -457,6 +487,16 @@ def _family(kind: str) -> str:
     return _FAMILY.get(kind, kind)
 
 
+def conflict(a: CrashReport, b: CrashReport) -> bool:
+    """Evidence that two reports are two bugs whatever else they share: two KASAN reports of different
+    accesses (read vs write, or another size: one faulting instruction reads or writes the same width on
+    every build), or `BUG at` two files. A level-2 cluster never holds a conflicting pair, so a report
+    without that evidence (a page fault in the same function) cannot chain two such reports together."""
+    if a.access and b.access and a.access != b.access:
+        return True
+    return bool(a.bug_at and b.bug_at and a.bug_at.rsplit(":", 1)[0] != b.bug_at.rsplit(":", 1)[0])
+
+
 def similarity(a: CrashReport, b: CrashReport) -> float:
     """Level 2 (ABRT/FAF, SysOM): how alike two reports are across kernel builds, in [0, 1].
 
@@ -470,6 +510,8 @@ def similarity(a: CrashReport, b: CrashReport) -> float:
     if a.bucket() == b.bucket():
         return 1.0
     if _family(a.kind) != _family(b.kind) and "panic" not in (a.kind, b.kind) and "oops" not in (a.kind, b.kind):
+        return 0.0
+    if conflict(a, b):
         return 0.0
     if a.bug_at and b.bug_at:
         if a.bug_at.rsplit(":", 1)[0] != b.bug_at.rsplit(":", 1)[0]:
@@ -508,6 +550,7 @@ def cluster_reports(reports: Sequence[CrashReport], *, threshold: float = SIMILA
     """Level 2 buckets: single-linkage clusters of reports at least `threshold` similar (index of each
     report's cluster, numbered by first member). Quadratic; meant for one fleet's open reports."""
     parent = list(range(len(reports)))
+    members: dict[int, list[int]] = {i: [i] for i in range(len(reports))}
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -517,6 +560,12 @@ def cluster_reports(reports: Sequence[CrashReport], *, threshold: float = SIMILA
 
     for i in range(len(reports)):
         for j in range(i + 1, len(reports)):
-            if root(i) != root(j) and similarity(reports[i], reports[j]) >= threshold:
-                parent[root(j)] = root(i)
+            ri, rj = root(i), root(j)
+            if ri == rj or similarity(reports[i], reports[j]) < threshold:
+                continue
+            # single linkage with cannot-link: no merge that would put a conflicting pair in one cluster
+            if any(conflict(reports[x], reports[y]) for x in members[ri] for y in members[rj]):
+                continue
+            parent[rj] = ri
+            members[ri].extend(members.pop(rj))
     return [root(i) for i in range(len(reports))]
