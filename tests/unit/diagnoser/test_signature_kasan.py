@@ -9,15 +9,12 @@ from pathlib import Path
 
 from nodeheal.diagnoser.kb.signature import cluster_reports, extract_reports, similarity
 
+DATA = Path(__file__).resolve().parents[2] / "data" / "kb"
+# round 6's fix-grouped set and round 8's (syzbot_dup_same_bug, spent once its untouched figure was recorded)
 ROWS = {
     row["id"]: row
-    for row in (
-        json.loads(line)
-        for line in (Path(__file__).resolve().parents[2] / "data" / "kb" / "syzbot_fix_same_bug.jsonl")
-        .read_text(encoding="utf-8")
-        .splitlines()
-        if line
-    )
+    for name in ("syzbot_fix_same_bug.jsonl", "syzbot_dup_same_bug.jsonl")
+    for row in (json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line)
 }
 
 
@@ -85,3 +82,25 @@ def test_a_warning_inside_the_allocator_blames_its_caller() -> None:
     assert report.rip_func == "free_large_kmalloc"
     assert report.guilty() == "tcp_disconnect"
     assert report.subkind == "mm/slub.c"
+
+
+def test_a_copy_range_check_reports_no_instruction_width() -> None:
+    # one skb_segment bug (one fixing commit): 'Read of size 2324' and 'Read of size 3560', KASAN's check of a
+    # memcpy whose length is the packet's: the length is no property of the faulting instruction
+    first, second = only_report("dup-016"), only_report("dup-017")
+    assert (first.access, second.access) == ("Read 2324", "Read 3560")
+    assert similarity(first, second) == 1.0
+    assert cluster_reports([first, second]) == [0, 0]
+
+
+def test_a_kasan_report_interleaved_with_another_oops_keeps_its_function() -> None:
+    # the 'BUG: KASAN: use-after-free in aead_recvmsg+0x1758/0x1bc0' header lines, then another CPU's NULL
+    # dereference before the KASAN report's own trace: the KASAN report is still identified by its header
+    reports = extract_reports(ROWS["dup-009"]["lines"])
+    assert reports[0].kind == "kasan" and reports[0].identified()
+    assert reports[0].guilty() == "aead_recvmsg"
+
+
+def test_the_workqueue_cancel_path_is_machinery() -> None:
+    # 'BUG: KASAN: null-ptr-deref in try_to_grab_pending', syzbot's title '… in rhashtable_free_and_destroy'
+    assert only_report("dup-050").guilty() == "rhashtable_free_and_destroy"

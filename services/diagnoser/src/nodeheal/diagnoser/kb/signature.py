@@ -100,6 +100,7 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
     smp_trace_apic_timer_interrupt_entry_after_kaiser_bti register_lock_class usb_submit_urb get_device_parent
     end_report device_add device_del rcu_is_watching rcu_read_lock_held rcu_read_lock_held_common
     look_up_lock_class down_write_nested down_read_nested free_large_kmalloc __free_pages free_pages kfree_sensitive
+    try_to_grab_pending
 """)
 )
 # name prefixes of the same kinds: lock primitives, lockdep, sanitizers and coverage hooks, stack walkers,
@@ -214,7 +215,7 @@ _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
 _WARNING_AT = re.compile(r"WARNING: CPU: \d+ PID: \d+ at \S+ (?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 # the sub-kind of a report (ABRT/FAF and SysOM keep it in the exact key): KASAN's bug type and the faulting
 # access, the KASAN hint under a GPF, a WARNING's source file
-_KASAN_TYPE = re.compile(r"BUG: KASAN: (?P<type>[\w-]+) in ")
+_KASAN_TYPE = re.compile(r"BUG: KASAN: (?P<type>[\w-]+) in (?:(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+)?")
 _KASAN_ACCESS = re.compile(r"^\s*(?P<dir>Read|Write) of size (?P<size>\d+) (?:at addr|by task)")
 _GPF_HINT = re.compile(r"KASAN: (?:maybe )?(?P<hint>null-ptr-deref|wild-memory-access|user-memory-access) in range")
 _WARNING_FILE = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ ")
@@ -400,6 +401,10 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             kasan = _KASAN_TYPE.search(message) if header == "kasan" else None
             if kasan and current.subkind is None:
                 current.subkind = kasan.group("type")
+            if kasan and kasan.group("func") and current.rip_func is None:
+                # the accessing function (the last of the inlined header lines): what a copy whose trace was
+                # cut or interleaved with another CPU's oops still carries
+                current.rip_func = strip_suffix(kasan.group("func"))
             warning_file = _WARNING_FILE.search(message) if header == "warning" else None
             if warning_file and current.subkind is None:
                 current.subkind = _BUILD_PREFIX.sub("", warning_file.group("path"))
@@ -487,12 +492,25 @@ def _family(kind: str) -> str:
     return _FAMILY.get(kind, kind)
 
 
+_INSTRUCTION_WIDTHS = frozenset({"1", "2", "4", "8", "16"})
+
+
+def _accesses_differ(x: str, y: str) -> bool:
+    """Two KASAN accesses (`Read 8`, `Write 3560`) that one faulting instruction cannot both be: another
+    direction, or another width of a single load / store. A range check (memcpy, copy_to_user) reports the
+    length copied, which depends on the data: it is no width of the instruction and is not compared."""
+    (dir_x, size_x), (dir_y, size_y) = x.split(), y.split()
+    if dir_x != dir_y:
+        return True
+    return size_x in _INSTRUCTION_WIDTHS and size_y in _INSTRUCTION_WIDTHS and size_x != size_y
+
+
 def conflict(a: CrashReport, b: CrashReport) -> bool:
     """Evidence that two reports are two bugs whatever else they share: two KASAN reports of different
-    accesses (read vs write, or another size: one faulting instruction reads or writes the same width on
+    accesses (read vs write, or another width: one faulting instruction reads or writes the same width on
     every build), or `BUG at` two files. A level-2 cluster never holds a conflicting pair, so a report
     without that evidence (a page fault in the same function) cannot chain two such reports together."""
-    if a.access and b.access and a.access != b.access:
+    if a.access and b.access and _accesses_differ(a.access, b.access):
         return True
     return bool(a.bug_at and b.bug_at and a.bug_at.rsplit(":", 1)[0] != b.bug_at.rsplit(":", 1)[0])
 
