@@ -16,7 +16,9 @@
   when committed: round 4 of the level-2 rules was tuned on its false pairs, so it is no longer held out);
   syzbot_fix_same_bug: syzbot bugs grouped by the commit that fixed them (`syzbot_fix_same_bug.jsonl`);
   syzbot_dup_same_bug: a second such set, committed before the round-8 bucket work ran on it
-  (`syzbot_dup_same_bug.jsonl`). `buckets` repeats each set's pairwise figures of both levels in one place.
+  (`syzbot_dup_same_bug.jsonl`); syzbot_xfn_same_bug: fix-grouped bugs seen in different functions
+  (`syzbot_xfn_same_bug.jsonl`, committed after that work). `buckets` repeats each set's pairwise figures
+  of both levels in one place.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
   and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
   both rule sets timed in the same process.
@@ -401,7 +403,13 @@ def speed(
     return out
 
 
-_SAME_BUG_SETS = ("syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_fix_same_bug", "syzbot_dup_same_bug")
+_SAME_BUG_SETS = (
+    "syzbot_same_bug",
+    "syzbot_mail_same_bug",
+    "syzbot_fix_same_bug",
+    "syzbot_dup_same_bug",
+    "syzbot_xfn_same_bug",
+)
 
 
 def bucket_summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -457,5 +465,6 @@ def _run_bench(corpus_dir: Path, *, seconds: float, baseline_rules: Path | None)
         "syzbot_mail_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_mail_same_bug.jsonl")),
         "syzbot_fix_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_fix_same_bug.jsonl")),
         "syzbot_dup_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_dup_same_bug.jsonl")),
+        "syzbot_xfn_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_xfn_same_bug.jsonl")),
         "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }
