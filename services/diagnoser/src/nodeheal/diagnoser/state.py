@@ -301,7 +301,8 @@ class FleetState:
         if key in self.dark_at and self._domains_of(key) != domains:
             self._unplace(key, returned=False)
             self._place(key)
-        if key in self._judged_in and self._judged_in[key] != (self.domain_of(key, "rack"), self.domain_of(key, "zone")):
+        judged_in = self._judged_in.get(key)
+        if judged_in is not None and judged_in != (self.domain_of(key, "rack"), self.domain_of(key, "zone")):
             self.unjudge_dark(key)
             self.judge_dark(key)
 
