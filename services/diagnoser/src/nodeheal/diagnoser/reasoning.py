@@ -116,11 +116,12 @@ class Diagnoser:
                 self.fleet.mark_dark(ctx.key, onset=anomaly.fault_onset, detected_at=anomaly.detected_at)
                 # peers already judged may now be part of a rack / zone burst; peers still held are
                 # revisited when their hold ends (which then sees this node): not touched here, so a
-                # zone of thousands going dark costs O(n), not O(n^2), evaluations
-                for dimension in ("rack", "zone"):
-                    value = self.fleet.domain_of(ctx.key, dimension)
-                    if value is not None:
-                        touched |= {k for k in self.fleet.judged_dark if self.fleet.domain_of(k, dimension) == value}
+                # zone of thousands going dark costs O(n), not O(n^2), evaluations. Of the judged peers,
+                # only those this arrival can move into a partition (`FleetState.judged_to_revisit`)
+                decision = self.config.decision
+                touched |= self.fleet.judged_to_revisit(
+                    ctx.key, zone_min_down=decision.zone_min_down, zone_min_fraction=decision.zone_min_fraction
+                )
                 # the arrival that makes the burst a partition releases every verdict held in it (once)
                 found = partition_view(self.fleet, ctx, now=anomaly.detected_at, config=self.config.decision)
                 if found is not None and (found[1].dimension, found[1].value) not in self.fleet.released:
@@ -318,7 +319,7 @@ class Diagnoser:
         ctx = self.fleet.nodes.get(key) or self.fleet.context(last.cluster, last.node)
         fingerprint = _fingerprint(last)
         if not last.resolved and key in self.fleet.dark_at and last.category != "network":
-            self.fleet.judged_dark.add(key)
+            self.fleet.judge_dark(key)
         ctx.published = Published(
             diagnosis_id=last.id,
             cause=last.cause,
@@ -420,9 +421,9 @@ class Diagnoser:
         self._record_fault(ctx, decision, now=now)
         # a dark node judged as anything but the network may yet turn out to be part of a burst
         if ctx.key in self.fleet.dark_at and decision.category != "network":
-            self.fleet.judged_dark.add(ctx.key)
+            self.fleet.judge_dark(ctx.key)
         else:
-            self.fleet.judged_dark.discard(ctx.key)
+            self.fleet.unjudge_dark(ctx.key)
         if is_crash(diagnosis):
             episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
             self.fleet.crash_episodes.setdefault(episode, decision.fault_onset or now)

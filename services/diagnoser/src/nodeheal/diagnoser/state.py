@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from nodeheal.diagnoser.groups import GroupIndex
 from nodeheal.diagnoser.kb import Finding
@@ -168,6 +169,12 @@ class FleetState:
     # onset (`_down`), and per (domain, gap) their `Chains`, created on first use and then updated
     # per arrival / return / inventory change of a dark node
     judged_dark: set[str] = field(default_factory=set)  # dark nodes judged, not (yet) as the network
+    # the judged dark nodes per rack, and per zone by rack (None: no rack), kept by `judge_dark` /
+    # `unjudge_dark`: an arrival revisits the judged peers that it can move into a partition without
+    # scanning every judged node of the fleet (`judged_to_revisit`)
+    _judged_rack: dict[str, set[str]] = field(default_factory=dict)
+    _judged_zone: dict[str, dict[str | None, set[str]]] = field(default_factory=dict)
+    _judged_in: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # key -> (rack, zone)
     released: set[tuple[str, str]] = field(default_factory=set)  # domains whose burst became a partition
     _dark: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
     _down: dict[tuple[str, str], list[tuple[datetime, str]]] = field(default_factory=dict)
@@ -186,7 +193,62 @@ class FleetState:
         self._unplace(key)
         self.down_since.pop(key, None)
         self.dark_at.pop(key, None)
+        self.unjudge_dark(key)
+
+    def judge_dark(self, key: str) -> None:
+        """A dark node was judged as something other than the network: a later arrival in its rack or
+        zone may still make it part of a partition (`judged_to_revisit`)."""
+        if key in self.judged_dark:
+            return
+        self.judged_dark.add(key)
+        rack, zone = self.domain_of(key, "rack"), self.domain_of(key, "zone")
+        self._judged_in[key] = (rack, zone)
+        if rack is not None:
+            self._judged_rack.setdefault(rack, set()).add(key)
+        if zone is not None:
+            self._judged_zone.setdefault(zone, {}).setdefault(rack, set()).add(key)
+
+    def unjudge_dark(self, key: str) -> None:
         self.judged_dark.discard(key)
+        rack, zone = self._judged_in.pop(key, (None, None))
+        if rack is not None:
+            _discard(self._judged_rack, rack, key)
+        if zone is not None:
+            by_rack = self._judged_zone.get(zone)
+            if by_rack is not None:
+                _discard(by_rack, rack, key)
+                if not by_rack:
+                    del self._judged_zone[zone]
+
+    def judged_to_revisit(self, key: str, *, zone_min_down: int, zone_min_fraction: float) -> set[str]:
+        """The judged dark nodes whose partition view the arrival of `key` (now dark) can change: every
+        one of its rack; of its zone, only while the zone's dark nodes could make a zone partition
+        (at least `zone_min_down` and `zone_min_fraction` of it, counting every dark node, a bound of
+        any burst) and only those whose own rack could be dark enough for one (same bound), or that
+        have no rack. The others' partition view stays None whatever this arrival adds: their verdict
+        cannot change because of it (`rules.partition_view`), so they are not evaluated again — a zone
+        of thousands of scattered dark nodes costs O(racks) per arrival, not O(judged nodes)."""
+        touched: set[str] = set()
+        rack, zone = self.domain_of(key, "rack"), self.domain_of(key, "zone")
+        if rack is not None:
+            touched |= self._judged_rack.get(rack, set())
+        by_rack = self._judged_zone.get(zone) if zone is not None else None
+        if not by_rack:
+            return touched
+        assert zone is not None
+        dark = len(self._down.get(("zone", zone), ()))
+        size = self.groups.size("zone", zone)
+        if dark < zone_min_down or (dark / size if size else 0.0) < zone_min_fraction:
+            return touched
+        for peer_rack, keys in by_rack.items():
+            if peer_rack is None:
+                touched |= keys
+                continue
+            rack_size = self.groups.size("rack", peer_rack)
+            rack_dark = len(self._down.get(("rack", peer_rack), ()))
+            if (rack_dark / rack_size if rack_size else 0.0) >= zone_min_fraction:
+                touched |= keys
+        return touched
 
     def _place(self, key: str) -> None:
         """Index a dark node in the rack / zone its inventory names now."""
@@ -239,6 +301,10 @@ class FleetState:
         if key in self.dark_at and self._domains_of(key) != domains:
             self._unplace(key, returned=False)
             self._place(key)
+        judged_in = self._judged_in.get(key)
+        if judged_in is not None and judged_in != (self.domain_of(key, "rack"), self.domain_of(key, "zone")):
+            self.unjudge_dark(key)
+            self.judge_dark(key)
 
     def drop_inventory(self, key: str) -> None:
         self.inventory.pop(key, None)
@@ -246,6 +312,9 @@ class FleetState:
         self.ready_schedulable.discard(key)
         if key in self._placed:
             self._unplace(key, returned=False)
+        if key in self._judged_in:  # still judged, in no rack or zone any more
+            self.unjudge_dark(key)
+            self.judge_dark(key)
 
     def invalidate_domains(self) -> None:
         """Rebuild the dark-node indexes from `dark_at` / `down_since` and the inventory (O(dark nodes)):
@@ -324,6 +393,14 @@ class FleetState:
         if value is None:
             return 1
         return self.groups.size(dimension, value)
+
+
+def _discard(index: dict[Any, set[str]], domain: Any, key: str) -> None:
+    keys = index.get(domain)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[domain]
 
 
 def _insort(items: list[tuple[datetime, str]], item: tuple[datetime, str]) -> None:
