@@ -202,3 +202,27 @@ def test_the_overdue_limit_follows_a_stretched_fleet_cadence() -> None:
     assert det.cadence_s == pytest.approx(every)
     # (the first rounds found the fleet silent once before its cadence was learnt: tested in test_rules)
     assert [a for a in drain(det) if a[2] == "nodeheal-agent"] == []
+
+
+def test_after_a_restart_a_restored_degraded_agent_resolves_at_its_next_probe_and_fires_again_if_still_overdue() -> (
+    None
+):
+    det = make(full_overdue_s=30.0)
+    t = run(det, T0, 6)
+    seq = 1000
+    for _ in range(8):
+        det.observe_probe(heartbeat(t=t, seq=seq), now=t)
+        seq += 1
+        t += INTERVAL
+    [firing] = list(det.outbox)
+    assert (firing.kind, firing.subject) == ("service_down", "nodeheal-agent")
+    det.outbox.clear()
+    restarted = make(full_overdue_s=30.0)
+    restarted.restore(firing, now=t)
+    out = []
+    for _ in range(8):
+        restarted.observe_probe(heartbeat(t=t, seq=seq), now=t)
+        out += drain(restarted)
+        seq += 1
+        t += INTERVAL
+    assert out == [("service_down", "resolved", "nodeheal-agent"), ("service_down", "firing", "nodeheal-agent")]
