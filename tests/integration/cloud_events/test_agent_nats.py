@@ -237,3 +237,32 @@ async def test_run_loop_publishes_every_interval(
     agent._stopping.set()
     await asyncio.wait_for(task, timeout=5)
     assert len(probes) == 3
+
+
+async def test_the_probe_after_a_node_command_is_a_full_one(
+    agent_env: tuple[FakeNode, NodeAgent], nc: Client, topology_ready: NatsSettings
+) -> None:
+    """Between full probes the agent sends heartbeats; the remediator verifies a repair on a full probe
+    newer than its action, so the agent's probe after answering a command is full."""
+    node, agent = agent_env
+    assert agent.collector.full_every > 2
+    await agent.probe_once()  # the first probe: full
+    await agent.probe_once()
+    subject = cmd_subject("prod-1", "cn-hangzhou.10.0.0.7", prefix=topology_ready.prefix)
+    restart = NodeCommand(
+        cluster="prod-1",
+        node="cn-hangzhou.10.0.0.7",
+        command="restart_service",
+        target="containerd",
+        action_id="act-full-1",  # type: ignore[arg-type]
+    )
+    assert (await _request(nc, subject, restart.to_json())).ok
+    await agent.probe_once()
+    await agent.probe_once()
+    probes = await _read_probes(
+        nc, topology_ready, probe_subject("prod-1", "cn-hangzhou.10.0.0.7", prefix=topology_ready.prefix), 4
+    )
+    assert [p.full for p in probes] == [True, False, True, False]
+    assert ("containerd", "active", 4) in {(s.name, s.state, s.restarts) for s in probes[2].services}
+    assert probes[1].services == () and probes[1].filesystems == ()
+    assert node.restarts_logged() == ["containerd.service"]

@@ -135,18 +135,25 @@ def agent_probe(
     fd: int = 1000,
     load1: float = 0.5,
     kubelet: str | None = None,
+    full: bool = True,
 ) -> NodeProbe:
-    """What the real node agent sends (source agent, every measurement present)."""
+    """What the real node agent sends (source agent): a full probe, every measurement present, or with
+    `full=False` a heartbeat between two full ones (boot id, load, file handles; no disks, no services)."""
+    common = {
+        "cluster": CLUSTER,
+        "node": node,
+        "source": "agent",
+        "seq": int(time.time() * 1000),
+        "boot_id": boot_id,
+        "load": LoadAverage(load1=load1, load5=load1, load15=load1),
+        "cpu_count": 4,
+        "file_handles": FileHandles(allocated=fd, max=100_000),
+    }
+    if not full:
+        return NodeProbe(**common, full=False)  # type: ignore[arg-type]
     return NodeProbe(
-        cluster=CLUSTER,
-        node=node,
-        source="agent",
-        seq=int(time.time() * 1000),
-        boot_id=boot_id,
-        load=LoadAverage(load1=load1, load5=load1, load15=load1),
-        cpu_count=4,
+        **common,  # type: ignore[arg-type]
         filesystems=(FileSystem(mount="/", used_pct=disk_pct, inodes_used_pct=10.0),),
-        file_handles=FileHandles(allocated=fd, max=100_000),
         services=(ServiceState(name="kubelet", state=kubelet or ("active" if healthy else "failed")),),
     )
 

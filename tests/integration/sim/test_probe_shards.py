@@ -16,6 +16,7 @@ from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.fleet import FleetSpec
+from nodeheal.sim.nodehost import AgentProfile
 from nodeheal.sim.shard import ProbeShards, ShardPlan, node_state
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
@@ -24,7 +25,10 @@ pytestmark = [pytest.mark.nats, pytest.mark.slow]
 async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_settings: NatsSettings) -> None:
     settings = nats_settings.model_copy(update={"prefix": f"shardtest{int(time.time() * 1000) % 100000}"})
     spec = FleetSpec(nodes=12, seed=3)
-    sim = FleetSimulator(spec=spec, settings=settings, timings=SimTimings(probe_interval_s=0.5))
+    # a full probe every 4 probes (2 s), heartbeats between: a failed kubelet shows within 2 s
+    sim = FleetSimulator(
+        spec=spec, settings=settings, timings=SimTimings(probe_interval_s=0.5), agent_profile=AgentProfile(full_every=4)
+    )
     names = list(sim.nodes)
     chunks = [names[:6], names[6:]]
     plans = [
@@ -36,6 +40,7 @@ async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_setting
             settings=settings.model_dump(),
             prober=settings.model_dump(),
             agents=[(settings.model_dump(), chunk)],
+            full_every=sim.agent_profile.full_every,
         )
         for k, chunk in enumerate(chunks)
     ]
@@ -66,7 +71,7 @@ async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_setting
             return any(
                 p["node"] == node.name
                 and p["source"] == "agent"
-                and {s["name"]: s["state"] for s in p["services"]}["kubelet"] == "failed"
+                and {s["name"]: s["state"] for s in p["services"]}.get("kubelet") == "failed"
                 for p in seen[mark:]
             )
 
@@ -94,7 +99,7 @@ async def test_two_shards_probe_the_fleet_and_follow_the_main_state(nats_setting
             return any(
                 p["node"] == inv.node
                 and p["source"] == "agent"
-                and {s["name"]: s["state"] for s in p["services"]}["kubelet"] == "failed"
+                and {s["name"]: s["state"] for s in p["services"]}.get("kubelet") == "failed"
                 for p in seen
             )
 

@@ -376,3 +376,20 @@ def test_the_html_report_draws_operator_requests_in_lanes_of_their_own(tmp_path:
     assert page.count("class='node-timeline'") == 2 and "data-node='prod-1/node-p'" in page
     assert "operator request" in page and "operator reboot" in page
     assert "2 incidents on 1 of 2 nodes (0 still open at the window end), 2 operator requests" in page
+
+
+def test_an_agent_heartbeat_between_full_probes_is_no_recovery_in_the_probe_transitions() -> None:
+    """The agent's heartbeats carry no services: a failed kubelet in the full probes before and after
+    them stays one bad stretch, not bad → good → bad."""
+    from nodeheal.schemas.probe import ServiceState
+
+    def agent(t: float, seq: int, *, full: bool, kubelet: str = "failed") -> TimelineMessage:
+        base = probe("node-h", t, seq=seq, source="agent").model_copy(update={"reachability": (), "ready": None})
+        if not full:
+            return base.model_copy(update={"full": False})
+        return base.model_copy(update={"services": (ServiceState(name="kubelet", state=kubelet),)})  # type: ignore[arg-type]
+
+    messages = [agent(0, 1, full=True, kubelet="active"), agent(5, 2, full=True), agent(10, 3, full=False)]
+    messages += [agent(15, 4, full=False), agent(20, 5, full=True), agent(25, 6, full=True, kubelet="active")]
+    [node] = build_timeline(messages).nodes
+    assert [(t.bad, t.at) for t in node.probe_transitions] == [(False, at(0)), (True, at(5)), (False, at(25))]

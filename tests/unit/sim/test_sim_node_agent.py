@@ -9,6 +9,7 @@ from pathlib import Path
 from nodeheal.schemas.commands import NodeCommand
 from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
 from nodeheal.sim.nodehost import AgentProfile, SimAgent
+from nodeheal.sim.shard import SYNCED
 
 
 def _node() -> SimNode:
@@ -92,3 +93,25 @@ async def test_the_next_boots_agent_answers_a_resent_command_from_the_stored_res
     second = SimAgent(node, cluster=node.inv.cluster, profile=AgentProfile(), work_dir=tmp_path)
     again = await second.execute(_command(node, "restart_service", "kubelet", "k1"))
     assert again == done and node.restarts["kubelet"] == 1 and second.executor().replayed == 1
+
+
+async def test_a_command_anywhere_makes_the_nodes_next_probe_full(tmp_path: Path) -> None:
+    """With probe shards, the main process runs a node's commands and a shard collects its probes: the
+    node's command count travels with its state, and the collecting agent's next probe is full (the
+    remediator verifies on a full probe newer than its action)."""
+    node = _node()
+    profile = AgentProfile(full_every=1000)
+    assert AgentProfile().at_interval(5.0).full_every == 6 and profile.at_interval(5.0) is profile
+    main = SimAgent(node, cluster=node.inv.cluster, profile=profile, work_dir=tmp_path)
+    shard_node = SimNode(inv=node.inv, index=node.index, booted_at=node.booted_at, boot_id=node.boot_id)
+    shard = SimAgent(shard_node, cluster=node.inv.cluster, profile=profile, work_dir=None)
+    assert (await shard.collect(now=time.time(), noise=0.0)).full  # the agent's first probe
+    assert not (await shard.collect(now=time.time(), noise=0.0)).full
+    node.services["kubelet"] = "failed"
+    assert (await main.execute(_command(node, "restart_service", "kubelet", "k9"))).ok
+    assert {"commands_done", "services"} <= set(SYNCED)  # what the main process sends a shard
+    shard_node.commands_done, shard_node.services = node.commands_done, dict(node.services)
+    after = await shard.collect(now=time.time(), noise=0.0)
+    assert after.full and shard.collector.full_reason == "node command"
+    assert {s.name: s.state for s in after.services}["kubelet"] == "active"
+    assert not (await shard.collect(now=time.time(), noise=0.0)).full

@@ -104,11 +104,18 @@ def detector(
 @click.option("--nodes", type=click.IntRange(1, 100_000), default=1000, show_default=True, help="Distinct nodes.")
 @click.option("--fleet", type=click.IntRange(1, 1_000_000), default=50_000, show_default=True)
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True)
-def agent(probes: int, nodes: int, fleet: int, interval: float) -> None:
-    """CPU per probe of the real node agent's collector inside the simulator, and the cores a fleet needs."""
+@click.option(
+    "--full-every",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="A full probe every this many probes, heartbeats between [default: the agent's, 30 s / interval].",
+)
+def agent(probes: int, nodes: int, fleet: int, interval: float, full_every: int | None) -> None:
+    """CPU per probe of the real node agent's collector inside the simulator (every probe full, heartbeats
+    only, and the blend the agents send), and the cores a fleet needs."""
     from nodeheal.sim.bench.agent import run_bench
 
-    result = run_bench(nodes=nodes, probes=probes, fleet=fleet, interval_s=interval)
+    result = run_bench(nodes=nodes, probes=probes, fleet=fleet, interval_s=interval, full_every=full_every)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

@@ -765,6 +765,8 @@ def build_timeline(
         last_bad: dict[str, bool] = {}
         bad_count = 0
         for p in node_probes:
+            if not p.full and p.id not in evidence_ids:
+                continue  # an agent heartbeat shows no services or file systems: no good/bad verdict of its own
             reasons = _probe_reasons(p)
             if p.id in evidence_ids:
                 reasons = (*reasons, "anomaly_evidence")

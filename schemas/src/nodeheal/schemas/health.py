@@ -54,12 +54,14 @@ class HealthThresholds(BaseModel):
 def probe_problems(probe: NodeProbe, thresholds: HealthThresholds | None = None) -> list[str]:
     """Why this agent probe is not a healthy node by the detector's rules ([] = healthy).
 
-    Only an agent probe can show health: it must carry the measurements (file systems, file handles,
-    load and CPU count); a missing one is a problem, never a pass."""
+    Only a full agent probe can show health: it must carry the measurements (file systems, file handles,
+    load and CPU count); a missing one is a problem, never a pass. A heartbeat (`full=False`) never does."""
     t = thresholds or HealthThresholds()
     problems: list[str] = []
     if probe.source not in AGENT_SOURCES:
         return [f"a {probe.source} probe carries no disk, file-handle or service data"]
+    if not probe.full:
+        return ["a heartbeat (not a full probe) carries no disk or service data"]
     if probe.ready is False:
         problems.append("node reports NotReady")
     if not probe.filesystems:

@@ -71,6 +71,9 @@ class ServiceState(Frozen):
 
 
 class NodeProbe(Message):
+    """One look at a node. An agent sends a *full* probe every few intervals and a *heartbeat*
+    (`full=False`) between them (docs/node-agent.md, "Full probes and heartbeats")."""
+
     schema_: Literal["nodeheal.probe/v1"] = Field(default=PROBE_SCHEMA, alias="schema")
     source: ProbeSource
     seq: int = Field(ge=0, description="per-source sequence number; gaps show lost probes")
@@ -89,4 +92,13 @@ class NodeProbe(Message):
     ready: bool | None = Field(default=None, description="Kubernetes NodeReady as the agent or prober saw it")
     fd_holders: tuple[FdHolder, ...] = Field(
         default=(), max_length=10, description="top file-descriptor holders, sent when file handles run high"
+    )
+    full: bool = Field(
+        default=True,
+        description=(
+            "true: a full probe (every measurement: file systems, services, file handles, load, kernel lines);"
+            " false: an agent heartbeat between two full probes, which carries only the cheap readings (boot id,"
+            " uptime, load, file handles, new kernel lines, the boot facts) and says nothing about file systems,"
+            " services or fd holders. Absent (older agents, the prober): true"
+        ),
     )

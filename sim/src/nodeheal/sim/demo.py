@@ -663,6 +663,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                     prober=prober_settings,
                     agents=[(a.model_dump(), c) for i, (a, c) in enumerate(chunks) if i % shards_n == k],
                     nice=cfg.shard_nice,
+                    full_every=sim.agent_profile.full_every,
                 )
                 for k in range(min(shards_n, len(chunks)))
             ]

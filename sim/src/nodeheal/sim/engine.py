@@ -167,7 +167,8 @@ class FleetSimulator:
         # a probe shard (nodeheal.sim.shard): only probes; the main process owns the world and commands
         self.probes_only = probes_only
         self.work_dir = work_dir
-        self.agent_profile = agent_profile or AgentProfile()
+        # the agents' cadence of full probes: the agent's default for this probe interval unless the profile sets it
+        self.agent_profile = (agent_profile or AgentProfile()).at_interval((timings or SimTimings()).probe_interval_s)
         self.agents: dict[str, SimAgent] = {}
         self.settings = settings
         self.timings = timings or SimTimings()
@@ -631,6 +632,7 @@ class FleetSimulator:
         conn = self._agent_nc.get(node.name)
         epoch = connection_epoch(conn) if conn is not None else 0
         result = await self.agent(node).execute(command)
+        self.touched.add(node)  # its `commands_done` reaches the probe shard that collects its probes
         self.stats.commands_answered += 1
         if conn is not None:
             await answer(msg, result.to_json(), nc=conn, epoch=epoch, node=node.name)

@@ -108,6 +108,7 @@ class SimNode:
     pending_kernel: list[str] = field(default_factory=list)
     readonly: bool = False
     drained: bool = False
+    commands_done: int = 0  # node commands its agent answered: the agent's next probe is a full one
 
     @property
     def name(self) -> str:

@@ -24,6 +24,7 @@ plus the crash state the agent of the crashed boot had saved. After the reboot t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -37,7 +38,7 @@ from nodeheal.agent.commands import CleanPolicy, CommandExecutor
 from nodeheal.agent.crash import CrashCollector, CrashState
 from nodeheal.agent.host import HostReader
 from nodeheal.agent.kmsg import KmsgReader
-from nodeheal.agent.probe import ProbeCollector, SequenceCounter
+from nodeheal.agent.probe import ProbeCollector, SequenceCounter, full_every_for
 from nodeheal.agent.systemd import SystemctlClient
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.probe import NodeProbe
@@ -289,9 +290,19 @@ class AgentProfile:
 
     services: tuple[str, ...] = ("kubelet", "containerd", "ops-agent")
     max_kernel_lines: int = 200
+    full_every: int | None = None
+    """A full probe every this many probes, heartbeats between (`ProbeCollector.full_every`); None: the
+    agent's default for the simulator's probe interval (`nodeheal.agent.probe.full_every_for`), which
+    `FleetSimulator` fills in; a `SimAgent` given None probes full every time."""
     clean: CleanPolicy = field(
         default_factory=lambda: CleanPolicy(allowed_dirs=("/var/log/pods", "/var/crash", "/var/lib/systemd/coredump"))
     )
+
+    def at_interval(self, interval_s: float) -> AgentProfile:
+        """This profile with `full_every` filled in as the agent's settings would for `interval_s`."""
+        if self.full_every is not None:
+            return self
+        return dataclasses.replace(self, full_every=full_every_for(interval_s, None))
 
 
 class SimAgent:
@@ -316,7 +327,9 @@ class SimAgent:
             kernel_log=KmsgReader(path=Path("/dev/kmsg"), state_file=None, boot_id=node.boot_id, device=self.kmsg),
             max_kernel_lines=profile.max_kernel_lines,
             sequence=SequenceCounter(state_file=None),
+            full_every=profile.full_every or 1,
         )
+        self._commands_seen = node.commands_done
         self.cluster = cluster
         self._executor: CommandExecutor | None = None
         # every command answered: (time, command, result, ran) — `ran` is False for a replay of a known
@@ -326,6 +339,11 @@ class SimAgent:
     async def collect(self, *, now: float, noise: float) -> NodeProbe:
         self.files.now = now
         self.files.noise = noise
+        if self.node.commands_done != self._commands_seen:
+            # a node command ran (here or, with probe shards, in the main process): as the real agent does
+            # after answering one, the next probe is full
+            self._commands_seen = self.node.commands_done
+            self.collector.want_full("node command")
         return await self.collector.collect()
 
     # -- commands ---------------------------------------------------------------------------------
@@ -415,5 +433,6 @@ class SimAgent:
         before = executor.executed
         result = await executor.execute(command)
         self.node.garbage_on_disk = self._files_bytes()
+        self.node.commands_done += 1
         self.executed.append((time.time(), command, result, executor.executed > before))
         return result

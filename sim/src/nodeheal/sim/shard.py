@@ -50,6 +50,7 @@ class ShardPlan:
     prober: dict[str, Any]  # NatsSettings of the prober user
     agents: list[tuple[dict[str, Any], list[str]]]  # (NatsSettings of an agent user, its nodes of this shard)
     nice: int = 0  # added to the shard process's nice value: the services under test come first
+    full_every: int | None = None  # the agents' full-probe cadence (`AgentProfile.full_every`); None: the default
 
 
 REPORT_EVERY_S = 1.0
@@ -94,10 +95,15 @@ def run_shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> 
 
 async def _shard(plan: ShardPlan, inbox: multiprocessing.connection.Connection) -> None:
     from nodeheal.sim.engine import FleetSimulator, SimTimings
+    from nodeheal.sim.nodehost import AgentProfile
 
     settings = NatsSettings.model_validate(plan.settings)
     sim = FleetSimulator(
-        spec=plan.spec, settings=settings, timings=SimTimings(probe_interval_s=plan.interval_s), probes_only=True
+        spec=plan.spec,
+        settings=settings,
+        timings=SimTimings(probe_interval_s=plan.interval_s),
+        agent_profile=AgentProfile(full_every=plan.full_every),
+        probes_only=True,
     )
     sim.nodes = {name: sim.nodes[name] for name in plan.nodes}
     for name, state in plan.nodes.items():

@@ -23,7 +23,7 @@ from nodeheal.agent.commands import CleanPolicy, CommandExecutor
 from nodeheal.agent.crash import CrashCollector, crash_msg_id
 from nodeheal.agent.host import HostReader, StatVfs
 from nodeheal.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
-from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter
+from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter, full_every_for
 from nodeheal.agent.reply import answer, connection_epoch
 from nodeheal.agent.settings import AgentSettings
 from nodeheal.agent.systemd import SystemctlClient, Systemd
@@ -76,6 +76,7 @@ class NodeAgent:
             kernel_log=self._kernel_log(state_dir),
             max_kernel_lines=settings.max_kernel_lines,
             sequence=SequenceCounter(state_file=state_dir / "probe-seq.json" if state_dir else None),
+            full_every=full_every_for(settings.interval_s, settings.full_every),
         )
         self.executor = CommandExecutor(
             node=settings.node_name,
@@ -291,6 +292,8 @@ class NodeAgent:
             extra={"node": self.settings.node_name, "action_id": command.action_id, "command": command.command},
         )
         result = await self.executor.execute(command)
+        # the remediator verifies a repair on a full probe newer than the action: the next one is full
+        self.collector.want_full("node command")
         COMMANDS.labels(command=command.command, ok=str(result.ok).lower()).inc()
         log.info(
             "command answered",

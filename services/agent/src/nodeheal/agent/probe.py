@@ -1,5 +1,14 @@
 """Turning one look at the host into a `NodeProbe`, and the bounded outbox that keeps probes while
-NATS is away. No NATS here."""
+NATS is away. No NATS here.
+
+Full probes and heartbeats: the collector reads everything (systemctl, every file system, fd holders)
+only every `full_every` probes, staggered by node, and sends a cheap heartbeat (`full=False`: boot id,
+uptime, load, file handles, new kernel lines) in between. A full probe also comes at once when a cheap
+reading says something changed: the first probe (the agent started, e.g. after a boot), a new boot id,
+file handles at the fd-holder threshold (the full probe names the holders), and the probe after a node
+command (`want_full`). New kernel lines ride in whichever probe comes next, heartbeat or full, so a kernel
+fault is seen at once; they do not force a full probe (a chatty kernel would make every probe full).
+docs/node-agent.md has the arithmetic of the 1-5-10 promise."""
 
 from __future__ import annotations
 
@@ -7,17 +16,37 @@ import asyncio
 import json
 import logging
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from nodeheal.agent.host import HostReader, top_fd_holders
 from nodeheal.agent.kmsg import KernelLogSource
 from nodeheal.agent.systemd import Systemd, UnitStatus
 from nodeheal.schemas.health import FD_CLEAR_RATIO
-from nodeheal.schemas.probe import FdHolder, NodeProbe, Reachability, ServiceState
+from nodeheal.schemas.probe import FdHolder, FileHandles, NodeProbe, Reachability, ServiceState
 
 log = logging.getLogger("nodeheal.agent.probe")
+
+FULL_WITHIN_S: Final = 30.0
+"""The default cadence gives a full probe at least this often: a dead kubelet, a full disk or a failed
+mount is seen within 30 s plus the transport, inside the 1-minute detection budget."""
+
+
+def full_every_for(interval_s: float, full_every: int | None) -> int:
+    """Probes per full probe: `full_every` when set, else as many intervals as fit in `FULL_WITHIN_S`
+    (6 at 5 s, 3 at 10 s, 1 at 30 s or more)."""
+    if full_every is not None:
+        return max(1, full_every)
+    return max(1, int(FULL_WITHIN_S / interval_s + 1e-9))
+
+
+def full_phase(node: str, full_every: int) -> int:
+    """Where in the `full_every` cycle this node's full probes fall: spread by node name, so a fleet
+    whose agents started together does not collect its full probes in the same interval."""
+    return zlib.crc32(node.encode()) % full_every if full_every > 1 else 0
 
 
 class SequenceCounter:
@@ -56,6 +85,14 @@ class ProbeCollector:
     max_kernel_lines: int
     sequence: SequenceCounter
     fd_holders_at: float = FD_CLEAR_RATIO
+    full_every: int = 1
+    """1: every probe is full; k: a full probe every k probes (staggered by node) and heartbeats between."""
+    collected: int = field(default=0, init=False)
+    full_reason: str = field(default="", init=False)
+    """Why the last probe was full ("" for a heartbeat): first probe, new boot, node command, file handles,
+    cadence."""
+    _want_full: str | None = field(default="first probe", init=False, repr=False)
+    _last_boot: str | None = field(default=None, init=False, repr=False)
     _boot_facts: tuple[str, str | None, str | None, int | None] | None = field(default=None, init=False, repr=False)
     """(boot id, kernel release, OS image, online CPUs) as read at the first probe of this boot."""
     _beat: tuple[Reachability, ...] | None = field(default=None, init=False, repr=False)
@@ -81,10 +118,82 @@ class ProbeCollector:
             beat = self._beat = (Reachability(check="agent", target=self.node, ok=True),)
         return beat
 
+    def want_full(self, reason: str) -> None:
+        """The next probe is a full one (a node command ran: its verification waits for one)."""
+        if self._want_full is None:
+            self._want_full = reason
+
+    def _full_due(self, *, boot_id: str | None, fd_high: bool) -> str:
+        """Why this probe must be full, or "" for a heartbeat."""
+        if self._want_full is not None:
+            return self._want_full
+        if boot_id != self._last_boot:
+            return "new boot"
+        if fd_high:
+            return "file handles"
+        k = self.full_every
+        if k <= 1 or (self.collected + full_phase(self.node, k)) % k == 0:
+            return "cadence"
+        return ""
+
     async def collect(self) -> NodeProbe:
         self.host.problems.clear()
         boot_id = self.host.boot_id()
         kernel_release, os_image, cpu_count = self.boot_facts(boot_id)
+        kernel_lines: tuple[str, ...] = ()
+        dropped = 0
+        if self.kernel_log is not None:
+            try:
+                batch = await self.kernel_log.read_new(max_lines=self.max_kernel_lines)
+                kernel_lines, dropped = batch.lines, batch.dropped
+            except Exception as exc:
+                self.host.problems.append(f"kernel log: {exc}")
+        file_handles = self.host.file_handles()
+        fd_high = file_handles is not None and file_handles.allocated >= self.fd_holders_at * file_handles.max
+        reason = self._full_due(boot_id=boot_id, fd_high=fd_high)
+        self.collected += 1
+        self.full_reason = reason
+        if not reason:
+            probe = NodeProbe(
+                cluster=self.cluster,
+                node=self.node,
+                source="agent",
+                seq=self.sequence.take(),
+                boot_id=boot_id,
+                uptime_s=self.host.uptime_s(),
+                reachability=self._heartbeat,
+                load=self.host.load(),
+                cpu_count=cpu_count,
+                file_handles=file_handles,
+                kernel_log=kernel_lines,
+                kernel_log_dropped=dropped,
+                kernel_release=kernel_release,
+                os_image=os_image,
+                full=False,
+            )
+        else:
+            self._want_full = None
+            self._last_boot = boot_id
+            probe = await self._full(
+                boot_id=boot_id,
+                facts=(kernel_release, os_image, cpu_count),
+                file_handles=file_handles,
+                fd_high=fd_high,
+                kernel=(kernel_lines, dropped),
+            )
+        if self.host.problems:
+            log.warning("probe incomplete", extra={"node": self.node, "problems": list(self.host.problems)})
+        return probe
+
+    async def _full(
+        self,
+        *,
+        boot_id: str | None,
+        facts: tuple[str | None, str | None, int | None],
+        file_handles: FileHandles | None,
+        fd_high: bool,
+        kernel: tuple[tuple[str, ...], int],
+    ) -> NodeProbe:
         services: tuple[ServiceState, ...] = ()
         if self.services:
             try:
@@ -98,20 +207,12 @@ class ProbeCollector:
             except Exception as exc:
                 self.host.problems.append(f"service states: {exc}")
                 services = tuple(ServiceState(name=s, state="unknown") for s in self.services)
-        kernel_lines: tuple[str, ...] = ()
-        dropped = 0
-        if self.kernel_log is not None:
-            try:
-                batch = await self.kernel_log.read_new(max_lines=self.max_kernel_lines)
-                kernel_lines, dropped = batch.lines, batch.dropped
-            except Exception as exc:
-                self.host.problems.append(f"kernel log: {exc}")
-        file_handles = self.host.file_handles()
         holders: tuple[FdHolder, ...] = ()
-        if file_handles is not None and file_handles.allocated >= self.fd_holders_at * file_handles.max:
+        if fd_high:
             # who holds the handles, so a repair restarts that service and not a guess
             holders = tuple(await asyncio.to_thread(top_fd_holders, self.host.view, limit=3))
-        probe = NodeProbe(
+        kernel_release, os_image, cpu_count = facts
+        return NodeProbe(
             cluster=self.cluster,
             node=self.node,
             source="agent",
@@ -125,14 +226,11 @@ class ProbeCollector:
             file_handles=file_handles,
             fd_holders=holders,
             services=services,
-            kernel_log=kernel_lines,
-            kernel_log_dropped=dropped,
+            kernel_log=kernel[0],
+            kernel_log_dropped=kernel[1],
             kernel_release=kernel_release,
             os_image=os_image,
         )
-        if self.host.problems:
-            log.warning("probe incomplete", extra={"node": self.node, "problems": list(self.host.problems)})
-        return probe
 
 
 @dataclass

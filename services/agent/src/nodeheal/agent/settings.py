@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from nodeheal.agent.crash import DEFAULT_KDUMP_DIRS, DEFAULT_PSTORE_DIRS
@@ -60,6 +60,13 @@ class AgentSettings(ServiceSettings):
 
     node_name: str = Field(default_factory=socket.gethostname, description="Kubernetes node name (downward API)")
     interval_s: float = Field(default=10.0, gt=0, description="seconds between probes")
+    full_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="a full probe every this many probes, cheap heartbeats between (staggered by node);"
+        " default: as many intervals as fit in 30 s (6 at interval_s=5, 3 at 10). full_every × interval_s"
+        " must stay ≤ 60 s, and ≤ 30 s keeps a dead service or a full disk found within a minute",
+    )
     host_root: Path = Field(default=Path("/"), description="where the node's / is visible (/host in the DaemonSet)")
     mounts_file: str = Field(default="/proc/1/mounts", description="host path of the mount table (PID 1 = the host's)")
     mount_points: list[str] = Field(
@@ -101,6 +108,17 @@ class AgentSettings(ServiceSettings):
         " (its PubAcks) arrive on `<inbox_prefix>.<cluster>.<node>.…`, the only inbox NATS lets this node read"
         " under deploy/nats/natsauth.py",
     )
+
+    @model_validator(mode="after")
+    def _full_probe_within_a_minute(self) -> AgentSettings:
+        if self.full_every is not None and self.full_every * self.interval_s > 60:
+            msg = (
+                f"full_every={self.full_every} × interval_s={self.interval_s:g} = "
+                f"{self.full_every * self.interval_s:g} s between full probes: a dead service or a full disk"
+                " could not be found within the 1-minute detection budget (keep it ≤ 30 s)"
+            )
+            raise ValueError(msg)
+        return self
 
     def nats_inbox_prefix(self) -> str:
         """The inbox prefix this agent connects with."""

@@ -68,6 +68,7 @@ class FastProbe(msgspec.Struct, frozen=True, gc=False, rename={"schema_": "schem
     services: tuple[FastService, ...] = ()
     kernel_log: tuple[str, ...] = ()
     ready: bool | None = None
+    full: bool = True
 
 
 probe_decoder: msgspec.json.Decoder[FastProbe] = msgspec.json.Decoder(FastProbe)

@@ -43,7 +43,10 @@ SILENCE_KINDS: Final = frozenset({"node_down", "node_hang", "service_down"})
 MEASURED_KINDS: Final = frozenset(
     {"high_load", "disk_full", "inode_exhaustion", "readonly_fs", "fd_exhaustion", "service_down", "node_not_ready"}
 )
+# Measured on full agent probes only: a heartbeat (`full=False`) leaves them as the last full probe judged them.
+FULL_ONLY_KINDS: Final = frozenset({"disk_full", "inode_exhaustion", "readonly_fs", "service_down", "node_not_ready"})
 AGENT_SERVICE: Final = "nodeheal-agent"
+AGENT_KEY: Final = "service_down" + SEP + AGENT_SERVICE
 MAX_PROBE_IDS = 5
 MAX_KERNEL_EVIDENCE_LINES = 20
 MAX_PARKED_NODES = 100_000
@@ -96,6 +99,15 @@ class RuleConfig(BaseModel):
     flap_count: int = Field(default=3, ge=2, description="fire/resolve cycles of one anomaly that make it flapping")
     flap_window_s: float = Field(default=3600.0, gt=0)
     silence_recheck_s: float = Field(default=5.0, gt=0)
+    full_overdue_s: float = Field(
+        default=90.0,
+        gt=0,
+        description=(
+            "a node whose agent sends heartbeats but no full probe for this long (scaled like the silence"
+            " timeout when the fleet's cadence is slower than probe_interval_s) has a degraded agent:"
+            " service_down nodeheal-agent. Keep it ≥ 3 × the agents' full_every × probe interval (90 s for 6 × 5 s)"
+        ),
+    )
 
     @property
     def down_timeout_s(self) -> float:
@@ -163,6 +175,7 @@ class Detector:
         # the agents' real probe interval: the median of recent gaps between two agent probes of a node (by the
         # probes' own timestamps); silence is judged against it when the fleet probes slower than configured
         self.cadence_s = config.probe_interval_s
+        self._full_overdue = config.full_overdue_s
         self._gaps: list[float] = []
         self._gap_next = 0
         self._gaps_seen = 0
@@ -250,6 +263,7 @@ class Detector:
         median = ordered[len(ordered) // 2]
         self.cadence_s = min(max(median, cfg.probe_interval_s), cfg.probe_interval_s * cfg.max_cadence_factor)
         self._down_timeout = cfg.down_after_missed * self.cadence_s
+        self._full_overdue = cfg.full_overdue_s * self.cadence_s / cfg.probe_interval_s
 
     def _observe_reachability(self, node: NodeState, p: FastProbe, now: float) -> None:
         ok = seen = 0
@@ -398,7 +412,7 @@ class Detector:
             self._kernel(node, list(p.kernel_log), t=t, now=now, probe_id=p.id)
 
         ready = p.ready
-        if ready is False or (conds and "node_not_ready" + SEP in conds):
+        if (ready is False or (conds and "node_not_ready" + SEP in conds)) and p.full:  # not in heartbeats
             self._level(
                 node,
                 "node_not_ready",
@@ -414,14 +428,50 @@ class Detector:
                 severity="major",
             )
 
-        if node.conds:
-            self._after_agent_probe(node, now)
+        if p.full:
+            node.last_full_t = t
+            if node.conds and AGENT_KEY in node.conds and node.silence != AGENT_KEY:
+                self._resolve_key(node, AGENT_KEY, now)  # the agent's full probes came back
+        elif not node.last_full_t:
+            node.last_full_t = t  # first sighting: its full probe is due from here
+        elif t - node.last_full_t > self._full_overdue:
+            self._full_overdue_probe(node, t=t, now=now, probe_id=p.id)
 
-    def _after_agent_probe(self, node: NodeState, now: float) -> None:
-        """Measurements that vanished count as clear (no stale condition); cloud events may resolve."""
+        if node.conds:
+            self._after_agent_probe(node, now, full=p.full)
+
+    def _full_overdue_probe(self, node: NodeState, *, t: float, now: float, probe_id: str) -> None:
+        """Heartbeats but no full probe for `full_overdue_s`: the agent runs yet cannot (or does not) collect
+        its full probe, so services, disks and file systems go unjudged. That is our agent degraded:
+        `service_down nodeheal-agent` (the diagnoser's agent_down: restart the agent's pod)."""
+        conds = node.conds
+        if conds and AGENT_KEY in conds:
+            conds[AGENT_KEY].stamp = node.agent_seq
+            return
+        age = round(t - node.last_full_t, 3)
+        cond = Condition(kind="service_down", subject=AGENT_SERVICE, onset=t, severity="major")
+        cond.value = f"no full probe for {age:g} s"
+        cond.threshold = round(self._full_overdue, 3)
+        cond.detail = {"full_probe_age_s": age, "heartbeats": True}
+        cond.stamp = node.agent_seq
+        if probe_id:
+            cond.probe_ids.append(probe_id)
+        if conds is None:
+            conds = node.conds = {}
+        conds[AGENT_KEY] = cond
+        self._fire(node, cond, now)
+
+    def _after_agent_probe(self, node: NodeState, now: float, *, full: bool = True) -> None:
+        """Measurements that vanished count as clear (no stale condition); cloud events may resolve. A
+        heartbeat carries no full-only measurement: those conditions stand as the last full probe left them."""
         assert node.conds is not None
         for key, cond in list(node.conds.items()):
-            if cond.kind in MEASURED_KINDS and cond.stamp != node.agent_seq and key != node.silence:
+            if (
+                cond.kind in MEASURED_KINDS
+                and cond.stamp != node.agent_seq
+                and key != node.silence
+                and (full or cond.kind not in FULL_ONLY_KINDS)
+            ):
                 if cond.firing:
                     cond.good += 1
                     cond.bad = 0
@@ -662,6 +712,11 @@ class Detector:
             return
         if node.silence is not None:
             self._resolve_key(node, node.silence, now)
+        held = node.conds.get(key) if node.conds else None
+        if held is not None and held.firing:
+            # our agent was already reported degraded (full probe overdue): now it is silent, the same anomaly
+            node.silence = key
+            return
         cond = Condition(
             kind=kind,
             subject=subject,

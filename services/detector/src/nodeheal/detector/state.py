@@ -81,6 +81,7 @@ class NodeState:
         "key",
         "last_agent",
         "last_agent_t",
+        "last_full_t",
         "last_probe_id",
         "last_prober",
         "node",
@@ -98,6 +99,9 @@ class NodeState:
         # "down since 1970".
         self.last_agent = now
         self.last_agent_t = 0.0  # the `time` of its latest agent probe (the agent's clock); 0: none yet
+        # the `time` of its latest full agent probe (the agent's clock), or of the first agent probe seen when no
+        # full one has been yet; 0: no agent probe yet. The full-only conditions stand on that probe.
+        self.last_full_t = 0.0
         self.last_prober = 0.0
         self.reach_ok = 0
         self.reach_seen = 0

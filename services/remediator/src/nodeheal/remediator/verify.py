@@ -1,11 +1,14 @@
-"""Verification after a fix: a fresh *agent* probe that is healthy by the detector's own rules
+"""Verification after a fix: a fresh *full agent* probe that is healthy by the detector's own rules
 (`nodeheal.schemas.health`: disk, inodes, file handles, load, services, read-only mounts), Node Ready from
 the API server, and after a reboot / redeploy / host event a boot id different from the one before.
 
 The probes are read from the PROBES stream (a named ephemeral pull consumer filtered to the node's
 subject, starting at the action), which is what the remediator's NATS role allows (`_consume(PROBES)` in
 deploy/nats/natsauth.py): no core subscription on probe subjects is needed. Prober and simulator probes
-are skipped: they carry no disk, file-handle or service data.
+are skipped: they carry no disk, file-handle or service data; so are the agent's heartbeats (`full=False`,
+sent between full probes): verification waits for a full probe newer than the action. The agent makes its
+probe after a node command a full one; after a reboot its first probe is full; after a Kubernetes-only step
+(cordon, drain) the node's next scheduled full probe comes within `full_every` intervals (30 s by default).
 """
 
 from __future__ import annotations
@@ -173,6 +176,10 @@ class Verifier:
                 if probe is None:
                     continue
                 if probe.time < since:
+                    continue
+                if not probe.full:
+                    if last == "no agent probe since the action":
+                        last = "only heartbeats since the action, no full probe yet"
                     continue
                 if need_new_boot and (probe.boot_id is None or probe.boot_id == old_boot_id):
                     last = f"boot id still {probe.boot_id or 'unknown'}: the node has not rebooted since the action"
