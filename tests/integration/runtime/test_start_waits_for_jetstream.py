@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,8 @@ from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Diagnosis
 from nodeheal.schemas.subjects import anomaly_subject, diagnosis_subject
-from nodeheal.sim.embedded import EmbeddedNats, find_nats_server
+from nodeheal.sim.embedded import EmbeddedNats, find_nats_server, free_port
+from tests.integration.deploy.role_services import SERVICES
 from tests.support.asgi import asgi_get
 from tests.support.broker import unique_settings
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly
@@ -169,3 +174,90 @@ async def test_a_jetstream_away_past_the_patience_fails_healthz(tmp_path: Path) 
                     return status == 503 and "start failed" in body
 
                 await until(unhealthy, within_s=30, what="/healthz stayed 200 after the patience was spent")
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status), response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+    except OSError as exc:
+        return 0, str(exc)
+
+
+WAITING = ("detector", "remediator", "prober")
+"""Serve HTTP while their start waits (the kit's shell, the ops server); the ingest's aiohttp app serves
+once its start is done, so it is only checked to start once JetStream is back."""
+
+
+async def test_every_service_process_waits_for_jetstream_then_becomes_ready(tmp_path: Path) -> None:
+    async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
+        names = (*WAITING, "ingest")
+        procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        jetstream_back: EmbeddedNats | None = None
+        try:
+            with without_jetstream(port) as plain:
+                for name in names:
+                    args, prefix, extra = SERVICES[name]
+                    http = free_port()
+                    env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEHEAL_", "NATS_"))}
+                    env.update(
+                        {
+                            f"{prefix}NATS__URL": nats.url,
+                            f"{prefix}NATS__PREFIX": nats.prefix,
+                            f"{prefix}NATS__STREAM_PREFIX": nats.stream_prefix,
+                            f"{prefix}NATS__BUCKET_PREFIX": nats.bucket_prefix,
+                            f"{prefix}HTTP_PORT": str(http),
+                            f"{prefix}HTTP_HOST": "127.0.0.1",
+                            f"{prefix}CLUSTER": "c1",
+                            f"{prefix}LOG_FORMAT": "json",
+                            **{prefix + k: v for k, v in extra.items()},
+                        }
+                    )
+                    log = (tmp_path / f"{name}.log").open("wb")
+                    procs[name] = (
+                        subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT),
+                        http,
+                    )
+
+                def logs(*which: str) -> dict[str, str]:
+                    return {n: (tmp_path / f"{n}.log").read_text()[-1500:] for n in which}
+
+                waiting = set(WAITING)
+                deadline = time.monotonic() + 60
+                while waiting and time.monotonic() < deadline:
+                    for name in sorted(waiting):
+                        proc, http = procs[name]
+                        assert proc.poll() is None, logs(name)
+                        status, body = _get(f"http://127.0.0.1:{http}/readyz")
+                        if status == 503 and "waiting for JetStream" in body:
+                            assert _get(f"http://127.0.0.1:{http}/healthz")[0] == 200, logs(name)
+                            waiting.discard(name)
+                    await asyncio.sleep(0.2)
+                assert not waiting, logs(*waiting)
+                assert procs["ingest"][0].poll() is None, logs("ingest")
+                plain.terminate()
+                await asyncio.to_thread(plain.wait, 10)
+                jetstream_back = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+                starting = set(names)
+                deadline = time.monotonic() + 90
+                while starting and time.monotonic() < deadline:
+                    for name in sorted(starting):
+                        proc, http = procs[name]
+                        assert proc.poll() is None, logs(name)
+                        if _get(f"http://127.0.0.1:{http}/readyz")[0] == 200:
+                            assert _get(f"http://127.0.0.1:{http}/healthz")[0] == 200, logs(name)
+                            starting.discard(name)
+                    await asyncio.sleep(0.2)
+                assert not starting, logs(*starting)
+        finally:
+            for proc, _ in procs.values():
+                proc.terminate()
+            for proc, _ in procs.values():
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            if jetstream_back is not None:
+                jetstream_back.stop()

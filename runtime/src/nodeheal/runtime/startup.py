@@ -39,6 +39,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     ServiceUnavailableError,  # 503: no JetStream, no meta leader, no responders to the API request
     ServerError,  # 500: e.g. a stream's leader lost mid-request
     nats.errors.NoRespondersError,
+    nats.errors.NoServersError,  # the first connect of a process whose server is not back yet
     nats.errors.TimeoutError,
     nats.errors.ConnectionReconnectingError,
     nats.errors.StaleConnectionError,
@@ -81,6 +82,17 @@ def start_wait(wait: StartWait) -> Iterator[StartWait]:
 
 def current_wait() -> StartWait | None:
     return _CURRENT.get()
+
+
+def waiting_check(wait: StartWait) -> Callable[[], Awaitable[tuple[bool, str]]]:
+    """A readiness check (`/readyz`) that says what `wait`'s start is waiting for."""
+
+    async def start_not_waiting() -> tuple[bool, str]:
+        if wait.waiting:
+            return False, f"{wait.service}: {wait.waiting}"
+        return True, "ok"
+
+    return start_not_waiting
 
 
 async def patiently(what: str, call: Callable[[], Awaitable[T]], *, max_delay_s: float = 5.0) -> T:
