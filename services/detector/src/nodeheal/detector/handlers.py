@@ -387,7 +387,7 @@ class DetectorRuntime:
                             last_seq = max(last_seq, msg.metadata.sequence.stream)
                     got += len(chunk)
                     seen += len(chunk)
-                if got < total and (await self.js.consumer_info(stream, info.name)).num_pending:
+                if got < total and await _still_pending(self.js, stream, info.name):
                     problem = f"the replay of {stream} stopped at {got} of {total} messages"
                     raise TimeoutError(problem)
             finally:
@@ -727,3 +727,12 @@ def stream_lag(reply: str, wall: float) -> float | None:
         return max(0.0, wall - int(stamp) / 1e9)
     except ValueError:
         return None
+
+
+async def _still_pending(js: JetStreamContext, stream: str, name: str) -> bool:
+    """Whether a replay that stopped short left messages behind: its consumer still has some pending, or
+    the consumer is gone (a restarted server forgets a memory-stored ephemeral) and so is its position."""
+    try:
+        return bool((await js.consumer_info(stream, name)).num_pending)
+    except NotFoundError:
+        return True

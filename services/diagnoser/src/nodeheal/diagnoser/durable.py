@@ -51,7 +51,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import FetchTimeoutError, KeyNotFoundError, NoKeysError
+from nats.js.errors import FetchTimeoutError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -315,7 +315,7 @@ class DurableState:
                         await asyncio.sleep(0)
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
-                    if got < total and (await self.js.consumer_info(stream, info.name)).num_pending:
+                    if got < total and await _still_pending(self.js, stream, info.name):
                         problem = f"the read of {stream} stopped at {got} of {total} messages"
                         raise TimeoutError(problem)
             finally:
@@ -324,3 +324,12 @@ class DurableState:
 
         await patiently(f"rebuild read of {stream}", attempt)
         return seen
+
+
+async def _still_pending(js: JetStreamContext, stream: str, name: str) -> bool:
+    """Whether a read that stopped short left messages behind: its consumer still has some pending, or
+    the consumer is gone (a restarted server forgets a memory-stored ephemeral) and so is its position."""
+    try:
+        return bool((await js.consumer_info(stream, name)).num_pending)
+    except NotFoundError:
+        return True
