@@ -59,6 +59,7 @@ from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, follow
 from nodeheal.runtime.metrics import PipelineMetrics
 from nodeheal.runtime.service import consumer_broker
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.runtime.startup import patiently
 from nodeheal.runtime.telemetry import consume_span
 
 log = logging.getLogger("nodeheal.runtime.consumer")
@@ -413,28 +414,36 @@ class ConsumerRuntime:
         await self.broker.connect()
         js = self.broker.connection.jetstream()
         for spec in self._specs.values():
-            await ensure_pull_consumer(
-                js,
-                stream=spec.stream,
-                durable=spec.durable,
-                filter_subjects=[spec.subject],
-                ack_wait_s=spec.ack_wait_s,
-                max_deliver=spec.max_deliver,
-                max_ack_pending=spec.max_ack_pending,
-                deliver_policy=spec.deliver_policy,
+            await patiently(
+                f"consumer {spec.durable} on {spec.stream}",
+                functools.partial(
+                    ensure_pull_consumer,
+                    js,
+                    stream=spec.stream,
+                    durable=spec.durable,
+                    filter_subjects=[spec.subject],
+                    ack_wait_s=spec.ack_wait_s,
+                    max_deliver=spec.max_deliver,
+                    max_ack_pending=spec.max_ack_pending,
+                    deliver_policy=spec.deliver_policy,
+                ),
             )
 
     async def start(self) -> None:
+        """Ensure the durables, declare the subscribers (once) and start them, then the loops. Each
+        JetStream call waits out a briefly unavailable JetStream (`patiently`); a subscriber whose start
+        failed is started again, never declared again."""
         await self.ensure()
         inbox_prefix = f"{self.nats.inbox_prefix}.".encode()
-        for spec, handler in self._consumed:
-            subscriber = _declare(self.broker, spec, handler, service=self.service, inbox_prefix=inbox_prefix)
-            self._subscribers.append((spec, subscriber))
+        if not self._subscribers:
+            for spec, handler in self._consumed:
+                subscriber = _declare(self.broker, spec, handler, service=self.service, inbox_prefix=inbox_prefix)
+                self._subscribers.append((spec, subscriber))
         if self._shared:
-            for _, subscriber in self._subscribers:
-                await subscriber.start()
+            for spec, subscriber in self._subscribers:
+                await patiently(f"subscriber of {spec.durable} on {spec.stream}", subscriber.start)
         else:
-            await self.broker.start()
+            await patiently(f"{self.service} consumers", self.broker.start)
         self._started = True
         for name, factory in self._loops.items():
             self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=f"{self.service}-{name}")

@@ -5,13 +5,15 @@ watcher that writes it validates it first)."""
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 from collections.abc import Callable
 
 from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
+from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.subjects import unescape_token
 
@@ -30,10 +32,12 @@ class InventoryFeed:
         self.loaded = 0
 
     async def open(self, js: JetStreamContext) -> bool:
-        """Bind the bucket; False (with a warning) when it is not provisioned (`nodeheal streams apply`)."""
+        """Bind the bucket; False (with a warning) when it is not provisioned (`nodeheal streams apply`).
+        A JetStream that is briefly unavailable is waited out (`patiently`), not taken for a missing
+        bucket: a service that started without its inventory would never learn node placements."""
         try:
-            self.kv = await js.key_value(self.bucket)
-        except Exception as exc:
+            self.kv = await patiently(f"inventory bucket {self.bucket}", lambda: js.key_value(self.bucket))
+        except NotFoundError as exc:
             log.warning(
                 "inventory bucket unavailable; node placements unknown",
                 extra={"bucket": self.bucket, "error": str(exc)},
@@ -60,17 +64,24 @@ class InventoryFeed:
 
     async def load(self) -> int:
         """Every record in the bucket now; returns how many keys were read."""
-        if self.kv is None:
+        kv = self.kv
+        if kv is None:
             return 0
         try:
-            keys = await self.kv.keys()
-        except Exception:
-            return 0  # an empty bucket raises NoKeysError
+            keys = await patiently(f"inventory keys of {self.bucket}", kv.keys)
+        except NoKeysError:
+            return 0  # an empty bucket
         for key in keys:
-            with contextlib.suppress(Exception):
-                entry = await self.kv.get(key)
+            try:
+                entry = await patiently(f"inventory record {key}", functools.partial(kv.get, key))
+            except KeyNotFoundError:
+                continue  # deleted since the listing
+            try:
                 self.apply(key, entry.value, None)
-                self.loaded += 1
+            except Exception:
+                log.exception("inventory record not applied", extra={"key": key})
+                continue
+            self.loaded += 1
         return self.loaded
 
     async def watch(self) -> None:

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from nodeheal.schemas.dlq import MAX_RAW_BYTES, DeadLetter
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
@@ -328,6 +328,8 @@ async def last_per_subject_up_to(
             await sub.unsubscribe()
         if status not in ("204", "404"):
             problem = f"direct get of {len(page)} subjects on {stream} up to {up_to_seq} failed: status {status}"
+            if status == "503":  # no responders / JetStream unavailable: a later try may work
+                raise ServiceUnavailableError(code=503, description=problem)
             raise RuntimeError(problem)
         for item in got:
             subject = (item.headers or {}).get("Nats-Subject")

@@ -5,6 +5,11 @@ side (`/healthz`, `/readyz`, `/metrics`) served with uvicorn next to the broker.
 loop that died, or a start hook that raised, answers 503 so Kubernetes restarts the pod; NATS being
 away is never a reason: nats-py reconnects by itself); `/readyz` checks the broker connection and
 every readiness check the service registered (e.g. its consumer exists).
+
+Each start hook runs inside a `StartWait` (nodeheal.runtime.startup): its JetStream calls wait out a
+JetStream that is briefly unavailable for up to `NatsSettings.start_patience_s`; meanwhile `/readyz`
+says "waiting for JetStream (...)" and `/healthz` stays 200; after that the start fails and so does
+`/healthz`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nodeheal.runtime.connect import connect_options, tls_context
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.runtime.startup import StartWait, start_wait
 from nodeheal.runtime.telemetry import TelemetrySettings
 
 ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
@@ -132,14 +138,20 @@ def build_asgi(
     after_startup: Sequence[Callable[..., Any]] = (),
     on_shutdown: Sequence[Callable[..., Any]] = (),
     asyncapi: Any = None,
+    service: str = "service",
+    start_patience_s: float = 120.0,
 ) -> AsgiFastStream:
     registry = registry or prometheus_client.REGISTRY
     failed: list[str] = []  # a start hook that raised: the process serves HTTP but consumes nothing
+    waits: list[StartWait] = []  # one per start hook: what it waits for while JetStream is unavailable
 
     def guarded(hook: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
         async def start() -> Any:
+            wait = StartWait(service=service, patience_s=start_patience_s)
+            waits.append(wait)
             try:
-                return await hook()
+                with start_wait(wait):
+                    return await hook()
             except Exception as exc:
                 failed.append(f"start failed ({type(exc).__name__}: {str(exc)[:200]}); the process must be restarted")
                 logging.getLogger("nodeheal.runtime.service").exception("start failed; /healthz fails")
@@ -156,7 +168,7 @@ def build_asgi(
 
     @get
     async def readyz(request: Request) -> AsgiResponse:
-        problems: list[str] = []
+        problems = [f"{service}: {wait.waiting}" for wait in waits if wait.waiting]
         if not await broker.ping(timeout=2.0):
             problems.append("broker: not connected to NATS")
         for check in readiness:
@@ -246,5 +258,7 @@ def build_runtime_app(
         registry=registry,
         after_startup=[started],
         on_shutdown=[stopping],
+        service=service,
+        start_patience_s=nats.start_patience_s,
     )
     return app, holder

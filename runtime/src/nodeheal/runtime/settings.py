@@ -24,6 +24,12 @@ class NatsSettings(BaseModel):
         " (deploy/nats/natsauth.py gives each role `_INBOX.<role>`)",
     )
     publish_timeout_s: float = Field(default=5.0, gt=0)
+    start_patience_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="how long a service's start waits for a JetStream that is briefly unavailable (503, no"
+        " responders, timeouts) before it fails and /healthz with it",
+    )
     probe_partitions: int = Field(
         default=0, ge=0, le=1024, description="0: PROBES unpartitioned; N: stored subjects get a partition token"
     )

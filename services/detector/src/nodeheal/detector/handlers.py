@@ -47,6 +47,7 @@ from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbou
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, last_per_subject_up_to
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
+from nodeheal.runtime.startup import patiently
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
 from nodeheal.runtime.testhooks import kill_point
 from nodeheal.schemas.anomaly import Anomaly
@@ -234,16 +235,19 @@ class DetectorRuntime:
 
     async def ensure_consumers(self, *, probe_deliver: DeliverPolicy = DeliverPolicy.NEW) -> None:
         s = self.settings
-        await ensure_pull_consumer(
-            self.js,
-            stream=self.probes_stream,
-            durable=s.probe_durable,
-            filter_subjects=s.probe_filters(),
-            ack_wait_s=s.ack_wait_s,
-            max_deliver=-1,
-            max_ack_pending=s.max_ack_pending,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=probe_deliver,
+        await patiently(
+            f"consumer {s.probe_durable} on {self.probes_stream}",
+            lambda: ensure_pull_consumer(
+                self.js,
+                stream=self.probes_stream,
+                durable=s.probe_durable,
+                filter_subjects=s.probe_filters(),
+                ack_wait_s=s.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=s.max_ack_pending,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=probe_deliver,
+            ),
         )
         await self.consumers.ensure()
 
@@ -339,47 +343,68 @@ class DetectorRuntime:
         since: datetime | None,
         on_msg: Callable[[Msg], None],
     ) -> int:
-        """Read a stream once through an ephemeral consumer (no acks) until what was there is read."""
-        config = ConsumerConfig(
-            # named (never the legacy server-named create, which the permission matrix refuses: it
-            # could rewrite another service's durable); a random suffix nobody can guess
-            name=f"{self.settings.durable}-replay-{secrets.token_hex(8)}",
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=deliver,
-            opt_start_time=since,
-            filter_subjects=filters,
-            inactive_threshold=30.0,
-            mem_storage=True,
-        )
-        info = await self.js.add_consumer(stream, config=config)
-        total = info.num_pending or 0
-        if total == 0:
-            await self.js.delete_consumer(stream, info.name)
-            return 0
-        puller = BatchPuller(self.nc, stream=stream, consumer=info.name, batch=2000, expires_s=2.0)
-        await puller.start()
+        """Read a stream once through an ephemeral consumer (no acks) until what was there is read. A
+        JetStream that goes away mid-read is waited out (`patiently`): the read resumes after the last
+        message handled (a last-per-subject read starts again: seeding a node twice is the same seed);
+        stopping short with messages still pending is such a failure, not the end."""
+        last_seq = 0
         seen = 0
-        idle = 0
-        try:
-            while seen < total and idle < 5:
-                chunk = await puller.next_chunk(wait_s=1.0)
-                if not chunk:
-                    idle += 1
-                    continue
-                idle = 0
-                for msg in chunk:
-                    on_msg(msg)
-                seen += len(chunk)
-        finally:
-            await puller.stop()
-            with contextlib.suppress(Exception):
+        resumable = deliver is not DeliverPolicy.LAST_PER_SUBJECT
+
+        async def attempt() -> None:
+            nonlocal last_seq, seen
+            config = ConsumerConfig(
+                # named (never the legacy server-named create, which the permission matrix refuses: it
+                # could rewrite another service's durable); a random suffix nobody can guess
+                name=f"{self.settings.durable}-replay-{secrets.token_hex(8)}",
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else deliver,
+                opt_start_seq=last_seq + 1 if last_seq else None,
+                opt_start_time=None if last_seq else since,
+                filter_subjects=filters,
+                inactive_threshold=30.0,
+                mem_storage=True,
+            )
+            info = await self.js.add_consumer(stream, config=config)
+            total = info.num_pending or 0
+            if total == 0:
                 await self.js.delete_consumer(stream, info.name)
+                return
+            puller = BatchPuller(self.nc, stream=stream, consumer=info.name, batch=2000, expires_s=2.0)
+            await puller.start()
+            got = 0
+            idle = 0
+            try:
+                while got < total and idle < 5:
+                    chunk = await puller.next_chunk(wait_s=1.0)
+                    if not chunk:
+                        idle += 1
+                        continue
+                    idle = 0
+                    for msg in chunk:
+                        on_msg(msg)
+                        if resumable:
+                            last_seq = max(last_seq, msg.metadata.sequence.stream)
+                    got += len(chunk)
+                    seen += len(chunk)
+                if got < total and await _still_pending(self.js, stream, info.name):
+                    problem = f"the replay of {stream} stopped at {got} of {total} messages"
+                    raise TimeoutError(problem)
+            finally:
+                await puller.stop()
+                with contextlib.suppress(Exception):
+                    await self.js.delete_consumer(stream, info.name)
+
+        await patiently(f"state replay of {stream}", attempt)
         return seen
 
     async def _ack_floor(self) -> int:
         """The stream sequence up to which the probe durable has acknowledged everything."""
         try:
-            info = await self.js.consumer_info(self.probes_stream, self.settings.probe_durable)
+            info = await patiently(
+                "the probe durable's ack floor",
+                lambda: self.js.consumer_info(self.probes_stream, self.settings.probe_durable),
+            )
         except Exception as exc:
             log.warning("probe durable unreadable; boot ids are seeded from the last probes", extra={"error": str(exc)})
             return 2**63
@@ -391,8 +416,11 @@ class DetectorRuntime:
         if not subjects:
             return 0
         try:
-            found = await last_per_subject_up_to(
-                self.nc, self.probes_stream, list(subjects), up_to_seq=floor, api_prefix=self.js._prefix
+            found = await patiently(
+                "boot ids as of the ack floor",
+                lambda: last_per_subject_up_to(
+                    self.nc, self.probes_stream, list(subjects), up_to_seq=floor, api_prefix=self.js._prefix
+                ),
             )
         except Exception as exc:
             log.warning(
@@ -699,3 +727,12 @@ def stream_lag(reply: str, wall: float) -> float | None:
         return max(0.0, wall - int(stamp) / 1e9)
     except ValueError:
         return None
+
+
+async def _still_pending(js: JetStreamContext, stream: str, name: str) -> bool:
+    """Whether a replay that stopped short left messages behind: its consumer still has some pending, or
+    the consumer is gone (a restarted server forgets a memory-stored ephemeral) and so is its position."""
+    try:
+        return bool((await js.consumer_info(stream, name)).num_pending)
+    except NotFoundError:
+        return True

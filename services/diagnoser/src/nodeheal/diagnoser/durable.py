@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -50,13 +51,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import FetchTimeoutError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.diagnoser.crash import CrashBuckets, bucket_key, classify
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.state import node_key
+from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.causes import OPERATOR_REQUEST
@@ -148,15 +150,17 @@ class DurableState:
             if ctx is None:
                 continue
             payload = [{"at": at.isoformat(), "signature": sig.model_dump(mode="json")} for at, sig in ctx.crashes]
-            await self.bucket.put(crash_key(ctx.cluster, ctx.node), json.dumps(payload).encode())
+            key, value, bucket = crash_key(ctx.cluster, ctx.node), json.dumps(payload).encode(), self.bucket
+            await patiently(f"crash history {key}", functools.partial(bucket.put, key, value))
         self.diagnoser.crash_dirty.clear()
 
     async def _load_crashes(self) -> int:
-        if self.bucket is None:
+        bucket = self.bucket
+        if bucket is None:
             return 0
         try:
-            keys = await self.bucket.keys()
-        except Exception:
+            keys = await patiently("crash histories", bucket.keys)
+        except NoKeysError:
             return 0  # an empty bucket has no keys
         loaded = 0
         for key in keys:
@@ -164,7 +168,10 @@ class DurableState:
                 continue
             _, cluster, node = key.split(".", 2)
             try:
-                entry = await self.bucket.get(key)
+                entry = await patiently(f"crash history {key}", functools.partial(bucket.get, key))
+            except KeyNotFoundError:
+                continue
+            try:
                 items = json.loads(entry.value or b"[]")
                 history = [
                     (datetime.fromisoformat(i["at"]), CrashSignature.model_validate(i["signature"])) for i in items
@@ -233,9 +240,18 @@ class DurableState:
         # crash reports last: what was said about their nodes is known (an open episode is not opened
         # again, a crash a diagnosis counted is not counted alone); their findings and facts are back
         for item in reports.values():
-            with contextlib.suppress(Exception):
+            try:
                 verdict = classify(item, diag.matcher)
-                record = await self.crash_buckets.get(bucket_key(verdict)) if self.crash_buckets else {}
+            except Exception as exc:  # the live consumer dead-letters what cannot be classified
+                log.debug("crash report not replayed", extra={"id": item.id, "error": str(exc)[:200]})
+                continue
+            buckets = self.crash_buckets
+            record = (
+                await patiently("crash bucket record", functools.partial(buckets.get, bucket_key(verdict)))
+                if buckets is not None
+                else {}
+            )
+            with contextlib.suppress(Exception):
                 diag.on_crash(verdict, record)
         report.open_nodes = diag.open_nodes()
         diag.crash_dirty.clear()  # what was loaded or replayed is already where it belongs
@@ -256,39 +272,64 @@ class DurableState:
 
     async def _read(self, base: str, subjects: list[str], since: datetime, apply: Callable[[Msg], None]) -> int:
         """Everything stored on the stream since `since`, once, through an ephemeral consumer (no acks).
-        A message that does not validate is skipped (the live consumer dead-letters it)."""
+        A message that does not validate is skipped (the live consumer dead-letters it). A JetStream that
+        goes away mid-read is waited out (`patiently`): the read resumes after the last message applied,
+        so nothing is applied twice and nothing is skipped; a read that stops short with messages still
+        pending is such a failure, not the end."""
         stream = self.streams[base]
-        config = ConsumerConfig(
-            # named: the permission matrix refuses the legacy server-named create (deploy/nats/natsauth.py)
-            name=f"diagnoser-read-{secrets.token_hex(8)}",
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=since,
-            filter_subjects=subjects,
-            inactive_threshold=30.0,
-            mem_storage=True,
-        )
-        info = await self.js.add_consumer(stream, config=config)
-        total = info.num_pending or 0
+        last_seq = 0
         seen = 0
-        try:
-            if total:
-                sub = await self.js.pull_subscribe_bind(info.name, stream=stream)
-                idle = 0
-                while seen < total and idle < 5:
-                    try:
-                        msgs = await sub.fetch(min(1000, total - seen), timeout=1.0)
-                    except (TimeoutError, FetchTimeoutError):
-                        idle += 1
-                        continue
-                    for msg in msgs:
-                        with contextlib.suppress(ValidationError, ValueError, TypeError):
-                            apply(msg)
-                    seen += len(msgs)
-                    await asyncio.sleep(0)
+
+        async def attempt() -> None:
+            nonlocal last_seq, seen
+            config = ConsumerConfig(
+                # named: the permission matrix refuses the legacy server-named create (deploy/nats/natsauth.py)
+                name=f"diagnoser-read-{secrets.token_hex(8)}",
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else DeliverPolicy.BY_START_TIME,
+                opt_start_seq=last_seq + 1 if last_seq else None,
+                opt_start_time=None if last_seq else since,
+                filter_subjects=subjects,
+                inactive_threshold=30.0,
+                mem_storage=True,
+            )
+            info = await self.js.add_consumer(stream, config=config)
+            total = info.num_pending or 0
+            got = 0
+            try:
+                if total:
+                    sub = await self.js.pull_subscribe_bind(info.name, stream=stream)
+                    idle = 0
+                    while got < total and idle < 5:
+                        try:
+                            msgs = await sub.fetch(min(1000, total - got), timeout=1.0)
+                        except (TimeoutError, FetchTimeoutError):
+                            idle += 1
+                            continue
+                        for msg in msgs:
+                            with contextlib.suppress(ValidationError, ValueError, TypeError):
+                                apply(msg)
+                            last_seq = max(last_seq, msg.metadata.sequence.stream)
+                        got += len(msgs)
+                        seen += len(msgs)
+                        await asyncio.sleep(0)
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    if got < total and await _still_pending(self.js, stream, info.name):
+                        problem = f"the read of {stream} stopped at {got} of {total} messages"
+                        raise TimeoutError(problem)
+            finally:
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-        finally:
-            with contextlib.suppress(Exception):
-                await self.js.delete_consumer(stream, info.name)
+                    await self.js.delete_consumer(stream, info.name)
+
+        await patiently(f"rebuild read of {stream}", attempt)
         return seen
+
+
+async def _still_pending(js: JetStreamContext, stream: str, name: str) -> bool:
+    """Whether a read that stopped short left messages behind: its consumer still has some pending, or
+    the consumer is gone (a restarted server forgets a memory-stored ephemeral) and so is its position."""
+    try:
+        return bool((await js.consumer_info(stream, name)).num_pending)
+    except NotFoundError:
+        return True

@@ -21,6 +21,7 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
@@ -34,6 +35,7 @@ from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbou
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
+from nodeheal.runtime.startup import patiently
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
@@ -267,10 +269,12 @@ class DiagnoserRuntime:
         return self.consumers.liveness()
 
     async def _bucket(self, what: str) -> KeyValue | None:
+        """The bucket, or None when it is not provisioned; a briefly unavailable JetStream is waited out
+        at start (a bucket taken for missing then would leave crash history unsaved for the process's life)."""
         name = self.topology.bucket(f"{self.settings.nats.bucket_prefix}-{what}").name
         try:
-            return await self.js.key_value(name)
-        except Exception as exc:  # the buckets are provisioned by `nodeheal streams apply`
+            return await patiently(f"bucket {name}", lambda: self.js.key_value(name))
+        except NotFoundError as exc:  # the buckets are provisioned by `nodeheal streams apply`
             log.warning("bucket unavailable", extra={"bucket": name, "error": str(exc)})
             return None
 
@@ -410,13 +414,19 @@ class DiagnoserRuntime:
 
     async def _publish(self, diagnosis: Diagnosis) -> None:
         subject = diagnosis_subject(diagnosis.cluster, diagnosis.node, prefix=self.prefix)
-        await publish_model(
-            self.js,
-            subject,
-            diagnosis,
-            msg_id=diagnosis.id,
-            headers=self._trace_headers(diagnosis, subject),
-            timeout_s=self.settings.nats.publish_timeout_s,
+        headers = self._trace_headers(diagnosis, subject)
+        # at start (the open episodes' verdicts) a briefly unavailable JetStream is waited out; live, one
+        # try (a failure naks the input); the Nats-Msg-Id makes a repeated publish one message
+        await patiently(
+            f"diagnosis of {diagnosis.node}",
+            lambda: publish_model(
+                self.js,
+                subject,
+                diagnosis,
+                msg_id=diagnosis.id,
+                headers=headers,
+                timeout_s=self.settings.nats.publish_timeout_s,
+            ),
         )
         self.m_out.labels(diagnosis.cause, str(diagnosis.resolved).lower()).inc()
         self.pipeline.diagnoses.labels(diagnosis.category, diagnosis.cause).inc()

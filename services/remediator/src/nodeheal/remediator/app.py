@@ -30,6 +30,8 @@ def build_app(settings: RemediatorSettings | None = None) -> tuple[AsgiFastStrea
         liveness=[service.liveness],
         after_startup=[started],
         on_shutdown=[service.stop],
+        service="remediator",
+        start_patience_s=settings.nats.start_patience_s,
     )
     return app, service
 

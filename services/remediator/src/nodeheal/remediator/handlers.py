@@ -38,6 +38,7 @@ from nodeheal.runtime.connect import connect
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound, Transient
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.metrics import pipeline_metrics
+from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.commands import NodeCommand
@@ -141,9 +142,10 @@ class RemediatorService:
         js = self.js = self.nc.jetstream(timeout=s.nats.publish_timeout_s)
         topo = s.nats.topology()
         bp = s.nats.bucket_prefix
-        leases_kv = await js.key_value(f"{bp}-leases")
-        control_kv = await js.key_value(f"{bp}-control")
-        ttl = s.lease_ttl_s or (await leases_kv.status()).ttl or 30.0
+        # each JetStream call of the start waits out a briefly unavailable JetStream (`patiently`)
+        leases_kv = await patiently(f"bucket {bp}-leases", lambda: js.key_value(f"{bp}-leases"))
+        control_kv = await patiently(f"bucket {bp}-control", lambda: js.key_value(f"{bp}-control"))
+        ttl = s.lease_ttl_s or (await patiently("lease bucket status", leases_kv.status)).ttl or 30.0
         if s.kube.enabled:
             self.kube = KubeActions(await build_api_client(s.kube), settings=s.kube)
         self.remediator = Remediator(
@@ -174,7 +176,8 @@ class RemediatorService:
                 readers=max(1, s.stream_readers - s.stream_readers // 4),
             ),
         )
-        await self.remediator.restore()  # the storms in force (hysteresis) come back from nodeheal-control
+        # the storms in force (hysteresis) come back from nodeheal-control
+        await patiently("storms in force", self.remediator.restore)
         self.maintenance = MaintenanceLoop(self.remediator, interval_s=s.maintenance_interval_s)
         self.consumers.loop("maintenance", self.maintenance.run)
         prefix = s.nats.prefix

@@ -32,6 +32,7 @@ from nodeheal.cloud_events.ingest.settings import IngestSettings
 from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver, seed_ledger
 from nodeheal.cloud_events.normalize import TransitionLedger
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.startup import StartWait, patiently, start_wait
 
 log = logging.getLogger("nodeheal.cloud_events.ingest")
 
@@ -80,7 +81,8 @@ def build_app(settings: IngestSettings, *, start_pollers: bool = True) -> web.Ap
     app.router.add_get("/metrics", _metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await _start(runtime, start_pollers=start_pollers)
+        with start_wait(StartWait(service=settings.service_name, patience_s=settings.nats.start_patience_s)):
+            await _start(runtime, start_pollers=start_pollers)
         yield
         await _stop(runtime)
 
@@ -90,20 +92,27 @@ def build_app(settings: IngestSettings, *, start_pollers: bool = True) -> web.Ap
 
 async def _start(runtime: IngestRuntime, *, start_pollers: bool) -> None:
     s = runtime.settings
-    runtime.nc = await connect(s.nats, name=f"{s.service_name}:{s.instance}")
+    # each NATS / JetStream call of the start waits out a briefly absent server or JetStream (`patiently`)
+    runtime.nc = await patiently("connection to NATS", lambda: connect(s.nats, name=f"{s.service_name}:{s.instance}"))
     js = runtime.nc.jetstream()
     topo = s.nats.topology()
     kv: KeyValue | None
+    bucket = topo.bucket(f"{s.nats.bucket_prefix}-inventory").name
     try:
-        kv = await js.key_value(topo.bucket(f"{s.nats.bucket_prefix}-inventory").name)
+        kv = await patiently(f"bucket {bucket}", lambda: js.key_value(bucket))
     except BucketNotFoundError:
         log.warning("inventory bucket missing: every event is published under its instance id (run streams apply)")
         kv = None
-    ledger = TransitionLedger(max_entities=s.ledger_max_entities)
     stream = topo.stream(f"{s.nats.stream_prefix}CLOUD").name
-    runtime.seeded = await seed_ledger(
-        js, stream=stream, prefix=s.nats.prefix, ledger=ledger, lookback=timedelta(seconds=s.ledger_seed_lookback_s)
-    )
+
+    async def seeded() -> tuple[TransitionLedger, int]:
+        ledger = TransitionLedger(max_entities=s.ledger_max_entities)  # a retry seeds a fresh one
+        count = await seed_ledger(
+            js, stream=stream, prefix=s.nats.prefix, ledger=ledger, lookback=timedelta(seconds=s.ledger_seed_lookback_s)
+        )
+        return ledger, count
+
+    ledger, runtime.seeded = await patiently("the ledger's seed from CLOUD", seeded)
     runtime.sink = CloudEventSink(
         js=js,
         prefix=s.nats.prefix,

@@ -14,6 +14,7 @@ from nodeheal.cloud_events.inventory.settings import InventorySettings
 from nodeheal.cloud_events.inventory.store import InventoryStore
 from nodeheal.cloud_events.inventory.watcher import NodeEvent, NodeWatcher, build_api_client, run_in_thread
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.base import utcnow
 
 log = logging.getLogger("nodeheal.cloud_events.inventory")
@@ -47,9 +48,11 @@ class InventoryWatcher:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.nc = await connect(self.settings.nats, name=f"nodeheal-inventory-{self.settings.instance}")
+        # each NATS / JetStream call of the start waits out a briefly absent server or JetStream (`patiently`)
+        name = f"nodeheal-inventory-{self.settings.instance}"
+        nc = self.nc = await patiently("connection to NATS", lambda: connect(self.settings.nats, name=name))
         bucket = f"{self.settings.nats.bucket_prefix}-inventory"
-        kv = await self.nc.jetstream().key_value(bucket)
+        kv = await patiently(f"bucket {bucket}", lambda: nc.jetstream().key_value(bucket))
         self.store = InventoryStore(kv, cluster=self.settings.cluster)
         self._tasks = [
             asyncio.create_task(run_in_thread(self.watcher, self.queue)),

@@ -10,13 +10,16 @@ from nodeheal.cloud_events.inventory.app import InventoryWatcher
 from nodeheal.cloud_events.inventory.settings import InventorySettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.ops import OpsServer
+from nodeheal.runtime.startup import StartWait, start_wait, waiting_check
 
 
 async def run(settings: InventorySettings) -> None:
     watcher = InventoryWatcher(settings)
-    ops = OpsServer(host=settings.http_host, port=settings.http_port, readiness=[watcher.ready])
+    wait = StartWait(service="inventory", patience_s=settings.nats.start_patience_s)
+    ops = OpsServer(host=settings.http_host, port=settings.http_port, readiness=[waiting_check(wait), watcher.ready])
     await ops.start()
-    await watcher.start()
+    with start_wait(wait):  # a JetStream away for longer than the patience ends the process (restarted)
+        await watcher.start()
     for i, task in enumerate(watcher.loops()):
         ops.watch(f"inventory-{i}", task)
     stop = asyncio.Event()

@@ -23,6 +23,7 @@ from nodeheal.cloud_events.prober.checks import CheckPlan, check_node
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.cloud_events.prober.sharding import owns
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import NodeProbe, Reachability
 from nodeheal.schemas.subjects import escape_token, prober_probe_subject
@@ -116,12 +117,14 @@ class Prober:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        self.nc = await connect(self.settings.nats, name=f"nodeheal-prober-{self.settings.instance}")
-        self.js = self.nc.jetstream(publish_async_max_pending=self.settings.max_pending_publishes)
+        # each NATS / JetStream call of the start waits out a briefly absent server or JetStream (`patiently`)
+        name = f"nodeheal-prober-{self.settings.instance}"
+        self.nc = await patiently("connection to NATS", lambda: connect(self.settings.nats, name=name))
+        js = self.js = self.nc.jetstream(publish_async_max_pending=self.settings.max_pending_publishes)
         bucket = self.settings.nats.topology().bucket(f"{self.settings.nats.bucket_prefix}-inventory").name
-        kv = await self.js.key_value(bucket)
+        kv = await patiently(f"bucket {bucket}", lambda: js.key_value(bucket))
         self.inventory = InventoryCache(kv, cluster=self.settings.cluster)
-        await self.inventory.start()
+        await patiently("inventory watch", self.inventory.start)
         log.info(
             "prober started",
             extra={"shard": self.shard_index, "shards": self.settings.shard_count, "bucket": bucket},

@@ -10,13 +10,16 @@ from nodeheal.cloud_events.prober.app import Prober
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.runtime.logs import configure_logging
 from nodeheal.runtime.ops import OpsServer
+from nodeheal.runtime.startup import StartWait, start_wait, waiting_check
 
 
 async def run(settings: ProberSettings) -> None:
     prober = Prober(settings)
-    ops = OpsServer(host=settings.http_host, port=settings.http_port, readiness=[prober.ready])
+    wait = StartWait(service="prober", patience_s=settings.nats.start_patience_s)
+    ops = OpsServer(host=settings.http_host, port=settings.http_port, readiness=[waiting_check(wait), prober.ready])
     await ops.start()
-    await prober.start()
+    with start_wait(wait):  # a JetStream away for longer than the patience ends the process (restarted)
+        await prober.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
