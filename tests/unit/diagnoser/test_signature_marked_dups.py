@@ -75,3 +75,12 @@ def test_a_same_site_pair_still_joins() -> None:
     # 'KASAN: out-of-bounds Read in ath9k_hif_usb_rx_cb' ~ 'KASAN: slab-out-of-bounds Read in ath9k_hif_usb_rx_cb'
     # (marked duplicates): the same blamed function after the completion path stops counting
     assert similarity(first_report("mdup-100"), first_report("mdup-101")) == 1.0
+
+
+def test_the_exact_key_of_a_kasan_report_names_its_accessing_function() -> None:
+    # 'KASAN: use-after-free Read in wdm_int_callback' / '… in iowarrior_callback': two drivers' completion
+    # callbacks, the same access (Read 8) and the same callers; the header's function tells them apart
+    wdm, iowarrior = first_report("mdup-032"), first_report("mdup-037")
+    assert wdm.access == iowarrior.access == "Read 8"
+    assert wdm.bucket() != iowarrior.bucket()
+    assert similarity(wdm, iowarrior) == 0.0

@@ -331,9 +331,12 @@ class CrashReport:
 
     def bucket(self) -> str:
         """Level 1, the exact key (ABRT's duphash idea): kind + the top reliable frames; the RIP function
-        only when the trace is missing, so a copy without its RIP line keeps the bucket of the full copy."""
+        only when the trace is missing, so a copy without its RIP line keeps the bucket of the full copy
+        (a KASAN report's function comes from its header, which every copy has: it is always in the key)."""
         frames = self.top_frames()
         anchor = "" if frames else (self.rip_func or "")
+        if self.kind == "kasan" and self.rip_func and not is_generic_frame(self.rip_func):
+            anchor = self.rip_func  # the accessing function of the header, which every copy of the report carries
         task = (self.task() or "") if self.kind in {"hung_task", "soft_lockup"} and not frames else ""
         panic = normalise(self.panic_string) if self.panic_string and not frames and not self.rip_func else ""
         if not panic and self.panic_string and not _GENERIC_PANICS.match(normalise(self.panic_string)):
