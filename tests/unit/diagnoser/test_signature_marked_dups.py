@@ -84,3 +84,12 @@ def test_the_exact_key_of_a_kasan_report_names_its_accessing_function() -> None:
     assert wdm.access == iowarrior.access == "Read 8"
     assert wdm.bucket() != iowarrior.bucket()
     assert similarity(wdm, iowarrior) == 0.0
+
+
+def test_the_older_kasan_double_free_wording_opens_a_report() -> None:
+    # 'BUG: KASAN: double-free or invalid-free in usbvision_release+0x13b/0x1c0' (kernels before the two were
+    # told apart): a KASAN report blamed on its function, not a report without identity
+    for excerpt, function in (("mdup-007", "usbvision_release"), ("mdup-081", "disconnect_rio")):
+        report = first_report(excerpt)
+        assert report.kind == "kasan" and report.subkind == "double-free or invalid-free"
+        assert report.guilty() == function

@@ -180,7 +180,8 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("gpf", re.compile(r"general protection fault")),
     # a sanitizer's bad access (debug kernels): 'BUG: KASAN: use-after-free in f+0x…', one line per inlined frame
-    ("kasan", re.compile(r"BUG: KASAN: [\w-]+ in ")),
+    # (older kernels print 'double-free or invalid-free' as one bug type)
+    ("kasan", re.compile(r"BUG: KASAN: [\w-]+(?: or [\w-]+)? in ")),
     ("divide_error", re.compile(r"divide error: 0000")),
     ("invalid_opcode_BUG_at", re.compile(r"kernel BUG at |invalid opcode: 0000")),
     ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at ")),
@@ -225,7 +226,9 @@ _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
 _WARNING_AT = re.compile(r"WARNING: CPU: \d+ PID: \d+ at \S+ (?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 # the sub-kind of a report (ABRT/FAF and SysOM keep it in the exact key): KASAN's bug type and the faulting
 # access, the KASAN hint under a GPF, a WARNING's source file
-_KASAN_TYPE = re.compile(r"BUG: KASAN: (?P<type>[\w-]+) in (?:(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+)?")
+_KASAN_TYPE = re.compile(
+    r"BUG: KASAN: (?P<type>[\w-]+(?: or [\w-]+)?) in (?:(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+)?"
+)
 _KASAN_ACCESS = re.compile(r"^\s*(?P<dir>Read|Write) of size (?P<size>\d+) (?:at addr|by task)")
 _GPF_HINT = re.compile(r"KASAN: (?:maybe )?(?P<hint>null-ptr-deref|wild-memory-access|user-memory-access) in range")
 _WARNING_FILE = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ ")
