@@ -18,7 +18,8 @@
   syzbot_dup_same_bug: a second such set, committed before the round-8 bucket work ran on it
   (`syzbot_dup_same_bug.jsonl`); syzbot_xfn_same_bug: fix-grouped bugs seen in different functions
   (`syzbot_xfn_same_bug.jsonl`, committed after that work); syzbot_marked_dup_same_bug: syzbot bugs a person
-  marked as duplicates of each other with `#syz dup:` (`syzbot_marked_dup_same_bug.jsonl`). `buckets`
+  marked as duplicates of each other with `#syz dup:` (`syzbot_marked_dup_same_bug.jsonl`; a second such set from
+  other lists, `syzbot_marked_dup2_same_bug.jsonl`, committed after that round's code). `buckets`
   repeats each set's pairwise figures of both levels in one place.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
   and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
@@ -411,6 +412,7 @@ _SAME_BUG_SETS = (
     "syzbot_dup_same_bug",
     "syzbot_xfn_same_bug",
     "syzbot_marked_dup_same_bug",
+    "syzbot_marked_dup2_same_bug",
 )
 
 
@@ -469,5 +471,6 @@ def _run_bench(corpus_dir: Path, *, seconds: float, baseline_rules: Path | None)
         "syzbot_dup_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_dup_same_bug.jsonl")),
         "syzbot_xfn_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_xfn_same_bug.jsonl")),
         "syzbot_marked_dup_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_marked_dup_same_bug.jsonl")),
+        "syzbot_marked_dup2_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_marked_dup2_same_bug.jsonl")),
         "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }
