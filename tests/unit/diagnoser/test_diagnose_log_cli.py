@@ -146,8 +146,13 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
     assert fix["bugs_with_several_crashes"] >= 7 and fix["similarity"]["true_pairs"] >= 12
     dup = result["syzbot_dup_same_bug"]["fresh"]  # grouped by fixing commit, committed before round 8 ran on it
     assert dup["bugs_with_several_crashes"] >= 30 and dup["similarity"]["true_pairs"] >= 40
+    marked = result["syzbot_marked_dup_same_bug"]["fresh"]  # marked with '#syz dup:' (round 9, spent)
+    assert marked["bugs_with_several_crashes"] >= 35 and marked["similarity"]["true_pairs"] >= 90
+    marked2 = result["syzbot_marked_dup2_same_bug"]["fresh"]  # the second such set, measured once with round 9's code
+    assert marked2["bugs_with_several_crashes"] >= 9 and marked2["similarity"]["true_pairs"] >= 11
     summary = result["buckets"]
     assert set(summary) >= {"syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_fix_same_bug", "syzbot_dup_same_bug"}
+    assert {"syzbot_marked_dup_same_bug", "syzbot_marked_dup2_same_bug"} <= set(summary)
     assert summary["syzbot_dup_same_bug"]["level2_similarity"]["true_pairs"] == dup["similarity"]["true_pairs"]
     same_run = result["speed"]["same_run"]
     assert same_run["baseline_rules_count"] == same_run["current_rules_count"]

@@ -17,8 +17,10 @@
   syzbot_fix_same_bug: syzbot bugs grouped by the commit that fixed them (`syzbot_fix_same_bug.jsonl`);
   syzbot_dup_same_bug: a second such set, committed before the round-8 bucket work ran on it
   (`syzbot_dup_same_bug.jsonl`); syzbot_xfn_same_bug: fix-grouped bugs seen in different functions
-  (`syzbot_xfn_same_bug.jsonl`, committed after that work). `buckets` repeats each set's pairwise figures
-  of both levels in one place.
+  (`syzbot_xfn_same_bug.jsonl`, committed after that work); syzbot_marked_dup_same_bug: syzbot bugs a person
+  marked as duplicates of each other with `#syz dup:` (`syzbot_marked_dup_same_bug.jsonl`; a second such set from
+  other lists, `syzbot_marked_dup2_same_bug.jsonl`, committed after that round's code). `buckets`
+  repeats each set's pairwise figures of both levels in one place.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
   and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
   both rule sets timed in the same process.
@@ -409,6 +411,8 @@ _SAME_BUG_SETS = (
     "syzbot_fix_same_bug",
     "syzbot_dup_same_bug",
     "syzbot_xfn_same_bug",
+    "syzbot_marked_dup_same_bug",
+    "syzbot_marked_dup2_same_bug",
 )
 
 
@@ -466,5 +470,7 @@ def _run_bench(corpus_dir: Path, *, seconds: float, baseline_rules: Path | None)
         "syzbot_fix_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_fix_same_bug.jsonl")),
         "syzbot_dup_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_dup_same_bug.jsonl")),
         "syzbot_xfn_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_xfn_same_bug.jsonl")),
+        "syzbot_marked_dup_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_marked_dup_same_bug.jsonl")),
+        "syzbot_marked_dup2_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_marked_dup2_same_bug.jsonl")),
         "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }

@@ -43,6 +43,8 @@ def _words(text: str) -> list[str]:
 #     (third round, likewise) the end of a KASAN report, driver-core device add/del, RCU lockdep checks;
 #     (fourth round, from the false pairs of the mailed syzbot set, spent as tuning data) lockdep's class
 #     look-up and the nested rwsem entry points (three lockdep WARNINGs of three ext4 bugs blamed them)
+#   - (round 9, from the false pairs of the dup-marked syzbot set, after its untouched figure) the wake-up
+#     helpers and the user-copy helpers: a freed wait queue or a bad length is the caller's bug
 GENERIC_FRAMES: frozenset[str] = frozenset(
     _words("""
     do_softirq do_vfs_ioctl dump_stack dump_stack_lvl flush_kthread_worker gs_change irq_exit
@@ -101,6 +103,7 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
     end_report device_add device_del rcu_is_watching rcu_read_lock_held rcu_read_lock_held_common
     look_up_lock_class down_write_nested down_read_nested free_large_kmalloc __free_pages free_pages kfree_sensitive
     try_to_grab_pending
+    _copy_to_user _copy_from_user copy_to_user copy_from_user
 """)
 )
 # name prefixes of the same kinds: lock primitives, lockdep, sanitizers and coverage hooks, stack walkers,
@@ -112,7 +115,7 @@ _GENERIC_PREFIXES: tuple[str, ...] = tuple(
     kcsan_ __tsan_ trace_hardirqs_ refcount_ kobject_ __kmalloc ___kmalloc kmalloc_ __kvmalloc __x86_indirect_thunk
     __alloc_pages __alloc_frozen_pages alloc_pages rb_erase rb_insert __rb_ __list_ list_del list_add unwind_
     __unwind_ arch_stack_walk stack_trace_ save_stack print_ dump_stack show_regs __show_regs asm_exc_
-    asm_sysvec_ sysvec_ exc_ msan_
+    asm_sysvec_ sysvec_ exc_ msan_ __wake_up
     """)
 )
 # interrupt entry frames: in a stall report, the frames before the first one are the detecting handler's
@@ -126,6 +129,8 @@ _INTERRUPT_ENTRY: frozenset[str] = frozenset(
 )
 # the syscall / VFS / socket / netlink / driver-core layers many bugs are reached through: shared by unrelated reports,
 # they do not count as common ground at level 2 (they stay in the exact key and in the listed frames)
+# (round 9, from the dup-marked syzbot set's false pairs: the USB core's URB completion path and the emulated host
+# controller's timer, the driver core's probe path, the input / char-device open path)
 _PLUMBING: tuple[str, ...] = tuple(
     _words("""
     sys_ vfs_ __vfs_ do_vfs_ vfs_ioctl new_sync_ do_iter_ do_readv_writev do_loop_readv_writev sock_ ___sys_
@@ -133,6 +138,11 @@ _PLUMBING: tuple[str, ...] = tuple(
     device_release_driver driver_detach __device_release_driver bus_remove_device usb_unbind_interface
     usb_disable_device usb_disconnect hub_event hub_port_connect device_del device_unregister
         netlink_rcv_skb netlink_unicast netlink_sendmsg nfnetlink_rcv
+    __usb_hcd_giveback_urb usb_hcd_giveback_urb usb_giveback_urb_bh dummy_timer call_timer_fn expire_timers
+    __run_timers run_timer_softirq really_probe driver_probe_device __driver_probe_device __driver_attach
+    __device_attach bus_for_each_drv device_initial_probe bus_probe_device usb_probe_interface
+    usb_set_configuration usb_generic_driver_probe usb_probe_device usb_new_device input_open_device
+    evdev_open chrdev_open do_dentry_open
 """)
 )
 _STALL_KINDS = frozenset({"rcu_stall", "soft_lockup", "hard_lockup"})
@@ -170,7 +180,8 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("gpf", re.compile(r"general protection fault")),
     # a sanitizer's bad access (debug kernels): 'BUG: KASAN: use-after-free in f+0x…', one line per inlined frame
-    ("kasan", re.compile(r"BUG: KASAN: [\w-]+ in ")),
+    # (older kernels print 'double-free or invalid-free' as one bug type)
+    ("kasan", re.compile(r"BUG: KASAN: [\w-]+(?: or [\w-]+)? in ")),
     ("divide_error", re.compile(r"divide error: 0000")),
     ("invalid_opcode_BUG_at", re.compile(r"kernel BUG at |invalid opcode: 0000")),
     ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at ")),
@@ -215,7 +226,9 @@ _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
 _WARNING_AT = re.compile(r"WARNING: CPU: \d+ PID: \d+ at \S+ (?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 # the sub-kind of a report (ABRT/FAF and SysOM keep it in the exact key): KASAN's bug type and the faulting
 # access, the KASAN hint under a GPF, a WARNING's source file
-_KASAN_TYPE = re.compile(r"BUG: KASAN: (?P<type>[\w-]+) in (?:(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+)?")
+_KASAN_TYPE = re.compile(
+    r"BUG: KASAN: (?P<type>[\w-]+(?: or [\w-]+)?) in (?:(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+)?"
+)
 _KASAN_ACCESS = re.compile(r"^\s*(?P<dir>Read|Write) of size (?P<size>\d+) (?:at addr|by task)")
 _GPF_HINT = re.compile(r"KASAN: (?:maybe )?(?P<hint>null-ptr-deref|wild-memory-access|user-memory-access) in range")
 _WARNING_FILE = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ ")
@@ -321,9 +334,12 @@ class CrashReport:
 
     def bucket(self) -> str:
         """Level 1, the exact key (ABRT's duphash idea): kind + the top reliable frames; the RIP function
-        only when the trace is missing, so a copy without its RIP line keeps the bucket of the full copy."""
+        only when the trace is missing, so a copy without its RIP line keeps the bucket of the full copy
+        (a KASAN report's function comes from its header, which every copy has: it is always in the key)."""
         frames = self.top_frames()
         anchor = "" if frames else (self.rip_func or "")
+        if self.kind == "kasan" and self.rip_func and not is_generic_frame(self.rip_func):
+            anchor = self.rip_func  # the accessing function of the header, which every copy of the report carries
         task = (self.task() or "") if self.kind in {"hung_task", "soft_lockup"} and not frames else ""
         panic = normalise(self.panic_string) if self.panic_string and not frames and not self.rip_func else ""
         if not panic and self.panic_string and not _GENERIC_PANICS.match(normalise(self.panic_string)):
@@ -404,7 +420,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             if kasan and kasan.group("func") and current.rip_func is None:
                 # the accessing function (the last of the inlined header lines): what a copy whose trace was
                 # cut or interleaved with another CPU's oops still carries
-                current.rip_func = strip_suffix(kasan.group("func"))
+                current.rip_func = canonical_frame(kasan.group("func"))
             warning_file = _WARNING_FILE.search(message) if header == "warning" else None
             if warning_file and current.subkind is None:
                 current.subkind = _BUILD_PREFIX.sub("", warning_file.group("path"))
@@ -413,7 +429,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 current.bug_at = _BUILD_PREFIX.sub("", bug_at.group("path")) + ":" + bug_at.group("line")
             warning_at = _WARNING_AT.search(message)
             if warning_at and current.rip_func is None:
-                current.rip_func = strip_suffix(warning_at.group("func"))
+                current.rip_func = canonical_frame(warning_at.group("func"))
             comm = _HUNG_COMM.search(message) or _SOFT_COMM.search(message)
             if comm and current.comm is None:
                 current.comm = comm.group("comm")
@@ -460,7 +476,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             continue
         rip = _RIP.search(message)
         if rip and rip.group("cs") != "33" and current.rip_func is None:
-            current.rip_func = strip_suffix(rip.group("func"))
+            current.rip_func = canonical_frame(rip.group("func"))
             current.module = rip.group("mod").split("@", 1)[0] if rip.group("mod") else None
             continue
         if _CALL_TRACE.search(message):
