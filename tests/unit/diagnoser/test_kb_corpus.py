@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -61,12 +62,33 @@ def test_the_later_rounds_are_held_out_whole_and_from_new_sources() -> None:
     assert not late & {row["source"] for row in ROWS if row.get("round") != 5}
 
 
-def test_round_6_sources_are_not_those_of_the_older_labelled_samples() -> None:
-    """Round 6 is evidence beyond the samples the rules were first written from (README; 15 excerpts of
-    rounds 1-5 share a thread with a sample and are kept as they were measured)."""
+def _thread(url: str) -> str:
+    """A GitHub issue/PR thread without its comment anchor; any other URL as it is."""
+    return re.sub(r"(github\.com/[^/]+/[^/]+/(?:issues|pull)/\d+).*", r"\1", url)
+
+
+@pytest.mark.parametrize("round_", [6, 8])
+def test_late_round_sources_are_not_those_of_the_older_labelled_samples(round_: int) -> None:
+    """Rounds 6 and 8 are evidence beyond the samples the rules were first written from (README; 15 excerpts
+    of rounds 1-5 share a thread with a sample and are kept as they were measured)."""
     samples = KB_DATA.parent / "kernel-log-samples.jsonl"
-    sources = {json.loads(line)["source"] for line in samples.read_text(encoding="utf-8").splitlines() if line}
-    assert not sources & {row["source"] for row in ROWS if row.get("round") == 6}
+    sources = {_thread(json.loads(line)["source"]) for line in samples.read_text(encoding="utf-8").splitlines() if line}
+    assert not sources & {_thread(row["source"]) for row in ROWS if row.get("round") == round_}
+
+
+def test_round_8_is_new_sources_split_by_url_hash() -> None:
+    """Round 8 (README) quotes no thread of the other rounds or of the benign list, and its split is the URL
+    hash, half held out, fixed when it was committed."""
+    fresh = [row for row in ROWS if row.get("round") == 8]
+    assert len(fresh) >= 40
+    older = {_thread(row["source"]) for row in ROWS if row.get("round") != 8}
+    benign = {_thread(url) for url in re.findall(r"https?://\S+", (KB_DATA / "benign.txt").read_text(encoding="utf-8"))}
+    threads = [_thread(row["source"]) for row in fresh]
+    assert len(set(threads)) == len(threads)
+    assert not set(threads) & (older | benign)
+    for row in fresh:
+        held_out = int(hashlib.sha1(row["source"].encode()).hexdigest(), 16) % 10 < 5
+        assert row["split"] == ("test" if held_out else "train"), row["id"]
 
 
 # Train excerpts no rule recognises, and why none was written (docs/BENCHMARKS.md).
