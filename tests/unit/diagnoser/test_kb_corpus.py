@@ -76,6 +76,21 @@ def test_late_round_sources_are_not_those_of_the_older_labelled_samples(round_: 
     assert not sources & {_thread(row["source"]) for row in ROWS if row.get("round") == round_}
 
 
+def test_round_9_is_held_out_whole_from_new_sources() -> None:
+    """Round 9 (README) was committed after the round-8 rules were final and is all `test`; it quotes no
+    thread of the other rounds, the samples or the benign list."""
+    fresh = [row for row in ROWS if row.get("round") == 9]
+    assert len(fresh) >= 15
+    assert all(row["split"] == "test" for row in fresh)
+    older = {_thread(row["source"]) for row in ROWS if row.get("round") != 9}
+    samples = KB_DATA.parent / "kernel-log-samples.jsonl"
+    older |= {_thread(json.loads(line)["source"]) for line in samples.read_text(encoding="utf-8").splitlines() if line}
+    older |= {_thread(url) for url in re.findall(r"https?://\S+", (KB_DATA / "benign.txt").read_text(encoding="utf-8"))}
+    threads = [_thread(row["source"]) for row in fresh]
+    assert len(set(threads)) == len(threads)
+    assert not set(threads) & older
+
+
 def test_round_8_is_new_sources_split_by_url_hash() -> None:
     """Round 8 (README) quotes no thread of the other rounds or of the benign list, and its split is the URL
     hash, half held out, fixed when it was committed."""
