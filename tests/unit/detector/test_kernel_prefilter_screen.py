@@ -51,4 +51,9 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     # (held out, the KB misses it too) and systemd's console going down with no shutdown wording (train)
     not_log_lines |= {"kb-347"}
     unknown_wordings |= {"kb-336", "kb-350"}
+    # round 8: `kubectl describe node` output (not log lines), and a held-out reboot journal cut to the
+    # time (mkinitcpio building the shutdown ramfs) that no pattern names; the train half's Plymouth reboot
+    # screen and kubelet graceful shutdown pass since the round-8 rules
+    not_log_lines |= {"kb-393"}
+    unknown_wordings |= {"kb-408"}
     assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)

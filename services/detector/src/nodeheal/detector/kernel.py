@@ -28,7 +28,7 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     ),
     (
         "crash",
-        r"Kernel panic|kernel BUG at|BUG: unable to handle|BUG: kernel NULL pointer dereference"
+        r"Kernel panic|kernel BUG at|Kernel BUG at|BUG: unable to handle|BUG: kernel NULL pointer dereference"
         r"|general protection fault|divide error:|\bOops\b|Unable to handle kernel|invalid opcode: 0000"
         r"|unregister_netdevice: waiting|Call Trace:",
     ),
@@ -68,7 +68,10 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"systemd-logind\[\d*\]: (?:Power key pressed|Powering Off|System is (?:powering down|rebooting|halting))"
         r"|reboot: (?:Restarting system|Power down)|The system will (?:power off|reboot|halt|soft-reboot|kexec)"
         r"|System userspace is rebooting|Stopped target (?:(?:multi-user|graphical|getty)\.target - )?"
-        r"(?:Multi-User System|Graphical Interface|Login Prompts)",
+        r"(?:Multi-User System|Graphical Interface|Login Prompts)"
+        r"|Show Plymouth (?:Reboot|Power Off|Halt)(?: with kexec)? Screen"
+        r"|Shutdown manager (?:killing pod with gracePeriod|finished killing pod|completed processing shutdown event"
+        r"|detected new shutdown event, isNodeShuttingDownNow(?::\s*|\"?\s+event=)true)",
     ),
 )
 
