@@ -109,6 +109,99 @@ async def _drain(url: str, auth: BenchAuth, stream: str, *, total: int, explicit
     return seen
 
 
+async def _fleet(
+    url: str,
+    pid: int,
+    auth: BenchAuth,
+    *,
+    nodes: int,
+    interval_s: float,
+    prober_interval_s: float,
+    seconds: float,
+    batch: int,
+) -> dict[str, Any]:
+    """The simulator's whole probe traffic (the real agent's probe of every node each interval, the simulated
+    prober's at its round), drained meanwhile by the detector's puller with one `+ACK` per message: the
+    server's CPU per node and agent interval, after one warm-up interval (every node's first probe)."""
+    from nodeheal.sim.engine import FleetSimulator, SimTimings
+
+    settings = await _provision(url, auth)
+    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
+    nc = await auth.connect(url, "admin", name="bench-wire-fleet", pending_size=64 * 1024 * 1024)
+    sim = FleetSimulator(
+        spec=FleetSpec(nodes=nodes),
+        settings=settings,
+        timings=SimTimings(interval_s, prober_interval_s=prober_interval_s),
+        probes_only=True,
+    )
+    dnc, puller = await open_puller(url, auth, stream, durable="bench-wire-fleet", explicit=True, batch=batch)
+    stop = asyncio.Event()
+
+    async def drain() -> int:
+        seen = 0
+        while not stop.is_set():
+            chunk = await puller.next_chunk(wait_s=0.5)
+            if chunk:
+                await puller.ack_each(chunk)
+                seen += len(chunk)
+        return seen
+
+    drainer = asyncio.create_task(drain())
+    try:
+        await sim.start(prober_nc=nc, agent_nc=dict.fromkeys(sim.nodes, nc))
+        await asyncio.sleep(interval_s + 1.0)
+        cpu, published, agents = server_cpu_s(pid), sim.stats.probes_published, sim.stats.collected
+        started = time.perf_counter()
+        await asyncio.sleep(seconds)
+        used = server_cpu_s(pid) - cpu
+        wall = time.perf_counter() - started
+        published = sim.stats.probes_published - published
+        agents = sim.stats.collected - agents
+    finally:
+        await sim.stop()
+        stop.set()
+        drained = await drainer
+        await puller.stop()
+        await dnc.close()
+        await nc.close()
+        await _drop(url, settings, auth)
+    return {
+        "prober_interval_s": prober_interval_s,
+        "seconds": round(wall, 1),
+        "agent_probes": agents,
+        "messages": published,
+        "messages_per_node_interval": round(published / max(agents, 1), 3),
+        "drained": drained,
+        "server_cpu_s": round(used, 2),
+        "server_us_per_node_interval": round(1e6 * used / max(agents, 1), 1),
+        "server_cores_at_50000_nodes_5s": round(used / max(agents, 1) * 10_000, 2),
+    }
+
+
+async def run_fleet_bench(
+    *, url: str, pid: int, auth: BenchAuth, nodes: int, interval_s: float, seconds: float, batch: int
+) -> dict[str, Any]:
+    """The simulated fleet's traffic twice on one server: the prober at every agent probe (the simulator before
+    it kept the prober's round), then at the prober's own round (`ProberSettings.interval_s`)."""
+    from nodeheal.sim.engine import SimTimings
+
+    rounds = {"prober_at_agent_interval": interval_s, "prober_at_its_round": SimTimings().prober_interval_s}
+    variants = {
+        name: await _fleet(
+            url, pid, auth, nodes=nodes, interval_s=interval_s, prober_interval_s=p, seconds=seconds, batch=batch
+        )
+        for name, p in rounds.items()
+    }
+    return {
+        "benchmark": "wire --fleet",
+        "what": "nats-server CPU per node and agent interval for the simulator's probe traffic, drained with +ACKs",
+        "config": auth.config,
+        "nodes": nodes,
+        "interval_s": interval_s,
+        "variants": variants,
+    }
+
+
 VARIANTS = {"with_nats_msg_id": True, "without_nats_msg_id": False}
 
 
