@@ -349,3 +349,47 @@ async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client
         await eventually(all_acked)
     finally:
         await rt.stop()
+
+
+async def test_a_durable_with_per_probe_acks_is_recreated_with_cumulative_ones_where_its_ack_floor_ended(
+    nc: Client, topology_ready: NatsSettings
+) -> None:
+    """The probe durable of an older detector (AckPolicy.EXPLICIT) is recreated with AckPolicy.ALL at start,
+    from its ack floor: the probes above the floor come again (those acked one by one above it too: a
+    re-sent probe counts once), none below."""
+    from nodeheal.runtime.jetstream import ensure_pull_consumer
+
+    s = topology_ready
+    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1)
+    js = nc.jetstream()
+    stream = s.topology().stream(f"{s.stream_prefix}PROBES").name
+    await ensure_pull_consumer(
+        js,
+        stream=stream,
+        durable=settings.probe_durable,
+        filter_subjects=settings.probe_filters(),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+    )
+    for seq in range(1, 5):
+        await publish(nc, s, probe(node="n1", seq=seq, used=10.0))
+    sub = await js.pull_subscribe_bind(settings.probe_durable, stream)
+    got = await sub.fetch(4, timeout=2)
+    await got[0].ack_sync()
+    await got[2].ack_sync()  # floor 1; 3 acked above it; 2 and 4 not
+    await sub.unsubscribe()
+    rt = DetectorRuntime(settings=settings, nc=nc)
+    await rt.start()
+    try:
+        info = await js.consumer_info(stream, settings.probe_durable)
+        assert info.config.ack_policy == AckPolicy.ALL
+        await eventually(lambda: rt.detector.counters.probes == 3)  # seq 2, 3, 4
+
+        async def acked() -> bool:
+            now = await js.consumer_info(stream, settings.probe_durable)
+            return now.num_ack_pending == 0 and now.ack_floor.stream_seq == 4
+
+        await eventually(acked)
+        assert rt.detector.counters.probes == 3
+    finally:
+        await rt.stop()

@@ -4,10 +4,10 @@ The probes are the real agent's (`ProbeCollector` over the simulator's host, `No
 node of a synthetic fleet, published as core publishes into PROBES (as the simulator does) in two forms:
 with a `Nats-Msg-Id` header (the stream keeps a dedupe entry per probe for its window) and without one (the
 probe contract since the probe path was measured). Each stored backlog is then drained by the detector's
-`BatchPuller` twice: with one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does) and with one
-cumulative ack per chunk (AckPolicy.ALL, for comparison). The server's CPU (utime + stime of its process,
-from /proc) is read before and after each phase, so the figures hold only the server's work; the
-publisher and the puller run in this process. Linux only (/proc)."""
+`BatchPuller` twice: with one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector did before issue 19's
+fourth round) and with one cumulative ack per chunk (AckPolicy.ALL, what it does now). The server's CPU
+(utime + stime of its process, from /proc) is read before and after each phase, so the figures hold only the
+server's work; the publisher and the puller run in this process. Linux only (/proc)."""
 
 from __future__ import annotations
 
@@ -121,7 +121,8 @@ async def _fleet(
     batch: int,
 ) -> dict[str, Any]:
     """The simulator's whole probe traffic (the real agent's probe of every node each interval, the simulated
-    prober's at its round), drained meanwhile by the detector's puller with one `+ACK` per message: the
+    prober's at its round), drained meanwhile by the detector's puller with one `+ACK` per message (the
+    detector's acks before issue 19's fourth round; `server_us_per_probe_drain_*` compares the two): the
     server's CPU per node and agent interval, after one warm-up interval (every node's first probe)."""
     from nodeheal.sim.engine import FleetSimulator, SimTimings
 
