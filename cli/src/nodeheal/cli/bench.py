@@ -142,16 +142,42 @@ def agent(probes: int, nodes: int, fleet: int, interval: float) -> None:
         "detector's puller, with the prober at every agent probe and at its own round; server CPU per node-interval."
     ),
 )
-def wire(nodes: int, probes: int, batch: int, insecure: bool, only: str | None, fleet_seconds: float | None) -> None:
+@click.option(
+    "--prober-rounds",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help=(
+        "Instead: store this many rounds of the simulated prober's results over --nodes nodes, one message per "
+        "node and then 500 nodes per message (a batched form, measured only), drained with cumulative acks."
+    ),
+)
+def wire(
+    nodes: int,
+    probes: int,
+    batch: int,
+    insecure: bool,
+    only: str | None,
+    fleet_seconds: float | None,
+    prober_rounds: int | None,
+) -> None:
     """nats-server CPU per agent probe: stored with/without Nats-Msg-Id, drained with per-probe or cumulative acks."""
     require_sim("nodeheal bench")
     from nodeheal.sim.bench.secure import BenchAuth, production_server
-    from nodeheal.sim.bench.wire import run_bench, run_fleet_bench
+    from nodeheal.sim.bench.wire import run_bench, run_fleet_bench, run_prober_bench
     from nodeheal.sim.embedded import EmbeddedNats, server_pid
 
     def measure(url: str, auth: BenchAuth) -> dict[str, object]:
         pid = server_pid(url)
         assert pid is not None, "the bench's own nats-server"
+        if prober_rounds is not None:
+            click.echo(
+                f"measuring nats-server pid {pid} ({auth.config}): {nodes} nodes x {prober_rounds} ...", err=True
+            )
+            return run(
+                lambda: run_prober_bench(
+                    url=url, pid=pid, auth=auth, nodes=nodes, rounds=prober_rounds, per_message=500, batch=batch
+                )
+            )
         if fleet_seconds is not None:
             click.echo(
                 f"measuring nats-server pid {pid} ({auth.config}): {nodes} nodes, {fleet_seconds} s ...", err=True

@@ -203,6 +203,95 @@ async def run_fleet_bench(
     }
 
 
+ROUND_NODE_NAME = "_round"
+"""The node token of the batched form measured here (not a valid Kubernetes node name): not built, measured."""
+
+
+async def _prober_phase(
+    url: str, pid: int, auth: BenchAuth, *, nodes: int, rounds: int, per_message: int, batch: int
+) -> dict[str, Any]:
+    """The simulated prober's results of `rounds` rounds over `nodes` nodes, stored into PROBES one message per
+    node (what the prober publishes) or `per_message` nodes' results per message (a batched form, measured
+    only: the entries without the fields the message carries once), then drained with one cumulative ack per
+    chunk (the detector's acks). Server CPU per node result."""
+    import orjson
+
+    from nodeheal.schemas.subjects import prober_probe_subject
+
+    settings = await _provision(url, auth)
+    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
+    spec = FleetSpec(nodes=nodes)
+    now = time.time()
+    sim_nodes = [SimNode(inv=inv, index=i, booted_at=now - 3600) for i, inv in enumerate(build_inventory(spec))]
+    subjects = [prober_probe_subject(spec.cluster, n.inv.node, prefix=settings.prefix) for n in sim_nodes]
+    round_subject = prober_probe_subject(spec.cluster, ROUND_NODE_NAME, prefix=settings.prefix)
+    messages: list[tuple[str, bytes]] = []
+    for r in range(rounds):
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + 10 * r))
+        bodies = [n.prober_probe(time_iso=iso) for n in sim_nodes]
+        if per_message == 1:
+            messages += [(subject, orjson.dumps(body)) for subject, body in zip(subjects, bodies, strict=True)]
+            continue
+        for start in range(0, nodes, per_message):
+            entries = [
+                {k: body[k] for k in ("node", "seq", "time", "reachability")}
+                for body in bodies[start : start + per_message]
+            ]
+            head = {"schema": "nodeheal.prober-round/v0", "cluster": spec.cluster, "source": "prober"}
+            messages.append((round_subject, orjson.dumps(head | {"results": entries})))
+    total_bytes = sum(len(body) for _, body in messages)
+    try:
+        nc = await auth.connect(url, "admin", name="bench-wire-prober", pending_size=64 * 1024 * 1024)
+        before = server_cpu_s(pid)
+        for i, (subject, body) in enumerate(messages):
+            await nc.publish(subject, body)
+            if i % 200 == 199:
+                await nc.flush()
+        await nc.flush()
+        await nc.close()
+        stored = await _wait_stored(url, auth, stream, len(messages))
+        store_s = server_cpu_s(pid) - before
+        rss = server_rss_mb(pid)
+        before = server_cpu_s(pid)
+        drained = await _drain(url, auth, stream, total=stored, explicit=False, batch=batch)
+        drain_s = server_cpu_s(pid) - before
+    finally:
+        await _drop(url, settings, auth)
+    results = nodes * rounds
+    return {
+        "node_results": results,
+        "messages": len(messages),
+        "stored": stored,
+        "drained": drained,
+        "bytes_per_node_result": round(total_bytes / results, 1),
+        "server_us_per_node_result_store": round(1e6 * store_s / results, 2),
+        "server_us_per_node_result_drain_ack_all": round(1e6 * drain_s / results, 2),
+        "server_rss_mb_after_store": round(rss, 1),
+    }
+
+
+async def run_prober_bench(
+    *, url: str, pid: int, auth: BenchAuth, nodes: int, rounds: int, per_message: int, batch: int
+) -> dict[str, Any]:
+    """The prober's results one message per node, then `per_message` per message, on one server."""
+    variants = {
+        "one_message_per_node": await _prober_phase(
+            url, pid, auth, nodes=nodes, rounds=rounds, per_message=1, batch=batch
+        ),
+        f"{per_message}_nodes_per_message": await _prober_phase(
+            url, pid, auth, nodes=nodes, rounds=rounds, per_message=per_message, batch=batch
+        ),
+    }
+    return {
+        "benchmark": "wire --prober-rounds",
+        "what": "nats-server CPU per node result of the active prober: one message per node vs batched (measured only)",
+        "config": auth.config,
+        "nodes": nodes,
+        "rounds": rounds,
+        "variants": variants,
+    }
+
+
 VARIANTS = {"with_nats_msg_id": True, "without_nats_msg_id": False}
 
 
