@@ -393,3 +393,35 @@ async def test_a_durable_with_per_probe_acks_is_recreated_with_cumulative_ones_w
         assert rt.detector.counters.probes == 3
     finally:
         await rt.stop()
+
+
+async def test_a_bad_probe_whose_dead_letter_failed_is_not_covered_by_the_next_cumulative_ack(
+    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    """Acks are cumulative: the next chunk's ack covers an earlier chunk that was not acked. So a chunk whose dead
+    letters could not be sent (the DLQ stream away) keeps them, and they are sent before the next ack."""
+    from nodeheal.runtime.provision import apply_stream
+
+    s = topology_ready
+    js = nc.jetstream()
+    dlq = s.topology().stream(f"{s.stream_prefix}DLQ")
+    probes_stream = s.topology().stream(f"{s.stream_prefix}PROBES").name
+    await js.delete_stream(dlq.name)
+    await js.publish(probe_subject("c1", "n7", prefix=s.prefix), b"\xff not json")
+
+    async def fetched_not_acked() -> bool:
+        info = await js.consumer_info(probes_stream, runtime.settings.probe_durable)
+        return info.delivered.stream_seq >= 1 and info.num_ack_pending == 1
+
+    await eventually(fetched_not_acked)
+    await asyncio.sleep(1.0)  # the dead letter failed at least once
+    await apply_stream(js, dlq)
+    await publish(nc, s, probe(node="n7", seq=1, used=10.0))  # the next chunk: its ack covers the bad probe
+
+    async def acked() -> bool:
+        info = await js.consumer_info(probes_stream, runtime.settings.probe_durable)
+        return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 2
+
+    await eventually(acked)
+    letters = await read_all(nc, dlq.name, dlq_subject("detector", prefix=s.prefix))
+    assert [DeadLetter.model_validate_json(d).raw for d in letters] == [b"\xff not json"]
