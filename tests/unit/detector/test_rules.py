@@ -558,3 +558,9 @@ def test_a_fleet_whose_cadence_jumps_past_the_timeout_is_found_silent_once_then_
     for _ in range(5):
         t = _fleet_round(det, t, nodes, every=3 * INTERVAL)
     assert [a for a in drain(det) if a[1] == "firing"] == []
+
+
+def test_the_detectors_prober_round_is_the_probers_default() -> None:
+    from nodeheal.cloud_events.prober.settings import ProberSettings
+
+    assert RuleConfig().prober_interval_s == ProberSettings().interval_s

@@ -67,6 +67,14 @@ class RuleConfig(BaseModel):
             " agent probes over the fleet) when that is longer than probe_interval_s, up to this many times it"
         ),
     )
+    prober_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "the active prober's round (its NODEHEAL_PROBER_INTERVAL_S): a silence waits up to this long (x"
+            " PROBER_ROUND_SLACK) for a prober verdict taken after it began, and a verdict counts as fresh as long"
+        ),
+    )
     high_load_ratio: float = Field(default=health.HIGH_LOAD_RATIO, gt=0, description="load1 / cpu_count that is bad")
     high_load_clear_ratio: float = Field(default=health.HIGH_LOAD_CLEAR_RATIO, gt=0)
     high_load_probes: int = Field(default=2, ge=1, description="consecutive bad probes before high_load fires")
@@ -96,14 +104,6 @@ class RuleConfig(BaseModel):
     flap_count: int = Field(default=3, ge=2, description="fire/resolve cycles of one anomaly that make it flapping")
     flap_window_s: float = Field(default=3600.0, gt=0)
     silence_recheck_s: float = Field(default=5.0, gt=0)
-    prober_interval_s: float = Field(
-        default=10.0,
-        gt=0,
-        description=(
-            "the active prober's round (its NODEHEAL_PROBER_INTERVAL_S): a silence waits up to this long (x"
-            " PROBER_ROUND_SLACK) for a prober verdict taken after it began, and a verdict counts as fresh as long"
-        ),
-    )
 
     @property
     def down_timeout_s(self) -> float:
