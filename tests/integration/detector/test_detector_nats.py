@@ -338,6 +338,11 @@ async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client
         assert rt.detector.counters.duplicates == 1
         await js.publish(subject, probe(node="n1", seq=3, used=99.0).to_json())
         await eventually(lambda: rt.detector.counters.fired == 1)
+
+        async def published() -> bool:  # the counter moves when the rules fire, the publish follows
+            return bool(await anomalies(nc, s))
+
+        await eventually(published)
         got = await anomalies(nc, s)
         assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "n1")]
 
