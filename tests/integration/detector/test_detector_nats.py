@@ -430,3 +430,17 @@ async def test_a_bad_probe_whose_dead_letter_failed_is_not_covered_by_the_next_c
     await eventually(acked)
     letters = await read_all(nc, dlq.name, dlq_subject("detector", prefix=s.prefix))
     assert [DeadLetter.model_validate_json(d).raw for d in letters] == [b"\xff not json"]
+
+
+async def test_a_fresh_durable_and_a_clean_restart_need_no_read_of_unfinished_probes(
+    nc: Client, topology_ready: NatsSettings
+) -> None:
+    """The stream is read for probes a killed process left (test_detector_kill.py) only when the first chunk does
+    not hold every delivery since the ack floor: a fresh durable and a restart after a clean stop skip it."""
+    s = topology_ready
+    for round_ in (1, 2):
+        async with started_runtime(s, nc, RuleConfig()) as rt:
+            for seq in range(1, 4):
+                await publish(nc, s, probe(node="n9", seq=10 * round_ + seq, used=10.0))
+            await eventually(lambda rt=rt: rt.detector.counters.probes == 3)
+            assert rt.unfinished_reads == 0, round_

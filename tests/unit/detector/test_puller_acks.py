@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nodeheal.detector.puller import highest, stream_seq
+from nodeheal.detector.puller import ack_sequences, highest, stream_seq
 
 
 @dataclass
@@ -33,3 +33,9 @@ def test_a_redelivered_probe_last_in_the_chunk_does_not_lower_the_ack() -> None:
     assert top is not None
     assert top.reply == "$JS.ACK.PROBES.det.1.42.11.1.0"
     assert highest([Pulled("")]) is None
+
+
+def test_delivery_count_stream_and_consumer_sequences_are_read_from_both_forms() -> None:
+    assert ack_sequences("$JS.ACK.PROBES.det.2.42.40.1700000000000000000.7") == (2, 42, 40)
+    assert ack_sequences("$JS.ACK.hub.ACCHASH.PROBES.det.1.43.41.1700000000000000000.7.token") == (1, 43, 41)
+    assert ack_sequences("_INBOX.abc") is None

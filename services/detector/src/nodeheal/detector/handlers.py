@@ -41,7 +41,7 @@ from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
 from nodeheal.detector.fastpath import ProbeIdentity, probe_decoder
-from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller, highest, stream_seq
+from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller, ack_sequences, highest, stream_seq
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
@@ -206,6 +206,7 @@ class DetectorRuntime:
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_puller: Puller | None = None
+        self.unfinished_reads = 0  # how often the stream was read for what a killed process left (`_unfinished`)
         self.identity = ProbeIdentity(prefix=settings.nats.prefix)
         self.probes_stream = self.topology.stream(f"{settings.nats.stream_prefix}PROBES").name
         self.cloud_stream = self.topology.stream(f"{settings.nats.stream_prefix}CLOUD").name
@@ -391,6 +392,16 @@ class DetectorRuntime:
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
         if top <= floor:
             return []
+        # Nothing to read when this chunk holds every delivery of the durable since its ack floor (first deliveries,
+        # consumer sequences floor+1 … floor+n without a gap): nobody else was delivered a probe that is not acked
+        # (a fresh durable, a clean stop). A killed process's deliveries leave a gap before this process's first.
+        floor_delivery = int(info.ack_floor.consumer_seq or 0) if info.ack_floor is not None else 0
+        delivered = [ack_sequences(m.reply) for m in chunk if m.reply]
+        if delivered and all(q is not None and q[0] == 1 for q in delivered):
+            deliveries = sorted(q[2] for q in delivered if q is not None)
+            if deliveries == list(range(floor_delivery + 1, floor_delivery + 1 + len(deliveries))):
+                return []
+        self.unfinished_reads += 1
         have = {stream_seq(m.reply) for m in chunk if m.reply}
         config = ConsumerConfig(
             name=f"{self.settings.durable}-replay-{secrets.token_hex(8)}",

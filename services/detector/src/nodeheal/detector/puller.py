@@ -41,6 +41,21 @@ def stream_seq(reply: str) -> int | None:
     return int(seq) if seq.isdigit() else None
 
 
+def ack_sequences(reply: str) -> tuple[int, int, int] | None:
+    """(delivery count, stream sequence, consumer sequence) of a JetStream message from its ack subject;
+    None when the subject is not a JetStream ack subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        found = tokens[4:7]
+    elif len(tokens) >= 11:
+        found = tokens[6:9]
+    else:
+        return None
+    if not all(t.isdigit() for t in found):
+        return None
+    return int(found[0]), int(found[1]), int(found[2])
+
+
 def highest(msgs: Sequence[PulledMsg]) -> PulledMsg | None:
     """The message of the highest stream sequence (a redelivered one may come after a newer one)."""
     best: PulledMsg | None = None
