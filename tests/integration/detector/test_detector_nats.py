@@ -338,6 +338,11 @@ async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client
         assert rt.detector.counters.duplicates == 1
         await js.publish(subject, probe(node="n1", seq=3, used=99.0).to_json())
         await eventually(lambda: rt.detector.counters.fired == 1)
+
+        async def published() -> bool:  # the counter moves when the rules fire, the publish follows
+            return bool(await anomalies(nc, s))
+
+        await eventually(published)
         got = await anomalies(nc, s)
         assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "n1")]
 
@@ -349,3 +354,93 @@ async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client
         await eventually(all_acked)
     finally:
         await rt.stop()
+
+
+async def test_a_durable_with_per_probe_acks_is_recreated_with_cumulative_ones_where_its_ack_floor_ended(
+    nc: Client, topology_ready: NatsSettings
+) -> None:
+    """The probe durable of an older detector (AckPolicy.EXPLICIT) is recreated with AckPolicy.ALL at start,
+    from its ack floor: the probes above the floor come again (those acked one by one above it too: a
+    re-sent probe counts once), none below."""
+    from nodeheal.runtime.jetstream import ensure_pull_consumer
+
+    s = topology_ready
+    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1)
+    js = nc.jetstream()
+    stream = s.topology().stream(f"{s.stream_prefix}PROBES").name
+    await ensure_pull_consumer(
+        js,
+        stream=stream,
+        durable=settings.probe_durable,
+        filter_subjects=settings.probe_filters(),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+    )
+    for seq in range(1, 5):
+        await publish(nc, s, probe(node="n1", seq=seq, used=10.0))
+    sub = await js.pull_subscribe_bind(settings.probe_durable, stream)
+    got = await sub.fetch(4, timeout=2)
+    await got[0].ack_sync()
+    await got[2].ack_sync()  # floor 1; 3 acked above it; 2 and 4 not
+    await sub.unsubscribe()
+    rt = DetectorRuntime(settings=settings, nc=nc)
+    await rt.start()
+    try:
+        info = await js.consumer_info(stream, settings.probe_durable)
+        assert info.config.ack_policy == AckPolicy.ALL
+        await eventually(lambda: rt.detector.counters.probes == 3)  # seq 2, 3, 4
+
+        async def acked() -> bool:
+            now = await js.consumer_info(stream, settings.probe_durable)
+            return now.num_ack_pending == 0 and now.ack_floor.stream_seq == 4
+
+        await eventually(acked)
+        assert rt.detector.counters.probes == 3
+    finally:
+        await rt.stop()
+
+
+async def test_a_bad_probe_whose_dead_letter_failed_is_not_covered_by_the_next_cumulative_ack(
+    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    """Acks are cumulative: the next chunk's ack covers an earlier chunk that was not acked. So a chunk whose dead
+    letters could not be sent (the DLQ stream away) keeps them, and they are sent before the next ack."""
+    from nodeheal.runtime.provision import apply_stream
+
+    s = topology_ready
+    js = nc.jetstream()
+    dlq = s.topology().stream(f"{s.stream_prefix}DLQ")
+    probes_stream = s.topology().stream(f"{s.stream_prefix}PROBES").name
+    await js.delete_stream(dlq.name)
+    await js.publish(probe_subject("c1", "n7", prefix=s.prefix), b"\xff not json")
+
+    async def fetched_not_acked() -> bool:
+        info = await js.consumer_info(probes_stream, runtime.settings.probe_durable)
+        return info.delivered.stream_seq >= 1 and info.num_ack_pending == 1
+
+    await eventually(fetched_not_acked)
+    await asyncio.sleep(1.0)  # the dead letter failed at least once
+    await apply_stream(js, dlq)
+    await publish(nc, s, probe(node="n7", seq=1, used=10.0))  # the next chunk: its ack covers the bad probe
+
+    async def acked() -> bool:
+        info = await js.consumer_info(probes_stream, runtime.settings.probe_durable)
+        return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 2
+
+    await eventually(acked)
+    letters = await read_all(nc, dlq.name, dlq_subject("detector", prefix=s.prefix))
+    assert [DeadLetter.model_validate_json(d).raw for d in letters] == [b"\xff not json"]
+
+
+async def test_a_fresh_durable_and_a_clean_restart_need_no_read_of_unfinished_probes(
+    nc: Client, topology_ready: NatsSettings
+) -> None:
+    """The stream is read for probes a killed process left (test_detector_kill.py) only when the first chunk does
+    not hold every delivery since the ack floor: a fresh durable and a restart after a clean stop skip it."""
+    s = topology_ready
+    for round_ in (1, 2):
+        async with started_runtime(s, nc, RuleConfig()) as rt:
+            for seq in range(1, 4):
+                await publish(nc, s, probe(node="n9", seq=10 * round_ + seq, used=10.0))
+            await eventually(lambda rt=rt: rt.detector.counters.probes == 3)
+            assert rt.unfinished_reads == 0, round_

@@ -27,3 +27,35 @@ async def test_wire_bench_stores_and_drains_every_probe_of_each_variant() -> Non
         assert variant["server_us_per_probe_store"] >= 0
         assert variant["server_rss_mb_after_store"] > 0
     assert server_pid("nats://127.0.0.1:1") is None
+
+
+async def test_wire_bench_prober_rounds_store_and_drain_every_node_result_in_both_forms() -> None:
+    from nodeheal.sim.bench.wire import run_prober_bench
+
+    with EmbeddedNats() as server:
+        pid = server_pid(server.url)
+        assert pid is not None
+        result = await run_prober_bench(
+            url=server.url, pid=pid, auth=BenchAuth(), nodes=60, rounds=2, per_message=25, batch=50
+        )
+    per_node, batched = result["variants"]["one_message_per_node"], result["variants"]["25_nodes_per_message"]
+    assert per_node["messages"] == per_node["stored"] == per_node["drained"] == 120
+    assert batched["messages"] == batched["stored"] == batched["drained"] == 2 * 3  # 25 + 25 + 10 per round
+    assert per_node["node_results"] == batched["node_results"] == 120
+
+
+async def test_wire_bench_fleet_sends_the_probers_probe_at_its_round_not_at_every_agent_probe() -> None:
+    from nodeheal.sim.bench.wire import _fleet
+
+    with EmbeddedNats() as server:
+        pid = server_pid(server.url)
+        assert pid is not None
+        every = await _fleet(
+            server.url, pid, BenchAuth(), nodes=20, interval_s=0.5, prober_interval_s=0.5, seconds=3.0, batch=50
+        )
+        round_ = await _fleet(
+            server.url, pid, BenchAuth(), nodes=20, interval_s=0.5, prober_interval_s=2.0, seconds=3.0, batch=50
+        )
+    assert every["messages_per_node_interval"] == 2.0
+    assert 1.1 <= round_["messages_per_node_interval"] <= 1.5  # one prober probe per four agent probes
+    assert every["drained"] >= every["messages"] and round_["drained"] >= round_["messages"]

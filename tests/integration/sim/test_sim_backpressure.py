@@ -75,7 +75,9 @@ async def test_a_rate_the_machine_cannot_give_stretches_every_nodes_cadence_even
     interval = 0.05
     with EmbeddedNats(log_file=str(tmp_path / "nats.log")) as server:
         settings = NatsSettings(url=server.url)
-        sim = FleetSimulator(spec=FleetSpec(nodes=2000, seed=5), settings=settings, timings=SimTimings(interval))
+        # the prober at every agent probe: its sequence counts each node's probe rounds
+        timings = SimTimings(interval, prober_interval_s=interval)
+        sim = FleetSimulator(spec=FleetSpec(nodes=2000, seed=5), settings=settings, timings=timings)
         nc = await connect(settings, name="pytest-sim-stretch")
         try:
             await sim.start(prober_nc=nc, agent_nc=dict.fromkeys(sim.nodes, nc))

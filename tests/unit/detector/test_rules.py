@@ -179,6 +179,74 @@ def test_agent_silent_but_node_fine_is_the_agent_service_down() -> None:
     assert drain(det) == [("service_down", "firing", "nodeheal-agent")]
 
 
+def _prober_rounds(
+    det: Detector,
+    *,
+    agent_every: float,
+    prober_every: float,
+    prober_phase: float,
+    dark_at: float,
+    end: float,
+    hung: bool,
+) -> list[tuple[str, str, str | None]]:
+    """Agents every `agent_every`, the prober every `prober_every` (from `prober_phase`); node n1 goes dark
+    (powered off) or hangs at `dark_at`, n2 keeps probing; what fired and resolved up to `end`, tick by 0.5 s."""
+    out: list[tuple[str, str, str | None]] = []
+    t = T0
+    next_agent, next_prober = T0, T0 + prober_phase
+    while t <= T0 + end:
+        bad = t >= T0 + dark_at
+        if t >= next_agent:
+            if not bad:
+                det.observe_probe(agent_probe(t=t, seq=int(t * 10)), now=t)
+            det.observe_probe(agent_probe(t=t, seq=int(t * 10), node="n2"), now=t)  # the rest of the fleet
+            next_agent += agent_every
+        if t >= next_prober:
+            up = not bad or hung
+            det.observe_probe(prober_probe(t=t, seq=int(t * 10), tcp=up, kubelet_healthz=not bad), now=t)
+            next_prober += prober_every
+        det.tick(now=t)
+        out += drain(det)
+        t += 0.5
+    return out
+
+
+def test_a_node_dark_just_after_the_probers_verdict_waits_for_the_next_one_not_read_as_the_agent_down() -> None:
+    # agents every 5 s (silence after 12.5 s), the prober every 10 s: its verdict at 14 s says "fine", the node
+    # goes dark at 14.5 s (last agent probe at 10 s), its silence is due at 22.5 s, before the next verdict (24 s).
+    det = make(probe_interval_s=5.0, prober_interval_s=10.0, warmup_s=0.0)
+    out = _prober_rounds(det, agent_every=5.0, prober_every=10.0, prober_phase=4.0, dark_at=14.5, end=40.0, hung=False)
+    assert out == [("node_down", "firing", None)]  # not a service_down (the agent) first
+
+
+def test_a_hang_stays_a_hang_between_two_prober_rounds_when_agents_probe_faster() -> None:
+    # agents every 2 s (silence after 5 s), the prober every 20 s: its verdict is older than the silence timeout
+    # for most of a round, and must not turn the hang into a node_down until the next round.
+    det = make(probe_interval_s=2.0, prober_interval_s=20.0, warmup_s=0.0)
+    out = _prober_rounds(det, agent_every=2.0, prober_every=20.0, prober_phase=1.0, dark_at=20.5, end=60.0, hung=True)
+    assert out == [("node_hang", "firing", None)]
+
+
+def test_a_silence_waits_for_a_prober_verdict_at_most_one_round() -> None:
+    # the prober stops with the node (its last verdict at 13 s, "fine"): the node is judged once the next
+    # verdict is overdue (13 + 10 x 1.25 s), as down (no fresh verdict), not as the agent down at 22.5 s
+    det = make(probe_interval_s=5.0, prober_interval_s=10.0, warmup_s=0.0)
+    out: list[tuple[str, str, str | None]] = []
+    t = T0
+    while t <= T0 + 40:
+        if (t - T0) % 5 == 0:
+            if t < T0 + 14:
+                det.observe_probe(agent_probe(t=t, seq=int(t)), now=t)
+            det.observe_probe(agent_probe(t=t, seq=int(t), node="n2"), now=t)  # the rest of the fleet
+        if t == T0 + 3 or t == T0 + 13:
+            det.observe_probe(prober_probe(t=t, seq=int(t), tcp=True, kubelet_healthz=True), now=t)
+        det.tick(now=t)
+        if drain(det) and not out:
+            out.append(("node_down", "fired at", str(t - T0)))
+        t += 0.5
+    assert out == [("node_down", "fired at", "26.0")]
+
+
 def test_a_filtered_ssh_port_does_not_turn_an_agent_outage_into_a_hang() -> None:
     # stock node: the prober reaches the kubelet (TLS on 10250 answers) but port 22 is filtered
     det = make()
@@ -490,3 +558,9 @@ def test_a_fleet_whose_cadence_jumps_past_the_timeout_is_found_silent_once_then_
     for _ in range(5):
         t = _fleet_round(det, t, nodes, every=3 * INTERVAL)
     assert [a for a in drain(det) if a[1] == "firing"] == []
+
+
+def test_the_detectors_prober_round_is_the_probers_default() -> None:
+    from nodeheal.cloud_events.prober.settings import ProberSettings
+
+    assert RuleConfig().prober_interval_s == ProberSettings().interval_s

@@ -16,8 +16,10 @@ def test_small_fleets_probe_in_the_demo_process_and_large_ones_in_shards() -> No
 
 
 def test_a_fleet_above_one_detectors_ceiling_gets_detector_replicas() -> None:
-    assert auto_detector_replicas(nodes=5000, interval_s=5.0, cpus=2) == 1  # 2,000 probes/s
-    assert auto_detector_replicas(nodes=50_000, interval_s=5.0, cpus=2) == 2  # 20,000 probes/s
+    assert auto_detector_replicas(nodes=5000, interval_s=5.0, cpus=2) == 1  # 1,500 probes/s
+    assert auto_detector_replicas(nodes=50_000, interval_s=5.0, cpus=2) == 2  # 15,000 probes/s (prober every 10 s)
+    assert auto_detector_replicas(nodes=35_000, interval_s=5.0, cpus=2) == 2  # 10,500: 7,000 + 3,500
+    assert auto_detector_replicas(nodes=32_000, interval_s=5.0, cpus=2) == 1  # 9,600: not 12,800 (2 per interval)
     assert auto_detector_replicas(nodes=50_000, interval_s=5.0, cpus=8) == 2
     assert auto_detector_replicas(nodes=50_000, interval_s=2.0, cpus=2) == 2  # never more than the CPUs
 

@@ -140,16 +140,60 @@ def agent(probes: int, nodes: int, fleet: int, interval: float, full_every: int 
     default=None,
     help="Measure one variant on a fresh server (default: both, one after the other).",
 )
-def wire(nodes: int, probes: int, batch: int, insecure: bool, only: str | None) -> None:
+@click.option(
+    "--fleet-seconds",
+    type=click.FloatRange(1, 3600),
+    default=None,
+    help=(
+        "Instead: run the simulator's probe traffic of --nodes nodes at a 5 s interval this long, drained by the "
+        "detector's puller, with the prober at every agent probe and at its own round; server CPU per node-interval."
+    ),
+)
+@click.option(
+    "--prober-rounds",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help=(
+        "Instead: store this many rounds of the simulated prober's results over --nodes nodes, one message per "
+        "node and then 500 nodes per message (a batched form, measured only), drained with cumulative acks."
+    ),
+)
+def wire(
+    nodes: int,
+    probes: int,
+    batch: int,
+    insecure: bool,
+    only: str | None,
+    fleet_seconds: float | None,
+    prober_rounds: int | None,
+) -> None:
     """nats-server CPU per agent probe: stored with/without Nats-Msg-Id, drained with per-probe or cumulative acks."""
     require_sim("nodeheal bench")
     from nodeheal.sim.bench.secure import BenchAuth, production_server
-    from nodeheal.sim.bench.wire import run_bench
+    from nodeheal.sim.bench.wire import run_bench, run_fleet_bench, run_prober_bench
     from nodeheal.sim.embedded import EmbeddedNats, server_pid
 
     def measure(url: str, auth: BenchAuth) -> dict[str, object]:
         pid = server_pid(url)
         assert pid is not None, "the bench's own nats-server"
+        if prober_rounds is not None:
+            click.echo(
+                f"measuring nats-server pid {pid} ({auth.config}): {nodes} nodes x {prober_rounds} ...", err=True
+            )
+            return run(
+                lambda: run_prober_bench(
+                    url=url, pid=pid, auth=auth, nodes=nodes, rounds=prober_rounds, per_message=500, batch=batch
+                )
+            )
+        if fleet_seconds is not None:
+            click.echo(
+                f"measuring nats-server pid {pid} ({auth.config}): {nodes} nodes, {fleet_seconds} s ...", err=True
+            )
+            return run(
+                lambda: run_fleet_bench(
+                    url=url, pid=pid, auth=auth, nodes=nodes, interval_s=5.0, seconds=fleet_seconds, batch=batch
+                )
+            )
         click.echo(f"measuring nats-server pid {pid} ({auth.config}): {probes} probes per variant ...", err=True)
         return run(lambda: run_bench(url=url, pid=pid, auth=auth, nodes=nodes, count=probes, batch=batch, only=only))
 

@@ -51,7 +51,7 @@ from nodeheal.sim.faults import (
     kernel_samples,
     with_kernel_release,
 )
-from nodeheal.sim.fleet import FleetSpec, SimNode, build_inventory
+from nodeheal.sim.fleet import DEFAULT_PROBER_PLAN, FleetSpec, SimNode, build_inventory
 from nodeheal.sim.nodehost import AgentProfile, SimAgent, crash_collector, leave_crash_evidence
 
 log = logging.getLogger("nodeheal.sim")
@@ -116,6 +116,7 @@ class SimTimings:
     partition_s: float = 45.0  # from the first node of the rack going dark until the rack is back
     partition_spread_s: float = 20.0  # the rack's nodes go dark one by one over this long (10-60 s in reality)
     disk_fill_to_full_s: float = 12.0
+    prober_interval_s: float = DEFAULT_PROBER_PLAN.interval_s  # the active prober's round (its own setting)
 
 
 INVENTORY_PUT_ATTEMPTS = 4
@@ -207,6 +208,11 @@ class FleetSimulator:
             name: prober_probe_subject(spec.cluster, name, prefix=settings.prefix) for name in self.nodes
         }
         self._prober_nc: Client | None = None
+        # the active prober's round is its own setting (`ProberSettings.interval_s`, 10 s, as deploy/ runs it), not
+        # the agents' interval: a node's prober probe goes with the first agent probe due after that round, so it
+        # is sent at the prober's interval (or at the agents' when they probe less often) and keeps the same
+        # phase as the agent's (half an agent interval of slack: the next agent probe may come a little early)
+        self._prober_every = max(0.0, self.timings.prober_interval_s - self.timings.probe_interval_s / 2)
         self._agent_nc: dict[str, Client] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._subs: list[Any] = []
@@ -492,9 +498,12 @@ class FleetSimulator:
             await conn.publish(subject, body)  # as the agent does: no Nats-Msg-Id (docs/design.md, PROBES)
             self._used.add(conn)
             self.stats.probes_published += 1
+        if now < node.prober_next:
+            return  # not in this round of the prober
         if not self._prober_nc.is_connected:
             self.stats.probes_held += 1  # the prober probes again once connected
             return
+        node.prober_next = now + self._prober_every
         body_dict = node.prober_probe(time_iso=iso)
         prober_subject = self._prober_subjects[node.name]
         await self._prober_nc.publish(prober_subject, orjson.dumps(body_dict))

@@ -88,6 +88,7 @@ class SimNode:
     booted_at: float = 0.0
     seq: int = 0
     prober_seq: int = 0
+    prober_next: float = 0.0  # when the active prober's next round reaches this node
     powered: bool = True  # off: crash / power loss / rebooting
     hung: bool = False
     partitioned: bool = False
@@ -240,6 +241,7 @@ class ProberPlan:
     ssh_port: int | None
     healthz_url: str | None
     timeout_s: float
+    interval_s: float  # seconds between two of its rounds over the fleet
 
 
 def _prober_plan() -> ProberPlan:
@@ -251,6 +253,7 @@ def _prober_plan() -> ProberPlan:
         ssh_port=fields["ssh_port"].get_default(),
         healthz_url=fields["healthz_url"].get_default(),
         timeout_s=fields["timeout_s"].get_default(),
+        interval_s=fields["interval_s"].get_default(),
     )
 
 

@@ -51,9 +51,13 @@ PROBE_PARTITIONS = 8
 
 
 def auto_detector_replicas(*, nodes: int, interval_s: float, cpus: int | None = None) -> int:
-    """Detector replicas for the fleet's probe rate (an agent and a prober probe per node and interval):
+    """Detector replicas for the fleet's probe rate (an agent probe per node and interval, a prober probe per
+    node and prober round — `ProberSettings.interval_s`, or the agents' interval when that is longer):
     1 up to `PROBES_PER_DETECTOR`, else one per `PROBES_PER_DETECTOR`, at most the CPUs."""
-    rate = 2 * nodes / max(interval_s, 0.001)
+    from nodeheal.sim.fleet import DEFAULT_PROBER_PLAN
+
+    interval_s = max(interval_s, 0.001)
+    rate = nodes / interval_s + nodes / max(interval_s, DEFAULT_PROBER_PLAN.interval_s)
     if rate <= PROBES_PER_DETECTOR:
         return 1
     cores = cpus or os.cpu_count() or 1

@@ -30,9 +30,9 @@ from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.fleet import FleetSpec, SimNode
 
-SYNCED = tuple(
-    f.name for f in dataclasses.fields(SimNode) if f.name not in ("inv", "index", "seq", "prober_seq", "pending_kernel")
-)
+OWN = ("inv", "index", "seq", "prober_seq", "prober_next", "pending_kernel")
+"""The fields of a node a shard keeps itself (its probes' sequences and the prober's round)."""
+SYNCED = tuple(f.name for f in dataclasses.fields(SimNode) if f.name not in OWN)
 """The fields of a node's state a shard needs (the main process is their owner)."""
 
 

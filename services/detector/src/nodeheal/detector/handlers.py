@@ -5,12 +5,13 @@ in `rules.Detector`.
 Hot path per chunk of pulled probes (the one consumer that steps around the shared faststream
 runtime, see docs/detector.md): decode each with msgspec and feed the rules (a probe that fails
 either way, for any exception, is set aside for the DLQ), run due timers, publish what the rules
-emitted (waiting for the stream's PubAcks), dead-letter the bad ones, then acknowledge exactly the
-probes of this chunk, each one (AckPolicy.EXPLICIT, the acks written in one batch). Nothing is
-acknowledged cumulatively: a probe delivered to a replica that died is redelivered, never covered
-by a later ack. An anomaly that could not be published is retried before anything more is
-acknowledged, so a crash re-delivers the probes and the deterministic message ids dedupe the
-re-emission.
+emitted (waiting for the stream's PubAcks), dead-letter the bad ones, then acknowledge the chunk with one
+cumulative ack (AckPolicy.ALL) on its highest stream sequence. One process owns the durable, so every
+probe of it up to that sequence is finished; the probes a killed process left delivered and unacknowledged
+are read from the stream and processed with the next process's first chunk (`_unfinished`), so its first
+ack covers nothing unfinished. An anomaly or dead letter that could not be published is retried before
+anything more is acknowledged, so a crash re-delivers the probes and the deterministic message ids dedupe
+the re-emission.
 
 CLOUD and AUDIT are consumed through `nodeheal.runtime.consumer` (faststream pull subscribers):
 each message is acked after the anomalies it caused are PubAck'ed.
@@ -23,7 +24,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,7 +41,7 @@ from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
 from nodeheal.detector.fastpath import ProbeIdentity, probe_decoder
-from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller
+from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller, ack_sequences, highest, stream_seq
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
@@ -206,6 +207,7 @@ class DetectorRuntime:
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_puller: Puller | None = None
+        self.unfinished_reads = 0  # how often the stream was read for what a killed process left (`_unfinished`)
         self.identity = ProbeIdentity(prefix=settings.nats.prefix)
         self.probes_stream = self.topology.stream(f"{settings.nats.stream_prefix}PROBES").name
         self.cloud_stream = self.topology.stream(f"{settings.nats.stream_prefix}CLOUD").name
@@ -245,7 +247,7 @@ class DetectorRuntime:
                 ack_wait_s=s.ack_wait_s,
                 max_deliver=-1,
                 max_ack_pending=s.max_ack_pending,
-                ack_policy=AckPolicy.EXPLICIT,
+                ack_policy=AckPolicy.ALL,
                 deliver_policy=probe_deliver,
             ),
         )
@@ -398,6 +400,67 @@ class DetectorRuntime:
         await patiently(f"state replay of {stream}", attempt)
         return seen
 
+    async def _unfinished(self, chunk: Sequence[PulledMsg]) -> list[PulledMsg]:
+        """The probes a previous process of this durable died holding, at or below this process's first chunk.
+
+        Acks are cumulative (AckPolicy.ALL): one ack covers every probe of the durable up to its stream
+        sequence. A process killed between fetching and acking leaves probes delivered and unacknowledged
+        between the durable's ack floor and the first probe delivered to the next process (deliveries come
+        in stream order), and that process's first ack would cover them. So before its first ack the new
+        process reads every probe of its filters in (ack floor, the chunk's highest sequence] from the
+        stream, and the ones not in the chunk are processed with it: nothing below an ack is unfinished."""
+        top = max((seq for seq in (stream_seq(m.reply) for m in chunk if m.reply) if seq is not None), default=0)
+        info = await self.js.consumer_info(self.probes_stream, self.settings.probe_durable)
+        floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor is not None else 0
+        if top <= floor:
+            return []
+        # Nothing to read when this chunk holds every delivery of the durable since its ack floor (first deliveries,
+        # consumer sequences floor+1 … floor+n without a gap): nobody else was delivered a probe that is not acked
+        # (a fresh durable, a clean stop). A killed process's deliveries leave a gap before this process's first.
+        floor_delivery = int(info.ack_floor.consumer_seq or 0) if info.ack_floor is not None else 0
+        delivered = [ack_sequences(m.reply) for m in chunk if m.reply]
+        if delivered and all(q is not None and q[0] == 1 for q in delivered):
+            deliveries = sorted(q[2] for q in delivered if q is not None)
+            if deliveries == list(range(floor_delivery + 1, floor_delivery + 1 + len(deliveries))):
+                return []
+        self.unfinished_reads += 1
+        have = {stream_seq(m.reply) for m in chunk if m.reply}
+        config = ConsumerConfig(
+            name=f"{self.settings.durable}-replay-{secrets.token_hex(8)}",
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=floor + 1,
+            filter_subjects=self.settings.probe_filters(),
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
+        created = await self.js.add_consumer(self.probes_stream, config=config)
+        puller = BatchPuller(self.nc, stream=self.probes_stream, consumer=created.name, batch=2000, expires_s=2.0)
+        await puller.start()
+        found: list[PulledMsg] = []
+        idle = 0
+        try:
+            while idle < 3:
+                got = await puller.next_chunk(wait_s=1.0)
+                if not got:
+                    idle += 1
+                    continue
+                idle = 0
+                seqs = [(stream_seq(m.reply), m) for m in got]
+                found += [m for seq, m in seqs if seq is not None and seq <= top and seq not in have]
+                if any(seq is not None and seq >= top for seq, _ in seqs):
+                    break
+        finally:
+            await puller.stop()
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(self.probes_stream, created.name)
+        if found:
+            log.warning(
+                "probes a previous process left unacknowledged are processed before the first ack",
+                extra={"probes": len(found), "ack_floor": floor, "first_ack_through": top},
+            )
+        return found
+
     async def _ack_floor(self) -> int:
         """The stream sequence up to which the probe durable has acknowledged everything."""
         try:
@@ -538,6 +601,8 @@ class DetectorRuntime:
         observe = det.observe_probe
         tick_s = self.settings.tick_s
         last_tick = 0.0
+        first = True  # the first chunk also carries what a previous process left unfinished (`_unfinished`)
+        unsent: list[tuple[PulledMsg, str]] = []  # dead letters of a chunk whose ack failed: sent before the next ack
         while not self._stopping.is_set():
             try:
                 chunk = await puller.next_chunk(wait_s=tick_s)
@@ -547,8 +612,17 @@ class DetectorRuntime:
                 continue
             if chunk:
                 kill_point("detector.fetched")
+            if chunk and first:
+                try:
+                    chunk = [*await self._unfinished(chunk), *chunk]
+                except Exception:
+                    # not processed, not acknowledged: delivered again after ack_wait; the next chunk reads again
+                    log.exception("reading what a previous process left unfinished failed; chunk left unacked")
+                    await asyncio.sleep(1.0)
+                    continue
+                first = False
             now = self.clock()
-            bad: list[tuple[PulledMsg, str]] = []
+            bad, unsent = unsent, []
             for msg in chunk:
                 try:
                     probe = decode(msg.data)
@@ -580,12 +654,19 @@ class DetectorRuntime:
                 await self._flush(now)
                 if bad:
                     await self._dead_letter_probes(bad)
+                bad = []
                 if chunk:
                     kill_point("detector.published")
-                    await puller.ack_each(chunk)
+                    # one cumulative ack, on the chunk's highest stream sequence: every probe of this durable up
+                    # to it is finished (earlier chunks were acked or are retried first; `_unfinished`)
+                    top = highest(chunk)
+                    if top is not None:
+                        await puller.ack_all_through(top)
             except Exception:
-                # Not acknowledged: the probes come back after ack_wait; anomaly ids are deterministic.
+                # Not acknowledged: the anomalies (`_unpublished`) and dead letters are sent again before the next
+                # ack, which covers these probes too; a crash re-delivers them; anomaly ids are deterministic.
                 log.exception("publishing anomalies or dead letters failed; will retry before acking more")
+                unsent = bad
                 await asyncio.sleep(0.5)
             if chunk:
                 self.metrics.probes.inc(len(chunk))

@@ -27,6 +27,46 @@ ACK_TAIL = b" 4\r\n+ACK\r\n"
 """The rest of a `PUB <reply> 4` command carrying a JetStream `+ACK`."""
 
 
+def stream_seq(reply: str) -> int | None:
+    """The stream sequence of a JetStream message from its ack subject
+    (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<stored ns>.<pending>`, or the form with domain and
+    account hash after `ACK`); None when the subject is not a JetStream ack subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        seq = tokens[5]
+    elif len(tokens) >= 11:
+        seq = tokens[7]
+    else:
+        return None
+    return int(seq) if seq.isdigit() else None
+
+
+def ack_sequences(reply: str) -> tuple[int, int, int] | None:
+    """(delivery count, stream sequence, consumer sequence) of a JetStream message from its ack subject;
+    None when the subject is not a JetStream ack subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        found = tokens[4:7]
+    elif len(tokens) >= 11:
+        found = tokens[6:9]
+    else:
+        return None
+    if not all(t.isdigit() for t in found):
+        return None
+    return int(found[0]), int(found[1]), int(found[2])
+
+
+def highest(msgs: Sequence[PulledMsg]) -> PulledMsg | None:
+    """The message of the highest stream sequence (a redelivered one may come after a newer one)."""
+    best: PulledMsg | None = None
+    top = -1
+    for msg in msgs:
+        seq = stream_seq(msg.reply) if msg.reply else None
+        if seq is not None and seq > top:
+            best, top = msg, seq
+    return best
+
+
 class PulledMsg(Protocol):
     @property
     def subject(self) -> str: ...

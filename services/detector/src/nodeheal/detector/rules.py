@@ -70,6 +70,14 @@ class RuleConfig(BaseModel):
             " agent probes over the fleet) when that is longer than probe_interval_s, up to this many times it"
         ),
     )
+    prober_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "the active prober's round (its NODEHEAL_PROBER_INTERVAL_S): a silence waits up to this long (x"
+            " PROBER_ROUND_SLACK) for a prober verdict taken after it began, and a verdict counts as fresh as long"
+        ),
+    )
     high_load_ratio: float = Field(default=health.HIGH_LOAD_RATIO, gt=0, description="load1 / cpu_count that is bad")
     high_load_clear_ratio: float = Field(default=health.HIGH_LOAD_CLEAR_RATIO, gt=0)
     high_load_probes: int = Field(default=2, ge=1, description="consecutive bad probes before high_load fires")
@@ -113,6 +121,10 @@ class RuleConfig(BaseModel):
     def down_timeout_s(self) -> float:
         return self.probe_interval_s * self.down_after_missed
 
+
+PROBER_ROUND_SLACK: Final = 1.25
+"""A prober verdict is due `prober_interval_s` after the last one; this factor is the room for a round's own
+duration (its checks time out after 2 s) and the prober's jitter."""
 
 CADENCE_SAMPLES: Final = 2048
 CADENCE_EVERY: Final = 256
@@ -275,7 +287,11 @@ class Detector:
         node.reach_ok = ok
         node.reach_seen = seen
         node.last_prober = now
-        if node.silence is not None:
+        # a silence already judged is judged again; one the sweep is waiting to judge (for this very verdict:
+        # `_classify_silence`) is judged now
+        if node.silence is not None or (
+            now >= self._warmup_until and now >= node.last_agent + self._down_timeout + self.feed_lag
+        ):
             self._classify_silence(node, now, probe_id=p.id)
 
     def _observe_agent(self, node: NodeState, p: FastProbe, now: float) -> None:
@@ -693,7 +709,19 @@ class Detector:
     # ------------------------------------------------------------------ silence: down, hang, agent
 
     def _classify_silence(self, node: NodeState, now: float, *, probe_id: str = "") -> None:
-        prober_fresh = now - node.last_prober <= self._down_timeout + self.feed_lag
+        # The prober's verdict says what the silence is only when it was taken after the silence began (the
+        # agent's first missed probe): one taken before shows a node that was fine then. When the prober
+        # probes less often than the agents (its round 10 s, agents every 5 s: a node dark just after its
+        # verdict is found silent before the next one), the first judgement waits for the next verdict, at
+        # most one prober round; without a recent verdict (no prober, or it missed a round) it does not wait.
+        prober_round = self.config.prober_interval_s * PROBER_ROUND_SLACK
+        if (
+            node.silence is None
+            and node.last_prober < node.last_agent + self.cadence_s
+            and now <= node.last_prober + prober_round + self.feed_lag
+        ):
+            return  # the sweep looks again (`silence_recheck_s`), the next verdict judges at once
+        prober_fresh = now - node.last_prober <= max(self._down_timeout, prober_round) + self.feed_lag
         ok = node.reach_ok if prober_fresh else 0
         seen = node.reach_seen if prober_fresh else 0
         if ok & PING_MASK:
@@ -771,6 +799,9 @@ class Detector:
             if check_silence:
                 self._classify_silence(node, now)
             next_due = now + self.config.silence_recheck_s
+            if node.silence is None and check_silence:  # waiting for a prober verdict: no longer than the round
+                wait_until = node.last_prober + self.config.prober_interval_s * PROBER_ROUND_SLACK + self.feed_lag
+                next_due = min(next_due, max(now, wait_until) + 0.001)
         if node.conds:
             for key, cond in list(node.conds.items()):
                 if cond.hold_until:

@@ -282,7 +282,8 @@ async def open_puller(
     url: str, auth: BenchAuth, stream: str, *, durable: str, explicit: bool, batch: int
 ) -> tuple[Client, BatchPuller]:
     """A connection as the detector and the detector's batch puller on a new durable of `stream`: one
-    `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does) or, without `explicit`, cumulative."""
+    `+ACK` per probe (AckPolicy.EXPLICIT) or, without `explicit`, one cumulative ack per chunk (AckPolicy.ALL,
+    what the detector does)."""
     nc = await auth.connect(url, "detector", name=f"bench-{durable}", pending_size=64 * 1024 * 1024)
     await nc.jetstream().add_consumer(
         stream,

@@ -4,10 +4,10 @@ The probes are the real agent's (`ProbeCollector` over the simulator's host, `No
 node of a synthetic fleet, published as core publishes into PROBES (as the simulator does) in two forms:
 with a `Nats-Msg-Id` header (the stream keeps a dedupe entry per probe for its window) and without one (the
 probe contract since the probe path was measured). Each stored backlog is then drained by the detector's
-`BatchPuller` twice: with one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector does) and with one
-cumulative ack per chunk (AckPolicy.ALL, for comparison). The server's CPU (utime + stime of its process,
-from /proc) is read before and after each phase, so the figures hold only the server's work; the
-publisher and the puller run in this process. Linux only (/proc)."""
+`BatchPuller` twice: with one `+ACK` per probe (AckPolicy.EXPLICIT, what the detector did before issue 19's
+fourth round) and with one cumulative ack per chunk (AckPolicy.ALL, what it does now). The server's CPU
+(utime + stime of its process, from /proc) is read before and after each phase, so the figures hold only the
+server's work; the publisher and the puller run in this process. Linux only (/proc)."""
 
 from __future__ import annotations
 
@@ -107,6 +107,189 @@ async def _drain(url: str, auth: BenchAuth, stream: str, *, total: int, explicit
     await puller.stop()
     await nc.close()
     return seen
+
+
+async def _fleet(
+    url: str,
+    pid: int,
+    auth: BenchAuth,
+    *,
+    nodes: int,
+    interval_s: float,
+    prober_interval_s: float,
+    seconds: float,
+    batch: int,
+) -> dict[str, Any]:
+    """The simulator's whole probe traffic (the real agent's probe of every node each interval, the simulated
+    prober's at its round), drained meanwhile by the detector's puller with one `+ACK` per message (the
+    detector's acks before issue 19's fourth round; `server_us_per_probe_drain_*` compares the two): the
+    server's CPU per node and agent interval, after one warm-up interval (every node's first probe)."""
+    from nodeheal.sim.engine import FleetSimulator, SimTimings
+
+    settings = await _provision(url, auth)
+    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
+    nc = await auth.connect(url, "admin", name="bench-wire-fleet", pending_size=64 * 1024 * 1024)
+    sim = FleetSimulator(
+        spec=FleetSpec(nodes=nodes),
+        settings=settings,
+        timings=SimTimings(interval_s, prober_interval_s=prober_interval_s),
+        probes_only=True,
+    )
+    dnc, puller = await open_puller(url, auth, stream, durable="bench-wire-fleet", explicit=True, batch=batch)
+    stop = asyncio.Event()
+
+    async def drain() -> int:
+        seen = 0
+        while not stop.is_set():
+            chunk = await puller.next_chunk(wait_s=0.5)
+            if chunk:
+                await puller.ack_each(chunk)
+                seen += len(chunk)
+        return seen
+
+    drainer = asyncio.create_task(drain())
+    try:
+        await sim.start(prober_nc=nc, agent_nc=dict.fromkeys(sim.nodes, nc))
+        await asyncio.sleep(interval_s + 1.0)
+        cpu, published, agents = server_cpu_s(pid), sim.stats.probes_published, sim.stats.collected
+        started = time.perf_counter()
+        await asyncio.sleep(seconds)
+        used = server_cpu_s(pid) - cpu
+        wall = time.perf_counter() - started
+        published = sim.stats.probes_published - published
+        agents = sim.stats.collected - agents
+    finally:
+        await sim.stop()
+        stop.set()
+        drained = await drainer
+        await puller.stop()
+        await dnc.close()
+        await nc.close()
+        await _drop(url, settings, auth)
+    return {
+        "prober_interval_s": prober_interval_s,
+        "seconds": round(wall, 1),
+        "agent_probes": agents,
+        "messages": published,
+        "messages_per_node_interval": round(published / max(agents, 1), 3),
+        "drained": drained,
+        "server_cpu_s": round(used, 2),
+        "server_us_per_node_interval": round(1e6 * used / max(agents, 1), 1),
+        "server_cores_at_50000_nodes_5s": round(used / max(agents, 1) * 10_000, 2),
+    }
+
+
+async def run_fleet_bench(
+    *, url: str, pid: int, auth: BenchAuth, nodes: int, interval_s: float, seconds: float, batch: int
+) -> dict[str, Any]:
+    """The simulated fleet's traffic twice on one server: the prober at every agent probe (the simulator before
+    it kept the prober's round), then at the prober's own round (`ProberSettings.interval_s`)."""
+    from nodeheal.sim.engine import SimTimings
+
+    rounds = {"prober_at_agent_interval": interval_s, "prober_at_its_round": SimTimings().prober_interval_s}
+    variants = {
+        name: await _fleet(
+            url, pid, auth, nodes=nodes, interval_s=interval_s, prober_interval_s=p, seconds=seconds, batch=batch
+        )
+        for name, p in rounds.items()
+    }
+    return {
+        "benchmark": "wire --fleet",
+        "what": "nats-server CPU per node and agent interval for the simulator's probe traffic, drained with +ACKs",
+        "config": auth.config,
+        "nodes": nodes,
+        "interval_s": interval_s,
+        "variants": variants,
+    }
+
+
+ROUND_NODE_NAME = "_round"
+"""The node token of the batched form measured here (not a valid Kubernetes node name): not built, measured."""
+
+
+async def _prober_phase(
+    url: str, pid: int, auth: BenchAuth, *, nodes: int, rounds: int, per_message: int, batch: int
+) -> dict[str, Any]:
+    """The simulated prober's results of `rounds` rounds over `nodes` nodes, stored into PROBES one message per
+    node (what the prober publishes) or `per_message` nodes' results per message (a batched form, measured
+    only: the entries without the fields the message carries once), then drained with one cumulative ack per
+    chunk (the detector's acks). Server CPU per node result."""
+    import orjson
+
+    from nodeheal.schemas.subjects import prober_probe_subject
+
+    settings = await _provision(url, auth)
+    stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
+    spec = FleetSpec(nodes=nodes)
+    now = time.time()
+    sim_nodes = [SimNode(inv=inv, index=i, booted_at=now - 3600) for i, inv in enumerate(build_inventory(spec))]
+    subjects = [prober_probe_subject(spec.cluster, n.inv.node, prefix=settings.prefix) for n in sim_nodes]
+    round_subject = prober_probe_subject(spec.cluster, ROUND_NODE_NAME, prefix=settings.prefix)
+    messages: list[tuple[str, bytes]] = []
+    for r in range(rounds):
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + 10 * r))
+        bodies = [n.prober_probe(time_iso=iso) for n in sim_nodes]
+        if per_message == 1:
+            messages += [(subject, orjson.dumps(body)) for subject, body in zip(subjects, bodies, strict=True)]
+            continue
+        for start in range(0, nodes, per_message):
+            entries = [
+                {k: body[k] for k in ("node", "seq", "time", "reachability")}
+                for body in bodies[start : start + per_message]
+            ]
+            head = {"schema": "nodeheal.prober-round/v0", "cluster": spec.cluster, "source": "prober"}
+            messages.append((round_subject, orjson.dumps(head | {"results": entries})))
+    total_bytes = sum(len(body) for _, body in messages)
+    try:
+        nc = await auth.connect(url, "admin", name="bench-wire-prober", pending_size=64 * 1024 * 1024)
+        before = server_cpu_s(pid)
+        for i, (subject, body) in enumerate(messages):
+            await nc.publish(subject, body)
+            if i % 200 == 199:
+                await nc.flush()
+        await nc.flush()
+        await nc.close()
+        stored = await _wait_stored(url, auth, stream, len(messages))
+        store_s = server_cpu_s(pid) - before
+        rss = server_rss_mb(pid)
+        before = server_cpu_s(pid)
+        drained = await _drain(url, auth, stream, total=stored, explicit=False, batch=batch)
+        drain_s = server_cpu_s(pid) - before
+    finally:
+        await _drop(url, settings, auth)
+    results = nodes * rounds
+    return {
+        "node_results": results,
+        "messages": len(messages),
+        "stored": stored,
+        "drained": drained,
+        "bytes_per_node_result": round(total_bytes / results, 1),
+        "server_us_per_node_result_store": round(1e6 * store_s / results, 2),
+        "server_us_per_node_result_drain_ack_all": round(1e6 * drain_s / results, 2),
+        "server_rss_mb_after_store": round(rss, 1),
+    }
+
+
+async def run_prober_bench(
+    *, url: str, pid: int, auth: BenchAuth, nodes: int, rounds: int, per_message: int, batch: int
+) -> dict[str, Any]:
+    """The prober's results one message per node, then `per_message` per message, on one server."""
+    variants = {
+        "one_message_per_node": await _prober_phase(
+            url, pid, auth, nodes=nodes, rounds=rounds, per_message=1, batch=batch
+        ),
+        f"{per_message}_nodes_per_message": await _prober_phase(
+            url, pid, auth, nodes=nodes, rounds=rounds, per_message=per_message, batch=batch
+        ),
+    }
+    return {
+        "benchmark": "wire --prober-rounds",
+        "what": "nats-server CPU per node result of the active prober: one message per node vs batched (measured only)",
+        "config": auth.config,
+        "nodes": nodes,
+        "rounds": rounds,
+        "variants": variants,
+    }
 
 
 VARIANTS = {"with_nats_msg_id": True, "without_nats_msg_id": False}
