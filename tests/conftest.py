@@ -1,9 +1,18 @@
 """Session-wide real nats-server and per-test unique names (see tests/support/broker.py); the CPU-bound
-background jobs of a few tests start when collection is done (tests/support/background.py)."""
+background jobs of a few tests start when collection is done (tests/support/background.py).
+
+The whole suite runs on two pytest-xdist workers (`-n auto --dist loadgroup` in pyproject.toml; the number
+is chosen here): it waits far more than it computes. A run of named files or tests stays in one process.
+Each worker has its own nats-server; the background jobs run once for the run, in a directory the
+controller hands to both workers."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -14,6 +23,60 @@ from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from tests.support import background
 from tests.support.broker import remove_topology, session_nats_url, unique_settings
+
+WORKERS = 2
+"""xdist workers of a whole-suite run: the machines have 2 cores and the suite is wait-bound."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: two workers for the suite or a folder of it, none (one process, no start-up of workers)
+    when only files or single tests are named. `-n N` on the command line still wins."""
+    named = [arg.split("::")[0] for arg in config.args]
+    if named and all("::" in arg or Path(path).is_file() for arg, path in zip(config.args, named, strict=True)):
+        return 0
+    return WORKERS
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist controller) one directory for the run's shared background jobs, handed to every worker."""
+    config = node.config
+    if not hasattr(config, "_nodeheal_shared"):
+        config._nodeheal_shared = tempfile.mkdtemp(prefix="nodeheal-pytest-")
+    node.workerinput["nodeheal_shared"] = config._nodeheal_shared
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        background.share(workerinput.get("nodeheal_shared"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = getattr(config, "_nodeheal_shared", None)
+    if shared is not None:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`xdist_group` marks (what `--dist loadgroup` keeps on one worker, in order):
+    - every e2e test in one group: the 400-node demo is CPU-hungry and asserts diagnosis quality, and the
+      demos never run beside each other;
+    - a module whose tests share a module-scoped fixture (a server, a demo run) in a group of its own, so
+      the fixture is set up once, not once per worker."""
+    for item in items:
+        if E2E in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+            continue
+        fixtureinfo = getattr(item, "_fixtureinfo", None)
+        defs = fixtureinfo.name2fixturedefs.values() if fixtureinfo is not None else []
+        if any(d.scope in ("module", "class", "package") for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
