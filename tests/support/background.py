@@ -36,7 +36,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Generic, TypeVar
@@ -65,6 +65,29 @@ def share(directory: str | Path | None) -> None:
     _shared = Path(directory) if directory else None
     if _shared is not None:
         _shared.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def turn(*, alone: bool) -> Iterator[None]:
+    """Held around every test when the run is shared (xdist): a test with `alone` runs with no test of
+    another worker beside it (they wait for it; it waits for theirs to end); the others run side by side.
+
+    `alone.lock` is held shared by every running test and exclusively by an `alone` test; `gate.lock` is
+    taken first by everyone, and kept by an `alone` test while it waits, so that no new test starts
+    meanwhile (an exclusive request does not hold back new shared ones by itself)."""
+    if _shared is None:
+        yield
+        return
+    with (_shared / "gate.lock").open("ab") as gate, (_shared / "alone.lock").open("ab") as room:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(room, fcntl.LOCK_UN)
 
 
 def _executor() -> ThreadPoolExecutor:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,3 +65,56 @@ def test_a_job_its_runner_gave_up_is_run_by_the_worker_that_needs_it(tmp_path: P
     assert waiter.returncode == 0, err
     assert out.strip() == "built"
     assert runs.read_text() == "ran\nran\n"
+
+
+TURN = """
+import sys, time
+from pathlib import Path
+from tests.support import background
+
+shared, log, kind, release = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+background.share(shared)
+with background.turn(alone=kind == "alone"):
+    with log.open("a") as fh:
+        fh.write(f"start {kind}\\n")
+    while not release.exists():
+        time.sleep(0.05)
+    with log.open("a") as fh:
+        fh.write(f"end {kind}\\n")
+"""
+
+
+def _blocked(pid: int) -> bool:
+    """The process waits for a flock (a `->` line of /proc/locks names it)."""
+    return any(line.split()[1] == "->" and line.split()[5] == str(pid) for line in Path("/proc/locks").open())
+
+
+def _until(what: str, done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_test_marked_alone_has_no_test_of_another_worker_beside_it(tmp_path: Path) -> None:
+    log, release = tmp_path / "log", tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def test(kind: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", TURN, str(tmp_path / "shared"), str(log), kind, str(release)],
+            cwd=ROOT, env=env, text=True,
+        )  # fmt: skip
+
+    first = test("side")  # a test of the other worker, running
+    _until("the first test started", log.exists)
+    alone = test("alone")
+    _until("the alone test waits for the first to end", lambda: _blocked(alone.pid))
+    later = test("later")
+    _until("a test started meanwhile waits for the alone one", lambda: _blocked(later.pid))
+    release.touch()
+    for proc in (first, alone, later):
+        assert proc.wait(timeout=60) == 0
+    assert log.read_text().split("\n")[:-1] == [
+        "start side", "end side", "start alone", "end alone", "start later", "end later",
+    ]  # fmt: skip
