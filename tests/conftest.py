@@ -1,8 +1,8 @@
 """Session-wide real nats-server and per-test unique names (see tests/support/broker.py); the CPU-bound
 background jobs of a few tests start when collection is done (tests/support/background.py).
 
-The whole suite runs on two pytest-xdist workers (`-n auto --dist loadgroup` in pyproject.toml; the number
-is chosen here): it waits far more than it computes. A run of named files or tests stays in one process.
+The whole suite runs on two pytest-xdist workers (`-n auto --dist loadscope` in pyproject.toml; the number
+and the scheduling units are chosen here): it waits far more than it computes. A run of named files or tests stays in one process.
 Each worker has its own nats-server; the background jobs run once for the run, in a directory the
 controller hands to both workers."""
 
@@ -59,24 +59,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(shared, ignore_errors=True)
 
 
-E2E = Path(__file__).resolve().parent / "e2e"
+E2E = "tests/e2e/"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`xdist_group` marks (what `--dist loadgroup` keeps on one worker, in order):
-    - every e2e test in one group: the 400-node demo is CPU-hungry and asserts diagnosis quality, and the
-      demos never run beside each other;
-    - a module whose tests share a module-scoped fixture (a server, a demo run) in a group of its own, so
-      the fixture is set up once, not once per worker."""
-    for item in items:
-        if E2E in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
-            continue
-        fixtureinfo = getattr(item, "_fixtureinfo", None)
-        defs = fixtureinfo.name2fixturedefs.values() if fixtureinfo is not None else []
-        if any(d.scope in ("module", "class", "package") for chain in defs for d in chain):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """(xdist controller) `--dist loadscope` with the e2e folder as one unit: a module's tests run on one
+    worker in order (a module-scoped fixture, such as the 400-node demo's run or the permission matrix's
+    server, is set up once), and the e2e tests all run on one worker, one after the other (the demos are
+    CPU-hungry and assert diagnosis quality: never two at once). `--dist loadgroup` cannot do this here:
+    pytest-xdist 3.8 marks a group by rewriting `item._nodeid`, which pytest 9 no longer reads."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndE2E(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return E2E if nodeid.startswith(E2E) else nodeid.split("::", 1)[0]
+
+    return ModulesAndE2E(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)
