@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import gzip
 import json
 import os
@@ -35,6 +36,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,16 @@ class KernelTierUnavailableError(Exception):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("NODEHEAL_KERNEL_CACHE", Path.home() / ".cache" / "nodeheal-kernel"))
+
+
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """Held while the tools are installed and the cache is filled: two test runs (or two xdist workers) on
+    one machine never download, unpack or build into it at once; the second finds it filled."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (cache_dir() / ".lock").open("ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _run(

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -33,11 +36,50 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
+PORT_HOLD_S = 120.0
+"""How long a port handed out by `free_port` is not handed out again, to any process of this user on this
+machine: longer than any server here takes to bind the port it was given."""
+
+
+def _ports_ledger() -> Path:
+    return Path(tempfile.gettempdir()) / f"nodeheal-ports-{os.getuid()}.json"
+
+
+def _hand_out(port: int) -> bool:
+    """Record `port` as handed out; False when it was handed out less than PORT_HOLD_S ago."""
+    ledger = _ports_ledger()
+    with ledger.open("a+", encoding="ascii") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # one process at a time reads and rewrites the ledger
+        handle.seek(0)
+        try:
+            handed: dict[str, float] = json.loads(handle.read() or "{}")
+        except ValueError:
+            handed = {}
+        now = time.time()
+        handed = {p: at for p, at in handed.items() if now - at < PORT_HOLD_S}
+        fresh = str(port) not in handed
+        if fresh:
+            handed[str(port)] = now
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(handed))
+    return fresh
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free loopback TCP port for a server to bind. The kernel's choice, which it may hand out again as
+    soon as the probe socket is closed: two callers (two test workers, two services of `nodeheal up`) could
+    get the same port before either binds it. So a ledger shared by this user's processes (a file in the
+    temporary directory, under `flock`) keeps every port handed out for PORT_HOLD_S, and the probe is
+    repeated for a port still held."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if _hand_out(port):
+            return port
+    msg = "no free loopback port that was not handed out in the last two minutes"
+    raise RuntimeError(msg)
 
 
 @dataclass

