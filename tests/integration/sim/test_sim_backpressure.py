@@ -69,6 +69,9 @@ async def test_a_server_that_stops_reading_slows_the_simulator_and_buffers_stay_
     assert sim.stats.publish_errors == 0
 
 
+# its evenness bound is about this process's own loop: a CPU-hungry test of the other xdist worker beside
+# it stalled the loop once for 1.3 s (effective interval 0.28 s) in a suite run
+@pytest.mark.alone
 async def test_a_rate_the_machine_cannot_give_stretches_every_nodes_cadence_evenly(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # 2,000 nodes every 50 ms: 40,000 nodes/s, far more than one Python process running the real agent
     # collector for each can probe
