@@ -26,7 +26,7 @@ from nodeheal.agent.host import HostReader, top_fd_holders
 from nodeheal.agent.kmsg import KernelLogSource
 from nodeheal.agent.systemd import Systemd, UnitStatus
 from nodeheal.schemas.health import FD_CLEAR_RATIO
-from nodeheal.schemas.probe import FdHolder, FileHandles, NodeProbe, Reachability, ServiceState
+from nodeheal.schemas.probe import FdHolder, NodeProbe, Reachability, ServiceState
 
 log = logging.getLogger("nodeheal.agent.probe")
 
@@ -153,47 +153,39 @@ class ProbeCollector:
         reason = self._full_due(boot_id=boot_id, fd_high=fd_high)
         self.collected += 1
         self.full_reason = reason
-        if not reason:
-            probe = NodeProbe(
-                cluster=self.cluster,
-                node=self.node,
-                source="agent",
-                seq=self.sequence.take(),
-                boot_id=boot_id,
-                uptime_s=self.host.uptime_s(),
-                reachability=self._heartbeat,
-                load=self.host.load(),
-                cpu_count=cpu_count,
-                file_handles=file_handles,
-                kernel_log=kernel_lines,
-                kernel_log_dropped=dropped,
-                kernel_release=kernel_release,
-                os_image=os_image,
-                full=False,
-            )
-        else:
+        services: tuple[ServiceState, ...] = ()
+        holders: tuple[FdHolder, ...] = ()
+        if reason:
             self._want_full = None
             self._last_boot = boot_id
-            probe = await self._full(
-                boot_id=boot_id,
-                facts=(kernel_release, os_image, cpu_count),
-                file_handles=file_handles,
-                fd_high=fd_high,
-                kernel=(kernel_lines, dropped),
-            )
+            services, holders = await self._full_parts(fd_high=fd_high)
+        probe = NodeProbe(
+            cluster=self.cluster,
+            node=self.node,
+            source="agent",
+            seq=self.sequence.take(),
+            boot_id=boot_id,
+            uptime_s=self.host.uptime_s(),
+            reachability=self._heartbeat,
+            load=self.host.load(),
+            cpu_count=cpu_count,
+            filesystems=self.host.filesystems() if reason else (),
+            file_handles=file_handles,
+            fd_holders=holders,
+            services=services,
+            kernel_log=kernel_lines,
+            kernel_log_dropped=dropped,
+            kernel_release=kernel_release,
+            os_image=os_image,
+            full=bool(reason),
+        )
         if self.host.problems:
             log.warning("probe incomplete", extra={"node": self.node, "problems": list(self.host.problems)})
         return probe
 
-    async def _full(
-        self,
-        *,
-        boot_id: str | None,
-        facts: tuple[str | None, str | None, int | None],
-        file_handles: FileHandles | None,
-        fd_high: bool,
-        kernel: tuple[tuple[str, ...], int],
-    ) -> NodeProbe:
+    async def _full_parts(self, *, fd_high: bool) -> tuple[tuple[ServiceState, ...], tuple[FdHolder, ...]]:
+        """What only a full probe carries besides the file systems: the units' states and, when handles
+        run high, who holds them."""
         services: tuple[ServiceState, ...] = ()
         if self.services:
             try:
@@ -211,26 +203,7 @@ class ProbeCollector:
         if fd_high:
             # who holds the handles, so a repair restarts that service and not a guess
             holders = tuple(await asyncio.to_thread(top_fd_holders, self.host.view, limit=3))
-        kernel_release, os_image, cpu_count = facts
-        return NodeProbe(
-            cluster=self.cluster,
-            node=self.node,
-            source="agent",
-            seq=self.sequence.take(),
-            boot_id=boot_id,
-            uptime_s=self.host.uptime_s(),
-            reachability=self._heartbeat,
-            load=self.host.load(),
-            cpu_count=cpu_count,
-            filesystems=self.host.filesystems(),
-            file_handles=file_handles,
-            fd_holders=holders,
-            services=services,
-            kernel_log=kernel[0],
-            kernel_log_dropped=kernel[1],
-            kernel_release=kernel_release,
-            os_image=os_image,
-        )
+        return services, holders
 
 
 @dataclass
