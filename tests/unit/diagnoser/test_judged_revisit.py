@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.schemas.anomaly import Anomaly
-from nodeheal.schemas.ids import deterministic_id
 from nodeheal.sim.bench import diagnoser as bench
-from tests.unit.diagnoser.scenarios import CLUSTER, T0, inventory
+from tests.unit.diagnoser.scenarios import CLUSTER, T0, anomaly, inventory
 
 MATCHER = Matcher(load_knowledge_base())
 # 2 zones of 12 nodes; racks of 4 (3 per zone), every 6th node without a rack
@@ -26,23 +25,7 @@ NODES = [f"n{i}" for i in range(24)]
 
 
 def node_down(node: str, *, at: datetime, status: str = "firing", onset: datetime | None = None) -> Anomaly:
-    key = f"{CLUSTER}/{node}/node_down/-"
-    fault_onset = onset or at
-    return Anomaly.model_validate(
-        {
-            "id": deterministic_id(key, status, fault_onset.isoformat(), prefix="anomaly-"),
-            "time": at,
-            "cluster": CLUSTER,
-            "node": node,
-            "anomaly_key": key,
-            "kind": "node_down",
-            "status": status,
-            "severity": "critical",
-            "fault_onset": fault_onset,
-            "detected_at": at,
-            "resolved_at": at if status == "resolved" else None,
-        }
-    )
+    return anomaly(node, "node_down", at=at, status=status, onset=onset)
 
 
 class _Driver(bench._Driver):
