@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js.client import JetStreamContext
 
-from nodeheal.runtime.jetstream import ensure_pull_consumer
+from nodeheal.runtime.jetstream import ensure_pull_consumer, kv_keys
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.streams import Topology
@@ -275,6 +275,8 @@ async def test_key_value_buckets_follow_the_roles(secured: Secured, sessions: di
     with pytest.raises(TimeoutError):
         await prober_kv.put("node.n-kv", b"forged")
     await sessions["prober"].refused(f"$KV.{bucket}-inventory.node.n-kv")
+    # the key listing the services use at start (runtime.jetstream.kv_keys) works under a reader's role
+    assert await kv_keys(prober_kv, pattern="node.>") == ["node.n-kv"]
 
     leases = await sessions["remediator"].js.key_value(f"{bucket}-leases")
     revision = await leases.create("n-kv", b"remediator-0")

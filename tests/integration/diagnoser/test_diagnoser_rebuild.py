@@ -50,7 +50,8 @@ async def test_crash_history_survives_a_restart_beyond_the_look_back(topology_re
     second = DiagnoserRuntime(settings=settings, nc=nc)
     await second.start()
     try:
-        assert second.durable is not None
+        assert second.durable is not None and second.rebuilt is not None
+        assert second.rebuilt.crash_histories == 1  # the key was listed and read
         ctx = second.diagnoser.fleet.nodes[f"{CLUSTER}/h1"]
         assert not ctx.anomalies  # nothing read back from ANOMALIES...
         assert len(ctx.crashes) == 1  # ...but the crash history is there

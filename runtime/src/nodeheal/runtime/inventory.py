@@ -10,9 +10,10 @@ import logging
 from collections.abc import Callable
 
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from nodeheal.runtime.jetstream import kv_keys
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.subjects import unescape_token
@@ -67,10 +68,7 @@ class InventoryFeed:
         kv = self.kv
         if kv is None:
             return 0
-        try:
-            keys = await patiently(f"inventory keys of {self.bucket}", kv.keys)
-        except NoKeysError:
-            return 0  # an empty bucket
+        keys = await patiently(f"inventory keys of {self.bucket}", functools.partial(kv_keys, kv, pattern="node.>"))
         for key in keys:
             try:
                 entry = await patiently(f"inventory record {key}", functools.partial(kv.get, key))

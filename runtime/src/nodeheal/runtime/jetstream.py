@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.kv import KeyValue
 
 from nodeheal.schemas.dlq import MAX_RAW_BYTES, DeadLetter
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
@@ -336,3 +337,41 @@ async def last_per_subject_up_to(
             if subject:
                 out[subject] = item
     return out
+
+
+KEYS_PAGE_MAX = 100_000
+"""Subjects the server lists in one STREAM.INFO answer (nats-server's JSMaxSubjectDetails); more are paged."""
+
+
+async def kv_keys(kv: KeyValue, *, pattern: str = ">", timeout_s: float = 5.0) -> list[str]:
+    """The keys of bucket `kv` that match `pattern`, from the stream's own
+    subject index: STREAM.INFO with a subjects filter, paged. Keys whose last entry is a delete or purge
+    are listed too (a `get` of them raises KeyNotFoundError, as for a key deleted since the listing).
+
+    Not nats-py's `KeyValue.keys()`: that one reads an ordered consumer and stops at the first "nothing
+    pending" marker, which it also puts when the consumer's first message is still in flight to the
+    client; under load it answered "no keys" for a bucket that had some (a diagnoser restart then lost
+    the crash history it was meant to read back). The stream's subject index has no such window."""
+    bucket: str = kv._name  # nats-py keeps the bucket name, context and API prefix private
+    js: JetStreamContext = kv._js
+    stream, head = f"KV_{bucket}", f"$KV.{bucket}."
+    nc: Client = js._nc
+    subject = f"{js._prefix}.STREAM.INFO.{stream}"
+    keys: list[str] = []
+    offset = 0
+    while True:
+        request = {"subjects_filter": head + pattern, "offset": offset}
+        reply = json.loads((await nc.request(subject, json.dumps(request).encode(), timeout=timeout_s)).data)
+        if "error" in reply:
+            error = reply["error"]
+            if error.get("err_code") == 10059:  # stream not found
+                raise NotFoundError(code=404, err_code=10059, description=error.get("description"))
+            problem = f"listing the keys of {bucket}: {error.get('description')} (code {error.get('err_code')})"
+            raise RuntimeError(problem)
+        state = reply.get("state") or {}
+        page = list((state.get("subjects") or {}).keys())
+        keys.extend(s[len(head) :] for s in page)
+        offset += len(page)
+        total = int(reply.get("total") or state.get("num_subjects") or 0)
+        if not page or offset >= total:
+            return sorted(keys)

@@ -51,13 +51,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import FetchTimeoutError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import FetchTimeoutError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.diagnoser.crash import CrashBuckets, bucket_key, classify
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.state import node_key
+from nodeheal.runtime.jetstream import kv_keys
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
@@ -158,10 +159,7 @@ class DurableState:
         bucket = self.bucket
         if bucket is None:
             return 0
-        try:
-            keys = await patiently("crash histories", bucket.keys)
-        except NoKeysError:
-            return 0  # an empty bucket has no keys
+        keys = await patiently("crash histories", functools.partial(kv_keys, bucket, pattern="crash.>"))
         loaded = 0
         for key in keys:
             if not key.startswith("crash."):

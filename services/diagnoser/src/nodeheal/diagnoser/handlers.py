@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from nodeheal.diagnoser.crash import CrashBuckets, bucket_notice, classify, is_hardware, kernel_of, notice_due
-from nodeheal.diagnoser.durable import DurableState, kill_point
+from nodeheal.diagnoser.durable import DurableState, RebuildReport, kill_point
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
@@ -166,6 +166,7 @@ class DiagnoserRuntime:
         self._lock = asyncio.Lock()
         self._held: dict[str, datetime] = {}
         self.durable: DurableState | None = None
+        self.rebuilt: RebuildReport | None = None  # what the last start read back (also logged)
         self._ready = False
         self._stopping = False
         self._last_correlation = datetime.min.replace(tzinfo=UTC)
@@ -241,7 +242,7 @@ class DiagnoserRuntime:
             keep_trace=self._keep_trace,
             crash_buckets=self.crash_buckets,
         )
-        report = await self.durable.rebuild(now=self.clock())
+        report = self.rebuilt = await self.durable.rebuild(now=self.clock())
         for ctx in self.diagnoser.fleet.nodes.values():  # episodes already identified before the restart
             if ctx.published is not None and not ctx.published.resolved and ctx.published.anomaly_ids:
                 self._identified[ctx.published.anomaly_ids[0]] = None

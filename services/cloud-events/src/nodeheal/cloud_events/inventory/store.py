@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from nodeheal.runtime.jetstream import kv_keys
 from nodeheal.schemas.inventory import NodeInventory, instance_key, inventory_key
 from nodeheal.schemas.subjects import escape_token
 
@@ -64,14 +65,14 @@ class InventoryStore:
         """After a (re)list: delete the records of nodes of this cluster that no longer exist."""
         keep = {inventory_key(self.cluster, n) for n in present}
         prefix = f"node.{escape_token(self.cluster)}."
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
         removed: list[str] = []
-        for key in keys:
-            if key.startswith(prefix) and key not in keep:
-                instance = await self._instance_of(key)
+        for key in await kv_keys(self.kv, pattern=prefix + "*"):
+            if key not in keep:
+                try:
+                    entry = await self.kv.get(key)
+                except KeyNotFoundError:
+                    continue  # deleted before: its delete marker is still in the subject index
+                instance = _instance_of(entry.value)
                 if instance:
                     await self._delete(instance_key(instance))
                 await self._delete(key)
@@ -81,12 +82,9 @@ class InventoryStore:
             log.info("removed nodes that no longer exist", extra={"count": len(removed)})
         return removed
 
-    async def _instance_of(self, key: str) -> str | None:
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
-            return None
-        try:
-            return NodeInventory.model_validate_json(entry.value or b"").instance_id
-        except ValueError:
-            return None
+
+def _instance_of(value: bytes | None) -> str | None:
+    try:
+        return NodeInventory.model_validate_json(value or b"").instance_id
+    except ValueError:
+        return None
