@@ -5,7 +5,6 @@ handled — every message handled exactly once, in order. Before, the replay end
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.startup import StartWait, start_wait
 from nodeheal.schemas.subjects import anomaly_subject, wildcard
 from nodeheal.sim.embedded import EmbeddedNats
-from tests.support.broker import unique_settings
+from tests.support.broker import publish_all, unique_settings
 
 pytestmark = pytest.mark.nats
 
@@ -37,7 +36,7 @@ async def test_a_replay_cut_by_a_server_restart_resumes_after_its_last_message(t
             await apply_topology(js, nats.topology())
             # acknowledged: all stored before the read starts
             subjects = [anomaly_subject("c1", f"n{i % 7}", prefix=nats.prefix) for i in range(MESSAGES)]
-            await asyncio.gather(*(js.publish(subject, f"message {i}".encode()) for i, subject in enumerate(subjects)))
+            await publish_all(js, [(subject, f"message {i}".encode()) for i, subject in enumerate(subjects)])
             runtime = DetectorRuntime(settings=DetectorSettings(nats=nats), nc=nc)
             handled: list[int] = []
 
