@@ -7,7 +7,7 @@
   for the third round (`round: 3`) separately: `fresh_test` is its held-out half; rounds 4 and 5 (all
   held out) each on their own; round 6 whole, and its train / test halves;
   round 7 (all held out) on its own; round 8 whole, and its train / test halves (split like round 6);
-  round 9 (all held out) on its own.
+  round 9 (all held out) on its own; round 10 whole, and its train / test halves (split like round 8).
 - buckets: every crash report cut from the excerpts; two reports are "the same bug" when their source
   says so (the excerpt's `group`, or several reports of one problem pasted in one excerpt). Pairwise
   precision / recall / F1 of the exact key (level 1) and of the similarity clusters (level 2).
@@ -170,6 +170,11 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             "round8_test": accuracy("test", 8),
             # round 9 (kb-412…): all held out, committed after the round-8 rules were final, measured once
             "round9_test": accuracy("test", 9),
+            # round 10 (kb-429…): split by URL hash before any rule, its held-out half committed first; rules
+            # from its train half only; `round10_test` is measured once, after those rules were final
+            "round10_all": accuracy(None, 10),
+            "round10_train": accuracy("train", 10),
+            "round10_test": accuracy("test", 10),
             "samples": accuracy("samples"),
         },
         "per_class": per_class,
