@@ -46,7 +46,7 @@ from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
 from nodeheal.runtime.inventory import InventoryFeed
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, last_per_subject_up_to
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, last_per_subject_up_to, read_range
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
 from nodeheal.runtime.startup import patiently
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
@@ -345,60 +345,18 @@ class DetectorRuntime:
         since: datetime | None,
         on_msg: Callable[[Msg], None],
     ) -> int:
-        """Read a stream once through an ephemeral consumer (no acks) until what was there is read. A
-        JetStream that goes away mid-read is waited out (`patiently`): the read resumes after the last
-        message handled (a last-per-subject read starts again: seeding a node twice is the same seed);
-        stopping short with messages still pending is such a failure, not the end."""
-        last_seq = 0
-        seen = 0
-        resumable = deliver is not DeliverPolicy.LAST_PER_SUBJECT
-
-        async def attempt() -> None:
-            nonlocal last_seq, seen
-            config = ConsumerConfig(
-                # named (never the legacy server-named create, which the permission matrix refuses: it
-                # could rewrite another service's durable); a random suffix nobody can guess
-                name=f"{self.settings.durable}-replay-{secrets.token_hex(8)}",
-                ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else deliver,
-                opt_start_seq=last_seq + 1 if last_seq else None,
-                opt_start_time=None if last_seq else since,
-                filter_subjects=filters,
-                inactive_threshold=30.0,
-                mem_storage=True,
-            )
-            info = await self.js.add_consumer(stream, config=config)
-            total = info.num_pending or 0
-            if total == 0:
-                await self.js.delete_consumer(stream, info.name)
-                return
-            puller = BatchPuller(self.nc, stream=stream, consumer=info.name, batch=2000, expires_s=2.0)
-            await puller.start()
-            got = 0
-            idle = 0
-            try:
-                while got < total and idle < 5:
-                    chunk = await puller.next_chunk(wait_s=1.0)
-                    if not chunk:
-                        idle += 1
-                        continue
-                    idle = 0
-                    for msg in chunk:
-                        on_msg(msg)
-                        if resumable:
-                            last_seq = max(last_seq, msg.metadata.sequence.stream)
-                    got += len(chunk)
-                    seen += len(chunk)
-                if got < total and await _still_pending(self.js, stream, info.name):
-                    problem = f"the replay of {stream} stopped at {got} of {total} messages"
-                    raise TimeoutError(problem)
-            finally:
-                await puller.stop()
-                with contextlib.suppress(Exception):
-                    await self.js.delete_consumer(stream, info.name)
-
-        await patiently(f"state replay of {stream}", attempt)
-        return seen
+        """Read a stream once (`nodeheal.runtime.jetstream.read_range`: resumes after the last message handled
+        when JetStream goes away mid-read) through a consumer named `<durable>-replay-…`."""
+        return await read_range(
+            self.js,
+            stream=stream,
+            filters=filters,
+            name=f"{self.settings.durable}-replay",
+            on_msg=on_msg,
+            deliver=deliver,
+            since=since,
+            what=f"state replay of {stream}",
+        )
 
     async def _unfinished(self, chunk: Sequence[PulledMsg]) -> list[PulledMsg]:
         """The probes a previous process of this durable died holding, at or below this process's first chunk.
@@ -808,12 +766,3 @@ def stream_lag(reply: str, wall: float) -> float | None:
         return max(0.0, wall - int(stamp) / 1e9)
     except ValueError:
         return None
-
-
-async def _still_pending(js: JetStreamContext, stream: str, name: str) -> bool:
-    """Whether a replay that stopped short left messages behind: its consumer still has some pending, or
-    the consumer is gone (a restarted server forgets a memory-stored ephemeral) and so is its position."""
-    try:
-        return bool((await js.consumer_info(stream, name)).num_pending)
-    except NotFoundError:
-        return True
