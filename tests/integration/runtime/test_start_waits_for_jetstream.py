@@ -22,7 +22,10 @@ from typing import Any
 
 import prometheus_client
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from nodeheal.cloud_events.ingest.app import build_app as build_ingest_app
+from nodeheal.cloud_events.ingest.settings import IngestSettings
 from nodeheal.diagnoser.app import build_app
 from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.runtime.connect import connect
@@ -186,14 +189,14 @@ def _get(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-WAITING = ("detector", "remediator", "prober")
-"""Serve HTTP while their start waits (the kit's shell, the ops server); the ingest's aiohttp app serves
-once its start is done, so it is only checked to start once JetStream is back."""
+WAITING = ("detector", "remediator", "prober", "ingest")
+"""Serve HTTP while their start waits (the kit's shell, the ops server, the ingest's aiohttp app whose start
+runs behind its HTTP server)."""
 
 
 async def test_every_service_process_waits_for_jetstream_then_becomes_ready(tmp_path: Path) -> None:
     async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
-        names = (*WAITING, "ingest")
+        names = WAITING
         procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         jetstream_back: EmbeddedNats | None = None
         try:
@@ -236,7 +239,6 @@ async def test_every_service_process_waits_for_jetstream_then_becomes_ready(tmp_
                             waiting.discard(name)
                     await asyncio.sleep(0.2)
                 assert not waiting, logs(*waiting)
-                assert procs["ingest"][0].poll() is None, logs("ingest")
                 plain.terminate()
                 await asyncio.to_thread(plain.wait, 10)
                 jetstream_back = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
@@ -261,3 +263,34 @@ async def test_every_service_process_waits_for_jetstream_then_becomes_ready(tmp_
                     proc.kill()
             if jetstream_back is not None:
                 jetstream_back.stop()
+
+
+async def test_the_ingest_answers_while_it_waits_then_fails_healthz_past_the_patience(tmp_path: Path) -> None:
+    """Its start runs behind the HTTP server: alive (a liveness probe must not kill a pod that waits, nor
+    keep one whose start gave up), not ready, and saying why."""
+    async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
+        settings = IngestSettings(
+            nats=nats.model_copy(update={"start_patience_s": 6.0}), cluster=CLUSTER, allow_unauthenticated=True
+        )
+        app = build_ingest_app(settings, serve_while_starting=True)
+        with without_jetstream(port):
+            async with TestClient(TestServer(app)) as client:
+
+                async def get(path: str) -> tuple[int, str]:
+                    response = await client.get(path)
+                    return response.status, await response.text()
+
+                async def says_waiting() -> bool:
+                    status, body = await get("/readyz")
+                    return status == 503 and "waiting for JetStream" in body
+
+                await until(says_waiting, within_s=30, what="/readyz never said it waits for JetStream")
+                assert (await get("/healthz"))[0] == 200
+                posted = await client.post("/v1/events/alibaba", data=b"{}")
+                assert posted.status == 503  # not taken while nothing can be published
+
+                async def unhealthy() -> bool:
+                    status, body = await get("/healthz")
+                    return status == 503 and "start failed" in body
+
+                await until(unhealthy, within_s=30, what="/healthz stayed 200 after the patience was spent")
