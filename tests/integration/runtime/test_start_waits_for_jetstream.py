@@ -29,10 +29,13 @@ from nodeheal.cloud_events.ingest.settings import IngestSettings
 from nodeheal.diagnoser.app import build_app
 from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas import Diagnosis
+from nodeheal.runtime.startup import StartWait, start_wait
+from nodeheal.schemas import Diagnosis, NodeInventory
+from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import anomaly_subject, diagnosis_subject
 from nodeheal.sim.embedded import EmbeddedNats, find_nats_server, free_port
 from tests.integration.deploy.role_services import SERVICES
@@ -294,3 +297,52 @@ async def test_the_ingest_answers_while_it_waits_then_fails_healthz_past_the_pat
                     return status == 503 and "start failed" in body
 
                 await until(unhealthy, within_s=30, what="/healthz stayed 200 after the patience was spent")
+
+
+async def test_the_inventory_watch_launched_by_a_start_waits_for_jetstream(tmp_path: Path) -> None:
+    """The inventory watch is a loop the start launches; its first call runs when the start is over. A
+    JetStream away at that moment is waited out (readiness says so) and the watch then follows changes;
+    before, the loop died at once (`/healthz` failed, the pod was restarted)."""
+    async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
+        server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+        nc = await connect(nats, name="pytest-inventory-watch")
+        watch: asyncio.Task[None] | None = None
+        try:
+            js = nc.jetstream()
+            got: list[NodeInventory] = []
+            feed = InventoryFeed(f"{nats.bucket_prefix}-inventory", on_put=got.append)
+            wait = StartWait(service="pytest", patience_s=120.0)
+            with start_wait(wait):
+                assert await feed.open(js)
+                await feed.load()
+                server.stop()  # JetStream goes away between the start's load and the watch's first call
+                watch = asyncio.create_task(feed.watch())  # launched by the start, runs after it
+            with without_jetstream(port) as plain:
+
+                async def waiting() -> bool:
+                    return bool(wait.waiting) and "inventory watch" in wait.waiting
+
+                await until(waiting, within_s=30, what="the watch never said it waits for JetStream")
+                await asyncio.sleep(2.0)
+                assert not watch.done()  # alive, waiting
+                plain.terminate()
+                await asyncio.to_thread(plain.wait, 10)
+                server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+
+            async def watching() -> bool:
+                return wait.waiting is None
+
+            await until(watching, within_s=60, what="the watch never started once JetStream was back")
+            kv = await js.key_value(f"{nats.bucket_prefix}-inventory")
+            record = NodeInventory(cluster="c1", node="late", instance_id="i-late", zone="z1", rack="r1")
+            await kv.put(inventory_key("c1", "late"), record.to_json())
+
+            async def seen() -> bool:
+                return record in got
+
+            await until(seen, within_s=30, what="the watch did not deliver a change")
+        finally:
+            if watch is not None:
+                watch.cancel()
+            await nc.close()
+            server.stop()

@@ -514,6 +514,8 @@ async def kv_keys(kv: KeyValue, *, pattern: str = ">", timeout_s: float = 5.0) -
             if error.get("err_code") == 10059:  # stream not found
                 raise NotFoundError(code=404, err_code=10059, description=error.get("description"))
             problem = f"listing the keys of {bucket}: {error.get('description')} (code {error.get('err_code')})"
+            if error.get("code") == 503:  # JetStream temporarily unavailable (no meta leader): worth another try
+                raise ServiceUnavailableError(code=503, err_code=error.get("err_code"), description=problem)
             raise RuntimeError(problem)
         state = reply.get("state") or {}
         page = list((state.get("subjects") or {}).keys())
