@@ -102,3 +102,33 @@ async def test_last_per_subject_and_an_empty_range(js: JetStreamContext, topolog
     )
     assert nothing == 0
     assert [c.name for c in await js.consumers_info(stream)] == []
+
+
+async def test_a_reader_consumer_deleted_mid_read_is_recreated_after_the_last_message(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """What a server that forgot the memory-stored reader answers (a status for each pull request, no
+    data) ends that attempt; the read goes on after the last message handled."""
+    nats = topology_ready
+    await _publish(js, nats, MESSAGES, 7)
+    stream = f"{nats.stream_prefix}ANOMALIES"
+    handled: list[int] = []
+    deleted: list[asyncio.Task[bool]] = []
+
+    def on_msg(msg: Msg) -> None:
+        handled.append(msg.metadata.sequence.stream)
+        if len(handled) == 100:
+            deleted.append(asyncio.get_running_loop().create_task(js.delete_consumer(stream, msg.metadata.consumer)))
+
+    with start_wait(StartWait(service="pytest", patience_s=60.0)):
+        seen = await read_range(
+            js,
+            stream=stream,
+            filters=[wildcard("anomaly", prefix=nats.prefix)],
+            name="pytest-read",
+            on_msg=on_msg,
+            batch=50,  # most of the stream is still to be pulled when the reader goes
+        )
+    assert deleted and deleted[0].done() and deleted[0].result()
+    assert handled == list(range(1, MESSAGES + 1))
+    assert seen == MESSAGES

@@ -304,9 +304,10 @@ async def read_range(
     idle_s: float = 1.0,
     idle_limit: int = 5,
 ) -> int:
-    """Read what `stream` holds now on `filters` (from `since`, or the last message per subject) once, in
-    order, calling `on_msg` for each message; returns how many were handled. A start-up rebuild read (the
-    detector's replay, the diagnoser's rebuild, the ingest's ledger seed).
+    """Read what `stream` holds now on `filters` (from `since`, everything when `since` is None, or the last
+    message per subject with `DeliverPolicy.LAST_PER_SUBJECT`) once, in order, calling `on_msg` for each
+    message; returns how many were handled. A start-up rebuild read (the detector's replay, the diagnoser's
+    rebuild, the ingest's ledger seed).
 
     Through a named ephemeral pull consumer `<name>-<random>` (no acks, memory-stored, deleted after the
     read): named because the permission matrix refuses the legacy server-named create, which could rewrite
@@ -318,22 +319,24 @@ async def read_range(
     A JetStream that goes away mid-read is waited out (`patiently`, inside a service start): the read
     resumes after the last message handled, so nothing is handled twice and nothing is skipped (a
     last-per-subject read starts again instead: seeding a subject twice gives the same seed). A read that
-    stops short with messages still pending (or whose consumer the server forgot) is such a failure, not
-    the end. An exception of `on_msg` ends the read (the caller decides what it skips)."""
+    stops short with messages still pending (or whose consumer the server forgot or someone deleted: its
+    pull requests are answered with statuses only) is such a failure, not the end. An exception of `on_msg`
+    ends the read (the caller decides what it skips)."""
     nc: Client = js._nc  # nats-py keeps the connection and API prefix private
     api: str = js._prefix
     last_seq = 0
     seen = 0
     resumable = deliver is not DeliverPolicy.LAST_PER_SUBJECT
+    first = DeliverPolicy.ALL if deliver is DeliverPolicy.BY_START_TIME and since is None else deliver
 
     async def attempt() -> None:
         nonlocal last_seq, seen
         config = ConsumerConfig(
             name=f"{name}-{secrets.token_hex(8)}",
             ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else deliver,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else first,
             opt_start_seq=last_seq + 1 if last_seq else None,
-            opt_start_time=None if last_seq or deliver is not DeliverPolicy.BY_START_TIME else since,
+            opt_start_time=since if not last_seq and first is DeliverPolicy.BY_START_TIME else None,
             filter_subjects=list(filters),
             inactive_threshold=30.0,
             mem_storage=True,
@@ -407,6 +410,7 @@ async def _pull_range(
                 pending = [queue.get_nowait()]
             while not queue.empty():
                 pending.append(queue.get_nowait())
+            before = got.handled
             for msg in pending:
                 headers = msg.headers
                 if headers is not None and "Status" in headers:
@@ -418,7 +422,8 @@ async def _pull_range(
                 on_msg(msg)
                 got.handled += 1
                 got.last = msg
-            idle = 0
+            # only status answers (e.g. the consumer is gone): as idle as no answer, so the read ends and says so
+            idle = 0 if got.handled > before else idle + 1
             await asyncio.sleep(0)
     finally:
         with contextlib.suppress(Exception):
