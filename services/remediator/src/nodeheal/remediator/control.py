@@ -40,8 +40,9 @@ async def read_storms(kv: KeyValue) -> list[tuple[str, str]]:
 
     The keys come from the bucket's subject index (`kv_keys`), each value from a get, every call waited out
     while JetStream is briefly away (`patiently`, inside the start). Not a KV watch: its iterator has no
-    timeout (a JetStream gone mid-read left the start hanging, neither ready nor failing) and it may end
-    on an early "nothing pending" marker (storms forgotten)."""
+    timeout (a JetStream that went away mid-read and stayed away left the start waiting for ever, never
+    failing `/healthz`), and it may end on an early "nothing pending" marker (storms forgotten: 1 read in
+    200 of 300 keys on a quiet machine)."""
     out: list[tuple[str, str]] = []
     keys = await patiently("storm keys", functools.partial(kv_keys, kv, pattern=f"{STORM_KEY_PREFIX}>"))
     for key in keys:
