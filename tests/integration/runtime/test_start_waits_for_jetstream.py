@@ -346,3 +346,26 @@ async def test_the_inventory_watch_launched_by_a_start_waits_for_jetstream(tmp_p
                 watch.cancel()
             await nc.close()
             server.stop()
+
+
+async def test_an_inventory_watch_whose_jetstream_stays_away_ends_after_the_patience(tmp_path: Path) -> None:
+    """...and one whose JetStream stays away past the start's patience ends with the error: the loop dies,
+    which fails `/healthz` (`ConsumerRuntime.loop`), so the pod is restarted."""
+    async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
+        server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+        nc = await connect(nats, name="pytest-inventory-watch")
+        try:
+            feed = InventoryFeed(f"{nats.bucket_prefix}-inventory", on_put=lambda _: None)
+            wait = StartWait(service="pytest", patience_s=4.0)
+            with start_wait(wait):
+                assert await feed.open(nc.jetstream())
+                server.stop()
+                watch = asyncio.create_task(feed.watch())
+            with without_jetstream(port):
+                done, _ = await asyncio.wait({watch}, timeout=30)
+                assert done, "the watch kept waiting past the patience"
+                assert watch.exception() is not None
+                assert wait.waiting is None
+        finally:
+            await nc.close()
+            server.stop()
