@@ -5,7 +5,6 @@ for the end of the stream and the start went on with part of the ledger."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.startup import StartWait, start_wait
 from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.embedded import EmbeddedNats
-from tests.support.broker import unique_settings
+from tests.support.broker import publish_all, unique_settings
 
 pytestmark = pytest.mark.nats
 
@@ -50,8 +49,8 @@ async def test_a_seed_cut_by_a_server_restart_records_every_stored_transition(tm
                 json.dumps({"cloud": "alibaba", "provider_event_id": f"e-{i}", "phase": "scheduled"}).encode()
                 for i in range(EVENTS)
             ]
-            await asyncio.gather(
-                *(js.publish(cloud_subject("c1", f"n{i % 9}", prefix=nats.prefix), b) for i, b in enumerate(bodies))
+            await publish_all(
+                js, [(cloud_subject("c1", f"n{i % 9}", prefix=nats.prefix), b) for i, b in enumerate(bodies)]
             )
             ledger = RestartingLedger()
             with start_wait(StartWait(service="cloud-events-ingest", patience_s=90.0)):

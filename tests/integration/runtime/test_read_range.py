@@ -22,7 +22,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.runtime.startup import StartWait, start_wait
 from nodeheal.schemas.subjects import anomaly_subject, wildcard
 from nodeheal.sim.embedded import EmbeddedNats
-from tests.support.broker import unique_settings
+from tests.support.broker import publish_all, unique_settings
 
 pytestmark = pytest.mark.nats
 
@@ -32,7 +32,7 @@ MESSAGES = 6000  # two batches of 2,000 are asked ahead: more than that must com
 async def _publish(js: JetStreamContext, nats: NatsSettings, count: int, nodes: int) -> None:
     subjects = [anomaly_subject("c1", f"n{i % nodes}", prefix=nats.prefix) for i in range(count)]
     # acknowledged: all stored before the read starts
-    await asyncio.gather(*(js.publish(subject, f"message {i}".encode()) for i, subject in enumerate(subjects)))
+    await publish_all(js, [(subject, f"message {i}".encode()) for i, subject in enumerate(subjects)])
 
 
 async def test_a_read_cut_by_a_server_restart_resumes_after_its_last_message(tmp_path: Path) -> None:

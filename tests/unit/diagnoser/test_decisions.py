@@ -307,7 +307,9 @@ def test_a_dead_service_seen_only_in_its_log_lines_is_restarted_by_its_unit() ->
             "crio",
         ),
         (  # no unit and no socket in the line: the cause's usual unit
-            ["I0229 18:37:39.342791    4318 kubelet.go:2341] skipping pod synchronization - [container runtime is down]"],
+            [
+                "I0229 18:37:39.342791    4318 kubelet.go:2341] skipping pod synchronization - [container runtime is down]"
+            ],
             "container_runtime_down",
             "containerd",
         ),
