@@ -18,7 +18,7 @@ from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import DeadLetter, NodeProbe, Reachability
 from nodeheal.schemas.prober import result_id
-from nodeheal.schemas.subjects import dlq_subject, probe_subject, prober_probe_subject
+from nodeheal.schemas.subjects import dlq_subject, probe_partition, probe_subject, prober_probe_subject
 from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish, read_all
 
 pytestmark = pytest.mark.nats
@@ -206,6 +206,21 @@ async def test_two_replicas_judge_the_batch_entries_of_their_own_partitions(nc: 
         await eventually(lambda: sum(rt.detector.counters.probes for rt in replicas) == 2 * len(nodes))
         assert [set(rt.detector.nodes) for rt in replicas] == owned
         assert all(rt.detector.counters.probes == 2 * len(owned[i]) for i, rt in enumerate(replicas))
+        # a batch holding a node of another partition (placed wrong): to the DLQ whole, no replica judges it
+        doc = json.loads(sent[0].body)
+        stranger = next(n for n in (f"x{i}" for i in range(100)) if probe_partition("c1", n, 4) != doc["partition"])
+        wrong = doc | {"id": "misplaced", "results": [*doc["results"], {"node": stranger, "reachability": DARK}]}
+        await js.publish(sent[0].subject, json.dumps(wrong).encode())
+        dlq_stream = s.topology().stream(f"{s.stream_prefix}DLQ").name
+
+        async def letter() -> list[DeadLetter]:
+            raw = await read_all(nc, dlq_stream, dlq_subject("detector", prefix=s.prefix))
+            return [DeadLetter.model_validate_json(d) for d in raw]
+
+        await eventually(letter)
+        [dead] = await letter()
+        assert dead.reason.startswith("partition mismatch") and repr(stranger) in dead.reason
+        assert all(f"c1/{stranger}" not in rt.detector.nodes for rt in replicas)
     finally:
         for rt in replicas:
             await rt.stop()
