@@ -4,6 +4,8 @@ With PROBES partitioned, the server stores each batch in the partition of the no
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -14,7 +16,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.prober import ProberResults
 from nodeheal.schemas.subjects import PROBER_KIND, prober_probe_subject, unescape_token
-from tests.unit.cloud_events.prober_targets import local_node
+from tests.unit.cloud_events.prober_targets import hung_listener, local_node
 
 pytestmark = pytest.mark.nats
 
@@ -81,6 +83,51 @@ async def test_round_publishes_reachability_and_sees_a_dead_node(topology_ready:
     assert len(entries["alive-1"].reachability) == 4
     assert entries["dead-1"].reachability and not any(r.ok for r in entries["dead-1"].reachability)
     assert {r.error for r in entries["dead-1"].reachability if r.check == "tcp"} == {"connection refused"}
+
+
+async def test_a_slow_round_sends_what_was_checked_before_the_round_ends(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """A node that hangs the kubelet's answer keeps the round going for the check's whole timeout; the nodes
+    checked meanwhile do not wait for it: their batch is stored after `batch_flush_s`, long before the round
+    ends (their verdict would otherwise be as late as the slowest node of the round)."""
+    js = nc.jetstream()
+    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
+    for name, address in (("alive-1", "127.0.0.1"), ("hung-1", "127.0.0.3")):
+        inv = NodeInventory(cluster="prod-1", node=name, addresses=(address,))
+        await kv.put(inventory_key("prod-1", name), inv.to_json())
+    stream = f"{topology_ready.stream_prefix}PROBES"
+    async with local_node() as node, hung_listener("127.0.0.3", node.healthz_port):
+        settings = ProberSettings(
+            nats=topology_ready,
+            cluster="prod-1",
+            tcp_ports=[node.kubelet_port],
+            ssh_port=None,
+            healthz_url=f"http://{{address}}:{node.healthz_port}/healthz",
+            timeout_s=4,
+            batch_flush_s=0.3,
+        )
+        prober = Prober(settings)
+        await prober.start()
+        try:
+            assert prober.inventory is not None
+            while len(prober.my_nodes()) < 2:
+                await prober.inventory.changed()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            round_ = asyncio.create_task(prober.run_round())
+            while (await js.stream_info(stream)).state.messages == 0:
+                assert not round_.done(), "nothing was sent before the round ended"
+                await asyncio.sleep(0.05)
+            first_after = loop.time() - started
+            result = await round_
+        finally:
+            await prober.stop()
+    assert first_after < 2.0 and result.seconds >= 3.5, (first_after, result.seconds)
+    assert (result.messages, result.published, result.unreachable) == (2, 2, 1)
+    first, second = (b for _, b in await _stored(nc, topology_ready, 2))
+    assert [r.node for r in first.results] == ["alive-1"] and [r.node for r in second.results] == ["hung-1"]
+    assert {(r.check, r.ok) for r in second.results[0].reachability} == {("tcp", False), ("kubelet_healthz", False)}
 
 
 async def test_with_partitions_each_batch_is_stored_in_the_partition_of_its_nodes(nc: Client, nats_url: str) -> None:
