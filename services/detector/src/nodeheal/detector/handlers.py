@@ -724,7 +724,8 @@ class DetectorRuntime:
         """One `ProberResults` message: checked whole (decoding, identity, partition) before any entry counts,
         then each entry fed to the rules as the prober `NodeProbe` it stands for. A batch seen before (its
         id: a re-delivery, a re-send the stream's duplicate window let through) is counted once. Returns the
-        reason when the batch is rejected (it goes to the DLQ whole; nothing of it was applied)."""
+        reason when the batch is rejected; it goes to the DLQ whole, and nothing of it was applied — unless the
+        rules fail on an entry (they do not on reachability), when the entries before it were."""
         try:
             batch = results_decoder.decode(msg.data)
             t = batch.time
