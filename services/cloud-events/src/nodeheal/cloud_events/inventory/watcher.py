@@ -121,12 +121,14 @@ class NodeWatcher:
         response = self.api.list_node(_preload_content=False, _request_timeout=(10, self.read_timeout_s))
         body = json.loads(response.data)  # type: ignore[attr-defined]
         items: list[dict[str, Any]] = body.get("items") or []
+        # counted before its events go out: the loop that stores them runs on another thread, and what it
+        # stored must never be seen before the list that produced it is counted
+        self.resource_version = (body.get("metadata") or {}).get("resourceVersion") or ""
+        self.relists += 1
         for item in items:
             emit(NodeEvent(type="ADDED", node=item))
         names = tuple(str((i.get("metadata") or {}).get("name")) for i in items)
         emit(NodeEvent(type="RELISTED", names=names))
-        self.resource_version = (body.get("metadata") or {}).get("resourceVersion") or ""
-        self.relists += 1
 
     def _watch_once(self, emit: Callable[[NodeEvent], None]) -> None:
         # The watch stream is read line by line here rather than through `watch.Watch().stream`:
