@@ -19,18 +19,23 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|nvme\d*: I/O \d+ QID|nvme\w*: .*(?:timeout|not ready)"
         r"|critical medium error|Medium Error|I/O error, dev|blk_update_request: .*error|Buffer I/O error on dev"
         r"|HANDLING MCE MEMORY ERROR|CPU context corrupt|Machine check events logged|This is not a software error"
-        r"|bank Unified Memory Controller",
+        r"|bank Unified Memory Controller"
+        r"|PROCESSOR \d+:[0-9a-f]+ TIME \d+ SOCKET|mcelog --ascii|This is not a software problem|MCGSTATUS"
+        r"|Deferred error, no action required|Uncorrected, software (?:restartable|containable) error"
+        r"|System Fatal error\."
+        r"|Fatal hardware error|APEI generic hardware error status",
     ),
     (
         "lockup",
         r"soft lockup|lockup - CPU#\d+ stuck|hard LOCKUP|Hard LOCKUP|rcu_\w+ (?:self-)?detected (?:expedited )?stall"
-        r"|blocked for more than \d+ seconds|jiffies,? g=-?\d+",
+        r"|blocked for more than \d+ seconds|jiffies,? g=-?\d+"
+        r"|Utilization every \d+s during lockup|hung_task_timeout_secs\" disables",
     ),
     (
         "crash",
         r"Kernel panic|kernel BUG at|Kernel BUG at|BUG: unable to handle|BUG: kernel NULL pointer dereference"
         r"|general protection fault|divide error:|\bOops\b|Unable to handle kernel|invalid opcode: 0000"
-        r"|unregister_netdevice: waiting|Call Trace:",
+        r"|unregister_netdevice: waiting|Call Trace:|Rebooting in \d+ seconds\.\.|Kernel Offset: (?:0x|disabled)",
     ),
     (
         "filesystem",
@@ -42,18 +47,21 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
         "memory",
         r"Out of memory|out of memory|invoked oom-killer|oom_reaper|Killed process \d+|page allocation failure"
-        r"|killed as a result of limit of|kB, failcnt \d+",
+        r"|killed as a result of limit of|kB, failcnt \d+"
+        r"|oom-kill:constraint=|oom_reaper: reaped process|Memory cgroup stats for /"
+        r"|Tasks state \(memory values in pages\)",
     ),
     (
         "resource",
         r"Too many open files|too many open files|file-max limit \d+ reached"
-        r"|nf_conntrack: .*table full|ip_conntrack: .*table full",
+        r"|nf_conntrack: .*table full|ip_conntrack: .*table full"
+        r"|Слишком много открытых файлов|打开的文件过多|inotify resources exhausted",
     ),
     (
         "runtime",
         r"PLEG is not healthy|kubelet\.service: (?:Main process exited|Failed)|cannot connect to (?:the )?Docker"
         r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*(?:reclaim|reduce \w+ pressure)"
-        r"|Eviction manager: .*reclaim"
+        r"|Eviction manager: .*(?:reclaim|resource pressure)"
         r"|container runtime is down"
         r"|EvictionThresholdMet|NodeHasDiskPressure|kubelet\.service: main process exited"
         r"|Unit kubelet\.service entered failed state|dial unix \S*\.sock: connect|runtime API version: rpc error"
@@ -61,7 +69,13 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|dial unix \S*docker\.sock: (?:no such file|connection refused|resource temporarily)"
         r"|containerd\.service(?:: main process exited| holdoff time over| failed\.)"
         r"|docker\.service(?:: (?:[Mm]ain process exited|Failed|Unit entered failed)| failed\.| holdoff time over"
-        r"| stop-sigterm timed out)|Unit (?:containerd|docker|crio)\.service entered failed state",
+        r"| stop-sigterm timed out)|Unit (?:containerd|docker|crio)\.service entered failed state"
+        # disk pressure as the kubelet, its image GC and the scheduler word it (docs/diagnoser.md, emitter table)
+        r"|low on resource: (?:ephemeral-storage|nodefs|imagefs|inodes|\[DiskPressure\])"
+        r"|had condition: \[DiskPressure\]|node has conditions: \[DiskPressure\]|nodeCondition=\[DiskPressure\]"
+        r"|KubeletHasDiskPressure|kubelet has disk pressure"
+        r"|[Ff]ailed to garbage collect required amount of images|FreeDiskSpaceFailed|node\(s\) had disk pressure"
+        r"|taint \{node\.kubernetes\.io/disk-pressure|Taints:\s+node\.kubernetes\.io/disk-pressure",
     ),
     # an orderly shutdown or reboot: the diagnoser needs these lines to tell a planned power-off from a crash
     (
@@ -77,7 +91,17 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|Reached target (?:(?:poweroff|reboot|halt|kexec|final|shutdown)\.target - )?(?:Power-Off|Reboot|Halt"
         r"|System (?:Power Off|Reboot|Halt|Shutdown)|Final Step|Late Shutdown Services)\b"
         r"|Stopp(?:ed|ing) (?:systemd-user-sessions\.service - )?Permit User Sessions"
-        r"|Stopping (?:(?:serial-)?getty@\S+\.service - )?(?:Serial )?Getty on ",
+        r"|Stopping (?:(?:serial-)?getty@\S+\.service - )?(?:Serial )?Getty on "
+        # older kernels' restart lines, ACPI S5, kvm's reboot notifier, wall and init messages, shutdown-only units
+        r"|Restarting system(?: with command '[^']*')?\.\s*$|Power down\.\s*$|System halted\.\s*$"
+        r"|Preparing to enter system sleep state S5|kvm: exiting hardware virtualization"
+        r"|The system is going down for (?:reboot|power-?off|halt|system halt|kexec reboot) NOW!"
+        r"|Stopp(?:ed|ing) (?:systemd-update-utmp\.service - )?(?:Update UTMP about|Record) System Boot/Shutdown"
+        r"|Starting (?:systemd-(?:poweroff|reboot|halt|kexec)\.service - )?(?:System )?"
+        r"(?:Power-Off|Power Off|Reboot|Halt)(?: via kexec)?\.\.\."
+        r"|systemd\[1\]: Reached target (?:Shutdown|Unmount All Filesystems)\."
+        r"|OK\s*\] Reached target Shutdown\.|Reached target (?:umount\.target - )?Unmount All Filesystems\."
+        r"|Subject: System shutdown initiated|INIT: Switching to runlevel: [06]",
     ),
 )
 
