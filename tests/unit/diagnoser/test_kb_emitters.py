@@ -87,11 +87,11 @@ CASES = [
         "ghes_cper_hardware_error",
         "fmt",
     ),
-    (_real("kb-397", "Machine check"), "mce_fatal_panic", "kb-397 (2.6 x86_64 mce_panic)"),
+    ("[ 1234.567890] Kernel panic - not syncing: Machine check", "mce_fatal_panic", "fmt (2.6 x86_64 mce_panic)"),
     (_real("kb-123", "PROCESSOR"), "mce_hardware_error", "kb-123 (sb_edac's copy of the record)"),
     ("[Hardware Error]: Uncorrected, software restartable error.", "mce_hardware_error", "fmt (mce_amd.c)"),
     (_real("kb-123", "EDAC MC0"), "edac_memory_ce", "kb-123 (line cut before 'on')"),
-    (_real("kb-292", "EDAC MC0"), "edac_memory_ce", "kb-292"),
+    ("EDAC MC2: 3 UE memory read error", "edac_memory_ce", "fmt (cut before 'on')"),
     (
         'EDAC MC0: CE page 0x3a0f, offset 0x818, grain 64, syndrome 0x95, row 3, channel 1, label "": amd64_edac',
         "edac_memory_ce",
