@@ -101,8 +101,7 @@ CASES = [
     ("BUG: soft lockup detected on CPU#1!", "soft_lockup", "fmt (2.6.1x)"),
     ("[  329.157094] watchdog: CPU#21 Utilization every 4s during lockup:", "soft_lockup", "fmt (6.10+)"),
     ('"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.', "hung_task", "fmt (hung hint)"),
-    ("[  500.123456] Rebooting in 30 seconds..", "kernel_panic", "fmt (panic trailer)"),
-    ("Kernel Offset: disabled", "kernel_panic", "fmt (panic trailer)"),
+    ("Kernel panic: Fatal exception", "kernel_panic", "fmt (2.4 / early 2.6 panic)"),
     (
         "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/,task=java,"
         "pid=1,uid=0",
@@ -124,7 +123,6 @@ NOT_FOR_DETECTOR = {
     "kb-123 (sb_edac's copy of the record)",  # follows its 'Machine Check Exception' header
     "fmt (6.10+)",  # follows the soft-lockup header
     "fmt (hung hint)",  # follows the hung-task header
-    "fmt (panic trailer)",  # follows the panic line
     "fmt (OOM report)",  # follows 'invoked oom-killer'
 }
 _IDS = [f"{c[1]}:{c[2]}" for c in CASES]
