@@ -61,4 +61,12 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     # wordings (systemd-shutdown, PID 1's final targets, stopped user sessions / getty) pass since its rules
     not_log_lines |= {"kb-430", "kb-440", "kb-446"}
     unknown_wordings |= {"kb-443"}
+    # round 11 (held out, measured once; docs/BENCHMARKS.md): a quoted GC failure, pod messages, a scheduler event
+    # and a sentence quoting a scheduled reboot's wall text are not log lines; the 1.6-era image GC error and three
+    # reboot journals with no shutdown wording (stop jobs only) are wordings the KB misses too
+    not_log_lines |= {"kb-462", "kb-468", "kb-469", "kb-470", "kb-471", "kb-475"}
+    unknown_wordings |= {"kb-467", "kb-472", "kb-473", "kb-478"}
     assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)
+    # branch kb7: the pattern written from the kubelet's own format string (docs/diagnoser.md, emitter table) passes
+    # its admission refusal (glog 'Failed to admit pod … - node has conditions: [DiskPressure]')
+    assert "kb-336" not in missed

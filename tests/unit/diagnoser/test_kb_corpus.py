@@ -126,6 +126,21 @@ def test_round_10_is_new_sources_split_by_url_hash() -> None:
         assert row["split"] == ("test" if held_out else "train"), row["id"]
 
 
+def test_round_11_is_held_out_whole_from_new_sources() -> None:
+    """Round 11 (README) was committed after the emitter rules were final and is all `test`; it quotes no thread
+    of the other rounds, the samples or the benign list."""
+    fresh = [row for row in ROWS if row.get("round") == 11]
+    assert len(fresh) >= 20
+    assert all(row["split"] == "test" for row in fresh)
+    older = {_thread(row["source"]) for row in ROWS if row.get("round") != 11}
+    samples = KB_DATA.parent / "kernel-log-samples.jsonl"
+    older |= {_thread(json.loads(line)["source"]) for line in samples.read_text(encoding="utf-8").splitlines() if line}
+    older |= {_thread(url) for url in re.findall(r"https?://\S+", (KB_DATA / "benign.txt").read_text(encoding="utf-8"))}
+    threads = [_thread(row["source"]) for row in fresh]
+    assert len(set(threads)) == len(threads)
+    assert not set(threads) & older
+
+
 # Train excerpts no rule recognises, and why none was written (docs/BENCHMARKS.md).
 KNOWN_TRAIN_MISSES = {
     "kb-350": "systemd's console while going down shows only units and targets an initrd switch-root stops too "

@@ -47,13 +47,14 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
         "resource",
         r"Too many open files|too many open files|file-max limit \d+ reached"
-        r"|nf_conntrack: .*table full|ip_conntrack: .*table full",
+        r"|nf_conntrack: .*table full|ip_conntrack: .*table full"
+        r"|Слишком много открытых файлов|打开的文件过多|inotify resources exhausted",
     ),
     (
         "runtime",
         r"PLEG is not healthy|kubelet\.service: (?:Main process exited|Failed)|cannot connect to (?:the )?Docker"
         r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*(?:reclaim|reduce \w+ pressure)"
-        r"|Eviction manager: .*reclaim"
+        r"|Eviction manager: .*(?:reclaim|resource pressure)"
         r"|container runtime is down"
         r"|EvictionThresholdMet|NodeHasDiskPressure|kubelet\.service: main process exited"
         r"|Unit kubelet\.service entered failed state|dial unix \S*\.sock: connect|runtime API version: rpc error"
@@ -61,23 +62,36 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|dial unix \S*docker\.sock: (?:no such file|connection refused|resource temporarily)"
         r"|containerd\.service(?:: main process exited| holdoff time over| failed\.)"
         r"|docker\.service(?:: (?:[Mm]ain process exited|Failed|Unit entered failed)| failed\.| holdoff time over"
-        r"| stop-sigterm timed out)|Unit (?:containerd|docker|crio)\.service entered failed state",
+        r"| stop-sigterm timed out)|Unit (?:containerd|docker|crio)\.service entered failed state"
+        # the kubelet's own disk-pressure log lines (docs/diagnoser.md, emitter table): its admission refusal and its
+        # image GC failure; pod messages, node conditions and scheduler events are not node log lines
+        r"|Failed to admit pod .*(?:node has conditions: |nodeCondition=)\[DiskPressure\]"
+        r"|Image garbage collection failed.* required amount of images|FreeDiskSpaceFailed",
     ),
     # an orderly shutdown or reboot: the diagnoser needs these lines to tell a planned power-off from a crash
     (
         "planned",
         r"systemd-logind\[\d*\]: (?:Power key pressed|Powering Off|System is (?:powering down|rebooting|halting))"
-        r"|reboot: (?:Restarting system|Power down)|The system will (?:power off|reboot|halt|soft-reboot|kexec)"
-        r"|System userspace is rebooting|Stopped target (?:(?:multi-user|graphical|getty)\.target - )?"
+        r"|reboot: (?:Restarting system|Power down)"
+        r"|The system (?:will (?:power off|reboot|halt|soft-reboot|kexec)"
+        r"|is going down for (?:reboot|power-?off|halt|system halt|kexec reboot) NOW!)"
+        r"|System (?:userspace is rebooting|halted\.\s*$)|Stopped target (?:(?:multi-user|graphical|getty)\.target - )?"
         r"(?:Multi-User System|Graphical Interface|Login Prompts)"
         r"|Show Plymouth (?:Reboot|Power Off|Halt)(?: with kexec)? Screen"
         r"|Shutdown manager (?:killing pod with gracePeriod|finished killing pod|completed processing shutdown event"
         r"|detected new shutdown event, isNodeShuttingDownNow(?::\s*|\"?\s+event=)true)"
-        r"|reboot: System halted|systemd-shutdown\[\d+\]: |systemd\[1\]: Shutting down\."
-        r"|Reached target (?:(?:poweroff|reboot|halt|kexec|final|shutdown)\.target - )?(?:Power-Off|Reboot|Halt"
-        r"|System (?:Power Off|Reboot|Halt|Shutdown)|Final Step|Late Shutdown Services)\b"
-        r"|Stopp(?:ed|ing) (?:systemd-user-sessions\.service - )?Permit User Sessions"
-        r"|Stopping (?:(?:serial-)?getty@\S+\.service - )?(?:Serial )?Getty on ",
+        r"|reboot: System halted|systemd-shutdown\[\d+\]: "
+        r"|systemd\[1\]: (?:Shutting down\.|Reached target (?:Shutdown|Unmount All Filesystems)\.)"
+        r"|Reached target (?:(?:poweroff|reboot|halt|kexec|final|shutdown|umount)\.target - )?(?:Power-Off|Reboot|Halt"
+        r"|System (?:Power Off|Reboot|Halt|Shutdown)|Final Step|Late Shutdown Services|Unmount All Filesystems)\b"
+        r"|Stopp(?:ed|ing) (?:(?:systemd-user-sessions\.service - )?Permit User Sessions"
+        r"|(?:systemd-update-utmp\.service - )?(?:Update UTMP about|Record) System Boot/Shutdown)"
+        r"|Stopping (?:(?:serial-)?getty@\S+\.service - )?(?:Serial )?Getty on "
+        # 3.10's restart lines without 'reboot: ', ACPI S5, kvm's reboot notifier, power-off / reboot units, sysvinit
+        r"|Restarting system(?: with command '[^']*')?\.\s*$|Power down\.\s*$|Preparing to enter system sleep state S5"
+        r"|kvm: exiting hardware virtualization|INIT: Switching to runlevel: [06]"
+        r"|Starting (?:systemd-(?:poweroff|reboot|halt|kexec)\.service - )?(?:System )?"
+        r"(?:Power-Off|Power Off|Reboot|Halt)(?: via kexec)?\.\.\.",
     ),
 )
 
