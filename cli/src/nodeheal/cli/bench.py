@@ -294,7 +294,7 @@ def diagnoser(
     type=click.IntRange(1, 1_000_000),
     default=1000,
     show_default=True,
-    help="node_down anomalies over the nodes of one zone, as in `bench diagnoser --storm`; their diagnoses are the input.",
+    help="node_down anomalies over one zone, as in `bench diagnoser --storm`; their diagnoses are the input.",
 )
 @click.option(
     "--spacing-ms", type=click.FloatRange(0, 60_000), default=20.0, show_default=True, help="Between arrivals."

@@ -15,16 +15,16 @@ no probe arrives, for `--verify-timeout-s`.
 Reports diagnoses/s, CPU-s of this process (client side: the remediator and nats-py) and of the nats-server,
 ms per diagnosis (wall and CPU), the audit records written, the control-bucket writes, and a digest of every
 record (node, action, phase, target, in order) and disposition, so two versions of the code can be compared
-for identical decisions.
+for identical decisions (each node's records in order; the order between nodes aside).
 """
 
 from __future__ import annotations
 
 import asyncio
 import cProfile
-import os
 import hashlib
 import io
+import os
 import pstats
 import time
 from collections import Counter
@@ -46,6 +46,7 @@ from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.subjects import wildcard
 from nodeheal.sim.bench.diagnoser import storm_diagnoses
 from nodeheal.sim.embedded import EmbeddedNats
@@ -135,7 +136,7 @@ async def _run(
         control_before = int((await js.stream_info(control_stream)).state.last_seq or 0)
         # the storm as it arrives now: each diagnosis identified just before it is handed over (fresh)
         dispositions: list[str] = []
-        retried = []
+        retried: list[Diagnosis] = []
         handle_s = handle_cpu = 0.0
         profiler = cProfile.Profile() if profile else None
         server_cpu0 = _cpu_of(server.pid or 0)
@@ -163,7 +164,9 @@ async def _run(
         records = await _audit_records(nc, nats)
         await nc.close()
     handled = len(dispositions)
-    digest_input = [(r.node, r.action, r.phase, r.target) for r in records] + dispositions
+    # each node's records in their order (the nodes' interleaving aside: a storm's escalations come out of a set)
+    per_node = sorted(((r.node, r.action, r.phase, r.target) for r in records), key=lambda t: t[0])
+    digest_input = [*per_node, *dispositions]
     result: dict[str, Any] = {
         "benchmark": "remediator-storm",
         "nodes": nodes,
@@ -212,4 +215,3 @@ def run_storm(
             profile=profile,
         )
     )
-
