@@ -348,3 +348,21 @@ def remediator(
         result["profile"] = text
     json.dump(result, sys.stdout, indent=None if as_json else 2)
     sys.stdout.write("\n")
+
+
+@bench.command("detector-storm")
+@click.option(
+    "--nodes", type=click.IntRange(10, 1_000_000), default=25_000, show_default=True, help="Nodes that fall silent."
+)
+@click.option("--timeout-s", type=click.FloatRange(1, 3600), default=300.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def detector_storm(nodes: int, timeout_s: float, as_json: bool) -> None:
+    """How long a silence storm holds the detector's event loop (what a /healthz request waits)."""
+    require_sim("nodeheal bench")
+    from nodeheal.sim.bench.detector_storm import run_storm
+
+    if not as_json:
+        click.echo(f"benchmarking the detector: {nodes} nodes fall silent at once ...", err=True)
+    result = run_storm(nodes=nodes, timeout_s=timeout_s)
+    json.dump(result, sys.stdout, indent=None if as_json else 2)
+    sys.stdout.write("\n")

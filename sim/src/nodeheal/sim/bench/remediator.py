@@ -3,9 +3,10 @@
 The input is what the diagnoser publishes in `nodeheal bench diagnoser --storm N` (the same fleet, storm, seed
 and decisions: `storm_diagnoses`), handed to the real `Remediator` one at a time in publishing order, as the
 service's consumer hands them over (`Remediator.handle`), on a real nats-server (an embedded one, the
-production topology: AUDIT, the leases and control buckets, the ledger, PROBES for verification). Each
-diagnosis that asked to be retried (a storm or a budget blocked its step) is handed over once more after the
-first pass, as its redelivery would be.
+production topology: AUDIT, the leases and control buckets, the ledger, PROBES for verification), on a simulated
+clock (the storm's own spacing, from now on: decisions that depend on time do not depend on the code's speed).
+Each diagnosis that asked to be retried (a storm or a budget blocked its step) is handed over once more
+`retry_delay_s` later, as its redelivery would be.
 
 What is not measured: the consumer's transport (pull, ack), the followers (every replica reads every diagnosis
 into its view: here `handle` does it), Kubernetes and the clouds. The policy is a dry run (`dry_run`: every
@@ -23,16 +24,18 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import hashlib
+import heapq
 import io
 import os
 import pstats
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from nodeheal.remediator import runner as runner_module
 from nodeheal.remediator.actions.cloud import Clouds
 from nodeheal.remediator.actions.node import NodeAgent
 from nodeheal.remediator.audit import AuditLog
@@ -134,28 +137,38 @@ async def _run(
         await remediator.restore()
         control_stream = f"KV_{bp}-control"
         control_before = int((await js.stream_info(control_stream)).state.last_seq or 0)
-        # the storm as it arrives now: each diagnosis identified just before it is handed over (fresh)
+        # The storm on a simulated clock (the remediator's `utcnow`), so decisions that depend on time (freshness,
+        # the disruption rate per minute, slot expiry) are the same however fast the code runs: the diagnoses keep
+        # their spacing, shifted to start now; each is handed over 0.1 s after it was identified, and one that asks
+        # to be retried once more `retry_delay_s` later (its redelivery), in time order with the rest.
+        shift = datetime.now(tz=UTC) - diagnoses[0].identified_at
+        queue: list[tuple[datetime, int, int, Diagnosis]] = []
+        for i, d in enumerate(diagnoses):
+            d = d.model_copy(update={"identified_at": d.identified_at + shift})
+            heapq.heappush(queue, (d.identified_at + timedelta(seconds=0.1), 0, i, d))
+        simulated = [datetime.now(tz=UTC)]
+        real_utcnow = runner_module.utcnow
+        runner_module.utcnow = lambda: simulated[0]
         dispositions: list[str] = []
-        retried: list[Diagnosis] = []
         handle_s = handle_cpu = 0.0
         profiler = cProfile.Profile() if profile else None
         server_cpu0 = _cpu_of(server.pid or 0)
         wall0, cpu0 = time.perf_counter(), time.process_time()
         if profiler is not None:
             profiler.enable()
-        for round_ in (0, 1):
-            batch = diagnoses if round_ == 0 else retried
-            retried = []
-            for d in batch:
-                if round_ == 0:
-                    d = d.model_copy(update={"identified_at": datetime.now(tz=UTC)})
+        try:
+            while queue:
+                at, delivery, i, d = heapq.heappop(queue)
+                simulated[0] = at
                 t0, c0 = time.perf_counter(), time.process_time()
                 disposition = await remediator.handle(d, heartbeat=_noop)
                 handle_s += time.perf_counter() - t0
                 handle_cpu += time.process_time() - c0
                 dispositions.append(disposition)
-                if disposition == "retry" and round_ == 0:
-                    retried.append(d)
+                if disposition == "retry" and delivery == 0:
+                    heapq.heappush(queue, (at + timedelta(seconds=settings.retry_delay_s), 1, i, d))
+        finally:
+            runner_module.utcnow = real_utcnow
         if profiler is not None:
             profiler.disable()
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
