@@ -51,6 +51,25 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         background.share(workerinput.get("nodeheal_shared"))
+    else:
+        compile_workspace()
+
+
+WORKSPACE = ("schemas", "runtime", "services", "cli", "sim")
+
+
+def compile_workspace() -> None:
+    """(controller or a one-process run) byte-compile the workspace's sources and the installed packages
+    once: the services the tests start as subprocesses then import from `__pycache__` instead of
+    compiling every module at every start. With PYTHONDONTWRITEBYTECODE set, as on this project's
+    machines, nothing else writes them, and a service start took twice the CPU (docs/BENCHMARKS.md, "The
+    test suite"). Up-to-date files are only checked (about a second); the first run compiles ~8,000."""
+    import compileall
+    import sysconfig
+
+    root = Path(__file__).resolve().parent.parent
+    for folder in (*(root / f for f in WORKSPACE), Path(sysconfig.get_paths()["purelib"])):
+        compileall.compile_dir(folder, quiet=2, workers=1)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -371,7 +371,9 @@ def _base_permissions(role: str, lo: Layout) -> Permissions:
     if role == "prober":
         return Permissions(
             # its own subject kind: the detector accepts only `source: prober` there, and the prober
-            # cannot publish where agents speak for themselves
+            # cannot publish where agents speak for themselves. Its result batches (`ProberResults`, one per
+            # partition of PROBES) go there too, as `prober.<cluster>._r<k>`: no agent may publish one (an
+            # agent's subjects carry its own escaped node name, never a `_r<k>` routing token)
             pub_allow=(f"{p}.prober.*.*", dlq, *js_base, *_kv_read(inv)),
             sub_allow=tuple(own_inbox),
             inbox=inbox,

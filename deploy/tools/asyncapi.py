@@ -29,6 +29,7 @@ from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.probe import NodeProbe
+from nodeheal.schemas.prober import ProberResults
 from nodeheal.schemas.streams import topology
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
 
@@ -150,12 +151,14 @@ CONTRACTS: dict[str, tuple[str, list[Reads | Writes]]] = {
         "The active prober: reachability of every node from outside.",
         [
             Writes(
-                "probes",
-                f"{P}.prober.{NODE}",
-                NodeProbe,
-                "Reachability results (source=prober), on the prober's own subject kind: agents cannot publish"
-                " there and the prober cannot publish on an agent's `probe.*.*`. No Nats-Msg-Id: a copy sets"
-                " the same reachability state.",
+                "prober results",
+                f"{P}.prober.{{cluster}}.{{token}}",
+                ProberResults,
+                "Reachability results in batches: one message per partition of PROBES (its routing token `_r<k>`"
+                " hashes to that partition; never a node's escaped name) for up to `batch_max_results` (500) nodes,"
+                " sent as they fill up, every `batch_flush_s` while a round runs and at its end. On the prober's own"
+                " subject kind: agents cannot publish there. Nats-Msg-Id = the batch id: a re-sent batch is stored"
+                " once and counted once.",
                 "PROBES",
             )
         ],

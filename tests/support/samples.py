@@ -23,6 +23,8 @@ from nodeheal.schemas import (
     NodeInventory,
     NodeProbe,
     PolicyCheck,
+    ProberResult,
+    ProberResults,
     Reachability,
     RecommendedAction,
     RemediationRecord,
@@ -142,5 +144,25 @@ def all_samples() -> list[BaseModel]:
             machine_model="ecs.ebmg7.32xlarge",
             kernel="5.10.134",
             labels={"pool": "gpu"},
+        ),
+        ProberResults(
+            cluster="c1",
+            node="_r0",
+            seq=12,
+            results=(
+                ProberResult(
+                    node="n1",
+                    reachability=(Reachability(check="tcp", target="10.0.0.1:10250", ok=True, latency_ms=0.4),),
+                    ready=True,
+                ),
+                ProberResult(
+                    node="n2",
+                    reachability=(
+                        Reachability(
+                            check="kubelet_healthz", target="https://10.0.0.2:10250/healthz", ok=False, error="HTTP 500"
+                        ),
+                    ),
+                ),
+            ),
         ),
     ]

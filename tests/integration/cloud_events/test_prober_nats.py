@@ -1,7 +1,10 @@
-"""The prober reads the inventory bucket, checks real local listeners and publishes reachability
-probes to a real PROBES stream; a dead node is seen as a probe with every check failing."""
+"""The prober reads the inventory bucket, checks real local listeners and publishes its results in
+`ProberResults` batches to a real PROBES stream; a dead node is seen as an entry with every check failing.
+With PROBES partitioned, the server stores each batch in the partition of the nodes it carries."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from nats.aio.client import Client
@@ -11,24 +14,28 @@ from nodeheal.cloud_events.prober.app import Prober
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
-from nodeheal.schemas.probe import NodeProbe
-from nodeheal.schemas.subjects import PROBER_KIND, wildcard
-from tests.unit.cloud_events.prober_targets import local_node
+from nodeheal.schemas.prober import ProberResults
+from nodeheal.schemas.subjects import PROBER_KIND, prober_probe_subject, unescape_token
+from tests.unit.cloud_events.prober_targets import hung_listener, local_node
 
 pytestmark = pytest.mark.nats
 
 
-async def _probes(nc: Client, settings: NatsSettings, count: int) -> list[NodeProbe]:
+async def _stored(nc: Client, settings: NatsSettings, count: int) -> list[tuple[str, ProberResults]]:
+    """The first `count` prober messages of PROBES: (stored subject, batch)."""
     js = nc.jetstream()
     sub = await js.pull_subscribe(
-        wildcard(PROBER_KIND, prefix=settings.prefix),  # the prober has its own subject kind
+        f"{settings.prefix}.{PROBER_KIND}.>",  # the prober has its own subject kind (`.>`: partitions too)
         durable=None,
         stream=f"{settings.stream_prefix}PROBES",
         config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
     )
-    found: list[NodeProbe] = []
+    found: list[tuple[str, ProberResults]] = []
     while len(found) < count:
-        found += [NodeProbe.model_validate_json(m.data) for m in await sub.fetch(count - len(found), timeout=10)]
+        found += [
+            (m.subject, ProberResults.model_validate_json(m.data))
+            for m in await sub.fetch(count - len(found), timeout=10)
+        ]
     await sub.unsubscribe()
     return found
 
@@ -61,17 +68,132 @@ async def test_round_publishes_reachability_and_sees_a_dead_node(topology_ready:
             await prober.stop()
 
     assert (result.nodes, result.unreachable, result.published, result.failed_publishes) == (2, 1, 2, 0)
-    probes = {p.node: p for p in await _probes(nc, topology_ready, 2)}
-    assert set(probes) == {"alive-1", "dead-1"}
-    assert all(p.source == "prober" and p.cluster == "prod-1" for p in probes.values())
-    assert {(r.check, r.ok) for r in probes["alive-1"].reachability} == {
+    assert result.messages == 1  # both nodes' results in one message (PROBES not partitioned)
+    [(subject, batch)] = await _stored(nc, topology_ready, 1)
+    assert subject == f"{topology_ready.prefix}.prober.prod-1._r0" and batch.node == "_r0"
+    assert batch.source == "prober" and batch.cluster == "prod-1" and (batch.partitions, batch.partition) == (0, 0)
+    entries = {r.node: r for r in batch.results}
+    assert set(entries) == {"alive-1", "dead-1"}
+    assert (entries["alive-1"].ready, entries["dead-1"].ready) == (True, False)
+    assert {(r.check, r.ok) for r in entries["alive-1"].reachability} == {
         ("tcp", True),
         ("ssh_banner", True),
         ("kubelet_healthz", True),
     }
-    assert len(probes["alive-1"].reachability) == 4
-    assert probes["dead-1"].reachability and not any(r.ok for r in probes["dead-1"].reachability)
-    assert {r.error for r in probes["dead-1"].reachability if r.check == "tcp"} == {"connection refused"}
+    assert len(entries["alive-1"].reachability) == 4
+    assert entries["dead-1"].reachability and not any(r.ok for r in entries["dead-1"].reachability)
+    assert {r.error for r in entries["dead-1"].reachability if r.check == "tcp"} == {"connection refused"}
+
+
+async def test_a_slow_round_sends_what_was_checked_before_the_round_ends(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """A node that hangs the kubelet's answer keeps the round going for the check's whole timeout; the nodes
+    checked meanwhile do not wait for it: their batch is stored after `batch_flush_s`, long before the round
+    ends (their verdict would otherwise be as late as the slowest node of the round)."""
+    js = nc.jetstream()
+    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
+    for name, address in (("alive-1", "127.0.0.1"), ("hung-1", "127.0.0.3")):
+        inv = NodeInventory(cluster="prod-1", node=name, addresses=(address,))
+        await kv.put(inventory_key("prod-1", name), inv.to_json())
+    stream = f"{topology_ready.stream_prefix}PROBES"
+    async with local_node() as node, hung_listener("127.0.0.3", node.healthz_port):
+        settings = ProberSettings(
+            nats=topology_ready,
+            cluster="prod-1",
+            tcp_ports=[node.kubelet_port],
+            ssh_port=None,
+            healthz_url=f"http://{{address}}:{node.healthz_port}/healthz",
+            timeout_s=4,
+            batch_flush_s=0.3,
+        )
+        prober = Prober(settings)
+        await prober.start()
+        try:
+            assert prober.inventory is not None
+            while len(prober.my_nodes()) < 2:
+                await prober.inventory.changed()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            round_ = asyncio.create_task(prober.run_round())
+            while (await js.stream_info(stream)).state.messages == 0:
+                assert not round_.done(), "nothing was sent before the round ended"
+                await asyncio.sleep(0.05)
+            first_after = loop.time() - started
+            result = await round_
+        finally:
+            await prober.stop()
+    assert first_after < 2.0 and result.seconds >= 3.5, (first_after, result.seconds)
+    assert (result.messages, result.published, result.unreachable) == (2, 2, 1)
+    first, second = (b for _, b in await _stored(nc, topology_ready, 2))
+    assert [r.node for r in first.results] == ["alive-1"] and [r.node for r in second.results] == ["hung-1"]
+    assert {(r.check, r.ok) for r in second.results[0].reachability} == {("tcp", False), ("kubelet_healthz", False)}
+
+
+async def test_with_partitions_each_batch_is_stored_in_the_partition_of_its_nodes(nc: Client, nats_url: str) -> None:
+    """The prober computes the server's partition hash itself (FNV-1a of the subject's cluster and node tokens):
+    a batch's routing token lands it in the partition whose nodes it carries, and that is where the server puts
+    those nodes' own probe subjects too (so the detector replica owning a node gets its batch)."""
+    from nodeheal.runtime.provision import apply_topology
+    from tests.support.broker import remove_topology, unique_settings
+
+    s = unique_settings(nats_url).model_copy(update={"probe_partitions": 8})
+    js = nc.jetstream()
+    await apply_topology(js, s.topology())
+    try:
+        kv = await js.key_value(f"{s.bucket_prefix}-inventory")
+        names = [f"cn-hangzhou.10.0.{i // 200}.{i % 200}" for i in range(60)] + ["node_with_underscore", "n1"]
+        for name in names:
+            inv = NodeInventory(cluster="prod-1", node=name, addresses=("127.0.0.2",))
+            await kv.put(inventory_key("prod-1", name), inv.to_json())
+        settings = ProberSettings(nats=s, cluster="prod-1", tcp_ports=[1], ssh_port=None, healthz_url=None, timeout_s=1)
+        prober = Prober(settings)
+        await prober.start()
+        try:
+            assert prober.inventory is not None
+            for _ in range(100):
+                if len(prober.my_nodes()) == len(names):
+                    break
+                await prober.inventory.changed()
+            result = await prober.run_round()
+        finally:
+            await prober.stop()
+        assert result.published == len(names) and 1 < result.messages <= 8
+        # each node's own subject, stored by the server: where it puts that node
+        for name in names:
+            await js.publish(prober_probe_subject("prod-1", name, prefix=s.prefix), b"{}")
+        stored = await _raw(nc, s, result.messages + len(names))
+        server_partition = {
+            unescape_token(subject.split(".")[-2]): int(subject.split(".")[-1])
+            for subject, _ in stored
+            if not subject.split(".")[-2].startswith("_r")
+        }
+        batches = [
+            (subject, ProberResults.model_validate_json(data))
+            for subject, data in stored
+            if ".prober.prod-1._r" in subject
+        ]
+        assert sum(len(b.results) for _, b in batches) == len(names)
+        for subject, batch in batches:
+            assert int(subject.split(".")[-1]) == batch.partition  # stored where the prober aimed it
+            assert {server_partition[r.node] for r in batch.results} == {batch.partition}
+    finally:
+        await remove_topology(js, s)
+
+
+async def _raw(nc: Client, settings: NatsSettings, count: int) -> list[tuple[str, bytes]]:
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(
+        f"{settings.prefix}.{PROBER_KIND}.>",
+        durable=None,
+        stream=f"{settings.stream_prefix}PROBES",
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    found: list[tuple[str, bytes]] = []
+    while len(found) < count:
+        found += [(m.subject, m.data) for m in await sub.fetch(count - len(found), timeout=10)]
+    await sub.unsubscribe()
+    return found
 
 
 async def test_inventory_changes_reach_the_next_round(topology_ready: NatsSettings, nc: Client) -> None:

@@ -39,6 +39,7 @@ from nodeheal.schemas.subjects import (
     finding_subject,
     probe_subject,
     prober_probe_subject,
+    prober_results_subject,
 )
 from nodeheal.sim.embedded import EmbeddedNats
 from tests.integration.deploy.natsauth_loader import load_natsauth
@@ -159,6 +160,7 @@ P = NatsSettings().prefix
 WRITES = [
     ("ingest", cloud_subject(CLUSTER, NODE_B, prefix=P), "CLOUD"),
     ("prober", prober_probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
+    ("prober", prober_results_subject(CLUSTER, 0, 0, prefix=P), "PROBES"),  # a batch of its results
     ("agent-a", probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
     ("agent-b", probe_subject(CLUSTER, NODE_B, prefix=P), "PROBES"),
     ("detector", anomaly_subject(CLUSTER, NODE_A, prefix=P), "ANOMALIES"),
@@ -201,6 +203,12 @@ REFUSED = [
     # the prober cannot speak as an agent (agent-kind probe subject), nor an agent as the prober
     ("prober", probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
     ("agent-a", prober_probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
+    # an agent cannot publish a prober batch (speaking for other nodes), neither on the prober's subject nor
+    # with the batch's routing token on the agents' kind; nor can another service
+    ("agent-a", prober_results_subject(CLUSTER, 0, 0, prefix=P), "PROBES"),
+    ("agent-a", prober_results_subject(CLUSTER, 0, 0, prefix=P).replace(".prober.", ".probe."), "PROBES"),
+    ("detector", prober_results_subject(CLUSTER, 0, 0, prefix=P), "PROBES"),
+    ("ingest", prober_results_subject(CLUSTER, 0, 0, prefix=P), "PROBES"),
     # each role dead-letters under its own name only (the DLQ's per-subject cap is per role)
     ("ingest", f"{P}.dlq.detector", "DLQ"),
     ("detector", f"{P}.dlq.cloud-events-ingest", "DLQ"),
@@ -232,10 +240,11 @@ async def test_detector_consumes_its_inputs_and_nothing_else(secured: Secured, s
     probes = secured.topo.stream("PROBES").name
     await ensure_pull_consumer(detector.js, stream=probes, durable="detector-perm", filter_subjects=[f"{P}.prober.*.*"])
     ack = await prober.js.publish(prober_probe_subject(CLUSTER, "n-consume", prefix=P), b'{"probe": 1}', timeout=5)
+    batch = await prober.js.publish(prober_results_subject(CLUSTER, 0, 0, prefix=P), b'{"batch": 1}', timeout=5)
 
     sub = await detector.js.pull_subscribe_bind("detector-perm", stream=probes)
     seen: list[int] = []
-    while ack.seq not in seen:
+    while ack.seq not in seen or batch.seq not in seen:  # a prober probe and a prober batch
         for msg in await sub.fetch(50, timeout=5):
             seen.append(msg.metadata.sequence.stream)
             await msg.ack_sync(timeout=5)

@@ -1,24 +1,30 @@
 """A node command whose request or answer went down with a restarted nats-server (issue 14's chaos
 runs: the agent's reply after the restart was refused, the remediator timed out and the step failed).
 The remediator asks once more with the same action id after a reconnect; the agent answers a known id
-from its stored result, so the command runs once."""
+from its stored result, so the command runs once. A request that meets "no responders" (no agent subscribed
+yet) is asked again until the step's deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from nodeheal.agent.app import NodeAgent as RealAgent
+from nodeheal.agent.settings import AgentSettings, CleanSettings
 from nodeheal.remediator.actions.node import NodeAgent
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.subjects import cmd_subject
 from nodeheal.sim.embedded import EmbeddedNats
+from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
 
 pytestmark = [pytest.mark.nats]
 
@@ -80,3 +86,61 @@ async def test_a_command_lost_with_a_restarted_server_is_asked_again_and_runs_on
             restarted.stop()
     assert outcome.ok, outcome.detail
     assert asked == ["a-1", "a-1"] and len(ran) == 1  # asked again with the same action id, ran once
+
+
+def _agent_settings(nats: NatsSettings, node: FakeNode, tmp_path: Path) -> AgentSettings:
+    return AgentSettings(
+        nats=nats,
+        cluster="c1",
+        node_name="n-late",
+        host_root=node.root,
+        services=["kubelet"],
+        systemctl_command=[node.systemctl],
+        state_dir=tmp_path / "state",
+        kernel_log="off",
+        clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
+    )
+
+
+async def test_an_agent_that_subscribes_late_is_asked_again_and_runs_the_command_once(
+    nc: Client, topology_ready: NatsSettings, tmp_path: Path
+) -> None:
+    """The remediator's request meets "no responders" (the agent is (re)starting); the real agent subscribes a
+    second later and the step succeeds, the unit restarted once."""
+    node = make_fake_node(tmp_path)
+    node.set_unit("kubelet.service", "failed", restarts=2)
+    request = asyncio.create_task(
+        NodeAgent(nc, prefix=topology_ready.prefix, timeout_s=10.0).run(
+            cluster="c1",
+            node="n-late",
+            command="restart_service",
+            target="kubelet",
+            action_id="late-1",
+            lease_revision=1,
+        )
+    )
+    await asyncio.sleep(1.0)  # several requests answered "no responders" meanwhile
+    assert not request.done(), request.result().detail
+    agent = RealAgent(_agent_settings(topology_ready, node, tmp_path))
+    await agent.start()
+    try:
+        outcome = await asyncio.wait_for(request, timeout=15)
+    finally:
+        await agent.stop()
+    assert outcome.ok, outcome.detail
+    assert node.restarts_logged() == ["kubelet.service"]
+
+
+async def test_no_agent_at_all_fails_the_step_at_its_deadline(nc: Client, topology_ready: NatsSettings) -> None:
+    outcome = await asyncio.wait_for(
+        NodeAgent(nc, prefix=topology_ready.prefix, timeout_s=1.5).run(
+            cluster="c1",
+            node="n-none",
+            command="restart_service",
+            target="kubelet",
+            action_id="none-1",
+            lease_revision=1,
+        ),
+        timeout=10,
+    )
+    assert not outcome.ok and "no node agent answers" in outcome.detail

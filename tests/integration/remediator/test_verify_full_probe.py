@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from nats.aio.client import Client
 
+from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
@@ -23,6 +24,7 @@ from tests.integration.remediator.harness import (
     start_service,
     wait_for_record,
 )
+from tests.support.broker import remove_topology
 
 pytestmark = pytest.mark.nats
 
@@ -64,3 +66,31 @@ async def test_only_heartbeats_within_the_limit_fail_verification_and_say_so(
     finally:
         await service.stop()
     assert "only heartbeats since the action, no full probe yet" in (failed.error or ""), failed
+
+
+async def test_a_repair_is_verified_on_a_partitioned_probes_stream_whatever_the_remediators_setting(
+    nats_settings: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """PROBES partitioned (production: 64) stores a node's probes as `<subject>.<p>`; the production overlay
+    told the detector and the prober the count, not the remediator, whose verifier then filtered on subjects
+    that never exist and could verify no repair. The verifier reads the layout from the stream itself."""
+    partitioned = nats_settings.model_copy(update={"probe_partitions": 4})
+    js = nc.jetstream()
+    await apply_topology(js, partitioned.topology())
+    try:
+        agent = Agent()
+        await agent.serve(nc, partitioned, "n1")
+        await add_inventory(nc, partitioned, "n1", zone="z1", cloud="alibaba", instance_id="i-n1")
+        settings = make_settings(nats_settings, kube_url=world.url).model_copy(update={"verify_timeout_s": 30.0})
+        assert settings.nats.probe_partitions == 0  # the remediator is not told
+        service = await start_service(settings)
+        try:
+            await publish_diagnosis(nc, partitioned, diagnosis("n1", [("restart_service", "kubelet"), "escalate"]))
+            succeeded = await wait_for_record(nc, partitioned, phase="succeeded")
+            await publish_probe(nc, partitioned, "n1")  # the agent's full probe after the command
+            verified = await wait_for_record(nc, partitioned, phase="verified")
+        finally:
+            await service.stop()
+        assert verified.action_id == succeeded.action_id
+    finally:
+        await remove_topology(js, partitioned)

@@ -12,6 +12,7 @@ from nats.js.errors import NotFoundError
 
 from nodeheal.runtime.jetstream import kv_keys
 from nodeheal.runtime.settings import NatsSettings
+from tests.support.broker import publish_all
 
 pytestmark = pytest.mark.nats
 
@@ -44,7 +45,8 @@ async def test_many_keys_are_all_listed_at_once_after_their_writes(
     name = f"{nats_settings.bucket_prefix}-many"
     kv = await js.create_key_value(bucket=name, history=1)
     try:
-        await asyncio.gather(*(kv.put(f"crash.c.n{i:04d}", b"[]") for i in range(2000)))
+        bucket_subject = f"$KV.{name}."
+        await publish_all(js, [(f"{bucket_subject}crash.c.n{i:04d}", b"[]") for i in range(2000)])
         listings = await asyncio.gather(*(kv_keys(kv, pattern="crash.>") for _ in range(20)))
         assert all(len(keys) == 2000 for keys in listings)
         assert listings[0] == [f"crash.c.n{i:04d}" for i in range(2000)]

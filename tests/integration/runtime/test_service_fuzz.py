@@ -21,7 +21,7 @@ from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas import Anomaly, CloudSystemEvent, Diagnosis, NodeProbe, RemediationRecord
+from nodeheal.schemas import Anomaly, CloudSystemEvent, Diagnosis, NodeProbe, ProberResults, RemediationRecord
 from tests.integration.remediator.harness import make_settings
 from tests.integration.runtime.test_consumer_runtime import dead_letters, eventually
 from tests.support.fuzz import draw, hostile
@@ -73,8 +73,10 @@ async def fuzz(
     js = nc.jetstream()
     total = 0
     for kind, model in kinds:
+        # a prober batch's subject has the batch's routing token where a node's name goes
+        token = "_r0" if model is ProberResults else "n1"
         for i, raw in enumerate(inputs(model)):
-            await js.publish(f"{settings.prefix}.{kind}.c1.n1", raw, headers={"Nats-Msg-Id": f"{kind}-{i}"})
+            await js.publish(f"{settings.prefix}.{kind}.c1.{token}", raw, headers={"Nats-Msg-Id": f"{kind}-{i}"})
             total += 1
 
     async def settled() -> bool:
@@ -114,7 +116,7 @@ async def test_detector_consumers_survive_hostile_input(
         nc,
         topology_ready,
         "detector",
-        [("probe", NodeProbe), ("cloud", CloudSystemEvent), ("audit", RemediationRecord)],
+        [("probe", NodeProbe), ("prober", ProberResults), ("cloud", CloudSystemEvent), ("audit", RemediationRecord)],
         detector.liveness,
         [
             (stream(topology_ready, "PROBES"), s.probe_durable),

@@ -22,14 +22,20 @@ from typing import Any
 
 import prometheus_client
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from nodeheal.cloud_events.ingest.app import build_app as build_ingest_app
+from nodeheal.cloud_events.ingest.settings import IngestSettings
 from nodeheal.diagnoser.app import build_app
 from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas import Diagnosis
+from nodeheal.runtime.startup import StartWait, start_wait
+from nodeheal.schemas import Diagnosis, NodeInventory
+from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import anomaly_subject, diagnosis_subject
 from nodeheal.sim.embedded import EmbeddedNats, find_nats_server, free_port
 from tests.integration.deploy.role_services import SERVICES
@@ -186,14 +192,14 @@ def _get(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-WAITING = ("detector", "remediator", "prober")
-"""Serve HTTP while their start waits (the kit's shell, the ops server); the ingest's aiohttp app serves
-once its start is done, so it is only checked to start once JetStream is back."""
+WAITING = ("detector", "remediator", "prober", "ingest")
+"""Serve HTTP while their start waits (the kit's shell, the ops server, the ingest's aiohttp app whose start
+runs behind its HTTP server)."""
 
 
 async def test_every_service_process_waits_for_jetstream_then_becomes_ready(tmp_path: Path) -> None:
     async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
-        names = (*WAITING, "ingest")
+        names = WAITING
         procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         jetstream_back: EmbeddedNats | None = None
         try:
@@ -236,7 +242,6 @@ async def test_every_service_process_waits_for_jetstream_then_becomes_ready(tmp_
                             waiting.discard(name)
                     await asyncio.sleep(0.2)
                 assert not waiting, logs(*waiting)
-                assert procs["ingest"][0].poll() is None, logs("ingest")
                 plain.terminate()
                 await asyncio.to_thread(plain.wait, 10)
                 jetstream_back = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
@@ -261,3 +266,106 @@ async def test_every_service_process_waits_for_jetstream_then_becomes_ready(tmp_
                     proc.kill()
             if jetstream_back is not None:
                 jetstream_back.stop()
+
+
+async def test_the_ingest_answers_while_it_waits_then_fails_healthz_past_the_patience(tmp_path: Path) -> None:
+    """Its start runs behind the HTTP server: alive (a liveness probe must not kill a pod that waits, nor
+    keep one whose start gave up), not ready, and saying why."""
+    async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
+        settings = IngestSettings(
+            nats=nats.model_copy(update={"start_patience_s": 6.0}), cluster=CLUSTER, allow_unauthenticated=True
+        )
+        app = build_ingest_app(settings, serve_while_starting=True)
+        with without_jetstream(port):
+            async with TestClient(TestServer(app)) as client:
+
+                async def get(path: str) -> tuple[int, str]:
+                    response = await client.get(path)
+                    return response.status, await response.text()
+
+                async def says_waiting() -> bool:
+                    status, body = await get("/readyz")
+                    return status == 503 and "waiting for JetStream" in body
+
+                await until(says_waiting, within_s=30, what="/readyz never said it waits for JetStream")
+                assert (await get("/healthz"))[0] == 200
+                posted = await client.post("/v1/events/alibaba", data=b"{}")
+                assert posted.status == 503  # not taken while nothing can be published
+
+                async def unhealthy() -> bool:
+                    status, body = await get("/healthz")
+                    return status == 503 and "start failed" in body
+
+                await until(unhealthy, within_s=30, what="/healthz stayed 200 after the patience was spent")
+
+
+async def test_the_inventory_watch_launched_by_a_start_waits_for_jetstream(tmp_path: Path) -> None:
+    """The inventory watch is a loop the start launches; its first call runs when the start is over. A
+    JetStream away at that moment is waited out (readiness says so) and the watch then follows changes;
+    before, the loop died at once (`/healthz` failed, the pod was restarted)."""
+    async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
+        server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+        nc = await connect(nats, name="pytest-inventory-watch")
+        watch: asyncio.Task[None] | None = None
+        try:
+            js = nc.jetstream()
+            got: list[NodeInventory] = []
+            feed = InventoryFeed(f"{nats.bucket_prefix}-inventory", on_put=got.append)
+            wait = StartWait(service="pytest", patience_s=120.0)
+            with start_wait(wait):
+                assert await feed.open(js)
+                await feed.load()
+                server.stop()  # JetStream goes away between the start's load and the watch's first call
+                watch = asyncio.create_task(feed.watch())  # launched by the start, runs after it
+            with without_jetstream(port) as plain:
+
+                async def waiting() -> bool:
+                    return bool(wait.waiting) and "inventory watch" in wait.waiting
+
+                await until(waiting, within_s=30, what="the watch never said it waits for JetStream")
+                await asyncio.sleep(2.0)
+                assert not watch.done()  # alive, waiting
+                plain.terminate()
+                await asyncio.to_thread(plain.wait, 10)
+                server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+
+            async def watching() -> bool:
+                return wait.waiting is None
+
+            await until(watching, within_s=60, what="the watch never started once JetStream was back")
+            kv = await js.key_value(f"{nats.bucket_prefix}-inventory")
+            record = NodeInventory(cluster="c1", node="late", instance_id="i-late", zone="z1", rack="r1")
+            await kv.put(inventory_key("c1", "late"), record.to_json())
+
+            async def seen() -> bool:
+                return record in got
+
+            await until(seen, within_s=30, what="the watch did not deliver a change")
+        finally:
+            if watch is not None:
+                watch.cancel()
+            await nc.close()
+            server.stop()
+
+
+async def test_an_inventory_watch_whose_jetstream_stays_away_ends_after_the_patience(tmp_path: Path) -> None:
+    """...and one whose JetStream stays away past the start's patience ends with the error: the loop dies,
+    which fails `/healthz` (`ConsumerRuntime.loop`), so the pod is restarted."""
+    async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
+        server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+        nc = await connect(nats, name="pytest-inventory-watch")
+        try:
+            feed = InventoryFeed(f"{nats.bucket_prefix}-inventory", on_put=lambda _: None)
+            wait = StartWait(service="pytest", patience_s=4.0)
+            with start_wait(wait):
+                assert await feed.open(nc.jetstream())
+                server.stop()
+                watch = asyncio.create_task(feed.watch())
+            with without_jetstream(port):
+                done, _ = await asyncio.wait({watch}, timeout=30)
+                assert done, "the watch kept waiting past the patience"
+                assert watch.exception() is not None
+                assert wait.waiting is None
+        finally:
+            await nc.close()
+            server.stop()

@@ -41,21 +41,43 @@ async def test_wire_bench_prober_rounds_store_and_drain_every_node_result_in_bot
     per_node, batched = result["variants"]["one_message_per_node"], result["variants"]["25_nodes_per_message"]
     assert per_node["messages"] == per_node["stored"] == per_node["drained"] == 120
     assert batched["messages"] == batched["stored"] == batched["drained"] == 2 * 3  # 25 + 25 + 10 per round
+    assert batched["bytes_per_node_result"] < per_node["bytes_per_node_result"]
     assert per_node["node_results"] == batched["node_results"] == 120
 
 
-async def test_wire_bench_fleet_sends_the_probers_probe_at_its_round_not_at_every_agent_probe() -> None:
+async def test_wire_bench_fleet_sends_the_probers_results_in_batches() -> None:
     from nodeheal.sim.bench.wire import _fleet
 
     with EmbeddedNats() as server:
         pid = server_pid(server.url)
         assert pid is not None
-        every = await _fleet(
-            server.url, pid, BenchAuth(), nodes=20, interval_s=0.5, prober_interval_s=0.5, seconds=3.0, batch=50
+        single = await _fleet(
+            server.url,
+            pid,
+            BenchAuth(),
+            nodes=40,
+            interval_s=0.5,
+            prober_interval_s=2.0,
+            seconds=3.0,
+            batch=50,
+            prober_batched=False,
+            partitions=2,
         )
-        round_ = await _fleet(
-            server.url, pid, BenchAuth(), nodes=20, interval_s=0.5, prober_interval_s=2.0, seconds=3.0, batch=50
+        batched = await _fleet(
+            server.url,
+            pid,
+            BenchAuth(),
+            nodes=40,
+            interval_s=0.5,
+            prober_interval_s=2.0,
+            seconds=3.0,
+            batch=50,
+            prober_batched=True,
+            partitions=2,
         )
-    assert every["messages_per_node_interval"] == 2.0
-    assert 1.1 <= round_["messages_per_node_interval"] <= 1.5  # one prober probe per four agent probes
-    assert every["drained"] >= every["messages"] and round_["drained"] >= round_["messages"]
+    assert 1.15 <= single["messages_per_node_interval"] <= 1.4  # one prober probe per four agent probes
+    assert single["prober_results_in_batches"] == 0
+    # the same results, a few messages per tick and partition
+    assert batched["prober_results_in_batches"] >= batched["agent_probes"] / 5
+    assert batched["messages_per_node_interval"] < 1.1
+    assert single["drained"] >= single["messages"] and batched["drained"] >= batched["messages"]

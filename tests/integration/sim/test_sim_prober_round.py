@@ -14,7 +14,7 @@ import pytest
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.embedded import EmbeddedNats
-from nodeheal.sim.engine import FleetSimulator, SimTimings
+from nodeheal.sim.engine import PROBER_BATCH_S, FleetSimulator, SimTimings
 from nodeheal.sim.fleet import DEFAULT_PROBER_PLAN, FleetSpec
 
 pytestmark = [pytest.mark.nats]
@@ -40,11 +40,18 @@ async def test_each_node_gets_a_prober_probe_per_prober_round_with_one_of_its_ag
         )
         nc = await connect(settings, name="pytest-sim-prober")
         seen: dict[str, dict[str, list[float]]] = {"probe": {}, "prober": {}}
+        batches: list[int] = []  # entries per prober message
 
         async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
             body = orjson.loads(msg.data)
             at = round(datetime.fromisoformat(body["time"]).timestamp(), 3)
-            seen[msg.subject.split(".")[1]].setdefault(body["node"], []).append(at)
+            kind = msg.subject.split(".")[1]
+            if kind == "prober":  # the prober's results come in batches, as the real prober sends them
+                batches.append(len(body["results"]))
+                for entry in body["results"]:
+                    seen[kind].setdefault(entry["node"], []).append(at)
+            else:
+                seen[kind].setdefault(body["node"], []).append(at)
 
         sub = await nc.subscribe(f"{settings.prefix}.*.*.*", cb=on_msg)
         try:
@@ -57,14 +64,17 @@ async def test_each_node_gets_a_prober_probe_per_prober_round_with_one_of_its_ag
             await nc.close()
 
     assert set(seen["prober"]) == set(seen["probe"]) == set(sim.nodes)
+    # the prober's results of a tick go out together: far fewer messages than results
+    assert sum(batches) >= 4 * len(sim.nodes) and len(batches) <= sum(batches) / 4, batches
     for node, agent_times in seen["probe"].items():
         prober_times = seen["prober"][node]
         # one prober probe per prober round (4.5 s: 4 or 5 of them, the first with the node's first agent probe),
         # against ~22 agent probes of the node
         assert 4 <= len(prober_times) <= 6, (node, len(prober_times), len(agent_times))
         assert len(agent_times) >= 3 * len(prober_times), (node, len(agent_times))
-        # each sent with one of the node's agent probes (the same round of the probe loop): the prober's
-        # verdict keeps the agent's phase
-        assert all(min(abs(p - a) for a in agent_times) < AGENT_S / 4 for p in prober_times), node
+        # each taken with one of the node's agent probes (the same round of the probe loop) and sent in the batch
+        # of that tick, at most `PROBER_BATCH_S` later: the prober's verdict keeps the agent's phase
+        assert all(any(-0.01 <= p - a <= PROBER_BATCH_S + AGENT_S / 4 for a in agent_times) for p in prober_times), node
         gaps = [b - a for a, b in itertools.pairwise(prober_times)]
-        assert min(gaps) >= PROBER_S - AGENT_S / 2 - 0.05, (node, gaps)
+        # (the send time moves by up to a batch's wait)
+        assert min(gaps) >= PROBER_S - AGENT_S / 2 - PROBER_BATCH_S - 0.05, (node, gaps)

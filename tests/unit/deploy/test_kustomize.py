@@ -346,6 +346,12 @@ def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() ->
     partitions = int(args[args.index("--probe-partitions") + 1])
     assert env_of(detector)["NODEHEAL_DETECTOR_NATS__PROBE_PARTITIONS"] == str(partitions)
     assert partitions >= detector["spec"]["replicas"]
+    # the prober places each of its result batches in one partition: it must know the same count, or every batch
+    # goes to the detector's DLQ as a partition mismatch
+    assert env_of(prober)["NODEHEAL_PROBER_NATS__PROBE_PARTITIONS"] == str(partitions)
+    # and the remediator's verifier reads the node's probes from the same layout
+    remediator = objects("production", "Deployment")["nodeheal-remediator"]
+    assert env_of(remediator)["NODEHEAL_REMEDIATOR_NATS__PROBE_PARTITIONS"] == str(partitions)
     assert objects("production", "PriorityClass")["nodeheal-critical"]["value"] > 0
 
 

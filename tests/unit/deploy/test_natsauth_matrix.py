@@ -73,3 +73,40 @@ def test_security_md_shows_the_current_generated_matrix() -> None:
     assert table in (ROOT / "docs" / "security.md").read_text(), (
         "docs/security.md is stale: paste `uv run python deploy/nats/natsauth.py table`"
     )
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def test_only_the_prober_may_publish_prober_batches() -> None:
+    """A `ProberResults` batch speaks for many nodes: of the services only the prober (and the admin) may publish
+    one. An agent may publish only on its own node's subjects, whose node token is the escaped node name, and no
+    escaped name is a batch's routing token (`_r<k>`): even an agent of a node named `_r0` cannot."""
+    from nodeheal.schemas.subjects import escape_token, prober_results_subject
+
+    natsauth = load_natsauth()
+    batch_subjects = [prober_results_subject("prod-1", p, 8) for p in range(8)] + [
+        prober_results_subject("prod-1", 0, 0)
+    ]
+    for role in natsauth.ROLES:
+        allowed = natsauth.role_permissions(role).pub_allow
+        may = {s for s in batch_subjects if any(_matches(a, s) for a in allowed)}
+        if role in ("prober", "admin"):
+            assert may == set(batch_subjects), role
+        elif role == "agent":
+            for node in ("_r0", "n1"):
+                own = [
+                    a.replace("{{tag(cluster)}}", "prod-1").replace("{{tag(node)}}", escape_token(node))
+                    for a in allowed
+                ]
+                assert not any(_matches(a, s) for a in own for s in batch_subjects), node
+        else:
+            assert may == set(), role

@@ -56,4 +56,9 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     # screen and kubelet graceful shutdown pass since the round-8 rules
     not_log_lines |= {"kb-393"}
     unknown_wordings |= {"kb-408"}
+    # round 10: pods' eviction messages in `kubectl get pods` output and a pod status (not log lines), and a
+    # held-out sentence quoting kubelet's image GC failure that the KB misses too; the train half's shutdown
+    # wordings (systemd-shutdown, PID 1's final targets, stopped user sessions / getty) pass since its rules
+    not_log_lines |= {"kb-430", "kb-440", "kb-446"}
+    unknown_wordings |= {"kb-443"}
     assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)

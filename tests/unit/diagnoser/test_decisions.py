@@ -279,3 +279,45 @@ def test_a_hang_next_to_a_partitioned_rack_is_not_absorbed_by_its_zone() -> None
     diag.on_anomaly(anomaly("n14", "node_hang", at=later(8)))
     d = run(diag, "n14", 60)
     assert d.category != "network" and "zone_partition" not in d.cause
+
+
+def test_a_dead_service_seen_only_in_its_log_lines_is_restarted_by_its_unit() -> None:
+    """A kubelet or runtime crash found in the journal / kernel lines (before any full probe says the
+    unit is down) names the unit to restart; the demo saw `restart_service` sent with no unit, refused by
+    the agent, and the ladder went on to cordon, drain and reboot for a kubelet crash."""
+    cases = [
+        (
+            ["systemd[1]: kubelet.service: Main process exited, code=exited, status=255/n/a"],
+            "kubelet_down",
+            "kubelet",
+        ),
+        (
+            ["systemd[1]: containerd.service: Main process exited, code=killed, status=9/KILL"],
+            "container_runtime_down",
+            "containerd",
+        ),
+        (  # the kubelet's view: the unit comes from the CRI socket it cannot reach
+            [
+                'E0412 09:12:01.000000    1234 remote_runtime.go:116] "RunPodSandbox from runtime service failed"'
+                ' err="rpc error: code = Unavailable desc = connection error: desc = \\"transport: Error while'
+                ' dialing dial unix /run/crio/crio.sock: connect: connection refused\\""',
+                "I0412 09:12:01.000000    1234 kubelet.go:2341] skipping pod synchronization - [container runtime is down]",
+            ],
+            "container_runtime_down",
+            "crio",
+        ),
+        (  # no unit and no socket in the line: the cause's usual unit
+            [
+                "I0229 18:37:39.342791    4318 kubelet.go:2341] skipping pod synchronization - [container runtime is down]"
+            ],
+            "container_runtime_down",
+            "containerd",
+        ),
+    ]
+    for lines, cause, unit in cases:
+        diag = make()
+        diag.on_anomaly(anomaly("n1", "kernel_fault", subject="journal", lines=lines))
+        d = run(diag, "n1", 1)
+        assert d.cause == cause, (lines, d.cause)
+        assert actions(d)[0] == "restart_service"
+        assert d.recommended[0].target == unit, (lines, d.recommended[0].target)

@@ -87,19 +87,26 @@ def test_buckets_list_the_members_of_a_bug_seen_twice(tmp_path: Path) -> None:
     assert [m["line_no"] for m in by_kind["gpf"]["members"]] == [len(first) + 1]
 
 
+def set_lines(name: str) -> dict[str, list[str]]:
+    """The lines of each row of a same-bug set in tests/data/kb, by id."""
+    return {row["id"]: row["lines"] for row in map(json.loads, (DATA / name).read_text(encoding="utf-8").splitlines())}
+
+
+def buckets_of(log: Path) -> list[dict[str, object]]:
+    """`nodeheal diagnose-log --buckets` on a log: its bucket lines."""
+    proc = run(str(log), "--buckets")
+    assert proc.returncode == 0, proc.stderr
+    return [row for row in map(json.loads, proc.stdout.decode().splitlines()) if "members" in row]
+
+
 def test_buckets_keep_two_bugs_of_one_function_apart_and_say_why(tmp_path: Path) -> None:
     """Three real syzbot reports of htab_map_alloc (tests/data/kb/syzbot_fix_same_bug.jsonl): a KASAN write and
     a page fault of one bug (one fixing commit), and a KASAN read of another bug (another fixing commit)."""
-    rows = {
-        row["id"]: row["lines"]
-        for row in map(json.loads, (DATA / "syzbot_fix_same_bug.jsonl").read_text(encoding="utf-8").splitlines())
-    }
+    rows = set_lines("syzbot_fix_same_bug.jsonl")
     write, fault, read = rows["fix-009"], rows["fix-010"], rows["fix-017"]
     log = tmp_path / "console.log"
     log.write_text("\n".join([*write, *read, *fault]) + "\n")
-    proc = run(str(log), "--buckets")
-    assert proc.returncode == 0, proc.stderr
-    buckets = [row for row in map(json.loads, proc.stdout.decode().splitlines()) if "members" in row]
+    buckets = buckets_of(log)
     # each report's header line (a KASAN report opens after its '====' rule)
     w, r, f = (1 + next(i for i, line in enumerate(lines) if "BUG:" in line) for lines in (write, read, fault))
     r, f = r + len(write), f + len(write) + len(read)
@@ -107,6 +114,44 @@ def test_buckets_keep_two_bugs_of_one_function_apart_and_say_why(tmp_path: Path)
     listed = {m["line_no"]: m for b in buckets for m in b["members"]}
     assert listed[w]["kind"] == "kasan" and listed[w]["access"] == "Write 8" and listed[w]["blamed"] == "htab_map_alloc"
     assert listed[r]["access"] == "Read 8" and listed[f]["kind"] == "paging_request"
+
+
+def xfs_assert_bug(expression: str, caller: str, stamp: str, pid: int) -> list[str]:
+    """Constructed (our own text, made-up values): a failed XFS assertion raised as a BUG by its reporter."""
+    return [
+        f"[{stamp}] XFS: Assertion failed: {expression}, file: fs/xfs/xfs_mount.c, line: 214",
+        f"[{stamp}] ------------[ cut here ]------------",
+        f"[{stamp}] kernel BUG at fs/xfs/xfs_message.c:110!",
+        f"[{stamp}] invalid opcode: 0000 [#1] SMP PTI",
+        f"[{stamp}] CPU: 1 PID: {pid} Comm: mount Not tainted 5.10.0-27-amd64 #1 Debian 5.10.205-2",
+        f"[{stamp}] RIP: 0010:assfail+0x23/0x28 [xfs]",
+        f"[{stamp}] Call Trace:",
+        f"[{stamp}]  {caller}+0x1f5/0x240 [xfs]",
+        f"[{stamp}]  xfs_mountfs+0x2b0/0x9a0 [xfs]",
+        f"[{stamp}]  xfs_fs_fill_super+0x3a0/0x6d0 [xfs]",
+        f"[{stamp}]  get_tree_bdev+0x16d/0x260",
+        f"[{stamp}]  vfs_get_tree+0x25/0xb0",
+    ]
+
+
+def test_buckets_list_one_failed_assertion_seen_twice_apart_from_another(tmp_path: Path) -> None:
+    """Constructed reports: one failed XFS assertion in xfs_da_mount seen on two mounts, and another assertion
+    under another caller; all three are a `kernel BUG at fs/xfs/xfs_message.c:110!` raised by the same
+    reporter, assfail. The bucket lists the two copies of the first, blamed on the assertion's caller, lists
+    each member's assertion, and keeps the other assertion apart."""
+    report = xfs_assert_bug("mp->m_dir_geo != NULL", "xfs_da_mount", "   41.220871", 733)
+    other = xfs_assert_bug("lip->li_lv == NULL", "xlog_cil_insert_format_items", "  612.004113", 1290)
+    again = xfs_assert_bug("mp->m_dir_geo != NULL", "xfs_da_mount", " 1804.551270", 2218)
+    log = tmp_path / "messages"
+    log.write_text("\n".join([*report, *other, *again]) + "\n")
+    buckets = buckets_of(log)
+    blamed = {b["bucket"]: {m.get("blamed") for m in b["members"]} for b in buckets}
+    mount = next(b for b in buckets if "xfs_da_mount" in blamed[b["bucket"]])
+    assert blamed[mount["bucket"]] == {"xfs_da_mount"}  # not assfail, not the other caller
+    lines = [m["line_no"] for m in mount["members"]]
+    assert lines == [3, len(report) + len(other) + 3]  # both copies listed, at their BUG lines
+    assertions = {m.get("assertion") for b in buckets for m in b["members"]} - {None}
+    assert {a.split()[0] for a in assertions} == {"mp->m_dir_geo", "lip->li_lv"}
 
 
 def test_bench_kb_prints_the_corpus_scores() -> None:
@@ -135,24 +180,19 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
     assert accuracy["corpus"]["excerpts"] >= 150
     train_misses = {m["id"] for m in result["classification"]["misses"] if m["split"] == "train"}
     assert train_misses <= {"kb-289", "kb-350"}  # test_kb_corpus.KNOWN_TRAIN_MISSES: no rule written, and why
-    assert accuracy["fresh_test"]["excerpts"] >= 25  # round 3's held-out half, scored on its own
+    assert accuracy["fresh_test"]["excerpts"] >= 9  # round 3's held-out half, scored on its own
     assert result["speed"]["benign_lines_matched"] == 0
     assert result["partial_copies"]["similarity"]["recall"] > 0
-    syzbot = result["syzbot_same_bug"]["all"]
-    assert syzbot["bugs_with_several_crashes"] >= 20 and syzbot["similarity"]["true_pairs"] >= 100
-    mail = result["syzbot_mail_same_bug"]["fresh"]  # the mailed same-bug set (split name kept; tuned on since round 4)
-    assert mail["bugs_with_several_crashes"] >= 20 and mail["similarity"]["true_pairs"] >= 20
     fix = result["syzbot_fix_same_bug"]["fresh"]  # grouped by fixing commit (round 6)
     assert fix["bugs_with_several_crashes"] >= 7 and fix["similarity"]["true_pairs"] >= 12
     dup = result["syzbot_dup_same_bug"]["fresh"]  # grouped by fixing commit, committed before round 8 ran on it
     assert dup["bugs_with_several_crashes"] >= 30 and dup["similarity"]["true_pairs"] >= 40
-    marked = result["syzbot_marked_dup_same_bug"]["fresh"]  # marked with '#syz dup:' (round 9, spent)
-    assert marked["bugs_with_several_crashes"] >= 35 and marked["similarity"]["true_pairs"] >= 90
-    marked2 = result["syzbot_marked_dup2_same_bug"]["fresh"]  # the second such set, measured once with round 9's code
-    assert marked2["bugs_with_several_crashes"] >= 9 and marked2["similarity"]["true_pairs"] >= 11
     summary = result["buckets"]
-    assert set(summary) >= {"syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_fix_same_bug", "syzbot_dup_same_bug"}
-    assert {"syzbot_marked_dup_same_bug", "syzbot_marked_dup2_same_bug"} <= set(summary)
+    assert set(summary) >= {"syzbot_fix_same_bug", "syzbot_dup_same_bug", "syzbot_xfn_same_bug"}
+    # the sets taken from fetched snapshots were removed (tests/data/README.md "Provenance"): not reported
+    assert not {"syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_marked_dup_same_bug", "bugzilla_same_bug"} & set(
+        result
+    )
     assert summary["syzbot_dup_same_bug"]["level2_similarity"]["true_pairs"] == dup["similarity"]["true_pairs"]
     same_run = result["speed"]["same_run"]
     assert same_run["baseline_rules_count"] == same_run["current_rules_count"]

@@ -87,3 +87,33 @@ def test_fleet_findings_are_not_raised_again_after_a_restart() -> None:
     assert sorted((f.value, f.cleared, f.finding_id) for f in cleared) == sorted(
         (f.value, True, f.finding_id) for f in findings
     )
+
+
+def test_a_growing_zone_finding_is_said_again_with_its_nodes_once_and_survives_a_restart() -> None:
+    """A zone's down spike raised with 4 dark nodes that reaches 6: said again (same finding id, a new
+    message id) naming all 6; not again while nothing new goes dark, nor when a node comes back and goes
+    dark again (no flapping); a restart reads the grown finding back and does not say it a third time."""
+    first = make()
+    downs = [anomaly(f"n{i}", "node_down", at=later(i * 0.1)) for i in range(6)]
+    for item in downs[:4]:
+        first.on_anomaly(item)
+    raised, _ = first.correlate(now=later(1), cluster=CLUSTER)
+    zone = next(f for f in raised if f.dimension == "zone")
+    assert len(zone.affected_nodes) == 4
+    for item in downs[4:]:
+        first.on_anomaly(item)
+    grown, _ = first.correlate(now=later(2), cluster=CLUSTER)
+    assert sorted((f.dimension, f.value) for f in grown) == [("node_pool", "pool-a"), ("zone", "z1")]  # r1 is as said
+    bigger = next(f for f in grown if f.dimension == "zone")
+    assert bigger.finding_id == zone.finding_id and bigger.id != zone.id and bigger.detected_at == zone.detected_at
+    assert set(zone.affected_nodes) < set(bigger.affected_nodes) and len(bigger.affected_nodes) == 6
+    assert bigger.group_events == 6 and not bigger.cleared
+    assert first.correlate(now=later(3), cluster=CLUSTER)[0] == []  # nothing new: nothing said
+    first.on_anomaly(anomaly("n5", "node_down", status="resolved", at=later(3.5)))
+    assert first.correlate(now=later(4), cluster=CLUSTER)[0] == []  # one back: the finding still names it
+    first.on_anomaly(anomaly("n5", "node_down", at=later(4.5)))
+    assert first.correlate(now=later(5), cluster=CLUSTER)[0] == []  # dark again: not new to the finding
+    second = restart(downs, [*raised, *grown])
+    assert second.correlate(now=later(6), cluster=CLUSTER)[0] == []  # the grown finding was read back
+    restored = second.fleet.findings[("down_spike", "zone", "z1", "down")]
+    assert restored.affected_nodes == bigger.affected_nodes

@@ -1,4 +1,4 @@
-"""The demo report's systematic risks carry each finding's own message, once per finding."""
+"""The demo report's systematic risks carry each finding's own message, once per finding, as last said."""
 
 from __future__ import annotations
 
@@ -40,8 +40,17 @@ def test_a_risk_is_summarised_by_the_findings_message_and_counted_once() -> None
     risks = systematic_risks([raised, updated, other, cleared], bad_kernel="5.10.134-bad")
 
     assert [(r["dimension"], r["summary"]) for r in risks] == [
-        ("kernel", "kernel 5.10.134-bad crashes 150x the rest of the fleet"),
+        ("kernel", "kernel 5.10.134-bad crashes 160x the rest of the fleet"),
         ("zone", "zone-b crash rate 4x"),
     ]
     assert [r["is_injected_bad_kernel"] for r in risks] == [True, False]
     assert [r["cleared_during_run"] for r in risks] == [False, True]
+
+
+def test_a_grown_finding_is_reported_with_its_grown_node_set() -> None:
+    """The diagnoser says a finding again when it names new nodes (same finding_id); the report shows the
+    last set, not the one it was raised with."""
+    first = _finding(kind="down_spike", dimension="zone", value="z1", affected_nodes=["n1", "n2"])
+    grown = _finding(kind="down_spike", dimension="zone", value="z1", affected_nodes=["n1", "n2", "n3", "n4"])
+    (risk,) = systematic_risks([first, grown], bad_kernel=None)
+    assert risk["affected_nodes"] == 4

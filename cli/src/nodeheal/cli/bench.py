@@ -146,7 +146,8 @@ def agent(probes: int, nodes: int, fleet: int, interval: float, full_every: int 
     default=None,
     help=(
         "Instead: run the simulator's probe traffic of --nodes nodes at a 5 s interval this long, drained by the "
-        "detector's puller, with the prober at every agent probe and at its own round; server CPU per node-interval."
+        "detector's puller, the prober's results one message per node and then in ProberResults batches (PROBES in "
+        "--partitions partitions); messages and server CPU per node-interval."
     ),
 )
 @click.option(
@@ -155,8 +156,15 @@ def agent(probes: int, nodes: int, fleet: int, interval: float, full_every: int 
     default=None,
     help=(
         "Instead: store this many rounds of the simulated prober's results over --nodes nodes, one message per "
-        "node and then 500 nodes per message (a batched form, measured only), drained with cumulative acks."
+        "node and then 500 nodes per ProberResults message, drained with cumulative acks."
     ),
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(0, 1024),
+    default=8,
+    show_default=True,
+    help="With --fleet-seconds: PROBES' partitions (the demo's layout at 50,000 nodes; a batch per partition).",
 )
 def wire(
     nodes: int,
@@ -166,6 +174,7 @@ def wire(
     only: str | None,
     fleet_seconds: float | None,
     prober_rounds: int | None,
+    partitions: int,
 ) -> None:
     """nats-server CPU per agent probe: stored with/without Nats-Msg-Id, drained with per-probe or cumulative acks."""
     require_sim("nodeheal bench")
@@ -191,7 +200,14 @@ def wire(
             )
             return run(
                 lambda: run_fleet_bench(
-                    url=url, pid=pid, auth=auth, nodes=nodes, interval_s=5.0, seconds=fleet_seconds, batch=batch
+                    url=url,
+                    pid=pid,
+                    auth=auth,
+                    nodes=nodes,
+                    interval_s=5.0,
+                    seconds=fleet_seconds,
+                    batch=batch,
+                    partitions=partitions,
                 )
             )
         click.echo(f"measuring nats-server pid {pid} ({auth.config}): {probes} probes per variant ...", err=True)

@@ -44,7 +44,13 @@ def _read(file: str) -> list[str]:
 def _member(report: CrashReport) -> dict[str, object]:
     """One report of a bucket: where it starts, its exact key and what the key was cut from."""
     entry: dict[str, object] = {"line_no": report.start + 1, "bucket": report.bucket(), "kind": report.kind}
-    for name, value in (("subkind", report.subkind), ("access", report.access), ("blamed", report.guilty())):
+    listed = (
+        ("subkind", report.subkind),
+        ("access", report.access),
+        ("assertion", report.assertion),
+        ("blamed", report.guilty()),
+    )
+    for name, value in listed:
         if value:
             entry[name] = value
     return entry

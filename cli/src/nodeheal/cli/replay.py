@@ -34,14 +34,22 @@ from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import NodeProbe
-from nodeheal.schemas.subjects import DEFAULT_PREFIX, escape_token
+from nodeheal.schemas.prober import ProberResults, result_id
+from nodeheal.schemas.subjects import (
+    DEFAULT_PREFIX,
+    PROBER_KIND,
+    escape_token,
+    is_prober_results_token,
+    probe_partition,
+    prober_results_subject,
+)
 
 MAX_FILTER_SUBJECTS: Final = 256
 """Above this many nodes a zone is read with one wildcard filter per stream and narrowed here."""
 
 SOURCES: Final[tuple[tuple[str, str, type[BaseModel]], ...]] = (
     ("PROBES", "probe", NodeProbe),
-    ("PROBES", "prober", NodeProbe),  # the active prober's probes have their own subject kind
+    ("PROBES", "prober", NodeProbe),  # the active prober's probes (and its ProberResults batches): their own kind
     ("CLOUD", "cloud", CloudSystemEvent),
     ("ANOMALIES", "anomaly", Anomaly),
     ("DIAGNOSES", "diagnosis", Diagnosis),
@@ -57,13 +65,24 @@ class Scope:
     nodes: frozenset[tuple[str | None, str]] | None = None  # None: every node
     cluster: str | None = None
 
-    def subjects(self, *, prefix: str, kind: str) -> list[str]:
+    def subjects(self, *, prefix: str, kind: str, partitions: int = 0) -> list[str]:
         c = escape_token(self.cluster) if self.cluster else "*"
         if self.nodes is None or len(self.nodes) > MAX_FILTER_SUBJECTS:
             return [f"{prefix}.{kind}.{c}.*"]
-        return sorted(
-            f"{prefix}.{kind}.{escape_token(cl) if cl else c}.{escape_token(node)}" for cl, node in self.nodes
-        )
+        found = {f"{prefix}.{kind}.{escape_token(cl) if cl else c}.{escape_token(node)}" for cl, node in self.nodes}
+        if kind == PROBER_KIND:
+            # the prober's batches of these nodes: the subject of each node's partition (a node of any cluster:
+            # the batches of every cluster, so the kind is read whole; the filters of a consumer must not overlap)
+            if any(cl is None for cl, _ in self.nodes) and not self.cluster:
+                return [f"{prefix}.{kind}.*.*"]
+            for cl, node in self.nodes:
+                cluster = cl or self.cluster or ""
+                found.add(
+                    prober_results_subject(
+                        cluster, probe_partition(cluster, node, partitions), partitions, prefix=prefix
+                    )
+                )
+        return sorted(found)
 
     def keeps(self, message: TimelineMessage) -> bool:
         if self.cluster and message.cluster != self.cluster:
@@ -159,13 +178,23 @@ async def record_window(
         async for stored in read_stream(
             js,
             stream=stream,
-            subjects=scope.subjects(prefix=settings.prefix, kind=kind),
+            subjects=scope.subjects(prefix=settings.prefix, kind=kind, partitions=settings.probe_partitions),
             since=since,
             until=until,
             on_total=on_total,
         ):
             if progress is not None and task is not None:
                 progress.advance(task)
+            if kind == PROBER_KIND and _batch_subject(stored.subject, prefix=settings.prefix):
+                # a `ProberResults` batch: each entry is the prober probe it stands for (as the detector reads it)
+                try:
+                    batch = ProberResults.model_validate_json(stored.data)
+                except ValidationError as exc:
+                    reason = f"not a ProberResults: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}"
+                    recording.skipped.append(Skipped(stream, stored.seq, stored.subject, reason))
+                    continue
+                recording.messages += [p for p in prober_probes(batch) if scope.keeps(p)]
+                continue
             try:
                 message = model.model_validate_json(stored.data)
             except ValidationError as exc:
@@ -179,6 +208,30 @@ async def record_window(
             info = progress.tasks[task]
             progress.update(task, total=info.completed, completed=info.completed)
     return recording
+
+
+def _batch_subject(subject: str, *, prefix: str) -> bool:
+    tokens = subject.split(".")
+    skip = len(prefix.split("."))
+    return len(tokens) > skip + 2 and is_prober_results_token(tokens[skip + 2])
+
+
+def prober_probes(batch: ProberResults) -> list[NodeProbe]:
+    """The prober `NodeProbe` each entry of a batch stands for: the batch's time and round, the entry's evidence id
+    (`result_id`, what an anomaly's `probe_ids` name)."""
+    return [
+        NodeProbe(
+            id=result_id(batch.id, i),
+            time=batch.time,
+            cluster=batch.cluster,
+            node=entry.node,
+            source="prober",
+            seq=batch.seq,
+            reachability=entry.reachability,
+            ready=entry.ready,
+        )
+        for i, entry in enumerate(batch.results)
+    ]
 
 
 def build_report(recording: Recording, timeline: Timeline) -> dict[str, Any]:

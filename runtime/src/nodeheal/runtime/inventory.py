@@ -86,7 +86,14 @@ class InventoryFeed:
         """Follow changes until cancelled (register it with `ConsumerRuntime.loop`: if it ends, /healthz fails)."""
         if self.kv is None:
             return await _forever()
-        watcher = await self.kv.watch("node.>", include_history=False)
+        kv = self.kv
+        # the watch's first call belongs to the start (which launched this loop and may already be done): a
+        # JetStream briefly away then is waited out with the start's patience, not a dead loop at once
+        watcher = await patiently(
+            f"inventory watch of {self.bucket}",
+            lambda: kv.watch("node.>", include_history=False),
+            for_the_start=True,
+        )
         async for entry in watcher:
             if entry is None:
                 continue

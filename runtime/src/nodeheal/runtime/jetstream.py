@@ -5,10 +5,12 @@ service's durable pull consumer exists with the configuration we want."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -20,6 +22,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
+from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.dlq import MAX_RAW_BYTES, DeadLetter
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
 
@@ -287,6 +290,155 @@ async def read_stream(
         await close_reader(js, sub)
 
 
+async def read_range(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    filters: Sequence[str],
+    name: str,
+    on_msg: Callable[[Msg], None],
+    deliver: DeliverPolicy = DeliverPolicy.BY_START_TIME,
+    since: datetime | None = None,
+    what: str | None = None,
+    batch: int = 2000,
+    idle_s: float = 1.0,
+    idle_limit: int = 5,
+) -> int:
+    """Read what `stream` holds now on `filters` (from `since`, everything when `since` is None, or the last
+    message per subject with `DeliverPolicy.LAST_PER_SUBJECT`) once, in order, calling `on_msg` for each
+    message; returns how many were handled. A start-up rebuild read (the detector's replay, the diagnoser's
+    rebuild, the ingest's ledger seed).
+
+    Through a named ephemeral pull consumer `<name>-<random>` (no acks, memory-stored, deleted after the
+    read): named because the permission matrix refuses the legacy server-named create, which could rewrite
+    another service's durable, so `name` must be a prefix the role may create (deploy/nats/natsauth.py).
+    What "now" is: the consumer's pending count when it is created; the read ends when that many messages
+    are handled. The pull requests are sent here (two batches of `batch` in flight) to an inbox without a
+    callback, drained without a per-message await: nats-py's `fetch` costs tens of µs a message.
+
+    A JetStream that goes away mid-read is waited out (`patiently`, inside a service start): the read
+    resumes after the last message handled, so nothing is handled twice and nothing is skipped (a
+    last-per-subject read starts again instead: seeding a subject twice gives the same seed). A read that
+    stops short with messages still pending (or whose consumer the server forgot or someone deleted: its
+    pull requests are answered with statuses only) is such a failure, not the end. An exception of `on_msg`
+    ends the read (the caller decides what it skips)."""
+    nc: Client = js._nc  # nats-py keeps the connection and API prefix private
+    api: str = js._prefix
+    last_seq = 0
+    seen = 0
+    resumable = deliver is not DeliverPolicy.LAST_PER_SUBJECT
+    first = DeliverPolicy.ALL if deliver is DeliverPolicy.BY_START_TIME and since is None else deliver
+
+    async def attempt() -> None:
+        nonlocal last_seq, seen
+        config = ConsumerConfig(
+            name=f"{name}-{secrets.token_hex(8)}",
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else first,
+            opt_start_seq=last_seq + 1 if last_seq else None,
+            opt_start_time=since if not last_seq and first is DeliverPolicy.BY_START_TIME else None,
+            filter_subjects=list(filters),
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
+        info = await js.add_consumer(stream, config=config)
+        consumer = info.name
+        total = info.num_pending or 0
+        got = _Pulled()
+        try:
+            if total:
+                await _pull_range(
+                    nc, f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}", total, on_msg, got, batch, idle_s, idle_limit
+                )
+                if got.handled < total and await _reader_pending(js, stream, consumer):
+                    problem = f"the read of {stream} stopped at {got.handled} of {total} messages"
+                    raise TimeoutError(problem)
+        finally:
+            # counted also when the read broke off: a retry resumes after the last message handled
+            seen += got.handled
+            if resumable and got.last is not None:
+                last_seq = got.last.metadata.sequence.stream
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(stream, consumer)
+
+    await patiently(what or f"read of {stream}", attempt)
+    return seen
+
+
+class _Pulled:
+    __slots__ = ("handled", "last")
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.last: Msg | None = None  # the last message handled (its sequence parsed once, at the end)
+
+
+async def _pull_range(
+    nc: Client,
+    next_subject: str,
+    total: int,
+    on_msg: Callable[[Msg], None],
+    got: _Pulled,
+    batch: int,
+    idle_s: float,
+    idle_limit: int,
+) -> None:
+    """Up to `total` messages of one consumer into `got`; stops early after `idle_limit` waits of `idle_s`
+    with none."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, pending_msgs_limit=0, pending_bytes_limit=0)
+    queue = sub._pending_queue  # no callback: the messages wait here and are drained without an await each
+    request = json.dumps({"batch": batch, "expires": int(5e9)}).encode()
+    outstanding = 0
+    asked = 0.0
+    idle = 0
+    try:
+        while got.handled < total and idle < idle_limit:
+            while outstanding < 2 * batch:
+                await nc.publish(next_subject, request, reply=inbox)
+                outstanding += batch
+                asked = time.monotonic()
+            if queue.empty():
+                try:
+                    pending = [await asyncio.wait_for(queue.get(), idle_s)]
+                except TimeoutError:
+                    idle += 1
+                    if time.monotonic() - asked > 6.0:
+                        outstanding = 0  # the requests expired unanswered (e.g. lost with a reconnect): ask again
+                    continue
+            else:
+                pending = [queue.get_nowait()]
+            while not queue.empty():
+                pending.append(queue.get_nowait())
+            before = got.handled
+            for msg in pending:
+                headers = msg.headers
+                if headers is not None and "Status" in headers:
+                    if headers["Status"] != "100":  # not an idle heartbeat: a request ended (408, 409, 404)
+                        left = headers.get("Nats-Pending-Messages")
+                        outstanding = max(0, outstanding - int(left)) if left else 0
+                    continue
+                outstanding -= 1
+                on_msg(msg)
+                got.handled += 1
+                got.last = msg
+            # only status answers (e.g. the consumer is gone): as idle as no answer, so the read ends and says so
+            idle = 0 if got.handled > before else idle + 1
+            await asyncio.sleep(0)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def _reader_pending(js: JetStreamContext, stream: str, name: str) -> bool:
+    """Whether a read that stopped short left messages behind: its consumer still has some pending, or
+    the consumer is gone (a restarted server forgets a memory-stored ephemeral) and so is its position."""
+    try:
+        return bool((await js.consumer_info(stream, name)).num_pending)
+    except NotFoundError:
+        return True
+
+
 DIRECT_BATCH_MAX = 1000
 """Subjects per direct-get request: the server answers at most 1024 messages to one `multi_last`."""
 
@@ -367,6 +519,8 @@ async def kv_keys(kv: KeyValue, *, pattern: str = ">", timeout_s: float = 5.0) -
             if error.get("err_code") == 10059:  # stream not found
                 raise NotFoundError(code=404, err_code=10059, description=error.get("description"))
             problem = f"listing the keys of {bucket}: {error.get('description')} (code {error.get('err_code')})"
+            if error.get("code") == 503:  # JetStream temporarily unavailable (no meta leader): worth another try
+                raise ServiceUnavailableError(code=503, err_code=error.get("err_code"), description=problem)
             raise RuntimeError(problem)
         state = reply.get("state") or {}
         page = list((state.get("subjects") or {}).keys())

@@ -95,12 +95,19 @@ def waiting_check(wait: StartWait) -> Callable[[], Awaitable[tuple[bool, str]]]:
     return start_not_waiting
 
 
-async def patiently(what: str, call: Callable[[], Awaitable[T]], *, max_delay_s: float = 5.0) -> T:
+async def patiently(
+    what: str, call: Callable[[], Awaitable[T]], *, max_delay_s: float = 5.0, for_the_start: bool = False
+) -> T:
     """`await call()`, again after 0.25, 0.5, 1 … `max_delay_s` seconds while it fails with one of
     `UNAVAILABLE` and the current `StartWait` has patience left; then the last error is raised.
-    Without a `StartWait` (not inside a service start) it is one plain call."""
+    Without a `StartWait` (not inside a service start) it is one plain call.
+
+    `for_the_start`: the first call of a loop the start launched (the inventory watch), which may run
+    after the start hook has returned: still patient while the start's patience lasts (counted from the
+    start's beginning), and `/readyz` says what it waits for. Once the start is over a loop's later calls
+    are plain calls."""
     wait = _CURRENT.get()
-    if wait is None or wait.done:
+    if wait is None or (wait.done and not for_the_start):
         return await call()
     delay = 0.25
     last_logged = -1e9

@@ -52,6 +52,7 @@ from nodeheal.schemas.probe import (
     Reachability,
     ServiceState,
 )
+from nodeheal.schemas.prober import ProberResult, ProberResults
 from nodeheal.schemas.streams import BucketSpec, StreamSpec, Topology, topology
 
 __all__ = [
@@ -94,6 +95,8 @@ __all__ = [
     "NodeName",
     "NodeProbe",
     "PolicyCheck",
+    "ProberResult",
+    "ProberResults",
     "Reachability",
     "RecommendedAction",
     "RemediationPhase",

@@ -21,9 +21,11 @@ from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import NodeProbe
+from nodeheal.schemas.prober import ProberResults
 
 EXPORTED: dict[str, type[BaseModel]] = {
     "node-probe": NodeProbe,
+    "prober-results": ProberResults,
     "cloud-system-event": CloudSystemEvent,
     "anomaly": Anomaly,
     "diagnosis": Diagnosis,

@@ -4,8 +4,9 @@ Two kinds: `rate_outlier` (a group — zone, rack, machine model, CPU model, OS,
 crashes / faults far above the rest of the fleet, with a one-sided test and minimum support) and
 `down_spike` (the share of down nodes in a failure domain jumped) and `sudden_rise` (a group — or the whole
 fleet, `dimension="fleet"` — has far more crashes / faults now than in its own recent history).
-Raised once per episode; a later message with `cleared=True` ends the episode. `node` is `"fleet"`: a finding
-concerns a group.
+Raised once per episode, said again (same `finding_id`, new `id`) when the episode names nodes it did not
+name before (`affected_nodes`: every node named so far); a later message with `cleared=True` ends the
+episode. `node` is `"fleet"`: a finding concerns a group.
 
 `new_crash_bucket` is a notice to the kernel team, not a risk: the first crash of a crash signature the
 fleet never had (`dimension="crash_bucket"`, `value` and `signature_bucket` the bucket), sent once per bucket

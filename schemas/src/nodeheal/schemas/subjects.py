@@ -62,6 +62,67 @@ def prober_probe_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFI
     return _subject(PROBER_KIND, cluster, node, prefix)
 
 
+PROBER_RESULTS_TOKEN = "_r"  # noqa: S105 (a subject token, not a secret)
+"""The node token of a `ProberResults` subject starts with this: `_r<k>`. `escape_token` never produces it (an
+escaped character is `_` and two upper-case hex digits), so no node name has this token."""
+
+_FNV_OFFSET = 2166136261
+_FNV_PRIME = 16777619
+
+
+def fnv1a32(data: bytes) -> int:
+    """FNV-1a, 32 bits: the hash of the server's `partition(N, ...)` subject transform function."""
+    h = _FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def subject_partition(cluster_token: str, node_token: str, partitions: int) -> int:
+    """The partition PROBES' subject transform (`partition(N,2,3)`, `streams.probe_partition_transform`)
+    gives a stored subject: FNV-1a of the cluster and node tokens (escaped, concatenated) mod N."""
+    return fnv1a32((cluster_token + node_token).encode()) % partitions
+
+
+def probe_partition(cluster: str, node: str, partitions: int) -> int:
+    """The partition a node's probes are stored under (0 when PROBES is not partitioned)."""
+    if partitions <= 0:
+        return 0
+    return subject_partition(escape_token(cluster), escape_token(node), partitions)
+
+
+_ROUTING: dict[tuple[str, int, int], str] = {}
+
+
+def prober_results_token(cluster: str, partition: int, partitions: int) -> str:
+    """The node token `_r<k>` (the smallest k) under which the server stores a subject of `cluster` in
+    `partition`; `_r0` when PROBES is not partitioned."""
+    if partitions <= 0:
+        return PROBER_RESULTS_TOKEN + "0"
+    if not 0 <= partition < partitions:
+        msg = f"partition {partition} is not in 0 .. {partitions - 1}"
+        raise ValueError(msg)
+    key = (cluster, partition, partitions)
+    token = _ROUTING.get(key)
+    if token is None:
+        cluster_token = escape_token(cluster)
+        k = 0
+        while subject_partition(cluster_token, f"{PROBER_RESULTS_TOKEN}{k}", partitions) != partition:
+            k += 1
+        token = _ROUTING[key] = f"{PROBER_RESULTS_TOKEN}{k}"
+    return token
+
+
+def prober_results_subject(cluster: str, partition: int, partitions: int, *, prefix: str = DEFAULT_PREFIX) -> str:
+    """Where the active prober publishes a `ProberResults` batch of the nodes of `partition`: its own subject
+    kind (`prober.*.*`, its permission), with the routing token that the server hashes to `partition`."""
+    return f"{prefix}.{PROBER_KIND}.{escape_token(cluster)}.{prober_results_token(cluster, partition, partitions)}"
+
+
+def is_prober_results_token(token: str) -> bool:
+    return token.startswith(PROBER_RESULTS_TOKEN)
+
+
 def cloud_subject(cluster: str, node: str, *, prefix: str = DEFAULT_PREFIX) -> str:
     return _subject("cloud", cluster, node, prefix)
 

@@ -137,7 +137,8 @@ def _dist(values: list[float]) -> dict[str, float | None]:
 
 
 def systematic_risks(findings: list[dict[str, Any]], *, bad_kernel: str | None) -> list[dict[str, Any]]:
-    """The fleet findings still raised at the end of the run (and those cleared during it), one entry each.
+    """The fleet findings still raised at the end of the run (and those cleared during it), one entry each,
+    as last said: a finding that grew (more nodes, a higher rate) is published again under its id.
 
     `summary` is the finding's own message (FleetFinding.message)."""
     raised: dict[str, dict[str, Any]] = {}
@@ -149,7 +150,7 @@ def systematic_risks(findings: list[dict[str, Any]], *, bad_kernel: str | None) 
         if f.get("cleared"):
             cleared.add(fid)
         else:
-            raised.setdefault(fid, f)
+            raised[fid] = f  # the latest word on it (findings arrive in stream order)
     risks = []
     for fid, f in sorted(
         raised.items(), key=lambda x: (str(x[1].get("kind")), str(x[1].get("dimension")), str(x[1].get("value")))

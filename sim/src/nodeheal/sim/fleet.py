@@ -188,11 +188,12 @@ class SimNode:
             if self.disk_fill_left <= 1e-9:  # the burst is written: a clean now frees the disk for good
                 self.disk_fill_per_s = self.disk_fill_left = 0.0
 
-    def prober_probe(self, *, time_iso: str, plan: ProberPlan | None = None) -> dict[str, Any]:
+    def prober_checks(self, plan: ProberPlan | None = None) -> list[dict[str, Any]]:
         """What the active prober (its configured checks, `ProberPlan`) sees of this node from outside,
         as a stock node answers: the kernel completes TCP handshakes even on a hung node, sshd's banner
         needs a live userland, the kubelet listens on 10250 on every address but serves /healthz on
-        10248 on 127.0.0.1 only, so a healthz check on the node's address is refused."""
+        10248 on 127.0.0.1 only, so a healthz check on the node's address is refused. `Reachability`s as
+        dicts (what `ProberResults` carries per node)."""
         plan = plan or DEFAULT_PROBER_PLAN
         self.prober_seq += 1
         reachable = self.powered and not self.partitioned
@@ -221,6 +222,12 @@ class SimNode:
             ok = reachable and not local_only and not self.hung and self.services["kubelet"] == "active"
             error = None if ok else (dark if not reachable else ("connection refused" if local_only else "HTTP 500"))
             checks.append({"check": "kubelet_healthz", "target": url, "ok": ok, "error": error})
+        return checks
+
+    def prober_probe(self, *, time_iso: str, plan: ProberPlan | None = None) -> dict[str, Any]:
+        """`prober_checks` as one prober `NodeProbe` (the form before `ProberResults` batches; `nodeheal bench
+        wire` measures both)."""
+        checks = self.prober_checks(plan)
         return {
             "schema": "nodeheal.probe/v1",
             "id": f"{self.inv.node}:prober:{self.prober_seq}",

@@ -51,8 +51,9 @@ PROBE_PARTITIONS = 8
 
 
 def auto_detector_replicas(*, nodes: int, interval_s: float, cpus: int | None = None) -> int:
-    """Detector replicas for the fleet's probe rate (an agent probe per node and interval, a prober probe per
-    node and prober round — `ProberSettings.interval_s`, or the agents' interval when that is longer):
+    """Detector replicas for the fleet's probe rate (an agent probe per node and interval, a prober result per
+    node and prober round — `ProberSettings.interval_s`, or the agents' interval when that is longer; an entry
+    of a `ProberResults` batch, which the detector still judges one by one, counted as a probe):
     1 up to `PROBES_PER_DETECTOR`, else one per `PROBES_PER_DETECTOR`, at most the CPUs."""
     from nodeheal.sim.fleet import DEFAULT_PROBER_PLAN
 

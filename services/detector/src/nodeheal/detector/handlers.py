@@ -40,13 +40,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
-from nodeheal.detector.fastpath import ProbeIdentity, probe_decoder
+from nodeheal.detector.fastpath import BatchRoute, ProbeIdentity, probe_decoder, results_decoder
 from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller, ack_sequences, highest, stream_seq
 from nodeheal.detector.rules import Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
 from nodeheal.runtime.inventory import InventoryFeed
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, last_per_subject_up_to
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, last_per_subject_up_to, read_range
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
 from nodeheal.runtime.startup import patiently
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
@@ -56,6 +56,7 @@ from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.probe import NodeProbe
+from nodeheal.schemas.prober import ProberResults, result_id
 from nodeheal.schemas.subjects import anomaly_subject, dlq_subject, wildcard
 
 log = logging.getLogger("nodeheal.detector")
@@ -63,6 +64,7 @@ log = logging.getLogger("nodeheal.detector")
 
 _TRACE_KEYS = (TRACEPARENT, "tracestate")
 _MAX_TRACKED_TRACES = 200_000  # firing anomalies / recent cloud events whose trace context is kept
+_MAX_BATCH_IDS = 20_000  # prober batches remembered by id (a re-delivered one counts once): minutes of rounds
 
 
 def _trace_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
@@ -73,6 +75,10 @@ def _trace_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
 
 def _rejected(why: str) -> str:
     return f"probe rejected: {why[:1000]}; fix the sender (schema nodeheal.probe/v1)"
+
+
+def _rejected_batch(why: str) -> str:
+    return f"prober results rejected: {why[:1000]}; fix the sender (schema nodeheal.prober-results/v1)"
 
 
 def _remember(store: dict[str, dict[str, str]], key: str, value: dict[str, str]) -> None:
@@ -132,6 +138,25 @@ def probe_contract(settings: DetectorSettings) -> Inbound[NodeProbe]:
     )
 
 
+def prober_results_contract(settings: DetectorSettings) -> Inbound[ProberResults]:
+    """The prober's batches, read by the same durable and puller as the probes (`_run_probes`)."""
+    return Inbound(
+        title="prober results",
+        stream=settings.nats.topology().stream(f"{settings.nats.stream_prefix}PROBES").name,
+        subject=settings.probe_filters()[1],
+        durable=settings.probe_durable,
+        model=ProberResults,
+        description="The active prober's results in batches (`<prefix>.prober.<cluster>._r<k>`, one message per"
+        " partition of PROBES for up to 500 nodes), read by the probe durable with the probes; each entry is judged"
+        " as one prober probe. A batch that fails decoding, names another cluster or holds a node of another"
+        " partition goes to the DLQ whole. Single prober probes (`prober.<cluster>.<node>`) are still accepted.",
+        batch_size=settings.batch_size,
+        ack_wait_s=settings.ack_wait_s,
+        max_deliver=-1,
+        max_ack_pending=settings.max_ack_pending,
+    )
+
+
 def outbound(settings: DetectorSettings) -> list[Outbound]:
     prefix = settings.nats.prefix
     return [
@@ -168,6 +193,9 @@ class Metrics:
             "Probes per processed chunk",
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
             registry=reg,
+        )
+        self.prober_results = prometheus_client.Counter(
+            "nodeheal_detector_prober_results", "Prober results judged from ProberResults batches", registry=reg
         )
         self.publish_failures = prometheus_client.Counter(
             "nodeheal_detector_publish_failures", "Anomaly publishes that failed (retried)", registry=reg
@@ -216,6 +244,7 @@ class DetectorRuntime:
         self._progress_at = time.monotonic()  # the probe loop's last step (a chunk, a sweep, a publish window)
         self.unfinished_reads = 0  # how often the stream was read for what a killed process left (`_unfinished`)
         self.identity = ProbeIdentity(prefix=settings.nats.prefix)
+        self._batches_seen: dict[str, None] = {}  # ids of the prober batches processed (bounded, oldest first)
         self.probes_stream = self.topology.stream(f"{settings.nats.stream_prefix}PROBES").name
         self.cloud_stream = self.topology.stream(f"{settings.nats.stream_prefix}CLOUD").name
         self.audit_stream = self.topology.stream(f"{settings.nats.stream_prefix}AUDIT").name
@@ -238,6 +267,7 @@ class DetectorRuntime:
         self.consumers.consume(side[0], self._cloud_message)
         self.consumers.consume(side[1], self._audit_message)
         self.consumers.documents(probe_contract(settings))
+        self.consumers.documents(prober_results_contract(settings))
         self.consumers.publishes(*outbound(settings))
 
     # ------------------------------------------------------------------ lifecycle
@@ -358,60 +388,18 @@ class DetectorRuntime:
         since: datetime | None,
         on_msg: Callable[[Msg], None],
     ) -> int:
-        """Read a stream once through an ephemeral consumer (no acks) until what was there is read. A
-        JetStream that goes away mid-read is waited out (`patiently`): the read resumes after the last
-        message handled (a last-per-subject read starts again: seeding a node twice is the same seed);
-        stopping short with messages still pending is such a failure, not the end."""
-        last_seq = 0
-        seen = 0
-        resumable = deliver is not DeliverPolicy.LAST_PER_SUBJECT
-
-        async def attempt() -> None:
-            nonlocal last_seq, seen
-            config = ConsumerConfig(
-                # named (never the legacy server-named create, which the permission matrix refuses: it
-                # could rewrite another service's durable); a random suffix nobody can guess
-                name=f"{self.settings.durable}-replay-{secrets.token_hex(8)}",
-                ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else deliver,
-                opt_start_seq=last_seq + 1 if last_seq else None,
-                opt_start_time=None if last_seq else since,
-                filter_subjects=filters,
-                inactive_threshold=30.0,
-                mem_storage=True,
-            )
-            info = await self.js.add_consumer(stream, config=config)
-            total = info.num_pending or 0
-            if total == 0:
-                await self.js.delete_consumer(stream, info.name)
-                return
-            puller = BatchPuller(self.nc, stream=stream, consumer=info.name, batch=2000, expires_s=2.0)
-            await puller.start()
-            got = 0
-            idle = 0
-            try:
-                while got < total and idle < 5:
-                    chunk = await puller.next_chunk(wait_s=1.0)
-                    if not chunk:
-                        idle += 1
-                        continue
-                    idle = 0
-                    for msg in chunk:
-                        on_msg(msg)
-                        if resumable:
-                            last_seq = max(last_seq, msg.metadata.sequence.stream)
-                    got += len(chunk)
-                    seen += len(chunk)
-                if got < total and await _still_pending(self.js, stream, info.name):
-                    problem = f"the replay of {stream} stopped at {got} of {total} messages"
-                    raise TimeoutError(problem)
-            finally:
-                await puller.stop()
-                with contextlib.suppress(Exception):
-                    await self.js.delete_consumer(stream, info.name)
-
-        await patiently(f"state replay of {stream}", attempt)
-        return seen
+        """Read a stream once (`nodeheal.runtime.jetstream.read_range`: resumes after the last message handled
+        when JetStream goes away mid-read) through a consumer named `<durable>-replay-…`."""
+        return await read_range(
+            self.js,
+            stream=stream,
+            filters=filters,
+            name=f"{self.settings.durable}-replay",
+            on_msg=on_msg,
+            deliver=deliver,
+            since=since,
+            what=f"state replay of {stream}",
+        )
 
     async def _unfinished(self, chunk: Sequence[PulledMsg]) -> list[PulledMsg]:
         """The probes a previous process of this durable died holding, at or below this process's first chunk.
@@ -531,6 +519,16 @@ class DetectorRuntime:
             beyond: dict[str, tuple[str, str]] = {}  # subject -> (cluster, node)
 
             def seed(msg: Msg) -> None:
+                route = self.identity.route(msg.subject)
+                if route is not None:  # a prober batch (the last of its partition): its nodes are known
+                    try:
+                        batch = results_decoder.decode(msg.data)
+                    except (msgspec.ValidationError, msgspec.DecodeError):
+                        return
+                    if self.identity.batch_mismatch(msg.subject, route, batch, partitions=s.partitions) is None:
+                        for probe in batch.probes():
+                            det.seed_last_probe(probe, now=now)
+                    return
                 try:
                     probe = probe_decoder.decode(msg.data)
                 except (msgspec.ValidationError, msgspec.DecodeError):
@@ -611,6 +609,7 @@ class DetectorRuntime:
         det = self.detector
         decode = probe_decoder.decode
         mismatch = self.identity.mismatch
+        route_of = self.identity.route
         observe = det.observe_probe
         tick_s = self.settings.tick_s
         last_tick = 0.0
@@ -640,6 +639,12 @@ class DetectorRuntime:
             now = self.clock()
             bad, unsent = unsent, []
             for msg in chunk:
+                route = route_of(msg.subject)
+                if route is not None:  # a prober batch: each entry judged as one prober probe
+                    why = self._observe_batch(msg, route, now)
+                    if why is not None:
+                        bad.append((msg, why))
+                    continue
                 try:
                     probe = decode(msg.data)
                     t = probe.time
@@ -689,6 +694,47 @@ class DetectorRuntime:
                 self.metrics.probes.inc(len(chunk))
                 self.metrics.chunk.observe(len(chunk))
                 self.metrics.nodes.set(len(det.nodes))
+
+    def _observe_batch(self, msg: PulledMsg, route: BatchRoute, now: float) -> str | None:
+        """One `ProberResults` message: checked whole (decoding, identity, partition) before any entry counts,
+        then each entry fed to the rules as the prober `NodeProbe` it stands for. A batch seen before (its
+        id: a re-delivery, a re-send the stream's duplicate window let through) is counted once. Returns the
+        reason when the batch is rejected; it goes to the DLQ whole, and nothing of it was applied — unless the
+        rules fail on an entry (they do not on reachability), when the entries before it were."""
+        try:
+            batch = results_decoder.decode(msg.data)
+            t = batch.time
+            if t is not None and t.utcoffset():
+                t.astimezone(UTC)  # as the schema does: the UTC instant must exist (OverflowError)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return _rejected_batch(str(exc))
+        except Exception as exc:  # anything else a hostile payload can raise
+            return _rejected_batch(f"{type(exc).__name__}: {exc}")
+        wrong = self.identity.batch_mismatch(msg.subject, route, batch, partitions=self.settings.partitions)
+        if wrong is not None:
+            return f"{wrong}; the prober speaks only for the nodes of the partition it published to"
+        det = self.detector
+        seen = self._batches_seen
+        if batch.id:
+            if batch.id in seen:
+                det.counters.duplicates += 1
+                return None
+            seen[batch.id] = None
+            if len(seen) > _MAX_BATCH_IDS:
+                del seen[next(iter(seen))]
+        batch_id = batch.id or f"{msg.subject}@{stream_seq(msg.reply) if msg.reply else 0}"
+        observe = det.observe_probe
+        probes = batch.probes([result_id(batch_id, i) for i in range(len(batch.results))])
+        for i, probe in enumerate(probes):
+            try:
+                observe(probe, now=now)
+            except Exception as exc:  # the rules never raise on reachability; said, not hidden, if they do
+                log.exception("a prober result could not be evaluated", extra={"node": probe.node})
+                return _rejected_batch(
+                    f"entry {i} (node {probe.node!r}) cannot be evaluated: {type(exc).__name__}: {exc}"
+                )
+        self.metrics.prober_results.inc(len(probes))
+        return None
 
     async def _flush(self, now: float) -> None:
         """Publish what the rules emitted, in order, `publish_window` anomalies at a time (each window's
@@ -834,12 +880,3 @@ def stream_lag(reply: str, wall: float) -> float | None:
         return max(0.0, wall - int(stamp) / 1e9)
     except ValueError:
         return None
-
-
-async def _still_pending(js: JetStreamContext, stream: str, name: str) -> bool:
-    """Whether a replay that stopped short left messages behind: its consumer still has some pending, or
-    the consumer is gone (a restarted server forgets a memory-stored ephemeral) and so is its position."""
-    try:
-        return bool((await js.consumer_info(stream, name)).num_pending)
-    except NotFoundError:
-        return True

@@ -52,7 +52,8 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
         "runtime",
         r"PLEG is not healthy|kubelet\.service: (?:Main process exited|Failed)|cannot connect to (?:the )?Docker"
-        r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*reclaim|Eviction manager: .*reclaim"
+        r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*(?:reclaim|reduce \w+ pressure)"
+        r"|Eviction manager: .*reclaim"
         r"|container runtime is down"
         r"|EvictionThresholdMet|NodeHasDiskPressure|kubelet\.service: main process exited"
         r"|Unit kubelet\.service entered failed state|dial unix \S*\.sock: connect|runtime API version: rpc error"
@@ -71,7 +72,12 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"(?:Multi-User System|Graphical Interface|Login Prompts)"
         r"|Show Plymouth (?:Reboot|Power Off|Halt)(?: with kexec)? Screen"
         r"|Shutdown manager (?:killing pod with gracePeriod|finished killing pod|completed processing shutdown event"
-        r"|detected new shutdown event, isNodeShuttingDownNow(?::\s*|\"?\s+event=)true)",
+        r"|detected new shutdown event, isNodeShuttingDownNow(?::\s*|\"?\s+event=)true)"
+        r"|reboot: System halted|systemd-shutdown\[\d+\]: |systemd\[1\]: Shutting down\."
+        r"|Reached target (?:(?:poweroff|reboot|halt|kexec|final|shutdown)\.target - )?(?:Power-Off|Reboot|Halt"
+        r"|System (?:Power Off|Reboot|Halt|Shutdown)|Final Step|Late Shutdown Services)\b"
+        r"|Stopp(?:ed|ing) (?:systemd-user-sessions\.service - )?Permit User Sessions"
+        r"|Stopping (?:(?:serial-)?getty@\S+\.service - )?(?:Serial )?Getty on ",
     ),
 )
 

@@ -35,13 +35,11 @@ stored, its inputs are not yet acknowledged).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
 import logging
 import os
-import secrets
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,16 +47,15 @@ from datetime import datetime, timedelta
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import FetchTimeoutError, KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.diagnoser.crash import CrashBuckets, bucket_key, classify
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.state import node_key
-from nodeheal.runtime.jetstream import kv_keys
+from nodeheal.runtime.jetstream import kv_keys, read_range
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
@@ -269,65 +266,22 @@ class DurableState:
         return report
 
     async def _read(self, base: str, subjects: list[str], since: datetime, apply: Callable[[Msg], None]) -> int:
-        """Everything stored on the stream since `since`, once, through an ephemeral consumer (no acks).
-        A message that does not validate is skipped (the live consumer dead-letters it). A JetStream that
-        goes away mid-read is waited out (`patiently`): the read resumes after the last message applied,
-        so nothing is applied twice and nothing is skipped; a read that stops short with messages still
-        pending is such a failure, not the end."""
+        """Everything stored on the stream since `since`, once (`nodeheal.runtime.jetstream.read_range`:
+        resumes after the last message applied when JetStream goes away mid-read), through a consumer named
+        `diagnoser-read-…`. A message that does not validate is skipped (the live consumer dead-letters it)."""
+
+        def apply_valid(msg: Msg) -> None:
+            with contextlib.suppress(ValidationError, ValueError, TypeError):
+                apply(msg)
+
         stream = self.streams[base]
-        last_seq = 0
-        seen = 0
-
-        async def attempt() -> None:
-            nonlocal last_seq, seen
-            config = ConsumerConfig(
-                # named: the permission matrix refuses the legacy server-named create (deploy/nats/natsauth.py)
-                name=f"diagnoser-read-{secrets.token_hex(8)}",
-                ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else DeliverPolicy.BY_START_TIME,
-                opt_start_seq=last_seq + 1 if last_seq else None,
-                opt_start_time=None if last_seq else since,
-                filter_subjects=subjects,
-                inactive_threshold=30.0,
-                mem_storage=True,
-            )
-            info = await self.js.add_consumer(stream, config=config)
-            total = info.num_pending or 0
-            got = 0
-            try:
-                if total:
-                    sub = await self.js.pull_subscribe_bind(info.name, stream=stream)
-                    idle = 0
-                    while got < total and idle < 5:
-                        try:
-                            msgs = await sub.fetch(min(1000, total - got), timeout=1.0)
-                        except (TimeoutError, FetchTimeoutError):
-                            idle += 1
-                            continue
-                        for msg in msgs:
-                            with contextlib.suppress(ValidationError, ValueError, TypeError):
-                                apply(msg)
-                            last_seq = max(last_seq, msg.metadata.sequence.stream)
-                        got += len(msgs)
-                        seen += len(msgs)
-                        await asyncio.sleep(0)
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-                    if got < total and await _still_pending(self.js, stream, info.name):
-                        problem = f"the read of {stream} stopped at {got} of {total} messages"
-                        raise TimeoutError(problem)
-            finally:
-                with contextlib.suppress(Exception):
-                    await self.js.delete_consumer(stream, info.name)
-
-        await patiently(f"rebuild read of {stream}", attempt)
-        return seen
-
-
-async def _still_pending(js: JetStreamContext, stream: str, name: str) -> bool:
-    """Whether a read that stopped short left messages behind: its consumer still has some pending, or
-    the consumer is gone (a restarted server forgets a memory-stored ephemeral) and so is its position."""
-    try:
-        return bool((await js.consumer_info(stream, name)).num_pending)
-    except NotFoundError:
-        return True
+        return await read_range(
+            self.js,
+            stream=stream,
+            filters=subjects,
+            name="diagnoser-read",
+            on_msg=apply_valid,
+            since=since,
+            batch=1000,
+            what=f"rebuild read of {stream}",
+        )

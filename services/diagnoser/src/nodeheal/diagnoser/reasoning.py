@@ -702,12 +702,26 @@ class Diagnoser:
                 out.append(finding)
                 if finding.kind == "rate_outlier":
                     touched |= set(finding.affected_nodes)
-            elif finding.kind == "rate_outlier":
-                # keep the id, let the group grow: newly affected nodes get the correlation too
+            else:
+                # the same episode (same finding id) grew: said again with every node it has affected so far
+                # (the union: a node that came back stays named, so a node going and coming never makes the
+                # finding flap) and the current counts. Only growth is said, at most once per correlation run;
+                # what was said is what a restart reads back (DIAGNOSES). Newly affected nodes of a rate
+                # outlier get the correlation on their diagnoses too
                 old = self.fleet.findings[key]
                 grown = set(finding.affected_nodes) - set(old.affected_nodes)
-                if grown:
-                    self.fleet.findings[key] = old.model_copy(update={"affected_nodes": finding.affected_nodes})
+                if not grown:
+                    continue
+                nodes = tuple(sorted(set(old.affected_nodes) | grown))
+                update = finding.model_copy(
+                    update={
+                        "affected_nodes": nodes,
+                        "id": deterministic_id(old.finding_id, "grown", *nodes, prefix="finding-"),
+                    }
+                )
+                self.fleet.findings[key] = update
+                out.append(update)
+                if finding.kind == "rate_outlier":
                     touched |= grown
         for key in [k for k in self.fleet.findings if k not in current]:
             absent_since = self.fleet.finding_absent_since.setdefault(key, now)
@@ -731,11 +745,13 @@ class Diagnoser:
     def _finding(
         self, key: tuple[str, str, str, str], *, now: datetime, cluster: str, **fields: object
     ) -> FleetFinding:
+        """The finding as the tests see it now; an episode already raised keeps its id and detection time."""
         existing = self.fleet.findings.get(key)
         if existing is not None:
-            return existing
-        start = now.replace(minute=0, second=0, microsecond=0)
-        finding_id = deterministic_id(*key, start.isoformat(), prefix="finding-")
+            finding_id, detected_at = existing.finding_id, existing.detected_at
+        else:
+            start = now.replace(minute=0, second=0, microsecond=0)
+            finding_id, detected_at = deterministic_id(*key, start.isoformat(), prefix="finding-"), now
         return FleetFinding.model_validate(
             {
                 "id": finding_id,
@@ -747,7 +763,7 @@ class Diagnoser:
                 "value": key[2],
                 "scope": key[3],
                 "window_s": self.config.correlation_window.total_seconds(),
-                "detected_at": now,
+                "detected_at": detected_at,
                 **fields,
             }
         )

@@ -5,6 +5,7 @@ replay and the simulator all call `decide`. The decision table is documented in 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from nodeheal.schemas.diagnosis import CrashSignature, RecommendedAction
 from nodeheal.schemas.kernel import LOOKBACK_CLASSES, Category
 
 SILENT_KINDS = frozenset({"node_down", "node_hang"})
+RESTART_CAUSES: frozenset[str] = frozenset({"kubelet_down", "container_runtime_down", "ops_agent_down", "service_down"})
 CLOUD_EXPLAINS = frozenset(
     {"node_down", "node_hang", "node_not_ready", "unexpected_reboot", "cloud_maintenance", "flapping", "service_down"}
 )
@@ -235,7 +237,7 @@ def ladder_for(
             ),
             _act("escalate", "the agent did not come back after its pod was recreated"),
         )
-    if cause in {"kubelet_down", "container_runtime_down", "ops_agent_down", "service_down"}:
+    if cause in RESTART_CAUSES:
         return (
             _act(
                 "restart_service",
@@ -688,6 +690,29 @@ def _service_target(anomalies: list[Anomaly]) -> str | None:
     return None
 
 
+_UNIT = re.compile(r"\b([A-Za-z0-9][A-Za-z0-9@_.-]*)\.service\b")
+_RUNTIME_SOCKET = re.compile(r"/(containerd|docker|dockershim|crio|cri-dockerd)\.sock\b")
+SERVICE_OF_CAUSE: dict[str, str] = {"kubelet_down": "kubelet", "container_runtime_down": "containerd"}
+"""The unit a service cause restarts when its log line does not name one (the kubelet's own view of a dead
+runtime rarely does): the agent refuses a restart without a unit in its allow-list."""
+
+
+def service_in_kernel(cause: str, kernel: list[KernelEvidence]) -> str | None:
+    """The systemd unit a kernel/journal-line diagnosis of a dead service names: `kubelet.service: Main
+    process exited` → kubelet; the kubelet's CRI error on `/run/containerd/containerd.sock` → containerd
+    (`dockershim.sock` → docker); else the cause's usual unit (`SERVICE_OF_CAUSE`). Only the lines of that
+    cause are read, newest first."""
+    for k in sorted((k for k in kernel if k.finding.cls == cause), key=lambda k: k.observed_at, reverse=True):
+        line = k.finding.line
+        unit = _UNIT.search(line)
+        if unit is not None:
+            return unit.group(1)
+        socket = _RUNTIME_SOCKET.search(line)
+        if socket is not None:
+            return "docker" if socket.group(1) == "dockershim" else socket.group(1)
+    return SERVICE_OF_CAUSE.get(cause)
+
+
 def decide(
     *, ctx: NodeContext, fleet: FleetState, now: datetime, config: DecisionConfig, rank: dict[str, int]
 ) -> Decision | None:
@@ -826,6 +851,8 @@ def decide(
         rotate = crash is not None and crash_bucket_decision(decision, crash)
         decision.evidence.extend(anomaly_ev)
         target = _service_target(firing)
+        if target is None and decision.cause in RESTART_CAUSES:
+            target = service_in_kernel(decision.cause, kernel)
         ladder = (
             rotation_ladder(decision.cause)
             if rotate

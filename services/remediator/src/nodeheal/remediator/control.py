@@ -6,12 +6,16 @@ and read by the remediator before every step. Plain JSON so `nats kv get` shows 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
+
+from nodeheal.runtime.jetstream import kv_keys
+from nodeheal.runtime.startup import patiently
 
 PAUSE_KEY = "pause"
 STORM_KEY_PREFIX = "storm."
@@ -32,20 +36,25 @@ def storm_value(kind: str, value: str, *, unhealthy: int, size: int) -> bytes:
 
 
 async def read_storms(kv: KeyValue) -> list[tuple[str, str]]:
-    """The storms in force (kind, value) as the replicas recorded them: the hysteresis survives a restart."""
+    """The storms in force (kind, value) as the replicas recorded them: the hysteresis survives a restart.
+
+    The keys come from the bucket's subject index (`kv_keys`), each value from a get, every call waited out
+    while JetStream is briefly away (`patiently`, inside the start). Not a KV watch: its iterator has no
+    timeout (a JetStream that went away mid-read and stayed away left the start waiting for ever, never
+    failing `/healthz`), and it may end on an early "nothing pending" marker (storms forgotten: 1 read in
+    200 of 300 keys on a quiet machine)."""
     out: list[tuple[str, str]] = []
-    watcher = await kv.watch(f"{STORM_KEY_PREFIX}>", ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break  # the current values are all delivered
-            try:
-                data = json.loads(entry.value or b"{}")
-                out.append((str(data["kind"]), str(data["value"])))
-            except (ValueError, KeyError, TypeError):
-                continue
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    keys = await patiently("storm keys", functools.partial(kv_keys, kv, pattern=f"{STORM_KEY_PREFIX}>"))
+    for key in keys:
+        try:
+            entry = await patiently(f"storm {key}", functools.partial(kv.get, key))
+        except KeyNotFoundError:
+            continue  # ended since the listing
+        try:
+            data = json.loads(entry.value or b"{}")
+            out.append((str(data["kind"]), str(data["value"])))
+        except (ValueError, KeyError, TypeError):
+            continue
     return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,8 @@ from nodeheal.runtime.jetstream import close_reader
 from nodeheal.schemas.health import AGENT_SOURCES, HealthThresholds, probe_problems, summary
 from nodeheal.schemas.probe import NodeProbe
 from nodeheal.schemas.subjects import probe_subject
+
+log = logging.getLogger(__name__)
 
 JsSub = JetStreamContext.PullSubscription
 
@@ -61,21 +64,38 @@ class Verifier:
         self.readers = asyncio.Semaphore(readers)
         self.stream = stream
         self.prefix = prefix
-        self.partitions = partitions
+        self.partitions = partitions  # the setting: used only when the stream cannot be looked up
+        self._partitioned: bool | None = None  # what the stream itself says (read once)
         self.kube = kube
         self.thresholds = thresholds
         self.timeout_s = timeout_s
         self.poll_s = poll_s
 
-    def _filter(self, cluster: str, node: str) -> str:
+    async def _stored_partitioned(self) -> bool:
+        """Whether PROBES stores a node's probes with a partition token appended (its subject transform),
+        from the stream's own configuration, read once: a remediator whose partition setting differs from
+        the stream's (the production overlay once set it for the detector only) would otherwise filter on
+        subjects that never exist and no repair could be verified. The setting is the fallback when the
+        stream cannot be looked up."""
+        if self._partitioned is None:
+            try:
+                info = await self.js.stream_info(self.stream)
+            except Exception as exc:
+                log.warning("PROBES layout not read; using the partition setting", extra={"error": repr(exc)})
+                return self.partitions > 0
+            transform = info.config.subject_transform
+            self._partitioned = transform is not None and "partition(" in (transform.dest or "")
+        return self._partitioned
+
+    async def _filter(self, cluster: str, node: str) -> str:
         subject = probe_subject(cluster, node, prefix=self.prefix)
-        return f"{subject}.*" if self.partitions > 0 else subject
+        return f"{subject}.*" if await self._stored_partitioned() else subject
 
     async def _probes(self, cluster: str, node: str, since: datetime) -> JsSub:
         """A named ephemeral pull consumer on the node's probes from `since` (the form the remediator's role
         allows: `$JS.API.CONSUMER.CREATE.<PROBES>.<name>.<filter>`; it goes away when unsubscribed or idle)."""
         return await self.js.pull_subscribe(
-            self._filter(cluster, node),
+            await self._filter(cluster, node),
             durable=None,
             stream=self.stream,
             config=ConsumerConfig(

@@ -150,7 +150,7 @@ async def raw_nats_msgs_per_s(url: str, payload: bytes, *, count: int, auth: Ben
 # ---------------------------------------------------------------------- backlog and drains
 
 
-async def _provision(url: str, auth: BenchAuth) -> NatsSettings:
+async def _provision(url: str, auth: BenchAuth, *, partitions: int = 0) -> NatsSettings:
     """The layout of one phase, as the detector's settings. Under per-role credentials the layout is the
     one the permissions are written for (the bench's own server, dropped between phases); on a plain
     server each phase gets its own prefixes."""
@@ -163,6 +163,8 @@ async def _provision(url: str, auth: BenchAuth) -> NatsSettings:
         settings = NatsSettings(
             url=url, prefix=f"bench{tag}", stream_prefix=f"BENCH{tag}_", bucket_prefix=f"bench{tag}", store_bytes=store
         )
+    if partitions:
+        settings = settings.model_copy(update={"probe_partitions": partitions})
     nc = await auth.connect(url, "admin")
     await apply_topology(nc.jetstream(), settings.topology())
     await nc.close()

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nodeheal.cloud_events.prober.batch import ResultBatcher
+from nodeheal.detector.puller import highest
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.subjects import probe_subject
 from nodeheal.sim.bench.detector import _drop, _provision, drain_chunks, open_puller
@@ -119,14 +121,17 @@ async def _fleet(
     prober_interval_s: float,
     seconds: float,
     batch: int,
+    prober_batched: bool = True,
+    partitions: int = 0,
 ) -> dict[str, Any]:
     """The simulator's whole probe traffic (the real agent's probe of every node each interval, the simulated
-    prober's at its round), drained meanwhile by the detector's puller with one `+ACK` per message (the
-    detector's acks before issue 19's fourth round; `server_us_per_probe_drain_*` compares the two): the
-    server's CPU per node and agent interval, after one warm-up interval (every node's first probe)."""
+    prober's results at its round: one `NodeProbe` per node, or `ProberResults` batches through the prober's own
+    batcher), into PROBES with `partitions` partitions, drained meanwhile by the detector's puller with one
+    cumulative ack per chunk (what the detector does): the server's CPU per node and agent interval, after one
+    warm-up interval (every node's first probe)."""
     from nodeheal.sim.engine import FleetSimulator, SimTimings
 
-    settings = await _provision(url, auth)
+    settings = await _provision(url, auth, partitions=partitions)
     stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
     nc = await auth.connect(url, "admin", name="bench-wire-fleet", pending_size=64 * 1024 * 1024)
     sim = FleetSimulator(
@@ -135,7 +140,8 @@ async def _fleet(
         timings=SimTimings(interval_s, prober_interval_s=prober_interval_s),
         probes_only=True,
     )
-    dnc, puller = await open_puller(url, auth, stream, durable="bench-wire-fleet", explicit=True, batch=batch)
+    sim.prober_batched = prober_batched
+    dnc, puller = await open_puller(url, auth, stream, durable="bench-wire-fleet", explicit=False, batch=batch)
     stop = asyncio.Event()
 
     async def drain() -> int:
@@ -143,7 +149,9 @@ async def _fleet(
         while not stop.is_set():
             chunk = await puller.next_chunk(wait_s=0.5)
             if chunk:
-                await puller.ack_each(chunk)
+                top = highest(chunk)
+                if top is not None:
+                    await puller.ack_all_through(top)  # type: ignore[arg-type]  # a Msg of this puller
                 seen += len(chunk)
         return seen
 
@@ -151,13 +159,21 @@ async def _fleet(
     try:
         await sim.start(prober_nc=nc, agent_nc=dict.fromkeys(sim.nodes, nc))
         await asyncio.sleep(interval_s + 1.0)
-        cpu, published, agents = server_cpu_s(pid), sim.stats.probes_published, sim.stats.collected
+        stats = sim.stats
+        cpu, published, agents, results = (
+            server_cpu_s(pid),
+            stats.probes_published,
+            stats.collected,
+            stats.prober_results,
+        )
         started = time.perf_counter()
         await asyncio.sleep(seconds)
         used = server_cpu_s(pid) - cpu
         wall = time.perf_counter() - started
-        published = sim.stats.probes_published - published
-        agents = sim.stats.collected - agents
+        published = stats.probes_published - published
+        agents = stats.collected - agents
+        results = stats.prober_results - results
+        stretched = stats.stretched_s
     finally:
         await sim.stop()
         stop.set()
@@ -168,11 +184,16 @@ async def _fleet(
         await _drop(url, settings, auth)
     return {
         "prober_interval_s": prober_interval_s,
+        "prober_form": "ProberResults batches" if prober_batched else "one NodeProbe per node",
+        "partitions": partitions,
         "seconds": round(wall, 1),
         "agent_probes": agents,
+        "agent_probes_per_s": round(agents / wall),
         "messages": published,
+        "prober_results_in_batches": results,
         "messages_per_node_interval": round(published / max(agents, 1), 3),
         "drained": drained,
+        "sim_stretched_s": round(stretched, 1),
         "server_cpu_s": round(used, 2),
         "server_us_per_node_interval": round(1e6 * used / max(agents, 1), 1),
         "server_cores_at_50000_nodes_5s": round(used / max(agents, 1) * 10_000, 2),
@@ -180,40 +201,48 @@ async def _fleet(
 
 
 async def run_fleet_bench(
-    *, url: str, pid: int, auth: BenchAuth, nodes: int, interval_s: float, seconds: float, batch: int
+    *, url: str, pid: int, auth: BenchAuth, nodes: int, interval_s: float, seconds: float, batch: int, partitions: int
 ) -> dict[str, Any]:
-    """The simulated fleet's traffic twice on one server: the prober at every agent probe (the simulator before
-    it kept the prober's round), then at the prober's own round (`ProberSettings.interval_s`)."""
+    """The simulated fleet's traffic twice on one server, the prober at its own round (`ProberSettings.interval_s`)
+    both times: its results one message per node (before), then in `ProberResults` batches (one per partition of
+    PROBES and probe-loop tick, the prober's own batcher)."""
     from nodeheal.sim.engine import SimTimings
 
-    rounds = {"prober_at_agent_interval": interval_s, "prober_at_its_round": SimTimings().prober_interval_s}
+    prober_s = SimTimings().prober_interval_s
     variants = {
         name: await _fleet(
-            url, pid, auth, nodes=nodes, interval_s=interval_s, prober_interval_s=p, seconds=seconds, batch=batch
+            url,
+            pid,
+            auth,
+            nodes=nodes,
+            interval_s=interval_s,
+            prober_interval_s=prober_s,
+            seconds=seconds,
+            batch=batch,
+            prober_batched=batched,
+            partitions=partitions,
         )
-        for name, p in rounds.items()
+        for name, batched in (("prober_one_message_per_node", False), ("prober_batched", True))
     }
     return {
         "benchmark": "wire --fleet",
-        "what": "nats-server CPU per node and agent interval for the simulator's probe traffic, drained with +ACKs",
+        "what": "nats-server CPU per node and agent interval for the simulator's probe traffic, drained with"
+        " cumulative acks; the prober's results one message per node vs in ProberResults batches",
         "config": auth.config,
         "nodes": nodes,
         "interval_s": interval_s,
+        "partitions": partitions,
         "variants": variants,
     }
-
-
-ROUND_NODE_NAME = "_round"
-"""The node token of the batched form measured here (not a valid Kubernetes node name): not built, measured."""
 
 
 async def _prober_phase(
     url: str, pid: int, auth: BenchAuth, *, nodes: int, rounds: int, per_message: int, batch: int
 ) -> dict[str, Any]:
     """The simulated prober's results of `rounds` rounds over `nodes` nodes, stored into PROBES one message per
-    node (what the prober publishes) or `per_message` nodes' results per message (a batched form, measured
-    only: the entries without the fields the message carries once), then drained with one cumulative ack per
-    chunk (the detector's acks). Server CPU per node result."""
+    node (the prober's form before batches) or `per_message` nodes' results per message (`ProberResults`,
+    through the prober's own batcher), then drained with one cumulative ack per chunk (the detector's acks).
+    Server CPU per node result."""
     import orjson
 
     from nodeheal.schemas.subjects import prober_probe_subject
@@ -224,21 +253,18 @@ async def _prober_phase(
     now = time.time()
     sim_nodes = [SimNode(inv=inv, index=i, booted_at=now - 3600) for i, inv in enumerate(build_inventory(spec))]
     subjects = [prober_probe_subject(spec.cluster, n.inv.node, prefix=settings.prefix) for n in sim_nodes]
-    round_subject = prober_probe_subject(spec.cluster, ROUND_NODE_NAME, prefix=settings.prefix)
     messages: list[tuple[str, bytes]] = []
     for r in range(rounds):
         iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now + 10 * r))
-        bodies = [n.prober_probe(time_iso=iso) for n in sim_nodes]
         if per_message == 1:
+            bodies = [n.prober_probe(time_iso=iso) for n in sim_nodes]
             messages += [(subject, orjson.dumps(body)) for subject, body in zip(subjects, bodies, strict=True)]
             continue
-        for start in range(0, nodes, per_message):
-            entries = [
-                {k: body[k] for k in ("node", "seq", "time", "reachability")}
-                for body in bodies[start : start + per_message]
-            ]
-            head = {"schema": "nodeheal.prober-round/v0", "cluster": spec.cluster, "source": "prober"}
-            messages.append((round_subject, orjson.dumps(head | {"results": entries})))
+        # the prober's own batcher (`ProberResults`, PROBES not partitioned here: one subject)
+        batcher = ResultBatcher(cluster=spec.cluster, partitions=0, prefix=settings.prefix, max_results=per_message)
+        for n in sim_nodes:
+            messages += [(b.subject, b.body) for b in batcher.add(n.inv.node, n.prober_checks())]
+        messages += [(b.subject, b.body) for b in batcher.drain()]
     total_bytes = sum(len(body) for _, body in messages)
     try:
         nc = await auth.connect(url, "admin", name="bench-wire-prober", pending_size=64 * 1024 * 1024)
@@ -284,7 +310,7 @@ async def run_prober_bench(
     }
     return {
         "benchmark": "wire --prober-rounds",
-        "what": "nats-server CPU per node result of the active prober: one message per node vs batched (measured only)",
+        "what": "nats-server CPU per node result of the active prober: one message per node vs ProberResults batches",
         "config": auth.config,
         "nodes": nodes,
         "rounds": rounds,

@@ -48,6 +48,9 @@ class IngestRuntime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     seeded: int = 0
+    wait: StartWait | None = None  # the start's wait for JetStream (readiness says what it waits for)
+    starting: asyncio.Task[None] | None = None  # the start, when it runs behind the HTTP server
+    start_failed: str | None = None  # why the start gave up: /healthz fails, the pod is restarted
 
 
 RUNTIME: web.AppKey[IngestRuntime] = web.AppKey("runtime", IngestRuntime)
@@ -66,7 +69,12 @@ def build_pollers(settings: IngestSettings, sink: CloudEventSink) -> list[Poller
     return pollers
 
 
-def build_app(settings: IngestSettings, *, start_pollers: bool = True) -> web.Application:
+def build_app(
+    settings: IngestSettings, *, start_pollers: bool = True, serve_while_starting: bool = False
+) -> web.Application:
+    """`serve_while_starting` (the process, `main`): HTTP answers while the start waits for JetStream —
+    `/healthz` 200 (alive), `/readyz` 503 saying what it waits for, event posts 503 — and `/healthz` fails
+    once the start gives up. Without it (tests' clients) the app's startup returns when the start is done."""
     problem = settings.auth_problem()
     if problem:
         raise ValueError(problem)
@@ -80,10 +88,29 @@ def build_app(settings: IngestSettings, *, start_pollers: bool = True) -> web.Ap
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
 
+    async def start() -> None:
+        runtime.wait = StartWait(service=settings.service_name, patience_s=settings.nats.start_patience_s)
+        try:
+            with start_wait(runtime.wait):
+                await _start(runtime, start_pollers=start_pollers)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            runtime.start_failed = f"start failed ({why}); the process must be restarted"
+            log.exception("start failed; /healthz fails")
+            if not serve_while_starting:
+                raise
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        with start_wait(StartWait(service=settings.service_name, patience_s=settings.nats.start_patience_s)):
-            await _start(runtime, start_pollers=start_pollers)
+        if serve_while_starting:
+            runtime.starting = asyncio.create_task(start(), name="ingest-start")
+        else:
+            await start()
         yield
+        if runtime.starting is not None and not runtime.starting.done():
+            runtime.starting.cancel()
+        if runtime.starting is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runtime.starting
         await _stop(runtime)
 
     app.cleanup_ctx.append(lifecycle)
@@ -105,14 +132,11 @@ async def _start(runtime: IngestRuntime, *, start_pollers: bool) -> None:
         kv = None
     stream = topo.stream(f"{s.nats.stream_prefix}CLOUD").name
 
-    async def seeded() -> tuple[TransitionLedger, int]:
-        ledger = TransitionLedger(max_entities=s.ledger_max_entities)  # a retry seeds a fresh one
-        count = await seed_ledger(
-            js, stream=stream, prefix=s.nats.prefix, ledger=ledger, lookback=timedelta(seconds=s.ledger_seed_lookback_s)
-        )
-        return ledger, count
-
-    ledger, runtime.seeded = await patiently("the ledger's seed from CLOUD", seeded)
+    ledger = TransitionLedger(max_entities=s.ledger_max_entities)
+    # one read to the stream's end; a JetStream away mid-read is waited out and the read resumes
+    runtime.seeded = await seed_ledger(
+        js, stream=stream, prefix=s.nats.prefix, ledger=ledger, lookback=timedelta(seconds=s.ledger_seed_lookback_s)
+    )
     runtime.sink = CloudEventSink(
         js=js,
         prefix=s.nats.prefix,
@@ -148,12 +172,17 @@ async def _stop(runtime: IngestRuntime) -> None:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    if runtime.start_failed:
+        return web.Response(text=runtime.start_failed, status=503)
     return web.Response(text="ok")
 
 
 async def _readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     problems = []
+    if runtime.wait is not None and runtime.wait.waiting:
+        problems.append(f"{runtime.settings.service_name}: {runtime.wait.waiting}")
     if runtime.nc is None or not runtime.nc.is_connected:
         problems.append("not connected to NATS")
     if runtime.sink is None:

@@ -23,7 +23,7 @@ def main() -> int:
     setup_tracing(service="ingest", settings=settings.telemetry)
     install_log_correlation()
     try:
-        app = build_app(settings)
+        app = build_app(settings, serve_while_starting=True)
     except ValueError as exc:
         print(f"nodeheal ingest: {exc}", file=sys.stderr)  # noqa: T201
         return 2

@@ -17,14 +17,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import prometheus_client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 
 from nodeheal.cloud_events.normalize import TransitionLedger
-from nodeheal.runtime.jetstream import dead_letter, publish_model
+from nodeheal.runtime.jetstream import dead_letter, publish_model, read_range
 from nodeheal.runtime.telemetry import publish_span, start_incident
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.inventory import NodeInventory, instance_key
@@ -211,40 +211,33 @@ async def seed_ledger(
     js: JetStreamContext, *, stream: str, prefix: str, ledger: TransitionLedger, lookback: timedelta
 ) -> int:
     """Rebuild the ledger from what CLOUD already holds, so a restart neither re-publishes
-    transitions nor forgets which events are still open (reconciliation needs them)."""
+    transitions nor forgets which events are still open (reconciliation needs them).
+
+    One read of the stream (`nodeheal.runtime.jetstream.read_range`) to its end: a JetStream that goes away
+    mid-read is waited out and the read resumes after the last event recorded (before, a fetch that timed
+    out was taken for the end, and the start went on with half a ledger)."""
     if lookback <= timedelta(0):
         return 0
-    info = await js.stream_info(stream)
-    if info.state.messages == 0:
-        return 0
-    start = datetime.now(tz=UTC) - lookback
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_TIME,
-        ack_policy=AckPolicy.NONE,
-        opt_start_time=start,
-        inactive_threshold=60.0,
-    )
-    sub = await js.pull_subscribe(wildcard("cloud", prefix=prefix), durable=None, stream=stream, config=config)
     count = 0
-    try:
-        while True:
-            try:
-                batch = await sub.fetch(500, timeout=1.0)
-            except TimeoutError:
-                break
-            for msg in batch:
-                try:
-                    body = json.loads(msg.data)
-                    ledger.record(
-                        cloud=str(body["cloud"]),
-                        provider_event_id=str(body["provider_event_id"]),
-                        phase=str(body["phase"]),
-                    )
-                    count += 1
-                except (ValueError, KeyError, TypeError):
-                    pass
-            if batch and batch[-1].metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
+
+    def record(msg: Msg) -> None:
+        nonlocal count
+        try:
+            body = json.loads(msg.data)
+            ledger.record(
+                cloud=str(body["cloud"]), provider_event_id=str(body["provider_event_id"]), phase=str(body["phase"])
+            )
+            count += 1
+        except (ValueError, KeyError, TypeError):
+            pass
+
+    await read_range(
+        js,
+        stream=stream,
+        filters=[wildcard("cloud", prefix=prefix)],
+        name="ingest-seed",
+        on_msg=record,
+        since=datetime.now(tz=UTC) - lookback,
+        what="the ledger's seed from CLOUD",
+    )
     return count

@@ -1,7 +1,7 @@
 """The active prober process: keeps a local copy of this cluster's inventory (a KV watch on
 `node.<cluster>.*`, so a round never reads 50,000 keys), checks the nodes of its shard with bounded
-concurrency every interval, and publishes one `NodeProbe` (source "prober") per node per round with
-asynchronous JetStream publishes."""
+concurrency every interval, and publishes the results in `ProberResults` batches (one message per partition
+of PROBES for up to `batch_max_results` nodes, `batch.ResultBatcher`) with asynchronous JetStream publishes."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
+from nodeheal.cloud_events.prober.batch import Batch, ResultBatcher
 from nodeheal.cloud_events.prober.checks import CheckPlan, check_node
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.cloud_events.prober.sharding import owns
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
-from nodeheal.schemas.probe import NodeProbe, Reachability
-from nodeheal.schemas.subjects import escape_token, prober_probe_subject
+from nodeheal.schemas.probe import Reachability
+from nodeheal.schemas.subjects import escape_token
 
 log = logging.getLogger("nodeheal.cloud_events.prober")
 
@@ -35,7 +36,9 @@ ROUND_SECONDS = prometheus_client.Histogram(
     "nodeheal_prober_round_seconds", "Duration of one round", buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 )
 NODES_UNREACHABLE = prometheus_client.Gauge("nodeheal_prober_nodes_unreachable", "Nodes with every check failing")
-PUBLISH_FAILURES = prometheus_client.Counter("nodeheal_prober_publish_failures", "Probes not acknowledged")
+PUBLISH_FAILURES = prometheus_client.Counter(
+    "nodeheal_prober_publish_failures", "Node results whose batch was not acknowledged"
+)
 
 CheckFn = Callable[[str, CheckPlan], Awaitable[tuple[Reachability, ...]]]
 
@@ -45,8 +48,12 @@ class RoundResult:
     nodes: int
     unreachable: int
     published: int
+    """results (nodes) whose batch the stream acknowledged"""
     failed_publishes: int
+    """results whose batch was not acknowledged"""
     seconds: float
+    messages: int = 0
+    """`ProberResults` messages sent"""
 
 
 class InventoryCache:
@@ -154,19 +161,45 @@ class Prober:
         ]
 
     async def run_round(self) -> RoundResult:
+        """Check every node of this replica's shard once; publish the results in `ProberResults` batches
+        (one per partition of PROBES, at most `batch_max_results` entries each), sent as they fill up, every
+        `batch_flush_s` while the round runs, and at its end."""
         assert self.js is not None
+        js = self.js
         started = time.perf_counter()
         self._seq += 1
-        seq = self._seq
         nodes = self.my_nodes()
         semaphore = asyncio.Semaphore(self.settings.concurrency)
-        acks: list[asyncio.Future[PubAck]] = []
+        sent: list[tuple[asyncio.Future[PubAck], int]] = []  # (PubAck, results in that batch)
         unreachable = 0
         failed = 0
-        prefix = self.settings.nats.prefix
+        batcher = ResultBatcher(
+            cluster=self.settings.cluster,
+            partitions=self.settings.nats.probe_partitions,
+            prefix=self.settings.nats.prefix,
+            max_results=self.settings.batch_max_results,
+            seq=self._seq,
+        )
+
+        async def send(batches: list[Batch]) -> None:
+            nonlocal failed
+            for batch in batches:
+                try:
+                    ack = await js.publish_async(
+                        batch.subject,
+                        batch.body,
+                        # one id per batch: a re-sent batch is stored once (the stream's duplicate window) and
+                        # counted once by the detector
+                        headers={"Nats-Msg-Id": batch.msg_id},
+                        wait_stall=self.settings.nats.publish_timeout_s,
+                    )
+                    sent.append((ack, batch.results))
+                except Exception as exc:
+                    failed += batch.results
+                    log.warning("prober results not published", extra={"results": batch.results, "error": repr(exc)})
 
         async def one(inv: NodeInventory) -> None:
-            nonlocal unreachable, failed
+            nonlocal unreachable
             async with semaphore:
                 if inv.addresses:
                     results = await self.check(inv.addresses[0], self.plan)
@@ -174,30 +207,35 @@ class Prober:
                     results = (Reachability(check="tcp", target=inv.node, ok=False, error="no address in inventory"),)
             if not any(r.ok for r in results):
                 unreachable += 1
-            probe = NodeProbe(
-                cluster=inv.cluster, node=inv.node, source="prober", seq=seq, reachability=results, ready=inv.ready
-            )
-            try:
-                ack = await self.js.publish_async(  # type: ignore[union-attr]
-                    prober_probe_subject(inv.cluster, inv.node, prefix=prefix),
-                    probe.to_json(),  # no Nats-Msg-Id: a prober probe sets a state, a second copy changes nothing
-                    wait_stall=self.settings.nats.publish_timeout_s,
-                )
-                acks.append(ack)
-            except Exception as exc:
-                failed += 1
-                log.warning("probe not published", extra={"node": inv.node, "error": repr(exc)})
+            full = batcher.add(inv.node, [r.model_dump(mode="json", exclude_none=True) for r in results], inv.ready)
+            if full:
+                await send(full)
 
-        await asyncio.gather(*(one(inv) for inv in nodes))
+        async def flush_now_and_then() -> None:
+            # a round with slow (timing-out) nodes lasts seconds: what was checked goes out meanwhile, so a
+            # verdict waits at most `batch_flush_s` for its message
+            while True:
+                await asyncio.sleep(self.settings.batch_flush_s)
+                await send(batcher.drain())
+
+        flusher = asyncio.create_task(flush_now_and_then())
+        try:
+            await asyncio.gather(*(one(inv) for inv in nodes))
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        await send(batcher.drain())
         published = 0
-        if acks:
-            done, pending = await asyncio.wait(acks, timeout=self.settings.nats.publish_timeout_s)
+        if sent:
+            done, pending = await asyncio.wait([ack for ack, _ in sent], timeout=self.settings.nats.publish_timeout_s)
             for future in pending:
                 future.cancel()
-            for future in done:
-                if future.exception() is None:
-                    published += 1
-            failed += len(acks) - published
+            for ack, results in sent:
+                if ack in done and ack.exception() is None:
+                    published += results
+                else:
+                    failed += results
         seconds = time.perf_counter() - started
         if failed:
             PUBLISH_FAILURES.inc(failed)
@@ -210,7 +248,12 @@ class Prober:
                 extra={"seconds": round(seconds, 2), "nodes": len(nodes), "interval_s": self.settings.interval_s},
             )
         return RoundResult(
-            nodes=len(nodes), unreachable=unreachable, published=published, failed_publishes=failed, seconds=seconds
+            nodes=len(nodes),
+            unreachable=unreachable,
+            published=published,
+            failed_publishes=failed,
+            seconds=seconds,
+            messages=len(sent),
         )
 
     async def run(self) -> None:

@@ -27,6 +27,16 @@ class ProberSettings(ServiceSettings):
         default=None, ge=0, description="this replica's index; default: the ordinal of `instance` (pod name)"
     )
     max_pending_publishes: int = Field(default=4000, ge=1)
+    batch_max_results: int = Field(
+        default=500,
+        ge=1,
+        le=2000,
+        description="nodes per ProberResults message (one message per partition of PROBES; NATS__PROBE_PARTITIONS"
+        " must be the stream's)",
+    )
+    batch_flush_s: float = Field(
+        default=1.0, gt=0, description="while a round runs, what was checked is sent at least this often"
+    )
 
     def resolved_shard_index(self) -> int:
         from nodeheal.cloud_events.prober.sharding import ordinal_from_instance

@@ -45,6 +45,11 @@ def _words(text: str) -> list[str]:
 #     look-up and the nested rwsem entry points (three lockdep WARNINGs of three ext4 bugs blamed them)
 #   - (round 9, from the false pairs of the dup-marked syzbot set, after its untouched figure) the wake-up
 #     helpers and the user-copy helpers: a freed wait queue or a bad length is the caller's bug
+#   - (round 10, from the kernel.org bugzilla set after its untouched figure) XFS's assertion reporter (`assfail`,
+#     `asswarn`: the WARN / BUG of every failed ASSERT, whose caller is the bug) and the page-fault oops path a
+#     6.x trace prints as reliable frames (`__die_body`, `page_fault_oops`, …), the ftrace trampoline, the folio
+#     renames of the page waits (`folio_wait_bit_common`) and, as a prefix, the 6.x function-padding symbols
+#     (`__pfx_…`, never code that runs)
 GENERIC_FRAMES: frozenset[str] = frozenset(
     _words("""
     do_softirq do_vfs_ioctl dump_stack dump_stack_lvl flush_kthread_worker gs_change irq_exit
@@ -79,7 +84,8 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
     __down down_read down_write up_write up_read down_write_killable down_read_killable percpu_down_write
     percpu_down_read wait_for_completion_killable wait_for_completion_interruptible
     wait_for_completion_timeout __wait_for_common do_wait_for_common schedule_timeout_uninterruptible
-    wait_on_page_bit_common wait_on_page_bit bit_wait_io __wait_on_bit out_of_line_wait_on_bit kthread_stop
+    wait_on_page_bit_common wait_on_page_bit folio_wait_bit_common folio_wait_bit bit_wait_io __wait_on_bit
+    out_of_line_wait_on_bit kthread_stop
     flush_work __flush_work flush_workqueue
     entry_SYSCALL_64_fastpath entry_SYSCALL_64 do_fast_syscall_32 entry_SYSENTER_compat entry_INT80_compat
     do_int80_syscall_32 syscall_return_slowpath exit_to_usermode_loop exit_to_user_mode_prepare
@@ -104,6 +110,9 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
     look_up_lock_class down_write_nested down_read_nested free_large_kmalloc __free_pages free_pages kfree_sensitive
     try_to_grab_pending
     _copy_to_user _copy_from_user copy_to_user copy_from_user
+    assfail asswarn __die __die_body page_fault_oops do_user_addr_fault kernelmode_fixup_or_oops no_context
+    __bad_area_nosemaphore bad_area_nosemaphore do_kern_addr_fault do_page_fault page_fault ftrace_regs_caller
+    ftrace_regs_caller_end ftrace_caller
 """)
 )
 # name prefixes of the same kinds: lock primitives, lockdep, sanitizers and coverage hooks, stack walkers,
@@ -115,9 +124,11 @@ _GENERIC_PREFIXES: tuple[str, ...] = tuple(
     kcsan_ __tsan_ trace_hardirqs_ refcount_ kobject_ __kmalloc ___kmalloc kmalloc_ __kvmalloc __x86_indirect_thunk
     __alloc_pages __alloc_frozen_pages alloc_pages rb_erase rb_insert __rb_ __list_ list_del list_add unwind_
     __unwind_ arch_stack_walk stack_trace_ save_stack print_ dump_stack show_regs __show_regs asm_exc_
-    asm_sysvec_ sysvec_ exc_ msan_ __wake_up
+    asm_sysvec_ sysvec_ exc_ msan_ __wake_up __pfx_
     """)
 )
+# reporters that live in a module (a module's frames are otherwise never machinery): XFS's ASSERT reporter
+_MODULE_REPORTERS: frozenset[str] = frozenset({"assfail", "asswarn"})
 # interrupt entry frames: in a stall report, the frames before the first one are the detecting handler's
 _INTERRUPT_ENTRY: frozenset[str] = frozenset(
     _words("""
@@ -236,6 +247,14 @@ _BUG_AT = re.compile(r"kernel BUG at (?P<path>\S+?):(?P<line>\d+)!")
 _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
+# a failed assertion's own message, printed just before the WARN / BUG it raises (XFS: `XFS: Assertion failed:
+# agno < mp->m_sb.sb_agcount, file: fs/xfs/libxfs/xfs_types.c, line: 22`): the expression names the check that
+# failed on every build, where the WARN / BUG line names only the reporter (`fs/xfs/xfs_message.c:112`)
+# (a mailer may wrap the message before `, file:`: the expression is then read to the end of the line)
+_ASSERTION = re.compile(r"Assertion failed: (?P<expr>.+?)(?:, file:|,?\s*$)")
+ASSERTION_LOOKBACK = 8  # lines between an assertion's message and the header of the report it raises
+# mail quoting (`> `, `>> `): a report quoted in a reply is the same report
+_QUOTE = re.compile(r"^\s*(?:>\s?)+")
 _CPU_COMM = re.compile(r"(?:CPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: |Pid: \d+, comm: )(?P<comm>\S+)")
 SIMILAR_FRAMES = 8  # level 2 compares up to this many of the blamed function + top frames (top_frames keeps 6)
 STALL_FRAMES = 12  # stall reports: this many significant frames, at least 3 shared
@@ -278,6 +297,7 @@ class CrashReport:
     cpu_comm: str | None = None  # from the `CPU: … Comm:` line, which every copy of an oops carries
     subkind: str | None = None  # KASAN's bug type, a GPF's KASAN hint, a WARNING's source file
     access: str | None = None  # KASAN's faulting access: `Read 8`, `Write 16` (one instruction, any build)
+    assertion: str | None = None  # a failed assertion's expression, normalised (`XFS: Assertion failed: …`)
     in_trace: bool = False
     vmcore: bool = False
 
@@ -293,7 +313,7 @@ class CrashReport:
         out: list[str] = []
         for func, module in frames:
             name = canonical_frame(func)
-            if module is None and is_generic_frame(name):
+            if (module is None and is_generic_frame(name)) or name in _MODULE_REPORTERS:
                 continue
             if out and out[-1] == name:
                 continue
@@ -348,6 +368,8 @@ class CrashReport:
         # slab-out-of-bounds in the next (the freed memory was reused), at the same access
         sub = (self.access or "") if self.kind == "kasan" else (self.subkind or "")
         key = "|".join([self.kind, sub, anchor, *frames, task, panic, self.bug_at or ""])
+        if self.assertion:
+            key += "|assert:" + self.assertion
         return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
 
     def signature(self) -> CrashSignature:
@@ -375,8 +397,12 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
     """Every crash report in the input, in order (wrapped header lines rejoined, `logline.unwrap`)."""
     reports: list[CrashReport] = []
     current: CrashReport | None = None
-    for index, raw in enumerate(unwrap(list(lines))):
+    assertion: tuple[int, str] | None = None  # (line index, normalised expression) of the last failed assertion
+    for index, raw in enumerate(unwrap([_QUOTE.sub("", line) for line in lines])):
         message = split_line(raw).message
+        failed = _ASSERTION.search(message)
+        if failed:
+            assertion = (index, " ".join(normalise(failed.group("expr")).split()))
         if current is not None and index - current.start > MAX_REPORT_LINES:
             current = None
         vm = _VMCORE_KEY.match(message)
@@ -413,6 +439,9 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             if current is None or not continues:
                 current = CrashReport(kind=header, start=index)
                 reports.append(current)
+                if assertion is not None and index - assertion[0] <= ASSERTION_LOOKBACK:
+                    current.assertion = assertion[1]
+                    assertion = None
             current.line_indices.append(index)
             kasan = _KASAN_TYPE.search(message) if header == "kasan" else None
             if kasan and current.subkind is None:
@@ -499,7 +528,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
 _GENERIC_PANICS = re.compile(
     r"^(?:Fatal exception|Oops|Attempted to kill|Kernel panic|(?:Watchdog detected )?hard LOCKUP|softlockup: hung"
     r"|hung_task: blocked|Fatal machine check|Fatal Machine check|(?:kernel: )?panic_on_(?:warn|oops) set"
-    r"|VFS: Unable to mount root fs|No working init found|Requested init \S+ failed)",
+    r"|VFS: Unable to mount root fs|No working init found|Requested init \S+ failed|sysrq triggered crash)",
     re.IGNORECASE,
 )
 
@@ -521,13 +550,32 @@ def _accesses_differ(x: str, y: str) -> bool:
     return size_x in _INSTRUCTION_WIDTHS and size_y in _INSTRUCTION_WIDTHS and size_x != size_y
 
 
+def _checks(report: CrashReport) -> bool:
+    """Is the WARNING's source file the check's own? Not when a generic reporter raised it (ODEBUG's
+    `debug_print_object`, `refcount_warn_saturate`): its file is the reporter's, whatever the bug."""
+    return bool(report.rip_func) and not is_generic_frame(report.rip_func or "")
+
+
 def conflict(a: CrashReport, b: CrashReport) -> bool:
     """Evidence that two reports are two bugs whatever else they share: two KASAN reports of different
     accesses (read vs write, or another width: one faulting instruction reads or writes the same width on
-    every build), or `BUG at` two files. A level-2 cluster never holds a conflicting pair, so a report
+    every build), two failed assertions of different expressions (a copy wrapped mid-expression is a prefix of
+    the whole), two WARNINGs raised in two source files by their own checks (not by a generic reporter), or
+    `BUG at` two files. A level-2 cluster never holds a conflicting pair, so a report
     without that evidence (a page fault in the same function) cannot chain two such reports together."""
     if a.access and b.access and _accesses_differ(a.access, b.access):
         return True
+    if a.assertion and b.assertion and not (a.assertion.startswith(b.assertion) or b.assertion.startswith(a.assertion)):
+        return True  # two failed assertions: two checks, whichever reporter raised them (a wrapped copy is a prefix)
+    if (
+        a.kind == b.kind == "warning"
+        and a.subkind
+        and b.subkind
+        and a.subkind != b.subkind
+        and _checks(a)
+        and _checks(b)
+    ):
+        return True  # two WARN_ONs in two source files: two checks (the file does not change between builds)
     return bool(a.bug_at and b.bug_at and a.bug_at.rsplit(":", 1)[0] != b.bug_at.rsplit(":", 1)[0])
 
 

@@ -1,9 +1,16 @@
 """Node-local repairs by request/reply to the node agent on `cmd_subject(cluster, node)`.
 
 The command carries the action id (the agent deduplicates on it) and the lease revision (the fencing
-token: an agent may refuse a command older than one it already executed)."""
+token: an agent may refuse a command older than one it already executed).
+
+"No responders" (the server knew no subscriber on the node's command subject) is not final: an agent that
+has just started, reconnected or re-subscribed answers a moment later. The server delivered the request to
+nobody, so asking again cannot run anything twice (and the agent deduplicates on the action id anyway); it
+is asked again with a short backoff until the step's deadline (`timeout_s`)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -13,6 +20,8 @@ from pydantic import ValidationError
 from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.schemas.commands import CommandName, NodeCommand, NodeCommandResult
 from nodeheal.schemas.subjects import cmd_subject
+
+NO_RESPONDERS_BACKOFF_S = (0.05, 2.0)  # first pause, longest pause (doubled each try)
 
 
 class NodeAgent:
@@ -42,21 +51,37 @@ class NodeAgent:
             dry_run=dry_run,
         )
         subject = cmd_subject(cluster, node, prefix=self.prefix)
-        for attempt in range(2):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        pause, longest = NO_RESPONDERS_BACKOFF_S
+        asked_again = False
+        unanswered = 0
+        while True:
             reconnects = self.nc.stats["reconnects"]
             try:
-                reply = await self.nc.request(subject, cmd.to_json(), timeout=self.timeout_s)
+                left = max(deadline - loop.time(), 0.001)
+                reply = await self.nc.request(subject, cmd.to_json(), timeout=left)
                 break
             except NoRespondersError:
-                return ActionOutcome(
-                    ok=False, detail=f"no node agent answers on {subject}; is the DaemonSet running on {node}?"
-                )
+                unanswered += 1
+                # nobody was subscribed: the request reached no agent. Asked again (same action id) after a short
+                # pause while the step's deadline allows; an agent that (re)subscribes meanwhile answers
+                if loop.time() + pause >= deadline:
+                    return ActionOutcome(
+                        ok=False,
+                        detail=f"no node agent answers on {subject} (asked {unanswered} times in"
+                        f" {self.timeout_s}s); is the DaemonSet running on {node}?",
+                    )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
             except NatsTimeout:
-                if attempt == 0 and self.nc.stats["reconnects"] != reconnects:
+                if not asked_again and self.nc.stats["reconnects"] != reconnects:
                     # the connection moved to a restarted (or another) server while waiting: the request or its
                     # answer went down with the old one (a reply to a request the server never saw is refused).
                     # Asked once more with the same action id: the agent answers a known id from its stored
                     # result, so nothing runs twice
+                    asked_again = True
+                    deadline = loop.time() + self.timeout_s
                     continue
                 return ActionOutcome(
                     ok=False, detail=f"node agent on {node} did not answer {command} within {self.timeout_s}s"

@@ -1,0 +1,70 @@
+"""The ingest's ledger seed reads CLOUD to its end at start; a nats-server that dies and comes back in the
+middle of it is waited out and the read goes on after the last event recorded: every stored transition is
+in the ledger (so none is published again). Before, the fetch that timed out during the restart was taken
+for the end of the stream and the start went on with part of the ledger."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from nodeheal.cloud_events.ingest.sink import seed_ledger
+from nodeheal.cloud_events.normalize import TransitionLedger
+from nodeheal.runtime.connect import connect
+from nodeheal.runtime.provision import apply_topology
+from nodeheal.runtime.startup import StartWait, start_wait
+from nodeheal.schemas.subjects import cloud_subject
+from nodeheal.sim.embedded import EmbeddedNats
+from tests.support.broker import publish_all, unique_settings
+
+pytestmark = pytest.mark.nats
+
+EVENTS = 6000  # more than the read asks for ahead (two batches of 2,000): the rest comes after the restart
+
+
+async def test_a_seed_cut_by_a_server_restart_records_every_stored_transition(tmp_path: Path) -> None:
+    server = EmbeddedNats(store_dir=str(tmp_path / "store")).start()
+    recorded: list[str] = []
+
+    class RestartingLedger(TransitionLedger):
+        """The real ledger; the server restarts while the 500th event is recorded."""
+
+        def record(self, *, cloud: str, provider_event_id: str, phase: str):  # type: ignore[no-untyped-def]
+            recorded.append(provider_event_id)
+            if len(recorded) == 500:
+                server.stop()  # SIGTERM: a SIGKILL may lose the newest stored messages (sync_interval)
+                server.start()
+            return super().record(cloud=cloud, provider_event_id=provider_event_id, phase=phase)
+
+    try:
+        nats = unique_settings(server.url)
+        nc = await connect(nats, name="pytest-ingest-seed")
+        try:
+            js = nc.jetstream()
+            await apply_topology(js, nats.topology())
+            bodies = [
+                json.dumps({"cloud": "alibaba", "provider_event_id": f"e-{i}", "phase": "scheduled"}).encode()
+                for i in range(EVENTS)
+            ]
+            await publish_all(
+                js, [(cloud_subject("c1", f"n{i % 9}", prefix=nats.prefix), b) for i, b in enumerate(bodies)]
+            )
+            ledger = RestartingLedger()
+            with start_wait(StartWait(service="cloud-events-ingest", patience_s=90.0)):
+                count = await seed_ledger(
+                    js,
+                    stream=f"{nats.stream_prefix}CLOUD",
+                    prefix=nats.prefix,
+                    ledger=ledger,
+                    lookback=timedelta(hours=1),
+                )
+        finally:
+            await nc.close()
+    finally:
+        server.stop()
+    assert recorded == [f"e-{i}" for i in range(EVENTS)]  # each once, in order
+    assert count == EVENTS and len(ledger) == EVENTS
+    assert ledger.verdict(cloud="alibaba", provider_event_id=f"e-{EVENTS - 1}", phase="scheduled") != "new"
