@@ -299,6 +299,7 @@ class DetectorRuntime:
             self.consumers.loop("inventory", self.inventory.watch)
         self._probe_puller = self._make_probe_puller()
         await self._probe_puller.start()
+        self._progress_at = time.monotonic()  # the rebuild was no stall of the loop
         self._tasks = [asyncio.create_task(self._run_probes(), name="detector-probes")]
         await self.consumers.start()
         self._ready = True
