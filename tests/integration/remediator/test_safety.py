@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 
 from nodeheal.remediator.actions.kube import KubeActions, build_api_client
+from nodeheal.remediator.control import storm_key
 from nodeheal.remediator.settings import KubeSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.commands import NodeCommand
@@ -135,6 +136,42 @@ async def test_storm_guard_stops_disruption_in_a_sick_zone(
     # Fewer than the storm threshold can have started before the storm was visible, never all of them.
     assert len({r.node for r in records if r.phase == "started"}) < 3
     assert len(world.cordoned_nodes()) < 3
+
+
+async def test_a_storm_writes_its_key_once_not_at_every_step(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """The 50,000-node demo's silence storm: every capacity step of every diagnosis wrote the control bucket for
+    every failure domain with a sick node — a failed create per storm, a delete per calm domain (1.38 million writes
+    for 4,036 diagnoses in `nodeheal bench remediator --storm 2000`), most of the remediator's and a good part of
+    the server's CPU. A storm's key is written when it starts (and deleted when it ends), a calm domain's never;
+    the storm guard decides as before."""
+    sick = [f"s{i}" for i in range(5)]
+    for i in range(10):  # z1: half of it falls ill (a storm)
+        world.add_node(f"s{i}", zone="z1")
+        await add_inventory(nc, topology_ready, f"s{i}", zone="z1", node_pool="p")
+    for i in range(20):  # z2: one sick node of twenty (calm)
+        world.add_node(f"c{i}", zone="z2")
+        await add_inventory(nc, topology_ready, f"c{i}", zone="z2", node_pool="p")
+    settings = make_settings(topology_ready, kube_url=world.url, storm_threshold_pct=30, storm_min_unhealthy=3)
+    service = await start_service(settings)
+    try:
+        for node in sick:
+            await publish_diagnosis(nc, topology_ready, diagnosis(node, ["cordon", "drain", "reboot"]))
+        await wait_for_record(nc, topology_ready, action="escalate", phase="succeeded")
+        await publish_diagnosis(nc, topology_ready, diagnosis("c0", ["cordon"]))
+        await wait_for_record(nc, topology_ready, node="c0", action="cordon", phase="succeeded")
+        await asyncio.sleep(2.0)  # the blocked ladders come back every 0.5 s (`retry_delay_s`): several steps each
+    finally:
+        await service.stop()
+    records = await audit_records(nc, topology_ready)
+    blocked = {r.node for r in records if r.phase == "blocked"}
+    assert len(blocked) >= 3
+    assert all(any(c.name == "storm_guard" and not c.passed for c in r.checks) for r in records if r.phase == "blocked")
+    bucket = f"{topology_ready.bucket_prefix}-control"
+    info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.storm.>")
+    writes = dict(info.state.subjects or {})
+    assert writes == {f"$KV.{bucket}.{storm_key('zone', 'z1')}": 1}, writes  # z2, the pool, the cluster: calm
 
 
 async def test_two_replicas_never_act_on_one_node_at_once(

@@ -301,3 +301,84 @@ def diagnoser(
         result["profile"] = text
     json.dump(result, sys.stdout, indent=None if as_json else 2)
     sys.stdout.write("\n")
+
+
+@bench.command("remediator")
+@click.option("--nodes", type=click.IntRange(10, 1_000_000), default=50_000, show_default=True, help="Fleet size.")
+@click.option(
+    "--storm",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="node_down anomalies over one zone, as in `bench diagnoser --storm`; their diagnoses are the input.",
+)
+@click.option(
+    "--spacing-ms", type=click.FloatRange(0, 60_000), default=20.0, show_default=True, help="Between arrivals."
+)
+@click.option(
+    "--resolve-every",
+    type=click.IntRange(0, 1_000_000),
+    default=10,
+    show_default=True,
+    help="Every N-th arrival also brings an earlier dark node back (0: none).",
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--verify-timeout-s",
+    type=click.FloatRange(0.01, 60),
+    default=0.05,
+    show_default=True,
+    help="How long a verification polls PROBES (no probe arrives in the bench).",
+)
+@click.option("--profile", is_flag=True, default=False, help="Add the cProfile top functions to the output.")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def remediator(
+    nodes: int,
+    storm: int,
+    spacing_ms: float,
+    resolve_every: int,
+    seed: int,
+    verify_timeout_s: float,
+    profile: bool,
+    as_json: bool,
+) -> None:
+    """The remediator under a silence storm's diagnoses, on an embedded nats-server: ms and CPU per diagnosis."""
+    require_sim("nodeheal bench")
+    from nodeheal.sim.bench.remediator import run_storm
+
+    if not as_json:
+        click.echo(f"benchmarking the remediator: the diagnoses of {storm} node_down over one zone ...", err=True)
+    result = run_storm(
+        nodes=nodes,
+        storm=storm,
+        spacing_ms=spacing_ms,
+        resolve_every=resolve_every,
+        seed=seed,
+        verify_timeout_s=verify_timeout_s,
+        profile=profile,
+    )
+    text = result.pop("profile", None)
+    if text and not as_json:
+        click.echo(text, err=True)
+    elif text:
+        result["profile"] = text
+    json.dump(result, sys.stdout, indent=None if as_json else 2)
+    sys.stdout.write("\n")
+
+
+@bench.command("detector-storm")
+@click.option(
+    "--nodes", type=click.IntRange(10, 1_000_000), default=25_000, show_default=True, help="Nodes that fall silent."
+)
+@click.option("--timeout-s", type=click.FloatRange(1, 3600), default=300.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def detector_storm(nodes: int, timeout_s: float, as_json: bool) -> None:
+    """How long a silence storm holds the detector's event loop (what a /healthz request waits)."""
+    require_sim("nodeheal bench")
+    from nodeheal.sim.bench.detector_storm import run_storm
+
+    if not as_json:
+        click.echo(f"benchmarking the detector: {nodes} nodes fall silent at once ...", err=True)
+    result = run_storm(nodes=nodes, timeout_s=timeout_s)
+    json.dump(result, sys.stdout, indent=None if as_json else 2)
+    sys.stdout.write("\n")

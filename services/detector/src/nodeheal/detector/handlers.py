@@ -200,6 +200,12 @@ class Metrics:
         self.publish_failures = prometheus_client.Counter(
             "nodeheal_detector_publish_failures", "Anomaly publishes that failed (retried)", registry=reg
         )
+        self.feed_lag = prometheus_client.Gauge(
+            "nodeheal_detector_feed_lag_seconds",
+            "How far behind PROBES the probe loop reads: seconds between the server storing the newest probe"
+            " handled and handling it",
+            registry=reg,
+        )
 
 
 class DetectorRuntime:
@@ -235,6 +241,7 @@ class DetectorRuntime:
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_puller: Puller | None = None
+        self._progress_at = time.monotonic()  # the probe loop's last step (a chunk, a sweep, a publish window)
         self.unfinished_reads = 0  # how often the stream was read for what a killed process left (`_unfinished`)
         self.identity = ProbeIdentity(prefix=settings.nats.prefix)
         self._batches_seen: dict[str, None] = {}  # ids of the prober batches processed (bounded, oldest first)
@@ -292,6 +299,7 @@ class DetectorRuntime:
             self.consumers.loop("inventory", self.inventory.watch)
         self._probe_puller = self._make_probe_puller()
         await self._probe_puller.start()
+        self._progress_at = time.monotonic()  # the rebuild was no stall of the loop
         self._tasks = [asyncio.create_task(self._run_probes(), name="detector-probes")]
         await self.consumers.start()
         self._ready = True
@@ -356,12 +364,18 @@ class DetectorRuntime:
         return await self.consumers.readiness()
 
     def liveness(self) -> tuple[bool, str]:
-        """False once the probe loop or a consumer of the runtime died: /healthz fails, the pod restarts."""
+        """False once the probe loop or a consumer of the runtime died, or the probe loop is stuck (no step for
+        `stall_s`): /healthz fails, the pod restarts. A loop that is alive and stepping but behind its stream
+        is not a liveness failure (a restart would only add a rebuild to the backlog): that shows in
+        `nodeheal_detector_feed_lag_seconds` and the consumer's pending count."""
         if not self._ready or self._stopping.is_set():
             return True, "ok"
         dead = [t.get_name() for t in self._tasks if t.done()]
         if dead:
             return False, f"detector: loops stopped: {', '.join(dead)}"
+        idle = time.monotonic() - self._progress_at
+        if idle > self.settings.stall_s:
+            return False, f"detector: the probe loop made no progress for {idle:.0f} s (stuck); the pod must restart"
         return self.consumers.liveness()
 
     # ------------------------------------------------------------------ rebuild after a restart
@@ -602,9 +616,12 @@ class DetectorRuntime:
         last_tick = 0.0
         first = True  # the first chunk also carries what a previous process left unfinished (`_unfinished`)
         unsent: list[tuple[PulledMsg, str]] = []  # dead letters of a chunk whose ack failed: sent before the next ack
+        tick_limit = self.settings.tick_limit
         while not self._stopping.is_set():
+            self._progress_at = time.monotonic()
             try:
-                chunk = await puller.next_chunk(wait_s=tick_s)
+                # a sweep that stopped at its limit goes on at once (the next chunk is not waited for)
+                chunk = await puller.next_chunk(wait_s=0.0 if det.tick_behind else tick_s)
             except Exception:
                 log.exception("pulling probes failed; retrying")
                 await asyncio.sleep(1.0)
@@ -652,8 +669,9 @@ class DetectorRuntime:
                 lag = stream_lag(chunk[-1].reply, time.time())
                 if lag is not None:
                     det.feed_lag = lag
-            if now - last_tick >= tick_s or det.outbox:
-                det.tick(now=now)
+                    self.metrics.feed_lag.set(lag)
+            if now - last_tick >= tick_s or det.outbox or det.tick_behind:
+                det.tick(now=now, limit=tick_limit)
                 last_tick = now
             try:
                 await self._flush(now)
@@ -720,13 +738,26 @@ class DetectorRuntime:
         return None
 
     async def _flush(self, now: float) -> None:
+        """Publish what the rules emitted, in order, `publish_window` anomalies at a time (each window's
+        PubAcks awaited before the next), so a storm of tens of thousands leaves the event loop free between
+        windows. A window with a failure stops the flush: what failed and everything after it is kept, in
+        order, for the next try (an anomaly's resolution must never overtake its firing)."""
         det = self.detector
         if det.outbox:
             self._unpublished.extend(det.outbox)
             det.outbox.clear()
-        if not self._unpublished:
-            return
-        pending, self._unpublished = self._unpublished, []
+        window = self.settings.publish_window
+        while self._unpublished:
+            pending, self._unpublished = self._unpublished[:window], self._unpublished[window:]
+            failed = await self._publish_window(pending)
+            self._progress_at = time.monotonic()
+            if failed:
+                self._unpublished = failed + self._unpublished
+                msg = f"{len(failed)} anomalies could not be published to {self.anomalies_stream}"
+                raise RuntimeError(msg)
+
+    async def _publish_window(self, pending: list[Anomaly]) -> list[Anomaly]:
+        """Publish one window concurrently; returns the ones that failed (in their order)."""
         prefix = self.settings.nats.prefix
         timeout = self.settings.nats.publish_timeout_s
         subjects = [anomaly_subject(a.cluster, a.node, prefix=prefix) for a in pending]
@@ -763,11 +794,7 @@ class DetectorRuntime:
             )
             if self.on_published is not None:
                 self.on_published(anomaly, published_at)
-        if failed:
-            # Keep the order: an anomaly's resolution must never overtake its firing.
-            self._unpublished = failed + self._unpublished
-            msg = f"{len(failed)} anomalies could not be published to {self.anomalies_stream}"
-            raise RuntimeError(msg)
+        return failed
 
     def _headers(self, anomaly: Anomaly, subject: str) -> dict[str, str]:
         """`Nats-Msg-Id` plus the incident's trace context: a firing anomaly starts the incident's trace

@@ -177,6 +177,7 @@ class Detector:
         self._seeded_input = 0.0  # the newest stored probe a rebuild read (0: none)
         self._wheel: dict[int, list[NodeState]] = {}
         self._wheel_cursor = int(started_at)
+        self.tick_behind = False  # the last tick stopped at its limit: nodes are still due
         self._pending_cloud: dict[str, list[CloudSystemEvent]] = {}
         # nodes the inventory says left the fleet (a deleted machine): not tracked, so their silence raises
         # nothing; a probe still in the backlog does not bring them back, a new inventory record does
@@ -773,21 +774,33 @@ class Detector:
 
     # ------------------------------------------------------------------ the periodic sweep
 
-    def tick(self, *, now: float) -> int:
-        """Run the timers that are due; returns how many nodes were looked at (O(due), not O(fleet))."""
+    def tick(self, *, now: float, limit: int | None = None) -> int:
+        """Run the timers that are due; returns how many nodes were looked at (O(due), not O(fleet)).
+
+        With `limit`, at most that many nodes are looked at: the rest stay due (`tick_behind`) for the next
+        call, so a silence storm of tens of thousands of nodes is swept in slices and the caller's event loop
+        runs between them (its /healthz among others)."""
         target = int(now)
         looked = 0
         # When the whole input is silent, the problem is our feed, not the fleet: no silence anomaly.
         input_alive = now - self.last_input <= self._down_timeout
         in_warmup = now < self._warmup_until
+        self.tick_behind = False
         while self._wheel_cursor <= target:
-            bucket = self._wheel.pop(self._wheel_cursor, None)
+            cursor = self._wheel_cursor
+            bucket = self._wheel.pop(cursor, None)
             self._wheel_cursor += 1
             if not bucket:
                 continue
-            for node in bucket:
+            for i, node in enumerate(bucket):
                 if node.due > now or self.nodes.get(node.key) is not node:
                     continue
+                if limit is not None and looked >= limit:
+                    # the rest of this second's bucket waits for the next call, ahead of anything scheduled since
+                    self._wheel[cursor] = bucket[i:] + self._wheel.get(cursor, [])
+                    self._wheel_cursor = cursor
+                    self.tick_behind = True
+                    return looked
                 looked += 1
                 node.due = 0.0
                 self._tick_node(node, now, check_silence=input_alive and not in_warmup)

@@ -23,6 +23,17 @@ class DetectorSettings(ServiceSettings):
     ack_wait_s: float = Field(default=60.0, gt=0)
     max_ack_pending: int = Field(default=20_000, ge=100)
     tick_s: float = Field(default=0.5, gt=0, description="how often the timer sweep runs when probes are idle")
+    tick_limit: int = Field(
+        default=1000, ge=1, description="nodes one timer sweep looks at before the event loop runs again"
+    )
+    publish_window: int = Field(
+        default=500, ge=1, description="anomalies published (and PubAck'ed) together before the event loop runs again"
+    )
+    stall_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="/healthz fails when the probe loop made no progress for this long (stuck, not merely behind)",
+    )
     replicas: int = Field(default=1, ge=1, description="how many detector replicas split the partitions")
     replica: int = Field(default=0, ge=0, description="this replica's index, 0 .. replicas-1 (StatefulSet ordinal)")
     restore_lookback_s: float = Field(

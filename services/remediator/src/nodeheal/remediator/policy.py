@@ -167,19 +167,23 @@ class StormVerdict:
 
 def evaluate_storms(
     *,
-    unhealthy: Mapping[str, Placement],
+    unhealthy: Mapping[str, Placement] | None = None,
+    counts: Mapping[tuple[DomainKind, str], int] | None = None,
     sizes: DomainSizes,
     previously: frozenset[tuple[DomainKind, str]],
     policy: PolicySettings,
 ) -> dict[tuple[DomainKind, str], StormVerdict]:
     """Which failure domains are in a storm: the unhealthy share jumped above the threshold.
 
-    Hysteresis: a storm starts at `storm_threshold_pct` (and at least `storm_min_unhealthy` nodes) and
-    ends only below `storm_resume_pct`, so the guard does not flap at the edge."""
-    counts: dict[tuple[DomainKind, str], int] = {}
-    for placement in unhealthy.values():
-        for key in placement.domains():
-            counts[key] = counts.get(key, 0) + 1
+    The unhealthy nodes are given by placement (`unhealthy`) or already counted per domain (`counts`, e.g.
+    `FleetView.unhealthy_counts`). Hysteresis: a storm starts at `storm_threshold_pct` (and at least
+    `storm_min_unhealthy` nodes) and ends only below `storm_resume_pct`, so the guard does not flap at the edge."""
+    if counts is None:
+        counted: dict[tuple[DomainKind, str], int] = {}
+        for placement in (unhealthy or {}).values():
+            for key in placement.domains():
+                counted[key] = counted.get(key, 0) + 1
+        counts = counted
     verdicts: dict[tuple[DomainKind, str], StormVerdict] = {}
     for key in set(counts) | set(previously):
         n = counts.get(key, 0)

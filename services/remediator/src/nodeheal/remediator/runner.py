@@ -220,6 +220,9 @@ class Remediator:
         self.actor = settings.instance
         self.metrics = metrics or pipeline_metrics()
         self.storms: frozenset[tuple[policy.DomainKind, str]] = frozenset()
+        # storm keys of nodeheal-control known to be there (restored, created, or found by a create that lost the
+        # race): a storm's key is written when it starts and deleted when it ends, not on every diagnosis
+        self._storm_keys: set[tuple[policy.DomainKind, str]] = set()
         self.counters: dict[str, int] = {}
 
     async def restore(self) -> None:
@@ -234,6 +237,7 @@ class Remediator:
             "node_pool": "node_pool",
         }
         self.storms = frozenset((kinds[kind], value) for kind, value in storms if kind in kinds)
+        self._storm_keys = set(self.storms)
         if self.storms:
             log.info("storms restored", extra={"storms": sorted(self.storms)})
 
@@ -890,14 +894,15 @@ class Remediator:
         d = run.diagnosis
         now = utcnow()
         placement = self.view.placement(d.node)
+        before = self.storms
         verdicts = policy.evaluate_storms(
-            unhealthy=self.view.unhealthy(now=now, window_s=self.policy.unhealthy_window_s),
+            counts=self.view.unhealthy_counts(now=now, window_s=self.policy.unhealthy_window_s),
             sizes=self.view.sizes(),
-            previously=self.storms,
+            previously=before,
             policy=self.policy,
         )
         self.storms = frozenset(k for k, v in verdicts.items() if v.in_storm)
-        await self._storm_escalations(verdicts, run)
+        await self._storm_escalations(verdicts, run, before=before)
         if step.disruptive or step.action in ("cordon", "taint"):
             storm = policy.check_storm(placement=placement, verdicts=verdicts)
             checks.append(storm)
@@ -943,10 +948,26 @@ class Remediator:
         return None
 
     async def _storm_escalations(
-        self, verdicts: dict[tuple[policy.DomainKind, str], policy.StormVerdict], run: _Run
+        self,
+        verdicts: dict[tuple[policy.DomainKind, str], policy.StormVerdict],
+        run: _Run,
+        *,
+        before: frozenset[tuple[policy.DomainKind, str]],
     ) -> None:
-        """Escalate once per storm (the create on the storm key decides which replica), clear when it ends."""
-        for (kind, value), verdict in verdicts.items():
+        """Escalate once per storm (the create on the storm key decides which replica), clear when it ends.
+
+        The bucket is written when something changes, not on every diagnosis: a storm's key is created when the
+        storm starts here (or its key is not known to be there) and deleted when it ends (or its key is known to be
+        there). In a silence storm every diagnosis sees every domain with a sick node; writing each of them each
+        time (a failed create per storm, a delete per calm domain) was most of the remediator's cost."""
+        for domain, verdict in verdicts.items():
+            known = domain in self._storm_keys
+            if verdict.in_storm:
+                if known and domain in before:
+                    continue  # escalated already (by us, or found there), and still the same storm here
+            elif not known and domain not in before:
+                continue  # calm, and no key of ours to clear
+            kind, value = domain
             key = control.storm_key(kind, value)
             if verdict.in_storm:
                 try:
@@ -954,7 +975,9 @@ class Remediator:
                         key, control.storm_value(kind, value, unhealthy=verdict.unhealthy, size=verdict.size)
                     )
                 except KeyWrongLastSequenceError:
+                    self._storm_keys.add(domain)
                     continue  # another replica (or an earlier pass) escalated this storm already
+                self._storm_keys.add(domain)
                 sid = planner.action_id(
                     diagnosis_id=f"storm:{kind}:{value}",
                     action="escalate",
@@ -974,6 +997,7 @@ class Remediator:
             else:
                 with contextlib.suppress(KeyNotFoundError):
                     await self.control_kv.delete(key)
+                self._storm_keys.discard(domain)
 
     async def _wait_for_approval(self, action_id: str) -> str | None:
         deadline = asyncio.get_running_loop().time() + self.policy.approval_timeout_s

@@ -4,10 +4,11 @@ only the ones this replica handles), when a node recovered, and each node's clou
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from nodeheal.remediator.policy import DomainSizes, Placement
+from nodeheal.remediator.policy import DomainKind, DomainSizes, Placement
 from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import Diagnosis
@@ -26,12 +27,21 @@ class FleetView:
     left: dict[str, datetime] = field(default_factory=dict)
     """node → when its inventory record was deleted (the machine left the cluster: released, replaced)"""
     _sizes: DomainSizes | None = None
+    # The unhealthy nodes per failure domain (`unhealthy_counts`), kept as diagnoses arrive instead of counted over
+    # every sick node for each decision: the nodes counted (with the placement they were counted under), the counts,
+    # a heap of (sick since, node) for the window's expiry, and the horizon of the last count (None: not kept yet).
+    _counted: dict[str, Placement] = field(default_factory=dict)
+    _sick_counts: dict[tuple[DomainKind, str], int] = field(default_factory=dict)
+    _expiry: list[tuple[datetime, str]] = field(default_factory=list)
+    _horizon: datetime | None = None
+    _window_s: float = 0.0
 
     def on_inventory(self, inv: NodeInventory) -> None:
         self.placements[inv.node] = Placement(node=inv.node, zone=inv.zone, rack=inv.rack, node_pool=inv.node_pool)
         self.instance[inv.node] = (inv.cloud, inv.instance_id)
         self.left.pop(inv.node, None)
         self._sizes = None
+        self._recount(inv.node)
 
     def on_inventory_delete(self, cluster: str, node: str) -> None:
         """The node's inventory record was deleted: it is no longer part of the fleet (nor of its domains)."""
@@ -40,6 +50,7 @@ class FleetView:
         self.instance.pop(node, None)
         self.left[node] = datetime.now(tz=UTC)
         self._sizes = None
+        self._recount(node)
 
     def placement(self, node: str) -> Placement:
         return self.placements.get(node, Placement(node=node))
@@ -55,12 +66,13 @@ class FleetView:
         node = diagnosis.node
         if diagnosis.resolved:
             self.sick_since.pop(node, None)
+            self._uncount(node)
             previous = self.recovered_at.get(node)
             if previous is None or diagnosis.identified_at > previous:
                 self.recovered_at[node] = diagnosis.identified_at
         else:
             if diagnosis.cause != OPERATOR_REQUEST:  # a person's batch request is not a sick node (storm guard)
-                self.sick_since[node] = diagnosis.identified_at
+                self._mark_sick(node, diagnosis.identified_at)
             current = self.latest.get(node)
             if current is None or diagnosis.identified_at > current[1]:
                 self.latest[node] = (diagnosis.episode, diagnosis.identified_at, diagnosis.id)
@@ -82,6 +94,72 @@ class FleetView:
     def unhealthy(self, *, now: datetime, window_s: float) -> dict[str, Placement]:
         horizon = now - timedelta(seconds=window_s)
         return {n: self.placement(n) for n, t in self.sick_since.items() if t >= horizon}
+
+    def unhealthy_counts(self, *, now: datetime, window_s: float) -> dict[tuple[DomainKind, str], int]:
+        """How many unhealthy nodes (a diagnosis in the last `window_s`) each failure domain has: the counts of
+        `unhealthy()` by `Placement.domains()`, kept up to date as diagnoses arrive and leave the window, so a
+        decision in a storm of tens of thousands of sick nodes costs the domains, not the nodes. The mapping is
+        the view's own: read it, do not keep it."""
+        horizon = now - timedelta(seconds=window_s)
+        if self._horizon is None or window_s != self._window_s or horizon < self._horizon:
+            # first use, another window, or the clock went back: count once from scratch
+            self._counted.clear()
+            self._sick_counts.clear()
+            self._horizon, self._window_s = horizon, window_s
+            self._expiry = [(t, n) for n, t in self.sick_since.items()]
+            heapq.heapify(self._expiry)
+            for n, t in self.sick_since.items():
+                if t >= horizon:
+                    self._count(n)
+            return self._sick_counts
+        self._horizon = horizon
+        expiry = self._expiry
+        while expiry and expiry[0][0] < horizon:
+            _, n = heapq.heappop(expiry)
+            since = self.sick_since.get(n)
+            if since is not None and since < horizon:  # its newest diagnosis left the window (else: newer in the heap)
+                self._uncount(n)
+        return self._sick_counts
+
+    def _mark_sick(self, node: str, at: datetime) -> None:
+        self.sick_since[node] = at
+        if self._horizon is None:
+            return  # not counted yet: the first `unhealthy_counts` counts everything
+        if len(self._expiry) > 4 * len(self.sick_since) + 1024:
+            self._horizon = None  # many diagnoses and no decision since: count from scratch when one comes
+            self._expiry = []
+            return
+        heapq.heappush(self._expiry, (at, node))
+        if at >= self._horizon:
+            self._count(node)
+        else:
+            self._uncount(node)
+
+    def _count(self, node: str) -> None:
+        if node in self._counted:
+            return
+        placement = self._counted[node] = self.placement(node)
+        counts = self._sick_counts
+        for key in placement.domains():
+            counts[key] = counts.get(key, 0) + 1
+
+    def _uncount(self, node: str) -> None:
+        placement = self._counted.pop(node, None)
+        if placement is None:
+            return
+        counts = self._sick_counts
+        for key in placement.domains():
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
+
+    def _recount(self, node: str) -> None:
+        """A counted node's placement changed: it counts in its new domains."""
+        if node in self._counted:
+            self._uncount(node)
+            self._count(node)
 
     def on_cloud(self, event: CloudSystemEvent) -> None:
         events = self.cloud.setdefault(event.node, {})

@@ -34,6 +34,7 @@ from typing import Any
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.schemas.anomaly import Anomaly
+from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.sim.fleet import FleetSpec, build_inventory
 
@@ -87,6 +88,7 @@ class _Driver:
         self.diag = diag
         self.held: dict[str, datetime] = {}
         self.verdicts: list[tuple[str, str, bool]] = []
+        self.diagnoses: list[Diagnosis] = []  # what the service would publish, in order (`bench remediator`)
         self.evaluations = 0
         self.last_correlation: datetime | None = None
         self.correlation_runs = 0
@@ -101,6 +103,7 @@ class _Driver:
             self.held.pop(key, None)
             if outcome.diagnosis is not None:
                 self.verdicts.append((key, outcome.diagnosis.cause, outcome.diagnosis.resolved))
+                self.diagnoses.append(outcome.diagnosis)
 
     def tick(self, now: datetime) -> None:
         due = {k for k, t in self.held.items() if t <= now}
@@ -195,3 +198,32 @@ def run_storm(
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(25)
         result["profile"] = out.getvalue()
     return result
+
+
+def storm_diagnoses(
+    *, nodes: int, storm: int, spacing_ms: float, resolve_every: int, seed: int, settle_s: float = 300.0
+) -> tuple[list[Any], list[Diagnosis]]:
+    """The fleet's inventory and the diagnoses the diagnoser publishes for the storm of `run_storm` (same
+    arguments, same decisions), in publishing order: the input of `nodeheal bench remediator --storm`."""
+    inventory = build_inventory(FleetSpec(nodes=nodes, cluster=CLUSTER))
+    zone = inventory[0].zone
+    in_zone = [r.node for r in inventory if r.zone == zone]
+    msgs = storm_messages(
+        in_zone, storm=storm, spacing=timedelta(milliseconds=spacing_ms), resolve_every=resolve_every, seed=seed
+    )
+    diag = Diagnoser(matcher=Matcher(load_knowledge_base()))
+    for record in inventory:
+        diag.on_inventory(record)
+    driver = _Driver(diag)
+    tick = timedelta(seconds=TICK_S)
+    next_tick = msgs[0].detected_at
+    for msg in msgs:
+        while next_tick <= msg.detected_at:
+            driver.tick(next_tick)
+            next_tick += tick
+        driver.evaluate(diag.on_anomaly(msg), msg.detected_at)
+    end = msgs[-1].detected_at + timedelta(seconds=settle_s)
+    while next_tick <= end:
+        driver.tick(next_tick)
+        next_tick += tick
+    return inventory, driver.diagnoses
