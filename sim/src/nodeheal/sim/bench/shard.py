@@ -7,7 +7,8 @@ runs exactly that code — `FleetSimulator` with `probes_only=True`, as a shard 
 process against its own embedded nats-server in the production configuration (per-role users from
 `deploy/nats/natsauth.py`, the agents sharing connections of 500 nodes as the demo's do, TLS; `insecure`:
 plain TCP, no credentials), PROBES provisioned, and reads this process's CPU time (user + system) over a
-measured window after a warm-up (every node's first probe is full). The active prober is left out (its
+measured window after a warm-up (every node's first probe is full); `stored_in_probes` is what PROBES
+holds at the end (warm-up included: the probes reached the stream). The active prober is left out (its
 probes are another path): the figure is per agent probe.
 
 The offered rate (`nodes / interval_s`) should stay below what one core can do; then `cpu_us_per_probe`
@@ -82,6 +83,10 @@ async def _measure(tmp: Path, *, nodes: int, interval_s: float, seconds: float, 
             probes = stats.probes_published - probes0
             agent_probes = stats.collected - collected0
             stretched = stats.stretched_s - stretched0
+            await sim.stop()
+            for conn in conns:
+                await conn.flush()
+            stored = (await admin.jetstream().stream_info(f"{auth.base.stream_prefix}PROBES")).state.messages
         finally:
             await sim.stop()
             for conn in (*conns, prober_nc, admin):
@@ -98,6 +103,7 @@ async def _measure(tmp: Path, *, nodes: int, interval_s: float, seconds: float, 
         "cpu_us_per_probe": round(1e6 * cpu / max(1, probes), 1),
         "probes_per_cpu_s": round(probes / cpu) if cpu > 0 else None,
         "schedule_stretched_s": round(stretched, 2),
+        "stored_in_probes": stored,
     }
 
 
