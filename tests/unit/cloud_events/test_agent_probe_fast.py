@@ -25,7 +25,7 @@ from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node, sta
 BOOT = "0f0e0d0c-1111-2222-3333-444455556666"
 
 
-def _collector(node: FakeNode, tmp_path: Path) -> ProbeCollector:
+def _collector(node: FakeNode, tmp_path: Path, *, full_every: int = 6) -> ProbeCollector:
     state = tmp_path / "kmsg.json"
     state.write_text(json.dumps({"boot_id": BOOT, "seq": 0}))
     return ProbeCollector(
@@ -37,7 +37,7 @@ def _collector(node: FakeNode, tmp_path: Path) -> ProbeCollector:
         kernel_log=KmsgReader(path=node.root / "dev/kmsg", state_file=state, boot_id=BOOT),
         max_kernel_lines=10,
         sequence=SequenceCounter(state_file=None),
-        full_every=6,
+        full_every=full_every,
     )
 
 
@@ -105,13 +105,15 @@ async def test_a_reading_out_of_bounds_in_a_heartbeat_still_fails_validation(
 ) -> None:
     node = make_fake_node(tmp_path)
     node.set_unit("kubelet.service", "active", restarts=0)
-    collector = _collector(node, tmp_path)
+    collector = _collector(node, tmp_path, full_every=1000)  # after the first probe, heartbeats only
     await collector.collect()  # the first probe: full, validated
     await collector.collect()
     assert collector.full_reason == ""
+    assert len(assembled) == 1
     node.write("/proc/uptime", "-5.00 1.00\n")  # a broken /proc/uptime: below the schema's bound
     with pytest.raises(ValidationError, match="uptime_s"):
         await collector.collect()
+    assert collector.full_reason == ""  # it was a heartbeat
     node.write("/proc/uptime", "12345.67 54321.00\n")
     node.write("/etc/os-release", 'PRETTY_NAME="Another image"\n')  # a boot fact re-read (a new boot id is full)
     collector._boot_facts = None
