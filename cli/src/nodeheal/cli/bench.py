@@ -110,12 +110,51 @@ def detector(
     default=None,
     help="A full probe every this many probes, heartbeats between [default: the agent's, 30 s / interval].",
 )
-def agent(probes: int, nodes: int, fleet: int, interval: float, full_every: int | None) -> None:
+@click.option(
+    "--shard",
+    is_flag=True,
+    default=False,
+    help="Also measure one probe shard's whole cost per agent probe (schedule, collector, encoding, publish, TLS) "
+    "against an embedded nats-server.",
+)
+@click.option(
+    "--shard-nodes",
+    type=click.IntRange(500, 200_000),
+    default=25_000,
+    show_default=True,
+    help="Nodes of the measured shard (25,000: one of the two shards of a 50,000-node demo).",
+)
+@click.option("--shard-seconds", type=click.FloatRange(2, 600), default=15.0, show_default=True)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=False,
+    help="The shard's server without TLS and credentials (default: the production configuration).",
+)
+def agent(
+    probes: int,
+    nodes: int,
+    fleet: int,
+    interval: float,
+    full_every: int | None,
+    shard: bool,
+    shard_nodes: int,
+    shard_seconds: float,
+    insecure: bool,
+) -> None:
     """CPU per probe of the real node agent's collector inside the simulator (every probe full, heartbeats
-    only, and the blend the agents send), and the cores a fleet needs."""
+    only, and the blend the agents send), and the cores a fleet needs; with --shard also one probe shard's
+    whole cost per probe."""
     from nodeheal.sim.bench.agent import run_bench
 
     result = run_bench(nodes=nodes, probes=probes, fleet=fleet, interval_s=interval, full_every=full_every)
+    if shard:
+        from nodeheal.sim.bench.shard import run_shard_bench
+
+        measured = run_shard_bench(nodes=shard_nodes, interval_s=interval, seconds=shard_seconds, insecure=insecure)
+        us = measured["cpu_us_per_probe"]
+        measured["fleet_cpu_cores"] = round(fleet / interval * us / 1e6, 2)
+        result["shard"] = measured
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
@@ -176,7 +176,7 @@ class SimHostFiles:
         self.noise = 0.0
         self._static: dict[str, str] = {}
         self._static_boot: str | None = None
-        self._file_nr: tuple[int, int, str] | None = None
+        self._file_nr_text: tuple[int, int, str] | None = None
         self._statvfs: tuple[float, os.statvfs_result] | None = None
 
     def _static_files(self) -> dict[str, str]:
@@ -193,30 +193,41 @@ class SimHostFiles:
 
     def read_text(self, host_path: str) -> str:
         n = self.node
-        if not host_path.startswith("/"):
-            host_path = "/" + host_path
-        static = self._static_files().get(host_path)
+        if self._static_boot != n.boot_id:
+            self._static_files()
+        # the static files first, then the ones a heartbeat reads, each by one dictionary look-up (this runs
+        # four times per probe of every simulated node)
+        static = self._static.get(host_path)
         if static is not None:
             return static
-        if host_path == "/proc/loadavg":
-            load1 = n.load1(self.noise)
-            return f"{load1:.2f} {load1 * 0.9:.2f} {load1 * 0.8:.2f} 3/1843 {4000 + n.seq % 30000}\n"
-        if host_path == "/proc/1/mounts":
-            return MOUNTS_TEXT[bool(n.readonly)]
-        if host_path == "/proc/sys/fs/file-nr":
-            cached = self._file_nr
-            if cached is None or cached[0] != n.fd_allocated or cached[1] != n.fd_max:
-                cached = self._file_nr = (n.fd_allocated, n.fd_max, f"{n.fd_allocated}\t0\t{n.fd_max}\n")
-            return cached[2]
-        if host_path == "/proc/uptime":
-            up = max(0.0, self.now - n.booted_at)
-            return f"{up:.2f} {up * n.cpu_count * 0.8:.2f}\n"
+        dynamic = _DYNAMIC_FILES.get(host_path)
+        if dynamic is not None:
+            return dynamic(self, n)
+        if not host_path.startswith("/"):
+            return self.read_text("/" + host_path)
         if host_path.startswith("/proc/") and host_path.endswith(("/comm", "/cgroup")):
             pid, _, leaf = host_path.removeprefix("/proc/").partition("/")
             proc = PROCESSES.get(int(pid)) if pid.isdigit() else None
             if proc is not None:
                 return (proc[0] if leaf == "comm" else proc[1]) + "\n"
         raise FileNotFoundError(2, "No such file or directory", host_path)
+
+    def _loadavg(self, n: SimNode) -> str:
+        load1 = n.load1(self.noise)
+        return f"{load1:.2f} {load1 * 0.9:.2f} {load1 * 0.8:.2f} 3/1843 {4000 + n.seq % 30000}\n"
+
+    def _mounts(self, n: SimNode) -> str:
+        return MOUNTS_TEXT[bool(n.readonly)]
+
+    def _file_nr(self, n: SimNode) -> str:
+        cached = self._file_nr_text
+        if cached is None or cached[0] != n.fd_allocated or cached[1] != n.fd_max:
+            cached = self._file_nr_text = (n.fd_allocated, n.fd_max, f"{n.fd_allocated}\t0\t{n.fd_max}\n")
+        return cached[2]
+
+    def _uptime(self, n: SimNode) -> str:
+        up = max(0.0, self.now - n.booted_at)
+        return f"{up:.2f} {up * n.cpu_count * 0.8:.2f}\n"
 
     def list_dir(self, host_path: str) -> Sequence[str]:
         """/proc (the processes) and /proc/PID/fd: the leaking process holds what the node has above normal."""
@@ -240,6 +251,15 @@ class SimHostFiles:
         if cached is None or cached[0] != used:
             cached = self._statvfs = (used, disk_statvfs(used, inodes_pct=4.0))
         return cached[1]
+
+
+_DYNAMIC_FILES: dict[str, Callable[[SimHostFiles, SimNode], str]] = {
+    "/proc/loadavg": SimHostFiles._loadavg,
+    "/proc/1/mounts": SimHostFiles._mounts,
+    "/proc/sys/fs/file-nr": SimHostFiles._file_nr,
+    "/proc/uptime": SimHostFiles._uptime,
+}
+"""The files whose text follows the node's state, rendered on each read (`SimHostFiles.read_text`)."""
 
 
 def disk_statvfs(used_pct: float, *, inodes_pct: float) -> os.statvfs_result:

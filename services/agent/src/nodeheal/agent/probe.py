@@ -20,13 +20,15 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from nodeheal.agent.host import HostReader, top_fd_holders
 from nodeheal.agent.kmsg import KernelLogSource
 from nodeheal.agent.systemd import Systemd, UnitStatus
+from nodeheal.schemas.base import trusted, utcnow
 from nodeheal.schemas.health import FD_CLEAR_RATIO
-from nodeheal.schemas.probe import FdHolder, NodeProbe, Reachability, ServiceState
+from nodeheal.schemas.ids import new_id
+from nodeheal.schemas.probe import MAX_KERNEL_LINES, PROBE_SCHEMA, FdHolder, NodeProbe, Reachability, ServiceState
 
 log = logging.getLogger("nodeheal.agent.probe")
 
@@ -99,6 +101,11 @@ class ProbeCollector:
     _last_services: tuple[tuple[UnitStatus, ...], tuple[ServiceState, ...]] | None = field(
         default=None, init=False, repr=False
     )
+    _phase: tuple[str, int, int] | None = field(default=None, init=False, repr=False)
+    """(node, full_every, its `full_phase`): computed again only when one of them changes."""
+    _validated: tuple[object, ...] | None = field(default=None, init=False, repr=False)
+    """The per-boot values (cluster, node, boot id, boot facts, heartbeat) of the last probe built validated:
+    a heartbeat with the same values is assembled without validating them again (`_probe`)."""
 
     def boot_facts(self, boot_id: str | None) -> tuple[str | None, str | None, int | None]:
         """Kernel release, OS image and online CPUs: read once per boot (a new boot id reads them again;
@@ -132,7 +139,12 @@ class ProbeCollector:
         if fd_high:
             return "file handles"
         k = self.full_every
-        if k <= 1 or (self.collected + full_phase(self.node, k)) % k == 0:
+        if k <= 1:
+            return "cadence"
+        phase = self._phase
+        if phase is None or phase[0] != self.node or phase[1] != k:
+            phase = self._phase = (self.node, k, full_phase(self.node, k))
+        if (self.collected + phase[2]) % k == 0:
             return "cadence"
         return ""
 
@@ -159,14 +171,10 @@ class ProbeCollector:
             self._want_full = None
             self._last_boot = boot_id
             services, holders = await self._full_parts(fd_high=fd_high)
-        probe = NodeProbe(
-            cluster=self.cluster,
-            node=self.node,
-            source="agent",
+        probe = self._probe(
             seq=self.sequence.take(),
             boot_id=boot_id,
             uptime_s=self.host.uptime_s(),
-            reachability=self._heartbeat,
             load=self.host.load(),
             cpu_count=cpu_count,
             filesystems=self.host.filesystems() if reason else (),
@@ -181,6 +189,67 @@ class ProbeCollector:
         )
         if self.host.problems:
             log.warning("probe incomplete", extra={"node": self.node, "problems": list(self.host.problems)})
+        return probe
+
+    def _probe(self, **values: Any) -> NodeProbe:
+        """The probe, validated — except a heartbeat whose every value is already known to be valid.
+
+        A heartbeat (5 of every 6 probes at the default cadence) carries the same per-boot values as the
+        last validated probe (cluster, node, boot id, boot facts, the agent's reachability entry) and
+        readings that are validated models already (`LoadAverage`, `FileHandles` from the host reader) or
+        plain numbers whose bounds are checked here (sequence, uptime, kernel lines and the dropped count).
+        Such a heartbeat is assembled without pydantic validating it again (`nodeheal.schemas.base.trusted`),
+        the same instance field for field (tests/unit/cloud_events/test_agent_probe_fast.py); anything else —
+        every full probe, the first probe of a boot, a fact that changed, a number out of bounds — is
+        built validated, so a bad reading still fails as it always did."""
+        head = (
+            self.cluster,
+            self.node,
+            values["boot_id"],
+            values["cpu_count"],
+            values["kernel_release"],
+            values["os_image"],
+            self._heartbeat,
+        )
+        uptime = values["uptime_s"]
+        if (
+            not values["full"]
+            and head == self._validated
+            and values["seq"] >= 0
+            and (uptime is None or uptime >= 0.0)
+            and len(values["kernel_log"]) <= MAX_KERNEL_LINES
+            and values["kernel_log_dropped"] >= 0
+        ):
+            # in the model's field order: the serializer writes the keys in the order of the instance's values
+            return trusted(
+                NodeProbe,
+                {
+                    "schema_": PROBE_SCHEMA,
+                    "id": new_id(),
+                    "time": utcnow(),
+                    "cluster": self.cluster,
+                    "node": self.node,
+                    "source": "agent",
+                    "seq": values["seq"],
+                    "boot_id": values["boot_id"],
+                    "uptime_s": uptime,
+                    "reachability": head[-1],
+                    "load": values["load"],
+                    "cpu_count": values["cpu_count"],
+                    "filesystems": values["filesystems"],
+                    "file_handles": values["file_handles"],
+                    "services": values["services"],
+                    "kernel_log": values["kernel_log"],
+                    "kernel_log_dropped": values["kernel_log_dropped"],
+                    "kernel_release": values["kernel_release"],
+                    "os_image": values["os_image"],
+                    "ready": None,
+                    "fd_holders": values["fd_holders"],
+                    "full": False,
+                },
+            )
+        probe = NodeProbe(cluster=self.cluster, node=self.node, source="agent", reachability=head[-1], **values)
+        self._validated = head
         return probe
 
     async def _full_parts(self, *, fd_high: bool) -> tuple[tuple[ServiceState, ...], tuple[FdHolder, ...]]:
