@@ -115,3 +115,24 @@ async def test_a_command_anywhere_makes_the_nodes_next_probe_full(tmp_path: Path
     assert after.full and shard.collector.full_reason == "node command"
     assert {s.name: s.state for s in after.services}["kubelet"] == "active"
     assert not (await shard.collect(now=time.time(), noise=0.0)).full
+
+
+async def test_a_reboot_starts_a_new_agent_process() -> None:
+    """As on a real node, the agent of a new boot is a new process: its kmsg ring and reader start with the
+    boot, and its first probe is full. Before, the simulator compared the agent's fresh reading of the boot
+    id (always the current one) and kept the old agent forever."""
+    from nodeheal.runtime.settings import NatsSettings
+    from nodeheal.sim.engine import FleetSimulator
+
+    sim = FleetSimulator(spec=FleetSpec(nodes=3), settings=NatsSettings(), agent_profile=AgentProfile(full_every=6))
+    node = next(iter(sim.nodes.values()))
+    first = sim.agent(node)
+    assert sim.agent(node) is first  # same boot, same process
+    for _ in range(2):
+        await first.collect(now=time.time(), noise=0.0)
+    node.power_off()
+    node.boot(time.time())
+    second = sim.agent(node)
+    assert second is not first and second.boot_id == node.boot_id
+    probe = await second.collect(now=time.time(), noise=0.0)
+    assert probe.boot_id == node.boot_id and probe.full  # the new process's first probe

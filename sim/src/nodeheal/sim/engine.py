@@ -272,7 +272,10 @@ class FleetSimulator:
     def agent(self, node: SimNode) -> SimAgent:
         """The node agent of this node's current boot (a reboot starts a new agent process)."""
         agent = self.agents.get(node.name)
-        if agent is None or agent.collector.host.boot_id() != node.boot_id:
+        # the boot the agent was started in, not what it reads now: the host files always show the current
+        # boot, so comparing with a fresh reading never saw a reboot and a rebooted node kept its old agent
+        # (its kmsg ring and reader position)
+        if agent is None or agent.boot_id != node.boot_id:
             fresh = SimAgent(node, cluster=self.spec.cluster, profile=self.agent_profile, work_dir=self.work_dir)
             if agent is not None:
                 fresh.executed = agent.executed

@@ -330,6 +330,7 @@ class SimAgent:
 
     def __init__(self, node: SimNode, *, cluster: str, profile: AgentProfile, work_dir: Path | None) -> None:
         self.node = node
+        self.boot_id = node.boot_id  # the boot this agent process was started in
         self.profile = profile
         self.work_dir = work_dir
         self.files = SimHostFiles(node)
