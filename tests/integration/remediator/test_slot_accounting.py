@@ -197,7 +197,13 @@ async def test_a_ladder_out_of_deliveries_hands_its_cordoned_node_to_a_person(
     try:
         await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "drain"], episode="ep-a"))
         handed = await wait_for_record(nc, topology_ready, node="n1", action="escalate", phase="succeeded")
-        assert await service.remediator.ledger.slot_of("n1") is None  # type: ignore[union-attr]
+        ledger = service.remediator.ledger  # type: ignore[union-attr]
+
+        async def slot_given_back() -> bool:
+            return await ledger.slot_of("n1") is None
+
+        # the hand-over is recorded first, then the slot is given back (after its Kubernetes event): a moment
+        await wait_for(slot_given_back, timeout=10.0, what="n1's slot given back after the hand-over")
     finally:
         await service.stop()
     assert "gave up" in handed.reason and "delivery 3 of 3" in handed.reason and "left it cordoned" in handed.reason
