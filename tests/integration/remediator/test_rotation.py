@@ -30,6 +30,7 @@ from tests.integration.remediator.harness import (
     mce_crash,
     publish_diagnosis,
     start_service,
+    wait_for,
     wait_for_record,
 )
 
@@ -109,7 +110,12 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         done = await wait_for_record(nc, topology_ready, action="replace", phase="succeeded")
-        assert await service.remediator.ledger.slot_of("r2") is None  # released and recreated: the slot is back
+        ledger = service.remediator.ledger
+
+        async def slot_back() -> bool:  # released and recreated: the slot is back (just after the record)
+            return await ledger.slot_of("r2") is None
+
+        await wait_for(slot_back, timeout=10.0, what="r2's slot given back after the replacement")
     finally:
         await service.stop()
     deletes = ecs.world.calls_to("DeleteInstance")
