@@ -120,6 +120,23 @@ class _Driver:
             self.evaluate(due, now)
 
 
+def _storm_setup(
+    *, nodes: int, storm: int, spacing_ms: float, resolve_every: int, seed: int
+) -> tuple[list[Any], str | None, list[Anomaly], Diagnoser, _Driver]:
+    """The fleet, the storm's zone, its anomalies in arrival order, a diagnoser that knows the inventory and
+    the service loop's driver: what `run_storm` and `storm_diagnoses` both start from."""
+    inventory = build_inventory(FleetSpec(nodes=nodes, cluster=CLUSTER))
+    zone = inventory[0].zone
+    in_zone = [r.node for r in inventory if r.zone == zone]
+    msgs = storm_messages(
+        in_zone, storm=storm, spacing=timedelta(milliseconds=spacing_ms), resolve_every=resolve_every, seed=seed
+    )
+    diag = Diagnoser(matcher=Matcher(load_knowledge_base()))
+    for record in inventory:
+        diag.on_inventory(record)
+    return inventory, zone, msgs, diag, _Driver(diag)
+
+
 def run_storm(
     *,
     nodes: int = 50_000,
@@ -130,16 +147,10 @@ def run_storm(
     seed: int = 7,
     profile: bool = False,
 ) -> dict[str, Any]:
-    inventory = build_inventory(FleetSpec(nodes=nodes, cluster=CLUSTER))
-    zone = inventory[0].zone
-    in_zone = [r.node for r in inventory if r.zone == zone]
-    msgs = storm_messages(
-        in_zone, storm=storm, spacing=timedelta(milliseconds=spacing_ms), resolve_every=resolve_every, seed=seed
+    inventory, zone, msgs, diag, driver = _storm_setup(
+        nodes=nodes, storm=storm, spacing_ms=spacing_ms, resolve_every=resolve_every, seed=seed
     )
-    diag = Diagnoser(matcher=Matcher(load_knowledge_base()))
-    for record in inventory:
-        diag.on_inventory(record)
-    driver = _Driver(diag)
+    zone_nodes = sum(1 for r in inventory if r.zone == zone)
     tick = timedelta(seconds=TICK_S)
     next_tick = msgs[0].detected_at
     anomaly_s = tick_s = anomaly_cpu = tick_cpu = 0.0
@@ -173,8 +184,8 @@ def run_storm(
         "benchmark": "diagnoser-storm",
         "nodes": nodes,
         "zone": zone,
-        "zone_nodes": len(in_zone),
-        "storm": min(storm, len(in_zone)),
+        "zone_nodes": zone_nodes,
+        "storm": min(storm, zone_nodes),
         "anomalies": len(msgs),
         "spacing_ms": spacing_ms,
         "resolve_every": resolve_every,
@@ -205,16 +216,9 @@ def storm_diagnoses(
 ) -> tuple[list[Any], list[Diagnosis]]:
     """The fleet's inventory and the diagnoses the diagnoser publishes for the storm of `run_storm` (same
     arguments, same decisions), in publishing order: the input of `nodeheal bench remediator --storm`."""
-    inventory = build_inventory(FleetSpec(nodes=nodes, cluster=CLUSTER))
-    zone = inventory[0].zone
-    in_zone = [r.node for r in inventory if r.zone == zone]
-    msgs = storm_messages(
-        in_zone, storm=storm, spacing=timedelta(milliseconds=spacing_ms), resolve_every=resolve_every, seed=seed
+    inventory, _zone, msgs, diag, driver = _storm_setup(
+        nodes=nodes, storm=storm, spacing_ms=spacing_ms, resolve_every=resolve_every, seed=seed
     )
-    diag = Diagnoser(matcher=Matcher(load_knowledge_base()))
-    for record in inventory:
-        diag.on_inventory(record)
-    driver = _Driver(diag)
     tick = timedelta(seconds=TICK_S)
     next_tick = msgs[0].detected_at
     for msg in msgs:
