@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from nodeheal.cli.common import nats_endpoint, require_sim, run
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -299,6 +303,32 @@ def kb(corpus_dir: Path, seconds: float, baseline_rules: Path | None, as_json: b
     sys.stdout.write("\n")
 
 
+def _storm_shape(command: F) -> F:
+    """The storm's arrival options `bench diagnoser` and `bench remediator` share (the same storm feeds both)."""
+    command = click.option("--seed", type=int, default=7, show_default=True)(command)
+    command = click.option(
+        "--resolve-every",
+        type=click.IntRange(0, 1_000_000),
+        default=10,
+        show_default=True,
+        help="Every N-th arrival also brings an earlier dark node back (0: none).",
+    )(command)
+    return click.option(
+        "--spacing-ms", type=click.FloatRange(0, 60_000), default=20.0, show_default=True, help="Between arrivals."
+    )(command)
+
+
+def _print_with_profile(result: dict[str, Any], *, as_json: bool) -> None:
+    """The result as JSON on stdout; a cProfile text goes to stderr, or stays in the JSON with --json."""
+    text = result.pop("profile", None)
+    if text and not as_json:
+        click.echo(text, err=True)
+    elif text:
+        result["profile"] = text
+    json.dump(result, sys.stdout, indent=None if as_json else 2)
+    sys.stdout.write("\n")
+
+
 @bench.command("diagnoser")
 @click.option("--nodes", type=click.IntRange(10, 1_000_000), default=50_000, show_default=True, help="Fleet size.")
 @click.option(
@@ -308,17 +338,7 @@ def kb(corpus_dir: Path, seconds: float, baseline_rules: Path | None, as_json: b
     show_default=True,
     help="node_down anomalies over the nodes of one zone (at most the zone's size).",
 )
-@click.option(
-    "--spacing-ms", type=click.FloatRange(0, 60_000), default=20.0, show_default=True, help="Between arrivals."
-)
-@click.option(
-    "--resolve-every",
-    type=click.IntRange(0, 1_000_000),
-    default=10,
-    show_default=True,
-    help="Every N-th arrival also brings an earlier dark node back (0: none).",
-)
-@click.option("--seed", type=int, default=7, show_default=True)
+@_storm_shape
 @click.option("--profile", is_flag=True, default=False, help="Add the cProfile top functions to the output.")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
 def diagnoser(
@@ -333,13 +353,7 @@ def diagnoser(
     result = run_storm(
         nodes=nodes, storm=storm, spacing_ms=spacing_ms, resolve_every=resolve_every, seed=seed, profile=profile
     )
-    text = result.pop("profile", None)
-    if text and not as_json:
-        click.echo(text, err=True)
-    elif text:
-        result["profile"] = text
-    json.dump(result, sys.stdout, indent=None if as_json else 2)
-    sys.stdout.write("\n")
+    _print_with_profile(result, as_json=as_json)
 
 
 @bench.command("remediator")
@@ -351,17 +365,7 @@ def diagnoser(
     show_default=True,
     help="node_down anomalies over one zone, as in `bench diagnoser --storm`; their diagnoses are the input.",
 )
-@click.option(
-    "--spacing-ms", type=click.FloatRange(0, 60_000), default=20.0, show_default=True, help="Between arrivals."
-)
-@click.option(
-    "--resolve-every",
-    type=click.IntRange(0, 1_000_000),
-    default=10,
-    show_default=True,
-    help="Every N-th arrival also brings an earlier dark node back (0: none).",
-)
-@click.option("--seed", type=int, default=7, show_default=True)
+@_storm_shape
 @click.option(
     "--verify-timeout-s",
     type=click.FloatRange(0.01, 60),
@@ -396,13 +400,7 @@ def remediator(
         verify_timeout_s=verify_timeout_s,
         profile=profile,
     )
-    text = result.pop("profile", None)
-    if text and not as_json:
-        click.echo(text, err=True)
-    elif text:
-        result["profile"] = text
-    json.dump(result, sys.stdout, indent=None if as_json else 2)
-    sys.stdout.write("\n")
+    _print_with_profile(result, as_json=as_json)
 
 
 @bench.command("detector-storm")
