@@ -153,7 +153,20 @@ async def test_a_storm_writes_its_key_once_not_at_every_step(
     for i in range(20):  # z2: one sick node of twenty (calm)
         world.add_node(f"c{i}", zone="z2")
         await add_inventory(nc, topology_ready, f"c{i}", zone="z2", node_pool="p")
-    settings = make_settings(topology_ready, kube_url=world.url, storm_threshold_pct=30, storm_min_unhealthy=3)
+    roomy = {"max_count": 100, "max_pct": 100.0}  # only the storm guard may hold anything back here: on a loaded
+    # machine s0 can be cordoned before the storm is counted, and the default cluster budget (5 % of 30) then
+    # held c0's cordon back for the whole wait
+    settings = make_settings(
+        topology_ready,
+        kube_url=world.url,
+        storm_threshold_pct=30,
+        storm_min_unhealthy=3,
+        cluster_budget=roomy,
+        zone_budget=roomy,
+        pool_budget=roomy,
+        rack_budget=roomy,
+        disruptive_per_minute=100,
+    )
     service = await start_service(settings)
     try:
         for node in sick:
