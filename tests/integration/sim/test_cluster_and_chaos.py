@@ -12,10 +12,11 @@ import pytest
 
 from nodeheal.cli.procs import ServiceProcess
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.provision import apply_topology
+from nodeheal.runtime.provision import ProvisionError, apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.chaos import Chaos, plan_chaos
 from nodeheal.sim.cluster import EmbeddedCluster
+from nodeheal.sim.embedded import EmbeddedNats
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,42 @@ async def test_r3_streams_keep_every_acked_message_through_a_server_sigkill(tmp_
             assert len(acked) == 300
             assert info.state.messages == 300  # every acknowledged message once, none twice
             assert cluster.meta_leader() is not None
+        finally:
+            await nc.close()
+
+
+async def test_streams_apply_waits_for_a_cluster_without_quorum_instead_of_failing(tmp_path: Path) -> None:
+    # CI saw `apply_topology` on a just-formed cluster time out on its first STREAM.INFO; an operator's
+    # `nodeheal streams apply` during a leader election or a rolling restart should wait, not fail
+    with EmbeddedCluster(3, log_dir=str(tmp_path)) as cluster:
+        settings = NatsSettings(url=cluster.servers[0].url)
+        nc = await connect(settings, name="pytest-cluster")
+        try:
+            cluster.kill(1)
+            cluster.kill(2)  # one of three: no meta leader, JetStream answers 503 or not at all
+            apply = asyncio.create_task(apply_topology(nc.jetstream(), settings.topology(), replicas=3))
+            await asyncio.sleep(3.0)
+            assert not apply.done(), "apply should be waiting for the cluster"
+            cluster.restart(1)
+            cluster.restart(2)
+            changes = await asyncio.wait_for(apply, timeout=90)
+            assert {c.name for c in changes} >= {"PROBES", "AUDIT"}
+            assert all(c.action in ("created", "unchanged") for c in changes)
+            info = await nc.jetstream().stream_info("AUDIT")
+            assert info.config.num_replicas == 3
+        finally:
+            await nc.close()
+
+
+async def test_streams_apply_refuses_replicas_on_a_single_server_at_once(tmp_path: Path) -> None:
+    with EmbeddedNats(log_file=str(tmp_path / "nats.log")) as server:
+        settings = NatsSettings(url=server.url)
+        nc = await connect(settings, name="pytest-single")
+        try:
+            started = time.monotonic()
+            with pytest.raises(ProvisionError, match="use --replicas 1"):
+                await apply_topology(nc.jetstream(), settings.topology(), replicas=3)
+            assert time.monotonic() - started < 30, "a refusal for good is not waited out"
         finally:
             await nc.close()
 

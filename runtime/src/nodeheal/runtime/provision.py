@@ -8,6 +8,8 @@ nothing the second time, and every change is reported field by field.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,8 +22,9 @@ from nats.js.api import (
     SubjectTransform,
 )
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ServerError
 
+from nodeheal.runtime.startup import StartWait, patiently, start_wait
 from nodeheal.schemas.streams import BucketSpec, StreamSpec, Topology
 
 ChangeAction = Literal["created", "updated", "unchanged"]
@@ -177,11 +180,49 @@ async def apply_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int 
     return Change("bucket", spec.name, "updated", diffs)
 
 
-async def apply_topology(js: JetStreamContext, topo: Topology, *, replicas: int = 1) -> list[Change]:
-    """Create or update every stream and bucket of `topo`; return what happened to each."""
+PROVISION_PATIENCE_S = 60.0
+"""How long `apply_topology` waits in all for a JetStream that does not answer yet."""
+
+
+async def apply_topology(
+    js: JetStreamContext, topo: Topology, *, replicas: int = 1, patience_s: float = PROVISION_PATIENCE_S
+) -> list[Change]:
+    """Create or update every stream and bucket of `topo`; return what happened to each.
+
+    A JetStream that is not ready yet (a cluster whose meta leader was just elected, a server that
+    restarts, a loaded machine) is waited for up to `patience_s` in all: each stream's and bucket's
+    step is repeated while the API times out, has no responders or answers 503/500. Every step is
+    safe to repeat: a create or update that took effect before its answer was lost is read back on
+    the next try (and then reported "unchanged")."""
     if replicas not in (1, 3, 5):
         msg = f"--replicas {replicas}: use 1 (single server), 3 or 5 (JetStream cluster)"
         raise ValueError(msg)
-    changes = [await apply_stream(js, spec, replicas=replicas) for spec in topo.streams]
-    changes += [await apply_bucket(js, spec, replicas=replicas) for spec in topo.buckets]
+    changes: list[Change] = []
+    wait = StartWait(service="streams apply", patience_s=patience_s, on_give_up="the last error is raised")
+    with start_wait(wait):
+        for spec in topo.streams:
+            step = functools.partial(apply_stream, js, spec, replicas=replicas)
+            changes.append(await patiently(f"stream {spec.name}", functools.partial(_final, step)))
+        for bspec in topo.buckets:
+            bstep = functools.partial(apply_bucket, js, bspec, replicas=replicas)
+            changes.append(await patiently(f"bucket {bspec.name}", functools.partial(_final, bstep)))
     return changes
+
+
+_NOT_TRANSIENT = {10074: "the server is not part of a JetStream cluster: use --replicas 1 against a single server"}
+"""Server errors (by JetStream error code) that another try cannot change."""
+
+
+class ProvisionError(RuntimeError):
+    """A stream or bucket the server refuses for good (not retried)."""
+
+
+async def _final(step: Callable[[], Awaitable[Change]]) -> Change:
+    try:
+        return await step()
+    except ServerError as exc:
+        hint = _NOT_TRANSIENT.get(exc.err_code or 0)
+        if hint is None:
+            raise
+        msg = f"{exc.description} ({hint})"
+        raise ProvisionError(msg) from exc

@@ -52,8 +52,16 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 class StartWait:
     """How long one service start may wait for JetStream in all, and what it is waiting for now."""
 
-    def __init__(self, *, service: str, patience_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        patience_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_give_up: str = "/healthz fails, the pod is restarted",
+    ) -> None:
         self.service = service
+        self.on_give_up = on_give_up  # what follows when the patience is spent, for the log line
         self.patience_s = patience_s
         self.clock = clock
         self.began = clock()
@@ -120,7 +128,7 @@ async def patiently(
             if left <= 0:
                 wait.waiting = None
                 log.error(
-                    "JetStream still unavailable; the start gives up (/healthz fails, the pod is restarted)",
+                    f"JetStream still unavailable; the start gives up ({wait.on_give_up})",
                     extra={"service": wait.service, "during": what, "error": reason, "patience_s": wait.patience_s},
                 )
                 raise
