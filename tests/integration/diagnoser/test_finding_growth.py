@@ -6,6 +6,7 @@ nodes it was raised with for its whole episode."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -67,7 +68,10 @@ async def test_a_growing_rack_finding_is_said_again_and_read_back_after_a_restar
     finally:
         await first.stop()
     grown = said[-1]
-    assert len(said) == 2  # raised once, said again once
+    sizes = [len(f.affected_nodes) for f in said]
+    # raised once, then said again only when it grew (g4 and g5 may land in one correlation run or in two)
+    assert sizes[-1] == 6 and len(said) >= 2
+    assert all(a < b for a, b in itertools.pairwise(sizes)), sizes
     assert grown.finding_id == raised.finding_id and not grown.cleared
     assert {n.rsplit("/", 1)[-1] for n in grown.affected_nodes} == {f"g{i}" for i in range(6)}
 
@@ -78,4 +82,7 @@ async def test_a_growing_rack_finding_is_said_again_and_read_back_after_a_restar
         await asyncio.sleep(1.5)  # several correlation runs of the restarted process
     finally:
         await second.stop()
-    assert len([f for f in await _findings(nc, topology_ready) if (f.kind, f.dimension, f.value) == RACK[:3]]) == 2
+    # the restarted process neither says it again nor raises it anew
+    assert len([f for f in await _findings(nc, topology_ready) if (f.kind, f.dimension, f.value) == RACK[:3]]) == len(
+        said
+    )
