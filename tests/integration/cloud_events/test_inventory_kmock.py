@@ -105,6 +105,7 @@ async def test_inventory_follows_nodes(
             "ecs.ebmg7.32xlarge",
         )
         assert a.kernel == "5.10.134-16.al8.x86_64" and a.addresses == ("10.0.0.7",) and a.ready is True
+        assert a.container_runtime == "containerd"
         by_instance = NodeInventory.model_validate_json((await kv.get(instance_key("i-bbb"))).value or b"")
         assert by_instance.node == "node-b"
 

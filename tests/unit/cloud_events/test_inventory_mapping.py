@@ -55,7 +55,11 @@ NODE = {
             {"type": "InternalIP", "address": "10.0.0.7"},
         ],
         "conditions": [{"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": "False"}],
-        "nodeInfo": {"osImage": "Alibaba Cloud Linux 3.2104 U10", "kernelVersion": "5.10.134-16.al8.x86_64"},
+        "nodeInfo": {
+            "osImage": "Alibaba Cloud Linux 3.2104 U10",
+            "kernelVersion": "5.10.134-16.al8.x86_64",
+            "containerRuntimeVersion": "containerd://1.6.28",
+        },
     },
 }
 
@@ -74,6 +78,17 @@ def test_node_to_inventory() -> None:
     assert inv.labels["alibabacloud.com/nodepool-id"] == "np-123"
     assert inv.labels["kubernetes.io/arch"] == "amd64"
     assert inv.updated_at == now
+    assert inv.container_runtime == "containerd"
+
+
+@pytest.mark.parametrize(
+    ("reported", "runtime"),
+    [("cri-o://1.28.1", "cri-o"), ("docker://20.10.7", "docker"), ("", None), (None, None)],
+)
+def test_the_runtime_is_what_the_kubelet_reports_before_its_version(reported: str | None, runtime: str | None) -> None:
+    node = {**NODE, "status": {**NODE["status"], "nodeInfo": {"containerRuntimeVersion": reported}}}
+    inv = node_to_inventory(node, cluster="prod-1", labels_config=LabelConfig(), now=datetime(2026, 1, 1, tzinfo=UTC))
+    assert inv.container_runtime == runtime
 
 
 def test_configurable_rack_label_and_empty_node() -> None:

@@ -25,6 +25,7 @@ def agent_probe(
     fd: int = 1000,
     fd_max: int = 100_000,
     kubelet: str = "active",
+    runtime: tuple[str, str] | None = None,
     kernel: tuple[str, ...] = (),
     ready: bool | None = True,
     mounts: tuple[str, ...] = ("/",),
@@ -45,7 +46,8 @@ def agent_probe(
             FileSystem(mount=m, used_pct=used, inodes_used_pct=inodes, readonly=readonly) for m in mounts
         ),
         file_handles=FileHandles(allocated=fd, max=fd_max),
-        services=(ServiceState(name="kubelet", state=kubelet),),  # type: ignore[arg-type]
+        services=(ServiceState(name="kubelet", state=kubelet),)  # type: ignore[arg-type]
+        + ((ServiceState(name=runtime[0], state=runtime[1]),) if runtime else ()),  # type: ignore[arg-type]
         kernel_log=kernel,
         ready=ready,
         **extra,

@@ -119,6 +119,13 @@ def test_unwatched_service_is_ignored() -> None:
     assert drain(det) == []
 
 
+def test_a_dead_cri_o_runtime_is_watched_by_its_unit_name() -> None:
+    # CRI-O's systemd unit is crio.service: the default watch list named "cri-o", which no agent reports
+    det = make()
+    feed(det, 4, runtime=("crio", "failed"))
+    assert drain(det) == [("service_down", "firing", "crio")]
+
+
 def test_readonly_by_design_mounts_are_ignored() -> None:
     det = make()
     feed(det, 3, readonly=True, mounts=("/usr",))

@@ -321,3 +321,20 @@ def test_a_dead_service_seen_only_in_its_log_lines_is_restarted_by_its_unit() ->
         assert d.cause == cause, (lines, d.cause)
         assert actions(d)[0] == "restart_service"
         assert d.recommended[0].target == unit, (lines, d.recommended[0].target)
+
+
+def test_a_dead_runtime_named_by_no_line_restarts_the_runtime_the_node_reports() -> None:
+    """The kubelet's `container runtime is down` names no unit and no socket: the unit comes from the
+    runtime the node's kubelet reports (`nodeInfo.containerRuntimeVersion` in the inventory), so a CRI-O
+    or docker node is not sent a `systemctl restart containerd` its agent refuses."""
+    line = "I0229 18:37:39.342791    4318 kubelet.go:2341] skipping pod synchronization - [container runtime is down]"
+    for runtime, unit in [("cri-o", "crio"), ("docker", "docker"), ("containerd", "containerd"), (None, "containerd")]:
+        diag = make()
+        diag.on_inventory(inventory("n1").model_copy(update={"container_runtime": runtime}))
+        diag.on_anomaly(anomaly("n1", "kernel_fault", subject="journal", lines=[line]))
+        d = run(diag, "n1", 1)
+        assert d.cause == "container_runtime_down"
+        assert d.recommended[0].action == "restart_service" and d.recommended[0].target == unit, (
+            runtime,
+            d.recommended,
+        )

@@ -27,7 +27,8 @@ FD_CLEAR_RATIO: Final = 0.80
 HIGH_LOAD_RATIO: Final = 2.0
 HIGH_LOAD_CLEAR_RATIO: Final = 1.5
 READONLY_IGNORE_MOUNTS: Final = ("/sys", "/proc", "/sys/fs/cgroup", "/usr", "/boot/efi")
-WATCHED_SERVICES: Final = ("kubelet", "containerd", "docker", "cri-o", "ops-agent")
+WATCHED_SERVICES: Final = ("kubelet", "containerd", "docker", "crio", "ops-agent")
+"""systemd unit names (CRI-O's unit is `crio.service`)."""
 AGENT_SOURCES: Final = frozenset({"agent", "simulator"})
 """Probe sources that measure the node from inside (the simulator's stand-in agent sends the same fields);
 prober probes only see reachability."""

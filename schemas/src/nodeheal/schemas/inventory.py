@@ -21,6 +21,9 @@ class NodeInventory(Frozen):
     cpu_model: str | None = None
     os_image: str | None = None
     kernel: str | None = None
+    container_runtime: str | None = None
+    """The runtime the kubelet reports (`status.nodeInfo.containerRuntimeVersion` before `://`:
+    `containerd`, `cri-o`, `docker`); it names the unit a dead runtime's restart targets."""
     addresses: tuple[str, ...] = ()
     labels: dict[str, str] = Field(default_factory=dict)
     ready: bool | None = None

@@ -693,15 +693,19 @@ def _service_target(anomalies: list[Anomaly]) -> str | None:
 _UNIT = re.compile(r"\b([A-Za-z0-9][A-Za-z0-9@_.-]*)\.service\b")
 _RUNTIME_SOCKET = re.compile(r"/(containerd|docker|dockershim|crio|cri-dockerd)\.sock\b")
 SERVICE_OF_CAUSE: dict[str, str] = {"kubelet_down": "kubelet", "container_runtime_down": "containerd"}
-"""The unit a service cause restarts when its log line does not name one (the kubelet's own view of a dead
-runtime rarely does): the agent refuses a restart without a unit in its allow-list."""
+"""The unit a service cause restarts when neither its log line nor the node's inventory names one (the
+kubelet's own view of a dead runtime rarely does): the agent refuses a restart without a unit in its
+allow-list."""
+RUNTIME_UNITS: dict[str, str] = {"containerd": "containerd", "cri-o": "crio", "docker": "docker"}
+"""The systemd unit of each runtime the kubelet reports in `containerRuntimeVersion`."""
 
 
-def service_in_kernel(cause: str, kernel: list[KernelEvidence]) -> str | None:
+def service_in_kernel(cause: str, kernel: list[KernelEvidence], *, runtime: str | None = None) -> str | None:
     """The systemd unit a kernel/journal-line diagnosis of a dead service names: `kubelet.service: Main
     process exited` → kubelet; the kubelet's CRI error on `/run/containerd/containerd.sock` → containerd
-    (`dockershim.sock` → docker); else the cause's usual unit (`SERVICE_OF_CAUSE`). Only the lines of that
-    cause are read, newest first."""
+    (`dockershim.sock` → docker); else, for a dead runtime, the unit of the runtime the node's inventory
+    reports (`runtime`, e.g. `cri-o` → crio); else the cause's usual unit (`SERVICE_OF_CAUSE`). Only the
+    lines of that cause are read, newest first."""
     for k in sorted((k for k in kernel if k.finding.cls == cause), key=lambda k: k.observed_at, reverse=True):
         line = k.finding.line
         unit = _UNIT.search(line)
@@ -710,6 +714,8 @@ def service_in_kernel(cause: str, kernel: list[KernelEvidence]) -> str | None:
         socket = _RUNTIME_SOCKET.search(line)
         if socket is not None:
             return "docker" if socket.group(1) == "dockershim" else socket.group(1)
+    if cause == "container_runtime_down" and runtime in RUNTIME_UNITS:
+        return RUNTIME_UNITS[runtime]
     return SERVICE_OF_CAUSE.get(cause)
 
 
@@ -852,7 +858,8 @@ def decide(
         decision.evidence.extend(anomaly_ev)
         target = _service_target(firing)
         if target is None and decision.cause in RESTART_CAUSES:
-            target = service_in_kernel(decision.cause, kernel)
+            inv = fleet.inventory.get(ctx.key)
+            target = service_in_kernel(decision.cause, kernel, runtime=inv.container_runtime if inv else None)
         ladder = (
             rotation_ladder(decision.cause)
             if rotate

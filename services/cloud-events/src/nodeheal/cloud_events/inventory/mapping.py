@@ -135,6 +135,7 @@ def node_to_inventory(
         cpu_model=_first(labels, c.cpu_model),
         os_image=node_info.get("osImage") or None,
         kernel=node_info.get("kernelVersion") or None,
+        container_runtime=str(node_info.get("containerRuntimeVersion") or "").partition("://")[0] or None,
         addresses=tuple(seen),
         labels=_kept(labels, c.keep, [k for k in used if k in labels]),
         ready=ready,
