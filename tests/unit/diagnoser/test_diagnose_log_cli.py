@@ -194,6 +194,10 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
         result
     )
     assert summary["syzbot_dup_same_bug"]["level2_similarity"]["true_pairs"] == dup["similarity"]["true_pairs"]
+    # round 11: each set's groups in a tuning and a held-out half (tests/data/kb/README.md), scored apart
+    halves = summary["syzbot_dup_same_bug"]["halves"]
+    assert halves["tune"]["reports"] == 48 and halves["held_out"]["reports"] == 46
+    assert halves["tune"]["level2_similarity"]["true_pairs"] == 26
     same_run = result["speed"]["same_run"]
     assert same_run["baseline_rules_count"] == same_run["current_rules_count"]
     assert same_run["baseline_benign_lines_matched"] == 0
