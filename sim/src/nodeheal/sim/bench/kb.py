@@ -338,13 +338,22 @@ def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
             truth.append(crash.group)
             reports.append(found[0])
         sizes = Counter(truth)
+        exact = [r.bucket() for r in reports]
+        clusters = [str(c) for c in cluster_reports(reports)]
+        halves = [half_of(group) for group in truth]
+        across = [(i, j) for i, j in combinations(range(len(truth)), 2) if halves[i] != halves[j]]
         return {
             "crashes": len(chosen),
             "without_identity": lost,
             "bugs": len(sizes),
             "bugs_with_several_crashes": sum(1 for n in sizes.values() if n > 1),
-            "exact_key": pairwise(truth, [r.bucket() for r in reports]),
-            "similarity": pairwise(truth, [str(c) for c in cluster_reports(reports)]),
+            "exact_key": pairwise(truth, exact),
+            "similarity": pairwise(truth, clusters),
+            # pairs with one report in each half (always two bugs: groups do not straddle): joined = false pairs
+            "across_halves_false_pairs": {
+                "exact_key": sum(exact[i] == exact[j] for i, j in across),
+                "similarity": sum(clusters[i] == clusters[j] for i, j in across),
+            },
         }
 
     splits = sorted({c.split for c in crashes})
@@ -460,6 +469,7 @@ def bucket_summary(result: dict[str, Any]) -> dict[str, Any]:
             "bugs": every["bugs"],
             "level1_exact_key": prf(every["exact_key"]),
             "level2_similarity": prf(every["similarity"]),
+            "across_halves_false_pairs": every["across_halves_false_pairs"],
             "halves": {
                 half: {
                     "reports": scores["crashes"],
