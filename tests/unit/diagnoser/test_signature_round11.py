@@ -75,3 +75,40 @@ def test_a_report_raised_in_an_interrupt_ends_at_the_interrupt() -> None:
     # a copy that stops at </IRQ> (a paste cut there) keeps the exact key
     cut = lines[: next(i for i, line in enumerate(lines) if "</IRQ>" in line) + 1]
     assert first_report(cut).bucket() == full.bucket()
+
+
+def corpus(excerpt: str) -> list[str]:
+    path = DATA / "corpus.jsonl"
+    return next(r["lines"] for r in map(json.loads, path.read_text().splitlines()) if r["id"] == excerpt)
+
+
+def test_a_copy_that_starts_at_the_old_ip_line_keeps_its_identity() -> None:
+    # kb-064 (kubernetes#50695, a 4.4-era NULL dereference): `IP: [<…>] check_preempt_wakeup+0xd0/0x1d0` and no
+    # trace; a paste that starts below the `BUG: unable to handle …` header still names the function
+    lines = corpus("kb-064")
+    full = first_report(lines)
+    headless = [line for line in lines if "BUG: unable to handle" not in line]
+    copy = first_report(headless)
+    assert (full.kind, copy.kind) == ("oops_null_deref", "oops")
+    assert copy.guilty() == full.guilty() == "check_preempt_wakeup"
+    assert len(set(cluster_reports([full, copy]))) == 1
+    # arm64 (kb-069, `Internal error: Oops`): a copy without that line is opened at its `pc : ` line
+    arm = [line for line in corpus("kb-069") if "Internal error" not in line]
+    assert first_report(arm).guilty() == first_report(corpus("kb-069")).guilty() == "backing_file_open"
+
+
+def test_a_user_mode_ip_line_opens_no_report() -> None:
+    # constructed (made-up values): a segfault's user-mode register lines name no kernel function
+    lines = [
+        "RIP: 0033:0x7f0281f1453b",
+        "IP: [<00007f0281f1453b>] 0x7f0281f1453b",
+        "pc : 0000ffff8c2e3a10",
+    ]
+    assert extract_reports(lines) == []
+
+
+def test_an_ip_line_printed_before_its_header_is_one_report() -> None:
+    # kb-171 (ESOS 3.14): the `IP:` line is printed before `BUG: unable to handle kernel NULL pointer`
+    reports = extract_reports(corpus("kb-171"))
+    assert [r.kind for r in reports] == ["oops_null_deref"]
+    assert reports[0].rip_func == "sock_sendmsg"

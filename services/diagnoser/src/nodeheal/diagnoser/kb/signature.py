@@ -209,6 +209,8 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 # headers that go on an open report instead of starting one (one oops prints several header lines)
 # (a symbolized WARNING prints its header once per inlined frame, like KASAN)
+# page-fault headers a 3.x kernel may print after the `IP:` line of the same oops (an interleaved printk)
+_PAGE_FAULTS = frozenset({"oops_null_deref", "paging_request"})
 _CONTINUING = frozenset({"invalid_opcode_BUG_at", "mce_fatal", "oops_null_deref", "gpf", "oops", "kasan", "warning"})
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<panic>.*?)\s*(?:\]---)?\s*$")
 _VMCORE_KEY = re.compile(r"^\s*(?P<key>KERNEL|DUMPFILE|RELEASE|VERSION|PANIC|NODENAME|MACHINE|CPUS):\s+(?P<value>.*)$")
@@ -306,6 +308,7 @@ class CrashReport:
     assertion: str | None = None  # a failed assertion's expression, normalised (`XFS: Assertion failed: …`)
     in_trace: bool = False
     vmcore: bool = False
+    headless: bool = False  # opened at a RIP line, no header read yet (a copy without it, or one printed later)
     irq_open: bool = False  # the trace started with `<IRQ>` (the report was raised in interrupt context)
     irq_end: int | None = None  # how many frames were read before its `</IRQ>` / `<EOI>`
 
@@ -449,12 +452,15 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             # one oops prints several header lines (BUG at → invalid opcode; MCE per CPU → context corrupt)
             continues = (
                 current is not None
-                and (current.kind == header or header == "oops")
+                and (current.kind == header or header == "oops" or (current.headless and header in _PAGE_FAULTS))
                 and header in _CONTINUING
                 and not current.frames
                 and current.panic_string is None
                 and index - current.start <= 12
             )
+            if current is not None and continues and current.headless:
+                # the header after the report's RIP line (3.x prints `IP:` before `BUG: unable to handle`)
+                current.kind, current.start, current.headless = header, index, False
             if current is None or not continues:
                 current = CrashReport(kind=header, start=index)
                 reports.append(current)
@@ -495,11 +501,13 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             continue
         if current is None:
             # a copy that lost its header (a pstore part, a paste that starts mid-oops): a kernel RIP line
-            # opens a report of unknown kind, so its function and frames still identify it
+            # opens a report of unknown kind, so its function and frames still identify it — any form the
+            # kernel prints it in (`RIP: 0010:`, 3.x `IP: [<…>]`, arm64 `pc : `, arm `PC is at`, `EIP:`) as
+            # long as it names a function (a user-mode one, `RIP: 0033:` or a bare address, does not)
             rip = _RIP.search(message)
-            if rip is None or rip.group("cs") == "33" or not rip.group("cs"):
+            if rip is None or rip.group("cs") == "33":
                 continue
-            current = CrashReport(kind="oops", start=index)
+            current = CrashReport(kind="oops", start=index, headless=True)
             reports.append(current)
         if current.kind == "kasan" and current.access is None and not current.frames:
             access = _KASAN_ACCESS.match(message)
