@@ -116,6 +116,24 @@ def test_buckets_keep_two_bugs_of_one_function_apart_and_say_why(tmp_path: Path)
     assert listed[r]["access"] == "Read 8" and listed[f]["kind"] == "paging_request"
 
 
+def test_buckets_list_a_bad_access_and_a_warning_of_one_bug_as_members_of_one_bucket(tmp_path: Path) -> None:
+    """ipvlan_queue_xmit (tests/data/kb/syzbot_dup_same_bug.jsonl, one fixing commit): a KASAN report and a
+    WARNING reached the same way are one bucket with two exact keys; an unrelated report stays apart."""
+    rows = set_lines("syzbot_dup_same_bug.jsonl")
+    kasan, warning, other = rows["dup-018"], rows["dup-019"], rows["dup-047"]
+    log = tmp_path / "console.log"
+    log.write_text("\n".join([*kasan, *other, *warning]) + "\n")
+    buckets = buckets_of(log)
+    k = 1 + next(i for i, line in enumerate(kasan) if "BUG: KASAN" in line)
+    o = 1 + len(kasan) + next(i for i, line in enumerate(other) if "BUG: KASAN" in line)
+    w = 1 + len(kasan) + len(other) + next(i for i, line in enumerate(warning) if "WARNING:" in line)
+    assert sorted([m["line_no"] for m in b["members"]] for b in buckets) == [[k, w], [o]]
+    joined = next(b for b in buckets if len(b["members"]) == 2)
+    assert {m["kind"] for m in joined["members"]} == {"kasan", "warning"}
+    assert {m["blamed"] for m in joined["members"]} == {"ipvlan_queue_xmit"}
+    assert len(joined["exact_buckets"]) == 2
+
+
 def xfs_assert_bug(expression: str, caller: str, stamp: str, pid: int) -> list[str]:
     """Constructed (our own text, made-up values): a failed XFS assertion raised as a BUG by its reporter."""
     return [
@@ -194,6 +212,10 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
         result
     )
     assert summary["syzbot_dup_same_bug"]["level2_similarity"]["true_pairs"] == dup["similarity"]["true_pairs"]
+    # round 11: each set's groups in a tuning and a held-out half (tests/data/kb/README.md), scored apart
+    halves = summary["syzbot_dup_same_bug"]["halves"]
+    assert halves["tune"]["reports"] == 48 and halves["held_out"]["reports"] == 46
+    assert halves["tune"]["level2_similarity"]["true_pairs"] == 26
     same_run = result["speed"]["same_run"]
     assert same_run["baseline_rules_count"] == same_run["current_rules_count"]
     assert same_run["baseline_benign_lines_matched"] == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from nodeheal.diagnoser.kb import KnowledgeBaseError, Matcher, analyse, load_knowledge_base
-from nodeheal.diagnoser.kb.signature import CrashReport, cluster_reports
+from nodeheal.diagnoser.kb.signature import CrashReport, cluster_reports, extract_reports
 
 
 def _read(file: str) -> list[str]:
@@ -64,7 +64,8 @@ def _member(report: CrashReport) -> dict[str, object]:
     "--buckets",
     is_flag=True,
     default=False,
-    help="Also print each crash bucket with its members (the reports of this log that share it).",
+    help="Also print each crash bucket with its members (the reports of this log that share it), also for crash "
+    "reports that are no finding (a KASAN report, a WARNING).",
 )
 def diagnose_log(file: str, rules_path: str | None, summary: bool, buckets: bool) -> None:
     """Print what the knowledge base finds in a kernel / journal log FILE ('-' for stdin).
@@ -98,13 +99,16 @@ def diagnose_log(file: str, rules_path: str | None, summary: bool, buckets: bool
         if signature is not None:
             entry["signature"] = signature.model_dump(mode="json", exclude_none=True)
         click.echo(json.dumps(entry, ensure_ascii=False))
-    if buckets and result.reports:
-        clusters = cluster_reports(result.reports)
+    # the crash reports are cut for findings; --buckets asks for them anyway (a KASAN report or a WARNING is no
+    # finding of the knowledge base, but it is a crash report with an identity)
+    reports = (result.reports or tuple(extract_reports(lines))) if buckets else ()
+    if reports:
+        clusters = cluster_reports(reports)
         by_cluster: dict[int, list[int]] = {}
         for position, cluster in enumerate(clusters):
             by_cluster.setdefault(cluster, []).append(position)
         for positions in by_cluster.values():
-            members = [result.reports[p] for p in positions]
+            members = [reports[p] for p in positions]
             first = members[0].signature()
             click.echo(
                 json.dumps(

@@ -16,8 +16,9 @@
   them (`syzbot_fix_same_bug.jsonl`), pairwise, overall and per split;
   syzbot_dup_same_bug: a second such set, committed before the round-8 bucket work ran on it
   (`syzbot_dup_same_bug.jsonl`); syzbot_xfn_same_bug: fix-grouped bugs seen in different functions
-  (`syzbot_xfn_same_bug.jsonl`, committed after that work). (The syzkaller test-data, mailed, dup-marked and
-  bugzilla sets were removed, tests/data/README.md "Provenance".) `buckets`
+  (`syzbot_xfn_same_bug.jsonl`, committed after that work). Each set also scored per half (`half_of`: the
+  groups split by a hash of the group id into a tuning and a held-out half, round 11). (The syzkaller
+  test-data, mailed, dup-marked and bugzilla sets were removed, tests/data/README.md "Provenance".) `buckets`
   repeats each set's pairwise figures of both levels in one place.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
   and the detector's coarse pre-filter on the same lines, lines per second; with a baseline rules file,
@@ -27,6 +28,7 @@ Pure CPU; no NATS.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
@@ -308,10 +310,21 @@ def load_syzbot(directory: Path, name: str) -> list[SyzbotCrash]:
     return out
 
 
+def half_of(group: str) -> str:
+    """The half of a same-bug set a group belongs to (round 11, branch bucket8, fixed before any code change of
+    that round): `tune` when the first 8 hex digits of sha1(group id), read as an integer, are even, else
+    `held_out`. Whole groups move together (a hard negative is a group of its own); changes may be written from
+    the `tune` half's pairs only."""
+    digest = hashlib.sha1(group.encode(), usedforsecurity=False).hexdigest()
+    return "tune" if int(digest[:8], 16) % 2 == 0 else "held_out"
+
+
 def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
     """Both bucket levels on syzbot's own grouping: the first identified report of each crash log, pairwise
-    over every crash of the set, for all crashes and per split (`train` groups were looked at while the
-    frame lists were written; `test` groups, split by a hash of the group before that, were only judged)."""
+    over every crash of the set, for all crashes, per split (`train` groups were looked at while the
+    frame lists were written; `test` groups, split by a hash of the group before that, were only judged) and
+    per half (`half_of`: pairs inside the tuning half, pairs inside the held-out half; pairs across halves are
+    only in `all`)."""
 
     def score(chosen: Sequence[SyzbotCrash]) -> dict[str, Any]:
         truth: list[str] = []
@@ -325,17 +338,30 @@ def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
             truth.append(crash.group)
             reports.append(found[0])
         sizes = Counter(truth)
+        exact = [r.bucket() for r in reports]
+        clusters = [str(c) for c in cluster_reports(reports)]
+        halves = [half_of(group) for group in truth]
+        across = [(i, j) for i, j in combinations(range(len(truth)), 2) if halves[i] != halves[j]]
         return {
             "crashes": len(chosen),
             "without_identity": lost,
             "bugs": len(sizes),
             "bugs_with_several_crashes": sum(1 for n in sizes.values() if n > 1),
-            "exact_key": pairwise(truth, [r.bucket() for r in reports]),
-            "similarity": pairwise(truth, [str(c) for c in cluster_reports(reports)]),
+            "exact_key": pairwise(truth, exact),
+            "similarity": pairwise(truth, clusters),
+            # pairs with one report in each half (always two bugs: groups do not straddle): joined = false pairs
+            "across_halves_false_pairs": {
+                "exact_key": sum(exact[i] == exact[j] for i, j in across),
+                "similarity": sum(clusters[i] == clusters[j] for i, j in across),
+            },
         }
 
     splits = sorted({c.split for c in crashes})
-    return {"all": score(crashes), **{split: score([c for c in crashes if c.split == split]) for split in splits}}
+    return {
+        "all": score(crashes),
+        **{split: score([c for c in crashes if c.split == split]) for split in splits},
+        "halves": {half: score([c for c in crashes if half_of(c.group) == half]) for half in ("tune", "held_out")},
+    }
 
 
 def _rate(fn: Any, lines: Sequence[str], seconds: float) -> float:
@@ -443,6 +469,16 @@ def bucket_summary(result: dict[str, Any]) -> dict[str, Any]:
             "bugs": every["bugs"],
             "level1_exact_key": prf(every["exact_key"]),
             "level2_similarity": prf(every["similarity"]),
+            "across_halves_false_pairs": every["across_halves_false_pairs"],
+            "halves": {
+                half: {
+                    "reports": scores["crashes"],
+                    "bugs": scores["bugs"],
+                    "level1_exact_key": prf(scores["exact_key"]),
+                    "level2_similarity": prf(scores["similarity"]),
+                }
+                for half, scores in result[name]["halves"].items()
+            },
         }
     for name in ("bucketing", "partial_copies"):
         out[name] = {

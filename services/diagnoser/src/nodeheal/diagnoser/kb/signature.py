@@ -148,7 +148,7 @@ _PLUMBING: tuple[str, ...] = tuple(
     __sys_ do_sys_ ksys_ kernel_write kernel_read __x64_ do_syscall ____sys_ security_ sock_sendmsg sock_recvmsg
     device_release_driver driver_detach __device_release_driver bus_remove_device usb_unbind_interface
     usb_disable_device usb_disconnect hub_event hub_port_connect device_del device_unregister
-        netlink_rcv_skb netlink_unicast netlink_sendmsg nfnetlink_rcv
+        netlink_rcv_skb netlink_unicast netlink_sendmsg nfnetlink_rcv __do_softirq handle_softirqs invoke_softirq
     __usb_hcd_giveback_urb usb_hcd_giveback_urb usb_giveback_urb_bh dummy_timer call_timer_fn expire_timers
     __run_timers run_timer_softirq really_probe driver_probe_device __driver_probe_device __driver_attach
     __device_attach bus_for_each_drv device_initial_probe bus_probe_device usb_probe_interface
@@ -157,6 +157,8 @@ _PLUMBING: tuple[str, ...] = tuple(
 """)
 )
 _STALL_KINDS = frozenset({"rcu_stall", "soft_lockup", "hard_lockup"})
+# families of reports that wait or loop rather than crash: never joined with another family at level 2
+_WAITS = frozenset({"stall", "hung_task"})
 _SYSCALL = re.compile(
     r"^(?:__x64_|__ia32_|__arm64_|__se_|__do_|compat_|__do_compat_|__se_compat_)*(?:SyS|SYSC|sys|ksys)_"
 )
@@ -207,6 +209,8 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 # headers that go on an open report instead of starting one (one oops prints several header lines)
 # (a symbolized WARNING prints its header once per inlined frame, like KASAN)
+# page-fault headers a 3.x kernel may print after the `IP:` line of the same oops (an interleaved printk)
+_PAGE_FAULTS = frozenset({"oops_null_deref", "paging_request"})
 _CONTINUING = frozenset({"invalid_opcode_BUG_at", "mce_fatal", "oops_null_deref", "gpf", "oops", "kasan", "warning"})
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(?P<panic>.*?)\s*(?:\]---)?\s*$")
 _VMCORE_KEY = re.compile(r"^\s*(?P<key>KERNEL|DUMPFILE|RELEASE|VERSION|PANIC|NODENAME|MACHINE|CPUS):\s+(?P<value>.*)$")
@@ -229,6 +233,10 @@ _TAINT = re.compile(
     r"(?P<release>\d+\.\d+[\w.+~-]*)"
 )
 _CALL_TRACE = re.compile(r"Call Trace:|Call trace:|Backtrace:")
+# a trace that starts in interrupt context: `<IRQ>` … `</IRQ>` (older kernels: `<IRQ>` … `<EOI>`); what follows
+# is the task the interrupt happened to stop, which has nothing to do with a bug inside the interrupt
+_IRQ_OPEN = re.compile(r"(?:^|\s)<IRQ>")
+_IRQ_CLOSE = re.compile(r"(?:^|\s)(?:</IRQ>|<EOI>)")
 _FRAME = re.compile(
     r"(?:^|[\s>\](])(?P<unrel>\?\s+)?(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
 )
@@ -300,18 +308,32 @@ class CrashReport:
     assertion: str | None = None  # a failed assertion's expression, normalised (`XFS: Assertion failed: …`)
     in_trace: bool = False
     vmcore: bool = False
+    headless: bool = False  # opened at a RIP line, no header read yet (a copy without it, or one printed later)
+    irq_open: bool = False  # the trace started with `<IRQ>` (the report was raised in interrupt context)
+    irq_end: int | None = None  # how many frames were read before its `</IRQ>` / `<EOI>`
 
-    def significant_frames(self) -> tuple[str, ...]:
-        """The reliable frames that are not reporting / waiting machinery, names made canonical, repeats
-        dropped. A stall report prints the timer-interrupt handler that detected it first: only the frames
-        after the first interrupt entry are the stalled code."""
+    def _own_frames(self) -> list[tuple[str, str | None]]:
+        """The frames of the code that crashed. A stall report prints the timer-interrupt handler that detected
+        it first: only the frames after the first interrupt entry are the stalled code. Any other report raised
+        inside an interrupt (`<IRQ>` … `</IRQ>`) ends at `</IRQ>`: the frames after it are whatever task the
+        interrupt stopped (a syzbot report of one bug shows a different one each run)."""
         frames = self.frames
         if self.kind in _STALL_KINDS:
             cut = next((i for i, (func, _m) in enumerate(frames) if func in _INTERRUPT_ENTRY), None)
             if cut is not None:
                 frames = frames[cut + 1 :]
+        elif self.irq_end is not None and any(
+            not is_generic_frame(canonical_frame(func)) and func not in _INTERRUPT_ENTRY
+            for func, _m in frames[: self.irq_end]
+        ):
+            frames = frames[: self.irq_end]
+        return frames
+
+    def significant_frames(self) -> tuple[str, ...]:
+        """The reliable frames that are not reporting / waiting machinery, names made canonical, repeats
+        dropped, of the code that crashed only (`_own_frames`)."""
         out: list[str] = []
-        for func, module in frames:
+        for func, module in self._own_frames():
             name = canonical_frame(func)
             if (module is None and is_generic_frame(name)) or name in _MODULE_REPORTERS:
                 continue
@@ -430,12 +452,15 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             # one oops prints several header lines (BUG at → invalid opcode; MCE per CPU → context corrupt)
             continues = (
                 current is not None
-                and (current.kind == header or header == "oops")
+                and (current.kind == header or header == "oops" or (current.headless and header in _PAGE_FAULTS))
                 and header in _CONTINUING
                 and not current.frames
                 and current.panic_string is None
                 and index - current.start <= 12
             )
+            if current is not None and continues and current.headless:
+                # the header after the report's RIP line (3.x prints `IP:` before `BUG: unable to handle`)
+                current.kind, current.start, current.headless = header, index, False
             if current is None or not continues:
                 current = CrashReport(kind=header, start=index)
                 reports.append(current)
@@ -476,11 +501,13 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             continue
         if current is None:
             # a copy that lost its header (a pstore part, a paste that starts mid-oops): a kernel RIP line
-            # opens a report of unknown kind, so its function and frames still identify it
+            # opens a report of unknown kind, so its function and frames still identify it — any form the
+            # kernel prints it in (`RIP: 0010:`, 3.x `IP: [<…>]`, arm64 `pc : `, arm `PC is at`, `EIP:`) as
+            # long as it names a function (a user-mode one, `RIP: 0033:` or a bare address, does not)
             rip = _RIP.search(message)
-            if rip is None or rip.group("cs") == "33" or not rip.group("cs"):
+            if rip is None or rip.group("cs") == "33":
                 continue
-            current = CrashReport(kind="oops", start=index)
+            current = CrashReport(kind="oops", start=index, headless=True)
             reports.append(current)
         if current.kind == "kasan" and current.access is None and not current.frames:
             access = _KASAN_ACCESS.match(message)
@@ -514,6 +541,11 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 current.frames.clear()
             current.in_trace = True
             continue
+        if current.in_trace and current.kind not in _STALL_KINDS:
+            if not current.frames and _IRQ_OPEN.search(message):
+                current.irq_open = True
+            elif current.irq_open and current.irq_end is None and _IRQ_CLOSE.search(message):
+                current.irq_end = len(current.frames)
         bt = _CRASH_BT.match(message)
         frame = bt or (_FRAME.search(message) if current.in_trace else None)
         if frame is not None:
@@ -556,6 +588,25 @@ def _checks(report: CrashReport) -> bool:
     return bool(report.rip_func) and not is_generic_frame(report.rip_func or "")
 
 
+CALLER_FRAMES = 4  # level 2 compares this many callers of the blamed function (SysOM keys on 2, FAF on all)
+
+
+def callers(report: CrashReport) -> tuple[str, ...]:
+    """The blamed function's first callers that are not machinery or plumbing (syscall / socket / VFS entry):
+    the path that reached the crash site, as ABRT/FAF's frame comparison and SysOM's `func$f1$f2` key use it."""
+    return tuple(f for f in report.functions()[1:] if not f.startswith(_PLUMBING))[:CALLER_FRAMES]
+
+
+def _paths_agree(a: CrashReport, b: CrashReport) -> bool | None:
+    """Do two reports of one blamed function come the same way? None when either copy has fewer than 2 callers
+    (a copy without its trace, a short trace): nothing to judge. Otherwise they agree when at least half of the
+    shorter caller list is shared."""
+    ca, cb = callers(a), callers(b)
+    if len(ca) < 2 or len(cb) < 2:
+        return None
+    return 2 * len(set(ca) & set(cb)) >= min(len(ca), len(cb))
+
+
 def conflict(a: CrashReport, b: CrashReport) -> bool:
     """Evidence that two reports are two bugs whatever else they share: two KASAN reports of different
     accesses (read vs write, or another width: one faulting instruction reads or writes the same width on
@@ -591,9 +642,15 @@ def similarity(a: CrashReport, b: CrashReport) -> float:
     """
     if a.bucket() == b.bucket():
         return 1.0
-    if _family(a.kind) != _family(b.kind) and "panic" not in (a.kind, b.kind) and "oops" not in (a.kind, b.kind):
-        return 0.0
     if conflict(a, b):
+        return 0.0
+    if _family(a.kind) != _family(b.kind) and "panic" not in (a.kind, b.kind) and "oops" not in (a.kind, b.kind):
+        # two kinds of crash: one bug seen as a bad access in one run and a WARNING in the next, only when the
+        # blamed function and the path to it agree (ABRT/FAF compare frames whatever the crash type)
+        crashes = _family(a.kind) not in _WAITS and _family(b.kind) not in _WAITS
+        if crashes and a.guilty() and a.guilty() == b.guilty() and _paths_agree(a, b) and len(callers(a)) >= 2:
+            shared = set(callers(a)) & set(callers(b))
+            return 0.9 if len(shared) >= 2 else 0.0
         return 0.0
     if a.bug_at and b.bug_at:
         if a.bug_at.rsplit(":", 1)[0] != b.bug_at.rsplit(":", 1)[0]:
