@@ -23,6 +23,7 @@ _RUN_KEYS = frozenset(
     {
         "id",
         "class",
+        "contains",
         "min_items",
         "window_s",
         "items",
@@ -83,6 +84,7 @@ class Run:
     id: str
     cls: str
     category: Category
+    contains: tuple[str, ...]  # a line is looked at only if it holds one of these (case-sensitive)
     min_items: int
     window_s: float
     items: tuple[RunItem, ...]
@@ -91,6 +93,21 @@ class Run:
     examples: tuple[tuple[str, ...], ...]
     counter_examples: tuple[tuple[str, ...], ...]
     note: str = ""
+
+    @property
+    def screen(self) -> re.Pattern[str]:
+        """One regex of the `contains` literals: a line that holds none of them is not looked at."""
+        return _literal_screen(self.contains)
+
+
+_SCREENS: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _literal_screen(literals: tuple[str, ...]) -> re.Pattern[str]:
+    screen = _SCREENS.get(literals)
+    if screen is None:
+        screen = _SCREENS[literals] = re.compile("|".join(re.escape(c) for c in literals))
+    return screen
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +276,7 @@ def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source
         id=run_id,
         cls=cls_name,
         category=cast(Category, category),
+        contains=_str_list(raw.get("contains"), where=where, key="contains"),
         min_items=min_items,
         window_s=float(window),
         items=tuple(items),

@@ -131,11 +131,12 @@ class Matcher:
         line of the excerpt is a `veto` line; None otherwise. Lines matching `skip` are ignored."""
         stops: list[tuple[int, str, tuple[str, float] | None]] = []
         started_last: dict[str, int] = {}
+        screen = run.screen.search
         for i, line in enumerate(lines):
+            if screen(line) is None:
+                continue
             if run.skip is not None and run.skip.search(line):
                 continue
-            if run.veto is not None and run.veto.search(line):
-                return None
             for item in run.items:
                 if item.stop.search(line):
                     stops.append((i, item.key, line_time(line)))
@@ -150,6 +151,8 @@ class Matcher:
                 if at is None or end_at is None or at[0] != end_at[0] or _within(at[1], end_at[1], run.window_s, at[0]):
                     keys.add(key)
             if len(keys) >= run.min_items:
+                if run.veto is not None and any(run.veto.search(line) for line in lines):
+                    return None
                 return Finding(
                     index=index,
                     line=lines[index],
