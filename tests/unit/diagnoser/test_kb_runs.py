@@ -206,7 +206,7 @@ def test_diagnose_log_reports_the_run(tmp_path: Path) -> None:
 def test_a_run_that_misses_its_own_example_stops_the_load() -> None:
     text = RULES.read_text(encoding="utf-8").replace("min_items: 3", "min_items: 4")
     kb = parse_knowledge_base(text)
-    with pytest.raises(ValueError, match="does not find its own example"):
+    with pytest.raises(KnowledgeBaseError, match="does not find its own example"):
         type(default_matcher())(kb)
     with pytest.raises(KnowledgeBaseError, match="min_items"):
         parse_knowledge_base(RULES.read_text(encoding="utf-8").replace("min_items: 3", "min_items: 1"))

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nodeheal.diagnoser.kb.loader import KnowledgeBase, Rule, Run
+from nodeheal.diagnoser.kb.loader import KnowledgeBase, KnowledgeBaseError, Rule, Run
 from nodeheal.diagnoser.kb.logline import line_time, rejoined
 from nodeheal.schemas.kernel import LOOKBACK_CLASSES, Category
 
@@ -72,10 +72,14 @@ class Matcher:
         for run in kb.runs:
             for example in run.examples:
                 if self.run_finding(run, example) is None:
-                    raise ValueError(f"knowledge base run {run.id!r} does not find its own example {list(example)!r}")
+                    raise KnowledgeBaseError(
+                        f"knowledge base run {run.id!r} does not find its own example {list(example)!r}"
+                    )
             for counter in run.counter_examples:
                 if self.run_finding(run, counter) is not None:
-                    raise ValueError(f"knowledge base run {run.id!r} finds its counter-example {list(counter)!r}")
+                    raise KnowledgeBaseError(
+                        f"knowledge base run {run.id!r} finds its counter-example {list(counter)!r}"
+                    )
 
     def _first(self, rules: Sequence[Rule], line: str, lowered: str) -> tuple[Rule, re.Match[str]] | None:
         best: tuple[Rule, re.Match[str]] | None = None
