@@ -140,8 +140,52 @@ def classify_line(line: str) -> str | None:
     return match.lastgroup if match is not None else None
 
 
+# PID 1 stopping an early-boot unit or a basic system target (the diagnoser's run `ops.shutdown_stop_run`,
+# docs/diagnoser.md "Evidence across lines"): one such line is a restart as often as a shutdown, so they pass as
+# `planned` only when a batch holds STOP_RUN_MIN different ones; the diagnoser then decides (restarts, initrd).
+STOP_RUN_MIN: Final = 3
+_STOP_RUN: Final = re.compile(
+    r"\bStopp(?:ing|ed) (?:target )?(?P<unit>(?:systemd-(?:tmpfiles-setup(?:-dev(?:-early)?)?|modules-load|sysctl"
+    r"|update-utmp|random-seed|journal-flush|remount-fs|udev-trigger|sysusers|vconsole-setup|binfmt|update-done"
+    r"|journal-catalog-update|hwdb-update)\.service|ldconfig\.service"
+    r"|(?:local-fs(?:-pre)?|swap|sysinit|cryptsetup|remote-fs(?:-pre)?|network(?:-online|-pre)?|nss-lookup|time-sync)"
+    r"\.target)|(?:Create (?:Volatile|System) Files and Directories|Recreate Volatile Files and Directories"
+    r"|Create Static Device Nodes in /dev|Load Kernel Modules|Apply Kernel Variables|Update UTMP about System"
+    r"|Record System Boot|Load/Save (?:OS )?Random Seed|(?:Trigger Flushing of|Flush) Journal to Persistent"
+    r"|Remount Root and Kernel File Systems|udev Coldplug all Devices|Coldplug All udev Devices|Create System Users"
+    r"|Setup Virtual Console|Virtual Console Setup|Set Up Additional Binary Formats|Update is Completed"
+    r"|Rebuild (?:Dynamic Linker Cache|Journal Catalog|Hardware Database)|Local File Systems|Swaps?\.|System "
+    r"Initialization|Local Encrypted Volumes|Remote File Systems|Network(?: is Online)?\.|Host and Network Name"
+    r"|System Time Synchronized|Preparation for (?:Local|Remote) File Systems|Preparation for Network)"
+    r"|Unmount(?:ing|ed) |Deactivat(?:ing|ed) swap )"
+)
+
+# the initrd's switch-root stops the same units at every boot, and a user manager (systemd[N], N != 1) its own
+_INITRD: Final = re.compile(
+    r"\binitrd[-.]|\bInitrd |\bdracut[- ](?:cmdline|pre-udev|pre-trigger|initqueue|pre-mount|mount|pre-pivot)"
+    r"|\bSwitch Root\b|Cleaning Up and Shutting Down Daemons|Cleanup udev(?:d DB| Database)"
+)
+_USER_MANAGER: Final = re.compile(r"systemd\[(?!1\])\d+\]:")
+
+
+def _stop_run(lines: list[str]) -> list[str]:
+    """The early-boot stop lines of the batch when it holds at least STOP_RUN_MIN different ones, else []."""
+    hits: list[tuple[str, str]] = []
+    for line in lines:
+        if "Stopp" in line or "Unmount" in line or "Deactivat" in line:
+            match = _STOP_RUN.search(line)
+            if match is not None:
+                unit = match.group("unit") or ("mounts" if "Unmount" in match.group(0) else "swap")
+                if _USER_MANAGER.search(line) is None:
+                    hits.append((line, unit))
+    if len({unit for _, unit in hits}) < STOP_RUN_MIN or any(_INITRD.search(line) for line in lines):
+        return []
+    return [line for line, _ in hits]
+
+
 def classify_lines(lines: list[str]) -> dict[str, list[str]]:
-    """Group the lines of known trouble by coarse class (lines of no class are dropped)."""
+    """Group the lines of known trouble by coarse class (lines of no class are dropped); a run of early-boot
+    stop lines (`_stop_run`) joins `planned`."""
     found: dict[str, list[str]] = {}
     screen, search = _SCREEN.search, _ALTERNATION.search
     for line in lines:
@@ -150,4 +194,8 @@ def classify_lines(lines: list[str]) -> dict[str, list[str]]:
             cls = match.lastgroup
             assert cls is not None
             found.setdefault(cls, []).append(line)
+    run = _stop_run(lines)
+    if run:
+        planned = found.setdefault("planned", [])
+        planned.extend(line for line in run if line not in planned)
     return found

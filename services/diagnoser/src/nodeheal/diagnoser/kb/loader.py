@@ -19,6 +19,23 @@ from nodeheal.schemas.kernel import KERNEL_LOG_CLASSES, Category
 
 CATEGORIES: frozenset[str] = frozenset(get_args(Category))
 _RULE_KEYS = frozenset({"id", "class", "contains", "regex", "examples", "fallback", "ignore_case", "category", "note"})
+_RUN_KEYS = frozenset(
+    {
+        "id",
+        "class",
+        "contains",
+        "min_items",
+        "window_s",
+        "items",
+        "skip",
+        "veto",
+        "examples",
+        "counter_examples",
+        "category",
+        "note",
+    }
+)
+_ITEM_KEYS = frozenset({"key", "units", "descriptions", "stop", "start"})
 
 
 class KnowledgeBaseError(ValueError):
@@ -51,11 +68,55 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class RunItem:
+    """One thing a run counts: a unit (its names and descriptions) or a kind of line with its own regexes."""
+
+    key: str
+    stop: re.Pattern[str]  # the item being stopped
+    start: re.Pattern[str]  # the item being started again (a restart, not a shutdown)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Evidence across lines: `min_items` distinct items stopped within `window_s` seconds (where the lines
+    carry time stamps), none started again later in the excerpt, no `veto` line in it (`Matcher.runs`)."""
+
+    id: str
+    cls: str
+    category: Category
+    contains: tuple[str, ...]  # a line is looked at only if it holds one of these (case-sensitive)
+    min_items: int
+    window_s: float
+    items: tuple[RunItem, ...]
+    skip: re.Pattern[str] | None
+    veto: re.Pattern[str] | None
+    examples: tuple[tuple[str, ...], ...]
+    counter_examples: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+    @property
+    def screen(self) -> re.Pattern[str]:
+        """One regex of the `contains` literals: a line that holds none of them is not looked at."""
+        return _literal_screen(self.contains)
+
+
+_SCREENS: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
+def _literal_screen(literals: tuple[str, ...]) -> re.Pattern[str]:
+    screen = _SCREENS.get(literals)
+    if screen is None:
+        screen = _SCREENS[literals] = re.compile("|".join(re.escape(c) for c in literals))
+    return screen
+
+
+@dataclass(frozen=True, slots=True)
 class KnowledgeBase:
     version: int
     classes: dict[str, ClassInfo]
     rules: tuple[Rule, ...]
     source: str = field(default="")
+    runs: tuple[Run, ...] = ()
 
     def rank(self, cls: str) -> int:
         return self.classes[cls].rank
@@ -139,6 +200,94 @@ def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, sourc
     return rule
 
 
+def _compile(pattern: object, *, where: str, key: str) -> re.Pattern[str]:
+    if not isinstance(pattern, str) or not pattern:
+        raise _fail(where, f"{key} must be a non-empty regex string, got {pattern!r}")
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise _fail(where, f"{key} {pattern!r} does not compile: {exc}") from exc
+
+
+def _unit_item(raw: dict[str, object], *, where: str) -> RunItem:
+    """`Stopping|Stopped [target] <name or description>[...|.]` and its restart, for a unit's names and
+    descriptions (also systemd 253+'s `<name> - <description>`)."""
+    units = _str_list(raw.get("units"), where=where, key="units")
+    descriptions = _str_list(raw.get("descriptions"), where=where, key="descriptions")
+    names = "|".join(re.escape(u) for u in units)
+    said = "|".join(re.escape(d) for d in sorted(descriptions, key=len, reverse=True))
+    what = f"(?:target )?(?:(?:{names})(?: - (?:{said}))?|(?:{said}))(?:\\.\\.\\.|\\.)?\\s*$"
+    return RunItem(
+        key=str(raw.get("key") or units[0]),
+        stop=re.compile(rf"\bStopp(?:ing|ed) {what}"),
+        start=re.compile(rf"\b(?:Start(?:ing|ed)|Finished|Reached target) {what}"),
+    )
+
+
+def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source: str) -> Run:
+    if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw.get("id"):
+        raise _fail(f"{source} run #{index + 1}", "must be a mapping with an id")
+    run_id = str(raw["id"])
+    where = f"{source} run {run_id!r}"
+    unknown_keys = set(raw) - _RUN_KEYS
+    if unknown_keys:
+        raise _fail(where, f"unknown keys {sorted(unknown_keys)}; allowed: {sorted(_RUN_KEYS)}")
+    cls = raw.get("class")
+    if cls not in classes:
+        raise _fail(where, f"unknown class {cls!r}; it must be one of the classes listed under 'classes:'")
+    cls_name = cast(str, cls)
+    category = raw.get("category", classes[cls_name].category)
+    if category not in CATEGORIES:
+        raise _fail(where, f"category {category!r} is not one of {sorted(CATEGORIES)}")
+    min_items = raw.get("min_items")
+    if not isinstance(min_items, int) or isinstance(min_items, bool) or min_items < 2:
+        raise _fail(where, f"min_items must be an integer >= 2 (one line is a rule's job), got {min_items!r}")
+    window = raw.get("window_s")
+    if not isinstance(window, int | float) or isinstance(window, bool) or window <= 0:
+        raise _fail(where, f"window_s must be a positive number of seconds, got {window!r}")
+    raw_items = raw.get("items")
+    if not isinstance(raw_items, list) or len(raw_items) < min_items:
+        raise _fail(where, f"items must be a list of at least min_items ({min_items}) items")
+    items: list[RunItem] = []
+    for n, item in enumerate(raw_items):
+        item_where = f"{where} item #{n + 1}"
+        if not isinstance(item, dict) or set(item) - _ITEM_KEYS:
+            raise _fail(item_where, f"must be a mapping of {sorted(_ITEM_KEYS)}")
+        if "stop" in item:
+            if not isinstance(item.get("key"), str) or not item["key"]:
+                raise _fail(item_where, "an item with its own stop/start regexes needs a key")
+            stop = _compile(item.get("stop"), where=item_where, key="stop")
+            start = _compile(item.get("start"), where=item_where, key="start")
+            items.append(RunItem(key=str(item["key"]), stop=stop, start=start))
+        else:
+            items.append(_unit_item(item, where=item_where))
+    if len({i.key for i in items}) != len(items):
+        raise _fail(where, "two items have the same key")
+    skip = _compile(raw["skip"], where=where, key="skip") if "skip" in raw else None
+    veto = _compile(raw["veto"], where=where, key="veto") if "veto" in raw else None
+
+    def excerpts(key: str) -> tuple[tuple[str, ...], ...]:
+        value = raw.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, list) and v for v in value):
+            raise _fail(where, f"{key} must be a non-empty list of excerpts (lists of lines)")
+        return tuple(_str_list(v, where=where, key=key) for v in value)
+
+    return Run(
+        id=run_id,
+        cls=cls_name,
+        category=cast(Category, category),
+        contains=_str_list(raw.get("contains"), where=where, key="contains"),
+        min_items=min_items,
+        window_s=float(window),
+        items=tuple(items),
+        skip=skip,
+        veto=veto,
+        examples=excerpts("examples"),
+        counter_examples=excerpts("counter_examples"),
+        note=str(raw.get("note", "")),
+    )
+
+
 def parse_knowledge_base(text: str, *, source: str = "<rules>") -> KnowledgeBase:
     """Parse and validate rules YAML text; raise `KnowledgeBaseError` naming the first problem."""
     try:
@@ -169,7 +318,15 @@ def parse_knowledge_base(text: str, *, source: str = "<rules>") -> KnowledgeBase
     uncovered = [c for c in KERNEL_LOG_CLASSES if not any(r.cls == c for r in rules)]
     if uncovered:
         raise _fail(source, f"classes {uncovered} have no rule")
-    return KnowledgeBase(version=1, classes=classes, rules=rules, source=source)
+    raw_runs = doc.get("runs", [])
+    if not isinstance(raw_runs, list):
+        raise _fail(source, "'runs' must be a list")
+    runs = tuple(_parse_run(raw, i, classes, source=source) for i, raw in enumerate(raw_runs))
+    for run in runs:
+        if run.id in seen:
+            raise _fail(f"{source} run {run.id!r}", "duplicate id")
+        seen.add(run.id)
+    return KnowledgeBase(version=1, classes=classes, rules=rules, source=source, runs=runs)
 
 
 def load_knowledge_base(path: str | Path | None = None) -> KnowledgeBase:

@@ -47,6 +47,24 @@ def split_line(raw: str) -> LogLine:
     return LogLine(raw=raw, message=text.rstrip(), uptime_s=uptime)
 
 
+_CLOCK = re.compile(r"(?<![\d:.])(\d\d):(\d\d):(\d\d)(?![\d:])")
+_CLOCK_REACH = 48  # a syslog / journal / RFC 3339 time stamp sits in the line's first characters
+
+
+def line_time(raw: str) -> tuple[str, float] | None:
+    """When the line was written, as far as the line says: ("uptime", dmesg seconds) or ("clock", seconds
+    since midnight of a syslog / journal / RFC 3339 time stamp near the line's start); None without either."""
+    text = raw.lstrip()
+    match = _DMESG_SECONDS.match(text)
+    if match:
+        return ("uptime", float(match.group("s")))
+    clock = _CLOCK.search(text, 0, _CLOCK_REACH)
+    if clock:
+        hours, minutes, seconds = (int(g) for g in clock.groups())
+        return ("clock", hours * 3600.0 + minutes * 60.0 + seconds)
+    return None
+
+
 MAX_CONTINUATIONS = 4
 _CONTINUES = re.compile(r"^[a-z0-9\[(/]")
 _STAMPED = re.compile(r"^(?:\[\s*\d|<\d>)")  # a dmesg / kmsg stamp: the cheap early "no" for most lines

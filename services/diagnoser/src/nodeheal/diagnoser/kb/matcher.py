@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nodeheal.diagnoser.kb.loader import KnowledgeBase, Rule
-from nodeheal.diagnoser.kb.logline import rejoined
+from nodeheal.diagnoser.kb.loader import KnowledgeBase, KnowledgeBaseError, Rule, Run
+from nodeheal.diagnoser.kb.logline import line_time, rejoined
 from nodeheal.schemas.kernel import LOOKBACK_CLASSES, Category
 
 IO_ERROR_CLASSES: frozenset[str] = frozenset({"nvme_disk_io_error"})
@@ -69,6 +69,17 @@ class Matcher:
         self._any_literal = re.compile(literal_trie_pattern(literals))
         self._specific = tuple(r for r in kb.rules if not r.fallback)
         self._fallback = tuple(r for r in kb.rules if r.fallback)
+        for run in kb.runs:
+            for example in run.examples:
+                if self.run_finding(run, example) is None:
+                    raise KnowledgeBaseError(
+                        f"knowledge base run {run.id!r} does not find its own example {list(example)!r}"
+                    )
+            for counter in run.counter_examples:
+                if self.run_finding(run, counter) is not None:
+                    raise KnowledgeBaseError(
+                        f"knowledge base run {run.id!r} finds its counter-example {list(counter)!r}"
+                    )
 
     def _first(self, rules: Sequence[Rule], line: str, lowered: str) -> tuple[Rule, re.Match[str]] | None:
         best: tuple[Rule, re.Match[str]] | None = None
@@ -108,13 +119,67 @@ class Matcher:
                 finding = self.match_line(joined, index=i)
             if finding is not None:
                 findings.append(finding)
+        taken = {f.index for f in findings}
+        for run in self.kb.runs:
+            found = self.run_finding(run, raw)
+            if found is not None and found.index not in taken:
+                findings.append(found)
+                taken.add(found.index)
+        findings.sort(key=lambda f: f.index)
         return resolve_lookback(findings)
+
+    @staticmethod
+    def run_finding(run: Run, lines: Sequence[str]) -> Finding | None:
+        """The run's finding in an excerpt (loader.Run): on the line that completes the first set of
+        `min_items` distinct items stopped within `window_s` seconds, none started again later, when no
+        line of the excerpt is a `veto` line; None otherwise. Lines matching `skip` are ignored."""
+        stops: list[tuple[int, str, tuple[str, float] | None]] = []
+        started_last: dict[str, int] = {}
+        screen = run.screen.search
+        for i, line in enumerate(lines):
+            if screen(line) is None:
+                continue
+            if run.skip is not None and run.skip.search(line):
+                continue
+            for item in run.items:
+                if item.stop.search(line):
+                    stops.append((i, item.key, line_time(line)))
+                    break
+                if item.start.search(line):
+                    started_last[item.key] = i
+                    break
+        live = [s for s in stops if started_last.get(s[1], -1) < s[0]]
+        for end, (index, _, end_at) in enumerate(live):
+            keys: set[str] = set()
+            for _, key, at in live[: end + 1]:
+                if at is None or end_at is None or at[0] != end_at[0] or _within(at[1], end_at[1], run.window_s, at[0]):
+                    keys.add(key)
+            if len(keys) >= run.min_items:
+                if run.veto is not None and any(run.veto.search(line) for line in lines):
+                    return None
+                return Finding(
+                    index=index,
+                    line=lines[index],
+                    cls=run.cls,
+                    category=run.category,
+                    rule_id=run.id,
+                    fields={"items": ", ".join(sorted(keys))},
+                )
+        return None
 
     def primary(self, findings: Sequence[Finding]) -> Finding | None:
         """The finding whose class is the most decisive statement about the excerpt (highest rank, earliest)."""
         if not findings:
             return None
         return max(findings, key=lambda f: (self.kb.rank(f.cls), -f.index))
+
+
+def _within(earlier: float, later: float, window: float, kind: str) -> bool:
+    """Is `later` at most `window` seconds after `earlier` (a wall clock wraps at midnight)?"""
+    gap = later - earlier
+    if kind == "clock":
+        gap %= 86400.0
+    return 0.0 <= gap <= window
 
 
 _PARTITION = (
