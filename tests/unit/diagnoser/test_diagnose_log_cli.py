@@ -206,7 +206,11 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
     dup = result["syzbot_dup_same_bug"]["fresh"]  # grouped by fixing commit, committed before round 8 ran on it
     assert dup["bugs_with_several_crashes"] >= 30 and dup["similarity"]["true_pairs"] >= 40
     summary = result["buckets"]
-    assert set(summary) >= {"syzbot_fix_same_bug", "syzbot_dup_same_bug", "syzbot_xfn_same_bug"}
+    assert set(summary) >= {"syzbot_fix_same_bug", "syzbot_dup_same_bug", "syzbot_xfn_same_bug", "tracker_same_bug"}
+    # round 12: the fleet-like set from trackers, counted whole (reports, those with an identity, pairs)
+    tracker = summary["tracker_same_bug"]
+    assert tracker["reports"] == 46 and tracker["bugs"] <= 29
+    assert tracker["identified"] <= tracker["reports"]
     # the sets taken from fetched snapshots were removed (tests/data/README.md "Provenance"): not reported
     assert not {"syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_marked_dup_same_bug", "bugzilla_same_bug"} & set(
         result

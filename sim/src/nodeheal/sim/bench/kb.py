@@ -17,7 +17,10 @@
   syzbot_dup_same_bug: a second such set, committed before the round-8 bucket work ran on it
   (`syzbot_dup_same_bug.jsonl`); syzbot_xfn_same_bug: fix-grouped bugs seen in different functions
   (`syzbot_xfn_same_bug.jsonl`, committed after that work). Each set also scored per half (`half_of`: the
-  groups split by a hash of the group id into a tuning and a held-out half, round 11). (The syzkaller
+  groups split by a hash of the group id into a tuning and a held-out half, round 11). tracker_same_bug: real
+  crash reports from public trackers (GitHub issues of WSL, kubernetes, moby, coreos, raspberrypi, openzfs,
+  openwrt…), grouped by what their sources say (a thread's "same here" copies, a reporter's repeats), plus
+  look-alikes of other bugs (`tracker_same_bug.jsonl`, round 12, committed before any code ran on it). (The syzkaller
   test-data, mailed, dup-marked and bugzilla sets were removed, tests/data/README.md "Provenance".) `buckets`
   repeats each set's pairwise figures of both levels in one place.
 - speed: the matcher on the benign lines (what most of a node's log is: the pre-filter rejects them)
@@ -297,8 +300,8 @@ class SyzbotCrash:
 
 
 def load_syzbot(directory: Path, name: str) -> list[SyzbotCrash]:
-    """A same-bug set (`syzbot_fix_same_bug.jsonl`, …): real syzbot crash reports with the bug each is filed
-    under (README)."""
+    """A same-bug set (`syzbot_fix_same_bug.jsonl`, …, `tracker_same_bug.jsonl`): real crash reports with the bug
+    each is filed under (README)."""
     path = directory / name
     if not path.is_file():
         return []
@@ -453,6 +456,7 @@ _SAME_BUG_SETS = (
     "syzbot_fix_same_bug",
     "syzbot_dup_same_bug",
     "syzbot_xfn_same_bug",
+    "tracker_same_bug",
 )
 
 
@@ -518,5 +522,6 @@ def _run_bench(corpus_dir: Path, *, seconds: float, baseline_rules: Path | None)
         "syzbot_fix_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_fix_same_bug.jsonl")),
         "syzbot_dup_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_dup_same_bug.jsonl")),
         "syzbot_xfn_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "syzbot_xfn_same_bug.jsonl")),
+        "tracker_same_bug": syzbot_bucketing(load_syzbot(corpus_dir, "tracker_same_bug.jsonl")),
         "speed": speed(excerpts, benign, seconds, baseline_rules=baseline_rules),
     }
