@@ -62,7 +62,12 @@ CASES = [
         RUNTIME,
         "fmt 1.26+",
     ),
-    (_real("kb-352", "createTransport failed to connect"), RUNTIME, "kb-352"),
+    (
+        "W0203 20:50:35.255961    3997 logging.go:55] [core] [Channel #1 SubChannel #2]grpc: addrConn.createTransport "
+        'failed to connect to {Addr: "/var/run/crio/crio.sock", ServerName: "localhost", }. Err: connection error: des',
+        RUNTIME,
+        "fmt gRPC (a copy cut before the dial error)",
+    ),
     # the daemons' own fatal exits: Go runtime throw, containerd main, dockerd start-up, logrus Fatal
     (_real("kb-179", "fatal error: acquirep"), RUNTIME, "kb-179"),
     (
