@@ -159,6 +159,25 @@ def test_round_12_is_held_out_whole_from_new_sources() -> None:
     assert sum(row["class"] == "planned_shutdown_reboot" for row in fresh) >= 8
 
 
+def test_round_13_is_held_out_whole_from_new_sources() -> None:
+    """Round 13 (README) was committed after the kb9 emitter rules were final and is all `test`; it quotes no thread
+    of the other rounds, the samples, the benign list or the rules file, and is weighted to the two weak classes."""
+    fresh = [row for row in ROWS if row.get("round") == 13]
+    assert len(fresh) >= 30
+    assert all(row["split"] == "test" for row in fresh)
+    older = {_thread(row["source"]) for row in ROWS if row.get("round") != 13}
+    samples = KB_DATA.parent / "kernel-log-samples.jsonl"
+    older |= {_thread(json.loads(line)["source"]) for line in samples.read_text(encoding="utf-8").splitlines() if line}
+    older |= {_thread(url) for url in re.findall(r"https?://\S+", (KB_DATA / "benign.txt").read_text(encoding="utf-8"))}
+    rules = Path(__file__).resolve().parents[3] / "services/diagnoser/src/nodeheal/diagnoser/kb/rules.yaml"
+    older |= {_thread(url) for url in re.findall(r"https?://[^\s'\"]+", rules.read_text(encoding="utf-8"))}
+    threads = [_thread(row["source"]) for row in fresh]
+    assert len(set(threads)) == len(threads)
+    assert not set(threads) & older
+    assert sum(row["class"] == "planned_shutdown_reboot" for row in fresh) >= 8
+    assert sum(row["class"] == "container_runtime_down" for row in fresh) >= 6
+
+
 # Train excerpts no rule recognises, and why none was written (docs/BENCHMARKS.md).
 KNOWN_TRAIN_MISSES = {
     "kb-350": "systemd's console while going down shows only units and targets an initrd switch-root stops too "

@@ -55,7 +55,17 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"PLEG is not healthy|kubelet\.service: (?:Main process exited|Failed)|cannot connect to (?:the )?Docker"
         r"|containerd\.service: (?:Main process exited|Failed)|eviction manager: .*(?:reclaim|reduce \w+ pressure)"
         r"|Eviction manager: .*(?:reclaim|resource pressure)"
-        r"|container runtime is down"
+        r"|container runtime (?:is (?:down|not up)|not ready: (?:RuntimeReady=false|<nil>))"
+        r"|Container runtime (?:sanity check failed|not ready(?::\s*|\"\s+runtimeReady=\")(?:RuntimeReady=false|<nil>))"
+        r"|failed to run Kubelet: validate service connection: validate CRI v1 runtime API for endpoint "
+        r"|addrConn\.createTransport failed to connect to \{(?:Addr: \\?\")?(?:unix://)?\S*(?:containerd|crio|dockershim"
+        r"|cri-dockerd|docker)\.sock"
+        # the runtime daemon's own fatal exit (docs/diagnoser.md, emitter table)
+        r"|docker(?:d\[\d+\]: (?:failed to start daemon: |Error starting daemon: "
+        r"|time=\"[^\"]*\" level=fatal msg=|fatal error: |panic: )"
+        r"|\[\d+\]: (?:time=\"[^\"]*\" level=fatal msg=\")?Error starting daemon: )"
+        r"|containerd\[\d+\]: (?:containerd: |time=\"[^\"]*\" level=fatal msg=|fatal error: |panic: )"
+        r"|crio\[\d+\]: (?:time=\"[^\"]*\" level=fatal msg=|fatal error: |panic: )"
         r"|EvictionThresholdMet|NodeHasDiskPressure|kubelet\.service: main process exited"
         r"|Unit kubelet\.service entered failed state|dial unix \S*\.sock: connect|runtime API version: rpc error"
         r"|from runtime service failed|Cannot connect to the Docker daemon at unix"
@@ -71,7 +81,18 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     # an orderly shutdown or reboot: the diagnoser needs these lines to tell a planned power-off from a crash
     (
         "planned",
-        r"systemd-logind\[\d*\]: (?:Power key pressed|Powering Off|System is (?:powering down|rebooting|halting))"
+        r"systemd-logind\[\d*\]: (?:Power key pressed|Powering [Oo]ff|System is (?:powering down|rebooting|halting)"
+        r"|Rebooting\.\.\.|Halting\.\.\.|Rebooting via kexec\.\.\.)"
+        # PID 1's debug job log naming a shutdown-only job (ops.pid1_shutdown_jobs; a superset: the KB drops user
+        # managers)
+        r"|Pulling in \S+ from (?:(?:reboot|poweroff|halt|kexec|shutdown|final|umount)\.target"
+        r"|systemd-(?:reboot|poweroff|halt|kexec)\.service)/start"
+        r"|Installed new job (?:(?:reboot|poweroff|halt|kexec|shutdown|final|umount)\.target"
+        r"|systemd-(?:reboot|poweroff|halt|kexec)\.service)/start"
+        r"|Added job (?:(?:reboot|poweroff|halt|kexec|shutdown|final|umount)\.target"
+        r"|systemd-(?:reboot|poweroff|halt|kexec)\.service)/start"
+        r"|Job (?:(?:reboot|poweroff|halt|kexec|shutdown|final|umount)\.target"
+        r"|systemd-(?:reboot|poweroff|halt|kexec)\.service)/start"
         r"|reboot: (?:Restarting system|Power down)"
         r"|The system (?:will (?:power off|reboot|halt|soft-reboot|kexec)"
         r"|is going down for (?:reboot|power-?off|halt|system halt|kexec reboot) NOW!)"
@@ -81,6 +102,7 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|Shutdown manager (?:killing pod with gracePeriod|finished killing pod|completed processing shutdown event"
         r"|detected new shutdown event, isNodeShuttingDownNow(?::\s*|\"?\s+event=)true)"
         r"|reboot: System halted|systemd-shutdown\[\d+\]: "
+        r"|from PID 1 \(systemd-shutdow\)|systemd-shutdow: \d+ output lines suppressed"
         r"|systemd\[1\]: (?:Shutting down\.|Reached target (?:Shutdown|Unmount All Filesystems)\.)"
         r"|Reached target (?:(?:poweroff|reboot|halt|kexec|final|shutdown|umount)\.target - )?(?:Power-Off|Reboot|Halt"
         r"|System (?:Power Off|Reboot|Halt|Shutdown)|Final Step|Late Shutdown Services|Unmount All Filesystems)\b"
