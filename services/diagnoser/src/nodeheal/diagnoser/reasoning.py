@@ -35,6 +35,9 @@ CRASH_EVIDENCE_MAX_AGE = timedelta(minutes=10)
 """A crash report's evidence counts as this old at most when it is found (kernel look-back: 30 min)."""
 
 
+UNEXPLAINED_REBOOT = "unexplained_reboot"
+
+
 @dataclass(frozen=True, slots=True)
 class DiagnoserConfig:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
@@ -49,6 +52,10 @@ class DiagnoserConfig:
     """the longest a node_down verdict waits for its rack / zone to stop going dark"""
     domain_hold_min_dark: tuple[tuple[str, int], ...] = (("rack", 2), ("zone", 3))
     """how many dark nodes, arriving less than `domain_quiet` apart, make a domain hold its verdicts"""
+    crash_report_wait: timedelta = timedelta(seconds=10)
+    """an unexpected reboot nothing explains yet waits this long after it was detected before it is said
+    to be `unexplained_reboot`: the node's agent sends its crash report (pstore / kdump) at the same
+    start as its first probe, and the two travel different streams"""
     correlation_window: timedelta = timedelta(hours=24)
     trend: TrendConfig = field(default_factory=TrendConfig)
     # hysteresis: a finding whose test no longer passes is cleared only after it stayed absent this long
@@ -398,6 +405,13 @@ class Diagnoser:
         decision = decide(ctx=ctx, fleet=self.fleet, now=now, config=self.config.decision, rank=self._rank)
         if decision is None:
             return Outcome()
+        if decision.cause == UNEXPLAINED_REBOOT and (ctx.published is None or ctx.published.resolved):
+            # the crash report of that boot may be a moment behind the reboot: a first verdict waits for it
+            # (from the anomaly's own time, so a restarted diagnoser waits the same)
+            reboots = [a.detected_at for a in ctx.firing.values() if a.kind == "unexpected_reboot"]
+            until = min(reboots, default=now) + self.config.crash_report_wait
+            if now < until:
+                return Outcome(hold_until=until)
         last = ctx.published
         if decision.cause == PLANNED_REBOOT and last is not None and not last.resolved and last.cause != PLANNED_REBOOT:
             # the downtime of our own action inside an open episode changes nothing about what is wrong

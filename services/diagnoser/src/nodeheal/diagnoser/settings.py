@@ -36,6 +36,14 @@ class DiagnoserSettings(ServiceSettings):
         description="a lone dark node's verdict waits this long for its rack / zone peers (and a rack whose dark"
         " nodes arrive less than this apart is still going dark); at most 240 s, inside the 5-minute know-why budget",
     )
+    crash_report_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=120,
+        description="an unexpected reboot nothing explains yet waits this long for the node's crash report before"
+        " it is said to be unexplained_reboot (the report and the first probe after the reboot travel different"
+        " streams)",
+    )
     domain_quiet_s: float = Field(
         default=15.0, gt=0, description="a rack / zone is still going dark while dark nodes arrive closer than this"
     )
@@ -99,6 +107,7 @@ class DiagnoserSettings(ServiceSettings):
                 spike_min_nodes=self.spike_min_nodes,
             ),
             node_down_hold=timedelta(seconds=self.node_down_hold_s),
+            crash_report_wait=timedelta(seconds=self.crash_report_wait_s),
             domain_quiet=timedelta(seconds=self.domain_quiet_s),
             domain_hold_max=timedelta(seconds=self.domain_hold_max_s),
             correlation_window=timedelta(seconds=self.correlation_window_s),
