@@ -110,7 +110,9 @@ class _Run:
         return max(times) if times else None
 
     def escalated(self) -> bool:
-        return any(r.action == "escalate" and r.phase == "succeeded" for r in self.records())
+        """Was this episode handed to a person? Not by a storm's escalation recorded under its diagnosis: that
+        one hands over a failure domain (perhaps another one than this node's), its target `storm:…`."""
+        return any(_handover(r) and r.phase == "succeeded" for r in self.records())
 
     def disrupted(self) -> bool:
         """Did this episode take the node out (cordon, drain, reboot ...) and not give it back yet?"""
