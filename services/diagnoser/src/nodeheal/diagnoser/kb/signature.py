@@ -253,6 +253,12 @@ _GPF_HINT = re.compile(r"KASAN: (?:maybe )?(?P<hint>null-ptr-deref|wild-memory-a
 _WARNING_FILE = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ ")
 _BUG_AT = re.compile(r"kernel BUG at (?P<path>\S+?):(?P<line>\d+)!")
 _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
+# the transmit-queue watchdog's own line (net/sched/sch_generic.c `dev_watchdog`, printed through WARN_ONCE:
+# `NETDEV WATCHDOG: %s (%s): transmit queue %u timed out`, 6.x adds ` %u ms`): the WARNING's file and function are
+# the generic watchdog's, the driver in parentheses (`netdev_drivername`, empty when the device has none) is the bug's
+# (x86 prints the message before the `WARNING:` line, architectures without __WARN_FLAGS after it)
+_NETDEV_WATCHDOG = re.compile(r"NETDEV WATCHDOG: \S+ \((?P<driver>[^()\s]+)\): transmit queue \d+ timed out")
+NETDEV_LOOKBACK = 3  # lines between the watchdog's message and the WARNING header it belongs to
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 # a failed assertion's own message, printed just before the WARN / BUG it raises (XFS: `XFS: Assertion failed:
@@ -306,6 +312,7 @@ class CrashReport:
     subkind: str | None = None  # KASAN's bug type, a GPF's KASAN hint, a WARNING's source file
     access: str | None = None  # KASAN's faulting access: `Read 8`, `Write 16` (one instruction, any build)
     assertion: str | None = None  # a failed assertion's expression, normalised (`XFS: Assertion failed: …`)
+    culprit: str | None = None  # the driver a generic reporter names (`NETDEV WATCHDOG: eth0 (bcmgenet): …`)
     in_trace: bool = False
     vmcore: bool = False
     headless: bool = False  # opened at a RIP line, no header read yet (a copy without it, or one printed later)
@@ -392,6 +399,8 @@ class CrashReport:
         key = "|".join([self.kind, sub, anchor, *frames, task, panic, self.bug_at or ""])
         if self.assertion:
             key += "|assert:" + self.assertion
+        if self.culprit:
+            key += "|culprit:" + self.culprit
         return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
 
     def signature(self) -> CrashSignature:
@@ -420,11 +429,18 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
     reports: list[CrashReport] = []
     current: CrashReport | None = None
     assertion: tuple[int, str] | None = None  # (line index, normalised expression) of the last failed assertion
+    netdev: tuple[int, str] | None = None  # (line index, driver) of the last transmit-queue watchdog message
     for index, raw in enumerate(unwrap([_QUOTE.sub("", line) for line in lines])):
         message = split_line(raw).message
         failed = _ASSERTION.search(message)
         if failed:
             assertion = (index, " ".join(normalise(failed.group("expr")).split()))
+        timed_out = _NETDEV_WATCHDOG.search(message)
+        if timed_out:
+            netdev = (index, timed_out.group("driver"))
+            if current is not None and current.kind == "warning" and current.culprit is None and not current.frames:
+                current.culprit = "netdev:" + netdev[1]  # printed after the WARNING line (no __WARN_FLAGS)
+                netdev = None
         if current is not None and index - current.start > MAX_REPORT_LINES:
             current = None
         vm = _VMCORE_KEY.match(message)
@@ -467,6 +483,9 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 if assertion is not None and index - assertion[0] <= ASSERTION_LOOKBACK:
                     current.assertion = assertion[1]
                     assertion = None
+                if header == "warning" and netdev is not None and index - netdev[0] <= NETDEV_LOOKBACK:
+                    current.culprit = "netdev:" + netdev[1]  # printed before the WARNING line (x86)
+                    netdev = None
             current.line_indices.append(index)
             kasan = _KASAN_TYPE.search(message) if header == "kasan" else None
             if kasan and current.subkind is None:
@@ -618,6 +637,8 @@ def conflict(a: CrashReport, b: CrashReport) -> bool:
         return True
     if a.assertion and b.assertion and not (a.assertion.startswith(b.assertion) or b.assertion.startswith(a.assertion)):
         return True  # two failed assertions: two checks, whichever reporter raised them (a wrapped copy is a prefix)
+    if a.culprit and b.culprit and a.culprit != b.culprit:
+        return True  # one generic reporter (the transmit-queue watchdog), two drivers: two bugs
     if (
         a.kind == b.kind == "warning"
         and a.subkind

@@ -1,0 +1,94 @@
+"""Round 13 of the crash buckets (branch bucket10, docs/BENCHMARKS.md): identities written from what the kernel and
+its modules print (the emitters' format strings, cited in docs/diagnoser.md), tested on lines constructed from those
+formats (our own text, made-up values) and on rows of the tracker same-bug set's tuning half
+(tests/data/kb/tracker_same_bug.jsonl, `half_of`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nodeheal.diagnoser.kb.signature import (
+    SIMILARITY_THRESHOLD,
+    CrashReport,
+    cluster_reports,
+    extract_reports,
+    similarity,
+)
+from nodeheal.sim.bench.kb import half_of
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "kb"
+TRACKER = {
+    row["id"]: row
+    for row in (
+        json.loads(line) for line in (DATA / "tracker_same_bug.jsonl").read_text(encoding="utf-8").splitlines() if line
+    )
+}
+
+
+def tuning_row(row_id: str) -> list[str]:
+    row = TRACKER[row_id]
+    assert half_of(row["group"]) == "tune", f"{row_id} is in the held-out half: no test may read it"
+    return list(row["lines"])
+
+
+def first_report(lines: list[str]) -> CrashReport:
+    return next(r for r in extract_reports(lines) if r.identified())
+
+
+# --- 1. the transmit-queue watchdog: one generic reporter, the driver is the bug ---------------------------------
+
+
+def tx_timeout(driver: str, *, before: bool, queue: int = 0, offset: str = "0x2dc/0x2e4") -> list[str]:
+    """Constructed from net/sched/sch_generic.c's `WARN_ONCE(1, "NETDEV WATCHDOG: %s (%s): transmit queue %u timed
+    out\\n", …)` and kernel/panic.c's `__warn()` banner: x86 (`__WARN_FLAGS`) prints the message before the
+    `WARNING:` line, the generic `warn_slowpath_fmt` after it."""
+    message = f"NETDEV WATCHDOG: eth0 ({driver}): transmit queue {queue} timed out"
+    banner = f"WARNING: CPU: 1 PID: 0 at net/sched/sch_generic.c:477 dev_watchdog+{offset}"
+    return [
+        "------------[ cut here ]------------",
+        *([message, banner] if before else [banner, message]),
+        "Modules linked in: nf_tables",
+        "CPU: 1 PID: 0 Comm: swapper/1 Not tainted 5.15.0-test #1",
+        "RIP: 0010:dev_watchdog+0x2dc/0x2e4",
+        "Call Trace:",
+        " <IRQ>",
+        " call_timer_fn+0x29/0x130",
+        " __run_timers+0x1e8/0x270",
+        " run_timer_softirq+0x2a/0x50",
+        " __do_softirq+0xd9/0x2e8",
+        " </IRQ>",
+    ]
+
+
+def test_two_drivers_timing_out_are_two_buckets_whatever_the_order_of_the_lines() -> None:
+    a_x86, a_arm = first_report(tx_timeout("e1000e", before=True)), first_report(tx_timeout("e1000e", before=False))
+    b_x86 = first_report(tx_timeout("igb", before=True))
+    assert (a_x86.culprit, a_arm.culprit, b_x86.culprit) == ("netdev:e1000e", "netdev:e1000e", "netdev:igb")
+    assert a_x86.bucket() == a_arm.bucket() != b_x86.bucket()
+    assert similarity(a_x86, b_x86) == 0.0  # same function, same file, same frames: still two bugs
+    # another queue and another build of the same driver: one bucket
+    again = first_report(tx_timeout("e1000e", before=True, queue=3, offset="0x2f0/0x300"))
+    assert again.bucket() == a_x86.bucket()
+
+
+def test_a_copy_without_the_watchdog_line_cannot_chain_two_drivers() -> None:
+    """A copy that lost the message line has no driver: it may join either driver's bucket at level 2, never
+    both (the cannot-link keeps two drivers apart)."""
+    bare = [line for line in tx_timeout("e1000e", before=True) if "NETDEV" not in line]
+    reports = [
+        first_report(tx_timeout("e1000e", before=True)),
+        first_report(bare),
+        first_report(tx_timeout("igb", before=True)),
+    ]
+    assert reports[1].culprit is None
+    clusters = cluster_reports(reports)
+    assert clusters[0] != clusters[2]
+
+
+def test_the_openbmc_watchdog_warning_names_its_driver() -> None:
+    # trk-033 (openbmc/openbmc#2228, tuning half): ftgmac100 on an ASPEED BMC, arm, the message after the banner
+    report = first_report(tuning_row("trk-033"))
+    assert (report.kind, report.rip_func, report.culprit) == ("warning", "dev_watchdog", "netdev:ftgmac100")
+    other = first_report(tx_timeout("bcmgenet", before=False))
+    assert similarity(report, other) < SIMILARITY_THRESHOLD
