@@ -92,3 +92,25 @@ def test_the_openbmc_watchdog_warning_names_its_driver() -> None:
     assert (report.kind, report.rip_func, report.culprit) == ("warning", "dev_watchdog", "netdev:ftgmac100")
     other = first_report(tx_timeout("bcmgenet", before=False))
     assert similarity(report, other) < SIMILARITY_THRESHOLD
+
+
+def test_a_build_prefix_is_stripped_from_the_warning_file_after_the_driver_is_read() -> None:
+    """Out-of-tree builds print `__FILE__` whole (trk-033: Yocto's `…/kernel-source/`): the file compares as the
+    source tree names it, and the watchdog's two drivers still stay apart by their driver."""
+    openbmc = first_report(tuning_row("trk-033"))
+    assert openbmc.subkind == "net/sched/sch_generic.c"
+    in_tree = first_report(tx_timeout("ftgmac100", before=False))
+    assert in_tree.subkind == openbmc.subkind
+    assert similarity(openbmc, first_report(tx_timeout("bcmgenet", before=False))) == 0.0
+
+
+def test_build_prefixes_of_other_trees_are_stripped_and_a_relative_path_is_kept() -> None:
+    def warning_file(path: str) -> str | None:
+        line = f"WARNING: CPU: 2 PID: 77 at {path}:1043 ext4_evict_inode+0x5e/0x640"
+        return first_report([line, "CPU: 2 PID: 77 Comm: kworker/2:1 Not tainted 5.4.0-test #1"]).subkind
+
+    assert warning_file("/build/linux-hwe-5.4-Ab12/fs/ext4/inode.c") == "fs/ext4/inode.c"
+    assert warning_file("/home/builder/kernel/tree/fs/ext4/inode.c") == "fs/ext4/inode.c"
+    assert warning_file("fs/ext4/inode.c") == "fs/ext4/inode.c"
+    # an absolute path with no top-level source directory this code trusts stays whole (not guessed)
+    assert warning_file("/srv/build/kernel/sched/core.c") == "/srv/build/kernel/sched/core.c"

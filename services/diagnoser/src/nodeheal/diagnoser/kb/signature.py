@@ -253,6 +253,19 @@ _GPF_HINT = re.compile(r"KASAN: (?:maybe )?(?P<hint>null-ptr-deref|wild-memory-a
 _WARNING_FILE = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ ")
 _BUG_AT = re.compile(r"kernel BUG at (?P<path>\S+?):(?P<line>\d+)!")
 _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
+# a kernel built out of a source tree it was not configured in prints `__FILE__` whole (the build's own prefix,
+# e.g. Yocto's `…/work-shared/<machine>/kernel-source/`): the path in the tree starts at its first top-level source
+# directory (`kernel/`, `lib/`, `include/`, `tools/`, `scripts/` and `usr/` are left out: build prefixes hold them)
+_ABSOLUTE_PREFIX = re.compile(
+    r"^/(?:[^/]+/)*?(?=(?:arch|block|certs|crypto|drivers|fs|init|io_uring|ipc|mm|net|rust|samples|security|sound"
+    r"|virt)/)"
+)
+
+
+def source_path(path: str) -> str:
+    """A WARNING's or `BUG at` file without its build prefix, as the source tree names it."""
+    stripped = _BUILD_PREFIX.sub("", path)
+    return _ABSOLUTE_PREFIX.sub("", stripped) if stripped.startswith("/") else stripped
 # the transmit-queue watchdog's own line (net/sched/sch_generic.c `dev_watchdog`, printed through WARN_ONCE:
 # `NETDEV WATCHDOG: %s (%s): transmit queue %u timed out`, 6.x adds ` %u ms`): the WARNING's file and function are
 # the generic watchdog's, the driver in parentheses (`netdev_drivername`, empty when the device has none) is the bug's
@@ -496,10 +509,10 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 current.rip_func = canonical_frame(kasan.group("func"))
             warning_file = _WARNING_FILE.search(message) if header == "warning" else None
             if warning_file and current.subkind is None:
-                current.subkind = _BUILD_PREFIX.sub("", warning_file.group("path"))
+                current.subkind = source_path(warning_file.group("path"))
             bug_at = _BUG_AT.search(message)
             if bug_at:
-                current.bug_at = _BUILD_PREFIX.sub("", bug_at.group("path")) + ":" + bug_at.group("line")
+                current.bug_at = source_path(bug_at.group("path")) + ":" + bug_at.group("line")
             warning_at = _WARNING_AT.search(message)
             if warning_at and current.rip_func is None:
                 current.rip_func = canonical_frame(warning_at.group("func"))
