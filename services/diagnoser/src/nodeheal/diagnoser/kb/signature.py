@@ -266,6 +266,8 @@ def source_path(path: str) -> str:
     """A WARNING's or `BUG at` file without its build prefix, as the source tree names it."""
     stripped = _BUILD_PREFIX.sub("", path)
     return _ABSOLUTE_PREFIX.sub("", stripped) if stripped.startswith("/") else stripped
+
+
 # the transmit-queue watchdog's own line (net/sched/sch_generic.c `dev_watchdog`, printed through WARN_ONCE:
 # `NETDEV WATCHDOG: %s (%s): transmit queue %u timed out`, 6.x adds ` %u ms`): the WARNING's file and function are
 # the generic watchdog's, the driver in parentheses (`netdev_drivername`, empty when the device has none) is the bug's
