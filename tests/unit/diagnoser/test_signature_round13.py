@@ -114,3 +114,56 @@ def test_build_prefixes_of_other_trees_are_stripped_and_a_relative_path_is_kept(
     assert warning_file("fs/ext4/inode.c") == "fs/ext4/inode.c"
     # an absolute path with no top-level source directory this code trusts stays whole (not guessed)
     assert warning_file("/srv/build/kernel/sched/core.c") == "/srv/build/kernel/sched/core.c"
+
+
+# --- 2. the WARNING banner in every wording of kernel/panic.c's __warn() --------------------------------------------
+
+
+def warning(banner: str, *, callback: str = "dev_watchdog") -> list[str]:
+    """Constructed: a WARNING raised in a timer callback, x86 (the trace starts at the callback's caller)."""
+    return [
+        "------------[ cut here ]------------",
+        banner,
+        "CPU: 0 PID: 0 Comm: swapper/0 Not tainted 6.6.0-test #1",
+        f"RIP: 0010:{callback}+0x330/0x33c",
+        "Call Trace:",
+        " <IRQ>",
+        " call_timer_fn+0x29/0x130",
+        " __run_timers+0x1e8/0x270",
+        " run_timer_softirq+0x2a/0x50",
+        " </IRQ>",
+    ]
+
+
+def test_a_warning_banner_without_file_and_line_names_its_function() -> None:
+    # `WARNING: CPU: %d PID: %d at %pS` (__warn() when the WARN site carries no file)
+    bare = first_report(warning("WARNING: CPU: 0 PID: 0 at dev_watchdog+0x330/0x33c"))
+    assert (bare.kind, bare.rip_func, bare.subkind) == ("warning", "dev_watchdog", None)
+    assert bare.identified()
+    # two WARN sites in two timer callbacks share every frame: without a file, the function tells them apart
+    other = first_report(warning("WARNING: CPU: 0 PID: 0 at clocksource_watchdog+0x1a/0x40", callback="x"))
+    assert other.rip_func == "clocksource_watchdog" and other.bucket() != bare.bucket()
+    # a build that prints the file: another exact key (the file is in it), one level-2 bucket
+    with_file = first_report(warning("WARNING: CPU: 1 PID: 0 at net/sched/sch_generic.c:525 dev_watchdog+0x20a/0x210"))
+    assert similarity(bare, with_file) >= SIMILARITY_THRESHOLD
+
+
+def test_the_reworded_banner_keys_like_the_old_one() -> None:
+    # `WARNING: %s:%d at %pS, CPU#%d: %s/%d` and, without the file, `WARNING: at %pS, CPU#%d: %s/%d`
+    old = first_report(warning("WARNING: CPU: 1 PID: 0 at net/sched/sch_generic.c:525 dev_watchdog+0x20a/0x210"))
+    new = first_report(warning("WARNING: net/sched/sch_generic.c:525 at dev_watchdog+0x20a/0x210, CPU#1: swapper/1/0"))
+    assert (new.kind, new.rip_func, new.subkind) == ("warning", "dev_watchdog", "net/sched/sch_generic.c")
+    assert new.bucket() == old.bucket()
+    bare = first_report(warning("WARNING: at dev_watchdog+0x20a/0x210 [sch_generic], CPU#1: swapper/1/0"))
+    assert bare.bucket() == first_report(warning("WARNING: CPU: 1 PID: 0 at dev_watchdog+0x330/0x33c")).bucket()
+
+
+def test_other_warning_lines_open_no_report() -> None:
+    # lockdep's and the other checkers' `WARNING:` titles are no __warn() banner; neither is a sentence
+    for line in (
+        "WARNING: suspicious RCU usage",
+        "WARNING: possible circular locking dependency detected",
+        "WARNING: at least one of the disks is degraded",
+        "WARNING: CPU: 0 is offline",
+    ):
+        assert extract_reports([line, "CPU: 0 PID: 1 Comm: init Not tainted 6.6.0-test #1"]) == [], line

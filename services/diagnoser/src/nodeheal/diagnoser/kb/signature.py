@@ -197,7 +197,16 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kasan", re.compile(r"BUG: KASAN: [\w-]+(?: or [\w-]+)? in ")),
     ("divide_error", re.compile(r"divide error: 0000")),
     ("invalid_opcode_BUG_at", re.compile(r"kernel BUG at |invalid opcode: 0000")),
-    ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at ")),
+    # __warn() in kernel/panic.c: `WARNING: CPU: %d PID: %d at %s:%d %pS` (3.x: `%pS()`), `at %pS` alone when the
+    # kernel keeps no file / line for its WARN sites (CONFIG_DEBUG_BUGVERBOSE off); the reworded banner
+    # `WARNING: %s:%d at %pS, CPU#%d: %s/%d` (`WARNING: at %pS, CPU#%d: %s/%d` without the file)
+    (
+        "warning",
+        re.compile(
+            r"WARNING: CPU: \d+ PID: \d+ at "
+            r"|WARNING: (?:\S+:\d+ )?at [A-Za-z_][\w.]*\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\S+\])?, CPU#\d+: "
+        ),
+    ),
     ("soft_lockup", re.compile(r"BUG: soft lockup - CPU#\d+")),
     ("hard_lockup", re.compile(r"Watchdog detected hard LOCKUP")),
     ("hung_task", re.compile(r"INFO: task .+:\d+ blocked for more than")),
@@ -242,7 +251,11 @@ _FRAME = re.compile(
 )
 _CRASH_BT = re.compile(r"^\s*#\d+\s+\[[0-9a-f]+\]\s+(?P<func>[A-Za-z_][\w.]*)\s+at\s+[0-9a-f]+")
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
-_WARNING_AT = re.compile(r"WARNING: CPU: \d+ PID: \d+ at \S+ (?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+# the function of a WARNING's banner, in each wording (the file is optional in all of them)
+_WARNING_AT = re.compile(
+    r"WARNING: (?:CPU: \d+ PID: \d+ at (?:[^\s:]+:\d+ )?|(?:[^\s:]+:\d+ )?at )"
+    r"(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+"
+)
 # the sub-kind of a report (ABRT/FAF and SysOM keep it in the exact key): KASAN's bug type and the faulting
 # access, the KASAN hint under a GPF, a WARNING's source file
 _KASAN_TYPE = re.compile(
@@ -250,7 +263,7 @@ _KASAN_TYPE = re.compile(
 )
 _KASAN_ACCESS = re.compile(r"^\s*(?P<dir>Read|Write) of size (?P<size>\d+) (?:at addr|by task)")
 _GPF_HINT = re.compile(r"KASAN: (?:maybe )?(?P<hint>null-ptr-deref|wild-memory-access|user-memory-access) in range")
-_WARNING_FILE = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ ")
+_WARNING_FILE = re.compile(r"WARNING: (?:CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ |(?P<path2>[^\s:]+):\d+ at )")
 _BUG_AT = re.compile(r"kernel BUG at (?P<path>\S+?):(?P<line>\d+)!")
 _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
 # a kernel built out of a source tree it was not configured in prints `__FILE__` whole (the build's own prefix,
@@ -404,6 +417,10 @@ class CrashReport:
         anchor = "" if frames else (self.rip_func or "")
         if self.kind == "kasan" and self.rip_func and not is_generic_frame(self.rip_func):
             anchor = self.rip_func  # the accessing function of the header, which every copy of the report carries
+        if self.kind == "warning" and not self.subkind and self.rip_func:
+            # a banner without `file:line` (CONFIG_DEBUG_BUGVERBOSE off): its function stands for the WARN site the
+            # file names otherwise (a timer callback's frames are the same for every callback)
+            anchor = self.rip_func
         task = (self.task() or "") if self.kind in {"hung_task", "soft_lockup"} and not frames else ""
         panic = normalise(self.panic_string) if self.panic_string and not frames and not self.rip_func else ""
         if not panic and self.panic_string and not _GENERIC_PANICS.match(normalise(self.panic_string)):
@@ -511,7 +528,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 current.rip_func = canonical_frame(kasan.group("func"))
             warning_file = _WARNING_FILE.search(message) if header == "warning" else None
             if warning_file and current.subkind is None:
-                current.subkind = source_path(warning_file.group("path"))
+                current.subkind = source_path(warning_file.group("path") or warning_file.group("path2"))
             bug_at = _BUG_AT.search(message)
             if bug_at:
                 current.bug_at = source_path(bug_at.group("path")) + ":" + bug_at.group("line")
