@@ -167,3 +167,66 @@ def test_other_warning_lines_open_no_report() -> None:
         "WARNING: CPU: 0 is offline",
     ):
         assert extract_reports([line, "CPU: 0 PID: 1 Comm: init Not tainted 6.6.0-test #1"]) == [], line
+
+
+# --- 3. the RIP line with any kernel code segment, and as decode_stacktrace.sh prints it ----------------------------
+
+
+def corpus_row(row_id: str) -> dict[str, object]:
+    rows = (json.loads(line) for line in (DATA / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line)
+    return next(row for row in rows if row["id"] == row_id)
+
+
+def test_a_xen_guest_rip_line_names_the_crashing_function() -> None:
+    # kb-067 (moby/moby#30554, a `train` excerpt): a Xen PV guest's GPF, `RIP: e030:[<…>]  [<…>] put_mountpoint+…`
+    row = corpus_row("kb-067")
+    assert row["split"] == "train"
+    lines = row["lines"]
+    assert isinstance(lines, list)
+    report = first_report([str(line) for line in lines])
+    assert (report.kind, report.rip_func) == ("gpf", "put_mountpoint")
+
+
+def test_a_user_mode_rip_line_of_any_segment_names_no_kernel_function() -> None:
+    # user_mode(): the code segment's privilege bits. 0033 / 0023 native, e033 / e023 a Xen PV guest's user space
+    for cs in ("0033", "0023", "e033", "e023"):
+        line = f"RIP: {cs}:[<00007f3a9c2d1000>]  [<00007f3a9c2d1000>] g_main_loop_run+0x12/0x40"
+        assert extract_reports([line]) == [], cs
+        header = ["general protection fault: 0000 [#1] SMP", "CPU: 0 PID: 9 Comm: x Not tainted 4.4.0-test #1", line]
+        assert extract_reports(header)[0].rip_func is None, cs
+    for cs in ("0010", "e030"):
+        line = f"RIP: {cs}:[<ffffffff8121c6ab>]  [<ffffffff8121c6ab>] put_mountpoint+0x4b/0x80"
+        assert extract_reports([line])[0].rip_func == "put_mountpoint", cs
+
+
+def test_a_decoded_copy_keys_like_the_raw_one() -> None:
+    # trk-015 / trk-016 (multipath-tcp/mptcp#461, tuning half): one NULL dereference posted raw and passed through
+    # decode_stacktrace.sh, `RIP: 0010:tcp_v4_send_reset (/…/net/ipv4/tcp_ipv4.c:690)`
+    raw, decoded = first_report(tuning_row("trk-015")), first_report(tuning_row("trk-016"))
+    assert decoded.rip_func == raw.rip_func == "tcp_v4_send_reset"
+    assert decoded.bucket() == raw.bucket()
+
+
+def test_decoded_call_trace_frames_are_read_and_unreliable_ones_dropped() -> None:
+    """Constructed: decode_stacktrace.sh prints `func (file:line)` for `func+off/size`, addr2line's inlined chain
+    and discriminators inside the parentheses, `? ` kept."""
+    decoded = [
+        "BUG: kernel NULL pointer dereference, address: 0000000000000078",
+        "RIP: 0010:tcp_v4_send_reset (net/ipv4/tcp_ipv4.c:690)",
+        "Call Trace:",
+        " ? tcp_v4_rcv (net/ipv4/tcp_ipv4.c:2005)",
+        " tcp_v4_do_rcv (net/ipv4/tcp_ipv4.c:1620 (discriminator 3))",
+        " tcp_v4_rcv (include/net/tcp.h:1280 net/ipv4/tcp_ipv4.c:2005)",
+        " ip_protocol_deliver_rcu (net/ipv4/ip_input.c:204)",
+    ]
+    raw = [
+        "BUG: kernel NULL pointer dereference, address: 0000000000000078",
+        "RIP: 0010:tcp_v4_send_reset+0x1d7/0xa90",
+        "Call Trace:",
+        " ? tcp_v4_rcv+0x9a1/0xb20",
+        " tcp_v4_do_rcv+0x1a0/0x1f0",
+        " tcp_v4_rcv+0x9a1/0xb20",
+        " ip_protocol_deliver_rcu+0x30/0x1b0",
+    ]
+    assert first_report(decoded).functions() == first_report(raw).functions()
+    assert first_report(decoded).bucket() == first_report(raw).bucket()

@@ -231,12 +231,24 @@ _PANIC_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("oom_panic", re.compile(r"Out of memory")),
     ("sysrq", re.compile(r"sysrq", re.IGNORECASE)),
 )
+# the instruction pointer line. x86-64 prints the code segment with it (`RIP: %04x:%pS`, 3.x `RIP: %04lx:[<%016lx>]`
+# and the address again): any segment, `0010` or a Xen PV guest's `e030`; the frame is user mode when the segment's
+# privilege bits are set (arch/x86/include/asm/ptrace.h `user_mode()`: `regs->cs & 3`, so `0033`, `0023`, `e033`).
+# scripts/decode_stacktrace.sh rewrites `func+off/size` as `func (file:line …)` (addr2line's inlined chain)
+_FUNC_AT = r"(?P<func>[A-Za-z_][\w.]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+| \((?:[^()\s]+/)?[^()\s/]+:\d+)"
 _RIP = re.compile(
-    r"(?:RIP: 00(?P<cs>[0-9a-f]{2}):(?:\[<[0-9a-f]+>\]\s+\[<[0-9a-f]+>\]\s+)?|\bIP: (?:\[<[0-9a-f]+>\]\s+)?|"
+    r"(?:RIP: (?P<cs>[0-9a-f]{4}):(?:\[<[0-9a-f]+>\]\s+\[<[0-9a-f]+>\]\s+)?|\bIP: (?:\[<[0-9a-f]+>\]\s+)?|"
     r"\bRIP  \[<[0-9a-f]+>\]\s+|"  # the old oops trailer: 'RIP  [<ffffffff817ee088>] sock_sendmsg+0x45/0x7a'
-    r"\bpc : |PC is at |EIP: (?:\[<[0-9a-f]+>\]\s+)?)"
-    r"(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
+    r"\bpc : |PC is at |EIP: (?:\[<[0-9a-f]+>\]\s+)?)" + _FUNC_AT + r"(?:\s+\[(?P<mod>[^\]\s]+)\])?"
 )
+
+
+def _user_mode(rip: re.Match[str]) -> bool:
+    """Is the RIP line a user-mode frame (a privilege level in the code segment's low bits)?"""
+    cs = rip.group("cs")
+    return cs is not None and int(cs, 16) & 3 != 0
+
+
 _TAINT = re.compile(
     r"(?:CPU: \d+ PID: \d+ Comm: |Pid: \d+, comm: ).*?(?:Tainted: (?P<taint>[A-Z][A-Z -]*?)|Not tainted)\s+"
     r"(?P<release>\d+\.\d+[\w.+~-]*)"
@@ -246,9 +258,7 @@ _CALL_TRACE = re.compile(r"Call Trace:|Call trace:|Backtrace:")
 # is the task the interrupt happened to stop, which has nothing to do with a bug inside the interrupt
 _IRQ_OPEN = re.compile(r"(?:^|\s)<IRQ>")
 _IRQ_CLOSE = re.compile(r"(?:^|\s)(?:</IRQ>|<EOI>)")
-_FRAME = re.compile(
-    r"(?:^|[\s>\](])(?P<unrel>\?\s+)?(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
-)
+_FRAME = re.compile(r"(?:^|[\s>\](])(?P<unrel>\?\s+)?" + _FUNC_AT + r"(?:\s+\[(?P<mod>[^\]\s]+)\])?")
 _CRASH_BT = re.compile(r"^\s*#\d+\s+\[[0-9a-f]+\]\s+(?P<func>[A-Za-z_][\w.]*)\s+at\s+[0-9a-f]+")
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
 # the function of a WARNING's banner, in each wording (the file is optional in all of them)
@@ -556,7 +566,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             # kernel prints it in (`RIP: 0010:`, 3.x `IP: [<…>]`, arm64 `pc : `, arm `PC is at`, `EIP:`) as
             # long as it names a function (a user-mode one, `RIP: 0033:` or a bare address, does not)
             rip = _RIP.search(message)
-            if rip is None or rip.group("cs") == "33":
+            if rip is None or _user_mode(rip):
                 continue
             current = CrashReport(kind="oops", start=index, headless=True)
             reports.append(current)
@@ -582,7 +592,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 current.taint = letters or None
             continue
         rip = _RIP.search(message)
-        if rip and rip.group("cs") != "33" and current.rip_func is None:
+        if rip and not _user_mode(rip) and current.rip_func is None:
             current.rip_func = canonical_frame(rip.group("func"))
             current.module = rip.group("mod").split("@", 1)[0] if rip.group("mod") else None
             continue
