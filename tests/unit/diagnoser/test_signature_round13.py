@@ -230,3 +230,87 @@ def test_decoded_call_trace_frames_are_read_and_unreliable_ones_dropped() -> Non
     ]
     assert first_report(decoded).functions() == first_report(raw).functions()
     assert first_report(decoded).bucket() == first_report(raw).bucket()
+
+
+# --- 4. ZFS / SPL assertion panics -----------------------------------------------------------------------------------
+
+
+def spl_panic(message: str, line: int, *, stack: list[str], halt: bool = False) -> list[str]:
+    """Constructed from module/os/linux/spl/spl-err.c `spl_panic()`: the VERIFY message, `PANIC at %s:%d:%s()`,
+    `Showing stack for process %d` and dump_stack() (with spl_panic_halt=1, `panic("%s", msg)` as well)."""
+    return [
+        f"[ 9052.112230] {message}",
+        f"[ 9052.112241] PANIC at arc.c:{line}:arc_release()",
+        *(["[ 9052.112250] Kernel panic - not syncing: " + message] if halt else []),
+        "[ 9052.112252] Showing stack for process 2291",
+        "[ 9052.112259] CPU: 3 PID: 2291 Comm: z_wr_iss Tainted: P           OE     5.15.0-test #1",
+        "[ 9052.112266] Call Trace:",
+        "[ 9052.112270]  <TASK>",
+        "[ 9052.112274]  dump_stack_lvl+0x4a/0x63",
+        "[ 9052.112291]  spl_panic+0xd1/0xe9 [spl]",
+        *(f"[ 9052.1123{i:02d}]  {frame} [zfs]" for i, frame in enumerate(stack)),
+    ]
+
+
+STACK_A = [
+    "arc_release+0x2e6/0x640",
+    "dbuf_release_bp+0x28/0x40",
+    "dbuf_write+0xa1/0x5d0",
+    "dbuf_sync_leaf+0x140/0x6a0",
+]
+STACK_B = ["? zio_create+0x3d0/0x500", "arc_release+0x31a/0x6a0", "dmu_buf_will_dirty_impl+0x60/0x100"]
+
+
+def test_one_zfs_assertion_on_two_releases_and_in_a_two_line_copy_is_one_bucket() -> None:
+    full = first_report(spl_panic("VERIFY(HDR_EMPTY(hdr)) failed", 6787, stack=STACK_A))
+    assert (full.kind, full.subkind, full.rip_func, full.assertion) == (
+        "spl_panic",
+        "arc.c",
+        "arc_release",
+        "HDR_EMPTY(hdr)",
+    )
+    other_release = first_report(spl_panic("VERIFY(HDR_EMPTY(hdr)) failed", 6439, stack=STACK_B))
+    two_lines = first_report(spl_panic("VERIFY(HDR_EMPTY(hdr)) failed", 6439, stack=[])[:2])
+    halted = first_report(spl_panic("VERIFY(HDR_EMPTY(hdr)) failed", 6787, stack=STACK_A, halt=True))
+    assert full.bucket() == other_release.bucket() == two_lines.bucket() == halted.bucket()
+    assert "spl_panic" not in full.functions()  # the SPL's reporter is machinery, like XFS's assfail
+
+
+def test_two_assertions_in_one_zfs_function_are_two_buckets() -> None:
+    refcount = "VERIFY3(remove_reference(hdr, hdr) > 0) failed (0 > 0)"
+    a = first_report(spl_panic(refcount, 6610, stack=STACK_A))
+    b = first_report(spl_panic("VERIFY(HDR_EMPTY(hdr)) failed", 6610, stack=STACK_A))
+    assert a.assertion == "remove_reference(hdr, hdr) > N"  # the values printed after `failed` are data
+    assert a.bucket() != b.bucket() and similarity(a, b) == 0.0
+    # the same VERIFY3 with other values is the same check
+    assert first_report(
+        spl_panic("VERIFY3(remove_reference(hdr, hdr) > 0) failed (7 > 0)", 6610, stack=[])
+    ).bucket() == (first_report(spl_panic(refcount, 6610, stack=[])).bucket())
+
+
+def test_zfs_assertions_of_the_tuning_half_are_identified_at_their_site() -> None:
+    # the look-alikes of the tracker set's tuning half (openzfs/zfs#12257, #6881, #5920, #17812, #8918)
+    sites = {
+        row_id: (r.subkind, r.rip_func)
+        for row_id in ("trk-037", "trk-038", "trk-039", "trk-041", "trk-042")
+        for r in [first_report(tuning_row(row_id))]
+    }
+    assert sites == {
+        "trk-037": ("arc.c", "arc_buf_untransform_in_place"),
+        "trk-038": ("arc.c", "arc_write_done"),
+        "trk-039": ("arc.c", "arc_write_done"),
+        "trk-041": ("range_tree.c", "zfs_range_tree_remove_impl"),
+        "trk-042": ("space_map.c", "space_map_load"),
+    }
+    reports = [first_report(tuning_row(row_id)) for row_id in sites]
+    assert len(set(cluster_reports(reports))) == 5  # five bugs, two of them in arc_write_done (two assertions)
+
+
+def test_user_space_panic_lines_open_no_report() -> None:
+    # `PANIC at %s:%d:%s(): <message>`: user-space helpers' format (and OSv's SPL port, `SPL PANIC at …(): `)
+    for line in (
+        "PANIC at waves.c:88:next_edge(): signal index 7 is invalid",
+        "SPL PANIC at arc.c:6787:arc_release(): VERIFY(HDR_EMPTY(hdr)) failed",
+        "VERIFY(HDR_EMPTY(hdr)) failed",
+    ):
+        assert extract_reports([line]) == [], line

@@ -128,7 +128,8 @@ _GENERIC_PREFIXES: tuple[str, ...] = tuple(
     """)
 )
 # reporters that live in a module (a module's frames are otherwise never machinery): XFS's ASSERT reporter
-_MODULE_REPORTERS: frozenset[str] = frozenset({"assfail", "asswarn"})
+# and the SPL's (`spl_panic`, `spl_dumpstack`: the caller of a failed VERIFY / ASSERT is the bug)
+_MODULE_REPORTERS: frozenset[str] = frozenset({"assfail", "asswarn", "spl_panic", "spl_dumpstack", "spl_assert"})
 # interrupt entry frames: in a stall report, the frames before the first one are the detecting handler's
 _INTERRUPT_ENTRY: frozenset[str] = frozenset(
     _words("""
@@ -215,6 +216,10 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("sysrq", re.compile(r"sysrq triggered crash|SysRq : Trigger a crash")),
     # an oops line with no BUG/GPF header before it (arm64 "Internal error: Oops:", 6.9+ "Oops: Oops: 0000 [#1]")
     ("oops", re.compile(r"Internal error: Oops|^Oops: (?:Oops: )?\d{4} \[#\d+\]")),
+    # a ZFS / SPL assertion (module/os/linux/spl/spl-err.c `spl_panic()`: the message, then `PANIC at %s:%d:%s()`
+    # with the file's base name, then `Showing stack for process %d` and a stack dump); never followed by `: `
+    # (user-space panic helpers print `PANIC at %s:%d:%s(): <message>`)
+    ("spl_panic", re.compile(r"PANIC at [\w.+-]+:\d+:[A-Za-z_]\w*\(\)(?!:)")),
 )
 # headers that go on an open report instead of starting one (one oops prints several header lines)
 # (a symbolized WARNING prints its header once per inlined frame, like KASAN)
@@ -304,6 +309,11 @@ _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 # failed on every build, where the WARN / BUG line names only the reporter (`fs/xfs/xfs_message.c:112`)
 # (a mailer may wrap the message before `, file:`: the expression is then read to the end of the line)
 _ASSERTION = re.compile(r"Assertion failed: (?P<expr>.+?)(?:, file:|,?\s*$)")
+# the SPL's VERIFY messages (include/os/linux/spl/sys/debug.h): `VERIFY(<cond>) failed`, `VERIFY3(<left> <op>
+# <right>) failed (<values>)` (VERIFY3B/S/U/P, VERIFY0, and the ASSERTs of debug builds); the values are data, not
+# the check
+_SPL_VERIFY = re.compile(r"\bVERIFY\w*\((?P<expr>.+)\) failed(?: \(.*\))?\s*$")
+_SPL_SITE = re.compile(r"PANIC at (?P<file>[\w.+-]+):\d+:(?P<func>[A-Za-z_]\w*)\(\)")
 ASSERTION_LOOKBACK = 8  # lines between an assertion's message and the header of the report it raises
 # mail quoting (`> `, `>> `): a report quoted in a reply is the same report
 _QUOTE = re.compile(r"^\s*(?:>\s?)+")
@@ -423,7 +433,8 @@ class CrashReport:
         """Level 1, the exact key (ABRT's duphash idea): kind + the top reliable frames; the RIP function
         only when the trace is missing, so a copy without its RIP line keeps the bucket of the full copy
         (a KASAN report's function comes from its header, which every copy has: it is always in the key)."""
-        frames = self.top_frames()
+        # a ZFS / SPL assertion is keyed on its site and expression alone: copies differ in how much stack they show
+        frames = self.top_frames() if self.kind != "spl_panic" else ()
         anchor = "" if frames else (self.rip_func or "")
         if self.kind == "kasan" and self.rip_func and not is_generic_frame(self.rip_func):
             anchor = self.rip_func  # the accessing function of the header, which every copy of the report carries
@@ -433,7 +444,12 @@ class CrashReport:
             anchor = self.rip_func
         task = (self.task() or "") if self.kind in {"hung_task", "soft_lockup"} and not frames else ""
         panic = normalise(self.panic_string) if self.panic_string and not frames and not self.rip_func else ""
-        if not panic and self.panic_string and not _GENERIC_PANICS.match(normalise(self.panic_string)):
+        if (
+            not panic
+            and self.panic_string
+            and self.kind != "spl_panic"
+            and not _GENERIC_PANICS.match(normalise(self.panic_string))
+        ):
             panic = normalise(self.panic_string)  # a specific panic string names the bug (stack-protector …)
         # the faulting access, not KASAN's bug type: one bug is seen as use-after-free in one run and
         # slab-out-of-bounds in the next (the freed memory was reused), at the same access
@@ -474,7 +490,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
     netdev: tuple[int, str] | None = None  # (line index, driver) of the last transmit-queue watchdog message
     for index, raw in enumerate(unwrap([_QUOTE.sub("", line) for line in lines])):
         message = split_line(raw).message
-        failed = _ASSERTION.search(message)
+        failed = _ASSERTION.search(message) or _SPL_VERIFY.search(message)
         if failed:
             assertion = (index, " ".join(normalise(failed.group("expr")).split()))
         timed_out = _NETDEV_WATCHDOG.search(message)
@@ -542,6 +558,11 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             bug_at = _BUG_AT.search(message)
             if bug_at:
                 current.bug_at = source_path(bug_at.group("path")) + ":" + bug_at.group("line")
+            site = _SPL_SITE.search(message) if header == "spl_panic" else None
+            if site:
+                # keyed on the assertion's site, as the SPL prints it: the file's base name and the function (the
+                # line number moves between releases)
+                current.subkind, current.rip_func = site.group("file"), canonical_frame(site.group("func"))
             warning_at = _WARNING_AT.search(message)
             if warning_at and current.rip_func is None:
                 current.rip_func = canonical_frame(warning_at.group("func"))
