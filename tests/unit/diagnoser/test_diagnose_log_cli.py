@@ -211,6 +211,11 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
     tracker = summary["tracker_same_bug"]
     assert tracker["reports"] == 46 and tracker["bugs"] <= 29
     assert tracker["identified"] <= tracker["reports"]
+    # round 13: also over every report of the set (a report without identity a bucket of its own): the sources'
+    # 19 same-bug pairs all count, the pairs joined are those among identified reports
+    every = tracker["over_every_report"]["level2_similarity"]
+    assert every["true_pairs"] == 19
+    assert (every["tp"], every["fp"]) == (tracker["level2_similarity"]["tp"], tracker["level2_similarity"]["fp"])
     # the sets taken from fetched snapshots were removed (tests/data/README.md "Provenance"): not reported
     assert not {"syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_marked_dup_same_bug", "bugzilla_same_bug"} & set(
         result
