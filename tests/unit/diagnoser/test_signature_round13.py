@@ -314,3 +314,15 @@ def test_user_space_panic_lines_open_no_report() -> None:
         "VERIFY(HDR_EMPTY(hdr)) failed",
     ):
         assert extract_reports([line]) == [], line
+
+
+def test_two_header_only_timeouts_pasted_close_together_stay_two_reports() -> None:
+    """A repeated WARNING banner within a few lines continues one report (a symbolized WARNING prints one banner per
+    inlined frame, before any message); a watchdog message in between means a second timeout."""
+    pasted = [tx_timeout("e1000e", before=False)[i] for i in (1, 2)] + [
+        tx_timeout("igb", before=False)[i] for i in (1, 2)
+    ]
+    x86 = [tx_timeout("e1000e", before=True)[i] for i in (1, 2)] + [tx_timeout("igb", before=True)[i] for i in (1, 2)]
+    for lines in (pasted, x86):
+        reports = extract_reports(lines)
+        assert [r.culprit for r in reports] == ["netdev:e1000e", "netdev:igb"], lines

@@ -488,6 +488,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
     current: CrashReport | None = None
     assertion: tuple[int, str] | None = None  # (line index, normalised expression) of the last failed assertion
     netdev: tuple[int, str] | None = None  # (line index, driver) of the last transmit-queue watchdog message
+    last_netdev = -1  # line index of the last watchdog message, kept after it is used
     for index, raw in enumerate(unwrap([_QUOTE.sub("", line) for line in lines])):
         message = split_line(raw).message
         failed = _ASSERTION.search(message) or _SPL_VERIFY.search(message)
@@ -495,7 +496,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             assertion = (index, " ".join(normalise(failed.group("expr")).split()))
         timed_out = _NETDEV_WATCHDOG.search(message)
         if timed_out:
-            netdev = (index, timed_out.group("driver"))
+            netdev, last_netdev = (index, timed_out.group("driver")), index
             if current is not None and current.kind == "warning" and current.culprit is None and not current.frames:
                 current.culprit = "netdev:" + netdev[1]  # printed after the WARNING line (no __WARN_FLAGS)
                 netdev = None
@@ -531,6 +532,9 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 and not current.frames
                 and current.panic_string is None
                 and index - current.start <= 12
+                # a symbolized WARNING repeats its banner before any message: a watchdog message since the open
+                # report's banner means this banner is another WARNING (another timeout, maybe another driver)
+                and not (header == "warning" and last_netdev > current.start)
             )
             if current is not None and continues and current.headless:
                 # the header after the report's RIP line (3.x prints `IP:` before `BUG: unable to handle`)
