@@ -326,3 +326,20 @@ def test_two_header_only_timeouts_pasted_close_together_stay_two_reports() -> No
     for lines in (pasted, x86):
         reports = extract_reports(lines)
         assert [r.culprit for r in reports] == ["netdev:e1000e", "netdev:igb"], lines
+
+
+def test_zfs_user_space_assertions_open_no_report() -> None:
+    """Real look-alikes: the user-space SPL (libspl, zdb) prints a failed assertion as `<expr> (<values>)` then
+    `ASSERT at <file>:<line>:<func>()` and aborts — a tool's crash, not the kernel's. Lines as the search tool's
+    issues corpus shows them (query "zdb ASSERT at failed VERIFY3 user space abort core dumped")."""
+    # https://github.com/openzfs/zfs/pull/8948 (description)
+    zdb_bookmarks = [
+        'snprintf(buf, sizeof (buf), "%s#%s", osname, attr.za_name) == 0 (0xe == 0)',
+        "ASSERT at zdb.c:1943:dump_bookmarks()Aborted (core dumped)",
+    ]
+    # https://github.com/openzfs/zfs/issues/15423 (description, the second run)
+    zdb_deadlist = [
+        "dmu_bonus_hold(os, object, dl, &dl->dl_dbuf) == 0 (0x34 == 0)",
+        "ASSERT at ../../module/zfs/dsl_deadlist.c:308:dsl_deadlist_open()Aborted (core dumped)",
+    ]
+    assert extract_reports(zdb_bookmarks) == [] and extract_reports(zdb_deadlist) == []
