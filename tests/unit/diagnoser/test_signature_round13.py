@@ -70,6 +70,9 @@ def test_two_drivers_timing_out_are_two_buckets_whatever_the_order_of_the_lines(
     # another queue and another build of the same driver: one bucket
     again = first_report(tx_timeout("e1000e", before=True, queue=3, offset="0x2f0/0x300"))
     assert again.bucket() == a_x86.bucket()
+    # the later wording with the time (`… timed out %u ms`)
+    with_ms = [line + " 5032 ms" if "NETDEV" in line else line for line in tx_timeout("e1000e", before=True)]
+    assert first_report(with_ms).bucket() == a_x86.bucket()
 
 
 def test_a_copy_without_the_watchdog_line_cannot_chain_two_drivers() -> None:
