@@ -172,6 +172,36 @@ def test_buckets_list_one_failed_assertion_seen_twice_apart_from_another(tmp_pat
     assert {a.split()[0] for a in assertions} == {"mp->m_dir_geo", "lip->li_lv"}
 
 
+def test_buckets_keep_two_drivers_transmit_timeouts_apart_and_name_the_driver(tmp_path: Path) -> None:
+    """openbmc/openbmc#2228's ftgmac100 timeout (tests/data/kb/tracker_same_bug.jsonl trk-033, tuning half) and two
+    constructed x86 timeouts of another driver (kernel/panic.c and net/sched/sch_generic.c's formats, made-up
+    values): the watchdog's WARNING is the same for every driver, the buckets are the drivers."""
+    openbmc = set_lines("tracker_same_bug.jsonl")["trk-033"]
+
+    def e1000e(stamp: str, queue: int) -> list[str]:
+        return [
+            f"[{stamp}] ------------[ cut here ]------------",
+            f"[{stamp}] NETDEV WATCHDOG: eno1 (e1000e): transmit queue {queue} timed out",
+            f"[{stamp}] WARNING: CPU: 2 PID: 0 at net/sched/sch_generic.c:477 dev_watchdog+0x2dc/0x2e4",
+            f"[{stamp}] CPU: 2 PID: 0 Comm: swapper/2 Not tainted 5.15.0-91-generic #101-Ubuntu",
+            f"[{stamp}] RIP: 0010:dev_watchdog+0x2dc/0x2e4",
+            f"[{stamp}] Call Trace:",
+            f"[{stamp}]  <IRQ>",
+            f"[{stamp}]  call_timer_fn+0x29/0x130",
+            f"[{stamp}]  __run_timers.part.0+0x1e8/0x270",
+            f"[{stamp}]  run_timer_softirq+0x2a/0x50",
+            f"[{stamp}]  </IRQ>",
+        ]
+
+    log = tmp_path / "kern.log"
+    log.write_text("\n".join([*e1000e("  812.443012", 0), *openbmc, *e1000e(" 9931.020115", 3)]) + "\n")
+    buckets = buckets_of(log)
+    culprits = sorted(sorted({str(m.get("culprit")) for m in b["members"]}) for b in buckets)
+    assert culprits == [["netdev:e1000e"], ["netdev:ftgmac100"]]
+    e1000e_bucket = next(b for b in buckets if any(m.get("culprit") == "netdev:e1000e" for m in b["members"]))
+    assert [m["line_no"] for m in e1000e_bucket["members"]] == [3, 11 + len(openbmc) + 3]
+
+
 def test_bench_kb_prints_the_corpus_scores() -> None:
     rules = "services/diagnoser/src/nodeheal/diagnoser/kb/rules.yaml"  # timed against itself: a same-run baseline
     proc = subprocess.run(
@@ -211,6 +241,11 @@ def test_bench_kb_prints_the_corpus_scores() -> None:
     tracker = summary["tracker_same_bug"]
     assert tracker["reports"] == 46 and tracker["bugs"] <= 29
     assert tracker["identified"] <= tracker["reports"]
+    # round 13: also over every report of the set (a report without identity a bucket of its own): the sources'
+    # 19 same-bug pairs all count, the pairs joined are those among identified reports
+    every = tracker["over_every_report"]["level2_similarity"]
+    assert every["true_pairs"] == 19
+    assert (every["tp"], every["fp"]) == (tracker["level2_similarity"]["tp"], tracker["level2_similarity"]["fp"])
     # the sets taken from fetched snapshots were removed (tests/data/README.md "Provenance"): not reported
     assert not {"syzbot_same_bug", "syzbot_mail_same_bug", "syzbot_marked_dup_same_bug", "bugzilla_same_bug"} & set(
         result

@@ -48,6 +48,7 @@ def _member(report: CrashReport) -> dict[str, object]:
         ("subkind", report.subkind),
         ("access", report.access),
         ("assertion", report.assertion),
+        ("culprit", report.culprit),
         ("blamed", report.guilty()),
     )
     for name, value in listed:

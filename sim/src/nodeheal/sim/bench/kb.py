@@ -341,10 +341,12 @@ def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
         truth: list[str] = []
         reports: list[CrashReport] = []
         lost = 0
+        lost_groups: list[str] = []
         for crash in chosen:
             found = [r for r in extract_reports(list(crash.lines)) if r.identified()]
             if not found:
                 lost += 1
+                lost_groups.append(crash.group)
                 continue
             truth.append(crash.group)
             reports.append(found[0])
@@ -353,6 +355,10 @@ def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
         clusters = [str(c) for c in cluster_reports(reports)]
         halves = [half_of(group) for group in truth]
         across = [(i, j) for i, j in combinations(range(len(truth)), 2) if halves[i] != halves[j]]
+        # every report of the set, a report without identity a bucket of its own: what a fleet sees, where a copy
+        # the code cannot identify joins nothing (the scores above are over identified reports only)
+        alone = [f"without-identity:{i}" for i in range(len(lost_groups))]
+        every_truth = [*truth, *lost_groups]
         return {
             "crashes": len(chosen),
             "without_identity": lost,
@@ -360,6 +366,10 @@ def syzbot_bucketing(crashes: Sequence[SyzbotCrash]) -> dict[str, Any]:
             "bugs_with_several_crashes": sum(1 for n in sizes.values() if n > 1),
             "exact_key": pairwise(truth, exact),
             "similarity": pairwise(truth, clusters),
+            "over_every_report": {
+                "exact_key": pairwise(every_truth, [*exact, *alone]),
+                "similarity": pairwise(every_truth, [*clusters, *alone]),
+            },
             # pairs with one report in each half (always two bugs: groups do not straddle): joined = false pairs
             "across_halves_false_pairs": {
                 "exact_key": sum(exact[i] == exact[j] for i, j in across),
@@ -481,6 +491,10 @@ def bucket_summary(result: dict[str, Any]) -> dict[str, Any]:
             "bugs": every["bugs"],
             "level1_exact_key": prf(every["exact_key"]),
             "level2_similarity": prf(every["similarity"]),
+            "over_every_report": {
+                "level1_exact_key": prf(every["over_every_report"]["exact_key"]),
+                "level2_similarity": prf(every["over_every_report"]["similarity"]),
+            },
             "across_halves_false_pairs": every["across_halves_false_pairs"],
             "halves": {
                 half: {
@@ -488,6 +502,10 @@ def bucket_summary(result: dict[str, Any]) -> dict[str, Any]:
                     "bugs": scores["bugs"],
                     "level1_exact_key": prf(scores["exact_key"]),
                     "level2_similarity": prf(scores["similarity"]),
+                    "over_every_report": {
+                        "level1_exact_key": prf(scores["over_every_report"]["exact_key"]),
+                        "level2_similarity": prf(scores["over_every_report"]["similarity"]),
+                    },
                 }
                 for half, scores in result[name]["halves"].items()
             },

@@ -128,7 +128,8 @@ _GENERIC_PREFIXES: tuple[str, ...] = tuple(
     """)
 )
 # reporters that live in a module (a module's frames are otherwise never machinery): XFS's ASSERT reporter
-_MODULE_REPORTERS: frozenset[str] = frozenset({"assfail", "asswarn"})
+# and the SPL's (`spl_panic`, `spl_dumpstack`: the caller of a failed VERIFY / ASSERT is the bug)
+_MODULE_REPORTERS: frozenset[str] = frozenset({"assfail", "asswarn", "spl_panic", "spl_dumpstack", "spl_assert"})
 # interrupt entry frames: in a stall report, the frames before the first one are the detecting handler's
 _INTERRUPT_ENTRY: frozenset[str] = frozenset(
     _words("""
@@ -197,7 +198,16 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("kasan", re.compile(r"BUG: KASAN: [\w-]+(?: or [\w-]+)? in ")),
     ("divide_error", re.compile(r"divide error: 0000")),
     ("invalid_opcode_BUG_at", re.compile(r"kernel BUG at |invalid opcode: 0000")),
-    ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at ")),
+    # __warn() in kernel/panic.c: `WARNING: CPU: %d PID: %d at %s:%d %pS` (3.x: `%pS()`), `at %pS` alone when the
+    # kernel keeps no file / line for its WARN sites (CONFIG_DEBUG_BUGVERBOSE off); the reworded banner
+    # `WARNING: %s:%d at %pS, CPU#%d: %s/%d` (`WARNING: at %pS, CPU#%d: %s/%d` without the file)
+    (
+        "warning",
+        re.compile(
+            r"WARNING: CPU: \d+ PID: \d+ at "
+            r"|WARNING: (?:\S+:\d+ )?at [A-Za-z_][\w.]*\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\S+\])?, CPU#\d+: "
+        ),
+    ),
     ("soft_lockup", re.compile(r"BUG: soft lockup - CPU#\d+")),
     ("hard_lockup", re.compile(r"Watchdog detected hard LOCKUP")),
     ("hung_task", re.compile(r"INFO: task .+:\d+ blocked for more than")),
@@ -206,6 +216,10 @@ _HEADERS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("sysrq", re.compile(r"sysrq triggered crash|SysRq : Trigger a crash")),
     # an oops line with no BUG/GPF header before it (arm64 "Internal error: Oops:", 6.9+ "Oops: Oops: 0000 [#1]")
     ("oops", re.compile(r"Internal error: Oops|^Oops: (?:Oops: )?\d{4} \[#\d+\]")),
+    # a ZFS / SPL assertion (module/os/linux/spl/spl-err.c `spl_panic()`: the message, then `PANIC at %s:%d:%s()`
+    # with the file's base name, then `Showing stack for process %d` and a stack dump); never followed by `: `
+    # (user-space panic helpers print `PANIC at %s:%d:%s(): <message>`)
+    ("spl_panic", re.compile(r"PANIC at [\w.+-]+:\d+:[A-Za-z_]\w*\(\)(?!:)")),
 )
 # headers that go on an open report instead of starting one (one oops prints several header lines)
 # (a symbolized WARNING prints its header once per inlined frame, like KASAN)
@@ -222,12 +236,24 @@ _PANIC_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("oom_panic", re.compile(r"Out of memory")),
     ("sysrq", re.compile(r"sysrq", re.IGNORECASE)),
 )
+# the instruction pointer line. x86-64 prints the code segment with it (`RIP: %04x:%pS`, 3.x `RIP: %04lx:[<%016lx>]`
+# and the address again): any segment, `0010` or a Xen PV guest's `e030`; the frame is user mode when the segment's
+# privilege bits are set (arch/x86/include/asm/ptrace.h `user_mode()`: `regs->cs & 3`, so `0033`, `0023`, `e033`).
+# scripts/decode_stacktrace.sh rewrites `func+off/size` as `func (file:line …)` (addr2line's inlined chain)
+_FUNC_AT = r"(?P<func>[A-Za-z_][\w.]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+| \((?:[^()\s]+/)?[^()\s/]+:\d+)"
 _RIP = re.compile(
-    r"(?:RIP: 00(?P<cs>[0-9a-f]{2}):(?:\[<[0-9a-f]+>\]\s+\[<[0-9a-f]+>\]\s+)?|\bIP: (?:\[<[0-9a-f]+>\]\s+)?|"
+    r"(?:RIP: (?P<cs>[0-9a-f]{4}):(?:\[<[0-9a-f]+>\]\s+\[<[0-9a-f]+>\]\s+)?|\bIP: (?:\[<[0-9a-f]+>\]\s+)?|"
     r"\bRIP  \[<[0-9a-f]+>\]\s+|"  # the old oops trailer: 'RIP  [<ffffffff817ee088>] sock_sendmsg+0x45/0x7a'
-    r"\bpc : |PC is at |EIP: (?:\[<[0-9a-f]+>\]\s+)?)"
-    r"(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
+    r"\bpc : |PC is at |EIP: (?:\[<[0-9a-f]+>\]\s+)?)" + _FUNC_AT + r"(?:\s+\[(?P<mod>[^\]\s]+)\])?"
 )
+
+
+def _user_mode(rip: re.Match[str]) -> bool:
+    """Is the RIP line a user-mode frame (a privilege level in the code segment's low bits)?"""
+    cs = rip.group("cs")
+    return cs is not None and int(cs, 16) & 3 != 0
+
+
 _TAINT = re.compile(
     r"(?:CPU: \d+ PID: \d+ Comm: |Pid: \d+, comm: ).*?(?:Tainted: (?P<taint>[A-Z][A-Z -]*?)|Not tainted)\s+"
     r"(?P<release>\d+\.\d+[\w.+~-]*)"
@@ -237,12 +263,14 @@ _CALL_TRACE = re.compile(r"Call Trace:|Call trace:|Backtrace:")
 # is the task the interrupt happened to stop, which has nothing to do with a bug inside the interrupt
 _IRQ_OPEN = re.compile(r"(?:^|\s)<IRQ>")
 _IRQ_CLOSE = re.compile(r"(?:^|\s)(?:</IRQ>|<EOI>)")
-_FRAME = re.compile(
-    r"(?:^|[\s>\](])(?P<unrel>\?\s+)?(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(?P<mod>[^\]\s]+)\])?"
-)
+_FRAME = re.compile(r"(?:^|[\s>\](])(?P<unrel>\?\s+)?" + _FUNC_AT + r"(?:\s+\[(?P<mod>[^\]\s]+)\])?")
 _CRASH_BT = re.compile(r"^\s*#\d+\s+\[[0-9a-f]+\]\s+(?P<func>[A-Za-z_][\w.]*)\s+at\s+[0-9a-f]+")
 _NUMBERS = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+")
-_WARNING_AT = re.compile(r"WARNING: CPU: \d+ PID: \d+ at \S+ (?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+# the function of a WARNING's banner, in each wording (the file is optional in all of them)
+_WARNING_AT = re.compile(
+    r"WARNING: (?:CPU: \d+ PID: \d+ at (?:[^\s:]+:\d+ )?|(?:[^\s:]+:\d+ )?at )"
+    r"(?P<func>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+"
+)
 # the sub-kind of a report (ABRT/FAF and SysOM keep it in the exact key): KASAN's bug type and the faulting
 # access, the KASAN hint under a GPF, a WARNING's source file
 _KASAN_TYPE = re.compile(
@@ -250,9 +278,30 @@ _KASAN_TYPE = re.compile(
 )
 _KASAN_ACCESS = re.compile(r"^\s*(?P<dir>Read|Write) of size (?P<size>\d+) (?:at addr|by task)")
 _GPF_HINT = re.compile(r"KASAN: (?:maybe )?(?P<hint>null-ptr-deref|wild-memory-access|user-memory-access) in range")
-_WARNING_FILE = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ ")
+_WARNING_FILE = re.compile(r"WARNING: (?:CPU: \d+ PID: \d+ at (?P<path>[^\s:]+):\d+ |(?P<path2>[^\s:]+):\d+ at )")
 _BUG_AT = re.compile(r"kernel BUG at (?P<path>\S+?):(?P<line>\d+)!")
 _BUILD_PREFIX = re.compile(r"^.*/linux-[^/]+/")
+# a kernel built out of a source tree it was not configured in prints `__FILE__` whole (the build's own prefix,
+# e.g. Yocto's `…/work-shared/<machine>/kernel-source/`): the path in the tree starts at its first top-level source
+# directory (`kernel/`, `lib/`, `include/`, `tools/`, `scripts/` and `usr/` are left out: build prefixes hold them)
+_ABSOLUTE_PREFIX = re.compile(
+    r"^/(?:[^/]+/)*?(?=(?:arch|block|certs|crypto|drivers|fs|init|io_uring|ipc|mm|net|rust|samples|security|sound"
+    r"|virt)/)"
+)
+
+
+def source_path(path: str) -> str:
+    """A WARNING's or `BUG at` file without its build prefix, as the source tree names it."""
+    stripped = _BUILD_PREFIX.sub("", path)
+    return _ABSOLUTE_PREFIX.sub("", stripped) if stripped.startswith("/") else stripped
+
+
+# the transmit-queue watchdog's own line (net/sched/sch_generic.c `dev_watchdog`, printed through WARN_ONCE:
+# `NETDEV WATCHDOG: %s (%s): transmit queue %u timed out`, 6.x adds ` %u ms`): the WARNING's file and function are
+# the generic watchdog's, the driver in parentheses (`netdev_drivername`, empty when the device has none) is the bug's
+# (x86 prints the message before the `WARNING:` line, architectures without __WARN_FLAGS after it)
+_NETDEV_WATCHDOG = re.compile(r"NETDEV WATCHDOG: \S+ \((?P<driver>[^()\s]+)\): transmit queue \d+ timed out")
+NETDEV_LOOKBACK = 3  # lines between the watchdog's message and the WARNING header it belongs to
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 # a failed assertion's own message, printed just before the WARN / BUG it raises (XFS: `XFS: Assertion failed:
@@ -260,6 +309,11 @@ _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 # failed on every build, where the WARN / BUG line names only the reporter (`fs/xfs/xfs_message.c:112`)
 # (a mailer may wrap the message before `, file:`: the expression is then read to the end of the line)
 _ASSERTION = re.compile(r"Assertion failed: (?P<expr>.+?)(?:, file:|,?\s*$)")
+# the SPL's VERIFY messages (include/os/linux/spl/sys/debug.h): `VERIFY(<cond>) failed`, `VERIFY3(<left> <op>
+# <right>) failed (<values>)` (VERIFY3B/S/U/P, VERIFY0, and the ASSERTs of debug builds); the values are data, not
+# the check
+_SPL_VERIFY = re.compile(r"\bVERIFY\w*\((?P<expr>.+)\) failed(?: \(.*\))?\s*$")
+_SPL_SITE = re.compile(r"PANIC at (?P<file>[\w.+-]+):\d+:(?P<func>[A-Za-z_]\w*)\(\)")
 ASSERTION_LOOKBACK = 8  # lines between an assertion's message and the header of the report it raises
 # mail quoting (`> `, `>> `): a report quoted in a reply is the same report
 _QUOTE = re.compile(r"^\s*(?:>\s?)+")
@@ -306,6 +360,7 @@ class CrashReport:
     subkind: str | None = None  # KASAN's bug type, a GPF's KASAN hint, a WARNING's source file
     access: str | None = None  # KASAN's faulting access: `Read 8`, `Write 16` (one instruction, any build)
     assertion: str | None = None  # a failed assertion's expression, normalised (`XFS: Assertion failed: …`)
+    culprit: str | None = None  # the driver a generic reporter names (`NETDEV WATCHDOG: eth0 (bcmgenet): …`)
     in_trace: bool = False
     vmcore: bool = False
     headless: bool = False  # opened at a RIP line, no header read yet (a copy without it, or one printed later)
@@ -378,13 +433,23 @@ class CrashReport:
         """Level 1, the exact key (ABRT's duphash idea): kind + the top reliable frames; the RIP function
         only when the trace is missing, so a copy without its RIP line keeps the bucket of the full copy
         (a KASAN report's function comes from its header, which every copy has: it is always in the key)."""
-        frames = self.top_frames()
+        # a ZFS / SPL assertion is keyed on its site and expression alone: copies differ in how much stack they show
+        frames = self.top_frames() if self.kind != "spl_panic" else ()
         anchor = "" if frames else (self.rip_func or "")
         if self.kind == "kasan" and self.rip_func and not is_generic_frame(self.rip_func):
             anchor = self.rip_func  # the accessing function of the header, which every copy of the report carries
+        if self.kind == "warning" and not self.subkind and self.rip_func:
+            # a banner without `file:line` (CONFIG_DEBUG_BUGVERBOSE off): its function stands for the WARN site the
+            # file names otherwise (a timer callback's frames are the same for every callback)
+            anchor = self.rip_func
         task = (self.task() or "") if self.kind in {"hung_task", "soft_lockup"} and not frames else ""
         panic = normalise(self.panic_string) if self.panic_string and not frames and not self.rip_func else ""
-        if not panic and self.panic_string and not _GENERIC_PANICS.match(normalise(self.panic_string)):
+        if (
+            not panic
+            and self.panic_string
+            and self.kind != "spl_panic"
+            and not _GENERIC_PANICS.match(normalise(self.panic_string))
+        ):
             panic = normalise(self.panic_string)  # a specific panic string names the bug (stack-protector …)
         # the faulting access, not KASAN's bug type: one bug is seen as use-after-free in one run and
         # slab-out-of-bounds in the next (the freed memory was reused), at the same access
@@ -392,6 +457,8 @@ class CrashReport:
         key = "|".join([self.kind, sub, anchor, *frames, task, panic, self.bug_at or ""])
         if self.assertion:
             key += "|assert:" + self.assertion
+        if self.culprit:
+            key += "|culprit:" + self.culprit
         return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:16]
 
     def signature(self) -> CrashSignature:
@@ -420,11 +487,19 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
     reports: list[CrashReport] = []
     current: CrashReport | None = None
     assertion: tuple[int, str] | None = None  # (line index, normalised expression) of the last failed assertion
+    netdev: tuple[int, str] | None = None  # (line index, driver) of the last transmit-queue watchdog message
+    last_netdev = -1  # line index of the last watchdog message, kept after it is used
     for index, raw in enumerate(unwrap([_QUOTE.sub("", line) for line in lines])):
         message = split_line(raw).message
-        failed = _ASSERTION.search(message)
+        failed = _ASSERTION.search(message) or _SPL_VERIFY.search(message)
         if failed:
             assertion = (index, " ".join(normalise(failed.group("expr")).split()))
+        timed_out = _NETDEV_WATCHDOG.search(message)
+        if timed_out:
+            netdev, last_netdev = (index, timed_out.group("driver")), index
+            if current is not None and current.kind == "warning" and current.culprit is None and not current.frames:
+                current.culprit = "netdev:" + netdev[1]  # printed after the WARNING line (no __WARN_FLAGS)
+                netdev = None
         if current is not None and index - current.start > MAX_REPORT_LINES:
             current = None
         vm = _VMCORE_KEY.match(message)
@@ -457,6 +532,9 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 and not current.frames
                 and current.panic_string is None
                 and index - current.start <= 12
+                # a symbolized WARNING repeats its banner before any message: a watchdog message since the open
+                # report's banner means this banner is another WARNING (another timeout, maybe another driver)
+                and not (header == "warning" and last_netdev > current.start)
             )
             if current is not None and continues and current.headless:
                 # the header after the report's RIP line (3.x prints `IP:` before `BUG: unable to handle`)
@@ -467,6 +545,9 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 if assertion is not None and index - assertion[0] <= ASSERTION_LOOKBACK:
                     current.assertion = assertion[1]
                     assertion = None
+                if header == "warning" and netdev is not None and index - netdev[0] <= NETDEV_LOOKBACK:
+                    current.culprit = "netdev:" + netdev[1]  # printed before the WARNING line (x86)
+                    netdev = None
             current.line_indices.append(index)
             kasan = _KASAN_TYPE.search(message) if header == "kasan" else None
             if kasan and current.subkind is None:
@@ -477,10 +558,15 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 current.rip_func = canonical_frame(kasan.group("func"))
             warning_file = _WARNING_FILE.search(message) if header == "warning" else None
             if warning_file and current.subkind is None:
-                current.subkind = _BUILD_PREFIX.sub("", warning_file.group("path"))
+                current.subkind = source_path(warning_file.group("path") or warning_file.group("path2"))
             bug_at = _BUG_AT.search(message)
             if bug_at:
-                current.bug_at = _BUILD_PREFIX.sub("", bug_at.group("path")) + ":" + bug_at.group("line")
+                current.bug_at = source_path(bug_at.group("path")) + ":" + bug_at.group("line")
+            site = _SPL_SITE.search(message) if header == "spl_panic" else None
+            if site:
+                # keyed on the assertion's site, as the SPL prints it: the file's base name and the function (the
+                # line number moves between releases)
+                current.subkind, current.rip_func = site.group("file"), canonical_frame(site.group("func"))
             warning_at = _WARNING_AT.search(message)
             if warning_at and current.rip_func is None:
                 current.rip_func = canonical_frame(warning_at.group("func"))
@@ -505,7 +591,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
             # kernel prints it in (`RIP: 0010:`, 3.x `IP: [<…>]`, arm64 `pc : `, arm `PC is at`, `EIP:`) as
             # long as it names a function (a user-mode one, `RIP: 0033:` or a bare address, does not)
             rip = _RIP.search(message)
-            if rip is None or rip.group("cs") == "33":
+            if rip is None or _user_mode(rip):
                 continue
             current = CrashReport(kind="oops", start=index, headless=True)
             reports.append(current)
@@ -531,7 +617,7 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                 current.taint = letters or None
             continue
         rip = _RIP.search(message)
-        if rip and rip.group("cs") != "33" and current.rip_func is None:
+        if rip and not _user_mode(rip) and current.rip_func is None:
             current.rip_func = canonical_frame(rip.group("func"))
             current.module = rip.group("mod").split("@", 1)[0] if rip.group("mod") else None
             continue
@@ -618,6 +704,8 @@ def conflict(a: CrashReport, b: CrashReport) -> bool:
         return True
     if a.assertion and b.assertion and not (a.assertion.startswith(b.assertion) or b.assertion.startswith(a.assertion)):
         return True  # two failed assertions: two checks, whichever reporter raised them (a wrapped copy is a prefix)
+    if a.culprit and b.culprit and a.culprit != b.culprit:
+        return True  # one generic reporter (the transmit-queue watchdog), two drivers: two bugs
     if (
         a.kind == b.kind == "warning"
         and a.subkind
