@@ -277,6 +277,31 @@ def test_hang_that_stops_answering_ping_becomes_down() -> None:
     assert drain(det) == [("node_hang", "firing", None), ("node_hang", "resolved", None), ("node_down", "firing", None)]
 
 
+def test_a_partitions_heal_does_not_flap_node_hang_between_the_probers_verdict_and_the_agents_return() -> None:
+    """A partitioned rack comes back: one batch carries the prober's first verdict (ping answers, the kubelet
+    check not yet) and the agent's first probe. Judged between the two, the node_down became a node_hang
+    resolved in the same millisecond (4 rows of every chaos demo's rack); the sweep judges it after the batch."""
+    det = make()
+    t = feed(det, 3)
+    t = _silence(det, t, 40, icmp=False, tcp=False, ssh_banner=False, kubelet_healthz=False)
+    assert drain(det) == [("node_down", "firing", None)]
+    det.observe_probe(prober_probe(t=t, seq=int(t), icmp=True, tcp=True, kubelet_healthz=False), now=t)
+    det.observe_probe(agent_probe(t=t, seq=int(t)), now=t)  # the same batch: no sweep in between
+    det.tick(now=t + 1.0)
+    assert drain(det) == [("node_down", "resolved", None)]
+
+
+def test_a_silence_judged_down_becomes_a_hang_at_the_next_sweep_when_ping_comes_back_alone() -> None:
+    det = make()
+    t = feed(det, 3)
+    t = _silence(det, t, 40, icmp=False, tcp=False, ssh_banner=False, kubelet_healthz=False)
+    assert drain(det) == [("node_down", "firing", None)]
+    det.observe_probe(prober_probe(t=t, seq=int(t), icmp=True, tcp=True, kubelet_healthz=False), now=t)
+    assert drain(det) == []  # judged by the sweep, not inside the batch
+    det.tick(now=t + 2.0)
+    assert drain(det) == [("node_down", "resolved", None), ("node_hang", "firing", None)]
+
+
 def test_no_node_down_during_warmup_or_when_the_whole_input_is_silent() -> None:
     det = make()
     feed(det, 1)

@@ -288,11 +288,13 @@ class Detector:
         node.reach_ok = ok
         node.reach_seen = seen
         node.last_prober = now
-        # a silence already judged is judged again; one the sweep is waiting to judge (for this very verdict:
-        # `_classify_silence`) is judged now
-        if node.silence is not None or (
-            now >= self._warmup_until and now >= node.last_agent + self._down_timeout + self.feed_lag
-        ):
+        # a silence already judged is judged again by the next sweep (within a second), not in the middle of the
+        # batch: a partitioned rack's heal brings the prober's verdict and the agent's return in one batch, and
+        # judging between them turned node_down into a node_hang resolved the same millisecond. One the sweep is
+        # waiting to judge (for this very verdict: `_classify_silence`) is judged now.
+        if node.silence is not None:
+            self._schedule(node, now)
+        elif now >= self._warmup_until and now >= node.last_agent + self._down_timeout + self.feed_lag:
             self._classify_silence(node, now, probe_id=p.id)
 
     def _observe_agent(self, node: NodeState, p: FastProbe, now: float) -> None:
