@@ -18,7 +18,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,6 +65,19 @@ REPORT_ANOMALIES_LIMIT = 50_000
 """More anomalies than this in the run's window is a storm (at 1 KB on the wire and ≈ 14 KB once parsed
 and built into incidents, 193,598 anomalies took the demo process to 2.8 GB): the report then reads
 only the anomalies of the nodes that had injected faults."""
+
+
+VERIFY_GRACE_S = 60.0
+"""How long after a node's reboot the run waits for the ladder that rebooted it to verify and give it back."""
+
+
+def verifying(boots: Iterable[tuple[float, str]], cordoned: Iterable[str], now: float) -> bool:
+    """A node that came back from a reboot less than VERIFY_GRACE_S ago is still cordoned: the ladder that
+    rebooted it is verifying the new boot and will uncordon it. The simulator closes a fault when the machine
+    is back; ending the run right then (a chaos run did, 12 s after the last reboot) counted a repair whose
+    verification was seconds away as unresolved."""
+    recent = {node for at, node in boots if now - at < VERIFY_GRACE_S}
+    return bool(recent) and not recent.isdisjoint(cordoned)
 
 
 @dataclass
@@ -791,7 +804,10 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                     operator.busy()
                     or any(f.node in sim.nodes for f in sim.truth if f.kernel_class in HARDWARE_CRASH_CLASSES)
                 )
-                if now >= fault_end and ((not sim.open_faults and not rotating) or now >= fault_end + cfg.settle_s):
+                settled = (
+                    not sim.open_faults and not rotating and not verifying(sim.boots, world.kube.cordoned_nodes(), now)
+                )
+                if now >= fault_end and (settled or now >= fault_end + cfg.settle_s):
                     break
                 await asyncio.sleep(0.5)
         finally:
