@@ -152,16 +152,13 @@ def _str_list(value: object, *, where: str, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, source: str) -> Rule:
-    if not isinstance(raw, dict):
-        raise _fail(f"{source} rule #{index + 1}", "must be a mapping")
-    rule_id = raw.get("id")
-    if not isinstance(rule_id, str) or not rule_id:
-        raise _fail(f"{source} rule #{index + 1}", "missing id")
-    where = f"{source} rule {rule_id!r}"
-    unknown_keys = set(raw) - _RULE_KEYS
+def _class_of(
+    raw: dict[str, object], classes: dict[str, ClassInfo], *, where: str, allowed: frozenset[str]
+) -> tuple[str, str]:
+    """A rule's or run's keys checked, and its class and category (the class's unless it says another)."""
+    unknown_keys = set(raw) - allowed
     if unknown_keys:
-        raise _fail(where, f"unknown keys {sorted(unknown_keys)}; allowed: {sorted(_RULE_KEYS)}")
+        raise _fail(where, f"unknown keys {sorted(unknown_keys)}; allowed: {sorted(allowed)}")
     cls = raw.get("class")
     if cls not in classes:
         raise _fail(where, f"unknown class {cls!r}; it must be one of the classes listed under 'classes:'")
@@ -169,6 +166,17 @@ def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, sourc
     category = raw.get("category", classes[cls_name].category)
     if category not in CATEGORIES:
         raise _fail(where, f"category {category!r} is not one of {sorted(CATEGORIES)}")
+    return cls_name, cast(str, category)
+
+
+def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, source: str) -> Rule:
+    if not isinstance(raw, dict):
+        raise _fail(f"{source} rule #{index + 1}", "must be a mapping")
+    rule_id = raw.get("id")
+    if not isinstance(rule_id, str) or not rule_id:
+        raise _fail(f"{source} rule #{index + 1}", "missing id")
+    where = f"{source} rule {rule_id!r}"
+    cls_name, category = _class_of(raw, classes, where=where, allowed=_RULE_KEYS)
     pattern = raw.get("regex")
     if not isinstance(pattern, str) or not pattern:
         raise _fail(where, "missing regex")
@@ -229,16 +237,7 @@ def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source
         raise _fail(f"{source} run #{index + 1}", "must be a mapping with an id")
     run_id = str(raw["id"])
     where = f"{source} run {run_id!r}"
-    unknown_keys = set(raw) - _RUN_KEYS
-    if unknown_keys:
-        raise _fail(where, f"unknown keys {sorted(unknown_keys)}; allowed: {sorted(_RUN_KEYS)}")
-    cls = raw.get("class")
-    if cls not in classes:
-        raise _fail(where, f"unknown class {cls!r}; it must be one of the classes listed under 'classes:'")
-    cls_name = cast(str, cls)
-    category = raw.get("category", classes[cls_name].category)
-    if category not in CATEGORIES:
-        raise _fail(where, f"category {category!r} is not one of {sorted(CATEGORIES)}")
+    cls_name, category = _class_of(raw, classes, where=where, allowed=_RUN_KEYS)
     min_items = raw.get("min_items")
     if not isinstance(min_items, int) or isinstance(min_items, bool) or min_items < 2:
         raise _fail(where, f"min_items must be an integer >= 2 (one line is a rule's job), got {min_items!r}")
