@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import cast, get_args
+from typing import Any, cast, get_args
 
 import yaml
 
@@ -153,8 +153,8 @@ def _str_list(value: object, *, where: str, key: str) -> tuple[str, ...]:
 
 
 def _class_of(
-    raw: dict[str, object], classes: dict[str, ClassInfo], *, where: str, allowed: frozenset[str]
-) -> tuple[str, str]:
+    raw: dict[str, Any], classes: dict[str, ClassInfo], *, where: str, allowed: frozenset[str]
+) -> tuple[str, Category]:
     """A rule's or run's keys checked, and its class and category (the class's unless it says another)."""
     unknown_keys = set(raw) - allowed
     if unknown_keys:
@@ -162,11 +162,10 @@ def _class_of(
     cls = raw.get("class")
     if cls not in classes:
         raise _fail(where, f"unknown class {cls!r}; it must be one of the classes listed under 'classes:'")
-    cls_name = cast(str, cls)
-    category = raw.get("category", classes[cls_name].category)
+    category = raw.get("category", classes[cls].category)
     if category not in CATEGORIES:
         raise _fail(where, f"category {category!r} is not one of {sorted(CATEGORIES)}")
-    return cls_name, cast(str, category)
+    return str(cls), cast(Category, category)
 
 
 def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, source: str) -> Rule:
@@ -192,7 +191,7 @@ def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, sourc
     rule = Rule(
         id=rule_id,
         cls=cls_name,
-        category=cast(Category, category),
+        category=category,
         contains=contains,
         regex=regex,
         examples=examples,
@@ -274,7 +273,7 @@ def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source
     return Run(
         id=run_id,
         cls=cls_name,
-        category=cast(Category, category),
+        category=category,
         contains=_str_list(raw.get("contains"), where=where, key="contains"),
         min_items=min_items,
         window_s=float(window),
