@@ -12,6 +12,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,13 +142,13 @@ def test_round_11_is_held_out_whole_from_new_sources() -> None:
     assert not set(threads) & older
 
 
-def test_round_12_is_held_out_whole_from_new_sources() -> None:
-    """Round 12 (README) was committed after the cross-line shutdown run was final and is all `test`; it quotes no
-    thread of the other rounds, the samples, the benign list or the rules file."""
-    fresh = [row for row in ROWS if row.get("round") == 12]
+def _fresh_round(round_: int) -> list[dict[str, Any]]:
+    """A fresh round's rows, checked held out whole: all `test`, each from its own thread, and no thread of the
+    other rounds, the older samples, the benign list or the rules file."""
+    fresh = [row for row in ROWS if row.get("round") == round_]
     assert len(fresh) >= 30
     assert all(row["split"] == "test" for row in fresh)
-    older = {_thread(row["source"]) for row in ROWS if row.get("round") != 12}
+    older = {_thread(row["source"]) for row in ROWS if row.get("round") != round_}
     samples = KB_DATA.parent / "kernel-log-samples.jsonl"
     older |= {_thread(json.loads(line)["source"]) for line in samples.read_text(encoding="utf-8").splitlines() if line}
     older |= {_thread(url) for url in re.findall(r"https?://\S+", (KB_DATA / "benign.txt").read_text(encoding="utf-8"))}
@@ -156,24 +157,18 @@ def test_round_12_is_held_out_whole_from_new_sources() -> None:
     threads = [_thread(row["source"]) for row in fresh]
     assert len(set(threads)) == len(threads)
     assert not set(threads) & older
+    return fresh
+
+
+def test_round_12_is_held_out_whole_from_new_sources() -> None:
+    """Round 12 (README) was committed after the cross-line shutdown run was final."""
+    fresh = _fresh_round(12)
     assert sum(row["class"] == "planned_shutdown_reboot" for row in fresh) >= 8
 
 
 def test_round_13_is_held_out_whole_from_new_sources() -> None:
-    """Round 13 (README) was committed after the kb9 emitter rules were final and is all `test`; it quotes no thread
-    of the other rounds, the samples, the benign list or the rules file, and is weighted to the two weak classes."""
-    fresh = [row for row in ROWS if row.get("round") == 13]
-    assert len(fresh) >= 30
-    assert all(row["split"] == "test" for row in fresh)
-    older = {_thread(row["source"]) for row in ROWS if row.get("round") != 13}
-    samples = KB_DATA.parent / "kernel-log-samples.jsonl"
-    older |= {_thread(json.loads(line)["source"]) for line in samples.read_text(encoding="utf-8").splitlines() if line}
-    older |= {_thread(url) for url in re.findall(r"https?://\S+", (KB_DATA / "benign.txt").read_text(encoding="utf-8"))}
-    rules = Path(__file__).resolve().parents[3] / "services/diagnoser/src/nodeheal/diagnoser/kb/rules.yaml"
-    older |= {_thread(url) for url in re.findall(r"https?://[^\s'\"]+", rules.read_text(encoding="utf-8"))}
-    threads = [_thread(row["source"]) for row in fresh]
-    assert len(set(threads)) == len(threads)
-    assert not set(threads) & older
+    """Round 13 (README) was committed after the kb9 emitter rules were final, weighted to the two weak classes."""
+    fresh = _fresh_round(13)
     assert sum(row["class"] == "planned_shutdown_reboot" for row in fresh) >= 8
     assert sum(row["class"] == "container_runtime_down" for row in fresh) >= 6
 
