@@ -642,11 +642,14 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
     return reports
 
 
-# panic strings that name only the kind of crash, not the bug (the watchdog and oops panics)
+# panic strings that name only the kind of crash, not the bug (the watchdog and oops panics; a firmware-first fatal
+# hardware error: linux `drivers/acpi/apei/ghes.c` panics with the one fixed string `"Fatal hardware error!"`, 6.x
+# `GHES_PFX "Fatal hardware error"`, whatever the device and error the record before it names)
 _GENERIC_PANICS = re.compile(
     r"^(?:Fatal exception|Oops|Attempted to kill|Kernel panic|(?:Watchdog detected )?hard LOCKUP|softlockup: hung"
     r"|hung_task: blocked|Fatal machine check|Fatal Machine check|(?:kernel: )?panic_on_(?:warn|oops) set"
-    r"|VFS: Unable to mount root fs|No working init found|Requested init \S+ failed|sysrq triggered crash)",
+    r"|VFS: Unable to mount root fs|No working init found|Requested init \S+ failed|sysrq triggered crash"
+    r"|(?:GHES: )?Fatal hardware error)",
     re.IGNORECASE,
 )
 
