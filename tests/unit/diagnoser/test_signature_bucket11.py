@@ -85,3 +85,62 @@ def test_a_ghes_panic_with_frames_is_keyed_on_its_frames_not_the_panic_string() 
     assert old.identified() and new.identified()  # the frames identify it
     assert old.bucket() == new.bucket()  # the wording of the kernel release does not split the bucket
     assert len(set(cluster_reports([old, new]))) == 1
+
+
+# --- a hung-task report without its header line --------------------------------------------------------------------
+# linux kernel/hung_task.c (`hung_task_info()`, torvalds/linux 00b5cdeb; `check_hung_task()` before) prints the
+# `INFO: task …` header, the taint / release line, `"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this
+# message.`, then the task's stack: a copy without the header still has the second fixed line.
+
+
+def test_hung_task_copies_without_their_header_keep_the_bucket() -> None:
+    """kb-023 / kb-024 / kb-027 (train): the corpus's hung tasks, and the partial copy the bench derives without the
+    header line (before bucket11 that copy held no report at all)."""
+    for excerpt in ("kb-023", "kb-024", "kb-027"):
+        lines = CORPUS[excerpt]["lines"]
+        (full,) = [r for r in extract_reports(lines) if r.identified()]
+        headerless = [line for line in lines if "INFO: task" not in line]
+        (copy,) = extract_reports(headerless)
+        assert full.kind == copy.kind == "hung_task", excerpt
+        assert copy.identified() and copy.bucket() == full.bucket(), excerpt
+
+
+def test_the_second_line_does_not_split_a_whole_report() -> None:
+    lines = CORPUS["kb-023"]["lines"]
+    reports = extract_reports(lines)
+    assert [r.kind for r in reports].count("hung_task") == 1
+    assert reports[0].comm == "dockerd"  # the header's task, as before
+
+
+def test_a_headerless_hung_task_after_another_is_a_report_of_its_own() -> None:
+    """Constructed: two tasks reported one after the other (each with its own `echo 0` line), the second's header
+    lost."""
+    first = [
+        "INFO: task jbd2/sda1-8:512 blocked for more than 120 seconds.",
+        '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
+        "task:jbd2/sda1-8     state:D stack:0     pid:512   ppid:2      flags:0x00004000",
+        "Call Trace:",
+        " <TASK>",
+        " __schedule+0x2ee/0x870",
+        " schedule+0x28/0x80",
+        " jbd2_journal_commit_transaction+0x260/0x1896",
+        " kjournald2+0xbd/0x270",
+        " </TASK>",
+    ]
+    second = [
+        "      Not tainted 6.1.0-test #1",
+        '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
+        "task:dockerd         state:D stack:0     pid:901   ppid:1      flags:0x00000000",
+        "Call Trace:",
+        " <TASK>",
+        " __schedule+0x2ee/0x870",
+        " schedule+0x28/0x80",
+        " ovl_sync_fs+0x2f/0x50",
+        " sync_filesystem+0x74/0x90",
+        " </TASK>",
+    ]
+    reports = extract_reports(first + second)
+    assert [r.kind for r in reports] == ["hung_task", "hung_task"]
+    assert reports[0].functions()[0] == "jbd2_journal_commit_transaction"
+    assert reports[1].functions()[0] == "ovl_sync_fs"
+    assert len(set(cluster_reports(reports))) == 2
