@@ -268,3 +268,31 @@ def test_bench_kb_without_a_corpus_says_where_to_point_it(tmp_path: Path) -> Non
         check=False,
     )
     assert proc.returncode != 0 and b"--corpus" in proc.stderr
+
+
+def test_buckets_list_a_hung_task_and_its_copy_without_the_header_as_one_bucket(tmp_path: Path) -> None:
+    """kb-023 (train: a dockerd hung in `rollback_registered_many`) pasted whole, then again without its `INFO: task`
+    line (branch bucket11): one bucket, one exact key, two members; the copy starts at the `echo 0 >` line and the
+    finding on that line carries the signature."""
+    row = next(
+        r
+        for r in map(json.loads, (DATA / "corpus.jsonl").read_text(encoding="utf-8").splitlines())
+        if r["id"] == "kb-023"
+    )
+    full = list(row["lines"])
+    copy = [line for line in full if "INFO: task" not in line]
+    log = tmp_path / "kern.log"
+    log.write_text("\n".join(full + copy) + "\n")
+    buckets = buckets_of(log)
+    assert len(buckets) == 1
+    (b,) = buckets
+    assert b["identified"] and b["kind"] == "hung_task" and len(b["exact_buckets"]) == 1
+    members = b["members"]
+    assert isinstance(members, list) and [m["kind"] for m in members] == ["hung_task", "hung_task"]
+    echo = len(full) + next(i for i, line in enumerate(copy) if "hung_task_timeout_secs" in line) + 1
+    assert [m["line_no"] for m in members] == [1, echo]
+    assert {m["blamed"] for m in members} == {"rollback_registered_many"}
+    proc = run(str(log))
+    findings = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    at_echo = [f for f in findings if f["line_no"] == echo]
+    assert at_echo and at_echo[0]["class"] == "hung_task" and at_echo[0]["signature"]["kind"] == "hung_task"

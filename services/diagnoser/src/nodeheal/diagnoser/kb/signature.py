@@ -303,6 +303,11 @@ def source_path(path: str) -> str:
 _NETDEV_WATCHDOG = re.compile(r"NETDEV WATCHDOG: \S+ \((?P<driver>[^()\s]+)\): transmit queue \d+ timed out")
 NETDEV_LOOKBACK = 3  # lines between the watchdog's message and the WARNING header it belongs to
 _HUNG_COMM = re.compile(r"INFO: task (?P<comm>.+):\d+ blocked")
+# the hung-task detector's second fixed line (linux kernel/hung_task.c, `hung_task_info()` / `check_hung_task()` in
+# older releases: the `INFO: task %s:%d blocked for more than %ld seconds.` header, the taint / release line, then
+# `"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.`, then `sched_show_task()`): a copy that
+# lost the header line still carries it, and the stuck task's frames after it
+_HUNG_ECHO = re.compile(r'"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message')
 _SOFT_COMM = re.compile(r"stuck for \d+s! \[(?P<comm>.+):\d+\]")
 # a failed assertion's own message, printed just before the WARN / BUG it raises (XFS: `XFS: Assertion failed:
 # agno < mp->m_sb.sb_agcount, file: fs/xfs/libxfs/xfs_types.c, line: 22`): the expression names the check that
@@ -522,6 +527,12 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
                         break
             continue
         header = next((kind for kind, pattern in _HEADERS if pattern.search(message)), None)
+        if (
+            header is None
+            and _HUNG_ECHO.search(message)
+            and not (current is not None and current.kind == "hung_task" and not current.frames)
+        ):
+            header = "hung_task"  # a hung-task report whose header line is missing (no header read before its trace)
         panic = _PANIC.search(message)
         if header is not None:
             # one oops prints several header lines (BUG at → invalid opcode; MCE per CPU → context corrupt)
@@ -642,11 +653,14 @@ def extract_reports(lines: Sequence[str]) -> list[CrashReport]:
     return reports
 
 
-# panic strings that name only the kind of crash, not the bug (the watchdog and oops panics)
+# panic strings that name only the kind of crash, not the bug (the watchdog and oops panics; a firmware-first fatal
+# hardware error: linux `drivers/acpi/apei/ghes.c` panics with the one fixed string `"Fatal hardware error!"`, 6.x
+# `GHES_PFX "Fatal hardware error"`, whatever the device and error the record before it names)
 _GENERIC_PANICS = re.compile(
     r"^(?:Fatal exception|Oops|Attempted to kill|Kernel panic|(?:Watchdog detected )?hard LOCKUP|softlockup: hung"
     r"|hung_task: blocked|Fatal machine check|Fatal Machine check|(?:kernel: )?panic_on_(?:warn|oops) set"
-    r"|VFS: Unable to mount root fs|No working init found|Requested init \S+ failed|sysrq triggered crash)",
+    r"|VFS: Unable to mount root fs|No working init found|Requested init \S+ failed|sysrq triggered crash"
+    r"|(?:GHES: )?Fatal hardware error)",
     re.IGNORECASE,
 )
 
