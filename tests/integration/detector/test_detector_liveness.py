@@ -61,12 +61,15 @@ async def test_a_detector_far_behind_in_a_silence_storm_stays_alive(topology_rea
     async with detector_with_health(settings, nc, clock) as (rt, app, registry):
         det = rt.detector
         answers: list[tuple[int, int]] = []  # (/healthz status, anomalies fired when it answered)
+        failures: list[str] = []  # what /healthz said when it did not answer 200
         done = asyncio.Event()
 
         async def kubelet() -> None:
             while not done.is_set():
-                status, _ = await asgi_get(app, "/healthz")
+                status, body = await asgi_get(app, "/healthz")
                 answers.append((status, det.counters.fired))
+                if status != 200:
+                    failures.append(f"{status} after {det.counters.fired} fired: {body}")
                 await asyncio.sleep(0)
 
         asking = asyncio.create_task(kubelet())
@@ -85,6 +88,7 @@ async def test_a_detector_far_behind_in_a_silence_storm_stays_alive(topology_rea
             done.set()
             await asking
         assert det.counters.fired == NODES - 1
+        assert failures == []  # each says why /healthz failed
         assert {status for status, _ in answers} == {200}
         # /healthz was answered while the storm was swept and published, not only before and after it
         fired = [count for _, count in answers]

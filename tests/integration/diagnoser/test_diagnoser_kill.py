@@ -30,11 +30,12 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, Diagnosis, NodeInventory, RemediationRecord
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.inventory import inventory_key
-from nodeheal.schemas.subjects import anomaly_subject, audit_subject, finding_subject, wildcard
+from nodeheal.schemas.subjects import anomaly_subject, audit_subject, crash_subject, finding_subject, wildcard
 from nodeheal.sim.embedded import EmbeddedNats, free_port
 from tests.integration.deploy.natsauth_loader import load_natsauth
 from tests.integration.diagnoser.test_diagnoser_service import read_stream
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory
+from tests.unit.diagnoser.test_crash_counting import report as soft_lockup_report
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -99,10 +100,10 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
 class Diagnoser:
     """One diagnoser process."""
 
-    def __init__(self, broker: Broker, name: str, *, kill_at: str | None = None) -> None:
+    def __init__(self, broker: Broker, name: str, *, kill_at: str | None = None, **settings: str) -> None:
         self.port = free_port()
         self.log = broker.dir / f"{name}.log"
-        env = broker.env(HTTP_PORT=str(self.port))
+        env = broker.env(HTTP_PORT=str(self.port), **settings)
         if kill_at is not None:
             env["NODEHEAL_TEST_KILL_AT"] = kill_at
         self.proc = subprocess.Popen(
@@ -287,3 +288,43 @@ async def test_killed_inside_the_node_down_hold_then_right_after_publishing(brok
     assert all(len(v) == 2 and v[0].finding_id == v[1].finding_id and not v[1].cleared for v in said.values())
     assert {n.rsplit("/", 1)[-1] for n in said[("down_spike", "rack", "rk")][1].affected_nodes} == set(rack[:6])
     assert findings_by_third in (0.0, 3.0)
+
+
+async def test_killed_inside_the_crash_report_wait(broker: Broker) -> None:
+    """A first verdict of `unexplained_reboot` waits `CRASH_REPORT_WAIT_S` for the crash report of that boot,
+    counted from the anomaly's own time. SIGKILLed inside that wait (the reboot anomalies acknowledged, no
+    verdict said), the restarted diagnoser rebuilds the wait: the crash report that came while it was away names
+    the crash, the node that sent none is unexplained once the wait is over — each said once."""
+    wait_s = 15.0  # long enough that the restart (a few seconds) lands inside it, even on a loaded machine
+    await put_inventory(broker, {"rk": ["k", "u"]})
+    t = datetime.now(tz=UTC)
+    first = Diagnoser(broker, "first", kill_at="in_node_down_hold", CRASH_REPORT_WAIT_S=str(wait_s))
+    try:
+        await first.ready()
+        await send(broker, anomaly("k", "unexpected_reboot", at=t))
+        await send(broker, anomaly("u", "unexpected_reboot", at=t))
+        await first.killed()
+    finally:
+        first.stop()
+    info = await broker.nc.jetstream().consumer_info("ANOMALIES", "diagnoser")
+    assert (info.num_pending or 0) + (info.num_ack_pending or 0) < 2, "no reboot acknowledged: not inside the wait"
+    assert await diagnoses(broker) == []
+    # the agent's crash report of k's boot arrives while the diagnoser is away
+    subject = crash_subject(CLUSTER, "k", prefix=broker.settings.prefix)
+    crash = soft_lockup_report("k", datetime.now(tz=UTC))
+    await publish_model(broker.nc.jetstream(), subject, crash, msg_id="cr-k-boot-2")
+
+    second = Diagnoser(broker, "second", CRASH_REPORT_WAIT_S=str(wait_s))
+    try:
+        await second.ready()
+        await until(broker, lambda seen: {d.node for d in seen} == {"k", "u"}, timeout_s=wait_s + 30)
+        await asyncio.sleep(1.5)  # a second verdict would be out by now
+        seen = await diagnoses(broker)
+        said = second.metric("nodeheal_diagnoser_diagnoses_total")
+    finally:
+        second.stop()
+    nodes = by_node(seen)
+    assert [d.cause for d in nodes["k"]] == ["soft_lockup"]  # the first verdict names the crash
+    assert [d.cause for d in nodes["u"]] == ["unexplained_reboot"]
+    assert nodes["u"][0].identified_at >= t + timedelta(seconds=wait_s)  # not before its wait was over
+    assert said == 2.0

@@ -45,6 +45,7 @@ from typing import Any
 
 from nodeheal.detector.kernel import classify_line
 from nodeheal.diagnoser.kb import Matcher, analyse, default_matcher, load_knowledge_base
+from nodeheal.diagnoser.kb.loader import Rule
 from nodeheal.diagnoser.kb.signature import CrashReport, cluster_reports, extract_reports
 from nodeheal.schemas.kernel import KERNEL_LOG_CLASSES
 
@@ -422,6 +423,32 @@ def _scan_rates(matcher: Matcher, blocks: Sequence[list[str]], seconds: float) -
     }
 
 
+class _EveryRule(Matcher):
+    """The matcher's rule dispatch before the literal index (up to 2026-12-02): a line that passes the pre-filter
+    has every rule's literals tested. Same findings (tests/unit/diagnoser/test_kb_matcher.py); kept to time the
+    two in one run."""
+
+    def candidates(self, lowered: str) -> tuple[list[Rule], list[Rule]]:
+        rules = self.kb.rules
+        return [r for r in rules if not r.fallback], [r for r in rules if r.fallback]
+
+
+def _dispatch_rates(matcher: Matcher, lines: Sequence[str], seconds: float) -> dict[str, Any]:
+    """Benign lines/s of the literal-indexed dispatch and of the every-rule one, same rules, same lines,
+    interleaved over five rounds, median of each."""
+    every_rule = _EveryRule(matcher.kb)
+    rounds: dict[str, list[float]] = {"indexed": [], "every_rule": []}
+    for _ in range(5):
+        rounds["every_rule"].append(_rate(every_rule.match_line, lines, seconds / 5))
+        rounds["indexed"].append(_rate(matcher.match_line, lines, seconds / 5))
+    median = {k: sorted(v)[len(v) // 2] for k, v in rounds.items()}
+    return {
+        "indexed_benign_lines_per_s": round(median["indexed"]),
+        "every_rule_benign_lines_per_s": round(median["every_rule"]),
+        "ratio": round(median["indexed"] / median["every_rule"], 3),
+    }
+
+
 def speed(
     excerpts: Sequence[Excerpt], benign: Sequence[str], seconds: float, *, baseline_rules: Path | None = None
 ) -> dict[str, Any]:
@@ -447,6 +474,7 @@ def speed(
         **_scan_rates(matcher, [list(e.lines) for e in excerpts] + [list(benign)], seconds),
         "benign_lines_matched": sum(matcher.match_line(line) is not None for line in benign),
         "detector_prefilter_benign_hits": sum(classify_line(line) is not None for line in benign),
+        "rule_dispatch": _dispatch_rates(matcher, quiet, seconds),
     }
     if baseline is not None:
         rounds: dict[str, list[float]] = {"baseline": [], "current": []}

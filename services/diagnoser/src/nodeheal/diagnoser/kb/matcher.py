@@ -1,8 +1,9 @@
 """Matching log lines against the knowledge base: one finding per line that holds a known signature.
 
 Speed matters (the service sees every kernel line of every faulty node): one combined regex of all the
-rules' pre-filter literals rejects benign lines in a single scan; only lines that hold a literal are
-tested against the rules whose literals they hold. Pure: no I/O, no transport.
+rules' pre-filter literals rejects benign lines in a single scan; a line that holds a literal is scanned once
+more for every literal it holds, and only the rules indexed under those literals are tried (before, every
+rule's literals were tested on such a line: ~50 µs a line with 103 rules). Pure: no I/O, no transport.
 """
 
 from __future__ import annotations
@@ -66,9 +67,19 @@ class Matcher:
         self.kb = kb
         literals = sorted({c.lower() for r in kb.rules for c in r.contains})
         # matched against the lower-cased line: a case-sensitive pattern is ~5x faster than IGNORECASE
-        self._any_literal = re.compile(literal_trie_pattern(literals))
-        self._specific = tuple(r for r in kb.rules if not r.fallback)
-        self._fallback = tuple(r for r in kb.rules if r.fallback)
+        trie = literal_trie_pattern(literals)
+        self._any_literal = re.compile(trie)
+        # which literals a line holds, in one more scan: at each position the trie finds the longest literal
+        # starting there, and every literal starting there is a prefix of it (overlaps included)
+        self._each_literal = re.compile(f"(?=({trie}))")
+        self._prefixes = {lit: tuple(p for p in literals if lit.startswith(p)) for lit in literals}
+        # the rules a literal can admit, in knowledge-base order (ties of rank go to the earlier rule)
+        self._order = {rule.id: i for i, rule in enumerate(kb.rules)}
+        by_literal: dict[str, list[Rule]] = {}
+        for rule in kb.rules:
+            for needle in {c.lower() for c in rule.contains}:
+                by_literal.setdefault(needle, []).append(rule)
+        self._by_literal = {k: tuple(v) for k, v in by_literal.items()}
         for run in kb.runs:
             for example in run.examples:
                 if self.run_finding(run, example) is None:
@@ -80,6 +91,19 @@ class Matcher:
                     raise KnowledgeBaseError(
                         f"knowledge base run {run.id!r} finds its counter-example {list(counter)!r}"
                     )
+
+    def candidates(self, lowered: str) -> tuple[list[Rule], list[Rule]]:
+        """The specific and the fallback rules one of whose literals the lower-cased line holds, in
+        knowledge-base order (a case-sensitive rule's literal is checked again on the line itself)."""
+        found: set[str] = set()
+        for match in self._each_literal.finditer(lowered):
+            found.update(self._prefixes[match.group(1)])
+        rules: dict[str, Rule] = {}
+        for literal in found:
+            for rule in self._by_literal[literal]:
+                rules[rule.id] = rule
+        ordered = sorted(rules.values(), key=lambda r: self._order[r.id])
+        return [r for r in ordered if not r.fallback], [r for r in ordered if r.fallback]
 
     def _first(self, rules: Sequence[Rule], line: str, lowered: str) -> tuple[Rule, re.Match[str]] | None:
         best: tuple[Rule, re.Match[str]] | None = None
@@ -98,7 +122,8 @@ class Matcher:
         lowered = line.lower()
         if not self._any_literal.search(lowered):
             return None
-        hit = self._first(self._specific, line, lowered) or self._first(self._fallback, line, lowered)
+        specific, fallback = self.candidates(lowered)
+        hit = self._first(specific, line, lowered) or self._first(fallback, line, lowered)
         if hit is None:
             return None
         rule, match = hit
