@@ -88,9 +88,9 @@ def _drive(diag: Diagnoser, ops: list[tuple[str, int, int, int]]) -> _Driver:
         elif op == "back" and node in onsets:
             msg = node_down(node, at=now, status="resolved", onset=onsets.pop(node))
             driver.evaluate(diag.on_anomaly(msg), now)
-        elif op == "move":
+        elif op == "move":  # as the service does: what the move can change is evaluated (at the next tick)
             rack = f"r{other}" if other < 9 else None
-            diag.on_inventory(inventory(node, rack=rack, zone=f"z{other % 2}"))  # type: ignore[arg-type]
+            driver.evaluate(diag.on_inventory(inventory(node, rack=rack, zone=f"z{other % 2}")), now)  # type: ignore[arg-type]
         elif op == "wait":
             for _ in range(seconds // 10):
                 now += timedelta(seconds=5)
@@ -107,6 +107,18 @@ def test_the_same_verdicts_as_revisiting_every_judged_peer(ops: list[tuple[str, 
     new = _drive(Diagnoser(matcher=MATCHER), ops)
     old = _drive(_OldDiagnoser(matcher=MATCHER), ops)
     assert new.verdicts == old.verdicts
+
+
+def test_a_judged_dark_node_moved_into_a_dark_rack_is_judged_again_there() -> None:
+    """Found by the property above (a failing example in CI's random draw): a dark node already judged a crash
+    was moved by the inventory into a rack where two of its peers were dark. Nothing re-evaluated it: the old rule
+    happened to when a later arrival came in its zone, the new one did not, and the two disagreed. The move
+    itself now revisits the node and the judged peers of both places; both rules then say the same."""
+    ops = [("dark", 1, 0, 0), ("dark", 16, 0, 0), ("move", 0, 0, 4), ("dark", 0, 70, 0), ("move", 1, 0, 4)]
+    moved = _drive(Diagnoser(matcher=MATCHER), ops)
+    assert ("prod-1/n1", "rack_partition", False) in moved.verdicts  # without any later arrival
+    ops.append(("dark", 2, 0, 0))
+    assert _drive(Diagnoser(matcher=MATCHER), ops).verdicts == _drive(_OldDiagnoser(matcher=MATCHER), ops).verdicts
 
 
 def test_a_scattered_storm_under_the_zone_fraction_revisits_no_judged_peer_of_other_racks() -> None:

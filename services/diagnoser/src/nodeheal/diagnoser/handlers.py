@@ -44,6 +44,7 @@ from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.finding import FleetFinding
+from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.subjects import diagnosis_subject, dlq_subject, finding_subject, wildcard
 
 log = logging.getLogger("nodeheal.diagnoser")
@@ -210,7 +211,7 @@ class DiagnoserRuntime:
         self.consumers.publishes(*outbound(settings))
         self.inventory = InventoryFeed(
             self.topology.bucket(f"{settings.nats.bucket_prefix}-inventory").name,
-            on_put=self.diagnoser.on_inventory,
+            on_put=self._on_inventory,
             on_delete=self.diagnoser.forget_inventory,
         )
         self.m_crashes = prometheus_client.Counter(
@@ -353,6 +354,13 @@ class DiagnoserRuntime:
             elif isinstance(item, RemediationRecord):
                 touched |= self.diagnoser.on_audit(item)
             await self._evaluate(touched)
+
+    def _on_inventory(self, record: NodeInventory) -> None:
+        """An inventory change that can change verdicts (a dark node moved rack or zone) has those nodes
+        evaluated at the next tick."""
+        now = self.clock()
+        for key in self.diagnoser.on_inventory(record):
+            self._held[key] = min(self._held.get(key, now), now)
 
     async def _evaluate(self, keys: set[str]) -> None:
         now = self.clock()

@@ -93,8 +93,27 @@ class Diagnoser:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_inventory(self, record: NodeInventory) -> None:
-        self.fleet.put_inventory(node_key(record.cluster, record.node), record)
+    def on_inventory(self, record: NodeInventory) -> set[str]:
+        """Remember a node's inventory; the node keys whose verdict may change because of it. A dark node that
+        moves to another rack or zone changes its own partition view and those of the judged dark peers of the
+        place it left and of the place it joins: the same bounded set an arrival revisits
+        (`FleetState.judged_to_revisit`), taken at both places. Anything else changes no verdict."""
+        key = node_key(record.cluster, record.node)
+        fleet = self.fleet
+        before = (fleet.domain_of(key, "rack"), fleet.domain_of(key, "zone"))
+        decision = self.config.decision
+
+        def peers() -> set[str]:
+            return fleet.judged_to_revisit(
+                key, zone_min_down=decision.zone_min_down, zone_min_fraction=decision.zone_min_fraction
+            )
+
+        dark = key in fleet.dark_at
+        left = peers() if dark else set()
+        fleet.put_inventory(key, record)
+        if not dark or (fleet.domain_of(key, "rack"), fleet.domain_of(key, "zone")) == before:
+            return set()
+        return {key} | left | peers()
 
     def forget_inventory(self, cluster: str, node: str) -> None:
         self.fleet.drop_inventory(node_key(cluster, node))
