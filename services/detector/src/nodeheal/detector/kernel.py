@@ -30,7 +30,9 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         "crash",
         r"Kernel panic|kernel BUG at|Kernel BUG at|BUG: unable to handle|BUG: kernel NULL pointer dereference"
         r"|general protection fault|divide error:|\bOops\b|Unable to handle kernel|invalid opcode: 0000"
-        r"|unregister_netdevice: waiting|Call Trace:",
+        r"|unregister_netdevice: waiting|Call Trace:"
+        # ARM's __div0() (arch/arm/kernel/traps.c): no divide trap, the division helpers report it (branch kb10)
+        r"|Division by zero in kernel\.",
     ),
     (
         "filesystem",
@@ -73,6 +75,15 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|containerd\.service(?:: main process exited| holdoff time over| failed\.)"
         r"|docker\.service(?:: (?:[Mm]ain process exited|Failed|Unit entered failed)| failed\.| holdoff time over"
         r"| stop-sigterm timed out)|Unit (?:containerd|docker|crio)\.service entered failed state"
+        # branch kb10 (docs/diagnoser.md, emitter table): docker's socket unit failing (systemd socket.c), systemd
+        # killing a runtime whose start timed out (service.c, 208-25x wordings), the kubelet's PLEG relist and pod
+        # cleanup getting no answer from the runtime (pleg/generic.go, kubelet.go, dockertools' operationTimeout)
+        r"|docker\.socket:? (?:[Cc]ontrol process exited|Failed with result|Unit entered failed)"
+        r"|Unit docker\.socket entered failed state"
+        r"|(?:containerd|docker|crio)\.service:? (?:[Ss]tart(?:-pre)? )?operation timed out\."
+        r"|GenericPLEG: Unable to retrieve pods(?::\s*|\"\s+err=\")(?:(?:rpc error: code = (?:Unknown|2) desc = )?"
+        r"operation timeout: |rpc error: code = (?:DeadlineExceeded|Unavailable|4|14) )"
+        r"|Error listing containers: dockertools\.operationTimeout"
         # the kubelet's own disk-pressure log lines (docs/diagnoser.md, emitter table): its admission refusal and its
         # image GC failure; pod messages, node conditions and scheduler events are not node log lines
         r"|Failed to admit pod .*(?:node has conditions: |nodeCondition=)\[DiskPressure\]"
