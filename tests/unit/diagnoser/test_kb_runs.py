@@ -126,6 +126,43 @@ RESTARTS = {
 }
 
 
+def test_a_coloured_console_copy_is_read_past_its_colour_codes() -> None:
+    """Round 13's kb-531 (read on branch kbshut after round 13 was measured: round 13 is spent for this class):
+    a Fedora CoreOS serial console whose systemd colour codes the page kept without their ESC bytes. Read past
+    them, it stops network.target, remote-fs.target and a mount, none started again."""
+    found = analyse(ROWS["kb-531"]["lines"]).primary
+    assert found is not None and (found.cls, found.rule_id) == ("planned_shutdown_reboot", "ops.shutdown_stop_run")
+    assert found.fields["items"] == "mounts, network.target, remote-fs.target"
+    assert ROWS["kb-531"]["split"] == "test" and ROWS["kb-531"]["round"] == 13
+
+
+# constructed: systemd 253+'s console colours (ESC bytes dropped as a web page shows them) on a restart and on the
+# initrd's switch-root; the colour codes change neither the restart check nor the veto
+COLOURED = {
+    "restarts": [
+        "[[0;32m  OK  [0m] Stopped [0;1;39msystemd-sysctl.service[0m - Apply Kernel Variables.",
+        "[[0;32m  OK  [0m] Stopped [0;1;39msystemd-modules-load.service[0m - Load Kernel Modules.",
+        "[[0;32m  OK  [0m] Stopped target [0;1;39mnetwork.target[0m - Network.",
+        "         Starting [0;1;39msystemd-sysctl.service[0m - Apply Kernel Variables...",
+        "[[0;32m  OK  [0m] Finished [0;1;39msystemd-sysctl.service[0m - Apply Kernel Variables.",
+        "[[0;32m  OK  [0m] Reached target [0;1;39mnetwork.target[0m - Network.",
+    ],
+    "switch-root": [
+        "[[0;32m  OK  [0m] Stopped target [0;1;39mlocal-fs.target[0m - Local File Systems.",
+        "[[0;32m  OK  [0m] Stopped [0;1;39msystemd-sysctl.service[0m - Apply Kernel Variables.",
+        "[[0;32m  OK  [0m] Stopped [0;1;39msystemd-modules-load.service[0m - Load Kernel Modules.",
+        "         Starting [0;1;39minitrd-switch-root.service[0m - Switch Root...",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(COLOURED))
+def test_colour_codes_hide_neither_a_restart_nor_the_initrd(name: str) -> None:
+    assert analyse(COLOURED[name]).findings == ()
+    # the same lines with the ESC bytes a terminal capture keeps
+    assert analyse([line.replace("[0", "\x1b[0") for line in COLOURED[name]]).findings == ()
+
+
 @pytest.mark.parametrize("name", sorted(RESTARTS))
 def test_restarts_and_scattered_stops_are_not_a_shutdown(name: str) -> None:
     assert analyse(RESTARTS[name]).findings == ()

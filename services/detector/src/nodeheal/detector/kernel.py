@@ -113,7 +113,11 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|Restarting system(?: with command '[^']*')?\.\s*$|Power down\.\s*$|Preparing to enter system sleep state S5"
         r"|kvm: exiting hardware virtualization|INIT: Switching to runlevel: [06]"
         r"|Starting (?:systemd-(?:poweroff|reboot|halt|kexec)\.service - )?(?:System )?"
-        r"(?:Power-Off|Power Off|Reboot|Halt)(?: via kexec)?\.\.\.",
+        r"(?:Power-Off|Power Off|Reboot|Halt)(?: via kexec)?\.\.\."
+        # a scheduled shutdown (ops.scheduled_shutdown_wall) and mkinitcpio's shutdown-ramfs unit (ops.shutdown_ramfs)
+        r"|The system is going (?:down|DOWN) for (?:reboot|power-?off|halt|system halt|kexec) "
+        r"(?:in \d+ minutes?|IN ONE MINUTE|at [^!]+)!|shutdown\[\d+\]: shutting down for system (?:halt|reboot)"
+        r"|Generate shutdown-ramfs|mkinitcpio-generate-shutdown-ramfs\.service: ",
     ),
 )
 

@@ -157,11 +157,13 @@ class Matcher:
     def run_finding(run: Run, lines: Sequence[str]) -> Finding | None:
         """The run's finding in an excerpt (loader.Run): on the line that completes the first set of
         `min_items` distinct items stopped within `window_s` seconds, none started again later, when no
-        line of the excerpt is a `veto` line; None otherwise. Lines matching `skip` are ignored."""
+        line of the excerpt is a `veto` line; None otherwise. Lines matching `skip` are ignored. A console
+        copy's colour codes (`_SGR`) are read past, in the items and in the veto alike."""
         stops: list[tuple[int, str, tuple[str, float] | None]] = []
         started_last: dict[str, int] = {}
         screen = run.screen.search
-        for i, line in enumerate(lines):
+        text = [_SGR.sub("", line) if "[0" in line else line for line in lines]
+        for i, line in enumerate(text):
             if screen(line) is None:
                 continue
             if run.skip is not None and run.skip.search(line):
@@ -180,7 +182,7 @@ class Matcher:
                 if at is None or end_at is None or at[0] != end_at[0] or _within(at[1], end_at[1], run.window_s, at[0]):
                     keys.add(key)
             if len(keys) >= run.min_items:
-                if run.veto is not None and any(run.veto.search(line) for line in lines):
+                if run.veto is not None and any(run.veto.search(line) for line in text):
                     return None
                 return Finding(
                     index=index,
@@ -197,6 +199,11 @@ class Matcher:
         if not findings:
             return None
         return max(findings, key=lambda f: (self.kb.rank(f.cls), -f.index))
+
+
+# systemd's console status colours (its ANSI_GREEN "\x1B[0;32m", ANSI_HIGHLIGHT "\x1B[0;1;39m", ANSI_NORMAL "\x1B[0m",
+# …: every one starts with "0"), with or without the ESC byte a web page or a copy drops
+_SGR = re.compile(r"\x1b?\[0(?:;\d+)*m")
 
 
 def _within(earlier: float, later: float, window: float, kind: str) -> bool:
