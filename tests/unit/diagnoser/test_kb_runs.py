@@ -241,9 +241,24 @@ def test_diagnose_log_reports_the_run(tmp_path: Path) -> None:
 
 
 def test_a_run_that_misses_its_own_example_stops_the_load() -> None:
-    text = RULES.read_text(encoding="utf-8").replace("min_items: 3", "min_items: 4")
-    kb = parse_knowledge_base(text)
+    rules = RULES.read_text(encoding="utf-8")
+    first = "      - ['Stopped target Local File Systems.', 'Stopping Create Volatile Files and Directories...', "
+    assert first in rules
+    kb = parse_knowledge_base(rules.replace(first, "      - ['Stopped target Local File Systems.', "))
     with pytest.raises(KnowledgeBaseError, match="does not find its own example"):
         type(default_matcher())(kb)
+
+
+def test_a_run_gives_its_shared_data_in_one_place() -> None:
+    """The run reads its items from nodeheal.schemas (`shared:`); given again in rules.yaml, or naming an unknown
+    shared run, the file is refused. An inline run is still checked as before."""
+    rules = RULES.read_text(encoding="utf-8")
+    shared = "    shared: shutdown_stop_run"
+    assert shared in rules
+    with pytest.raises(KnowledgeBaseError, match="come from nodeheal.schemas/shutdown_stop_run.json"):
+        parse_knowledge_base(rules.replace(shared, "    min_items: 4\n" + shared))
+    with pytest.raises(KnowledgeBaseError, match="is not one of"):
+        parse_knowledge_base(rules.replace(shared, "    shared: stop_run"))
+    inline = "    min_items: 1\n    window_s: 60\n    contains: [Stopp]\n    items: [{units: [a.service], descriptions: [A]}]"
     with pytest.raises(KnowledgeBaseError, match="min_items"):
-        parse_knowledge_base(RULES.read_text(encoding="utf-8").replace("min_items: 3", "min_items: 1"))
+        parse_knowledge_base(rules.replace(shared, inline))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from nodeheal.schemas.shutdown import shutdown_stop_run
+
 # (coarse class, pattern). Order matters only for lines that match two classes: the first wins.
 _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
@@ -168,43 +170,33 @@ def classify_line(line: str) -> str | None:
 
 # PID 1 stopping an early-boot unit or a basic system target (the diagnoser's run `ops.shutdown_stop_run`,
 # docs/diagnoser.md "Evidence across lines"): one such line is a restart as often as a shutdown, so they pass as
-# `planned` only when a batch holds STOP_RUN_MIN different ones; the diagnoser then decides (restarts, initrd).
-STOP_RUN_MIN: Final = 3
-_STOP_RUN: Final = re.compile(
-    r"\bStopp(?:ing|ed) (?:target )?(?P<unit>(?:systemd-(?:tmpfiles-setup(?:-dev(?:-early)?)?|modules-load|sysctl"
-    r"|update-utmp|random-seed|journal-flush|remount-fs|udev-trigger|sysusers|vconsole-setup|binfmt|update-done"
-    r"|journal-catalog-update|hwdb-update)\.service|ldconfig\.service"
-    r"|(?:local-fs(?:-pre)?|swap|sysinit|cryptsetup|remote-fs(?:-pre)?|network(?:-online|-pre)?|nss-lookup|time-sync)"
-    r"\.target)|(?:Create (?:Volatile|System) Files and Directories|Recreate Volatile Files and Directories"
-    r"|Create Static Device Nodes in /dev|Load Kernel Modules|Apply Kernel Variables|Update UTMP about System"
-    r"|Record System Boot|Load/Save (?:OS )?Random Seed|(?:Trigger Flushing of|Flush) Journal to Persistent"
-    r"|Remount Root and Kernel File Systems|udev Coldplug all Devices|Coldplug All udev Devices|Create System Users"
-    r"|Setup Virtual Console|Virtual Console Setup|Set Up Additional Binary Formats|Update is Completed"
-    r"|Rebuild (?:Dynamic Linker Cache|Journal Catalog|Hardware Database)|Local File Systems|Swaps?\.|System "
-    r"Initialization|Local Encrypted Volumes|Remote File Systems|Network(?: is Online)?\.|Host and Network Name"
-    r"|System Time Synchronized|Preparation for (?:Local|Remote) File Systems|Preparation for Network)"
-    r"|Unmount(?:ing|ed) |Deactivat(?:ing|ed) swap )"
-)
-
+# `planned` only when a batch holds STOP_RUN_MIN different ones; the diagnoser then decides (restarts, time window).
+# The units, the threshold, the user-manager skip and the initrd veto are the knowledge base's own, read from
+# nodeheal.schemas (shutdown_stop_run.json): one list for both services.
+_RUN: Final = shutdown_stop_run()
+STOP_RUN_MIN: Final = _RUN.min_items
+# one alternation of every item's stop regex, a named group per item (`_i<n>`: the item's index)
+_STOP_RUN: Final = re.compile("|".join(f"(?P<_i{n}>{item.stop})" for n, item in enumerate(_RUN.items)))
+_STOP_LITERALS: Final = re.compile("|".join(re.escape(c) for c in _RUN.contains))
 # the initrd's switch-root stops the same units at every boot, and a user manager (systemd[N], N != 1) its own
-_INITRD: Final = re.compile(
-    r"\binitrd[-.]|\bInitrd |\bdracut[- ](?:cmdline|pre-udev|pre-trigger|initqueue|pre-mount|mount|pre-pivot)"
-    r"|\bSwitch Root\b|Cleaning Up and Shutting Down Daemons|Cleanup udev(?:d DB| Database)"
-)
-_USER_MANAGER: Final = re.compile(r"systemd\[(?!1\])\d+\]:")
+_INITRD: Final = re.compile(_RUN.veto)
+_USER_MANAGER: Final = re.compile(_RUN.skip)
+
+
+def stop_run_item(line: str) -> str | None:
+    """The key of the early-boot unit (or `mounts` / `swap devices`) a PID 1 stop line names, else None."""
+    if _STOP_LITERALS.search(line) is None or _USER_MANAGER.search(line) is not None:
+        return None
+    match = _STOP_RUN.search(line)
+    if match is None or match.lastgroup is None:
+        return None
+    return _RUN.items[int(match.lastgroup[2:])].key
 
 
 def _stop_run(lines: list[str]) -> list[str]:
     """The early-boot stop lines of the batch when it holds at least STOP_RUN_MIN different ones, else []."""
-    hits: list[tuple[str, str]] = []
-    for line in lines:
-        if "Stopp" in line or "Unmount" in line or "Deactivat" in line:
-            match = _STOP_RUN.search(line)
-            if match is not None:
-                unit = match.group("unit") or ("mounts" if "Unmount" in match.group(0) else "swap")
-                if _USER_MANAGER.search(line) is None:
-                    hits.append((line, unit))
-    if len({unit for _, unit in hits}) < STOP_RUN_MIN or any(_INITRD.search(line) for line in lines):
+    hits = [(line, item) for line in lines if (item := stop_run_item(line)) is not None]
+    if len({item for _, item in hits}) < STOP_RUN_MIN or any(_INITRD.search(line) for line in lines):
         return []
     return [line for line, _ in hits]
 

@@ -16,6 +16,7 @@ from typing import Any, cast, get_args
 import yaml
 
 from nodeheal.schemas.kernel import KERNEL_LOG_CLASSES, Category
+from nodeheal.schemas.shutdown import DATA_FILE, StopRun, shutdown_stop_run, unit_patterns
 
 CATEGORIES: frozenset[str] = frozenset(get_args(Category))
 _RULE_KEYS = frozenset({"id", "class", "contains", "regex", "examples", "fallback", "ignore_case", "category", "note"})
@@ -33,8 +34,12 @@ _RUN_KEYS = frozenset(
         "counter_examples",
         "category",
         "note",
+        "shared",
     }
 )
+# runs whose data lives in nodeheal.schemas, read by the detector too (`shared: <name>`)
+SHARED_RUNS: dict[str, tuple[str, Any]] = {"shutdown_stop_run": (DATA_FILE, shutdown_stop_run)}
+_SHARED_KEYS = frozenset({"contains", "min_items", "window_s", "items", "skip", "veto"})
 _ITEM_KEYS = frozenset({"key", "units", "descriptions", "stop", "start"})
 
 
@@ -221,14 +226,31 @@ def _unit_item(raw: dict[str, object], *, where: str) -> RunItem:
     descriptions (also systemd 253+'s `<name> - <description>`)."""
     units = _str_list(raw.get("units"), where=where, key="units")
     descriptions = _str_list(raw.get("descriptions"), where=where, key="descriptions")
-    names = "|".join(re.escape(u) for u in units)
-    said = "|".join(re.escape(d) for d in sorted(descriptions, key=len, reverse=True))
-    what = f"(?:target )?(?:(?:{names})(?: - (?:{said}))?|(?:{said}))(?:\\.\\.\\.|\\.)?\\s*$"
-    return RunItem(
-        key=str(raw.get("key") or units[0]),
-        stop=re.compile(rf"\bStopp(?:ing|ed) {what}"),
-        start=re.compile(rf"\b(?:Start(?:ing|ed)|Finished|Reached target) {what}"),
-    )
+    stop, start = unit_patterns(units, descriptions)
+    return RunItem(key=str(raw.get("key") or units[0]), stop=re.compile(stop), start=re.compile(start))
+
+
+def _shared_run(raw: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """A run's items, threshold, window, literals, skip and veto from its shared data file (`shared: <name>`),
+    in the shape an inline run gives them; a run may not also give them itself (one place)."""
+    name = raw["shared"]
+    if name not in SHARED_RUNS:
+        raise _fail(where, f"shared {name!r} is not one of {sorted(SHARED_RUNS)}")
+    file, load = SHARED_RUNS[name]
+    twice = sorted(_SHARED_KEYS & set(raw))
+    if twice:
+        raise _fail(where, f"{twice} come from nodeheal.schemas/{file} (shared: {name}); remove them here")
+    spec: StopRun = load()
+    items = [{"key": i.key, "stop": i.stop, "start": i.start} for i in spec.items]
+    return {
+        **raw,
+        "contains": list(spec.contains),
+        "min_items": spec.min_items,
+        "window_s": spec.window_s,
+        "items": items,
+        "skip": spec.skip,
+        "veto": spec.veto,
+    }
 
 
 def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source: str) -> Run:
@@ -237,6 +259,8 @@ def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source
     run_id = str(raw["id"])
     where = f"{source} run {run_id!r}"
     cls_name, category = _class_of(raw, classes, where=where, allowed=_RUN_KEYS)
+    if "shared" in raw:
+        raw = _shared_run(raw, where=where)
     min_items = raw.get("min_items")
     if not isinstance(min_items, int) or isinstance(min_items, bool) or min_items < 2:
         raise _fail(where, f"min_items must be an integer >= 2 (one line is a rule's job), got {min_items!r}")
