@@ -108,22 +108,9 @@ CASES = [
         "fmt journald",
     ),
     ("[  100.000000] systemd-shutdow: 13 output lines suppressed due to ratelimiting", PLANNED, "fmt printk ratelimit"),
-    # branch kbshut: a scheduled shutdown (sysvinit shutdown.c warn() and its syslog line, upstart util/shutdown.c
-    # warning_message(), logind-utmp.c warn_wall() older and newer) and mkinitcpio's shutdown-ramfs unit
-    (_real("kb-475", "going down for reboot in 3 minutes!"), PLANNED, "kb-475"),
-    ("The system is going DOWN for system halt in 1 minute!", PLANNED, "fmt sysvinit shutdown.c"),
+    # branch kbshut: sysvinit's shutdown executing (shutdown.c shutdown()'s syslog line), mkinitcpio's shutdown-ramfs
+    # unit (the scheduled-shutdown walls go to terminals, not node logs: test_kb_scheduled_shutdown.py)
     ("Jan  1 00:00:00 node-1 shutdown[2210]: shutting down for system halt", PLANNED, "fmt sysvinit syslog"),
-    ("The system is going down for poweroff IN ONE MINUTE!", PLANNED, "fmt upstart util/shutdown.c"),
-    (
-        "Jan 01 00:00:00 node-1 systemd-logind[633]: The system is going down for reboot at Thu 2015-09-10 10:00:00 UTC!",
-        PLANNED,
-        "fmt logind-utmp.c (older)",
-    ),
-    (
-        "Jan 01 00:00:00 node-1 systemd-logind[633]: The system will power off at Thu 2022-06-30 12:16:43 CEST!",
-        PLANNED,
-        "fmt logind-utmp.c (newer)",
-    ),
     (_real("kb-408", "Finished Generate shutdown-ramfs."), PLANNED, "kb-408"),
     (_real("kb-408", "mkinitcpio-generate-shutdown-ramfs.service: "), PLANNED, "kb-408 unit"),
 ]

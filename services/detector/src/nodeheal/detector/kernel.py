@@ -116,9 +116,11 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|kvm: exiting hardware virtualization|INIT: Switching to runlevel: [06]"
         r"|Starting (?:systemd-(?:poweroff|reboot|halt|kexec)\.service - )?(?:System )?"
         r"(?:Power-Off|Power Off|Reboot|Halt)(?: via kexec)?\.\.\."
-        # a scheduled shutdown (ops.scheduled_shutdown_wall) and mkinitcpio's shutdown-ramfs unit (ops.shutdown_ramfs)
-        r"|The system is going (?:down|DOWN) for (?:reboot|power-?off|halt|system halt|kexec) "
-        r"(?:in \d+ minutes?|IN ONE MINUTE|at [^!]+)!|shutdown\[\d+\]: shutting down for system (?:halt|reboot)"
+        # sysvinit's shutdown executing (ops.sysvinit_shutdown_syslog), mkinitcpio's shutdown-ramfs unit
+        # (ops.shutdown_ramfs); a scheduled shutdown's wall (ops.scheduled_shutdown_wall) is left out: it goes to
+        # terminals (only logind's newer 'The system will … at' is logged, passed above), and its cancellation,
+        # which vetoes it in the diagnoser, is passed by nothing here
+        r"|shutdown\[\d+\]: shutting down for system (?:halt|reboot)"
         r"|Generate shutdown-ramfs|mkinitcpio-generate-shutdown-ramfs\.service: ",
     ),
 )

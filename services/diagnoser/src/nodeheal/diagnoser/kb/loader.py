@@ -19,7 +19,9 @@ from nodeheal.schemas.kernel import KERNEL_LOG_CLASSES, Category
 from nodeheal.schemas.shutdown import DATA_FILE, StopRun, shutdown_stop_run, unit_patterns
 
 CATEGORIES: frozenset[str] = frozenset(get_args(Category))
-_RULE_KEYS = frozenset({"id", "class", "contains", "regex", "examples", "fallback", "ignore_case", "category", "note"})
+_RULE_KEYS = frozenset(
+    {"id", "class", "contains", "regex", "examples", "fallback", "ignore_case", "category", "note", "veto"}
+)
 _RUN_KEYS = frozenset(
     {
         "id",
@@ -66,6 +68,7 @@ class Rule:
     fallback: bool = False
     ignore_case: bool = False
     note: str = ""
+    veto: re.Pattern[str] | None = None  # Matcher.scan drops the rule's findings in an excerpt holding such a line
 
     def prefilter_hit(self, line: str, lowered: str) -> bool:
         haystack = lowered if self.ignore_case else line
@@ -203,12 +206,15 @@ def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, sourc
         fallback=bool(raw.get("fallback", False)),
         ignore_case=ignore_case,
         note=str(raw.get("note", "")),
+        veto=_compile(raw["veto"], where=where, key="veto") if "veto" in raw else None,
     )
     for example in examples:
         if not rule.prefilter_hit(example, example.lower()):
             raise _fail(where, f"example {example!r} holds none of the 'contains' literals {list(contains)}")
         if not regex.search(example):
             raise _fail(where, f"regex does not match its own example {example!r}")
+        if rule.veto is not None and rule.veto.search(example):
+            raise _fail(where, f"veto matches the rule's own example {example!r}")
     return rule
 
 

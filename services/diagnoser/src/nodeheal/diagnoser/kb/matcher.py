@@ -80,6 +80,7 @@ class Matcher:
             for needle in {c.lower() for c in rule.contains}:
                 by_literal.setdefault(needle, []).append(rule)
         self._by_literal = {k: tuple(v) for k, v in by_literal.items()}
+        self._vetoes = {r.id: r.veto for r in kb.rules if r.veto is not None}
         for run in kb.runs:
             for example in run.examples:
                 if self.run_finding(run, example) is None:
@@ -144,6 +145,8 @@ class Matcher:
                 finding = self.match_line(joined, index=i)
             if finding is not None:
                 findings.append(finding)
+        if self._vetoes:
+            findings = [f for f in findings if not self._vetoed(f, raw)]
         taken = {f.index for f in findings}
         for run in self.kb.runs:
             found = self.run_finding(run, raw)
@@ -152,6 +155,11 @@ class Matcher:
                 taken.add(found.index)
         findings.sort(key=lambda f: f.index)
         return resolve_lookback(findings)
+
+    def _vetoed(self, finding: Finding, lines: Sequence[str]) -> bool:
+        """A finding of a rule with a `veto` regex, in an excerpt holding a line it matches (rules.yaml header)."""
+        veto = self._vetoes.get(finding.rule_id)
+        return veto is not None and any(veto.search(line) for line in lines)
 
     @staticmethod
     def run_finding(run: Run, lines: Sequence[str]) -> Finding | None:
