@@ -17,6 +17,9 @@ from functools import cache
 from importlib import resources
 
 DATA_FILE = "shutdown_stop_run.json"
+# how PID 1 words a unit's stop and its start (systemd's unit status strings), before the unit's name or description
+UNIT_STOP = r"\bStopp(?:ing|ed) "
+UNIT_START = r"\b(?:Start(?:ing|ed)|Finished|Reached target) "
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +43,18 @@ class StopRun:
     veto: str  # regex: a line that makes the excerpt no shutdown (the initrd's switch-root)
 
 
-def unit_patterns(units: tuple[str, ...], descriptions: tuple[str, ...]) -> tuple[str, str]:
-    """The stop and start regexes of a unit: `Stopping|Stopped [target] <name or description>[...|.]` and
-    `Starting|Started|Finished|Reached target …` (also systemd 253+'s `<name> - <description>`)."""
+def unit_what(units: tuple[str, ...], descriptions: tuple[str, ...]) -> str:
+    """A unit as PID 1 names it after the verb: `[target ]<name or description>[...|.]` at the line's end (also
+    systemd 253+'s `<name> - <description>`)."""
     names = "|".join(re.escape(u) for u in units)
     said = "|".join(re.escape(d) for d in sorted(descriptions, key=len, reverse=True))
-    what = f"(?:target )?(?:(?:{names})(?: - (?:{said}))?|(?:{said}))(?:\\.\\.\\.|\\.)?\\s*$"
-    return rf"\bStopp(?:ing|ed) {what}", rf"\b(?:Start(?:ing|ed)|Finished|Reached target) {what}"
+    return f"(?:target )?(?:(?:{names})(?: - (?:{said}))?|(?:{said}))(?:\\.\\.\\.|\\.)?\\s*$"
+
+
+def unit_patterns(units: tuple[str, ...], descriptions: tuple[str, ...]) -> tuple[str, str]:
+    """The stop and start regexes of a unit: `Stopping|Stopped …` and `Starting|Started|Finished|Reached target …`."""
+    what = unit_what(units, descriptions)
+    return UNIT_STOP + what, UNIT_START + what
 
 
 def _strings(value: object, what: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from nodeheal.schemas.shutdown import shutdown_stop_run
+from nodeheal.schemas.shutdown import UNIT_STOP, shutdown_stop_run
 
 # (coarse class, pattern). Order matters only for lines that match two classes: the first wins.
 _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
@@ -177,9 +177,22 @@ def classify_line(line: str) -> str | None:
 # nodeheal.schemas (shutdown_stop_run.json): one list for both services.
 _RUN: Final = shutdown_stop_run()
 STOP_RUN_MIN: Final = _RUN.min_items
-# one alternation of every item's stop regex, a named group per item (`_i<n>`: the item's index)
-_STOP_RUN: Final = re.compile("|".join(f"(?P<_i{n}>{item.stop})" for n, item in enumerate(_RUN.items)))
-_STOP_LITERALS: Final = re.compile("|".join(re.escape(c) for c in _RUN.contains))
+# a unit's stop line: the verb, then `[target ]<name or description>` or `<name> - <description>` to the line's end
+# (the KB's regex per unit, `unit_patterns`, as one generic capture and a table: one search per line, not one per unit)
+_UNIT_STOP: Final = re.compile(UNIT_STOP + r"(?:target )?(?P<what>.+)")
+_UNIT_KEYS: Final = {
+    said: item.key
+    for item in _RUN.items
+    for said in (
+        *item.units,
+        *item.descriptions,
+        *(f"{unit} - {description}" for unit in item.units for description in item.descriptions),
+    )
+}
+# the items with their own stop regexes (mounts, swap), a named group each (`_i<n>`: the item's index)
+_OTHER_STOP: Final = re.compile("|".join(f"(?P<_i{n}>{i.stop})" for n, i in enumerate(_RUN.items) if not i.units))
+# a line holding none of the run's literals that a stop regex spells (`Stopp`, `Unmount`, `Deactivat`) is no stop
+_STOP_WORDS: Final = re.compile("|".join(re.escape(c) for c in _RUN.contains if any(c in i.stop for i in _RUN.items)))
 # the initrd's switch-root stops the same units at every boot, and a user manager (systemd[N], N != 1) its own
 _INITRD: Final = re.compile(_RUN.veto)
 _USER_MANAGER: Final = re.compile(_RUN.skip)
@@ -187,17 +200,25 @@ _USER_MANAGER: Final = re.compile(_RUN.skip)
 
 def stop_run_item(line: str) -> str | None:
     """The key of the early-boot unit (or `mounts` / `swap devices`) a PID 1 stop line names, else None."""
-    if _STOP_LITERALS.search(line) is None or _USER_MANAGER.search(line) is not None:
+    if _STOP_WORDS.search(line) is None:
         return None
-    match = _STOP_RUN.search(line)
-    if match is None or match.lastgroup is None:
+    unit = _UNIT_STOP.search(line)
+    key = None
+    if unit is not None:  # the rest of the line, less its end: `...` or `.`, then blanks (the KB's `unit_patterns`)
+        what = unit.group("what").rstrip()
+        key = _UNIT_KEYS.get(what[:-3] if what.endswith("...") else what[:-1] if what.endswith(".") else what)
+    if key is None:
+        other = _OTHER_STOP.search(line)
+        key = _RUN.items[int(other.lastgroup[2:])].key if other is not None and other.lastgroup else None
+    if key is None or _USER_MANAGER.search(line) is not None:
         return None
-    return _RUN.items[int(match.lastgroup[2:])].key
+    return key
 
 
 def _stop_run(lines: list[str]) -> list[str]:
     """The early-boot stop lines of the batch when it holds at least STOP_RUN_MIN different ones, else []."""
-    hits = [(line, item) for line in lines if (item := stop_run_item(line)) is not None]
+    words = _STOP_WORDS.search
+    hits = [(line, item) for line in lines if words(line) and (item := stop_run_item(line)) is not None]
     if len({item for _, item in hits}) < STOP_RUN_MIN or any(_INITRD.search(line) for line in lines):
         return []
     return [line for line, _ in hits]
