@@ -4,8 +4,9 @@ A system shutdown or reboot stops the early-boot units and the basic system targ
 restart stops one of them and starts it again. The detector's kernel-log screen (`nodeheal.detector.kernel`) passes
 a batch holding `min_items` different ones as `planned`; the diagnoser's knowledge base (rules.yaml `runs:`
 `ops.shutdown_stop_run`) decides, with the restarts, the time window and the initrd veto (docs/diagnoser.md
-"Evidence across lines"). Both read the items, the threshold, the skip and the veto from here, and both spell a
-unit's stop line the way `unit_patterns` does, so neither can drift from the other.
+"Evidence across lines"). Both read the items, the threshold, the skip and the veto from here (the KB builds each
+unit's regexes with `unit_patterns`, the detector looks the same names and descriptions up in a table);
+tests/unit/test_shutdown_stop_run.py fails when the two count a stop line differently.
 """
 
 from __future__ import annotations
