@@ -8,6 +8,7 @@ the rule's own examples. This module only reads data; it never touches the trans
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,7 +41,7 @@ _RUN_KEYS = frozenset(
     }
 )
 # runs whose data lives in nodeheal.schemas, read by the detector too (`shared: <name>`)
-SHARED_RUNS: dict[str, tuple[str, Any]] = {"shutdown_stop_run": (DATA_FILE, shutdown_stop_run)}
+SHARED_RUNS: dict[str, tuple[str, Callable[[], StopRun]]] = {"shutdown_stop_run": (DATA_FILE, shutdown_stop_run)}
 _SHARED_KEYS = frozenset({"contains", "min_items", "window_s", "items", "skip", "veto"})
 _ITEM_KEYS = frozenset({"key", "units", "descriptions", "stop", "start"})
 
@@ -246,7 +247,7 @@ def _shared_run(raw: dict[str, Any], *, where: str) -> dict[str, Any]:
     twice = sorted(_SHARED_KEYS & set(raw))
     if twice:
         raise _fail(where, f"{twice} come from nodeheal.schemas/{file} (shared: {name}); remove them here")
-    spec: StopRun = load()
+    spec = load()
     items = [{"key": i.key, "stop": i.stop, "start": i.start} for i in spec.items]
     return {
         **raw,
