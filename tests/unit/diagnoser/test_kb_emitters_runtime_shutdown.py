@@ -108,6 +108,11 @@ CASES = [
         "fmt journald",
     ),
     ("[  100.000000] systemd-shutdow: 13 output lines suppressed due to ratelimiting", PLANNED, "fmt printk ratelimit"),
+    # branch kbshut: sysvinit's shutdown executing (shutdown.c shutdown()'s syslog line), mkinitcpio's shutdown-ramfs
+    # unit (the scheduled-shutdown walls go to terminals, not node logs: test_kb_scheduled_shutdown.py)
+    ("Jan  1 00:00:00 node-1 shutdown[2210]: shutting down for system halt", PLANNED, "fmt sysvinit syslog"),
+    (_real("kb-408", "Finished Generate shutdown-ramfs."), PLANNED, "kb-408"),
+    (_real("kb-408", "mkinitcpio-generate-shutdown-ramfs.service: "), PLANNED, "kb-408 unit"),
 ]
 
 
@@ -139,6 +144,14 @@ def test_emitter_wording_is_recognised_and_passes_the_detector(line: str, cls: s
         "Jan 01 00:00:00 node-1 systemd[1199]: Pulling in app.service/stop from shutdown.target/start",
         # logind suspending; journald restarted by PID 1 itself
         "Jan 01 00:00:00 node-1 systemd-logind[633]: Suspending...",
+        # branch kbshut: sysvinit's single-user wall (runlevel 1, no shutdown); logind scheduling a suspend; a
+        # scheduled shutdown cancelled (sysvinit's stopit(), logind); mkinitcpio building a kernel upgrade's image
+        "The system is going DOWN to maintenance mode in 5 minutes!",
+        "Jan 01 00:00:00 node-1 systemd-logind[633]: The system will suspend at Thu 2022-06-30 12:16:43 CEST!",
+        "Shutdown cancelled.",
+        "Jan 01 00:00:00 node-1 systemd-logind[633]: System shutdown has been cancelled",
+        "==> Starting build: '6.12.1-arch1-1'",
+        "  -> Running build hook: [base]",
         "Jan 01 00:00:00 node-1 systemd-journald[339]: Received SIGTERM from PID 1 (systemd).",
     ],
 )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from nodeheal.schemas.shutdown import UNIT_STOP, shutdown_stop_run
+
 # (coarse class, pattern). Order matters only for lines that match two classes: the first wins.
 _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
@@ -127,7 +129,13 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|Restarting system(?: with command '[^']*')?\.\s*$|Power down\.\s*$|Preparing to enter system sleep state S5"
         r"|kvm: exiting hardware virtualization|INIT: Switching to runlevel: [06]"
         r"|Starting (?:systemd-(?:poweroff|reboot|halt|kexec)\.service - )?(?:System )?"
-        r"(?:Power-Off|Power Off|Reboot|Halt)(?: via kexec)?\.\.\.",
+        r"(?:Power-Off|Power Off|Reboot|Halt)(?: via kexec)?\.\.\."
+        # sysvinit's shutdown executing (ops.sysvinit_shutdown_syslog), mkinitcpio's shutdown-ramfs unit
+        # (ops.shutdown_ramfs); a scheduled shutdown's wall (ops.scheduled_shutdown_wall) is left out: it goes to
+        # terminals (only logind's newer 'The system will … at' is logged, passed above), and its cancellation,
+        # which vetoes it in the diagnoser, is passed by nothing here
+        r"|shutdown\[\d+\]: shutting down for system (?:halt|reboot)"
+        r"|Generate shutdown-ramfs|mkinitcpio-generate-shutdown-ramfs\.service: ",
     ),
 )
 
@@ -178,43 +186,54 @@ def classify_line(line: str) -> str | None:
 
 # PID 1 stopping an early-boot unit or a basic system target (the diagnoser's run `ops.shutdown_stop_run`,
 # docs/diagnoser.md "Evidence across lines"): one such line is a restart as often as a shutdown, so they pass as
-# `planned` only when a batch holds STOP_RUN_MIN different ones; the diagnoser then decides (restarts, initrd).
-STOP_RUN_MIN: Final = 3
-_STOP_RUN: Final = re.compile(
-    r"\bStopp(?:ing|ed) (?:target )?(?P<unit>(?:systemd-(?:tmpfiles-setup(?:-dev(?:-early)?)?|modules-load|sysctl"
-    r"|update-utmp|random-seed|journal-flush|remount-fs|udev-trigger|sysusers|vconsole-setup|binfmt|update-done"
-    r"|journal-catalog-update|hwdb-update)\.service|ldconfig\.service"
-    r"|(?:local-fs(?:-pre)?|swap|sysinit|cryptsetup|remote-fs(?:-pre)?|network(?:-online|-pre)?|nss-lookup|time-sync)"
-    r"\.target)|(?:Create (?:Volatile|System) Files and Directories|Recreate Volatile Files and Directories"
-    r"|Create Static Device Nodes in /dev|Load Kernel Modules|Apply Kernel Variables|Update UTMP about System"
-    r"|Record System Boot|Load/Save (?:OS )?Random Seed|(?:Trigger Flushing of|Flush) Journal to Persistent"
-    r"|Remount Root and Kernel File Systems|udev Coldplug all Devices|Coldplug All udev Devices|Create System Users"
-    r"|Setup Virtual Console|Virtual Console Setup|Set Up Additional Binary Formats|Update is Completed"
-    r"|Rebuild (?:Dynamic Linker Cache|Journal Catalog|Hardware Database)|Local File Systems|Swaps?\.|System "
-    r"Initialization|Local Encrypted Volumes|Remote File Systems|Network(?: is Online)?\.|Host and Network Name"
-    r"|System Time Synchronized|Preparation for (?:Local|Remote) File Systems|Preparation for Network)"
-    r"|Unmount(?:ing|ed) |Deactivat(?:ing|ed) swap )"
-)
-
+# `planned` only when a batch holds STOP_RUN_MIN different ones; the diagnoser then decides (restarts, time window).
+# The units, the threshold, the user-manager skip and the initrd veto are the knowledge base's own, read from
+# nodeheal.schemas (shutdown_stop_run.json): one list for both services.
+_RUN: Final = shutdown_stop_run()
+STOP_RUN_MIN: Final = _RUN.min_items
+# a unit's stop line: the verb, then `[target ]<name or description>` or `<name> - <description>` to the line's end
+# (the KB's regex per unit, `unit_patterns`, as one generic capture and a table: one search per line, not one per unit)
+_UNIT_STOP: Final = re.compile(UNIT_STOP + r"(?:target )?(?P<what>.+)")
+_UNIT_KEYS: Final = {
+    said: item.key
+    for item in _RUN.items
+    for said in (
+        *item.units,
+        *item.descriptions,
+        *(f"{unit} - {description}" for unit in item.units for description in item.descriptions),
+    )
+}
+# the items with their own stop regexes (mounts, swap), a named group each (`_i<n>`: the item's index)
+_OTHER_STOP: Final = re.compile("|".join(f"(?P<_i{n}>{i.stop})" for n, i in enumerate(_RUN.items) if not i.units))
+# a line holding none of the run's literals that a stop regex spells (`Stopp`, `Unmount`, `Deactivat`) is no stop
+_STOP_WORDS: Final = re.compile("|".join(re.escape(c) for c in _RUN.contains if any(c in i.stop for i in _RUN.items)))
 # the initrd's switch-root stops the same units at every boot, and a user manager (systemd[N], N != 1) its own
-_INITRD: Final = re.compile(
-    r"\binitrd[-.]|\bInitrd |\bdracut[- ](?:cmdline|pre-udev|pre-trigger|initqueue|pre-mount|mount|pre-pivot)"
-    r"|\bSwitch Root\b|Cleaning Up and Shutting Down Daemons|Cleanup udev(?:d DB| Database)"
-)
-_USER_MANAGER: Final = re.compile(r"systemd\[(?!1\])\d+\]:")
+_INITRD: Final = re.compile(_RUN.veto)
+_USER_MANAGER: Final = re.compile(_RUN.skip)
+
+
+def stop_run_item(line: str) -> str | None:
+    """The key of the early-boot unit (or `mounts` / `swap devices`) a PID 1 stop line names, else None."""
+    if _STOP_WORDS.search(line) is None:
+        return None
+    unit = _UNIT_STOP.search(line)
+    key = None
+    if unit is not None:  # the rest of the line, less its end: `...` or `.`, then blanks (the KB's `unit_patterns`)
+        what = unit.group("what").rstrip()
+        key = _UNIT_KEYS.get(what[:-3] if what.endswith("...") else what[:-1] if what.endswith(".") else what)
+    if key is None:
+        other = _OTHER_STOP.search(line)
+        key = _RUN.items[int(other.lastgroup[2:])].key if other is not None and other.lastgroup else None
+    if key is None or _USER_MANAGER.search(line) is not None:
+        return None
+    return key
 
 
 def _stop_run(lines: list[str]) -> list[str]:
     """The early-boot stop lines of the batch when it holds at least STOP_RUN_MIN different ones, else []."""
-    hits: list[tuple[str, str]] = []
-    for line in lines:
-        if "Stopp" in line or "Unmount" in line or "Deactivat" in line:
-            match = _STOP_RUN.search(line)
-            if match is not None:
-                unit = match.group("unit") or ("mounts" if "Unmount" in match.group(0) else "swap")
-                if _USER_MANAGER.search(line) is None:
-                    hits.append((line, unit))
-    if len({unit for _, unit in hits}) < STOP_RUN_MIN or any(_INITRD.search(line) for line in lines):
+    words = _STOP_WORDS.search
+    hits = [(line, item) for line in lines if words(line) and (item := stop_run_item(line)) is not None]
+    if len({item for _, item in hits}) < STOP_RUN_MIN or any(_INITRD.search(line) for line in lines):
         return []
     return [line for line, _ in hits]
 

@@ -8,6 +8,7 @@ the rule's own examples. This module only reads data; it never touches the trans
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,9 +17,12 @@ from typing import Any, cast, get_args
 import yaml
 
 from nodeheal.schemas.kernel import KERNEL_LOG_CLASSES, Category
+from nodeheal.schemas.shutdown import DATA_FILE, StopRun, shutdown_stop_run, unit_patterns
 
 CATEGORIES: frozenset[str] = frozenset(get_args(Category))
-_RULE_KEYS = frozenset({"id", "class", "contains", "regex", "examples", "fallback", "ignore_case", "category", "note"})
+_RULE_KEYS = frozenset(
+    {"id", "class", "contains", "regex", "examples", "fallback", "ignore_case", "category", "note", "veto"}
+)
 _RUN_KEYS = frozenset(
     {
         "id",
@@ -33,8 +37,12 @@ _RUN_KEYS = frozenset(
         "counter_examples",
         "category",
         "note",
+        "shared",
     }
 )
+# runs whose data lives in nodeheal.schemas, read by the detector too (`shared: <name>`)
+SHARED_RUNS: dict[str, tuple[str, Callable[[], StopRun]]] = {"shutdown_stop_run": (DATA_FILE, shutdown_stop_run)}
+_SHARED_KEYS = frozenset({"contains", "min_items", "window_s", "items", "skip", "veto"})
 _ITEM_KEYS = frozenset({"key", "units", "descriptions", "stop", "start"})
 
 
@@ -61,6 +69,7 @@ class Rule:
     fallback: bool = False
     ignore_case: bool = False
     note: str = ""
+    veto: re.Pattern[str] | None = None  # Matcher.scan drops the rule's findings in an excerpt holding such a line
 
     def prefilter_hit(self, line: str, lowered: str) -> bool:
         haystack = lowered if self.ignore_case else line
@@ -198,12 +207,15 @@ def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, sourc
         fallback=bool(raw.get("fallback", False)),
         ignore_case=ignore_case,
         note=str(raw.get("note", "")),
+        veto=_compile(raw["veto"], where=where, key="veto") if "veto" in raw else None,
     )
     for example in examples:
         if not rule.prefilter_hit(example, example.lower()):
             raise _fail(where, f"example {example!r} holds none of the 'contains' literals {list(contains)}")
         if not regex.search(example):
             raise _fail(where, f"regex does not match its own example {example!r}")
+        if rule.veto is not None and rule.veto.search(example):
+            raise _fail(where, f"veto matches the rule's own example {example!r}")
     return rule
 
 
@@ -221,14 +233,31 @@ def _unit_item(raw: dict[str, object], *, where: str) -> RunItem:
     descriptions (also systemd 253+'s `<name> - <description>`)."""
     units = _str_list(raw.get("units"), where=where, key="units")
     descriptions = _str_list(raw.get("descriptions"), where=where, key="descriptions")
-    names = "|".join(re.escape(u) for u in units)
-    said = "|".join(re.escape(d) for d in sorted(descriptions, key=len, reverse=True))
-    what = f"(?:target )?(?:(?:{names})(?: - (?:{said}))?|(?:{said}))(?:\\.\\.\\.|\\.)?\\s*$"
-    return RunItem(
-        key=str(raw.get("key") or units[0]),
-        stop=re.compile(rf"\bStopp(?:ing|ed) {what}"),
-        start=re.compile(rf"\b(?:Start(?:ing|ed)|Finished|Reached target) {what}"),
-    )
+    stop, start = unit_patterns(units, descriptions)
+    return RunItem(key=str(raw.get("key") or units[0]), stop=re.compile(stop), start=re.compile(start))
+
+
+def _shared_run(raw: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """A run's items, threshold, window, literals, skip and veto from its shared data file (`shared: <name>`),
+    in the shape an inline run gives them; a run may not also give them itself (one place)."""
+    name = raw["shared"]
+    if name not in SHARED_RUNS:
+        raise _fail(where, f"shared {name!r} is not one of {sorted(SHARED_RUNS)}")
+    file, load = SHARED_RUNS[name]
+    twice = sorted(_SHARED_KEYS & set(raw))
+    if twice:
+        raise _fail(where, f"{twice} come from nodeheal.schemas/{file} (shared: {name}); remove them here")
+    spec = load()
+    items = [{"key": i.key, "stop": i.stop, "start": i.start} for i in spec.items]
+    return {
+        **raw,
+        "contains": list(spec.contains),
+        "min_items": spec.min_items,
+        "window_s": spec.window_s,
+        "items": items,
+        "skip": spec.skip,
+        "veto": spec.veto,
+    }
 
 
 def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source: str) -> Run:
@@ -237,6 +266,8 @@ def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source
     run_id = str(raw["id"])
     where = f"{source} run {run_id!r}"
     cls_name, category = _class_of(raw, classes, where=where, allowed=_RUN_KEYS)
+    if "shared" in raw:
+        raw = _shared_run(raw, where=where)
     min_items = raw.get("min_items")
     if not isinstance(min_items, int) or isinstance(min_items, bool) or min_items < 2:
         raise _fail(where, f"min_items must be an integer >= 2 (one line is a rule's job), got {min_items!r}")

@@ -80,6 +80,7 @@ class Matcher:
             for needle in {c.lower() for c in rule.contains}:
                 by_literal.setdefault(needle, []).append(rule)
         self._by_literal = {k: tuple(v) for k, v in by_literal.items()}
+        self._vetoes = {r.id: r.veto for r in kb.rules if r.veto is not None}
         for run in kb.runs:
             for example in run.examples:
                 if self.run_finding(run, example) is None:
@@ -144,6 +145,8 @@ class Matcher:
                 finding = self.match_line(joined, index=i)
             if finding is not None:
                 findings.append(finding)
+        if self._vetoes:
+            findings = [f for f in findings if not self._vetoed(f, raw)]
         taken = {f.index for f in findings}
         for run in self.kb.runs:
             found = self.run_finding(run, raw)
@@ -153,15 +156,22 @@ class Matcher:
         findings.sort(key=lambda f: f.index)
         return resolve_lookback(findings)
 
+    def _vetoed(self, finding: Finding, lines: Sequence[str]) -> bool:
+        """A finding of a rule with a `veto` regex, in an excerpt holding a line it matches (rules.yaml header)."""
+        veto = self._vetoes.get(finding.rule_id)
+        return veto is not None and any(veto.search(line) for line in lines)
+
     @staticmethod
     def run_finding(run: Run, lines: Sequence[str]) -> Finding | None:
         """The run's finding in an excerpt (loader.Run): on the line that completes the first set of
         `min_items` distinct items stopped within `window_s` seconds, none started again later, when no
-        line of the excerpt is a `veto` line; None otherwise. Lines matching `skip` are ignored."""
+        line of the excerpt is a `veto` line; None otherwise. Lines matching `skip` are ignored. A console
+        copy's colour codes (`_SGR`) are read past, in the items and in the veto alike."""
         stops: list[tuple[int, str, tuple[str, float] | None]] = []
         started_last: dict[str, int] = {}
         screen = run.screen.search
-        for i, line in enumerate(lines):
+        text = [_SGR.sub("", line) if "[0" in line else line for line in lines]
+        for i, line in enumerate(text):
             if screen(line) is None:
                 continue
             if run.skip is not None and run.skip.search(line):
@@ -180,7 +190,7 @@ class Matcher:
                 if at is None or end_at is None or at[0] != end_at[0] or _within(at[1], end_at[1], run.window_s, at[0]):
                     keys.add(key)
             if len(keys) >= run.min_items:
-                if run.veto is not None and any(run.veto.search(line) for line in lines):
+                if run.veto is not None and any(run.veto.search(line) for line in text):
                     return None
                 return Finding(
                     index=index,
@@ -197,6 +207,11 @@ class Matcher:
         if not findings:
             return None
         return max(findings, key=lambda f: (self.kb.rank(f.cls), -f.index))
+
+
+# systemd's console status colours (its ANSI_GREEN "\x1B[0;32m", ANSI_HIGHLIGHT "\x1B[0;1;39m", ANSI_NORMAL "\x1B[0m",
+# …: every one starts with "0"), with or without the ESC byte a web page or a copy drops
+_SGR = re.compile(r"\x1b?\[0(?:;\d+)*m")
 
 
 def _within(earlier: float, later: float, window: float, kind: str) -> bool:
