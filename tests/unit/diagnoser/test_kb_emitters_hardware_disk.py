@@ -89,7 +89,7 @@ CASES = [
 ]
 
 # format strings instantiated (`fmt`: the emitter's literal parts, made-up numbers) for versions no public line was
-# found for: 6.8+ per-bank storm notice (mce/threshold.c), the kernel's own non_standard_event trace line, a section's
+# found for: the 6.8 per-bank storm notice (mce/threshold.c), the kernel's own non_standard_event trace line, a section's
 # fru_text line (quoted inside a joined line in NPD846), the 1.9+ image GC failure as the structured kubelet logs it
 FMT = [
     ("kernel: {3}[Hardware Error]:  fru_text: B1", GHES, "ghes.cper_section_body"),
