@@ -1,9 +1,9 @@
 """Branch kb11: machine-check, firmware-first (GHES/CPER) and image-GC wordings written from their emitters.
 
 docs/diagnoser.md, emitter table (kb11 rows). Each wording is checked on a real line: a corpus line where one exists
-(kb-467, kb-483 and kb-508 are held-out misses of rounds 11 and 12, read after those rounds were measured: spent, see
-tests/data/kb/README.md; kb-020, kb-482 and kb-284 are held-out excerpts the KB already recognised, whose other lines
-were read for these examples), else a line quoted in a public source (its URL beside it). Every node-log wording must also
+(train rows of these classes; kb-467, kb-483 and kb-508 are held-out misses of rounds 11 and 12, read after those rounds
+were measured: spent, see tests/data/kb/README.md; kb-020, kb-482 and kb-284 are held-out excerpts the KB already
+recognised, whose other lines were read for these examples), else a line quoted in a public source (its URL beside it). Every node-log wording must also
 pass the detector's pre-filter. The three other held-out misses of these classes carry no evidence of their class in
 the copy and must stay unclassified (no rule may be bent to them).
 """
@@ -94,10 +94,9 @@ CASES = [
 ]
 
 # format strings instantiated (`fmt`: the emitter's literal parts, made-up numbers) for versions no public line was
-# found for: the 6.8 per-bank storm notice (mce/threshold.c), the kernel's own non_standard_event trace line, a section's
-# fru_text line (real only inside a joined line of kb-087), the 1.9+ image GC failure as the structured kubelet logs it
+# found for: the 6.8 per-bank storm notice (mce/threshold.c), the kernel's own non_standard_event trace line, the 1.9+
+# image GC failure as the structured kubelet logs it
 FMT = [
-    ("kernel: {3}[Hardware Error]:  fru_text: B1", GHES, "ghes.cper_section_body"),
     ("mce: CPU3 BANK7 CMCI storm detected", MCE, "mce.record_and_storm_lines"),
     (
         "non_standard_event: severity: 2; sec type:e8ed898d-df16-43cc-8ecc-54f060ef157f; FRU: "
