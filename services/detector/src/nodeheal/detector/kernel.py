@@ -21,7 +21,9 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|nvme\d*: I/O \d+ QID|nvme\w*: .*(?:timeout|not ready)"
         r"|critical medium error|Medium Error|I/O error, dev|blk_update_request: .*error|Buffer I/O error on dev"
         r"|HANDLING MCE MEMORY ERROR|CPU context corrupt|Machine check events logged|This is not a software error"
-        r"|bank Unified Memory Controller",
+        r"|bank Unified Memory Controller"
+        # a corrected-error storm and the rate limit of 'Machine check events logged' (docs/diagnoser.md, kb11 rows)
+        r"|CMCI storm detected|mce_notify_irq: \d+ callbacks suppressed",
     ),
     (
         "lockup",
@@ -92,7 +94,8 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         # the kubelet's own disk-pressure log lines (docs/diagnoser.md, emitter table): its admission refusal and its
         # image GC failure; pod messages, node conditions and scheduler events are not node log lines
         r"|Failed to admit pod .*(?:node has conditions: |nodeCondition=)\[DiskPressure\]"
-        r"|Image garbage collection failed.* required amount of images|FreeDiskSpaceFailed",
+        r"|Image garbage collection failed.* required amount of images|FreeDiskSpaceFailed"
+        r"|space with errors in image deletion",
     ),
     # an orderly shutdown or reboot: the diagnoser needs these lines to tell a planned power-off from a crash
     (
