@@ -173,6 +173,18 @@ def test_round_13_is_held_out_whole_from_new_sources() -> None:
     assert sum(row["class"] == "container_runtime_down" for row in fresh) >= 6
 
 
+def test_round_14_is_held_out_whole_from_new_sources() -> None:
+    """Round 14 (README) was committed before any code ran on it, for issue #18's single untouched measurement; it also
+    quotes no source of the same-bug sets, and is weighted to the weak classes."""
+    fresh = _fresh_round(14)
+    same_bug = "".join(path.read_text(encoding="utf-8") for path in sorted(KB_DATA.glob("*_same_bug.jsonl")))
+    assert not {_thread(row["source"]) for row in fresh} & {
+        _thread(url) for url in re.findall(r"https?://[^\s'\"]+", same_bug)
+    }
+    assert sum(row["class"] == "planned_shutdown_reboot" for row in fresh) >= 5
+    assert sum(row["class"] == "container_runtime_down" for row in fresh) >= 6
+
+
 # Train excerpts no rule recognises, and why none was written (docs/BENCHMARKS.md).
 KNOWN_TRAIN_MISSES = {
     "kb-350": "systemd's console while going down shows only units and targets an initrd switch-root stops too "
