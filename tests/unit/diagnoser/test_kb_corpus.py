@@ -142,9 +142,17 @@ def test_round_11_is_held_out_whole_from_new_sources() -> None:
     assert not set(threads) & older
 
 
+# A thread a fresh round shares with a later look-alike or rule, and why its single measurement still holds.
+FOUND_TWICE = {
+    # branch kb11, written in parallel with round 14's collection and merged before it (neither saw the other),
+    # quotes the first line of kb-573 (the image GC starting above its threshold) in benign.txt as a look-alike
+    "kb-573": "https://github.com/k3s-io/k3s/issues/796",
+}
+
+
 def _fresh_round(round_: int) -> list[dict[str, Any]]:
     """A fresh round's rows, checked held out whole: all `test`, each from its own thread, and no thread of the
-    other rounds, the older samples, the benign list or the rules file."""
+    other rounds, the older samples, the benign list or the rules file (but those of `FOUND_TWICE`)."""
     fresh = [row for row in ROWS if row.get("round") == round_]
     assert len(fresh) >= 30
     assert all(row["split"] == "test" for row in fresh)
@@ -156,7 +164,8 @@ def _fresh_round(round_: int) -> list[dict[str, Any]]:
     older |= {_thread(url) for url in re.findall(r"https?://[^\s'\"]+", rules.read_text(encoding="utf-8"))}
     threads = [_thread(row["source"]) for row in fresh]
     assert len(set(threads)) == len(threads)
-    assert not set(threads) & older
+    twice = {_thread(url) for row_id, url in FOUND_TWICE.items() if any(row["id"] == row_id for row in fresh)}
+    assert set(threads) & older == twice
     return fresh
 
 

@@ -48,7 +48,7 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
     (
         "memory",
         r"Out of memory|out of memory|invoked oom-killer|oom_reaper|Killed process \d+|page allocation failure"
-        r"|killed as a result of limit of|kB, failcnt \d+",
+        r"|killed as a result of limit of|kB, failcnt \d+|oom-kill:constraint=",
     ),
     (
         "resource",
