@@ -8,8 +8,8 @@
   held out) each on their own; round 6 whole, and its train / test halves;
   round 7 (all held out) on its own; round 8 whole, and its train / test halves (split like round 6);
   round 9 (all held out) on its own; round 10 whole, and its train / test halves (split like round 8);
-  round 11 (all held out) whole and as its test split; rounds 12 and 13 likewise; round 14 (all held out) as
-  its test split.
+  round 11 (all held out) whole and as its test split; rounds 12 and 13 likewise; rounds 14 and 15 (all held
+  out) as their test split.
 - buckets: every crash report cut from the excerpts; two reports are "the same bug" when their source
   says so (the excerpt's `group`, or several reports of one problem pasted in one excerpt). Pairwise
   precision / recall / F1 of the exact key (level 1) and of the similarity clusters (level 2).
@@ -194,6 +194,9 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             # round 14 (kb-555…): all held out, committed before any code ran on it, measured once after the kb10,
             # kbshut and kb11 rules were merged (docs/BENCHMARKS.md)
             "round14_test": accuracy("test", 14),
+            # round 15 (kb-592…): all held out, collected while branches kb12 and kbshut2 read round 14's misses, committed
+            # before any code ran on it, measured once after both were merged (docs/BENCHMARKS.md)
+            "round15_test": accuracy("test", 15),
             "samples": accuracy("samples"),
         },
         "per_class": per_class,
