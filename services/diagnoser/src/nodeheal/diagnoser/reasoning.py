@@ -100,7 +100,13 @@ class Diagnoser:
         (`FleetState.judged_to_revisit`), taken at both places. Anything else changes no verdict."""
         key = node_key(record.cluster, record.node)
         fleet = self.fleet
-        before = (fleet.domain_of(key, "rack"), fleet.domain_of(key, "zone"))
+        moved = key in fleet.dark_at and any(
+            fleet.domain_of(key, dimension) != (str(value) if (value := getattr(record, dimension, None)) else None)
+            for dimension in ("rack", "zone")
+        )
+        if not moved:  # most changes (labels, readiness, cordons) move nothing: no revisit is worked out
+            fleet.put_inventory(key, record)
+            return set()
         decision = self.config.decision
 
         def peers() -> set[str]:
@@ -108,11 +114,8 @@ class Diagnoser:
                 key, zone_min_down=decision.zone_min_down, zone_min_fraction=decision.zone_min_fraction
             )
 
-        dark = key in fleet.dark_at
-        left = peers() if dark else set()
+        left = peers()
         fleet.put_inventory(key, record)
-        if not dark or (fleet.domain_of(key, "rack"), fleet.domain_of(key, "zone")) == before:
-            return set()
         return {key} | left | peers()
 
     def forget_inventory(self, cluster: str, node: str) -> None:
