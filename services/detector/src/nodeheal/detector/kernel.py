@@ -67,12 +67,12 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|addrConn\.createTransport failed to connect to \{(?:Addr: \\?\")?(?:unix://)?\S*(?:containerd|crio|dockershim"
         r"|cri-dockerd|docker)\.sock"
         # the runtime daemon's own fatal exit (docs/diagnoser.md, emitter table)
-        r"|docker(?:d\[\d+\]: (?:failed to start daemon: |Error starting daemon: "
+        r"|docker(?:d\[\d+\]: (?:failed to start daemon: |Error starting daemon: |Failed to connect to containerd: "
         r"|time=\"[^\"]*\" level=fatal msg=|fatal error: |panic: )"
         r"|\[\d+\]: (?:time=\"[^\"]*\" level=fatal msg=\")?Error starting daemon: )"
         r"|containerd\[\d+\]: (?:containerd: |time=\"[^\"]*\" level=fatal msg=|fatal error: |panic: )"
         r"|crio(?:\[\d+\]: (?:time=\"[^\"]*\" level=fatal msg=|fatal error: |panic: )"
-        r"|\.service:? (?:[Ss]tart(?:-pre)? )?operation timed out\.)"
+        r"|\.service:? (?:(?:[Ss]tart(?:-pre)? )?operation timed out\.|[Ss]tart request repeated too quickly))"
         r"|EvictionThresholdMet|NodeHasDiskPressure|kubelet\.service: main process exited"
         r"|Unit kubelet\.service entered failed state|dial unix \S*\.sock: connect|runtime API version: rpc error"
         r"|from runtime service failed|Cannot connect to the Docker daemon at unix"
@@ -81,11 +81,22 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         # docker's socket unit failing, socket.c; folded into the existing branches, each new top-level branch costs
         # the screen about 1 %)
         r"|containerd\.service(?:: main process exited| holdoff time over| failed\."
-        r"|:? (?:[Ss]tart(?:-pre)? )?operation timed out\.)"
+        r"|:? (?:(?:[Ss]tart(?:-pre)? )?operation timed out\.|[Ss]tart request repeated too quickly))"
         r"|docker\.(?:service(?:: (?:[Mm]ain process exited|Failed|Unit entered failed)| failed\.| holdoff time over"
-        r"| stop-sigterm timed out|:? (?:[Ss]tart(?:-pre)? )?operation timed out\.)"
+        r"| stop-sigterm timed out|:? (?:(?:[Ss]tart(?:-pre)? )?operation timed out\."
+        r"|[Ss]tart request repeated too quickly))"
         r"|socket:? (?:[Cc]ontrol process exited|Failed with result|Unit entered failed))"
         r"|Unit (?:(?:containerd|docker|crio)\.service|docker\.socket) entered failed state"
+        # branch kb12 (docs/diagnoser.md, emitter table): systemd's start limit for a runtime unit (219's wording; later
+        # ones are folded into the unit branches above), PID 1's failed or dependency-failed start job of a runtime
+        # unit by its Description (job.c), dockerd 18.x unable to reach its own containerd (folded into `docker…` above)
+        r"|start request repeated too quickly for (?:containerd|docker|crio)\.service"
+        r"|Failed to start (?:(?:docker|containerd|crio)\.service - )?(?:Docker Application Container Engine"
+        r"|containerd container runtime|Container Runtime Interface for OCI \(CRI-O\)"
+        r"|Open Container Initiative Daemon)\."
+        r"|Dependency failed for (?:(?:docker|containerd|crio)\.service - )?(?:Docker Application Container Engine"
+        r"|containerd container runtime|Container Runtime Interface for OCI \(CRI-O\)"
+        r"|Open Container Initiative Daemon)\."
         # branch kb10: the kubelet's PLEG relist and pod cleanup getting no answer from the runtime (pleg/generic.go,
         # kubelet.go, dockertools' operationTimeout)
         r"|GenericPLEG: Unable to retrieve pods(?::\s*|\"\s+err=\")(?:(?:rpc error: code = (?:Unknown|2) desc = )?"
