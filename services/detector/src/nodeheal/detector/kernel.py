@@ -113,6 +113,8 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|Job (?:(?:reboot|poweroff|halt|kexec|shutdown|final|umount)\.target"
         r"|systemd-(?:reboot|poweroff|halt|kexec)\.service)/start"
         r"|reboot: (?:Restarting system|Power down)"
+        # locksmithd (Container Linux / Flatcar) executing an update reboot (ops.locksmithd_reboot_delay / _sent)
+        r"|locksmithd\[\d+\]: (?:Logins detected, delaying reboot for|Reboot sent\. Going to sleep)"
         r"|The system (?:will (?:power off|reboot|halt|soft-reboot|kexec)"
         r"|is going down for (?:reboot|power-?off|halt|system halt|kexec reboot) NOW!)"
         r"|System (?:userspace is rebooting|halted\.\s*$)|Stopped target (?:(?:multi-user|graphical|getty)\.target - )?"
