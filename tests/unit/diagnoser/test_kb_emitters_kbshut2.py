@@ -42,6 +42,15 @@ REBOOT_SENT = (
 )
 KURED = 'time="2024-01-01T03:00:00Z" level=info msg="Commanding reboot for node: node-1"'  # fmt: kured commandReboot
 FLUO = "I0101 03:00:00.000000       1 agent.go:245] Node drained, rebooting"  # fmt: FLUO pkg/agent/agent.go process
+# fmt: zincati src/update_agent/actor.rs finalize_deployment() / tick_end(), as env_logger prints them in the journal
+ZINCATI = (
+    "Jun 15 03:00:00 fcos-1 zincati[1234]: [INFO  zincati::update_agent::actor] staged deployment '32.20200615.3.0' "
+    "available, proceeding to finalize it"
+)
+ZINCATI_END = (
+    "Jun 15 03:00:01 fcos-1 zincati[1234]: [INFO  zincati::update_agent::actor] update applied, waiting for reboot: "
+    "32.20200615.3.0"
+)
 
 CASES = [
     (LOGINS_561, "ops.locksmithd_reboot_delay", "kb-561"),
@@ -50,6 +59,8 @@ CASES = [
     ("Reboot sent. Going to sleep.", "ops.locksmithd_reboot_sent", "fmt locksmith 2014 (fmt.Println)"),
     (KURED, "ops.kured_commanding_reboot", "fmt kured"),
     (FLUO, "ops.update_operator_agent_reboot", "fmt update operator"),
+    (ZINCATI, "ops.zincati_finalize", "fmt zincati finalize"),
+    (ZINCATI_END, "ops.zincati_finalize", "fmt zincati end"),
 ]
 
 
@@ -87,6 +98,11 @@ def test_the_round_14_misses_are_planned(excerpt: str) -> None:
         # constructed from the update operator's agent.go: waiting for the controller, reporting the need
         "I0101 03:00:00.000000       1 agent.go:180] Waiting for ok-to-reboot from controller...",
         "I0101 03:00:00.000000       1 agent.go:262] Indicating a reboot is needed",
+        # constructed from zincati's actor.rs: staging (no reboot) and the strategy holding the reboot back
+        "Jun 15 02:00:00 fcos-1 zincati[1234]: [INFO  zincati::update_agent::actor] target release '32.20200615.3.0' "
+        "selected, proceeding to stage it",
+        "update staged: 32.20200615.3.0; reboot pending due to update strategy",
+        "update staged: 32.20200615.3.0; reboot delayed due to active user sessions",
     ],
 )
 def test_scheduling_or_waiting_is_no_finding(line: str) -> None:
@@ -145,9 +161,9 @@ def test_the_managers_own_failure_report_vetoes_it(lines: list[str], why: str) -
     assert analyse(lines).findings == (), why
 
 
-@pytest.mark.parametrize("line", [LOGINS_561, REBOOT_SENT])
+@pytest.mark.parametrize("line", [LOGINS_561, REBOOT_SENT, ZINCATI, ZINCATI_END])
 def test_the_node_log_wordings_pass_the_detector(line: str) -> None:
-    """locksmithd logs to the node's journal; kured and the update operator's agent log in their pods."""
+    """locksmithd and zincati log to the node's journal; kured and the update operator's agent log in their pods."""
     assert classify_line(line) == "planned"
 
 
