@@ -47,6 +47,15 @@ ZINCATI = (
     "Jun 15 03:00:00 fcos-1 zincati[1234]: [INFO  zincati::update_agent::actor] staged deployment '32.20200615.3.0' "
     "available, proceeding to finalize it"
 )
+# https://github.com/coreos/zincati/issues/1186 (the finalize line, then its failure: the staged deployment had been
+# unlocked elsewhere, so no reboot followed)
+FAILED_1186 = [
+    "zincati[1629931]: [INFO  zincati::update_agent::actor] staged deployment '39.20240407.3.0' available, proceeding "
+    "to finalize it",
+    "zincati[1629931]: [ERROR zincati::update_agent::actor] failed to finalize deployment: rpm-ostree "
+    "finalize-deployment failed:",
+    "zincati[1629931]:     error: Staged deployment already unlocked",
+]
 ZINCATI_END = (
     "Jun 15 03:00:01 fcos-1 zincati[1234]: [INFO  zincati::update_agent::actor] update applied, waiting for reboot: "
     "32.20200615.3.0"
@@ -61,6 +70,7 @@ CASES = [
     (FLUO, "ops.update_operator_agent_reboot", "fmt update operator"),
     (ZINCATI, "ops.zincati_finalize", "fmt zincati finalize"),
     (ZINCATI_END, "ops.zincati_finalize", "fmt zincati end"),
+    (FAILED_1186[0], "ops.zincati_finalize", "zincati#1186, alone"),
 ]
 
 
@@ -155,13 +165,14 @@ def test_the_reboot_sent_line_survives_locksmithd_being_stopped_by_the_reboot() 
             [KURED, 'time="2024-01-01T03:00:01Z" level=fatal msg="Error invoking reboot command: exit status 1"'],
             "kured",
         ),
+        (FAILED_1186, "zincati#1186 (real)"),
     ],
 )
 def test_the_managers_own_failure_report_vetoes_it(lines: list[str], why: str) -> None:
     assert analyse(lines).findings == (), why
 
 
-@pytest.mark.parametrize("line", [LOGINS_561, REBOOT_SENT, ZINCATI, ZINCATI_END])
+@pytest.mark.parametrize("line", [LOGINS_561, REBOOT_SENT, ZINCATI, ZINCATI_END, FAILED_1186[0]])
 def test_the_node_log_wordings_pass_the_detector(line: str) -> None:
     """locksmithd and zincati log to the node's journal; kured and the update operator's agent log in their pods."""
     assert classify_line(line) == "planned"
