@@ -124,6 +124,11 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|Job (?:(?:reboot|poweroff|halt|kexec|shutdown|final|umount)\.target"
         r"|systemd-(?:reboot|poweroff|halt|kexec)\.service)/start"
         r"|reboot: (?:Restarting system|Power down)"
+        # locksmithd (Container Linux / Flatcar) executing an update reboot (ops.locksmithd_reboot_delay / _sent)
+        # (each behind its daemon's journal tag: a branch opening on a rarer literal costs the screen less, measured)
+        r"|locksmithd\[\d+\]: (?:Logins detected, delaying reboot for|Reboot sent\. Going to sleep)"
+        # zincati (Fedora CoreOS) finalizing a staged update, which reboots (ops.zincati_finalize)
+        r"|zincati\[\d+\]: .*?(?:proceeding to finalize it|update applied, waiting for reboot: )"
         r"|The system (?:will (?:power off|reboot|halt|soft-reboot|kexec)"
         r"|is going down for (?:reboot|power-?off|halt|system halt|kexec reboot) NOW!)"
         r"|System (?:userspace is rebooting|halted\.\s*$)|Stopped target (?:(?:multi-user|graphical|getty)\.target - )?"
