@@ -194,8 +194,8 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             # round 14 (kb-555…): all held out, committed before any code ran on it, measured once after the kb10,
             # kbshut and kb11 rules were merged (docs/BENCHMARKS.md)
             "round14_test": accuracy("test", 14),
-            # round 15 (kb-592…): all held out, collected while branches kb12 and kbshut2 read round 14's misses, committed
-            # before any code ran on it, measured once after both were merged (docs/BENCHMARKS.md)
+            # round 15 (kb-592…): all held out, collected while branches kb12 and kbshut2 read round 14's misses,
+            # committed before any code ran on it, measured once after both were merged (docs/BENCHMARKS.md)
             "round15_test": accuracy("test", 15),
             "samples": accuracy("samples"),
         },
