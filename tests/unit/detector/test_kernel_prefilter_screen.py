@@ -103,6 +103,11 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     assert "kb-579" not in missed
     # branch kbshut2: locksmithd's 'Logins detected, delaying reboot for 5 minutes.' (its rebootAndSleep())
     assert "kb-561" not in missed
+    # round 15 (held out, measured once; docs/BENCHMARKS.md): kured's pod log, `systemctl status` output and an alerting
+    # tool's notification are not node log lines; PID 1's `Dependency failed for Kubernetes Kubelet.` and OpenWrt's
+    # sysupgrade console are wordings the detector does not know (the KB misses them too)
+    not_log_lines |= {"kb-595", "kb-596", "kb-599", "kb-622"}
+    unknown_wordings |= {"kb-605", "kb-616", "kb-617"}
     assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)
     # branch kb7: the pattern written from the kubelet's own format string (docs/diagnoser.md, emitter table) passes
     # its admission refusal (glog 'Failed to admit pod … - node has conditions: [DiskPressure]')
