@@ -120,7 +120,8 @@ def test_look_alikes(line: str) -> None:
 def test_kureds_drain_is_not_the_reboot(excerpt: str) -> None:
     """Round 15's kured excerpts end at 'Draining node …': the drain can fail (1.6: log.Fatalf, then the lock released
     at restart; later: 'Unable to cordon or drain …, will release lock and retry') or never end (--drain-timeout 0,
-    a PodDisruptionBudget), so no reboot need follow. kured's executing line ('Commanding reboot for node: ',
+    a PodDisruptionBudget), so no reboot need follow (kubereboot/kured#17, #44: nodes drained every hour, never
+    rebooted). kured's executing line ('Commanding reboot for node: ',
     ops.kured_commanding_reboot) is not in them: they stay misses."""
     assert ROWS[excerpt]["class"] == PLANNED
     assert any("Draining node " in line for line in ROWS[excerpt]["lines"])
