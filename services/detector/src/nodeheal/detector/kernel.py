@@ -154,7 +154,11 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         # terminals (only logind's newer 'The system will … at' is logged, passed above), and its cancellation,
         # which vetoes it in the diagnoser, is passed by nothing here
         r"|shutdown\[\d+\]: shutting down for system (?:halt|reboot)"
-        r"|Generate shutdown-ramfs|mkinitcpio-generate-shutdown-ramfs\.service: ",
+        r"|Generate shutdown-ramfs|mkinitcpio-generate-shutdown-ramfs\.service: "
+        # OpenWrt's sysupgrade second stage killing every process before it flashes and reboots
+        # (ops.openwrt_sysupgrade_stage2; common.sh's v() logs it with `logger -t upgrade` in later versions); its
+        # 'Commencing upgrade.' comes before the hand-over to procd and is not passed
+        r"|upgrade: Sending (?:TERM|KILL) to remaining processes \.\.\.",
     ),
 )
 
