@@ -10,21 +10,12 @@ the copy and must stay unclassified (no rule may be bent to them).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from nodeheal.detector.kernel import classify_line
 from nodeheal.diagnoser.kb import analyse, default_matcher
-
-KB_DATA = Path(__file__).resolve().parents[2] / "data" / "kb"
-ROWS = {row["id"]: row for row in map(json.loads, (KB_DATA / "corpus.jsonl").read_text(encoding="utf-8").splitlines())}
-
-
-def _real(excerpt: str, needle: str) -> str:
-    return next(line for line in ROWS[excerpt]["lines"] if needle in line)
-
+from tests.unit.diagnoser.kbdata import ROWS
+from tests.unit.diagnoser.kbdata import real as _real
 
 MCE = "mce_hardware_error"
 GHES = "ghes_cper_hardware_error"

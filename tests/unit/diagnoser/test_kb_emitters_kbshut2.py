@@ -13,21 +13,14 @@ constructed from the same files and marked.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from nodeheal.detector.kernel import classify_line
 from nodeheal.diagnoser.kb import analyse, default_matcher
+from tests.unit.diagnoser.kbdata import ROWS
+from tests.unit.diagnoser.kbdata import real as _real
 
-KB_DATA = Path(__file__).resolve().parents[2] / "data" / "kb"
-ROWS = {row["id"]: row for row in map(json.loads, (KB_DATA / "corpus.jsonl").read_text(encoding="utf-8").splitlines())}
 PLANNED = "planned_shutdown_reboot"
-
-
-def _real(excerpt: str, needle: str) -> str:
-    return next(line for line in ROWS[excerpt]["lines"] if needle in line)
 
 
 def _primary(lines: list[str]) -> tuple[str | None, str | None]:
