@@ -50,7 +50,7 @@ from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
@@ -75,6 +75,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     Transient,
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
+    # what `js.publish` raises for no responders: a stream without a leader (an election, a restart) or not
+    # there yet — the message is nak'ed and tried again, never dead-lettered for it
+    NoStreamResponseError,
     nats.errors.ConnectionClosedError,
     nats.errors.ConnectionReconnectingError,
     ServiceUnavailableError,
