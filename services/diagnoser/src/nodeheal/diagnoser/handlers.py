@@ -172,6 +172,7 @@ class DiagnoserRuntime:
         # verdicts decided but not yet stored in DIAGNOSES (their publish failed, or is under way): the core
         # remembers a verdict as said when it decides it, so it is sent from here until its PubAck comes
         self._unsent: dict[str, Diagnosis] = {}
+        self._unsent_findings: list[FleetFinding] = []  # the same for fleet findings (the tick's correlation runs)
         self.durable: DurableState | None = None
         self.rebuilt: RebuildReport | None = None  # what the last start read back (also logged)
         self._ready = False
@@ -503,6 +504,22 @@ class DiagnoserRuntime:
             },
         )
 
+    async def _send_findings(self) -> None:
+        """Publish the fleet findings not yet stored, in the order they were found; each leaves the list on its
+        PubAck. A passing failure is raised with the rest kept for the next tick (before, a finding whose publish
+        failed was never said: the core had counted it raised); one refused for good is logged and dropped."""
+        while self._unsent_findings:
+            finding = self._unsent_findings[0]
+            try:
+                await self._publish_finding(finding)
+            except TRANSIENT:
+                raise
+            except Exception as exc:
+                log.error("fleet finding refused by the server; not sent again", extra={"error": repr(exc)})
+                self._unsent_findings.pop(0)
+                raise
+            self._unsent_findings.pop(0)
+
     async def _publish_finding(self, finding: FleetFinding) -> None:
         await publish_model(
             self.js,
@@ -532,12 +549,12 @@ class DiagnoserRuntime:
                 for key in touched:
                     self._held[key] = now
                 due |= touched
-                for finding in findings:
-                    await self._publish_finding(finding)
+                self._unsent_findings += findings  # remembered first, like the verdicts: the core counts them said
                 kpis = self.diagnoser.kpis(now=now)
                 self.m_fleet.labels("crash").set(kpis.crash_rate)
                 self.m_fleet.labels("schedulable").set(kpis.schedulable_rate)
                 self.m_fleet.labels("online").set(kpis.online_rate)
+            await self._send_findings()  # before the diagnoses that may carry them
             if holding:
                 await kill_point("in_node_down_hold", self.nc)  # verdicts held, their anomalies acked
             if due or self._unsent:
