@@ -276,6 +276,7 @@ def partial_copy_robustness(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
     bug; every other report is another. Pairwise scores of both levels over all of them."""
     truth: list[str] = []
     reports: list[CrashReport] = []
+    names: list[str] = []  # `<excerpt>` for the excerpt's own report, `<excerpt>/<copy>` for a partial copy
     lost: Counter[str] = Counter()
     for excerpt in excerpts:
         found = [r for r in extract_reports(list(excerpt.lines)) if r.identified()]
@@ -284,6 +285,7 @@ def partial_copy_robustness(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
         bug = excerpt.group or excerpt.id
         truth.append(bug)
         reports.append(found[0])
+        names.append(excerpt.id)
         for name, copy in partial_copies(excerpt.lines).items():
             if list(copy) == list(excerpt.lines):
                 continue
@@ -293,13 +295,44 @@ def partial_copy_robustness(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
                 continue
             truth.append(bug)
             reports.append(copies[0])
-    clusters = cluster_reports(reports)
+            names.append(f"{excerpt.id}/{name}")
+    clusters = [str(c) for c in cluster_reports(reports)]
+    exact = [r.bucket() for r in reports]
+    halves = [half_of(bug) for bug in truth]
+    across = [(i, j) for i, j in combinations(range(len(truth)), 2) if halves[i] != halves[j]]
+
+    def half(name: str) -> dict[str, Any]:
+        chosen = [i for i, h in enumerate(halves) if h == name]
+        part_truth = [truth[i] for i in chosen]
+        part = cluster_reports([reports[i] for i in chosen])
+        return {
+            "reports": len(chosen),
+            "bugs": len(set(part_truth)),
+            "exact_key": pairwise(part_truth, [exact[i] for i in chosen]),
+            "similarity": pairwise(part_truth, [str(c) for c in part]),
+        }
+
     return {
         "reports": len(reports),
         "bugs": len(set(truth)),
         "copies_without_identity": dict(lost),
-        "exact_key": pairwise(truth, [r.bucket() for r in reports]),
-        "similarity": pairwise(truth, [str(c) for c in clusters]),
+        "exact_key": pairwise(truth, exact),
+        "similarity": pairwise(truth, clusters),
+        # the bugs split like the same-bug sets' groups (`half_of` of the excerpt's group, else its id; branch
+        # bucket12, fixed before any code change of that branch): pairs inside each half, and how many pairs
+        # across the halves (always two bugs) each level joins
+        "halves": {name: half(name) for name in ("tune", "held_out")},
+        "across_halves_false_pairs": {
+            "exact_key": sum(exact[i] == exact[j] for i, j in across),
+            "similarity": sum(clusters[i] == clusters[j] for i, j in across),
+        },
+        # every pair of two bugs the level-2 clusters join, and where it lies: inside the tuning half, inside the
+        # held-out half, or across them
+        "false_pairs": [
+            {"reports": [names[i], names[j]], "half": halves[i] if halves[i] == halves[j] else "across"}
+            for i, j in combinations(range(len(truth)), 2)
+            if clusters[i] == clusters[j] and truth[i] != truth[j]
+        ],
     }
 
 
@@ -551,6 +584,17 @@ def bucket_summary(result: dict[str, Any]) -> dict[str, Any]:
             "level1_exact_key": prf(result[name]["exact_key"]),
             "level2_similarity": prf(result[name]["similarity"]),
         }
+    copies = result["partial_copies"]
+    out["partial_copies"]["across_halves_false_pairs"] = copies["across_halves_false_pairs"]
+    out["partial_copies"]["halves"] = {
+        half: {
+            "reports": scores["reports"],
+            "bugs": scores["bugs"],
+            "level1_exact_key": prf(scores["exact_key"]),
+            "level2_similarity": prf(scores["similarity"]),
+        }
+        for half, scores in copies["halves"].items()
+    }
     return out
 
 
