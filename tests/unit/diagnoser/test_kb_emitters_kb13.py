@@ -136,7 +136,7 @@ def test_emitter_wording_is_recognised(line: str, cls: str, rule: str | None, or
 
 
 def test_the_spent_excerpts_are_classified_whole() -> None:
-    for excerpt in ("kb-605", "kb-610", "kb-620"):
+    for excerpt in ("kb-599", "kb-605", "kb-610", "kb-620"):
         row = ROWS[excerpt]
         assert row["split"] == "test" and row["round"] == 15
         found = analyse(row["lines"]).primary
@@ -195,8 +195,55 @@ def test_the_benign_look_alikes_of_these_rules_are_no_finding() -> None:
 
 
 def test_the_older_misses_read_again_stay_misses() -> None:
-    """kb-517, kb-544, kb-440, kb-538, kb-541 and kb-599 were read again and no rule was written for them
-    (docs/diagnoser.md, kb13 paragraph)."""
-    for excerpt in ("kb-440", "kb-517", "kb-538", "kb-541", "kb-544", "kb-599"):
+    """kb-517, kb-544, kb-440, kb-538 and kb-541 were read again and no rule was written for them (docs/diagnoser.md,
+    kb13 paragraph)."""
+    for excerpt in ("kb-440", "kb-517", "kb-538", "kb-541", "kb-544"):
         found = analyse(ROWS[excerpt]["lines"]).primary
         assert found is None, (excerpt, found)
+
+
+# `systemctl status` (systemctl print_status_info()): the Active line of a failed runtime unit under its own header
+# (runtime.systemctl_status_failed, a block: the Active line alone names no unit)
+BLOCK = "runtime.systemctl_status_failed"
+
+# https://github.com/kubernetes/kubeadm/issues/557 (not in the corpus): a paste that lost the leading spaces, the
+# kubelet's unit crash-looping: a kubelet block is not the runtime's
+KUBEADM_557 = [
+    "● kubelet.service - kubelet: The Kubernetes Node Agent",
+    "Loaded: loaded (/etc/systemd/system/kubelet.service; enabled; vendor preset: disabled)",
+    "Drop-In: /etc/systemd/system/kubelet.service.d",
+    "└─10-kubeadm.conf",
+    "Active: activating (auto-restart) (Result: exit-code) since Thu 2017-11-16 08:29:00 UTC; 3s ago",
+]
+
+
+def _block(lines: list[str]) -> tuple[str | None, str | None, dict[str, str]]:
+    found = [f for f in default_matcher().scan(lines) if f.rule_id == BLOCK]
+    return (found[0].cls, found[0].fields.get("service"), found[0].fields) if found else (None, None, {})
+
+
+def test_kb_599_the_failed_cri_o_unit_is_the_runtime_down() -> None:
+    cls, service, fields = _block(ROWS["kb-599"]["lines"])
+    assert (cls, service, fields.get("result")) == (RUNTIME, "crio", "exit-code")
+    # the finding's text names the unit, so the remediator restarts crio (rules.service_in_kernel reads the line)
+    finding = next(f for f in default_matcher().scan(ROWS["kb-599"]["lines"]) if f.rule_id == BLOCK)
+    assert "crio.service" in finding.line and "Active: failed" in finding.line
+
+
+def test_the_active_line_alone_or_under_another_header_is_not_the_runtime() -> None:
+    active = ROWS["kb-599"]["lines"][3]
+    assert "Active: failed" in active
+    assert default_matcher().match_line(active) is None  # match_line never applies a block
+    assert _block([active]) == (None, None, {})
+    assert _block(KUBEADM_557) == (None, None, {})
+    # a second unit's block after the runtime's: the header search stops at the kubelet's header
+    lines = ROWS["kb-599"]["lines"][:3] + KUBEADM_557
+    assert [f.rule_id for f in default_matcher().scan(lines) if f.rule_id == BLOCK] == []
+
+
+def test_a_runtime_header_too_far_above_is_not_read() -> None:
+    lines = (
+        ROWS["kb-599"]["lines"][:3] + ["  Drop-In: /etc/systemd/system/crio.service.d"] + ["           └─x.conf"] * 8
+    )
+    lines.append(ROWS["kb-599"]["lines"][3])
+    assert _block(lines) == (None, None, {})
