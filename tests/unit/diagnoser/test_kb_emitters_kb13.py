@@ -11,10 +11,13 @@ or the runtime answered; real ones are in tests/data/kb/benign.txt (none from a 
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
 
 from nodeheal.detector.kernel import classify_line
-from nodeheal.diagnoser.kb import analyse, default_matcher
+from nodeheal.diagnoser.kb import Matcher, analyse, default_matcher
+from nodeheal.diagnoser.kb.loader import KnowledgeBaseError, parse_knowledge_base
 from tests.unit.diagnoser.kbdata import KB_DATA, ROWS
 from tests.unit.diagnoser.kbdata import real as _real
 
@@ -247,3 +250,18 @@ def test_a_runtime_header_too_far_above_is_not_read() -> None:
     )
     lines.append(ROWS["kb-599"]["lines"][3])
     assert _block(lines) == (None, None, {})
+
+
+def test_a_block_that_misses_its_own_example_or_finds_its_counter_example_is_refused() -> None:
+    text = resources.files("nodeheal.diagnoser.kb").joinpath("rules.yaml").read_text(encoding="utf-8")
+    assert "    within: 8\n" in text
+    with pytest.raises(KnowledgeBaseError, match="does not find its own example"):
+        Matcher(parse_knowledge_base(text.replace("    within: 8\n", "    within: 1\n")))
+    loose = text.replace(
+        "(?P<service>docker|containerd|crio)\\.service(?: - .*)?", "(?P<service>[\\w-]+)\\.service(?: - .*)?"
+    )
+    assert loose != text
+    with pytest.raises(KnowledgeBaseError, match="finds its counter-example"):
+        Matcher(parse_knowledge_base(loose))
+    with pytest.raises(KnowledgeBaseError, match="within must be"):
+        parse_knowledge_base(text.replace("    within: 8\n", "    within: 0\n"))
