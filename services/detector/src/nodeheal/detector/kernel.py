@@ -91,12 +91,17 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         # ones are folded into the unit branches above), PID 1's failed or dependency-failed start job of a runtime
         # unit by its Description (job.c), dockerd 18.x unable to reach its own containerd (folded into `docker…` above)
         r"|start request repeated too quickly for (?:containerd|docker|crio)\.service"
-        r"|Failed to start (?:(?:docker|containerd|crio)\.service - )?(?:Docker Application Container Engine"
+        # (branch kb13: the same job results for the kubelet's unit by its Description, kubelet.systemd_job_failed,
+        # folded into these two branches; the job's 'Job kubelet.service/start failed with result …' notice always
+        # follows the line they pass)
+        r"|Failed to start (?:(?:(?:docker|containerd|crio)\.service - )?(?:Docker Application Container Engine"
         r"|containerd container runtime|Container Runtime Interface for OCI \(CRI-O\)"
-        r"|Open Container Initiative Daemon)\."
-        r"|Dependency failed for (?:(?:docker|containerd|crio)\.service - )?(?:Docker Application Container Engine"
+        r"|Open Container Initiative Daemon)\.|kubelet\.service - |kubelet: The Kubernetes Node Agent\."
+        r"|Kubernetes Kubelet(?: Server| Service)?\.|Kubelet\.)"
+        r"|Dependency failed for (?:(?:(?:docker|containerd|crio)\.service - )?(?:Docker Application Container Engine"
         r"|containerd container runtime|Container Runtime Interface for OCI \(CRI-O\)"
-        r"|Open Container Initiative Daemon)\."
+        r"|Open Container Initiative Daemon)\.|kubelet\.service - |kubelet: The Kubernetes Node Agent\."
+        r"|Kubernetes Kubelet(?: Server| Service)?\.|Kubelet\.)"
         # branch kb10: the kubelet's PLEG relist and pod cleanup getting no answer from the runtime (pleg/generic.go,
         # kubelet.go, dockertools' operationTimeout)
         r"|GenericPLEG: Unable to retrieve pods(?::\s*|\"\s+err=\")(?:(?:rpc error: code = (?:Unknown|2) desc = )?"

@@ -40,6 +40,21 @@ _RUN_KEYS = frozenset(
         "shared",
     }
 )
+_BLOCK_KEYS = frozenset(
+    {
+        "id",
+        "class",
+        "contains",
+        "regex",
+        "header",
+        "within",
+        "between",
+        "examples",
+        "counter_examples",
+        "category",
+        "note",
+    }
+)
 # runs whose data lives in nodeheal.schemas, read by the detector too (`shared: <name>`)
 SHARED_RUNS: dict[str, tuple[str, Callable[[], StopRun]]] = {"shutdown_stop_run": (DATA_FILE, shutdown_stop_run)}
 _SHARED_KEYS = frozenset({"contains", "min_items", "window_s", "items", "skip", "veto"})
@@ -109,6 +124,26 @@ class Run:
         return _literal_screen(self.contains)
 
 
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Evidence inside one block of a program's output (branch kb13): a line matching `regex` (holding one of
+    `contains`) that stands under a `header` line at most `within` lines above it, every line between them matching
+    `between` — `systemctl status`'s `Active: failed …` under the `● <unit> - <description>` line it belongs to
+    (`Matcher.block_finding`). Never applied by `match_line`: the property line alone does not name its unit."""
+
+    id: str
+    cls: str
+    category: Category
+    contains: tuple[str, ...]  # a line is looked at only if it holds one of these (case-sensitive)
+    regex: re.Pattern[str]
+    header: re.Pattern[str]
+    within: int
+    between: re.Pattern[str]
+    examples: tuple[tuple[str, ...], ...]
+    counter_examples: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+
 _SCREENS: dict[tuple[str, ...], re.Pattern[str]] = {}
 
 
@@ -126,6 +161,7 @@ class KnowledgeBase:
     rules: tuple[Rule, ...]
     source: str = field(default="")
     runs: tuple[Run, ...] = ()
+    blocks: tuple[Block, ...] = ()
 
     def rank(self, cls: str) -> int:
         return self.classes[cls].rank
@@ -296,10 +332,7 @@ def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source
     veto = _compile(raw["veto"], where=where, key="veto") if "veto" in raw else None
 
     def excerpts(key: str) -> tuple[tuple[str, ...], ...]:
-        value = raw.get(key)
-        if not isinstance(value, list) or not value or not all(isinstance(v, list) and v for v in value):
-            raise _fail(where, f"{key} must be a non-empty list of excerpts (lists of lines)")
-        return tuple(_str_list(v, where=where, key=key) for v in value)
+        return _excerpts(raw, key, where=where)
 
     return Run(
         id=run_id,
@@ -313,6 +346,37 @@ def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source
         veto=veto,
         examples=excerpts("examples"),
         counter_examples=excerpts("counter_examples"),
+        note=str(raw.get("note", "")),
+    )
+
+
+def _excerpts(raw: dict[str, Any], key: str, *, where: str) -> tuple[tuple[str, ...], ...]:
+    value = raw.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, list) and v for v in value):
+        raise _fail(where, f"{key} must be a non-empty list of excerpts (lists of lines)")
+    return tuple(_str_list(v, where=where, key=key) for v in value)
+
+
+def _parse_block(raw: object, index: int, classes: dict[str, ClassInfo], *, source: str) -> Block:
+    if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw.get("id"):
+        raise _fail(f"{source} block #{index + 1}", "must be a mapping with an id")
+    block_id = str(raw["id"])
+    where = f"{source} block {block_id!r}"
+    cls_name, category = _class_of(raw, classes, where=where, allowed=_BLOCK_KEYS)
+    within = raw.get("within")
+    if not isinstance(within, int) or isinstance(within, bool) or not 1 <= within <= 20:
+        raise _fail(where, f"within must be an integer from 1 to 20 (lines above the matched one), got {within!r}")
+    return Block(
+        id=block_id,
+        cls=cls_name,
+        category=category,
+        contains=_str_list(raw.get("contains"), where=where, key="contains"),
+        regex=_compile(raw.get("regex"), where=where, key="regex"),
+        header=_compile(raw.get("header"), where=where, key="header"),
+        within=within,
+        between=_compile(raw.get("between"), where=where, key="between"),
+        examples=_excerpts(raw, "examples", where=where),
+        counter_examples=_excerpts(raw, "counter_examples", where=where),
         note=str(raw.get("note", "")),
     )
 
@@ -355,7 +419,15 @@ def parse_knowledge_base(text: str, *, source: str = "<rules>") -> KnowledgeBase
         if run.id in seen:
             raise _fail(f"{source} run {run.id!r}", "duplicate id")
         seen.add(run.id)
-    return KnowledgeBase(version=1, classes=classes, rules=rules, source=source, runs=runs)
+    raw_blocks = doc.get("blocks", [])
+    if not isinstance(raw_blocks, list):
+        raise _fail(source, "'blocks' must be a list")
+    blocks = tuple(_parse_block(raw, i, classes, source=source) for i, raw in enumerate(raw_blocks))
+    for block in blocks:
+        if block.id in seen:
+            raise _fail(f"{source} block {block.id!r}", "duplicate id")
+        seen.add(block.id)
+    return KnowledgeBase(version=1, classes=classes, rules=rules, source=source, runs=runs, blocks=blocks)
 
 
 def load_knowledge_base(path: str | Path | None = None) -> KnowledgeBase:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nodeheal.diagnoser.kb.loader import KnowledgeBase, KnowledgeBaseError, Rule, Run
+from nodeheal.diagnoser.kb.loader import Block, KnowledgeBase, KnowledgeBaseError, Rule, Run
 from nodeheal.diagnoser.kb.logline import line_time, rejoined
 from nodeheal.schemas.kernel import LOOKBACK_CLASSES, Category
 
@@ -92,6 +92,17 @@ class Matcher:
                     raise KnowledgeBaseError(
                         f"knowledge base run {run.id!r} finds its counter-example {list(counter)!r}"
                     )
+        for block in kb.blocks:
+            for example in block.examples:
+                if self.block_finding(block, example) is None:
+                    raise KnowledgeBaseError(
+                        f"knowledge base block {block.id!r} does not find its own example {list(example)!r}"
+                    )
+            for counter in block.counter_examples:
+                if self.block_finding(block, counter) is not None:
+                    raise KnowledgeBaseError(
+                        f"knowledge base block {block.id!r} finds its counter-example {list(counter)!r}"
+                    )
 
     def candidates(self, lowered: str) -> tuple[list[Rule], list[Rule]]:
         """The specific and the fallback rules one of whose literals the lower-cased line holds, in
@@ -153,6 +164,11 @@ class Matcher:
             if found is not None and found.index not in taken:
                 findings.append(found)
                 taken.add(found.index)
+        for block in self.kb.blocks:
+            found = self.block_finding(block, raw)
+            if found is not None and found.index not in taken:
+                findings.append(found)
+                taken.add(found.index)
         findings.sort(key=lambda f: f.index)
         return resolve_lookback(findings)
 
@@ -200,6 +216,29 @@ class Matcher:
                     rule_id=run.id,
                     fields={"items": ", ".join(sorted(keys))},
                 )
+        return None
+
+    @staticmethod
+    def block_finding(block: Block, lines: Sequence[str]) -> Finding | None:
+        """The block's first finding in an excerpt (loader.Block): a line its regex matches, under a header line at
+        most `within` lines above it with only `between` lines in between. The finding's text is the header and the
+        line joined (the header names the unit the line is about)."""
+        for i, line in enumerate(lines):
+            if not any(literal in line for literal in block.contains):
+                continue
+            match = block.regex.search(line)
+            if match is None:
+                continue
+            for j in range(i - 1, max(-1, i - 1 - block.within), -1):
+                head = block.header.search(lines[j])
+                if head is not None:
+                    fields = {k: v for k, v in (head.groupdict() | match.groupdict()).items() if v is not None}
+                    text = f"{lines[j].strip()} {line.strip()}"
+                    return Finding(
+                        index=i, line=text, cls=block.cls, category=block.category, rule_id=block.id, fields=fields
+                    )
+                if block.between.search(lines[j]) is None:
+                    break
         return None
 
     def primary(self, findings: Sequence[Finding]) -> Finding | None:
