@@ -1,11 +1,12 @@
 """Branch kbshut4: emitters of a planned reboot the knowledge base did not read yet (docs/diagnoser.md, emitter table,
-kbshut4 rows; rules.yaml ops.kexec_starting_new_kernel, ops.kured_reboot_invoked, ops.kubelet_shutdown_processing,
-ops.mcd_initiating_reboot, and the veto added to ops.kubelet_graceful_shutdown).
+kbshut4 rows; rules.yaml ops.kexec_starting_new_kernel, ops.shutdown_pid1_ident, ops.kured_reboot_invoked,
+ops.kubelet_shutdown_processing, ops.mcd_initiating_reboot, and the veto added to ops.kubelet_graceful_shutdown).
 
 Each line is one its program prints past its last check, right before the reboot; each program's own failure report
 vetoes it. Real lines: a tracker's copy where one was found (scaleway/initrd#199, okd-project/okd#493), the train row
-kb-450 (the kubelet's shutdown manager) and a kured log in a public notes file of the search tool's file index
-(brentgroves/repsys `k8s/kured-install.md`, read with read_file). The other wordings are the emitters' format strings
+kb-450 (the kubelet's shutdown manager), a kured log in a public notes file of the search tool's file index
+(brentgroves/repsys `k8s/kured-install.md`) and a reboot console in a linux-arm-kernel patch mail of the same index
+(both read with read_file). The other wordings are the emitters' format strings
 instantiated (`fmt`: the literal parts are the emitter's, names and times made up). No held-out excerpt was used.
 Look-alikes: start-up and waiting lines (real ones in benign.txt: kured#894, kubernetes#101553, MCO PR 405) and
 constructed ones, marked.
@@ -41,6 +42,21 @@ KEXEC_FMT = [
     "kexec: Starting new kernel",  # fmt: kernel/kexec.c with pr_fmt "kexec: " (as raspberrypi/linux#1319 quotes it)
     "[ 4149.149473] Starting new kernel",  # fmt: 2.6's printk(KERN_EMERG "Starting new kernel\n"), no prefix
     "Jan 01 00:00:00 node-1 kernel: kexec_core: Starting new kernel",  # fmt: the same line in syslog
+]
+
+# ---------------------------------------------------------------- systemd-shutdown under the ident 'shutdown'
+SHUTDOWN = "ops.shutdown_pid1_ident"
+# a linux-arm-kernel patch mail in the search tool's file index (Odroid N2's SD regulator; read with read_file): the
+# console of `reboot` on Arch Linux ARM, 2019
+SHUTDOWN_MAIL = [
+    "[   24.275860] shutdown[1]: All loop devices detached.",
+    "[   24.278864] shutdown[1]: Detaching DM devices.",
+    "[   24.287105] kvm: exiting hardware virtualization",
+    "[   24.318776] reboot: Restarting system",
+]
+SHUTDOWN_FMT = [
+    "[  100.000000] shutdown[1]: Sending SIGTERM to remaining processes...",  # fmt: shutdown.c log_info()
+    "[  100.000000] shutdown[1]: Powering off.",  # fmt
 ]
 
 # ---------------------------------------------------------------- kured after 1.6
@@ -109,6 +125,8 @@ MCD_FMT = [
 CASES = [
     *((KEXEC_199[0], KEXEC, "scaleway/initrd#199"),),
     *((line, KEXEC, "fmt kexec") for line in KEXEC_FMT),
+    *((line, SHUTDOWN, "linux-arm-kernel mail") for line in SHUTDOWN_MAIL[:2]),
+    *((line, SHUTDOWN, "fmt shutdown[1]") for line in SHUTDOWN_FMT),
     (KURED_REAL, KURED, "brentgroves/repsys (kured 1.7–1.14)"),
     (KURED_SIGNAL, KURED, "fmt kured 1.15 signal"),
     (KURED_TRIGGER, KURED, "fmt kured 1.16.2+"),
@@ -133,6 +151,8 @@ def test_the_executing_line_is_planned(line: str, rule_id: str, origin: str) -> 
 
 def test_the_real_excerpts() -> None:
     assert _primary(KEXEC_199) == (PLANNED, KEXEC)
+    assert _primary(SHUTDOWN_MAIL[:2]) == (PLANNED, SHUTDOWN)
+    assert _primary(SHUTDOWN_MAIL)[0] == PLANNED
     assert _primary(["I0128 13:28:51.699604  353146 kernelargs.go:136] skipping", MCD_493]) == (PLANNED, MCD)
     assert _primary(ROWS["kb-450"]["lines"])[0] == PLANNED
 
@@ -148,6 +168,8 @@ def test_the_real_excerpts() -> None:
         "Starting kernel ...",
         "Starting new kernel",  # bare, no printk time stamp: not told from a boot loader's or another program's
         "[    0.000000] kexec_core: crashkernel: memory value expected",
+        # shutdown[1]: a scheduled shutdown's `shutdown` command, under its own PID (constructed from systemctl's wording)
+        "Jan  1 00:00:00 node-1 shutdown[2210]: Shutdown scheduled for Thu 2024-01-01 00:05:00 UTC",
         # kured: start-up settings and the loop after the command (constructed from main.go), another tool's words
         'time="2023-10-20T20:52:04Z" level=info msg="Reboot command: [/bin/systemctl reboot]"',
         'time="2023-10-20T20:54:47Z" level=info msg="Waiting for reboot"',
@@ -253,6 +275,7 @@ def test_kureds_drain_and_waiting_are_still_not_the_reboot() -> None:
     [
         KEXEC_199[0],
         KEXEC_FMT[0],
+        *SHUTDOWN_MAIL[:2],
         KB450_EVENT,
         KB450_PROCESSING,
         KUBELET_FMT[0],

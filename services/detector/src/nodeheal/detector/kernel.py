@@ -163,9 +163,10 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         # 'Commencing upgrade.' comes before the hand-over to procd and is not passed
         r"|upgrade: Sending (?:TERM|KILL) to remaining processes \.\.\."
         # branch kbshut4: the kernel's kexec reboot (ops.kexec_starting_new_kernel; behind its pr_fmt prefix only),
+        # systemd-shutdown's lines under the ident 'shutdown' (ops.shutdown_pid1_ident),
         # OpenShift's machine-config daemon initiating its reboot (its journal tag) and PID 1 starting the reboot unit
         # it asks systemd-run for (ops.mcd_initiating_reboot); kured logs in its pod and is not passed
-        r"|kexec(?:_core)?: Starting new kernel\s*$"
+        r"|kexec(?:_core)?: Starting new kernel\s*$|shutdown\[1\]: "
         r"|machine-config-daemon(?:\[\d+\])?:? \"?initiating reboot: "
         r"|Started (?:machine-config-daemon-reboot\.service - )?machine-config-daemon: ",
     ),
