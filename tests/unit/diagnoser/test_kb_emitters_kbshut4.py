@@ -68,6 +68,11 @@ KURED_REAL = (
 )
 KURED_SIGNAL = 'time="2024-01-01T03:00:00Z" level=info msg="Emit reboot-signal for node: node-1"'  # fmt: 1.15 signal.go
 KURED_TRIGGER = 'time="2024-01-01T03:00:00Z" level=info msg="Triggering reboot for node node-1"'  # fmt: 1.16.2+ main.go
+# fmt: 1.7's line as docker's json-file log holds it (the shape of kured#26's copies)
+KURED_JSON = (
+    '{"log":"time=\\"2019-01-01T03:00:00Z\\" level=info msg=\\"Running command: [/usr/bin/nsenter -m/proc/1/ns/mnt -- '
+    '/bin/systemctl reboot] for node: app02\\"\\n","stream":"stderr","time":"2019-01-01T03:00:00.0Z"}'
+)
 # fmt: 1.16.2+ command.go, logrus Info("Invoked reboot command", "cmd", …) (fmt.Sprint joins its arguments)
 KURED_INVOKED = (
     'time="2024-01-01T03:00:01Z" level=info msg="Invoked reboot commandcmd/usr/bin/nsenter -m/proc/1/ns/mnt -- '
@@ -128,6 +133,7 @@ CASES = [
     *((line, SHUTDOWN, "linux-arm-kernel mail") for line in SHUTDOWN_MAIL[:2]),
     *((line, SHUTDOWN, "fmt shutdown[1]") for line in SHUTDOWN_FMT),
     (KURED_REAL, KURED, "brentgroves/repsys (kured 1.7–1.14)"),
+    (KURED_JSON, KURED, "fmt kured 1.7 json-file"),
     (KURED_SIGNAL, KURED, "fmt kured 1.15 signal"),
     (KURED_TRIGGER, KURED, "fmt kured 1.16.2+"),
     (KURED_INVOKED, KURED, "fmt kured 1.16.2+ invoked"),
