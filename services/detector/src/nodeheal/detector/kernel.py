@@ -140,7 +140,10 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"(?:Multi-User System|Graphical Interface|Login Prompts)"
         r"|Show Plymouth (?:Reboot|Power Off|Halt)(?: with kexec)? Screen"
         r"|Shutdown manager (?:killing pod with gracePeriod|finished killing pod|completed processing shutdown event"
-        r"|detected new shutdown event, isNodeShuttingDownNow(?::\s*|\"?\s+event=)true)"
+        r"|detected new shutdown event, isNodeShuttingDownNow(?::\s*|\"?\s+event=)true"
+        # (kbshut4: the rest of processShutdownEvent(), the 1.2x event="shutdown"; ops.kubelet_shutdown_processing)
+        r"|processing shutdown event|pod killing time out|failed killing pod"
+        r"|detected new shutdown event\\?\"?\s+event=\\?\"?shutdown\b)"
         r"|reboot: System halted|systemd-shutdown\[\d+\]: "
         r"|from PID 1 \(systemd-shutdow\)|systemd-shutdow: \d+ output lines suppressed"
         r"|systemd\[1\]: (?:Shutting down\.|Reached target (?:Shutdown|Unmount All Filesystems)\.)"
@@ -163,7 +166,14 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         # OpenWrt's sysupgrade second stage killing every process before it flashes and reboots
         # (ops.openwrt_sysupgrade_stage2; common.sh's v() logs it with `logger -t upgrade` in later versions); its
         # 'Commencing upgrade.' comes before the hand-over to procd and is not passed
-        r"|upgrade: Sending (?:TERM|KILL) to remaining processes \.\.\.",
+        r"|upgrade: Sending (?:TERM|KILL) to remaining processes \.\.\."
+        # branch kbshut4: the kernel's kexec reboot (ops.kexec_starting_new_kernel; behind its pr_fmt prefix only),
+        # systemd-shutdown's lines under the ident 'shutdown' (ops.shutdown_pid1_ident),
+        # OpenShift's machine-config daemon initiating its reboot (its journal tag) and PID 1 starting the reboot unit
+        # it asks systemd-run for (ops.mcd_initiating_reboot); kured logs in its pod and is not passed
+        r"|kexec(?:_core)?: Starting new kernel\s*$|shutdown\[1\]: "
+        r"|machine-config-daemon(?:\[\d+\])?:? \"?initiating reboot: "
+        r"|Started (?:machine-config-daemon-reboot\.service - )?machine-config-daemon: ",
     ),
 )
 
