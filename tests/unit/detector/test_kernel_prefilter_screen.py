@@ -114,6 +114,13 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     # stage2's kill_remaining()) passes since its rule (round 15 is spent for planned_shutdown_reboot)
     for excerpt in ("kb-616", "kb-617"):
         assert excerpt not in missed
+    # round 16 (held out, measured once on branch round16; docs/BENCHMARKS.md): `kubectl get events / pods` rows, the
+    # head of `systemctl status` and a wall broadcast on a terminal are not node log lines; a register dump pasted
+    # without its soft-lockup header, JBD2 recovery errors without the remount, a Mem-Info block without its
+    # allocation-failure header, dockerd's container-restore error under a `kubectl get nodes` row and a bootstrap
+    # container's own reboot message are wordings the detector does not pass
+    not_log_lines |= {"kb-655", "kb-659", "kb-667", "kb-668"}
+    unknown_wordings |= {"kb-632", "kb-644", "kb-654", "kb-663", "kb-669"}
     assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)
     # branch kb7: the pattern written from the kubelet's own format string (docs/diagnoser.md, emitter table) passes
     # its admission refusal (glog 'Failed to admit pod … - node has conditions: [DiskPressure]')

