@@ -251,9 +251,9 @@ def test_known_train_misses_are_still_missed(excerpt: str) -> None:
 
 def test_whole_corpus_accuracy_does_not_regress() -> None:
     right = sum(primary(row["lines"]) == row["class"] for row in ROWS)
-    # 95 % until round 16 (held out, measured once at 26/40, docs/BENCHMARKS.md) was added: 533/551 before it,
-    # 561/591 (94.9 %) with it; its misses stay unfixed while it is held out, so the floor is that figure
-    assert right / len(ROWS) >= 0.949, f"{right}/{len(ROWS)}"
+    # the issue's 95 %: round 16 (held out, measured once at 26/40, docs/BENCHMARKS.md) took it to 561/591 (94.9 %)
+    # on its branch; with kb13's rules merged (written without sight of round 16) it is 565/591 (95.6 %)
+    assert right / len(ROWS) >= 0.95, f"{right}/{len(ROWS)}"
 
 
 @pytest.mark.parametrize("line", BENIGN)
