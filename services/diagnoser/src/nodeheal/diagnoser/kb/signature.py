@@ -660,9 +660,24 @@ _GENERIC_PANICS = re.compile(
     r"^(?:Fatal exception|Oops|Attempted to kill|Kernel panic|(?:Watchdog detected )?hard LOCKUP|softlockup: hung"
     r"|hung_task: blocked|Fatal machine check|Fatal Machine check|(?:kernel: )?panic_on_(?:warn|oops) set"
     r"|VFS: Unable to mount root fs|No working init found|Requested init \S+ failed|sysrq triggered crash"
-    r"|(?:GHES: )?Fatal hardware error)",
+    r"|(?:GHES: )?Fatal hardware error"
+    # the x86 page-fault / GPF oops headers (arch/x86/mm/fault.c show_fault_oops(), traps.c): printed for every
+    # fault of the kind, the address aside — in a crash(8) `sys` summary's PANIC field they name no bug
+    # (branch bucket13: two unrelated summaries joined on the NULL-dereference header alone)
+    r"|BUG: unable to handle (?:kernel )?(?:NULL pointer dereference|paging request|page fault)"
+    r"|BUG: kernel NULL pointer dereference|(?:Oops: )?general protection fault)",
     re.IGNORECASE,
 )
+
+
+def signature_identified(signature: CrashSignature) -> bool:
+    """`CrashReport.identified()` of the report a signature was made from, from the signature's own fields: a blamed
+    function, frames, `BUG at`, or a specific panic string. A signature without one groups one host's repeats (its
+    bucket is its kind and a generic string), but two hosts sharing it are not one bug — the fleet must not count it
+    as one (`reasoning.Diagnoser`, `crash.bucket_key`)."""
+    blamed = bool(signature.rip_func) and not is_generic_frame(signature.rip_func or "")
+    specific_panic = bool(signature.panic_string) and not _GENERIC_PANICS.match(signature.panic_string or "")
+    return bool(blamed or signature.top_frames or signature.bug_at or specific_panic)
 
 
 def _family(kind: str) -> str:
