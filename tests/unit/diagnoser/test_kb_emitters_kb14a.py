@@ -28,12 +28,17 @@ BENIGN = [line for line in (KB_DATA / "benign.txt").read_text(encoding="utf-8").
 
 # (line, class, rule (None: a rule of a higher class on the same line wins), origin)
 CASES = [
-    # kubernetes cmd/kubelet/app/server.go: Run()'s 'failed to run Kubelet: %v', exited on by glog / klog.Fatal (1.10-1.20)
+    # kubernetes cmd/kubelet/app/server.go: Run()'s 'failed to run Kubelet: %v', then glog / klog.Fatal (1.10-1.20)
     (_real("kb-660", "] failed to run Kubelet: "), KUBELET, FATAL, "kb-660 (1.1x, F-level, Clear Linux)"),
     # the same F line in an older held-out excerpt, already kubelet_down by its systemd lines (round 9)
     (_real("kb-416", "] failed to run Kubelet: "), KUBELET, FATAL, "kb-416 (F-level, swap on)"),
     # 1.24+: RunE returns it to component-base cli.Run, klog.ErrorS(err, "command failed") then exit 1 (round 9)
-    (_real("kb-417", '"command failed" err="failed to run Kubelet: '), KUBELET, FATAL, "kb-417 (1.24+, command failed)"),
+    (
+        _real("kb-417", '"command failed" err="failed to run Kubelet: '),
+        KUBELET,
+        FATAL,
+        "kb-417 (1.24+, command failed)",
+    ),
     (
         'E0101 00:00:00.000000    1234 server.go:302] "Failed to run kubelet" err="failed to run Kubelet: failed to '
         'create kubelet: open /var/lib/kubelet/pki/kubelet.crt: permission denied"',
@@ -45,7 +50,7 @@ CASES = [
     (
         'E0101 00:00:00.000000    1234 run.go:74] "command failed" err="failed to run Kubelet: validate service '
         'connection: validate CRI v1 runtime API for endpoint \\"unix:///run/containerd/containerd.sock\\": rpc error: '
-        "code = Unavailable desc = connection error\"",
+        'code = Unavailable desc = connection error"',
         RUNTIME,
         None,
         "fmt 1.26+ CRI validation (runtime.cri_unreachable's wording)",
@@ -109,7 +114,10 @@ def test_the_benign_look_alikes_of_these_rules_are_no_finding() -> None:
     lines = [
         line
         for line in BENIGN
-        if '"command failed"' in line or "rebooting nodes" in line or "rebooted nodes" in line or "kubelet.service" in line
+        if '"command failed"' in line
+        or "rebooting nodes" in line
+        or "rebooted nodes" in line
+        or "kubelet.service" in line
     ]
     assert len(lines) >= 4
     for line in lines:
@@ -158,7 +166,9 @@ KISMATIC_56 = [
 
 def _block(lines: list[str]) -> tuple[str | None, str | None, str | None]:
     found = [f for f in default_matcher().scan(lines) if f.rule_id == BLOCK]
-    return (found[0].cls, found[0].fields.get("service"), found[0].fields.get("result")) if found else (None, None, None)
+    return (
+        (found[0].cls, found[0].fields.get("service"), found[0].fields.get("result")) if found else (None, None, None)
+    )
 
 
 def test_kb_659_the_kubelet_unit_past_its_start_limit_is_kubelet_down() -> None:
