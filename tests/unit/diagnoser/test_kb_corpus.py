@@ -253,6 +253,7 @@ def test_whole_corpus_accuracy_does_not_regress() -> None:
     right = sum(primary(row["lines"]) == row["class"] for row in ROWS)
     # the issue's 95 %: round 16 (held out, measured once at 26/40, docs/BENCHMARKS.md) took it to 561/591 (94.9 %)
     # on its branch; with kb13's rules merged (written without sight of round 16) it is 565/591 (95.6 %)
+    # (568/591 with branch kb14a's rules, written from three of round 16's misses after its measurement)
     assert right / len(ROWS) >= 0.95, f"{right}/{len(ROWS)}"
 
 
@@ -298,6 +299,11 @@ def test_benign_line_is_not_a_finding(line: str) -> None:
         ("kb-605", "Job kubelet.service/start failed with result 'dependency'.", "kubelet_down"),  # job.c notice
         ("kb-610", "Oops: general protection fault, prob=", "kernel_oops_gpf"),  # __die_header(), cut by a mailer
         ("kb-620", "[container runtime is down PLEG is not healthy", "container_runtime_down"),  # runtime.go
+        # branch kb14a: round 16's service-side misses, read after its single measurement (the kubelet's fatal exit
+        # in server.go, Tectonic's bootstrapper before its reboot; kb-659's `systemctl status` block is a `blocks:`
+        # entry, checked in test_kb_emitters_kb14a.py)
+        ("kb-660", "] failed to run Kubelet: failed to create kubelet", "kubelet_down"),  # klog.Fatal of Run()'s error
+        ("kb-669", "node updated, triggering reboot to apply changes", "planned_shutdown_reboot"),  # tectonic-torcx
     ],
 )
 def test_rules_from_spent_held_out_misses(excerpt: str, needle: str, cls: str) -> None:
@@ -307,9 +313,10 @@ def test_rules_from_spent_held_out_misses(excerpt: str, needle: str, cls: str) -
     checked on constructed lines below. Branch kb10 spent five more (kb-201 of the first rounds, round 8's
     kb-392, round 13's kb-534 / kb-537 / kb-546), branch kbshut two (round 8's kb-408, round 11's kb-475),
     branch kb12 four of round 14 (kb-559, kb-572, kb-585, kb-574), branch kbshut3 two of round 15 (kb-616, kb-617),
-    branch kb13 three more of round 15 (kb-605, kb-610, kb-620; tests/data/kb/README.md "Spent.")."""
+    branch kb13 three more of round 15 (kb-605, kb-610, kb-620), branch kb14a two of round 16 (kb-660, kb-669; with
+    kb-659 through a block; tests/data/kb/README.md "Spent.")."""
     row = next(r for r in ROWS if r["id"] == excerpt)
-    assert row["split"] == "test" and row.get("round") in {None, 3, 5, 7, 8, 9, 11, 13, 14, 15}
+    assert row["split"] == "test" and row.get("round") in {None, 3, 5, 7, 8, 9, 11, 13, 14, 15, 16}
     line = next(line for line in row["lines"] if needle in line)
     finding = default_matcher().match_line(line)
     assert finding is not None and finding.cls == cls, line
