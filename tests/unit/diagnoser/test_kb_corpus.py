@@ -252,8 +252,8 @@ def test_known_train_misses_are_still_missed(excerpt: str) -> None:
 def test_whole_corpus_accuracy_does_not_regress() -> None:
     right = sum(primary(row["lines"]) == row["class"] for row in ROWS)
     # the issue's 95 %: round 16 (held out, measured once at 26/40, docs/BENCHMARKS.md) took it to 561/591 (94.9 %)
-    # on its branch; with kb13's rules merged (written without sight of round 16) it is 565/591 (95.6 %)
-    # (568/591 with branch kb14a's rules, written from three of round 16's misses after its measurement)
+    # on its branch; with kb13's rules merged (written without sight of round 16) it is 565/591 (95.6 %), and 572/591
+    # with branches kb14a's and kb14b's rules (written from round 16's misses after its measurement; kb-637 relabelled)
     assert right / len(ROWS) >= 0.95, f"{right}/{len(ROWS)}"
 
 
@@ -304,6 +304,12 @@ def test_benign_line_is_not_a_finding(line: str) -> None:
         # entry, checked in test_kb_emitters_kb14a.py)
         ("kb-660", "] failed to run Kubelet: failed to create kubelet", "kubelet_down"),  # klog.Fatal of Run()'s error
         ("kb-669", "node updated, triggering reboot to apply changes", "planned_shutdown_reboot"),  # tectonic-torcx
+        # branch kb14b: round 16's kernel-side misses, read after its single measurement (fs/xfs/xfs_log.c, the
+        # message of net/core/dev.c's netdev_wait_allrefs() quoted without its usage count)
+        ("kb-640", "unregister_netdevice: waiting for eth0 to become free.", "unregister_netdevice"),
+        ("kb-645", "XFS (sdb6): log I/O error -5", "xfs_error"),  # xlog_ioend_work()
+        ("kb-645", "Filesystem has been shut down due to log error (0x2).", "xfs_error"),  # xlog_force_shutdown()
+        ("kb-646", "XFS (dm-0): xfs_log_force: error -5 returned.", "xfs_error"),  # xfs_log_force(), log in IOERROR
     ],
 )
 def test_rules_from_spent_held_out_misses(excerpt: str, needle: str, cls: str) -> None:
@@ -314,7 +320,8 @@ def test_rules_from_spent_held_out_misses(excerpt: str, needle: str, cls: str) -
     kb-392, round 13's kb-534 / kb-537 / kb-546), branch kbshut two (round 8's kb-408, round 11's kb-475),
     branch kb12 four of round 14 (kb-559, kb-572, kb-585, kb-574), branch kbshut3 two of round 15 (kb-616, kb-617),
     branch kb13 three more of round 15 (kb-605, kb-610, kb-620), branch kb14a two of round 16 (kb-660, kb-669; with
-    kb-659 through a block; tests/data/kb/README.md "Spent.")."""
+    kb-659 through a block), branch kb14b three of round 16 (kb-640, kb-645, kb-646; tests/data/kb/README.md
+    "Spent.")."""
     row = next(r for r in ROWS if r["id"] == excerpt)
     assert row["split"] == "test" and row.get("round") in {None, 3, 5, 7, 8, 9, 11, 13, 14, 15, 16}
     line = next(line for line in row["lines"] if needle in line)
