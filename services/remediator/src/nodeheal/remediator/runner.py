@@ -42,6 +42,7 @@ from nodeheal.remediator.policy import Slot
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.remediator.verify import Verifier
 from nodeheal.remediator.views import FleetView
+from nodeheal.runtime.consumer import TRANSIENT
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage, pipeline_metrics
 from nodeheal.runtime.telemetry import current_trace_id
 from nodeheal.schemas.audit import PolicyCheck, RemediationPhase, RemediationRecord
@@ -225,6 +226,9 @@ class Remediator:
         # storm keys of nodeheal-control known to be there (restored, created, or found by a create that lost the
         # race): a storm's key is written when it starts and deleted when it ends, not on every diagnosis
         self._storm_keys: set[tuple[policy.DomainKind, str]] = set()
+        # storm escalations whose key this replica created but whose AUDIT record is not stored yet (AUDIT
+        # refused or did not answer): the key says "escalated", so they are recorded from here, by every pass
+        self._storm_unsent: dict[tuple[policy.DomainKind, str], tuple[Diagnosis, ActionId, str]] = {}
         self.counters: dict[str, int] = {}
 
     async def restore(self) -> None:
@@ -961,7 +965,12 @@ class Remediator:
         The bucket is written when something changes, not on every diagnosis: a storm's key is created when the
         storm starts here (or its key is not known to be there) and deleted when it ends (or its key is known to be
         there). In a silence storm every diagnosis sees every domain with a sick node; writing each of them each
-        time (a failed create per storm, a delete per calm domain) was most of the remediator's cost."""
+        time (a failed create per storm, a delete per calm domain) was most of the remediator's cost.
+
+        The escalation is its AUDIT record; the key is created first (it decides which replica escalates). A
+        record AUDIT did not store is kept (`_storm_unsent`) and sent again by the next pass — before, the key
+        said "escalated already" to every later pass and the person was never told."""
+        await self._send_storm_escalations()
         for domain, verdict in verdicts.items():
             known = domain in self._storm_keys
             if verdict.in_storm:
@@ -985,21 +994,49 @@ class Remediator:
                     action="escalate",
                     target=utcnow().strftime("%Y%m%d%H%M"),
                 )
+                reason = (
+                    f"storm in {kind} {value}: {verdict.unhealthy} of {verdict.size} nodes unhealthy; "
+                    "disruptive actions stopped there until it recovers"
+                )
+                self._storm_unsent[domain] = (run.diagnosis, sid, reason)
+                await self._send_storm_escalations()
+            else:
+                with contextlib.suppress(KeyNotFoundError):
+                    await self.control_kv.delete(key)
+                self._storm_keys.discard(domain)
+
+    async def _send_storm_escalations(self) -> None:
+        """Record every storm escalation not yet in AUDIT; each leaves `_storm_unsent` when AUDIT stored it
+        (the same action id each time: a record stored twice within the duplicate window is kept once). The
+        first failure is raised once all were tried (`AuditUnavailableError`: the ladder is retried, and the next
+        pass sends what is still unsent). A record AUDIT refused for good (not a passing failure) is logged
+        and dropped, so that it cannot stop every later ladder."""
+        failed: AuditUnavailableError | None = None
+        for domain, (diagnosis, sid, reason) in list(self._storm_unsent.items()):
+            kind, value = domain
+            try:
                 await self._record(
                     None,
-                    diagnosis=run.diagnosis,
+                    diagnosis=diagnosis,
                     action_id=sid,
                     action="escalate",
                     phase="succeeded",
                     # the domain is handed to a person, not this node: its slot (if any) stays held
                     target=f"storm:{kind}:{value}",
-                    reason=f"storm in {kind} {value}: {verdict.unhealthy} of {verdict.size} nodes unhealthy; "
-                    "disruptive actions stopped there until it recovers",
+                    reason=reason,
                 )
-            else:
-                with contextlib.suppress(KeyNotFoundError):
-                    await self.control_kv.delete(key)
-                self._storm_keys.discard(domain)
+            except AuditUnavailableError as exc:
+                failed = failed or exc
+                if isinstance(exc.__cause__, TRANSIENT):
+                    continue  # kept: sent again by the next pass
+                log.error(
+                    "storm escalation refused by AUDIT; not sent again",
+                    extra={"node": diagnosis.node, "action_id": sid, "error": repr(exc.__cause__)},
+                )
+            self._storm_unsent.pop(domain, None)
+        if failed is not None:
+            log.warning("storm escalations not recorded; kept to send again", extra={"unsent": len(self._storm_unsent)})
+            raise failed
 
     async def _wait_for_approval(self, action_id: str) -> str | None:
         deadline = asyncio.get_running_loop().time() + self.policy.approval_timeout_s
