@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from nodeheal.diagnoser.kb.signature import cluster_reports, conflict, extract_reports
-from nodeheal.sim.bench.kb import Excerpt, half_of, partial_copy_robustness
+from nodeheal.sim.bench.kb import half_of, partial_copy_robustness
+from tests.unit.diagnoser.kbdata import excerpts
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "kb"
 CORPUS = {
@@ -27,20 +28,6 @@ TRACKER = {
 }
 
 
-def _excerpts(*ids: str) -> list[Excerpt]:
-    return [
-        Excerpt(
-            id=e,
-            cls=CORPUS[e]["class"],
-            lines=tuple(CORPUS[e]["lines"]),
-            source=CORPUS[e]["source"],
-            split=CORPUS[e]["split"],
-            group=CORPUS[e].get("group"),
-        )
-        for e in ids
-    ]
-
-
 def test_the_partial_copies_are_scored_per_half_and_list_their_false_pairs() -> None:
     assert [half_of(CORPUS[e].get("group") or e) for e in ("kb-176", "kb-608", "kb-083", "kb-142")] == [
         "tune",
@@ -48,7 +35,7 @@ def test_the_partial_copies_are_scored_per_half_and_list_their_false_pairs() -> 
         "tune",
         "held_out",
     ]
-    scores = partial_copy_robustness(_excerpts("kb-176", "kb-608", "kb-083", "kb-142"))
+    scores = partial_copy_robustness(excerpts("kb-176", "kb-608", "kb-083", "kb-142"))
     halves = scores["halves"]
     assert halves["tune"]["reports"] + halves["held_out"]["reports"] == scores["reports"]
     assert halves["tune"]["similarity"]["fp"] == 4  # kb-176 and kb-608, each with its copy without the header

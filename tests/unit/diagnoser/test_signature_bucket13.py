@@ -13,27 +13,14 @@ import json
 from pathlib import Path
 
 from nodeheal.diagnoser.kb.signature import extract_reports, normalise
-from nodeheal.sim.bench.kb import Excerpt, half_of, partial_copy_robustness
+from nodeheal.sim.bench.kb import half_of, partial_copy_robustness
+from tests.unit.diagnoser.kbdata import excerpts
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "kb"
 CORPUS = {
     row["id"]: row
     for row in (json.loads(line) for line in (DATA / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line)
 }
-
-
-def _excerpts(*ids: str) -> list[Excerpt]:
-    return [
-        Excerpt(
-            id=e,
-            cls=CORPUS[e]["class"],
-            lines=tuple(CORPUS[e]["lines"]),
-            source=CORPUS[e]["source"],
-            split=CORPUS[e]["split"],
-            group=CORPUS[e].get("group"),
-        )
-        for e in ids
-    ]
 
 
 def test_round_16s_false_pairs_are_gone_once_an_oops_header_is_no_identity() -> None:
@@ -46,7 +33,7 @@ def test_round_16s_false_pairs_are_gone_once_an_oops_header_is_no_identity() -> 
         "tune",
         "tune",
     ]
-    scores = partial_copy_robustness(_excerpts("kb-346", "kb-641", "kb-632", "kb-633", "kb-634", "kb-638"))
+    scores = partial_copy_robustness(excerpts("kb-346", "kb-641", "kb-632", "kb-633", "kb-634", "kb-638"))
     assert scores["halves"]["held_out"]["similarity"]["fp"] == 0
     assert scores["halves"]["held_out"]["exact_key"]["fp"] == 0
     assert scores["halves"]["tune"]["similarity"]["fp"] == 0
