@@ -381,6 +381,16 @@ def _parse_block(raw: object, index: int, classes: dict[str, ClassInfo], *, sour
     )
 
 
+def _unique(
+    kind: str, entries: tuple[Rule, ...] | tuple[Run, ...] | tuple[Block, ...], seen: set[str], *, source: str
+) -> None:
+    """Rules, runs and blocks share one id space: the first id seen twice is refused."""
+    for entry in entries:
+        if entry.id in seen:
+            raise _fail(f"{source} {kind} {entry.id!r}", "duplicate id")
+        seen.add(entry.id)
+
+
 def parse_knowledge_base(text: str, *, source: str = "<rules>") -> KnowledgeBase:
     """Parse and validate rules YAML text; raise `KnowledgeBaseError` naming the first problem."""
     try:
@@ -404,10 +414,7 @@ def parse_knowledge_base(text: str, *, source: str = "<rules>") -> KnowledgeBase
         raise _fail(source, "'rules' must be a non-empty list")
     rules = tuple(_parse_rule(raw, i, classes, source=source) for i, raw in enumerate(raw_rules))
     seen: set[str] = set()
-    for rule in rules:
-        if rule.id in seen:
-            raise _fail(f"{source} rule {rule.id!r}", "duplicate id")
-        seen.add(rule.id)
+    _unique("rule", rules, seen, source=source)
     uncovered = [c for c in KERNEL_LOG_CLASSES if not any(r.cls == c for r in rules)]
     if uncovered:
         raise _fail(source, f"classes {uncovered} have no rule")
@@ -415,18 +422,12 @@ def parse_knowledge_base(text: str, *, source: str = "<rules>") -> KnowledgeBase
     if not isinstance(raw_runs, list):
         raise _fail(source, "'runs' must be a list")
     runs = tuple(_parse_run(raw, i, classes, source=source) for i, raw in enumerate(raw_runs))
-    for run in runs:
-        if run.id in seen:
-            raise _fail(f"{source} run {run.id!r}", "duplicate id")
-        seen.add(run.id)
+    _unique("run", runs, seen, source=source)
     raw_blocks = doc.get("blocks", [])
     if not isinstance(raw_blocks, list):
         raise _fail(source, "'blocks' must be a list")
     blocks = tuple(_parse_block(raw, i, classes, source=source) for i, raw in enumerate(raw_blocks))
-    for block in blocks:
-        if block.id in seen:
-            raise _fail(f"{source} block {block.id!r}", "duplicate id")
-        seen.add(block.id)
+    _unique("block", blocks, seen, source=source)
     return KnowledgeBase(version=1, classes=classes, rules=rules, source=source, runs=runs, blocks=blocks)
 
 

@@ -81,28 +81,18 @@ class Matcher:
                 by_literal.setdefault(needle, []).append(rule)
         self._by_literal = {k: tuple(v) for k, v in by_literal.items()}
         self._vetoes = {r.id: r.veto for r in kb.rules if r.veto is not None}
-        for run in kb.runs:
-            for example in run.examples:
-                if self.run_finding(run, example) is None:
-                    raise KnowledgeBaseError(
-                        f"knowledge base run {run.id!r} does not find its own example {list(example)!r}"
-                    )
-            for counter in run.counter_examples:
-                if self.run_finding(run, counter) is not None:
-                    raise KnowledgeBaseError(
-                        f"knowledge base run {run.id!r} finds its counter-example {list(counter)!r}"
-                    )
-        for block in kb.blocks:
-            for example in block.examples:
-                if self.block_finding(block, example) is None:
-                    raise KnowledgeBaseError(
-                        f"knowledge base block {block.id!r} does not find its own example {list(example)!r}"
-                    )
-            for counter in block.counter_examples:
-                if self.block_finding(block, counter) is not None:
-                    raise KnowledgeBaseError(
-                        f"knowledge base block {block.id!r} finds its counter-example {list(counter)!r}"
-                    )
+        for kind, entries, find in (("run", kb.runs, self.run_finding), ("block", kb.blocks, self.block_finding)):
+            for entry in entries:
+                for example in entry.examples:
+                    if find(entry, example) is None:  # type: ignore[arg-type]
+                        raise KnowledgeBaseError(
+                            f"knowledge base {kind} {entry.id!r} does not find its own example {list(example)!r}"
+                        )
+                for counter in entry.counter_examples:
+                    if find(entry, counter) is not None:  # type: ignore[arg-type]
+                        raise KnowledgeBaseError(
+                            f"knowledge base {kind} {entry.id!r} finds its counter-example {list(counter)!r}"
+                        )
 
     def candidates(self, lowered: str) -> tuple[list[Rule], list[Rule]]:
         """The specific and the fallback rules one of whose literals the lower-cased line holds, in
