@@ -10,6 +10,8 @@ from nodeheal.sim.bench.kb import Excerpt
 
 KB_DATA = Path(__file__).resolve().parents[2] / "data" / "kb"
 ROWS = {row["id"]: row for row in map(json.loads, (KB_DATA / "corpus.jsonl").read_text(encoding="utf-8").splitlines())}
+# the quiet lines of benign.txt (its `#` lines name the thread each block comes from)
+BENIGN = [line for line in (KB_DATA / "benign.txt").read_text(encoding="utf-8").splitlines() if line and line[0] != "#"]
 
 
 def real(excerpt: str, needle: str) -> str:

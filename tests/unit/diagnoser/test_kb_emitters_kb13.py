@@ -18,7 +18,7 @@ import pytest
 from nodeheal.detector.kernel import classify_line
 from nodeheal.diagnoser.kb import Matcher, analyse, default_matcher
 from nodeheal.diagnoser.kb.loader import KnowledgeBaseError, parse_knowledge_base
-from tests.unit.diagnoser.kbdata import KB_DATA, ROWS
+from tests.unit.diagnoser.kbdata import BENIGN, ROWS
 from tests.unit.diagnoser.kbdata import real as _real
 
 KUBELET = "kubelet_down"
@@ -26,7 +26,6 @@ GPF = "kernel_oops_gpf"
 RUNTIME = "container_runtime_down"
 PLEG = "kubelet_unhealthy_pleg"
 
-BENIGN = [line for line in (KB_DATA / "benign.txt").read_text(encoding="utf-8").splitlines() if line and line[0] != "#"]
 
 # (line, class, rule (None: an older rule of the class matches it too, first in the file), origin, is a node log line)
 CASES = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from nodeheal.diagnoser.kb import analyse, default_matcher
-from tests.unit.diagnoser.kbdata import KB_DATA, ROWS
+from tests.unit.diagnoser.kbdata import BENIGN, ROWS
 from tests.unit.diagnoser.kbdata import real as _real
 
 KUBELET = "kubelet_down"
@@ -24,7 +24,6 @@ FATAL = "kubelet.fatal_exit"
 TORCX = "ops.tectonic_torcx_reboot"
 BLOCK = "kubelet.systemctl_status_failed"
 
-BENIGN = [line for line in (KB_DATA / "benign.txt").read_text(encoding="utf-8").splitlines() if line and line[0] != "#"]
 
 # (line, class, rule (None: a rule of a higher class on the same line wins), origin)
 CASES = [

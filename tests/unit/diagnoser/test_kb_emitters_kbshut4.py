@@ -18,11 +18,10 @@ import pytest
 
 from nodeheal.detector.kernel import classify_line
 from nodeheal.diagnoser.kb import analyse, default_matcher
-from tests.unit.diagnoser.kbdata import KB_DATA, ROWS
+from tests.unit.diagnoser.kbdata import BENIGN, ROWS
 from tests.unit.diagnoser.kbdata import real as _real
 
 PLANNED = "planned_shutdown_reboot"
-BENIGN = [line for line in (KB_DATA / "benign.txt").read_text(encoding="utf-8").splitlines() if line and line[0] != "#"]
 
 
 def _primary(lines: list[str]) -> tuple[str | None, str | None]:
