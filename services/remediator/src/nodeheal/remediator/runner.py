@@ -265,9 +265,10 @@ class Remediator:
     async def _take_over(self, kind: policy.DomainKind, entry: control.StormEntry) -> None:
         """A storm key that says "escalated" but not "recorded": its replica died (or lost AUDIT) before the
         AUDIT record was stored and marked. This replica takes the recording over by a compare-and-set of the
-        key (`by`: itself), so of two replicas starting at once one records; the creator, if it still runs,
-        gives it up when its own mark finds the key taken (`_mark_recorded`). The record is looked for in
-        AUDIT before it is sent (it may have been stored just before the death, and not marked)."""
+        key (`by`: itself), so of two replicas starting at once one records (a creator still running sends
+        its own too, under the same action id; its mark then finds the key taken, `_mark_recorded`). The
+        record is looked for in AUDIT before it is sent (it may have been stored just before the death, and
+        not marked)."""
         assert entry.unrecorded is not None
         mine = replace(entry.unrecorded, by=self.actor)
         try:
