@@ -20,18 +20,24 @@ import asyncio
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client
 
-from nodeheal.runtime.jetstream import kv_keys
+from nodeheal.remediator.control import StormEntry, StormEscalation, storm_key
+from nodeheal.runtime.jetstream import kv_keys, publish_model
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.subjects import audit_subject
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.deploy.natsauth_loader import load_natsauth, per_role_server, violations
 from tests.integration.remediator.harness import (
+    CLUSTER,
     add_inventory,
     audit_records,
     diagnosis,
@@ -175,3 +181,64 @@ async def test_a_storm_escalation_is_recorded_once_after_audit_failed(
     # the storm guard held every capacity step: nothing cordoned, drained or rebooted
     assert [c for c in ecs.calls if c.action in ("RebootInstance", "RedeployInstance")] == []
     assert [e for e in world.effects if e[1] in SICK] == [], world.effects
+
+
+async def test_an_escalation_stored_but_not_marked_is_not_recorded_again(
+    tmp_path: Path, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """The recorder died after AUDIT stored the record and before it marked the key (or AUDIT stored it and the
+    acknowledgement was lost): the key still says "not recorded". The replica that starts looks in AUDIT before
+    it sends: the escalation stays in AUDIT once — also past AUDIT's duplicate window, which the record stored
+    here stands for by carrying a Nats-Msg-Id the server does not match with the replica's."""
+    async with per_role_server(tmp_path, "remediator") as (_server, nc, admin):
+        for node in NODES:
+            await add_inventory(nc, admin, node, zone="z1", node_pool="p", cloud="alibaba", instance_id=f"i-{node}")
+        escalation = StormEscalation(
+            action_id="act-storm-zone-z1-stored",
+            reason="storm in zone z1: 4 of 6 nodes unhealthy; disruptive actions stopped there until it recovers",
+            cluster=CLUSTER,
+            node="n1",
+            diagnosis_id="diag-n1",
+            by="replica-dead",
+            at=datetime.now(tz=UTC).isoformat(),
+        )
+        entry = StormEntry(kind="zone", value="z1", revision=0, unhealthy=4, size=6)
+        control = await nc.jetstream().key_value(f"{admin.bucket_prefix}-control")
+        await control.create(storm_key("zone", "z1"), entry.value_with(escalation, recorded=False))
+        remediator = await nats.connect(
+            admin.url,
+            user_credentials=str(tmp_path / "remediator.creds"),
+            inbox_prefix=load_natsauth().inbox_prefix("remediator").encode(),
+        )
+        try:  # what the dead replica stored: the record, under the remediator's own role
+            record = RemediationRecord(
+                cluster=CLUSTER,
+                node="n1",
+                action_id=escalation.action_id,
+                action="escalate",
+                target="storm:zone:z1",
+                phase="succeeded",
+                reason=escalation.reason,
+                actor="replica-dead",
+                diagnosis_id="diag-n1",
+            )
+            subject = audit_subject(CLUSTER, "n1", prefix=admin.prefix)
+            await publish_model(remediator.jetstream(), subject, record, msg_id=f"{record.id}:outside-the-window")
+        finally:
+            await remediator.close()
+        proc, log = _remediator(admin, tmp_path, world, ecs, name="replica-2")
+        try:
+
+            async def marked() -> bool:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                return (await _storm_keys(nc, admin))[storm_key("zone", "z1")].get("recorded") is True
+
+            await wait_for(marked, timeout=BOUND_S, what="the storm key marked recorded")
+            await asyncio.sleep(2.0)  # a second send would come with the next maintenance ticks
+            sent = [r for r in await audit_records(nc, admin) if r.action_id == escalation.action_id]
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                await asyncio.to_thread(proc.wait, 15)
+        assert violations(tmp_path) == []
+    assert [r.actor for r in sent] == ["replica-dead"]
