@@ -558,6 +558,13 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
         await apply_topology(js, settings.topology(), replicas=replicas)
+        # looked up now, on a quiet server: after the probe shards start, a 50,000-node run's nats-server may not
+        # answer a JetStream API request within nats-py's 5 s (the run failed at start on a 2-core machine)
+        control = (
+            await js.key_value(settings.topology().bucket(f"{settings.bucket_prefix}-control").name)
+            if cfg.approve_replacements
+            else None
+        )
         spec = FleetSpec(nodes=cfg.nodes, seed=cfg.seed)
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
         sim = FleetSimulator(spec=spec, settings=settings, timings=timings, work_dir=run_dir / "nodes")
@@ -711,8 +718,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             domains=world.domains,
         )
         operator: DemoOperator | None = None
-        if cfg.approve_replacements:
-            control = await js.key_value(settings.topology().bucket(f"{settings.bucket_prefix}-control").name)
+        if control is not None:
             operator = DemoOperator(
                 js=js,
                 control=control,
