@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -464,7 +465,8 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = f"{progress.stage}: {type(exc).__name__}: {first}"
         write_partial(reason)
-        (run_dir / "failure.txt").write_text(f"{reason}\n\n{exc}\n")
+        # with the traceback: the stage says what the demo was doing, the traceback which call failed
+        (run_dir / "failure.txt").write_text(f"{reason}\n\n{''.join(traceback.format_exception(exc))}")
         raise DemoFailedError(reason, partial=partial) from exc
     finally:
         waiter.cancel()
