@@ -418,7 +418,14 @@ class DiagnoserRuntime:
                 "diagnoses not stored; kept to send again",
                 extra={"unsent": len(self._unsent), "error": f"{type(failed).__name__}: {failed}"},
             )
+            await self._kill_point_unsent()
             raise failed
+
+    async def _kill_point_unsent(self) -> None:
+        """The kill tests' `unsent_kept`: a publish failed with verdicts and fleet findings both kept in memory
+        only (decided, not stored, not yet sent again)."""
+        if self._unsent and self._unsent_findings:
+            await kill_point("unsent_kept", self.nc)
 
     def _keep_trace(self, anomaly_id: str, headers: dict[str, str] | None) -> None:
         if not headers or TRACEPARENT not in headers:
@@ -513,6 +520,7 @@ class DiagnoserRuntime:
             try:
                 await self._publish_finding(finding)
             except TRANSIENT:
+                await self._kill_point_unsent()
                 raise
             except Exception as exc:
                 log.error("fleet finding refused by the server; not sent again", extra={"error": repr(exc)})
