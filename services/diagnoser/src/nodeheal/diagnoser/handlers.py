@@ -6,7 +6,7 @@ deterministic `Nats-Msg-Id`s. Thin: every decision is made by `reasoning.Diagnos
 A message is acked once the diagnoses it caused are PubAck'ed; bad input (any exception while
 decoding or validating) is dead-lettered with the reason and the raw bytes; a failed publish naks it
 with a delay (the handlers are idempotent, so a redelivery is harmless). A diagnosis or finding the
-server refuses for good (too large, not permitted) is kept in the DLQ, never only logged: the input that
+server refuses for good (an API error such as too large) is kept in the DLQ, never only logged: the input that
 decided it is dead-lettered with the reason (`Rejected`), and one decided with no input at hand (the
 tick, the start) is dead-lettered itself — its JSON, the subject it was for, the reason.
 """
@@ -443,7 +443,7 @@ class DiagnoserRuntime:
         is kept and sent again by the next input or tick — the core already counts it as said, so without this
         a redelivered input found the verdict unchanged and it was never stored; the first such failure is
         raised once all were tried (the input being handled is nak'ed). A verdict the server refuses for good
-        (too large, not permitted) leaves `_unsent` — tried again it would fail every input after it — and is
+        (an API error such as too large) leaves `_unsent` — tried again it would fail every input after it — and is
         kept in the DLQ: the reasons of those of `own` (the keys the input being handled decided) are returned
         for that input to be dead-lettered (then nothing is raised: a redelivery would find nothing to refuse
         and ack it), every other one is dead-lettered itself."""
