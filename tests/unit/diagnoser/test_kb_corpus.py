@@ -225,6 +225,32 @@ def test_round_16_is_held_out_whole_from_new_sources() -> None:
     assert {row["locale"] for row in fresh} >= {"en", "zh_CN", "ja_JP"}
 
 
+def test_round_17_is_new_sources_split_by_url_hash() -> None:
+    """Round 17 (README) was committed before any code ran on it, for a fourth single untouched measurement of issue
+    #18; unlike rounds 11-16 it is split by the field table's URL hash (three tenths held out), fixed when committed,
+    and it quotes no thread of the other rounds, the samples, the benign list, the same-bug sets or the rules file."""
+    fresh = [row for row in ROWS if row.get("round") == 17]
+    assert len(fresh) == 40
+    for row in fresh:
+        held_out = int(hashlib.sha1(row["source"].encode()).hexdigest(), 16) % 10 < 3
+        assert row["split"] == ("test" if held_out else "train"), row["id"]
+    older = {_thread(row["source"]) for row in ROWS if row.get("round") != 17}
+    samples = KB_DATA.parent / "kernel-log-samples.jsonl"
+    older |= {_thread(json.loads(line)["source"]) for line in samples.read_text(encoding="utf-8").splitlines() if line}
+    older |= {_thread(url) for url in re.findall(r"https?://\S+", (KB_DATA / "benign.txt").read_text(encoding="utf-8"))}
+    rules = Path(__file__).resolve().parents[3] / "services/diagnoser/src/nodeheal/diagnoser/kb/rules.yaml"
+    older |= {_thread(url) for url in re.findall(r"https?://[^\s'\"]+", rules.read_text(encoding="utf-8"))}
+    same_bug = "".join(path.read_text(encoding="utf-8") for path in sorted(KB_DATA.glob("*_same_bug.jsonl")))
+    older |= {_thread(url) for url in re.findall(r"https?://[^\s'\"]+", same_bug)}
+    threads = [_thread(row["source"]) for row in fresh]
+    assert len(set(threads)) == len(threads)
+    assert not set(threads) & older
+    counts = Counter(row["class"] for row in fresh)
+    assert counts["planned_shutdown_reboot"] >= 7
+    assert len(counts) >= 23
+    assert {row["locale"] for row in fresh} >= {"en", "zh_CN", "ja_JP"}
+
+
 # Train excerpts no rule recognises, and why none was written (docs/BENCHMARKS.md).
 KNOWN_TRAIN_MISSES = {
     "kb-350": "systemd's console while going down shows only units and targets an initrd switch-root stops too "
