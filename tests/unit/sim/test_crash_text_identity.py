@@ -3,9 +3,10 @@
 The zone spike (`zone_crash`) and the bad kernel (`bad_kernel_crash`) stand for one bug on many hosts. Their crash
 text used to be a public hard-lockup panic with only the NMI watchdog's frames and a bare `Oops: Fatal exception`
 panic: reports that identify no bug, which the diagnoser does not count as one bug across hosts
-(docs/diagnoser.md, "Crash signatures"). Now each crash names the function and carries the trace of its bug: what
-the pstore record a node leaves behind holds is classified as the fault's class, identifies its bug, and is one
-crash bucket on every host of the fault, while each host's numbers (CPU, PID, task, stamps) are its own."""
+(`signature_identified`; docs/diagnoser.md, "A bucket without identity is no group of hosts"). Now each crash names
+the function and carries the trace of its bug: what the pstore record a node leaves behind holds is classified as
+the fault's class, identifies its bug, and is one crash bucket on every host of the fault, while each host's numbers
+(CPU, PID, task, stamps) are its own."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from nodeheal.diagnoser.crash import CrashVerdict, classify
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
-from nodeheal.diagnoser.kb.signature import extract_reports
+from nodeheal.diagnoser.kb.signature import signature_identified
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.crash import CrashEvidence, CrashReport
 from nodeheal.schemas.subjects import escape_token
@@ -67,7 +68,7 @@ def test_the_zone_spike_is_one_identified_hard_lockup_bucket_on_every_host(tmp_p
     signatures = [v.signature for v in verdicts]
     assert all(s is not None for s in signatures)
     assert len({s.bucket for s in signatures if s is not None}) == 1  # one bug: one bucket across the zone
-    assert all(extract_reports(lines)[0].identified() for lines in texts)  # the stuck function and its trace
+    assert all(s is not None and signature_identified(s) for s in signatures)  # the stuck function and its trace
     assert {s.rip_func for s in signatures if s is not None} == {"native_queued_spin_lock_slowpath"}
     assert all(s is not None and "virtio_queue_rq" in s.top_frames for s in signatures)
     # each host's own kernel and numbers
@@ -85,7 +86,7 @@ def test_the_bad_kernels_crash_is_one_identified_panic_bucket_on_every_host(tmp_
     assert {v.cls for v in verdicts} == {"kernel_panic"}
     signatures = [v.signature for v in verdicts]
     assert len({s.bucket for s in signatures if s is not None}) == 1 and None not in signatures
-    assert all(extract_reports(lines)[0].identified() for lines in texts)  # a specific panic string, a trace
+    assert all(s is not None and signature_identified(s) for s in signatures)  # a specific panic string, a trace
     assert all(s is not None and "ovl_copy_up_flags" in s.top_frames for s in signatures)
     assert {s.kernel_release for s in signatures if s is not None} == {sim.spec.bad_kernel}
     assert len({tuple(lines) for lines in texts}) == len(texts)
