@@ -675,6 +675,16 @@ _GENERIC_PANICS = re.compile(
 )
 
 
+def signature_identified(signature: CrashSignature) -> bool:
+    """`CrashReport.identified()` of the report a signature was made from, from the signature's own fields: a blamed
+    function, frames, `BUG at`, or a specific panic string. A signature without one groups one host's repeats (its
+    bucket is its kind and a generic string, or a stuck task), but two hosts sharing it are not one bug — the fleet
+    must not count it as one (`reasoning.Diagnoser`, `crash.bucket_key`)."""
+    blamed = bool(signature.rip_func) and not is_generic_frame(signature.rip_func or "")
+    specific_panic = bool(signature.panic_string) and not _GENERIC_PANICS.match(signature.panic_string or "")
+    return bool(blamed or signature.top_frames or signature.bug_at or specific_panic)
+
+
 def _family(kind: str) -> str:
     return _FAMILY.get(kind, kind)
 
