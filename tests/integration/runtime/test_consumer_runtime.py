@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Transient
+from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Rejected, Transient
 from nodeheal.runtime.jetstream import MAX_DEAD_RAW
 from nodeheal.runtime.service import build_asgi, make_broker
 from nodeheal.runtime.settings import NatsSettings
@@ -147,6 +147,37 @@ async def test_transient_failure_is_redelivered_then_acked(
     await eventually(acked)
     assert calls == [1, 2, 3]
     assert await dead_letters(js, topology_ready, "fuzzed") == []
+
+
+async def test_a_rejected_message_is_dead_lettered_at_once_with_its_reason(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
+) -> None:
+    """What a message caused was refused for good: kept in the DLQ with the handler's reason on its first
+    delivery and acked — not nak'ed, so a redelivery that finds nothing left to do cannot ack it without a trace."""
+    js = nc.jetstream()
+    calls: list[int] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        calls.append(delivery.num_delivered)
+        raise Rejected("its diagnosis was refused by the server: message size exceeds maximum allowed")
+
+    runtime.consume(spec(topology_ready, max_deliver=5), handle)
+    await runtime.start()
+    item = anomaly("n4", "node_down")
+    subject = f"{topology_ready.prefix}.anomaly.c1.n4"
+    await js.publish(subject, item.to_json(), headers={"Nats-Msg-Id": item.id})
+
+    async def kept() -> bool:
+        return len(await dead_letters(js, topology_ready, "fuzzed")) >= 1
+
+    await eventually(kept)
+    await asyncio.sleep(0.6)  # a redelivery (0.2 s nak delay) would be in by now
+    [letter] = await dead_letters(js, topology_ready, "fuzzed")
+    assert calls == [1]
+    assert letter.subject == subject and letter.raw == item.to_json()
+    assert "refused on delivery 1" in letter.reason and "message size exceeds maximum allowed" in letter.reason
+    info = await js.consumer_info(spec(topology_ready).stream, "fuzzed")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
 
 
 async def test_a_dead_loop_fails_healthz(topology_ready: NatsSettings, runtime: ConsumerRuntime) -> None:

@@ -15,6 +15,7 @@ from nats.aio.client import Client
 
 from nodeheal.diagnoser.crash import classify
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
+from nodeheal.diagnoser.kb.signature import signature_identified
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.crash import CrashReport
 from nodeheal.sim.engine import FleetSimulator, SimTimings
@@ -72,6 +73,8 @@ async def test_a_simulated_panic_is_reported_from_pstore_after_the_reboot(
 
     verdict = classify(report, Matcher(load_knowledge_base()))
     assert verdict.cls == "kernel_panic"
+    # a crash that names its bug (the bad kernel's one bucket across its hosts, docs/demo.md)
+    assert verdict.signature is not None and signature_identified(verdict.signature)
     if verdict.signature is not None and verdict.signature.kernel_release:
         assert verdict.signature.kernel_release == node.inv.kernel
     # the panic never travelled in a probe: the kernel was dead

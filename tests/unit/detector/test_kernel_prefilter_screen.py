@@ -126,6 +126,17 @@ def test_corpus_excerpts_in_log_format_reach_the_diagnoser() -> None:
     # (`XFS (…): … error`, `unregister_netdevice: waiting`): no pattern was changed
     for excerpt in ("kb-640", "kb-645", "kb-646"):
         assert excerpt not in missed
+    # round 17 (split by URL hash, measured once on branch round17; docs/BENCHMARKS.md): `kubectl describe pod` / `get
+    # pods` output and systemctl's own client debug log are not node log lines; containerd's Go panic run by hand (no
+    # journal tag), dockerd's containerd timeouts broken mid-word by a terminal, a snap service stopped by PID 1 and a
+    # Talos phase without its sequence's line are wordings the detector does not pass (the KB misses them too)
+    not_log_lines |= {"kb-697", "kb-704", "kb-709"}
+    unknown_wordings |= {"kb-700", "kb-702", "kb-703", "kb-706"}
+    # branch round17: Talos's shutdown sequences pass since ops.talos_shutdown_sequence's pattern (kb-705, kb-707; the
+    # held-out kb-708 too, whose failure the diagnoser's veto reads); the 5.15+ XFS shutdown reason (kb-694) already
+    # passed the screen (`XFS (…): … Corruption`)
+    for excerpt in ("kb-694", "kb-705", "kb-707"):
+        assert excerpt not in missed
     assert set(missed) <= not_log_lines | unknown_wordings, sorted(set(missed) - not_log_lines - unknown_wordings)
     # branch kb7: the pattern written from the kubelet's own format string (docs/diagnoser.md, emitter table) passes
     # its admission refusal (glog 'Failed to admit pod … - node has conditions: [DiskPressure]')

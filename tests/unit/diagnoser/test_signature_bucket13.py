@@ -4,7 +4,8 @@ half, kb-634, kb-638 in the tuning half); one of them, kb-641, joins an older ex
 summaries whose `PANIC:` field repeats an oops's page-fault header. Both are in the held-out half, so no change was
 written from them on branch bucket13 (changes come from the tuning half's pairs only). The lead then spent the pair
 (docs/BENCHMARKS.md, "The oops header as a generic panic string"): the x86 page-fault / GPF oops headers name the kind
-of crash, not the bug, like `Fatal exception`; such a summary identifies nothing and leaves the level-2 figures.
+of crash, not the bug, like `Fatal exception`; such a summary identifies nothing, leaves the level-2 figures, and its
+bucket is no group of hosts in the fleet (`signature_identified`, tests/unit/diagnoser/test_crash_identity_fleet.py).
 Before that change these tests asserted the 4 false pairs; they fail on it if the headers count as an identity again."""
 
 from __future__ import annotations

@@ -28,4 +28,5 @@ async def test_no_nats_server_is_one_line_and_a_written_partial_report(tmp_path:
     assert reason.startswith("connecting to NATS:") and "no NATS server answered" in reason
     written = json.loads((tmp_path / "report.json").read_text())
     assert written["failed"] == reason and written["stage"] == "connecting to NATS"
-    assert (tmp_path / "run" / "failure.txt").exists()
+    failure = (tmp_path / "run" / "failure.txt").read_text()
+    assert failure.startswith(reason) and "Traceback (most recent call last)" in failure

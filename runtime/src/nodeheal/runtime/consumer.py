@@ -19,8 +19,9 @@ What every consumer does, in this order (the middlewares below, outermost first)
   while decoding or validating (ValidationError, OverflowError, UnicodeDecodeError, RecursionError,
   ...) sends the raw bytes and the reason to `<prefix>.dlq.<service>` and acks; a transient failure
   (NATS timeout, no responders, a lost connection, a handler raising `Transient`) is nak'ed with the
-  consumer's delay; any other handler failure is nak'ed too, and dead-lettered with its reason on the
-  consumer's last delivery (`max_deliver`) so nothing vanishes silently.
+  consumer's delay; a handler raising `Rejected` (what the message caused is refused for good) is
+  dead-lettered with that reason at once and acked; any other handler failure is nak'ed too, and
+  dead-lettered with its reason on the consumer's last delivery (`max_deliver`) so nothing vanishes silently.
 - `MetricsMiddleware`: `nodeheal_messages_consumed_total{stream}` per message settled, and
   `nodeheal_messages_dead_lettered_total{service}`.
 
@@ -69,6 +70,12 @@ M = TypeVar("M", bound=BaseModel)
 
 class Transient(Exception):  # noqa: N818 - a category, not an error of this module
     """Raised by a handler for a failure that a later try can fix: the message is nak'ed with a delay."""
+
+
+class Rejected(Exception):  # noqa: N818 - a category, not an error of this module
+    """Raised by a handler when what the message causes is refused for good (a retry cannot change it: an
+    output the server will never store): the message is dead-lettered at once with this reason and acked,
+    not nak'ed and tried again (a redelivery may find nothing left to do and ack it without a trace)."""
 
 
 TRANSIENT: tuple[type[BaseException], ...] = (
@@ -524,6 +531,10 @@ class ConsumerRuntime:
             if isinstance(cause, TRANSIENT):
                 log.info("transient failure; nak with delay", extra={"error": describe(cause), "stream": spec.stream})
                 await msg.nak(delay=spec.nak_delay_s)
+                return
+            if isinstance(cause, Rejected):
+                await self._dead_letter(spec, msg, f"refused on delivery {delivered}: {bounded(str(cause))}")
+                await msg.ack()
                 return
             if spec.max_deliver > 0 and delivered >= spec.max_deliver:
                 await self._dead_letter(spec, msg, f"handler failed on delivery {delivered}: {describe(cause)}")

@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -464,7 +465,8 @@ async def run_demo(cfg: DemoConfig, *, console: Console) -> dict[str, Any]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = f"{progress.stage}: {type(exc).__name__}: {first}"
         write_partial(reason)
-        (run_dir / "failure.txt").write_text(f"{reason}\n\n{exc}\n")
+        # with the traceback: the stage says what the demo was doing, the traceback which call failed
+        (run_dir / "failure.txt").write_text(f"{reason}\n\n{''.join(traceback.format_exception(exc))}")
         raise DemoFailedError(reason, partial=partial) from exc
     finally:
         waiter.cancel()
@@ -558,6 +560,13 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         stack.push_async_callback(nc.close)
         js = nc.jetstream()
         await apply_topology(js, settings.topology(), replicas=replicas)
+        # looked up now, on a quiet server: after the probe shards start, a 50,000-node run's nats-server may not
+        # answer a JetStream API request within nats-py's 5 s (the run failed at start on a 2-core machine)
+        control = (
+            await js.key_value(settings.topology().bucket(f"{settings.bucket_prefix}-control").name)
+            if cfg.approve_replacements
+            else None
+        )
         spec = FleetSpec(nodes=cfg.nodes, seed=cfg.seed)
         timings = SimTimings(probe_interval_s=cfg.probe_interval_s)
         sim = FleetSimulator(spec=spec, settings=settings, timings=timings, work_dir=run_dir / "nodes")
@@ -711,8 +720,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
             domains=world.domains,
         )
         operator: DemoOperator | None = None
-        if cfg.approve_replacements:
-            control = await js.key_value(settings.topology().bucket(f"{settings.bucket_prefix}-control").name)
+        if control is not None:
             operator = DemoOperator(
                 js=js,
                 control=control,

@@ -42,6 +42,7 @@ from nodeheal.schemas.subjects import (
     prober_probe_subject,
     unescape_token,
 )
+from nodeheal.sim.crash_text import bad_kernel_panic_lines, host_rng, zone_lockup_lines
 from nodeheal.sim.faults import (
     FATAL_KERNEL_CLASSES,
     HARDWARE_CRASH_CLASSES,
@@ -52,7 +53,7 @@ from nodeheal.sim.faults import (
     kernel_samples,
     with_kernel_release,
 )
-from nodeheal.sim.fleet import DEFAULT_PROBER_PLAN, FleetSpec, SimNode, build_inventory
+from nodeheal.sim.fleet import DEFAULT_PROBER_PLAN, KERNELS, FleetSpec, SimNode, build_inventory
 from nodeheal.sim.nodehost import AgentProfile, SimAgent, crash_collector, leave_crash_evidence
 
 log = logging.getLogger("nodeheal.sim")
@@ -800,6 +801,7 @@ class FleetSimulator:
     def _apply(self, node: SimNode, fault: InjectedFault, now: float) -> None:
         t = self.timings
         samples = kernel_samples()
+        release = node.inv.kernel or KERNELS[0]
         match fault.fault_class:
             case "power_loss":
                 node.power_off()
@@ -824,10 +826,17 @@ class FleetSimulator:
                 node.pending_kernel.extend(fs_lines)
                 node.readonly = True
             case "bad_kernel_crash":
-                self._crash(node, samples["kernel_panic"][0], now)
+                # one bug of the release on every node that runs it: a panic that names its function, with its trace
+                # (crash_text: the public panic sample identifies no bug, and the diagnoser keeps it to its host)
+                rng = host_rng(node.name, node.boot_id)
+                self._crash(node, bad_kernel_panic_lines(release=release, uptime_s=now - node.booted_at, rng=rng), now)
             case "zone_crash":
-                # one crash signature across the zone (a hard lockup that panics: the same bucket on every node)
-                lockup = next(x for x in samples["hard_lockup"] if any("Hard LOCKUP" in line for line in x))
+                # one crash signature across the zone: a hard lockup that panics, stuck in the same function under the
+                # same trace on every node (the same bucket), the numbers of each host its own
+                rng = host_rng(node.name, node.boot_id)
+                lockup = zone_lockup_lines(
+                    release=release, cpu_model=node.inv.cpu_model or "", uptime_s=now - node.booted_at, rng=rng
+                )
                 self._crash(node, lockup, now)
             case "cloud_reboot" | "cloud_redeploy":
                 event_type = (

@@ -23,6 +23,7 @@ for a person's approval — the demo just says who that person is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.remediator.control import write_approval
+from nodeheal.runtime.startup import UNAVAILABLE
 from nodeheal.schemas import NodeInventory, RemediationRecord
 from nodeheal.schemas.inventory import instance_key, inventory_key
 from nodeheal.schemas.subjects import escape_token
@@ -211,8 +213,21 @@ class DemoOperator:
     approvals: list[dict[str, Any]] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)  # action id → node, not yet approved
     replaced: set[str] = field(default_factory=set)  # action ids of replaces that succeeded
+    interruptions: int = 0  # AUDIT reads that failed and were started again
 
     async def run(self) -> None:
+        """Follow AUDIT for the whole run. A JetStream request that times out on a loaded server (a 50,000-node
+        run on two cores) does not end it: it reads again from `since` (an approval already written is not
+        written twice: `waiting` remembers its action)."""
+        while True:
+            try:
+                await self._follow()
+            except UNAVAILABLE as exc:
+                self.interruptions += 1
+                log.warning("the demo operator's AUDIT read failed (%s); reading again", type(exc).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _follow(self) -> None:
         from nodeheal.cli.window import read_stream
 
         async for stored in read_stream(
@@ -246,4 +261,9 @@ class DemoOperator:
         return any(a not in self.replaced for a in self.waiting)
 
     def summary(self) -> dict[str, Any]:
-        return {"approved_by": DEMO_OPERATOR, "approvals": self.approvals, "replaced": sorted(self.replaced)}
+        return {
+            "approved_by": DEMO_OPERATOR,
+            "approvals": self.approvals,
+            "replaced": sorted(self.replaced),
+            "interruptions": self.interruptions,
+        }

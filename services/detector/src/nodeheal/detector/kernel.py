@@ -173,7 +173,10 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         # it asks systemd-run for (ops.mcd_initiating_reboot); kured logs in its pod and is not passed
         r"|kexec(?:_core)?: Starting new kernel\s*$|shutdown\[1\]: "
         r"|machine-config-daemon(?:\[\d+\])?:? \"?initiating reboot: "
-        r"|Started (?:machine-config-daemon-reboot\.service - )?machine-config-daemon: ",
+        r"|Started (?:machine-config-daemon-reboot\.service - )?machine-config-daemon: "
+        # branch round17: Talos's machined starting an operator's reboot / shutdown / upgrade sequence
+        # (ops.talos_shutdown_sequence; its failure, the diagnoser's veto, is passed by nothing here)
+        r"|\[talos\] (?:reboot|shutdown|upgrade|stageUpgrade) sequence: \d+ phase\(s\)",
     ),
 )
 

@@ -28,6 +28,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nodeheal.diagnoser.kb import Finding, Matcher, analyse
+from nodeheal.diagnoser.kb.signature import signature_identified
 from nodeheal.diagnoser.rules import fatal_hardware
 from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import CrashSignature
@@ -108,8 +109,14 @@ def classify(report: CrashReport, matcher: Matcher) -> CrashVerdict:
 
 
 def bucket_key(verdict: CrashVerdict) -> str:
-    """Key of the fleet record: the signature's bucket; without one, the class (or 'unexplained')."""
+    """Key of the fleet record: the signature's bucket; without one, the class (or 'unexplained'). A signature
+    that identifies no bug (no function, frames, `BUG at` or specific panic string: `signature_identified`) keys
+    a record of its node only — its bucket groups one host's repeats, and other hosts sharing it are not the same
+    bug (nor is their crash the kernel team's known bucket)."""
     if verdict.signature is not None:
+        if not signature_identified(verdict.signature):
+            host = deterministic_id(verdict.cluster, verdict.node, prefix="")[:12]
+            return f"{verdict.signature.bucket}-host-{host}"
         return verdict.signature.bucket
     return f"class-{verdict.cls}" if verdict.cls else "unexplained"
 

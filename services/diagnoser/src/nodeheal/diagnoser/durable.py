@@ -30,7 +30,8 @@ left as it was (its next anomaly updates it).
 Test hooks: `kill_point(name)` SIGKILLs the process at a named moment, only when
 `NODEHEAL_TEST_KILL_AT` names it (`name` or `name:N` for the N-th time). Names: `in_node_down_hold`
 (a verdict is held and its anomalies are acknowledged), `after_publish_diagnosis` (a diagnosis is
-stored, its inputs are not yet acknowledged).
+stored, its inputs are not yet acknowledged), `unsent_kept` (a publish to DIAGNOSES failed while verdicts and
+fleet findings are both kept in memory only: decided, not stored, not yet sent again).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ from nodeheal.schemas.subjects import escape_token, finding_subject, unescape_to
 log = logging.getLogger("nodeheal.diagnoser")
 
 KILL_ENV = "NODEHEAL_TEST_KILL_AT"
-KILL_POINTS = frozenset({"in_node_down_hold", "after_publish_diagnosis"})
+KILL_POINTS = frozenset({"in_node_down_hold", "after_publish_diagnosis", "unsent_kept"})
 _kill_hits: dict[str, int] = {}
 
 

@@ -5,7 +5,10 @@ deterministic `Nats-Msg-Id`s. Thin: every decision is made by `reasoning.Diagnos
 
 A message is acked once the diagnoses it caused are PubAck'ed; bad input (any exception while
 decoding or validating) is dead-lettered with the reason and the raw bytes; a failed publish naks it
-with a delay (the handlers are idempotent, so a redelivery is harmless).
+with a delay (the handlers are idempotent, so a redelivery is harmless). A diagnosis or finding the
+server refuses for good (an API error such as too large) is kept in the DLQ, never only logged: the input that
+decided it is dead-lettered with the reason (`Rejected`), and one decided with no input at hand (the
+tick, the start) is dead-lettered itself — its JSON, the subject it was for, the reason.
 """
 
 from __future__ import annotations
@@ -31,9 +34,18 @@ from nodeheal.diagnoser.durable import DurableState, RebuildReport, kill_point
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
-from nodeheal.runtime.consumer import TRANSIENT, ConsumerRuntime, Delivery, Inbound, Outbound, Transient
+from nodeheal.runtime.consumer import (
+    TRANSIENT,
+    ConsumerRuntime,
+    Delivery,
+    Inbound,
+    Outbound,
+    Rejected,
+    Transient,
+    describe,
+)
 from nodeheal.runtime.inventory import InventoryFeed
-from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.jetstream import dead_letter, publish_model
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
 from nodeheal.runtime.startup import patiently
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
@@ -54,6 +66,7 @@ _TRACE_KEYS = (TRACEPARENT, "tracestate")
 # PubAck round trip after another was what the service spent on them (a starved 50,000-node run: 18.9 a second)
 PUBLISH_WINDOW = 256
 _MAX_TRACKED = 200_000  # anomaly ids whose trace context / first identification is remembered
+_MAX_LETTERS = 10_000  # refused outputs waiting for the DLQ (it is down too), and refused inputs remembered
 
 
 def _now() -> datetime:
@@ -173,6 +186,10 @@ class DiagnoserRuntime:
         # remembers a verdict as said when it decides it, so it is sent from here until its PubAck comes
         self._unsent: dict[str, Diagnosis] = {}
         self._unsent_findings: list[FleetFinding] = []  # the same for fleet findings (the tick's correlation runs)
+        # refused for good: outputs to keep in the DLQ (subject, bytes, reason), sent until the DLQ takes them,
+        # and the inputs whose own verdict was refused (input id -> reason), so a redelivery is dead-lettered too
+        self._letters: list[tuple[str, bytes, str]] = []
+        self._refused: dict[str, str] = {}
         self.durable: DurableState | None = None
         self.rebuilt: RebuildReport | None = None  # what the last start read back (also logged)
         self._ready = False
@@ -298,6 +315,7 @@ class DiagnoserRuntime:
         node's episode (diagnoses PubAck'ed), and — the first time a kernel bucket is seen — the kernel
         team's notice, published before the record remembers it was sent (a retry is deduplicated by
         its `Nats-Msg-Id`). Returns once all of it is stored; then the report is acked."""
+        self._refused_before(report.id)
         if self.crash_buckets is None:
             kv = await self._bucket("crash-buckets")
             if kv is None:
@@ -314,7 +332,7 @@ class DiagnoserRuntime:
         )
         async with self._lock:
             touched = self.diagnoser.on_crash(verdict, record)
-            await self._evaluate(touched)
+            refused = await self._evaluate(touched, own=True)
         noticed = False
         if notice_due(verdict, record):
             notice = bucket_notice(
@@ -323,9 +341,17 @@ class DiagnoserRuntime:
                 now=self.clock(),
                 window_s=self.diagnoser.config.decision.crash_window.total_seconds(),
             )
-            await self._publish_finding(notice)
-            record = await self.crash_buckets.mark_noticed(str(record["bucket"]), notice_id=notice.id, at=self.clock())
-            noticed = True
+            try:
+                await self._publish_finding(notice)
+            except TRANSIENT:
+                raise
+            except Exception as exc:  # not remembered as sent: the bucket's next report tries again
+                refused.append(f"its kernel-team notice {notice.id} was refused by the server: {describe(exc)}")
+            else:
+                record = await self.crash_buckets.mark_noticed(
+                    str(record["bucket"]), notice_id=notice.id, at=self.clock()
+                )
+                noticed = True
         if verdict.cls is None:
             outcome = "unexplained"
         elif is_hardware(verdict):
@@ -347,10 +373,12 @@ class DiagnoserRuntime:
                 "kernel_team_told": noticed,
             },
         )
+        self._reject(report.id, refused)
 
     async def _on_message(
         self, item: Anomaly | CloudSystemEvent | RemediationRecord, headers: dict[str, str] | None
     ) -> None:
+        self._refused_before(item.id)
         async with self._lock:
             touched: set[str] = set()
             if isinstance(item, Anomaly):
@@ -360,7 +388,25 @@ class DiagnoserRuntime:
                 touched |= self.diagnoser.on_cloud_event(item)
             elif isinstance(item, RemediationRecord):
                 touched |= self.diagnoser.on_audit(item)
-            await self._evaluate(touched)
+            refused = await self._evaluate(touched, own=True)
+        self._reject(item.id, refused)
+
+    def _refused_before(self, input_id: str) -> None:
+        """An input whose own verdict was refused, delivered again (its dead letter failed, or it was
+        redelivered before): dead-lettered again with the same reason (its verdict is said already)."""
+        reason = self._refused.get(input_id)
+        if reason is not None:
+            raise Rejected(reason)
+
+    def _reject(self, input_id: str, refused: list[str]) -> None:
+        """What this input decided was refused for good: the consumer runtime dead-letters it with the reason."""
+        if not refused:
+            return
+        reason = "; ".join(refused)
+        self._refused[input_id] = reason
+        if len(self._refused) > _MAX_LETTERS:
+            del self._refused[next(iter(self._refused))]
+        raise Rejected(reason)
 
     def _on_inventory(self, record: NodeInventory) -> None:
         """An inventory change that can change verdicts (a dark node moved rack or zone) has those nodes
@@ -369,8 +415,13 @@ class DiagnoserRuntime:
         for key in self.diagnoser.on_inventory(record):
             self._held[key] = min(self._held.get(key, now), now)
 
-    async def _evaluate(self, keys: set[str]) -> None:
+    async def _evaluate(self, keys: set[str], *, own: bool = False) -> list[str]:
+        """Judge `keys` and send every verdict not yet stored. `own`: an input is being handled, and a verdict
+        decided here that the server refuses for good is that input's to answer for — its reason is returned
+        (the caller raises `Rejected`: the input is dead-lettered). Any other refused verdict is dead-lettered
+        itself."""
         now = self.clock()
+        decided: set[str] = set()
         for key in sorted(keys):
             outcome = self.diagnoser.evaluate(key, now=now)
             if outcome.hold_until is not None:
@@ -379,20 +430,28 @@ class DiagnoserRuntime:
             self._held.pop(key, None)
             if outcome.diagnosis is not None:
                 self._unsent[key] = outcome.diagnosis  # a newer verdict of the node replaces one not yet stored
-        await self._send_unsent()
+                decided.add(key)
+        refused = await self._send_unsent(own=decided if own else set())
         if self.durable is not None:
             await self.durable.save()  # crash history, before the input that added it is acknowledged
+        return refused
 
-    async def _send_unsent(self) -> None:
+    async def _send_unsent(self, *, own: set[str] | None = None) -> list[str]:
         """Publish every verdict not yet stored, `PUBLISH_WINDOW` at a time (one node's verdicts are never in
         flight together: one entry per node, and the caller holds the lock). Each leaves `_unsent` on its
-        PubAck. If any failed, the first failure is raised once all were tried: the input being handled is
-        nak'ed, and what failed for a passing reason (`TRANSIENT`: no stream leader, a time-out, a lost
-        connection) is sent again by the next input or tick — the core already counts it as said, so without
-        this a redelivered input found the verdict unchanged and it was never stored. A verdict the server
-        refuses for good is logged and dropped, so it cannot fail every input after it."""
+        PubAck. What failed for a passing reason (`TRANSIENT`: no stream leader, a time-out, a lost connection)
+        is kept and sent again by the next input or tick — the core already counts it as said, so without this
+        a redelivered input found the verdict unchanged and it was never stored; the first such failure is
+        raised once all were tried (the input being handled is nak'ed). A verdict the server refuses for good
+        (an API error such as too large) leaves `_unsent` — tried again it would fail every input after it — and is
+        kept in the DLQ: the reasons of those of `own` (the keys the input being handled decided) are returned
+        for that input to be dead-lettered (then nothing is raised: a redelivery would find nothing to refuse
+        and ack it), every other one is dead-lettered itself."""
+        own = own or set()
+        refused: list[str] = []
         if not self._unsent:
-            return
+            await self._send_letters()
+            return refused
         pending = sorted(self._unsent.items())
         failed: BaseException | None = None
         for start in range(0, len(pending), PUBLISH_WINDOW):
@@ -402,23 +461,69 @@ class DiagnoserRuntime:
                 if isinstance(result, BaseException):
                     if isinstance(result, asyncio.CancelledError):
                         raise result
-                    failed = failed or result
                     if isinstance(result, TRANSIENT):
+                        failed = failed or result
                         continue  # kept: sent again by the next input or tick
-                    # refused for good (too large, not permitted): tried again it would fail every input after
-                    # it; the input that decided it is nak'ed and dead-lettered with the reason
+                    what = f"diagnosis {diagnosis.id} of {diagnosis.cluster}/{diagnosis.node} ({diagnosis.cause})"
                     log.error(
-                        "diagnosis refused by the server; not sent again",
+                        "diagnosis refused by the server; kept in the DLQ",
                         extra={"node": diagnosis.node, "diagnosis_id": diagnosis.id, "error": repr(result)},
                     )
+                    if key in own:
+                        refused.append(f"its {what} was refused by the server: {describe(result)}")
+                    else:
+                        subject = diagnosis_subject(diagnosis.cluster, diagnosis.node, prefix=self.prefix)
+                        reason = f"{what} not stored: refused by the server: {describe(result)}"
+                        self._letter(subject, diagnosis.to_json(), reason)
                 if self._unsent.get(key) is diagnosis:
                     del self._unsent[key]
+        await self._send_letters()
         if failed is not None:
             log.warning(
                 "diagnoses not stored; kept to send again",
                 extra={"unsent": len(self._unsent), "error": f"{type(failed).__name__}: {failed}"},
             )
-            raise failed
+            await self._kill_point_unsent()
+            if not refused:
+                raise failed
+        return refused
+
+    def _letter(self, subject: str, raw: bytes, reason: str) -> None:
+        """Keep a refused output for the DLQ (sent by `_send_letters`; bounded)."""
+        self._letters.append((subject, raw, reason))
+        if len(self._letters) > _MAX_LETTERS:
+            dropped = self._letters.pop(0)
+            log.error("refused output dropped: too many wait for the DLQ", extra={"reason": dropped[2][:300]})
+
+    async def _send_letters(self) -> None:
+        """Dead-letter the refused outputs, oldest first; one the DLQ does not take now waits for the next try
+        (the next input or tick), logged."""
+        while self._letters:
+            subject, raw, reason = self._letters[0]
+            try:
+                await dead_letter(
+                    self.js,
+                    service=SERVICE,
+                    reason=reason,
+                    raw=raw,
+                    subject=subject,
+                    prefix=self.prefix,
+                    timeout_s=self.settings.nats.publish_timeout_s,
+                )
+            except Exception as exc:
+                log.warning(
+                    "refused output not dead-lettered yet; tried again at the next tick",
+                    extra={"waiting": len(self._letters), "error": describe(exc)},
+                )
+                return
+            self.pipeline.messages_dead_lettered.labels(SERVICE).inc()
+            self._letters.pop(0)
+
+    async def _kill_point_unsent(self) -> None:
+        """The kill tests' `unsent_kept`: a publish failed with verdicts and fleet findings both kept in memory
+        only (decided, not stored, not yet sent again)."""
+        if self._unsent and self._unsent_findings:
+            await kill_point("unsent_kept", self.nc)
 
     def _keep_trace(self, anomaly_id: str, headers: dict[str, str] | None) -> None:
         if not headers or TRACEPARENT not in headers:
@@ -507,18 +612,26 @@ class DiagnoserRuntime:
     async def _send_findings(self) -> None:
         """Publish the fleet findings not yet stored, in the order they were found; each leaves the list on its
         PubAck. A passing failure is raised with the rest kept for the next tick (before, a finding whose publish
-        failed was never said: the core had counted it raised); one refused for good is logged and dropped."""
+        failed was never said: the core had counted it raised); one refused for good is dead-lettered itself (its
+        JSON, the finding subject, the reason) and the next is sent."""
         while self._unsent_findings:
             finding = self._unsent_findings[0]
             try:
                 await self._publish_finding(finding)
             except TRANSIENT:
+                await self._kill_point_unsent()
                 raise
             except Exception as exc:
-                log.error("fleet finding refused by the server; not sent again", extra={"error": repr(exc)})
-                self._unsent_findings.pop(0)
-                raise
+                log.error(
+                    "fleet finding refused by the server; kept in the DLQ",
+                    extra={"finding_id": finding.finding_id, "error": repr(exc)},
+                )
+                reason = (
+                    f"fleet finding {finding.id} ({finding.kind}) not stored: refused by the server: {describe(exc)}"
+                )
+                self._letter(finding_subject(prefix=self.prefix), finding.to_json(), reason)
             self._unsent_findings.pop(0)
+        await self._send_letters()
 
     async def _publish_finding(self, finding: FleetFinding) -> None:
         await publish_model(

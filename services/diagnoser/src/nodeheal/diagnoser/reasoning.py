@@ -16,6 +16,7 @@ from typing import Any
 from nodeheal.diagnoser.correlation import CorrelationConfig, FleetEvent, down_spikes, outliers
 from nodeheal.diagnoser.crash import CrashVerdict, bucket_key
 from nodeheal.diagnoser.kb import Matcher, analyse
+from nodeheal.diagnoser.kb.signature import signature_identified
 from nodeheal.diagnoser.kpi import FleetKpis, fleet_kpis, is_crash
 from nodeheal.diagnoser.rules import SILENT_KINDS, Decision, DecisionConfig, decide, partition_view
 from nodeheal.diagnoser.state import CrashFact, FleetState, KernelEvidence, NodeContext, Published, node_key
@@ -252,7 +253,7 @@ class Diagnoser:
                 ctx.key,
                 episode=f"crash:{verdict.report_id}",
                 category="hardware" if verdict.hardware is not None else verdict.category,
-                bucket=verdict.signature.bucket if verdict.signature is not None else None,
+                bucket=_fleet_bucket(verdict.signature),
                 at=at,
             )
         return {ctx.key}
@@ -323,8 +324,9 @@ class Diagnoser:
             ordered = sorted(ctx.crashes, key=lambda x: x[0])
             ctx.crashes.clear()
             ctx.crashes.extend(ordered)
-        hosts = self.fleet.bucket_hosts.setdefault(signature.bucket, {})
-        hosts[ctx.key] = max(at, hosts.get(ctx.key, at))
+        if signature_identified(signature):  # a bucket without identity is no bug shared across hosts
+            hosts = self.fleet.bucket_hosts.setdefault(signature.bucket, {})
+            hosts[ctx.key] = max(at, hosts.get(ctx.key, at))
         self.crash_dirty.add(ctx.key)
 
     # ------------------------------------------------------------------ restart (durable.py)
@@ -382,7 +384,7 @@ class Diagnoser:
             ctx.key,
             episode=diagnosis.anomaly_ids[0],
             category=diagnosis.category,
-            bucket=diagnosis.crash_signature.bucket if diagnosis.crash_signature else None,
+            bucket=_fleet_bucket(diagnosis.crash_signature),
             at=diagnosis.fault_onset or diagnosis.identified_at,
         )
 
@@ -574,7 +576,7 @@ class Diagnoser:
         crash-rate finding.
         """
         episode = ctx.episode_ids[0] if ctx.episode_ids else ctx.key
-        bucket = decision.crash_signature.bucket if decision.crash_signature is not None else None
+        bucket = _fleet_bucket(decision.crash_signature)
         if decision.category in {"kernel", "hardware"}:
             self._crash_counted_by(decision.evidence)
         self._count_fault(
@@ -842,3 +844,9 @@ def _fingerprint(diagnosis: Diagnosis) -> str:
     if _report_only(diagnosis):
         parts.append("report-only")
     return hashlib.sha1("|".join(parts).encode(), usedforsecurity=False).hexdigest()
+
+
+def _fleet_bucket(signature: CrashSignature | None) -> str | None:
+    """The bucket a crash counts in for the fleet's rates (`bucket:<b>` scopes): only a signature that identifies a
+    bug — the bucket of one without identity (a generic panic string, a bare watchdog line) is no group of hosts."""
+    return signature.bucket if signature is not None and signature_identified(signature) else None

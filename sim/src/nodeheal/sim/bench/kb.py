@@ -200,6 +200,11 @@ def classification(excerpts: Sequence[Excerpt]) -> dict[str, Any]:
             # round 16 (kb-630…): all held out, collected from new sources on branch round16, committed before any code
             # ran on it, measured once at that branch (docs/BENCHMARKS.md)
             "round16_test": accuracy("test", 16),
+            # round 17 (kb-670…): split by URL hash (sha1 mod 10 < 3 → test) when committed, before any code ran on
+            # it; `round17_all` measured before any rule is the untouched figure, `round17_test` stays held out
+            "round17_all": accuracy(None, 17),
+            "round17_train": accuracy("train", 17),
+            "round17_test": accuracy("test", 17),
             "samples": accuracy("samples"),
         },
         "per_class": per_class,

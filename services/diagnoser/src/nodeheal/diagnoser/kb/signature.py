@@ -50,6 +50,10 @@ def _words(text: str) -> list[str]:
 #     6.x trace prints as reliable frames (`__die_body`, `page_fault_oops`, …), the ftrace trampoline, the folio
 #     renames of the page waits (`folio_wait_bit_common`) and, as a prefix, the 6.x function-padding symbols
 #     (`__pfx_…`, never code that runs)
+#   - (round 17, from its partial-copy false pairs, held-out pair spent) the path of a task that dies: `do_exit`,
+#     where init's death panics ("Attempted to kill init!", kernel/exit.c, whatever made init exit), and
+#     `make_task_dead`, which oops_end() calls for every oops (arch/x86/kernel/dumpstack.c, 5.17+) and whose
+#     do_exit a second report may blame: a report blaming them names how a task died, not why
 GENERIC_FRAMES: frozenset[str] = frozenset(
     _words("""
     do_softirq do_vfs_ioctl dump_stack dump_stack_lvl flush_kthread_worker gs_change irq_exit
@@ -113,6 +117,7 @@ GENERIC_FRAMES: frozenset[str] = frozenset(
     assfail asswarn __die __die_body page_fault_oops do_user_addr_fault kernelmode_fixup_or_oops no_context
     __bad_area_nosemaphore bad_area_nosemaphore do_kern_addr_fault do_page_fault page_fault ftrace_regs_caller
     ftrace_regs_caller_end ftrace_caller
+    do_exit make_task_dead
 """)
 )
 # name prefixes of the same kinds: lock primitives, lockdep, sanitizers and coverage hooks, stack walkers,
@@ -668,6 +673,16 @@ _GENERIC_PANICS = re.compile(
     r"|BUG: kernel NULL pointer dereference|(?:Oops: )?general protection fault)",
     re.IGNORECASE,
 )
+
+
+def signature_identified(signature: CrashSignature) -> bool:
+    """`CrashReport.identified()` of the report a signature was made from, from the signature's own fields: a blamed
+    function, frames, `BUG at`, or a specific panic string. A signature without one groups one host's repeats (its
+    bucket is its kind and a generic string, or a stuck task), but two hosts sharing it are not one bug — the fleet
+    must not count it as one (`reasoning.Diagnoser`, `crash.bucket_key`)."""
+    blamed = bool(signature.rip_func) and not is_generic_frame(signature.rip_func or "")
+    specific_panic = bool(signature.panic_string) and not _GENERIC_PANICS.match(signature.panic_string or "")
+    return bool(blamed or signature.top_frames or signature.bug_at or specific_panic)
 
 
 def _family(kind: str) -> str:
