@@ -10,6 +10,9 @@ Every `maintenance_interval_s` each replica looks at the CLOUD view and the disr
   slot is held under the episode `cloud:<cloud>:<event id>`.
 - an event CLOUD shows finished (completed, avoided, canceled, failed) whose episode holds the node's
   slot: verified (a new boot id when it ran) and uncordoned, or escalated.
+- a storm escalation this replica has still to record (its AUDIT record failed, or it took over a storm key
+  that said "escalated, not recorded" at its start) is sent again (`Remediator.send_storm_escalations`), so it
+  does not wait for the next diagnosis that reaches a capacity step.
 - a budget slot past its `until` (`slot_hold_s`: its holder died and its diagnosis never came back) is
   given back with a record (`Remediator.expire_slot`): a cordon of ours still out is handed to a person
   (`escalate`), else the expiry is recorded (`none` / `skipped`).
@@ -26,6 +29,7 @@ import logging
 from datetime import UTC, datetime
 
 from nodeheal.remediator import planner
+from nodeheal.remediator.audit import AuditUnavailableError
 from nodeheal.remediator.runner import Remediator
 
 log = logging.getLogger("nodeheal.remediator.maintenance")
@@ -56,6 +60,11 @@ class MaintenanceLoop:
     async def tick(self, now: datetime | None = None) -> None:
         r = self.remediator
         now = now or datetime.now(tz=UTC)
+        if r.storm_unsent():
+            try:
+                await r.send_storm_escalations()
+            except AuditUnavailableError:
+                log.warning("storm escalations still not recorded", extra={"unsent": r.storm_unsent()})
         slots = {s.node: s for s in (await r.ledger.read())[0]}
         for node, held in slots.items():
             if held.until <= now and node not in self._busy:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -71,6 +71,15 @@ def _handover(rec: RemediationRecord) -> bool:
 
 def utcnow() -> datetime:
     return datetime.now(tz=UTC)
+
+
+@dataclass(slots=True)
+class _StormUnsent:
+    escalation: control.StormEscalation
+    entry: control.StormEntry
+    """the key as this replica last wrote it (its revision: the compare-and-set of the recorded mark)"""
+    look_first: bool = False
+    """taken over from a key after a restart: the record may be in AUDIT already"""
 
 
 @dataclass(slots=True)
@@ -226,26 +235,55 @@ class Remediator:
         # storm keys of nodeheal-control known to be there (restored, created, or found by a create that lost the
         # race): a storm's key is written when it starts and deleted when it ends, not on every diagnosis
         self._storm_keys: set[tuple[policy.DomainKind, str]] = set()
-        # storm escalations whose key this replica created but whose AUDIT record is not stored yet (AUDIT
-        # refused or did not answer): the key says "escalated", so they are recorded from here, by every pass
-        self._storm_unsent: dict[tuple[policy.DomainKind, str], tuple[Diagnosis, ActionId, str]] = {}
+        # storm escalations this replica is to record (it created their key, or took over a key that said
+        # "escalated, not recorded" at its start) whose AUDIT record is not stored yet: sent by every pass and
+        # maintenance tick until AUDIT stored it, then marked recorded in the key
+        self._storm_unsent: dict[tuple[policy.DomainKind, str], _StormUnsent] = {}
+        self._storm_sending = asyncio.Lock()
         self.counters: dict[str, int] = {}
 
     async def restore(self) -> None:
         """After a restart: the storms in force come back from `nodeheal-control` (hysteresis kept); ladders
         in flight come back by redelivery of their un-acked diagnoses and continue from AUDIT; held budget
         slots are in the ledger; host-event maintenance is re-derived from CLOUD + ledger + AUDIT."""
-        storms = await control.read_storms(self.control_kv)
+        entries = await control.read_storms(self.control_kv)
         kinds: dict[str, policy.DomainKind] = {
             "cluster": "cluster",
             "zone": "zone",
             "rack": "rack",
             "node_pool": "node_pool",
         }
-        self.storms = frozenset((kinds[kind], value) for kind, value in storms if kind in kinds)
+        known = [e for e in entries if e.kind in kinds]
+        self.storms = frozenset((kinds[e.kind], e.value) for e in known)
         self._storm_keys = set(self.storms)
         if self.storms:
             log.info("storms restored", extra={"storms": sorted(self.storms)})
+        for entry in known:
+            if entry.unrecorded is not None:
+                await self._take_over(kinds[entry.kind], entry)
+
+    async def _take_over(self, kind: policy.DomainKind, entry: control.StormEntry) -> None:
+        """A storm key that says "escalated" but not "recorded": its replica died (or lost AUDIT) before the
+        AUDIT record was stored and marked. This replica takes the recording over by a compare-and-set of the
+        key (`by`: itself), so of two replicas starting at once one records (a creator still running sends
+        its own too, under the same action id; its mark then finds the key taken, `_mark_recorded`). The
+        record is looked for in AUDIT before it is sent (it may have been stored just before the death, and
+        not marked)."""
+        assert entry.unrecorded is not None
+        mine = replace(entry.unrecorded, by=self.actor)
+        try:
+            revision = await self.control_kv.update(
+                control.storm_key(kind, entry.value), entry.value_with(mine, recorded=False), last=entry.revision
+            )
+        except KeyWrongLastSequenceError:
+            return  # another replica took it over, or recorded it, meanwhile
+        log.warning(
+            "storm escalation not recorded before a restart; recording it",
+            extra={"storm": f"{kind}:{entry.value}", "action_id": mine.action_id, "was_by": entry.unrecorded.by},
+        )
+        self._storm_unsent[(kind, entry.value)] = _StormUnsent(
+            escalation=mine, entry=replace(entry, revision=revision), look_first=True
+        )
 
     # -- records ---------------------------------------------------------------------------------
     async def _skip(
@@ -323,14 +361,14 @@ class Remediator:
         self._observe(rec, diagnosis)
         return rec
 
-    def _observe(self, rec: RemediationRecord, diagnosis: Diagnosis) -> None:
+    def _observe(self, rec: RemediationRecord, diagnosis: Diagnosis | None) -> None:
         m = self.metrics
         m.remediation_actions.labels(action=rec.action, outcome=rec.phase).inc()
         if rec.phase == "blocked":
             for check in rec.checks:
                 if not check.passed:
                     m.policy_blocks.labels(check=check.name).inc()
-        if rec.phase == "verified" and diagnosis.fault_onset is not None and not rec.dry_run:
+        if rec.phase == "verified" and diagnosis is not None and diagnosis.fault_onset is not None and not rec.dry_run:
             observe_stage(
                 m.time_to_repair,
                 fault_class=diagnosis.category,
@@ -969,8 +1007,10 @@ class Remediator:
 
         The escalation is its AUDIT record; the key is created first (it decides which replica escalates). A
         record AUDIT did not store is kept (`_storm_unsent`) and sent again by the next pass — before, the key
-        said "escalated already" to every later pass and the person was never told."""
-        await self._send_storm_escalations()
+        said "escalated already" to every later pass and the person was never told. The key itself says
+        whether its record is stored (`recorded`), so a replica that dies before that is replaced by the next
+        one to start (`restore`)."""
+        await self.send_storm_escalations()
         for domain, verdict in verdicts.items():
             known = domain in self._storm_keys
             if verdict.in_storm:
@@ -981,62 +1021,150 @@ class Remediator:
             kind, value = domain
             key = control.storm_key(kind, value)
             if verdict.in_storm:
+                now = utcnow()
+                d = run.diagnosis
+                escalation = control.StormEscalation(
+                    action_id=planner.action_id(
+                        diagnosis_id=f"storm:{kind}:{value}", action="escalate", target=now.strftime("%Y%m%d%H%M")
+                    ),
+                    reason=(
+                        f"storm in {kind} {value}: {verdict.unhealthy} of {verdict.size} nodes unhealthy; "
+                        "disruptive actions stopped there until it recovers"
+                    ),
+                    cluster=d.cluster,
+                    node=d.node,
+                    diagnosis_id=d.id,
+                    cause=d.cause,
+                    episode_id=d.episode,
+                    trace_id=current_trace_id(),
+                    by=self.actor,
+                    at=now.isoformat(),
+                )
+                entry = control.StormEntry(
+                    kind=kind, value=value, revision=0, unhealthy=verdict.unhealthy, size=verdict.size
+                )
                 try:
-                    await self.control_kv.create(
-                        key, control.storm_value(kind, value, unhealthy=verdict.unhealthy, size=verdict.size)
-                    )
+                    revision = await self.control_kv.create(key, entry.value_with(escalation, recorded=False))
                 except KeyWrongLastSequenceError:
                     self._storm_keys.add(domain)
                     continue  # another replica (or an earlier pass) escalated this storm already
                 self._storm_keys.add(domain)
-                sid = planner.action_id(
-                    diagnosis_id=f"storm:{kind}:{value}",
-                    action="escalate",
-                    target=utcnow().strftime("%Y%m%d%H%M"),
-                )
-                reason = (
-                    f"storm in {kind} {value}: {verdict.unhealthy} of {verdict.size} nodes unhealthy; "
-                    "disruptive actions stopped there until it recovers"
-                )
-                self._storm_unsent[domain] = (run.diagnosis, sid, reason)
-                await self._send_storm_escalations()
+                written = replace(entry, revision=revision)
+                self._storm_unsent[domain] = _StormUnsent(escalation=escalation, entry=written)
+                # the key says "escalated, not recorded": a replica killed here records it after its restart
+                testhooks.kill_at("between_storm_key_and_record")
+                await self.send_storm_escalations()
             else:
                 with contextlib.suppress(KeyNotFoundError):
                     await self.control_kv.delete(key)
                 self._storm_keys.discard(domain)
 
+    def storm_unsent(self) -> int:
+        """How many storm escalations this replica has still to record."""
+        return len(self._storm_unsent)
+
+    async def send_storm_escalations(self) -> None:
+        """Record every storm escalation not yet in AUDIT (capacity steps and the maintenance tick call this);
+        each leaves `_storm_unsent` when AUDIT stored it, and its key is marked recorded. The same action id
+        each time: a record stored twice within the duplicate window is kept once; one taken over after a
+        restart is first looked for in AUDIT. The first failure is raised once all were tried
+        (`AuditUnavailableError`: the ladder is retried, and the next pass sends what is still unsent). A
+        record AUDIT refused for good (not a passing failure) is logged and dropped, so that it cannot stop
+        every later ladder. One sender at a time: a pass that finds another sending leaves it to that one (which
+        also sends what is added meanwhile) — before, ladders side by side each sent the same record."""
+        if not self._storm_unsent or self._storm_sending.locked():
+            return
+        async with self._storm_sending:
+            await self._send_storm_escalations()
+
     async def _send_storm_escalations(self) -> None:
-        """Record every storm escalation not yet in AUDIT; each leaves `_storm_unsent` when AUDIT stored it
-        (the same action id each time: a record stored twice within the duplicate window is kept once). The
-        first failure is raised once all were tried (`AuditUnavailableError`: the ladder is retried, and the next
-        pass sends what is still unsent). A record AUDIT refused for good (not a passing failure) is logged
-        and dropped, so that it cannot stop every later ladder."""
         failed: AuditUnavailableError | None = None
-        for domain, (diagnosis, sid, reason) in list(self._storm_unsent.items()):
+        tried: set[tuple[policy.DomainKind, str]] = set()
+        while pending := [(d, u) for d, u in self._storm_unsent.items() if d not in tried]:
+            domain, unsent = pending[0]
+            tried.add(domain)
             kind, value = domain
+            esc = unsent.escalation
             try:
-                await self._record(
-                    None,
-                    diagnosis=diagnosis,
-                    action_id=sid,
-                    action="escalate",
-                    phase="succeeded",
-                    # the domain is handed to a person, not this node: its slot (if any) stays held
-                    target=f"storm:{kind}:{value}",
-                    reason=reason,
-                )
+                if unsent.look_first:
+                    if not await self._storm_recorded(esc):
+                        await self._storm_record(esc, kind=kind, value=value)
+                    unsent.look_first = False
+                else:
+                    await self._storm_record(esc, kind=kind, value=value)
             except AuditUnavailableError as exc:
                 failed = failed or exc
                 if isinstance(exc.__cause__, TRANSIENT):
                     continue  # kept: sent again by the next pass
                 log.error(
                     "storm escalation refused by AUDIT; not sent again",
-                    extra={"node": diagnosis.node, "action_id": sid, "error": repr(exc.__cause__)},
+                    extra={"node": esc.node, "action_id": esc.action_id, "error": repr(exc.__cause__)},
                 )
+                self._storm_unsent.pop(domain, None)
+                continue
             self._storm_unsent.pop(domain, None)
+            await self._mark_recorded(domain, unsent)
         if failed is not None:
             log.warning("storm escalations not recorded; kept to send again", extra={"unsent": len(self._storm_unsent)})
             raise failed
+
+    async def _storm_recorded(self, esc: control.StormEscalation) -> bool:
+        """Is the escalation in AUDIT already (stored by a replica that died before marking its key)?"""
+        try:
+            since = datetime.fromisoformat(esc.at) - timedelta(minutes=1)
+        except ValueError:
+            since = utcnow() - timedelta(days=1)
+        try:
+            history = await self.audit.history(cluster=esc.cluster, node=esc.node, since=since)
+        except Exception as exc:  # not read (AUDIT away, a time-out): looked for again by the next pass
+            msg = f"audit history of {esc.node} not read before recording {esc.action_id}: {exc}"
+            raise AuditUnavailableError(msg) from TimeoutError(str(exc))
+        return any(r.action_id == esc.action_id and r.phase == "succeeded" for r in history)
+
+    async def _storm_record(self, esc: control.StormEscalation, *, kind: str, value: str) -> None:
+        rec = RemediationRecord(
+            cluster=esc.cluster,
+            node=esc.node,
+            action_id=esc.action_id,
+            action="escalate",
+            # the domain is handed to a person, not this node: its slot (if any) stays held
+            target=f"storm:{kind}:{value}",
+            phase="succeeded",
+            reason=esc.reason,
+            dry_run=self.policy.dry_run,
+            actor=self.actor,
+            diagnosis_id=esc.diagnosis_id,
+            cause=esc.cause,
+            trace_id=esc.trace_id or current_trace_id(),
+            finished_at=utcnow(),
+            episode_id=esc.episode_id,
+        )
+        await self.audit.record(rec)
+        self.counters["succeeded"] = self.counters.get("succeeded", 0) + 1
+        self._observe(rec, None)
+
+    async def _mark_recorded(self, domain: tuple[policy.DomainKind, str], unsent: _StormUnsent) -> None:
+        """The key says "recorded" now (compare-and-set on the revision this replica wrote; never a put, which
+        would bring back the key of a storm that ended meanwhile). A key another replica took over since, or
+        deleted, is left as it is. A mark that fails is only logged: a replica that takes the key over later
+        finds the record in AUDIT and does not send it again."""
+        kind, value = domain
+        key = control.storm_key(kind, value)
+        entry, esc = unsent.entry, unsent.escalation
+        for _ in range(3):
+            try:
+                await self.control_kv.update(key, entry.value_with(esc, recorded=True), last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                now = await control.read_storm(self.control_kv, kind, value)
+                if now is None or now.unrecorded is None or now.unrecorded.action_id != esc.action_id:
+                    return  # the storm ended, was recorded, or is another storm's key now
+                if now.unrecorded.by != esc.by:
+                    return  # taken over by a replica that started meanwhile: it looks in AUDIT, finds ours
+                entry = now
+            except Exception:
+                log.warning("storm key not marked recorded", extra={"key": key}, exc_info=True)
+                return
 
     async def _wait_for_approval(self, action_id: str) -> str | None:
         deadline = asyncio.get_running_loop().time() + self.policy.approval_timeout_s

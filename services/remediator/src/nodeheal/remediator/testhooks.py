@@ -1,8 +1,10 @@
 """Deterministic kill points for crash tests (issue 14): `NODEHEAL_TEST_KILL_AT=<point>` makes the process
 SIGKILL itself when it reaches that point. Unset (production), nothing happens.
 
-Points: `between_intent_and_action` (the intent record is stored, nothing done yet) and
-`between_action_and_result` (the side effect happened, no result record yet).
+Points: `between_intent_and_action` (the intent record is stored, nothing done yet),
+`between_action_and_result` (the side effect happened, no result record yet) and
+`between_storm_key_and_record` (a storm's key in nodeheal-control says "escalated", its AUDIT record is not
+sent yet).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import signal
 from typing import Final, Literal
 
 ENV: Final = "NODEHEAL_TEST_KILL_AT"
-KillPoint = Literal["between_intent_and_action", "between_action_and_result"]
+KillPoint = Literal["between_intent_and_action", "between_action_and_result", "between_storm_key_and_record"]
 
 log = logging.getLogger("nodeheal.remediator.testhooks")
 
