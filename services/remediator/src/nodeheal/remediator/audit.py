@@ -1,7 +1,10 @@
 """The audit stream: every decision as a `RemediationRecord`, the intent acknowledged before acting.
 
 `record()` returns only when the AUDIT stream acknowledged the record (PubAck); if it cannot, it raises
-`AuditUnavailableError` and the caller does not act: no audit, no action. The Nats-Msg-Id is
+`AuditUnavailableError` and the caller does not act: no audit, no action — `AuditRefusedError` when
+AUDIT refuses the record for good (not a passing failure such as a time-out, no stream leader, a lost
+connection: e.g. over AUDIT's `max_msg_size`, not permitted), which the caller keeps in the DLQ with its
+reason (`reason`, and the record itself in `record`). The Nats-Msg-Id is
 `<action_id>:<phase>`, so a retried or redelivered step never writes its record twice within the
 duplicate window, and `history()` lets a replica see what was already done before acting (after the
 window too).
@@ -17,6 +20,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
+from nodeheal.runtime.consumer import TRANSIENT, describe
 from nodeheal.runtime.jetstream import publish_model, read_stream
 from nodeheal.runtime.telemetry import inject_headers
 from nodeheal.schemas.audit import RemediationRecord
@@ -27,6 +31,16 @@ log = logging.getLogger("nodeheal.remediator.audit")
 
 class AuditUnavailableError(RuntimeError):
     """The audit stream did not acknowledge the record; the action must not start."""
+
+
+class AuditRefusedError(AuditUnavailableError):
+    """AUDIT refused the record for good: trying it again cannot store it. `reason` names the record (action id,
+    node, phase) and the server's error; `record` is the record, for the DLQ."""
+
+    def __init__(self, reason: str, record: RemediationRecord) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.record = record
 
 
 class AuditLog:
@@ -53,6 +67,12 @@ class AuditLog:
                 timeout_s=self.timeout_s,
             )
         except Exception as exc:
+            if not isinstance(exc, TRANSIENT):
+                reason = (
+                    f"audit record {rec.phase} of action {rec.action_id} ({rec.action}) on {rec.cluster}/{rec.node} "
+                    f"refused by {self.stream}: {describe(exc)}"
+                )
+                raise AuditRefusedError(reason, rec) from exc
             msg = f"audit stream {self.stream} did not acknowledge {rec.phase} of {rec.action_id}: {exc}"
             raise AuditUnavailableError(msg) from exc
         log.info(

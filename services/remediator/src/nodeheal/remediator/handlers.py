@@ -26,7 +26,7 @@ from opentelemetry import trace
 from nodeheal.remediator.actions.cloud import Clouds
 from nodeheal.remediator.actions.kube import KubeActions, build_api_client
 from nodeheal.remediator.actions.node import NodeAgent
-from nodeheal.remediator.audit import AuditLog
+from nodeheal.remediator.audit import AuditLog, AuditRefusedError
 from nodeheal.remediator.leases import Leases
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.maintenance import MaintenanceLoop
@@ -35,7 +35,7 @@ from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.remediator.verify import Verifier
 from nodeheal.remediator.views import FleetView
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound, Transient
+from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound, Rejected, Transient
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.metrics import pipeline_metrics
 from nodeheal.runtime.startup import patiently
@@ -228,8 +228,15 @@ class RemediatorService:
     async def _diagnosis(self, diagnosis: Diagnosis, delivery: Delivery) -> None:
         """One diagnosis: its ladder runs to its end (acked) or asks to be retried later (nak'ed with
         `retry_delay_s`). The runtime's `remediate` span continues the diagnosis's trace, so every audit
-        record carries its trace id."""
-        await self._process(diagnosis, delivery)
+        record carries its trace id. An audit record this diagnosis caused that AUDIT refuses for good (too large,
+        not permitted) has the diagnosis dead-lettered at once with the reason and acked (`Rejected`): not
+        retried, which could never store it. Nothing is done twice for it: a refused intent means the action was
+        not taken, and a later diagnosis of the episode reads what AUDIT did store (a `started` is never
+        repeated)."""
+        try:
+            await self._process(diagnosis, delivery)
+        except AuditRefusedError as exc:
+            raise Rejected(exc.reason) from exc
 
     async def _process(self, diagnosis: Diagnosis, delivery: Delivery) -> None:
         assert self.remediator is not None
@@ -240,6 +247,8 @@ class RemediatorService:
         span.set_attribute("nodeheal.diagnosis.id", diagnosis.id)
         try:
             disposition = await self.remediator.handle(diagnosis, heartbeat=delivery.in_progress)
+        except AuditRefusedError:
+            raise
         except Exception:
             log.exception("ladder crashed; will be redelivered", extra={"node": diagnosis.node})
             disposition = "retry"

@@ -29,7 +29,7 @@ import logging
 from datetime import UTC, datetime
 
 from nodeheal.remediator import planner
-from nodeheal.remediator.audit import AuditUnavailableError
+from nodeheal.remediator.audit import AuditRefusedError, AuditUnavailableError
 from nodeheal.remediator.runner import Remediator
 
 log = logging.getLogger("nodeheal.remediator.maintenance")
@@ -92,6 +92,8 @@ class MaintenanceLoop:
                 result = await work  # type: ignore[misc]
                 if result == "ack" and episode is not None:
                     self._prepared.add(episode)
+            except AuditRefusedError as exc:  # no input at hand: the refused record itself goes to the DLQ
+                await self.remediator.keep_refused(exc)
             except Exception:
                 log.exception("maintenance step failed", extra={"node": node})
             finally:

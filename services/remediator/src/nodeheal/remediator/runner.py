@@ -35,14 +35,14 @@ from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.remediator.actions.cloud import Clouds
 from nodeheal.remediator.actions.kube import KubeActions
 from nodeheal.remediator.actions.node import NodeAgent
-from nodeheal.remediator.audit import AuditLog, AuditUnavailableError
+from nodeheal.remediator.audit import AuditLog, AuditRefusedError, AuditUnavailableError
 from nodeheal.remediator.leases import Lease, LeaseLostError, Leases
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.policy import Slot
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.remediator.verify import Verifier
 from nodeheal.remediator.views import FleetView
-from nodeheal.runtime.consumer import TRANSIENT
+from nodeheal.runtime.jetstream import dead_letter
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage, pipeline_metrics
 from nodeheal.runtime.telemetry import current_trace_id
 from nodeheal.schemas.audit import PolicyCheck, RemediationPhase, RemediationRecord
@@ -50,6 +50,7 @@ from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis
 from nodeheal.schemas.ids import ActionId, deterministic_id
+from nodeheal.schemas.subjects import audit_subject
 
 log = logging.getLogger("nodeheal.remediator.runner")
 
@@ -483,6 +484,11 @@ class Remediator:
             history = await self.audit.history(cluster=diagnosis.cluster, node=diagnosis.node, since=since)
             run = _Run(diagnosis=diagnosis, lease=lease, history=history, episode=episode)
             return await body(run)
+        except AuditRefusedError as exc:
+            # refused for good: a retry cannot store it. The caller keeps it in the DLQ — the diagnosis that
+            # caused it (`Rejected`, handlers.py) or, with no input at hand, the record itself (`keep_refused`)
+            log.error("audit record refused by AUDIT", extra={"node": diagnosis.node, "error": exc.reason})
+            raise
         except AuditUnavailableError as exc:
             log.error("no audit, no action", extra={"node": diagnosis.node, "error": str(exc)})
             return "retry"
@@ -1069,8 +1075,9 @@ class Remediator:
         each time: a record stored twice within the duplicate window is kept once; one taken over after a
         restart is first looked for in AUDIT. The first failure is raised once all were tried
         (`AuditUnavailableError`: the ladder is retried, and the next pass sends what is still unsent). A
-        record AUDIT refused for good (not a passing failure) is logged and dropped, so that it cannot stop
-        every later ladder. One sender at a time: a pass that finds another sending leaves it to that one (which
+        record AUDIT refused for good (not a passing failure: too large, not permitted) is dead-lettered itself
+        (`keep_refused`) and not sent again, so that it cannot stop every later ladder. One sender at a time: a
+        pass that finds another sending leaves it to that one (which
         also sends what is added meanwhile) — before, ladders side by side each sent the same record."""
         if not self._storm_unsent or self._storm_sending.locked():
             return
@@ -1093,13 +1100,18 @@ class Remediator:
                 else:
                     await self._storm_record(esc, kind=kind, value=value)
             except AuditUnavailableError as exc:
-                failed = failed or exc
-                if isinstance(exc.__cause__, TRANSIENT):
+                if not isinstance(exc, AuditRefusedError):
+                    failed = failed or exc
                     continue  # kept: sent again by the next pass
                 log.error(
-                    "storm escalation refused by AUDIT; not sent again",
-                    extra={"node": esc.node, "action_id": esc.action_id, "error": repr(exc.__cause__)},
+                    "storm escalation refused by AUDIT; kept in the DLQ, not sent again",
+                    extra={"node": esc.node, "action_id": esc.action_id, "error": exc.reason},
                 )
+                if not await self.keep_refused(exc):
+                    # the DLQ did not take it either: kept, tried again by the next pass (a plain failure: the
+                    # ladder that sent it is retried, not dead-lettered for a record it did not cause)
+                    failed = failed or AuditUnavailableError(exc.reason)
+                    continue
                 self._storm_unsent.pop(domain, None)
                 continue
             self._storm_unsent.pop(domain, None)
@@ -1107,6 +1119,26 @@ class Remediator:
         if failed is not None:
             log.warning("storm escalations not recorded; kept to send again", extra={"unsent": len(self._storm_unsent)})
             raise failed
+
+    async def keep_refused(self, exc: AuditRefusedError) -> bool:
+        """An audit record AUDIT refused for good, with no input at hand to dead-letter in its place (a maintenance
+        tick, a storm escalation): the record itself goes to the DLQ — its JSON, its audit subject, the reason.
+        False if the DLQ did not take it (logged)."""
+        rec = exc.record
+        try:
+            await dead_letter(
+                self.audit.js,
+                service="remediator",
+                reason=exc.reason,
+                raw=rec.to_json(),
+                subject=audit_subject(rec.cluster, rec.node, prefix=self.audit.prefix),
+                prefix=self.audit.prefix,
+                timeout_s=self.audit.timeout_s,
+            )
+        except Exception as err:
+            log.error("refused audit record not dead-lettered", extra={"reason": exc.reason, "error": repr(err)})
+            return False
+        return True
 
     async def _storm_recorded(self, esc: control.StormEscalation) -> bool:
         """Is the escalation in AUDIT already (stored by a replica that died before marking its key)?"""
