@@ -176,7 +176,10 @@ _PATTERNS: Final[tuple[tuple[str, str], ...]] = (
         r"|Started (?:machine-config-daemon-reboot\.service - )?machine-config-daemon: "
         # branch round17: Talos's machined starting an operator's reboot / shutdown / upgrade sequence
         # (ops.talos_shutdown_sequence; its failure, the diagnoser's veto, is passed by nothing here)
-        r"|\[talos\] (?:reboot|shutdown|upgrade|stageUpgrade) sequence: \d+ phase\(s\)",
+        r"|\[talos\] (?:reboot|shutdown|upgrade|stageUpgrade) sequence: \d+ phase\(s\)"
+        # branch shut18: its stopServices phase starting, a phase only sequences that reboot or power off hold
+        # (ops.talos_stop_services_phase)
+        r"|\[talos\] phase stopServices \(\d+/\d+\): \d+ tasks?\(s\)",
     ),
 )
 

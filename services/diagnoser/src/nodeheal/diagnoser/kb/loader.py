@@ -21,7 +21,19 @@ from nodeheal.schemas.shutdown import DATA_FILE, StopRun, shutdown_stop_run, uni
 
 CATEGORIES: frozenset[str] = frozenset(get_args(Category))
 _RULE_KEYS = frozenset(
-    {"id", "class", "contains", "regex", "examples", "fallback", "ignore_case", "category", "note", "veto"}
+    {
+        "id",
+        "class",
+        "contains",
+        "regex",
+        "examples",
+        "fallback",
+        "ignore_case",
+        "category",
+        "note",
+        "veto",
+        "veto_after",
+    }
 )
 _RUN_KEYS = frozenset(
     {
@@ -85,6 +97,8 @@ class Rule:
     ignore_case: bool = False
     note: str = ""
     veto: re.Pattern[str] | None = None  # Matcher.scan drops the rule's findings in an excerpt holding such a line
+    # True: only a veto line after the finding's line drops it (the emitter logs a failure after what it fails)
+    veto_after: bool = False
 
     def prefilter_hit(self, line: str, lowered: str) -> bool:
         haystack = lowered if self.ignore_case else line
@@ -244,6 +258,7 @@ def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, sourc
         ignore_case=ignore_case,
         note=str(raw.get("note", "")),
         veto=_compile(raw["veto"], where=where, key="veto") if "veto" in raw else None,
+        veto_after=_veto_after(raw, where=where),
     )
     for example in examples:
         if not rule.prefilter_hit(example, example.lower()):
@@ -253,6 +268,15 @@ def _parse_rule(raw: object, index: int, classes: dict[str, ClassInfo], *, sourc
         if rule.veto is not None and rule.veto.search(example):
             raise _fail(where, f"veto matches the rule's own example {example!r}")
     return rule
+
+
+def _veto_after(raw: dict[str, Any], *, where: str) -> bool:
+    value = raw.get("veto_after", False)
+    if not isinstance(value, bool):
+        raise _fail(where, f"veto_after must be true or false, got {value!r}")
+    if value and "veto" not in raw:
+        raise _fail(where, "veto_after without a veto")
+    return value
 
 
 def _compile(pattern: object, *, where: str, key: str) -> re.Pattern[str]:

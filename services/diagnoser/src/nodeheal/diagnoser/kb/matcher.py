@@ -80,7 +80,7 @@ class Matcher:
             for needle in {c.lower() for c in rule.contains}:
                 by_literal.setdefault(needle, []).append(rule)
         self._by_literal = {k: tuple(v) for k, v in by_literal.items()}
-        self._vetoes = {r.id: r.veto for r in kb.rules if r.veto is not None}
+        self._vetoes = {r.id: (r.veto, r.veto_after) for r in kb.rules if r.veto is not None}
         for kind, entries, find in (("run", kb.runs, self.run_finding), ("block", kb.blocks, self.block_finding)):
             for entry in entries:
                 for example in entry.examples:
@@ -163,9 +163,14 @@ class Matcher:
         return resolve_lookback(findings)
 
     def _vetoed(self, finding: Finding, lines: Sequence[str]) -> bool:
-        """A finding of a rule with a `veto` regex, in an excerpt holding a line it matches (rules.yaml header)."""
-        veto = self._vetoes.get(finding.rule_id)
-        return veto is not None and any(veto.search(line) for line in lines)
+        """A finding of a rule with a `veto` regex, in an excerpt holding a line it matches — with `veto_after`, a line
+        after the finding's own (rules.yaml header)."""
+        entry = self._vetoes.get(finding.rule_id)
+        if entry is None:
+            return False
+        veto, after = entry
+        tried = lines[finding.index + 1 :] if after else lines
+        return any(veto.search(line) for line in tried)
 
     @staticmethod
     def run_finding(run: Run, lines: Sequence[str]) -> Finding | None:
