@@ -29,6 +29,7 @@ from nodeheal.cli.window import parse_time, read_stream
 from nodeheal.diagnoser.kpi import fleet_kpis, is_crash
 from nodeheal.diagnoser.rules import SILENT_KINDS
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.kvwatch import initial_values
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.diagnosis import Diagnosis
@@ -60,9 +61,7 @@ async def read_inventory(js: JetStreamContext, *, bucket: str) -> dict[str, Node
     out: dict[str, NodeInventory] = {}
     watcher = await kv.watch("node.>", include_history=False)
     try:
-        async for entry in watcher:
-            if entry is None:
-                break
+        async for entry in initial_values(watcher):  # ends after the last value, confirmed by the server
             if entry.value:
                 try:
                     record = NodeInventory.model_validate_json(entry.value)

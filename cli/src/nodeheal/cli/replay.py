@@ -27,6 +27,7 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, ru
 from nodeheal.cli.timeline import Distribution, Timeline, TimelineMessage, build_timeline
 from nodeheal.cli.window import parse_time, read_stream
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.kvwatch import initial_values
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
@@ -132,9 +133,7 @@ async def zone_nodes(js: JetStreamContext, *, bucket: str, zone: str) -> frozens
     nodes: set[tuple[str | None, str]] = set()
     seen = 0
     try:
-        async for entry in watcher:
-            if entry is None:
-                break  # the watcher's marker: everything stored so far was delivered
+        async for entry in initial_values(watcher):  # everything stored so far, confirmed by the server
             if not entry.key.startswith("node.") or not entry.value:
                 continue
             seen += 1

@@ -24,6 +24,7 @@ from nodeheal.cloud_events.prober.checks import CheckPlan, check_node
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.cloud_events.prober.sharding import owns
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.kvwatch import caught_up
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import Reachability
@@ -72,10 +73,13 @@ class InventoryCache:
         self._task = asyncio.create_task(self._follow(watcher))
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        handed_over = 0
         async for entry in watcher:
-            if entry is None:  # the initial values have all been delivered
-                self.initial.set()
+            if entry is None:  # nats-py's end of the initial values, confirmed by the server (`kvwatch`)
+                if await caught_up(watcher, handed_over):
+                    self.initial.set()
                 continue
+            handed_over += 1
             if entry.operation in (KV_DEL, KV_PURGE):
                 self.nodes.pop(entry.key, None)
             else:

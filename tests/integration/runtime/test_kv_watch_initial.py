@@ -1,0 +1,93 @@
+"""A KV watch's initial values end when the server confirms the client holds them (`runtime.kvwatch`), not at
+nats-py's marker alone: under load that marker can come before the records the server has already sent (a CI
+run once saw a prober declare its inventory loaded with no node in it). The marker-first order is rebuilt here
+on a real nats-server by moving the marker to the front of the watcher's queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from nodeheal.cloud_events.prober.app import InventoryCache
+from nodeheal.runtime.kvwatch import caught_up, initial_values
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.inventory import NodeInventory, inventory_key
+
+pytestmark = pytest.mark.nats
+
+
+async def _marker_first(watcher: KeyValue.KeyWatcher, records: int) -> list[KeyValue.Entry]:
+    """Wait until the watch's `records` records and nats-py's marker are queued, then leave only the marker
+    there: the records are returned, for the test to hand them over late (as a loaded machine does)."""
+    queue: asyncio.Queue[KeyValue.Entry | None] = watcher._updates  # type: ignore[attr-defined]
+    for _ in range(200):
+        if queue.qsize() == records + 1:
+            break
+        await asyncio.sleep(0.01)
+    items = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert items.count(None) == 1 and len(items) == records + 1, items
+    queue.put_nowait(None)
+    return [i for i in items if i is not None]
+
+
+def _hand_over(watcher: KeyValue.KeyWatcher, held: list[KeyValue.Entry]) -> None:
+    for entry in held:
+        watcher._updates.put_nowait(entry)  # type: ignore[attr-defined]
+
+
+async def test_the_initial_values_are_all_read_even_when_the_marker_comes_first(
+    js: JetStreamContext, nats_settings: NatsSettings
+) -> None:
+    name = f"{nats_settings.bucket_prefix}-watch"
+    kv = await js.create_key_value(bucket=name, history=1)
+    try:
+        for key in ("node.c1.a", "node.c1.b", "node.c2.a"):
+            await kv.put(key, b"{}")
+        await kv.delete("node.c1.b")  # a deleted key's marker is one of the initial records too
+
+        watcher = await kv.watch("node.c1.*")
+        held = await _marker_first(watcher, 2)
+        # the server has sent two records the client has not handed over: not caught up at the marker
+        assert not await caught_up(watcher, 0)
+
+        async def read() -> list[KeyValue.Entry]:
+            return [e async for e in initial_values(watcher)]
+
+        reading = asyncio.create_task(read())
+        await asyncio.sleep(0.2)
+        assert not reading.done()  # the marker alone did not end the initial values
+        _hand_over(watcher, held)
+        entries = await asyncio.wait_for(reading, timeout=10)
+        assert [(e.key, e.operation) for e in entries] == [("node.c1.a", None), ("node.c1.b", "DEL")]
+        assert await caught_up(watcher, len(entries))
+        await watcher.stop()  # type: ignore[no-untyped-call]
+
+        empty = await kv.watch("node.c9.*")  # nothing stored: the marker alone ends the initial values
+        assert [e async for e in initial_values(empty)] == []
+        await empty.stop()  # type: ignore[no-untyped-call]
+    finally:
+        await js.delete_key_value(name)
+
+
+async def test_the_prober_inventory_is_not_loaded_empty_when_the_marker_comes_first(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
+    a = NodeInventory(cluster="prod-1", node="a", addresses=("127.0.0.2",))
+    await kv.put(inventory_key("prod-1", "a"), a.to_json())
+    cache = InventoryCache(kv, cluster="prod-1")
+    watcher = await kv.watch("node.prod-1.*")
+    held = await _marker_first(watcher, 1)
+    task = asyncio.create_task(cache._follow(watcher))
+    try:
+        await asyncio.sleep(0.2)
+        assert not cache.initial.is_set()  # not loaded at the marker: a record is still on its way
+        _hand_over(watcher, held)
+        await asyncio.wait_for(cache.initial.wait(), timeout=10)
+        assert [n.node for n in cache.nodes.values()] == ["a"]
+    finally:
+        task.cancel()
+        await watcher.stop()  # type: ignore[no-untyped-call]
