@@ -260,12 +260,11 @@ KNOWN_TRAIN_MISSES = {
     # round 17 (split by URL hash; its train misses read after its single measurement, branch round17)
     "kb-682": "a BUG whose copy starts in the register dump after its header and ends with the panic it caused "
     "('Fatal exception in interrupt', printed after any oops in interrupt context): read as the panic",
-    "kb-700": "containerd run by hand dies on a Go nil-pointer panic: no journal tag, and 'panic: runtime error' with "
-    "goroutine frames is any Go program's; the package path in the frames is the only sign it was containerd",
     "kb-701": "the thread is containerd hanging, the copy only the kubelet's PLEG message in a sentence: read as PLEG",
     "kb-703": "PID 1 stopping a snap's service and the API server shutting down, which a snap refresh prints too",
     # (kb-706, a Talos stopServices phase, left this list on branch shut18: the phase is only in sequences that end in
-    # a reboot or a power-off, ops.talos_stop_services_phase)
+    # a reboot or a power-off, ops.talos_stop_services_phase; kb-700, containerd's Go crash run by hand, on branch
+    # crd19: its CRI store's frame under the panic header, runtime.go_crash_trace)
 }
 
 

@@ -124,10 +124,11 @@ def test_a_failed_sequence_vetoes_the_planned_reboot(failure: str) -> None:
 
 def test_the_misses_read_and_left_stay_misses() -> None:
     """kb-682 (a BUG's register tail and the panic it caused), kb-701 (the kubelet's PLEG message in a thread about
-    containerd hanging), kb-703 (a snap service stopped, as a snap refresh does), kb-700 (containerd's Go panic run by
-    hand, no journal tag): no line only their class prints (docs/diagnoser.md, round17 paragraph). kb-706 (a Talos
-    phase whose task name the newest tree reuses outside upgrades) is read by its phase's name since branch shut18
-    (test_kb_emitters_shut18.py)."""
-    for excerpt in ("kb-682", "kb-700", "kb-701", "kb-703"):
+    containerd hanging), kb-703 (a snap service stopped, as a snap refresh does): no line only their class prints
+    (docs/diagnoser.md, round17 paragraph). kb-706 (a Talos phase whose task name the newest tree reuses outside
+    upgrades) is read by its phase's name since branch shut18 (test_kb_emitters_shut18.py), kb-700 (containerd's Go
+    panic run by hand, no journal tag) by its daemon frame under the panic header since branch crd19
+    (test_kb_emitters_crd19.py)."""
+    for excerpt in ("kb-682", "kb-701", "kb-703"):
         found = analyse(ROWS[excerpt]["lines"]).primary
         assert found is None or found.cls != ROWS[excerpt]["class"], excerpt

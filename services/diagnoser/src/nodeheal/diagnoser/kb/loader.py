@@ -375,10 +375,15 @@ def _parse_run(raw: object, index: int, classes: dict[str, ClassInfo], *, source
 
 
 def _excerpts(raw: dict[str, Any], key: str, *, where: str) -> tuple[tuple[str, ...], ...]:
+    """A rule's example excerpts: lists of lines, an empty line among them as real output has (a Go trace's blank
+    line after its signal line), but not an excerpt of empty lines only."""
     value = raw.get(key)
     if not isinstance(value, list) or not value or not all(isinstance(v, list) and v for v in value):
         raise _fail(where, f"{key} must be a non-empty list of excerpts (lists of lines)")
-    return tuple(_str_list(v, where=where, key=key) for v in value)
+    for v in value:
+        if not all(isinstance(line, str) for line in v) or not any(v):
+            raise _fail(where, f"{key}: an excerpt must be a list of lines (strings), not all empty, got {v!r}")
+    return tuple(tuple(v) for v in value)
 
 
 def _parse_block(raw: object, index: int, classes: dict[str, ClassInfo], *, source: str) -> Block:
