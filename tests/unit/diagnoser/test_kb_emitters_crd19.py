@@ -142,3 +142,31 @@ def test_the_benign_trace_lines_are_no_finding() -> None:
     assert len(lines) >= 4
     assert all(default_matcher().match_line(line) is None for line in lines)
     assert _block(lines) == []
+
+
+# https://github.com/containerd/containerd/issues/7468 (not in the corpus): a containerd-shim's own nil dereference,
+# logged under containerd's journal tag (the shim inherited containerd's stderr; journald keeps the stream's tag)
+CONTAINERD_7468 = [
+    "ct 03 22:42:24 gpunode22 containerd[31501]: panic: runtime error: invalid memory address or nil pointer dereference",
+    "ct 03 22:42:24 gpunode22 containerd[31501]: [signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x846859]",
+    "ct 03 22:42:24 gpunode22 containerd[31501]: goroutine 40 [running]:",
+    "ct 03 22:42:24 gpunode22 containerd[31501]: github.com/containerd/containerd/runtime/v2/runc.(*Container).Cgroup(0x50)",
+    "ct 03 22:42:24 gpunode22 containerd[31501]:         /go/src/github.com/containerd/containerd/runtime/v2/runc/"
+    "container.go:285 +0x39",
+]
+FATAL = "runtime.daemon_fatal"
+
+
+def test_a_shims_crash_under_containerds_tag_is_not_the_runtime_down() -> None:
+    """runtime.daemon_fatal reads `containerd[pid]: panic: `; a shim's frame after it (veto_after) drops it."""
+    assert default_matcher().match_line(CONTAINERD_7468[0]).rule_id == FATAL  # type: ignore[union-attr]
+    assert [f.rule_id for f in default_matcher().scan(CONTAINERD_7468[:3])] == [FATAL]  # frames not in the copy
+    assert analyse(CONTAINERD_7468).primary is None
+    # the daemon's own crash keeps its finding: the frame is the daemon's (the CRI plugin), or the shim's frame is above
+    daemon_frame = CONTAINERD_7468[3].replace("runtime/v2/runc.(*Container).Cgroup", "pkg/cri/server.(*criService).Run")
+    assert [f.rule_id for f in default_matcher().scan([*CONTAINERD_7468[:3], daemon_frame])] == [FATAL]
+    above = default_matcher().scan([CONTAINERD_7468[3], *CONTAINERD_7468[:3]])
+    assert {f.rule_id for f in above} == {FATAL} and 1 in {f.index for f in above}
+    # kb-179 (containerd's own runtime throw, round 1) is unchanged
+    found = analyse(ROWS["kb-179"]["lines"]).primary
+    assert found is not None and (found.cls, found.rule_id) == (RUNTIME, FATAL)
