@@ -64,9 +64,12 @@ async def publish_scenario(js: JetStreamContext, settings: NatsSettings, message
     # a re-publish of the same message (same Nats-Msg-Id) is dropped by the stream's dedup window
     await publish_model(js, subject_of(messages[4], settings.prefix), messages[4], msg_id=messages[4].id)
     kv = await js.key_value(f"{settings.bucket_prefix}-inventory")
-    for node, zone in (("node-a", "zone-1"), ("node-b", "zone-1"), ("node-c", "zone-2")):
+    for node, zone in (("node-a", "zone-1"), ("node-b", "zone-1"), ("node-c", "zone-2"), ("node-gone", "zone-1")):
         inv = NodeInventory(cluster=CLUSTER, node=node, zone=zone)
         await kv.put(inventory_key(CLUSTER, node), inv.to_json())
+    # a node that left the fleet: its deletion is the bucket's last record (a reader of the inventory must still
+    # end after it: the server counts the delete marker as sent)
+    await kv.delete(inventory_key(CLUSTER, "node-gone"))
 
 
 def _args(settings: NatsSettings, since: datetime, until: datetime, *extra: str) -> list[str]:

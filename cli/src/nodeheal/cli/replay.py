@@ -129,7 +129,9 @@ async def zone_nodes(js: JetStreamContext, *, bucket: str, zone: str) -> frozens
         msg = f"inventory bucket {bucket} not found: run `nodeheal streams apply` or pass --bucket-prefix"
         raise click.ClickException(msg) from exc
     # one watcher over the bucket (values included) instead of a round trip per key
-    watcher = await kv.watchall(ignore_deletes=True)
+    # deletes delivered (and skipped below, no value): `initial_values` counts what the server sent, delete markers
+    # included, so a watch that drops them in nats-py would never be confirmed caught up
+    watcher = await kv.watchall()
     nodes: set[tuple[str | None, str]] = set()
     seen = 0
     try:

@@ -36,7 +36,8 @@ async def caught_up(watcher: KeyValue.KeyWatcher, handed_over: int) -> bool:
 
 async def initial_values(watcher: KeyValue.KeyWatcher) -> AsyncIterator[KeyValue.Entry]:
     """The records a watch holds when it starts, each once, ending when the server confirms the last was
-    handed over (the watch stays open: stop it)."""
+    handed over (the watch stays open: stop it). Delete markers are records too: a watch made with nats-py's
+    `ignore_deletes=True` drops them before they are handed over, and would never be confirmed — do not use one."""
     handed_over = 0
     async for entry in watcher:
         if entry is None:
