@@ -38,6 +38,9 @@ async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[tuple
         if i == 39:  # one cordoned node
             record = record.model_copy(update={"unschedulable": True})
         await kv.put(inventory_key(CLUSTER, record.node), record.to_json())
+    # a node that left the fleet, its deletion the bucket's last record: not counted, and the readers still end
+    await kv.put(inventory_key(CLUSTER, "k-gone"), inventory("k-gone").to_json())
+    await kv.delete(inventory_key(CLUSTER, "k-gone"))
     settings = DiagnoserSettings(
         nats=topology_ready,
         cluster=CLUSTER,
