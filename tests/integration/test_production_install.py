@@ -12,6 +12,7 @@ from the lock file and the uv cache by `python -m uv`.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import subprocess
@@ -67,12 +68,14 @@ print(",".join(present))
 """
 
 
+@functools.cache
 def uv_command() -> list[str]:
     """uv as a Python package: of the running interpreter, else of the interpreter the venv was made from
     (`python3 -m uv run pytest` puts uv there), else the binary `uv run` names in $UV."""
     for python in (sys.executable, getattr(sys, "_base_executable", sys.executable)):
-        found = subprocess.run([python, "-m", "uv", "--version"], capture_output=True, check=False)
-        if found.returncode == 0:
+        with background.spawn([python, "-m", "uv", "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
+            p.communicate()
+        if p.returncode == 0:
             return [python, "-m", "uv"]
     if os.environ.get("UV"):
         return [os.environ["UV"]]

@@ -28,6 +28,7 @@ running worker ended first and killed its job, or died), it runs the job itself.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import pickle
@@ -97,6 +98,23 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """`subprocess.Popen(cmd, **kwargs)`, tried again when the process could not be created with EFAULT.
+
+    Seen once in a fresh-clone CI run (thirteenth session): `OSError: [Errno 14] Bad address` naming the venv's own
+    python, from a spawn in one of the background threads while others spawned too (CPython 3.11 creates the
+    child with vfork; other reports of the same error: oraios/serena#1363). It is the machine failing to create a
+    process, not the command failing: the command is not run, so running it again changes nothing it would do."""
+    for attempt in range(3):
+        try:
+            return subprocess.Popen(cmd, **kwargs)
+        except OSError as exc:
+            if exc.errno != errno.EFAULT or attempt == 2:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 def run(
     cmd: list[str], *, timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -104,7 +122,7 @@ def run(
     its children by `stop_jobs`)."""
     if _stopping.is_set():
         raise RuntimeError("the session is over")
-    with subprocess.Popen(
+    with spawn(
         [*NICE, *cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     ) as proc:  # fmt: skip
