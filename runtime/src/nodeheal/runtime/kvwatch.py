@@ -34,17 +34,39 @@ async def caught_up(watcher: KeyValue.KeyWatcher, handed_over: int) -> bool:
     return (sent or 0) <= handed_over
 
 
-async def initial_values(watcher: KeyValue.KeyWatcher) -> AsyncIterator[KeyValue.Entry]:
-    """The records a watch holds when it starts, each once, ending when the server confirms the last was
-    handed over (the watch stays open: stop it). Delete markers are records too: a watch made with nats-py's
+class Loaded:
+    """The place in a watch where its initial values end (`follow`)."""
+
+    def __repr__(self) -> str:
+        return "LOADED"
+
+
+LOADED = Loaded()
+
+
+async def follow(watcher: KeyValue.KeyWatcher) -> AsyncIterator[KeyValue.Entry | Loaded]:
+    """Every record of a watch, with `LOADED` once, right after the last of the records it held when it started
+    (confirmed by the server: `caught_up`). Delete markers are records too: a watch made with nats-py's
     `ignore_deletes=True` drops them before they are handed over, and would never be confirmed — do not use one."""
     handed_over = 0
+    loaded = False
     async for entry in watcher:
-        if entry is None:
-            if await caught_up(watcher, handed_over):
-                return
+        if entry is None:  # nats-py's end-of-initial-values marker: believed only when the server agrees
+            if not loaded and await caught_up(watcher, handed_over):
+                loaded = True
+                yield LOADED
             continue
         handed_over += 1
         yield entry
-        if entry.delta == 0:
+        if not loaded and entry.delta == 0:  # nothing pending behind it on the server
+            loaded = True
+            yield LOADED
+
+
+async def initial_values(watcher: KeyValue.KeyWatcher) -> AsyncIterator[KeyValue.Entry]:
+    """The records a watch holds when it starts, each once, ending after the last (`follow`'s `LOADED`; the watch
+    stays open: stop it)."""
+    async for item in follow(watcher):
+        if isinstance(item, Loaded):
             return
+        yield item

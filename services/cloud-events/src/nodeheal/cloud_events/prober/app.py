@@ -24,7 +24,7 @@ from nodeheal.cloud_events.prober.checks import CheckPlan, check_node
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.cloud_events.prober.sharding import owns
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.kvwatch import caught_up
+from nodeheal.runtime.kvwatch import Loaded, follow
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import Reachability
@@ -73,19 +73,14 @@ class InventoryCache:
         self._task = asyncio.create_task(self._follow(watcher))
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        handed_over = 0
-        async for entry in watcher:
-            if entry is None:  # nats-py's end of the initial values, confirmed by the server (`kvwatch`)
-                if await caught_up(watcher, handed_over):
-                    self.initial.set()
+        async for entry in follow(watcher):
+            if isinstance(entry, Loaded):  # the initial values are all here, the server agrees (`kvwatch`)
+                self.initial.set()
                 continue
-            handed_over += 1
             if entry.operation in (KV_DEL, KV_PURGE):
                 self.nodes.pop(entry.key, None)
             else:
                 self._store(entry.key, entry.value or b"")
-            if entry.delta == 0:
-                self.initial.set()
             async with self._changed:
                 self._changed.notify_all()
 
