@@ -14,12 +14,16 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
 
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.embedded import EmbeddedNats
+
+ScratchBucket = Callable[[str], Awaitable[KeyValue]]
+"""The `scratch_bucket` fixture (tests/integration/runtime/conftest.py): a KV bucket made for one test."""
 
 
 def docker_engine_answers() -> bool:

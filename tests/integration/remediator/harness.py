@@ -15,7 +15,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import CloudSettings, KubeSettings, PolicySettings, RemediatorSettings
@@ -119,6 +119,14 @@ async def publish_diagnosis(
         msg_id=deterministic_id(d.id, prefix="diag-"),
         headers=headers,
     )
+
+
+async def short_leases(nc: Client, nats: NatsSettings, ttl: float = 2.0) -> None:
+    """Make the lease bucket again with a short TTL: a killed holder's lease ages out in seconds, not minutes."""
+    js = nc.jetstream()
+    leases = f"{nats.bucket_prefix}-leases"
+    await js.delete_key_value(leases)
+    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=ttl, history=1))
 
 
 async def add_inventory(nc: Client, nats: NatsSettings, node: str, **kw: Any) -> None:

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig
 
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.ecs_api import EcsEmulator
@@ -22,6 +21,7 @@ from tests.integration.remediator.harness import (
     diagnosis,
     publish_diagnosis,
     remediator_env,
+    short_leases,
     wait_for_record,
 )
 
@@ -59,10 +59,7 @@ def _remediator(nats: NatsSettings, kube_url: str, ecs: EcsEmulator, *, kill_at:
 async def test_sigkill_at_a_hook_point_then_restart_reboots_once_and_completes(
     topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator, kill_at: str
 ) -> None:
-    js = nc.jetstream()
-    leases = f"{topology_ready.bucket_prefix}-leases"
-    await js.delete_key_value(leases)
-    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=2.0, history=1))  # a dead holder ages out fast
+    await short_leases(nc, topology_ready)  # a dead holder ages out fast
     node = "n1"
     await add_inventory(nc, topology_ready, node, zone="z1", cloud="alibaba", instance_id="i-n1")
     async with Probes(nc, topology_ready, node) as probes:

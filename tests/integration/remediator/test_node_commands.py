@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig
 
 from nodeheal.agent.app import NodeAgent
 from nodeheal.agent.settings import AgentSettings, CleanSettings
@@ -37,6 +36,7 @@ from tests.integration.remediator.harness import (
     diagnosis,
     make_settings,
     publish_diagnosis,
+    short_leases,
     start_service,
     wait_for_record,
 )
@@ -99,10 +99,7 @@ async def test_a_descriptor_leak_restarts_the_unit_that_holds_the_descriptors(
 async def test_killed_between_command_and_result_the_command_is_resent_and_runs_once(
     topology_ready: NatsSettings, nc: Client, ecs: EcsEmulator, tmp_path: Path
 ) -> None:
-    js = nc.jetstream()
-    leases = f"{topology_ready.bucket_prefix}-leases"
-    await js.delete_key_value(leases)
-    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=2.0, history=1))  # a dead holder ages out fast
+    await short_leases(nc, topology_ready)  # a dead holder ages out fast
     name = "k2-resend"
     fake = make_fake_node(tmp_path, mounts=[("/dev/vda1", "/", "ext4", "rw,relatime")])
     fake.set_unit("kubelet.service", "failed", restarts=2)

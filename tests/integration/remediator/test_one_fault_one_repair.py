@@ -8,7 +8,6 @@ import asyncio
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig
 
 from nodeheal.remediator.control import storm_key, storm_value, write_approval
 from nodeheal.remediator.ledger import Ledger
@@ -24,6 +23,7 @@ from tests.integration.remediator.harness import (
     diagnosis,
     make_settings,
     publish_diagnosis,
+    short_leases,
     start_service,
     wait_for,
     wait_for_record,
@@ -196,10 +196,7 @@ async def test_a_node_settled_on_the_next_episodes_diagnosis_is_verified_under_t
     fault cleared, our own downtime opened the next episode, and the node was verified and given back on
     that episode's resolution — under its diagnosis, so the proof joined the next incident and the first
     ended unverified. The proof and the uncordon are recorded under the diagnosis that acted."""
-    js = nc.jetstream()
-    leases = f"{topology_ready.bucket_prefix}-leases"
-    await js.delete_key_value(leases)
-    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=2.0, history=1))  # a dead holder ages out fast
+    await short_leases(nc, topology_ready)  # a dead holder ages out fast
     await add_inventory(nc, topology_ready, "n6", zone="z1", cloud="alibaba", instance_id="i-n6")
     # a long ack wait: the stopped replica's diagnosis comes back only after the next episode is settled
     settings = make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint).model_copy(

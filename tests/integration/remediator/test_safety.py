@@ -10,7 +10,6 @@ import sys
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import KeyValueConfig
 
 from nodeheal.remediator.actions.kube import KubeActions, build_api_client
 from nodeheal.remediator.control import storm_key
@@ -27,6 +26,7 @@ from tests.integration.remediator.harness import (
     make_settings,
     publish_diagnosis,
     remediator_env,
+    short_leases,
     start_service,
     wait_for,
     wait_for_record,
@@ -220,10 +220,7 @@ async def test_two_replicas_never_act_on_one_node_at_once(
 async def test_killed_replica_work_is_picked_up_once(
     topology_ready: NatsSettings, nc: Client, world: KubeWorld
 ) -> None:
-    js = nc.jetstream()
-    leases = f"{topology_ready.bucket_prefix}-leases"
-    await js.delete_key_value(leases)
-    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=2.0, history=1))
+    await short_leases(nc, topology_ready)  # a dead holder ages out fast
     world.add_node("n1")
     await add_inventory(nc, topology_ready, "n1")
     first_command = asyncio.Event()

@@ -15,6 +15,7 @@ from nodeheal.cloud_events.prober.app import InventoryCache
 from nodeheal.runtime.kvwatch import caught_up, initial_values
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
+from tests.support.broker import ScratchBucket
 
 pytestmark = pytest.mark.nats
 
@@ -39,37 +40,33 @@ def _hand_over(watcher: KeyValue.KeyWatcher, held: list[KeyValue.Entry]) -> None
 
 
 async def test_the_initial_values_are_all_read_even_when_the_marker_comes_first(
-    js: JetStreamContext, nats_settings: NatsSettings
+    scratch_bucket: ScratchBucket,
 ) -> None:
-    name = f"{nats_settings.bucket_prefix}-watch"
-    kv = await js.create_key_value(bucket=name, history=1)
-    try:
-        for key in ("node.c1.a", "node.c1.b", "node.c2.a"):
-            await kv.put(key, b"{}")
-        await kv.delete("node.c1.b")  # a deleted key's marker is one of the initial records too
+    kv = await scratch_bucket("watch")
+    for key in ("node.c1.a", "node.c1.b", "node.c2.a"):
+        await kv.put(key, b"{}")
+    await kv.delete("node.c1.b")  # a deleted key's marker is one of the initial records too
 
-        watcher = await kv.watch("node.c1.*")
-        held = await _marker_first(watcher, 2)
-        # the server has sent two records the client has not handed over: not caught up at the marker
-        assert not await caught_up(watcher, 0)
+    watcher = await kv.watch("node.c1.*")
+    held = await _marker_first(watcher, 2)
+    # the server has sent two records the client has not handed over: not caught up at the marker
+    assert not await caught_up(watcher, 0)
 
-        async def read() -> list[KeyValue.Entry]:
-            return [e async for e in initial_values(watcher)]
+    async def read() -> list[KeyValue.Entry]:
+        return [e async for e in initial_values(watcher)]
 
-        reading = asyncio.create_task(read())
-        await asyncio.sleep(0.2)
-        assert not reading.done()  # the marker alone did not end the initial values
-        _hand_over(watcher, held)
-        entries = await asyncio.wait_for(reading, timeout=10)
-        assert [(e.key, e.operation) for e in entries] == [("node.c1.a", None), ("node.c1.b", "DEL")]
-        assert await caught_up(watcher, len(entries))
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    reading = asyncio.create_task(read())
+    await asyncio.sleep(0.2)
+    assert not reading.done()  # the marker alone did not end the initial values
+    _hand_over(watcher, held)
+    entries = await asyncio.wait_for(reading, timeout=10)
+    assert [(e.key, e.operation) for e in entries] == [("node.c1.a", None), ("node.c1.b", "DEL")]
+    assert await caught_up(watcher, len(entries))
+    await watcher.stop()  # type: ignore[no-untyped-call]
 
-        empty = await kv.watch("node.c9.*")  # nothing stored: the marker alone ends the initial values
-        assert [e async for e in initial_values(empty)] == []
-        await empty.stop()  # type: ignore[no-untyped-call]
-    finally:
-        await js.delete_key_value(name)
+    empty = await kv.watch("node.c9.*")  # nothing stored: the marker alone ends the initial values
+    assert [e async for e in initial_values(empty)] == []
+    await empty.stop()  # type: ignore[no-untyped-call]
 
 
 async def test_the_prober_inventory_is_not_loaded_empty_when_the_marker_comes_first(
