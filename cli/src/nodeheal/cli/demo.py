@@ -17,7 +17,13 @@ from nodeheal.cli.common import NatsAuth, nats_auth_options, require_sim
 @click.command("demo")
 @click.option("--nodes", type=click.IntRange(10, 50_000), default=2000, show_default=True, help="Fleet size.")
 @click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds of fault injection.")
-@click.option("--settle", type=float, default=45.0, show_default=True, help="Most seconds to wait for repairs after.")
+@click.option(
+    "--settle",
+    type=float,
+    default=45.0,
+    show_default=True,
+    help="Most seconds to wait for repairs after the last planned fault (the zone spike's can come after --duration).",
+)
 @click.option("--probe-interval", type=float, default=5.0, show_default=True, help="Seconds between a node's probes.")
 @click.option("--faults-per-minute", type=float, default=24.0, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)

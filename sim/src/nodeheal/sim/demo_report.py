@@ -466,10 +466,11 @@ def _chaos_line(report: dict[str, Any]) -> str:
     kills = f"{chaos.get('kills', 0)} kills, {chaos.get('restarted', 0)} restarted; " if chaos.get("enabled") else ""
     restarts = chaos.get("liveness_restarts") or 0
     liveness = f"; {restarts} restarted by the liveness probe" if restarts else ""
-    return (
-        f"{kills}lost faults {chaos.get('lost_faults')}, repeated side effects {chaos.get('repeated_side_effects')}"
-        + liveness
+    why = chaos.get("lost_by_reason") or {}
+    lost = f"lost faults {chaos.get('lost_faults')}" + (
+        f" ({', '.join(f'{reason} {n}' for reason, n in sorted(why.items()))})" if why else ""
     )
+    return f"{kills}{lost}, repeated side effects {chaos.get('repeated_side_effects')}" + liveness
 
 
 def _security_line(report: dict[str, Any]) -> str:
