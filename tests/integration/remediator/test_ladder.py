@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -12,10 +13,12 @@ from nodeheal.remediator.control import write_approval, write_pause
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import audit_subject
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
+    CLUSTER,
     Agent,
     Probes,
     add_inventory,
@@ -23,6 +26,7 @@ from tests.integration.remediator.harness import (
     diagnosis,
     make_settings,
     publish_diagnosis,
+    short_leases,
     start_service,
     wait_for_record,
 )
@@ -174,14 +178,24 @@ async def test_redeploy_waits_for_approval(
     assert any(c.name == "approval" and "bob" in c.detail for c in started.checks)
 
 
+@pytest.mark.parametrize("dead_lease", [False, True], ids=["lease-expired", "dead-holders-lease-in-force"])
 async def test_a_fix_done_before_a_restart_is_verified_when_its_diagnosis_resolves(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, dead_lease: bool
 ) -> None:
     """A replica restarted the kubelet and died before verifying it; the node recovered before the
     diagnosis came back, so the new replica gets the resolution: it verifies the restart (a `verified`
-    record for that action) and sends no second command."""
+    record for that action) and sends no second command. `dead_lease`: the resolution comes while the dead
+    replica's lease on the node has not aged out yet (a `nodeheal demo --chaos` run: the remediator was
+    SIGKILLed 3 s after its ops-agent restart, the node recovered 26 s later, inside the lease's TTL; the
+    resolution and the redelivered diagnosis were both acked as "a ladder holds the node", and the restart
+    was never verified). The settle is tried again until the lease is free."""
     agent = Agent()
     await agent.serve(nc, topology_ready, "n3")
+    if dead_lease:
+        await short_leases(nc, topology_ready)
+        leases = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-leases")
+        held = {"holder": "replica-killed", "node": "n3", "action": "act-restart-before-the-kill"}
+        await leases.create(inventory_key(CLUSTER, "n3"), json.dumps(held).encode())
     await add_inventory(nc, topology_ready, "n3", zone="z1", cloud="alibaba", instance_id="i-n3")
     first = diagnosis("n3", [("restart_service", "kubelet"), "reboot"])
     action_id = "act-restart-before-the-kill"

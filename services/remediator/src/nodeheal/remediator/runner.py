@@ -662,10 +662,12 @@ class Remediator:
     ) -> Disposition:
         """A fix of this episode that succeeded but was never verified (the replica died between the action
         and its verification, and the node recovered before the redelivery): verify it now, so the episode
-        ends with proof (`verified`) instead of an action nobody checked. Nothing is done again."""
+        ends with proof (`verified`) instead of an action nobody checked. Nothing is done again. While the
+        node is leased this is tried again later: the holder may be the replica that died, its lease not aged
+        out yet (a live ladder verifies its own steps, and the next try finds them verified)."""
         lease = await self.leases.acquire(cluster=diagnosis.cluster, node=diagnosis.node, action=f"settle:{why}")
         if lease is None:
-            return "ack"  # a ladder holds the node: it verifies its own steps
+            return "retry"
 
         async def body(run: _Run) -> Disposition:
             if run.verified_at() is not None or run.escalated():
