@@ -81,6 +81,17 @@ def load_rules(path: Path) -> WhatIfRules:
     if unknown:
         msg = f"{path}: unknown keys {sorted(unknown)}; use {sorted(_KNOWN_KEYS)}"
         raise ValueError(msg)
+    for section, model in (("detector", RuleConfig), ("policy", PolicySettings)):
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            msg = f"{path}: {section} must be a mapping of {model.__name__} fields, got {type(given).__name__}"
+            raise ValueError(msg)
+        # the models ignore unknown fields (they also read the services' environment); a typo here would run
+        # the sandbox on the defaults and report "no differences"
+        stray = sorted(set(given) - set(model.model_fields))
+        if stray:
+            msg = f"{path}: {section}.{stray[0]} is not a {model.__name__} field; known: {sorted(model.model_fields)}"
+            raise ValueError(msg)
     try:
         detector = RuleConfig.model_validate(raw.get("detector") or {})
         policy = PolicySettings.model_validate(raw.get("policy") or {})
