@@ -251,6 +251,8 @@ async def test_batch_replace_waits_for_a_persons_approval_of_each_node(
     result = await asyncio.wait_for(batch, timeout=60)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["summary"] == {"done": 3}
+    for node, action_id in approved.items():  # each waiting node was announced with its approve command
+        assert f"{node}: waiting for approval" in result.stderr and f"nodeheal approve {action_id}" in result.stderr
     released = sorted(c.params["InstanceId"] for c in fleet.ecs.world.calls_to("DeleteInstance"))
     assert released == [f"i-{n}" for n in OTHERS]
     runs = fleet.ecs.world.calls_to("RunInstances")

@@ -238,6 +238,7 @@ async def run_batch(
         )
     )
     task = progress.add_task("batch", total=len(batch.nodes)) if progress is not None else None
+    announced: set[str] = set()
     try:
         info = await js.stream_info(f"{stream_prefix}AUDIT")
         if info.state.messages:
@@ -265,6 +266,16 @@ async def run_batch(
                 await publish_model(js, diagnosis_subject(batch.cluster, node, prefix=prefix), d, msg_id=d.id)
                 batch.nodes[node].submitted = True
                 in_flight.append(node)
+            for node in sorted(batch.nodes):
+                status, detail = batch.status(node)
+                if status == "waiting_approval" and node not in announced:
+                    # said once, when the node starts waiting: the person needs the action id now, not at the end
+                    announced.add(node)
+                    line = f"{node}: waiting for approval — {detail}"
+                    if progress is not None:
+                        progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+                    else:
+                        click.echo(line, err=True)
             counts = batch.counts()
             if progress is not None and task is not None:
                 shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

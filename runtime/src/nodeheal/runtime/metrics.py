@@ -38,7 +38,6 @@ class PipelineMetrics:
             ["service"],
             registry=reg,
         )
-        self.probes_published = Counter("nodeheal_probes_published", "Node probes published", ["source"], registry=reg)
         self.consumer_pending = Gauge(
             "nodeheal_consumer_pending_messages",
             "Messages in the stream not yet delivered to the durable consumer (consumer lag)",
