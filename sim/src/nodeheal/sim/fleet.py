@@ -191,9 +191,10 @@ class SimNode:
     def prober_checks(self, plan: ProberPlan | None = None) -> list[dict[str, Any]]:
         """What the active prober (its configured checks, `ProberPlan`) sees of this node from outside,
         as a stock node answers: the kernel completes TCP handshakes even on a hung node, sshd's banner
-        needs a live userland, the kubelet listens on 10250 on every address but serves /healthz on
-        10248 on 127.0.0.1 only, so a healthz check on the node's address is refused. `Reachability`s as
-        dicts (what `ProberResults` carries per node)."""
+        needs a live userland, the kubelet listens on 10250 on every address and answers /healthz there
+        (401 without credentials, which the prober counts as answering) while its userland runs, but its
+        plain healthz port 10248 is bound to 127.0.0.1, so a check of that port on the node's address is
+        refused. `Reachability`s as dicts (what `ProberResults` carries per node)."""
         plan = plan or DEFAULT_PROBER_PLAN
         self.prober_seq += 1
         reachable = self.powered and not self.partitioned
@@ -218,7 +219,8 @@ class SimNode:
                 checks.append({"check": "ssh_banner", "target": target, "ok": banner, "error": error})
         if plan.healthz_url:
             url = plan.healthz_url.format(address=ip)
-            local_only = "{address}" in plan.healthz_url  # the node's address, where a stock kubelet refuses
+            # the kubelet's plain healthz port is bound to loopback: on the node's address it is refused
+            local_only = "{address}" in plan.healthz_url and ":10248" in plan.healthz_url
             ok = reachable and not local_only and not self.hung and self.services["kubelet"] == "active"
             error = None if ok else (dark if not reachable else ("connection refused" if local_only else "HTTP 500"))
             checks.append({"check": "kubelet_healthz", "target": url, "ok": ok, "error": error})
