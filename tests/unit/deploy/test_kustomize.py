@@ -189,6 +189,8 @@ def test_the_agent_mounts_only_what_it_reads_and_no_credentials(overlay: str) ->
         "/var/log/pods",
         "/var/crash",
         "/var/lib/systemd/coredump",
+        "/sys/fs/pstore",
+        "/var/lib/systemd/pstore",
         "/var/lib/nodeheal-agent",
     } | ({"/etc/nodeheal/agent.creds"} if overlay == "production" else set())
 
@@ -218,6 +220,10 @@ def test_the_agent_mounts_only_what_it_reads_and_no_credentials(overlay: str) ->
     for clean in settings.clean.allowed_dirs:  # clean_disk deletes in <host_root><dir>: that very host dir
         assert host_at[str(reader.path(clean))] == clean
         assert not at[str(reader.path(clean))].get("readOnly")
+    # crash capture reads <host_root><dir> for pstore and kdump: each that very host dir (the host root is not
+    # mounted: a pstore directory missing here was never seen in the deployed agent)
+    for evidence in (*settings.crash.pstore_dirs, *settings.crash.kdump_dirs):
+        assert host_at[str(reader.path(evidence))] == evidence, evidence
     assert host_at[str(settings.state_dir)] == "/var/lib/nodeheal-agent"
     assert settings.kernel_log == "journal"  # no /dev/kmsg (it needs a privileged container)
     assert host_at["/var/log/journal"] == "/var/log/journal" and host_at["/run/systemd"] == "/run/systemd"
