@@ -76,5 +76,7 @@ async def test_each_node_gets_a_prober_probe_per_prober_round_with_one_of_its_ag
         # of that tick, at most `PROBER_BATCH_S` later: the prober's verdict keeps the agent's phase
         assert all(any(-0.01 <= p - a <= PROBER_BATCH_S + AGENT_S / 4 for a in agent_times) for p in prober_times), node
         gaps = [b - a for a, b in itertools.pairwise(prober_times)]
-        # (the send time moves by up to a batch's wait)
-        assert min(gaps) >= PROBER_S - AGENT_S / 2 - PROBER_BATCH_S - 0.05, (node, gaps)
+        # (the send time moves by up to a batch's wait). The first round's batch can leave late while the
+        # simulator starts every node's loop on a loaded machine (a fresh-clone CI run: first gap 0.41 s, then
+        # 1.01 s each), which shortens only the first gap; from then on the rounds keep their spacing
+        assert gaps[0] > 0 and min(gaps[1:]) >= PROBER_S - AGENT_S / 2 - PROBER_BATCH_S - 0.05, (node, gaps)
