@@ -141,8 +141,15 @@ def creds_file(*, jwt: str, seed: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # The permission matrix.
 
-ROLES = ("ingest", "agent", "prober", "inventory", "detector", "diagnoser", "remediator", "admin")
-"""One NATS user role per deployable part. `admin` is the provisioning Job and people's CLI."""
+ROLES = ("ingest", "agent", "prober", "inventory", "detector", "diagnoser", "remediator", "reader", "admin")
+"""One NATS user role per deployable part. `admin` is the provisioning Job and people's CLI; `reader` is
+people and tools that only read (`nodeheal audit tail`, `replay`, `fleet`, an audit subscriber)."""
+
+READ_STREAMS = ("PROBES", "CLOUD", "ANOMALIES", "DIAGNOSES", "AUDIT", "CRASHES", "DLQ")
+"""Every stream the `reader` role may read (all of them): history is for whoever must explain an incident."""
+
+READ_BUCKETS = ("inventory", "crash-buckets", "control")
+"""The buckets the `reader` role may read (never write)."""
 
 _TOKEN_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -433,6 +440,20 @@ def _base_permissions(role: str, lo: Layout) -> Permissions:
                 f"$KV.{lo.bucket('control')}.ledger.>",
                 f"$KV.{lo.bucket('control')}.storm.>",
                 *_kv_read(inv),
+            ),
+            sub_allow=tuple(own_inbox),
+            inbox=inbox,
+        )
+    if role == "reader":
+        # People and tools that only read: `nodeheal audit tail` / `replay` / `fleet`, an audit subscriber
+        # (its own named durables, `audit tail --durable`). It publishes nothing but JetStream API
+        # requests and acks on its own consumers: no DLQ subject, no KV write, no service's durable
+        # (`_guard_durables`), and replies come on its own inbox subtree.
+        return Permissions(
+            pub_allow=(
+                *js_base,
+                *(a for stream in READ_STREAMS for a in _consume(lo.stream(stream))),
+                *(a for bucket in READ_BUCKETS for a in _kv_read(lo.bucket(bucket))),
             ),
             sub_allow=tuple(own_inbox),
             inbox=inbox,

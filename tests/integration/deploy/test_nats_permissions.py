@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import io
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import PIPE
 from types import ModuleType
 from typing import Any
 
@@ -141,7 +144,7 @@ async def sessions(secured: Secured) -> AsyncIterator[dict[str, Session]]:
     out: dict[str, Session] = {}
     out["admin"] = await login(secured, "admin")
     await apply_topology(out["admin"].nc.jetstream(), secured.topo)
-    for role in ("ingest", "prober", "inventory", "detector", "diagnoser", "remediator"):
+    for role in ("ingest", "prober", "inventory", "detector", "diagnoser", "remediator", "reader"):
         out[role] = await login(secured, role)
     out["agent-a"] = await login(secured, "agent", node=NODE_A)
     out["agent-b"] = await login(secured, "agent", node=NODE_B)
@@ -219,6 +222,12 @@ REFUSED = [
     ("agent-a", f"{P}.dlq.detector", "DLQ"),
     ("agent-a", crash_subject(CLUSTER, NODE_B, prefix=P), "CRASHES"),
     ("detector", crash_subject(CLUSTER, NODE_A, prefix=P), "CRASHES"),
+    # the read-only role publishes nothing of its own
+    ("reader", audit_subject(CLUSTER, NODE_A, prefix=P), "AUDIT"),
+    ("reader", probe_subject(CLUSTER, NODE_A, prefix=P), "PROBES"),
+    ("reader", cloud_subject(CLUSTER, NODE_A, prefix=P), "CLOUD"),
+    ("reader", diagnosis_subject(CLUSTER, NODE_A, prefix=P), "DIAGNOSES"),
+    ("reader", f"{P}.dlq.reader", "DLQ"),
 ]
 
 
@@ -308,6 +317,18 @@ async def test_key_value_buckets_follow_the_roles(secured: Secured, sessions: di
     await sessions["remediator"].refused(f"$KV.{bucket}-control.approval.a-1")
     admin_control = await sessions["admin"].js.key_value(f"{bucket}-control")
     await admin_control.put("pause", b'{"paused": true}')
+
+    # the read-only role reads the inventory and the control bucket, and writes neither
+    reader_inventory = await sessions["reader"].js.key_value(f"{bucket}-inventory")
+    assert (await reader_inventory.get("node.n-kv")).value == b'{"zone": "eu-1a"}'
+    reader_control = await sessions["reader"].js.key_value(f"{bucket}-control")
+    assert (await reader_control.get("pause")).value == b'{"paused": true}'
+    with pytest.raises(TimeoutError):
+        await reader_control.put("pause", b"false")
+    await sessions["reader"].refused(f"$KV.{bucket}-control.pause")
+    with pytest.raises(TimeoutError):
+        await sessions["reader"].js.key_value(f"{bucket}-leases")
+    await sessions["reader"].refused(f"$JS.API.STREAM.INFO.KV_{bucket}-leases")
 
 
 async def test_an_agent_answers_only_its_own_node(secured: Secured, sessions: dict[str, Session]) -> None:
@@ -427,3 +448,72 @@ async def test_no_stream_without_its_own_byte_cap(secured: Secured, sessions: di
         await admin.add_stream(name="UNCAPPED", subjects=["uncapped.>"])
     assert all(spec.max_bytes > 0 for spec in secured.topo.streams)
     assert all(spec.max_bytes > 0 for spec in secured.topo.buckets)
+
+
+async def test_the_reader_role_runs_the_read_only_cli(secured: Secured, sessions: dict[str, Session]) -> None:
+    """`nodeheal audit tail` (its default reader and `--durable`), `replay` and `fleet` with the `reader`
+    role's credentials, as an audit subscriber would run them: no admin credential needed. The reader
+    cannot touch a service's durable on the stream it reads."""
+    from click.testing import CliRunner
+
+    from nodeheal.cli.main import cli
+    from nodeheal.runtime.jetstream import publish_model
+    from tests.unit.replay.factories import record
+
+    remediator, reader, admin = sessions["remediator"], sessions["reader"], sessions["admin"]
+    creds = secured.workdir / "reader.creds"
+    creds.write_text(secured.bundle.user_creds("reader"))
+    node = "n-reader"
+    for r in (
+        record(node, t=1, phase="intent", action_id="act-r1"),
+        record(node, t=2, phase="started", action_id="act-r1"),
+    ):
+        await publish_model(remediator.js, audit_subject(r.cluster, node, prefix=P), r, msg_id=r.id)
+
+    async def cli_as_reader(*args: str) -> str:
+        env = {"NATS_URL": secured.url, "NATS_CREDS": str(creds), "NATS_CA": ""}
+        result = await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
+        assert result.exit_code == 0, (args, result.output)
+        return result.stdout
+
+    lines = (await cli_as_reader("audit", "tail", "--node", node)).splitlines()
+    assert [line.split()[3] for line in lines] == ["intent", "started"], lines
+    first = (await cli_as_reader("audit", "tail", "--node", node, "--durable", "ops-team")).splitlines()
+    assert len(first) == 2
+    last = record(node, t=3, phase="succeeded", action_id="act-r1")
+    await publish_model(remediator.js, audit_subject(last.cluster, node, prefix=P), last, msg_id=last.id)
+    again = (await cli_as_reader("audit", "tail", "--node", node, "--durable", "ops-team")).splitlines()
+    assert len(again) == 1 and " succeeded " in again[0], again  # resumed after what it printed
+
+    report = json.loads(await cli_as_reader("replay", "--since", "30d", "--node", node, "--json"))
+    assert report["counts"]["audit_records"] == 3, report["counts"]  # the node's audit history was read
+    fleet = json.loads(await cli_as_reader("fleet", "--since", "30d", "--json"))
+    assert isinstance(fleet, dict)
+    audit = secured.topo.stream("AUDIT").name
+    # the default reader left nothing behind on the server: only the durable it was asked for remains
+    names = [c.name async for c in _consumers(admin.js, audit)]
+    assert "ops-team" in names
+    assert not [n for n in names if n not in ("ops-team", "detector", "diagnoser")], names
+
+    # the plain nats-py subscriber of docs/audit.md, as written there, under the same credential
+    doc = (Path(__file__).parents[3] / "docs" / "audit.md").read_text()
+    script = doc.split("## The same with plain nats-py", 1)[1].split("```python\n", 1)[1].split("```\n", 1)[0]
+    (secured.workdir / "audit_example.py").write_text(script)
+    env = {**os.environ, "NATS_URL": secured.url, "NATS_CREDS": str(creds), "NODE": node}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(secured.workdir / "audit_example.py"), env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert [line.split()[3] for line in out.decode().splitlines()] == ["intent", "started", "succeeded"], out
+
+    # a service's durable on AUDIT stays the service's
+    await ensure_pull_consumer(sessions["diagnoser"].js, stream=audit, durable="diagnoser")
+    with pytest.raises(TimeoutError):
+        await reader.js.delete_consumer(audit, "diagnoser")
+    await reader.refused(f"$JS.API.CONSUMER.DELETE.{audit}.diagnoser")
+
+
+async def _consumers(js: JetStreamContext, stream: str) -> AsyncIterator[Any]:
+    for info in await js.consumers_info(stream):
+        yield info

@@ -1,6 +1,6 @@
 """`nodeheal audit tail`: read (and follow) the remediation audit stream.
 
-Read-only: an ephemeral ordered consumer by default (nothing left on the server), or a named durable
+Read-only: a named ephemeral pull consumer by default (deleted when the command ends), or a named durable
 with `--durable` so a subscriber resumes where it stopped. It never publishes and never acts.
 """
 

@@ -5,7 +5,7 @@ The command lists the nodes through the Kubernetes API (official client), then p
 diagnosis* per node on the node's `diagnosis` subject (cause `operator_request`, confidence 1, the ladder of
 the action), at most `--max-parallel` nodes in flight. The remediator treats it like any diagnosis: the
 node's lease, the budgets, the disruption rate, the storm guard, pause, approvals, audit first,
-verification. Progress is read back from AUDIT (an ephemeral ordered consumer), never from the remediator
+verification. Progress is read back from AUDIT (a named ephemeral pull consumer), never from the remediator
 itself.
 
 Ids are deterministic: the episode of a node is `batch:<batch id>:<action>:<node>` (so the remediator's

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import json
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -39,16 +43,40 @@ class NatsAuth:
     tls_ca_file: str | None = None
 
     def settings(self, *, url: str, embedded: bool = False, **fields: Any) -> NatsSettings:
-        """`NatsSettings` for `url` with these credentials (none for an embedded server, which has no auth)."""
+        """`NatsSettings` for `url` with these credentials (none for an embedded server, which has no auth).
+        The replies come on the inbox the credentials' role may read (`creds_inbox_prefix`)."""
         if embedded:
             return NatsSettings(url=url, **fields)
+        inbox = creds_inbox_prefix(self.creds_file) if self.creds_file else None
+        if inbox and "inbox_prefix" not in fields:
+            fields["inbox_prefix"] = inbox
         return NatsSettings(url=url, creds_file=self.creds_file, tls_ca_file=self.tls_ca_file, **fields)
+
+
+_ROLE_NAME = re.compile(r"^[a-z]+$")
+
+
+def creds_inbox_prefix(creds_file: str) -> str | None:
+    """The inbox a user of deploy/nats/natsauth.py may subscribe to: a user minted there is named after its
+    role (its JWT's `name`), and every role but `admin` gets replies only on `_INBOX.<role>.>`. None (the
+    default `_INBOX`) for `admin`, a per-node agent user, and credentials that were not minted there."""
+    try:
+        text = Path(creds_file).read_text()
+        token = text.split("-----BEGIN NATS USER JWT-----", 1)[1].split("------END NATS USER JWT------", 1)[0]
+        claims = json.loads(base64.urlsafe_b64decode(token.strip().split(".")[1] + "=="))
+    except (OSError, IndexError, ValueError):
+        return None
+    name = claims.get("name") if isinstance(claims, dict) else None
+    if not isinstance(name, str) or not _ROLE_NAME.fullmatch(name) or name == "admin":
+        return None
+    return f"_INBOX.{name}"
 
 
 def nats_auth_options(func: F) -> F:
     """`--creds FILE` ($NATS_CREDS) and `--tls-ca FILE` ($NATS_CA), passed to the command as one
     `nats_auth: NatsAuth` argument. Under deploy/nats/natsauth.py's authorization the CLI is the `admin`
-    user (`nodeheal nats-auth` writes its .creds); with TLS, the CA is the one that signed the server."""
+    user, or the read-only `reader` for the commands that only read (`audit tail`, `replay`, `fleet`);
+    `nodeheal nats-auth` writes both .creds; with TLS, the CA is the one that signed the server."""
 
     @functools.wraps(func)  # also keeps the options click collected so far (__click_params__)
     def wrapper(*args: Any, creds: str | None, tls_ca: str | None, **kwargs: Any) -> Any:

@@ -1,6 +1,6 @@
 """`nodeheal fleet`: the fleet's crash, schedulable and online rate, its systematic risks, its top crash
 buckets and the machines rotated out (AUDIT: nodes retired, instances replaced), read from the streams and
-the inventory bucket (read-only: ephemeral ordered consumers and a KV watch, nothing left on the server).
+the inventory bucket (read-only: named ephemeral pull consumers and a KV watch, nothing left on the server).
 
 The numbers use the same functions as the diagnoser's `nodeheal_fleet_rate` gauges
 (`nodeheal.diagnoser.kpi`): a crash is a diagnosis episode with a crash signature or a crash cause; a node

@@ -1,6 +1,6 @@
 """`nodeheal replay`: read a time window of the streams and rebuild the incident timelines.
 
-Read-only: ephemeral ordered consumers starting at `--since` (stream time), nothing published, no
+Read-only: named ephemeral pull consumers starting at `--since` (stream time), nothing published, no
 state left on the server. The timelines and the ttd/tti/ttr figures come from `nodeheal.cli.timeline`,
 the same function the demo report uses. `--what-if` hands the recorded inputs to the in-process
 sandbox of `nodeheal.cli.whatif`, which never publishes either.

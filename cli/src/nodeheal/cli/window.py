@@ -1,6 +1,6 @@
 """Reading a time window of a stream, for `nodeheal replay` and `nodeheal audit tail`.
 
-Read-only: this module creates ephemeral ordered consumers (or, when asked, one named durable) and
+Read-only: this module creates named ephemeral pull consumers (or, when asked, one named durable) and
 never publishes. It knows when a bounded read is done from the server's own counters (the consumer's
 `num_pending` when it is created, then each message's `num_pending`), so an empty stream or an empty
 window ends at once instead of after a timeout.
@@ -8,6 +8,7 @@ window ends at once instead of after a timeout.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+
+from nodeheal.runtime.jetstream import close_reader
 
 STALL_TIMEOUT_S = 30.0
 """A bounded read that receives nothing for this long while the server says messages are pending fails
@@ -98,12 +101,19 @@ async def read_stream(
     until: datetime | None = None,
     follow: bool = False,
     on_total: Callable[[int], None] | None = None,
+    batch: int = 256,
 ) -> AsyncIterator[StoredMessage]:
     """Yield the stored messages of `subjects` from `since` (stream time) on, in stream order.
 
     Without `follow` it ends at `until` (stream time) or at the end of the stream as it was when the
     read began, whichever comes first. `on_total` is told how many messages the window may hold (for a
-    progress bar). An ephemeral ordered consumer: no acks, no state left on the server.
+    progress bar).
+
+    Through a named ephemeral pull consumer (no acks, memory-stored, deleted when the read ends; the server
+    drops it after `READER_INACTIVE_S` if this process dies): named, because the NATS permission matrix
+    refuses the legacy server-named create that nats-py's ordered consumers use, so the read-only `reader`
+    role can run it (deploy/nats/natsauth.py). With `follow`, a lost consumer (server restart) is recreated
+    from the next stream sequence: nothing is skipped or printed twice.
     """
     if not subjects:
         return
@@ -112,39 +122,62 @@ async def read_stream(
         if on_total:
             on_total(0)
         return
-    sub = await js.subscribe(
-        subjects[0],
-        stream=stream,
-        ordered_consumer=True,
-        idle_heartbeat=5.0,
-        config=_config(subjects=subjects, since=since),
-    )
+    next_seq = 0
+    sub = await _open_reader(js, stream=stream, subjects=subjects, since=since, next_seq=next_seq)
     try:
         cinfo = await sub.consumer_info()
-        delivered = cinfo.delivered.consumer_seq if cinfo.delivered else 0
-        total = (cinfo.num_pending or 0) + delivered
+        total = cinfo.num_pending or 0
         if on_total:
             on_total(total)
         if not follow and total == 0:
             return
         while True:
             try:
-                msg = await sub.next_msg(timeout=None if follow else STALL_TIMEOUT_S)
-            except NatsTimeoutError:
+                msgs = await sub.fetch(batch, timeout=5.0 if follow else STALL_TIMEOUT_S)
+            except (TimeoutError, NatsTimeoutError):
+                if follow:
+                    continue
                 msg_ = (
                     f"stream {stream} stopped delivering for {STALL_TIMEOUT_S:.0f} s while messages were pending; "
                     "check the server (nats stream info) and retry"
                 )
                 raise RuntimeError(msg_) from None
-            stored, pending = _stored(stream, msg)
-            if until is not None and not follow and stored.stored_at > until:
-                return
-            yield stored
-            if not follow and pending == 0:
-                return
+            except Exception:
+                if not follow:
+                    raise
+                # the consumer is gone (server restart, inactivity): a new one from where this one stopped
+                await close_reader(js, sub)
+                await asyncio.sleep(1.0)
+                sub = await _open_reader(js, stream=stream, subjects=subjects, since=since, next_seq=next_seq)
+                continue
+            for msg in msgs:
+                stored, pending = _stored(stream, msg)
+                next_seq = stored.seq + 1
+                if until is not None and not follow and stored.stored_at > until:
+                    return
+                yield stored
+                if not follow and pending == 0:
+                    return
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        await close_reader(js, sub)
+
+
+READER_INACTIVE_S = 120.0
+"""A reader whose process died is removed by the server after this long without a pull request."""
+
+
+async def _open_reader(
+    js: JetStreamContext, *, stream: str, subjects: list[str], since: datetime | None, next_seq: int
+) -> JetStreamContext.PullSubscription:
+    config = _config(subjects=subjects, since=since)
+    if next_seq > 0:
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_time = None
+        config.opt_start_seq = next_seq
+    config.ack_policy = AckPolicy.NONE
+    config.inactive_threshold = READER_INACTIVE_S
+    config.mem_storage = True
+    return await js.pull_subscribe(subjects[0], durable=None, stream=stream, config=config)
 
 
 async def read_durable(
