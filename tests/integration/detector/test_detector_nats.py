@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import REGISTRY
 
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.rules import RuleConfig
 from nodeheal.detector.settings import DetectorSettings
+from nodeheal.runtime.jetstream import DEFAULT_DLQ_LIMITER
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, DeadLetter, FileSystem, LoadAverage, NodeProbe
 from nodeheal.schemas.subjects import dlq_subject, probe_subject, prober_probe_subject, wildcard
@@ -154,6 +156,34 @@ async def test_malformed_probe_goes_to_dlq_and_the_next_good_probe_is_processed(
     assert all(letter.subject == subject for letter in letters)
     got = await anomalies(nc, s)
     assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "n2")]
+
+
+async def test_the_dead_letter_count_is_what_the_dlq_kept_not_what_the_rate_limit_dropped(
+    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    """A flood of bad probes from one node: the DLQ keeps a burst of them (the per-source rate limit drops
+    the rest, counted in `nodeheal_dlq_rate_limited_total`), and the detector's
+    `nodeheal_detector_dead_lettered_total{stream="probes"}` counts the letters kept, not the ones dropped."""
+    s = topology_ready
+    js = nc.jetstream()
+    subject = probe_subject("c1", "n-flood", prefix=s.prefix)
+    flood = 3 * int(DEFAULT_DLQ_LIMITER.burst)
+    dropped_before = REGISTRY.get_sample_value("nodeheal_dlq_rate_limited_total", {"service": "detector"}) or 0.0
+
+    def counted() -> float:
+        return float(runtime.metrics.dead.labels("probes")._value.get())
+
+    def dropped() -> float:
+        value = REGISTRY.get_sample_value("nodeheal_dlq_rate_limited_total", {"service": "detector"}) or 0.0
+        return value - dropped_before
+
+    for i in range(flood):
+        await js.publish(subject, b"\xff not json %d" % i)
+    await eventually(lambda: counted() + dropped() >= flood)
+    dlq_stream = s.topology().stream(f"{s.stream_prefix}DLQ").name
+    kept = len(await read_all(nc, dlq_stream, dlq_subject("detector", prefix=s.prefix)))
+    assert dropped() > 0, "the flood was not over the rate limit: the test shows nothing"
+    assert counted() == kept < flood
 
 
 async def test_a_probe_speaks_only_for_the_node_and_source_of_its_subject(

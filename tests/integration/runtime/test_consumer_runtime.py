@@ -13,9 +13,10 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from prometheus_client import REGISTRY
 
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Rejected, Transient
-from nodeheal.runtime.jetstream import MAX_DEAD_RAW
+from nodeheal.runtime.jetstream import DEFAULT_DLQ_LIMITER, MAX_DEAD_RAW
 from nodeheal.runtime.service import build_asgi, make_broker
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.anomaly import Anomaly
@@ -122,6 +123,47 @@ async def test_hostile_input_goes_to_the_dlq_and_the_loop_goes_on(
     assert runtime.liveness() == (True, "ok")
     info = await js.consumer_info(spec(settings).stream, "fuzzed")
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_the_dead_letter_count_is_what_the_dlq_kept_not_what_the_rate_limit_dropped(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
+) -> None:
+    """A flood of bad input from one subject: the DLQ keeps a burst (the per-source rate limit drops the
+    rest, counted in `nodeheal_dlq_rate_limited_total`), and `nodeheal_messages_dead_lettered_total`
+    counts the letters kept, not the ones dropped."""
+    settings = topology_ready
+    js = nc.jetstream()
+    flood = 3 * int(DEFAULT_DLQ_LIMITER.burst)
+    dropped_before = REGISTRY.get_sample_value("nodeheal_dlq_rate_limited_total", {"service": "fuzzed"}) or 0.0
+    handled: list[str] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        handled.append(item.id)
+
+    def counted() -> float:
+        return (
+            runtime.metrics.registry.get_sample_value("nodeheal_messages_dead_lettered_total", {"service": "fuzzed"})
+            or 0.0
+        )
+
+    def dropped() -> float:
+        value = REGISTRY.get_sample_value("nodeheal_dlq_rate_limited_total", {"service": "fuzzed"}) or 0.0
+        return value - dropped_before
+
+    runtime.consume(spec(settings), handle)
+    await runtime.start()
+    subject = f"{settings.prefix}.anomaly.c1.n-flood"
+    for i in range(flood):
+        await js.publish(subject, b"\xff not json %d" % i)
+
+    async def all_settled() -> bool:
+        return counted() + dropped() >= flood
+
+    await eventually(all_settled)
+    kept = len(await dead_letters(js, settings, "fuzzed"))
+    assert dropped() > 0, "the flood was not over the rate limit: the test shows nothing"
+    assert counted() == kept < flood
+    assert runtime.liveness() == (True, "ok")
 
 
 async def test_transient_failure_is_redelivered_then_acked(

@@ -552,7 +552,7 @@ class ConsumerRuntime:
         await msg.ack()
 
     async def _dead_letter(self, spec: Inbound[Any], msg: Msg, reason: str) -> None:
-        await dead_letter(
+        kept = await dead_letter(
             self.broker.connection.jetstream(),
             service=self.service,
             reason=f"{spec.stream} message rejected: {reason}",
@@ -562,7 +562,8 @@ class ConsumerRuntime:
             prefix=self.nats.prefix,
             timeout_s=self.nats.publish_timeout_s,
         )
-        self.metrics.messages_dead_lettered.labels(self.service).inc()
+        if kept is not None:  # None: the rate limit dropped it (`nodeheal_dlq_rate_limited_total`)
+            self.metrics.messages_dead_lettered.labels(self.service).inc()
 
 
 async def _never(body: Any, delivery: Delivery) -> None:

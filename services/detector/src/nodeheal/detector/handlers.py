@@ -834,7 +834,7 @@ class DetectorRuntime:
 
     async def _dead_letter_probes(self, bad: list[tuple[PulledMsg, str]]) -> None:
         for msg, reason in bad:
-            await dead_letter(
+            kept = await dead_letter(
                 self.js,
                 service=SERVICE,
                 reason=reason,
@@ -843,7 +843,8 @@ class DetectorRuntime:
                 headers=dict(msg.headers) if msg.headers else None,
                 prefix=self.settings.nats.prefix,
             )
-            self.metrics.dead.labels("probes").inc()
+            if kept is not None:  # None: the rate limit dropped it (`nodeheal_dlq_rate_limited_total`)
+                self.metrics.dead.labels("probes").inc()
 
     # ------------------------------------------------------------------ CLOUD and AUDIT (low volume)
 
