@@ -129,8 +129,10 @@ def probe_contract(settings: DetectorSettings) -> Inbound[NodeProbe]:
         subject=settings.probe_filters()[0],
         durable=settings.probe_durable,
         model=NodeProbe,
-        description="Batch-pulled by the detector's durable consumer (its own batch puller with explicit per-probe"
-        " acks, not a faststream subscriber: the one documented exception, docs/detector.md).",
+        description="Batch-pulled by the detector's durable consumer (its own batch puller, not a faststream"
+        " subscriber: the one documented exception, docs/detector.md). AckPolicy.ALL: one cumulative ack per chunk,"
+        " on its highest stream sequence, sent after the chunk's anomalies and dead letters were acknowledged by"
+        " their streams; probes no ack covered are redelivered after a crash (anomaly ids are deterministic).",
         batch_size=settings.batch_size,
         ack_wait_s=settings.ack_wait_s,
         max_deliver=-1,
