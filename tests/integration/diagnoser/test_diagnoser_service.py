@@ -227,3 +227,34 @@ async def test_inventory_watch_and_fleet_finding_joined(
     ]
     raised = [f for f in findings if f.kind == "rate_outlier" and f.value == "bad-1" and f.scope == "any"]
     assert len(raised) == 1
+
+
+async def test_time_to_identify_is_observed_once_per_episode(
+    service: DiagnoserRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    """An episode whose diagnosis changes (ext4 errors first, then the NVMe errors under them) publishes two
+    unresolved diagnoses; both time-to-identify histograms count the episode once."""
+    t = now()
+    fs = ["EXT4-fs error (device nvme2n1p1): ext4_find_entry:1455: inode #2: comm ls: reading directory lblock 0"]
+    await send(nc, topology_ready, anomaly("n5", "kernel_fault", subject="filesystem", lines=fs, at=t))
+    first = await wait_for_diagnosis(nc, topology_ready, "n5", lambda d: True)
+    assert first.cause == "filesystem_corruption"
+    await send(
+        nc,
+        topology_ready,
+        anomaly("n5", "kernel_fault", subject="hardware", lines=sample_lines("nvme_disk_io_error", 0), at=t),
+    )
+    second = await wait_for_diagnosis(nc, topology_ready, "n5", lambda d: d.cause == "disk_failure")
+    assert not first.resolved and not second.resolved
+    assert second.anomaly_ids[0] == first.anomaly_ids[0]  # the same episode, diagnosed again
+
+    def count(name: str) -> float:  # summed over labels (the shared histogram is per fault class)
+        return sum(
+            float(sample.value)
+            for metric in service.pipeline.registry.collect()
+            for sample in metric.samples
+            if sample.name == name
+        )
+
+    assert count("nodeheal_diagnoser_time_to_identify_seconds_count") == 1
+    assert count("nodeheal_time_to_identify_seconds_count") == 1

@@ -555,21 +555,28 @@ class DiagnoserRuntime:
             return headers
 
     def _observe_identified(self, diagnosis: Diagnosis) -> None:
-        """time_to_identify once per episode (the first unresolved diagnosis of its first anomaly)."""
+        """Both time-to-identify histograms once per episode (the first unresolved diagnosis of its first
+        anomaly): the shared one from the fault's onset, the diagnoser's own from the first anomaly's
+        detection. Later diagnoses of the episode (an update, a re-said verdict) are not observed."""
+        if diagnosis.resolved or not diagnosis.anomaly_ids:
+            return
         first_id = diagnosis.anomaly_ids[0]
-        if diagnosis.resolved or first_id in self._identified:
+        if first_id in self._identified:
             return
         ctx = self.diagnoser.fleet.nodes.get(f"{diagnosis.cluster}/{diagnosis.node}")
         first = next((a for a in (ctx.anomalies if ctx else ()) if a.id == first_id), None)
         onset = diagnosis.fault_onset or (first.fault_onset if first is not None else None)
-        if onset is None:
+        if onset is None and first is None:
             return
         self._identified[first_id] = None
         if len(self._identified) > _MAX_TRACKED:
             del self._identified[next(iter(self._identified))]
-        observe_stage(
-            self.pipeline.time_to_identify, fault_class=diagnosis.category, onset=onset, at=diagnosis.identified_at
-        )
+        if onset is not None:
+            observe_stage(
+                self.pipeline.time_to_identify, fault_class=diagnosis.category, onset=onset, at=diagnosis.identified_at
+            )
+        if first is not None:
+            self.m_tti.observe(max(0.0, (diagnosis.identified_at - first.detected_at).total_seconds()))
 
     async def _publish(self, diagnosis: Diagnosis) -> None:
         subject = diagnosis_subject(diagnosis.cluster, diagnosis.node, prefix=self.prefix)
@@ -592,11 +599,6 @@ class DiagnoserRuntime:
         self.pipeline.messages_published.labels(self._streams["DIAGNOSES"]).inc()
         await kill_point("after_publish_diagnosis", self.nc)
         self._observe_identified(diagnosis)
-        if not diagnosis.resolved and diagnosis.anomaly_ids:
-            ctx = self.diagnoser.fleet.nodes.get(f"{diagnosis.cluster}/{diagnosis.node}")
-            first = next((a for a in (ctx.anomalies if ctx else ()) if a.id == diagnosis.anomaly_ids[0]), None)
-            if first is not None:
-                self.m_tti.observe(max(0.0, (diagnosis.identified_at - first.detected_at).total_seconds()))
         log.info(
             "diagnosis",
             extra={
