@@ -346,3 +346,33 @@ async def test_stream_readers_are_deleted_after_use(
 async def _released(ledger: Ledger, node: str) -> bool:
     """The slot is given back a moment after the hand-over record (the record comes first)."""
     return await ledger.slot_of(node) is None
+
+
+async def test_a_ladder_waiting_for_a_budget_slot_outlives_the_diagnosis_age_bound(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """n1 holds the pool's only slot (cordoned, rebooted, its verification waits out `verify_timeout_s`);
+    n2's ladder is blocked by the budget, and by the time the slot comes back its diagnosis is older than
+    `max_diagnosis_age_s`. The age bound is for acting on an old signal: n2's ladder began on a fresh one (its
+    blocked step is on record), so it carries on and cordons n2. Before, the stale diagnosis was refused and
+    n2 handed to a person without a repair (seen in a 300-node chaos demo: a `power_loss` drain held by the
+    rack budget for 300 s)."""
+    settings = await _one_slot_pool(
+        nc, topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, verify_timeout_s=6, max_diagnosis_age_s=2
+    )
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "reboot"], episode="ep-1"))
+        await wait_for_record(nc, topology_ready, node="n1", action="cordon", phase="succeeded")
+        n2 = diagnosis("n2", ["cordon"], episode="ep-2")
+        await publish_diagnosis(nc, topology_ready, n2)
+        await wait_for_record(nc, topology_ready, node="n2", action="cordon", phase="blocked")
+        started = await wait_for_record(nc, topology_ready, node="n2", action="cordon", phase="started", timeout=40)
+    finally:
+        await service.stop()
+    records = await audit_records(nc, topology_ready)
+    assert (started.time - n2.identified_at).total_seconds() > 2  # past the age bound when it acted
+    assert not [r for r in records if r.node == "n2" and r.phase == "skipped"], "n2's diagnosis was refused"
+    assert "n2" in world.cordoned_nodes()  # the cordon happened, at the Kubernetes emulator
+    judged = judge_budgets(world, records, pools={"n1": "p", "n2": "p"}, limit=1)
+    assert judged["budget_exceedances"] == 0, judged

@@ -437,6 +437,8 @@ class Remediator:
             recovered_at=None if rotation else self._recovered_at(diagnosis),
         )
         if policy.failed(checks):
+            checks = await self._carried_on(diagnosis, checks)
+        if policy.failed(checks):
             reason = "diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks))
             await self._skip(None, diagnosis, why="refused", reason=reason, checks=checks)
             return await self._settle(diagnosis, why=reason, heartbeat=heartbeat)
@@ -444,6 +446,30 @@ class Remediator:
         if lease is None:
             return "retry"  # another replica acts on this node; try again after its ladder (or its TTL)
         return await self._under_lease(lease, diagnosis, heartbeat, self._ladder)
+
+    async def _carried_on(self, diagnosis: Diagnosis, checks: list[PolicyCheck]) -> list[PolicyCheck]:
+        """The age bound is for acting on an old signal, not for a ladder that began on a fresh one and waits
+        (a budget slot, the disruption rate, the storm guard, a pause): when staleness is the only failed
+        check and the episode already has a record that is not `skipped` (an intent, a blocked step, an
+        approval asked), the ladder carries on. The node-recovered and confidence checks still apply, and
+        the wait stays bounded: a ladder still blocked on its last delivery (`max_deliver`) is handed to a
+        person (`give_up`). Returns `checks`, with the age check passed and saying why when it carries on."""
+        bad = policy.failed(checks)
+        if [c.name for c in bad] != ["stale_diagnosis"]:
+            return checks
+        since = diagnosis.identified_at - timedelta(seconds=1)
+        history = await self.audit.history(cluster=diagnosis.cluster, node=diagnosis.node, since=since)
+        begun = next(
+            (r for r in history if r.episode_id == diagnosis.episode and r.phase != "skipped"),
+            None,
+        )
+        if begun is None:
+            return checks
+        why = f"; its ladder began while it was fresh ({begun.action} {begun.phase} at {begun.time.isoformat()})"
+        return [
+            c.model_copy(update={"passed": True, "detail": c.detail + why}) if c.name == "stale_diagnosis" else c
+            for c in checks
+        ]
 
     async def _left_fleet(
         self, diagnosis: Diagnosis, left: datetime, *, heartbeat: Callable[[], Awaitable[None]] | None

@@ -24,7 +24,12 @@ class Budget(BaseModel):
 
 class PolicySettings(BaseModel):
     dry_run: bool = Field(default=False, description="audit everything, change nothing")
-    max_diagnosis_age_s: float = Field(default=300.0, gt=0, description="older diagnoses are refused")
+    max_diagnosis_age_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="older diagnoses are refused, unless their episode's ladder already began"
+        " (a record other than skipped)",
+    )
     min_confidence: float = Field(default=0.5, ge=0, le=1, description="less confident diagnoses are refused")
     cluster_budget: Budget = Field(default_factory=lambda: Budget(max_count=20, max_pct=5.0))
     zone_budget: Budget = Field(default_factory=lambda: Budget(max_count=10, max_pct=10.0))
