@@ -154,3 +154,18 @@ def test_times_default_to_now_in_utc() -> None:
     probe = NodeProbe(cluster="c", node="n", source="agent", seq=0)
     assert probe.time.tzinfo is not None
     assert abs((datetime.now(probe.time.tzinfo) - probe.time).total_seconds()) < 60
+
+
+@pytest.mark.parametrize("store_gib", [0.125, 0.25, 0.5, 0.75, 0.9, 1.0, 2.0, 64.0, 1024.0])
+def test_the_caps_of_every_stream_and_bucket_fit_the_store(store_gib: float) -> None:
+    """`streams apply --store-gib G` promises that the streams and buckets hold at most G together: the server
+    reserves every cap against its store, so caps over G would be refused on a volume sized to G. The
+    diagnoser's bucket had a fixed 64 MiB outside the shares: 0.5 GiB reserved 0.53 GiB."""
+    from nodeheal.schemas.streams import GIB, MIB, MIN_STORE_BYTES, reserved_bytes, topology
+
+    store = int(store_gib * GIB)
+    assert store >= MIN_STORE_BYTES
+    topo = topology(store_bytes=store)
+    assert reserved_bytes(topo) <= store
+    diagnoser = next(b for b in topo.buckets if b.name.endswith("-diagnoser"))
+    assert diagnoser.max_bytes == min(64 * MIB, int(store * 0.0625))

@@ -7,7 +7,7 @@ import click
 from nodeheal.cli.common import NatsAuth, embedded_option, nats_auth_options, nats_endpoint, nats_url_option, run
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import Change, apply_topology
-from nodeheal.schemas.streams import DEFAULT_STORE_BYTES
+from nodeheal.schemas.streams import DEFAULT_STORE_BYTES, MIN_STORE_BYTES
 
 
 @click.group()
@@ -38,7 +38,7 @@ def streams() -> None:
 )
 @click.option(
     "--store-gib",
-    type=click.FloatRange(0.0625, 1_000_000),
+    type=click.FloatRange(MIN_STORE_BYTES / 1024**3, 1_000_000),
     default=DEFAULT_STORE_BYTES / 1024**3,
     show_default=True,
     help="GiB the streams and buckets may hold together, per replica; each gets its fixed share as its own cap"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from nodeheal.schemas.streams import DEFAULT_STORE_BYTES, Topology, topology
+from nodeheal.schemas.streams import DEFAULT_STORE_BYTES, MIN_STORE_BYTES, Topology, topology
 from nodeheal.schemas.subjects import DEFAULT_PREFIX
 
 
@@ -36,7 +36,7 @@ class NatsSettings(BaseModel):
 
     store_bytes: int = Field(
         default=DEFAULT_STORE_BYTES,
-        ge=64 * 1024**2,
+        ge=MIN_STORE_BYTES,
         description="bytes the streams and buckets may hold together (per replica); each gets its share as its cap",
     )
 

@@ -96,9 +96,14 @@ SHARES: dict[str, float] = {
     "inventory": 0.03,
     "leases": 0.01,
     "control": 0.01,
+    "diagnoser": 0.0625,  # at most 64 MiB (`topology`)
 }
-"""Each stream's and bucket's share of `store_bytes`; the remaining 7 % is headroom for buckets added later
-(`BucketSpec.max_bytes`, 64 MiB each by default)."""
+"""Each stream's and bucket's share of `store_bytes` (99.25 % together): their caps, at least 1 MiB each, fit the
+store from `MIN_STORE_BYTES` on, so the server never refuses one for want of room. A bucket added later needs
+a share here (`BucketSpec.max_bytes`, 64 MiB, is only the default of a bucket made outside `topology`)."""
+
+MIN_STORE_BYTES = 128 * MIB
+"""The smallest store the shares fit (below it the 1 MiB floors add up to more than the store)."""
 
 DLQ_MAX_MSGS = 200_000
 DLQ_MAX_MSGS_PER_SUBJECT = 50_000
@@ -223,6 +228,8 @@ def topology(
                 name=f"{bucket_prefix}-diagnoser",
                 description="The diagnoser's durable memory: crash signatures per host (crash.<cluster>.<node>)",
                 ttl_s=8 * DAY_S,  # longer than the 7-day crash window; every new crash rewrites the key
+                # 64 MiB from a 1 GiB store on (its size before it had a share), less below: the caps fit the store
+                max_bytes=min(64 * MIB, cap("diagnoser")),
             ),
         ),
     )
