@@ -196,9 +196,11 @@ class Layout:
     prefix: str = "nodeheal"
     stream_prefix: str = ""
     bucket_prefix: str = "nodeheal"
-    detector_replicas: tuple[int, ...] = ()
+    detector_replicas: tuple[int, ...] = (3,)
     """Replica counts of a partitioned detector (`DetectorSettings.replicas`), whose durables are named
-    `detector-<r>-of-<n>`; empty: one unpartitioned detector."""
+    `detector-<r>-of-<n>`; empty: one unpartitioned detector only. The default protects the production
+    overlay's three (a forgotten `--detector-replicas` must not leave them open to other roles); the names
+    of an unpartitioned detector (`detector`) are protected whatever this says."""
 
     def stream(self, name: str) -> str:
         return f"{self.stream_prefix}{name}"
@@ -717,8 +719,9 @@ def main(argv: list[str] | None = None) -> int:
             "--detector-replicas",
             type=int,
             action="append",
-            default=[],
-            help="replica count of a partitioned detector (its durables detector-<r>-of-<n> are protected)",
+            default=None,
+            help="replica count of a partitioned detector (its durables detector-<r>-of-<n> are protected);"
+            " repeat for several; default 3, the production overlay's",
         )
         if name == "init":
             cmd.add_argument("--out", required=True, type=Path)
@@ -746,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix=args.prefix,
         stream_prefix=args.stream_prefix,
         bucket_prefix=args.bucket_prefix,
-        detector_replicas=tuple(args.detector_replicas),
+        detector_replicas=tuple(args.detector_replicas) if args.detector_replicas else Layout().detector_replicas,
     )
     if args.command == "table":
         sys.stdout.write(matrix_markdown(layout))

@@ -110,3 +110,30 @@ def test_only_the_prober_may_publish_prober_batches() -> None:
                 assert not any(_matches(a, s) for a in own for s in batch_subjects), node
         else:
             assert may == set(), role
+
+
+def test_init_without_detector_replicas_protects_the_production_overlays_three_detectors(tmp_path: Path) -> None:
+    """`natsauth.py init` run without `--detector-replicas` (the flag is easy to forget) still denies every
+    other role the durables of the production overlay's three partitioned detectors; a given count replaces
+    the default."""
+    import base64
+    import json
+
+    natsauth = load_natsauth()
+
+    def remediator_denies(*flags: str) -> list[str]:
+        out = tmp_path / "-".join(flags or ("default",))
+        assert natsauth.main(["init", "--out", str(out), *flags]) == 0
+        account = (out / "keys" / "account.pub").read_text().strip()
+        conf = (out / "auth.conf").read_text()
+        account_jwt = conf.split(f"{account}: ", 1)[1].split()[0]  # its line of resolver_preload
+        claims = json.loads(base64.urlsafe_b64decode(account_jwt.split(".")[1] + "=="))
+        key = next(k for k in claims["nats"]["signing_keys"] if k["role"] == "remediator")
+        return list(key["template"]["pub"]["deny"])
+
+    default = remediator_denies()
+    assert "$JS.API.CONSUMER.DELETE.PROBES.detector-2-of-3" in default
+    assert "$JS.API.CONSUMER.MSG.NEXT.PROBES.detector-0-of-3" in default
+    five = remediator_denies("--detector-replicas", "5")
+    assert "$JS.API.CONSUMER.DELETE.PROBES.detector-4-of-5" in five
+    assert "$JS.API.CONSUMER.DELETE.PROBES.detector-2-of-3" not in five
