@@ -140,3 +140,37 @@ async def test_follow_prints_records_published_later(topology_ready: NatsSetting
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_follow_outlives_the_loss_of_its_consumer_without_a_gap_or_a_repeat(
+    topology_ready: NatsSettings, js: JetStreamContext
+) -> None:
+    """`--follow` reads through a named ephemeral consumer; when the server loses it (a restart drops a
+    memory-stored consumer; here it is deleted), a new one starts after the last record printed: the
+    records published meanwhile are printed once each, none twice."""
+    records = _records()
+    await _publish(js, topology_ready, records[:1])
+    stream = f"{topology_ready.stream_prefix}AUDIT"
+    before = {c.name for c in await js.consumers_info(stream)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodeheal.cli.main",
+        *_args(topology_ready, "--follow", "--json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+        assert json.loads(first)["action_id"] == "act-a"
+        readers = [c.name for c in await js.consumers_info(stream) if c.name not in before]
+        assert len(readers) == 1, readers
+        await js.delete_consumer(stream, readers[0])
+        await _publish(js, topology_ready, records[1:])
+        later = [json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=30)) for _ in records[1:]]
+        assert [(r["action_id"], r["phase"]) for r in later] == [(r.action_id, r.phase) for r in records[1:]]
+        assert proc.returncode is None  # still following
+    finally:
+        proc.terminate()
+        await proc.wait()

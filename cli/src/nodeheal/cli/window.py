@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from nodeheal.runtime.jetstream import close_reader
+
+log = logging.getLogger(__name__)
 
 STALL_TIMEOUT_S = 30.0
 """A bounded read that receives nothing for this long while the server says messages are pending fails
@@ -147,8 +150,7 @@ async def read_stream(
                     raise
                 # the consumer is gone (server restart, inactivity): a new one from where this one stopped
                 await close_reader(js, sub)
-                await asyncio.sleep(1.0)
-                sub = await _open_reader(js, stream=stream, subjects=subjects, since=since, next_seq=next_seq)
+                sub = await _reopen(js, stream=stream, subjects=subjects, since=since, next_seq=next_seq)
                 continue
             for msg in msgs:
                 stored, pending = _stored(stream, msg)
@@ -164,6 +166,19 @@ async def read_stream(
 
 READER_INACTIVE_S = 120.0
 """A reader whose process died is removed by the server after this long without a pull request."""
+
+
+async def _reopen(
+    js: JetStreamContext, *, stream: str, subjects: list[str], since: datetime | None, next_seq: int
+) -> JetStreamContext.PullSubscription:
+    """A new reader from `next_seq`, tried once a second until the server takes it (a following read
+    outlives a server restart)."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            return await _open_reader(js, stream=stream, subjects=subjects, since=since, next_seq=next_seq)
+        except Exception as exc:  # the server is not back yet
+            log.debug("stream reader not recreated yet", extra={"stream": stream, "error": repr(exc)})
 
 
 async def _open_reader(
