@@ -163,7 +163,8 @@ class DemoAuth:
                 "tls": self.base.tls_ca_file is not None,
                 "source": "deploy/nats/natsauth.py (operator, account, one scoped signing key per role)",
                 "services": {name: role for name, role in SERVICE_ROLES.items()},
-                "demo_reader": "admin",
+                "demo_reader": "reader",
+                "demo_provisioning_and_operator": "admin",
                 "prober": "prober",
                 "agents": (
                     "one NATS user and connection per simulated node, minted as `natsauth.py mint-agent` does"

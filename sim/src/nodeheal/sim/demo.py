@@ -862,8 +862,12 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         ).get("last_seq", 0)
         storm = anomalies_in_window > cfg.report_anomalies_limit
         anomaly_nodes = sorted({fault.node for fault in sim.truth}) if storm else None
+        # the report reads the streams as an operator's tool would: with the read-only `reader` role
+        reader = auth.settings("reader", url=url)
+        reader_nc = await connect(reader, name="nodeheal-demo-reader", error_cb=violations.callback("demo (reader)"))
+        stack.push_async_callback(reader_nc.close)
         messages, findings, read_retries = await _collect_with_retries(
-            js, settings=settings, since=run_start, until=run_end, anomaly_nodes=anomaly_nodes
+            reader_nc.jetstream(), settings=reader, since=run_start, until=run_end, anomaly_nodes=anomaly_nodes
         )
         meter.sample()
         record = RunRecord(
