@@ -201,3 +201,21 @@ def test_an_operator_request_is_not_paged_when_it_succeeds() -> None:
     request = _diag("cordon").model_copy(update={"cause": "operator_request"})
     plan = planner.plan(diagnosis=request, cloud_events=[], policy=PolicySettings(), now=NOW)
     assert [s.action for s in plan.steps] == ["cordon"]
+
+
+def test_an_azure_event_that_covers_several_vms_is_never_accepted_early() -> None:
+    """Azure's `StartRequests` for an event's `EventId` starts it on every VM of its `Resources`: accepting it
+    once this node is drained would reboot the other VMs before their own drains. A one-VM event is accepted
+    early as before; an event covering several is drained and waited for."""
+    base = _cloud("reboot", starts_in_s=900).model_copy(
+        update={"cloud": "azure", "ack": (AckOption(method="azure.StartRequests"),)}
+    )
+    one = base.model_copy(update={"extended": {"EventId": "ev-1", "Resources": ["vmss_3"]}})
+    assert [s.action for s in planner.maintenance_steps(one, policy=PolicySettings())] == [
+        "cordon",
+        "drain",
+        "accept_cloud_event",
+    ]
+    several = base.model_copy(update={"extended": {"EventId": "ev-1", "Resources": ["vmss_3", "vmss_4"]}})
+    assert [s.action for s in planner.maintenance_steps(several, policy=PolicySettings())] == ["cordon", "drain"]
+    assert planner.shared_with(several) == ["vmss_3", "vmss_4"]

@@ -212,6 +212,17 @@ ACCEPT_METHODS: dict[str, frozenset[str]] = {
 }
 
 
+def shared_with(event: CloudSystemEvent) -> list[str]:
+    """The machines one provider event covers. An Azure scheduled event lists every VM it will act on in
+    `Resources`, and `StartRequests` for its `EventId` starts it on all of them: accepting it early once
+    *this* node is drained would reboot the others undrained. Such an event is never accepted early; it
+    runs at `not_before`, by which time every listed node's own maintenance has drained it."""
+    raw = event.extended.get("Resources")
+    if not isinstance(raw, list):
+        return []
+    return sorted({r.strip() for r in raw if isinstance(r, str) and r.strip()})
+
+
 def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings) -> tuple[Step, ...]:
     """What the maintenance loop does for one host event: cordon, drain, and (when allowed) accept it early."""
     key = cloud_episode(event)
@@ -238,7 +249,12 @@ def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings) -> tup
     methods = {a.method for a in event.ack if a.method.partition(".")[0] == event.cloud} & ACCEPT_METHODS.get(
         event.action, frozenset()
     )
-    if policy.accept_cloud_events_early and methods and event.phase in ("scheduled", "pending_approval"):
+    if (
+        policy.accept_cloud_events_early
+        and methods
+        and event.phase in ("scheduled", "pending_approval")
+        and len(shared_with(event)) <= 1
+    ):
         steps.append(
             Step(
                 rung=2,
