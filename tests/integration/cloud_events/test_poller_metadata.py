@@ -59,3 +59,48 @@ async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topolog
     ]
     assert {e.extended["EventId"] for e in stored} == {scheduled.event_id}
     assert (await js.get_last_msg(stream, subject)).headers["Nats-Msg-Id"] == stored[-1].id  # type: ignore[index]
+
+
+async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The platform moves a scheduled reboot two hours later (a new `NotBefore` and `DocumentIncarnation`):
+    the same transition (`scheduled`) with a start time more than a minute from the one published is a
+    reschedule, published as a message of its own, so the remediator drains by the new time. Before, the
+    ledger called it a duplicate and the old time stood. Polling it again publishes nothing more."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    scheduled = events.schedule("Reboot", resources=["vm-1"])
+    sink = CloudEventSink(
+        js=js,
+        prefix=topology_ready.prefix,
+        cluster="prod-1",
+        service="cloud-events-ingest",
+        inventory=InventoryResolver(None, ttl_s=0),
+        ledger=TransitionLedger(),
+    )
+    async with AzureImdsEmulator(events) as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
+        try:
+            assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
+            first = scheduled.not_before
+            assert first is not None
+            later = first + timedelta(hours=2)
+            events.reschedule(scheduled.event_id, later)
+            await poller.poll_once()
+            await poller.poll_once()  # the same new time again: a duplicate
+        finally:
+            await poller.close()
+
+    stream = f"{topology_ready.stream_prefix}CLOUD"
+    info = await js.stream_info(stream)
+    stored = [
+        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
+        for s in range(1, info.state.last_seq + 1)
+    ]
+    assert [(e.phase, e.not_before) for e in stored] == [
+        ("scheduled", first),
+        ("scheduled", later),
+    ]
+    assert stored[0].provider_event_id == stored[1].provider_event_id  # one event: one remediation episode
+    assert stored[0].id != stored[1].id

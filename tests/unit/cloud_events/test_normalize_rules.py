@@ -229,3 +229,27 @@ def test_aws_imds_phase_depends_on_not_before_and_state() -> None:
 def test_auto_cannot_tell_says_so() -> None:
     with pytest.raises(PayloadError, match="pass --source"):
         normalize("auto", {"hello": "world"}, NormalizeContext(observed_at=T0))
+
+
+def test_ledger_a_new_start_time_is_a_reschedule_an_old_or_near_one_a_duplicate() -> None:
+    at = datetime(2026, 4, 21, 9, 0, tzinfo=UTC)
+    ledger = TransitionLedger()
+    assert ledger.record(cloud="aws", provider_event_id="e-9", phase="scheduled", not_before=at) == "new"
+    # another channel's inferred time, seconds away: the same schedule
+    assert (
+        ledger.record(cloud="aws", provider_event_id="e-9", phase="scheduled", not_before=at + timedelta(seconds=5))
+        == "duplicate"
+    )
+    assert ledger.record(cloud="aws", provider_event_id="e-9", phase="scheduled", not_before=None) == "duplicate"
+    earlier = at - timedelta(days=6)  # ModifyInstanceEventStartTime, or the platform moving it
+    assert ledger.record(cloud="aws", provider_event_id="e-9", phase="scheduled", not_before=earlier) == "rescheduled"
+    # a slow channel still reporting the first time does not move it back; the stored form (ISO text) is read too
+    assert (
+        ledger.record(cloud="aws", provider_event_id="e-9", phase="scheduled", not_before="2026-04-21T09:00:00Z")
+        == "duplicate"
+    )
+    assert ledger.record(cloud="aws", provider_event_id="e-9", phase="completed") == "new"
+    # after the end nothing non-terminal is published, moved or not
+    later = at + timedelta(days=1)
+    assert ledger.record(cloud="aws", provider_event_id="e-9", phase="scheduled", not_before=later) == "duplicate"
+    assert ledger.record(cloud="aws", provider_event_id="e-9", phase="in_progress", not_before=later) == "stale"

@@ -205,6 +205,15 @@ class AzureScheduledEvents:
         self.incarnation += 1
         self._emit(AzureChange("canceled", self.now(), event_id, event.event_type, tuple(event.resources)))
 
+    def reschedule(self, event_id: str, not_before: datetime) -> None:
+        """The platform moves a ``Scheduled`` event: a new ``NotBefore`` and a new ``DocumentIncarnation``
+        (Azure: the incarnation changes whenever the document carries new information)."""
+        event = self._find(event_id)
+        if event is None or event.status != "Scheduled":
+            raise KeyError(f"no scheduled event {event_id!r}")
+        event.not_before = not_before
+        self.incarnation += 1
+
     def start_requests(self, event_ids: Iterable[str]) -> None:
         """``POST {"StartRequests": [...]}``: every listed (existing) event starts now."""
         ids = list(event_ids)

@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 from opentelemetry import trace
 
 from nodeheal.cloud_events.normalize import TransitionLedger
+from nodeheal.cloud_events.normalize.ledger import reschedule_message_id
 from nodeheal.runtime.jetstream import dead_letter, publish_model, read_range
 from nodeheal.runtime.telemetry import publish_span, start_incident
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -124,9 +125,16 @@ class CloudEventSink:
             mapped_event = await self._map(event, node=node)
             subject = cloud_subject(mapped_event.cluster, mapped_event.node, prefix=self.prefix)
             verdict = self.ledger.verdict(
-                cloud=event.cloud, provider_event_id=event.provider_event_id, phase=event.phase
+                cloud=event.cloud,
+                provider_event_id=event.provider_event_id,
+                phase=event.phase,
+                not_before=event.not_before,
             )
-            if verdict == "new":
+            if verdict == "rescheduled":  # the same transition with a new start time: a message of its own
+                new_id = reschedule_message_id(event)
+                event = event.model_copy(update={"id": new_id})
+                mapped_event = mapped_event.model_copy(update={"id": new_id})
+            if verdict in ("new", "rescheduled"):
                 # A cloud event starts an incident's trace; the detector continues it in the
                 # cloud_maintenance anomaly the event causes (traceparent in the CLOUD message).
                 with (
@@ -155,7 +163,7 @@ class CloudEventSink:
                     timeout_s=self.publish_timeout_s,
                 )
                 self.ledger.admit(event)
-            outcome: Outcome = "published" if verdict == "new" else verdict
+            outcome: Outcome = "duplicate" if verdict == "duplicate" else "stale" if verdict == "stale" else "published"
             PUBLISHED.labels(event.channel, outcome).inc()
             if verdict == "stale":
                 log.info(
@@ -225,7 +233,10 @@ async def seed_ledger(
         try:
             body = json.loads(msg.data)
             ledger.record(
-                cloud=str(body["cloud"]), provider_event_id=str(body["provider_event_id"]), phase=str(body["phase"])
+                cloud=str(body["cloud"]),
+                provider_event_id=str(body["provider_event_id"]),
+                phase=str(body["phase"]),
+                not_before=body.get("not_before"),
             )
             count += 1
         except (ValueError, KeyError, TypeError):

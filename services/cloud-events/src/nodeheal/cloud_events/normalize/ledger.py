@@ -1,6 +1,10 @@
 """Dedup of cloud-event transitions (reference §6.4), pure.
 
-Transition key `(cloud, provider_event_id, phase)`: a transition already seen is a duplicate.
+Transition key `(cloud, provider_event_id, phase)`: a transition already seen is a duplicate, unless it
+is a **reschedule**: a non-terminal phase reported again with a `not_before` more than
+`RESCHEDULE_TOLERANCE_S` from every start time seen for that phase (AWS `ModifyInstanceEventStartTime`, a new
+Azure `DocumentIncarnation`). A reschedule is published (`rescheduled`, under `reschedule_message_id`), so the
+remediator drains by the new time; a channel that still reports an old time is a duplicate.
 Entity key `(cloud, provider_event_id)`: once an entity has reached a terminal phase, a later
 non-terminal report (a slower channel: CMS push racing the API poll) is stale and never overwrites
 it. Bounded: the least recently touched entities are forgotten first.
@@ -10,17 +14,55 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 from nodeheal.schemas.cloud import TERMINAL_PHASES, CloudSystemEvent
+from nodeheal.schemas.ids import deterministic_id
 
-Verdict = Literal["new", "duplicate", "stale"]
+Verdict = Literal["new", "rescheduled", "duplicate", "stale"]
+
+RESCHEDULE_TOLERANCE_S = 60.0
+"""Start times closer than this are the same schedule: channels that infer `not_before` from their own notice
+time (an Alibaba spot notice: notice + 5 min) differ by seconds; a real reschedule moves it by hours or days."""
+
+MAX_STARTS = 8
+"""Start times remembered per phase of an event (a bound; more reschedules than this are still published)."""
+
+
+def as_instant(value: datetime | str | None) -> datetime | None:
+    """`not_before` as the event has it (a datetime) or as a stored message has it (ISO text), in UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def reschedule_message_id(event: CloudSystemEvent) -> str:
+    """The message id of a rescheduled transition: the transition's own id with the new start time, so the
+    stream's duplicate window does not take it for the first report."""
+    start = as_instant(event.not_before)
+    return deterministic_id(event.id, start.isoformat() if start else "", prefix="cloud-")
 
 
 @dataclass(slots=True)
 class _Entity:
     phases: set[str] = field(default_factory=set)
     terminal: str | None = None
+    starts: dict[str, list[datetime]] = field(default_factory=dict)
+    """Per non-terminal phase: the start times (`not_before`) reported for it."""
+
+    def moved(self, phase: str, start: datetime | None) -> bool:
+        seen = self.starts.get(phase)
+        if start is None or not seen:
+            return False
+        return all(abs((start - s).total_seconds()) > RESCHEDULE_TOLERANCE_S for s in seen)
 
 
 @dataclass(slots=True)
@@ -28,19 +70,25 @@ class TransitionLedger:
     max_entities: int = 200_000
     _entities: OrderedDict[tuple[str, str], _Entity] = field(default_factory=OrderedDict)
 
-    def verdict(self, *, cloud: str, provider_event_id: str, phase: str) -> Verdict:
+    def verdict(
+        self, *, cloud: str, provider_event_id: str, phase: str, not_before: datetime | str | None = None
+    ) -> Verdict:
         """What `record` would say, without recording."""
         entity = self._entities.get((cloud, provider_event_id))
         if entity is None:
             return "new"
-        if phase in entity.phases:
-            return "duplicate"
         if entity.terminal is not None and phase not in TERMINAL_PHASES:
-            return "stale"
+            return "duplicate" if phase in entity.phases else "stale"
+        if phase in entity.phases:
+            if phase not in TERMINAL_PHASES and entity.moved(phase, as_instant(not_before)):
+                return "rescheduled"
+            return "duplicate"
         return "new"
 
-    def record(self, *, cloud: str, provider_event_id: str, phase: str) -> Verdict:
-        verdict = self.verdict(cloud=cloud, provider_event_id=provider_event_id, phase=phase)
+    def record(
+        self, *, cloud: str, provider_event_id: str, phase: str, not_before: datetime | str | None = None
+    ) -> Verdict:
+        verdict = self.verdict(cloud=cloud, provider_event_id=provider_event_id, phase=phase, not_before=not_before)
         key = (cloud, provider_event_id)
         entity = self._entities.get(key)
         if entity is None:
@@ -49,14 +97,21 @@ class TransitionLedger:
                 self._entities.popitem(last=False)
         else:
             self._entities.move_to_end(key)
-        if verdict == "new":
+        if verdict in ("new", "rescheduled"):
             entity.phases.add(phase)
             if phase in TERMINAL_PHASES and entity.terminal is None:
                 entity.terminal = phase
+            start = as_instant(not_before)
+            if phase not in TERMINAL_PHASES and start is not None:
+                starts = entity.starts.setdefault(phase, [])
+                starts.append(start)
+                del starts[:-MAX_STARTS]
         return verdict
 
     def admit(self, event: CloudSystemEvent) -> Verdict:
-        return self.record(cloud=event.cloud, provider_event_id=event.provider_event_id, phase=event.phase)
+        return self.record(
+            cloud=event.cloud, provider_event_id=event.provider_event_id, phase=event.phase, not_before=event.not_before
+        )
 
     def open_events(self, cloud: str) -> list[str]:
         """Event ids of `cloud` seen in a non-terminal phase and not yet closed (for reconciliation)."""
