@@ -104,3 +104,64 @@ async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
     ]
     assert stored[0].provider_event_id == stored[1].provider_event_id  # one event: one remediation episode
     assert stored[0].id != stored[1].id
+
+
+async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and_closes_the_open_event(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """TERMINATE_ON_HOST_MAINTENANCE first seen at 12:09:50; the ingest restarts (its ledger seeded from
+    CLOUD) and polls again at 12:10:10. The synthetic id floors the first-seen time to 10 minutes, so before,
+    the new poller started a second event (`…T1210Z`) and the return to NONE closed only that one: the first
+    stayed `in_progress` for good, a host event the remediator keeps waiting for. Now the restarted poller
+    takes the open event over: one event, closed."""
+    from datetime import UTC, datetime
+
+    from nodeheal.cloud_events.ingest.pollers import GceMaintenancePoller
+    from nodeheal.cloud_events.ingest.settings import GcePollerSettings
+    from nodeheal.cloud_events.ingest.sink import seed_ledger
+    from nodeheal.sim.gce_metadata import GceMetadata, GceMetadataEmulator
+
+    metadata = GceMetadata()
+    now = [datetime(2026, 4, 10, 12, 9, 50, tzinfo=UTC)]
+    stream = f"{topology_ready.stream_prefix}CLOUD"
+
+    def sink_with(ledger: TransitionLedger) -> CloudEventSink:
+        return CloudEventSink(
+            js=js,
+            prefix=topology_ready.prefix,
+            cluster="prod-1",
+            service="cloud-events-ingest",
+            inventory=InventoryResolver(None, ttl_s=0),
+            ledger=ledger,
+        )
+
+    async with GceMetadataEmulator(metadata) as gce:
+        settings = GcePollerSettings(enabled=True, endpoint=gce.url, node="node-1")
+        metadata.set_maintenance_event("TERMINATE_ON_HOST_MAINTENANCE")
+        first = GceMaintenancePoller(
+            sink=sink_with(TransitionLedger()), cluster="prod-1", settings=settings, clock=lambda: now[0]
+        )
+        try:
+            assert [e.phase for e in await first.poll_once()] == ["in_progress"]
+        finally:
+            await first.close()
+        # the restart: a new process, its ledger rebuilt from the stream
+        ledger = TransitionLedger()
+        await seed_ledger(js, stream=stream, prefix=topology_ready.prefix, ledger=ledger, lookback=timedelta(days=7))
+        now[0] = datetime(2026, 4, 10, 12, 10, 10, tzinfo=UTC)
+        second = GceMaintenancePoller(sink=sink_with(ledger), cluster="prod-1", settings=settings, clock=lambda: now[0])
+        try:
+            assert await second.poll_once() == []  # the same event, going on
+            metadata.set_maintenance_event("NONE")
+            now[0] = datetime(2026, 4, 10, 12, 12, 0, tzinfo=UTC)
+            assert [e.phase for e in await second.poll_once()] == ["completed"]
+        finally:
+            await second.close()
+    info = await js.stream_info(stream)
+    stored = [
+        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
+        for s in range(1, info.state.last_seq + 1)
+    ]
+    assert [(e.phase, e.action) for e in stored] == [("in_progress", "terminate"), ("completed", "terminate")]
+    assert stored[0].provider_event_id == stored[1].provider_event_id
+    assert ledger.open_events("gcp") == []

@@ -267,14 +267,19 @@ class GceMaintenancePoller(_MetadataPoller):
     ) -> None:
         super().__init__(sink=sink, cluster=cluster, settings=settings, clock=clock)
         self.tracker = GceMaintenanceTracker()
+        self._resumed = False
 
     async def poll_once(self) -> list[CloudSystemEvent]:
         headers = {"Metadata-Flavor": "Google"}
         if self.instance_id is None:
             self.instance_id = (await self._get("/computeMetadata/v1/instance/id", headers)).decode().strip()
         raw = await self._get("/computeMetadata/v1/instance/maintenance-event", headers)
+        ctx = self._ctx()
+        if not self._resumed:  # a restart continues the event the last poller left open (seeded ledger)
+            self.tracker.resume(self.sink.ledger.open_events("gcp"), ctx)
+            self._resumed = True
         try:
-            events = self.tracker.feed(raw.decode("utf-8", errors="replace"), self._ctx())
+            events = self.tracker.feed(raw.decode("utf-8", errors="replace"), ctx)
         except PayloadError as exc:
             await self._refuse(exc, raw, f"poll gce {self.node}")
             return []

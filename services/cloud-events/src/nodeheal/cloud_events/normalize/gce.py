@@ -2,15 +2,16 @@
 
 The value is plain text: `NONE`, `MIGRATE_ON_HOST_MAINTENANCE` or `TERMINATE_ON_HOST_MAINTENANCE`,
 about 60 s before the event, back to `NONE` when done. There is no event id: the synthetic id is
-`<instance>:<value>:<first seen, floored to 10 minutes>`, so a poller restarted during the event
-produces the same id (the stream dedups it) and the return to `NONE` closes the same event.
+`<instance>:<value>:<first seen, floored to 10 minutes>`; a poller restarted during the event takes the
+open event over from the seeded ledger (`GceMaintenanceTracker.resume`), so it keeps its id and the return
+to `NONE` closes it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from nodeheal.cloud_events.normalize.common import NormalizeContext, build_event
 from nodeheal.cloud_events.normalize.errors import PayloadError
@@ -84,6 +85,45 @@ class GceMaintenanceTracker:
         )
         out.append(self.current)
         return out
+
+    def resume(self, open_ids: list[str], ctx: NormalizeContext) -> None:
+        """Take over the event a previous poller of this instance left open (`open_ids`: the ids the seeded
+        ledger holds without a terminal phase). A restarted poller then continues it: the same value keeps
+        its id (instead of a new one when the restart crossed a 10-minute boundary, which left the old event
+        `in_progress` for good), and `NONE` completes it. Several open (should not happen): the newest."""
+        instance = ctx.instance_id or ctx.node
+        if self.current is not None or not instance:
+            return
+        mine: list[tuple[str, str, str]] = []
+        for pid in open_ids:
+            head, sep, stamp = pid.rpartition(":")
+            owner, sep2, value = head.rpartition(":")
+            if sep and sep2 and owner == instance and value in VALUES:
+                mine.append((stamp, value, pid))
+        if not mine:
+            return
+        stamp, value, pid = max(mine)
+        try:
+            started = datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
+        except ValueError:
+            started = ctx.observed_at
+        action, cause = VALUES[value]
+        self.current = build_event(
+            ctx=ctx,
+            cloud="gcp",
+            channel="metadata",
+            provider_event_id=pid,
+            provider_event_type=value,
+            provider_status=value,
+            action=action,
+            cause=cause,
+            phase="in_progress",
+            instance_id=instance,
+            raw=value,
+            started_at=started,
+            local_data_loss=action == "terminate",
+            description="host maintenance announced by the metadata server (about 60 s notice)",
+        )
 
     def _completed(self, current: CloudSystemEvent, ctx: NormalizeContext) -> CloudSystemEvent:
         return build_event(
