@@ -401,3 +401,32 @@ def test_one_spot_interruption_through_cms_and_eventbridge_is_one_message() -> N
     assert [e.channel for e in cms + eb] == ["cms_notification", "eventbridge"]
     assert cms[0].id == eb[0].id
     assert (cms[0].action, cms[0].cause, eb[0].action, eb[0].cause) == ("terminate", "spot", "terminate", "spot")
+
+
+def test_a_disk_event_without_a_status_field_has_one_id_through_cms_and_eventbridge() -> None:
+    """Disk events carry no `eventStatus`: CMS takes it from `name` (`Disk:Stalled:Executing`), and so does
+    EventBridge now from its `type` (`ecs:Disk:Stalled:Executing`). Before, the EventBridge copy was phase
+    `unknown` under another id, and its later arrival overwrote the `in_progress` the CMS copy had set."""
+    import json
+
+    ctx = NormalizeContext(observed_at=OBSERVED)
+    raw = (DATA / "alibaba-cms-disk-stalled-executing-1.json").read_bytes()
+    cms = normalize_stream("alibaba-cms", raw, ctx)
+    body = json.loads(raw)
+    cloud_event = {
+        "id": "3f0b1c2e-eventbridge-disk-1",
+        "source": "acs.ecs",
+        "specversion": "1.0",
+        "subject": body["resourceId"],
+        "time": "2019-04-10T08:01:02+08:00",
+        "type": "ecs:Disk:Stalled:Executing",
+        "aliyunpublishtime": "2019-04-10T08:01:02.410PRC",
+        "aliyunregionid": "cn-hangzhou",
+        "data": body["content"],
+    }
+    eb = normalize_stream("alibaba-eventbridge", json.dumps(cloud_event).encode(), ctx)
+    assert [(e.channel, e.phase) for e in cms + eb] == [
+        ("cms_notification", "in_progress"),
+        ("eventbridge", "in_progress"),
+    ]
+    assert cms[0].id == eb[0].id

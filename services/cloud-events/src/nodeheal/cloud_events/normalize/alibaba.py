@@ -442,7 +442,10 @@ def _eb_one(j: Json, body: JsonObject, ctx: NormalizeContext, where: str) -> lis
         "severity": None,
     }
     if "eventId" in data:
-        return [_system_event(**common, status_fallback=None)]
+        # a payload without `eventStatus` (disk events) takes it from the type, as CMS takes it from `name`
+        # (`ecs:Disk:Stalled:Executing`): the same transition then has the same phase and id on both channels
+        type_parts = etype.removeprefix("ecs:").split(":")
+        return [_system_event(**common, status_fallback=type_parts[2] if len(type_parts) >= 3 else None)]
     if code == "StateChange":
         return [_state_change(**common, stamp=envelope_id, published_at=published_at)]
     if code == "PreemptibleInstanceInterruption":
