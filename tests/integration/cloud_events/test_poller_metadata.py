@@ -165,3 +165,31 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
     assert [(e.phase, e.action) for e in stored] == [("in_progress", "terminate"), ("completed", "terminate")]
     assert stored[0].provider_event_id == stored[1].provider_event_id
     assert ledger.open_events("gcp") == []
+
+
+async def test_an_azure_poller_without_a_vm_name_asks_imds_for_it(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """On AKS the Kubernetes node (`aks-pool1-123-vmss000003`) and the VM Azure names in `Resources`
+    (`aks-pool1-123-vmss_3`) differ. With no `AZURE__VM_NAME` the poller matched events on the node name
+    and dropped every event of its own VM; now it reads the VM name from IMDS once."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    events.schedule("Reboot", resources=["aks-pool1-123-vmss_3"])
+    sink = CloudEventSink(
+        js=js,
+        prefix=topology_ready.prefix,
+        cluster="prod-1",
+        service="cloud-events-ingest",
+        inventory=InventoryResolver(None, ttl_s=0),
+        ledger=TransitionLedger(),
+    )
+    async with AzureImdsEmulator(events, vm_name="aks-pool1-123-vmss_3") as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="aks-pool1-123-vmss000003")
+        poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
+        try:
+            got = await poller.poll_once()
+        finally:
+            await poller.close()
+    assert [(e.phase, e.action, e.instance_id, e.node) for e in got] == [
+        ("scheduled", "reboot", "aks-pool1-123-vmss_3", "aks-pool1-123-vmss000003")
+    ]

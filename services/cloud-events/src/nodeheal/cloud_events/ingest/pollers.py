@@ -216,8 +216,35 @@ class AzureScheduledEventsPoller(_MetadataPoller):
         super().__init__(sink=sink, cluster=cluster, settings=settings, clock=clock)
         self.azure = settings
         self.tracker = AzureDocumentTracker(resource=settings.vm_name or settings.instance_id or self.node)
+        self._named = bool(settings.vm_name or settings.instance_id)
+
+    async def _vm_name(self) -> None:
+        """The name Azure lists in an event's `Resources` is the VM's (a scale set's `<vmss>_<n>`), which on AKS
+        is not the Kubernetes node name (`…-vmss000003`): with no `VM_NAME` configured, ask IMDS for it once
+        (before, the node name was used and every event of the VM was taken for another VM's, and dropped)."""
+        self._named = True
+        try:
+            name = (
+                (
+                    await self._get(
+                        "/metadata/instance/compute/name?api-version=2021-02-01&format=text", {"Metadata": "true"}
+                    )
+                )
+                .decode()
+                .strip()
+            )
+        except Exception as exc:  # an IMDS without the endpoint: the node name, as configured before
+            log.warning(
+                "Azure VM name not read from IMDS; matching events on the node name (set AZURE__VM_NAME)",
+                extra={"node": self.node, "error": repr(exc)},
+            )
+            return
+        if name:
+            self.tracker.resource = name
 
     async def poll_once(self) -> list[CloudSystemEvent]:
+        if not self._named:
+            await self._vm_name()
         raw = await self._get(f"/metadata/scheduledevents?api-version={self.azure.api_version}", {"Metadata": "true"})
         try:
             document = json.loads(raw)
