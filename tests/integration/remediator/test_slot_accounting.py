@@ -364,15 +364,49 @@ async def test_a_ladder_waiting_for_a_budget_slot_outlives_the_diagnosis_age_bou
     try:
         await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "reboot"], episode="ep-1"))
         await wait_for_record(nc, topology_ready, node="n1", action="cordon", phase="succeeded")
-        n2 = diagnosis("n2", ["cordon"], episode="ep-2")
-        await publish_diagnosis(nc, topology_ready, n2)
+        first = diagnosis("n2", ["cordon"], episode="ep-2")
+        await publish_diagnosis(nc, topology_ready, first)
         await wait_for_record(nc, topology_ready, node="n2", action="cordon", phase="blocked")
+        # the diagnoser updates the episode while it waits (a fleet finding, a new fingerprint): the update is
+        # identified later, and what its predecessor began is still what it carries on
+        await asyncio.sleep(1.0)
+        n2 = diagnosis("n2", ["cordon"], episode="ep-2", reason="updated: rack finding")
+        await publish_diagnosis(nc, topology_ready, n2)
         started = await wait_for_record(nc, topology_ready, node="n2", action="cordon", phase="started", timeout=40)
     finally:
         await service.stop()
     records = await audit_records(nc, topology_ready)
     assert (started.time - n2.identified_at).total_seconds() > 2  # past the age bound when it acted
+    assert started.diagnosis_id == n2.id
     assert not [r for r in records if r.node == "n2" and r.phase == "skipped"], "n2's diagnosis was refused"
     assert "n2" in world.cordoned_nodes()  # the cordon happened, at the Kubernetes emulator
     judged = judge_budgets(world, records, pools={"n1": "p", "n2": "p"}, limit=1)
     assert judged["budget_exceedances"] == 0, judged
+
+
+async def test_a_ladder_held_only_by_a_pause_is_not_acted_on_past_the_age_bound(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """A pause holds n1's ladder before its first step; its diagnosis ages past `max_diagnosis_age_s`. A
+    ladder held back only by a pause (or the storm guard) has not begun on a fresh signal: once stale it is
+    refused as before, not carried on to its last delivery and handed to a person one node at a time."""
+    from nodeheal.remediator.control import write_pause
+
+    settings = (
+        await _one_slot_pool(nc, topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, max_diagnosis_age_s=2)
+    ).model_copy(update={"max_deliver": 40})
+    control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
+    await write_pause(control, paused=True, reason="change freeze", by="pytest")
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon"], episode="ep-p"))
+        blocked = await wait_for_record(nc, topology_ready, node="n1", action="cordon", phase="blocked")
+        assert any(c.name == "pause" and not c.passed for c in blocked.checks)
+        refused = await wait_for_record(nc, topology_ready, node="n1", phase="skipped", timeout=30)
+    finally:
+        await service.stop()
+        await write_pause(control, paused=False, reason="", by="pytest")
+    assert "identified" in refused.reason and "bound 2s" in refused.reason, refused.reason
+    records = await audit_records(nc, topology_ready)
+    assert not [r for r in records if r.node == "n1" and r.action == "escalate"], "handed over one by one"
+    assert world.cordoned_nodes() == []

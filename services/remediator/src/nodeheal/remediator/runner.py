@@ -203,6 +203,17 @@ class _Run:
         return any(r.action == "retire" and r.phase == "succeeded" and not r.dry_run for r in self.records())
 
 
+def _began_on_a_fresh_signal(record: RemediationRecord) -> bool:
+    """A record that shows the episode's ladder began: it acted or asked (intent, started, succeeded,
+    failed, verified, awaiting_approval), or it was held back only for capacity (budgets, the rate)."""
+    if record.phase in ("intent", "started", "succeeded", "failed", "verified", "awaiting_approval"):
+        return True
+    if record.phase != "blocked":
+        return False
+    failed = [c.name for c in record.checks if not c.passed]
+    return bool(failed) and all(name == "rate" or name.startswith("budget.") for name in failed)
+
+
 class Remediator:
     def __init__(
         self,
@@ -449,18 +460,22 @@ class Remediator:
 
     async def _carried_on(self, diagnosis: Diagnosis, checks: list[PolicyCheck]) -> list[PolicyCheck]:
         """The age bound is for acting on an old signal, not for a ladder that began on a fresh one and waits
-        (a budget slot, the disruption rate, the storm guard, a pause): when staleness is the only failed
-        check and the episode already has a record that is not `skipped` (an intent, a blocked step, an
-        approval asked), the ladder carries on. The node-recovered and confidence checks still apply, and
-        the wait stays bounded: a ladder still blocked on its last delivery (`max_deliver`) is handed to a
-        person (`give_up`). Returns `checks`, with the age check passed and saying why when it carries on."""
+        for capacity: when staleness is the only failed check and the episode already acted (an intent, an
+        approval asked) or was held back only by a budget or the disruption rate (a `blocked` record whose
+        failed checks are `budget.*` / `rate`), the ladder carries on. A ladder held only by the storm guard or
+        a pause is refused as before (the storm escalates once for its domain; after a pause, old diagnoses
+        are not acted on). The node-recovered and confidence checks still apply, and the wait stays bounded:
+        a ladder still blocked on its last delivery (`max_deliver`) is handed to a person (`give_up`).
+        The episode's records are read over the same window as the ladder's (an update of the diagnosis,
+        identified later, carries on what its predecessor began). Returns `checks`, with the age check passed
+        and saying why when it carries on."""
         bad = policy.failed(checks)
         if [c.name for c in bad] != ["stale_diagnosis"]:
             return checks
-        since = diagnosis.identified_at - timedelta(seconds=1)
+        since = utcnow() - timedelta(seconds=max(self.policy.node_repair_window_s, self.policy.flap_window_s))
         history = await self.audit.history(cluster=diagnosis.cluster, node=diagnosis.node, since=since)
         begun = next(
-            (r for r in history if r.episode_id == diagnosis.episode and r.phase != "skipped"),
+            (r for r in history if r.episode_id == diagnosis.episode and _began_on_a_fresh_signal(r)),
             None,
         )
         if begun is None:
@@ -1162,6 +1177,7 @@ class Remediator:
                 subject=audit_subject(rec.cluster, rec.node, prefix=self.audit.prefix),
                 prefix=self.audit.prefix,
                 timeout_s=self.audit.timeout_s,
+                limiter=None,  # a decision AUDIT refused is rare and must be kept: never rate-limited away
             )
         except Exception as err:
             log.error("refused audit record not dead-lettered", extra={"reason": exc.reason, "error": repr(err)})
