@@ -501,7 +501,7 @@ class DiagnoserRuntime:
         while self._letters:
             subject, raw, reason = self._letters[0]
             try:
-                await dead_letter(
+                kept = await dead_letter(
                     self.js,
                     service=SERVICE,
                     reason=reason,
@@ -516,7 +516,8 @@ class DiagnoserRuntime:
                     extra={"waiting": len(self._letters), "error": describe(exc)},
                 )
                 return
-            self.pipeline.messages_dead_lettered.labels(SERVICE).inc()
+            if kept is not None:  # None: the rate limit dropped it (`nodeheal_dlq_rate_limited_total`)
+                self.pipeline.messages_dead_lettered.labels(SERVICE).inc()
             self._letters.pop(0)
 
     async def _kill_point_unsent(self) -> None:
