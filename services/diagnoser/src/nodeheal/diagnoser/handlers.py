@@ -160,6 +160,13 @@ def outbound(settings: DiagnoserSettings) -> list[Outbound]:
     ]
 
 
+def _remember(seen: dict[str, None], key: str) -> None:
+    """Add `key` to an insertion-ordered set bounded by `_MAX_TRACKED` (the oldest forgotten first)."""
+    seen[key] = None
+    if len(seen) > _MAX_TRACKED:
+        del seen[next(iter(seen))]
+
+
 class DiagnoserRuntime:
     def __init__(
         self,
@@ -201,6 +208,7 @@ class DiagnoserRuntime:
         self.tracer = tracer or trace.get_tracer("nodeheal.diagnoser")
         self._anomaly_traces: dict[str, dict[str, str]] = {}  # anomaly id -> trace headers it carried
         self._identified: dict[str, None] = {}  # first anomaly ids of episodes already in time_to_identify
+        self._identified_own: dict[str, None] = {}  # ... already in nodeheal_diagnoser_time_to_identify_seconds
         self._streams = {
             base: self.topology.stream(f"{settings.nats.stream_prefix}{base}").name
             for base in ("ANOMALIES", "CLOUD", "AUDIT", "DIAGNOSES", "CRASHES")
@@ -556,27 +564,26 @@ class DiagnoserRuntime:
             return headers
 
     def _observe_identified(self, diagnosis: Diagnosis) -> None:
-        """Both time-to-identify histograms once per episode (the first unresolved diagnosis of its first
-        anomaly): the shared one from the fault's onset, the diagnoser's own from the first anomaly's
-        detection. Later diagnoses of the episode (an update, a re-said verdict) are not observed."""
+        """Both time-to-identify histograms once per episode: the shared one from the fault's onset, the
+        diagnoser's own from the first anomaly's detection, each at the first unresolved diagnosis of the
+        episode that has what it measures from (a first diagnosis without an onset leaves the shared one to a
+        later update that has it). Later diagnoses of the episode are not observed again."""
         if diagnosis.resolved or not diagnosis.anomaly_ids:
             return
         first_id = diagnosis.anomaly_ids[0]
-        if first_id in self._identified:
+        shared_done, own_done = first_id in self._identified, first_id in self._identified_own
+        if shared_done and own_done:
             return
         ctx = self.diagnoser.fleet.nodes.get(f"{diagnosis.cluster}/{diagnosis.node}")
         first = next((a for a in (ctx.anomalies if ctx else ()) if a.id == first_id), None)
         onset = diagnosis.fault_onset or (first.fault_onset if first is not None else None)
-        if onset is None and first is None:
-            return
-        self._identified[first_id] = None
-        if len(self._identified) > _MAX_TRACKED:
-            del self._identified[next(iter(self._identified))]
-        if onset is not None:
+        if not shared_done and onset is not None:
+            _remember(self._identified, first_id)
             observe_stage(
                 self.pipeline.time_to_identify, fault_class=diagnosis.category, onset=onset, at=diagnosis.identified_at
             )
-        if first is not None:
+        if not own_done and first is not None:
+            _remember(self._identified_own, first_id)
             self.m_tti.observe(max(0.0, (diagnosis.identified_at - first.detected_at).total_seconds()))
 
     async def _publish(self, diagnosis: Diagnosis) -> None:
