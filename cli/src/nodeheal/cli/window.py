@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -172,13 +173,28 @@ async def _reopen(
     js: JetStreamContext, *, stream: str, subjects: list[str], since: datetime | None, next_seq: int
 ) -> JetStreamContext.PullSubscription:
     """A new reader from `next_seq`, tried once a second until the server takes it (a following read
-    outlives a server restart)."""
+    outlives a server restart). A stream that is gone ends the read (`NotFoundError`); anything else is
+    said on stderr after `REOPEN_WARN_S` and every minute after, so a revoked permission does not look like
+    a quiet stream."""
+    tries = 0
     while True:
         await asyncio.sleep(1.0)
+        tries += 1
         try:
             return await _open_reader(js, stream=stream, subjects=subjects, since=since, next_seq=next_seq)
-        except Exception as exc:  # the server is not back yet
+        except NotFoundError:
+            raise
+        except Exception as exc:  # the server is not back yet, or refuses (permissions): retried, and said
             log.debug("stream reader not recreated yet", extra={"stream": stream, "error": repr(exc)})
+            if tries == REOPEN_WARN_S or (tries > REOPEN_WARN_S and tries % 60 == 0):
+                sys.stderr.write(
+                    f"still trying to read {stream} again after {tries} s ({exc!r}); "
+                    "check the server and this user's permissions\n"
+                )
+
+
+REOPEN_WARN_S = 30
+"""A following read that cannot recreate its reader says so on stderr after this many seconds."""
 
 
 async def _open_reader(
