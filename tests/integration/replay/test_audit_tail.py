@@ -174,3 +174,39 @@ async def test_follow_outlives_the_loss_of_its_consumer_without_a_gap_or_a_repea
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@pytest.mark.parametrize("how", ["cancelled", "connection-closed"])
+async def test_a_following_read_ends_with_its_caller(topology_ready: NatsSettings, how: str) -> None:
+    """`read_stream(follow=True)` recreates a lost reader, but never outlives its caller: cancelled (Ctrl-C,
+    `nodeheal batch` ending its progress follower) or with its connection closed, it ends. Before, nats-py's
+    `ConnectionClosedError` for a fetch cancelled on a closing connection was taken for a lost reader and
+    retried forever: an interrupted `nodeheal batch` did not exit (seen once in CI)."""
+    import nats
+
+    from nodeheal.cli.window import read_stream
+
+    nc = await nats.connect(topology_ready.url)
+    js = nc.jetstream()
+    subject = f"{topology_ready.prefix}.audit.*.*"
+    got: list[int] = []
+
+    async def follow() -> None:
+        async for stored in read_stream(
+            js, stream=f"{topology_ready.stream_prefix}AUDIT", subjects=[subject], follow=True
+        ):
+            got.append(stored.seq)
+
+    task = asyncio.create_task(follow())
+    try:
+        await asyncio.sleep(1.5)  # waiting in a fetch on an empty stream
+        assert not task.done()
+        if how == "cancelled":
+            task.cancel()
+        else:
+            await nc.close()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=10)
+    finally:
+        if not nc.is_closed:
+            await nc.close()
+    assert task.done() and got == []
