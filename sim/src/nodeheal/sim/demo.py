@@ -831,6 +831,10 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         # let the last verifications and resolutions land
         await asyncio.sleep(cfg.probe_interval_s * 2)
         run_end = datetime.now(tz=UTC) + timedelta(seconds=1)
+        # the window ends a second from now: wait for it, so the report's read (and the emulators' logs below)
+        # holds everything stored up to run_end, as `nodeheal replay --until <run end>` will read it later
+        # (before, a repair verified in that second was in the replay and not in the report)
+        await asyncio.sleep(max(0.0, (run_end - datetime.now(tz=UTC)).total_seconds()) + 0.05)
         flow_end = await stream_meter.mark()
         if flow_start is None:
             flow_start = at_start
