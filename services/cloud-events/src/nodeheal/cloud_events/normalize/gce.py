@@ -46,6 +46,33 @@ def _floor(moment: datetime) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % step, tz=moment.tzinfo)
 
 
+STAMP = "%Y%m%dT%H%MZ"
+"""The first-seen time in the synthetic id, floored to `ID_BUCKET`."""
+
+
+def _running(
+    ctx: NormalizeContext, *, instance: str, value: str, provider_event_id: str, started: datetime
+) -> CloudSystemEvent:
+    """The `in_progress` event of a maintenance value (seen now, or taken over from the ledger)."""
+    action, cause = VALUES.get(value, ("unknown", "unknown"))
+    return build_event(
+        ctx=ctx,
+        cloud="gcp",
+        channel="metadata",
+        provider_event_id=provider_event_id,
+        provider_event_type=value,
+        provider_status=value,
+        action=action,
+        cause=cause,
+        phase="in_progress",
+        instance_id=instance,
+        raw=value,
+        started_at=started,
+        local_data_loss=action == "terminate",
+        description="host maintenance announced by the metadata server (about 60 s notice)",
+    )
+
+
 @dataclass(slots=True)
 class GceMaintenanceTracker:
     """Feeds values in order; a change to NONE completes the event that was running."""
@@ -65,23 +92,13 @@ class GceMaintenanceTracker:
             raise PayloadError(
                 "the value names no instance; give the instance id (--instance-id)", source=SOURCE, where=where
             )
-        action, cause = VALUES.get(value, ("unknown", "unknown"))
-        stamp = _floor(ctx.observed_at).strftime("%Y%m%dT%H%MZ")
-        self.current = build_event(
-            ctx=ctx,
-            cloud="gcp",
-            channel="metadata",
+        stamp = _floor(ctx.observed_at).strftime(STAMP)
+        self.current = _running(
+            ctx,
+            instance=instance,
+            value=value,
             provider_event_id=f"{instance}:{value}:{stamp}",
-            provider_event_type=value,
-            provider_status=value,
-            action=action,
-            cause=cause,
-            phase="in_progress",
-            instance_id=instance,
-            raw=value,
-            started_at=ctx.observed_at,
-            local_data_loss=action == "terminate",
-            description="host maintenance announced by the metadata server (about 60 s notice)",
+            started=ctx.observed_at,
         )
         out.append(self.current)
         return out
@@ -104,26 +121,10 @@ class GceMaintenanceTracker:
             return
         stamp, value, pid = max(mine)
         try:
-            started = datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
+            started = datetime.strptime(stamp, STAMP).replace(tzinfo=UTC)
         except ValueError:
             started = ctx.observed_at
-        action, cause = VALUES[value]
-        self.current = build_event(
-            ctx=ctx,
-            cloud="gcp",
-            channel="metadata",
-            provider_event_id=pid,
-            provider_event_type=value,
-            provider_status=value,
-            action=action,
-            cause=cause,
-            phase="in_progress",
-            instance_id=instance,
-            raw=value,
-            started_at=started,
-            local_data_loss=action == "terminate",
-            description="host maintenance announced by the metadata server (about 60 s notice)",
-        )
+        self.current = _running(ctx, instance=instance, value=value, provider_event_id=pid, started=started)
 
     def _completed(self, current: CloudSystemEvent, ctx: NormalizeContext) -> CloudSystemEvent:
         return build_event(
