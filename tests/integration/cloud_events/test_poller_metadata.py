@@ -21,18 +21,23 @@ from nodeheal.sim.clock import ManualClock
 pytestmark = pytest.mark.nats
 
 
+def _sink(js: JetStreamContext, nats: NatsSettings, ledger: TransitionLedger | None = None) -> CloudEventSink:
+    """The ingest's sink for cluster prod-1 with no inventory (each poller speaks for its own node)."""
+    return CloudEventSink(
+        js=js,
+        prefix=nats.prefix,
+        cluster="prod-1",
+        service="cloud-events-ingest",
+        inventory=InventoryResolver(None, ttl_s=0),
+        ledger=ledger if ledger is not None else TransitionLedger(),
+    )
+
+
 async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topology_ready: NatsSettings) -> None:
     events = AzureScheduledEvents(clock=ManualClock())
     scheduled = events.schedule("Reboot", resources=["vm-1", "vm-2"], duration_s=60)
     events.schedule("Freeze", resources=["vm-2"])  # another VM's event: not ours
-    sink = CloudEventSink(
-        js=js,
-        prefix=topology_ready.prefix,
-        cluster="prod-1",
-        service="cloud-events-ingest",
-        inventory=InventoryResolver(None, ttl_s=0),
-        ledger=TransitionLedger(),
-    )
+    sink = _sink(js, topology_ready)
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -70,14 +75,7 @@ async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
     ledger called it a duplicate and the old time stood. Polling it again publishes nothing more."""
     events = AzureScheduledEvents(clock=ManualClock())
     scheduled = events.schedule("Reboot", resources=["vm-1"])
-    sink = CloudEventSink(
-        js=js,
-        prefix=topology_ready.prefix,
-        cluster="prod-1",
-        service="cloud-events-ingest",
-        inventory=InventoryResolver(None, ttl_s=0),
-        ledger=TransitionLedger(),
-    )
+    sink = _sink(js, topology_ready)
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -125,21 +123,11 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
     now = [datetime(2026, 4, 10, 12, 9, 50, tzinfo=UTC)]
     stream = f"{topology_ready.stream_prefix}CLOUD"
 
-    def sink_with(ledger: TransitionLedger) -> CloudEventSink:
-        return CloudEventSink(
-            js=js,
-            prefix=topology_ready.prefix,
-            cluster="prod-1",
-            service="cloud-events-ingest",
-            inventory=InventoryResolver(None, ttl_s=0),
-            ledger=ledger,
-        )
-
     async with GceMetadataEmulator(metadata) as gce:
         settings = GcePollerSettings(enabled=True, endpoint=gce.url, node="node-1")
         metadata.set_maintenance_event("TERMINATE_ON_HOST_MAINTENANCE")
         first = GceMaintenancePoller(
-            sink=sink_with(TransitionLedger()), cluster="prod-1", settings=settings, clock=lambda: now[0]
+            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=lambda: now[0]
         )
         try:
             assert [e.phase for e in await first.poll_once()] == ["in_progress"]
@@ -149,7 +137,9 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
         ledger = TransitionLedger()
         await seed_ledger(js, stream=stream, prefix=topology_ready.prefix, ledger=ledger, lookback=timedelta(days=7))
         now[0] = datetime(2026, 4, 10, 12, 10, 10, tzinfo=UTC)
-        second = GceMaintenancePoller(sink=sink_with(ledger), cluster="prod-1", settings=settings, clock=lambda: now[0])
+        second = GceMaintenancePoller(
+            sink=_sink(js, topology_ready, ledger), cluster="prod-1", settings=settings, clock=lambda: now[0]
+        )
         try:
             assert await second.poll_once() == []  # the same event, going on
             metadata.set_maintenance_event("NONE")
@@ -175,14 +165,7 @@ async def test_an_azure_poller_without_a_vm_name_asks_imds_for_it(
     and dropped every event of its own VM; now it reads the VM name from IMDS once."""
     events = AzureScheduledEvents(clock=ManualClock())
     events.schedule("Reboot", resources=["aks-pool1-123-vmss_3"])
-    sink = CloudEventSink(
-        js=js,
-        prefix=topology_ready.prefix,
-        cluster="prod-1",
-        service="cloud-events-ingest",
-        inventory=InventoryResolver(None, ttl_s=0),
-        ledger=TransitionLedger(),
-    )
+    sink = _sink(js, topology_ready)
     async with AzureImdsEmulator(events, vm_name="aks-pool1-123-vmss_3") as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="aks-pool1-123-vmss000003")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
