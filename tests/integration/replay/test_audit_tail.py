@@ -118,17 +118,22 @@ async def test_durable_resumes_after_what_it_printed(topology_ready: NatsSetting
     assert [json.loads(line)["action_id"] for line in second.stdout.splitlines()] == ["act-c"]
 
 
-async def test_follow_prints_records_published_later(topology_ready: NatsSettings, js: JetStreamContext) -> None:
-    records = _records()
-    await _publish(js, topology_ready, records[:1])
-    proc = await asyncio.create_subprocess_exec(
+async def _following(settings: NatsSettings) -> asyncio.subprocess.Process:
+    """`nodeheal audit tail --follow --json` as a process of its own (stdout and stderr piped)."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "nodeheal.cli.main",
-        *_args(topology_ready, "--follow", "--json"),
+        *_args(settings, "--follow", "--json"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_follow_prints_records_published_later(topology_ready: NatsSettings, js: JetStreamContext) -> None:
+    records = _records()
+    await _publish(js, topology_ready, records[:1])
+    proc = await _following(topology_ready)
     try:
         assert proc.stdout is not None
         first = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
@@ -152,14 +157,7 @@ async def test_follow_outlives_the_loss_of_its_consumer_without_a_gap_or_a_repea
     await _publish(js, topology_ready, records[:1])
     stream = f"{topology_ready.stream_prefix}AUDIT"
     before = {c.name for c in await js.consumers_info(stream)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nodeheal.cli.main",
-        *_args(topology_ready, "--follow", "--json"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await _following(topology_ready)
     try:
         assert proc.stdout is not None
         first = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
