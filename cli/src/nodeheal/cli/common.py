@@ -76,7 +76,7 @@ def nats_auth_options(func: F) -> F:
     """`--creds FILE` ($NATS_CREDS) and `--tls-ca FILE` ($NATS_CA), passed to the command as one
     `nats_auth: NatsAuth` argument. Under deploy/nats/natsauth.py's authorization the CLI is the `admin`
     user, or the read-only `reader` for the commands that only read (`audit tail`, `replay`, `fleet`);
-    `nodeheal nats-auth` writes both .creds; with TLS, the CA is the one that signed the server."""
+    `deploy/nats/natsauth.py init` writes both .creds; with TLS, the CA is the one that signed the server."""
 
     @functools.wraps(func)  # also keeps the options click collected so far (__click_params__)
     def wrapper(*args: Any, creds: str | None, tls_ca: str | None, **kwargs: Any) -> Any:

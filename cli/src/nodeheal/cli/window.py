@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from nodeheal.runtime.jetstream import close_reader
+from nodeheal.runtime.jetstream import close_reader, reader_config
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,10 @@ async def read_stream(
     progress bar).
 
     Through a named ephemeral pull consumer (no acks, memory-stored, deleted when the read ends; the server
-    drops it after `READER_INACTIVE_S` if this process dies): named, because the NATS permission matrix
-    refuses the legacy server-named create that nats-py's ordered consumers use, so the read-only `reader`
-    role can run it (deploy/nats/natsauth.py). With `follow`, a lost consumer (server restart) is recreated
-    from the next stream sequence: nothing is skipped or printed twice.
+    drops it 120 s after its last pull if this process dies; `runtime.jetstream.reader_config`): named,
+    because the NATS permission matrix refuses the legacy server-named create that nats-py's ordered
+    consumers use, so the read-only `reader` role can run it (deploy/nats/natsauth.py). With `follow`, a lost
+    consumer (server restart) is recreated from the next stream sequence: nothing is skipped or printed twice.
     """
     if not subjects:
         return
@@ -166,10 +166,6 @@ async def read_stream(
         await close_reader(js, sub)
 
 
-READER_INACTIVE_S = 120.0
-"""A reader whose process died is removed by the server after this long without a pull request."""
-
-
 async def _reopen(
     js: JetStreamContext, *, stream: str, subjects: list[str], since: datetime | None, next_seq: int
 ) -> JetStreamContext.PullSubscription:
@@ -215,14 +211,10 @@ REOPEN_WARN_S = 30
 async def _open_reader(
     js: JetStreamContext, *, stream: str, subjects: list[str], since: datetime | None, next_seq: int
 ) -> JetStreamContext.PullSubscription:
-    config = _config(subjects=subjects, since=since)
-    if next_seq > 0:
-        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-        config.opt_start_time = None
-        config.opt_start_seq = next_seq
-    config.ack_policy = AckPolicy.NONE
-    config.inactive_threshold = READER_INACTIVE_S
-    config.mem_storage = True
+    """The services' reader (`runtime.jetstream.reader_config`), on one subject or several."""
+    config = reader_config(since.astimezone(UTC) if since is not None else None, next_seq)
+    if len(subjects) > 1:
+        config.filter_subjects = subjects
     return await js.pull_subscribe(subjects[0], durable=None, stream=stream, config=config)
 
 

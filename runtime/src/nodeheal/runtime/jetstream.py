@@ -193,10 +193,12 @@ async def ensure_pull_consumer(
         await js.add_consumer(stream, config=config)
 
 
-def _reader_config(start: datetime | None, next_seq: int) -> ConsumerConfig:
-    """An ephemeral, unacknowledged reader from a time or a sequence. nats-py names it (a random name)
-    when `pull_subscribe` gets no durable, so it is created through the named subject: the permission
-    matrix refuses the legacy server-named create, which could rewrite another service's durable."""
+def reader_config(start: datetime | None, next_seq: int) -> ConsumerConfig:
+    """An ephemeral, unacknowledged, memory-stored reader from a time or a sequence, dropped by the server 120 s
+    after its last pull (a reader whose process died). nats-py names it (a random name) when `pull_subscribe`
+    gets no durable, so it is created through the named subject: the permission matrix refuses the legacy
+    server-named create, which could rewrite another service's durable. The services' readers and the CLI's
+    (`nodeheal.cli.window`) use it."""
     if next_seq > 0:
         return ConsumerConfig(
             ack_policy=AckPolicy.NONE,
@@ -247,7 +249,7 @@ async def follow_stream(
     next_seq = 0
     while True:
         try:
-            sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=_reader_config(start, next_seq))
+            sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=reader_config(start, next_seq))
         except Exception as exc:
             log.warning("stream reader not created; retrying", extra={"stream": stream, "error": repr(exc)})
             await asyncio.sleep(1.0)
@@ -275,7 +277,7 @@ async def read_stream(
 ) -> list[Msg]:
     """The messages of `subject` from `start` through stream sequence `through_seq` (or until nothing more
     comes within `wait_s`), in order, through one named ephemeral pull consumer."""
-    sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=_reader_config(start, 0))
+    sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=reader_config(start, 0))
     out: list[Msg] = []
     try:
         while True:
