@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from nodeheal.cloud_events.normalize.alibaba import normalize_api
 from nodeheal.cloud_events.normalize.aws import normalize_imds
@@ -21,6 +22,7 @@ from nodeheal.remediator.actions.cloud import AlibabaEcs
 from nodeheal.remediator.settings import CloudSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.aws_imds import AwsImdsEmulator, AwsMaintenanceEvents
 from nodeheal.sim.azure_imds import AzureImdsEmulator, AzureScheduledEvents
 from nodeheal.sim.clock import SystemClock
@@ -273,3 +275,68 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
             verified = next(r for r in records if r.node == node and r.phase == "verified")
             assert verified.boot_id == f"boot-{boots[node]}"  # after the event ran: a new boot
             assert not world.is_cordoned(node)
+
+
+async def test_a_replica_started_days_after_the_notice_still_drains_ahead_of_the_host_event(
+    topology_ready: NatsSettings, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host event is announced once, days ahead (AWS scheduled events come about two weeks ahead, Azure's
+    degraded-hardware predictions up to 7 days), and CLOUD carries nothing more until its phase changes. A
+    remediator replica started four days after the notice — a rolling update, a rescheduled pod — must still
+    know the event and drain ahead of it, not meet it when the host is already rebooting. The replica's
+    clock is moved four days on for the start of its CLOUD reader (the one place the age counts)."""
+    import nodeheal.runtime.consumer as consumer
+
+    ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
+    instance = ecs_world.add_instance("i-m4", region_id="cn-hangzhou")
+    async with KubeWorld() as world, EcsEmulator(ecs_world) as ecs:
+        world.add_node("m4", zone="z1")
+        world.add_pod("web-4", node="m4")
+        await add_inventory(nc, topology_ready, "m4", zone="z1", cloud="alibaba", instance_id="i-m4")
+        not_before = datetime.now(tz=UTC) + timedelta(seconds=NOTICE_S)
+        event = ecs_world.publish_event("i-m4", "SystemMaintenance.Reboot", not_before=not_before)
+
+        def shown() -> list[CloudSystemEvent]:
+            body = {"InstanceSystemEventSet": {"InstanceSystemEventType": [render_event(ecs_world, event)]}}
+            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="m4")
+            return normalize_api(body, ctx)
+
+        class FourDaysOn(datetime):
+            @classmethod
+            def now(cls, tz: object = None) -> datetime:  # type: ignore[override]
+                return datetime.now(tz=UTC) + timedelta(days=4)
+
+        settings = make_settings(
+            topology_ready,
+            kube_url=world.url,
+            ecs_endpoint=ecs.endpoint,
+            cloud_drain_lead_s=LEAD_S,
+            cloud_accept_margin_s=1.0,
+        ).model_copy(update={"maintenance_interval_s": 0.3})
+        async with mirrored(nc, topology_ready, shown):
+            await wait_for(lambda: _in_cloud(nc, topology_ready, "m4"), timeout=10)  # announced, before the start
+            monkeypatch.setattr(consumer, "datetime", FourDaysOn)
+            service = await start_service(settings)
+            try:
+                async with Probes(nc, topology_ready, "m4", boot_id=lambda: f"boot-{instance.boot_count}"):
+                    await wait_for_record(
+                        nc, topology_ready, node="m4", action="uncordon", phase="succeeded", timeout=40
+                    )
+            finally:
+                await service.stop()
+        records = [r for r in await audit_records(nc, topology_ready) if r.node == "m4"]
+        drained = next(r for r in records if r.action == "drain" and r.phase == "succeeded")
+        assert drained.episode_id == f"cloud:alibaba:{event.event_id}"
+        assert drained.time < not_before  # ahead of the host event, not while it runs
+        assert ("default", "web-4") in {(ns, name) for ns, name, _ in world.evictions.calls}
+        assert [c.action for c in ecs.calls if c.action == "RebootInstance"] == ["RebootInstance"]
+
+
+async def _in_cloud(nc: Client, nats: NatsSettings, node: str) -> bool:
+    try:
+        await nc.jetstream().get_last_msg(
+            f"{nats.stream_prefix}CLOUD", cloud_subject(CLUSTER, node, prefix=nats.prefix)
+        )
+    except NotFoundError:
+        return False
+    return True

@@ -360,16 +360,17 @@ class ConsumerRuntime:
         stream: str,
         subject: str,
         model: type[M],
-        since_s: float,
+        since_s: float | None,
         handler: Callable[[M], None],
     ) -> None:
-        """Every replica reads every message of `subject` from `since_s` ago on (an ordered consumer of
-        its own, no acks): views such as "which nodes are unhealthy". A message that does not validate
+        """Every replica reads every message of `subject` from `since_s` ago on (None: from the first
+        message the stream keeps), in order, with a reader of its own and no acks: views such as "which
+        nodes are unhealthy". A message that does not validate
         (any exception) or that the handler fails on is skipped and counted; the work consumer of the
         same stream is the one that dead-letters it."""
 
         async def run() -> None:
-            start = datetime.now(tz=UTC) - timedelta(seconds=since_s)
+            start = None if since_s is None else datetime.now(tz=UTC) - timedelta(seconds=since_s)
             js = self.broker.connection.jetstream()
 
             def apply(msg: Msg) -> None:

@@ -197,7 +197,10 @@ class RemediatorService:
             stream=f"{s.nats.stream_prefix}CLOUD",
             subject=wildcard("cloud", prefix=prefix),
             model=CloudSystemEvent,
-            since_s=3 * 86_400.0,
+            # all CLOUD keeps (30 days): a host event is announced once, up to weeks ahead (AWS about two
+            # weeks, Azure's hardware predictions up to 7 days), and nothing more comes until its phase
+            # changes; a replica started after the notice must still drain ahead of it
+            since_s=None,
             handler=self.view.on_cloud,
         )
         await self.consumers.start()

@@ -8,6 +8,7 @@ import heapq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from nodeheal.remediator.planner import HOST_ACTIONS
 from nodeheal.remediator.policy import DomainKind, DomainSizes, Placement
 from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -162,9 +163,12 @@ class FleetView:
             self._count(node)
 
     def on_cloud(self, event: CloudSystemEvent) -> None:
-        events = self.cloud.setdefault(event.node, {})
         key = (event.cloud, event.provider_event_id)
+        events = self.cloud.get(event.node, {})
         current = events.get(key)
+        if current is None and event.action not in HOST_ACTIONS:
+            return  # the remediator acts on host events only: the rest of CLOUD (state changes, ...) is not kept
+        events = self.cloud.setdefault(event.node, events)
         if current is not None and current.is_terminal and not event.is_terminal:
             return
         events[key] = event
