@@ -14,11 +14,12 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from nodeheal.cloud_events.normalize.alibaba import normalize_api
-from nodeheal.cloud_events.normalize.aws import normalize_imds
+from nodeheal.cloud_events.normalize.aws import normalize_eventbridge, normalize_imds
 from nodeheal.cloud_events.normalize.azure import AzureDocumentTracker
 from nodeheal.cloud_events.normalize.common import NormalizeContext
 from nodeheal.cloud_events.normalize.gce import GceMaintenanceTracker
 from nodeheal.remediator.actions.cloud import AlibabaEcs
+from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.settings import CloudSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -340,3 +341,98 @@ async def _in_cloud(nc: Client, nats: NatsSettings, node: str) -> bool:
     except NotFoundError:
         return False
     return True
+
+
+async def test_one_ec2_scheduled_event_through_health_and_imds_is_one_maintenance(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """AWS reports one scheduled EC2 maintenance twice: the Health rule under `<eventArn>#<instance>`, the
+    node's IMDS poller under `instance-event-…`. The remediator takes them for one host event (same node,
+    action and start, another channel): one episode drains the node once, the event's completion on either
+    channel verifies and uncordons it, and the other channel's late word changes nothing."""
+    aws = AwsMaintenanceEvents(instance_id="i-0twin", clock=SystemClock())
+    boots = {"n": 1}
+    async with KubeWorld() as world, AwsImdsEmulator(aws) as imds:
+        world.add_node("aws2", zone="z1")
+        world.add_pod("web-aws2", node="aws2")
+        await add_inventory(nc, topology_ready, "aws2", zone="z1", cloud="aws", instance_id="i-0twin")
+        not_before = (datetime.now(tz=UTC) + timedelta(seconds=NOTICE_S)).replace(microsecond=0)
+        event = aws.add("system-reboot", not_before=not_before, description="scheduled host reboot")
+
+        def health(status: str) -> list[CloudSystemEvent]:  # what the EventBridge rule delivers
+            body = {
+                "version": "0",
+                "id": f"health-{status}",
+                "detail-type": "AWS Health Event",
+                "source": "aws.health",
+                "account": "123456789012",
+                "time": datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "region": "us-east-1",
+                "resources": ["i-0twin"],
+                "detail": {
+                    "eventArn": "arn:aws:health:us-east-1::event/EC2/AWS_EC2_SYSTEM_REBOOT_MAINTENANCE_SCHEDULED/e1",
+                    "service": "EC2",
+                    "eventTypeCode": "AWS_EC2_SYSTEM_REBOOT_MAINTENANCE_SCHEDULED",
+                    "eventTypeCategory": "scheduledChange",
+                    "statusCode": status,
+                    "startTime": not_before.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+                    "affectedEntities": [{"entityValue": "i-0twin"}],
+                },
+            }
+            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="aws2")
+            return normalize_eventbridge(body, ctx)
+
+        async def imds_document() -> object:
+            async with aiohttp.ClientSession() as http:
+                put = await http.put(
+                    f"{imds.url}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+                )
+                got = await http.get(
+                    f"{imds.url}/latest/meta-data/events/maintenance/scheduled",
+                    headers={"X-aws-ec2-metadata-token": await put.text()},
+                )
+                return await got.json(content_type=None)
+
+        imds_shown: list[CloudSystemEvent] = []
+        health_shown: list[CloudSystemEvent] = health("upcoming")
+        assert {e.action for e in health_shown} == {"reboot"} and health_shown[0].not_before == not_before
+
+        async def poll_imds(stop: asyncio.Event) -> None:
+            while not stop.is_set():
+                ctx = NormalizeContext(
+                    observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="aws2", instance_id="i-0twin"
+                )
+                imds_shown[:] = normalize_imds(await imds_document(), ctx)
+                await asyncio.sleep(0.2)
+
+        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+            update={"maintenance_interval_s": 0.3}
+        )
+        service = await start_service(settings)
+        try:
+            async with (
+                running(poll_imds),
+                mirrored(nc, topology_ready, lambda: [*health_shown, *imds_shown]),
+                Probes(nc, topology_ready, "aws2", boot_id=lambda: f"boot-{boots['n']}"),
+            ):
+                await wait_for_record(nc, topology_ready, node="aws2", action="drain", phase="succeeded", timeout=30)
+                await asyncio.sleep(max(0.0, (not_before - datetime.now(tz=UTC)).total_seconds()))
+                boots["n"] += 1  # the platform rebooted the host at its time
+                aws.complete(event.event_id)  # IMDS says so first
+                await wait_for_record(nc, topology_ready, node="aws2", action="uncordon", phase="succeeded", timeout=30)
+                health_shown.extend(health("closed"))  # Health's word comes later
+                await asyncio.sleep(3.0)  # ten maintenance ticks: nothing more may happen
+        finally:
+            await service.stop()
+        records = [r for r in await audit_records(nc, topology_ready) if r.node == "aws2"]
+        assert len({r.episode_id for r in records}) == 1, sorted({r.episode_id or "" for r in records})
+        assert [r.phase for r in records if r.action == "drain"] == ["intent", "started", "succeeded"]
+        assert [r.phase for r in records if r.action == "uncordon"] == ["intent", "started", "succeeded"]
+        assert [effect for _, node, effect in world.effects if node == "aws2"] == [
+            "cordon",
+            "evict:default/web-aws2",
+            "uncordon",
+        ]
+        assert not world.is_cordoned("aws2")
+        ledger = Ledger(await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control"))
+        assert await ledger.slot_of("aws2") is None

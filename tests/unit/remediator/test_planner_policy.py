@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from nodeheal.remediator import planner, policy
 from nodeheal.remediator.settings import Budget, PolicySettings
+from nodeheal.remediator.views import FleetView
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import AckOption, CloudAction, CloudPhase, CloudSystemEvent
 from nodeheal.schemas.diagnosis import Diagnosis, RecommendedAction
@@ -112,6 +113,87 @@ def test_a_terminal_cloud_event_is_not_overwritten_by_a_late_one() -> None:
     done = _cloud("reboot", starts_in_s=60, phase="completed")
     late = _cloud("reboot", starts_in_s=60).model_copy(update={"observed_at": NOW + timedelta(seconds=5)})
     assert planner.pending_cloud_events([done, late]) == []
+
+
+def _aws(channel: str, event_id: str, **update: object) -> CloudSystemEvent:
+    base = _cloud("reboot", starts_in_s=3600).model_copy(
+        update={"cloud": "aws", "channel": channel, "provider_event_id": event_id, "ack": ()}
+    )
+    return base.model_copy(update=update)
+
+
+def _done(ev: CloudSystemEvent, phase: CloudPhase, later_s: float) -> CloudSystemEvent:
+    return ev.model_copy(update={"phase": phase, "is_terminal": True, "observed_at": NOW + timedelta(seconds=later_s)})
+
+
+def test_one_host_event_from_two_channels_is_one_event_until_either_says_it_ran() -> None:
+    view = FleetView()
+    health = _aws("health_api", "arn:e1#i-1")
+    imds = _aws("imds", "instance-event-1", observed_at=NOW + timedelta(seconds=1))
+    view.on_cloud(health)
+    view.on_cloud(imds)
+    assert [(e.provider_event_id, e.extended.get("reported_as")) for e in view.cloud_events("n1")] == [
+        ("arn:e1#i-1", "instance-event-1")  # under the id first seen, the latest word
+    ]
+    view.on_cloud(_done(imds, "completed", 5))  # either channel's "it ran" is the event's
+    assert [(e.provider_event_id, e.phase) for e in view.cloud_events("n1")] == [("arn:e1#i-1", "completed")]
+    assert planner.host_events(view.cloud_events("n1")) == []
+    view.on_cloud(_done(health, "completed", 60))  # the other channel's late word changes nothing
+    assert [(e.provider_event_id, e.phase) for e in view.cloud_events("n1")] == [("arn:e1#i-1", "completed")]
+
+
+def test_a_ladder_aimed_at_the_twin_report_is_handed_to_the_one_event() -> None:
+    view = FleetView()
+    view.on_cloud(_aws("health_api", "arn:e1#i-1", not_before=NOW + timedelta(seconds=300)))
+    view.on_cloud(_aws("imds", "instance-event-1", not_before=NOW + timedelta(seconds=300)))
+    d = _diag("cordon", "drain", "wait_for_cloud_event", "escalate").model_copy(
+        update={
+            "recommended": tuple(
+                RecommendedAction(action=a, reason="diagnoser", target="instance-event-1")  # type: ignore[arg-type]
+                for a in ("cordon", "drain", "wait_for_cloud_event", "escalate")
+            )
+        }
+    )
+    the_plan = planner.plan(
+        diagnosis=d,
+        cloud_events=view.cloud_events("n1"),
+        policy=PolicySettings(),
+        now=NOW,
+        aliases=view.event_aliases("n1"),
+    )
+    assert [(s.action, s.target) for s in the_plan.steps] == [("wait_for_cloud_event", "arn:e1#i-1")]
+
+
+def test_distinct_host_events_are_not_merged_and_a_cancel_on_one_channel_leaves_the_other_pending() -> None:
+    view = FleetView()
+    health = _aws("health_api", "arn:e1#i-1")
+    view.on_cloud(health)
+    for other in (
+        _aws("imds", "instance-event-2", not_before=NOW + timedelta(hours=3)),  # another start
+        _aws("imds", "instance-event-3", action="stop"),  # another action
+        _aws("health_api", "arn:e4#i-1"),  # the same channel: its ids are the cloud's own
+    ):
+        view.on_cloud(other)
+    assert sorted(e.provider_event_id for e in view.cloud_events("n1")) == [
+        "arn:e1#i-1",
+        "arn:e4#i-1",
+        "instance-event-2",
+        "instance-event-3",
+    ]
+    view = FleetView()
+    view.on_cloud(health)
+    imds = _aws("imds", "instance-event-1")
+    view.on_cloud(imds)
+    view.on_cloud(_done(imds, "canceled", 5))  # one channel withdraws its report ...
+    assert [e.phase for e in view.cloud_events("n1")] == ["scheduled"]  # ... the event stays pending
+    view.on_cloud(_done(health, "canceled", 6))
+    assert [e.phase for e in view.cloud_events("n1")] == ["canceled"]  # canceled when every channel says so
+    view.on_cloud(_aws("imds", "instance-event-9", observed_at=NOW + timedelta(seconds=7)))
+    assert sorted(e.provider_event_id for e in planner.host_events(view.cloud_events("n1"))) == [
+        "instance-event-9"  # a finished event takes no twin: a new one at the same time is its own
+    ]
+    view.on_cloud(_cloud("reboot", starts_in_s=0).model_copy(update={"action": "state_change", "node": "n2"}))
+    assert view.cloud_events("n2") == []  # not a host event: not kept
 
 
 def test_budget_percent_never_rounds_to_zero_and_the_smaller_limit_wins() -> None:

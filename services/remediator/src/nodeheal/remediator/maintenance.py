@@ -70,10 +70,10 @@ class MaintenanceLoop:
             if held.until <= now and node not in self._busy:
                 self._spawn(node, r.expire_slot(held), episode=None)
         lead = r.policy.cloud_drain_lead_s
-        for node, events in list(r.view.cloud.items()):
+        for node in list(r.view.cloud):
             if node in self._busy:
                 continue
-            for ev in planner.latest_cloud_events(list(events.values())):
+            for ev in planner.latest_cloud_events(r.view.cloud_events(node)):
                 if ev.action not in planner.HOST_ACTIONS:
                     continue
                 episode = planner.cloud_episode(ev)

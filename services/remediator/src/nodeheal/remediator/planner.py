@@ -18,7 +18,7 @@ the node to the cloud when the cloud already has plans for the machine:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -117,8 +117,17 @@ def plan(
     cloud_events: Sequence[CloudSystemEvent],
     policy: PolicySettings,
     now: datetime,
+    aliases: Mapping[str, str] | None = None,
 ) -> Plan:
-    ladder: list[RecommendedAction] = [r for r in diagnosis.recommended if r.action != "none"]
+    """`aliases`: a host event's other ids (a second channel's report of it) → the id it is kept under
+    (`FleetView.event_aliases`), so a step the diagnoser aimed at either report is aimed at the one event."""
+    ladder: list[RecommendedAction] = [
+        r
+        if r.target is None or not aliases or r.target not in aliases
+        else r.model_copy(update={"target": aliases[r.target]})
+        for r in diagnosis.recommended
+        if r.action != "none"
+    ]
     notes: list[str] = []
     pending = host_events(cloud_events)
     pending_ids = {e.provider_event_id for e in pending}

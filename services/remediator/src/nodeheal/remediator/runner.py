@@ -551,7 +551,11 @@ class Remediator:
         if run.escalated():
             return "ack"  # handed to a person for this episode
         the_plan = planner.plan(
-            diagnosis=d, cloud_events=self.view.cloud_events(d.node), policy=self.policy, now=utcnow()
+            diagnosis=d,
+            cloud_events=self.view.cloud_events(d.node),
+            policy=self.policy,
+            now=utcnow(),
+            aliases=self.view.event_aliases(d.node),
         )
         operator = d.cause == OPERATOR_REQUEST
         retired = self._retired_at(run)

@@ -23,6 +23,9 @@ class FleetView:
     sick_since: dict[str, datetime] = field(default_factory=dict)
     recovered_at: dict[str, datetime] = field(default_factory=dict)
     cloud: dict[str, dict[tuple[str, str], CloudSystemEvent]] = field(default_factory=dict)
+    # (cloud, provider id) of a host event a second channel reports → the one it is kept as (`_twin`)
+    cloud_alias: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    cloud_channels: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # who reported each kept event
     latest: dict[str, tuple[str, datetime, str]] = field(default_factory=dict)
     """node → (episode, identified_at, id) of the newest firing diagnosis seen"""
     left: dict[str, datetime] = field(default_factory=dict)
@@ -166,12 +169,77 @@ class FleetView:
         key = (event.cloud, event.provider_event_id)
         events = self.cloud.get(event.node, {})
         current = events.get(key)
-        if current is None and event.action not in HOST_ACTIONS:
-            return  # the remediator acts on host events only: the rest of CLOUD (state changes, ...) is not kept
+        if current is None:
+            if event.action not in HOST_ACTIONS:
+                return  # the remediator acts on host events only: the rest of CLOUD (state changes, ...) is not kept
+            twin = self._twin(event, events)
+            if twin is not None:
+                # one host event a second channel reports under its own id (AWS: Health's
+                # `<eventArn>#<instance>` and IMDS's `instance-event-…`): one event under the id first seen,
+                # the same on every replica (all read CLOUD in the same order)
+                self.cloud_alias[key] = twin
         events = self.cloud.setdefault(event.node, events)
+        self.cloud_channels.setdefault(key, set()).add(event.channel)
         if current is not None and current.is_terminal and not event.is_terminal:
             return
         events[key] = event
 
     def cloud_events(self, node: str) -> list[CloudSystemEvent]:
-        return list(self.cloud.get(node, {}).values())
+        """The node's host events, one per event: the channels' reports of one event merged (`_merged`)."""
+        groups: dict[tuple[str, str], list[CloudSystemEvent]] = {}
+        for key, ev in self.cloud.get(node, {}).items():
+            groups.setdefault(self.cloud_alias.get(key, key), []).append(ev)
+        return [_merged(canon, members) for canon, members in groups.items()]
+
+    def event_aliases(self, node: str) -> dict[str, str]:
+        """A twin report's provider id → the id its host event is kept under (empty for most nodes)."""
+        return {key[1]: self.cloud_alias[key][1] for key in self.cloud.get(node, {}) if key in self.cloud_alias}
+
+    def _twin(self, event: CloudSystemEvent, known: dict[tuple[str, str], CloudSystemEvent]) -> tuple[str, str] | None:
+        """The pending host event of the node, reported by other channels under other ids, that `event` is:
+        the same cloud and action, start times less than `TWIN_START_S` apart. One machine is not taken away
+        twice by the same action at the same minute; a channel's own ids are the cloud's, so a channel that
+        already reported the event never adds a twin of it, and a finished event takes no twin."""
+        if event.not_before is None:
+            return None
+        groups: dict[tuple[str, str], list[tuple[tuple[str, str], CloudSystemEvent]]] = {}
+        for key, ev in known.items():
+            groups.setdefault(self.cloud_alias.get(key, key), []).append((key, ev))
+        for canon, members in groups.items():
+            if all(ev.is_terminal for _, ev in members):
+                continue
+            if any(event.channel in self.cloud_channels.get(key, ()) for key, _ in members):
+                continue
+            if any(
+                ev.cloud == event.cloud
+                and ev.action == event.action
+                and ev.not_before is not None
+                and abs((ev.not_before - event.not_before).total_seconds()) < TWIN_START_S
+                for _, ev in members
+            ):
+                return canon
+        return None
+
+
+TWIN_START_S = 60.0  # two channels' start times of one host event differ by less than this
+
+
+def _merged(canon: tuple[str, str], members: list[CloudSystemEvent]) -> CloudSystemEvent:
+    """One host event from its channels' reports, under the id first seen: ran (completed, avoided) or failed
+    on any channel → that; canceled only when every channel says so (a report canceled and issued again
+    under a new id stays pending); else the latest pending report."""
+    if len(members) == 1:
+        return members[0]
+    ended = [m for m in members if m.is_terminal and m.phase != "canceled"]
+    pending = [m for m in members if not m.is_terminal]
+    if ended:
+        pick = min(ended, key=lambda m: m.observed_at)
+    elif pending:
+        pick = max(pending, key=lambda m: m.observed_at)
+    else:
+        pick = max(members, key=lambda m: m.observed_at)
+    if pick.provider_event_id == canon[1]:
+        return pick
+    return pick.model_copy(
+        update={"provider_event_id": canon[1], "extended": {**pick.extended, "reported_as": pick.provider_event_id}}
+    )
