@@ -100,6 +100,19 @@ class _Run:
     def phases(self, action_id: str) -> set[str]:
         return {r.phase for r in self.history if r.action_id == action_id}
 
+    def newly_blocked(self, action_id: str, checks: list[PolicyCheck]) -> bool:
+        """Is this block news: no `blocked` record of the step yet, or the last one named other failed checks
+        (held by the rate, then by the rack budget: the audit trail says what the step waits for now)? The
+        same block seen again on a retry is not recorded again."""
+        last = max(
+            (r for r in self.history if r.action_id == action_id and r.phase == "blocked"),
+            key=lambda r: r.time,
+            default=None,
+        )
+        if last is None:
+            return True
+        return {c.name for c in last.checks if not c.passed} != {c.name for c in checks if not c.passed}
+
     def records(self) -> list[RemediationRecord]:
         """This episode's records (older records without an episode id count by their diagnosis id)."""
         return [
@@ -1004,7 +1017,7 @@ class Remediator:
             storm = policy.check_storm(placement=placement, verdicts=verdicts)
             checks.append(storm)
             if not storm.passed:
-                if "blocked" not in run.phases(step.action_id):
+                if run.newly_blocked(step.action_id, checks):
                     await self._srec(run, step, phase="blocked", reason=storm.detail, checks=checks)
                 return "retry"
         hold = self.policy.slot_hold_s
@@ -1039,7 +1052,7 @@ class Remediator:
         checks += budget_checks
         if policy.failed(budget_checks):
             reason = "; ".join(f"{c.name}: {c.detail}" for c in policy.failed(budget_checks))
-            if "blocked" not in run.phases(step.action_id):
+            if run.newly_blocked(step.action_id, checks):
                 await self._srec(run, step, phase="blocked", reason=f"over budget: {reason}", checks=checks)
             return "retry"
         return None
