@@ -348,6 +348,65 @@ async def test_cloud_reboot_event_fires_maintenance_and_resolves_when_terminal_a
     assert runtime.detector.counters.explained_reboots == 1
 
 
+async def test_a_host_event_announced_before_the_restore_window_is_still_resolved_after_a_restart(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """A host event announced once, long before a restart (AWS: about two weeks ahead), fires
+    `cloud_maintenance`; the detector restarts when both the notice and that anomaly are older than its
+    restore window (`restore_lookback_s`, 1 day; 1 s here, with the restart 1.5 s later). When the event
+    has run and the node is back, the anomaly still resolves, and the event's reboot is explained."""
+    from nodeheal.schemas import CloudSystemEvent
+    from nodeheal.schemas.subjects import cloud_subject
+
+    s = topology_ready
+    js = nc.jetstream()
+
+    def event(phase: str) -> CloudSystemEvent:
+        return CloudSystemEvent(
+            cluster="c1",
+            node="n8",
+            cloud="aws",
+            channel="imds",
+            provider_event_id="instance-event-88",
+            provider_event_type="system-reboot",
+            action="reboot",
+            cause="planned_maintenance",
+            phase=phase,  # type: ignore[arg-type]
+            is_terminal=phase == "completed",
+            instance_id="i-88",
+            observed_at=datetime.now(tz=UTC),
+            not_before=datetime.now(tz=UTC),
+        )
+
+    async def send(ev: CloudSystemEvent) -> None:
+        await js.publish(cloud_subject("c1", "n8", prefix=s.prefix), ev.to_json(), headers={"Nats-Msg-Id": ev.dedup_id})
+
+    rules = RuleConfig(clear_probes=1)
+    async with started_runtime(s, nc, rules) as first:
+        await publish(nc, s, probe(node="n8", seq=1, used=10.0))
+        await eventually(lambda: "c1/n8" in first.detector.nodes)
+        await send(event("scheduled"))
+        await eventually(lambda: first.detector.counters.fired == 1)
+    await asyncio.sleep(1.5)  # the notice and its anomaly are now older than the restore window
+    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=rules, restore_lookback_s=1.0)
+    second = DetectorRuntime(settings=settings, nc=nc)
+    await second.start()
+    try:
+        await send(event("completed"))
+        node = second.detector.nodes["c1/n8"]
+        await eventually(lambda: node.cloud is not None and node.cloud["instance-event-88"].terminal)
+        await publish(nc, s, probe(node="n8", seq=2, used=10.0, boot="b2"))  # back, after the host's reboot
+        await eventually(lambda: second.detector.counters.resolved == 1)
+        assert second.detector.counters.explained_reboots == 1
+    finally:
+        await second.stop()
+    got = [(a.kind, a.status, a.subject) for a in await anomalies(nc, s) if a.node == "n8"]
+    assert got == [
+        ("cloud_maintenance", "firing", "reboot:instance-event-88"),
+        ("cloud_maintenance", "resolved", "reboot:instance-event-88"),
+    ]
+
+
 async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client, topology_ready: NatsSettings) -> None:
     """Agents publish probes without `Nats-Msg-Id` (the stream keeps no dedupe entry per probe), so a probe
     re-sent after a lost PubAck is stored twice, back to back. With two bad probes needed to fire, the

@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from nodeheal.detector.fastpath import BatchRoute, ProbeIdentity, probe_decoder, results_decoder
 from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller, ack_sequences, highest, stream_seq
-from nodeheal.detector.rules import Detector
+from nodeheal.detector.rules import MAINTENANCE_ACTIONS, Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
 from nodeheal.runtime.inventory import InventoryFeed
@@ -554,23 +554,30 @@ class DetectorRuntime:
 
         def cloud(msg: Msg) -> None:
             try:
-                det.observe_cloud(CloudSystemEvent.model_validate_json(msg.data), now=now)
+                event = CloudSystemEvent.model_validate_json(msg.data)
             except ValidationError:
-                pass
+                return
+            if event.action in MAINTENANCE_ACTIONS:  # only these change what the detector decides
+                det.observe_cloud(event, now=now, at=min(now, event.observed_at.timestamp()))
 
+        # all of CLOUD, not the restore window: a host event is announced once, days or weeks ahead (AWS
+        # about two weeks), and nothing more comes until its phase changes; its maintenance condition must
+        # be firing again after a restart, or its end resolves nothing and its downtime is unexplained
         counts["cloud"] = await self._replay(
             self.cloud_stream,
             [wildcard("cloud", prefix=s.nats.prefix)],
-            deliver=DeliverPolicy.BY_START_TIME,
-            since=since,
+            deliver=DeliverPolicy.ALL,
+            since=None,
             on_msg=cloud,
         )
 
         def audit(msg: Msg) -> None:
             try:
-                det.observe_remediation(RemediationRecord.model_validate_json(msg.data), now=now)
+                record = RemediationRecord.model_validate_json(msg.data)
             except ValidationError:
-                pass
+                return
+            # as of the record's own time: a repair a day old does not explain a node's downtime after the restart
+            det.observe_remediation(record, now=min(now, record.time.timestamp()))
 
         counts["audit"] = await self._replay(
             self.audit_stream,

@@ -178,7 +178,7 @@ class Detector:
         self._wheel: dict[int, list[NodeState]] = {}
         self._wheel_cursor = int(started_at)
         self.tick_behind = False  # the last tick stopped at its limit: nodes are still due
-        self._pending_cloud: dict[str, list[CloudSystemEvent]] = {}
+        self._pending_cloud: dict[str, list[tuple[CloudSystemEvent, float | None]]] = {}  # (event, `at`)
         # nodes the inventory says left the fleet (a deleted machine): not tracked, so their silence raises
         # nothing; a probe still in the backlog does not bring them back, a new inventory record does
         self.departed: dict[str, None] = {}
@@ -205,8 +205,8 @@ class Detector:
             self._schedule(state, now + self._down_timeout)
             pending = self._pending_cloud.pop(key, None)
             if pending:
-                for event in pending:
-                    self._apply_cloud(state, event, now)
+                for event, at in pending:
+                    self._apply_cloud(state, event, now, at=at)
         return state
 
     def forget(self, cluster: str, node: str) -> bool:
@@ -828,7 +828,9 @@ class Detector:
 
     # ------------------------------------------------------------------ cloud events and remediation
 
-    def observe_cloud(self, event: CloudSystemEvent, *, now: float) -> None:
+    def observe_cloud(self, event: CloudSystemEvent, *, now: float, at: float | None = None) -> None:
+        """`at`: when the event's phase was observed, if not now (a restart's replay of CLOUD: a host event that
+        ended days ago explains no downtime after the restart)."""
         key = event.cluster + "/" + event.node
         node = self.nodes.get(key)
         if node is None:
@@ -838,12 +840,12 @@ class Detector:
                 # Probably another replica's node: park it (bounded) in case its first probe comes here.
                 if key not in self._pending_cloud and len(self._pending_cloud) >= MAX_PARKED_NODES:
                     self._pending_cloud.pop(next(iter(self._pending_cloud)))
-                self._pending_cloud.setdefault(key, []).append(event)
+                self._pending_cloud.setdefault(key, []).append((event, at))
                 return
             node = self._node(event.cluster, event.node, now)
-        self._apply_cloud(node, event, now)
+        self._apply_cloud(node, event, now, at=at)
 
-    def _apply_cloud(self, node: NodeState, event: CloudSystemEvent, now: float) -> None:
+    def _apply_cloud(self, node: NodeState, event: CloudSystemEvent, now: float, *, at: float | None = None) -> None:
         if node.cloud is None:
             node.cloud = {}
         state = node.cloud.get(event.provider_event_id)
@@ -863,7 +865,7 @@ class Detector:
         state.terminal = event.is_terminal
         state.not_before = not_before or state.not_before
         if event.is_terminal and not state.terminal_at:
-            state.terminal_at = now
+            state.terminal_at = now if at is None else at
         if event.action not in MAINTENANCE_ACTIONS:
             return
         subject = f"{event.action}:{event.provider_event_id}"
