@@ -436,3 +436,55 @@ async def test_one_ec2_scheduled_event_through_health_and_imds_is_one_maintenanc
         assert not world.is_cordoned("aws2")
         ledger = Ledger(await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control"))
         assert await ledger.slot_of("aws2") is None
+
+
+async def test_a_replica_acts_only_once_its_view_holds_what_cloud_already_said(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """A host event announced and then canceled before a replica starts must not be drained for: the replica
+    reads what CLOUD holds (here the notice, 3,000 other messages, then the cancellation) before its
+    maintenance loop or its diagnosis consumer acts, not while they already run on half a view."""
+    async with KubeWorld() as world:
+        world.add_node("m9", zone="z1")
+        world.add_pod("web-9", node="m9")
+        await add_inventory(nc, topology_ready, "m9", zone="z1", cloud="alibaba", instance_id="i-m9")
+        js = nc.jetstream()
+
+        def event(node: str, phase: str, *, action: str = "reboot", event_id: str = "e-m9") -> CloudSystemEvent:
+            return CloudSystemEvent(
+                cluster=CLUSTER,
+                node=node,
+                cloud="alibaba",
+                channel="api_history",
+                provider_event_id=event_id,
+                provider_event_type="SystemMaintenance.Reboot",
+                action=action,  # type: ignore[arg-type]
+                cause="planned_maintenance",
+                phase=phase,  # type: ignore[arg-type]
+                is_terminal=phase == "canceled",
+                instance_id=f"i-{node}",
+                observed_at=datetime.now(tz=UTC),
+                not_before=datetime.now(tz=UTC) + timedelta(seconds=2),
+            )
+
+        async def send(ev: CloudSystemEvent) -> None:
+            await js.publish(
+                cloud_subject(ev.cluster, ev.node, prefix=topology_ready.prefix),
+                ev.to_json(),
+                headers={"Nats-Msg-Id": ev.dedup_id},
+            )
+
+        await send(event("m9", "scheduled"))
+        for i in range(3000):  # what else CLOUD holds: other nodes' state changes
+            await send(event(f"x{i}", "in_progress", action="state_change", event_id=f"sc-{i}"))
+        await send(event("m9", "canceled"))
+        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+            update={"maintenance_interval_s": 0.05}
+        )
+        service = await start_service(settings)
+        try:
+            await asyncio.sleep(2.0)  # forty maintenance ticks
+        finally:
+            await service.stop()
+        assert [effect for _, node, effect in world.effects if node == "m9"] == []  # never cordoned, never drained
+        assert [r for r in await audit_records(nc, topology_ready) if r.node == "m9"] == []

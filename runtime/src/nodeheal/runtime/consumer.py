@@ -56,7 +56,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, follow_stream
+from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, follow_stream, read_range
 from nodeheal.runtime.metrics import PipelineMetrics
 from nodeheal.runtime.service import consumer_broker
 from nodeheal.runtime.settings import NatsSettings
@@ -275,6 +275,16 @@ class MetricsMiddleware(_Base):
         return False
 
 
+@dataclass
+class _Follower:
+    name: str
+    stream: str
+    subject: str
+    since_s: float | None
+    apply: Callable[[Msg], None]
+    caught_up: bool = False
+
+
 class ConsumerRuntime:
     """The consumers, background loops and consumer-lag reporting of one service process."""
 
@@ -319,6 +329,7 @@ class ConsumerRuntime:
         self._subscribers: list[tuple[Inbound[Any], LogicSubscriber[Any]]] = []
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._loops: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._followers: list[_Follower] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lag: list[tuple[str, str]] = []
         self._outbound: list[Outbound] = []
@@ -369,22 +380,51 @@ class ConsumerRuntime:
         (any exception) or that the handler fails on is skipped and counted; the work consumer of the
         same stream is the one that dead-letters it."""
 
+        def apply(msg: Msg) -> None:
+            try:
+                handler(model.model_validate_json(msg.data))
+            except Exception as exc:
+                self.skipped += 1
+                log.debug("follower skipped a message", extra={"stream": stream, "error": describe(exc)})
+
+        self._followers.append(_Follower(name=name, stream=stream, subject=subject, since_s=since_s, apply=apply))
+
+    async def _catch_up(self, follower: _Follower) -> None:
+        """Read what the follower's stream holds now, before any subscriber or loop starts (a view is whole
+        before anything acts on it: the remediator's maintenance loop would otherwise drain for a host event
+        whose cancellation it had not read yet), then follow it from the next message on."""
+        js = self.broker.connection.jetstream()
+        start = None if follower.since_s is None else datetime.now(tz=UTC) - timedelta(seconds=follower.since_s)
+        last = 0
+
+        def apply(msg: Msg) -> None:
+            nonlocal last
+            last = max(last, msg.metadata.sequence.stream)
+            follower.apply(msg)
+
+        await read_range(
+            js,
+            stream=follower.stream,
+            filters=[follower.subject],
+            name=f"{self.service}-{follower.name}",
+            on_msg=apply,
+            since=start,
+            what=f"the {follower.name} view from {follower.stream}",
+        )
+
         async def run() -> None:
-            start = None if since_s is None else datetime.now(tz=UTC) - timedelta(seconds=since_s)
-            js = self.broker.connection.jetstream()
-
-            def apply(msg: Msg) -> None:
-                try:
-                    handler(model.model_validate_json(msg.data))
-                except Exception as exc:
-                    self.skipped += 1
-                    log.debug("follower skipped a message", extra={"stream": stream, "error": describe(exc)})
-
             # named ephemeral pull readers, not nats-py's ordered consumer: its legacy server-named create
             # is refused by the permission matrix (it could rewrite another service's durable)
-            await follow_stream(js, stream=stream, subject=subject, start=start, on_msg=apply)
+            await follow_stream(
+                js,
+                stream=follower.stream,
+                subject=follower.subject,
+                start=start,
+                on_msg=follower.apply,
+                next_seq=last + 1 if last else 0,
+            )
 
-        self.loop(f"follow-{name}", run)
+        self.loop(f"follow-{follower.name}", run)
 
     def report_lag_of(self, stream: str, durable: str) -> None:
         """Another durable (e.g. one consumed outside this runtime) whose lag is reported."""
@@ -445,6 +485,10 @@ class ConsumerRuntime:
         JetStream call waits out a briefly unavailable JetStream (`patiently`); a subscriber whose start
         failed is started again, never declared again."""
         await self.ensure()
+        for follower in self._followers:
+            if not follower.caught_up:
+                await self._catch_up(follower)
+                follower.caught_up = True
         inbox_prefix = f"{self.nats.inbox_prefix}.".encode()
         if not self._subscribers:
             for spec, handler in self._consumed:

@@ -242,11 +242,12 @@ async def follow_stream(
     on_msg: Callable[[Msg], None],
     batch: int = 256,
     wait_s: float = 5.0,
+    next_seq: int = 0,
 ) -> None:
-    """Read `subject` of `stream` from `start` on, in order, forever (until cancelled): what nats-py's
-    ordered consumer does, through named ephemeral pull consumers. A lost consumer (server restart,
-    inactivity) is recreated from the next sequence, so nothing is skipped or read twice."""
-    next_seq = 0
+    """Read `subject` of `stream` from `start` on (or from stream sequence `next_seq`, when > 0), in order,
+    forever (until cancelled): what nats-py's ordered consumer does, through named ephemeral pull consumers.
+    A lost consumer (server restart, inactivity) is recreated from the next sequence, so nothing is skipped
+    or read twice."""
     while True:
         try:
             sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=reader_config(start, next_seq))
