@@ -164,14 +164,14 @@ def test_a_ladder_aimed_at_the_twin_report_is_handed_to_the_one_event() -> None:
     assert [(s.action, s.target) for s in the_plan.steps] == [("wait_for_cloud_event", "arn:e1#i-1")]
 
 
-def test_distinct_host_events_are_not_merged_and_a_cancel_on_one_channel_leaves_the_other_pending() -> None:
+def test_distinct_host_events_are_not_merged() -> None:
     view = FleetView()
-    health = _aws("health_api", "arn:e1#i-1")
-    view.on_cloud(health)
+    view.on_cloud(_aws("health_api", "arn:e1#i-1", provider_event_type="AWS_EC2_SYSTEM_REBOOT_MAINTENANCE_SCHEDULED"))
     for other in (
         _aws("imds", "instance-event-2", not_before=NOW + timedelta(hours=3)),  # another start
         _aws("imds", "instance-event-3", action="stop"),  # another action
         _aws("health_api", "arn:e4#i-1"),  # the same channel: its ids are the cloud's own
+        _aws("imds", "instance-event-5", provider_event_type="instance-reboot"),  # another kind, same minute
     ):
         view.on_cloud(other)
     assert sorted(e.provider_event_id for e in view.cloud_events("n1")) == [
@@ -179,21 +179,44 @@ def test_distinct_host_events_are_not_merged_and_a_cancel_on_one_channel_leaves_
         "arn:e4#i-1",
         "instance-event-2",
         "instance-event-3",
+        "instance-event-5",
     ]
-    view = FleetView()
-    view.on_cloud(health)
-    imds = _aws("imds", "instance-event-1")
-    view.on_cloud(imds)
-    view.on_cloud(_done(imds, "canceled", 5))  # one channel withdraws its report ...
-    assert [e.phase for e in view.cloud_events("n1")] == ["scheduled"]  # ... the event stays pending
-    view.on_cloud(_done(health, "canceled", 6))
-    assert [e.phase for e in view.cloud_events("n1")] == ["canceled"]  # canceled when every channel says so
-    view.on_cloud(_aws("imds", "instance-event-9", observed_at=NOW + timedelta(seconds=7)))
-    assert sorted(e.provider_event_id for e in planner.host_events(view.cloud_events("n1"))) == [
-        "instance-event-9"  # a finished event takes no twin: a new one at the same time is its own
-    ]
+    view.on_cloud(_aws("imds", "instance-event-6", provider_event_type="system-reboot"))  # its own kind: a twin
+    assert view.event_aliases("n1") == {"instance-event-6": "arn:e1#i-1"}
     view.on_cloud(_cloud("reboot", starts_in_s=0).model_copy(update={"action": "state_change", "node": "n2"}))
     assert view.cloud_events("n2") == []  # not a host event: not kept
+
+
+def test_the_first_channel_to_say_the_event_ended_decides_and_a_finished_event_takes_no_twin() -> None:
+    view = FleetView()
+    health = _aws("health_api", "arn:e1#i-1")
+    imds = _aws("imds", "instance-event-1")
+    view.on_cloud(health)
+    view.on_cloud(imds)
+    view.on_cloud(_done(imds, "canceled", 5))  # only IMDS can say canceled on AWS ...
+    assert [e.phase for e in view.cloud_events("n1")] == ["canceled"]
+    view.on_cloud(_done(health, "completed", 60))  # ... and Health's later "closed" does not undo it
+    assert [e.phase for e in view.cloud_events("n1")] == ["canceled"]
+    view.on_cloud(_aws("imds", "instance-event-9", observed_at=NOW + timedelta(seconds=70)))
+    assert sorted(e.provider_event_id for e in planner.host_events(view.cloud_events("n1"))) == [
+        "instance-event-9"  # a new event at the same time is its own
+    ]
+
+
+def test_a_reschedule_one_channel_alone_reports_splits_the_pair() -> None:
+    view = FleetView()
+    view.on_cloud(_aws("health_api", "arn:e1#i-1"))
+    imds = _aws("imds", "instance-event-1")
+    view.on_cloud(imds)
+    assert len(view.cloud_events("n1")) == 1
+    later = imds.not_before + timedelta(days=3)  # type: ignore[operator]
+    view.on_cloud(imds.model_copy(update={"not_before": later, "observed_at": NOW + timedelta(seconds=5)}))
+    # the channels disagree: each report is its own event again, drained for on its own
+    assert sorted((e.provider_event_id, e.not_before) for e in planner.host_events(view.cloud_events("n1"))) == [
+        ("arn:e1#i-1", imds.not_before),
+        ("instance-event-1", later),
+    ]
+    assert view.event_aliases("n1") == {}
 
 
 def test_budget_percent_never_rounds_to_zero_and_the_smaller_limit_wins() -> None:

@@ -183,6 +183,28 @@ class FleetView:
         if current is not None and current.is_terminal and not event.is_terminal:
             return
         events[key] = event
+        if not event.is_terminal and event.not_before is not None:
+            self._split_if_moved(key, event, events)
+
+    def _split_if_moved(
+        self, key: tuple[str, str], event: CloudSystemEvent, events: dict[tuple[str, str], CloudSystemEvent]
+    ) -> None:
+        """A report of a pair that now starts `TWIN_START_S` or more from every other report of it (one channel
+        saw a reschedule the other did not): the channels disagree, so the pair is split and each report is
+        its own event again, drained for on its own (more drains, never fewer)."""
+        canon = self.cloud_alias.get(key, key)
+        others = [k for k in events if k != key and self.cloud_alias.get(k, k) == canon]
+        if not others:
+            return
+        assert event.not_before is not None
+        if any(
+            events[k].not_before is not None
+            and abs((events[k].not_before - event.not_before).total_seconds()) < TWIN_START_S  # type: ignore[operator]
+            for k in others
+        ):
+            return
+        for k in [key, *others]:
+            self.cloud_alias.pop(k, None)
 
     def cloud_events(self, node: str) -> list[CloudSystemEvent]:
         """The node's host events, one per event: the channels' reports of one event merged (`_merged`)."""
@@ -213,6 +235,7 @@ class FleetView:
             if any(
                 ev.cloud == event.cloud
                 and ev.action == event.action
+                and _same_kind(ev.provider_event_type, event.provider_event_type)
                 and ev.not_before is not None
                 and abs((ev.not_before - event.not_before).total_seconds()) < TWIN_START_S
                 for _, ev in members
@@ -225,21 +248,27 @@ TWIN_START_S = 60.0  # two channels' start times of one host event differ by les
 
 
 def _merged(canon: tuple[str, str], members: list[CloudSystemEvent]) -> CloudSystemEvent:
-    """One host event from its channels' reports, under the id first seen: ran (completed, avoided) or failed
-    on any channel → that; canceled only when every channel says so (a report canceled and issued again
-    under a new id stays pending); else the latest pending report."""
+    """One host event from its channels' reports, under the id first seen: the first report that it ended
+    (completed, avoided, canceled, failed: on AWS only IMDS can say canceled, and Health's later "closed"
+    does not undo it), else the latest pending report."""
     if len(members) == 1:
         return members[0]
-    ended = [m for m in members if m.is_terminal and m.phase != "canceled"]
-    pending = [m for m in members if not m.is_terminal]
-    if ended:
-        pick = min(ended, key=lambda m: m.observed_at)
-    elif pending:
-        pick = max(pending, key=lambda m: m.observed_at)
-    else:
-        pick = max(members, key=lambda m: m.observed_at)
+    ended = [m for m in members if m.is_terminal]
+    pick = min(ended, key=lambda m: m.observed_at) if ended else max(members, key=lambda m: m.observed_at)
     if pick.provider_event_id == canon[1]:
         return pick
     return pick.model_copy(
         update={"provider_event_id": canon[1], "extended": {**pick.extended, "reported_as": pick.provider_event_id}}
     )
+
+
+def _squash(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _same_kind(a: str, b: str) -> bool:
+    """Do two channels' type codes name the same kind of event? One holds the other once lower-cased and
+    stripped of separators: IMDS `system-reboot` in Health's `AWS_EC2_SYSTEM_REBOOT_MAINTENANCE_SCHEDULED`,
+    `instance-reboot` in `AWS_EC2_INSTANCE_REBOOT_MAINTENANCE_SCHEDULED` (and not in the other)."""
+    x, y = _squash(a), _squash(b)
+    return bool(x) and bool(y) and (x in y or y in x)
