@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from nodeheal.remediator.control import storm_key, storm_value, write_approval
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import inventory_key
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
@@ -232,3 +233,37 @@ async def test_a_node_settled_on_the_next_episodes_diagnosis_is_verified_under_t
     given_back = [r for r in records if r.phase == "verified" or r.action == "uncordon"]
     assert given_back and {(r.diagnosis_id, r.episode_id) for r in given_back} == {(acted.id, "ep-n6-a")}
     assert reboots(ecs, "i-n6") == 1 and not world.is_cordoned("n6")
+
+
+async def test_a_replica_started_after_the_node_recovered_does_not_repair_it(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """A replica acked the node's recovery and died holding the node's reboot diagnosis (waiting for
+    capacity or approval). The diagnosis is redelivered to a replica started after `unhealthy_window_s`
+    (15 min; 1 s here): its view reads DIAGNOSES back as far as a ladder can wait, not the window alone, so
+    it knows the node recovered and reboots nothing."""
+    world.add_node("n7", zone="z1")
+    await add_inventory(nc, topology_ready, "n7", zone="z1", cloud="alibaba", instance_id="i-n7")
+    settings = make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, unhealthy_window_s=1.0)
+    first = await start_service(settings)  # the durable, as the service keeps it
+    await first.stop()
+    d = diagnosis("n7", ["reboot"], episode="ep-n7")
+    await publish_diagnosis(nc, topology_ready, d)
+    await publish_diagnosis(nc, topology_ready, diagnosis("n7", ["none"], episode="ep-n7", resolved=True))
+    # what the dead replica did: acked the recovery, left the reboot diagnosis unacked
+    stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}DIAGNOSES").name
+    held = await nc.jetstream().pull_subscribe_bind("remediator", stream=stream)
+    for msg in await held.fetch(2, timeout=5):
+        if Diagnosis.model_validate_json(msg.data).resolved:
+            await msg.ack()
+        else:
+            await msg.nak()
+    await asyncio.sleep(1.5)  # both are now older than the unhealthy window
+    service = await start_service(settings)
+    try:
+        skipped = await wait_for_record(nc, topology_ready, node="n7", diagnosis_id=d.id, phase="skipped")
+    finally:
+        await service.stop()
+    assert "recovered" in skipped.reason
+    assert reboots(ecs, "i-n7") == 0
+    assert not world.is_cordoned("n7")

@@ -189,7 +189,14 @@ class RemediatorService:
             stream=f"{s.nats.stream_prefix}DIAGNOSES",
             subject=wildcard("diagnosis", prefix=prefix),
             model=Diagnosis,
-            since_s=s.policy.unhealthy_window_s,
+            # as far back as a diagnosis can still be handled, not the unhealthy window alone: a ladder
+            # waiting for capacity or approval is redelivered to a replica started after its node recovered,
+            # which must know the recovery (the storm counts use the window, whatever is read)
+            since_s=max(
+                s.policy.unhealthy_window_s,
+                s.policy.approval_timeout_s,
+                s.max_deliver * (s.retry_delay_s + s.ack_wait_s),
+            ),
             handler=self.view.on_diagnosis,
         )
         self.consumers.follow(
