@@ -54,7 +54,10 @@ class DiagnoserSettings(ServiceSettings):
         default=86_400.0, gt=0, description="on start, ANOMALIES / AUDIT / DIAGNOSES are read back this far"
     )
     rebuild_cloud_lookback_s: float = Field(
-        default=7 * 86_400.0, gt=0, description="on start, CLOUD is read back this far (notices come days ahead)"
+        default=30 * 86_400.0,
+        gt=0,
+        description="on start, CLOUD is read back this far: all it keeps (a host event is announced once, up to "
+        "weeks ahead: AWS about two weeks)",
     )
     kernel_lookback_s: float = Field(default=1800.0, gt=0)
     crash_window_s: float = Field(

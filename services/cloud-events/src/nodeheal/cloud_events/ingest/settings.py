@@ -59,7 +59,12 @@ class IngestSettings(ServiceSettings):
     http_sources: list[str] = Field(default_factory=lambda: list(PUSH_SOURCES))
     inventory_cache_ttl_s: float = Field(default=30.0, ge=0)
     ledger_max_entities: int = Field(default=200_000, ge=100)
-    ledger_seed_lookback_s: float = Field(default=7 * 86_400.0, ge=0, description="CLOUD history read at start")
+    ledger_seed_lookback_s: float = Field(
+        default=30 * 86_400.0,
+        ge=0,
+        description="CLOUD history read at start: all it keeps, so an event announced weeks ahead is still open "
+        "in the ledger (reconciled, never published again)",
+    )
     alibaba: AlibabaPollerSettings = Field(default_factory=AlibabaPollerSettings)
     azure: AzurePollerSettings = Field(default_factory=AzurePollerSettings)
     aws: MetadataPollerSettings = Field(default_factory=MetadataPollerSettings)
