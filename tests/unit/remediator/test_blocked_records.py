@@ -1,5 +1,6 @@
 """A step held back by capacity says in AUDIT what it waits for now: a new `blocked` record when the failed
-checks change (the rate, then the rack budget), none when a retry meets the same block again."""
+checks change (the rate, then the rack budget), at most one a minute (without that bound a drain in a 300-node
+chaos demo wrote one on every 15 s retry for six minutes), none when a retry meets the same block again."""
 
 from __future__ import annotations
 
@@ -46,16 +47,20 @@ def _run(*history: RemediationRecord) -> _Run:
     return _Run(diagnosis=d, lease=Lease(key="k", node="n1", holder="r0", revision=1), history=list(history))
 
 
+LATER = NOW + timedelta(minutes=5)
+
+
 def test_the_first_block_is_recorded_and_the_same_block_again_is_not() -> None:
-    assert _run().newly_blocked("act-drain", _checks("rate"))
+    assert _run().newly_blocked("act-drain", _checks("rate"), now=NOW)
     run = _run(_blocked(0, "rate"))
-    assert not run.newly_blocked("act-drain", _checks("rate"))
-    assert run.newly_blocked("act-other", _checks("rate"))  # another step's first block
+    assert not run.newly_blocked("act-drain", _checks("rate"), now=LATER)
+    assert run.newly_blocked("act-other", _checks("rate"), now=NOW)  # another step's first block
 
 
-def test_a_block_for_another_reason_is_recorded_against_the_latest_one() -> None:
+def test_a_block_for_another_reason_is_recorded_at_most_once_a_minute() -> None:
     run = _run(_blocked(0, "rate"))
-    assert run.newly_blocked("act-drain", _checks("budget.rack"))  # the rate passed, the rack budget holds it now
+    assert run.newly_blocked("act-drain", _checks("budget.rack"), now=LATER)  # the rack budget holds it now
+    assert not run.newly_blocked("act-drain", _checks("budget.rack"), now=NOW + timedelta(seconds=15))
     run = _run(_blocked(20, "budget.rack"), _blocked(0, "rate"))  # history out of time order
-    assert not run.newly_blocked("act-drain", _checks("budget.rack"))
-    assert run.newly_blocked("act-drain", _checks("budget.rack", "rate"))
+    assert not run.newly_blocked("act-drain", _checks("budget.rack"), now=LATER)
+    assert run.newly_blocked("act-drain", _checks("budget.rack", "rate"), now=LATER)

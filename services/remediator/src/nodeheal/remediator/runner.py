@@ -83,6 +83,9 @@ class _StormUnsent:
     """taken over from a key after a restart: the record may be in AUDIT already"""
 
 
+BLOCKED_RECORD_GAP_S = 60.0  # a blocked step's changed reasons are recorded at most this often
+
+
 @dataclass(slots=True)
 class _Run:
     diagnosis: Diagnosis
@@ -100,10 +103,11 @@ class _Run:
     def phases(self, action_id: str) -> set[str]:
         return {r.phase for r in self.history if r.action_id == action_id}
 
-    def newly_blocked(self, action_id: str, checks: list[PolicyCheck]) -> bool:
-        """Is this block news: no `blocked` record of the step yet, or the last one named other failed checks
-        (held by the rate, then by the rack budget: the audit trail says what the step waits for now)? The
-        same block seen again on a retry is not recorded again."""
+    def newly_blocked(self, action_id: str, checks: list[PolicyCheck], *, now: datetime) -> bool:
+        """Is this block news: no `blocked` record of the step yet, or the last one, a minute old or more,
+        named other failed checks (held by the rate, then by the rack budget: the audit trail says what the
+        step waits for now)? The same block seen again on a retry is not recorded again, and a step whose
+        reasons alternate (the rate comes and goes every retry) writes at most one record a minute."""
         last = max(
             (r for r in self.history if r.action_id == action_id and r.phase == "blocked"),
             key=lambda r: r.time,
@@ -111,6 +115,8 @@ class _Run:
         )
         if last is None:
             return True
+        if now - last.time < timedelta(seconds=BLOCKED_RECORD_GAP_S):
+            return False
         return {c.name for c in last.checks if not c.passed} != {c.name for c in checks if not c.passed}
 
     def records(self) -> list[RemediationRecord]:
@@ -1017,7 +1023,7 @@ class Remediator:
             storm = policy.check_storm(placement=placement, verdicts=verdicts)
             checks.append(storm)
             if not storm.passed:
-                if run.newly_blocked(step.action_id, checks):
+                if run.newly_blocked(step.action_id, checks, now=now):
                     await self._srec(run, step, phase="blocked", reason=storm.detail, checks=checks)
                 return "retry"
         hold = self.policy.slot_hold_s
@@ -1052,7 +1058,7 @@ class Remediator:
         checks += budget_checks
         if policy.failed(budget_checks):
             reason = "; ".join(f"{c.name}: {c.detail}" for c in policy.failed(budget_checks))
-            if run.newly_blocked(step.action_id, checks):
+            if run.newly_blocked(step.action_id, checks, now=now):
                 await self._srec(run, step, phase="blocked", reason=f"over budget: {reason}", checks=checks)
             return "retry"
         return None
