@@ -219,6 +219,23 @@ def test_a_reschedule_one_channel_alone_reports_splits_the_pair() -> None:
     assert view.event_aliases("n1") == {}
 
 
+def test_events_of_another_machine_under_the_node_name_are_not_the_nodes() -> None:
+    from nodeheal.schemas.inventory import NodeInventory
+
+    view = FleetView()
+    old = _aws("eventbridge", "spot-1", action="terminate", instance_id="i-old")  # never got a terminal phase
+    view.on_cloud(old)
+    assert [e.provider_event_id for e in view.cloud_events("n1")] == ["spot-1"]  # no inventory yet: kept
+    view.on_inventory(NodeInventory(cluster="c", node="n1", cloud="aws", instance_id="i-new"))
+    assert view.cloud_events("n1") == []  # the name now belongs to another machine
+    view.on_cloud(_aws("imds", "instance-event-7", instance_id="i-new"))
+    assert [e.provider_event_id for e in view.cloud_events("n1")] == ["instance-event-7"]
+    azure = _aws("imds", "az-1", cloud="azure", instance_id="vmss_3")  # spelled otherwise: not compared
+    view.on_inventory(NodeInventory(cluster="c", node="n2", cloud="azure", instance_id="vmss-000003"))
+    view.on_cloud(azure.model_copy(update={"node": "n2"}))
+    assert [e.provider_event_id for e in view.cloud_events("n2")] == ["az-1"]
+
+
 def test_budget_percent_never_rounds_to_zero_and_the_smaller_limit_wins() -> None:
     assert policy.budget_limit(Budget(max_pct=10), 5) == 1
     assert policy.budget_limit(Budget(max_count=3, max_pct=50), 100) == 3

@@ -207,9 +207,16 @@ class FleetView:
             self.cloud_alias.pop(k, None)
 
     def cloud_events(self, node: str) -> list[CloudSystemEvent]:
-        """The node's host events, one per event: the channels' reports of one event merged (`_merged`)."""
+        """The node's host events, one per event: the channels' reports of one event merged (`_merged`). An
+        event of another machine that had the node's name (its instance id is not the inventory's) is not
+        the node's: a spot notice or a host event of a machine that went away never gets a terminal phase,
+        and a new machine under the reused name (IP-based names) must not be drained for it. Compared where
+        the inventory and the events spell the id alike (`SAME_INSTANCE_IDS`)."""
+        cloud, instance = self.instance.get(node, (None, None))
         groups: dict[tuple[str, str], list[CloudSystemEvent]] = {}
         for key, ev in self.cloud.get(node, {}).items():
+            if instance and cloud in SAME_INSTANCE_IDS and ev.cloud == cloud and ev.instance_id != instance:
+                continue
             groups.setdefault(self.cloud_alias.get(key, key), []).append(ev)
         return [_merged(canon, members) for canon, members in groups.items()]
 
@@ -243,6 +250,11 @@ class FleetView:
                 return canon
         return None
 
+
+SAME_INSTANCE_IDS = frozenset({"alibaba", "aws"})
+"""Clouds whose events and inventory name an instance the same way (`i-…` from the API / IMDS and from the
+node's `spec.providerID`). Azure's events name the VM (or `<vmss>_<n>`) and GCE's the metadata's instance,
+which the inventory may spell otherwise (and calls the cloud `gce` where the events say `gcp`): not compared."""
 
 TWIN_START_S = 60.0  # two channels' start times of one host event differ by less than this
 
