@@ -6,6 +6,7 @@ an Azure Reboot with its 15 min minimum notice → 12 s). Side effects are count
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -28,6 +29,7 @@ from nodeheal.sim.aws_imds import AwsImdsEmulator, AwsMaintenanceEvents
 from nodeheal.sim.azure_imds import AzureImdsEmulator, AzureScheduledEvents
 from nodeheal.sim.clock import SystemClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld, render_event
+from nodeheal.sim.ecs_world import SystemEvent
 from nodeheal.sim.gce_metadata import GceMetadata
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
@@ -51,6 +53,27 @@ NOTICE_S = 12.0
 LEAD_S = 6.0
 
 
+def _alibaba_shown(ecs_world: EcsWorld, event: SystemEvent, node: str) -> Callable[[], list[CloudSystemEvent]]:
+    """What the Alibaba API poller sees of `event` now, normalized by the real normalizer."""
+
+    def shown() -> list[CloudSystemEvent]:
+        body = {"InstanceSystemEventSet": {"InstanceSystemEventType": [render_event(ecs_world, event)]}}
+        return normalize_api(body, NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node=node))
+
+    return shown
+
+
+async def _imds_document(url: str) -> object:
+    """The IMDS scheduled-events document, read as the metadata poller reads it (IMDSv2 token first)."""
+    async with aiohttp.ClientSession() as http:
+        put = await http.put(f"{url}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        got = await http.get(
+            f"{url}/latest/meta-data/events/maintenance/scheduled",
+            headers={"X-aws-ec2-metadata-token": await put.text()},
+        )
+        return await got.json(content_type=None)
+
+
 async def test_alibaba_scheduled_reboot_is_drained_within_the_lead_accepted_with_reboot_and_uncordoned_after(
     topology_ready: NatsSettings, nc: Client
 ) -> None:
@@ -63,10 +86,7 @@ async def test_alibaba_scheduled_reboot_is_drained_within_the_lead_accepted_with
         not_before = datetime.now(tz=UTC) + timedelta(seconds=NOTICE_S)
         event = ecs_world.publish_event("i-m1", "SystemMaintenance.Reboot", not_before=not_before)
 
-        def shown() -> list[CloudSystemEvent]:
-            body = {"InstanceSystemEventSet": {"InstanceSystemEventType": [render_event(ecs_world, event)]}}
-            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="m1")
-            return normalize_api(body, ctx)
+        shown = _alibaba_shown(ecs_world, event, "m1")
 
         settings = make_settings(
             topology_ready,
@@ -161,10 +181,7 @@ async def test_a_diagnosis_after_the_host_reboot_ran_verifies_instead_of_rebooti
             "i-m2", "SystemMaintenance.Reboot", not_before=datetime.now(tz=UTC) + timedelta(seconds=1)
         )
 
-        def shown() -> list[CloudSystemEvent]:
-            body = {"InstanceSystemEventSet": {"InstanceSystemEventType": [render_event(ecs_world, event)]}}
-            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="m2")
-            return normalize_api(body, ctx)
+        shown = _alibaba_shown(ecs_world, event, "m2")
 
         async def executed() -> bool:
             return event.status == "Executed"
@@ -204,18 +221,6 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
         not_before = datetime.now(tz=UTC) + timedelta(seconds=NOTICE_S)
         event = aws.add("instance-reboot", not_before=not_before, description="scheduled reboot")
 
-        async def imds_document() -> object:
-            async with aiohttp.ClientSession() as http:
-                put = await http.put(
-                    f"{imds.url}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
-                )
-                token = await put.text()
-                got = await http.get(
-                    f"{imds.url}/latest/meta-data/events/maintenance/scheduled",
-                    headers={"X-aws-ec2-metadata-token": token},
-                )
-                return await got.json(content_type=None)
-
         aws_shown: list[CloudSystemEvent] = []
         gce_shown: list[CloudSystemEvent] = []
 
@@ -227,7 +232,7 @@ async def test_aws_and_gce_host_events_are_waited_for_never_accepted_with_anothe
                 ctx = NormalizeContext(
                     observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="aws1", instance_id="i-0aws"
                 )
-                aws_shown[:] = normalize_imds(await imds_document(), ctx)
+                aws_shown[:] = normalize_imds(await _imds_document(imds.url), ctx)
                 await asyncio.sleep(0.2)
 
         def gce_feed() -> None:
@@ -297,10 +302,7 @@ async def test_a_replica_started_days_after_the_notice_still_drains_ahead_of_the
         not_before = datetime.now(tz=UTC) + timedelta(seconds=NOTICE_S)
         event = ecs_world.publish_event("i-m4", "SystemMaintenance.Reboot", not_before=not_before)
 
-        def shown() -> list[CloudSystemEvent]:
-            body = {"InstanceSystemEventSet": {"InstanceSystemEventType": [render_event(ecs_world, event)]}}
-            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="m4")
-            return normalize_api(body, ctx)
+        shown = _alibaba_shown(ecs_world, event, "m4")
 
         class FourDaysOn(datetime):
             @classmethod
@@ -382,17 +384,6 @@ async def test_one_ec2_scheduled_event_through_health_and_imds_is_one_maintenanc
             ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="aws2")
             return normalize_eventbridge(body, ctx)
 
-        async def imds_document() -> object:
-            async with aiohttp.ClientSession() as http:
-                put = await http.put(
-                    f"{imds.url}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
-                )
-                got = await http.get(
-                    f"{imds.url}/latest/meta-data/events/maintenance/scheduled",
-                    headers={"X-aws-ec2-metadata-token": await put.text()},
-                )
-                return await got.json(content_type=None)
-
         imds_shown: list[CloudSystemEvent] = []
         health_shown: list[CloudSystemEvent] = health("upcoming")
         assert {e.action for e in health_shown} == {"reboot"} and health_shown[0].not_before == not_before
@@ -402,7 +393,7 @@ async def test_one_ec2_scheduled_event_through_health_and_imds_is_one_maintenanc
                 ctx = NormalizeContext(
                     observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="aws2", instance_id="i-0twin"
                 )
-                imds_shown[:] = normalize_imds(await imds_document(), ctx)
+                imds_shown[:] = normalize_imds(await _imds_document(imds.url), ctx)
                 await asyncio.sleep(0.2)
 
         settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
