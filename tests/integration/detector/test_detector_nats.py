@@ -19,8 +19,8 @@ from nodeheal.detector.rules import RuleConfig
 from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.jetstream import DEFAULT_DLQ_LIMITER
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas import Anomaly, DeadLetter, FileSystem, LoadAverage, NodeProbe
-from nodeheal.schemas.subjects import dlq_subject, probe_subject, prober_probe_subject, wildcard
+from nodeheal.schemas import Anomaly, CloudSystemEvent, DeadLetter, FileSystem, LoadAverage, NodeProbe
+from nodeheal.schemas.subjects import cloud_subject, dlq_subject, probe_subject, prober_probe_subject, wildcard
 
 pytestmark = pytest.mark.nats
 
@@ -38,6 +38,35 @@ def probe(*, node: str, seq: int, used: float, boot: str = "b1") -> NodeProbe:
         cpu_count=4,
         filesystems=(FileSystem(mount="/", used_pct=used, inodes_used_pct=1.0),),
         ready=True,
+    )
+
+
+def cloud_event(
+    node: str,
+    phase: str,
+    *,
+    event_id: str,
+    instance_id: str,
+    cloud: str = "alibaba",
+    channel: str = "simulator",
+    event_type: str = "SystemMaintenance.Reboot",
+    not_before: datetime | None = None,
+) -> CloudSystemEvent:
+    """A host reboot of `node` in `phase` (terminal when completed), observed now."""
+    return CloudSystemEvent(
+        cluster="c1",
+        node=node,
+        cloud=cloud,  # type: ignore[arg-type]
+        channel=channel,  # type: ignore[arg-type]
+        provider_event_id=event_id,
+        provider_event_type=event_type,
+        action="reboot",
+        cause="planned_maintenance",
+        phase=phase,  # type: ignore[arg-type]
+        is_terminal=phase == "completed",
+        instance_id=instance_id,
+        observed_at=datetime.now(tz=UTC),
+        not_before=not_before,
     )
 
 
@@ -302,29 +331,13 @@ async def test_two_replicas_split_a_partitioned_fleet_without_sharing_a_node(nc:
 async def test_cloud_reboot_event_fires_maintenance_and_resolves_when_terminal_and_back(
     runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
 ) -> None:
-    from nodeheal.schemas import CloudSystemEvent
-    from nodeheal.schemas.subjects import cloud_subject
-
     s = topology_ready
     js = nc.jetstream()
     await publish(nc, s, probe(node="n5", seq=1, used=10.0))
     await eventually(lambda: "c1/n5" in runtime.detector.nodes)
 
     def event(phase: str) -> CloudSystemEvent:
-        return CloudSystemEvent(
-            cluster="c1",
-            node="n5",
-            cloud="alibaba",
-            channel="simulator",
-            provider_event_id="e-77",
-            provider_event_type="SystemMaintenance.Reboot",
-            action="reboot",
-            cause="planned_maintenance",
-            phase=phase,  # type: ignore[arg-type]
-            is_terminal=phase == "completed",
-            instance_id="i-77",
-            observed_at=datetime.now(tz=UTC),
-        )
+        return cloud_event("n5", phase, event_id="e-77", instance_id="i-77")
 
     subject = cloud_subject("c1", "n5", prefix=s.prefix)
     await js.publish(subject, event("in_progress").to_json(), headers={"Nats-Msg-Id": event("in_progress").dedup_id})
@@ -355,26 +368,18 @@ async def test_a_host_event_announced_before_the_restore_window_is_still_resolve
     `cloud_maintenance`; the detector restarts when both the notice and that anomaly are older than its
     restore window (`restore_lookback_s`, 1 day; 1 s here, with the restart 1.5 s later). When the event
     has run and the node is back, the anomaly still resolves, and the event's reboot is explained."""
-    from nodeheal.schemas import CloudSystemEvent
-    from nodeheal.schemas.subjects import cloud_subject
-
     s = topology_ready
     js = nc.jetstream()
 
     def event(phase: str) -> CloudSystemEvent:
-        return CloudSystemEvent(
-            cluster="c1",
-            node="n8",
+        return cloud_event(
+            "n8",
+            phase,
+            event_id="instance-event-88",
+            instance_id="i-88",
             cloud="aws",
             channel="imds",
-            provider_event_id="instance-event-88",
-            provider_event_type="system-reboot",
-            action="reboot",
-            cause="planned_maintenance",
-            phase=phase,  # type: ignore[arg-type]
-            is_terminal=phase == "completed",
-            instance_id="i-88",
-            observed_at=datetime.now(tz=UTC),
+            event_type="system-reboot",
             not_before=datetime.now(tz=UTC),
         )
 
