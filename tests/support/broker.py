@@ -83,3 +83,26 @@ async def publish_all(
     for start in range(0, len(messages), window):
         chunk = messages[start : start + window]
         await asyncio.gather(*(js.publish(subject, body, timeout=timeout_s) for subject, body in chunk))
+
+
+def cancel_as_data_arrives(js: JetStreamContext, task: Callable[[], asyncio.Task[None] | None]) -> None:
+    """Make `js`'s pull subscriptions cancel `task()` in the loop turn in which a data message reaches them:
+    right after the real subscription's queue takes it, before the reader's `fetch` wakes up. Where Python
+    3.11's `asyncio.wait_for` drops a cancellation (CPython gh-86296), this lands on it every time."""
+    subscribe = js.pull_subscribe
+
+    async def observed(*args: object, **kwargs: object) -> JetStreamContext.PullSubscription:
+        sub = await subscribe(*args, **kwargs)  # type: ignore[arg-type]
+        queue = sub._sub._pending_queue
+        put = queue.put_nowait
+
+        def put_then_cancel(msg: object) -> None:
+            put(msg)
+            target = task()
+            if target is not None and getattr(msg, "data", b""):  # a message, not a status
+                target.cancel()
+
+        queue.put_nowait = put_then_cancel  # type: ignore[method-assign]
+        return sub
+
+    js.pull_subscribe = observed  # type: ignore[method-assign]

@@ -15,6 +15,7 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import audit_subject
+from tests.support.broker import cancel_as_data_arrives
 from tests.unit.replay.factories import record
 
 pytestmark = pytest.mark.nats
@@ -208,3 +209,41 @@ async def test_a_following_read_ends_with_its_caller(topology_ready: NatsSetting
         if not nc.is_closed:
             await nc.close()
     assert task.done() and got == []
+
+
+async def test_a_following_read_cancelled_as_a_record_arrives_still_ends(
+    topology_ready: NatsSettings, js: JetStreamContext
+) -> None:
+    """The Ctrl-C of `nodeheal batch` lands in the loop turn in which an AUDIT record reaches the follower's
+    subscription. On Python 3.11 `asyncio.wait_for` (inside nats-py's `fetch`) then returns the record and
+    drops the cancellation (CPython gh-86296); the read took the next fetch and went on forever: an
+    interrupted `nodeheal batch` did not exit within 30 s (seen in this suite under load; its task dump
+    showed the follower `cancelling` inside a new fetch). Here the cancellation is made to land exactly
+    there (`cancel_as_data_arrives`)."""
+    import nats
+
+    from nodeheal.cli.window import read_stream
+
+    reader_nc = await nats.connect(topology_ready.url)
+    reader_js = reader_nc.jetstream()
+    task: asyncio.Task[None] | None = None
+    cancel_as_data_arrives(reader_js, lambda: task)
+    got: list[int] = []
+
+    async def follow() -> None:
+        async for stored in read_stream(
+            reader_js,
+            stream=f"{topology_ready.stream_prefix}AUDIT",
+            subjects=[f"{topology_ready.prefix}.audit.*.*"],
+            follow=True,
+        ):
+            got.append(stored.seq)
+
+    task = asyncio.create_task(follow())
+    try:
+        await asyncio.sleep(1.0)  # waiting in a fetch on an empty stream
+        await _publish(js, topology_ready, _records()[:1])
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout=15)
+    finally:
+        await reader_nc.close()
+    assert task.cancelled()

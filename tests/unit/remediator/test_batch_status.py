@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from nodeheal.cli.batch import NodeState, batch_started, new_batch_id, node_status
+from nodeheal.cli.batch import NodeState, batch_started, new_batch_id, node_status, wait_for_change
 from nodeheal.schemas.audit import RemediationRecord
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -63,3 +64,16 @@ def test_a_replace_waits_for_each_approval_and_is_done_when_replaced() -> None:
     assert _status("replace", *steps) == "running"  # retired is not the end of a replace
     assert _status("replace", *steps, ("replace", "awaiting_approval")) == "waiting_approval"
     assert _status("replace", *steps, ("replace", "awaiting_approval"), ("replace", "succeeded")) == "done"
+
+
+async def test_a_ctrl_c_that_lands_as_a_record_arrives_stops_the_batch() -> None:
+    """The batch's loop waits for its AUDIT follower's next record. A Ctrl-C (the task's cancellation) in
+    the loop turn in which that record is announced was dropped by Python 3.11's `wait_for` (CPython
+    gh-86296): the loop went on submitting nodes."""
+    changed = asyncio.Event()
+    waiting = asyncio.create_task(wait_for_change(changed, timeout_s=30.0))
+    await asyncio.sleep(0)  # it waits
+    changed.set()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

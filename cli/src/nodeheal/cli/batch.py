@@ -35,7 +35,7 @@ from nodeheal.cli.window import read_stream
 from nodeheal.remediator.actions.kube import KubeActions, build_api_client
 from nodeheal.remediator.settings import KubeSettings
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.jetstream import publish_model, stop_if_cancelled
 from nodeheal.schemas.anomaly import Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.causes import OPERATOR_REQUEST
@@ -211,6 +211,17 @@ async def _follow(
             caught_up.set()
 
 
+async def wait_for_change(changed: asyncio.Event, *, timeout_s: float) -> None:
+    """Until `changed` is set or `timeout_s` has passed. A Ctrl-C that lands in the loop turn in which
+    `changed` is set is not lost: Python 3.11's `wait_for` returns and drops it (CPython gh-86296), and the
+    batch went on submitting nodes."""
+    try:
+        await asyncio.wait_for(changed.wait(), timeout=timeout_s)
+    except TimeoutError:
+        pass
+    stop_if_cancelled()
+
+
 async def run_batch(
     js: JetStreamContext,
     batch: Batch,
@@ -285,10 +296,7 @@ async def run_batch(
             if follower.done():
                 follower.result()
             changed.clear()
-            try:
-                await asyncio.wait_for(changed.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            await wait_for_change(changed, timeout_s=1.0)
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)

@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from nodeheal.runtime.jetstream import close_reader, reader_config
+from nodeheal.runtime.jetstream import close_reader, reader_config, stop_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ async def read_stream(
                 msgs = await sub.fetch(batch, timeout=5.0 if follow else STALL_TIMEOUT_S)
             except (TimeoutError, NatsTimeoutError):
                 if follow:
+                    stop_if_cancelled()
                     continue
                 msg_ = (
                     f"stream {stream} stopped delivering for {STALL_TIMEOUT_S:.0f} s while messages were pending; "
@@ -154,6 +155,7 @@ async def read_stream(
                 await close_reader(js, sub)
                 sub = await _reopen(js, stream=stream, subjects=subjects, since=since, next_seq=next_seq)
                 continue
+            stop_if_cancelled()  # a cancellation that met a delivery was dropped by the fetch (gh-86296)
             for msg in msgs:
                 stored, pending = _stored(stream, msg)
                 next_seq = stored.seq + 1
@@ -250,11 +252,13 @@ async def read_durable(
                 msgs = await psub.fetch(batch, timeout=5.0 if follow else STALL_TIMEOUT_S)
             except (TimeoutError, NatsTimeoutError):
                 if follow:
+                    stop_if_cancelled()
                     continue
                 raise RuntimeError(
                     f"durable {durable} on {stream} delivered nothing for {STALL_TIMEOUT_S:.0f} s while "
                     "messages were pending; check `nats consumer info` and retry"
                 ) from None
+            stop_if_cancelled()
             for m in msgs:
                 stored, _pending = _stored(stream, m)
                 yield stored

@@ -233,6 +233,19 @@ async def close_reader(js: JetStreamContext, sub: JetStreamContext.PullSubscript
             log.debug("stream reader not deleted", extra={"stream": stream, "error": repr(exc)})
 
 
+def stop_if_cancelled() -> None:
+    """End a loop whose task was asked to stop but never saw the `CancelledError`.
+
+    On Python 3.11 `asyncio.wait_for` returns the awaited result when the cancellation lands in the loop turn
+    in which that result arrives, and drops the cancellation (CPython gh-86296; 3.12 rewrote `wait_for`).
+    nats-py's `fetch()` awaits `next_msg()`, which is such a `wait_for`, so a reader cancelled as a message
+    reached it got the message instead. The task still counts the request (`Task.cancelling()`): a loop that
+    would otherwise go on forever calls this after each wait."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def follow_stream(
     js: JetStreamContext,
     *,
@@ -260,7 +273,9 @@ async def follow_stream(
                 try:
                     msgs = await sub.fetch(batch, timeout=wait_s)
                 except TimeoutError:
+                    stop_if_cancelled()
                     continue
+                stop_if_cancelled()
                 for msg in msgs:
                     next_seq = msg.metadata.sequence.stream + 1
                     on_msg(msg)
