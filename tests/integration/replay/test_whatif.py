@@ -16,11 +16,13 @@ from nats.js.client import JetStreamContext
 
 from nodeheal.cli.replay import replay
 from nodeheal.cli.timeline import TimelineMessage
+from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.probe import FileSystem, LoadAverage, NodeProbe, Reachability, ServiceState
 from tests.integration.replay.test_replay import _args, publish_scenario
-from tests.unit.replay.factories import CLUSTER, at
+from tests.unit.replay.factories import CLUSTER, at, cloud_event, subject_of
 
 pytestmark = pytest.mark.nats
 
@@ -99,3 +101,49 @@ async def test_a_bad_rules_file_is_a_usage_error(topology_ready: NatsSettings, t
     result = await asyncio.to_thread(CliRunner().invoke, replay, args)
     assert result.exit_code == 2
     assert "disk_full_pct" in result.output
+
+
+def host_reboot_scenario() -> tuple[CloudSystemEvent, list[TimelineMessage]]:
+    """node-h's host reboot, announced two hours before the window (stored before --since): its agent goes
+    silent at t = 60 s, when the reboot runs, and comes back with a new boot id at t = 180 s."""
+    notice = cloud_event("node-h", t=-7200).model_copy(update={"not_before": at(60)})
+    probes: list[TimelineMessage] = []
+    for i, t in enumerate([*range(0, 60, 10), *range(180, 300, 10)]):
+        p = agent_probe("node-h", t, seq=i, used_pct=50.0)
+        probes.append(p.model_copy(update={"boot_id": "boot-1" if t < 60 else "boot-2", "uptime_s": 10_000 + t}))
+    return notice, probes
+
+
+async def test_a_host_event_announced_before_the_window_is_known_to_the_what_if(
+    topology_ready: NatsSettings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """A notice comes once, days ahead (AWS about two weeks), and nothing more until its phase changes:
+    the window of a postmortem rarely holds it. Before, the what-if read CLOUD from --since only, so the
+    sandbox met node-h's host reboot as an unexplained outage and diagnosed it and planned a repair; live,
+    the detector and the remediator knew the event."""
+    notice, probes = host_reboot_scenario()
+    await publish_model(js, subject_of(notice, topology_ready.prefix), notice, msg_id=notice.id)
+    await asyncio.sleep(1.1)
+    since = datetime.now(tz=UTC)
+    for p in probes:
+        await publish_model(js, subject_of(p, topology_ready.prefix), p, msg_id=p.id)
+    until = datetime.now(tz=UTC) + timedelta(seconds=1)
+    same = tmp_path / "same.yaml"
+    same.write_text("detector: {}\n")
+    args = _args(topology_ready, since, until, "--all", "--json", "--what-if", str(same))
+    result = await asyncio.to_thread(CliRunner().invoke, replay, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["what_if"]["differences"] == []  # before: a new incident, `unexpected_reboot`, at t = 180 s
+    assert report["what_if"]["open_before_window"] == {"cloud_events": 1, "anomalies_left_out": 1}
+    assert report["what_if"]["incidents"] == 0 and report["what_if"]["ttd_s"]["max"] is None
+    assert report["window"]["open_cloud_events"] == [
+        {
+            "node": "node-h",
+            "provider_event_id": "e-node-h",
+            "action": "reboot",
+            "phase": "scheduled",
+            "not_before": "2026-03-01T12:01:00Z",
+            "reported_at": "2026-03-01T10:00:00Z",
+        }
+    ]

@@ -110,6 +110,10 @@ class Recording:
     scope: Scope
     messages: list[TimelineMessage] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    open_before: list[CloudSystemEvent] = field(default_factory=list)
+    """Cloud events still open when the window began: each one's last report stored before `since`. A notice
+    comes once, days or weeks ahead, and nothing more until its phase changes: the window rarely holds it,
+    and the live detector and remediator knew it (they read all of CLOUD at start)."""
 
     def inputs(self) -> list[NodeProbe | CloudSystemEvent]:
         """The recorded inputs (probes and cloud events) in time order, for the what-if sandbox."""
@@ -176,16 +180,25 @@ async def record_window(
             if progress is not None and task is not None:
                 progress.update(task, total=total)
 
+        before: dict[tuple[str, str, str], CloudSystemEvent] = {}  # CLOUD before the window: last report per event
         async for stored in read_stream(
             js,
             stream=stream,
             subjects=scope.subjects(prefix=settings.prefix, kind=kind, partitions=settings.probe_partitions),
-            since=since,
+            since=None if base == "CLOUD" else since,  # all of CLOUD (30 days, as the services read it)
             until=until,
             on_total=on_total,
         ):
             if progress is not None and task is not None:
                 progress.advance(task)
+            if base == "CLOUD" and stored.stored_at < since:
+                try:
+                    event = CloudSystemEvent.model_validate_json(stored.data)
+                except ValidationError:
+                    continue  # not in the window: not listed as skipped either
+                if scope.keeps(event):
+                    before[(event.cluster or "", event.node, event.provider_event_id)] = event
+                continue
             if kind == PROBER_KIND and _batch_subject(stored.subject, prefix=settings.prefix):
                 # a `ProberResults` batch: each entry is the prober probe it stands for (as the detector reads it)
                 try:
@@ -208,6 +221,7 @@ async def record_window(
         if progress is not None and task is not None:
             info = progress.tasks[task]
             progress.update(task, total=info.completed, completed=info.completed)
+        recording.open_before += [e for e in before.values() if not e.is_terminal]
     return recording
 
 
@@ -242,6 +256,18 @@ def build_report(recording: Recording, timeline: Timeline) -> dict[str, Any]:
         "since": _ts(recording.since),
         "until": _ts(recording.until),
         "scope": recording.scope.label,
+        # cloud events still open when the window began (their last report before it): what the live services knew
+        "open_cloud_events": [
+            {
+                "node": e.node,
+                "provider_event_id": e.provider_event_id,
+                "action": e.action,
+                "phase": e.phase,
+                "not_before": _ts(e.not_before),
+                "reported_at": _ts(e.time),
+            }
+            for e in sorted(recording.open_before, key=lambda e: (e.node, e.provider_event_id))
+        ],
     }
     report["skipped"] = [
         {"stream": s.stream, "seq": s.seq, "subject": s.subject, "reason": s.reason} for s in recording.skipped

@@ -21,8 +21,9 @@ RULES.yaml::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -137,6 +138,7 @@ class Sandbox:
     anomalies: list[Anomaly] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
     plans: dict[str, tuple[str, bool, tuple[str, ...]]] = field(default_factory=dict)  # diagnosis id → first step
+    started_at: datetime | None = None  # the first recorded input's time: where the window's inputs begin
 
 
 def _fast(probe: NodeProbe) -> FastProbe:
@@ -144,9 +146,15 @@ def _fast(probe: NodeProbe) -> FastProbe:
 
 
 def run_sandbox(
-    *, inputs: list[NodeProbe | CloudSystemEvent | RemediationRecord], rules: WhatIfRules, until: datetime
+    *,
+    inputs: list[NodeProbe | CloudSystemEvent | RemediationRecord],
+    rules: WhatIfRules,
+    until: datetime,
+    open_before: Sequence[CloudSystemEvent] = (),
 ) -> Sandbox:
-    """Drive detector → diagnoser → planner with the recorded inputs in time order."""
+    """Drive detector → diagnoser → planner with the recorded inputs in time order. `open_before`: the cloud
+    events still open when the window began (`Recording.open_before`), known from the first input on, as
+    the live services knew them."""
     box = Sandbox()
     ordered = sorted(inputs, key=lambda m: (m.time, type(m).__name__, m.node, m.id))
     start = ordered[0].time.timestamp() if ordered else until.timestamp()
@@ -186,6 +194,12 @@ def run_sandbox(
             holds.pop(k)
         evaluate(touched | due, now)
 
+    opened = datetime.fromtimestamp(start, tz=UTC)
+    box.started_at = opened
+    for ev in sorted(open_before, key=lambda e: (e.time, e.node, e.id)):
+        cloud_by_node.setdefault((ev.cluster, ev.node), {})[ev.provider_event_id] = ev
+        detector.observe_cloud(ev, now=start, at=min(ev.time.timestamp(), start))
+        evaluate(diagnoser.on_cloud_event(ev), opened)
     for m in ordered:
         now = m.time
         detector.tick(now=now.timestamp())
@@ -231,6 +245,8 @@ class WhatIfOutcome:
     differences: list[Difference]
     timeline: Timeline
     sandbox: Sandbox
+    open_before: int = 0  # cloud events open when the window began, known to the sandbox from its start
+    earlier_anomalies: int = 0  # sandbox anomalies of those events with an onset before the window: left out
 
     def to_dict(self) -> dict[str, Any]:
         s = self.timeline.summary
@@ -241,6 +257,7 @@ class WhatIfOutcome:
             "tti_s": s.tti_s.model_dump(),
             "incidents": s.counts.incidents,
             "would_publish": {"anomalies": len(self.sandbox.anomalies), "diagnoses": len(self.sandbox.diagnoses)},
+            "open_before_window": {"cloud_events": self.open_before, "anomalies_left_out": self.earlier_anomalies},
         }
 
 
@@ -321,13 +338,22 @@ def run_what_if(*, recording: Recording, recorded: Timeline, rules: WhatIfRules)
     inputs: list[NodeProbe | CloudSystemEvent | RemediationRecord] = [
         m for m in recording.messages if isinstance(m, NodeProbe | CloudSystemEvent | RemediationRecord)
     ]
-    box = run_sandbox(inputs=inputs, rules=rules, until=recording.until)
+    box = run_sandbox(inputs=inputs, rules=rules, until=recording.until, open_before=recording.open_before)
+    # anomalies with a fault onset before the first input come from the cloud events open when the window began
+    # (their recorded counterparts were stored before --since): not compared, not in the figures
+    start = box.started_at
+    earlier = {a.id for a in box.anomalies if start is not None and a.fault_onset < start}
     messages: list[TimelineMessage] = [m for m in recording.messages if isinstance(m, NodeProbe | CloudSystemEvent)]
-    messages += box.anomalies
-    messages += box.diagnoses
+    messages += [a for a in box.anomalies if a.id not in earlier]
+    messages += [d for d in box.diagnoses if not earlier.issuperset(d.anomaly_ids)]
     timeline = build_timeline(messages)
     return WhatIfOutcome(
-        rules=rules.source, differences=compare(recorded, timeline, plans=box.plans), timeline=timeline, sandbox=box
+        rules=rules.source,
+        differences=compare(recorded, timeline, plans=box.plans),
+        timeline=timeline,
+        sandbox=box,
+        open_before=len(recording.open_before),
+        earlier_anomalies=len(earlier),
     )
 
 
