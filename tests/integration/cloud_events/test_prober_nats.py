@@ -218,3 +218,48 @@ async def test_inventory_changes_reach_the_next_round(topology_ready: NatsSettin
         assert [n.node for n in prober.my_nodes()] == ["b"]
     finally:
         await prober.stop()
+
+
+async def test_a_round_ends_while_the_server_is_slow_to_acknowledge(topology_ready: NatsSettings, nc: Client) -> None:
+    """The round's end stopped its every-`batch_flush_s` sender by cancelling it. When that sender was
+    waiting for a free async-publish slot (the server slow to acknowledge: every slot taken), nats-py turned
+    the cancellation into `TooManyStalledMsgsError`, the sender logged it as a failed publish and went on
+    sending forever: the round never ended, and the prober stopped probing with its readiness still green.
+    Here every slot is taken while a node's check hangs the round past the first flush."""
+    js = nc.jetstream()
+    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
+    for name, address in (("alive-1", "127.0.0.1"), ("hung-1", "127.0.0.3")):
+        inv = NodeInventory(cluster="prod-1", node=name, addresses=(address,))
+        await kv.put(inventory_key("prod-1", name), inv.to_json())
+    async with local_node() as node, hung_listener("127.0.0.3", node.healthz_port):
+        settings = ProberSettings(
+            nats=topology_ready.model_copy(update={"publish_timeout_s": 3.0}),
+            cluster="prod-1",
+            tcp_ports=[node.kubelet_port],
+            ssh_port=None,
+            healthz_url=f"http://{{address}}:{node.healthz_port}/healthz",
+            timeout_s=2,
+            batch_flush_s=0.3,
+            max_pending_publishes=1,
+        )
+        prober = Prober(settings)
+        await prober.start()
+        try:
+            assert prober.inventory is not None and prober.js is not None
+            while len(prober.my_nodes()) < 2:
+                await prober.inventory.changed()
+            slots = prober.js._publish_async_pending_semaphore
+            await slots.acquire()  # the one slot taken: every publish waits `publish_timeout_s`, then fails
+            round_ = asyncio.create_task(prober.run_round())
+            try:
+                # the round lasts the hung check (2 s), then each send waits out `publish_timeout_s` (3 s)
+                await asyncio.wait({round_}, timeout=30)
+                assert round_.done(), "the round did not end"
+            finally:
+                slots.release()
+                round_.cancel()
+                await asyncio.gather(round_, return_exceptions=True)
+            result = round_.result()
+        finally:
+            await prober.stop()
+    assert (result.nodes, result.unreachable, result.published) == (2, 1, 0)

@@ -210,20 +210,27 @@ class Prober:
             if full:
                 await send(full)
 
+        checked = asyncio.Event()
+
         async def flush_now_and_then() -> None:
             # a round with slow (timing-out) nodes lasts seconds: what was checked goes out meanwhile, so a
-            # verdict waits at most `batch_flush_s` for its message
-            while True:
-                await asyncio.sleep(self.settings.batch_flush_s)
-                await send(batcher.drain())
+            # verdict waits at most `batch_flush_s` for its message. Stopped by `checked`, not by a cancel:
+            # a cancel that lands while a publish waits for a free async-publish slot is turned into
+            # `TooManyStalledMsgsError` by nats-py, which `send` counts as a failed publish, and the sender
+            # went on for good (the round never ended; the prober stopped probing)
+            while not checked.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(checked.wait(), timeout=self.settings.batch_flush_s)
+                if not checked.is_set():
+                    await send(batcher.drain())
 
         flusher = asyncio.create_task(flush_now_and_then())
         try:
             await asyncio.gather(*(one(inv) for inv in nodes))
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            checked.set()
+            # its send under way ends within `publish_timeout_s`; a cancel of this round (shutdown) reaches it too
+            await flusher
         await send(batcher.drain())
         published = 0
         if sent:
