@@ -122,7 +122,11 @@ async def test_a_host_event_announced_before_the_window_is_known_to_the_what_if(
     sandbox met node-h's host reboot as an unexplained outage and diagnosed it and planned a repair; live,
     the detector and the remediator knew the event."""
     notice, probes = host_reboot_scenario()
-    await publish_model(js, subject_of(notice, topology_ready.prefix), notice, msg_id=notice.id)
+    # another node's event ended before the window; a late report of an earlier phase does not reopen it
+    ended = cloud_event("node-x", t=-7000, phase="completed")
+    late = cloud_event("node-x", t=-6900, phase="scheduled")
+    for m in (notice, ended, late):
+        await publish_model(js, subject_of(m, topology_ready.prefix), m, msg_id=m.id)
     await asyncio.sleep(1.1)
     since = datetime.now(tz=UTC)
     for p in probes:

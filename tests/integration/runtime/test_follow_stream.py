@@ -23,8 +23,8 @@ async def test_a_follower_cancelled_as_a_message_arrives_still_ends(
     js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """Before, Python 3.11's `wait_for` inside nats-py's `fetch` handed the follower the message and dropped
-    the cancellation (CPython gh-86296): the follower fetched again and again, and a service's stop
-    waited for it for good (a SIGTERM ended only by the kubelet's SIGKILL)."""
+    the cancellation (CPython gh-86296): the follower fetched again and again; a service's stop gave up on
+    it after 5 s (`ConsumerRuntime.stop`) and it went on reading until the process ended."""
     reader_nc = await nats.connect(topology_ready.url)
     reader_js = reader_nc.jetstream()
     task: asyncio.Task[None] | None = None
@@ -43,3 +43,21 @@ async def test_a_follower_cancelled_as_a_message_arrives_still_ends(
     finally:
         await reader_nc.close()
     assert task.cancelled()
+
+
+async def test_a_follower_whose_connection_closes_ends(topology_ready: NatsSettings) -> None:
+    """nats-py turns the cancellation of a fetch on a closing connection into `ConnectionClosedError`, which the
+    follower took for a lost reader and retried for good; now a closed connection ends it."""
+    reader_nc = await nats.connect(topology_ready.url)
+    reader_js = reader_nc.jetstream()
+    subject = anomaly_subject("c1", "n1", prefix=topology_ready.prefix)
+    task = asyncio.create_task(
+        follow_stream(
+            reader_js, stream=f"{topology_ready.stream_prefix}ANOMALIES", subject=subject, start=None, on_msg=print
+        )
+    )
+    await asyncio.sleep(1.0)  # waiting in a fetch on an empty stream
+    await reader_nc.close()
+    await asyncio.wait({task}, timeout=15)
+    assert task.done(), "the follower went on after its connection closed"
+    assert isinstance(task.exception(), Exception)

@@ -277,6 +277,7 @@ async def run_batch(
                 await publish_model(js, diagnosis_subject(batch.cluster, node, prefix=prefix), d, msg_id=d.id)
                 batch.nodes[node].submitted = True
                 in_flight.append(node)
+                stop_if_cancelled()  # a Ctrl-C that landed as the stream acknowledged stops the next submission
             for node in sorted(batch.nodes):
                 status, detail = batch.status(node)
                 if status == "waiting_approval" and node not in announced:

@@ -196,8 +196,11 @@ async def record_window(
                     event = CloudSystemEvent.model_validate_json(stored.data)
                 except ValidationError:
                     continue  # not in the window: not listed as skipped either
-                if scope.keeps(event):
-                    before[(event.cluster or "", event.node, event.provider_event_id)] = event
+                key = (event.cluster or "", event.node, event.provider_event_id)
+                known = before.get(key)
+                # a terminal phase is never overwritten by a late non-terminal report (as the services keep them)
+                if scope.keeps(event) and not (known is not None and known.is_terminal and not event.is_terminal):
+                    before[key] = event
                 continue
             if kind == PROBER_KIND and _batch_subject(stored.subject, prefix=settings.prefix):
                 # a `ProberResults` batch: each entry is the prober probe it stands for (as the detector reads it)

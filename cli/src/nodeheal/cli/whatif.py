@@ -138,7 +138,6 @@ class Sandbox:
     anomalies: list[Anomaly] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
     plans: dict[str, tuple[str, bool, tuple[str, ...]]] = field(default_factory=dict)  # diagnosis id → first step
-    started_at: datetime | None = None  # the first recorded input's time: where the window's inputs begin
 
 
 def _fast(probe: NodeProbe) -> FastProbe:
@@ -195,7 +194,6 @@ def run_sandbox(
         evaluate(touched | due, now)
 
     opened = datetime.fromtimestamp(start, tz=UTC)
-    box.started_at = opened
     for ev in sorted(open_before, key=lambda e: (e.time, e.node, e.id)):
         cloud_by_node.setdefault((ev.cluster, ev.node), {})[ev.provider_event_id] = ev
         detector.observe_cloud(ev, now=start, at=min(ev.time.timestamp(), start))
@@ -246,7 +244,7 @@ class WhatIfOutcome:
     timeline: Timeline
     sandbox: Sandbox
     open_before: int = 0  # cloud events open when the window began, known to the sandbox from its start
-    earlier_anomalies: int = 0  # sandbox anomalies of those events with an onset before the window: left out
+    earlier_anomalies: int = 0  # sandbox anomalies of those events with no recorded one in the window: left out
 
     def to_dict(self) -> dict[str, Any]:
         s = self.timeline.summary
@@ -339,10 +337,12 @@ def run_what_if(*, recording: Recording, recorded: Timeline, rules: WhatIfRules)
         m for m in recording.messages if isinstance(m, NodeProbe | CloudSystemEvent | RemediationRecord)
     ]
     box = run_sandbox(inputs=inputs, rules=rules, until=recording.until, open_before=recording.open_before)
-    # anomalies with a fault onset before the first input come from the cloud events open when the window began
-    # (their recorded counterparts were stored before --since): not compared, not in the figures
-    start = box.started_at
-    earlier = {a.id for a in box.anomalies if start is not None and a.fault_onset < start}
+    # the anomalies raised by the cloud events open when the window began (their evidence names the event's
+    # report), when the window holds no recorded anomaly of theirs (the live one was stored before --since):
+    # not compared, not in the figures. One the window does hold (it resolved inside it) is compared as usual.
+    opened = {e.id for e in recording.open_before}
+    recorded_keys = {m.anomaly_key for m in recording.messages if isinstance(m, Anomaly)}
+    earlier = {a.id for a in box.anomalies if opened.intersection(a.probe_ids) and a.anomaly_key not in recorded_keys}
     messages: list[TimelineMessage] = [m for m in recording.messages if isinstance(m, NodeProbe | CloudSystemEvent)]
     messages += [a for a in box.anomalies if a.id not in earlier]
     messages += [d for d in box.diagnoses if not earlier.issuperset(d.anomaly_ids)]
@@ -368,3 +368,10 @@ def render_differences(outcome: WhatIfOutcome, *, console: Console) -> None:
             d.at, d.node, d.kind, d.recorded or "—", d.what_if or "—", "" if d.delta_s is None else f"{d.delta_s:+.1f}"
         )
     console.print(table)
+    if outcome.open_before:
+        console.print(
+            f"{outcome.open_before} cloud event(s) open when the window began were known to the sandbox from its "
+            f"start; {outcome.earlier_anomalies} anomaly(ies) they raised there, recorded before the window, "
+            "are left out of the comparison",
+            highlight=False,
+        )

@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from nodeheal.runtime.jetstream import close_reader, reader_config, stop_if_cancelled
+from nodeheal.runtime.jetstream import close_reader, reader_config, stop_if_cancelled, stop_if_ending
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ async def read_stream(
             except Exception as exc:
                 if not follow:
                     raise
-                _stop_if_ending(js, exc)
+                stop_if_ending(js, exc)
                 # the consumer is gone (server restart, inactivity): a new one from where this one stopped
                 await close_reader(js, sub)
                 sub = await _reopen(js, stream=stream, subjects=subjects, since=since, next_seq=next_seq)
@@ -184,26 +184,13 @@ async def _reopen(
         except NotFoundError:
             raise
         except Exception as exc:  # the server is not back yet, or refuses (permissions): retried, and said
-            _stop_if_ending(js, exc)
+            stop_if_ending(js, exc)
             log.debug("stream reader not recreated yet", extra={"stream": stream, "error": repr(exc)})
             if tries == REOPEN_WARN_S or (tries > REOPEN_WARN_S and tries % 60 == 0):
                 sys.stderr.write(
                     f"still trying to read {stream} again after {tries} s ({exc!r}); "
                     "check the server and this user's permissions\n"
                 )
-
-
-def _stop_if_ending(js: JetStreamContext, exc: Exception) -> None:
-    """A following read never outlives its caller: when this task is being cancelled (Ctrl-C, the batch's
-    end) or its connection was closed, the error ends the read instead of a retry. nats-py turns the
-    cancellation of a fetch on a closing connection into `ConnectionClosedError`: retried, the cancellation
-    was lost and the read went on forever (a `nodeheal batch` interrupted under load did not exit)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc
-    nc = getattr(js, "_nc", None)
-    if nc is not None and (nc.is_closed or nc.is_draining):
-        raise exc
 
 
 REOPEN_WARN_S = 30

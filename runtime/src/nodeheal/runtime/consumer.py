@@ -56,7 +56,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
 
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, follow_stream, read_range
+from nodeheal.runtime.jetstream import (
+    dead_letter,
+    ensure_pull_consumer,
+    follow_stream,
+    read_range,
+    stop_if_cancelled,
+)
 from nodeheal.runtime.metrics import PipelineMetrics
 from nodeheal.runtime.service import consumer_broker
 from nodeheal.runtime.settings import NatsSettings
@@ -542,6 +548,7 @@ class ConsumerRuntime:
                     raise
                 except Exception as exc:
                     log.debug("consumer lag not read", extra={"stream": stream, "error": describe(exc)})
+                stop_if_cancelled()  # a stop that landed as the server answered is not lost (gh-86296)
             await asyncio.sleep(self.lag_every_s)
 
     def liveness(self) -> tuple[bool, str]:

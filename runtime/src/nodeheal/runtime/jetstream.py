@@ -246,6 +246,20 @@ def stop_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+def stop_if_ending(js: JetStreamContext, exc: Exception) -> None:
+    """A following read never outlives its caller: when this task is being cancelled (Ctrl-C, the batch's
+    end, a service's stop) or its connection was closed, the error `exc` of a fetch ends the read instead of
+    a retry. nats-py turns the cancellation of a fetch on a closing connection into `ConnectionClosedError`:
+    retried, the cancellation was lost and the read went on forever (a `nodeheal batch` interrupted under
+    load did not exit)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+    nc = getattr(js, "_nc", None)
+    if nc is not None and (nc.is_closed or nc.is_draining):
+        raise exc
+
+
 async def follow_stream(
     js: JetStreamContext,
     *,
@@ -265,6 +279,7 @@ async def follow_stream(
         try:
             sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=reader_config(start, next_seq))
         except Exception as exc:
+            stop_if_ending(js, exc)
             log.warning("stream reader not created; retrying", extra={"stream": stream, "error": repr(exc)})
             await asyncio.sleep(1.0)
             continue
@@ -282,6 +297,7 @@ async def follow_stream(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            stop_if_ending(js, exc)
             log.warning("stream reader lost; recreating", extra={"stream": stream, "error": repr(exc)})
             await asyncio.sleep(1.0)
         finally:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from nodeheal.remediator import planner
 from nodeheal.remediator.audit import AuditRefusedError, AuditUnavailableError
 from nodeheal.remediator.runner import Remediator
+from nodeheal.runtime.jetstream import stop_if_cancelled
 
 log = logging.getLogger("nodeheal.remediator.maintenance")
 
@@ -50,6 +51,9 @@ class MaintenanceLoop:
                 raise
             except Exception:
                 log.exception("maintenance tick failed")
+            # stopped by a cancel: one that landed as a KV or stream answer came must not be lost (Python 3.11's
+            # `wait_for`, gh-86296), or the loop would go on cordoning and draining after the service stopped
+            stop_if_cancelled()
             await asyncio.sleep(self.interval_s)
 
     async def stop(self) -> None:
@@ -66,6 +70,7 @@ class MaintenanceLoop:
             except AuditUnavailableError:
                 log.warning("storm escalations still not recorded", extra={"unsent": r.storm_unsent()})
         slots = {s.node: s for s in (await r.ledger.read())[0]}
+        stop_if_cancelled()  # nothing new is started by a loop that was asked to stop
         for node, held in slots.items():
             if held.until <= now and node not in self._busy:
                 self._spawn(node, r.expire_slot(held), episode=None)

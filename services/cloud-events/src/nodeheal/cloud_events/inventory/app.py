@@ -14,6 +14,7 @@ from nodeheal.cloud_events.inventory.settings import InventorySettings
 from nodeheal.cloud_events.inventory.store import InventoryStore
 from nodeheal.cloud_events.inventory.watcher import NodeEvent, NodeWatcher, build_api_client, run_in_thread
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.jetstream import stop_if_cancelled
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.base import utcnow
 
@@ -89,8 +90,11 @@ class InventoryWatcher:
                     await self.apply(event)
                     break
                 except Exception:  # NATS away: keep the event and try again, nothing is skipped
+                    stop_if_cancelled()
                     log.exception("could not apply a node event; retrying")
                     await asyncio.sleep(self.settings.retry_backoff_s)
+            # a stop that landed as a KV write was answered is not lost (gh-86296: `stop_if_cancelled`)
+            stop_if_cancelled()
 
     async def apply(self, event: NodeEvent) -> None:
         assert self.store is not None
