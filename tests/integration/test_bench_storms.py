@@ -1,6 +1,7 @@
-"""`nodeheal bench remediator --storm` and `nodeheal bench detector-storm` on tiny fleets: they run, every
-diagnosis / node of the storm is accounted for, and the remediator's digest is the same on a second run (its
-decisions do not depend on the code's speed: the simulated clock). The numbers belong in docs/BENCHMARKS.md."""
+"""`nodeheal bench remediator --storm`, `nodeheal bench detector-storm` and `nodeheal bench cloud-read` on tiny
+fleets: they run, every diagnosis / node / cloud event is accounted for, and the remediator's digest is the same
+on a second run (its decisions do not depend on the code's speed: the simulated clock). The numbers belong in
+docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -34,3 +35,10 @@ def test_bench_detector_storm_publishes_every_silent_node() -> None:
     report = run("detector-storm", "--nodes", "300")
     assert report["anomalies_published"] == 299
     assert report["loop_turns_watched"]
+
+
+def test_bench_cloud_read_reads_every_stored_event_and_keeps_the_host_events() -> None:
+    report = run("cloud-read", "--messages", "400", "--nodes", "100", "--host-share", "0.25", "--repeat", "2")
+    assert report["stored"] == report["read"] == 400
+    assert report["host_events_kept"] == 100  # every fourth a reboot notice; the state changes are not kept
+    assert len(report["wall_s_runs"]) == 2  # type: ignore[arg-type]

@@ -403,6 +403,35 @@ def remediator(
     _print_with_profile(result, as_json=as_json)
 
 
+@bench.command("cloud-read")
+@click.option(
+    "--messages",
+    type=click.IntRange(1, 5_000_000),
+    default=200_000,
+    show_default=True,
+    help="Cloud events in CLOUD (the deploy's 64 GiB store caps CLOUD at 3.2 GiB: ~2.4 million of this size).",
+)
+@click.option("--nodes", type=click.IntRange(1, 1_000_000), default=50_000, show_default=True, help="Fleet size.")
+@click.option(
+    "--host-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.1,
+    show_default=True,
+    help="Share of host events (reboot notices); the rest are instance state changes.",
+)
+@click.option("--repeat", type=click.IntRange(1, 50), default=5, show_default=True, help="Reads timed (median).")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def cloud_read(messages: int, nodes: int, host_share: float, repeat: int, as_json: bool) -> None:
+    """A service start's read of all of CLOUD, as the remediator's view does it: s and µs per message."""
+    require_sim("nodeheal bench")
+    from nodeheal.sim.bench.cloud_read import run_cloud_read
+
+    if not as_json:
+        click.echo(f"benchmarking the start-up read of CLOUD: {messages} cloud events ...", err=True)
+    result = run_cloud_read(messages=messages, nodes=nodes, host_share=host_share, repeat=repeat)
+    _print_with_profile(result, as_json=as_json)
+
+
 @bench.command("detector-storm")
 @click.option(
     "--nodes", type=click.IntRange(10, 1_000_000), default=25_000, show_default=True, help="Nodes that fall silent."
