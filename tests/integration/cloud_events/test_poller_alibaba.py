@@ -12,7 +12,7 @@ from nodeheal.cloud_events.ingest.settings import AlibabaPollerSettings
 from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver, seed_ledger
 from nodeheal.cloud_events.normalize import TransitionLedger
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas import CloudSystemEvent, NodeInventory
+from nodeheal.schemas import CloudSystemEvent, DeadLetter, NodeInventory
 from nodeheal.schemas.inventory import instance_key
 from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.clock import ManualClock
@@ -96,3 +96,44 @@ async def test_scheduled_then_executed_gives_two_messages(js: JetStreamContext, 
     ]
     assert [msg_id for _, msg_id, _ in stored] == [e.id for _, _, e in stored]
     assert stored[1][2].is_terminal
+
+
+async def test_a_bad_item_and_a_refused_region_cost_only_themselves(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """One item of a history page that does not make a cloud event (an instance id longer than a node name may
+    be) went to the DLQ with its whole page, every round: the reboot notice of another instance on that page
+    never reached CLOUD. A region the account's RAM policy does not cover stopped the round, so the regions
+    listed after it were never polled. Now the bad item alone goes to the DLQ, the notice is stored, and the
+    refused region is said in the poll's error while the others are polled."""
+    world = EcsWorld(clock=ManualClock())
+    world.add_instance("i-node1", region_id="cn-hangzhou")
+    odd = "i-" + "x" * 300
+    world.add_instance(odd, region_id="cn-hangzhou")
+    world.forbidden_regions.add("cn-beijing")
+    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
+    await kv.put(
+        instance_key("i-node1"), NodeInventory(cluster="prod-1", node="node-1", instance_id="i-node1").to_json()
+    )
+    notice = world.publish_event("i-node1", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24))
+    world.publish_event(odd, "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24))
+    async with EcsEmulator(world) as emu:
+        settings = AlibabaPollerSettings(
+            enabled=True,
+            endpoint=emu.endpoint,
+            protocol="http",
+            region_ids=["cn-beijing", "cn-hangzhou"],
+            access_key_id="sim-access-key-id",
+            access_key_secret="sim-access-key-secret",
+        )
+        poller = AlibabaHistoryPoller(
+            sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
+        )
+        with pytest.raises(RuntimeError, match=r"1 of 2 region\(s\) failed: cn-beijing: .*Forbidden\.RAM"):
+            await poller.poll_once()
+    stored = await cloud_messages(js, topology_ready)
+    assert [(e.provider_event_id, e.node, e.phase) for _, _, e in stored] == [(notice.event_id, "node-1", "scheduled")]
+    dlq = f"{topology_ready.stream_prefix}DLQ"
+    assert (await js.stream_info(dlq)).state.messages == 1
+    letter = DeadLetter.model_validate_json((await js.get_msg(dlq, 1)).data)
+    assert odd.encode() in letter.raw and b"i-node1" not in letter.raw

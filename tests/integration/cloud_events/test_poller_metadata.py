@@ -176,3 +176,79 @@ async def test_an_azure_poller_without_a_vm_name_asks_imds_for_it(
     assert [(e.phase, e.action, e.instance_id, e.node) for e in got] == [
         ("scheduled", "reboot", "aks-pool1-123-vmss_3", "aks-pool1-123-vmss000003")
     ]
+
+
+def _unacknowledged(js: JetStreamContext, ledger: TransitionLedger) -> CloudEventSink:
+    """A sink whose publishes no stream takes (a subject outside every stream): each submit fails, as when
+    CLOUD is unavailable for a moment."""
+    return CloudEventSink(
+        js=js,
+        prefix="nostream",
+        cluster="prod-1",
+        service="cloud-events-ingest",
+        inventory=InventoryResolver(None, ttl_s=0),
+        ledger=ledger,
+    )
+
+
+async def test_an_azure_end_whose_publish_failed_is_said_at_the_next_poll(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The event disappears from the document (it ended) while CLOUD does not acknowledge the publish. Before, the
+    tracker had already forgotten the event: the next poll said nothing, CLOUD kept it `scheduled` for good and
+    the remediator kept the node drained. Now the next poll says `completed`."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    events.schedule("Reboot", resources=["vm-1"], duration_s=60)
+    ledger = TransitionLedger()
+    sink = _sink(js, topology_ready, ledger)
+    async with AzureImdsEmulator(events) as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
+        try:
+            assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
+            events.advance(timedelta(minutes=16))
+            assert [e.phase for e in await poller.poll_once()] == ["in_progress"]
+            events.advance(timedelta(minutes=5))  # gone: ended
+            poller.sink = _unacknowledged(js, ledger)
+            with pytest.raises(Exception):  # noqa: B017,PT011  # nats-py's "no responders", whatever its class
+                await poller.poll_once()
+            poller.sink = sink
+            assert [e.phase for e in await poller.poll_once()] == ["completed"]
+        finally:
+            await poller.close()
+    stream = f"{topology_ready.stream_prefix}CLOUD"
+    info = await js.stream_info(stream)
+    stored = [
+        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
+        for s in range(1, info.state.last_seq + 1)
+    ]
+    assert [e.phase for e in stored] == ["scheduled", "in_progress", "completed"]
+    assert ledger.open_events("azure") == []
+
+
+async def test_a_gce_maintenance_whose_publish_failed_is_said_at_the_next_poll(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """TERMINATE_ON_HOST_MAINTENANCE (about 60 s of notice) seen while CLOUD does not acknowledge the publish.
+    Before, the tracker had already taken the event as current: the next poll said nothing and the node was
+    never drained. Now the next poll says `in_progress`."""
+    from nodeheal.cloud_events.ingest.pollers import GceMaintenancePoller
+    from nodeheal.cloud_events.ingest.settings import GcePollerSettings
+    from nodeheal.sim.gce_metadata import GceMetadata, GceMetadataEmulator
+
+    metadata = GceMetadata()
+    ledger = TransitionLedger()
+    sink = _sink(js, topology_ready, ledger)
+    async with GceMetadataEmulator(metadata) as gce:
+        settings = GcePollerSettings(enabled=True, endpoint=gce.url, node="node-1")
+        poller = GceMaintenancePoller(sink=sink, cluster="prod-1", settings=settings)
+        try:
+            assert await poller.poll_once() == []
+            metadata.set_maintenance_event("TERMINATE_ON_HOST_MAINTENANCE")
+            poller.sink = _unacknowledged(js, ledger)
+            with pytest.raises(Exception):  # noqa: B017,PT011
+                await poller.poll_once()
+            poller.sink = sink
+            assert [(e.phase, e.action) for e in await poller.poll_once()] == [("in_progress", "terminate")]
+        finally:
+            await poller.close()

@@ -267,6 +267,12 @@ ActionHandler = Callable[[EcsWorld, _Params], dict[str, Any]]
 
 def _region(world: EcsWorld, params: _Params) -> str:
     region_id = params.required("RegionId")
+    if region_id in world.forbidden_regions:
+        raise EcsApiError(
+            code="Forbidden.RAM",
+            message="User not authorized to operate on the specified resource, or this API doesn't support RAM.",
+            http_status=403,
+        )
     return region_id
 
 

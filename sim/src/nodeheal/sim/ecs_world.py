@@ -248,6 +248,8 @@ class EcsWorld:
         self._call_listeners: list[CallListener] = []
         self._host_counter = 0
         self.launch_templates: dict[str, LaunchTemplate] = {}
+        # regions this account's RAM policy does not cover: every call naming one is refused (Forbidden.RAM)
+        self.forbidden_regions: set[str] = set()
         self.released: dict[InstanceId, EcsInstance] = {}
         self.releases: list[Released] = []
         self.created: list[Created] = []

@@ -11,6 +11,7 @@ poller carries on; a transport failure is logged, counted and retried at the nex
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -135,37 +136,79 @@ class AlibabaHistoryPoller(Poller):
             page += 1
 
     async def _normalize_pages(self, pages: list[dict[str, Any]], region_id: str) -> list[CloudSystemEvent]:
+        """Each page's events. A page with an item we cannot read is read item by item: that item goes to the
+        DLQ with its reason, the others are kept (before, the whole page, up to 100 events of other instances,
+        went to the DLQ, every round for as long as the bad item was listed)."""
         ctx = NormalizeContext(observed_at=self.clock(), cluster=self.cluster, region=region_id)
         events: list[CloudSystemEvent] = []
+        where = f"poll alibaba {region_id}"
         for body in pages:
             try:
                 events.extend(alibaba_norm.normalize_api(body, ctx))
-            except PayloadError as exc:
-                await self._refuse(exc, json.dumps(body).encode(), f"poll alibaba {region_id}")
+                continue
+            except ValueError as exc:  # a PayloadError, or a field the schema refuses (pydantic's ValidationError)
+                error = exc if isinstance(exc, PayloadError) else PayloadError(str(exc), source="alibaba-api")
+            items = _history_items(body)
+            if items is None:  # not a page of events we can split: refused whole
+                await self._refuse(error, json.dumps(body).encode(), where)
+                continue
+            for item in items:
+                one = {**body, "InstanceSystemEventSet": {"InstanceSystemEventType": [item]}}
+                try:
+                    events.extend(alibaba_norm.normalize_api(one, ctx))
+                except ValueError as exc:
+                    bad = exc if isinstance(exc, PayloadError) else PayloadError(str(exc), source="alibaba-api")
+                    await self._refuse(bad, json.dumps(item).encode(), where)
         return events
 
     async def poll_once(self) -> list[CloudSystemEvent]:
         seen: list[CloudSystemEvent] = []
+        failed: list[str] = []
         for region_id in self.settings.region_ids:
-            active = await self._normalize_pages(
-                await self._describe(region_id, instance_event_cycle_status=ACTIVE_STATUSES), region_id
-            )
-            await self.sink.submit(active)
-            seen.extend(active)
-            active_ids = {e.provider_event_id for e in active}
-            open_ids = [
-                eid for eid in self.sink.ledger.open_events("alibaba") if eid.startswith("e-") and eid not in active_ids
-            ]
-            for start in range(0, len(open_ids), MAX_EVENT_IDS):
-                chunk = open_ids[start : start + MAX_EVENT_IDS]
-                # By EventId with the default status filter: the finished states (reference §6.4).
-                closed = await self._normalize_pages(await self._describe(region_id, event_id=chunk), region_id)
-                await self.sink.submit(closed)
-                seen.extend(closed)
+            try:
+                seen.extend(await self._poll_region(region_id))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one region's failure (a RAM policy, throttling) does not stop the others
+                log.warning("poll of a region failed", extra={"region": region_id, "error": repr(exc)})
+                failed.append(f"{region_id}: {type(exc).__name__}: {exc}")
+        if failed:
+            msg = f"{len(failed)} of {len(self.settings.region_ids)} region(s) failed: " + "; ".join(failed)
+            raise RuntimeError(msg)  # counted and said as a failed poll; the other regions were polled
+        return seen
+
+    async def _poll_region(self, region_id: str) -> list[CloudSystemEvent]:
+        seen: list[CloudSystemEvent] = []
+        active = await self._normalize_pages(
+            await self._describe(region_id, instance_event_cycle_status=ACTIVE_STATUSES), region_id
+        )
+        await self.sink.submit(active)
+        seen.extend(active)
+        active_ids = {e.provider_event_id for e in active}
+        open_ids = [
+            eid for eid in self.sink.ledger.open_events("alibaba") if eid.startswith("e-") and eid not in active_ids
+        ]
+        for start in range(0, len(open_ids), MAX_EVENT_IDS):
+            chunk = open_ids[start : start + MAX_EVENT_IDS]
+            # By EventId with the default status filter: the finished states (reference §6.4).
+            closed = await self._normalize_pages(await self._describe(region_id, event_id=chunk), region_id)
+            await self.sink.submit(closed)
+            seen.extend(closed)
         return seen
 
 
+def _history_items(body: object) -> list[Any] | None:
+    """The event items of a `DescribeInstanceHistoryEvents` page, or None when the page has no such list."""
+    if not isinstance(body, dict):
+        return None
+    container = body.get("InstanceSystemEventSet")
+    items = container.get("InstanceSystemEventType") if isinstance(container, dict) else None
+    return items if isinstance(items, list) else None
+
+
 class _MetadataPoller(Poller):
+    tracker: Any = None  # a poller that keeps state across polls (Azure's document, GCE's current event)
+
     def __init__(
         self, *, sink: CloudEventSink, cluster: str, settings: MetadataPollerSettings, clock: Clock = _utcnow
     ) -> None:
@@ -206,9 +249,22 @@ class _MetadataPoller(Poller):
     async def _submit(self, events: list[CloudSystemEvent]) -> None:
         await self.sink.submit(events, node=self.node)
 
+    async def _submit_or_forget(self, events: list[CloudSystemEvent], before: Any) -> None:
+        """Submit what the tracker made of this poll; when the submit fails (NATS away, the publish not
+        acknowledged), put the tracker back as it was before the poll, so the next poll sees the same change
+        and says it again. Before, the tracker had already moved on (an Azure event that disappeared was
+        popped, GCE's current event set or cleared): the `canceled` / `completed` / `in_progress` was lost
+        for good."""
+        try:
+            await self._submit(events)
+        except BaseException:
+            self.tracker = before
+            raise
+
 
 class AzureScheduledEventsPoller(_MetadataPoller):
     name = "azure"
+    tracker: AzureDocumentTracker
 
     def __init__(
         self, *, sink: CloudEventSink, cluster: str, settings: AzurePollerSettings, clock: Clock = _utcnow
@@ -246,14 +302,16 @@ class AzureScheduledEventsPoller(_MetadataPoller):
         if not self._named:
             await self._vm_name()
         raw = await self._get(f"/metadata/scheduledevents?api-version={self.azure.api_version}", {"Metadata": "true"})
+        before = copy.deepcopy(self.tracker)
         try:
             document = json.loads(raw)
             events = self.tracker.feed(document, self._ctx())
         except ValueError as exc:
+            self.tracker = before
             error = exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}", source="azure-imds")
             await self._refuse(error, raw, f"poll azure {self.node}")
             return []
-        await self._submit(events)
+        await self._submit_or_forget(events, before)
         return events
 
 
@@ -288,6 +346,7 @@ class AwsScheduledEventsPoller(_MetadataPoller):
 
 class GceMaintenancePoller(_MetadataPoller):
     name = "gce"
+    tracker: GceMaintenanceTracker
 
     def __init__(
         self, *, sink: CloudEventSink, cluster: str, settings: GcePollerSettings, clock: Clock = _utcnow
@@ -305,10 +364,13 @@ class GceMaintenancePoller(_MetadataPoller):
         if not self._resumed:  # a restart continues the event the last poller left open (seeded ledger)
             self.tracker.resume(self.sink.ledger.open_events("gcp"), ctx)
             self._resumed = True
+        before = copy.deepcopy(self.tracker)
         try:
             events = self.tracker.feed(raw.decode("utf-8", errors="replace"), ctx)
-        except PayloadError as exc:
-            await self._refuse(exc, raw, f"poll gce {self.node}")
+        except ValueError as exc:  # a PayloadError, or a field the schema refuses (pydantic's ValidationError)
+            self.tracker = before
+            error = exc if isinstance(exc, PayloadError) else PayloadError(str(exc), source="gce-metadata")
+            await self._refuse(error, raw, f"poll gce {self.node}")
             return []
-        await self._submit(events)
+        await self._submit_or_forget(events, before)
         return events
