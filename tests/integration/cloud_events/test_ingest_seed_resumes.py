@@ -33,12 +33,16 @@ async def test_a_seed_cut_by_a_server_restart_records_every_stored_transition(tm
     class RestartingLedger(TransitionLedger):
         """The real ledger; the server restarts while the 500th event is recorded."""
 
-        def record(self, *, cloud: str, provider_event_id: str, phase: str, not_before: Any = None):  # type: ignore[no-untyped-def]
+        def record(
+            self, *, cloud: str, provider_event_id: str, phase: str, not_before: Any = None, channel: Any = None
+        ):  # type: ignore[no-untyped-def]
             recorded.append(provider_event_id)
             if len(recorded) == 500:
                 server.stop()  # SIGTERM: a SIGKILL may lose the newest stored messages (sync_interval)
                 server.start()
-            return super().record(cloud=cloud, provider_event_id=provider_event_id, phase=phase, not_before=not_before)
+            return super().record(
+                cloud=cloud, provider_event_id=provider_event_id, phase=phase, not_before=not_before, channel=channel
+            )
 
     try:
         nats = unique_settings(server.url)

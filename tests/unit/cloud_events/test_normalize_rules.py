@@ -253,3 +253,23 @@ def test_ledger_a_new_start_time_is_a_reschedule_an_old_or_near_one_a_duplicate(
     later = at + timedelta(days=1)
     assert ledger.record(cloud="aws", provider_event_id="e-9", phase="scheduled", not_before=later) == "duplicate"
     assert ledger.record(cloud="aws", provider_event_id="e-9", phase="in_progress", not_before=later) == "stale"
+
+
+def test_ledger_a_channel_that_moves_its_own_time_back_is_a_reschedule() -> None:
+    """AWS `ModifyInstanceEventStartTime` Jan 10 → Jan 13, then back to Jan 10, all through IMDS. Before, the
+    move back was a duplicate (Jan 10 had been said): CLOUD's latest report stayed Jan 13 and the node was not
+    drained before the reboot on Jan 10. A slow second channel still saying Jan 10 after the first move is a
+    duplicate, as before."""
+    jan10 = datetime(2027, 1, 10, 3, 0, tzinfo=UTC)
+    jan13 = jan10 + timedelta(days=3)
+    ledger = TransitionLedger()
+
+    def say(channel: str, start: datetime) -> str:
+        return ledger.record(cloud="aws", provider_event_id="e-7", phase="scheduled", not_before=start, channel=channel)
+
+    assert say("imds", jan10) == "new"
+    assert say("imds", jan13) == "rescheduled"
+    assert say("health_api", jan10) == "duplicate"  # another channel, slow: not a move back
+    assert say("imds", jan13) == "duplicate"
+    assert say("imds", jan10) == "rescheduled"  # the channel itself moved it back
+    assert say("imds", jan10 + timedelta(seconds=20)) == "duplicate"

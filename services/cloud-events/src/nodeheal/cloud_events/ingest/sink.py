@@ -129,6 +129,7 @@ class CloudEventSink:
                 provider_event_id=event.provider_event_id,
                 phase=event.phase,
                 not_before=event.not_before,
+                channel=event.channel,
             )
             if verdict == "rescheduled":  # the same transition with a new start time: a message of its own
                 new_id = reschedule_message_id(event)
@@ -237,6 +238,7 @@ async def seed_ledger(
                 provider_event_id=str(body["provider_event_id"]),
                 phase=str(body["phase"]),
                 not_before=body.get("not_before"),
+                channel=body.get("channel"),
             )
             count += 1
         except (ValueError, KeyError, TypeError):

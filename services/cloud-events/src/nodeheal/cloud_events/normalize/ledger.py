@@ -57,11 +57,20 @@ class _Entity:
     terminal: str | None = None
     starts: dict[str, list[datetime]] = field(default_factory=dict)
     """Per non-terminal phase: the start times (`not_before`) reported for it."""
+    latest: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    """Per (non-terminal phase, channel): the start time that channel last had published."""
 
-    def moved(self, phase: str, start: datetime | None) -> bool:
+    def moved(self, phase: str, start: datetime | None, channel: str | None = None) -> bool:
+        """A new start time: one the channel itself did not say last (a channel that moves its own time moved
+        the event, even back to a time said before: AWS `ModifyInstanceEventStartTime` Jan 10 → 13 → 10);
+        from a channel with nothing published yet, one no channel said (a slow channel still reporting the
+        first time does not move it back)."""
         seen = self.starts.get(phase)
         if start is None or not seen:
             return False
+        mine = self.latest.get((phase, channel)) if channel is not None else None
+        if mine is not None:
+            return abs((start - mine).total_seconds()) > RESCHEDULE_TOLERANCE_S
         return all(abs((start - s).total_seconds()) > RESCHEDULE_TOLERANCE_S for s in seen)
 
 
@@ -71,7 +80,13 @@ class TransitionLedger:
     _entities: OrderedDict[tuple[str, str], _Entity] = field(default_factory=OrderedDict)
 
     def verdict(
-        self, *, cloud: str, provider_event_id: str, phase: str, not_before: datetime | str | None = None
+        self,
+        *,
+        cloud: str,
+        provider_event_id: str,
+        phase: str,
+        not_before: datetime | str | None = None,
+        channel: str | None = None,
     ) -> Verdict:
         """What `record` would say, without recording."""
         entity = self._entities.get((cloud, provider_event_id))
@@ -80,15 +95,23 @@ class TransitionLedger:
         if entity.terminal is not None and phase not in TERMINAL_PHASES:
             return "duplicate" if phase in entity.phases else "stale"
         if phase in entity.phases:
-            if phase not in TERMINAL_PHASES and entity.moved(phase, as_instant(not_before)):
+            if phase not in TERMINAL_PHASES and entity.moved(phase, as_instant(not_before), channel):
                 return "rescheduled"
             return "duplicate"
         return "new"
 
     def record(
-        self, *, cloud: str, provider_event_id: str, phase: str, not_before: datetime | str | None = None
+        self,
+        *,
+        cloud: str,
+        provider_event_id: str,
+        phase: str,
+        not_before: datetime | str | None = None,
+        channel: str | None = None,
     ) -> Verdict:
-        verdict = self.verdict(cloud=cloud, provider_event_id=provider_event_id, phase=phase, not_before=not_before)
+        verdict = self.verdict(
+            cloud=cloud, provider_event_id=provider_event_id, phase=phase, not_before=not_before, channel=channel
+        )
         key = (cloud, provider_event_id)
         entity = self._entities.get(key)
         if entity is None:
@@ -106,11 +129,17 @@ class TransitionLedger:
                 starts = entity.starts.setdefault(phase, [])
                 starts.append(start)
                 del starts[:-MAX_STARTS]
+                if channel is not None:
+                    entity.latest[(phase, channel)] = start
         return verdict
 
     def admit(self, event: CloudSystemEvent) -> Verdict:
         return self.record(
-            cloud=event.cloud, provider_event_id=event.provider_event_id, phase=event.phase, not_before=event.not_before
+            cloud=event.cloud,
+            provider_event_id=event.provider_event_id,
+            phase=event.phase,
+            not_before=event.not_before,
+            channel=event.channel,
         )
 
     def open_events(self, cloud: str) -> list[str]:
