@@ -252,3 +252,44 @@ async def test_a_gce_maintenance_whose_publish_failed_is_said_at_the_next_poll(
             assert [(e.phase, e.action) for e in await poller.poll_once()] == [("in_progress", "terminate")]
         finally:
             await poller.close()
+
+
+async def test_an_aws_event_canceled_and_moved_to_history_is_published_canceled(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """IMDS lists active events in `events/maintenance/scheduled`; an event that completes or is canceled moves
+    to `events/maintenance/history`. Before, the poller read `scheduled` only: a canceled system-reboot just
+    left it, CLOUD kept the event `scheduled` and the remediator kept the node drained for it. Here the
+    emulator moves a closed event to history at once (`linger` 0)."""
+    from datetime import UTC, datetime
+
+    from nodeheal.cloud_events.ingest.pollers import AwsScheduledEventsPoller
+    from nodeheal.cloud_events.ingest.settings import MetadataPollerSettings
+    from nodeheal.sim.aws_imds import AwsImdsEmulator, AwsMaintenanceEvents
+
+    clock = ManualClock(datetime(2026, 5, 4, 8, 0, tzinfo=UTC))
+    aws = AwsMaintenanceEvents(instance_id="i-0abc", clock=clock, linger=timedelta(0))
+    event = aws.add("system-reboot", not_before=clock.now() + timedelta(days=3))
+    async with AwsImdsEmulator(aws) as imds:
+        settings = MetadataPollerSettings(enabled=True, endpoint=imds.url, node="node-1")
+        poller = AwsScheduledEventsPoller(
+            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=clock.now
+        )
+        try:
+            assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
+            aws.cancel(event.event_id)
+            assert [e.phase for e in await poller.poll_once() if e.provider_event_id == event.event_id] == [
+                "canceled"
+            ]
+        finally:
+            await poller.close()
+    stream = f"{topology_ready.stream_prefix}CLOUD"
+    info = await js.stream_info(stream)
+    stored = [
+        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
+        for s in range(1, info.state.last_seq + 1)
+    ]
+    assert [(e.provider_event_id, e.phase, e.action) for e in stored] == [
+        (event.event_id, "scheduled", "reboot"),
+        (event.event_id, "canceled", "reboot"),
+    ]

@@ -333,15 +333,34 @@ class AwsScheduledEventsPoller(_MetadataPoller):
         headers = {"X-aws-ec2-metadata-token": await self._token()}
         if self.instance_id is None:
             self.instance_id = (await self._get("/latest/meta-data/instance-id", headers)).decode().strip()
-        raw = await self._get("/latest/meta-data/events/maintenance/scheduled", headers)
-        try:
-            events = aws_norm.normalize_imds(json.loads(raw) if raw.strip() else [], self._ctx())
-        except ValueError as exc:
-            error = exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}", source="aws-imds")
-            await self._refuse(error, raw, f"poll aws {self.node}")
-            return []
+        events: list[CloudSystemEvent] = []
+        # `scheduled` lists the active events; a completed or canceled one moves to `history` (the EC2 user
+        # guide's instance metadata categories), so an event that ended is read there: before, a canceled
+        # system-reboot just left `scheduled`, CLOUD kept it pending and the node stayed drained for it
+        for kind in ("scheduled", "history"):
+            raw = await self._get_or_none(f"/latest/meta-data/events/maintenance/{kind}", headers)
+            if raw is None:  # no such category yet (nothing has ended on this instance)
+                continue
+            try:
+                events += aws_norm.normalize_imds(json.loads(raw) if raw.strip() else [], self._ctx())
+            except ValueError as exc:
+                error = exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}", source="aws-imds")
+                await self._refuse(error, raw, f"poll aws {self.node} {kind}")
         await self._submit(events)
         return events
+
+    async def _get_or_none(self, path: str, headers: dict[str, str]) -> bytes | None:
+        """The category's body, or None when the metadata service has no such category (404)."""
+        session = await self._http()
+        url = self.settings.endpoint.rstrip("/") + path
+        async with session.get(url, headers=headers) as response:
+            body = await response.read()
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                msg = f"GET {url} answered {response.status}: {body[:200]!r}"
+                raise RuntimeError(msg)
+            return body
 
 
 class GceMaintenancePoller(_MetadataPoller):
