@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,36 @@ async def test_a_stale_lease_revision_is_refused_also_after_an_agent_restart(
     assert not stale.ok and "older than revision 42" in stale.detail
     assert newer.ok
     assert node.restarts_logged() == ["kubelet.service", "kubelet.service"]  # the stale command never ran
+
+
+async def test_a_request_that_arrives_after_its_sender_stopped_waiting_is_not_started(
+    agent_env: tuple[FakeNode, NodeAgent], nc: Client, topology_ready: NatsSettings
+) -> None:
+    """nats-py keeps a request published while the remediator's connection is down and sends it after the
+    reconnect; by then the remediator had recorded the step as failed ("did not answer") and gone to the next
+    rung. Before, the agent ran it anyway: a kubelet restart in the middle of the drain that followed (reproduced
+    by a review behind a TCP proxy). Now a request past its `expires_at` is refused and not started; a fresh
+    request for the same action still runs it."""
+    node, _agent = agent_env
+    subject = cmd_subject("prod-1", "cn-hangzhou.10.0.0.7", prefix=topology_ready.prefix)
+    now = datetime.now(tz=UTC)
+
+    def command(expires_at: datetime) -> bytes:
+        return NodeCommand(
+            cluster="prod-1",
+            node="cn-hangzhou.10.0.0.7",
+            command="restart_service",
+            target="kubelet",
+            action_id="late-1",
+            expires_at=expires_at,
+        ).to_json()
+
+    late = await _request(nc, subject, command(now - timedelta(seconds=60)))
+    assert not late.ok and "after its sender stopped waiting" in late.detail
+    assert node.restarts_logged() == []
+    fresh = await _request(nc, subject, command(now + timedelta(seconds=60)))
+    assert fresh.ok
+    assert node.restarts_logged() == ["kubelet.service"]
 
 
 async def test_malformed_command_gets_an_error_reply_and_a_dlq_entry(

@@ -107,3 +107,60 @@ async def test_a_command_running_across_a_server_restart_is_answered_once_withou
     assert restarts == ["kubelet.service"] or restarts == ["kubelet"], restarts  # ran once, on the node
     logged = (tmp_path / "before.log").read_text() + (tmp_path / "after.log").read_text()
     assert [line for line in logged.splitlines() if "Violation" in line] == []
+
+
+async def test_a_command_whose_agent_alone_reconnected_is_answered_from_its_result(tmp_path: Path) -> None:
+    """In the deployed cluster of three servers the agent's connection can move (its server restarts, its link
+    drops) while the remediator's stays. The agent keeps the result instead of replying on the new connection,
+    and the remediator used to ask again only after a reconnect of its own: the step failed ("did not answer")
+    and the ladder went on, though the command had run. Now an unanswered request is asked once more for its
+    result: the step succeeds and the command ran once. The agent's link is dropped here by closing its socket."""
+    auth = DemoAuth.per_role(tmp_path / "auth")
+    config = auth.server_config()
+    assert config is not None
+    server = EmbeddedNats(store_dir=str(tmp_path / "store"), config_file=str(config)).start()
+    node = make_fake_node(tmp_path)
+    node.set_unit("kubelet.service", "failed", restarts=2)
+    systemctl, started, go = _held_systemctl(tmp_path, node.systemctl)
+    (tmp_path / "state").mkdir()
+    agent = NodeAgent(
+        AgentSettings(
+            nats=auth.agent_settings(url=server.url, cluster=CLUSTER, nodes=[NODE], index=0),
+            inbox_per_node=False,
+            cluster=CLUSTER,
+            node_name=NODE,
+            host_root=node.root,
+            services=["kubelet"],
+            systemctl_command=[systemctl],
+            state_dir=tmp_path / "state",
+            clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
+        )
+    )
+    await agent.start()
+    requester = await connect(auth.settings("remediator", url=server.url), name="pytest-remediator")
+    try:
+        step = asyncio.create_task(
+            NodeCommands(requester, prefix=auth.base.prefix, timeout_s=4.0).run(
+                cluster=CLUSTER,
+                node=NODE,
+                command="restart_service",
+                target="kubelet",
+                action_id="act-restart-2",
+                lease_revision=3,
+            )
+        )
+        await eventually(started.exists, timeout_s=30)  # the agent is running the command
+        assert agent.nc is not None and agent.nc._transport is not None
+        agent.nc._transport.close()  # the agent's link drops; the remediator's does not
+        await eventually(lambda: agent.nc is not None and agent.nc.stats["reconnects"] >= 1, timeout_s=30)
+        go.touch()  # the command finishes on the agent's new connection: its answer is kept, not sent
+        outcome = await asyncio.wait_for(step, timeout=60)
+    finally:
+        go.touch()
+        await requester.close()
+        await agent.stop()
+        server.stop()
+    assert requester.stats["reconnects"] == 0
+    assert outcome.ok, outcome.detail
+    restarts = (node.state / "restart.log").read_text().split()
+    assert restarts == ["kubelet.service"] or restarts == ["kubelet"], restarts  # ran once

@@ -278,9 +278,7 @@ async def test_an_aws_event_canceled_and_moved_to_history_is_published_canceled(
         try:
             assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
             aws.cancel(event.event_id)
-            assert [e.phase for e in await poller.poll_once() if e.provider_event_id == event.event_id] == [
-                "canceled"
-            ]
+            assert [e.phase for e in await poller.poll_once() if e.provider_event_id == event.event_id] == ["canceled"]
         finally:
             await poller.close()
     stream = f"{topology_ready.stream_prefix}CLOUD"

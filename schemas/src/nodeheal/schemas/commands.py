@@ -6,12 +6,15 @@ from typing import Final, Literal
 
 from pydantic import Field
 
-from nodeheal.schemas.base import Frozen, Message
+from nodeheal.schemas.base import Frozen, Message, UtcDatetime
 
 COMMAND_SCHEMA: Final = "nodeheal.cmd/v1"
 COMMAND_RESULT_SCHEMA: Final = "nodeheal.cmd-result/v1"
 
 CommandName = Literal["restart_service", "clean_disk", "ping"]
+
+EXPIRY_SKEW_S: Final = 5.0
+"""How far a node's clock may be ahead of the remediator's before the agent takes a request for expired."""
 
 FD_HOLDER_TARGET: Final = "fd-holder"
 """`restart_service` target: the systemd unit of the process holding the most file descriptors, if the agent
@@ -33,6 +36,11 @@ class NodeCommand(Message):
     action_id: str
     lease_revision: int | None = Field(default=None, description="fencing token of the sender's lease")
     dry_run: bool = False
+    expires_at: UtcDatetime | None = Field(
+        default=None,
+        description="when the sender stops waiting for the answer: the agent does not start the command later than "
+        "this (its result, if it already ran, is still answered); none: no limit",
+    )
 
 
 class NodeCommandResult(Frozen):

@@ -43,7 +43,14 @@ from pathlib import Path
 
 from nodeheal.agent.host import HostFiles, LocalHostFiles, StatVfs, top_fd_holders
 from nodeheal.agent.systemd import Systemd, unit_name
-from nodeheal.schemas.commands import FD_HOLDER_TARGET, IMAGES_TARGET, JOURNAL_TARGET, NodeCommand, NodeCommandResult
+from nodeheal.schemas.commands import (
+    EXPIRY_SKEW_S,
+    FD_HOLDER_TARGET,
+    IMAGES_TARGET,
+    JOURNAL_TARGET,
+    NodeCommand,
+    NodeCommandResult,
+)
 
 log = logging.getLogger("nodeheal.agent.commands")
 
@@ -92,6 +99,7 @@ class CommandExecutor:
         self.executed = 0  # commands that really ran (not replays of a known action id)
         self.fenced = 0  # commands refused for an old lease revision
         self.replayed = 0  # commands answered from the results an earlier run stored
+        self.expired = 0  # commands refused because their sender had stopped waiting (`expires_at`)
         self.last_revision = self._load_fence()
         self._load_results()
 
@@ -160,6 +168,22 @@ class CommandExecutor:
         except (OSError, ValueError, KeyError, TypeError):
             return 0
 
+    def _late(self, command: NodeCommand) -> str | None:
+        """Refusal reason when the request arrives after its sender stopped waiting (`expires_at`, with
+        `EXPIRY_SKEW_S` for the clocks), else None. nats-py keeps a request published while the remediator's
+        connection is down and sends it after the reconnect: by then the remediator had recorded the step as
+        failed and gone to the next rung, and the command ran anyway (a kubelet restarted in the middle of the
+        drain that followed)."""
+        if command.expires_at is None or command.command == "ping":
+            return None
+        late = self.clock() - command.expires_at.timestamp()
+        if late <= EXPIRY_SKEW_S:
+            return None
+        return (
+            f"refused: the request came {late:.0f} s after its sender stopped waiting "
+            f"({command.expires_at.isoformat()}); not started"
+        )
+
     def _fence(self, command: NodeCommand) -> str | None:
         """Refusal reason when the command's lease revision is older than one already executed, else None
         (and the revision is remembered, on disk when there is a state directory, before acting)."""
@@ -192,6 +216,10 @@ class CommandExecutor:
         if stored is not None:  # executed by an earlier run of this agent: its result, nothing runs again
             self.replayed += 1
             return stored
+        late = self._late(command)
+        if late is not None:  # not remembered: a fresh request for the same action may still run it
+            self.expired += 1
+            return self._result(command, ok=False, detail=late)
         if command.node == self.node and command.cluster == self.cluster:
             refusal = self._fence(command)
             if refusal is not None:

@@ -5,9 +5,10 @@ subject only because the server granted that one reply to the connection the req
 (`allow_responses`, one message). A connection that reconnected since — its server restarted, or it moved
 to another server of the cluster — is a new client to the server: the grant is gone, and a reply sent now is
 refused as a permissions violation and lost anyway. The result is not lost: the executor keeps it under the
-command's action id (`CommandExecutor`, on disk with a state directory), and the requester, whose own
-connection went through the same restart, asks again with the same action id and is answered from it
-(`nodeheal.remediator.actions.node`). So the agent does not send such a reply; it logs that it kept it."""
+command's action id (`CommandExecutor`, on disk with a state directory), and the requester asks again with
+the same action id and is answered from it (`nodeheal.remediator.actions.node`: at once after a reconnect of
+its own, else once its wait is over, for the result only). So the agent does not send such a reply; it logs
+that it kept it."""
 
 from __future__ import annotations
 

@@ -6,11 +6,19 @@ token: an agent may refuse a command older than one it already executed).
 "No responders" (the server knew no subscriber on the node's command subject) is not final: an agent that
 has just started, reconnected or re-subscribed answers a moment later. The server delivered the request to
 nobody, so asking again cannot run anything twice (and the agent deduplicates on the action id anyway); it
-is asked again with a short backoff until the step's deadline (`timeout_s`)."""
+is asked again with a short backoff until the step's deadline (`timeout_s`).
+
+Each request carries `expires_at`, the moment this side stops waiting for it: the agent does not start a
+command that reaches it later (nats-py keeps a request published while the connection is down and sends it
+after the reconnect, long after the step was recorded as failed). A request that got no answer is asked once
+more, briefly (`ASK_AGAIN_S`), with the same action id and an `expires_at` of now: an agent that ran it but
+could not answer (its own connection moved to another server of the cluster meanwhile) answers from its stored
+result; nothing is started by that second request."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -18,10 +26,12 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import ValidationError
 
 from nodeheal.remediator.actions import ActionOutcome
-from nodeheal.schemas.commands import CommandName, NodeCommand, NodeCommandResult
+from nodeheal.schemas.commands import EXPIRY_SKEW_S, CommandName, NodeCommand, NodeCommandResult
 from nodeheal.schemas.subjects import cmd_subject
 
 NO_RESPONDERS_BACKOFF_S = (0.05, 2.0)  # first pause, longest pause (doubled each try)
+ASK_AGAIN_S = 5.0
+"""How long the second, result-only ask of an unanswered request waits."""
 
 
 class NodeAgent:
@@ -56,11 +66,14 @@ class NodeAgent:
         pause, longest = NO_RESPONDERS_BACKOFF_S
         asked_again = False
         unanswered = 0
+        start_by: datetime | None = None  # None: until this request's own deadline
         while True:
             reconnects = self.nc.stats["reconnects"]
             try:
                 left = max(deadline - loop.time(), 0.001)
-                reply = await self.nc.request(subject, cmd.to_json(), timeout=left)
+                expires = start_by or datetime.now(tz=UTC) + timedelta(seconds=left)
+                body = cmd.model_copy(update={"expires_at": expires}).to_json()
+                reply = await self.nc.request(subject, body, timeout=left)
                 break
             except NoRespondersError:
                 unanswered += 1
@@ -83,6 +96,14 @@ class NodeAgent:
                     asked_again = True
                     deadline = loop.time() + self.timeout_s
                     continue
+                if not asked_again:
+                    # no answer, and this side did not reconnect: the agent's own connection may have (a cluster
+                    # of servers: it ran the command and could not answer). Asked once more for its result only
+                    asked_again = True
+                    # expired already, clock skew included: an agent with no record of it never starts it now
+                    start_by = datetime.now(tz=UTC) - timedelta(seconds=EXPIRY_SKEW_S + 1)
+                    deadline = loop.time() + ASK_AGAIN_S
+                    continue
                 return ActionOutcome(
                     ok=False, detail=f"node agent on {node} did not answer {command} within {self.timeout_s}s"
                 )
@@ -91,6 +112,12 @@ class NodeAgent:
         except ValidationError as exc:
             return ActionOutcome(
                 ok=False, detail=f"unreadable reply from the agent on {node}: {exc.errors()[0]['msg']}"
+            )
+        if start_by is not None and not result.ok:
+            return ActionOutcome(
+                ok=False,
+                detail=f"node agent on {node} did not answer {command} within {self.timeout_s}s "
+                f"(asked again for its result: {result.detail})",
             )
         if result.node != node or result.action_id != action_id:
             # only this node's agent may subscribe to its command subject (the server enforces it); a
