@@ -251,3 +251,29 @@ async def test_results_survive_a_restart_so_a_resent_command_never_runs_twice(tm
     assert reloaded.executed == 0
     await reloaded.execute(_cmd("ping", None, "p0"))  # forgotten (older than the bound): runs again
     assert reloaded.executed == 1
+
+
+async def test_clean_disk_goes_on_when_the_image_prune_tool_is_missing(tmp_path: Path) -> None:
+    """The shipped agent image has no `crictl` (docs/security.md, known gaps), and a disk-full diagnosis asks for
+    `container-images,/var/log/pods,journal`. Before, the missing program raised out of the whole clean: the old
+    pod logs were never deleted and the step failed, so the ladder went on to cordon, drain and reboot. Now the
+    image target says it could not run and the other targets are cleaned."""
+    node = make_fake_node(tmp_path)
+    pods = node.root / "var/log/pods"
+    _old_file(pods / "ns_pod_uid/app/0.log", 10_000, age_days=30)
+    executor = CommandExecutor(
+        node="node-1",
+        cluster="c1",
+        host_root=node.root,
+        services=("kubelet",),
+        systemd=SystemctlClient(command=[node.systemctl]),
+        clean=CleanPolicy(
+            allowed_dirs=("/var/log/pods",),
+            max_age_days=7,
+            image_prune_command=(str(tmp_path / "no-such-crictl"), "rmi", "--prune"),
+        ),
+    )
+    result = await executor.execute(_cmd("clean_disk", "container-images,/var/log/pods", "c-missing"))
+    assert result.ok and result.freed_bytes is not None and result.freed_bytes >= 10_000, result.detail
+    assert "cannot run" in result.detail and "no-such-crictl" in result.detail
+    assert not (pods / "ns_pod_uid/app/0.log").exists()

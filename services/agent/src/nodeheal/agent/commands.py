@@ -349,7 +349,11 @@ class CommandExecutor:
         freed_total = 0
         parts: list[str] = []
         for target in targets:
-            freed, detail = await self._clean_one(target, dry_run=command.dry_run)
+            try:
+                freed, detail = await self._clean_one(target, dry_run=command.dry_run)
+            except Exception as exc:  # one target's failure is said; the others are still cleaned
+                log.exception("clean_disk target failed", extra={"node": self.node, "target": target})
+                freed, detail = None, f"{target or '(none)'}: {type(exc).__name__}: {exc}"
             freed_total += freed or 0
             parts.append(detail)
         detail = "; ".join(parts)
@@ -415,9 +419,12 @@ class CommandExecutor:
             return None, f"dry run: would run {' '.join(cmd)}"
         fs_path = self.statfs_path(fs_host_path) if self.statfs_path else str(self._host(fs_host_path))
         before = _free_bytes(self.statvfs, fs_path)
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as exc:  # not installed in the agent's image (crictl), not executable: this target only
+            return None, f"cannot run {cmd[0]} for the {what}: {exc.strerror or exc}"
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout=self.clean.command_timeout_s)
         except TimeoutError:
