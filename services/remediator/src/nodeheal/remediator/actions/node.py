@@ -11,7 +11,8 @@ is asked again with a short backoff until the step's deadline (`timeout_s`).
 Each request carries `expires_at`, the moment this side stops waiting for it: the agent does not start a
 command that reaches it later (nats-py keeps a request published while the connection is down and sends it
 after the reconnect, long after the step was recorded as failed). A request that got no answer is asked once
-more, briefly (`ASK_AGAIN_S`), with the same action id and an `expires_at` of now: an agent that ran it but
+more, briefly (`ASK_AGAIN_S`), with the same action id and an `expires_at` already past (clock skew
+included): an agent that ran it but
 could not answer (its own connection moved to another server of the cluster meanwhile) answers from its stored
 result; nothing is started by that second request."""
 
