@@ -24,6 +24,7 @@ from nodeheal.cloud_events.prober.checks import CheckPlan, check_node
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.cloud_events.prober.sharding import owns
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.jetstream import stop_if_cancelled
 from nodeheal.runtime.kvwatch import Loaded, follow
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
@@ -77,6 +78,7 @@ class InventoryCache:
             if isinstance(entry, Loaded):  # the initial values are all here, the server agrees (`kvwatch`)
                 self.initial.set()
                 continue
+            stop_if_cancelled()  # a stop that landed as an entry arrived is not lost
             if entry.operation in (KV_DEL, KV_PURGE):
                 self.nodes.pop(entry.key, None)
             else:
@@ -101,8 +103,11 @@ class InventoryCache:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # bounded: a cancel lost in the watch's initial-load check (Python 3.11's `wait_for`, gh-86296) must not
+            # hold the prober's SIGTERM until the kubelet's SIGKILL
+            await asyncio.wait({self._task}, timeout=5.0)
+            if not self._task.done():
+                log.warning("inventory watch did not stop within 5 s; left to the process's end")
 
 
 class Prober:
