@@ -273,3 +273,17 @@ def test_ledger_a_channel_that_moves_its_own_time_back_is_a_reschedule() -> None
     assert say("imds", jan13) == "duplicate"
     assert say("imds", jan10) == "rescheduled"  # the channel itself moved it back
     assert say("imds", jan10 + timedelta(seconds=20)) == "duplicate"
+
+
+def test_ledger_an_earlier_phase_after_a_later_one_is_stale() -> None:
+    """The API poll saw the event `Executing` and it was published `in_progress`; the CMS push of its `Scheduled`
+    arrives later. Before, it was new and published after it: a reader keeping the latest report went back to
+    `scheduled`. Now it is stale, like a non-terminal report after a terminal one."""
+    ledger = TransitionLedger()
+    assert ledger.record(cloud="alibaba", provider_event_id="e-3", phase="pending_approval") == "new"
+    assert ledger.record(cloud="alibaba", provider_event_id="e-3", phase="in_progress") == "new"
+    assert ledger.record(cloud="alibaba", provider_event_id="e-3", phase="scheduled") == "stale"
+    assert ledger.record(cloud="alibaba", provider_event_id="e-3", phase="completed") == "new"
+    fresh = TransitionLedger()
+    assert fresh.record(cloud="alibaba", provider_event_id="e-4", phase="pending_approval") == "new"
+    assert fresh.record(cloud="alibaba", provider_event_id="e-4", phase="scheduled") == "new"  # forward: new

@@ -22,6 +22,10 @@ from nodeheal.schemas.ids import deterministic_id
 
 Verdict = Literal["new", "rescheduled", "duplicate", "stale"]
 
+PHASE_ORDER: dict[str, int] = {"pending_approval": 0, "scheduled": 1, "in_progress": 2}
+"""The non-terminal phases in the order an event goes through them: a report of an earlier one after a later one
+was published is stale (a CMS push of `Scheduled` arriving after the poll saw `Executing`)."""
+
 RESCHEDULE_TOLERANCE_S = 60.0
 """Start times closer than this are the same schedule: channels that infer `not_before` from their own notice
 time (an Alibaba spot notice: notice + 5 min) differ by seconds; a real reschedule moves it by hours or days."""
@@ -98,6 +102,9 @@ class TransitionLedger:
             if phase not in TERMINAL_PHASES and entity.moved(phase, as_instant(not_before), channel):
                 return "rescheduled"
             return "duplicate"
+        rank = PHASE_ORDER.get(phase)
+        if rank is not None and any(PHASE_ORDER.get(p, -1) > rank for p in entity.phases):
+            return "stale"
         return "new"
 
     def record(
