@@ -12,15 +12,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client
 
 from nodeheal.agent.app import NodeAgent
 from nodeheal.agent.settings import AgentSettings, CleanSettings
+from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.remediator.actions.node import NodeAgent as NodeCommands
 from nodeheal.runtime.connect import connect
 from nodeheal.sim.auth import DemoAuth
 from nodeheal.sim.embedded import EmbeddedNats
 from tests.integration.detector.test_detector_nats import eventually
-from tests.unit.cloud_events.agent_fakenode import make_fake_node
+from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
 
 pytestmark = pytest.mark.nats
 
@@ -47,22 +49,16 @@ def _held_systemctl(tmp_path: Path, real: str) -> tuple[str, Path, Path]:
     return str(script), started, go
 
 
-async def test_a_command_running_across_a_server_restart_is_answered_once_without_a_violation(
-    tmp_path: Path,
-) -> None:
-    auth = DemoAuth.per_role(tmp_path / "auth")
-    config = auth.server_config()
-    assert config is not None
-    store = str(tmp_path / "store")
-    server = EmbeddedNats(store_dir=store, config_file=str(config), log_file=str(tmp_path / "before.log")).start()
-    restarted: EmbeddedNats | None = None
+def _held_agent(tmp_path: Path, auth: DemoAuth, url: str) -> tuple[FakeNode, NodeAgent, Path, Path]:
+    """The real agent under its per-node user on a fake node whose kubelet restart waits for the test's go-ahead:
+    (node, agent, the file the restart touches when it starts, the go-ahead file)."""
     node = make_fake_node(tmp_path)
     node.set_unit("kubelet.service", "failed", restarts=2)
     systemctl, started, go = _held_systemctl(tmp_path, node.systemctl)
     (tmp_path / "state").mkdir()
     agent = NodeAgent(
         AgentSettings(
-            nats=auth.agent_settings(url=server.url, cluster=CLUSTER, nodes=[NODE], index=0),
+            nats=auth.agent_settings(url=url, cluster=CLUSTER, nodes=[NODE], index=0),
             inbox_per_node=False,  # the per-node inbox is already in the minted settings
             cluster=CLUSTER,
             node_name=NODE,
@@ -73,19 +69,44 @@ async def test_a_command_running_across_a_server_restart_is_answered_once_withou
             clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
         )
     )
+    return node, agent, started, go
+
+
+def _restart_step(
+    requester: Client, auth: DemoAuth, *, action_id: str, timeout_s: float
+) -> asyncio.Task[ActionOutcome]:
+    """The remediator's restart_service step for the node, running."""
+    return asyncio.create_task(
+        NodeCommands(requester, prefix=auth.base.prefix, timeout_s=timeout_s).run(
+            cluster=CLUSTER,
+            node=NODE,
+            command="restart_service",
+            target="kubelet",
+            action_id=action_id,
+            lease_revision=3,
+        )
+    )
+
+
+def _ran_once(node: FakeNode) -> None:
+    restarts = (node.state / "restart.log").read_text().split()
+    assert restarts == ["kubelet.service"] or restarts == ["kubelet"], restarts  # ran once, on the node
+
+
+async def test_a_command_running_across_a_server_restart_is_answered_once_without_a_violation(
+    tmp_path: Path,
+) -> None:
+    auth = DemoAuth.per_role(tmp_path / "auth")
+    config = auth.server_config()
+    assert config is not None
+    store = str(tmp_path / "store")
+    server = EmbeddedNats(store_dir=store, config_file=str(config), log_file=str(tmp_path / "before.log")).start()
+    restarted: EmbeddedNats | None = None
+    node, agent, started, go = _held_agent(tmp_path, auth, server.url)
     await agent.start()
     requester = await connect(auth.settings("remediator", url=server.url), name="pytest-remediator")
     try:
-        step = asyncio.create_task(
-            NodeCommands(requester, prefix=auth.base.prefix, timeout_s=8.0).run(
-                cluster=CLUSTER,
-                node=NODE,
-                command="restart_service",
-                target="kubelet",
-                action_id="act-restart-1",
-                lease_revision=3,
-            )
-        )
+        step = _restart_step(requester, auth, action_id="act-restart-1", timeout_s=8.0)
         await eventually(started.exists, timeout_s=30)  # the agent is running the command
         server.kill()
         restarted = EmbeddedNats(
@@ -103,8 +124,7 @@ async def test_a_command_running_across_a_server_restart_is_answered_once_withou
             if s is not None:
                 s.stop()
     assert outcome.ok, outcome.detail
-    restarts = (node.state / "restart.log").read_text().split()
-    assert restarts == ["kubelet.service"] or restarts == ["kubelet"], restarts  # ran once, on the node
+    _ran_once(node)
     logged = (tmp_path / "before.log").read_text() + (tmp_path / "after.log").read_text()
     assert [line for line in logged.splitlines() if "Violation" in line] == []
 
@@ -119,36 +139,11 @@ async def test_a_command_whose_agent_alone_reconnected_is_answered_from_its_resu
     config = auth.server_config()
     assert config is not None
     server = EmbeddedNats(store_dir=str(tmp_path / "store"), config_file=str(config)).start()
-    node = make_fake_node(tmp_path)
-    node.set_unit("kubelet.service", "failed", restarts=2)
-    systemctl, started, go = _held_systemctl(tmp_path, node.systemctl)
-    (tmp_path / "state").mkdir()
-    agent = NodeAgent(
-        AgentSettings(
-            nats=auth.agent_settings(url=server.url, cluster=CLUSTER, nodes=[NODE], index=0),
-            inbox_per_node=False,
-            cluster=CLUSTER,
-            node_name=NODE,
-            host_root=node.root,
-            services=["kubelet"],
-            systemctl_command=[systemctl],
-            state_dir=tmp_path / "state",
-            clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
-        )
-    )
+    node, agent, started, go = _held_agent(tmp_path, auth, server.url)
     await agent.start()
     requester = await connect(auth.settings("remediator", url=server.url), name="pytest-remediator")
     try:
-        step = asyncio.create_task(
-            NodeCommands(requester, prefix=auth.base.prefix, timeout_s=4.0).run(
-                cluster=CLUSTER,
-                node=NODE,
-                command="restart_service",
-                target="kubelet",
-                action_id="act-restart-2",
-                lease_revision=3,
-            )
-        )
+        step = _restart_step(requester, auth, action_id="act-restart-2", timeout_s=4.0)
         await eventually(started.exists, timeout_s=30)  # the agent is running the command
         assert agent.nc is not None and agent.nc._transport is not None
         agent.nc._transport.close()  # the agent's link drops; the remediator's does not
@@ -162,5 +157,4 @@ async def test_a_command_whose_agent_alone_reconnected_is_answered_from_its_resu
         server.stop()
     assert requester.stats["reconnects"] == 0
     assert outcome.ok, outcome.detail
-    restarts = (node.state / "restart.log").read_text().split()
-    assert restarts == ["kubelet.service"] or restarts == ["kubelet"], restarts  # ran once
+    _ran_once(node)

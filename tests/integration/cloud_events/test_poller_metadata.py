@@ -33,6 +33,16 @@ def _sink(js: JetStreamContext, nats: NatsSettings, ledger: TransitionLedger | N
     )
 
 
+async def _stored(js: JetStreamContext, nats: NatsSettings) -> list[CloudSystemEvent]:
+    """Every cloud event CLOUD holds, in order."""
+    stream = f"{nats.stream_prefix}CLOUD"
+    info = await js.stream_info(stream)
+    return [
+        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
+        for s in range(1, info.state.last_seq + 1)
+    ]
+
+
 async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topology_ready: NatsSettings) -> None:
     events = AzureScheduledEvents(clock=ManualClock())
     scheduled = events.schedule("Reboot", resources=["vm-1", "vm-2"], duration_s=60)
@@ -50,12 +60,7 @@ async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topolog
         finally:
             await poller.close()
 
-    stream = f"{topology_ready.stream_prefix}CLOUD"
-    info = await js.stream_info(stream)
-    stored = [
-        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
-        for s in range(1, info.state.last_seq + 1)
-    ]
+    stored = await _stored(js, topology_ready)
     subject = cloud_subject("prod-1", "node-1", prefix=topology_ready.prefix)
     assert [(e.phase, e.action, e.instance_id, e.node) for e in stored] == [
         ("scheduled", "reboot", "vm-1", "node-1"),
@@ -63,7 +68,9 @@ async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topolog
         ("completed", "reboot", "vm-1", "node-1"),
     ]
     assert {e.extended["EventId"] for e in stored} == {scheduled.event_id}
-    assert (await js.get_last_msg(stream, subject)).headers["Nats-Msg-Id"] == stored[-1].id  # type: ignore[index]
+    assert (await js.get_last_msg(f"{topology_ready.stream_prefix}CLOUD", subject)).headers["Nats-Msg-Id"] == stored[
+        -1
+    ].id  # type: ignore[index]
 
 
 async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
@@ -90,12 +97,7 @@ async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
         finally:
             await poller.close()
 
-    stream = f"{topology_ready.stream_prefix}CLOUD"
-    info = await js.stream_info(stream)
-    stored = [
-        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
-        for s in range(1, info.state.last_seq + 1)
-    ]
+    stored = await _stored(js, topology_ready)
     assert [(e.phase, e.not_before) for e in stored] == [
         ("scheduled", first),
         ("scheduled", later),
@@ -147,11 +149,7 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
             assert [e.phase for e in await second.poll_once()] == ["completed"]
         finally:
             await second.close()
-    info = await js.stream_info(stream)
-    stored = [
-        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
-        for s in range(1, info.state.last_seq + 1)
-    ]
+    stored = await _stored(js, topology_ready)
     assert [(e.phase, e.action) for e in stored] == [("in_progress", "terminate"), ("completed", "terminate")]
     assert stored[0].provider_event_id == stored[1].provider_event_id
     assert ledger.open_events("gcp") == []
@@ -216,12 +214,7 @@ async def test_an_azure_end_whose_publish_failed_is_said_at_the_next_poll(
             assert [e.phase for e in await poller.poll_once()] == ["completed"]
         finally:
             await poller.close()
-    stream = f"{topology_ready.stream_prefix}CLOUD"
-    info = await js.stream_info(stream)
-    stored = [
-        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
-        for s in range(1, info.state.last_seq + 1)
-    ]
+    stored = await _stored(js, topology_ready)
     assert [e.phase for e in stored] == ["scheduled", "in_progress", "completed"]
     assert ledger.open_events("azure") == []
 
@@ -281,12 +274,7 @@ async def test_an_aws_event_canceled_and_moved_to_history_is_published_canceled(
             assert [e.phase for e in await poller.poll_once() if e.provider_event_id == event.event_id] == ["canceled"]
         finally:
             await poller.close()
-    stream = f"{topology_ready.stream_prefix}CLOUD"
-    info = await js.stream_info(stream)
-    stored = [
-        CloudSystemEvent.model_validate_json((await js.get_msg(stream, s)).data)
-        for s in range(1, info.state.last_seq + 1)
-    ]
+    stored = await _stored(js, topology_ready)
     assert [(e.provider_event_id, e.phase, e.action) for e in stored] == [
         (event.event_id, "scheduled", "reboot"),
         (event.event_id, "canceled", "reboot"),

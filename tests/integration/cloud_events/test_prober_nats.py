@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
 
 from nodeheal.cloud_events.prober.app import Prober
 from nodeheal.cloud_events.prober.settings import ProberSettings
@@ -85,6 +86,36 @@ async def test_round_publishes_reachability_and_sees_a_dead_node(topology_ready:
     assert {r.error for r in entries["dead-1"].reachability if r.check == "tcp"} == {"connection refused"}
 
 
+async def _alive_and_hung(js: JetStreamContext, nats: NatsSettings) -> None:
+    """Two nodes in the inventory: alive-1 on 127.0.0.1, hung-1 on 127.0.0.3 (where a test hangs the healthz)."""
+    kv = await js.key_value(f"{nats.bucket_prefix}-inventory")
+    for name, address in (("alive-1", "127.0.0.1"), ("hung-1", "127.0.0.3")):
+        inv = NodeInventory(cluster="prod-1", node=name, addresses=(address,))
+        await kv.put(inventory_key("prod-1", name), inv.to_json())
+
+
+async def _prober_of_two(
+    kubelet_port: int, healthz_port: int, *, nats: NatsSettings, timeout_s: float, max_pending_publishes: int = 4000
+) -> Prober:
+    """A started prober that flushes every 0.3 s and knows both nodes of `_alive_and_hung`."""
+    settings = ProberSettings(
+        nats=nats,
+        cluster="prod-1",
+        tcp_ports=[kubelet_port],
+        ssh_port=None,
+        healthz_url=f"http://{{address}}:{healthz_port}/healthz",
+        timeout_s=timeout_s,
+        batch_flush_s=0.3,
+        max_pending_publishes=max_pending_publishes,
+    )
+    prober = Prober(settings)
+    await prober.start()
+    assert prober.inventory is not None
+    while len(prober.my_nodes()) < 2:
+        await prober.inventory.changed()
+    return prober
+
+
 async def test_a_slow_round_sends_what_was_checked_before_the_round_ends(
     topology_ready: NatsSettings, nc: Client
 ) -> None:
@@ -92,27 +123,11 @@ async def test_a_slow_round_sends_what_was_checked_before_the_round_ends(
     checked meanwhile do not wait for it: their batch is stored after `batch_flush_s`, long before the round
     ends (their verdict would otherwise be as late as the slowest node of the round)."""
     js = nc.jetstream()
-    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
-    for name, address in (("alive-1", "127.0.0.1"), ("hung-1", "127.0.0.3")):
-        inv = NodeInventory(cluster="prod-1", node=name, addresses=(address,))
-        await kv.put(inventory_key("prod-1", name), inv.to_json())
+    await _alive_and_hung(js, topology_ready)
     stream = f"{topology_ready.stream_prefix}PROBES"
     async with local_node() as node, hung_listener("127.0.0.3", node.healthz_port):
-        settings = ProberSettings(
-            nats=topology_ready,
-            cluster="prod-1",
-            tcp_ports=[node.kubelet_port],
-            ssh_port=None,
-            healthz_url=f"http://{{address}}:{node.healthz_port}/healthz",
-            timeout_s=4,
-            batch_flush_s=0.3,
-        )
-        prober = Prober(settings)
-        await prober.start()
+        prober = await _prober_of_two(node.kubelet_port, node.healthz_port, nats=topology_ready, timeout_s=4)
         try:
-            assert prober.inventory is not None
-            while len(prober.my_nodes()) < 2:
-                await prober.inventory.changed()
             loop = asyncio.get_running_loop()
             started = loop.time()
             round_ = asyncio.create_task(prober.run_round())
@@ -227,27 +242,17 @@ async def test_a_round_ends_while_the_server_is_slow_to_acknowledge(topology_rea
     sending forever: the round never ended, and the prober stopped probing with its readiness still green.
     Here every slot is taken while a node's check hangs the round past the first flush."""
     js = nc.jetstream()
-    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
-    for name, address in (("alive-1", "127.0.0.1"), ("hung-1", "127.0.0.3")):
-        inv = NodeInventory(cluster="prod-1", node=name, addresses=(address,))
-        await kv.put(inventory_key("prod-1", name), inv.to_json())
+    await _alive_and_hung(js, topology_ready)
     async with local_node() as node, hung_listener("127.0.0.3", node.healthz_port):
-        settings = ProberSettings(
+        prober = await _prober_of_two(
+            node.kubelet_port,
+            node.healthz_port,
             nats=topology_ready.model_copy(update={"publish_timeout_s": 3.0}),
-            cluster="prod-1",
-            tcp_ports=[node.kubelet_port],
-            ssh_port=None,
-            healthz_url=f"http://{{address}}:{node.healthz_port}/healthz",
             timeout_s=2,
-            batch_flush_s=0.3,
             max_pending_publishes=1,
         )
-        prober = Prober(settings)
-        await prober.start()
         try:
-            assert prober.inventory is not None and prober.js is not None
-            while len(prober.my_nodes()) < 2:
-                await prober.inventory.changed()
+            assert prober.js is not None
             slots = prober.js._publish_async_pending_semaphore
             await slots.acquire()  # the one slot taken: every publish waits `publish_timeout_s`, then fails
             round_ = asyncio.create_task(prober.run_round())

@@ -38,19 +38,34 @@ def _event(i: int, *, nodes: int, host: bool, now: datetime) -> CloudSystemEvent
     node = f"n{i % nodes:05d}"
     instance = f"i-bp{i % nodes:018x}"
     stamp = now - timedelta(minutes=i % 43_200)
+    envelope: dict[str, Any] = {  # the CMS message around the event, as the provider sends it
+        "ver": "1.0",
+        "id": f"{i:08X}-0B26-4E2B-820A-8A000000000{int(not host)}",
+        "product": "ECS",
+        "resourceId": f"acs:ecs:cn-hangzhou:1690700000000030:instance/{instance}",
+        "userId": "1690700000000030",
+        "eventTime": stamp.strftime("%Y%m%dT%H%M%S.000+0800"),
+        "regionId": "cn-hangzhou",
+    }
+    common: dict[str, Any] = {
+        "id": f"cloud-{i}",
+        "time": stamp,
+        "cluster": CLUSTER,
+        "node": node,
+        "cloud": "alibaba",
+        "channel": "cms_notification",
+        "instance_id": instance,
+        "region": "cn-hangzhou",
+        "observed_at": stamp,
+        "node_mapped": True,
+    }
     if host:
-        raw: dict[str, Any] = {
-            "ver": "1.0",
-            "id": f"{i:08X}-0B26-4E2B-820A-8A0000000000",
-            "product": "ECS",
-            "resourceId": f"acs:ecs:cn-hangzhou:1690700000000030:instance/{instance}",
+        event_id = f"e-bp{i:016x}"
+        raw = envelope | {
             "level": "CRITICAL",
             "name": "Instance:SystemMaintenance.Reboot:Scheduled",
-            "userId": "1690700000000030",
-            "eventTime": stamp.strftime("%Y%m%dT%H%M%S.000+0800"),
-            "regionId": "cn-hangzhou",
             "content": {
-                "eventId": f"e-bp{i:016x}",
+                "eventId": event_id,
                 "publishTime": stamp.isoformat(),
                 "notBefore": (stamp + timedelta(days=1)).isoformat(),
                 "instanceId": instance,
@@ -60,46 +75,25 @@ def _event(i: int, *, nodes: int, host: bool, now: datetime) -> CloudSystemEvent
             },
         }
         return CloudSystemEvent(
-            id=f"cloud-{i}",
-            time=stamp,
-            cluster=CLUSTER,
-            node=node,
-            cloud="alibaba",
-            channel="cms_notification",
-            provider_event_id=f"e-bp{i:016x}",
+            **common,
+            provider_event_id=event_id,
             provider_event_type="SystemMaintenance.Reboot",
             provider_status="Scheduled",
             action="reboot",
             cause="planned_maintenance",
             phase="scheduled",
-            instance_id=instance,
-            region="cn-hangzhou",
             published_at=stamp,
             not_before=stamp + timedelta(days=1),
             description="The host of the instance needs maintenance.",
-            observed_at=stamp,
             raw=raw,
-            node_mapped=True,
         )
-    raw = {
-        "ver": "1.0",
-        "id": f"{i:08X}-0B26-4E2B-820A-8A0000000001",
-        "product": "ECS",
-        "resourceId": f"acs:ecs:cn-hangzhou:1690700000000030:instance/{instance}",
+    raw = envelope | {
         "level": "INFO",
         "name": "Instance:StateChange",
-        "userId": "1690700000000030",
-        "eventTime": stamp.strftime("%Y%m%dT%H%M%S.000+0800"),
-        "regionId": "cn-hangzhou",
         "content": {"resourceId": instance, "resourceType": "ALIYUN::ECS::Instance", "state": "Running"},
     }
     return CloudSystemEvent(
-        id=f"cloud-{i}",
-        time=stamp,
-        cluster=CLUSTER,
-        node=node,
-        cloud="alibaba",
-        channel="cms_notification",
+        **common,
         provider_event_id=f"state-{instance}-{i}",
         provider_event_type="Instance:StateChange",
         provider_status="Running",
@@ -107,11 +101,7 @@ def _event(i: int, *, nodes: int, host: bool, now: datetime) -> CloudSystemEvent
         cause="user",
         phase="completed",
         is_terminal=True,
-        instance_id=instance,
-        region="cn-hangzhou",
-        observed_at=stamp,
         raw=raw,
-        node_mapped=True,
     )
 
 
