@@ -100,10 +100,18 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
 class Diagnoser:
     """One diagnoser process."""
 
-    def __init__(self, broker: Broker, name: str, *, kill_at: str | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        name: str,
+        *,
+        kill_at: str | None = None,
+        hooks: dict[str, str] | None = None,
+        **settings: str,
+    ) -> None:
         self.port = free_port()
         self.log = broker.dir / f"{name}.log"
-        env = broker.env(HTTP_PORT=str(self.port), **settings)
+        env = broker.env(HTTP_PORT=str(self.port), **settings) | (hooks or {})
         if kill_at is not None:
             env["NODEHEAL_TEST_KILL_AT"] = kill_at
         self.proc = subprocess.Popen(

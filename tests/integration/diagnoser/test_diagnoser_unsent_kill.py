@@ -6,8 +6,9 @@ dies inside that window: the process runs with the production per-role credentia
 DIAGNOSES is removed while it runs, a held dark node comes due (its anomaly acknowledged long before),
 a kubelet dies (its anomaly nak'ed: not acknowledged at the kill), a rack goes dark at once (a partition
 and its `down_spike` finding); `NODEHEAL_TEST_KILL_AT=unsent_kept` SIGKILLs it when a publish fails with
-verdicts and the finding all in memory only. The stream is restored and a new process started: the user
-must find each diagnosis and the finding in DIAGNOSES exactly once, nothing dead-lettered."""
+verdicts and the finding all in memory only (`NODEHEAL_TEST_KILL_UNSENT_MIN=5`: all five verdicts). The stream
+is restored and a new process started: the user must find each diagnosis and the finding in DIAGNOSES exactly
+once, nothing dead-lettered."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from nodeheal.diagnoser.durable import KILL_UNSENT_MIN_ENV
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.schemas.subjects import dlq_subject
 from tests.integration.diagnoser.test_diagnoser_kill import (
@@ -62,7 +64,8 @@ async def _logged(proc: Diagnoser, check: object, what: str, timeout_s: float = 
 async def test_killed_with_verdicts_and_a_finding_unsent_then_restarted(broker: Broker) -> None:  # noqa: F811
     dark_rack = ["c0", "c1", "c2"]
     await put_inventory(broker, {"ra": ["kub", "a1", "a2"], "rb": ["solo", "b1", "b2"], "rc": [*dark_rack, "c3"]})
-    first = Diagnoser(broker, "first", kill_at="unsent_kept", NAK_DELAY_S="0.5")
+    # the kill waits for all five verdicts: a tick may raise the rack's finding before the last of its inputs
+    first = Diagnoser(broker, "first", kill_at="unsent_kept", hooks={KILL_UNSENT_MIN_ENV: "5"}, NAK_DELAY_S="0.5")
     try:
         await first.ready()
         await broker.nc.jetstream().delete_stream("DIAGNOSES")

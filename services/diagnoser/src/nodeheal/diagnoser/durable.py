@@ -31,7 +31,9 @@ Test hooks: `kill_point(name)` SIGKILLs the process at a named moment, only when
 `NODEHEAL_TEST_KILL_AT` names it (`name` or `name:N` for the N-th time). Names: `in_node_down_hold`
 (a verdict is held and its anomalies are acknowledged), `after_publish_diagnosis` (a diagnosis is
 stored, its inputs are not yet acknowledged), `unsent_kept` (a publish to DIAGNOSES failed while verdicts and
-fleet findings are both kept in memory only: decided, not stored, not yet sent again).
+fleet findings are both kept in memory only: decided, not stored, not yet sent again; with
+`NODEHEAL_TEST_KILL_UNSENT_MIN=N`, only once at least N verdicts are kept, so a test does not depend on
+whether a tick's finding came before or after the last of its inputs).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from nodeheal.schemas.subjects import escape_token, finding_subject, unescape_to
 log = logging.getLogger("nodeheal.diagnoser")
 
 KILL_ENV = "NODEHEAL_TEST_KILL_AT"
+KILL_UNSENT_MIN_ENV = "NODEHEAL_TEST_KILL_UNSENT_MIN"
 KILL_POINTS = frozenset({"in_node_down_hold", "after_publish_diagnosis", "unsent_kept"})
 _kill_hits: dict[str, int] = {}
 
@@ -92,6 +95,11 @@ async def kill_point(name: str, nc: Client | None = None) -> None:
             await nc.flush(timeout=5)
     log.warning("test kill point reached: SIGKILL", extra={"kill_point": name})
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_unsent_min() -> int:
+    """The number of unsent verdicts `unsent_kept` waits for (`NODEHEAL_TEST_KILL_UNSENT_MIN`, 1 if not set)."""
+    return int(os.environ.get(KILL_UNSENT_MIN_ENV) or 1)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from nodeheal.diagnoser.crash import CrashBuckets, bucket_notice, classify, is_hardware, kernel_of, notice_due
-from nodeheal.diagnoser.durable import DurableState, RebuildReport, kill_point
+from nodeheal.diagnoser.durable import DurableState, RebuildReport, kill_point, kill_unsent_min
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.settings import SERVICE, DiagnoserSettings
@@ -530,8 +530,8 @@ class DiagnoserRuntime:
 
     async def _kill_point_unsent(self) -> None:
         """The kill tests' `unsent_kept`: a publish failed with verdicts and fleet findings both kept in memory
-        only (decided, not stored, not yet sent again)."""
-        if self._unsent and self._unsent_findings:
+        only (decided, not stored, not yet sent again), and at least `NODEHEAL_TEST_KILL_UNSENT_MIN` verdicts."""
+        if self._unsent and self._unsent_findings and len(self._unsent) >= kill_unsent_min():
             await kill_point("unsent_kept", self.nc)
 
     def _keep_trace(self, anomaly_id: str, headers: dict[str, str] | None) -> None:
