@@ -8,30 +8,32 @@ import json
 import os
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.probe import NodeProbe
-from nodeheal.schemas.subjects import probe_subject
+from nodeheal.schemas.subjects import cmd_subject, probe_subject
 from nodeheal.sim.embedded import free_port
-from tests.unit.cloud_events.agent_fakenode import make_fake_node
+from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
 
 pytestmark = pytest.mark.nats
 
 
-async def test_agent_process_publishes_and_stops(topology_ready: NatsSettings, nc: Client, tmp_path: Path) -> None:
-    node = make_fake_node(tmp_path)
-    node.set_unit("kubelet.service", "active")
-    env = {
+def _agent_env(settings: NatsSettings, node: FakeNode) -> dict[str, str]:
+    return {
         **os.environ,
-        "NODEHEAL_AGENT_NATS__URL": topology_ready.url,
-        "NODEHEAL_AGENT_NATS__PREFIX": topology_ready.prefix,
-        "NODEHEAL_AGENT_NATS__STREAM_PREFIX": topology_ready.stream_prefix,
-        "NODEHEAL_AGENT_NATS__BUCKET_PREFIX": topology_ready.bucket_prefix,
+        "NODEHEAL_AGENT_NATS__URL": settings.url,
+        "NODEHEAL_AGENT_NATS__PREFIX": settings.prefix,
+        "NODEHEAL_AGENT_NATS__STREAM_PREFIX": settings.stream_prefix,
+        "NODEHEAL_AGENT_NATS__BUCKET_PREFIX": settings.bucket_prefix,
         "NODEHEAL_AGENT_CLUSTER": "prod-1",
         "NODEHEAL_AGENT_NODE_NAME": "node-7",
         "NODEHEAL_AGENT_HOST_ROOT": str(node.root),
@@ -42,6 +44,12 @@ async def test_agent_process_publishes_and_stops(topology_ready: NatsSettings, n
         "NODEHEAL_AGENT_HTTP_HOST": "127.0.0.1",
         "NODEHEAL_AGENT_LOG_FORMAT": "json",
     }
+
+
+async def test_agent_process_publishes_and_stops(topology_ready: NatsSettings, nc: Client, tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    node.set_unit("kubelet.service", "active")
+    env = _agent_env(topology_ready, node)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nodeheal.agent", env=env, stderr=asyncio.subprocess.PIPE
     )
@@ -60,3 +68,51 @@ async def test_agent_process_publishes_and_stops(topology_ready: NatsSettings, n
         proc.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0, stderr.decode()[-2000:]
+
+
+async def test_a_sigterm_during_a_restart_waits_for_it_and_answers(
+    topology_ready: NatsSettings, nc: Client, tmp_path: Path
+) -> None:
+    """A DaemonSet rollout sends SIGTERM to an agent in the middle of a kubelet restart. Before, the agent gave each
+    command under way 5 s and then cancelled it: the restart went on, but its result was neither answered nor
+    kept, so the remediator's second ask heard "not started", recorded a failed step and went to the next rung.
+    Now the stop waits for the command (it ends by its request's deadline) and answers it, then exits 0."""
+    node = make_fake_node(tmp_path)
+    node.set_unit("kubelet.service", "failed")
+    (node.state / "kubelet.service.slow").write_text("7")
+    env = _agent_env(topology_ready, node) | {"NODEHEAL_AGENT_STATE_DIR": str(tmp_path / "state")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nodeheal.agent", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    subject = cmd_subject("prod-1", "node-7", prefix=topology_ready.prefix)
+    try:
+        for _ in range(100):  # started: its command subscription answers
+            try:
+                await nc.request(subject, _command("ping", None, "p-1").to_json(), timeout=1)
+                break
+            except (NoRespondersError, NatsTimeout):
+                await asyncio.sleep(0.2)
+        restart = _command("restart_service", "kubelet", "r-1")
+        reply = asyncio.create_task(nc.request(subject, restart.to_json(), timeout=40))
+        await asyncio.sleep(1.5)  # the restart is under way (it takes 7 s)
+        assert not reply.done()
+        proc.send_signal(signal.SIGTERM)
+        answer = NodeCommandResult.model_validate_json((await reply).data)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert answer.ok and answer.detail == "restarted kubelet.service", answer
+    assert node.restarts_logged() == ["kubelet.service"]
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+
+
+def _command(command: str, target: str | None, action_id: str) -> NodeCommand:
+    return NodeCommand(
+        cluster="prod-1",
+        node="node-7",
+        command=command,  # type: ignore[arg-type]
+        target=target,
+        action_id=action_id,
+        expires_at=datetime.now(tz=UTC) + timedelta(seconds=40),
+    )

@@ -1,6 +1,7 @@
 """A temporary directory that looks like a node to the agent: /proc files, /etc/os-release, a mount
 table, a kmsg file in /dev/kmsg's format, and a `systemctl` executable (a real script run as a
-subprocess) whose units' states live in files the test can change and whose restarts are logged."""
+subprocess) whose units' states live in files the test can change and whose restarts are logged (a unit
+with a `<unit>.slow` file takes that many seconds to restart)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ SYSTEMCTL = textwrap.dedent(
       restart)
         unit="$1"
         if [ -f "$STATE/$unit.fail" ]; then echo "Job for $unit failed" >&2; exit 1; fi
+        if [ -f "$STATE/$unit.slow" ]; then sleep "$(cat "$STATE/$unit.slow")"; fi
         echo "$unit" >> "$STATE/restart.log"
         n=0; [ -f "$STATE/$unit.restarts" ] && n=$(cat "$STATE/$unit.restarts")
         echo $((n + 1)) > "$STATE/$unit.restarts"

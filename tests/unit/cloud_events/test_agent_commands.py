@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from nodeheal.agent import commands
 from nodeheal.agent.commands import CleanPolicy, CommandExecutor
 from nodeheal.agent.systemd import SystemctlClient
 from nodeheal.schemas.commands import NodeCommand
@@ -277,3 +280,119 @@ async def test_clean_disk_goes_on_when_the_image_prune_tool_is_missing(tmp_path:
     assert result.ok and result.freed_bytes is not None and result.freed_bytes >= 10_000, result.detail
     assert "cannot run" in result.detail and "no-such-crictl" in result.detail
     assert not (pods / "ns_pod_uid/app/0.log").exists()
+
+
+def test_a_directory_swapped_for_a_symlink_mid_clean_is_not_followed(tmp_path: Path, monkeypatch: Any) -> None:
+    """clean_disk runs as root in a directory that pods can write to (hostPath). Between the listing of a directory
+    and the clean's descent into one of its subdirectories, the subdirectory is replaced by a symlink to a directory
+    outside the allow-list. Before, the walk went by path and followed it: an old file outside was deleted. Now each
+    directory is opened relative to its parent without following symlinks and files are removed relative to that
+    open directory, so the outside file stays."""
+    allowed = tmp_path / "pods"
+    outside = tmp_path / "etc"
+    _old_file(allowed / "sub" / "old.log", 1_000, age_days=30)
+    _old_file(outside / "victim.conf", 1_000, age_days=30)
+    real_scandir = os.scandir
+    calls = 0
+
+    def racing_scandir(target: Any = ".") -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the walk is about to read the subdirectory it chose: swap it for a symlink now
+            (allowed / "sub").rename(allowed / "moved")
+            (allowed / "sub").symlink_to(outside, target_is_directory=True)
+        return real_scandir(target)
+
+    monkeypatch.setattr(os, "scandir", racing_scandir)
+    removed, _freed, _errors, _stopped = commands._remove_old_files(allowed, cutoff=time.time() - 86_400, dry_run=False)
+    monkeypatch.undo()
+    assert calls >= 2
+    assert (outside / "victim.conf").exists()
+    assert removed <= 1
+
+
+def _expiring(command: str, target: str, action_id: str, *, in_s: float) -> NodeCommand:
+    expires = datetime.now(tz=UTC) + timedelta(seconds=in_s)
+    return _cmd(command, target, action_id).model_copy(update={"expires_at": expires})
+
+
+async def test_a_restart_longer_than_the_senders_wait_is_answered_before_it_stops_waiting(tmp_path: Path) -> None:
+    """The remediator waits 60 s for a node command; the agent's own restart timeout is 120 s. Before, a restart that
+    hung past the remediator's wait was answered after it had recorded the step as failed and gone to the next rung.
+    Now the agent's wait ends `REPLY_MARGIN_S` before the request's `expires_at`, and its answer says that systemd
+    may still complete the restart job."""
+    node = make_fake_node(tmp_path)
+    (node.state / "kubelet.service.slow").write_text("8")
+    executor = CommandExecutor(
+        node="node-1",
+        cluster="c1",
+        host_root=node.root,
+        services=("kubelet",),
+        systemd=SystemctlClient(command=[node.systemctl], restart_timeout_s=20),
+        clean=CleanPolicy(allowed_dirs=(), image_prune_command=()),
+    )
+    command = _expiring("restart_service", "kubelet", "slow-1", in_s=4)
+    result = await executor.execute(command)
+    assert command.expires_at is not None
+    assert datetime.now(tz=UTC) < command.expires_at, "answered after the sender stopped waiting"
+    assert not result.ok
+    assert "did not finish" in result.detail and "may still complete" in result.detail, result.detail
+
+
+async def test_a_command_with_too_little_time_left_is_not_started(tmp_path: Path) -> None:
+    node = make_fake_node(tmp_path)
+    result = await _executor(node).execute(_expiring("restart_service", "kubelet", "late-1", in_s=2.5))
+    assert not result.ok and "not started" in result.detail, result.detail
+    assert node.restarts_logged() == []
+
+
+async def test_a_slow_image_prune_is_stopped_at_the_requests_deadline_and_the_cleaned_logs_count(
+    tmp_path: Path,
+) -> None:
+    """Each clean target had its own 300 s timeout, so `container-images,/var/log/pods,journal` could run 15 minutes
+    while the remediator waited 60 s. Now the targets share the request's deadline: the prune is killed there, what
+    was cleaned before it is answered, and a target with no time left is not started."""
+    node = make_fake_node(tmp_path)
+    pods = node.root / "var/log/pods"
+    _old_file(pods / "ns_pod_uid/app/0.log", 10_000, age_days=30)
+    executor = CommandExecutor(
+        node="node-1",
+        cluster="c1",
+        host_root=node.root,
+        services=(),
+        systemd=SystemctlClient(command=[node.systemctl]),
+        clean=CleanPolicy(
+            allowed_dirs=("/var/log/pods",),
+            max_age_days=7,
+            image_prune_command=("sleep", "8"),
+            journal_vacuum_command=("true",),
+            command_timeout_s=20,
+        ),
+    )
+    command = _expiring("clean_disk", "/var/log/pods,container-images,journal", "clean-slow", in_s=4)
+    result = await executor.execute(command)
+    assert command.expires_at is not None
+    assert datetime.now(tz=UTC) < command.expires_at, "answered after the sender stopped waiting"
+    assert result.ok and result.freed_bytes is not None and result.freed_bytes >= 10_000, result.detail
+    assert "sleep 8 did not finish" in result.detail, result.detail
+    assert "journal: not started" in result.detail, result.detail
+    assert not (pods / "ns_pod_uid/app/0.log").exists()
+
+
+def test_the_walk_stops_when_its_time_is_up_and_says_so(tmp_path: Path) -> None:
+    allowed = tmp_path / "pods"
+    for i in range(10):
+        _old_file(allowed / f"d{i}" / "old.log", 100, age_days=30)
+    asked = 0
+
+    def out_of_time() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 4
+
+    removed, _freed, _errors, stopped = commands._remove_old_files(
+        allowed, cutoff=time.time() - 86_400, dry_run=False, out_of_time=out_of_time
+    )
+    assert stopped
+    left = sum(1 for i in range(10) if (allowed / f"d{i}" / "old.log").exists())
+    assert removed < 10 and left == 10 - removed

@@ -168,14 +168,36 @@ class NodeAgent:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, timeout=5)
+        await self._finish_commands()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
         if self.collector.kernel_log is not None:
             self.collector.kernel_log.close()
+
+    async def _finish_commands(self) -> None:
+        """Let the commands under way finish and answer (they end by their requests' deadlines), for at most
+        `stop_grace_s`. Before, each was given 5 s and then cancelled: a restart that went on ran, but its result
+        was never answered nor kept, so the sender's second ask heard "not started" and the ladder moved on. What
+        is still running after the grace is cancelled and kept as interrupted (its effect unknown)."""
+        pending = {t for t in self._tasks if not t.done()}
+        if not pending:
+            return
+        log.info(
+            "stopping: waiting for the commands under way",
+            extra={"node": self.settings.node_name, "commands": len(pending), "grace_s": self.settings.stop_grace_s},
+        )
+        _done, late = await asyncio.wait(pending, timeout=self.settings.stop_grace_s)
+        for task in late:
+            task.cancel()
+        for task in late:
+            with contextlib.suppress(BaseException):
+                await task
+        if late:
+            log.warning(
+                "stopped with commands under way; kept as interrupted",
+                extra={"node": self.settings.node_name, "commands": len(late)},
+            )
 
     async def ready(self) -> tuple[bool, str]:
         if self.nc is None or not self.nc.is_connected:

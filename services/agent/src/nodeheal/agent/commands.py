@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -38,11 +39,11 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeheal.agent.host import HostFiles, LocalHostFiles, StatVfs, top_fd_holders
-from nodeheal.agent.systemd import Systemd, unit_name
+from nodeheal.agent.systemd import Systemd, run_bounded, unit_name
 from nodeheal.schemas.commands import (
     EXPIRY_SKEW_S,
     FD_HOLDER_TARGET,
@@ -53,6 +54,11 @@ from nodeheal.schemas.commands import (
 )
 
 log = logging.getLogger("nodeheal.agent.commands")
+
+REPLY_MARGIN_S = 2.0
+"""A command's work ends this long before its `expires_at`, so the answer reaches a sender still waiting."""
+MIN_WORK_S = 1.0
+"""Less time than this left before the deadline: the command (or a further clean target) is not started."""
 
 
 class RefusedError(Exception):
@@ -231,12 +237,39 @@ class CommandExecutor:
             self._results.popitem(last=False)
         try:
             result = await self._run(command)
+        except asyncio.CancelledError:
+            # the agent is stopping with this command under way (its stop waited as long as it could): what ran
+            # is not known. Kept like any result, so the sender's second ask (for the result only) hears that,
+            # not "not started"
+            result = self._result(
+                command,
+                ok=False,
+                detail=f"{command.command} interrupted: the agent stopped while it ran; its effect is unknown",
+            )
+            self._store(key, result)
+            future.set_result(result)
+            raise
         except Exception as exc:  # an unexpected failure is still an answer, never a dead agent
             log.exception("command failed", extra={"node": self.node, "action_id": command.action_id})
             result = self._result(command, ok=False, detail=f"{command.command} failed: {exc}")
         self._store(key, result)
         future.set_result(result)
         return result
+
+    def deadline(self, command: NodeCommand) -> float | None:
+        """When the command's work must end (this agent's clock): `REPLY_MARGIN_S` before the sender stops
+        waiting (`expires_at`), or None when the request carries no `expires_at` (then only the agent's own
+        timeouts bound it). A sender's clock ahead of ours gives the answer less margin; the sender's second ask
+        for the result (`ASK_AGAIN_S`) covers what arrives late."""
+        if command.expires_at is None:
+            return None
+        return command.expires_at.timestamp() - REPLY_MARGIN_S
+
+    def _left(self, deadline: float | None, own_s: float) -> float:
+        """Seconds this step may take: the agent's own timeout, or less when the request's deadline is nearer."""
+        if deadline is None:
+            return own_s
+        return min(own_s, deadline - self.clock())
 
     def _result(self, command: NodeCommand, *, ok: bool, detail: str, freed: int | None = None) -> NodeCommandResult:
         return NodeCommandResult(action_id=command.action_id, node=self.node, ok=ok, detail=detail, freed_bytes=freed)
@@ -249,12 +282,28 @@ class CommandExecutor:
                 detail=f"refused: command is for {command.cluster}/{command.node}, "
                 f"this agent is {self.cluster}/{self.node}",
             )
+        if command.command != "ping" and not command.dry_run:
+            deadline = self.deadline(command)
+            if deadline is not None and deadline - self.clock() < MIN_WORK_S:
+                return self._result(
+                    command,
+                    ok=False,
+                    detail=f"refused: {command.command} not started: less than {MIN_WORK_S:g} s left before its "
+                    f"sender stops waiting ({command.expires_at.isoformat() if command.expires_at else ''})",
+                )
         self.executed += 1
         if command.command == "ping":
             return self._result(command, ok=True, detail="pong")
         if command.command == "restart_service":
             return await self._restart(command)
         return await self._clean(command)
+
+    async def _restart_unit(self, unit: str, command: NodeCommand) -> tuple[bool, str]:
+        """Restart a unit within the request's deadline: (ok, what happened)."""
+        deadline = self.deadline(command)
+        timeout_s = None if deadline is None else max(deadline - self.clock(), MIN_WORK_S)
+        outcome = await self.systemd.restart(unit, timeout_s=timeout_s)
+        return outcome.ok, outcome.detail
 
     def _allowed_service(self, service: str) -> bool:
         return service in self.services or unit_name(service) in {unit_name(s) for s in self.services}
@@ -273,8 +322,8 @@ class CommandExecutor:
             )
         if command.dry_run:
             return self._result(command, ok=True, detail=f"dry run: would restart {unit_name(service)}")
-        outcome = await self.systemd.restart(service)
-        return self._result(command, ok=outcome.ok, detail=outcome.detail)
+        ok, detail = await self._restart_unit(service, command)
+        return self._result(command, ok=ok, detail=detail)
 
     async def _restart_fd_holder(self, command: NodeCommand) -> NodeCommandResult:
         files = self.files if self.files is not None else LocalHostFiles(self.host_root)
@@ -296,8 +345,8 @@ class CommandExecutor:
             )
         if command.dry_run:
             return self._result(command, ok=True, detail=f"dry run: {who}; would restart {top.unit}")
-        outcome = await self.systemd.restart(top.unit)
-        return self._result(command, ok=outcome.ok, detail=f"{who}; {outcome.detail}")
+        ok, detail = await self._restart_unit(top.unit, command)
+        return self._result(command, ok=ok, detail=f"{who}; {detail}")
 
     # -- clean_disk --------------------------------------------------------------------------
 
@@ -348,9 +397,13 @@ class CommandExecutor:
             targets = [""]
         freed_total = 0
         parts: list[str] = []
+        deadline = None if command.dry_run else self.deadline(command)
         for target in targets:
+            if deadline is not None and deadline - self.clock() < MIN_WORK_S:
+                parts.append(f"{target or '(none)'}: not started: the request's deadline came")
+                continue
             try:
-                freed, detail = await self._clean_one(target, dry_run=command.dry_run)
+                freed, detail = await self._clean_one(target, dry_run=command.dry_run, deadline=deadline)
             except Exception as exc:  # one target's failure is said; the others are still cleaned
                 log.exception("clean_disk target failed", extra={"node": self.node, "target": target})
                 freed, detail = None, f"{target or '(none)'}: {type(exc).__name__}: {exc}"
@@ -363,15 +416,25 @@ class CommandExecutor:
             return self._result(command, ok=False, detail=f"nothing was freed: {detail}", freed=0)
         return self._result(command, ok=True, detail=detail, freed=freed_total)
 
-    async def _clean_one(self, target: str, *, dry_run: bool) -> tuple[int | None, str]:
-        """(bytes freed or None, what happened) for one clean_disk target."""
+    async def _clean_one(self, target: str, *, dry_run: bool, deadline: float | None) -> tuple[int | None, str]:
+        """(bytes freed or None, what happened) for one clean_disk target, ended by `deadline` (this agent's
+        clock; None: the agent's own timeouts only)."""
+        timeout_s = self._left(deadline, self.clean.command_timeout_s)
         if target == IMAGES_TARGET:
             return await self._run_freeing(
-                list(self.clean.image_prune_command), self.clean.image_fs_path, dry_run=dry_run, what="image prune"
+                list(self.clean.image_prune_command),
+                self.clean.image_fs_path,
+                dry_run=dry_run,
+                what="image prune",
+                timeout_s=timeout_s,
             )
         if target == JOURNAL_TARGET:
             return await self._run_freeing(
-                list(self.clean.journal_vacuum_command), self.clean.journal_path, dry_run=dry_run, what="journal vacuum"
+                list(self.clean.journal_vacuum_command),
+                self.clean.journal_path,
+                dry_run=dry_run,
+                what="journal vacuum",
+                timeout_s=timeout_s,
             )
         try:
             directory = self.resolve_clean_target(target)
@@ -381,19 +444,23 @@ class CommandExecutor:
             return None, f"clean_disk target {target!r} is not a directory"
         cutoff = self.clock() - self.clean.max_age_days * 86_400
         keep_newest = self._is_crash_dir(directory)
-        removed, freed, errors = await asyncio.to_thread(
+        ends_at = self.clock() + timeout_s
+        removed, freed, errors, stopped = await asyncio.to_thread(
             _remove_old_files,
             directory,
             cutoff=cutoff,
             dry_run=dry_run,
             keep_newest=keep_newest,
             protected=self._protected(),
+            out_of_time=lambda: self.clock() >= ends_at,
         )
         verb = "would delete" if dry_run else "deleted"
         detail = (
             f"{'dry run: ' if dry_run else ''}{verb} {removed} files older than "
             f"{self.clean.max_age_days:g} days under {target} ({freed} bytes)"
         )
+        if stopped:
+            detail += f"; stopped after {timeout_s:.0f} s (the request's deadline), the rest is left"
         if errors:
             detail += f"; {len(errors)} could not be removed, first: {errors[0]}"
         return freed, detail
@@ -410,7 +477,7 @@ class CommandExecutor:
         return False
 
     async def _run_freeing(
-        self, cmd: list[str], fs_host_path: str, *, dry_run: bool, what: str
+        self, cmd: list[str], fs_host_path: str, *, dry_run: bool, what: str, timeout_s: float
     ) -> tuple[int | None, str]:
         """Run a configured cleanup command; the gain of free space on `fs_host_path` is what it freed."""
         if not cmd:
@@ -420,21 +487,15 @@ class CommandExecutor:
         fs_path = self.statfs_path(fs_host_path) if self.statfs_path else str(self._host(fs_host_path))
         before = _free_bytes(self.statvfs, fs_path)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-            )
+            code, out, err = await run_bounded(cmd, timeout_s=timeout_s)
         except OSError as exc:  # not installed in the agent's image (crictl), not executable: this target only
             return None, f"cannot run {cmd[0]} for the {what}: {exc.strerror or exc}"
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=self.clean.command_timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return None, f"{' '.join(cmd)} did not finish in {self.clean.command_timeout_s}s"
+        if code is None:
+            return None, f"{' '.join(cmd)} did not finish in {timeout_s:.0f}s (killed)"
         after = _free_bytes(self.statvfs, fs_path)
         freed = max(after - before, 0) if before is not None and after is not None else None
-        if proc.returncode != 0:
-            return None, f"{' '.join(cmd)} exited {proc.returncode}: {err.decode(errors='replace')[:300]}"
+        if code != 0:
+            return None, f"{' '.join(cmd)} exited {code}: {err.decode(errors='replace')[:300]}"
         return freed, f"ran {' '.join(cmd)} ({freed or 0} bytes freed): {out.decode(errors='replace').strip()[:200]}"
 
 
@@ -477,51 +538,149 @@ def _newest_entry(directory: Path) -> str | None:
     return newest[1] if newest else None
 
 
-def _remove_old_files(
-    directory: Path, *, cutoff: float, dry_run: bool, keep_newest: bool = False, protected: tuple[str, ...] = ()
-) -> tuple[int, int, list[str]]:
-    """Delete regular files with mtime before `cutoff` under `directory`, never following symlinks and
-    never leaving the directory's file system. `keep_newest`: the newest top-level entry (file or
-    directory: the latest dump) is left alone, whatever its age. `protected` directories (kernel crash
-    evidence) are never entered."""
-    removed = freed = 0
-    errors: list[str] = []
-    root_dev = directory.stat().st_dev
-    kept = _newest_entry(directory) if keep_newest else None
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
-        # do not descend into other file systems mounted below the allowed directory, nor into the kept dump
-        dirnames[:] = [
-            d
-            for d in dirnames
-            if _same_dev(os.path.join(dirpath, d), root_dev)
-            and os.path.join(dirpath, d) != kept
-            and os.path.realpath(os.path.join(dirpath, d)) not in protected
-        ]
-        for name in filenames:
-            if os.path.join(dirpath, name) == kept:
-                continue
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(path)
-            except OSError as exc:
-                errors.append(f"{path}: {exc.strerror}")
-                continue
-            if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff:
-                continue
-            if not dry_run:
-                try:
-                    os.unlink(path)
-                except OSError as exc:
-                    errors.append(f"{path}: {exc.strerror}")
-                    continue
-            removed += 1
-            freed += st.st_blocks * 512 if st.st_blocks else st.st_size
-    return removed, freed, errors
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_MAX_DEPTH = 64
 
 
-def _same_dev(path: str, dev: int) -> bool:
+@dataclass
+class _CleanTally:
+    removed: int = 0
+    freed: int = 0
+    errors: list[str] = field(default_factory=list)
+    stopped: bool = False
+    """the walk stopped at the request's deadline (`out_of_time`)"""
+
+
+def _identity(path: str | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
     try:
         st = os.lstat(path)
     except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_dev == dev
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove_old_files(
+    directory: Path,
+    *,
+    cutoff: float,
+    dry_run: bool,
+    keep_newest: bool = False,
+    protected: tuple[str, ...] = (),
+    out_of_time: Callable[[], bool] | None = None,
+) -> tuple[int, int, list[str], bool]:
+    """Delete regular files with mtime before `cutoff` under `directory`: (files removed, bytes freed, errors,
+    stopped at the deadline). `keep_newest`: the newest top-level entry (file or directory: the latest dump) is
+    left alone, whatever its age. `protected` directories (kernel crash evidence) are never entered, nor other
+    file systems mounted below the directory. `out_of_time` is asked before each entry: when it says so, the walk
+    stops and says it stopped.
+
+    Safe against a tree that changes under it (clean_disk runs as root in directories pods can write to): every
+    directory is opened relative to its parent's open descriptor with `O_NOFOLLOW | O_DIRECTORY` and checked to be
+    the directory that was listed, and every file is examined and unlinked relative to its directory's descriptor.
+    A directory swapped for a symlink between the listing and the descent is not entered, and an unlink never
+    resolves a path through a symlink (a path-based walk followed it out of the allow-list)."""
+    tally = _CleanTally()
+    kept = _identity(_newest_entry(directory)) if keep_newest else None
+    fenced = {i for i in (_identity(p) for p in protected) if i is not None}
+    try:
+        top = os.open(directory, _DIR_FLAGS)
+    except OSError as exc:
+        return 0, 0, [f"{directory}: {exc.strerror}"], False
+    try:
+        root_dev = os.fstat(top).st_dev
+        _clean_dir(
+            top,
+            str(directory),
+            tally,
+            cutoff=cutoff,
+            dry_run=dry_run,
+            root_dev=root_dev,
+            skip={*fenced, *([kept] if kept else [])},
+            out_of_time=out_of_time or (lambda: False),
+            depth=0,
+        )
+    finally:
+        os.close(top)
+    return tally.removed, tally.freed, tally.errors, tally.stopped
+
+
+def _clean_dir(
+    fd: int,
+    path: str,
+    tally: _CleanTally,
+    *,
+    cutoff: float,
+    dry_run: bool,
+    root_dev: int,
+    skip: set[tuple[int, int]],
+    out_of_time: Callable[[], bool],
+    depth: int,
+) -> None:
+    """One open directory of `_remove_old_files`: its old regular files, then its subdirectories (same file
+    system, not skipped), each opened relative to `fd` without following symlinks."""
+    try:
+        with os.scandir(fd) as listing:
+            names = sorted(entry.name for entry in listing)
+    except OSError as exc:
+        tally.errors.append(f"{path}: {exc.strerror}")
+        return
+    subdirs: list[tuple[str, tuple[int, int]]] = []
+    for name in names:
+        if out_of_time():
+            tally.stopped = True
+            return
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # gone meanwhile: nothing to do
+                tally.errors.append(f"{os.path.join(path, name)}: {exc.strerror}")
+            continue
+        ident = (st.st_dev, st.st_ino)
+        if ident in skip:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if st.st_dev == root_dev:
+                subdirs.append((name, ident))
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff:
+            continue  # symlinks, sockets, devices and recent files are left alone
+        if not dry_run:
+            try:
+                os.unlink(name, dir_fd=fd)
+            except OSError as exc:
+                tally.errors.append(f"{os.path.join(path, name)}: {exc.strerror}")
+                continue
+        tally.removed += 1
+        tally.freed += st.st_blocks * 512 if st.st_blocks else st.st_size
+    for name, ident in subdirs:
+        sub_path = os.path.join(path, name)
+        if depth >= _MAX_DEPTH:
+            tally.errors.append(f"{sub_path}: deeper than {_MAX_DEPTH} levels, not entered")
+            continue
+        try:
+            sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:  # ELOOP / ENOTDIR: replaced by a symlink or a file since it was listed
+            tally.errors.append(f"{sub_path}: not entered: {exc.strerror}")
+            continue
+        try:
+            opened = os.fstat(sub)
+            if (opened.st_dev, opened.st_ino) != ident:
+                tally.errors.append(f"{sub_path}: not entered: replaced since it was listed")
+                continue
+            _clean_dir(
+                sub,
+                sub_path,
+                tally,
+                cutoff=cutoff,
+                dry_run=dry_run,
+                root_dev=root_dev,
+                skip=skip,
+                out_of_time=out_of_time,
+                depth=depth + 1,
+            )
+        finally:
+            os.close(sub)
+        if tally.stopped:
+            return

@@ -101,6 +101,13 @@ class AgentSettings(ServiceSettings):
         ge=1,
         description="action ids (and results) remembered for idempotent replies, also on disk with state_dir",
     )
+    stop_grace_s: float = Field(
+        default=65.0,
+        ge=0,
+        description="on SIGTERM, commands under way are waited for this long to finish and answer (each ends by"
+        " its request's deadline, 60 s at the remediator's default); keep it below the pod's"
+        " terminationGracePeriodSeconds",
+    )
     dlq_service: str = "node-agent"
     inbox_per_node: bool = Field(
         default=True,

@@ -11,12 +11,16 @@ building and output parsing run. This module must never talk to NATS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast, get_args
 
 from nodeheal.schemas.probe import ServiceActiveState
 
+_TIMED_OUT = 124  # the exit code of timeout(1), for a command this client killed at its timeout
 _STATES: frozenset[str] = frozenset(get_args(ServiceActiveState))
 
 
@@ -42,7 +46,25 @@ class CommandRunner(Protocol):
 class Systemd(Protocol):
     async def status(self, units: Sequence[str]) -> list[UnitStatus]: ...
 
-    async def restart(self, unit: str) -> CommandOutcome: ...
+    async def restart(self, unit: str, *, timeout_s: float | None = None) -> CommandOutcome: ...
+
+
+async def run_bounded(argv: Sequence[str], *, timeout_s: float) -> tuple[int | None, bytes, bytes]:
+    """Run a program for at most `timeout_s`: (exit code, or None when it was killed at the timeout; stdout;
+    stderr). It runs in its own session and the whole session is killed at the timeout: a wrapper's child (a shell
+    script's `sleep`, `nsenter`'s program) would otherwise keep the pipes open and the wait going past the
+    deadline. `OSError` when it cannot be started."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return None, b"", b""
+    return proc.returncode or 0, out, err
 
 
 def unit_name(service: str) -> str:
@@ -95,18 +117,12 @@ class SystemctlClient:
         if self.runner is not None:
             return await self.runner([*self.command, *args], timeout_s=timeout_s)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.command, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-            )
+            code, out, err = await run_bounded([*self.command, *args], timeout_s=timeout_s)
         except OSError as exc:
             return 127, "", f"cannot run {self.command[0]!r}: {exc.strerror or exc}"
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return 124, "", f"{' '.join([*self.command, *args])} did not finish within {timeout_s}s"
-        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        if code is None:
+            return _TIMED_OUT, "", f"{' '.join([*self.command, *args])} did not finish within {timeout_s:.0f}s"
+        return code, out.decode(errors="replace"), err.decode(errors="replace")
 
     async def status(self, units: Sequence[str]) -> list[UnitStatus]:
         if not units:
@@ -124,10 +140,20 @@ class SystemctlClient:
         self._last_show = (out, asked, tuple(parsed))
         return parsed
 
-    async def restart(self, unit: str) -> CommandOutcome:
-        code, _out, err = await self._run(["restart", unit_name(unit)], timeout_s=self.restart_timeout_s)
+    async def restart(self, unit: str, *, timeout_s: float | None = None) -> CommandOutcome:
+        """`systemctl restart`, waited for `restart_timeout_s` or `timeout_s` if shorter (the request's deadline).
+        A `systemctl` killed at its timeout leaves the restart job queued in systemd: it may still complete, and
+        the detail says so."""
+        wait_s = self.restart_timeout_s if timeout_s is None else min(timeout_s, self.restart_timeout_s)
+        code, _out, err = await self._run(["restart", unit_name(unit)], timeout_s=wait_s)
         if code == 0:
             return CommandOutcome(ok=True, detail=f"restarted {unit_name(unit)}")
+        if code == _TIMED_OUT:
+            return CommandOutcome(
+                ok=False,
+                detail=f"systemctl restart {unit_name(unit)} did not finish within {wait_s:.0f}s; systemd may still "
+                "complete the restart job (the next probe shows the unit's state)",
+            )
         return CommandOutcome(
             ok=False, detail=f"systemctl restart {unit_name(unit)} exited {code}: {err.strip()[:300]}"
         )
