@@ -176,15 +176,25 @@ async def test_clean_disk_never_deletes_kernel_crash_evidence(tmp_path: Path) ->
     assert all(path.exists() for path in kdump) and pstore.exists()
 
 
+def _fenced_executor(node: FakeNode, fence: Path) -> CommandExecutor:
+    ex = _executor(node)
+    return CommandExecutor(
+        node=ex.node,
+        cluster=ex.cluster,
+        host_root=ex.host_root,
+        services=ex.services,
+        systemd=ex.systemd,
+        clean=ex.clean,
+        fence_file=fence,
+    )
+
+
 async def test_lease_fence_refuses_an_older_revision_and_survives_a_restart(tmp_path: Path) -> None:
     node = make_fake_node(tmp_path)
     fence = tmp_path / "lease-fence.json"
 
     def executor() -> CommandExecutor:
-        ex = _executor(node)
-        ex.fence_file = fence
-        ex.last_revision = ex._load_fence()
-        return ex
+        return _fenced_executor(node, fence)
 
     first = executor()
     newer = _cmd("restart_service", "kubelet", "f1").model_copy(update={"lease_revision": 42})
@@ -396,3 +406,28 @@ def test_the_walk_stops_when_its_time_is_up_and_says_so(tmp_path: Path) -> None:
     assert stopped
     left = sum(1 for i in range(10) if (allowed / f"d{i}" / "old.log").exists())
     assert removed < 10 and left == 10 - removed
+
+
+async def test_a_lease_bucket_created_anew_resets_the_fence(tmp_path: Path) -> None:
+    """A disaster recovery rebuilds JetStream: the leases bucket is created anew and its revisions start again at 1.
+    Before, every agent that had executed revision N refused every later command for good (`older than revision
+    N`), and with its fence in the state directory no restart helped: the fleet's node-local repairs stopped. A
+    command now carries its lease bucket's creation time (`lease_epoch`): a newer bucket starts a new fence, and a
+    stale holder of the old bucket is still refused."""
+    node = make_fake_node(tmp_path)
+    fence = tmp_path / "lease-fence.json"
+
+    def restart(action: str, *, epoch: int | None, revision: int) -> NodeCommand:
+        return _cmd("restart_service", "kubelet", action).model_copy(
+            update={"lease_epoch": epoch, "lease_revision": revision}
+        )
+
+    assert (await _fenced_executor(node, fence).execute(restart("e1", epoch=1_000, revision=5_000))).ok
+    rebuilt = _fenced_executor(node, fence)  # the agent restarted meanwhile: its fence came back from disk
+    after = await rebuilt.execute(restart("e2", epoch=2_000, revision=3))
+    assert after.ok, after.detail
+    older_in_new = await rebuilt.execute(restart("e3", epoch=2_000, revision=2))
+    assert not older_in_new.ok and "older than revision 3" in older_in_new.detail, older_in_new.detail
+    stale_bucket = await _fenced_executor(node, fence).execute(restart("e4", epoch=1_000, revision=6_000))
+    assert not stale_bucket.ok and "lease bucket" in stale_bucket.detail, stale_bucket.detail
+    assert node.restarts_logged() == ["kubelet.service", "kubelet.service"]

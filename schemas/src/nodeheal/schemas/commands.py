@@ -35,6 +35,13 @@ class NodeCommand(Message):
     )
     action_id: str
     lease_revision: int | None = Field(default=None, description="fencing token of the sender's lease")
+    lease_epoch: int | None = Field(
+        default=None,
+        ge=0,
+        description="when the sender's lease bucket was created (µs since 1970): a bucket created anew (a rebuilt"
+        " JetStream) restarts its revisions at 1, and a newer epoch starts a new fence at the agent; none: an older"
+        " sender, fenced by the revision alone",
+    )
     dry_run: bool = False
     expires_at: UtcDatetime | None = Field(
         default=None,

@@ -21,7 +21,9 @@ Safety first, because these act on a production node:
   re-sent after an agent restart — a remediator that died between sending it and recording its result
   asks again with the same action id — gets the stored result and nothing runs twice.
 - Fencing: a command whose `lease_revision` is lower than the highest one this agent already executed is
-  refused (the revision is persisted in the state directory, so a restart keeps the fence).
+  refused (the revision is persisted in the state directory, so a restart keeps the fence). Revisions compare
+  within one lease bucket (`lease_epoch`, its creation time): a newer bucket starts a new fence, an older one is
+  refused.
 - `dry_run` reports what would be done and changes nothing.
 
 This module must never talk to NATS; `app` feeds it decoded `NodeCommand`s.
@@ -106,7 +108,7 @@ class CommandExecutor:
         self.fenced = 0  # commands refused for an old lease revision
         self.replayed = 0  # commands answered from the results an earlier run stored
         self.expired = 0  # commands refused because their sender had stopped waiting (`expires_at`)
-        self.last_revision = self._load_fence()
+        self.last_epoch, self.last_revision = self._load_fence()
         self._load_results()
 
     def _load_results(self) -> None:
@@ -166,13 +168,16 @@ class CommandExecutor:
         except OSError as exc:
             log.warning("cannot save a command result", extra={"error": str(exc)})
 
-    def _load_fence(self) -> int:
+    def _load_fence(self) -> tuple[int | None, int]:
+        """(lease epoch, revision) of the newest lease this agent executed for; (None, 0) when none is kept."""
         if self.fence_file is None:
-            return 0
+            return None, 0
         try:
-            return int(json.loads(self.fence_file.read_text())["lease_revision"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+            raw = json.loads(self.fence_file.read_text())
+            epoch = raw.get("lease_epoch")
+            return (int(epoch) if epoch is not None else None), int(raw["lease_revision"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None, 0
 
     def _late(self, command: NodeCommand) -> str | None:
         """Refusal reason when the request arrives after its sender stopped waiting (`expires_at`, with
@@ -191,22 +196,36 @@ class CommandExecutor:
         )
 
     def _fence(self, command: NodeCommand) -> str | None:
-        """Refusal reason when the command's lease revision is older than one already executed, else None
-        (and the revision is remembered, on disk when there is a state directory, before acting)."""
+        """Refusal reason when the command's lease is older than one already executed, else None (and the lease
+        is remembered, on disk when there is a state directory, before acting).
+
+        A lease is (bucket epoch, revision). Revisions only compare within one bucket: a bucket created anew (a
+        rebuilt JetStream) starts again at 1, so a command of a newer epoch starts a new fence, and one of an
+        older epoch is a stale holder of the old bucket. A command without an epoch (an older sender) is compared
+        by its revision alone, as before."""
         rev = command.lease_revision
         if rev is None or command.command == "ping" or command.dry_run:
             return None
-        if rev < self.last_revision:
+        epoch = command.lease_epoch
+        if epoch is not None and self.last_epoch is not None and epoch < self.last_epoch:
+            return (
+                f"refused: the command's lease bucket (created at epoch {epoch}) is older than the one of a lease "
+                f"this agent already executed for (epoch {self.last_epoch}): a stale remediator of a replaced bucket"
+            )
+        new_bucket = epoch is not None and (self.last_epoch is None or epoch > self.last_epoch)
+        if not new_bucket and rev < self.last_revision:
             return (
                 f"refused: lease revision {rev} is older than revision {self.last_revision} this agent already "
                 "executed (a stale remediator lost its lease)"
             )
-        if rev > self.last_revision:
+        if new_bucket or rev > self.last_revision:
             self.last_revision = rev
+            if epoch is not None:
+                self.last_epoch = epoch
             if self.fence_file is not None:
                 try:
                     tmp = self.fence_file.with_suffix(".tmp")
-                    tmp.write_text(json.dumps({"lease_revision": rev}))
+                    tmp.write_text(json.dumps({"lease_revision": rev, "lease_epoch": self.last_epoch}))
                     os.replace(tmp, self.fence_file)
                 except OSError as exc:
                     log.warning("cannot save the lease fence", extra={"error": str(exc)})

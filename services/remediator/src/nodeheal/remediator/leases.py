@@ -6,6 +6,11 @@ its next renewal and stops. The current revision is the fencing token: it travel
 `NodeCommand.lease_revision` and every audit record. Reads (`get`) never decide ownership: they may be
 served by a follower. A crashed holder's key ages out with the bucket TTL (kured #137: a lock held by a
 dead node must not block the fleet forever).
+
+Revisions count within one bucket: a bucket created anew (JetStream rebuilt after a disaster) starts again at
+1. So a lease also carries its bucket's creation time (`epoch`, µs, from the bucket's stream info, read at each
+acquire): it travels as `NodeCommand.lease_epoch`, and the agent's fence compares (epoch, revision). Without it,
+every agent that had executed a higher revision of the old bucket refused every command for good.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from datetime import UTC, datetime
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from nodeheal.runtime.consumer import describe
 from nodeheal.schemas.inventory import inventory_key
 
 log = logging.getLogger("nodeheal.remediator.leases")
@@ -35,6 +41,8 @@ class Lease:
     holder: str
     revision: int
     lost: bool = False
+    epoch: int | None = None
+    """the bucket's creation time (µs since 1970); None when its stream info could not be read"""
 
 
 class Leases:
@@ -57,7 +65,20 @@ class Leases:
             revision = await self.kv.create(key, self._value(node=node, action=action))
         except KeyWrongLastSequenceError:
             return None
-        return Lease(key=key, node=node, holder=self.holder, revision=revision)
+        return Lease(key=key, node=node, holder=self.holder, revision=revision, epoch=await self.epoch())
+
+    async def epoch(self) -> int | None:
+        """The bucket's creation time in µs (the lease epoch). Read at every acquire, so a bucket created anew
+        while this process runs is seen by its next lease; None (the agent then fences by revision alone, as
+        before) when the stream info cannot be read now."""
+        try:
+            created = (await self.kv.status()).stream_info.created
+        except Exception as exc:
+            log.warning("lease bucket's creation time not read", extra={"error": describe(exc)})
+            return None
+        if created is None:
+            return None
+        return int(created.timestamp() * 1_000_000)
 
     async def renew(self, lease: Lease, *, action: str = "") -> None:
         if lease.lost:

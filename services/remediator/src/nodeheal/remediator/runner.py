@@ -1681,6 +1681,7 @@ class Remediator:
                 target=step.target,
                 action_id=step.action_id,
                 lease_revision=run.lease.revision,
+                lease_epoch=run.lease.epoch,
             )
         if step.action == "restart_agent":
             if self.kube is None:

@@ -1,6 +1,6 @@
 """Node-local repairs by request/reply to the node agent on `cmd_subject(cluster, node)`.
 
-The command carries the action id (the agent deduplicates on it) and the lease revision (the fencing
+The command carries the action id (the agent deduplicates on it) and the lease revision and epoch (the fencing
 token: an agent may refuse a command older than one it already executed).
 
 "No responders" (the server knew no subscriber on the node's command subject) is not final: an agent that
@@ -50,6 +50,7 @@ class NodeAgent:
         target: str | None,
         action_id: str,
         lease_revision: int | None,
+        lease_epoch: int | None = None,
         dry_run: bool = False,
     ) -> ActionOutcome:
         cmd = NodeCommand(
@@ -59,6 +60,7 @@ class NodeAgent:
             target=target,
             action_id=action_id,
             lease_revision=lease_revision,
+            lease_epoch=lease_epoch,
             dry_run=dry_run,
         )
         subject = cmd_subject(cluster, node, prefix=self.prefix)
