@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from nodeheal.cloud_events.inventory.mapping import LabelConfig, node_to_inventory
+from nodeheal.cloud_events.normalize import AzureDocumentTracker, GceMaintenanceTracker, NormalizeContext
 from nodeheal.remediator import planner, policy
 from nodeheal.remediator.settings import Budget, PolicySettings
 from nodeheal.remediator.views import FleetView
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import AckOption, CloudAction, CloudPhase, CloudSystemEvent
 from nodeheal.schemas.diagnosis import Diagnosis, RecommendedAction
+from nodeheal.schemas.inventory import NodeInventory
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -220,8 +224,6 @@ def test_a_reschedule_one_channel_alone_reports_splits_the_pair() -> None:
 
 
 def test_events_of_another_machine_under_the_node_name_are_not_the_nodes() -> None:
-    from nodeheal.schemas.inventory import NodeInventory
-
     view = FleetView()
     old = _aws("eventbridge", "spot-1", action="terminate", instance_id="i-old")  # never got a terminal phase
     view.on_cloud(old)
@@ -230,10 +232,74 @@ def test_events_of_another_machine_under_the_node_name_are_not_the_nodes() -> No
     assert view.cloud_events("n1") == []  # the name now belongs to another machine
     view.on_cloud(_aws("imds", "instance-event-7", instance_id="i-new"))
     assert [e.provider_event_id for e in view.cloud_events("n1")] == ["instance-event-7"]
-    azure = _aws("imds", "az-1", cloud="azure", instance_id="vmss_3")  # spelled otherwise: not compared
-    view.on_inventory(NodeInventory(cluster="c", node="n2", cloud="azure", instance_id="vmss-000003"))
-    view.on_cloud(azure.model_copy(update={"node": "n2"}))
-    assert [e.provider_event_id for e in view.cloud_events("n2")] == ["az-1"]
+
+
+def _node_from_provider_id(node: str, provider_id: str) -> NodeInventory:
+    """The node's inventory record as the inventory watcher writes it (its own mapping of `spec.providerID`)."""
+    return node_to_inventory(
+        {"metadata": {"name": node}, "spec": {"providerID": provider_id}},
+        cluster="c",
+        labels_config=LabelConfig(),
+        now=NOW,
+    )
+
+
+def test_azure_and_gce_host_events_are_matched_to_the_node_by_instance() -> None:
+    """The inventory calls Google's cloud `gce`, the events `gcp`: compared by one canonical name, an Azure or
+    GCE host event of the node's instance is the node's, one of another machine under its name is not. Before,
+    Azure and GCE events were never compared (a new machine under a reused name was drained for the old one's
+    event that never ended)."""
+    view = FleetView()
+    gce_node = _node_from_provider_id("g1", "gce://proj/us-central1-a/gke-pool-1-abcd")
+    assert gce_node.cloud == "gce"  # the inventory's spelling, as stored in the bucket (unchanged)
+    view.on_inventory(gce_node)
+    ctx = NormalizeContext(observed_at=NOW, cluster="c", node="g1", instance_id="gke-pool-1-abcd")
+    (mine,) = GceMaintenanceTracker().feed("TERMINATE_ON_HOST_MAINTENANCE", ctx)
+    assert mine.cloud == "gcp"
+    old = GceMaintenanceTracker().feed(
+        "TERMINATE_ON_HOST_MAINTENANCE",
+        replace(ctx, instance_id="gke-pool-1-gone", observed_at=NOW - timedelta(days=2)),
+    )[0]
+    numeric = GceMaintenanceTracker().feed(  # the metadata's numeric `instance/id`: not the inventory's spelling
+        "TERMINATE_ON_HOST_MAINTENANCE", replace(ctx, instance_id="4520934521", observed_at=NOW - timedelta(days=1))
+    )[0]
+    for ev in (mine, old, numeric):
+        view.on_cloud(ev)
+    assert sorted(e.provider_event_id for e in view.cloud_events("g1")) == sorted(
+        [mine.provider_event_id, numeric.provider_event_id]
+    )
+
+    az_node = _node_from_provider_id(
+        "aks-pool-12345-vmss000003",
+        "azure:///subscriptions/s/resourceGroups/G/providers/Microsoft.Compute/virtualMachineScaleSets/"
+        "aks-pool-12345-vmss/virtualMachines/3",
+    )
+    view.on_inventory(az_node)
+    az_ctx = NormalizeContext(observed_at=NOW, cluster="c", node=az_node.node)
+
+    def azure_event(event_id: str, vm: str) -> CloudSystemEvent:
+        doc = {
+            "DocumentIncarnation": 1,
+            "Events": [
+                {
+                    "EventId": event_id,
+                    "EventType": "Reboot",
+                    "ResourceType": "VirtualMachine",
+                    "Resources": [vm],
+                    "EventStatus": "Scheduled",
+                    "NotBefore": "Thu, 01 Jan 2026 13:00:00 GMT",
+                    "EventSource": "Platform",
+                }
+            ],
+        }
+        (ev,) = AzureDocumentTracker().feed(doc, az_ctx)
+        return ev
+
+    az_mine = azure_event("A-1", "AKS-POOL-12345-VMSS_3")  # Azure names are case-insensitive
+    az_old = azure_event("A-2", "aks-pool-12345-vmss_7")
+    view.on_cloud(az_mine)
+    view.on_cloud(az_old)
+    assert [e.provider_event_id for e in view.cloud_events(az_node.node)] == [az_mine.provider_event_id]
 
 
 def test_budget_percent_never_rounds_to_zero_and_the_smaller_limit_wins() -> None:

@@ -17,6 +17,20 @@ from nodeheal.schemas.ids import deterministic_id
 CLOUD_SCHEMA: Final = "nodeheal.cloud/v1"
 
 Cloud = Literal["alibaba", "aws", "azure", "gcp"]
+CLOUD_ALIASES: Final[dict[str, str]] = {"gce": "gcp"}
+"""Other spellings of a `Cloud` found in stored messages: the inventory (`NodeInventory.cloud`, from the node's
+`spec.providerID` scheme) calls Google's cloud `gce` where the events say `gcp`. Both stay as written on the
+wire (records already in the bucket and in CLOUD keep matching); compare through `canonical_cloud`."""
+
+
+def canonical_cloud(name: str | None) -> str | None:
+    """The one name of a cloud, whichever message spelled it (`gce` → `gcp`; case-insensitive)."""
+    if name is None:
+        return None
+    lowered = name.lower()
+    return CLOUD_ALIASES.get(lowered, lowered)
+
+
 Channel = Literal[
     "cms_notification",
     "eventbridge",

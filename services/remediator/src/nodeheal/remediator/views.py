@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from nodeheal.remediator.planner import HOST_ACTIONS
 from nodeheal.remediator.policy import DomainKind, DomainSizes, Placement
 from nodeheal.schemas.causes import OPERATOR_REQUEST
-from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.cloud import CloudSystemEvent, canonical_cloud
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import NodeInventory
 
@@ -211,11 +211,12 @@ class FleetView:
         event of another machine that had the node's name (its instance id is not the inventory's) is not
         the node's: a spot notice or a host event of a machine that went away never gets a terminal phase,
         and a new machine under the reused name (IP-based names) must not be drained for it. Compared where
-        the inventory and the events spell the id alike (`SAME_INSTANCE_IDS`)."""
+        the inventory and the events spell the id alike (`other_machine`)."""
         cloud, instance = self.instance.get(node, (None, None))
+        cloud = canonical_cloud(cloud)
         groups: dict[tuple[str, str], list[CloudSystemEvent]] = {}
         for key, ev in self.cloud.get(node, {}).items():
-            if instance and cloud in SAME_INSTANCE_IDS and ev.cloud == cloud and ev.instance_id != instance:
+            if instance and other_machine(ev, node=node, cloud=cloud, instance=instance):
                 continue
             groups.setdefault(self.cloud_alias.get(key, key), []).append(ev)
         return [_merged(canon, members) for canon, members in groups.items()]
@@ -251,10 +252,32 @@ class FleetView:
         return None
 
 
-SAME_INSTANCE_IDS = frozenset({"alibaba", "aws"})
-"""Clouds whose events and inventory name an instance the same way (`i-…` from the API / IMDS and from the
-node's `spec.providerID`). Azure's events name the VM (or `<vmss>_<n>`) and GCE's the metadata's instance,
-which the inventory may spell otherwise (and calls the cloud `gce` where the events say `gcp`): not compared."""
+def other_machine(event: CloudSystemEvent, *, node: str, cloud: str | None, instance: str) -> bool:
+    """Does `event` name another machine than the node's inventory instance (`cloud` canonical, `instance`)?
+    Only where the inventory and the event spell the id alike; anything else is not compared (the event is
+    kept: more drains, never fewer):
+
+    - Alibaba, AWS: `i-…` from the API / IMDS and from `spec.providerID`, compared as is;
+    - Azure: the VM name (`<vmss>_<n>` for a scale set's VM) in Scheduled Events' `Resources` and in the
+      inventory (from `spec.providerID`), compared without case (Azure names are case-insensitive);
+    - GCE: the instance name in the inventory; an event that names the instance by the metadata server's
+      numeric `instance/id` (what the GCE poller reads unless `GCE__INSTANCE_ID` is set) is not compared;
+    - an event that names the node itself (a metadata poller that could not learn its instance falls back to
+      the node name) is not compared.
+
+    The clouds are compared by their canonical names (`canonical_cloud`): the inventory says `gce` where the
+    events say `gcp`."""
+    if canonical_cloud(event.cloud) != cloud:
+        return False
+    theirs = event.instance_id
+    if cloud in ("alibaba", "aws"):
+        return theirs != instance
+    if cloud not in ("azure", "gcp") or theirs.lower() == node.lower():
+        return False
+    if cloud == "gcp" and theirs.isdigit():
+        return False
+    return theirs.lower() != instance.lower()
+
 
 TWIN_START_S = 60.0  # two channels' start times of one host event differ by less than this
 
