@@ -407,3 +407,44 @@ def test_an_azure_event_that_covers_several_vms_is_never_accepted_early() -> Non
     several = base.model_copy(update={"extended": {"EventId": "ev-1", "Resources": ["vmss_3", "vmss_4"]}})
     assert [s.action for s in planner.maintenance_steps(several, policy=PolicySettings())] == ["cordon", "drain"]
     assert planner.shared_with(several) == ["vmss_3", "vmss_4"]
+
+
+def test_finished_host_events_are_let_go_open_ones_never() -> None:
+    """The view kept every host event for as long as the replica ran (tens of thousands of nodes, events each
+    week: no bound). A finished event goes once it is `FINISHED_KEEP` (7 days) older than the newest report CLOUD
+    showed; an open event, however old, stays, and so does a twin pair one of whose reports is still open."""
+    view = FleetView()
+    week = timedelta(days=7)
+    old = _aws("imds", "ev-old", observed_at=NOW - 3 * week)
+    view.on_cloud(old)
+    view.on_cloud(_done(old, "completed", -3 * week.total_seconds() + 60))
+    stale_open = _aws("imds", "ev-open", observed_at=NOW - 4 * week, not_before=NOW - 4 * week)  # never ended
+    view.on_cloud(stale_open)
+    pair = _aws("health_api", "arn:ev-pair#i-1", observed_at=NOW - 2 * week, not_before=NOW - 2 * week)
+    twin = _aws("imds", "ev-pair", observed_at=NOW - 2 * week, not_before=NOW - 2 * week)
+    view.on_cloud(pair)
+    view.on_cloud(twin)
+    view.on_cloud(_done(twin, "completed", -2 * week.total_seconds() + 60))  # Health never says it closed
+    recent = _aws("eventbridge", "ev-recent", observed_at=NOW - 6 * timedelta(days=1))
+    view.on_cloud(recent)
+    view.on_cloud(_done(recent, "canceled", -6 * 86400 + 60))
+    new = _aws("eventbridge", "ev-new", observed_at=NOW, not_before=NOW + week)
+    view.on_cloud(new)
+    view.on_cloud(_done(new, "canceled", 1))  # the newest report: CLOUD's time is now NOW
+    kept = {key[1] for key in view.cloud["n1"]}
+    assert "ev-old" not in kept  # finished three weeks before the newest report
+    assert ("aws", "ev-old") not in view.cloud_channels
+    assert {"ev-recent", "ev-new"} <= kept  # finished within the week
+    assert {"ev-open", "arn:ev-pair#i-1", "ev-pair"} <= kept  # open, or a pair with an open report
+    assert [e.provider_event_id for e in planner.host_events(view.cloud_events("n1"))] == ["ev-open"]
+
+
+def test_finished_host_events_beyond_the_cap_are_let_go_oldest_first() -> None:
+    view = FleetView(max_finished=3)
+    open_ev = _aws("imds", "ev-open", observed_at=NOW - timedelta(hours=2))
+    view.on_cloud(open_ev)
+    for n in range(4):  # four events that end within the hour: the cap (3) is passed
+        ev = _aws("eventbridge", f"ev-{n}", observed_at=NOW - timedelta(hours=1), not_before=NOW + timedelta(days=n))
+        view.on_cloud(ev)
+        view.on_cloud(_done(ev, "canceled", n))
+    assert {key[1] for key in view.cloud["n1"]} == {"ev-open", "ev-1", "ev-2", "ev-3"}

@@ -15,6 +15,16 @@ from nodeheal.schemas.cloud import CloudSystemEvent, canonical_cloud
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import NodeInventory
 
+FINISHED_KEEP = timedelta(days=7)
+"""How long a finished host event (completed, avoided, canceled, failed) is kept after its last report, on CLOUD's
+time. Long enough for the maintenance loop to finish it (verify, uncordon: a tick every few seconds, a held slot
+expires after `slot_hold_s`, 1 h) even after an outage of every replica, and for any late report of the same
+event (CMS retries, polls, a second channel's late "closed") to find it ended: a late pending report of an event
+let go would be taken for a new pending event. docs/remediator.md, "Host events"."""
+MAX_FINISHED = 50_000
+"""At most this many finished host events are kept; beyond it the oldest go first, even within `FINISHED_KEEP`
+(about one a week per node on a 50,000-node fleet)."""
+
 
 @dataclass(slots=True)
 class FleetView:
@@ -39,6 +49,13 @@ class FleetView:
     _expiry: list[tuple[datetime, str]] = field(default_factory=list)
     _horizon: datetime | None = None
     _window_s: float = 0.0
+    # Finished host events are let go (`_prune`): kept `finished_keep` past the newest report CLOUD has shown, and
+    # at most `max_finished` of them; open events are never let go (docs/remediator.md, "Host events").
+    finished_keep: timedelta = field(default_factory=lambda: FINISHED_KEEP)
+    max_finished: int = MAX_FINISHED
+    _newest: datetime | None = None  # the latest `observed_at` of a host event report seen
+    _finished: list[tuple[datetime, str, tuple[str, str]]] = field(default_factory=list)  # heap: (ended, node, key)
+    _to_prune: dict[tuple[str, tuple[str, str]], datetime] = field(default_factory=dict)  # heap entries that count
 
     def on_inventory(self, inv: NodeInventory) -> None:
         self.placements[inv.node] = Placement(node=inv.node, zone=inv.zone, rack=inv.rack, node_pool=inv.node_pool)
@@ -180,11 +197,52 @@ class FleetView:
                 self.cloud_alias[key] = twin
         events = self.cloud.setdefault(event.node, events)
         self.cloud_channels.setdefault(key, set()).add(event.channel)
+        if self._newest is None or event.observed_at > self._newest:
+            self._seen_newer(event.observed_at)
         if current is not None and current.is_terminal and not event.is_terminal:
             return
         events[key] = event
-        if not event.is_terminal and event.not_before is not None:
+        if event.is_terminal:
+            self._to_prune[(event.node, key)] = event.observed_at
+            heapq.heappush(self._finished, (event.observed_at, event.node, key))
+            self._prune()
+        elif event.not_before is not None:
             self._split_if_moved(key, event, events)
+
+    def _seen_newer(self, at: datetime) -> None:
+        """CLOUD's time moves on to `at`, unless `at` is more than a day ahead of this clock (an ingest's clock far
+        ahead would let every finished event go at once)."""
+        if at <= datetime.now(tz=UTC) + timedelta(days=1):
+            self._newest = at
+
+    def _prune(self) -> None:
+        """Let finished host events go: those whose last report is older than `finished_keep` before the newest
+        report seen, and the oldest beyond `max_finished`. A twin pair goes only as a whole, once every report of
+        it has ended (one report still open is an open event: its group is kept, and shows the pending report
+        when the ended one is gone). An open event is never let go. Measured on CLOUD's own time (`observed_at`),
+        not the clock: every replica, reading CLOUD in the same order, keeps the same events."""
+        if self._newest is None:
+            return
+        horizon = self._newest - self.finished_keep
+        heap = self._finished
+        tracked = self._to_prune
+        while heap and (heap[0][0] < horizon or len(tracked) > self.max_finished):
+            at, node, key = heapq.heappop(heap)
+            if tracked.get((node, key)) != at:
+                continue  # gone already, or reported again since (a newer entry stands for it)
+            del tracked[(node, key)]
+            events = self.cloud[node]
+            canon = self.cloud_alias.get(key, key)
+            members = [k for k in events if self.cloud_alias.get(k, k) == canon]
+            if any(not events[k].is_terminal or events[k].observed_at > at for k in members):
+                continue  # an open report (never let go), or a later end (the group goes with its entry)
+            for k in members:
+                del events[k]
+                tracked.pop((node, k), None)
+                self.cloud_alias.pop(k, None)
+                self.cloud_channels.pop(k, None)
+            if not events:
+                del self.cloud[node]
 
     def _split_if_moved(
         self, key: tuple[str, str], event: CloudSystemEvent, events: dict[tuple[str, str], CloudSystemEvent]
