@@ -379,15 +379,21 @@ class ConsumerRuntime:
         model: type[M],
         since_s: float | None,
         handler: Callable[[M], None],
+        keep: Callable[[bytes], bool] | None = None,
     ) -> None:
         """Every replica reads every message of `subject` from `since_s` ago on (None: from the first
         message the stream keeps), in order, with a reader of its own and no acks: views such as "which
         nodes are unhealthy". A message that does not validate
         (any exception) or that the handler fails on is skipped and counted; the work consumer of the
-        same stream is the one that dead-letters it."""
+        same stream is the one that dead-letters it. `keep`, when given, looks at the raw message first
+        (cheaply, e.g. at the one field that decides): False means the handler would discard the message,
+        which is then passed over without being validated; a message it cannot tell about must be True
+        (validated as without it, a malformed one skipped and counted)."""
 
         def apply(msg: Msg) -> None:
             try:
+                if keep is not None and not keep(msg.data):
+                    return
                 handler(model.model_validate_json(msg.data))
             except Exception as exc:
                 self.skipped += 1

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nodeheal.schemas.base import Frozen, Message, UtcDatetime
+from nodeheal.schemas.base import Frozen, Message, NonEmptyStr, UtcDatetime
 from nodeheal.schemas.ids import deterministic_id
 
 CLOUD_SCHEMA: Final = "nodeheal.cloud/v1"
@@ -80,6 +80,20 @@ class AckOption(Frozen):
 
 def cloud_event_message_id(cloud: str, provider_event_id: str, phase: str) -> str:
     return deterministic_id(cloud, provider_event_id, phase, prefix="cloud-")
+
+
+class CloudEventHead(BaseModel):
+    """The fields of a `CloudSystemEvent` that say which event it is and what kind, validated as the event
+    validates them and nothing else (the rest of the message, `raw` included, is skipped by the JSON parser): a
+    reader that keeps a few kinds of event looks here first and validates only what it keeps. Not a message of
+    its own; never published."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    node: NonEmptyStr
+    cloud: Cloud
+    provider_event_id: str = Field(min_length=1)
+    action: CloudAction
 
 
 class CloudSystemEvent(Message):

@@ -209,6 +209,7 @@ class RemediatorService:
             # changes; a replica started after the notice must still drain ahead of it
             since_s=None,
             handler=self.view.on_cloud,
+            keep=self.view.keeps_cloud,  # the rest of CLOUD is passed over unvalidated (docs/remediator.md)
         )
         await self.consumers.start()
         self.ready.set()
