@@ -11,6 +11,12 @@ Revisions count within one bucket: a bucket created anew (JetStream rebuilt afte
 1. So a lease also carries its bucket's creation time (`epoch`, µs, from the bucket's stream info, read at each
 acquire): it travels as `NodeCommand.lease_epoch`, and the agent's fence compares (epoch, revision). Without it,
 every agent that had executed a higher revision of the old bucket refused every command for good.
+
+Renewals of one lease take turns (`Lease.turn`): the ladder's fence right before a side effect and the keeper's
+periodic renewal used to send the same `last` revision at once, and the loser marked the lease lost though
+nobody else held it. A renewal refused for its revision reads the key once: a value that holds this lease's own
+`token` (a renewal of ours whose reply was lost) is adopted and renewed again by compare-and-set, so ownership is
+still decided only by compare-and-set.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nodeheal.runtime.consumer import describe
@@ -43,6 +50,10 @@ class Lease:
     lost: bool = False
     epoch: int | None = None
     """the bucket's creation time (µs since 1970); None when its stream info could not be read"""
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
+    """this lease's own mark in the key's value: a renewal of ours whose reply was lost is recognised by it"""
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+    """renewals of this lease take turns (each needs the revision the one before it wrote)"""
 
 
 class Leases:
@@ -55,17 +66,23 @@ class Leases:
     def key(cluster: str, node: str) -> str:
         return inventory_key(cluster, node)
 
-    def _value(self, *, node: str, action: str) -> bytes:
+    def _value(self, *, node: str, action: str, token: str) -> bytes:
         now = datetime.now(tz=UTC).isoformat()
-        return json.dumps({"holder": self.holder, "node": node, "action": action, "renewed_at": now}).encode()
+        body = {"holder": self.holder, "node": node, "action": action, "renewed_at": now, "token": token}
+        return json.dumps(body).encode()
+
+    def value_of(self, lease: Lease, *, action: str = "") -> bytes:
+        """What a renewal of `lease` writes."""
+        return self._value(node=lease.node, action=action, token=lease.token)
 
     async def acquire(self, *, cluster: str, node: str, action: str) -> Lease | None:
         key = self.key(cluster, node)
+        token = secrets.token_hex(8)
         try:
-            revision = await self.kv.create(key, self._value(node=node, action=action))
+            revision = await self.kv.create(key, self._value(node=node, action=action, token=token))
         except KeyWrongLastSequenceError:
             return None
-        return Lease(key=key, node=node, holder=self.holder, revision=revision, epoch=await self.epoch())
+        return Lease(key=key, node=node, holder=self.holder, revision=revision, epoch=await self.epoch(), token=token)
 
     async def epoch(self) -> int | None:
         """The bucket's creation time in µs (the lease epoch). Read at every acquire, so a bucket created anew
@@ -81,16 +98,39 @@ class Leases:
         return int(created.timestamp() * 1_000_000)
 
     async def renew(self, lease: Lease, *, action: str = "") -> None:
-        if lease.lost:
-            raise LeaseLostError(f"lease on {lease.node} already lost")
-        try:
-            lease.revision = await self.kv.update(
-                lease.key, self._value(node=lease.node, action=action), last=lease.revision
-            )
-        except KeyWrongLastSequenceError as exc:
+        async with lease.turn:
+            if lease.lost:
+                raise LeaseLostError(f"lease on {lease.node} already lost")
+            value = self.value_of(lease, action=action)
+            try:
+                lease.revision = await self.kv.update(lease.key, value, last=lease.revision)
+                return
+            except KeyWrongLastSequenceError as exc:
+                refused: Exception = exc
+            ours = await self._still_ours(lease)
+            if ours is not None:
+                try:
+                    lease.revision = await self.kv.update(lease.key, value, last=ours)
+                    log.info("lease renewal adopted after a lost reply", extra={"node": lease.node, "revision": ours})
+                    return
+                except KeyWrongLastSequenceError as exc:
+                    refused = exc
             lease.lost = True
             msg = f"lease on node {lease.node} (revision {lease.revision}) was taken or expired; stopping"
-            raise LeaseLostError(msg) from exc
+            raise LeaseLostError(msg) from refused
+
+    async def _still_ours(self, lease: Lease) -> int | None:
+        """The key's revision when its value is this lease's (`token`): a renewal of ours was stored and its reply
+        lost. None when the key is gone or another holder's. Only a hint (a read may be a follower's): the caller
+        renews by compare-and-set on it."""
+        try:
+            entry = await self.kv.get(lease.key)
+            held = json.loads(entry.value or b"{}")
+        except (KeyNotFoundError, ValueError):
+            return None
+        if not isinstance(held, dict) or held.get("token") != lease.token or entry.revision is None:
+            return None
+        return int(entry.revision)
 
     async def release(self, lease: Lease) -> None:
         if lease.lost:
