@@ -13,8 +13,9 @@ from nodeheal.remediator.control import write_approval, write_pause
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.inventory import inventory_key
-from nodeheal.schemas.subjects import audit_subject
+from nodeheal.schemas.subjects import audit_subject, cloud_subject
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
@@ -226,3 +227,50 @@ async def test_a_fix_done_before_a_restart_is_verified_when_its_diagnosis_resolv
             await service.stop()
     assert verified.action_id == action_id and verified.action == "restart_service"
     assert agent.commands == []  # verified, not done again
+
+
+async def test_a_host_event_announced_during_the_approval_wait_takes_the_redeploy_over(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """The ladder was planned before the cloud said anything; while the redeploy waited for a person's approval,
+    the cloud announced its own reboot of the host, already under way. Before, the approval released our
+    RedeployInstance in the middle of the platform's recovery (the plan was never looked at again). Now the host
+    events are read again right before a reboot or redeploy acts: the step is handed to the cloud's event."""
+    await add_inventory(nc, topology_ready, "n5", zone="z1", cloud="alibaba", instance_id="i-n5")
+    service = await start_service(
+        make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, verify_timeout_s=1)
+    )
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n5", ["redeploy"]))
+        waiting = await wait_for_record(nc, topology_ready, phase="awaiting_approval")
+        now = datetime.now(tz=UTC)
+        ev = CloudSystemEvent(
+            cluster=CLUSTER,
+            node="n5",
+            cloud="alibaba",
+            channel="api_history",
+            provider_event_id="e-n5",
+            provider_event_type="SystemFailure.Reboot",
+            action="reboot",
+            cause="host_failure",
+            phase="in_progress",
+            instance_id="i-n5",
+            observed_at=now,
+            not_before=now,
+        )
+        await nc.jetstream().publish(
+            cloud_subject(CLUSTER, "n5", prefix=topology_ready.prefix),
+            ev.to_json(),
+            headers={"Nats-Msg-Id": ev.dedup_id},
+        )
+        await asyncio.sleep(1.0)  # the view reads it (its follower polls CLOUD)
+        control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
+        await write_approval(control, action_id=waiting.action_id, by="bob")
+        handed = await wait_for_record(nc, topology_ready, action="wait_for_cloud_event", phase="succeeded")
+        await asyncio.sleep(1.0)  # a redeploy would come now
+    finally:
+        await service.stop()
+    assert "e-n5" in handed.reason
+    assert [c.action for c in ecs.calls] == []
+    redeploy = [r.phase for r in await audit_records(nc, topology_ready) if r.action == "redeploy"]
+    assert "intent" not in redeploy and "started" not in redeploy, redeploy

@@ -186,6 +186,23 @@ def plan(
     return Plan(diagnosis_id=diagnosis.id, node=diagnosis.node, steps=tuple(steps), notes=tuple(notes))
 
 
+def handover_step(diagnosis: Diagnosis, event: CloudSystemEvent, *, rung: int, timeout_s: float | None) -> Step:
+    """The `wait_for_cloud_event` step `plan` would have put in place of a reboot / redeploy, had `event` been
+    known then (the same action id)."""
+    return Step(
+        rung=rung,
+        action="wait_for_cloud_event",
+        action_id=action_id(
+            diagnosis_id=diagnosis.episode, action="wait_for_cloud_event", target=event.provider_event_id
+        ),
+        reason=f"cloud {event.action} {event.provider_event_id} was announced after the plan: the maintenance loop "
+        "drains ahead of it, lets it run and verifies afterwards",
+        target=event.provider_event_id,
+        timeout_s=timeout_s,
+        cloud_event=event,
+    )
+
+
 def needs_approval(action: str, policy: PolicySettings) -> bool:
     """`replace` releases the machine for good: a person approves it, whatever the approval list says."""
     return action == "replace" or action in policy.approval_required

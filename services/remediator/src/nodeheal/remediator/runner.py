@@ -891,6 +891,10 @@ class Remediator:
             verdict = await self._gate_capacity(run, step, checks)
             if verdict is not None:
                 return verdict
+        if step.action in ("reboot", "redeploy"):
+            taken = await self._taken_by_host_event(run, step)
+            if taken is not None:
+                return taken
         checks.append(PolicyCheck(name="dry_run", passed=True, detail=str(self.policy.dry_run).lower()))
         checks.append(PolicyCheck(name="lease", passed=not run.lease.lost, detail=f"revision {run.lease.revision}"))
         if step.action == "escalate":
@@ -966,6 +970,31 @@ class Remediator:
         if not step.is_fix or not verify_after:
             return "next"
         return await self._verify(run, step, since=started_at)
+
+    async def _taken_by_host_event(self, run: _Run, step: planner.Step) -> StepResult | None:
+        """Right before our reboot / redeploy acts (after any approval wait or drain): a host event the cloud
+        announced since the plan (in progress, or due within `host_reboot_guard_s`) takes the step over, as the
+        plan would have had it known it. Before, the plan was never looked at again: an approval given during
+        the platform's own recovery released our redeploy in the middle of it. None: no such event."""
+        now = utcnow()
+        near = [
+            e
+            for e in planner.host_events(self.view.cloud_events(run.diagnosis.node))
+            if planner.within(e, seconds=self.policy.host_reboot_guard_s, now=now)
+        ]
+        if not near:
+            return None
+        ev = near[0]
+        await self._srec(
+            run,
+            step,
+            phase="skipped",
+            reason=f"cloud {ev.action} {ev.provider_event_id} ({ev.phase}, not before {ev.not_before}) was announced "
+            f"after the plan: {step.action} handed to it",
+        )
+        return await self._handover(
+            run, planner.handover_step(run.diagnosis, ev, rung=step.rung, timeout_s=step.timeout_s)
+        )
 
     async def _handover(self, run: _Run, step: planner.Step) -> StepResult:
         """Our reboot / redeploy gives way to a scheduled host event: the maintenance loop drains ahead of it,
