@@ -110,7 +110,7 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
     js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """TERMINATE_ON_HOST_MAINTENANCE first seen at 12:09:50; the ingest restarts (its ledger seeded from
-    CLOUD) and polls again at 12:10:10. The synthetic id floors the first-seen time to 10 minutes, so before,
+    CLOUD) and polls again at 12:10:10. The synthetic id floored the first-seen time to 10 minutes, so before,
     the new poller started a second event (`…T1210Z`) and the return to NONE closed only that one: the first
     stayed `in_progress` for good, a host event the remediator keeps waiting for. Now the restarted poller
     takes the open event over: one event, closed."""
@@ -153,6 +153,47 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
     assert [(e.phase, e.action) for e in stored] == [("in_progress", "terminate"), ("completed", "terminate")]
     assert stored[0].provider_event_id == stored[1].provider_event_id
     assert ledger.open_events("gcp") == []
+
+
+async def test_two_gce_maintenances_within_ten_minutes_are_both_published(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """MIGRATE_ON_HOST_MAINTENANCE at 12:01 (back to NONE at 12:02), again at 12:05: two live migrations of one
+    VM. Before, the synthetic id floored the first-seen time to 10 minutes: the second episode had the first's
+    id, the ledger called its `in_progress` a duplicate of a finished event and CLOUD never heard of it (nor
+    would the stream's `Nats-Msg-Id` window have taken it). Now each episode is its own event; polling a running
+    episode again publishes nothing."""
+    from datetime import UTC, datetime
+
+    from nodeheal.cloud_events.ingest.pollers import GceMaintenancePoller
+    from nodeheal.cloud_events.ingest.settings import GcePollerSettings
+    from nodeheal.sim.gce_metadata import GceMetadata, GceMetadataEmulator
+
+    metadata = GceMetadata()
+    now = [datetime(2026, 4, 10, 12, 1, 0, tzinfo=UTC)]
+    async with GceMetadataEmulator(metadata) as gce:
+        settings = GcePollerSettings(enabled=True, endpoint=gce.url, node="node-1")
+        poller = GceMaintenancePoller(
+            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=lambda: now[0]
+        )
+        try:
+            for minute, value in ((1, "MIGRATE_ON_HOST_MAINTENANCE"), (2, "NONE"), (5, "MIGRATE_ON_HOST_MAINTENANCE")):
+                metadata.set_maintenance_event(value)  # type: ignore[arg-type]
+                now[0] = now[0].replace(minute=minute, second=0)
+                await poller.poll_once()
+                now[0] = now[0].replace(second=10)
+                await poller.poll_once()  # the same answer again
+            metadata.set_maintenance_event("NONE")
+            now[0] = now[0].replace(minute=6)
+            await poller.poll_once()
+        finally:
+            await poller.close()
+    stored = await _stored(js, topology_ready)
+    assert [e.phase for e in stored] == ["in_progress", "completed", "in_progress", "completed"]
+    assert stored[0].provider_event_id == stored[1].provider_event_id
+    assert stored[2].provider_event_id == stored[3].provider_event_id
+    assert stored[0].provider_event_id != stored[2].provider_event_id
+    assert stored[2].started_at == datetime(2026, 4, 10, 12, 5, 0, tzinfo=UTC)
 
 
 async def test_an_azure_poller_without_a_vm_name_asks_imds_for_it(

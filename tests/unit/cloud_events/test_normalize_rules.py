@@ -148,6 +148,71 @@ def test_gce_value_back_to_none_completes_the_same_event() -> None:
     assert done[0].finished_at == T0 + timedelta(seconds=90)
 
 
+def test_gce_two_maintenance_episodes_within_ten_minutes_get_two_ids() -> None:
+    """MIGRATE at 12:01, back to NONE at 12:02, MIGRATE again at 12:05: two episodes of one instance. Before, the
+    id floored the first-seen time to 10 minutes, so both were `123:MIGRATE_ON_HOST_MAINTENANCE:…T1200Z` and the
+    second was dropped as a duplicate (ledger, `Nats-Msg-Id`). A repeated read of a running episode says
+    nothing new and keeps its id."""
+    tracker = GceMaintenanceTracker()
+
+    def at(minutes: float) -> NormalizeContext:
+        return NormalizeContext(observed_at=T0 + timedelta(minutes=minutes), instance_id="123")
+
+    first = tracker.feed("MIGRATE_ON_HOST_MAINTENANCE", at(1))
+    assert tracker.feed("MIGRATE_ON_HOST_MAINTENANCE", at(1.1)) == []
+    first_done = tracker.feed("NONE", at(2))
+    second = tracker.feed("MIGRATE_ON_HOST_MAINTENANCE", at(5))
+    assert tracker.feed("MIGRATE_ON_HOST_MAINTENANCE", at(5.1)) == []
+    second_done = tracker.feed("NONE", at(6))
+    assert [e.phase for e in first + first_done + second + second_done] == [
+        "in_progress",
+        "completed",
+        "in_progress",
+        "completed",
+    ]
+    assert first[0].provider_event_id == first_done[0].provider_event_id
+    assert second[0].provider_event_id == second_done[0].provider_event_id
+    assert first[0].provider_event_id != second[0].provider_event_id
+    assert first[0].id != second[0].id and first_done[0].id != second_done[0].id  # the Nats-Msg-Id
+    ledger = TransitionLedger()
+    assert [ledger.admit(e) for e in first + first_done + second + second_done] == ["new"] * 4
+
+
+def test_gce_episodes_read_at_one_instant_still_get_two_ids() -> None:
+    """`nodeheal normalize` reads a file of values with one observation time: NONE between two MIGRATEs still
+    separates two episodes, whose ids must differ although their first-seen times are equal."""
+    events = normalize_stream(
+        "gce-metadata",
+        b"MIGRATE_ON_HOST_MAINTENANCE\nNONE\nMIGRATE_ON_HOST_MAINTENANCE\nNONE\n",
+        NormalizeContext(observed_at=T0, instance_id="123"),
+    )
+    assert [e.phase for e in events] == ["in_progress", "completed", "in_progress", "completed"]
+    assert len({e.provider_event_id for e in events}) == 2
+
+
+def test_gce_resume_takes_over_the_open_episode_whatever_the_stamp_form() -> None:
+    """A restarted poller continues the open episode the seeded ledger names, with ids of today's form (first
+    seen to the second) and of the old one (floored to 10 minutes, written before the upgrade): the newest wins,
+    by time, not by the text of the stamp."""
+    ctx = NormalizeContext(observed_at=T0 + timedelta(minutes=30), instance_id="123")
+    tracker = GceMaintenanceTracker()
+    tracker.resume(
+        ["123:MIGRATE_ON_HOST_MAINTENANCE:20260301T1210Z", "123:MIGRATE_ON_HOST_MAINTENANCE:20260301T120950Z"], ctx
+    )
+    assert tracker.current is not None
+    assert tracker.current.provider_event_id == "123:MIGRATE_ON_HOST_MAINTENANCE:20260301T1210Z"
+    assert tracker.current.started_at == T0 + timedelta(minutes=10)
+    assert tracker.feed("MIGRATE_ON_HOST_MAINTENANCE", ctx) == []
+    done = tracker.feed("NONE", ctx)
+    assert [(e.phase, e.provider_event_id) for e in done] == [
+        ("completed", "123:MIGRATE_ON_HOST_MAINTENANCE:20260301T1210Z")
+    ]
+    again = GceMaintenanceTracker()
+    again.resume(["123:MIGRATE_ON_HOST_MAINTENANCE:20260301T120950Z"], ctx)
+    assert again.current is not None
+    assert again.current.started_at == T0 + timedelta(minutes=9, seconds=50)
+
+
 def test_ledger_terminal_is_never_overwritten_by_a_late_non_terminal() -> None:
     ledger = TransitionLedger()
     assert ledger.record(cloud="alibaba", provider_event_id="e-1", phase="scheduled") == "new"

@@ -290,7 +290,7 @@ EXPECTED: dict[str, tuple[str, list[tuple[str, str, str, str, str, dict[str, dat
         "gce-metadata",
         [
             (
-                "i-test:MIGRATE_ON_HOST_MAINTENANCE:20260101T0000Z",
+                "i-test:MIGRATE_ON_HOST_MAINTENANCE:20260101T000000Z",
                 "live_migrate",
                 "planned_maintenance",
                 "in_progress",

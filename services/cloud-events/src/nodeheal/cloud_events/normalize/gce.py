@@ -1,17 +1,32 @@
 """GCE `instance/maintenance-event` metadata values → `CloudSystemEvent` (reference §4, §6).
 
 The value is plain text: `NONE`, `MIGRATE_ON_HOST_MAINTENANCE` or `TERMINATE_ON_HOST_MAINTENANCE`,
-about 60 s before the event, back to `NONE` when done. There is no event id: the synthetic id is
-`<instance>:<value>:<first seen, floored to 10 minutes>`; a poller restarted during the event takes the
-open event over from the seeded ledger (`GceMaintenanceTracker.resume`), so it keeps its id and the return
-to `NONE` closes it.
+about 60 s before the event, back to `NONE` when done. There is no event id, so the tracker makes one.
+
+Decision — what one event (an **episode**) is, and its id. An episode is one run of a maintenance value: it
+begins at the first read of a value other than `NONE` and ends at the first read of another value (`NONE`, or
+the other maintenance value, which begins a new episode). Its id is
+`<instance>:<value>:<first seen, to the second, UTC>` (`…:20260410T120950Z`); when that id is the one the
+episode before it had (two episodes first seen within one second, or a `nodeheal normalize` file whose values
+share one observation time), `-<n>` is added. So two maintenances of one instance are two events however
+close together, and a re-read of the same episode keeps its id: the same answer polled again is the episode
+the tracker holds (nothing new is said), and a poller restarted during the episode takes it over from the
+seeded ledger (`GceMaintenanceTracker.resume`), so it keeps its id and the return to `NONE` closes it.
+Before, the first-seen time was floored to 10 minutes, so a second maintenance within the same 10 minutes got
+the first one's id and was dropped as a duplicate (ledger and `Nats-Msg-Id`).
+
+`instance/upcoming-maintenance` (the planned window's `window_start_time`) is not used for the id: it exists
+only on VMs offered advance notice of maintenance, it is another read per poll, and the window is a plan that
+can be rescheduled while the value is what the VM actually gets; the first-seen time with the ledger's
+take-over already separates episodes and keeps a restarted poller on its episode. Ids written before this
+change (`…:20260410T1200Z`) are still taken over.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from nodeheal.cloud_events.normalize.common import NormalizeContext, build_event
 from nodeheal.cloud_events.normalize.errors import PayloadError
@@ -24,7 +39,6 @@ VALUES: dict[str, tuple[CloudAction, CloudCause]] = {
     "TERMINATE_ON_HOST_MAINTENANCE": ("terminate", "planned_maintenance"),
 }
 _VALUE = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
-ID_BUCKET = timedelta(minutes=10)
 
 
 def parse_value(text: str, *, where: str = "$") -> str:
@@ -40,14 +54,21 @@ def parse_value(text: str, *, where: str = "$") -> str:
     return value
 
 
-def _floor(moment: datetime) -> datetime:
-    step = int(ID_BUCKET.total_seconds())
-    epoch = int(moment.timestamp())
-    return datetime.fromtimestamp(epoch - epoch % step, tz=moment.tzinfo)
+STAMP = "%Y%m%dT%H%M%SZ"
+"""The first-seen time in the synthetic id (UTC, to the second)."""
+OLD_STAMP = "%Y%m%dT%H%MZ"
+"""The first-seen time floored to 10 minutes, in ids written before episodes were told apart (still resumed)."""
 
 
-STAMP = "%Y%m%dT%H%MZ"
-"""The first-seen time in the synthetic id, floored to `ID_BUCKET`."""
+def _stamp_time(stamp: str) -> datetime | None:
+    """The time a stamp names (today's form or the old one; a `-<n>` suffix ignored), or None."""
+    head = stamp.partition("-")[0]
+    # by length: strptime reads a digit too few for %M or %S, so `…T1210Z` would also pass as today's form
+    form = STAMP if len(head) == len("20260101T000000Z") else OLD_STAMP
+    try:
+        return datetime.strptime(head, form).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def _running(
@@ -78,6 +99,8 @@ class GceMaintenanceTracker:
     """Feeds values in order; a change to NONE completes the event that was running."""
 
     current: CloudSystemEvent | None = None
+    previous_id: str | None = None
+    """The id of the last episode this tracker began or took over: the next one never gets it again."""
 
     def feed(self, text: str, ctx: NormalizeContext, *, where: str = "$") -> list[CloudSystemEvent]:
         value = parse_value(text, where=where)
@@ -92,39 +115,40 @@ class GceMaintenanceTracker:
             raise PayloadError(
                 "the value names no instance; give the instance id (--instance-id)", source=SOURCE, where=where
             )
-        stamp = _floor(ctx.observed_at).strftime(STAMP)
+        base = f"{instance}:{value}:{ctx.observed_at.astimezone(UTC).strftime(STAMP)}"
+        provider_event_id, n = base, 1
+        while provider_event_id == self.previous_id or (
+            self.previous_id is not None and self.previous_id.startswith(f"{provider_event_id}-")
+        ):
+            n += 1
+            provider_event_id = f"{base}-{n}"
         self.current = _running(
-            ctx,
-            instance=instance,
-            value=value,
-            provider_event_id=f"{instance}:{value}:{stamp}",
-            started=ctx.observed_at,
+            ctx, instance=instance, value=value, provider_event_id=provider_event_id, started=ctx.observed_at
         )
+        self.previous_id = provider_event_id
         out.append(self.current)
         return out
 
     def resume(self, open_ids: list[str], ctx: NormalizeContext) -> None:
         """Take over the event a previous poller of this instance left open (`open_ids`: the ids the seeded
         ledger holds without a terminal phase). A restarted poller then continues it: the same value keeps
-        its id (instead of a new one when the restart crossed a 10-minute boundary, which left the old event
-        `in_progress` for good), and `NONE` completes it. Several open (should not happen): the newest."""
+        its id (instead of a new one, which left the old event `in_progress` for good), and `NONE` completes
+        it. Several open (should not happen): the newest by the time its stamp names."""
         instance = ctx.instance_id or ctx.node
         if self.current is not None or not instance:
             return
-        mine: list[tuple[str, str, str]] = []
+        mine: list[tuple[datetime, str, str]] = []
         for pid in open_ids:
             head, sep, stamp = pid.rpartition(":")
             owner, sep2, value = head.rpartition(":")
             if sep and sep2 and owner == instance and value in VALUES:
-                mine.append((stamp, value, pid))
+                started = _stamp_time(stamp)
+                mine.append((started or ctx.observed_at, value, pid))
         if not mine:
             return
-        stamp, value, pid = max(mine)
-        try:
-            started = datetime.strptime(stamp, STAMP).replace(tzinfo=UTC)
-        except ValueError:
-            started = ctx.observed_at
+        started, value, pid = max(mine)
         self.current = _running(ctx, instance=instance, value=value, provider_event_id=pid, started=started)
+        self.previous_id = pid
 
     def _completed(self, current: CloudSystemEvent, ctx: NormalizeContext) -> CloudSystemEvent:
         return build_event(
