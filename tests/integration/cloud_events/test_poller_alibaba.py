@@ -137,3 +137,53 @@ async def test_a_bad_item_and_a_refused_region_cost_only_themselves(
     assert (await js.stream_info(dlq)).state.messages == 1
     letter = DeadLetter.model_validate_json((await js.get_msg(dlq, 1)).data)
     assert odd.encode() in letter.raw and b"i-node1" not in letter.raw
+
+
+async def test_a_throttled_page_keeps_what_the_pages_before_it_gave(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """Five reboot notices in one region, two per page: the API's flow control refuses page 3. Before, the
+    region's events were submitted only once every page was read, so the throttle threw away the four notices
+    of pages 1 and 2 (and with a fleet large enough to be throttled at the same page every round, they never
+    reached CLOUD). Now each page is submitted as it is read: the four are stored at once, and the next round,
+    unthrottled, reads every page again and stores the fifth, publishing none of the four twice."""
+    world = EcsWorld(clock=ManualClock())
+    notices = []
+    for n in range(5):
+        world.add_instance(f"i-node{n}", region_id="cn-hangzhou")
+        notices.append(
+            world.publish_event(
+                f"i-node{n}", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24 + n)
+            )
+        )
+    world.throttled_history_pages.add(3)
+    async with EcsEmulator(world) as emu:
+        settings = AlibabaPollerSettings(
+            enabled=True,
+            endpoint=emu.endpoint,
+            protocol="http",
+            region_ids=["cn-hangzhou"],
+            access_key_id="sim-access-key-id",
+            access_key_secret="sim-access-key-secret",
+            page_size=2,
+        )
+        poller = AlibabaHistoryPoller(
+            sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
+        )
+        with pytest.raises(RuntimeError, match=r"cn-hangzhou: .*Throttling\.User"):
+            await poller.poll_once()
+        assert (await js.stream_info(f"{topology_ready.stream_prefix}CLOUD")).state.messages == 4
+        first = await cloud_messages(js, topology_ready)
+        assert {e.phase for _, _, e in first} == {"scheduled"}
+
+        world.throttled_history_pages.clear()
+        await poller.poll_once()
+        pages = [
+            c.params.get("PageNumber")
+            for c in emu.calls
+            if c.action == "DescribeInstanceHistoryEvents" and c.params.get("InstanceEventCycleStatus.1")
+        ]
+        assert pages == ["1", "2", "3", "1", "2", "3"]  # the second round read from the first page again
+    stored = await cloud_messages(js, topology_ready)
+    assert sorted(e.provider_event_id for _, _, e in stored) == sorted(n.event_id for n in notices)
+    assert len({msg_id for _, msg_id, _ in stored}) == 5

@@ -326,6 +326,8 @@ def describe_instance_history_events(world: EcsWorld, params: _Params) -> dict[s
         }
     page_size = params.integer("PageSize", default=10, low=1, high=MAX_PAGE_SIZE)
     page_number = params.integer("PageNumber", default=1, low=1, high=2**31 - 1)
+    if page_number in world.throttled_history_pages:
+        raise EcsApiError(code="Throttling.User", message="Request was denied due to user flow control.")
     start = (page_number - 1) * page_size
     page = matching[start : start + page_size]
     return {

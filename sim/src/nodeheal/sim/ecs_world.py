@@ -250,6 +250,9 @@ class EcsWorld:
         self.launch_templates: dict[str, LaunchTemplate] = {}
         # regions this account's RAM policy does not cover: every call naming one is refused (Forbidden.RAM)
         self.forbidden_regions: set[str] = set()
+        # pages (`PageNumber`) of DescribeInstanceHistoryEvents answered `Throttling.User` for as long as they
+        # are listed here: a test throttles the k-th page of a scan (API flow control hit mid-scan)
+        self.throttled_history_pages: set[int] = set()
         self.released: dict[InstanceId, EcsInstance] = {}
         self.releases: list[Released] = []
         self.created: list[Created] = []

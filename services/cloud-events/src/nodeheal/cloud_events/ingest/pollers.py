@@ -15,7 +15,7 @@ import copy
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -116,12 +116,13 @@ class AlibabaHistoryPoller(Poller):
             client = self._clients[region_id] = Client(config)
         return client
 
-    async def _describe(self, region_id: str, **filters: Any) -> list[dict[str, Any]]:
-        """Every page of DescribeInstanceHistoryEvents as response bodies (SDK `to_map()` = the API's JSON)."""
+    async def _describe(self, region_id: str, **filters: Any) -> AsyncIterator[dict[str, Any]]:
+        """The pages of DescribeInstanceHistoryEvents, one by one as each is read, as response bodies (SDK
+        `to_map()` = the API's JSON). A page the API refuses (throttling) raises there: what the caller did with
+        the pages before it stands."""
         from alibabacloud_ecs20140526 import models as ecs_models
 
         client = self._client(region_id)
-        pages: list[dict[str, Any]] = []
         page = 1
         while True:
             request = ecs_models.DescribeInstanceHistoryEventsRequest(
@@ -129,11 +130,23 @@ class AlibabaHistoryPoller(Poller):
             )
             response = await client.describe_instance_history_events_async(request)
             body = response.body.to_map()
-            pages.append(body)
+            yield body
             total = int(body.get("TotalCount") or 0)
             if page * self.settings.page_size >= total:
-                return pages
+                return
             page += 1
+
+    async def _submit_pages(self, region_id: str, **filters: Any) -> list[CloudSystemEvent]:
+        """Read, normalize and submit each page before the next is asked for. Before, a region's pages were
+        submitted only once all were read: the API's flow control refusing page k threw away what pages
+        1..k-1 gave, every round it hit there. The next round reads from page 1 again; what was published is
+        a duplicate for the ledger (and for `Nats-Msg-Id`)."""
+        seen: list[CloudSystemEvent] = []
+        async for body in self._describe(region_id, **filters):
+            events = await self._normalize_pages([body], region_id)
+            await self.sink.submit(events)
+            seen.extend(events)
+        return seen
 
     async def _normalize_pages(self, pages: list[dict[str, Any]], region_id: str) -> list[CloudSystemEvent]:
         """Each page's events. A page with an item we cannot read is read item by item: that item goes to the
@@ -179,11 +192,10 @@ class AlibabaHistoryPoller(Poller):
 
     async def _poll_region(self, region_id: str) -> list[CloudSystemEvent]:
         seen: list[CloudSystemEvent] = []
-        active = await self._normalize_pages(
-            await self._describe(region_id, instance_event_cycle_status=ACTIVE_STATUSES), region_id
-        )
-        await self.sink.submit(active)
+        active = await self._submit_pages(region_id, instance_event_cycle_status=ACTIVE_STATUSES)
         seen.extend(active)
+        # reached only when every page of the active events was read: an event missing from an incomplete
+        # scan is not taken for closed
         active_ids = {e.provider_event_id for e in active}
         open_ids = [
             eid for eid in self.sink.ledger.open_events("alibaba") if eid.startswith("e-") and eid not in active_ids
@@ -191,8 +203,7 @@ class AlibabaHistoryPoller(Poller):
         for start in range(0, len(open_ids), MAX_EVENT_IDS):
             chunk = open_ids[start : start + MAX_EVENT_IDS]
             # By EventId with the default status filter: the finished states (reference §6.4).
-            closed = await self._normalize_pages(await self._describe(region_id, event_id=chunk), region_id)
-            await self.sink.submit(closed)
+            closed = await self._submit_pages(region_id, event_id=chunk)
             seen.extend(closed)
         return seen
 
