@@ -73,6 +73,43 @@ async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topolog
     ].id  # type: ignore[index]
 
 
+async def test_an_azure_event_gone_after_its_not_before_unseen_started_ends_not_canceled(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """A Freeze (a memory-preserving live migration: the VM, and the poller on it, paused for seconds) seen
+    `Scheduled`; at the next poll, past its NotBefore, it has started and ended, so it is gone without `Started`
+    having been seen. Before, the poller published `canceled` (the reading of a disappearance while `Scheduled`)
+    and the remediator took the node for untouched. Azure cancels an event only before it starts: now it is
+    `completed`, saying Started was not seen. A Reboot canceled by the platform before its NotBefore is still
+    `canceled`."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    freeze = events.schedule("Freeze", resources=["vm-1"], duration_s=5)
+    sink = _sink(js, topology_ready)
+    async with AzureImdsEmulator(events) as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
+        try:
+            assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
+            events.advance(timedelta(minutes=16))  # NotBefore passed: Started, while the VM is paused ...
+            events.advance(timedelta(seconds=10))  # ... and over: gone before the poller runs again
+            assert [e.phase for e in await poller.poll_once()] == ["completed"]
+            reboot = events.schedule("Reboot", resources=["vm-1"])
+            assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
+            events.advance(timedelta(minutes=5))
+            events.cancel(reboot.event_id)  # the platform's rare cancel, before NotBefore
+            assert [e.phase for e in await poller.poll_once()] == ["canceled"]
+        finally:
+            await poller.close()
+    stored = await _stored(js, topology_ready)
+    assert [(e.provider_event_type, e.phase, e.extended.get("started_observed")) for e in stored] == [
+        ("Freeze", "scheduled", None),
+        ("Freeze", "completed", False),
+        ("Reboot", "scheduled", None),
+        ("Reboot", "canceled", False),
+    ]
+    assert {e.extended["EventId"] for e in stored[:2]} == {freeze.event_id}
+
+
 async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
     js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:

@@ -56,7 +56,9 @@ def test_bad_time_is_a_payload_error_naming_the_place(text: object) -> None:
     assert "alibaba-cms payload at $.content.notBefore" in str(info.value)
 
 
-def _doc(incarnation: int, *events: tuple[str, str, str]) -> dict[str, object]:
+def _doc(
+    incarnation: int, *events: tuple[str, str, str], not_before: str = "Mon, 19 Sep 2016 18:29:47 GMT"
+) -> dict[str, object]:
     return {
         "DocumentIncarnation": incarnation,
         "Events": [
@@ -66,7 +68,7 @@ def _doc(incarnation: int, *events: tuple[str, str, str]) -> dict[str, object]:
                 "ResourceType": "VirtualMachine",
                 "Resources": ["vm-a", "vm-b"],
                 "EventStatus": status,
-                "NotBefore": "Mon, 19 Sep 2016 18:29:47 GMT" if status == "Scheduled" else "",
+                "NotBefore": not_before if status == "Scheduled" else "",
                 "EventSource": "Platform",
                 "DurationInSeconds": -1,
             }
@@ -89,18 +91,42 @@ def test_azure_event_that_disappears_after_started_is_completed() -> None:
     assert third[0].finished_at == T0 + timedelta(minutes=20)
     assert third[0].started_at == T0 + timedelta(minutes=15)
     assert third[0].extended["synthesized"] is True
+    assert third[0].extended["started_observed"] is True
     assert third[0].is_terminal
 
 
-def test_azure_event_that_disappears_while_scheduled_is_canceled() -> None:
+LATER = "Sun, 01 Mar 2026 14:00:00 GMT"  # T0 + 2 h: a NotBefore still ahead of the observations below
+
+
+def test_azure_event_that_disappears_before_its_not_before_is_canceled() -> None:
     tracker = AzureDocumentTracker()
-    tracker.feed(_doc(5, ("E2", "Redeploy", "Scheduled")), NormalizeContext(observed_at=T0))
+    tracker.feed(_doc(5, ("E2", "Redeploy", "Scheduled"), not_before=LATER), NormalizeContext(observed_at=T0))
     gone = tracker.feed(_doc(6), NormalizeContext(observed_at=T0 + timedelta(hours=1)))
     assert sorted((e.instance_id, e.phase, e.action) for e in gone) == [
         ("vm-a", "canceled", "redeploy"),
         ("vm-b", "canceled", "redeploy"),
     ]
     assert all(e.local_data_loss for e in gone)
+    assert all(e.extended["started_observed"] is False for e in gone)
+
+
+def test_azure_event_that_disappears_after_its_not_before_unseen_started_has_ended_not_canceled() -> None:
+    """Seen `Scheduled` (NotBefore 14:00), gone at 14:10 without a poll having seen `Started` (a Freeze pauses the
+    VM and its poller with it; a short event can begin and end between two polls). Azure removes an event from
+    the document once it has completed, and cancels one only before it starts: past its NotBefore it most likely
+    ran. Before, it was published `canceled`, and the remediator took the node for untouched; now it has ended
+    (`completed`), saying that Started was not seen, so the node is verified."""
+    tracker = AzureDocumentTracker(resource="vm-a")
+    tracker.feed(_doc(1, ("E6", "Freeze", "Scheduled"), not_before=LATER), NormalizeContext(observed_at=T0))
+    gone = tracker.feed(_doc(2), NormalizeContext(observed_at=T0 + timedelta(hours=2, minutes=10)))
+    assert [(e.phase, e.action, e.provider_event_id) for e in gone] == [("completed", "freeze", "e6#vm-a")]
+    ended = gone[0]
+    assert ended.is_terminal
+    assert ended.started_at is None
+    assert ended.finished_at == T0 + timedelta(hours=2, minutes=10)
+    assert ended.extended["synthesized"] is True
+    assert ended.extended["started_observed"] is False
+    assert ended.description is not None and "Started was not seen" in ended.description
 
 
 def test_azure_started_without_scheduled_is_a_host_failure_and_old_documents_synthesise_nothing() -> None:
@@ -128,7 +154,7 @@ def test_azure_documents_in_one_file_are_diffed(tmp_path: object) -> None:
         ("vm-a", "completed"),
         ("vm-b", "completed"),
     ]
-    as_array = json.dumps([_doc(1, ("E5", "Reboot", "Scheduled")), _doc(2)]).encode()
+    as_array = json.dumps([_doc(1, ("E5", "Reboot", "Scheduled"), not_before=LATER), _doc(2)]).encode()
     assert [e.phase for e in normalize_stream("auto", as_array, NormalizeContext(observed_at=T0))] == [
         "scheduled"
     ] * 2 + ["canceled"] * 2

@@ -2,8 +2,23 @@
 
 Azure has only `Scheduled` and `Started`; a finished event, and a canceled one, simply disappear
 from the next document. `AzureDocumentTracker` diffs consecutive documents and synthesises the
-end: gone after `Started` → `completed`, gone while `Scheduled` → `canceled` (inferred, reference
-§6.2). One Azure event covers every VM in `Resources`; each VM gets its own event whose
+end (reference §6.2), marked `extended.synthesized` and `extended.started_observed`:
+
+- gone after `Started` was seen → `completed`;
+- gone while last seen `Scheduled`, observed before its `NotBefore` → `canceled`;
+- gone while last seen `Scheduled`, observed at or after its `NotBefore` → `completed`, with "Started was not
+  seen" in the description and `started_observed=False`.
+
+Decision (the last case): the Azure Scheduled Events doc says an event moves to `Started` once it is approved or
+its `NotBefore` passes, that Azure cancels one only in rare cases *before it starts*, and that an event
+disappears from the document once it has completed. Past its `NotBefore` the event has most likely started and
+run while no poll saw `Started`: a Freeze pauses the VM and the poller on it, and a short event can start and end
+between two polls. Before, it was published `canceled`, so the remediator took the node for untouched; an ended
+event makes it verify the node. Without a `NotBefore` nothing tells them apart: `canceled`, as before. An event
+approved early (`StartRequests`) that starts and ends before its `NotBefore` between two polls still reads as
+`canceled`: the tracker does not know of the approval.
+
+One Azure event covers every VM in `Resources`; each VM gets its own event whose
 `provider_event_id` is `<eventid>#<vm>` (lower-case GUID), so two nodes reporting one Azure event do
 not dedup each other away. `extended["EventId"]` keeps the id `StartRequests` needs.
 """
@@ -143,8 +158,20 @@ class AzureDocumentTracker:
 
     def _ended(self, seen: _Seen, ctx: NormalizeContext) -> CloudSystemEvent:
         last = seen.last
-        phase: CloudPhase = "completed" if last.phase == "in_progress" else "canceled"
-        why = "after Started" if phase == "completed" else "while Scheduled"
+        started_observed = last.phase == "in_progress"
+        not_before = last.not_before
+        if started_observed:
+            phase: CloudPhase = "completed"
+            why = "after Started"
+        elif not_before is not None and ctx.observed_at >= not_before:
+            phase = "completed"
+            why = (
+                "while Scheduled, after its NotBefore: taken to have run (Azure cancels only before the start); "
+                "Started was not seen, verify the node"
+            )
+        else:
+            phase = "canceled"
+            why = "while Scheduled" + (", before its NotBefore" if not_before is not None else "")
         return build_event(
             ctx=ctx,
             cloud="azure",
@@ -165,7 +192,7 @@ class AzureDocumentTracker:
             description=f"synthesised: the event disappeared from the Scheduled Events document {why}",
             source_initiator=last.source_initiator,
             local_data_loss=last.local_data_loss,
-            extended={**last.extended, "synthesized": True},
+            extended={**last.extended, "synthesized": True, "started_observed": started_observed},
         )
 
 
