@@ -274,3 +274,36 @@ async def test_a_host_event_announced_during_the_approval_wait_takes_the_redeplo
     assert [c.action for c in ecs.calls] == []
     redeploy = [r.phase for r in await audit_records(nc, topology_ready) if r.action == "redeploy"]
     assert "intent" not in redeploy and "started" not in redeploy, redeploy
+
+
+async def test_a_reboot_is_given_its_steps_time_to_come_back(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """The diagnoser gives each rung its time (`RecommendedAction.timeout_s`: a reboot 900 s, a redeploy 1800 s: a
+    bare-metal machine can take several minutes to POST and boot). Before, the remediator verified every step for
+    `VERIFY_TIMEOUT_S` (300 s) whatever the rung said: a machine still booting at 300 s was recorded as a failed
+    reboot and the ladder went on to its next rung. Now a step is verified for its own time when that is longer."""
+    await add_inventory(nc, topology_ready, "n6", zone="z1", cloud="alibaba", instance_id="i-n6")
+    settings = make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint).model_copy(
+        update={"verify_timeout_s": 1.0}
+    )
+    d = diagnosis("n6", ["reboot"])
+    d = d.model_copy(
+        update={"recommended": (d.recommended[0].model_copy(update={"timeout_s": 10.0}), *d.recommended[1:])}
+    )
+    boot = "boot-1"
+    service = await start_service(settings)
+    try:
+        async with Probes(nc, topology_ready, "n6", boot_id=lambda: boot):
+            await asyncio.sleep(0.5)  # the node's boot id before the reboot is known
+            await publish_diagnosis(nc, topology_ready, d)
+            await asyncio.wait_for(ecs.wait_for_call("RebootInstance"), timeout=20)
+            await asyncio.sleep(3.0)  # longer than VERIFY_TIMEOUT_S: the machine is still booting
+            boot = "boot-2"
+            verified = await wait_for_record(nc, topology_ready, node="n6", action="reboot", phase="verified")
+    finally:
+        await service.stop()
+    assert verified.boot_id == "boot-2"
+    phases = [(r.action, r.phase) for r in await audit_records(nc, topology_ready) if r.node == "n6"]
+    assert ("reboot", "failed") not in phases and not any(a == "escalate" for a, _ in phases), phases
+    assert [c.action for c in ecs.calls] == ["RebootInstance"]

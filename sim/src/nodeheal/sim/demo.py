@@ -160,6 +160,8 @@ def _service_table(
                 {t.node_pool: t.template_id for t in world.ecs.launch_templates.values() if t.node_pool}
             ),
             "NODEHEAL_REMEDIATOR_VERIFY_TIMEOUT_S": str(max(60.0, world.reboot_s * 3)),
+            # the rungs' own times (a reboot 900 s) are real-world ones; the demo's machines boot in seconds
+            "NODEHEAL_REMEDIATOR_VERIFY_TIMEOUT_MAX_S": str(max(60.0, world.reboot_s * 3)),
             "NODEHEAL_REMEDIATOR_POLICY__DRY_RUN": "true" if cfg.dry_run else "false",
             "NODEHEAL_REMEDIATOR_POLICY__APPROVAL_REQUIRED": "[]",
             "NODEHEAL_REMEDIATOR_POLICY__HOST_REBOOT_GUARD_S": str(world.maintenance_notice_s * 2),

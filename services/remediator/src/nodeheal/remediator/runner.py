@@ -1303,9 +1303,17 @@ class Remediator:
             await asyncio.sleep(self.settings.control_poll_s)
         return None
 
+    def _verify_timeout(self, step: planner.Step) -> float:
+        """`VERIFY_TIMEOUT_S`, or the rung's own time when longer (the diagnoser gives a reboot 900 s: a bare-metal
+        machine may take minutes to POST and boot; before, it was recorded as a failed reboot at 300 s and the
+        ladder went on to its next rung), capped by `VERIFY_TIMEOUT_MAX_S` when set."""
+        timeout = max(self.settings.verify_timeout_s, step.timeout_s or 0.0)
+        cap = self.settings.verify_timeout_max_s
+        return min(timeout, cap) if cap is not None else timeout
+
     async def _verify(self, run: _Run, step: planner.Step, *, since: datetime) -> StepResult:
         d = run.diagnosis
-        timeout = self.settings.verify_timeout_s
+        timeout = self._verify_timeout(step)
         need_new_boot = step.action in REBOOTS and not self.policy.dry_run  # a dry run rebooted nothing
         outcome = await self.verifier.verify(
             cluster=d.cluster,

@@ -129,7 +129,15 @@ class RemediatorSettings(ServiceSettings):
     max_deliver: int = Field(default=50, ge=1)
     retry_delay_s: float = Field(default=15.0, gt=0, description="nack delay when blocked, paused or leased")
     node_command_timeout_s: float = Field(default=60.0, gt=0)
-    verify_timeout_s: float = Field(default=300.0, gt=0)
+    verify_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="how long a fix is verified; a step whose rung gives it longer (the diagnoser's timeout_s: a"
+        " reboot 900 s, a redeploy 1800 s) is verified for that, up to verify_timeout_max_s",
+    )
+    verify_timeout_max_s: float | None = Field(
+        default=None, gt=0, description="the longest verification whatever a rung asks (none: no cap)"
+    )
     verify_poll_s: float = Field(default=2.0, gt=0)
     control_poll_s: float = Field(default=2.0, gt=0)
     lease_ttl_s: float | None = Field(default=None, description="default: the bucket's TTL")
