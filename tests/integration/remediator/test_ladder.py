@@ -307,3 +307,36 @@ async def test_a_reboot_is_given_its_steps_time_to_come_back(
     phases = [(r.action, r.phase) for r in await audit_records(nc, topology_ready) if r.node == "n6"]
     assert ("reboot", "failed") not in phases and not any(a == "escalate" for a, _ in phases), phases
     assert [c.action for c in ecs.calls] == ["RebootInstance"]
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["ready-node-escalates", "dark-node-reboots"])
+async def test_a_drain_blocked_by_a_disruption_budget(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator, ready: bool
+) -> None:
+    """A drain that a PodDisruptionBudget blocks (HTTP 429 until the drain's time is up) used to be one more failed
+    preparation step: the ladder went on to its reboot, which killed the very pods the budget protected. On a node
+    that is Ready (its pods serve) the ladder now stops there and hands the node to a person; on a node that is not
+    Ready its pods serve nothing already, and the reboot that brings it back still runs."""
+    await add_inventory(nc, topology_ready, "n3", zone="z1", cloud="alibaba", instance_id="i-n3")
+    world.add_pod("web-1", node="n3", labels={"app": "web"})
+    world.add_pdb("web", selector={"app": "web"}, min_available=1)
+    world.set_ready("n3", ready)
+    service = await start_service(make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint))
+    try:
+        async with Probes(nc, topology_ready, "n3", boot_id="boot-1"):
+            await publish_diagnosis(nc, topology_ready, diagnosis("n3", ["cordon", "drain", "reboot"]))
+            if ready:
+                escalated = await wait_for_record(nc, topology_ready, node="n3", action="escalate", timeout=30)
+                await asyncio.sleep(1.0)  # a reboot would come now
+            else:
+                await asyncio.wait_for(ecs.wait_for_call("RebootInstance"), timeout=30)
+    finally:
+        await service.stop()
+    phases = [(r.action, r.phase) for r in await audit_records(nc, topology_ready) if r.node == "n3"]
+    assert ("drain", "failed") in phases, phases
+    if ready:
+        assert [c.action for c in ecs.calls] == []
+        assert "PodDisruptionBudget" in escalated.reason and "web-1" in escalated.reason, escalated.reason
+        assert ("reboot", "intent") not in phases
+    else:
+        assert [c.action for c in ecs.calls] == ["RebootInstance"]

@@ -625,6 +625,13 @@ class Remediator:
                 return "ack"  # the machine is out of the fleet, labelled for replacement: nothing more to do
             if (
                 not ok
+                and step.action == "drain"
+                and any(s.action in ("reboot", "redeploy") for s in later)
+                and await self._drain_left_serving_pods(run, step)
+            ):
+                return "ack"
+            if (
+                not ok
                 and (operator or step.action in policy.ROTATION)
                 and not any(s.action == "escalate" for s in later)
             ):
@@ -635,6 +642,31 @@ class Remediator:
             # done as asked (a cordon, a drain): the node is the operator's now, and so is its budget slot
             await self._release_slot(run)
         return "ack"
+
+    async def _drain_left_serving_pods(self, run: _Run, step: planner.Step) -> bool:
+        """A drain that did not finish on a node that is Ready: the pods it left (a PodDisruptionBudget allowed no
+        disruption, an eviction refused) still serve, and our reboot or redeploy would kill them over their
+        budgets. The node is handed to a person instead (True). A node that is not Ready serves nothing already:
+        the ladder goes on to the reboot that brings it back (False). Readiness unknown counts as Ready."""
+        if self.kube is None:
+            return False
+        d = run.diagnosis
+        try:
+            ready = await self.kube.node_ready(d.node)
+        except Exception as exc:
+            log.warning("node readiness not read after a failed drain", extra={"node": d.node, "error": str(exc)})
+            ready = True
+        if not ready:
+            return False
+        failed = [r.reason for r in run.records() if r.action_id == step.action_id and r.phase == "failed"]
+        await self._escalate(
+            run,
+            reason=f"drain of {d.node} did not finish and the node is Ready, its pods still serving: no reboot or "
+            f"redeploy over their disruption budgets ({failed[-1] if failed else 'drain failed'}); let the budget "
+            "allow it (scale the workload up) and repair the node by hand",
+            rung=step.rung,
+        )
+        return True
 
     @staticmethod
     def _retired_at(run: _Run) -> datetime | None:
