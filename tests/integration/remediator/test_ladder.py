@@ -340,3 +340,32 @@ async def test_a_drain_blocked_by_a_disruption_budget(
         assert ("reboot", "intent") not in phases
     else:
         assert [c.action for c in ecs.calls] == ["RebootInstance"]
+
+
+async def test_a_reboot_whose_answer_was_lost_is_verified_not_followed_by_a_redeploy(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """RebootInstance took effect, but its answer came after the SDK's read timeout. Before, that was a failed
+    reboot like any other: the ladder went on to a redeploy of a machine that was rebooting (with approval off, a
+    second disruptive action for one fault). Now a reboot with no answer is verified first: the new boot id says
+    it ran, and the ladder ends there."""
+    await add_inventory(nc, topology_ready, "n2", zone="z1", cloud="alibaba", instance_id="i-n2")
+    ecs.world.reply_delays["RebootInstance"] = 2.0
+    settings = make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, approval_required=[])
+    settings = settings.model_copy(update={"cloud": settings.cloud.model_copy(update={"request_timeout_s": 0.5})})
+    boot = "boot-1"
+    service = await start_service(settings)
+    try:
+        async with Probes(nc, topology_ready, "n2", boot_id=lambda: boot):
+            await asyncio.sleep(0.5)  # the node's boot id before the reboot is known
+            await publish_diagnosis(nc, topology_ready, diagnosis("n2", ["reboot", "redeploy"]))
+            await asyncio.wait_for(ecs.wait_for_call("RebootInstance"), timeout=20)
+            boot = "boot-2"  # the machine rebooted
+            verified = await wait_for_record(nc, topology_ready, node="n2", action="reboot", phase="verified")
+            await asyncio.sleep(1.0)  # a redeploy would come now
+    finally:
+        await service.stop()
+    failed = [r for r in await audit_records(nc, topology_ready) if r.action == "reboot" and r.phase == "failed"]
+    assert len(failed) == 1 and "no answer" in failed[0].reason, failed
+    assert verified.boot_id == "boot-2"
+    assert [c.action for c in ecs.calls] == ["RebootInstance"]

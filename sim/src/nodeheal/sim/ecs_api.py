@@ -655,6 +655,9 @@ def build_app(world: EcsWorld, *, access_key_ids: Collection[str] | None = None)
                 access_key_id=access_key_id,
             )
         )
+        delay = world.reply_delays.get(action)
+        if delay:
+            await asyncio.sleep(delay)  # the call took effect; its answer is late
         return web.json_response(body, status=status, headers={"x-acs-request-id": request_id})
 
     async def sim_publish(request: web.Request) -> web.Response:

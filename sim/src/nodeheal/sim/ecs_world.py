@@ -253,6 +253,9 @@ class EcsWorld:
         # pages (`PageNumber`) of DescribeInstanceHistoryEvents answered `Throttling.User` for as long as they
         # are listed here: a test throttles the k-th page of a scan (API flow control hit mid-scan)
         self.throttled_history_pages: set[int] = set()
+        # actions (`RebootInstance`, …) whose reply is held this many seconds after the call took effect: a client
+        # whose read timeout is shorter sees no answer to a call that did run (a reply lost on the way back)
+        self.reply_delays: dict[str, float] = {}
         self.released: dict[InstanceId, EcsInstance] = {}
         self.releases: list[Released] = []
         self.created: list[Created] = []

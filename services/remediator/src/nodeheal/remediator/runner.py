@@ -965,6 +965,10 @@ class Remediator:
             if step.action == "replace" or not run.replacing:
                 await self._release_slot(run)
             return "done" if step.action == "replace" else "next"
+        if not outcome.ok and outcome.unknown and step.action in ("reboot", "redeploy") and verify_after:
+            # no answer from the cloud: the reboot may have run. The node is verified (a new boot id) before any
+            # next rung: before, a reboot whose reply was lost was followed by a redeploy of a node still booting
+            return await self._verify(run, step, since=started_at)
         if not outcome.ok or not step.is_fix or not verify_after:
             return "next"
         return await self._verify(run, step, since=started_at)

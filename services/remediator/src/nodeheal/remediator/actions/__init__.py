@@ -13,3 +13,5 @@ from dataclasses import dataclass
 class ActionOutcome:
     ok: bool
     detail: str
+    unknown: bool = False
+    """not ok, but the call may have taken effect: no answer came (a read timeout, a reply lost on the way back)"""

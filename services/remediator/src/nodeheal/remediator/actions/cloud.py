@@ -108,8 +108,16 @@ class AlibabaEcs:
 
     @staticmethod
     def _error(what: str, exc: Exception) -> ActionOutcome:
-        code = getattr(exc, "code", None) or type(exc).__name__
+        code = getattr(exc, "code", None)
         message = getattr(exc, "message", None) or str(exc)
+        if not code:
+            # no API answer (the SDK's UnretryableException after a read timeout, a reset connection): the call
+            # may have run
+            return ActionOutcome(
+                ok=False,
+                detail=f"Alibaba {what}: no answer ({type(exc).__name__}: {message[:200]}); it may have run",
+                unknown=True,
+            )
         return ActionOutcome(ok=False, detail=f"Alibaba {what} failed: {code}: {message}")
 
     async def reboot(self, *, instance_id: str) -> ActionOutcome:
