@@ -1693,8 +1693,14 @@ class Remediator:
                 target=ref,
                 cloud_event=ev,
             )
-            if "verified" in run.phases(step.action_id) or run.escalated():
+            if run.escalated():
                 await self._release_slot(run)
+                return "ack"
+            if "verified" in run.phases(step.action_id):
+                # verified before, not yet uncordoned (the replica died, AUDIT refused the uncordon's intent, the
+                # fence failed): uncordon now under the episode's uncordon id (done once), give the slot back.
+                # `_release_slot` alone would find our cordon still out and hand a healthy node to a person
+                await self._finish(run)
                 return "ack"
             if ev.phase == "failed":
                 await self._escalate(run, reason=f"cloud {ev.action} {ref} failed", rung=step.rung)

@@ -1,0 +1,150 @@
+"""Host events whose life does not go straight from the notice to the end: a replica gone between the
+verification and the uncordon, two events of one node close together, an event the cloud moves later after
+the drain. On a real nats-server through the real remediator service; CLOUD gets what the cloud-events
+pollers publish (normalized events), the node's side effects are counted at the Kubernetes emulator."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from nats.aio.client import Client
+
+from nodeheal.remediator import planner
+from nodeheal.remediator.ledger import Ledger
+from nodeheal.runtime.jetstream import publish_model
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.ids import deterministic_id
+from nodeheal.schemas.subjects import audit_subject, cloud_subject
+from nodeheal.sim.kube import KubeWorld
+from tests.integration.remediator.harness import (
+    CLUSTER,
+    Probes,
+    add_inventory,
+    audit_records,
+    make_settings,
+    start_service,
+    wait_for,
+    wait_for_record,
+)
+
+pytestmark = pytest.mark.nats
+
+LEAD_S = 120.0
+"""The drain lead: an event `SOON` away is prepared for at once, one `LATER` away is not."""
+SOON = timedelta(seconds=60)
+LATER = timedelta(hours=3)
+
+
+def host_event(
+    node: str, event_id: str, *, phase: str = "scheduled", not_before: datetime, seen: datetime | None = None
+) -> CloudSystemEvent:
+    """What the Alibaba poller publishes of a SystemMaintenance.Reboot of `node`'s machine."""
+    return CloudSystemEvent(
+        cluster=CLUSTER,
+        node=node,
+        cloud="alibaba",
+        channel="api_history",
+        provider_event_id=event_id,
+        provider_event_type="SystemMaintenance.Reboot",
+        action="reboot",
+        cause="planned_maintenance",
+        phase=phase,  # type: ignore[arg-type]
+        is_terminal=phase in ("completed", "canceled", "avoided", "failed"),
+        instance_id=f"i-{node}",
+        observed_at=seen or datetime.now(tz=UTC),
+        not_before=not_before,
+    )
+
+
+async def publish_cloud(nc: Client, nats: NatsSettings, ev: CloudSystemEvent) -> None:
+    await nc.jetstream().publish(
+        cloud_subject(ev.cluster, ev.node, prefix=nats.prefix), ev.to_json(), headers={"Nats-Msg-Id": ev.dedup_id}
+    )
+
+
+async def slot_of(nc: Client, nats: NatsSettings, node: str) -> object:
+    ledger = Ledger(await nc.jetstream().key_value(f"{nats.bucket_prefix}-control"))
+    return await ledger.slot_of(node)
+
+
+def effects(world: KubeWorld, node: str) -> list[str]:
+    return [effect for _, n, effect in world.effects if n == node]
+
+
+async def test_a_host_event_verified_but_not_uncordoned_is_uncordoned_by_the_next_tick(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """The replica that verified the node after the host event died before its uncordon (a SIGKILL, AUDIT
+    unavailable for the uncordon's intent, a lost lease at the fence): AUDIT holds the episode's cordon,
+    drain and `verified`, the ledger its slot, CLOUD the event completed. The next tick uncordons the node
+    under the episode's uncordon id and gives the slot back; it does not hand a healthy node to a person
+    ("still cordoned … nodeheal is done with it", before)."""
+    node = "h4"
+    async with KubeWorld() as world:
+        world.add_node(node, zone="z1")
+        world.add_pod("web-h4", node=node)
+        await add_inventory(nc, topology_ready, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
+        not_before = datetime.now(tz=UTC) + SOON
+        pending = host_event(node, "e-h4", not_before=not_before)
+        episode = planner.cloud_episode(pending)
+        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+            update={"maintenance_interval_s": 0.2}
+        )
+        async with Probes(nc, topology_ready, node, boot_id="boot-1"):
+            service = await start_service(settings)  # the replica that drains, verifies and dies
+            try:
+                await publish_cloud(nc, topology_ready, pending)
+                await wait_for_record(nc, topology_ready, node=node, action="drain", phase="succeeded")
+            finally:
+                await service.stop()
+        assert world.is_cordoned(node)
+        # the platform ran the reboot; that replica saw it, verified the node and died before its uncordon
+        await publish_cloud(nc, topology_ready, host_event(node, "e-h4", phase="completed", not_before=not_before))
+        wait = planner.action_id(diagnosis_id=episode, action="wait_for_cloud_event", target="e-h4")
+        verified = RemediationRecord(
+            cluster=CLUSTER,
+            node=node,
+            action_id=wait,
+            action="wait_for_cloud_event",
+            target="e-h4",
+            phase="verified",
+            reason="healthy, new boot id boot-2",
+            actor="replica-killed",
+            diagnosis_id=deterministic_id(episode, prefix="diag-cloud-"),  # the maintenance diagnosis's
+            cause="cloud_reboot",
+            rung=3,
+            episode_id=episode,
+            boot_id="boot-2",
+        )
+        subject = audit_subject(CLUSTER, node, prefix=topology_ready.prefix)
+        await publish_model(nc.jetstream(), subject, verified, msg_id=f"{wait}:verified")
+        assert await slot_of(nc, topology_ready, node) is not None  # still held under the episode
+        async with Probes(nc, topology_ready, node, boot_id="boot-2"):
+            service = await start_service(settings)  # the next replica
+            try:
+
+                async def ended() -> bool:
+                    return any(
+                        r.node == node and (r.action == "escalate" or (r.action == "uncordon" and r.phase != "intent"))
+                        for r in await audit_records(nc, topology_ready)
+                    )
+
+                await wait_for(ended, what="the episode's end (an uncordon or a hand-over)")
+                await wait_for(lambda: _no_slot(nc, topology_ready, node), what="the slot given back")
+            finally:
+                await service.stop()
+        records = [r for r in await audit_records(nc, topology_ready) if r.node == node]
+        assert [r for r in records if r.action == "escalate"] == []  # nobody paged for a healthy node
+        uncordon = [r for r in records if r.action == "uncordon"]
+        assert [r.phase for r in uncordon] == ["intent", "started", "succeeded"]
+        assert {r.episode_id for r in uncordon} == {episode}
+        assert uncordon[0].action_id == planner.action_id(diagnosis_id=episode, action="uncordon", target=None)
+        assert effects(world, node) == ["cordon", "evict:default/web-h4", "uncordon"]
+        assert not world.is_cordoned(node)
+
+
+async def _no_slot(nc: Client, nats: NatsSettings, node: str) -> bool:
+    return await slot_of(nc, nats, node) is None
