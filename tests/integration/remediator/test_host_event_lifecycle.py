@@ -148,3 +148,65 @@ async def test_a_host_event_verified_but_not_uncordoned_is_uncordoned_by_the_nex
 
 async def _no_slot(nc: Client, nats: NatsSettings, node: str) -> bool:
     return await slot_of(nc, nats, node) is None
+
+
+async def test_a_host_event_finished_while_another_is_due_keeps_the_node_cordoned_for_it(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """Two host events of one node: C1 has run (the node drained for it, rebooted), and C2 is due within the
+    drain lead when the next replica finishes C1. C1 is verified, and the node stays cordoned, its slot handed
+    to C2's episode: no uncordon between the two (before, C1's end uncordoned the node and gave its slot back;
+    C2's cordon could then be held back by the budget and C2 run on a node serving pods). C2, once it has
+    run, is verified and uncordons the node."""
+    node = "h6"
+    boots = {"n": 1}
+    async with KubeWorld() as world:
+        world.add_node(node, zone="z1")
+        world.add_pod("web-h6", node=node)
+        await add_inventory(nc, topology_ready, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
+        c1_start = datetime.now(tz=UTC) + SOON
+        c1 = host_event(node, "e-c1", not_before=c1_start)
+        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+            update={"maintenance_interval_s": 0.2}
+        )
+        async with Probes(nc, topology_ready, node, boot_id=lambda: f"boot-{boots['n']}"):
+            service = await start_service(settings)
+            try:
+                await publish_cloud(nc, topology_ready, c1)
+                await wait_for_record(nc, topology_ready, node=node, action="drain", phase="succeeded")
+            finally:
+                await service.stop()
+            boots["n"] += 1  # the platform ran C1
+            now = datetime.now(tz=UTC)
+            c2_start = now + SOON  # within the lead
+            await publish_cloud(nc, topology_ready, host_event(node, "e-c1", phase="completed", not_before=c1_start))
+            await publish_cloud(
+                nc, topology_ready, host_event(node, "e-c2", not_before=c2_start, seen=now + timedelta(seconds=1))
+            )
+            c2 = planner.cloud_episode(host_event(node, "e-c2", not_before=c2_start))
+            service = await start_service(settings)  # reads all of CLOUD first: its first tick finishes C1
+            try:
+                await wait_for_record(
+                    nc, topology_ready, node=node, episode_id=c2, action="drain", phase="succeeded", timeout=30
+                )
+                assert world.is_cordoned(node)
+                boots["n"] += 1  # the platform ran C2
+                await publish_cloud(
+                    nc, topology_ready, host_event(node, "e-c2", phase="completed", not_before=c2_start)
+                )
+                await wait_for_record(nc, topology_ready, node=node, action="uncordon", phase="succeeded", timeout=30)
+                await wait_for(lambda: _no_slot(nc, topology_ready, node), what="the slot given back")
+            finally:
+                await service.stop()
+        records = [r for r in await audit_records(nc, topology_ready) if r.node == node]
+        c1_episode = planner.cloud_episode(c1)
+        held = [r for r in records if r.episode_id == c1_episode and r.action == "uncordon"]
+        assert [r.phase for r in held] == ["skipped"]  # kept cordoned for C2
+        assert "e-c2" in held[0].reason
+        assert [r.phase for r in records if r.episode_id == c1_episode and r.phase == "verified"] == ["verified"]
+        verified = [r for r in records if r.episode_id == c2 and r.phase == "verified"]
+        assert [r.boot_id for r in verified] == ["boot-3"]  # C2's own reboot seen
+        assert [r.episode_id for r in records if r.action == "uncordon" and r.phase == "succeeded"] == [c2]
+        assert [r for r in records if r.action == "escalate"] == []
+        assert effects(world, node) == ["cordon", "evict:default/web-h6", "uncordon"]  # no uncordon between them
+        assert not world.is_cordoned(node)

@@ -1406,10 +1406,11 @@ class Remediator:
 
     async def _finish(self, run: _Run) -> None:
         """The node is healthy: uncordon what this episode took, give the slot back — unless a host event is
-        about to run (within the drain lead time): then the node stays cordoned for it."""
+        about to run (within the drain lead time): then the node stays cordoned for it, its slot handed to that
+        event's episode. A host event's episode too: one event over, the next one due."""
         d = run.diagnosis
         ev = await self._pending_host_event(run)
-        if ev is not None and not run.episode.startswith("cloud:"):
+        if ev is not None:
             await self._hold_for(run, ev)
             await self._record(
                 run,
