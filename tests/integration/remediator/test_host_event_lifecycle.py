@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nats.aio.client import Client
 
+from nodeheal.cloud_events.normalize.ledger import reschedule_message_id
 from nodeheal.remediator import planner
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.runtime.jetstream import publish_model
@@ -59,9 +60,12 @@ def host_event(
     )
 
 
-async def publish_cloud(nc: Client, nats: NatsSettings, ev: CloudSystemEvent) -> None:
+async def publish_cloud(nc: Client, nats: NatsSettings, ev: CloudSystemEvent, *, rescheduled: bool = False) -> None:
+    """As the cloud-events sink publishes it: a reschedule (the same phase, a new start) under a message id of
+    its own (`reschedule_message_id`), so the stream's duplicate window does not take it for the first report."""
+    msg_id = reschedule_message_id(ev.model_copy(update={"id": ev.dedup_id})) if rescheduled else ev.dedup_id
     await nc.jetstream().publish(
-        cloud_subject(ev.cluster, ev.node, prefix=nats.prefix), ev.to_json(), headers={"Nats-Msg-Id": ev.dedup_id}
+        cloud_subject(ev.cluster, ev.node, prefix=nats.prefix), ev.to_json(), headers={"Nats-Msg-Id": msg_id}
     )
 
 
@@ -210,3 +214,95 @@ async def test_a_host_event_finished_while_another_is_due_keeps_the_node_cordone
         assert [r for r in records if r.action == "escalate"] == []
         assert effects(world, node) == ["cordon", "evict:default/web-h6", "uncordon"]  # no uncordon between them
         assert not world.is_cordoned(node)
+
+
+async def test_a_host_event_moved_beyond_the_lead_after_its_drain_is_postponed_and_drained_for_again(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """The node was drained for a host event due in a minute; then the cloud moved the event three hours on.
+    The node is verified, the postponement recorded, the node uncordoned and its slot given back (before, it
+    stayed cordoned until the slot expired an hour later and a person was paged, and the event, when it came
+    due, was never drained for again). When the event comes within the lead again, the node is cordoned and
+    drained again (a new round of the episode: new action ids); after it has run, verified and uncordoned.
+    The maintenance loop's caches keep no episode of an event that has ended."""
+    node = "h5"
+    boots = {"n": 1}
+    async with KubeWorld() as world:
+        world.add_node(node, zone="z1")
+        world.add_pod("web-h5", node=node)
+        await add_inventory(nc, topology_ready, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
+        first = datetime.now(tz=UTC) + SOON
+        event = host_event(node, "e-h5", not_before=first)
+        episode = planner.cloud_episode(event)
+        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+            update={"maintenance_interval_s": 0.2}
+        )
+        service = await start_service(settings)
+        try:
+            async with Probes(nc, topology_ready, node, boot_id=lambda: f"boot-{boots['n']}"):
+                await publish_cloud(nc, topology_ready, event)
+                await wait_for_record(nc, topology_ready, node=node, action="drain", phase="succeeded")
+                # the cloud moves it three hours on
+                later = host_event(node, "e-h5", not_before=datetime.now(tz=UTC) + LATER)
+                await publish_cloud(nc, topology_ready, later, rescheduled=True)
+                postponed = await wait_for_record(
+                    nc, topology_ready, node=node, action="uncordon", phase="succeeded", timeout=30
+                )
+                assert postponed.episode_id == episode and postponed.target == "postponed:0"
+                await wait_for(lambda: _no_slot(nc, topology_ready, node), what="the slot given back")
+                assert not world.is_cordoned(node)
+                world.add_pod("web-h5b", node=node)  # the node serves again meanwhile
+                # ... and back to a minute from now
+                again = datetime.now(tz=UTC) + SOON
+                await publish_cloud(nc, topology_ready, host_event(node, "e-h5", not_before=again), rescheduled=True)
+
+                async def drained_twice() -> bool:
+                    drains = [
+                        r
+                        for r in await audit_records(nc, topology_ready)
+                        if r.node == node and r.action == "drain" and r.phase == "succeeded"
+                    ]
+                    return len(drains) == 2
+
+                await wait_for(drained_twice, timeout=30, what="a second drain for the event due again")
+                assert world.is_cordoned(node)
+                boots["n"] += 1  # the platform ran it
+                await publish_cloud(nc, topology_ready, host_event(node, "e-h5", phase="completed", not_before=again))
+
+                async def finished() -> bool:
+                    ups = [
+                        r
+                        for r in await audit_records(nc, topology_ready)
+                        if r.node == node and r.action == "uncordon" and r.phase == "succeeded"
+                    ]
+                    return len(ups) == 2
+
+                await wait_for(finished, timeout=30, what="the uncordon after the event ran")
+                await wait_for(lambda: _no_slot(nc, topology_ready, node), what="the slot given back")
+                loop = service.maintenance
+                assert loop is not None
+
+                async def forgotten() -> bool:
+                    return episode not in loop._prepared and episode not in loop._postponed
+
+                await wait_for(forgotten, what="the loop's caches let the ended event go")
+        finally:
+            await service.stop()
+        records = [r for r in await audit_records(nc, topology_ready) if r.node == node]
+        assert {r.episode_id for r in records} == {episode}
+        assert [r for r in records if r.action == "escalate"] == []  # nobody paged
+        marks = [r for r in records if r.action == "none"]
+        assert [(r.phase, r.target) for r in marks] == [("verified", "postponed:0")]
+        assert [r.target for r in records if r.action == "uncordon" and r.phase == "succeeded"] == ["postponed:0", None]
+        drains = [r for r in records if r.action == "drain" and r.phase == "succeeded"]
+        assert len({r.action_id for r in drains}) == 2  # a new round: its own action ids
+        verified = [r for r in records if r.action == "wait_for_cloud_event" and r.phase == "verified"]
+        assert [r.boot_id for r in verified] == ["boot-2"]  # a new boot since the second drain
+        assert effects(world, node) == [
+            "cordon",
+            "evict:default/web-h5",
+            "uncordon",
+            "cordon",
+            "evict:default/web-h5b",
+            "uncordon",
+        ]

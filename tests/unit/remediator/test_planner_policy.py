@@ -98,6 +98,26 @@ def test_maintenance_accepts_a_reboot_event_with_reboot_api_and_a_redeploy_only_
     assert [s.action for s in planner.maintenance_steps(only_redeploy, policy=PolicySettings())] == ["cordon", "drain"]
 
 
+def test_a_postponed_host_event_is_prepared_for_again_under_new_action_ids() -> None:
+    """Each postponement (the cloud moved the event beyond the lead after its drain) starts a round of the
+    episode whose steps have ids of their own, so they run again; round 0 keeps the ids of before (records
+    already in AUDIT are continued, not repeated)."""
+    event = _cloud("reboot", starts_in_s=600).model_copy(update={"ack": (AckOption(method="alibaba.RebootInstance"),)})
+    episode = planner.cloud_episode(event)
+    first = planner.maintenance_steps(event, policy=PolicySettings())
+    assert [s.action_id for s in first] == [
+        planner.action_id(diagnosis_id=episode, action=a, target="e-1")
+        for a in ("cordon", "drain", "accept_cloud_event")
+    ]
+    assert planner.maintenance_steps(event, policy=PolicySettings(), postponed=0) == first
+    second = planner.maintenance_steps(event, policy=PolicySettings(), postponed=1)
+    third = planner.maintenance_steps(event, policy=PolicySettings(), postponed=2)
+    assert [s.action for s in second] == [s.action for s in first]
+    assert [s.target for s in second] == ["e-1"] * 3  # still the event's id on the record
+    ids = [s.action_id for steps in (first, second, third) for s in steps]
+    assert len(set(ids)) == 9
+
+
 def test_aws_and_gce_host_events_are_waited_for_whatever_their_notice_offers() -> None:
     # no SDK in the lock file runs them early with their own API: drained, never accepted with another call
     for cloud, action, methods in (

@@ -8,6 +8,9 @@ Every `maintenance_interval_s` each replica looks at the CLOUD view and the disr
   the API that matches it (RebootInstance / AcceptInquiredSystemEvent / Azure StartRequests; never a
   RedeployInstance for a reboot; a redeploy only after `nodeheal approve`), once per event. The budget
   slot is held under the episode `cloud:<cloud>:<event id>`.
+- a pending host event we prepared for that the cloud moved beyond the lead (a reschedule; its episode holds
+  the node's slot, or this replica prepared it): verified and uncordoned, its slot given back, the postponement
+  recorded (`Remediator.postpone_host_event`); when it comes due again it is drained for again.
 - an event CLOUD shows finished (completed, avoided, canceled, failed) whose episode holds the node's
   slot: verified (a new boot id when it ran) and uncordoned, or escalated.
 - a storm escalation this replica has still to record (its AUDIT record failed, or it took over a storm key
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 
 from nodeheal.remediator import planner
 from nodeheal.remediator.audit import AuditRefusedError, AuditUnavailableError
@@ -41,7 +46,9 @@ class MaintenanceLoop:
         self.remediator = remediator
         self.interval_s = interval_s
         self._busy: dict[str, asyncio.Task[None]] = {}
-        self._prepared: set[str] = set()  # episodes whose preparation is complete (cache; AUDIT is the truth)
+        # caches (AUDIT and the ledger are the truth), of host events still open in the view only (`_forget`):
+        self._prepared: set[str] = set()  # episodes whose preparation is complete
+        self._postponed: dict[str, datetime | None] = {}  # episode → the start its postponement was done for
 
     async def run(self) -> None:
         while True:
@@ -73,30 +80,58 @@ class MaintenanceLoop:
         stop_if_cancelled()  # nothing new is started by a loop that was asked to stop
         for node, held in slots.items():
             if held.until <= now and node not in self._busy:
-                self._spawn(node, r.expire_slot(held), episode=None)
+                self._spawn(node, r.expire_slot(held))
         lead = r.policy.cloud_drain_lead_s
+        open_episodes: set[str] = set()
         for node in list(r.view.cloud):
+            events = [
+                ev for ev in planner.latest_cloud_events(r.view.cloud_events(node)) if ev.action in planner.HOST_ACTIONS
+            ]
+            open_episodes.update(planner.cloud_episode(ev) for ev in events if not ev.is_terminal)
             if node in self._busy:
                 continue
-            for ev in planner.latest_cloud_events(r.view.cloud_events(node)):
-                if ev.action not in planner.HOST_ACTIONS:
-                    continue
+            for ev in events:
                 episode = planner.cloud_episode(ev)
                 slot = slots.get(node)
                 if ev.is_terminal:
                     if slot is not None and slot.episode == episode:
-                        self._spawn(node, r.finish_host_event(ev), episode=None)
+                        self._spawn(node, r.finish_host_event(ev))
                         break
-                elif planner.within(ev, seconds=lead, now=now) and episode not in self._prepared:
-                    self._spawn(node, r.prepare_for_host_event(ev), episode=episode)
+                elif planner.within(ev, seconds=lead, now=now):
+                    if episode not in self._prepared:
+                        self._spawn(node, r.prepare_for_host_event(ev), done=partial(self._was_prepared, episode))
+                        break
+                elif (episode in self._prepared or (slot is not None and slot.episode == episode)) and (
+                    episode not in self._postponed or self._postponed[episode] != ev.not_before
+                ):
+                    # moved beyond the lead after we prepared for it: the node need not stay out meanwhile
+                    self._spawn(
+                        node, r.postpone_host_event(ev), done=partial(self._was_postponed, episode, ev.not_before)
+                    )
                     break
+        self._forget(open_episodes)
 
-    def _spawn(self, node: str, work: object, *, episode: str | None) -> None:
+    def _forget(self, open_episodes: set[str]) -> None:
+        """The caches keep host events still open in the view only: a finished or let-go event is never
+        prepared or postponed again (the caches grew by every host event the replica saw)."""
+        self._prepared &= open_episodes
+        for episode in [e for e in self._postponed if e not in open_episodes]:
+            del self._postponed[episode]
+
+    def _was_prepared(self, episode: str) -> None:
+        self._prepared.add(episode)
+        self._postponed.pop(episode, None)  # a later move is postponed again, even back to a start said before
+
+    def _was_postponed(self, episode: str, start: datetime | None) -> None:
+        self._prepared.discard(episode)  # not prepared any more: drained for again when it comes due
+        self._postponed[episode] = start
+
+    def _spawn(self, node: str, work: object, *, done: Callable[[], None] | None = None) -> None:
         async def run() -> None:
             try:
                 result = await work  # type: ignore[misc]
-                if result == "ack" and episode is not None:
-                    self._prepared.add(episode)
+                if result == "ack" and done is not None:
+                    done()
             except AuditRefusedError as exc:  # no input at hand: the refused record itself goes to the DLQ
                 await self.remediator.keep_refused(exc)
             except Exception:

@@ -249,15 +249,20 @@ def shared_with(event: CloudSystemEvent) -> list[str]:
     return sorted({r.strip() for r in raw if isinstance(r, str) and r.strip()})
 
 
-def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings) -> tuple[Step, ...]:
-    """What the maintenance loop does for one host event: cordon, drain, and (when allowed) accept it early."""
+def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings, postponed: int = 0) -> tuple[Step, ...]:
+    """What the maintenance loop does for one host event: cordon, drain, and (when allowed) accept it early.
+
+    `postponed`: how often the cloud moved the event beyond the drain lead after it was prepared for (the node
+    uncordoned meanwhile, `Remediator.postpone_host_event`): each time starts a round with its own action ids,
+    so the node is cordoned and drained again when the event comes due again (0: the ids of before)."""
     key = cloud_episode(event)
     ref = event.provider_event_id
+    ident = ref if postponed == 0 else f"{ref}@{postponed}"
     steps = [
         Step(
             rung=0,
             action="cordon",
-            action_id=action_id(diagnosis_id=key, action="cordon", target=ref),
+            action_id=action_id(diagnosis_id=key, action="cordon", target=ident),
             reason=f"cloud {event.action} {ref} starts at {event.not_before}: keep new pods off",
             target=ref,
             cloud_event=event,
@@ -265,7 +270,7 @@ def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings) -> tup
         Step(
             rung=1,
             action="drain",
-            action_id=action_id(diagnosis_id=key, action="drain", target=ref),
+            action_id=action_id(diagnosis_id=key, action="drain", target=ident),
             reason=f"move workloads away before cloud {event.action} {ref}",
             target=ref,
             cloud_event=event,
@@ -285,7 +290,7 @@ def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings) -> tup
             Step(
                 rung=2,
                 action="accept_cloud_event",
-                action_id=action_id(diagnosis_id=key, action="accept_cloud_event", target=ref),
+                action_id=action_id(diagnosis_id=key, action="accept_cloud_event", target=ident),
                 reason=f"drained: run cloud {event.action} {ref} now rather than at {event.not_before}",
                 target=ref,
                 # a redeploy wipes local disks: a person approves it (whatever the approval list says)

@@ -83,6 +83,9 @@ class _StormUnsent:
     """taken over from a key after a restart: the record may be in AUDIT already"""
 
 
+POSTPONED = "postponed:"
+"""The target of a host event's postponement record (`none` verified / skipped) and of its uncordon."""
+
 BLOCKED_RECORD_GAP_S = 60.0  # a blocked step's changed reasons are recorded at most this often
 
 
@@ -139,10 +142,31 @@ class _Run:
         times = [r.time for r in self.records() if r.phase == "verified"]
         return max(times) if times else None
 
-    def escalated(self) -> bool:
-        """Was this episode handed to a person? Not by a storm's escalation recorded under its diagnosis: that
-        one hands over a failure domain (perhaps another one than this node's), its target `storm:…`."""
-        return any(_handover(r) and r.phase == "succeeded" for r in self.records())
+    def escalated(self, *, after: datetime | None = None) -> bool:
+        """Was this episode handed to a person (`after`: since then)? Not by a storm's escalation recorded under
+        its diagnosis: that one hands over a failure domain (perhaps another one than this node's), its target
+        `storm:…`."""
+        return any(
+            _handover(r) and r.phase == "succeeded" and (after is None or r.time > after) for r in self.records()
+        )
+
+    def postponements(self) -> list[RemediationRecord]:
+        """A host event's episode: its records that the cloud moved the event beyond the drain lead after it was
+        prepared for (`Remediator.postpone_host_event`), oldest first. Each one starts a new round of the
+        episode: its maintenance steps have new action ids (`planner.maintenance_steps(postponed=…)`)."""
+        return sorted(
+            (
+                r
+                for r in self.records()
+                if r.action == "none" and (r.target or "").startswith(POSTPONED) and r.phase in ("verified", "skipped")
+            ),
+            key=lambda r: r.time,
+        )
+
+    def postponed_at(self) -> datetime | None:
+        """When the episode's latest postponement was recorded (None: never postponed)."""
+        done = self.postponements()
+        return done[-1].time if done else None
 
     def disrupted(self) -> bool:
         """Did this episode take the node out (cordon, drain, reboot ...) and not give it back yet?"""
@@ -207,9 +231,12 @@ class _Run:
                 take = None
         return take
 
-    def boot_before(self, action_id: str | None = None) -> str | None:
-        """The boot id recorded before the action (its intent), or the episode's first recorded one."""
+    def boot_before(self, action_id: str | None = None, *, after: datetime | None = None) -> str | None:
+        """The boot id recorded before the action (its intent), or the episode's first recorded one (`after`:
+        the first one recorded since then)."""
         for r in self.records():
+            if after is not None and r.time <= after:
+                continue
             if r.phase == "intent" and r.boot_id and (action_id is None or r.action_id == action_id):
                 return r.boot_id
         return None
@@ -933,8 +960,11 @@ class Remediator:
             await self._escalate(run, reason=step.reason, rung=step.rung, action_id=step.action_id, checks=checks)
             return "done"
         boot_before: str | None = None
-        if step.action in REBOOTS or (step.cloud_event is not None and run.boot_before() is None):
-            # a host event's first step too: the reboot the platform runs is verified by a new boot id
+        if step.action in REBOOTS or (
+            step.cloud_event is not None and run.boot_before(after=run.postponed_at()) is None
+        ):
+            # a host event's first step too (of each round: `postpone_host_event`): the reboot the platform runs is
+            # verified by a new boot id
             probe = await self.verifier.latest_agent_probe(cluster=d.cluster, node=d.node)
             boot_before = probe.boot_id if probe is not None else None
         await self._srec(run, step, phase="intent", reason=step.reason, checks=checks, boot_id=boot_before)
@@ -1404,10 +1434,11 @@ class Remediator:
         )
         await self._finish(run)
 
-    async def _finish(self, run: _Run) -> None:
+    async def _finish(self, run: _Run, *, uncordon: str | None = None) -> None:
         """The node is healthy: uncordon what this episode took, give the slot back — unless a host event is
         about to run (within the drain lead time): then the node stays cordoned for it, its slot handed to that
-        event's episode. A host event's episode too: one event over, the next one due."""
+        event's episode. A host event's episode too: one event over, the next one due. `uncordon`: the target of
+        the uncordon's action id (a host event's postponement has one per postponement; None: the episode's)."""
         d = run.diagnosis
         ev = await self._pending_host_event(run)
         if ev is not None:
@@ -1442,10 +1473,16 @@ class Remediator:
         # a node this episode retired stays out of the fleet (cordoned, labelled, tainted) until it is
         # replaced or a person takes it back: never uncordoned by a later "healthy"
         if (run.cordoned() or handed_over or other is not None) and not run.retired():
-            uid = planner.action_id(diagnosis_id=run.episode, action="uncordon", target=None)
+            uid = planner.action_id(diagnosis_id=run.episode, action="uncordon", target=uncordon)
             if "succeeded" not in run.phases(uid):
                 await self._record(
-                    run, diagnosis=d, action_id=uid, action="uncordon", phase="intent", reason="verified healthy"
+                    run,
+                    diagnosis=d,
+                    action_id=uid,
+                    action="uncordon",
+                    target=uncordon,
+                    phase="intent",
+                    reason="verified healthy",
                 )
                 fence = await self._fence(run)
                 started = utcnow()
@@ -1454,6 +1491,7 @@ class Remediator:
                     diagnosis=d,
                     action_id=uid,
                     action="uncordon",
+                    target=uncordon,
                     phase="started",
                     reason="verified healthy",
                     started_at=started,
@@ -1465,6 +1503,7 @@ class Remediator:
                     diagnosis=d,
                     action_id=uid,
                     action="uncordon",
+                    target=uncordon,
                     phase="succeeded" if outcome.ok else "failed",
                     reason=outcome.detail,
                     started_at=started,
@@ -1647,12 +1686,15 @@ class Remediator:
             return "retry"
 
         async def body(run: _Run) -> Disposition:
-            if run.escalated():
+            # handed to a person since the event's latest schedule we saw move (a postponement): theirs; an
+            # escalation before it was about the old schedule, and this one is drained for again
+            if run.escalated(after=run.postponed_at()):
                 return "ack"
-            for step in planner.maintenance_steps(ev, policy=self.policy):
+            steps = planner.maintenance_steps(ev, policy=self.policy, postponed=len(run.postponements()))
+            for step in steps:
                 phases = run.phases(step.action_id)
                 if step.action == "accept_cloud_event":
-                    drain = next(s for s in planner.maintenance_steps(ev, policy=self.policy) if s.action == "drain")
+                    drain = next(s for s in steps if s.action == "drain")
                     if "succeeded" not in run.phases(drain.action_id):
                         return "ack"  # never run the event early on a node that was not drained
                     if phases & {"started", "succeeded", "failed"}:
@@ -1694,7 +1736,7 @@ class Remediator:
                 target=ref,
                 cloud_event=ev,
             )
-            if run.escalated():
+            if run.escalated(after=run.postponed_at()):
                 await self._release_slot(run)
                 return "ack"
             if "verified" in run.phases(step.action_id):
@@ -1712,7 +1754,7 @@ class Remediator:
                 node=d.node,
                 since=min((r.time for r in run.records()), default=ev.observed_at),
                 timeout_s=max(self.settings.verify_timeout_s, 1.0),
-                old_boot_id=run.boot_before(),
+                old_boot_id=run.boot_before(after=run.postponed_at()),  # the boot of the latest drain for it
                 need_new_boot=ran,
             )
             if not outcome.ok:
@@ -1724,6 +1766,75 @@ class Remediator:
             await self._srec(run, step, phase="verified", reason=outcome.detail, boot_id=outcome.boot_id)
             await self._event(d.node, reason="NodehealVerified", message=f"after cloud {ev.action} {ref}")
             await self._finish(run)
+            return "ack"
+
+        return await self._under_lease(lease, d, None, body, episode=d.episode)
+
+    async def postpone_host_event(self, ev: CloudSystemEvent) -> Disposition:
+        """The cloud moved a host event we prepared for beyond the drain lead (a reschedule): the node need not
+        stay out for it meanwhile. Verified healthy (no new boot: the event has not run) → the postponement is
+        recorded (`none` verified, target `postponed:<n>`), the node uncordoned (unless another host event is due
+        within the lead: `_finish`) and the slot given back; the next round of the episode drains again when the
+        event comes due (new action ids). Not healthy → escalated. Nothing of this episode's out (a diagnosis
+        ladder's cordon handed to the event's episode holds the slot) → left as it is. Handed to a person
+        since the last postponement → the postponement is recorded (`skipped`), the node left as the person
+        has it: an escalation counts only for the schedule it was recorded under."""
+        d = self.maintenance_diagnosis(ev)
+        lease = await self.leases.acquire(cluster=d.cluster, node=d.node, action=d.episode)
+        if lease is None:
+            return "retry"
+
+        async def body(run: _Run) -> Disposition:
+            n = len(run.postponements())
+            target = f"{POSTPONED}{n}"
+            pid = planner.action_id(diagnosis_id=run.episode, action="none", target=target)
+            moved = (
+                f"cloud {ev.action} {ev.provider_event_id} moved to {ev.not_before}, beyond the drain lead "
+                f"({self.policy.cloud_drain_lead_s:.0f}s)"
+            )
+            if run.escalated(after=run.postponed_at()):
+                await self._record(
+                    run,
+                    diagnosis=d,
+                    action_id=pid,
+                    action="none",
+                    target=target,
+                    phase="skipped",
+                    reason=f"{moved}: left as handed to a person; drained for again when it is due",
+                )
+                return "ack"
+            if not run.cordoned():
+                return "ack"
+            outcome = await self.verifier.verify(
+                cluster=d.cluster,
+                node=d.node,
+                since=utcnow() - timedelta(seconds=self.settings.verify_poll_s * 5),
+                timeout_s=max(self.settings.verify_timeout_s, 1.0),
+                old_boot_id=None,
+                need_new_boot=False,
+            )
+            if not outcome.ok:
+                await self._escalate(
+                    run,
+                    reason=f"{moved}, but {d.node} is not healthy: {outcome.detail}",
+                    rung=0,
+                    action_id=planner.action_id(diagnosis_id=run.episode, action="escalate", target=target),
+                )
+                return "ack"
+            # recorded first: a replica that dies before the uncordon leaves a round that holds the cordon, which
+            # the next tick postpones again (a new round, a new uncordon id)
+            await self._record(
+                run,
+                diagnosis=d,
+                action_id=pid,
+                action="none",
+                target=target,
+                phase="verified",
+                reason=f"{moved}: the node serves until then; {outcome.detail}",
+                boot_id=outcome.boot_id,
+            )
+            await self._event(d.node, reason="NodehealHostEventPostponed", message=moved)
+            await self._finish(run, uncordon=target)
             return "ack"
 
         return await self._under_lease(lease, d, None, body, episode=d.episode)
