@@ -166,6 +166,7 @@ async def test_a_throttled_page_keeps_what_the_pages_before_it_gave(
             access_key_id="sim-access-key-id",
             access_key_secret="sim-access-key-secret",
             page_size=2,
+            throttle_retries=0,  # a throttle that outlasts the page's retries
         )
         poller = AlibabaHistoryPoller(
             sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
@@ -187,3 +188,40 @@ async def test_a_throttled_page_keeps_what_the_pages_before_it_gave(
     stored = await cloud_messages(js, topology_ready)
     assert sorted(e.provider_event_id for _, _, e in stored) == sorted(n.event_id for n in notices)
     assert len({msg_id for _, msg_id, _ in stored}) == 5
+
+
+async def test_a_briefly_throttled_page_is_asked_again_within_the_round(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The API's flow control refuses page 2 twice, then lets it through. Before, the round gave up at page 2 and
+    the events of pages 2 and 3 waited for the next round, and for ever when the throttle met the scan at the same
+    page each round. Now a throttled page is asked again (backoff doubled each time) and the round reads all."""
+    world = EcsWorld(clock=ManualClock())
+    for n in range(5):
+        world.add_instance(f"i-node{n}", region_id="cn-hangzhou")
+        world.publish_event(f"i-node{n}", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24 + n))
+    world.history_page_refusals[2] = 2
+    async with EcsEmulator(world) as emu:
+        settings = AlibabaPollerSettings(
+            enabled=True,
+            endpoint=emu.endpoint,
+            protocol="http",
+            region_ids=["cn-hangzhou"],
+            access_key_id="sim-access-key-id",
+            access_key_secret="sim-access-key-secret",
+            page_size=2,
+            throttle_retries=3,
+            throttle_backoff_s=0.05,
+        )
+        poller = AlibabaHistoryPoller(
+            sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
+        )
+        seen = await poller.poll_once()
+        pages = [
+            c.params.get("PageNumber")
+            for c in emu.calls
+            if c.action == "DescribeInstanceHistoryEvents" and c.params.get("InstanceEventCycleStatus.1")
+        ]
+    assert pages == ["1", "2", "2", "2", "3"]
+    assert len(seen) == 5
+    assert (await js.stream_info(f"{topology_ready.stream_prefix}CLOUD")).state.messages == 5

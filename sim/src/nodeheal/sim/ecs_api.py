@@ -326,7 +326,9 @@ def describe_instance_history_events(world: EcsWorld, params: _Params) -> dict[s
         }
     page_size = params.integer("PageSize", default=10, low=1, high=MAX_PAGE_SIZE)
     page_number = params.integer("PageNumber", default=1, low=1, high=2**31 - 1)
-    if page_number in world.throttled_history_pages:
+    if page_number in world.throttled_history_pages or world.history_page_refusals.get(page_number, 0) > 0:
+        if world.history_page_refusals.get(page_number, 0) > 0:
+            world.history_page_refusals[page_number] -= 1
         raise EcsApiError(code="Throttling.User", message="Request was denied due to user flow control.")
     start = (page_number - 1) * page_size
     page = matching[start : start + page_size]

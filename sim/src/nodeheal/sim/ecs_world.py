@@ -253,6 +253,8 @@ class EcsWorld:
         # pages (`PageNumber`) of DescribeInstanceHistoryEvents answered `Throttling.User` for as long as they
         # are listed here: a test throttles the k-th page of a scan (API flow control hit mid-scan)
         self.throttled_history_pages: set[int] = set()
+        # pages of DescribeInstanceHistoryEvents refused `Throttling.User` this many more times (a brief throttle)
+        self.history_page_refusals: dict[int, int] = {}
         # actions (`RebootInstance`, …) whose reply is held this many seconds after the call took effect: a client
         # whose read timeout is shorter sees no answer to a call that did run (a reply lost on the way back)
         self.reply_delays: dict[str, float] = {}

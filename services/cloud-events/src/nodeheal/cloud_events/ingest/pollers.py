@@ -128,7 +128,22 @@ class AlibabaHistoryPoller(Poller):
             request = ecs_models.DescribeInstanceHistoryEventsRequest(
                 region_id=region_id, page_number=page, page_size=self.settings.page_size, **filters
             )
-            response = await client.describe_instance_history_events_async(request)
+            pause = self.settings.throttle_backoff_s
+            for attempt in range(self.settings.throttle_retries + 1):
+                try:
+                    response = await client.describe_instance_history_events_async(request)
+                    break
+                except Exception as exc:
+                    # the API's flow control (`Throttling`, `Throttling.User`, …) passes in a moment: the page is
+                    # asked again, a few times, before the round gives up on the pages from it on (a throttle met
+                    # at the same page every round left the events of the pages after it unread for good)
+                    if not str(getattr(exc, "code", "") or "").startswith("Throttling") or (
+                        attempt == self.settings.throttle_retries
+                    ):
+                        raise
+                    log.info("page throttled; asked again", extra={"region": region_id, "page": page, "wait_s": pause})
+                    await asyncio.sleep(pause)
+                    pause *= 2
             body = response.body.to_map()
             yield body
             total = int(body.get("TotalCount") or 0)

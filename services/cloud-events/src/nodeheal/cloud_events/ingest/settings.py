@@ -23,6 +23,12 @@ class AlibabaPollerSettings(BaseModel):
     interval_s: float = Field(default=60.0, gt=0)
     page_size: int = Field(default=100, ge=1, le=100)
     timeout_s: float = Field(default=10.0, gt=0)
+    throttle_retries: int = Field(
+        default=3, ge=0, description="a page the API's flow control refuses (Throttling*) is asked again this often"
+    )
+    throttle_backoff_s: float = Field(
+        default=1.0, gt=0, description="the first wait before asking a throttled page again (doubled each time)"
+    )
 
 
 class MetadataPollerSettings(BaseModel):
