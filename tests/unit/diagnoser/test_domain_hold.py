@@ -157,3 +157,22 @@ def test_a_rack_that_goes_dark_at_once_is_named_without_waiting_for_quiet() -> N
     assert {d.cause for d in published} == {"rack_partition"} and len(published) == RACK
     # the arrival that makes it a partition releases the held verdicts: no 15 s wait for quiet
     assert max(d.identified_at for d in published) <= later(max(t for t, _ in arrivals) + 1.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nodes_with_an_earlier_resolved_episode_are_held_like_the_others(seed: int) -> None:
+    """In a large fleet many nodes have had an episode today (a high load, a full disk) that resolved. The hold was
+    given only to a node with no diagnosis at all: a node whose last diagnosis was a resolved one was judged at
+    once when it went dark, so the first such nodes of a rack going dark port by port (before the rack was a
+    partition) got `node_crash` and a reboot ladder. Now a resolved episode counts as none."""
+    diag = fleet()
+    rack = [f"r1-n{i}" for i in range(RACK)]
+    earlier: list[tuple[float, Anomaly]] = []
+    for node in rack[:8]:
+        earlier.append((0.5, anomaly(node, "high_load", at=later(0.5))))
+        earlier.append((2.0, anomaly(node, "high_load", at=later(2.0), status="resolved", onset=later(0.5))))
+    published = drive(diag, earlier + spread(rack, over_s=60.0, seed=seed), until_s=400)
+    assert {d.cause for d in published if d.time < later(5)} == {"high_load"}  # the earlier episodes
+    assert reboot_ladders([d for d in published if d.time >= later(5)]) == []
+    last = {d.node: d for d in published}
+    assert {last[n].cause for n in rack} == {"rack_partition"}

@@ -157,7 +157,7 @@ class Diagnoser:
                 if found is not None and (found[1].dimension, found[1].value) not in self.fleet.released:
                     self.fleet.released.add((found[1].dimension, found[1].value))
                     nodes = self.fleet.nodes
-                    touched |= {k for k in found[1].down if k in nodes and nodes[k].published is None}
+                    touched |= {k for k in found[1].down if k in nodes and _unjudged(nodes[k].published)}
             elif anomaly.status == "resolved" and not any(a.kind in SILENT_KINDS for a in ctx.firing.values()):
                 self.fleet.clear_dark(ctx.key)
         return touched
@@ -419,8 +419,10 @@ class Diagnoser:
                 return Outcome()  # the machine came back, but it crashed on hardware: not over until retired
             return Outcome(diagnosis=self._resolved(ctx, now=now))
         silent = [a for a in ctx.firing.values() if a.kind in SILENT_KINDS and not a.expected]
-        if silent and ctx.published is None:
-            # the node_down hold: give the peers of a rack / zone burst a moment to arrive
+        if silent and _unjudged(ctx.published):
+            # the node_down hold: give the peers of a rack / zone burst a moment to arrive (also to a node whose
+            # last episode resolved: before, such a node was judged at once, a `node_crash` at the start of a
+            # rack going dark port by port)
             hold_until = self.hold_until(ctx, silent)
             # once its rack / zone burst is a partition already, waiting cannot change the verdict
             # (the burst only grows): judged now, later arrivals join it as they come
@@ -850,3 +852,8 @@ def _fleet_bucket(signature: CrashSignature | None) -> str | None:
     """The bucket a crash counts in for the fleet's rates (`bucket:<b>` scopes): only a signature that identifies a
     bug — the bucket of one without identity (a generic panic string, a bare watchdog line) is no group of hosts."""
     return signature.bucket if signature is not None and signature_identified(signature) else None
+
+
+def _unjudged(published: Published | None) -> bool:
+    """No open episode stands for the node: nothing published, or its last diagnosis resolved the episode."""
+    return published is None or published.resolved
