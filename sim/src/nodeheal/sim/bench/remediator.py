@@ -103,6 +103,7 @@ async def _run(
             cluster=inventory[0].cluster,
             instance="bench",
             verify_timeout_s=verify_timeout_s,
+            verify_timeout_max_s=verify_timeout_s,  # the rungs' own times (a reboot 900 s) are real-world ones
             verify_poll_s=min(0.05, verify_timeout_s),
             policy=PolicySettings(dry_run=True, approval_required=()),  # the demo approves nothing by hand
         )
