@@ -596,3 +596,14 @@ def test_the_detectors_prober_round_is_the_probers_default() -> None:
     from nodeheal.cloud_events.prober.settings import ProberSettings
 
     assert RuleConfig().prober_interval_s == ProberSettings().interval_s
+
+
+def test_an_old_reboot_record_read_late_does_not_explain_a_crash_now() -> None:
+    """After a detector restart (or a backlog), its durable AUDIT consumer redelivers records from the past. Each
+    one was taken as if it had just happened: an old reboot record read now gave the node 15 more minutes in which
+    a crash reboot was counted as ours, with no `unexpected_reboot`. A record now counts from its own time."""
+    det = make()
+    t = feed(det, 2, boot_id="boot-1")
+    det.observe_remediation(_record(t - 7200), now=t)  # a reboot two hours ago, read just now
+    feed(det, 2, start=t, boot_id="boot-2")
+    assert [(a.kind, a.status) for a in det.outbox] == [("unexpected_reboot", "firing")]

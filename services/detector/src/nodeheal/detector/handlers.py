@@ -577,7 +577,7 @@ class DetectorRuntime:
             except ValidationError:
                 return
             # as of the record's own time: a repair a day old does not explain a node's downtime after the restart
-            det.observe_remediation(record, now=min(now, record.time.timestamp()))
+            det.observe_remediation(record, now=now)
 
         counts["audit"] = await self._replay(
             self.audit_stream,

@@ -906,7 +906,10 @@ class Detector:
         if node is None or record.action not in DISRUPTIVE_REMEDIATIONS:
             return
         if record.phase in ("intent", "started", "succeeded"):
-            node.remediation_until = max(node.remediation_until, now + self.config.expected_grace_s)
+            # from the record's own time: a record redelivered after a restart or read from a backlog is not a
+            # reboot that just happened (it gave the node 15 more minutes in which a crash reboot passed as ours)
+            at = min(now, record.time.timestamp())
+            node.remediation_until = max(node.remediation_until, at + self.config.expected_grace_s)
         elif record.phase in ("skipped", "blocked"):
             node.remediation_until = 0.0
 
