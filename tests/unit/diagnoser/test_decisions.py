@@ -338,3 +338,23 @@ def test_a_dead_runtime_named_by_no_line_restarts_the_runtime_the_node_reports()
             runtime,
             d.recommended,
         )
+
+
+def test_a_host_event_announced_days_ahead_does_not_swallow_a_kernel_panic_now() -> None:
+    """A host reboot announced ten days ahead keeps `cloud_maintenance` firing on the node from the announcement on.
+    That alone made every later fault of the node read as the host maintenance (`cloud_maintenance` in the firing
+    kinds explained everything): a kernel panic three days later was never diagnosed, the node left dark for a
+    week. An announced event now explains only itself; the panic is diagnosed as one."""
+    diag = make()
+    diag.on_cloud_event(cloud_event("n1", action="reboot", phase="scheduled", not_before=later(10 * 86400)))
+    diag.on_anomaly(anomaly("n1", "cloud_maintenance", subject="e-1"))
+    first = run(diag, "n1", 1)
+    assert first.cause.startswith("host_maintenance")
+    three_days = 3 * 86400
+    diag.on_anomaly(
+        anomaly("n1", "kernel_fault", subject="panic", lines=sample_lines("kernel_panic"), at=later(three_days))
+    )
+    diag.on_anomaly(anomaly("n1", "node_down", at=later(three_days + 20)))
+    d = run(diag, "n1", three_days + 120)
+    assert d is not None and not d.cause.startswith("host_maintenance"), d
+    assert d.category in ("kernel", "hardware", "unknown"), d.category

@@ -749,7 +749,7 @@ def decide(
     kernel += [k for k in ctx.kernel if k.anomaly_id in opened and k not in kernel]
 
     # A. a cloud event explains downtime / NotReady / reboots (executing or just done), or announces one
-    if event is not None and _cloud_explains(event, firing, kinds, config=config):
+    if event is not None and _cloud_explains(event, firing, kinds, now=now, config=config):
         cause = (
             "host_failure"
             if event.cause == "host_failure"
@@ -912,8 +912,15 @@ def own_remediation(ctx: NodeContext, *, now: datetime, config: DecisionConfig) 
     return None
 
 
-def _cloud_explains(event: CloudSystemEvent, firing: list[Anomaly], kinds: set[str], *, config: DecisionConfig) -> bool:
-    if "cloud_maintenance" in kinds:
+def _cloud_explains(
+    event: CloudSystemEvent, firing: list[Anomaly], kinds: set[str], *, now: datetime, config: DecisionConfig
+) -> bool:
+    if kinds <= {"cloud_maintenance"}:
+        return True  # the announcement alone: the host maintenance is the node's episode (drain ahead of it)
+    if "cloud_maintenance" in kinds and (event.not_before is None or event.not_before <= now + config.cloud_imminent):
+        # its time has come (the platform may start it before a poll says in_progress): the downtime is the event's.
+        # An event days ahead explains no other fault: before, its announcement alone took every later fault of
+        # the node for the maintenance (a kernel panic days before it was never diagnosed)
         return True
     if event.phase in {"in_progress", "completed", "failed"}:
         return bool(kinds & CLOUD_EXPLAINS)
