@@ -304,22 +304,38 @@ async def follow_stream(
             await close_reader(js, sub)
 
 
+class IncompleteReadError(RuntimeError):
+    """A bounded read (`read_stream`) stopped before the end it was asked for: what it read is not all there is,
+    and must not be taken for it."""
+
+
 async def read_stream(
     js: JetStreamContext, *, stream: str, subject: str, start: datetime | None, through_seq: int, wait_s: float = 2.0
 ) -> list[Msg]:
-    """The messages of `subject` from `start` through stream sequence `through_seq` (or until nothing more
-    comes within `wait_s`), in order, through one named ephemeral pull consumer."""
+    """All the messages of `subject` from `start` through stream sequence `through_seq`, in order, through one
+    named ephemeral pull consumer — or `IncompleteReadError`, never a part of them.
+
+    The read is complete when it reached `through_seq` (the subject's last message, read by the caller just
+    before), or when it read as many messages as the reader had pending when it was created (`num_pending`:
+    none when the subject's last message is older than `start`, which returns at once). A fetch that brings
+    nothing within `wait_s` before that (a server still recovering from a restart, a reader lost with it, a
+    slow read) raises `IncompleteReadError` (a failed fetch raises its own error): a caller that acts on what it
+    read (the remediator's AUDIT history: what was already done on a node) would take a part for the whole."""
     sub = await js.pull_subscribe(subject, durable=None, stream=stream, config=reader_config(start, 0))
     out: list[Msg] = []
     try:
-        while True:
+        pending = (await sub.consumer_info()).num_pending or 0
+        while len(out) < pending and (not out or out[-1].metadata.sequence.stream < through_seq):
             try:
                 msgs = await sub.fetch(256, timeout=wait_s)
-            except TimeoutError:
-                return out
+            except TimeoutError as exc:
+                msg = (
+                    f"read of {subject} on {stream} stopped after {len(out)} of {pending} messages (through "
+                    f"sequence {through_seq}): nothing came within {wait_s:g} s"
+                )
+                raise IncompleteReadError(msg) from exc
             out.extend(msgs)
-            if msgs and msgs[-1].metadata.sequence.stream >= through_seq:
-                return out
+        return out
     finally:
         await close_reader(js, sub)
 

@@ -21,12 +21,15 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from nodeheal.runtime.consumer import TRANSIENT, describe
-from nodeheal.runtime.jetstream import publish_model, read_stream
+from nodeheal.runtime.jetstream import IncompleteReadError, publish_model, read_stream
 from nodeheal.runtime.telemetry import inject_headers
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import audit_subject
 
 log = logging.getLogger("nodeheal.remediator.audit")
+
+_NOT_READ: tuple[type[BaseException], ...] = (IncompleteReadError, *TRANSIENT)
+"""A history read that failed for now: the caller does not act, and reads it again later."""
 
 
 class AuditUnavailableError(RuntimeError):
@@ -82,17 +85,25 @@ class AuditLog:
         return ack.seq
 
     async def history(self, *, cluster: str, node: str, since: datetime) -> list[RemediationRecord]:
-        """The node's audit records since `since`, oldest first (read once with an ordered consumer)."""
+        """The node's audit records since `since`, oldest first (read once with an ordered consumer): all of them
+        through the node's last record, or `AuditUnavailableError` — a history read in part (a fetch that timed
+        out while the server recovers from a restart) would make what was done look undone, and be done again."""
         subject = audit_subject(cluster, node, prefix=self.prefix)
         try:
             last = await self.js.get_last_msg(self.stream, subject)
         except NotFoundError:
             return []
+        except TRANSIENT as exc:
+            raise AuditUnavailableError(f"audit history of {cluster}/{node} not read: {describe(exc)}") from exc
         out: list[RemediationRecord] = []
         async with self.readers:
-            msgs = await read_stream(
-                self.js, stream=self.stream, subject=subject, start=since, through_seq=last.seq or 0
-            )
+            try:
+                msgs = await read_stream(
+                    self.js, stream=self.stream, subject=subject, start=since, through_seq=last.seq or 0
+                )
+            except _NOT_READ as exc:
+                why = f"audit history of {cluster}/{node} not read in full: {describe(exc)}"
+                raise AuditUnavailableError(why) from exc
         for msg in msgs:
             try:
                 out.append(RemediationRecord.model_validate_json(msg.data))

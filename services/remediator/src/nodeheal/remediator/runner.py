@@ -494,7 +494,11 @@ class Remediator:
             recovered_at=None if rotation else self._recovered_at(diagnosis),
         )
         if policy.failed(checks):
-            checks = await self._carried_on(diagnosis, checks)
+            try:
+                checks = await self._carried_on(diagnosis, checks)
+            except AuditUnavailableError as exc:  # the history not read (in full): not refused on a part of it
+                log.error("no audit, no decision", extra={"node": diagnosis.node, "error": str(exc)})
+                return "retry"
         if policy.failed(checks):
             reason = "diagnosis refused: " + "; ".join(c.detail for c in policy.failed(checks))
             await self._skip(None, diagnosis, why="refused", reason=reason, checks=checks)
