@@ -1,18 +1,23 @@
 """A node's AUDIT history read only in part must never be acted on: a redelivered diagnosis whose repair was
-done and verified does not reboot the node again when the history read times out. Real nats-server, the real remediator service; side effects counted at the ECS emulator
+done and verified does not reboot the node again when the history read times out, and a step whose `intent`
+or `started` AUDIT already holds (its PubAck says duplicate) though the history read did not show it is not
+acted on again. Real nats-server, the real remediator service; side effects counted at the ECS emulator
 (its log of the API calls it received) and at the Kubernetes emulator (its log of effects)."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.client import JetStreamContext
 
+from nodeheal.remediator.audit import AlreadyRecordedError, AuditLog
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationPhase, RemediationRecord
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.subjects import diagnosis_subject
 from nodeheal.sim.ecs_api import EcsEmulator
@@ -115,3 +120,82 @@ async def test_a_redelivered_diagnosis_whose_history_read_times_out_does_not_reb
     records = await audit_records(nc, topology_ready)
     skipped = [r for r in records if r.diagnosis_id == d.id and r.phase == "skipped"]
     assert skipped and "verified healthy" in skipped[0].reason
+
+
+async def test_an_intent_or_started_record_audit_already_holds_is_refused_as_already_recorded(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """AUDIT answers a record whose Nats-Msg-Id (`<action_id>:<phase>`) it holds with a duplicate PubAck and
+    drops it. For an `intent` or `started`, that means an earlier attempt began the step: `record` raises
+    instead of returning as if this attempt's record were stored. Other phases stay idempotent."""
+    audit = AuditLog(
+        nc.jetstream(), stream=f"{topology_ready.stream_prefix}AUDIT", prefix=topology_ready.prefix, timeout_s=5.0
+    )
+
+    def rec(phase: RemediationPhase) -> RemediationRecord:
+        return RemediationRecord(
+            cluster="c1", node="n5", action_id="act-dup", action="reboot", phase=phase, reason="test", actor="t"
+        )
+
+    acting: tuple[RemediationPhase, ...] = ("intent", "started")
+    for phase in acting:
+        first = await audit.record(rec(phase))
+        with pytest.raises(AlreadyRecordedError) as caught:
+            await audit.record(rec(phase))
+        assert caught.value.seq == first and caught.value.phase == phase
+    await audit.record(rec("succeeded"))
+    await audit.record(rec("succeeded"))  # a result recorded again: nothing acts on it, still idempotent
+    records = [r for r in await audit_records(nc, topology_ready) if r.action_id == "act-dup"]
+    assert [r.phase for r in records] == ["intent", "started", "succeeded"]
+
+
+async def test_a_step_audit_holds_but_the_history_did_not_show_is_not_done_again(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """The repair and flap windows (the history read) shorter than AUDIT's 10-minute duplicate window: a
+    redelivered diagnosis, once its verified repair is older than the windows, sees no phase of its steps. Before,
+    it cordoned and rebooted the node again while AUDIT dropped the steps' `intent` and `started` as duplicates
+    (two RebootInstance calls, one in AUDIT). Now the duplicate PubAck of the cordon's `intent` stops the step
+    before it acts; the diagnosis is retried, and handed to a person on its last delivery."""
+    await add_inventory(nc, topology_ready, "n2", zone="z1", cloud="alibaba", instance_id="i-n2")
+    window_s = 2.0
+    settings = make_settings(
+        topology_ready,
+        kube_url=world.url,
+        ecs_endpoint=ecs.endpoint,
+        node_repair_window_s=window_s,
+        flap_window_s=window_s,
+    ).model_copy(update={"max_deliver": 3})
+    service = await start_service(settings)
+    try:
+        async with Probes(nc, topology_ready, "n2") as n2:
+            d = diagnosis("n2", ["cordon", "reboot"], episode="ep-n2")
+            await publish_diagnosis(nc, topology_ready, d)
+            await asyncio.wait_for(
+                ecs.wait_for_call("RebootInstance", where=lambda c: c.params.get("InstanceId") == "i-n2"), timeout=20
+            )
+            n2.boot_id = "boot-2"  # the machine came back
+            await wait_for_record(nc, topology_ready, phase="verified", node="n2")
+            done = await wait_for_record(nc, topology_ready, action="uncordon", phase="succeeded", node="n2")
+
+            async def out_of_the_window() -> bool:  # the repair's records left the history's window
+                return (datetime.now(tz=UTC) - done.time).total_seconds() > window_s + 0.5
+
+            await wait_for(out_of_the_window, what="the repair older than the history window")
+            await redeliver(nc, topology_ready, d, tag="redelivered")
+
+            async def settled() -> bool:
+                records = await audit_records(nc, topology_ready)
+                gave_up = any(r.node == "n2" and r.action == "escalate" and r.phase == "succeeded" for r in records)
+                return gave_up or reboots(ecs, "i-n2") > 1
+
+            await wait_for(settled, what="the redelivered diagnosis settled")
+    finally:
+        await service.stop()
+    assert reboots(ecs, "i-n2") == 1  # counted at the ECS emulator
+    assert cordons(world, "n2") == 1  # counted at the Kubernetes emulator
+    assert not world.is_cordoned("n2")
+    records = await audit_records(nc, topology_ready)
+    assert len([r for r in records if r.node == "n2" and r.action == "reboot" and r.phase == "started"]) == 1
+    (escalated,) = [r for r in records if r.node == "n2" and r.action == "escalate"]
+    assert "gave up" in escalated.reason

@@ -7,7 +7,9 @@ connection: e.g. over AUDIT's `max_msg_size`, not permitted), which the caller k
 reason (`reason`, and the record itself in `record`). The Nats-Msg-Id is
 `<action_id>:<phase>`, so a retried or redelivered step never writes its record twice within the
 duplicate window, and `history()` lets a replica see what was already done before acting (after the
-window too).
+window too). An `intent` or `started` that AUDIT already holds (a duplicate PubAck) raises
+`AlreadyRecordedError`: an earlier attempt began the step, and only a caller whose history shows that
+record may go on (runner.py `_record`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,25 @@ class AuditRefusedError(AuditUnavailableError):
         self.record = record
 
 
+class AlreadyRecordedError(AuditUnavailableError):
+    """AUDIT already holds this `intent` or `started` (its Nats-Msg-Id `<action_id>:<phase>`, within the
+    duplicate window: the PubAck says duplicate, and this attempt's record was dropped). An earlier attempt
+    began the step; a caller whose history did not show that must not act (`seq`: the stored record)."""
+
+    def __init__(self, rec: RemediationRecord, seq: int) -> None:
+        super().__init__(
+            f"audit record {rec.phase} of action {rec.action_id} ({rec.action}) on {rec.cluster}/{rec.node} is "
+            f"already in AUDIT (sequence {seq}): an earlier attempt began this step"
+        )
+        self.action_id = rec.action_id
+        self.phase = rec.phase
+        self.seq = seq
+
+
+_ACTING: frozenset[str] = frozenset({"intent", "started"})
+"""The phases recorded before a side effect: a duplicate of one means the step was begun before."""
+
+
 class AuditLog:
     def __init__(
         self, js: JetStreamContext, *, stream: str, prefix: str, timeout_s: float = 5.0, readers: int = 16
@@ -78,6 +99,8 @@ class AuditLog:
                 raise AuditRefusedError(reason, rec) from exc
             msg = f"audit stream {self.stream} did not acknowledge {rec.phase} of {rec.action_id}: {exc}"
             raise AuditUnavailableError(msg) from exc
+        if ack.duplicate and rec.phase in _ACTING:
+            raise AlreadyRecordedError(rec, ack.seq)
         log.info(
             "audit",
             extra={"node": rec.node, "action_id": rec.action_id, "action": rec.action, "phase": rec.phase},

@@ -35,7 +35,7 @@ from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.remediator.actions.cloud import Clouds
 from nodeheal.remediator.actions.kube import KubeActions
 from nodeheal.remediator.actions.node import NodeAgent
-from nodeheal.remediator.audit import AuditLog, AuditRefusedError, AuditUnavailableError
+from nodeheal.remediator.audit import AlreadyRecordedError, AuditLog, AuditRefusedError, AuditUnavailableError
 from nodeheal.remediator.leases import Lease, LeaseLostError, Leases
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.policy import Slot
@@ -412,7 +412,15 @@ class Remediator:
             episode_id=run.episode if run is not None else diagnosis.episode,
             boot_id=boot_id,
         )
-        await self.audit.record(rec)
+        try:
+            await self.audit.record(rec)
+        except AlreadyRecordedError:
+            if run is None or phase not in run.phases(action_id):
+                # AUDIT holds a begun step the history read did not show: never act on it again from here
+                # (`_under_lease`: the next delivery reads the history again and goes on as it says)
+                raise
+            # this ladder knows the step was begun (its intent recorded before a restart, a Kubernetes step
+            # started again): AUDIT keeps the first record, and the step goes on as before
         if run is not None:
             run.history.append(rec)
         self.counters[phase] = self.counters.get(phase, 0) + 1
@@ -580,6 +588,15 @@ class Remediator:
             # caused it (`Rejected`, handlers.py) or, with no input at hand, the record itself (`keep_refused`)
             log.error("audit record refused by AUDIT", extra={"node": diagnosis.node, "error": exc.reason})
             raise
+        except AlreadyRecordedError as exc:
+            # an earlier attempt began this step, and the history read did not show it: not done again. The
+            # next delivery reads the history again, and the step goes on as AUDIT says (a started fix is
+            # verified, a node command re-sent with its action id, a verified episode skipped)
+            log.error(
+                "step already begun per AUDIT; not acting again",
+                extra={"node": diagnosis.node, "action_id": exc.action_id, "phase": exc.phase, "error": str(exc)},
+            )
+            return "retry"
         except AuditUnavailableError as exc:
             log.error("no audit, no action", extra={"node": diagnosis.node, "error": str(exc)})
             return "retry"
