@@ -358,3 +358,36 @@ def test_a_host_event_announced_days_ahead_does_not_swallow_a_kernel_panic_now()
     d = run(diag, "n1", three_days + 120)
     assert d is not None and not d.cause.startswith("host_maintenance"), d
     assert d.category in ("kernel", "hardware", "unknown"), d.category
+
+
+def test_a_crash_after_our_reboot_was_verified_is_not_our_reboot() -> None:
+    """Our reboot of the node was verified healthy; twenty minutes later the same kernel bug hangs it and it goes
+    dark. Every downtime within 30 minutes of our own reboot was taken for that reboot (`planned_reboot`, ladder
+    `none`), and nothing looked at the node again: it stayed dark. Downtime that began after the reboot was verified
+    is a new fault."""
+    diag = make()
+
+    def record(phase: str, at_s: float) -> RemediationRecord:
+        return RemediationRecord(
+            cluster=CLUSTER, node="n1", action_id="a-reboot", action="reboot", phase=phase, reason="x", actor="r",
+            time=later(at_s),
+        )  # fmt: skip
+
+    for phase, at_s in (("started", 0), ("succeeded", 5), ("verified", 120)):
+        diag.on_audit(record(phase, at_s))
+    diag.on_anomaly(anomaly("n1", "node_down", at=later(1200), onset=later(1190)))
+    d = run(diag, "n1", 1300)
+    assert d.cause != "planned_reboot" and "reboot" in actions(d), (d.cause, actions(d))
+
+
+def test_downtime_while_our_reboot_runs_is_still_ours() -> None:
+    diag = make()
+    diag.on_audit(
+        RemediationRecord(
+            cluster=CLUSTER, node="n1", action_id="a-reboot", action="reboot", phase="started", reason="x", actor="r",
+            time=later(0),
+        )
+    )  # fmt: skip
+    diag.on_anomaly(anomaly("n1", "node_down", at=later(30), onset=later(20)))
+    d = run(diag, "n1", 60)
+    assert d.cause == "planned_reboot" and actions(d) == ["none"]

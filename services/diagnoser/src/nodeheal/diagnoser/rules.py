@@ -784,9 +784,13 @@ def decide(
     downtime = [a for a in firing if a.kind in OWN_DOWNTIME]
     # the original fault's anomalies (e.g. the kernel_fault that led to the reboot) may still be
     # firing: downtime that began after our own action is still ours, whatever else fires
-    ours = own is not None and (
-        kinds <= OWN_DOWNTIME
-        or (bool(downtime) and all(a.fault_onset >= own.time - OWN_ACTION_SLACK for a in downtime))
+    ours = (
+        own is not None
+        and (
+            kinds <= OWN_DOWNTIME
+            or (bool(downtime) and all(a.fault_onset >= own.time - OWN_ACTION_SLACK for a in downtime))
+        )
+        and not _after_verified(ctx, own, downtime)
     )
     if own is not None and ours:
         evidence = [
@@ -910,6 +914,16 @@ def own_remediation(ctx: NodeContext, *, now: datetime, config: DecisionConfig) 
         ):
             return record
     return None
+
+
+def _after_verified(ctx: NodeContext, own: RemediationRecord, downtime: list[Anomaly]) -> bool:
+    """Did all this downtime begin after our action was verified (the node came back healthy)? Then it is a new
+    fault, not our reboot: before, any downtime within `cloud_recent` of our reboot was ours (`planned_reboot`,
+    ladder `none`), and a crash twenty minutes after a verified reboot left the node dark."""
+    verified = [r.time for r in ctx.remediation if r.action_id == own.action_id and r.phase == "verified"]
+    if not verified or not downtime:
+        return False
+    return all(a.fault_onset > min(verified) for a in downtime)
 
 
 def _cloud_explains(
