@@ -607,3 +607,39 @@ def test_an_old_reboot_record_read_late_does_not_explain_a_crash_now() -> None:
     det.observe_remediation(_record(t - 7200), now=t)  # a reboot two hours ago, read just now
     feed(det, 2, start=t, boot_id="boot-2")
     assert [(a.kind, a.status) for a in det.outbox] == [("unexpected_reboot", "firing")]
+
+
+@pytest.mark.parametrize("outage_s", [15.0, 20.0, 30.0])
+def test_a_nats_restart_makes_no_healthy_node_silent(outage_s: float) -> None:
+    """NATS restarts: for `outage_s` nothing is stored and the detector reads nothing. When it is back, each agent's
+    probes arrive only once that agent has reconnected (within a couple of seconds, each at its own moment).
+    The input guard only stopped judging after a whole silence timeout without input, and judged again at the first
+    probe after it: every node whose agent had not reconnected yet looked silent (outages of 20 s gave about a third
+    of a 200-node fleet `node_down` or `agent_down`). Now the service tells the detector when its own connection
+    drops and comes back (`lost_feed`, `feed_back`): nothing is judged while it is down, and every node gets a full
+    silence timeout from the return."""
+    det = make(warmup_s=0.0)
+    nodes = [f"n{i}" for i in range(200)]
+    phase = {n: (i * 0.05) % INTERVAL for i, n in enumerate(nodes)}
+    reconnect = {n: (i * 0.01) % 2.0 for i, n in enumerate(nodes)}
+    down_from, back_at = T0 + 100.0, T0 + 100.0 + outage_s
+    seq: dict[str, int] = dict.fromkeys(nodes, 0)
+    t = T0
+    while t < back_at + 120.0:
+        for n in nodes:
+            # probes go out every INTERVAL; during the outage none is stored; after it, an agent sends again once
+            # it has reconnected (its first probe then is the one it kept)
+            due = (t - T0 - phase[n]) % INTERVAL < 0.1
+            reconnected = t >= back_at + reconnect[n]
+            if (t < down_from and due) or (t >= back_at and reconnected and (due or seq[n] < 0)):
+                seq[n] = abs(seq[n]) + 1
+                det.observe_probe(agent_probe(t=t, node=n, seq=seq[n]), now=t)
+            elif down_from <= t < back_at and seq[n] > 0:
+                seq[n] = -seq[n]  # a probe is kept in the agent's outbox, sent after its reconnect
+        if down_from <= t < back_at and not det.feed_away:
+            det.lost_feed()  # the service saw its connection drop (the server it is connected to restarted)
+        elif t >= back_at and det.feed_away:
+            det.feed_back(now=t)
+        det.tick(now=t)
+        t = round(t + 0.1, 3)
+    assert drain(det) == []

@@ -230,6 +230,7 @@ class DetectorRuntime:
         self.clock = clock
         self.topology = settings.nats.topology()
         self.detector = Detector(config=settings.rules, started_at=clock(), adopt_unknown=not settings.partitions)
+        self._reconnects = int(nc.stats.get("reconnects", 0))
         reg = registry if registry is not None else prometheus_client.CollectorRegistry()
         self.metrics = Metrics(reg)
         self.pipeline = PipelineMetrics(reg)
@@ -613,6 +614,21 @@ class DetectorRuntime:
 
     # ------------------------------------------------------------------ the probe hot path
 
+    def _watch_feed(self, now: float) -> None:
+        """Our own connection: while it is down the detector judges no silence, and after it is back (a reconnect:
+        the NATS server restarted) every node gets a full silence timeout before its silence is judged
+        (`Detector.lost_feed` / `feed_back`): the agents come back each at its own moment."""
+        det = self.detector
+        reconnects = int(self.nc.stats.get("reconnects", 0))
+        if not self.nc.is_connected:
+            if not det.feed_away:
+                log.warning("connection to NATS lost: no silence is judged until it is back")
+                det.lost_feed()
+        elif det.feed_away or reconnects != self._reconnects:
+            log.warning("connection to NATS back: silence judged again after one silence timeout")
+            det.feed_back(now=now)
+        self._reconnects = reconnects
+
     async def _run_probes(self) -> None:
         puller = self._probe_puller
         assert puller is not None
@@ -647,6 +663,7 @@ class DetectorRuntime:
                     continue
                 first = False
             now = self.clock()
+            self._watch_feed(now)
             bad, unsent = unsent, []
             for msg in chunk:
                 route = route_of(msg.subject)

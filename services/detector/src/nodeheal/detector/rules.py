@@ -193,6 +193,20 @@ class Detector:
         self._gap_next = 0
         self._gaps_seen = 0
         self._warmup_until = started_at + (config.warmup_s if config.warmup_s is not None else self._down_timeout)
+        self.feed_away = False  # our own connection to NATS is down: no silence is judged (`lost_feed`)
+
+    def lost_feed(self) -> None:
+        """Our connection to NATS is down: nothing the fleet sends reaches us, so no silence is judged."""
+        self.feed_away = True
+
+    def feed_back(self, *, now: float) -> None:
+        """Our connection is back (a reconnect, a NATS server restart): each agent's probes come back only once
+        that agent has reconnected too, each at its own moment. No silence is judged until every node has had a
+        full silence timeout from now. Before, a server restart of 20 s made the nodes whose agents reconnected
+        a few seconds after the others `node_down` / `agent_down` (the input guard judged again at the first
+        probe after the outage)."""
+        self.feed_away = False
+        self._warmup_until = max(self._warmup_until, now + self._down_timeout)
 
     # ------------------------------------------------------------------ nodes and the timer wheel
 
@@ -294,7 +308,11 @@ class Detector:
         # waiting to judge (for this very verdict: `_classify_silence`) is judged now.
         if node.silence is not None:
             self._schedule(node, now)
-        elif now >= self._warmup_until and now >= node.last_agent + self._down_timeout + self.feed_lag:
+        elif (
+            not self.feed_away
+            and now >= self._warmup_until
+            and now >= node.last_agent + self._down_timeout + self.feed_lag
+        ):
             self._classify_silence(node, now, probe_id=p.id)
 
     def _observe_agent(self, node: NodeState, p: FastProbe, now: float) -> None:
@@ -805,7 +823,7 @@ class Detector:
                     return looked
                 looked += 1
                 node.due = 0.0
-                self._tick_node(node, now, check_silence=input_alive and not in_warmup)
+                self._tick_node(node, now, check_silence=input_alive and not in_warmup and not self.feed_away)
         return looked
 
     def _tick_node(self, node: NodeState, now: float, *, check_silence: bool) -> None:
