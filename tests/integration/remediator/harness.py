@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
@@ -17,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
+from nodeheal.agent.settings import AgentSettings, CleanSettings
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import CloudSettings, KubeSettings, PolicySettings, RemediatorSettings
 from nodeheal.runtime.jetstream import publish_model
@@ -31,6 +33,7 @@ from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodePro
 from nodeheal.schemas.subjects import cloud_subject, cmd_subject, diagnosis_subject, probe_subject, wildcard
 from nodeheal.sim.kube import KubeWorld
 from nodeheal.sim.referee import WorldLog, budget_exceedances
+from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
 
 CLUSTER = "c1"
 
@@ -371,3 +374,24 @@ def mirrored(
     nc: Client, nats: NatsSettings, source: Callable[[], list[CloudSystemEvent]]
 ) -> contextlib.AbstractAsyncContextManager[None]:
     return running(lambda stop: mirror_cloud(nc, nats, source, stop))
+
+
+def real_agent_with_a_dead_kubelet(nats: NatsSettings, name: str, tmp_path: Path) -> tuple[FakeNode, AgentSettings]:
+    """A fake node (kubelet failed, containerd active) and the real agent's settings for it: its systemctl, a state
+    directory (the results and the lease fence survive a restart), probes every 0.2 s, no kernel log."""
+    fake = make_fake_node(tmp_path, mounts=[("/dev/vda1", "/", "ext4", "rw,relatime")])
+    fake.set_unit("kubelet.service", "failed", restarts=2)
+    fake.set_unit("containerd.service", "active")
+    settings = AgentSettings(
+        nats=nats,
+        cluster=CLUSTER,
+        node_name=name,
+        host_root=fake.root,
+        services=["kubelet", "containerd"],
+        systemctl_command=[fake.systemctl],
+        state_dir=tmp_path / "agent-state",
+        interval_s=0.2,
+        kernel_log="off",
+        clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
+    )
+    return fake, settings

@@ -17,20 +17,19 @@ import pytest
 from nats.aio.client import Client
 
 from nodeheal.agent.app import NodeAgent
-from nodeheal.agent.settings import AgentSettings, CleanSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
-    CLUSTER,
     audit_records,
     diagnosis,
     make_settings,
     publish_diagnosis,
+    real_agent_with_a_dead_kubelet,
     short_leases,
     start_service,
     wait_for_record,
 )
-from tests.unit.cloud_events.agent_fakenode import make_fake_node, statvfs_with
+from tests.unit.cloud_events.agent_fakenode import statvfs_with
 
 pytestmark = pytest.mark.nats
 
@@ -39,21 +38,7 @@ async def test_a_lease_bucket_created_anew_does_not_fence_out_every_repair(
     topology_ready: NatsSettings, nc: Client, tmp_path: Path
 ) -> None:
     name = "epoch-1"
-    fake = make_fake_node(tmp_path, mounts=[("/dev/vda1", "/", "ext4", "rw,relatime")])
-    fake.set_unit("kubelet.service", "failed", restarts=2)
-    fake.set_unit("containerd.service", "active")
-    settings = AgentSettings(
-        nats=topology_ready,
-        cluster=CLUSTER,
-        node_name=name,
-        host_root=fake.root,
-        services=["kubelet", "containerd"],
-        systemctl_command=[fake.systemctl],
-        state_dir=tmp_path / "agent-state",
-        interval_s=0.2,
-        kernel_log="off",
-        clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
-    )
+    fake, settings = real_agent_with_a_dead_kubelet(topology_ready, name, tmp_path)
     agent = NodeAgent(settings, statvfs=statvfs_with({"root": (50, 10)}))  # type: ignore[arg-type]
     await agent.start()
     probes = asyncio.create_task(agent.run_probes())

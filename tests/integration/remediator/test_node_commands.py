@@ -20,7 +20,6 @@ import pytest
 from nats.aio.client import Client
 
 from nodeheal.agent.app import NodeAgent
-from nodeheal.agent.settings import AgentSettings, CleanSettings
 from nodeheal.diagnoser.rules import ladder_for
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.diagnosis import Diagnosis
@@ -36,12 +35,13 @@ from tests.integration.remediator.harness import (
     diagnosis,
     make_settings,
     publish_diagnosis,
+    real_agent_with_a_dead_kubelet,
     short_leases,
     start_service,
     wait_for_record,
 )
 from tests.integration.remediator.test_kill_points import _remediator
-from tests.unit.cloud_events.agent_fakenode import make_fake_node, statvfs_with
+from tests.unit.cloud_events.agent_fakenode import statvfs_with
 
 pytestmark = pytest.mark.nats
 
@@ -101,21 +101,7 @@ async def test_killed_between_command_and_result_the_command_is_resent_and_runs_
 ) -> None:
     await short_leases(nc, topology_ready)  # a dead holder ages out fast
     name = "k2-resend"
-    fake = make_fake_node(tmp_path, mounts=[("/dev/vda1", "/", "ext4", "rw,relatime")])
-    fake.set_unit("kubelet.service", "failed", restarts=2)
-    fake.set_unit("containerd.service", "active")
-    settings = AgentSettings(
-        nats=topology_ready,
-        cluster=CLUSTER,
-        node_name=name,
-        host_root=fake.root,
-        services=["kubelet", "containerd"],
-        systemctl_command=[fake.systemctl],
-        state_dir=tmp_path / "agent-state",
-        interval_s=0.2,
-        kernel_log="off",
-        clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
-    )
+    fake, settings = real_agent_with_a_dead_kubelet(topology_ready, name, tmp_path)
     disk = statvfs_with({"root": (50, 10)})
 
     async def run_agent() -> tuple[NodeAgent, asyncio.Task[None]]:
