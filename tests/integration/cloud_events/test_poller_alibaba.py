@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from nats.js.client import JetStreamContext
@@ -49,6 +50,19 @@ async def cloud_messages(js: JetStreamContext, nats: NatsSettings) -> list[tuple
     return out
 
 
+def _settings(emu: EcsEmulator, **overrides: Any) -> AlibabaPollerSettings:
+    """The poller pointed at the ECS emulator with the emulator's keys (one region, cn-hangzhou, unless given)."""
+    base: dict[str, Any] = {
+        "enabled": True,
+        "endpoint": emu.endpoint,
+        "protocol": "http",
+        "region_ids": ["cn-hangzhou"],
+        "access_key_id": "sim-access-key-id",
+        "access_key_secret": "sim-access-key-secret",
+    }
+    return AlibabaPollerSettings(**(base | overrides))
+
+
 async def test_scheduled_then_executed_gives_two_messages(js: JetStreamContext, topology_ready: NatsSettings) -> None:
     world = EcsWorld(clock=ManualClock())
     world.add_instance("i-node1", region_id="cn-hangzhou")
@@ -59,13 +73,8 @@ async def test_scheduled_then_executed_gives_two_messages(js: JetStreamContext, 
     event = world.publish_event("i-node1", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24))
 
     async with EcsEmulator(world) as emu:
-        settings = AlibabaPollerSettings(
-            enabled=True,
-            endpoint=emu.endpoint,
-            protocol="http",
-            region_ids=["cn-hangzhou"],
-            access_key_id="sim-access-key-id",
-            access_key_secret="sim-access-key-secret",
+        settings = _settings(
+            emu,
         )
         sink = await make_sink(js, topology_ready)
         poller = AlibabaHistoryPoller(sink=sink, cluster="prod-1", settings=settings, clock=world.now)
@@ -118,13 +127,9 @@ async def test_a_bad_item_and_a_refused_region_cost_only_themselves(
     notice = world.publish_event("i-node1", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24))
     world.publish_event(odd, "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24))
     async with EcsEmulator(world) as emu:
-        settings = AlibabaPollerSettings(
-            enabled=True,
-            endpoint=emu.endpoint,
-            protocol="http",
+        settings = _settings(
+            emu,
             region_ids=["cn-beijing", "cn-hangzhou"],
-            access_key_id="sim-access-key-id",
-            access_key_secret="sim-access-key-secret",
         )
         poller = AlibabaHistoryPoller(
             sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
@@ -158,13 +163,8 @@ async def test_a_throttled_page_keeps_what_the_pages_before_it_gave(
         )
     world.throttled_history_pages.add(3)
     async with EcsEmulator(world) as emu:
-        settings = AlibabaPollerSettings(
-            enabled=True,
-            endpoint=emu.endpoint,
-            protocol="http",
-            region_ids=["cn-hangzhou"],
-            access_key_id="sim-access-key-id",
-            access_key_secret="sim-access-key-secret",
+        settings = _settings(
+            emu,
             page_size=2,
             throttle_retries=0,  # a throttle that outlasts the page's retries
         )
@@ -202,13 +202,8 @@ async def test_a_briefly_throttled_page_is_asked_again_within_the_round(
         world.publish_event(f"i-node{n}", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(hours=24 + n))
     world.history_page_refusals[2] = 2
     async with EcsEmulator(world) as emu:
-        settings = AlibabaPollerSettings(
-            enabled=True,
-            endpoint=emu.endpoint,
-            protocol="http",
-            region_ids=["cn-hangzhou"],
-            access_key_id="sim-access-key-id",
-            access_key_secret="sim-access-key-secret",
+        settings = _settings(
+            emu,
             page_size=2,
             throttle_retries=3,
             throttle_backoff_s=0.05,
