@@ -7,7 +7,7 @@ import prometheus_client
 import pytest
 from nats.js.client import JetStreamContext
 
-from nodeheal.runtime.jetstream import DeadLetterLimiter, dead_letter
+from nodeheal.runtime.jetstream import DeadLetterLimiter, dead_letter, message_origin
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.dlq import MAX_RAW_BYTES, DeadLetter
 from nodeheal.schemas.subjects import dlq_subject
@@ -67,3 +67,50 @@ async def test_a_huge_rejected_input_keeps_its_head_and_its_size(
     letter = DeadLetter.model_validate_json(msg.data)
     assert letter.raw == raw[:MAX_RAW_BYTES]
     assert letter.raw_size == len(raw)
+
+
+async def test_the_same_message_dead_lettered_again_is_stored_once(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """A message rejected on two deliveries (a crash between the DLQ write and the ack, or a re-send after a
+    DLQ write failed) names the same origin, its stream and sequence: the DLQ keeps one letter. Another
+    message with the same bytes (another origin) is its own letter."""
+    prefix = topology_ready.prefix
+    subject = f"{prefix}.probe.c1.n1"
+    await js.publish(subject, b"\xff not json")
+    sub = await js.pull_subscribe(subject, durable="dlq-origin")
+    (first,) = await sub.fetch(1, timeout=5)
+    await first.nak()
+    (again,) = await sub.fetch(1, timeout=5)
+    assert again.metadata.num_delivered == 2
+    origins = {message_origin(first.reply), message_origin(again.reply)}
+    assert origins == {f"{topology_ready.stream_prefix}PROBES:1"}
+    for msg in (first, again):
+        await dead_letter(
+            js,
+            service="limits-test",
+            reason="bad",
+            raw=msg.data,
+            subject=msg.subject,
+            prefix=prefix,
+            origin=message_origin(msg.reply),
+            limiter=None,
+        )
+    await dead_letter(
+        js,
+        service="limits-test",
+        reason="bad",
+        raw=b"\xff not json",
+        subject=subject,
+        prefix=prefix,
+        origin=f"{topology_ready.stream_prefix}PROBES:2",
+        limiter=None,
+    )
+    assert await stored(js, topology_ready) == 2
+
+
+def test_the_origin_of_a_message_comes_from_either_form_of_its_ack_subject() -> None:
+    assert message_origin("$JS.ACK.PROBES.det.3.41.17.1700000000000000000.0") == "PROBES:41"
+    assert message_origin("$JS.ACK.hub.ACCHASH.PROBES.det.3.41.17.1700000000000000000.0.rnd") == "PROBES:41"
+    assert message_origin("_INBOX.abc.1") is None
+    assert message_origin(None) is None

@@ -526,6 +526,48 @@ async def test_a_bad_probe_whose_dead_letter_failed_is_not_covered_by_the_next_c
     assert [DeadLetter.model_validate_json(d).raw for d in letters] == [b"\xff not json"]
 
 
+async def test_a_dead_letter_write_failing_mid_chunk_does_not_store_the_ones_before_it_twice(
+    nc: Client, topology_ready: NatsSettings
+) -> None:
+    """Two bad probes in one chunk; the DLQ takes the first and refuses the second (its letter is over the
+    stream's message size for a while). The chunk is retried until the DLQ takes the second: the DLQ then
+    holds each probe's letter once (before, the first was stored again on every retry)."""
+    import dataclasses
+
+    from nodeheal.runtime.provision import apply_stream
+
+    s = topology_ready
+    js = nc.jetstream()
+    dlq = s.topology().stream(f"{s.stream_prefix}DLQ")
+    probes_stream = s.topology().stream(f"{s.stream_prefix}PROBES").name
+    info = await js.stream_info(dlq.name)
+    await js.update_stream(config=dataclasses.replace(info.config, max_msg_size=1500))
+    rules = RuleConfig(clear_probes=1)
+    async with started_runtime(s, nc, rules):
+        pass  # the probe durable exists; both probes are published before the detector pulls again: one chunk
+    small, large = b"\xff not json", b"\xfe" + b"x" * 2000
+    await js.publish(probe_subject("c1", "n7", prefix=s.prefix), small)
+    await js.publish(probe_subject("c1", "n8", prefix=s.prefix), large)
+    async with started_runtime(s, nc, rules) as rt:
+
+        async def both_fetched_not_acked() -> bool:
+            info = await js.consumer_info(probes_stream, rt.settings.probe_durable)
+            return info.delivered.stream_seq >= 2 and info.num_ack_pending == 2
+
+        await eventually(both_fetched_not_acked)
+        await asyncio.sleep(1.5)  # the chunk's dead letters retried several times (every 0.5 s)
+        await apply_stream(js, dlq)  # the DLQ takes the large letter again
+        await publish(nc, s, probe(node="n9", seq=1, used=10.0))  # the next chunk: its ack covers the bad ones
+
+        async def acked() -> bool:
+            info = await js.consumer_info(probes_stream, rt.settings.probe_durable)
+            return info.num_ack_pending == 0 and info.ack_floor.stream_seq == 3
+
+        await eventually(acked)
+    letters = await read_all(nc, dlq.name, dlq_subject("detector", prefix=s.prefix))
+    assert sorted(DeadLetter.model_validate_json(d).raw for d in letters) == sorted([small, large])
+
+
 async def test_a_fresh_durable_and_a_clean_restart_need_no_read_of_unfinished_probes(
     nc: Client, topology_ready: NatsSettings
 ) -> None:

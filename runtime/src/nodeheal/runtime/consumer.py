@@ -60,6 +60,7 @@ from nodeheal.runtime.jetstream import (
     dead_letter,
     ensure_pull_consumer,
     follow_stream,
+    message_origin,
     read_range,
     stop_if_cancelled,
 )
@@ -619,6 +620,7 @@ class ConsumerRuntime:
             headers=dict(msg.headers) if msg.headers else None,
             prefix=self.nats.prefix,
             timeout_s=self.nats.publish_timeout_s,
+            origin=message_origin(msg.reply),
         )
         if kept is not None:  # None: the rate limit dropped it (`nodeheal_dlq_rate_limited_total`)
             self.metrics.messages_dead_lettered.labels(self.service).inc()

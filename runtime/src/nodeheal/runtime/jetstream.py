@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.dlq import MAX_RAW_BYTES, DeadLetter
+from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, dlq_subject
 
 log = logging.getLogger("nodeheal.runtime.jetstream")
@@ -108,8 +109,13 @@ async def dead_letter(
     timeout_s: float = 5.0,
     source: str | None = None,
     limiter: DeadLetterLimiter | None = DEFAULT_DLQ_LIMITER,
+    origin: str | None = None,
 ) -> PubAck | None:
     """Keep rejected input: the reason, where it came from and the raw bytes, on `<prefix>.dlq.<service>`.
+
+    `origin` names the rejected message where it is stored (`message_origin`: its stream and stream
+    sequence): the letter's id is derived from it, so the same message dead-lettered again (redelivered after
+    a crash, or re-sent after a DLQ write failed) is stored once within the DLQ's duplicate window.
 
     Bounded: at most `MAX_DEAD_RAW` bytes of the input (`raw_size` keeps its length, the reason says it
     was cut), 2,000 characters of reason and 4,000 of headers, so a huge input still fits a NATS message.
@@ -132,11 +138,36 @@ async def dead_letter(
         reason = reason[:2000] + "..."
     if headers and sum(len(k) + len(v) for k, v in headers.items()) > 4000:
         headers = {k[:100]: v[:200] for k, v in list(headers.items())[:20]}
-    letter = DeadLetter.of(service=service, reason=reason, raw=raw, subject=subject, headers=headers)
+    letter = DeadLetter.of(
+        service=service,
+        reason=reason,
+        raw=raw,
+        subject=subject,
+        headers=headers,
+        id=deterministic_id("dlq", service, origin) if origin is not None else None,
+    )
     log.warning("dead-lettered input", extra={"service": service, "reason": reason, "subject": subject})
     return await js.publish(
         dlq_subject(service, prefix=prefix), letter.to_json(), headers={"Nats-Msg-Id": letter.id}, timeout=timeout_s
     )
+
+
+def message_origin(reply: str | None) -> str | None:
+    """`<stream>:<stream sequence>` of a JetStream message, from its ack subject
+    (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<stored ns>.<pending>`, or the form with domain and
+    account hash after `ACK`): the same on every delivery of it. None for a message that is not from JetStream."""
+    if not reply:
+        return None
+    tokens = reply.split(".")
+    if tokens[:2] != ["$JS", "ACK"]:
+        return None
+    if len(tokens) == 9:
+        stream, seq = tokens[2], tokens[5]
+    elif len(tokens) >= 11:
+        stream, seq = tokens[4], tokens[7]
+    else:
+        return None
+    return f"{stream}:{seq}" if seq.isdigit() else None
 
 
 async def ensure_pull_consumer(

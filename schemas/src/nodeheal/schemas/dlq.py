@@ -35,8 +35,11 @@ class DeadLetter(Frozen):
         raw: bytes,
         subject: str | None = None,
         headers: dict[str, str] | None = None,
+        id: str | None = None,
     ) -> DeadLetter:
+        """`id`: a deterministic one (the same rejected message, the same letter); a new one when None."""
         return cls(
+            id=id or new_id(),
             service=service,
             reason=reason,
             subject=subject,

@@ -46,7 +46,13 @@ from nodeheal.detector.rules import MAINTENANCE_ACTIONS, Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
 from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
 from nodeheal.runtime.inventory import InventoryFeed
-from nodeheal.runtime.jetstream import dead_letter, ensure_pull_consumer, last_per_subject_up_to, read_range
+from nodeheal.runtime.jetstream import (
+    dead_letter,
+    ensure_pull_consumer,
+    last_per_subject_up_to,
+    message_origin,
+    read_range,
+)
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
 from nodeheal.runtime.startup import patiently
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
@@ -859,7 +865,11 @@ class DetectorRuntime:
         return out
 
     async def _dead_letter_probes(self, bad: list[tuple[PulledMsg, str]]) -> None:
-        for msg, reason in bad:
+        """Send each dead letter and take it off `bad`: when a send fails, `bad` holds only those not sent yet
+        (the caller retries them). Each letter's id comes from the probe's stream sequence, so a probe
+        dead-lettered again after a crash is stored once."""
+        while bad:
+            msg, reason = bad[0]
             kept = await dead_letter(
                 self.js,
                 service=SERVICE,
@@ -868,7 +878,9 @@ class DetectorRuntime:
                 subject=msg.subject,
                 headers=dict(msg.headers) if msg.headers else None,
                 prefix=self.settings.nats.prefix,
+                origin=message_origin(msg.reply),
             )
+            bad.pop(0)
             if kept is not None:  # None: the rate limit dropped it (`nodeheal_dlq_rate_limited_total`)
                 self.metrics.dead.labels("probes").inc()
 

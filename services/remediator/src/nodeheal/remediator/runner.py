@@ -1317,6 +1317,7 @@ class Remediator:
                 prefix=self.audit.prefix,
                 timeout_s=self.audit.timeout_s,
                 limiter=None,  # a decision AUDIT refused is rare and must be kept: never rate-limited away
+                origin=f"audit:{rec.action_id}:{rec.phase}",  # AUDIT's own message id: kept again, stored once
             )
         except Exception as err:
             log.error("refused audit record not dead-lettered", extra={"reason": exc.reason, "error": repr(err)})
