@@ -362,6 +362,25 @@ def test_our_own_reboot_is_not_unexpected() -> None:
     assert drain(det) == []
 
 
+@pytest.mark.parametrize("adopt_unknown", [True, False])
+def test_our_own_reboot_of_a_node_not_known_yet_counts_from_its_first_probe(adopt_unknown: bool) -> None:
+    """A record of our reboot can come before any probe of the node (the what-if sandbox starts at its window; a
+    replica whose node has not probed since its start). Before, it was dropped: the node's first boot was taken as
+    unexpected. It is kept for the node's first probe, and a `blocked` one after it still takes the grace back."""
+    det = Detector(config=RuleConfig(), started_at=T0, adopt_unknown=adopt_unknown)
+    det.observe_remediation(_record(T0), now=T0)
+    assert "c1/n1" not in det.nodes  # the record alone tracks no node (no silence of a node that never probed)
+    t = feed(det, 2, start=T0 + INTERVAL, boot_id="boot-1")
+    feed(det, 2, start=t, boot_id="boot-2")
+    assert drain(det) == []
+    other = make()
+    other.observe_remediation(_record(T0), now=T0)
+    other.observe_remediation(_record(T0).model_copy(update={"phase": "blocked"}), now=T0)
+    t = feed(other, 2, start=T0 + INTERVAL, boot_id="boot-1")
+    feed(other, 2, start=t, boot_id="boot-2")
+    assert [(a.kind, a.status) for a in other.outbox] == [("unexpected_reboot", "firing")]
+
+
 def test_kernel_fault_carries_the_raw_lines_and_one_anomaly_per_class() -> None:
     det = make(event_hold_s=30)
     lines = (

@@ -179,6 +179,10 @@ class Detector:
         self._wheel_cursor = int(started_at)
         self.tick_behind = False  # the last tick stopped at its limit: nodes are still due
         self._pending_cloud: dict[str, list[tuple[CloudSystemEvent, float | None]]] = {}  # (event, `at`)
+        # our own disruptive remediation of a node not known yet (no probe of it read so far: a what-if sandbox that
+        # starts at its window, a replica whose node has not probed since its start): the node's expected grace
+        # (`remediation_until`), given to it when it becomes known
+        self._pending_remediation: dict[str, float] = {}
         # nodes the inventory says left the fleet (a deleted machine): not tracked, so their silence raises
         # nothing; a probe still in the backlog does not bring them back, a new inventory record does
         self.departed: dict[str, None] = {}
@@ -217,6 +221,7 @@ class Detector:
             state = NodeState(key=key, cluster=cluster, node=node, now=now)
             self.nodes[key] = state
             self._schedule(state, now + self._down_timeout)
+            state.remediation_until = self._pending_remediation.pop(key, 0.0)
             pending = self._pending_cloud.pop(key, None)
             if pending:
                 for event, at in pending:
@@ -232,6 +237,7 @@ class Detector:
             self.departed.pop(next(iter(self.departed)))
         self.departed[key] = None
         self._pending_cloud.pop(key, None)
+        self._pending_remediation.pop(key, None)
         return self.nodes.pop(key, None) is not None  # its timer-wheel entries are skipped (not in `nodes`)
 
     def rejoin(self, cluster: str, node: str) -> None:
@@ -920,16 +926,33 @@ class Detector:
             self._resolve_key(node, key, now)
 
     def observe_remediation(self, record: RemediationRecord, *, now: float) -> None:
-        node = self.nodes.get(record.cluster + "/" + record.node)
-        if node is None or record.action not in DISRUPTIVE_REMEDIATIONS:
+        if record.action not in DISRUPTIVE_REMEDIATIONS:
             return
+        key = record.cluster + "/" + record.node
+        node = self.nodes.get(key)
+        if node is not None:
+            node.remediation_until = self._remediation_until(node.remediation_until, record, now)
+            return
+        if key in self.departed:
+            return
+        # not known yet: kept (bounded) for its first probe. Before, the record was dropped, and a node whose
+        # probes came only after our reboot had begun (a what-if window starting inside the reboot) was found
+        # down and rebooted unexpectedly
+        parked = self._pending_remediation
+        if key not in parked and len(parked) >= MAX_PARKED_NODES:
+            parked.pop(next(iter(parked)))
+        parked[key] = self._remediation_until(parked.get(key, 0.0), record, now)
+
+    def _remediation_until(self, until: float, record: RemediationRecord, now: float) -> float:
+        """A node's expected grace (`NodeState.remediation_until`) after one record of our disruptive action."""
         if record.phase in ("intent", "started", "succeeded"):
             # from the record's own time: a record redelivered after a restart or read from a backlog is not a
             # reboot that just happened (it gave the node 15 more minutes in which a crash reboot passed as ours)
             at = min(now, record.time.timestamp())
-            node.remediation_until = max(node.remediation_until, at + self.config.expected_grace_s)
-        elif record.phase in ("skipped", "blocked"):
-            node.remediation_until = 0.0
+            return max(until, at + self.config.expected_grace_s)
+        if record.phase in ("skipped", "blocked"):
+            return 0.0
+        return until
 
     def _expected_downtime(self, node: NodeState, now: float) -> bool:
         if node.remediation_until > now:
