@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,13 +17,16 @@ from nats.js.client import JetStreamContext
 
 from nodeheal.cli.replay import replay
 from nodeheal.cli.timeline import TimelineMessage
+from nodeheal.cli.whatif import WhatIfRules, load_rules, run_sandbox
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.anomaly import Anomaly
+from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.probe import FileSystem, LoadAverage, NodeProbe, Reachability, ServiceState
 from tests.integration.replay.test_replay import _args, publish_scenario
-from tests.unit.replay.factories import CLUSTER, at, cloud_event, subject_of
+from tests.unit.replay.factories import CLUSTER, at, cloud_event, diagnosis, firing, record, subject_of
 
 pytestmark = pytest.mark.nats
 
@@ -151,3 +155,82 @@ async def test_a_host_event_announced_before_the_window_is_known_to_the_what_if(
             "reported_at": "2026-03-01T10:00:00Z",
         }
     ]
+
+
+def load_rules_text(text: str) -> WhatIfRules:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rules.yaml"
+        path.write_text(text)
+        return load_rules(path)
+
+
+def own_reboot_scenario() -> tuple[list[TimelineMessage], list[TimelineMessage]]:
+    """Our own reboot of node-r, begun just before the window: its AUDIT intent / started / succeeded are stored
+    before --since (t < 0); its agent keeps probing through the shutdown until t = 10 s, is silent, and comes back
+    with a new boot id at t = 90 s; the remediator verifies it at t = 120 s. node-ok probes all along (a fleet, so
+    the detector's input is alive). The anomalies and diagnoses are what the services' own code made of all of it
+    (the detector and diagnoser driven from t = -300 s, the AUDIT records included); the remediator's answer to a
+    diagnosis in the window is the first step of its plan. Returns (stored before the window, in the window)."""
+    # the verdict the reboot repaired (its episode ended before the reboot's downtime; not part of the recording)
+    fault = firing("node-r", kind="kernel_fault", onset=-40, detected=-39, subject="soft_lockup")
+    reboot = diagnosis("node-r", [fault], t=-30, cause="soft_lockup")
+    records = [
+        record("node-r", t=-22, phase="intent", diag=reboot),
+        record("node-r", t=-20, phase="started", diag=reboot),
+        record("node-r", t=-18, phase="succeeded", diag=reboot),
+        record("node-r", t=120, phase="verified", diag=reboot),
+    ]
+    probes: list[TimelineMessage] = []
+    for i, t in enumerate([*range(-300, 20, 10), *range(90, 400, 10)]):
+        p = agent_probe("node-r", t, seq=i, used_pct=50.0)
+        probes.append(p.model_copy(update={"boot_id": "boot-1" if t < 20 else "boot-2"}))
+    probes += [agent_probe("node-ok", t, seq=i, used_pct=50.0) for i, t in enumerate(range(-300, 400, 10))]
+    inputs = [m for m in [*records, *probes] if isinstance(m, NodeProbe | RemediationRecord)]
+    live = run_sandbox(inputs=inputs, rules=load_rules_text("detector: {}\n"), until=at(400))
+    answers: list[TimelineMessage] = []
+    for d in live.diagnoses:
+        action, _, _ = live.plans.get(d.id, ("none", False, ()))
+        if action != "none":
+            t = (d.time - at(0)).total_seconds()
+            answers.append(record("node-r", t=t, phase="intent", action=action, diag=d, action_id=f"act-{d.id}"))
+    everything: list[TimelineMessage] = [*records, *probes, *live.anomalies, *live.diagnoses, *answers]
+    before = [m for m in everything if m.time < at(0)]
+    window = [m for m in everything if m.time >= at(0)]
+    return before, window
+
+
+async def test_our_own_reboot_begun_before_the_window_is_known_to_the_what_if(
+    topology_ready: NatsSettings, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """The live detector knew we were rebooting node-r (its AUDIT `started`, 20 s before the window: an expected
+    grace) and the diagnoser explained the downtime by it (`planned_reboot`). Before, the what-if read AUDIT from
+    --since only: its sandbox met node-r's silence as an unexplained `node_down` and its new boot id as an
+    `unexpected_reboot` (`unexplained_reboot`, another cause and another first action) with the very same rules."""
+    before, window = own_reboot_scenario()
+    assert not [m for m in before if isinstance(m, Anomaly)]  # nothing fired before the window
+    recorded = [m for m in window if isinstance(m, Anomaly)]
+    assert {(a.kind, a.expected) for a in recorded} == {("node_down", True)}
+    for m in before:
+        await publish_model(js, subject_of(m, topology_ready.prefix), m, msg_id=m.id)
+    await asyncio.sleep(1.1)
+    since = datetime.now(tz=UTC)
+    for m in window:
+        await publish_model(js, subject_of(m, topology_ready.prefix), m, msg_id=m.id)
+    until = datetime.now(tz=UTC) + timedelta(seconds=1)
+    same = tmp_path / "same.yaml"
+    same.write_text("detector: {}\n")
+    args = _args(topology_ready, since, until, "--all", "--json", "--what-if", str(same))
+    result = await asyncio.to_thread(CliRunner().invoke, replay, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["what_if"]["differences"] == []
+    # the records before the window are the sandbox's initial state only: not in the window's timeline or counts
+    assert report["counts"]["audit_records"] == len([m for m in window if isinstance(m, RemediationRecord)])
+    [incident] = report["incidents"]
+    assert incident["node"] == "node-r" and incident["expected"]
+    phases = {p["record_id"] for a in incident["actions"] for p in a["phases"]}
+    assert not phases & {m.id for m in before}
+    # the same figures: the detector knew the downtime was ours (expected: no node_down hold, no unexpected_reboot),
+    # so the diagnosis came as early as live (the comparison itself looks at detection, cause and first action)
+    assert report["what_if"]["incidents"] == 1
+    assert (report["what_if"]["ttd_s"], report["what_if"]["tti_s"]) == (report["ttd_s"], report["tti_s"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -114,6 +114,10 @@ class Recording:
     """Cloud events still open when the window began: each one's last report stored before `since`. A notice
     comes once, days or weeks ahead, and nothing more until its phase changes: the window rarely holds it,
     and the live detector and remediator knew it (they read all of CLOUD at start)."""
+    audit_before: list[RemediationRecord] = field(default_factory=list)
+    """AUDIT records stored in the look-back before `since` (`record_window(audit_look_back=...)`, for
+    `--what-if`): our own remediation begun before the window (a reboot's intent / started), which the live
+    detector and diagnoser knew. The sandbox's initial state only: not in `messages`, timelines or counts."""
 
     def inputs(self) -> list[NodeProbe | CloudSystemEvent]:
         """The recorded inputs (probes and cloud events) in time order, for the what-if sandbox."""
@@ -166,8 +170,10 @@ async def record_window(
     scope: Scope,
     progress: Progress | None = None,
     streams: Sequence[str] = ("PROBES", "CLOUD", "ANOMALIES", "DIAGNOSES", "AUDIT"),
+    audit_look_back: timedelta = timedelta(0),
 ) -> Recording:
-    """Read PROBES, CLOUD, ANOMALIES, DIAGNOSES and AUDIT between `since` and `until` (stream time)."""
+    """Read PROBES, CLOUD, ANOMALIES, DIAGNOSES and AUDIT between `since` and `until` (stream time). AUDIT is read
+    from `since - audit_look_back`: the records before `since` go to `Recording.audit_before`, not the window."""
     topo = settings.topology()
     recording = Recording(since=since, until=until, scope=scope)
     for base, kind, model in SOURCES:
@@ -185,7 +191,8 @@ async def record_window(
             js,
             stream=stream,
             subjects=scope.subjects(prefix=settings.prefix, kind=kind, partitions=settings.probe_partitions),
-            since=None if base == "CLOUD" else since,  # all of CLOUD (30 days, as the services read it)
+            # all of CLOUD (30 days, as the services read it); AUDIT from the look-back (`audit_before`)
+            since=None if base == "CLOUD" else since - audit_look_back if base == "AUDIT" else since,
             until=until,
             on_total=on_total,
         ):
@@ -201,6 +208,14 @@ async def record_window(
                 # a terminal phase is never overwritten by a late non-terminal report (as the services keep them)
                 if scope.keeps(event) and not (known is not None and known.is_terminal and not event.is_terminal):
                     before[key] = event
+                continue
+            if base == "AUDIT" and stored.stored_at < since:
+                try:
+                    earlier = RemediationRecord.model_validate_json(stored.data)
+                except ValidationError:
+                    continue  # not in the window: not listed as skipped either
+                if scope.keeps(earlier):
+                    recording.audit_before.append(earlier)
                 continue
             if kind == PROBER_KIND and _batch_subject(stored.subject, prefix=settings.prefix):
                 # a `ProberResults` batch: each entry is the prober probe it stands for (as the detector reads it)
@@ -429,13 +444,15 @@ def replay(
     err = Console(stderr=True)
     out = Console(stderr=as_json)
     rules = None
+    look_back = timedelta(0)
     if what_if is not None:
-        from nodeheal.cli.whatif import load_rules
+        from nodeheal.cli.whatif import audit_look_back, load_rules
 
         try:
             rules = load_rules(what_if)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--what-if") from exc
+        look_back = audit_look_back(rules)
 
     async def body() -> Recording:
         nc = await connect(settings, name="nodeheal-replay")
@@ -452,7 +469,13 @@ def replay(
                 scope = Scope(label=f"all nodes of {cluster}" if cluster else "all nodes", cluster=cluster)
             with _progress(err) as progress:
                 return await record_window(
-                    js, settings=settings, since=start, until=end, scope=scope, progress=progress
+                    js,
+                    settings=settings,
+                    since=start,
+                    until=end,
+                    scope=scope,
+                    progress=progress,
+                    audit_look_back=look_back,
                 )
         finally:
             await nc.close()

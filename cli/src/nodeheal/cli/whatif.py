@@ -131,6 +131,20 @@ def load_rules(path: Path) -> WhatIfRules:
     )
 
 
+def audit_look_back(rules: WhatIfRules) -> timedelta:
+    """How far before `--since` the what-if reads AUDIT: as far back as the sandbox's detector and diagnoser look
+    at our own remediation. The detector takes downtime and a new boot id as ours for `expected_grace_s` after a
+    disruptive action's intent / started / succeeded (`Detector.observe_remediation`); the diagnoser explains
+    downtime by our reboot / redeploy started within `cloud_recent` (`own_remediation`) and counts the reboots /
+    redeploys within `repeat_window` for its ladder (`repeated_repairs`). Live, both knew these records (the
+    detector reads AUDIT as it comes, the diagnoser reads a day of it back on start)."""
+    return max(
+        timedelta(seconds=rules.detector.expected_grace_s),
+        rules.diagnoser.cloud_recent,
+        rules.diagnoser.repeat_window,
+    )
+
+
 @dataclass
 class Sandbox:
     """What the sandbox would have published: kept here, never sent."""
@@ -150,10 +164,13 @@ def run_sandbox(
     rules: WhatIfRules,
     until: datetime,
     open_before: Sequence[CloudSystemEvent] = (),
+    audit_before: Sequence[RemediationRecord] = (),
 ) -> Sandbox:
     """Drive detector → diagnoser → planner with the recorded inputs in time order. `open_before`: the cloud
     events still open when the window began (`Recording.open_before`), known from the first input on, as
-    the live services knew them."""
+    the live services knew them. `audit_before`: the AUDIT records of the look-back before the window
+    (`Recording.audit_before`): given to the detector and the diagnoser before the first input, each as of its
+    own time (state only: nothing is evaluated on them)."""
     box = Sandbox()
     ordered = sorted(inputs, key=lambda m: (m.time, type(m).__name__, m.node, m.id))
     start = ordered[0].time.timestamp() if ordered else until.timestamp()
@@ -193,6 +210,9 @@ def run_sandbox(
             holds.pop(k)
         evaluate(touched | due, now)
 
+    for r in sorted(audit_before, key=lambda r: (r.time, r.node, r.id)):
+        detector.observe_remediation(r, now=min(start, r.time.timestamp()))
+        diagnoser.on_audit(r)
     opened = datetime.fromtimestamp(start, tz=UTC)
     for ev in sorted(open_before, key=lambda e: (e.time, e.node, e.id)):
         cloud_by_node.setdefault((ev.cluster, ev.node), {})[ev.provider_event_id] = ev
@@ -336,7 +356,13 @@ def run_what_if(*, recording: Recording, recorded: Timeline, rules: WhatIfRules)
     inputs: list[NodeProbe | CloudSystemEvent | RemediationRecord] = [
         m for m in recording.messages if isinstance(m, NodeProbe | CloudSystemEvent | RemediationRecord)
     ]
-    box = run_sandbox(inputs=inputs, rules=rules, until=recording.until, open_before=recording.open_before)
+    box = run_sandbox(
+        inputs=inputs,
+        rules=rules,
+        until=recording.until,
+        open_before=recording.open_before,
+        audit_before=recording.audit_before,
+    )
     # the anomalies raised by the cloud events open when the window began (their evidence names the event's
     # report), when the window holds no recorded anomaly of theirs (the live one was stored before --since):
     # not compared, not in the figures. One the window does hold (it resolved inside it) is compared as usual.
