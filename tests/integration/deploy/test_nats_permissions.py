@@ -517,3 +517,96 @@ async def test_the_reader_role_runs_the_read_only_cli(secured: Secured, sessions
 async def _consumers(js: JetStreamContext, stream: str) -> AsyncIterator[Any]:
     for info in await js.consumers_info(stream):
         yield info
+
+
+async def test_a_push_consumer_delivering_to_a_nodes_command_subject_runs_nothing(
+    secured: Secured, sessions: dict[str, Session], tmp_path: Path
+) -> None:
+    """NATS permissions cannot check where JetStream delivers: a role allowed to create a consumer (here the
+    detector, alone) can store a command-shaped body on its own subject and create a push consumer whose deliver
+    subject is another node's command subject. The real agent of that node, under its own credentials, must not
+    run it (before: it restarted the kubelet and saved the forged lease fence, refusing the real remediator's
+    commands for good). It is dead-lettered; the remediator's own request is still answered and run."""
+    from datetime import UTC, datetime, timedelta
+
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    from nodeheal.agent.app import NodeAgent
+    from nodeheal.agent.settings import AgentSettings, CleanSettings
+    from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+    from nodeheal.schemas.dlq import DeadLetter
+    from nodeheal.schemas.subjects import dlq_subject
+    from tests.unit.cloud_events.agent_fakenode import make_fake_node
+
+    fake = make_fake_node(tmp_path, mounts=[("/dev/vda1", "/", "ext4", "rw,relatime")])
+    fake.set_unit("kubelet.service", "failed", restarts=2)
+    creds = tmp_path / "agent-b.creds"
+    creds.write_text(secured.bundle.user_creds("agent", cluster=CLUSTER, node=NODE_B))
+    settings = AgentSettings(
+        nats=secured.settings.model_copy(update={"creds_file": str(creds), "inbox_prefix": "_INBOX.agent"}),
+        cluster=CLUSTER,
+        node_name=NODE_B,
+        host_root=fake.root,
+        services=["kubelet"],
+        systemctl_command=[fake.systemctl],
+        state_dir=tmp_path / "agent-state",
+        interval_s=5.0,
+        kernel_log="off",
+        clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
+    )
+    agent = NodeAgent(settings)
+    await agent.start()
+    try:
+        forged = NodeCommand(
+            cluster=CLUSTER,
+            node=NODE_B,
+            command="restart_service",
+            target="kubelet",
+            action_id="forged-1",
+            lease_revision=10**12,
+            lease_epoch=10**17,
+            expires_at=datetime.now(tz=UTC) + timedelta(minutes=5),
+        )
+        detector = sessions["detector"]
+        stored_on = anomaly_subject(CLUSTER, "forged-carrier", prefix=P)
+        await detector.js.publish(stored_on, forged.to_json(), timeout=5)
+        anomalies = secured.topo.stream(f"{secured.settings.stream_prefix}ANOMALIES").name
+        await detector.js.add_consumer(
+            anomalies,
+            config=ConsumerConfig(
+                name="forged-push",  # a named create: what the role's consumer permissions allow
+                deliver_subject=cmd_subject(CLUSTER, NODE_B, prefix=P),
+                filter_subject=stored_on,
+                deliver_policy=DeliverPolicy.LAST,
+                ack_policy=AckPolicy.NONE,
+            ),
+            timeout=5,
+        )
+        admin = sessions["admin"].nc.jetstream()
+        dlq = secured.topo.stream(f"{secured.settings.stream_prefix}DLQ").name
+
+        async def refused_letter() -> DeadLetter:
+            while True:
+                assert fake.restarts_logged() == [], "the forged command ran"
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    msg = await admin.get_last_msg(dlq, dlq_subject(settings.dlq_service, prefix=P))
+                    letter = DeadLetter.model_validate_json(msg.data)
+                    if letter.subject == stored_on:
+                        return letter
+                await asyncio.sleep(0.1)
+
+        letter = await asyncio.wait_for(refused_letter(), timeout=10)
+        assert "not published on this node's command subject" in letter.reason
+        assert fake.restarts_logged() == []
+        assert agent.executor.executed == 0
+        assert not (tmp_path / "agent-state" / "lease-fence.json").exists()
+
+        genuine = forged.model_copy(update={"action_id": "genuine-1", "lease_revision": 3, "lease_epoch": 1})
+        reply = await sessions["remediator"].nc.request(
+            cmd_subject(CLUSTER, NODE_B, prefix=P), genuine.to_json(), timeout=30
+        )
+        result = NodeCommandResult.model_validate_json(reply.data)
+        assert result.ok, result.detail
+        assert fake.restarts_logged() == ["kubelet.service"]
+    finally:
+        await agent.stop()

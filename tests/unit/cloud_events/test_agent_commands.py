@@ -431,3 +431,17 @@ async def test_a_lease_bucket_created_anew_resets_the_fence(tmp_path: Path) -> N
     stale_bucket = await _fenced_executor(node, fence).execute(restart("e4", epoch=1_000, revision=6_000))
     assert not stale_bucket.ok and "lease bucket" in stale_bucket.detail, stale_bucket.detail
     assert node.restarts_logged() == ["kubelet.service", "kubelet.service"]
+
+
+def test_only_a_request_on_the_nodes_own_command_subject_is_a_command() -> None:
+    """What a JetStream push consumer delivering on the command subject looks like is refused: the stored subject,
+    a `$JS.ACK…` reply, or no reply at all."""
+    from nodeheal.agent.reply import delivery_refusal
+
+    own = "nodeheal.cmd.c1.n1"
+    assert delivery_refusal(own, "_INBOX.remediator.abc.1", own=own) is None
+    stored = delivery_refusal("nodeheal.anomaly.c1.n9", "$JS.ACK.ANOMALIES.x.1.5.5.1.0", own=own)
+    assert stored is not None and "not published on this node's command subject" in stored
+    assert delivery_refusal(own, "$JS.ACK.ANOMALIES.x.1.5.5.1.0", own=own) is not None
+    assert delivery_refusal(own, "", own=own) is not None
+    assert delivery_refusal(own, None, own=own) is not None

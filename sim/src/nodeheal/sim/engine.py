@@ -29,7 +29,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.agent.crash import crash_msg_id
-from nodeheal.agent.reply import answer, connection_epoch
+from nodeheal.agent.reply import answer, connection_epoch, delivery_refusal
 from nodeheal.cloud_events.prober.batch import Batch, ResultBatcher
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeCommand, NodeCommandResult, NodeInventory
@@ -672,6 +672,9 @@ class FleetSimulator:
         node does not answer: the requester times out, as with a real one."""
         node = self.nodes.get(unescape_token(msg.subject.rsplit(".", 1)[-1]))
         if node is None or not node.agent_alive or node.partitioned:
+            return
+        own = cmd_subject(self.spec.cluster, node.name, prefix=self.settings.prefix)
+        if delivery_refusal(msg.subject, msg.reply, own=own) is not None:  # not a command request: not run
             return
         try:
             command = NodeCommand.model_validate_json(msg.data)

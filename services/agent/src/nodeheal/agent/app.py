@@ -24,7 +24,7 @@ from nodeheal.agent.crash import CrashCollector, crash_msg_id
 from nodeheal.agent.host import HostReader, StatVfs
 from nodeheal.agent.kmsg import JournalKernelLog, KernelLogSource, KmsgReader
 from nodeheal.agent.probe import Outbox, ProbeCollector, SequenceCounter, full_every_for
-from nodeheal.agent.reply import answer, connection_epoch
+from nodeheal.agent.reply import answer, connection_epoch, delivery_refusal
 from nodeheal.agent.settings import AgentSettings
 from nodeheal.agent.systemd import SystemctlClient, Systemd
 from nodeheal.runtime.connect import connect
@@ -42,6 +42,10 @@ PROBES_DROPPED = prometheus_client.Counter(
 PUBLISH_FAILURES = prometheus_client.Counter("nodeheal_agent_publish_failures", "Failed probe publishes (retried)")
 COMMANDS = prometheus_client.Counter("nodeheal_agent_commands", "Commands answered", ["command", "ok"])
 REJECTED = prometheus_client.Counter("nodeheal_agent_commands_rejected", "Malformed command requests (DLQ)")
+REFUSED_DELIVERIES = prometheus_client.Counter(
+    "nodeheal_agent_command_deliveries_refused",
+    "Messages on the command subject that were not command requests (a stream's push consumer): not run, DLQ",
+)
 OUTBOX = prometheus_client.Gauge("nodeheal_agent_outbox", "Probes waiting to be published")
 CRASH_REPORTS = prometheus_client.Counter("nodeheal_agent_crash_reports", "Crash reports acknowledged by CRASHES")
 
@@ -304,6 +308,10 @@ class NodeAgent:
     async def _answer(self, msg: Msg) -> None:
         assert self.nc is not None
         epoch = connection_epoch(self.nc)
+        refusal = delivery_refusal(msg.subject, msg.reply, own=self.cmd_subject)
+        if refusal is not None:
+            await self._refuse_delivery(msg, refusal)
+            return
         try:
             command = NodeCommand.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -327,6 +335,25 @@ class NodeAgent:
             },
         )
         await answer(msg, result.to_json(), nc=self.nc, epoch=epoch, node=self.settings.node_name)
+
+    async def _refuse_delivery(self, msg: Msg, reason: str) -> None:
+        """A message on the command subscription that is not a command request: not run, not answered (its reply,
+        if any, is a JetStream ack subject, not a requester), dead-lettered with the reason."""
+        REFUSED_DELIVERIES.inc()
+        log.warning("message on the command subject refused", extra={"node": self.settings.node_name, "reason": reason})
+        if self.js is not None:
+            try:
+                await dead_letter(
+                    self.js,
+                    service=self.settings.dlq_service,
+                    reason=reason,
+                    raw=msg.data,
+                    subject=msg.subject,
+                    headers=dict(msg.headers) if msg.headers else None,
+                    prefix=self.prefix,
+                )
+            except Exception as exc:
+                log.error("could not dead-letter a refused delivery", extra={"error": repr(exc)})
 
     async def _reject(self, msg: Msg, *, reason: str) -> None:
         REJECTED.inc()

@@ -39,3 +39,23 @@ async def answer(msg: Msg, payload: bytes, *, nc: Client, epoch: int, node: str)
         return False
     await msg.respond(payload)
     return True
+
+
+def delivery_refusal(subject: str, reply: str | None, *, own: str) -> str | None:
+    """Why a message that reached the command subscription is not a command request; None when it is one.
+
+    Only the remediator (and an operator's admin user) may publish on a node's command subject, but NATS
+    permissions cannot check where JetStream delivers: any role allowed to create a consumer can create a push
+    consumer whose deliver subject is this node's command subject, and the server then delivers that stream's
+    messages here. Such a delivery keeps the subject it was stored under and carries a `$JS.ACK…` reply (or
+    none); a command request is published on this exact subject with the requester's inbox as its reply."""
+    if subject != own:
+        return (
+            f"delivered on {subject!r}, not published on this node's command subject {own!r} (a stream's push "
+            "consumer delivering here?): not run"
+        )
+    if not reply:
+        return "a command without a reply subject (not a request): not run"
+    if reply.startswith("$JS."):
+        return f"reply subject {reply!r} is a JetStream ack subject (a push consumer delivering here?): not run"
+    return None
