@@ -6,7 +6,10 @@ with `--durable` so a subscriber resumes where it stopped. It never publishes an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from datetime import UTC, datetime
 
 import click
@@ -98,29 +101,39 @@ def tail(
     stream = settings.topology().stream(f"{stream_prefix}AUDIT").name
     subject = audit_filter(prefix=prefix, cluster=cluster, node=node)
 
+    stdout_closed = False
+
     async def body() -> int:
+        nonlocal stdout_closed
         nc = await connect(settings, name="nodeheal-audit-tail")
         js = nc.jetstream()
         count = 0
         try:
-            if durable:
-                source = read_durable(
-                    js, stream=stream, durable=durable, subjects=[subject], since=start, follow=follow
-                )
-            else:
-                source = read_stream(js, stream=stream, subjects=[subject], since=start, follow=follow)
-            async for stored in source:
-                try:
-                    record = RemediationRecord.model_validate_json(stored.data)
-                except ValidationError as exc:
-                    click.echo(
-                        f"skipping {stream} seq {stored.seq} on {stored.subject}: not a RemediationRecord "
-                        f"({exc.error_count()} errors, first: {exc.errors()[0]['msg']})",
-                        err=True,
-                    )
-                    continue
-                click.echo(record_json(record, stored) if as_json else format_record(record))
-                count += 1
+            source = (
+                read_durable(js, stream=stream, durable=durable, subjects=[subject], since=start, follow=follow)
+                if durable
+                else read_stream(js, stream=stream, subjects=[subject], since=start, follow=follow)
+            )
+            # closed before the connection: a durable read gives back what it fetched and did not hand on
+            async with contextlib.aclosing(source) as records:
+                async for stored in records:
+                    try:
+                        record = RemediationRecord.model_validate_json(stored.data)
+                    except ValidationError as exc:
+                        click.echo(
+                            f"skipping {stream} seq {stored.seq} on {stored.subject}: not a RemediationRecord "
+                            f"({exc.error_count()} errors, first: {exc.errors()[0]['msg']})",
+                            err=True,
+                        )
+                        continue
+                    try:
+                        click.echo(record_json(record, stored) if as_json else format_record(record))
+                    except BrokenPipeError as exc:  # `| head`: the reader is gone, nothing more to print
+                        stdout_closed = True
+                        with contextlib.suppress(BrokenPipeError):
+                            await records.athrow(exc)  # a durable gives this record back: it was not printed
+                        break
+                    count += 1
         finally:
             await nc.close()
         return count
@@ -136,5 +149,10 @@ def tail(
         ) from exc
     except Exception as exc:
         raise click.ClickException(f"audit tail of {stream} on {nats_url} failed: {exc}") from exc
+    if stdout_closed:
+        # what is left in stdout's buffer goes nowhere, so the flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     if not as_json:
         click.echo(f"{count} audit records", err=True)

@@ -13,10 +13,12 @@ import contextlib
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -80,10 +82,7 @@ def _config(*, subjects: list[str], since: datetime | None) -> ConsumerConfig:
     return config
 
 
-def _stored(stream: str, msg: object) -> tuple[StoredMessage, int]:
-    from nats.aio.msg import Msg
-
-    assert isinstance(msg, Msg)
+def _stored(stream: str, msg: Msg) -> tuple[StoredMessage, int]:
     meta = msg.metadata
     stored = StoredMessage(
         stream=stream,
@@ -106,7 +105,7 @@ async def read_stream(
     follow: bool = False,
     on_total: Callable[[int], None] | None = None,
     batch: int = 256,
-) -> AsyncIterator[StoredMessage]:
+) -> AsyncGenerator[StoredMessage, None]:
     """Yield the stored messages of `subjects` from `since` (stream time) on, in stream order.
 
     Without `follow` it ends at `until` (stream time) or at the end of the stream as it was when the
@@ -186,11 +185,15 @@ async def _reopen(
         except Exception as exc:  # the server is not back yet, or refuses (permissions): retried, and said
             stop_if_ending(js, exc)
             log.debug("stream reader not recreated yet", extra={"stream": stream, "error": repr(exc)})
-            if tries == REOPEN_WARN_S or (tries > REOPEN_WARN_S and tries % 60 == 0):
-                sys.stderr.write(
-                    f"still trying to read {stream} again after {tries} s ({exc!r}); "
-                    "check the server and this user's permissions\n"
-                )
+            _say_still_trying(stream, tries, exc)
+
+
+def _say_still_trying(what: str, tries: int, exc: Exception) -> None:
+    if tries == REOPEN_WARN_S or (tries > REOPEN_WARN_S and tries % 60 == 0):
+        sys.stderr.write(
+            f"still trying to read {what} again after {tries} s ({exc!r}); "
+            "check the server and this user's permissions\n"
+        )
 
 
 REOPEN_WARN_S = 30
@@ -207,6 +210,19 @@ async def _open_reader(
     return await js.pull_subscribe(subjects[0], durable=None, stream=stream, config=config)
 
 
+DURABLE_BATCH = 32
+"""Messages a durable read fetches at a time. Each is acknowledged after it was handed on; what was fetched and
+not handed on is given back (nak) when the read ends, but a small batch also keeps a slow stdout (a paused
+pager) from holding many messages past the consumer's ack wait, after which the server redelivers them."""
+
+HELD_MARGIN_S = 5.0
+"""A bounded durable read whose only remaining messages are delivered to another reader (not yet acknowledged)
+waits for them the consumer's ack wait plus this, then ends and says so."""
+
+_CONSUMER_NOT_FOUND = 10014
+"""JetStream's error code for "consumer not found" (a 404 with the stream still there)."""
+
+
 async def read_durable(
     js: JetStreamContext,
     *,
@@ -215,11 +231,112 @@ async def read_durable(
     subjects: list[str],
     since: datetime | None = None,
     follow: bool = False,
-    batch: int = 256,
-) -> AsyncIterator[StoredMessage]:
+    batch: int = DURABLE_BATCH,
+) -> AsyncGenerator[StoredMessage, None]:
     """Like `read_stream`, through a named durable pull consumer that remembers what was acknowledged:
     the next run starts after the last message this one yielded. `since` only applies when the durable
-    is created."""
+    is created.
+
+    A message is acknowledged once it was yielded (when the caller asks for the next one, or when the read
+    is closed after it); every message fetched and not yet yielded is given back (nak) when the read ends,
+    however it ends (the caller's `break`, a cancellation, an error), so the next read starts with it, in
+    order. A caller that could not use the message just yielded (its stdout closed) throws the error into
+    the read (`athrow`): that message is given back too. Close the generator before the connection
+    (`contextlib.aclosing`), or the give-back cannot be sent.
+
+    Without `follow` the read ends when the durable has nothing left: nothing pending and nothing delivered
+    and unacknowledged (`num_pending + num_ack_pending == 0`). Messages another reader of the same durable
+    holds unacknowledged are waited for (they come back to this read when that reader naks them or lets
+    the ack wait pass) up to the consumer's ack wait plus `HELD_MARGIN_S`, said on stderr; then the read ends,
+    saying how many it did not get. With `follow`, a lost connection or consumer leader (server restart, leader
+    election) is retried once a second, said on stderr after `REOPEN_WARN_S`; the durable keeps the position."""
+    await _ensure_durable(js, stream=stream, durable=durable, subjects=subjects, since=since)
+    psub = await js.pull_subscribe_bind(durable, stream)
+    fetched: deque[Msg] = deque()  # fetched, not yet yielded: given back at the end
+    taken: Msg | None = None  # yielded, not yet acknowledged: acknowledged at the end
+    held_until: float | None = None  # (bounded read) when to stop waiting for messages another reader holds
+    held_reported = False
+    try:
+        while True:
+            try:
+                cinfo = await js.consumer_info(stream, durable)
+            except NotFoundError as exc:
+                raise _gone(exc, stream=stream, durable=durable) from exc
+            except Exception as exc:
+                if not follow:
+                    raise
+                stop_if_ending(js, exc)
+                psub = await _rebind(js, psub, stream=stream, durable=durable)
+                continue
+            timeout = 5.0 if follow else STALL_TIMEOUT_S
+            waiting_for_held = False
+            if not follow:
+                pending, held = cinfo.num_pending or 0, cinfo.num_ack_pending or 0
+                if pending + held == 0:
+                    return
+                if pending == 0:  # only delivered-and-unacknowledged ones left: ours (given back) or another's
+                    waiting_for_held = True
+                    now = asyncio.get_running_loop().time()
+                    if held_until is None:
+                        held_until = now + (cinfo.config.ack_wait or 30.0) + HELD_MARGIN_S
+                    if now >= held_until:
+                        sys.stderr.write(
+                            f"stopped with {held} records of durable {durable} on {stream} delivered to another "
+                            "reader and not acknowledged; they were not printed (nats consumer info)\n"
+                        )
+                        return
+                    timeout = min(5.0, max(held_until - now, 0.5))
+            try:
+                msgs = await psub.fetch(batch, timeout=timeout)
+            except (TimeoutError, NatsTimeoutError):
+                stop_if_cancelled()
+                if follow:
+                    continue
+                if waiting_for_held:
+                    if not held_reported:
+                        held_reported = True
+                        sys.stderr.write(
+                            f"{held} records of durable {durable} on {stream} are delivered to another reader and "
+                            f"not acknowledged; waiting for them up to {cinfo.config.ack_wait or 30.0:.0f} s\n"
+                        )
+                    continue
+                raise RuntimeError(
+                    f"durable {durable} on {stream} delivered nothing for {STALL_TIMEOUT_S:.0f} s while "
+                    "messages were pending; check `nats consumer info` and retry"
+                ) from None
+            except Exception as exc:
+                if not follow:
+                    raise
+                stop_if_ending(js, exc)
+                psub = await _rebind(js, psub, stream=stream, durable=durable)
+                continue
+            fetched.extend(msgs)
+            stop_if_cancelled()
+            while fetched:
+                taken = fetched.popleft()
+                stored, _pending = _stored(stream, taken)
+                try:
+                    yield stored
+                except GeneratorExit:
+                    raise
+                except BaseException:  # thrown in by the caller (`athrow`): it could not use this one
+                    fetched.appendleft(taken)
+                    taken = None
+                    raise
+                await taken.ack()
+                taken = None
+                held_until = None  # progress: a new wait for held messages starts from here
+                stop_if_cancelled()  # Ctrl-C: the rest of the batch is given back, not printed
+    finally:
+        if taken is not None:  # the caller got it and stopped (a break): it counts as read
+            with contextlib.suppress(Exception):
+                await taken.ack()
+        await _give_back(js, psub, fetched)
+
+
+async def _ensure_durable(
+    js: JetStreamContext, *, stream: str, durable: str, subjects: list[str], since: datetime | None
+) -> None:
     try:
         await js.consumer_info(stream, durable)
     except NotFoundError:
@@ -229,27 +346,53 @@ async def read_durable(
         if len(subjects) == 1:
             config.filter_subject = subjects[0]
         await js.add_consumer(stream, config=config)
-    psub = await js.pull_subscribe_bind(durable, stream)
-    try:
-        while True:
-            cinfo = await js.consumer_info(stream, durable)
-            if not follow and (cinfo.num_pending or 0) == 0:
-                return
-            try:
-                msgs = await psub.fetch(batch, timeout=5.0 if follow else STALL_TIMEOUT_S)
-            except (TimeoutError, NatsTimeoutError):
-                if follow:
-                    stop_if_cancelled()
-                    continue
-                raise RuntimeError(
-                    f"durable {durable} on {stream} delivered nothing for {STALL_TIMEOUT_S:.0f} s while "
-                    "messages were pending; check `nats consumer info` and retry"
-                ) from None
-            stop_if_cancelled()
-            for m in msgs:
-                stored, _pending = _stored(stream, m)
-                yield stored
-                await m.ack()
-    finally:
+
+
+def _gone(exc: NotFoundError, *, stream: str, durable: str) -> Exception:
+    """A durable deleted under a read ends it with that said (not as a missing stream)."""
+    if exc.err_code == _CONSUMER_NOT_FOUND:
+        return RuntimeError(f"durable {durable} on {stream} no longer exists (deleted?); run again to create it anew")
+    return exc
+
+
+async def _give_back(js: JetStreamContext, psub: JetStreamContext.PullSubscription, fetched: deque[Msg]) -> None:
+    """Nak, in order, every message fetched and not yielded, and whatever reached the subscription after its
+    last fetch (a pull that was still open), then unsubscribe: the server redelivers them to the next read at
+    once instead of after the ack wait. Best effort: on a lost connection they come back after the ack wait."""
+    queue = getattr(getattr(psub, "_sub", None), "_pending_queue", None)
+    while queue is not None and not queue.empty():
+        late = queue.get_nowait()
+        if isinstance(late, Msg) and late.reply and not JetStreamContext.is_status_msg(late):
+            fetched.append(late)
+    with contextlib.suppress(Exception):
+        await psub.unsubscribe()
+    while fetched:
+        msg = fetched.popleft()
         with contextlib.suppress(Exception):
-            await psub.unsubscribe()
+            await msg.nak()
+    nc = getattr(js, "_nc", None)
+    if nc is not None and nc.is_connected:
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
+
+
+async def _rebind(
+    js: JetStreamContext, psub: JetStreamContext.PullSubscription, *, stream: str, durable: str
+) -> JetStreamContext.PullSubscription:
+    """(following durable read) once a second until the server answers for the durable again (a restart, a new
+    leader), then a new pull subscription on it; said on stderr after `REOPEN_WARN_S` and every minute after.
+    A deleted durable or stream ends the read."""
+    await _give_back(js, psub, deque())
+    tries = 0
+    while True:
+        await asyncio.sleep(1.0)
+        tries += 1
+        try:
+            await js.consumer_info(stream, durable)
+            return await js.pull_subscribe_bind(durable, stream)
+        except NotFoundError as exc:
+            raise _gone(exc, stream=stream, durable=durable) from exc
+        except Exception as exc:  # the server is not back yet, or has no leader for it yet: retried, and said
+            stop_if_ending(js, exc)
+            log.debug("durable not reachable yet", extra={"stream": stream, "error": repr(exc)})
+            _say_still_trying(f"durable {durable} on {stream}", tries, exc)
