@@ -369,3 +369,27 @@ async def test_a_reboot_whose_answer_was_lost_is_verified_not_followed_by_a_rede
     assert len(failed) == 1 and "no answer" in failed[0].reason, failed
     assert verified.boot_id == "boot-2"
     assert [c.action for c in ecs.calls] == ["RebootInstance"]
+
+
+async def test_a_diagnosis_that_recommends_nothing_is_skipped_not_escalated(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """`planned_reboot` (the downtime of our own reboot) recommends only `none`: the remediator records that there
+    is nothing to do. Before, the planner's "ladder exhausted" escalated it: a person paged for our own reboot."""
+    world.add_node("n-own", zone="z1")
+    await add_inventory(nc, topology_ready, "n-own", zone="z1", cloud="alibaba", instance_id="i-own")
+    service = await start_service(make_settings(topology_ready, kube_url=world.url))
+    try:
+        ours = diagnosis(
+            "n-own", ["none"], category="ops", cause="planned_reboot", reason="downtime caused by our own reboot"
+        )
+        await publish_diagnosis(nc, topology_ready, ours)
+        skipped = await wait_for_record(nc, topology_ready, node="n-own", phase="skipped")
+        await publish_diagnosis(nc, topology_ready, diagnosis("n-own", ["cordon"]))  # a later one is still acted on
+        await wait_for_record(nc, topology_ready, node="n-own", phase="succeeded")
+    finally:
+        await service.stop()
+    assert skipped.action == "none" and "nothing to repair" in skipped.reason
+    records = [r for r in await audit_records(nc, topology_ready) if r.diagnosis_id == ours.id]
+    assert [(r.action, r.phase) for r in records] == [("none", "skipped")]
+    assert world.is_cordoned("n-own")

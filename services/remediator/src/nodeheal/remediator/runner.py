@@ -492,6 +492,17 @@ class Remediator:
                 f"nothing to repair ({diagnosis.cause})",
             )
             return await self._left_fleet(diagnosis, left, heartbeat=heartbeat)
+        if diagnosis.recommended and all(r.action == "none" for r in diagnosis.recommended):
+            # nothing to repair (the downtime of our own reboot, `planned_reboot`: the ladder that rebooted verifies
+            # it). Before, the planner's "ladder exhausted" made this a page to a person once the node's lease was
+            # free and the diagnosis had not resolved yet
+            await self._skip(
+                None,
+                diagnosis,
+                why="nothing-to-do",
+                reason=f"{diagnosis.cause}: nothing to repair ({diagnosis.recommended[0].reason})",
+            )
+            return "ack"
         # a machine being rotated out is not back because it answers again (below, `_step`): a rotation
         # ladder redelivered after a blocked step is not refused for a recovery either
         rotation = any(r.action in policy.ROTATION for r in diagnosis.recommended)
