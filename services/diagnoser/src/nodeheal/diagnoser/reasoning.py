@@ -431,6 +431,8 @@ class Diagnoser:
         decision = decide(ctx=ctx, fleet=self.fleet, now=now, config=self.config.decision, rank=self._rank)
         if decision is None:
             return Outcome()
+        if decision.hold_until is not None and now < decision.hold_until:
+            return Outcome(hold_until=decision.hold_until)  # an orderly shutdown's downtime (`planned_grace`)
         if decision.cause == UNEXPLAINED_REBOOT and (ctx.published is None or ctx.published.resolved):
             # the crash report of that boot may be a moment behind the reboot: a first verdict waits for it
             # (from the anomaly's own time, so a restarted diagnoser waits the same)

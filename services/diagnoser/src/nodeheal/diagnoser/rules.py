@@ -92,6 +92,10 @@ class DecisionConfig:
     node_agent_services: tuple[str, ...] = ("nodeheal-agent",)
     """our own agent (the detector's `service_down` subject when the agent is silent on a node the
     prober reaches and whose kubelet answers): `agent_down`, fixed by restarting the agent's pod"""
+    planned_grace: timedelta = timedelta(minutes=15)
+    """an orderly shutdown or reboot the node logged (`planned_shutdown_reboot`: kured, an admin's `reboot`, an
+    update manager) explains its downtime, its services stopping and its coming back this long after the last such
+    line (a bare-metal machine's firmware and boot take minutes); what still fires after that is judged as usual"""
 
 
 @dataclass
@@ -104,6 +108,9 @@ class Decision:
     crash_signature: CrashSignature | None = None
     recommended: tuple[RecommendedAction, ...] = ()
     fault_onset: datetime | None = None
+    hold_until: datetime | None = None
+    """no verdict before this time (an orderly shutdown's downtime, `planned_grace`): the node is looked at again
+    then, and judged on what still fires"""
 
 
 def _act(action: str, reason: str, *, target: str | None = None, timeout_s: float | None = None) -> RecommendedAction:
@@ -113,6 +120,49 @@ def _act(action: str, reason: str, *, target: str | None = None, timeout_s: floa
 
 
 # ------------------------------------------------------------------------------------------ signals
+
+PLANNED_SHUTDOWN_CLASS = "planned_shutdown_reboot"
+PLANNED_SUBJECTS = frozenset({"planned", PLANNED_SHUTDOWN_CLASS})
+PLANNED_DOWNTIME = frozenset({*SILENT_KINDS, "node_not_ready", "unexpected_reboot", "service_down", "flapping"})
+"""What an orderly shutdown or reboot causes: the node dark, NotReady, its services stopped, a new boot id."""
+
+
+def _planned_downtime(
+    decision: Decision,
+    kernel: list[KernelEvidence],
+    firing: list[Anomaly],
+    kinds: set[str],
+    anomaly_ev: list[Evidence],
+    *,
+    now: datetime,
+    config: DecisionConfig,
+) -> Decision | None:
+    """An orderly shutdown or reboot the node logged (not ours: A' takes our own) is not a fault to repair. Within
+    `planned_grace` of its last line, and when nothing else fires: back with a new boot id → `planned_reboot`,
+    nothing to do; still dark, NotReady or with services stopped → no verdict until the grace ends (the node is
+    looked at again then). Otherwise None: what fires is judged on the anomalies. Before, both got the default
+    ladder (cordon, drain, reboot): a node kured or an admin rebooted was rebooted again."""
+    at = max((k.observed_at for k in kernel if k.finding.cls == PLANNED_SHUTDOWN_CLASS), default=None)
+    # the detector's kernel_fault of shutdown lines is `planned`; a crash report's episode is named by its class
+    others = {a.kind for a in firing if not (a.kind == "kernel_fault" and a.subject in PLANNED_SUBJECTS)}
+    if at is None or not others <= PLANNED_DOWNTIME or now >= at + config.planned_grace:
+        return None
+    decision.evidence.extend(anomaly_ev)
+    if "unexpected_reboot" in kinds and not kinds & SILENT_KINDS:
+        decision.cause, decision.category = "planned_reboot", "ops"
+        decision.recommended = (
+            _act("none", f"the node came back from an orderly reboot it logged at {at.isoformat()}: nothing to repair"),
+        )
+        return decision
+    decision.hold_until = at + config.planned_grace
+    decision.recommended = (
+        _act(
+            "none",
+            f"an orderly shutdown or reboot was logged at {at.isoformat()}: its downtime is judged once it has lasted "
+            f"{config.planned_grace.total_seconds():.0f} s",
+        ),
+    )
+    return decision
 
 
 def recent_kernel(ctx: NodeContext, *, now: datetime, config: DecisionConfig) -> list[KernelEvidence]:
@@ -854,9 +904,12 @@ def decide(
     # C. kernel / journal evidence (the node's kernel_fault anomalies and its crash reports)
     decision = _kernel_decision(ctx, fleet, kernel, now=now, config=config, rank=rank)
     weak = decision is not None and decision.confidence < 0.7 and not kinds <= {"kernel_fault"}
+    if decision is not None and not weak and decision.cause == PLANNED_SHUTDOWN_CLASS:
+        planned = _planned_downtime(decision, kernel, firing, kinds, anomaly_ev, now=now, config=config)
+        if planned is not None:
+            return planned
+        decision = None  # other faults fire, or the downtime outlived the grace: judged on the anomalies (D)
     if decision is not None and not weak:
-        if "unexpected_reboot" in kinds and decision.cause == "planned_shutdown_reboot":
-            decision.cause, decision.category = "planned_reboot", "ops"
         crash = latest_crash(ctx, now=now, config=config, opened=opened)
         rotate = crash is not None and crash_bucket_decision(decision, crash)
         decision.evidence.extend(anomaly_ev)

@@ -44,6 +44,13 @@ class DiagnoserSettings(ServiceSettings):
         " it is said to be unexplained_reboot (the report and the first probe after the reboot travel different"
         " streams)",
     )
+    planned_grace_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="an orderly shutdown or reboot the node logged (not ours: kured, an admin, an update manager)"
+        " explains its downtime and stopped services this long after its last such line; a node back within it has"
+        " nothing to repair, one still dark after it is judged as any dark node",
+    )
     domain_quiet_s: float = Field(
         default=15.0, gt=0, description="a rack / zone is still going dark while dark nodes arrive closer than this"
     )
@@ -101,6 +108,7 @@ class DiagnoserSettings(ServiceSettings):
                 kernel_fleet_hosts=self.kernel_fleet_hosts,
                 cloud_imminent=timedelta(seconds=self.cloud_imminent_s),
                 repeat_limit=self.repeat_limit,
+                planned_grace=timedelta(seconds=self.planned_grace_s),
             ),
             correlation=CorrelationConfig(
                 alpha=self.correlation_alpha,
