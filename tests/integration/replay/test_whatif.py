@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -29,6 +31,27 @@ from tests.integration.replay.test_replay import _args, publish_scenario
 from tests.unit.replay.factories import CLUSTER, at, cloud_event, diagnosis, firing, record, subject_of
 
 pytestmark = pytest.mark.nats
+
+
+async def _what_if_unchanged(
+    js: JetStreamContext, settings: NatsSettings, tmp_path: Path, *, before: Sequence[Any], window: Sequence[Any]
+) -> dict[str, Any]:
+    """Store `before`, then the window's messages from a `--since` between them, and run `replay --what-if` with
+    unchanged rules over that window: the JSON report."""
+    for m in before:
+        await publish_model(js, subject_of(m, settings.prefix), m, msg_id=m.id)
+    await asyncio.sleep(1.1)
+    since = datetime.now(tz=UTC)
+    for m in window:
+        await publish_model(js, subject_of(m, settings.prefix), m, msg_id=m.id)
+    until = datetime.now(tz=UTC) + timedelta(seconds=1)
+    same = tmp_path / "same.yaml"
+    same.write_text("detector: {}\n")
+    args = _args(settings, since, until, "--all", "--json", "--what-if", str(same))
+    result = await asyncio.to_thread(CliRunner().invoke, replay, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def agent_probe(node: str, t: float, *, seq: int, used_pct: float) -> NodeProbe:
@@ -129,19 +152,7 @@ async def test_a_host_event_announced_before_the_window_is_known_to_the_what_if(
     # another node's event ended before the window; a late report of an earlier phase does not reopen it
     ended = cloud_event("node-x", t=-7000, phase="completed")
     late = cloud_event("node-x", t=-6900, phase="scheduled")
-    for m in (notice, ended, late):
-        await publish_model(js, subject_of(m, topology_ready.prefix), m, msg_id=m.id)
-    await asyncio.sleep(1.1)
-    since = datetime.now(tz=UTC)
-    for p in probes:
-        await publish_model(js, subject_of(p, topology_ready.prefix), p, msg_id=p.id)
-    until = datetime.now(tz=UTC) + timedelta(seconds=1)
-    same = tmp_path / "same.yaml"
-    same.write_text("detector: {}\n")
-    args = _args(topology_ready, since, until, "--all", "--json", "--what-if", str(same))
-    result = await asyncio.to_thread(CliRunner().invoke, replay, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = await _what_if_unchanged(js, topology_ready, tmp_path, before=[notice, ended, late], window=probes)
     assert report["what_if"]["differences"] == []  # before: a new incident, `unexpected_reboot`, at t = 180 s
     assert report["what_if"]["open_before_window"] == {"cloud_events": 1, "anomalies_left_out": 1}
     assert report["what_if"]["incidents"] == 0 and report["what_if"]["ttd_s"]["max"] is None
@@ -210,19 +221,7 @@ async def test_our_own_reboot_begun_before_the_window_is_known_to_the_what_if(
     assert not [m for m in before if isinstance(m, Anomaly)]  # nothing fired before the window
     recorded = [m for m in window if isinstance(m, Anomaly)]
     assert {(a.kind, a.expected) for a in recorded} == {("node_down", True)}
-    for m in before:
-        await publish_model(js, subject_of(m, topology_ready.prefix), m, msg_id=m.id)
-    await asyncio.sleep(1.1)
-    since = datetime.now(tz=UTC)
-    for m in window:
-        await publish_model(js, subject_of(m, topology_ready.prefix), m, msg_id=m.id)
-    until = datetime.now(tz=UTC) + timedelta(seconds=1)
-    same = tmp_path / "same.yaml"
-    same.write_text("detector: {}\n")
-    args = _args(topology_ready, since, until, "--all", "--json", "--what-if", str(same))
-    result = await asyncio.to_thread(CliRunner().invoke, replay, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
+    report = await _what_if_unchanged(js, topology_ready, tmp_path, before=before, window=window)
     assert report["what_if"]["differences"] == []
     # the records before the window are the sandbox's initial state only: not in the window's timeline or counts
     assert report["counts"]["audit_records"] == len([m for m in window if isinstance(m, RemediationRecord)])
