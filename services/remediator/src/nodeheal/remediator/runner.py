@@ -492,17 +492,6 @@ class Remediator:
                 f"nothing to repair ({diagnosis.cause})",
             )
             return await self._left_fleet(diagnosis, left, heartbeat=heartbeat)
-        if diagnosis.recommended and all(r.action == "none" for r in diagnosis.recommended):
-            # nothing to repair (the downtime of our own reboot, `planned_reboot`: the ladder that rebooted verifies
-            # it). Before, the planner's "ladder exhausted" made this a page to a person once the node's lease was
-            # free and the diagnosis had not resolved yet
-            await self._skip(
-                None,
-                diagnosis,
-                why="nothing-to-do",
-                reason=f"{diagnosis.cause}: nothing to repair ({diagnosis.recommended[0].reason})",
-            )
-            return "ack"
         # a machine being rotated out is not back because it answers again (below, `_step`): a rotation
         # ladder redelivered after a blocked step is not refused for a recovery either
         rotation = any(r.action in policy.ROTATION for r in diagnosis.recommended)
@@ -628,6 +617,19 @@ class Remediator:
             return await self._already_verified(run, verified_at)
         if run.escalated():
             return "ack"  # handed to a person for this episode
+        if (
+            d.recommended
+            and all(r.action == "none" for r in d.recommended)
+            and not any(r.action != "none" for r in run.records())
+        ):
+            # nothing to repair and no ladder of this episode to see through (`planned_reboot` of an orderly reboot
+            # the node logged, or of ours after its episode closed). Before, the planner's "ladder exhausted" made
+            # it a page to a person. Inside an episode whose ladder acted, the diagnosis carries that ladder on
+            # as before (its reboot is verified, the node uncordoned)
+            await self._skip(
+                run, d, why="nothing-to-do", reason=f"{d.cause}: nothing to repair ({d.recommended[0].reason})"
+            )
+            return "ack"
         the_plan = planner.plan(
             diagnosis=d,
             cloud_events=self.view.cloud_events(d.node),
