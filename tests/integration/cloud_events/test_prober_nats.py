@@ -268,3 +268,35 @@ async def test_a_round_ends_while_the_server_is_slow_to_acknowledge(topology_rea
         finally:
             await prober.stop()
     assert (result.nodes, result.unreachable, result.published) == (2, 1, 0)
+
+
+async def test_a_node_without_an_address_is_not_reported_unreachable(topology_ready: NatsSettings, nc: Client) -> None:
+    """A node the inventory has no address for yet (the cloud controller has not initialised it) was never checked:
+    it is left out of the batch (the detector judges its silence without a prober verdict) and counted as such.
+    Before, it was sent as unreachable, a failed `tcp` check that never ran, which counts towards node_down."""
+    js = nc.jetstream()
+    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
+    alive = NodeInventory(cluster="prod-1", node="alive-2", addresses=("127.0.0.1",), ready=True)
+    new = NodeInventory(cluster="prod-1", node="no-address-yet", addresses=(), ready=False)
+    for inv in (alive, new):
+        await kv.put(inventory_key(inv.cluster, inv.node), inv.to_json())
+    async with local_node() as node:
+        settings = ProberSettings(
+            nats=topology_ready,
+            cluster="prod-1",
+            tcp_ports=[node.ssh_port, node.kubelet_port],
+            ssh_port=node.ssh_port,
+            healthz_url=f"http://{{address}}:{node.healthz_port}/healthz",
+            timeout_s=2,
+        )
+        prober = Prober(settings)
+        await prober.start()
+        try:
+            assert prober.inventory is not None
+            await prober.inventory.initial.wait()
+            result = await prober.run_round()
+        finally:
+            await prober.stop()
+    assert (result.unreachable, result.unaddressed, result.published) == (0, 1, 1)
+    [(_subject, batch)] = await _stored(nc, topology_ready, 1)
+    assert [r.node for r in batch.results] == ["alive-2"]

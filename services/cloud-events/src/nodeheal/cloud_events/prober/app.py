@@ -38,6 +38,9 @@ ROUND_SECONDS = prometheus_client.Histogram(
     "nodeheal_prober_round_seconds", "Duration of one round", buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 )
 NODES_UNREACHABLE = prometheus_client.Gauge("nodeheal_prober_nodes_unreachable", "Nodes with every check failing")
+NODES_UNADDRESSED = prometheus_client.Gauge(
+    "nodeheal_prober_nodes_unaddressed", "Nodes of this shard with no address in the inventory: not checked"
+)
 PUBLISH_FAILURES = prometheus_client.Counter(
     "nodeheal_prober_publish_failures", "Node results whose batch was not acknowledged"
 )
@@ -56,6 +59,8 @@ class RoundResult:
     seconds: float
     messages: int = 0
     """`ProberResults` messages sent"""
+    unaddressed: int = 0
+    """nodes with no address in the inventory: not checked, not reported"""
 
 
 class InventoryCache:
@@ -176,6 +181,7 @@ class Prober:
         semaphore = asyncio.Semaphore(self.settings.concurrency)
         sent: list[tuple[asyncio.Future[PubAck], int]] = []  # (PubAck, results in that batch)
         unreachable = 0
+        unaddressed = 0  # nodes the inventory has no address for: not checked
         failed = 0
         batcher = ResultBatcher(
             cluster=self.settings.cluster,
@@ -203,12 +209,14 @@ class Prober:
                     log.warning("prober results not published", extra={"results": batch.results, "error": repr(exc)})
 
         async def one(inv: NodeInventory) -> None:
-            nonlocal unreachable
+            nonlocal unreachable, unaddressed
+            if not inv.addresses:
+                # not checked, so not reported: the detector judges its silence without a prober verdict. Before,
+                # it was sent as an unreachable node (a failed `tcp` check that never ran), and counted to node_down
+                unaddressed += 1
+                return
             async with semaphore:
-                if inv.addresses:
-                    results = await self.check(inv.addresses[0], self.plan)
-                else:
-                    results = (Reachability(check="tcp", target=inv.node, ok=False, error="no address in inventory"),)
+                results = await self.check(inv.addresses[0], self.plan)
             if not any(r.ok for r in results):
                 unreachable += 1
             full = batcher.add(inv.node, [r.model_dump(mode="json", exclude_none=True) for r in results], inv.ready)
@@ -253,6 +261,7 @@ class Prober:
         ROUNDS.inc()
         ROUND_SECONDS.observe(seconds)
         NODES_UNREACHABLE.set(unreachable)
+        NODES_UNADDRESSED.set(unaddressed)
         if seconds > self.settings.interval_s:
             log.warning(
                 "probe round took longer than the interval: add prober replicas (shard_count) or raise concurrency",
@@ -265,6 +274,7 @@ class Prober:
             failed_publishes=failed,
             seconds=seconds,
             messages=len(sent),
+            unaddressed=unaddressed,
         )
 
     async def run(self) -> None:
