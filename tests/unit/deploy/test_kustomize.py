@@ -341,6 +341,11 @@ def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() ->
         assert zone and zone[0]["whenUnsatisfiable"] == "DoNotSchedule", name
     prober = deployments["nodeheal-prober"]
     assert env_of(prober)["NODEHEAL_PROBER_SHARD_COUNT"] == str(prober["spec"]["replicas"])
+    # sized for the fleet the overlay is for: 50,000 nodes every 10 s at 1.3 ms of CPU a node and round (the
+    # measured cost, docs/node-agent.md) must fit in 70 % of the replicas' CPU requests (3 replicas did not)
+    cpu = prober["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+    interval_s = float(env_of(prober).get("NODEHEAL_PROBER_INTERVAL_S", 10.0))
+    assert 50_000 * 0.0013 / interval_s <= 0.7 * prober["spec"]["replicas"] * float(cpu)
     detector = deployments["nodeheal-detector"]
     assert detector["kind"] == "StatefulSet"  # the pod index is the replica index
     assert env_of(detector)["NODEHEAL_DETECTOR_REPLICAS"] == str(detector["spec"]["replicas"])
