@@ -312,17 +312,53 @@ def test_production_streams_are_replicated_three_times_and_dev_once() -> None:
         assert args[args.index("--replicas") + 1] == replicas, overlay
 
 
+def _job_files(overlay: str, root: Path) -> dict[str, str]:
+    """Lay out under `root` the files the streams Job's pod sees: each secret volume's items at its mount path,
+    except an optional secret's (absent: the dev overlay runs without the NATS CA). Returns the Job's literal
+    env with each mounted path moved under `root`."""
+    pod = objects(overlay, "Job")["nodeheal-streams-apply"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    for at, volume in mounts.items():
+        secret = volume.get("secret")
+        if secret is None or secret.get("optional"):
+            continue
+        for item in secret["items"]:
+            file = root / at.lstrip("/") / item["path"]
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text("mounted from the secret\n")
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for name, value in env.items():
+        for at in mounts:
+            if value.startswith(at.rstrip("/") + "/"):
+                env[name] = str(root / value.lstrip("/"))
+    return env
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_streams_job_arguments_parse_with_the_real_cli(overlay: str) -> None:
+def test_the_streams_job_arguments_parse_with_the_real_cli(
+    overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nodeheal.cli.streams import apply
 
+    # the Job's environment too (NATS_CREDS, NATS_CA): the CLI reads them, and a path option checks its file exists
+    for name in ("NATS_URL", "NATS_CREDS", "NATS_CA"):
+        monkeypatch.delenv(name, raising=False)
+    env = _job_files(overlay, tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     args = _streams_args(overlay)[3:]
     args = [a.replace("$(NATS_URL)", "nats://nats:4222").replace("$(SUBJECT_PREFIX)", "nodeheal") for a in args]
-    ctx = apply.make_context("apply", args)  # raises on an unknown option or a bad value
+    ctx = apply.make_context("apply", args)  # raises on an unknown option or a bad value (a file that is not there)
     assert ctx.params["replicas"] == (3 if overlay == "production" else 1)
     assert ctx.params["nats_url"] == "nats://nats:4222"
     # the stream caps fit the NATS volume of deploy/nats/values*.yaml (100 GiB PVC, 90 GiB max_file_store; dev 5 GiB)
     assert ctx.params["store_gib"] == (64 if overlay == "production" else 2)
+    assert ctx.params["creds"] == str(tmp_path / "etc/nodeheal/nats/nats.creds")
+    # production verifies the server with the mounted CA; dev has no TLS and no CA secret: no CA at all
+    ca = str(tmp_path / "etc/nodeheal/nats-ca/ca.crt") if overlay == "production" else None
+    assert ctx.params["tls_ca"] == ca
 
 
 def test_production_spreads_replicas_and_shards_the_prober_by_replica_count() -> None:

@@ -76,7 +76,9 @@ def nats_auth_options(func: F) -> F:
     """`--creds FILE` ($NATS_CREDS) and `--tls-ca FILE` ($NATS_CA), passed to the command as one
     `nats_auth: NatsAuth` argument. Under deploy/nats/natsauth.py's authorization the CLI is the `admin`
     user, or the read-only `reader` for the commands that only read (`audit tail`, `replay`, `fleet`);
-    `deploy/nats/natsauth.py init` writes both .creds; with TLS, the CA is the one that signed the server."""
+    `deploy/nats/natsauth.py init` writes both .creds; with TLS, the CA is the one that signed the server.
+    An empty variable is no value (click reads an empty environment variable as unset): `NATS_CA=""` is no CA,
+    as the dev overlay's provisioning Job sets it (tests/unit/deploy/test_kustomize.py)."""
 
     @functools.wraps(func)  # also keeps the options click collected so far (__click_params__)
     def wrapper(*args: Any, creds: str | None, tls_ca: str | None, **kwargs: Any) -> Any:
