@@ -253,11 +253,10 @@ def test_rbac_grants_exactly_what_each_component_needs(overlay: str) -> None:
         *(("", "nodes", v) for v in ("get", "list", "watch", "patch")),
         ("", "pods", "list"),
         ("", "pods/eviction", "create"),
-        ("policy", "poddisruptionbudgets", "list"),
-        ("", "events", "create"),
-    }
+    }  # no PodDisruptionBudget read: the drain learns of a budget from the Eviction API's 429
     assert set(objects(overlay, "ClusterRole")) == {"nodeheal-inventory", "nodeheal-remediator"}
-    # pod delete only in nodeheal's own namespace, for restart_agent (the agent's DaemonSet recreates it)
+    # pod delete only in nodeheal's own namespace, for restart_agent (the agent's DaemonSet recreates it); Events
+    # only there too: the remediator writes them in its own namespace (KUBE__EVENT_NAMESPACE, the pod's)
     roles = objects(overlay, "Role")
     assert set(roles) == {"nodeheal-remediator-agent-restart"}
     role = roles["nodeheal-remediator-agent-restart"]
@@ -267,6 +266,11 @@ def test_rbac_grants_exactly_what_each_component_needs(overlay: str) -> None:
     } == {
         ("", "pods", "list"),
         ("", "pods", "delete"),
+        ("", "events", "create"),
+    }
+    remediator = objects(overlay, "Deployment")["nodeheal-remediator"]
+    assert env_of(remediator)["NODEHEAL_REMEDIATOR_KUBE__EVENT_NAMESPACE"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
     }
     role_bound = {b["metadata"]["name"]: b["subjects"] for b in objects(overlay, "RoleBinding").values()}
     assert role_bound == {
