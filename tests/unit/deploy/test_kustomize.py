@@ -269,9 +269,13 @@ def test_rbac_grants_exactly_what_each_component_needs(overlay: str) -> None:
         ("", "events", "create"),
     }
     remediator = objects(overlay, "Deployment")["nodeheal-remediator"]
-    assert env_of(remediator)["NODEHEAL_REMEDIATOR_KUBE__EVENT_NAMESPACE"] == {
-        "fieldRef": {"fieldPath": "metadata.namespace"}
-    }
+    own_namespace = {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env_of(remediator)["NODEHEAL_REMEDIATOR_KUBE__EVENT_NAMESPACE"] == own_namespace
+    # restart_agent looks for the agent's pod where the Role lets it: the namespace the agent's DaemonSet is
+    # installed in with the remediator, whatever an overlay names it (the setting's default is a literal "nodeheal")
+    assert env_of(remediator)["NODEHEAL_REMEDIATOR_KUBE__AGENT_NAMESPACE"] == own_namespace
+    agent = objects(overlay, "DaemonSet")["nodeheal-agent"]
+    assert agent["metadata"]["namespace"] == remediator["metadata"]["namespace"] == role["metadata"]["namespace"]
     role_bound = {b["metadata"]["name"]: b["subjects"] for b in objects(overlay, "RoleBinding").values()}
     assert role_bound == {
         "nodeheal-remediator-agent-restart": [
