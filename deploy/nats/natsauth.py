@@ -164,7 +164,10 @@ DLQ_SERVICE = {
 }
 """The DLQ subject token each role writes (`<prefix>.dlq.<token>`, the `service` of `dead_letter`): one
 subject per role, so the DLQ's per-subject cap bounds each role's share and no role can write letters
-in another's name."""
+in another *role's* name. Not per node: every node agent writes the one subject `<prefix>.dlq.node-agent`,
+so one node can fill its per-subject cap (the oldest go first) and push out the other agents' letters, and
+the letter's own fields (`subject`, `reason`) are whatever the writer says, another node's included
+(docs/security.md, known gaps)."""
 
 
 @dataclass(frozen=True)
