@@ -170,6 +170,52 @@ async def test_azure_reboot_is_started_early_with_start_requests_after_the_drain
         assert not world.is_cordoned("vm1")
 
 
+async def test_an_azure_event_runs_at_its_not_before_when_no_relay_to_the_nodes_imds_is_configured(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """As deployed: IMDS answers only on the node's own VM and no relay to it exists (`CLOUD__AZURE_IMDS_URL`
+    empty, the default). The node is cordoned and drained within the lead; no early acceptance is tried or
+    recorded (before, a `started` accept went to 169.254.169.254: the remediator's own VM, or nothing); the
+    platform starts the event at its NotBefore; the node is verified and uncordoned."""
+    events = AzureScheduledEvents(clock=SystemClock())
+    async with KubeWorld() as world, AzureImdsEmulator(events) as imds:
+        world.add_node("vm2", zone="z1")
+        await add_inventory(nc, topology_ready, "vm2", zone="z1", cloud="azure", instance_id="vm2")
+        scheduled = events.schedule(
+            "Reboot", resources=["vm2"], not_before=datetime.now(tz=UTC) + timedelta(seconds=NOTICE_S), duration_s=1
+        )
+        tracker = AzureDocumentTracker()
+        boots = {"n": 1}
+
+        def shown() -> list[CloudSystemEvent]:
+            # the node's own poller reads the node's IMDS (the emulator); the remediator is never told of it
+            ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster=CLUSTER, node="vm2")
+            out = tracker.feed(events.document(vm_name="vm2"), ctx)
+            if any(e.phase == "in_progress" for e in out):
+                boots["n"] += 1
+            return out
+
+        settings = make_settings(
+            topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S, cloud_accept_margin_s=1.0
+        ).model_copy(update={"maintenance_interval_s": 0.3, "cloud": CloudSettings(provider="auto")})
+        assert imds.url and not settings.cloud.azure_imds_url
+        service = await start_service(settings)
+        try:
+            async with (
+                mirrored(nc, topology_ready, shown),
+                Probes(nc, topology_ready, "vm2", boot_id=lambda: f"boot-{boots['n']}"),
+            ):
+                await wait_for_record(nc, topology_ready, node="vm2", action="uncordon", phase="succeeded", timeout=40)
+        finally:
+            await service.stop()
+        started = [c for c in events.changes if c.kind == "started"]
+        assert [(c.event_id, c.initiator) for c in started] == [(scheduled.event_id, "platform")]
+        records = [r for r in await audit_records(nc, topology_ready) if r.node == "vm2"]
+        assert any(r.action == "drain" and r.phase == "succeeded" for r in records)
+        assert [r for r in records if r.action == "accept_cloud_event"] == []
+        assert not world.is_cordoned("vm2")
+
+
 async def test_a_diagnosis_after_the_host_reboot_ran_verifies_instead_of_rebooting_again(
     topology_ready: NatsSettings, nc: Client
 ) -> None:

@@ -1734,6 +1734,8 @@ class Remediator:
                         return "ack"  # never run the event early on a node that was not drained
                     if phases & {"started", "succeeded", "failed"}:
                         return "ack"  # one accept per event
+                    if not self.clouds.accepts_early(ev.cloud):
+                        return "ack"  # not possible from here (Azure without a relay): it runs at its NotBefore
                     start = ev.not_before
                     if start is not None and start - utcnow() < timedelta(seconds=self.policy.cloud_accept_margin_s):
                         return "ack"  # too close to its own start: accepting now would race the platform

@@ -109,7 +109,13 @@ class CloudSettings(BaseModel):
         default_factory=dict,
         description="node pool → launch template a replaced instance is recreated from: 'lt-id' or 'lt-id:version'",
     )
-    azure_imds_url: str = "http://169.254.169.254"
+    azure_imds_url: str = Field(
+        default="",
+        description="where to POST an Azure StartRequests (early acceptance) for the node's VM; empty: off, the "
+        "event runs at its NotBefore. IMDS answers only on the VM itself (169.254.169.254 from the remediator's "
+        "pod is its own VM's, and the NetworkPolicy gives it no route there): set it only to something that "
+        "relays to the node's VM (none is shipped)",
+    )
     request_timeout_s: float = Field(default=15.0, gt=0)
 
 

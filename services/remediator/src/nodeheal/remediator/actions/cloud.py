@@ -228,8 +228,12 @@ class AlibabaEcs:
 
 
 class AzureScheduledEvents:
-    """Approves Scheduled Events through IMDS. IMDS answers only on the VM itself, so in production
-    `azure_imds_url` points to the node agent's IMDS relay for that node; one URL per call here."""
+    """Approves Scheduled Events through IMDS (`POST StartRequests` to `azure_imds_url`). IMDS answers only on
+    the VM itself: from the remediator's pod, 169.254.169.254 is the remediator's own VM, which would accept
+    its own events, not the node's (and deploy/base/networkpolicies.yaml gives the remediator no route there).
+    No relay to the node's IMDS exists, so `azure_imds_url` is empty by default and early acceptance is off
+    (`Clouds.accepts_early`): the event runs at its NotBefore. The call works against a URL that answers for
+    the node's VM (the IMDS emulator in the tests)."""
 
     name = "azure"
 
@@ -251,6 +255,8 @@ class AzureScheduledEvents:
         return ActionOutcome(ok=False, detail="Azure instance replacement goes through ARM (not implemented)")
 
     async def accept_event(self, *, event: CloudSystemEvent) -> ActionOutcome:
+        if not self.settings.azure_imds_url:
+            return ActionOutcome(ok=False, detail=AZURE_NO_EARLY_ACCEPTANCE)
         url = f"{self.settings.azure_imds_url.rstrip('/')}/metadata/scheduledevents?api-version=2020-07-01"
         # the provider event id is `<EventId>#<vm>` (one per VM); StartRequests wants Azure's own EventId
         azure_id = str(event.extended.get("EventId") or event.provider_event_id.split("#", 1)[0])
@@ -271,6 +277,12 @@ class AzureScheduledEvents:
         await self.session.close()
 
 
+AZURE_NO_EARLY_ACCEPTANCE = (
+    "Azure early acceptance (StartRequests) is off: IMDS answers only on the node's own VM and no relay to it is"
+    " configured (CLOUD__AZURE_IMDS_URL); the event runs at its NotBefore"
+)
+
+
 class Clouds:
     """One provider per cloud name, built lazily from the settings."""
 
@@ -280,9 +292,17 @@ class Clouds:
         if settings.provider in ALIBABA_PROVIDERS:
             load_alibaba_sdk()
 
+    def _name(self, cloud: str | None) -> str:
+        return (cloud if self.settings.provider == "auto" else self.settings.provider) or "none"
+
+    def accepts_early(self, cloud: str | None) -> bool:
+        """Can a host event of `cloud` be run early here at all? Not an Azure one without `azure_imds_url`: the
+        remediator then neither tries (no 15 s against an address that cannot answer, no `started` record that
+        the flap quarantine counts as a reboot) nor records anything; the event runs at its NotBefore."""
+        return not (self._name(cloud) == "azure" and not self.settings.azure_imds_url)
+
     def for_cloud(self, cloud: str | None) -> CloudProvider:
-        name = cloud if self.settings.provider == "auto" else self.settings.provider
-        name = name or "none"
+        name = self._name(cloud)
         if name not in self._providers:
             provider: CloudProvider
             if name == "alibaba":
