@@ -49,3 +49,30 @@ async def test_an_azure_accept_without_a_relay_answers_at_once_without_the_netwo
         await provider.close()
     assert not outcome.ok
     assert outcome.detail == AZURE_NO_EARLY_ACCEPTANCE
+
+
+async def test_a_relay_that_never_answers_is_a_failed_accept_not_an_exception() -> None:
+    """The session's total timeout raises TimeoutError, not a ClientError: it is the step's failure (before, it
+    escaped the provider)."""
+    import asyncio
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    now = datetime.now(tz=UTC)
+    event = CloudSystemEvent(
+        cluster="c1", node="vm1", cloud="azure", channel="imds", provider_event_type="Reboot",
+        provider_event_id="ev-2#vm1", action="reboot", cause="planned_maintenance", phase="scheduled",
+        instance_id="vm1", not_before=now + timedelta(minutes=15), ack=(AckOption(method="azure.StartRequests"),),
+        observed_at=now, extended={"EventId": "ev-2", "Resources": ["vm1"]},
+    )  # fmt: skip
+    provider = AzureScheduledEvents(CloudSettings(azure_imds_url=f"http://127.0.0.1:{port}", request_timeout_s=0.5))
+    try:
+        outcome = await provider.accept_event(event=event)
+    finally:
+        await provider.close()
+        server.close()
+    assert not outcome.ok and "unreachable" in outcome.detail

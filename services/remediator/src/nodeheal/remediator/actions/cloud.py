@@ -269,8 +269,8 @@ class AzureScheduledEvents:
                         ok=False,
                         detail=f"Azure StartRequests for {azure_id}: HTTP {response.status}: {text[:200]}",
                     )
-        except aiohttp.ClientError as exc:
-            return ActionOutcome(ok=False, detail=f"Azure IMDS at {url} unreachable: {exc}")
+        except (aiohttp.ClientError, TimeoutError) as exc:  # a relay that hangs: the session's total timeout
+            return ActionOutcome(ok=False, detail=f"Azure IMDS at {url} unreachable: {exc!r}")
         return ActionOutcome(ok=True, detail=f"Azure StartRequests for {azure_id} accepted")
 
     async def close(self) -> None:
