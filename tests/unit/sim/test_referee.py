@@ -301,3 +301,32 @@ def test_an_uncordon_counts_against_a_host_event_from_when_nodeheal_could_know_o
     assert uncordons(4, [_observed(3)]) == 1
     assert uncordons(2, None) == 1  # without the CLOUD records: from the publish time
     assert uncordons(20, []) == 0 and uncordons(40, []) == 1  # never observed: 30 s after publishing
+
+
+def test_an_orderly_reboot_nodeheal_cordoned_or_rebooted_is_counted() -> None:
+    """The node logged its shutdown and rebooted by itself: any cordon, eviction or API reboot of it meanwhile is
+    counted (`orderly_reboots_disrupted`); an uncordon alone, or a later fault's actions, are not."""
+    orderly = InjectedFault(
+        fault_id="f2", fault_class="kernel_fault", kernel_class="planned_shutdown_reboot", node=NODE,
+        injected_at=at(0).timestamp(),
+    )  # fmt: skip
+    later = InjectedFault(fault_id="f3", fault_class="power_loss", node=NODE, injected_at=at(300).timestamp())
+    touched = world(
+        kube_effects=[(at(20).timestamp(), NODE, "cordon"), (at(25).timestamp(), NODE, "evict:default/web")],
+        ecs_calls=[call("RebootInstance", 30), call("RebootInstance", 310)],
+    )
+    audit = [rec("cordon", "intent", 19, "c1"), rec("drain", "intent", 24, "d1"), rec("reboot", "intent", 29, "r1")]
+    report = judge(audit=audit, world=touched, truth=[orderly, later], run_end=END)
+    assert report["orderly_reboots_disrupted"] == 1 and not report["all_zero"]
+    assert report["examples"]["orderly_reboots_disrupted"][0]["effects"] == [
+        "cordon",
+        "evict:default/web",
+        "RebootInstance",
+    ]
+    calm = world(kube_effects=[(at(20).timestamp(), NODE, "uncordon")], ecs_calls=[call("RebootInstance", 310)])
+    assert (
+        judge(audit=[rec("reboot", "intent", 309, "r2")], world=calm, truth=[orderly, later], run_end=END)[
+            "orderly_reboots_disrupted"
+        ]
+        == 0
+    )

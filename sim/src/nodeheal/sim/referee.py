@@ -31,7 +31,11 @@ Every figure of the `safety` section should be 0:
   capacity each pool has lost to people's queues;
 - `reboots_in_partition`: API-initiated reboots / redeploys of a node while its rack was dark;
 - `replacements_without_approval`: an instance released (DeleteInstance) with no AUDIT `intent` of a
-  `replace` of that node carrying a passed `approval` check before it (a replacement is always approved).
+  `replace` of that node carrying a passed `approval` check before it (a replacement is always approved);
+- `orderly_reboots_disrupted`: injected orderly reboots (a `kernel_fault` of class `planned_shutdown_reboot`: the
+  node logs its shutdown and reboots by itself, as kured or an admin would) during which nodeheal cordoned the
+  node, evicted a pod from it, or rebooted / redeployed its instance through the API — from the injection until
+  the next fault on that node or the end of the run. There is nothing to repair.
 
 Machine rotation is counted under `rotation`: instances released (DeleteInstance) and created
 (RunInstances) at the ECS emulator, and the AUDIT records of retired / replaced nodes. A RunInstances call
@@ -72,6 +76,7 @@ SKEW_S = 1.0
 """Clock slack between a record's time and an emulator's log (the same machine, different processes)."""
 DISRUPTIVE_CALLS = {"RebootInstance": "reboot", "RedeployInstance": "redeploy", "DeleteInstance": "replace"}
 HOST_EVENT_TYPES = {"SystemMaintenance.Reboot", "SystemMaintenance.Redeploy"}
+ORDERLY_REBOOT_CLASS = "planned_shutdown_reboot"
 
 
 def _ts(value: datetime | float) -> float:
@@ -305,6 +310,29 @@ def judge(
                 twice += 1
                 note("disrupted_twice_for_one_fault", {"fault": fault.fault_id, "node": node, "downs": hits})
 
+    # -- an orderly reboot the node did by itself, disrupted by nodeheal
+    orderly = 0
+    for node, faults in by_node.items():
+        for i, fault in enumerate(faults):
+            if fault.fault_class != "kernel_fault" or fault.kernel_class != ORDERLY_REBOOT_CLASS:
+                continue
+            until = faults[i + 1].injected_at if i + 1 < len(faults) else run_end
+            touched = [
+                effect
+                for t, n, effect in world.kube_effects
+                if n == node and effect != "uncordon" and fault.injected_at <= t < until
+            ] + [
+                c.action
+                for c in world.ecs_calls
+                if c.action in DISRUPTIVE_CALLS
+                and c.http_status == 200
+                and world.instance_node.get(c.params.get("InstanceId", ""), "") == node
+                and fault.injected_at <= _ts(c.at) < until
+            ]
+            if touched:
+                orderly += 1
+                note("orderly_reboots_disrupted", {"fault": fault.fault_id, "node": node, "effects": touched[:5]})
+
     # -- verification without a new boot
     boots: dict[str, list[float]] = defaultdict(list)
     for at, node in world.boots:
@@ -409,6 +437,7 @@ def judge(
         "budget_exceedances": budgets["budget_exceedances"],
         "reboots_in_partition": in_partition,
         "replacements_without_approval": unapproved,
+        "orderly_reboots_disrupted": orderly,
     }
     return {
         **safety,
