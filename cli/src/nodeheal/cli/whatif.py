@@ -246,7 +246,8 @@ def run_sandbox(
 class Difference:
     node: str
     kind: (
-        str  # earlier_detection, later_detection, not_detected, new_incident, other_cause, other_action, blocked_action
+        str  # earlier_detection, later_detection, not_detected, new_incident, earlier_identification,
+        # later_identification, not_identified, newly_identified, other_cause, other_action, blocked_action
     )
     recorded: str | None
     what_if: str | None
@@ -305,6 +306,22 @@ def _first_action(inc: Incident, plans: dict[str, tuple[str, bool, tuple[str, ..
     return first.action, blocked
 
 
+def _identification(rec: Incident, match: Incident, at: str) -> list[Difference]:
+    """When the first diagnosis came (tti), if that differs: a rule change that delays or hastens the verdict
+    (a longer node_down hold, a crash-report wait) without changing detection, cause or action."""
+    ri, wi = rec.identified_at, match.identified_at
+    if ri is None and wi is None:
+        return []
+    if ri is None or wi is None:
+        kind = "not_identified" if wi is None else "newly_identified"
+        return [Difference(rec.node, kind, _iso(ri) if ri else None, _iso(wi) if wi else None, None, at)]
+    delta = round((wi - ri).total_seconds(), 3)
+    if delta == 0:
+        return []
+    kind = "earlier_identification" if delta < 0 else "later_identification"
+    return [Difference(rec.node, kind, _iso(ri), _iso(wi), delta, at)]
+
+
 def compare(
     recorded: Timeline, what_if: Timeline, *, plans: dict[str, tuple[str, bool, tuple[str, ...]]]
 ) -> list[Difference]:
@@ -334,6 +351,7 @@ def compare(
             out.append(
                 Difference(rec.node, "later_detection", _iso(rec.detected_at), _iso(match.detected_at), delta, at)
             )
+        out += _identification(rec, match, at)
         if rec.cause != match.cause:
             out.append(Difference(rec.node, "other_cause", rec.cause, match.cause, None, at))
         rec_action = _first_action(rec, None)
