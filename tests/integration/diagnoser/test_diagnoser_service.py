@@ -258,3 +258,21 @@ async def test_time_to_identify_is_observed_once_per_episode(
 
     assert count("nodeheal_diagnoser_time_to_identify_seconds_count") == 1
     assert count("nodeheal_time_to_identify_seconds_count") == 1
+
+
+async def test_an_anomaly_written_with_a_clock_far_off_is_measured_and_said(
+    service: DiagnoserRuntime, nc: Client, topology_ready: NatsSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The node_down hold and the time windows compare the detector's clock with this one: an anomaly whose
+    `detected_at` is two minutes behind the server's store time is exported as that offset and said."""
+    import logging
+
+    import prometheus_client
+
+    behind = now() - timedelta(seconds=120)
+    caplog.set_level(logging.WARNING, logger="nodeheal.diagnoser")
+    await send(nc, topology_ready, anomaly("n4", "disk_full", at=behind, subject="/"))
+    await wait_for_diagnosis(nc, topology_ready, "n4", lambda d: not d.resolved)
+    offset = prometheus_client.REGISTRY.get_sample_value("nodeheal_diagnoser_anomaly_clock_offset_seconds")
+    assert offset is not None and 119 <= offset <= 130
+    assert any("clock far from the NATS server" in r.getMessage() for r in caplog.records)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,6 +61,14 @@ from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.subjects import diagnosis_subject, dlq_subject, finding_subject, wildcard
 
 log = logging.getLogger("nodeheal.diagnoser")
+
+CLOCK_OFFSET = prometheus_client.Gauge(
+    "nodeheal_diagnoser_anomaly_clock_offset_seconds",
+    "NATS server's store time minus the anomaly's detected_at, of the latest anomaly (the writer's clock and publish"
+    " delay)",
+)
+CLOCK_OFFSET_WARN_S = 10.0
+"""An anomaly whose writer's clock is further than this from the NATS server's is said (at most once a minute)."""
 
 _TRACE_KEYS = (TRACEPARENT, "tracestate")
 # diagnoses in flight together (different nodes): a partition judged at once is thousands of verdicts, and one
@@ -188,6 +197,7 @@ class DiagnoserRuntime:
         self.topology = settings.nats.topology()
         self.prefix = settings.nats.prefix
         self._lock = asyncio.Lock()
+        self._offset_said = float("-inf")  # when a clock offset was last said (monotonic)
         self._held: dict[str, datetime] = {}
         # verdicts decided but not yet stored in DIAGNOSES (their publish failed, or is under way): the core
         # remembers a verdict as said when it decides it, so it is sent from here until its PubAck comes
@@ -316,7 +326,33 @@ class DiagnoserRuntime:
 
     async def _message(self, item: Anomaly | CloudSystemEvent | RemediationRecord, delivery: Delivery) -> None:
         """One input message (in stream order per stream); returns once its diagnoses are PubAck'ed."""
+        if isinstance(item, Anomaly):
+            self._clock_offset(item, delivery)
         await self._on_message(item, delivery.headers)
+
+    def _clock_offset(self, anomaly: Anomaly, delivery: Delivery) -> None:
+        """How far the anomaly's writer's clock (its `detected_at`) is from the NATS server's (the time it stored
+        the message): the node_down hold, the burst windows and our own actions' windows compare times written on
+        different machines, so they assume clocks within a few seconds (NTP). Measured, exported, and said when off
+        by more than `CLOCK_OFFSET_WARN_S` (a detector backlog shows as a large positive offset too)."""
+        try:
+            stored = delivery.msg.metadata.timestamp
+        except Exception:  # not a JetStream message (a test's direct call): nothing to measure
+            return
+        if stored is None:
+            return
+        offset = (stored - anomaly.detected_at).total_seconds()
+        CLOCK_OFFSET.set(offset)
+        if abs(offset) > CLOCK_OFFSET_WARN_S:
+            now = time.monotonic()
+            if now - self._offset_said >= 60.0:
+                self._offset_said = now
+                log.warning(
+                    "anomaly written with a clock far from the NATS server's: node_down holds and time windows are"
+                    " off by as much; check NTP on the detector's and the server's machines (or the detector is"
+                    " publishing a backlog)",
+                    extra={"offset_s": round(offset, 1), "node": anomaly.node, "anomaly_key": anomaly.anomaly_key},
+                )
 
     async def _crash(self, report: CrashReport, delivery: Delivery) -> None:
         """One crash report: classified, counted once per boot in its bucket's fleet record, handed to the
