@@ -21,6 +21,7 @@ from nats.js.client import JetStreamContext
 from nodeheal.cloud_events.ingest.app import build_app
 from nodeheal.cloud_events.ingest.auth import sign
 from nodeheal.cloud_events.ingest.settings import IngestSettings
+from nodeheal.cloud_events.ingest.sink import remap_message_id
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import CloudSystemEvent, DeadLetter, NodeInventory, cloud_event_message_id
 from nodeheal.schemas.inventory import instance_key
@@ -149,6 +150,57 @@ async def test_unknown_instance_is_published_under_its_instance_id(
     stored = await js.get_last_msg(f"{topology_ready.stream_prefix}CLOUD", delivery["subject"])
     assert stored.headers is not None and stored.headers["Nodeheal-Node-Mapped"] == "false"
     assert CloudSystemEvent.model_validate_json(stored.data).node_mapped is False
+
+
+async def subject_count(js: JetStreamContext, nats: NatsSettings, subject: str) -> int:
+    info = await js.stream_info(f"{nats.stream_prefix}CLOUD", subjects_filter=subject)
+    return int((info.state.subjects or {}).get(subject, 0))
+
+
+async def post_outcomes(client: TestClient[Any, Any]) -> list[tuple[str, str, bool]]:
+    response = await client.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
+    assert response.status == 200, await response.text()
+    return [(e["node"], e["outcome"], e["node_mapped"]) for e in (await response.json())["events"]]
+
+
+async def assert_remapped_once(js: JetStreamContext, nats: NatsSettings) -> None:
+    worker = cloud_subject("prod-1", "worker-7", prefix=nats.prefix)
+    assert await subject_count(js, nats, worker) == 1
+    assert await subject_count(js, nats, cloud_subject("prod-1", INSTANCE, prefix=nats.prefix)) == 1
+    assert await stream_count(js, nats, "CLOUD") == 2
+    stored = await js.get_last_msg(f"{nats.stream_prefix}CLOUD", worker)
+    transition = cloud_event_message_id("alibaba", "e-bp11trd********pqum2", "scheduled")
+    assert stored.headers is not None
+    assert stored.headers["Nats-Msg-Id"] == remap_message_id(transition, "worker-7")
+    assert stored.headers["Nodeheal-Node-Mapped"] == "true"
+    event = CloudSystemEvent.model_validate_json(stored.data)
+    assert (event.node, event.node_mapped, event.phase) == ("worker-7", True, "scheduled")
+
+
+async def test_an_event_published_unmapped_is_sent_to_the_node_once_the_inventory_knows_it(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    assert await post_outcomes(client) == [(INSTANCE, "published", False)]
+    await put_inventory(js, topology_ready, instance=INSTANCE, node="worker-7")
+    # the same notice again (CMS retry, the poll): the node has never heard of it
+    assert await post_outcomes(client) == [("worker-7", "remapped", True)]
+    assert await post_outcomes(client) == [("worker-7", "duplicate", True)]
+    await assert_remapped_once(js, topology_ready)
+
+
+async def test_the_remap_survives_an_ingest_restart_on_either_side(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    assert await post_outcomes(client) == [(INSTANCE, "published", False)]
+    await put_inventory(js, topology_ready, instance=INSTANCE, node="worker-7")
+    # restarted: the ledger seeded from CLOUD knows the transition went out unmapped
+    async with TestClient(TestServer(build_app(make_settings(topology_ready)))) as restarted:
+        assert await post_outcomes(restarted) == [("worker-7", "remapped", True)]
+        assert await post_outcomes(restarted) == [("worker-7", "duplicate", True)]
+    # restarted again: the seed knows it went to worker-7 too
+    async with TestClient(TestServer(build_app(make_settings(topology_ready)))) as again:
+        assert await post_outcomes(again) == [("worker-7", "duplicate", True)]
+    await assert_remapped_once(js, topology_ready)
 
 
 async def test_hmac_signature_is_accepted(

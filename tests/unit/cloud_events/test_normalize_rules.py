@@ -378,3 +378,37 @@ def test_ledger_an_earlier_phase_after_a_later_one_is_stale() -> None:
     fresh = TransitionLedger()
     assert fresh.record(cloud="alibaba", provider_event_id="e-4", phase="pending_approval") == "new"
     assert fresh.record(cloud="alibaba", provider_event_id="e-4", phase="scheduled") == "new"  # forward: new
+
+
+def _route(ledger: TransitionLedger, phase: str, message_id: str, node: str | None, *, fresh: bool = True) -> None:
+    if fresh:
+        ledger.record(cloud="alibaba", provider_event_id="e-5", phase=phase)
+    ledger.routed(cloud="alibaba", provider_event_id="e-5", phase=phase, message_id=message_id, node=node, fresh=fresh)
+
+
+def _unmapped(ledger: TransitionLedger, phase: str) -> str | None:
+    return ledger.unmapped(cloud="alibaba", provider_event_id="e-5", phase=phase)
+
+
+def test_ledger_names_the_message_a_node_never_got_while_it_is_where_the_event_stands() -> None:
+    ledger = TransitionLedger()
+    _route(ledger, "scheduled", "m-scheduled", None)  # published under the instance id
+    assert _unmapped(ledger, "scheduled") == "m-scheduled"
+    assert _unmapped(ledger, "in_progress") is None  # not seen: nothing to send again
+    _route(ledger, "scheduled", "m-scheduled", "worker-7", fresh=False)  # sent to the node (a remap)
+    assert _unmapped(ledger, "scheduled") is None
+    _route(ledger, "scheduled", "m-later", None, fresh=False)  # a duplicate unmapped report does not undo it
+    assert _unmapped(ledger, "scheduled") is None
+    _route(ledger, "scheduled", "m-moved", None, fresh=True)  # a reschedule under the instance id does
+    assert _unmapped(ledger, "scheduled") == "m-moved"
+    _route(ledger, "in_progress", "m-running", None)
+    assert _unmapped(ledger, "scheduled") is None  # superseded: the node is not told about it after in_progress
+    assert _unmapped(ledger, "in_progress") == "m-running"
+    _route(ledger, "completed", "m-done", None)
+    assert (_unmapped(ledger, "in_progress"), _unmapped(ledger, "completed")) == (None, "m-done")
+
+
+def test_ledger_without_a_route_never_asks_for_a_remap() -> None:
+    ledger = TransitionLedger()  # messages stored before routes were kept carry no node_mapped
+    ledger.record(cloud="alibaba", provider_event_id="e-5", phase="scheduled")
+    assert _unmapped(ledger, "scheduled") is None

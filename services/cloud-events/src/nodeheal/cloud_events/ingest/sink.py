@@ -4,7 +4,10 @@ publish to CLOUD with `Nats-Msg-Id` = the deterministic id; rejected input to th
 An instance that is not in the inventory is never dropped: its event is published on the subject of
 a node named after the instance id, with `node_mapped=False` and the header `Nodeheal-Node-Mapped:
 false`, and counted in `nodeheal_ingest_unmapped_total`, so an operator sees it and can fix the
-inventory (docs/cloud-events.md).
+inventory (docs/cloud-events.md). The ledger keeps where each transition went: once a later report of a
+transition published that way maps to a node, it is published again under the node's subject (Nats-Msg-Id
+`remap_message_id`), counted in `nodeheal_ingest_remapped_total`; before, it was a duplicate and the node
+first heard of a maintenance weeks ahead only when it was in progress.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from nodeheal.cloud_events.normalize.ledger import reschedule_message_id
 from nodeheal.runtime.jetstream import dead_letter, publish_model, read_range
 from nodeheal.runtime.telemetry import publish_span, start_incident
 from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory, instance_key
 from nodeheal.schemas.subjects import cloud_subject, wildcard
 
@@ -42,7 +46,13 @@ UNMAPPED = prometheus_client.Counter(
 )
 REJECTED = prometheus_client.Counter("nodeheal_ingest_rejected_total", "Input sent to the DLQ", ["reason"])
 
-Outcome = Literal["published", "duplicate", "stale"]
+REMAPPED = prometheus_client.Counter(
+    "nodeheal_ingest_remapped_total",
+    "Transitions published under the instance id and sent again to the node the inventory now maps it to",
+    ["cloud"],
+)
+
+Outcome = Literal["published", "remapped", "duplicate", "stale"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,12 @@ class Delivery:
             "node_mapped": self.node_mapped,
             "outcome": self.outcome,
         }
+
+
+def remap_message_id(transition_id: str, node: str) -> str:
+    """The message id of a transition published again under the node it now maps to: replicas and retries
+    sending that node the same transition dedup, and it does not collide with the unmapped message's id."""
+    return deterministic_id(transition_id, node, prefix="cloud-remap-")
 
 
 class InventoryResolver:
@@ -122,71 +138,96 @@ class CloudEventSink:
         Raises on a NATS failure (the caller answers 503 or retries); nothing is recorded then."""
         out: list[Delivery] = []
         for event in events:
-            mapped_event = await self._map(event, node=node)
-            subject = cloud_subject(mapped_event.cluster, mapped_event.node, prefix=self.prefix)
-            verdict = self.ledger.verdict(
+            out.append(await self._submit_one(event, node=node))
+        return out
+
+    async def _submit_one(self, event: CloudSystemEvent, *, node: str | None) -> Delivery:
+        mapped_event = await self._map(event, node=node)
+        subject = cloud_subject(mapped_event.cluster, mapped_event.node, prefix=self.prefix)
+        verdict = self.ledger.verdict(
+            cloud=event.cloud,
+            provider_event_id=event.provider_event_id,
+            phase=event.phase,
+            not_before=event.not_before,
+            channel=event.channel,
+        )
+        if verdict == "rescheduled":  # the same transition with a new start time: a message of its own
+            new_id = reschedule_message_id(event)
+            event = event.model_copy(update={"id": new_id})
+            mapped_event = mapped_event.model_copy(update={"id": new_id})
+        missed = (
+            self.ledger.unmapped(cloud=event.cloud, provider_event_id=event.provider_event_id, phase=event.phase)
+            if verdict == "duplicate" and mapped_event.node_mapped
+            else None
+        )
+        outcome: Outcome
+        if verdict in ("new", "rescheduled"):
+            await self._publish(mapped_event, subject, msg_id=event.id)
+            self.ledger.admit(mapped_event)
+            outcome = "published"
+        elif missed is not None:
+            # published under the instance id while the inventory did not know it; the node never got it
+            mapped_event = mapped_event.model_copy(update={"id": missed})
+            await self._publish(mapped_event, subject, msg_id=remap_message_id(missed, mapped_event.node))
+            self.ledger.routed(
                 cloud=event.cloud,
                 provider_event_id=event.provider_event_id,
                 phase=event.phase,
-                not_before=event.not_before,
-                channel=event.channel,
+                message_id=missed,
+                node=mapped_event.node,
+                fresh=False,
             )
-            if verdict == "rescheduled":  # the same transition with a new start time: a message of its own
-                new_id = reschedule_message_id(event)
-                event = event.model_copy(update={"id": new_id})
-                mapped_event = mapped_event.model_copy(update={"id": new_id})
-            if verdict in ("new", "rescheduled"):
-                # A cloud event starts an incident's trace; the detector continues it in the
-                # cloud_maintenance anomaly the event causes (traceparent in the CLOUD message).
-                with (
-                    start_incident(
-                        _TRACER,
-                        name="cloud event",
-                        attributes={
-                            "nodeheal.node": mapped_event.node,
-                            "nodeheal.cloud.event_id": event.provider_event_id,
-                            "nodeheal.cloud.phase": event.phase,
-                        },
-                    ),
-                    publish_span(
-                        _TRACER,
-                        subject=subject,
-                        headers={"Nodeheal-Node-Mapped": "true" if mapped_event.node_mapped else "false"},
-                    ) as headers,
-                ):
-                    pass
-                await publish_model(
-                    self.js,
-                    subject,
-                    mapped_event,
-                    msg_id=event.id,
-                    headers=headers,
-                    timeout_s=self.publish_timeout_s,
-                )
-                self.ledger.admit(event)
-            outcome: Outcome = "duplicate" if verdict == "duplicate" else "stale" if verdict == "stale" else "published"
-            PUBLISHED.labels(event.channel, outcome).inc()
-            if verdict == "stale":
-                log.info(
-                    "late non-terminal report of a finished event not published",
-                    extra={
-                        "node": mapped_event.node,
-                        "provider_event_id": event.provider_event_id,
-                        "phase": event.phase,
-                    },
-                )
-            out.append(
-                Delivery(
-                    event_id=event.id,
-                    provider_event_id=event.provider_event_id,
-                    phase=event.phase,
-                    subject=subject,
-                    node=mapped_event.node,
-                    node_mapped=bool(mapped_event.node_mapped),
-                    outcome=outcome,
-                )
+            REMAPPED.labels(event.cloud).inc()
+            log.info(
+                "event published under the instance id sent again to the node it maps to now",
+                extra={"node": mapped_event.node, "provider_event_id": event.provider_event_id, "phase": event.phase},
             )
-        return out
+            outcome = "remapped"
+        else:
+            outcome = "stale" if verdict == "stale" else "duplicate"
+        PUBLISHED.labels(event.channel, outcome).inc()
+        if verdict == "stale":
+            log.info(
+                "late non-terminal report of a finished event not published",
+                extra={
+                    "node": mapped_event.node,
+                    "provider_event_id": event.provider_event_id,
+                    "phase": event.phase,
+                },
+            )
+        return Delivery(
+            event_id=mapped_event.id,
+            provider_event_id=event.provider_event_id,
+            phase=event.phase,
+            subject=subject,
+            node=mapped_event.node,
+            node_mapped=bool(mapped_event.node_mapped),
+            outcome=outcome,
+        )
+
+    async def _publish(self, mapped_event: CloudSystemEvent, subject: str, *, msg_id: str) -> None:
+        # A cloud event starts an incident's trace; the detector continues it in the
+        # cloud_maintenance anomaly the event causes (traceparent in the CLOUD message).
+        with (
+            start_incident(
+                _TRACER,
+                name="cloud event",
+                attributes={
+                    "nodeheal.node": mapped_event.node,
+                    "nodeheal.cloud.event_id": mapped_event.provider_event_id,
+                    "nodeheal.cloud.phase": mapped_event.phase,
+                },
+            ),
+            publish_span(
+                _TRACER,
+                subject=subject,
+                headers={"Nodeheal-Node-Mapped": "true" if mapped_event.node_mapped else "false"},
+            ) as headers,
+        ):
+            pass
+        await publish_model(
+            self.js, subject, mapped_event, msg_id=msg_id, headers=headers, timeout_s=self.publish_timeout_s
+        )
 
     async def _map(self, event: CloudSystemEvent, *, node: str | None) -> CloudSystemEvent:
         if node is not None:
@@ -233,13 +274,25 @@ async def seed_ledger(
         nonlocal count
         try:
             body = json.loads(msg.data)
-            ledger.record(
-                cloud=str(body["cloud"]),
-                provider_event_id=str(body["provider_event_id"]),
-                phase=str(body["phase"]),
+            cloud, provider_event_id, phase = str(body["cloud"]), str(body["provider_event_id"]), str(body["phase"])
+            verdict = ledger.record(
+                cloud=cloud,
+                provider_event_id=provider_event_id,
+                phase=phase,
                 not_before=body.get("not_before"),
                 channel=body.get("channel"),
             )
+            mapped, node, message_id = body.get("node_mapped"), body.get("node"), body.get("id")
+            if isinstance(mapped, bool) and isinstance(message_id, str) and (not mapped or isinstance(node, str)):
+                # where it went: a restart still sends a transition published unmapped to its node
+                ledger.routed(
+                    cloud=cloud,
+                    provider_event_id=provider_event_id,
+                    phase=phase,
+                    message_id=message_id,
+                    node=node if mapped else None,
+                    fresh=verdict in ("new", "rescheduled"),
+                )
             count += 1
         except (ValueError, KeyError, TypeError):
             pass

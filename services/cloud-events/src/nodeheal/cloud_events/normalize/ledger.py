@@ -8,6 +8,10 @@ remediator drains by the new time; a channel that still reports an old time is a
 Entity key `(cloud, provider_event_id)`: once an entity has reached a terminal phase, a later
 non-terminal report (a slower channel: CMS push racing the API poll) is stale and never overwrites
 it. Bounded: the least recently touched entities are forgotten first.
+
+Route per transition: the node its latest message went to, or none (the instance was not in the inventory and
+it went out under the instance id). `unmapped` names the message a node never got, so the ingest sends it to the
+node once the inventory knows the instance; the route is rebuilt with the rest from the stored messages.
 """
 
 from __future__ import annotations
@@ -63,6 +67,16 @@ class _Entity:
     """Per non-terminal phase: the start times (`not_before`) reported for it."""
     latest: dict[tuple[str, str], datetime] = field(default_factory=dict)
     """Per (non-terminal phase, channel): the start time that channel last had published."""
+    routes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    """Per phase: (message id, node) of its latest message; node None: published under the instance id.
+    A phase without an entry: not known (a message without `node_mapped`)."""
+
+    def current(self, phase: str) -> bool:
+        """`phase` is where the event stands: its terminal phase, or, while open, no later phase was seen."""
+        if self.terminal is not None:
+            return phase == self.terminal
+        rank = PHASE_ORDER.get(phase, -1)
+        return not any(PHASE_ORDER.get(p, -1) > rank for p in self.phases)
 
     def moved(self, phase: str, start: datetime | None, channel: str | None = None) -> bool:
         """A new start time: one the channel itself did not say last (a channel that moves its own time moved
@@ -141,13 +155,47 @@ class TransitionLedger:
         return verdict
 
     def admit(self, event: CloudSystemEvent) -> Verdict:
-        return self.record(
+        """Record a published event, and where it went if it says (`node_mapped`)."""
+        verdict = self.record(
             cloud=event.cloud,
             provider_event_id=event.provider_event_id,
             phase=event.phase,
             not_before=event.not_before,
             channel=event.channel,
         )
+        if event.node_mapped is not None:
+            self.routed(
+                cloud=event.cloud,
+                provider_event_id=event.provider_event_id,
+                phase=event.phase,
+                message_id=event.id,
+                node=event.node if event.node_mapped else None,
+                fresh=verdict in ("new", "rescheduled"),
+            )
+        return verdict
+
+    def routed(
+        self, *, cloud: str, provider_event_id: str, phase: str, message_id: str, node: str | None, fresh: bool
+    ) -> None:
+        """Where a message of a recorded transition went: `node`, or None (under the instance id). `fresh`: the
+        message was the transition's latest (new or rescheduled). A message to a node is always kept (a remap is
+        a duplicate of the transition); an unmapped one only when fresh (it does not undo a remap)."""
+        entity = self._entities.get((cloud, provider_event_id))
+        if entity is None or phase not in entity.phases:
+            return
+        if node is not None or fresh:
+            entity.routes[phase] = (message_id, node)
+
+    def unmapped(self, *, cloud: str, provider_event_id: str, phase: str) -> str | None:
+        """The id of the message of this transition that went out under the instance id only, if the transition
+        is where the event stands (an earlier phase superseded by a later one is not sent again); else None."""
+        entity = self._entities.get((cloud, provider_event_id))
+        if entity is None or phase not in entity.phases or not entity.current(phase):
+            return None
+        route = entity.routes.get(phase)
+        if route is None or route[1] is not None:
+            return None
+        return route[0]
 
     def open_events(self, cloud: str) -> list[str]:
         """Event ids of `cloud` seen in a non-terminal phase and not yet closed (for reconciliation)."""
