@@ -5,6 +5,7 @@ always end as 2xx-and-published or 4xx-and-DLQ."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.js.client import JetStreamContext
 
-from nodeheal.cloud_events.ingest.app import build_app
+from nodeheal.cloud_events.ingest.app import RUNTIME, build_app
 from nodeheal.cloud_events.ingest.auth import sign
 from nodeheal.cloud_events.ingest.settings import IngestSettings
 from nodeheal.cloud_events.ingest.sink import remap_message_id
@@ -201,6 +202,46 @@ async def test_the_remap_survives_an_ingest_restart_on_either_side(
     async with TestClient(TestServer(build_app(make_settings(topology_ready)))) as again:
         assert await post_outcomes(again) == [("worker-7", "duplicate", True)]
     await assert_remapped_once(js, topology_ready)
+
+
+async def test_two_reports_of_one_event_at_once_cannot_both_pass_as_new(
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll's `Executing` is published and its acknowledgement is still on the way when the CMS push of
+    `Scheduled` arrives. Before, the push found nothing recorded yet, passed as new and was stored after
+    `in_progress`: a reader keeping the latest report went back to `scheduled`."""
+    sink = client.server.app[RUNTIME].sink
+    assert sink is not None
+    monkeypatch.setattr(sink.inventory, "kv", None)  # no lookup: the second report runs to its first wait at once
+    stored_first, release, second_in = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    real_publish, real_submit = sink.js.publish, sink.submit
+
+    async def slow_ack(*args: Any, **kwargs: Any) -> Any:
+        ack = await real_publish(*args, **kwargs)
+        if not stored_first.is_set():
+            stored_first.set()
+            await release.wait()
+        return ack
+
+    async def submit(events: list[CloudSystemEvent], *, node: str | None = None) -> Any:
+        if stored_first.is_set():
+            second_in.set()
+        return await real_submit(events, node=node)
+
+    monkeypatch.setattr(sink.js, "publish", slow_ack)
+    monkeypatch.setattr(sink, "submit", submit)
+    body = json.loads(REBOOT)
+    executing = json.dumps({**body, "content": {**body["content"], "eventStatus": "Executing"}})
+    poll = asyncio.create_task(client.post("/v1/events/alibaba-cms", data=executing, headers=BEARER))
+    await stored_first.wait()
+    push = asyncio.create_task(client.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER))
+    await second_in.wait()  # the push is in the sink and has gone as far as it can
+    release.set()
+    first, second = await poll, await push
+    assert [e["outcome"] for e in (await first.json())["events"]] == ["published"]
+    assert [e["outcome"] for e in (await second.json())["events"]] == ["stale"]
+    assert await stream_count(js, topology_ready, "CLOUD") == 1
+    assert len(sink._locks) == 0  # nothing kept once no report of the event is in hand
 
 
 async def test_hmac_signature_is_accepted(

@@ -12,9 +12,12 @@ first heard of a maintenance weeks ahead only when it was in progress.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -53,6 +56,32 @@ REMAPPED = prometheus_client.Counter(
 )
 
 Outcome = Literal["published", "remapped", "duplicate", "stale"]
+
+
+class _EventLocks:
+    """One asyncio lock per provider event while a report of it is being handled; gone when none waits."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._held.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._held[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._held[key]
+            if users <= 1:
+                del self._held[key]
+            else:
+                self._held[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,13 +161,17 @@ class CloudEventSink:
         self.inventory = inventory
         self.ledger = ledger
         self.publish_timeout_s = publish_timeout_s
+        self._locks = _EventLocks()
 
     async def submit(self, events: list[CloudSystemEvent], *, node: str | None = None) -> list[Delivery]:
         """Publish each new transition. `node`: the node a node-local poller speaks for (no lookup).
         Raises on a NATS failure (the caller answers 503 or retries); nothing is recorded then."""
         out: list[Delivery] = []
         for event in events:
-            out.append(await self._submit_one(event, node=node))
+            # verdict, publish and record are one step per provider event: a second report of the same event
+            # (CMS push and the poll) waits, so both cannot pass as new and land out of order
+            async with self._locks.hold((event.cloud, event.provider_event_id)):
+                out.append(await self._submit_one(event, node=node))
         return out
 
     async def _submit_one(self, event: CloudSystemEvent, *, node: str | None) -> Delivery:
