@@ -85,7 +85,8 @@ class AuditLog:
                 self.js,
                 subject,
                 rec,
-                msg_id=f"{rec.action_id}:{rec.phase}",
+                # a dry run's record never dedups the live one of the same step (dry run on, then off)
+                msg_id=f"{rec.action_id}:{rec.phase}" + (":dry" if rec.dry_run else ""),
                 # traceparent of the current span: whoever reads AUDIT continues the incident's trace
                 headers=inject_headers({"Nats-Expected-Stream": self.stream}),
                 timeout_s=self.timeout_s,

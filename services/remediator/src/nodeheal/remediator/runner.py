@@ -581,6 +581,11 @@ class Remediator:
         try:
             since = utcnow() - timedelta(seconds=max(self.policy.node_repair_window_s, self.policy.flap_window_s))
             history = await self.audit.history(cluster=diagnosis.cluster, node=diagnosis.node, since=since)
+            if not self.policy.dry_run:
+                # what a dry run recorded was not done: a live ladder must not take its cordon, drain or
+                # verification for real ones (the shipped configuration starts in dry run; before, the first
+                # live ladder after it rebooted a node it had never cordoned or drained)
+                history = [r for r in history if not r.dry_run]
             run = _Run(diagnosis=diagnosis, lease=lease, history=history, episode=episode)
             return await body(run)
         except AuditRefusedError as exc:
