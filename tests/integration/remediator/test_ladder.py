@@ -393,3 +393,19 @@ async def test_a_diagnosis_that_recommends_nothing_is_skipped_not_escalated(
     records = [r for r in await audit_records(nc, topology_ready) if r.diagnosis_id == ours.id]
     assert [(r.action, r.phase) for r in records] == [("none", "skipped")]
     assert world.is_cordoned("n-own")
+
+
+async def test_a_diagnosis_for_another_cluster_is_not_acted_on(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """Its lease key and audit history would be another cluster's while the Kubernetes and cloud actions reach this
+    cluster's node of that name (a `nodeheal batch` left at its default cluster). Before, it was acted on."""
+    service = await start_service(make_settings(topology_ready, kube_url=world.url))
+    try:
+        other = diagnosis("n1", ["cordon"]).model_copy(update={"cluster": "default"})
+        await publish_diagnosis(nc, topology_ready, other)
+        skipped = await wait_for_record(nc, topology_ready, node="n1", phase="skipped")
+    finally:
+        await service.stop()
+    assert skipped.cluster == "default" and "this remediator serves 'c1'" in skipped.reason
+    assert not world.is_cordoned("n1")

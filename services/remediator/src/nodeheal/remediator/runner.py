@@ -481,6 +481,18 @@ class Remediator:
         newer = self.view.newer_in_episode(diagnosis)
         if newer is not None:
             return "ack"  # a later diagnosis of the same episode carries the ladder on
+        if diagnosis.cluster != self.settings.cluster:
+            # its lease key, audit history and probes would be another cluster's while the Kubernetes and cloud
+            # actions reach this cluster's node of that name: a second ladder could act on a node one holds (a
+            # `nodeheal batch` left at its default cluster did)
+            await self._skip(
+                None,
+                diagnosis,
+                why="other-cluster",
+                reason=f"diagnosis for cluster {diagnosis.cluster!r}, this remediator serves {self.settings.cluster!r}:"
+                " not acted on (pass --cluster / NODEHEAL_CLUSTER with the cluster's name)",
+            )
+            return "ack"
         left = self.view.left.get(diagnosis.node)
         if left is not None:
             # a machine that left the cluster (released by a replace: its agent is silent for good) is no fault
