@@ -97,3 +97,19 @@ def test_configurable_rack_label_and_empty_node() -> None:
     inv = node_to_inventory(node, cluster="c", labels_config=config, now=datetime.now(tz=UTC))
     assert inv.rack == "r9" and inv.labels == {"example.com/rack": "r9"}
     assert inv.ready is None and inv.addresses == () and inv.instance_id is None
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2025-06-01T08:00:00Z", datetime(2025, 6, 1, 8, tzinfo=UTC)),
+        ("2025-06-01T10:00:00+02:00", datetime(2025, 6, 1, 8, tzinfo=UTC)),
+        ("2025-06-01T08:00:00", None),  # no zone: not what an API server writes
+        ("yesterday", None),
+        (None, None),
+    ],
+)
+def test_created_at_is_the_creation_timestamp(stamp: str | None, expected: datetime | None) -> None:
+    node = {"metadata": {"name": "n1", "creationTimestamp": stamp}}
+    record = node_to_inventory(node, cluster="c", labels_config=LabelConfig(), now=datetime(2026, 1, 1, tzinfo=UTC))
+    assert record.created_at == expected

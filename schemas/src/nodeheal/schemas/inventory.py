@@ -28,6 +28,9 @@ class NodeInventory(Frozen):
     labels: dict[str, str] = Field(default_factory=dict)
     ready: bool | None = None
     unschedulable: bool = False
+    created_at: UtcDatetime | None = None
+    """The Node's `metadata.creationTimestamp`: when two Nodes claim one instance id, the index names the
+    Ready one, else the one created last (docs/node-agent.md, "Inventory watcher")."""
     updated_at: UtcDatetime | None = None
 
     def to_json(self) -> bytes:

@@ -97,6 +97,17 @@ def _kept(labels: Mapping[str, str], keep: Sequence[str], extra: Sequence[str]) 
     return {k: v for k, v in sorted(labels.items()) if k in exact or k.startswith(prefixes)}
 
 
+def _timestamp(value: object) -> datetime | None:
+    """An RFC 3339 timestamp as the API server writes it (`2024-03-01T08:00:00Z`); None if absent or not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 def node_to_inventory(
     node: Mapping[str, Any], *, cluster: str, labels_config: LabelConfig, now: datetime
 ) -> NodeInventory:
@@ -140,5 +151,6 @@ def node_to_inventory(
         labels=_kept(labels, c.keep, [k for k in used if k in labels]),
         ready=ready,
         unschedulable=bool(spec.get("unschedulable", False)),
+        created_at=_timestamp(metadata.get("creationTimestamp")),
         updated_at=now,
     )
