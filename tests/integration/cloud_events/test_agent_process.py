@@ -107,6 +107,59 @@ async def test_a_sigterm_during_a_restart_waits_for_it_and_answers(
     assert proc.returncode == 0, stderr.decode()[-2000:]
 
 
+async def test_a_command_under_way_when_the_agent_is_killed_is_not_run_again(
+    topology_ready: NatsSettings, nc: Client, tmp_path: Path
+) -> None:
+    """The agent is SIGKILLed (OOM kill, node power blip of its pod) in the middle of a kubelet restart; the
+    remediator, having had no answer, asks again with the same action id once the agent is back. Before, the new
+    agent process knew nothing of it and restarted the kubelet a second time. Now the command was written to the
+    state directory before it ran, and the new process answers "interrupted, effect unknown" without running it."""
+    node = make_fake_node(tmp_path)
+    node.set_unit("kubelet.service", "failed")
+    (node.state / "kubelet.service.slow").write_text("3")
+    env = _agent_env(topology_ready, node) | {"NODEHEAL_AGENT_STATE_DIR": str(tmp_path / "state")}
+    subject = cmd_subject("prod-1", "node-7", prefix=topology_ready.prefix)
+
+    async def start() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nodeheal.agent", env=env, stderr=asyncio.subprocess.DEVNULL
+        )
+        for i in range(150):  # started: its command subscription answers
+            try:
+                await nc.request(subject, _command("ping", None, f"p-{proc.pid}-{i}").to_json(), timeout=1)
+                return proc
+            except (NoRespondersError, NatsTimeout):
+                await asyncio.sleep(0.2)
+        raise AssertionError("the agent never answered a ping")
+
+    restart = _command("restart_service", "kubelet", "r-killed")
+    first = await start()
+    try:
+        asked = asyncio.create_task(nc.request(subject, restart.to_json(), timeout=30))
+        await asyncio.sleep(1.0)  # the restart is under way (it takes 3 s)
+        assert not asked.done()
+        first.kill()
+        await first.wait()
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await asked
+    finally:
+        if first.returncode is None:
+            first.kill()
+    for _ in range(50):  # the systemctl the killed agent started finishes on its own
+        if node.restarts_logged():
+            break
+        await asyncio.sleep(0.2)
+    assert node.restarts_logged() == ["kubelet.service"]
+    second = await start()
+    try:
+        again = NodeCommandResult.model_validate_json((await nc.request(subject, restart.to_json(), timeout=30)).data)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(second.wait(), timeout=60)
+    assert not again.ok and "interrupted" in again.detail and "not run again" in again.detail, again
+    assert node.restarts_logged() == ["kubelet.service"]  # the kubelet was restarted once
+
+
 def _command(command: str, target: str | None, action_id: str) -> NodeCommand:
     return NodeCommand(
         cluster="prod-1",

@@ -433,6 +433,51 @@ async def test_a_lease_bucket_created_anew_resets_the_fence(tmp_path: Path) -> N
     assert node.restarts_logged() == ["kubelet.service", "kubelet.service"]
 
 
+async def test_an_unwritable_state_directory_refuses_commands_instead_of_forgetting_them(tmp_path: Path) -> None:
+    """The agent's state volume is read-only or full. Before, the agent logged a warning and ran the command
+    anyway: the lease fence and the result were not kept, so after a restart a stale remediator's older lease
+    was obeyed and a re-sent command ran again. Now a command that changes the node is not started, with the
+    file and the fix named; pings and dry runs still answer."""
+    node = make_fake_node(tmp_path)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the state directory should be")  # every write under it fails, also as root
+    fenced = _fenced_executor(node, blocked / "lease-fence.json")
+    leased = _cmd("restart_service", "kubelet", "w1").model_copy(update={"lease_revision": 7})
+    refused = await fenced.execute(leased)
+    assert not refused.ok and "cannot write" in refused.detail and "lease-fence.json" in refused.detail, refused
+    assert "state directory" in refused.detail and fenced.refused_state == 1 and fenced.fenced == 0
+    assert fenced.last_revision == 0  # not taken as executed either
+
+    ex = _executor(node)
+    ex.results_file = blocked / "command-results.jsonl"
+    refused = await ex.execute(_cmd("clean_disk", "/var/log/pods", "w2"))
+    assert not refused.ok and "command-results.jsonl" in refused.detail and ex.refused_state == 1, refused
+    assert (await ex.execute(_cmd("ping", None, "w3"))).ok
+    assert (await ex.execute(_cmd("restart_service", "kubelet", "w4", dry_run=True))).ok
+    assert node.restarts_logged() == []  # nothing ran on the node
+
+
+async def test_an_unreadable_kept_fence_refuses_leased_commands_until_an_operator_looks(tmp_path: Path) -> None:
+    """A fence file that exists but cannot be parsed (disk corruption, an edited file) used to read as "no lease
+    seen", so any older lease was obeyed. Now commands with a lease are refused with what to do; a missing file is
+    still a fresh node."""
+    node = make_fake_node(tmp_path)
+    fence = tmp_path / "lease-fence.json"
+    fence.write_text('{"lease_revision": ')
+    refused = await _fenced_executor(node, fence).execute(
+        _cmd("restart_service", "kubelet", "u1").model_copy(update={"lease_revision": 3})
+    )
+    assert not refused.ok and "cannot be read" in refused.detail and "delete the file" in refused.detail, refused
+    assert node.restarts_logged() == []
+    fence.unlink()  # the operator checked and removed it
+    assert (
+        await _fenced_executor(node, fence).execute(
+            _cmd("restart_service", "kubelet", "u2").model_copy(update={"lease_revision": 3})
+        )
+    ).ok
+    assert node.restarts_logged() == ["kubelet.service"]
+
+
 def test_only_a_request_on_the_nodes_own_command_subject_is_a_command() -> None:
     """What a JetStream push consumer delivering on the command subject looks like is refused: the stored subject,
     a `$JS.ACK…` reply, or no reply at all."""

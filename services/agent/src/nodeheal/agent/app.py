@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import prometheus_client
@@ -47,6 +48,10 @@ REFUSED_DELIVERIES = prometheus_client.Counter(
     "Messages on the command subject that were not command requests (a stream's push consumer): not run, DLQ",
 )
 OUTBOX = prometheus_client.Gauge("nodeheal_agent_outbox", "Probes waiting to be published")
+STATE_REFUSED = prometheus_client.Counter(
+    "nodeheal_agent_commands_refused_state",
+    "Commands not started because the state directory could not keep their record or the lease fence",
+)
 CRASH_REPORTS = prometheus_client.Counter("nodeheal_agent_crash_reports", "Crash reports acknowledged by CRASHES")
 
 
@@ -60,6 +65,11 @@ class NodeAgent:
         state_dir = settings.state_dir
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(state_dir, os.W_OK):
+                log.error(
+                    "the state directory is not writable: commands that change the node will be refused",
+                    extra={"state_dir": str(state_dir)},
+                )
         self.host = HostReader(
             root=settings.host_root,
             mounts_file=settings.mounts_file,
@@ -321,7 +331,11 @@ class NodeAgent:
             "command received",
             extra={"node": self.settings.node_name, "action_id": command.action_id, "command": command.command},
         )
+        refused_before = self.executor.refused_state
         result = await self.executor.execute(command)
+        if self.executor.refused_state > refused_before:
+            STATE_REFUSED.inc(self.executor.refused_state - refused_before)
+            log.error("command refused: the state directory cannot keep it", extra={"detail": result.detail})
         # the remediator verifies a repair on a full probe newer than the action: the next one is full
         self.collector.want_full("node command")
         COMMANDS.labels(command=command.command, ok=str(result.ok).lower()).inc()

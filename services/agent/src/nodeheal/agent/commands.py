@@ -19,7 +19,13 @@ Safety first, because these act on a production node:
   without acting again, also while the first is still running. With a state directory the results are
   also kept on disk (the last `remember`, one JSON line each, written before the reply), so a command
   re-sent after an agent restart — a remediator that died between sending it and recording its result
-  asks again with the same action id — gets the stored result and nothing runs twice.
+  asks again with the same action id — gets the stored result and nothing runs twice. A command is also
+  written there (`started`) before it runs: one killed mid-run (SIGKILL, node power cut) is answered after the
+  restart as interrupted with an unknown effect, never run a second time.
+- The state directory fails closed: a command that changes the node is not started when its `started` line or
+  the lease fence cannot be written (read-only or full volume) or the kept fence cannot be read — without them a
+  restart could run it twice or let a stale remediator through. The refusal names the file and what to fix;
+  `refused_state` counts them.
 - Fencing: a command whose `lease_revision` is lower than the highest one this agent already executed is
   refused (the revision is persisted in the state directory, so a restart keeps the fence). Revisions compare
   within one lease bucket (`lease_epoch`, its creation time): a newer bucket starts a new fence, an older one is
@@ -104,10 +110,13 @@ class CommandExecutor:
         self._results: OrderedDict[tuple[str, bool], asyncio.Future[NodeCommandResult]] = OrderedDict()
         self._stored: OrderedDict[tuple[str, bool], NodeCommandResult] = OrderedDict()
         self._lines = 0  # lines in results_file (compacted when it reaches twice `remember`)
+        self._running: dict[tuple[str, bool], str] = {}  # begun, not finished: their `started` lines
         self.executed = 0  # commands that really ran (not replays of a known action id)
         self.fenced = 0  # commands refused for an old lease revision
         self.replayed = 0  # commands answered from the results an earlier run stored
         self.expired = 0  # commands refused because their sender had stopped waiting (`expires_at`)
+        self.refused_state = 0  # commands not started: the state directory could not keep their record
+        self._fence_broken: str | None = None  # why the kept fence could not be read (then lease commands wait)
         self.last_epoch, self.last_revision = self._load_fence()
         self._load_results()
 
@@ -120,14 +129,25 @@ class CommandExecutor:
         except OSError:
             return
         known: list[tuple[tuple[str, bool], NodeCommandResult]] = []
+        started: dict[tuple[str, bool], NodeCommandResult] = {}  # begun, no result yet (in file order)
         for line in lines:
             try:
                 raw = json.loads(line)
                 key = (str(raw["action_id"]), bool(raw["dry_run"]))
+                if "started" in raw:
+                    started[key] = _interrupted(key[0], str(raw["started"]), node=self.node)
+                    continue
                 result = NodeCommandResult.model_validate(raw["result"])
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line of a crash: that command is not known
+            started.pop(key, None)
             known.append((key, result))
+        if started:
+            log.warning(
+                "commands were under way when the agent stopped; their effect is unknown and they are not re-run",
+                extra={"action_ids": [k[0] for k in started]},
+            )
+        known.extend(started.items())
         for key, result in known[-self.remember :]:
             self._stored[key] = result
             self._stored.move_to_end(key)
@@ -139,17 +159,17 @@ class CommandExecutor:
         assert self.results_file is not None
         try:
             tmp = self.results_file.with_suffix(".tmp")
-            tmp.write_text(
-                "".join(_result_line(k, r) for k, r in self._stored.items()),
-                encoding="utf-8",
-            )
+            lines = [_result_line(k, r) for k, r in self._stored.items()]
+            lines += [_started_line(k, c) for k, c in self._running.items() if k not in self._stored]
+            tmp.write_text("".join(lines), encoding="utf-8")
             os.replace(tmp, self.results_file)
-            self._lines = len(self._stored)
+            self._lines = len(lines)
         except OSError as exc:
             log.warning("cannot compact the command results", extra={"error": str(exc)})
 
     def _store(self, key: tuple[str, bool], result: NodeCommandResult) -> None:
         """Keep a result on disk before it is answered (bounded: compacted at twice `remember` lines)."""
+        self._running.pop(key, None)
         self._stored[key] = result
         self._stored.move_to_end(key)
         while len(self._stored) > self.remember:
@@ -160,13 +180,29 @@ class CommandExecutor:
             self._rewrite_results()
             return
         try:
-            with self.results_file.open("a", encoding="utf-8") as f:
-                f.write(_result_line(key, result))
-                f.flush()
-                os.fsync(f.fileno())
-            self._lines += 1
+            self._append(_result_line(key, result))
         except OSError as exc:
             log.warning("cannot save a command result", extra={"error": str(exc)})
+
+    def _append(self, line: str) -> None:
+        assert self.results_file is not None
+        with self.results_file.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        self._lines += 1
+
+    def _begin(self, key: tuple[str, bool], command: NodeCommand) -> str | None:
+        """Write that the command starts (before it runs): refusal reason when it cannot be written, else None.
+        Only for commands that change the node; without a results file nothing is kept (memory only)."""
+        if self.results_file is None or command.dry_run or command.command == "ping":
+            return None
+        try:
+            self._append(_started_line(key, command.command))
+        except OSError as exc:
+            return _state_refusal(command, self.results_file, exc, "a re-sent command could run twice")
+        self._running[key] = command.command
+        return None
 
     def _load_fence(self) -> tuple[int | None, int]:
         """(lease epoch, revision) of the newest lease this agent executed for; (None, 0) when none is kept."""
@@ -176,7 +212,16 @@ class CommandExecutor:
             raw = json.loads(self.fence_file.read_text())
             epoch = raw.get("lease_epoch")
             return (int(epoch) if epoch is not None else None), int(raw["lease_revision"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (FileNotFoundError, NotADirectoryError):
+            return None, 0  # no lease executed yet on this node (a broken directory fails at the first write)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # kept but unreadable: starting from 0 would let a stale remediator through. Commands with a lease
+            # wait until an operator has looked (the refusal says what to do)
+            self._fence_broken = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "the kept lease fence cannot be read; commands with a lease are refused until it is fixed",
+                extra={"file": str(self.fence_file), "error": self._fence_broken},
+            )
             return None, 0
 
     def _late(self, command: NodeCommand) -> str | None:
@@ -206,6 +251,12 @@ class CommandExecutor:
         rev = command.lease_revision
         if rev is None or command.command == "ping" or command.dry_run:
             return None
+        if self._fence_broken is not None:
+            return (
+                f"refused: the lease fence kept in {self.fence_file} cannot be read ({self._fence_broken}); "
+                "nothing runs under a lease until it is fixed: check that no older remediator is running, then "
+                "delete the file and restart the agent"
+            )
         epoch = command.lease_epoch
         if epoch is not None and self.last_epoch is not None and epoch < self.last_epoch:
             return (
@@ -219,16 +270,16 @@ class CommandExecutor:
                 "executed (a stale remediator lost its lease)"
             )
         if new_bucket or rev > self.last_revision:
-            self.last_revision = rev
-            if epoch is not None:
-                self.last_epoch = epoch
+            new_epoch = epoch if epoch is not None else self.last_epoch
             if self.fence_file is not None:
                 try:
                     tmp = self.fence_file.with_suffix(".tmp")
-                    tmp.write_text(json.dumps({"lease_revision": rev, "lease_epoch": self.last_epoch}))
+                    tmp.write_text(json.dumps({"lease_revision": rev, "lease_epoch": new_epoch}))
                     os.replace(tmp, self.fence_file)
                 except OSError as exc:
-                    log.warning("cannot save the lease fence", extra={"error": str(exc)})
+                    # not kept, not raised: a restart would forget it and let the older lease's holder through
+                    return _state_refusal(command, self.fence_file, exc, "a stale remediator could act after a restart")
+            self.last_revision, self.last_epoch = rev, new_epoch
         return None
 
     async def execute(self, command: NodeCommand) -> NodeCommandResult:
@@ -248,7 +299,14 @@ class CommandExecutor:
         if command.node == self.node and command.cluster == self.cluster:
             refusal = self._fence(command)
             if refusal is not None:
-                self.fenced += 1
+                if refusal.startswith(_STATE_REFUSAL) or self._fence_broken is not None:
+                    self.refused_state += 1
+                else:
+                    self.fenced += 1
+                return self._result(command, ok=False, detail=refusal)
+            refusal = self._begin(key, command)
+            if refusal is not None:  # not remembered: once the volume is fixed the same action may run
+                self.refused_state += 1
                 return self._result(command, ok=False, detail=refusal)
         future: asyncio.Future[NodeCommandResult] = asyncio.get_running_loop().create_future()
         self._results[key] = future
@@ -516,6 +574,30 @@ class CommandExecutor:
         if code != 0:
             return None, f"{' '.join(cmd)} exited {code}: {err.decode(errors='replace')[:300]}"
         return freed, f"ran {' '.join(cmd)} ({freed or 0} bytes freed): {out.decode(errors='replace').strip()[:200]}"
+
+
+_STATE_REFUSAL = "refused: not started: the agent cannot write "
+
+
+def _state_refusal(command: NodeCommand, path: Path, exc: OSError, risk: str) -> str:
+    return (
+        f"{_STATE_REFUSAL}{path} ({exc.strerror or exc}); without it {risk}. "
+        f"{command.command} did not run: make the agent's state directory ({path.parent}) writable and not full"
+    )
+
+
+def _interrupted(action_id: str, command: str, *, node: str) -> NodeCommandResult:
+    """The answer for a command an earlier run of this agent began and never finished (killed mid-run)."""
+    return NodeCommandResult(
+        action_id=action_id,
+        node=node,
+        ok=False,
+        detail=f"{command} interrupted: the agent stopped while it ran; its effect is unknown (not run again)",
+    )
+
+
+def _started_line(key: tuple[str, bool], command: str) -> str:
+    return json.dumps({"action_id": key[0], "dry_run": key[1], "started": command}, separators=(",", ":")) + "\n"
 
 
 def _result_line(key: tuple[str, bool], result: NodeCommandResult) -> str:
