@@ -204,6 +204,50 @@ async def test_the_remap_survives_an_ingest_restart_on_either_side(
     await assert_remapped_once(js, topology_ready)
 
 
+async def wait_for_node_copy(js: JetStreamContext, nats: NatsSettings) -> None:
+    worker = cloud_subject("prod-1", "worker-7", prefix=nats.prefix)
+    for _ in range(100):
+        if await subject_count(js, nats, worker):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the event never reached worker-7's subject")
+
+
+async def test_a_notice_pushed_once_reaches_its_node_when_the_inventory_learns_the_instance(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """A CMS push of a maintenance notice for a machine that joined the cluster minutes later. Before, the remap
+    happened only when the same notice was reported again, and a push channel reports it once: the node first
+    heard of it when the host went down. Now the ingest looks the kept unmapped events up again every
+    `unmapped_recheck_s` and sends this one to its node, with no second report; a restart keeps doing it."""
+    settings = make_settings(topology_ready, unmapped_recheck_s=0.2)
+    async with TestClient(TestServer(build_app(settings))) as client:
+        assert await post_outcomes(client) == [(INSTANCE, "published", False)]
+        await asyncio.sleep(0.6)  # rounds ran while the inventory did not know it: nothing sent
+        assert await stream_count(js, topology_ready, "CLOUD") == 1
+        await put_inventory(js, topology_ready, instance=INSTANCE, node="worker-7")
+        await wait_for_node_copy(js, topology_ready)
+        sink = client.server.app[RUNTIME].sink
+        assert sink is not None and not sink.pending_unmapped
+        await asyncio.sleep(0.6)  # later rounds send nothing more
+        assert await post_outcomes(client) == [("worker-7", "duplicate", True)]
+    await assert_remapped_once(js, topology_ready)
+
+
+async def test_an_ingest_restarted_before_the_inventory_learns_the_instance_still_sends_it(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    async with TestClient(TestServer(build_app(make_settings(topology_ready, unmapped_recheck_s=0)))) as client:
+        assert await post_outcomes(client) == [(INSTANCE, "published", False)]
+    # a new process: what went out unmapped comes back from CLOUD with the ledger's seed
+    async with TestClient(TestServer(build_app(make_settings(topology_ready, unmapped_recheck_s=0.2)))) as again:
+        sink = again.server.app[RUNTIME].sink
+        assert sink is not None and len(sink.pending_unmapped) == 1
+        await put_inventory(js, topology_ready, instance=INSTANCE, node="worker-7")
+        await wait_for_node_copy(js, topology_ready)
+    await assert_remapped_once(js, topology_ready)
+
+
 async def test_two_reports_of_one_event_at_once_cannot_both_pass_as_new(
     client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

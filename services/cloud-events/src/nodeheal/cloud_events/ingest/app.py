@@ -133,11 +133,7 @@ async def _start(runtime: IngestRuntime, *, start_pollers: bool) -> None:
     stream = topo.stream(f"{s.nats.stream_prefix}CLOUD").name
 
     ledger = TransitionLedger(max_entities=s.ledger_max_entities)
-    # one read to the stream's end; a JetStream away mid-read is waited out and the read resumes
-    runtime.seeded = await seed_ledger(
-        js, stream=stream, prefix=s.nats.prefix, ledger=ledger, lookback=timedelta(seconds=s.ledger_seed_lookback_s)
-    )
-    runtime.sink = CloudEventSink(
+    sink = CloudEventSink(
         js=js,
         prefix=s.nats.prefix,
         cluster=s.cluster,
@@ -146,13 +142,44 @@ async def _start(runtime: IngestRuntime, *, start_pollers: bool) -> None:
         ledger=ledger,
         publish_timeout_s=s.nats.publish_timeout_s,
     )
+    # one read to the stream's end; a JetStream away mid-read is waited out and the read resumes
+    runtime.seeded = await seed_ledger(
+        js,
+        stream=stream,
+        prefix=s.nats.prefix,
+        ledger=ledger,
+        lookback=timedelta(seconds=s.ledger_seed_lookback_s),
+        unmapped=sink.keep_unmapped,
+    )
+    runtime.sink = sink
     runtime.pollers = build_pollers(s, runtime.sink)
     if start_pollers:
         runtime.tasks = [asyncio.create_task(p.run(runtime.stop), name=f"poller-{p.name}") for p in runtime.pollers]
+    if s.unmapped_recheck_s > 0:
+        runtime.tasks.append(
+            asyncio.create_task(_recheck_unmapped(sink, runtime.stop, s.unmapped_recheck_s), name="unmapped-recheck")
+        )
     log.info(
         "ingest started",
         extra={"seeded_transitions": runtime.seeded, "pollers": [p.name for p in runtime.pollers], "stream": stream},
     )
+
+
+async def _recheck_unmapped(sink: CloudEventSink, stop: asyncio.Event, every_s: float) -> None:
+    """Every `every_s`: events published under an instance id go to their node once the inventory knows it
+    (a notice pushed once is never reported again). A NATS failure is logged and tried again next round."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
+        if stop.is_set():
+            return
+        try:
+            sent = await sink.remap_pending()
+        except Exception:
+            log.exception("looking up unmapped events again failed; next round in %.0f s", every_s)
+            continue
+        if sent:
+            log.info("unmapped events sent to their nodes", extra={"sent": sent, "waiting": len(sink.pending_unmapped)})
 
 
 async def _stop(runtime: IngestRuntime) -> None:

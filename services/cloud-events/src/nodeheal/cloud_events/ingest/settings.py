@@ -65,6 +65,12 @@ class IngestSettings(ServiceSettings):
     http_sources: list[str] = Field(default_factory=lambda: list(PUSH_SOURCES))
     inventory_cache_ttl_s: float = Field(default=30.0, ge=0)
     ledger_max_entities: int = Field(default=200_000, ge=100)
+    unmapped_recheck_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="how often events published under an instance id the inventory did not know are looked up "
+        "again and sent to their node once it does (0: only when the event is reported again)",
+    )
     ledger_seed_lookback_s: float = Field(
         default=30 * 86_400.0,
         ge=0,

@@ -7,7 +7,10 @@ false`, and counted in `nodeheal_ingest_unmapped_total`, so an operator sees it 
 inventory (docs/cloud-events.md). The ledger keeps where each transition went: once a later report of a
 transition published that way maps to a node, it is published again under the node's subject (Nats-Msg-Id
 `remap_message_id`), counted in `nodeheal_ingest_remapped_total`; before, it was a duplicate and the node
-first heard of a maintenance weeks ahead only when it was in progress.
+first heard of a maintenance weeks ahead only when it was in progress. A channel that reports a notice
+once (a CMS push) would never report it again: the sink keeps the events it published unmapped (bounded,
+also rebuilt from CLOUD at start) and `remap_pending` — run every `UNMAPPED_RECHECK_S` by the app — looks
+each one up again and sends it to its node as soon as the inventory knows the instance.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -55,7 +59,15 @@ REMAPPED = prometheus_client.Counter(
     ["cloud"],
 )
 
+UNMAPPED_WAITING = prometheus_client.Gauge(
+    "nodeheal_ingest_unmapped_waiting",
+    "Events published under an instance id the inventory did not know, not yet sent to a node",
+)
 Outcome = Literal["published", "remapped", "duplicate", "stale"]
+
+MAX_PENDING_UNMAPPED = 50_000
+"""Events published unmapped kept for `remap_pending` (the oldest are forgotten first; a later report of one
+still remaps it)."""
 
 
 class _EventLocks:
@@ -162,6 +174,38 @@ class CloudEventSink:
         self.ledger = ledger
         self.publish_timeout_s = publish_timeout_s
         self._locks = _EventLocks()
+        self.pending_unmapped: OrderedDict[tuple[str, str, str], CloudSystemEvent] = OrderedDict()
+        """(cloud, provider event, phase) → the event as published under its instance id, until it reached a
+        node, was superseded or the ledger forgot it."""
+
+    def keep_unmapped(self, event: CloudSystemEvent) -> None:
+        """Remember an event published under its instance id, for `remap_pending` (bounded)."""
+        key = (event.cloud, event.provider_event_id, event.phase)
+        self.pending_unmapped[key] = event
+        self.pending_unmapped.move_to_end(key)
+        while len(self.pending_unmapped) > MAX_PENDING_UNMAPPED:
+            self.pending_unmapped.popitem(last=False)
+        UNMAPPED_WAITING.set(len(self.pending_unmapped))
+
+    async def remap_pending(self) -> int:
+        """Send every kept unmapped event whose instance the inventory knows now to its node (the same path
+        as a second report of it: `remapped`); forget those no longer waiting. Returns how many were sent.
+        Raises on a NATS failure (the event stays kept; the next round tries again)."""
+        sent = 0
+        for key, event in list(self.pending_unmapped.items()):
+            cloud, provider_event_id, phase = key
+            if self.ledger.unmapped(cloud=cloud, provider_event_id=provider_event_id, phase=phase) is None:
+                self.pending_unmapped.pop(key, None)  # reached a node, superseded by a later phase, or forgotten
+                continue
+            if await self.inventory.resolve(event.instance_id) is None:
+                continue
+            (delivery,) = await self.submit([event])
+            if delivery.outcome == "remapped":
+                sent += 1
+            if delivery.node_mapped:
+                self.pending_unmapped.pop(key, None)
+        UNMAPPED_WAITING.set(len(self.pending_unmapped))
+        return sent
 
     async def submit(self, events: list[CloudSystemEvent], *, node: str | None = None) -> list[Delivery]:
         """Publish each new transition. `node`: the node a node-local poller speaks for (no lookup).
@@ -197,6 +241,8 @@ class CloudEventSink:
         if verdict in ("new", "rescheduled"):
             await self._publish(mapped_event, subject, msg_id=event.id)
             self.ledger.admit(mapped_event)
+            if mapped_event.node_mapped is False:
+                self.keep_unmapped(mapped_event)
             outcome = "published"
         elif missed is not None:
             # published under the instance id while the inventory did not know it; the node never got it
@@ -291,7 +337,13 @@ class CloudEventSink:
 
 
 async def seed_ledger(
-    js: JetStreamContext, *, stream: str, prefix: str, ledger: TransitionLedger, lookback: timedelta
+    js: JetStreamContext,
+    *,
+    stream: str,
+    prefix: str,
+    ledger: TransitionLedger,
+    lookback: timedelta,
+    unmapped: Callable[[CloudSystemEvent], None] | None = None,
 ) -> int:
     """Rebuild the ledger from what CLOUD already holds, so a restart neither re-publishes
     transitions nor forgets which events are still open (reconciliation needs them).
@@ -302,6 +354,7 @@ async def seed_ledger(
     if lookback <= timedelta(0):
         return 0
     count = 0
+    published_unmapped: list[bytes] = []
 
     def record(msg: Msg) -> None:
         nonlocal count
@@ -326,6 +379,8 @@ async def seed_ledger(
                     node=node if mapped else None,
                     fresh=verdict in ("new", "rescheduled"),
                 )
+                if mapped is False and unmapped is not None:
+                    published_unmapped.append(msg.data)
             count += 1
         except (ValueError, KeyError, TypeError):
             pass
@@ -339,4 +394,10 @@ async def seed_ledger(
         since=datetime.now(tz=UTC) - lookback,
         what="the ledger's seed from CLOUD",
     )
+    if unmapped is not None:
+        for data in published_unmapped:  # the ones still waiting are found by `remap_pending` (it asks the ledger)
+            try:
+                unmapped(CloudSystemEvent.model_validate_json(data))
+            except ValueError:
+                continue
     return count
