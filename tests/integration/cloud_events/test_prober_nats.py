@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from nodeheal.cloud_events.prober.app import Prober
+from nodeheal.cloud_events.prober.app import Prober, RoundResult
 from nodeheal.cloud_events.prober.settings import ProberSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
@@ -41,18 +41,17 @@ async def _stored(nc: Client, settings: NatsSettings, count: int) -> list[tuple[
     return found
 
 
-async def test_round_publishes_reachability_and_sees_a_dead_node(topology_ready: NatsSettings, nc: Client) -> None:
-    js = nc.jetstream()
-    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
-    alive = NodeInventory(cluster="prod-1", node="alive-1", addresses=("127.0.0.1",), ready=True)
-    dead = NodeInventory(cluster="prod-1", node="dead-1", addresses=("127.0.0.2",), ready=False)
-    other_cluster = NodeInventory(cluster="prod-2", node="elsewhere", addresses=("127.0.0.1",))
-    for inv in (alive, dead, other_cluster):
+async def _one_round_against_a_local_node(
+    nc: Client, nats: NatsSettings, nodes: tuple[NodeInventory, ...]
+) -> RoundResult:
+    """Put `nodes` in the inventory, then one prober round whose checks reach a real local node at 127.0.0.1
+    (ssh, kubelet and healthz listeners); other addresses answer nothing."""
+    kv = await nc.jetstream().key_value(f"{nats.bucket_prefix}-inventory")
+    for inv in nodes:
         await kv.put(inventory_key(inv.cluster, inv.node), inv.to_json())
-
     async with local_node() as node:
         settings = ProberSettings(
-            nats=topology_ready,
+            nats=nats,
             cluster="prod-1",
             tcp_ports=[node.ssh_port, node.kubelet_port],
             ssh_port=node.ssh_port,
@@ -64,9 +63,16 @@ async def test_round_publishes_reachability_and_sees_a_dead_node(topology_ready:
         try:
             assert prober.inventory is not None
             await prober.inventory.initial.wait()
-            result = await prober.run_round()
+            return await prober.run_round()
         finally:
             await prober.stop()
+
+
+async def test_round_publishes_reachability_and_sees_a_dead_node(topology_ready: NatsSettings, nc: Client) -> None:
+    alive = NodeInventory(cluster="prod-1", node="alive-1", addresses=("127.0.0.1",), ready=True)
+    dead = NodeInventory(cluster="prod-1", node="dead-1", addresses=("127.0.0.2",), ready=False)
+    other_cluster = NodeInventory(cluster="prod-2", node="elsewhere", addresses=("127.0.0.1",))
+    result = await _one_round_against_a_local_node(nc, topology_ready, (alive, dead, other_cluster))
 
     assert (result.nodes, result.unreachable, result.published, result.failed_publishes) == (2, 1, 2, 0)
     assert result.messages == 1  # both nodes' results in one message (PROBES not partitioned)
@@ -274,29 +280,9 @@ async def test_a_node_without_an_address_is_not_reported_unreachable(topology_re
     """A node the inventory has no address for yet (the cloud controller has not initialised it) was never checked:
     it is left out of the batch (the detector judges its silence without a prober verdict) and counted as such.
     Before, it was sent as unreachable, a failed `tcp` check that never ran, which counts towards node_down."""
-    js = nc.jetstream()
-    kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     alive = NodeInventory(cluster="prod-1", node="alive-2", addresses=("127.0.0.1",), ready=True)
     new = NodeInventory(cluster="prod-1", node="no-address-yet", addresses=(), ready=False)
-    for inv in (alive, new):
-        await kv.put(inventory_key(inv.cluster, inv.node), inv.to_json())
-    async with local_node() as node:
-        settings = ProberSettings(
-            nats=topology_ready,
-            cluster="prod-1",
-            tcp_ports=[node.ssh_port, node.kubelet_port],
-            ssh_port=node.ssh_port,
-            healthz_url=f"http://{{address}}:{node.healthz_port}/healthz",
-            timeout_s=2,
-        )
-        prober = Prober(settings)
-        await prober.start()
-        try:
-            assert prober.inventory is not None
-            await prober.inventory.initial.wait()
-            result = await prober.run_round()
-        finally:
-            await prober.stop()
+    result = await _one_round_against_a_local_node(nc, topology_ready, (alive, new))
     assert (result.unreachable, result.unaddressed, result.published) == (0, 1, 1)
     [(_subject, batch)] = await _stored(nc, topology_ready, 1)
     assert [r.node for r in batch.results] == ["alive-2"]
