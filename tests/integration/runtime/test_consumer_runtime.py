@@ -191,6 +191,38 @@ async def test_transient_failure_is_redelivered_then_acked(
     assert await dead_letters(js, topology_ready, "fuzzed") == []
 
 
+async def test_a_passing_failure_on_every_delivery_is_kept_in_the_dlq_not_dropped(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
+) -> None:
+    """A KV without a leader for longer than all deliveries (the diagnoser counting a crash bucket): every try
+    fails with a passing error. Before, the last delivery was nak'ed like the others, the server never delivered
+    it again and nothing kept it: the crash report vanished. Now the last delivery keeps it in the DLQ with the
+    reason, and it is acked."""
+    js = nc.jetstream()
+    calls: list[int] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        calls.append(delivery.num_delivered)
+        raise Transient("crash-buckets KV: no leader")
+
+    runtime.consume(spec(topology_ready, max_deliver=3), handle)
+    await runtime.start()
+    item = anomaly("n5", "node_down")
+    subject = f"{topology_ready.prefix}.anomaly.c1.n5"
+    await js.publish(subject, item.to_json(), headers={"Nats-Msg-Id": item.id})
+
+    async def kept() -> bool:
+        return len(await dead_letters(js, topology_ready, "fuzzed")) >= 1
+
+    await eventually(kept)
+    [letter] = await dead_letters(js, topology_ready, "fuzzed")
+    assert calls == [1, 2, 3]
+    assert letter.subject == subject and letter.raw == item.to_json()
+    assert "delivery 3 of 3" in letter.reason and "no leader" in letter.reason and "publish its raw" in letter.reason
+    info = await js.consumer_info(spec(topology_ready).stream, "fuzzed")
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
 async def test_a_rejected_message_is_dead_lettered_at_once_with_its_reason(
     topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
 ) -> None:

@@ -588,6 +588,16 @@ class ConsumerRuntime:
             cause = exc.cause
             delivered = int(msg.metadata.num_delivered or 1)
             if isinstance(cause, TRANSIENT):
+                if spec.max_deliver > 0 and delivered >= spec.max_deliver:
+                    # the server would not deliver it again after this nak: kept with the reason, never dropped
+                    await self._dead_letter(
+                        spec,
+                        msg,
+                        f"still failing on delivery {delivered} of {spec.max_deliver} (a passing failure every "
+                        f"time: {describe(cause)}); once the cause is gone, publish its raw bytes again on its subject",
+                    )
+                    await msg.ack()
+                    return
                 log.info("transient failure; nak with delay", extra={"error": describe(cause), "stream": spec.stream})
                 await msg.nak(delay=spec.nak_delay_s)
                 return
