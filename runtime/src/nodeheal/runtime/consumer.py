@@ -79,6 +79,12 @@ class Transient(Exception):  # noqa: N818 - a category, not an error of this mod
     """Raised by a handler for a failure that a later try can fix: the message is nak'ed with a delay."""
 
 
+class Kept(Transient):
+    """A passing failure after the handler kept the message's effect itself (e.g. verdicts not yet stored, held to
+    be sent again by the service's own loop): nak'ed like `Transient`, but on the last delivery acked without a
+    dead letter — nothing of it is lost, and a letter would only invite a replay of what is already done."""
+
+
 class Rejected(Exception):  # noqa: N818 - a category, not an error of this module
     """Raised by a handler when what the message causes is refused for good (a retry cannot change it: an
     output the server will never store): the message is dead-lettered at once with this reason and acked,
@@ -588,6 +594,13 @@ class ConsumerRuntime:
             cause = exc.cause
             delivered = int(msg.metadata.num_delivered or 1)
             if isinstance(cause, TRANSIENT):
+                if spec.max_deliver > 0 and delivered >= spec.max_deliver and isinstance(cause, Kept):
+                    log.info(
+                        "last delivery failed; its effect is kept by the service, acked",
+                        extra={"error": describe(cause), "stream": spec.stream, "delivered": delivered},
+                    )
+                    await msg.ack()
+                    return
                 if spec.max_deliver > 0 and delivered >= spec.max_deliver:
                     # the server would not deliver it again after this nak: kept with the reason, never dropped
                     await self._dead_letter(

@@ -14,7 +14,9 @@ tick, the start) is dead-lettered itself — its JSON, the subject it was for, t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -40,6 +42,7 @@ from nodeheal.runtime.consumer import (
     ConsumerRuntime,
     Delivery,
     Inbound,
+    Kept,
     Outbound,
     Rejected,
     Transient,
@@ -48,6 +51,7 @@ from nodeheal.runtime.consumer import (
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import dead_letter, publish_model
 from nodeheal.runtime.metrics import PipelineMetrics, observe_stage
+from nodeheal.runtime.singleton import Singleton, SingletonLostError
 from nodeheal.runtime.startup import patiently
 from nodeheal.runtime.telemetry import TRACEPARENT, consume_span, publish_span, start_incident
 from nodeheal.schemas.anomaly import Anomaly
@@ -263,10 +267,26 @@ class DiagnoserRuntime:
             registry=registry,
         )
         self.crash_buckets: CrashBuckets | None = None  # the per-bucket fleet records (bound on start)
+        self.singleton: Singleton | None = None  # one process per cluster (bound on start)
+        self._keeper: asyncio.Task[None] | None = None
+        self.lost_singleton: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        # one process at a time, before anything is read: a rollout's surge pod or a pod left running on a
+        # partitioned node would split the messages between two memories (a held node_down was lost)
+        state_kv = await self._bucket("diagnoser")
+        if state_kv is not None:
+            self.singleton = Singleton(
+                kv=state_kv,
+                key=f"singleton.{self.settings.cluster}",
+                holder=f"{self.settings.instance}:{os.getpid()}",
+                ttl_s=self.settings.singleton_ttl_s,
+                renew_s=max(0.2, self.settings.singleton_ttl_s / 6),
+            )
+            await self.singleton.acquire()
+            self._keeper = asyncio.create_task(self._keep_singleton(self.singleton), name="diagnoser-singleton")
         if await self.inventory.open(self.js):
             await self.inventory.load()
             self.consumers.loop("inventory", self.inventory.watch)
@@ -278,7 +298,7 @@ class DiagnoserRuntime:
             diagnoser=self.diagnoser,
             streams=self._streams,
             prefix=self.prefix,
-            bucket=await self._bucket("diagnoser"),
+            bucket=state_kv,
             lookback=timedelta(seconds=self.settings.rebuild_lookback_s),
             cloud_lookback=timedelta(seconds=self.settings.rebuild_cloud_lookback_s),
             history_lookback=self.diagnoser.config.trend.horizon,
@@ -300,8 +320,26 @@ class DiagnoserRuntime:
         self._ready = False
         self._stopping = True
         await self.consumers.stop()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._keeper
+        if self.singleton is not None and self.lost_singleton is None:
+            await self.singleton.release()  # the next process starts at once
+
+    async def _keep_singleton(self, singleton: Singleton) -> None:
+        try:
+            await singleton.keep()
+        except SingletonLostError as exc:
+            # another process may be consuming now: stop at once; /healthz fails, the pod is restarted and waits
+            self.lost_singleton = str(exc)
+            log.error("singleton lost; consumers stopped", extra={"error": str(exc)})
+            self._ready = False
+            await self.consumers.stop()
 
     async def readiness(self) -> tuple[bool, str]:
+        if self.singleton is not None and self.singleton.waiting_for is not None:
+            return False, f"diagnoser: waiting for the process holding the singleton ({self.singleton.waiting_for})"
         if not self._ready:
             return False, "diagnoser: consumers not bound yet"
         ok, detail = self.consumers.liveness()
@@ -310,6 +348,8 @@ class DiagnoserRuntime:
         return await self.consumers.readiness()
 
     def liveness(self) -> tuple[bool, str]:
+        if self.lost_singleton is not None:
+            return False, f"diagnoser: stopped: {self.lost_singleton}"
         return self.consumers.liveness()
 
     async def _bucket(self, what: str) -> KeyValue | None:
@@ -529,7 +569,10 @@ class DiagnoserRuntime:
             )
             await self._kill_point_unsent()
             if not refused:
-                raise failed
+                # kept in `_unsent` (and found again by a restart's rebuild): the input need not go to the DLQ
+                raise Kept(
+                    f"{len(self._unsent)} diagnoses not stored yet, kept to send again: {describe(failed)}"
+                ) from failed
         return refused
 
     def _letter(self, subject: str, raw: bytes, reason: str) -> None:

@@ -57,6 +57,12 @@ class DiagnoserSettings(ServiceSettings):
     domain_hold_max_s: float = Field(
         default=240.0, gt=0, description="the longest a node_down verdict waits for its rack / zone to stop going dark"
     )
+    singleton_ttl_s: float = Field(
+        default=30.0,
+        ge=1,
+        description="one diagnoser process per cluster at a time (its state is in memory): a process waits for the "
+        "one holding key singleton.<cluster> of the diagnoser bucket to stop, or to leave it unrenewed this long",
+    )
     rebuild_lookback_s: float = Field(
         default=86_400.0, gt=0, description="on start, ANOMALIES / AUDIT / DIAGNOSES are read back this far"
     )
