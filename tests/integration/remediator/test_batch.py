@@ -241,6 +241,7 @@ async def test_batch_replace_waits_for_a_persons_approval_of_each_node(
                 assert fleet.ecs.world.calls_to("DeleteInstance") == []
             approve = ["approve", action_id, "--nats-url", topology_ready.url, "--by", "alice"]
             approve += ["--bucket-prefix", topology_ready.bucket_prefix]
+            approve += ["--prefix", topology_ready.prefix, "--stream-prefix", topology_ready.stream_prefix]
             done = await asyncio.to_thread(CliRunner().invoke, cli, approve)
             assert done.exit_code == 0, done.output
             approved[node] = action_id

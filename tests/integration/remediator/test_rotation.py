@@ -107,6 +107,7 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
         assert "i-r2" in ecs.world.instances
         args = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
         args += ["--bucket-prefix", topology_ready.bucket_prefix]
+        args += ["--prefix", topology_ready.prefix, "--stream-prefix", topology_ready.stream_prefix]
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         done = await wait_for_record(nc, topology_ready, action="replace", phase="succeeded")
@@ -225,6 +226,7 @@ async def test_a_rotation_blocked_after_the_retire_is_not_refused_when_redeliver
         await publish_diagnosis(nc, topology_ready, healthy)  # the diagnoser's answer to the retire
         approve = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
         approve += ["--bucket-prefix", topology_ready.bucket_prefix]
+        approve += ["--prefix", topology_ready.prefix, "--stream-prefix", topology_ready.stream_prefix]
         result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         await wait_for_record(nc, topology_ready, action="replace", phase="blocked", timeout=30)  # the rate
@@ -252,6 +254,7 @@ async def test_a_resolved_diagnosis_does_not_settle_a_machine_being_rotated_out(
         waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval", timeout=60)
         approve = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
         approve += ["--bucket-prefix", topology_ready.bucket_prefix]
+        approve += ["--prefix", topology_ready.prefix, "--stream-prefix", topology_ready.stream_prefix]
         result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         # approved, then held by the disruption rate: the ladder gives its lease back until the redelivery

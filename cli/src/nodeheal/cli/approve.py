@@ -1,17 +1,29 @@
 """`nodeheal approve ACTION_ID`, `nodeheal pause`, `nodeheal resume`: people steering the remediator
-through the `nodeheal-control` bucket (the remediator reads it before every step)."""
+through the `nodeheal-control` bucket (the remediator reads it before every step).
+
+`approve` first reads AUDIT: an action is waiting for approval while its last record is `awaiting_approval`
+(written by the remediator's ladder just before it polls `approval.<action_id>`); any other id is refused.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 
 import click
+import nats.errors
 from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
-from nodeheal.remediator.control import is_approved, read_pause, write_approval, write_pause
+from nodeheal.cli.window import read_stream
+from nodeheal.remediator.control import approval_key, is_approved, read_pause, write_approval, write_pause
 from nodeheal.runtime.connect import connect
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.subjects import DEFAULT_PREFIX
 
 bucket_prefix_option = click.option(
     "--bucket-prefix", default="nodeheal", show_default=True, help="Prefix of the key-value bucket names."
@@ -30,6 +42,45 @@ async def _control(url: str, bucket_prefix: str, auth: NatsAuth) -> tuple[Client
     return nc, kv
 
 
+class _Refusals:
+    """The permission violations the server reported on this connection (nats-py hands them to the error
+    callback; the request that met one only times out). Also keeps nats-py from logging them with a traceback."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def callback(self, exc: Exception) -> None:  # nats-py takes a coroutine function, not a callable
+        if "permissions violation" in str(exc).lower():
+            self.seen.append(str(exc))
+
+
+def _refused(refusals: _Refusals, auth: NatsAuth, *, what: str) -> click.ClickException:
+    creds = f"the credential {auth.creds_file}" if auth.creds_file else "no credential (--creds / $NATS_CREDS)"
+    return click.ClickException(
+        f"the NATS server refused to let this user {what} ({refusals.seen[-1]}); you connected with {creds}. "
+        "Approving needs a user that may write the control bucket's approval.* keys: the admin credential "
+        "(deploy/nats/natsauth.py writes admin.creds; pass --creds admin.creds or set NATS_CREDS)"
+    )
+
+
+async def last_record_of(js: JetStreamContext, *, stream: str, prefix: str, action_id: str) -> RemediationRecord | None:
+    """The last AUDIT record of `action_id` (None: AUDIT has none)."""
+    needle = action_id.encode()
+    last: RemediationRecord | None = None
+    source = read_stream(js, stream=stream, subjects=[f"{prefix}.audit.>"])
+    async with contextlib.aclosing(source) as records:
+        async for stored in records:
+            if needle not in stored.data:  # most records are another action's: no parse
+                continue
+            try:
+                record = RemediationRecord.model_validate_json(stored.data)
+            except ValidationError:
+                continue
+            if record.action_id == action_id:
+                last = record
+    return last
+
+
 def _url(nats_url: str | None) -> str:
     if not nats_url:
         msg = "no NATS server: pass --nats-url nats://HOST:4222 or set NATS_URL"
@@ -43,26 +94,85 @@ def _url(nats_url: str | None) -> str:
 @nats_url_option
 @nats_auth_options
 @bucket_prefix_option
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Subject prefix.")
+@click.option("--stream-prefix", default="", help="Prefix of stream names (side-by-side installs).")
 @by_option
 def approve(
-    action_id: str, note: str, nats_url: str | None, nats_auth: NatsAuth, bucket_prefix: str, by: str | None
+    action_id: str,
+    note: str,
+    nats_url: str | None,
+    nats_auth: NatsAuth,
+    bucket_prefix: str,
+    prefix: str,
+    stream_prefix: str,
+    by: str | None,
 ) -> None:
     """Approve one action waiting in `awaiting_approval` (its id is in the audit record)."""
     if not action_id.startswith("act-"):
         msg = f"{action_id!r} is not an action id; copy it from an awaiting_approval record (it starts with 'act-')"
         raise click.BadParameter(msg, param_hint="ACTION_ID")
     who = by or getpass.getuser()
+    settings = nats_auth.settings(
+        url=_url(nats_url), prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix
+    )
+    stream = settings.topology().stream(f"{stream_prefix}AUDIT").name
+    bucket = f"{bucket_prefix}-control"
+    refusals = _Refusals()
 
-    async def body() -> None:
-        nc, kv = await _control(_url(nats_url), bucket_prefix, nats_auth)
+    async def body() -> str | None:
+        nc = await connect(settings, name="nodeheal-cli", error_cb=refusals.callback)
         try:
-            previous = await is_approved(kv, action_id)
-            await write_approval(kv, action_id=action_id, by=who, note=note)
+            js = nc.jetstream()
+            try:
+                last = await last_record_of(js, stream=stream, prefix=prefix, action_id=action_id)
+            except NotFoundError as exc:
+                msg = (
+                    f"stream {stream} not found: run `nodeheal streams apply`, or pass the --prefix / "
+                    "--stream-prefix of your installation"
+                )
+                raise click.ClickException(msg) from exc
+            except (nats.errors.TimeoutError, TimeoutError) as exc:
+                if refusals.seen:
+                    raise _refused(refusals, nats_auth, what=f"read the {stream} stream") from exc
+                raise
+            if last is None:
+                msg = (
+                    f"no ladder is waiting for approval of {action_id}: {stream} has no record of it. Copy the id "
+                    f"from the awaiting_approval record (`nodeheal audit tail`, or the batch's \"waiting for "
+                    'approval" line); check --prefix / --stream-prefix if this installation uses its own'
+                )
+                raise click.ClickException(msg)
+            if last.phase != "awaiting_approval":
+                msg = (
+                    f"no ladder is waiting for approval of {action_id}: its last record is {last.action} "
+                    f"{last.phase} on {last.cluster}/{last.node} at {last.time.isoformat()}"
+                    + (f" ({last.reason})" if last.reason else "")
+                    + "; nothing approved"
+                )
+                raise click.ClickException(msg)
+            try:
+                kv = await js.key_value(bucket)
+            except NotFoundError as exc:
+                msg = f"bucket {bucket} not found ({exc}); run `nodeheal streams apply` or pass --bucket-prefix"
+                raise click.ClickException(msg) from exc
+            try:
+                previous = await is_approved(kv, action_id)
+                await write_approval(kv, action_id=action_id, by=who, note=note)
+            except (nats.errors.TimeoutError, TimeoutError) as exc:
+                if refusals.seen:
+                    raise _refused(refusals, nats_auth, what=f"write {approval_key(action_id)} in {bucket}") from exc
+                raise
+            return previous
         finally:
             await nc.close()
-        click.echo(f"approved {action_id} by {who}" + (f" (was already approved by {previous})" if previous else ""))
 
-    run(body)
+    try:
+        previous = run(body)
+    except click.ClickException:
+        raise
+    except (nats.errors.Error, TimeoutError, OSError) as exc:
+        raise click.ClickException(f"approve {action_id} on {nats_url} failed: {exc!r}; nothing approved") from exc
+    click.echo(f"approved {action_id} by {who}" + (f" (was already approved by {previous})" if previous else ""))
 
 
 @click.command("pause")

@@ -1,0 +1,59 @@
+"""`nodeheal approve` with a credential that may not write approvals (the read-only `reader`), against a
+nats-server with the deployed per-role authorization (deploy/nats/natsauth.py): a one-line error naming the
+permission and the credential to use, exit non-zero, no traceback, nothing written. Before, nats-py's
+permission violation only made the write time out and the CLI ended in a `TimeoutError` traceback."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+import pytest
+from click.testing import CliRunner
+from nats.js.errors import KeyNotFoundError
+
+from nodeheal.cli.main import cli
+from nodeheal.remediator.audit import AuditLog
+from nodeheal.remediator.control import approval_key
+from nodeheal.schemas.audit import RemediationRecord
+from tests.integration.deploy.natsauth_loader import load_natsauth, per_role_server
+
+pytestmark = pytest.mark.nats
+
+ACTION_ID = "act-00112233445566778899aabbccddeeff"
+
+
+async def test_approve_with_the_reader_credential_says_which_credential_to_use(tmp_path: Path) -> None:
+    async with per_role_server(tmp_path, "remediator", "reader") as (server, nc, _admin):
+        # the remediator (its own role) records the replace that waits, as its ladder does
+        remediator = await nats.connect(
+            server.url,
+            user_credentials=str(tmp_path / "remediator.creds"),
+            inbox_prefix=load_natsauth().inbox_prefix("remediator"),
+        )
+        try:
+            await AuditLog(remediator.jetstream(), stream="AUDIT", prefix="nodeheal", timeout_s=5.0).record(
+                RemediationRecord(
+                    cluster="c1",
+                    node="n1",
+                    action_id=ACTION_ID,
+                    action="replace",
+                    phase="awaiting_approval",
+                    reason=f"replace needs approval: nodeheal approve {ACTION_ID}",
+                    actor="r1",
+                )
+            )
+        finally:
+            await remediator.close()
+        args = ["approve", ACTION_ID, "--nats-url", server.url, "--creds", str(tmp_path / "reader.creds")]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, args)
+        control = await nc.jetstream().key_value("nodeheal-control")
+        with pytest.raises(KeyNotFoundError):
+            await control.get(approval_key(ACTION_ID))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "refused" in lines[0] and f"approval.{ACTION_ID}" in lines[0]
+    assert "reader.creds" in lines[0] and "admin.creds" in lines[0]
