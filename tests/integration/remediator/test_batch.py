@@ -108,6 +108,8 @@ def _args(nats: NatsSettings, world: KubeWorld, *extra: str) -> list[str]:
         nats.prefix,
         "--stream-prefix",
         nats.stream_prefix,
+        "--bucket-prefix",
+        nats.bucket_prefix,
         "--cluster",
         CLUSTER,
         "--kube-url",

@@ -12,6 +12,10 @@ Ids are deterministic: the episode of a node is `batch:<batch id>:<action>:<node
 action ids are too: a step is never run twice for one batch), the diagnosis id and its `Nats-Msg-Id` come
 from the batch id, the action and the node. A batch is resumable: `--resume BATCH_ID` reads the batch's
 AUDIT records, follows the nodes already under way and submits only the nodes that have none.
+
+The cluster is checked against the inventory bucket before anything is submitted (`check_cluster`): the
+remediator refuses a diagnosis for another cluster than its own, so a batch for a cluster the inventory does
+not know, or for nodes it does not list in that cluster, would only collect refusals.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Literal
 
 import click
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,11 +41,13 @@ from nodeheal.remediator.actions.kube import KubeActions, build_api_client
 from nodeheal.remediator.settings import KubeSettings
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model, stop_if_cancelled
+from nodeheal.runtime.kvwatch import initial_values
 from nodeheal.schemas.anomaly import Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import deterministic_id, new_id
+from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, diagnosis_subject, escape_token
 
 LADDERS: dict[str, tuple[ActionName, ...]] = {
@@ -316,6 +323,68 @@ def print_summary(batch: Batch, *, console: Console) -> None:
     console.print("  ".join(f"{s.replace('_', ' ')}: {counts[s]}" for s in order if counts[s]) or "no node")
 
 
+async def inventory_clusters(js: JetStreamContext, *, bucket: str) -> dict[str, set[str]]:
+    """The nodes of each cluster the inventory bucket lists (its `node.<cluster>.<node>` records)."""
+    kv = await js.key_value(bucket)
+    out: dict[str, set[str]] = {}
+    watcher = await kv.watch("node.>", include_history=False)
+    try:
+        async for entry in initial_values(watcher):  # ends after the last value, confirmed by the server
+            if not entry.value:
+                continue
+            try:
+                record = NodeInventory.model_validate_json(entry.value)
+            except ValidationError:
+                continue
+            out.setdefault(record.cluster, set()).add(record.node)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return out
+
+
+def _listed(items: list[str] | set[str], *, most: int = 10) -> str:
+    ordered = sorted(items)
+    more = f" and {len(ordered) - most} more" if len(ordered) > most else ""
+    return ", ".join(ordered[:most]) + more
+
+
+def check_cluster(cluster: str | None, nodes: list[str], known: dict[str, set[str]], *, bucket: str) -> str:
+    """The cluster to submit for: `cluster`, or (None) the only one the inventory knows. Raises a
+    `ClickException` naming the clusters the inventory knows and the flag to pass when the cluster is not
+    known there, none was given and it knows several (or none), or some nodes are not listed in it."""
+    clusters = ", ".join(sorted(known)) or "none"
+    if cluster is None:
+        if len(known) != 1:
+            why = "lists no node" if not known else f"knows {len(known)} clusters ({clusters})"
+            msg = (
+                f"which cluster? the inventory (bucket {bucket}) {why}: pass --cluster NAME (or set "
+                "NODEHEAL_CLUSTER), the remediator's NODEHEAL_REMEDIATOR_CLUSTER"
+                + ("" if known else "; is the inventory service running, and is --bucket-prefix this installation's?")
+            )
+            raise click.ClickException(msg)
+        cluster = next(iter(known))
+        click.echo(f"cluster {cluster}: the only one the inventory knows (pass --cluster to choose)", err=True)
+    if cluster not in known:
+        msg = (
+            f"the inventory (bucket {bucket}) knows no cluster {cluster!r}; it knows: {clusters}. Pass --cluster NAME "
+            "(or set NODEHEAL_CLUSTER) with the remediator's NODEHEAL_REMEDIATOR_CLUSTER: the remediator refuses "
+            "diagnoses for another cluster than its own"
+        )
+        raise click.ClickException(msg)
+    missing = [n for n in nodes if n not in known[cluster]]
+    if missing:
+        elsewhere = sorted(c for c, listed in known.items() if c != cluster and listed.intersection(missing))
+        msg = (
+            f"{len(missing)} of the {len(nodes)} node(s) are not in cluster {cluster!r} of the inventory (bucket "
+            f"{bucket}): {_listed(missing)}"
+            + (f"; listed in cluster(s) {', '.join(elsewhere)}" if elsewhere else "")
+            + f". The inventory knows clusters: {clusters}; pass the nodes' --cluster NAME, or a --selector that "
+            "matches only nodes of this cluster"
+        )
+        raise click.ClickException(msg)
+    return cluster
+
+
 def _url(nats_url: str | None) -> str:
     if not nats_url:
         raise click.UsageError("no NATS server: pass --nats-url nats://HOST:4222 or set NATS_URL")
@@ -347,9 +416,9 @@ async def _list_nodes(selector: str, *, kube_url: str | None, kubeconfig: str | 
 @click.option(
     "--cluster",
     envvar="NODEHEAL_CLUSTER",
-    default="default",
-    show_default=True,
-    help="Kubernetes cluster name used in subjects (the remediator's NODEHEAL_REMEDIATOR_CLUSTER).",
+    default=None,
+    help="Kubernetes cluster name used in subjects (the remediator's NODEHEAL_REMEDIATOR_CLUSTER); checked "
+    "against the inventory. Default: the only cluster the inventory knows.",
 )
 @click.option(
     "--kube-url",
@@ -363,6 +432,7 @@ async def _list_nodes(selector: str, *, kube_url: str | None, kubeconfig: str | 
 @nats_auth_options
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Subject prefix.")
 @click.option("--stream-prefix", default="", help="Prefix of stream names (side-by-side installs).")
+@click.option("--bucket-prefix", default="nodeheal", show_default=True, help="Prefix of bucket names (the inventory).")
 def batch(
     action: str,
     selector: str,
@@ -370,7 +440,7 @@ def batch(
     dry_run: bool,
     reason: str,
     resume_id: str | None,
-    cluster: str,
+    cluster: str | None,
     kube_url: str | None,
     kubeconfig: str | None,
     as_json: bool,
@@ -378,6 +448,7 @@ def batch(
     nats_auth: NatsAuth,
     prefix: str,
     stream_prefix: str,
+    bucket_prefix: str,
 ) -> None:
     """Run ACTION on every node matching --selector, through the remediator (leases, budgets, storm guard,
     audit, approvals). Ctrl-C leaves the batch resumable with --resume BATCH_ID."""
@@ -399,16 +470,23 @@ def batch(
         text = f"dry run: would {action} {len(nodes)} node(s) ({ladder}), nothing submitted: {', '.join(nodes)}"
         click.echo(json.dumps(plan) if as_json else text)
         return
-    the_batch = Batch(
-        batch_id=batch_id, action=action, selector=selector, cluster=cluster, nodes={n: NodeState(n) for n in nodes}
+    settings = nats_auth.settings(
+        url=url or "", prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix
     )
-    click.echo(f"batch {batch_id}: {action} on {len(nodes)} node(s) matching {selector!r}", err=True)
+    bucket = settings.topology().bucket(f"{bucket_prefix}-inventory").name
+    the_batch = Batch(batch_id=batch_id, action=action, selector=selector, cluster=cluster or "", nodes={})
 
     async def body() -> Batch:
-        nc = await connect(
-            nats_auth.settings(url=url or "", prefix=prefix, stream_prefix=stream_prefix), name="nodeheal-batch"
-        )
+        nc = await connect(settings, name="nodeheal-batch")
         try:
+            try:
+                known = await inventory_clusters(nc.jetstream(), bucket=bucket)
+            except NotFoundError as exc:
+                msg = f"inventory bucket {bucket} not found: run `nodeheal streams apply`, or pass --bucket-prefix"
+                raise click.ClickException(msg) from exc
+            the_batch.cluster = check_cluster(cluster, nodes, known, bucket=bucket)
+            the_batch.nodes = {n: NodeState(n) for n in nodes}
+            click.echo(f"batch {batch_id}: {action} on {len(nodes)} node(s) matching {selector!r}", err=True)
             with Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -433,9 +511,10 @@ def batch(
     try:
         run(body)
     except KeyboardInterrupt:
+        chosen = the_batch.cluster or cluster
         click.echo(
             f"interrupted; the nodes already submitted go on. Resume with:\n  nodeheal batch {action} "
-            f"--selector {selector!r} --resume {batch_id}",
+            f"--selector {selector!r}" + (f" --cluster {chosen}" if chosen else "") + f" --resume {batch_id}",
             err=True,
         )
         raise SystemExit(130) from None
