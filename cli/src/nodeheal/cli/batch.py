@@ -15,7 +15,8 @@ AUDIT records, follows the nodes already under way and submits only the nodes th
 
 The cluster is checked against the inventory bucket before anything is submitted (`check_cluster`): the
 remediator refuses a diagnosis for another cluster than its own, so a batch for a cluster the inventory does
-not know, or for nodes it does not list in that cluster, would only collect refusals.
+not know, or for nodes it does not list in that cluster, would only collect refusals. An `uncordon` refuses
+(without `--force`) nodes a live ladder holds (`live_holds`): its budget slot in the ledger, or its lease.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import click
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -38,6 +40,7 @@ from rich.table import Table
 from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
 from nodeheal.cli.window import read_stream
 from nodeheal.remediator.actions.kube import KubeActions, build_api_client
+from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.settings import KubeSettings
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model, stop_if_cancelled
@@ -47,7 +50,7 @@ from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.causes import OPERATOR_REQUEST
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import deterministic_id, new_id
-from nodeheal.schemas.inventory import NodeInventory
+from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, diagnosis_subject, escape_token
 
 LADDERS: dict[str, tuple[ActionName, ...]] = {
@@ -86,11 +89,15 @@ def episode_of(batch_id: str, action: str, node: str) -> str:
     return f"batch:{batch_id}:{action}:{node}"
 
 
+def diagnosis_id_of(batch_id: str, action: str, node: str) -> str:
+    return deterministic_id(batch_id, action, node, prefix="diag-op-")
+
+
 def operator_diagnosis(*, batch_id: str, action: str, node: str, cluster: str, reason: str, selector: str) -> Diagnosis:
     """The request for one node, as a diagnosis the remediator runs through every gate."""
     episode = episode_of(batch_id, action, node)
     return Diagnosis(
-        id=deterministic_id(batch_id, action, node, prefix="diag-op-"),
+        id=diagnosis_id_of(batch_id, action, node),
         cluster=cluster,
         node=node,
         anomaly_ids=(episode,),
@@ -385,6 +392,47 @@ def check_cluster(cluster: str | None, nodes: list[str], known: dict[str, set[st
     return cluster
 
 
+async def live_holds(
+    js: JetStreamContext,
+    *,
+    control_bucket: str,
+    leases_bucket: str,
+    cluster: str,
+    nodes: list[str],
+    own_episode: Callable[[str], str],
+    own_diagnosis: Callable[[str], str],
+) -> dict[str, str]:
+    """The nodes a live ladder (not this batch's own) holds, each with who holds it: an unexpired budget slot in
+    the remediator's ledger (the node is disrupted by that episode: cordoned, drained, rebooting, waiting for a
+    host event), or the node's lease (a ladder acting on it right now)."""
+    now = datetime.now(tz=UTC)
+    wanted = set(nodes)
+    held: dict[str, str] = {}
+    slots, _, _ = await Ledger(await js.key_value(control_bucket)).read()
+    for slot in slots:
+        if slot.node in wanted and slot.until > now and slot.episode != own_episode(slot.node):
+            held[slot.node] = (
+                f"episode {slot.episode or '?'} holds its budget slot ({slot.action_id}, remediator {slot.holder}, "
+                f"until {slot.until.isoformat(timespec='seconds')})"
+            )
+    leases = await js.key_value(leases_bucket)
+    for node in sorted(wanted - held.keys()):
+        try:
+            entry = await leases.get(inventory_key(cluster, node))
+        except KeyNotFoundError:
+            continue
+        try:
+            value = json.loads(entry.value or b"{}")
+        except ValueError:
+            value = {}
+        if value.get("action") == own_diagnosis(node):
+            continue
+        held[node] = (
+            f"remediator {value.get('holder', '?')} is acting on it now (lease for {value.get('action') or '?'})"
+        )
+    return held
+
+
 def _url(nats_url: str | None) -> str:
     if not nats_url:
         raise click.UsageError("no NATS server: pass --nats-url nats://HOST:4222 or set NATS_URL")
@@ -428,6 +476,12 @@ async def _list_nodes(selector: str, *, kube_url: str | None, kubeconfig: str | 
 )
 @click.option("--kubeconfig", envvar="KUBECONFIG", default=None, help="kubeconfig file.")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print the summary as one JSON object.")
+@click.option(
+    "--force",
+    is_flag=True,
+    default=False,
+    help="uncordon: also the nodes a live ladder holds (its budget slot or lease), undoing its cordon.",
+)
 @nats_url_option
 @nats_auth_options
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Subject prefix.")
@@ -444,6 +498,7 @@ def batch(
     kube_url: str | None,
     kubeconfig: str | None,
     as_json: bool,
+    force: bool,
     nats_url: str | None,
     nats_auth: NatsAuth,
     prefix: str,
@@ -485,6 +540,25 @@ def batch(
                 msg = f"inventory bucket {bucket} not found: run `nodeheal streams apply`, or pass --bucket-prefix"
                 raise click.ClickException(msg) from exc
             the_batch.cluster = check_cluster(cluster, nodes, known, bucket=bucket)
+            if action == "uncordon" and not force:
+                held = await live_holds(
+                    nc.jetstream(),
+                    control_bucket=settings.topology().bucket(f"{bucket_prefix}-control").name,
+                    leases_bucket=settings.topology().bucket(f"{bucket_prefix}-leases").name,
+                    cluster=the_batch.cluster,
+                    nodes=nodes,
+                    own_episode=lambda node: episode_of(batch_id, action, node),
+                    own_diagnosis=lambda node: diagnosis_id_of(batch_id, action, node),
+                )
+                if held:
+                    lines = "\n".join(f"  {node}: {why}" for node, why in sorted(held.items()))
+                    msg = (
+                        f"{len(held)} of the {len(nodes)} node(s) are held by a live ladder, which uncordons them "
+                        f"itself when it is done (or hands them to a person):\n{lines}\nnothing submitted; narrow "
+                        "--selector to leave them out, or pass --force to uncordon them anyway (it undoes that "
+                        "ladder's cordon)"
+                    )
+                    raise click.ClickException(msg)
             the_batch.nodes = {n: NodeState(n) for n in nodes}
             click.echo(f"batch {batch_id}: {action} on {len(nodes)} node(s) matching {selector!r}", err=True)
             with Progress(
