@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from nats.aio.client import Client
+from prometheus_client import REGISTRY
 
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.policy import Slot
@@ -80,3 +81,21 @@ async def test_a_release_naming_its_action_leaves_a_slot_another_action_took(
     assert (await ledger.slot_of("n1")) is not None
     assert await ledger.release(node="n1", now=now, action_id="act-b")
     assert (await ledger.slot_of("n1")) is None
+
+
+async def test_a_release_that_never_lands_is_counted_and_its_slot_left_as_it_was(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """With no time to retry (`settle_deadline_s=0`), 128 concurrent releases each get one try: every one
+    that reports it did not land is counted in `nodeheal_ledger_writes_lost_total{op="release"}` and its
+    slot is still in the ledger; every one that landed removed its slot only."""
+    mine = [_slot(f"n{i}", episode=f"ep-{i}") for i in range(CONCURRENT)]
+    ledger = await _ledger_with(nc, topology_ready, mine)
+    impatient = Ledger(ledger.kv, settle_deadline_s=0.0)
+    before = REGISTRY.get_sample_value("nodeheal_ledger_writes_lost_total", {"op": "release"}) or 0.0
+    now = datetime.now(UTC)
+    landed = await asyncio.gather(*(impatient.release(node=s.node, now=now) for s in mine))
+    after = REGISTRY.get_sample_value("nodeheal_ledger_writes_lost_total", {"op": "release"}) or 0.0
+    lost = sorted(s.node for s, ok in zip(mine, landed, strict=True) if not ok)
+    assert sorted(s.node for s in (await ledger.read())[0]) == lost
+    assert after - before == len(lost), lost

@@ -90,6 +90,12 @@ class PipelineMetrics:
             ["action", "outcome"],
             registry=reg,
         )
+        self.ledger_writes_lost = Counter(
+            "nodeheal_ledger_writes_lost",
+            "Budget-slot releases / re-tags the remediator could not land in the shared ledger within its deadline",
+            ["op"],
+            registry=reg,
+        )
         self.policy_blocks = Counter(
             "nodeheal_policy_blocks",
             "Actions a policy check refused (budgets, storm guard, pause, flap, stale)",

@@ -25,22 +25,16 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import nats.errors
-import prometheus_client
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from nodeheal.remediator.policy import Slot
+from nodeheal.runtime.metrics import pipeline_metrics
 from nodeheal.schemas.audit import PolicyCheck
 
 LEDGER_KEY = "ledger.disruptions"
 
 log = logging.getLogger("nodeheal.remediator.ledger")
-
-WRITES_LOST = prometheus_client.Counter(
-    "nodeheal_ledger_writes_lost",
-    "Budget-slot releases / re-tags that did not land in the shared ledger within the settle deadline",
-    ["op"],
-)
 
 _TRANSIENT = (KeyWrongLastSequenceError, nats.errors.TimeoutError, ServiceUnavailableError, asyncio.TimeoutError)
 """A write that loses the compare-and-set race, or a request JetStream did not answer in time: try again."""
@@ -165,7 +159,7 @@ class Ledger:
                 break
             await asyncio.sleep(random.uniform(0, ceiling))
             ceiling = min(largest, ceiling * 2)
-        WRITES_LOST.labels(op=op).inc()
+        pipeline_metrics().ledger_writes_lost.labels(op=op).inc()
         log.error(
             "ledger %s of %s's budget slot did not land after %d tries in %.0fs (last: %r): the slot stays as it "
             "was until it expires (SLOT_HOLD_S) and the maintenance loop gives it back; check the NATS server "
