@@ -86,6 +86,7 @@ async def test_an_approved_replacement_leaves_and_joins_the_fleet(
             assert world.kube.has_node(old) and world.kube.is_cordoned(old)  # retired, still there
             approve = ["approve", waiting.action_id, "--nats-url", nats.url, "--by", "alice"]
             approve += ["--bucket-prefix", nats.bucket_prefix]
+            approve += ["--prefix", nats.prefix, "--stream-prefix", nats.stream_prefix]
             result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
             assert result.exit_code == 0, result.output
             await wait_for_record(nc, nats, action="replace", phase="succeeded", timeout=60)
