@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+from datetime import UTC, datetime, timedelta
 
 import click
 import nats.errors
@@ -63,11 +64,15 @@ def _refused(refusals: _Refusals, auth: NatsAuth, *, what: str) -> click.ClickEx
     )
 
 
-async def last_record_of(js: JetStreamContext, *, stream: str, prefix: str, action_id: str) -> RemediationRecord | None:
-    """The last AUDIT record of `action_id` (None: AUDIT has none)."""
+async def last_record_of(
+    js: JetStreamContext, *, stream: str, prefix: str, action_id: str, look_back: timedelta
+) -> RemediationRecord | None:
+    """The last AUDIT record of `action_id` stored within `look_back` (None: none there). Bounded: AUDIT keeps a
+    year, and a ladder waits for an approval `APPROVAL_TIMEOUT_S` (1 h by default) before it escalates."""
     needle = action_id.encode()
     last: RemediationRecord | None = None
-    source = read_stream(js, stream=stream, subjects=[f"{prefix}.audit.>"])
+    since = datetime.now(tz=UTC) - look_back
+    source = read_stream(js, stream=stream, subjects=[f"{prefix}.audit.>"], since=since)
     async with contextlib.aclosing(source) as records:
         async for stored in records:
             if needle not in stored.data:  # most records are another action's: no parse
@@ -96,6 +101,13 @@ def _url(nats_url: str | None) -> str:
 @bucket_prefix_option
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help="Subject prefix.")
 @click.option("--stream-prefix", default="", help="Prefix of stream names (side-by-side installs).")
+@click.option(
+    "--look-back-h",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="How far back AUDIT is read for the action's records (more than the remediator's APPROVAL_TIMEOUT_S).",
+)
 @by_option
 def approve(
     action_id: str,
@@ -105,6 +117,7 @@ def approve(
     bucket_prefix: str,
     prefix: str,
     stream_prefix: str,
+    look_back_h: float,
     by: str | None,
 ) -> None:
     """Approve one action waiting in `awaiting_approval` (its id is in the audit record)."""
@@ -124,7 +137,9 @@ def approve(
         try:
             js = nc.jetstream()
             try:
-                last = await last_record_of(js, stream=stream, prefix=prefix, action_id=action_id)
+                last = await last_record_of(
+                    js, stream=stream, prefix=prefix, action_id=action_id, look_back=timedelta(hours=look_back_h)
+                )
             except NotFoundError as exc:
                 msg = (
                     f"stream {stream} not found: run `nodeheal streams apply`, or pass the --prefix / "
@@ -137,7 +152,8 @@ def approve(
                 raise
             if last is None:
                 msg = (
-                    f"no ladder is waiting for approval of {action_id}: {stream} has no record of it. Copy the id "
+                    f"no ladder is waiting for approval of {action_id}: {stream} has no record of it in the last "
+                    f"{look_back_h:g} h (--look-back-h). Copy the id "
                     f"from the awaiting_approval record (`nodeheal audit tail`, or the batch's \"waiting for "
                     'approval" line); check --prefix / --stream-prefix if this installation uses its own'
                 )
