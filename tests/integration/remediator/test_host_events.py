@@ -21,6 +21,7 @@ from nodeheal.cloud_events.normalize.azure import AzureDocumentTracker
 from nodeheal.cloud_events.normalize.common import NormalizeContext
 from nodeheal.cloud_events.normalize.gce import GceMaintenanceTracker
 from nodeheal.remediator.actions.cloud import AlibabaEcs
+from nodeheal.remediator.control import write_approval
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.settings import CloudSettings
 from nodeheal.runtime.settings import NatsSettings
@@ -121,6 +122,71 @@ async def test_alibaba_scheduled_reboot_is_drained_within_the_lead_accepted_with
         assert uncordon.time > verified.time
         assert not world.is_cordoned("m1")
         assert ("default", "web-1") in {(ns, name) for ns, name, _ in world.evictions.calls}  # drained first
+
+
+@pytest.mark.parametrize("code", ["RebootAndIsolateErrorDisk", "RebootAndReInitErrorDisk"])
+async def test_an_alibaba_reboot_for_a_bad_disk_is_drained_for_and_accepted_early_only_with_approval_if_it_wipes(
+    topology_ready: NatsSettings, nc: Client, code: str
+) -> None:
+    """Found by a review: `SystemMaintenance.RebootAndIsolateErrorDisk` / `RebootAndReInitErrorDisk` were
+    `disk_repair`, which the maintenance loop does not act on: the platform restarted the instance with its pods
+    on it. Now they are `reboot`: drained within the lead and accepted early (AcceptInquiredSystemEvent) — the
+    re-init, which wipes a local disk, only once a person approved it, as a redeploy."""
+    ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
+    instance = ecs_world.add_instance("i-d1", region_id="cn-hangzhou")
+    wipes = code == "RebootAndReInitErrorDisk"
+    async with KubeWorld() as world, EcsEmulator(ecs_world) as ecs:
+        world.add_node("d1", zone="z1")
+        world.add_pod("db-1", node="d1")
+        await add_inventory(nc, topology_ready, "d1", zone="z1", cloud="alibaba", instance_id="i-d1")
+        not_before = datetime.now(tz=UTC) + timedelta(seconds=NOTICE_S)
+        event = ecs_world.publish_event("i-d1", f"SystemMaintenance.{code}", status="Inquiring", not_before=not_before)
+        settings = make_settings(
+            topology_ready,
+            kube_url=world.url,
+            ecs_endpoint=ecs.endpoint,
+            cloud_drain_lead_s=LEAD_S,
+            cloud_accept_margin_s=1.0,
+        ).model_copy(update={"maintenance_interval_s": 0.3})
+        service = await start_service(settings)
+        try:
+            async with (
+                mirrored(nc, topology_ready, _alibaba_shown(ecs_world, event, "d1")),
+                Probes(nc, topology_ready, "d1", boot_id=lambda: f"boot-{instance.boot_count}"),
+            ):
+                if wipes:
+                    waiting = await wait_for_record(
+                        nc,
+                        topology_ready,
+                        node="d1",
+                        action="accept_cloud_event",
+                        phase="awaiting_approval",
+                        timeout=40,
+                    )
+                    assert "wipes local data" in waiting.reason
+                    # drained, and nothing asked of the platform without the approval
+                    assert ("default", "db-1") in {(ns, name) for ns, name, _ in world.evictions.calls}
+                    assert [c.action for c in ecs.calls if c.action != "DescribeInstanceHistoryEvents"] == []
+                    assert event.status == "Inquiring" and instance.boot_count == 0
+                    control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
+                    await write_approval(control, action_id=waiting.action_id, by="bob")
+                uncordon = await wait_for_record(
+                    nc, topology_ready, node="d1", action="uncordon", phase="succeeded", timeout=40
+                )
+                assert uncordon.episode_id == f"cloud:alibaba:{event.event_id}"
+        finally:
+            await service.stop()
+        records = [r for r in await audit_records(nc, topology_ready) if r.node == "d1"]
+        # the platform was asked once, with the call that runs this event, after the drain
+        assert [c.action for c in ecs.calls] == ["AcceptInquiredSystemEvent"]
+        assert ecs.calls[0].params["EventId"] == event.event_id
+        assert event.status == "Executed" and instance.boot_count == 1
+        drained = next(r for r in records if r.action == "drain" and r.phase == "succeeded")
+        accepted = next(r for r in records if r.action == "accept_cloud_event" and r.phase == "intent")
+        assert drained.time <= accepted.time
+        assert any(c.name == "approval" and "bob" in c.detail for c in accepted.checks) is wipes
+        assert ("default", "db-1") in {(ns, name) for ns, name, _ in world.evictions.calls}
+        assert not world.is_cordoned("d1")
 
 
 async def test_azure_reboot_is_started_early_with_start_requests_after_the_drain(

@@ -271,10 +271,12 @@ def test_ledger_is_bounded() -> None:
         (
             "SystemMaintenance.RebootAndReInitErrorDisk",
             "Inquiring",
-            "disk_repair",
+            "reboot",
             "planned_maintenance",
             "pending_approval",
         ),
+        ("SystemMaintenance.RebootAndIsolateErrorDisk", "Scheduled", "reboot", "planned_maintenance", "scheduled"),
+        ("SystemMaintenance.ReInitErrorDisk", "Inquiring", "disk_repair", "planned_maintenance", "pending_approval"),
         ("AccountUnbalanced.Delete", "Scheduled", "terminate", "billing", "scheduled"),
         ("SomethingNew.Teleport", "Pondering", "unknown", "unknown", "unknown"),
     ],
@@ -286,6 +288,52 @@ def test_alibaba_codes_and_unknowns(code: str, status: str, action: str, cause: 
     }
     (event,) = normalize("alibaba-cms", payload, NormalizeContext(observed_at=T0))
     assert (event.action, event.cause, event.phase) == (action, cause, phase)
+
+
+@pytest.mark.parametrize(
+    ("code", "detail", "loss"),
+    [
+        ("SystemMaintenance.RebootAndIsolateErrorDisk", "isolate", False),
+        ("SystemMaintenance.RebootAndReInitErrorDisk", "reinit", True),
+    ],
+)
+def test_alibaba_reboot_and_error_disk_is_a_reboot_that_keeps_the_disk_detail(
+    code: str, detail: str, loss: bool
+) -> None:
+    """The instance restarts: `reboot` (the remediator drains ahead of it; as `disk_repair` it did not), with
+    which disk and what is done to it kept, on every channel, and the re-init's data loss said."""
+    cms = {
+        "name": f"Instance:{code}:Inquiring",
+        "content": {
+            "eventId": "e-d",
+            "eventType": code,
+            "eventStatus": "Inquiring",
+            "instanceId": "i-1",
+            "diskId": "d-bp1",
+            "device": "/dev/vdb",
+        },
+    }
+    api = {
+        "InstanceSystemEventSet": {
+            "InstanceSystemEventType": [
+                {
+                    "EventId": "e-d",
+                    "InstanceId": "i-1",
+                    "EventType": {"Name": code},
+                    "EventCycleStatus": {"Name": "Inquiring"},
+                    "ExtendedAttribute": {"DiskId": "d-bp1", "Device": "/dev/vdb"},
+                }
+            ]
+        }
+    }
+    ctx = NormalizeContext(observed_at=T0)
+    (by_cms,) = normalize("alibaba-cms", cms, ctx)
+    (by_api,) = normalize("alibaba-api", api, ctx)
+    assert (by_cms.action, by_api.action) == ("reboot", "reboot")
+    assert by_cms.extended == {"error_disk": detail, "diskId": "d-bp1", "device": "/dev/vdb"}
+    assert by_api.extended == {"DiskId": "d-bp1", "Device": "/dev/vdb", "error_disk": detail}
+    assert (by_cms.local_data_loss, by_api.local_data_loss) == (loss, loss)
+    assert by_cms.provider_event_type == code
 
 
 def test_status_from_content_not_from_name() -> None:

@@ -98,6 +98,22 @@ def test_maintenance_accepts_a_reboot_event_with_reboot_api_and_a_redeploy_only_
     assert [s.action for s in planner.maintenance_steps(only_redeploy, policy=PolicySettings())] == ["cordon", "drain"]
 
 
+def test_an_early_accept_of_a_reboot_that_loses_local_data_needs_approval_as_a_redeploy_does() -> None:
+    """Alibaba `RebootAndReInitErrorDisk` is a `reboot` that re-initializes a local disk: accepting it early
+    (AcceptInquiredSystemEvent) wipes that disk's data now, so a person approves it; the isolate variant
+    loses nothing and is accepted as any reboot."""
+    reinit = _cloud("reboot", starts_in_s=3600, phase="pending_approval").model_copy(
+        update={"provider_event_type": "SystemMaintenance.RebootAndReInitErrorDisk", "local_data_loss": True}
+    )
+    steps = planner.maintenance_steps(reinit, policy=PolicySettings())
+    assert [s.action for s in steps] == ["cordon", "drain", "accept_cloud_event"]
+    assert [s.needs_approval for s in steps] == [False, False, True]
+    isolate = reinit.model_copy(
+        update={"provider_event_type": "SystemMaintenance.RebootAndIsolateErrorDisk", "local_data_loss": False}
+    )
+    assert not planner.maintenance_steps(isolate, policy=PolicySettings())[-1].needs_approval
+
+
 def test_a_postponed_host_event_is_prepared_for_again_under_new_action_ids() -> None:
     """Each postponement (the cloud moved the event beyond the lead after its drain) starts a round of the
     episode whose steps have ids of their own, so they run again; round 0 keeps the ids of before (records

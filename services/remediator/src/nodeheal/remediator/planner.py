@@ -249,6 +249,13 @@ def shared_with(event: CloudSystemEvent) -> list[str]:
     return sorted({r.strip() for r in raw if isinstance(r, str) and r.strip()})
 
 
+def loses_local_data(event: CloudSystemEvent) -> bool:
+    """Running `event` early wipes local data: a redeploy, or any event the normalizer marks `local_data_loss`
+    (Alibaba `RebootAndReInitErrorDisk` re-initializes a local disk). A person approves its early accept,
+    whatever the approval list says; unapproved, it runs at its own time."""
+    return event.action == "redeploy" or event.local_data_loss
+
+
 def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings, postponed: int = 0) -> tuple[Step, ...]:
     """What the maintenance loop does for one host event: cordon, drain, and (when allowed) accept it early.
 
@@ -293,8 +300,7 @@ def maintenance_steps(event: CloudSystemEvent, *, policy: PolicySettings, postpo
                 action_id=action_id(diagnosis_id=key, action="accept_cloud_event", target=ident),
                 reason=f"drained: run cloud {event.action} {ref} now rather than at {event.not_before}",
                 target=ref,
-                # a redeploy wipes local disks: a person approves it (whatever the approval list says)
-                needs_approval=event.action == "redeploy" or "accept_cloud_event" in policy.approval_required,
+                needs_approval=loses_local_data(event) or "accept_cloud_event" in policy.approval_required,
                 cloud_event=event,
             )
         )

@@ -1762,8 +1762,13 @@ class Remediator:
                                 run,
                                 step,
                                 phase="awaiting_approval",
-                                reason=f"running cloud {ev.action} {ev.provider_event_id} early wipes local disks: "
-                                f"nodeheal approve {step.action_id} (else it runs at {ev.not_before})",
+                                reason=f"running cloud {ev.action} {ev.provider_event_id} ({ev.provider_event_type}) "
+                                + (
+                                    "early wipes local data"
+                                    if planner.loses_local_data(ev)
+                                    else "early is on the approval list"
+                                )
+                                + f": nodeheal approve {step.action_id} (else it runs at {ev.not_before})",
                             )
                         return "retry"
                 result = await self._step(run, step, verify_after=False)

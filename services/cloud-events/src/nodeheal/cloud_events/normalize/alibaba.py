@@ -57,8 +57,22 @@ def action_and_cause(code: str) -> tuple[CloudAction, CloudCause]:
     prefix, _, suffix = code.partition(".")
     cause = _CAUSE_BY_PREFIX.get(prefix, "unknown")
     if "ErrorDisk" in suffix:
-        return "disk_repair", cause
+        # `RebootAndIsolateErrorDisk` / `RebootAndReInitErrorDisk` restart the instance: a `reboot`, so the
+        # remediator cordons and drains ahead of it (as `disk_repair` the instance restarted with its pods on
+        # it); which disk and what is done to it stay in `extended` (`disk_detail`)
+        return ("reboot" if suffix.startswith("RebootAnd") else "disk_repair"), cause
     return _ACTION_BY_SUFFIX.get(suffix, "unknown"), cause
+
+
+def disk_detail(code: str) -> dict[str, str]:
+    """What an ErrorDisk event does to the damaged local disk (`extended.error_disk`): `isolate` (taken out of
+    use) or `reinit` (re-initialized: its data is lost, `local_data_loss`); empty for other codes."""
+    suffix = code.partition(".")[2]
+    if suffix.endswith("IsolateErrorDisk"):
+        return {"error_disk": "isolate"}
+    if suffix.endswith("ReInitErrorDisk"):
+        return {"error_disk": "reinit"}
+    return {}
 
 
 def phase_of(status: str | None) -> CloudPhase:
@@ -124,7 +138,7 @@ def _system_event(
     phase = phase_of(status)
     action, cause = action_and_cause(code)
     not_before = j.time(content, "notBefore", where)
-    extended: dict[str, Any] = {}
+    extended: dict[str, Any] = disk_detail(code)
     for key in ("diskId", "device", "ecsInstanceName"):
         if isinstance(content.get(key), str):
             extended[key] = content[key]
@@ -537,7 +551,7 @@ def _api_item(
     simulated = reason == SIMULATED_REASON
     not_before = j.time(item, "NotBefore", where)
     extended_raw = item.get("ExtendedAttribute")
-    extended = dict(extended_raw) if isinstance(extended_raw, dict) else {}
+    extended = {**(dict(extended_raw) if isinstance(extended_raw, dict) else {}), **disk_detail(code)}
     impact = j.opt_str(item, "ImpactLevel", where)
     if impact:
         extended["ImpactLevel"] = impact
