@@ -3,8 +3,10 @@ an event that starts and then disappears ends as a synthesised `completed`."""
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 
+import prometheus_client
 import pytest
 from nats.js.client import JetStreamContext
 
@@ -357,3 +359,72 @@ async def test_an_aws_event_canceled_and_moved_to_history_is_published_canceled(
         (event.event_id, "scheduled", "reboot"),
         (event.event_id, "canceled", "reboot"),
     ]
+
+
+def _older_documents() -> float:
+    return prometheus_client.REGISTRY.get_sample_value("nodeheal_ingest_azure_older_documents_total") or 0.0
+
+
+async def test_an_older_azure_document_does_not_put_a_started_event_back_to_scheduled(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """A relay that lags serves the document of before the event started (a lower `DocumentIncarnation`) after
+    the poller read it `Started`. Before, the older document was read into the tracker: the event was `Scheduled`
+    again for it, and when it ended its `completed` said Started was not seen (`started_observed=false`). Now the
+    older document is ignored (counted) and the end says what was seen."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    events.schedule("Reboot", resources=["vm-1"], duration_s=60)
+    lagging = copy.deepcopy(events)  # the relay's view: stuck at the Scheduled document
+    sink = _sink(js, topology_ready)
+    async with AzureImdsEmulator(events) as imds, AzureImdsEmulator(lagging) as relay:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
+        try:
+            assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
+            events.advance(timedelta(minutes=16))  # Started
+            assert [e.phase for e in await poller.poll_once()] == ["in_progress"]
+            counted = _older_documents()
+            poller.settings = settings.model_copy(update={"endpoint": relay.url})
+            older = await poller.poll_once()  # the older document
+            poller.settings = settings
+            events.advance(timedelta(minutes=5))  # ended
+            assert [e.phase for e in await poller.poll_once()] == ["completed"]
+        finally:
+            await poller.close()
+    stored = await _stored(js, topology_ready)
+    assert [e.phase for e in stored] == ["scheduled", "in_progress", "completed"]
+    assert stored[-1].extended["started_observed"] is True
+    assert stored[-1].started_at == stored[1].started_at
+    assert older == []  # nothing read from the older document
+    assert _older_documents() == counted + 1
+
+
+async def test_an_older_azure_document_does_not_reopen_an_event_that_ended(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The event is canceled (gone before its NotBefore: published `canceled`); then a lagging relay serves the
+    document of before the cancel. Before, the tracker took the event for open again, and once its NotBefore had
+    passed the next document ended it a second time, `completed` after `canceled`: CLOUD said the reboot ran and
+    the remediator went to verify a node nothing happened to. Now the older document is ignored."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    scheduled = events.schedule("Reboot", resources=["vm-1"], duration_s=60)
+    lagging = copy.deepcopy(events)
+    sink = _sink(js, topology_ready)
+    async with AzureImdsEmulator(events) as imds, AzureImdsEmulator(lagging) as relay:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
+        try:
+            assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
+            events.cancel(scheduled.event_id)
+            events.advance(timedelta(minutes=1))
+            assert [e.phase for e in await poller.poll_once()] == ["canceled"]
+            poller.settings = settings.model_copy(update={"endpoint": relay.url})
+            older = await poller.poll_once()
+            poller.settings = settings
+            events.advance(timedelta(minutes=20))  # past the NotBefore the canceled event had
+            await poller.poll_once()
+        finally:
+            await poller.close()
+    stored = await _stored(js, topology_ready)
+    assert [e.phase for e in stored] == ["scheduled", "canceled"]
+    assert older == []

@@ -37,6 +37,10 @@ from nodeheal.schemas.cloud import CloudSystemEvent
 log = logging.getLogger("nodeheal.cloud_events.ingest.pollers")
 
 POLLS = prometheus_client.Counter("nodeheal_ingest_polls_total", "Poller rounds", ["poller", "outcome"])
+OLDER_DOCUMENTS = prometheus_client.Counter(
+    "nodeheal_ingest_azure_older_documents_total",
+    "Azure Scheduled Events documents ignored: their DocumentIncarnation is below the newest the poller read",
+)
 ACTIVE_STATUSES = ["Inquiring", "Scheduled", "Executing"]
 MAX_EVENT_IDS = 100
 
@@ -299,6 +303,7 @@ class AzureScheduledEventsPoller(_MetadataPoller):
         self.azure = settings
         self.tracker = AzureDocumentTracker(resource=settings.vm_name or settings.instance_id or self.node)
         self._named = bool(settings.vm_name or settings.instance_id)
+        self._older_logged = False
 
     async def _vm_name(self) -> None:
         """The name Azure lists in an event's `Resources` is the VM's (a scale set's `<vmss>_<n>`), which on AKS
@@ -337,6 +342,15 @@ class AzureScheduledEventsPoller(_MetadataPoller):
             error = exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}", source="azure-imds")
             await self._refuse(error, raw, f"poll azure {self.node}")
             return []
+        if self.tracker.older_documents > before.older_documents:
+            OLDER_DOCUMENTS.inc()
+            if not self._older_logged:  # once per poller: a lagging relay would say it every poll
+                self._older_logged = True
+                log.warning(
+                    "Azure document older than one already read ignored (counted in "
+                    "nodeheal_ingest_azure_older_documents_total; logged once)",
+                    extra={"node": self.node, "incarnation": self.tracker.incarnation},
+                )
         await self._submit_or_forget(events, before)
         return events
 

@@ -62,6 +62,8 @@ class AzureDocumentTracker:
     resource: str | None = None
     incarnation: int | None = None
     seen: dict[str, _Seen] = field(default_factory=dict)
+    older_documents: int = 0
+    """Documents ignored because their `DocumentIncarnation` is below the newest fed (`feed`)."""
 
     def feed(self, document: object, ctx: NormalizeContext) -> list[CloudSystemEvent]:
         j = Json(SOURCE)
@@ -75,13 +77,17 @@ class AzureDocumentTracker:
         incarnation = j.opt_int(doc, "DocumentIncarnation", "$")
         if incarnation is None:
             raise j.fail("missing DocumentIncarnation: not a Scheduled Events document", "$")
+        if self.incarnation is not None and incarnation < self.incarnation:
+            # An older document arriving late (a lagging relay, a retried request): everything in it is superseded
+            # by the newer one already fed, so nothing is read from it. Before, its events were read into the
+            # tracker: a Started event went back to Scheduled (its end then said Started was not seen), and one
+            # that had ended was opened again and ended a second time (`canceled`, then `completed`).
+            self.older_documents += 1
+            return []
         events = j.arr(doc.get("Events", []), "$.Events")
         current = [
             self._event(j, j.obj(item, f"$.Events[{i}]"), f"$.Events[{i}]", ctx, doc) for i, item in enumerate(events)
         ]
-        if self.incarnation is not None and incarnation < self.incarnation:
-            # An older document arriving late (a retry, a second reader): nothing has disappeared.
-            return [e for group in current for e in group]
         self.incarnation = incarnation
         out: list[CloudSystemEvent] = []
         present: set[str] = set()
