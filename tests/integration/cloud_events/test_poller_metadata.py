@@ -12,7 +12,7 @@ from nats.js.client import JetStreamContext
 
 from nodeheal.cloud_events.ingest.pollers import AzureScheduledEventsPoller
 from nodeheal.cloud_events.ingest.settings import AzurePollerSettings
-from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver
+from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver, seed_ledger
 from nodeheal.cloud_events.normalize import TransitionLedger
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import CloudSystemEvent
@@ -428,3 +428,90 @@ async def test_an_older_azure_document_does_not_reopen_an_event_that_ended(
     stored = await _stored(js, topology_ready)
     assert [e.phase for e in stored] == ["scheduled", "canceled"]
     assert older == []
+
+
+async def _restarted_azure_poller(
+    js: JetStreamContext, nats: NatsSettings, settings: AzurePollerSettings, events: AzureScheduledEvents
+) -> tuple[AzureScheduledEventsPoller, TransitionLedger]:
+    """A new ingest process: its ledger seeded from CLOUD (`seed_ledger`, as the ingest does at start), a new poller."""
+    ledger = TransitionLedger()
+    await seed_ledger(
+        js, stream=f"{nats.stream_prefix}CLOUD", prefix=nats.prefix, ledger=ledger, lookback=timedelta(days=7)
+    )
+    poller = AzureScheduledEventsPoller(
+        sink=_sink(js, nats, ledger), cluster="prod-1", settings=settings, clock=events.now
+    )
+    return poller, ledger
+
+
+async def test_an_azure_poller_restarted_while_an_event_was_open_publishes_its_end(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The poller sees a Reboot scheduled, then its process (or its VM) restarts; meanwhile the reboot runs and
+    leaves the document. Before, the new poller's tracker started empty: the event's disappearance said nothing,
+    CLOUD kept it `scheduled` for good and the remediator kept the node drained for it. Now the new poller takes
+    the open event over from the ledger seeded from CLOUD and ends it (`completed`: gone after its NotBefore)."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    scheduled = events.schedule("Reboot", resources=["vm-1"], duration_s=60)
+    async with AzureImdsEmulator(events) as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        first = AzureScheduledEventsPoller(
+            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+        )
+        try:
+            assert [e.phase for e in await first.poll_once()] == ["scheduled"]
+        finally:
+            await first.close()
+        events.advance(timedelta(minutes=16))  # started while no poller ran
+        events.advance(timedelta(minutes=5))  # and ended: gone from the document
+        second, ledger = await _restarted_azure_poller(js, topology_ready, settings, events)
+        try:
+            await second.poll_once()
+        finally:
+            await second.close()
+    stored = await _stored(js, topology_ready)
+    assert [(e.phase, e.action, e.cause, e.node) for e in stored] == [
+        ("scheduled", "reboot", "planned_maintenance", "node-1"),
+        ("completed", "reboot", "planned_maintenance", "node-1"),
+    ]
+    assert stored[0].provider_event_id == stored[1].provider_event_id == f"{scheduled.event_id.lower()}#vm-1"
+    assert stored[1].extended["EventId"] == scheduled.event_id
+    assert stored[1].extended["started_observed"] is False
+    assert ledger.open_events("azure") == []
+
+
+async def test_an_azure_poller_restarted_during_a_started_event_keeps_its_cause_and_start(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """Seen Scheduled, then Started; the poller restarts while it runs and sees it Started again, then gone. Before,
+    the new tracker took an event first seen `Started` for a host failure: its end said `host_failure` and a
+    `started_at` of the restart. Now the end keeps what the first poller saw."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    events.schedule("Reboot", resources=["vm-1"], duration_s=600)
+    async with AzureImdsEmulator(events) as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        first = AzureScheduledEventsPoller(
+            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+        )
+        try:
+            assert [e.phase for e in await first.poll_once()] == ["scheduled"]
+            events.advance(timedelta(minutes=16))
+            assert [e.phase for e in await first.poll_once()] == ["in_progress"]
+        finally:
+            await first.close()
+        events.advance(timedelta(minutes=2))
+        second, _ = await _restarted_azure_poller(js, topology_ready, settings, events)
+        try:
+            await second.poll_once()  # still Started: the same event going on
+            events.advance(timedelta(minutes=10))  # gone
+            await second.poll_once()
+        finally:
+            await second.close()
+    stored = await _stored(js, topology_ready)
+    assert [(e.phase, e.cause) for e in stored] == [
+        ("scheduled", "planned_maintenance"),
+        ("in_progress", "planned_maintenance"),
+        ("completed", "planned_maintenance"),
+    ]
+    assert stored[2].started_at == stored[1].started_at
+    assert stored[2].extended["started_observed"] is True

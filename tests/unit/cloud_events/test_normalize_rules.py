@@ -253,6 +253,22 @@ def test_ledger_terminal_is_never_overwritten_by_a_late_non_terminal() -> None:
     assert ledger.record(cloud="aws", provider_event_id="e-1", phase="in_progress") == "new"
 
 
+def test_ledger_keeps_what_an_open_event_last_said_until_it_closes() -> None:
+    """`open_reports`: what a restarted node-local poller takes over. The report of the phase where the event
+    stands (not a late earlier phase's), only while it is open."""
+    ledger = TransitionLedger()
+    ledger.record(cloud="azure", provider_event_id="e#vm", phase="scheduled")
+    ledger.reported(cloud="azure", provider_event_id="e#vm", phase="scheduled", fields={"action": "reboot", "raw": {}})
+    ledger.record(cloud="azure", provider_event_id="e#vm", phase="in_progress")
+    ledger.reported(cloud="azure", provider_event_id="e#vm", phase="in_progress", fields={"started_at": "t"})
+    ledger.reported(cloud="azure", provider_event_id="e#vm", phase="scheduled", fields={"action": "freeze"})  # late
+    (report,) = ledger.open_reports("azure")
+    assert (report.provider_event_id, report.phase, dict(report.fields)) == ("e#vm", "in_progress", {"started_at": "t"})
+    assert ledger.open_reports("gcp") == []
+    ledger.record(cloud="azure", provider_event_id="e#vm", phase="completed")
+    assert ledger.open_reports("azure") == []
+
+
 def test_ledger_is_bounded() -> None:
     ledger = TransitionLedger(max_entities=100)
     for n in range(250):

@@ -29,7 +29,13 @@ from nodeheal.cloud_events.ingest.settings import (
     MetadataPollerSettings,
 )
 from nodeheal.cloud_events.ingest.sink import CloudEventSink
-from nodeheal.cloud_events.normalize import AzureDocumentTracker, GceMaintenanceTracker, NormalizeContext, PayloadError
+from nodeheal.cloud_events.normalize import (
+    AzureDocumentTracker,
+    GceMaintenanceTracker,
+    NormalizeContext,
+    PayloadError,
+    TransitionLedger,
+)
 from nodeheal.cloud_events.normalize import alibaba as alibaba_norm
 from nodeheal.cloud_events.normalize import aws as aws_norm
 from nodeheal.schemas.cloud import CloudSystemEvent
@@ -251,6 +257,17 @@ class _MetadataPoller(Poller):
         self.settings = settings
         self.instance_id: str | None = settings.instance_id
         self._session: aiohttp.ClientSession | None = None
+        self._resumed = False
+
+    def _resume_once(self, ctx: NormalizeContext) -> None:
+        """At the first poll: take over the events the poller before this one (a restart of the process or of
+        the VM) left open, from the ledger the ingest seeded from CLOUD (`seed_ledger`)."""
+        if not self._resumed:
+            self._take_over(self.sink.ledger, ctx)
+            self._resumed = True
+
+    def _take_over(self, ledger: TransitionLedger, ctx: NormalizeContext) -> None:
+        """A poller whose tracker keeps events across polls hands it the open ones of its cloud."""
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -305,6 +322,9 @@ class AzureScheduledEventsPoller(_MetadataPoller):
         self._named = bool(settings.vm_name or settings.instance_id)
         self._older_logged = False
 
+    def _take_over(self, ledger: TransitionLedger, ctx: NormalizeContext) -> None:
+        self.tracker.resume(ledger.open_reports("azure"), ctx)
+
     async def _vm_name(self) -> None:
         """The name Azure lists in an event's `Resources` is the VM's (a scale set's `<vmss>_<n>`), which on AKS
         is not the Kubernetes node name (`…-vmss000003`): with no `VM_NAME` configured, ask IMDS for it once
@@ -333,10 +353,12 @@ class AzureScheduledEventsPoller(_MetadataPoller):
         if not self._named:
             await self._vm_name()
         raw = await self._get(f"/metadata/scheduledevents?api-version={self.azure.api_version}", {"Metadata": "true"})
+        ctx = self._ctx()
+        self._resume_once(ctx)  # after `_vm_name`: the events taken over are this VM's
         before = copy.deepcopy(self.tracker)
         try:
             document = json.loads(raw)
-            events = self.tracker.feed(document, self._ctx())
+            events = self.tracker.feed(document, ctx)
         except ValueError as exc:
             self.tracker = before
             error = exc if isinstance(exc, PayloadError) else PayloadError(f"not JSON: {exc}", source="azure-imds")
@@ -412,7 +434,9 @@ class GceMaintenancePoller(_MetadataPoller):
     ) -> None:
         super().__init__(sink=sink, cluster=cluster, settings=settings, clock=clock)
         self.tracker = GceMaintenanceTracker()
-        self._resumed = False
+
+    def _take_over(self, ledger: TransitionLedger, ctx: NormalizeContext) -> None:
+        self.tracker.resume(ledger.open_events("gcp"), ctx)
 
     async def poll_once(self) -> list[CloudSystemEvent]:
         headers = {"Metadata-Flavor": "Google"}
@@ -420,9 +444,7 @@ class GceMaintenancePoller(_MetadataPoller):
             self.instance_id = (await self._get("/computeMetadata/v1/instance/id", headers)).decode().strip()
         raw = await self._get("/computeMetadata/v1/instance/maintenance-event", headers)
         ctx = self._ctx()
-        if not self._resumed:  # a restart continues the event the last poller left open (seeded ledger)
-            self.tracker.resume(self.sink.ledger.open_events("gcp"), ctx)
-            self._resumed = True
+        self._resume_once(ctx)  # a restart continues the event the last poller left open (seeded ledger)
         before = copy.deepcopy(self.tracker)
         try:
             events = self.tracker.feed(raw.decode("utf-8", errors="replace"), ctx)

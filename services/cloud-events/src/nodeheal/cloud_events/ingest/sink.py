@@ -346,7 +346,8 @@ async def seed_ledger(
     unmapped: Callable[[CloudSystemEvent], None] | None = None,
 ) -> int:
     """Rebuild the ledger from what CLOUD already holds, so a restart neither re-publishes
-    transitions nor forgets which events are still open (reconciliation needs them).
+    transitions nor forgets which events are still open (reconciliation needs them) and what they said (a
+    restarted Azure / GCE poller takes its open events over).
 
     One read of the stream (`nodeheal.runtime.jetstream.read_range`) to its end: a JetStream that goes away
     mid-read is waited out and the read resumes after the last event recorded (before, a fetch that timed
@@ -368,6 +369,9 @@ async def seed_ledger(
                 not_before=body.get("not_before"),
                 channel=body.get("channel"),
             )
+            if verdict in ("new", "rescheduled"):
+                # what it said: a restarted node-local poller takes its open events over (`open_reports`)
+                ledger.reported(cloud=cloud, provider_event_id=provider_event_id, phase=phase, fields=body)
             mapped, node, message_id = body.get("node_mapped"), body.get("node"), body.get("id")
             if isinstance(mapped, bool) and isinstance(message_id, str) and (not mapped or isinstance(node, str)):
                 # where it went: a restart still sends a transition published unmapped to its node

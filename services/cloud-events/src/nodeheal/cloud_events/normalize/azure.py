@@ -25,10 +25,12 @@ not dedup each other away. `extended["EventId"]` keeps the id `StartRequests` ne
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from nodeheal.cloud_events.normalize.common import Json, JsonObject, NormalizeContext, build_event
+from nodeheal.cloud_events.normalize.ledger import OpenReport, as_instant
 from nodeheal.schemas.cloud import AckOption, CloudAction, CloudCause, CloudPhase, CloudSystemEvent
 
 SOURCE = "azure-imds"
@@ -99,6 +101,50 @@ class AzureDocumentTracker:
             if key not in present:
                 out.append(self._ended(self.seen.pop(key), ctx))
         return out
+
+    def resume(self, reports: Iterable[OpenReport], ctx: NormalizeContext) -> None:
+        """Take over the events of this VM a previous poller left open (`reports`: the seeded ledger's
+        `open_reports("azure")`), as if this tracker had read them itself: one still in the next document goes on
+        (its first status, so its cause, and when Started was first seen are kept), one gone from it ends as it
+        would have (`completed` / `canceled`, `_ended`). Before, a restart of the poller's process or VM forgot
+        them: an event that ended meanwhile was never closed in CLOUD, and one still `Started` was taken for a
+        host failure. A report that does not read back is left alone (as before). The incarnation is not taken
+        over: the first document after a restart is read whatever its incarnation, as before."""
+        for report in reports:
+            key = report.provider_event_id
+            vm = key.rpartition("#")[2]
+            if "#" not in key or key in self.seen or report.phase not in _PHASES.values():
+                continue
+            if self.resource is not None and vm.lower() != self.resource.lower():
+                continue
+            f = report.fields
+            try:
+                duration = f.get("expected_duration_s")
+                last = build_event(
+                    ctx=ctx,
+                    cloud="azure",
+                    channel="imds",
+                    provider_event_id=key,
+                    provider_event_type=str(f["provider_event_type"]),
+                    provider_status=None,
+                    action=f["action"],
+                    cause=f["cause"],
+                    phase=report.phase,  # type: ignore[arg-type]
+                    instance_id=str(f.get("instance_id") or vm),
+                    raw=None,
+                    resource_ref=f.get("resource_ref"),
+                    not_before=as_instant(f.get("not_before")),
+                    started_at=as_instant(f.get("started_at")),
+                    expected_duration_s=duration if isinstance(duration, int) else None,
+                    source_initiator=f.get("source_initiator"),
+                    local_data_loss=bool(f.get("local_data_loss")),
+                    extended=f.get("extended") if isinstance(f.get("extended"), dict) else None,
+                )
+            except (KeyError, TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+                continue
+            # the first status the predecessor saw, as far as the cause tells it (`_cause`)
+            first_status = "Started" if last.cause == "host_failure" else "Scheduled"
+            self.seen[key] = _Seen(last=last, first_status=first_status, started_at=last.started_at)
 
     def _event(
         self, j: Json, item: JsonObject, where: str, ctx: NormalizeContext, doc: JsonObject

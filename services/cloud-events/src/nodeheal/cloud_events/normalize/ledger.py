@@ -9,6 +9,11 @@ Entity key `(cloud, provider_event_id)`: once an entity has reached a terminal p
 non-terminal report (a slower channel: CMS push racing the API poll) is stale and never overwrites
 it. Bounded: the least recently touched entities are forgotten first.
 
+Open report per entity: what the latest non-terminal report of a still open event said (`REPORT_FIELDS`, as CLOUD
+holds them), dropped once it closes. A node-local poller that keeps its events in memory (Azure's document tracker,
+GCE's current episode) takes the ones its predecessor left open over from the seeded ledger (`open_reports`), so a
+restart of its process or VM does not lose an event's end.
+
 Route per transition: the node its latest message went to, or none (the instance was not in the inventory and
 it went out under the instance id). `unmapped` names the message a node never got, so the ingest sends it to the
 node once the inventory knows the instance; the route is rebuilt with the rest from the stored messages.
@@ -17,9 +22,10 @@ node once the inventory knows the instance; the route is rebuilt with the rest f
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from nodeheal.schemas.cloud import TERMINAL_PHASES, CloudSystemEvent
 from nodeheal.schemas.ids import deterministic_id
@@ -36,6 +42,33 @@ time (an Alibaba spot notice: notice + 5 min) differ by seconds; a real reschedu
 
 MAX_STARTS = 8
 """Start times remembered per phase of an event (a bound; more reschedules than this are still published)."""
+
+
+REPORT_FIELDS: tuple[str, ...] = (
+    "provider_event_type",
+    "action",
+    "cause",
+    "instance_id",
+    "resource_ref",
+    "not_before",
+    "started_at",
+    "expected_duration_s",
+    "source_initiator",
+    "local_data_loss",
+    "extended",
+)
+"""What `open_reports` keeps of an open event's latest report: enough for a restarted poller to end it as its
+predecessor would have (not `raw`: a whole document per event)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenReport:
+    """An event seen in a non-terminal phase and not closed: its latest phase and what its report said there."""
+
+    provider_event_id: str
+    phase: str
+    fields: Mapping[str, Any]
+    """`REPORT_FIELDS` of the report, in JSON form (times as ISO text, as CLOUD holds them)."""
 
 
 def as_instant(value: datetime | str | None) -> datetime | None:
@@ -70,6 +103,8 @@ class _Entity:
     routes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     """Per phase: (message id, node) of its latest message; node None: published under the instance id.
     A phase without an entry: not known (a message without `node_mapped`)."""
+    report: tuple[str, dict[str, Any]] | None = None
+    """While open: (phase, `REPORT_FIELDS`) of the latest report of the phase where it stands."""
 
     def current(self, phase: str) -> bool:
         """`phase` is where the event stands: its terminal phase, or, while open, no later phase was seen."""
@@ -145,6 +180,7 @@ class TransitionLedger:
             entity.phases.add(phase)
             if phase in TERMINAL_PHASES and entity.terminal is None:
                 entity.terminal = phase
+                entity.report = None
             start = as_instant(not_before)
             if phase not in TERMINAL_PHASES and start is not None:
                 starts = entity.starts.setdefault(phase, [])
@@ -163,6 +199,13 @@ class TransitionLedger:
             not_before=event.not_before,
             channel=event.channel,
         )
+        if verdict in ("new", "rescheduled"):
+            self.reported(
+                cloud=event.cloud,
+                provider_event_id=event.provider_event_id,
+                phase=event.phase,
+                fields=event.model_dump(mode="json", include=set(REPORT_FIELDS)),
+            )
         if event.node_mapped is not None:
             self.routed(
                 cloud=event.cloud,
@@ -196,6 +239,22 @@ class TransitionLedger:
         if route is None or route[1] is not None:
             return None
         return route[0]
+
+    def reported(self, *, cloud: str, provider_event_id: str, phase: str, fields: Mapping[str, Any]) -> None:
+        """What a recorded (new or rescheduled) report of an open event said: kept while the event is open and
+        the phase is where it stands (`open_reports`). `fields`: the report, as a model dump or CLOUD's JSON."""
+        entity = self._entities.get((cloud, provider_event_id))
+        if entity is None or entity.terminal is not None or phase in TERMINAL_PHASES or not entity.current(phase):
+            return
+        entity.report = (phase, {k: fields[k] for k in REPORT_FIELDS if k in fields})
+
+    def open_reports(self, cloud: str) -> list[OpenReport]:
+        """The open events of `cloud` (as `open_events`) whose latest report is known, with what it said."""
+        return [
+            OpenReport(provider_event_id=eid, phase=e.report[0], fields=e.report[1])
+            for (c, eid), e in self._entities.items()
+            if c == cloud and e.terminal is None and e.report is not None
+        ]
 
     def open_events(self, cloud: str) -> list[str]:
         """Event ids of `cloud` seen in a non-terminal phase and not yet closed (for reconciliation)."""
