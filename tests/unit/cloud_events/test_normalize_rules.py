@@ -95,6 +95,26 @@ def test_azure_event_that_disappears_after_started_is_completed() -> None:
     assert third[0].is_terminal
 
 
+def test_an_azure_incarnation_that_went_back_for_good_is_taken_after_a_while() -> None:
+    """Older documents are ignored (a lagging relay). But should the counter itself go back (not documented by
+    Azure; a guard), ignoring it for ever would hide a new Reboot until the counter climbed past the old one:
+    once every document for INCARNATION_RESET_S in a row is older, the lower counter is taken."""
+    from nodeheal.cloud_events.normalize.azure import INCARNATION_RESET_S
+
+    tracker = AzureDocumentTracker(resource="vm-a")
+    at = T0
+    tracker.feed(_doc(40, ("E1", "Freeze", "Scheduled"), not_before=LATER), NormalizeContext(observed_at=at))
+    late = _doc(3, ("E7", "Reboot", "Scheduled"), not_before=LATER)
+    assert tracker.feed(late, NormalizeContext(observed_at=at + timedelta(seconds=10))) == []
+    assert tracker.feed(late, NormalizeContext(observed_at=at + timedelta(seconds=INCARNATION_RESET_S - 1))) == []
+    taken = tracker.feed(late, NormalizeContext(observed_at=at + timedelta(seconds=INCARNATION_RESET_S + 10)))
+    assert sorted((e.provider_event_id, e.phase) for e in taken) == [("e1#vm-a", "canceled"), ("e7#vm-a", "scheduled")]
+    assert tracker.incarnation == 3 and tracker.older_documents == 2
+    # a newer document in between starts the count again
+    tracker.feed(_doc(4), NormalizeContext(observed_at=at + timedelta(seconds=INCARNATION_RESET_S + 20)))
+    assert tracker.feed(_doc(2), NormalizeContext(observed_at=at + timedelta(seconds=INCARNATION_RESET_S + 30))) == []
+
+
 LATER = "Sun, 01 Mar 2026 14:00:00 GMT"  # T0 + 2 h: a NotBefore still ahead of the observations below
 
 

@@ -52,6 +52,10 @@ class _Seen:
     started_at: datetime | None = None
 
 
+INCARNATION_RESET_S = 300.0
+"""Documents older than the newest read for this long in a row: the counter went back (taken as it is now)."""
+
+
 @dataclass(slots=True)
 class AzureDocumentTracker:
     """Feeds documents in order; remembers which events were present to synthesise their end.
@@ -66,6 +70,9 @@ class AzureDocumentTracker:
     seen: dict[str, _Seen] = field(default_factory=dict)
     older_documents: int = 0
     """Documents ignored because their `DocumentIncarnation` is below the newest fed (`feed`)."""
+    older_since: datetime | None = None
+    """When the documents began to be older without a break (a counter that went back for good is taken after
+    `INCARNATION_RESET_S`)."""
 
     def feed(self, document: object, ctx: NormalizeContext) -> list[CloudSystemEvent]:
         j = Json(SOURCE)
@@ -84,8 +91,14 @@ class AzureDocumentTracker:
             # by the newer one already fed, so nothing is read from it. Before, its events were read into the
             # tracker: a Started event went back to Scheduled (its end then said Started was not seen), and one
             # that had ended was opened again and ended a second time (`canceled`, then `completed`).
-            self.older_documents += 1
-            return []
+            # Only for a while: Azure documents no reset of the counter, but should one go back for good, every
+            # document for `INCARNATION_RESET_S` in a row is older, and then the lower one is the counter now
+            # (ignored for ever, a new Reboot would never be drained for).
+            self.older_since = self.older_since or ctx.observed_at
+            if (ctx.observed_at - self.older_since).total_seconds() < INCARNATION_RESET_S:
+                self.older_documents += 1
+                return []
+        self.older_since = None
         events = j.arr(doc.get("Events", []), "$.Events")
         current = [
             self._event(j, j.obj(item, f"$.Events[{i}]"), f"$.Events[{i}]", ctx, doc) for i, item in enumerate(events)
