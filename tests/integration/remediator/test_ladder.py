@@ -157,6 +157,35 @@ async def test_pause_blocks_and_resume_continues(topology_ready: NatsSettings, n
     assert len(agent.commands) == 1
 
 
+
+async def test_a_pause_longer_than_every_retry_hands_nobody_to_a_person(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+) -> None:
+    """An incident pause longer than MAX_DELIVER × RETRY_DELAY_S (12.5 min by default). Before, every paused
+    diagnosis was nak'ed each RETRY_DELAY_S and, on its last delivery, given up: each paused node escalated to a
+    person at once, a page storm for the pause the operator chose. Now a paused ladder is held (heartbeats, no
+    retries counted) and goes on when the pause is lifted."""
+    agent = Agent()
+    await agent.serve(nc, topology_ready, "n1")
+    control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
+    await write_pause(control, paused=True, reason="incident 43", by="alice")
+    settings = make_settings(topology_ready, kube_url=world.url).model_copy(update={"max_deliver": 3})
+    service = await start_service(settings)
+    try:
+        await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet")]))
+        await wait_for_record(nc, topology_ready, phase="blocked")
+        await asyncio.sleep(6 * settings.retry_delay_s + settings.ack_wait_s)  # well past 3 deliveries' retries
+        records = await audit_records(nc, topology_ready)
+        assert [r.phase for r in records] == ["blocked"], [(r.action, r.phase, r.reason) for r in records]
+        assert agent.commands == []
+        await write_pause(control, paused=False, reason="", by="alice")
+        await wait_for_record(nc, topology_ready, action="restart_service", phase="succeeded")
+    finally:
+        await service.stop()
+    assert len(agent.commands) == 1
+    gave_up = [r.reason for r in await audit_records(nc, topology_ready) if "gave up" in (r.reason or "")]
+    assert not gave_up, gave_up  # (the ladder's own end — no probes to verify by here — is not the pause's)
+
 async def test_redeploy_waits_for_approval(
     topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
 ) -> None:

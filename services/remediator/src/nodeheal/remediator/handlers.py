@@ -23,6 +23,7 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from opentelemetry import trace
 
+from nodeheal.remediator import control
 from nodeheal.remediator.actions.cloud import Clouds
 from nodeheal.remediator.actions.kube import KubeActions, build_api_client
 from nodeheal.remediator.actions.node import NodeAgent
@@ -30,12 +31,12 @@ from nodeheal.remediator.audit import AuditLog, AuditRefusedError
 from nodeheal.remediator.leases import Leases
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.maintenance import MaintenanceLoop
-from nodeheal.remediator.runner import Remediator
+from nodeheal.remediator.runner import Disposition, Remediator
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.remediator.verify import Verifier
 from nodeheal.remediator.views import FleetView
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound, Rejected, Transient
+from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound, Rejected, Transient, describe
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.metrics import pipeline_metrics
 from nodeheal.runtime.startup import patiently
@@ -249,6 +250,30 @@ class RemediatorService:
         except AuditRefusedError as exc:
             raise Rejected(exc.reason) from exc
 
+    async def _run_ladder(self, diagnosis: Diagnosis, delivery: Delivery) -> Disposition:
+        assert self.remediator is not None
+        try:
+            return await self.remediator.handle(diagnosis, heartbeat=delivery.in_progress)
+        except AuditRefusedError:
+            raise
+        except Exception:
+            log.exception("ladder crashed; will be redelivered", extra={"node": diagnosis.node})
+            return "retry"
+
+    async def _paused(self) -> bool:
+        assert self.remediator is not None
+        try:
+            return (await control.read_pause(self.remediator.control_kv)).paused
+        except Exception as exc:  # not known now: retried the usual way
+            log.warning("pause switch not read", extra={"error": describe(exc)})
+            return False
+
+    async def _wait_out_pause(self, delivery: Delivery) -> None:
+        """Until `nodeheal resume` (or the switch cannot be read): the delivery is kept ours with heartbeats."""
+        while await self._paused():
+            await delivery.in_progress()
+            await asyncio.sleep(self.settings.control_poll_s)
+
     async def _process(self, diagnosis: Diagnosis, delivery: Delivery) -> None:
         assert self.remediator is not None
         if (delivery.headers or {}).get(REPLAY_HEADER, "").lower() in ("1", "true", "yes"):
@@ -256,13 +281,12 @@ class RemediatorService:
         span: Any = trace.get_current_span()
         span.set_attribute("nodeheal.node", diagnosis.node)
         span.set_attribute("nodeheal.diagnosis.id", diagnosis.id)
-        try:
-            disposition = await self.remediator.handle(diagnosis, heartbeat=delivery.in_progress)
-        except AuditRefusedError:
-            raise
-        except Exception:
-            log.exception("ladder crashed; will be redelivered", extra={"node": diagnosis.node})
-            disposition = "retry"
+        disposition = await self._run_ladder(diagnosis, delivery)
+        while disposition == "retry" and await self._paused():
+            # held while the pause lasts, not nak'ed: every retry counts towards MAX_DELIVER, and a pause longer
+            # than MAX_DELIVER × RETRY_DELAY_S (12.5 min by default) handed every paused node to a person at once
+            await self._wait_out_pause(delivery)
+            disposition = await self._run_ladder(diagnosis, delivery)
         if disposition == "ack":
             return
         delivered = delivery.num_delivered
