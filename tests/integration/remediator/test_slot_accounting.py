@@ -15,6 +15,7 @@ from nats.aio.client import Client
 
 from nodeheal.cloud_events.normalize.alibaba import normalize_api
 from nodeheal.cloud_events.normalize.common import NormalizeContext
+from nodeheal.remediator.control import write_approval
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.runtime.settings import NatsSettings
@@ -410,3 +411,52 @@ async def test_a_ladder_held_only_by_a_pause_is_not_acted_on_past_the_age_bound(
     records = await audit_records(nc, topology_ready)
     assert not [r for r in records if r.node == "n1" and r.action == "escalate"], "handed over one by one"
     assert world.cordoned_nodes() == []
+
+
+async def test_a_slot_keeps_counting_while_its_ladder_waits_for_approval_past_the_hold(
+    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+) -> None:
+    """n1's ladder cordons it (the pool's only slot) and then waits for a person's approval of its redeploy —
+    longer than `slot_hold_s`. Meanwhile n2 of the same pool is diagnosed. n2 must wait until n1's ladder ends
+    (approved, redeployed, verified, uncordoned): before, n1's slot stopped counting `slot_hold_s` after the
+    cordon although its ladder was alive, and n2 was cordoned beside it. The slot is renewed while its ladder
+    lives; `slot_hold_s` is for a holder that died. Counted at the Kubernetes emulator."""
+    settings = (
+        await _one_slot_pool(nc, topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, slot_hold_s=1.0)
+    ).model_copy(update={"maintenance_interval_s": 0.2})  # the stale-slot reaper looks often
+
+    def boot() -> str:
+        redeployed = any(c.action == "RedeployInstance" and c.params.get("InstanceId") == "i-n1" for c in ecs.calls)
+        return "boot-2" if redeployed else "boot-1"
+
+    ledger = Ledger(await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control"))
+    service = await start_service(settings)
+    try:
+        async with Probes(nc, topology_ready, "n1", boot_id=boot), Probes(nc, topology_ready, "n2"):
+            await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "redeploy"], episode="ep-a"))
+            waiting = await wait_for_record(nc, topology_ready, node="n1", action="redeploy", phase="awaiting_approval")
+            await asyncio.sleep(3.0)  # three holds pass while the ladder waits for a person
+            await publish_diagnosis(nc, topology_ready, diagnosis("n2", ["cordon"], episode="ep-b"))
+
+            async def n2_decided() -> bool:
+                return any(
+                    r.node == "n2" and r.action == "cordon" and r.phase in ("blocked", "started")
+                    for r in await audit_records(nc, topology_ready)
+                )
+
+            await wait_for(n2_decided, what="n2's cordon blocked or started")
+            assert world.cordoned_nodes() == ["n1"]  # n2 not cordoned while n1's ladder waits
+            held = await ledger.slot_of("n1")
+            assert held is not None and held.until > datetime.now(tz=UTC), held  # renewed: still counting
+            blocked = await wait_for_record(nc, topology_ready, node="n2", action="cordon", phase="blocked")
+            assert any(c.name == "budget.node_pool" and not c.passed for c in blocked.checks), blocked.checks
+            control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
+            await write_approval(control, action_id=waiting.action_id, by="bob")
+            await wait_for_record(nc, topology_ready, node="n1", action="redeploy", phase="verified", timeout=30)
+            await wait_for_record(nc, topology_ready, node="n2", action="cordon", phase="succeeded", timeout=40)
+    finally:
+        await service.stop()
+    effects = [(node, effect) for _, node, effect in sorted(world.effects) if effect in ("cordon", "uncordon")]
+    assert effects == [("n1", "cordon"), ("n1", "uncordon"), ("n2", "cordon")], effects
+    judged = judge_budgets(world, await audit_records(nc, topology_ready), pools={"n1": "p", "n2": "p"}, limit=1)
+    assert judged["budget_exceedances"] == 0, judged

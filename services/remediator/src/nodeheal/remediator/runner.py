@@ -12,7 +12,8 @@ ladder where the audit trail says it is; a step recorded for its id is never exe
 Kubernetes actions, the node is verified instead; a node command is re-sent with the same action id,
 which the agent answers from its stored result without running it again); an episode verified
 healthy is never acted on again. The budget slot is held while the node is disrupted (cordoned or
-rebooting) and given back only when it is uncordoned or handed to a person (escalation); a refused
+rebooting), renewed while its ladder holds the node's lease (`_keep_slot`: an approval wait does not let it
+expire), and given back only when it is uncordoned or handed to a person (escalation); a refused
 (stale, recovered) or resolved diagnosis whose node still holds a slot is
 re-evaluated: verified and uncordoned, or escalated.
 """
@@ -86,6 +87,7 @@ class _StormUnsent:
 POSTPONED = "postponed:"
 """The target of a host event's postponement record (`none` verified / skipped) and of its uncordon."""
 
+SLOT_RENEWALS_PER_HOLD = 3  # a live ladder renews its budget slot every slot_hold_s / 3 (`Remediator._keep_slot`)
 BLOCKED_RECORD_GAP_S = 60.0  # a blocked step's changed reasons are recorded at most this often
 
 
@@ -589,6 +591,9 @@ class Remediator:
     ) -> Disposition:
         stop = asyncio.Event()
         keeper = asyncio.create_task(self.leases.keep(lease, stop=stop))
+        slot_keeper = asyncio.create_task(
+            self._keep_slot(lease, node=diagnosis.node, episode=episode or diagnosis.episode, stop=stop)
+        )
         beat = asyncio.create_task(self._heartbeat(heartbeat, stop)) if heartbeat is not None else None
         try:
             since = utcnow() - timedelta(seconds=max(self.policy.node_repair_window_s, self.policy.flap_window_s))
@@ -622,7 +627,7 @@ class Remediator:
             return "retry"
         finally:
             stop.set()
-            await asyncio.gather(keeper, *([beat] if beat else []), return_exceptions=True)
+            await asyncio.gather(keeper, slot_keeper, *([beat] if beat else []), return_exceptions=True)
             # the budget slot is NOT given back here: it is held while the node is disrupted and released
             # only by an uncordon (_finish) or a hand-over to a person (_escalate)
             await self.leases.release(lease)
@@ -880,6 +885,47 @@ class Remediator:
         if diagnosis.cause == OPERATOR_REQUEST:
             return None
         return self.view.recovered_at.get(diagnosis.node)
+
+    def slot_renew_interval(self) -> float:
+        """How often a live ladder renews its node's budget slot: a third of `slot_hold_s` (20 min by default),
+        so two renewals may fail in a row before the slot would stop counting."""
+        return max(self.policy.slot_hold_s / SLOT_RENEWALS_PER_HOLD, 0.1)
+
+    async def _keep_slot(self, lease: Lease, *, node: str, episode: str, stop: asyncio.Event) -> None:
+        """While a ladder of `episode` holds the node's lease (an approval wait, a drain, a verification, a wait
+        for a budget or the rate), the node's budget slot of that episode is kept from expiring: renewed to now
+        + `slot_hold_s` at once and every `slot_renew_interval()`. `slot_hold_s` is how long a slot outlives a
+        holder that died (no renewals), not how long a ladder may keep a node out: before, a slot taken at the
+        cordon stopped counting 1 h later while its ladder still waited for a person's approval of its
+        redeploy, and a second node of a pool whose budget was one was cordoned and drained beside it. A slot
+        already expired is not brought back (another node may hold its place now: the stale-slot reaper gives
+        it back with a record), nor is another episode's (a host event's) touched."""
+        interval = self.slot_renew_interval()
+        while not stop.is_set() and not lease.lost:
+            try:
+                await self._renew_slot(node=node, episode=episode)
+            except Exception as exc:  # the next renewal tries again; the slot has two more intervals left
+                log.warning("budget slot not renewed", extra={"node": node, "episode": episode, "error": str(exc)})
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                continue
+
+    async def _renew_slot(self, *, node: str, episode: str) -> None:
+        hold = timedelta(seconds=self.policy.slot_hold_s)
+
+        def decide(
+            slots: list[Slot], starts: list[datetime]
+        ) -> tuple[list[PolicyCheck], list[Slot], list[datetime]] | None:
+            now = utcnow()
+            mine = next((s for s in slots if s.node == node), None)
+            if mine is None or mine.episode not in (None, episode) or mine.until <= now:
+                return None  # none, another episode's, or expired (given back by the reaper, with a record)
+            if mine.until >= now + hold:
+                return None  # held longer already (a host event's hold)
+            return [], [replace(s, until=now + hold) if s.node == node else s for s in slots], starts
+
+        await self.ledger.transact(decide)
 
     async def _heartbeat(self, beat: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
         interval = max(self.settings.ack_wait_s / 3, 0.2)
@@ -1669,9 +1715,10 @@ class Remediator:
         return await self._under_lease(lease, diagnosis, None, body)
 
     async def expire_slot(self, slot: Slot) -> Disposition:
-        """A budget slot past its `until` (`slot_hold_s`: its holder died and its diagnosis never came back,
-        or a ladder held it that long): it is given back with a record, never silently. A cordon of ours
-        still out is handed to a person (`_release_slot`'s hand-over); else the expiry itself is recorded."""
+        """A budget slot past its `until` (`slot_hold_s` since its last renewal: its holder died and its diagnosis
+        never came back; a live ladder renews it, `_keep_slot`): it is given back with a record, never silently.
+        A cordon of ours still out is handed to a person (`_release_slot`'s hand-over); else the expiry itself is
+        recorded."""
         episode = slot.episode or slot.action_id
         d = Diagnosis(
             id=deterministic_id(f"{episode}:{slot.action_id}:{slot.until.isoformat()}", prefix="diag-expired-"),

@@ -52,7 +52,11 @@ class PolicySettings(BaseModel):
         default=1800.0, ge=0, description="no reboot of our own when the cloud reboots the host within this"
     )
     cloud_event_wait_s: float = Field(default=1800.0, gt=0, description="how long to wait for a cloud event")
-    slot_hold_s: float = Field(default=3600.0, gt=0, description="a budget slot of a crashed holder expires after")
+    slot_hold_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a budget slot of a crashed holder expires after this; a live ladder renews its slot every third",
+    )
     cloud_drain_lead_s: float = Field(
         default=900.0, ge=0, description="cordon and drain this long before a host event's not_before, not earlier"
     )
