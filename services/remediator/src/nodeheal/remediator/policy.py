@@ -147,6 +147,28 @@ def check_budgets(
     return checks
 
 
+def check_placement(*, placement: Placement, in_inventory: bool) -> PolicyCheck:
+    """Is the node's placement known (a zone, rack or node pool in the inventory)? A capacity step of a node with
+    none would hold a slot that counts only against the cluster budget, beside any number of nodes of its real
+    zone, rack and pool: it is held (fail closed) until the inventory says where the node is."""
+    if len(placement.domains()) > 1:
+        known = ", ".join(f"{kind} {value}" for kind, value in placement.domains()[1:])
+        return PolicyCheck(name="budget.placement", passed=True, detail=f"{placement.node}: {known}")
+    where = (
+        "its inventory record has no zone, rack or node pool"
+        if in_inventory
+        else "it has no inventory record (nodeheal-inventory)"
+    )
+    return PolicyCheck(
+        name="budget.placement",
+        passed=False,
+        detail=f"placement of {placement.node} unknown: {where}, so no zone, rack or pool budget would count it; "
+        "capacity steps are held until it is known: label the Node (topology.kubernetes.io/zone, "
+        "topology.kubernetes.io/rack or nodeheal.io/rack, a node-pool label such as nodeheal.io/node-pool) "
+        "and check that the inventory watcher carries it",
+    )
+
+
 def check_rate(*, recent_starts: Sequence[datetime], policy: PolicySettings, now: datetime) -> PolicyCheck:
     window = [t for t in recent_starts if now - t < timedelta(seconds=60)]
     passed = len(window) < policy.disruptive_per_minute

@@ -1211,6 +1211,15 @@ class Remediator:
         )
         self.storms = frozenset(k for k, v in verdicts.items() if v.in_storm)
         await self._storm_escalations(verdicts, run, before=before)
+        # fail closed: a node of unknown placement would count only against the cluster budget, beside any number
+        # of nodes of its real zone, rack and pool; its capacity steps wait until the inventory says where it is
+        # (the non-capacity steps, a service restart or a disk clean, are not gated and go on)
+        known = policy.check_placement(placement=placement, in_inventory=d.node in self.view.placements)
+        checks.append(known)
+        if not known.passed:
+            if run.newly_blocked(step.action_id, checks, now=now):
+                await self._srec(run, step, phase="blocked", reason=known.detail, checks=checks)
+            return "retry"
         if step.disruptive or step.action in ("cordon", "taint"):
             storm = policy.check_storm(placement=placement, verdicts=verdicts)
             checks.append(storm)
