@@ -1,7 +1,7 @@
 """One fault episode → one ladder, within policy, under the node's lease, audit first.
 
 For each step: node history (repair budget, flap quarantine), approval (a wait), then at the moment of
-acting every gate (pause, storm guard, budgets, disruption rate for every capacity step), the intent
+acting every gate (pause; for every capacity step the placement, storm guard, budgets, disruption rate), the intent
 record (acknowledged by the stream, else no action), the lease re-checked by a compare-and-set renewal
 (the fence; its revision goes to the node agent), started, the action, succeeded / failed, a Kubernetes
 Event on the node, and after a fix the verification (verified, or the next rung).
