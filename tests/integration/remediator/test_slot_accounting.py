@@ -422,7 +422,7 @@ async def test_a_slot_keeps_counting_while_its_ladder_waits_for_approval_past_th
     cordon although its ladder was alive, and n2 was cordoned beside it. The slot is renewed while its ladder
     lives; `slot_hold_s` is for a holder that died. Counted at the Kubernetes emulator."""
     settings = (
-        await _one_slot_pool(nc, topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, slot_hold_s=1.0)
+        await _one_slot_pool(nc, topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, slot_hold_s=2.0)
     ).model_copy(update={"maintenance_interval_s": 0.2})  # the stale-slot reaper looks often
 
     def boot() -> str:
@@ -435,7 +435,7 @@ async def test_a_slot_keeps_counting_while_its_ladder_waits_for_approval_past_th
         async with Probes(nc, topology_ready, "n1", boot_id=boot), Probes(nc, topology_ready, "n2"):
             await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["cordon", "redeploy"], episode="ep-a"))
             waiting = await wait_for_record(nc, topology_ready, node="n1", action="redeploy", phase="awaiting_approval")
-            await asyncio.sleep(3.0)  # three holds pass while the ladder waits for a person
+            await asyncio.sleep(5.0)  # two and a half holds pass while the ladder waits for a person
             await publish_diagnosis(nc, topology_ready, diagnosis("n2", ["cordon"], episode="ep-b"))
 
             async def n2_decided() -> bool:
