@@ -1666,7 +1666,8 @@ class Remediator:
                 reason=reason,
             )
             await self._event(run.diagnosis.node, reason="NodehealEscalated", message=message, warning=True)
-        await self.ledger.release(node=run.diagnosis.node, now=utcnow())
+        # the slot read above, not whatever the node's slot has become since (another action's stays)
+        await self.ledger.release(node=run.diagnosis.node, now=utcnow(), action_id=slot.action_id)
 
     async def _escalate(
         self,
@@ -1764,7 +1765,7 @@ class Remediator:
                     phase="skipped",
                     reason=f"{why}; no cordon of ours is out on {slot.node}: given back",
                 )
-                await self.ledger.release(node=slot.node, now=now)
+                await self.ledger.release(node=slot.node, now=now, action_id=slot.action_id)
                 return "ack"
             await self._release_slot(run, any_episode=True, why=why)
             return "ack"
