@@ -157,7 +157,6 @@ async def test_pause_blocks_and_resume_continues(topology_ready: NatsSettings, n
     assert len(agent.commands) == 1
 
 
-
 async def test_a_pause_longer_than_every_retry_hands_nobody_to_a_person(
     topology_ready: NatsSettings, nc: Client, world: KubeWorld
 ) -> None:
@@ -185,6 +184,7 @@ async def test_a_pause_longer_than_every_retry_hands_nobody_to_a_person(
     assert len(agent.commands) == 1
     gave_up = [r.reason for r in await audit_records(nc, topology_ready) if "gave up" in (r.reason or "")]
     assert not gave_up, gave_up  # (the ladder's own end — no probes to verify by here — is not the pause's)
+
 
 async def test_redeploy_waits_for_approval(
     topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator

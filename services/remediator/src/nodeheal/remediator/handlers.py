@@ -268,11 +268,14 @@ class RemediatorService:
             log.warning("pause switch not read", extra={"error": describe(exc)})
             return False
 
-    async def _wait_out_pause(self, delivery: Delivery) -> None:
-        """Until `nodeheal resume` (or the switch cannot be read): the delivery is kept ours with heartbeats."""
-        while await self._paused():
+    async def _hold_while_paused(self, delivery: Delivery, at_most_s: float) -> None:
+        """Up to `at_most_s`, ended early by `nodeheal resume` (or a switch that cannot be read): the delivery is
+        kept ours with heartbeats."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + at_most_s
+        while loop.time() < until and await self._paused():
             await delivery.in_progress()
-            await asyncio.sleep(self.settings.control_poll_s)
+            await asyncio.sleep(min(self.settings.control_poll_s, max(until - loop.time(), 0.0)))
 
     async def _process(self, diagnosis: Diagnosis, delivery: Delivery) -> None:
         assert self.remediator is not None
@@ -284,8 +287,10 @@ class RemediatorService:
         disposition = await self._run_ladder(diagnosis, delivery)
         while disposition == "retry" and await self._paused():
             # held while the pause lasts, not nak'ed: every retry counts towards MAX_DELIVER, and a pause longer
-            # than MAX_DELIVER × RETRY_DELAY_S (12.5 min by default) handed every paused node to a person at once
-            await self._wait_out_pause(delivery)
+            # than MAX_DELIVER × RETRY_DELAY_S (12.5 min by default) handed every paused node to a person at once.
+            # Tried again every RETRY_DELAY_S all the same (a diagnosis gone stale meanwhile is refused), and at once
+            # on the resume
+            await self._hold_while_paused(delivery, self.settings.retry_delay_s)
             disposition = await self._run_ladder(diagnosis, delivery)
         if disposition == "ack":
             return
