@@ -44,7 +44,7 @@ from nodeheal.detector.fastpath import BatchRoute, ProbeIdentity, probe_decoder,
 from nodeheal.detector.puller import BatchPuller, PulledMsg, Puller, ack_sequences, highest, stream_seq
 from nodeheal.detector.rules import MAINTENANCE_ACTIONS, Detector
 from nodeheal.detector.settings import SERVICE, DetectorSettings
-from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound
+from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound, Transient
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import (
     dead_letter,
@@ -246,6 +246,9 @@ class DetectorRuntime:
         self._cloud_traces: dict[str, dict[str, str]] = {}  # CLOUD message id -> its trace headers (ingest's)
         self.on_published = on_published
         self._unpublished: list[Anomaly] = []
+        # `_flush` runs from the probe loop and from the CLOUD / AUDIT handlers: one at a time, so a caller's flush
+        # returns only once everything queued before it is stored (the probe loop acks on that)
+        self._flush_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -770,23 +773,31 @@ class DetectorRuntime:
         return None
 
     async def _flush(self, now: float) -> None:
-        """Publish what the rules emitted, in order, `publish_window` anomalies at a time (each window's
+        """Publish what the rules emitted, in order, up to `publish_window` anomalies at a time (each window's
         PubAcks awaited before the next), so a storm of tens of thousands leaves the event loop free between
-        windows. A window with a failure stops the flush: what failed and everything after it is kept, in
-        order, for the next try (an anomaly's resolution must never overtake its firing)."""
-        det = self.detector
-        if det.outbox:
-            self._unpublished.extend(det.outbox)
-            det.outbox.clear()
-        window = self.settings.publish_window
-        while self._unpublished:
-            pending, self._unpublished = self._unpublished[:window], self._unpublished[window:]
-            failed = await self._publish_window(pending)
-            self._progress_at = time.monotonic()
-            if failed:
-                self._unpublished = failed + self._unpublished
-                msg = f"{len(failed)} anomalies could not be published to {self.anomalies_stream}"
-                raise RuntimeError(msg)
+        windows. A window never holds two anomalies of one anomaly key (it ends before the second), so a
+        resolution is never in flight with its firing. A window with a failure stops the flush: what failed
+        and everything after it is kept, in order, for the next try (an anomaly's resolution must never
+        overtake its firing), and `Transient` is raised (a CLOUD / AUDIT message is nak'ed and tried again).
+
+        One flush at a time (`_flush_lock`): the probe loop and the CLOUD / AUDIT handlers all flush, and a
+        flush returns only after everything queued before it was PubAck'ed — never while another caller's
+        window holds it in flight."""
+        async with self._flush_lock:
+            det = self.detector
+            if det.outbox:
+                self._unpublished.extend(det.outbox)
+                det.outbox.clear()
+            window = self.settings.publish_window
+            while self._unpublished:
+                size = _window_size(self._unpublished, window)
+                pending, self._unpublished = self._unpublished[:size], self._unpublished[size:]
+                failed = await self._publish_window(pending)
+                self._progress_at = time.monotonic()
+                if failed:
+                    self._unpublished = failed + self._unpublished
+                    msg = f"{len(failed)} anomalies could not be published to {self.anomalies_stream}"
+                    raise Transient(msg)
 
     async def _publish_window(self, pending: list[Anomaly]) -> list[Anomaly]:
         """Publish one window concurrently; returns the ones that failed (in their order)."""
@@ -903,6 +914,19 @@ class DetectorRuntime:
     async def _audit_message(self, record: RemediationRecord, delivery: Delivery) -> None:
         self._on_audit(delivery.data, delivery.headers, self.clock())
         await self._flush(self.clock())
+
+
+def _window_size(queue: Sequence[Anomaly], window: int) -> int:
+    """How many of the queue's first anomalies go out together: at most `window`, and none of them with the
+    anomaly key of an earlier one (a firing and its resolution are never in flight at once)."""
+    keys: set[str] = set()
+    limit = min(window, len(queue))
+    for i in range(limit):
+        key = queue[i].anomaly_key
+        if key in keys:
+            return i
+        keys.add(key)
+    return max(1, limit)
 
 
 def stream_lag(reply: str, wall: float) -> float | None:
