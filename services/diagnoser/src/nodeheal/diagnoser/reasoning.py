@@ -142,7 +142,7 @@ class Diagnoser:
         if anomaly.status == "firing" and anomaly.kind == "kernel_fault":
             self._add_kernel(ctx, anomaly)
         if anomaly.kind in SILENT_KINDS:
-            if anomaly.status == "firing" and not anomaly.expected:
+            if anomaly.status == "firing" and not anomaly.expected and ctx.is_firing(anomaly):
                 self.fleet.mark_dark(ctx.key, onset=anomaly.fault_onset, detected_at=anomaly.detected_at)
                 # peers already judged may now be part of a rack / zone burst; peers still held are
                 # revisited when their hold ends (which then sees this node): not touched here, so a

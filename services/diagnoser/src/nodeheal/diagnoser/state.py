@@ -26,6 +26,7 @@ from nodeheal.schemas.inventory import NodeInventory
 MAX_ANOMALIES = 200
 MAX_KERNEL = 1000
 MAX_HISTORY = 200
+MAX_RESOLVED_KEYS = 200  # per node: anomaly keys whose last resolution is remembered
 PHASE_ORDER = {
     "pending_approval": 0,
     "scheduled": 1,
@@ -102,25 +103,42 @@ class NodeContext:
     episode_ids: list[str] = field(default_factory=list)  # anomaly ids of the current episode
     published: Published | None = None
     pending_since: datetime | None = None  # a node_down being held to see its peers
+    # anomaly_key → the latest fault_onset a resolution of it ended (bounded, least recently resolved dropped
+    # first): a firing of that onset or an earlier one arriving late is not firing (`add_anomaly`)
+    resolved_onsets: dict[str, datetime] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return node_key(self.cluster, self.node)
 
     def add_anomaly(self, anomaly: Anomaly) -> bool:
-        """Remember an anomaly; False when it was already seen (redelivery)."""
+        """Remember an anomaly; False when it was already seen (redelivery). A firing whose episode's
+        resolution was already seen (same anomaly key, a resolution of its onset or a later one: the detector's
+        publish of the firing failed and was stored after its resolution) is remembered but not firing — as
+        if the two had arrived in order."""
         if any(a.id == anomaly.id for a in self.anomalies):
             return False
         self.anomalies.append(anomaly)
+        key = anomaly.anomaly_key
         if anomaly.status == "firing":
-            self.firing[anomaly.anomaly_key] = anomaly
+            over = self.resolved_onsets.get(key)
+            if over is None or anomaly.fault_onset > over:
+                self.firing[key] = anomaly
             if anomaly.id not in self.episode_ids:
                 self.episode_ids.append(anomaly.id)
         else:
-            current = self.firing.get(anomaly.anomaly_key)
+            current = self.firing.get(key)
             if current is not None and current.fault_onset <= anomaly.fault_onset:
-                del self.firing[anomaly.anomaly_key]
+                del self.firing[key]
+            seen = self.resolved_onsets.pop(key, None)
+            self.resolved_onsets[key] = anomaly.fault_onset if seen is None else max(seen, anomaly.fault_onset)
+            if len(self.resolved_onsets) > MAX_RESOLVED_KEYS:
+                del self.resolved_onsets[next(iter(self.resolved_onsets))]
         return True
+
+    def is_firing(self, anomaly: Anomaly) -> bool:
+        """The anomaly is its key's current firing (not a late firing of an episode already resolved)."""
+        return self.firing.get(anomaly.anomaly_key) is anomaly
 
     def add_cloud_event(self, event: CloudSystemEvent) -> None:
         """Keep the latest transition per provider event; a terminal phase is never overwritten by a
