@@ -662,3 +662,51 @@ def test_a_nats_restart_makes_no_healthy_node_silent(outage_s: float) -> None:
         det.tick(now=t)
         t = round(t + 0.1, 3)
     assert drain(det) == []
+
+
+# ---------------------------------------------------------------- an older agent probe delivered again
+
+
+def test_an_older_probe_after_a_newer_one_does_not_fire_a_second_reboot() -> None:
+    """A probe older than one already judged (delivered again after `ack_wait`, `_unfinished`'s leftovers) is
+    no news: judged as new, its boot id flipped back and fired an unexpected_reboot that never happened."""
+    det = Detector(config=RuleConfig(), started_at=T0 - 1000)
+    det.observe_probe(agent_probe(t=T0, seq=1, boot_id="A"), now=T0)
+    det.observe_probe(agent_probe(t=T0 + 10, seq=2, boot_id="B"), now=T0 + 10)  # the real reboot
+    assert [(a.kind, a.status) for a in det.outbox] == [("unexpected_reboot", "firing")]
+    det.outbox.clear()
+    det.tick(now=T0 + 200)  # the reboot's hold ends: resolved
+    det.outbox.clear()
+    duplicates = det.counters.duplicates
+    det.observe_probe(agent_probe(t=T0, seq=1, boot_id="A"), now=T0 + 201)  # boot A's probe, again
+    assert [(a.kind, a.status) for a in det.outbox] == []
+    assert det.nodes["c1/n1"].boot_id == "B"
+    assert det.counters.duplicates == duplicates + 1
+
+
+def test_a_dead_nodes_old_probe_delivered_again_does_not_reopen_its_outage() -> None:
+    """A dead node's last probes delivered again are no sign of life: node_down must not resolve and then fire
+    again under a new onset (a second episode, a second repair downstream)."""
+    det = Detector(config=RuleConfig(), started_at=T0 - 1000)
+    for i in range(3):
+        det.observe_probe(agent_probe(t=T0 + 5 * i, seq=i + 1), now=T0 + 5 * i)
+    for i in range(3, 25):  # another node keeps the feed alive
+        det.observe_probe(agent_probe(t=T0 + 5 * i, seq=i + 1, node="other"), now=T0 + 5 * i)
+        det.tick(now=T0 + 5 * i)
+    assert [(a.kind, a.status) for a in det.outbox if a.node == "n1"] == [("node_down", "firing")]
+    det.outbox.clear()
+    det.observe_probe(agent_probe(t=T0 + 5, seq=2), now=T0 + 125)  # probe 2, two minutes old, again
+    for i in range(25, 45):
+        det.observe_probe(agent_probe(t=T0 + 5 * i, seq=i + 1, node="other"), now=T0 + 5 * i)
+        det.tick(now=T0 + 5 * i)
+    assert [(a.kind, a.status) for a in det.outbox if a.node == "n1"] == []
+
+
+def test_an_older_probe_does_not_clear_a_condition_a_newer_one_raised() -> None:
+    det = Detector(config=RuleConfig(threshold_probes=1, clear_probes=1), started_at=T0 - 1000)
+    det.observe_probe(agent_probe(t=T0, seq=1, used=10.0), now=T0)
+    det.observe_probe(agent_probe(t=T0 + 5, seq=2, used=99.0), now=T0 + 5)
+    assert [(a.kind, a.status) for a in det.outbox] == [("disk_full", "firing")]
+    det.outbox.clear()
+    det.observe_probe(agent_probe(t=T0, seq=1, used=10.0), now=T0 + 6)  # the older, healthy probe again
+    assert det.outbox == []

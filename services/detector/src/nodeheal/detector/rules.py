@@ -268,10 +268,13 @@ class Detector:
         if p.reachability and p.source != "agent":
             self._observe_reachability(node, p, now)
         if p.source != "prober":
-            if p.id and p.id == node.last_probe_id and p.time is not None and p.time.timestamp() == node.last_agent_t:
-                # The same agent probe again (same id, same time): an agent re-sends a probe whose PubAck
-                # it did not get, and probes carry no `Nats-Msg-Id`, so the stream may hold both copies,
-                # one after the other. It counts once (a second copy would be one more bad or clear probe).
+            if p.time is not None and node.last_agent_t and p.time.timestamp() <= node.last_agent_t:
+                # An agent probe not newer than the node's last one: the same probe again (an agent re-sends a
+                # probe whose PubAck it did not get, and probes carry no `Nats-Msg-Id`, so the stream may hold
+                # both copies) or an older one delivered again (after `ack_wait`, `_unfinished`'s leftovers).
+                # Judged as new it would be one more bad or clear probe, resolve a silence the node is still
+                # in, flip the boot id back (a reboot that never happened) or reopen an outage under a new
+                # onset (a second episode downstream). It counts once, as a duplicate.
                 self.counters.duplicates += 1
                 return
             self._observe_agent(node, p, now)
