@@ -710,3 +710,38 @@ def test_an_older_probe_does_not_clear_a_condition_a_newer_one_raised() -> None:
     det.outbox.clear()
     det.observe_probe(agent_probe(t=T0, seq=1, used=10.0), now=T0 + 6)  # the older, healthy probe again
     assert det.outbox == []
+
+
+# ---------------------------------------------------------------- a cloud event never makes a node
+
+
+def test_an_unmapped_cloud_event_makes_no_phantom_node_that_goes_down() -> None:
+    """ingest publishes an event for an instance not in the inventory under node=<instance id>,
+    node_mapped=False. Unpartitioned (adopt_unknown), the detector tracked that name as a node: it never
+    probes, so node_down fired for a machine that is not a node (and again after each restart)."""
+    det = Detector(config=RuleConfig(), started_at=T0 - 1000)
+    event = _cloud(phase="scheduled", t=T0).model_copy(update={"node": "i-0abc", "node_mapped": False})
+    det.observe_cloud(event, now=T0)
+    for i in range(1, 40):  # the real fleet probes on
+        det.observe_probe(agent_probe(t=T0 + 5 * i, seq=i, node="real"), now=T0 + 5 * i)
+        det.tick(now=T0 + 5 * i)
+    assert [(a.node, a.kind, a.status) for a in det.outbox if a.node == "i-0abc"] == []
+    assert "c1/i-0abc" not in det.nodes
+    det.observe_probe(agent_probe(t=T0 + 300, seq=1, node="i-0abc"), now=T0 + 300)
+    assert det.nodes["c1/i-0abc"].cloud is None  # not parked either: it was no node's event
+
+
+def test_a_cloud_event_for_a_node_not_probed_yet_waits_for_its_first_probe() -> None:
+    """Unpartitioned too, a cloud event for a node not known yet does not create it (nothing would ever
+    probe a name known only from an event: node_down for it): parked, and applied at its first probe."""
+    det = Detector(config=RuleConfig(), started_at=T0 - 1000)
+    det.observe_cloud(_cloud(phase="in_progress", t=T0), now=T0)
+    for i in range(1, 40):
+        det.observe_probe(agent_probe(t=T0 + 5 * i, seq=i, node="other"), now=T0 + 5 * i)
+        det.tick(now=T0 + 5 * i)
+    assert [a for a in det.outbox if a.node == "n1"] == []
+    assert "c1/n1" not in det.nodes
+    det.observe_probe(agent_probe(t=T0 + 200, seq=1), now=T0 + 200)
+    assert [(a.kind, a.status, a.subject) for a in det.outbox if a.node == "n1"] == [
+        ("cloud_maintenance", "firing", "reboot:e-1")
+    ]

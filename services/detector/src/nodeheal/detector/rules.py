@@ -857,19 +857,25 @@ class Detector:
 
     def observe_cloud(self, event: CloudSystemEvent, *, now: float, at: float | None = None) -> None:
         """`at`: when the event's phase was observed, if not now (a restart's replay of CLOUD: a host event that
-        ended days ago explains no downtime after the restart)."""
+        ended days ago explains no downtime after the restart).
+
+        A cloud event never creates a node, partitioned (`adopt_unknown` False) or not: one for a node
+        not known yet is parked (bounded) and applied when the node's first probe comes here — a node made from
+        an event alone never probes, so its "silence" would fire node_down for a machine nobody watches. An event
+        ingest could not map to a node (`node_mapped=False`, named after its instance id) is no node's at all
+        and is ignored; ingest sends it again under the node's name once the inventory knows the instance."""
+        if event.node_mapped is False:
+            return
         key = event.cluster + "/" + event.node
         node = self.nodes.get(key)
         if node is None:
             if key in self.departed:
                 return
-            if not self.adopt_unknown:
-                # Probably another replica's node: park it (bounded) in case its first probe comes here.
-                if key not in self._pending_cloud and len(self._pending_cloud) >= MAX_PARKED_NODES:
-                    self._pending_cloud.pop(next(iter(self._pending_cloud)))
-                self._pending_cloud.setdefault(key, []).append((event, at))
-                return
-            node = self._node(event.cluster, event.node, now)
+            # not probed here yet (another replica's node, or one whose first probe is still to come): park it
+            if key not in self._pending_cloud and len(self._pending_cloud) >= MAX_PARKED_NODES:
+                self._pending_cloud.pop(next(iter(self._pending_cloud)))
+            self._pending_cloud.setdefault(key, []).append((event, at))
+            return
         self._apply_cloud(node, event, now, at=at)
 
     def _apply_cloud(self, node: NodeState, event: CloudSystemEvent, now: float, *, at: float | None = None) -> None:
