@@ -276,3 +276,25 @@ async def test_an_anomaly_written_with_a_clock_far_off_is_measured_and_said(
     offset = prometheus_client.REGISTRY.get_sample_value("nodeheal_diagnoser_anomaly_clock_offset_seconds")
     assert offset is not None and 119 <= offset <= 130
     assert any("clock far from the NATS server" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_firing_stored_after_its_resolution_leaves_no_diagnosis(
+    service: DiagnoserRuntime, nc: Client, topology_ready: NatsSettings
+) -> None:
+    """ANOMALIES holds a resolution before its own firing (the detector's publish of the firing failed and was
+    sent again after the resolution's was stored): the node is healthy, no verdict may stand for it. Before,
+    the late firing opened an episode nothing would ever close (disk_full diagnosed, a repair ordered)."""
+    t = now()
+    firing = anomaly("n8", "disk_full", subject="/", at=t)
+    resolved = anomaly("n8", "disk_full", subject="/", status="resolved", at=t + timedelta(seconds=5), onset=t)
+    await send(nc, topology_ready, resolved)
+    await send(nc, topology_ready, firing)
+    # one message at a time, in stream order: once n7's diagnosis is out, n8's two anomalies were judged
+    await send(nc, topology_ready, anomaly("n7", "disk_full", subject="/", at=t))
+    await wait_for_diagnosis(nc, topology_ready, "n7", lambda d: not d.resolved)
+    stream = f"{topology_ready.stream_prefix}DIAGNOSES"
+    said = [
+        Diagnosis.model_validate_json(b)
+        for b in await read_stream(nc, stream, diagnosis_subject(CLUSTER, "n8", prefix=topology_ready.prefix))
+    ]
+    assert all(d.resolved for d in said), [(d.cause, d.resolved) for d in said]
