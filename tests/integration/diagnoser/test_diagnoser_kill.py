@@ -66,6 +66,9 @@ class Broker:
             f"{p}NODE_DOWN_HOLD_S": "1",
             f"{p}DOMAIN_QUIET_S": "2",
             f"{p}CORRELATION_INTERVAL_S": "0.3",
+            # a process started after a SIGKILL takes the singleton over once it is this long unrenewed (30 s in
+            # production): every restart here goes through that take-over, under the role's own credential
+            f"{p}SINGLETON_TTL_S": "3",
             **{p + k: v for k, v in extra.items()},
         }
 

@@ -201,7 +201,7 @@ class KubeWorld:
         if zone:
             all_labels["topology.kubernetes.io/zone"] = zone
         if rack:
-            all_labels["topology.nodeheal.io/rack"] = rack
+            all_labels["topology.kubernetes.io/rack"] = rack  # one the inventory watcher reads
         if node_pool:
             all_labels["nodeheal.io/node-pool"] = node_pool
         node: dict[str, Any] = {
