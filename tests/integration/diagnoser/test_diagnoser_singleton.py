@@ -103,3 +103,24 @@ async def test_a_killed_holder_is_taken_over_and_a_holder_that_lost_it_stops_con
     finally:
         await stale.stop()
         await successor.stop()
+
+
+async def test_a_process_of_the_same_pod_takes_over_at_once(topology_ready: NatsSettings, nc: Client) -> None:
+    """A container restart after a SIGKILL (OOM kill, a liveness failure): the pod is the same, its earlier process
+    is gone. It takes the key over at once instead of waiting `singleton_ttl_s` — the first chaos demo with the
+    singleton lost three faults that fired and ended inside that 30 s wait, never diagnosed."""
+    await _put_lone_nodes(nc, topology_ready, ["n2"])
+    long_ttl = _settings(topology_ready, "pod-a").model_copy(update={"singleton_ttl_s": 600.0})
+    killed = DiagnoserRuntime(settings=long_ttl, nc=nc)
+    await killed.start()
+    assert killed._keeper is not None
+    killed._keeper.cancel()  # SIGKILLed: no renewal, no release
+    await killed.consumers.stop()
+    restarted = DiagnoserRuntime(settings=long_ttl, nc=nc)
+    try:
+        await asyncio.wait_for(restarted.start(), timeout=60)  # far under the 600 s ttl
+        await send(nc, topology_ready, anomaly("n2", "node_down", at=datetime.now(tz=UTC)))
+        await wait_for_diagnosis(nc, topology_ready, "n2", lambda d: not d.resolved, timeout_s=15.0)
+    finally:
+        await restarted.stop()
+        await killed.stop()

@@ -7,6 +7,10 @@ one acknowledged the other never sees (a node_down held by the process that was 
 diagnosed). `Singleton.acquire` waits until the key is ours: created when absent or deleted (a clean stop
 deletes it), or taken over by compare-and-set when its holder has not renewed it for `ttl_s` — measured on this
 process's own monotonic clock from the first time it saw that revision, so clocks of two machines never compare.
+A holder of the same `instance` (the pod's name: a container restarted after a SIGKILL or an OOM kill, whose
+earlier process is gone with its container) is taken over at once: a crash-looping process is back in seconds,
+not after `ttl_s` (episodes that fired and ended inside that wait were never diagnosed). Another pod — a rollout's
+surge pod, the replacement of a pod on a partitioned node — waits.
 `keep` renews it every `renew_s` by compare-and-set and raises `SingletonLostError` when another process wrote
 the key, or when no renewal succeeded for half of `ttl_s` (a waiter takes over only after `ttl_s` of silence): the
 holder stops before anyone else can start.
@@ -38,6 +42,8 @@ class Singleton:
     kv: KeyValue
     key: str
     holder: str
+    instance: str | None = None
+    """the pod (or machine) this process runs in: a holder of the same one is a dead predecessor"""
     ttl_s: float = 30.0
     renew_s: float = 5.0
     revision: int | None = None
@@ -46,7 +52,8 @@ class Singleton:
     """while `acquire` waits: who holds the key (readiness says it)"""
 
     def _value(self) -> bytes:
-        return json.dumps({"holder": self.holder, "token": self.token, "renewed_at": time.time()}).encode()
+        body = {"holder": self.holder, "instance": self.instance, "token": self.token, "renewed_at": time.time()}
+        return json.dumps(body).encode()
 
     async def acquire(self) -> None:
         """Return once the key is ours (waits as long as another process keeps renewing it)."""
@@ -65,10 +72,25 @@ class Singleton:
                 continue  # released meanwhile: create it
             revision = int(entry.revision or 0)
             try:
-                other = str(json.loads(entry.value or b"{}").get("holder", "?"))
+                held = json.loads(entry.value or b"{}")
+                other, other_instance, other_token = (
+                    str(held.get("holder", "?")),
+                    held.get("instance"),
+                    held.get("token"),
+                )
             except (ValueError, AttributeError):
-                other = "?"
+                other, other_instance, other_token = "?", None, None
             now = time.monotonic()
+            # (not by pid: in a container the process is often pid 1 each time)
+            if self.instance is not None and other_instance == self.instance and other_token != self.token:
+                # our own pod's earlier process (a container restart): gone, take it at once
+                try:
+                    self.revision = await self.kv.update(self.key, self._value(), last=revision)
+                except KeyWrongLastSequenceError:
+                    continue
+                self.waiting_for = None
+                log.info("singleton taken over from this pod's earlier process", extra={"previous": other})
+                return
             if seen is None or seen[0] != revision:
                 if seen is None:
                     log.warning(

@@ -282,6 +282,7 @@ class DiagnoserRuntime:
                 kv=state_kv,
                 key=f"singleton.{self.settings.cluster}",
                 holder=f"{self.settings.instance}:{os.getpid()}",
+                instance=self.settings.instance,
                 ttl_s=self.settings.singleton_ttl_s,
                 renew_s=max(0.2, self.settings.singleton_ttl_s / 6),
             )
