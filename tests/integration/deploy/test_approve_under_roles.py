@@ -57,3 +57,20 @@ async def test_approve_with_the_reader_credential_says_which_credential_to_use(t
     assert len(lines) == 1, result.output
     assert "refused" in lines[0] and f"approval.{ACTION_ID}" in lines[0]
     assert "reader.creds" in lines[0] and "admin.creds" in lines[0]
+
+
+async def test_pause_with_the_reader_credential_says_which_credential_to_use(tmp_path: Path) -> None:
+    """The same for the kill switch: `nodeheal pause` with a credential that may not write it is one line naming
+    the credential and admin.creds, exit 1, the switch untouched (before: a traceback, or "bucket not found")."""
+    async with per_role_server(tmp_path, "reader") as (server, nc, _admin):
+        args = ["pause", "--reason", "incident 7", "--nats-url", server.url, "--creds", str(tmp_path / "reader.creds")]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, args)
+        control = await nc.jetstream().key_value("nodeheal-control")
+        with pytest.raises(KeyNotFoundError):
+            await control.get("pause")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "refused" in lines[0] and "reader.creds" in lines[0] and "admin.creds" in lines[0], lines[0]
+    assert "Pausing or resuming needs" in lines[0], lines[0]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import click
 import nats.errors
@@ -21,10 +23,19 @@ from pydantic import ValidationError
 
 from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
 from nodeheal.cli.window import read_stream
-from nodeheal.remediator.control import approval_key, is_approved, read_pause, write_approval, write_pause
+from nodeheal.remediator.control import (
+    PauseState,
+    approval_key,
+    is_approved,
+    read_pause,
+    write_approval,
+    write_pause,
+)
 from nodeheal.runtime.connect import connect
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import DEFAULT_PREFIX
+
+T = TypeVar("T")
 
 bucket_prefix_option = click.option(
     "--bucket-prefix", default="nodeheal", show_default=True, help="Prefix of the key-value bucket names."
@@ -32,15 +43,39 @@ bucket_prefix_option = click.option(
 by_option = click.option("--by", default=None, help="Who is deciding (default: the login name); goes to the audit.")
 
 
-async def _control(url: str, bucket_prefix: str, auth: NatsAuth) -> tuple[Client, KeyValue]:
-    nc = await connect(auth.settings(url=url, bucket_prefix=bucket_prefix), name="nodeheal-cli")
+async def _control(
+    url: str, bucket_prefix: str, auth: NatsAuth, refusals: _Refusals | None = None
+) -> tuple[Client, KeyValue]:
+    nc = await connect(
+        auth.settings(url=url, bucket_prefix=bucket_prefix),
+        name="nodeheal-cli",
+        **({"error_cb": refusals.callback} if refusals is not None else {}),
+    )
     try:
         kv = await nc.jetstream().key_value(f"{bucket_prefix}-control")
     except Exception as exc:
         await nc.close()
+        if refusals is not None and refusals.seen:
+            raise _refused(refusals, auth, what=f"read the {bucket_prefix}-control bucket", needs="pausing") from exc
         msg = f"bucket {bucket_prefix}-control not found ({exc}); run `nodeheal streams apply` first"
         raise click.ClickException(msg) from exc
     return nc, kv
+
+
+async def _switch(
+    url: str, bucket_prefix: str, auth: NatsAuth, change: Callable[[KeyValue], Awaitable[T]], *, what: str
+) -> T:
+    """Run `change` on the control bucket; a permission refusal is one line naming the credential, no traceback."""
+    refusals = _Refusals()
+    nc, kv = await _control(url, bucket_prefix, auth, refusals)
+    try:
+        return await change(kv)
+    except (nats.errors.TimeoutError, TimeoutError) as exc:
+        if refusals.seen:
+            raise _refused(refusals, auth, what=what, needs="pausing or resuming") from exc
+        raise
+    finally:
+        await nc.close()
 
 
 class _Refusals:
@@ -55,11 +90,12 @@ class _Refusals:
             self.seen.append(str(exc))
 
 
-def _refused(refusals: _Refusals, auth: NatsAuth, *, what: str) -> click.ClickException:
+def _refused(refusals: _Refusals, auth: NatsAuth, *, what: str, needs: str = "approving") -> click.ClickException:
     creds = f"the credential {auth.creds_file}" if auth.creds_file else "no credential (--creds / $NATS_CREDS)"
+    keys = "approval.* keys" if needs == "approving" else "pause key"
     return click.ClickException(
         f"the NATS server refused to let this user {what} ({refusals.seen[-1]}); you connected with {creds}. "
-        "Approving needs a user that may write the control bucket's approval.* keys: the admin credential "
+        f"{needs.capitalize()} needs a user that may write the control bucket's {keys}: the admin credential "
         "(deploy/nats/natsauth.py writes admin.creds; pass --creds admin.creds or set NATS_CREDS)"
     )
 
@@ -202,11 +238,10 @@ def pause(reason: str, nats_url: str | None, nats_auth: NatsAuth, bucket_prefix:
     who = by or getpass.getuser()
 
     async def body() -> None:
-        nc, kv = await _control(_url(nats_url), bucket_prefix, nats_auth)
-        try:
+        async def change(kv: KeyValue) -> None:
             await write_pause(kv, paused=True, reason=reason, by=who)
-        finally:
-            await nc.close()
+
+        await _switch(_url(nats_url), bucket_prefix, nats_auth, change, what="write the pause switch")
         click.echo(f"remediation paused by {who}: {reason}")
 
     run(body)
@@ -222,12 +257,12 @@ def resume(nats_url: str | None, nats_auth: NatsAuth, bucket_prefix: str, by: st
     who = by or getpass.getuser()
 
     async def body() -> None:
-        nc, kv = await _control(_url(nats_url), bucket_prefix, nats_auth)
-        try:
+        async def change(kv: KeyValue) -> PauseState:
             before = await read_pause(kv)
             await write_pause(kv, paused=False, reason="", by=who)
-        finally:
-            await nc.close()
+            return before
+
+        before = await _switch(_url(nats_url), bucket_prefix, nats_auth, change, what="write the pause switch")
         click.echo(f"remediation resumed by {who}" + ("" if before.paused else " (it was not paused)"))
 
     run(body)
