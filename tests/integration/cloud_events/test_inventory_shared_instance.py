@@ -12,6 +12,7 @@ write caused by the Node events before it is in the log (events are applied in o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -118,6 +119,22 @@ def _settings(nats: NatsSettings, url: str) -> InventorySettings:
     )
 
 
+@contextlib.asynccontextmanager
+async def _synced_watcher(
+    nats: NatsSettings, url: str, kv: KeyValue
+) -> AsyncIterator[tuple[InventoryWatcher, BucketLog]]:
+    """The real inventory watcher against kmock, after its first list, with every write to `kv` logged; stopped
+    at the end."""
+    watcher = InventoryWatcher(_settings(nats, url))
+    async with BucketLog(kv) as log:
+        await watcher.start()
+        try:
+            await asyncio.wait_for(watcher.synced.wait(), timeout=20)
+            yield watcher, log
+        finally:
+            await watcher.stop()
+
+
 @pytest.mark.parametrize("old_modified", [True, False], ids=["old-modified", "old-untouched"])
 async def test_the_stale_node_neither_takes_nor_deletes_the_index(
     kube: tuple[kmock.KubernetesEmulator, str], topology_ready: NatsSettings, nc: Client, old_modified: bool
@@ -127,35 +144,29 @@ async def test_the_stale_node_neither_takes_nor_deletes_the_index(
     await asyncio.to_thread(core.create_node, PROBE)
     await asyncio.to_thread(core.create_node, OLD)  # ADDED old (in the first list)
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
-    watcher = InventoryWatcher(_settings(topology_ready, url))
-    async with BucketLog(kv) as log:
-        await watcher.start()
-        try:
-            await asyncio.wait_for(watcher.synced.wait(), timeout=20)
-            await _barrier(core, log, 1)
-            assert await _names(kv) == "old-name"  # the only claimant
+    async with _synced_watcher(topology_ready, url, kv) as (_, log):
+        await _barrier(core, log, 1)
+        assert await _names(kv) == "old-name"  # the only claimant
 
-            await asyncio.to_thread(core.create_node, NEW)  # ADDED new: the kubelet registers the machine anew
-            await _barrier(core, log, 2)
-            assert await _names(kv) == "new-name"
+        await asyncio.to_thread(core.create_node, NEW)  # ADDED new: the kubelet registers the machine anew
+        await _barrier(core, log, 2)
+        assert await _names(kv) == "new-name"
 
-            if old_modified:  # MODIFIED old: the node-lifecycle controller marks the stale Node NotReady
-                not_ready = {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
-                await asyncio.to_thread(core.patch_node, "old-name", not_ready)
-            await _barrier(core, log, 3)
-            assert await _names(kv) == "new-name"
+        if old_modified:  # MODIFIED old: the node-lifecycle controller marks the stale Node NotReady
+            not_ready = {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
+            await asyncio.to_thread(core.patch_node, "old-name", not_ready)
+        await _barrier(core, log, 3)
+        assert await _names(kv) == "new-name"
 
-            await asyncio.to_thread(core.delete_node, "old-name")  # DELETED old: the operator removes it
-            await _barrier(core, log, 4)
-            assert await _names(kv) == "new-name"
+        await asyncio.to_thread(core.delete_node, "old-name")  # DELETED old: the operator removes it
+        await _barrier(core, log, 4)
+        assert await _names(kv) == "new-name"
 
-            # a later change of new-name still reaches the index
-            await asyncio.to_thread(core.patch_node, "new-name", {"metadata": {"labels": {"nodeheal.io/rack": "r7"}}})
-            await _barrier(core, log, 5)
-            by_instance = NodeInventory.model_validate_json((await kv.get(instance_key(MACHINE))).value or b"")
-            assert (by_instance.cluster, by_instance.node, by_instance.rack) == (CLUSTER, "new-name", "r7")
-        finally:
-            await watcher.stop()
+        # a later change of new-name still reaches the index
+        await asyncio.to_thread(core.patch_node, "new-name", {"metadata": {"labels": {"nodeheal.io/rack": "r7"}}})
+        await _barrier(core, log, 5)
+        by_instance = NodeInventory.model_validate_json((await kv.get(instance_key(MACHINE))).value or b"")
+        assert (by_instance.cluster, by_instance.node, by_instance.rack) == (CLUSTER, "new-name", "r7")
     # at no point after new-name appeared did the index name anything else, nor vanish
     assert set(_after_new(log.index())) == {"new-name"}, log.index()
 
@@ -169,36 +180,30 @@ async def test_a_relist_keeps_the_index_on_the_live_node(
     await asyncio.to_thread(core.create_node, PROBE)
     await asyncio.to_thread(core.create_node, OLD)
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
-    watcher = InventoryWatcher(_settings(topology_ready, url))
-    async with BucketLog(kv) as log:
-        await watcher.start()
-        try:
-            await asyncio.wait_for(watcher.synced.wait(), timeout=20)
-            await asyncio.to_thread(core.create_node, NEW)
-            if old_modified:
-                not_ready = {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
-                await asyncio.to_thread(core.patch_node, "old-name", not_ready)
-            await _barrier(core, log, 1)
-            assert await _names(kv) == "new-name"
+    async with _synced_watcher(topology_ready, url, kv) as (watcher, log):
+        await asyncio.to_thread(core.create_node, NEW)
+        if old_modified:
+            not_ready = {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
+            await asyncio.to_thread(core.patch_node, "old-name", not_ready)
+        await _barrier(core, log, 1)
+        assert await _names(kv) == "new-name"
 
-            # old-name goes while the watcher is away (no DELETED event), and its resourceVersion expires:
-            # what the watcher does on 410 Gone (forget the version, list again) happens at the next watch
-            emulator.objects[kmock.resource("", "v1", "nodes"), None, "old-name"].delete()
-            watcher.watcher.resource_version = None
-            # the open watch ends at its read timeout; the relist's cleanup deletes old-name's record
-            await log.until(lambda k, r: k == inventory_key(CLUSTER, "old-name") and r is None)
-            await _barrier(core, log, 2)
-            assert watcher.watcher.relists == 2
-            assert await _names(kv) == "new-name"
-            with pytest.raises(Exception, match="not found"):
-                await kv.get(inventory_key(CLUSTER, "old-name"))
+        # old-name goes while the watcher is away (no DELETED event), and its resourceVersion expires:
+        # what the watcher does on 410 Gone (forget the version, list again) happens at the next watch
+        emulator.objects[kmock.resource("", "v1", "nodes"), None, "old-name"].delete()
+        watcher.watcher.resource_version = None
+        # the open watch ends at its read timeout; the relist's cleanup deletes old-name's record
+        await log.until(lambda k, r: k == inventory_key(CLUSTER, "old-name") and r is None)
+        await _barrier(core, log, 2)
+        assert watcher.watcher.relists == 2
+        assert await _names(kv) == "new-name"
+        with pytest.raises(Exception, match="not found"):
+            await kv.get(inventory_key(CLUSTER, "old-name"))
 
-            await asyncio.to_thread(core.patch_node, "new-name", {"metadata": {"labels": {"nodeheal.io/rack": "r7"}}})
-            await _barrier(core, log, 3)
-            by_instance = NodeInventory.model_validate_json((await kv.get(instance_key(MACHINE))).value or b"")
-            assert (by_instance.node, by_instance.rack) == ("new-name", "r7")
-        finally:
-            await watcher.stop()
+        await asyncio.to_thread(core.patch_node, "new-name", {"metadata": {"labels": {"nodeheal.io/rack": "r7"}}})
+        await _barrier(core, log, 3)
+        by_instance = NodeInventory.model_validate_json((await kv.get(instance_key(MACHINE))).value or b"")
+        assert (by_instance.node, by_instance.rack) == ("new-name", "r7")
     assert set(_after_new(log.index())) == {"new-name"}, log.index()
 
 
@@ -214,13 +219,7 @@ async def test_a_restart_with_both_nodes_listed_does_not_flip_the_index(
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
     before = NodeInventory(cluster=CLUSTER, node="new-name", instance_id=MACHINE)
     await kv.put(instance_key(MACHINE), before.to_json())
-    watcher = InventoryWatcher(_settings(topology_ready, url))
-    async with BucketLog(kv) as log:
-        await watcher.start()
-        try:
-            await asyncio.wait_for(watcher.synced.wait(), timeout=20)
-            await _barrier(core, log, 1)
-            assert await _names(kv) == "new-name"
-        finally:
-            await watcher.stop()
+    async with _synced_watcher(topology_ready, url, kv) as (_, log):
+        await _barrier(core, log, 1)
+        assert await _names(kv) == "new-name"
     assert set(log.index()) == {"new-name"}, log.index()
