@@ -21,6 +21,12 @@ time. Long enough for the maintenance loop to finish it (verify, uncordon: a tic
 expires after `slot_hold_s`, 1 h) even after an outage of every replica, and for any late report of the same
 event (CMS retries, polls, a second channel's late "closed") to find it ended: a late pending report of an event
 let go would be taken for a new pending event. docs/remediator.md, "Host events"."""
+SPOT_NOTICE_OVER = timedelta(minutes=30)
+"""A spot interruption notice (`terminate`, cause `spot`) that no report ended this long after its time is over
+(`FleetView.cloud_events`). The clouds send no end for it: a released machine leaves the inventory, but one whose
+interruption behaviour is *stop* or *hibernate* (AWS `InstanceInterruptionBehavior`, Alibaba
+`SpotInterruptionBehavior=Stop`) comes back as the same instance and node, and a notice open for ever would keep
+it drained. docs/remediator.md, "Host events"."""
 MAX_FINISHED = 50_000
 """At most this many finished host events are kept; beyond it the oldest go first, even within `FINISHED_KEEP`
 (about one a week per node on a 50,000-node fleet)."""
@@ -187,6 +193,8 @@ class FleetView:
         events = self.cloud.get(event.node, {})
         current = events.get(key)
         if current is None:
+            if event.action == "state_change":
+                self._spot_back(event, events)
             if event.action not in HOST_ACTIONS:
                 return  # the remediator acts on host events only: the rest of CLOUD (state changes, ...) is not kept
             twin = self._twin(event, events)
@@ -209,6 +217,66 @@ class FleetView:
         elif event.not_before is not None:
             self._split_if_moved(key, event, events)
 
+    def _end(self, node: str, key: tuple[str, str], ended: CloudSystemEvent) -> None:
+        """Keep `ended` (terminal) as the event under `key` and let it go in time like any finished event."""
+        self.cloud[node][key] = ended
+        self._to_prune[(node, key)] = ended.observed_at
+        heapq.heappush(self._finished, (ended.observed_at, node, key))
+
+    def _spot_back(self, change: CloudSystemEvent, events: dict[tuple[str, str], CloudSystemEvent]) -> None:
+        """A state change to *running* of an instance with an open spot notice, reported after the notice: the
+        machine was stopped for it (interruption behaviour stop / hibernate) and runs again, so the notice is
+        over (`completed`: it ran; the maintenance loop verifies a new boot and uncordons). A running instance
+        only becomes running again after it stopped; an earlier state change ends nothing."""
+        if (change.provider_status or "").lower() != "running":
+            return
+        at = change.published_at or change.observed_at
+        for key, ev in list(events.items()):
+            if (
+                ev.is_terminal
+                or ev.action != "terminate"
+                or ev.cause != "spot"
+                or ev.instance_id != change.instance_id
+                or at <= (ev.published_at or ev.observed_at)
+            ):
+                continue
+            ended = ev.model_copy(
+                update={
+                    "phase": "completed",
+                    "is_terminal": True,
+                    "observed_at": max(change.observed_at, ev.observed_at),
+                    "description": f"{ev.description or 'spot notice'}; over: the instance was running again "
+                    f"at {at.isoformat()} (state change {change.provider_event_id})",
+                }
+            )
+            self._end(change.node, key, ended)
+
+    def _spot_overdue(self, node: str, now: datetime) -> None:
+        """Spot notices of the node `SPOT_NOTICE_OVER` past their time with no report that ended them: over
+        (`completed`; a machine that did not come back fails the new-boot verification and goes to a person)."""
+        events = self.cloud.get(node)
+        if not events:
+            return
+        for key, ev in list(events.items()):
+            if (
+                ev.is_terminal
+                or ev.action != "terminate"
+                or ev.cause != "spot"
+                or ev.not_before is None
+                or now - ev.not_before < SPOT_NOTICE_OVER
+            ):
+                continue
+            ended = ev.model_copy(
+                update={
+                    "phase": "completed",
+                    "is_terminal": True,
+                    "observed_at": max(ev.observed_at, ev.not_before + SPOT_NOTICE_OVER),
+                    "description": f"{ev.description or 'spot notice'}; over: no report ended it "
+                    f"{SPOT_NOTICE_OVER.total_seconds() / 60:g} min after its time",
+                }
+            )
+            self._end(node, key, ended)
+
     def keeps_cloud(self, data: bytes) -> bool:
         """Would `on_cloud` keep this CLOUD message (as raw JSON)? False only for a message whose head
         (`CloudEventHead`: node, cloud, provider id, action, validated as the whole event validates them) names
@@ -223,6 +291,12 @@ class FleetView:
         if head.action in HOST_ACTIONS:
             return True
         events = self.cloud.get(head.node)
+        if (
+            head.action == "state_change"
+            and events is not None
+            and any(ev.cause == "spot" and not ev.is_terminal for ev in events.values())
+        ):
+            return True  # a machine with an open spot notice running again ends it (`_spot_back`)
         return events is not None and (head.cloud, head.provider_event_id) in events
 
     def _seen_newer(self, at: datetime) -> None:
@@ -286,6 +360,7 @@ class FleetView:
         the node's: a spot notice or a host event of a machine that went away never gets a terminal phase,
         and a new machine under the reused name (IP-based names) must not be drained for it. Compared where
         the inventory and the events spell the id alike (`other_machine`)."""
+        self._spot_overdue(node, datetime.now(tz=UTC))
         cloud, instance = self.instance.get(node, (None, None))
         cloud = canonical_cloud(cloud)
         groups: dict[tuple[str, str], list[CloudSystemEvent]] = {}
