@@ -32,15 +32,22 @@ def load_natsauth() -> ModuleType:
 
 
 @contextlib.asynccontextmanager
-async def per_role_server(tmp_path: Path, *roles: str) -> AsyncIterator[tuple[EmbeddedNats, Client, NatsSettings]]:
+async def per_role_server(
+    tmp_path: Path, *roles: str, nodes: tuple[tuple[str, str], ...] = ()
+) -> AsyncIterator[tuple[EmbeddedNats, Client, NatsSettings]]:
     """A nats-server with the deployed per-role authorization (log in tmp_path/nats.log), `<role>.creds`
-    written for `admin` and each role, the topology applied with the admin credential; yields the server,
-    an admin connection (closed on exit) and the admin's settings."""
+    written for `admin` and each role, and `agent-<cluster>-<node>.creds` for each of `nodes` (cluster, node),
+    minted as `natsauth.py mint-agent` mints a node's (`agent_nats`); the topology applied with the admin
+    credential; yields the server, an admin connection (closed on exit) and the admin's settings."""
     bundle = load_natsauth().build()
     (tmp_path / "auth.conf").write_text(bundle.server_config())
     with EmbeddedNats(config_file=str(tmp_path / "auth.conf"), log_file=str(tmp_path / "nats.log")) as server:
         for role in ("admin", *roles):
             (tmp_path / f"{role}.creds").write_text(bundle.user_creds(role))
+        for cluster, node in nodes:
+            (tmp_path / f"agent-{cluster}-{node}.creds").write_text(
+                bundle.user_creds("agent", cluster=cluster, node=node)
+            )
         admin = NatsSettings(url=server.url)
         nc = await nats.connect(server.url, user_credentials=str(tmp_path / "admin.creds"))
         try:
@@ -48,6 +55,24 @@ async def per_role_server(tmp_path: Path, *roles: str) -> AsyncIterator[tuple[Em
             yield server, nc, admin
         finally:
             await nc.close()
+
+
+def role_nats(tmp_path: Path, url: str, role: str) -> NatsSettings:
+    """The NATS settings a service of `role` is deployed with: its `.creds` (written by `per_role_server`)
+    and its role's inbox prefix."""
+    return NatsSettings(
+        url=url, creds_file=str(tmp_path / f"{role}.creds"), inbox_prefix=load_natsauth().inbox_prefix(role)
+    )
+
+
+def agent_nats(tmp_path: Path, url: str, cluster: str, node: str) -> NatsSettings:
+    """A node agent's NATS settings as deploy/base/agent.yaml gives them: the node's own credential (written by
+    `per_role_server(nodes=...)`) and the inbox prefix `_INBOX.agent` (the agent appends its cluster and node)."""
+    return NatsSettings(
+        url=url,
+        creds_file=str(tmp_path / f"agent-{cluster}-{node}.creds"),
+        inbox_prefix=load_natsauth().inbox_prefix("agent"),
+    )
 
 
 def violations(tmp_path: Path) -> list[str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
 
+from nodeheal.agent.app import NodeAgent
 from nodeheal.remediator.control import write_approval, write_pause
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
@@ -18,6 +20,7 @@ from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import audit_subject, cloud_subject
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
+from tests.integration.deploy.natsauth_loader import agent_nats, per_role_server, role_nats, violations
 from tests.integration.remediator.harness import (
     CLUSTER,
     Agent,
@@ -27,10 +30,12 @@ from tests.integration.remediator.harness import (
     diagnosis,
     make_settings,
     publish_diagnosis,
+    real_agent_with_a_dead_kubelet,
     short_leases,
     start_service,
     wait_for_record,
 )
+from tests.unit.cloud_events.agent_fakenode import statvfs_with
 
 pytestmark = pytest.mark.nats
 
@@ -157,33 +162,55 @@ async def test_pause_blocks_and_resume_continues(topology_ready: NatsSettings, n
     assert len(agent.commands) == 1
 
 
-async def test_a_pause_longer_than_every_retry_hands_nobody_to_a_person(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
-) -> None:
+async def test_a_pause_longer_than_every_retry_hands_nobody_to_a_person(tmp_path: Path, world: KubeWorld) -> None:
     """An incident pause longer than MAX_DELIVER × RETRY_DELAY_S (12.5 min by default). Before, every paused
     diagnosis was nak'ed each RETRY_DELAY_S and, on its last delivery, given up: each paused node escalated to a
     person at once, a page storm for the pause the operator chose. Now a paused ladder is held (heartbeats, no
-    retries counted) and goes on when the pause is lifted."""
-    agent = Agent()
-    await agent.serve(nc, topology_ready, "n1")
-    control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
-    await write_pause(control, paused=True, reason="incident 43", by="alice")
-    settings = make_settings(topology_ready, kube_url=world.url).model_copy(update={"max_deliver": 3})
-    service = await start_service(settings)
-    try:
-        await publish_diagnosis(nc, topology_ready, diagnosis("n1", [("restart_service", "kubelet")]))
-        await wait_for_record(nc, topology_ready, phase="blocked")
-        await asyncio.sleep(6 * settings.retry_delay_s + settings.ack_wait_s)  # well past 3 deliveries' retries
-        records = await audit_records(nc, topology_ready)
-        assert [r.phase for r in records] == ["blocked"], [(r.action, r.phase, r.reason) for r in records]
-        assert agent.commands == []
-        await write_pause(control, paused=False, reason="", by="alice")
-        await wait_for_record(nc, topology_ready, action="restart_service", phase="succeeded")
-    finally:
-        await service.stop()
-    assert len(agent.commands) == 1
-    gave_up = [r.reason for r in await audit_records(nc, topology_ready) if "gave up" in (r.reason or "")]
-    assert not gave_up, gave_up  # (the ladder's own end — no probes to verify by here — is not the pause's)
+    retries counted) and goes on when the pause is lifted.
+
+    As deployed: the server runs deploy/nats/natsauth.py's per-role authorization, the remediator connects as
+    its role, the node's command is answered (and the restart verified by its probes) by the real agent code
+    under the node's own minted credential (`natsauth.py mint-agent`); the pause and its lifting are written as
+    `admin` (people's CLI), which also stands in for the diagnoser. The restart is counted where it happens, at
+    the fake node's systemctl, and the server logs no permission violation."""
+    async with per_role_server(tmp_path, "remediator", nodes=((CLUSTER, "n1"),)) as (server, nc, admin):
+        fake, agent_settings = real_agent_with_a_dead_kubelet(
+            agent_nats(tmp_path, server.url, CLUSTER, "n1"), "n1", tmp_path
+        )
+        agent = NodeAgent(agent_settings, statvfs=statvfs_with({"root": (50, 10)}))  # type: ignore[arg-type]
+        await agent.start()
+        probes = asyncio.create_task(agent.run_probes())  # its probes verify the restart, as in production
+        control = await nc.jetstream().key_value(f"{admin.bucket_prefix}-control")
+        await write_pause(control, paused=True, reason="incident 43", by="alice")
+        settings = make_settings(role_nats(tmp_path, server.url, "remediator"), kube_url=world.url)
+        settings = settings.model_copy(update={"max_deliver": 3})
+        service = await start_service(settings)
+        try:
+            await publish_diagnosis(nc, admin, diagnosis("n1", [("restart_service", "kubelet")]))
+            await wait_for_record(nc, admin, phase="blocked")
+            await asyncio.sleep(6 * settings.retry_delay_s + settings.ack_wait_s)  # well past 3 deliveries' retries
+            records = await audit_records(nc, admin)
+            assert [r.phase for r in records] == ["blocked"], [(r.action, r.phase, r.reason) for r in records]
+            assert agent.executor.executed == 0 and fake.restarts_logged() == []
+            await write_pause(control, paused=False, reason="", by="alice")
+            await wait_for_record(nc, admin, action="restart_service", phase="verified", timeout=30)
+        finally:
+            await service.stop()
+            await agent.stop()
+            await probes
+        records = await audit_records(nc, admin)
+    assert fake.restarts_logged() == ["kubelet.service"]  # at the node, by the real agent, once
+    assert agent.executor.executed == 1
+    assert [(r.action, r.phase) for r in records] == [
+        ("restart_service", "blocked"),
+        ("restart_service", "intent"),
+        ("restart_service", "started"),
+        ("restart_service", "succeeded"),
+        ("restart_service", "verified"),
+    ], [(r.action, r.phase, r.reason) for r in records]
+    gave_up = [r.reason for r in records if "gave up" in (r.reason or "")]
+    assert not gave_up, gave_up
+    assert violations(tmp_path) == []
 
 
 async def test_redeploy_waits_for_approval(
