@@ -1,7 +1,10 @@
 """One injected fault followed through the pipeline by its trace: the detector, the diagnoser and the
 remediator run as real processes (`python -m nodeheal.<service>`, configured only by env vars, as the
-demo and Kubernetes run them) on a real nats-server; the test is the fleet (probes saying kubelet
-failed on one node) and that node's agent (a NATS responder answering `restart_service`).
+demo and Kubernetes run them) on a real nats-server with the deployed per-role authorization
+(deploy/nats/natsauth.py), each under its role's credential and inbox prefix; the faulty node is served by
+the real agent code under the node's own minted credential (its kubelet failed; it answers the remediator's
+`restart_service`, and its probes verify the restart), and the test is the rest of the fleet (healthy probes of
+two peers).
 
 The anomaly's `traceparent`, the diagnosis's `traceparent` and the `trace_id` of every audit record
 of that incident must name one and the same trace. The services export their spans to a local
@@ -15,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,16 +27,19 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from nodeheal.agent.app import NodeAgent
 from nodeheal.cli.procs import ServiceProcess, service_processes, stop_all
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.runtime.telemetry import trace_id_from_headers
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
-from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodeProbe, ServiceState
-from nodeheal.schemas.subjects import cmd_subject, probe_subject, wildcard
+from nodeheal.schemas.subjects import probe_subject, wildcard
+from tests.integration.deploy.natsauth_loader import agent_nats, per_role_server, role_nats, violations
+from tests.integration.remediator.harness import real_agent_with_a_dead_kubelet
+from tests.unit.cloud_events.agent_fakenode import statvfs_with
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -150,10 +157,29 @@ async def _wait(what: str, check: object, *, procs: list[ServiceProcess], timeou
     raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
+ROLES = ("detector", "diagnoser", "remediator")
+
+
+@dataclass
+class Deployed:
+    """A nats-server with the deployed per-role authorization: the admin connection and settings the test
+    reads and drives with, and the directory of the credentials and the server's log."""
+
+    nc: Client
+    nats: NatsSettings
+    directory: Path
+
+
 @pytest.fixture
-async def pipeline(
-    topology_ready: NatsSettings, tmp_path: Path, collector: Collector
-) -> AsyncIterator[list[ServiceProcess]]:
+async def deployed(tmp_path: Path) -> AsyncIterator[Deployed]:
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    async with per_role_server(directory, *ROLES, nodes=((CLUSTER, NODE),)) as (_server, nc, admin):
+        yield Deployed(nc=nc, nats=admin, directory=directory)
+
+
+@pytest.fixture
+async def pipeline(deployed: Deployed, tmp_path: Path, collector: Collector) -> AsyncIterator[list[ServiceProcess]]:
     common = {
         "TELEMETRY__OTLP_ENDPOINT": collector.url,
         "TELEMETRY__SAMPLE_RATIO": "1.0",
@@ -182,8 +208,11 @@ async def pipeline(
     env = {name: {prefixes[name] + k: v for k, v in {**common, **extra[name]}.items()} for name in prefixes}
     for name in prefixes:
         env[name]["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # export spans quickly (ms)
+        role = role_nats(deployed.directory, deployed.nats.url, name)  # as deploy/base/<name>.yaml configures it
+        env[name][f"{prefixes[name]}NATS__CREDS_FILE"] = str(role.creds_file)
+        env[name][f"{prefixes[name]}NATS__INBOX_PREFIX"] = role.inbox_prefix
     procs = service_processes(
-        settings=topology_ready,
+        settings=deployed.nats,
         cluster=CLUSTER,
         run_dir=tmp_path,
         names=list(prefixes),
@@ -209,9 +238,9 @@ async def pipeline(
 
 
 async def test_one_fault_one_trace_from_anomaly_to_audit(
-    topology_ready: NatsSettings, nc: Client, pipeline: list[ServiceProcess], collector: Collector
+    deployed: Deployed, pipeline: list[ServiceProcess], collector: Collector, tmp_path: Path
 ) -> None:
-    nats = topology_ready
+    nats, nc = deployed.nats, deployed.nc
     topo = nats.topology()
     js = nc.jetstream()
     kv = await js.key_value(f"{nats.bucket_prefix}-inventory")
@@ -221,18 +250,13 @@ async def test_one_fault_one_trace_from_anomaly_to_audit(
             NodeInventory(cluster=CLUSTER, node=node, zone="z1", cloud="alibaba", instance_id=f"i-{node}").to_json(),
         )
 
-    # the node's agent: answers the restart, after which kubelet is healthy again
-    restarted = asyncio.Event()
-    commands: list[NodeCommand] = []
-
-    async def agent(msg: object) -> None:
-        cmd = NodeCommand.model_validate_json(msg.data)  # type: ignore[attr-defined]
-        commands.append(cmd)
-        restarted.set()
-        result = NodeCommandResult(action_id=cmd.action_id, node=NODE, ok=True, detail="kubelet restarted")
-        await msg.respond(result.to_json())  # type: ignore[attr-defined]
-
-    await nc.subscribe(cmd_subject(CLUSTER, NODE, prefix=nats.prefix), cb=agent)
+    # the node's agent, the real code under the node's own credential: kubelet failed, probes every 0.2 s
+    fake, agent_settings = real_agent_with_a_dead_kubelet(
+        agent_nats(deployed.directory, nats.url, CLUSTER, NODE), NODE, tmp_path
+    )
+    agent = NodeAgent(agent_settings, statvfs=statvfs_with({"root": (50, 10)}))  # type: ignore[arg-type]
+    await agent.start()
+    probes = asyncio.create_task(agent.run_probes())
 
     stop = asyncio.Event()
 
@@ -240,9 +264,8 @@ async def test_one_fault_one_trace_from_anomaly_to_audit(
         seq = 0
         while not stop.is_set():
             seq += 1
-            for node in (NODE, *PEERS):
-                ok = node != NODE or (restarted.is_set() or seq <= 3)
-                probe = _probe(node, kubelet_ok=ok, seq=seq)
+            for node in PEERS:
+                probe = _probe(node, kubelet_ok=True, seq=seq)
                 await js.publish(
                     probe_subject(CLUSTER, node, prefix=nats.prefix),
                     probe.to_json(),
@@ -263,6 +286,10 @@ async def test_one_fault_one_trace_from_anomaly_to_audit(
     finally:
         stop.set()
         await prober
+        await agent.stop()
+        await probes
+    assert fake.restarts_logged() == ["kubelet.service"]  # at the node, by the real agent, once
+    assert agent.executor.executed == 1
 
     anomalies = [
         (Anomaly.model_validate_json(d), h)
@@ -296,7 +323,6 @@ async def test_one_fault_one_trace_from_anomaly_to_audit(
     ]
     assert records, "no audit record of the incident"
     assert {r.phase for r, _ in records} >= {"intent", "started", "succeeded", "verified"}
-    assert [c.target for c in commands] == ["kubelet"]
     for record, headers in records:
         assert record.trace_id == trace_id, (record.phase, record.action, record.trace_id)
         assert trace_id_from_headers(headers) == trace_id, (record.phase, headers)
@@ -319,6 +345,7 @@ async def test_one_fault_one_trace_from_anomaly_to_audit(
         assert lines and all(float(line.rsplit(" ", 1)[1]) >= 1 for line in lines), (proc.name, lines)
     remediator = _metrics(next(p for p in pipeline if p.name == "remediator").http_port)
     assert 'nodeheal_remediation_actions_total{action="restart_service",outcome="verified"} 1.0' in remediator
+    assert violations(deployed.directory) == []
 
 
 async def test_cloud_maintenance_anomaly_continues_the_cloud_events_trace(
