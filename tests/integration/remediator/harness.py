@@ -125,11 +125,13 @@ async def publish_diagnosis(
 
 
 async def short_leases(nc: Client, nats: NatsSettings, ttl: float = 2.0) -> None:
-    """Make the lease bucket again with a short TTL: a killed holder's lease ages out in seconds, not minutes."""
+    """Make the lease bucket again with a short TTL: a killed holder's lease ages out in seconds, not minutes.
+    With the topology's byte cap: the deployed account (deploy/nats/natsauth.py) refuses a bucket without one."""
     js = nc.jetstream()
     leases = f"{nats.bucket_prefix}-leases"
+    cap = nats.topology().bucket(leases).max_bytes
     await js.delete_key_value(leases)
-    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=ttl, history=1))
+    await js.create_key_value(KeyValueConfig(bucket=leases, ttl=ttl, history=1, max_bytes=cap))
 
 
 async def add_inventory(nc: Client, nats: NatsSettings, node: str, **kw: Any) -> None:

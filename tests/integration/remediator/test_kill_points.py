@@ -34,7 +34,11 @@ machine) the first remediator's start alone took more than the 60 s this test us
 nothing here is a timing assertion."""
 
 
-def _remediator(nats: NatsSettings, kube_url: str, ecs: EcsEmulator, *, kill_at: str | None) -> subprocess.Popen[bytes]:
+def _remediator(
+    nats: NatsSettings, kube_url: str, ecs: EcsEmulator, *, kill_at: str | None, **extra: str
+) -> subprocess.Popen[bytes]:
+    """`python -m nodeheal.remediator` on `nats`; `extra`: more NODEHEAL_REMEDIATOR_<KEY> settings (e.g. its role's
+    NATS__CREDS_FILE and NATS__INBOX_PREFIX)."""
     env = remediator_env(
         nats,
         INSTANCE="replica-killed" if kill_at else "replica-restarted",
@@ -49,6 +53,7 @@ def _remediator(nats: NatsSettings, kube_url: str, ecs: EcsEmulator, *, kill_at:
         CLOUD__ALIBABA_ACCESS_KEY_ID="sim-access-key-id",
         CLOUD__ALIBABA_ACCESS_KEY_SECRET="sim-secret",
         NATS__PUBLISH_TIMEOUT_S="30",  # a JetStream request late on a loaded machine is not a failed start
+        **extra,
     )
     if kill_at:
         env["NODEHEAL_TEST_KILL_AT"] = kill_at

@@ -29,6 +29,7 @@ from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.fleet import FleetSpec
 from nodeheal.sim.kube import KubeWorld
+from tests.integration.deploy.natsauth_loader import agent_nats, per_role_server, role_nats, violations
 from tests.integration.remediator.harness import (
     CLUSTER,
     audit_records,
@@ -97,47 +98,53 @@ async def test_a_descriptor_leak_restarts_the_unit_that_holds_the_descriptors(
 
 
 async def test_killed_between_command_and_result_the_command_is_resent_and_runs_once(
-    topology_ready: NatsSettings, nc: Client, ecs: EcsEmulator, tmp_path: Path
+    ecs: EcsEmulator, tmp_path: Path
 ) -> None:
-    await short_leases(nc, topology_ready)  # a dead holder ages out fast
+    """As deployed: the server runs deploy/nats/natsauth.py's per-role authorization, both remediator processes
+    connect with the remediator role's credential and inbox, and the agent is the real code under the node's
+    own minted credential, so the re-sent request is answered (from the agent's state directory) on the
+    restarted replica's own inbox only as the deployed permissions allow."""
     name = "k2-resend"
-    fake, settings = real_agent_with_a_dead_kubelet(topology_ready, name, tmp_path)
-    disk = statvfs_with({"root": (50, 10)})
+    async with per_role_server(tmp_path, "remediator", nodes=((CLUSTER, name),)) as (server, nc, admin):
+        await short_leases(nc, admin)  # a dead holder ages out fast
+        fake, settings = real_agent_with_a_dead_kubelet(agent_nats(tmp_path, server.url, CLUSTER, name), name, tmp_path)
+        disk = statvfs_with({"root": (50, 10)})
+        role = role_nats(tmp_path, server.url, "remediator")
+        as_role = {"NATS__CREDS_FILE": str(role.creds_file), "NATS__INBOX_PREFIX": role.inbox_prefix}
 
-    async def run_agent() -> tuple[NodeAgent, asyncio.Task[None]]:
-        agent = NodeAgent(settings, statvfs=disk)  # type: ignore[arg-type]
-        await agent.start()
-        return agent, asyncio.create_task(agent.run_probes())
+        async def run_agent() -> tuple[NodeAgent, asyncio.Task[None]]:
+            agent = NodeAgent(settings, statvfs=disk)  # type: ignore[arg-type]
+            await agent.start()
+            return agent, asyncio.create_task(agent.run_probes())
 
-    async def stop_agent(agent: NodeAgent, task: asyncio.Task[None]) -> None:
-        await agent.stop()
-        await task
+        async def stop_agent(agent: NodeAgent, task: asyncio.Task[None]) -> None:
+            await agent.stop()
+            await task
 
-    async with KubeWorld() as world:
-        world.add_node(name, zone="z1")
-        agent, probes = await run_agent()
-        first = _remediator(topology_ready, world.url, ecs, kill_at="between_action_and_result")
-        second = None
-        try:
-            await publish_diagnosis(nc, topology_ready, diagnosis(name, [("restart_service", "kubelet"), "escalate"]))
-            assert await asyncio.to_thread(first.wait, 60) == -9  # it died after the command, before its result
-            assert fake.restarts_logged() == ["kubelet.service"]
-            await stop_agent(agent, probes)  # the agent restarts too: only its state directory remembers
+        async with KubeWorld() as world:
+            world.add_node(name, zone="z1")
             agent, probes = await run_agent()
-            second = _remediator(topology_ready, world.url, ecs, kill_at=None)
-            verified = await wait_for_record(nc, topology_ready, node=name, phase="verified", timeout=60)
-        finally:
-            await stop_agent(agent, probes)
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    proc.terminate()
-                    await asyncio.to_thread(proc.wait, 10)
+            first = _remediator(admin, world.url, ecs, kill_at="between_action_and_result", **as_role)
+            second = None
+            try:
+                await publish_diagnosis(nc, admin, diagnosis(name, [("restart_service", "kubelet"), "escalate"]))
+                assert await asyncio.to_thread(first.wait, 60) == -9  # it died after the command, before its result
+                assert fake.restarts_logged() == ["kubelet.service"]
+                await stop_agent(agent, probes)  # the agent restarts too: only its state directory remembers
+                agent, probes = await run_agent()
+                second = _remediator(admin, world.url, ecs, kill_at=None, **as_role)
+                verified = await wait_for_record(nc, admin, node=name, phase="verified", timeout=60)
+            finally:
+                await stop_agent(agent, probes)
+                for proc in (first, second):
+                    if proc is not None and proc.poll() is None:
+                        proc.terminate()
+                        await asyncio.to_thread(proc.wait, 10)
+        records = [r for r in await audit_records(nc, admin) if r.node == name and r.action_id == verified.action_id]
     assert fake.restarts_logged() == ["kubelet.service"]  # executed exactly once
     assert agent.executor.replayed == 1 and agent.executor.executed == 0  # asked again, answered from disk
-    records = [
-        r for r in await audit_records(nc, topology_ready) if r.node == name and r.action_id == verified.action_id
-    ]
     assert [r.phase for r in records].count("started") == 1
     done = [r for r in records if r.phase == "succeeded"]
     assert len(done) == 1 and done[0].actor == "replica-restarted" and "re-sent" in done[0].reason
     assert verified.actor == "replica-restarted" and verified.action == "restart_service"
+    assert violations(tmp_path) == []
