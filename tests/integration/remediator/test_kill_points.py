@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from nats.aio.client import Client
 
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
+from tests.integration.deploy.natsauth_loader import per_role_server, role_nats, violations
 from tests.integration.remediator.harness import (
     Probes,
     add_inventory,
@@ -62,33 +63,39 @@ def _remediator(
 
 @pytest.mark.parametrize("kill_at", ["between_intent_and_action", "between_action_and_result"])
 async def test_sigkill_at_a_hook_point_then_restart_reboots_once_and_completes(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator, kill_at: str
+    tmp_path: Path, world: KubeWorld, ecs: EcsEmulator, kill_at: str
 ) -> None:
-    await short_leases(nc, topology_ready)  # a dead holder ages out fast
+    """Both remediator processes run as deployed: under the remediator role's credential and inbox on a server
+    with deploy/nats/natsauth.py's per-role authorization (the test drives and reads as `admin`)."""
     node = "n1"
-    await add_inventory(nc, topology_ready, node, zone="z1", cloud="alibaba", instance_id="i-n1")
-    async with Probes(nc, topology_ready, node) as probes:
-        first = _remediator(topology_ready, world.url, ecs, kill_at=kill_at)
-        second: subprocess.Popen[bytes] | None = None
-        try:
-            await publish_diagnosis(nc, topology_ready, diagnosis(node, ["reboot"]))
-            code = await asyncio.to_thread(first.wait, BOUND_S)
-            assert code == -9  # it really died at the hook point
-            calls = [c for c in ecs.calls if c.action == "RebootInstance"]
-            assert len(calls) == (1 if kill_at == "between_action_and_result" else 0)
-            if calls:
-                probes.boot_id = "boot-2"  # the reboot that happened brings the node back with a new boot id
-            second = _remediator(topology_ready, world.url, ecs, kill_at=None)
-            if not calls:
-                await asyncio.wait_for(ecs.wait_for_call("RebootInstance", timeout_s=BOUND_S), timeout=BOUND_S + 10)
-                probes.boot_id = "boot-2"
-            verified = await wait_for_record(nc, topology_ready, node=node, phase="verified", timeout=BOUND_S)
-        finally:
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    proc.terminate()
-                    await asyncio.to_thread(proc.wait, 10)
+    async with per_role_server(tmp_path, "remediator") as (server, nc, admin):
+        await short_leases(nc, admin)  # a dead holder ages out fast
+        await add_inventory(nc, admin, node, zone="z1", cloud="alibaba", instance_id="i-n1")
+        role = role_nats(tmp_path, server.url, "remediator")
+        as_role = {"NATS__CREDS_FILE": str(role.creds_file), "NATS__INBOX_PREFIX": role.inbox_prefix}
+        async with Probes(nc, admin, node) as probes:
+            first = _remediator(admin, world.url, ecs, kill_at=kill_at, **as_role)
+            second: subprocess.Popen[bytes] | None = None
+            try:
+                await publish_diagnosis(nc, admin, diagnosis(node, ["reboot"]))
+                code = await asyncio.to_thread(first.wait, BOUND_S)
+                assert code == -9  # it really died at the hook point
+                calls = [c for c in ecs.calls if c.action == "RebootInstance"]
+                assert len(calls) == (1 if kill_at == "between_action_and_result" else 0)
+                if calls:
+                    probes.boot_id = "boot-2"  # the reboot that happened brings the node back with a new boot id
+                second = _remediator(admin, world.url, ecs, kill_at=None, **as_role)
+                if not calls:
+                    await asyncio.wait_for(ecs.wait_for_call("RebootInstance", timeout_s=BOUND_S), timeout=BOUND_S + 10)
+                    probes.boot_id = "boot-2"
+                verified = await wait_for_record(nc, admin, node=node, phase="verified", timeout=BOUND_S)
+            finally:
+                for proc in (first, second):
+                    if proc is not None and proc.poll() is None:
+                        proc.terminate()
+                        await asyncio.to_thread(proc.wait, 10)
+        phases = [r.phase for r in await audit_records(nc, admin) if r.node == node and r.action == "reboot"]
     assert len([c for c in ecs.calls if c.action == "RebootInstance"]) == 1  # at most once, and it happened
     assert verified.actor == "replica-restarted" and verified.boot_id == "boot-2"
-    phases = [r.phase for r in await audit_records(nc, topology_ready) if r.node == node and r.action == "reboot"]
     assert phases.count("started") == 1
+    assert violations(tmp_path) == []
