@@ -162,3 +162,64 @@ async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot
         assert await reboots() == ["r1"]  # once, and only the node that rebooted
     finally:
         stop(first, second)
+
+
+async def test_probes_judged_before_a_kill_and_delivered_again_raise_nothing_twice(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """A detector SIGKILLed after a chunk's anomalies were stored and before the chunk's ack
+    (`detector.published`): the restarted detector is delivered the whole chunk again (nothing above the
+    durable's ack floor is known processed) and judges it again, several nodes in one chunk. What it raised is
+    not raised twice and no outage is reopened: the re-judged episode gets the same onset, so the same
+    deterministic `Nats-Msg-Id` (the stream drops the copy), and a firing restored from ANOMALIES (the reboot)
+    is not fired again. A skip of redelivered probes by stream sequence would add nothing here: the ack floor is
+    the only record of what was processed that survives the kill (docs/detector.md, "Redelivered probes")."""
+    port = free_port()
+    durable_stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}PROBES").name
+    js = nc.jetstream()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        first = start(topology_ready, port)
+        procs.append(first)
+        await ready(first, port)
+        await publish(nc, topology_ready, probe(node="r1", seq=1, used=10.0, boot="b1"))
+
+        async def acked(through: int) -> bool:
+            info = await js.consumer_info(durable_stream, "detector")
+            return info.num_ack_pending == 0 and info.num_pending == 0 and info.delivered.stream_seq >= through
+
+        await eventually(lambda: acked(1), timeout_s=30)
+        stop(first)  # a clean stop: r1's first boot is processed and acknowledged
+        # the backlog the next process reads as one chunk: d1's disk fills and clears (fires, resolves), r1
+        # reboots, ok1 is fine
+        backlog = [
+            probe(node="d1", seq=1, used=99.0),
+            probe(node="r1", seq=2, used=10.0, boot="b2"),
+            probe(node="d1", seq=2, used=10.0),
+            probe(node="ok1", seq=1, used=10.0),
+            probe(node="d1", seq=3, used=10.0),
+        ]
+        for p in backlog:
+            await publish(nc, topology_ready, p)
+
+        second = start(topology_ready, port, NODEHEAL_TEST_KILL_AT="detector.published")
+        procs.append(second)
+        assert await asyncio.to_thread(second.wait, 60) == -9, "the hook point was not reached"
+        stored = sorted((a.node, a.kind, a.status) for a in await anomalies(nc, topology_ready))
+        # the killed process judged the whole chunk and stored what it raised, and acknowledged none of it
+        assert stored == [
+            ("d1", "disk_full", "firing"),
+            ("d1", "disk_full", "resolved"),
+            ("r1", "unexpected_reboot", "firing"),
+        ]
+        assert (await js.consumer_info(durable_stream, "detector")).ack_floor.stream_seq == 1
+
+        third = start(topology_ready, port)
+        procs.append(third)
+        await ready(third, port)
+        await eventually(lambda: acked(1 + len(backlog)), timeout_s=60)  # the chunk, judged again and acked
+        after = sorted((a.node, a.kind, a.status, a.id) for a in await anomalies(nc, topology_ready))
+        assert [a[:3] for a in after] == stored  # nothing twice, no outage reopened
+        assert status(f"http://127.0.0.1:{port}/healthz") == 200
+    finally:
+        stop(*procs)
