@@ -289,6 +289,86 @@ async def test_restart_rebuilds_state_without_a_burst_and_resolves_once(
     assert [(a.node, a.status) for a in await anomalies(nc, s)] == [("a", "firing"), ("a", "resolved")]
 
 
+def old_anomaly(node: str, kind: str, subject: str | None, *, hours_ago: float) -> Anomaly:
+    """A firing anomaly stored by an earlier detector `hours_ago` (inside the restore lookback)."""
+    onset = datetime.fromtimestamp(time.time() - hours_ago * 3600, tz=UTC)
+    key = f"c1/{node}/{kind}/{subject or '-'}"
+    return Anomaly(
+        id=f"old-{key}",
+        time=onset,
+        cluster="c1",
+        node=node,
+        anomaly_key=key,
+        kind=kind,  # type: ignore[arg-type]
+        status="firing",
+        severity="critical" if kind == "node_down" else "minor",
+        subject=subject,
+        fault_onset=onset,
+        detected_at=onset,
+    )
+
+
+async def test_a_replayed_anomaly_of_a_node_that_never_probes_brings_back_no_node_to_go_down(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """Restore at restart replays ANOMALIES. An anomaly fired before cloud events stopped making nodes (a
+    maintenance of a node named after its instance id), or of a node decommissioned since (no probe of it in
+    PROBES), made a node again, whose silence counted from the restart: node_down after every restart, for a
+    machine nobody runs. Now it makes no node until the node's first probe; a node that does come back
+    resolves what was restored for it."""
+    s = topology_ready
+    js = nc.jetstream()
+    old = [
+        old_anomaly("i-0abc123def", "cloud_maintenance", "reboot:evt-1", hours_ago=3),
+        old_anomaly("gone-1", "disk_full", "/", hours_ago=2),
+        old_anomaly("gone-2", "node_down", None, hours_ago=1),
+    ]
+    for a in old:
+        await js.publish(f"{s.prefix}.anomaly.{a.cluster}.{a.node}", a.to_json(), headers={"Nats-Msg-Id": a.id})
+    rules = RuleConfig(probe_interval_s=0.2)  # silent after 0.5 s
+    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=rules)
+    rt = DetectorRuntime(settings=settings, nc=nc)
+    await rt.start()
+    stop_live = asyncio.Event()
+
+    async def live() -> None:  # a node that keeps probing: the feed is alive, silence is judged
+        seq = 0
+        while not stop_live.is_set():
+            seq += 1
+            await publish(nc, s, probe(node="live", seq=seq, used=10.0))
+            await asyncio.sleep(0.1)
+
+    feeding = asyncio.create_task(live())
+    try:
+        assert sorted(k for k, _, _ in rt.detector.firing()) == ["c1/gone-1", "c1/gone-2", "c1/i-0abc123def"]
+        await asyncio.sleep(1.0)  # past the phantoms' silence timeout counted from the restart
+        # the control: a node that probes once, after the phantoms were restored, and falls silent
+        await publish(nc, s, probe(node="quiet", seq=1, used=10.0))
+
+        async def quiet_down() -> bool:
+            return any(a.node == "quiet" and a.kind == "node_down" for a in await anomalies(nc, s))
+
+        await eventually(quiet_down)  # its silence was judged, and the phantoms' silence began before it
+        stored = await anomalies(nc, s)
+        assert [a.id for a in stored if a.node in ("i-0abc123def", "gone-1", "gone-2")] == [a.id for a in old]
+
+        # gone-2 comes back: what was restored for it is resolved, once
+        await publish(nc, s, probe(node="gone-2", seq=1, used=10.0))
+
+        async def gone2_resolved() -> bool:
+            return any(a.node == "gone-2" and a.status == "resolved" for a in await anomalies(nc, s))
+
+        await eventually(gone2_resolved)
+        assert [(a.kind, a.status) for a in await anomalies(nc, s) if a.node == "gone-2"] == [
+            ("node_down", "firing"),
+            ("node_down", "resolved"),
+        ]
+    finally:
+        stop_live.set()
+        await feeding
+        await rt.stop()
+
+
 async def test_two_replicas_split_a_partitioned_fleet_without_sharing_a_node(nc: Client, nats_url: str) -> None:
     from nodeheal.runtime.provision import apply_topology
     from tests.support.broker import unique_settings

@@ -429,6 +429,26 @@ def test_restore_after_restart_does_not_refire_and_resolves_once() -> None:
     assert sorted(drain(again)) == [("disk_full", "resolved", "/"), ("node_down", "resolved", None)]
 
 
+def test_a_restored_anomaly_of_a_node_never_probed_makes_no_node_and_its_reboot_still_resolves() -> None:
+    """A replayed unexpected_reboot of a node no probe is known of: no node (so no silence, no node_down), the
+    reboot resolves when its hold ends, and nothing of the node is kept after it."""
+    first = make()
+    feed(first, 1, node="i-0abc", boot_id="b1")  # an earlier process saw the node reboot
+    feed(first, 1, start=T0 + 10, node="i-0abc", boot_id="b2")
+    fired = [a for a in first.outbox if a.kind == "unexpected_reboot"]
+    assert len(fired) == 1
+
+    det = make()
+    det.restore(Anomaly.model_validate_json(fired[0].to_json()), now=T0)
+    assert "c1/i-0abc" not in det.nodes
+    t = feed(det, 40, start=T0, node="other")  # the feed is alive; 200 s pass, past the hold (120 s)
+    assert drain(det) == [("unexpected_reboot", "resolved", None)]
+    assert det.restored_only == {}
+    assert "c1/i-0abc" not in det.nodes
+    feed(det, 40, start=t, node="other")
+    assert drain(det) == []  # never found down
+
+
 def test_fresh_detector_gives_known_nodes_a_warmup_grace() -> None:
     det = make()
     for i in range(100):

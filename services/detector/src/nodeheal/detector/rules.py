@@ -186,6 +186,11 @@ class Detector:
         # nodes the inventory says left the fleet (a deleted machine): not tracked, so their silence raises
         # nothing; a probe still in the backlog does not bring them back, a new inventory record does
         self.departed: dict[str, None] = {}
+        # nodes known only from an anomaly the restart replayed (`restore`), not from a probe: kept apart from `nodes`
+        # (no silence is judged for them) until their first probe makes them nodes; their event-like anomalies still
+        # resolve when their hold ends. A node that never probes again (decommissioned, or a name that is no node)
+        # is never found down
+        self.restored_only: dict[str, NodeState] = {}
         self._watched = frozenset(config.services)
         self._ro_ignore = frozenset(config.readonly_ignore_mounts)
         self._down_timeout = config.down_timeout_s
@@ -218,7 +223,11 @@ class Detector:
         key = cluster + "/" + node
         state = self.nodes.get(key)
         if state is None:
-            state = NodeState(key=key, cluster=cluster, node=node, now=now)
+            state = self.restored_only.pop(key, None) if self.restored_only else None
+            if state is None:
+                state = NodeState(key=key, cluster=cluster, node=node, now=now)
+            else:  # known from a replayed anomaly, now heard: its silence counts from here
+                state.last_agent = now
             self.nodes[key] = state
             self._schedule(state, now + self._down_timeout)
             state.remediation_until = self._pending_remediation.pop(key, 0.0)
@@ -238,6 +247,7 @@ class Detector:
         self.departed[key] = None
         self._pending_cloud.pop(key, None)
         self._pending_remediation.pop(key, None)
+        self.restored_only.pop(key, None)
         return self.nodes.pop(key, None) is not None  # its timer-wheel entries are skipped (not in `nodes`)
 
     def rejoin(self, cluster: str, node: str) -> None:
@@ -822,7 +832,10 @@ class Detector:
             if not bucket:
                 continue
             for i, node in enumerate(bucket):
-                if node.due > now or self.nodes.get(node.key) is not node:
+                if node.due > now:
+                    continue
+                known = self.nodes.get(node.key) is node
+                if not known and (not self.restored_only or self.restored_only.get(node.key) is not node):
                     continue
                 if limit is not None and looked >= limit:
                     # the rest of this second's bucket waits for the next call, ahead of anything scheduled since
@@ -832,7 +845,10 @@ class Detector:
                     return looked
                 looked += 1
                 node.due = 0.0
-                self._tick_node(node, now, check_silence=input_alive and not in_warmup and not self.feed_away)
+                if known:
+                    self._tick_node(node, now, check_silence=input_alive and not in_warmup and not self.feed_away)
+                else:
+                    self._tick_restored(node, now)
         return looked
 
     def _tick_node(self, node: NodeState, now: float, *, check_silence: bool) -> None:
@@ -852,6 +868,22 @@ class Detector:
                     else:
                         next_due = min(next_due, cond.hold_until)
         self._schedule(node, next_due)
+
+    def _tick_restored(self, node: NodeState, now: float) -> None:
+        """A node known only from a replayed anomaly (`restored_only`): no silence is judged, its event-like
+        anomalies resolve when their hold ends; once nothing is held it waits for its first probe unscheduled."""
+        next_due = 0.0
+        if node.conds:
+            for key, cond in list(node.conds.items()):
+                if cond.hold_until:
+                    if now >= cond.hold_until:
+                        self._resolve_key(node, key, now)
+                    elif not next_due or cond.hold_until < next_due:
+                        next_due = cond.hold_until
+        if next_due:
+            self._schedule(node, next_due)
+        elif not node.conds and node.silence is None:
+            self.restored_only.pop(node.key, None)
 
     # ------------------------------------------------------------------ cloud events and remediation
 
@@ -1013,13 +1045,24 @@ class Detector:
             self.last_input = max(self.last_input, self._seeded_input)
 
     def restore(self, anomaly: Anomaly, *, now: float) -> None:
-        """Replay ANOMALIES in order: what was firing at the crash is firing again, without a publish."""
+        """Replay ANOMALIES in order: what was firing at the crash is firing again, without a publish.
+
+        An anomaly of a node no probe is known of (the rebuild seeded every node with a probe in PROBES) makes no
+        node: it goes to `restored_only`, where no silence is judged, until the node's first probe. Before, it made
+        a node whose "silence" counted from the restart: an anomaly fired before cloud events stopped making nodes
+        (a node named after an instance id) or of a decommissioned node brought it back, and it went node_down
+        after every restart. A partitioned replica (`adopt_unknown` False) keeps only its own nodes' anomalies."""
         key_cluster, key_node = anomaly.cluster, anomaly.node
-        node = self.nodes.get(key_cluster + "/" + key_node)
+        node_key = key_cluster + "/" + key_node
+        node = self.nodes.get(node_key)
         if node is None:
-            if not self.adopt_unknown:
+            node = self.restored_only.get(node_key)
+        if node is None:
+            if not self.adopt_unknown or anomaly.status == "resolved" or node_key in self.departed:
                 return
-            node = self._node(key_cluster, key_node, now)
+            if len(self.restored_only) >= MAX_PARKED_NODES:
+                self.restored_only.pop(next(iter(self.restored_only)))
+            node = self.restored_only[node_key] = NodeState(key=node_key, cluster=key_cluster, node=key_node, now=now)
         key = anomaly.kind + SEP + (anomaly.subject or "")
         if anomaly.status == "resolved":
             if node.conds:
@@ -1028,6 +1071,8 @@ class Detector:
                     node.conds = None
             if node.silence == key:
                 node.silence = None
+            if node.conds is None and node.silence is None and node_key in self.restored_only:
+                del self.restored_only[node_key]  # nothing of it is firing: nothing to keep
             return
         cond = Condition(
             kind=anomaly.kind, subject=anomaly.subject, onset=anomaly.fault_onset.timestamp(), severity=anomaly.severity
@@ -1054,7 +1099,7 @@ class Detector:
     def firing(self) -> list[tuple[str, str, str | None]]:
         """(node key, kind, subject) of every firing anomaly, for tests and /metrics."""
         out: list[tuple[str, str, str | None]] = []
-        for node in self.nodes.values():
+        for node in (*self.nodes.values(), *self.restored_only.values()):
             if node.conds:
                 out.extend((node.key, c.kind, c.subject) for c in node.conds.values() if c.firing)
         return out
