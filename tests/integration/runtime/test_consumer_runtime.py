@@ -7,10 +7,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from prometheus_client import REGISTRY
@@ -413,3 +415,71 @@ async def test_a_service_whose_start_fails_fails_healthz(topology_ready: NatsSet
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_pull_loop_faststream_starts_again_is_not_reported_stopped(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
+) -> None:
+    """A busy event loop (the detector sweeping a silence storm on a loaded machine) can resume a fetch after its
+    timeout although the server's answer came in time: nats-py then raises the builtin `TimeoutError`, which
+    faststream's pull loop does not suppress, so the loop's task ends and faststream's task supervisor starts it
+    again at the next step of the event loop. In between, the only task of the subscriber is done, and `/healthz`
+    asked then answered 503 "consumer ... stopped" (the flaky `test_a_detector_far_behind_in_a_silence_storm_stays_
+    alive`, whose kubelet asks at every step). The consumer never stopped: it is reported alive throughout and
+    still consumes. Here the loop is made that busy for real: blocked while the answer to a fetch's first pull
+    request arrives, then a few 30 ms slices of work per step."""
+    handled: list[str] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        handled.append(item.id)
+
+    inbound = spec(topology_ready, fetch_timeout_s=1.0, batch_size=100)
+    runtime.consume(inbound, handle)
+    await runtime.start()
+    loop = asyncio.get_running_loop()
+    subscriber = runtime._subscribers[0][1]
+
+    def busy(slices: int) -> None:  # one slice of work per step of the event loop
+        time.sleep(0.03)
+        if slices > 1:
+            loop.call_soon(busy, slices - 1)
+
+    stalls: list[int] = []
+
+    async def on_pull_request(msg: Msg) -> None:
+        if json.loads(msg.data).get("no_wait") and len(stalls) < 10 and len(subscriber.tasks) < 2:
+            stalls.append(1)
+            time.sleep(0.95)  # the answer (no messages) arrives meanwhile, before the fetch's 1 s timeout
+            loop.call_soon(busy, 10)
+
+    watch = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{inbound.stream}.{inbound.durable}", cb=on_pull_request)
+    answers: list[tuple[bool, str]] = []
+    done = asyncio.Event()
+
+    async def kubelet() -> None:
+        while not done.is_set():
+            answers.append(runtime.liveness())
+            await asyncio.sleep(0)
+
+    asking = asyncio.create_task(kubelet())
+    try:
+
+        async def started_again() -> bool:
+            return len(subscriber.tasks) >= 2 or len(stalls) >= 10
+
+        await eventually(started_again, within_s=60.0)
+    finally:
+        done.set()
+        await asking
+        await watch.unsubscribe()
+    assert len(subscriber.tasks) >= 2, "the pull loop never ended: nothing was tested"
+    assert {ok for ok, _ in answers} == {True}, sorted({why for ok, why in answers if not ok})
+    item = anomaly("n5", "node_down")
+    await nc.jetstream().publish(
+        f"{topology_ready.prefix}.anomaly.c1.n5", item.to_json(), headers={"Nats-Msg-Id": item.id}
+    )
+
+    async def consumed() -> bool:
+        return handled == [item.id]
+
+    await eventually(consumed, within_s=10.0)

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -571,7 +572,7 @@ class ConsumerRuntime:
         dead = [name for name, task in self._tasks.items() if task.done()]
         for spec, sub in self._subscribers:
             tasks = getattr(sub, "tasks", [])
-            if not sub.running or (tasks and all(t.done() for t in tasks)):
+            if not sub.running or (tasks and all(t.done() for t in tasks) and not _started_again(tasks[-1])):
                 dead.append(f"consumer {spec.title!r} ({spec.stream}/{spec.durable})")
         if dead:
             return False, f"{self.service}: stopped: {', '.join(dead)}"
@@ -647,6 +648,19 @@ class ConsumerRuntime:
         )
         if kept is not None:  # None: the rate limit dropped it (`nodeheal_dlq_rate_limited_total`)
             self.metrics.messages_dead_lettered.labels(self.service).inc()
+
+
+def _started_again(task: asyncio.Task[Any]) -> bool:
+    """Whether faststream's task supervisor starts this ended pull-loop task again: it does for one that raised
+    (its done callback adds a new task at the next step of the event loop; until then this is the subscriber's
+    newest task and it is done), not for one cancelled or returned, nor when `FASTSTREAM_SUPERVISOR_DISABLED` is
+    set. A busy event loop ends the loop that way with nothing wrong: a fetch resumed after its timeout although
+    the server answered in time raises the builtin `TimeoutError`, which faststream's pull loop does not
+    suppress (`service.PullLoopNoise`). Reported as stopped, such a loop made `/healthz` answer 503 for a
+    consumer that never stopped."""
+    if task.cancelled() or task.exception() is None:
+        return False
+    return os.environ.get("FASTSTREAM_SUPERVISOR_DISABLED", "0").strip() in ("", "0")
 
 
 async def _never(body: Any, delivery: Delivery) -> None:
