@@ -164,25 +164,24 @@ async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot
         stop(first, second)
 
 
-async def test_probes_judged_before_a_kill_and_delivered_again_raise_nothing_twice(
-    topology_ready: NatsSettings, nc: Client
-) -> None:
+async def judged_again_after_a_kill(nc: Client, settings: NatsSettings, *, past_duplicate_window: bool) -> None:
     """A detector SIGKILLed after a chunk's anomalies were stored and before the chunk's ack
-    (`detector.published`): the restarted detector is delivered the whole chunk again (nothing above the
-    durable's ack floor is known processed) and judges it again, several nodes in one chunk. What it raised is
-    not raised twice and no outage is reopened: the re-judged episode gets the same onset, so the same
-    deterministic `Nats-Msg-Id` (the stream drops the copy), and a firing restored from ANOMALIES (the reboot)
-    is not fired again. A skip of redelivered probes by stream sequence would add nothing here: the ack floor is
-    the only record of what was processed that survives the kill (docs/detector.md, "Redelivered probes")."""
+    (`detector.published`); the next process is delivered the chunk again and judges it again. Asserts that
+    ANOMALIES holds what the chunk raised once each, and no reopened outage."""
     port = free_port()
-    durable_stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}PROBES").name
+    durable_stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
     js = nc.jetstream()
+    if past_duplicate_window:  # ANOMALIES forgets the ids after 1 s instead of 2 minutes
+        anomalies_stream = settings.topology().stream(f"{settings.stream_prefix}ANOMALIES").name
+        config = (await js.stream_info(anomalies_stream)).config
+        config.duplicate_window = 1.0
+        await js.update_stream(config)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        first = start(topology_ready, port)
+        first = start(settings, port)
         procs.append(first)
         await ready(first, port)
-        await publish(nc, topology_ready, probe(node="r1", seq=1, used=10.0, boot="b1"))
+        await publish(nc, settings, probe(node="r1", seq=1, used=10.0, boot="b1"))
 
         async def acked(through: int) -> bool:
             info = await js.consumer_info(durable_stream, "detector")
@@ -200,12 +199,12 @@ async def test_probes_judged_before_a_kill_and_delivered_again_raise_nothing_twi
             probe(node="d1", seq=3, used=10.0),
         ]
         for p in backlog:
-            await publish(nc, topology_ready, p)
+            await publish(nc, settings, p)
 
-        second = start(topology_ready, port, NODEHEAL_TEST_KILL_AT="detector.published")
+        second = start(settings, port, NODEHEAL_TEST_KILL_AT="detector.published")
         procs.append(second)
         assert await asyncio.to_thread(second.wait, 60) == -9, "the hook point was not reached"
-        stored = sorted((a.node, a.kind, a.status) for a in await anomalies(nc, topology_ready))
+        stored = sorted((a.node, a.kind, a.status) for a in await anomalies(nc, settings))
         # the killed process judged the whole chunk and stored what it raised, and acknowledged none of it
         assert stored == [
             ("d1", "disk_full", "firing"),
@@ -213,13 +212,36 @@ async def test_probes_judged_before_a_kill_and_delivered_again_raise_nothing_twi
             ("r1", "unexpected_reboot", "firing"),
         ]
         assert (await js.consumer_info(durable_stream, "detector")).ack_floor.stream_seq == 1
+        if past_duplicate_window:
+            await asyncio.sleep(1.5)  # the restart comes after the stream forgot the ids (a crash loop's back-off)
 
-        third = start(topology_ready, port)
+        third = start(settings, port)
         procs.append(third)
         await ready(third, port)
         await eventually(lambda: acked(1 + len(backlog)), timeout_s=60)  # the chunk, judged again and acked
-        after = sorted((a.node, a.kind, a.status, a.id) for a in await anomalies(nc, topology_ready))
-        assert [a[:3] for a in after] == stored  # nothing twice, no outage reopened
+        after = sorted((a.node, a.kind, a.status) for a in await anomalies(nc, settings))
+        assert after == stored  # nothing twice, no outage reopened
         assert status(f"http://127.0.0.1:{port}/healthz") == 200
     finally:
         stop(*procs)
+
+
+async def test_probes_judged_before_a_kill_and_delivered_again_raise_nothing_twice(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """The restarted detector is delivered the killed one's unacknowledged chunk again (nothing above the
+    durable's ack floor is known processed) and judges it again, several nodes in one chunk. What it raised is
+    not raised twice and no outage is reopened: the re-judged episode gets the same onset, so the same
+    deterministic `Nats-Msg-Id` (the stream drops the copy), and a firing restored from ANOMALIES (the reboot)
+    is not fired again. A skip of redelivered probes by stream sequence would add nothing here: the ack floor is
+    the only record of what was processed that survives the kill (docs/detector.md, "Redelivered probes")."""
+    await judged_again_after_a_kill(nc, topology_ready, past_duplicate_window=False)
+
+
+async def test_an_episode_judged_again_after_the_duplicate_window_is_not_stored_twice(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """The same, with the restart after ANOMALIES' duplicate window (a crash loop's back-off is minutes): the
+    stream no longer drops the copy, and the episode the chunk fired and resolved was stored a second time. The
+    rebuild's replay saw it resolved, so the detector raises it no more (`Detector.restore`)."""
+    await judged_again_after_a_kill(nc, topology_ready, past_duplicate_window=True)

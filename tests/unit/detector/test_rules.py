@@ -449,6 +449,27 @@ def test_a_restored_anomaly_of_a_node_never_probed_makes_no_node_and_its_reboot_
     assert drain(det) == []  # never found down
 
 
+def test_an_episode_the_replay_saw_resolved_is_not_raised_again_from_its_probes() -> None:
+    """Probes delivered again after a restart (killed before their ack) are judged again: an episode they fired and
+    resolved, which the replay of ANOMALIES saw resolved, is not raised a second time; a new episode is."""
+    first = make()
+    t = feed(first, 1, used=99.0)
+    t = feed(first, 2, start=t, used=10.0)
+    published = first.outbox[:]
+    assert [(a.kind, a.status) for a in published] == [("disk_full", "firing"), ("disk_full", "resolved")]
+
+    again = make()
+    for anomaly in published:
+        again.restore(Anomaly.model_validate_json(anomaly.to_json()), now=t)
+    t2 = feed(again, 1, used=99.0)  # the same probes, judged again
+    feed(again, 2, start=t2, used=10.0)
+    assert drain(again) == []
+    assert again.counters.duplicates == 1
+    t3 = feed(again, 1, start=t + 100, used=99.0)  # the disk fills again: a new episode
+    feed(again, 2, start=t3, used=10.0)
+    assert drain(again) == [("disk_full", "firing", "/"), ("disk_full", "resolved", "/")]
+
+
 def test_fresh_detector_gives_known_nodes_a_warmup_grace() -> None:
     det = make()
     for i in range(100):

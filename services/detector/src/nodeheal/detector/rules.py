@@ -191,6 +191,10 @@ class Detector:
         # resolve when their hold ends. A node that never probes again (decommissioned, or a name that is no node)
         # is never found down
         self.restored_only: dict[str, NodeState] = {}
+        # the firing ids of the episodes the restart's replay of ANOMALIES saw resolved (bounded, oldest first): the
+        # probes that raised them may be judged again (delivered again after a kill before their ack), and one
+        # judged after ANOMALIES' duplicate window would store the episode a second time. Never fired again
+        self.replayed_episodes: dict[str, None] = {}
         self._watched = frozenset(config.services)
         self._ro_ignore = frozenset(config.readonly_ignore_mounts)
         self._down_timeout = config.down_timeout_s
@@ -629,6 +633,14 @@ class Detector:
         self._schedule(node, cond.hold_until)
 
     def _fire(self, node: NodeState, cond: Condition, now: float) -> None:
+        if self.replayed_episodes and (
+            anomaly_msg_id(anomaly_key(node.cluster, node.node, cond.kind, cond.subject), "firing", _dt(cond.onset))
+            in self.replayed_episodes
+        ):
+            # an episode fired and resolved before the restart, judged again from its probes: not raised twice (the
+            # condition stays not firing, so it ends without a resolution)
+            self.counters.duplicates += 1
+            return
         cond.firing = True
         self.counters.fired += 1
         self.outbox.append(self._anomaly(node, cond, status="firing", now=now))
@@ -1051,12 +1063,21 @@ class Detector:
         node: it goes to `restored_only`, where no silence is judged, until the node's first probe. Before, it made
         a node whose "silence" counted from the restart: an anomaly fired before cloud events stopped making nodes
         (a node named after an instance id) or of a decommissioned node brought it back, and it went node_down
-        after every restart. A partitioned replica (`adopt_unknown` False) keeps only its own nodes' anomalies."""
+        after every restart. A partitioned replica (`adopt_unknown` False) keeps only its own nodes' anomalies.
+
+        A resolution also records its episode (`replayed_episodes`): judged again from probes delivered again after
+        the restart, it is not raised a second time."""
         key_cluster, key_node = anomaly.cluster, anomaly.node
         node_key = key_cluster + "/" + key_node
         node = self.nodes.get(node_key)
         if node is None:
             node = self.restored_only.get(node_key)
+        if anomaly.status == "resolved" and (node is not None or self.adopt_unknown):
+            # its probes may be judged again (a chunk delivered again after a kill): never fired again (`_fire`)
+            episodes = self.replayed_episodes
+            episodes[anomaly_msg_id(anomaly.anomaly_key, "firing", anomaly.fault_onset)] = None
+            if len(episodes) > MAX_PARKED_NODES:
+                del episodes[next(iter(episodes))]
         if node is None:
             if not self.adopt_unknown or anomaly.status == "resolved" or node_key in self.departed:
                 return
