@@ -104,7 +104,14 @@ class AuditLog:
             raise AlreadyRecordedError(rec, ack.seq)
         log.info(
             "audit",
-            extra={"node": rec.node, "action_id": rec.action_id, "action": rec.action, "phase": rec.phase},
+            extra={
+                "node": rec.node,
+                "action_id": rec.action_id,
+                "action": rec.action,
+                "phase": rec.phase,
+                # why a step was blocked, skipped or failed, in the log an operator reads first (AUDIT has it whole)
+                **({"reason": rec.reason[:300]} if rec.reason and rec.phase not in ("intent", "started") else {}),
+            },
         )
         return ack.seq
 
