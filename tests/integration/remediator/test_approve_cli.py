@@ -6,6 +6,7 @@ was written to the control bucket and reported "approved"."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from click.testing import CliRunner, Result
@@ -29,8 +30,8 @@ from tests.integration.remediator.harness import (
 pytestmark = pytest.mark.nats
 
 
-async def _approve(settings: NatsSettings, action_id: str) -> Result:
-    args = ["approve", action_id, "--nats-url", settings.url, "--by", "alice"]
+async def _approve(settings: NatsSettings, action_id: str, *extra: str) -> Result:
+    args = ["approve", action_id, *extra, "--nats-url", settings.url, "--by", "alice"]
     args += ["--bucket-prefix", settings.bucket_prefix, "--prefix", settings.prefix]
     args += ["--stream-prefix", settings.stream_prefix]
     return await asyncio.to_thread(CliRunner().invoke, cli, args)
@@ -65,7 +66,15 @@ async def test_approve_refuses_an_id_no_ladder_waits_for(
         assert "has no record of it" in unknown.output and "Traceback" not in unknown.output
         assert not await _approved(nc, topology_ready, "act-0123456789abcdef")
 
-        ok = await _approve(topology_ready, waiting.action_id)
+        # the record names the command to run, the node included: only that node's AUDIT records are read
+        command = re.search(r"nodeheal approve (act-\S+) --node (\S+)", waiting.reason)
+        assert command is not None, waiting.reason
+        assert command.groups() == (waiting.action_id, "c1/n2")
+        elsewhere = await _approve(topology_ready, waiting.action_id, "--node", "c1/n9")
+        assert elsewhere.exit_code == 1, elsewhere.output
+        assert "has no record of it" in elsewhere.output and "on c1/n9 (--node)" in elsewhere.output
+        assert not await _approved(nc, topology_ready, waiting.action_id)
+        ok = await _approve(topology_ready, waiting.action_id, "--node", command.group(2))
         assert ok.exit_code == 0, ok.output
         assert f"approved {waiting.action_id} by alice" in ok.output
         await wait_for_record(nc, topology_ready, action="replace", phase="intent", timeout=30)

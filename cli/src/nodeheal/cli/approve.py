@@ -33,7 +33,7 @@ from nodeheal.remediator.control import (
 )
 from nodeheal.runtime.connect import connect
 from nodeheal.schemas.audit import RemediationRecord
-from nodeheal.schemas.subjects import DEFAULT_PREFIX
+from nodeheal.schemas.subjects import DEFAULT_PREFIX, audit_subject
 
 T = TypeVar("T")
 
@@ -101,14 +101,22 @@ def _refused(refusals: _Refusals, auth: NatsAuth, *, what: str, needs: str = "ap
 
 
 async def last_record_of(
-    js: JetStreamContext, *, stream: str, prefix: str, action_id: str, look_back: timedelta
+    js: JetStreamContext,
+    *,
+    stream: str,
+    prefix: str,
+    action_id: str,
+    look_back: timedelta,
+    node: tuple[str, str] | None = None,
 ) -> RemediationRecord | None:
     """The last AUDIT record of `action_id` stored within `look_back` (None: none there). Bounded: AUDIT keeps a
-    year, and a ladder waits for an approval `APPROVAL_TIMEOUT_S` (1 h by default) before it escalates."""
+    year, and a ladder waits for an approval `APPROVAL_TIMEOUT_S` (1 h by default) before it escalates. With
+    `node` (cluster, node) only that node's subject is read: the whole fleet's last day of AUDIT is not."""
     needle = action_id.encode()
     last: RemediationRecord | None = None
     since = datetime.now(tz=UTC) - look_back
-    source = read_stream(js, stream=stream, subjects=[f"{prefix}.audit.>"], since=since)
+    subjects = [audit_subject(*node, prefix=prefix)] if node else [f"{prefix}.audit.>"]
+    source = read_stream(js, stream=stream, subjects=subjects, since=since)
     async with contextlib.aclosing(source) as records:
         async for stored in records:
             if needle not in stored.data:  # most records are another action's: no parse
@@ -144,6 +152,14 @@ def _url(nats_url: str | None) -> str:
     type=click.FloatRange(min=0.1),
     help="How far back AUDIT is read for the action's records (more than the remediator's APPROVAL_TIMEOUT_S).",
 )
+@click.option(
+    "--node",
+    "node_ref",
+    default=None,
+    metavar="CLUSTER/NODE",
+    help="The node of the action (the awaiting_approval record's command names it): only its AUDIT records are "
+    "read, not the whole fleet's.",
+)
 @by_option
 def approve(
     action_id: str,
@@ -154,12 +170,20 @@ def approve(
     prefix: str,
     stream_prefix: str,
     look_back_h: float,
+    node_ref: str | None,
     by: str | None,
 ) -> None:
     """Approve one action waiting in `awaiting_approval` (its id is in the audit record)."""
     if not action_id.startswith("act-"):
         msg = f"{action_id!r} is not an action id; copy it from an awaiting_approval record (it starts with 'act-')"
         raise click.BadParameter(msg, param_hint="ACTION_ID")
+    node: tuple[str, str] | None = None
+    if node_ref is not None:
+        cluster, _, name = node_ref.partition("/")
+        if not cluster or not name:
+            msg = f"{node_ref!r} is not CLUSTER/NODE; copy it from the awaiting_approval record's command"
+            raise click.BadParameter(msg, param_hint="--node")
+        node = (cluster, name)
     who = by or getpass.getuser()
     settings = nats_auth.settings(
         url=_url(nats_url), prefix=prefix, stream_prefix=stream_prefix, bucket_prefix=bucket_prefix
@@ -174,7 +198,12 @@ def approve(
             js = nc.jetstream()
             try:
                 last = await last_record_of(
-                    js, stream=stream, prefix=prefix, action_id=action_id, look_back=timedelta(hours=look_back_h)
+                    js,
+                    stream=stream,
+                    prefix=prefix,
+                    action_id=action_id,
+                    look_back=timedelta(hours=look_back_h),
+                    node=node,
                 )
             except NotFoundError as exc:
                 msg = (
@@ -189,8 +218,10 @@ def approve(
             if last is None:
                 msg = (
                     f"no ladder is waiting for approval of {action_id}: {stream} has no record of it in the last "
-                    f"{look_back_h:g} h (--look-back-h). Copy the id "
-                    f"from the awaiting_approval record (`nodeheal audit tail`, or the batch's \"waiting for "
+                    f"{look_back_h:g} h (--look-back-h)"
+                    + (f" on {node[0]}/{node[1]} (--node)" if node else "")
+                    + ". Copy the id "
+                    "from the awaiting_approval record (`nodeheal audit tail`, or the batch's \"waiting for "
                     'approval" line); check --prefix / --stream-prefix if this installation uses its own'
                 )
                 raise click.ClickException(msg)

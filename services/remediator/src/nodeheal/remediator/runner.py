@@ -1010,7 +1010,8 @@ class Remediator:
                         run,
                         step,
                         phase="awaiting_approval",
-                        reason=f"{step.action} needs approval: nodeheal approve {step.action_id}",
+                        reason=f"{step.action} needs approval: nodeheal approve {step.action_id} "
+                        f"--node {run.diagnosis.cluster}/{run.diagnosis.node}",
                         checks=checks,
                     )
                 approver = await self._wait_for_approval(step.action_id)
@@ -1825,7 +1826,8 @@ class Remediator:
                                     if planner.loses_local_data(ev)
                                     else "early is on the approval list"
                                 )
-                                + f": nodeheal approve {step.action_id} (else it runs at {ev.not_before})",
+                                + f": nodeheal approve {step.action_id} --node {ev.cluster}/{ev.node} "
+                                f"(else it runs at {ev.not_before})",
                             )
                         return "retry"
                 result = await self._step(run, step, verify_after=False)
