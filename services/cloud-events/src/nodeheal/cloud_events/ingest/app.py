@@ -1,5 +1,11 @@
-"""Builds the ingest process: the aiohttp application (event endpoints, /healthz, /readyz,
+"""Builds the ingest process: the aiohttp application (event endpoints, /healthz, /readyz, /status,
 /metrics), the NATS connection, the ledger seeded from CLOUD, and the configured pollers.
+
+Readiness is what the pod can serve, its push endpoints: NATS connected and the ledger seeded. A poller's
+failed round (the API's flow control, a region the RAM policy does not cover, a timeout) is not: it is said on
+`/status`, in `nodeheal_ingest_poller_failing` / `nodeheal_ingest_polls_total{outcome="error"}` and in a log
+line. Before, it made `/readyz` 503 until a round succeeded, and as every replica polls the same account they
+all left the Service together, refusing the CloudMonitor / EventBridge pushes (spot notices lost).
 
 aiohttp rather than the faststream ASGI kit: this service consumes nothing, it only publishes
 (raw nats-py `publish_model`), and it needs streaming body limits and per-request status codes.
@@ -86,6 +92,7 @@ def build_app(
     app.router.add_post("/v1/events/{source}", endpoint.handle)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/status", _status)
     app.router.add_get("/metrics", _metrics)
 
     async def start() -> None:
@@ -205,8 +212,8 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def _readyz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+def _not_ready(runtime: IngestRuntime) -> list[str]:
+    """Why the push endpoints cannot take an event now (empty: ready). Pollers are not asked."""
     problems = []
     if runtime.wait is not None and runtime.wait.waiting:
         problems.append(f"{runtime.settings.service_name}: {runtime.wait.waiting}")
@@ -214,12 +221,23 @@ async def _readyz(request: web.Request) -> web.Response:
         problems.append("not connected to NATS")
     if runtime.sink is None:
         problems.append("ledger not seeded yet")
-    for poller in runtime.pollers:
-        if poller.last_error:
-            problems.append(f"poller {poller.name}: {poller.last_error}")
+    return problems
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    problems = _not_ready(request.app[RUNTIME])
     if problems:
         return web.Response(text="\n".join(problems), status=503)
     return web.Response(text="ready")
+
+
+async def _status(request: web.Request) -> web.Response:
+    """Readiness and each poller's latest round, as JSON (always 200: it is for people and dashboards)."""
+    runtime = request.app[RUNTIME]
+    problems = _not_ready(runtime)
+    return web.json_response(
+        {"ready": not problems, "problems": problems, "pollers": [p.status() for p in runtime.pollers]}
+    )
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -43,6 +43,16 @@ from nodeheal.schemas.cloud import CloudSystemEvent
 log = logging.getLogger("nodeheal.cloud_events.ingest.pollers")
 
 POLLS = prometheus_client.Counter("nodeheal_ingest_polls_total", "Poller rounds", ["poller", "outcome"])
+POLLER_FAILING = prometheus_client.Gauge(
+    "nodeheal_ingest_poller_failing",
+    "1 while the poller's latest round failed (not a readiness condition: the push endpoints do not depend on it)",
+    ["poller"],
+)
+POLLER_LAST_OK = prometheus_client.Gauge(
+    "nodeheal_ingest_poller_last_success_timestamp_seconds",
+    "Unix time of the poller's latest round that succeeded (0: none yet)",
+    ["poller"],
+)
 OLDER_DOCUMENTS = prometheus_client.Counter(
     "nodeheal_ingest_azure_older_documents_total",
     "Azure Scheduled Events documents ignored: their DocumentIncarnation is below the newest the poller read",
@@ -67,6 +77,19 @@ class Poller(ABC):
         self.clock = clock
         self.rounds = 0
         self.last_error: str | None = None
+        """Why the latest round failed (None once a round succeeds): `/status`, a metric and a log line; never
+        readiness (the pod's push endpoints work while a poll is throttled or refused)."""
+        self.last_ok_at: datetime | None = None
+
+    def status(self) -> dict[str, object]:
+        """What `/status` says of the poller."""
+        return {
+            "poller": self.name,
+            "rounds": self.rounds,
+            "failing": self.last_error is not None,
+            "last_error": self.last_error,
+            "last_ok_at": self.last_ok_at.isoformat() if self.last_ok_at else None,
+        }
 
     @abstractmethod
     async def poll_once(self) -> list[CloudSystemEvent]:
@@ -74,23 +97,29 @@ class Poller(ABC):
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                await self.poll_once()
-                POLLS.labels(self.name, "ok").inc()
-                self.last_error = None
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                POLLS.labels(self.name, "error").inc()
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "poll failed; retrying next interval", extra={"poller": self.name, "error": self.last_error}
-                )
-            self.rounds += 1
+            await self.round()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
             except TimeoutError:
                 pass
+
+    async def round(self) -> None:
+        """One round as `run` makes it: poll, then count and say how it went (never raises but on cancel)."""
+        try:
+            await self.poll_once()
+            POLLS.labels(self.name, "ok").inc()
+            POLLER_FAILING.labels(self.name).set(0)
+            POLLER_LAST_OK.labels(self.name).set_to_current_time()
+            self.last_error = None
+            self.last_ok_at = _utcnow()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            POLLS.labels(self.name, "error").inc()
+            POLLER_FAILING.labels(self.name).set(1)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("poll failed; retrying next interval", extra={"poller": self.name, "error": self.last_error})
+        self.rounds += 1
 
     async def _refuse(self, exc: PayloadError, raw: bytes, where: str) -> None:
         log.warning("provider sent a payload we cannot read", extra={"poller": self.name, "error": str(exc)})
