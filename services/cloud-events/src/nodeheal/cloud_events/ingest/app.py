@@ -39,6 +39,7 @@ from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver,
 from nodeheal.cloud_events.normalize import TransitionLedger
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.startup import StartWait, patiently, start_wait
+from nodeheal.schemas.subjects import cloud_subject
 
 log = logging.getLogger("nodeheal.cloud_events.ingest")
 
@@ -149,6 +150,12 @@ async def _start(runtime: IngestRuntime, *, start_pollers: bool) -> None:
         ledger=ledger,
         publish_timeout_s=s.nats.publish_timeout_s,
     )
+    # A node-local pod (scope node: a DaemonSet's, one per node) reads only its node's subjects and keeps no
+    # unmapped events: the fleet's history, and sweeping the events published under an instance id, are the
+    # central ingest's. Before, every node's pod read all of CLOUD at start and swept and re-published every
+    # unmapped event of the fleet each minute (50,000 nodes: 50,000 copies of each remap).
+    node_scoped = s.node_scoped()
+    subjects = [cloud_subject(s.cluster, n, prefix=s.nats.prefix) for n in s.local_nodes()] if node_scoped else None
     # one read to the stream's end; a JetStream away mid-read is waited out and the read resumes
     runtime.seeded = await seed_ledger(
         js,
@@ -156,19 +163,25 @@ async def _start(runtime: IngestRuntime, *, start_pollers: bool) -> None:
         prefix=s.nats.prefix,
         ledger=ledger,
         lookback=timedelta(seconds=s.ledger_seed_lookback_s),
-        unmapped=sink.keep_unmapped,
+        unmapped=None if node_scoped else sink.keep_unmapped,
+        subjects=subjects,
     )
     runtime.sink = sink
     runtime.pollers = build_pollers(s, runtime.sink)
     if start_pollers:
         runtime.tasks = [asyncio.create_task(p.run(runtime.stop), name=f"poller-{p.name}") for p in runtime.pollers]
-    if s.unmapped_recheck_s > 0:
+    if s.unmapped_recheck_s > 0 and not node_scoped:
         runtime.tasks.append(
             asyncio.create_task(_recheck_unmapped(sink, runtime.stop, s.unmapped_recheck_s), name="unmapped-recheck")
         )
     log.info(
         "ingest started",
-        extra={"seeded_transitions": runtime.seeded, "pollers": [p.name for p in runtime.pollers], "stream": stream},
+        extra={
+            "seeded_transitions": runtime.seeded,
+            "pollers": [p.name for p in runtime.pollers],
+            "stream": stream,
+            "scope": f"node {', '.join(s.local_nodes())}" if node_scoped else "fleet",
+        },
     )
 
 

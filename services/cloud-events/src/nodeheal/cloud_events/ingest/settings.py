@@ -5,6 +5,8 @@ Nested values use `__`: `NODEHEAL_INGEST_ALIBABA__ENABLED=true`, `NODEHEAL_INGES
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -77,6 +79,12 @@ class IngestSettings(ServiceSettings):
         description="CLOUD history read at start: all it keeps, so an event announced weeks ahead is still open "
         "in the ledger (reconciled, never published again)",
     )
+    scope: Literal["auto", "fleet", "node"] = Field(
+        default="auto",
+        description="fleet: the central ingest (seeds its ledger from all of CLOUD, sweeps the events published "
+        "under an instance id); node: a node-local pod (seeds only the subjects of the node(s) its metadata "
+        "pollers speak for, no sweep); auto: node when a metadata poller (AWS, Azure, GCE) is on and Alibaba's is not",
+    )
     alibaba: AlibabaPollerSettings = Field(default_factory=AlibabaPollerSettings)
     azure: AzurePollerSettings = Field(default_factory=AzurePollerSettings)
     aws: MetadataPollerSettings = Field(default_factory=MetadataPollerSettings)
@@ -88,7 +96,24 @@ class IngestSettings(ServiceSettings):
         if unknown:
             msg = f"http_sources {unknown} unknown; choose from {', '.join(PUSH_SOURCES)}"
             raise ValueError(msg)
+        if self.scope == "node" and not self.local_nodes():
+            msg = "scope node needs a metadata poller (AWS, Azure or GCE) enabled with the NODE it speaks for"
+            raise ValueError(msg)
+        if self.scope == "node" and self.alibaba.enabled:
+            msg = "the Alibaba poller reconciles the fleet's open events: it runs in the fleet scope, not node"
+            raise ValueError(msg)
         return self
+
+    def local_nodes(self) -> list[str]:
+        """The nodes the enabled metadata pollers speak for."""
+        return sorted({p.node for p in (self.aws, self.azure, self.gce) if p.enabled and p.node})
+
+    def node_scoped(self) -> bool:
+        """A node-local pod (a DaemonSet's): its ledger holds only its node's events and it does not sweep the
+        fleet's unmapped events (`scope`)."""
+        if self.scope == "auto":
+            return bool(self.local_nodes()) and not self.alibaba.enabled
+        return self.scope == "node"
 
     def auth_problem(self) -> str | None:
         """Why the HTTP side must not start, or None."""

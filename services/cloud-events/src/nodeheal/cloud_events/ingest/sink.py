@@ -344,6 +344,7 @@ async def seed_ledger(
     ledger: TransitionLedger,
     lookback: timedelta,
     unmapped: Callable[[CloudSystemEvent], None] | None = None,
+    subjects: list[str] | None = None,
 ) -> int:
     """Rebuild the ledger from what CLOUD already holds, so a restart neither re-publishes
     transitions nor forgets which events are still open (reconciliation needs them) and what they said (a
@@ -392,7 +393,7 @@ async def seed_ledger(
     await read_range(
         js,
         stream=stream,
-        filters=[wildcard("cloud", prefix=prefix)],
+        filters=[wildcard("cloud", prefix=prefix)] if subjects is None else subjects,  # node-local: its own
         name="ingest-seed",
         on_msg=record,
         since=datetime.now(tz=UTC) - lookback,
