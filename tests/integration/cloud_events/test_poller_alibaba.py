@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +13,8 @@ from nats.js.client import JetStreamContext
 from nodeheal.cloud_events.ingest.pollers import AlibabaHistoryPoller
 from nodeheal.cloud_events.ingest.settings import AlibabaPollerSettings
 from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver, seed_ledger
-from nodeheal.cloud_events.normalize import TransitionLedger
+from nodeheal.cloud_events.normalize import NormalizeContext, TransitionLedger
+from nodeheal.cloud_events.normalize import alibaba as alibaba_norm
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import CloudSystemEvent, DeadLetter, NodeInventory
 from nodeheal.schemas.inventory import instance_key
@@ -20,6 +23,8 @@ from nodeheal.sim.clock import ManualClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
 
 pytestmark = pytest.mark.nats
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 
 
 async def make_sink(js: JetStreamContext, nats: NatsSettings, *, seed: bool = False) -> CloudEventSink:
@@ -220,3 +225,90 @@ async def test_a_briefly_throttled_page_is_asked_again_within_the_round(
     assert pages == ["1", "2", "2", "2", "3"]
     assert len(seen) == 5
     assert (await js.stream_info(f"{topology_ready.stream_prefix}CLOUD")).state.messages == 5
+
+
+def _asked_by_id(emu: EcsEmulator, since: int) -> list[tuple[str, set[str]]]:
+    """(region, event ids) of each `EventId` reconciliation call after the first `since` calls."""
+    return [
+        (c.params["RegionId"], {v for k, v in c.params.items() if k.startswith("EventId.")})
+        for c in emu.calls[since:]
+        if c.action == "DescribeInstanceHistoryEvents" and c.params.get("EventId.1")
+    ]
+
+
+async def test_a_region_is_asked_only_for_its_own_open_events(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """250 reboot notices open in cn-beijing, none in cn-hangzhou. Before, every round asked cn-hangzhou by
+    `EventId` for the 250 (3 calls a round, for nothing: about R x O/100 extra calls with R regions and O open
+    events, the calls likeliest to be throttled). Now an open event is asked for in the region whose scan listed
+    it: a round where nothing changed asks nobody by id, and events that end there are asked there only."""
+    world = EcsWorld(clock=ManualClock())
+    beijing = []
+    for n in range(250):
+        world.add_instance(f"i-bj{n:04d}", region_id="cn-beijing")
+        beijing.append(
+            world.publish_event(f"i-bj{n:04d}", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(days=3))
+        )
+    world.add_instance("i-hz0001", region_id="cn-hangzhou")
+    async with EcsEmulator(world) as emu:
+        settings = _settings(emu, region_ids=["cn-hangzhou", "cn-beijing"])
+        poller = AlibabaHistoryPoller(
+            sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
+        )
+        await poller.poll_once()
+        before = len(emu.calls)
+        await poller.poll_once()  # nothing changed anywhere
+        assert _asked_by_id(emu, before) == []
+
+        for notice in beijing[:3]:
+            world.cancel_event(notice.event_id)
+        before = len(emu.calls)
+        ended = await poller.poll_once()
+        assert _asked_by_id(emu, before) == [("cn-beijing", {n.event_id for n in beijing[:3]})]
+    assert sorted((e.provider_event_id, e.phase) for e in ended if e.is_terminal) == sorted(
+        (n.event_id, "canceled") for n in beijing[:3]
+    )
+
+
+async def test_an_open_event_of_no_polled_region_is_asked_for_less_and_less(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """A CMS push of an account (or region) the poller does not cover stays open in the ledger: no scan lists it
+    and no region knows it. Before, every region was asked for it every round, for ever. Now each region is asked
+    once; when none knows it, it is asked again after 2 rounds, then 4, … (at most `UNKNOWN_REGION_BACKOFF_ROUNDS`).
+    A restarted poller (the ledger seeded from CLOUD, no region known) asks for its open events in every region
+    once and still sees the one that ended."""
+    world = EcsWorld(clock=ManualClock())
+    world.add_instance("i-hz0001", region_id="cn-hangzhou")
+    world.add_instance("i-bj0001", region_id="cn-beijing")
+    ours = world.publish_event("i-bj0001", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(days=3))
+    sink = await make_sink(js, topology_ready)
+    payload = json.loads((DATA / "alibaba-cms-systemmaintenance-reboot-scheduled-1.json").read_text())
+    ctx = NormalizeContext(observed_at=world.now(), cluster="prod-1")
+    (foreign,) = await sink.submit(alibaba_norm.normalize_cms(payload, ctx))  # an event of another account
+    async with EcsEmulator(world) as emu:
+        settings = _settings(emu, region_ids=["cn-hangzhou", "cn-beijing"])
+        poller = AlibabaHistoryPoller(sink=sink, cluster="prod-1", settings=settings, clock=world.now)
+        asked = []
+        for _ in range(4):
+            before = len(emu.calls)
+            await poller.poll_once()
+            asked.append(_asked_by_id(emu, before))
+        other = {foreign.provider_event_id}
+        assert asked == [
+            [("cn-hangzhou", other), ("cn-beijing", other)],
+            [],
+            [("cn-hangzhou", other), ("cn-beijing", other)],
+            [],
+        ]
+
+        world.cancel_event(ours.event_id)  # ends while no poller runs
+        restarted = AlibabaHistoryPoller(
+            sink=await make_sink(js, topology_ready, seed=True), cluster="prod-1", settings=settings, clock=world.now
+        )
+        before = len(emu.calls)
+        ended = await restarted.poll_once()
+        both = {foreign.provider_event_id, ours.event_id}
+        assert _asked_by_id(emu, before) == [("cn-hangzhou", both), ("cn-beijing", both)]
+    assert [(e.provider_event_id, e.phase) for e in ended] == [(ours.event_id, "canceled")]

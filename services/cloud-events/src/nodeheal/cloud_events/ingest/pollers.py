@@ -4,7 +4,8 @@ poller carries on; a transport failure is logged, counted and retried at the nex
 
 - Alibaba: `DescribeInstanceHistoryEvents` with `InstanceEventCycleStatus` Inquiring / Scheduled /
   Executing (the default returns only finished events: reference §0.4), then a reconciliation: every
-  event the ledger knows as open that is no longer active is queried by `EventId.N` to see it close.
+  event the ledger knows as open that is no longer active is queried by `EventId.N` to see it close, in
+  the region whose scan listed it (`AlibabaHistoryPoller._reconcile`).
 - Azure / AWS / GCE metadata: run on the node and speak for it (`node`).
 """
 
@@ -59,6 +60,9 @@ OLDER_DOCUMENTS = prometheus_client.Counter(
 )
 ACTIVE_STATUSES = ["Inquiring", "Scheduled", "Executing"]
 MAX_EVENT_IDS = 100
+UNKNOWN_REGION_BACKOFF_ROUNDS = 64
+"""An open event no polled region knows (another account's CMS push) is asked again after at most this many
+rounds (64 x 60 s: about an hour)."""
 
 Clock = Callable[[], datetime]
 
@@ -135,6 +139,11 @@ class AlibabaHistoryPoller(Poller):
         super().__init__(sink=sink, cluster=cluster, interval_s=settings.interval_s, clock=clock)
         self.settings = settings
         self._clients: dict[str, Any] = {}
+        self._round = 0
+        self._region_of: dict[str, str] = {}
+        """Open event → the region whose scan last listed it active (pruned to the ledger's open events)."""
+        self._misses: dict[str, tuple[int, int]] = {}
+        """Open event of no known region → (rounds every region was asked and none knew it, round it is due)."""
 
     def _client(self, region_id: str) -> Any:
         client = self._clients.get(region_id)
@@ -229,36 +238,82 @@ class AlibabaHistoryPoller(Poller):
         return events
 
     async def poll_once(self) -> list[CloudSystemEvent]:
+        """Scan every region's active events, then reconcile: each open event of the ledger no longer active is
+        asked for by `EventId` in its own region only (`_reconcile`)."""
+        self._round += 1
         seen: list[CloudSystemEvent] = []
         failed: list[str] = []
+        active: dict[str, set[str]] = {}  # region → the ids of its complete scan
         for region_id in self.settings.region_ids:
             try:
-                seen.extend(await self._poll_region(region_id))
+                events = await self._submit_pages(region_id, instance_event_cycle_status=ACTIVE_STATUSES)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one region's failure (a RAM policy, throttling) does not stop the others
                 log.warning("poll of a region failed", extra={"region": region_id, "error": repr(exc)})
                 failed.append(f"{region_id}: {type(exc).__name__}: {exc}")
+                continue
+            seen.extend(events)
+            active[region_id] = {e.provider_event_id for e in events}
+            for event in events:
+                self._region_of[event.provider_event_id] = region_id
+                self._misses.pop(event.provider_event_id, None)
+        seen.extend(await self._reconcile(active, failed))
         if failed:
             msg = f"{len(failed)} of {len(self.settings.region_ids)} region(s) failed: " + "; ".join(failed)
             raise RuntimeError(msg)  # counted and said as a failed poll; the other regions were polled
         return seen
 
-    async def _poll_region(self, region_id: str) -> list[CloudSystemEvent]:
+    async def _reconcile(self, active: dict[str, set[str]], failed: list[str]) -> list[CloudSystemEvent]:
+        """Ask for the open events no scan listed as active, by `EventId` with the default status filter (the
+        finished states, reference §6.4), each in its own region: the one whose scan last listed it. Only after
+        that region's scan was complete (an event missing from an incomplete scan is not taken for closed).
+
+        An event whose region the poller does not know (a CMS push it never saw listed, the ledger seeded after a
+        restart) is asked in every region scanned; once none knows it (another account's, a region not polled),
+        it is asked again only after 2, 4, … up to `UNKNOWN_REGION_BACKOFF_ROUNDS` rounds. Before, every region
+        was asked every round for every other region's open events, and for ever for those of accounts the
+        poller does not cover: about R x O/100 extra calls a round, the likeliest to be throttled."""
+        listed = set().union(*active.values()) if active else set()
+        open_ids = [e for e in self.sink.ledger.open_events("alibaba") if e.startswith("e-")]
+        still_open = set(open_ids)
+        for memo in (self._region_of, self._misses):
+            for gone in [e for e in memo if e not in still_open]:
+                del memo[gone]
+        by_region: dict[str, list[str]] = {region: [] for region in active}
+        unknown: list[str] = []
+        for eid in open_ids:
+            if eid in listed:
+                continue
+            region = self._region_of.get(eid)
+            if region is None:
+                due = self._misses.get(eid, (0, 0))[1]
+                if self._round >= due:
+                    unknown.append(eid)
+            elif region in by_region:
+                by_region[region].append(eid)
+            # else its region failed this round's scan (or is no longer polled): not asked
         seen: list[CloudSystemEvent] = []
-        active = await self._submit_pages(region_id, instance_event_cycle_status=ACTIVE_STATUSES)
-        seen.extend(active)
-        # reached only when every page of the active events was read: an event missing from an incomplete
-        # scan is not taken for closed
-        active_ids = {e.provider_event_id for e in active}
-        open_ids = [
-            eid for eid in self.sink.ledger.open_events("alibaba") if eid.startswith("e-") and eid not in active_ids
-        ]
-        for start in range(0, len(open_ids), MAX_EVENT_IDS):
-            chunk = open_ids[start : start + MAX_EVENT_IDS]
-            # By EventId with the default status filter: the finished states (reference §6.4).
-            closed = await self._submit_pages(region_id, event_id=chunk)
-            seen.extend(closed)
+        answered: set[str] = set()
+        complete = not failed
+        for region_id in active:
+            ids = by_region[region_id] + unknown
+            try:
+                for start in range(0, len(ids), MAX_EVENT_IDS):
+                    closed = await self._submit_pages(region_id, event_id=ids[start : start + MAX_EVENT_IDS])
+                    seen.extend(closed)
+                    answered.update(e.provider_event_id for e in closed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reconciliation of a region failed", extra={"region": region_id, "error": repr(exc)})
+                failed.append(f"{region_id}: {type(exc).__name__}: {exc}")
+                complete = False
+        if complete:  # every region scanned and asked: an unknown event none answered is none of theirs
+            for eid in unknown:
+                if eid not in answered:
+                    misses = self._misses.get(eid, (0, 0))[0] + 1
+                    self._misses[eid] = (misses, self._round + min(2**misses, UNKNOWN_REGION_BACKOFF_ROUNDS))
         return seen
 
 
