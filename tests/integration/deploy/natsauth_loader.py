@@ -18,6 +18,9 @@ from nodeheal.sim.embedded import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parents[3]
 
+_BUNDLES: dict[Path, object] = {}
+"""The auth bundle of each running `per_role_server`, by its directory (`mint_agent` signs with it)."""
+
 
 def load_natsauth() -> ModuleType:
     name = "nodeheal_deploy_natsauth"
@@ -50,11 +53,21 @@ async def per_role_server(
             )
         admin = NatsSettings(url=server.url)
         nc = await nats.connect(server.url, user_credentials=str(tmp_path / "admin.creds"))
+        _BUNDLES[tmp_path] = bundle
         try:
             await apply_topology(nc.jetstream(), admin.topology())
             yield server, nc, admin
         finally:
+            _BUNDLES.pop(tmp_path, None)
             await nc.close()
+
+
+def mint_agent(tmp_path: Path, cluster: str, node: str) -> None:
+    """Write `agent-<cluster>-<node>.creds` for one more node while `per_role_server(tmp_path)` runs, minted as
+    `natsauth.py mint-agent` mints it (read by `agent_nats`)."""
+    bundle = _BUNDLES[tmp_path]
+    creds = bundle.user_creds("agent", cluster=cluster, node=node)  # type: ignore[attr-defined]
+    (tmp_path / f"agent-{cluster}-{node}.creds").write_text(creds)
 
 
 def role_nats(tmp_path: Path, url: str, role: str) -> NatsSettings:

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig
 
+from nodeheal.agent.app import NodeAgent
 from nodeheal.agent.settings import AgentSettings, CleanSettings
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import CloudSettings, KubeSettings, PolicySettings, RemediatorSettings
@@ -33,7 +34,8 @@ from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodePro
 from nodeheal.schemas.subjects import cloud_subject, cmd_subject, diagnosis_subject, probe_subject, wildcard
 from nodeheal.sim.kube import KubeWorld
 from nodeheal.sim.referee import WorldLog, budget_exceedances
-from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
+from tests.integration.deploy.natsauth_loader import agent_nats, mint_agent, role_nats, violations
+from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node, statvfs_with
 
 CLUSTER = "c1"
 
@@ -397,3 +399,80 @@ def real_agent_with_a_dead_kubelet(nats: NatsSettings, name: str, tmp_path: Path
         clean=CleanSettings(allowed_dirs=["/var/log/pods"], image_prune_command=[]),
     )
     return fake, settings
+
+
+@dataclass
+class Deployed:
+    """A nats-server with deploy/nats/natsauth.py's per-role authorization (`per_role_server`, the `deployed`
+    fixture): the test drives and reads as `admin` (`nc`, `admin`: people's CLI, and the stand-in for the
+    services not under test), the remediator runs with `remediator`'s settings, a node's agent with `agent(node)`'s."""
+
+    directory: Path
+    url: str
+    nc: Client
+    admin: NatsSettings
+
+    @property
+    def remediator(self) -> NatsSettings:
+        """The settings the remediator is deployed with: its role's credential and inbox prefix."""
+        return role_nats(self.directory, self.url, "remediator")
+
+    def remediator_env(self) -> dict[str, str]:
+        """The same as `NODEHEAL_REMEDIATOR_` settings for `remediator_env`."""
+        role = self.remediator
+        return {"NATS__CREDS_FILE": str(role.creds_file), "NATS__INBOX_PREFIX": role.inbox_prefix}
+
+    def agent(self, node: str) -> NatsSettings:
+        """A node agent's settings as deployed: the node's own credential, minted now, and the agent inbox prefix."""
+        mint_agent(self.directory, CLUSTER, node)
+        return agent_nats(self.directory, self.url, CLUSTER, node)
+
+    def violations(self) -> list[str]:
+        """The permission violations the server logged."""
+        return violations(self.directory)
+
+
+@dataclass
+class CommandTap:
+    """The node commands on the wire to one node, seen by an `admin` subscription beside the real agent (which
+    answers them): what was asked, not what ran (the fake node's systemctl counts that)."""
+
+    commands: list[NodeCommand] = field(default_factory=list)
+
+    async def watch(self, nc: Client, node: str) -> CommandTap:
+        async def seen(msg: Msg) -> None:
+            self.commands.append(NodeCommand.model_validate_json(msg.data))
+
+        await nc.subscribe(cmd_subject(CLUSTER, node), cb=seen)
+        await nc.flush()
+        return self
+
+
+@contextlib.asynccontextmanager
+async def serving_node(
+    deployed: Deployed,
+    node: str,
+    tmp_path: Path,
+    *,
+    probes: bool = True,
+    fail: bool = False,
+    slow_s: float | None = None,
+) -> AsyncIterator[tuple[FakeNode, NodeAgent]]:
+    """The node served by the real agent code under its own minted credential, on a fake node whose kubelet is
+    dead (`real_agent_with_a_dead_kubelet`, in `tmp_path/node-<node>`): it answers the node's commands and, with
+    `probes`, sends its probes every 0.2 s (they verify a restart). `fail`: the kubelet's restart fails at the
+    node's systemctl; `slow_s`: a restart takes that long there."""
+    fake, settings = real_agent_with_a_dead_kubelet(deployed.agent(node), node, tmp_path / f"node-{node}")
+    if fail:
+        (fake.state / "kubelet.service.fail").write_text("")
+    if slow_s is not None:
+        (fake.state / "kubelet.service.slow").write_text(f"{slow_s:g}")
+    agent = NodeAgent(settings, statvfs=statvfs_with({"root": (50, 10)}))  # type: ignore[arg-type]
+    await agent.start()
+    task = asyncio.create_task(agent.run_probes()) if probes else None
+    try:
+        yield fake, agent
+    finally:
+        await agent.stop()
+        if task is not None:
+            await task

@@ -1,7 +1,8 @@
 """A temporary directory that looks like a node to the agent: /proc files, /etc/os-release, a mount
 table, a kmsg file in /dev/kmsg's format, and a `systemctl` executable (a real script run as a
 subprocess) whose units' states live in files the test can change and whose restarts are logged (a unit
-with a `<unit>.slow` file takes that many seconds to restart)."""
+with a `<unit>.slow` file takes that many seconds to restart, one with a `<unit>.fail` file fails it, after
+the slow part; every restart asked, failed or not, is logged as its begin and end in `restart.calls`)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ SYSTEMCTL = textwrap.dedent(
         ;;
       restart)
         unit="$1"
-        if [ -f "$STATE/$unit.fail" ]; then echo "Job for $unit failed" >&2; exit 1; fi
+        echo "begin $unit" >> "$STATE/restart.calls"
         if [ -f "$STATE/$unit.slow" ]; then sleep "$(cat "$STATE/$unit.slow")"; fi
+        if [ -f "$STATE/$unit.fail" ]; then echo "end $unit" >> "$STATE/restart.calls"; echo "Job for $unit failed" >&2; exit 1; fi
         echo "$unit" >> "$STATE/restart.log"
+        echo "end $unit" >> "$STATE/restart.calls"
         n=0; [ -f "$STATE/$unit.restarts" ] && n=$(cat "$STATE/$unit.restarts")
         echo $((n + 1)) > "$STATE/$unit.restarts"
         echo active > "$STATE/$unit.state"
@@ -69,6 +72,19 @@ class FakeNode:
     def restarts_logged(self) -> list[str]:
         log = self.state / "restart.log"
         return log.read_text().split() if log.exists() else []
+
+    def restart_calls(self) -> list[str]:
+        """Every restart asked of this systemctl, failed ones too, as `begin <unit>` / `end <unit>` lines in order."""
+        log = self.state / "restart.calls"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def most_restarts_at_once(self) -> int:
+        """How many restarts this systemctl ever ran at the same time (from the order of their begins and ends)."""
+        running = most = 0
+        for line in self.restart_calls():
+            running += 1 if line.startswith("begin ") else -1
+            most = max(most, running)
+        return most
 
     def kmsg(self, *messages: str) -> None:
         """Append records in /dev/kmsg's format, with a continuation line like the kernel writes."""
