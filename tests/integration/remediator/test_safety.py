@@ -105,6 +105,7 @@ async def test_cluster_budget_holds_under_a_burst(deployed: Deployed, world: Kub
     assert max_cordoned == 2
     blocked = [r for r in records if r.phase == "blocked"]
     assert all(any(c.name == "budget.cluster" and not c.passed for c in r.checks) for r in blocked)
+    assert deployed.violations() == []
 
 
 async def test_storm_guard_stops_disruption_in_a_sick_zone(deployed: Deployed, world: KubeWorld) -> None:
@@ -135,6 +136,7 @@ async def test_storm_guard_stops_disruption_in_a_sick_zone(deployed: Deployed, w
     # Fewer than the storm threshold can have started before the storm was visible, never all of them.
     assert len({r.node for r in records if r.phase == "started"}) < 3
     assert len(world.cordoned_nodes()) < 3
+    assert deployed.violations() == []
 
 
 async def test_a_storm_writes_its_key_once_not_at_every_step(deployed: Deployed, world: KubeWorld) -> None:
@@ -186,6 +188,7 @@ async def test_a_storm_writes_its_key_once_not_at_every_step(deployed: Deployed,
     # z2, the pool, the cluster: calm; z1's key written twice: created (escalated, not recorded yet), then marked
     # recorded once its AUDIT record was stored
     assert writes == {f"$KV.{bucket}.{storm_key('zone', 'z1')}": 2}, writes
+    assert deployed.violations() == []
 
 
 async def test_two_replicas_never_act_on_one_node_at_once(deployed: Deployed, world: KubeWorld, tmp_path: Path) -> None:
@@ -333,4 +336,5 @@ async def test_a_storm_elsewhere_does_not_end_the_ladder_that_noticed_it(
     assert all("ladder is exhausted" in r.reason for r in own), [r.reason for r in own]
     assert world.is_cordoned("c0")
     assert fake.restarts_logged() == ["kubelet.service"]  # c1's restart, at the node
+    assert deployed.violations() == []
     assert deployed.violations() == []
