@@ -457,12 +457,15 @@ async def serving_node(
     probes: bool = True,
     fail: bool = False,
     slow_s: float | None = None,
+    healthy: bool = False,
 ) -> AsyncIterator[tuple[FakeNode, NodeAgent]]:
     """The node served by the real agent code under its own minted credential, on a fake node whose kubelet is
     dead (`real_agent_with_a_dead_kubelet`, in `tmp_path/node-<node>`): it answers the node's commands and, with
     `probes`, sends its probes every 0.2 s (they verify a restart). `fail`: the kubelet's restart fails at the
-    node's systemctl; `slow_s`: a restart takes that long there."""
+    node's systemctl; `slow_s`: a restart takes that long there; `healthy`: the kubelet runs (already repaired)."""
     fake, settings = real_agent_with_a_dead_kubelet(deployed.agent(node), node, tmp_path / f"node-{node}")
+    if healthy:
+        fake.set_unit("kubelet.service", "active")
     if fail:
         (fake.state / "kubelet.service.fail").write_text("")
     if slow_s is not None:
