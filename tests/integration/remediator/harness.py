@@ -22,6 +22,7 @@ from nodeheal.agent.app import NodeAgent
 from nodeheal.agent.settings import AgentSettings, CleanSettings
 from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.settings import CloudSettings, KubeSettings, PolicySettings, RemediatorSettings
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
@@ -34,7 +35,7 @@ from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodePro
 from nodeheal.schemas.subjects import cloud_subject, cmd_subject, diagnosis_subject, probe_subject, wildcard
 from nodeheal.sim.kube import KubeWorld
 from nodeheal.sim.referee import WorldLog, budget_exceedances
-from tests.integration.deploy.natsauth_loader import agent_nats, mint_agent, role_nats, violations
+from tests.integration.deploy.natsauth_loader import agent_nats, load_natsauth, mint_agent, role_nats, violations
 from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node, statvfs_with
 
 CLUSTER = "c1"
@@ -426,6 +427,18 @@ class Deployed:
         """A node agent's settings as deployed: the node's own credential, minted now, and the agent inbox prefix."""
         mint_agent(self.directory, CLUSTER, node)
         return agent_nats(self.directory, self.url, CLUSTER, node)
+
+    @contextlib.asynccontextmanager
+    async def agent_connection(self, node: str) -> AsyncIterator[Client]:
+        """A connection as the node's agent makes it (its own credential, its node's inbox): for probes the test
+        shapes itself (heartbeats only, then one full probe), sent where only that node may send them."""
+        settings = self.agent(node)
+        inbox = load_natsauth().agent_inbox_prefix(CLUSTER, node)
+        client = await connect(settings.model_copy(update={"inbox_prefix": inbox}), name=f"agent-{node}")
+        try:
+            yield client
+        finally:
+            await client.close()
 
     def violations(self) -> list[str]:
         """The permission violations the server logged."""
