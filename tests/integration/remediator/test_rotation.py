@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -23,12 +24,14 @@ from nodeheal.sim.clock import ManualClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
-    Agent,
+    CommandTap,
+    Deployed,
     add_inventory,
     audit_records,
     make_settings,
     mce_crash,
     publish_diagnosis,
+    serving_node,
     start_service,
     wait_for,
     wait_for_record,
@@ -142,27 +145,37 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
 
 
 async def test_a_node_that_spent_its_repair_budget_is_retired(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, world: KubeWorld, ecs: EcsEmulator, tmp_path: Path
 ) -> None:
-    agent = Agent()
-    await agent.serve(nc, topology_ready, "r3")
-    await add_inventory(nc, topology_ready, "r3", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r3")
+    """As deployed: the remediator under its role's credential and inbox on the per-role server, the node served
+    by the real agent code under its own minted credential (nothing is asked of it: counted at the tap and its
+    systemctl); no permission violation logged."""
+    nc, admin = deployed.nc, deployed.admin
+    tap = await CommandTap().watch(nc, "r3")
+    await add_inventory(nc, admin, "r3", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r3")
     settings = make_settings(
-        topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, node_repair_budget=0, approval_timeout_s=1.0
+        deployed.remediator,
+        kube_url=world.url,
+        ecs_endpoint=ecs.endpoint,
+        node_repair_budget=0,
+        approval_timeout_s=1.0,
     )
-    service = await start_service(settings)
-    try:
-        await publish_diagnosis(nc, topology_ready, mce_crash("r3", ["reboot"]))
-        await wait_for_record(nc, topology_ready, action="escalate", phase="succeeded")
-    finally:
-        await service.stop()
-    trail = [(r.action, r.phase) for r in await audit_records(nc, topology_ready)]
+    async with serving_node(deployed, "r3", tmp_path) as (fake, _agent):
+        service = await start_service(settings)
+        try:
+            await publish_diagnosis(nc, admin, mce_crash("r3", ["reboot"]))
+            await wait_for_record(nc, admin, action="escalate", phase="succeeded")
+        finally:
+            await service.stop()
+    assert tap.commands == [] and fake.restart_calls() == []
+    trail = [(r.action, r.phase) for r in await audit_records(nc, admin)]
     assert trail[0] == ("reboot", "blocked")
     assert ("retire", "succeeded") in trail
     assert ("replace", "awaiting_approval") in trail and ("replace", "started") not in trail
     node = await _read_node(world.url, "r3")
     assert "nodeheal.io/retired" in node.metadata.labels
     assert ecs.world.calls == []  # no reboot beyond the budget, no replacement without approval
+    assert deployed.violations() == []
 
 
 async def test_a_retired_machine_that_answers_again_is_still_replaced_and_never_uncordoned(
