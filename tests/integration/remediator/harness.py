@@ -1,5 +1,6 @@
-"""A remediator under test: real nats-server (the conftest's), KubeWorld over HTTP, the real ECS SDK
-against the local emulator, and a node agent answered by a real NATS responder."""
+"""A remediator under test: real nats-server (the conftest's, or one with the deployed per-role authorization:
+`Deployed`), KubeWorld over HTTP, the real ECS SDK against the local emulator, and a node served by the real agent
+code (`serving_node`, `real_agent_with_a_dead_kubelet`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
-from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
+from nodeheal.schemas.commands import NodeCommand
 from nodeheal.schemas.diagnosis import ActionName, Diagnosis, RecommendedAction
 from nodeheal.schemas.ids import deterministic_id, new_id
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
@@ -268,37 +269,6 @@ async def wait_for_record(nc: Client, nats: NatsSettings, *, timeout: float = 20
 
     await wait_for(check, timeout=timeout, what=f"audit record {match}")
     return found[0]
-
-
-@dataclass
-class Agent:
-    """A node agent stand-in: a real NATS responder on the node's command subject."""
-
-    ok: bool = True
-    delay_s: float = 0.0
-    commands: list[NodeCommand] = field(default_factory=list)
-    active: int = 0
-    max_active: int = 0
-    on_command: Callable[[NodeCommand], Awaitable[None]] | None = None
-
-    async def serve(self, nc: Client, nats: NatsSettings, node: str) -> None:
-        async def handler(msg: Msg) -> None:
-            cmd = NodeCommand.model_validate_json(msg.data)
-            self.commands.append(cmd)
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-            try:
-                if self.on_command is not None:
-                    await self.on_command(cmd)
-                await asyncio.sleep(self.delay_s)
-            finally:
-                self.active -= 1
-            result = NodeCommandResult(
-                action_id=cmd.action_id, node=node, ok=self.ok, detail="done" if self.ok else "unit failed again"
-            )
-            await msg.respond(result.to_json())
-
-        await nc.subscribe(cmd_subject(CLUSTER, node, prefix=nats.prefix), cb=handler)
 
 
 def remediator_env(nats: NatsSettings, **settings: str) -> dict[str, str]:
