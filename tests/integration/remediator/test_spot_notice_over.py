@@ -2,7 +2,8 @@
 interruption behaviour is *stop* or *hibernate* (AWS `InstanceInterruptionBehavior=stop`, Alibaba
 `SpotInterruptionBehavior=Stop`) comes back as the same instance and the same node: the notice must not keep it
 drained for ever. It ends when the instance is reported running again after the notice, or `SPOT_NOTICE_OVER`
-after its time. On a real nats-server through the real remediator service; CLOUD gets what the AWS EventBridge
+after its time. On a real nats-server with the deployed per-role authorization
+(the remediator under its role's credential) through the real remediator service; CLOUD gets what the AWS EventBridge
 normalizer makes of real-shaped bodies; the node's side effects are counted at the Kubernetes emulator."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     CLUSTER,
+    Deployed,
     Probes,
     add_inventory,
     audit_records,
@@ -119,19 +121,18 @@ def test_a_notice_nothing_ended_is_over_its_time_later() -> None:
     assert [e.phase for e in view.cloud_events(node)] == ["completed"]
 
 
-async def test_a_spot_node_drained_for_its_notice_is_uncordoned_when_it_runs_again(
-    topology_ready: NatsSettings, nc: Client
-) -> None:
+async def test_a_spot_node_drained_for_its_notice_is_uncordoned_when_it_runs_again(deployed: Deployed) -> None:
     """The notice comes (stop in two minutes): the node is cordoned and drained. The instance is stopped and
     started again (EventBridge state changes), its agent reports a new boot: the node is verified and
     uncordoned, its budget slot given back. Before, the notice stayed open for ever and the node out."""
+    nc, topology_ready = deployed.nc, deployed.admin
     node = "n-spot"
     boots = {"n": 1}
     async with KubeWorld() as world:
         world.add_node(node, zone="z1")
         world.add_pod("web-1", node=node)
         await add_inventory(nc, topology_ready, node, zone="z1", cloud="aws", instance_id=INSTANCE)
-        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=600).model_copy(
+        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=600).model_copy(
             update={"maintenance_interval_s": 0.2}
         )
         async with Probes(nc, topology_ready, node, boot_id=lambda: f"boot-{boots['n']}"):
@@ -152,13 +153,15 @@ async def test_a_spot_node_drained_for_its_notice_is_uncordoned_when_it_runs_aga
         assert [r for r in records if r.action == "escalate"] == []
         assert [e for _, n, e in world.effects if n == node] == ["cordon", "evict:default/web-1", "uncordon"]
         assert not world.is_cordoned(node)
+    assert deployed.violations() == []
 
 
-async def test_a_returned_spot_node_is_not_drained_for_an_old_notice(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_returned_spot_node_is_not_drained_for_an_old_notice(deployed: Deployed) -> None:
     """A remediator that starts after the spot node came back (the notice two hours old, never ended by any
     report) leaves the healthy node alone: nothing cordoned, nothing evicted (before: cordoned and drained,
     and never uncordoned). A second node's fresh notice, published after the old one, is the mark that the
     maintenance loop has looked at both: once that node is drained, the old notice was seen."""
+    nc, topology_ready = deployed.nc, deployed.admin
     node, marker = "n-spot-old", "n-spot-mark"
     async with KubeWorld() as world:
         for name, zone, instance in ((node, "z1", INSTANCE), (marker, "z2", "i-0c0ffee0000000001")):
@@ -167,7 +170,7 @@ async def test_a_returned_spot_node_is_not_drained_for_an_old_notice(topology_re
             await add_inventory(nc, topology_ready, name, zone=zone, cloud="aws", instance_id=instance)
         await publish(nc, topology_ready, node, spot_warning(datetime.now(tz=UTC) - timedelta(hours=2)))
         await publish(nc, topology_ready, marker, spot_warning(datetime.now(tz=UTC), "i-0c0ffee0000000001", 9))
-        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=600).model_copy(
+        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=600).model_copy(
             update={"maintenance_interval_s": 0.2}
         )
         async with Probes(nc, topology_ready, node, boot_id="boot-2"), Probes(nc, topology_ready, marker):
@@ -178,3 +181,4 @@ async def test_a_returned_spot_node_is_not_drained_for_an_old_notice(topology_re
                 await service.stop()
         assert [e for _, n, e in world.effects if n == node] == []
         assert not world.is_cordoned(node)
+    assert deployed.violations() == []
