@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import prometheus_client
 import pytest
 
+from nodeheal.cloud_events.ingest.sink import check_ledger_bound
 from nodeheal.cloud_events.normalize import (
     AzureDocumentTracker,
     GceMaintenanceTracker,
@@ -289,12 +291,41 @@ def test_ledger_keeps_what_an_open_event_last_said_until_it_closes() -> None:
     assert ledger.open_reports("azure") == []
 
 
-def test_ledger_is_bounded() -> None:
+def test_ledger_is_bounded_by_forgetting_closed_events_first() -> None:
     ledger = TransitionLedger(max_entities=100)
+    ledger.record(cloud="aws", provider_event_id="open-old", phase="scheduled")  # the oldest entry, still open
     for n in range(250):
         ledger.record(cloud="aws", provider_event_id=f"x{n}", phase="scheduled")
+        ledger.record(cloud="aws", provider_event_id=f"x{n}", phase="completed")
     assert len(ledger) == 100
-    assert ledger.verdict(cloud="aws", provider_event_id="x249", phase="scheduled") == "duplicate"
+    assert ledger.open_events("aws") == ["open-old"]
+    assert ledger.verdict(cloud="aws", provider_event_id="x249", phase="completed") == "duplicate"
+    assert ledger.verdict(cloud="aws", provider_event_id="x0", phase="completed") == "new"  # forgotten: it was closed
+
+
+def test_a_closed_event_reported_again_is_forgotten_last() -> None:
+    ledger = TransitionLedger(max_entities=100)
+    for n in range(100):
+        ledger.record(cloud="aws", provider_event_id=f"x{n}", phase="completed")
+    ledger.touch(cloud="aws", provider_event_id="x0")  # a duplicate report of the oldest
+    ledger.record(cloud="aws", provider_event_id="x100", phase="completed")
+    assert ledger.verdict(cloud="aws", provider_event_id="x0", phase="completed") == "duplicate"
+    assert ledger.verdict(cloud="aws", provider_event_id="x1", phase="completed") == "new"
+
+
+def test_open_events_alone_over_the_bound_are_all_kept_and_said() -> None:
+    ledger = TransitionLedger(max_entities=100)
+    assert check_ledger_bound(ledger, was_over=False) is False
+    for n in range(101):
+        ledger.record(cloud="aws", provider_event_id=f"x{n}", phase="scheduled")
+    assert len(ledger) == 101
+    assert ledger.over_bound
+    assert check_ledger_bound(ledger, was_over=False) is True
+    assert prometheus_client.REGISTRY.get_sample_value("nodeheal_ingest_ledger_over_bound") == 1
+    assert prometheus_client.REGISTRY.get_sample_value("nodeheal_ingest_ledger_open_events") == 101
+    ledger.record(cloud="aws", provider_event_id="x0", phase="completed")
+    assert check_ledger_bound(ledger, was_over=True) is False
+    assert prometheus_client.REGISTRY.get_sample_value("nodeheal_ingest_ledger_over_bound") == 0
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,32 @@ UNMAPPED_WAITING = prometheus_client.Gauge(
     "nodeheal_ingest_unmapped_waiting",
     "Events published under an instance id the inventory did not know, not yet sent to a node",
 )
+LEDGER_OPEN = prometheus_client.Gauge(
+    "nodeheal_ingest_ledger_open_events", "Cloud events the ingest's ledger holds open (not yet in a terminal phase)"
+)
+LEDGER_OVER_BOUND = prometheus_client.Gauge(
+    "nodeheal_ingest_ledger_over_bound",
+    "1 while the open events alone exceed ledger_max_entities: the ledger keeps them all, above its bound",
+)
 Outcome = Literal["published", "remapped", "duplicate", "stale"]
+
+
+def check_ledger_bound(ledger: TransitionLedger, *, was_over: bool) -> bool:
+    """Set the ledger's gauges; log an error when the open events alone come to exceed its bound (`was_over`:
+    what the last check said, so it is said once per crossing, not per event). Returns whether it is over now.
+    The ledger never forgets an open event (that would lose its end and leave its node drained): it grows
+    past `ledger_max_entities` instead, and this is how an operator learns of it."""
+    LEDGER_OPEN.set(ledger.open_count)
+    over = ledger.over_bound
+    LEDGER_OVER_BOUND.set(1 if over else 0)
+    if over and not was_over:
+        log.error(
+            "the ingest's ledger holds more open cloud events than ledger_max_entities; it keeps them all (memory "
+            "grows past the bound). Raise NODEHEAL_INGEST_LEDGER_MAX_ENTITIES, or find why events are not closed",
+            extra={"open_events": ledger.open_count, "max_entities": ledger.max_entities},
+        )
+    return over
+
 
 MAX_PENDING_UNMAPPED = 50_000
 """Events published unmapped kept for `remap_pending` (the oldest are forgotten first; a later report of one
@@ -174,6 +199,7 @@ class CloudEventSink:
         self.ledger = ledger
         self.publish_timeout_s = publish_timeout_s
         self._locks = _EventLocks()
+        self._over_bound = check_ledger_bound(ledger, was_over=False)
         self.pending_unmapped: OrderedDict[tuple[str, str, str], CloudSystemEvent] = OrderedDict()
         """(cloud, provider event, phase) → the event as published under its instance id, until it reached a
         node, was superseded or the ledger forgot it."""
@@ -238,9 +264,13 @@ class CloudEventSink:
             else None
         )
         outcome: Outcome
+        if verdict in ("duplicate", "stale"):
+            # seen again (every poll of a still open event): the last its ledger would forget
+            self.ledger.touch(cloud=event.cloud, provider_event_id=event.provider_event_id)
         if verdict in ("new", "rescheduled"):
             await self._publish(mapped_event, subject, msg_id=event.id)
             self.ledger.admit(mapped_event)
+            self._over_bound = check_ledger_bound(self.ledger, was_over=self._over_bound)
             if mapped_event.node_mapped is False:
                 self.keep_unmapped(mapped_event)
             outcome = "published"
@@ -405,4 +435,5 @@ async def seed_ledger(
                 unmapped(CloudSystemEvent.model_validate_json(data))
             except ValueError:
                 continue
+    check_ledger_bound(ledger, was_over=False)
     return count

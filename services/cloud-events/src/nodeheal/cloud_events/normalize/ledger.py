@@ -7,7 +7,16 @@ Azure `DocumentIncarnation`). A reschedule is published (`rescheduled`, under `r
 remediator drains by the new time; a channel that still reports an old time is a duplicate.
 Entity key `(cloud, provider_event_id)`: once an entity has reached a terminal phase, a later
 non-terminal report (a slower channel: CMS push racing the API poll) is stale and never overwrites
-it. Bounded: the least recently touched entities are forgotten first.
+it.
+
+Bounded (`max_entities`): when full, the **closed** entity touched least recently (recorded, or reported again:
+`touch`) is forgotten first; an **open** one never is. Forgetting an open event loses its end: it drops out of
+`open_events`, so the reconciliation never asks for it, a restarted poller does not take it over, and the
+remediator keeps its node drained (before, the least recently *recorded* entity went first, which after a
+restart's seed is the oldest, i.e. exactly the long-open notices). When the open events alone fill the bound the
+ledger holds more than `max_entities` (`over_bound`): the ingest says so (an error log and
+`nodeheal_ingest_ledger_over_bound`) rather than dropping one. Every step is O(1): the open and the closed
+entities are kept in two recency orders.
 
 Open report per entity: what the latest non-terminal report of a still open event said (`REPORT_FIELDS`, as CLOUD
 holds them), dropped once it closes. A node-local poller that keeps its events in memory (Azure's document tracker,
@@ -130,7 +139,43 @@ class _Entity:
 @dataclass(slots=True)
 class TransitionLedger:
     max_entities: int = 200_000
-    _entities: OrderedDict[tuple[str, str], _Entity] = field(default_factory=OrderedDict)
+    """The bound on closed entities: a full ledger forgets the least recently touched closed one. Open ones are
+    never forgotten (`over_bound`)."""
+    _open: OrderedDict[tuple[str, str], _Entity] = field(default_factory=OrderedDict)
+    """Entities without a terminal phase, least recently touched first."""
+    _closed: OrderedDict[tuple[str, str], _Entity] = field(default_factory=OrderedDict)
+    """Entities with a terminal phase, least recently touched first (the ones forgotten when full)."""
+
+    def _get(self, key: tuple[str, str]) -> _Entity | None:
+        entity = self._open.get(key)
+        return entity if entity is not None else self._closed.get(key)
+
+    def touch(self, *, cloud: str, provider_event_id: str) -> None:
+        """An event reported again (a duplicate): it is the most recently touched of its kind, so a full ledger
+        forgets it last."""
+        key = (cloud, provider_event_id)
+        if key in self._open:
+            self._open.move_to_end(key)
+        elif key in self._closed:
+            self._closed.move_to_end(key)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    @property
+    def over_bound(self) -> bool:
+        """The open events alone are more than `max_entities`: the ledger holds them all, above its bound."""
+        return len(self._open) > self.max_entities
+
+    def _evict(self, keep: tuple[str, str]) -> None:
+        """Forget the least recently touched closed entities while over the bound (never `keep`, the one just
+        recorded, nor an open one)."""
+        while len(self._open) + len(self._closed) > self.max_entities and self._closed:
+            oldest = next(iter(self._closed))
+            if oldest == keep:
+                break
+            del self._closed[oldest]
 
     def verdict(
         self,
@@ -142,7 +187,7 @@ class TransitionLedger:
         channel: str | None = None,
     ) -> Verdict:
         """What `record` would say, without recording."""
-        entity = self._entities.get((cloud, provider_event_id))
+        entity = self._get((cloud, provider_event_id))
         if entity is None:
             return "new"
         if entity.terminal is not None and phase not in TERMINAL_PHASES:
@@ -169,18 +214,18 @@ class TransitionLedger:
             cloud=cloud, provider_event_id=provider_event_id, phase=phase, not_before=not_before, channel=channel
         )
         key = (cloud, provider_event_id)
-        entity = self._entities.get(key)
+        entity = self._get(key)
         if entity is None:
-            entity = self._entities[key] = _Entity()
-            while len(self._entities) > self.max_entities:
-                self._entities.popitem(last=False)
+            entity = self._open[key] = _Entity()
         else:
-            self._entities.move_to_end(key)
+            self.touch(cloud=cloud, provider_event_id=provider_event_id)
         if verdict in ("new", "rescheduled"):
             entity.phases.add(phase)
             if phase in TERMINAL_PHASES and entity.terminal is None:
                 entity.terminal = phase
                 entity.report = None
+                del self._open[key]
+                self._closed[key] = entity
             start = as_instant(not_before)
             if phase not in TERMINAL_PHASES and start is not None:
                 starts = entity.starts.setdefault(phase, [])
@@ -188,6 +233,7 @@ class TransitionLedger:
                 del starts[:-MAX_STARTS]
                 if channel is not None:
                     entity.latest[(phase, channel)] = start
+        self._evict(keep=key)
         return verdict
 
     def admit(self, event: CloudSystemEvent) -> Verdict:
@@ -223,7 +269,7 @@ class TransitionLedger:
         """Where a message of a recorded transition went: `node`, or None (under the instance id). `fresh`: the
         message was the transition's latest (new or rescheduled). A message to a node is always kept (a remap is
         a duplicate of the transition); an unmapped one only when fresh (it does not undo a remap)."""
-        entity = self._entities.get((cloud, provider_event_id))
+        entity = self._get((cloud, provider_event_id))
         if entity is None or phase not in entity.phases:
             return
         if node is not None or fresh:
@@ -232,7 +278,7 @@ class TransitionLedger:
     def unmapped(self, *, cloud: str, provider_event_id: str, phase: str) -> str | None:
         """The id of the message of this transition that went out under the instance id only, if the transition
         is where the event stands (an earlier phase superseded by a later one is not sent again); else None."""
-        entity = self._entities.get((cloud, provider_event_id))
+        entity = self._get((cloud, provider_event_id))
         if entity is None or phase not in entity.phases or not entity.current(phase):
             return None
         route = entity.routes.get(phase)
@@ -243,7 +289,7 @@ class TransitionLedger:
     def reported(self, *, cloud: str, provider_event_id: str, phase: str, fields: Mapping[str, Any]) -> None:
         """What a recorded (new or rescheduled) report of an open event said: kept while the event is open and
         the phase is where it stands (`open_reports`). `fields`: the report, as a model dump or CLOUD's JSON."""
-        entity = self._entities.get((cloud, provider_event_id))
+        entity = self._get((cloud, provider_event_id))
         if entity is None or entity.terminal is not None or phase in TERMINAL_PHASES or not entity.current(phase):
             return
         entity.report = (phase, {k: fields[k] for k in REPORT_FIELDS if k in fields})
@@ -252,13 +298,13 @@ class TransitionLedger:
         """The open events of `cloud` (as `open_events`) whose latest report is known, with what it said."""
         return [
             OpenReport(provider_event_id=eid, phase=e.report[0], fields=e.report[1])
-            for (c, eid), e in self._entities.items()
-            if c == cloud and e.terminal is None and e.report is not None
+            for (c, eid), e in self._open.items()
+            if c == cloud and e.report is not None
         ]
 
     def open_events(self, cloud: str) -> list[str]:
         """Event ids of `cloud` seen in a non-terminal phase and not yet closed (for reconciliation)."""
-        return [eid for (c, eid), e in self._entities.items() if c == cloud and e.terminal is None]
+        return [eid for (c, eid) in self._open if c == cloud]
 
     def __len__(self) -> int:
-        return len(self._entities)
+        return len(self._open) + len(self._closed)
