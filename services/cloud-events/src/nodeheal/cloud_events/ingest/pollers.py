@@ -521,6 +521,8 @@ class GceMaintenancePoller(_MetadataPoller):
 
     def _take_over(self, ledger: TransitionLedger, ctx: NormalizeContext) -> None:
         self.tracker.resume(ledger.open_events("gcp"), ctx)
+        # a VM recreated under the node's name (new numeric id): the old VM's open episodes on this node end
+        self.tracker.close_others(ledger.open_routes("gcp"), ctx)
 
     async def poll_once(self) -> list[CloudSystemEvent]:
         headers = {"Metadata-Flavor": "Google"}

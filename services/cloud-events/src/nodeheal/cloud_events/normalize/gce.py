@@ -20,16 +20,27 @@ only on VMs offered advance notice of maintenance, it is another read per poll, 
 can be rescheduled while the value is what the VM actually gets; the first-seen time with the ledger's
 take-over already separates episodes and keeps a restarted poller on its episode. Ids written before this
 change (`…:20260410T1200Z`) are still taken over.
+
+Decision — an episode of another VM of the same node is closed. A VM its instance group recreates under the
+node's name (a spot VM with `automaticRestart=false` terminated for maintenance, GKE auto-repair) gets a new
+numeric `instance/id`, and the episode id names the old one, so the new VM's poller does not take it over; before,
+its `NONE` closed nothing and CLOUD kept the old VM's `terminate` `in_progress` on the node for good: the
+remediator (which cannot tell the numeric ids apart: the inventory names GCE VMs by name) cordoned and drained the
+recreated, healthy node and never gave it back. At its first poll the poller now closes every episode the seeded
+ledger holds open on its node (`TransitionLedger.open_routes`: the node its messages went to) that names another
+instance: `completed` (the machine it was about is gone; its maintenance is over on this node), with a description
+and `extended` saying the VM was recreated and its new instance id (`GceMaintenanceTracker.close_others`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nodeheal.cloud_events.normalize.common import NormalizeContext, build_event
 from nodeheal.cloud_events.normalize.errors import PayloadError
+from nodeheal.cloud_events.normalize.ledger import OpenEvent
 from nodeheal.schemas.cloud import CloudAction, CloudCause, CloudSystemEvent
 
 SOURCE = "gce-metadata"
@@ -101,10 +112,13 @@ class GceMaintenanceTracker:
     current: CloudSystemEvent | None = None
     previous_id: str | None = None
     """The id of the last episode this tracker began or took over: the next one never gets it again."""
+    closing: list[CloudSystemEvent] = field(default_factory=list)
+    """Ends of another VM's episodes on this node (`close_others`), said by the next `feed`."""
 
     def feed(self, text: str, ctx: NormalizeContext, *, where: str = "$") -> list[CloudSystemEvent]:
         value = parse_value(text, where=where)
-        out: list[CloudSystemEvent] = []
+        out: list[CloudSystemEvent] = self.closing
+        self.closing = []
         if self.current is not None and self.current.provider_event_type != value:
             out.append(self._completed(self.current, ctx))
             self.current = None
@@ -149,6 +163,43 @@ class GceMaintenanceTracker:
         started, value, pid = max(mine)
         self.current = _running(ctx, instance=instance, value=value, provider_event_id=pid, started=started)
         self.previous_id = pid
+
+    def close_others(self, open_events: list[OpenEvent], ctx: NormalizeContext) -> None:
+        """Close the episodes left open on this node (`ctx.node`: the node their latest message went to) by
+        another instance: the VM recreated under the node's name (a new numeric `instance/id`). Their ends
+        (`completed`) come first out of the next `feed`. Episodes of this instance are `resume`'s."""
+        instance = ctx.instance_id or ctx.node
+        if not instance or not ctx.node:
+            return
+        for event in open_events:
+            head, sep, stamp = event.provider_event_id.rpartition(":")
+            owner, sep2, value = head.rpartition(":")
+            if not (sep and sep2 and owner and value in VALUES) or event.node != ctx.node or owner == instance:
+                continue
+            action, cause = VALUES[value]
+            self.closing.append(
+                build_event(
+                    ctx=ctx,
+                    cloud="gcp",
+                    channel="metadata",
+                    provider_event_id=event.provider_event_id,
+                    provider_event_type=value,
+                    provider_status=None,
+                    action=action,
+                    cause=cause,
+                    phase="completed",
+                    instance_id=owner,
+                    raw=None,
+                    started_at=_stamp_time(stamp),
+                    finished_at=ctx.observed_at,
+                    local_data_loss=action == "terminate",
+                    description=(
+                        f"the VM was recreated: new instance id {instance} on node {ctx.node}; the maintenance "
+                        f"of instance {owner} is over here"
+                    ),
+                    extended={"closed_because": "vm_recreated", "new_instance_id": instance},
+                )
+            )
 
     def _completed(self, current: CloudSystemEvent, ctx: NormalizeContext) -> CloudSystemEvent:
         return build_event(

@@ -136,6 +136,15 @@ class _Entity:
         return all(abs((start - s).total_seconds()) > RESCHEDULE_TOLERANCE_S for s in seen)
 
 
+@dataclass(frozen=True, slots=True)
+class OpenEvent:
+    """An event seen in a non-terminal phase and not closed, and the node its latest message went to (None:
+    published under the instance id only, or not known)."""
+
+    provider_event_id: str
+    node: str | None
+
+
 @dataclass(slots=True)
 class TransitionLedger:
     max_entities: int = 200_000
@@ -305,6 +314,18 @@ class TransitionLedger:
     def open_events(self, cloud: str) -> list[str]:
         """Event ids of `cloud` seen in a non-terminal phase and not yet closed (for reconciliation)."""
         return [eid for (c, eid) in self._open if c == cloud]
+
+    def open_routes(self, cloud: str) -> list[OpenEvent]:
+        """The open events of `cloud` (as `open_events`) with the node the latest message of the phase where each
+        stands went to: a node-local poller finds the events left open on its node by another machine (a GCE VM
+        recreated under the node's name)."""
+        out: list[OpenEvent] = []
+        for (c, eid), e in self._open.items():
+            if c != cloud:
+                continue
+            routes = [r for p, r in e.routes.items() if e.current(p)]
+            out.append(OpenEvent(provider_event_id=eid, node=routes[0][1] if routes else None))
+        return out
 
     def __len__(self) -> int:
         return len(self._open) + len(self._closed)
