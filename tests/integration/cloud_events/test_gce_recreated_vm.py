@@ -228,3 +228,50 @@ async def test_e2e_the_recreated_gce_node_is_not_drained_for_the_old_vms_episode
             finally:
                 await service.stop()
         assert [e for _, n, e in world.effects if n == node] == []
+
+
+async def test_e2e_a_node_drained_for_its_vms_terminate_is_uncordoned_once_the_recreated_vm_runs(
+    js: JetStreamContext, nc: Client, topology_ready: NatsSettings
+) -> None:
+    """The common order: the remediator drains the node for the old VM's TERMINATE_ON_HOST_MAINTENANCE, the
+    instance group recreates the VM (new numeric id, new boot), and the new VM's poller closes the old episode:
+    the remediator verifies the node (a new boot) and uncordons it. Before, the episode never ended and the
+    node stayed cordoned for good."""
+    node = "gke-c-1"
+    boot = ["boot-old-vm"]
+    async with KubeWorld() as world:
+        world.add_node(node, zone="z1")
+        world.add_pod("web-1", node=node)
+        await add_inventory(
+            nc, topology_ready, node, zone="z1", cloud="gce", instance_id=node, provider_id=f"gce://p/z1/{node}"
+        )
+        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=600).model_copy(
+            update={"maintenance_interval_s": 0.2}
+        )
+        async with Probes(nc, topology_ready, node, boot_id=lambda: boot[0]):
+            service = await start_service(settings)
+            try:
+                await _poll(
+                    js, topology_ready, cluster=CLUSTER, node=node, instance_id="111", value=TERMINATE,
+                    clock=lambda: datetime.now(tz=UTC), ledger=TransitionLedger(),
+                )  # fmt: skip
+
+                async def drained() -> bool:
+                    return [e for _, n, e in world.effects if n == node] == ["cordon", "evict:default/web-1"]
+
+                await wait_for(drained, what="the node drained for the old VM's terminate")
+                boot[0] = "boot-new-vm"  # the VM is terminated and recreated under the node's name
+                closed = await _poll(
+                    js, topology_ready, cluster=CLUSTER, node=node, instance_id="222", value="NONE",
+                    clock=lambda: datetime.now(tz=UTC), ledger=await _seeded(js, topology_ready),
+                )  # fmt: skip
+                assert [e.phase for e in closed] == ["completed"]
+
+                async def uncordoned() -> bool:
+                    return "uncordon" in [e for _, n, e in world.effects if n == node]
+
+                await wait_for(uncordoned, what="the recreated node uncordoned", timeout=30)
+            finally:
+                await service.stop()
+        assert [e for _, n, e in world.effects if n == node] == ["cordon", "evict:default/web-1", "uncordon"]
+        assert not world.is_cordoned(node)
