@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import prometheus_client
@@ -313,18 +314,22 @@ def test_a_closed_event_reported_again_is_forgotten_last() -> None:
     assert ledger.verdict(cloud="aws", provider_event_id="x1", phase="completed") == "new"
 
 
-def test_open_events_alone_over_the_bound_are_all_kept_and_said() -> None:
+def test_open_events_alone_over_the_bound_are_all_kept_and_said(caplog: pytest.LogCaptureFixture) -> None:
     ledger = TransitionLedger(max_entities=100)
-    assert check_ledger_bound(ledger, was_over=False) is False
+    assert check_ledger_bound(ledger) is False
     for n in range(101):
         ledger.record(cloud="aws", provider_event_id=f"x{n}", phase="scheduled")
     assert len(ledger) == 101
     assert ledger.over_bound
-    assert check_ledger_bound(ledger, was_over=False) is True
+    with caplog.at_level(logging.ERROR, logger="nodeheal.cloud_events.ingest"):
+        assert check_ledger_bound(ledger) is True
+        assert check_ledger_bound(ledger) is True  # said once per crossing, not per event
+    (said,) = caplog.records
+    assert "more open cloud events than ledger_max_entities" in said.getMessage()
     assert prometheus_client.REGISTRY.get_sample_value("nodeheal_ingest_ledger_over_bound") == 1
     assert prometheus_client.REGISTRY.get_sample_value("nodeheal_ingest_ledger_open_events") == 101
     ledger.record(cloud="aws", provider_event_id="x0", phase="completed")
-    assert check_ledger_bound(ledger, was_over=True) is False
+    assert check_ledger_bound(ledger) is False
     assert prometheus_client.REGISTRY.get_sample_value("nodeheal_ingest_ledger_over_bound") == 0
 
 

@@ -73,20 +73,21 @@ LEDGER_OVER_BOUND = prometheus_client.Gauge(
 Outcome = Literal["published", "remapped", "duplicate", "stale"]
 
 
-def check_ledger_bound(ledger: TransitionLedger, *, was_over: bool) -> bool:
-    """Set the ledger's gauges; log an error when the open events alone come to exceed its bound (`was_over`:
-    what the last check said, so it is said once per crossing, not per event). Returns whether it is over now.
+def check_ledger_bound(ledger: TransitionLedger) -> bool:
+    """Set the ledger's gauges; log an error when the open events alone come to exceed its bound (once per
+    crossing, not per event: `ledger.over_bound_said`). Returns whether it is over now.
     The ledger never forgets an open event (that would lose its end and leave its node drained): it grows
     past `ledger_max_entities` instead, and this is how an operator learns of it."""
     LEDGER_OPEN.set(ledger.open_count)
     over = ledger.over_bound
     LEDGER_OVER_BOUND.set(1 if over else 0)
-    if over and not was_over:
+    if over and not ledger.over_bound_said:
         log.error(
             "the ingest's ledger holds more open cloud events than ledger_max_entities; it keeps them all (memory "
             "grows past the bound). Raise NODEHEAL_INGEST_LEDGER_MAX_ENTITIES, or find why events are not closed",
             extra={"open_events": ledger.open_count, "max_entities": ledger.max_entities},
         )
+    ledger.over_bound_said = over
     return over
 
 
@@ -199,7 +200,7 @@ class CloudEventSink:
         self.ledger = ledger
         self.publish_timeout_s = publish_timeout_s
         self._locks = _EventLocks()
-        self._over_bound = check_ledger_bound(ledger, was_over=False)
+        check_ledger_bound(ledger)
         self.pending_unmapped: OrderedDict[tuple[str, str, str], CloudSystemEvent] = OrderedDict()
         """(cloud, provider event, phase) → the event as published under its instance id, until it reached a
         node, was superseded or the ledger forgot it."""
@@ -270,7 +271,7 @@ class CloudEventSink:
         if verdict in ("new", "rescheduled"):
             await self._publish(mapped_event, subject, msg_id=event.id)
             self.ledger.admit(mapped_event)
-            self._over_bound = check_ledger_bound(self.ledger, was_over=self._over_bound)
+            check_ledger_bound(self.ledger)
             if mapped_event.node_mapped is False:
                 self.keep_unmapped(mapped_event)
             outcome = "published"
@@ -435,5 +436,5 @@ async def seed_ledger(
                 unmapped(CloudSystemEvent.model_validate_json(data))
             except ValueError:
                 continue
-    check_ledger_bound(ledger, was_over=False)
+    check_ledger_bound(ledger)
     return count

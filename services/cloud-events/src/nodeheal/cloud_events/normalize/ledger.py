@@ -154,6 +154,8 @@ class TransitionLedger:
     """Entities without a terminal phase, least recently touched first."""
     _closed: OrderedDict[tuple[str, str], _Entity] = field(default_factory=OrderedDict)
     """Entities with a terminal phase, least recently touched first (the ones forgotten when full)."""
+    over_bound_said: bool = False
+    """The ingest has said `over_bound` (logged) since it last was not: it says it once per crossing."""
 
     def _get(self, key: tuple[str, str]) -> _Entity | None:
         entity = self._open.get(key)
