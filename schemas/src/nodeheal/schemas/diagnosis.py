@@ -85,6 +85,12 @@ class Diagnosis(Message):
     fault_onset: UtcDatetime | None = None
     identified_at: UtcDatetime
     resolved: bool = Field(default=False, description="the anomalies behind it have all resolved")
+    recovered: bool = Field(
+        default=False,
+        description="the episode fired and resolved while no diagnoser ran (e.g. inside the singleton's wait after a "
+        "kill): its verdict is said after the fact, for the record, with `resolved` true — the node is already back, "
+        "so it is never acted on",
+    )
     replay: bool = Field(default=False, description="produced by a replay sandbox; never acted upon")
     episode_id: str | None = Field(
         default=None,

@@ -24,7 +24,10 @@ Every hold and verdict that spans messages is kept where a new process finds it:
 After the rebuild the service evaluates every node with something open: held verdicts are held or
 published, an open episode whose anomalies resolved while we were away gets its resolution, and an
 unchanged verdict is not published again (and would be dropped by `Nats-Msg-Id` deduplication if
-it were). What is older than the look-back is not read: an episode whose every anomaly is older is
+it were). An episode that fired and resolved entirely while no diagnoser ran (inside the singleton's
+wait after a kill) and that no diagnosis names gets its verdict after the fact, `resolved` and
+`recovered` (`Diagnoser.recovered_verdicts`): judged as it stood before it ended, never acted on.
+What is older than the look-back is not read: an episode whose every anomaly is older is
 left as it was (its next anomaly updates it).
 
 Test hooks: `kill_point(name)` SIGKILLs the process at a named moment, only when
@@ -110,6 +113,8 @@ class RebuildReport:
     read: dict[str, int] = field(default_factory=dict)
     crash_histories: int = 0
     open_nodes: set[str] = field(default_factory=set)
+    recovered: list[Diagnosis] = field(default_factory=list)
+    """verdicts of episodes that fired and ended while no diagnoser ran, to publish (`resolved`, `recovered`)"""
 
 
 def crash_key(cluster: str, node: str) -> str:
@@ -212,6 +217,7 @@ class DurableState:
                     self.keep_trace(item.id, msg.headers)
 
         said: dict[str, Diagnosis] = {}
+        named: set[str] = set()  # every anomaly id a diagnosis names: those episodes were said
 
         def diagnosis(msg: Msg) -> None:
             data = json.loads(msg.data)
@@ -222,7 +228,9 @@ class DurableState:
             if item.replay or item.cause == OPERATOR_REQUEST:
                 return  # not ours: `nodeheal batch` requests are no faults (rates) and no verdict of ours
             diag.restore_fault_event(item)
-            said[node_key(item.cluster, item.node)] = item
+            named.update(item.anomaly_ids)
+            if not item.recovered:  # an episode said after the fact is no verdict that stands for the node
+                said[node_key(item.cluster, item.node)] = item
 
         p = self.prefix
         report.read["cloud"] = await self._read("CLOUD", [wildcard("cloud", prefix=p)], report.cloud_since, cloud)
@@ -257,6 +265,8 @@ class DurableState:
             )
             with contextlib.suppress(Exception):
                 diag.on_crash(verdict, record)
+        # episodes that fired and ended while no diagnoser ran: judged after the crash reports that explain them
+        report.recovered = diag.recovered_verdicts(named, now=now)
         report.open_nodes = diag.open_nodes()
         diag.crash_dirty.clear()  # what was loaded or replayed is already where it belongs
         log.info(
@@ -269,6 +279,7 @@ class DurableState:
                 "read": report.read,
                 "crash_histories": report.crash_histories,
                 "open_nodes": len(report.open_nodes),
+                "recovered": len(report.recovered),
                 "findings": len(diag.fleet.findings),
             },
         )

@@ -311,6 +311,8 @@ class DiagnoserRuntime:
             if ctx.published is not None and not ctx.published.resolved and ctx.published.anomaly_ids:
                 self._identified[ctx.published.anomaly_ids[0]] = None
         async with self._lock:
+            for diagnosis in report.recovered:  # before the nodes' open episodes: those are newer
+                await self._publish(diagnosis)  # patient at start, like the open episodes' verdicts
             await self._evaluate(report.open_nodes)
         self.consumers.loop("tick", self._ticker)
         await self.consumers.start()

@@ -25,8 +25,8 @@ CRASH_CAUSES: frozenset[str] = frozenset({"node_crash", "unexplained_reboot", "h
 
 def is_crash(diagnosis: Diagnosis) -> bool:
     """A crash episode: the diagnosis carries a crash signature or names a crash cause."""
-    if diagnosis.resolved or diagnosis.replay:
-        return False
+    if (diagnosis.resolved and not diagnosis.recovered) or diagnosis.replay:
+        return False  # a resolution repeats its episode's verdict; a recovered verdict is the episode's only one
     return diagnosis.crash_signature is not None or diagnosis.cause in CRASH_CAUSES
 
 

@@ -24,7 +24,7 @@ from nodeheal.diagnoser.trend import FLEET_GROUP, TimedEvent, TrendConfig, one_p
 from nodeheal.schemas.anomaly import Anomaly, Evidence
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
-from nodeheal.schemas.diagnosis import CrashSignature, Diagnosis, FleetCorrelation
+from nodeheal.schemas.diagnosis import CrashSignature, Diagnosis, FleetCorrelation, RecommendedAction
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.inventory import NodeInventory
@@ -91,6 +91,8 @@ class Diagnoser:
         self.fleet = FleetState()
         self._rank = {name: info.rank for name, info in matcher.kb.classes.items()}
         self.crash_dirty: set[str] = set()  # nodes whose crash history must be saved (durable.py)
+        # episodes the rebuild saw fire and end (durable.py): node key, the episode's firing anomalies, when it ended
+        self.ended: list[tuple[str, tuple[Anomaly, ...], datetime]] = []
 
     # ------------------------------------------------------------------ inputs
 
@@ -339,9 +341,16 @@ class Diagnoser:
     def restore_anomaly(self, anomaly: Anomaly) -> None:
         """An anomaly read back from the stream: state only. An episode ends where the live service
         would have ended it (every anomaly of the node resolved)."""
+        ctx = self.fleet.nodes.get(node_key(anomaly.cluster, anomaly.node))
+        before = dict(ctx.firing) if ctx is not None else {}
         self.on_anomaly(anomaly)
         ctx = self.fleet.nodes.get(node_key(anomaly.cluster, anomaly.node))
         if ctx is not None and not ctx.firing:
+            if before and anomaly.status == "resolved":
+                # the episode ended: kept, with its firing anomalies, for `recovered_verdicts`
+                ids = set(ctx.episode_ids)
+                fired = tuple(a for a in ctx.anomalies if a.status == "firing" and a.id in ids)
+                self.ended.append((ctx.key, fired or tuple(before.values()), anomaly.detected_at))
             ctx.episode_ids = []
 
     def restore_published(self, key: str, last: Diagnosis) -> None:
@@ -371,8 +380,8 @@ class Diagnoser:
 
     def restore_fault_event(self, diagnosis: Diagnosis) -> None:
         """A published diagnosis counted towards the fleet rates exactly as when it was published."""
-        if diagnosis.resolved or not diagnosis.anomaly_ids:
-            return
+        if (diagnosis.resolved and not diagnosis.recovered) or not diagnosis.anomaly_ids:
+            return  # a resolution repeats its episode's verdict (counted once); a recovered verdict is its only one
         ctx = self.fleet.context(diagnosis.cluster, diagnosis.node)
         if diagnosis.category in {"kernel", "hardware"}:
             self._crash_counted_by(diagnosis.evidence)
@@ -396,6 +405,76 @@ class Diagnoser:
             self.fleet.findings.pop(key, None)
         else:
             self.fleet.findings[key] = finding
+
+    def recovered_verdicts(self, said: set[str], *, now: datetime) -> list[Diagnosis]:
+        """The verdicts of episodes that fired and ended while no diagnoser ran (the rebuild saw both ends;
+        `said`: every anomaly id a diagnosis in DIAGNOSES names). A live service would have said them: each is
+        judged as it stood just before it ended (its anomalies firing, with the crash reports and kernel lines
+        known now) and said once, `resolved` and `recovered` — the node is back, so the remediator does nothing
+        (a resolved diagnosis only settles what a ladder left behind). Its crash counts towards the fleet rates
+        once: the diagnosis takes over the stand-alone count of its crash report, as a live one does. Skipped:
+        an episode a diagnosis names (said before the restart, or a recovered verdict of an earlier restart);
+        one a live service would not have judged either (it ended inside its node_down hold, its crash-report
+        wait or its planned grace); one whose crash report opened a new episode of the node (the machine is
+        taken out: that live verdict stands for the crash)."""
+        out: list[Diagnosis] = []
+        ended, self.ended = self.ended, []
+        for key, fired, ended_at in ended:
+            ctx = self.fleet.nodes.get(key)
+            if ctx is None or not fired or not said.isdisjoint(a.id for a in fired):
+                continue
+            judged_at = max(self._judged_at(a) for a in fired)
+            if ended_at <= judged_at:
+                continue
+            at = ended_at - timedelta(microseconds=1)  # the moment before it ended
+            firing, episode_ids, published = ctx.firing, ctx.episode_ids, ctx.published
+            ctx.firing = {a.anomaly_key: a for a in sorted(fired, key=lambda a: a.fault_onset)}
+            ctx.episode_ids = [a.id for a in fired]
+            ctx.published = None
+            try:
+                decision = decide(ctx=ctx, fleet=self.fleet, now=at, config=self.config.decision, rank=self._rank)
+                if decision is None or (decision.hold_until is not None and ended_at <= decision.hold_until):
+                    continue
+                opened = {
+                    e.ref
+                    for a in firing.values()
+                    if f"/{CRASH_EPISODE_KEY}/" in a.anomaly_key
+                    for e in a.evidence
+                    if e.kind == "crash_report"
+                }
+                if any(e.kind == "crash_report" and e.ref in opened for e in decision.evidence):
+                    continue
+                live = self._diagnosis(ctx, decision, self._correlation_for(ctx, decision), now=now)
+                diagnosis = live.model_copy(
+                    update={
+                        "id": deterministic_id(live.id, "recovered", prefix="diag-"),
+                        "resolved": True,
+                        "recovered": True,
+                        "recommended": (
+                            RecommendedAction(
+                                action="none",
+                                reason=f"the episode ended at {ended_at.isoformat()}, before any diagnoser saw it:"
+                                " the node has recovered, nothing is done",
+                            ),
+                        ),
+                    }
+                )
+                self._record_fault(ctx, decision, now=at)
+                if is_crash(diagnosis):
+                    self.fleet.crash_episodes.setdefault(ctx.episode_ids[0], decision.fault_onset or at)
+                said |= set(diagnosis.anomaly_ids)
+                out.append(diagnosis)
+            finally:
+                ctx.firing, ctx.episode_ids, ctx.published = firing, episode_ids, published
+        return out
+
+    def _judged_at(self, anomaly: Anomaly) -> datetime:
+        """The earliest a live service gives a first verdict on this anomaly (`evaluate`'s holds)."""
+        if anomaly.kind in SILENT_KINDS and not anomaly.expected:
+            return anomaly.detected_at + self.config.node_down_hold
+        if anomaly.kind == "unexpected_reboot":
+            return anomaly.detected_at + self.config.crash_report_wait
+        return anomaly.detected_at
 
     def open_nodes(self) -> set[str]:
         """Nodes to evaluate after a rebuild: something fires, or an episode we spoke about is open."""
