@@ -176,6 +176,17 @@ def test_a_resolved_diagnosis_does_not_count_as_identification() -> None:
     assert inc.tti_s is None and inc.cause is None and inc.klass == "high_load"
 
 
+def test_a_recovered_verdict_identifies_the_incident_late() -> None:
+    """The episode ended while no diagnoser ran; the next one said its verdict after the fact (resolved and
+    recovered): that verdict is the incident's identification, however late."""
+    a = firing("node-r", kind="unexpected_reboot", onset=0, detected=5)
+    late = diagnosis("node-r", [a], t=60, cause="soft_lockup", category="kernel", resolved_=True)
+    msgs: list[TimelineMessage] = [a, resolved(a, t=25), late.model_copy(update={"recovered": True})]
+    inc = build_timeline(msgs).incidents[0]
+    assert inc.tti_s == 60.0 and inc.cause == "soft_lockup"
+    assert inc.diagnoses[0].recovered and inc.diagnoses[0].resolved
+
+
 def test_a_window_starting_after_the_firing_still_yields_the_incident() -> None:
     a = firing("node-j", kind="readonly_fs", onset=-100, detected=-90, subject="/data")
     inc = build_timeline([resolved(a, t=50)]).incidents[0]

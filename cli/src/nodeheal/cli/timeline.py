@@ -13,7 +13,8 @@ Definitions (documented for operators in docs/replay.md):
   an unresolved episode stays open).
 - `onset` = the earliest `fault_onset` (first bad observation) of the incident's episodes.
 - `ttd_s` = first `detected_at` − onset.
-- `tti_s` = `identified_at` of the first diagnosis that is not a `resolved=True` update − onset.
+- `tti_s` = `identified_at` of the first diagnosis that is not a `resolved=True` update (a `recovered`
+  verdict, said after an episode that ended while no diagnoser ran, counts) − onset.
 - `ttr_s` = `repaired_at` − onset, where `repaired_at` is the last audit `verified` time when an
   action was really taken (a non-dry-run record in phase started / succeeded / failed / verified
   of an action that changes the node: not `none`, `escalate` or `wait_for_cloud_event`),
@@ -113,6 +114,7 @@ class DiagnosisEntry(_Model):
     resolved: bool
     anomaly_ids: tuple[str, ...]
     kernel_classes: tuple[str, ...]
+    recovered: bool = False  # said after the episode ended while no diagnoser ran: its only verdict
     recommended: tuple[str, ...]
     evidence: tuple[EvidenceEntry, ...]
 
@@ -475,6 +477,7 @@ def _diagnosis_entry(d: Diagnosis) -> DiagnosisEntry:
         category=d.category,
         confidence=d.confidence,
         resolved=d.resolved,
+        recovered=d.recovered,
         anomaly_ids=tuple(d.anomaly_ids),
         kernel_classes=tuple(d.kernel_classes),
         recommended=tuple(r.action + (f"({r.target})" if r.target else "") for r in d.recommended),
@@ -524,7 +527,7 @@ def _finish(draft: _Draft, class_of: Callable[[Incident], str]) -> Incident:
     onset = min(e.fault_onset for e in episodes)
     detected_at = min(e.detected_at for e in episodes)
     diagnoses = tuple(sorted(draft.diagnoses, key=lambda d: (d.identified_at, d.resolved, d.id)))
-    live = [d for d in diagnoses if not d.resolved]
+    live = [d for d in diagnoses if not d.resolved or d.recovered]  # a recovered verdict identified it, late
     first = live[0] if live else None
     identified_at = first.identified_at if first else None
     recovered_at = draft.end

@@ -122,12 +122,12 @@ def _match(truth: list[InjectedFault], incidents: tuple[Incident, ...]) -> dict[
 
 
 def _final_cause(inc: Incident) -> str | None:
-    live = [d for d in inc.diagnoses if not d.resolved]
+    live = [d for d in inc.diagnoses if not d.resolved or d.recovered]
     return live[-1].cause if live else None
 
 
 def _first_cause(inc: Incident) -> str | None:
-    live = [d for d in inc.diagnoses if not d.resolved]
+    live = [d for d in inc.diagnoses if not d.resolved or d.recovered]
     return live[0].cause if live else None
 
 
