@@ -117,3 +117,31 @@ def test_a_growing_zone_finding_is_said_again_with_its_nodes_once_and_survives_a
     assert second.correlate(now=later(6), cluster=CLUSTER)[0] == []  # the grown finding was read back
     restored = second.fleet.findings[("down_spike", "zone", "z1", "down")]
     assert restored.affected_nodes == bigger.affected_nodes
+
+
+def test_an_episode_that_ended_unseen_is_said_as_recovered_when_a_live_core_would_have_said_it() -> None:
+    """What fired and ended while no core ran is judged at the last moment a live core would have judged it:
+    n2 went dark and came back with a new boot (the node_down ended inside its 60 s hold, the reboot outlived
+    its 10 s crash-report wait: said, as what stood then, the reboot); n3 went dark 30 s only (inside the hold:
+    a live core says nothing either); n4's containerd died and came back (said at once, live)."""
+    inputs = [
+        anomaly("n2", "node_down", at=later(0)),
+        anomaly("n2", "unexpected_reboot", at=later(30)),
+        anomaly("n2", "node_down", status="resolved", at=later(31)),
+        anomaly("n2", "unexpected_reboot", status="resolved", at=later(50)),
+        anomaly("n3", "node_down", at=later(0)),
+        anomaly("n3", "node_down", status="resolved", at=later(30)),
+        anomaly("n4", "service_down", subject="containerd", at=later(0)),
+        anomaly("n4", "service_down", subject="containerd", status="resolved", at=later(5)),
+    ]
+    core = restart(inputs, [])
+    assert core.open_nodes() == set()
+    said = {d.node: d for d in core.recovered_verdicts(set(), now=later(120))}
+    assert sorted(said) == ["n2", "n4"]
+    for d in said.values():
+        assert d.resolved and d.recovered and [r.action for r in d.recommended] == ["none"]
+    assert said["n2"].anomaly_kinds == ("unexpected_reboot",)  # what stood when a live core would have judged
+    assert set(said["n2"].anomaly_ids) == {inputs[0].id, inputs[1].id}  # the whole episode is named
+    # a second restart that read them back says nothing again
+    again = restart(inputs, list(said.values()))
+    assert again.recovered_verdicts({i for d in said.values() for i in d.anomaly_ids}, now=later(200)) == []

@@ -409,9 +409,10 @@ class Diagnoser:
     def recovered_verdicts(self, said: set[str], *, now: datetime) -> list[Diagnosis]:
         """The verdicts of episodes that fired and ended while no diagnoser ran (the rebuild saw both ends;
         `said`: every anomaly id a diagnosis in DIAGNOSES names). A live service would have said them: each is
-        judged as it stood just before it ended (its anomalies firing, with the crash reports and kernel lines
-        known now) and said once, `resolved` and `recovered` — the node is back, so the remediator does nothing
-        (a resolved diagnosis only settles what a ladder left behind). Its crash counts towards the fleet rates
+        judged as it stood at the last moment a live service would have judged it (`_last_verdict_moment`: what
+        fired then, with the crash reports and kernel lines known now) and said once, `resolved` and
+        `recovered` — the node is back, so the remediator does nothing (a resolved diagnosis only settles what
+        a ladder left behind). Its crash counts towards the fleet rates
         once: the diagnosis takes over the stand-alone count of its crash report, as a live one does. Skipped:
         an episode a diagnosis names (said before the restart, or a recovered verdict of an earlier restart);
         one a live service would not have judged either (it ended inside its node_down hold, its crash-report
@@ -423,12 +424,12 @@ class Diagnoser:
             ctx = self.fleet.nodes.get(key)
             if ctx is None or not fired or not said.isdisjoint(a.id for a in fired):
                 continue
-            judged_at = max(self._judged_at(a) for a in fired)
-            if ended_at <= judged_at:
-                continue
-            at = ended_at - timedelta(microseconds=1)  # the moment before it ended
+            moment = self._last_verdict_moment(ctx, fired, ended_at)
+            if moment is None:
+                continue  # it ended inside its holds: a live service would not have said it either
+            at, standing = moment
             firing, episode_ids, published = ctx.firing, ctx.episode_ids, ctx.published
-            ctx.firing = {a.anomaly_key: a for a in sorted(fired, key=lambda a: a.fault_onset)}
+            ctx.firing = {a.anomaly_key: a for a in sorted(standing, key=lambda a: a.fault_onset)}
             ctx.episode_ids = [a.id for a in fired]
             ctx.published = None
             try:
@@ -467,6 +468,32 @@ class Diagnoser:
             finally:
                 ctx.firing, ctx.episode_ids, ctx.published = firing, episode_ids, published
         return out
+
+    def _last_verdict_moment(
+        self, ctx: NodeContext, fired: tuple[Anomaly, ...], ended_at: datetime
+    ) -> tuple[datetime, list[Anomaly]] | None:
+        """The last moment of an ended episode at which a live service would have given a verdict, and what
+        fired then: a moment when something fired and nothing firing was still inside its hold (the node_down
+        hold, the crash-report wait); the candidates are the ends of the holds and the moment before the
+        episode ended. None when there was no such moment."""
+
+        def end(anomaly: Anomaly) -> datetime:
+            ends = [
+                a.detected_at
+                for a in ctx.anomalies
+                if a.status == "resolved"
+                and a.anomaly_key == anomaly.anomaly_key
+                and a.fault_onset >= anomaly.fault_onset
+            ]
+            return min(ends, default=ended_at)
+
+        spans = [(a, a.detected_at, end(a), self._judged_at(a)) for a in fired]
+        last = ended_at - timedelta(microseconds=1)
+        for moment in sorted({last} | {j for _, _, _, j in spans if j < ended_at}, reverse=True):
+            standing = [(a, j) for a, start, stop, j in spans if start <= moment < stop]
+            if standing and all(j <= moment for _, j in standing):
+                return moment, [a for a, _ in standing]
+        return None
 
     def _judged_at(self, anomaly: Anomaly) -> datetime:
         """The earliest a live service gives a first verdict on this anomaly (`evaluate`'s holds)."""
