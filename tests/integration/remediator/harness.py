@@ -410,6 +410,16 @@ class Deployed:
         finally:
             await client.close()
 
+    @contextlib.asynccontextmanager
+    async def remediator_connection(self, name: str = "remediator") -> AsyncIterator[Client]:
+        """A connection as the remediator makes it (its role's credential and inbox): for the remediator's parts
+        a test drives directly (its node-command requester, leases, ledger)."""
+        client = await connect(self.remediator, name=name)
+        try:
+            yield client
+        finally:
+            await client.close()
+
     def violations(self) -> list[str]:
         """The permission violations the server logged."""
         return violations(self.directory)

@@ -1,7 +1,8 @@
 """A node's AUDIT history read only in part must never be acted on: a redelivered diagnosis whose repair was
 done and verified does not reboot the node again when the history read times out, and a step whose `intent`
 or `started` AUDIT already holds (its PubAck says duplicate) though the history read did not show it is not
-acted on again. Real nats-server, the real remediator service; side effects counted at the ECS emulator
+acted on again. Real nats-server with the deployed per-role authorization, the real remediator service under its
+role's credential and inbox (AUDIT written only by that role); side effects counted at the ECS emulator
 (its log of the API calls it received) and at the Kubernetes emulator (its log of effects)."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nodeheal.schemas.subjects import diagnosis_subject
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
+    Deployed,
     Probes,
     add_inventory,
     audit_records,
@@ -82,14 +84,15 @@ async def redeliver(nc: Client, nats: NatsSettings, d: Diagnosis, *, tag: str) -
 
 
 async def test_a_redelivered_diagnosis_whose_history_read_times_out_does_not_reboot_again(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, world: KubeWorld, ecs: EcsEmulator
 ) -> None:
     """Before, the history reader returned what it had on its first fetch time-out (nothing): the ladder saw no
     phase, cordoned and rebooted the verified node again, and AUDIT dropped the step's `intent` and `started` as
     duplicates (same Nats-Msg-Id) — two RebootInstance calls, one in AUDIT. Now the read raises, the diagnosis
     is retried, and the next read finds the episode verified."""
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "n1", zone="z1", cloud="alibaba", instance_id="i-n1")
-    service = await start_service(make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint))
+    service = await start_service(make_settings(deployed.remediator, kube_url=world.url, ecs_endpoint=ecs.endpoint))
     assert service.remediator is not None
     armed = time_out_next_read(service.remediator.audit.js, stream=f"{topology_ready.stream_prefix}AUDIT")
     try:
@@ -120,47 +123,51 @@ async def test_a_redelivered_diagnosis_whose_history_read_times_out_does_not_reb
     records = await audit_records(nc, topology_ready)
     skipped = [r for r in records if r.diagnosis_id == d.id and r.phase == "skipped"]
     assert skipped and "verified healthy" in skipped[0].reason
+    assert deployed.violations() == []
 
 
 async def test_an_intent_or_started_record_audit_already_holds_is_refused_as_already_recorded(
-    topology_ready: NatsSettings, nc: Client
+    deployed: Deployed,
 ) -> None:
     """AUDIT answers a record whose Nats-Msg-Id (`<action_id>:<phase>`) it holds with a duplicate PubAck and
     drops it. For an `intent` or `started`, that means an earlier attempt began the step: `record` raises
     instead of returning as if this attempt's record were stored. Other phases stay idempotent."""
-    audit = AuditLog(
-        nc.jetstream(), stream=f"{topology_ready.stream_prefix}AUDIT", prefix=topology_ready.prefix, timeout_s=5.0
-    )
+    nc, topology_ready = deployed.nc, deployed.admin
 
     def rec(phase: RemediationPhase) -> RemediationRecord:
         return RemediationRecord(
             cluster="c1", node="n5", action_id="act-dup", action="reboot", phase=phase, reason="test", actor="t"
         )
 
-    acting: tuple[RemediationPhase, ...] = ("intent", "started")
-    for phase in acting:
-        first = await audit.record(rec(phase))
-        with pytest.raises(AlreadyRecordedError) as caught:
-            await audit.record(rec(phase))
-        assert caught.value.seq == first and caught.value.phase == phase
-    await audit.record(rec("succeeded"))
-    await audit.record(rec("succeeded"))  # a result recorded again: nothing acts on it, still idempotent
+    async with deployed.remediator_connection() as remediator:  # only the remediator role writes AUDIT
+        nats = deployed.remediator
+        audit = AuditLog(remediator.jetstream(), stream=f"{nats.stream_prefix}AUDIT", prefix=nats.prefix, timeout_s=5.0)
+        acting: tuple[RemediationPhase, ...] = ("intent", "started")
+        for phase in acting:
+            first = await audit.record(rec(phase))
+            with pytest.raises(AlreadyRecordedError) as caught:
+                await audit.record(rec(phase))
+            assert caught.value.seq == first and caught.value.phase == phase
+        await audit.record(rec("succeeded"))
+        await audit.record(rec("succeeded"))  # a result recorded again: nothing acts on it, still idempotent
     records = [r for r in await audit_records(nc, topology_ready) if r.action_id == "act-dup"]
     assert [r.phase for r in records] == ["intent", "started", "succeeded"]
+    assert deployed.violations() == []
 
 
 async def test_a_step_audit_holds_but_the_history_did_not_show_is_not_done_again(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, world: KubeWorld, ecs: EcsEmulator
 ) -> None:
     """The repair and flap windows (the history read) shorter than AUDIT's 10-minute duplicate window: a
     redelivered diagnosis, once its verified repair is older than the windows, sees no phase of its steps. Before,
     it cordoned and rebooted the node again while AUDIT dropped the steps' `intent` and `started` as duplicates
     (two RebootInstance calls, one in AUDIT). Now the duplicate PubAck of the cordon's `intent` stops the step
     before it acts; the diagnosis is retried, and handed to a person on its last delivery."""
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "n2", zone="z1", cloud="alibaba", instance_id="i-n2")
     window_s = 2.0
     settings = make_settings(
-        topology_ready,
+        deployed.remediator,
         kube_url=world.url,
         ecs_endpoint=ecs.endpoint,
         node_repair_window_s=window_s,
@@ -199,3 +206,4 @@ async def test_a_step_audit_holds_but_the_history_did_not_show_is_not_done_again
     assert len([r for r in records if r.node == "n2" and r.action == "reboot" and r.phase == "started"]) == 1
     (escalated,) = [r for r in records if r.node == "n2" and r.action == "escalate"]
     assert "gave up" in escalated.reason
+    assert deployed.violations() == []

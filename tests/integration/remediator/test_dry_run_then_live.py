@@ -2,19 +2,19 @@
 with diagnoses in flight. A ladder whose cordon and drain ran in dry run and whose reboot was held (here by the
 disruption rate) is redelivered to the live remediator: it must cordon and drain for real before it reboots.
 Before, the live ladder took the dry-run `succeeded` records for done and rebooted a node it had never cordoned or
-drained, its pod still on it (found by a read-only review)."""
+drained, its pod still on it (found by a read-only review). On a real nats-server with the deployed per-role
+authorization: both remediators under the remediator role's credential and inbox."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from nats.aio.client import Client
 
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
+    Deployed,
     Probes,
     add_inventory,
     audit_records,
@@ -29,15 +29,21 @@ pytestmark = pytest.mark.nats
 
 
 async def test_a_ladder_begun_in_dry_run_cordons_and_drains_for_real_before_its_live_reboot(
-    topology_ready: NatsSettings, nc: Client, bare_world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, bare_world: KubeWorld, ecs: EcsEmulator
 ) -> None:
+    nc, topology_ready = deployed.nc, deployed.admin
     world = bare_world
     world.add_node("n1", zone="z1")
     world.add_pod("web-1", node="n1", labels={"app": "web"})
     await add_inventory(nc, topology_ready, "n1", zone="z1", node_pool="p", cloud="alibaba", instance_id="i-n1")
     calm = {"storm_threshold_pct": 100, "storm_min_unhealthy": 100}
     dry = make_settings(
-        topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, dry_run=True, disruptive_per_minute=1, **calm
+        deployed.remediator,
+        kube_url=world.url,
+        ecs_endpoint=ecs.endpoint,
+        dry_run=True,
+        disruptive_per_minute=1,
+        **calm,
     )
     service = await start_service(dry)
     try:
@@ -47,7 +53,12 @@ async def test_a_ladder_begun_in_dry_run_cordons_and_drains_for_real_before_its_
         await service.stop()
     assert world.cordoned_nodes() == [] and ecs.calls == []  # the dry run touched nothing
     live = make_settings(
-        topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, dry_run=False, disruptive_per_minute=10, **calm
+        deployed.remediator,
+        kube_url=world.url,
+        ecs_endpoint=ecs.endpoint,
+        dry_run=False,
+        disruptive_per_minute=10,
+        **calm,
     )
     service = await start_service(live)
     try:
@@ -64,3 +75,4 @@ async def test_a_ladder_begun_in_dry_run_cordons_and_drains_for_real_before_its_
         ("cordon", "intent"), ("cordon", "started"), ("cordon", "succeeded"),
         ("drain", "intent"), ("drain", "started"), ("drain", "succeeded"),
     ]  # fmt: skip
+    assert deployed.violations() == []

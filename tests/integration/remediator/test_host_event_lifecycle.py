@@ -1,6 +1,8 @@
 """Host events whose life does not go straight from the notice to the end: a replica gone between the
 verification and the uncordon, two events of one node close together, an event the cloud moves later after
-the drain. On a real nats-server through the real remediator service; CLOUD gets what the cloud-events
+the drain. On a real nats-server with the deployed per-role authorization (the remediator under its role's
+credential and inbox, the dead replica's AUDIT record written under it too: admin may not write AUDIT) through
+the real remediator service; CLOUD gets what the cloud-events
 pollers publish (normalized events), the node's side effects are counted at the Kubernetes emulator."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from nats.aio.client import Client
 from nodeheal.cloud_events.normalize.ledger import reschedule_message_id
 from nodeheal.remediator import planner
 from nodeheal.remediator.ledger import Ledger
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
@@ -22,6 +25,7 @@ from nodeheal.schemas.subjects import audit_subject, cloud_subject
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     CLUSTER,
+    Deployed,
     Probes,
     add_inventory,
     audit_records,
@@ -79,13 +83,14 @@ def effects(world: KubeWorld, node: str) -> list[str]:
 
 
 async def test_a_host_event_verified_but_not_uncordoned_is_uncordoned_by_the_next_tick(
-    topology_ready: NatsSettings, nc: Client
+    deployed: Deployed,
 ) -> None:
     """The replica that verified the node after the host event died before its uncordon (a SIGKILL, AUDIT
     unavailable for the uncordon's intent, a lost lease at the fence): AUDIT holds the episode's cordon,
     drain and `verified`, the ledger its slot, CLOUD the event completed. The next tick uncordons the node
     under the episode's uncordon id and gives the slot back; it does not hand a healthy node to a person
     ("still cordoned … nodeheal is done with it", before)."""
+    nc, topology_ready = deployed.nc, deployed.admin
     node = "h4"
     async with KubeWorld() as world:
         world.add_node(node, zone="z1")
@@ -94,7 +99,7 @@ async def test_a_host_event_verified_but_not_uncordoned_is_uncordoned_by_the_nex
         not_before = datetime.now(tz=UTC) + SOON
         pending = host_event(node, "e-h4", not_before=not_before)
         episode = planner.cloud_episode(pending)
-        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
             update={"maintenance_interval_s": 0.2}
         )
         async with Probes(nc, topology_ready, node, boot_id="boot-1"):
@@ -124,7 +129,11 @@ async def test_a_host_event_verified_but_not_uncordoned_is_uncordoned_by_the_nex
             boot_id="boot-2",
         )
         subject = audit_subject(CLUSTER, node, prefix=topology_ready.prefix)
-        await publish_model(nc.jetstream(), subject, verified, msg_id=f"{wait}:verified")
+        killed = await connect(deployed.remediator, name="replica-killed")  # only the remediator writes AUDIT
+        try:
+            await publish_model(killed.jetstream(), subject, verified, msg_id=f"{wait}:verified")
+        finally:
+            await killed.close()
         assert await slot_of(nc, topology_ready, node) is not None  # still held under the episode
         async with Probes(nc, topology_ready, node, boot_id="boot-2"):
             service = await start_service(settings)  # the next replica
@@ -148,6 +157,7 @@ async def test_a_host_event_verified_but_not_uncordoned_is_uncordoned_by_the_nex
         assert uncordon[0].action_id == planner.action_id(diagnosis_id=episode, action="uncordon", target=None)
         assert effects(world, node) == ["cordon", "evict:default/web-h4", "uncordon"]
         assert not world.is_cordoned(node)
+    assert deployed.violations() == []
 
 
 async def _no_slot(nc: Client, nats: NatsSettings, node: str) -> bool:
@@ -155,13 +165,14 @@ async def _no_slot(nc: Client, nats: NatsSettings, node: str) -> bool:
 
 
 async def test_a_host_event_finished_while_another_is_due_keeps_the_node_cordoned_for_it(
-    topology_ready: NatsSettings, nc: Client
+    deployed: Deployed,
 ) -> None:
     """Two host events of one node: C1 has run (the node drained for it, rebooted), and C2 is due within the
     drain lead when the next replica finishes C1. C1 is verified, and the node stays cordoned, its slot handed
     to C2's episode: no uncordon between the two (before, C1's end uncordoned the node and gave its slot back;
     C2's cordon could then be held back by the budget and C2 run on a node serving pods). C2, once it has
     run, is verified and uncordons the node."""
+    nc, topology_ready = deployed.nc, deployed.admin
     node = "h6"
     boots = {"n": 1}
     async with KubeWorld() as world:
@@ -170,7 +181,7 @@ async def test_a_host_event_finished_while_another_is_due_keeps_the_node_cordone
         await add_inventory(nc, topology_ready, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
         c1_start = datetime.now(tz=UTC) + SOON
         c1 = host_event(node, "e-c1", not_before=c1_start)
-        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
             update={"maintenance_interval_s": 0.2}
         )
         async with Probes(nc, topology_ready, node, boot_id=lambda: f"boot-{boots['n']}"):
@@ -214,10 +225,11 @@ async def test_a_host_event_finished_while_another_is_due_keeps_the_node_cordone
         assert [r for r in records if r.action == "escalate"] == []
         assert effects(world, node) == ["cordon", "evict:default/web-h6", "uncordon"]  # no uncordon between them
         assert not world.is_cordoned(node)
+    assert deployed.violations() == []
 
 
 async def test_a_host_event_moved_beyond_the_lead_after_its_drain_is_postponed_and_drained_for_again(
-    topology_ready: NatsSettings, nc: Client
+    deployed: Deployed,
 ) -> None:
     """The node was drained for a host event due in a minute; then the cloud moved the event three hours on.
     The node is verified, the postponement recorded, the node uncordoned and its slot given back (before, it
@@ -225,6 +237,7 @@ async def test_a_host_event_moved_beyond_the_lead_after_its_drain_is_postponed_a
     due, was never drained for again). When the event comes within the lead again, the node is cordoned and
     drained again (a new round of the episode: new action ids); after it has run, verified and uncordoned.
     The maintenance loop's caches keep no episode of an event that has ended."""
+    nc, topology_ready = deployed.nc, deployed.admin
     node = "h5"
     boots = {"n": 1}
     async with KubeWorld() as world:
@@ -234,7 +247,7 @@ async def test_a_host_event_moved_beyond_the_lead_after_its_drain_is_postponed_a
         first = datetime.now(tz=UTC) + SOON
         event = host_event(node, "e-h5", not_before=first)
         episode = planner.cloud_episode(event)
-        settings = make_settings(topology_ready, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
             update={"maintenance_interval_s": 0.2}
         )
         service = await start_service(settings)
@@ -306,3 +319,4 @@ async def test_a_host_event_moved_beyond_the_lead_after_its_drain_is_postponed_a
             "evict:default/web-h5b",
             "uncordon",
         ]
+    assert deployed.violations() == []

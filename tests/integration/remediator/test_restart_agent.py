@@ -1,14 +1,14 @@
 """agent_down → restart_agent: the remediator deletes the node agent's pod on that node (its DaemonSet makes a
-new one), nothing else, and verifies on the new agent's probes — no cordon, no drain, no reboot."""
+new one), nothing else, and verifies on the new agent's probes — no cordon, no drain, no reboot. On a real
+nats-server with the deployed per-role authorization: the remediator under its role's credential and inbox."""
 
 from __future__ import annotations
 
 import pytest
-from nats.aio.client import Client
 
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
+    Deployed,
     Probes,
     add_inventory,
     audit_records,
@@ -40,12 +40,13 @@ def _pods(world: KubeWorld) -> set[tuple[str, str]]:
 
 
 async def test_restart_agent_deletes_only_that_nodes_agent_pod_and_verifies(
-    topology_ready: NatsSettings, nc: Client, agents: KubeWorld
+    deployed: Deployed, agents: KubeWorld
 ) -> None:
     world = agents
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "n1", zone="z1", cloud="alibaba", instance_id="i-n1")
     before = _pods(world)
-    service = await start_service(make_settings(topology_ready, kube_url=world.url))
+    service = await start_service(make_settings(deployed.remediator, kube_url=world.url))
     try:
         async with Probes(nc, topology_ready, "n1"):  # the new agent reports
             await publish_diagnosis(nc, topology_ready, diagnosis("n1", ["restart_agent", "escalate"]))
@@ -57,3 +58,4 @@ async def test_restart_agent_deletes_only_that_nodes_agent_pod_and_verifies(
     actions = {r.action for r in await audit_records(nc, topology_ready)}
     assert not actions & {"cordon", "drain", "reboot", "redeploy"}
     assert not world.is_cordoned("n1")
+    assert deployed.violations() == []

@@ -1,6 +1,7 @@
 """A budget slot is held while the node is disrupted and given back only when it is uncordoned or handed to a
 person — whatever episode cordoned it; and the remediator's short-lived stream readers do not pile up on the
-server. Real nats-server, the real remediator service, side effects counted at the emulators."""
+server. Real nats-server with the deployed per-role authorization (the remediator under its role's credential and
+inbox), the real remediator service, side effects counted at the emulators."""
 
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from nats.aio.client import Client
 
 from nodeheal.cloud_events.normalize.alibaba import normalize_api
 from nodeheal.cloud_events.normalize.common import NormalizeContext
 from nodeheal.remediator.control import write_approval
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.settings import RemediatorSettings
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.inventory import inventory_key
 from nodeheal.sim.clock import SystemClock
@@ -27,6 +26,7 @@ from nodeheal.sim.ecs_world import SystemEvent
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     CLUSTER,
+    Deployed,
     Probes,
     add_inventory,
     audit_records,
@@ -43,11 +43,10 @@ from tests.integration.remediator.harness import (
 pytestmark = pytest.mark.nats
 
 
-async def _one_slot_pool(
-    nc: Client, topology_ready: NatsSettings, *, rack: str | None = None, **over: Any
-) -> RemediatorSettings:
+async def _one_slot_pool(deployed: Deployed, *, rack: str | None = None, **over: Any) -> RemediatorSettings:
     """n1 and n2 (Alibaba instances i-n1, i-n2) in pool p of zone z1 (and `rack`), whose budget is one node;
-    the remediator's settings for it (no storm guard in the way)."""
+    the remediator's settings for it as deployed (its role's credential; no storm guard in the way)."""
+    nc, topology_ready = deployed.nc, deployed.admin
     for node in ("n1", "n2"):
         await add_inventory(
             nc, topology_ready, node, zone="z1", rack=rack, node_pool="p", cloud="alibaba", instance_id=f"i-{node}"
@@ -59,18 +58,19 @@ async def _one_slot_pool(
         "pool_budget": {"max_count": 1},
         **over,
     }
-    return make_settings(topology_ready, **values)
+    return make_settings(deployed.remediator, **values)
 
 
 async def test_a_node_handed_to_a_person_and_repaired_again_goes_back_to_the_person(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, world: KubeWorld, ecs: EcsEmulator
 ) -> None:
     """Episode A cordons n1 and, its ladder spent, hands it to a person (the pool's only slot goes back).
     Episode B of the same node reboots it (a capacity action: nodeheal holds n1 again) and verifies it,
     but n1 stays cordoned for the person. B must say so (a hand-over record) when it gives the slot back;
     before, it released the slot silently, n2 took it, and the referee counted two nodes nodeheal held in a
     pool whose budget is one. Judged by the demo's referee, from AUDIT and the Kubernetes emulator's log."""
-    settings = await _one_slot_pool(nc, topology_ready, rack="r1", kube_url=world.url, ecs_endpoint=ecs.endpoint)
+    nc, topology_ready = deployed.nc, deployed.admin
+    settings = await _one_slot_pool(deployed, rack="r1", kube_url=world.url, ecs_endpoint=ecs.endpoint)
     service = await start_service(settings)
     try:
         async with Probes(nc, topology_ready, "n1") as n1, Probes(nc, topology_ready, "n2"):
@@ -94,11 +94,10 @@ async def test_a_node_handed_to_a_person_and_repaired_again_goes_back_to_the_per
     assert back and "handed to a person" in back[0].reason
     # n1 the person's since B's hand-over; n2 since C's ladder ([cordon]) was spent too
     assert judged["handed_to_people"]["by_pool_at_end"] == {"p": 2}
+    assert deployed.violations() == []
 
 
-async def test_a_host_event_handed_a_node_its_escalated_episode_gives_back_says_so(
-    topology_ready: NatsSettings, nc: Client
-) -> None:
+async def test_a_host_event_handed_a_node_its_escalated_episode_gives_back_says_so(deployed: Deployed) -> None:
     """The mechanism of the one budget exceedance of the 2,000-node `--pool-budget 1 --chaos` demo (before the
     slot invariant), reproduced: a host event's episode of n1 escalated (its early accept was quarantined: n1
     had just been rebooted), n1 was handed to a person; then a diagnosis ladder cordoned n1 again (nodeheal
@@ -107,6 +106,7 @@ async def test_a_host_event_handed_a_node_its_escalated_episode_gives_back_says_
     escalated — without a hand-over after the new cordon, so n2 took the pool's only slot while n1 stayed
     cordoned: the referee counted two nodes nodeheal held in a pool whose budget is one. Real remediator, ECS
     emulator through the SDK, events through the real Alibaba normalizer, judged by the demo's referee."""
+    nc, topology_ready = deployed.nc, deployed.admin
     ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
     n1 = ecs_world.add_instance("i-n1", region_id="cn-hangzhou")
     ecs_world.add_instance("i-n2", region_id="cn-hangzhou")
@@ -115,8 +115,7 @@ async def test_a_host_event_handed_a_node_its_escalated_episode_gives_back_says_
             world.add_node(node, zone="z1", node_pool="p")
         settings = (
             await _one_slot_pool(
-                nc,
-                topology_ready,
+                deployed,
                 kube_url=world.url,
                 ecs_endpoint=ecs.endpoint,
                 flap_reboots=1,  # one reboot a day: the host event's early accept right after ours is quarantined
@@ -175,19 +174,21 @@ async def test_a_host_event_handed_a_node_its_escalated_episode_gives_back_says_
     assert judged["budget_exceedances"] == 0, judged
     back = [r for r in records if r.node == "n1" and r.episode_id == cloud and r.action == "escalate"]
     assert any("still cordoned" in r.reason and "episode ep-d" in r.reason for r in back), back
+    assert deployed.violations() == []
 
 
 async def test_a_ladder_out_of_deliveries_hands_its_cordoned_node_to_a_person(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+    deployed: Deployed, world: KubeWorld
 ) -> None:
     """n1's ladder cordons it, then its drain is held back by the disruption rate on every delivery. On the
     last delivery (`max_deliver`) JetStream will not bring the diagnosis back: before, the node stayed
     cordoned with its slot held until `slot_hold_s` (1 h) expired it, and nobody was told. Now the ladder
     ends with the node handed to a person (an `escalate` record, the slot given back), which is what the
     referee needs to stop counting it against the pool."""
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "n1", zone="z1", node_pool="p")
     settings = make_settings(
-        topology_ready,
+        deployed.remediator,
         kube_url=world.url,
         storm_threshold_pct=100,
         storm_min_unhealthy=100,
@@ -213,20 +214,20 @@ async def test_a_ladder_out_of_deliveries_hands_its_cordoned_node_to_a_person(
     assert world.cordoned_nodes() == ["n1"]  # left for the person, not uncordoned unverified
     judged = judge_budgets(world, records, pools={"n1": "p"}, limit=1)
     assert judged["handed_to_people"]["by_pool_at_end"] == {"p": 1}
+    assert deployed.violations() == []
 
 
-async def test_a_crashed_holders_expired_slot_is_given_back_with_a_record(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
-) -> None:
+async def test_a_crashed_holders_expired_slot_is_given_back_with_a_record(deployed: Deployed, world: KubeWorld) -> None:
     """Replica r1 cordons n1 and dies with the drain held back; its diagnosis never comes back (gone from the
     stream). r2's maintenance loop finds the slot past `slot_hold_s` and gives it back — with the hand-over
     on record, as every release is (before, the slot was dropped from the ledger silently: the node stayed
     cordoned and the audit trail said nodeheal still held it)."""
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "n1", zone="z1", node_pool="p")
 
     def settings(instance: str) -> RemediatorSettings:
         return make_settings(
-            topology_ready,
+            deployed.remediator,
             kube_url=world.url,
             instance=instance,
             storm_threshold_pct=100,
@@ -255,18 +256,20 @@ async def test_a_crashed_holders_expired_slot_is_given_back_with_a_record(
     assert handed.actor == "r2" and "expired" in handed.reason
     assert handed.reason.startswith("escalated to a person") and handed.episode_id == "ep-a"
     assert world.cordoned_nodes() == ["n1"]
+    assert deployed.violations() == []
 
 
 async def test_a_node_that_leaves_the_fleet_mid_ladder_gives_its_slot_back_with_a_record(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+    deployed: Deployed, world: KubeWorld
 ) -> None:
     """n1's ladder cordons it and waits (its drain held back by the disruption rate); then n1 leaves the
     fleet (its inventory record is deleted: released, decommissioned). Its slot goes back at once, with the
     hand-over on record (n1 is still cordoned) — before, the ladder stopped as "left the fleet" and the slot
     stayed held until `slot_hold_s`, blocking the pool."""
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "n1", zone="z1", node_pool="p")
     settings = make_settings(
-        topology_ready,
+        deployed.remediator,
         kube_url=world.url,
         storm_threshold_pct=100,
         storm_min_unhealthy=100,
@@ -287,15 +290,15 @@ async def test_a_node_that_leaves_the_fleet_mid_ladder_gives_its_slot_back_with_
     assert "left the fleet" in handed.reason and "still cordoned" in handed.reason
     records = await audit_records(nc, topology_ready)
     assert [r.phase for r in records if r.action == "drain"] == ["blocked"]  # never drained after it left
+    assert deployed.violations() == []
 
 
-async def test_stream_readers_are_deleted_after_use(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
-) -> None:
+async def test_stream_readers_are_deleted_after_use(deployed: Deployed, world: KubeWorld, ecs: EcsEmulator) -> None:
     """Each reboot reads the node's probes twice (the boot id before, the verification after), each time
     through an ephemeral consumer on PROBES; nats-py's unsubscribe leaves it on the server for its inactive
     threshold (60 s), so a storm of ladders piled up thousands of them and met "maximum consumers limit
     reached". They are deleted as soon as the reading is done."""
+    nc, topology_ready = deployed.nc, deployed.admin
     nodes = ("n1", "n2", "n3")
     for node in nodes:
         await add_inventory(
@@ -309,7 +312,7 @@ async def test_stream_readers_are_deleted_after_use(
             instance_id=f"i-{node}",
         )
     settings = make_settings(
-        topology_ready,
+        deployed.remediator,
         kube_url=world.url,
         ecs_endpoint=ecs.endpoint,
         verify_timeout_s=20,
@@ -342,6 +345,7 @@ async def test_stream_readers_are_deleted_after_use(
             await wait_for(none_left, timeout=5.0, what="the remediator's PROBES readers deleted")
     finally:
         await service.stop()
+    assert deployed.violations() == []
 
 
 async def _released(ledger: Ledger, node: str) -> bool:
@@ -350,7 +354,7 @@ async def _released(ledger: Ledger, node: str) -> bool:
 
 
 async def test_a_ladder_waiting_for_a_budget_slot_outlives_the_diagnosis_age_bound(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, world: KubeWorld, ecs: EcsEmulator
 ) -> None:
     """n1 holds the pool's only slot (cordoned, rebooted, its verification waits out `verify_timeout_s`);
     n2's ladder is blocked by the budget, and by the time the slot comes back its diagnosis is older than
@@ -358,8 +362,9 @@ async def test_a_ladder_waiting_for_a_budget_slot_outlives_the_diagnosis_age_bou
     blocked step is on record), so it carries on and cordons n2. Before, the stale diagnosis was refused and
     n2 handed to a person without a repair (seen in a 300-node chaos demo: a `power_loss` drain held by the
     rack budget for 300 s)."""
+    nc, topology_ready = deployed.nc, deployed.admin
     settings = await _one_slot_pool(
-        nc, topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, verify_timeout_s=6, max_diagnosis_age_s=2
+        deployed, kube_url=world.url, ecs_endpoint=ecs.endpoint, verify_timeout_s=6, max_diagnosis_age_s=2
     )
     service = await start_service(settings)
     try:
@@ -383,18 +388,20 @@ async def test_a_ladder_waiting_for_a_budget_slot_outlives_the_diagnosis_age_bou
     assert "n2" in world.cordoned_nodes()  # the cordon happened, at the Kubernetes emulator
     judged = judge_budgets(world, records, pools={"n1": "p", "n2": "p"}, limit=1)
     assert judged["budget_exceedances"] == 0, judged
+    assert deployed.violations() == []
 
 
 async def test_a_ladder_held_only_by_a_pause_is_not_acted_on_past_the_age_bound(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, world: KubeWorld, ecs: EcsEmulator
 ) -> None:
     """A pause holds n1's ladder before its first step; its diagnosis ages past `max_diagnosis_age_s`. A
     ladder held back only by a pause (or the storm guard) has not begun on a fresh signal: once stale it is
     refused as before, not carried on to its last delivery and handed to a person one node at a time."""
+    nc, topology_ready = deployed.nc, deployed.admin
     from nodeheal.remediator.control import write_pause
 
     settings = (
-        await _one_slot_pool(nc, topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, max_diagnosis_age_s=2)
+        await _one_slot_pool(deployed, kube_url=world.url, ecs_endpoint=ecs.endpoint, max_diagnosis_age_s=2)
     ).model_copy(update={"max_deliver": 40})
     control = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-control")
     await write_pause(control, paused=True, reason="change freeze", by="pytest")
@@ -411,18 +418,20 @@ async def test_a_ladder_held_only_by_a_pause_is_not_acted_on_past_the_age_bound(
     records = await audit_records(nc, topology_ready)
     assert not [r for r in records if r.node == "n1" and r.action == "escalate"], "handed over one by one"
     assert world.cordoned_nodes() == []
+    assert deployed.violations() == []
 
 
 async def test_a_slot_keeps_counting_while_its_ladder_waits_for_approval_past_the_hold(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, world: KubeWorld, ecs: EcsEmulator
 ) -> None:
     """n1's ladder cordons it (the pool's only slot) and then waits for a person's approval of its redeploy —
     longer than `slot_hold_s`. Meanwhile n2 of the same pool is diagnosed. n2 must wait until n1's ladder ends
     (approved, redeployed, verified, uncordoned): before, n1's slot stopped counting `slot_hold_s` after the
     cordon although its ladder was alive, and n2 was cordoned beside it. The slot is renewed while its ladder
     lives; `slot_hold_s` is for a holder that died. Counted at the Kubernetes emulator."""
+    nc, topology_ready = deployed.nc, deployed.admin
     settings = (
-        await _one_slot_pool(nc, topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint, slot_hold_s=2.0)
+        await _one_slot_pool(deployed, kube_url=world.url, ecs_endpoint=ecs.endpoint, slot_hold_s=2.0)
     ).model_copy(update={"maintenance_interval_s": 0.2})  # the stale-slot reaper looks often
 
     def boot() -> str:
@@ -460,3 +469,4 @@ async def test_a_slot_keeps_counting_while_its_ladder_waits_for_approval_past_th
     assert effects == [("n1", "cordon"), ("n1", "uncordon"), ("n2", "cordon")], effects
     judged = judge_budgets(world, await audit_records(nc, topology_ready), pools={"n1": "p", "n2": "p"}, limit=1)
     assert judged["budget_exceedances"] == 0, judged
+    assert deployed.violations() == []

@@ -4,19 +4,20 @@ The storm's key in nodeheal-control is what says "escalated" (the create decides
 the escalation itself is the AUDIT record. The key was created and remembered before that record was
 acknowledged: with AUDIT away (a stream without a leader: every publish fails), the record failed, the
 diagnosis was nak'ed, and on every later pass the storm was "escalated already" (the key is there) — the
-person was never told. The key is now kept with its record unsent, and the record is sent again by the next pass."""
+person was never told. The key is now kept with its record unsent, and the record is sent again by the next pass.
+On a real nats-server with the deployed per-role authorization: the remediator under its role's credential and
+inbox, AUDIT deleted and made again by admin (the provisioning Job's user)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from nats.aio.client import Client
 
 from nodeheal.runtime.provision import apply_topology
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
+    Deployed,
     add_inventory,
     audit_records,
     diagnosis,
@@ -36,12 +37,13 @@ def world(bare_world: KubeWorld) -> KubeWorld:
 
 
 async def test_a_storm_escalation_whose_record_failed_is_recorded_when_audit_is_back(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+    deployed: Deployed, world: KubeWorld
 ) -> None:
+    nc, topology_ready = deployed.nc, deployed.admin
     for i in range(10):
         world.add_node(f"s{i}", zone="z1")
         await add_inventory(nc, topology_ready, f"s{i}", zone="z1", node_pool="p")
-    settings = make_settings(topology_ready, kube_url=world.url, storm_threshold_pct=30, storm_min_unhealthy=3)
+    settings = make_settings(deployed.remediator, kube_url=world.url, storm_threshold_pct=30, storm_min_unhealthy=3)
     service = await start_service(settings)
     try:
         await nc.jetstream().delete_stream(f"{topology_ready.stream_prefix}AUDIT")
@@ -69,3 +71,4 @@ async def test_a_storm_escalation_whose_record_failed_is_recorded_when_audit_is_
     domains = [r.target for r in escalations]
     assert "storm:zone:z1" in domains, domains  # the zone (the pool and the cluster are in a storm too here)
     assert len(set(domains)) == len(domains), domains  # each storm escalated once
+    assert deployed.violations() == []
