@@ -1,4 +1,5 @@
-"""Lease renewals on a real nats-server: the ladder's fence and the keeper renew the same lease.
+"""Lease renewals on a real nats-server (the deployed per-role authorization, the leases under the remediator
+role's credential): the ladder's fence and the keeper renew the same lease.
 
 Both renew by compare-and-set on the revision they last saw. Before, a fence right before a side effect and the
 keeper's periodic renewal that overlapped sent the same `last` revision: one of them failed and marked the lease
@@ -11,14 +12,23 @@ this lease's own token is adopted and renewed again by compare-and-set."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
 
 from nodeheal.remediator.leases import Leases
 from nodeheal.runtime.settings import NatsSettings
+from tests.integration.remediator.harness import Deployed
 
 pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def remediator(deployed: Deployed) -> AsyncIterator[Client]:
+    """A connection as the remediator makes it (its role's credential and inbox) on the per-role server."""
+    async with deployed.remediator_connection() as client:
+        yield client
 
 
 async def _leases(nc: Client, nats: NatsSettings, holder: str = "replica-a") -> Leases:
@@ -26,7 +36,8 @@ async def _leases(nc: Client, nats: NatsSettings, holder: str = "replica-a") -> 
     return Leases(kv, holder=holder, ttl_s=30)
 
 
-async def test_overlapping_renewals_of_one_lease_do_not_lose_it(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_overlapping_renewals_of_one_lease_do_not_lose_it(deployed: Deployed, remediator: Client) -> None:
+    nc, topology_ready = remediator, deployed.remediator
     leases = await _leases(nc, topology_ready)
     lease = await leases.acquire(cluster="c1", node="n-overlap", action="d1")
     assert lease is not None
@@ -36,9 +47,11 @@ async def test_overlapping_renewals_of_one_lease_do_not_lose_it(topology_ready: 
     await leases.renew(lease, action="d1")  # still ours: the next renewal succeeds too
     other = await _leases(nc, topology_ready, holder="replica-b")
     assert await other.acquire(cluster="c1", node="n-overlap", action="d2") is None
+    assert deployed.violations() == []
 
 
-async def test_a_renewal_whose_reply_was_lost_is_adopted(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_renewal_whose_reply_was_lost_is_adopted(deployed: Deployed, remediator: Client) -> None:
+    nc, topology_ready = remediator, deployed.remediator
     leases = await _leases(nc, topology_ready)
     lease = await leases.acquire(cluster="c1", node="n-lost-reply", action="d1")
     assert lease is not None
@@ -48,9 +61,11 @@ async def test_a_renewal_whose_reply_was_lost_is_adopted(topology_ready: NatsSet
     assert not lease.lost
     entry = await leases.kv.get(lease.key)
     assert entry.revision == lease.revision
+    assert deployed.violations() == []
 
 
-async def test_a_lease_taken_by_another_replica_is_still_lost(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_lease_taken_by_another_replica_is_still_lost(deployed: Deployed, remediator: Client) -> None:
+    nc, topology_ready = remediator, deployed.remediator
     leases = await _leases(nc, topology_ready)
     lease = await leases.acquire(cluster="c1", node="n-taken", action="d1")
     assert lease is not None
@@ -61,3 +76,4 @@ async def test_a_lease_taken_by_another_replica_is_still_lost(topology_ready: Na
     with pytest.raises(Exception, match="taken or expired"):
         await leases.renew(lease, action="d1")
     assert lease.lost
+    assert deployed.violations() == []

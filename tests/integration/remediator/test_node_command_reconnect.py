@@ -2,7 +2,9 @@
 runs: the agent's reply after the restart was refused, the remediator timed out and the step failed).
 The remediator asks once more with the same action id after a reconnect; the agent answers a known id
 from its stored result, so the command runs once. A request that meets "no responders" (no agent subscribed
-yet) is asked again until the step's deadline."""
+yet) is asked again until the step's deadline. The late agent and the missing one on a real nats-server with the
+deployed per-role authorization (the remediator's requester under its role's credential, the agent under its
+node's); the restart test keeps a plain server of its own (it kills and restarts it)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -24,6 +25,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.subjects import cmd_subject
 from nodeheal.sim.embedded import EmbeddedNats
+from tests.integration.remediator.harness import CLUSTER, Deployed
 from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
 
 pytestmark = [pytest.mark.nats]
@@ -103,44 +105,50 @@ def _agent_settings(nats: NatsSettings, node: FakeNode, tmp_path: Path) -> Agent
 
 
 async def test_an_agent_that_subscribes_late_is_asked_again_and_runs_the_command_once(
-    nc: Client, topology_ready: NatsSettings, tmp_path: Path
+    deployed: Deployed, tmp_path: Path
 ) -> None:
     """The remediator's request meets "no responders" (the agent is (re)starting); the real agent subscribes a
-    second later and the step succeeds, the unit restarted once."""
+    second later and the step succeeds, the unit restarted once. As deployed: the requester under the remediator
+    role's credential and inbox, the agent under the node's own minted credential."""
     node = make_fake_node(tmp_path)
     node.set_unit("kubelet.service", "failed", restarts=2)
-    request = asyncio.create_task(
-        NodeAgent(nc, prefix=topology_ready.prefix, timeout_s=10.0).run(
-            cluster="c1",
-            node="n-late",
-            command="restart_service",
-            target="kubelet",
-            action_id="late-1",
-            lease_revision=1,
+    async with deployed.remediator_connection() as nc:
+        request = asyncio.create_task(
+            NodeAgent(nc, prefix=deployed.remediator.prefix, timeout_s=10.0).run(
+                cluster=CLUSTER,
+                node="n-late",
+                command="restart_service",
+                target="kubelet",
+                action_id="late-1",
+                lease_revision=1,
+            )
         )
-    )
-    await asyncio.sleep(1.0)  # several requests answered "no responders" meanwhile
-    assert not request.done(), request.result().detail
-    agent = RealAgent(_agent_settings(topology_ready, node, tmp_path))
-    await agent.start()
-    try:
-        outcome = await asyncio.wait_for(request, timeout=15)
-    finally:
-        await agent.stop()
+        await asyncio.sleep(1.0)  # several requests answered "no responders" meanwhile
+        assert not request.done(), request.result().detail
+        agent = RealAgent(_agent_settings(deployed.agent("n-late"), node, tmp_path))
+        await agent.start()
+        try:
+            outcome = await asyncio.wait_for(request, timeout=15)
+        finally:
+            await agent.stop()
     assert outcome.ok, outcome.detail
     assert node.restarts_logged() == ["kubelet.service"]
+    assert deployed.violations() == []
 
 
-async def test_no_agent_at_all_fails_the_step_at_its_deadline(nc: Client, topology_ready: NatsSettings) -> None:
-    outcome = await asyncio.wait_for(
-        NodeAgent(nc, prefix=topology_ready.prefix, timeout_s=1.5).run(
-            cluster="c1",
-            node="n-none",
-            command="restart_service",
-            target="kubelet",
-            action_id="none-1",
-            lease_revision=1,
-        ),
-        timeout=10,
-    )
+async def test_no_agent_at_all_fails_the_step_at_its_deadline(deployed: Deployed) -> None:
+    """As deployed: the requester under the remediator role's credential and inbox."""
+    async with deployed.remediator_connection() as nc:
+        outcome = await asyncio.wait_for(
+            NodeAgent(nc, prefix=deployed.remediator.prefix, timeout_s=1.5).run(
+                cluster=CLUSTER,
+                node="n-none",
+                command="restart_service",
+                target="kubelet",
+                action_id="none-1",
+                lease_revision=1,
+            ),
+            timeout=10,
+        )
     assert not outcome.ok and "no node agent answers" in outcome.detail
+    assert deployed.violations() == []

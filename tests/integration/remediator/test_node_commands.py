@@ -1,5 +1,6 @@
-"""Issue 13 regressions of node commands on a real nats-server through the real remediator service and
-the real node agent code; side effects counted where they happen (the simulated node's systemctl, the
+"""Issue 13 regressions of node commands on a real nats-server with the deployed per-role authorization,
+through the real remediator service (under its role's credential) and the real node agent code (under the
+node's own minted credential); side effects counted where they happen (the simulated node's systemctl, the
 fake node's systemctl log):
 
 - a descriptor leak on a simulated node (the demo's `fd_leak`): the agent reads /proc through the host
@@ -12,16 +13,15 @@ fake node's systemctl log):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from nats.aio.client import Client
 
 from nodeheal.agent.app import NodeAgent
 from nodeheal.diagnoser.rules import ladder_for
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.ids import new_id
 from nodeheal.sim.clock import ManualClock
@@ -32,6 +32,7 @@ from nodeheal.sim.kube import KubeWorld
 from tests.integration.deploy.natsauth_loader import agent_nats, per_role_server, role_nats, violations
 from tests.integration.remediator.harness import (
     CLUSTER,
+    Deployed,
     audit_records,
     diagnosis,
     make_settings,
@@ -56,8 +57,12 @@ async def ecs() -> AsyncIterator[EcsEmulator]:
 
 
 async def test_a_descriptor_leak_restarts_the_unit_that_holds_the_descriptors(
-    topology_ready: NatsSettings, nc: Client, tmp_path: Path
+    deployed: Deployed, tmp_path: Path
 ) -> None:
+    """As deployed: the remediator under its role's credential and inbox, each simulated node's agent code
+    speaking through a connection under that node's own minted credential (its probes, its commands, its
+    replies); admin stands in for the prober."""
+    nc, topology_ready = deployed.nc, deployed.admin
     sim = FleetSimulator(
         spec=FleetSpec(nodes=3, cluster=CLUSTER),
         settings=topology_ready,
@@ -69,9 +74,12 @@ async def test_a_descriptor_leak_restarts_the_unit_that_holds_the_descriptors(
     async with KubeWorld() as world:
         for name in sim.nodes:
             world.add_node(name, zone="z1")
-        await sim.start(prober_nc=nc, agent_nc=dict.fromkeys(sim.nodes, nc))
-        service = await start_service(make_settings(topology_ready, kube_url=world.url))
+        agents = contextlib.AsyncExitStack()
+        service = None
         try:
+            agent_nc = {name: await agents.enter_async_context(deployed.agent_connection(name)) for name in sim.nodes}
+            await sim.start(prober_nc=nc, agent_nc=agent_nc)
+            service = await start_service(make_settings(deployed.remediator, kube_url=world.url))
             node.fd_allocated = int(node.fd_max * 0.97)  # what the demo's fd_leak fault does
             d = Diagnosis(
                 cluster=CLUSTER,
@@ -86,8 +94,10 @@ async def test_a_descriptor_leak_restarts_the_unit_that_holds_the_descriptors(
             await publish_diagnosis(nc, topology_ready, d)
             verified = await wait_for_record(nc, topology_ready, node=node.name, phase="verified", timeout=30)
         finally:
-            await service.stop()
+            if service is not None:
+                await service.stop()
             await sim.stop()
+            await agents.aclose()
     commands = [c for c in sim.executed_commands() if c["node"] == node.name]
     assert [(c["command"], c["target"], c["ok"]) for c in commands] == [("restart_service", "fd-holder", True)]
     assert "(ops-agent) holds" in str(commands[0]["detail"])  # the holder, named by the agent from /proc
@@ -95,6 +105,7 @@ async def test_a_descriptor_leak_restarts_the_unit_that_holds_the_descriptors(
     assert verified.action == "restart_service"
     records = [r for r in await audit_records(nc, topology_ready) if r.node == node.name]
     assert [r for r in records if r.action == "escalate"] == []
+    assert deployed.violations() == []
 
 
 async def test_killed_between_command_and_result_the_command_is_resent_and_runs_once(
