@@ -70,6 +70,15 @@ def mint_agent(tmp_path: Path, cluster: str, node: str) -> None:
     (tmp_path / f"agent-{cluster}-{node}.creds").write_text(creds)
 
 
+def mint_role(tmp_path: Path, role: str) -> Path:
+    """Write `<role>.creds` for one more role while `per_role_server(tmp_path)` runs (e.g. `reader` for the CLI's
+    read-only commands), as `natsauth.py init` writes it; its path."""
+    path = tmp_path / f"{role}.creds"
+    if not path.exists():
+        path.write_text(_BUNDLES[tmp_path].user_creds(role))  # type: ignore[attr-defined]
+    return path
+
+
 def role_nats(tmp_path: Path, url: str, role: str) -> NatsSettings:
     """The NATS settings a service of `role` is deployed with: its `.creds` (written by `per_role_server`)
     and its role's inbox prefix."""

@@ -36,7 +36,14 @@ from nodeheal.schemas.probe import FileHandles, FileSystem, LoadAverage, NodePro
 from nodeheal.schemas.subjects import cloud_subject, cmd_subject, diagnosis_subject, probe_subject, wildcard
 from nodeheal.sim.kube import KubeWorld
 from nodeheal.sim.referee import WorldLog, budget_exceedances
-from tests.integration.deploy.natsauth_loader import agent_nats, load_natsauth, mint_agent, role_nats, violations
+from tests.integration.deploy.natsauth_loader import (
+    agent_nats,
+    load_natsauth,
+    mint_agent,
+    mint_role,
+    role_nats,
+    violations,
+)
 from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node, statvfs_with
 
 CLUSTER = "c1"
@@ -419,6 +426,11 @@ class Deployed:
             yield client
         finally:
             await client.close()
+
+    def cli_creds(self, role: str = "admin") -> list[str]:
+        """`--creds` for the CLI as an operator runs it (docs/cli.md): the `admin` credential for the commands that
+        write (`batch`, `approve`, `pause`), `reader` for those that only read (`audit tail`, `replay`, `fleet`)."""
+        return ["--creds", str(mint_role(self.directory, role))]
 
     def violations(self) -> list[str]:
         """The permission violations the server logged."""

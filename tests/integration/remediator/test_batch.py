@@ -1,5 +1,6 @@
 """`nodeheal batch` (issue 16) end to end: nodes listed by label through the official client at kmock's
-emulator, operator diagnoses submitted to the real remediator on a real nats-server, reboots through the
+emulator, operator diagnoses submitted (under the `admin` credential an operator uses) to the real remediator
+(under its role's credential) on a real nats-server with the deployed per-role authorization, reboots through the
 real ECS SDK at the emulator, progress read back from AUDIT.
 
 What a user would notice: a batch reboot of a labelled pool never disrupts more nodes at once than the
@@ -33,6 +34,7 @@ from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
     CLUSTER,
+    Deployed,
     add_inventory,
     audit_records,
     judge_budgets,
@@ -66,7 +68,10 @@ async def _agents(nc: Client, nats: NatsSettings, ecs: EcsWorld, stop: asyncio.E
 
 
 @pytest.fixture
-async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[Fleet]:
+async def fleet(deployed: Deployed) -> AsyncIterator[Fleet]:
+    """The pools' nodes at both emulators and in the inventory; the remediator under its role's credential on the
+    per-role server; admin stands in for the nodes' agents (their probes)."""
+    nc, topology_ready = deployed.nc, deployed.admin
     ecs_world = EcsWorld(clock=SystemClock(), reboot_duration=timedelta(seconds=1))
     ecs_world.add_launch_template("lt-p2", node_pool="p2", region_id="cn-hangzhou")
     async with KubeWorld() as world, EcsEmulator(ecs_world, tick_interval_s=0.1) as ecs:
@@ -78,7 +83,7 @@ async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[Fleet
                 nc, topology_ready, node, zone="z1", node_pool=pool, cloud="alibaba", instance_id=f"i-{node}"
             )
         settings = make_settings(
-            topology_ready,
+            deployed.remediator,
             kube_url=world.url,
             ecs_endpoint=ecs.endpoint,
             pool_budget=Budget(max_count=2),
@@ -98,10 +103,13 @@ async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[Fleet
             await service.stop()
 
 
-def _args(nats: NatsSettings, world: KubeWorld, *extra: str) -> list[str]:
+def _args(deployed: Deployed, world: KubeWorld, *extra: str) -> list[str]:
+    """The CLI as an operator runs it: the `admin` credential (docs/cli.md)."""
+    nats = deployed.admin
     return [
         "batch",
         *extra,
+        *deployed.cli_creds(),
         "--nats-url",
         nats.url,
         "--prefix",
@@ -126,8 +134,8 @@ def _most_at_once(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
-async def test_batch_reboot_of_a_pool_respects_the_pool_budget(topology_ready: NatsSettings, fleet: Fleet) -> None:
-    args = _args(topology_ready, fleet.world, "reboot", "--selector", "nodeheal.io/node-pool=p1")
+async def test_batch_reboot_of_a_pool_respects_the_pool_budget(deployed: Deployed, fleet: Fleet) -> None:
+    args = _args(deployed, fleet.world, "reboot", "--selector", "nodeheal.io/node-pool=p1")
     result = await asyncio.to_thread(
         CliRunner().invoke, cli, [*args, "--max-parallel", "6", "--json", "--reason", "kernel upgrade"]
     )
@@ -156,17 +164,17 @@ async def test_batch_reboot_of_a_pool_respects_the_pool_budget(topology_ready: N
             out.append((cordoned.pop(node), at))
     assert cordoned == {} and len(out) == 6  # every node given back
     assert _most_at_once(out) == 2  # in parallel, up to the budget and not beyond
+    assert deployed.violations() == []
 
 
-async def test_batch_cordon_hands_each_node_to_the_operator(
-    topology_ready: NatsSettings, nc: Client, fleet: Fleet
-) -> None:
+async def test_batch_cordon_hands_each_node_to_the_operator(deployed: Deployed, fleet: Fleet) -> None:
     """`nodeheal batch cordon` of a 6-node pool whose budget is 2: every node ends cordoned as asked (the
     batch does not stall behind its own cordons), and each node's trail says it is the operator's now — the
     hand-over record every release of a still-cordoned node carries. Before, the slots went back without
     one, and the demo's referee (cordoned at the emulator, minus handed over) counted 6 nodes nodeheal held
     in a pool whose budget is 2."""
-    args = _args(topology_ready, fleet.world, "cordon", "--selector", "nodeheal.io/node-pool=p1")
+    nc, topology_ready = deployed.nc, deployed.admin
+    args = _args(deployed, fleet.world, "cordon", "--selector", "nodeheal.io/node-pool=p1")
     result = await asyncio.to_thread(CliRunner().invoke, cli, [*args, "--max-parallel", "6", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["summary"] == {"done": 6}
@@ -191,12 +199,12 @@ async def test_batch_cordon_hands_each_node_to_the_operator(
         return slots == []
 
     await wait_for(no_slot_held, timeout=10, what="every budget slot given back after its hand-over")
+    assert deployed.violations() == []
 
 
-async def test_an_interrupted_batch_resumes_and_reboots_every_node_once(
-    topology_ready: NatsSettings, nc: Client, fleet: Fleet
-) -> None:
-    args = _args(topology_ready, fleet.world, "reboot", "--selector", "nodeheal.io/node-pool=p2")
+async def test_an_interrupted_batch_resumes_and_reboots_every_node_once(deployed: Deployed, fleet: Fleet) -> None:
+    nc, topology_ready = deployed.nc, deployed.admin
+    args = _args(deployed, fleet.world, "reboot", "--selector", "nodeheal.io/node-pool=p2")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NODEHEAL_", "NATS_"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "nodeheal.cli.main", *args, "--max-parallel", "1"],
@@ -223,12 +231,12 @@ async def test_an_interrupted_batch_resumes_and_reboots_every_node_once(
     assert rebooted == [f"i-{n}" for n in OTHERS]  # every node exactly once: the one under way was not resubmitted
     episodes = {r.episode_id for r in await audit_records(nc, topology_ready) if r.action == "reboot"}
     assert len(episodes) == 3 and all(e and e.startswith(f"batch:{match.group(1)}:reboot:") for e in episodes)
+    assert deployed.violations() == []
 
 
-async def test_batch_replace_waits_for_a_persons_approval_of_each_node(
-    topology_ready: NatsSettings, nc: Client, fleet: Fleet
-) -> None:
-    args = _args(topology_ready, fleet.world, "replace", "--selector", "nodeheal.io/node-pool=p2")
+async def test_batch_replace_waits_for_a_persons_approval_of_each_node(deployed: Deployed, fleet: Fleet) -> None:
+    nc, topology_ready = deployed.nc, deployed.admin
+    args = _args(deployed, fleet.world, "replace", "--selector", "nodeheal.io/node-pool=p2")
     batch = asyncio.create_task(asyncio.to_thread(CliRunner().invoke, cli, [*args, "--max-parallel", "3", "--json"]))
     # each node's replace waits for a person; a retired node keeps its pool slot until replaced, so with a pool
     # budget of 2 the third node's turn comes after an approval: approve them as they come
@@ -241,7 +249,7 @@ async def test_batch_replace_waits_for_a_persons_approval_of_each_node(
                 continue
             if not approved:  # nothing is released before a person approves
                 assert fleet.ecs.world.calls_to("DeleteInstance") == []
-            approve = ["approve", action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+            approve = ["approve", action_id, "--nats-url", topology_ready.url, "--by", "alice", *deployed.cli_creds()]
             approve += ["--bucket-prefix", topology_ready.bucket_prefix]
             approve += ["--prefix", topology_ready.prefix, "--stream-prefix", topology_ready.stream_prefix]
             done = await asyncio.to_thread(CliRunner().invoke, cli, approve)
@@ -262,13 +270,15 @@ async def test_batch_replace_waits_for_a_persons_approval_of_each_node(
     assert len(runs) == 3 and {c.params["LaunchTemplateId"] for c in runs} == {"lt-p2"}
     assert len({c.params["ClientToken"] for c in runs}) == 3  # one machine per node, never twice
     assert all("nodeheal.io/retired" in fleet.world.node(n)["metadata"]["labels"] for n in OTHERS)
+    assert deployed.violations() == []
 
 
-async def test_dry_run_lists_the_nodes_and_submits_nothing(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_dry_run_lists_the_nodes_and_submits_nothing(deployed: Deployed) -> None:
+    nc, topology_ready = deployed.nc, deployed.admin
     async with KubeWorld() as world:
         for node in POOL + OTHERS:
             world.add_node(node, zone="z1", node_pool=node.split("-")[0])
-        args = _args(topology_ready, world, "retire", "--selector", "nodeheal.io/node-pool=p2", "--dry-run")
+        args = _args(deployed, world, "retire", "--selector", "nodeheal.io/node-pool=p2", "--dry-run")
         result = await asyncio.to_thread(CliRunner().invoke, cli, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
@@ -279,3 +289,4 @@ async def test_dry_run_lists_the_nodes_and_submits_nothing(topology_ready: NatsS
     }
     info = await nc.jetstream().stream_info(f"{topology_ready.stream_prefix}DIAGNOSES")
     assert info.state.messages == 0
+    assert deployed.violations() == []

@@ -1,6 +1,8 @@
 """Machine rotation (issue 16): retire labels and taints a drained node (read back through the official
 client), replace waits for `nodeheal approve` and then releases and recreates the instance through the
-real ECS SDK at the emulator (counted there), and a node that spent its repair budget is retired."""
+real ECS SDK at the emulator (counted there), and a node that spent its repair budget is retired. On a real
+nats-server with the deployed per-role authorization: the remediator under its role's credential and inbox,
+`nodeheal approve` under the `admin` credential an operator uses, `nodeheal fleet` under `reader`."""
 
 from __future__ import annotations
 
@@ -13,12 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from kubernetes.aio import client
-from nats.aio.client import Client
 
 from nodeheal.cli.main import cli
 from nodeheal.remediator.actions import ActionOutcome
 from nodeheal.remediator.actions.kube import KubeActions
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.ids import new_id
 from nodeheal.sim.clock import ManualClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
@@ -67,11 +67,10 @@ async def _read_node(url: str, name: str) -> client.V1Node:
         await api.close()  # type: ignore[no-untyped-call]
 
 
-async def test_retire_drains_labels_and_taints_the_node(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
-) -> None:
+async def test_retire_drains_labels_and_taints_the_node(deployed: Deployed, world: KubeWorld) -> None:
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "r1", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r1")
-    service = await start_service(make_settings(topology_ready, kube_url=world.url))
+    service = await start_service(make_settings(deployed.remediator, kube_url=world.url))
     try:
         await publish_diagnosis(nc, topology_ready, mce_crash("r1", ["cordon", "drain", "retire"]))
         await wait_for_record(nc, topology_ready, action="retire", phase="succeeded")
@@ -91,13 +90,15 @@ async def test_retire_drains_labels_and_taints_the_node(
     assert trail[-4:] == [("retire", "intent"), ("retire", "started"), ("retire", "succeeded"), ("none", "skipped")]
     assert ("escalate", "succeeded") not in trail  # retired is the end of the ladder, not a page
     assert "was retired" in again.reason and not [a for a, _ in trail if a == "reboot"]
+    assert deployed.violations() == []
 
 
 async def test_replace_waits_for_approval_then_releases_and_recreates(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, ecs: EcsEmulator
+    deployed: Deployed, world: KubeWorld, ecs: EcsEmulator
 ) -> None:
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "r2", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r2")
-    settings = make_settings(topology_ready, kube_url=world.url, ecs_endpoint=ecs.endpoint)
+    settings = make_settings(deployed.remediator, kube_url=world.url, ecs_endpoint=ecs.endpoint)
     settings.cloud.alibaba_launch_templates = {"p1": "lt-p1:2"}
     service = await start_service(settings)
     try:
@@ -108,7 +109,7 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
         # retired and still cordoned while it waits: it keeps its budget slot (the referee counts it out)
         assert await service.remediator.ledger.slot_of("r2") is not None
         assert "i-r2" in ecs.world.instances
-        args = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+        args = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice", *deployed.cli_creds()]
         args += ["--bucket-prefix", topology_ready.bucket_prefix]
         args += ["--prefix", topology_ready.prefix, "--stream-prefix", topology_ready.stream_prefix]
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
@@ -137,11 +138,13 @@ async def test_replace_waits_for_approval_then_releases_and_recreates(
     assert any(c.name == "approval" and "alice" in c.detail for c in replace[1].checks)
     # the fleet report counts the rotated machine
     args = ["fleet", "--json", "--since", "1h", "--nats-url", topology_ready.url, "--prefix", topology_ready.prefix]
+    args += deployed.cli_creds("reader")  # a read-only command: the reader credential (docs/cli.md)
     args += ["--stream-prefix", topology_ready.stream_prefix, "--bucket-prefix", topology_ready.bucket_prefix]
     result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert (report["rotated"], report["retired"], report["replaced"]) == (1, 1, 1)
+    assert deployed.violations() == []
 
 
 async def test_a_node_that_spent_its_repair_budget_is_retired(
@@ -179,15 +182,16 @@ async def test_a_node_that_spent_its_repair_budget_is_retired(
 
 
 async def test_a_retired_machine_that_answers_again_is_still_replaced_and_never_uncordoned(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld, monkeypatch: pytest.MonkeyPatch
+    deployed: Deployed, world: KubeWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A machine that crashed on failing hardware comes back by its own reboot, and the diagnoser ends the
     episode once it is retired: neither is a recovery that stops the rotation (seen in a 300-node demo:
     `replace skipped: node recovered` right after the retire, then the retired node uncordoned as "verified
     healthy")."""
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "spare", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-s")
     crash = mce_crash("spare", ["cordon", "drain", "retire", "replace"])
-    service = await start_service(make_settings(topology_ready, kube_url=world.url, approval_timeout_s=2.0))
+    service = await start_service(make_settings(deployed.remediator, kube_url=world.url, approval_timeout_s=2.0))
     real_retire = KubeActions.retire
 
     async def retire_then_resolved(self: KubeActions, node: str, *, reason: str) -> ActionOutcome:
@@ -218,17 +222,19 @@ async def test_a_retired_machine_that_answers_again_is_still_replaced_and_never_
     assert not [t for t in trail if t[0] == "uncordon"], trail
     node = await _read_node(world.url, "spare")
     assert node.spec.unschedulable is True and node.metadata.labels["nodeheal.io/retired"] == "mce_fatal_panic"
+    assert deployed.violations() == []
 
 
 async def test_a_rotation_blocked_after_the_retire_is_not_refused_when_redelivered(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+    deployed: Deployed, world: KubeWorld
 ) -> None:
     """The replace of a retired machine blocked by the disruption rate is retried by redelivery; by then the
     diagnoser has ended the episode (resolved at the retire): the redelivered diagnosis is not refused as
     "recovered" (seen in a 300-node demo: the replacement never came)."""
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "r2", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r2")
     crash = mce_crash("r2", ["retire", "replace"])  # r2 runs no pod: retired without a drain
-    settings = make_settings(topology_ready, kube_url=world.url, disruptive_per_minute=1)
+    settings = make_settings(deployed.remediator, kube_url=world.url, disruptive_per_minute=1)
     service = await start_service(settings)
     try:
         await publish_diagnosis(nc, topology_ready, crash)
@@ -237,7 +243,15 @@ async def test_a_rotation_blocked_after_the_retire_is_not_refused_when_redeliver
             update={"id": f"diag-{new_id()}", "resolved": True, "recommended": (), "identified_at": datetime.now(UTC)}
         )
         await publish_diagnosis(nc, topology_ready, healthy)  # the diagnoser's answer to the retire
-        approve = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+        approve = [
+            "approve",
+            waiting.action_id,
+            "--nats-url",
+            topology_ready.url,
+            "--by",
+            "alice",
+            *deployed.cli_creds(),
+        ]
         approve += ["--bucket-prefix", topology_ready.bucket_prefix]
         approve += ["--prefix", topology_ready.prefix, "--stream-prefix", topology_ready.stream_prefix]
         result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
@@ -249,23 +263,33 @@ async def test_a_rotation_blocked_after_the_retire_is_not_refused_when_redeliver
     trail = [(r.action, r.phase, r.reason) for r in await audit_records(nc, topology_ready)]
     assert not [t for t in trail if t[1] == "skipped" and "recovered" in t[2]], trail
     assert not [t for t in trail if t[0] == "uncordon"], trail
+    assert deployed.violations() == []
 
 
 async def test_a_resolved_diagnosis_does_not_settle_a_machine_being_rotated_out(
-    topology_ready: NatsSettings, nc: Client, world: KubeWorld
+    deployed: Deployed, world: KubeWorld
 ) -> None:
     """A cordoned, retired machine waiting for the approval of its replace: the diagnoser's resolved
     diagnosis (its answer to the retire) must not settle the episode as "verified healthy" and so end the
     rotation (seen in a 300-node demo: `none verified` between a blocked replace and its redelivery, then the
     approved replace skipped — never done)."""
+    nc, topology_ready = deployed.nc, deployed.admin
     await add_inventory(nc, topology_ready, "r3", zone="z1", node_pool="p1", cloud="alibaba", instance_id="i-r3")
     crash = mce_crash("r3", ["cordon", "retire", "replace"])
-    settings = make_settings(topology_ready, kube_url=world.url, disruptive_per_minute=1)
+    settings = make_settings(deployed.remediator, kube_url=world.url, disruptive_per_minute=1)
     service = await start_service(settings)
     try:
         await publish_diagnosis(nc, topology_ready, crash)
         waiting = await wait_for_record(nc, topology_ready, action="replace", phase="awaiting_approval", timeout=60)
-        approve = ["approve", waiting.action_id, "--nats-url", topology_ready.url, "--by", "alice"]
+        approve = [
+            "approve",
+            waiting.action_id,
+            "--nats-url",
+            topology_ready.url,
+            "--by",
+            "alice",
+            *deployed.cli_creds(),
+        ]
         approve += ["--bucket-prefix", topology_ready.bucket_prefix]
         approve += ["--prefix", topology_ready.prefix, "--stream-prefix", topology_ready.stream_prefix]
         result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
@@ -284,3 +308,4 @@ async def test_a_resolved_diagnosis_does_not_settle_a_machine_being_rotated_out(
     assert not [t for t in trail if t[0] == "uncordon"], trail
     node = await _read_node(world.url, "r3")
     assert node.spec.unschedulable is True and node.metadata.labels["nodeheal.io/retired"]
+    assert deployed.violations() == []
