@@ -2,92 +2,97 @@
 runs: the agent's reply after the restart was refused, the remediator timed out and the step failed).
 The remediator asks once more with the same action id after a reconnect; the agent answers a known id
 from its stored result, so the command runs once. A request that meets "no responders" (no agent subscribed
-yet) is asked again until the step's deadline. The late agent and the missing one on a real nats-server with the
-deployed per-role authorization (the remediator's requester under its role's credential, the agent under its
-node's); the restart test keeps a plain server of its own (it kills and restarts it)."""
+yet) is asked again until the step's deadline. On a real nats-server with the deployed per-role authorization:
+the remediator's requester under its role's credential and inbox, the real agent code under its node's own
+minted credential."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from pathlib import Path
 
 import pytest
-from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from nodeheal.agent.app import NodeAgent as RealAgent
 from nodeheal.agent.settings import AgentSettings, CleanSettings
 from nodeheal.remediator.actions.node import NodeAgent
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
-from nodeheal.schemas.subjects import cmd_subject
 from nodeheal.sim.embedded import EmbeddedNats
-from tests.integration.remediator.harness import CLUSTER, Deployed
-from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
+from tests.integration.deploy.natsauth_loader import agent_nats, load_natsauth, role_nats
+from tests.integration.remediator.harness import CLUSTER, Deployed, real_agent_with_a_dead_kubelet
+from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node, statvfs_with
 
 pytestmark = [pytest.mark.nats]
 
-READY = b"ready?"
 
-
-async def test_a_command_lost_with_a_restarted_server_is_asked_again_and_runs_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    server = EmbeddedNats(store_dir=str(tmp_path / "store"), log_file=str(tmp_path / "a.log")).start()
+@pytest.mark.parametrize("back", ["before_the_restart_ends", "after_the_restart_ended"])
+async def test_a_command_lost_with_a_restarted_server_is_asked_again_and_runs_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, back: str
+) -> None:
+    """As deployed: a nats-server with the per-role authorization (killed and started again on its port with the
+    same configuration), the requester under the remediator role's credential and inbox, the real agent code under
+    the node's own minted credential on a fake node whose kubelet restart takes 2 s. The server dies while the
+    restart runs: the agent keeps its result (a reply on the new connection to a request the old one received
+    is refused by the server), the remediator asks again with the same action id after its reconnect and is
+    answered from that one restart. The server is back before the restart ends (the agent has reconnected when
+    it has the result), or only after it ended (the agent has the result while its connection is down: a reply
+    sent then would wait in the client's buffer and reach the new connection, where the server refuses it)."""
+    caplog.set_level(logging.INFO, logger="nodeheal.agent")
+    natsauth = load_natsauth()
+    bundle = natsauth.build()
+    (tmp_path / "auth.conf").write_text(bundle.server_config())
+    (tmp_path / "remediator.creds").write_text(bundle.user_creds("remediator"))
+    (tmp_path / f"agent-{CLUSTER}-n1.creds").write_text(bundle.user_creds("agent", cluster=CLUSTER, node="n1"))
+    config = str(tmp_path / "auth.conf")
+    server = EmbeddedNats(config_file=config, log_file=str(tmp_path / "a.log")).start()
     port = server.port
-    settings = NatsSettings(url=server.url)
-    requester = await connect(settings, name="pytest-remediator")
-    agent = await connect(settings, name="pytest-agent")
-    asked: list[str] = []
-    ran: dict[str, NodeCommandResult] = {}
-    first_seen = asyncio.Event()
-
-    async def answer(msg: Msg) -> None:
-        if msg.data == READY:  # the test's own check that the subscription is in place (below)
-            await msg.respond(READY)
-            return
-        command = NodeCommand.model_validate_json(msg.data)
-        asked.append(command.action_id)
-        if len(asked) == 1:
-            first_seen.set()  # the server dies before this request is answered
-            return
-        result = ran.setdefault(
-            command.action_id, NodeCommandResult(action_id=command.action_id, node=command.node, ok=True, detail="ran")
-        )
-        await msg.respond(result.to_json())
-
-    subject = cmd_subject("c1", "n1", prefix=settings.prefix)
-    await agent.subscribe(subject, cb=answer)
-    await agent.flush()
-    # a request right after the subscription's flush is sometimes answered "no responders" by the server
-    # (about 1 in 5 on a loaded 2-core machine; the agent's subscription shows up a moment later): the
-    # command below must reach the agent, so the test first waits until the subject answers
-    for _ in range(100):
-        with contextlib.suppress(NoRespondersError, NatsTimeoutError):
-            if (await requester.request(subject, READY, timeout=1)).data == READY:
-                break
-        await asyncio.sleep(0.05)
+    fake, settings = real_agent_with_a_dead_kubelet(agent_nats(tmp_path, server.url, CLUSTER, "n1"), "n1", tmp_path)
+    (fake.state / "kubelet.service.slow").write_text("2")
+    agent = RealAgent(settings, statvfs=statvfs_with({"root": (50, 10)}))  # type: ignore[arg-type]
+    await agent.start()
+    requester = await connect(role_nats(tmp_path, server.url, "remediator"), name="pytest-remediator")
     restarted: EmbeddedNats | None = None
     try:
         request = asyncio.create_task(
-            NodeAgent(requester, prefix=settings.prefix, timeout_s=6.0).run(
-                cluster="c1", node="n1", command="restart_service", target="kubelet", action_id="a-1", lease_revision=1
+            NodeAgent(requester, prefix=settings.nats.prefix, timeout_s=6.0).run(
+                cluster=CLUSTER,
+                node="n1",
+                command="restart_service",
+                target="kubelet",
+                action_id="a-1",
+                lease_revision=1,
             )
         )
-        await asyncio.wait_for(first_seen.wait(), timeout=10)
+        for _ in range(200):  # the restart has begun at the node's systemctl: the server dies under it
+            if fake.restart_calls():
+                break
+            await asyncio.sleep(0.05)
+        assert fake.restart_calls() == ["begin kubelet.service"], fake.restart_calls()
         server.kill()
-        restarted = EmbeddedNats(port=port, store_dir=str(tmp_path / "store"), log_file=str(tmp_path / "b.log"))
+        if back == "after_the_restart_ended":
+            for _ in range(200):
+                if fake.restart_calls()[-1:] == ["end kubelet.service"]:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # the agent has its result while its connection is down
+        restarted = EmbeddedNats(port=port, config_file=config, log_file=str(tmp_path / "b.log"))
         restarted.start()
         outcome = await asyncio.wait_for(request, timeout=30)
     finally:
         await requester.close()
-        await agent.close()
+        await agent.stop()
         server.stop()  # nothing once killed; a failure before the kill would leave it running past the test
         if restarted is not None:
             restarted.stop()
     assert outcome.ok, outcome.detail
-    assert asked == ["a-1", "a-1"] and len(ran) == 1  # asked again with the same action id, ran once
+    asked = [r.action_id for r in caplog.records if r.getMessage() == "command received"]  # type: ignore[attr-defined]
+    assert asked == ["a-1", "a-1"]  # asked again with the same action id ...
+    assert fake.restarts_logged() == ["kubelet.service"] and agent.executor.executed == 1  # ... and it ran once
+    logged = [(tmp_path / name).read_text() for name in ("a.log", "b.log")]
+    assert [line for text in logged for line in text.splitlines() if "Violation" in line] == []
+    assert any("command result kept, not sent" in r.getMessage() for r in caplog.records)  # not the refused reply
 
 
 def _agent_settings(nats: NatsSettings, node: FakeNode, tmp_path: Path) -> AgentSettings:

@@ -8,7 +8,8 @@ refused as a permissions violation and lost anyway. The result is not lost: the 
 command's action id (`CommandExecutor`, on disk with a state directory), and the requester asks again with
 the same action id and is answered from it (`nodeheal.remediator.actions.node`: at once after a reconnect of
 its own, else once its wait is over, for the result only). So the agent does not send such a reply; it logs
-that it kept it."""
+that it kept it. Nor one whose connection is down when the result is ready (its server away, not yet back): the
+client would keep the reply in its buffer and send it on the next connection, where it is refused the same way."""
 
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ def connection_epoch(nc: Client) -> int:
 
 
 async def answer(msg: Msg, payload: bytes, *, nc: Client, epoch: int, node: str) -> bool:
-    """Reply to `msg` if it asked for a reply and `nc` is still the connection (`epoch`) it arrived on;
+    """Reply to `msg` if it asked for a reply and `nc` is still the connection (`epoch`) it arrived on, and up;
     True if a reply was sent."""
     if not msg.reply:
         return False
-    if connection_epoch(nc) != epoch:
+    if connection_epoch(nc) != epoch or not nc.is_connected:
         log.info(
-            "command result kept, not sent: the connection that received the command has reconnected since "
-            "(the server would refuse the reply); the requester asks again with the same action id",
+            "command result kept, not sent: the connection that received the command has reconnected since or "
+            "is down (the reply would go out on the next connection, and the server would refuse it); the "
+            "requester asks again with the same action id",
             extra={"node": node, "reply": msg.reply},
         )
         return False
