@@ -515,3 +515,133 @@ async def test_an_azure_poller_restarted_during_a_started_event_keeps_its_cause_
     ]
     assert stored[2].started_at == stored[1].started_at
     assert stored[2].extended["started_observed"] is True
+
+
+async def test_an_older_azure_document_right_after_a_restart_does_not_reopen_an_event_that_ended(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The poller sees a Reboot scheduled, then canceled (gone before its NotBefore: `canceled`); its process
+    restarts, and the first document the new poller reads is an older one from a relay that lags, still listing the
+    Reboot `Scheduled`. Before, the incarnation was in memory only: the new tracker read the older document, took
+    the event for open again, and the next (current) document ended it a second time, `completed` after `canceled`
+    once its NotBefore had passed. Now the newest incarnation is taken over from the VM's reports in CLOUD (the
+    `canceled` carries the incarnation of the document it was read gone from): the older document is ignored."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    scheduled = events.schedule("Reboot", resources=["vm-1"], duration_s=60)
+    lagging = copy.deepcopy(events)  # the relay's view: stuck at the document listing the Reboot Scheduled
+    async with AzureImdsEmulator(events) as imds, AzureImdsEmulator(lagging) as relay:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        first = AzureScheduledEventsPoller(
+            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+        )
+        try:
+            assert [e.phase for e in await first.poll_once()] == ["scheduled"]
+            events.cancel(scheduled.event_id)
+            events.advance(timedelta(minutes=1))
+            assert [e.phase for e in await first.poll_once()] == ["canceled"]
+        finally:
+            await first.close()
+        events.advance(timedelta(minutes=20))  # past the NotBefore the canceled event had
+        second, ledger = await _restarted_azure_poller(js, topology_ready, settings, events)
+        try:
+            counted = _older_documents()
+            second.settings = settings.model_copy(update={"endpoint": relay.url})
+            older = await second.poll_once()  # the first read after the restart: the older document
+            second.settings = settings
+            current = await second.poll_once()
+        finally:
+            await second.close()
+    stored = await _stored(js, topology_ready)
+    assert [e.phase for e in stored] == ["scheduled", "canceled"]
+    assert stored[1].extended["DocumentIncarnation"] == events.incarnation
+    assert ledger.incarnation("azure", "vm-1") == events.incarnation
+    assert older == [] and current == []
+    assert _older_documents() == counted + 1
+
+
+async def test_an_older_azure_document_right_after_a_restart_does_not_end_an_event_still_open(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The poller sees a Reboot scheduled and Started; its process restarts while the reboot runs, and the first
+    document the new poller reads is one from before the Reboot was scheduled (a relay that lags: no events).
+    Before, the new tracker read it and ended the Reboot it had taken over (`completed` while it ran: the
+    remediator would put the node back in service mid-reboot), and the real end was then a duplicate. Now the
+    older document is ignored: the Reboot ends when the current document no longer lists it."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    lagging = copy.deepcopy(events)  # the relay's view: the document before the Reboot (no events)
+    events.schedule("Reboot", resources=["vm-1"], duration_s=600)
+    async with AzureImdsEmulator(events) as imds, AzureImdsEmulator(lagging) as relay:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        first = AzureScheduledEventsPoller(
+            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+        )
+        try:
+            assert [e.phase for e in await first.poll_once()] == ["scheduled"]
+            events.advance(timedelta(minutes=16))
+            assert [e.phase for e in await first.poll_once()] == ["in_progress"]
+        finally:
+            await first.close()
+        events.advance(timedelta(minutes=1))
+        second, ledger = await _restarted_azure_poller(js, topology_ready, settings, events)
+        try:
+            second.settings = settings.model_copy(update={"endpoint": relay.url})
+            older = await second.poll_once()
+            second.settings = settings
+            assert [e.phase for e in await _stored(js, topology_ready)] == ["scheduled", "in_progress"]
+            assert [e.phase for e in await second.poll_once()] == ["in_progress"]  # still Started: goes on
+            events.advance(timedelta(minutes=10))  # gone
+            assert [e.phase for e in await second.poll_once()] == ["completed"]
+        finally:
+            await second.close()
+    stored = await _stored(js, topology_ready)
+    assert older == []
+    assert [(e.phase, e.cause) for e in stored] == [
+        ("scheduled", "planned_maintenance"),
+        ("in_progress", "planned_maintenance"),
+        ("completed", "planned_maintenance"),
+    ]
+    assert stored[2].extended["started_observed"] is True
+    assert stored[2].started_at == stored[1].started_at
+    assert ledger.open_events("azure") == []
+
+
+async def test_an_azure_incarnation_that_went_back_for_good_is_taken_after_a_while_after_a_restart(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The incarnation taken over at a restart holds as the newest read did before it, for `INCARNATION_RESET_S`
+    (300 s) only: a counter that went back for good (here, a document service whose count started again) is taken
+    once every document for 300 s in a row is lower, and its new event is published. The poller's clock is the
+    emulator's: the 300 s pass without waiting."""
+    events = AzureScheduledEvents(clock=ManualClock())
+    scheduled = events.schedule("Reboot", resources=["vm-1"], duration_s=60)
+    async with AzureImdsEmulator(events) as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        first = AzureScheduledEventsPoller(
+            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+        )
+        try:
+            assert [e.phase for e in await first.poll_once()] == ["scheduled"]
+            events.cancel(scheduled.event_id)
+            assert [e.phase for e in await first.poll_once()] == ["canceled"]
+        finally:
+            await first.close()
+    recounted = AzureScheduledEvents(clock=ManualClock(events.now()), seed=1)  # event ids of its own
+    recounted.schedule("Freeze", resources=["vm-1"])
+    assert recounted.incarnation < events.incarnation
+    async with AzureImdsEmulator(recounted) as imds:
+        settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
+        second, _ = await _restarted_azure_poller(js, topology_ready, settings, events)
+        try:
+            assert await second.poll_once() == []  # lower than the incarnation taken over: ignored
+            events.advance(timedelta(seconds=299))
+            assert await second.poll_once() == []
+            events.advance(timedelta(seconds=1))  # lower for 300 s in a row: the counter now
+            assert [(e.provider_event_type, e.phase) for e in await second.poll_once()] == [("Freeze", "scheduled")]
+        finally:
+            await second.close()
+    stored = await _stored(js, topology_ready)
+    assert [(e.provider_event_type, e.phase) for e in stored] == [
+        ("Reboot", "scheduled"),
+        ("Reboot", "canceled"),
+        ("Freeze", "scheduled"),
+    ]

@@ -292,6 +292,21 @@ def test_ledger_keeps_what_an_open_event_last_said_until_it_closes() -> None:
     assert ledger.open_reports("azure") == []
 
 
+def test_ledger_keeps_the_highest_azure_incarnation_per_instance() -> None:
+    """`incarnation`: the highest `extended.DocumentIncarnation` an instance's reports carried, open or closed, in
+    the forms CLOUD holds it (a number, a numeric string); a lower one later does not lower it; the instance
+    matched whatever its case; a report without one says nothing."""
+    ledger = TransitionLedger()
+    ledger.noted(cloud="azure", fields={"instance_id": "VM-1", "extended": {"DocumentIncarnation": 4}})
+    ledger.noted(cloud="azure", fields={"instance_id": "vm-1", "extended": {"DocumentIncarnation": "7"}})
+    ledger.noted(cloud="azure", fields={"instance_id": "vm-1", "extended": {"DocumentIncarnation": 5}})
+    ledger.noted(cloud="azure", fields={"instance_id": "vm-2", "extended": {"EventId": "x"}})
+    ledger.noted(cloud="azure", fields={"instance_id": "vm-2", "extended": {"DocumentIncarnation": True}})
+    assert ledger.incarnation("azure", "Vm-1") == 7
+    assert ledger.incarnation("azure", "vm-2") is None
+    assert ledger.incarnation("gcp", "vm-1") is None
+
+
 def test_ledger_is_bounded_by_forgetting_closed_events_first() -> None:
     ledger = TransitionLedger(max_entities=100)
     ledger.record(cloud="aws", provider_event_id="open-old", phase="scheduled")  # the oldest entry, still open

@@ -407,7 +407,9 @@ class AzureScheduledEventsPoller(_MetadataPoller):
         self._older_logged = False
 
     def _take_over(self, ledger: TransitionLedger, ctx: NormalizeContext) -> None:
-        self.tracker.resume(ledger.open_reports("azure"), ctx)
+        resource = self.tracker.resource
+        incarnation = ledger.incarnation("azure", resource) if resource else None
+        self.tracker.resume(ledger.open_reports("azure"), ctx, incarnation=incarnation)
 
     async def _vm_name(self) -> None:
         """The name Azure lists in an event's `Resources` is the VM's (a scale set's `<vmss>_<n>`), which on AKS

@@ -401,6 +401,7 @@ async def seed_ledger(
                 not_before=body.get("not_before"),
                 channel=body.get("channel"),
             )
+            ledger.noted(cloud=cloud, fields=body)  # Azure's document counter: a restarted poller starts from it
             if verdict in ("new", "rescheduled"):
                 # what it said: a restarted node-local poller takes its open events over (`open_reports`)
                 ledger.reported(cloud=cloud, provider_event_id=provider_event_id, phase=phase, fields=body)

@@ -115,14 +115,20 @@ class AzureDocumentTracker:
                 out.append(self._ended(self.seen.pop(key), ctx))
         return out
 
-    def resume(self, reports: Iterable[OpenReport], ctx: NormalizeContext) -> None:
+    def resume(self, reports: Iterable[OpenReport], ctx: NormalizeContext, *, incarnation: int | None = None) -> None:
         """Take over the events of this VM a previous poller left open (`reports`: the seeded ledger's
         `open_reports("azure")`), as if this tracker had read them itself: one still in the next document goes on
         (its first status, so its cause, and when Started was first seen are kept), one gone from it ends as it
         would have (`completed` / `canceled`, `_ended`). Before, a restart of the poller's process or VM forgot
         them: an event that ended meanwhile was never closed in CLOUD, and one still `Started` was taken for a
-        host failure. A report that does not read back is left alone (as before). The incarnation is not taken
-        over: the first document after a restart is read whatever its incarnation, as before."""
+        host failure. A report that does not read back is left alone (as before).
+        `incarnation`: the highest `DocumentIncarnation` the VM's reports in CLOUD carried (the seeded ledger's
+        `incarnation`), taken as the newest read, so a document older than it right after the restart (a relay
+        that lags) is ignored as it would have been before the restart (`feed`; the `INCARNATION_RESET_S` window
+        starts anew). Before, the first document after a restart was read whatever its incarnation: an older one
+        re-opened an event already ended, or ended one still open."""
+        if incarnation is not None and (self.incarnation is None or incarnation > self.incarnation):
+            self.incarnation = incarnation
         for report in reports:
             key = report.provider_event_id
             vm = key.rpartition("#")[2]
@@ -257,7 +263,13 @@ class AzureDocumentTracker:
             description=f"synthesised: the event disappeared from the Scheduled Events document {why}",
             source_initiator=last.source_initiator,
             local_data_loss=last.local_data_loss,
-            extended={**last.extended, "synthesized": True, "started_observed": started_observed},
+            # the document it was read gone from: what a restarted poller starts from (`resume`)
+            extended={
+                **last.extended,
+                "DocumentIncarnation": self.incarnation,
+                "synthesized": True,
+                "started_observed": started_observed,
+            },
         )
 
 

@@ -23,6 +23,12 @@ holds them), dropped once it closes. A node-local poller that keeps its events i
 GCE's current episode) takes the ones its predecessor left open over from the seeded ledger (`open_reports`), so a
 restart of its process or VM does not lose an event's end.
 
+Document counter per instance (`incarnation`): the highest Azure `DocumentIncarnation` a report of the instance
+carried (`extended.DocumentIncarnation`; a synthesised end carries the one of the document it was read gone from),
+recorded from every report, closed or open. A restarted Azure poller starts from it, so an older document served
+right after the restart (a lagging relay) does not re-open or end an event (`AzureDocumentTracker.resume`). One
+small entry per instance that has had an Azure event; never forgotten.
+
 Route per transition: the node its latest message went to, or none (the instance was not in the inventory and
 it went out under the instance id). `unmapped` names the message a node never got, so the ingest sends it to the
 node once the inventory knows the instance; the route is rebuilt with the rest from the stored messages.
@@ -155,6 +161,8 @@ class TransitionLedger:
     _closed: OrderedDict[tuple[str, str], _Entity] = field(default_factory=OrderedDict)
     """Entities with a terminal phase, least recently touched first (the ones forgotten when full)."""
     over_bound_said: bool = False
+    _incarnations: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Per (cloud, instance id lower-cased): the highest `extended.DocumentIncarnation` its reports carried."""
     """The ingest has said `over_bound` (logged) since it last was not: it says it once per crossing."""
 
     def _get(self, key: tuple[str, str]) -> _Entity | None:
@@ -256,6 +264,7 @@ class TransitionLedger:
             not_before=event.not_before,
             channel=event.channel,
         )
+        self.noted(cloud=event.cloud, fields=event.model_dump(mode="json", include={"instance_id", "extended"}))
         if verdict in ("new", "rescheduled"):
             self.reported(
                 cloud=event.cloud,
@@ -304,6 +313,29 @@ class TransitionLedger:
         if entity is None or entity.terminal is not None or phase in TERMINAL_PHASES or not entity.current(phase):
             return
         entity.report = (phase, {k: fields[k] for k in REPORT_FIELDS if k in fields})
+
+    def noted(self, *, cloud: str, fields: Mapping[str, Any]) -> None:
+        """A report of `cloud` (a model dump or CLOUD's JSON): keep its `extended.DocumentIncarnation` if it is the
+        highest its instance's reports carried (`incarnation`). A report without one says nothing."""
+        extended, instance = fields.get("extended"), fields.get("instance_id")
+        if not isinstance(extended, Mapping) or not isinstance(instance, str) or not instance:
+            return
+        value = extended.get("DocumentIncarnation")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                return
+        if isinstance(value, bool) or not isinstance(value, int):
+            return
+        key = (cloud, instance.lower())
+        known = self._incarnations.get(key)
+        if known is None or value > known:
+            self._incarnations[key] = value
+
+    def incarnation(self, cloud: str, instance_id: str) -> int | None:
+        """The highest document counter a report of `instance_id` (any case) carried (`noted`), or None."""
+        return self._incarnations.get((cloud, instance_id.lower()))
 
     def open_reports(self, cloud: str) -> list[OpenReport]:
         """The open events of `cloud` (as `open_events`) whose latest report is known, with what it said."""
