@@ -118,6 +118,24 @@ def test_an_azure_incarnation_that_went_back_for_good_is_taken_after_a_while() -
     assert tracker.feed(_doc(2), NormalizeContext(observed_at=at + timedelta(seconds=INCARNATION_RESET_S + 30))) == []
 
 
+def test_an_azure_tracker_resumed_with_an_incarnation_ignores_older_documents() -> None:
+    """`resume(..., incarnation=)`: the newest incarnation the VM's reports in CLOUD carried is taken as the newest
+    read (an older document right after a restart is ignored); a lower one does not lower what was read; a synthesised
+    end carries the incarnation of the document it was read gone from."""
+    tracker = AzureDocumentTracker(resource="vm-a")
+    tracker.resume([], NormalizeContext(observed_at=T0), incarnation=9)
+    assert tracker.incarnation == 9
+    assert tracker.feed(_doc(8, ("E1", "Reboot", "Scheduled")), NormalizeContext(observed_at=T0)) == []
+    assert tracker.older_documents == 1
+    assert [
+        e.phase for e in tracker.feed(_doc(10, ("E1", "Reboot", "Scheduled")), NormalizeContext(observed_at=T0))
+    ] == ["scheduled"]
+    tracker.resume([], NormalizeContext(observed_at=T0), incarnation=2)
+    assert tracker.incarnation == 10
+    (ended,) = tracker.feed(_doc(11), NormalizeContext(observed_at=T0))
+    assert ended.extended["DocumentIncarnation"] == 11
+
+
 LATER = "Sun, 01 Mar 2026 14:00:00 GMT"  # T0 + 2 h: a NotBefore still ahead of the observations below
 
 
