@@ -27,7 +27,9 @@ Document counter per instance (`incarnation`): the highest Azure `DocumentIncarn
 carried (`extended.DocumentIncarnation`; a synthesised end carries the one of the document it was read gone from),
 recorded from every report, closed or open. A restarted Azure poller starts from it, so an older document served
 right after the restart (a lagging relay) does not re-open or end an event (`AzureDocumentTracker.resume`). One
-small entry per instance that has had an Azure event; never forgotten.
+small entry per instance that has had an Azure event; never forgotten. The highest, not the latest: a message sent
+again with an older report does not lower it; a counter that went back for good is taken by the tracker after
+`INCARNATION_RESET_S` (again after each restart while CLOUD still holds a report with the higher one).
 
 Route per transition: the node its latest message went to, or none (the instance was not in the inventory and
 it went out under the instance id). `unmapped` names the message a node never got, so the ingest sends it to the
@@ -161,9 +163,9 @@ class TransitionLedger:
     _closed: OrderedDict[tuple[str, str], _Entity] = field(default_factory=OrderedDict)
     """Entities with a terminal phase, least recently touched first (the ones forgotten when full)."""
     over_bound_said: bool = False
+    """The ingest has said `over_bound` (logged) since it last was not: it says it once per crossing."""
     _incarnations: dict[tuple[str, str], int] = field(default_factory=dict)
     """Per (cloud, instance id lower-cased): the highest `extended.DocumentIncarnation` its reports carried."""
-    """The ingest has said `over_bound` (logged) since it last was not: it says it once per crossing."""
 
     def _get(self, key: tuple[str, str]) -> _Entity | None:
         entity = self._open.get(key)
