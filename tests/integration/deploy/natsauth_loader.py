@@ -6,12 +6,14 @@ import contextlib
 import importlib.util
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import nats
 from nats.aio.client import Client
 
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.sim.embedded import EmbeddedNats
@@ -100,3 +102,37 @@ def agent_nats(tmp_path: Path, url: str, cluster: str, node: str) -> NatsSetting
 def violations(tmp_path: Path) -> list[str]:
     """The permission violations the server of `per_role_server(tmp_path)` logged."""
     return [line for line in (tmp_path / "nats.log").read_text().splitlines() if "Violation" in line]
+
+
+@dataclass
+class RoleServer:
+    """The per-role server of one test of one service: `nc` and `settings` are the admin's (the test stands in for
+    the other services and the operator), `role` the service's settings as deployed (its role's credential and
+    inbox prefix); `role_nc` opens a connection as one process of the service does."""
+
+    dir: Path
+    url: str
+    nc: Client
+    settings: NatsSettings
+    role: NatsSettings
+    opened: list[Client] = field(default_factory=list)
+
+    async def role_nc(self, name: str) -> Client:
+        client = await connect(self.role, name=name)
+        self.opened.append(client)
+        return client
+
+
+@contextlib.asynccontextmanager
+async def role_server(tmp_path: Path, role: str) -> AsyncIterator[RoleServer]:
+    """`per_role_server(tmp_path / "nats", role)` as a `RoleServer`; the connections `role_nc` opened are closed
+    on exit."""
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    async with per_role_server(directory, role) as (server, nc, admin):
+        deployed = RoleServer(directory, server.url, nc, admin, role_nats(directory, server.url, role))
+        try:
+            yield deployed
+        finally:
+            for client in deployed.opened:
+                await client.close()

@@ -18,6 +18,7 @@ from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import inventory_key
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.diagnoser.test_diagnoser_service import send, wait_for_diagnosis
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory
 
@@ -43,12 +44,13 @@ async def _put_lone_nodes(nc: Client, nats: NatsSettings, nodes: list[str]) -> N
 
 
 async def test_a_rollouts_new_process_waits_for_the_old_one_and_the_held_node_down_is_diagnosed(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer,
 ) -> None:
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the detector, as admin
     await _put_lone_nodes(nc, topology_ready, ["n0"])
-    old = DiagnoserRuntime(settings=_settings(topology_ready, "old"), nc=nc)
+    old = DiagnoserRuntime(settings=_settings(deployed.role, "old"), nc=await deployed.role_nc("old"))
     await old.start()
-    new = DiagnoserRuntime(settings=_settings(topology_ready, "surge"), nc=nc)
+    new = DiagnoserRuntime(settings=_settings(deployed.role, "surge"), nc=await deployed.role_nc("surge"))
     starting = asyncio.create_task(new.start())  # the surge pod comes up while the old one runs
     try:
         await send(nc, topology_ready, anomaly("n0", "node_down", at=datetime.now(tz=UTC)))
@@ -71,19 +73,21 @@ async def test_a_rollouts_new_process_waits_for_the_old_one_and_the_held_node_do
         if not starting.done():
             starting.cancel()
         await new.stop()
+    assert violations(deployed.dir) == []
 
 
 async def test_a_killed_holder_is_taken_over_and_a_holder_that_lost_it_stops_consuming(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer,
 ) -> None:
     """A holder that vanished without giving the key back (SIGKILL, a partitioned node) is taken over once it has
     not renewed it for `singleton_ttl_s`; if that holder comes back it finds the key another's and stops."""
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the detector, as admin
     await _put_lone_nodes(nc, topology_ready, ["n1"])
-    stale = DiagnoserRuntime(settings=_settings(topology_ready, "stale"), nc=nc)
+    stale = DiagnoserRuntime(settings=_settings(deployed.role, "stale"), nc=await deployed.role_nc("stale"))
     await stale.start()
     assert stale._keeper is not None
     stale._keeper.cancel()  # its renewals stop, as if the process were frozen or cut off
-    successor = DiagnoserRuntime(settings=_settings(topology_ready, "successor"), nc=nc)
+    successor = DiagnoserRuntime(settings=_settings(deployed.role, "successor"), nc=await deployed.role_nc("successor"))
     try:
         await asyncio.wait_for(successor.start(), timeout=15)
         assert stale.singleton is not None and successor.singleton is not None
@@ -103,20 +107,22 @@ async def test_a_killed_holder_is_taken_over_and_a_holder_that_lost_it_stops_con
     finally:
         await stale.stop()
         await successor.stop()
+    assert violations(deployed.dir) == []
 
 
-async def test_a_process_of_the_same_pod_takes_over_at_once(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_process_of_the_same_pod_takes_over_at_once(deployed: RoleServer) -> None:
     """A container restart after a SIGKILL (OOM kill, a liveness failure): the pod is the same, its earlier process
     is gone. It takes the key over at once instead of waiting `singleton_ttl_s` — the first chaos demo with the
     singleton lost three faults that fired and ended inside that 30 s wait, never diagnosed."""
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the detector, as admin
     await _put_lone_nodes(nc, topology_ready, ["n2"])
-    long_ttl = _settings(topology_ready, "pod-a").model_copy(update={"singleton_ttl_s": 600.0})
-    killed = DiagnoserRuntime(settings=long_ttl, nc=nc)
+    long_ttl = _settings(deployed.role, "pod-a").model_copy(update={"singleton_ttl_s": 600.0})
+    killed = DiagnoserRuntime(settings=long_ttl, nc=await deployed.role_nc("pod-a"))
     await killed.start()
     assert killed._keeper is not None
     killed._keeper.cancel()  # SIGKILLed: no renewal, no release
     await killed.consumers.stop()
-    restarted = DiagnoserRuntime(settings=long_ttl, nc=nc)
+    restarted = DiagnoserRuntime(settings=long_ttl, nc=await deployed.role_nc("pod-a"))
     try:
         await asyncio.wait_for(restarted.start(), timeout=60)  # far under the 600 s ttl
         await send(nc, topology_ready, anomaly("n2", "node_down", at=datetime.now(tz=UTC)))
@@ -124,3 +130,4 @@ async def test_a_process_of_the_same_pod_takes_over_at_once(topology_ready: Nats
     finally:
         await restarted.stop()
         await killed.stop()
+    assert violations(deployed.dir) == []
