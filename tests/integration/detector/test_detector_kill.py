@@ -15,11 +15,11 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
-from nats.aio.client import Client
 
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeProbe
 from nodeheal.sim.embedded import free_port
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish
 from tests.support.http import status
 
@@ -43,6 +43,9 @@ def start(settings: NatsSettings, port: int, **extra: str) -> subprocess.Popen[b
         }
         | extra
     )
+    if settings.creds_file is not None:  # deployed: the detector role's credential and inbox prefix
+        env["NODEHEAL_DETECTOR_NATS__CREDS_FILE"] = settings.creds_file
+        env["NODEHEAL_DETECTOR_NATS__INBOX_PREFIX"] = settings.inbox_prefix
     env.pop("NODEHEAL_TEST_KILL_AT", None)
     env.update(extra)
     return subprocess.Popen([sys.executable, "-m", "nodeheal.detector"], env=env, stderr=subprocess.DEVNULL)
@@ -79,9 +82,10 @@ def panic_probe() -> NodeProbe:
     )
 
 
-async def test_sigkill_between_fetch_and_publish_loses_no_kernel_line(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_sigkill_between_fetch_and_publish_loses_no_kernel_line(deployed: RoleServer) -> None:
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the prober, as admin
     port = free_port()
-    first = start(topology_ready, port, NODEHEAL_TEST_KILL_AT="detector.fetched")
+    first = start(deployed.role, port, NODEHEAL_TEST_KILL_AT="detector.fetched")
     second: subprocess.Popen[bytes] | None = None
     try:
         await ready(first, port)
@@ -89,7 +93,7 @@ async def test_sigkill_between_fetch_and_publish_loses_no_kernel_line(topology_r
         returncode = await asyncio.to_thread(first.wait, 30)
         assert returncode == -9, "the hook point was not reached"
 
-        second = start(topology_ready, port)
+        second = start(deployed.role, port)
         await ready(second, port)
         for seq in range(1, 6):  # later probes of the fleet: the restarted detector acks them
             await publish(nc, topology_ready, probe(node="k2", seq=seq, used=10.0))
@@ -113,10 +117,11 @@ async def test_sigkill_between_fetch_and_publish_loses_no_kernel_line(topology_r
         assert status(f"http://127.0.0.1:{port}/healthz") == 200
     finally:
         stop(first, second)
+    assert violations(deployed.dir) == []
 
 
 async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer,
 ) -> None:
     """The chaos demo's lost bad-kernel crash: a node crashed, the detector raised node_down, was
     SIGKILLed, and the node came back with a new boot id while the detector was away. The restart
@@ -124,8 +129,9 @@ async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot
     beyond the durable's ack floor — so when those probes were delivered nothing had changed: no
     unexpected_reboot, and the diagnoser (holding the lone node_down) saw the node simply come back.
     The seed must be what the killed process had processed: the boot id as of the ack floor."""
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the prober, as admin
     port = free_port()
-    first = start(topology_ready, port)
+    first = start(deployed.role, port)
     second: subprocess.Popen[bytes] | None = None
     durable_stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}PROBES").name
     js = nc.jetstream()
@@ -147,7 +153,7 @@ async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot
             await publish(nc, topology_ready, probe(node="r1", seq=seq, used=10.0, boot="b2"))
             await publish(nc, topology_ready, probe(node="r2", seq=seq, used=10.0, boot="b1"))
 
-        second = start(topology_ready, port)
+        second = start(deployed.role, port)
         await ready(second, port)
 
         async def reboots() -> list[str]:
@@ -164,10 +170,11 @@ async def test_a_reboot_while_the_detector_is_down_is_still_an_unexpected_reboot
         stop(first, second)
 
 
-async def judged_again_after_a_kill(nc: Client, settings: NatsSettings, *, past_duplicate_window: bool) -> None:
+async def judged_again_after_a_kill(deployed: RoleServer, *, past_duplicate_window: bool) -> None:
     """A detector SIGKILLed after a chunk's anomalies were stored and before the chunk's ack
     (`detector.published`); the next process is delivered the chunk again and judges it again. Asserts that
     ANOMALIES holds what the chunk raised once each, and no reopened outage."""
+    nc, settings = deployed.nc, deployed.settings  # the test stands in for the prober, as admin
     port = free_port()
     durable_stream = settings.topology().stream(f"{settings.stream_prefix}PROBES").name
     js = nc.jetstream()
@@ -178,7 +185,7 @@ async def judged_again_after_a_kill(nc: Client, settings: NatsSettings, *, past_
         await js.update_stream(config)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        first = start(settings, port)
+        first = start(deployed.role, port)
         procs.append(first)
         await ready(first, port)
         await publish(nc, settings, probe(node="r1", seq=1, used=10.0, boot="b1"))
@@ -201,7 +208,7 @@ async def judged_again_after_a_kill(nc: Client, settings: NatsSettings, *, past_
         for p in backlog:
             await publish(nc, settings, p)
 
-        second = start(settings, port, NODEHEAL_TEST_KILL_AT="detector.published")
+        second = start(deployed.role, port, NODEHEAL_TEST_KILL_AT="detector.published")
         procs.append(second)
         assert await asyncio.to_thread(second.wait, 60) == -9, "the hook point was not reached"
         stored = sorted((a.node, a.kind, a.status) for a in await anomalies(nc, settings))
@@ -215,7 +222,7 @@ async def judged_again_after_a_kill(nc: Client, settings: NatsSettings, *, past_
         if past_duplicate_window:
             await asyncio.sleep(1.5)  # the restart comes after the stream forgot the ids (a crash loop's back-off)
 
-        third = start(settings, port)
+        third = start(deployed.role, port)
         procs.append(third)
         await ready(third, port)
         await eventually(lambda: acked(1 + len(backlog)), timeout_s=60)  # the chunk, judged again and acked
@@ -224,24 +231,23 @@ async def judged_again_after_a_kill(nc: Client, settings: NatsSettings, *, past_
         assert status(f"http://127.0.0.1:{port}/healthz") == 200
     finally:
         stop(*procs)
+    assert violations(deployed.dir) == []
 
 
-async def test_probes_judged_before_a_kill_and_delivered_again_raise_nothing_twice(
-    topology_ready: NatsSettings, nc: Client
-) -> None:
+async def test_probes_judged_before_a_kill_and_delivered_again_raise_nothing_twice(deployed: RoleServer) -> None:
     """The restarted detector is delivered the killed one's unacknowledged chunk again (nothing above the
     durable's ack floor is known processed) and judges it again, several nodes in one chunk. What it raised is
     not raised twice and no outage is reopened: the re-judged episode gets the same onset, so the same
     deterministic `Nats-Msg-Id` (the stream drops the copy), and a firing restored from ANOMALIES (the reboot)
     is not fired again. A skip of redelivered probes by stream sequence would add nothing here: the ack floor is
     the only record of what was processed that survives the kill (docs/detector.md, "Redelivered probes")."""
-    await judged_again_after_a_kill(nc, topology_ready, past_duplicate_window=False)
+    await judged_again_after_a_kill(deployed, past_duplicate_window=False)
+    assert violations(deployed.dir) == []
 
 
-async def test_an_episode_judged_again_after_the_duplicate_window_is_not_stored_twice(
-    topology_ready: NatsSettings, nc: Client
-) -> None:
+async def test_an_episode_judged_again_after_the_duplicate_window_is_not_stored_twice(deployed: RoleServer) -> None:
     """The same, with the restart after ANOMALIES' duplicate window (a crash loop's back-off is minutes): the
     stream no longer drops the copy, and the episode the chunk fired and resolved was stored a second time. The
     rebuild's replay saw it resolved, so the detector raises it no more (`Detector.restore`)."""
-    await judged_again_after_a_kill(nc, topology_ready, past_duplicate_window=True)
+    await judged_again_after_a_kill(deployed, past_duplicate_window=True)
+    assert violations(deployed.dir) == []
