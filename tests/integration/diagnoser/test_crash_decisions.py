@@ -25,12 +25,14 @@ from nats.aio.client import Client
 
 from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import DiagnoserSettings
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.subjects import audit_subject, crash_subject, diagnosis_subject, finding_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, mint_role, role_nats, violations
 from tests.integration.diagnoser.crashes import (
     DATA,
     BucketRecords,
@@ -72,21 +74,28 @@ async def crashed(
     return t
 
 
-def runtime_for(settings: NatsSettings, nc: Client) -> tuple[DiagnoserRuntime, prometheus_client.CollectorRegistry]:
+async def runtime_for(deployed: RoleServer) -> tuple[DiagnoserRuntime, prometheus_client.CollectorRegistry]:
+    """One diagnoser process: under its role's credential, on a connection of its own."""
     registry = prometheus_client.CollectorRegistry()
-    config = DiagnoserSettings(nats=settings, cluster=CLUSTER, tick_s=0.1, fetch_timeout_s=0.3)
-    return DiagnoserRuntime(settings=config, nc=nc, registry=registry), registry
+    config = DiagnoserSettings(nats=deployed.role, cluster=CLUSTER, tick_s=0.1, fetch_timeout_s=0.3)
+    return DiagnoserRuntime(settings=config, nc=await deployed.role_nc("diagnoser"), registry=registry), registry
 
 
 @pytest.fixture
-async def settings(topology_ready: NatsSettings, nc: Client) -> NatsSettings:
-    await put_inventory(nc, topology_ready, MODELS)
-    return topology_ready
+def nc(deployed: RoleServer) -> Client:
+    """The admin's connection: the test stands in for the detector, the agents and the remediator."""
+    return deployed.nc
 
 
 @pytest.fixture
-async def service(settings: NatsSettings, nc: Client) -> AsyncIterator[DiagnoserRuntime]:
-    runtime, _ = runtime_for(settings, nc)
+async def settings(deployed: RoleServer) -> NatsSettings:
+    await put_inventory(deployed.nc, deployed.settings, MODELS)
+    return deployed.settings
+
+
+@pytest.fixture
+async def service(deployed: RoleServer, settings: NatsSettings) -> AsyncIterator[DiagnoserRuntime]:
+    runtime, _ = await runtime_for(deployed)
     await runtime.start()
     yield runtime
     await runtime.stop()
@@ -115,17 +124,22 @@ def crash_evidence(d: Diagnosis) -> Any:
     return next(e for e in d.evidence if e.kind == "crash_report")
 
 
-async def test_a_fatal_machine_check_takes_the_machine_out(nc: Client, settings: NatsSettings) -> None:
+async def test_a_fatal_machine_check_takes_the_machine_out(
+    deployed: RoleServer, nc: Client, settings: NatsSettings
+) -> None:
     running: list[DiagnoserRuntime] = []
     try:
-        await _fatal_machine_check(running, nc, settings)
+        await _fatal_machine_check(running, deployed, nc, settings)
     finally:
         for service in running:
             await service.stop()
+    assert violations(deployed.dir) == []
 
 
-async def _fatal_machine_check(running: list[DiagnoserRuntime], nc: Client, settings: NatsSettings) -> None:
-    service, _ = runtime_for(settings, nc)
+async def _fatal_machine_check(
+    running: list[DiagnoserRuntime], deployed: RoleServer, nc: Client, settings: NatsSettings
+) -> None:
+    service, _ = await runtime_for(deployed)
     running.append(service)
     await service.start()
     mce = [f"<0>[  84.97717{i}] {line}" for i, line in enumerate(corpus_lines("kb-151"))]
@@ -151,7 +165,7 @@ async def _fatal_machine_check(running: list[DiagnoserRuntime], nc: Client, sett
     assert said and not any(x.resolved for x in said)
     # ... also for a new diagnoser process, which neither ends it nor opens another one ...
     await running.pop().stop()
-    service, _ = runtime_for(settings, nc)
+    service, _ = await runtime_for(deployed)
     running.append(service)
     await service.start()
     await asyncio.sleep(1.5)
@@ -172,15 +186,21 @@ async def _fatal_machine_check(running: list[DiagnoserRuntime], nc: Client, sett
         diagnosis_id=d.id,
         episode_id=d.episode,
     )
-    await publish_model(
-        nc.jetstream(), audit_subject(CLUSTER, "n1", prefix=settings.prefix), retired, msg_id=retired.id
-    )
+    # audit records are the remediator's to write (the admin's credential is denied them): as the remediator
+    mint_role(deployed.dir, "remediator")
+    remediator = await connect(role_nats(deployed.dir, deployed.url, "remediator"), name="remediator")
+    try:
+        await publish_model(
+            remediator.jetstream(), audit_subject(CLUSTER, "n1", prefix=settings.prefix), retired, msg_id=retired.id
+        )
+    finally:
+        await remediator.close()
     done = await wait_for_diagnosis(nc, settings, "n1", lambda x: x.resolved)
     assert done.anomaly_ids == d.anomaly_ids
 
 
 async def test_a_known_bucket_reboots_and_its_fleet_record_grows(
-    service: DiagnoserRuntime, nc: Client, settings: NatsSettings
+    service: DiagnoserRuntime, deployed: RoleServer, nc: Client, settings: NatsSettings
 ) -> None:
     lines = pstore_lines("softlockup")
     await crashed(nc, settings, "n1", "boot-a", lines[1:], header=lines[0])
@@ -201,13 +221,14 @@ async def test_a_known_bucket_reboots_and_its_fleet_record_grows(
     record = await bucket_record(nc, settings, "soft_lockup", count=2)
     assert (record["count"], record["node_count"]) == (2, 2)
     assert sorted(record["machine_models"]) == sorted({MODELS["n1"], MODELS["n2"]})
+    assert violations(deployed.dir) == []
 
 
 async def test_a_new_bucket_is_told_to_the_kernel_team_once_across_a_restart(
-    settings: NatsSettings, nc: Client
+    deployed: RoleServer, settings: NatsSettings, nc: Client
 ) -> None:
     lines = pstore_lines("hung")
-    runtime, registry = runtime_for(settings, nc)
+    runtime, registry = await runtime_for(deployed)
     await runtime.start()
     try:
         await crashed(nc, settings, "n1", "boot-1", lines[1:], header=lines[0])
@@ -228,7 +249,7 @@ async def test_a_new_bucket_is_told_to_the_kernel_team_once_across_a_restart(
     assert notice.first_seen is not None and notice.last_seen is not None
 
     # a new process: the bucket crashes again on two other nodes; the kernel team is not told again
-    again, registry = runtime_for(settings, nc)
+    again, registry = await runtime_for(deployed)
     await again.start()
     try:
         await crashed(nc, settings, "n2", "boot-2", lines[1:], header=lines[0])
@@ -244,3 +265,4 @@ async def test_a_new_bucket_is_told_to_the_kernel_team_once_across_a_restart(
     sent = registry.get_sample_value("nodeheal_diagnoser_findings_total", {"kind": "new_crash_bucket"})
     assert not sent
     assert len(await notices(nc, settings)) == 1
+    assert violations(deployed.dir) == []

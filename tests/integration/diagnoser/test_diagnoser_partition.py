@@ -11,14 +11,13 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from nats.aio.client import Client
 
 from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import DiagnoserSettings
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Diagnosis
 from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import wildcard
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.diagnoser.test_diagnoser_service import read_stream, send
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory
 
@@ -27,7 +26,8 @@ pytestmark = pytest.mark.nats
 SCALE = 0.1
 
 
-async def test_a_rack_going_dark_over_a_minute_is_one_partition(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_rack_going_dark_over_a_minute_is_one_partition(deployed: RoleServer) -> None:
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the detector, as admin
     js = nc.jetstream()
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     rack = [f"a{i}" for i in range(40)]
@@ -38,7 +38,7 @@ async def test_a_rack_going_dark_over_a_minute_is_one_partition(topology_ready: 
             await kv.put(inventory_key(CLUSTER, node), inventory(node, rack=rack_name, zone="z1").to_json())
     runtime = DiagnoserRuntime(
         settings=DiagnoserSettings(
-            nats=topology_ready,
+            nats=deployed.role,
             cluster=CLUSTER,
             tick_s=0.1,
             fetch_timeout_s=0.3,
@@ -46,7 +46,7 @@ async def test_a_rack_going_dark_over_a_minute_is_one_partition(topology_ready: 
             domain_quiet_s=15 * SCALE,
             domain_hold_max_s=240 * SCALE,
         ),
-        nc=nc,
+        nc=await deployed.role_nc("diagnoser"),
     )
     await runtime.start()
     try:
@@ -78,14 +78,16 @@ async def test_a_rack_going_dark_over_a_minute_is_one_partition(topology_ready: 
     assert [d for d in in_rack if d.cause == "node_crash" or any(r.action == "reboot" for r in d.recommended)] == []
     assert {d.cause for d in in_rack} == {"rack_partition"} and len(in_rack) == 40  # judged once, together
     assert [(d.node, d.cause) for d in seen if d.node == "rb3"] == [("rb3", "node_crash")]
+    assert violations(deployed.dir) == []
 
 
 async def test_a_rack_whose_second_node_goes_dark_30_s_later_gets_no_crash_across_a_restart(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer,
 ) -> None:
     """Issue 13: the first dark node of a rack waits (the production hold of 60 s, scaled like the rest)
     for a peer that goes dark 30 s later; the diagnoser is restarted while that verdict is held, and the
     rebuilt service holds it just the same. A lone dark node in another rack is one node_crash."""
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the detector, as admin
     js = nc.jetstream()
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     for rack_name in ("ra", "rb", "rc", "rd"):
@@ -93,7 +95,7 @@ async def test_a_rack_whose_second_node_goes_dark_30_s_later_gets_no_crash_acros
             node = f"{rack_name}{i}"
             await kv.put(inventory_key(CLUSTER, node), inventory(node, rack=rack_name, zone="z1").to_json())
     settings = DiagnoserSettings(
-        nats=topology_ready,
+        nats=deployed.role,
         cluster=CLUSTER,
         tick_s=0.1,
         fetch_timeout_s=0.3,
@@ -113,7 +115,7 @@ async def test_a_rack_whose_second_node_goes_dark_30_s_later_gets_no_crash_acros
         )
         return [Diagnosis.model_validate_json(b) for b in raw]
 
-    runtime = DiagnoserRuntime(settings=settings, nc=nc)
+    runtime = DiagnoserRuntime(settings=settings, nc=await deployed.role_nc("first"))
     await runtime.start()
     try:
         await dark("rb3")  # a lone crash elsewhere in the zone
@@ -121,7 +123,7 @@ async def test_a_rack_whose_second_node_goes_dark_30_s_later_gets_no_crash_acros
         await asyncio.sleep(15 * SCALE)
         await runtime.stop()  # restarted while both verdicts are held
         assert await diagnoses() == []
-        runtime = DiagnoserRuntime(settings=settings, nc=nc)
+        runtime = DiagnoserRuntime(settings=settings, nc=await deployed.role_nc("second"))
         await runtime.start()
         await asyncio.sleep(15 * SCALE)
         for node in rack[1:]:  # the second node 30 s after the first, then the rest of the switch
@@ -140,3 +142,4 @@ async def test_a_rack_whose_second_node_goes_dark_30_s_later_gets_no_crash_acros
     assert [d.node for d in in_rack if d.cause == "node_crash"] == []
     assert {d.cause for d in in_rack} == {"rack_partition"} and len(in_rack) == len(rack)
     assert [(d.node, d.cause) for d in seen if d.node == "rb3"] == [("rb3", "node_crash")]
+    assert violations(deployed.dir) == []

@@ -9,22 +9,26 @@ import subprocess
 import sys
 
 import pytest
-from nats.aio.client import Client
 
 from nodeheal.runtime.jetstream import publish_model
-from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Diagnosis
 from nodeheal.schemas.subjects import anomaly_subject, diagnosis_subject
 from nodeheal.sim.embedded import free_port
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.support.http import status
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly
 
 pytestmark = pytest.mark.nats
 
 
-async def test_service_process_diagnoses_from_env_configuration(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_service_process_diagnoses_from_env_configuration(deployed: RoleServer) -> None:
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the detector, as admin
+    role = deployed.role  # the process is configured as deployed: its role's credential and inbox prefix
+    assert role.creds_file is not None
     port = free_port()
-    env = os.environ | {
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NODEHEAL_")} | {
+        "NODEHEAL_DIAGNOSER_NATS__CREDS_FILE": role.creds_file,
+        "NODEHEAL_DIAGNOSER_NATS__INBOX_PREFIX": role.inbox_prefix,
         "NODEHEAL_DIAGNOSER_NATS__URL": topology_ready.url,
         "NODEHEAL_DIAGNOSER_NATS__PREFIX": topology_ready.prefix,
         "NODEHEAL_DIAGNOSER_NATS__STREAM_PREFIX": topology_ready.stream_prefix,
@@ -62,3 +66,4 @@ async def test_service_process_diagnoses_from_env_configuration(topology_ready: 
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+    assert violations(deployed.dir) == []

@@ -18,6 +18,7 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.subjects import crash_subject, diagnosis_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.diagnoser.crashes import pstore_lines, pstore_report, put_inventory
 from tests.integration.diagnoser.test_diagnoser_service import actions, read_stream, send, wait_for_diagnosis
 from tests.unit.diagnoser.scenarios import CLUSTER, OOPS_A, anomaly
@@ -38,18 +39,17 @@ async def diagnoses(nc: Client, settings: NatsSettings, node: str) -> list[Diagn
     return [Diagnosis.model_validate_json(b) for b in await read_stream(nc, stream, subject)]
 
 
-async def started(settings: NatsSettings, nc: Client, *, instance: str) -> DiagnoserRuntime:
-    service = runtime(settings, nc, instance=instance)
+async def started(deployed: RoleServer, *, instance: str) -> DiagnoserRuntime:
+    """One diagnoser process, started under the role's credential on a connection of its own."""
+    service = runtime(deployed.role, await deployed.role_nc(instance), instance=instance)
     await service.start()
     return service
 
 
-async def test_an_episode_that_ended_while_no_diagnoser_ran_is_diagnosed_and_not_acted_on(
-    topology_ready: NatsSettings, nc: Client
-) -> None:
-    settings = topology_ready
+async def test_an_episode_that_ended_while_no_diagnoser_ran_is_diagnosed_and_not_acted_on(deployed: RoleServer) -> None:
+    nc, settings = deployed.nc, deployed.settings  # the test stands in for the detector and the cloud events, as admin
     await put_inventory(nc, settings, MODELS)
-    first = await started(settings, nc, instance="diagnoser-a")
+    first = await started(deployed, instance="diagnoser-a")
     await first.stop()  # the pod is gone; its key is given back (the wait itself is the singleton's tests')
 
     # while no diagnoser runs: n1 crashes on a kernel bug (reboot + pstore report) and is back 20 s later;
@@ -65,7 +65,7 @@ async def test_an_episode_that_ended_while_no_diagnoser_ran_is_diagnosed_and_not
         nc, settings, anomaly("n2", "kernel_fault", subject="crash", status="resolved", at=t + timedelta(minutes=1))
     )
 
-    second = await started(settings, nc, instance="diagnoser-b")  # another pod
+    second = await started(deployed, instance="diagnoser-b")  # another pod
     try:
         n1 = await wait_for_diagnosis(nc, settings, "n1", lambda d: True)
         n2 = await wait_for_diagnosis(nc, settings, "n2", lambda d: True)
@@ -89,7 +89,7 @@ async def test_an_episode_that_ended_while_no_diagnoser_ran_is_diagnosed_and_not
     assert n1_events and all(k.startswith(f"{n1.anomaly_ids[0]}|") for k in n1_events)
     assert not [k for k in fault_events if k.startswith("crash:")]
 
-    third = await started(settings, nc, instance="diagnoser-c")  # a later restart says nothing again
+    third = await started(deployed, instance="diagnoser-c")  # a later restart says nothing again
     try:
         assert third.rebuilt is not None and third.rebuilt.recovered == []
         again = dict(third.diagnoser.fleet.fault_events)
@@ -98,15 +98,14 @@ async def test_an_episode_that_ended_while_no_diagnoser_ran_is_diagnosed_and_not
     assert [d.id for d in await diagnoses(nc, settings, "n1")] == [n1.id]
     assert [d.id for d in await diagnoses(nc, settings, "n2")] == [n2.id]
     assert sorted(again) == sorted(fault_events)  # read back as counted, once
+    assert violations(deployed.dir) == []
 
 
-async def test_an_episode_diagnosed_before_the_restart_is_not_diagnosed_again(
-    topology_ready: NatsSettings, nc: Client
-) -> None:
-    settings = topology_ready
+async def test_an_episode_diagnosed_before_the_restart_is_not_diagnosed_again(deployed: RoleServer) -> None:
+    nc, settings = deployed.nc, deployed.settings  # the test stands in for the detector and the cloud events, as admin
     await put_inventory(nc, settings, MODELS)
     t = datetime.now(tz=UTC)
-    first = await started(settings, nc, instance="diagnoser-a")
+    first = await started(deployed, instance="diagnoser-a")
     try:
         await send(nc, settings, anomaly("n3", "kernel_fault", subject="crash", lines=OOPS_A, at=t))
         live = await wait_for_diagnosis(nc, settings, "n3", lambda d: not d.resolved)
@@ -116,7 +115,7 @@ async def test_an_episode_diagnosed_before_the_restart_is_not_diagnosed_again(
     await send(
         nc, settings, anomaly("n3", "kernel_fault", subject="crash", status="resolved", at=t + timedelta(seconds=30))
     )
-    second = await started(settings, nc, instance="diagnoser-b")
+    second = await started(deployed, instance="diagnoser-b")
     try:
         await wait_for_diagnosis(nc, settings, "n3", lambda d: d.resolved)
         assert second.rebuilt is not None and second.rebuilt.recovered == []
@@ -125,3 +124,4 @@ async def test_an_episode_diagnosed_before_the_restart_is_not_diagnosed_again(
     said = await diagnoses(nc, settings, "n3")
     assert [d.id for d in said if not d.resolved] == [live.id]
     assert [d.recovered for d in said] == [False, False]
+    assert violations(deployed.dir) == []

@@ -18,6 +18,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.finding import FleetFinding
 from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import finding_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.diagnoser.test_diagnoser_service import read_stream, send
 from tests.unit.diagnoser.scenarios import CLUSTER, anomaly, inventory
 
@@ -42,13 +43,14 @@ async def _rack_naming(nc: Client, nats: NatsSettings, count: int) -> list[Fleet
 
 
 async def test_a_growing_rack_finding_is_said_again_and_read_back_after_a_restart(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer,
 ) -> None:
+    nc, topology_ready = deployed.nc, deployed.settings  # the test stands in for the detector, as admin
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
     for i in range(8):
         await kv.put(inventory_key(CLUSTER, f"g{i}"), inventory(f"g{i}", rack="rg", zone="zg").to_json())
     settings = DiagnoserSettings(
-        nats=topology_ready,
+        nats=deployed.role,
         cluster=CLUSTER,
         tick_s=0.1,
         node_down_hold_s=1.0,
@@ -56,7 +58,7 @@ async def test_a_growing_rack_finding_is_said_again_and_read_back_after_a_restar
         fetch_timeout_s=0.3,
     )
     t = datetime.now(tz=UTC)
-    first = DiagnoserRuntime(settings=settings, nc=nc)
+    first = DiagnoserRuntime(settings=settings, nc=await deployed.role_nc("first"))
     await first.start()
     try:
         for i in range(4):
@@ -75,7 +77,7 @@ async def test_a_growing_rack_finding_is_said_again_and_read_back_after_a_restar
     assert grown.finding_id == raised.finding_id and not grown.cleared
     assert {n.rsplit("/", 1)[-1] for n in grown.affected_nodes} == {f"g{i}" for i in range(6)}
 
-    second = DiagnoserRuntime(settings=settings, nc=nc)
+    second = DiagnoserRuntime(settings=settings, nc=await deployed.role_nc("second"))
     await second.start()
     try:
         assert second.diagnoser.fleet.findings[RACK].affected_nodes == grown.affected_nodes
@@ -86,3 +88,4 @@ async def test_a_growing_rack_finding_is_said_again_and_read_back_after_a_restar
     assert len([f for f in await _findings(nc, topology_ready) if (f.kind, f.dimension, f.value) == RACK[:3]]) == len(
         said
     )
+    assert violations(deployed.dir) == []
