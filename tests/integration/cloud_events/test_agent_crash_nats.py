@@ -13,6 +13,7 @@ from nodeheal.agent.app import NodeAgent
 from nodeheal.agent.settings import AgentSettings, CleanSettings, CrashSettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.crash import CrashReport
+from tests.integration.deploy.natsauth_loader import agent_nats, per_role_server, violations
 from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node
 
 pytestmark = pytest.mark.nats
@@ -38,11 +39,24 @@ def agent(nats: NatsSettings, node: FakeNode, state: Path) -> NodeAgent:
     )
 
 
-async def test_a_crashed_boot_is_reported_once(topology_ready: NatsSettings, nc: Client, tmp_path: Path) -> None:
+async def test_a_crashed_boot_is_reported_once(tmp_path: Path) -> None:
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    async with per_role_server(directory, nodes=(("prod-1", "cn-hangzhou.10.0.0.9"),)) as (server, nc, settings):
+        # the agent under the node's own credential, as deploy/base/agent.yaml runs it; the test reads as admin
+        await _reported_once(
+            agent_nats(directory, server.url, "prod-1", "cn-hangzhou.10.0.0.9"), nc, settings, tmp_path
+        )
+    assert violations(directory) == []
+
+
+async def _reported_once(
+    agent_settings: NatsSettings, nc: Client, topology_ready: NatsSettings, tmp_path: Path
+) -> None:
     node = make_fake_node(tmp_path)
     state = tmp_path / "state"
     node.write("/proc/sys/kernel/random/boot_id", CRASHED + "\n")
-    before = agent(topology_ready, node, state)
+    before = agent(agent_settings, node, state)
     await before.start()
     await before.probe_once()
     assert before.nc is not None
@@ -53,7 +67,7 @@ async def test_a_crashed_boot_is_reported_once(topology_ready: NatsSettings, nc:
         (node.root / "sys/fs/pstore").mkdir(parents=True, exist_ok=True)
         (node.root / "sys/fs/pstore" / name).write_bytes((DATA / "null-2/pstore" / name).read_bytes())
     for _ in range(2):  # a new process after the reboot, then a restart of the agent within the boot
-        after = agent(topology_ready, node, state)
+        after = agent(agent_settings, node, state)
         await after.start()
         await after.probe_once()
         await after.probe_once()
