@@ -21,10 +21,12 @@ from nodeheal.detector.rules import RuleConfig
 from nodeheal.detector.settings import DetectorSettings
 from nodeheal.diagnoser.handlers import DiagnoserRuntime
 from nodeheal.diagnoser.settings import DiagnoserSettings
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Diagnosis, NodeProbe
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.subjects import probe_subject
+from tests.integration.deploy.natsauth_loader import per_role_server, role_nats, violations
 from tests.integration.diagnoser.test_diagnoser_service import wait_for_diagnosis
 from tests.unit.cloud_events.prober_targets import hung_listener, stock_kubelet
 from tests.unit.diagnoser.scenarios import CLUSTER
@@ -48,10 +50,31 @@ async def agent_probe(nc: Client, settings: NatsSettings, node: str, seq: int) -
     )
 
 
-async def test_agent_outage_on_a_stock_node_is_agent_down_and_a_hung_node_is_a_hang(
-    topology_ready: NatsSettings, nc: Client, tmp_path: Path
+async def test_agent_outage_on_a_stock_node_is_agent_down_and_a_hung_node_is_a_hang(tmp_path: Path) -> None:
+    """Each service under its role's credential on a nats-server with the deployed per-role authorization; the
+    test writes the inventory and the agents' last probes as admin."""
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    async with per_role_server(directory, "detector", "diagnoser", "prober") as (server, nc, s):
+        detector_nc = await connect(role_nats(directory, server.url, "detector"), name="detector")
+        diagnoser_nc = await connect(role_nats(directory, server.url, "diagnoser"), name="diagnoser")
+        try:
+            roles = {role: role_nats(directory, server.url, role) for role in ("detector", "diagnoser", "prober")}
+            await _stock_node(nc, s, roles, detector_nc, diagnoser_nc, tmp_path)
+        finally:
+            await diagnoser_nc.close()
+            await detector_nc.close()
+    assert violations(directory) == []
+
+
+async def _stock_node(
+    nc: Client,
+    s: NatsSettings,
+    roles: dict[str, NatsSettings],
+    detector_nc: Client,
+    diagnoser_nc: Client,
+    tmp_path: Path,
 ) -> None:
-    s = topology_ready
     js = nc.jetstream()
     kv = await js.key_value(f"{s.bucket_prefix}-inventory")
     nodes = {"agent-gone": "127.0.0.2", "hung": "127.0.0.3"}
@@ -61,13 +84,18 @@ async def test_agent_outage_on_a_stock_node_is_agent_down_and_a_hung_node_is_a_h
 
     detector = DetectorRuntime(
         settings=DetectorSettings(
-            nats=s, batch_size=100, tick_s=0.1, rules=RuleConfig(probe_interval_s=1.0, silence_recheck_s=0.5)
+            nats=roles["detector"],
+            batch_size=100,
+            tick_s=0.1,
+            rules=RuleConfig(probe_interval_s=1.0, silence_recheck_s=0.5),
         ),
-        nc=nc,
+        nc=detector_nc,
     )
     diagnoser = DiagnoserRuntime(
-        settings=DiagnoserSettings(nats=s, cluster=CLUSTER, tick_s=0.1, node_down_hold_s=0.5, fetch_timeout_s=0.3),
-        nc=nc,
+        settings=DiagnoserSettings(
+            nats=roles["diagnoser"], cluster=CLUSTER, tick_s=0.1, node_down_hold_s=0.5, fetch_timeout_s=0.3
+        ),
+        nc=diagnoser_nc,
     )
     async with (
         stock_kubelet(tmp_path, address=nodes["agent-gone"]) as kubelet,
@@ -79,7 +107,7 @@ async def test_agent_outage_on_a_stock_node_is_agent_down_and_a_hung_node_is_a_h
         assert defaults.healthz_url == "https://{address}:10250/healthz"
         prober = Prober(
             ProberSettings(
-                nats=s,
+                nats=roles["prober"],
                 cluster=CLUSTER,
                 tcp_ports=[kubelet.port],
                 healthz_url=f"https://{{address}}:{kubelet.port}/healthz",
