@@ -14,20 +14,33 @@ from nodeheal.detector.rules import RuleConfig
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeInventory
 from nodeheal.schemas.inventory import inventory_key
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish, started_runtime
 
 pytestmark = pytest.mark.nats
 
 
 @pytest.fixture
-async def runtime(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DetectorRuntime]:
+def nc(deployed: RoleServer) -> Client:
+    """The admin's connection: the test stands in for the inventory service and the prober."""
+    return deployed.nc
+
+
+@pytest.fixture
+def topology_ready(deployed: RoleServer) -> NatsSettings:
+    return deployed.settings
+
+
+@pytest.fixture
+async def runtime(deployed: RoleServer) -> AsyncIterator[DetectorRuntime]:
+    """The detector under its role's credential, on a connection of its own."""
     rules = RuleConfig(probe_interval_s=0.5, down_after_missed=2.0, warmup_s=0, silence_recheck_s=0.2)
-    async with started_runtime(topology_ready, nc, rules) as rt:
+    async with started_runtime(deployed.role, await deployed.role_nc("detector"), rules) as rt:
         yield rt
 
 
 async def test_a_node_deleted_from_the_inventory_raises_no_node_down(
-    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings, deployed: RoleServer
 ) -> None:
     s = topology_ready
     kv = await nc.jetstream().key_value(f"{s.bucket_prefix}-inventory")
@@ -60,3 +73,4 @@ async def test_a_node_deleted_from_the_inventory_raises_no_node_down(
     await eventually(lambda: "c1/gone" not in runtime.detector.departed)
     await publish(nc, s, probe(node="gone", seq=4, used=10.0))
     await eventually(lambda: "c1/gone" in runtime.detector.nodes)
+    assert violations(deployed.dir) == []
