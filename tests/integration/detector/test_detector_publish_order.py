@@ -20,13 +20,31 @@ from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.consumer import TRANSIENT
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.subjects import cloud_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.detector.test_detector_nats import anomalies, cloud_event, eventually, probe, publish
 
 pytestmark = pytest.mark.nats
 
 
+@pytest.fixture
+def nc(deployed: RoleServer) -> Client:
+    """The admin's connection: the test stands in for the prober and the cloud-events services."""
+    return deployed.nc
+
+
+@pytest.fixture
+def topology_ready(deployed: RoleServer) -> NatsSettings:
+    return deployed.settings
+
+
+@pytest.fixture
+async def detector_nc(deployed: RoleServer) -> Client:
+    """The detector's connection, under its role's credential and inbox prefix."""
+    return await deployed.role_nc("detector")
+
+
 async def test_a_probe_chunk_is_acked_only_after_its_anomalies_are_stored_even_if_a_cloud_flush_took_them(
-    topology_ready: NatsSettings, nc: Client
+    topology_ready: NatsSettings, nc: Client, detector_nc: Client, deployed: RoleServer
 ) -> None:
     """The probe loop publishes window 1 (n1's anomaly, held) while n2's waits in the queue; a CLOUD message's
     flush starts meanwhile. Once n1's is stored, the probe loop must not ack n2's probe while n2's anomaly is
@@ -37,9 +55,9 @@ async def test_a_probe_chunk_is_acked_only_after_its_anomalies_are_stored_even_i
     await publish(nc, s, probe(node="n2", seq=1, used=99.0))
     rt = DetectorRuntime(
         settings=DetectorSettings(
-            nats=s, batch_size=100, tick_s=0.1, publish_window=1, rules=RuleConfig(threshold_probes=1)
+            nats=deployed.role, batch_size=100, tick_s=0.1, publish_window=1, rules=RuleConfig(threshold_probes=1)
         ),
-        nc=nc,
+        nc=detector_nc,
     )
     flusher: contextvars.ContextVar[str] = contextvars.ContextVar("flusher", default="")
     gate1, gate2 = asyncio.Event(), asyncio.Event()
@@ -101,10 +119,11 @@ async def test_a_probe_chunk_is_acked_only_after_its_anomalies_are_stored_even_i
         gate1.set()
         gate2.set()
         await rt.stop()
+    assert violations(deployed.dir) == []
 
 
 async def test_a_firing_whose_publish_failed_is_stored_before_its_resolution(
-    topology_ready: NatsSettings, nc: Client
+    topology_ready: NatsSettings, nc: Client, detector_nc: Client, deployed: RoleServer
 ) -> None:
     """One chunk fires and clears disk_full on n1 (one window by size). The firing's first publish fails (no
     PubAck): its resolution must not be stored first, ANOMALIES holds firing then resolved."""
@@ -113,9 +132,9 @@ async def test_a_firing_whose_publish_failed_is_stored_before_its_resolution(
     await publish(nc, s, probe(node="n1", seq=2, used=10.0))  # clears (clear_probes=1)
     det = DetectorRuntime(
         settings=DetectorSettings(
-            nats=s, batch_size=100, tick_s=0.1, rules=RuleConfig(threshold_probes=1, clear_probes=1)
+            nats=deployed.role, batch_size=100, tick_s=0.1, rules=RuleConfig(threshold_probes=1, clear_probes=1)
         ),
-        nc=nc,
+        nc=detector_nc,
     )
     real = det.js.publish
     failed_once = False
@@ -141,13 +160,13 @@ async def test_a_firing_whose_publish_failed_is_stored_before_its_resolution(
         await det.stop()
     assert failed_once
     assert order == [("disk_full", "firing"), ("disk_full", "resolved")]
+    assert violations(deployed.dir) == []
 
 
-async def test_a_failed_flush_is_transient_for_the_consumer_runtime(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_failed_flush_is_transient_for_the_consumer_runtime(detector_nc: Client, deployed: RoleServer) -> None:
     """A CLOUD / AUDIT handler flushes; when ANOMALIES does not answer, what it raises must be one of the runtime's
     transient failures (nak'ed, tried again) — not a "handler failed" that ends a valid message in the DLQ."""
-    s = topology_ready
-    rt = DetectorRuntime(settings=DetectorSettings(nats=s, batch_size=100, tick_s=0.1), nc=nc)
+    rt = DetectorRuntime(settings=DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1), nc=detector_nc)
 
     async def down(subject: str, payload: bytes = b"", **kw: Any) -> Any:
         raise nats.errors.TimeoutError
@@ -160,3 +179,4 @@ async def test_a_failed_flush_is_transient_for_the_consumer_runtime(topology_rea
     with pytest.raises(TRANSIENT):
         await rt._flush(rt.clock())
     assert rt._unpublished, "the anomaly is kept for the next try"
+    assert violations(deployed.dir) == []
