@@ -17,10 +17,12 @@ from prometheus_client import REGISTRY
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.rules import RuleConfig
 from nodeheal.detector.settings import DetectorSettings
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import DEFAULT_DLQ_LIMITER
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, CloudSystemEvent, DeadLetter, FileSystem, LoadAverage, NodeProbe
 from nodeheal.schemas.subjects import cloud_subject, dlq_subject, probe_subject, prober_probe_subject, wildcard
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 
 pytestmark = pytest.mark.nats
 
@@ -125,13 +127,25 @@ async def started_runtime(nats: NatsSettings, nc: Client, rules: RuleConfig) -> 
 
 
 @pytest.fixture
-async def runtime(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DetectorRuntime]:
-    async with started_runtime(topology_ready, nc, RuleConfig(clear_probes=1)) as rt:
+def nc(deployed: RoleServer) -> Client:
+    """The admin's connection: the test stands in for the prober, the agents and the cloud-events services."""
+    return deployed.nc
+
+
+@pytest.fixture
+def topology_ready(deployed: RoleServer) -> NatsSettings:
+    return deployed.settings
+
+
+@pytest.fixture
+async def runtime(deployed: RoleServer) -> AsyncIterator[DetectorRuntime]:
+    """The detector under its role's credential, on a connection of its own."""
+    async with started_runtime(deployed.role, await deployed.role_nc("detector"), RuleConfig(clear_probes=1)) as rt:
         yield rt
 
 
 async def test_disk_full_fires_and_resolves_exactly_once_despite_duplicate_probes(
-    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
 ) -> None:
     s = topology_ready
     await publish(nc, s, probe(node="n1", seq=1, used=40.0))
@@ -156,10 +170,11 @@ async def test_disk_full_fires_and_resolves_exactly_once_despite_duplicate_probe
     ]
     assert got[0].anomaly_key == got[1].anomaly_key
     assert got[0].probe_ids[0] == "n1-2"
+    assert violations(deployed.dir) == []
 
 
 async def test_malformed_probe_goes_to_dlq_and_the_next_good_probe_is_processed(
-    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
 ) -> None:
     s = topology_ready
     js = nc.jetstream()
@@ -185,10 +200,11 @@ async def test_malformed_probe_goes_to_dlq_and_the_next_good_probe_is_processed(
     assert all(letter.subject == subject for letter in letters)
     got = await anomalies(nc, s)
     assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "n2")]
+    assert violations(deployed.dir) == []
 
 
 async def test_the_dead_letter_count_is_what_the_dlq_kept_not_what_the_rate_limit_dropped(
-    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
 ) -> None:
     """A flood of bad probes from one node: the DLQ keeps a burst of them (the per-source rate limit drops
     the rest, counted in `nodeheal_dlq_rate_limited_total`), and the detector's
@@ -213,10 +229,11 @@ async def test_the_dead_letter_count_is_what_the_dlq_kept_not_what_the_rate_limi
     kept = len(await read_all(nc, dlq_stream, dlq_subject("detector", prefix=s.prefix)))
     assert dropped() > 0, "the flood was not over the rate limit: the test shows nothing"
     assert counted() == kept < flood
+    assert violations(deployed.dir) == []
 
 
 async def test_a_probe_speaks_only_for_the_node_and_source_of_its_subject(
-    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
 ) -> None:
     """The issue's forgery: node `na`, on its own permitted subject, says it is `nb` with a full disk; and a
     prober-source body on an agent subject, an agent-source body on the prober's subject. All three go to
@@ -254,21 +271,22 @@ async def test_a_probe_speaks_only_for_the_node_and_source_of_its_subject(
     got = await anomalies(nc, s)
     assert [(a.kind, a.status, a.node) for a in got] == [("disk_full", "firing", "na")]
     assert set(runtime.detector.nodes) == {"c1/na"}  # the forged, mislabelled probes made no node known
+    assert violations(deployed.dir) == []
 
 
 async def test_restart_rebuilds_state_without_a_burst_and_resolves_once(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     s = topology_ready
-    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=RuleConfig(clear_probes=1))
-    first = DetectorRuntime(settings=settings, nc=nc)
+    settings = DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1, rules=RuleConfig(clear_probes=1))
+    first = DetectorRuntime(settings=settings, nc=await deployed.role_nc("detector"))
     await first.start()
     for node in ("a", "b", "c"):
         await publish(nc, s, probe(node=node, seq=1, used=99.0 if node == "a" else 30.0))
     await eventually(lambda: first.detector.counters.fired == 1)
     await first.stop()
 
-    second = DetectorRuntime(settings=settings, nc=nc)
+    second = DetectorRuntime(settings=settings, nc=await deployed.role_nc("detector"))
     await second.start()
     try:
         assert sorted(second.detector.nodes) == ["c1/a", "c1/b", "c1/c"]  # seeded from the last probes
@@ -287,6 +305,7 @@ async def test_restart_rebuilds_state_without_a_burst_and_resolves_once(
 
     await eventually(two)
     assert [(a.node, a.status) for a in await anomalies(nc, s)] == [("a", "firing"), ("a", "resolved")]
+    assert violations(deployed.dir) == []
 
 
 def old_anomaly(node: str, kind: str, subject: str | None, *, hours_ago: float) -> Anomaly:
@@ -309,7 +328,7 @@ def old_anomaly(node: str, kind: str, subject: str | None, *, hours_ago: float) 
 
 
 async def test_a_replayed_anomaly_of_a_node_that_never_probes_brings_back_no_node_to_go_down(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     """Restore at restart replays ANOMALIES. An anomaly fired before cloud events stopped making nodes (a
     maintenance of a node named after its instance id), or of a node decommissioned since (no probe of it in
@@ -326,8 +345,8 @@ async def test_a_replayed_anomaly_of_a_node_that_never_probes_brings_back_no_nod
     for a in old:
         await js.publish(f"{s.prefix}.anomaly.{a.cluster}.{a.node}", a.to_json(), headers={"Nats-Msg-Id": a.id})
     rules = RuleConfig(probe_interval_s=0.2)  # silent after 0.5 s
-    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=rules)
-    rt = DetectorRuntime(settings=settings, nc=nc)
+    settings = DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1, rules=rules)
+    rt = DetectorRuntime(settings=settings, nc=await deployed.role_nc("detector"))
     await rt.start()
     stop_live = asyncio.Event()
 
@@ -367,13 +386,16 @@ async def test_a_replayed_anomaly_of_a_node_that_never_probes_brings_back_no_nod
         stop_live.set()
         await feeding
         await rt.stop()
+    assert violations(deployed.dir) == []
 
 
-async def test_two_replicas_split_a_partitioned_fleet_without_sharing_a_node(nc: Client, nats_url: str) -> None:
+async def test_two_replicas_split_a_partitioned_fleet_without_sharing_a_node(nats_url: str) -> None:
+    # still on the shared server: the partitioned layout is provisioned under unique names (not the deployed ones)
     from nodeheal.runtime.provision import apply_topology
     from tests.support.broker import unique_settings
 
     s = unique_settings(nats_url).model_copy(update={"probe_partitions": 4})
+    nc = await connect(s, name="pytest")
     js = nc.jetstream()
     await apply_topology(js, s.topology())
     again = await apply_topology(js, s.topology())
@@ -406,10 +428,11 @@ async def test_two_replicas_split_a_partitioned_fleet_without_sharing_a_node(nc:
             await js.delete_stream(spec.name)
         for bucket in s.topology().buckets:
             await js.delete_key_value(bucket.name)
+        await nc.close()
 
 
 async def test_cloud_reboot_event_fires_maintenance_and_resolves_when_terminal_and_back(
-    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
 ) -> None:
     s = topology_ready
     js = nc.jetstream()
@@ -439,10 +462,11 @@ async def test_cloud_reboot_event_fires_maintenance_and_resolves_when_terminal_a
         ("cloud_maintenance", "resolved", "reboot:e-77", True),
     ]
     assert runtime.detector.counters.explained_reboots == 1
+    assert violations(deployed.dir) == []
 
 
 async def test_a_host_event_announced_before_the_restore_window_is_still_resolved_after_a_restart(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     """A host event announced once, long before a restart (AWS: about two weeks ahead), fires
     `cloud_maintenance`; the detector restarts when both the notice and that anomaly are older than its
@@ -467,14 +491,14 @@ async def test_a_host_event_announced_before_the_restore_window_is_still_resolve
         await js.publish(cloud_subject("c1", "n8", prefix=s.prefix), ev.to_json(), headers={"Nats-Msg-Id": ev.dedup_id})
 
     rules = RuleConfig(clear_probes=1)
-    async with started_runtime(s, nc, rules) as first:
+    async with started_runtime(deployed.role, await deployed.role_nc("detector"), rules) as first:
         await publish(nc, s, probe(node="n8", seq=1, used=10.0))
         await eventually(lambda: "c1/n8" in first.detector.nodes)
         await send(event("scheduled"))
         await eventually(lambda: first.detector.counters.fired == 1)
     await asyncio.sleep(1.5)  # the notice and its anomaly are now older than the restore window
-    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=rules, restore_lookback_s=1.0)
-    second = DetectorRuntime(settings=settings, nc=nc)
+    settings = DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1, rules=rules, restore_lookback_s=1.0)
+    second = DetectorRuntime(settings=settings, nc=await deployed.role_nc("detector"))
     await second.start()
     try:
         await send(event("completed"))
@@ -490,15 +514,18 @@ async def test_a_host_event_announced_before_the_restore_window_is_still_resolve
         ("cloud_maintenance", "firing", "reboot:instance-event-88"),
         ("cloud_maintenance", "resolved", "reboot:instance-event-88"),
     ]
+    assert violations(deployed.dir) == []
 
 
-async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client, topology_ready: NatsSettings) -> None:
+async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(
+    deployed: RoleServer, nc: Client, topology_ready: NatsSettings
+) -> None:
     """Agents publish probes without `Nats-Msg-Id` (the stream keeps no dedupe entry per probe), so a probe
     re-sent after a lost PubAck is stored twice, back to back. With two bad probes needed to fire, the
     second copy of one bad probe must not fire disk_full; the next real bad probe does."""
     s = topology_ready
-    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=RuleConfig(threshold_probes=2))
-    rt = DetectorRuntime(settings=settings, nc=nc)
+    settings = DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1, rules=RuleConfig(threshold_probes=2))
+    rt = DetectorRuntime(settings=settings, nc=await deployed.role_nc("detector"))
     await rt.start()
     try:
         js = nc.jetstream()
@@ -528,10 +555,11 @@ async def test_a_re_sent_agent_probe_counts_once_without_a_message_id(nc: Client
         await eventually(all_acked)
     finally:
         await rt.stop()
+    assert violations(deployed.dir) == []
 
 
 async def test_a_durable_with_per_probe_acks_is_recreated_with_cumulative_ones_where_its_ack_floor_ended(
-    nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, nc: Client, topology_ready: NatsSettings
 ) -> None:
     """The probe durable of an older detector (AckPolicy.EXPLICIT) is recreated with AckPolicy.ALL at start,
     from its ack floor: the probes above the floor come again (those acked one by one above it too: a
@@ -539,7 +567,7 @@ async def test_a_durable_with_per_probe_acks_is_recreated_with_cumulative_ones_w
     from nodeheal.runtime.jetstream import ensure_pull_consumer
 
     s = topology_ready
-    settings = DetectorSettings(nats=s, batch_size=100, tick_s=0.1)
+    settings = DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1)
     js = nc.jetstream()
     stream = s.topology().stream(f"{s.stream_prefix}PROBES").name
     await ensure_pull_consumer(
@@ -557,7 +585,7 @@ async def test_a_durable_with_per_probe_acks_is_recreated_with_cumulative_ones_w
     await got[0].ack_sync()
     await got[2].ack_sync()  # floor 1; 3 acked above it; 2 and 4 not
     await sub.unsubscribe()
-    rt = DetectorRuntime(settings=settings, nc=nc)
+    rt = DetectorRuntime(settings=settings, nc=await deployed.role_nc("detector"))
     await rt.start()
     try:
         info = await js.consumer_info(stream, settings.probe_durable)
@@ -572,10 +600,11 @@ async def test_a_durable_with_per_probe_acks_is_recreated_with_cumulative_ones_w
         assert rt.detector.counters.probes == 3
     finally:
         await rt.stop()
+    assert violations(deployed.dir) == []
 
 
 async def test_a_bad_probe_whose_dead_letter_failed_is_not_covered_by_the_next_cumulative_ack(
-    runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, runtime: DetectorRuntime, nc: Client, topology_ready: NatsSettings
 ) -> None:
     """Acks are cumulative: the next chunk's ack covers an earlier chunk that was not acked. So a chunk whose dead
     letters could not be sent (the DLQ stream away) keeps them, and they are sent before the next ack."""
@@ -604,10 +633,11 @@ async def test_a_bad_probe_whose_dead_letter_failed_is_not_covered_by_the_next_c
     await eventually(acked)
     letters = await read_all(nc, dlq.name, dlq_subject("detector", prefix=s.prefix))
     assert [DeadLetter.model_validate_json(d).raw for d in letters] == [b"\xff not json"]
+    assert violations(deployed.dir) == []
 
 
 async def test_a_dead_letter_write_failing_mid_chunk_does_not_store_the_ones_before_it_twice(
-    nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, nc: Client, topology_ready: NatsSettings
 ) -> None:
     """Two bad probes in one chunk; the DLQ takes the first and refuses the second (its letter is over the
     stream's message size for a while). The chunk is retried until the DLQ takes the second: the DLQ then
@@ -623,12 +653,12 @@ async def test_a_dead_letter_write_failing_mid_chunk_does_not_store_the_ones_bef
     info = await js.stream_info(dlq.name)
     await js.update_stream(config=dataclasses.replace(info.config, max_msg_size=1500))
     rules = RuleConfig(clear_probes=1)
-    async with started_runtime(s, nc, rules):
+    async with started_runtime(deployed.role, await deployed.role_nc("detector"), rules):
         pass  # the probe durable exists; both probes are published before the detector pulls again: one chunk
     small, large = b"\xff not json", b"\xfe" + b"x" * 2000
     await js.publish(probe_subject("c1", "n7", prefix=s.prefix), small)
     await js.publish(probe_subject("c1", "n8", prefix=s.prefix), large)
-    async with started_runtime(s, nc, rules) as rt:
+    async with started_runtime(deployed.role, await deployed.role_nc("detector"), rules) as rt:
 
         async def both_fetched_not_acked() -> bool:
             info = await js.consumer_info(probes_stream, rt.settings.probe_durable)
@@ -646,17 +676,19 @@ async def test_a_dead_letter_write_failing_mid_chunk_does_not_store_the_ones_bef
         await eventually(acked)
     letters = await read_all(nc, dlq.name, dlq_subject("detector", prefix=s.prefix))
     assert sorted(DeadLetter.model_validate_json(d).raw for d in letters) == sorted([small, large])
+    assert violations(deployed.dir) == []
 
 
 async def test_a_fresh_durable_and_a_clean_restart_need_no_read_of_unfinished_probes(
-    nc: Client, topology_ready: NatsSettings
+    deployed: RoleServer, nc: Client, topology_ready: NatsSettings
 ) -> None:
     """The stream is read for probes a killed process left (test_detector_kill.py) only when the first chunk does
     not hold every delivery since the ack floor: a fresh durable and a restart after a clean stop skip it."""
     s = topology_ready
     for round_ in (1, 2):
-        async with started_runtime(s, nc, RuleConfig()) as rt:
+        async with started_runtime(deployed.role, await deployed.role_nc("detector"), RuleConfig()) as rt:
             for seq in range(1, 4):
                 await publish(nc, s, probe(node="n9", seq=10 * round_ + seq, used=10.0))
             await eventually(lambda rt=rt: rt.detector.counters.probes == 3)
             assert rt.unfinished_reads == 0, round_
+    assert violations(deployed.dir) == []
