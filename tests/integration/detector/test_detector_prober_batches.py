@@ -15,10 +15,12 @@ from nodeheal.cloud_events.prober.batch import Batch, ResultBatcher
 from nodeheal.detector.handlers import DetectorRuntime
 from nodeheal.detector.rules import RuleConfig
 from nodeheal.detector.settings import DetectorSettings
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import DeadLetter, NodeProbe, Reachability
 from nodeheal.schemas.prober import result_id
 from nodeheal.schemas.subjects import dlq_subject, probe_partition, probe_subject, prober_probe_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish, read_all
 
 pytestmark = pytest.mark.nats
@@ -64,11 +66,25 @@ def single(node: str, checks: list[dict[str, object]]) -> NodeProbe:
     )
 
 
+@pytest.fixture
+def nc(deployed: RoleServer) -> Client:
+    """The admin's connection: the test stands in for the prober."""
+    return deployed.nc
+
+
+@pytest.fixture
+def topology_ready(deployed: RoleServer) -> NatsSettings:
+    return deployed.settings
+
+
 async def test_a_dark_node_found_through_a_batch_is_the_same_anomaly_as_through_a_single_prober_probe(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     s = topology_ready
-    rt = DetectorRuntime(settings=DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=RULES), nc=nc)
+    rt = DetectorRuntime(
+        settings=DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1, rules=RULES),
+        nc=await deployed.role_nc("detector"),
+    )
     await rt.start()
     try:
         nodes = ("dark", "hung", "fine", "dark-single")
@@ -114,11 +130,15 @@ async def test_a_dark_node_found_through_a_batch_is_the_same_anomaly_as_through_
         assert rt.metrics.prober_results._value.get() == 6  # type: ignore[attr-defined]
     finally:
         await rt.stop()
+    assert violations(deployed.dir) == []
 
 
-async def test_a_batch_stored_twice_counts_once(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_batch_stored_twice_counts_once(deployed: RoleServer, topology_ready: NatsSettings, nc: Client) -> None:
     s = topology_ready
-    rt = DetectorRuntime(settings=DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=RULES), nc=nc)
+    rt = DetectorRuntime(
+        settings=DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1, rules=RULES),
+        nc=await deployed.role_nc("detector"),
+    )
     await rt.start()
     try:
         [batch] = batches(s, [("a", FINE), ("b", FINE)])
@@ -131,14 +151,18 @@ async def test_a_batch_stored_twice_counts_once(topology_ready: NatsSettings, nc
         assert rt.metrics.prober_results._value.get() == 2  # type: ignore[attr-defined]
     finally:
         await rt.stop()
+    assert violations(deployed.dir) == []
 
 
 async def test_a_bad_batch_goes_to_the_dlq_whole_and_the_next_one_counts(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     s = topology_ready
     js = nc.jetstream()
-    rt = DetectorRuntime(settings=DetectorSettings(nats=s, batch_size=100, tick_s=0.1, rules=RULES), nc=nc)
+    rt = DetectorRuntime(
+        settings=DetectorSettings(nats=deployed.role, batch_size=100, tick_s=0.1, rules=RULES),
+        nc=await deployed.role_nc("detector"),
+    )
     await rt.start()
     try:
         [good] = batches(s, [("a", FINE), ("b", DARK)])
@@ -175,13 +199,16 @@ async def test_a_bad_batch_goes_to_the_dlq_whole_and_the_next_one_counts(
         assert rt.liveness() == (True, "ok")
     finally:
         await rt.stop()
+    assert violations(deployed.dir) == []
 
 
-async def test_two_replicas_judge_the_batch_entries_of_their_own_partitions(nc: Client, nats_url: str) -> None:
+async def test_two_replicas_judge_the_batch_entries_of_their_own_partitions(nats_url: str) -> None:
+    # still on the shared server: the partitioned layout is provisioned under unique names (not the deployed ones)
     from nodeheal.runtime.provision import apply_topology
     from tests.support.broker import remove_topology, unique_settings
 
     s = unique_settings(nats_url).model_copy(update={"probe_partitions": 4})
+    nc = await connect(s, name="pytest")
     js = nc.jetstream()
     await apply_topology(js, s.topology())
     replicas = [
@@ -225,10 +252,11 @@ async def test_two_replicas_judge_the_batch_entries_of_their_own_partitions(nc: 
         for rt in replicas:
             await rt.stop()
         await remove_topology(js, s)
+        await nc.close()
 
 
 async def test_sigkill_after_fetching_a_batch_loses_none_of_its_results(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     """The detector is killed right after fetching a batch (`NODEHEAL_TEST_KILL_AT=detector.fetched`); the
     restarted process judges the batch before its first (cumulative) ack covers it: the hung node it reports is a
@@ -244,7 +272,7 @@ async def test_sigkill_after_fetching_a_batch_loses_none_of_its_results(
     }
     await publish(nc, s, probe(node="h1", seq=1, used=10.0))  # h1's last agent probe, before the detector's durable
     port = free_port()
-    first = start(s, port, NODEHEAL_TEST_KILL_AT="detector.fetched", **rules)
+    first = start(deployed.role, port, NODEHEAL_TEST_KILL_AT="detector.fetched", **rules)
     second = None
     try:
         await ready(first, port)
@@ -252,7 +280,7 @@ async def test_sigkill_after_fetching_a_batch_loses_none_of_its_results(
         [batch] = batches(s, [("h1", HUNG)])
         await send(nc, batch)
         assert await asyncio.to_thread(first.wait, 30) == -9, "the hook point was not reached"
-        second = start(s, port, **rules)
+        second = start(deployed.role, port, **rules)
         await ready(second, port)
         for seq in range(1, 4):  # later probes of the fleet: the restarted detector acks them
             await publish(nc, s, probe(node="k2", seq=seq, used=10.0))
@@ -266,3 +294,4 @@ async def test_sigkill_after_fetching_a_batch_loses_none_of_its_results(
         assert await h1() == ["node_hang"]
     finally:
         stop(first, second)
+    assert violations(deployed.dir) == []
