@@ -20,6 +20,7 @@ from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.service import build_asgi, make_broker
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.subjects import probe_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.detector.test_detector_nats import eventually, probe
 from tests.support.asgi import asgi_get
 
@@ -45,7 +46,20 @@ async def detector_with_health(
         await rt.stop()
 
 
-async def test_a_detector_far_behind_in_a_silence_storm_stays_alive(topology_ready: NatsSettings, nc: Client) -> None:
+@pytest.fixture
+def nc(deployed: RoleServer) -> Client:
+    """The admin's connection: the test stands in for the prober."""
+    return deployed.nc
+
+
+@pytest.fixture
+def topology_ready(deployed: RoleServer) -> NatsSettings:
+    return deployed.settings
+
+
+async def test_a_detector_far_behind_in_a_silence_storm_stays_alive(
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
+) -> None:
     """The 50,000-node demo: a detector behind its stream swept a silence storm (tens of thousands of node_down)
     in one go — the timer sweep and the anomalies' publishing ran without giving the event loop back, its
     `/healthz` went unanswered past the kubelet's timeout and the pod was restarted (twice), which put a
@@ -57,8 +71,8 @@ async def test_a_detector_far_behind_in_a_silence_storm_stays_alive(topology_rea
     await nc.flush()
     await asyncio.sleep(2.0)  # the backlog ages: the detector starts at least 2 s behind its stream
     clock = [time.time()]
-    settings = DetectorSettings(nats=topology_ready, batch_size=500, tick_s=0.1, tick_limit=200, publish_window=100)
-    async with detector_with_health(settings, nc, clock) as (rt, app, registry):
+    settings = DetectorSettings(nats=deployed.role, batch_size=500, tick_s=0.1, tick_limit=200, publish_window=100)
+    async with detector_with_health(settings, await deployed.role_nc("detector"), clock) as (rt, app, registry):
         det = rt.detector
         answers: list[tuple[int, int]] = []  # (/healthz status, anomalies fired when it answered)
         failures: list[str] = []  # what /healthz said when it did not answer 200
@@ -95,14 +109,15 @@ async def test_a_detector_far_behind_in_a_silence_storm_stays_alive(topology_rea
         steps = [b - a for a, b in itertools.pairwise(fired)]
         assert sum(1 for count in fired if 0 < count < NODES - 1) >= 5
         assert max(steps) <= 2 * settings.tick_limit, max(steps)
+    assert violations(deployed.dir) == []
 
 
-async def test_a_stuck_probe_loop_fails_healthz(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_stuck_probe_loop_fails_healthz(deployed: RoleServer) -> None:
     """Alive but making no progress is not alive: a probe loop stuck on one step (here its pull never returns)
     fails `/healthz` after `stall_s`, so the pod is restarted; it answered 200 while the loop stepped."""
     clock = [time.time()]
-    settings = DetectorSettings(nats=topology_ready, tick_s=0.1, stall_s=1.0)
-    async with detector_with_health(settings, nc, clock) as (rt, app, _):
+    settings = DetectorSettings(nats=deployed.role, tick_s=0.1, stall_s=1.0)
+    async with detector_with_health(settings, await deployed.role_nc("detector"), clock) as (rt, app, _):
         await asyncio.sleep(1.5)  # idle but stepping (each empty pull is a step): alive
         assert (await asgi_get(app, "/healthz"))[0] == 200
         puller = rt._probe_puller
@@ -120,3 +135,4 @@ async def test_a_stuck_probe_loop_fails_healthz(topology_ready: NatsSettings, nc
 
         await eventually(unhealthy, timeout_s=10)
         assert "no progress" in (await asgi_get(app, "/healthz"))[1]
+    assert violations(deployed.dir) == []
