@@ -18,7 +18,7 @@ from nats.js.client import JetStreamContext
 from rich.console import Console
 from rich.table import Table
 
-from nodeheal.cli.timeline import Incident, build_timeline, distribution
+from nodeheal.cli.timeline import DiagnosisEntry, Incident, build_timeline, distribution
 from nodeheal.cli.window import read_stream
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, CloudSystemEvent, Diagnosis, RemediationRecord
@@ -121,9 +121,20 @@ def _match(truth: list[InjectedFault], incidents: tuple[Incident, ...]) -> dict[
     return out
 
 
+def _ours(inc: Incident, d: DiagnosisEntry) -> bool:
+    """A verdict about the remediator's own repair of this incident (`planned_reboot` citing one of the
+    incident's actions as its history evidence): it describes the repair, not the fault."""
+    own = {a.action_id for a in inc.actions}
+    return d.cause == "planned_reboot" and any(e.kind == "history" and e.ref in own for e in d.evidence)
+
+
 def _final_cause(inc: Incident) -> str | None:
+    """The last verdict on the fault: a later episode of the node's downtime during our own reboot is
+    diagnosed `planned_reboot` and joins the incident, but it is the repair's word, not the fault's
+    (unless it is the only verdict there is)."""
     live = [d for d in inc.diagnoses if not d.resolved or d.recovered]
-    return live[-1].cause if live else None
+    on_fault = [d for d in live if not _ours(inc, d)] or live
+    return on_fault[-1].cause if on_fault else None
 
 
 def _first_cause(inc: Incident) -> str | None:
