@@ -16,7 +16,7 @@ import click
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
+from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run, stop_on_signals
 from nodeheal.cli.window import StoredMessage, parse_time, read_durable, read_stream
 from nodeheal.runtime.connect import connect
 from nodeheal.schemas.audit import RemediationRecord
@@ -114,8 +114,9 @@ def tail(
                 if durable
                 else read_stream(js, stream=stream, subjects=[subject], since=start, follow=follow)
             )
-            # closed before the connection: a durable read gives back what it fetched and did not hand on
-            async with contextlib.aclosing(source) as records:
+            # closed before the connection: a durable read gives back what it fetched and did not hand on.
+            # SIGTERM / SIGHUP end it as Ctrl-C does, with what it printed acknowledged
+            async with stop_on_signals(), contextlib.aclosing(source) as records:
                 async for stored in records:
                     try:
                         record = RemediationRecord.model_validate_json(stored.data)

@@ -9,7 +9,9 @@ import functools
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -139,3 +141,40 @@ def require_sim(what: str) -> None:
 
 def run(body: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(body())  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def stop_on_signals() -> AsyncIterator[list[int]]:
+    """SIGTERM and SIGHUP (Kubernetes, systemd, `timeout`, a closed terminal) stop the block as Ctrl-C stops an
+    `asyncio.run`: the current task is cancelled at its next await, its clean-up runs on a live connection (a
+    durable read acknowledges what it printed and gives back, in order, what it fetched and did not print), and
+    the block ends quietly. Before, the default SIGTERM killed the process with acknowledgements unsent, and the
+    next run printed records twice and out of order. Yields the signals received. Only in the main thread (where
+    signals arrive); elsewhere (a test's runner thread) a no-op."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    got: list[int] = []
+    installed: list[int] = []
+    if task is not None and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is None:
+                continue
+
+            def on_signal(sig: int = sig, task: asyncio.Task[Any] = task) -> None:
+                got.append(sig)
+                task.cancel()
+
+            try:
+                loop.add_signal_handler(sig, on_signal)
+            except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows, no main loop)
+                continue
+            installed.append(sig)
+    try:
+        yield got
+    except asyncio.CancelledError:
+        if not got or task is None:
+            raise
+        task.uncancel()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
