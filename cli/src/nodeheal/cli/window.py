@@ -334,18 +334,45 @@ async def read_durable(
         await _give_back(js, psub, fetched)
 
 
+DURABLE_MARK = "nodeheal read_durable"
+"""The description of every durable `read_durable` creates: a durable without it is someone else's."""
+
+
+class ForeignDurableError(RuntimeError):
+    """`--durable NAME` names a durable this command did not create (a service's own, most likely)."""
+
+
+def _foreign(config: ConsumerConfig) -> bool:
+    """Is this durable not one `read_durable` made? Ours carry `DURABLE_MARK`; one made before the mark existed
+    has no description, explicit acks and no delivery limit. The services' durables all set `max_deliver`
+    (dead letters after it) and deliver into their own handlers: reading one would take its records from it."""
+    if config.description == DURABLE_MARK:
+        return False
+    legacy = not config.description and config.ack_policy == AckPolicy.EXPLICIT and config.max_deliver in (None, -1)
+    return not legacy
+
+
 async def _ensure_durable(
     js: JetStreamContext, *, stream: str, durable: str, subjects: list[str], since: datetime | None
 ) -> None:
     try:
-        await js.consumer_info(stream, durable)
+        info = await js.consumer_info(stream, durable)
     except NotFoundError:
         config = _config(subjects=subjects, since=since)
         config.durable_name = durable
         config.ack_policy = AckPolicy.EXPLICIT
+        config.description = DURABLE_MARK
         if len(subjects) == 1:
             config.filter_subject = subjects[0]
         await js.add_consumer(stream, config=config)
+        return
+    if _foreign(info.config):
+        raise ForeignDurableError(
+            f"durable {durable!r} on {stream} was not made by this command (description "
+            f"{info.config.description or 'none'}, max_deliver {info.config.max_deliver}): it is another "
+            "consumer's — a service's own durable would lose its records to this read. Pass another --durable NAME "
+            "(a new name starts a new subscriber; add --since to choose where)"
+        )
 
 
 def _gone(exc: NotFoundError, *, stream: str, durable: str) -> Exception:
