@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from nodeheal.cli.timeline import build_timeline
 from nodeheal.cli.whatif import compare
-from tests.unit.replay.factories import diagnosis, firing
+from tests.unit.replay.factories import diagnosis, firing, record
 
 
 def _timeline(identified_s: float | None) -> object:
@@ -35,3 +35,31 @@ def test_the_same_verdict_time_is_no_difference() -> None:
 def test_a_verdict_given_or_no_longer_given_is_a_difference() -> None:
     assert [k for k, _ in _diffs(65, None)][:1] == ["not_identified"]
     assert [k for k, _ in _diffs(None, 65)][:1] == ["newly_identified"]
+
+
+def test_milliseconds_are_the_same_verdict_time() -> None:
+    """An unchanged-rules what-if of a demo listed 1–14 ms differences as earlier detections / verdicts."""
+    assert _diffs(65.0, 65.014) == []
+    assert _diffs(65.0, 66.5) == [("later_identification", 1.5)]
+
+
+def test_the_same_detection_within_milliseconds_is_no_difference() -> None:
+    recorded = build_timeline([firing("node-a", kind="node_down", onset=0, detected=5)])
+    what_if = build_timeline([firing("node-a", kind="node_down", onset=0, detected=5.012)])
+    later = build_timeline([firing("node-a", kind="node_down", onset=0, detected=7)])
+    assert compare(recorded, what_if, plans={}) == []
+    assert [(d.kind, d.delta_s) for d in compare(recorded, later, plans={})] == [("later_detection", 2.0)]
+
+
+def test_a_live_budget_refusal_is_not_a_rule_difference() -> None:
+    """A `blocked` record (over budget, the storm brake) is a live check the what-if does not run: under unchanged
+    rules it was reported as `unblocked_action`. Waiting for approval is the plan's, and still compared."""
+    a = firing("node-a", kind="node_down", onset=0, detected=10)
+    d = diagnosis("node-a", [a], t=20, cause="node_hang")
+    blocked = record("node-a", t=21, phase="blocked", action="cordon", diag=d, action_id="act-c")
+    blocked = blocked.model_copy(update={"reason": "over budget: budget.cluster: *: 3 of 3 in use (size 60)"})
+    waiting = record("node-a", t=21, phase="awaiting_approval", action="cordon", diag=d, action_id="act-c")
+    sandbox = build_timeline([a, d])
+    plans = {d.id: ("cordon", False, ())}
+    assert compare(build_timeline([a, d, blocked]), sandbox, plans=plans) == []
+    assert [x.kind for x in compare(build_timeline([a, d, waiting]), sandbox, plans=plans)] == ["unblocked_action"]

@@ -53,6 +53,11 @@ if TYPE_CHECKING:
 MATCH_SLACK_S: Final = 120.0
 """A sandbox incident matches a recorded one on the same node when their spans overlap within this."""
 
+TIME_TOLERANCE_S: Final = 1.0
+"""Detection and verdict times closer than this to the recorded ones are the same decision: the sandbox's
+timers and the live services' scheduling differ by milliseconds (a demo's unchanged-rules what-if listed 32
+`earlier_detection` of 1–14 ms). A rule change that moves a decision moves it by a probe interval or more."""
+
 TAIL_S: Final = 900.0
 """After the last recorded input the sandbox's timers run on for this long (or to --until if sooner)."""
 
@@ -302,8 +307,11 @@ def _first_action(inc: Incident, plans: dict[str, tuple[str, bool, tuple[str, ..
     if not real:
         return None
     first = real[0]
-    blocked = any(p.phase in ("blocked", "awaiting_approval") for p in first.phases)
-    return first.action, blocked
+    # the plan's side only: waiting for a person's approval. A `blocked` record is a live check (a budget, the
+    # storm brake, the disruption rate, a lease) the sandbox does not run: counting it made every budget
+    # refusal an `unblocked_action` under unchanged rules
+    needs_approval = any(p.phase == "awaiting_approval" for p in first.phases)
+    return first.action, needs_approval
 
 
 def _identification(rec: Incident, match: Incident, at: str) -> list[Difference]:
@@ -316,7 +324,7 @@ def _identification(rec: Incident, match: Incident, at: str) -> list[Difference]
         kind = "not_identified" if wi is None else "newly_identified"
         return [Difference(rec.node, kind, _iso(ri) if ri else None, _iso(wi) if wi else None, None, at)]
     delta = round((wi - ri).total_seconds(), 3)
-    if delta == 0:
+    if abs(delta) < TIME_TOLERANCE_S:
         return []
     kind = "earlier_identification" if delta < 0 else "later_identification"
     return [Difference(rec.node, kind, _iso(ri), _iso(wi), delta, at)]
@@ -343,7 +351,9 @@ def compare(
             continue
         used.add(match.incident_id)
         delta = round((match.detected_at - rec.detected_at).total_seconds(), 3)
-        if delta < 0:
+        if abs(delta) < TIME_TOLERANCE_S:
+            pass  # the same detection
+        elif delta < 0:
             out.append(
                 Difference(rec.node, "earlier_detection", _iso(rec.detected_at), _iso(match.detected_at), delta, at)
             )
