@@ -385,7 +385,13 @@ def _gone(exc: NotFoundError, *, stream: str, durable: str) -> Exception:
 async def _give_back(js: JetStreamContext, psub: JetStreamContext.PullSubscription, fetched: deque[Msg]) -> None:
     """Nak, in order, every message fetched and not yielded, and whatever reached the subscription after its
     last fetch (a pull that was still open), then unsubscribe: the server redelivers them to the next read at
-    once instead of after the ack wait. Best effort: on a lost connection they come back after the ack wait."""
+    once instead of after the ack wait. Best effort: on a lost connection they come back after the ack wait.
+    A round trip first: what the server sent for a pull cut short (a stop mid-fetch) reaches the queue before
+    the unsubscribe, instead of being dropped here and held by the server for the ack wait."""
+    nc = getattr(js, "_nc", None)
+    if nc is not None and nc.is_connected:
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)
     queue = getattr(getattr(psub, "_sub", None), "_pending_queue", None)
     while queue is not None and not queue.empty():
         late = queue.get_nowait()
@@ -397,7 +403,6 @@ async def _give_back(js: JetStreamContext, psub: JetStreamContext.PullSubscripti
         msg = fetched.popleft()
         with contextlib.suppress(Exception):
             await msg.nak()
-    nc = getattr(js, "_nc", None)
     if nc is not None and nc.is_connected:
         with contextlib.suppress(Exception):
             await nc.flush(timeout=2)
