@@ -32,6 +32,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.probe import NodeProbe
@@ -55,6 +56,7 @@ SOURCES: Final[tuple[tuple[str, str, type[BaseModel]], ...]] = (
     ("ANOMALIES", "anomaly", Anomaly),
     ("DIAGNOSES", "diagnosis", Diagnosis),
     ("AUDIT", "audit", RemediationRecord),
+    ("CRASHES", "crash", CrashReport),  # the agents' crash reports: the what-if's diagnoser classifies them
 )
 
 
@@ -85,7 +87,7 @@ class Scope:
                 )
         return sorted(found)
 
-    def keeps(self, message: TimelineMessage) -> bool:
+    def keeps(self, message: TimelineMessage | CrashReport) -> bool:
         if self.cluster and message.cluster != self.cluster:
             return False
         if self.nodes is None:
@@ -114,6 +116,9 @@ class Recording:
     """Cloud events still open when the window began: each one's last report stored before `since`. A notice
     comes once, days or weeks ahead, and nothing more until its phase changes: the window rarely holds it,
     and the live detector and remediator knew it (they read all of CLOUD at start)."""
+    crashes: list[CrashReport] = field(default_factory=list)
+    """The agents' crash reports of the window (CRASHES): not timeline messages, but inputs of the what-if's
+    diagnoser, which explains a crashed node's episode by them as the live diagnoser did."""
     audit_before: list[RemediationRecord] = field(default_factory=list)
     """AUDIT records stored in the look-back before `since` (`record_window(audit_look_back=...)`, for
     `--what-if`): our own remediation begun before the window (a reboot's intent / started), which the live
@@ -169,11 +174,12 @@ async def record_window(
     until: datetime,
     scope: Scope,
     progress: Progress | None = None,
-    streams: Sequence[str] = ("PROBES", "CLOUD", "ANOMALIES", "DIAGNOSES", "AUDIT"),
+    streams: Sequence[str] = ("PROBES", "CLOUD", "ANOMALIES", "DIAGNOSES", "AUDIT", "CRASHES"),
     audit_look_back: timedelta = timedelta(0),
 ) -> Recording:
-    """Read PROBES, CLOUD, ANOMALIES, DIAGNOSES and AUDIT between `since` and `until` (stream time). AUDIT is read
-    from `since - audit_look_back`: the records before `since` go to `Recording.audit_before`, not the window."""
+    """Read PROBES, CLOUD, ANOMALIES, DIAGNOSES, AUDIT and CRASHES between `since` and `until` (stream time). AUDIT
+    is read from `since - audit_look_back`: the records before `since` go to `Recording.audit_before`, not the
+    window. Crash reports go to `Recording.crashes`."""
     topo = settings.topology()
     recording = Recording(since=since, until=until, scope=scope)
     for base, kind, model in SOURCES:
@@ -232,6 +238,10 @@ async def record_window(
             except ValidationError as exc:
                 reason = f"not a {model.__name__}: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}"
                 recording.skipped.append(Skipped(stream, stored.seq, stored.subject, reason))
+                continue
+            if isinstance(message, CrashReport):
+                if scope.keeps(message):
+                    recording.crashes.append(message)
                 continue
             assert isinstance(message, NodeProbe | CloudSystemEvent | Anomaly | Diagnosis | RemediationRecord)
             if scope.keeps(message):

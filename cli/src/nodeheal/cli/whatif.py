@@ -36,6 +36,7 @@ from rich.table import Table
 from nodeheal.cli.timeline import Incident, Timeline, TimelineMessage, build_timeline
 from nodeheal.detector.fastpath import FastProbe
 from nodeheal.detector.rules import Detector, RuleConfig
+from nodeheal.diagnoser.crash import bucket_key, classify, kernel_of, update_record
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.reasoning import Diagnoser, DiagnoserConfig
 from nodeheal.diagnoser.rules import DecisionConfig
@@ -44,6 +45,7 @@ from nodeheal.remediator.settings import PolicySettings
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
+from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.diagnosis import Diagnosis
 from nodeheal.schemas.probe import NodeProbe
 
@@ -170,14 +172,21 @@ def run_sandbox(
     until: datetime,
     open_before: Sequence[CloudSystemEvent] = (),
     audit_before: Sequence[RemediationRecord] = (),
+    crashes: Sequence[CrashReport] = (),
 ) -> Sandbox:
     """Drive detector → diagnoser → planner with the recorded inputs in time order. `open_before`: the cloud
     events still open when the window began (`Recording.open_before`), known from the first input on, as
     the live services knew them. `audit_before`: the AUDIT records of the look-back before the window
     (`Recording.audit_before`): given to the detector and the diagnoser before the first input, each as of its
-    own time (state only: nothing is evaluated on them)."""
+    own time (state only: nothing is evaluated on them). `crashes`: the agents' crash reports of the window, each
+    classified and counted in a crash-bucket record kept here (the live record's counts from before the window
+    are not known: a bucket starts at this window's first crash) and handed to the diagnoser at its time, as the
+    live diagnoser does — without them a kernel panic's episode was re-diagnosed `unexplained_reboot`."""
     box = Sandbox()
-    ordered = sorted(inputs, key=lambda m: (m.time, type(m).__name__, m.node, m.id))
+    ordered: list[NodeProbe | CloudSystemEvent | RemediationRecord | CrashReport] = sorted(
+        [*inputs, *crashes], key=lambda m: (m.time, type(m).__name__, m.node, m.id)
+    )
+    buckets: dict[str, dict[str, Any]] = {}
     start = ordered[0].time.timestamp() if ordered else until.timestamp()
     detector = Detector(config=rules.detector, started_at=start)
     matcher = Matcher(load_knowledge_base(rules.knowledge_base))
@@ -233,6 +242,13 @@ def run_sandbox(
             cloud_by_node.setdefault((m.cluster, m.node), {})[m.provider_event_id] = m
             detector.observe_cloud(m, now=now.timestamp())
             evaluate(diagnoser.on_cloud_event(m), now)
+        elif isinstance(m, CrashReport):
+            verdict = classify(m, matcher)
+            key = bucket_key(verdict)
+            counted = update_record(buckets.get(key), verdict, kernel=kernel_of(verdict, m), at=now)
+            if counted is not None:
+                buckets[key] = counted
+            evaluate(diagnoser.on_crash(verdict, buckets.get(key, {})), now)
         else:
             detector.observe_remediation(m, now=now.timestamp())
             diagnoser.on_audit(m)
@@ -390,6 +406,7 @@ def run_what_if(*, recording: Recording, recorded: Timeline, rules: WhatIfRules)
         until=recording.until,
         open_before=recording.open_before,
         audit_before=recording.audit_before,
+        crashes=recording.crashes,
     )
     # the anomalies raised by the cloud events open when the window began (their evidence names the event's
     # report), when the window holds no recorded anomaly of theirs (the live one was stored before --since):
