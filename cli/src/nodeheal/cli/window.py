@@ -389,9 +389,16 @@ async def _give_back(js: JetStreamContext, psub: JetStreamContext.PullSubscripti
     A round trip first: what the server sent for a pull cut short (a stop mid-fetch) reaches the queue before
     the unsubscribe, instead of being dropped here and held by the server for the ack wait."""
     nc = getattr(js, "_nc", None)
+    stopping = False
     if nc is not None and nc.is_connected:
-        with contextlib.suppress(Exception):
+        try:
             await nc.flush(timeout=2)
+        except asyncio.CancelledError:
+            # a stop requested while the task was busy (Ctrl-C during a blocked print) lands at the first real
+            # wait, this one: give back first, then go on stopping
+            stopping = True
+        except Exception:  # noqa: S110 - best effort, as below
+            pass
     queue = getattr(getattr(psub, "_sub", None), "_pending_queue", None)
     while queue is not None and not queue.empty():
         late = queue.get_nowait()
@@ -406,6 +413,8 @@ async def _give_back(js: JetStreamContext, psub: JetStreamContext.PullSubscripti
     if nc is not None and nc.is_connected:
         with contextlib.suppress(Exception):
             await nc.flush(timeout=2)
+    if stopping:
+        raise asyncio.CancelledError
 
 
 async def _rebind(
