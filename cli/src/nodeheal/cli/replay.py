@@ -116,6 +116,9 @@ class Recording:
     """Cloud events still open when the window began: each one's last report stored before `since`. A notice
     comes once, days or weeks ahead, and nothing more until its phase changes: the window rarely holds it,
     and the live detector and remediator knew it (they read all of CLOUD at start)."""
+    incomplete: list[dict[str, str | None]] = field(default_factory=list)
+    """Streams whose oldest stored message is after `since` while older ones were removed (retention, the byte
+    cap, a purge): the start of the window is missing there. One entry per stream: name, first stored time."""
     crashes: list[CrashReport] = field(default_factory=list)
     """The agents' crash reports of the window (CRASHES): not timeline messages, but inputs of the what-if's
     diagnoser, which explains a crashed node's episode by them as the live diagnoser did."""
@@ -182,10 +185,16 @@ async def record_window(
     window. Crash reports go to `Recording.crashes`."""
     topo = settings.topology()
     recording = Recording(since=since, until=until, scope=scope)
+    checked: set[str] = set()
     for base, kind, model in SOURCES:
         if base not in streams:
             continue
         stream = topo.stream(f"{settings.stream_prefix}{base}").name
+        if base != "CLOUD" and stream not in checked:  # CLOUD is read from its start, not from `since`
+            checked.add(stream)
+            first = await _first_stored_after(js, stream=stream, since=since)
+            if first is not None:
+                recording.incomplete.append({"stream": stream, "first_stored": _ts(first)})
         task = progress.add_task(stream, total=None) if progress is not None else None
 
         def on_total(total: int, task: Any = task) -> None:
@@ -253,6 +262,21 @@ async def record_window(
     return recording
 
 
+async def _first_stored_after(js: JetStreamContext, *, stream: str, since: datetime) -> datetime | None:
+    """The time of the stream's oldest stored message when it is after `since` and older messages were removed
+    (its first sequence is not 1): the window's start is gone. None when the window is whole (or a stream
+    that only began after `since`, which lost nothing)."""
+    info = await js.stream_info(stream)
+    state = info.state
+    if not state.messages or not state.first_seq or state.first_seq <= 1:
+        return None
+    first = await js.get_msg(stream, seq=state.first_seq)
+    stored = first.time
+    if stored is None or stored <= since:
+        return None
+    return stored.astimezone(UTC)
+
+
 def _batch_subject(subject: str, *, prefix: str) -> bool:
     tokens = subject.split(".")
     skip = len(prefix.split("."))
@@ -284,6 +308,8 @@ def build_report(recording: Recording, timeline: Timeline) -> dict[str, Any]:
         "since": _ts(recording.since),
         "until": _ts(recording.until),
         "scope": recording.scope.label,
+        # streams whose oldest stored message is after `since` (older ones removed): the window's start is missing
+        "incomplete": recording.incomplete,
         # cloud events still open when the window began (their last report before it): what the live services knew
         "open_cloud_events": [
             {
@@ -516,6 +542,12 @@ def replay(
             timeline, path=html_path, title=f"nodeheal replay — {recording.scope.label}", window=report["window"]
         )
         err.print(f"HTML report written to {html_path}")
+    for gap in recording.incomplete:
+        err.print(
+            f"[yellow]{gap['stream']} holds nothing before {gap['first_stored']} (older messages were removed by its "
+            f"retention or byte cap): the window from {_ts(recording.since)} is incomplete there; replay a later "
+            "--since for a whole window (see 'window.incomplete' in the JSON)[/yellow]"
+        )
     if recording.skipped:
         err.print(
             f"[yellow]{len(recording.skipped)} stored messages could not be read and were skipped"
