@@ -16,7 +16,14 @@ import click
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run, stop_on_signals
+from nodeheal.cli.common import (
+    ConnectionNotes,
+    NatsAuth,
+    nats_auth_options,
+    nats_url_option,
+    run,
+    stop_on_signals,
+)
 from nodeheal.cli.window import StoredMessage, parse_time, read_durable, read_stream
 from nodeheal.runtime.connect import connect
 from nodeheal.schemas.audit import RemediationRecord
@@ -102,10 +109,11 @@ def tail(
     subject = audit_filter(prefix=prefix, cluster=cluster, node=node)
 
     stdout_closed = False
+    notes = ConnectionNotes(nats_auth, tool="audit tail")
 
     async def body() -> int:
         nonlocal stdout_closed
-        nc = await connect(settings, name="nodeheal-audit-tail")
+        nc = await connect(settings, name="nodeheal-audit-tail", **notes.options())
         js = nc.jetstream()
         count = 0
         try:
@@ -149,7 +157,7 @@ def tail(
             "--prefix/--stream-prefix, or pass the prefixes your installation uses"
         ) from exc
     except Exception as exc:
-        raise click.ClickException(f"audit tail of {stream} on {nats_url} failed: {exc}") from exc
+        raise click.ClickException(f"audit tail of {stream} on {nats_url} failed: {notes.explain(exc)}") from exc
     if stdout_closed:
         # what is left in stdout's buffer goes nowhere, so the flush at exit does not fail again
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -178,3 +178,54 @@ async def stop_on_signals() -> AsyncIterator[list[int]]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+class ConnectionNotes:
+    """What the NATS connection of a read-only command tells: the permission violations the server reported (a
+    request that meets one only times out, so the command's error names them and the credential to use) and one
+    line per disconnect / reconnect / other error on stderr — instead of nats-py's default logging, which wrote a
+    traceback per failed reconnect attempt (hundreds of stderr lines during an 11 s server restart)."""
+
+    def __init__(self, auth: NatsAuth, *, tool: str) -> None:
+        self.auth = auth
+        self.tool = tool
+        self.denied: list[str] = []
+        self._last: str | None = None
+        self._down = False
+
+    def options(self) -> dict[str, Any]:
+        return {"error_cb": self.on_error, "disconnected_cb": self.on_disconnect, "reconnected_cb": self.on_reconnect}
+
+    async def on_error(self, exc: Exception) -> None:  # nats-py takes coroutine functions
+        text = str(exc) or type(exc).__name__
+        if "permissions violation" in text.lower():
+            if not self.denied:
+                click.echo(f"{self.tool}: the NATS server refused: {text}", err=True)
+            self.denied.append(text)
+            return
+        if text != self._last and not self._down:  # while reconnecting, each failed attempt says the same
+            click.echo(f"{self.tool}: NATS: {text}", err=True)
+        self._last = text
+
+    async def on_disconnect(self) -> None:
+        if not self._down:
+            self._down = True
+            click.echo(f"{self.tool}: disconnected from NATS; reconnecting (the read resumes where it was)", err=True)
+
+    async def on_reconnect(self) -> None:
+        if self._down:
+            click.echo(f"{self.tool}: reconnected to NATS", err=True)
+        self._down = False
+        self._last = None
+
+    def explain(self, exc: BaseException) -> str:
+        """The command's error: `exc`, and, when the server refused a request, what was refused and which
+        credential a read-only tool needs."""
+        if not self.denied:
+            return str(exc) or type(exc).__name__
+        creds = f"the credential {self.auth.creds_file}" if self.auth.creds_file else "no credential"
+        return (
+            f"{exc or type(exc).__name__}: the NATS server refused this user ({self.denied[-1]}); you connected with "
+            f"{creds}. Reading nodeheal's streams needs the reader credential (deploy/nats/natsauth.py writes "
+            "reader.creds; pass --creds reader.creds or set NATS_CREDS) or the admin one"
+        )

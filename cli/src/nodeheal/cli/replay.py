@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
+from nodeheal.cli.common import ConnectionNotes, NatsAuth, nats_auth_options, nats_url_option, run
 from nodeheal.cli.timeline import Distribution, Timeline, TimelineMessage, build_timeline
 from nodeheal.cli.window import parse_time, read_stream
 from nodeheal.runtime.connect import connect
@@ -490,8 +490,10 @@ def replay(
             raise click.BadParameter(str(exc), param_hint="--what-if") from exc
         look_back = audit_look_back(rules)
 
+    notes = ConnectionNotes(nats_auth, tool="replay")
+
     async def body() -> Recording:
-        nc = await connect(settings, name="nodeheal-replay")
+        nc = await connect(settings, name="nodeheal-replay", **notes.options())
         try:
             js = nc.jetstream()
             if zone:
@@ -525,7 +527,7 @@ def replay(
             f"a stream is missing on {nats_url} ({exc}): run `nodeheal streams apply` with the same prefixes"
         ) from exc
     except Exception as exc:
-        raise click.ClickException(f"replay against {nats_url} failed: {exc}") from exc
+        raise click.ClickException(f"replay against {nats_url} failed: {notes.explain(exc)}") from exc
 
     timeline = build_timeline(recording.messages)
     report = build_report(recording, timeline)
