@@ -446,8 +446,11 @@ async def test_a_pull_loop_faststream_starts_again_is_not_reported_stopped(
 
     stalls: list[int] = []
 
+    def ended() -> bool:  # the pull loop ended and was started again (the runtime lets the ended task go)
+        return len(subscriber.tasks) >= 2 or runtime.loop_restarts.get(inbound.title, 0) >= 1
+
     async def on_pull_request(msg: Msg) -> None:
-        if json.loads(msg.data).get("no_wait") and len(stalls) < 10 and len(subscriber.tasks) < 2:
+        if json.loads(msg.data).get("no_wait") and len(stalls) < 10 and not ended():
             stalls.append(1)
             time.sleep(0.95)  # the answer (no messages) arrives meanwhile, before the fetch's 1 s timeout
             loop.call_soon(busy, 10)
@@ -465,14 +468,14 @@ async def test_a_pull_loop_faststream_starts_again_is_not_reported_stopped(
     try:
 
         async def started_again() -> bool:
-            return len(subscriber.tasks) >= 2 or len(stalls) >= 10
+            return ended() or len(stalls) >= 10
 
         await eventually(started_again, within_s=60.0)
     finally:
         done.set()
         await asking
         await watch.unsubscribe()
-    assert len(subscriber.tasks) >= 2, "the pull loop never ended: nothing was tested"
+    assert ended(), "the pull loop never ended: nothing was tested"
     assert {ok for ok, _ in answers} == {True}, sorted({why for ok, why in answers if not ok})
     item = anomaly("n5", "node_down")
     await nc.jetstream().publish(
@@ -483,3 +486,64 @@ async def test_a_pull_loop_faststream_starts_again_is_not_reported_stopped(
         return handled == [item.id]
 
     await eventually(consumed, within_s=10.0)
+
+
+async def test_a_pull_loop_that_keeps_failing_fails_healthz_and_its_ended_tasks_are_let_go(
+    topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
+) -> None:
+    """faststream restarts a pull loop that raised, for ever, and keeps every ended task (with its traceback) in
+    `subscriber.tasks`. Before, a loop that failed at every fetch left `/healthz` at 200 while the consumer
+    consumed nothing, and the task list grew for the life of the pod. Now the ended tasks are let go, counted
+    (`nodeheal_consumer_loop_restarts`), and ten errors in ten minutes with no message handled fail `/healthz`
+    with the last error; once messages are handled again it is healthy. The failure is injected at the
+    subscription's fetch (no server-side fault makes faststream's loop raise anything but the idle timeouts it
+    suppresses: a deleted durable, for one, only makes its fetches time out)."""
+    handled: list[str] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        handled.append(item.id)
+
+    inbound = spec(topology_ready, fetch_timeout_s=0.5, batch_size=10)
+    runtime.consume(inbound, handle)
+    await runtime.start()
+    subscriber = runtime._subscribers[0][1]
+    subscription = subscriber.subscription
+    assert subscription is not None
+    real_fetch = subscription.fetch
+    broken = True
+
+    async def fetch(*args: object, **kwargs: object) -> list[Msg]:
+        if broken:
+            await asyncio.sleep(0.01)
+            raise RuntimeError("the fetch was refused (injected)")
+        return await real_fetch(*args, **kwargs)  # type: ignore[arg-type]
+
+    subscription.fetch = fetch  # type: ignore[method-assign]
+    sizes: list[int] = []
+
+    async def failing() -> bool:
+        ok, _ = runtime.liveness()
+        sizes.append(len(subscriber.tasks))
+        return not ok
+
+    await eventually(failing, within_s=30.0)
+    ok, why = runtime.liveness()
+    assert not ok
+    assert "its pull loop failed 10 times" in why and "RuntimeError: the fetch was refused (injected)" in why, why
+    assert max(sizes) <= 3, sizes  # what faststream kept is let go at every check
+    restarts = runtime.metrics.registry.get_sample_value(
+        "nodeheal_consumer_loop_restarts_total",
+        {"service": "fuzzed", "consumer": inbound.title, "error": "RuntimeError"},
+    )
+    assert restarts is not None and restarts >= 10
+
+    broken = False
+    item = anomaly("n7", "node_down")
+    await nc.jetstream().publish(
+        f"{topology_ready.prefix}.anomaly.c1.n7", item.to_json(), headers={"Nats-Msg-Id": item.id}
+    )
+
+    async def recovered() -> bool:
+        return handled == [item.id] and runtime.liveness()[0]
+
+    await eventually(recovered, within_s=20.0)

@@ -38,6 +38,8 @@ import contextlib
 import functools
 import logging
 import os
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -352,6 +354,9 @@ class ConsumerRuntime:
         self._started = False
         self._stopping = False
         self.skipped = 0
+        self._loop_failures: dict[str, deque[tuple[float, str]]] = {}  # consumer title → (when, error), newest last
+        self._last_settled: dict[str, float] = {}  # consumer title → when it last settled a message (monotonic)
+        self.loop_restarts: dict[str, int] = {}  # consumer title → pull loops that ended with an error
 
     # ------------------------------------------------------------------ declaration
 
@@ -555,6 +560,7 @@ class ConsumerRuntime:
         per process, a server round trip per consumer)."""
         js = self.broker.connection.jetstream()
         while True:
+            self._sweep_pull_tasks()  # also without a kubelet asking /healthz
             for stream, durable in self._lag:
                 try:
                     await self.metrics.report_consumer_lag(js, stream=stream, consumer=durable)
@@ -565,15 +571,64 @@ class ConsumerRuntime:
                 stop_if_cancelled()  # a stop that landed as the server answered is not lost (gh-86296)
             await asyncio.sleep(self.lag_every_s)
 
+    def _sweep_pull_tasks(self) -> None:
+        """Let the ended pull-loop tasks faststream keeps go, counting those that ended with an error.
+
+        faststream's supervisor starts a pull loop that raised again as a new task and never removes the old one
+        from `subscriber.tasks`: each restart kept a task with its exception and traceback (memory that grew for
+        the life of the pod, and a list the health check scanned whole). A task is let go once a newer one
+        exists (the supervisor's callback has run for it: removing it earlier would stop the restart). An error
+        other than the builtin `TimeoutError` (an idle fetch on a busy event loop, `PullLoopNoise`) is kept, last
+        `LOOP_FAILURE_LIMIT` per consumer, for `liveness`."""
+        now = time.monotonic()
+        for spec, sub in self._subscribers:
+            tasks: list[asyncio.Task[Any]] | None = getattr(sub, "tasks", None)
+            if not tasks or len(tasks) < 2:
+                continue
+            kept: list[asyncio.Task[Any]] = []
+            for task in tasks[:-1]:
+                if not task.done():
+                    kept.append(task)
+                    continue
+                exc = None if task.cancelled() else task.exception()
+                if exc is None:
+                    continue
+                self.loop_restarts[spec.title] = self.loop_restarts.get(spec.title, 0) + 1
+                self.metrics.consumer_loop_restarts.labels(self.service, spec.title, type(exc).__name__).inc()
+                if not isinstance(exc, TimeoutError):
+                    failures = self._loop_failures.setdefault(spec.title, deque(maxlen=LOOP_FAILURE_LIMIT))
+                    failures.append((now, describe(exc)))
+            tasks[:] = [*kept, tasks[-1]]
+
+    def _failing(self, spec: Inbound[Any], now: float) -> str | None:
+        """Why this consumer's pull loop counts as failing for good: `LOOP_FAILURE_LIMIT` errors (not idle
+        timeouts) within `LOOP_FAILURE_WINDOW_S` and no message settled since the first of them. faststream
+        restarts such a loop for ever, so before this `/healthz` stayed 200 while the consumer consumed nothing."""
+        failures = self._loop_failures.get(spec.title)
+        if not failures or len(failures) < LOOP_FAILURE_LIMIT:
+            return None
+        first, _ = failures[0]
+        if now - first > LOOP_FAILURE_WINDOW_S or self._last_settled.get(spec.title, float("-inf")) >= first:
+            return None
+        return (
+            f"consumer {spec.title!r} ({spec.stream}/{spec.durable}): its pull loop failed {len(failures)} times in "
+            f"{now - first:.0f} s with no message handled; last error: {failures[-1][1]}"
+        )
+
     def liveness(self) -> tuple[bool, str]:
-        """False when a subscriber's pull loop or a background loop is gone (the pod must restart)."""
+        """False when a subscriber's pull loop or a background loop is gone (the pod must restart), or a pull loop
+        keeps failing (`_failing`)."""
         if not self._started or self._stopping:
             return True, "ok"
+        self._sweep_pull_tasks()
+        now = time.monotonic()
         dead = [name for name, task in self._tasks.items() if task.done()]
         for spec, sub in self._subscribers:
             tasks = getattr(sub, "tasks", [])
             if not sub.running or (tasks and all(t.done() for t in tasks) and not _started_again(tasks[-1])):
                 dead.append(f"consumer {spec.title!r} ({spec.stream}/{spec.durable})")
+            elif (why := self._failing(spec, now)) is not None:
+                dead.append(why)
         if dead:
             return False, f"{self.service}: stopped: {', '.join(dead)}"
         return True, "ok"
@@ -588,6 +643,7 @@ class ConsumerRuntime:
     # ------------------------------------------------------------------ settling one message
 
     async def settle(self, spec: Inbound[Any], msg: Msg, exc: BaseException | None) -> None:
+        self._last_settled[spec.title] = time.monotonic()
         if exc is None:
             await msg.ack()
             return
@@ -648,6 +704,13 @@ class ConsumerRuntime:
         )
         if kept is not None:  # None: the rate limit dropped it (`nodeheal_dlq_rate_limited_total`)
             self.metrics.messages_dead_lettered.labels(self.service).inc()
+
+
+LOOP_FAILURE_LIMIT = 10
+"""Errors of one consumer's pull loop (not idle timeouts), with no message settled since the first, that make it
+failing (`ConsumerRuntime._failing`)..."""
+LOOP_FAILURE_WINDOW_S = 600.0
+"""...within this many seconds."""
 
 
 def _started_again(task: asyncio.Task[Any]) -> bool:

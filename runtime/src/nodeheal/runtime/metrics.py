@@ -38,6 +38,13 @@ class PipelineMetrics:
             ["service"],
             registry=reg,
         )
+        self.consumer_loop_restarts = Counter(
+            "nodeheal_consumer_loop_restarts",
+            "Pull loops of a consumer that ended with an error and were started again by faststream "
+            "(`error`: the exception's type; TimeoutError is an idle fetch on a busy event loop)",
+            ["service", "consumer", "error"],
+            registry=reg,
+        )
         self.consumer_pending = Gauge(
             "nodeheal_consumer_pending_messages",
             "Messages in the stream not yet delivered to the durable consumer (consumer lag)",
