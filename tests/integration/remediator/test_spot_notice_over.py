@@ -121,6 +121,18 @@ def test_a_notice_nothing_ended_is_over_its_time_later() -> None:
     assert [e.phase for e in view.cloud_events(node)] == ["completed"]
 
 
+def test_reading_the_view_ends_nothing_and_the_maintenance_tick_ends_the_overdue_notice() -> None:
+    """`cloud_events` shows an overdue notice as over without changing the view (before, the read ended it: a
+    read with a side effect); the maintenance loop's tick ends it in the view (`end_overdue_spot_notices`)."""
+    node = "n-spot-pure"
+    view = view_of(node, [spot_warning(datetime.now(tz=UTC) - SPOT_NOTICE_OVER - timedelta(minutes=5))])
+    assert [e.phase for e in view.cloud_events(node)] == ["completed"]
+    assert [e.is_terminal for e in view.cloud[node].values()] == [False]  # the read kept the view as it was
+    assert view.end_overdue_spot_notices(datetime.now(tz=UTC)) == 1
+    assert [(e.phase, e.is_terminal) for e in view.cloud[node].values()] == [("completed", True)]
+    assert view.end_overdue_spot_notices(datetime.now(tz=UTC)) == 0
+
+
 async def test_a_spot_node_drained_for_its_notice_is_uncordoned_when_it_runs_again(deployed: Deployed) -> None:
     """The notice comes (stop in two minutes): the node is cordoned and drained. The instance is stopped and
     started again (EventBridge state changes), its agent reports a new boot: the node is verified and

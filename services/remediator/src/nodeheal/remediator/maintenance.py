@@ -81,6 +81,7 @@ class MaintenanceLoop:
         for node, held in slots.items():
             if held.until <= now and node not in self._busy:
                 self._spawn(node, r.expire_slot(held))
+        r.view.end_overdue_spot_notices(now)  # spot notices nothing ended, 30 min past their time: over
         lead = r.policy.cloud_drain_lead_s
         open_episodes: set[str] = set()
         for node in list(r.view.cloud):

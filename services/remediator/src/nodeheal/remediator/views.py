@@ -251,31 +251,40 @@ class FleetView:
             )
             self._end(change.node, key, ended)
 
-    def _spot_overdue(self, node: str, now: datetime) -> None:
-        """Spot notices of the node `SPOT_NOTICE_OVER` past their time with no report that ended them: over
-        (`completed`; a machine that did not come back fails the new-boot verification and goes to a person)."""
-        events = self.cloud.get(node)
-        if not events:
-            return
-        for key, ev in list(events.items()):
-            if (
-                ev.is_terminal
-                or ev.action != "terminate"
-                or ev.cause != "spot"
-                or ev.not_before is None
-                or now - ev.not_before < SPOT_NOTICE_OVER
-            ):
-                continue
-            ended = ev.model_copy(
-                update={
-                    "phase": "completed",
-                    "is_terminal": True,
-                    "observed_at": max(ev.observed_at, ev.not_before + SPOT_NOTICE_OVER),
-                    "description": f"{ev.description or 'spot notice'}; over: no report ended it "
-                    f"{SPOT_NOTICE_OVER.total_seconds() / 60:g} min after its time",
-                }
-            )
-            self._end(node, key, ended)
+    @staticmethod
+    def _overdue(ev: CloudSystemEvent, now: datetime) -> CloudSystemEvent | None:
+        """A spot notice `SPOT_NOTICE_OVER` past its time with no report that ended it, as over (`completed`; a
+        machine that did not come back fails the new-boot verification and goes to a person); None for any other
+        event."""
+        if (
+            ev.is_terminal
+            or ev.action != "terminate"
+            or ev.cause != "spot"
+            or ev.not_before is None
+            or now - ev.not_before < SPOT_NOTICE_OVER
+        ):
+            return None
+        return ev.model_copy(
+            update={
+                "phase": "completed",
+                "is_terminal": True,
+                "observed_at": max(ev.observed_at, ev.not_before + SPOT_NOTICE_OVER),
+                "description": f"{ev.description or 'spot notice'}; over: no report ended it "
+                f"{SPOT_NOTICE_OVER.total_seconds() / 60:g} min after its time",
+            }
+        )
+
+    def end_overdue_spot_notices(self, now: datetime) -> int:
+        """End (keep as over, let go in time) every spot notice `SPOT_NOTICE_OVER` past its time: the maintenance
+        loop's tick calls it, so reading the view (`cloud_events`) changes nothing. Returns how many ended."""
+        ended = 0
+        for node, events in list(self.cloud.items()):
+            for key, ev in list(events.items()):
+                over = self._overdue(ev, now)
+                if over is not None:
+                    self._end(node, key, over)
+                    ended += 1
+        return ended
 
     def keeps_cloud(self, data: bytes) -> bool:
         """Would `on_cloud` keep this CLOUD message (as raw JSON)? False only for a message whose head
@@ -360,14 +369,16 @@ class FleetView:
         the node's: a spot notice or a host event of a machine that went away never gets a terminal phase,
         and a new machine under the reused name (IP-based names) must not be drained for it. Compared where
         the inventory and the events spell the id alike (`other_machine`)."""
-        self._spot_overdue(node, datetime.now(tz=UTC))
+        now = datetime.now(tz=UTC)
         cloud, instance = self.instance.get(node, (None, None))
         cloud = canonical_cloud(cloud)
         groups: dict[tuple[str, str], list[CloudSystemEvent]] = {}
         for key, ev in self.cloud.get(node, {}).items():
             if instance and other_machine(ev, node=node, cloud=cloud, instance=instance):
                 continue
-            groups.setdefault(self.cloud_alias.get(key, key), []).append(ev)
+            # a spot notice past its time is shown over even before the maintenance tick ends it in the view:
+            # a read changes nothing (`end_overdue_spot_notices`)
+            groups.setdefault(self.cloud_alias.get(key, key), []).append(self._overdue(ev, now) or ev)
         return [_merged(canon, members) for canon, members in groups.items()]
 
     def event_aliases(self, node: str) -> dict[str, str]:
