@@ -488,56 +488,67 @@ async def test_a_pull_loop_faststream_starts_again_is_not_reported_stopped(
     await eventually(consumed, within_s=10.0)
 
 
+async def _pin_to_a_priority_group(nc: Client, inbound: Inbound[Anomaly], *, group: str | None) -> None:
+    """Update the durable through the JetStream API (as `nats consumer edit` does) with a priority group, or
+    without one again. A pull request without a group to a consumer with groups is answered "400 Bad Request -
+    Priority Group missing"; nats-py raises it as an `APIError`, which faststream's pull loop does not suppress:
+    its task ends at every fetch and faststream's supervisor starts it again, for ever."""
+    info = await nc.jetstream().consumer_info(inbound.stream, inbound.durable)
+    config = info.config.as_dict()
+    if group is None:
+        config.pop("priority_policy", None)
+        config.pop("priority_groups", None)
+    else:
+        config.update(priority_policy="overflow", priority_groups=[group])
+    reply = await nc.request(
+        f"$JS.API.CONSUMER.CREATE.{inbound.stream}.{inbound.durable}",
+        json.dumps({"stream_name": inbound.stream, "config": config, "action": "update"}).encode(),
+        timeout=5.0,
+    )
+    answer = json.loads(reply.data)
+    assert "error" not in answer, answer
+
+
 async def test_a_pull_loop_that_keeps_failing_fails_healthz_and_its_ended_tasks_are_let_go(
     topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
 ) -> None:
     """faststream restarts a pull loop that raised, for ever, and keeps every ended task (with its traceback) in
-    `subscriber.tasks`. Before, a loop that failed at every fetch left `/healthz` at 200 while the consumer
-    consumed nothing, and the task list grew for the life of the pod. Now the ended tasks are let go, counted
+    `subscriber.tasks`. Before, a durable whose every pull is refused (given a priority group here: "400 Bad
+    Request - Priority Group missing") left `/healthz` at 200 while the consumer consumed nothing, and the task
+    list grew by one per fetch for the life of the pod. Now the ended tasks are let go at every check, counted
     (`nodeheal_consumer_loop_restarts`), and ten errors in ten minutes with no message handled fail `/healthz`
-    with the last error; once messages are handled again it is healthy. The failure is injected at the
-    subscription's fetch (no server-side fault makes faststream's loop raise anything but the idle timeouts it
-    suppresses: a deleted durable, for one, only makes its fetches time out)."""
+    with the last error; once the durable is put right and messages are handled, it is healthy again."""
     handled: list[str] = []
 
     async def handle(item: Anomaly, delivery: Delivery) -> None:
         handled.append(item.id)
 
-    inbound = spec(topology_ready, fetch_timeout_s=0.5, batch_size=10)
+    inbound = spec(topology_ready)
     runtime.consume(inbound, handle)
     await runtime.start()
     subscriber = runtime._subscribers[0][1]
-    subscription = subscriber.subscription
-    assert subscription is not None
-    real_fetch = subscription.fetch
-    broken = True
-
-    async def fetch(*args: object, **kwargs: object) -> list[Msg]:
-        if broken:
-            await asyncio.sleep(0.01)
-            raise RuntimeError("the fetch was refused (injected)")
-        return await real_fetch(*args, **kwargs)  # type: ignore[arg-type]
-
-    subscription.fetch = fetch  # type: ignore[method-assign]
+    assert runtime.liveness() == (True, "ok")
+    await _pin_to_a_priority_group(nc, inbound, group="elsewhere")
     sizes: list[int] = []
+    try:
 
-    async def failing() -> bool:
-        ok, _ = runtime.liveness()
-        sizes.append(len(subscriber.tasks))
-        return not ok
+        async def failing() -> bool:
+            ok, _ = runtime.liveness()
+            sizes.append(len(subscriber.tasks))
+            return not ok
 
-    await eventually(failing, within_s=30.0)
-    ok, why = runtime.liveness()
-    assert not ok
-    assert "its pull loop failed 10 times" in why and "RuntimeError: the fetch was refused (injected)" in why, why
-    assert max(sizes) <= 3, sizes  # what faststream kept is let go at every check
-    restarts = runtime.metrics.registry.get_sample_value(
-        "nodeheal_consumer_loop_restarts_total",
-        {"service": "fuzzed", "consumer": inbound.title, "error": "RuntimeError"},
-    )
-    assert restarts is not None and restarts >= 10
-
-    broken = False
+        await eventually(failing, within_s=30.0)
+        ok, why = runtime.liveness()
+        assert not ok
+        assert "its pull loop failed 10 times" in why and "Priority Group missing" in why, why
+        assert max(sizes) <= 3, sizes  # what faststream kept is let go at every check
+        restarts = runtime.metrics.registry.get_sample_value(
+            "nodeheal_consumer_loop_restarts_total",
+            {"service": "fuzzed", "consumer": inbound.title, "error": "APIError"},
+        )
+        assert restarts is not None and restarts >= 10
+    finally:
+        await _pin_to_a_priority_group(nc, inbound, group=None)
     item = anomaly("n7", "node_down")
     await nc.jetstream().publish(
         f"{topology_ready.prefix}.anomaly.c1.n7", item.to_json(), headers={"Nats-Msg-Id": item.id}
