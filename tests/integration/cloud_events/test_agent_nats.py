@@ -21,7 +21,14 @@ from nodeheal.schemas.commands import NodeCommand, NodeCommandResult
 from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.probe import NodeProbe
 from nodeheal.schemas.subjects import cmd_subject, dlq_subject, probe_subject
-from tests.integration.deploy.natsauth_loader import RoleServer, agent_nats, per_role_server, role_nats, violations
+from tests.integration.deploy.natsauth_loader import (
+    RoleServer,
+    admin_stands_in,
+    agent_nats,
+    per_role_server,
+    role_nats,
+    violations,
+)
 from tests.unit.cloud_events.agent_fakenode import FakeNode, make_fake_node, statvfs_with
 
 pytestmark = pytest.mark.nats
@@ -57,16 +64,7 @@ async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
     assert violations(directory) == []
 
 
-@pytest.fixture
-def topology_ready(deployed: RoleServer) -> NatsSettings:
-    """The admin's settings (the layout is provisioned on the per-role server)."""
-    return deployed.settings
-
-
-@pytest.fixture
-def nc(deployed: RoleServer) -> Client:
-    """The admin's connection: reads the streams, removes and restores PROBES."""
-    return deployed.nc
+nc, topology_ready = admin_stands_in()  # the tests run on the per-role server; admin stands in
 
 
 @pytest.fixture

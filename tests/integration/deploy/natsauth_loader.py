@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import nats
+import pytest
 from nats.aio.client import Client
 
 from nodeheal.runtime.connect import connect
@@ -136,3 +138,22 @@ async def role_server(tmp_path: Path, role: str) -> AsyncIterator[RoleServer]:
         finally:
             for client in deployed.opened:
                 await client.close()
+
+
+def admin_stands_in() -> tuple[Any, Any]:
+    """The `nc` and `topology_ready` fixtures of a test module whose tests run on its `deployed` per-role server
+    (a `RoleServer` fixture): the admin's connection and settings, the test standing in for the services not
+    under test. In the module: `nc, topology_ready = admin_stands_in()`; a module without it keeps the shared
+    server's fixtures."""
+
+    @pytest.fixture(name="nc")
+    def admin_nc(deployed: RoleServer) -> Client:
+        """The admin's connection to the per-role server: the test stands in for the services not under test."""
+        return deployed.nc
+
+    @pytest.fixture(name="topology_ready")
+    def admin_settings(deployed: RoleServer) -> NatsSettings:
+        """The admin's settings (the layout is provisioned on the per-role server)."""
+        return deployed.settings
+
+    return admin_nc, admin_settings

@@ -14,21 +14,13 @@ from nodeheal.detector.rules import RuleConfig
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeInventory
 from nodeheal.schemas.inventory import inventory_key
-from tests.integration.deploy.natsauth_loader import RoleServer, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, violations
 from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish, started_runtime
 
 pytestmark = pytest.mark.nats
 
 
-@pytest.fixture
-def nc(deployed: RoleServer) -> Client:
-    """The admin's connection: the test stands in for the inventory service and the prober."""
-    return deployed.nc
-
-
-@pytest.fixture
-def topology_ready(deployed: RoleServer) -> NatsSettings:
-    return deployed.settings
+nc, topology_ready = admin_stands_in()  # the tests run on the per-role server; admin stands in
 
 
 @pytest.fixture

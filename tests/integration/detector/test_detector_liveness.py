@@ -20,7 +20,7 @@ from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.service import build_asgi, make_broker
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.subjects import probe_subject
-from tests.integration.deploy.natsauth_loader import RoleServer, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, violations
 from tests.integration.detector.test_detector_nats import eventually, probe
 from tests.support.asgi import asgi_get
 
@@ -46,15 +46,7 @@ async def detector_with_health(
         await rt.stop()
 
 
-@pytest.fixture
-def nc(deployed: RoleServer) -> Client:
-    """The admin's connection: the test stands in for the prober."""
-    return deployed.nc
-
-
-@pytest.fixture
-def topology_ready(deployed: RoleServer) -> NatsSettings:
-    return deployed.settings
+nc, topology_ready = admin_stands_in()  # the tests run on the per-role server; admin stands in
 
 
 async def test_a_detector_far_behind_in_a_silence_storm_stays_alive(

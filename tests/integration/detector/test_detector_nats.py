@@ -22,7 +22,7 @@ from nodeheal.runtime.jetstream import DEFAULT_DLQ_LIMITER
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly, CloudSystemEvent, DeadLetter, FileSystem, LoadAverage, NodeProbe
 from nodeheal.schemas.subjects import cloud_subject, dlq_subject, probe_subject, prober_probe_subject, wildcard
-from tests.integration.deploy.natsauth_loader import RoleServer, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, violations
 
 pytestmark = pytest.mark.nats
 
@@ -126,15 +126,7 @@ async def started_runtime(nats: NatsSettings, nc: Client, rules: RuleConfig) -> 
         await rt.stop()
 
 
-@pytest.fixture
-def nc(deployed: RoleServer) -> Client:
-    """The admin's connection: the test stands in for the prober, the agents and the cloud-events services."""
-    return deployed.nc
-
-
-@pytest.fixture
-def topology_ready(deployed: RoleServer) -> NatsSettings:
-    return deployed.settings
+nc, topology_ready = admin_stands_in()  # the tests run on the per-role server; admin stands in
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import DeadLetter, NodeProbe, Reachability
 from nodeheal.schemas.prober import result_id
 from nodeheal.schemas.subjects import dlq_subject, probe_partition, probe_subject, prober_probe_subject
-from tests.integration.deploy.natsauth_loader import RoleServer, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, violations
 from tests.integration.detector.test_detector_nats import anomalies, eventually, probe, publish, read_all
 
 pytestmark = pytest.mark.nats
@@ -66,15 +66,7 @@ def single(node: str, checks: list[dict[str, object]]) -> NodeProbe:
     )
 
 
-@pytest.fixture
-def nc(deployed: RoleServer) -> Client:
-    """The admin's connection: the test stands in for the prober."""
-    return deployed.nc
-
-
-@pytest.fixture
-def topology_ready(deployed: RoleServer) -> NatsSettings:
-    return deployed.settings
+nc, topology_ready = admin_stands_in()  # the tests run on the per-role server; admin stands in
 
 
 async def test_a_dark_node_found_through_a_batch_is_the_same_anomaly_as_through_a_single_prober_probe(

@@ -20,21 +20,13 @@ from nodeheal.detector.settings import DetectorSettings
 from nodeheal.runtime.consumer import TRANSIENT
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.subjects import cloud_subject
-from tests.integration.deploy.natsauth_loader import RoleServer, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, violations
 from tests.integration.detector.test_detector_nats import anomalies, cloud_event, eventually, probe, publish
 
 pytestmark = pytest.mark.nats
 
 
-@pytest.fixture
-def nc(deployed: RoleServer) -> Client:
-    """The admin's connection: the test stands in for the prober and the cloud-events services."""
-    return deployed.nc
-
-
-@pytest.fixture
-def topology_ready(deployed: RoleServer) -> NatsSettings:
-    return deployed.settings
+nc, topology_ready = admin_stands_in()  # the tests run on the per-role server; admin stands in
 
 
 @pytest.fixture
