@@ -34,6 +34,22 @@ def probe(node: str, t: float, *, ok: bool = True, seq: int = 0, source: str = "
     )
 
 
+def agent_probe(node: str, t: float, seq: int, *, boot_id: str, uptime_s: float) -> NodeProbe:
+    """A node agent's heartbeat probe at `t`: reachable, Ready, on boot `boot_id`."""
+    return NodeProbe(
+        id=deterministic_id("agent", node, seq),
+        time=at(t),
+        cluster=CLUSTER,
+        node=node,
+        source="agent",
+        seq=seq,
+        boot_id=boot_id,
+        uptime_s=uptime_s,
+        reachability=(Reachability(check="agent", target=node, ok=True),),
+        ready=True,
+    )
+
+
 def firing(
     node: str, *, kind: AnomalyKind, onset: float, detected: float, subject: str | None = None, expected: bool = False
 ) -> Anomaly:

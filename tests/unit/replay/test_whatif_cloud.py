@@ -8,24 +8,12 @@ from pathlib import Path
 from nodeheal.cli.replay import Recording, Scope
 from nodeheal.cli.timeline import TimelineMessage, build_timeline
 from nodeheal.cli.whatif import load_rules, run_sandbox, run_what_if
-from nodeheal.schemas.ids import deterministic_id
-from nodeheal.schemas.probe import NodeProbe, Reachability
-from tests.unit.replay.factories import CLUSTER, at, cloud_event
+from nodeheal.schemas.probe import NodeProbe
+from tests.unit.replay.factories import agent_probe, at, cloud_event
 
 
 def _agent(t: float, seq: int) -> NodeProbe:
-    return NodeProbe(
-        id=deterministic_id("agent", "node-h", seq),
-        time=at(t),
-        cluster=CLUSTER,
-        node="node-h",
-        source="agent",
-        seq=seq,
-        boot_id="boot-1" if t < 60 else "boot-2",
-        uptime_s=10_000 + t,
-        reachability=(Reachability(check="agent", target="node-h", ok=True),),
-        ready=True,
-    )
+    return agent_probe("node-h", t, seq, boot_id="boot-1" if t < 60 else "boot-2", uptime_s=10_000 + t)
 
 
 def test_a_notice_reported_in_the_window_but_published_before_it_is_compared(tmp_path: Path) -> None:

@@ -9,51 +9,23 @@ from pathlib import Path
 from nodeheal.cli.replay import Recording, Scope
 from nodeheal.cli.timeline import TimelineMessage, build_timeline
 from nodeheal.cli.whatif import load_rules, run_sandbox, run_what_if
-from nodeheal.schemas.crash import CrashEvidence, CrashReport
-from nodeheal.schemas.ids import deterministic_id
-from nodeheal.schemas.probe import NodeProbe, Reachability
-from tests.unit.replay.factories import CLUSTER, at
+from nodeheal.schemas.crash import CrashReport
+from nodeheal.schemas.probe import NodeProbe
+from tests.integration.diagnoser.crashes import pstore_report
+from tests.unit.replay.factories import agent_probe, at
 
 PSTORE = Path(__file__).resolve().parents[2] / "data" / "kernel" / "null" / "pstore" / "dmesg-ramoops-0"
 
 
 def _agent(t: float, seq: int) -> NodeProbe:
-    return NodeProbe(
-        id=deterministic_id("agent", "node-k", seq),
-        time=at(t),
-        cluster=CLUSTER,
-        node="node-k",
-        source="agent",
-        seq=seq,
-        boot_id="boot-1" if t < 60 else "boot-2",
-        uptime_s=10_000 + t if t < 60 else t - 150,
-        reachability=(Reachability(check="agent", target="node-k", ok=True),),
-        ready=True,
-    )
+    boot, uptime = ("boot-1", 10_000 + t) if t < 60 else ("boot-2", t - 150)
+    return agent_probe("node-k", t, seq, boot_id=boot, uptime_s=uptime)
 
 
 def _crash(t: float) -> CrashReport:
     """What the agent of the new boot sends: the crashed boot's pstore record (a real NULL-pointer oops)."""
     header, *lines = PSTORE.read_text().splitlines()
-    return CrashReport(
-        time=at(t),
-        cluster=CLUSTER,
-        node="node-k",
-        boot_id="boot-2",
-        previous_boot_id="boot-1",
-        unexpected=True,
-        kernel_release="6.1.0-57-cloud-amd64",
-        evidence=(
-            CrashEvidence(
-                source="pstore",
-                path="/sys/fs/pstore/dmesg-ramoops-0",
-                backend="ramoops",
-                record=header,
-                written_at=at(55),
-                lines=tuple(lines[-400:]),
-            ),
-        ),
-    )
+    return pstore_report("node-k", "boot-2", lines, header=header, at=at(t))
 
 
 def test_unchanged_rules_explain_a_crash_as_the_live_diagnoser_did(tmp_path: Path) -> None:
