@@ -15,8 +15,9 @@ from nodeheal.cli import procs
 from nodeheal.sim.embedded import free_port as embedded_free_port
 
 PICKS = 400
-"""Ports asked for per process without binding them. The kernel picks from ~14,000 (the odd half of the
-ephemeral range): 800 picks of its own would repeat one with near certainty (~23 repeats expected)."""
+"""Ports asked for per process without binding them. `free_port` picks at random from the ~12,800 ports below
+the ephemeral range: 800 picks without the ledger would repeat one with near certainty (~25 repeats
+expected)."""
 
 PICK = f"from nodeheal.cli.procs import free_port\nprint(' '.join(str(free_port()) for _ in range({PICKS})))"
 
@@ -40,6 +41,21 @@ def test_a_port_is_not_handed_out_again_while_held_and_is_after(
     assert procs._hand_out(port) is False  # held: a caller that probes it now is told to probe again
     monkeypatch.setattr(procs, "PORT_HOLD_S", 0.0)
     assert procs._hand_out(port) is True  # let go once the hold is over
+
+
+def test_a_listener_port_is_never_one_an_outgoing_connection_could_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outgoing connections get their local port from the ephemeral range: a port handed out there could be
+    taken by any client's connection before the server binds it (seen: a detector's health port, `address
+    already in use`). Where the range can be read and leaves room below it, no pick falls inside it."""
+    ephemeral = procs._ephemeral_range()
+    if ephemeral is None or procs._listen_candidates() is None:
+        pytest.skip("no readable ephemeral range with room below it on this machine")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    ports = [procs.free_port() for _ in range(200)]
+    assert all(procs.LISTEN_FLOOR <= port < ephemeral[0] for port in ports), sorted(ports)
+    assert len(set(ports)) == len(ports)
 
 
 def test_the_embedded_server_picks_through_the_same_ledger() -> None:

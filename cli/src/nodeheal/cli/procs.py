@@ -10,6 +10,7 @@ import ctypes
 import fcntl
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -66,16 +67,57 @@ def _hand_out(port: int) -> bool:
     return fresh
 
 
+LISTEN_FLOOR = 20000
+"""The lowest port `free_port` hands out when it can pick below the kernel's ephemeral range."""
+
+
+def _ephemeral_range() -> tuple[int, int] | None:
+    """The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), where it picks the local port of
+    every outgoing connection and of every `bind(port 0)`; None where it cannot be read."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def _listen_candidates() -> range | None:
+    """Ports a listener can be given that no outgoing connection will take: from LISTEN_FLOOR to just below
+    the ephemeral range, when that leaves at least 2,000 (None: ask the kernel)."""
+    ephemeral = _ephemeral_range()
+    if ephemeral is None or ephemeral[0] - LISTEN_FLOOR < 2000:
+        return None
+    return range(LISTEN_FLOOR, ephemeral[0])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A free loopback TCP port for a server to bind. The kernel's choice, which it may hand out again as
-    soon as the probe socket is closed: two callers (two test workers, two services of `nodeheal up`) could
-    get the same port before either binds it. So a ledger shared by this user's processes (a file in the
-    temporary directory, under `flock`) keeps every port handed out for PORT_HOLD_S, and the probe is
-    repeated for a port still held."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
+    """A free loopback TCP port for a server to bind. Two races are closed. The kernel may hand a port it
+    chose for a probe socket to the next `bind(port 0)` or to the local end of any outgoing connection (a
+    test or a service makes thousands) before our server binds it; so on Linux the port is picked below the
+    ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by default), where the kernel never puts
+    an outgoing connection, and probed with a bind. And two callers (two test workers, two services of
+    `nodeheal up`) could pick the same port before either binds it; so a ledger shared by this user's
+    processes (a file in the temporary directory, under `flock`) keeps every port handed out for
+    PORT_HOLD_S, and the pick is repeated for a port still held."""
+    candidates = _listen_candidates()
+    for _ in range(200):
+        if candidates is not None:
+            port = random.choice(candidates)
+            if not _bindable(port):
+                continue
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
         if _hand_out(port):
             return port
     msg = "no free loopback port that was not handed out in the last two minutes"
