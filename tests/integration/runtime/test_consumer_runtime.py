@@ -558,3 +558,62 @@ async def test_a_pull_loop_that_keeps_failing_fails_healthz_and_its_ended_tasks_
         return handled == [item.id] and runtime.liveness()[0]
 
     await eventually(recovered, within_s=20.0)
+
+
+async def test_a_durable_deleted_under_the_running_service_is_made_again_where_it_was(
+    topology_ready: NatsSettings, nc: Client
+) -> None:
+    """`nats consumer rm` (or a stream deleted and made again) under a running service: before, its
+    subscriber's fetches only timed out — nothing was consumed again and `/healthz` said 200. Now the lag round
+    finds the durable gone and creates it again after the acknowledged floor it last read: what came after is
+    handled, what was handled before is not handled again, and it is counted. With the stream gone too it
+    cannot be made again, and liveness says so until it can."""
+    runtime = ConsumerRuntime(service="fuzzed", nats=topology_ready, lag_every_s=0.2)
+    handled: list[str] = []
+
+    async def handle(item: Anomaly, delivery: Delivery) -> None:
+        handled.append(item.id)
+
+    inbound = spec(topology_ready)
+    runtime.consume(inbound, handle)
+    js = nc.jetstream()
+
+    async def publish(node: str) -> Anomaly:
+        item = anomaly(node, "node_down")
+        await js.publish(f"{topology_ready.prefix}.anomaly.c1.{node}", item.to_json(), headers={"Nats-Msg-Id": item.id})
+        return item
+
+    await runtime.start()
+    try:
+        first = await publish("n1")
+
+        async def acked() -> bool:
+            info = await js.consumer_info(inbound.stream, inbound.durable)
+            return handled == [first.id] and info.num_ack_pending == 0 and info.ack_floor.stream_seq >= 1
+
+        await eventually(acked)
+        await asyncio.sleep(1.0)  # a few lag rounds read the floor
+        await js.delete_consumer(inbound.stream, inbound.durable)
+        second = await publish("n2")
+
+        async def resumed() -> bool:
+            return second.id in handled
+
+        await eventually(resumed, within_s=20.0)
+        assert handled == [first.id, second.id]
+        recreated = runtime.metrics.registry.get_sample_value(
+            "nodeheal_consumer_recreated_total", {"service": "fuzzed", "consumer": inbound.title}
+        )
+        assert recreated == 1.0
+        assert runtime.liveness() == (True, "ok")
+
+        await js.delete_stream(inbound.stream)
+
+        async def failing() -> bool:
+            return not runtime.liveness()[0]
+
+        await eventually(failing, within_s=20.0)
+        _, why = runtime.liveness()
+        assert f"its durable {inbound.durable} on {inbound.stream} is gone" in why, why
+    finally:
+        await runtime.stop()

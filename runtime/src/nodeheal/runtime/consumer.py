@@ -54,7 +54,7 @@ from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 from pydantic import BaseModel
@@ -357,6 +357,8 @@ class ConsumerRuntime:
         self._loop_failures: dict[str, deque[tuple[float, str]]] = {}  # consumer title → (when, error), newest last
         self._last_settled: dict[str, float] = {}  # consumer title → when it last settled a message (monotonic)
         self.loop_restarts: dict[str, int] = {}  # consumer title → pull loops that ended with an error
+        self._ack_floor: dict[tuple[str, str], int] = {}  # (stream, durable) → ack floor the last lag round read
+        self._gone: dict[tuple[str, str], str] = {}  # (stream, durable) → why it is gone and not made again
 
     # ------------------------------------------------------------------ declaration
 
@@ -561,15 +563,68 @@ class ConsumerRuntime:
         js = self.broker.connection.jetstream()
         while True:
             self._sweep_pull_tasks()  # also without a kubelet asking /healthz
+            consumed = {(spec.stream, spec.durable): spec for spec, _ in self._consumed}
             for stream, durable in self._lag:
                 try:
-                    await self.metrics.report_consumer_lag(js, stream=stream, consumer=durable)
+                    info = await js.consumer_info(stream, durable)
+                    self.metrics.set_consumer_lag(info, stream=stream, consumer=durable)
+                    if info.ack_floor is not None:
+                        self._ack_floor[(stream, durable)] = int(info.ack_floor.stream_seq or 0)
+                    self._gone.pop((stream, durable), None)
                 except asyncio.CancelledError:
                     raise
+                except NotFoundError as exc:
+                    if (spec := consumed.get((stream, durable))) is not None:
+                        await self._recreate(spec, exc)
+                    else:
+                        log.debug("consumer lag not read", extra={"stream": stream, "error": describe(exc)})
                 except Exception as exc:
                     log.debug("consumer lag not read", extra={"stream": stream, "error": describe(exc)})
                 stop_if_cancelled()  # a stop that landed as the server answered is not lost (gh-86296)
             await asyncio.sleep(self.lag_every_s)
+
+    async def _recreate(self, spec: Inbound[Any], gone: BaseException) -> None:
+        """A consumed durable is gone under the running service (`nats consumer rm`, its stream deleted and
+        made again): its subscriber's fetches only time out, so nothing would be consumed and nothing would
+        say so. It is created again with its configuration, from the first message after the acknowledged
+        floor the last lag round read (at most `lag_every_s` old: what was acknowledged since is delivered
+        again — at least once, as after any redelivery); with no floor read yet, by its deliver policy. When
+        it cannot be created (the stream is gone too), `liveness` fails with the reason until it can."""
+        key = (spec.stream, spec.durable)
+        floor = self._ack_floor.get(key)
+        start = floor + 1 if floor is not None else None
+        try:
+            created = await ensure_pull_consumer(
+                self.broker.connection.jetstream(),
+                stream=spec.stream,
+                durable=spec.durable,
+                filter_subjects=[spec.subject],
+                ack_wait_s=spec.ack_wait_s,
+                max_deliver=spec.max_deliver,
+                max_ack_pending=spec.max_ack_pending,
+                deliver_policy=spec.deliver_policy,
+                start_seq=start,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._gone[key] = (
+                f"consumer {spec.title!r}: its durable {spec.durable} on {spec.stream} is gone ({describe(gone)}) "
+                f"and could not be created again: {describe(exc)}"
+            )
+            log.error("durable gone and not created again", extra={"durable": spec.durable, "error": describe(exc)})
+            return
+        self._gone.pop(key, None)
+        if created:
+            self.metrics.consumer_recreated.labels(self.service, spec.title).inc()
+            log.error(
+                "durable was gone under the running service; created again",
+                extra={
+                    "stream": spec.stream,
+                    "durable": spec.durable,
+                    "from_seq": start if start is not None else str(spec.deliver_policy),
+                },
+            )
 
     def _sweep_pull_tasks(self) -> None:
         """Let the ended pull-loop tasks faststream keeps go, counting those that ended with an error.
@@ -629,6 +684,7 @@ class ConsumerRuntime:
                 dead.append(f"consumer {spec.title!r} ({spec.stream}/{spec.durable})")
             elif (why := self._failing(spec, now)) is not None:
                 dead.append(why)
+        dead.extend(self._gone.values())
         if dead:
             return False, f"{self.service}: stopped: {', '.join(dead)}"
         return True, "ok"

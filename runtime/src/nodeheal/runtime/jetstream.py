@@ -181,9 +181,11 @@ async def ensure_pull_consumer(
     max_ack_pending: int = 10_000,
     ack_policy: AckPolicy = AckPolicy.EXPLICIT,
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
-) -> None:
-    """Create the durable if it is missing; re-issue the editable fields if it exists (nats-py's
-    `pull_subscribe` silently keeps an existing durable's old configuration)."""
+    start_seq: int | None = None,
+) -> bool:
+    """Create the durable if it is missing (from stream sequence `start_seq` when given, else by
+    `deliver_policy`); re-issue the editable fields if it exists (nats-py's `pull_subscribe` silently keeps an
+    existing durable's old configuration). True when it was created."""
     config = ConsumerConfig(
         durable_name=durable,
         ack_policy=ack_policy,
@@ -196,8 +198,11 @@ async def ensure_pull_consumer(
     try:
         info = await js.consumer_info(stream, durable)
     except NotFoundError:
+        if start_seq is not None and start_seq > 0:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = start_seq
         await js.add_consumer(stream, config=config)
-        return
+        return True
     current = info.config
     if current.ack_policy != ack_policy:
         # Not editable: recreate the durable where the old one's acknowledged floor ended, so nothing
@@ -211,7 +216,7 @@ async def ensure_pull_consumer(
         config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
         config.opt_start_seq = floor + 1
         await js.add_consumer(stream, config=config)
-        return
+        return False
     if (
         round((current.ack_wait or 0) * 1e3) != round(ack_wait_s * 1e3)
         or current.max_deliver != max_deliver
@@ -220,8 +225,11 @@ async def ensure_pull_consumer(
         != sorted(filter_subjects or [])
     ):
         config.deliver_policy = current.deliver_policy
+        config.opt_start_seq = current.opt_start_seq
+        config.opt_start_time = current.opt_start_time
         config.ack_policy = current.ack_policy
         await js.add_consumer(stream, config=config)
+    return False
 
 
 def reader_config(start: datetime | None, next_seq: int) -> ConsumerConfig:

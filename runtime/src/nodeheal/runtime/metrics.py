@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from nats.js.api import ConsumerInfo
 from nats.js.client import JetStreamContext
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -36,6 +37,13 @@ class PipelineMetrics:
             "nodeheal_messages_dead_lettered",
             "Rejected input kept in the DLQ with its reason",
             ["service"],
+            registry=reg,
+        )
+        self.consumer_recreated = Counter(
+            "nodeheal_consumer_recreated",
+            "Durables of a consumer found gone under the running service (deleted by hand, or with their stream) "
+            "and created again from their last known acknowledged position",
+            ["service", "consumer"],
             registry=reg,
         )
         self.consumer_loop_restarts = Counter(
@@ -113,7 +121,10 @@ class PipelineMetrics:
     async def report_consumer_lag(self, js: JetStreamContext, *, stream: str, consumer: str) -> tuple[int, int]:
         """Read a durable consumer's pending counts from the server into the gauges; returns
         (pending, ack_pending). Call it periodically (e.g. every 15 s) or from the readiness check."""
-        info = await js.consumer_info(stream, consumer)
+        return self.set_consumer_lag(await js.consumer_info(stream, consumer), stream=stream, consumer=consumer)
+
+    def set_consumer_lag(self, info: ConsumerInfo, *, stream: str, consumer: str) -> tuple[int, int]:
+        """The gauges from a consumer's info already read; returns (pending, ack_pending)."""
         pending = int(info.num_pending or 0)
         ack_pending = int(info.num_ack_pending or 0)
         self.consumer_pending.labels(stream=stream, consumer=consumer).set(pending)
