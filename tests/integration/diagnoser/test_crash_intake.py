@@ -1,6 +1,7 @@
-"""The diagnoser's CRASHES consumer on a real nats-server: crash reports made of real kernel bytes
-(tests/data/kernel) are classified and counted once per boot in the bucket's fleet record; a
-malformed report goes to the DLQ with the reason and its raw bytes and the consumer keeps going."""
+"""The diagnoser's CRASHES consumer on a real nats-server with the deployed per-role authorization, the diagnoser
+under its role's credential: crash reports made of real kernel bytes (tests/data/kernel) are classified and
+counted once per boot in the bucket's fleet record; a malformed report goes to the DLQ with the reason and its
+raw bytes and the consumer keeps going; no permission violation is logged."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.crash import CrashReport
 from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.subjects import crash_subject, dlq_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, violations
 from tests.integration.diagnoser.crashes import bucket_records, pstore_lines, pstore_report, put_inventory
 from tests.unit.diagnoser.scenarios import CLUSTER
 
 pytestmark = pytest.mark.nats
+
+nc, topology_ready = admin_stands_in()  # the test stands in for the agents, as admin
 
 MODELS = {"n1": "ecs.ebmg7.32xlarge", "n2": "ecs.ebmc7.32xlarge"}
 
@@ -30,14 +34,16 @@ def report(node: str, boot: str, case: str) -> CrashReport:
 
 
 @pytest.fixture
-async def service(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DiagnoserRuntime]:
-    await put_inventory(nc, topology_ready, MODELS)
+async def service(deployed: RoleServer) -> AsyncIterator[DiagnoserRuntime]:
+    await put_inventory(deployed.nc, deployed.settings, MODELS)
     runtime = DiagnoserRuntime(
-        settings=DiagnoserSettings(nats=topology_ready, cluster=CLUSTER, fetch_timeout_s=0.3), nc=nc
+        settings=DiagnoserSettings(nats=deployed.role, cluster=CLUSTER, fetch_timeout_s=0.3),
+        nc=await deployed.role_nc("diagnoser"),
     )
     await runtime.start()
     yield runtime
     await runtime.stop()
+    assert violations(deployed.dir) == []
 
 
 async def test_crash_reports_are_bucketed_once_per_boot_and_bad_ones_dead_lettered(

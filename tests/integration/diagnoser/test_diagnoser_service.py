@@ -1,5 +1,6 @@
-"""The diagnoser service against a real nats-server: scenario sequences published into the real
-streams (unique names per test), diagnoses read back out of DIAGNOSES."""
+"""The diagnoser service against a real nats-server with the deployed per-role authorization, the diagnoser under
+its role's credential: scenario sequences published into the real streams (as admin, the test standing in for
+the detector and the cloud events), diagnoses read back out of DIAGNOSES; no permission violation is logged."""
 
 from __future__ import annotations
 
@@ -26,9 +27,12 @@ from nodeheal.schemas.subjects import (
     dlq_subject,
     finding_subject,
 )
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, violations
 from tests.unit.diagnoser.scenarios import CLUSTER, OOPS_A, OOPS_B, anomaly, cloud_event, inventory, sample_lines
 
 pytestmark = pytest.mark.nats
+
+nc, topology_ready = admin_stands_in()
 
 
 def now() -> datetime:
@@ -36,24 +40,26 @@ def now() -> datetime:
 
 
 @pytest.fixture
-async def service(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[DiagnoserRuntime]:
-    js = nc.jetstream()
+async def service(deployed: RoleServer) -> AsyncIterator[DiagnoserRuntime]:
+    topology_ready = deployed.settings
+    js = deployed.nc.jetstream()
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     racks = {f"n{i}": f"r{i % 3}" for i in range(1, 10)} | {f"p{i}": "r9" for i in range(6)}
     for node, rack in racks.items():
         await kv.put(inventory_key(CLUSTER, node), inventory(node, rack=rack).to_json())
     settings = DiagnoserSettings(
-        nats=topology_ready,
+        nats=deployed.role,
         cluster=CLUSTER,
         tick_s=0.1,
         node_down_hold_s=1.0,
         correlation_interval_s=0.3,
         fetch_timeout_s=0.3,
     )
-    runtime = DiagnoserRuntime(settings=settings, nc=nc)
+    runtime = DiagnoserRuntime(settings=settings, nc=await deployed.role_nc("diagnoser"))
     await runtime.start()
     yield runtime
     await runtime.stop()
+    assert violations(deployed.dir) == []
 
 
 async def send(nc: Client, settings: NatsSettings, item: Anomaly | CloudSystemEvent) -> None:

@@ -22,15 +22,20 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import anomaly_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, mint_role, violations
 from tests.unit.diagnoser.scenarios import CLUSTER, OOPS_A, anomaly, inventory
 
 pytestmark = pytest.mark.nats
+
+nc, topology_ready = admin_stands_in()  # the test stands in for the detector and the inventory watcher, as admin
 
 BAD = "6.6.6-bad"
 
 
 @pytest.fixture
-async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[tuple[DiagnoserRuntime, NatsSettings]]:
+async def fleet(deployed: RoleServer) -> AsyncIterator[tuple[DiagnoserRuntime, NatsSettings]]:
+    """The diagnoser under its role's credential on the per-role server."""
+    nc, topology_ready = deployed.nc, deployed.settings
     js = nc.jetstream()
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     for i in range(40):
@@ -42,7 +47,7 @@ async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[tuple
     await kv.put(inventory_key(CLUSTER, "k-gone"), inventory("k-gone").to_json())
     await kv.delete(inventory_key(CLUSTER, "k-gone"))
     settings = DiagnoserSettings(
-        nats=topology_ready,
+        nats=deployed.role,
         cluster=CLUSTER,
         tick_s=0.1,
         node_down_hold_s=0.5,
@@ -50,10 +55,13 @@ async def fleet(topology_ready: NatsSettings, nc: Client) -> AsyncIterator[tuple
         fetch_timeout_s=0.3,
         correlation_min_nodes=3,
     )
-    runtime = DiagnoserRuntime(settings=settings, nc=nc, registry=prometheus_client.CollectorRegistry())
+    runtime = DiagnoserRuntime(
+        settings=settings, nc=await deployed.role_nc("diagnoser"), registry=prometheus_client.CollectorRegistry()
+    )
     await runtime.start()
     yield runtime, topology_ready
     await runtime.stop()
+    assert violations(deployed.dir) == []
 
 
 def _gauge(runtime: DiagnoserRuntime, kpi: str) -> float:
@@ -61,7 +69,7 @@ def _gauge(runtime: DiagnoserRuntime, kpi: str) -> float:
 
 
 async def test_kpis_risks_and_buckets_from_the_live_pipeline(
-    fleet: tuple[DiagnoserRuntime, NatsSettings], nc: Client, tmp_path: Path
+    fleet: tuple[DiagnoserRuntime, NatsSettings], nc: Client, tmp_path: Path, deployed: RoleServer
 ) -> None:
     runtime, settings = fleet
     js = nc.jetstream()
@@ -83,10 +91,23 @@ async def test_kpis_risks_and_buckets_from_the_live_pipeline(
 
     html = tmp_path / "fleet.html"
     args = [
-        "fleet", "--json", "--html", str(html), "--since", "1h", "--nats-url", settings.url,
-        "--prefix", settings.prefix, "--stream-prefix", settings.stream_prefix,
-        "--bucket-prefix", settings.bucket_prefix,
-    ]  # fmt: skip
+        "fleet",
+        "--json",
+        "--html",
+        str(html),
+        "--since",
+        "1h",
+        "--nats-url",
+        settings.url,
+        "--prefix",
+        settings.prefix,
+        "--stream-prefix",
+        settings.stream_prefix,
+        "--bucket-prefix",
+        settings.bucket_prefix,
+        "--creds",
+        str(mint_role(deployed.dir, "reader")),
+    ]  # fmt: skip  (the operator's read-only credential)
     report = {}
     for _ in range(200):  # the bad-kernel finding needs a correlation run after the crashes
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)
