@@ -1,10 +1,12 @@
-"""`nodeheal replay` against a real nats-server: a recorded scenario published with Nats-Msg-Ids is read
-back and rebuilt into the timelines with the known time-to-detect / identify / repair."""
+"""`nodeheal replay` against a real nats-server with the deployed per-role authorization, run under the operator's
+read-only `reader` credential: a recorded scenario published (as admin) with Nats-Msg-Ids is read back and
+rebuilt into the timelines with the known time-to-detect / identify / repair; no permission violation logged."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,9 +16,19 @@ from nats.js.client import JetStreamContext
 
 from nodeheal.cli.replay import replay
 from nodeheal.cli.timeline import TimelineMessage
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
+from tests.integration.deploy.natsauth_loader import (
+    RoleServer,
+    admin_stands_in,
+    mint_role,
+    role_nats,
+    role_server,
+    violations,
+)
 from tests.unit.replay.factories import (
     CLUSTER,
     cloud_event,
@@ -29,6 +41,16 @@ from tests.unit.replay.factories import (
 )
 
 pytestmark = pytest.mark.nats
+
+nc, topology_ready = admin_stands_in()  # the test stands in for the services that wrote the streams, as admin
+
+
+@pytest.fixture
+async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
+    """A nats-server of the test's own with the deployed per-role authorization; the CLI runs as `reader`."""
+    async with role_server(tmp_path, "reader") as d:
+        yield d
+        assert violations(d.dir) == []
 
 
 def scenario() -> list[TimelineMessage]:
@@ -58,9 +80,18 @@ def scenario() -> list[TimelineMessage]:
     ]
 
 
-async def publish_scenario(js: JetStreamContext, settings: NatsSettings, messages: list[TimelineMessage]) -> None:
+async def publish_scenario(
+    js: JetStreamContext,
+    settings: NatsSettings,
+    messages: list[TimelineMessage],
+    *,
+    audit_js: JetStreamContext | None = None,
+) -> None:
+    """Store the scenario; its AUDIT records through `audit_js` when given (under the deployed authorization only
+    the remediator may write AUDIT, not even the admin)."""
     for m in messages:
-        await publish_model(js, subject_of(m, settings.prefix), m, msg_id=m.id)
+        into = audit_js if audit_js is not None and isinstance(m, RemediationRecord) else js
+        await publish_model(into, subject_of(m, settings.prefix), m, msg_id=m.id)
     # a re-publish of the same message (same Nats-Msg-Id) is dropped by the stream's dedup window
     await publish_model(js, subject_of(messages[4], settings.prefix), messages[4], msg_id=messages[4].id)
     kv = await js.key_value(f"{settings.bucket_prefix}-inventory")
@@ -82,6 +113,7 @@ def _args(settings: NatsSettings, since: datetime, until: datetime, *extra: str)
         settings.stream_prefix,
         "--bucket-prefix",
         settings.bucket_prefix,
+        *(("--creds", settings.creds_file) if settings.creds_file else ()),
         "--since",
         since.isoformat(),
         "--until",
@@ -100,11 +132,19 @@ async def _replay(settings: NatsSettings, since: datetime, until: datetime, *ext
 
 
 @pytest.fixture
-async def recorded(topology_ready: NatsSettings, js: JetStreamContext) -> tuple[NatsSettings, datetime, datetime]:
+async def recorded(
+    topology_ready: NatsSettings, js: JetStreamContext, deployed: RoleServer
+) -> tuple[NatsSettings, datetime, datetime]:
+    """The scenario stored; the settings the CLI is given: the reader's credential."""
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
-    await publish_scenario(js, topology_ready, scenario())
+    mint_role(deployed.dir, "remediator")
+    remediator = await connect(role_nats(deployed.dir, deployed.url, "remediator"), name="remediator")
+    try:
+        await publish_scenario(js, topology_ready, scenario(), audit_js=remediator.jetstream())
+    finally:
+        await remediator.close()
     until = datetime.now(tz=UTC) + timedelta(seconds=1)
-    return topology_ready, since, until
+    return role_nats(deployed.dir, deployed.url, "reader"), since, until
 
 
 async def test_replay_rebuilds_the_known_timelines_and_is_byte_identical(
