@@ -1,10 +1,15 @@
-"""`nodeheal audit tail` against a real nats-server, under the test's unique names."""
+"""`nodeheal audit tail` against a real nats-server: the command's tests on a server of their own with the deployed
+per-role authorization, run under the operator's read-only `reader` credential while the remediator's credential
+writes AUDIT (the only role that may; no permission violation logged); the tests of `read_stream` beneath it on
+the shared server, under the test's unique names."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -15,10 +20,38 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import audit_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, mint_role, role_nats, role_server, violations
 from tests.support.broker import cancel_as_data_arrives
 from tests.unit.replay.factories import record
 
 pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
+    """A nats-server of the test's own with the deployed per-role authorization (the remediator's role)."""
+    async with role_server(tmp_path, "remediator") as d:
+        yield d
+        assert violations(d.dir) == []
+
+
+@pytest.fixture
+async def writer(deployed: RoleServer) -> JetStreamContext:
+    """The remediator's connection: the only writer of AUDIT."""
+    return (await deployed.role_nc("remediator")).jetstream()
+
+
+@pytest.fixture
+def reader(deployed: RoleServer) -> NatsSettings:
+    """What `nodeheal audit tail` is given: the operator's read-only credential."""
+    mint_role(deployed.dir, "reader")
+    return role_nats(deployed.dir, deployed.url, "reader")
+
+
+@pytest.fixture
+def admin(deployed: RoleServer) -> JetStreamContext:
+    """The operator's admin, for what the test looks at on the server (consumers, stored messages)."""
+    return deployed.nc.jetstream()
 
 
 def _args(settings: NatsSettings, *extra: str) -> list[str]:
@@ -33,6 +66,7 @@ def _args(settings: NatsSettings, *extra: str) -> list[str]:
         settings.stream_prefix,
         "--bucket-prefix",
         settings.bucket_prefix,
+        *(("--creds", settings.creds_file) if settings.creds_file else ()),
         *extra,
     ]
 
@@ -61,10 +95,10 @@ def _records() -> list[RemediationRecord]:
 
 
 async def test_tail_prints_every_record_in_order_and_stops_at_the_end(
-    topology_ready: NatsSettings, js: JetStreamContext
+    reader: NatsSettings, writer: JetStreamContext
 ) -> None:
-    await _publish(js, topology_ready, _records())
-    result = await _invoke(topology_ready)
+    await _publish(writer, reader, _records())
+    result = await _invoke(reader)
     lines = result.stdout.splitlines()
     assert len(lines) == 4
     assert "prod-1/node-a  reboot  intent  act-a" in lines[0]
@@ -72,50 +106,52 @@ async def test_tail_prints_every_record_in_order_and_stops_at_the_end(
     assert "node.with.dots  drain  blocked" in lines[3]
 
 
-async def test_tail_of_an_empty_stream_ends_with_nothing(topology_ready: NatsSettings) -> None:
-    result = await _invoke(topology_ready, "--json")
+async def test_tail_of_an_empty_stream_ends_with_nothing(reader: NatsSettings) -> None:
+    result = await _invoke(reader, "--json")
     assert result.stdout == ""
 
 
-async def test_node_filter_and_json_lines(topology_ready: NatsSettings, js: JetStreamContext) -> None:
-    await _publish(js, topology_ready, _records())
-    result = await _invoke(topology_ready, "--node", "node-a", "--json")
+async def test_node_filter_and_json_lines(reader: NatsSettings, writer: JetStreamContext) -> None:
+    await _publish(writer, reader, _records())
+    result = await _invoke(reader, "--node", "node-a", "--json")
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["node"], r["phase"], r["action_id"]) for r in rows] == [
         ("node-a", "intent", "act-a"),
         ("node-a", "started", "act-a"),
     ]
     assert rows[0]["schema"] == "nodeheal.audit/v1" and rows[0]["_stream_seq"] == 1
-    dotted = await _invoke(topology_ready, "--node", "node.with.dots", "--json")
+    dotted = await _invoke(reader, "--node", "node.with.dots", "--json")
     assert [json.loads(line)["action_id"] for line in dotted.stdout.splitlines()] == ["act-c"]
 
 
-async def test_since_starts_at_the_given_stream_time(topology_ready: NatsSettings, js: JetStreamContext) -> None:
+async def test_since_starts_at_the_given_stream_time(
+    reader: NatsSettings, writer: JetStreamContext, admin: JetStreamContext
+) -> None:
     records = _records()
-    await _publish(js, topology_ready, records[:2])
-    first_new = await _publish(js, topology_ready, records[2:])
-    stream = topology_ready.topology().stream(f"{topology_ready.stream_prefix}AUDIT").name
-    stored = await js.get_msg(stream, first_new - 1)  # the first of the second batch
+    await _publish(writer, reader, records[:2])
+    first_new = await _publish(writer, reader, records[2:])
+    stream = reader.topology().stream(f"{reader.stream_prefix}AUDIT").name
+    stored = await admin.get_msg(stream, first_new - 1)  # the first of the second batch
     assert stored.time is not None
     since = stored.time.isoformat().replace("+00:00", "Z")
-    result = await _invoke(topology_ready, "--since", since, "--json")
+    result = await _invoke(reader, "--since", since, "--json")
     assert [json.loads(line)["action_id"] for line in result.stdout.splitlines()] == ["act-a", "act-c"]
-    assert (await _invoke(topology_ready, "--since", "1h", "--json")).stdout.count("\n") == 4
+    assert (await _invoke(reader, "--since", "1h", "--json")).stdout.count("\n") == 4
 
 
-async def test_bad_since_is_a_usage_error(topology_ready: NatsSettings) -> None:
-    result = await asyncio.to_thread(CliRunner().invoke, cli, _args(topology_ready, "--since", "yesterday-ish"))
+async def test_bad_since_is_a_usage_error(reader: NatsSettings) -> None:
+    result = await asyncio.to_thread(CliRunner().invoke, cli, _args(reader, "--since", "yesterday-ish"))
     assert result.exit_code == 2
     assert "cannot read the time 'yesterday-ish'" in result.output
 
 
-async def test_durable_resumes_after_what_it_printed(topology_ready: NatsSettings, js: JetStreamContext) -> None:
+async def test_durable_resumes_after_what_it_printed(reader: NatsSettings, writer: JetStreamContext) -> None:
     records = _records()
-    await _publish(js, topology_ready, records[:3])
-    first = await _invoke(topology_ready, "--durable", "ops-tail", "--json")
+    await _publish(writer, reader, records[:3])
+    first = await _invoke(reader, "--durable", "ops-tail", "--json")
     assert len(first.stdout.splitlines()) == 3
-    await _publish(js, topology_ready, records[3:])
-    second = await _invoke(topology_ready, "--durable", "ops-tail", "--json")
+    await _publish(writer, reader, records[3:])
+    second = await _invoke(reader, "--durable", "ops-tail", "--json")
     assert [json.loads(line)["action_id"] for line in second.stdout.splitlines()] == ["act-c"]
 
 
@@ -131,15 +167,15 @@ async def _following(settings: NatsSettings) -> asyncio.subprocess.Process:
     )
 
 
-async def test_follow_prints_records_published_later(topology_ready: NatsSettings, js: JetStreamContext) -> None:
+async def test_follow_prints_records_published_later(reader: NatsSettings, writer: JetStreamContext) -> None:
     records = _records()
-    await _publish(js, topology_ready, records[:1])
-    proc = await _following(topology_ready)
+    await _publish(writer, reader, records[:1])
+    proc = await _following(reader)
     try:
         assert proc.stdout is not None
         first = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
         assert json.loads(first)["action_id"] == "act-a"
-        await _publish(js, topology_ready, records[3:])
+        await _publish(writer, reader, records[3:])
         later = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
         assert json.loads(later)["action_id"] == "act-c"
         assert proc.returncode is None  # still following
@@ -149,24 +185,24 @@ async def test_follow_prints_records_published_later(topology_ready: NatsSetting
 
 
 async def test_follow_outlives_the_loss_of_its_consumer_without_a_gap_or_a_repeat(
-    topology_ready: NatsSettings, js: JetStreamContext
+    reader: NatsSettings, writer: JetStreamContext, admin: JetStreamContext
 ) -> None:
     """`--follow` reads through a named ephemeral consumer; when the server loses it (a restart drops a
     memory-stored consumer; here it is deleted), a new one starts after the last record printed: the
     records published meanwhile are printed once each, none twice."""
     records = _records()
-    await _publish(js, topology_ready, records[:1])
-    stream = f"{topology_ready.stream_prefix}AUDIT"
-    before = {c.name for c in await js.consumers_info(stream)}
-    proc = await _following(topology_ready)
+    await _publish(writer, reader, records[:1])
+    stream = f"{reader.stream_prefix}AUDIT"
+    before = {c.name for c in await admin.consumers_info(stream)}
+    proc = await _following(reader)
     try:
         assert proc.stdout is not None
         first = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
         assert json.loads(first)["action_id"] == "act-a"
-        readers = [c.name for c in await js.consumers_info(stream) if c.name not in before]
+        readers = [c.name for c in await admin.consumers_info(stream) if c.name not in before]
         assert len(readers) == 1, readers
-        await js.delete_consumer(stream, readers[0])
-        await _publish(js, topology_ready, records[1:])
+        await admin.delete_consumer(stream, readers[0])
+        await _publish(writer, reader, records[1:])
         later = [json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout=30)) for _ in records[1:]]
         assert [(r["action_id"], r["phase"]) for r in later] == [(r.action_id, r.phase) for r in records[1:]]
         assert proc.returncode is None  # still following
