@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from nats.js.api import StreamConfig
@@ -13,6 +15,7 @@ from nats.js.client import JetStreamContext
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.streams import DAY_S, DLQ_MAX_MSGS, DLQ_MAX_MSGS_PER_SUBJECT, SHARES, reserved_bytes
+from tests.integration.deploy.natsauth_loader import per_role_server, violations
 
 pytestmark = pytest.mark.nats
 
@@ -145,3 +148,27 @@ def test_cli_without_a_server_says_what_to_do() -> None:
     )
     assert result.returncode == 2
     assert "--nats-url" in result.stderr and "--embedded" in result.stderr
+
+
+async def test_cli_apply_under_the_deployed_authorization(tmp_path: Path) -> None:
+    """As deployed: `nodeheal streams apply` on a server with the per-role authorization creates the layout with
+    the admin's credential (no violation logged), and with the operator's read-only credential it is refused
+    with an error that names the credential, not a stack trace, and creates nothing."""
+    async with per_role_server(tmp_path, "reader", provision=False) as (server, nc, _admin):
+        env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+
+        def apply(role: str) -> subprocess.CompletedProcess[str]:
+            args = [sys.executable, "-m", "nodeheal.cli.main", "streams", "apply", "--nats-url", server.url]
+            args += ["--creds", str(tmp_path / f"{role}.creds")]
+            return subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+
+        refused = await asyncio.to_thread(apply, "reader")
+        assert refused.returncode != 0
+        assert "Traceback" not in refused.stderr, refused.stderr
+        assert "reader.creds" in refused.stderr and "needs the admin credential" in refused.stderr, refused.stderr
+        assert "disconnected" not in refused.stderr  # the command's own close is no disconnect to report
+        assert await nc.jetstream().streams_info() == []
+        created = await asyncio.to_thread(apply, "admin")
+        assert created.returncode == 0, created.stderr
+        assert "12 of 12 streams and buckets created or changed" in created.stdout
+        assert [line for line in violations(tmp_path) if "admin" in line] == []

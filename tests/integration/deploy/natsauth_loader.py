@@ -40,12 +40,13 @@ def load_natsauth() -> ModuleType:
 
 @contextlib.asynccontextmanager
 async def per_role_server(
-    tmp_path: Path, *roles: str, nodes: tuple[tuple[str, str], ...] = ()
+    tmp_path: Path, *roles: str, nodes: tuple[tuple[str, str], ...] = (), provision: bool = True
 ) -> AsyncIterator[tuple[EmbeddedNats, Client, NatsSettings]]:
     """A nats-server with the deployed per-role authorization (log in tmp_path/nats.log), `<role>.creds`
     written for `admin` and each role, and `agent-<cluster>-<node>.creds` for each of `nodes` (cluster, node),
     minted as `natsauth.py mint-agent` mints a node's (`agent_nats`); the topology applied with the admin
-    credential; yields the server, an admin connection (closed on exit) and the admin's settings."""
+    credential (unless `provision` is False: an empty server, as before `nodeheal streams apply`); yields the
+    server, an admin connection (closed on exit) and the admin's settings."""
     bundle = load_natsauth().build()
     (tmp_path / "auth.conf").write_text(bundle.server_config())
     with EmbeddedNats(config_file=str(tmp_path / "auth.conf"), log_file=str(tmp_path / "nats.log")) as server:
@@ -59,7 +60,8 @@ async def per_role_server(
         nc = await nats.connect(server.url, user_credentials=str(tmp_path / "admin.creds"))
         _BUNDLES[tmp_path] = bundle
         try:
-            await apply_topology(nc.jetstream(), admin.topology())
+            if provision:
+                await apply_topology(nc.jetstream(), admin.topology())
             yield server, nc, admin
         finally:
             _BUNDLES.pop(tmp_path, None)

@@ -25,7 +25,6 @@ from nodeheal.cli.common import (
     stop_on_signals,
 )
 from nodeheal.cli.window import StoredMessage, parse_time, read_durable, read_stream
-from nodeheal.runtime.connect import connect
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, escape_token
 
@@ -113,7 +112,7 @@ def tail(
 
     async def body() -> int:
         nonlocal stdout_closed
-        nc = await connect(settings, name="nodeheal-audit-tail", **notes.options())
+        nc = await notes.connect(settings, name="nodeheal-audit-tail")
         js = nc.jetstream()
         count = 0
         try:

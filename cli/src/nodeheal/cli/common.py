@@ -14,11 +14,14 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from nodeheal.runtime.settings import NatsSettings
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -186,15 +189,35 @@ class ConnectionNotes:
     line per disconnect / reconnect / other error on stderr — instead of nats-py's default logging, which wrote a
     traceback per failed reconnect attempt (hundreds of stderr lines during an 11 s server restart)."""
 
-    def __init__(self, auth: NatsAuth, *, tool: str) -> None:
+    READER_NEEDED = (
+        "Reading nodeheal's streams needs the reader credential (deploy/nats/natsauth.py writes reader.creds; pass "
+        "--creds reader.creds or set NATS_CREDS) or the admin one"
+    )
+
+    def __init__(
+        self, auth: NatsAuth, *, tool: str, needs: str = READER_NEEDED, resumes: str = "the read resumes where it was"
+    ) -> None:
         self.auth = auth
         self.tool = tool
+        self.needs = needs
+        self.resumes = resumes
+        self._client: Client | None = None
         self.denied: list[str] = []
+        self.refused = asyncio.Event()
+        """Set at the first permission violation: a command whose every request would be refused can stop
+        at once (`until_refused`) instead of waiting out each request's timeout."""
         self._last: str | None = None
         self._down = False
 
     def options(self) -> dict[str, Any]:
         return {"error_cb": self.on_error, "disconnected_cb": self.on_disconnect, "reconnected_cb": self.on_reconnect}
+
+    async def connect(self, settings: NatsSettings, *, name: str) -> Client:
+        """The command's connection, with these callbacks (`nodeheal.runtime.connect.connect`)."""
+        from nodeheal.runtime.connect import connect
+
+        self._client = await connect(settings, name=name, **self.options())
+        return self._client
 
     async def on_error(self, exc: Exception) -> None:  # nats-py takes coroutine functions
         text = str(exc) or type(exc).__name__
@@ -202,15 +225,18 @@ class ConnectionNotes:
             if not self.denied:
                 click.echo(f"{self.tool}: the NATS server refused: {text}", err=True)
             self.denied.append(text)
+            self.refused.set()
             return
         if text != self._last and not self._down:  # while reconnecting, each failed attempt says the same
             click.echo(f"{self.tool}: NATS: {text}", err=True)
         self._last = text
 
     async def on_disconnect(self) -> None:
+        if self._client is not None and self._client.is_closed:
+            return  # the command closed it: nats-py calls this on close too
         if not self._down:
             self._down = True
-            click.echo(f"{self.tool}: disconnected from NATS; reconnecting (the read resumes where it was)", err=True)
+            click.echo(f"{self.tool}: disconnected from NATS; reconnecting ({self.resumes})", err=True)
 
     async def on_reconnect(self) -> None:
         if self._down:
@@ -226,6 +252,24 @@ class ConnectionNotes:
         creds = f"the credential {self.auth.creds_file}" if self.auth.creds_file else "no credential"
         return (
             f"{exc or type(exc).__name__}: the NATS server refused this user ({self.denied[-1]}); you connected with "
-            f"{creds}. Reading nodeheal's streams needs the reader credential (deploy/nats/natsauth.py writes "
-            "reader.creds; pass --creds reader.creds or set NATS_CREDS) or the admin one"
+            f"{creds}. {self.needs}"
         )
+
+    async def until_refused(self, work: Awaitable[T]) -> T:
+        """`work`'s result, or `PermissionError` as soon as the server refuses this user a request (`work` is
+        cancelled): a request the server refuses is only answered by a timeout, which the JetStream calls here
+        wait out again and again."""
+        task = asyncio.ensure_future(work)
+        refused = asyncio.ensure_future(self.refused.wait())
+        try:
+            await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if task.done() and not task.cancelled():
+            return task.result()
+        msg = "refused"
+        raise PermissionError(msg)

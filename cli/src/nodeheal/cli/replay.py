@@ -26,7 +26,6 @@ from rich.table import Table
 from nodeheal.cli.common import ConnectionNotes, NatsAuth, nats_auth_options, nats_url_option, run
 from nodeheal.cli.timeline import Distribution, Timeline, TimelineMessage, build_timeline
 from nodeheal.cli.window import parse_time, read_stream
-from nodeheal.runtime.connect import connect
 from nodeheal.runtime.kvwatch import initial_values
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.anomaly import Anomaly
@@ -531,7 +530,7 @@ def replay(
     notes = ConnectionNotes(nats_auth, tool="replay")
 
     async def body() -> Recording:
-        nc = await connect(settings, name="nodeheal-replay", **notes.options())
+        nc = await notes.connect(settings, name="nodeheal-replay")
         try:
             js = nc.jetstream()
             if zone:

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import click
 
-from nodeheal.cli.common import NatsAuth, embedded_option, nats_auth_options, nats_endpoint, nats_url_option, run
-from nodeheal.runtime.connect import connect
+from nodeheal.cli.common import (
+    ConnectionNotes,
+    NatsAuth,
+    embedded_option,
+    nats_auth_options,
+    nats_endpoint,
+    nats_url_option,
+    run,
+)
 from nodeheal.runtime.provision import Change, apply_topology
 from nodeheal.schemas.streams import DEFAULT_STORE_BYTES, MIN_STORE_BYTES
 
@@ -70,10 +77,19 @@ def apply(
             store_bytes=int(store_gib * 1024**3),
         )
 
+        notes = ConnectionNotes(
+            nats_auth,
+            tool="streams apply",
+            needs="Creating and updating the streams and buckets needs the admin credential (deploy/nats/natsauth.py "
+            "writes admin.creds; pass --creds admin.creds or set NATS_CREDS)",
+            resumes="each step is tried again",
+        )
+
         async def body() -> list[Change]:
-            nc = await connect(settings, name="nodeheal-streams-apply")
+            nc = await notes.connect(settings, name="nodeheal-streams-apply")
             try:
-                return await apply_topology(nc.jetstream(), settings.topology(), replicas=replicas)
+                # a refused request only times out, and each is waited out patiently: stop at the first refusal
+                return await notes.until_refused(apply_topology(nc.jetstream(), settings.topology(), replicas=replicas))
             finally:
                 await nc.close()
 
@@ -82,7 +98,7 @@ def apply(
         except ValueError as exc:
             raise click.UsageError(str(exc)) from exc
         except Exception as exc:
-            raise click.ClickException(f"streams apply against {url} failed: {exc}") from exc
+            raise click.ClickException(f"streams apply against {url} failed: {notes.explain(exc)}") from exc
     for change in changes:
         click.echo(change.describe())
     touched = sum(1 for c in changes if c.action != "unchanged")
