@@ -142,6 +142,38 @@ def test_an_episode_that_ended_unseen_is_said_as_recovered_when_a_live_core_woul
         assert d.resolved and d.recovered and [r.action for r in d.recommended] == ["none"]
     assert said["n2"].anomaly_kinds == ("unexpected_reboot",)  # what stood when a live core would have judged
     assert set(said["n2"].anomaly_ids) == {inputs[0].id, inputs[1].id}  # the whole episode is named
+    # when each episode ended (its last anomaly resolved), not when the restarted core said it
+    assert (said["n2"].ended_at, said["n4"].ended_at) == (later(50), later(5))
+    assert all(d.identified_at == later(120) for d in said.values())
     # a second restart that read them back says nothing again
     again = restart(inputs, list(said.values()))
     assert again.recovered_verdicts({i for d in said.values() for i in d.anomaly_ids}, now=later(200)) == []
+
+
+def test_a_rack_that_went_dark_and_came_back_unseen_is_said_as_a_partition() -> None:
+    """Rack r1 (n0-n3) dropped off the network for 90 s while no core ran. A live core said rack_partition for
+    each of its nodes (no reboot); the restarted core judges the ended episodes at the moment a live core would
+    have, and that moment had the whole rack dark: before, the peers were read as they are now (back), and each
+    node was said as a lone node_crash — four machine crashes counted in the fleet's crash rate that never
+    happened."""
+    inputs = [anomaly(f"n{i}", "node_down", at=later(i * 0.2)) for i in range(4)]
+    inputs += [anomaly(f"n{i}", "node_down", status="resolved", at=later(90 + i * 0.2)) for i in range(4)]
+    live = make()
+    for item in inputs[:4]:
+        live.on_anomaly(item)
+    assert {live.evaluate(f"{CLUSTER}/n{i}", now=later(80)).diagnosis.cause for i in range(4)} == {"rack_partition"}  # type: ignore[union-attr]
+
+    core = restart(inputs, [])
+    said = {d.node: d for d in core.recovered_verdicts(set(), now=later(120))}
+    assert sorted(said) == ["n0", "n1", "n2", "n3"]
+    assert {d.cause for d in said.values()} == {"rack_partition"}
+    assert all(d.recovered and [r.action for r in d.recommended] == ["none"] for d in said.values())
+    assert core.fleet.down_since == {} and core.fleet.dark_at == {}  # the rack is back: nothing left dark
+
+
+def test_a_lone_node_that_went_dark_unseen_beside_a_rack_that_did_not_is_still_its_own_verdict() -> None:
+    """Only n0 went dark (and came back with no reboot seen): no partition to borrow from its peers."""
+    inputs = [anomaly("n0", "node_down", at=later(0)), anomaly("n0", "node_down", status="resolved", at=later(90))]
+    core = restart(inputs, [])
+    (said,) = core.recovered_verdicts(set(), now=later(120))
+    assert said.cause != "rack_partition" and said.cause != "zone_partition"

@@ -91,6 +91,11 @@ class Diagnosis(Message):
         "kill): its verdict is said after the fact, for the record, with `resolved` true — the node is already back, "
         "so it is never acted on",
     )
+    ended_at: UtcDatetime | None = Field(
+        default=None,
+        description="when the episode ended (its last anomaly resolved), on a `recovered` verdict: `identified_at` is "
+        "when the restarted diagnoser said it, later",
+    )
     replay: bool = Field(default=False, description="produced by a replay sandbox; never acted upon")
     episode_id: str | None = Field(
         default=None,

@@ -420,54 +420,89 @@ class Diagnoser:
         taken out: that live verdict stands for the crash)."""
         out: list[Diagnosis] = []
         ended, self.ended = self.ended, []
-        for key, fired, ended_at in ended:
-            ctx = self.fleet.nodes.get(key)
-            if ctx is None or not fired or not said.isdisjoint(a.id for a in fired):
-                continue
-            moment = self._last_verdict_moment(ctx, fired, ended_at)
-            if moment is None:
-                continue  # it ended inside its holds: a live service would not have said it either
-            at, standing = moment
-            firing, episode_ids, published = ctx.firing, ctx.episode_ids, ctx.published
-            ctx.firing = {a.anomaly_key: a for a in sorted(standing, key=lambda a: a.fault_onset)}
-            ctx.episode_ids = [a.id for a in fired]
-            ctx.published = None
-            try:
-                decision = decide(ctx=ctx, fleet=self.fleet, now=at, config=self.config.decision, rank=self._rank)
-                if decision is None or (decision.hold_until is not None and ended_at <= decision.hold_until):
-                    continue
-                opened = {
-                    e.ref
-                    for a in firing.values()
-                    if f"/{CRASH_EPISODE_KEY}/" in a.anomaly_key
-                    for e in a.evidence
-                    if e.kind == "crash_report"
-                }
-                if any(e.kind == "crash_report" and e.ref in opened for e in decision.evidence):
-                    continue
-                live = self._diagnosis(ctx, decision, self._correlation_for(ctx, decision), now=now)
-                diagnosis = live.model_copy(
-                    update={
-                        "id": deterministic_id(live.id, "recovered", prefix="diag-"),
-                        "resolved": True,
-                        "recovered": True,
-                        "recommended": (
-                            RecommendedAction(
-                                action="none",
-                                reason=f"the episode ended at {ended_at.isoformat()}, before any diagnoser saw it:"
-                                " the node has recovered, nothing is done",
-                            ),
-                        ),
-                    }
-                )
-                self._record_fault(ctx, decision, now=at)
-                if is_crash(diagnosis):
-                    self.fleet.crash_episodes.setdefault(ctx.episode_ids[0], decision.fault_onset or at)
-                said |= set(diagnosis.anomaly_ids)
-                out.append(diagnosis)
-            finally:
-                ctx.firing, ctx.episode_ids, ctx.published = firing, episode_ids, published
+        dark = self._dark_while_unseen(ended)
+        try:
+            for key, fired, ended_at in ended:
+                self._recovered_verdict(key, fired, ended_at, said, now=now, out=out)
+        finally:
+            for key in dark:  # back, as they are now
+                self.fleet.clear_dark(key)
         return out
+
+    def _dark_while_unseen(self, ended: list[tuple[str, tuple[Anomaly, ...], datetime]]) -> list[str]:
+        """Index the nodes whose ended episode went dark (an unexpected node_down / unreachable) as dark again,
+        from their onset, for the recovered verdicts: a live core judged each of them with its dark peers in
+        view — a rack or zone that dropped off the network together is a partition, not one crash per node
+        (`rules.partition_view` chains the onsets as live). Only nodes not dark now; undone after the verdicts."""
+        marked: list[str] = []
+        for key, fired, _ in ended:
+            silent = [a for a in fired if a.kind in SILENT_KINDS and not a.expected]
+            if not silent or key in self.fleet.dark_at or key in marked:
+                continue
+            self.fleet.mark_dark(
+                key, onset=min(a.fault_onset for a in silent), detected_at=min(a.detected_at for a in silent)
+            )
+            marked.append(key)
+        return marked
+
+    def _recovered_verdict(
+        self,
+        key: str,
+        fired: tuple[Anomaly, ...],
+        ended_at: datetime,
+        said: set[str],
+        *,
+        now: datetime,
+        out: list[Diagnosis],
+    ) -> None:
+        """One ended episode's recovered verdict into `out` (`recovered_verdicts`), if a live core said one."""
+        ctx = self.fleet.nodes.get(key)
+        if ctx is None or not fired or not said.isdisjoint(a.id for a in fired):
+            return
+        moment = self._last_verdict_moment(ctx, fired, ended_at)
+        if moment is None:
+            return  # it ended inside its holds: a live service would not have said it either
+        at, standing = moment
+        firing, episode_ids, published = ctx.firing, ctx.episode_ids, ctx.published
+        ctx.firing = {a.anomaly_key: a for a in sorted(standing, key=lambda a: a.fault_onset)}
+        ctx.episode_ids = [a.id for a in fired]
+        ctx.published = None
+        try:
+            decision = decide(ctx=ctx, fleet=self.fleet, now=at, config=self.config.decision, rank=self._rank)
+            if decision is None or (decision.hold_until is not None and ended_at <= decision.hold_until):
+                return
+            opened = {
+                e.ref
+                for a in firing.values()
+                if f"/{CRASH_EPISODE_KEY}/" in a.anomaly_key
+                for e in a.evidence
+                if e.kind == "crash_report"
+            }
+            if any(e.kind == "crash_report" and e.ref in opened for e in decision.evidence):
+                return
+            live = self._diagnosis(ctx, decision, self._correlation_for(ctx, decision), now=now)
+            diagnosis = live.model_copy(
+                update={
+                    "id": deterministic_id(live.id, "recovered", prefix="diag-"),
+                    "resolved": True,
+                    "recovered": True,
+                    "ended_at": ended_at,
+                    "recommended": (
+                        RecommendedAction(
+                            action="none",
+                            reason=f"the episode ended at {ended_at.isoformat()}, before any diagnoser saw it:"
+                            " the node has recovered, nothing is done",
+                        ),
+                    ),
+                }
+            )
+            self._record_fault(ctx, decision, now=at)
+            if is_crash(diagnosis):
+                self.fleet.crash_episodes.setdefault(ctx.episode_ids[0], decision.fault_onset or at)
+            said |= set(diagnosis.anomaly_ids)
+            out.append(diagnosis)
+        finally:
+            ctx.firing, ctx.episode_ids, ctx.published = firing, episode_ids, published
 
     def _last_verdict_moment(
         self, ctx: NodeContext, fired: tuple[Anomaly, ...], ended_at: datetime

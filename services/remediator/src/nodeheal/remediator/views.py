@@ -95,8 +95,9 @@ class FleetView:
             self.sick_since.pop(node, None)
             self._uncount(node)
             previous = self.recovered_at.get(node)
-            if previous is None or diagnosis.identified_at > previous:
-                self.recovered_at[node] = diagnosis.identified_at
+            back = diagnosis.ended_at or diagnosis.identified_at  # a recovered verdict is said after the end
+            if previous is None or back > previous:
+                self.recovered_at[node] = back
         else:
             if diagnosis.cause != OPERATOR_REQUEST:  # a person's batch request is not a sick node (storm guard)
                 self._mark_sick(node, diagnosis.identified_at)
