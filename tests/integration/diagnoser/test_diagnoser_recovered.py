@@ -17,11 +17,12 @@ from nodeheal.diagnoser.settings import DiagnoserSettings
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.diagnosis import Diagnosis
+from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import crash_subject, diagnosis_subject
 from tests.integration.deploy.natsauth_loader import RoleServer, violations
 from tests.integration.diagnoser.crashes import pstore_lines, pstore_report, put_inventory
 from tests.integration.diagnoser.test_diagnoser_service import actions, read_stream, send, wait_for_diagnosis
-from tests.unit.diagnoser.scenarios import CLUSTER, OOPS_A, anomaly
+from tests.unit.diagnoser.scenarios import CLUSTER, OOPS_A, anomaly, inventory
 
 pytestmark = pytest.mark.nats
 
@@ -124,4 +125,36 @@ async def test_an_episode_diagnosed_before_the_restart_is_not_diagnosed_again(de
     said = await diagnoses(nc, settings, "n3")
     assert [d.id for d in said if not d.resolved] == [live.id]
     assert [d.recovered for d in said] == [False, False]
+    assert violations(deployed.dir) == []
+
+
+async def test_a_rack_that_dropped_off_and_came_back_while_no_diagnoser_ran_is_said_as_a_partition(
+    deployed: RoleServer,
+) -> None:
+    """Rack r7's four nodes went dark together for 90 s while no diagnoser ran (between a kill and the next
+    process). The next process says each as the live one would have, a rack partition (network: no reboot, no
+    crash counted), with when it ended; before, each was said as a lone node_crash."""
+    nc, settings = deployed.nc, deployed.settings
+    kv = await nc.jetstream().key_value(f"{settings.bucket_prefix}-inventory")
+    rack = [f"r7n{i}" for i in range(4)]
+    for node in rack:
+        await kv.put(inventory_key(CLUSTER, node), inventory(node, rack="r7", zone="z7").to_json())
+    first = await started(deployed, instance="diagnoser-a")
+    await first.stop()
+    t = datetime.now(tz=UTC) - timedelta(minutes=3)
+    for i, node in enumerate(rack):
+        await send(nc, settings, anomaly(node, "node_down", at=t + timedelta(seconds=i)))
+    for i, node in enumerate(rack):
+        await send(nc, settings, anomaly(node, "node_down", status="resolved", at=t + timedelta(seconds=90 + i)))
+
+    second = await started(deployed, instance="diagnoser-b")
+    try:
+        said = [await wait_for_diagnosis(nc, settings, node, lambda d: True) for node in rack]
+        fault_events = dict(second.diagnoser.fleet.fault_events)
+    finally:
+        await second.stop()
+    assert {(d.cause, d.category) for d in said} == {("rack_partition", "network")}
+    assert all(d.recovered and d.resolved and actions(d) == ["none"] for d in said)
+    assert [d.ended_at for d in said] == [t + timedelta(seconds=90 + i) for i in range(4)]
+    assert not [k for k, (node, _, _) in fault_events.items() if node.split("/")[-1] in rack]  # no crash counted
     assert violations(deployed.dir) == []
