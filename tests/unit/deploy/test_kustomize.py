@@ -6,9 +6,11 @@ agent that runs on broken nodes, R3 streams in production."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import yaml
 
 from nodeheal.agent.host import HostReader
 from nodeheal.agent.settings import AgentSettings
+from nodeheal.cloud_events.ingest.settings import IngestSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 OVERLAYS = ("dev", "production")
@@ -433,3 +436,65 @@ def test_nats_url_is_tls_in_production_and_plain_in_dev() -> None:
     for workload in workloads("production"):
         tls = [v for k, v in env_of(workload).items() if k.endswith("NATS__TLS_CA_FILE")]
         assert tls == ["/etc/nodeheal/nats-ca/ca.crt"], workload["metadata"]["name"]
+
+
+@cache
+def render_with(component: str) -> list[dict[str, Any]]:
+    """The production overlay with one of deploy/components added, as an operator's overlay adds it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        deploy = os.path.relpath(ROOT / "deploy", tmp)
+        (Path(tmp) / "kustomization.yaml").write_text(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+            f"resources:\n- {deploy}/overlays/production\ncomponents:\n- {deploy}/components/{component}\n"
+        )
+        out = subprocess.run(
+            [kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", tmp],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.parametrize("cloud", ["aws", "azure", "gce"])
+def test_the_node_local_ingest_component_runs_its_clouds_poller_for_its_own_node(cloud: str) -> None:
+    """deploy/components/ingest-node-<cloud>: a DaemonSet whose pod on each node polls that node's metadata server
+    for host events — the settings its environment gives are the node scope, that cloud's poller on, speaking for
+    `spec.nodeName`; valid, locked down like every workload; not behind the central ingest's Service or budget."""
+    docs = render_with(f"ingest-node-{cloud}")
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    (daemon,) = [d for d in docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "nodeheal-ingest-node"]
+    pod = daemon["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True and not pod.get("hostNetwork")
+    assert {"operator": "Exists", "effect": "NoExecute"} in pod["tolerations"]  # NotReady / unreachable nodes too
+    env = env_of(daemon)
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    values = {
+        name.removeprefix("NODEHEAL_INGEST_").lower(): value.replace("$(NODE_NAME)", "node-17")
+        for name, value in env.items()
+        if name.startswith("NODEHEAL_INGEST_") and isinstance(value, str)
+    }
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        head, _, tail = key.partition("__")
+        if tail:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            nested[key] = value
+    settings = IngestSettings(**nested, auth_token="x")
+    assert settings.node_scoped() and settings.local_nodes() == ["node-17"]
+    assert [p for p in ("aws", "azure", "gce") if getattr(settings, p).enabled] == [cloud]
+    labels = daemon["spec"]["template"]["metadata"]["labels"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    selector = services["nodeheal-ingest"]["spec"]["selector"]
+    assert not all(labels.get(k) == v for k, v in selector.items())  # webhooks never reach a node-local pod
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    egress = policies["nodeheal-ingest-node-metadata"]["spec"]["egress"]
+    assert egress[0]["to"] == [{"ipBlock": {"cidr": "169.254.169.254/32"}}]
