@@ -18,6 +18,7 @@ workstation, the permission-matrix test imports it. It produces what `nsc` would
 
     python deploy/nats/natsauth.py init --out DIR [--prefix nodeheal] [--bucket-prefix nodeheal]
     python deploy/nats/natsauth.py mint-agent --keys DIR --cluster C --node N > node.creds
+    python deploy/nats/natsauth.py mint-ingest-node --keys DIR --cluster C --node N > ingest-node.creds
     python deploy/nats/natsauth.py show [--prefix nodeheal]        # the permission matrix as JSON
     python deploy/nats/natsauth.py table                          # the same as a Markdown table
 
@@ -141,9 +142,25 @@ def creds_file(*, jwt: str, seed: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # The permission matrix.
 
-ROLES = ("ingest", "agent", "prober", "inventory", "detector", "diagnoser", "remediator", "reader", "admin")
+ROLES = (
+    "ingest",
+    "ingest-node",
+    "agent",
+    "prober",
+    "inventory",
+    "detector",
+    "diagnoser",
+    "remediator",
+    "reader",
+    "admin",
+)
 """One NATS user role per deployable part. `admin` is the provisioning Job and people's CLI; `reader` is
-people and tools that only read (`nodeheal audit tail`, `replay`, `fleet`, an audit subscriber)."""
+people and tools that only read (`nodeheal audit tail`, `replay`, `fleet`, an audit subscriber);
+`ingest-node` is the node-local ingest (deploy/components/ingest-node), which speaks for its own node only."""
+
+NODE_ROLES = ("agent", "ingest-node")
+"""Roles whose users are minted per node (`mint-agent`, `mint-ingest-node`): their permissions name the user's
+own cluster and node (JWT tags), so one node's credential cannot speak for another node."""
 
 READ_STREAMS = ("PROBES", "CLOUD", "ANOMALIES", "DIAGNOSES", "AUDIT", "CRASHES", "DLQ")
 """Every stream the `reader` role may read (all of them): history is for whoever must explain an incident."""
@@ -155,6 +172,7 @@ _TOKEN_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
 DLQ_SERVICE = {
     "ingest": "cloud-events-ingest",  # IngestSettings.service_name
+    "ingest-node": "cloud-events-ingest-node",  # the node-local ingest's NODEHEAL_INGEST_SERVICE_NAME
     "agent": "node-agent",  # AgentSettings.dlq_service
     "prober": "prober",
     "inventory": "inventory",
@@ -268,14 +286,15 @@ def inbox_prefix(role: str) -> str:
     """Each role gets replies on its own inbox subtree (`NatsSettings.inbox_prefix`, passed to nats-py as
     `inbox_prefix`), so one service cannot read another's request replies or PubAcks. For the agent this
     is the base: the agent appends its escaped cluster and node tokens itself
-    (`AgentSettings.inbox_per_node`, see `agent_inbox_prefix`), and the server lets each agent subscribe
-    only below its own node's prefix."""
+    (`AgentSettings.inbox_per_node`, see `agent_inbox_prefix`; the node-local ingest likewise,
+    `IngestSettings.inbox_per_node`), and the server lets each subscribe only below its own node's prefix."""
     return f"_INBOX.{role}"
 
 
-def agent_inbox_prefix(cluster: str, node: str) -> str:
-    """The inbox prefix of one node's agent: `_INBOX.agent.<cluster>.<node>` (escaped tokens)."""
-    return f"{inbox_prefix('agent')}.{_escape(cluster)}.{_escape(node)}"
+def agent_inbox_prefix(cluster: str, node: str, role: str = "agent") -> str:
+    """The inbox prefix of one node's agent (or node-local ingest, `role`): `_INBOX.<role>.<cluster>.<node>`
+    (escaped tokens)."""
+    return f"{inbox_prefix(role)}.{_escape(cluster)}.{_escape(node)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +387,26 @@ def _base_permissions(role: str, lo: Layout) -> Permissions:
         return Permissions(
             pub_allow=(f"{p}.cloud.*.*", dlq, *js_base, *_kv_read(inv), *_consume(lo.stream("CLOUD"))),
             sub_allow=tuple(own_inbox),
+            inbox=inbox,
+        )
+    if role == "ingest-node":
+        # the node-local ingest: publishes its own node's host events only (what the node's metadata server says
+        # about this machine), seeds its ledger from its own node's CLOUD subject only (a consumer whose one filter
+        # is that subject: the filter is part of the create request's subject), no inventory, no webhooks
+        node = "{{tag(cluster)}}.{{tag(node)}}"
+        cloud = lo.stream("CLOUD")
+        return Permissions(
+            pub_allow=(
+                f"{p}.cloud.{node}",
+                dlq,
+                *js_base,
+                f"$JS.API.STREAM.INFO.{cloud}",
+                f"$JS.API.CONSUMER.CREATE.{cloud}.*.{p}.cloud.{node}",
+                f"$JS.API.CONSUMER.INFO.{cloud}.*",
+                f"$JS.API.CONSUMER.MSG.NEXT.{cloud}.*",
+                f"$JS.API.CONSUMER.DELETE.{cloud}.*",
+            ),
+            sub_allow=(f"{inbox}.{node}.>",),
             inbox=inbox,
         )
     if role == "agent":
@@ -523,6 +562,12 @@ def matrix_markdown(layout: Layout | None = None) -> str:
             for b in buckets
             if any(w.startswith(f"{b}.") for w in writes)
         ]
+        # a stream read only through consumers whose one filter the permission names: say which
+        for i, stream in enumerate(streams):
+            head = f"$JS.API.CONSUMER.CREATE.{stream}."
+            creates = [x.removeprefix(head) for x in perms.pub_allow if x.startswith(head)]
+            if creates and all(c.startswith("*.") and c != "*.>" for c in creates):
+                streams[i] = f"{stream}` filtered to `{'`, `'.join(c.removeprefix('*.') for c in creates)}"
         subs = [x for x in perms.sub_allow if not x.startswith("_INBOX")]
         inbox = next((x for x in perms.sub_allow if x.startswith("_INBOX")), "")
         rows.append(
@@ -613,12 +658,12 @@ def mint_user(
     user = NKey.create("user")
     tags: list[str] = []
     name = role
-    if role == "agent":
+    if role in NODE_ROLES:
         if not cluster or not node:
-            msg = "an agent user needs --cluster and --node (its permissions are scoped to that node)"
+            msg = f"an {role} user needs --cluster and --node (its permissions are scoped to that node)"
             raise ValueError(msg)
         tags = [f"cluster:{_escape(cluster)}", f"node:{_escape(node)}"]
-        name = f"agent-{_escape(cluster)}-{_escape(node)}"
+        name = f"{role}-{_escape(cluster)}-{_escape(node)}"
     account_pub = account if isinstance(account, str) else account.public_key
     # A scoped user must carry no permissions or limits of its own (the server refuses it otherwise):
     # they all come from the signing key's template.
@@ -700,7 +745,7 @@ def write_bundle(bundle: AuthBundle, out: Path) -> list[Path]:
 
     put(out / "auth.conf", bundle.server_config(), 0o644)
     for role in ROLES:
-        if role != "agent":
+        if role not in NODE_ROLES:
             put(out / f"{role}.creds", bundle.user_creds(role), 0o600)
     put(secret / "operator.nk", bundle.operator.seed + "\n", 0o600)
     put(secret / "account.nk", bundle.account.seed + "\n", 0o600)
@@ -728,18 +773,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         if name == "init":
             cmd.add_argument("--out", required=True, type=Path)
-    mint = sub.add_parser("mint-agent")
-    mint.add_argument("--keys", required=True, type=Path, help="the keys/ directory written by init")
-    mint.add_argument("--cluster", required=True)
-    mint.add_argument("--node", required=True)
-    mint.add_argument("--expires-s", type=float, default=None)
+    for role in NODE_ROLES:
+        mint = sub.add_parser(f"mint-{role}")
+        mint.add_argument("--keys", required=True, type=Path, help="the keys/ directory written by init")
+        mint.add_argument("--cluster", required=True)
+        mint.add_argument("--node", required=True)
+        mint.add_argument("--expires-s", type=float, default=None)
     args = parser.parse_args(argv)
-    if args.command == "mint-agent":
-        role_key = NKey.from_seed((args.keys / "role-agent.nk").read_text())
+    if args.command.startswith("mint-"):
+        role = args.command.removeprefix("mint-")
+        role_key = NKey.from_seed((args.keys / f"role-{role}.nk").read_text())
         account = (args.keys / "account.pub").read_text().strip()
         sys.stdout.write(
             mint_user(
-                role="agent",
+                role=role,
                 role_key=role_key,
                 account=account,
                 cluster=args.cluster,

@@ -76,6 +76,14 @@ def mint_agent(tmp_path: Path, cluster: str, node: str) -> None:
     (tmp_path / f"agent-{cluster}-{node}.creds").write_text(creds)
 
 
+def mint_node_user(tmp_path: Path, role: str, cluster: str, node: str) -> Path:
+    """Write `<role>-<cluster>-<node>.creds` for a per-node role (`agent`, `ingest-node`) while
+    `per_role_server(tmp_path)` runs, minted as `natsauth.py mint-<role>` mints it; its path."""
+    path = tmp_path / f"{role}-{cluster}-{node}.creds"
+    path.write_text(_BUNDLES[tmp_path].user_creds(role, cluster=cluster, node=node))  # type: ignore[attr-defined]
+    return path
+
+
 def mint_role(tmp_path: Path, role: str) -> Path:
     """Write `<role>.creds` for one more role while `per_role_server(tmp_path)` runs (e.g. `reader` for the CLI's
     read-only commands), as `natsauth.py init` writes it; its path."""

@@ -22,6 +22,7 @@ import yaml
 from nodeheal.agent.host import HostReader
 from nodeheal.agent.settings import AgentSettings
 from nodeheal.cloud_events.ingest.settings import IngestSettings
+from tests.integration.deploy.natsauth_loader import load_natsauth
 
 ROOT = Path(__file__).resolve().parents[3]
 OVERLAYS = ("dev", "production")
@@ -458,7 +459,9 @@ def render_with(component: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("cloud", ["aws", "azure", "gce"])
-def test_the_node_local_ingest_component_runs_its_clouds_poller_for_its_own_node(cloud: str) -> None:
+def test_the_node_local_ingest_component_runs_its_clouds_poller_for_its_own_node(
+    cloud: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """deploy/components/ingest-node-<cloud>: a DaemonSet whose pod on each node polls that node's metadata server
     for host events — the settings its environment gives are the node scope, that cloud's poller on, speaking for
     `spec.nodeName`; valid, locked down like every workload; not behind the central ingest's Service or budget."""
@@ -476,20 +479,24 @@ def test_the_node_local_ingest_component_runs_its_clouds_poller_for_its_own_node
     assert {"operator": "Exists", "effect": "NoExecute"} in pod["tolerations"]  # NotReady / unreachable nodes too
     env = env_of(daemon)
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    values = {
-        name.removeprefix("NODEHEAL_INGEST_").lower(): value.replace("$(NODE_NAME)", "node-17")
-        for name, value in env.items()
-        if name.startswith("NODEHEAL_INGEST_") and isinstance(value, str)
-    }
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        head, _, tail = key.partition("__")
-        if tail:
-            nested.setdefault(head, {})[tail] = value
-        else:
-            nested[key] = value
-    settings = IngestSettings(**nested, auth_token="x")
+    for key in [k for k in os.environ if k.startswith("NODEHEAL_INGEST_")]:
+        monkeypatch.delenv(key)
+    for name, value in env.items():  # as the kubelet gives them: $(NODE_NAME) expanded; valueFrom ones set below
+        if name.startswith("NODEHEAL_INGEST_") and isinstance(value, str):
+            monkeypatch.setenv(name, value.replace("$(NODE_NAME)", "node-17"))
+    monkeypatch.setenv("NODEHEAL_INGEST_CLUSTER", "prod-1")
+    monkeypatch.setenv("NODEHEAL_INGEST_AUTH_TOKEN", "x")
+    settings = IngestSettings()
     assert settings.node_scoped() and settings.local_nodes() == ["node-17"]
+    assert settings.http_sources == []  # no webhook is taken here: the central ingest's Service has them
+    # the node's own credential (natsauth.py mint-ingest-node), and the inbox that credential may read
+    natsauth = load_natsauth()
+    assert settings.nats_settings().inbox_prefix == natsauth.agent_inbox_prefix("prod-1", "node-17", "ingest-node")
+    assert settings.service_name == "cloud-events-ingest-node" == natsauth.DLQ_SERVICE["ingest-node"]
+    (creds,) = [v for v in pod["volumes"] if v["name"] == "nats-creds"]
+    assert creds["hostPath"] == {"path": "/etc/nodeheal/ingest-node.creds", "type": "File"}
+    mounted = {m["mountPath"] for m in container["volumeMounts"] if m["name"] == "nats-creds"}
+    assert mounted == {settings.nats.creds_file}
     assert [p for p in ("aws", "azure", "gce") if getattr(settings, p).enabled] == [cloud]
     labels = daemon["spec"]["template"]["metadata"]["labels"]
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}

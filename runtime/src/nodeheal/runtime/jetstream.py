@@ -426,7 +426,10 @@ async def read_range(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if last_seq else first,
             opt_start_seq=last_seq + 1 if last_seq else None,
             opt_start_time=since if not last_seq and first is DeliverPolicy.BY_START_TIME else None,
-            filter_subjects=list(filters),
+            # one filter goes in the create request's subject (`CONSUMER.CREATE.<stream>.<name>.<filter>`), where a
+            # permission can name it: the node-local ingest may only read its own node's subject
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=list(filters) if len(filters) != 1 else None,
             inactive_threshold=30.0,
             mem_storage=True,
         )

@@ -128,16 +128,20 @@ def build_app(
 async def _start(runtime: IngestRuntime, *, start_pollers: bool) -> None:
     s = runtime.settings
     # each NATS / JetStream call of the start waits out a briefly absent server or JetStream (`patiently`)
-    runtime.nc = await patiently("connection to NATS", lambda: connect(s.nats, name=f"{s.service_name}:{s.instance}"))
+    nats = s.nats_settings()
+    runtime.nc = await patiently("connection to NATS", lambda: connect(nats, name=f"{s.service_name}:{s.instance}"))
     js = runtime.nc.jetstream()
     topo = s.nats.topology()
-    kv: KeyValue | None
+    kv: KeyValue | None = None
     bucket = topo.bucket(f"{s.nats.bucket_prefix}-inventory").name
-    try:
-        kv = await patiently(f"bucket {bucket}", lambda: js.key_value(bucket))
-    except BucketNotFoundError:
-        log.warning("inventory bucket missing: every event is published under its instance id (run streams apply)")
-        kv = None
+    if s.inbox_per_node:
+        # the per-node credential reads no inventory: its metadata poller names its node itself
+        log.info("node-local ingest with its node's own credential: no inventory read")
+    else:
+        try:
+            kv = await patiently(f"bucket {bucket}", lambda: js.key_value(bucket))
+        except BucketNotFoundError:
+            log.warning("inventory bucket missing: every event is published under its instance id (run streams apply)")
     stream = topo.stream(f"{s.nats.stream_prefix}CLOUD").name
 
     ledger = TransitionLedger(max_entities=s.ledger_max_entities)

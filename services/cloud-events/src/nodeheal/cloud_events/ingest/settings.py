@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from nodeheal.runtime.service import ServiceSettings
+from nodeheal.runtime.settings import NatsSettings
+from nodeheal.schemas.subjects import escape_token
 
 PUSH_SOURCES = ("alibaba-cms", "alibaba-eventbridge", "aws-eventbridge", "alibaba-api", "aws-api", "auto")
 
@@ -85,6 +87,12 @@ class IngestSettings(ServiceSettings):
         "under an instance id); node: a node-local pod (seeds only the subjects of the node(s) its metadata "
         "pollers speak for, no sweep); auto: node when a metadata poller (AWS, Azure, GCE) is on and Alibaba's is not",
     )
+    inbox_per_node: bool = Field(
+        default=False,
+        description="append the escaped cluster and node tokens to nats.inbox_prefix (node scope, one node), so "
+        "replies arrive on `<inbox_prefix>.<cluster>.<node>.…`, the only inbox the per-node `ingest-node` "
+        "credential may read (deploy/nats/natsauth.py)",
+    )
     alibaba: AlibabaPollerSettings = Field(default_factory=AlibabaPollerSettings)
     azure: AzurePollerSettings = Field(default_factory=AzurePollerSettings)
     aws: MetadataPollerSettings = Field(default_factory=MetadataPollerSettings)
@@ -99,10 +107,21 @@ class IngestSettings(ServiceSettings):
         if self.scope == "node" and not self.local_nodes():
             msg = "scope node needs a metadata poller (AWS, Azure or GCE) enabled with the NODE it speaks for"
             raise ValueError(msg)
+        if self.inbox_per_node and len(self.local_nodes()) != 1:
+            msg = "inbox_per_node needs exactly one metadata poller's NODE: the inbox is that node's"
+            raise ValueError(msg)
         if self.scope == "node" and self.alibaba.enabled:
             msg = "the Alibaba poller reconciles the fleet's open events: it runs in the fleet scope, not node"
             raise ValueError(msg)
         return self
+
+    def nats_settings(self) -> NatsSettings:
+        """The NATS settings this process connects with: `nats`, its inbox below its node's with `inbox_per_node`."""
+        if not self.inbox_per_node:
+            return self.nats
+        (node,) = self.local_nodes()
+        inbox = f"{self.nats.inbox_prefix}.{escape_token(self.cluster)}.{escape_token(node)}"
+        return self.nats.model_copy(update={"inbox_prefix": inbox})
 
     def local_nodes(self) -> list[str]:
         """The nodes the enabled metadata pollers speak for."""
