@@ -45,7 +45,18 @@ def inventory_key(cluster: str, node: str) -> str:
 
 
 def instance_key(instance_id: str) -> str:
-    """Key of the instance id → node index in `nodeheal-inventory`: `instance.<instance_id>`."""
+    """Key of the instance id → node index in `nodeheal-inventory`: `instance.<instance_id>`. It holds the
+    record of one Node claiming the instance, chosen across every cluster's claim (`claim_key`)."""
     from nodeheal.schemas.subjects import escape_token
 
     return f"instance.{escape_token(instance_id)}"
+
+
+def claim_key(instance_id: str, cluster: str) -> str:
+    """Key of one cluster's claim of an instance in `nodeheal-inventory`: `claim.<instance_id>.<cluster>`,
+    the record of the Node of that cluster the index would name if only that cluster claimed the instance.
+    Each cluster's inventory watcher writes only its own claims; the index `instance.<instance_id>` is
+    computed from all of them (docs/node-agent.md, "Inventory watcher")."""
+    from nodeheal.schemas.subjects import escape_token
+
+    return f"claim.{escape_token(instance_id)}.{escape_token(cluster)}"

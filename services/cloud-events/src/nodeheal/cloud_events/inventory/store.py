@@ -1,15 +1,20 @@
-"""Writing `NodeInventory` records to the `nodeheal-inventory` bucket: the node key and the
-instance-id index, unchanged records not rewritten (Node objects change often; the bucket should
+"""Writing `NodeInventory` records to the `nodeheal-inventory` bucket: the node key, this cluster's claims
+and the instance-id index, unchanged records not rewritten (Node objects change often; the bucket should
 only change when the inventory does), stale keys removed after a relist.
 
 One machine can be claimed by two live Nodes (the same `spec.providerID`): the kubelet re-registered it
-under a new name while the old Node object still exists. The index `instance.<id>` then names one of
-them, chosen by `_rank` from every live claimant this process knows (the Ready one, else the one created
-last, else the greatest name), whichever of them changed last; when the Node it names goes, it is
-rewritten for the next claimant. It is deleted only when no claimant is left, and only if it still
-names the Node being removed (compare-and-delete on its revision: another cluster's inventory, or
-another claimant, may have written it since). Until the first list is complete the index is not
-written at all: claimants seen so far are not all claimants."""
+under a new name while the old Node object still exists, in this cluster or in another one (a machine
+moved from cluster A to cluster B while A still lists its old Node; one NATS serves every cluster, one
+watcher per cluster). Each watcher writes only its own cluster's claim `claim.<id>.<cluster>`: the
+record of the claimant `_rank` chooses among this cluster's live Nodes. The index `instance.<id>` names
+the claimant `_rank` chooses among every cluster's claims (the Ready one, else the one created last, else
+the greatest name, then cluster), and every watcher computes it the same way after it changed its claim:
+read the index (its revision), list the claims, write the chosen record only if the index does not hold
+it already, conditional on the revision read (another watcher wrote it since: read and choose again).
+So whichever watcher writes last, the index is the same choice, and a watcher whose last claimant goes
+deletes its claim and moves the index to another cluster's claimant; the index is deleted only when no
+claim of any cluster is left. Until the first list is complete nothing is claimed: claimants seen so
+far are not all claimants."""
 
 from __future__ import annotations
 
@@ -21,24 +26,28 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nodeheal.runtime.jetstream import kv_keys
-from nodeheal.schemas.inventory import NodeInventory, instance_key, inventory_key
+from nodeheal.schemas.inventory import NodeInventory, claim_key, instance_key, inventory_key
 from nodeheal.schemas.subjects import escape_token
 
 log = logging.getLogger("nodeheal.cloud_events.inventory.store")
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _NEVER = datetime.min.replace(tzinfo=UTC)
+INDEX_ATTEMPTS = 20
+"""How many times one index update reads and chooses again after another watcher wrote the index between
+its read and its conditional write (each retry follows a write that did succeed)."""
 
 
 def _fingerprint(record: NodeInventory) -> str:
     return record.model_copy(update={"updated_at": None}).model_dump_json()
 
 
-def _rank(record: NodeInventory) -> tuple[bool, datetime, str]:
-    """Which claimant of an instance id the index names: the greatest. The Ready one (the kubelet of the
-    machine posts status there), else the one created last (the kubelet registers the machine's current
-    name; the older Node is what it left behind), else the greatest name (deterministic)."""
-    return (record.ready is True, record.created_at or _NEVER, record.node)
+def _rank(record: NodeInventory) -> tuple[bool, datetime, str, str]:
+    """Which claimant of an instance id a claim and the index name: the greatest. The Ready one (the kubelet
+    of the machine posts status there), else the one created last (the kubelet registers the machine's
+    current name; the older Node is what it left behind), else the greatest name, then the greatest cluster
+    (deterministic: every watcher chooses the same)."""
+    return (record.ready is True, record.created_at or _NEVER, record.node, record.cluster)
 
 
 class InventoryStore:
@@ -47,9 +56,9 @@ class InventoryStore:
         self.cluster = cluster
         self._written: dict[str, tuple[str, str | None]] = {}  # node → (fingerprint, instance id)
         self._claims: dict[str, dict[str, NodeInventory]] = {}  # instance id → live Node → its record
-        # instance id → the record its key holds (written here); a claimant's record is replaced only when it
-        # changed, so `is` tells whether the key is current without a second copy of every record
-        self._index: dict[str, NodeInventory] = {}
+        # instance id → the record this cluster's claim key holds (written here); a claimant's record is
+        # replaced only when it changed, so `is` tells whether the claim is current without a second copy
+        self._claimed: dict[str, NodeInventory] = {}
         self._listed = False  # the first list is complete: every claimant is known
         self._pending: set[str] = set()  # instance ids whose index waits for the first list
         self.writes = 0
@@ -82,7 +91,8 @@ class InventoryStore:
         self.deletes += 1
 
     async def _unclaim(self, instance: str, node: str) -> None:
-        """`node` no longer claims `instance`: the index moves to the next claimant, or goes if it was node's."""
+        """`node` no longer claims `instance`: this cluster's claim moves to its next claimant, or goes if it
+        was the last one (then the index moves to another cluster's claim, or goes)."""
         claimants = self._claims.get(instance)
         if claimants is not None:
             claimants.pop(node, None)
@@ -91,12 +101,14 @@ class InventoryStore:
         if instance in self._claims:
             await self._settle(instance)
         else:
-            self._index.pop(instance, None)
+            self._claimed.pop(instance, None)
             self._pending.discard(instance)
-            await self._delete_index_of(instance, node)
+            await self._delete(claim_key(instance, self.cluster))
+            await self._reindex(instance)
 
     async def _settle(self, instance: str) -> None:
-        """Make `instance.<id>` hold the record of the claimant `_rank` chooses (unless it already does)."""
+        """Make `claim.<id>.<cluster>` hold the record of the claimant `_rank` chooses (unless it already
+        does), then the index the claim `_rank` chooses across clusters."""
         claimants = self._claims.get(instance)
         if not claimants:
             return
@@ -104,31 +116,55 @@ class InventoryStore:
             self._pending.add(instance)
             return
         best = max(claimants.values(), key=_rank)
-        if self._index.get(instance) is best:
+        if self._claimed.get(instance) is best:
             return
-        await self.kv.put(instance_key(instance), best.to_json())
-        self._index[instance] = best
+        await self.kv.put(claim_key(instance, self.cluster), best.to_json())
+        self._claimed[instance] = best
+        await self._reindex(instance)
 
-    async def _delete_index_of(self, instance: str, node: str) -> None:
-        """Delete `instance.<id>` if it names (this cluster, node), and nothing was written to it since read."""
+    async def _reindex(self, instance: str) -> None:
+        """Make `instance.<id>` hold the claim `_rank` chooses among every cluster's claims (deleted if none):
+        read the index, then the claims, then write conditional on the index revision read."""
         key = instance_key(instance)
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
+        for _ in range(INDEX_ATTEMPTS):
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError as exc:  # never written (no entry), or deleted (the delete marker's revision)
+                exists, current = False, None
+                revision = (exc.entry.revision or 0) if exc.entry is not None else 0
+            else:
+                exists, current, revision = True, _record_of(entry.value), entry.revision or 0
+            best = await self._best_claim(instance)
+            if best == current and (best is not None or not exists):
+                return  # already the choice (or absent, and nothing to choose)
+            try:
+                if best is None:
+                    await self.kv.delete(key, last=revision)
+                else:
+                    await self.kv.update(key, best.to_json(), last=revision)
+            except KeyWrongLastSequenceError:
+                continue
+            except APIError as exc:  # the server's "wrong last sequence" answer to a conditional write
+                if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                    raise
+                continue
             return
-        try:
-            named = NodeInventory.model_validate_json(entry.value or b"")
-        except ValueError:
-            named = None
-        if named is not None and (named.cluster, named.node) != (self.cluster, node):
-            return
-        try:
-            await self.kv.delete(key, last=entry.revision)
-        except KeyWrongLastSequenceError:
-            pass
-        except APIError as exc:  # the server's "wrong last sequence" answer to a conditional delete
-            if exc.err_code not in _WRONG_LAST_SEQUENCE:
-                raise
+        log.warning(
+            "instance index kept changing under this watcher; left to its next writer", extra={"instance_id": instance}
+        )
+
+    async def _best_claim(self, instance: str) -> NodeInventory | None:
+        """The claim `_rank` chooses among every cluster's `claim.<id>.*` keys (None: no cluster claims it)."""
+        claims: list[NodeInventory] = []
+        for key in await kv_keys(self.kv, pattern=f"claim.{escape_token(instance)}.*"):
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                continue  # deleted: its delete marker is still in the subject index
+            record = _record_of(entry.value)
+            if record is not None:
+                claims.append(record)
+        return max(claims, key=_rank, default=None)
 
     async def _delete(self, key: str) -> None:
         try:
@@ -162,6 +198,19 @@ class InventoryStore:
         for instance in sorted(self._pending):
             await self._settle(instance)
         self._pending.clear()
+        # claims of this cluster left by a run before whose Node no longer claims the instance (its node key
+        # rewritten with another instance id, or gone, while no watcher ran)
+        suffix = f".{escape_token(self.cluster)}"
+        for key in await kv_keys(self.kv, pattern=f"claim.*{suffix}"):
+            try:
+                record = _record_of((await self.kv.get(key)).value)
+            except KeyNotFoundError:
+                continue
+            if record is None or record.cluster != self.cluster or not record.instance_id:
+                continue
+            if record.instance_id not in self._claims:
+                await self._delete(key)
+                await self._reindex(record.instance_id)
         if removed:
             log.info("removed nodes that no longer exist", extra={"count": len(removed)})
         return removed
