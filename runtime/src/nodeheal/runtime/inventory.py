@@ -1,7 +1,8 @@
 """The inventory bucket (`<bucket_prefix>-inventory`, written by the inventory watcher), read the same
 way by every service that needs node placements: load every `node.<cluster>.<node>` key once, then
-watch for changes. A record that does not validate is logged and skipped (a KV holds no DLQ: the
-watcher that writes it validates it first)."""
+watch for changes (every cluster's, or with `cluster` one cluster's: `node.<cluster>.*`). A record
+that does not validate is logged and skipped (a KV holds no DLQ: the watcher that writes it validates
+it first)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from nats.js.kv import KeyValue
 from nodeheal.runtime.jetstream import kv_keys
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
-from nodeheal.schemas.subjects import unescape_token
+from nodeheal.schemas.subjects import escape_token, unescape_token
 
 log = logging.getLogger("nodeheal.runtime.inventory")
 
@@ -25,8 +26,12 @@ OnDelete = Callable[[str, str], None]
 
 
 class InventoryFeed:
-    def __init__(self, bucket: str, *, on_put: OnPut, on_delete: OnDelete | None = None) -> None:
+    def __init__(
+        self, bucket: str, *, on_put: OnPut, on_delete: OnDelete | None = None, cluster: str | None = None
+    ) -> None:
         self.bucket = bucket
+        self.pattern = "node.>" if cluster is None else f"node.{escape_token(cluster)}.*"
+        """The keys read and followed: every cluster's nodes, or one cluster's."""
         self.on_put = on_put
         self.on_delete = on_delete
         self.kv: KeyValue | None = None
@@ -68,7 +73,7 @@ class InventoryFeed:
         kv = self.kv
         if kv is None:
             return 0
-        keys = await patiently(f"inventory keys of {self.bucket}", functools.partial(kv_keys, kv, pattern="node.>"))
+        keys = await patiently(f"inventory keys of {self.bucket}", functools.partial(kv_keys, kv, pattern=self.pattern))
         for key in keys:
             try:
                 entry = await patiently(f"inventory record {key}", functools.partial(kv.get, key))
@@ -91,7 +96,7 @@ class InventoryFeed:
         # JetStream briefly away then is waited out with the start's patience, not a dead loop at once
         watcher = await patiently(
             f"inventory watch of {self.bucket}",
-            lambda: kv.watch("node.>", include_history=False),
+            lambda: kv.watch(self.pattern, include_history=False),
             for_the_start=True,
         )
         async for entry in watcher:

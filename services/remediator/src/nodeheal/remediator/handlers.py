@@ -108,7 +108,7 @@ class RemediatorService:
         """`broker`: the process's faststream broker; the consumers run on it, so the process holds one NATS
         connection (without one, the consumers open their own)."""
         self.settings = settings
-        self.view = FleetView()
+        self.view = FleetView(cluster=settings.cluster)  # this cluster's nodes only (one NATS, several clusters)
         self.nc: Client | None = None
         self._owns_nc = False
         self.js: JetStreamContext | None = None
@@ -131,6 +131,7 @@ class RemediatorService:
         self.consumers.publishes(*outbound(settings))
         self.inventory = InventoryFeed(
             f"{settings.nats.bucket_prefix}-inventory",
+            cluster=settings.cluster,
             on_put=self.view.on_inventory,
             on_delete=self.view.on_inventory_delete,
         )

@@ -1,6 +1,12 @@
 """What each replica knows about the fleet, fed from NATS by the handlers (this module has no NATS):
 the node placements (inventory), which nodes are unhealthy now (diagnoses seen by every replica, not
-only the ones this replica handles), when a node recovered, and each node's cloud events."""
+only the ones this replica handles), when a node recovered, and each node's cloud events.
+
+The view is one cluster's (`FleetView.cluster`, the remediator's own): one NATS serves several clusters, and
+the inventory bucket, DIAGNOSES and CLOUD hold every cluster's nodes, keyed here by node name alone. A record of
+another cluster is ignored: its node of the same name would lend this cluster's node its instance id (a reboot
+sent to the other cluster's machine), placement, sickness or departure, and its nodes would count in this
+cluster's domain sizes and unhealthy counts."""
 
 from __future__ import annotations
 
@@ -34,6 +40,9 @@ MAX_FINISHED = 50_000
 
 @dataclass(slots=True)
 class FleetView:
+    cluster: str | None = None
+    """The cluster this view is of: inventory records, diagnoses and host events of any other cluster are ignored
+    (None: every record is taken, for a tool or bench fed one cluster's data only)."""
     placements: dict[str, Placement] = field(default_factory=dict)
     instance: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     sick_since: dict[str, datetime] = field(default_factory=dict)
@@ -63,7 +72,12 @@ class FleetView:
     _finished: list[tuple[datetime, str, tuple[str, str]]] = field(default_factory=list)  # heap: (ended, node, key)
     _to_prune: dict[tuple[str, tuple[str, str]], datetime] = field(default_factory=dict)  # heap entries that count
 
+    def _ours(self, cluster: str) -> bool:
+        return self.cluster is None or cluster == self.cluster
+
     def on_inventory(self, inv: NodeInventory) -> None:
+        if not self._ours(inv.cluster):
+            return
         self.placements[inv.node] = Placement(node=inv.node, zone=inv.zone, rack=inv.rack, node_pool=inv.node_pool)
         self.instance[inv.node] = (inv.cloud, inv.instance_id)
         self.left.pop(inv.node, None)
@@ -72,7 +86,8 @@ class FleetView:
 
     def on_inventory_delete(self, cluster: str, node: str) -> None:
         """The node's inventory record was deleted: it is no longer part of the fleet (nor of its domains)."""
-        del cluster
+        if not self._ours(cluster):
+            return
         self.placements.pop(node, None)
         self.instance.pop(node, None)
         self.left[node] = datetime.now(tz=UTC)
@@ -88,7 +103,7 @@ class FleetView:
         return self._sizes
 
     def on_diagnosis(self, diagnosis: Diagnosis) -> None:
-        if diagnosis.replay:
+        if diagnosis.replay or not self._ours(diagnosis.cluster):
             return
         node = diagnosis.node
         if diagnosis.resolved:
@@ -190,6 +205,8 @@ class FleetView:
             self._count(node)
 
     def on_cloud(self, event: CloudSystemEvent) -> None:
+        if not self._ours(event.cluster):
+            return
         key = (event.cloud, event.provider_event_id)
         events = self.cloud.get(event.node, {})
         current = events.get(key)
