@@ -9,9 +9,11 @@ per-role authorization, the ECS emulator through the real SDK."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 
+from nodeheal.remediator import planner
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
@@ -25,6 +27,13 @@ from tests.integration.remediator.harness import (
     start_service,
     wait_for,
     wait_for_record,
+)
+from tests.integration.remediator.test_host_event_lifecycle import (
+    LATER,
+    LEAD_S,
+    SOON,
+    host_event,
+    publish_cloud,
 )
 
 pytestmark = pytest.mark.nats
@@ -74,4 +83,59 @@ async def test_an_escalated_episode_is_not_acted_on_again_after_a_restart(
     assert not [n for n in new if n[0] != "none"], new  # no step of the episode was taken again
     assert [c.action for c in ecs.calls] == ["RebootInstance"]
     assert not world.is_cordoned("n3")
+    assert deployed.violations() == []
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-replica", "restarted"])
+async def test_a_host_event_escalated_at_its_postponement_is_not_drained_for_again_after_a_restart(
+    deployed: Deployed, restart: bool
+) -> None:
+    """A host event's episode: the node drained for an event due in a minute; the cloud moved it three hours on,
+    and the node, not healthy, was handed to a person instead of uncordoned (`postpone_host_event`). Then the
+    event comes due again. The person has the node: it is not drained for the event again, by the replica that
+    escalated it or by a new one started after it (whose maintenance loop has none of the old one's caches: it
+    knows the escalation from AUDIT only). The new replica's tick is seen done when its loop counts the episode
+    prepared (`MaintenanceLoop._prepared`: the preparation acknowledged)."""
+    nc, admin = deployed.nc, deployed.admin
+    node = "h7"
+    async with KubeWorld() as world:
+        world.add_node(node, zone="z1")
+        world.add_pod("web-h7", node=node)
+        await add_inventory(nc, admin, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
+        event = host_event(node, "e-h7", not_before=datetime.now(tz=UTC) + SOON)
+        episode = planner.cloud_episode(event)
+        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+            update={"maintenance_interval_s": 0.2, "verify_timeout_s": 1.0}
+        )
+        service = await start_service(settings)
+        try:
+            async with Probes(nc, admin, node, healthy=False):  # its kubelet is down all along
+                await publish_cloud(nc, admin, event)
+                await wait_for_record(nc, admin, node=node, episode_id=episode, action="drain", phase="succeeded")
+                later = host_event(node, "e-h7", not_before=datetime.now(tz=UTC) + LATER)
+                await publish_cloud(nc, admin, later, rescheduled=True)
+                handed = await wait_for_record(
+                    nc, admin, node=node, episode_id=episode, action="escalate", phase="succeeded"
+                )
+                assert "moved to" in handed.reason and "not healthy" in handed.reason, handed.reason
+                if restart:
+                    await service.stop()
+                    service = await start_service(settings)
+                before = [r for r in await audit_records(nc, admin) if r.episode_id == episode]
+                # due again in a minute
+                await publish_cloud(
+                    nc, admin, host_event(node, "e-h7", not_before=datetime.now(tz=UTC) + SOON), rescheduled=True
+                )
+                loop = service.maintenance
+                assert loop is not None
+
+                async def looked_at() -> bool:
+                    return episode in loop._prepared
+
+                await wait_for(looked_at, what="the event due again looked at by the maintenance loop")
+        finally:
+            await service.stop()
+        after = [r for r in await audit_records(nc, admin) if r.episode_id == episode]
+        assert after == before, [(r.action, r.phase, r.target) for r in after[len(before) :]]
+        assert world.is_cordoned(node)  # as the person has it
     assert deployed.violations() == []
