@@ -14,6 +14,11 @@ from datetime import UTC, datetime
 import pytest
 
 from nodeheal.remediator import planner
+from nodeheal.remediator.ledger import Ledger
+from nodeheal.runtime.connect import connect
+from nodeheal.runtime.jetstream import publish_model
+from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.subjects import audit_subject
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
 from tests.integration.remediator.harness import (
@@ -139,3 +144,73 @@ async def test_a_host_event_escalated_at_its_postponement_is_not_drained_for_aga
         assert after == before, [(r.action, r.phase, r.target) for r in after[len(before) :]]
         assert world.is_cordoned(node)  # as the person has it
     assert deployed.violations() == []
+
+
+async def test_a_second_replicas_postponement_of_a_handed_over_node_leaves_it_cordoned(deployed: Deployed) -> None:
+    """A host event's node was drained for the event due in a minute, then handed to a person while the event was
+    still pending (here the hand-over `_release_slot` writes when the event's slot expires, recorded by a replica
+    since gone, and the slot given back). The cloud moves the event three hours on: every replica that prepared
+    for it postpones it once (`MaintenanceLoop`: each keeps its own caches). The first records the postponement
+    as skipped (the person has the node); the second, here `postpone_host_event` called again for the same move,
+    must not take the person's node back: no verification, no uncordon."""
+    nc, admin = deployed.nc, deployed.admin
+    node = "h8"
+    async with KubeWorld() as world:
+        world.add_node(node, zone="z1")
+        world.add_pod("web-h8", node=node)
+        await add_inventory(nc, admin, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
+        event = host_event(node, "e-h8", not_before=datetime.now(tz=UTC) + SOON)
+        episode = planner.cloud_episode(event)
+        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+            update={"maintenance_interval_s": 0.2}
+        )
+        service = await start_service(settings)
+        try:
+            async with Probes(nc, admin, node):  # healthy: a verification would pass
+                await publish_cloud(nc, admin, event)
+                drained = await wait_for_record(
+                    nc, admin, node=node, episode_id=episode, action="drain", phase="succeeded"
+                )
+                await _hand_over(deployed, node=node, episode=episode, take=drained)
+                later = host_event(node, "e-h8", not_before=datetime.now(tz=UTC) + LATER)
+                await publish_cloud(nc, admin, later, rescheduled=True)
+                first = await wait_for_record(
+                    nc, admin, node=node, episode_id=episode, action="none", target="postponed:0"
+                )
+                assert first.phase == "skipped"
+                remediator = service.remediator
+                assert remediator is not None
+                assert await remediator.postpone_host_event(later) == "ack"  # the second replica's
+        finally:
+            await service.stop()
+        records = [r for r in await audit_records(nc, admin) if r.episode_id == episode]
+        assert not [r for r in records if r.action == "uncordon"], [(r.action, r.phase, r.target) for r in records]
+        assert world.is_cordoned(node)  # as the person has it
+    assert deployed.violations() == []
+
+
+async def _hand_over(deployed: Deployed, *, node: str, episode: str, take: RemediationRecord) -> None:
+    """What `Remediator._release_slot` records and does when the event's slot expires with its cordon out: the
+    `escalate` record (under the remediator's credential: only it writes AUDIT), then the slot given back."""
+    admin = deployed.admin
+    record = RemediationRecord(
+        cluster=take.cluster,
+        node=node,
+        action_id=planner.action_id(diagnosis_id=episode, action="escalate", target=f"held:{take.action_id}"),
+        action="escalate",
+        phase="succeeded",
+        rung=0,
+        reason=f"escalated to a person: {node} is still cordoned (drain {take.action_id}, episode {episode})",
+        actor="replica-gone",
+        diagnosis_id=take.diagnosis_id,
+        cause="slot_expired",
+        episode_id=episode,
+    )
+    gone = await connect(deployed.remediator, name="replica-gone")
+    try:
+        subject = audit_subject(take.cluster, node, prefix=admin.prefix)
+        await publish_model(gone.jetstream(), subject, record, msg_id=f"{record.action_id}:succeeded")
+    finally:
+        await gone.close()
+    ledger = Ledger(await deployed.nc.jetstream().key_value(f"{admin.bucket_prefix}-control"))
+    assert await ledger.release(node=node, now=datetime.now(tz=UTC))

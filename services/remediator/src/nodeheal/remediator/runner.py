@@ -1894,8 +1894,9 @@ class Remediator:
         recorded (`none` verified, target `postponed:<n>`), the node uncordoned (unless another host event is due
         within the lead: `_finish`) and the slot given back; the next round of the episode drains again when the
         event comes due (new action ids). Not healthy → escalated. Nothing of this episode's out (a diagnosis
-        ladder's cordon handed to the event's episode holds the slot) → left as it is. Handed to a person
-        since the last postponement → the postponement is recorded (`skipped`), the node left as the person
+        ladder's cordon handed to the event's episode holds the slot), or our cordon handed to a person since it
+        was taken (a second replica postponing the move the first recorded as skipped) → left as it is. Handed
+        to a person since the last postponement → the postponement is recorded (`skipped`), the node left as the person
         has it: an escalation counts only for the schedule it was recorded under."""
         d = self.maintenance_diagnosis(ev)
         lease = await self.leases.acquire(cluster=d.cluster, node=d.node, action=d.episode)
@@ -1921,7 +1922,10 @@ class Remediator:
                     reason=f"{moved}: left as handed to a person; drained for again when it is due",
                 )
                 return "ack"
-            if not run.cordoned():
+            if not run.cordoned() or run.held_take() is None:
+                # nothing of this episode's out; or handed to a person since our last cordon (any episode's
+                # hand-over: a replica that postponed this move before recorded it as skipped, and a second
+                # replica postponing the same move must not take the person's node back by an uncordon)
                 return "ack"
             outcome = await self.verifier.verify(
                 cluster=d.cluster,
