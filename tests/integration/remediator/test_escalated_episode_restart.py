@@ -100,7 +100,9 @@ async def test_a_host_event_escalated_at_its_postponement_is_not_drained_for_aga
     event comes due again. The person has the node: it is not drained for the event again, by the replica that
     escalated it or by a new one started after it (whose maintenance loop has none of the old one's caches: it
     knows the escalation from AUDIT only). The new replica's tick is seen done when its loop counts the episode
-    prepared (`MaintenanceLoop._prepared`: the preparation acknowledged)."""
+    prepared (`MaintenanceLoop._prepared`: the preparation acknowledged). A second replica's postponement of the
+    same move (`postpone_host_event` called again) changes nothing: before, it recorded the move `skipped`, which
+    made the escalation one about an older schedule, and the node was drained again when the event came due."""
     nc, admin = deployed.nc, deployed.admin
     node = "h7"
     async with KubeWorld() as world:
@@ -123,6 +125,10 @@ async def test_a_host_event_escalated_at_its_postponement_is_not_drained_for_aga
                     nc, admin, node=node, episode_id=episode, action="escalate", phase="succeeded"
                 )
                 assert "moved to" in handed.reason and "not healthy" in handed.reason, handed.reason
+                # a second replica that prepared for the event postpones the same move: the person keeps the node
+                remediator = service.remediator
+                assert remediator is not None
+                assert await remediator.postpone_host_event(later) == "ack"
                 if restart:
                     await service.stop()
                     service = await start_service(settings)
@@ -214,3 +220,68 @@ async def _hand_over(deployed: Deployed, *, node: str, episode: str, take: Remed
         await gone.close()
     ledger = Ledger(await deployed.nc.jetstream().key_value(f"{admin.bucket_prefix}-control"))
     assert await ledger.release(node=node, now=datetime.now(tz=UTC))
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-replica", "moved-while-restarting"])
+async def test_a_handed_over_host_event_moved_while_the_remediator_restarts_is_drained_for_when_due_again(
+    deployed: Deployed, restart: bool
+) -> None:
+    """The node was drained for a host event due in a minute and handed to a person while the event was pending;
+    then the cloud moved the event three hours on, and later back to a minute from now. The escalation was about
+    the old schedule: when the event comes due again the node is drained for it again (docs/remediator.md, "Host
+    events": an escalation counts only when recorded after the latest postponement). `moved-while-restarting`:
+    the move happens while the remediator is replaced by a new one, whose maintenance loop never prepared the
+    event (its caches are empty) and whose ledger holds no slot of the episode (the hand-over gave it back)."""
+    nc, admin = deployed.nc, deployed.admin
+    node = "h9"
+    async with KubeWorld() as world:
+        world.add_node(node, zone="z1")
+        world.add_pod("web-h9", node=node)
+        await add_inventory(nc, admin, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
+        event = host_event(node, "e-h9", not_before=datetime.now(tz=UTC) + SOON)
+        episode = planner.cloud_episode(event)
+        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+            update={"maintenance_interval_s": 0.2}
+        )
+        service = await start_service(settings)
+        try:
+            async with Probes(nc, admin, node):
+                await publish_cloud(nc, admin, event)
+                drained = await wait_for_record(
+                    nc, admin, node=node, episode_id=episode, action="drain", phase="succeeded"
+                )
+                await _hand_over(deployed, node=node, episode=episode, take=drained)
+                later = host_event(node, "e-h9", not_before=datetime.now(tz=UTC) + LATER)
+                if restart:
+                    await service.stop()
+                    await publish_cloud(nc, admin, later, rescheduled=True)
+                    service = await start_service(settings)
+                else:
+                    await publish_cloud(nc, admin, later, rescheduled=True)
+                    await wait_for_record(nc, admin, node=node, episode_id=episode, target="postponed:0")
+                    moved_on = service.maintenance
+                    assert moved_on is not None
+
+                    async def postponed() -> bool:
+                        return episode not in moved_on._prepared
+
+                    await wait_for(postponed, what="the postponement acknowledged")
+                world.add_pod("web-h9b", node=node)  # the person put it back to work meanwhile
+                again = host_event(node, "e-h9", not_before=datetime.now(tz=UTC) + SOON)
+                await publish_cloud(nc, admin, again, rescheduled=True)
+                loop = service.maintenance
+                assert loop is not None
+
+                async def looked_at() -> bool:
+                    return episode in loop._prepared
+
+                await wait_for(looked_at, what="the event due again looked at by the maintenance loop")
+        finally:
+            await service.stop()
+        drains = [
+            r
+            for r in await audit_records(nc, admin)
+            if r.episode_id == episode and r.action == "drain" and r.phase == "succeeded"
+        ]
+        assert len(drains) == 2, [(r.action_id, r.time) for r in drains]
+    assert deployed.violations() == []

@@ -10,7 +10,10 @@ Every `maintenance_interval_s` each replica looks at the CLOUD view and the disr
   slot is held under the episode `cloud:<cloud>:<event id>`.
 - a pending host event we prepared for that the cloud moved beyond the lead (a reschedule; its episode holds
   the node's slot, or this replica prepared it): verified and uncordoned, its slot given back, the postponement
-  recorded (`Remediator.postpone_host_event`); when it comes due again it is drained for again.
+  recorded (`Remediator.postpone_host_event`); when it comes due again it is drained for again. A pending event
+  beyond the lead that this replica has not looked at since it started is postponed once too (AUDIT decides:
+  nothing is done for an episode that never took the node), so a move made while no replica that prepared it
+  ran is judged as that replica would have.
 - an event CLOUD shows finished (completed, avoided, canceled, failed) whose episode holds the node's
   slot: verified (a new boot id when it ran) and uncordoned, or escalated.
 - a storm escalation this replica has still to record (its AUDIT record failed, or it took over a storm key
@@ -49,6 +52,11 @@ class MaintenanceLoop:
         # caches (AUDIT and the ledger are the truth), of host events still open in the view only (`_forget`):
         self._prepared: set[str] = set()  # episodes whose preparation is complete
         self._postponed: dict[str, datetime | None] = {}  # episode → the start its postponement was done for
+        # episodes whose schedule this replica has looked at since it started (prepared or postponed once): a
+        # pending event beyond the lead that it has not is postponed once, whatever its caches say, so a move
+        # made while this replica was not running (its caches empty, the slot given back by a hand-over) is
+        # judged on AUDIT as the replica that prepared it would have (`Remediator.postpone_host_event`)
+        self._looked: set[str] = set()
 
     async def run(self) -> None:
         while True:
@@ -102,9 +110,11 @@ class MaintenanceLoop:
                     if episode not in self._prepared:
                         self._spawn(node, r.prepare_for_host_event(ev), done=partial(self._was_prepared, episode))
                         break
-                elif (episode in self._prepared or (slot is not None and slot.episode == episode)) and (
-                    episode not in self._postponed or self._postponed[episode] != ev.not_before
-                ):
+                elif (
+                    episode in self._prepared
+                    or (slot is not None and slot.episode == episode)
+                    or episode not in self._looked
+                ) and (episode not in self._postponed or self._postponed[episode] != ev.not_before):
                     # moved beyond the lead after we prepared for it: the node need not stay out meanwhile
                     self._spawn(
                         node, r.postpone_host_event(ev), done=partial(self._was_postponed, episode, ev.not_before)
@@ -116,16 +126,19 @@ class MaintenanceLoop:
         """The caches keep host events still open in the view only: a finished or let-go event is never
         prepared or postponed again (the caches grew by every host event the replica saw)."""
         self._prepared &= open_episodes
+        self._looked &= open_episodes
         for episode in [e for e in self._postponed if e not in open_episodes]:
             del self._postponed[episode]
 
     def _was_prepared(self, episode: str) -> None:
         self._prepared.add(episode)
+        self._looked.add(episode)
         self._postponed.pop(episode, None)  # a later move is postponed again, even back to a start said before
 
     def _was_postponed(self, episode: str, start: datetime | None) -> None:
         self._prepared.discard(episode)  # not prepared any more: drained for again when it comes due
         self._postponed[episode] = start
+        self._looked.add(episode)
 
     def _spawn(self, node: str, work: object, *, done: Callable[[], None] | None = None) -> None:
         async def run() -> None:

@@ -1911,6 +1911,11 @@ class Remediator:
                 f"cloud {ev.action} {ev.provider_event_id} moved to {ev.not_before}, beyond the drain lead "
                 f"({self.policy.cloud_drain_lead_s:.0f}s)"
             )
+            handed = planner.action_id(diagnosis_id=run.episode, action="escalate", target=target)
+            if "succeeded" in run.phases(handed):
+                # this round's move was handed to a person already (the node was not healthy), by this replica or
+                # another, or by one before a restart: that escalation is about the new schedule, nothing to record
+                return "ack"
             if run.escalated(after=run.postponed_at()):
                 await self._record(
                     run,
@@ -1940,7 +1945,7 @@ class Remediator:
                     run,
                     reason=f"{moved}, but {d.node} is not healthy: {outcome.detail}",
                     rung=0,
-                    action_id=planner.action_id(diagnosis_id=run.episode, action="escalate", target=target),
+                    action_id=handed,
                 )
                 return "ack"
             # recorded first: a replica that dies before the uncordon leaves a round that holds the cordon, which
