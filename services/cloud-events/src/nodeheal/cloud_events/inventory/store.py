@@ -201,7 +201,10 @@ class InventoryStore:
         # claims of this cluster left by a run before whose Node no longer claims the instance (its node key
         # rewritten with another instance id, or gone, while no watcher ran)
         suffix = f".{escape_token(self.cluster)}"
+        live = {claim_key(instance, self.cluster) for instance in self._claims}  # read only the others' values
         for key in await kv_keys(self.kv, pattern=f"claim.*{suffix}"):
+            if key in live:
+                continue
             try:
                 record = _record_of((await self.kv.get(key)).value)
             except KeyNotFoundError:
