@@ -490,22 +490,22 @@ class ConsumerRuntime:
     async def ensure(self) -> None:
         """Create / update every declared durable with its configuration (before anything binds)."""
         await self.broker.connect()
-        js = self.broker.connection.jetstream()
         for spec in self._specs.values():
-            await patiently(
-                f"consumer {spec.durable} on {spec.stream}",
-                functools.partial(
-                    ensure_pull_consumer,
-                    js,
-                    stream=spec.stream,
-                    durable=spec.durable,
-                    filter_subjects=[spec.subject],
-                    ack_wait_s=spec.ack_wait_s,
-                    max_deliver=spec.max_deliver,
-                    max_ack_pending=spec.max_ack_pending,
-                    deliver_policy=spec.deliver_policy,
-                ),
-            )
+            await patiently(f"consumer {spec.durable} on {spec.stream}", functools.partial(self._ensure, spec))
+
+    async def _ensure(self, spec: Inbound[Any], *, start_seq: int | None = None) -> bool:
+        """`ensure_pull_consumer` for one declared durable, with its configuration (True: it was created)."""
+        return await ensure_pull_consumer(
+            self.broker.connection.jetstream(),
+            stream=spec.stream,
+            durable=spec.durable,
+            filter_subjects=[spec.subject],
+            ack_wait_s=spec.ack_wait_s,
+            max_deliver=spec.max_deliver,
+            max_ack_pending=spec.max_ack_pending,
+            deliver_policy=spec.deliver_policy,
+            start_seq=start_seq,
+        )
 
     async def start(self) -> None:
         """Ensure the durables, declare the subscribers (once) and start them, then the loops. Each
@@ -594,17 +594,7 @@ class ConsumerRuntime:
         floor = self._ack_floor.get(key)
         start = floor + 1 if floor is not None else None
         try:
-            created = await ensure_pull_consumer(
-                self.broker.connection.jetstream(),
-                stream=spec.stream,
-                durable=spec.durable,
-                filter_subjects=[spec.subject],
-                ack_wait_s=spec.ack_wait_s,
-                max_deliver=spec.max_deliver,
-                max_ack_pending=spec.max_ack_pending,
-                deliver_policy=spec.deliver_policy,
-                start_seq=start,
-            )
+            created = await self._ensure(spec, start_seq=start)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
