@@ -38,16 +38,14 @@ def kubectl() -> str:
     return found
 
 
+def _kustomize(*args: str) -> list[dict[str, Any]]:
+    out = subprocess.run([kubectl(), "kustomize", *args], check=True, capture_output=True, text=True, timeout=120)
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
 @cache
 def render(overlay: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [kubectl(), "kustomize", str(ROOT / "deploy" / "overlays" / overlay)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+    return _kustomize(str(ROOT / "deploy" / "overlays" / overlay))
 
 
 def objects(overlay: str, kind: str) -> dict[str, dict[str, Any]]:
@@ -448,14 +446,7 @@ def render_with(component: str) -> list[dict[str, Any]]:
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
             f"resources:\n- {deploy}/overlays/production\ncomponents:\n- {deploy}/components/{component}\n"
         )
-        out = subprocess.run(
-            [kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", tmp],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+        return _kustomize("--load-restrictor", "LoadRestrictionsNone", tmp)
 
 
 @pytest.mark.parametrize("cloud", ["aws", "azure", "gce"])
