@@ -15,9 +15,11 @@ import pytest
 
 from nodeheal.remediator import planner
 from nodeheal.remediator.ledger import Ledger
+from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.schemas.audit import RemediationRecord
+from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.subjects import audit_subject
 from nodeheal.sim.ecs_api import EcsEmulator
 from nodeheal.sim.kube import KubeWorld
@@ -106,14 +108,8 @@ async def test_a_host_event_escalated_at_its_postponement_is_not_drained_for_aga
     nc, admin = deployed.nc, deployed.admin
     node = "h7"
     async with KubeWorld() as world:
-        world.add_node(node, zone="z1")
-        world.add_pod("web-h7", node=node)
-        await add_inventory(nc, admin, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
-        event = host_event(node, "e-h7", not_before=datetime.now(tz=UTC) + SOON)
-        episode = planner.cloud_episode(event)
-        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
-            update={"maintenance_interval_s": 0.2, "verify_timeout_s": 1.0}
-        )
+        event, episode, settings = await _node_with_a_host_event_soon(deployed, world, node)
+        settings = settings.model_copy(update={"verify_timeout_s": 1.0})
         service = await start_service(settings)
         try:
             async with Probes(nc, admin, node, healthy=False):  # its kubelet is down all along
@@ -162,14 +158,7 @@ async def test_a_second_replicas_postponement_of_a_handed_over_node_leaves_it_co
     nc, admin = deployed.nc, deployed.admin
     node = "h8"
     async with KubeWorld() as world:
-        world.add_node(node, zone="z1")
-        world.add_pod("web-h8", node=node)
-        await add_inventory(nc, admin, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
-        event = host_event(node, "e-h8", not_before=datetime.now(tz=UTC) + SOON)
-        episode = planner.cloud_episode(event)
-        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
-            update={"maintenance_interval_s": 0.2}
-        )
+        event, episode, settings = await _node_with_a_host_event_soon(deployed, world, node)
         service = await start_service(settings)
         try:
             async with Probes(nc, admin, node):  # healthy: a verification would pass
@@ -193,6 +182,21 @@ async def test_a_second_replicas_postponement_of_a_handed_over_node_leaves_it_co
         assert not [r for r in records if r.action == "uncordon"], [(r.action, r.phase, r.target) for r in records]
         assert world.is_cordoned(node)  # as the person has it
     assert deployed.violations() == []
+
+
+async def _node_with_a_host_event_soon(
+    deployed: Deployed, world: KubeWorld, node: str
+) -> tuple[CloudSystemEvent, str, RemediatorSettings]:
+    """`node` with a pod in the Kubernetes emulator and the inventory, a host event of its due within the drain lead
+    (`e-<node>`), its episode, and the remediator's settings for the test (a 0.2 s maintenance round)."""
+    world.add_node(node, zone="z1")
+    world.add_pod(f"web-{node}", node=node)
+    await add_inventory(deployed.nc, deployed.admin, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
+    event = host_event(node, f"e-{node}", not_before=datetime.now(tz=UTC) + SOON)
+    settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
+        update={"maintenance_interval_s": 0.2}
+    )
+    return event, planner.cloud_episode(event), settings
 
 
 async def _hand_over(deployed: Deployed, *, node: str, episode: str, take: RemediationRecord) -> None:
@@ -235,14 +239,7 @@ async def test_a_handed_over_host_event_moved_while_the_remediator_restarts_is_d
     nc, admin = deployed.nc, deployed.admin
     node = "h9"
     async with KubeWorld() as world:
-        world.add_node(node, zone="z1")
-        world.add_pod("web-h9", node=node)
-        await add_inventory(nc, admin, node, zone="z1", cloud="alibaba", instance_id=f"i-{node}")
-        event = host_event(node, "e-h9", not_before=datetime.now(tz=UTC) + SOON)
-        episode = planner.cloud_episode(event)
-        settings = make_settings(deployed.remediator, kube_url=world.url, cloud_drain_lead_s=LEAD_S).model_copy(
-            update={"maintenance_interval_s": 0.2}
-        )
+        event, episode, settings = await _node_with_a_host_event_soon(deployed, world, node)
         service = await start_service(settings)
         try:
             async with Probes(nc, admin, node):
