@@ -432,6 +432,19 @@ def cloud_read(messages: int, nodes: int, host_share: float, repeat: int, as_jso
     _print_with_profile(result, as_json=as_json)
 
 
+@bench.command("inventory")
+@click.option("--nodes", type=click.IntRange(1, 1_000_000), default=5_000, show_default=True, help="Nodes listed.")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def inventory(nodes: int, as_json: bool) -> None:
+    """The inventory watcher's first list and a restarted watcher's list into the inventory bucket: s per list."""
+    require_sim("nodeheal bench")
+    from nodeheal.sim.bench.inventory import run_inventory
+
+    if not as_json:
+        click.echo(f"benchmarking the inventory store: {nodes} nodes listed twice ...", err=True)
+    _print_with_profile(run_inventory(nodes=nodes), as_json=as_json)
+
+
 @bench.command("detector-storm")
 @click.option(
     "--nodes", type=click.IntRange(10, 1_000_000), default=25_000, show_default=True, help="Nodes that fall silent."

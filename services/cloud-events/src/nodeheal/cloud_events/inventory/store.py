@@ -18,6 +18,7 @@ far are not all claimants."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ log = logging.getLogger("nodeheal.cloud_events.inventory.store")
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _NEVER = datetime.min.replace(tzinfo=UTC)
+SETTLE_CONCURRENCY = 64
+"""Instances whose claim and index the end of a list writes at once (`remove_absent`)."""
 INDEX_ATTEMPTS = 20
 """How many times one index update reads and chooses again after another watcher wrote the index between
 its read and its conditional write (each retry follows a write that did succeed)."""
@@ -195,8 +198,11 @@ class InventoryStore:
                 await self._delete(key)
                 removed.append(key)
                 self.deletes += 1
-        for instance in sorted(self._pending):
-            await self._settle(instance)
+        # the claims and the index of every instance the list found: independent keys, written SETTLE_CONCURRENCY
+        # at a time (each is four or five round trips; one after the other, 50,000 nodes took 99 s)
+        pending = sorted(self._pending)
+        for start in range(0, len(pending), SETTLE_CONCURRENCY):
+            await asyncio.gather(*(self._settle(i) for i in pending[start : start + SETTLE_CONCURRENCY]))
         self._pending.clear()
         # claims of this cluster left by a run before whose Node no longer claims the instance (its node key
         # rewritten with another instance id, or gone, while no watcher ran)
