@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -67,7 +68,63 @@ def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
         raise ValueError(msg) from exc
 
 
+log = logging.getLogger("nodeheal.runtime.connect")
+
+
+class ConnectionLog:
+    """What a service's connection says in its log: one warning when it drops, one line when it is back, and one
+    line per distinct error while it is away — instead of nats-py's default, a traceback for every failed
+    reconnect attempt (every 0.5 s while the server is away, in every process). Its own close says nothing."""
+
+    def __init__(self, name: str, *, client_of: Callable[[], Client | None] | None = None) -> None:
+        self.name = name
+        self._client: Client | None = None
+        self.client_of = client_of  # for a connection someone else opens (faststream's broker)
+        self._down = False
+        self._said: set[str] = set()
+
+    @property
+    def client(self) -> Client | None:
+        return self._client if self._client is not None or self.client_of is None else self.client_of()
+
+    @client.setter
+    def client(self, value: Client | None) -> None:
+        self._client = value
+
+    def options(self) -> dict[str, Any]:
+        return {"error_cb": self.on_error, "disconnected_cb": self.on_disconnect, "reconnected_cb": self.on_reconnect}
+
+    async def on_error(self, exc: Exception) -> None:  # nats-py takes coroutine functions
+        text = str(exc) or type(exc).__name__
+        if self._down and text in self._said:
+            return  # each failed reconnect attempt says the same
+        self._said.add(text)
+        level = logging.INFO if self._down else logging.WARNING
+        log.log(level, "NATS connection %s: %s", self.name, text, extra={"connection": self.name, "error": text})
+
+    async def on_disconnect(self) -> None:
+        if self.client is not None and self.client.is_closed:
+            return  # closed by its owner: nats-py calls this on close too
+        if not self._down:
+            self._down = True
+            log.warning("NATS connection %s disconnected; reconnecting", self.name, extra={"connection": self.name})
+
+    async def on_reconnect(self) -> None:
+        if self._down:
+            url = self.client.connected_url.netloc if self.client and self.client.connected_url else ""
+            log.info("NATS connection %s reconnected %s", self.name, url, extra={"connection": self.name})
+        self._down = False
+        self._said.clear()
+
+
 async def connect(settings: NatsSettings, *, name: str, **overrides: Any) -> Client:
+    """A connection with `connect_options`; its drops and errors logged by a `ConnectionLog` unless the caller
+    passes callbacks of its own (`overrides`)."""
     options = connect_options(settings, name=name)
+    said = ConnectionLog(name)
+    for key, callback in said.options().items():
+        options.setdefault(key, callback)
     options.update(overrides)
-    return await nats.connect(**options)
+    nc = await nats.connect(**options)
+    said.client = nc
+    return nc

@@ -28,7 +28,7 @@ from faststream.security import BaseSecurity
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nodeheal.runtime.connect import connect_options, tls_context
+from nodeheal.runtime.connect import ConnectionLog, connect_options, tls_context
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.runtime.startup import StartWait, start_wait
 from nodeheal.runtime.telemetry import TelemetrySettings
@@ -84,7 +84,12 @@ def make_broker(settings: NatsSettings, *, name: str, **kwargs: Any) -> NatsBrok
     for key in ("user_credentials", "user", "password", "tls"):
         options.pop(key, None)
     kwargs.setdefault("graceful_timeout", 10.0)
-    return NatsBroker(servers, security=broker_security(settings), **options, **kwargs)
+    said = ConnectionLog(name)  # its drops in two log lines, not a traceback per reconnect attempt
+    for key, callback in said.options().items():
+        kwargs.setdefault(key, callback)
+    broker = NatsBroker(servers, security=broker_security(settings), **options, **kwargs)
+    said.client_of = lambda: broker._connection  # faststream keeps it private; closed by its stop: no drop to say
+    return broker
 
 
 class PullLoopNoise(logging.Filter):
