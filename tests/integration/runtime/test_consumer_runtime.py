@@ -417,6 +417,7 @@ async def _async(value: bool) -> bool:
     return value
 
 
+@pytest.mark.alone  # it makes the event loop busy on purpose: another worker's load changes its timing
 async def test_a_pull_loop_faststream_starts_again_is_not_reported_stopped(
     topology_ready: NatsSettings, nc: Client, runtime: ConsumerRuntime
 ) -> None:
