@@ -187,3 +187,54 @@ async def test_410_gone_leads_to_a_relist(
         await watcher.stop()
     assert answered["gone"]
     assert watcher.watcher.relists == 2  # the first list, and the one after 410 Gone
+
+
+async def test_a_full_inventory_bucket_is_said_with_what_to_do_and_the_watcher_catches_up_after(
+    kube: tuple[kmock.KubernetesEmulator, str],
+    topology_ready: NatsSettings,
+    nc: Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bucket's byte cap (3 % of `streams apply --store-gib`; the default 1 GiB holds about 20,000 nodes) is
+    reached: the server refuses the write ("maximum bytes exceeded", a 503). Before, the watcher logged a traceback
+    at every retry, like a NATS outage, and stayed ready while no Node was written. Now it says the bucket is
+    full and what to run (once a minute, no traceback), is not ready while it is, and writes what waited once
+    the cap is raised."""
+    _emulator, url = kube
+    core = _core(url)
+    await asyncio.to_thread(core.create_node, _node("node-a", instance="i-aaa"))
+    settings = InventorySettings(
+        nats=topology_ready, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2, retry_backoff_s=0.2
+    )
+    watcher = InventoryWatcher(settings)
+    js = nc.jetstream()
+    bucket = f"{topology_ready.bucket_prefix}-inventory"
+    kv = await js.key_value(bucket)
+    await watcher.start()
+    try:
+        await asyncio.wait_for(watcher.synced.wait(), timeout=15)
+        await _until(kv, instance_key("i-aaa"), lambda v: v is not None)
+        info = await js.stream_info(f"KV_{bucket}")
+        cap = info.config.max_bytes
+        info.config.max_bytes = int(info.state.bytes or 0)  # full now: the next write is refused
+        await js.update_stream(info.config)
+        await asyncio.to_thread(core.create_node, _node("node-b", instance="i-bbb"))
+        for _ in range(150):
+            ok, why = await watcher.ready()
+            if not ok:
+                break
+            await asyncio.sleep(0.1)
+        assert not ok and "is full" in why and "--store-gib" in why, why
+        said = [r for r in caplog.records if "is full" in r.getMessage()]
+        assert said and not any(r.exc_info for r in said)
+        info.config.max_bytes = cap
+        await js.update_stream(info.config)
+        b = await _until(kv, inventory_key("prod-1", "node-b"), lambda v: v is not None)
+        assert b is not None and b.instance_id == "i-bbb"
+        for _ in range(50):
+            if (await watcher.ready())[0]:
+                break
+            await asyncio.sleep(0.1)
+        assert await watcher.ready() == (True, "ok")
+    finally:
+        await watcher.stop()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import prometheus_client
 from nats.aio.client import Client
 
 from nodeheal.cloud_events.inventory.mapping import node_to_inventory
 from nodeheal.cloud_events.inventory.settings import InventorySettings
-from nodeheal.cloud_events.inventory.store import InventoryStore
+from nodeheal.cloud_events.inventory.store import BucketFullError, InventoryStore
 from nodeheal.cloud_events.inventory.watcher import NodeEvent, NodeWatcher, build_api_client, run_in_thread
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import stop_if_cancelled
@@ -46,6 +47,9 @@ class InventoryWatcher:
         self.queue: asyncio.Queue[NodeEvent] = asyncio.Queue(maxsize=10_000)
         self.nodes: dict[str, str | None] = {}  # node → instance id
         self.synced = asyncio.Event()
+        self.full: str | None = None
+        """Why the bucket refuses the watcher's writes (`BucketFullError`), while it does: said by `ready`."""
+        self._full_said = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -78,6 +82,8 @@ class InventoryWatcher:
     async def ready(self) -> tuple[bool, str]:
         if self.nc is None or not self.nc.is_connected:
             return False, "inventory: not connected to NATS"
+        if self.full is not None:
+            return False, f"inventory: {self.full}"
         if not self.synced.is_set():
             return False, "inventory: the first list of Nodes has not finished"
         return True, "ok"
@@ -89,10 +95,19 @@ class InventoryWatcher:
                 try:
                     await self.apply(event)
                     break
+                except BucketFullError as exc:  # not NATS away: the operator must act; said without a traceback
+                    stop_if_cancelled()
+                    self.full = str(exc)
+                    now = time.monotonic()
+                    if now - self._full_said >= 60.0:
+                        self._full_said = now
+                        log.error("%s", exc)
+                    await asyncio.sleep(self.settings.retry_backoff_s)
                 except Exception:  # NATS away: keep the event and try again, nothing is skipped
                     stop_if_cancelled()
                     log.exception("could not apply a node event; retrying")
                     await asyncio.sleep(self.settings.retry_backoff_s)
+            self.full = None
             # a stop that landed as a KV write was answered is not lost (gh-86296: `stop_if_cancelled`)
             stop_if_cancelled()
 

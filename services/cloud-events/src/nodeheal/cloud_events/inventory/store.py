@@ -33,6 +33,24 @@ from nodeheal.schemas.subjects import escape_token
 log = logging.getLogger("nodeheal.cloud_events.inventory.store")
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
+_BUCKET_FULL = 10077  # "maximum bytes exceeded": the bucket's byte cap is reached (KV buckets refuse new writes)
+
+
+class BucketFullError(Exception):
+    """The inventory bucket refuses writes: its byte cap, a share of `nodeheal streams apply --store-gib`, is too
+    small for the fleet. Said with what to do; the watcher keeps the event and tries again."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        bucket = getattr(kv, "_name", "inventory")  # nats-py keeps the bucket name private
+        super().__init__(
+            f"the inventory bucket {bucket} is full (the server answers 'maximum bytes exceeded'): nodeheal streams "
+            "apply gives it 3 % of --store-gib (31 MiB of the default 1 GiB), and each node takes about 1.5 KiB there "
+            "(its record, its cluster's claim, the instance index: about 20,000 nodes per GiB of --store-gib). "
+            "Re-run `nodeheal streams apply --store-gib N` with N for your fleet (production: 64) on a NATS volume "
+            "that holds it; until then new and changed Nodes are not written (the watcher keeps trying)"
+        )
+
+
 _NEVER = datetime.min.replace(tzinfo=UTC)
 SETTLE_CONCURRENCY = 64
 """Instances whose claim and index the end of a list writes at once (`remove_absent`)."""
@@ -73,7 +91,7 @@ class InventoryStore:
         previous = self._written.get(record.node)
         if previous is not None and previous[0] == fingerprint:
             return False
-        await self.kv.put(inventory_key(self.cluster, record.node), record.to_json())
+        await self._put(inventory_key(self.cluster, record.node), record.to_json())
         if record.instance_id:
             self._claims.setdefault(record.instance_id, {})[record.node] = record
             await self._settle(record.instance_id)
@@ -121,7 +139,7 @@ class InventoryStore:
         best = max(claimants.values(), key=_rank)
         if self._claimed.get(instance) is best:
             return
-        await self.kv.put(claim_key(instance, self.cluster), best.to_json())
+        await self._put(claim_key(instance, self.cluster), best.to_json())
         self._claimed[instance] = best
         await self._reindex(instance)
 
@@ -148,6 +166,8 @@ class InventoryStore:
             except KeyWrongLastSequenceError:
                 continue
             except APIError as exc:  # the server's "wrong last sequence" answer to a conditional write
+                if exc.err_code == _BUCKET_FULL:
+                    raise BucketFullError(self.kv) from exc
                 if exc.err_code not in _WRONG_LAST_SEQUENCE:
                     raise
                 continue
@@ -168,6 +188,14 @@ class InventoryStore:
             if record is not None:
                 claims.append(record)
         return max(claims, key=_rank, default=None)
+
+    async def _put(self, key: str, value: bytes) -> None:
+        try:
+            await self.kv.put(key, value)
+        except APIError as exc:
+            if exc.err_code == _BUCKET_FULL:
+                raise BucketFullError(self.kv) from exc
+            raise
 
     async def _delete(self, key: str) -> None:
         try:
