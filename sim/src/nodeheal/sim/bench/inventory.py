@@ -27,7 +27,7 @@ from nodeheal.sim.embedded import EmbeddedNats
 CLUSTER = "bench"
 STORE_BYTES = 8 * 2**30
 """The inventory bucket's share (3 %) of it is 245 MiB, room for 50,000 nodes' three records (node, claim, index;
-about 1.5 KiB a node); production's `--store-gib 64` gives it 1.9 GiB. The default 1 GiB store's 31 MiB holds
+about 1.6 KiB a node); production's `--store-gib 64` gives it 1.9 GiB. The default 1 GiB store's 31 MiB holds
 about 20,000 nodes and refuses more (`maximum bytes exceeded`)."""
 
 
@@ -69,6 +69,7 @@ async def _run(*, nodes: int) -> dict[str, Any]:
             first = await _list(InventoryStore(kv, cluster=CLUSTER), records)
             again = await _list(InventoryStore(kv, cluster=CLUSTER), records)  # a restarted watcher
             keys = await kv_keys(kv)
+            stored = int((await js.stream_info(f"KV_{kv._name}")).state.bytes or 0)  # nats-py keeps the name private
         finally:
             await nc.close()
     kinds: dict[str, int] = {}
@@ -83,6 +84,7 @@ async def _run(*, nodes: int) -> dict[str, Any]:
         "restart_list_s": round(again, 2),
         "restart_list_ms_per_node": round(again / nodes * 1e3, 3),
         "keys": kinds,
+        "bucket_bytes_per_node": round(stored / nodes),
     }
 
 

@@ -44,7 +44,7 @@ class BucketFullError(Exception):
         bucket = getattr(kv, "_name", "inventory")  # nats-py keeps the bucket name private
         super().__init__(
             f"the inventory bucket {bucket} is full (the server answers 'maximum bytes exceeded'): nodeheal streams "
-            "apply gives it 3 % of --store-gib (31 MiB of the default 1 GiB), and each node takes about 1.5 KiB there "
+            "apply gives it 3 % of --store-gib (31 MiB of the default 1 GiB), and each node takes about 1.6 KiB there "
             "(its record, its cluster's claim, the instance index: about 20,000 nodes per GiB of --store-gib). "
             "Re-run `nodeheal streams apply --store-gib N` with N for your fleet (production: 64) on a NATS volume "
             "that holds it; until then new and changed Nodes are not written (the watcher keeps trying)"
