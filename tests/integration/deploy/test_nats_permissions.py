@@ -128,8 +128,8 @@ async def login(secured: Secured, role: str, *, node: str | None = None, creds: 
         secured.url,
         user_credentials=str(path),
         inbox_prefix=(
-            secured.natsauth.agent_inbox_prefix(CLUSTER, node)
-            if role == "agent"
+            secured.natsauth.agent_inbox_prefix(CLUSTER, node, role)
+            if role in secured.natsauth.NODE_ROLES
             else secured.natsauth.inbox_prefix(role)
         ),
         error_cb=on_error,
@@ -359,25 +359,37 @@ async def test_an_agent_answers_only_its_own_node(secured: Secured, sessions: di
 
 
 async def test_operator_workflow_init_then_mint_an_agent(secured: Secured, tmp_path: Path) -> None:
-    """`init` writes keys and creds; `mint-agent` later makes a node's creds from the agent role key,
-    and those work against a server configured by *that* init."""
+    """`init` writes keys and creds; `mint-agent` and `mint-ingest-node` later make a node's creds from their
+    role keys, and those work against a server configured by *that* init (no `.creds` of a per-node role is
+    written by `init`)."""
     natsauth = secured.natsauth
     out = tmp_path / "auth"
     assert natsauth.main(["init", "--out", str(out)]) == 0
     assert natsauth.main(["init", "--out", str(out)]) == 2  # never overwrites keys
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert natsauth.main(["mint-agent", "--keys", str(out / "keys"), "--cluster", CLUSTER, "--node", "n-1"]) == 0
+    assert not (out / "agent.creds").exists() and not (out / "ingest-node.creds").exists()
+    minted: dict[str, str] = {}
+    for role in ("agent", "ingest-node"):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            args = [f"mint-{role}", "--keys", str(out / "keys"), "--cluster", CLUSTER, "--node", "n-1"]
+            assert natsauth.main(args) == 0
+        minted[role] = buf.getvalue()
     with EmbeddedNats(config_file=str(out / "auth.conf")) as server:
         own = Secured(url=server.url, natsauth=natsauth, bundle=None, workdir=tmp_path, settings=secured.settings)
-        agent = await login(own, "agent", node="n-1", creds=buf.getvalue())
+        agent = await login(own, "agent", node="n-1", creds=minted["agent"])
+        ingest = await login(own, "ingest-node", node="n-1", creds=minted["ingest-node"])
         admin = await login(own, "admin", creds=(out / "admin.creds").read_text())
         try:
             await apply_topology(admin.nc.jetstream(), own.topo)
             ack = await agent.js.publish(probe_subject(CLUSTER, "n-1", prefix=P), b"{}", timeout=5)
             assert ack.stream == own.topo.stream("PROBES").name
+            ack = await ingest.js.publish(cloud_subject(CLUSTER, "n-1", prefix=P), b"{}", timeout=5)
+            assert ack.stream == own.topo.stream("CLOUD").name
+            await ingest.nc.publish(cloud_subject(CLUSTER, "n-2", prefix=P), b"{}")  # another node's: refused
+            await ingest.refused(cloud_subject(CLUSTER, "n-2", prefix=P))
         finally:
             await agent.nc.close()
+            await ingest.nc.close()
             await admin.nc.close()
 
 
