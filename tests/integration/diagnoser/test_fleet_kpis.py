@@ -23,6 +23,7 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import inventory_key
 from nodeheal.schemas.subjects import anomaly_subject
 from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, mint_role, violations
+from tests.support.cli import nats_args
 from tests.unit.diagnoser.scenarios import CLUSTER, OOPS_A, anomaly, inventory
 
 pytestmark = pytest.mark.nats
@@ -97,17 +98,9 @@ async def test_kpis_risks_and_buckets_from_the_live_pipeline(
         str(html),
         "--since",
         "1h",
-        "--nats-url",
-        settings.url,
-        "--prefix",
-        settings.prefix,
-        "--stream-prefix",
-        settings.stream_prefix,
-        "--bucket-prefix",
-        settings.bucket_prefix,
-        "--creds",
-        str(mint_role(deployed.dir, "reader")),
-    ]  # fmt: skip  (the operator's read-only credential)
+        *nats_args(settings),
+        *("--creds", str(mint_role(deployed.dir, "reader"))),  # the operator's read-only credential
+    ]
     report = {}
     for _ in range(200):  # the bad-kernel finding needs a correlation run after the crashes
         result = await asyncio.to_thread(CliRunner().invoke, cli, args, catch_exceptions=False)

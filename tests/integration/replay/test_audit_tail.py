@@ -22,6 +22,7 @@ from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import audit_subject
 from tests.integration.deploy.natsauth_loader import RoleServer, mint_role, role_nats, role_server, violations
 from tests.support.broker import cancel_as_data_arrives
+from tests.support.cli import nats_args
 from tests.unit.replay.factories import record
 
 pytestmark = pytest.mark.nats
@@ -55,20 +56,7 @@ def admin(deployed: RoleServer) -> JetStreamContext:
 
 
 def _args(settings: NatsSettings, *extra: str) -> list[str]:
-    return [
-        "audit",
-        "tail",
-        "--nats-url",
-        settings.url,
-        "--prefix",
-        settings.prefix,
-        "--stream-prefix",
-        settings.stream_prefix,
-        "--bucket-prefix",
-        settings.bucket_prefix,
-        *(("--creds", settings.creds_file) if settings.creds_file else ()),
-        *extra,
-    ]
+    return ["audit", "tail", *nats_args(settings), *extra]
 
 
 async def _invoke(settings: NatsSettings, *extra: str) -> Result:

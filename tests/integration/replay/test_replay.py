@@ -29,6 +29,7 @@ from tests.integration.deploy.natsauth_loader import (
     role_server,
     violations,
 )
+from tests.support.cli import nats_args
 from tests.unit.replay.factories import (
     CLUSTER,
     cloud_event,
@@ -104,22 +105,7 @@ async def publish_scenario(
 
 
 def _args(settings: NatsSettings, since: datetime, until: datetime, *extra: str) -> list[str]:
-    return [
-        "--nats-url",
-        settings.url,
-        "--prefix",
-        settings.prefix,
-        "--stream-prefix",
-        settings.stream_prefix,
-        "--bucket-prefix",
-        settings.bucket_prefix,
-        *(("--creds", settings.creds_file) if settings.creds_file else ()),
-        "--since",
-        since.isoformat(),
-        "--until",
-        until.isoformat(),
-        *extra,
-    ]
+    return [*nats_args(settings), "--since", since.isoformat(), "--until", until.isoformat(), *extra]
 
 
 async def _replay(settings: NatsSettings, since: datetime, until: datetime, *extra: str) -> Result:

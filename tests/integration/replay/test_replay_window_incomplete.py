@@ -15,6 +15,7 @@ from nats.js.client import JetStreamContext
 from nodeheal.cli.replay import replay
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
+from tests.support.cli import nats_args
 from tests.unit.replay.factories import probe, subject_of
 
 pytestmark = pytest.mark.nats
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.nats
 def _args(s: NatsSettings, since: datetime) -> list[str]:
     until = datetime.now(tz=UTC) + timedelta(seconds=1)
     return [
-        *("--nats-url", s.url, "--prefix", s.prefix, "--stream-prefix", s.stream_prefix),
-        *("--bucket-prefix", s.bucket_prefix, "--since", since.isoformat(), "--until", until.isoformat()),
+        *nats_args(s),
+        *("--since", since.isoformat(), "--until", until.isoformat()),
         *("--node", "node-a", "--json"),
     ]
 
