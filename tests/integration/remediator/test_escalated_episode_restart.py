@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from nodeheal.remediator import planner
+from nodeheal.remediator.handlers import RemediatorService
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.runtime.connect import connect
@@ -130,16 +131,7 @@ async def test_a_host_event_escalated_at_its_postponement_is_not_drained_for_aga
                     service = await start_service(settings)
                 before = [r for r in await audit_records(nc, admin) if r.episode_id == episode]
                 # due again in a minute
-                await publish_cloud(
-                    nc, admin, host_event(node, "e-h7", not_before=datetime.now(tz=UTC) + SOON), rescheduled=True
-                )
-                loop = service.maintenance
-                assert loop is not None
-
-                async def looked_at() -> bool:
-                    return episode in loop._prepared
-
-                await wait_for(looked_at, what="the event due again looked at by the maintenance loop")
+                await _due_again(deployed, service, host_event(node, "e-h7", not_before=datetime.now(tz=UTC) + SOON))
         finally:
             await service.stop()
         after = [r for r in await audit_records(nc, admin) if r.episode_id == episode]
@@ -197,6 +189,20 @@ async def _node_with_a_host_event_soon(
         update={"maintenance_interval_s": 0.2}
     )
     return event, planner.cloud_episode(event), settings
+
+
+async def _due_again(deployed: Deployed, service: RemediatorService, event: CloudSystemEvent) -> None:
+    """The cloud moves `event` back within the drain lead; returns once the service's maintenance loop looked at it
+    (`MaintenanceLoop._prepared`: its preparation acknowledged, whatever it decided)."""
+    await publish_cloud(deployed.nc, deployed.admin, event, rescheduled=True)
+    loop = service.maintenance
+    assert loop is not None
+    episode = planner.cloud_episode(event)
+
+    async def looked_at() -> bool:
+        return episode in loop._prepared
+
+    await wait_for(looked_at, what="the event due again looked at by the maintenance loop")
 
 
 async def _hand_over(deployed: Deployed, *, node: str, episode: str, take: RemediationRecord) -> None:
@@ -264,15 +270,7 @@ async def test_a_handed_over_host_event_moved_while_the_remediator_restarts_is_d
 
                     await wait_for(postponed, what="the postponement acknowledged")
                 world.add_pod("web-h9b", node=node)  # the person put it back to work meanwhile
-                again = host_event(node, "e-h9", not_before=datetime.now(tz=UTC) + SOON)
-                await publish_cloud(nc, admin, again, rescheduled=True)
-                loop = service.maintenance
-                assert loop is not None
-
-                async def looked_at() -> bool:
-                    return episode in loop._prepared
-
-                await wait_for(looked_at, what="the event due again looked at by the maintenance loop")
+                await _due_again(deployed, service, host_event(node, "e-h9", not_before=datetime.now(tz=UTC) + SOON))
         finally:
             await service.stop()
         drains = [
