@@ -300,9 +300,9 @@ async def test_the_ingest_answers_while_it_waits_then_fails_healthz_past_the_pat
 
 
 async def test_the_inventory_watch_launched_by_a_start_waits_for_jetstream(tmp_path: Path) -> None:
-    """The inventory watch is a loop the start launches; its first call runs when the start is over. A
-    JetStream away at that moment is waited out (readiness says so) and the watch then follows changes;
-    before, the loop died at once (`/healthz` failed, the pod was restarted)."""
+    """The inventory watch is a loop the start launches (the detector's: no load before it); its first call runs
+    when the start is over. A JetStream away at that moment is waited out (readiness says so) and the watch then
+    follows changes; before, the loop died at once (`/healthz` failed, the pod was restarted)."""
     async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
         server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
         nc = await connect(nats, name="pytest-inventory-watch")
@@ -314,8 +314,7 @@ async def test_the_inventory_watch_launched_by_a_start_waits_for_jetstream(tmp_p
             wait = StartWait(service="pytest", patience_s=120.0)
             with start_wait(wait):
                 assert await feed.open(js)
-                await feed.load()
-                server.stop()  # JetStream goes away between the start's load and the watch's first call
+                server.stop()  # JetStream goes away between the start and the watch's first call
                 watch = asyncio.create_task(feed.watch())  # launched by the start, runs after it
             with without_jetstream(port) as plain:
 
@@ -367,5 +366,54 @@ async def test_an_inventory_watch_whose_jetstream_stays_away_ends_after_the_pati
                 assert watch.exception() is not None
                 assert wait.waiting is None
         finally:
+            await nc.close()
+            server.stop()
+
+
+async def test_the_watch_a_load_opened_follows_changes_after_a_server_restart(tmp_path: Path) -> None:
+    """The diagnoser's and remediator's start loads the inventory from a KV watch's initial values and the
+    inventory loop follows that same watch: a server restart after the load must not leave it silent (nats-py's
+    ordered consumer is made again once its heartbeats are missed)."""
+    async with provisioned_then_stopped(tmp_path / "store") as (port, nats):
+        server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+        nc = await connect(nats, name="pytest-inventory-load", max_reconnect_attempts=-1)
+        watch: asyncio.Task[None] | None = None
+        try:
+            js = nc.jetstream()
+            kv = await js.key_value(f"{nats.bucket_prefix}-inventory")
+            first = NodeInventory(cluster="c1", node="early", instance_id="i-early", zone="z1", rack="r1")
+            await kv.put(inventory_key("c1", "early"), first.to_json())
+            got: list[NodeInventory] = []
+            feed = InventoryFeed(f"{nats.bucket_prefix}-inventory", on_put=got.append)
+            assert await feed.open(js)
+            assert await feed.load() == 1 and got == [first]
+            watch = asyncio.create_task(feed.watch())
+            server.stop()
+            server = EmbeddedNats(port=port, store_dir=str(tmp_path / "store")).start()
+
+            async def connected() -> bool:
+                return nc.is_connected
+
+            await until(connected, within_s=30, what="the client did not reconnect")
+            record = NodeInventory(cluster="c1", node="late", instance_id="i-late", zone="z1", rack="r1")
+
+            async def stored() -> bool:
+                try:
+                    await kv.put(inventory_key("c1", "late"), record.to_json())
+                except Exception:  # JetStream still recovering its streams
+                    return False
+                return True
+
+            await until(stored, within_s=30, what="the restarted server did not take the put")
+
+            async def seen() -> bool:
+                return record in got
+
+            await until(seen, within_s=60, what="the watch opened by the load did not deliver a change")
+            assert got.count(first) == 1  # the load's record not delivered again by the watch
+            assert not watch.done()
+        finally:
+            if watch is not None:
+                watch.cancel()
             await nc.close()
             server.stop()

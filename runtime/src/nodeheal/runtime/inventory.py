@@ -1,20 +1,23 @@
 """The inventory bucket (`<bucket_prefix>-inventory`, written by the inventory watcher), read the same
-way by every service that needs node placements: load every `node.<cluster>.<node>` key once, then
-watch for changes (every cluster's, or with `cluster` one cluster's: `node.<cluster>.*`). A record
-that does not validate is logged and skipped (a KV holds no DLQ: the watcher that writes it validates
-it first)."""
+way by every service that needs node placements: one KV watch of the `node.<cluster>.<node>` keys (every
+cluster's, or with `cluster` one cluster's: `node.<cluster>.*`), whose initial values are the load and whose
+later entries are the changes. A record that does not validate is logged and skipped (a KV holds no DLQ: the
+watcher that writes it validates it first).
+
+The load reads the watch's initial values (one ordered consumer streaming the bucket's last values), not a
+`get` per key: at 20,000 nodes the gets took 11.2 s, the watch's initial values 0.8 s (docs/BENCHMARKS.md,
+`nodeheal bench inventory`), and the watch that followed delivered every record a second time."""
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from nodeheal.runtime.jetstream import kv_keys
+from nodeheal.runtime.kvwatch import Loaded, follow
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.inventory import NodeInventory
 from nodeheal.schemas.subjects import escape_token, unescape_token
@@ -36,6 +39,8 @@ class InventoryFeed:
         self.on_delete = on_delete
         self.kv: KeyValue | None = None
         self.loaded = 0
+        self._entries: AsyncIterator[KeyValue.Entry | Loaded] | None = None
+        """The watch `load` opened (its later entries are `watch`'s), None before."""
 
     async def open(self, js: JetStreamContext) -> bool:
         """Bind the bucket; False (with a warning) when it is not provisioned (`nodeheal streams apply`).
@@ -69,44 +74,46 @@ class InventoryFeed:
         self.on_put(record)
 
     async def load(self) -> int:
-        """Every record in the bucket now; returns how many keys were read."""
+        """Every record in the bucket now (the watch's initial values, confirmed by the server: `follow`);
+        returns how many records were read. `watch` then follows the same watch from there."""
         kv = self.kv
         if kv is None:
             return 0
-        keys = await patiently(f"inventory keys of {self.bucket}", functools.partial(kv_keys, kv, pattern=self.pattern))
-        for key in keys:
-            try:
-                entry = await patiently(f"inventory record {key}", functools.partial(kv.get, key))
-            except KeyNotFoundError:
-                continue  # deleted since the listing
-            try:
-                self.apply(key, entry.value, None)
-            except Exception:
-                log.exception("inventory record not applied", extra={"key": key})
-                continue
+        watcher = await patiently(f"inventory watch of {self.bucket}", lambda: kv.watch(self.pattern))
+        entries = self._entries = follow(watcher)
+        async for entry in entries:
+            if isinstance(entry, Loaded):
+                break
+            self._apply_entry(entry)
             self.loaded += 1
         return self.loaded
 
     async def watch(self) -> None:
-        """Follow changes until cancelled (register it with `ConsumerRuntime.loop`: if it ends, /healthz fails)."""
+        """Follow changes until cancelled (register it with `ConsumerRuntime.loop`: if it ends, /healthz fails):
+        the watch `load` opened, or without a load a watch of its own (its initial values applied as changes)."""
         if self.kv is None:
             return await _forever()
         kv = self.kv
-        # the watch's first call belongs to the start (which launched this loop and may already be done): a
-        # JetStream briefly away then is waited out with the start's patience, not a dead loop at once
-        watcher = await patiently(
-            f"inventory watch of {self.bucket}",
-            lambda: kv.watch(self.pattern, include_history=False),
-            for_the_start=True,
-        )
-        async for entry in watcher:
-            if entry is None:
-                continue
-            try:
-                self.apply(entry.key, entry.value, entry.operation)
-            except Exception:
-                log.exception("inventory update not applied", extra={"key": entry.key})
+        entries = self._entries
+        if entries is None:
+            # the watch's first call belongs to the start (which launched this loop and may already be done): a
+            # JetStream briefly away then is waited out with the start's patience, not a dead loop at once
+            watcher = await patiently(
+                f"inventory watch of {self.bucket}",
+                lambda: kv.watch(self.pattern, include_history=False),
+                for_the_start=True,
+            )
+            entries = self._entries = follow(watcher)
+        async for entry in entries:
+            if not isinstance(entry, Loaded):
+                self._apply_entry(entry)
         return None
+
+    def _apply_entry(self, entry: KeyValue.Entry) -> None:
+        try:
+            self.apply(entry.key, entry.value, entry.operation)
+        except Exception:
+            log.exception("inventory update not applied", extra={"key": entry.key})
 
 
 async def _forever() -> None:
