@@ -58,7 +58,9 @@ class InventoryWatcher:
         nc = self.nc = await patiently("connection to NATS", lambda: connect(self.settings.nats, name=name))
         bucket = f"{self.settings.nats.bucket_prefix}-inventory"
         kv = await patiently(f"bucket {bucket}", lambda: nc.jetstream().key_value(bucket))
-        self.store = InventoryStore(kv, cluster=self.settings.cluster)
+        store = self.store = InventoryStore(kv, cluster=self.settings.cluster)
+        # what a watcher before this one wrote: unchanged Nodes are not written again by the first list
+        await patiently(f"records of bucket {bucket}", store.load)
         self._tasks = [
             asyncio.create_task(run_in_thread(self.watcher, self.queue)),
             asyncio.create_task(self._apply_forever()),
