@@ -5,8 +5,11 @@ cluster's claim of the machine (`claim.<instance>.<cluster>`) and the instance-i
 chosen across every cluster's claims) into the `<bucket_prefix>-inventory` bucket. This bench runs the real
 `InventoryStore` against an embedded nats-server with the production topology: `nodes` Node records (one
 instance each) upserted as the first list delivers them, then `remove_absent` (the end of the list: the claims
-and the index are written then), timed; then a second store over the same bucket (a restarted watcher) lists the
-same Nodes again, timed. It reports seconds, the KV operations' share per node and the keys written.
+and the index are written then), timed; then a restarted watcher lists the same Nodes again, twice: once as
+the store did before it read the bucket at start (no `load`: every record written again) and once as it does now
+(`load`, then the list: nothing unchanged written), each timed with the bucket updates it made. Last, a service's
+start reading the inventory (`InventoryFeed.load`, a KV watch's initial values) beside the per-key `get` it
+used before. It reports seconds, the KV operations' share per node and the keys written.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
 from nodeheal.cloud_events.inventory.store import InventoryStore
 from nodeheal.runtime.connect import connect
+from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.jetstream import kv_keys
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
@@ -49,8 +56,10 @@ def _records(nodes: int) -> list[NodeInventory]:
     ]
 
 
-async def _list(store: InventoryStore, records: list[NodeInventory]) -> float:
+async def _list(store: InventoryStore, records: list[NodeInventory], *, load: bool = True) -> float:
     started = time.perf_counter()
+    if load:
+        await store.load()
     for record in records:
         await store.upsert(record)
     await store.remove_absent(r.node for r in records)
@@ -66,10 +75,21 @@ async def _run(*, nodes: int) -> dict[str, Any]:
             js = nc.jetstream(timeout=30.0)
             await apply_topology(js, nats.topology())
             kv = await js.key_value(nats.topology().bucket(f"{nats.bucket_prefix}-inventory").name)
+            stream = f"KV_{kv._name}"  # nats-py keeps the bucket name private
+
+            async def updates() -> int:
+                return int((await js.stream_info(stream)).state.last_seq or 0)
+
             first = await _list(InventoryStore(kv, cluster=CLUSTER), records)
-            again = await _list(InventoryStore(kv, cluster=CLUSTER), records)  # a restarted watcher
             keys = await kv_keys(kv)
-            stored = int((await js.stream_info(f"KV_{kv._name}")).state.bytes or 0)  # nats-py keeps the name private
+            stored = int((await js.stream_info(stream)).state.bytes or 0)
+            seq = await updates()
+            unread = await _list(InventoryStore(kv, cluster=CLUSTER), records, load=False)  # restarted, as before
+            seq, unread_updates = await updates(), await updates() - seq
+            again = await _list(InventoryStore(kv, cluster=CLUSTER), records)  # a restarted watcher now
+            again_updates = await updates() - seq
+            bucket = nats.topology().bucket(f"{nats.bucket_prefix}-inventory").name
+            by_get, by_watch = await _service_load_by_get(kv), await _service_load(js, bucket)
         finally:
             await nc.close()
     kinds: dict[str, int] = {}
@@ -81,11 +101,39 @@ async def _run(*, nodes: int) -> dict[str, Any]:
         "store_gib": STORE_BYTES / 2**30,
         "first_list_s": round(first, 2),
         "first_list_ms_per_node": round(first / nodes * 1e3, 3),
+        "restart_list_without_load_s": round(unread, 2),
+        "restart_list_without_load_updates": unread_updates,
         "restart_list_s": round(again, 2),
         "restart_list_ms_per_node": round(again / nodes * 1e3, 3),
+        "restart_list_updates": again_updates,
+        "service_load_by_get_s": round(by_get, 2),
+        "service_load_s": round(by_watch, 2),
         "keys": kinds,
         "bucket_bytes_per_node": round(stored / nodes),
     }
+
+
+async def _service_load(js: Any, bucket: str) -> float:
+    """A service's start reading every node record (`InventoryFeed.load`: a KV watch's initial values)."""
+    seen: list[NodeInventory] = []
+    feed = InventoryFeed(bucket, on_put=seen.append)
+    await feed.open(js)
+    started = time.perf_counter()
+    await feed.load()
+    took = time.perf_counter() - started
+    assert len(seen) == len({r.node for r in seen}) > 0
+    return took
+
+
+async def _service_load_by_get(kv: KeyValue) -> float:
+    """The same read as `InventoryFeed.load` did it before: the keys, then a `get` of each, parsed."""
+    started = time.perf_counter()
+    for key in await kv_keys(kv, pattern="node.>"):
+        try:
+            NodeInventory.model_validate_json((await kv.get(key)).value or b"")
+        except KeyNotFoundError:
+            continue
+    return time.perf_counter() - started
 
 
 def run_inventory(*, nodes: int) -> dict[str, Any]:
