@@ -2,7 +2,12 @@
 nats-server rotates a machine that crashed on a fatal MCE; nothing is released before `nodeheal approve`;
 then one DeleteInstance and one RunInstances reach the ECS emulator through the Alibaba SDK, the old Node
 goes away at the Kubernetes emulator (and from the inventory), and the new instance registers as a new
-Ready Node whose agent — the real agent code over the simulated host — probes it."""
+Ready Node whose agent — the real agent code over the simulated host — probes it.
+
+As deployed: the per-role server, the remediator under its credential, the prober under its own, each node's agent
+under that node's credential, and the new machine's agent under one minted for its new node name when it joins
+(as an operator's `natsauth.py mint-agent` does); `nodeheal approve` with the admin credential (people's CLI).
+The test stands in for the diagnoser and the inventory watcher as admin."""
 
 from __future__ import annotations
 
@@ -18,12 +23,21 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
 from nodeheal.cli.main import cli
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import inventory_key
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.fleet import FleetSpec
 from nodeheal.sim.rotation import NEW_MACHINE_KERNEL, FleetRotation, add_launch_templates
 from nodeheal.sim.world import DemoWorld
+from tests.integration.deploy.natsauth_loader import (
+    agent_nats,
+    load_natsauth,
+    mint_agent,
+    per_role_server,
+    role_nats,
+    violations,
+)
 from tests.integration.remediator.harness import (
     CLUSTER,
     audit_records,
@@ -33,40 +47,56 @@ from tests.integration.remediator.harness import (
     start_service,
     wait_for_record,
 )
+from tests.support.cli import nats_args
 
 pytestmark = pytest.mark.nats
 
 
-async def test_an_approved_replacement_leaves_and_joins_the_fleet(
-    topology_ready: NatsSettings, nc: Client, tmp_path: Path
-) -> None:
-    nats = topology_ready
+async def test_an_approved_replacement_leaves_and_joins_the_fleet(tmp_path: Path) -> None:
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    async with per_role_server(directory, "remediator", "prober") as (server, nc, nats):
+        await _replacement(tmp_path, directory, server.url, nc, nats)
+    assert violations(directory) == []
+
+
+async def _replacement(tmp_path: Path, directory: Path, url: str, nc: Client, nats: NatsSettings) -> None:
     spec = FleetSpec(nodes=6, cluster=CLUSTER, seed=3)
     timings = SimTimings(probe_interval_s=0.5)
     sim = FleetSimulator(spec=spec, settings=nats, timings=timings, work_dir=tmp_path / "nodes")
     probes: dict[str, list[dict[str, Any]]] = {}
+    opened: list[Client] = []
 
     async def on_probe(msg: Any) -> None:
         body = orjson.loads(msg.data)
         if "boot_id" in body:  # the agent's probe (the prober's has no boot id)
             probes.setdefault(body["node"], []).append(body)
 
+    async def connect_agent(node: str) -> Client:
+        """The node's agent connection: its own credential (minted now, as `natsauth.py mint-agent` mints a new
+        node's) and its node's inbox."""
+        mint_agent(directory, CLUSTER, node)
+        inbox = load_natsauth().agent_inbox_prefix(CLUSTER, node)
+        settings = agent_nats(directory, url, CLUSTER, node).model_copy(update={"inbox_prefix": inbox})
+        conn = await connect(settings, name=f"agent-{node}")
+        opened.append(conn)
+        return conn
+
     await nc.subscribe(f"{nats.prefix}.probe.>", cb=on_probe)
     async with DemoWorld(sim=sim, timings=timings, region=spec.region) as world:
         templates = add_launch_templates(world.ecs, region=spec.region, zone=sim.inventory[0].zone or "")
         kv = await nc.jetstream().key_value(f"{nats.bucket_prefix}-inventory")
         await sim.publish_inventory(kv)
-
-        async def connect_agent(node: str) -> Client:
-            return nc  # the test server has no authorization: every agent shares the test's connection
-
         rotation = FleetRotation(
             sim=sim, ecs=world.ecs, kube=world.kube, inventory=kv, connect_agent=connect_agent, domains=world.domains
         )
-        settings = make_settings(nats, kube_url=world.kube_url, ecs_endpoint=world.ecs_endpoint)
+        remediator = role_nats(directory, url, "remediator")
+        settings = make_settings(remediator, kube_url=world.kube_url, ecs_endpoint=world.ecs_endpoint)
         settings.cloud.alibaba_launch_templates = templates
         service = await start_service(settings)
-        await sim.start(prober_nc=nc, agent_nc=dict.fromkeys(sim.nodes, nc))
+        prober = await connect(role_nats(directory, url, "prober"), name="prober")
+        opened.append(prober)
+        await sim.start(prober_nc=prober, agent_nc={node: await connect_agent(node) for node in sim.nodes})
         stop = asyncio.Event()
 
         async def world_loop() -> None:
@@ -84,9 +114,8 @@ async def test_an_approved_replacement_leaves_and_joins_the_fleet(
             await asyncio.sleep(1.0)
             assert world.ecs.calls_to("DeleteInstance") == [] and world.ecs.calls_to("RunInstances") == []
             assert world.kube.has_node(old) and world.kube.is_cordoned(old)  # retired, still there
-            approve = ["approve", waiting.action_id, "--nats-url", nats.url, "--by", "alice"]
-            approve += ["--bucket-prefix", nats.bucket_prefix]
-            approve += ["--prefix", nats.prefix, "--stream-prefix", nats.stream_prefix]
+            admin = nats.model_copy(update={"creds_file": str(directory / "admin.creds")})
+            approve = ["approve", waiting.action_id, "--by", "alice", *nats_args(admin)]
             result = await asyncio.to_thread(CliRunner().invoke, cli, approve, catch_exceptions=False)
             assert result.exit_code == 0, result.output
             await wait_for_record(nc, nats, action="replace", phase="succeeded", timeout=60)
@@ -104,6 +133,8 @@ async def test_an_approved_replacement_leaves_and_joins_the_fleet(
             await ticking
             await sim.stop()
             await service.stop()
+            for conn in opened:
+                await conn.close()
 
         assert [(r.action, r.phase) for r in await audit_records(nc, nats) if r.time > ghost.time] == []
         deletes = world.ecs.calls_to("DeleteInstance")
