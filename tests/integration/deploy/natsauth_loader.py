@@ -111,6 +111,16 @@ def agent_nats(tmp_path: Path, url: str, cluster: str, node: str) -> NatsSetting
     )
 
 
+async def connect_agent(tmp_path: Path, url: str, cluster: str, node: str) -> Client:
+    """A node agent's connection as deployed, for the simulator's real agent code: the node's own credential
+    (minted now, as `natsauth.py mint-agent` mints it, while `per_role_server(tmp_path)` runs) and its node's
+    inbox (`agent_inbox_prefix`, what the agent derives from the base prefix). The caller closes it."""
+    mint_agent(tmp_path, cluster, node)
+    inbox = load_natsauth().agent_inbox_prefix(cluster, node)
+    settings = agent_nats(tmp_path, url, cluster, node).model_copy(update={"inbox_prefix": inbox})
+    return await connect(settings, name=f"agent-{node}")
+
+
 def violations(tmp_path: Path) -> list[str]:
     """The permission violations the server of `per_role_server(tmp_path)` logged."""
     return [line for line in (tmp_path / "nats.log").read_text().splitlines() if "Violation" in line]

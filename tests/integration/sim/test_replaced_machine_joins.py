@@ -31,9 +31,7 @@ from nodeheal.sim.fleet import FleetSpec
 from nodeheal.sim.rotation import NEW_MACHINE_KERNEL, FleetRotation, add_launch_templates
 from nodeheal.sim.world import DemoWorld
 from tests.integration.deploy.natsauth_loader import (
-    agent_nats,
-    load_natsauth,
-    mint_agent,
+    connect_agent,
     per_role_server,
     role_nats,
     violations,
@@ -72,13 +70,10 @@ async def _replacement(tmp_path: Path, directory: Path, url: str, nc: Client, na
         if "boot_id" in body:  # the agent's probe (the prober's has no boot id)
             probes.setdefault(body["node"], []).append(body)
 
-    async def connect_agent(node: str) -> Client:
-        """The node's agent connection: its own credential (minted now, as `natsauth.py mint-agent` mints a new
-        node's) and its node's inbox."""
-        mint_agent(directory, CLUSTER, node)
-        inbox = load_natsauth().agent_inbox_prefix(CLUSTER, node)
-        settings = agent_nats(directory, url, CLUSTER, node).model_copy(update={"inbox_prefix": inbox})
-        conn = await connect(settings, name=f"agent-{node}")
+    async def agent(node: str) -> Client:
+        """The node's agent connection under its own credential, minted now (for a joining machine: when it
+        joins, as an operator's `natsauth.py mint-agent` does for a new node)."""
+        conn = await connect_agent(directory, url, CLUSTER, node)
         opened.append(conn)
         return conn
 
@@ -88,7 +83,7 @@ async def _replacement(tmp_path: Path, directory: Path, url: str, nc: Client, na
         kv = await nc.jetstream().key_value(f"{nats.bucket_prefix}-inventory")
         await sim.publish_inventory(kv)
         rotation = FleetRotation(
-            sim=sim, ecs=world.ecs, kube=world.kube, inventory=kv, connect_agent=connect_agent, domains=world.domains
+            sim=sim, ecs=world.ecs, kube=world.kube, inventory=kv, connect_agent=agent, domains=world.domains
         )
         remediator = role_nats(directory, url, "remediator")
         settings = make_settings(remediator, kube_url=world.kube_url, ecs_endpoint=world.ecs_endpoint)
@@ -96,7 +91,7 @@ async def _replacement(tmp_path: Path, directory: Path, url: str, nc: Client, na
         service = await start_service(settings)
         prober = await connect(role_nats(directory, url, "prober"), name="prober")
         opened.append(prober)
-        await sim.start(prober_nc=prober, agent_nc={node: await connect_agent(node) for node in sim.nodes})
+        await sim.start(prober_nc=prober, agent_nc={node: await agent(node) for node in sim.nodes})
         stop = asyncio.Event()
 
         async def world_loop() -> None:

@@ -1,7 +1,8 @@
 """A simulated kernel crash reaches nodeheal the way a real one does: the dying node leaves a pstore
 ramoops record (and maybe a kdump vmcore-dmesg.txt) in its files, never a line in a probe; after the
 reboot the agent's own `CrashCollector` reads them and the crash report lands in CRASHES on a real
-nats-server, where the diagnoser's classifier finds the injected panic."""
+nats-server, where the diagnoser's classifier finds the injected panic. As deployed: the per-role server, each
+node's agent under its own node credential, the prober under its role; the test reads as admin."""
 
 from __future__ import annotations
 
@@ -16,19 +17,33 @@ from nats.aio.client import Client
 from nodeheal.diagnoser.crash import classify
 from nodeheal.diagnoser.kb import Matcher, load_knowledge_base
 from nodeheal.diagnoser.kb.signature import signature_identified
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.crash import CrashReport
 from nodeheal.sim.engine import FleetSimulator, SimTimings
 from nodeheal.sim.faults import PlannedFault
 from nodeheal.sim.fleet import FleetSpec
+from tests.integration.deploy.natsauth_loader import connect_agent, per_role_server, role_nats, violations
 
 pytestmark = pytest.mark.nats
 
 
-async def test_a_simulated_panic_is_reported_from_pstore_after_the_reboot(
-    topology_ready: NatsSettings, nc: Client, tmp_path: Path
+async def test_a_simulated_panic_is_reported_from_pstore_after_the_reboot(tmp_path: Path) -> None:
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    async with per_role_server(directory, "prober") as (server, nc, settings):
+        opened = [await connect(role_nats(directory, server.url, "prober"), name="prober")]
+        try:
+            await _panic_reported(tmp_path, nc, settings, directory, server.url, opened)
+        finally:
+            for conn in opened:
+                await conn.close()
+    assert violations(directory) == []
+
+
+async def _panic_reported(
+    tmp_path: Path, nc: Client, settings: NatsSettings, directory: Path, url: str, opened: list[Client]
 ) -> None:
-    settings = topology_ready
     spec = FleetSpec(nodes=6, seed=5, bad_kernel_share=1.0)
     sim = FleetSimulator(
         spec=spec,
@@ -48,7 +63,9 @@ async def test_a_simulated_panic_is_reported_from_pstore_after_the_reboot(
     await nc.subscribe(f"{settings.prefix}.probe.>", cb=probe)
     await nc.subscribe(f"{settings.prefix}.crash.>", cb=crash)
     await nc.flush()
-    await sim.start(prober_nc=nc, agent_nc=dict.fromkeys(sim.nodes, nc))
+    agents = {node: await connect_agent(directory, url, spec.cluster, node) for node in sim.nodes}
+    opened.extend(agents.values())
+    await sim.start(prober_nc=opened[0], agent_nc=agents)
     try:
         await asyncio.sleep(0.5)
         [fault] = sim.inject(PlannedFault(at_s=0.0, fault_class="bad_kernel_crash"))
