@@ -20,7 +20,7 @@ from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import audit_subject
-from tests.integration.deploy.natsauth_loader import RoleServer, mint_role, role_nats, role_server, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, role_server, violations
 from tests.support.broker import cancel_as_data_arrives
 from tests.support.cli import nats_args
 from tests.unit.replay.factories import record
@@ -40,13 +40,6 @@ async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
 async def writer(deployed: RoleServer) -> JetStreamContext:
     """The remediator's connection: the only writer of AUDIT."""
     return (await deployed.role_nc("remediator")).jetstream()
-
-
-@pytest.fixture
-def reader(deployed: RoleServer) -> NatsSettings:
-    """What `nodeheal audit tail` is given: the operator's read-only credential."""
-    mint_role(deployed.dir, "reader")
-    return role_nats(deployed.dir, deployed.url, "reader")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,18 +15,12 @@ from nats.js.client import JetStreamContext
 
 from nodeheal.cli.replay import replay
 from nodeheal.cli.timeline import TimelineMessage
-from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from tests.integration.deploy.natsauth_loader import (
-    RoleServer,
     admin_stands_in,
-    mint_role,
-    role_nats,
-    role_server,
-    violations,
 )
 from tests.support.cli import nats_args
 from tests.unit.replay.factories import (
@@ -44,14 +37,6 @@ from tests.unit.replay.factories import (
 pytestmark = pytest.mark.nats
 
 nc, topology_ready = admin_stands_in()  # the test stands in for the services that wrote the streams, as admin
-
-
-@pytest.fixture
-async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
-    """A nats-server of the test's own with the deployed per-role authorization; the CLI runs as `reader`."""
-    async with role_server(tmp_path, "reader") as d:
-        yield d
-        assert violations(d.dir) == []
 
 
 def scenario() -> list[TimelineMessage]:
@@ -119,18 +104,13 @@ async def _replay(settings: NatsSettings, since: datetime, until: datetime, *ext
 
 @pytest.fixture
 async def recorded(
-    topology_ready: NatsSettings, js: JetStreamContext, deployed: RoleServer
+    topology_ready: NatsSettings, js: JetStreamContext, audit_js: JetStreamContext, reader: NatsSettings
 ) -> tuple[NatsSettings, datetime, datetime]:
     """The scenario stored; the settings the CLI is given: the reader's credential."""
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
-    mint_role(deployed.dir, "remediator")
-    remediator = await connect(role_nats(deployed.dir, deployed.url, "remediator"), name="remediator")
-    try:
-        await publish_scenario(js, topology_ready, scenario(), audit_js=remediator.jetstream())
-    finally:
-        await remediator.close()
+    await publish_scenario(js, topology_ready, scenario(), audit_js=audit_js)
     until = datetime.now(tz=UTC) + timedelta(seconds=1)
-    return role_nats(deployed.dir, deployed.url, "reader"), since, until
+    return reader, since, until
 
 
 async def test_replay_rebuilds_the_known_timelines_and_is_byte_identical(

@@ -1,5 +1,9 @@
 """`nodeheal replay --what-if` against a real nats-server: a stricter disk threshold finds an incident the
-recorded run did not have, and not one message reaches the live subjects while the sandbox runs."""
+recorded run did not have, and not one message reaches the live subjects while the sandbox runs.
+
+As deployed: the per-role server; the command runs under the operator's read-only `reader` credential (the
+server itself would refuse any write of the sandbox); the test stands in for the services that wrote the streams,
+as admin, and for the remediator (only its credential may write AUDIT). No permission violation logged."""
 
 from __future__ import annotations
 
@@ -27,27 +31,41 @@ from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.cloud import CloudSystemEvent
 from nodeheal.schemas.ids import deterministic_id
 from nodeheal.schemas.probe import FileSystem, LoadAverage, NodeProbe, Reachability, ServiceState
+from tests.integration.deploy.natsauth_loader import (
+    admin_stands_in,
+)
 from tests.integration.replay.test_replay import _args, publish_scenario
 from tests.unit.replay.factories import CLUSTER, at, cloud_event, diagnosis, firing, record, subject_of
 
 pytestmark = pytest.mark.nats
 
+nc, topology_ready = admin_stands_in()  # the test stands in for the services that wrote the streams, as admin
+
 
 async def _what_if_unchanged(
-    js: JetStreamContext, settings: NatsSettings, tmp_path: Path, *, before: Sequence[Any], window: Sequence[Any]
+    js: JetStreamContext,
+    settings: NatsSettings,
+    tmp_path: Path,
+    *,
+    before: Sequence[Any],
+    window: Sequence[Any],
+    audit_js: JetStreamContext,
+    reader: NatsSettings,
 ) -> dict[str, Any]:
     """Store `before`, then the window's messages from a `--since` between them, and run `replay --what-if` with
     unchanged rules over that window: the JSON report."""
     for m in before:
-        await publish_model(js, subject_of(m, settings.prefix), m, msg_id=m.id)
+        into = audit_js if isinstance(m, RemediationRecord) else js
+        await publish_model(into, subject_of(m, settings.prefix), m, msg_id=m.id)
     await asyncio.sleep(1.1)
     since = datetime.now(tz=UTC)
     for m in window:
-        await publish_model(js, subject_of(m, settings.prefix), m, msg_id=m.id)
+        into = audit_js if isinstance(m, RemediationRecord) else js
+        await publish_model(into, subject_of(m, settings.prefix), m, msg_id=m.id)
     until = datetime.now(tz=UTC) + timedelta(seconds=1)
     same = tmp_path / "same.yaml"
     same.write_text("detector: {}\n")
-    args = _args(settings, since, until, "--all", "--json", "--what-if", str(same))
+    args = _args(reader, since, until, "--all", "--json", "--what-if", str(same))
     result = await asyncio.to_thread(CliRunner().invoke, replay, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report: dict[str, Any] = json.loads(result.stdout)
@@ -82,7 +100,7 @@ def disk_scenario() -> list[TimelineMessage]:
 
 
 async def test_stricter_threshold_shows_the_difference_and_publishes_nothing(
-    topology_ready: NatsSettings, js: JetStreamContext, nc: Client, tmp_path: Path
+    topology_ready: NatsSettings, js: JetStreamContext, nc: Client, tmp_path: Path, reader: NatsSettings
 ) -> None:
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
     await publish_scenario(js, topology_ready, disk_scenario())
@@ -98,7 +116,7 @@ async def test_stricter_threshold_shows_the_difference_and_publishes_nothing(
     sub = await nc.subscribe(f"{topology_ready.prefix}.>", cb=listen)
     await nc.flush()
     try:
-        args = _args(topology_ready, since, until, "--all", "--json", "--what-if", str(rules))
+        args = _args(reader, since, until, "--all", "--json", "--what-if", str(rules))
         result = await asyncio.to_thread(CliRunner().invoke, replay, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         await nc.flush()
@@ -115,16 +133,16 @@ async def test_stricter_threshold_shows_the_difference_and_publishes_nothing(
     # the same window with the live thresholds: no difference at all
     same = tmp_path / "same.yaml"
     same.write_text("detector: {}\n")
-    args = _args(topology_ready, since, until, "--all", "--json", "--what-if", str(same))
+    args = _args(reader, since, until, "--all", "--json", "--what-if", str(same))
     again = await asyncio.to_thread(CliRunner().invoke, replay, args, catch_exceptions=False)
     assert json.loads(again.stdout)["what_if"]["differences"] == []
 
 
-async def test_a_bad_rules_file_is_a_usage_error(topology_ready: NatsSettings, tmp_path: Path) -> None:
+async def test_a_bad_rules_file_is_a_usage_error(reader: NatsSettings, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text("detector:\n  disk_full_pct: 900\n")
     now = datetime.now(tz=UTC)
-    args = _args(topology_ready, now - timedelta(minutes=1), now, "--all", "--what-if", str(rules))
+    args = _args(reader, now - timedelta(minutes=1), now, "--all", "--what-if", str(rules))
     result = await asyncio.to_thread(CliRunner().invoke, replay, args)
     assert result.exit_code == 2
     assert "disk_full_pct" in result.output
@@ -142,7 +160,7 @@ def host_reboot_scenario() -> tuple[CloudSystemEvent, list[TimelineMessage]]:
 
 
 async def test_a_host_event_announced_before_the_window_is_known_to_the_what_if(
-    topology_ready: NatsSettings, js: JetStreamContext, tmp_path: Path
+    topology_ready: NatsSettings, js: JetStreamContext, tmp_path: Path, audit_js: JetStreamContext, reader: NatsSettings
 ) -> None:
     """A notice comes once, days ahead (AWS about two weeks), and nothing more until its phase changes:
     the window of a postmortem rarely holds it. Before, the what-if read CLOUD from --since only, so the
@@ -152,7 +170,9 @@ async def test_a_host_event_announced_before_the_window_is_known_to_the_what_if(
     # another node's event ended before the window; a late report of an earlier phase does not reopen it
     ended = cloud_event("node-x", t=-7000, phase="completed")
     late = cloud_event("node-x", t=-6900, phase="scheduled")
-    report = await _what_if_unchanged(js, topology_ready, tmp_path, before=[notice, ended, late], window=probes)
+    report = await _what_if_unchanged(
+        js, topology_ready, tmp_path, before=[notice, ended, late], window=probes, audit_js=audit_js, reader=reader
+    )
     assert report["what_if"]["differences"] == []  # before: a new incident, `unexpected_reboot`, at t = 180 s
     assert report["what_if"]["open_before_window"] == {"cloud_events": 1, "anomalies_left_out": 1}
     assert report["what_if"]["incidents"] == 0 and report["what_if"]["ttd_s"]["max"] is None
@@ -211,7 +231,7 @@ def own_reboot_scenario() -> tuple[list[TimelineMessage], list[TimelineMessage]]
 
 
 async def test_our_own_reboot_begun_before_the_window_is_known_to_the_what_if(
-    topology_ready: NatsSettings, js: JetStreamContext, tmp_path: Path
+    topology_ready: NatsSettings, js: JetStreamContext, tmp_path: Path, audit_js: JetStreamContext, reader: NatsSettings
 ) -> None:
     """The live detector knew we were rebooting node-r (its AUDIT `started`, 20 s before the window: an expected
     grace) and the diagnoser explained the downtime by it (`planned_reboot`). Before, the what-if read AUDIT from
@@ -221,7 +241,9 @@ async def test_our_own_reboot_begun_before_the_window_is_known_to_the_what_if(
     assert not [m for m in before if isinstance(m, Anomaly)]  # nothing fired before the window
     recorded = [m for m in window if isinstance(m, Anomaly)]
     assert {(a.kind, a.expected) for a in recorded} == {("node_down", True)}
-    report = await _what_if_unchanged(js, topology_ready, tmp_path, before=before, window=window)
+    report = await _what_if_unchanged(
+        js, topology_ready, tmp_path, before=before, window=window, audit_js=audit_js, reader=reader
+    )
     assert report["what_if"]["differences"] == []
     # the records before the window are the sandbox's initial state only: not in the window's timeline or counts
     assert report["counts"]["audit_records"] == len([m for m in window if isinstance(m, RemediationRecord)])

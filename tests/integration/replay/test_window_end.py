@@ -1,7 +1,11 @@
 """Incidents still open at the end of the window, and operator requests, on a real nats-server: the demo's
 report (its own stream reader and `build_report`) and `nodeheal replay` read the same recorded window and
 give every incident and every fault the same time to repair; an operator's batch reboot is listed as an
-operator request and changes no incident. Widening the window closes the open incidents."""
+operator request and changes no incident. Widening the window closes the open incidents.
+
+As deployed: the per-role server; `nodeheal replay` and the demo report's reader under the operator's read-only
+`reader` credential; the test stands in for the services that wrote the streams (as admin, and as the remediator
+for AUDIT, which only its credential may write)."""
 
 from __future__ import annotations
 
@@ -16,14 +20,20 @@ from nats.js.client import JetStreamContext
 
 from nodeheal.cli.replay import replay
 from nodeheal.cli.timeline import TimelineMessage
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.jetstream import publish_model
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import Anomaly
+from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.sim.demo_report import RunRecord, build_report, collect_window
 from nodeheal.sim.faults import InjectedFault
+from tests.integration.deploy.natsauth_loader import admin_stands_in
+from tests.support.cli import nats_args
 from tests.unit.replay.factories import T0, diagnosis, firing, operator_request, record, resolved, subject_of
 
 pytestmark = pytest.mark.nats
+
+nc, topology_ready = admin_stands_in()  # the test stands in for the services that wrote the streams, as admin
 
 
 def _scenario() -> tuple[list[TimelineMessage], list[Anomaly]]:
@@ -80,22 +90,28 @@ TRUTH = [
 ]
 
 
-async def _publish(js: JetStreamContext, settings: NatsSettings, messages: list[Any]) -> None:
+async def _publish(
+    js: JetStreamContext, settings: NatsSettings, messages: list[Any], *, audit_js: JetStreamContext
+) -> None:
     for m in messages:
-        await publish_model(js, subject_of(m, settings.prefix), m, msg_id=m.id)
+        into = audit_js if isinstance(m, RemediationRecord) else js
+        await publish_model(into, subject_of(m, settings.prefix), m, msg_id=m.id)
 
 
 async def _replay(settings: NatsSettings, since: datetime, until: datetime) -> dict[str, Any]:
-    args = ["--nats-url", settings.url, "--prefix", settings.prefix, "--stream-prefix", settings.stream_prefix]
-    args += ["--bucket-prefix", settings.bucket_prefix, "--since", since.isoformat(), "--until", until.isoformat()]
+    args = [*nats_args(settings), "--since", since.isoformat(), "--until", until.isoformat()]
     result = await asyncio.to_thread(CliRunner().invoke, replay, [*args, "--all", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output + result.stderr
     report: dict[str, Any] = json.loads(result.stdout)
     return report
 
 
-async def _demo_report(js: JetStreamContext, settings: NatsSettings, since: datetime, until: datetime) -> Any:
-    messages, findings = await collect_window(js, settings=settings, since=since, until=until)
+async def _demo_report(settings: NatsSettings, since: datetime, until: datetime) -> Any:
+    reader = await connect(settings, name="demo-report")
+    try:
+        messages, findings = await collect_window(reader.jetstream(), settings=settings, since=since, until=until)
+    finally:
+        await reader.close()
     record_ = RunRecord(
         nodes=4,
         duration_s=300.0,
@@ -118,19 +134,19 @@ def _ttr(report: dict[str, Any]) -> dict[str, float | None]:
 
 
 async def test_open_incidents_and_operator_requests_agree_between_replay_and_the_demo_report(
-    topology_ready: NatsSettings, js: JetStreamContext
+    topology_ready: NatsSettings, js: JetStreamContext, audit_js: JetStreamContext, reader: NatsSettings
 ) -> None:
     settings = topology_ready
     inside, after = _scenario()
     since = datetime.now(tz=UTC) - timedelta(seconds=1)
-    await _publish(js, settings, inside)
+    await _publish(js, settings, inside, audit_js=audit_js)
     await asyncio.sleep(0.05)
     window_end = datetime.now(tz=UTC)
     await asyncio.sleep(0.05)
-    await _publish(js, settings, after)
+    await _publish(js, settings, after, audit_js=audit_js)
     later = datetime.now(tz=UTC) + timedelta(seconds=1)
 
-    cut = await _replay(settings, since, window_end)
+    cut = await _replay(reader, since, window_end)
     assert _ttr(cut) == {
         "node-k/node_hang": 90.0,  # open (kernel_fault held) but verified after it fired
         "node-l/node_hang": None,  # the read-only fs came after the verification and still fires
@@ -146,7 +162,7 @@ async def test_open_incidents_and_operator_requests_agree_between_replay_and_the
     o = next(i for i in cut["incidents"] if i["node"] == "node-o")
     assert o["actions"] == [] and o["diagnoses"] == [] and o["action_taken"] is False
 
-    demo = await _demo_report(js, settings, since, window_end)
+    demo = await _demo_report(reader, since, window_end)
     assert demo["ttr_s"] == cut["ttr_s"] and demo["ttd_s"] == cut["ttd_s"] and demo["tti_s"] == cut["tti_s"]
     by_incident = {i["incident_id"]: i for i in cut["incidents"]}
     rows = {r["fault_id"]: r for r in demo["fault_rows"]}
@@ -164,7 +180,7 @@ async def test_open_incidents_and_operator_requests_agree_between_replay_and_the
     }
 
     # the resolutions stored after the window close the incidents when the window includes them
-    wide = await _replay(settings, since, later)
+    wide = await _replay(reader, since, later)
     assert _ttr(wide) == {
         "node-k/node_hang": 90.0,
         "node-l/node_hang": 90.0,
@@ -172,5 +188,5 @@ async def test_open_incidents_and_operator_requests_agree_between_replay_and_the
         "node-o/disk_full": 100.0,
     }
     assert wide["counts"]["open"] == 0
-    wide_demo = await _demo_report(js, settings, since, later)
+    wide_demo = await _demo_report(reader, since, later)
     assert wide_demo["ttr_s"] == wide["ttr_s"] and wide_demo["faults"]["repaired"] == 5
