@@ -38,6 +38,16 @@ def load_natsauth() -> ModuleType:
     return module
 
 
+def write_auth(tmp_path: Path, *roles: str) -> Any:
+    """The deployed per-role authorization for a nats-server of a test's own: `tmp_path/auth.conf` (its
+    configuration file) and `<role>.creds` for `admin` and each of `roles`; returns the bundle (it mints more)."""
+    bundle = load_natsauth().build()
+    (tmp_path / "auth.conf").write_text(bundle.server_config())
+    for role in ("admin", *roles):
+        (tmp_path / f"{role}.creds").write_text(bundle.user_creds(role))
+    return bundle
+
+
 @contextlib.asynccontextmanager
 async def per_role_server(
     tmp_path: Path, *roles: str, nodes: tuple[tuple[str, str], ...] = (), provision: bool = True
@@ -47,11 +57,8 @@ async def per_role_server(
     minted as `natsauth.py mint-agent` mints a node's (`agent_nats`); the topology applied with the admin
     credential (unless `provision` is False: an empty server, as before `nodeheal streams apply`); yields the
     server, an admin connection (closed on exit) and the admin's settings."""
-    bundle = load_natsauth().build()
-    (tmp_path / "auth.conf").write_text(bundle.server_config())
+    bundle = write_auth(tmp_path, *roles)
     with EmbeddedNats(config_file=str(tmp_path / "auth.conf"), log_file=str(tmp_path / "nats.log")) as server:
-        for role in ("admin", *roles):
-            (tmp_path / f"{role}.creds").write_text(bundle.user_creds(role))
         for cluster, node in nodes:
             (tmp_path / f"agent-{cluster}-{node}.creds").write_text(
                 bundle.user_creds("agent", cluster=cluster, node=node)

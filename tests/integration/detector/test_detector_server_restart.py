@@ -5,7 +5,11 @@ detector's connection comes back within a moment, each node's probes only when t
 one after the other over more than a second. Before, the detector judged silence again at the first probe after
 the outage: the nodes whose agents came back later than that one were `node_down` (in a fleet, a third of it after
 a 20 s restart, with rack partitions and deleted agent pods to follow). Now the detector judges no silence while
-its own connection is down, and gives every node a full silence timeout after it is back."""
+its own connection is down, and gives every node a full silence timeout after it is back.
+
+As deployed: the server has the per-role authorization (the restarted one the same configuration file), the
+detector runs under its role's credential and inbox prefix; the test stands in for the agents and the prober,
+as admin. No permission violation logged."""
 
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ import nats
 import pytest
 
 from nodeheal.detector.rules import RuleConfig
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
+from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import NodeProbe, Reachability
 from nodeheal.schemas.subjects import prober_probe_subject
 from nodeheal.sim.embedded import EmbeddedNats
+from tests.integration.deploy.natsauth_loader import role_nats, violations, write_auth
 from tests.integration.detector.test_detector_nats import anomalies, probe, publish, started_runtime
-from tests.support.broker import unique_settings
 
 pytestmark = pytest.mark.nats
 
@@ -31,12 +37,15 @@ NODES = [f"n{i}" for i in range(8)]
 
 async def test_a_nats_server_restart_makes_no_healthy_node_silent(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
-    server = EmbeddedNats(store_dir=store).start()
+    write_auth(tmp_path, "detector")
+    served = {"store_dir": store, "config_file": str(tmp_path / "auth.conf"), "log_file": str(tmp_path / "nats.log")}
+    server = EmbeddedNats(**served).start()
     port = server.port
-    settings = unique_settings(server.url)
+    settings = NatsSettings(url=server.url)
+    detector = role_nats(tmp_path, server.url, "detector")
     options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.2, "allow_reconnect": True}
-    detector_nc = await nats.connect(server.url, **options)
-    agents_nc = await nats.connect(server.url, **options)
+    detector_nc = await connect(detector, name="detector", **options)
+    agents_nc = await nats.connect(server.url, user_credentials=str(tmp_path / "admin.creds"), **options)
     restarted: EmbeddedNats | None = None
     try:
         await apply_topology(agents_nc.jetstream(), settings.topology())
@@ -68,14 +77,14 @@ async def test_a_nats_server_restart_makes_no_healthy_node_silent(tmp_path: Path
             )
 
         rules = RuleConfig(probe_interval_s=1.0, warmup_s=0.0, clear_probes=1)
-        async with started_runtime(settings, detector_nc, rules):
+        async with started_runtime(detector, detector_nc, rules):
             for _ in range(4):  # a healthy fleet, every agent probing each second
                 for node in NODES:
                     await one(node)
                 await asyncio.sleep(1.0)
             server.stop()
             await asyncio.sleep(4.0)  # longer than the silence timeout (2.5 probe intervals)
-            restarted = EmbeddedNats(port=port, store_dir=store).start()
+            restarted = EmbeddedNats(port=port, **served).start()
             for _ in range(200):  # both connections back (reconnect every 0.2 s)
                 if agents_nc.is_connected and detector_nc.is_connected:
                     break
@@ -98,3 +107,4 @@ async def test_a_nats_server_restart_makes_no_healthy_node_silent(tmp_path: Path
                 s.stop()
     silent = [(a.node, a.kind, a.subject) for a in found if a.kind in ("node_down", "node_hang", "service_down")]
     assert silent == []
+    assert violations(tmp_path) == []
