@@ -12,7 +12,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from nodeheal.cloud_events.prober.app import InventoryCache
-from nodeheal.runtime.kvwatch import caught_up, initial_values
+from nodeheal.runtime.kvwatch import caught_up, initial_values, last_values
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from tests.support.broker import ScratchBucket
@@ -67,6 +67,17 @@ async def test_the_initial_values_are_all_read_even_when_the_marker_comes_first(
     empty = await kv.watch("node.c9.*")  # nothing stored: the marker alone ends the initial values
     assert [e async for e in initial_values(empty)] == []
     await empty.stop()  # type: ignore[no-untyped-call]
+
+
+async def test_last_values_are_each_keys_last_value_without_the_deleted_ones(scratch_bucket: ScratchBucket) -> None:
+    """What a start reads with one watch instead of a get per key (the inventory store, the diagnoser's crash
+    histories): each key's last value once, deleted keys left out, other keys' patterns not read."""
+    kv = await scratch_bucket("last")
+    for key, value in (("crash.c1.a", b"1"), ("crash.c1.b", b"2"), ("crash.c1.a", b"3"), ("node.c1.a", b"4")):
+        await kv.put(key, value)
+    await kv.delete("crash.c1.b")
+    assert [(e.key, e.value) for e in await last_values(kv, "crash.>")] == [("crash.c1.a", b"3")]
+    assert await last_values(kv, "claim.>") == []
 
 
 async def test_the_prober_inventory_is_not_loaded_empty_when_the_marker_comes_first(

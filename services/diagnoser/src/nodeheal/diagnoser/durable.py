@@ -54,14 +54,14 @@ from datetime import datetime, timedelta
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from nodeheal.diagnoser.crash import CrashBuckets, bucket_key, classify
 from nodeheal.diagnoser.reasoning import Diagnoser
 from nodeheal.diagnoser.state import node_key
-from nodeheal.runtime.jetstream import kv_keys, read_range
+from nodeheal.runtime.jetstream import read_range
+from nodeheal.runtime.kvwatch import last_values
 from nodeheal.runtime.startup import patiently
 from nodeheal.schemas.anomaly import Anomaly
 from nodeheal.schemas.audit import RemediationRecord
@@ -170,16 +170,11 @@ class DurableState:
         bucket = self.bucket
         if bucket is None:
             return 0
-        keys = await patiently("crash histories", functools.partial(kv_keys, bucket, pattern="crash.>"))
+        entries = await patiently("crash histories", functools.partial(last_values, bucket, "crash.>"))
         loaded = 0
-        for key in keys:
-            if not key.startswith("crash."):
-                continue
+        for entry in entries:
+            key = entry.key
             _, cluster, node = key.split(".", 2)
-            try:
-                entry = await patiently(f"crash history {key}", functools.partial(bucket.get, key))
-            except KeyNotFoundError:
-                continue
             try:
                 items = json.loads(entry.value or b"[]")
                 history = [

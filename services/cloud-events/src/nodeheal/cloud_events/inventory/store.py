@@ -35,7 +35,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from nodeheal.runtime.jetstream import kv_keys
-from nodeheal.runtime.kvwatch import initial_values
+from nodeheal.runtime.kvwatch import last_values
 from nodeheal.schemas.inventory import NodeInventory, claim_key, instance_key, inventory_key
 from nodeheal.schemas.subjects import escape_token, unescape_token
 
@@ -104,7 +104,7 @@ class InventoryStore:
         (an unchanged Node is then not written again) and claims, and which instances' index is not the claim
         `_rank` chooses among every cluster's stored claims. Returns the node records read."""
         prefix = escape_token(self.cluster)
-        for entry in await _entries(self.kv, f"node.{prefix}.*"):
+        for entry in await last_values(self.kv, f"node.{prefix}.*"):
             record = _record_of(entry.value)
             if record is not None and record.cluster == self.cluster:
                 self._stored[record.node] = record
@@ -112,12 +112,12 @@ class InventoryStore:
         # every cluster's claims and the index, as stored bytes: parsed only where a comparison needs it (an
         # instance claimed by more than one cluster, an index whose bytes are not its one claim's)
         claims: dict[str, list[bytes]] = {}
-        for entry in await _entries(self.kv, "claim.>"):
+        for entry in await last_values(self.kv, "claim.>"):
             _, instance, cluster = _tokens(entry.key)
             claims.setdefault(instance, []).append(entry.value or b"")
             if cluster == self.cluster and (record := _record_of(entry.value)) is not None:
                 self._claimed[instance] = record
-        index = {_tokens(e.key)[1]: e.value for e in await _entries(self.kv, "instance.>")}
+        index = {_tokens(e.key)[1]: e.value for e in await last_values(self.kv, "instance.>")}
         for instance, stored in claims.items():
             value = index.pop(instance, None)
             if value is None:
@@ -320,15 +320,6 @@ class InventoryStore:
         if removed:
             log.info("removed nodes that no longer exist", extra={"count": len(removed)})
         return removed
-
-
-async def _entries(kv: KeyValue, pattern: str) -> list[KeyValue.Entry]:
-    """The last value of every key matching `pattern` (delete markers left out): a watch's initial values."""
-    watcher = await kv.watch(pattern)
-    try:
-        return [e async for e in initial_values(watcher) if e.operation is None and e.value]
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
 
 
 def _tokens(key: str) -> list[str]:
