@@ -195,7 +195,7 @@ async def test_a_full_inventory_bucket_is_said_with_what_to_do_and_the_watcher_c
     nc: Client,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The bucket's byte cap (3 % of `streams apply --store-gib`; the default 1 GiB holds about 20,000 nodes) is
+    """The bucket's byte cap (3 % of `streams apply --store-gib`; the default 1 GiB holds about 10,000 nodes) is
     reached: the server refuses the write ("maximum bytes exceeded", a 503). Before, the watcher logged a traceback
     at every retry, like a NATS outage, and stayed ready while no Node was written. Now it says the bucket is
     full and what to run (once a minute, no traceback), is not ready while it is, and writes what waited once

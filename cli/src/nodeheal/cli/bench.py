@@ -436,13 +436,19 @@ def cloud_read(messages: int, nodes: int, host_share: float, repeat: int, as_jso
 @click.option("--nodes", type=click.IntRange(1, 1_000_000), default=5_000, show_default=True, help="Nodes listed.")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
 def inventory(nodes: int, as_json: bool) -> None:
-    """The inventory watcher's first list and a restarted watcher's list into the inventory bucket: s per list."""
+    """The inventory watcher's first list (one record at a time and as it writes now), a restarted watcher's list
+    (without and with reading the bucket first: seconds and bucket updates) and a service's inventory load (per-key
+    get and one watch)."""
     require_sim("nodeheal bench")
     from nodeheal.sim.bench.inventory import run_inventory
 
+    def say(stage: str) -> None:
+        if not as_json:
+            click.echo(f"  {stage} ...", err=True)
+
     if not as_json:
-        click.echo(f"benchmarking the inventory store: {nodes} nodes listed twice ...", err=True)
-    _print_with_profile(run_inventory(nodes=nodes), as_json=as_json)
+        click.echo(f"benchmarking the inventory watcher and store with {nodes} nodes:", err=True)
+    _print_with_profile(run_inventory(nodes=nodes, progress=say), as_json=as_json)
 
 
 @bench.command("detector-storm")

@@ -53,8 +53,8 @@ class BucketFullError(Exception):
         bucket = getattr(kv, "_name", "inventory")  # nats-py keeps the bucket name private
         super().__init__(
             f"the inventory bucket {bucket} is full (the server answers 'maximum bytes exceeded'): nodeheal streams "
-            "apply gives it 3 % of --store-gib (31 MiB of the default 1 GiB), and each node takes about 1.6 KiB there "
-            "(its record, its cluster's claim, the instance index: about 20,000 nodes per GiB of --store-gib). "
+            "apply gives it 3 % of --store-gib (31 MiB of the default 1 GiB), and each node takes about 3 KiB there "
+            "(its record, its cluster's claim, the instance index: about 10,000 nodes per GiB of --store-gib). "
             "Re-run `nodeheal streams apply --store-gib N` with N for your fleet (production: 64) on a NATS volume "
             "that holds it; until then new and changed Nodes are not written (the watcher keeps trying)"
         )
@@ -98,6 +98,11 @@ class InventoryStore:
         self._stale_index: set[str] = set()
         self.writes = 0
         self.deletes = 0
+
+    @property
+    def listed(self) -> bool:
+        """The first list is complete (`remove_absent` ran): from then on an upsert writes claims and the index."""
+        return self._listed
 
     async def load(self) -> int:
         """Read what the bucket holds before the first list (a restarted watcher): this cluster's node records
