@@ -12,6 +12,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from nodeheal.cloud_events.prober.app import InventoryCache
+from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.kvwatch import caught_up, initial_values, last_values
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
@@ -78,6 +79,37 @@ async def test_last_values_are_each_keys_last_value_without_the_deleted_ones(scr
     await kv.delete("crash.c1.b")
     assert [(e.key, e.value) for e in await last_values(kv, "crash.>")] == [("crash.c1.a", b"3")]
     assert await last_values(kv, "claim.>") == []
+
+
+async def test_the_inventory_load_and_its_watch_are_one_watch(
+    js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
+    """The diagnoser's and remediator's start: `InventoryFeed.load` reads the watch's initial values (each record
+    once, a deleted node's marker as a delete) and the inventory loop follows that same watch: a later change is
+    delivered, the loaded records are not delivered a second time."""
+    bucket = f"{topology_ready.bucket_prefix}-inventory"
+    kv = await js.key_value(bucket)
+    early = [NodeInventory(cluster="prod-1", node=n) for n in ("a", "b")]
+    for record in early:
+        await kv.put(inventory_key("prod-1", record.node), record.to_json())
+    await kv.put(inventory_key("prod-1", "gone"), NodeInventory(cluster="prod-1", node="gone").to_json())
+    await kv.delete(inventory_key("prod-1", "gone"))
+    got: list[NodeInventory] = []
+    deleted: list[tuple[str, str]] = []
+    feed = InventoryFeed(bucket, on_put=got.append, on_delete=lambda c, n: deleted.append((c, n)))
+    assert await feed.open(js)
+    assert await feed.load() == 3 and got == early and deleted == [("prod-1", "gone")]
+    watching = asyncio.create_task(feed.watch())
+    try:
+        late = NodeInventory(cluster="prod-1", node="c")
+        await kv.put(inventory_key("prod-1", "c"), late.to_json())
+        for _ in range(100):
+            if late in got:
+                break
+            await asyncio.sleep(0.05)
+        assert got == [*early, late]
+    finally:
+        watching.cancel()
 
 
 async def test_the_prober_inventory_is_not_loaded_empty_when_the_marker_comes_first(
