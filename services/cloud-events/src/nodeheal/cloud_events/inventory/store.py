@@ -19,8 +19,9 @@ far are not all claimants.
 A restarted watcher first reads what the bucket holds (`load`: this cluster's node records and claims, every
 cluster's claims and the index, one KV watch each): a Node whose record is unchanged is not written again, nor
 its claim, nor its index when the index already names the claim `_rank` chooses. Before, a restart rewrote all
-three records of every node (a 50,000-node restart list took 35 s and put 150,000 updates before every service
-that watches the bucket). What the load finds inconsistent — an index that does not name the chosen claim, or
+three records of every node (a 50,000-node restart list through the watcher's loop took 84 s and put 150,000
+updates before every service that watches the bucket; now 23 s and none: docs/BENCHMARKS.md).
+What the load finds inconsistent — an index that does not name the chosen claim, or
 names an instance no cluster claims (a watcher killed between its two writes) — is written again at the end of
 the first list."""
 
@@ -118,11 +119,14 @@ class InventoryStore:
         # instance claimed by more than one cluster, an index whose bytes are not its one claim's)
         claims: dict[str, list[bytes]] = {}
         for entry in await last_values(self.kv, "claim.>"):
-            _, instance, cluster = _tokens(entry.key)
+            tokens = _tokens(entry.key)
+            if len(tokens) != 3:  # not a key this store writes: left alone
+                continue
+            _, instance, cluster = tokens
             claims.setdefault(instance, []).append(entry.value or b"")
             if cluster == self.cluster and (record := _record_of(entry.value)) is not None:
                 self._claimed[instance] = record
-        index = {_tokens(e.key)[1]: e.value for e in await last_values(self.kv, "instance.>")}
+        index = {t[1]: e.value for e in await last_values(self.kv, "instance.>") if len(t := _tokens(e.key)) == 2}
         for instance, stored in claims.items():
             value = index.pop(instance, None)
             if value is None:
