@@ -21,4 +21,6 @@ def test_bench_inventory_counts_what_a_restart_writes() -> None:
     assert report["keys"] == {"node": 150, "claim": 150, "instance": 150}
     assert report["restart_list_without_load_updates"] == 450  # every record, claim and index written again
     assert report["restart_list_updates"] == 0
+    assert report["service_load_records"] == 150  # the load read every node once
+    # each stage measured (seconds to four decimals: a 150-node load takes milliseconds; rounded to two, it read 0.0)
     assert min(report["first_list_one_by_one_s"], report["first_list_s"], report["service_load_s"]) > 0

@@ -151,7 +151,7 @@ async def _run(*, nodes: int, progress: Callable[[str], None]) -> dict[str, Any]
         again_updates = await updates() - seq
         bucket = nats.topology().bucket(f"{nats.bucket_prefix}-inventory").name
         progress("a service's inventory load: a get per key (as before), then one watch")
-        by_get, by_watch = await _service_load_by_get(kv), await _service_load(js, bucket)
+        by_get, (by_watch, loaded) = await _service_load_by_get(kv), await _service_load(js, bucket)
     kinds: dict[str, int] = {}
     for key in keys:
         kinds[key.split(".", 1)[0]] = kinds.get(key.split(".", 1)[0], 0) + 1
@@ -159,23 +159,25 @@ async def _run(*, nodes: int, progress: Callable[[str], None]) -> dict[str, Any]
         "bench": "inventory",
         "nodes": nodes,
         "store_gib": STORE_BYTES / 2**30,
-        "first_list_one_by_one_s": round(one_by_one, 2),
-        "first_list_s": round(first, 2),
+        "first_list_one_by_one_s": round(one_by_one, 4),
+        "first_list_s": round(first, 4),
         "first_list_ms_per_node": round(first / nodes * 1e3, 3),
-        "restart_list_without_load_s": round(unread, 2),
+        "restart_list_without_load_s": round(unread, 4),
         "restart_list_without_load_updates": unread_updates,
-        "restart_list_s": round(again, 2),
+        "restart_list_s": round(again, 4),
         "restart_list_ms_per_node": round(again / nodes * 1e3, 3),
         "restart_list_updates": again_updates,
-        "service_load_by_get_s": round(by_get, 2),
-        "service_load_s": round(by_watch, 2),
+        "service_load_by_get_s": round(by_get, 4),
+        "service_load_s": round(by_watch, 4),
+        "service_load_records": loaded,
         "keys": kinds,
         "bucket_bytes_per_node": round(stored / nodes),
     }
 
 
-async def _service_load(js: Any, bucket: str) -> float:
-    """A service's start reading every node record (`InventoryFeed.load`: a KV watch's initial values)."""
+async def _service_load(js: Any, bucket: str) -> tuple[float, int]:
+    """A service's start reading every node record (`InventoryFeed.load`: a KV watch's initial values): the
+    seconds it took and the records it read."""
     seen: list[NodeInventory] = []
     feed = InventoryFeed(bucket, on_put=seen.append)
     await feed.open(js)
@@ -183,7 +185,7 @@ async def _service_load(js: Any, bucket: str) -> float:
     await feed.load()
     took = time.perf_counter() - started
     assert len(seen) == len({r.node for r in seen}) > 0
-    return took
+    return took, len(seen)
 
 
 async def _service_load_by_get(kv: KeyValue) -> float:
