@@ -34,6 +34,10 @@ async def test_replay_of_a_demo_run_agrees_with_the_demo_report(nats_url: str, t
         "--settle",
         "20",  # the replay must agree with the report on whatever is open at the end: no longer settle needed
         "--no-partition",
+        # the zone spike's twelve crashes 7 s apart from 45 % of the run would stretch the 20 s injection window
+        # to 86 s: the run took 134 s with it, the replay's agreement is the same without it (the spike itself is
+        # tests/integration/sim/test_zone_spike_found.py)
+        "--no-zone-spike",
         "--report",
         str(tmp_path / "demo.html"),
         "--run-dir",
