@@ -17,9 +17,10 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from nodeheal.cli.window import read_durable
+from nodeheal.cli.window import DURABLE_BATCH, DURABLE_MARK, read_durable
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.audit import RemediationRecord
@@ -66,6 +67,22 @@ async def test_a_durable_read_stopped_early_is_resumed_after_its_last_record(
     assert second == list(range(11, RECORDS + 1))
     info = await js.consumer_info(stream, "ops")
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_a_durable_read_ends_on_its_own_last_acknowledgements_without_waiting(
+    topology_ready: NatsSettings, js: JetStreamContext, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A bounded durable read with nobody else on the durable ends when it has read everything: it does not
+    take its own last acknowledgements, not yet counted by the server when it asks for the consumer's state,
+    for records "delivered to another reader" and wait on them. Before, nearly every read did so, saying it on
+    stderr: these four reads took 16-22 s (0.2 s now); a 20,000-record read 6 s instead of 1.2."""
+    records = _many()
+    await _publish(js, topology_ready, records)
+    stream, subject = _stream_and_subject(topology_ready)
+    for durable in ("ops-1", "ops-2", "ops-3", "ops-4"):
+        got = [s.seq async for s in read_durable(js, stream=stream, durable=durable, subjects=[subject])]
+        assert got == list(range(1, RECORDS + 1))
+    assert "another reader" not in capfd.readouterr().err
 
 
 async def test_a_durable_read_waits_for_what_another_reader_holds(
@@ -146,6 +163,59 @@ async def test_the_cli_interrupted_is_resumed_by_its_next_run(
     text = out.decode(errors="replace")
     first = _ids(text[: text.rfind("\n") + 1])
     assert 10 <= len(first) < RECORDS
+    second = await _invoke(topology_ready, "--durable", "ops", "--json")
+    assert first + _ids(second.stdout) == [r.action_id for r in records]
+
+
+async def test_the_cli_killed_while_printing_prints_nothing_again(
+    topology_ready: NatsSettings, js: JetStreamContext
+) -> None:
+    """The real command blocked writing to a full pipe, then SIGKILLed (a pod's grace period over): every
+    record it wrote whole was acknowledged before the next was written, so the next run, once the killed
+    one's fetched records are back (the durable's ack wait), prints the rest: every record once, in order.
+    Before, the acknowledgements of a fetched batch stayed in the client's buffer while the batch was
+    printed (the event loop never ran its flusher between two records): the next run printed the killed
+    run's records again."""
+    records = _many()
+    await _publish(js, topology_ready, records)
+    stream, subject = _stream_and_subject(topology_ready)
+    # the durable as the command makes it, with a 1 s ack wait so the killed run's batch is redelivered soon
+    await js.add_consumer(
+        stream,
+        config=ConsumerConfig(
+            durable_name="ops",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=subject,
+            description=DURABLE_MARK,
+            ack_wait=1.0,
+        ),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nodeheal.cli.main", *_args(topology_ready, "--durable", "ops", "--json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: the command blocks after a few records nobody reads
+    out = bytearray()
+    try:
+        await asyncio.to_thread(_read_lines, fd, 10, out)
+        await asyncio.sleep(1.0)  # it fills the pipe and blocks in the middle of its first batch
+        assert proc.poll() is None
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 30)
+        await asyncio.to_thread(_read_lines, fd, RECORDS + 1, out)  # what it wrote before the kill
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    text = out.decode(errors="replace")
+    first = _ids(text[: text.rfind("\n") + 1])  # whole lines: a record cut by the kill was not printed
+    assert 10 <= len(first) < DURABLE_BATCH  # killed inside the first batch
+    await asyncio.sleep(1.5)  # the killed run's fetched records come back after the 1 s ack wait
     second = await _invoke(topology_ready, "--durable", "ops", "--json")
     assert first + _ids(second.stdout) == [r.action_id for r in records]
 

@@ -451,6 +451,23 @@ def inventory(nodes: int, as_json: bool) -> None:
     _print_with_profile(run_inventory(nodes=nodes, progress=say), as_json=as_json)
 
 
+@bench.command("audit-read")
+@click.option(
+    "--records", type=click.IntRange(1, 10_000_000), default=20_000, show_default=True, help="Records in AUDIT."
+)
+@click.option("--rounds", type=click.IntRange(1, 100), default=3, show_default=True, help="Reads of each kind.")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print only the JSON object.")
+def audit_read(records: int, rounds: int, as_json: bool) -> None:
+    """A durable `audit tail --durable NAME` read of AUDIT, before (acknowledgements left in the client's buffer,
+    the read's end waiting on its own) and now, alternated in one run: seconds, records/s, reads that waited."""
+    require_sim("nodeheal bench")
+    from nodeheal.sim.bench.audit_read import run_audit_read
+
+    if not as_json:
+        click.echo(f"benchmarking durable reads of {records} audit records, {rounds} of each kind ...", err=True)
+    _print_with_profile(run_audit_read(records=records, rounds=rounds), as_json=as_json)
+
+
 @bench.command("detector-storm")
 @click.option(
     "--nodes", type=click.IntRange(10, 1_000_000), default=25_000, show_default=True, help="Nodes that fall silent."

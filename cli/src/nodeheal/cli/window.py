@@ -210,6 +210,9 @@ async def _open_reader(
     return await js.pull_subscribe(subjects[0], durable=None, stream=stream, config=config)
 
 
+ACK_SEND_TURNS = 8
+"""At most this many turns of the event loop are given to the client's flusher after an acknowledgement."""
+
 DURABLE_BATCH = 32
 """Messages a durable read fetches at a time. Each is acknowledged after it was handed on; what was fetched and
 not handed on is given back (nak) when the read ends, but a small batch also keeps a slow stdout (a paused
@@ -218,6 +221,11 @@ pager) from holding many messages past the consumer's ack wait, after which the 
 HELD_MARGIN_S = 5.0
 """A bounded durable read whose only remaining messages are delivered to another reader (not yet acknowledged)
 waits for them the consumer's ack wait plus this, then ends and says so."""
+
+OWN_ACKS_CHECKS = 4
+OWN_ACKS_PAUSE_S = 0.02
+"""At a bounded read's end, what consumer info counts as delivered and unacknowledged is asked again up to
+OWN_ACKS_CHECKS times (after a round trip and 20, 40, 60, 80 ms) before it is taken for another reader's."""
 
 _CONSUMER_NOT_FOUND = 10014
 """JetStream's error code for "consumer not found" (a 404 with the stream still there)."""
@@ -256,6 +264,7 @@ async def read_durable(
     taken: Msg | None = None  # yielded, not yet acknowledged: acknowledged at the end
     held_until: float | None = None  # (bounded read) when to stop waiting for messages another reader holds
     held_reported = False
+    own_acks_checks = 0  # consumer info asked again while what looks held may be our own acks in flight
     try:
         while True:
             try:
@@ -274,6 +283,16 @@ async def read_durable(
                 pending, held = cinfo.num_pending or 0, cinfo.num_ack_pending or 0
                 if pending + held == 0:
                     return
+                if pending == 0 and own_acks_checks < OWN_ACKS_CHECKS:
+                    # our own last acknowledgements may not be counted yet: the server applies them apart from
+                    # answering consumer info. Before, a read's end then waited 5 s on "records delivered to
+                    # another reader" that were its own. A round trip, a short pause, and ask again
+                    own_acks_checks += 1
+                    nc = getattr(js, "_nc", None)
+                    if nc is not None and nc.is_connected:
+                        await nc.flush(timeout=2)
+                    await asyncio.sleep(OWN_ACKS_PAUSE_S * own_acks_checks)
+                    continue
                 if pending == 0:  # only delivered-and-unacknowledged ones left: ours (given back) or another's
                     waiting_for_held = True
                     now = asyncio.get_running_loop().time()
@@ -311,6 +330,7 @@ async def read_durable(
                 psub = await _rebind(js, psub, stream=stream, durable=durable)
                 continue
             fetched.extend(msgs)
+            own_acks_checks = 0
             stop_if_cancelled()
             while fetched:
                 taken = fetched.popleft()
@@ -325,6 +345,7 @@ async def read_durable(
                     raise
                 await taken.ack()
                 taken = None
+                await _acks_sent(js)
                 held_until = None  # progress: a new wait for held messages starts from here
                 stop_if_cancelled()  # Ctrl-C: the rest of the batch is given back, not printed
     finally:
@@ -380,6 +401,20 @@ def _gone(exc: NotFoundError, *, stream: str, durable: str) -> Exception:
     if exc.err_code == _CONSUMER_NOT_FOUND:
         return RuntimeError(f"durable {durable} on {stream} no longer exists (deleted?); run again to create it anew")
     return exc
+
+
+async def _acks_sent(js: JetStreamContext) -> None:
+    """Let the client's flusher hand what it holds (the acknowledgement just made) to the socket before the
+    next message is yielded. nats-py buffers a publish and writes it from its flusher task, which runs only
+    when the event loop does: a caller that prints a whole batch without waiting (stdout is blocking) kept
+    every acknowledgement of the batch in the buffer, and a SIGKILL then lost them (the next run printed
+    those records again). The flusher is woken by the ack; one turn of the loop runs it (a few more if
+    other tasks are ahead of it; bounded, never a wait)."""
+    nc = getattr(js, "_nc", None)
+    for _ in range(ACK_SEND_TURNS):
+        if nc is None or not nc.is_connected or nc.pending_data_size == 0:
+            return
+        await asyncio.sleep(0)
 
 
 async def _give_back(js: JetStreamContext, psub: JetStreamContext.PullSubscription, fetched: deque[Msg]) -> None:
