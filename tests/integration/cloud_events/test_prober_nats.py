@@ -1,11 +1,19 @@
 """The prober reads the inventory bucket, checks real local listeners and publishes its results in
 `ProberResults` batches to a real PROBES stream; a dead node is seen as an entry with every check failing.
-With PROBES partitioned, the server stores each batch in the partition of the nodes it carries."""
+With PROBES partitioned, the server stores each batch in the partition of the nodes it carries.
+
+The prober runs as deployed: under the `prober` role's credential and inbox on a nats-server of the test's own
+with the per-role authorization (the admin stands in for the inventory watcher and the reader of PROBES), and the
+server logs no permission violation. The partition test alone runs on the shared server: its layout (PROBES in
+eight partitions) is not the one the per-role server is provisioned with."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -17,9 +25,22 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.prober import ProberResults
 from nodeheal.schemas.subjects import PROBER_KIND, prober_probe_subject, unescape_token
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, role_server, violations
 from tests.unit.cloud_events.prober_targets import hung_listener, local_node
 
 pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
+    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
+    the test, no permission violation in its log."""
+    async with role_server(tmp_path, "prober") as d:
+        yield d
+    assert violations(d.dir) == []
+
+
+nc, topology_ready = admin_stands_in()  # the admin stands in for the inventory watcher and PROBES' reader
 
 
 async def _stored(nc: Client, settings: NatsSettings, count: int) -> list[tuple[str, ProberResults]]:
@@ -44,8 +65,9 @@ async def _stored(nc: Client, settings: NatsSettings, count: int) -> list[tuple[
 async def _one_round_against_a_local_node(
     nc: Client, nats: NatsSettings, nodes: tuple[NodeInventory, ...]
 ) -> RoundResult:
-    """Put `nodes` in the inventory, then one prober round whose checks reach a real local node at 127.0.0.1
-    (ssh, kubelet and healthz listeners); other addresses answer nothing."""
+    """Put `nodes` in the inventory (with `nc`), then one prober round (under `nats`, the prober's settings) whose
+    checks reach a real local node at 127.0.0.1 (ssh, kubelet and healthz listeners); other addresses answer
+    nothing."""
     kv = await nc.jetstream().key_value(f"{nats.bucket_prefix}-inventory")
     for inv in nodes:
         await kv.put(inventory_key(inv.cluster, inv.node), inv.to_json())
@@ -68,11 +90,13 @@ async def _one_round_against_a_local_node(
             await prober.stop()
 
 
-async def test_round_publishes_reachability_and_sees_a_dead_node(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_round_publishes_reachability_and_sees_a_dead_node(
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
+) -> None:
     alive = NodeInventory(cluster="prod-1", node="alive-1", addresses=("127.0.0.1",), ready=True)
     dead = NodeInventory(cluster="prod-1", node="dead-1", addresses=("127.0.0.2",), ready=False)
     other_cluster = NodeInventory(cluster="prod-2", node="elsewhere", addresses=("127.0.0.1",))
-    result = await _one_round_against_a_local_node(nc, topology_ready, (alive, dead, other_cluster))
+    result = await _one_round_against_a_local_node(nc, deployed.role, (alive, dead, other_cluster))
 
     assert (result.nodes, result.unreachable, result.published, result.failed_publishes) == (2, 1, 2, 0)
     assert result.messages == 1  # both nodes' results in one message (PROBES not partitioned)
@@ -123,7 +147,7 @@ async def _prober_of_two(
 
 
 async def test_a_slow_round_sends_what_was_checked_before_the_round_ends(
-    topology_ready: NatsSettings, nc: Client
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     """A node that hangs the kubelet's answer keeps the round going for the check's whole timeout; the nodes
     checked meanwhile do not wait for it: their batch is stored after `batch_flush_s`, long before the round
@@ -132,7 +156,7 @@ async def test_a_slow_round_sends_what_was_checked_before_the_round_ends(
     await _alive_and_hung(js, topology_ready)
     stream = f"{topology_ready.stream_prefix}PROBES"
     async with local_node() as node, hung_listener("127.0.0.3", node.healthz_port):
-        prober = await _prober_of_two(node.kubelet_port, node.healthz_port, nats=topology_ready, timeout_s=4)
+        prober = await _prober_of_two(node.kubelet_port, node.healthz_port, nats=deployed.role, timeout_s=4)
         try:
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -151,7 +175,7 @@ async def test_a_slow_round_sends_what_was_checked_before_the_round_ends(
     assert {(r.check, r.ok) for r in second.results[0].reachability} == {("tcp", False), ("kubelet_healthz", False)}
 
 
-async def test_with_partitions_each_batch_is_stored_in_the_partition_of_its_nodes(nc: Client, nats_url: str) -> None:
+async def test_with_partitions_each_batch_is_stored_in_the_partition_of_its_nodes(nats_url: str) -> None:
     """The prober computes the server's partition hash itself (FNV-1a of the subject's cluster and node tokens):
     a batch's routing token lands it in the partition whose nodes it carries, and that is where the server puts
     those nodes' own probe subjects too (so the detector replica owning a node gets its batch)."""
@@ -159,6 +183,7 @@ async def test_with_partitions_each_batch_is_stored_in_the_partition_of_its_node
     from tests.support.broker import remove_topology, unique_settings
 
     s = unique_settings(nats_url).model_copy(update={"probe_partitions": 8})
+    nc = await nats.connect(nats_url)  # the shared server (this module's `nc` is the per-role server's admin)
     js = nc.jetstream()
     await apply_topology(js, s.topology())
     try:
@@ -200,6 +225,7 @@ async def test_with_partitions_each_batch_is_stored_in_the_partition_of_its_node
             assert {server_partition[r.node] for r in batch.results} == {batch.partition}
     finally:
         await remove_topology(js, s)
+        await nc.close()
 
 
 async def _raw(nc: Client, settings: NatsSettings, count: int) -> list[tuple[str, bytes]]:
@@ -217,12 +243,14 @@ async def _raw(nc: Client, settings: NatsSettings, count: int) -> list[tuple[str
     return found
 
 
-async def test_inventory_changes_reach_the_next_round(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_inventory_changes_reach_the_next_round(
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
+) -> None:
     js = nc.jetstream()
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     a = NodeInventory(cluster="prod-1", node="a", addresses=("127.0.0.2",))
     await kv.put(inventory_key("prod-1", "a"), a.to_json())
-    settings = ProberSettings(nats=topology_ready, cluster="prod-1", tcp_ports=[1], ssh_port=None, healthz_url=None)
+    settings = ProberSettings(nats=deployed.role, cluster="prod-1", tcp_ports=[1], ssh_port=None, healthz_url=None)
     prober = Prober(settings)
     await prober.start()
     try:
@@ -241,7 +269,9 @@ async def test_inventory_changes_reach_the_next_round(topology_ready: NatsSettin
         await prober.stop()
 
 
-async def test_a_round_ends_while_the_server_is_slow_to_acknowledge(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_round_ends_while_the_server_is_slow_to_acknowledge(
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
+) -> None:
     """The round's end stopped its every-`batch_flush_s` sender by cancelling it. When that sender was
     waiting for a free async-publish slot (the server slow to acknowledge: every slot taken), nats-py turned
     the cancellation into `TooManyStalledMsgsError`, the sender logged it as a failed publish and went on
@@ -253,7 +283,7 @@ async def test_a_round_ends_while_the_server_is_slow_to_acknowledge(topology_rea
         prober = await _prober_of_two(
             node.kubelet_port,
             node.healthz_port,
-            nats=topology_ready.model_copy(update={"publish_timeout_s": 3.0}),
+            nats=deployed.role.model_copy(update={"publish_timeout_s": 3.0}),
             timeout_s=2,
             max_pending_publishes=1,
         )
@@ -276,13 +306,15 @@ async def test_a_round_ends_while_the_server_is_slow_to_acknowledge(topology_rea
     assert (result.nodes, result.unreachable, result.published) == (2, 1, 0)
 
 
-async def test_a_node_without_an_address_is_not_reported_unreachable(topology_ready: NatsSettings, nc: Client) -> None:
+async def test_a_node_without_an_address_is_not_reported_unreachable(
+    deployed: RoleServer, topology_ready: NatsSettings, nc: Client
+) -> None:
     """A node the inventory has no address for yet (the cloud controller has not initialised it) was never checked:
     it is left out of the batch (the detector judges its silence without a prober verdict) and counted as such.
     Before, it was sent as unreachable, a failed `tcp` check that never ran, which counts towards node_down."""
     alive = NodeInventory(cluster="prod-1", node="alive-2", addresses=("127.0.0.1",), ready=True)
     new = NodeInventory(cluster="prod-1", node="no-address-yet", addresses=(), ready=False)
-    result = await _one_round_against_a_local_node(nc, topology_ready, (alive, new))
+    result = await _one_round_against_a_local_node(nc, deployed.role, (alive, new))
     assert (result.unreachable, result.unaddressed, result.published) == (0, 1, 1)
     [(_subject, batch)] = await _stored(nc, topology_ready, 1)
     assert [r.node for r in batch.results] == ["alive-2"]
