@@ -1,11 +1,16 @@
 """The inventory watcher against kmock's Kubernetes emulator (the official client over HTTP) and a
-real nats-server: the bucket is filled, updated on change and cleaned on node removal."""
+real nats-server: the bucket is filled, updated on change and cleaned on node removal.
+
+The watcher runs as deployed: under the `inventory` role's credential and inbox on a nats-server of the test's own
+with the per-role authorization (the admin stands in for the services that read the bucket and for the operator
+who changes its cap), and the server logs no permission violation."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import kmock
@@ -19,8 +24,21 @@ from nodeheal.cloud_events.inventory.app import InventoryWatcher
 from nodeheal.cloud_events.inventory.settings import InventorySettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, instance_key, inventory_key
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, role_server, violations
 
 pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
+    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
+    the test, no permission violation in its log."""
+    async with role_server(tmp_path, "inventory") as d:
+        yield d
+    assert violations(d.dir) == []
+
+
+nc, topology_ready = admin_stands_in()  # the admin stands in for the bucket's readers and the operator
 
 
 def _node(name: str, *, instance: str, zone: str = "cn-hangzhou-k", ready: str = "True") -> dict[str, Any]:
@@ -82,14 +100,14 @@ async def _until(kv: KeyValue, key: str, predicate: Callable[[NodeInventory | No
 
 
 async def test_inventory_follows_nodes(
-    kube: tuple[kmock.KubernetesEmulator, str], topology_ready: NatsSettings, nc: Client
+    kube: tuple[kmock.KubernetesEmulator, str], deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     _emulator, url = kube
     core = _core(url)
     await asyncio.to_thread(core.create_node, _node("node-a", instance="i-aaa"))
     await asyncio.to_thread(core.create_node, _node("node-b", instance="i-bbb"))
     settings = InventorySettings(
-        nats=topology_ready, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2, retry_backoff_s=0.2
+        nats=deployed.role, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2, retry_backoff_s=0.2
     )
     watcher = InventoryWatcher(settings)
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
@@ -134,7 +152,7 @@ async def test_inventory_follows_nodes(
 
 
 async def test_relist_removes_nodes_deleted_while_away(
-    kube: tuple[kmock.KubernetesEmulator, str], topology_ready: NatsSettings, nc: Client
+    kube: tuple[kmock.KubernetesEmulator, str], deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     _emulator, url = kube
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
@@ -145,7 +163,7 @@ async def test_relist_removes_nodes_deleted_while_away(
     other = NodeInventory(cluster="prod-2", node="gone")
     await kv.put(inventory_key("prod-2", "gone"), other.to_json())
     await asyncio.to_thread(_core(url).create_node, _node("node-a", instance="i-aaa"))
-    settings = InventorySettings(nats=topology_ready, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2)
+    settings = InventorySettings(nats=deployed.role, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2)
     watcher = InventoryWatcher(settings)
     await watcher.start()
     try:
@@ -160,7 +178,7 @@ async def test_relist_removes_nodes_deleted_while_away(
 
 
 async def test_410_gone_leads_to_a_relist(
-    kube: tuple[kmock.KubernetesEmulator, str], topology_ready: NatsSettings, nc: Client
+    kube: tuple[kmock.KubernetesEmulator, str], deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     emulator, url = kube
     answered = {"gone": False}
@@ -176,7 +194,7 @@ async def test_410_gone_leads_to_a_relist(
     core = _core(url)
     await asyncio.to_thread(core.create_node, _node("node-a", instance="i-aaa"))
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
-    settings = InventorySettings(nats=topology_ready, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2)
+    settings = InventorySettings(nats=deployed.role, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2)
     watcher = InventoryWatcher(settings)
     await watcher.start()
     try:
@@ -191,6 +209,7 @@ async def test_410_gone_leads_to_a_relist(
 
 async def test_a_full_inventory_bucket_is_said_with_what_to_do_and_the_watcher_catches_up_after(
     kube: tuple[kmock.KubernetesEmulator, str],
+    deployed: RoleServer,
     topology_ready: NatsSettings,
     nc: Client,
     caplog: pytest.LogCaptureFixture,
@@ -204,7 +223,7 @@ async def test_a_full_inventory_bucket_is_said_with_what_to_do_and_the_watcher_c
     core = _core(url)
     await asyncio.to_thread(core.create_node, _node("node-a", instance="i-aaa"))
     settings = InventorySettings(
-        nats=topology_ready, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2, retry_backoff_s=0.2
+        nats=deployed.role, cluster="prod-1", kube_mode="url", api_url=url, read_timeout_s=2, retry_backoff_s=0.2
     )
     watcher = InventoryWatcher(settings)
     js = nc.jetstream()

@@ -5,7 +5,8 @@ controller, deleted by the operator, deleted while the watcher was away and foun
 a 410 Gone)), and after a restart of the watcher.
 
 The inventory service runs for real against kmock's Kubernetes emulator (the official client over HTTP)
-and a real nats-server. Every write to the bucket is followed in order with a KV watch on the whole
+and a real nats-server, as deployed: under the `inventory` role's credential and inbox, the server running the
+per-role authorization (the admin's connection follows the bucket), no permission violation logged. Every write to the bucket is followed in order with a KV watch on the whole
 bucket; a change to a third Node (`probe`) serves as a barrier: once its record shows step N, every
 write caused by the Node events before it is in the log (events are applied in order)."""
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import kmock
@@ -26,8 +28,21 @@ from nodeheal.cloud_events.inventory.app import InventoryWatcher
 from nodeheal.cloud_events.inventory.settings import InventorySettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, instance_key, inventory_key
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, role_server, violations
 
 pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
+    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
+    the test, no permission violation in its log."""
+    async with role_server(tmp_path, "inventory") as d:
+        yield d
+    assert violations(d.dir) == []
+
+
+nc, topology_ready = admin_stands_in()  # the admin's connection follows the bucket
 
 CLUSTER = "prod-1"
 MACHINE = "i-bp1abc"
@@ -137,14 +152,18 @@ async def _synced_watcher(
 
 @pytest.mark.parametrize("old_modified", [True, False], ids=["old-modified", "old-untouched"])
 async def test_the_stale_node_neither_takes_nor_deletes_the_index(
-    kube: tuple[kmock.KubernetesEmulator, str], topology_ready: NatsSettings, nc: Client, old_modified: bool
+    kube: tuple[kmock.KubernetesEmulator, str],
+    deployed: RoleServer,
+    topology_ready: NatsSettings,
+    nc: Client,
+    old_modified: bool,
 ) -> None:
     _emulator, url = kube
     core = _core(url)
     await asyncio.to_thread(core.create_node, PROBE)
     await asyncio.to_thread(core.create_node, OLD)  # ADDED old (in the first list)
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
-    async with _synced_watcher(topology_ready, url, kv) as (_, log):
+    async with _synced_watcher(deployed.role, url, kv) as (_, log):
         await _barrier(core, log, 1)
         assert await _names(kv) == "old-name"  # the only claimant
 
@@ -173,14 +192,18 @@ async def test_the_stale_node_neither_takes_nor_deletes_the_index(
 
 @pytest.mark.parametrize("old_modified", [True, False], ids=["old-modified", "old-untouched"])
 async def test_a_relist_keeps_the_index_on_the_live_node(
-    kube: tuple[kmock.KubernetesEmulator, str], topology_ready: NatsSettings, nc: Client, old_modified: bool
+    kube: tuple[kmock.KubernetesEmulator, str],
+    deployed: RoleServer,
+    topology_ready: NatsSettings,
+    nc: Client,
+    old_modified: bool,
 ) -> None:
     emulator, url = kube
     core = _core(url)
     await asyncio.to_thread(core.create_node, PROBE)
     await asyncio.to_thread(core.create_node, OLD)
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
-    async with _synced_watcher(topology_ready, url, kv) as (watcher, log):
+    async with _synced_watcher(deployed.role, url, kv) as (watcher, log):
         await asyncio.to_thread(core.create_node, NEW)
         if old_modified:
             not_ready = {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
@@ -208,7 +231,7 @@ async def test_a_relist_keeps_the_index_on_the_live_node(
 
 
 async def test_a_restart_with_both_nodes_listed_does_not_flip_the_index(
-    kube: tuple[kmock.KubernetesEmulator, str], topology_ready: NatsSettings, nc: Client
+    kube: tuple[kmock.KubernetesEmulator, str], deployed: RoleServer, topology_ready: NatsSettings, nc: Client
 ) -> None:
     """The list gives old-name before new-name; the index (new-name, from the run before) stays put."""
     _emulator, url = kube
@@ -219,7 +242,7 @@ async def test_a_restart_with_both_nodes_listed_does_not_flip_the_index(
     kv = await nc.jetstream().key_value(f"{topology_ready.bucket_prefix}-inventory")
     before = NodeInventory(cluster=CLUSTER, node="new-name", instance_id=MACHINE)
     await kv.put(instance_key(MACHINE), before.to_json())
-    async with _synced_watcher(topology_ready, url, kv) as (_, log):
+    async with _synced_watcher(deployed.role, url, kv) as (_, log):
         await _barrier(core, log, 1)
         assert await _names(kv) == "new-name"
     assert set(log.index()) == {"new-name"}, log.index()

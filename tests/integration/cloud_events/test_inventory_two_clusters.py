@@ -6,12 +6,16 @@ the index away from prod-b. Before, the index was keyed by the instance id alone
 deleted it as if it were the only claimant: the last writer won, and prod-a's delete removed the index
 that prod-b needed (a cloud event for the machine was then published unmapped).
 
-Two real stores against a real nats-server; the ingest's `InventoryResolver` reads the index."""
+Two real stores against a real nats-server; the ingest's `InventoryResolver` reads the index. The stores write as
+deployed: through a connection under the `inventory` role's credential and inbox, the server running the per-role
+authorization, no permission violation logged."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from nats.js.client import JetStreamContext
@@ -22,8 +26,31 @@ from nodeheal.cloud_events.inventory.store import InventoryStore
 from nodeheal.runtime.jetstream import kv_keys
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, claim_key, instance_key
+from tests.integration.deploy.natsauth_loader import RoleServer, role_server, violations
 
 pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
+    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
+    the test, no permission violation in its log."""
+    async with role_server(tmp_path, "inventory") as d:
+        yield d
+    assert violations(d.dir) == []
+
+
+@pytest.fixture(name="js")
+async def inventory_js(deployed: RoleServer) -> JetStreamContext:
+    """What the inventory watchers write with: a connection under the `inventory` role."""
+    return (await deployed.role_nc("inventory")).jetstream()
+
+
+@pytest.fixture(name="topology_ready")
+def admin_settings(deployed: RoleServer) -> NatsSettings:
+    """The layout's names (provisioned on the per-role server by the admin)."""
+    return deployed.settings
+
 
 MACHINE = "i-bp1moved"
 STALE = NodeInventory(
