@@ -1,7 +1,11 @@
 """The ingest HTTP endpoint against a real nats-server: POST → CLOUD with the right subject and
 Nats-Msg-Id; duplicates stored once; bad auth / oversize / garbage → 4xx and a DLQ entry with the
 raw bytes, but unauthenticated and oversized requests are only counted, never stored; fuzzed bodies
-always end as 2xx-and-published or 4xx-and-DLQ."""
+always end as 2xx-and-published or 4xx-and-DLQ.
+
+The ingest runs as deployed: under the `ingest` role's credential and inbox on a nats-server of the test's own with
+the per-role authorization (the admin stands in for the inventory watcher and reads the streams back), and the
+server logs no permission violation."""
 
 from __future__ import annotations
 
@@ -27,8 +31,27 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import CloudSystemEvent, DeadLetter, NodeInventory, cloud_event_message_id
 from nodeheal.schemas.inventory import instance_key
 from nodeheal.schemas.subjects import cloud_subject, dlq_subject
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, role_server, violations
 
 pytestmark = pytest.mark.nats
+
+
+@pytest.fixture
+async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
+    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
+    the test, no permission violation in its log."""
+    async with role_server(tmp_path, "ingest") as d:
+        yield d
+    assert violations(d.dir) == []
+
+
+@pytest.fixture
+def ingest_nats(deployed: RoleServer) -> NatsSettings:
+    """The ingest's NATS settings as deployed (the `ingest` role's credential and inbox prefix)."""
+    return deployed.role
+
+
+nc, topology_ready = admin_stands_in()  # the admin stands in for the inventory watcher and reads the streams
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 TOKEN = "t0ken-for-tests"
@@ -51,8 +74,8 @@ def make_settings(nats: NatsSettings, **overrides: Any) -> IngestSettings:
 
 
 @pytest.fixture
-async def client(topology_ready: NatsSettings) -> AsyncIterator[TestClient[Any, Any]]:
-    app = build_app(make_settings(topology_ready))
+async def client(ingest_nats: NatsSettings) -> AsyncIterator[TestClient[Any, Any]]:
+    app = build_app(make_settings(ingest_nats))
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
 
@@ -109,20 +132,20 @@ async def test_post_publishes_to_the_mapped_node_with_the_deterministic_msg_id(
 
 
 async def test_duplicate_post_is_stored_once_even_across_a_restart(
-    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings, ingest_nats: NatsSettings
 ) -> None:
     for _ in range(3):
         response = await client.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
         assert response.status == 200
     assert [e["outcome"] for e in (await response.json())["events"]] == ["duplicate"]
     # a second replica with an empty ledger: the stream's Nats-Msg-Id dedup keeps it at one
-    fresh = build_app(make_settings(topology_ready, ledger_seed_lookback_s=0))
+    fresh = build_app(make_settings(ingest_nats, ledger_seed_lookback_s=0))
     async with TestClient(TestServer(fresh)) as other:
         again = await other.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
         assert again.status == 200
         assert [e["outcome"] for e in (await again.json())["events"]] == ["published"]
     # a restarted replica seeds its ledger from CLOUD and does not even try
-    seeded = build_app(make_settings(topology_ready))
+    seeded = build_app(make_settings(ingest_nats))
     async with TestClient(TestServer(seeded)) as restarted:
         third = await restarted.post("/v1/events/alibaba-cms", data=REBOOT, headers=BEARER)
         assert [e["outcome"] for e in (await third.json())["events"]] == ["duplicate"]
@@ -190,16 +213,16 @@ async def test_an_event_published_unmapped_is_sent_to_the_node_once_the_inventor
 
 
 async def test_the_remap_survives_an_ingest_restart_on_either_side(
-    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings
+    client: TestClient[Any, Any], js: JetStreamContext, topology_ready: NatsSettings, ingest_nats: NatsSettings
 ) -> None:
     assert await post_outcomes(client) == [(INSTANCE, "published", False)]
     await put_inventory(js, topology_ready, instance=INSTANCE, node="worker-7")
     # restarted: the ledger seeded from CLOUD knows the transition went out unmapped
-    async with TestClient(TestServer(build_app(make_settings(topology_ready)))) as restarted:
+    async with TestClient(TestServer(build_app(make_settings(ingest_nats)))) as restarted:
         assert await post_outcomes(restarted) == [("worker-7", "remapped", True)]
         assert await post_outcomes(restarted) == [("worker-7", "duplicate", True)]
     # restarted again: the seed knows it went to worker-7 too
-    async with TestClient(TestServer(build_app(make_settings(topology_ready)))) as again:
+    async with TestClient(TestServer(build_app(make_settings(ingest_nats)))) as again:
         assert await post_outcomes(again) == [("worker-7", "duplicate", True)]
     await assert_remapped_once(js, topology_ready)
 
@@ -214,13 +237,13 @@ async def wait_for_node_copy(js: JetStreamContext, nats: NatsSettings) -> None:
 
 
 async def test_a_notice_pushed_once_reaches_its_node_when_the_inventory_learns_the_instance(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, ingest_nats: NatsSettings
 ) -> None:
     """A CMS push of a maintenance notice for a machine that joined the cluster minutes later. Before, the remap
     happened only when the same notice was reported again, and a push channel reports it once: the node first
     heard of it when the host went down. Now the ingest looks the kept unmapped events up again every
     `unmapped_recheck_s` and sends this one to its node, with no second report; a restart keeps doing it."""
-    settings = make_settings(topology_ready, unmapped_recheck_s=0.2)
+    settings = make_settings(ingest_nats, unmapped_recheck_s=0.2)
     async with TestClient(TestServer(build_app(settings))) as client:
         assert await post_outcomes(client) == [(INSTANCE, "published", False)]
         await asyncio.sleep(0.6)  # rounds ran while the inventory did not know it: nothing sent
@@ -235,12 +258,12 @@ async def test_a_notice_pushed_once_reaches_its_node_when_the_inventory_learns_t
 
 
 async def test_an_ingest_restarted_before_the_inventory_learns_the_instance_still_sends_it(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, ingest_nats: NatsSettings
 ) -> None:
-    async with TestClient(TestServer(build_app(make_settings(topology_ready, unmapped_recheck_s=0)))) as client:
+    async with TestClient(TestServer(build_app(make_settings(ingest_nats, unmapped_recheck_s=0)))) as client:
         assert await post_outcomes(client) == [(INSTANCE, "published", False)]
     # a new process: what went out unmapped comes back from CLOUD with the ledger's seed
-    async with TestClient(TestServer(build_app(make_settings(topology_ready, unmapped_recheck_s=0.2)))) as again:
+    async with TestClient(TestServer(build_app(make_settings(ingest_nats, unmapped_recheck_s=0.2)))) as again:
         sink = again.server.app[RUNTIME].sink
         assert sink is not None and len(sink.pending_unmapped) == 1
         await put_inventory(js, topology_ready, instance=INSTANCE, node="worker-7")
