@@ -31,18 +31,12 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import CloudSystemEvent, DeadLetter, NodeInventory, cloud_event_message_id
 from nodeheal.schemas.inventory import instance_key
 from nodeheal.schemas.subjects import cloud_subject, dlq_subject
-from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, role_server, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, deployed_as
 
 pytestmark = pytest.mark.nats
 
 
-@pytest.fixture
-async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
-    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
-    the test, no permission violation in its log."""
-    async with role_server(tmp_path, "ingest") as d:
-        yield d
-    assert violations(d.dir) == []
+deployed = deployed_as("ingest")  # the service under its role; no violation logged
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import kmock
@@ -28,18 +27,12 @@ from nodeheal.cloud_events.inventory.app import InventoryWatcher
 from nodeheal.cloud_events.inventory.settings import InventorySettings
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, instance_key, inventory_key
-from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, role_server, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, deployed_as
 
 pytestmark = pytest.mark.nats
 
 
-@pytest.fixture
-async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
-    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
-    the test, no permission violation in its log."""
-    async with role_server(tmp_path, "inventory") as d:
-        yield d
-    assert violations(d.dir) == []
+deployed = deployed_as("inventory")  # the service under its role; no violation logged
 
 
 nc, topology_ready = admin_stands_in()  # the admin's connection follows the bucket

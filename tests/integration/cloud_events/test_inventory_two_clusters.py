@@ -13,9 +13,7 @@ authorization, no permission violation logged."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from nats.js.client import JetStreamContext
@@ -26,18 +24,12 @@ from nodeheal.cloud_events.inventory.store import InventoryStore
 from nodeheal.runtime.jetstream import kv_keys
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, claim_key, instance_key
-from tests.integration.deploy.natsauth_loader import RoleServer, role_server, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, deployed_as
 
 pytestmark = pytest.mark.nats
 
 
-@pytest.fixture
-async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
-    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
-    the test, no permission violation in its log."""
-    async with role_server(tmp_path, "inventory") as d:
-        yield d
-    assert violations(d.dir) == []
+deployed = deployed_as("inventory")  # the service under its role; no violation logged
 
 
 @pytest.fixture(name="js")

@@ -10,8 +10,6 @@ eight partitions) is not the one the per-role server is provisioned with."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -25,19 +23,13 @@ from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas.inventory import NodeInventory, inventory_key
 from nodeheal.schemas.prober import ProberResults
 from nodeheal.schemas.subjects import PROBER_KIND, prober_probe_subject, unescape_token
-from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, role_server, violations
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, deployed_as
 from tests.unit.cloud_events.prober_targets import hung_listener, local_node
 
 pytestmark = pytest.mark.nats
 
 
-@pytest.fixture
-async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
-    """A nats-server of the test's own with the deployed per-role authorization and the topology applied; after
-    the test, no permission violation in its log."""
-    async with role_server(tmp_path, "prober") as d:
-        yield d
-    assert violations(d.dir) == []
+deployed = deployed_as("prober")  # the service under its role; no violation logged
 
 
 nc, topology_ready = admin_stands_in()  # the admin stands in for the inventory watcher and PROBES' reader

@@ -167,6 +167,20 @@ async def role_server(tmp_path: Path, role: str) -> AsyncIterator[RoleServer]:
                 await client.close()
 
 
+def deployed_as(role: str) -> Any:
+    """The `deployed` fixture of a test module whose service runs as `role`: a nats-server of the test's own with the
+    deployed per-role authorization and the topology applied (`role_server`); after the test, no permission
+    violation in its log. In the module: `deployed = deployed_as("prober")`."""
+
+    @pytest.fixture(name="deployed")
+    async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
+        async with role_server(tmp_path, role) as d:
+            yield d
+        assert violations(d.dir) == []
+
+    return deployed
+
+
 def admin_stands_in() -> tuple[Any, Any]:
     """The `nc` and `topology_ready` fixtures of a test module whose tests run on its `deployed` per-role server
     (a `RoleServer` fixture): the admin's connection and settings, the test standing in for the services not
