@@ -1,4 +1,8 @@
-"""The Alibaba poller through the official SDK against the ECS OpenAPI emulator, publishing to CLOUD."""
+"""The Alibaba poller through the official SDK against the ECS OpenAPI emulator, publishing to CLOUD.
+
+Its sink publishes (and reads the inventory and, when seeded, CLOUD) through a connection under the `ingest` role's
+credential and inbox, on a nats-server of the test's own with the per-role authorization; no permission violation
+is logged."""
 
 from __future__ import annotations
 
@@ -21,8 +25,19 @@ from nodeheal.schemas.inventory import instance_key
 from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.clock import ManualClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, deployed_as
 
 pytestmark = pytest.mark.nats
+
+deployed = deployed_as("ingest")  # the poller's sink publishes under the ingest role; no violation logged
+nc, topology_ready = admin_stands_in()  # the admin stands in for the inventory watcher and reads CLOUD back
+
+
+@pytest.fixture
+async def ingest_js(deployed: RoleServer) -> JetStreamContext:
+    """What the ingest's sink publishes and reads the inventory with: a connection under the `ingest` role."""
+    return (await deployed.role_nc("cloud-events-ingest")).jetstream()
+
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 
@@ -68,7 +83,9 @@ def _settings(emu: EcsEmulator, **overrides: Any) -> AlibabaPollerSettings:
     return AlibabaPollerSettings(**(base | overrides))
 
 
-async def test_scheduled_then_executed_gives_two_messages(js: JetStreamContext, topology_ready: NatsSettings) -> None:
+async def test_scheduled_then_executed_gives_two_messages(
+    js: JetStreamContext, topology_ready: NatsSettings, ingest_js: JetStreamContext
+) -> None:
     world = EcsWorld(clock=ManualClock())
     world.add_instance("i-node1", region_id="cn-hangzhou")
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
@@ -81,7 +98,7 @@ async def test_scheduled_then_executed_gives_two_messages(js: JetStreamContext, 
         settings = _settings(
             emu,
         )
-        sink = await make_sink(js, topology_ready)
+        sink = await make_sink(ingest_js, topology_ready)
         poller = AlibabaHistoryPoller(sink=sink, cluster="prod-1", settings=settings, clock=world.now)
         first = await poller.poll_once()
         assert [(e.provider_event_id, e.phase) for e in first] == [(event.event_id, "scheduled")]
@@ -98,7 +115,10 @@ async def test_scheduled_then_executed_gives_two_messages(js: JetStreamContext, 
 
         # a restarted poller (ledger seeded from CLOUD) publishes nothing again
         restarted = AlibabaHistoryPoller(
-            sink=await make_sink(js, topology_ready, seed=True), cluster="prod-1", settings=settings, clock=world.now
+            sink=await make_sink(ingest_js, topology_ready, seed=True),
+            cluster="prod-1",
+            settings=settings,
+            clock=world.now,
         )
         await restarted.poll_once()
 
@@ -113,7 +133,7 @@ async def test_scheduled_then_executed_gives_two_messages(js: JetStreamContext, 
 
 
 async def test_a_bad_item_and_a_refused_region_cost_only_themselves(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, ingest_js: JetStreamContext
 ) -> None:
     """One item of a history page that does not make a cloud event (an instance id longer than a node name may
     be) went to the DLQ with its whole page, every round: the reboot notice of another instance on that page
@@ -137,7 +157,7 @@ async def test_a_bad_item_and_a_refused_region_cost_only_themselves(
             region_ids=["cn-beijing", "cn-hangzhou"],
         )
         poller = AlibabaHistoryPoller(
-            sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
+            sink=await make_sink(ingest_js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
         )
         with pytest.raises(RuntimeError, match=r"1 of 2 region\(s\) failed: cn-beijing: .*Forbidden\.RAM"):
             await poller.poll_once()
@@ -150,7 +170,7 @@ async def test_a_bad_item_and_a_refused_region_cost_only_themselves(
 
 
 async def test_a_throttled_page_keeps_what_the_pages_before_it_gave(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, ingest_js: JetStreamContext
 ) -> None:
     """Five reboot notices in one region, two per page: the API's flow control refuses page 3. Before, the
     region's events were submitted only once every page was read, so the throttle threw away the four notices
@@ -174,7 +194,7 @@ async def test_a_throttled_page_keeps_what_the_pages_before_it_gave(
             throttle_retries=0,  # a throttle that outlasts the page's retries
         )
         poller = AlibabaHistoryPoller(
-            sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
+            sink=await make_sink(ingest_js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
         )
         with pytest.raises(RuntimeError, match=r"cn-hangzhou: .*Throttling\.User"):
             await poller.poll_once()
@@ -196,7 +216,7 @@ async def test_a_throttled_page_keeps_what_the_pages_before_it_gave(
 
 
 async def test_a_briefly_throttled_page_is_asked_again_within_the_round(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, ingest_js: JetStreamContext
 ) -> None:
     """The API's flow control refuses page 2 twice, then lets it through. Before, the round gave up at page 2 and
     the events of pages 2 and 3 waited for the next round, and for ever when the throttle met the scan at the same
@@ -214,7 +234,7 @@ async def test_a_briefly_throttled_page_is_asked_again_within_the_round(
             throttle_backoff_s=0.05,
         )
         poller = AlibabaHistoryPoller(
-            sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
+            sink=await make_sink(ingest_js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
         )
         seen = await poller.poll_once()
         pages = [
@@ -237,7 +257,7 @@ def _asked_by_id(emu: EcsEmulator, since: int) -> list[tuple[str, set[str]]]:
 
 
 async def test_a_region_is_asked_only_for_its_own_open_events(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, ingest_js: JetStreamContext
 ) -> None:
     """250 reboot notices open in cn-beijing, none in cn-hangzhou. Before, every round asked cn-hangzhou by
     `EventId` for the 250 (3 calls a round, for nothing: about R x O/100 extra calls with R regions and O open
@@ -254,7 +274,7 @@ async def test_a_region_is_asked_only_for_its_own_open_events(
     async with EcsEmulator(world) as emu:
         settings = _settings(emu, region_ids=["cn-hangzhou", "cn-beijing"])
         poller = AlibabaHistoryPoller(
-            sink=await make_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
+            sink=await make_sink(ingest_js, topology_ready), cluster="prod-1", settings=settings, clock=world.now
         )
         await poller.poll_once()
         before = len(emu.calls)
@@ -272,7 +292,7 @@ async def test_a_region_is_asked_only_for_its_own_open_events(
 
 
 async def test_an_open_event_of_no_polled_region_is_asked_for_less_and_less(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, ingest_js: JetStreamContext
 ) -> None:
     """A CMS push of an account (or region) the poller does not cover stays open in the ledger: no scan lists it
     and no region knows it. Before, every region was asked for it every round, for ever. Now each region is asked
@@ -283,7 +303,7 @@ async def test_an_open_event_of_no_polled_region_is_asked_for_less_and_less(
     world.add_instance("i-hz0001", region_id="cn-hangzhou")
     world.add_instance("i-bj0001", region_id="cn-beijing")
     ours = world.publish_event("i-bj0001", "SystemMaintenance.Reboot", not_before=world.now() + timedelta(days=3))
-    sink = await make_sink(js, topology_ready)
+    sink = await make_sink(ingest_js, topology_ready)
     payload = json.loads((DATA / "alibaba-cms-systemmaintenance-reboot-scheduled-1.json").read_text())
     ctx = NormalizeContext(observed_at=world.now(), cluster="prod-1")
     (foreign,) = await sink.submit(alibaba_norm.normalize_cms(payload, ctx))  # an event of another account
@@ -305,7 +325,10 @@ async def test_an_open_event_of_no_polled_region_is_asked_for_less_and_less(
 
         world.cancel_event(ours.event_id)  # ends while no poller runs
         restarted = AlibabaHistoryPoller(
-            sink=await make_sink(js, topology_ready, seed=True), cluster="prod-1", settings=settings, clock=world.now
+            sink=await make_sink(ingest_js, topology_ready, seed=True),
+            cluster="prod-1",
+            settings=settings,
+            clock=world.now,
         )
         before = len(emu.calls)
         ended = await restarted.poll_once()
