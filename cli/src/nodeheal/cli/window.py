@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -265,6 +266,7 @@ async def read_durable(
     held_until: float | None = None  # (bounded read) when to stop waiting for messages another reader holds
     held_reported = False
     own_acks_checks = 0  # consumer info asked again while what looks held may be our own acks in flight
+    nc: Any = getattr(js, "_nc", None)  # the client under `js` (nats-py keeps it private): its flusher, a round trip
     try:
         while True:
             try:
@@ -288,9 +290,10 @@ async def read_durable(
                     # answering consumer info. Before, a read's end then waited 5 s on "records delivered to
                     # another reader" that were its own. A round trip, a short pause, and ask again
                     own_acks_checks += 1
-                    nc = getattr(js, "_nc", None)
                     if nc is not None and nc.is_connected:
-                        await nc.flush(timeout=2)
+                        # a lost connection is for the next consumer info to say, not this courtesy round trip
+                        with contextlib.suppress(Exception):
+                            await nc.flush(timeout=2)
                     await asyncio.sleep(OWN_ACKS_PAUSE_S * own_acks_checks)
                     continue
                 if pending == 0:  # only delivered-and-unacknowledged ones left: ours (given back) or another's
@@ -345,7 +348,7 @@ async def read_durable(
                     raise
                 await taken.ack()
                 taken = None
-                await _acks_sent(js)
+                await _acks_sent(nc)
                 held_until = None  # progress: a new wait for held messages starts from here
                 stop_if_cancelled()  # Ctrl-C: the rest of the batch is given back, not printed
     finally:
@@ -403,14 +406,13 @@ def _gone(exc: NotFoundError, *, stream: str, durable: str) -> Exception:
     return exc
 
 
-async def _acks_sent(js: JetStreamContext) -> None:
+async def _acks_sent(nc: Any) -> None:
     """Let the client's flusher hand what it holds (the acknowledgement just made) to the socket before the
     next message is yielded. nats-py buffers a publish and writes it from its flusher task, which runs only
     when the event loop does: a caller that prints a whole batch without waiting (stdout is blocking) kept
     every acknowledgement of the batch in the buffer, and a SIGKILL then lost them (the next run printed
     those records again). The flusher is woken by the ack; one turn of the loop runs it (a few more if
-    other tasks are ahead of it; bounded, never a wait)."""
-    nc = getattr(js, "_nc", None)
+    other tasks are ahead of it; bounded, never a wait). `nc` is the client under the read's JetStream context."""
     for _ in range(ACK_SEND_TURNS):
         if nc is None or not nc.is_connected or nc.pending_data_size == 0:
             return
