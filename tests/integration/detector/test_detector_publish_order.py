@@ -78,6 +78,30 @@ async def test_a_probe_chunk_is_acked_only_after_its_anomalies_are_stored_even_i
         stored.add(node)
         return ack
 
+    make_puller = rt._make_probe_puller
+
+    def one_chunk_of_both() -> Any:
+        """The real puller, whose first chunk is held until it carries both probes: the puller returns what
+        has reached the socket, and n2's probe may arrive a read after n1's (a chunk of n1 alone is acked
+        with n1's anomaly stored, rightly, and the scenario under test does not happen)."""
+        puller = make_puller()
+        real_next = puller.next_chunk
+        held: list[Any] = []
+        first = [True]
+
+        async def next_chunk(*, wait_s: float) -> Any:
+            while True:
+                held.extend(await real_next(wait_s=wait_s))
+                if not first[0] or len(held) >= 2 or not held:
+                    first[0] = first[0] and not held
+                    got = list(held)
+                    held.clear()
+                    return got
+
+        puller.next_chunk = next_chunk  # type: ignore[method-assign]
+        return puller
+
+    rt._make_probe_puller = one_chunk_of_both  # type: ignore[method-assign]
     rt._flush = flush  # type: ignore[method-assign]
     rt.js.publish = gated  # type: ignore[method-assign]
     await rt.start(rebuild=False, probe_deliver=DeliverPolicy.ALL)
