@@ -1,5 +1,10 @@
 """The Azure Scheduled Events poller against the IMDS emulator (real wire format), publishing to CLOUD:
-an event that starts and then disappears ends as a synthesised `completed`."""
+an event that starts and then disappears ends as a synthesised `completed`.
+
+The pollers run as deployed (deploy/components/ingest-node-*): their sink publishes, and a restarted one seeds its
+ledger from its node's CLOUD subject, under the node-local ingest's own credential (`ingest-node`, node-1 of
+prod-1) on a per-role server; no permission violation logged. The admin's connection (`js`) stands in for whoever
+reads CLOUD afterwards."""
 
 from __future__ import annotations
 
@@ -14,13 +19,43 @@ from nodeheal.cloud_events.ingest.pollers import AzureScheduledEventsPoller
 from nodeheal.cloud_events.ingest.settings import AzurePollerSettings
 from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver, seed_ledger
 from nodeheal.cloud_events.normalize import TransitionLedger
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import CloudSystemEvent
 from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.azure_imds import AzureImdsEmulator, AzureScheduledEvents
 from nodeheal.sim.clock import ManualClock
+from tests.integration.deploy.natsauth_loader import (
+    RoleServer,
+    admin_stands_in,
+    deployed_as,
+    load_natsauth,
+    mint_node_user,
+)
 
 pytestmark = pytest.mark.nats
+
+CLUSTER, NODE = "prod-1", "node-1"
+deployed = deployed_as("ingest-node", node=(CLUSTER, NODE))  # the node-local ingest's own credential
+nc, topology_ready = admin_stands_in()
+
+
+@pytest.fixture
+async def node_js(deployed: RoleServer) -> JetStreamContext:
+    """The node-local ingest's JetStream context: node-1's `ingest-node` credential and inbox."""
+    return (await deployed.role_nc("ingest-node")).jetstream()
+
+
+async def _seed(node_js: JetStreamContext, nats: NatsSettings, ledger: TransitionLedger) -> None:
+    """A restarted node-local ingest's ledger, seeded as it seeds it: its node's CLOUD subject only."""
+    await seed_ledger(
+        node_js,
+        stream=f"{nats.stream_prefix}CLOUD",
+        prefix=nats.prefix,
+        ledger=ledger,
+        lookback=timedelta(days=7),
+        subjects=[cloud_subject(CLUSTER, NODE, prefix=nats.prefix)],
+    )
 
 
 def _sink(js: JetStreamContext, nats: NatsSettings, ledger: TransitionLedger | None = None) -> CloudEventSink:
@@ -45,11 +80,13 @@ async def _stored(js: JetStreamContext, nats: NatsSettings) -> list[CloudSystemE
     ]
 
 
-async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topology_ready: NatsSettings) -> None:
+async def test_azure_reboot_scheduled_started_gone(
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
+) -> None:
     events = AzureScheduledEvents(clock=ManualClock())
     scheduled = events.schedule("Reboot", resources=["vm-1", "vm-2"], duration_s=60)
     events.schedule("Freeze", resources=["vm-2"])  # another VM's event: not ours
-    sink = _sink(js, topology_ready)
+    sink = _sink(node_js, topology_ready)
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -76,7 +113,7 @@ async def test_azure_reboot_scheduled_started_gone(js: JetStreamContext, topolog
 
 
 async def test_an_azure_event_gone_after_its_not_before_unseen_started_ends_not_canceled(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """A Freeze (a memory-preserving live migration: the VM, and the poller on it, paused for seconds) seen
     `Scheduled`; at the next poll, past its NotBefore, it has started and ended, so it is gone without `Started`
@@ -86,7 +123,7 @@ async def test_an_azure_event_gone_after_its_not_before_unseen_started_ends_not_
     `canceled`."""
     events = AzureScheduledEvents(clock=ManualClock())
     freeze = events.schedule("Freeze", resources=["vm-1"], duration_s=5)
-    sink = _sink(js, topology_ready)
+    sink = _sink(node_js, topology_ready)
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -113,7 +150,7 @@ async def test_an_azure_event_gone_after_its_not_before_unseen_started_ends_not_
 
 
 async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """The platform moves a scheduled reboot two hours later (a new `NotBefore` and `DocumentIncarnation`):
     the same transition (`scheduled`) with a start time more than a minute from the one published is a
@@ -121,7 +158,7 @@ async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
     ledger called it a duplicate and the old time stood. Polling it again publishes nothing more."""
     events = AzureScheduledEvents(clock=ManualClock())
     scheduled = events.schedule("Reboot", resources=["vm-1"])
-    sink = _sink(js, topology_ready)
+    sink = _sink(node_js, topology_ready)
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -146,7 +183,7 @@ async def test_a_rescheduled_azure_event_is_published_again_with_its_new_start(
 
 
 async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and_closes_the_open_event(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """TERMINATE_ON_HOST_MAINTENANCE first seen at 12:09:50; the ingest restarts (its ledger seeded from
     CLOUD) and polls again at 12:10:10. The synthetic id floored the first-seen time to 10 minutes, so before,
@@ -157,18 +194,16 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
 
     from nodeheal.cloud_events.ingest.pollers import GceMaintenancePoller
     from nodeheal.cloud_events.ingest.settings import GcePollerSettings
-    from nodeheal.cloud_events.ingest.sink import seed_ledger
     from nodeheal.sim.gce_metadata import GceMetadata, GceMetadataEmulator
 
     metadata = GceMetadata()
     now = [datetime(2026, 4, 10, 12, 9, 50, tzinfo=UTC)]
-    stream = f"{topology_ready.stream_prefix}CLOUD"
 
     async with GceMetadataEmulator(metadata) as gce:
         settings = GcePollerSettings(enabled=True, endpoint=gce.url, node="node-1")
         metadata.set_maintenance_event("TERMINATE_ON_HOST_MAINTENANCE")
         first = GceMaintenancePoller(
-            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=lambda: now[0]
+            sink=_sink(node_js, topology_ready), cluster="prod-1", settings=settings, clock=lambda: now[0]
         )
         try:
             assert [e.phase for e in await first.poll_once()] == ["in_progress"]
@@ -176,10 +211,10 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
             await first.close()
         # the restart: a new process, its ledger rebuilt from the stream
         ledger = TransitionLedger()
-        await seed_ledger(js, stream=stream, prefix=topology_ready.prefix, ledger=ledger, lookback=timedelta(days=7))
+        await _seed(node_js, topology_ready, ledger)
         now[0] = datetime(2026, 4, 10, 12, 10, 10, tzinfo=UTC)
         second = GceMaintenancePoller(
-            sink=_sink(js, topology_ready, ledger), cluster="prod-1", settings=settings, clock=lambda: now[0]
+            sink=_sink(node_js, topology_ready, ledger), cluster="prod-1", settings=settings, clock=lambda: now[0]
         )
         try:
             assert await second.poll_once() == []  # the same event, going on
@@ -195,7 +230,7 @@ async def test_a_gce_poller_restarted_across_a_ten_minute_boundary_continues_and
 
 
 async def test_two_gce_maintenances_within_ten_minutes_are_both_published(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """MIGRATE_ON_HOST_MAINTENANCE at 12:01 (back to NONE at 12:02), again at 12:05: two live migrations of one
     VM. Before, the synthetic id floored the first-seen time to 10 minutes: the second episode had the first's
@@ -213,7 +248,7 @@ async def test_two_gce_maintenances_within_ten_minutes_are_both_published(
     async with GceMetadataEmulator(metadata) as gce:
         settings = GcePollerSettings(enabled=True, endpoint=gce.url, node="node-1")
         poller = GceMaintenancePoller(
-            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=lambda: now[0]
+            sink=_sink(node_js, topology_ready), cluster="prod-1", settings=settings, clock=lambda: now[0]
         )
         try:
             for minute, value in ((1, "MIGRATE_ON_HOST_MAINTENANCE"), (2, "NONE"), (5, "MIGRATE_ON_HOST_MAINTENANCE")):
@@ -236,14 +271,24 @@ async def test_two_gce_maintenances_within_ten_minutes_are_both_published(
 
 
 async def test_an_azure_poller_without_a_vm_name_asks_imds_for_it(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, deployed: RoleServer, topology_ready: NatsSettings
 ) -> None:
     """On AKS the Kubernetes node (`aks-pool1-123-vmss000003`) and the VM Azure names in `Resources`
     (`aks-pool1-123-vmss_3`) differ. With no `AZURE__VM_NAME` the poller matched events on the node name
-    and dropped every event of its own VM; now it reads the VM name from IMDS once."""
+    and dropped every event of its own VM; now it reads the VM name from IMDS once. The poller runs under that
+    node's own credential."""
+    node = "aks-pool1-123-vmss000003"
+    as_node = deployed.role.model_copy(
+        update={
+            "creds_file": str(mint_node_user(deployed.dir, "ingest-node", CLUSTER, node)),
+            "inbox_prefix": load_natsauth().agent_inbox_prefix(CLUSTER, node, role="ingest-node"),
+        }
+    )
+    client = await connect(as_node, name="ingest-node-aks")
+    deployed.opened.append(client)
     events = AzureScheduledEvents(clock=ManualClock())
     events.schedule("Reboot", resources=["aks-pool1-123-vmss_3"])
-    sink = _sink(js, topology_ready)
+    sink = _sink(client.jetstream(), topology_ready)
     async with AzureImdsEmulator(events, vm_name="aks-pool1-123-vmss_3") as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="aks-pool1-123-vmss000003")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -254,11 +299,13 @@ async def test_an_azure_poller_without_a_vm_name_asks_imds_for_it(
     assert [(e.phase, e.action, e.instance_id, e.node) for e in got] == [
         ("scheduled", "reboot", "aks-pool1-123-vmss_3", "aks-pool1-123-vmss000003")
     ]
+    assert [(e.phase, e.node) for e in await _stored(js, topology_ready)] == [("scheduled", node)]
 
 
 def _unacknowledged(js: JetStreamContext, ledger: TransitionLedger) -> CloudEventSink:
     """A sink whose publishes no stream takes (a subject outside every stream): each submit fails, as when
-    CLOUD is unavailable for a moment."""
+    CLOUD is unavailable for a moment. On the admin's connection `js` (the node's credential may not publish
+    there: the server would log a violation, not answer "no responders")."""
     return CloudEventSink(
         js=js,
         prefix="nostream",
@@ -270,7 +317,7 @@ def _unacknowledged(js: JetStreamContext, ledger: TransitionLedger) -> CloudEven
 
 
 async def test_an_azure_end_whose_publish_failed_is_said_at_the_next_poll(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """The event disappears from the document (it ended) while CLOUD does not acknowledge the publish. Before, the
     tracker had already forgotten the event: the next poll said nothing, CLOUD kept it `scheduled` for good and
@@ -278,7 +325,7 @@ async def test_an_azure_end_whose_publish_failed_is_said_at_the_next_poll(
     events = AzureScheduledEvents(clock=ManualClock())
     events.schedule("Reboot", resources=["vm-1"], duration_s=60)
     ledger = TransitionLedger()
-    sink = _sink(js, topology_ready, ledger)
+    sink = _sink(node_js, topology_ready, ledger)
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -300,7 +347,7 @@ async def test_an_azure_end_whose_publish_failed_is_said_at_the_next_poll(
 
 
 async def test_a_gce_maintenance_whose_publish_failed_is_said_at_the_next_poll(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """TERMINATE_ON_HOST_MAINTENANCE (about 60 s of notice) seen while CLOUD does not acknowledge the publish.
     Before, the tracker had already taken the event as current: the next poll said nothing and the node was
@@ -311,7 +358,7 @@ async def test_a_gce_maintenance_whose_publish_failed_is_said_at_the_next_poll(
 
     metadata = GceMetadata()
     ledger = TransitionLedger()
-    sink = _sink(js, topology_ready, ledger)
+    sink = _sink(node_js, topology_ready, ledger)
     async with GceMetadataEmulator(metadata) as gce:
         settings = GcePollerSettings(enabled=True, endpoint=gce.url, node="node-1")
         poller = GceMaintenancePoller(sink=sink, cluster="prod-1", settings=settings)
@@ -328,7 +375,7 @@ async def test_a_gce_maintenance_whose_publish_failed_is_said_at_the_next_poll(
 
 
 async def test_an_aws_event_canceled_and_moved_to_history_is_published_canceled(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """IMDS lists active events in `events/maintenance/scheduled`; an event that completes or is canceled moves
     to `events/maintenance/history`. Before, the poller read `scheduled` only: a canceled system-reboot just
@@ -346,7 +393,7 @@ async def test_an_aws_event_canceled_and_moved_to_history_is_published_canceled(
     async with AwsImdsEmulator(aws) as imds:
         settings = MetadataPollerSettings(enabled=True, endpoint=imds.url, node="node-1")
         poller = AwsScheduledEventsPoller(
-            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=clock.now
+            sink=_sink(node_js, topology_ready), cluster="prod-1", settings=settings, clock=clock.now
         )
         try:
             assert [e.phase for e in await poller.poll_once()] == ["scheduled"]
@@ -366,7 +413,7 @@ def _older_documents() -> float:
 
 
 async def test_an_older_azure_document_does_not_put_a_started_event_back_to_scheduled(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """A relay that lags serves the document of before the event started (a lower `DocumentIncarnation`) after
     the poller read it `Started`. Before, the older document was read into the tracker: the event was `Scheduled`
@@ -375,7 +422,7 @@ async def test_an_older_azure_document_does_not_put_a_started_event_back_to_sche
     events = AzureScheduledEvents(clock=ManualClock())
     events.schedule("Reboot", resources=["vm-1"], duration_s=60)
     lagging = copy.deepcopy(events)  # the relay's view: stuck at the Scheduled document
-    sink = _sink(js, topology_ready)
+    sink = _sink(node_js, topology_ready)
     async with AzureImdsEmulator(events) as imds, AzureImdsEmulator(lagging) as relay:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -400,7 +447,7 @@ async def test_an_older_azure_document_does_not_put_a_started_event_back_to_sche
 
 
 async def test_an_older_azure_document_does_not_reopen_an_event_that_ended(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """The event is canceled (gone before its NotBefore: published `canceled`); then a lagging relay serves the
     document of before the cancel. Before, the tracker took the event for open again, and once its NotBefore had
@@ -409,7 +456,7 @@ async def test_an_older_azure_document_does_not_reopen_an_event_that_ended(
     events = AzureScheduledEvents(clock=ManualClock())
     scheduled = events.schedule("Reboot", resources=["vm-1"], duration_s=60)
     lagging = copy.deepcopy(events)
-    sink = _sink(js, topology_ready)
+    sink = _sink(node_js, topology_ready)
     async with AzureImdsEmulator(events) as imds, AzureImdsEmulator(lagging) as relay:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         poller = AzureScheduledEventsPoller(sink=sink, cluster="prod-1", settings=settings, clock=events.now)
@@ -431,21 +478,20 @@ async def test_an_older_azure_document_does_not_reopen_an_event_that_ended(
 
 
 async def _restarted_azure_poller(
-    js: JetStreamContext, nats: NatsSettings, settings: AzurePollerSettings, events: AzureScheduledEvents
+    node_js: JetStreamContext, nats: NatsSettings, settings: AzurePollerSettings, events: AzureScheduledEvents
 ) -> tuple[AzureScheduledEventsPoller, TransitionLedger]:
-    """A new ingest process: its ledger seeded from CLOUD (`seed_ledger`, as the ingest does at start), a new poller."""
+    """A new ingest process: its ledger seeded from its node's CLOUD subject (`seed_ledger`, as the node-local
+    ingest does at start), a new poller."""
     ledger = TransitionLedger()
-    await seed_ledger(
-        js, stream=f"{nats.stream_prefix}CLOUD", prefix=nats.prefix, ledger=ledger, lookback=timedelta(days=7)
-    )
+    await _seed(node_js, nats, ledger)
     poller = AzureScheduledEventsPoller(
-        sink=_sink(js, nats, ledger), cluster="prod-1", settings=settings, clock=events.now
+        sink=_sink(node_js, nats, ledger), cluster="prod-1", settings=settings, clock=events.now
     )
     return poller, ledger
 
 
 async def test_an_azure_poller_restarted_while_an_event_was_open_publishes_its_end(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """The poller sees a Reboot scheduled, then its process (or its VM) restarts; meanwhile the reboot runs and
     leaves the document. Before, the new poller's tracker started empty: the event's disappearance said nothing,
@@ -456,7 +502,7 @@ async def test_an_azure_poller_restarted_while_an_event_was_open_publishes_its_e
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         first = AzureScheduledEventsPoller(
-            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+            sink=_sink(node_js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
         )
         try:
             assert [e.phase for e in await first.poll_once()] == ["scheduled"]
@@ -464,7 +510,7 @@ async def test_an_azure_poller_restarted_while_an_event_was_open_publishes_its_e
             await first.close()
         events.advance(timedelta(minutes=16))  # started while no poller ran
         events.advance(timedelta(minutes=5))  # and ended: gone from the document
-        second, ledger = await _restarted_azure_poller(js, topology_ready, settings, events)
+        second, ledger = await _restarted_azure_poller(node_js, topology_ready, settings, events)
         try:
             await second.poll_once()
         finally:
@@ -481,7 +527,7 @@ async def test_an_azure_poller_restarted_while_an_event_was_open_publishes_its_e
 
 
 async def test_an_azure_poller_restarted_during_a_started_event_keeps_its_cause_and_start(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """Seen Scheduled, then Started; the poller restarts while it runs and sees it Started again, then gone. Before,
     the new tracker took an event first seen `Started` for a host failure: its end said `host_failure` and a
@@ -491,7 +537,7 @@ async def test_an_azure_poller_restarted_during_a_started_event_keeps_its_cause_
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         first = AzureScheduledEventsPoller(
-            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+            sink=_sink(node_js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
         )
         try:
             assert [e.phase for e in await first.poll_once()] == ["scheduled"]
@@ -500,7 +546,7 @@ async def test_an_azure_poller_restarted_during_a_started_event_keeps_its_cause_
         finally:
             await first.close()
         events.advance(timedelta(minutes=2))
-        second, _ = await _restarted_azure_poller(js, topology_ready, settings, events)
+        second, _ = await _restarted_azure_poller(node_js, topology_ready, settings, events)
         try:
             await second.poll_once()  # still Started: the same event going on
             events.advance(timedelta(minutes=10))  # gone
@@ -518,7 +564,7 @@ async def test_an_azure_poller_restarted_during_a_started_event_keeps_its_cause_
 
 
 async def test_an_older_azure_document_right_after_a_restart_does_not_reopen_an_event_that_ended(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """The poller sees a Reboot scheduled, then canceled (gone before its NotBefore: `canceled`); its process
     restarts, and the first document the new poller reads is an older one from a relay that lags, still listing the
@@ -532,7 +578,7 @@ async def test_an_older_azure_document_right_after_a_restart_does_not_reopen_an_
     async with AzureImdsEmulator(events) as imds, AzureImdsEmulator(lagging) as relay:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         first = AzureScheduledEventsPoller(
-            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+            sink=_sink(node_js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
         )
         try:
             assert [e.phase for e in await first.poll_once()] == ["scheduled"]
@@ -542,7 +588,7 @@ async def test_an_older_azure_document_right_after_a_restart_does_not_reopen_an_
         finally:
             await first.close()
         events.advance(timedelta(minutes=20))  # past the NotBefore the canceled event had
-        second, ledger = await _restarted_azure_poller(js, topology_ready, settings, events)
+        second, ledger = await _restarted_azure_poller(node_js, topology_ready, settings, events)
         try:
             counted = _older_documents()
             second.settings = settings.model_copy(update={"endpoint": relay.url})
@@ -560,7 +606,7 @@ async def test_an_older_azure_document_right_after_a_restart_does_not_reopen_an_
 
 
 async def test_an_older_azure_document_right_after_a_restart_does_not_end_an_event_still_open(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """The poller sees a Reboot scheduled and Started; its process restarts while the reboot runs, and the first
     document the new poller reads is one from before the Reboot was scheduled (a relay that lags: no events).
@@ -573,7 +619,7 @@ async def test_an_older_azure_document_right_after_a_restart_does_not_end_an_eve
     async with AzureImdsEmulator(events) as imds, AzureImdsEmulator(lagging) as relay:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         first = AzureScheduledEventsPoller(
-            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+            sink=_sink(node_js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
         )
         try:
             assert [e.phase for e in await first.poll_once()] == ["scheduled"]
@@ -582,7 +628,7 @@ async def test_an_older_azure_document_right_after_a_restart_does_not_end_an_eve
         finally:
             await first.close()
         events.advance(timedelta(minutes=1))
-        second, ledger = await _restarted_azure_poller(js, topology_ready, settings, events)
+        second, ledger = await _restarted_azure_poller(node_js, topology_ready, settings, events)
         try:
             second.settings = settings.model_copy(update={"endpoint": relay.url})
             older = await second.poll_once()
@@ -606,7 +652,7 @@ async def test_an_older_azure_document_right_after_a_restart_does_not_end_an_eve
 
 
 async def test_an_azure_incarnation_that_went_back_for_good_is_taken_after_a_while_after_a_restart(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, node_js: JetStreamContext, topology_ready: NatsSettings
 ) -> None:
     """The incarnation taken over at a restart holds as the newest read did before it, for `INCARNATION_RESET_S`
     (300 s) only: a counter that went back for good (here, a document service whose count started again) is taken
@@ -617,7 +663,7 @@ async def test_an_azure_incarnation_that_went_back_for_good_is_taken_after_a_whi
     async with AzureImdsEmulator(events) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
         first = AzureScheduledEventsPoller(
-            sink=_sink(js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
+            sink=_sink(node_js, topology_ready), cluster="prod-1", settings=settings, clock=events.now
         )
         try:
             assert [e.phase for e in await first.poll_once()] == ["scheduled"]
@@ -630,7 +676,7 @@ async def test_an_azure_incarnation_that_went_back_for_good_is_taken_after_a_whi
     assert recounted.incarnation < events.incarnation
     async with AzureImdsEmulator(recounted) as imds:
         settings = AzurePollerSettings(enabled=True, endpoint=imds.url, node="node-1", vm_name="vm-1")
-        second, _ = await _restarted_azure_poller(js, topology_ready, settings, events)
+        second, _ = await _restarted_azure_poller(node_js, topology_ready, settings, events)
         try:
             assert await second.poll_once() == []  # lower than the incarnation taken over: ignored
             events.advance(timedelta(seconds=299))

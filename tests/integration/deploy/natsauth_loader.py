@@ -153,13 +153,27 @@ class RoleServer:
 
 
 @contextlib.asynccontextmanager
-async def role_server(tmp_path: Path, role: str) -> AsyncIterator[RoleServer]:
+async def role_server(tmp_path: Path, role: str, *, node: tuple[str, str] | None = None) -> AsyncIterator[RoleServer]:
     """`per_role_server(tmp_path / "nats", role)` as a `RoleServer`; the connections `role_nc` opened are closed
-    on exit."""
+    on exit. A per-node role (`agent`, `ingest-node`) needs `node` (cluster, node): its credential is that node's,
+    minted as `natsauth.py mint-<role>` mints it, and its inbox is that node's (`agent_inbox_prefix`)."""
     directory = tmp_path / "nats"
     directory.mkdir()
-    async with per_role_server(directory, role) as (server, nc, admin):
-        deployed = RoleServer(directory, server.url, nc, admin, role_nats(directory, server.url, role))
+    natsauth = load_natsauth()
+    per_node = role in natsauth.NODE_ROLES
+    if per_node != (node is not None):
+        msg = f"role {role!r}: pass node=(cluster, node) for a per-node role {natsauth.NODE_ROLES}, and only then"
+        raise ValueError(msg)
+    async with per_role_server(directory, *(() if per_node else (role,))) as (server, nc, admin):
+        if node is None:
+            settings = role_nats(directory, server.url, role)
+        else:
+            settings = NatsSettings(
+                url=server.url,
+                creds_file=str(mint_node_user(directory, role, *node)),
+                inbox_prefix=natsauth.agent_inbox_prefix(*node, role=role),
+            )
+        deployed = RoleServer(directory, server.url, nc, admin, settings)
         try:
             yield deployed
         finally:
@@ -167,14 +181,15 @@ async def role_server(tmp_path: Path, role: str) -> AsyncIterator[RoleServer]:
                 await client.close()
 
 
-def deployed_as(role: str) -> Any:
+def deployed_as(role: str, *, node: tuple[str, str] | None = None) -> Any:
     """The `deployed` fixture of a test module whose service runs as `role`: a nats-server of the test's own with the
     deployed per-role authorization and the topology applied (`role_server`); after the test, no permission
-    violation in its log. In the module: `deployed = deployed_as("prober")`."""
+    violation in its log. In the module: `deployed = deployed_as("prober")`; for a per-node role, the node it runs
+    on: `deployed_as("ingest-node", node=("prod-1", "node-1"))`."""
 
     @pytest.fixture(name="deployed")
     async def deployed(tmp_path: Path) -> AsyncIterator[RoleServer]:
-        async with role_server(tmp_path, role) as d:
+        async with role_server(tmp_path, role, node=node) as d:
             yield d
         assert violations(d.dir) == []
 
