@@ -2,7 +2,11 @@
 own node's events only. Before, it started like the central ingest: it read the whole CLOUD stream (30 days, every
 node's events), kept every event the fleet had published under an instance id, and every `UNMAPPED_RECHECK_S`
 looked each one up again and re-published it to its node: at 50,000 nodes, 50,000 full reads of CLOUD per
-rollout and 50,000 copies of each remap. The fleet's history and the unmapped sweep are the central ingest's."""
+rollout and 50,000 copies of each remap. The fleet's history and the unmapped sweep are the central ingest's.
+
+Each ingest runs as deployed, on a per-role server of the test's own: the node-local one with its node's own
+credential (`ingest-node`) and inbox (`INBOX_PER_NODE`), the central one under the `ingest` role; the admin's
+connection stands in for the central ingest's earlier publishes and the inventory watcher. No permission violation."""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from nats.js.client import JetStreamContext
 
 from nodeheal.cloud_events.ingest.app import RUNTIME, build_app
 from nodeheal.cloud_events.ingest.settings import IngestSettings, MetadataPollerSettings
@@ -25,6 +28,7 @@ from nodeheal.schemas import NodeInventory
 from nodeheal.schemas.inventory import instance_key
 from nodeheal.sim.aws_imds import AwsImdsEmulator, AwsMaintenanceEvents
 from nodeheal.sim.clock import ManualClock
+from tests.integration.deploy.natsauth_loader import RoleServer, role_server, violations
 
 pytestmark = pytest.mark.nats
 
@@ -45,8 +49,15 @@ def _settings(nats: NatsSettings, **overrides: Any) -> IngestSettings:
 
 
 async def test_a_node_local_ingest_seeds_its_own_node_and_leaves_the_fleets_unmapped_events_alone(
-    js: JetStreamContext, topology_ready: NatsSettings
+    tmp_path: Path,
 ) -> None:
+    async with role_server(tmp_path, "ingest-node", node=("prod-1", "node-7")) as deployed:
+        await _node_local_ingest(deployed)
+    assert violations(deployed.dir) == []
+
+
+async def _node_local_ingest(deployed: RoleServer) -> None:
+    js, topology_ready = deployed.nc.jetstream(), deployed.settings
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     await kv.put(instance_key(OWN), NodeInventory(cluster="prod-1", node="node-7", instance_id=OWN).to_json())
     central = CloudEventSink(
@@ -70,7 +81,11 @@ async def test_a_node_local_ingest_seeds_its_own_node_and_leaves_the_fleets_unma
 
     aws = AwsMaintenanceEvents(instance_id=OWN, clock=ManualClock())
     async with AwsImdsEmulator(aws) as imds:
-        settings = _settings(topology_ready, aws=MetadataPollerSettings(enabled=True, endpoint=imds.url, node="node-7"))
+        settings = _settings(
+            deployed.role,
+            aws=MetadataPollerSettings(enabled=True, endpoint=imds.url, node="node-7"),
+            inbox_per_node=True,
+        )
         assert settings.node_scoped()  # auto: a metadata poller on, Alibaba's off
         app = build_app(settings, start_pollers=False)
         async with TestClient(TestServer(app)):
@@ -95,11 +110,16 @@ async def test_a_node_local_ingest_seeds_its_own_node_and_leaves_the_fleets_unma
     assert not [s for s in subjects if s.endswith(".node-3")]
 
 
-async def test_the_central_ingest_still_seeds_the_fleet_and_sweeps(
-    js: JetStreamContext, topology_ready: NatsSettings
-) -> None:
+async def test_the_central_ingest_still_seeds_the_fleet_and_sweeps(tmp_path: Path) -> None:
     """The fleet scope (no metadata poller, or `SCOPE=fleet`) is the central ingest as before: the whole CLOUD
     stream is seeded and the events published unmapped are kept for the sweep."""
+    async with role_server(tmp_path, "ingest") as deployed:
+        await _central_ingest(deployed)
+    assert violations(deployed.dir) == []
+
+
+async def _central_ingest(deployed: RoleServer) -> None:
+    js, topology_ready = deployed.nc.jetstream(), deployed.settings
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     central = CloudEventSink(
         js=js,
@@ -112,7 +132,7 @@ async def test_the_central_ingest_still_seeds_the_fleet_and_sweeps(
     ctx = NormalizeContext(observed_at=datetime.now(tz=UTC), cluster="prod-1")
     payload = json.loads((DATA / "alibaba-cms-systemmaintenance-reboot-scheduled-1.json").read_text())
     await central.submit(alibaba_norm.normalize_cms(payload, ctx))
-    settings = _settings(topology_ready)
+    settings = _settings(deployed.role)
     assert not settings.node_scoped()
     app = build_app(settings, start_pollers=False)
     async with TestClient(TestServer(app)):

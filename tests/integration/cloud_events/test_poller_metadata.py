@@ -9,6 +9,7 @@ reads CLOUD afterwards."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import timedelta
 
 import prometheus_client
@@ -19,7 +20,6 @@ from nodeheal.cloud_events.ingest.pollers import AzureScheduledEventsPoller
 from nodeheal.cloud_events.ingest.settings import AzurePollerSettings
 from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver, seed_ledger
 from nodeheal.cloud_events.normalize import TransitionLedger
-from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import CloudSystemEvent
 from nodeheal.schemas.subjects import cloud_subject
@@ -278,14 +278,15 @@ async def test_an_azure_poller_without_a_vm_name_asks_imds_for_it(
     and dropped every event of its own VM; now it reads the VM name from IMDS once. The poller runs under that
     node's own credential."""
     node = "aks-pool1-123-vmss000003"
-    as_node = deployed.role.model_copy(
-        update={
-            "creds_file": str(mint_node_user(deployed.dir, "ingest-node", CLUSTER, node)),
-            "inbox_prefix": load_natsauth().agent_inbox_prefix(CLUSTER, node, role="ingest-node"),
-        }
+    aks = dataclasses.replace(
+        deployed,
+        role=deployed.role.model_copy(
+            update={"creds_file": str(mint_node_user(deployed.dir, "ingest-node", CLUSTER, node))}
+        ),
+        node_inbox=load_natsauth().agent_inbox_prefix(CLUSTER, node, role="ingest-node"),
+        opened=deployed.opened,
     )
-    client = await connect(as_node, name="ingest-node-aks")
-    deployed.opened.append(client)
+    client = await aks.role_nc("ingest-node-aks")
     events = AzureScheduledEvents(clock=ManualClock())
     events.schedule("Reboot", resources=["aks-pool1-123-vmss_3"])
     sink = _sink(client.jetstream(), topology_ready)

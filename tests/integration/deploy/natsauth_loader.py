@@ -145,9 +145,13 @@ class RoleServer:
     settings: NatsSettings
     role: NatsSettings
     opened: list[Client] = field(default_factory=list)
+    node_inbox: str = ""
+    """A per-node role's node inbox (`agent_inbox_prefix`): `role` is then as deployed (the role's inbox prefix;
+    the service appends its node's tokens, e.g. the ingest's `INBOX_PER_NODE`) and `role_nc` connects with it."""
 
     async def role_nc(self, name: str) -> Client:
-        client = await connect(self.role, name=name)
+        settings = self.role.model_copy(update={"inbox_prefix": self.node_inbox}) if self.node_inbox else self.role
+        client = await connect(settings, name=name)
         self.opened.append(client)
         return client
 
@@ -156,7 +160,7 @@ class RoleServer:
 async def role_server(tmp_path: Path, role: str, *, node: tuple[str, str] | None = None) -> AsyncIterator[RoleServer]:
     """`per_role_server(tmp_path / "nats", role)` as a `RoleServer`; the connections `role_nc` opened are closed
     on exit. A per-node role (`agent`, `ingest-node`) needs `node` (cluster, node): its credential is that node's,
-    minted as `natsauth.py mint-<role>` mints it, and its inbox is that node's (`agent_inbox_prefix`)."""
+    minted as `natsauth.py mint-<role>` mints it, its inbox that node's (`RoleServer.node_inbox`)."""
     directory = tmp_path / "nats"
     directory.mkdir()
     natsauth = load_natsauth()
@@ -166,14 +170,15 @@ async def role_server(tmp_path: Path, role: str, *, node: tuple[str, str] | None
         raise ValueError(msg)
     async with per_role_server(directory, *(() if per_node else (role,))) as (server, nc, admin):
         if node is None:
-            settings = role_nats(directory, server.url, role)
+            deployed = RoleServer(directory, server.url, nc, admin, role_nats(directory, server.url, role))
         else:
             settings = NatsSettings(
                 url=server.url,
                 creds_file=str(mint_node_user(directory, role, *node)),
-                inbox_prefix=natsauth.agent_inbox_prefix(*node, role=role),
+                inbox_prefix=natsauth.inbox_prefix(role),
             )
-        deployed = RoleServer(directory, server.url, nc, admin, settings)
+            inbox = natsauth.agent_inbox_prefix(*node, role=role)
+            deployed = RoleServer(directory, server.url, nc, admin, settings, node_inbox=inbox)
         try:
             yield deployed
         finally:
