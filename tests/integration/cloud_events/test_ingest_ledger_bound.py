@@ -1,6 +1,9 @@
 """The ingest's bounded ledger keeps the events still open: a full ledger forgets closed events, never an open one,
 so an event that ended while the ingest was down is still asked for by the reconciliation after a restart and
-its end published (docs/cloud-events.md, "Dedup ledger")."""
+its end published (docs/cloud-events.md, "Dedup ledger").
+
+The ingest's sink, seed and poller run under the `ingest` role on a per-role server of the test's own (no permission
+violation); the admin's connection stands in for the inventory watcher and reads CLOUD."""
 
 from __future__ import annotations
 
@@ -22,15 +25,19 @@ from nodeheal.schemas import CloudSystemEvent, NodeInventory
 from nodeheal.schemas.inventory import instance_key
 from nodeheal.sim.clock import ManualClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, deployed_as
 
 pytestmark = pytest.mark.nats
+
+deployed = deployed_as("ingest")
+nc, topology_ready = admin_stands_in()
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 BOUND = 100  # `ledger_max_entities` scaled down (its floor); the same code path as 200,000
 
 
 async def test_an_open_event_that_ended_during_a_restart_is_closed_though_the_ledger_is_full(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, deployed: RoleServer
 ) -> None:
     """A reboot notice open for days while 150 other events come and go (more than the bound), then the ingest is
     down while the reboot runs: the restarted ingest's seeded ledger still holds the notice open, the reconciliation
@@ -41,14 +48,16 @@ async def test_an_open_event_that_ended_during_a_restart_is_closed_though_the_le
         instance_key("i-node1"), NodeInventory(cluster="prod-1", node="node-1", instance_id="i-node1").to_json()
     )
     stream = f"{topology_ready.stream_prefix}CLOUD"
+    ingest_js = (await deployed.role_nc("cloud-events-ingest")).jetstream()
+    ingest_kv = await ingest_js.key_value(f"{topology_ready.bucket_prefix}-inventory")
 
     def sink(ledger: TransitionLedger) -> CloudEventSink:
         return CloudEventSink(
-            js=js,
+            js=ingest_js,
             prefix=topology_ready.prefix,
             cluster="prod-1",
             service="cloud-events-ingest",
-            inventory=InventoryResolver(kv, ttl_s=0),
+            inventory=InventoryResolver(ingest_kv, ttl_s=0),
             ledger=ledger,
         )
 
@@ -87,7 +96,9 @@ async def test_an_open_event_that_ended_during_a_restart_is_closed_though_the_le
         # the ingest is down while the platform runs the reboot; it restarts with its ledger seeded from CLOUD
         world.advance(timedelta(days=4))
         ledger = TransitionLedger(max_entities=BOUND)
-        await seed_ledger(js, stream=stream, prefix=topology_ready.prefix, ledger=ledger, lookback=timedelta(days=30))
+        await seed_ledger(
+            ingest_js, stream=stream, prefix=topology_ready.prefix, ledger=ledger, lookback=timedelta(days=30)
+        )
         assert ledger.open_events("alibaba") == [event.event_id]
         restarted = AlibabaHistoryPoller(sink=sink(ledger), cluster="prod-1", settings=settings, clock=world.now)
         await restarted.poll_once()

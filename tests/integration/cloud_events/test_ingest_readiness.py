@@ -1,7 +1,10 @@
 """What the ingest's readiness means: the pod can take a pushed event (NATS connected, ledger seeded). A poller's
 failed round is not part of it: it is said on `/status`, in a metric and a log line. Before, one round the Alibaba
 API throttled (`Throttling.User`) made `/readyz` 503 until a later round succeeded; every replica polls the same
-account, so all of them left the Service at once and CloudMonitor's webhook (3 tries, 5 s apart) was dropped."""
+account, so all of them left the Service at once and CloudMonitor's webhook (3 tries, 5 s apart) was dropped.
+
+The ingest runs as deployed, under the `ingest` role on a per-role server of the test's own (no permission violation);
+the admin's connection stands in for the inventory watcher and reads CLOUD."""
 
 from __future__ import annotations
 
@@ -21,8 +24,12 @@ from nodeheal.schemas.inventory import instance_key
 from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.clock import ManualClock
 from nodeheal.sim.ecs_api import EcsEmulator, EcsWorld
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, deployed_as
 
 pytestmark = pytest.mark.nats
+
+deployed = deployed_as("ingest")
+nc, topology_ready = admin_stands_in()
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "cloud-events"
 TOKEN = "t0ken-for-tests"
@@ -31,7 +38,7 @@ INSTANCE = "i-bp1ecr********5go2go"
 
 
 async def test_a_throttled_poll_round_leaves_the_pod_ready_and_its_webhook_open(
-    js: JetStreamContext, topology_ready: NatsSettings
+    js: JetStreamContext, topology_ready: NatsSettings, deployed: RoleServer
 ) -> None:
     kv = await js.key_value(f"{topology_ready.bucket_prefix}-inventory")
     await kv.put(instance_key(INSTANCE), NodeInventory(cluster="prod-1", node="node-3", instance_id=INSTANCE).to_json())
@@ -50,7 +57,7 @@ async def test_a_throttled_poll_round_leaves_the_pod_ready_and_its_webhook_open(
             throttle_backoff_s=0.01,
         )
         values: dict[str, Any] = {
-            "nats": topology_ready,
+            "nats": deployed.role,
             "cluster": "prod-1",
             "auth_token": TOKEN,
             "inventory_cache_ttl_s": 0,
