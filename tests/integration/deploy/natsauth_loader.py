@@ -128,6 +128,24 @@ async def connect_agent(tmp_path: Path, url: str, cluster: str, node: str) -> Cl
     return await connect(settings, name=f"agent-{node}")
 
 
+@contextlib.asynccontextmanager
+async def node_client(tmp_path: Path, url: str, role: str, cluster: str, node: str) -> AsyncIterator[Client]:
+    """A connection of a per-node role (`agent`, `ingest-node`) as one node's process makes it, while
+    `per_role_server(tmp_path)` runs: the node's own credential (minted now, as `natsauth.py mint-<role>` mints it)
+    and its node's inbox (`agent_inbox_prefix`). Closed on exit."""
+    natsauth = load_natsauth()
+    settings = NatsSettings(
+        url=url,
+        creds_file=str(mint_node_user(tmp_path, role, cluster, node)),
+        inbox_prefix=natsauth.agent_inbox_prefix(cluster, node, role=role),
+    )
+    client = await connect(settings, name=f"{role}-{node}")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 def violations(tmp_path: Path) -> list[str]:
     """The permission violations the server of `per_role_server(tmp_path)` logged."""
     return [line for line in (tmp_path / "nats.log").read_text().splitlines() if "Violation" in line]
