@@ -21,7 +21,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from nodeheal.cli.common import NatsAuth, nats_auth_options, nats_url_option, run
+from nodeheal.cli.common import ConnectionNotes, NatsAuth, nats_auth_options, nats_url_option, run
 from nodeheal.cli.window import read_stream
 from nodeheal.remediator.control import (
     PauseState,
@@ -31,7 +31,6 @@ from nodeheal.remediator.control import (
     write_approval,
     write_pause,
 )
-from nodeheal.runtime.connect import connect
 from nodeheal.schemas.audit import RemediationRecord
 from nodeheal.schemas.subjects import DEFAULT_PREFIX, audit_subject
 
@@ -43,20 +42,21 @@ bucket_prefix_option = click.option(
 by_option = click.option("--by", default=None, help="Who is deciding (default: the login name); goes to the audit.")
 
 
-async def _control(
-    url: str, bucket_prefix: str, auth: NatsAuth, refusals: _Refusals | None = None
-) -> tuple[Client, KeyValue]:
-    nc = await connect(
-        auth.settings(url=url, bucket_prefix=bucket_prefix),
-        name="nodeheal-cli",
-        **({"error_cb": refusals.callback} if refusals is not None else {}),
-    )
+def _notes(auth: NatsAuth, tool: str) -> ConnectionNotes:
+    """The connection's notes for a command that writes the control bucket: a permission refusal ends the request
+    at once (`ConnectionNotes.until_refused`; before, each refused request waited out its 5 s timeout) and is said
+    in the command's one-line error (`_refused`), not on a line of its own."""
+    return ConnectionNotes(auth, tool=tool, resumes="a request it cuts fails: run the command again", say_refusal=False)
+
+
+async def _control(url: str, bucket_prefix: str, auth: NatsAuth, notes: ConnectionNotes) -> tuple[Client, KeyValue]:
+    nc = await notes.connect(auth.settings(url=url, bucket_prefix=bucket_prefix), name="nodeheal-cli")
     try:
-        kv = await nc.jetstream().key_value(f"{bucket_prefix}-control")
+        kv = await notes.until_refused(nc.jetstream().key_value(f"{bucket_prefix}-control"))
     except Exception as exc:
         await nc.close()
-        if refusals is not None and refusals.seen:
-            raise _refused(refusals, auth, what=f"read the {bucket_prefix}-control bucket", needs="pausing") from exc
+        if notes.denied:
+            raise _refused(notes, auth, what=f"read the {bucket_prefix}-control bucket", needs="pausing") from exc
         msg = f"bucket {bucket_prefix}-control not found ({exc}); run `nodeheal streams apply` first"
         raise click.ClickException(msg) from exc
     return nc, kv
@@ -66,35 +66,23 @@ async def _switch(
     url: str, bucket_prefix: str, auth: NatsAuth, change: Callable[[KeyValue], Awaitable[T]], *, what: str
 ) -> T:
     """Run `change` on the control bucket; a permission refusal is one line naming the credential, no traceback."""
-    refusals = _Refusals()
-    nc, kv = await _control(url, bucket_prefix, auth, refusals)
+    notes = _notes(auth, "pause")
+    nc, kv = await _control(url, bucket_prefix, auth, notes)
     try:
-        return await change(kv)
-    except (nats.errors.TimeoutError, TimeoutError) as exc:
-        if refusals.seen:
-            raise _refused(refusals, auth, what=what, needs="pausing or resuming") from exc
+        return await notes.until_refused(change(kv))
+    except (nats.errors.TimeoutError, TimeoutError, PermissionError) as exc:
+        if notes.denied:
+            raise _refused(notes, auth, what=what, needs="pausing or resuming") from exc
         raise
     finally:
         await nc.close()
 
 
-class _Refusals:
-    """The permission violations the server reported on this connection (nats-py hands them to the error
-    callback; the request that met one only times out). Also keeps nats-py from logging them with a traceback."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    async def callback(self, exc: Exception) -> None:  # nats-py takes a coroutine function, not a callable
-        if "permissions violation" in str(exc).lower():
-            self.seen.append(str(exc))
-
-
-def _refused(refusals: _Refusals, auth: NatsAuth, *, what: str, needs: str = "approving") -> click.ClickException:
+def _refused(notes: ConnectionNotes, auth: NatsAuth, *, what: str, needs: str = "approving") -> click.ClickException:
     creds = f"the credential {auth.creds_file}" if auth.creds_file else "no credential (--creds / $NATS_CREDS)"
     keys = "approval.* keys" if needs == "approving" else "pause key"
     return click.ClickException(
-        f"the NATS server refused to let this user {what} ({refusals.seen[-1]}); you connected with {creds}. "
+        f"the NATS server refused to let this user {what} ({notes.denied[-1]}); you connected with {creds}. "
         f"{needs.capitalize()} needs a user that may write the control bucket's {keys}: the admin credential "
         "(deploy/nats/natsauth.py writes admin.creds; pass --creds admin.creds or set NATS_CREDS)"
     )
@@ -190,20 +178,22 @@ def approve(
     )
     stream = settings.topology().stream(f"{stream_prefix}AUDIT").name
     bucket = f"{bucket_prefix}-control"
-    refusals = _Refusals()
+    notes = _notes(nats_auth, "approve")
 
     async def body() -> str | None:
-        nc = await connect(settings, name="nodeheal-cli", error_cb=refusals.callback)
+        nc = await notes.connect(settings, name="nodeheal-cli")
         try:
             js = nc.jetstream()
             try:
-                last = await last_record_of(
-                    js,
-                    stream=stream,
-                    prefix=prefix,
-                    action_id=action_id,
-                    look_back=timedelta(hours=look_back_h),
-                    node=node,
+                last = await notes.until_refused(
+                    last_record_of(
+                        js,
+                        stream=stream,
+                        prefix=prefix,
+                        action_id=action_id,
+                        look_back=timedelta(hours=look_back_h),
+                        node=node,
+                    )
                 )
             except NotFoundError as exc:
                 msg = (
@@ -211,9 +201,9 @@ def approve(
                     "--stream-prefix of your installation"
                 )
                 raise click.ClickException(msg) from exc
-            except (nats.errors.TimeoutError, TimeoutError) as exc:
-                if refusals.seen:
-                    raise _refused(refusals, nats_auth, what=f"read the {stream} stream") from exc
+            except (nats.errors.TimeoutError, TimeoutError, PermissionError) as exc:
+                if notes.denied:
+                    raise _refused(notes, nats_auth, what=f"read the {stream} stream") from exc
                 raise
             if last is None:
                 msg = (
@@ -234,18 +224,24 @@ def approve(
                 )
                 raise click.ClickException(msg)
             try:
-                kv = await js.key_value(bucket)
+                kv = await notes.until_refused(js.key_value(bucket))
             except NotFoundError as exc:
                 msg = f"bucket {bucket} not found ({exc}); run `nodeheal streams apply` or pass --bucket-prefix"
                 raise click.ClickException(msg) from exc
-            try:
+            except PermissionError as exc:
+                raise _refused(notes, nats_auth, what=f"read the {bucket} bucket") from exc
+
+            async def approve() -> str | None:
                 previous = await is_approved(kv, action_id)
                 await write_approval(kv, action_id=action_id, by=who, note=note)
-            except (nats.errors.TimeoutError, TimeoutError) as exc:
-                if refusals.seen:
-                    raise _refused(refusals, nats_auth, what=f"write {approval_key(action_id)} in {bucket}") from exc
+                return previous
+
+            try:
+                return await notes.until_refused(approve())
+            except (nats.errors.TimeoutError, TimeoutError, PermissionError) as exc:
+                if notes.denied:
+                    raise _refused(notes, nats_auth, what=f"write {approval_key(action_id)} in {bucket}") from exc
                 raise
-            return previous
         finally:
             await nc.close()
 

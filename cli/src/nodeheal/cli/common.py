@@ -195,12 +195,20 @@ class ConnectionNotes:
     )
 
     def __init__(
-        self, auth: NatsAuth, *, tool: str, needs: str = READER_NEEDED, resumes: str = "the read resumes where it was"
+        self,
+        auth: NatsAuth,
+        *,
+        tool: str,
+        needs: str = READER_NEEDED,
+        resumes: str = "the read resumes where it was",
+        say_refusal: bool = True,
     ) -> None:
         self.auth = auth
         self.tool = tool
         self.needs = needs
         self.resumes = resumes
+        self.say_refusal = say_refusal
+        """Say the first refusal on stderr when it comes (False: the command's one-line error says it)."""
         self._client: Client | None = None
         self.denied: list[str] = []
         self.refused = asyncio.Event()
@@ -222,7 +230,7 @@ class ConnectionNotes:
     async def on_error(self, exc: Exception) -> None:  # nats-py takes coroutine functions
         text = str(exc) or type(exc).__name__
         if "permissions violation" in text.lower():
-            if not self.denied:
+            if not self.denied and self.say_refusal:
                 click.echo(f"{self.tool}: the NATS server refused: {text}", err=True)
             self.denied.append(text)
             self.refused.set()
