@@ -63,10 +63,16 @@ async def _control(url: str, bucket_prefix: str, auth: NatsAuth, notes: Connecti
 
 
 async def _switch(
-    url: str, bucket_prefix: str, auth: NatsAuth, change: Callable[[KeyValue], Awaitable[T]], *, what: str
+    url: str,
+    bucket_prefix: str,
+    auth: NatsAuth,
+    change: Callable[[KeyValue], Awaitable[T]],
+    *,
+    what: str,
+    tool: str,
 ) -> T:
     """Run `change` on the control bucket; a permission refusal is one line naming the credential, no traceback."""
-    notes = _notes(auth, "pause")
+    notes = _notes(auth, tool)
     nc, kv = await _control(url, bucket_prefix, auth, notes)
     try:
         return await notes.until_refused(change(kv))
@@ -268,7 +274,7 @@ def pause(reason: str, nats_url: str | None, nats_auth: NatsAuth, bucket_prefix:
         async def change(kv: KeyValue) -> None:
             await write_pause(kv, paused=True, reason=reason, by=who)
 
-        await _switch(_url(nats_url), bucket_prefix, nats_auth, change, what="write the pause switch")
+        await _switch(_url(nats_url), bucket_prefix, nats_auth, change, what="write the pause switch", tool="pause")
         click.echo(f"remediation paused by {who}: {reason}")
 
     run(body)
@@ -289,7 +295,9 @@ def resume(nats_url: str | None, nats_auth: NatsAuth, bucket_prefix: str, by: st
             await write_pause(kv, paused=False, reason="", by=who)
             return before
 
-        before = await _switch(_url(nats_url), bucket_prefix, nats_auth, change, what="write the pause switch")
+        before = await _switch(
+            _url(nats_url), bucket_prefix, nats_auth, change, what="write the pause switch", tool="resume"
+        )
         click.echo(f"remediation resumed by {who}" + ("" if before.paused else " (it was not paused)"))
 
     run(body)
