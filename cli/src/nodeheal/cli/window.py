@@ -241,6 +241,8 @@ async def read_durable(
     since: datetime | None = None,
     follow: bool = False,
     batch: int = DURABLE_BATCH,
+    ack_send_turns: int = ACK_SEND_TURNS,
+    own_acks_checks: int = OWN_ACKS_CHECKS,
 ) -> AsyncGenerator[StoredMessage, None]:
     """Like `read_stream`, through a named durable pull consumer that remembers what was acknowledged:
     the next run starts after the last message this one yielded. `since` only applies when the durable
@@ -258,14 +260,18 @@ async def read_durable(
     holds unacknowledged are waited for (they come back to this read when that reader naks them or lets
     the ack wait pass) up to the consumer's ack wait plus `HELD_MARGIN_S`, said on stderr; then the read ends,
     saying how many it did not get. With `follow`, a lost connection or consumer leader (server restart, leader
-    election) is retried once a second, said on stderr after `REOPEN_WARN_S`; the durable keeps the position."""
+    election) is retried once a second, said on stderr after `REOPEN_WARN_S`; the durable keeps the position.
+
+    `ack_send_turns` (`ACK_SEND_TURNS`) and `own_acks_checks` (`OWN_ACKS_CHECKS`): 0 turns leaves the
+    acknowledgements to the client's flusher, 0 checks takes what looks held at the end for another reader's
+    at once (how the read was before; `nodeheal bench audit-read` measures both against the defaults)."""
     await _ensure_durable(js, stream=stream, durable=durable, subjects=subjects, since=since)
     psub = await js.pull_subscribe_bind(durable, stream)
     fetched: deque[Msg] = deque()  # fetched, not yet yielded: given back at the end
     taken: Msg | None = None  # yielded, not yet acknowledged: acknowledged at the end
     held_until: float | None = None  # (bounded read) when to stop waiting for messages another reader holds
     held_reported = False
-    own_acks_checks = 0  # consumer info asked again while what looks held may be our own acks in flight
+    checks = 0  # consumer info asked again while what looks held may be our own acks in flight
     nc: Any = getattr(js, "_nc", None)  # the client under `js` (nats-py keeps it private): its flusher, a round trip
     try:
         while True:
@@ -285,16 +291,16 @@ async def read_durable(
                 pending, held = cinfo.num_pending or 0, cinfo.num_ack_pending or 0
                 if pending + held == 0:
                     return
-                if pending == 0 and own_acks_checks < OWN_ACKS_CHECKS:
+                if pending == 0 and checks < own_acks_checks:
                     # our own last acknowledgements may not be counted yet: the server applies them apart from
                     # answering consumer info. Before, a read's end then waited 5 s on "records delivered to
                     # another reader" that were its own. A round trip, a short pause, and ask again
-                    own_acks_checks += 1
+                    checks += 1
                     if nc is not None and nc.is_connected:
                         # a lost connection is for the next consumer info to say, not this courtesy round trip
                         with contextlib.suppress(Exception):
                             await nc.flush(timeout=2)
-                    await asyncio.sleep(OWN_ACKS_PAUSE_S * own_acks_checks)
+                    await asyncio.sleep(OWN_ACKS_PAUSE_S * checks)
                     continue
                 if pending == 0:  # only delivered-and-unacknowledged ones left: ours (given back) or another's
                     waiting_for_held = True
@@ -333,7 +339,7 @@ async def read_durable(
                 psub = await _rebind(js, psub, stream=stream, durable=durable)
                 continue
             fetched.extend(msgs)
-            own_acks_checks = 0
+            checks = 0
             stop_if_cancelled()
             while fetched:
                 taken = fetched.popleft()
@@ -348,7 +354,7 @@ async def read_durable(
                     raise
                 await taken.ack()
                 taken = None
-                await _acks_sent(nc)
+                await _acks_sent(nc, ack_send_turns)
                 held_until = None  # progress: a new wait for held messages starts from here
                 stop_if_cancelled()  # Ctrl-C: the rest of the batch is given back, not printed
     finally:
@@ -406,14 +412,15 @@ def _gone(exc: NotFoundError, *, stream: str, durable: str) -> Exception:
     return exc
 
 
-async def _acks_sent(nc: Any) -> None:
+async def _acks_sent(nc: Any, turns: int) -> None:
     """Let the client's flusher hand what it holds (the acknowledgement just made) to the socket before the
     next message is yielded. nats-py buffers a publish and writes it from its flusher task, which runs only
     when the event loop does: a caller that prints a whole batch without waiting (stdout is blocking) kept
     every acknowledgement of the batch in the buffer, and a SIGKILL then lost them (the next run printed
     those records again). The flusher is woken by the ack; one turn of the loop runs it (a few more if
-    other tasks are ahead of it; bounded, never a wait). `nc` is the client under the read's JetStream context."""
-    for _ in range(ACK_SEND_TURNS):
+    other tasks are ahead of it; at most `turns`, never a wait). `nc` is the client under the read's JetStream
+    context."""
+    for _ in range(turns):
         if nc is None or not nc.is_connected or nc.pending_data_size == 0:
             return
         await asyncio.sleep(0)

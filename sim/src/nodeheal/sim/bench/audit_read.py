@@ -80,15 +80,25 @@ async def _fill(nc: Any, settings: NatsSettings, records: int) -> str:
     return stream
 
 
-async def _read(js: Any, *, stream: str, subject: str, durable: str, sink: io.TextIOBase) -> tuple[float, int, bool]:
-    """One whole durable read as `audit tail --durable NAME --json` does it: seconds, records, and whether it said
-    it waited for records held by another reader."""
+async def _read(
+    js: Any, *, stream: str, subject: str, durable: str, sink: io.TextIOBase, tuning: tuple[int, int]
+) -> tuple[float, int, bool]:
+    """One whole durable read as `audit tail --durable NAME --json` does it, with the kind's `tuning` (the read's
+    `ack_send_turns`, `own_acks_checks`): seconds, records, and whether it said it waited for records held by
+    another reader."""
     said = io.StringIO()
     count = 0
     started = time.perf_counter()
     with contextlib.redirect_stderr(said):
         async with contextlib.aclosing(
-            window.read_durable(js, stream=stream, durable=durable, subjects=[subject])
+            window.read_durable(
+                js,
+                stream=stream,
+                durable=durable,
+                subjects=[subject],
+                ack_send_turns=tuning[0],
+                own_acks_checks=tuning[1],
+            )
         ) as source:
             async for stored in source:
                 record = RemediationRecord.model_validate_json(stored.data)
@@ -101,10 +111,9 @@ async def _read(js: Any, *, stream: str, subject: str, durable: str, sink: io.Te
 async def _run(*, records: int, rounds: int, sink: io.TextIOBase) -> dict[str, Any]:
     settings = NatsSettings(prefix="bench", stream_prefix="BENCH_", bucket_prefix="bench")
     subject = f"{settings.prefix}.audit.*.*"
-    now = {"turns": window.ACK_SEND_TURNS, "checks": window.OWN_ACKS_CHECKS}
     runs: dict[str, list[tuple[float, int, bool]]] = {"before": [], "end_fixed_acks_buffered": [], "now": []}
-    turns = {"before": 0, "end_fixed_acks_buffered": 0, "now": now["turns"]}
-    checks = {"before": 0, "end_fixed_acks_buffered": now["checks"], "now": now["checks"]}
+    turns, checks = window.ACK_SEND_TURNS, window.OWN_ACKS_CHECKS  # `now`: the read's defaults
+    tunings = {"before": (0, 0), "end_fixed_acks_buffered": (0, checks), "now": (turns, checks)}
     with EmbeddedNats() as server:
         nc = await connect(settings.model_copy(update={"url": server.url}), name="nodeheal-bench-audit-read")
         try:
@@ -112,13 +121,12 @@ async def _run(*, records: int, rounds: int, sink: io.TextIOBase) -> dict[str, A
             js = nc.jetstream()
             for round_ in range(rounds):
                 for label in runs:  # alternated: the same machine, the same run, the same stream
-                    window.ACK_SEND_TURNS, window.OWN_ACKS_CHECKS = turns[label], checks[label]
-                    try:
-                        runs[label].append(
-                            await _read(js, stream=stream, subject=subject, durable=f"{label}-{round_}", sink=sink)
+                    durable = f"{label}-{round_}"
+                    runs[label].append(
+                        await _read(
+                            js, stream=stream, subject=subject, durable=durable, sink=sink, tuning=tunings[label]
                         )
-                    finally:
-                        window.ACK_SEND_TURNS, window.OWN_ACKS_CHECKS = now["turns"], now["checks"]
+                    )
         finally:
             await nc.close()
     out: dict[str, Any] = {
