@@ -9,7 +9,6 @@ reads CLOUD afterwards."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from datetime import timedelta
 
 import prometheus_client
@@ -20,18 +19,13 @@ from nodeheal.cloud_events.ingest.pollers import AzureScheduledEventsPoller
 from nodeheal.cloud_events.ingest.settings import AzurePollerSettings
 from nodeheal.cloud_events.ingest.sink import CloudEventSink, InventoryResolver, seed_ledger
 from nodeheal.cloud_events.normalize import TransitionLedger
+from nodeheal.runtime.connect import connect
 from nodeheal.runtime.settings import NatsSettings
 from nodeheal.schemas import CloudSystemEvent
 from nodeheal.schemas.subjects import cloud_subject
 from nodeheal.sim.azure_imds import AzureImdsEmulator, AzureScheduledEvents
 from nodeheal.sim.clock import ManualClock
-from tests.integration.deploy.natsauth_loader import (
-    RoleServer,
-    admin_stands_in,
-    deployed_as,
-    load_natsauth,
-    mint_node_user,
-)
+from tests.integration.deploy.natsauth_loader import RoleServer, admin_stands_in, deployed_as, node_nats
 
 pytestmark = pytest.mark.nats
 
@@ -278,15 +272,8 @@ async def test_an_azure_poller_without_a_vm_name_asks_imds_for_it(
     and dropped every event of its own VM; now it reads the VM name from IMDS once. The poller runs under that
     node's own credential."""
     node = "aks-pool1-123-vmss000003"
-    aks = dataclasses.replace(
-        deployed,
-        role=deployed.role.model_copy(
-            update={"creds_file": str(mint_node_user(deployed.dir, "ingest-node", CLUSTER, node))}
-        ),
-        node_inbox=load_natsauth().agent_inbox_prefix(CLUSTER, node, role="ingest-node"),
-        opened=deployed.opened,
-    )
-    client = await aks.role_nc("ingest-node-aks")
+    client = await connect(node_nats(deployed.dir, deployed.url, "ingest-node", CLUSTER, node), name="ingest-node-aks")
+    deployed.opened.append(client)  # closed with the server's other connections
     events = AzureScheduledEvents(clock=ManualClock())
     events.schedule("Reboot", resources=["aks-pool1-123-vmss_3"])
     sink = _sink(client.jetstream(), topology_ready)

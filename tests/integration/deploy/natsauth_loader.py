@@ -118,28 +118,27 @@ def agent_nats(tmp_path: Path, url: str, cluster: str, node: str) -> NatsSetting
     )
 
 
+def node_nats(tmp_path: Path, url: str, role: str, cluster: str, node: str) -> NatsSettings:
+    """The NATS settings one node's process of a per-node role (`agent`, `ingest-node`) connects with, while
+    `per_role_server(tmp_path)` runs: the node's own credential (minted now, as `natsauth.py mint-<role>` mints
+    it) and its node's inbox (`agent_inbox_prefix`, what the process derives from its role's base prefix)."""
+    return NatsSettings(
+        url=url,
+        creds_file=str(mint_node_user(tmp_path, role, cluster, node)),
+        inbox_prefix=load_natsauth().agent_inbox_prefix(cluster, node, role=role),
+    )
+
+
 async def connect_agent(tmp_path: Path, url: str, cluster: str, node: str) -> Client:
-    """A node agent's connection as deployed, for the simulator's real agent code: the node's own credential
-    (minted now, as `natsauth.py mint-agent` mints it, while `per_role_server(tmp_path)` runs) and its node's
-    inbox (`agent_inbox_prefix`, what the agent derives from the base prefix). The caller closes it."""
-    mint_agent(tmp_path, cluster, node)
-    inbox = load_natsauth().agent_inbox_prefix(cluster, node)
-    settings = agent_nats(tmp_path, url, cluster, node).model_copy(update={"inbox_prefix": inbox})
-    return await connect(settings, name=f"agent-{node}")
+    """A node agent's connection as deployed, for the simulator's real agent code (`node_nats`); the caller
+    closes it."""
+    return await connect(node_nats(tmp_path, url, "agent", cluster, node), name=f"agent-{node}")
 
 
 @contextlib.asynccontextmanager
 async def node_client(tmp_path: Path, url: str, role: str, cluster: str, node: str) -> AsyncIterator[Client]:
-    """A connection of a per-node role (`agent`, `ingest-node`) as one node's process makes it, while
-    `per_role_server(tmp_path)` runs: the node's own credential (minted now, as `natsauth.py mint-<role>` mints it)
-    and its node's inbox (`agent_inbox_prefix`). Closed on exit."""
-    natsauth = load_natsauth()
-    settings = NatsSettings(
-        url=url,
-        creds_file=str(mint_node_user(tmp_path, role, cluster, node)),
-        inbox_prefix=natsauth.agent_inbox_prefix(cluster, node, role=role),
-    )
-    client = await connect(settings, name=f"{role}-{node}")
+    """A connection of a per-node role as one node's process makes it (`node_nats`). Closed on exit."""
+    client = await connect(node_nats(tmp_path, url, role, cluster, node), name=f"{role}-{node}")
     try:
         yield client
     finally:
@@ -190,13 +189,9 @@ async def role_server(tmp_path: Path, role: str, *, node: tuple[str, str] | None
         if node is None:
             deployed = RoleServer(directory, server.url, nc, admin, role_nats(directory, server.url, role))
         else:
-            settings = NatsSettings(
-                url=server.url,
-                creds_file=str(mint_node_user(directory, role, *node)),
-                inbox_prefix=natsauth.inbox_prefix(role),
-            )
-            inbox = natsauth.agent_inbox_prefix(*node, role=role)
-            deployed = RoleServer(directory, server.url, nc, admin, settings, node_inbox=inbox)
+            own = node_nats(directory, server.url, role, *node)
+            settings = own.model_copy(update={"inbox_prefix": natsauth.inbox_prefix(role)})  # as deployed
+            deployed = RoleServer(directory, server.url, nc, admin, settings, node_inbox=own.inbox_prefix)
         try:
             yield deployed
         finally:

@@ -38,9 +38,9 @@ from nodeheal.sim.kube import KubeWorld
 from nodeheal.sim.referee import WorldLog, budget_exceedances
 from tests.integration.deploy.natsauth_loader import (
     agent_nats,
-    load_natsauth,
     mint_agent,
     mint_role,
+    node_client,
     role_nats,
     violations,
 )
@@ -409,13 +409,8 @@ class Deployed:
     async def agent_connection(self, node: str) -> AsyncIterator[Client]:
         """A connection as the node's agent makes it (its own credential, its node's inbox): for probes the test
         shapes itself (heartbeats only, then one full probe), sent where only that node may send them."""
-        settings = self.agent(node)
-        inbox = load_natsauth().agent_inbox_prefix(CLUSTER, node)
-        client = await connect(settings.model_copy(update={"inbox_prefix": inbox}), name=f"agent-{node}")
-        try:
+        async with node_client(self.directory, self.url, "agent", CLUSTER, node) as client:
             yield client
-        finally:
-            await client.close()
 
     @contextlib.asynccontextmanager
     async def remediator_connection(self, name: str = "remediator") -> AsyncIterator[Client]:
