@@ -705,6 +705,94 @@ def test_a_nats_restart_makes_no_healthy_node_silent(outage_s: float) -> None:
     assert drain(det) == []
 
 
+def _fleet_through_a_stream_outage(
+    det: Detector, nodes: list[str], *, down_from: float, back_at: float, until: float, dead: frozenset[str]
+) -> dict[str, float]:
+    """Every node probes every INTERVAL at its own phase, as an agent does; from `down_from` to `back_at` the
+    stream stores nothing (its leader lost, another being elected) while the detector's own connection stays up.
+    An agent whose probe was refused keeps it and sends it with its next one, an interval later. Each 0.1 s is one
+    chunk read, its stored times given to `stream_stored` first, as the service does. `dead` nodes stop probing
+    for good at `down_from - 1`. Returns when each node was first found silent."""
+    steps = round(INTERVAL / 0.1)  # 0.1 s steps a cadence
+    slot = {n: i * steps // len(nodes) for i, n in enumerate(nodes)}  # each node's phase, spread over the cadence
+    seq: dict[str, int] = dict.fromkeys(nodes, 0)
+    found: dict[str, float] = {}
+    k = 0
+    while (t := round(T0 + k * 0.1, 3)) < until:
+        k += 1
+        stored = []
+        for n in nodes:
+            if (k - 1) % steps != slot[n] or (n in dead and t >= down_from - 1):
+                continue
+            seq[n] += 1
+            if not down_from <= t < back_at:
+                stored.append(n)
+        if stored:
+            det.stream_stored(first=t, last=t, count=len(stored), now=t)
+            for n in stored:
+                det.observe_probe(agent_probe(t=t, node=n, seq=seq[n]), now=t)
+        det.tick(now=t)
+        for a in det.outbox:
+            if a.kind in ("node_down", "node_hang") and a.status == "firing":
+                found.setdefault(a.node, t)
+        det.outbox.clear()
+    return found
+
+
+@pytest.mark.parametrize("outage_s", [6.5, 12.0, 40.0])
+def test_an_election_of_the_probe_streams_leader_makes_no_healthy_node_silent(outage_s: float) -> None:
+    """A server of a cluster that led PROBES dies: the stream stores nothing until another is elected (6.5 s in a
+    `--nats-cluster 3 --chaos` demo), the detector's own connection to another server never drops. Each agent
+    whose probe fell into it sends that probe with its next one, an interval later; the others' come back the
+    moment it stores again. Before, the nodes whose probes fell into the election were judged silent: in the middle
+    of it (the input guard waited for a whole silence timeout without input), or at the first probes after it (a
+    fifth of a 300-node demo went `node_down`, read as rack and zone partitions; at this 10 s cadence it takes an
+    outage longer than half a cadence, 12 s and 40 s here, while 6.5 s stays a check). A node dead before the outage
+    is still found down, one silence timeout after the stream is back (and the sweep's next look) at the latest."""
+    det = make(warmup_s=0.0)
+    nodes = [f"n{i}" for i in range(200)]
+    down_from = T0 + 100.0
+    found = _fleet_through_a_stream_outage(
+        det, nodes, down_from=down_from, back_at=down_from + outage_s, until=down_from + 150, dead=frozenset({"n7"})
+    )
+    assert sorted(found) == ["n7"]
+    timeout = INTERVAL * RuleConfig().down_after_missed
+    assert found["n7"] <= down_from + outage_s + timeout + RuleConfig().silence_recheck_s  # looked at again every 5 s
+    assert det.counters.feed_pauses == 1
+
+
+def test_without_a_stream_outage_a_dead_node_is_found_on_time_and_no_pause_is_taken() -> None:
+    """The fleet's own gaps between stored probes (a small fleet's are seconds long) are no outage: a node that
+    stops is found down one silence timeout after its last probe, as before."""
+    for size in (3, 40, 200):
+        det = make(warmup_s=0.0)
+        nodes = [f"n{i}" for i in range(size)]
+        down_from = T0 + 100.0
+        found = _fleet_through_a_stream_outage(
+            det, nodes, down_from=down_from, back_at=down_from, until=down_from + 60, dead=frozenset({"n1"})
+        )
+        timeout = INTERVAL * RuleConfig().down_after_missed
+        assert sorted(found) == ["n1"], size
+        assert found["n1"] <= down_from - 1 + timeout + 0.2, size
+        assert det.counters.feed_pauses == 0, size
+
+
+def test_a_fleet_that_mostly_dies_at_once_is_found_down_within_one_more_timeout() -> None:
+    """290 of 300 nodes lose power together: the survivors' probes leave gaps the stream's recent rate (still the
+    whole fleet's) takes for pauses, for about one cadence, and each such pause gives every node a full timeout.
+    The dead are still found, at most one cadence and one timeout later than their own timeout."""
+    det = make(warmup_s=0.0)
+    nodes = [f"n{i}" for i in range(300)]
+    dead = frozenset(nodes[10:])
+    down_from = T0 + 100.0
+    found = _fleet_through_a_stream_outage(
+        det, nodes, down_from=down_from, back_at=down_from, until=down_from + 120, dead=dead
+    )
+    timeout = INTERVAL * RuleConfig().down_after_missed
+    assert set(found) == dead
+    assert max(found.values()) <= down_from - 1 + INTERVAL + 2 * timeout + 0.2
+
+
 # ---------------------------------------------------------------- an older agent probe delivered again
 
 

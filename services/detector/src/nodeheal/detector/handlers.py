@@ -214,6 +214,12 @@ class Metrics:
             " handled and handling it",
             registry=reg,
         )
+        self.feed_pauses = prometheus_client.Counter(
+            "nodeheal_detector_feed_pauses",
+            "Pauses of PROBES taken for the stream's outage (it stored nothing from anyone for far longer than the"
+            " fleet's probes leave between them): each gave every node a full silence timeout",
+            registry=reg,
+        )
 
 
 class DetectorRuntime:
@@ -638,6 +644,25 @@ class DetectorRuntime:
             det.feed_back(now=now)
         self._reconnects = reconnects
 
+    def _watch_stream(self, chunk: Sequence[PulledMsg], now: float) -> None:
+        """What the probe stream stored: a pause in it far longer than the fleet's probes leave between them is the
+        stream's outage (its leader lost, another being elected), and every node gets a full silence timeout
+        (`Detector.stream_stored`). Judged before the chunk's probes: a prober verdict among them may judge a
+        silence at once."""
+        det = self.detector
+        first, last = stored_at(chunk[0].reply), stored_at(chunk[-1].reply)
+        if first is None or last is None:
+            return
+        widest = widest_gap(chunk) if last - first >= det.feed_pause_s else 0.0
+        pause = det.stream_stored(first=first, last=last, count=len(chunk), now=now, widest=widest)
+        if pause is not None:
+            self.metrics.feed_pauses.inc()
+            log.warning(
+                "the probe stream stored nothing for a while (its leader lost and another elected, or every agent "
+                "cut off from it): no silence judged until every node has had one silence timeout",
+                extra={"pause_s": round(pause, 2), "shortest_outage_s": round(det.feed_pause_s, 2)},
+            )
+
     async def _run_probes(self) -> None:
         puller = self._probe_puller
         assert puller is not None
@@ -660,6 +685,7 @@ class DetectorRuntime:
                 log.exception("pulling probes failed; retrying")
                 await asyncio.sleep(1.0)
                 continue
+            pulled = chunk  # in stream order: what `_unfinished` puts before it was stored earlier
             if chunk:
                 kill_point("detector.fetched")
             if chunk and first:
@@ -673,6 +699,8 @@ class DetectorRuntime:
                 first = False
             now = self.clock()
             self._watch_feed(now)
+            if pulled:
+                self._watch_stream(pulled, now)
             bad, unsent = unsent, []
             for msg in chunk:
                 route = route_of(msg.subject)
@@ -929,8 +957,8 @@ def _window_size(queue: Sequence[Anomaly], window: int) -> int:
     return max(1, limit)
 
 
-def stream_lag(reply: str, wall: float) -> float | None:
-    """Seconds between the server storing a JetStream message and now, from its ack subject
+def stored_at(reply: str) -> float | None:
+    """When the server stored a JetStream message (seconds since the epoch), from its ack subject
     (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<stored ns>.<pending>`, or the 12-token form
     with domain and account hash); None when the subject is not a JetStream ack subject."""
     tokens = reply.split(".")
@@ -941,6 +969,27 @@ def stream_lag(reply: str, wall: float) -> float | None:
     else:
         return None
     try:
-        return max(0.0, wall - int(stamp) / 1e9)
+        return int(stamp) / 1e9
     except ValueError:
         return None
+
+
+def stream_lag(reply: str, wall: float) -> float | None:
+    """Seconds between the server storing a JetStream message and now (`stored_at`); None when the subject is not
+    a JetStream ack subject."""
+    stored = stored_at(reply)
+    return None if stored is None else max(0.0, wall - stored)
+
+
+def widest_gap(chunk: Sequence[PulledMsg]) -> float:
+    """The widest gap between the stored times of two consecutive messages of `chunk` (0 when fewer than two
+    carry one)."""
+    widest, before = 0.0, None
+    for msg in chunk:
+        t = stored_at(msg.reply)
+        if t is None:
+            continue
+        if before is not None and t - before > widest:
+            widest = t - before
+        before = t
+    return widest

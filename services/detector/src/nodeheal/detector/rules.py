@@ -12,6 +12,7 @@ fault, flapping) resolve after a quiet period.
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import UTC, datetime
 from typing import Final
 
@@ -130,6 +131,16 @@ CADENCE_SAMPLES: Final = 2048
 CADENCE_EVERY: Final = 256
 CADENCE_MIN_SAMPLES: Final = 32
 
+FEED_PAUSE_ARRIVALS: Final = 20.0
+"""A pause in what the probe stream stored counts as the stream's outage (`Detector.stream_stored`) only when it is
+this many times the mean gap between two stored messages of the last cadence: a fleet whose agents probe at their
+own phases leaves such a gap with a chance of e^-20; a fleet that mostly died leaves its survivors' gaps, and the
+rate follows it within one cadence."""
+FEED_PAUSE_CADENCE_SHARE: Final = 0.25
+"""... and at least this share of the cadence: a large fleet stores thousands of probes a second, and a pause of a
+few milliseconds (a disk flush) is no outage. An outage shorter than half a cadence silences nobody (an agent
+sends its refused probe with its next one, one cadence later, within the 2.5 cadences of the timeout)."""
+
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
@@ -149,7 +160,7 @@ def anomaly_msg_id(key: str, status: str, fault_onset: datetime) -> str:
 
 
 class Counters:
-    __slots__ = ("duplicates", "explained_reboots", "fired", "probes", "resolved")
+    __slots__ = ("duplicates", "explained_reboots", "feed_pauses", "fired", "probes", "resolved")
 
     def __init__(self) -> None:
         self.probes = 0
@@ -157,6 +168,7 @@ class Counters:
         self.fired = 0
         self.resolved = 0
         self.explained_reboots = 0
+        self.feed_pauses = 0  # pauses of the probe stream taken for its outage (`Detector.stream_stored`)
 
 
 class Detector:
@@ -207,6 +219,11 @@ class Detector:
         self._gaps_seen = 0
         self._warmup_until = started_at + (config.warmup_s if config.warmup_s is not None else self._down_timeout)
         self.feed_away = False  # our own connection to NATS is down: no silence is judged (`lost_feed`)
+        # what the probe stream stored (`stream_stored`): the newest stored time read, and the last cadence's chunks
+        # (stored time of each chunk's newest message, its count) for the stream's rate
+        self._stored_last = 0.0
+        self._stored_recent: deque[tuple[float, int]] = deque()
+        self._stored_in_recent = 0
 
     def lost_feed(self) -> None:
         """Our connection to NATS is down: nothing the fleet sends reaches us, so no silence is judged."""
@@ -220,6 +237,42 @@ class Detector:
         probe after the outage)."""
         self.feed_away = False
         self._warmup_until = max(self._warmup_until, now + self._down_timeout)
+
+    @property
+    def feed_pause_s(self) -> float:
+        """The shortest pause in what the probe stream stored that `stream_stored` takes for its outage: 20 of the
+        mean gaps between two messages it stored in the last cadence, at least a quarter of the cadence."""
+        window = self.cadence_s
+        rate = self._stored_in_recent / window
+        floor = self.cadence_s * FEED_PAUSE_CADENCE_SHARE
+        return max(floor, FEED_PAUSE_ARRIVALS / rate) if rate > 0 else float("inf")
+
+    def stream_stored(self, *, first: float, last: float, count: int, now: float, widest: float = 0.0) -> float | None:
+        """A chunk of the probe stream read in stream order: `first` and `last` the times the server stored its
+        oldest and newest message, `widest` the widest gap between two of its messages when the caller measured it
+        (a chunk spanning more than `feed_pause_s`). A pause before or inside it of `feed_pause_s` or more means
+        the stream stored nothing from anyone for that long: its leader lost and another being elected (a server
+        of a cluster killed), not the fleet gone quiet — the other agents' probes resume the moment it stores
+        again, while each agent whose probe it refused sends that one with its next, an interval later. Then no
+        silence is judged until every node has had a full silence timeout from now, as after our own reconnect
+        (`feed_back`). Before, the nodes whose probes fell into a 6.5 s election were `node_down` a moment,
+        read as rack and zone partitions (a `--nats-cluster 3 --chaos` demo). Returns the pause when it was
+        taken for the stream's outage, else None. The first chunk read only sets where the stream stands."""
+        pause = 0.0
+        if self._stored_last:
+            pause = max(first - self._stored_last, widest)
+        outage = pause >= self.feed_pause_s
+        recent = self._stored_recent
+        recent.append((last, count))
+        self._stored_in_recent += count
+        while recent and recent[0][0] < last - self.cadence_s:
+            self._stored_in_recent -= recent.popleft()[1]
+        self._stored_last = max(self._stored_last, last)
+        if not outage:
+            return None
+        self.counters.feed_pauses += 1
+        self._warmup_until = max(self._warmup_until, now + self._down_timeout)
+        return pause
 
     # ------------------------------------------------------------------ nodes and the timer wheel
 
@@ -833,8 +886,11 @@ class Detector:
         runs between them (its /healthz among others)."""
         target = int(now)
         looked = 0
-        # When the whole input is silent, the problem is our feed, not the fleet: no silence anomaly.
-        input_alive = now - self.last_input <= self._down_timeout
+        # When the whole input is silent, the problem is our feed, not the fleet: no silence anomaly. Silent means
+        # nothing for the silence timeout, or for as long as the stream's pauses taken for its outage
+        # (`feed_pause_s`): every node whose probe falls into an election of the stream's leader would otherwise be
+        # judged in the middle of it, when nothing yet shows the pause for the stream's
+        input_alive = now - self.last_input <= min(self._down_timeout, self.feed_pause_s)
         in_warmup = now < self._warmup_until
         self.tick_behind = False
         while self._wheel_cursor <= target:
