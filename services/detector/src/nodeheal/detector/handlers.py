@@ -217,7 +217,7 @@ class Metrics:
         self.feed_pauses = prometheus_client.Counter(
             "nodeheal_detector_feed_pauses",
             "Pauses of PROBES taken for the stream's outage (it stored nothing from anyone for far longer than the"
-            " fleet's probes leave between them): each gave every node a full silence timeout",
+            " fleet's probes leave between them): no node's silence counts them",
             registry=reg,
         )
 
@@ -646,21 +646,22 @@ class DetectorRuntime:
 
     def _watch_stream(self, chunk: Sequence[PulledMsg], now: float) -> None:
         """What the probe stream stored: a pause in it far longer than the fleet's probes leave between them is the
-        stream's outage (its leader lost, another being elected), and every node gets a full silence timeout
+        stream's outage (its leader lost, another being elected), and no node's silence counts it
         (`Detector.stream_stored`). Judged before the chunk's probes: a prober verdict among them may judge a
         silence at once."""
         det = self.detector
         first, last = stored_at(chunk[0].reply), stored_at(chunk[-1].reply)
         if first is None or last is None:
             return
-        widest = widest_gap(chunk) if last - first >= det.feed_pause_s else 0.0
+        shortest = det.feed_pause_s
+        widest = widest_gap(chunk) if last - first >= shortest else 0.0
         pause = det.stream_stored(first=first, last=last, count=len(chunk), now=now, widest=widest)
         if pause is not None:
             self.metrics.feed_pauses.inc()
             log.warning(
                 "the probe stream stored nothing for a while (its leader lost and another elected, or every agent "
-                "cut off from it): no silence judged until every node has had one silence timeout",
-                extra={"pause_s": round(pause, 2), "shortest_outage_s": round(det.feed_pause_s, 2)},
+                "cut off from it): the pause counts in no node's silence",
+                extra={"pause_s": round(pause, 2), "shortest_outage_s": round(shortest, 2)},
             )
 
     async def _run_probes(self) -> None:

@@ -224,6 +224,8 @@ class Detector:
         self._stored_last = 0.0
         self._stored_recent: deque[tuple[float, int]] = deque()
         self._stored_in_recent = 0
+        # the stream's outages taken from such pauses, (start, end) on our clock: no node's silence counts them
+        self._pauses: deque[tuple[float, float]] = deque()
 
     def lost_feed(self) -> None:
         """Our connection to NATS is down: nothing the fleet sends reaches us, so no silence is judged."""
@@ -253,11 +255,12 @@ class Detector:
         (a chunk spanning more than `feed_pause_s`). A pause before or inside it of `feed_pause_s` or more means
         the stream stored nothing from anyone for that long: its leader lost and another being elected (a server
         of a cluster killed), not the fleet gone quiet — the other agents' probes resume the moment it stores
-        again, while each agent whose probe it refused sends that one with its next, an interval later. Then no
-        silence is judged until every node has had a full silence timeout from now, as after our own reconnect
-        (`feed_back`). Before, the nodes whose probes fell into a 6.5 s election were `node_down` a moment,
-        read as rack and zone partitions (a `--nats-cluster 3 --chaos` demo). Returns the pause when it was
-        taken for the stream's outage, else None. The first chunk read only sets where the stream stands."""
+        again, while each agent whose probe it refused sends that one with its next, an interval later. The pause
+        then counts in no node's silence (`silence_credit`): a healthy node's gap, less the pause, is at most two
+        intervals, inside the 2.5 of the timeout; a node dark since before it is judged as if the stream had never
+        paused. Before, the nodes whose probes fell into a 6.5 s election were `node_down` a moment, read as rack
+        and zone partitions (a `--nats-cluster 3 --chaos` demo). Returns the pause when it was taken for the
+        stream's outage, else None. The first chunk read only sets where the stream stands."""
         pause = 0.0
         if self._stored_last:
             pause = max(first - self._stored_last, widest)
@@ -271,8 +274,22 @@ class Detector:
         if not outage:
             return None
         self.counters.feed_pauses += 1
-        self._warmup_until = max(self._warmup_until, now + self._down_timeout)
+        pauses = self._pauses
+        pauses.append((now - pause, now))
+        # a pause that ended two timeouts ago can no longer decide anything: a node silent since before it is
+        # past its timeout with or without it
+        while pauses and pauses[0][1] < now - 2 * self._down_timeout - self.feed_lag:
+            pauses.popleft()
         return pause
+
+    def silence_credit(self, since: float, now: float) -> float:
+        """How much of the time from `since` to `now` the probe stream was paused (`stream_stored`): not a silence."""
+        credit = 0.0
+        for start, end in self._pauses:
+            overlap = min(end, now) - max(start, since)
+            if overlap > 0:
+                credit += overlap
+        return credit
 
     # ------------------------------------------------------------------ nodes and the timer wheel
 
@@ -387,7 +404,11 @@ class Detector:
         elif (
             not self.feed_away
             and now >= self._warmup_until
-            and now >= node.last_agent + self._down_timeout + self.feed_lag
+            and now
+            >= node.last_agent
+            + self._down_timeout
+            + self.feed_lag
+            + (self.silence_credit(node.last_agent, now) if self._pauses else 0.0)
         ):
             self._classify_silence(node, now, probe_id=p.id)
 
@@ -921,6 +942,8 @@ class Detector:
 
     def _tick_node(self, node: NodeState, now: float, *, check_silence: bool) -> None:
         next_due = node.last_agent + self._down_timeout + self.feed_lag
+        if self._pauses:  # the stream's outages are no node's silence
+            next_due += self.silence_credit(node.last_agent, now)
         if node.silence is not None or now >= next_due:
             if check_silence:
                 self._classify_silence(node, now)
