@@ -36,7 +36,16 @@ from nodeheal.remediator.settings import RemediatorSettings
 from nodeheal.remediator.verify import Verifier
 from nodeheal.remediator.views import FleetView
 from nodeheal.runtime.connect import connect
-from nodeheal.runtime.consumer import ConsumerRuntime, Delivery, Inbound, Outbound, Rejected, Transient, describe
+from nodeheal.runtime.consumer import (
+    TRANSIENT,
+    ConsumerRuntime,
+    Delivery,
+    Inbound,
+    Outbound,
+    Rejected,
+    Transient,
+    describe,
+)
 from nodeheal.runtime.inventory import InventoryFeed
 from nodeheal.runtime.metrics import pipeline_metrics
 from nodeheal.runtime.startup import patiently
@@ -257,6 +266,13 @@ class RemediatorService:
             return await self.remediator.handle(diagnosis, heartbeat=delivery.in_progress)
         except AuditRefusedError:
             raise
+        except TRANSIENT as exc:
+            # NATS away or a stream between leaders (a server of a cluster killed): one line, not a traceback
+            log.warning(
+                "ladder stopped by a passing NATS error; will be redelivered",
+                extra={"node": diagnosis.node, "error": describe(exc)},
+            )
+            return "retry"
         except Exception:
             log.exception("ladder crashed; will be redelivered", extra={"node": diagnosis.node})
             return "retry"
