@@ -76,7 +76,9 @@ class Chaos:
 
     plan: Sequence[ChaosEvent]
     services: Mapping[str, Killable]
-    kill_server: Callable[[int], None] | None = None
+    # SIGKILLs a server: the planned one, or another it returns the index of (the demo's cluster: the one that
+    # leads PROBES at that moment), which is then the one restarted and reported
+    kill_server: Callable[[int], int | None] | None = None
     restart_server: Callable[[int], None] | None = None
     down_s: float = 1.0
     records: list[ChaosRecord] = field(default_factory=list)
@@ -104,8 +106,10 @@ class Chaos:
                     record.error = "the demo does not manage this nats-server (--nats-url): not killed"
                     return
                 index = int(event.target.removeprefix("nats-"))
-                await asyncio.to_thread(self.kill_server, index)
-                log.warning("chaos: SIGKILL %s", event.target)
+                killed = await asyncio.to_thread(self.kill_server, index)
+                if killed is not None and killed != index:
+                    index, record.target = killed, f"nats-{killed}"
+                log.warning("chaos: SIGKILL %s", record.target)
                 await asyncio.sleep(self.down_s)
                 await asyncio.to_thread(self.restart_server, index)
             else:

@@ -89,6 +89,34 @@ class EmbeddedCluster:
                 return leader
         return None
 
+    def stream_leader(self, stream: str) -> int | None:
+        """The index of the server that leads `stream` (in any account), as any live server's monitor sees it;
+        None when none says (no leader, or no such stream)."""
+        for server in self.servers:
+            if server.pid is None:
+                continue
+            try:
+                url = f"http://127.0.0.1:{server.monitor_port}/jsz?accounts=true&streams=true"
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    accounts = json.loads(resp.read()).get("account_details") or []
+            except (OSError, ValueError):
+                continue
+            for account in accounts:
+                for detail in account.get("stream_detail") or []:
+                    leader = (detail.get("cluster") or {}).get("leader")
+                    if detail.get("name") == stream and isinstance(leader, str):
+                        for i in range(self.size):
+                            if leader == f"{self.name}-{i}":
+                                return i
+        return None
+
+    def kill_leader_of(self, stream: str, *, otherwise: int) -> int:
+        """SIGKILL the server that leads `stream` now (`otherwise` when none says); returns its index."""
+        leader = self.stream_leader(stream)
+        index = otherwise if leader is None else leader
+        self.kill(index)
+        return index
+
     def kill(self, index: int) -> None:
         """SIGKILL one server; its store stays for the restart."""
         self.servers[index].kill()

@@ -500,7 +500,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
         per_connection = cfg.agents_per_connection or (1 if cfg.nodes <= PER_NODE_USERS_UP_TO else 500)
         server_logs: list[Path] = []
         server_pids: Callable[[], dict[str, int | None]] = dict
-        kill_server: Callable[[int], None] | None = None
+        kill_server: Callable[[int], int | None] | None = None
         restart_server: Callable[[int], None] | None = None
         replicas = 1
         if cfg.nats_url:
@@ -528,7 +528,14 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
                     )
                 )
                 url, replicas = cluster.url, 3
-                kill_server, restart_server = cluster.kill, cluster.restart
+                probes_stream = f"{auth.base.stream_prefix}PROBES"
+
+                def kill_probes_leader(index: int, cluster: EmbeddedCluster = cluster) -> int:
+                    """The chaos monkey's server kill: the one leading PROBES at that moment (the detector's
+                    input stream: its election is the worst case for finding faults), else the planned one."""
+                    return cluster.kill_leader_of(probes_stream, otherwise=index)
+
+                kill_server, restart_server = kill_probes_leader, cluster.restart
 
                 def cluster_pids() -> dict[str, int | None]:
                     return {f"nats-server-{i}": srv.pid for i, srv in enumerate(cluster.servers)}
@@ -549,6 +556,7 @@ async def _run(cfg: DemoConfig, *, console: Console, run_dir: Path, progress: _P
 
                 def kill_one(_index: int) -> None:
                     server.kill()
+                    return None
 
                 def restart_one(_index: int) -> None:
                     server.start()  # same port, same store
