@@ -8,7 +8,7 @@ else keeps the traceback.
 
 As deployed: the per-role server, the remediator under its role's credential. The leases bucket is deleted under
 the running service (no stream answers a lease's write, as between two leaders) and made again by
-`apply_topology` under `admin`, as `nodeheal streams apply` would."""
+`apply_topology` under `admin`, as `nodeheal streams apply` would; so is the AUDIT stream."""
 
 from __future__ import annotations
 
@@ -32,9 +32,13 @@ from tests.integration.remediator.harness import (
 pytestmark = pytest.mark.nats
 
 
+@pytest.mark.parametrize(("gone", "error"), [("leases", "NoStreamResponseError"), ("AUDIT", "AuditUnavailableError")])
 async def test_a_ladder_stopped_by_a_stream_without_answer_says_one_line_and_runs_when_it_is_back(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, gone: str, error: str
 ) -> None:
+    """`leases`: a lease's write (nats-py's `NoStreamResponseError`); `AUDIT`: the `skipped` record of a diagnosis
+    not acted on (another cluster's) that AUDIT did not acknowledge (`AuditUnavailableError`, seen when AUDIT's
+    leader was killed in the next chaos run; a step's own records already said `no audit, no action` in a line)."""
     name = "n-transient"
     async with per_role_server(tmp_path, "remediator") as (server, nc, admin):
         remediator = role_nats(tmp_path, server.url, "remediator")
@@ -43,8 +47,13 @@ async def test_a_ladder_stopped_by_a_stream_without_answer_says_one_line_and_run
             service = await start_service(make_settings(remediator, kube_url=world.url))
             try:
                 js = nc.jetstream()
-                await js.delete_key_value(f"{admin.bucket_prefix}-leases")
+                if gone == "leases":
+                    await js.delete_key_value(f"{admin.bucket_prefix}-leases")
+                else:
+                    await js.delete_stream(f"{admin.stream_prefix}AUDIT")
                 d = diagnosis(name, ["escalate"])
+                if gone == "AUDIT":  # a diagnosis of another cluster: skipped, the skip recorded in AUDIT
+                    d = d.model_copy(update={"cluster": "elsewhere"})
                 with caplog.at_level(logging.WARNING, logger="nodeheal.remediator.handlers"):
                     await publish_diagnosis(nc, admin, d)
 
@@ -52,14 +61,13 @@ async def test_a_ladder_stopped_by_a_stream_without_answer_says_one_line_and_run
                         return any("passing NATS error" in r.getMessage() for r in caplog.records)
 
                     await wait_for(said, timeout=20, what="the ladder's warning")
-                    await apply_topology(js, admin.topology())  # the bucket made again
-                    await wait_for_record(
-                        nc, admin, diagnosis_id=d.id, action="escalate", phase="succeeded", timeout=60
-                    )
+                    await apply_topology(js, admin.topology())  # the bucket (or stream) made again
+                    done = {"action": "escalate", "phase": "succeeded"} if gone == "leases" else {"phase": "skipped"}
+                    await wait_for_record(nc, admin, diagnosis_id=d.id, timeout=60, **done)
             finally:
                 await service.stop()
     warned = [r for r in caplog.records if "passing NATS error" in r.getMessage()]
     assert warned and all(r.levelno == logging.WARNING and r.exc_info is None for r in warned)
-    assert "NoStreamResponseError" in getattr(warned[0], "error", "")
+    assert error in getattr(warned[0], "error", "")
     assert [r for r in caplog.records if "ladder crashed" in r.getMessage()] == []
     assert violations(tmp_path) == []

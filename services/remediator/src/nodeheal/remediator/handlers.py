@@ -27,7 +27,7 @@ from nodeheal.remediator import control
 from nodeheal.remediator.actions.cloud import Clouds
 from nodeheal.remediator.actions.kube import KubeActions, build_api_client
 from nodeheal.remediator.actions.node import NodeAgent
-from nodeheal.remediator.audit import AuditLog, AuditRefusedError
+from nodeheal.remediator.audit import AuditLog, AuditRefusedError, AuditUnavailableError
 from nodeheal.remediator.leases import Leases
 from nodeheal.remediator.ledger import Ledger
 from nodeheal.remediator.maintenance import MaintenanceLoop
@@ -57,6 +57,9 @@ from nodeheal.schemas.dlq import DeadLetter
 from nodeheal.schemas.subjects import dlq_subject, wildcard
 
 log = logging.getLogger("nodeheal.remediator.handlers")
+# what stops a ladder for a while, not for good: NATS away or a stream between leaders, and a record AUDIT did not
+# acknowledge (its refusal for good, `AuditRefusedError`, is caught before)
+_PASSING: tuple[type[BaseException], ...] = (*TRANSIENT, AuditUnavailableError)
 SERVICE = "remediator"
 REPLAY_HEADER = "Nodeheal-Replay"
 
@@ -266,8 +269,9 @@ class RemediatorService:
             return await self.remediator.handle(diagnosis, heartbeat=delivery.in_progress)
         except AuditRefusedError:
             raise
-        except TRANSIENT as exc:
-            # NATS away or a stream between leaders (a server of a cluster killed): one line, not a traceback
+        except _PASSING as exc:
+            # NATS away or a stream between leaders (a server of a cluster killed), AUDIT's among them (a record it
+            # did not acknowledge: nothing was done after it): one line, not a traceback
             log.warning(
                 "ladder stopped by a passing NATS error; will be redelivered",
                 extra={"node": diagnosis.node, "error": describe(exc)},
