@@ -30,7 +30,6 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nodeheal.agent.probe import full_every_for
 from nodeheal.cli.procs import SERVICES, ServiceProcess, free_port, service_processes, stop_all, wait_ready
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
@@ -138,17 +137,9 @@ def _service_table(
     extra: dict[str, dict[str, str]] = {
         "detector": {
             "NODEHEAL_DETECTOR_RULES__PROBE_INTERVAL_S": str(cfg.probe_interval_s),
-            # event-like anomalies (a kernel fault line) resolve after a quiet period: 120 s in production, four of
-            # the agents' full probes (every 30 s), scaled like the rest of the simulated time but over at least two
-            # full probes: one lost (the simulator's core publishes while PROBES has no leader) ended a remount's
-            # `kernel_fault` before the `readonly_fs` it causes fired, and the fault became two episodes
-            "NODEHEAL_DETECTOR_RULES__EVENT_HOLD_S": str(
-                max(
-                    20.0,
-                    cfg.probe_interval_s * 6,
-                    2 * full_every_for(cfg.probe_interval_s, None) * cfg.probe_interval_s,
-                )
-            ),
+            # event-like anomalies (a kernel fault line) resolve after a quiet period: 120 s in
+            # production, scaled like the rest of the simulated time
+            "NODEHEAL_DETECTOR_RULES__EVENT_HOLD_S": str(max(20.0, cfg.probe_interval_s * 6)),
         },
         "diagnoser": {
             # a lone dark node waits 60 s in production; the simulated racks go dark within
