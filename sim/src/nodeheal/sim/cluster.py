@@ -12,8 +12,10 @@ import shutil
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from nodeheal.sim.embedded import EmbeddedNats, free_port
 
@@ -73,17 +75,24 @@ class EmbeddedCluster:
         msg = f"the {self.size}-server JetStream cluster elected no meta leader within {timeout_s:.0f} s"
         raise RuntimeError(msg)
 
-    def meta_leader(self) -> str | None:
-        """The server name of the JetStream meta leader, as any live server sees it (None: no leader)."""
+    def _jsz(self, query: str = "") -> Iterator[dict[str, Any]]:
+        """`/jsz` (with `query`) of each live server that answers, in order."""
         for server in self.servers:
             if server.pid is None:
                 continue
             try:
-                url = f"http://127.0.0.1:{server.monitor_port}/jsz"
+                url = f"http://127.0.0.1:{server.monitor_port}/jsz{query}"
                 with urllib.request.urlopen(url, timeout=1) as resp:
-                    meta = json.loads(resp.read()).get("meta_cluster") or {}
+                    answer = json.loads(resp.read())
             except (OSError, ValueError):
                 continue
+            if isinstance(answer, dict):
+                yield answer
+
+    def meta_leader(self) -> str | None:
+        """The server name of the JetStream meta leader, as any live server sees it (None: no leader)."""
+        for jsz in self._jsz():
+            meta = jsz.get("meta_cluster") or {}
             leader = meta.get("leader")
             if isinstance(leader, str) and leader and meta.get("cluster_size", 0) >= self.size:
                 return leader
@@ -92,22 +101,13 @@ class EmbeddedCluster:
     def stream_leader(self, stream: str) -> int | None:
         """The index of the server that leads `stream` (in any account), as any live server's monitor sees it;
         None when none says (no leader, or no such stream)."""
-        for server in self.servers:
-            if server.pid is None:
-                continue
-            try:
-                url = f"http://127.0.0.1:{server.monitor_port}/jsz?accounts=true&streams=true"
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    accounts = json.loads(resp.read()).get("account_details") or []
-            except (OSError, ValueError):
-                continue
-            for account in accounts:
+        names = {f"{self.name}-{i}": i for i in range(self.size)}
+        for jsz in self._jsz("?accounts=true&streams=true"):
+            for account in jsz.get("account_details") or []:
                 for detail in account.get("stream_detail") or []:
                     leader = (detail.get("cluster") or {}).get("leader")
-                    if detail.get("name") == stream and isinstance(leader, str):
-                        for i in range(self.size):
-                            if leader == f"{self.name}-{i}":
-                                return i
+                    if detail.get("name") == stream and leader in names:
+                        return names[leader]
         return None
 
     def kill_leader_of(self, stream: str, *, otherwise: int) -> int:
