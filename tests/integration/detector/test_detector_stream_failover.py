@@ -11,8 +11,9 @@ stored (the stored times of the probes the detector reads), far longer than the 
 them, counts as the feed's outage: every node gets a full silence timeout from the end of it.
 
 As deployed: three real nats-servers on loopback with the per-role authorization, streams at R3; the detector
-under its role's credential and inbox prefix, each stand-in agent under its node's own credential and publishing
-as `AgentApp.flush` does (JetStream publish, a refused probe kept and sent again with the next one). The
+under its role's credential and inbox prefix; 24 real node agents (`NodeAgent`, each on a fake node of its own, under
+its node's credential, with deploy/'s publish timeout), probing every second: a refused probe is kept in the
+agent's outbox and sent again with its next one. The
 detector and the agents are connected to the two servers that survive, so no connection drops: only the
 stream's leader is lost. A node that stops for good before the kill is still found down."""
 
@@ -21,63 +22,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
 
+from nodeheal.agent.app import PUBLISH_FAILURES, NodeAgent
+from nodeheal.agent.settings import AgentSettings
 from nodeheal.detector.rules import RuleConfig
 from nodeheal.runtime.connect import connect
 from nodeheal.runtime.provision import apply_topology
 from nodeheal.runtime.settings import NatsSettings
-from nodeheal.schemas import Anomaly, NodeProbe
-from nodeheal.schemas.subjects import probe_subject
+from nodeheal.schemas import Anomaly
 from nodeheal.sim.cluster import EmbeddedCluster
 from tests.integration.deploy.natsauth_loader import load_natsauth, role_nats, write_auth
-from tests.integration.detector.test_detector_nats import anomalies, probe, started_runtime
+from tests.integration.detector.test_detector_nats import anomalies, started_runtime
+from tests.unit.cloud_events.agent_fakenode import make_fake_node, statvfs_with
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 NODES = [f"n{i:02d}" for i in range(24)]
 DEAD = "n00"  # stops probing for good before the kill: still found down
 INTERVAL_S = 1.0
-
-
-class StandInAgent:
-    """One node's agent as `AgentApp.probe_once` / `flush` publish: a probe every interval into the outbox, the
-    outbox sent in order with JetStream publishes; a refused or unanswered one stays for the next round."""
-
-    def __init__(self, nc: Client, settings: NatsSettings, node: str) -> None:
-        self.js = nc.jetstream()
-        self.subject = probe_subject("c1", node, prefix=settings.prefix)
-        self.node = node
-        self.outbox: deque[NodeProbe] = deque()
-        self.seq = 0
-        self.refused = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while not stop.is_set():
-            self.seq += 1
-            self.outbox.append(probe(node=self.node, seq=self.seq, used=40.0))
-            while self.outbox:
-                try:
-                    await self.js.publish(self.subject, self.outbox[0].to_json(), timeout=INTERVAL_S)
-                except Exception:
-                    self.refused += 1
-                    break
-                self.outbox.popleft()
-            next_at += INTERVAL_S
-            delay = next_at - loop.time()
-            if delay < 0:
-                next_at, delay = loop.time(), 0
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
 
 
 async def apart(nc: Client, stream: str, leader: str) -> None:
@@ -102,8 +69,9 @@ async def test_a_probes_stream_leader_election_makes_no_healthy_node_silent(tmp_
         admin = await nats.connect(cluster.url.split(","), user_credentials=str(tmp_path / "admin.creds"))
         settings = NatsSettings(url=cluster.url)
         connections: list[Client] = [admin]
-        stop, dead_stop = asyncio.Event(), asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
+        tasks: dict[str, asyncio.Task[None]] = {}
+        agents: dict[str, NodeAgent] = {}
+        failures_before = PUBLISH_FAILURES._value.get()
         try:
             js = admin.jetstream(timeout=30.0)
             await apply_topology(js, settings.topology(), replicas=3)
@@ -115,36 +83,39 @@ async def test_a_probes_stream_leader_election_makes_no_healthy_node_silent(tmp_
             detector = role_nats(tmp_path, survivors, "detector")
             detector_nc = await connect(detector, name="detector", **options)
             connections.append(detector_nc)
-            agents: list[StandInAgent] = []
-            for node in NODES:
+            for node in NODES:  # the real agent on a fake node of its own, under its node's credential
                 creds = tmp_path / f"agent-c1-{node}.creds"
                 creds.write_text(bundle.user_creds("agent", cluster="c1", node=node))
-                nc = await nats.connect(
-                    survivors.split(","),
-                    user_credentials=str(creds),
-                    inbox_prefix=natsauth.agent_inbox_prefix("c1", node).encode(),
-                    **options,
+                fake = make_fake_node(tmp_path / node, mounts=[("/dev/vda1", "/", "ext4", "rw,relatime")])
+                fake.set_unit("kubelet.service", "active")
+                settings_of = AgentSettings(
+                    nats=NatsSettings(
+                        url=survivors, creds_file=str(creds), inbox_prefix=natsauth.inbox_prefix("agent")
+                    ),
+                    cluster="c1",
+                    node_name=node,
+                    host_root=fake.root,
+                    services=["kubelet"],
+                    systemctl_command=[fake.systemctl],
+                    state_dir=tmp_path / node / "agent-state",
+                    interval_s=INTERVAL_S,
+                    kernel_log="off",
                 )
-                connections.append(nc)
-                agents.append(StandInAgent(nc, settings, node))
+                agents[node] = NodeAgent(settings_of, statvfs=statvfs_with({"root": (50, 10)}))  # type: ignore[arg-type]
+                await agents[node].start()
             rules = RuleConfig(probe_interval_s=INTERVAL_S, warmup_s=0.0, clear_probes=1)
             async with started_runtime(detector, detector_nc, rules):
-                loop = asyncio.get_running_loop()
-                for i, agent in enumerate(agents):  # each agent at its own phase of the interval
-                    loop.call_later(
-                        i * INTERVAL_S / len(agents),
-                        lambda a=agent: tasks.append(
-                            asyncio.ensure_future(a.run(dead_stop if a.node == DEAD else stop))
-                        ),
-                    )
+                for node, agent in agents.items():  # each agent at its own phase of the interval
+                    tasks[node] = asyncio.create_task(agent.run_probes())
+                    await asyncio.sleep(INTERVAL_S / len(agents))
                 await asyncio.sleep(4.0)  # a healthy fleet
                 await apart(admin, probes_stream, leader)
-                dead_stop.set()  # DEAD stops probing: found down 2.5 intervals later
+                tasks[DEAD].cancel()  # DEAD's agent stops probing mid-loop: found down 2.5 intervals later
                 await asyncio.sleep(0.5)
                 cluster.kill(doomed)  # the PROBES leader: no probe is stored until another is elected
                 started = time.monotonic()
                 await asyncio.sleep(INTERVAL_S)
-                while any(a.outbox for a in agents if a.node != DEAD):  # until every kept probe is stored
+                while any(len(a.outbox) for n, a in agents.items() if n != DEAD):  # until every kept probe is stored
                     assert time.monotonic() - started < 60, "PROBES stored no probe for 60 s after the kill"
                     await asyncio.sleep(0.1)
                 elected_after = time.monotonic() - started
@@ -159,14 +130,14 @@ async def test_a_probes_stream_leader_election_makes_no_healthy_node_silent(tmp_
                         found = await anomalies(reader, settings)
                 await asyncio.sleep(2 * INTERVAL_S)  # any other node's silence judged by now as well
                 found = await anomalies(reader, settings)
-                stop.set()
-                await asyncio.gather(*tasks)
-                refused = sum(a.refused for a in agents)
+                refused = int(PUBLISH_FAILURES._value.get() - failures_before)  # the agents' refused probes
         finally:
-            stop.set()
-            dead_stop.set()
-            for task in tasks:
+            for task in tasks.values():
                 task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            for agent in agents.values():
+                with contextlib.suppress(Exception):
+                    await agent.stop()
             for nc in connections:
                 await nc.close()
     # the election really kept probes out for longer than the fleet's own gaps (else the test proves nothing)
