@@ -5,10 +5,13 @@ restarted on its store; the chaos plan is seeded and kills and restarts real pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.js.client import JetStreamContext
 
 from nodeheal.cli.procs import ServiceProcess
 from nodeheal.runtime.connect import connect
@@ -21,44 +24,49 @@ from nodeheal.sim.embedded import EmbeddedNats
 pytestmark = pytest.mark.slow
 
 
-async def test_r3_streams_keep_every_acked_message_through_a_server_sigkill(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def provisioned(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedCluster, JetStreamContext]]:
+    """Three servers on loopback, every stream of the topology at R3: the cluster and a connection's JetStream."""
     with EmbeddedCluster(3, log_dir=str(tmp_path)) as cluster:
         settings = NatsSettings(url=cluster.url)
         nc = await connect(settings, name="pytest-cluster")
         try:
             js = nc.jetstream()
             await apply_topology(js, settings.topology(), replicas=3)
-            info = await js.stream_info("AUDIT")
-            assert info.config.num_replicas == 3
-            acked: set[str] = set()
-
-            async def publish(i: int) -> None:
-                msg_id = f"rec-{i}"
-                for _ in range(100):  # a publish in flight while its server dies is retried (same Nats-Msg-Id)
-                    try:
-                        await js.publish(
-                            "nodeheal.audit.c.n", f'{{"i": {i}}}'.encode(), headers={"Nats-Msg-Id": msg_id}
-                        )
-                        acked.add(msg_id)
-                        return
-                    except Exception:
-                        await asyncio.sleep(0.1)
-                raise AssertionError(f"{msg_id} never acknowledged")
-
-            for i in range(100):
-                await publish(i)
-            cluster.kill(0)
-            for i in range(100, 200):
-                await publish(i)
-            cluster.restart(0)
-            for i in range(200, 300):
-                await publish(i)
-            info = await js.stream_info("AUDIT")
-            assert len(acked) == 300
-            assert info.state.messages == 300  # every acknowledged message once, none twice
-            assert cluster.meta_leader() is not None
+            yield cluster, js
         finally:
             await nc.close()
+
+
+async def test_r3_streams_keep_every_acked_message_through_a_server_sigkill(tmp_path: Path) -> None:
+    async with provisioned(tmp_path) as (cluster, js):
+        info = await js.stream_info("AUDIT")
+        assert info.config.num_replicas == 3
+        acked: set[str] = set()
+
+        async def publish(i: int) -> None:
+            msg_id = f"rec-{i}"
+            for _ in range(100):  # a publish in flight while its server dies is retried (same Nats-Msg-Id)
+                try:
+                    await js.publish("nodeheal.audit.c.n", f'{{"i": {i}}}'.encode(), headers={"Nats-Msg-Id": msg_id})
+                    acked.add(msg_id)
+                    return
+                except Exception:
+                    await asyncio.sleep(0.1)
+            raise AssertionError(f"{msg_id} never acknowledged")
+
+        for i in range(100):
+            await publish(i)
+        cluster.kill(0)
+        for i in range(100, 200):
+            await publish(i)
+        cluster.restart(0)
+        for i in range(200, 300):
+            await publish(i)
+        info = await js.stream_info("AUDIT")
+        assert len(acked) == 300
+        assert info.state.messages == 300  # every acknowledged message once, none twice
+        assert cluster.meta_leader() is not None
 
 
 async def test_streams_apply_waits_for_a_cluster_without_quorum_instead_of_failing(tmp_path: Path) -> None:
@@ -141,28 +149,21 @@ async def test_the_chaos_server_kill_takes_the_server_leading_probes(tmp_path: P
     random one led it a third of the time, and the detector's worst case (PROBES between two leaders, found by a
     chaos run that drew it) went untested in the others. The report names the server killed; it is the one
     restarted."""
-    with EmbeddedCluster(3, log_dir=str(tmp_path)) as cluster:
-        settings = NatsSettings(url=cluster.url)
-        nc = await connect(settings, name="pytest-cluster")
-        try:
-            js = nc.jetstream()
-            await apply_topology(js, settings.topology(), replicas=3)
-            leader_name = (await js.stream_info("PROBES")).cluster.leader  # type: ignore[union-attr]
-            leader = cluster.stream_leader("PROBES")
-            assert leader is not None and leader_name == f"{cluster.name}-{leader}"
-            planned = (leader + 1) % 3
-            before = [s.pid for s in cluster.servers]
+    async with provisioned(tmp_path) as (cluster, js):
+        leader_name = (await js.stream_info("PROBES")).cluster.leader  # type: ignore[union-attr]
+        leader = cluster.stream_leader("PROBES")
+        assert leader is not None and leader_name == f"{cluster.name}-{leader}"
+        planned = (leader + 1) % 3
+        before = [s.pid for s in cluster.servers]
 
-            chaos = Chaos(  # as the demo's cluster kills (`sim.demo`)
-                plan=[ChaosEvent(at_s=0.0, target=f"nats-{planned}")],
-                services={},
-                kill_server=lambda i: cluster.kill_leader_of("PROBES", otherwise=i),
-                restart_server=cluster.restart,
-                down_s=0.2,
-            )
-            await chaos.run(start=time.time())
-            after = [s.pid for s in cluster.servers]
-        finally:
-            await nc.close()
+        chaos = Chaos(  # as the demo's cluster kills (`sim.demo`)
+            plan=[ChaosEvent(at_s=0.0, target=f"nats-{planned}")],
+            services={},
+            kill_server=lambda i: cluster.kill_leader_of("PROBES", otherwise=i),
+            restart_server=cluster.restart,
+            down_s=0.2,
+        )
+        await chaos.run(start=time.time())
+        after = [s.pid for s in cluster.servers]
     assert chaos.summary()["events"][0]["target"] == f"nats-{leader}"
     assert [i for i in range(3) if before[i] != after[i]] == [leader]  # the leader killed and restarted, only it
