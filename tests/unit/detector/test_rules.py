@@ -875,3 +875,18 @@ def test_a_cloud_event_for_a_node_not_probed_yet_waits_for_its_first_probe() -> 
     assert [(a.kind, a.status, a.subject) for a in det.outbox if a.node == "n1"] == [
         ("cloud_maintenance", "firing", "reboot:e-1")
     ]
+
+
+def test_a_stream_pause_is_forgotten_two_timeouts_after_it_ended() -> None:
+    """A pause no longer decides anything two silence timeouts after it ended: the sweep drops it and computes no
+    credit for anyone after that."""
+    det = make(warmup_s=0.0)
+    nodes = [f"n{i}" for i in range(200)]
+    down_from = T0 + 100.0
+    _fleet_through_a_stream_outage(
+        det, nodes, down_from=down_from, back_at=down_from + 12.0, until=down_from + 40, dead=frozenset()
+    )
+    assert det.counters.feed_pauses == 1 and len(det._pauses) == 1
+    timeout = INTERVAL * RuleConfig().down_after_missed
+    det.tick(now=down_from + 12.0 + 2 * timeout + 1.0)
+    assert len(det._pauses) == 0

@@ -274,13 +274,15 @@ class Detector:
         if not outage:
             return None
         self.counters.feed_pauses += 1
+        self._pauses.append((now - pause, now))
+        return pause
+
+    def _forget_pauses(self, now: float) -> None:
+        """A pause that ended two timeouts ago can no longer decide anything (a node silent since before it is past
+        its timeout with or without it): dropped, and once none is left the sweep computes no credit at all."""
         pauses = self._pauses
-        pauses.append((now - pause, now))
-        # a pause that ended two timeouts ago can no longer decide anything: a node silent since before it is
-        # past its timeout with or without it
         while pauses and pauses[0][1] < now - 2 * self._down_timeout - self.feed_lag:
             pauses.popleft()
-        return pause
 
     def silence_credit(self, since: float, now: float) -> float:
         """How much of the time from `since` to `now` the probe stream was paused (`stream_stored`): not a silence."""
@@ -912,6 +914,8 @@ class Detector:
         # (`feed_pause_s`): every node whose probe falls into an election of the stream's leader would otherwise be
         # judged in the middle of it, when nothing yet shows the pause for the stream's
         input_alive = now - self.last_input <= min(self._down_timeout, self.feed_pause_s)
+        if self._pauses:
+            self._forget_pauses(now)
         in_warmup = now < self._warmup_until
         self.tick_behind = False
         while self._wheel_cursor <= target:
